@@ -1,0 +1,39 @@
+# Thin wrapper over CMake. `make` builds build/ (release), `make test` runs the
+# suite there and again under ASan+UBSan in build-asan/.
+JOBS ?= $(shell nproc)
+CMAKE_FLAGS ?=
+
+.PHONY: all build asan test test-fast fuzz bench format clean
+
+all: build
+
+build:
+	@scripts/install-deps
+	cmake -S . -B build -DCMAKE_BUILD_TYPE=Release $(CMAKE_FLAGS) >/dev/null
+	cmake --build build -j $(JOBS)
+
+asan:
+	@scripts/install-deps
+	cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DCVLLM_SANITIZE=ON $(CMAKE_FLAGS) >/dev/null
+	cmake --build build-asan -j $(JOBS)
+
+# The plain suite, then the same suite under AddressSanitizer+UBSan.
+test: build asan
+	ctest --test-dir build --output-on-failure -j $(JOBS)
+	ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
+	  ctest --test-dir build-asan --output-on-failure -j $(JOBS)
+
+test-fast: build
+	ctest --test-dir build --output-on-failure -j $(JOBS)
+
+fuzz:
+	@scripts/install-deps
+	cmake -S . -B build-fuzz -DCMAKE_C_COMPILER=clang -DCMAKE_BUILD_TYPE=Debug -DCVLLM_FUZZ=ON >/dev/null
+	cmake --build build-fuzz -j $(JOBS) --target fuzz
+	cmake --build build-fuzz --target run-fuzz
+
+format:
+	clang-format -i $$(git ls-files '*.c' '*.h' '*.cu')
+
+clean:
+	rm -rf build build-asan build-fuzz

@@ -1,0 +1,201 @@
+/* cvllm engine: continuous batching over a paged KV cache with vLLM's
+ * sampling semantics. This is the public API the server, cvllm-generate and
+ * the benchmarks use; nothing above it touches the scheduler or KV blocks.
+ *
+ * Threads: cv_engine_create starts one engine thread that schedules, runs the
+ * backend, samples and emits outputs. Every function here is safe to call
+ * from any thread. Outputs are delivered as cv_request_output deltas through
+ * a cv_output_queue that the caller owns; its fd becomes readable when
+ * outputs are pending, so an event loop can wait on it.
+ *
+ * Ownership: strings and arrays passed in are copied; every
+ * cv_request_output popped from a queue belongs to the caller, who frees it
+ * with cv_request_output_free. */
+#ifndef CVLLM_ENGINE_H
+#define CVLLM_ENGINE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "base/error.h"
+
+/* ---- Engine arguments (the model.json keys that apply) ------------------ */
+
+typedef struct cv_engine_args {
+    char model[4096];          /* HF model directory */
+    char tokenizer[4096];      /* "" = same as model */
+    char dtype[16];            /* "auto", "float32", "float16", "bfloat16" */
+    int max_model_len;         /* 0 = the model's max_position_embeddings */
+    int block_size;            /* tokens per KV block (16) */
+    int max_num_seqs;          /* running sequences per step (256) */
+    int max_num_batched_tokens; /* token budget per step (0 = max(2048, max_model_len)) */
+    bool enable_prefix_caching; /* vLLM V1 default: true */
+    uint64_t seed;             /* engine-wide seed for unseeded requests (0) */
+    size_t kv_cache_bytes;     /* CPU KV pool budget (0 = 1 GiB) */
+    int n_threads;             /* backend threads (0 = all cores) */
+} cv_engine_args;
+
+void cv_engine_args_default(cv_engine_args *args);
+
+/* ---- Sampling parameters (vLLM SamplingParams) -------------------------- */
+
+typedef struct cv_sampling_params {
+    int n;                          /* 1 */
+    int best_of;                    /* 0 = n */
+    float temperature;              /* 1.0; 0 = greedy */
+    float top_p;                    /* 1.0 */
+    int top_k;                      /* 0 or -1 = off (vLLM: -1) */
+    float min_p;                    /* 0 */
+    bool has_seed;
+    uint64_t seed;
+    float presence_penalty;         /* 0 */
+    float frequency_penalty;        /* 0 */
+    float repetition_penalty;       /* 1.0 */
+    int max_tokens;                 /* 16; -1 = up to max_model_len */
+    int min_tokens;                 /* 0 */
+    char **stop;                    /* n_stop strings (owned) */
+    int n_stop;
+    int32_t *stop_token_ids;        /* owned */
+    int n_stop_token_ids;
+    bool include_stop_str_in_output;
+    bool ignore_eos;
+    int logprobs;                   /* -1 = none; k >= 0: chosen token + top k */
+    int prompt_logprobs;            /* -1 = none */
+    bool skip_special_tokens;       /* true */
+    bool spaces_between_special_tokens; /* true */
+} cv_sampling_params;
+
+void cv_sampling_params_default(cv_sampling_params *p);
+/* Applies the fields of a JSON object text (vLLM names; numbers and bools may
+ * arrive as strings, e.g. "0.1", "true"). Unknown fields and wrong types are
+ * errors naming the field. Does not validate ranges: see _validate. */
+int cv_sampling_params_from_json(cv_sampling_params *p, const char *json, size_t len,
+                                 cv_error *err);
+/* vLLM's range checks, with vLLM-style messages naming the field. */
+int cv_sampling_params_validate(const cv_sampling_params *p, cv_error *err);
+int cv_sampling_params_copy(cv_sampling_params *dst, const cv_sampling_params *src);
+void cv_sampling_params_free(cv_sampling_params *p);
+
+/* ---- Outputs ------------------------------------------------------------ */
+
+typedef enum {
+    CV_FINISH_NONE = 0, /* still running */
+    CV_FINISH_STOP,     /* EOS, stop string or stop token */
+    CV_FINISH_LENGTH,   /* max_tokens or max_model_len */
+    CV_FINISH_ABORT,    /* aborted or engine shut down */
+} cv_finish_reason;
+
+const char *cv_finish_reason_name(cv_finish_reason r); /* "None","stop","length","abort" */
+
+typedef struct cv_top_logprob {
+    int32_t token_id;
+    float logprob;
+    int rank;                 /* 1 = most likely */
+    char *decoded_token;      /* owned */
+} cv_top_logprob;
+
+typedef struct cv_token_logprobs {
+    int n;                    /* the sampled token first, then the top k */
+    cv_top_logprob *entries;  /* owned */
+} cv_token_logprobs;
+
+typedef struct cv_seq_output {
+    int index;                    /* 0..n-1 */
+    int32_t *token_ids;           /* new tokens in this delta (owned) */
+    int n_tokens;
+    char *text;                   /* new text in this delta, NUL-terminated (owned) */
+    size_t text_len;
+    cv_token_logprobs *logprobs;  /* (n_tokens) or NULL when not asked (owned) */
+    double cumulative_logprob;    /* over all tokens so far */
+    cv_finish_reason finish_reason;
+    int n_output_tokens_total;    /* tokens generated so far */
+} cv_seq_output;
+
+typedef struct cv_request_output {
+    uint64_t request_id;          /* as returned by cv_engine_add_request */
+    void *user_data;              /* as given in cv_request_desc */
+    int n_prompt_tokens;
+    int n_seqs;
+    cv_seq_output *seqs;          /* (n_seqs) owned */
+    cv_token_logprobs *prompt_logprobs; /* (n_prompt_tokens) first entry empty; NULL unless asked */
+    bool finished;                /* the last output of this request */
+    char *error;                  /* non-NULL: the request failed with this message */
+} cv_request_output;
+
+void cv_request_output_free(cv_request_output *out);
+
+typedef struct cv_output_queue cv_output_queue;
+
+cv_output_queue *cv_output_queue_create(void);
+void cv_output_queue_destroy(cv_output_queue *q); /* frees pending outputs */
+/* An eventfd readable while outputs are pending (read it to reset). */
+int cv_output_queue_fd(const cv_output_queue *q);
+cv_request_output *cv_output_queue_pop(cv_output_queue *q);            /* NULL when empty */
+cv_request_output *cv_output_queue_wait(cv_output_queue *q, int timeout_ms); /* -1 = forever */
+
+/* ---- Engine ------------------------------------------------------------- */
+
+typedef struct cv_engine cv_engine;
+
+cv_engine *cv_engine_create(const cv_engine_args *args, cv_error *err);
+/* Finishes (drain=true) or aborts every in-flight request, delivering final
+ * outputs, stops the thread and frees the engine. */
+void cv_engine_shutdown(cv_engine *engine, bool drain);
+
+typedef struct cv_request_desc {
+    const char *prompt;              /* UTF-8 text, or NULL when prompt_ids given */
+    size_t prompt_len;
+    const int32_t *prompt_ids;       /* used when prompt == NULL */
+    size_t n_prompt_ids;
+    const cv_sampling_params *params;
+    bool stream;                     /* true: a delta every step; false: one final output */
+    cv_output_queue *sink;           /* where outputs go; must outlive the request */
+    void *user_data;                 /* echoed in every output */
+} cv_request_desc;
+
+/* Tokenizes and queues a request. Returns its id (> 0), or 0 on error with
+ * err set (invalid params, prompt longer than max_model_len, bad UTF-8). */
+uint64_t cv_engine_add_request(cv_engine *engine, const cv_request_desc *req, cv_error *err);
+/* Aborts a request; its final output (finish_reason abort) still arrives and
+ * its KV blocks are freed at the next step. Unknown ids are ignored. */
+void cv_engine_abort(cv_engine *engine, uint64_t request_id);
+
+/* ---- Metrics ------------------------------------------------------------ */
+
+enum { CV_HIST_MAX_BUCKETS = 32 };
+
+typedef struct cv_histogram {
+    int n_bounds;
+    double bounds[CV_HIST_MAX_BUCKETS];   /* upper bounds, ascending (+Inf implicit) */
+    uint64_t counts[CV_HIST_MAX_BUCKETS + 1]; /* non-cumulative; last = above all bounds */
+    double sum;
+    uint64_t count;
+} cv_histogram;
+
+typedef struct cv_engine_stats {
+    uint64_t prompt_tokens_total;      /* prompt tokens of finished+running requests */
+    uint64_t generation_tokens_total;
+    uint64_t prompt_tokens_computed;   /* prompt tokens actually run (prefix hits excluded) */
+    uint64_t prefix_cache_queries;     /* prompt tokens looked up in the prefix cache */
+    uint64_t prefix_cache_hits;        /* of which found */
+    uint64_t preemptions_total;
+    uint64_t requests_finished[4];     /* by cv_finish_reason */
+    int n_running, n_waiting, n_swapped;
+    int kv_blocks_total, kv_blocks_free;
+    double kv_usage;                   /* 0..1 */
+    cv_histogram time_to_first_token_s;
+    cv_histogram time_per_output_token_s;
+    cv_histogram e2e_request_latency_s;
+    cv_histogram queue_time_s;
+    cv_histogram request_prompt_tokens;
+    cv_histogram request_generation_tokens;
+    cv_histogram request_params_n;
+} cv_engine_stats;
+
+void cv_engine_get_stats(cv_engine *engine, cv_engine_stats *stats);
+
+int cv_engine_vocab_size(const cv_engine *engine);
+int cv_engine_max_model_len(const cv_engine *engine);
+
+#endif

@@ -1,0 +1,62 @@
+/* The backend contract: forward(batch) -> logits over a paged KV cache.
+ *
+ * The engine flattens one scheduler step into a cv_batch the way vLLM does:
+ * every sequence contributes a contiguous range of tokens (a prefill chunk or
+ * one decode token), each token carries its position and the KV slot it
+ * writes, and each sequence carries its block table. A backend only sees
+ * batches; it knows nothing of requests or sampling.
+ *
+ * KV layout is the backend's business. The engine only asks how many bytes a
+ * block costs, allocates a number of blocks once, and refers to blocks by
+ * index (0 .. n_blocks-1). Slot s is token (s % block_size) of block
+ * (s / block_size).
+ *
+ * Thread safety: one thread drives a backend at a time (the engine thread).
+ * Ownership: the backend borrows the model; the model must outlive it. */
+#ifndef CV_BACKEND_BACKEND_H
+#define CV_BACKEND_BACKEND_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "base/error.h"
+#include "model/model.h"
+
+typedef struct cv_batch {
+    int n_tokens;                 /* tokens in this step, all sequences */
+    const int32_t *token_ids;     /* (n_tokens) */
+    const int32_t *positions;     /* (n_tokens) position of each token in its sequence */
+    const int64_t *slot_mapping;  /* (n_tokens) KV slot each token's K/V is written to */
+    int n_seqs;
+    const int32_t *query_start;   /* (n_seqs + 1) seq i owns tokens [query_start[i], query_start[i+1]) */
+    const int32_t *seq_lens;      /* (n_seqs) context length after this step (cached + new) */
+    const int32_t *block_tables;  /* (n_seqs, max_blocks_per_seq) block indices, row-major */
+    int max_blocks_per_seq;
+    int n_logits;                 /* rows of logits wanted */
+    const int32_t *logits_indices; /* (n_logits) flat token indices (0..n_tokens-1) to return logits for */
+} cv_batch;
+
+typedef struct cv_backend cv_backend;
+
+/* CPU backend: OpenMP threads (n_threads <= 0: OpenMP's default), SIMD
+ * kernels picked at run time (AVX-512, AVX2, portable). */
+cv_backend *cv_backend_cpu_create(const cv_model *model, int n_threads, cv_error *err);
+
+/* Bytes of KV memory one block of block_size tokens costs (all layers). */
+size_t cv_backend_kv_block_bytes(const cv_backend *backend, int block_size);
+
+/* Allocates the KV pool once: n_blocks blocks of block_size tokens. */
+int cv_backend_kv_alloc(cv_backend *backend, int n_blocks, int block_size, cv_error *err);
+
+/* Copies whole KV blocks src[i] -> dst[i] (copy-on-write for n > 1). */
+int cv_backend_kv_copy(cv_backend *backend, const int32_t *src, const int32_t *dst, int n,
+                       cv_error *err);
+
+/* Runs the model over batch: writes K/V of every token into its slot, attends
+ * over each sequence's context through its block table and writes
+ * logits (n_logits, vocab_size) in fp32, row i for token logits_indices[i]. */
+int cv_backend_forward(cv_backend *backend, const cv_batch *batch, float *logits, cv_error *err);
+
+void cv_backend_destroy(cv_backend *backend);
+
+#endif

@@ -1,0 +1,103 @@
+/* Model loading: a HuggingFace model directory (config.json,
+ * generation_config.json, *.safetensors with optional
+ * model.safetensors.index.json) becomes a cv_model: the configuration and the
+ * weight tensors, memory-mapped where possible.
+ *
+ * Architectures (LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM,
+ * Qwen3ForCausalLM, ...) are described as data in arch.c: tensor names,
+ * which biases and norms exist, the activation. The backends read cv_model
+ * and never look at architecture names.
+ *
+ * Ownership: cv_model_load returns a model the caller frees with
+ * cv_model_free; every pointer inside stays valid until then. */
+#ifndef CV_MODEL_MODEL_H
+#define CV_MODEL_MODEL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "base/error.h"
+
+typedef enum { CV_DTYPE_F32 = 0, CV_DTYPE_F16, CV_DTYPE_BF16 } cv_dtype;
+
+size_t cv_dtype_size(cv_dtype dtype);
+const char *cv_dtype_name(cv_dtype dtype);
+
+enum { CV_MAX_EOS_IDS = 8 };
+
+typedef enum { CV_ACT_SILU = 0, CV_ACT_GELU_TANH } cv_activation;
+
+typedef enum { CV_ROPE_DEFAULT = 0, CV_ROPE_LINEAR, CV_ROPE_LLAMA3 } cv_rope_type;
+
+typedef struct cv_model_config {
+    char architecture[64];        /* e.g. "LlamaForCausalLM" */
+    int hidden_size;              /* d_model */
+    int intermediate_size;        /* MLP width */
+    int n_layers;                 /* num_hidden_layers */
+    int n_heads;                  /* num_attention_heads */
+    int n_kv_heads;               /* num_key_value_heads (GQA) */
+    int head_dim;                 /* hidden_size / n_heads unless config says */
+    int vocab_size;
+    int max_position_embeddings;  /* the model's context limit */
+    float rms_norm_eps;
+    float rope_theta;
+    cv_rope_type rope_type;       /* rope_scaling.type / rope_type */
+    float rope_factor;            /* linear and llama3 */
+    float rope_low_freq_factor;   /* llama3 */
+    float rope_high_freq_factor;  /* llama3 */
+    int rope_original_max_position; /* llama3 */
+    bool tie_word_embeddings;
+    int bos_token_id;             /* -1 when none */
+    int n_eos_token_ids;          /* from generation_config.json, else config.json */
+    int eos_token_ids[CV_MAX_EOS_IDS];
+    cv_dtype dtype;               /* dtype of the stored weights */
+    cv_activation hidden_act;     /* MLP activation (gated: act(gate) * up) */
+} cv_model_config;
+
+/* One weight tensor inside the mapped files. data == NULL: absent (an
+ * optional bias or norm this architecture does not have). Shapes are in
+ * PyTorch order: a Linear weight is (out_features, in_features). */
+typedef struct cv_tensor {
+    cv_dtype dtype;
+    int n_dims;
+    int64_t shape[4];
+    const void *data;
+} cv_tensor;
+
+typedef struct cv_layer_weights {
+    cv_tensor attn_norm; /* (hidden) RMSNorm weight */
+    cv_tensor wq;        /* (n_heads * head_dim, hidden) */
+    cv_tensor wk;        /* (n_kv_heads * head_dim, hidden) */
+    cv_tensor wv;        /* (n_kv_heads * head_dim, hidden) */
+    cv_tensor bq;        /* (n_heads * head_dim) optional (Qwen2) */
+    cv_tensor bk;        /* (n_kv_heads * head_dim) optional */
+    cv_tensor bv;        /* (n_kv_heads * head_dim) optional */
+    cv_tensor q_norm;    /* (head_dim) optional per-head RMSNorm (Qwen3) */
+    cv_tensor k_norm;    /* (head_dim) optional */
+    cv_tensor wo;        /* (hidden, n_heads * head_dim) */
+    cv_tensor ffn_norm;  /* (hidden) */
+    cv_tensor w_gate;    /* (intermediate, hidden) */
+    cv_tensor w_up;      /* (intermediate, hidden) */
+    cv_tensor w_down;    /* (hidden, intermediate) */
+} cv_layer_weights;
+
+typedef struct cv_model_weights {
+    cv_tensor embed;            /* (vocab, hidden) */
+    cv_layer_weights *layers;   /* (n_layers) */
+    cv_tensor final_norm;       /* (hidden) */
+    cv_tensor lm_head;          /* (vocab, hidden); same data as embed when tied */
+} cv_model_weights;
+
+typedef struct cv_model cv_model;
+
+/* Loads DIR. On failure returns NULL and err names the file and what was
+ * wrong (missing config.json, unknown architecture, truncated safetensors,
+ * header past end of file, missing tensor, shape mismatch, unsupported
+ * dtype). */
+cv_model *cv_model_load(const char *dir, cv_error *err);
+void cv_model_free(cv_model *model);
+const cv_model_config *cv_model_get_config(const cv_model *model);
+const cv_model_weights *cv_model_get_weights(const cv_model *model);
+
+#endif

@@ -1,0 +1,61 @@
+/* HuggingFace tokenizer.json, exactly as HF `tokenizers` encodes and decodes.
+ *
+ * A tokenizer directory holds tokenizer.json and optionally
+ * tokenizer_config.json (bos/eos, add_bos_token, special tokens).
+ * All text is UTF-8; invalid UTF-8 input is an error, never a crash.
+ * A loaded tokenizer is immutable and safe to use from many threads.
+ * Ownership: arrays and strings returned through out-parameters are
+ * malloc'ed and freed by the caller with free(). */
+#ifndef CV_TOKENIZER_TOKENIZER_H
+#define CV_TOKENIZER_TOKENIZER_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "base/error.h"
+
+typedef struct cv_tokenizer cv_tokenizer;
+
+cv_tokenizer *tok_load(const char *dir, cv_error *err);
+void tok_free(cv_tokenizer *tok);
+
+/* text (len bytes) -> ids. add_special_tokens applies the post-processor
+ * (e.g. BOS), as HF's encode(text, add_special_tokens=...). */
+int tok_encode(const cv_tokenizer *tok, const char *text, size_t len, bool add_special_tokens,
+               int32_t **ids, size_t *n_ids, cv_error *err);
+
+/* ids -> text as HF's decode(ids, skip_special_tokens=...). *text is
+ * NUL-terminated; *len excludes the NUL. */
+int tok_decode(const cv_tokenizer *tok, const int32_t *ids, size_t n_ids, bool skip_special_tokens,
+               char **text, size_t *len, cv_error *err);
+
+/* Incremental detokenization for streaming, as vLLM's
+ * detokenize_incrementally: the caller keeps one cv_tok_stream per sequence,
+ * initialised with tok_stream_init over the prompt ids, and after appending
+ * new ids to its id array calls tok_stream_next, which returns the new text
+ * (possibly empty). New tokens are decoded in the context of the ones before
+ * them, so leading spaces survive; text is held back while it would end in
+ * an incomplete UTF-8 sequence. The concatenation of all deltas equals
+ * tok_decode of the generated ids in context. */
+typedef struct cv_tok_stream {
+    size_t prefix_offset; /* start of the context window in ids */
+    size_t read_offset;   /* ids before this have been emitted */
+    bool skip_special_tokens;
+} cv_tok_stream;
+
+void tok_stream_init(cv_tok_stream *st, const cv_tokenizer *tok, const int32_t *prompt_ids,
+                     size_t n_prompt, bool skip_special_tokens);
+/* ids/n_ids: the whole sequence so far (prompt + generated). Appends the
+ * delta to *out (malloc'ed, NUL-terminated, caller frees) and its length. */
+int tok_stream_next(cv_tok_stream *st, const cv_tokenizer *tok, const int32_t *ids, size_t n_ids,
+                    char **out, size_t *out_len, cv_error *err);
+
+int tok_vocab_size(const cv_tokenizer *tok);   /* including added tokens */
+int tok_bos_id(const cv_tokenizer *tok);       /* -1 when none */
+int tok_eos_id(const cv_tokenizer *tok);       /* -1 when none */
+bool tok_is_special(const cv_tokenizer *tok, int32_t id);
+/* The token's string as in the vocab (e.g. "Ġthe"), NULL when out of range. */
+const char *tok_id_to_token(const cv_tokenizer *tok, int32_t id);
+
+#endif
