@@ -51,8 +51,11 @@ typedef struct cv_model_config {
     int bos_token_id;             /* -1 when none */
     int n_eos_token_ids;          /* from generation_config.json, else config.json */
     int eos_token_ids[CV_MAX_EOS_IDS];
-    cv_dtype dtype;               /* dtype of the stored weights */
+    cv_dtype dtype;               /* dtype of the stored weights (the embedding's);
+                                   * config.json's dtype/torch_dtype only says what
+                                   * HF would cast to, the backends read as stored */
     cv_activation hidden_act;     /* MLP activation (gated: act(gate) * up) */
+    int sliding_window;           /* attention window in tokens; 0 = full attention */
 } cv_model_config;
 
 /* One weight tensor inside the mapped files. data == NULL: absent (an
@@ -99,5 +102,25 @@ cv_model *cv_model_load(const char *dir, cv_error *err);
 void cv_model_free(cv_model *model);
 const cv_model_config *cv_model_get_config(const cv_model *model);
 const cv_model_weights *cv_model_get_weights(const cv_model *model);
+
+/* Writes a safetensors file at PATH holding N_ENTRIES tensors in the given
+ * order, 8-byte aligned, with {"__metadata__": {"format": "pt"}}. An entry
+ * whose tensor.data is NULL gets its bytes from FILL, called for that entry
+ * with consecutive chunks (offset_elems grows from 0 to the element count), so
+ * tensors larger than memory can be generated while writing. Returns 0, or -1
+ * with err naming PATH. */
+typedef struct cv_safetensors_entry {
+    const char *name; /* HF tensor name */
+    cv_tensor tensor; /* dtype, n_dims, shape; data or NULL */
+} cv_safetensors_entry;
+
+typedef int (*cv_safetensors_fill_fn)(void *ctx, size_t index, void *dst, size_t offset_elems,
+                                      size_t n_elems, cv_error *err);
+
+int cv_safetensors_write(const char *path, const cv_safetensors_entry *entries, size_t n_entries,
+                         cv_safetensors_fill_fn fill, void *ctx, cv_error *err);
+
+/* Number of elements of T (the product of its shape). */
+int64_t cv_tensor_numel(const cv_tensor *t);
 
 #endif

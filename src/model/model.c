@@ -1,0 +1,226 @@
+/* cv_model_load: config, then the safetensors files (one, or the shards a
+ * model.safetensors.index.json lists), then every tensor the architecture
+ * table names, resolved by name and checked against the config's shapes. */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "model/model_internal.h"
+
+struct cv_model {
+    cv_model_config config;
+    cv_model_weights weights;
+    cv_st_file *files; /* (n_files) mapped safetensors files */
+    size_t n_files;
+    json_t *weight_map; /* index.json "weight_map" (name -> shard); NULL when unsharded */
+    char index_path[4096];
+};
+
+const cv_model_config *cv_model_get_config(const cv_model *model)
+{
+    return &model->config;
+}
+
+const cv_model_weights *cv_model_get_weights(const cv_model *model)
+{
+    return &model->weights;
+}
+
+void cv_model_free(cv_model *model)
+{
+    if (!model) return;
+    for (size_t i = 0; i < model->n_files; i++) cv_st_close(&model->files[i]);
+    free(model->files);
+    free(model->weights.layers);
+    json_decref(model->weight_map);
+    free(model);
+}
+
+static bool file_exists(const char *path)
+{
+    struct stat st;
+    return stat(path, &st) == 0;
+}
+
+static int model_open_file(cv_model *m, const char *path, cv_error *err)
+{
+    for (size_t i = 0; i < m->n_files; i++)
+        if (strcmp(m->files[i].path, path) == 0) return 0;
+    cv_st_file *files = realloc(m->files, (m->n_files + 1) * sizeof *files);
+    if (!files) return cv_errorf(err, "%s: out of memory", path);
+    m->files = files;
+    if (cv_st_open(&m->files[m->n_files], path, err)) return -1;
+    m->n_files++;
+    return 0;
+}
+
+/* Shard names come from a file we did not write: they must be plain file
+ * names inside the model directory. */
+static int shard_path(char *out, size_t n, const char *dir, const char *index, const char *name,
+                      const char *shard, cv_error *err)
+{
+    if (!shard || !*shard || strchr(shard, '/') || strcmp(shard, "..") == 0)
+        return cv_errorf(err, "%s: weight_map entry for '%s' is not a file name", index, name);
+    if ((size_t)snprintf(out, n, "%s/%s", dir, shard) >= n)
+        return cv_errorf(err, "%s: path of shard '%s' too long", index, shard);
+    return 0;
+}
+
+static int model_open_weights(cv_model *m, const char *dir, cv_error *err)
+{
+    char path[4096];
+    snprintf(m->index_path, sizeof m->index_path, "%s/model.safetensors.index.json", dir);
+    if (!file_exists(m->index_path)) {
+        snprintf(path, sizeof path, "%s/model.safetensors", dir);
+        if (!file_exists(path))
+            return cv_errorf(err, "%s: no model.safetensors or model.safetensors.index.json",
+                             dir);
+        return model_open_file(m, path, err);
+    }
+    json_t *index = cv_json_load(m->index_path, err);
+    if (!index) return -1;
+    json_t *map = json_object_get(index, "weight_map");
+    if (!json_is_object(map)) {
+        json_decref(index);
+        return cv_errorf(err, "%s: missing object 'weight_map'", m->index_path);
+    }
+    m->weight_map = json_incref(map);
+    json_decref(index);
+    const char *name;
+    json_t *shard;
+    json_object_foreach(m->weight_map, name, shard)
+    {
+        if (shard_path(path, sizeof path, dir, m->index_path, name, json_string_value(shard),
+                       err) ||
+            model_open_file(m, path, err))
+            return -1;
+    }
+    return 0;
+}
+
+/* Finds tensor NAME: in the one file, or in the shard the weight_map names.
+ * NULL with err set when absent. */
+static const cv_st_tensor *model_find(cv_model *m, const char *dir, const char *name,
+                                      const cv_st_file **file, cv_error *err)
+{
+    *file = &m->files[0];
+    if (m->weight_map) {
+        const char *shard = json_string_value(json_object_get(m->weight_map, name));
+        if (!shard) {
+            cv_errorf(err, "%s: tensor '%s' missing from weight_map", m->index_path, name);
+            return NULL;
+        }
+        char path[4096];
+        snprintf(path, sizeof path, "%s/%s", dir, shard);
+        for (size_t i = 0; i < m->n_files; i++)
+            if (strcmp(m->files[i].path, path) == 0) *file = &m->files[i];
+    }
+    const cv_st_tensor *t = cv_st_find(*file, name);
+    if (!t) cv_errorf(err, "%s: tensor '%s' missing", (*file)->path, name);
+    return t;
+}
+
+static int64_t dim_value(const cv_model_config *c, cv_dim d)
+{
+    switch (d) {
+    case CV_DIM_HIDDEN: return c->hidden_size;
+    case CV_DIM_INTER: return c->intermediate_size;
+    case CV_DIM_VOCAB: return c->vocab_size;
+    case CV_DIM_Q: return (int64_t)c->n_heads * c->head_dim;
+    case CV_DIM_KV: return (int64_t)c->n_kv_heads * c->head_dim;
+    case CV_DIM_HEAD: return c->head_dim;
+    }
+    return -1;
+}
+
+static void shape_str(char *buf, size_t n, int n_dims, const int64_t *shape)
+{
+    size_t used = (size_t)snprintf(buf, n, "[");
+    for (int i = 0; i < n_dims && used < n; i++)
+        used += (size_t)snprintf(buf + used, n - used, "%s%lld", i ? ", " : "",
+                                 (long long)shape[i]);
+    if (used < n) snprintf(buf + used, n - used, "]");
+}
+
+static bool spec_needed(const cv_tensor_spec *s, const cv_arch *arch, const cv_model_config *c)
+{
+    switch (s->need) {
+    case CV_NEED_ALWAYS: return true;
+    case CV_NEED_QKV_BIAS: return arch->qkv_bias;
+    case CV_NEED_QK_NORM: return arch->qk_norm;
+    case CV_NEED_UNTIED: return !c->tie_word_embeddings;
+    }
+    return false;
+}
+
+/* Resolves spec S (layer LAYER, or -1 for a global tensor) into *out. */
+static int model_bind(cv_model *m, const char *dir, const cv_tensor_spec *s, int layer,
+                      cv_tensor *out, cv_error *err)
+{
+    char name[256];
+    snprintf(name, sizeof name, s->pattern, layer);
+    const cv_st_file *file;
+    const cv_st_tensor *t = model_find(m, dir, name, &file, err);
+    if (!t) return -1;
+    if (!t->supported)
+        return cv_errorf(err, "%s: tensor '%s' has dtype %s; supported dtypes are F32, F16, BF16",
+                         file->path, name, t->dtype_name);
+    int64_t want[2];
+    bool ok = t->tensor.n_dims == s->n_dims;
+    for (int i = 0; i < s->n_dims; i++) {
+        want[i] = dim_value(&m->config, s->dims[i]);
+        ok = ok && t->tensor.shape[i] == want[i];
+    }
+    if (!ok) {
+        char got_s[96], want_s[96];
+        shape_str(got_s, sizeof got_s, t->tensor.n_dims, t->tensor.shape);
+        shape_str(want_s, sizeof want_s, s->n_dims, want);
+        return cv_errorf(err, "%s: tensor '%s' has shape %s, config.json implies %s", file->path,
+                         name, got_s, want_s);
+    }
+    *out = t->tensor;
+    return 0;
+}
+
+static int model_bind_all(cv_model *m, const char *dir, const cv_arch *arch, cv_error *err)
+{
+    cv_model_config *c = &m->config;
+    m->weights.layers = calloc((size_t)c->n_layers, sizeof *m->weights.layers);
+    if (!m->weights.layers) return cv_errorf(err, "%s: out of memory for %d layers", dir,
+                                             c->n_layers);
+    for (size_t i = 0; i < arch->n_global_tensors; i++) {
+        const cv_tensor_spec *s = &arch->global_tensors[i];
+        cv_tensor *out = (cv_tensor *)((char *)&m->weights + s->offset);
+        if (spec_needed(s, arch, c) && model_bind(m, dir, s, -1, out, err)) return -1;
+    }
+    for (int l = 0; l < c->n_layers; l++) {
+        for (size_t i = 0; i < arch->n_layer_tensors; i++) {
+            const cv_tensor_spec *s = &arch->layer_tensors[i];
+            cv_tensor *out = (cv_tensor *)((char *)&m->weights.layers[l] + s->offset);
+            if (spec_needed(s, arch, c) && model_bind(m, dir, s, l, out, err)) return -1;
+        }
+    }
+    /* Tied: HF ties lm_head to the embedding even when the file also stores
+     * an lm_head.weight, so the embedding is what it computes with. */
+    if (c->tie_word_embeddings) m->weights.lm_head = m->weights.embed;
+    c->dtype = m->weights.embed.dtype;
+    return 0;
+}
+
+cv_model *cv_model_load(const char *dir, cv_error *err)
+{
+    cv_model *m = calloc(1, sizeof *m);
+    if (!m) {
+        cv_errorf(err, "%s: out of memory", dir);
+        return NULL;
+    }
+    const cv_arch *arch = NULL;
+    if (cv_config_load(dir, &m->config, &arch, err) || model_open_weights(m, dir, err) ||
+        model_bind_all(m, dir, arch, err)) {
+        cv_model_free(m);
+        return NULL;
+    }
+    return m;
+}

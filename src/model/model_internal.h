@@ -1,0 +1,98 @@
+/* Internals of the model module shared by its files: the safetensors reader
+ * (safetensors.c), config.json parsing (config.c) and the architecture table
+ * (arch.c). Nothing here crosses the module boundary. */
+#ifndef CV_MODEL_MODEL_INTERNAL_H
+#define CV_MODEL_MODEL_INTERNAL_H
+
+#include <jansson.h>
+
+#include "model/model.h"
+
+/* ---- safetensors reader ---------------------------------------------- */
+
+typedef struct cv_st_tensor {
+    char *name;
+    char dtype_name[16]; /* as stored ("F32", "I8", ...), for messages */
+    bool supported;      /* dtype is F32, F16 or BF16 and tensor is usable */
+    cv_tensor tensor;    /* data points into the mapping, or an aligned copy */
+} cv_st_tensor;
+
+typedef struct cv_st_file {
+    char *path;
+    void *map;               /* whole file, read-only */
+    size_t map_bytes;
+    cv_st_tensor *tensors;   /* (n_tensors) in header order */
+    size_t n_tensors;
+    void **copies;           /* aligned copies of misaligned tensors, owned */
+    size_t n_copies;
+} cv_st_file;
+
+/* Maps PATH and validates its header: length against the file size, JSON,
+ * every entry's dtype, shape, data_offsets (inside the data region, size equal
+ * to shape * dtype size). On failure f is left closed and err names PATH. */
+int cv_st_open(cv_st_file *f, const char *path, cv_error *err);
+void cv_st_close(cv_st_file *f);
+const cv_st_tensor *cv_st_find(const cv_st_file *f, const char *name);
+
+/* ---- JSON files -------------------------------------------------------- */
+
+/* Reads and parses PATH; NULL with err naming PATH on a missing file or
+ * malformed JSON. The caller json_decref()s the result. */
+json_t *cv_json_load(const char *path, cv_error *err);
+
+/* ---- architectures ----------------------------------------------------- */
+
+/* Symbolic tensor dimensions, resolved against the config. */
+typedef enum {
+    CV_DIM_HIDDEN = 0,
+    CV_DIM_INTER,
+    CV_DIM_VOCAB,
+    CV_DIM_Q,    /* n_heads * head_dim */
+    CV_DIM_KV,   /* n_kv_heads * head_dim */
+    CV_DIM_HEAD, /* head_dim */
+} cv_dim;
+
+/* When a tensor must be present. */
+typedef enum {
+    CV_NEED_ALWAYS = 0,
+    CV_NEED_QKV_BIAS, /* architectures with q/k/v projection biases */
+    CV_NEED_QK_NORM,  /* architectures with per-head q/k RMSNorm */
+    CV_NEED_UNTIED,   /* only when tie_word_embeddings is false */
+} cv_need;
+
+typedef struct cv_tensor_spec {
+    size_t offset;       /* offsetof the cv_tensor in cv_layer_weights (layer
+                          * tensors) or cv_model_weights (global tensors) */
+    const char *pattern; /* HF name; "%d" is the layer index */
+    cv_need need;
+    int n_dims;
+    cv_dim dims[2];
+} cv_tensor_spec;
+
+typedef struct cv_arch {
+    const char *name; /* config.json "architectures"[0] */
+    const cv_tensor_spec *global_tensors;
+    size_t n_global_tensors;
+    const cv_tensor_spec *layer_tensors;
+    size_t n_layer_tensors;
+    bool qkv_bias;
+    bool qk_norm;
+    /* Defaults of the HF config class for keys config.json may omit. */
+    bool default_tie;
+    int default_max_position;
+    float default_rms_norm_eps;
+    float default_rope_theta;
+    int default_bos; /* -1: none */
+    int default_eos; /* -1: none */
+} cv_arch;
+
+const cv_arch *cv_arch_find(const char *name);
+/* Writes the comma-separated names of all architectures (for error messages)
+ * into BUF of N bytes, truncating if needed. */
+void cv_arch_names(char *buf, size_t n);
+
+/* Fills cfg from DIR/config.json and DIR/generation_config.json and returns
+ * the architecture it names. */
+int cv_config_load(const char *dir, cv_model_config *cfg, const cv_arch **arch, cv_error *err);
+
+#endif
