@@ -54,11 +54,16 @@ static const cv_tensor_spec llama_layer_tensors[] = {
  * Qwen2Config and Qwen3Config (tie_word_embeddings is false in all four;
  * Qwen checkpoints that tie say so in config.json). */
 static const cv_arch cv_archs[] = {
-    /* name                 tensors        bias   qknorm tie    max_pos  eps   theta  bos eos */
-    {"LlamaForCausalLM", LLAMA_TENSORS, false, false, false, 2048, 1e-6f, 10000.0f, 1, 2},
-    {"MistralForCausalLM", LLAMA_TENSORS, false, false, false, 4096 * 32, 1e-6f, 10000.0f, 1, 2},
-    {"Qwen2ForCausalLM", LLAMA_TENSORS, true, false, false, 32768, 1e-6f, 10000.0f, -1, -1},
-    {"Qwen3ForCausalLM", LLAMA_TENSORS, false, true, false, 32768, 1e-6f, 10000.0f, -1, -1},
+    /* name, model_type, tensors, qkv_bias, qk_norm, then defaults: tie,
+     * max_position, rms_norm_eps, rope_theta, bos, eos */
+    {"LlamaForCausalLM", "llama", LLAMA_TENSORS, false, false, false, 2048, 1e-6f, 10000.0f, 1,
+     2},
+    {"MistralForCausalLM", "mistral", LLAMA_TENSORS, false, false, false, 4096 * 32, 1e-6f,
+     10000.0f, 1, 2},
+    {"Qwen2ForCausalLM", "qwen2", LLAMA_TENSORS, true, false, false, 32768, 1e-6f, 10000.0f, -1,
+     -1},
+    {"Qwen3ForCausalLM", "qwen3", LLAMA_TENSORS, false, true, false, 32768, 1e-6f, 10000.0f, -1,
+     -1},
 };
 enum { CV_N_ARCHS = sizeof cv_archs / sizeof cv_archs[0] };
 
@@ -75,4 +80,28 @@ void cv_arch_names(char *buf, size_t n)
     buf[0] = '\0';
     for (int i = 0; i < CV_N_ARCHS && used < n; i++)
         used += (size_t)snprintf(buf + used, n - used, "%s%s", i ? ", " : "", cv_archs[i].name);
+}
+
+bool cv_arch_needs(const cv_arch *arch, const cv_tensor_spec *s, const cv_model_config *c)
+{
+    switch (s->need) {
+    case CV_NEED_ALWAYS: return true;
+    case CV_NEED_QKV_BIAS: return arch->qkv_bias;
+    case CV_NEED_QK_NORM: return arch->qk_norm;
+    case CV_NEED_UNTIED: return !c->tie_word_embeddings;
+    }
+    return false;
+}
+
+int64_t cv_arch_dim(const cv_model_config *c, cv_dim d)
+{
+    switch (d) {
+    case CV_DIM_HIDDEN: return c->hidden_size;
+    case CV_DIM_INTER: return c->intermediate_size;
+    case CV_DIM_VOCAB: return c->vocab_size;
+    case CV_DIM_Q: return (int64_t)c->n_heads * c->head_dim;
+    case CV_DIM_KV: return (int64_t)c->n_kv_heads * c->head_dim;
+    case CV_DIM_HEAD: return c->head_dim;
+    }
+    return -1;
 }

@@ -122,19 +122,6 @@ static const cv_st_tensor *model_find(cv_model *m, const char *dir, const char *
     return t;
 }
 
-static int64_t dim_value(const cv_model_config *c, cv_dim d)
-{
-    switch (d) {
-    case CV_DIM_HIDDEN: return c->hidden_size;
-    case CV_DIM_INTER: return c->intermediate_size;
-    case CV_DIM_VOCAB: return c->vocab_size;
-    case CV_DIM_Q: return (int64_t)c->n_heads * c->head_dim;
-    case CV_DIM_KV: return (int64_t)c->n_kv_heads * c->head_dim;
-    case CV_DIM_HEAD: return c->head_dim;
-    }
-    return -1;
-}
-
 static void shape_str(char *buf, size_t n, int n_dims, const int64_t *shape)
 {
     size_t used = (size_t)snprintf(buf, n, "[");
@@ -142,17 +129,6 @@ static void shape_str(char *buf, size_t n, int n_dims, const int64_t *shape)
         used += (size_t)snprintf(buf + used, n - used, "%s%lld", i ? ", " : "",
                                  (long long)shape[i]);
     if (used < n) snprintf(buf + used, n - used, "]");
-}
-
-static bool spec_needed(const cv_tensor_spec *s, const cv_arch *arch, const cv_model_config *c)
-{
-    switch (s->need) {
-    case CV_NEED_ALWAYS: return true;
-    case CV_NEED_QKV_BIAS: return arch->qkv_bias;
-    case CV_NEED_QK_NORM: return arch->qk_norm;
-    case CV_NEED_UNTIED: return !c->tie_word_embeddings;
-    }
-    return false;
 }
 
 /* Resolves spec S (layer LAYER, or -1 for a global tensor) into *out. */
@@ -170,7 +146,7 @@ static int model_bind(cv_model *m, const char *dir, const cv_tensor_spec *s, int
     int64_t want[2];
     bool ok = t->tensor.n_dims == s->n_dims;
     for (int i = 0; i < s->n_dims; i++) {
-        want[i] = dim_value(&m->config, s->dims[i]);
+        want[i] = cv_arch_dim(&m->config, s->dims[i]);
         ok = ok && t->tensor.shape[i] == want[i];
     }
     if (!ok) {
@@ -193,13 +169,13 @@ static int model_bind_all(cv_model *m, const char *dir, const cv_arch *arch, cv_
     for (size_t i = 0; i < arch->n_global_tensors; i++) {
         const cv_tensor_spec *s = &arch->global_tensors[i];
         cv_tensor *out = (cv_tensor *)((char *)&m->weights + s->offset);
-        if (spec_needed(s, arch, c) && model_bind(m, dir, s, -1, out, err)) return -1;
+        if (cv_arch_needs(arch, s, c) && model_bind(m, dir, s, -1, out, err)) return -1;
     }
     for (int l = 0; l < c->n_layers; l++) {
         for (size_t i = 0; i < arch->n_layer_tensors; i++) {
             const cv_tensor_spec *s = &arch->layer_tensors[i];
             cv_tensor *out = (cv_tensor *)((char *)&m->weights.layers[l] + s->offset);
-            if (spec_needed(s, arch, c) && model_bind(m, dir, s, l, out, err)) return -1;
+            if (cv_arch_needs(arch, s, c) && model_bind(m, dir, s, l, out, err)) return -1;
         }
     }
     /* Tied: HF ties lm_head to the embedding even when the file also stores
@@ -223,4 +199,52 @@ cv_model *cv_model_load(const char *dir, cv_error *err)
         return NULL;
     }
     return m;
+}
+
+void cv_model_free_tensor_list(cv_safetensors_entry *entries, size_t n_entries)
+{
+    for (size_t i = 0; entries && i < n_entries; i++) free((char *)entries[i].name);
+    free(entries);
+}
+
+static int list_add(cv_safetensors_entry *list, size_t *n, const cv_model_config *cfg,
+                    const cv_tensor_spec *s, int layer, cv_dtype dtype, cv_error *err)
+{
+    char name[256];
+    snprintf(name, sizeof name, s->pattern, layer);
+    cv_safetensors_entry *e = &list[*n];
+    memset(e, 0, sizeof *e);
+    e->name = strdup(name);
+    if (!e->name) return cv_errorf(err, "out of memory listing tensors");
+    e->tensor.dtype = dtype;
+    e->tensor.n_dims = s->n_dims;
+    for (int d = 0; d < s->n_dims; d++) e->tensor.shape[d] = cv_arch_dim(cfg, s->dims[d]);
+    (*n)++;
+    return 0;
+}
+
+int cv_model_tensor_list(const cv_model_config *cfg, cv_dtype dtype,
+                         cv_safetensors_entry **entries, size_t *n_entries, cv_error *err)
+{
+    const cv_arch *arch = cv_arch_find(cfg->architecture);
+    if (!arch) return cv_errorf(err, "unknown architecture '%s'", cfg->architecture);
+    size_t cap = arch->n_global_tensors + (size_t)cfg->n_layers * arch->n_layer_tensors;
+    cv_safetensors_entry *list = calloc(cap, sizeof *list);
+    if (!list) return cv_errorf(err, "out of memory listing %zu tensors", cap);
+    size_t n = 0;
+    int rc = 0;
+    for (size_t i = 0; rc == 0 && i < arch->n_global_tensors; i++)
+        if (cv_arch_needs(arch, &arch->global_tensors[i], cfg))
+            rc = list_add(list, &n, cfg, &arch->global_tensors[i], -1, dtype, err);
+    for (int l = 0; rc == 0 && l < cfg->n_layers; l++)
+        for (size_t i = 0; rc == 0 && i < arch->n_layer_tensors; i++)
+            if (cv_arch_needs(arch, &arch->layer_tensors[i], cfg))
+                rc = list_add(list, &n, cfg, &arch->layer_tensors[i], l, dtype, err);
+    if (rc) {
+        cv_model_free_tensor_list(list, n);
+        return -1;
+    }
+    *entries = list;
+    *n_entries = n;
+    return 0;
 }

@@ -123,4 +123,25 @@ int cv_safetensors_write(const char *path, const cv_safetensors_entry *entries, 
 /* Number of elements of T (the product of its shape). */
 int64_t cv_tensor_numel(const cv_tensor *t);
 
+/* Half-precision conversions. To F16/BF16: round to nearest even, overflow
+ * to infinity, NaN stays NaN. From F16/BF16: exact. */
+uint16_t cv_f32_to_f16(float x);
+uint16_t cv_f32_to_bf16(float x);
+float cv_f16_to_f32(uint16_t h);
+float cv_bf16_to_f32(uint16_t h);
+
+/* Writes DIR/config.json and DIR/generation_config.json (HF layout, as
+ * transformers 4.x names the keys, which 5.x also reads) describing CFG;
+ * cfg->dtype becomes torch_dtype. DIR must exist. */
+int cv_model_write_config(const char *dir, const cv_model_config *cfg, cv_error *err);
+
+/* The tensors cv_model_load expects for CFG (architecture, shapes, optional
+ * biases and norms, lm_head when untied), in load order, each with dtype
+ * DTYPE and data NULL: what a writer of a model for CFG must store. On
+ * success *entries (n_entries) is owned by the caller, who frees it with
+ * cv_model_free_tensor_list. */
+int cv_model_tensor_list(const cv_model_config *cfg, cv_dtype dtype,
+                         cv_safetensors_entry **entries, size_t *n_entries, cv_error *err);
+void cv_model_free_tensor_list(cv_safetensors_entry *entries, size_t n_entries);
+
 #endif

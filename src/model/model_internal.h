@@ -70,7 +70,8 @@ typedef struct cv_tensor_spec {
 } cv_tensor_spec;
 
 typedef struct cv_arch {
-    const char *name; /* config.json "architectures"[0] */
+    const char *name;       /* config.json "architectures"[0] */
+    const char *model_type; /* config.json "model_type" */
     const cv_tensor_spec *global_tensors;
     size_t n_global_tensors;
     const cv_tensor_spec *layer_tensors;
@@ -87,6 +88,10 @@ typedef struct cv_arch {
 } cv_arch;
 
 const cv_arch *cv_arch_find(const char *name);
+/* Whether tensor spec S exists for ARCH under config C. */
+bool cv_arch_needs(const cv_arch *arch, const cv_tensor_spec *s, const cv_model_config *c);
+/* The size of symbolic dimension D under config C. */
+int64_t cv_arch_dim(const cv_model_config *c, cv_dim d);
 /* Writes the comma-separated names of all architectures (for error messages)
  * into BUF of N bytes, truncating if needed. */
 void cv_arch_names(char *buf, size_t n);

@@ -31,28 +31,6 @@ static const struct {
 };
 enum { CV_ST_N_DTYPES = sizeof st_dtypes / sizeof st_dtypes[0] };
 
-size_t cv_dtype_size(cv_dtype dtype)
-{
-    return dtype == CV_DTYPE_F32 ? 4 : 2;
-}
-
-const char *cv_dtype_name(cv_dtype dtype)
-{
-    switch (dtype) {
-    case CV_DTYPE_F32: return "F32";
-    case CV_DTYPE_F16: return "F16";
-    case CV_DTYPE_BF16: return "BF16";
-    }
-    return "?";
-}
-
-int64_t cv_tensor_numel(const cv_tensor *t)
-{
-    int64_t n = 1;
-    for (int i = 0; i < t->n_dims; i++) n *= t->shape[i];
-    return n;
-}
-
 json_t *cv_json_load(const char *path, cv_error *err)
 {
     FILE *fp = fopen(path, "rb");
