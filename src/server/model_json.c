@@ -1,0 +1,355 @@
+/* model.json -> engine arguments; hub ids through the HF cache layout. */
+#include "server/model_json.h"
+
+#include <errno.h>
+#include <jansson.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+static bool is_dir(const char *p)
+{
+    struct stat st;
+    return stat(p, &st) == 0 && S_ISDIR(st.st_mode);
+}
+
+int cv_hf_resolve(const char *id, const char *revision, char *out, size_t cap, cv_error *err)
+{
+    const char *slash = strchr(id, '/');
+    if (!slash || strchr(slash + 1, '/') || slash == id || !slash[1])
+        return cv_errorf(err, "'%s' is not a local directory nor a hub id of the form org/name",
+                         id);
+    char hub[4096];
+    const char *env = getenv("HF_HUB_CACHE");
+    if (env && *env) {
+        snprintf(hub, sizeof hub, "%s", env);
+    } else if ((env = getenv("HF_HOME")) && *env) {
+        snprintf(hub, sizeof hub, "%s/hub", env);
+    } else {
+        const char *home = getenv("HOME");
+        snprintf(hub, sizeof hub, "%s/.cache/huggingface/hub", home ? home : "");
+    }
+    char repo[4300];
+    snprintf(repo, sizeof repo, "%s/models--%.*s--%s", hub, (int)(slash - id), id, slash + 1);
+    if (!is_dir(repo))
+        return cv_errorf(err, "model '%s' is not in the HuggingFace cache (%s not found); "
+                              "download it first, cvllm does not fetch models at load time",
+                         id, repo);
+    const char *rev = revision && *revision ? revision : "main";
+    char path[4400], snap[4400];
+    snprintf(snap, sizeof snap, "%s/snapshots/%s", repo, rev);
+    if (!is_dir(snap)) {
+        snprintf(path, sizeof path, "%s/refs/%s", repo, rev);
+        FILE *fp = fopen(path, "r");
+        if (!fp)
+            return cv_errorf(err, "model '%s': revision '%s' not in the HuggingFace cache (%s)", id,
+                             rev, path);
+        char hash[128] = "";
+        if (!fgets(hash, sizeof hash, fp))
+            hash[0] = '\0';
+        fclose(fp);
+        hash[strcspn(hash, "\r\n")] = '\0';
+        snprintf(snap, sizeof snap, "%s/snapshots/%s", repo, hash);
+        if (!hash[0] || !is_dir(snap))
+            return cv_errorf(err, "model '%s': snapshot '%s' named by %s is missing", id, hash,
+                             path);
+    }
+    if (strlen(snap) >= cap)
+        return cv_errorf(err, "model '%s': path too long", id);
+    memcpy(out, snap, strlen(snap) + 1);
+    return 0;
+}
+
+/* ---- typed key readers -------------------------------------------------- */
+
+typedef struct jctx {
+    const char *path;
+    cv_error *err;
+} jctx;
+
+static int key_err(const jctx *c, const char *key, const char *why)
+{
+    return cv_errorf(c->err, "%s: key '%s': %s", c->path, key, why);
+}
+
+static int get_bool(const jctx *c, const char *key, json_t *v, bool *out)
+{
+    if (!json_is_boolean(v))
+        return key_err(c, key, "expected true or false");
+    *out = json_is_true(v);
+    return 0;
+}
+
+static int get_int(const jctx *c, const char *key, json_t *v, long long lo, long long hi,
+                   long long *out)
+{
+    double d;
+    if (json_is_integer(v))
+        d = (double)json_integer_value(v);
+    else if (json_is_real(v) && floor(json_real_value(v)) == json_real_value(v))
+        d = json_real_value(v);
+    else
+        return key_err(c, key, "expected an integer");
+    if (d < (double)lo || d > (double)hi) {
+        char m[128];
+        snprintf(m, sizeof m, "value %.0f out of range [%lld, %lld]", d, lo, hi);
+        return key_err(c, key, m);
+    }
+    *out = (long long)d;
+    return 0;
+}
+
+static int get_str(const jctx *c, const char *key, json_t *v, const char **out)
+{
+    if (!json_is_string(v))
+        return key_err(c, key, "expected a string");
+    *out = json_string_value(v);
+    return 0;
+}
+
+/* A model or tokenizer location -> an existing directory. */
+static int resolve_model_path(const jctx *c, const char *key, const char *val,
+                              const char *version_dir, const char *revision, char *out, size_t cap)
+{
+    char p[8400];
+    if (val[0] == '/') {
+        snprintf(p, sizeof p, "%s", val);
+    } else if (is_dir(val)) {
+        snprintf(p, sizeof p, "%s", val);
+    } else {
+        snprintf(p, sizeof p, "%s/%s", version_dir, val);
+        if (!is_dir(p)) {
+            cv_error e;
+            if (cv_hf_resolve(val, revision, p, sizeof p, &e) < 0)
+                return key_err(c, key, e.msg);
+        }
+    }
+    if (!is_dir(p)) {
+        char m[4400];
+        snprintf(m, sizeof m, "'%s' is not a directory", p);
+        return key_err(c, key, m);
+    }
+    if (strlen(p) >= cap)
+        return key_err(c, key, "path too long");
+    memcpy(out, p, strlen(p) + 1);
+    return 0;
+}
+
+/* Keys vLLM accepts that have no meaning for cvllm's engine; checked for
+ * type and otherwise ignored so Triton model.json files load unchanged. */
+typedef enum { T_BOOL, T_INT, T_NUM, T_STR, T_ANY } jtype;
+static const struct {
+    const char *key;
+    jtype type;
+} ignored_keys[] = {
+    {"gpu_memory_utilization", T_NUM}, {"enforce_eager", T_BOOL},
+    {"disable_log_requests", T_BOOL},  {"trust_remote_code", T_BOOL},
+    {"swap_space", T_NUM},             {"cpu_offload_gb", T_NUM},
+    {"max_seq_len_to_capture", T_INT}, {"disable_custom_all_reduce", T_BOOL},
+    {"max_lora_rank", T_INT},          {"max_loras", T_INT},
+    {"max_cpu_loras", T_INT},          {"tokenizer_mode", T_STR},
+    {"max_logprobs", T_INT},           {"distributed_executor_backend", T_ANY},
+    {"quantization", T_ANY},           {"served_model_name", T_ANY},
+    {"revision", T_STR},               {"tokenizer_revision", T_ANY},
+    {"enable_chunked_prefill", T_BOOL}, {"disable_sliding_window", T_BOOL},
+    {"worker_use_ray", T_BOOL},        {"engine_use_ray", T_BOOL},
+};
+
+static int check_ignored(const jctx *c, const char *key, json_t *v, bool *known)
+{
+    *known = false;
+    for (size_t i = 0; i < sizeof ignored_keys / sizeof *ignored_keys; i++) {
+        if (strcmp(key, ignored_keys[i].key))
+            continue;
+        *known = true;
+        switch (ignored_keys[i].type) {
+        case T_BOOL:
+            return json_is_boolean(v) ? 0 : key_err(c, key, "expected true or false");
+        case T_INT:
+            return json_is_integer(v) ? 0 : key_err(c, key, "expected an integer");
+        case T_NUM:
+            if (!json_is_number(v))
+                return key_err(c, key, "expected a number");
+            if (!strcmp(key, "gpu_memory_utilization") &&
+                (json_number_value(v) <= 0 || json_number_value(v) > 1))
+                return key_err(c, key, "must be in (0, 1]");
+            return 0;
+        case T_STR:
+            return json_is_string(v) ? 0 : key_err(c, key, "expected a string");
+        case T_ANY:
+            return 0;
+        }
+    }
+    return 0;
+}
+
+static int read_loras(const char *version_dir, cv_model_json_extra *extra, cv_error *err)
+{
+    char path[4400];
+    snprintf(path, sizeof path, "%s/multi_lora.json", version_dir);
+    FILE *fp = fopen(path, "r");
+    if (!fp)
+        return 0;
+    fclose(fp);
+    json_error_t je;
+    json_t *root = json_load_file(path, 0, &je);
+    if (!root)
+        return cv_errorf(err, "%s:%d: %s", path, je.line, je.text);
+    if (!json_is_object(root)) {
+        json_decref(root);
+        return cv_errorf(err, "%s: expected an object {\"lora_name\": \"/path\", ...}", path);
+    }
+    const char *k;
+    json_t *v;
+    json_object_foreach(root, k, v)
+    {
+        if (!json_is_string(v) || extra->n_loras == CV_MAX_LORAS || strlen(k) >= 128) {
+            json_decref(root);
+            return cv_errorf(err, "%s: key '%s': expected a path string (at most %d adapters)",
+                             path, k, CV_MAX_LORAS);
+        }
+        snprintf(extra->lora_names[extra->n_loras++], 128, "%s", k);
+    }
+    json_decref(root);
+    return 0;
+}
+
+int cv_model_json_parse(const char *text, size_t len, const char *path, const char *version_dir,
+                        cv_engine_args *args, cv_model_json_extra *extra, cv_error *err)
+{
+    memset(extra, 0, sizeof *extra);
+    extra->tensor_parallel_size = 1;
+    extra->pipeline_parallel_size = 1;
+    jctx c = {path, err};
+    json_error_t je;
+    json_t *root = json_loadb(text, len, 0, &je);
+    if (!root)
+        return cv_errorf(err, "%s:%d: invalid JSON: %s", path, je.line, je.text);
+    if (!json_is_object(root)) {
+        json_decref(root);
+        return cv_errorf(err, "%s: expected a JSON object of engine arguments", path);
+    }
+    const char *revision = NULL;
+    json_t *rv = json_object_get(root, "revision");
+    if (json_is_string(rv))
+        revision = json_string_value(rv);
+    int rc = 0;
+    bool have_model = false;
+    const char *key;
+    json_t *v;
+    json_object_foreach(root, key, v)
+    {
+        long long n;
+        const char *s = "";
+        bool known;
+        if (!strcmp(key, "model") || !strcmp(key, "tokenizer")) {
+            bool is_model = key[0] == 'm';
+            if (!is_model && json_is_null(v))
+                continue;
+            rc = get_str(&c, key, v, &s);
+            if (rc == 0)
+                rc = resolve_model_path(&c, key, s, version_dir, revision,
+                                        is_model ? args->model : args->tokenizer,
+                                        sizeof args->model);
+            have_model |= is_model;
+        } else if (!strcmp(key, "dtype")) {
+            rc = get_str(&c, key, v, &s);
+            static const char *const from[] = {"auto", "float32", "float", "float16", "half",
+                                               "bfloat16"};
+            static const char *const to[] = {"auto", "float32", "float32", "float16", "float16",
+                                             "bfloat16"};
+            bool ok = false;
+            for (size_t i = 0; rc == 0 && i < 6; i++) {
+                if (!strcmp(s, from[i])) {
+                    snprintf(args->dtype, sizeof args->dtype, "%s", to[i]);
+                    ok = true;
+                }
+            }
+            if (rc == 0 && !ok)
+                rc = key_err(&c, key, "expected one of auto, float32, float, float16, half, "
+                                      "bfloat16");
+        } else if (!strcmp(key, "max_model_len")) {
+            if ((rc = get_int(&c, key, v, 1, 1 << 24, &n)) == 0)
+                args->max_model_len = (int)n;
+        } else if (!strcmp(key, "block_size")) {
+            if ((rc = get_int(&c, key, v, 1, 1024, &n)) == 0)
+                args->block_size = (int)n;
+        } else if (!strcmp(key, "max_num_seqs")) {
+            if ((rc = get_int(&c, key, v, 1, 1 << 20, &n)) == 0)
+                args->max_num_seqs = (int)n;
+        } else if (!strcmp(key, "max_num_batched_tokens")) {
+            if ((rc = get_int(&c, key, v, 1, 1 << 26, &n)) == 0)
+                args->max_num_batched_tokens = (int)n;
+        } else if (!strcmp(key, "enable_prefix_caching")) {
+            rc = get_bool(&c, key, v, &args->enable_prefix_caching);
+        } else if (!strcmp(key, "seed")) {
+            if ((rc = get_int(&c, key, v, 0, INT64_MAX, &n)) == 0)
+                args->seed = (uint64_t)n;
+        } else if (!strcmp(key, "kv_cache_memory_bytes")) {
+            if ((rc = get_int(&c, key, v, 1, INT64_MAX, &n)) == 0)
+                args->kv_cache_bytes = (size_t)n;
+        } else if (!strcmp(key, "tensor_parallel_size")) {
+            if ((rc = get_int(&c, key, v, 1, 1024, &n)) == 0)
+                extra->tensor_parallel_size = (int)n;
+        } else if (!strcmp(key, "pipeline_parallel_size")) {
+            if ((rc = get_int(&c, key, v, 1, 1024, &n)) == 0)
+                extra->pipeline_parallel_size = (int)n;
+        } else if (!strcmp(key, "enable_lora")) {
+            rc = get_bool(&c, key, v, &extra->enable_lora);
+        } else if (!strcmp(key, "disable_log_stats")) {
+            rc = get_bool(&c, key, v, &extra->disable_log_stats);
+        } else if (!strcmp(key, "load_format")) {
+            rc = get_str(&c, key, v, &s);
+            if (rc == 0 && strcmp(s, "auto") && strcmp(s, "safetensors"))
+                rc = key_err(&c, key, "cvllm loads \"auto\" or \"safetensors\"");
+        } else {
+            rc = check_ignored(&c, key, v, &known);
+            if (rc == 0 && !known)
+                rc = key_err(&c, key, "unknown engine argument");
+        }
+        if (rc < 0)
+            break;
+    }
+    json_decref(root);
+    if (rc == 0 && !have_model)
+        rc = key_err(&c, "model", "missing (the HuggingFace model directory or hub id)");
+    if (rc == 0 && extra->enable_lora)
+        rc = read_loras(version_dir, extra, err);
+    return rc;
+}
+
+int cv_model_json_load(const char *model_dir, const char *version, cv_engine_args *args,
+                       cv_model_json_extra *extra, cv_error *err)
+{
+    char vdir[4200], path[4300];
+    snprintf(vdir, sizeof vdir, "%s/%s", model_dir, version);
+    snprintf(path, sizeof path, "%s/model.json", vdir);
+    FILE *fp = fopen(path, "rb");
+    if (!fp)
+        return cv_errorf(err, "'model.json' containing vllm engine args must be provided in '%s'",
+                         vdir);
+    char *buf = NULL;
+    size_t len = 0, cap = 0;
+    for (;;) {
+        if (len + 4096 > cap) {
+            cap = cap ? cap * 2 : 8192;
+            char *nb = realloc(buf, cap);
+            if (!nb) {
+                free(buf);
+                fclose(fp);
+                return cv_errorf(err, "%s: out of memory", path);
+            }
+            buf = nb;
+        }
+        size_t got = fread(buf + len, 1, cap - len, fp);
+        len += got;
+        if (got == 0)
+            break;
+    }
+    fclose(fp);
+    int rc = cv_model_json_parse(buf, len, path, vdir, args, extra, err);
+    free(buf);
+    return rc;
+}

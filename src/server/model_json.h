@@ -1,0 +1,47 @@
+/* 1/model.json (vLLM engine arguments) -> cv_engine_args, and HuggingFace
+ * hub ids resolved through the local HF cache layout. */
+#ifndef CV_SERVER_MODEL_JSON_H
+#define CV_SERVER_MODEL_JSON_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#include "base/error.h"
+#include "cvllm/engine.h"
+
+enum { CV_MAX_LORAS = 16 };
+
+/* model.json keys that the server, not the engine, acts on. */
+typedef struct cv_model_json_extra {
+    int tensor_parallel_size;   /* 1 */
+    int pipeline_parallel_size; /* 1 */
+    bool enable_lora;
+    bool disable_log_stats;
+    int n_loras;                        /* from multi_lora.json */
+    char lora_names[CV_MAX_LORAS][128];
+} cv_model_json_extra;
+
+/* Reads <version_dir>/model.json (and multi_lora.json when present) into
+ * args (initialized with cv_engine_args_default by the caller) and extra.
+ * `model_dir` is named in the missing-file message, which is the Triton
+ * vLLM backend's: "'model.json' containing vllm engine args must be provided
+ * in '<model_dir>/<version>'". Unknown keys and invalid values fail with
+ * "<path>: key '<key>': <why>". Relative "model"/"tokenizer" paths resolve
+ * against the working directory, then version_dir; other values are looked
+ * up as hub ids (cv_hf_resolve). */
+int cv_model_json_load(const char *model_dir, const char *version, cv_engine_args *args,
+                       cv_model_json_extra *extra, cv_error *err);
+
+/* Same, from JSON text; `path` names the file in messages and
+ * `version_dir` anchors relative paths. */
+int cv_model_json_parse(const char *text, size_t len, const char *path, const char *version_dir,
+                        cv_engine_args *args, cv_model_json_extra *extra, cv_error *err);
+
+/* Resolves a hub id "org/name" to
+ * $HF_HUB_CACHE | $HF_HOME/hub | ~/.cache/huggingface/hub
+ *   /models--org--name/snapshots/<rev>/
+ * where <rev> is refs/<revision> (revision NULL or "" = "main") or the
+ * revision itself when it names a snapshot. */
+int cv_hf_resolve(const char *id, const char *revision, char *out, size_t cap, cv_error *err);
+
+#endif

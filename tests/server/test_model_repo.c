@@ -1,0 +1,246 @@
+/* config.pbtxt parsing and vLLM auto-completion, model.json engine
+ * arguments and hub-id resolution: exact results and exact messages. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "server/model_config.h"
+#include "server/model_json.h"
+
+static const char seed_config[] = "backend: \"vllm\"\n"
+                                  "\n"
+                                  "# The usage of device is deferred to the vLLM engine\n"
+                                  "instance_group [\n"
+                                  "  {\n"
+                                  "    count: 1\n"
+                                  "    kind: KIND_MODEL\n"
+                                  "  }\n"
+                                  "]\n";
+
+static void test_seed_config_autocompletes(void **state)
+{
+    (void)state;
+    cv_model_config cfg;
+    cv_error err = {""};
+    assert_int_equal(cv_model_config_parse(&cfg, seed_config, strlen(seed_config), "config.pbtxt",
+                                           &err), 0);
+    snprintf(cfg.name, sizeof cfg.name, "vllm_model");
+    assert_int_equal(cv_model_config_autocomplete_vllm(&cfg, &err), 0);
+    assert_string_equal(cfg.backend, "vllm");
+    assert_int_equal(cfg.max_batch_size, 0);
+    assert_true(cfg.decoupled);
+    assert_int_equal(cfg.n_inputs, 9);
+    assert_int_equal(cfg.n_outputs, 6);
+    assert_string_equal(cfg.inputs[0].name, "text_input");
+    assert_int_equal(cfg.inputs[0].data_type, CV_TYPE_STRING);
+    assert_false(cfg.inputs[0].optional);
+    assert_true(cv_model_config_input(&cfg, "stream")->optional);
+    assert_int_equal(cfg.groups[0].kind, CV_KIND_MODEL);
+
+    json_t *j = cv_model_config_to_json(&cfg);
+    char *s = json_dumps(json_object_get(j, "output"), JSON_COMPACT);
+    json_t *first = json_array_get(json_object_get(j, "input"), 1);
+    char *in1 = json_dumps(first, JSON_COMPACT | JSON_SORT_KEYS);
+    assert_string_equal(in1, "{\"allow_ragged_batch\":false,\"data_type\":\"TYPE_BOOL\","
+                             "\"dims\":[1],\"format\":\"FORMAT_NONE\",\"is_shape_tensor\":false,"
+                             "\"name\":\"stream\",\"optional\":true}");
+    assert_non_null(strstr(s, "{\"name\":\"text_output\",\"data_type\":\"TYPE_STRING\","
+                              "\"dims\":[-1]"));
+    assert_string_equal(json_string_value(json_object_get(j, "backend")), "vllm");
+    assert_true(json_is_true(
+        json_object_get(json_object_get(j, "model_transaction_policy"), "decoupled")));
+    free(s);
+    free(in1);
+    json_decref(j);
+}
+
+static void test_parameters_and_lists(void **state)
+{
+    (void)state;
+    const char *t = "name: 'm' backend: \"vllm\"\n"
+                    "parameters: { key: \"REPORT_CUSTOM_METRICS\" value: { string_value: \"true\" } }\n"
+                    "parameters [ { key: \"A\", value < string_value: 'x' 'y' > } ]\n"
+                    "model_transaction_policy { decoupled: True }\n"
+                    "version_policy: { specific: { versions: [1, 3] } }\n";
+    cv_model_config cfg;
+    cv_error err = {""};
+    assert_int_equal(cv_model_config_parse(&cfg, t, strlen(t), "c.pbtxt", &err), 0);
+    assert_string_equal(cfg.name, "m");
+    assert_true(cv_model_config_param_true(&cfg, "REPORT_CUSTOM_METRICS"));
+    assert_string_equal(cv_model_config_param(&cfg, "A"), "xy");
+    assert_null(cv_model_config_param(&cfg, "B"));
+    assert_int_equal(cfg.version_policy, CV_VERSIONS_SPECIFIC);
+    assert_int_equal(cfg.n_specific, 2);
+    assert_int_equal(cfg.specific[1], 3);
+    assert_true(cfg.has_decoupled && cfg.decoupled);
+}
+
+static void expect_config_error(const char *text, const char *msg)
+{
+    cv_model_config cfg;
+    cv_error err = {""};
+    int rc = cv_model_config_parse(&cfg, text, strlen(text), "m/config.pbtxt", &err);
+    if (rc == 0)
+        rc = cv_model_config_autocomplete_vllm(&cfg, &err);
+    assert_int_equal(rc, -1);
+    assert_string_equal(err.msg, msg);
+}
+
+static void test_config_errors(void **state)
+{
+    (void)state;
+    expect_config_error("backend: \"vllm\"\nmodel_transaction_policy { decoupled: false }\n",
+                        "vLLM Triton backend must be configured to use decoupled model "
+                        "transaction policy");
+    expect_config_error("backend: \"vllm\"\n\ninstance_group [ { count: 1 kind: KIND_TPU } ]\n",
+                        "m/config.pbtxt:3: field 'kind': unknown enum value 'KIND_TPU'");
+    expect_config_error("backend: \"vllm\"\nbogus: 3\n", "m/config.pbtxt:2: unknown field 'bogus'");
+    expect_config_error("backend: vllm\n", "m/config.pbtxt:1: field 'backend': expected a quoted "
+                                           "string");
+    expect_config_error("instance_group [ { count: 1 }\n",
+                        "m/config.pbtxt:2: expected ',' or ']' in a list");
+    expect_config_error("backend: \"vllm\n\"", "m/config.pbtxt:1: newline inside a string literal");
+    expect_config_error("max_batch_size: 8\n",
+                        "model '': max_batch_size must be 0 for the vLLM backend (the engine "
+                        "batches continuously), got 8");
+}
+
+static void test_model_json(void **state)
+{
+    (void)state;
+    const char *shared = getenv("CVLLM_SHARED");
+    assert_non_null(shared);
+    char text[4400];
+    snprintf(text, sizeof text,
+             "{\"model\": \"%s/models/stories260K\", \"gpu_memory_utilization\": 0.5, "
+             "\"enforce_eager\": true, \"max_model_len\": 256, \"dtype\": \"half\", "
+             "\"block_size\": 8, \"enable_prefix_caching\": false, \"seed\": 7}",
+             shared);
+    cv_engine_args args;
+    memset(&args, 0, sizeof args);
+    cv_model_json_extra extra;
+    cv_error err = {""};
+    assert_int_equal(cv_model_json_parse(text, strlen(text), "r/m/1/model.json", "r/m/1", &args,
+                                         &extra, &err), 0);
+    char want[4200];
+    snprintf(want, sizeof want, "%s/models/stories260K", shared);
+    assert_string_equal(args.model, want);
+    assert_int_equal(args.max_model_len, 256);
+    assert_int_equal(args.block_size, 8);
+    assert_string_equal(args.dtype, "float16");
+    assert_false(args.enable_prefix_caching);
+    assert_int_equal(args.seed, 7);
+    assert_int_equal(extra.tensor_parallel_size, 1);
+
+    static const struct {
+        const char *json, *msg;
+    } bad[] = {
+        {"{\"model\": \"/\", \"bogus\": 1}", "p/model.json: key 'bogus': unknown engine argument"},
+        {"{\"model\": \"/\", \"max_model_len\": \"x\"}",
+         "p/model.json: key 'max_model_len': expected an integer"},
+        {"{\"model\": \"/\", \"gpu_memory_utilization\": 1.5}",
+         "p/model.json: key 'gpu_memory_utilization': must be in (0, 1]"},
+        {"{\"model\": \"/\", \"enforce_eager\": 1}",
+         "p/model.json: key 'enforce_eager': expected true or false"},
+        {"{\"model\": \"/\", \"dtype\": \"int4\"}",
+         "p/model.json: key 'dtype': expected one of auto, float32, float, float16, half, "
+         "bfloat16"},
+        {"{\"dtype\": \"auto\"}",
+         "p/model.json: key 'model': missing (the HuggingFace model directory or hub id)"},
+        {"{\"model\": 3}", "p/model.json: key 'model': expected a string"},
+        {"[1]", "p/model.json: expected a JSON object of engine arguments"},
+        {"{\"model\": \"/\",}", "p/model.json:1: invalid JSON: string or '}' expected near '}'"},
+        {"{\"model\": \"no-such-dir\"}",
+         "p/model.json: key 'model': 'no-such-dir' is not a local directory nor a hub id of the "
+         "form org/name"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        cv_error e = {""};
+        assert_int_equal(cv_model_json_parse(bad[i].json, strlen(bad[i].json), "p/model.json",
+                                             "p", &args, &extra, &e), -1);
+        assert_string_equal(e.msg, bad[i].msg);
+    }
+}
+
+static void test_model_json_missing(void **state)
+{
+    (void)state;
+    cv_engine_args args;
+    cv_model_json_extra extra;
+    cv_error err = {""};
+    assert_int_equal(cv_model_json_load("/nonexistent/vllm_model", "1", &args, &extra, &err), -1);
+    assert_string_equal(err.msg, "'model.json' containing vllm engine args must be provided in "
+                                 "'/nonexistent/vllm_model/1'");
+}
+
+static void test_hf_cache_resolution(void **state)
+{
+    (void)state;
+    char root[] = "/tmp/cv_hf_XXXXXX";
+    assert_non_null(mkdtemp(root));
+    char p[512];
+    snprintf(p, sizeof p, "%s/hub", root);
+    mkdir(p, 0755);
+    snprintf(p, sizeof p, "%s/hub/models--facebook--opt-125m", root);
+    mkdir(p, 0755);
+    snprintf(p, sizeof p, "%s/hub/models--facebook--opt-125m/refs", root);
+    mkdir(p, 0755);
+    snprintf(p, sizeof p, "%s/hub/models--facebook--opt-125m/snapshots", root);
+    mkdir(p, 0755);
+    snprintf(p, sizeof p, "%s/hub/models--facebook--opt-125m/snapshots/27dcfa74", root);
+    mkdir(p, 0755);
+    snprintf(p, sizeof p, "%s/hub/models--facebook--opt-125m/refs/main", root);
+    FILE *fp = fopen(p, "w");
+    assert_non_null(fp);
+    fputs("27dcfa74", fp);
+    fclose(fp);
+
+    setenv("HF_HOME", root, 1);
+    unsetenv("HF_HUB_CACHE");
+    char out[1024], want[1024];
+    cv_error err = {""};
+    assert_int_equal(cv_hf_resolve("facebook/opt-125m", NULL, out, sizeof out, &err), 0);
+    snprintf(want, sizeof want, "%s/hub/models--facebook--opt-125m/snapshots/27dcfa74", root);
+    assert_string_equal(out, want);
+    assert_int_equal(cv_hf_resolve("facebook/opt-125m", "27dcfa74", out, sizeof out, &err), 0);
+    assert_string_equal(out, want);
+    assert_int_equal(cv_hf_resolve("facebook/opt-350m", NULL, out, sizeof out, &err), -1);
+    char msg[1024];
+    snprintf(msg, sizeof msg,
+             "model 'facebook/opt-350m' is not in the HuggingFace cache "
+             "(%s/hub/models--facebook--opt-350m not found); download it first, cvllm does not "
+             "fetch models at load time",
+             root);
+    assert_string_equal(err.msg, msg);
+
+    const char *mj = "{\"model\": \"facebook/opt-125m\", \"disable_log_requests\": true}";
+    cv_engine_args args;
+    memset(&args, 0, sizeof args);
+    cv_model_json_extra extra;
+    assert_int_equal(cv_model_json_parse(mj, strlen(mj), "model.json", "/nonexistent", &args,
+                                         &extra, &err), 0);
+    assert_string_equal(args.model, want);
+    char cmd[600];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", root);
+    assert_int_equal(system(cmd), 0);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_seed_config_autocompletes),
+        cmocka_unit_test(test_parameters_and_lists),
+        cmocka_unit_test(test_config_errors),
+        cmocka_unit_test(test_model_json),
+        cmocka_unit_test(test_model_json_missing),
+        cmocka_unit_test(test_hf_cache_resolution),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
