@@ -1,0 +1,88 @@
+/* Internals of the CPU backend shared by its files and its tests. */
+#ifndef CV_BACKEND_CPU_INTERNAL_H
+#define CV_BACKEND_CPU_INTERNAL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "backend/backend.h"
+#include "backend/cpu/cpu_kernels.h"
+
+/* Per-layer fp32 copies of the small vectors (norms, biases): converted once
+ * at create so the forward never widens them. NULL where absent. */
+typedef struct cpu_layer {
+    const cv_layer_weights *w; /* borrowed from the model: the matrices */
+    float *attn_norm;          /* (hidden) */
+    float *ffn_norm;           /* (hidden) */
+    float *bq;                 /* (n_heads * head_dim) */
+    float *bk;                 /* (n_kv_heads * head_dim) */
+    float *bv;                 /* (n_kv_heads * head_dim) */
+    float *q_norm;             /* (head_dim) */
+    float *k_norm;             /* (head_dim) */
+} cpu_layer;
+
+struct cv_backend {
+    cv_model_config cfg;
+    const cv_model_weights *weights; /* borrowed */
+    const cpu_kernels *kern;
+    int n_threads;
+    cpu_layer *layers; /* (n_layers) */
+    float *final_norm; /* (hidden) */
+    float *inv_freq;   /* (head_dim / 2) RoPE inverse frequencies, scaling applied */
+
+    /* KV pool: block b, layer l, k (0) or v (1), kv head g, token j is at
+     * kv[b * block_floats + ((l * 2 + kv) * n_kv_heads + g) * block_size * head_dim
+     *    + j * head_dim]: one kv head's keys of a block are contiguous. */
+    float *kv;
+    int n_blocks;
+    int block_size;
+    size_t block_floats;
+    float *attn_scratch; /* (n_threads, group * (block_size + 2)) scores, max, sum */
+
+    /* Activations, sized for cap_tokens tokens and cap_logits logits rows;
+     * grown only when a batch exceeds every earlier one. */
+    int cap_tokens;
+    int cap_logits;
+    float *act;      /* the one allocation the pointers below point into */
+    float *x;        /* (tokens, hidden) residual stream */
+    float *xn;       /* (tokens, hidden) normalized input of a sublayer */
+    float *q;        /* (tokens, n_heads * head_dim) */
+    float *k;        /* (tokens, n_kv_heads * head_dim) */
+    float *v;        /* (tokens, n_kv_heads * head_dim) */
+    float *attn;     /* (tokens, n_heads * head_dim) attention output */
+    float *gate;     /* (tokens, intermediate) then act(gate) * up */
+    float *up;       /* (tokens, intermediate) */
+    float *rope_cos; /* (tokens, head_dim / 2) */
+    float *rope_sin; /* (tokens, head_dim / 2) */
+    float *xl;       /* (logits, hidden) final-normed rows that get logits */
+    int32_t *tok_seq; /* (tokens) sequence index of each token */
+    /* Row strides (floats) of the buffers above, rounded to 16 so every row
+     * starts 64-byte aligned. */
+    int ld_h;  /* x, xn, xl */
+    int ld_q;  /* q, attn */
+    int ld_kv; /* k, v */
+    int ld_f;  /* gate, up */
+    int ld_r;  /* rope_cos, rope_sin */
+};
+
+/* Builds a backend from a configuration and weights the caller keeps alive
+ * (cv_backend_cpu_create passes the model's; tests pass their own). */
+cv_backend *cpu_backend_create_from(const cv_model_config *cfg, const cv_model_weights *weights,
+                                    int n_threads, cv_error *err);
+
+/* Forces one kernel table (tests compare them). -1 if the CPU lacks it. */
+int cpu_backend_set_simd(cv_backend *backend, cpu_simd_level level, cv_error *err);
+
+/* HF's inv_freq for the config's rope type, in fp32 as HF computes it. */
+void cpu_rope_inv_freq(const cv_model_config *cfg, float *inv_freq /* (head_dim / 2) */);
+
+/* x (n) *= rsqrt(mean(x^2) + eps) * weight, written to out. */
+void cpu_rmsnorm(const float *x, const float *weight, int n, float eps, float *out);
+
+/* Rotates one head in place (HF rotate_half layout). */
+void cpu_rope_apply(float *head, const float *cos_t, const float *sin_t, int head_dim);
+
+/* Runs the forward; called after the batch was validated. */
+void cpu_forward_run(cv_backend *bk, const cv_batch *batch, float *logits);
+
+#endif

@@ -1,0 +1,47 @@
+/* SIMD kernels of the CPU backend, one table per instruction set.
+ *
+ * The build has no -march flags: each instruction set lives in its own file
+ * whose functions carry __attribute__((target(...))), and cpu_kernels_best()
+ * picks the widest one the running CPU supports (__builtin_cpu_supports).
+ * Every table computes the same math with fp32 accumulation; within one
+ * table the result of an output element never depends on how rows or tokens
+ * are tiled, so batching and thread count do not change the numbers. */
+#ifndef CV_BACKEND_CPU_KERNELS_H
+#define CV_BACKEND_CPU_KERNELS_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "model/model.h"
+
+typedef enum { CPU_SIMD_PORTABLE = 0, CPU_SIMD_AVX2, CPU_SIMD_AVX512, CPU_SIMD_COUNT } cpu_simd_level;
+
+typedef struct cpu_kernels {
+    cpu_simd_level level;
+    const char *name; /* "portable", "avx2", "avx512" */
+
+    /* y[t * y_stride + o] = (accumulate ? y[...] : 0) + sum_i w[o * in + i] * x[t * x_stride + i]
+     * for o in [o0, o1), t in [0, n_tok). w: (out, in) in dtype wtype. */
+    void (*matmul)(cv_dtype wtype, const void *w, int in, const float *x, int x_stride, int n_tok,
+                   float *y, int y_stride, int o0, int o1, bool accumulate);
+
+    /* sum_i a[i] * b[i] */
+    float (*dot)(const float *a, const float *b, int n);
+
+    /* y[i] = y[i] * scale + a * x[i]: the online-softmax update of attention. */
+    void (*scale_axpy)(float *y, float scale, float a, const float *x, int n);
+} cpu_kernels;
+
+/* NULL when the CPU (or the compiler) lacks that instruction set. */
+const cpu_kernels *cpu_kernels_get(cpu_simd_level level);
+const cpu_kernels *cpu_kernels_best(void);
+
+/* Converts n elements of src (dtype) to fp32: exact for F16 and BF16. */
+void cpu_to_f32(cv_dtype dtype, const void *src, float *dst, int64_t n);
+float cpu_f16_to_f32(uint16_t h);
+
+extern const cpu_kernels cpu_kernels_portable;
+extern const cpu_kernels cpu_kernels_avx2;
+extern const cpu_kernels cpu_kernels_avx512;
+
+#endif

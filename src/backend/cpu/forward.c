@@ -1,0 +1,292 @@
+/* One forward step of a Llama-family decoder over a paged KV cache.
+ *
+ * The whole step runs inside one OpenMP parallel region: every phase splits
+ * its work (weight rows, tokens, or (token, kv head) pairs) between the
+ * threads and ends with a barrier, so a decode step pays a handful of
+ * barriers per layer instead of forking a team per matmul. Each output
+ * element is computed by exactly one thread in a fixed order, so results do
+ * not depend on the thread count or on how the batch is composed. */
+#include <math.h>
+#include <omp.h>
+
+#include "backend/cpu/cpu_internal.h"
+
+/* [*lo, *hi): thread ith's share of n items, in whole multiples of align. */
+static void split(int n, int ith, int nth, int align, int *lo, int *hi)
+{
+    int blocks = (n + align - 1) / align;
+    int per = blocks / nth, rem = blocks % nth;
+    int b0 = ith * per + (ith < rem ? ith : rem);
+    int b1 = b0 + per + (ith < rem ? 1 : 0);
+    *lo = b0 * align < n ? b0 * align : n;
+    *hi = b1 * align < n ? b1 * align : n;
+}
+
+void cpu_rmsnorm(const float *x, const float *weight, int n, float eps, float *out)
+{
+    double ss = 0.0;
+    for (int i = 0; i < n; i++)
+        ss += (double)x[i] * x[i];
+    float inv = 1.0f / sqrtf((float)(ss / n) + eps);
+    for (int i = 0; i < n; i++)
+        out[i] = weight[i] * (x[i] * inv);
+}
+
+void cpu_rope_inv_freq(const cv_model_config *cfg, float *inv_freq)
+{
+    const int half = cfg->head_dim / 2;
+    for (int i = 0; i < half; i++) {
+        /* HF: 1 / base ** (arange(0, dim, 2).float() / dim), in fp32. */
+        float expo = (float)(2 * i) / (float)cfg->head_dim;
+        inv_freq[i] = 1.0f / powf(cfg->rope_theta, expo);
+    }
+    if (cfg->rope_type == CV_ROPE_LINEAR) {
+        for (int i = 0; i < half; i++)
+            inv_freq[i] /= cfg->rope_factor;
+    } else if (cfg->rope_type == CV_ROPE_LLAMA3) {
+        /* HF _compute_llama3_parameters: long wavelengths are slowed down by
+         * factor, short ones kept, the band between interpolated. */
+        const float factor = cfg->rope_factor, lo = cfg->rope_low_freq_factor,
+                    hi = cfg->rope_high_freq_factor;
+        const float old_ctx = (float)cfg->rope_original_max_position;
+        const float low_wavelen = old_ctx / lo, high_wavelen = old_ctx / hi;
+        for (int i = 0; i < half; i++) {
+            float f = inv_freq[i];
+            float wavelen = 2.0f * (float)M_PI / f;
+            float scaled = wavelen > low_wavelen ? f / factor : f;
+            bool medium = !(wavelen < high_wavelen) && !(wavelen > low_wavelen);
+            if (medium) {
+                float smooth = (old_ctx / wavelen - lo) / (hi - lo);
+                scaled = (1.0f - smooth) * scaled / factor + smooth * scaled;
+            }
+            inv_freq[i] = scaled;
+        }
+    }
+}
+
+void cpu_rope_apply(float *head, const float *cos_t, const float *sin_t, int head_dim)
+{
+    const int half = head_dim / 2;
+    for (int i = 0; i < half; i++) {
+        float x0 = head[i], x1 = head[i + half];
+        head[i] = x0 * cos_t[i] - x1 * sin_t[i];
+        head[i + half] = x1 * cos_t[i] + x0 * sin_t[i];
+    }
+}
+
+static inline float activation(cv_activation act, float g)
+{
+    if (act == CV_ACT_SILU)
+        return g / (1.0f + expf(-g));
+    const float k = 0.7978845608028654f; /* sqrt(2 / pi) */
+    return 0.5f * g * (1.0f + tanhf(k * (g + 0.044715f * g * g * g)));
+}
+
+/* Thread ith's rows of y = w x (+ y when accumulate) for all tokens. */
+static void matmul_share(const cv_backend *bk, const cv_tensor *w, const float *x, int ldx,
+                         int n_tok, float *y, int ldy, bool accumulate, int ith, int nth, int *lo,
+                         int *hi)
+{
+    split((int)w->shape[0], ith, nth, 4, lo, hi);
+    if (*lo < *hi)
+        bk->kern->matmul(w->dtype, w->data, (int)w->shape[1], x, ldx, n_tok, y, ldy, *lo, *hi,
+                         accumulate);
+}
+
+static void add_bias(float *y, int ldy, int n_tok, const float *bias, int lo, int hi)
+{
+    if (!bias)
+        return;
+    for (int t = 0; t < n_tok; t++)
+        for (int o = lo; o < hi; o++)
+            y[(int64_t)t * ldy + o] += bias[o];
+}
+
+/* Per-head norm (Qwen3), RoPE, and the K/V of each token into its slot. */
+static void rope_and_store(cv_backend *bk, const cv_batch *b, int layer, int ith, int nth)
+{
+    const cv_model_config *c = &bk->cfg;
+    const cpu_layer *L = &bk->layers[layer];
+    const int hd = c->head_dim, bs = bk->block_size, nkv = c->n_kv_heads;
+    int lo, hi;
+    split(b->n_tokens, ith, nth, 1, &lo, &hi);
+    for (int t = lo; t < hi; t++) {
+        const float *cs = bk->rope_cos + (int64_t)t * bk->ld_r;
+        const float *sn = bk->rope_sin + (int64_t)t * bk->ld_r;
+        float *q = bk->q + (int64_t)t * bk->ld_q;
+        for (int h = 0; h < c->n_heads; h++) {
+            if (L->q_norm)
+                cpu_rmsnorm(q + h * hd, L->q_norm, hd, c->rms_norm_eps, q + h * hd);
+            cpu_rope_apply(q + h * hd, cs, sn, hd);
+        }
+        int64_t slot = b->slot_mapping[t];
+        float *block = bk->kv + (size_t)(slot / bs) * bk->block_floats +
+                       (size_t)layer * 2 * nkv * bs * hd + (size_t)(slot % bs) * hd;
+        float *k = bk->k + (int64_t)t * bk->ld_kv;
+        const float *v = bk->v + (int64_t)t * bk->ld_kv;
+        for (int g = 0; g < nkv; g++) {
+            if (L->k_norm)
+                cpu_rmsnorm(k + g * hd, L->k_norm, hd, c->rms_norm_eps, k + g * hd);
+            cpu_rope_apply(k + g * hd, cs, sn, hd);
+            float *kd = block + (size_t)g * bs * hd;
+            float *vd = block + (size_t)(nkv + g) * bs * hd;
+            for (int i = 0; i < hd; i++) {
+                kd[i] = k[g * hd + i];
+                vd[i] = v[g * hd + i];
+            }
+        }
+    }
+}
+
+/* Token t's query heads of kv head g against its causal context, read
+ * block by block through the block table with an online softmax. */
+static void attend(cv_backend *bk, const cv_batch *b, int layer, int t, int g, float *scores)
+{
+    const cv_model_config *c = &bk->cfg;
+    const cpu_kernels *K = bk->kern;
+    const int hd = c->head_dim, bs = bk->block_size, nkv = c->n_kv_heads;
+    const int group = c->n_heads / nkv;
+    const int s = bk->tok_seq[t];
+    const int q0 = b->query_start[s], qlen = b->query_start[s + 1] - q0;
+    const int ctx = b->seq_lens[s] - qlen + (t - q0) + 1;
+    const int32_t *table = b->block_tables + (int64_t)s * b->max_blocks_per_seq;
+    const float scale = 1.0f / sqrtf((float)hd);
+    float *m = scores + group * bs, *l = m + group;
+    for (int hh = 0; hh < group; hh++) {
+        float *out = bk->attn + (int64_t)t * bk->ld_q + (g * group + hh) * hd;
+        for (int i = 0; i < hd; i++)
+            out[i] = 0.0f;
+        m[hh] = -INFINITY;
+        l[hh] = 0.0f;
+    }
+    for (int j0 = 0; j0 < ctx; j0 += bs) {
+        const int n = ctx - j0 < bs ? ctx - j0 : bs;
+        const float *kb = bk->kv + (size_t)table[j0 / bs] * bk->block_floats +
+                          ((size_t)layer * 2 * nkv + g) * bs * hd;
+        const float *vb = kb + (size_t)nkv * bs * hd;
+        for (int hh = 0; hh < group; hh++) {
+            const float *q = bk->q + (int64_t)t * bk->ld_q + (g * group + hh) * hd;
+            float *out = bk->attn + (int64_t)t * bk->ld_q + (g * group + hh) * hd;
+            float *sc = scores + hh * bs;
+            float mx = -INFINITY;
+            for (int j = 0; j < n; j++) {
+                sc[j] = K->dot(q, kb + (size_t)j * hd, hd) * scale;
+                mx = sc[j] > mx ? sc[j] : mx;
+            }
+            float m_new = mx > m[hh] ? mx : m[hh];
+            float corr = expf(m[hh] - m_new);
+            l[hh] *= corr;
+            for (int j = 0; j < n; j++) {
+                float p = expf(sc[j] - m_new);
+                l[hh] += p;
+                K->scale_axpy(out, j == 0 ? corr : 1.0f, p, vb + (size_t)j * hd, hd);
+            }
+            m[hh] = m_new;
+        }
+    }
+    for (int hh = 0; hh < group; hh++) {
+        float *out = bk->attn + (int64_t)t * bk->ld_q + (g * group + hh) * hd;
+        float inv = 1.0f / l[hh];
+        for (int i = 0; i < hd; i++)
+            out[i] *= inv;
+    }
+}
+
+static void layer_forward(cv_backend *bk, const cv_batch *b, int layer, int ith, int nth)
+{
+    const cv_model_config *c = &bk->cfg;
+    const cpu_layer *L = &bk->layers[layer];
+    const cv_layer_weights *W = L->w;
+    const int nt = b->n_tokens, h = c->hidden_size;
+    int lo, hi;
+
+    split(nt, ith, nth, 1, &lo, &hi);
+    for (int t = lo; t < hi; t++)
+        cpu_rmsnorm(bk->x + (int64_t)t * bk->ld_h, L->attn_norm, h, c->rms_norm_eps,
+                    bk->xn + (int64_t)t * bk->ld_h);
+#pragma omp barrier
+    matmul_share(bk, &W->wq, bk->xn, bk->ld_h, nt, bk->q, bk->ld_q, false, ith, nth, &lo, &hi);
+    add_bias(bk->q, bk->ld_q, nt, L->bq, lo, hi);
+    matmul_share(bk, &W->wk, bk->xn, bk->ld_h, nt, bk->k, bk->ld_kv, false, ith, nth, &lo, &hi);
+    add_bias(bk->k, bk->ld_kv, nt, L->bk, lo, hi);
+    matmul_share(bk, &W->wv, bk->xn, bk->ld_h, nt, bk->v, bk->ld_kv, false, ith, nth, &lo, &hi);
+    add_bias(bk->v, bk->ld_kv, nt, L->bv, lo, hi);
+#pragma omp barrier
+    rope_and_store(bk, b, layer, ith, nth);
+#pragma omp barrier
+    float *scores = bk->attn_scratch + (size_t)ith * (c->n_heads / c->n_kv_heads) *
+                                           (bk->block_size + 2);
+    for (int item = ith; item < nt * c->n_kv_heads; item += nth)
+        attend(bk, b, layer, item / c->n_kv_heads, item % c->n_kv_heads, scores);
+#pragma omp barrier
+    matmul_share(bk, &W->wo, bk->attn, bk->ld_q, nt, bk->x, bk->ld_h, true, ith, nth, &lo, &hi);
+#pragma omp barrier
+    split(nt, ith, nth, 1, &lo, &hi);
+    for (int t = lo; t < hi; t++)
+        cpu_rmsnorm(bk->x + (int64_t)t * bk->ld_h, L->ffn_norm, h, c->rms_norm_eps,
+                    bk->xn + (int64_t)t * bk->ld_h);
+#pragma omp barrier
+    matmul_share(bk, &W->w_gate, bk->xn, bk->ld_h, nt, bk->gate, bk->ld_f, false, ith, nth, &lo,
+                 &hi);
+    matmul_share(bk, &W->w_up, bk->xn, bk->ld_h, nt, bk->up, bk->ld_f, false, ith, nth, &lo, &hi);
+    for (int t = 0; t < nt; t++) {
+        float *g = bk->gate + (int64_t)t * bk->ld_f;
+        const float *u = bk->up + (int64_t)t * bk->ld_f;
+        for (int o = lo; o < hi; o++)
+            g[o] = activation(c->hidden_act, g[o]) * u[o];
+    }
+#pragma omp barrier
+    matmul_share(bk, &W->w_down, bk->gate, bk->ld_f, nt, bk->x, bk->ld_h, true, ith, nth, &lo,
+                 &hi);
+#pragma omp barrier
+}
+
+/* Embedding rows, the token -> sequence map and each token's RoPE angles. */
+static void prologue(cv_backend *bk, const cv_batch *b, int ith, int nth)
+{
+    const cv_model_config *c = &bk->cfg;
+    const cv_tensor *e = &bk->weights->embed;
+    const size_t esz = e->dtype == CV_DTYPE_F32 ? 4 : 2;
+    const int half = c->head_dim / 2;
+    int lo, hi;
+    split(b->n_tokens, ith, nth, 1, &lo, &hi);
+    int s = 0;
+    for (int t = lo; t < hi; t++) {
+        while (b->query_start[s + 1] <= t)
+            s++;
+        bk->tok_seq[t] = s;
+        const char *row = (const char *)e->data + (size_t)b->token_ids[t] * c->hidden_size * esz;
+        cpu_to_f32(e->dtype, row, bk->x + (int64_t)t * bk->ld_h, c->hidden_size);
+        /* HF: freqs = inv_freq * position in fp32, then cos / sin. */
+        for (int i = 0; i < half; i++) {
+            float angle = (float)b->positions[t] * bk->inv_freq[i];
+            bk->rope_cos[(int64_t)t * bk->ld_r + i] = cosf(angle);
+            bk->rope_sin[(int64_t)t * bk->ld_r + i] = sinf(angle);
+        }
+    }
+}
+
+static void forward_thread(cv_backend *bk, const cv_batch *b, float *logits, int ith, int nth)
+{
+    const cv_model_config *c = &bk->cfg;
+    prologue(bk, b, ith, nth);
+#pragma omp barrier
+    for (int l = 0; l < c->n_layers; l++)
+        layer_forward(bk, b, l, ith, nth);
+    if (b->n_logits == 0)
+        return;
+    int lo, hi;
+    split(b->n_logits, ith, nth, 1, &lo, &hi);
+    for (int i = lo; i < hi; i++)
+        cpu_rmsnorm(bk->x + (int64_t)b->logits_indices[i] * bk->ld_h, bk->final_norm,
+                    c->hidden_size, c->rms_norm_eps, bk->xl + (int64_t)i * bk->ld_h);
+#pragma omp barrier
+    matmul_share(bk, &bk->weights->lm_head, bk->xl, bk->ld_h, b->n_logits, logits, c->vocab_size,
+                 false, ith, nth, &lo, &hi);
+}
+
+void cpu_forward_run(cv_backend *bk, const cv_batch *batch, float *logits)
+{
+#pragma omp parallel num_threads(bk->n_threads)
+    forward_thread(bk, batch, logits, omp_get_thread_num(), omp_get_num_threads());
+}

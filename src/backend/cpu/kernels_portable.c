@@ -1,0 +1,141 @@
+/* Portable kernels (plain C, any CPU) and the run-time choice of table. */
+#include <string.h>
+
+#include "backend/cpu/cpu_kernels.h"
+
+float cpu_f16_to_f32(uint16_t h)
+{
+    uint32_t sign = (uint32_t)(h & 0x8000u) << 16;
+    uint32_t exp = (h >> 10) & 0x1fu;
+    uint32_t mant = h & 0x3ffu;
+    uint32_t bits;
+    if (exp == 0x1fu) {
+        bits = sign | 0x7f800000u | (mant << 13); /* inf / nan */
+    } else if (exp != 0) {
+        bits = sign | ((exp + 112u) << 23) | (mant << 13);
+    } else if (mant == 0) {
+        bits = sign;
+    } else {
+        /* Subnormal half: normalize into a normal float. */
+        int e = -1;
+        do {
+            e++;
+            mant <<= 1;
+        } while ((mant & 0x400u) == 0);
+        bits = sign | ((uint32_t)(112 - e) << 23) | ((mant & 0x3ffu) << 13);
+    }
+    float f;
+    memcpy(&f, &bits, sizeof f);
+    return f;
+}
+
+static inline float bf16_to_f32(uint16_t b)
+{
+    uint32_t bits = (uint32_t)b << 16;
+    float f;
+    memcpy(&f, &bits, sizeof f);
+    return f;
+}
+
+void cpu_to_f32(cv_dtype dtype, const void *src, float *dst, int64_t n)
+{
+    switch (dtype) {
+    case CV_DTYPE_F32:
+        memcpy(dst, src, (size_t)n * sizeof(float));
+        break;
+    case CV_DTYPE_F16:
+        for (int64_t i = 0; i < n; i++)
+            dst[i] = cpu_f16_to_f32(((const uint16_t *)src)[i]);
+        break;
+    case CV_DTYPE_BF16:
+        for (int64_t i = 0; i < n; i++)
+            dst[i] = bf16_to_f32(((const uint16_t *)src)[i]);
+        break;
+    }
+}
+
+/* One weight row against one token: the reference order every table keeps
+ * per output element is not required to match across tables, only within. */
+static float row_dot(cv_dtype wtype, const void *w, int64_t row, int in, const float *x)
+{
+    float acc = 0.0f;
+    if (wtype == CV_DTYPE_F32) {
+        const float *wr = (const float *)w + row * in;
+        for (int i = 0; i < in; i++)
+            acc += wr[i] * x[i];
+    } else if (wtype == CV_DTYPE_F16) {
+        const uint16_t *wr = (const uint16_t *)w + row * in;
+        for (int i = 0; i < in; i++)
+            acc += cpu_f16_to_f32(wr[i]) * x[i];
+    } else {
+        const uint16_t *wr = (const uint16_t *)w + row * in;
+        for (int i = 0; i < in; i++)
+            acc += bf16_to_f32(wr[i]) * x[i];
+    }
+    return acc;
+}
+
+static void portable_matmul(cv_dtype wtype, const void *w, int in, const float *x, int x_stride,
+                            int n_tok, float *y, int y_stride, int o0, int o1, bool accumulate)
+{
+    for (int o = o0; o < o1; o++) {
+        for (int t = 0; t < n_tok; t++) {
+            float v = row_dot(wtype, w, o, in, x + (int64_t)t * x_stride);
+            float *dst = y + (int64_t)t * y_stride + o;
+            *dst = accumulate ? *dst + v : v;
+        }
+    }
+}
+
+static float portable_dot(const float *a, const float *b, int n)
+{
+    float acc = 0.0f;
+    for (int i = 0; i < n; i++)
+        acc += a[i] * b[i];
+    return acc;
+}
+
+static void portable_scale_axpy(float *y, float scale, float a, const float *x, int n)
+{
+    for (int i = 0; i < n; i++)
+        y[i] = y[i] * scale + a * x[i];
+}
+
+const cpu_kernels cpu_kernels_portable = {
+    .level = CPU_SIMD_PORTABLE,
+    .name = "portable",
+    .matmul = portable_matmul,
+    .dot = portable_dot,
+    .scale_axpy = portable_scale_axpy,
+};
+
+const cpu_kernels *cpu_kernels_get(cpu_simd_level level)
+{
+    __builtin_cpu_init();
+    switch (level) {
+    case CPU_SIMD_PORTABLE:
+        return &cpu_kernels_portable;
+    case CPU_SIMD_AVX2:
+        if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+            __builtin_cpu_supports("f16c"))
+            return &cpu_kernels_avx2;
+        return NULL;
+    case CPU_SIMD_AVX512:
+        if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+            __builtin_cpu_supports("avx512vl"))
+            return &cpu_kernels_avx512;
+        return NULL;
+    default:
+        return NULL;
+    }
+}
+
+const cpu_kernels *cpu_kernels_best(void)
+{
+    for (int l = CPU_SIMD_COUNT - 1; l > CPU_SIMD_PORTABLE; l--) {
+        const cpu_kernels *k = cpu_kernels_get((cpu_simd_level)l);
+        if (k)
+            return k;
+    }
+    return &cpu_kernels_portable;
+}
