@@ -1,0 +1,255 @@
+/* CPU backend kernels against naive references: every SIMD table this CPU
+ * has (forced one by one) on matmuls with F32/F16/BF16 weights over awkward
+ * shapes, the half-float conversion over all 65536 values, RMSNorm, and
+ * RoPE inverse frequencies for the default, linear and llama3 types as HF
+ * computes them. */
+#include <math.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+#include <immintrin.h>
+
+#include "backend/cpu/cpu_internal.h"
+
+static uint32_t rng_state = 12345u;
+
+static float frand(void) /* uniform in [-1, 1) */
+{
+    rng_state = rng_state * 1664525u + 1013904223u;
+    return (float)(rng_state >> 8) / (float)(1u << 23) - 1.0f;
+}
+
+static uint16_t f32_to_bf16_bits(float f) /* truncation: any bf16 value will do */
+{
+    uint32_t u;
+    memcpy(&u, &f, sizeof u);
+    return (uint16_t)(u >> 16);
+}
+
+__attribute__((target("f16c"))) static uint16_t f32_to_f16_bits(float f)
+{
+    return (uint16_t)_cvtss_sh(f, 0);
+}
+
+__attribute__((target("f16c"))) static float f16_hw(uint16_t h)
+{
+    return _cvtsh_ss(h);
+}
+
+/* Random (out, in) weights in dtype and their exact fp32 values. */
+static void *make_weights(cv_dtype dt, int out, int in, float *exact)
+{
+    size_t n = (size_t)out * in;
+    void *w = malloc(n * (dt == CV_DTYPE_F32 ? 4 : 2));
+    assert_non_null(w);
+    for (size_t i = 0; i < n; i++) {
+        float v = frand();
+        if (dt == CV_DTYPE_F32) {
+            ((float *)w)[i] = v;
+        } else if (dt == CV_DTYPE_F16) {
+            ((uint16_t *)w)[i] = f32_to_f16_bits(v);
+        } else {
+            ((uint16_t *)w)[i] = f32_to_bf16_bits(v);
+        }
+    }
+    cpu_to_f32(dt, w, exact, (int64_t)n);
+    return w;
+}
+
+static void check_matmul(const cpu_kernels *k, cv_dtype dt, int out, int in, int n_tok)
+{
+    const int xs = in + 3, ys = out + 5; /* strides wider than rows, as in the backend */
+    float *exact = malloc((size_t)out * in * sizeof(float));
+    float *x = malloc((size_t)n_tok * xs * sizeof(float));
+    float *y = malloc((size_t)n_tok * ys * sizeof(float));
+    assert_true(exact && x && y);
+    void *w = make_weights(dt, out, in, exact);
+    for (int i = 0; i < n_tok * xs; i++)
+        x[i] = frand();
+    for (int accumulate = 0; accumulate < 2; accumulate++) {
+        for (int i = 0; i < n_tok * ys; i++)
+            y[i] = 0.5f;
+        /* Rows [o0, o1) only: the others must stay untouched. */
+        const int o0 = out > 2 ? 1 : 0, o1 = out;
+        k->matmul(dt, w, in, x, xs, n_tok, y, ys, o0, o1, accumulate);
+        for (int t = 0; t < n_tok; t++) {
+            for (int o = 0; o < ys; o++) {
+                float got = y[(size_t)t * ys + o];
+                if (o < o0 || o >= o1) {
+                    assert_true(got == 0.5f);
+                    continue;
+                }
+                double ref = accumulate ? 0.5 : 0.0, mag = 0.5;
+                for (int i = 0; i < in; i++) {
+                    double p = (double)exact[(size_t)o * in + i] * x[(size_t)t * xs + i];
+                    ref += p;
+                    mag += fabs(p);
+                }
+                if (fabs(got - ref) > 1e-5 * mag)
+                    fail_msg("%s dtype %d out %d in %d n_tok %d: y[%d][%d] = %.9g, ref %.9g",
+                             k->name, (int)dt, out, in, n_tok, t, o, got, ref);
+            }
+        }
+    }
+    free(w);
+    free(exact);
+    free(x);
+    free(y);
+}
+
+static void test_matmul_all_levels(void **state)
+{
+    (void)state;
+    static const int outs[] = {1, 3, 4, 9, 37};
+    static const int ins[] = {1, 7, 16, 33, 100, 576};
+    int tested = 0;
+    for (int l = 0; l < CPU_SIMD_COUNT; l++) {
+        const cpu_kernels *k = cpu_kernels_get((cpu_simd_level)l);
+        if (!k)
+            continue;
+        tested++;
+        for (int dt = 0; dt < 3; dt++)
+            for (size_t a = 0; a < sizeof outs / sizeof *outs; a++)
+                for (size_t b = 0; b < sizeof ins / sizeof *ins; b++)
+                    for (int n_tok = 1; n_tok <= 14; n_tok += (n_tok < 8 ? 1 : 6))
+                        check_matmul(k, (cv_dtype)dt, outs[a], ins[b], n_tok);
+    }
+    assert_true(tested >= 1);
+}
+
+/* A batch large enough to span several L2 token chunks (in 1536 gives
+ * chunks of 30 tokens with AVX-512). */
+static void test_matmul_many_tokens(void **state)
+{
+    (void)state;
+    const cpu_kernels *k = cpu_kernels_best();
+    check_matmul(k, CV_DTYPE_F32, 9, 1536, 67);
+    check_matmul(k, CV_DTYPE_BF16, 5, 1536, 67);
+}
+
+/* Every half-float bit pattern (normals, subnormals, zeros, inf, nan)
+ * against the F16C instruction. */
+static void test_f16_conversion(void **state)
+{
+    (void)state;
+    if (!__builtin_cpu_supports("f16c"))
+        skip();
+    for (uint32_t h = 0; h < 65536; h++) {
+        float sw = cpu_f16_to_f32((uint16_t)h), hw = f16_hw((uint16_t)h);
+        uint32_t a, b;
+        memcpy(&a, &sw, 4);
+        memcpy(&b, &hw, 4);
+        if (isnan(hw))
+            assert_true(isnan(sw));
+        else if (a != b)
+            fail_msg("half 0x%04x: %.9g, F16C %.9g", h, sw, hw);
+    }
+}
+
+static void test_dot_and_scale_axpy(void **state)
+{
+    (void)state;
+    float a[77], b[77], y[77], y0[77];
+    for (int i = 0; i < 77; i++) {
+        a[i] = frand();
+        b[i] = frand();
+        y0[i] = frand();
+    }
+    for (int l = 0; l < CPU_SIMD_COUNT; l++) {
+        const cpu_kernels *k = cpu_kernels_get((cpu_simd_level)l);
+        if (!k)
+            continue;
+        for (int n = 1; n <= 77; n += 19) {
+            double ref = 0.0;
+            for (int i = 0; i < n; i++)
+                ref += (double)a[i] * b[i];
+            assert_float_equal(k->dot(a, b, n), ref, 1e-5);
+            memcpy(y, y0, sizeof y);
+            k->scale_axpy(y, 0.25f, -3.0f, a, n);
+            for (int i = 0; i < 77; i++)
+                assert_float_equal(y[i], i < n ? 0.25 * y0[i] - 3.0 * a[i] : y0[i], 1e-6);
+        }
+    }
+}
+
+static void test_rmsnorm(void **state)
+{
+    (void)state;
+    float x[50], w[50], out[50];
+    double ss = 0.0;
+    for (int i = 0; i < 50; i++) {
+        x[i] = 3.0f * frand();
+        w[i] = 1.0f + frand();
+        ss += (double)x[i] * x[i];
+    }
+    double inv = 1.0 / sqrt(ss / 50 + 1e-5);
+    cpu_rmsnorm(x, w, 50, 1e-5f, out);
+    for (int i = 0; i < 50; i++)
+        assert_float_equal(out[i], w[i] * x[i] * inv, 1e-5);
+    cpu_rmsnorm(x, w, 50, 1e-5f, x); /* in place */
+    assert_memory_equal(x, out, sizeof out);
+}
+
+static cv_model_config rope_config(cv_rope_type type)
+{
+    cv_model_config c;
+    memset(&c, 0, sizeof c);
+    c.head_dim = 16;
+    c.rope_theta = 10000.0f;
+    c.rope_type = type;
+    c.rope_factor = type == CV_ROPE_LINEAR ? 2.0f : 8.0f;
+    c.rope_low_freq_factor = 1.0f;
+    c.rope_high_freq_factor = 4.0f;
+    c.rope_original_max_position = 32;
+    return c;
+}
+
+static void test_rope_inv_freq(void **state)
+{
+    (void)state;
+    float def[8], lin[8], l3[8];
+    cv_model_config c = rope_config(CV_ROPE_DEFAULT);
+    cpu_rope_inv_freq(&c, def);
+    c = rope_config(CV_ROPE_LINEAR);
+    cpu_rope_inv_freq(&c, lin);
+    c = rope_config(CV_ROPE_LLAMA3);
+    cpu_rope_inv_freq(&c, l3);
+    for (int i = 0; i < 8; i++) {
+        assert_float_equal(def[i], 1.0 / pow(10000.0, 2.0 * i / 16.0), 1e-7 * def[i] + 1e-12);
+        assert_true(lin[i] == def[i] / 2.0f);
+    }
+    /* The fixtures' README: HF's llama3 inv_freq / default for this
+     * config is [1, 0.3031, 0.125 x 6] (high, medium and low bands). */
+    assert_float_equal(l3[0] / def[0], 1.0, 1e-6);
+    assert_float_equal(l3[1] / def[1], 0.3031, 1e-4);
+    for (int i = 2; i < 8; i++)
+        assert_float_equal(l3[i] / def[i], 0.125, 1e-6);
+}
+
+static void test_rope_apply(void **state)
+{
+    (void)state;
+    float head[8] = {1, 2, 3, 4, 5, 6, 7, 8};
+    const float cs[4] = {1.0f, 0.0f, 0.6f, -1.0f}, sn[4] = {0.0f, 1.0f, 0.8f, 0.0f};
+    cpu_rope_apply(head, cs, sn, 8);
+    /* HF rotate_half: out[i] = x[i] cos - x[i+4] sin, out[i+4] = x[i+4] cos + x[i] sin. */
+    const float want[8] = {1, -6, 3 * 0.6f - 7 * 0.8f, -4, 5, 2, 7 * 0.6f + 3 * 0.8f, -8};
+    for (int i = 0; i < 8; i++)
+        assert_float_equal(head[i], want[i], 1e-6);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_matmul_all_levels), cmocka_unit_test(test_matmul_many_tokens),
+        cmocka_unit_test(test_f16_conversion),    cmocka_unit_test(test_dot_and_scale_axpy),
+        cmocka_unit_test(test_rmsnorm),           cmocka_unit_test(test_rope_inv_freq),
+        cmocka_unit_test(test_rope_apply),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
