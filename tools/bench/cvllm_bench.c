@@ -1,0 +1,88 @@
+/* cvllm-bench: serving benchmark for Triton-compatible and OpenAI-compatible
+ * servers, in the manner of `vllm bench serve` (see bench.h). */
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "bench.h"
+#include "client.h"
+
+static int load_dataset(const bench_args *a, const cv_tokenizer *tok, size_t n, uint64_t seed,
+                        bench_dataset *d, cv_error *err)
+{
+    switch (a->dataset) {
+    case BENCH_DATA_RANDOM:
+        return bench_dataset_random(tok, n, a->random_input_len, a->random_output_len,
+                                    a->random_range_ratio, seed, d, err);
+    case BENCH_DATA_SHAREGPT:
+        return bench_dataset_sharegpt(a->dataset_path, tok, n, a->sharegpt_output_len, seed, d, err);
+    case BENCH_DATA_PROMPTS:
+        return bench_dataset_prompts(a->dataset_path, tok, n, a->prompts_output_len, d, err);
+    }
+    return cv_errorf(err, "unknown dataset");
+}
+
+/* Warm-up prompts come after the measured ones in the same draw, so the
+ * measured set does not depend on --num-warmups. */
+static int split_warmup(bench_dataset *all, size_t n_measured, bench_dataset *warm)
+{
+    warm->n = all->n - n_measured;
+    warm->items = all->items + n_measured;
+    all->n = n_measured;
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    bench_args a;
+    cv_error err = {0};
+    int rc = bench_parse_args(argc, argv, &a, &err);
+    if (rc == 1) return 0;
+    if (rc) {
+        bench_usage(stderr);
+        fprintf(stderr, "cvllm-bench: error: %s\n", err.msg);
+        return 2;
+    }
+    cv_tokenizer *tok = NULL;
+    if (a.tokenizer && !(tok = tok_load(a.tokenizer, &err))) {
+        fprintf(stderr, "cvllm-bench: %s\n", err.msg);
+        return 1;
+    }
+    bench_dataset all = {0}, warm = {0};
+    if (load_dataset(&a, tok, a.num_prompts + a.num_warmups, a.seed, &all, &err)) {
+        fprintf(stderr, "cvllm-bench: %s\n", err.msg);
+        tok_free(tok);
+        return 1;
+    }
+    split_warmup(&all, a.num_prompts, &warm);
+    size_t all_n = all.n + warm.n;
+    if (cvc_http_global_init(&err)) {
+        fprintf(stderr, "cvllm-bench: %s\n", err.msg);
+        return 1;
+    }
+    bench_run run;
+    rc = bench_run_requests(&a, &warm, &all, tok, &run, &err);
+    all.n = all_n;
+    bench_metrics m;
+    if (rc) fprintf(stderr, "cvllm-bench: %s\n", err.msg);
+    if (bench_compute_metrics(run.recs, run.n, run.duration_s, a.has_slo ? &a.slo : NULL, &m, &err)) {
+        fprintf(stderr, "cvllm-bench: %s\n", err.msg);
+        rc = -1;
+    } else {
+        bench_print_report(&a, &m);
+        for (size_t i = 0; i < run.n && m.failed; i++)
+            if (run.recs[i].error) {
+                fprintf(stderr, "cvllm-bench: first failed request %s: %s\n", run.recs[i].id,
+                        run.recs[i].error);
+                break;
+            }
+        if (a.result_file && bench_write_json(a.result_file, &a, &run, &m, &err)) {
+            fprintf(stderr, "cvllm-bench: %s\n", err.msg);
+            rc = -1;
+        }
+    }
+    bench_run_free(&run);
+    bench_dataset_free(&all);
+    tok_free(tok);
+    cvc_http_global_cleanup();
+    return rc ? 1 : 0;
+}
