@@ -34,6 +34,7 @@ typedef struct cv_engine_args {
     uint64_t seed;             /* engine-wide seed for unseeded requests (0) */
     size_t kv_cache_bytes;     /* CPU KV pool budget (0 = 1 GiB) */
     int n_threads;             /* backend threads (0 = all cores) */
+    int kv_blocks;             /* > 0: exact KV pool size in blocks, overrides kv_cache_bytes */
 } cv_engine_args;
 
 void cv_engine_args_default(cv_engine_args *args);
@@ -64,7 +65,11 @@ typedef struct cv_sampling_params {
     int prompt_logprobs;            /* -1 = none */
     bool skip_special_tokens;       /* true */
     bool spaces_between_special_tokens; /* true */
+    char lora_name[256];            /* "" = none; accepted here, checked by the server */
 } cv_sampling_params;
+
+/* vLLM's max_logprobs: the most top logprobs a request may ask for. */
+enum { CV_MAX_LOGPROBS = 20 };
 
 void cv_sampling_params_default(cv_sampling_params *p);
 /* Applies the fields of a JSON object text (vLLM names; numbers and bools may
@@ -194,6 +199,9 @@ typedef struct cv_engine_stats {
 } cv_engine_stats;
 
 void cv_engine_get_stats(cv_engine *engine, cv_engine_stats *stats);
+
+/* Blocks until no request is waiting or running (tests and benchmarks). */
+void cv_engine_wait_idle(cv_engine *engine);
 
 int cv_engine_vocab_size(const cv_engine *engine);
 int cv_engine_max_model_len(const cv_engine *engine);

@@ -1,0 +1,505 @@
+/* The engine's public API and its thread: requests come in through an
+ * inbox (any thread), the engine thread admits them, runs steps while
+ * anything is active and sleeps otherwise. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "base/clock.h"
+#include "base/log.h"
+#include "engine_internal.h"
+#include "engine_state.h"
+#include "metrics.h"
+#include "stop.h"
+
+void cv_engine_args_default(cv_engine_args *args)
+{
+    memset(args, 0, sizeof(*args));
+    snprintf(args->dtype, sizeof(args->dtype), "auto");
+    args->block_size = 16;
+    args->max_num_seqs = 256;
+    args->enable_prefix_caching = true;
+}
+
+/* ---- Request lifecycle (engine thread) -------------------------------- */
+
+static uint64_t mix64(uint64_t x)
+{
+    x += 0x9e3779b97f4a7c15ULL;
+    x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
+    return x ^ (x >> 31);
+}
+
+static void admit(cv_engine *e, request *req)
+{
+    req->next = e->active;
+    e->active = req;
+    cv_seq *seq = seq_create(e->next_seq_id++, req->prompt, req->n_prompt);
+    if (!seq || sched_add(&e->sched, seq, false) < 0) {
+        seq_free(seq);
+        engine_emit_error(req, "out of memory admitting the request");
+        engine_retire(e, req);
+        return;
+    }
+    seq->owner = req;
+    seq->skip_prefix_cache = req->params.prompt_logprobs >= 0;
+    req->seqs[0].seq = seq;
+    for (int k = 0; k < req->n_seqs; k++) {
+        seq_state *ss = &req->seqs[k];
+        /* vLLM gives parallel sample k the seed seed + k. */
+        ss->rng_seed = req->params.has_seed ? req->params.seed + (uint64_t)k
+                                            : mix64(e->args.seed ^ mix64(req->id)) + (uint64_t)k;
+        tok_stream_init(&ss->detok, e->tok, req->prompt, (size_t)req->n_prompt,
+                        req->params.skip_special_tokens);
+    }
+    pthread_mutex_lock(&e->stats_mu);
+    e->stats.prompt_tokens_total += (uint64_t)req->n_prompt;
+    pthread_mutex_unlock(&e->stats_mu);
+}
+
+void engine_finish_seq(cv_engine *e, request *req, int k, cv_finish_reason reason)
+{
+    seq_state *ss = &req->seqs[k];
+    if (ss->finish != CV_FINISH_NONE)
+        return;
+    ss->finish = reason;
+    if (ss->seq)
+        sched_remove(&e->sched, ss->seq);
+    req->n_finished++;
+    req->touched = true;
+}
+
+void engine_retire(cv_engine *e, request *req)
+{
+    for (request **link = &e->active; *link; link = &(*link)->next) {
+        if (*link == req) {
+            *link = req->next;
+            break;
+        }
+    }
+    uint64_t now = cv_now_ns();
+    int n_gen = 0;
+    for (int k = 0; k < req->n_seqs; k++)
+        if (req->seqs[k].seq)
+            n_gen += req->seqs[k].seq->n_tokens - req->seqs[k].seq->n_prompt;
+    pthread_mutex_lock(&e->stats_mu);
+    cv_engine_stats *st = &e->stats;
+    st->requests_finished[req->seqs[0].finish]++;
+    hist_observe(&st->e2e_request_latency_s, cv_ns_to_s(now - req->t_arrival_ns));
+    hist_observe(&st->request_prompt_tokens, req->n_prompt);
+    hist_observe(&st->request_generation_tokens, n_gen);
+    hist_observe(&st->request_params_n, req->n_return);
+    pthread_mutex_unlock(&e->stats_mu);
+    request_free(req);
+    pthread_mutex_lock(&e->mu);
+    e->n_active--;
+    pthread_cond_broadcast(&e->idle);
+    pthread_mutex_unlock(&e->mu);
+}
+
+static void abort_request(cv_engine *e, request *req)
+{
+    for (int k = 0; k < req->n_seqs; k++)
+        engine_finish_seq(e, req, k, CV_FINISH_ABORT);
+    engine_emit(e, req, true);
+    engine_retire(e, req);
+}
+
+static void fail_all(cv_engine *e, const char *msg)
+{
+    while (e->active) {
+        request *req = e->active;
+        for (int k = 0; k < req->n_seqs; k++)
+            engine_finish_seq(e, req, k, CV_FINISH_ABORT);
+        engine_emit_error(req, msg);
+        engine_retire(e, req);
+    }
+}
+
+static void *engine_main(void *arg)
+{
+    cv_engine *e = arg;
+    for (;;) {
+        pthread_mutex_lock(&e->mu);
+        while (!e->inbox_head && e->n_aborts == 0 && !e->shutdown && !e->active)
+            pthread_cond_wait(&e->wake, &e->mu);
+        request *in = e->inbox_head;
+        e->inbox_head = e->inbox_tail = NULL;
+        uint64_t *aborts = e->aborts;
+        int n_aborts = e->n_aborts;
+        e->aborts = NULL;
+        e->n_aborts = e->cap_aborts = 0;
+        bool shutdown = e->shutdown, drain = e->drain;
+        pthread_mutex_unlock(&e->mu);
+
+        while (in) {
+            request *next = in->next;
+            admit(e, in);
+            in = next;
+        }
+        for (int i = 0; i < n_aborts; i++) {
+            for (request *r = e->active; r; r = r->next) {
+                if (r->id == aborts[i]) {
+                    abort_request(e, r);
+                    break;
+                }
+            }
+        }
+        free(aborts);
+        if (shutdown && !drain)
+            while (e->active)
+                abort_request(e, e->active);
+        if (e->active) {
+            if (engine_step(e) < 0)
+                fail_all(e, "engine step failed: out of memory or backend error");
+        } else if (shutdown) {
+            break;
+        }
+    }
+    return NULL;
+}
+
+/* ---- Creation and shutdown -------------------------------------------- */
+
+static void engine_free(cv_engine *e)
+{
+    sampler_destroy(e->sampler);
+    sched_fini(&e->sched);
+    bm_destroy(e->bm);
+    if (e->backend)
+        cv_backend_destroy(e->backend);
+    if (e->tok)
+        tok_free(e->tok);
+    if (e->model)
+        cv_model_free(e->model);
+    free(e->b_tokens);
+    free(e->b_positions);
+    free(e->b_query_start);
+    free(e->b_seq_lens);
+    free(e->b_block_tables);
+    free(e->b_logits_idx);
+    free(e->b_slots);
+    free(e->e_first_row);
+    free(e->e_n_rows);
+    free(e->logits);
+    free(e->aborts);
+    pthread_mutex_destroy(&e->mu);
+    pthread_mutex_destroy(&e->stats_mu);
+    pthread_cond_destroy(&e->wake);
+    pthread_cond_destroy(&e->idle);
+    free(e);
+}
+
+static int check_args(const cv_engine_args *a, cv_error *err)
+{
+    static const char *dtypes[] = {"", "auto", "float32", "float16", "bfloat16",
+                                   "float", "half"};
+    bool ok = false;
+    for (size_t i = 0; i < sizeof(dtypes) / sizeof(dtypes[0]); i++)
+        ok |= !strcmp(a->dtype, dtypes[i]);
+    if (!ok)
+        return cv_errorf(err, "engine argument 'dtype': unknown dtype '%s'", a->dtype);
+    if (a->block_size < 1 || a->block_size > 1024)
+        return cv_errorf(err, "engine argument 'block_size' must be in [1, 1024], got %d",
+                         a->block_size);
+    if (a->max_num_seqs < 1)
+        return cv_errorf(err, "engine argument 'max_num_seqs' must be at least 1, got %d",
+                         a->max_num_seqs);
+    if (a->max_num_batched_tokens < 0)
+        return cv_errorf(err, "engine argument 'max_num_batched_tokens' must be positive, got %d",
+                         a->max_num_batched_tokens);
+    if (a->max_model_len < 0)
+        return cv_errorf(err, "engine argument 'max_model_len' must be positive, got %d",
+                         a->max_model_len);
+    return 0;
+}
+
+static int size_kv_pool(cv_engine *e, cv_error *err)
+{
+    size_t block_bytes = cv_backend_kv_block_bytes(e->backend, e->block_size);
+    size_t budget = e->args.kv_cache_bytes ? e->args.kv_cache_bytes : (size_t)1 << 30;
+    e->n_blocks = e->args.kv_blocks > 0 ? e->args.kv_blocks : (int)(budget / block_bytes);
+    long capacity = (long)e->n_blocks * e->block_size;
+    if (capacity < e->max_model_len)
+        return cv_errorf(err,
+                         "The model's max seq len (%d) is larger than the maximum number of "
+                         "tokens that can be stored in KV cache (%ld). Try increasing "
+                         "kv_cache_bytes or decreasing max_model_len when initializing the "
+                         "engine.",
+                         e->max_model_len, capacity);
+    return cv_backend_kv_alloc(e->backend, e->n_blocks, e->block_size, err);
+}
+
+static int engine_init(cv_engine *e, cv_error *err)
+{
+    const cv_engine_args *a = &e->args;
+    e->model = cv_model_load(a->model, err);
+    if (!e->model)
+        return -1;
+    const cv_model_config *cfg = cv_model_get_config(e->model);
+    e->tok = tok_load(a->tokenizer[0] ? a->tokenizer : a->model, err);
+    if (!e->tok)
+        return -1;
+    e->vocab = cfg->vocab_size;
+    e->max_model_len = a->max_model_len ? a->max_model_len : cfg->max_position_embeddings;
+    if (e->max_model_len > cfg->max_position_embeddings)
+        return cv_errorf(err,
+                         "User-specified max_model_len (%d) is greater than the derived "
+                         "max_model_len (max_position_embeddings=%d in %s/config.json).",
+                         e->max_model_len, cfg->max_position_embeddings, a->model);
+    int max_batched = a->max_num_batched_tokens ? a->max_num_batched_tokens
+                                                : (e->max_model_len > 2048 ? e->max_model_len
+                                                                           : 2048);
+    e->block_size = a->block_size;
+    e->backend = cv_backend_cpu_create(e->model, a->n_threads, err);
+    if (!e->backend || size_kv_pool(e, err) < 0)
+        return -1;
+    e->bm = bm_create(e->n_blocks, e->block_size, a->enable_prefix_caching);
+    e->sampler = sampler_create(e->vocab);
+    if (!e->bm || !e->sampler ||
+        sched_init(&e->sched, e->bm, a->max_num_seqs, max_batched) < 0)
+        return cv_errorf(err, "out of memory creating the engine (%d KV blocks)", e->n_blocks);
+    for (int i = 0; i < cfg->n_eos_token_ids; i++)
+        e->eos_ids[e->n_eos++] = cfg->eos_token_ids[i];
+    int teos = tok_eos_id(e->tok);
+    bool have = false;
+    for (int i = 0; i < e->n_eos; i++)
+        have |= e->eos_ids[i] == teos;
+    if (teos >= 0 && !have)
+        e->eos_ids[e->n_eos++] = teos;
+    metrics_init(&e->stats, e->max_model_len);
+    e->stats.kv_blocks_total = e->n_blocks;
+    e->stats.kv_blocks_free = e->n_blocks;
+    return 0;
+}
+
+cv_engine *cv_engine_create(const cv_engine_args *args, cv_error *err)
+{
+    if (check_args(args, err) < 0)
+        return NULL;
+    cv_engine *e = calloc(1, sizeof(*e));
+    if (!e) {
+        cv_errorf(err, "out of memory creating the engine");
+        return NULL;
+    }
+    e->args = *args;
+    e->next_request_id = 1;
+    e->next_seq_id = 1;
+    pthread_mutex_init(&e->mu, NULL);
+    pthread_mutex_init(&e->stats_mu, NULL);
+    pthread_cond_init(&e->wake, NULL);
+    pthread_cond_init(&e->idle, NULL);
+    if (engine_init(e, err) < 0) {
+        engine_free(e);
+        return NULL;
+    }
+    if (pthread_create(&e->thread, NULL, engine_main, e) != 0) {
+        cv_errorf(err, "cannot start the engine thread");
+        engine_free(e);
+        return NULL;
+    }
+    e->thread_started = true;
+    cv_log_info("engine: %s, %d KV blocks of %d tokens, max_model_len %d", args->model,
+                e->n_blocks, e->block_size, e->max_model_len);
+    return e;
+}
+
+void cv_engine_shutdown(cv_engine *e, bool drain)
+{
+    if (!e)
+        return;
+    pthread_mutex_lock(&e->mu);
+    e->shutdown = true;
+    e->drain = drain;
+    pthread_cond_signal(&e->wake);
+    pthread_mutex_unlock(&e->mu);
+    if (e->thread_started)
+        pthread_join(e->thread, NULL);
+    engine_free(e);
+}
+
+/* ---- Requests (any thread) -------------------------------------------- */
+
+static int tokenize_prompt(cv_engine *e, const cv_request_desc *d, request *r, cv_error *err)
+{
+    if (d->prompt) {
+        size_t n = 0;
+        int32_t *ids = NULL;
+        if (tok_encode(e->tok, d->prompt, d->prompt_len, true, &ids, &n, err) < 0)
+            return -1;
+        r->prompt = ids;
+        r->n_prompt = (int)n;
+    } else {
+        r->prompt = malloc((d->n_prompt_ids ? d->n_prompt_ids : 1) * sizeof(int32_t));
+        if (!r->prompt)
+            return cv_errorf(err, "out of memory copying the prompt");
+        for (size_t i = 0; i < d->n_prompt_ids; i++) {
+            if (d->prompt_ids[i] < 0 || d->prompt_ids[i] >= e->vocab)
+                return cv_errorf(err, "Token id %d is out of vocabulary", d->prompt_ids[i]);
+            r->prompt[i] = d->prompt_ids[i];
+        }
+        r->n_prompt = (int)d->n_prompt_ids;
+    }
+    if (r->n_prompt == 0) {
+        /* An empty prompt means BOS alone; without a BOS there is nothing to run. */
+        int bos = tok_bos_id(e->tok);
+        if (bos < 0)
+            return cv_errorf(err, "The decoder prompt cannot be empty");
+        free(r->prompt);
+        r->prompt = malloc(sizeof(int32_t));
+        if (!r->prompt)
+            return cv_errorf(err, "out of memory copying the prompt");
+        r->prompt[0] = bos;
+        r->n_prompt = 1;
+    }
+    if (r->n_prompt > e->max_model_len)
+        return cv_errorf(err,
+                         "The decoder prompt (length %d) is longer than the maximum model "
+                         "length of %d.",
+                         r->n_prompt, e->max_model_len);
+    return 0;
+}
+
+static int setup_stops(cv_engine *e, request *r)
+{
+    const cv_sampling_params *p = &r->params;
+    int cap = e->n_eos + p->n_stop_token_ids + 1;
+    r->stop_ids = malloc((size_t)cap * sizeof(int32_t));
+    r->mask_ids = malloc((size_t)cap * sizeof(int32_t));
+    if (!r->stop_ids || !r->mask_ids)
+        return -1;
+    for (int i = 0; i < e->n_eos; i++) {
+        r->mask_ids[r->n_mask_ids++] = e->eos_ids[i];
+        if (!p->ignore_eos)
+            r->stop_ids[r->n_stop_ids++] = e->eos_ids[i];
+    }
+    for (int i = 0; i < p->n_stop_token_ids; i++) {
+        r->mask_ids[r->n_mask_ids++] = p->stop_token_ids[i];
+        r->stop_ids[r->n_stop_ids++] = p->stop_token_ids[i];
+    }
+    r->holdback_chars = stop_holdback_chars(p->stop, p->n_stop, p->include_stop_str_in_output);
+    return 0;
+}
+
+static request *make_request(cv_engine *e, const cv_request_desc *d, cv_error *err)
+{
+    if (!d->params || !d->sink) {
+        cv_errorf(err, "request needs sampling params and an output queue");
+        return NULL;
+    }
+    if (cv_sampling_params_validate(d->params, err) < 0)
+        return NULL;
+    request *r = calloc(1, sizeof(*r));
+    if (!r || cv_sampling_params_copy(&r->params, d->params) < 0) {
+        free(r);
+        cv_errorf(err, "out of memory copying the request");
+        return NULL;
+    }
+    const cv_sampling_params *p = &r->params;
+    r->n_return = p->n;
+    r->n_seqs = p->best_of > 0 ? p->best_of : p->n;
+    if (d->stream && r->n_seqs != r->n_return) {
+        cv_errorf(err, "best_of must equal n to use output_kind=DELTA");
+        request_free(r);
+        return NULL;
+    }
+    r->sink = d->sink;
+    r->user_data = d->user_data;
+    r->stream = d->stream;
+    r->seqs = calloc((size_t)r->n_seqs, sizeof(seq_state));
+    if (!r->seqs || tokenize_prompt(e, d, r, err) < 0 || setup_stops(e, r) < 0) {
+        if (!err || !err->msg[0])
+            cv_errorf(err, "out of memory copying the request");
+        request_free(r);
+        return NULL;
+    }
+    int room = e->max_model_len - r->n_prompt;
+    r->max_tokens = p->max_tokens == -1 || p->max_tokens > room ? room : p->max_tokens;
+    if (r->max_tokens < 1)
+        r->max_tokens = 1; /* a prompt of exactly max_model_len still yields one token */
+    r->forked = r->n_seqs == 1;
+    if (p->prompt_logprobs >= 0) {
+        r->prompt_lps = calloc((size_t)r->n_prompt, sizeof(cv_token_logprobs));
+        if (!r->prompt_lps) {
+            cv_errorf(err, "out of memory for prompt logprobs");
+            request_free(r);
+            return NULL;
+        }
+        r->prompt_lps_done = 1;
+    }
+    r->t_arrival_ns = cv_now_ns();
+    return r;
+}
+
+uint64_t cv_engine_add_request(cv_engine *e, const cv_request_desc *d, cv_error *err)
+{
+    if (err)
+        err->msg[0] = '\0';
+    request *r = make_request(e, d, err);
+    if (!r)
+        return 0;
+    pthread_mutex_lock(&e->mu);
+    if (e->shutdown) {
+        pthread_mutex_unlock(&e->mu);
+        request_free(r);
+        cv_errorf(err, "the engine is shutting down");
+        return 0;
+    }
+    r->id = e->next_request_id++;
+    if (e->inbox_tail)
+        e->inbox_tail->next = r;
+    else
+        e->inbox_head = r;
+    e->inbox_tail = r;
+    e->n_active++;
+    uint64_t id = r->id;
+    pthread_cond_signal(&e->wake);
+    pthread_mutex_unlock(&e->mu);
+    return id;
+}
+
+void cv_engine_abort(cv_engine *e, uint64_t request_id)
+{
+    pthread_mutex_lock(&e->mu);
+    if (e->n_aborts == e->cap_aborts) {
+        int cap = e->cap_aborts ? 2 * e->cap_aborts : 16;
+        uint64_t *a = realloc(e->aborts, (size_t)cap * sizeof(uint64_t));
+        if (!a) {
+            pthread_mutex_unlock(&e->mu);
+            cv_log_error("engine: out of memory queueing abort of request %llu",
+                         (unsigned long long)request_id);
+            return;
+        }
+        e->aborts = a;
+        e->cap_aborts = cap;
+    }
+    e->aborts[e->n_aborts++] = request_id;
+    pthread_cond_signal(&e->wake);
+    pthread_mutex_unlock(&e->mu);
+}
+
+void cv_engine_wait_idle(cv_engine *e)
+{
+    pthread_mutex_lock(&e->mu);
+    while (e->n_active > 0)
+        pthread_cond_wait(&e->idle, &e->mu);
+    pthread_mutex_unlock(&e->mu);
+}
+
+void cv_engine_get_stats(cv_engine *e, cv_engine_stats *stats)
+{
+    pthread_mutex_lock(&e->stats_mu);
+    *stats = e->stats;
+    pthread_mutex_unlock(&e->stats_mu);
+}
+
+int cv_engine_vocab_size(const cv_engine *e)
+{
+    return e->vocab;
+}
+
+int cv_engine_max_model_len(const cv_engine *e)
+{
+    return e->max_model_len;
+}

@@ -1,0 +1,22 @@
+/* Declarations shared by the engine's files; nothing outside src/engine and
+ * tests/engine includes this. */
+#ifndef CV_ENGINE_ENGINE_INTERNAL_H
+#define CV_ENGINE_ENGINE_INTERNAL_H
+
+#include <stddef.h>
+
+#include "cvllm/engine.h"
+
+/* vLLM's _SAMPLING_EPS: temperatures below it mean greedy. */
+#define CV_SAMPLING_EPS 1e-5f
+/* vLLM's _MAX_TEMP: positive temperatures are raised to at least this. */
+#define CV_MIN_TEMPERATURE 1e-2f
+
+/* Appends out to q and wakes its waiters; q owns out afterwards. Returns -1
+ * (out not taken) only when memory runs out. */
+int output_queue_push(cv_output_queue *q, cv_request_output *out);
+
+/* Python repr() of a float32 value, for vLLM-worded messages. */
+void fmt_pyfloat(char *buf, size_t size, float v);
+
+#endif

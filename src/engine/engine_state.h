@@ -1,0 +1,121 @@
+/* The engine's private state, shared by engine.c (API and thread),
+ * engine_step.c (one scheduler step) and engine_output.c (deltas). */
+#ifndef CV_ENGINE_ENGINE_STATE_H
+#define CV_ENGINE_ENGINE_STATE_H
+
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "backend/backend.h"
+#include "block_manager.h"
+#include "cvllm/engine.h"
+#include "model/model.h"
+#include "sampler.h"
+#include "scheduler.h"
+#include "sequence.h"
+#include "tokenizer/tokenizer.h"
+
+/* Output side of one sequence: text, logprobs, what was delivered. */
+typedef struct seq_state {
+    cv_seq *seq;                /* NULL for a child not forked yet */
+    uint64_t rng_seed;          /* the sampler's stream for this sequence */
+    cv_tok_stream detok;
+    char *text;                 /* (text_len) all output text so far, NUL-terminated */
+    size_t text_len, text_cap;
+    size_t text_sent;           /* bytes already delivered (streaming) */
+    int tokens_sent;            /* output tokens already delivered */
+    cv_token_logprobs *lps;     /* (n_lps) one per output token when logprobs >= 0 */
+    int n_lps, cap_lps;
+    double cum_logprob;
+    cv_finish_reason finish;
+} seq_state;
+
+typedef struct request {
+    uint64_t id;
+    cv_sampling_params params;
+    cv_output_queue *sink;
+    void *user_data;
+    bool stream;
+    int32_t *prompt;             /* (n_prompt) */
+    int n_prompt;
+    int max_tokens;              /* effective: params or what max_model_len leaves */
+    int n_seqs;                  /* best_of, else n */
+    int n_return;                /* n */
+    seq_state *seqs;             /* (n_seqs) */
+    bool forked;                 /* children exist (or n_seqs == 1) */
+    int n_finished;
+    int32_t *stop_ids;           /* (n_stop_ids) EOS ids (unless ignore_eos) and stop_token_ids */
+    int n_stop_ids;
+    int32_t *mask_ids;           /* (n_mask_ids) EOS and stop_token_ids: masked below min_tokens */
+    int n_mask_ids;
+    int holdback_chars;          /* stop-string hold-back of the stream */
+    cv_token_logprobs *prompt_lps; /* (n_prompt) entry 0 empty; NULL unless asked */
+    int prompt_lps_done;         /* prompt positions filled (1..n_prompt) */
+    bool prompt_lps_sent;
+    uint64_t t_arrival_ns, t_scheduled_ns, t_first_token_ns, t_last_token_ns;
+    bool touched;                /* has something to deliver after this step */
+    struct request *next;        /* inbox or active list */
+} request;
+
+struct cv_engine {
+    cv_engine_args args;
+    cv_model *model;
+    cv_tokenizer *tok;
+    cv_backend *backend;
+    block_manager *bm;
+    scheduler sched;
+    sampler *sampler;
+    int vocab, max_model_len, block_size, n_blocks;
+    int32_t eos_ids[CV_MAX_EOS_IDS + 1];
+    int n_eos;
+
+    pthread_t thread;
+    bool thread_started;
+    pthread_mutex_t mu;          /* guards the fields down to n_active */
+    pthread_cond_t wake;         /* the engine thread waits here for work */
+    pthread_cond_t idle;         /* cv_engine_wait_idle waits here */
+    request *inbox_head, *inbox_tail;
+    uint64_t *aborts;            /* (n_aborts) request ids to abort */
+    int n_aborts, cap_aborts;
+    bool shutdown, drain;
+    int n_active;                /* requests accepted and not finished (inbox included) */
+    uint64_t next_request_id;
+
+    /* Engine thread only. */
+    request *active;             /* admitted requests */
+    uint64_t next_seq_id;
+    int32_t *b_tokens, *b_positions, *b_query_start, *b_seq_lens, *b_block_tables,
+        *b_logits_idx;
+    int64_t *b_slots;
+    int cap_b_tokens, cap_b_seqs, cap_b_tables;
+    int *e_first_row, *e_n_rows; /* (n_entries) logits rows of each scheduled entry */
+    float *logits;               /* (cap_logits_rows, vocab) */
+    int cap_logits_rows;
+
+    pthread_mutex_t stats_mu;
+    cv_engine_stats stats;
+};
+
+/* engine_step.c: one schedule + forward + sample + emit. Returns -1 when
+ * the backend failed (every running request then gets the error). */
+int engine_step(cv_engine *e);
+
+/* engine_output.c */
+/* Sends what req has not delivered yet (streaming deltas, or everything
+ * once finished when not streaming); finished = its last output. */
+void engine_emit(cv_engine *e, request *req, bool finished);
+/* Sends a final output carrying only an error message. */
+void engine_emit_error(request *req, const char *msg);
+/* Appends the decoded token's entry list for one output position. */
+int engine_make_logprobs(cv_engine *e, const sample_logprobs *lp, cv_token_logprobs *out);
+void request_free(request *req);
+
+/* engine.c */
+/* Marks sequence k of req finished with reason and frees its blocks. */
+void engine_finish_seq(cv_engine *e, request *req, int k, cv_finish_reason reason);
+/* Takes a request whose last output went out off the active list, records
+ * its metrics and frees it. */
+void engine_retire(cv_engine *e, request *req);
+
+#endif

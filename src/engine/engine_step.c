@@ -1,0 +1,368 @@
+/* One engine step: schedule, flatten into a cv_batch, run the backend,
+ * sample, detokenize, check stops, deliver outputs. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "base/clock.h"
+#include "engine_internal.h"
+#include "engine_state.h"
+#include "metrics.h"
+#include "stop.h"
+
+static int grow(void **p, int *cap, int need, size_t elem)
+{
+    if (need <= *cap)
+        return 0;
+    int c = *cap ? *cap : 64;
+    while (c < need)
+        c *= 2;
+    void *q = realloc(*p, (size_t)c * elem);
+    if (!q)
+        return -1;
+    *p = q;
+    *cap = c;
+    return 0;
+}
+
+static int reserve_batch(cv_engine *e, int n_tokens, int n_seqs, int max_blocks)
+{
+    int cap_t = e->cap_b_tokens, cap_s = e->cap_b_seqs, cap_tab = e->cap_b_tables;
+    int ok = 0;
+    ok |= grow((void **)&e->b_tokens, &cap_t, n_tokens, sizeof(int32_t));
+    cap_t = e->cap_b_tokens;
+    ok |= grow((void **)&e->b_positions, &cap_t, n_tokens, sizeof(int32_t));
+    cap_t = e->cap_b_tokens;
+    ok |= grow((void **)&e->b_slots, &cap_t, n_tokens, sizeof(int64_t));
+    cap_t = e->cap_b_tokens;
+    ok |= grow((void **)&e->b_logits_idx, &cap_t, n_tokens, sizeof(int32_t));
+    if (ok)
+        return -1;
+    e->cap_b_tokens = cap_t;
+    ok |= grow((void **)&e->b_query_start, &cap_s, n_seqs + 1, sizeof(int32_t));
+    cap_s = e->cap_b_seqs;
+    ok |= grow((void **)&e->b_seq_lens, &cap_s, n_seqs + 1, sizeof(int32_t));
+    cap_s = e->cap_b_seqs;
+    ok |= grow((void **)&e->e_first_row, &cap_s, n_seqs + 1, sizeof(int));
+    cap_s = e->cap_b_seqs;
+    ok |= grow((void **)&e->e_n_rows, &cap_s, n_seqs + 1, sizeof(int));
+    if (ok)
+        return -1;
+    e->cap_b_seqs = cap_s;
+    if (grow((void **)&e->b_block_tables, &cap_tab, n_seqs * max_blocks, sizeof(int32_t)) < 0)
+        return -1;
+    e->cap_b_tables = cap_tab;
+    return 0;
+}
+
+/* Does this step's chunk of seq need one logits row per token (prompt
+ * logprobs still missing for positions it covers)? */
+static bool wants_prompt_rows(const request *req, const cv_seq *s)
+{
+    return req->prompt_lps && s->index == 0 && req->prompt_lps_done < req->n_prompt &&
+           s->n_computed < req->n_prompt;
+}
+
+static int build_batch(cv_engine *e, const sched_output *so, cv_batch *b)
+{
+    int max_blocks = 1;
+    for (int i = 0; i < so->n_entries; i++)
+        if (so->entries[i].seq->n_blocks > max_blocks)
+            max_blocks = so->entries[i].seq->n_blocks;
+    if (reserve_batch(e, so->n_tokens, so->n_entries, max_blocks) < 0)
+        return -1;
+    int bs = e->block_size, t = 0, rows = 0;
+    for (int i = 0; i < so->n_entries; i++) {
+        const cv_seq *s = so->entries[i].seq;
+        int n_new = so->entries[i].n_new;
+        const request *req = s->owner;
+        e->b_query_start[i] = t;
+        for (int j = 0; j < n_new; j++, t++) {
+            int p = s->n_computed + j;
+            e->b_tokens[t] = s->tokens[p];
+            e->b_positions[t] = p;
+            e->b_slots[t] = (int64_t)s->block_table[p / bs] * bs + p % bs;
+        }
+        e->b_seq_lens[i] = s->n_computed + n_new;
+        int32_t *row = e->b_block_tables + (size_t)i * max_blocks;
+        memcpy(row, s->block_table, (size_t)s->n_blocks * sizeof(int32_t));
+        for (int j = s->n_blocks; j < max_blocks; j++)
+            row[j] = 0; /* never read: seq_lens bounds the context */
+        e->e_first_row[i] = rows;
+        if (wants_prompt_rows(req, s)) {
+            for (int j = 0; j < n_new; j++)
+                e->b_logits_idx[rows++] = e->b_query_start[i] + j;
+        } else if (s->n_computed + n_new == s->n_tokens) {
+            e->b_logits_idx[rows++] = t - 1;
+        }
+        e->e_n_rows[i] = rows - e->e_first_row[i];
+    }
+    e->b_query_start[so->n_entries] = t;
+    if (rows > e->cap_logits_rows) {
+        float *l = realloc(e->logits, (size_t)rows * (size_t)e->vocab * sizeof(float));
+        if (!l)
+            return -1;
+        e->logits = l;
+        e->cap_logits_rows = rows;
+    }
+    *b = (cv_batch){
+        .n_tokens = t,
+        .token_ids = e->b_tokens,
+        .positions = e->b_positions,
+        .slot_mapping = e->b_slots,
+        .n_seqs = so->n_entries,
+        .query_start = e->b_query_start,
+        .seq_lens = e->b_seq_lens,
+        .block_tables = e->b_block_tables,
+        .max_blocks_per_seq = max_blocks,
+        .n_logits = rows,
+        .logits_indices = e->b_logits_idx,
+    };
+    return 0;
+}
+
+static int append_text(seq_state *ss, const char *delta, size_t n)
+{
+    if (ss->text_len + n + 1 > ss->text_cap) {
+        size_t cap = ss->text_cap ? ss->text_cap : 64;
+        while (cap < ss->text_len + n + 1)
+            cap *= 2;
+        char *t = realloc(ss->text, cap);
+        if (!t)
+            return -1;
+        ss->text = t;
+        ss->text_cap = cap;
+    }
+    memcpy(ss->text + ss->text_len, delta, n);
+    ss->text_len += n;
+    ss->text[ss->text_len] = '\0';
+    return 0;
+}
+
+static bool in_list(const int32_t *ids, int n, int32_t t)
+{
+    for (int i = 0; i < n; i++)
+        if (ids[i] == t)
+            return true;
+    return false;
+}
+
+/* After a token was appended to sequence k: vLLM's check_stop (length,
+ * then EOS and stop_token_ids once min_tokens is reached), incremental
+ * detokenization, then stop strings over the new text. */
+static int check_stop(cv_engine *e, request *req, int k)
+{
+    seq_state *ss = &req->seqs[k];
+    cv_seq *s = ss->seq;
+    const cv_sampling_params *p = &req->params;
+    int n_out = s->n_tokens - s->n_prompt;
+    int32_t last = s->tokens[s->n_tokens - 1];
+    cv_finish_reason finish = CV_FINISH_NONE;
+    bool stop_token = false;
+    if (s->n_tokens >= e->max_model_len || n_out >= req->max_tokens) {
+        finish = CV_FINISH_LENGTH;
+    } else if (n_out >= p->min_tokens && in_list(req->stop_ids, req->n_stop_ids, last)) {
+        finish = CV_FINISH_STOP;
+        stop_token = true;
+    }
+    /* A stop token's own text is left out unless asked for (vLLM). */
+    size_t n_ids = (size_t)s->n_tokens - (stop_token && !p->include_stop_str_in_output ? 1 : 0);
+    char *delta = NULL;
+    size_t dlen = 0;
+    cv_error err;
+    if (tok_stream_next(&ss->detok, e->tok, s->tokens, n_ids, &delta, &dlen, &err) < 0)
+        return -1;
+    int rc = append_text(ss, delta, dlen);
+    free(delta);
+    if (rc < 0)
+        return -1;
+    size_t cut;
+    if (p->n_stop > 0 && n_out > p->min_tokens &&
+        stop_find(ss->text, ss->text_len, dlen, p->stop, p->n_stop,
+                  p->include_stop_str_in_output, &cut) >= 0) {
+        ss->text_len = cut;
+        ss->text[cut] = '\0';
+        finish = CV_FINISH_STOP;
+    }
+    if (finish != CV_FINISH_NONE)
+        engine_finish_seq(e, req, k, finish);
+    return 0;
+}
+
+static int sample_seq(cv_engine *e, request *req, int k, const float *logits, uint64_t now)
+{
+    seq_state *ss = &req->seqs[k];
+    cv_seq *s = ss->seq;
+    const cv_sampling_params *p = &req->params;
+    sample_request sr = {
+        .params = p,
+        .logits = logits,
+        .tokens = s->tokens,
+        .n_prompt = s->n_prompt,
+        .n_tokens = s->n_tokens,
+        .seed = ss->rng_seed,
+        .stop_ids = req->mask_ids,
+        .n_stop_ids = req->n_mask_ids,
+    };
+    sample_logprobs lp;
+    int32_t token = sampler_sample(e->sampler, &sr, p->logprobs > 0 ? p->logprobs : 0, &lp);
+    if (seq_append_token(s, token) < 0)
+        return -1;
+    ss->cum_logprob += lp.logprob;
+    if (p->logprobs >= 0) {
+        if (grow((void **)&ss->lps, &ss->cap_lps, ss->n_lps + 1, sizeof(cv_token_logprobs)) < 0)
+            return -1;
+        if (engine_make_logprobs(e, &lp, &ss->lps[ss->n_lps++]) < 0)
+            return -1;
+    }
+    pthread_mutex_lock(&e->stats_mu);
+    e->stats.generation_tokens_total++;
+    if (req->t_first_token_ns == 0)
+        hist_observe(&e->stats.time_to_first_token_s, cv_ns_to_s(now - req->t_arrival_ns));
+    pthread_mutex_unlock(&e->stats_mu);
+    if (req->t_first_token_ns == 0)
+        req->t_first_token_ns = now;
+    return check_stop(e, req, k);
+}
+
+/* First token of an n > 1 request: the other sequences share the prompt's
+ * blocks (the partial last block copied) and each samples its own first
+ * token from the same logits. A child that finds no free block is queued
+ * to recompute its prompt instead. */
+static int fork_children(cv_engine *e, request *req)
+{
+    cv_seq *parent = req->seqs[0].seq;
+    req->forked = true;
+    for (int k = 1; k < req->n_seqs; k++) {
+        cv_seq *child = seq_clone(parent, e->next_seq_id++);
+        if (!child)
+            return -1;
+        child->index = k;
+        req->seqs[k].seq = child;
+        int32_t src, dst;
+        int r = bm_fork(e->bm, parent, child, &src, &dst);
+        cv_error err;
+        if (r == 1 && cv_backend_kv_copy(e->backend, &src, &dst, 1, &err) < 0)
+            return -1;
+        if ((r >= 0 ? sched_add_running(&e->sched, child) : sched_add(&e->sched, child, true)) < 0)
+            return -1;
+    }
+    return 0;
+}
+
+static void fill_prompt_logprobs(cv_engine *e, request *req, int start, int n_new,
+                                 const float *rows)
+{
+    for (int j = 0; j < n_new; j++) {
+        int p = start + j; /* logits at p predict prompt token p + 1 */
+        if (p + 1 >= req->n_prompt || p + 1 < req->prompt_lps_done)
+            continue;
+        sample_logprobs lp;
+        sampler_logprobs(e->sampler, rows + (size_t)j * e->vocab, req->prompt[p + 1],
+                         req->params.prompt_logprobs, &lp);
+        if (engine_make_logprobs(e, &lp, &req->prompt_lps[p + 1]) < 0)
+            return; /* the entry stays empty; nothing else depends on it */
+        req->prompt_lps_done = p + 2;
+    }
+}
+
+static int process_entry(cv_engine *e, const sched_entry *en, int first_row, int n_rows,
+                         uint64_t now)
+{
+    cv_seq *s = en->seq;
+    request *req = s->owner;
+    int start = s->n_computed;
+    bool prompt_rows = wants_prompt_rows(req, s);
+    s->n_computed += en->n_new;
+    bm_cache_computed(e->bm, s);
+    const float *rows = e->logits + (size_t)first_row * e->vocab;
+    if (prompt_rows)
+        fill_prompt_logprobs(e, req, start, en->n_new, rows);
+    if (req->t_scheduled_ns == 0) {
+        req->t_scheduled_ns = now;
+        pthread_mutex_lock(&e->stats_mu);
+        hist_observe(&e->stats.queue_time_s, cv_ns_to_s(now - req->t_arrival_ns));
+        pthread_mutex_unlock(&e->stats_mu);
+    }
+    if (s->n_computed < s->n_tokens || n_rows == 0)
+        return 0;
+    const float *last = rows + (size_t)(n_rows - 1) * e->vocab;
+    req->touched = true;
+    if (req->forked)
+        return sample_seq(e, req, s->index, last, now);
+    if (fork_children(e, req) < 0)
+        return -1;
+    for (int k = 0; k < req->n_seqs; k++) {
+        cv_seq *c = req->seqs[k].seq;
+        if (c->status == SEQ_RUNNING && c->n_computed == c->n_tokens &&
+            sample_seq(e, req, k, last, now) < 0)
+            return -1;
+    }
+    return 0;
+}
+
+static void update_gauges(cv_engine *e, const sched_output *so)
+{
+    pthread_mutex_lock(&e->stats_mu);
+    cv_engine_stats *st = &e->stats;
+    st->preemptions_total += (uint64_t)so->n_preempted;
+    st->prefix_cache_queries += (uint64_t)so->cache_queried_tokens;
+    st->prefix_cache_hits += (uint64_t)so->cache_hit_tokens;
+    st->n_running = e->sched.running.n;
+    st->n_waiting = e->sched.waiting.n;
+    st->n_swapped = 0;
+    st->kv_blocks_free = bm_n_free(e->bm);
+    st->kv_usage = 1.0 - (double)st->kv_blocks_free / (double)e->n_blocks;
+    pthread_mutex_unlock(&e->stats_mu);
+}
+
+int engine_step(cv_engine *e)
+{
+    sched_output so;
+    if (sched_schedule(&e->sched, &so) < 0)
+        return -1;
+    if (so.n_entries == 0) {
+        update_gauges(e, &so);
+        return 0;
+    }
+    cv_batch batch;
+    if (build_batch(e, &so, &batch) < 0)
+        return -1;
+    int64_t prompt_computed = 0;
+    for (int i = 0; i < so.n_entries; i++) {
+        const cv_seq *s = so.entries[i].seq;
+        int end = s->n_computed + so.entries[i].n_new;
+        int upto = end < s->n_prompt ? end : s->n_prompt;
+        if (upto > s->n_computed)
+            prompt_computed += upto - s->n_computed;
+    }
+    cv_error err;
+    if (cv_backend_forward(e->backend, &batch, e->logits, &err) < 0)
+        return -1;
+    uint64_t now = cv_now_ns();
+    for (int i = 0; i < so.n_entries; i++)
+        if (process_entry(e, &so.entries[i], e->e_first_row[i], e->e_n_rows[i], now) < 0)
+            return -1;
+    pthread_mutex_lock(&e->stats_mu);
+    e->stats.prompt_tokens_computed += (uint64_t)prompt_computed;
+    pthread_mutex_unlock(&e->stats_mu);
+    for (request *req = e->active, *next; req; req = next) {
+        next = req->next;
+        if (!req->touched)
+            continue;
+        req->touched = false;
+        bool finished = req->n_finished == req->n_seqs;
+        if (req->t_last_token_ns) {
+            pthread_mutex_lock(&e->stats_mu);
+            hist_observe(&e->stats.time_per_output_token_s,
+                         cv_ns_to_s(now - req->t_last_token_ns));
+            pthread_mutex_unlock(&e->stats_mu);
+        }
+        req->t_last_token_ns = now;
+        engine_emit(e, req, finished);
+        if (finished)
+            engine_retire(e, req);
+    }
+    update_gauges(e, &so);
+    return 0;
+}

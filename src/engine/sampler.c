@@ -1,0 +1,224 @@
+/* vLLM V1 sampling on one logits row (see sampler.h for the order). */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "engine_internal.h"
+#include "sampler.h"
+
+typedef struct cand {
+    float logit;
+    int32_t id;
+} cand;
+
+struct sampler {
+    int vocab;
+    float *work;        /* (vocab) processed logits */
+    int32_t *counts;    /* (vocab) output occurrences, zero between calls */
+    uint8_t *in_prompt; /* (vocab) prompt occurrence flags, zero between calls */
+    cand *cands;        /* (vocab) surviving candidates */
+};
+
+sampler *sampler_create(int vocab_size)
+{
+    sampler *s = calloc(1, sizeof(*s));
+    if (!s)
+        return NULL;
+    s->vocab = vocab_size;
+    s->work = malloc((size_t)vocab_size * sizeof(float));
+    s->counts = calloc((size_t)vocab_size, sizeof(int32_t));
+    s->in_prompt = calloc((size_t)vocab_size, 1);
+    s->cands = malloc((size_t)vocab_size * sizeof(cand));
+    if (!s->work || !s->counts || !s->in_prompt || !s->cands) {
+        sampler_destroy(s);
+        return NULL;
+    }
+    return s;
+}
+
+void sampler_destroy(sampler *s)
+{
+    if (!s)
+        return;
+    free(s->work);
+    free(s->counts);
+    free(s->in_prompt);
+    free(s->cands);
+    free(s);
+}
+
+static uint64_t mix64(uint64_t x)
+{
+    x += 0x9e3779b97f4a7c15ULL;
+    x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
+    return x ^ (x >> 31);
+}
+
+double sampler_uniform(uint64_t seed, uint64_t i)
+{
+    uint64_t x = mix64(mix64(seed) ^ mix64(i ^ 0x5851f42d4c957f2dULL));
+    return (double)(x >> 11) * (1.0 / 9007199254740992.0); /* 53 bits */
+}
+
+void sampler_logprobs(sampler *s, const float *logits, int32_t token, int n_top,
+                      sample_logprobs *lp)
+{
+    float mx = -INFINITY;
+    for (int i = 0; i < s->vocab; i++)
+        if (logits[i] > mx)
+            mx = logits[i];
+    double sum = 0;
+    for (int i = 0; i < s->vocab; i++)
+        sum += exp((double)logits[i] - mx);
+    double lse = mx + log(sum);
+    float lt = logits[token];
+    int rank = 0; /* vLLM counts every token at least as likely, itself included */
+    for (int i = 0; i < s->vocab; i++)
+        rank += logits[i] >= lt;
+    lp->token = token;
+    lp->logprob = (float)(lt - lse);
+    lp->rank = rank;
+    if (n_top > CV_MAX_LOGPROBS)
+        n_top = CV_MAX_LOGPROBS;
+    if (n_top > s->vocab)
+        n_top = s->vocab;
+    /* Insertion into a sorted top list; ties keep the lower id first. */
+    int n = 0;
+    for (int i = 0; i < s->vocab && n_top > 0; i++) {
+        float v = logits[i];
+        if (n == n_top && v <= logits[lp->top_ids[n - 1]])
+            continue;
+        int at = n < n_top ? n++ : n - 1;
+        while (at > 0 && logits[lp->top_ids[at - 1]] < v) {
+            lp->top_ids[at] = lp->top_ids[at - 1];
+            at--;
+        }
+        lp->top_ids[at] = i;
+    }
+    lp->n_top = n;
+    for (int j = 0; j < n; j++)
+        lp->top_logprobs[j] = (float)(logits[lp->top_ids[j]] - lse);
+}
+
+static void apply_penalties(sampler *s, const sample_request *r)
+{
+    const cv_sampling_params *p = r->params;
+    bool rep = p->repetition_penalty != 1.0f;
+    if (!rep && p->frequency_penalty == 0.0f && p->presence_penalty == 0.0f)
+        return;
+    for (int i = 0; i < r->n_prompt; i++)
+        s->in_prompt[r->tokens[i]] = 1;
+    for (int i = r->n_prompt; i < r->n_tokens; i++)
+        s->counts[r->tokens[i]]++;
+    /* Each distinct token once: visit every occurrence, act on the first
+     * (the flag/count is cleared after use). */
+    for (int i = 0; i < r->n_tokens; i++) {
+        int32_t t = r->tokens[i];
+        if (!s->in_prompt[t] && s->counts[t] == 0)
+            continue;
+        float *x = &s->work[t];
+        if (rep)
+            *x = *x > 0 ? *x / p->repetition_penalty : *x * p->repetition_penalty;
+        *x -= p->frequency_penalty * (float)s->counts[t];
+        *x -= p->presence_penalty * (s->counts[t] > 0 ? 1.0f : 0.0f);
+        s->in_prompt[t] = 0;
+        s->counts[t] = 0;
+    }
+}
+
+static int cmp_cand_desc(const void *a, const void *b)
+{
+    const cand *x = a, *y = b;
+    if (x->logit != y->logit)
+        return x->logit < y->logit ? 1 : -1;
+    return x->id - y->id;
+}
+
+/* min_p, top_k, top_p over the tempered logits in s->work; returns the
+ * surviving candidates in s->cands (count). */
+static int filter_candidates(sampler *s, const cv_sampling_params *p)
+{
+    float mx = -INFINITY;
+    for (int i = 0; i < s->vocab; i++)
+        if (s->work[i] > mx)
+            mx = s->work[i];
+    /* min_p: p_i < min_p * p_max  <=>  x_i - x_max < log(min_p). */
+    float floor_x = p->min_p > 0.0f ? mx + logf(p->min_p) : -INFINITY;
+    int n = 0;
+    for (int i = 0; i < s->vocab; i++)
+        if (s->work[i] > -INFINITY && s->work[i] >= floor_x)
+            s->cands[n++] = (cand){s->work[i], i};
+    bool use_k = p->top_k > 0 && p->top_k < n;
+    bool use_p = p->top_p < 1.0f;
+    if (!use_k && !use_p)
+        return n;
+    qsort(s->cands, (size_t)n, sizeof(cand), cmp_cand_desc);
+    if (use_k) {
+        /* vLLM keeps every logit >= the k-th largest (ties survive). */
+        float kth = s->cands[p->top_k - 1].logit;
+        int k = p->top_k;
+        while (k < n && s->cands[k].logit >= kth)
+            k++;
+        n = k;
+    }
+    if (use_p) {
+        /* vLLM: over the ascending sort, drop tokens while the cumulative
+         * probability stays <= 1 - top_p; the most likely always stays. */
+        double sum = 0;
+        for (int i = 0; i < n; i++)
+            sum += exp((double)s->cands[i].logit - mx);
+        double cum = 0;
+        int keep = n;
+        for (int i = n - 1; i > 0; i--) {
+            cum += exp((double)s->cands[i].logit - mx) / sum;
+            if (cum > 1.0 - p->top_p)
+                break;
+            keep = i;
+        }
+        n = keep;
+    }
+    return n;
+}
+
+int32_t sampler_sample(sampler *s, const sample_request *r, int n_top, sample_logprobs *lp)
+{
+    const cv_sampling_params *p = r->params;
+    memcpy(s->work, r->logits, (size_t)s->vocab * sizeof(float));
+    if (r->n_tokens - r->n_prompt < p->min_tokens)
+        for (int i = 0; i < r->n_stop_ids; i++)
+            if (r->stop_ids[i] >= 0 && r->stop_ids[i] < s->vocab)
+                s->work[r->stop_ids[i]] = -INFINITY;
+    apply_penalties(s, r);
+
+    int32_t token = 0;
+    if (p->temperature < CV_SAMPLING_EPS) {
+        for (int i = 1; i < s->vocab; i++)
+            if (s->work[i] > s->work[token])
+                token = i;
+    } else {
+        float t = p->temperature < CV_MIN_TEMPERATURE ? CV_MIN_TEMPERATURE : p->temperature;
+        for (int i = 0; i < s->vocab; i++)
+            s->work[i] /= t;
+        int n = filter_candidates(s, p);
+        float mx = -INFINITY;
+        for (int i = 0; i < n; i++)
+            if (s->cands[i].logit > mx)
+                mx = s->cands[i].logit;
+        double sum = 0;
+        for (int i = 0; i < n; i++)
+            sum += exp((double)s->cands[i].logit - mx);
+        double u = sampler_uniform(r->seed, (uint64_t)(r->n_tokens - r->n_prompt)) * sum;
+        double cum = 0;
+        token = n > 0 ? s->cands[n - 1].id : 0;
+        for (int i = 0; i < n; i++) {
+            cum += exp((double)s->cands[i].logit - mx);
+            if (u < cum) {
+                token = s->cands[i].id;
+                break;
+            }
+        }
+    }
+    sampler_logprobs(s, r->logits, token, n_top, lp);
+    return token;
+}
