@@ -55,15 +55,16 @@ static const cv_tensor_spec llama_layer_tensors[] = {
  * Qwen checkpoints that tie say so in config.json). */
 static const cv_arch cv_archs[] = {
     /* name, model_type, tensors, qkv_bias, qk_norm, then defaults: tie,
-     * max_position, rms_norm_eps, rope_theta, bos, eos */
+     * max_position, rms_norm_eps, rope_theta, bos, eos, sliding_window.
+     * Checked against transformers 5.17 (tools/dummy_model/hf_check.py). */
     {"LlamaForCausalLM", "llama", LLAMA_TENSORS, false, false, false, 2048, 1e-6f, 10000.0f, 1,
-     2},
+     2, 0},
     {"MistralForCausalLM", "mistral", LLAMA_TENSORS, false, false, false, 4096 * 32, 1e-6f,
-     10000.0f, 1, 2},
+     10000.0f, 1, 2, 4096},
     {"Qwen2ForCausalLM", "qwen2", LLAMA_TENSORS, true, false, false, 32768, 1e-6f, 10000.0f, -1,
-     -1},
+     -1, 0},
     {"Qwen3ForCausalLM", "qwen3", LLAMA_TENSORS, false, true, false, 32768, 1e-6f, 10000.0f, -1,
-     -1},
+     -1, 0},
 };
 enum { CV_N_ARCHS = sizeof cv_archs / sizeof cv_archs[0] };
 

@@ -143,7 +143,8 @@ static int cfg_bool(json_t *root, const char *key, bool *out, const char *path, 
 
 /* Shapes: head_dim, GQA grouping and the flags the tensor table cannot
  * express (biases the backend has no slot for). */
-static int cfg_shapes(json_t *root, cv_model_config *cfg, const char *path, cv_error *err)
+static int cfg_shapes(json_t *root, const cv_arch *arch, cv_model_config *cfg, const char *path,
+                      cv_error *err)
 {
     cfg->n_kv_heads = cfg->n_heads;
     if (cfg_int(root, "num_key_value_heads", false, 1, &cfg->n_kv_heads, path, err)) return -1;
@@ -170,7 +171,12 @@ static int cfg_shapes(json_t *root, cv_model_config *cfg, const char *path, cv_e
     if (attention_bias)
         return cv_errorf(err, "%s: attention_bias true (an o_proj bias) is not supported", path);
     if (mlp_bias) return cv_errorf(err, "%s: mlp_bias true is not supported", path);
-    if (use_sliding && cfg_int(root, "sliding_window", false, 1, &cfg->sliding_window, path, err))
+    /* A missing sliding_window takes the class default (MistralConfig's
+     * 4096); null or use_sliding_window false means full attention. */
+    cfg->sliding_window = arch->default_sliding_window;
+    json_t *window = json_object_get(root, "sliding_window");
+    if (!use_sliding || (window && json_is_null(window))) cfg->sliding_window = 0;
+    else if (cfg_int(root, "sliding_window", false, 1, &cfg->sliding_window, path, err))
         return -1;
     return 0;
 }
@@ -195,7 +201,7 @@ static int cfg_parse(json_t *root, const cv_arch *arch, cv_model_config *cfg, co
         cfg_num(root, "rms_norm_eps", false, &cfg->rms_norm_eps, path, err) ||
         cfg_bool(root, "tie_word_embeddings", &cfg->tie_word_embeddings, path, err) ||
         cfg_int(root, "bos_token_id", false, 0, &cfg->bos_token_id, path, err) ||
-        cfg_eos(root, cfg, path, err) || cfg_shapes(root, cfg, path, err) ||
+        cfg_eos(root, cfg, path, err) || cfg_shapes(root, arch, cfg, path, err) ||
         cfg_rope(root, cfg, path, err) || cfg_act(root, cfg, path, err))
         return -1;
     if (!(cfg->rms_norm_eps > 0)) return cv_errorf(err, "%s: rms_norm_eps must be positive", path);

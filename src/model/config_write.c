@@ -65,9 +65,12 @@ static json_t *config_json(const cv_model_config *cfg, const cv_arch *arch)
                       json_float(cfg->rope_low_freq_factor), "high_freq_factor",
                       json_float(cfg->rope_high_freq_factor), "original_max_position_embeddings",
                       cfg->rope_original_max_position));
+    /* null, not absent: a missing key means MistralConfig's 4096. */
     if (rc == 0 && cfg->sliding_window > 0)
         rc = json_object_set_new(root, "use_sliding_window", json_true()) ||
              json_object_set_new(root, "sliding_window", json_integer(cfg->sliding_window));
+    else if (rc == 0)
+        rc = json_object_set_new(root, "sliding_window", json_null());
     if (rc) {
         json_decref(root);
         return NULL;

@@ -85,6 +85,7 @@ typedef struct cv_arch {
     float default_rope_theta;
     int default_bos; /* -1: none */
     int default_eos; /* -1: none */
+    int default_sliding_window; /* tokens; 0: full attention */
 } cv_arch;
 
 const cv_arch *cv_arch_find(const char *name);

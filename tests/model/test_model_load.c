@@ -151,6 +151,7 @@ static void test_sharded(void **state)
     assert_true(elem(&w->final_norm, 7) == fx_value(T_NORM, 7));
     assert_true(elem(&w->lm_head, 511) == fx_value(T_LM_HEAD, 511));
     assert_true(elem(&w->layers[1].w_down, 300) == fx_value(T_LAYER0 + 9 + 8, 300));
+    assert_int_equal(cv_model_get_config(m)->sliding_window, 0); /* written as null */
     cv_model_free(m);
 }
 
@@ -185,7 +186,8 @@ static void test_transformers5_config(void **state)
     cv_model_free(m);
 }
 
-/* transformers 4.x: rope_scaling with "type"; Mistral's sliding window. */
+/* transformers 4.x: rope_scaling with "type"; keys left to the HF config
+ * class defaults. */
 static void test_transformers4_config(void **state)
 {
     cv_model_config cfg = fx_config("MistralForCausalLM");
@@ -193,7 +195,7 @@ static void test_transformers4_config(void **state)
     const char *dir = *state;
     fx_json_set(dir, "config.json", "rope_scaling",
                 json_pack("{s:s,s:f}", "type", "linear", "factor", 2.0));
-    fx_json_set(dir, "config.json", "sliding_window", json_integer(4096));
+    fx_json_set(dir, "config.json", "sliding_window", NULL);
     fx_json_set(dir, "config.json", "hidden_act", json_string("gelu_pytorch_tanh"));
     fx_json_set(dir, "config.json", "tie_word_embeddings", NULL);
     fx_json_set(dir, "config.json", "rms_norm_eps", NULL);
@@ -201,7 +203,7 @@ static void test_transformers4_config(void **state)
     const cv_model_config *c = cv_model_get_config(m);
     assert_int_equal(c->rope_type, CV_ROPE_LINEAR);
     assert_true(c->rope_factor == 2.0f);
-    assert_int_equal(c->sliding_window, 4096);
+    assert_int_equal(c->sliding_window, 4096); /* MistralConfig's default */
     assert_int_equal(c->hidden_act, CV_ACT_GELU_TANH);
     assert_false(c->tie_word_embeddings); /* MistralConfig's default */
     assert_true(c->rms_norm_eps == 1e-6f); /* MistralConfig's default */
