@@ -7,8 +7,8 @@
  *                     [--seed S] [--tokenizer DIR] --out DIR
  *
  * Weights are normal(0, 0.02) (HF's initializer_range), RMSNorm weights 1.0.
- * Each tensor has its own generator seeded from (seed, tensor index), so the
- * bytes depend only on the seed, shape and dtype. */
+ * Each value is a hash of (seed, tensor index, element index), so the bytes
+ * depend only on the seed, shape and dtype, and threads fill in parallel. */
 #include <errno.h>
 #include <getopt.h>
 #include <math.h>
@@ -47,43 +47,41 @@ enum { DM_N_SHAPES = sizeof dm_shapes / sizeof dm_shapes[0] };
 
 /* ---- deterministic normal(0, 0.02) weights ------------------------------- */
 
-typedef struct dm_rng {
-    uint64_t state;
-    bool has_spare;
-    float spare;
-} dm_rng;
-
-static uint64_t splitmix64(uint64_t *s)
+/* splitmix64's finalizer: a bijective 64-bit mix. */
+static uint64_t mix64(uint64_t z)
 {
-    uint64_t z = (*s += 0x9e3779b97f4a7c15ull);
     z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
     z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
     return z ^ (z >> 31);
 }
 
-/* Box-Muller on two uniforms in (0, 1]; the second normal is kept so chunk
- * boundaries do not change the sequence. */
-static float dm_normal(dm_rng *r)
+/* Elements 2P and 2P+1 of a tensor whose key is KEY: counter-based (a hash
+ * of the position, no generator state), so chunks and threads can fill any
+ * range in any order and the bytes stay the same. Box-Muller on two 24-bit
+ * uniforms from one hash gives the pair. */
+static void dm_normal_pair(uint64_t key, uint64_t p, float out[2])
 {
-    if (r->has_spare) {
-        r->has_spare = false;
-        return r->spare;
-    }
-    uint64_t bits = splitmix64(&r->state);
-    float u1 = ((float)(bits >> 40) + 1.0f) * 0x1p-24f; /* (0, 1] */
+    uint64_t bits = mix64(key + p * 0x9e3779b97f4a7c15ull);
+    float u1 = ((float)(bits >> 40) + 1.0f) * 0x1p-24f; /* (0, 1]: log stays finite */
     float u2 = (float)((bits >> 16) & 0xffffff) * 0x1p-24f;
     float radius = sqrtf(-2.0f * logf(u1));
     float angle = 6.28318530718f * u2;
-    r->spare = radius * sinf(angle);
-    r->has_spare = true;
-    return radius * cosf(angle);
+    out[0] = radius * cosf(angle);
+    out[1] = radius * sinf(angle);
+}
+
+static void dm_store(void *dst, size_t i, cv_dtype dtype, float x)
+{
+    switch (dtype) {
+    case CV_DTYPE_F32: ((float *)dst)[i] = x; break;
+    case CV_DTYPE_F16: ((uint16_t *)dst)[i] = cv_f32_to_f16(x); break;
+    case CV_DTYPE_BF16: ((uint16_t *)dst)[i] = cv_f32_to_bf16(x); break;
+    }
 }
 
 typedef struct dm_fill_ctx {
     const cv_safetensors_entry *entries;
     uint64_t seed;
-    size_t current; /* index of the tensor rng belongs to */
-    dm_rng rng;
 } dm_fill_ctx;
 
 /* RMSNorm weights (input_layernorm, post_attention_layernorm, model.norm,
@@ -98,18 +96,25 @@ static int dm_fill(void *vctx, size_t index, void *dst, size_t offset_elems, siz
                    cv_error *err)
 {
     dm_fill_ctx *ctx = vctx;
-    const cv_tensor *t = &ctx->entries[index].tensor;
-    if (offset_elems == 0) {
-        ctx->current = index;
-        ctx->rng = (dm_rng){.state = ctx->seed * 0x100000001b3ull + index};
-    }
+    cv_dtype dtype = ctx->entries[index].tensor.dtype;
     bool norm = is_norm(ctx->entries[index].name);
-    for (size_t i = 0; i < n_elems; i++) {
-        float x = norm ? 1.0f : 0.02f * dm_normal(&ctx->rng);
-        switch (t->dtype) {
-        case CV_DTYPE_F32: ((float *)dst)[i] = x; break;
-        case CV_DTYPE_F16: ((uint16_t *)dst)[i] = cv_f32_to_f16(x); break;
-        case CV_DTYPE_BF16: ((uint16_t *)dst)[i] = cv_f32_to_bf16(x); break;
+    uint64_t key = mix64(ctx->seed ^ mix64(index + 1));
+    /* Pairs of absolute element indices [2p, 2p + 1] overlapping the chunk;
+     * parallel because L8B is 8 billion draws, dynamic because the cores
+     * may be shared. */
+    uint64_t first = offset_elems / 2, end = (offset_elems + n_elems + 1) / 2;
+#pragma omp parallel for schedule(dynamic, 4096)
+    for (uint64_t p = first; p < end; p++) {
+        float x[2] = {1.0f, 1.0f};
+        if (!norm) {
+            dm_normal_pair(key, p, x);
+            x[0] *= 0.02f;
+            x[1] *= 0.02f;
+        }
+        for (int k = 0; k < 2; k++) {
+            uint64_t e = 2 * p + (uint64_t)k;
+            if (e >= offset_elems && e < offset_elems + n_elems)
+                dm_store(dst, (size_t)(e - offset_elems), dtype, x[k]);
         }
     }
     return 0;
