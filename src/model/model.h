@@ -94,10 +94,15 @@ typedef struct cv_model_weights {
 
 typedef struct cv_model cv_model;
 
-/* Loads DIR. On failure returns NULL and err names the file and what was
- * wrong (missing config.json, unknown architecture, truncated safetensors,
- * header past end of file, missing tensor, shape mismatch, unsupported
- * dtype). */
+/* Loads DIR: config.json (transformers 4.x or 5.x keys), the optional
+ * generation_config.json (its bos/eos ids win), and model.safetensors or the
+ * shards model.safetensors.index.json lists. Tensors are mapped read-only and
+ * kept in their stored dtype; every data pointer is aligned to its element
+ * size (a misaligned tensor is copied) and every shape has been checked
+ * against the config. On failure returns NULL and err names the file and
+ * what was wrong (missing or malformed config.json, unknown architecture,
+ * truncated safetensors, header past end of file, missing tensor or shard,
+ * shape mismatch, unsupported dtype, ...). */
 cv_model *cv_model_load(const char *dir, cv_error *err);
 void cv_model_free(cv_model *model);
 const cv_model_config *cv_model_get_config(const cv_model *model);
@@ -106,9 +111,10 @@ const cv_model_weights *cv_model_get_weights(const cv_model *model);
 /* Writes a safetensors file at PATH holding N_ENTRIES tensors in the given
  * order, 8-byte aligned, with {"__metadata__": {"format": "pt"}}. An entry
  * whose tensor.data is NULL gets its bytes from FILL, called for that entry
- * with consecutive chunks (offset_elems grows from 0 to the element count), so
- * tensors larger than memory can be generated while writing. Returns 0, or -1
- * with err naming PATH. */
+ * with consecutive chunks (offset_elems grows from 0 to the element count;
+ * dst holds n_elems elements of the entry's dtype), so tensors larger than
+ * memory can be generated while writing; FILL returns 0, or -1 with err set.
+ * Returns 0, or -1 with err naming PATH. */
 typedef struct cv_safetensors_entry {
     const char *name; /* HF tensor name */
     cv_tensor tensor; /* dtype, n_dims, shape; data or NULL */
