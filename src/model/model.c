@@ -71,14 +71,12 @@ static int shard_path(char *out, size_t n, const char *dir, const char *index, c
 static int model_open_weights(cv_model *m, const char *dir, cv_error *err)
 {
     char path[4096];
+    /* model.safetensors first, the index second: HF's from_pretrained order. */
+    snprintf(path, sizeof path, "%s/model.safetensors", dir);
+    if (file_exists(path)) return model_open_file(m, path, err);
     snprintf(m->index_path, sizeof m->index_path, "%s/model.safetensors.index.json", dir);
-    if (!file_exists(m->index_path)) {
-        snprintf(path, sizeof path, "%s/model.safetensors", dir);
-        if (!file_exists(path))
-            return cv_errorf(err, "%s: no model.safetensors or model.safetensors.index.json",
-                             dir);
-        return model_open_file(m, path, err);
-    }
+    if (!file_exists(m->index_path))
+        return cv_errorf(err, "%s: no model.safetensors or model.safetensors.index.json", dir);
     json_t *index = cv_json_load(m->index_path, err);
     if (!index) return -1;
     json_t *map = json_object_get(index, "weight_map");

@@ -174,8 +174,8 @@ static int st_parse_header(cv_st_file *f, cv_error *err)
     json_t *root = json_loadb((const char *)base + 8, (size_t)header_bytes,
                               JSON_REJECT_DUPLICATES, &jerr);
     if (!root)
-        return cv_errorf(err, "%s: malformed JSON header at column %d: %s", f->path,
-                         jerr.column, jerr.text);
+        return cv_errorf(err, "%s: malformed JSON header at header byte %d: %s", f->path,
+                         jerr.position, jerr.text);
     if (!json_is_object(root)) {
         json_decref(root);
         return cv_errorf(err, "%s: header is not a JSON object", f->path);

@@ -154,7 +154,7 @@ static void test_malformed_header(void **state)
 {
     fx_patch_header(*state, "model.safetensors", "\"__metadata__\"", "\"__metadata__\",", 8);
     fx_assert_load_error(*state,
-                         "%s/model.safetensors: malformed JSON header at column 16: ':' "
+                         "%s/model.safetensors: malformed JSON header at header byte 16: ':' "
                          "expected near ','",
                          (char *)*state);
 }
@@ -258,6 +258,7 @@ static void test_weight_map_lacks_tensor(void **state)
 static void test_shard_name_escapes_dir(void **state)
 {
     cv_model_config cfg = fx_config("LlamaForCausalLM");
+    unlink_in(*state, "model.safetensors");
     fx_write_model(*state, &cfg, CV_DTYPE_F32, 2);
     char path[4096];
     snprintf(path, sizeof path, "%s/model.safetensors.index.json", (char *)*state);
