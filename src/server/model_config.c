@@ -11,12 +11,12 @@
 
 static const char *const type_names[] = {
     "TYPE_INVALID", "TYPE_BOOL", "TYPE_UINT8", "TYPE_UINT16", "TYPE_UINT32",
-    "TYPE_UINT64", "TYPE_INT8", "TYPE_INT16", "TYPE_INT32", "TYPE_INT64",
-    "TYPE_FP16", "TYPE_FP32", "TYPE_FP64", "TYPE_STRING", "TYPE_BF16",
+    "TYPE_UINT64",  "TYPE_INT8", "TYPE_INT16", "TYPE_INT32",  "TYPE_INT64",
+    "TYPE_FP16",    "TYPE_FP32", "TYPE_FP64",  "TYPE_STRING", "TYPE_BF16",
 };
 static const char *const kserve_names[] = {
-    "INVALID", "BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16",
-    "INT32", "INT64", "FP16", "FP32", "FP64", "BYTES", "BF16",
+    "INVALID", "BOOL",  "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16",
+    "INT32",   "INT64", "FP16",  "FP32",   "FP64",   "BYTES",  "BF16",
 };
 static const char *const kind_names[] = {"KIND_AUTO", "KIND_GPU", "KIND_CPU", "KIND_MODEL"};
 
@@ -59,10 +59,8 @@ static int want_msg(const ctx *c, const cv_pbtxt_field *f)
 
 static int read_string(const ctx *c, const cv_pbtxt_field *f, char *dst, size_t cap)
 {
-    if (want_scalar(c, f) < 0)
-        return -1;
-    if (!f->quoted)
-        return field_err(c, f, "expected a quoted string");
+    if (want_scalar(c, f) < 0) return -1;
+    if (!f->quoted) return field_err(c, f, "expected a quoted string");
     if (f->value_len >= cap || strlen(f->value) != f->value_len)
         return field_err(c, f, "string too long or holds a NUL byte");
     memcpy(dst, f->value, f->value_len + 1);
@@ -71,10 +69,8 @@ static int read_string(const ctx *c, const cv_pbtxt_field *f, char *dst, size_t 
 
 static int read_int(const ctx *c, const cv_pbtxt_field *f, int64_t lo, int64_t hi, int64_t *out)
 {
-    if (want_scalar(c, f) < 0)
-        return -1;
-    if (f->quoted)
-        return field_err(c, f, "expected an integer, found a string");
+    if (want_scalar(c, f) < 0) return -1;
+    if (f->quoted) return field_err(c, f, "expected an integer, found a string");
     errno = 0;
     char *end;
     long long v = strtoll(f->value, &end, 0);
@@ -89,8 +85,7 @@ static int read_int(const ctx *c, const cv_pbtxt_field *f, int64_t lo, int64_t h
 
 static int read_bool(const ctx *c, const cv_pbtxt_field *f, bool *out)
 {
-    if (want_scalar(c, f) < 0)
-        return -1;
+    if (want_scalar(c, f) < 0) return -1;
     if (!f->quoted && (!strcmp(f->value, "true") || !strcmp(f->value, "True") ||
                        !strcmp(f->value, "t") || !strcmp(f->value, "1"))) {
         *out = true;
@@ -110,8 +105,7 @@ static int read_bool(const ctx *c, const cv_pbtxt_field *f, bool *out)
 static int read_enum(const ctx *c, const cv_pbtxt_field *f, const char *const *names, int n,
                      int *out)
 {
-    if (want_scalar(c, f) < 0)
-        return -1;
+    if (want_scalar(c, f) < 0) return -1;
     for (int i = 0; i < n; i++) {
         if (!f->quoted && !strcmp(f->value, names[i])) {
             *out = i;
@@ -139,48 +133,39 @@ static int unknown(const ctx *c, const cv_pbtxt_field *f)
 
 static int parse_tensor(const ctx *c, const cv_pbtxt_field *tf, bool is_input, cv_tensor_config *t)
 {
-    if (want_msg(c, tf) < 0)
-        return -1;
+    if (want_msg(c, tf) < 0) return -1;
     memset(t, 0, sizeof *t);
     for (int i = 0; i < tf->msg->n_fields; i++) {
         const cv_pbtxt_field *f = &tf->msg->fields[i];
         int64_t v;
         int e;
         if (!strcmp(f->name, "name")) {
-            if (read_string(c, f, t->name, sizeof t->name) < 0)
-                return -1;
+            if (read_string(c, f, t->name, sizeof t->name) < 0) return -1;
         } else if (!strcmp(f->name, "data_type")) {
-            if (read_enum(c, f, type_names, CV_TYPE_BF16 + 1, &e) < 0)
-                return -1;
+            if (read_enum(c, f, type_names, CV_TYPE_BF16 + 1, &e) < 0) return -1;
             t->data_type = (cv_data_type)e;
         } else if (!strcmp(f->name, "dims")) {
-            if (t->n_dims == CV_MAX_DIMS)
-                return field_err(c, f, "too many dimensions");
-            if (read_int(c, f, -1, INT64_MAX, &v) < 0)
-                return -1;
+            if (t->n_dims == CV_MAX_DIMS) return field_err(c, f, "too many dimensions");
+            if (read_int(c, f, -1, INT64_MAX, &v) < 0) return -1;
             t->dims[t->n_dims++] = v;
         } else if (is_input && !strcmp(f->name, "optional")) {
-            if (read_bool(c, f, &t->optional) < 0)
-                return -1;
+            if (read_bool(c, f, &t->optional) < 0) return -1;
         } else if (!strcmp(f->name, "format") || !strcmp(f->name, "is_shape_tensor") ||
                    !strcmp(f->name, "allow_ragged_batch") || !strcmp(f->name, "label_filename")) {
             /* Meaningful for image and TensorRT models only; accepted so
              * configs written for Triton load unchanged. */
-            if (want_scalar(c, f) < 0)
-                return -1;
+            if (want_scalar(c, f) < 0) return -1;
         } else {
             return unknown(c, f);
         }
     }
-    if (!t->name[0])
-        return field_err(c, tf, "missing 'name'");
+    if (!t->name[0]) return field_err(c, tf, "missing 'name'");
     return 0;
 }
 
 static int parse_group(const ctx *c, const cv_pbtxt_field *gf, cv_instance_group *g)
 {
-    if (want_msg(c, gf) < 0)
-        return -1;
+    if (want_msg(c, gf) < 0) return -1;
     memset(g, 0, sizeof *g);
     g->count = 1;
     for (int i = 0; i < gf->msg->n_fields; i++) {
@@ -188,26 +173,20 @@ static int parse_group(const ctx *c, const cv_pbtxt_field *gf, cv_instance_group
         int64_t v;
         int e;
         if (!strcmp(f->name, "name")) {
-            if (read_string(c, f, g->name, sizeof g->name) < 0)
-                return -1;
+            if (read_string(c, f, g->name, sizeof g->name) < 0) return -1;
         } else if (!strcmp(f->name, "kind")) {
-            if (read_enum(c, f, kind_names, 4, &e) < 0)
-                return -1;
+            if (read_enum(c, f, kind_names, 4, &e) < 0) return -1;
             g->kind = (cv_instance_kind)e;
         } else if (!strcmp(f->name, "count")) {
-            if (read_int(c, f, 1, 1024, &v) < 0)
-                return -1;
+            if (read_int(c, f, 1, 1024, &v) < 0) return -1;
             g->count = (int)v;
         } else if (!strcmp(f->name, "gpus")) {
-            if (g->n_gpus == 16)
-                return field_err(c, f, "too many gpus");
-            if (read_int(c, f, 0, 1024, &v) < 0)
-                return -1;
+            if (g->n_gpus == 16) return field_err(c, f, "too many gpus");
+            if (read_int(c, f, 0, 1024, &v) < 0) return -1;
             g->gpus[g->n_gpus++] = (int)v;
         } else if (!strcmp(f->name, "host_policy") || !strcmp(f->name, "passive") ||
                    !strcmp(f->name, "profile")) {
-            if (want_scalar(c, f) < 0)
-                return -1;
+            if (want_scalar(c, f) < 0) return -1;
         } else {
             return unknown(c, f);
         }
@@ -217,56 +196,45 @@ static int parse_group(const ctx *c, const cv_pbtxt_field *gf, cv_instance_group
 
 static int parse_param(const ctx *c, const cv_pbtxt_field *pf, cv_model_config *cfg)
 {
-    if (want_msg(c, pf) < 0)
-        return -1;
-    if (cfg->n_params == CV_MAX_PARAMS)
-        return field_err(c, pf, "too many parameters");
+    if (want_msg(c, pf) < 0) return -1;
+    if (cfg->n_params == CV_MAX_PARAMS) return field_err(c, pf, "too many parameters");
     cv_model_param *p = &cfg->params[cfg->n_params];
     memset(p, 0, sizeof *p);
     bool has_key = false;
     for (int i = 0; i < pf->msg->n_fields; i++) {
         const cv_pbtxt_field *f = &pf->msg->fields[i];
         if (!strcmp(f->name, "key")) {
-            if (read_string(c, f, p->key, sizeof p->key) < 0)
-                return -1;
+            if (read_string(c, f, p->key, sizeof p->key) < 0) return -1;
             has_key = true;
         } else if (!strcmp(f->name, "value")) {
-            if (want_msg(c, f) < 0)
-                return -1;
+            if (want_msg(c, f) < 0) return -1;
             for (int j = 0; j < f->msg->n_fields; j++) {
                 const cv_pbtxt_field *vf = &f->msg->fields[j];
-                if (strcmp(vf->name, "string_value"))
-                    return unknown(c, vf);
-                if (read_string(c, vf, p->value, sizeof p->value) < 0)
-                    return -1;
+                if (strcmp(vf->name, "string_value")) return unknown(c, vf);
+                if (read_string(c, vf, p->value, sizeof p->value) < 0) return -1;
             }
         } else {
             return unknown(c, f);
         }
     }
-    if (!has_key)
-        return field_err(c, pf, "missing 'key'");
+    if (!has_key) return field_err(c, pf, "missing 'key'");
     cfg->n_params++;
     return 0;
 }
 
 static int parse_version_policy(const ctx *c, const cv_pbtxt_field *vf, cv_model_config *cfg)
 {
-    if (want_msg(c, vf) < 0)
-        return -1;
+    if (want_msg(c, vf) < 0) return -1;
     for (int i = 0; i < vf->msg->n_fields; i++) {
         const cv_pbtxt_field *f = &vf->msg->fields[i];
-        if (want_msg(c, f) < 0)
-            return -1;
+        if (want_msg(c, f) < 0) return -1;
         int64_t v;
         if (!strcmp(f->name, "latest")) {
             cfg->version_policy = CV_VERSIONS_LATEST;
             for (int j = 0; j < f->msg->n_fields; j++) {
                 const cv_pbtxt_field *g = &f->msg->fields[j];
-                if (strcmp(g->name, "num_versions"))
-                    return unknown(c, g);
-                if (read_int(c, g, 1, CV_MAX_VERSIONS, &v) < 0)
-                    return -1;
+                if (strcmp(g->name, "num_versions")) return unknown(c, g);
+                if (read_int(c, g, 1, CV_MAX_VERSIONS, &v) < 0) return -1;
                 cfg->latest_num_versions = (int)v;
             }
         } else if (!strcmp(f->name, "all")) {
@@ -275,12 +243,9 @@ static int parse_version_policy(const ctx *c, const cv_pbtxt_field *vf, cv_model
             cfg->version_policy = CV_VERSIONS_SPECIFIC;
             for (int j = 0; j < f->msg->n_fields; j++) {
                 const cv_pbtxt_field *g = &f->msg->fields[j];
-                if (strcmp(g->name, "versions"))
-                    return unknown(c, g);
-                if (cfg->n_specific == CV_MAX_VERSIONS)
-                    return field_err(c, g, "too many versions");
-                if (read_int(c, g, 0, INT64_MAX, &v) < 0)
-                    return -1;
+                if (strcmp(g->name, "versions")) return unknown(c, g);
+                if (cfg->n_specific == CV_MAX_VERSIONS) return field_err(c, g, "too many versions");
+                if (read_int(c, g, 0, INT64_MAX, &v) < 0) return -1;
                 cfg->specific[cfg->n_specific++] = v;
             }
         } else {
@@ -296,8 +261,7 @@ int cv_model_config_parse(cv_model_config *cfg, const char *text, size_t len, co
     memset(cfg, 0, sizeof *cfg);
     cfg->latest_num_versions = 1;
     cv_pbtxt_msg *root = cv_pbtxt_parse(text, len, file, err);
-    if (!root)
-        return -1;
+    if (!root) return -1;
     ctx c = {file, err};
     int rc = 0;
     for (int i = 0; i < root->n_fields && rc == 0; i++) {
@@ -353,8 +317,7 @@ int cv_model_config_load(cv_model_config *cfg, const char *model_dir, const char
     char path[4200];
     snprintf(path, sizeof path, "%s/config.pbtxt", model_dir);
     FILE *fp = fopen(path, "rb");
-    if (!fp)
-        return cv_errorf(err, "%s: cannot open: %s", path, strerror(errno));
+    if (!fp) return cv_errorf(err, "%s: cannot open: %s", path, strerror(errno));
     char *buf = NULL;
     size_t len = 0, cap = 0;
     for (;;) {
@@ -370,14 +333,12 @@ int cv_model_config_load(cv_model_config *cfg, const char *model_dir, const char
         }
         size_t got = fread(buf + len, 1, cap - len, fp);
         len += got;
-        if (got == 0)
-            break;
+        if (got == 0) break;
     }
     fclose(fp);
     int rc = cv_model_config_parse(cfg, buf ? buf : "", len, path, err);
     free(buf);
-    if (rc < 0)
-        return -1;
+    if (rc < 0) return -1;
     if (!cfg->name[0])
         snprintf(cfg->name, sizeof cfg->name, "%s", model_name);
     else if (strcmp(cfg->name, model_name))
@@ -422,8 +383,7 @@ static void add_missing(cv_tensor_config *list, int *n, const tensor_default *de
         bool have = false;
         for (int j = 0; j < *n; j++)
             have |= !strcmp(list[j].name, defs[i].name);
-        if (have || *n == CV_MAX_TENSORS)
-            continue;
+        if (have || *n == CV_MAX_TENSORS) continue;
         cv_tensor_config *t = &list[(*n)++];
         memset(t, 0, sizeof *t);
         snprintf(t->name, sizeof t->name, "%s", defs[i].name);
@@ -442,8 +402,9 @@ int cv_model_config_autocomplete_vllm(cv_model_config *cfg, cv_error *err)
     cfg->has_decoupled = true;
     cfg->decoupled = true;
     if (cfg->has_max_batch_size && cfg->max_batch_size != 0)
-        return cv_errorf(err, "model '%s': max_batch_size must be 0 for the vLLM backend "
-                              "(the engine batches continuously), got %d",
+        return cv_errorf(err,
+                         "model '%s': max_batch_size must be 0 for the vLLM backend "
+                         "(the engine batches continuously), got %d",
                          cfg->name, cfg->max_batch_size);
     cfg->has_max_batch_size = true;
     cfg->max_batch_size = 0;
@@ -468,8 +429,7 @@ int cv_model_config_autocomplete_vllm(cv_model_config *cfg, cv_error *err)
 const char *cv_model_config_param(const cv_model_config *cfg, const char *key)
 {
     for (int i = 0; i < cfg->n_params; i++)
-        if (!strcmp(cfg->params[i].key, key))
-            return cfg->params[i].value;
+        if (!strcmp(cfg->params[i].key, key)) return cfg->params[i].value;
     return NULL;
 }
 
@@ -482,8 +442,7 @@ bool cv_model_config_param_true(const cv_model_config *cfg, const char *key)
 const cv_tensor_config *cv_model_config_input(const cv_model_config *cfg, const char *name)
 {
     for (int i = 0; i < cfg->n_inputs; i++)
-        if (!strcmp(cfg->inputs[i].name, name))
-            return &cfg->inputs[i];
+        if (!strcmp(cfg->inputs[i].name, name)) return &cfg->inputs[i];
     return NULL;
 }
 
@@ -494,8 +453,7 @@ static json_t *tensor_json(const cv_tensor_config *t, bool is_input)
         json_array_append_new(dims, json_integer(t->dims[i]));
     json_t *o = json_pack("{s:s, s:s, s:o}", "name", t->name, "data_type",
                           cv_data_type_name(t->data_type), "dims", dims);
-    if (!o)
-        return NULL;
+    if (!o) return NULL;
     if (is_input) {
         json_object_set_new(o, "format", json_string("FORMAT_NONE"));
         json_object_set_new(o, "is_shape_tensor", json_false());
@@ -511,8 +469,7 @@ static json_t *tensor_json(const cv_tensor_config *t, bool is_input)
 json_t *cv_model_config_to_json(const cv_model_config *cfg)
 {
     json_t *o = json_object();
-    if (!o)
-        return NULL;
+    if (!o) return NULL;
     json_object_set_new(o, "name", json_string(cfg->name));
     json_object_set_new(o, "platform", json_string(cfg->platform));
     json_object_set_new(o, "backend", json_string(cfg->backend));

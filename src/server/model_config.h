@@ -34,7 +34,12 @@ typedef enum {
 } cv_data_type;
 
 /* Values are Triton's ModelInstanceGroup.Kind. */
-typedef enum { CV_KIND_AUTO = 0, CV_KIND_GPU = 1, CV_KIND_CPU = 2, CV_KIND_MODEL = 3 } cv_instance_kind;
+typedef enum {
+    CV_KIND_AUTO = 0,
+    CV_KIND_GPU = 1,
+    CV_KIND_CPU = 2,
+    CV_KIND_MODEL = 3
+} cv_instance_kind;
 
 enum {
     CV_MAX_TENSORS = 24,
@@ -72,7 +77,7 @@ typedef struct cv_model_config {
     char platform[64];
     char backend[64];
     cv_version_policy version_policy;
-    int latest_num_versions;          /* CV_VERSIONS_LATEST: how many (1) */
+    int latest_num_versions; /* CV_VERSIONS_LATEST: how many (1) */
     int n_specific;
     int64_t specific[CV_MAX_VERSIONS]; /* CV_VERSIONS_SPECIFIC */
     bool has_max_batch_size;
@@ -85,7 +90,7 @@ typedef struct cv_model_config {
     cv_instance_group groups[CV_MAX_GROUPS];
     int n_params;
     cv_model_param params[CV_MAX_PARAMS];
-    bool has_decoupled;               /* model_transaction_policy given */
+    bool has_decoupled; /* model_transaction_policy given */
     bool decoupled;
 } cv_model_config;
 

@@ -34,8 +34,9 @@ int cv_hf_resolve(const char *id, const char *revision, char *out, size_t cap, c
     char repo[4300];
     snprintf(repo, sizeof repo, "%s/models--%.*s--%s", hub, (int)(slash - id), id, slash + 1);
     if (!is_dir(repo))
-        return cv_errorf(err, "model '%s' is not in the HuggingFace cache (%s not found); "
-                              "download it first, cvllm does not fetch models at load time",
+        return cv_errorf(err,
+                         "model '%s' is not in the HuggingFace cache (%s not found); "
+                         "download it first, cvllm does not fetch models at load time",
                          id, repo);
     const char *rev = revision && *revision ? revision : "main";
     char path[4400], snap[4400];
@@ -47,8 +48,7 @@ int cv_hf_resolve(const char *id, const char *revision, char *out, size_t cap, c
             return cv_errorf(err, "model '%s': revision '%s' not in the HuggingFace cache (%s)", id,
                              rev, path);
         char hash[128] = "";
-        if (!fgets(hash, sizeof hash, fp))
-            hash[0] = '\0';
+        if (!fgets(hash, sizeof hash, fp)) hash[0] = '\0';
         fclose(fp);
         hash[strcspn(hash, "\r\n")] = '\0';
         snprintf(snap, sizeof snap, "%s/snapshots/%s", repo, hash);
@@ -56,8 +56,7 @@ int cv_hf_resolve(const char *id, const char *revision, char *out, size_t cap, c
             return cv_errorf(err, "model '%s': snapshot '%s' named by %s is missing", id, hash,
                              path);
     }
-    if (strlen(snap) >= cap)
-        return cv_errorf(err, "model '%s': path too long", id);
+    if (strlen(snap) >= cap) return cv_errorf(err, "model '%s': path too long", id);
     memcpy(out, snap, strlen(snap) + 1);
     return 0;
 }
@@ -76,8 +75,7 @@ static int key_err(const jctx *c, const char *key, const char *why)
 
 static int get_bool(const jctx *c, const char *key, json_t *v, bool *out)
 {
-    if (!json_is_boolean(v))
-        return key_err(c, key, "expected true or false");
+    if (!json_is_boolean(v)) return key_err(c, key, "expected true or false");
     *out = json_is_true(v);
     return 0;
 }
@@ -103,8 +101,7 @@ static int get_int(const jctx *c, const char *key, json_t *v, long long lo, long
 
 static int get_str(const jctx *c, const char *key, json_t *v, const char **out)
 {
-    if (!json_is_string(v))
-        return key_err(c, key, "expected a string");
+    if (!json_is_string(v)) return key_err(c, key, "expected a string");
     *out = json_string_value(v);
     return 0;
 }
@@ -122,8 +119,7 @@ static int resolve_model_path(const jctx *c, const char *key, const char *val,
         snprintf(p, sizeof p, "%s/%s", version_dir, val);
         if (!is_dir(p)) {
             cv_error e;
-            if (cv_hf_resolve(val, revision, p, sizeof p, &e) < 0)
-                return key_err(c, key, e.msg);
+            if (cv_hf_resolve(val, revision, p, sizeof p, &e) < 0) return key_err(c, key, e.msg);
         }
     }
     if (!is_dir(p)) {
@@ -131,8 +127,7 @@ static int resolve_model_path(const jctx *c, const char *key, const char *val,
         snprintf(m, sizeof m, "'%s' is not a directory", p);
         return key_err(c, key, m);
     }
-    if (strlen(p) >= cap)
-        return key_err(c, key, "path too long");
+    if (strlen(p) >= cap) return key_err(c, key, "path too long");
     memcpy(out, p, strlen(p) + 1);
     return 0;
 }
@@ -144,25 +139,35 @@ static const struct {
     const char *key;
     jtype type;
 } ignored_keys[] = {
-    {"gpu_memory_utilization", T_NUM}, {"enforce_eager", T_BOOL},
-    {"disable_log_requests", T_BOOL},  {"trust_remote_code", T_BOOL},
-    {"swap_space", T_NUM},             {"cpu_offload_gb", T_NUM},
-    {"max_seq_len_to_capture", T_INT}, {"disable_custom_all_reduce", T_BOOL},
-    {"max_lora_rank", T_INT},          {"max_loras", T_INT},
-    {"max_cpu_loras", T_INT},          {"tokenizer_mode", T_STR},
-    {"max_logprobs", T_INT},           {"distributed_executor_backend", T_ANY},
-    {"quantization", T_ANY},           {"served_model_name", T_ANY},
-    {"revision", T_STR},               {"tokenizer_revision", T_ANY},
-    {"enable_chunked_prefill", T_BOOL}, {"disable_sliding_window", T_BOOL},
-    {"worker_use_ray", T_BOOL},        {"engine_use_ray", T_BOOL},
+    {"gpu_memory_utilization", T_NUM},
+    {"enforce_eager", T_BOOL},
+    {"disable_log_requests", T_BOOL},
+    {"trust_remote_code", T_BOOL},
+    {"swap_space", T_NUM},
+    {"cpu_offload_gb", T_NUM},
+    {"max_seq_len_to_capture", T_INT},
+    {"disable_custom_all_reduce", T_BOOL},
+    {"max_lora_rank", T_INT},
+    {"max_loras", T_INT},
+    {"max_cpu_loras", T_INT},
+    {"tokenizer_mode", T_STR},
+    {"max_logprobs", T_INT},
+    {"distributed_executor_backend", T_ANY},
+    {"quantization", T_ANY},
+    {"served_model_name", T_ANY},
+    {"revision", T_STR},
+    {"tokenizer_revision", T_ANY},
+    {"enable_chunked_prefill", T_BOOL},
+    {"disable_sliding_window", T_BOOL},
+    {"worker_use_ray", T_BOOL},
+    {"engine_use_ray", T_BOOL},
 };
 
 static int check_ignored(const jctx *c, const char *key, json_t *v, bool *known)
 {
     *known = false;
     for (size_t i = 0; i < sizeof ignored_keys / sizeof *ignored_keys; i++) {
-        if (strcmp(key, ignored_keys[i].key))
-            continue;
+        if (strcmp(key, ignored_keys[i].key)) continue;
         *known = true;
         switch (ignored_keys[i].type) {
         case T_BOOL:
@@ -170,8 +175,7 @@ static int check_ignored(const jctx *c, const char *key, json_t *v, bool *known)
         case T_INT:
             return json_is_integer(v) ? 0 : key_err(c, key, "expected an integer");
         case T_NUM:
-            if (!json_is_number(v))
-                return key_err(c, key, "expected a number");
+            if (!json_is_number(v)) return key_err(c, key, "expected a number");
             if (!strcmp(key, "gpu_memory_utilization") &&
                 (json_number_value(v) <= 0 || json_number_value(v) > 1))
                 return key_err(c, key, "must be in (0, 1]");
@@ -190,13 +194,11 @@ static int read_loras(const char *version_dir, cv_model_json_extra *extra, cv_er
     char path[4400];
     snprintf(path, sizeof path, "%s/multi_lora.json", version_dir);
     FILE *fp = fopen(path, "r");
-    if (!fp)
-        return 0;
+    if (!fp) return 0;
     fclose(fp);
     json_error_t je;
     json_t *root = json_load_file(path, 0, &je);
-    if (!root)
-        return cv_errorf(err, "%s:%d: %s", path, je.line, je.text);
+    if (!root) return cv_errorf(err, "%s:%d: %s", path, je.line, je.text);
     if (!json_is_object(root)) {
         json_decref(root);
         return cv_errorf(err, "%s: expected an object {\"lora_name\": \"/path\", ...}", path);
@@ -225,16 +227,14 @@ int cv_model_json_parse(const char *text, size_t len, const char *path, const ch
     jctx c = {path, err};
     json_error_t je;
     json_t *root = json_loadb(text, len, 0, &je);
-    if (!root)
-        return cv_errorf(err, "%s:%d: invalid JSON: %s", path, je.line, je.text);
+    if (!root) return cv_errorf(err, "%s:%d: invalid JSON: %s", path, je.line, je.text);
     if (!json_is_object(root)) {
         json_decref(root);
         return cv_errorf(err, "%s: expected a JSON object of engine arguments", path);
     }
     const char *revision = NULL;
     json_t *rv = json_object_get(root, "revision");
-    if (json_is_string(rv))
-        revision = json_string_value(rv);
+    if (json_is_string(rv)) revision = json_string_value(rv);
     int rc = 0;
     bool have_model = false;
     const char *key;
@@ -246,8 +246,7 @@ int cv_model_json_parse(const char *text, size_t len, const char *path, const ch
         bool known;
         if (!strcmp(key, "model") || !strcmp(key, "tokenizer")) {
             bool is_model = key[0] == 'm';
-            if (!is_model && json_is_null(v))
-                continue;
+            if (!is_model && json_is_null(v)) continue;
             rc = get_str(&c, key, v, &s);
             if (rc == 0)
                 rc = resolve_model_path(&c, key, s, version_dir, revision,
@@ -256,10 +255,10 @@ int cv_model_json_parse(const char *text, size_t len, const char *path, const ch
             have_model |= is_model;
         } else if (!strcmp(key, "dtype")) {
             rc = get_str(&c, key, v, &s);
-            static const char *const from[] = {"auto", "float32", "float", "float16", "half",
-                                               "bfloat16"};
-            static const char *const to[] = {"auto", "float32", "float32", "float16", "float16",
-                                             "bfloat16"};
+            static const char *const from[] = {"auto",    "float32", "float",
+                                               "float16", "half",    "bfloat16"};
+            static const char *const to[] = {"auto",    "float32", "float32",
+                                             "float16", "float16", "bfloat16"};
             bool ok = false;
             for (size_t i = 0; rc == 0 && i < 6; i++) {
                 if (!strcmp(s, from[i])) {
@@ -268,31 +267,26 @@ int cv_model_json_parse(const char *text, size_t len, const char *path, const ch
                 }
             }
             if (rc == 0 && !ok)
-                rc = key_err(&c, key, "expected one of auto, float32, float, float16, half, "
-                                      "bfloat16");
+                rc = key_err(&c, key,
+                             "expected one of auto, float32, float, float16, half, "
+                             "bfloat16");
         } else if (!strcmp(key, "max_model_len")) {
-            if ((rc = get_int(&c, key, v, 1, 1 << 24, &n)) == 0)
-                args->max_model_len = (int)n;
+            if ((rc = get_int(&c, key, v, 1, 1 << 24, &n)) == 0) args->max_model_len = (int)n;
         } else if (!strcmp(key, "block_size")) {
-            if ((rc = get_int(&c, key, v, 1, 1024, &n)) == 0)
-                args->block_size = (int)n;
+            if ((rc = get_int(&c, key, v, 1, 1024, &n)) == 0) args->block_size = (int)n;
         } else if (!strcmp(key, "max_num_seqs")) {
-            if ((rc = get_int(&c, key, v, 1, 1 << 20, &n)) == 0)
-                args->max_num_seqs = (int)n;
+            if ((rc = get_int(&c, key, v, 1, 1 << 20, &n)) == 0) args->max_num_seqs = (int)n;
         } else if (!strcmp(key, "max_num_batched_tokens")) {
             if ((rc = get_int(&c, key, v, 1, 1 << 26, &n)) == 0)
                 args->max_num_batched_tokens = (int)n;
         } else if (!strcmp(key, "enable_prefix_caching")) {
             rc = get_bool(&c, key, v, &args->enable_prefix_caching);
         } else if (!strcmp(key, "seed")) {
-            if ((rc = get_int(&c, key, v, 0, INT64_MAX, &n)) == 0)
-                args->seed = (uint64_t)n;
+            if ((rc = get_int(&c, key, v, 0, INT64_MAX, &n)) == 0) args->seed = (uint64_t)n;
         } else if (!strcmp(key, "kv_cache_memory_bytes")) {
-            if ((rc = get_int(&c, key, v, 1, INT64_MAX, &n)) == 0)
-                args->kv_cache_bytes = (size_t)n;
+            if ((rc = get_int(&c, key, v, 1, INT64_MAX, &n)) == 0) args->kv_cache_bytes = (size_t)n;
         } else if (!strcmp(key, "tensor_parallel_size")) {
-            if ((rc = get_int(&c, key, v, 1, 1024, &n)) == 0)
-                extra->tensor_parallel_size = (int)n;
+            if ((rc = get_int(&c, key, v, 1, 1024, &n)) == 0) extra->tensor_parallel_size = (int)n;
         } else if (!strcmp(key, "pipeline_parallel_size")) {
             if ((rc = get_int(&c, key, v, 1, 1024, &n)) == 0)
                 extra->pipeline_parallel_size = (int)n;
@@ -306,17 +300,14 @@ int cv_model_json_parse(const char *text, size_t len, const char *path, const ch
                 rc = key_err(&c, key, "cvllm loads \"auto\" or \"safetensors\"");
         } else {
             rc = check_ignored(&c, key, v, &known);
-            if (rc == 0 && !known)
-                rc = key_err(&c, key, "unknown engine argument");
+            if (rc == 0 && !known) rc = key_err(&c, key, "unknown engine argument");
         }
-        if (rc < 0)
-            break;
+        if (rc < 0) break;
     }
     json_decref(root);
     if (rc == 0 && !have_model)
         rc = key_err(&c, "model", "missing (the HuggingFace model directory or hub id)");
-    if (rc == 0 && extra->enable_lora)
-        rc = read_loras(version_dir, extra, err);
+    if (rc == 0 && extra->enable_lora) rc = read_loras(version_dir, extra, err);
     return rc;
 }
 
@@ -345,8 +336,7 @@ int cv_model_json_load(const char *model_dir, const char *version, cv_engine_arg
         }
         size_t got = fread(buf + len, 1, cap - len, fp);
         len += got;
-        if (got == 0)
-            break;
+        if (got == 0) break;
     }
     fclose(fp);
     int rc = cv_model_json_parse(buf, len, path, vdir, args, extra, err);

@@ -17,7 +17,7 @@ typedef struct cv_model_json_extra {
     int pipeline_parallel_size; /* 1 */
     bool enable_lora;
     bool disable_log_stats;
-    int n_loras;                        /* from multi_lora.json */
+    int n_loras; /* from multi_lora.json */
     char lora_names[CV_MAX_LORAS][128];
 } cv_model_json_extra;
 

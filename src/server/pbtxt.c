@@ -48,17 +48,26 @@ static int read_string(parser *ps, char **buf, size_t *len, size_t *cap)
     char q = *ps->p++;
     while (ps->p < ps->end && *ps->p != q) {
         char c = *ps->p++;
-        if (c == '\n')
-            return fail(ps, "newline inside a string literal");
+        if (c == '\n') return fail(ps, "newline inside a string literal");
         if (c == '\\') {
-            if (ps->p >= ps->end)
-                break;
+            if (ps->p >= ps->end) break;
             char e = *ps->p++;
             switch (e) {
-            case 'n': c = '\n'; break;
-            case 't': c = '\t'; break;
-            case 'r': c = '\r'; break;
-            case '\\': case '\'': case '"': case '?': c = e; break;
+            case 'n':
+                c = '\n';
+                break;
+            case 't':
+                c = '\t';
+                break;
+            case 'r':
+                c = '\r';
+                break;
+            case '\\':
+            case '\'':
+            case '"':
+            case '?':
+                c = e;
+                break;
             case 'x': {
                 int v = 0, nd = 0;
                 while (nd < 2 && ps->p < ps->end && isxdigit((unsigned char)*ps->p)) {
@@ -66,8 +75,7 @@ static int read_string(parser *ps, char **buf, size_t *len, size_t *cap)
                     v = v * 16 + (isdigit((unsigned char)h) ? h - '0' : (tolower(h) - 'a' + 10));
                     nd++;
                 }
-                if (nd == 0)
-                    return fail(ps, "bad \\x escape in string literal");
+                if (nd == 0) return fail(ps, "bad \\x escape in string literal");
                 c = (char)v;
                 break;
             }
@@ -87,15 +95,13 @@ static int read_string(parser *ps, char **buf, size_t *len, size_t *cap)
         if (*len + 2 > *cap) {
             size_t ncap = *cap ? *cap * 2 : 32;
             char *nb = realloc(*buf, ncap);
-            if (!nb)
-                return fail(ps, "out of memory");
+            if (!nb) return fail(ps, "out of memory");
             *buf = nb;
             *cap = ncap;
         }
         (*buf)[(*len)++] = c;
     }
-    if (ps->p >= ps->end)
-        return fail(ps, "unterminated string literal");
+    if (ps->p >= ps->end) return fail(ps, "unterminated string literal");
     ps->p++;
     return 0;
 }
@@ -127,14 +133,12 @@ static cv_pbtxt_field *add_field(parser *ps, cv_pbtxt_msg *msg, const char *name
 static int parse_value(parser *ps, cv_pbtxt_field *f)
 {
     skip_space(ps);
-    if (ps->p >= ps->end)
-        return fail(ps, "expected a value, found end of file");
+    if (ps->p >= ps->end) return fail(ps, "expected a value, found end of file");
     char c = *ps->p;
     if (c == '{' || c == '<') {
         ps->p++;
         f->msg = calloc(1, sizeof *f->msg);
-        if (!f->msg)
-            return fail(ps, "out of memory");
+        if (!f->msg) return fail(ps, "out of memory");
         return parse_fields(ps, f->msg, c == '{' ? '}' : '>');
     }
     if (c == '"' || c == '\'') {
@@ -147,8 +151,7 @@ static int parse_value(parser *ps, cv_pbtxt_field *f)
             }
             skip_space(ps);
         }
-        if (!buf && !(buf = malloc(1)))
-            return fail(ps, "out of memory");
+        if (!buf && !(buf = malloc(1))) return fail(ps, "out of memory");
         buf[len] = '\0';
         f->value = buf;
         f->value_len = len;
@@ -164,8 +167,7 @@ static int parse_value(parser *ps, cv_pbtxt_field *f)
         return fail(ps, m);
     }
     f->value = strndup(s, (size_t)(ps->p - s));
-    if (!f->value)
-        return fail(ps, "out of memory");
+    if (!f->value) return fail(ps, "out of memory");
     f->value_len = (size_t)(ps->p - s);
     return 0;
 }
@@ -175,8 +177,7 @@ static int parse_fields(parser *ps, cv_pbtxt_msg *msg, char close)
     for (;;) {
         skip_space(ps);
         if (ps->p >= ps->end) {
-            if (close)
-                return fail(ps, "unexpected end of file: missing closing brace");
+            if (close) return fail(ps, "unexpected end of file: missing closing brace");
             return 0;
         }
         if (*ps->p == close && close) {
@@ -207,8 +208,7 @@ static int parse_fields(parser *ps, cv_pbtxt_msg *msg, char close)
             } else {
                 for (;;) {
                     cv_pbtxt_field *f = add_field(ps, msg, name, name_len, line);
-                    if (!f || parse_value(ps, f) < 0)
-                        return -1;
+                    if (!f || parse_value(ps, f) < 0) return -1;
                     skip_space(ps);
                     if (ps->p < ps->end && *ps->p == ',') {
                         ps->p++;
@@ -224,16 +224,15 @@ static int parse_fields(parser *ps, cv_pbtxt_msg *msg, char close)
         } else {
             if (!colon && (ps->p >= ps->end || (*ps->p != '{' && *ps->p != '<'))) {
                 char m[320];
-                snprintf(m, sizeof m, "expected ':' or '{' after field '%.*s'", (int)name_len, name);
+                snprintf(m, sizeof m, "expected ':' or '{' after field '%.*s'", (int)name_len,
+                         name);
                 return fail(ps, m);
             }
             cv_pbtxt_field *f = add_field(ps, msg, name, name_len, line);
-            if (!f || parse_value(ps, f) < 0)
-                return -1;
+            if (!f || parse_value(ps, f) < 0) return -1;
         }
         skip_space(ps);
-        if (ps->p < ps->end && (*ps->p == ',' || *ps->p == ';'))
-            ps->p++;
+        if (ps->p < ps->end && (*ps->p == ',' || *ps->p == ';')) ps->p++;
     }
 }
 
@@ -254,8 +253,7 @@ cv_pbtxt_msg *cv_pbtxt_parse(const char *text, size_t len, const char *file, cv_
 
 void cv_pbtxt_free(cv_pbtxt_msg *msg)
 {
-    if (!msg)
-        return;
+    if (!msg) return;
     for (int i = 0; i < msg->n_fields; i++) {
         free(msg->fields[i].name);
         free(msg->fields[i].value);

@@ -17,12 +17,12 @@
 typedef struct cv_pbtxt_msg cv_pbtxt_msg;
 
 typedef struct cv_pbtxt_field {
-    char *name;          /* owned */
-    int line;            /* 1-based line of the field name */
-    cv_pbtxt_msg *msg;   /* non-NULL: a message value (owned) */
-    char *value;         /* scalar text, unescaped when quoted (owned); NULL for messages */
-    size_t value_len;    /* strings may hold NUL bytes */
-    bool quoted;         /* the scalar was a string literal */
+    char *name;        /* owned */
+    int line;          /* 1-based line of the field name */
+    cv_pbtxt_msg *msg; /* non-NULL: a message value (owned) */
+    char *value;       /* scalar text, unescaped when quoted (owned); NULL for messages */
+    size_t value_len;  /* strings may hold NUL bytes */
+    bool quoted;       /* the scalar was a string literal */
 } cv_pbtxt_field;
 
 struct cv_pbtxt_msg {

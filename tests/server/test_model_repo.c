@@ -29,8 +29,8 @@ static void test_seed_config_autocompletes(void **state)
     (void)state;
     cv_model_config cfg;
     cv_error err = {""};
-    assert_int_equal(cv_model_config_parse(&cfg, seed_config, strlen(seed_config), "config.pbtxt",
-                                           &err), 0);
+    assert_int_equal(
+        cv_model_config_parse(&cfg, seed_config, strlen(seed_config), "config.pbtxt", &err), 0);
     snprintf(cfg.name, sizeof cfg.name, "vllm_model");
     assert_int_equal(cv_model_config_autocomplete_vllm(&cfg, &err), 0);
     assert_string_equal(cfg.backend, "vllm");
@@ -54,8 +54,8 @@ static void test_seed_config_autocompletes(void **state)
     assert_non_null(strstr(s, "{\"name\":\"text_output\",\"data_type\":\"TYPE_STRING\","
                               "\"dims\":[-1]"));
     assert_string_equal(json_string_value(json_object_get(j, "backend")), "vllm");
-    assert_true(json_is_true(
-        json_object_get(json_object_get(j, "model_transaction_policy"), "decoupled")));
+    assert_true(
+        json_is_true(json_object_get(json_object_get(j, "model_transaction_policy"), "decoupled")));
     free(s);
     free(in1);
     json_decref(j);
@@ -64,11 +64,12 @@ static void test_seed_config_autocompletes(void **state)
 static void test_parameters_and_lists(void **state)
 {
     (void)state;
-    const char *t = "name: 'm' backend: \"vllm\"\n"
-                    "parameters: { key: \"REPORT_CUSTOM_METRICS\" value: { string_value: \"true\" } }\n"
-                    "parameters [ { key: \"A\", value < string_value: 'x' 'y' > } ]\n"
-                    "model_transaction_policy { decoupled: True }\n"
-                    "version_policy: { specific: { versions: [1, 3] } }\n";
+    const char *t =
+        "name: 'm' backend: \"vllm\"\n"
+        "parameters: { key: \"REPORT_CUSTOM_METRICS\" value: { string_value: \"true\" } }\n"
+        "parameters [ { key: \"A\", value < string_value: 'x' 'y' > } ]\n"
+        "model_transaction_policy { decoupled: True }\n"
+        "version_policy: { specific: { versions: [1, 3] } }\n";
     cv_model_config cfg;
     cv_error err = {""};
     assert_int_equal(cv_model_config_parse(&cfg, t, strlen(t), "c.pbtxt", &err), 0);
@@ -87,8 +88,7 @@ static void expect_config_error(const char *text, const char *msg)
     cv_model_config cfg;
     cv_error err = {""};
     int rc = cv_model_config_parse(&cfg, text, strlen(text), "m/config.pbtxt", &err);
-    if (rc == 0)
-        rc = cv_model_config_autocomplete_vllm(&cfg, &err);
+    if (rc == 0) rc = cv_model_config_autocomplete_vllm(&cfg, &err);
     assert_int_equal(rc, -1);
     assert_string_equal(err.msg, msg);
 }
@@ -127,8 +127,9 @@ static void test_model_json(void **state)
     memset(&args, 0, sizeof args);
     cv_model_json_extra extra;
     cv_error err = {""};
-    assert_int_equal(cv_model_json_parse(text, strlen(text), "r/m/1/model.json", "r/m/1", &args,
-                                         &extra, &err), 0);
+    assert_int_equal(
+        cv_model_json_parse(text, strlen(text), "r/m/1/model.json", "r/m/1", &args, &extra, &err),
+        0);
     char want[4200];
     snprintf(want, sizeof want, "%s/models/stories260K", shared);
     assert_string_equal(args.model, want);
@@ -163,8 +164,9 @@ static void test_model_json(void **state)
     };
     for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
         cv_error e = {""};
-        assert_int_equal(cv_model_json_parse(bad[i].json, strlen(bad[i].json), "p/model.json",
-                                             "p", &args, &extra, &e), -1);
+        assert_int_equal(cv_model_json_parse(bad[i].json, strlen(bad[i].json), "p/model.json", "p",
+                                             &args, &extra, &e),
+                         -1);
         assert_string_equal(e.msg, bad[i].msg);
     }
 }
@@ -224,8 +226,8 @@ static void test_hf_cache_resolution(void **state)
     cv_engine_args args;
     memset(&args, 0, sizeof args);
     cv_model_json_extra extra;
-    assert_int_equal(cv_model_json_parse(mj, strlen(mj), "model.json", "/nonexistent", &args,
-                                         &extra, &err), 0);
+    assert_int_equal(
+        cv_model_json_parse(mj, strlen(mj), "model.json", "/nonexistent", &args, &extra, &err), 0);
     assert_string_equal(args.model, want);
     char cmd[600];
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", root);

@@ -45,14 +45,14 @@ static void test_infer_request_wire_bytes(void **state)
     uint8_t buf[128];
     size_t n = inference__model_infer_request__pack(&req, buf);
     static const uint8_t want[] = {
-        0x0a, 1, 'm',                              /* model_name = 1 */
-        0x12, 1, '1',                              /* model_version = 2 */
-        0x1a, 1, '7',                              /* id = 3 */
-        0x22, 7, 0x0a, 1, 'k', 0x12, 2, 0x08, 1,   /* parameters = 4: {k: bool_param=1 true} */
-        0x2a, 13, 0x0a, 1, 't',                    /* inputs = 5: name = 1 */
-        0x12, 5, 'B', 'Y', 'T', 'E', 'S',          /* datatype = 2 */
-        0x1a, 1, 1,                                /* shape = 3 (packed) */
-        0x3a, 2, 'a', 'b',                         /* raw_input_contents = 7 */
+        0x0a, 1,  'm',                                /* model_name = 1 */
+        0x12, 1,  '1',                                /* model_version = 2 */
+        0x1a, 1,  '7',                                /* id = 3 */
+        0x22, 7,  0x0a, 1,   'k', 0x12, 2,   0x08, 1, /* parameters = 4: {k: bool_param=1 true} */
+        0x2a, 13, 0x0a, 1,   't',                     /* inputs = 5: name = 1 */
+        0x12, 5,  'B',  'Y', 'T', 'E',  'S',          /* datatype = 2 */
+        0x1a, 1,  1,                                  /* shape = 3 (packed) */
+        0x3a, 2,  'a',  'b',                          /* raw_input_contents = 7 */
     };
     assert_int_equal(n, sizeof want);
     assert_memory_equal(buf, want, sizeof want);
@@ -79,10 +79,10 @@ static void test_stream_response_wire_bytes(void **state)
     uint8_t buf[64];
     size_t n = inference__model_stream_infer_response__pack(&s, buf);
     static const uint8_t want[] = {
-        0x0a, 1, 'e',             /* error_message = 1 */
-        0x12, 6,                  /* infer_response = 2 */
-        0x1a, 1, 'x',             /*   id = 3 */
-        0x32, 1, 'z',             /*   raw_output_contents = 6 */
+        0x0a, 1, 'e', /* error_message = 1 */
+        0x12, 6,      /* infer_response = 2 */
+        0x1a, 1, 'x', /*   id = 3 */
+        0x32, 1, 'z', /*   raw_output_contents = 6 */
     };
     assert_int_equal(n, sizeof want);
     assert_memory_equal(buf, want, sizeof want);
@@ -99,7 +99,7 @@ static void test_model_config_field_numbers(void **state)
     uint8_t buf[64];
     size_t n = inference__model_config__pack(&c, buf);
     static const uint8_t want[] = {
-        0x8a, 0x01, 4, 'v', 'l', 'l', 'm', /* backend = 17 */
+        0x8a, 0x01, 4, 'v',  'l', 'l', 'm', /* backend = 17 */
         0x9a, 0x01, 2, 0x08, 1,             /* model_transaction_policy = 19 */
     };
     assert_int_equal(n, sizeof want);

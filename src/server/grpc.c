@@ -1,0 +1,645 @@
+/* gRPC frontend on the gRPC C core: one completion-queue thread runs every
+ * call; unary RPCs are answered inline (grpc_codec.c); ModelStreamInfer is
+ * a bidirectional stream whose requests go to the engines with outputs on
+ * one cv_output_queue, drained by an output thread that queues response
+ * messages on their stream. One mutex guards every stream and every
+ * grpc_call_start_batch on a stream, so the two threads never race. */
+#include <grpc/byte_buffer.h>
+#include <grpc/byte_buffer_reader.h>
+#include <grpc/grpc.h>
+#include <grpc/grpc_security.h>
+#include <grpc/slice.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "base/clock.h"
+#include "base/log.h"
+#include "server/grpc_internal.h"
+
+#define STREAM_METHOD "/inference.GRPCInferenceService/ModelStreamInfer"
+
+typedef enum {
+    TAG_NEW_CALL,
+    TAG_SHUTDOWN,
+    TAG_UNARY_RECV,
+    TAG_UNARY_DONE,
+    TAG_STREAM_START,
+    TAG_STREAM_RECV,
+    TAG_STREAM_SEND,
+    TAG_STREAM_CLOSE,
+    TAG_STREAM_STATUS,
+} tag_type;
+
+typedef struct tag {
+    tag_type type;
+    void *owner;
+} tag;
+
+typedef struct unary_call {
+    grpc_call *call;
+    char method[160];
+    grpc_byte_buffer *recv;
+    grpc_byte_buffer *send;
+    grpc_slice details;
+    int cancelled;
+    tag t_recv, t_done;
+} unary_call;
+
+typedef struct stream stream;
+
+/* One ModelInferRequest of a stream, in the engine. */
+typedef struct stream_req {
+    struct stream_req *next;
+    stream *st;
+    cv_model *model;
+    cv_infer_request ir;
+    char *id;
+    char **wanted; /* requested output names */
+    size_t n_wanted;
+    uint64_t engine_id;
+    uint64_t start_ns;
+    bool empty_final;
+} stream_req;
+
+struct stream {
+    struct stream *next;
+    cv_grpc *g;
+    grpc_call *call;
+    grpc_byte_buffer *recv;
+    int close_cancelled;
+    bool half_closed, cancelled, status_sent;
+    int ops; /* batches in flight */
+    grpc_byte_buffer **sendq;
+    int nq, capq;
+    bool sending;
+    stream_req *reqs;
+    int n_reqs;
+    tag t_start, t_recv, t_send, t_close, t_status;
+};
+
+struct cv_grpc {
+    cv_server *s;
+    grpc_server *server;
+    grpc_completion_queue *cq;
+    cv_output_queue *q;
+    pthread_t cq_thread, out_thread;
+    bool cq_started, out_started;
+    pthread_mutex_t mu;
+    /* the pending grpc_server_request_call */
+    grpc_call *new_call;
+    grpc_call_details details;
+    grpc_metadata_array md;
+    tag t_new, t_shutdown;
+    bool shutdown_started, shutdown_done;
+    stream *streams;
+    int n_calls; /* unary calls and streams alive */
+    atomic_bool stop_out;
+};
+
+static void request_next_call(cv_grpc *g);
+
+/* ---- unary -------------------------------------------------------------- */
+
+static void unary_start(cv_grpc *g, grpc_call *call, const char *method)
+{
+    unary_call *u = calloc(1, sizeof *u);
+    if (!u) {
+        grpc_call_cancel(call, NULL);
+        grpc_call_unref(call);
+        return;
+    }
+    u->call = call;
+    snprintf(u->method, sizeof u->method, "%s", method);
+    u->t_recv = (tag){TAG_UNARY_RECV, u};
+    u->t_done = (tag){TAG_UNARY_DONE, u};
+    grpc_op ops[2];
+    memset(ops, 0, sizeof ops);
+    ops[0].op = GRPC_OP_SEND_INITIAL_METADATA;
+    ops[1].op = GRPC_OP_RECV_MESSAGE;
+    ops[1].data.recv_message.recv_message = &u->recv;
+    g->n_calls++;
+    if (grpc_call_start_batch(call, ops, 2, &u->t_recv, NULL) != GRPC_CALL_OK) {
+        grpc_call_unref(call);
+        g->n_calls--;
+        free(u);
+    }
+}
+
+static void unary_answer(cv_grpc *g, unary_call *u)
+{
+    uint8_t *in = NULL, *out = NULL;
+    size_t in_len = 0, out_len = 0;
+    grpc_slice all = grpc_empty_slice();
+    if (u->recv) {
+        grpc_byte_buffer_reader rd;
+        if (grpc_byte_buffer_reader_init(&rd, u->recv)) {
+            all = grpc_byte_buffer_reader_readall(&rd);
+            grpc_byte_buffer_reader_destroy(&rd);
+        }
+        in = GRPC_SLICE_START_PTR(all);
+        in_len = GRPC_SLICE_LENGTH(all);
+    }
+    char msg[CV_ERROR_MSG_BYTES] = "";
+    grpc_status_code code =
+        cv_grpc_unary(g->s, u->method, in, in_len, &out, &out_len, msg, sizeof msg);
+    grpc_slice_unref(all);
+    grpc_op ops[3];
+    memset(ops, 0, sizeof ops);
+    int n = 0;
+    if (code == GRPC_STATUS_OK) {
+        grpc_slice sl = grpc_slice_from_copied_buffer((const char *)out, out_len);
+        u->send = grpc_raw_byte_buffer_create(&sl, 1);
+        grpc_slice_unref(sl);
+        ops[n].op = GRPC_OP_SEND_MESSAGE;
+        ops[n++].data.send_message.send_message = u->send;
+    }
+    free(out);
+    u->details = grpc_slice_from_copied_string(msg);
+    ops[n].op = GRPC_OP_SEND_STATUS_FROM_SERVER;
+    ops[n].data.send_status_from_server.status = code;
+    ops[n++].data.send_status_from_server.status_details = &u->details;
+    ops[n].op = GRPC_OP_RECV_CLOSE_ON_SERVER;
+    ops[n++].data.recv_close_on_server.cancelled = &u->cancelled;
+    if (grpc_call_start_batch(u->call, ops, (size_t)n, &u->t_done, NULL) != GRPC_CALL_OK)
+        cv_log_error("grpc: cannot answer %s", u->method);
+}
+
+static void unary_done(cv_grpc *g, unary_call *u)
+{
+    if (u->recv) grpc_byte_buffer_destroy(u->recv);
+    if (u->send) grpc_byte_buffer_destroy(u->send);
+    grpc_slice_unref(u->details);
+    grpc_call_unref(u->call);
+    free(u);
+    g->n_calls--;
+}
+
+/* ---- streams (all with g->mu held) -------------------------------------- */
+
+static bool start_batch(stream *st, grpc_op *ops, size_t n, tag *t)
+{
+    if (grpc_call_start_batch(st->call, ops, n, t, NULL) != GRPC_CALL_OK) {
+        cv_log_error("grpc: stream batch refused");
+        return false;
+    }
+    st->ops++;
+    return true;
+}
+
+static void stream_recv(stream *st)
+{
+    grpc_op op;
+    memset(&op, 0, sizeof op);
+    op.op = GRPC_OP_RECV_MESSAGE;
+    op.data.recv_message.recv_message = &st->recv;
+    start_batch(st, &op, 1, &st->t_recv);
+}
+
+static void stream_pump(stream *st)
+{
+    if (st->sending || st->nq == 0 || st->cancelled) return;
+    grpc_op op;
+    memset(&op, 0, sizeof op);
+    op.op = GRPC_OP_SEND_MESSAGE;
+    op.data.send_message.send_message = st->sendq[0];
+    st->sending = start_batch(st, &op, 1, &st->t_send);
+}
+
+static void stream_queue(stream *st, uint8_t *bytes, size_t len)
+{
+    if (!bytes) return;
+    if (st->cancelled) {
+        free(bytes);
+        return;
+    }
+    if (st->nq == st->capq) {
+        int cap = st->capq ? st->capq * 2 : 8;
+        grpc_byte_buffer **nq = realloc(st->sendq, sizeof *nq * (size_t)cap);
+        if (!nq) {
+            free(bytes);
+            return;
+        }
+        st->sendq = nq;
+        st->capq = cap;
+    }
+    grpc_slice sl = grpc_slice_from_copied_buffer((const char *)bytes, len);
+    st->sendq[st->nq++] = grpc_raw_byte_buffer_create(&sl, 1);
+    grpc_slice_unref(sl);
+    free(bytes);
+    stream_pump(st);
+}
+
+/* Ends the RPC with OK once the client half-closed and every response of
+ * every request has been written; frees the stream when nothing is left. */
+static void stream_settle(stream *st)
+{
+    cv_grpc *g = st->g;
+    if (!st->status_sent && !st->cancelled && st->half_closed && st->n_reqs == 0 && st->nq == 0 &&
+        !st->sending) {
+        grpc_op op;
+        memset(&op, 0, sizeof op);
+        op.op = GRPC_OP_SEND_STATUS_FROM_SERVER;
+        op.data.send_status_from_server.status = GRPC_STATUS_OK;
+        st->status_sent = start_batch(st, &op, 1, &st->t_status);
+    }
+    if (st->ops > 0 || st->n_reqs > 0) return;
+    for (stream **p = &g->streams; *p; p = &(*p)->next) {
+        if (*p == st) {
+            *p = st->next;
+            break;
+        }
+    }
+    for (int i = 0; i < st->nq; i++)
+        grpc_byte_buffer_destroy(st->sendq[i]);
+    free(st->sendq);
+    grpc_call_unref(st->call);
+    free(st);
+    g->n_calls--;
+}
+
+static void stream_start(cv_grpc *g, grpc_call *call)
+{
+    stream *st = calloc(1, sizeof *st);
+    if (!st) {
+        grpc_call_cancel(call, NULL);
+        grpc_call_unref(call);
+        return;
+    }
+    st->g = g;
+    st->call = call;
+    st->t_start = (tag){TAG_STREAM_START, st};
+    st->t_recv = (tag){TAG_STREAM_RECV, st};
+    st->t_send = (tag){TAG_STREAM_SEND, st};
+    st->t_close = (tag){TAG_STREAM_CLOSE, st};
+    st->t_status = (tag){TAG_STREAM_STATUS, st};
+    st->next = g->streams;
+    g->streams = st;
+    g->n_calls++;
+    grpc_op op;
+    memset(&op, 0, sizeof op);
+    op.op = GRPC_OP_SEND_INITIAL_METADATA;
+    start_batch(st, &op, 1, &st->t_start);
+    memset(&op, 0, sizeof op);
+    op.op = GRPC_OP_RECV_CLOSE_ON_SERVER;
+    op.data.recv_close_on_server.cancelled = &st->close_cancelled;
+    start_batch(st, &op, 1, &st->t_close);
+    stream_recv(st);
+    stream_settle(st);
+}
+
+static void stream_error(stream *st, const Inference__ModelInferRequest *rq, const char *msg)
+{
+    size_t len;
+    uint8_t *b = cv_grpc_pack_stream_response(NULL, NULL, 0, rq ? rq->model_name : "",
+                                              rq ? rq->model_version : "", rq ? rq->id : "", true,
+                                              msg, &len);
+    stream_queue(st, b, len);
+}
+
+static void stream_req_free(stream_req *r)
+{
+    for (size_t i = 0; i < r->n_wanted; i++)
+        free(r->wanted[i]);
+    free(r->wanted);
+    free(r->id);
+    cv_infer_request_free(&r->ir);
+    if (r->model) cv_model_release(r->model);
+    free(r);
+}
+
+/* One ModelInferRequest arrived on the stream. */
+static void stream_request(stream *st, const uint8_t *data, size_t len)
+{
+    cv_grpc *g = st->g;
+    Inference__ModelInferRequest *rq = inference__model_infer_request__unpack(NULL, len, data);
+    if (!rq) {
+        stream_error(st, NULL, "cannot parse the ModelInferRequest message");
+        return;
+    }
+    cv_error err = {""};
+    int http = 0;
+    stream_req *r = calloc(1, sizeof *r);
+    if (!r) {
+        stream_error(st, rq, "out of memory");
+        inference__model_infer_request__free_unpacked(rq, NULL);
+        return;
+    }
+    cv_infer_request_init(&r->ir);
+    r->st = st;
+    r->start_ns = cv_now_ns();
+    r->model = cv_repository_acquire(g->s->repo, rq->model_name, rq->model_version, &err, &http);
+    int rc = r->model ? 0 : -1;
+    if (rc == 0 && atomic_load(&g->s->draining))
+        rc = cv_errorf(&err, "Server is stopping: no new requests are accepted");
+    if (rc == 0 &&
+        (!(r->id = strdup(rq->id)) || !(r->wanted = calloc(rq->n_outputs + 1, sizeof *r->wanted))))
+        rc = cv_errorf(&err, "out of memory");
+    for (size_t i = 0; rc == 0 && i < rq->n_outputs; i++) {
+        if (!(r->wanted[i] = strdup(rq->outputs[i]->name))) rc = cv_errorf(&err, "out of memory");
+        r->n_wanted = i + 1;
+    }
+    if (rc == 0) rc = cv_grpc_parse_infer(rq, r->model, &r->ir, &r->empty_final, &err);
+    if (rc == 0) rc = cv_infer_prepare(&r->ir, r->model, &err);
+    if (rc == 0 && !(r->engine_id = cv_infer_submit(&r->ir, r->model, g->q, r, &err))) rc = -1;
+    if (rc < 0) {
+        if (r->model) cv_server_account(r->model, false, r->start_ns);
+        stream_error(st, rq, err.msg);
+        stream_req_free(r);
+    } else {
+        r->next = st->reqs;
+        st->reqs = r;
+        st->n_reqs++;
+    }
+    inference__model_infer_request__free_unpacked(rq, NULL);
+}
+
+static void stream_cancel(stream *st)
+{
+    if (st->cancelled) return;
+    st->cancelled = true;
+    for (stream_req *r = st->reqs; r; r = r->next) {
+        cv_log_info("[vllm] Cancelling the request");
+        cv_engine_abort(r->model->engine, r->engine_id);
+    }
+    for (int i = st->sending ? 1 : 0; i < st->nq; i++)
+        grpc_byte_buffer_destroy(st->sendq[i]);
+    st->nq = st->sending ? 1 : 0;
+}
+
+/* An engine output for a stream request (output thread, g->mu held). */
+static void stream_output(stream_req *r, const cv_request_output *out)
+{
+    stream *st = r->st;
+    bool ok = !out->error;
+    if (!st->cancelled) {
+        const cv_model *m = r->model;
+        size_t len;
+        uint8_t *b;
+        if (out->error) {
+            b = cv_grpc_pack_stream_response(NULL, NULL, 0, m->name, m->version_str, r->id, true,
+                                             out->error, &len);
+            stream_queue(st, b, len);
+        } else {
+            cv_infer_response resp;
+            cv_error err = {""};
+            if (cv_infer_response_build(&r->ir, out, &resp, &err) < 0) {
+                ok = false;
+                b = cv_grpc_pack_stream_response(NULL, NULL, 0, m->name, m->version_str, r->id,
+                                                 true, err.msg, &len);
+                stream_queue(st, b, len);
+            } else {
+                bool final_here = out->finished && !r->empty_final;
+                b = cv_grpc_pack_stream_response(&resp, r->wanted, r->n_wanted, m->name,
+                                                 m->version_str, r->id, final_here, NULL, &len);
+                stream_queue(st, b, len);
+                cv_infer_response_free(&resp);
+                if (out->finished && r->empty_final) {
+                    b = cv_grpc_pack_stream_response(NULL, NULL, 0, m->name, m->version_str, r->id,
+                                                     true, NULL, &len);
+                    stream_queue(st, b, len);
+                }
+            }
+        }
+    }
+    if (!out->finished) return;
+    if (st->cancelled) cv_log_info("[vllm] Successfully cancelled the request");
+    bool aborted = out->n_seqs > 0 && out->seqs[0].finish_reason == CV_FINISH_ABORT;
+    cv_server_account(r->model, ok && !aborted && !st->cancelled, r->start_ns);
+    for (stream_req **p = &st->reqs; *p; p = &(*p)->next) {
+        if (*p == r) {
+            *p = r->next;
+            break;
+        }
+    }
+    st->n_reqs--;
+    stream_req_free(r);
+    stream_settle(st);
+}
+
+/* ---- threads ------------------------------------------------------------ */
+
+static void on_event(cv_grpc *g, tag *t, bool ok)
+{
+    if (t->type == TAG_SHUTDOWN) {
+        g->shutdown_done = true;
+        return;
+    }
+    if (t->type == TAG_NEW_CALL) {
+        if (!ok) /* the server is shutting down */
+            return;
+        grpc_call *call = g->new_call;
+        char method[160];
+        snprintf(method, sizeof method, "%.*s", (int)GRPC_SLICE_LENGTH(g->details.method),
+                 (const char *)GRPC_SLICE_START_PTR(g->details.method));
+        grpc_call_details_destroy(&g->details);
+        grpc_metadata_array_destroy(&g->md);
+        if (!strcmp(method, STREAM_METHOD))
+            stream_start(g, call);
+        else
+            unary_start(g, call, method);
+        request_next_call(g);
+        return;
+    }
+    if (t->type == TAG_UNARY_RECV) {
+        unary_answer(g, t->owner);
+        return;
+    }
+    if (t->type == TAG_UNARY_DONE) {
+        unary_done(g, t->owner);
+        return;
+    }
+    stream *st = t->owner;
+    st->ops--;
+    switch (t->type) {
+    case TAG_STREAM_RECV:
+        if (!ok || !st->recv) {
+            st->half_closed = true;
+        } else {
+            grpc_byte_buffer_reader rd;
+            if (grpc_byte_buffer_reader_init(&rd, st->recv)) {
+                grpc_slice all = grpc_byte_buffer_reader_readall(&rd);
+                grpc_byte_buffer_reader_destroy(&rd);
+                stream_request(st, GRPC_SLICE_START_PTR(all), GRPC_SLICE_LENGTH(all));
+                grpc_slice_unref(all);
+            }
+            grpc_byte_buffer_destroy(st->recv);
+            st->recv = NULL;
+            if (!st->cancelled) stream_recv(st);
+        }
+        break;
+    case TAG_STREAM_SEND:
+        grpc_byte_buffer_destroy(st->sendq[0]);
+        memmove(st->sendq, st->sendq + 1, sizeof *st->sendq * (size_t)(st->nq - 1));
+        st->nq--;
+        st->sending = false;
+        if (!ok) stream_cancel(st);
+        stream_pump(st);
+        break;
+    case TAG_STREAM_CLOSE:
+        if (st->close_cancelled) stream_cancel(st);
+        st->half_closed = true;
+        break;
+    default:
+        break;
+    }
+    stream_settle(st);
+}
+
+static void *cq_main(void *arg)
+{
+    cv_grpc *g = arg;
+    for (;;) {
+        grpc_event ev = grpc_completion_queue_next(g->cq, gpr_inf_future(GPR_CLOCK_REALTIME), NULL);
+        if (ev.type == GRPC_QUEUE_SHUTDOWN) break;
+        if (ev.type != GRPC_OP_COMPLETE) continue;
+        pthread_mutex_lock(&g->mu);
+        on_event(g, ev.tag, ev.success != 0);
+        pthread_mutex_unlock(&g->mu);
+    }
+    return NULL;
+}
+
+static void *out_main(void *arg)
+{
+    cv_grpc *g = arg;
+    while (!atomic_load(&g->stop_out)) {
+        cv_request_output *out = cv_output_queue_wait(g->q, 100);
+        if (!out) continue;
+        pthread_mutex_lock(&g->mu);
+        stream_output(out->user_data, out);
+        pthread_mutex_unlock(&g->mu);
+        cv_request_output_free(out);
+    }
+    return NULL;
+}
+
+static void request_next_call(cv_grpc *g)
+{
+    if (g->shutdown_started) return;
+    grpc_call_details_init(&g->details);
+    grpc_metadata_array_init(&g->md);
+    g->new_call = NULL;
+    if (grpc_server_request_call(g->server, &g->new_call, &g->details, &g->md, g->cq, g->cq,
+                                 &g->t_new) != GRPC_CALL_OK)
+        cv_log_error("grpc: cannot request the next call");
+}
+
+/* ---- lifecycle ---------------------------------------------------------- */
+
+cv_grpc *cv_grpc_start(cv_server *s, cv_error *err)
+{
+    cv_grpc *g = calloc(1, sizeof *g);
+    if (!g) {
+        cv_errorf(err, "out of memory");
+        return NULL;
+    }
+    grpc_init();
+    g->s = s;
+    pthread_mutex_init(&g->mu, NULL);
+    g->t_new = (tag){TAG_NEW_CALL, NULL};
+    g->t_shutdown = (tag){TAG_SHUTDOWN, NULL};
+    g->q = cv_output_queue_create();
+    g->cq = grpc_completion_queue_create_for_next(NULL);
+    grpc_arg arg = {.type = GRPC_ARG_INTEGER, .key = GRPC_ARG_ALLOW_REUSEPORT, .value.integer = 0};
+    grpc_channel_args args = {.num_args = 1, .args = &arg};
+    g->server = grpc_server_create(&args, NULL);
+    if (!g->q || !g->cq || !g->server) {
+        cv_errorf(err, "gRPC: cannot create the server");
+        goto fail;
+    }
+    grpc_server_register_completion_queue(g->server, g->cq, NULL);
+    char addr[64];
+    snprintf(addr, sizeof addr, "0.0.0.0:%d", s->opts.grpc_port);
+    grpc_server_credentials *creds = grpc_insecure_server_credentials_create();
+    int port = grpc_server_add_http2_port(g->server, addr, creds);
+    grpc_server_credentials_release(creds);
+    if (port == 0) {
+        cv_errorf(err, "failed to start GRPC service: cannot bind %s", addr);
+        goto fail;
+    }
+    grpc_server_start(g->server);
+    pthread_mutex_lock(&g->mu);
+    request_next_call(g);
+    pthread_mutex_unlock(&g->mu);
+    if (pthread_create(&g->cq_thread, NULL, cq_main, g) != 0 || !(g->cq_started = true) ||
+        pthread_create(&g->out_thread, NULL, out_main, g) != 0) {
+        cv_errorf(err, "gRPC: cannot start threads");
+        goto fail;
+    }
+    g->out_started = true;
+    cv_log_info("Started GRPCInferenceService at 0.0.0.0:%d", s->opts.grpc_port);
+    return g;
+fail:
+    cv_grpc_destroy(g);
+    return NULL;
+}
+
+void cv_grpc_stop_accepting(cv_grpc *g)
+{
+    pthread_mutex_lock(&g->mu);
+    if (!g->shutdown_started) {
+        g->shutdown_started = true;
+        grpc_server_shutdown_and_notify(g->server, g->cq, &g->t_shutdown);
+    }
+    pthread_mutex_unlock(&g->mu);
+}
+
+void cv_grpc_abort_all(cv_grpc *g)
+{
+    pthread_mutex_lock(&g->mu);
+    for (stream *st = g->streams; st; st = st->next)
+        for (stream_req *r = st->reqs; r; r = r->next)
+            cv_engine_abort(r->model->engine, r->engine_id);
+    pthread_mutex_unlock(&g->mu);
+}
+
+int cv_grpc_active(cv_grpc *g)
+{
+    pthread_mutex_lock(&g->mu);
+    int n = 0;
+    for (stream *st = g->streams; st; st = st->next)
+        n += st->n_reqs;
+    pthread_mutex_unlock(&g->mu);
+    return n;
+}
+
+void cv_grpc_destroy(cv_grpc *g)
+{
+    if (!g) return;
+    if (g->server) {
+        if (g->cq_started) {
+            cv_grpc_stop_accepting(g);
+            grpc_server_cancel_all_calls(g->server);
+            /* Calls end once their engine requests delivered final outputs. */
+            for (int i = 0; i < 3000; i++) {
+                pthread_mutex_lock(&g->mu);
+                bool done = g->shutdown_done && g->n_calls == 0;
+                pthread_mutex_unlock(&g->mu);
+                if (done) break;
+                struct timespec ts = {0, 2000000};
+                nanosleep(&ts, NULL);
+            }
+        }
+        grpc_server_destroy(g->server);
+    }
+    if (g->out_started) {
+        atomic_store(&g->stop_out, true);
+        pthread_join(g->out_thread, NULL);
+    }
+    if (g->cq) {
+        grpc_completion_queue_shutdown(g->cq);
+        if (g->cq_started)
+            pthread_join(g->cq_thread, NULL);
+        else
+            while (grpc_completion_queue_next(g->cq, gpr_inf_past(GPR_CLOCK_REALTIME), NULL).type !=
+                   GRPC_QUEUE_SHUTDOWN)
+                ;
+        grpc_completion_queue_destroy(g->cq);
+    }
+    if (g->q) cv_output_queue_destroy(g->q);
+    pthread_mutex_destroy(&g->mu);
+    free(g);
+    grpc_shutdown();
+}

@@ -1,0 +1,31 @@
+/* gRPC message handling shared by grpc.c (transport: completion queue,
+ * calls, streams) and grpc_codec.c (protobuf-c messages <-> cvllm). */
+#ifndef CV_SERVER_GRPC_INTERNAL_H
+#define CV_SERVER_GRPC_INTERNAL_H
+
+#include <grpc/status.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "grpc_service.pb-c.h"
+#include "server/server_internal.h"
+
+/* Handles one unary RPC (method is the full path
+ * "/inference.GRPCInferenceService/X"). On OK *out is the packed response
+ * (malloc'd); otherwise msg holds the status details. */
+grpc_status_code cv_grpc_unary(cv_server *s, const char *method, const uint8_t *in, size_t in_len,
+                               uint8_t **out, size_t *out_len, char *msg, size_t msg_cap);
+
+/* Inputs and parameters of one ModelInferRequest into ir. Sets
+ * *empty_final from triton_enable_empty_final_response. */
+int cv_grpc_parse_infer(const Inference__ModelInferRequest *rq, const cv_model *m,
+                        cv_infer_request *ir, bool *empty_final, cv_error *err);
+
+/* A packed ModelStreamInferResponse: outputs of resp (NULL = none) filtered
+ * by the requested names (n_wanted 0 = all), parameter
+ * triton_final_response, and error_message when error != NULL. */
+uint8_t *cv_grpc_pack_stream_response(const cv_infer_response *resp, char *const *wanted,
+                                      size_t n_wanted, const char *model, const char *version,
+                                      const char *id, bool final, const char *error, size_t *len);
+
+#endif

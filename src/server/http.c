@@ -1,0 +1,564 @@
+/* HTTP/REST frontend on libevent's evhttp: KServe v2 health, metadata,
+ * config and repository endpoints, Triton's /generate and SSE
+ * /generate_stream. Engine outputs of HTTP requests arrive on one
+ * cv_output_queue whose eventfd is an event of this loop, so every HTTP
+ * object is touched by the loop thread only. */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <event2/buffer.h>
+#include <event2/http.h>
+#include <event2/keyvalq_struct.h>
+
+#include "base/clock.h"
+#include "base/log.h"
+#include "server/server_internal.h"
+
+typedef enum { KIND_GENERATE, KIND_STREAM } req_kind;
+
+/* One /generate or /generate_stream request in flight. Freed when its
+ * final engine output has been handled (every request gets exactly one). */
+typedef struct http_req {
+    struct http_req *prev, *next; /* cv_http.active */
+    cv_http *h;
+    struct evhttp_request *req; /* NULL once replied or the client left */
+    struct evhttp_connection *conn;
+    req_kind kind;
+    cv_model *model;
+    cv_infer_request ir;
+    uint64_t engine_id;
+    uint64_t start_ns;
+    int n_responses;
+    json_t *pending; /* /generate: the response held until final */
+    bool cancelled;
+} http_req;
+
+struct cv_http {
+    cv_server *s;
+    struct evhttp *http;
+    struct evhttp_bound_socket *sock;
+    cv_output_queue *q;
+    struct event *q_ev;
+    http_req *active;
+    int n_active;
+};
+
+/* ---- replies ------------------------------------------------------------ */
+
+static const char *reason_phrase(int status)
+{
+    switch (status) {
+    case 200:
+        return "OK";
+    case 400:
+        return "Bad Request";
+    case 404:
+        return "Not Found";
+    case 405:
+        return "Method Not Allowed";
+    case 501:
+        return "Not Implemented";
+    case 503:
+        return "Service Unavailable";
+    default:
+        return "Internal Server Error";
+    }
+}
+
+static void reply_text(struct evhttp_request *req, int status, const char *type, const char *body,
+                       size_t len)
+{
+    struct evbuffer *b = evbuffer_new();
+    if (b && len) evbuffer_add(b, body, len);
+    if (type) evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type", type);
+    evhttp_send_reply(req, status, reason_phrase(status), b);
+    if (b) evbuffer_free(b);
+}
+
+static void reply_json(struct evhttp_request *req, int status, json_t *body)
+{
+    char *text = body ? json_dumps(body, JSON_COMPACT) : NULL;
+    json_decref(body);
+    if (!text) {
+        static const char oom[] = "{\"error\":\"out of memory\"}";
+        reply_text(req, 500, "application/json", oom, sizeof oom - 1);
+        return;
+    }
+    reply_text(req, status, "application/json", text, strlen(text));
+    free(text);
+}
+
+static void reply_error(struct evhttp_request *req, int status, const char *msg)
+{
+    reply_json(req, status, json_pack("{s:s}", "error", msg));
+}
+
+static void reply_empty(struct evhttp_request *req, int status)
+{
+    reply_text(req, status, NULL, NULL, 0);
+}
+
+/* ---- request lifetime --------------------------------------------------- */
+
+static void on_conn_close(struct evhttp_connection *conn, void *arg);
+
+static void req_finish(http_req *hr)
+{
+    cv_http *h = hr->h;
+    if (hr->conn) evhttp_connection_set_closecb(hr->conn, NULL, NULL);
+    if (hr->prev)
+        hr->prev->next = hr->next;
+    else
+        h->active = hr->next;
+    if (hr->next) hr->next->prev = hr->prev;
+    h->n_active--;
+    json_decref(hr->pending);
+    cv_infer_request_free(&hr->ir);
+    cv_model_release(hr->model);
+    free(hr);
+}
+
+static void req_cancel(http_req *hr)
+{
+    if (hr->cancelled) return;
+    hr->cancelled = true;
+    cv_log_info("[vllm] Cancelling the request");
+    cv_engine_abort(hr->model->engine, hr->engine_id);
+}
+
+/* The client closed the connection: evhttp frees its requests right after
+ * this callback, so forget ours and abort the engine request. */
+static void on_conn_close(struct evhttp_connection *conn, void *arg)
+{
+    http_req *hr = arg;
+    hr->req = NULL;
+    hr->conn = NULL;
+    evhttp_connection_set_closecb(conn, NULL, NULL);
+    req_cancel(hr);
+}
+
+static void sse_send(http_req *hr, const char *json_text)
+{
+    struct evbuffer *b = evbuffer_new();
+    if (!b) return;
+    evbuffer_add_printf(b, "data: %s\n\n", json_text);
+    evhttp_send_reply_chunk(hr->req, b);
+    evbuffer_free(b);
+}
+
+static void sse_error(http_req *hr, const char *msg)
+{
+    json_t *e = json_pack("{s:s}", "error", msg);
+    char *text = e ? json_dumps(e, JSON_COMPACT) : NULL;
+    json_decref(e);
+    if (text) sse_send(hr, text);
+    free(text);
+}
+
+static void handle_output(http_req *hr, const cv_request_output *out)
+{
+    bool ok = !out->error;
+    char msg[CV_ERROR_MSG_BYTES] = "";
+    if (hr->req && !out->error) {
+        cv_infer_response resp;
+        cv_error err = {""};
+        if (cv_infer_response_build(&hr->ir, out, &resp, &err) < 0) {
+            snprintf(msg, sizeof msg, "%s", err.msg);
+            ok = false;
+        } else {
+            json_t *j = cv_infer_response_json(&resp, hr->model->name, hr->model->version_str);
+            cv_infer_response_free(&resp);
+            hr->n_responses++;
+            if (hr->kind == KIND_STREAM) {
+                char *text = j ? json_dumps(j, JSON_COMPACT) : NULL;
+                if (text) sse_send(hr, text);
+                free(text);
+                json_decref(j);
+            } else if (hr->n_responses > 1) {
+                json_decref(j);
+                reply_error(hr->req, 400,
+                            "generate expects model to produce exactly 1 response, "
+                            "use generate stream for model that generates various "
+                            "number of responses");
+                evhttp_connection_set_closecb(hr->conn, NULL, NULL);
+                hr->req = NULL;
+                req_cancel(hr);
+                ok = false;
+            } else {
+                hr->pending = j;
+            }
+        }
+    } else if (out->error) {
+        snprintf(msg, sizeof msg, "%s", out->error);
+    }
+    if (hr->req && !ok && msg[0]) {
+        if (hr->kind == KIND_STREAM) {
+            sse_error(hr, msg);
+        } else {
+            reply_error(hr->req, 400, msg);
+            hr->req = NULL;
+        }
+    }
+    if (!out->finished) return;
+    if (hr->cancelled && hr->conn == NULL) cv_log_info("[vllm] Successfully cancelled the request");
+    if (hr->req) {
+        if (hr->kind == KIND_STREAM) {
+            evhttp_send_reply_end(hr->req);
+        } else {
+            reply_json(hr->req, 200, hr->pending);
+            hr->pending = NULL;
+        }
+        hr->req = NULL;
+    }
+    bool aborted = out->n_seqs > 0 && out->seqs[0].finish_reason == CV_FINISH_ABORT;
+    cv_server_account(hr->model, ok && !aborted, hr->start_ns);
+    req_finish(hr);
+}
+
+static void on_outputs(evutil_socket_t fd, short what, void *arg)
+{
+    cv_http *h = arg;
+    uint64_t n;
+    if (read(fd, &n, sizeof n) < 0 && errno != EAGAIN)
+        cv_log_warn("http: reading the output queue eventfd: %s", strerror(errno));
+    cv_request_output *out;
+    while ((out = cv_output_queue_pop(h->q))) {
+        handle_output(out->user_data, out);
+        cv_request_output_free(out);
+    }
+}
+
+/* ---- endpoints ---------------------------------------------------------- */
+
+static bool body_json(struct evhttp_request *req, json_t **out, bool optional)
+{
+    struct evbuffer *b = evhttp_request_get_input_buffer(req);
+    size_t len = evbuffer_get_length(b);
+    *out = NULL;
+    if (len == 0 && optional) return true;
+    const char *data = (const char *)evbuffer_pullup(b, -1);
+    json_error_t je;
+    json_t *j = json_loadb(data ? data : "", len, 0, &je);
+    if (!j || !json_is_object(j)) {
+        char msg[400];
+        if (j)
+            snprintf(msg, sizeof msg,
+                     "failed to parse the request JSON buffer: expected an "
+                     "object");
+        else
+            snprintf(msg, sizeof msg, "failed to parse the request JSON buffer: %s at %d", je.text,
+                     je.position);
+        json_decref(j);
+        reply_error(req, 400, msg);
+        return false;
+    }
+    *out = j;
+    return true;
+}
+
+/* One JSON value into input `name` of the model (a scalar to shape [1]). */
+static int set_input(cv_infer_request *ir, const cv_model *m, const char *name, json_t *v,
+                     cv_error *err)
+{
+    const cv_tensor_config *t = cv_model_config_input(&m->cfg, name);
+    if (t->data_type == CV_TYPE_BOOL) {
+        if (!json_is_boolean(v))
+            return cv_errorf(err, "unable to parse '%s': expected a boolean", name);
+        return cv_infer_set_bool(ir, m, name, json_is_true(v), err);
+    }
+    if (!json_is_string(v)) return cv_errorf(err, "unable to parse '%s': expected a string", name);
+    return cv_infer_set_bytes(ir, m, name, json_string_value(v), json_string_length(v), err);
+}
+
+static int collect_generate(cv_infer_request *ir, const cv_model *m, json_t *body, cv_error *err)
+{
+    const char *k;
+    json_t *v;
+    json_object_foreach(body, k, v)
+    {
+        if (!strcmp(k, "parameters")) {
+            if (!json_is_object(v))
+                return cv_errorf(err, "unable to parse 'parameters': expected an object");
+            const char *pk;
+            json_t *pv;
+            json_object_foreach(v, pk, pv)
+            {
+                int rc = cv_model_config_input(&m->cfg, pk)
+                             ? set_input(ir, m, pk, pv, err)
+                             : cv_infer_set_param(ir, pk, json_incref(pv), err);
+                if (rc < 0) return -1;
+            }
+        } else if (cv_model_config_input(&m->cfg, k)) {
+            if (set_input(ir, m, k, v, err) < 0) return -1;
+        } else if (cv_infer_set_param(ir, k, json_incref(v), err) < 0) {
+            return -1;
+        }
+    }
+    return 0;
+}
+
+static void do_generate(cv_http *h, struct evhttp_request *req, cv_model *m, req_kind kind)
+{
+    json_t *body;
+    if (!body_json(req, &body, false)) {
+        cv_server_account(m, false, cv_now_ns());
+        cv_model_release(m);
+        return;
+    }
+    http_req *hr = calloc(1, sizeof *hr);
+    if (!hr) {
+        json_decref(body);
+        cv_model_release(m);
+        reply_error(req, 500, "out of memory");
+        return;
+    }
+    hr->h = h;
+    hr->kind = kind;
+    hr->model = m;
+    hr->start_ns = cv_now_ns();
+    cv_infer_request_init(&hr->ir);
+    cv_error err = {""};
+    int rc = collect_generate(&hr->ir, m, body, &err);
+    json_decref(body);
+    if (rc == 0) rc = cv_infer_prepare(&hr->ir, m, &err);
+    if (rc == 0 && atomic_load(&h->s->draining))
+        rc = cv_errorf(&err, "Server is stopping: no new requests are accepted");
+    if (rc == 0 && !(hr->engine_id = cv_infer_submit(&hr->ir, m, h->q, hr, &err))) rc = -1;
+    if (rc < 0) {
+        reply_error(req, atomic_load(&h->s->draining) ? 503 : 400, err.msg);
+        cv_server_account(m, false, hr->start_ns);
+        cv_infer_request_free(&hr->ir);
+        cv_model_release(m);
+        free(hr);
+        return;
+    }
+    hr->req = req;
+    hr->conn = evhttp_request_get_connection(req);
+    evhttp_connection_set_closecb(hr->conn, on_conn_close, hr);
+    hr->next = h->active;
+    if (h->active) h->active->prev = hr;
+    h->active = hr;
+    h->n_active++;
+    if (kind == KIND_STREAM) {
+        struct evkeyvalq *hd = evhttp_request_get_output_headers(req);
+        evhttp_add_header(hd, "Content-Type", "text/event-stream; charset=utf-8");
+        evhttp_add_header(hd, "Cache-Control", "no-cache");
+        evhttp_send_reply_start(req, 200, "OK");
+    }
+}
+
+static json_t *tensor_meta(const cv_tensor_config *t)
+{
+    json_t *shape = json_array();
+    for (int i = 0; i < t->n_dims; i++)
+        json_array_append_new(shape, json_integer(t->dims[i]));
+    return json_pack("{s:s, s:s, s:o}", "name", t->name, "datatype",
+                     cv_data_type_kserve(t->data_type), "shape", shape);
+}
+
+static json_t *model_metadata(const cv_model *m)
+{
+    json_t *in = json_array(), *out = json_array();
+    for (int i = 0; i < m->cfg.n_inputs; i++)
+        json_array_append_new(in, tensor_meta(&m->cfg.inputs[i]));
+    for (int i = 0; i < m->cfg.n_outputs; i++)
+        json_array_append_new(out, tensor_meta(&m->cfg.outputs[i]));
+    return json_pack("{s:s, s:[s], s:s, s:o, s:o}", "name", m->name, "versions", m->version_str,
+                     "platform", m->cfg.platform[0] ? m->cfg.platform : m->cfg.backend, "inputs",
+                     in, "outputs", out);
+}
+
+/* /v2/models/{m}[/versions/{v}][/action] */
+static void route_model(cv_http *h, struct evhttp_request *req, enum evhttp_cmd_type cmd,
+                        char **seg, int n)
+{
+    const char *name = seg[2], *version = "", *action = "";
+    int i = 3;
+    if (n > 4 && !strcmp(seg[3], "versions")) {
+        version = seg[4];
+        i = 5;
+    }
+    if (n == i + 1)
+        action = seg[i];
+    else if (n != i) {
+        reply_error(req, 404, "Not Found");
+        return;
+    }
+
+    bool is_ready = !strcmp(action, "ready");
+    cv_error err = {""};
+    int status = 0;
+    cv_model *m = cv_repository_acquire(h->s->repo, name, version, &err, &status);
+    if (is_ready) {
+        if (m) cv_model_release(m);
+        {
+            reply_empty(req, m ? 200 : 400);
+            return;
+        }
+    }
+    if (!m) {
+        reply_error(req, status, err.msg);
+        return;
+    }
+    bool post = cmd == EVHTTP_REQ_POST, get = cmd == EVHTTP_REQ_GET;
+    if (!action[0] && get) {
+        reply_json(req, 200, model_metadata(m));
+    } else if (!strcmp(action, "config") && get) {
+        reply_json(req, 200, cv_model_config_to_json(&m->cfg));
+    } else if (!strcmp(action, "infer") && post) {
+        reply_error(req, 501,
+                    "HTTP end point doesn't support models with decoupled "
+                    "transaction policy");
+    } else if (!strcmp(action, "generate") && post) {
+        {
+            do_generate(h, req, m, KIND_GENERATE);
+            return;
+        }
+    } else if (!strcmp(action, "generate_stream") && post) {
+        {
+            do_generate(h, req, m, KIND_STREAM);
+            return;
+        }
+    } else {
+        reply_error(req, 404, "Not Found");
+    }
+    cv_model_release(m);
+}
+
+static void route_repository(cv_http *h, struct evhttp_request *req, char **seg, int n)
+{
+    cv_server *s = h->s;
+    if (n == 3 && !strcmp(seg[2], "index")) {
+        json_t *body;
+        if (!body_json(req, &body, true)) return;
+        bool ready = json_is_true(json_object_get(body, "ready"));
+        json_decref(body);
+        {
+            reply_json(req, 200, cv_repository_index(s->repo, ready));
+            return;
+        }
+    }
+    if (n != 5 || strcmp(seg[2], "models") ||
+        (strcmp(seg[4], "load") && strcmp(seg[4], "unload"))) {
+        reply_error(req, 404, "Not Found");
+        return;
+    }
+    if (s->opts.control_mode != CV_CONTROL_EXPLICIT) {
+        reply_error(req, 400,
+                    "explicit model load / unload is not allowed if polling is "
+                    "enabled or the model control mode is none");
+        return;
+    }
+    cv_error err = {""};
+    int rc = !strcmp(seg[4], "load") ? cv_repository_load(s->repo, seg[3], &err)
+                                     : cv_repository_unload(s->repo, seg[3], &err);
+    if (rc < 0) {
+        reply_error(req, 400, err.msg);
+        return;
+    }
+    reply_empty(req, 200);
+}
+
+static void route(struct evhttp_request *req, void *arg)
+{
+    cv_http *h = arg;
+    enum evhttp_cmd_type cmd = evhttp_request_get_command(req);
+    const struct evhttp_uri *uri = evhttp_request_get_evhttp_uri(req);
+    const char *raw = uri ? evhttp_uri_get_path(uri) : NULL;
+    char *path = raw ? evhttp_uridecode(raw, 0, NULL) : NULL;
+    if (!path) {
+        reply_error(req, 400, "malformed request URI");
+        return;
+    }
+    char *seg[16];
+    int n = 0;
+    for (char *save, *t = strtok_r(path, "/", &save); t && n < 16; t = strtok_r(NULL, "/", &save))
+        seg[n++] = t;
+
+    if (n == 0 || strcmp(seg[0], "v2")) {
+        reply_error(req, 404, "Not Found");
+    } else if (n == 1 && cmd == EVHTTP_REQ_GET) {
+        json_t *ext = json_array();
+        for (int i = 0; i < cv_server_n_extensions; i++)
+            json_array_append_new(ext, json_string(cv_server_extensions[i]));
+        reply_json(req, 200,
+                   json_pack("{s:s, s:s, s:o}", "name", "cvllm", "version", cv_server_version,
+                             "extensions", ext));
+    } else if (n == 3 && !strcmp(seg[1], "health") && cmd == EVHTTP_REQ_GET &&
+               (!strcmp(seg[2], "live") || !strcmp(seg[2], "ready"))) {
+        bool ok = seg[2][0] == 'l' ? !atomic_load(&h->s->draining) : cv_server_ready(h->s);
+        reply_empty(req, ok ? 200 : 400);
+    } else if (n >= 3 && !strcmp(seg[1], "models")) {
+        route_model(h, req, cmd, seg, n);
+    } else if (n >= 3 && !strcmp(seg[1], "repository") && cmd == EVHTTP_REQ_POST) {
+        route_repository(h, req, seg, n);
+    } else {
+        reply_error(req, 404, "Not Found");
+    }
+    free(path);
+}
+
+/* ---- lifecycle ---------------------------------------------------------- */
+
+cv_http *cv_http_start(cv_server *s, cv_error *err)
+{
+    cv_http *h = calloc(1, sizeof *h);
+    if (!h) {
+        cv_errorf(err, "out of memory");
+        return NULL;
+    }
+    h->s = s;
+    if (!(h->q = cv_output_queue_create()) || !(h->http = evhttp_new(s->base))) {
+        cv_errorf(err, "HTTP: cannot create the server");
+        goto fail;
+    }
+    evhttp_set_allowed_methods(h->http, EVHTTP_REQ_GET | EVHTTP_REQ_POST | EVHTTP_REQ_HEAD);
+    evhttp_set_gencb(h->http, route, h);
+    h->q_ev = event_new(s->base, cv_output_queue_fd(h->q), EV_READ | EV_PERSIST, on_outputs, h);
+    if (!h->q_ev || event_add(h->q_ev, NULL) < 0) {
+        cv_errorf(err, "HTTP: cannot watch the output queue");
+        goto fail;
+    }
+    h->sock = evhttp_bind_socket_with_handle(h->http, "0.0.0.0", (uint16_t)s->opts.http_port);
+    if (!h->sock) {
+        cv_errorf(err, "failed to start HTTP service: cannot bind port %d: %s", s->opts.http_port,
+                  strerror(errno));
+        goto fail;
+    }
+    cv_log_info("Started HTTPService at 0.0.0.0:%d", s->opts.http_port);
+    return h;
+fail:
+    cv_http_destroy(h);
+    return NULL;
+}
+
+void cv_http_stop_accepting(cv_http *h)
+{
+    if (h->sock) {
+        evhttp_del_accept_socket(h->http, h->sock);
+        h->sock = NULL;
+    }
+}
+
+void cv_http_abort_all(cv_http *h)
+{
+    for (http_req *hr = h->active; hr; hr = hr->next)
+        req_cancel(hr);
+}
+
+int cv_http_active(const cv_http *h)
+{
+    return h->n_active;
+}
+
+void cv_http_destroy(cv_http *h)
+{
+    if (!h) return;
+    if (h->q_ev) event_free(h->q_ev);
+    if (h->http) evhttp_free(h->http);
+    if (h->q) cv_output_queue_destroy(h->q);
+    free(h);
+}

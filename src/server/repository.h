@@ -1,0 +1,100 @@
+/* The model repository: every model directory under the --model-repository
+ * roots, its state (Triton's READY / UNAVAILABLE / LOADING / UNLOADING) and,
+ * while loaded, its engine.
+ *
+ * Lifetime: cv_repository_acquire hands out a counted reference to a READY
+ * model; each in-flight request holds one. Unloading marks the model
+ * UNLOADING (new acquires fail) and drops the repository's own reference;
+ * the engine is shut down when the last reference goes, so a frontend may
+ * call cv_engine_abort on a model it holds at any time. All functions are
+ * thread-safe. */
+#ifndef CV_SERVER_REPOSITORY_H
+#define CV_SERVER_REPOSITORY_H
+
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include <jansson.h>
+
+#include "base/error.h"
+#include "cvllm/engine.h"
+#include "server/model_config.h"
+#include "server/model_json.h"
+
+typedef enum {
+    CV_MODEL_UNKNOWN = 0, /* never loaded */
+    CV_MODEL_LOADING,
+    CV_MODEL_READY,
+    CV_MODEL_UNLOADING,
+    CV_MODEL_UNAVAILABLE, /* unloaded or failed to load (see reason) */
+} cv_model_state;
+
+const char *cv_model_state_name(cv_model_state s);
+
+/* Triton's per-model counters (nv_inference_*), updated by the frontends. */
+typedef struct cv_model_counters {
+    atomic_uint_fast64_t request_success;
+    atomic_uint_fast64_t request_failure;
+    atomic_uint_fast64_t inference_count;
+    atomic_uint_fast64_t exec_count;
+    atomic_uint_fast64_t request_duration_us;
+    atomic_uint_fast64_t queue_duration_us;
+    atomic_uint_fast64_t compute_infer_duration_us;
+    atomic_int_fast64_t pending;
+} cv_model_counters;
+
+typedef struct cv_model {
+    char name[256];
+    int64_t version;
+    char version_str[24];
+    char dir[4096];      /* the model directory */
+    cv_model_config cfg; /* completed configuration */
+    cv_engine_args args;
+    cv_model_json_extra extra;
+    cv_engine *engine;
+    bool report_custom_metrics; /* config parameter REPORT_CUSTOM_METRICS */
+    bool health_check;          /* config parameter ENABLE_VLLM_HEALTH_CHECK */
+    cv_model_counters counters;
+    int refs; /* guarded by the repository lock */
+    struct cv_repository *repo;
+} cv_model;
+
+typedef struct cv_repository cv_repository;
+
+/* Scans nothing yet: models are found by name at load time, so models added
+ * to a root later load too. `roots` are copied. */
+cv_repository *cv_repository_create(const char *const *roots, int n_roots, int n_threads,
+                                    cv_error *err);
+/* Unloads every model (aborting in-flight requests) and frees. */
+void cv_repository_destroy(cv_repository *repo);
+
+/* Loads (or reloads) model `name` from the first root holding it. On
+ * failure the model is UNAVAILABLE with the message as its reason. */
+int cv_repository_load(cv_repository *repo, const char *name, cv_error *err);
+/* Loads every model directory of every root; returns the number that
+ * failed (their messages are logged). */
+int cv_repository_load_all(cv_repository *repo);
+int cv_repository_unload(cv_repository *repo, const char *name, cv_error *err);
+
+/* A READY model by name and optional version ("" or NULL = any), with a
+ * reference; NULL with err and *http_status (404 unknown, 400 not ready)
+ * otherwise. */
+cv_model *cv_repository_acquire(cv_repository *repo, const char *name, const char *version,
+                                cv_error *err, int *http_status);
+void cv_model_release(cv_model *model);
+
+/* Triton's repository index: [{"name","version","state","reason"}...]
+ * over every model directory of every root. */
+json_t *cv_repository_index(cv_repository *repo, bool ready_only);
+/* True when every model that was asked to load is READY. */
+bool cv_repository_all_ready(cv_repository *repo);
+/* Calls fn on every READY model, with the lock held (fn must not call
+ * back into the repository). */
+void cv_repository_foreach_ready(cv_repository *repo, void (*fn)(cv_model *m, void *arg),
+                                 void *arg);
+/* Number of requests in flight over all models (references beyond the
+ * repository's own). */
+int cv_repository_inflight(cv_repository *repo);
+
+#endif

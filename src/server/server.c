@@ -1,0 +1,153 @@
+/* cv_server_run: model loading, the event loop, readiness, counters and the
+ * SIGINT/SIGTERM drain. */
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "base/clock.h"
+#include "base/log.h"
+#include "server/server_internal.h"
+
+const char cv_server_version[] = "0.1.0";
+const char *const cv_server_extensions[] = {"model_repository", "model_configuration", "parameters",
+                                            "generate", "metrics"};
+const int cv_server_n_extensions = 5;
+
+void cv_server_options_default(cv_server_options *o)
+{
+    memset(o, 0, sizeof *o);
+    o->http_port = 8000;
+    o->grpc_port = 8001;
+    o->metrics_port = 8002;
+    o->allow_http = o->allow_grpc = o->allow_metrics = true;
+    o->control_mode = CV_CONTROL_NONE;
+    o->exit_on_error = true;
+    o->strict_readiness = true;
+    o->exit_timeout_s = 30;
+}
+
+bool cv_server_ready(cv_server *s)
+{
+    if (atomic_load(&s->draining)) return false;
+    return !s->opts.strict_readiness || cv_repository_all_ready(s->repo);
+}
+
+void cv_server_account(cv_model *m, bool ok, uint64_t start_ns)
+{
+    cv_model_counters *c = &m->counters;
+    uint64_t us = (cv_now_ns() - start_ns) / 1000;
+    if (ok) {
+        atomic_fetch_add(&c->request_success, 1);
+        atomic_fetch_add(&c->inference_count, 1);
+        atomic_fetch_add(&c->exec_count, 1);
+        atomic_fetch_add(&c->request_duration_us, us);
+        atomic_fetch_add(&c->compute_infer_duration_us, us);
+    } else {
+        atomic_fetch_add(&c->request_failure, 1);
+    }
+}
+
+static int load_models(cv_server *s, cv_error *err)
+{
+    const cv_server_options *o = &s->opts;
+    int failed = 0;
+    bool all = o->control_mode != CV_CONTROL_EXPLICIT;
+    for (int i = 0; i < o->n_load_models; i++)
+        all |= !strcmp(o->load_models[i], "*");
+    if (all) {
+        failed = cv_repository_load_all(s->repo);
+    } else {
+        for (int i = 0; i < o->n_load_models; i++) {
+            cv_error e;
+            failed += cv_repository_load(s->repo, o->load_models[i], &e) < 0;
+        }
+    }
+    if (failed && o->exit_on_error)
+        return cv_errorf(err, "failed to load all models (%d failed; see the log above)", failed);
+    return 0;
+}
+
+static int busy(cv_server *s)
+{
+    return (s->http ? cv_http_active(s->http) : 0) + (s->grpc ? cv_grpc_active(s->grpc) : 0);
+}
+
+static void on_drain_tick(evutil_socket_t fd, short what, void *arg)
+{
+    cv_server *s = arg;
+    if (busy(s) == 0) {
+        event_base_loopexit(s->base, NULL);
+        return;
+    }
+    uint64_t waited_ns = cv_now_ns() - s->drain_start_ns;
+    if (waited_ns > (uint64_t)s->opts.exit_timeout_s * 1000000000ull) {
+        cv_log_warn("drain: %d requests still running after %d s: aborting them", busy(s),
+                    s->opts.exit_timeout_s);
+        if (s->http) cv_http_abort_all(s->http);
+        if (s->grpc) cv_grpc_abort_all(s->grpc);
+        s->drain_start_ns = cv_now_ns();
+    }
+}
+
+static void on_signal(evutil_socket_t sig, short what, void *arg)
+{
+    cv_server *s = arg;
+    if (atomic_load(&s->draining)) {
+        cv_log_warn("Signal (%d) received again: aborting in-flight requests", (int)sig);
+        s->opts.exit_timeout_s = 0;
+        return;
+    }
+    cv_log_info("Signal (%d) received: draining %d in-flight requests", (int)sig, busy(s));
+    atomic_store(&s->draining, true);
+    s->drain_start_ns = cv_now_ns();
+    if (s->http) cv_http_stop_accepting(s->http);
+    if (s->grpc) cv_grpc_stop_accepting(s->grpc);
+    struct timeval tick = {0, 20000};
+    s->drain_timer = event_new(s->base, -1, EV_PERSIST, on_drain_tick, s);
+    if (!s->drain_timer || event_add(s->drain_timer, &tick) < 0) event_base_loopexit(s->base, NULL);
+}
+
+static void server_free(cv_server *s)
+{
+    if (s->grpc) cv_grpc_destroy(s->grpc);
+    if (s->http) cv_http_destroy(s->http);
+    if (s->metrics) evhttp_free(s->metrics);
+    if (s->drain_timer) event_free(s->drain_timer);
+    if (s->sig_int) event_free(s->sig_int);
+    if (s->sig_term) event_free(s->sig_term);
+    cv_repository_destroy(s->repo);
+    if (s->base) event_base_free(s->base);
+    free(s);
+}
+
+int cv_server_run(const cv_server_options *o, cv_error *err)
+{
+    signal(SIGPIPE, SIG_IGN); /* a client closing mid-write must not kill the server */
+    cv_server *s = calloc(1, sizeof *s);
+    if (!s) return cv_errorf(err, "out of memory");
+    s->opts = *o;
+    int rc = -1;
+    if (!(s->repo = cv_repository_create(o->repos, o->n_repos, o->n_threads, err))) goto out;
+    if (load_models(s, err) < 0) goto out;
+    if (!(s->base = event_base_new())) {
+        cv_errorf(err, "cannot create the event loop");
+        goto out;
+    }
+    if (o->allow_http && !(s->http = cv_http_start(s, err))) goto out;
+    if (o->allow_metrics && cv_metrics_start(s, err) < 0) goto out;
+    if (o->allow_grpc && !(s->grpc = cv_grpc_start(s, err))) goto out;
+    s->sig_int = evsignal_new(s->base, SIGINT, on_signal, s);
+    s->sig_term = evsignal_new(s->base, SIGTERM, on_signal, s);
+    if (!s->sig_int || !s->sig_term || evsignal_add(s->sig_int, NULL) < 0 ||
+        evsignal_add(s->sig_term, NULL) < 0) {
+        cv_errorf(err, "cannot install signal handlers");
+        goto out;
+    }
+    event_base_dispatch(s->base);
+    cv_log_info("all requests finished: exiting");
+    rc = 0;
+out:
+    server_free(s);
+    return rc;
+}

@@ -1,0 +1,45 @@
+/* cvllm-server: a Triton-compatible inference server over cvllm engines
+ * (docs/PROTOCOL.md): a model repository, HTTP/REST with /generate and
+ * SSE /generate_stream on libevent, gRPC inference.GRPCInferenceService on
+ * the gRPC C core, and Prometheus /metrics.
+ *
+ * Threads: the calling thread runs the event loop (HTTP, metrics, signals,
+ * HTTP request outputs); gRPC adds a completion-queue thread and an output
+ * thread; each loaded model has its engine thread. */
+#ifndef CV_SERVER_SERVER_H
+#define CV_SERVER_SERVER_H
+
+#include <stdbool.h>
+
+#include "base/error.h"
+
+typedef enum {
+    CV_CONTROL_NONE = 0, /* load every model at start */
+    CV_CONTROL_EXPLICIT, /* load --load-model ones; load/unload APIs */
+    CV_CONTROL_POLL,     /* like NONE; cvllm does not re-scan (accepted for compatibility) */
+} cv_control_mode;
+
+enum { CV_SERVER_MAX_LIST = 32 };
+
+typedef struct cv_server_options {
+    const char *repos[CV_SERVER_MAX_LIST];
+    int n_repos;
+    const char *load_models[CV_SERVER_MAX_LIST]; /* "*" = all */
+    int n_load_models;
+    int http_port, grpc_port, metrics_port;     /* 8000, 8001, 8002 */
+    bool allow_http, allow_grpc, allow_metrics; /* true */
+    cv_control_mode control_mode;
+    bool exit_on_error;    /* true: a failed load at start is fatal */
+    bool strict_readiness; /* true: ready only when every model is */
+    int exit_timeout_s;    /* drain limit on SIGINT/SIGTERM (30) */
+    int n_threads;         /* engine backend threads (0 = all cores) */
+} cv_server_options;
+
+void cv_server_options_default(cv_server_options *o);
+
+/* Loads the models, serves until SIGINT/SIGTERM, drains (in-flight requests
+ * finish, or are aborted with final responses after exit_timeout_s) and
+ * returns 0; -1 with err when the server cannot start. */
+int cv_server_run(const cv_server_options *o, cv_error *err);
+
+#endif

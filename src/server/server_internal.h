@@ -1,0 +1,60 @@
+/* Shared state of the server's frontends (http.c, grpc.c, metrics.c,
+ * server.c). Not part of the module's contract. */
+#ifndef CV_SERVER_INTERNAL_H
+#define CV_SERVER_INTERNAL_H
+
+#include <stdatomic.h>
+#include <stdint.h>
+
+#include <event2/event.h>
+#include <event2/http.h>
+
+#include "server/infer.h"
+#include "server/repository.h"
+#include "server/server.h"
+
+typedef struct cv_grpc cv_grpc;
+typedef struct cv_http cv_http;
+
+typedef struct cv_server {
+    cv_server_options opts;
+    cv_repository *repo;
+    struct event_base *base;
+    cv_http *http; /* NULL when --allow-http=false */
+    struct evhttp *metrics;
+    struct evhttp_bound_socket *metrics_sock;
+    cv_grpc *grpc;        /* NULL when --allow-grpc=false */
+    atomic_bool draining; /* SIGINT/SIGTERM seen: refuse new requests */
+    uint64_t drain_start_ns;
+    struct event *drain_timer;
+    struct event *sig_int, *sig_term;
+} cv_server;
+
+/* Server readiness as /v2/health/ready and ServerReady report it. */
+bool cv_server_ready(cv_server *s);
+
+/* Triton counters of one finished request. */
+void cv_server_account(cv_model *m, bool ok, uint64_t start_ns);
+
+/* Server metadata extensions list. */
+extern const char *const cv_server_extensions[];
+extern const int cv_server_n_extensions;
+extern const char cv_server_version[];
+
+cv_http *cv_http_start(cv_server *s, cv_error *err);
+void cv_http_stop_accepting(cv_http *h);
+void cv_http_abort_all(cv_http *h);
+int cv_http_active(const cv_http *h);
+void cv_http_destroy(cv_http *h);
+
+cv_grpc *cv_grpc_start(cv_server *s, cv_error *err);
+void cv_grpc_stop_accepting(cv_grpc *g);
+void cv_grpc_abort_all(cv_grpc *g);
+int cv_grpc_active(cv_grpc *g);
+void cv_grpc_destroy(cv_grpc *g);
+
+int cv_metrics_start(cv_server *s, cv_error *err);
+/* The Prometheus text of every READY model (new string, caller frees). */
+char *cv_metrics_render(cv_server *s);
+
+#endif
