@@ -92,6 +92,9 @@ void engine_retire(cv_engine *e, request *req)
     hist_observe(&st->request_params_n, req->n_return);
     pthread_mutex_unlock(&e->stats_mu);
     request_free(req);
+    /* Before n_active drops, so a cv_engine_wait_idle caller sees the
+     * blocks of this request already free. */
+    engine_update_gauges(e);
     pthread_mutex_lock(&e->mu);
     e->n_active--;
     pthread_cond_broadcast(&e->idle);
@@ -300,7 +303,7 @@ cv_engine *cv_engine_create(const cv_engine_args *args, cv_error *err)
         return NULL;
     }
     e->thread_started = true;
-    cv_log_info("engine: %s, %d KV blocks of %d tokens, max_model_len %d", args->model,
+    cv_log_verbose("engine: %s, %d KV blocks of %d tokens, max_model_len %d", args->model,
                 e->n_blocks, e->block_size, e->max_model_len);
     return e;
 }

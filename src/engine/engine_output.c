@@ -177,7 +177,7 @@ void engine_emit(cv_engine *e, request *req, bool finished)
         out->user_data = req->user_data;
         out->n_prompt_tokens = req->n_prompt;
         out->finished = finished;
-        out->seqs = calloc((size_t)n_out, sizeof(cv_seq_output));
+        out->seqs = calloc(n_out > 0 ? (size_t)n_out : 1, sizeof(cv_seq_output));
         ok = out->seqs != NULL;
     }
     for (int j = 0; ok && j < n_out; j++) {

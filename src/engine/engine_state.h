@@ -100,6 +100,8 @@ struct cv_engine {
 /* engine_step.c: one schedule + forward + sample + emit. Returns -1 when
  * the backend failed (every running request then gets the error). */
 int engine_step(cv_engine *e);
+/* Copies running/waiting counts and KV usage into the stats. */
+void engine_update_gauges(cv_engine *e);
 
 /* engine_output.c */
 /* Sends what req has not delivered yet (streaming deltas, or everything

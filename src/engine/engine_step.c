@@ -301,13 +301,10 @@ static int process_entry(cv_engine *e, const sched_entry *en, int first_row, int
     return 0;
 }
 
-static void update_gauges(cv_engine *e, const sched_output *so)
+void engine_update_gauges(cv_engine *e)
 {
     pthread_mutex_lock(&e->stats_mu);
     cv_engine_stats *st = &e->stats;
-    st->preemptions_total += (uint64_t)so->n_preempted;
-    st->prefix_cache_queries += (uint64_t)so->cache_queried_tokens;
-    st->prefix_cache_hits += (uint64_t)so->cache_hit_tokens;
     st->n_running = e->sched.running.n;
     st->n_waiting = e->sched.waiting.n;
     st->n_swapped = 0;
@@ -316,15 +313,23 @@ static void update_gauges(cv_engine *e, const sched_output *so)
     pthread_mutex_unlock(&e->stats_mu);
 }
 
+static void count_schedule(cv_engine *e, const sched_output *so)
+{
+    pthread_mutex_lock(&e->stats_mu);
+    e->stats.preemptions_total += (uint64_t)so->n_preempted;
+    e->stats.prefix_cache_queries += (uint64_t)so->cache_queried_tokens;
+    e->stats.prefix_cache_hits += (uint64_t)so->cache_hit_tokens;
+    pthread_mutex_unlock(&e->stats_mu);
+}
+
 int engine_step(cv_engine *e)
 {
     sched_output so;
     if (sched_schedule(&e->sched, &so) < 0)
         return -1;
-    if (so.n_entries == 0) {
-        update_gauges(e, &so);
+    count_schedule(e, &so);
+    if (so.n_entries == 0)
         return 0;
-    }
     cv_batch batch;
     if (build_batch(e, &so, &batch) < 0)
         return -1;
@@ -363,6 +368,6 @@ int engine_step(cv_engine *e)
         if (finished)
             engine_retire(e, req);
     }
-    update_gauges(e, &so);
+    engine_update_gauges(e);
     return 0;
 }
