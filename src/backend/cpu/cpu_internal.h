@@ -2,6 +2,7 @@
 #ifndef CV_BACKEND_CPU_INTERNAL_H
 #define CV_BACKEND_CPU_INTERNAL_H
 
+#include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -20,6 +21,13 @@ typedef struct cpu_layer {
     float *q_norm;             /* (head_dim) */
     float *k_norm;             /* (head_dim) */
 } cpu_layer;
+
+/* A sense-free counting barrier for the OpenMP team (forward.c). */
+typedef struct cpu_barrier {
+    int n_threads;
+    atomic_int arrived;
+    atomic_int phase;
+} cpu_barrier;
 
 struct cv_backend {
     cv_model_config cfg;
@@ -63,6 +71,7 @@ struct cv_backend {
     int ld_kv; /* k, v */
     int ld_f;  /* gate, up */
     int ld_r;  /* rope_cos, rope_sin */
+    cpu_barrier barrier;
 };
 
 /* Builds a backend from a configuration and weights the caller keeps alive

@@ -1,13 +1,14 @@
 /* One forward step of a Llama-family decoder over a paged KV cache.
  *
  * The whole step runs inside one OpenMP parallel region: every phase splits
- * its work (weight rows, tokens, or (token, kv head) pairs) between the
+ * its work (weight row chunks, tokens, or (token, kv head) pairs) between the
  * threads and ends with a barrier, so a decode step pays a handful of
  * barriers per layer instead of forking a team per matmul. Each output
  * element is computed by exactly one thread in a fixed order, so results do
  * not depend on the thread count or on how the batch is composed. */
 #include <math.h>
 #include <omp.h>
+#include <sched.h>
 
 #include "backend/cpu/cpu_internal.h"
 
@@ -20,6 +21,34 @@ static void split(int n, int ith, int nth, int align, int *lo, int *hi)
     int b1 = b0 + per + (ith < rem ? 1 : 0);
     *lo = b0 * align < n ? b0 * align : n;
     *hi = b1 * align < n ? b1 * align : n;
+}
+
+static inline void cpu_relax(void)
+{
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#endif
+}
+
+/* The team's barrier: spins briefly, then yields the core. OpenMP's own
+ * barrier spins for a long time, which is fastest on idle cores but, when
+ * other processes share the cores (a 2-core machine running a server and
+ * builds), burns the time slice the late thread needs. */
+static void team_barrier(cv_backend *bk)
+{
+    cpu_barrier *b = &bk->barrier;
+    const int phase = atomic_load(&b->phase);
+    if (atomic_fetch_add(&b->arrived, 1) == b->n_threads - 1) {
+        atomic_store(&b->arrived, 0);
+        atomic_fetch_add(&b->phase, 1);
+        return;
+    }
+    for (int spin = 0; atomic_load(&b->phase) == phase; spin++) {
+        if (spin < 2000)
+            cpu_relax();
+        else
+            sched_yield();
+    }
 }
 
 void cpu_rmsnorm(const float *x, const float *weight, int n, float eps, float *out)
@@ -82,24 +111,77 @@ static inline float activation(cv_activation act, float g)
     return 0.5f * g * (1.0f + tanhf(k * (g + 0.044715f * g * g * g)));
 }
 
-/* Thread ith's rows of y = w x (+ y when accumulate) for all tokens. */
-static void matmul_share(const cv_backend *bk, const cv_tensor *w, const float *x, int ldx,
-                         int n_tok, float *y, int ldy, bool accumulate, int ith, int nth, int *lo,
-                         int *hi)
+/* One matrix product of a phase: y = w x (+ y when accumulate) (+ bias). */
+typedef struct mm_job {
+    const cv_tensor *w;
+    const float *x;
+    int ldx;
+    float *y;
+    int ldy;
+    bool accumulate;
+    const float *bias; /* (out) or NULL */
+} mm_job;
+
+/* Rows per work chunk: about 64 KiB of weights, a multiple of 4, so a chunk
+ * is one sequential stream and there are enough chunks to balance. */
+static int chunk_rows(const cv_tensor *w)
 {
-    split((int)w->shape[0], ith, nth, 4, lo, hi);
-    if (*lo < *hi)
-        bk->kern->matmul(w->dtype, w->data, (int)w->shape[1], x, ldx, n_tok, y, ldy, *lo, *hi,
-                         accumulate);
+    int64_t row_bytes = w->shape[1] * (w->dtype == CV_DTYPE_F32 ? 4 : 2);
+    int64_t r = 65536 / row_bytes;
+    return r < 4 ? 4 : (int)(r & ~(int64_t)3);
 }
 
-static void add_bias(float *y, int ldy, int n_tok, const float *bias, int lo, int hi)
+/* The products of one phase (independent of each other), cut into row
+ * chunks that the threads take dynamically: a thread slowed down by another
+ * process on its core leaves its share to the others instead of stalling
+ * the barrier. Ends with a barrier. */
+static void run_jobs(cv_backend *bk, const mm_job *jobs, int n_jobs, int n_tok)
 {
-    if (!bias)
-        return;
-    for (int t = 0; t < n_tok; t++)
-        for (int o = lo; o < hi; o++)
-            y[(int64_t)t * ldy + o] += bias[o];
+    int first[4], rows[4], n_chunks = 0;
+    for (int j = 0; j < n_jobs; j++) {
+        rows[j] = chunk_rows(jobs[j].w);
+        first[j] = n_chunks;
+        n_chunks += ((int)jobs[j].w->shape[0] + rows[j] - 1) / rows[j];
+    }
+#pragma omp for schedule(dynamic, 1) nowait
+    for (int c = 0; c < n_chunks; c++) {
+        int j = n_jobs - 1;
+        while (first[j] > c)
+            j--;
+        const mm_job *m = &jobs[j];
+        int lo = (c - first[j]) * rows[j];
+        int hi = lo + rows[j] < m->w->shape[0] ? lo + rows[j] : (int)m->w->shape[0];
+        bk->kern->matmul(m->w->dtype, m->w->data, (int)m->w->shape[1], m->x, m->ldx, n_tok,
+                         m->y, m->ldy, lo, hi, m->accumulate);
+        if (m->bias)
+            for (int t = 0; t < n_tok; t++)
+                for (int o = lo; o < hi; o++)
+                    m->y[(int64_t)t * m->ldy + o] += m->bias[o];
+    }
+    team_barrier(bk);
+}
+
+/* act(gate) * up into gate, chunk by chunk so that each thread applies the
+ * activation to the rows it just computed. */
+static void run_gated_mlp(cv_backend *bk, const cv_layer_weights *W, int n_tok)
+{
+    const int rows = chunk_rows(&W->w_gate), n = (int)W->w_gate.shape[0];
+    const int in = (int)W->w_gate.shape[1];
+#pragma omp for schedule(dynamic, 1) nowait
+    for (int c = 0; c < (n + rows - 1) / rows; c++) {
+        int lo = c * rows, hi = lo + rows < n ? lo + rows : n;
+        bk->kern->matmul(W->w_gate.dtype, W->w_gate.data, in, bk->xn, bk->ld_h, n_tok, bk->gate,
+                         bk->ld_f, lo, hi, false);
+        bk->kern->matmul(W->w_up.dtype, W->w_up.data, in, bk->xn, bk->ld_h, n_tok, bk->up,
+                         bk->ld_f, lo, hi, false);
+        for (int t = 0; t < n_tok; t++) {
+            float *g = bk->gate + (int64_t)t * bk->ld_f;
+            const float *u = bk->up + (int64_t)t * bk->ld_f;
+            for (int o = lo; o < hi; o++)
+                g[o] = activation(bk->cfg.hidden_act, g[o]) * u[o];
+        }
+    }
+    team_barrier(bk);
 }
 
 /* Per-head norm (Qwen3), RoPE, and the K/V of each token into its slot. */
@@ -204,41 +286,30 @@ static void layer_forward(cv_backend *bk, const cv_batch *b, int layer, int ith,
     for (int t = lo; t < hi; t++)
         cpu_rmsnorm(bk->x + (int64_t)t * bk->ld_h, L->attn_norm, h, c->rms_norm_eps,
                     bk->xn + (int64_t)t * bk->ld_h);
-#pragma omp barrier
-    matmul_share(bk, &W->wq, bk->xn, bk->ld_h, nt, bk->q, bk->ld_q, false, ith, nth, &lo, &hi);
-    add_bias(bk->q, bk->ld_q, nt, L->bq, lo, hi);
-    matmul_share(bk, &W->wk, bk->xn, bk->ld_h, nt, bk->k, bk->ld_kv, false, ith, nth, &lo, &hi);
-    add_bias(bk->k, bk->ld_kv, nt, L->bk, lo, hi);
-    matmul_share(bk, &W->wv, bk->xn, bk->ld_h, nt, bk->v, bk->ld_kv, false, ith, nth, &lo, &hi);
-    add_bias(bk->v, bk->ld_kv, nt, L->bv, lo, hi);
-#pragma omp barrier
+    team_barrier(bk);
+    const mm_job qkv[3] = {
+        {&W->wq, bk->xn, bk->ld_h, bk->q, bk->ld_q, false, L->bq},
+        {&W->wk, bk->xn, bk->ld_h, bk->k, bk->ld_kv, false, L->bk},
+        {&W->wv, bk->xn, bk->ld_h, bk->v, bk->ld_kv, false, L->bv},
+    };
+    run_jobs(bk, qkv, 3, nt);
     rope_and_store(bk, b, layer, ith, nth);
-#pragma omp barrier
+    team_barrier(bk);
     float *scores = bk->attn_scratch + (size_t)ith * (c->n_heads / c->n_kv_heads) *
                                            (bk->block_size + 2);
     for (int item = ith; item < nt * c->n_kv_heads; item += nth)
         attend(bk, b, layer, item / c->n_kv_heads, item % c->n_kv_heads, scores);
-#pragma omp barrier
-    matmul_share(bk, &W->wo, bk->attn, bk->ld_q, nt, bk->x, bk->ld_h, true, ith, nth, &lo, &hi);
-#pragma omp barrier
+    team_barrier(bk);
+    const mm_job wo = {&W->wo, bk->attn, bk->ld_q, bk->x, bk->ld_h, true, NULL};
+    run_jobs(bk, &wo, 1, nt);
     split(nt, ith, nth, 1, &lo, &hi);
     for (int t = lo; t < hi; t++)
         cpu_rmsnorm(bk->x + (int64_t)t * bk->ld_h, L->ffn_norm, h, c->rms_norm_eps,
                     bk->xn + (int64_t)t * bk->ld_h);
-#pragma omp barrier
-    matmul_share(bk, &W->w_gate, bk->xn, bk->ld_h, nt, bk->gate, bk->ld_f, false, ith, nth, &lo,
-                 &hi);
-    matmul_share(bk, &W->w_up, bk->xn, bk->ld_h, nt, bk->up, bk->ld_f, false, ith, nth, &lo, &hi);
-    for (int t = 0; t < nt; t++) {
-        float *g = bk->gate + (int64_t)t * bk->ld_f;
-        const float *u = bk->up + (int64_t)t * bk->ld_f;
-        for (int o = lo; o < hi; o++)
-            g[o] = activation(c->hidden_act, g[o]) * u[o];
-    }
-#pragma omp barrier
-    matmul_share(bk, &W->w_down, bk->gate, bk->ld_f, nt, bk->x, bk->ld_h, true, ith, nth, &lo,
-                 &hi);
-#pragma omp barrier
+    team_barrier(bk);
+    run_gated_mlp(bk, W, nt);
+    const mm_job down = {&W->w_down, bk->gate, bk->ld_f, bk->x, bk->ld_h, true, NULL};
+    run_jobs(bk, &down, 1, nt);
 }
 
 /* Embedding rows, the token -> sequence map and each token's RoPE angles. */
@@ -270,7 +341,7 @@ static void forward_thread(cv_backend *bk, const cv_batch *b, float *logits, int
 {
     const cv_model_config *c = &bk->cfg;
     prologue(bk, b, ith, nth);
-#pragma omp barrier
+    team_barrier(bk);
     for (int l = 0; l < c->n_layers; l++)
         layer_forward(bk, b, l, ith, nth);
     if (b->n_logits == 0)
@@ -280,13 +351,22 @@ static void forward_thread(cv_backend *bk, const cv_batch *b, float *logits, int
     for (int i = lo; i < hi; i++)
         cpu_rmsnorm(bk->x + (int64_t)b->logits_indices[i] * bk->ld_h, bk->final_norm,
                     c->hidden_size, c->rms_norm_eps, bk->xl + (int64_t)i * bk->ld_h);
-#pragma omp barrier
-    matmul_share(bk, &bk->weights->lm_head, bk->xl, bk->ld_h, b->n_logits, logits, c->vocab_size,
-                 false, ith, nth, &lo, &hi);
+    team_barrier(bk);
+    const mm_job head = {&bk->weights->lm_head, bk->xl, bk->ld_h, logits, c->vocab_size, false,
+                         NULL};
+    run_jobs(bk, &head, 1, b->n_logits);
 }
 
 void cpu_forward_run(cv_backend *bk, const cv_batch *batch, float *logits)
 {
 #pragma omp parallel num_threads(bk->n_threads)
-    forward_thread(bk, batch, logits, omp_get_thread_num(), omp_get_num_threads());
+    {
+        /* The team may be smaller than asked for (OMP_THREAD_LIMIT). */
+#pragma omp single
+        {
+            bk->barrier.n_threads = omp_get_num_threads();
+            atomic_store(&bk->barrier.arrived, 0);
+        }
+        forward_thread(bk, batch, logits, omp_get_thread_num(), omp_get_num_threads());
+    }
 }

@@ -114,8 +114,12 @@ AI void matmul_dtype(cv_dtype wt, const void *w, int in, const float *x, int xs,
         const float *xc = x + (int64_t)t0 * xs;
         float *yc = y + (int64_t)t0 * ys;
         int o = o0;
-        for (; o + TILE_ROWS <= o1; o += TILE_ROWS)
-            rows(wt, TILE_ROWS, w, o, in, xc, xs, tn, yc, ys, accumulate);
+        /* One token (decode): rows one after another, so the weights are a
+         * single sequential stream for the hardware prefetcher; the tile
+         * gains nothing when each weight is used once. */
+        if (tn > 1)
+            for (; o + TILE_ROWS <= o1; o += TILE_ROWS)
+                rows(wt, TILE_ROWS, w, o, in, xc, xs, tn, yc, ys, accumulate);
         for (; o < o1; o++)
             rows(wt, 1, w, o, in, xc, xs, tn, yc, ys, accumulate);
     }
