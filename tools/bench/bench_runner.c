@@ -32,6 +32,7 @@ typedef struct phase {
     pthread_cond_t cv;
     size_t in_flight, done;
     cvc_stream *stream;      /* gRPC only */
+    cv_error stream_err;     /* how the gRPC stream failed, "" if it did not */
     char http_url[512];      /* HTTP only */
 } phase;
 
@@ -155,6 +156,7 @@ static void *grpc_receiver(void *arg)
         if (rs == CVC_RECV_TIMEOUT) continue;
         pthread_mutex_lock(&p->mu);
         if (rs != CVC_RECV_RESPONSE) {
+            if (rs == CVC_RECV_ERROR) p->stream_err = err;
             fail_unfinished(p, rs == CVC_RECV_END ? "stream ended before the final response" : err.msg);
             pthread_mutex_unlock(&p->mu);
             return NULL;
@@ -380,12 +382,16 @@ static int run_phase(phase *p, double *duration_s, cv_error *err)
         p->recs[i].start_ns = cv_now_ns();
         pthread_mutex_unlock(&p->mu);
         if (issue(p, i, jobs, err)) {
+            /* A failed gRPC send means the stream is gone: stop issuing;
+             * the receiver fails the request with the stream's status. */
+            if (a->backend == BENCH_TRITON_GRPC) {
+                rc = -1;
+                break;
+            }
             pthread_mutex_lock(&p->mu);
             set_error(&p->recs[i], err->msg);
             finish_locked(p, &p->recs[i], cv_now_ns());
             pthread_mutex_unlock(&p->mu);
-            /* A failed gRPC send means the stream is gone: stop issuing. */
-            if (a->backend == BENCH_TRITON_GRPC) rc = -1;
         }
     }
     if (have_receiver) {
@@ -397,6 +403,7 @@ static int run_phase(phase *p, double *duration_s, cv_error *err)
         pthread_join(receiver, NULL);
         cvc_stream_free(p->stream);
         p->stream = NULL;
+        if (rc && p->stream_err.msg[0]) *err = p->stream_err;
     }
     for (size_t i = 0; i < p->n; i++)
         if (jobs[i].started) pthread_join(jobs[i].thread, NULL);
