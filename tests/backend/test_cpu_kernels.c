@@ -1,8 +1,8 @@
 /* CPU backend kernels against naive references: every SIMD table this CPU
  * has (forced one by one) on matmuls with F32/F16/BF16 weights over awkward
- * shapes, the half-float conversion over all 65536 values, RMSNorm, and
- * RoPE inverse frequencies for the default, linear and llama3 types as HF
- * computes them. */
+ * shapes, the half-float conversion over all 65536 values, attention blocks
+ * (online softmax), the gated activations, RMSNorm, and RoPE inverse
+ * frequencies for the default, linear and llama3 types as HF computes them. */
 #include <math.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -151,28 +151,83 @@ static void test_f16_conversion(void **state)
     }
 }
 
-static void test_dot_and_scale_axpy(void **state)
+/* Attention of one head over 41 keys fed in blocks of 1..16 keys must
+ * equal a plain softmax(q K^T * scale) V computed in double. */
+static void test_attn_block(void **state)
 {
     (void)state;
-    float a[77], b[77], y[77], y0[77];
-    for (int i = 0; i < 77; i++) {
-        a[i] = frand();
-        b[i] = frand();
-        y0[i] = frand();
+    enum { N = 41, MAXD = 80 };
+    static const int dims[] = {8, 13, 16, 64, 80};
+    static const int blocks[] = {1, 5, 16};
+    float q[MAXD], k[N * MAXD], v[N * MAXD], out[MAXD], scores[16];
+    for (int l = 0; l < CPU_SIMD_COUNT; l++) {
+        const cpu_kernels *kern = cpu_kernels_get((cpu_simd_level)l);
+        if (!kern)
+            continue;
+        for (size_t di = 0; di < sizeof dims / sizeof *dims; di++) {
+            const int hd = dims[di];
+            for (int i = 0; i < hd; i++)
+                q[i] = 2.0f * frand();
+            for (int i = 0; i < N * hd; i++) {
+                k[i] = 2.0f * frand();
+                v[i] = frand();
+            }
+            const float scale = 1.0f / sqrtf((float)hd);
+            double s[N], mx = -1e30, sum = 0.0, want[MAXD] = {0};
+            for (int j = 0; j < N; j++) {
+                s[j] = 0.0;
+                for (int d = 0; d < hd; d++)
+                    s[j] += (double)q[d] * k[j * hd + d];
+                s[j] *= scale;
+                mx = s[j] > mx ? s[j] : mx;
+            }
+            for (int j = 0; j < N; j++) {
+                double p = exp(s[j] - mx);
+                sum += p;
+                for (int d = 0; d < hd; d++)
+                    want[d] += p * v[j * hd + d];
+            }
+            for (size_t bi = 0; bi < sizeof blocks / sizeof *blocks; bi++) {
+                float m = -INFINITY, lsum = 0.0f;
+                memset(out, 0, sizeof out);
+                for (int j0 = 0; j0 < N; j0 += blocks[bi]) {
+                    int n = N - j0 < blocks[bi] ? N - j0 : blocks[bi];
+                    kern->attn_block(q, k + j0 * hd, v + j0 * hd, n, hd, scale, &m, &lsum, out,
+                                     scores);
+                }
+                assert_float_equal(m, mx, 1e-5);
+                for (int d = 0; d < hd; d++)
+                    if (fabs(out[d] / lsum - want[d] / sum) > 2e-6)
+                        fail_msg("%s head_dim %d block %d: out[%d] = %.8g, ref %.8g", kern->name,
+                                 hd, blocks[bi], d, out[d] / lsum, want[d] / sum);
+            }
+        }
+    }
+}
+
+static void test_gated_act(void **state)
+{
+    (void)state;
+    float g[37], u[37], got[37];
+    for (int i = 0; i < 37; i++) {
+        g[i] = 12.0f * frand(); /* covers saturation on both sides */
+        u[i] = frand();
     }
     for (int l = 0; l < CPU_SIMD_COUNT; l++) {
-        const cpu_kernels *k = cpu_kernels_get((cpu_simd_level)l);
-        if (!k)
+        const cpu_kernels *kern = cpu_kernels_get((cpu_simd_level)l);
+        if (!kern)
             continue;
-        for (int n = 1; n <= 77; n += 19) {
-            double ref = 0.0;
-            for (int i = 0; i < n; i++)
-                ref += (double)a[i] * b[i];
-            assert_float_equal(k->dot(a, b, n), ref, 1e-5);
-            memcpy(y, y0, sizeof y);
-            k->scale_axpy(y, 0.25f, -3.0f, a, n);
-            for (int i = 0; i < 77; i++)
-                assert_float_equal(y[i], i < n ? 0.25 * y0[i] - 3.0 * a[i] : y0[i], 1e-6);
+        for (int act = 0; act < 2; act++) {
+            memcpy(got, g, sizeof got);
+            kern->gated_act((cv_activation)act, got, u, 37);
+            for (int i = 0; i < 37; i++) {
+                double x = g[i], a;
+                if (act == CV_ACT_SILU)
+                    a = x / (1.0 + exp(-x));
+                else
+                    a = 0.5 * x * (1.0 + tanh(0.7978845608028654 * (x + 0.044715 * x * x * x)));
+                assert_float_equal(got[i], a * u[i], 1e-6 * (1.0 + fabs(a * u[i])));
+            }
         }
     }
 }
@@ -247,7 +302,8 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_matmul_all_levels), cmocka_unit_test(test_matmul_many_tokens),
-        cmocka_unit_test(test_f16_conversion),    cmocka_unit_test(test_dot_and_scale_axpy),
+        cmocka_unit_test(test_f16_conversion),    cmocka_unit_test(test_attn_block),
+        cmocka_unit_test(test_gated_act),
         cmocka_unit_test(test_rmsnorm),           cmocka_unit_test(test_rope_inv_freq),
         cmocka_unit_test(test_rope_apply),
     };

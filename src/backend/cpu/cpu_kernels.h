@@ -25,11 +25,16 @@ typedef struct cpu_kernels {
     void (*matmul)(cv_dtype wtype, const void *w, int in, const float *x, int x_stride, int n_tok,
                    float *y, int y_stride, int o0, int o1, bool accumulate);
 
-    /* sum_i a[i] * b[i] */
-    float (*dot)(const float *a, const float *b, int n);
+    /* Online-softmax attention of one query head over n keys and values
+     * (rows of head_dim floats): s_j = scale * q . k_j, m' = max(m, s_j),
+     * out = out * e^(m - m') + sum_j e^(s_j - m') v_j, l likewise; *m and *l
+     * carry the running max and sum between calls (start at -inf and 0).
+     * scores: (n) scratch. */
+    void (*attn_block)(const float *q, const float *k, const float *v, int n, int head_dim,
+                       float scale, float *m, float *l, float *out, float *scores);
 
-    /* y[i] = y[i] * scale + a * x[i]: the online-softmax update of attention. */
-    void (*scale_axpy)(float *y, float scale, float a, const float *x, int n);
+    /* gate[i] = act(gate[i]) * up[i] */
+    void (*gated_act)(cv_activation act, float *gate, const float *up, int n);
 } cpu_kernels;
 
 /* NULL when the CPU (or the compiler) lacks that instruction set. */

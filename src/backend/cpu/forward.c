@@ -103,14 +103,6 @@ void cpu_rope_apply(float *head, const float *cos_t, const float *sin_t, int hea
     }
 }
 
-static inline float activation(cv_activation act, float g)
-{
-    if (act == CV_ACT_SILU)
-        return g / (1.0f + expf(-g));
-    const float k = 0.7978845608028654f; /* sqrt(2 / pi) */
-    return 0.5f * g * (1.0f + tanhf(k * (g + 0.044715f * g * g * g)));
-}
-
 /* One matrix product of a phase: y = w x (+ y when accumulate) (+ bias). */
 typedef struct mm_job {
     const cv_tensor *w;
@@ -174,12 +166,9 @@ static void run_gated_mlp(cv_backend *bk, const cv_layer_weights *W, int n_tok)
                          bk->ld_f, lo, hi, false);
         bk->kern->matmul(W->w_up.dtype, W->w_up.data, in, bk->xn, bk->ld_h, n_tok, bk->up,
                          bk->ld_f, lo, hi, false);
-        for (int t = 0; t < n_tok; t++) {
-            float *g = bk->gate + (int64_t)t * bk->ld_f;
-            const float *u = bk->up + (int64_t)t * bk->ld_f;
-            for (int o = lo; o < hi; o++)
-                g[o] = activation(bk->cfg.hidden_act, g[o]) * u[o];
-        }
+        for (int t = 0; t < n_tok; t++)
+            bk->kern->gated_act(bk->cfg.hidden_act, bk->gate + (int64_t)t * bk->ld_f + lo,
+                                bk->up + (int64_t)t * bk->ld_f + lo, hi - lo);
     }
     team_barrier(bk);
 }
@@ -247,23 +236,9 @@ static void attend(cv_backend *bk, const cv_batch *b, int layer, int t, int g, f
                           ((size_t)layer * 2 * nkv + g) * bs * hd;
         const float *vb = kb + (size_t)nkv * bs * hd;
         for (int hh = 0; hh < group; hh++) {
-            const float *q = bk->q + (int64_t)t * bk->ld_q + (g * group + hh) * hd;
-            float *out = bk->attn + (int64_t)t * bk->ld_q + (g * group + hh) * hd;
-            float *sc = scores + hh * bs;
-            float mx = -INFINITY;
-            for (int j = 0; j < n; j++) {
-                sc[j] = K->dot(q, kb + (size_t)j * hd, hd) * scale;
-                mx = sc[j] > mx ? sc[j] : mx;
-            }
-            float m_new = mx > m[hh] ? mx : m[hh];
-            float corr = expf(m[hh] - m_new);
-            l[hh] *= corr;
-            for (int j = 0; j < n; j++) {
-                float p = expf(sc[j] - m_new);
-                l[hh] += p;
-                K->scale_axpy(out, j == 0 ? corr : 1.0f, p, vb + (size_t)j * hd, hd);
-            }
-            m[hh] = m_new;
+            const int head = g * group + hh;
+            K->attn_block(bk->q + (int64_t)t * bk->ld_q + head * hd, kb, vb, n, hd, scale, &m[hh],
+                          &l[hh], bk->attn + (int64_t)t * bk->ld_q + head * hd, scores);
         }
     }
     for (int hh = 0; hh < group; hh++) {

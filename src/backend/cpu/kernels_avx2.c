@@ -2,6 +2,7 @@
  * vectors and 16 registers (4 rows x 2 tokens of accumulators). Elements
  * past the last multiple of 8 are summed in scalar code. */
 #include <immintrin.h>
+#include <math.h>
 
 #include "backend/cpu/cpu_kernels.h"
 
@@ -130,34 +131,95 @@ static TGT void avx2_matmul(cv_dtype wtype, const void *w, int in, const float *
     }
 }
 
-static TGT float avx2_dot(const float *a, const float *b, int n)
+/* e^x as in the AVX-512 file, with 2^n built in the exponent bits. */
+AI __m256 exp256(__m256 x)
 {
-    __m256 acc = _mm256_setzero_ps();
-    int i = 0;
-    for (; i + 8 <= n; i += 8)
-        acc = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), acc);
-    float s = hsum(acc);
-    for (; i < n; i++)
-        s += a[i] * b[i];
-    return s;
+    x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.0f)), _mm256_set1_ps(88.0f));
+    __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                               _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+    __m256 p = _mm256_set1_ps(1.0f / 5040.0f);
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 720.0f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 120.0f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 24.0f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 6.0f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.5f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+    __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)),
+                                  23);
+    return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
 }
 
-static TGT void avx2_scale_axpy(float *y, float scale, float a, const float *x, int n)
+static TGT void avx2_attn_block(const float *q, const float *k, const float *v, int n,
+                                int head_dim, float scale, float *m, float *l, float *out,
+                                float *scores)
 {
-    __m256 s = _mm256_set1_ps(scale), av = _mm256_set1_ps(a);
+    const int dfull = head_dim & ~7;
+    float m_new = *m;
+    for (int j = 0; j < n; j++) {
+        const float *kj = k + (size_t)j * head_dim;
+        __m256 acc = _mm256_setzero_ps();
+        for (int d = 0; d < dfull; d += 8)
+            acc = _mm256_fmadd_ps(_mm256_loadu_ps(q + d), _mm256_loadu_ps(kj + d), acc);
+        float s = hsum(acc);
+        for (int d = dfull; d < head_dim; d++)
+            s += q[d] * kj[d];
+        scores[j] = s * scale;
+        m_new = scores[j] > m_new ? scores[j] : m_new;
+    }
+    const float corr = expf(*m - m_new); /* 0 on the first block (*m = -inf) */
+    float lsum = 0.0f;
+    for (int j = 0; j < n; j++) {
+        scores[j] = expf(scores[j] - m_new);
+        lsum += scores[j];
+    }
+    *l = *l * corr + lsum;
+    *m = m_new;
+    const __m256 c = _mm256_set1_ps(corr);
+    for (int d = 0; d < dfull; d += 8) {
+        __m256 acc = _mm256_mul_ps(_mm256_loadu_ps(out + d), c);
+        for (int j = 0; j < n; j++)
+            acc = _mm256_fmadd_ps(_mm256_set1_ps(scores[j]),
+                                  _mm256_loadu_ps(v + (size_t)j * head_dim + d), acc);
+        _mm256_storeu_ps(out + d, acc);
+    }
+    for (int d = dfull; d < head_dim; d++) {
+        float acc = out[d] * corr;
+        for (int j = 0; j < n; j++)
+            acc += scores[j] * v[(size_t)j * head_dim + d];
+        out[d] = acc;
+    }
+}
+
+static TGT void avx2_gated_act(cv_activation act, float *gate, const float *up, int n)
+{
+    const __m256 one = _mm256_set1_ps(1.0f);
+    const float kz = 2.0f * 0.7978845608028654f; /* 2 sqrt(2 / pi) */
     int i = 0;
     for (; i + 8 <= n; i += 8) {
-        __m256 yv = _mm256_mul_ps(_mm256_loadu_ps(y + i), s);
-        _mm256_storeu_ps(y + i, _mm256_fmadd_ps(av, _mm256_loadu_ps(x + i), yv));
+        __m256 g = _mm256_loadu_ps(gate + i);
+        __m256 z = g;
+        if (act == CV_ACT_GELU_TANH) {
+            __m256 g3 = _mm256_mul_ps(_mm256_mul_ps(g, g), g);
+            z = _mm256_mul_ps(_mm256_set1_ps(kz), _mm256_fmadd_ps(_mm256_set1_ps(0.044715f), g3, g));
+        }
+        __m256 e = exp256(_mm256_sub_ps(_mm256_setzero_ps(), z));
+        __m256 a = _mm256_div_ps(g, _mm256_add_ps(one, e));
+        _mm256_storeu_ps(gate + i, _mm256_mul_ps(a, _mm256_loadu_ps(up + i)));
     }
-    for (; i < n; i++)
-        y[i] = y[i] * scale + a * x[i];
+    for (; i < n; i++) {
+        float g = gate[i];
+        float z = act == CV_ACT_GELU_TANH ? kz * (g + 0.044715f * g * g * g) : g;
+        gate[i] = g / (1.0f + expf(-z)) * up[i];
+    }
 }
 
 const cpu_kernels cpu_kernels_avx2 = {
     .level = CPU_SIMD_AVX2,
     .name = "avx2",
     .matmul = avx2_matmul,
-    .dot = avx2_dot,
-    .scale_axpy = avx2_scale_axpy,
+    .attn_block = avx2_attn_block,
+    .gated_act = avx2_gated_act,
 };

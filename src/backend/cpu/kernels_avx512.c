@@ -2,6 +2,7 @@
  * and BF16 weights by a 16-bit shift, both in registers, so a weight matrix is
  * streamed from memory once in its stored dtype whatever the batch. */
 #include <immintrin.h>
+#include <math.h>
 
 #include "backend/cpu/cpu_kernels.h"
 
@@ -153,33 +154,98 @@ static TGT void avx512_matmul(cv_dtype wtype, const void *w, int in, const float
     }
 }
 
-static TGT float avx512_dot(const float *a, const float *b, int n)
+/* e^x, Cephes-style: x = n ln2 + r with |r| <= ln2 / 2, a degree-7 Taylor
+ * polynomial for e^r (relative error ~1e-7), times 2^n by vscalefps.
+ * Inputs are clamped to [-87, 88] (results stay normal floats). */
+AI __m512 exp512(__m512 x)
 {
-    __m512 acc = _mm512_setzero_ps();
-    int i = 0;
-    for (; i + 16 <= n; i += 16)
-        acc = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), _mm512_loadu_ps(b + i), acc);
-    if (i < n) {
-        __mmask16 m = (__mmask16)((1u << (n - i)) - 1u);
-        acc = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, a + i), _mm512_maskz_loadu_ps(m, b + i),
-                              acc);
-    }
-    return _mm512_reduce_add_ps(acc);
+    x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-87.0f)), _mm512_set1_ps(88.0f));
+    __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+    __m512 p = _mm512_set1_ps(1.0f / 5040.0f);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 720.0f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 120.0f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 24.0f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 6.0f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+    return _mm512_scalef_ps(p, n);
 }
 
-static TGT void avx512_scale_axpy(float *y, float scale, float a, const float *x, int n)
+AI __mmask16 lanes(int n) /* the first n (0..16) lanes */
 {
-    __m512 s = _mm512_set1_ps(scale), av = _mm512_set1_ps(a);
-    int i = 0;
-    for (; i + 16 <= n; i += 16) {
-        __m512 yv = _mm512_mul_ps(_mm512_loadu_ps(y + i), s);
-        _mm512_storeu_ps(y + i, _mm512_fmadd_ps(av, _mm512_loadu_ps(x + i), yv));
+    return n >= 16 ? (__mmask16)0xffff : n <= 0 ? (__mmask16)0 : (__mmask16)((1u << n) - 1u);
+}
+
+static TGT void avx512_attn_block(const float *q, const float *k, const float *v, int n,
+                                  int head_dim, float scale, float *m, float *l, float *out,
+                                  float *scores)
+{
+    float m_new = *m;
+    for (int j = 0; j < n; j++) {
+        const float *kj = k + (size_t)j * head_dim;
+        __m512 acc = _mm512_setzero_ps();
+        for (int d = 0; d < head_dim; d += 16) {
+            __mmask16 mk = lanes(head_dim - d);
+            acc = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(mk, q + d), _mm512_maskz_loadu_ps(mk, kj + d),
+                                  acc);
+        }
+        scores[j] = _mm512_reduce_add_ps(acc) * scale;
+        m_new = scores[j] > m_new ? scores[j] : m_new;
     }
-    if (i < n) {
-        __mmask16 m = (__mmask16)((1u << (n - i)) - 1u);
-        __m512 yv = _mm512_mul_ps(_mm512_maskz_loadu_ps(m, y + i), s);
-        _mm512_mask_storeu_ps(y + i, m,
-                              _mm512_fmadd_ps(av, _mm512_maskz_loadu_ps(m, x + i), yv));
+    const __m512 mv = _mm512_set1_ps(m_new);
+    __m512 lsum = _mm512_setzero_ps();
+    for (int j = 0; j < n; j += 16) {
+        __mmask16 mk = lanes(n - j);
+        __m512 p = _mm512_maskz_mov_ps(mk, exp512(_mm512_sub_ps(_mm512_maskz_loadu_ps(mk, scores + j), mv)));
+        _mm512_mask_storeu_ps(scores + j, mk, p);
+        lsum = _mm512_add_ps(lsum, p);
+    }
+    const float corr = expf(*m - m_new); /* 0 on the first block (*m = -inf) */
+    *l = *l * corr + _mm512_reduce_add_ps(lsum);
+    *m = m_new;
+    /* out += sum_j p_j v_j, 64 output floats at a time held in registers. */
+    for (int d0 = 0; d0 < head_dim; d0 += 64) {
+        __mmask16 mk[4];
+        __m512 acc[4];
+#pragma GCC unroll 4
+        for (int u = 0; u < 4; u++) {
+            mk[u] = lanes(head_dim - d0 - 16 * u);
+            acc[u] = _mm512_mul_ps(_mm512_maskz_loadu_ps(mk[u], out + d0 + 16 * u),
+                                   _mm512_set1_ps(corr));
+        }
+        for (int j = 0; j < n; j++) {
+            const __m512 p = _mm512_set1_ps(scores[j]);
+            const float *vj = v + (size_t)j * head_dim + d0;
+#pragma GCC unroll 4
+            for (int u = 0; u < 4; u++)
+                acc[u] = _mm512_fmadd_ps(p, _mm512_maskz_loadu_ps(mk[u], vj + 16 * u), acc[u]);
+        }
+#pragma GCC unroll 4
+        for (int u = 0; u < 4; u++)
+            _mm512_mask_storeu_ps(out + d0 + 16 * u, mk[u], acc[u]);
+    }
+}
+
+/* SiLU: g / (1 + e^-g). GELU-tanh: 0.5 g (1 + tanh(z)) = g / (1 + e^(-2z)). */
+static TGT void avx512_gated_act(cv_activation act, float *gate, const float *up, int n)
+{
+    const __m512 one = _mm512_set1_ps(1.0f);
+    for (int i = 0; i < n; i += 16) {
+        __mmask16 mk = lanes(n - i);
+        __m512 g = _mm512_maskz_loadu_ps(mk, gate + i);
+        __m512 z = g;
+        if (act == CV_ACT_GELU_TANH) {
+            __m512 g3 = _mm512_mul_ps(_mm512_mul_ps(g, g), g);
+            z = _mm512_mul_ps(_mm512_set1_ps(2.0f * 0.7978845608028654f),
+                              _mm512_fmadd_ps(_mm512_set1_ps(0.044715f), g3, g));
+        }
+        __m512 e = exp512(_mm512_sub_ps(_mm512_setzero_ps(), z));
+        __m512 a = _mm512_div_ps(g, _mm512_add_ps(one, e));
+        _mm512_mask_storeu_ps(gate + i, mk, _mm512_mul_ps(a, _mm512_maskz_loadu_ps(mk, up + i)));
     }
 }
 
@@ -187,6 +253,6 @@ const cpu_kernels cpu_kernels_avx512 = {
     .level = CPU_SIMD_AVX512,
     .name = "avx512",
     .matmul = avx512_matmul,
-    .dot = avx512_dot,
-    .scale_axpy = avx512_scale_axpy,
+    .attn_block = avx512_attn_block,
+    .gated_act = avx512_gated_act,
 };

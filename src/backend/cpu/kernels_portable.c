@@ -1,4 +1,5 @@
 /* Portable kernels (plain C, any CPU) and the run-time choice of table. */
+#include <math.h>
 #include <string.h>
 
 #include "backend/cpu/cpu_kernels.h"
@@ -54,8 +55,7 @@ void cpu_to_f32(cv_dtype dtype, const void *src, float *dst, int64_t n)
     }
 }
 
-/* One weight row against one token: the reference order every table keeps
- * per output element is not required to match across tables, only within. */
+/* One weight row against one token, summed in element order. */
 static float row_dot(cv_dtype wtype, const void *w, int64_t row, int in, const float *x)
 {
     float acc = 0.0f;
@@ -87,26 +87,51 @@ static void portable_matmul(cv_dtype wtype, const void *w, int in, const float *
     }
 }
 
-static float portable_dot(const float *a, const float *b, int n)
+static void portable_attn_block(const float *q, const float *k, const float *v, int n,
+                                int head_dim, float scale, float *m, float *l, float *out,
+                                float *scores)
 {
-    float acc = 0.0f;
-    for (int i = 0; i < n; i++)
-        acc += a[i] * b[i];
-    return acc;
+    float m_new = *m;
+    for (int j = 0; j < n; j++) {
+        float s = 0.0f;
+        for (int d = 0; d < head_dim; d++)
+            s += q[d] * k[(size_t)j * head_dim + d];
+        scores[j] = s * scale;
+        m_new = scores[j] > m_new ? scores[j] : m_new;
+    }
+    float corr = expf(*m - m_new);
+    *l *= corr;
+    for (int d = 0; d < head_dim; d++)
+        out[d] *= corr;
+    for (int j = 0; j < n; j++) {
+        float p = expf(scores[j] - m_new);
+        *l += p;
+        for (int d = 0; d < head_dim; d++)
+            out[d] += p * v[(size_t)j * head_dim + d];
+    }
+    *m = m_new;
 }
 
-static void portable_scale_axpy(float *y, float scale, float a, const float *x, int n)
+static void portable_gated_act(cv_activation act, float *gate, const float *up, int n)
 {
-    for (int i = 0; i < n; i++)
-        y[i] = y[i] * scale + a * x[i];
+    for (int i = 0; i < n; i++) {
+        float g = gate[i];
+        if (act == CV_ACT_SILU) {
+            g = g / (1.0f + expf(-g));
+        } else {
+            const float k = 0.7978845608028654f; /* sqrt(2 / pi) */
+            g = 0.5f * g * (1.0f + tanhf(k * (g + 0.044715f * g * g * g)));
+        }
+        gate[i] = g * up[i];
+    }
 }
 
 const cpu_kernels cpu_kernels_portable = {
     .level = CPU_SIMD_PORTABLE,
     .name = "portable",
     .matmul = portable_matmul,
-    .dot = portable_dot,
-    .scale_axpy = portable_scale_axpy,
+    .attn_block = portable_attn_block,
+    .gated_act = portable_gated_act,
 };
 
 const cpu_kernels *cpu_kernels_get(cpu_simd_level level)
