@@ -42,6 +42,7 @@ typedef struct cv_tok_stream {
     size_t prefix_offset; /* start of the context window in ids */
     size_t read_offset;   /* ids before this have been emitted */
     bool skip_special_tokens;
+    size_t n_seen; /* ids already processed (vLLM goes one new id at a time) */
 } cv_tok_stream;
 
 void tok_stream_init(cv_tok_stream *st, const cv_tokenizer *tok, const int32_t *prompt_ids,
