@@ -189,6 +189,9 @@ typedef struct cv_engine_stats {
     int n_running, n_waiting, n_swapped;
     int kv_blocks_total, kv_blocks_free;
     double kv_usage;                   /* 0..1 */
+    uint64_t steps_total;              /* engine steps that ran the model */
+    double forward_s_total;            /* time inside cv_backend_forward */
+    double step_s_total;               /* steps up to delivery: schedule, batch, forward, sample, detokenize */
     cv_histogram time_to_first_token_s;
     cv_histogram time_per_output_token_s;
     cv_histogram e2e_request_latency_s;

@@ -324,6 +324,7 @@ static void count_schedule(cv_engine *e, const sched_output *so)
 
 int engine_step(cv_engine *e)
 {
+    uint64_t t_step = cv_now_ns();
     sched_output so;
     if (sched_schedule(&e->sched, &so) < 0)
         return -1;
@@ -342,6 +343,7 @@ int engine_step(cv_engine *e)
             prompt_computed += upto - s->n_computed;
     }
     cv_error err;
+    uint64_t t_fwd = cv_now_ns();
     if (cv_backend_forward(e->backend, &batch, e->logits, &err) < 0)
         return -1;
     uint64_t now = cv_now_ns();
@@ -350,6 +352,11 @@ int engine_step(cv_engine *e)
             return -1;
     pthread_mutex_lock(&e->stats_mu);
     e->stats.prompt_tokens_computed += (uint64_t)prompt_computed;
+    e->stats.forward_s_total += cv_ns_to_s(now - t_fwd);
+    e->stats.steps_total++;
+    /* Counted before outputs go out, so a caller woken by the last output
+     * of a step already sees that step's time. */
+    e->stats.step_s_total += cv_ns_to_s(cv_now_ns() - t_step);
     pthread_mutex_unlock(&e->stats_mu);
     for (request *req = e->active, *next; req; req = next) {
         next = req->next;

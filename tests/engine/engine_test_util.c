@@ -90,6 +90,11 @@ bool collect_next(cv_output_queue *q, req_result *res)
     cv_request_output *o = cv_output_queue_wait(q, 60000);
     if (!o)
         fail_msg("no output within 60 s");
+    return merge_output(o, res);
+}
+
+bool merge_output(cv_request_output *o, req_result *res)
+{
     req_result *r = &res[(intptr_t)o->user_data];
     r->id = o->request_id;
     r->n_outputs++;

@@ -49,6 +49,8 @@ typedef struct req_result {
 /* Adds one request whose outputs go to q tagged with result slot `slot`. */
 uint64_t submit(cv_engine *e, cv_output_queue *q, const cv_sampling_params *p,
                 const int32_t *ids, int n_ids, const char *text, bool stream, int slot);
+/* Merges o into res[o->user_data] and frees it; true when final. */
+bool merge_output(cv_request_output *o, req_result *res);
 /* Pops one output (waiting up to 60 s) and merges it; true when final. */
 bool collect_next(cv_output_queue *q, req_result *res);
 /* Pops from q until `n_final` final outputs arrived, merging into res[]. */

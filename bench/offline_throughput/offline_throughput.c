@@ -1,0 +1,168 @@
+/* offline_throughput: continuous batching gain on the CPU, vLLM's
+ * benchmark_throughput shape. In one process and one engine: a single
+ * request of IN random prompt tokens and OUT output tokens (ignore_eos)
+ * alone, then N such requests submitted at once. Prints a markdown table:
+ * output tok/s of each phase, their ratio, and where the engine's time went
+ * (inside the backend's forward vs. the rest of each step).
+ *
+ *   offline_throughput --model DIR [--n 64] [--in 128] [--out 128]
+ *                      [--threads 2] [--max-num-seqs 256]
+ *                      [--max-num-batched-tokens 2048] [--seed 0] */
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "base/clock.h"
+#include "cvllm/engine.h"
+
+typedef struct phase {
+    double wall_s;    /* first submit to last final output */
+    double ttft_s;    /* mean time to first token */
+    double decode_s;  /* mean first token to last */
+    long out_tokens;
+    double forward_s; /* inside cv_backend_forward */
+    double step_s;    /* whole engine steps */
+    uint64_t steps;
+} phase;
+
+static int run_phase(cv_engine *e, int n, int in_len, int out_len, int vocab, unsigned seed,
+                     phase *ph)
+{
+    cv_output_queue *q = cv_output_queue_create();
+    int32_t *ids = malloc((size_t)in_len * sizeof(int32_t));
+    uint64_t *first = calloc((size_t)n, sizeof(uint64_t));
+    if (!q || !ids || !first)
+        return -1;
+    cv_sampling_params p;
+    cv_sampling_params_default(&p);
+    p.temperature = 0;
+    p.max_tokens = out_len;
+    p.ignore_eos = true;
+    srand(seed);
+    cv_engine_stats s0, s1;
+    cv_engine_get_stats(e, &s0);
+    uint64_t t0 = cv_now_ns();
+    for (int i = 0; i < n; i++) {
+        ids[0] = 1;
+        for (int k = 1; k < in_len; k++)
+            ids[k] = 3 + rand() % (vocab - 3); /* random tokens, as vLLM's random dataset */
+        cv_request_desc d = {.prompt_ids = ids, .n_prompt_ids = (size_t)in_len, .params = &p,
+                             .stream = true, .sink = q, .user_data = (void *)(intptr_t)i};
+        cv_error err;
+        if (!cv_engine_add_request(e, &d, &err)) {
+            fprintf(stderr, "offline_throughput: %s\n", err.msg);
+            return -1;
+        }
+    }
+    memset(ph, 0, sizeof(*ph));
+    for (int done = 0; done < n;) {
+        cv_request_output *o = cv_output_queue_wait(q, -1);
+        uint64_t now = cv_now_ns();
+        int i = (int)(intptr_t)o->user_data;
+        if (o->error) {
+            fprintf(stderr, "offline_throughput: %s\n", o->error);
+            return -1;
+        }
+        if (!first[i] && o->n_seqs && o->seqs[0].n_tokens > 0) {
+            first[i] = now;
+            ph->ttft_s += cv_ns_to_s(now - t0);
+        }
+        if (o->finished) {
+            done++;
+            ph->out_tokens += o->seqs[0].n_output_tokens_total;
+            ph->decode_s += cv_ns_to_s(now - first[i]);
+        }
+        cv_request_output_free(o);
+    }
+    ph->wall_s = cv_ns_to_s(cv_now_ns() - t0);
+    ph->ttft_s /= n;
+    ph->decode_s /= n;
+    cv_engine_wait_idle(e);
+    cv_engine_get_stats(e, &s1);
+    ph->forward_s = s1.forward_s_total - s0.forward_s_total;
+    ph->step_s = s1.step_s_total - s0.step_s_total;
+    ph->steps = s1.steps_total - s0.steps_total;
+    free(ids);
+    free(first);
+    cv_output_queue_destroy(q);
+    return 0;
+}
+
+static void print_table(const phase *one, const phase *many, int n, int in_len, int out_len)
+{
+    printf("| phase | requests | in/out | wall s | output tok/s | mean TTFT s | "
+           "decode tok/s per seq | steps | backend forward s | rest of engine s |\n");
+    printf("|---|---|---|---|---|---|---|---|---|---|\n");
+    const phase *ph[2] = {one, many};
+    const char *names[2] = {"single stream", "batch"};
+    for (int i = 0; i < 2; i++)
+        printf("| %s | %d | %d/%d | %.2f | %.1f | %.3f | %.1f | %llu | %.2f | %.2f |\n", names[i],
+               i ? n : 1, in_len, out_len, ph[i]->wall_s, ph[i]->out_tokens / ph[i]->wall_s,
+               ph[i]->ttft_s, (out_len - 1) / ph[i]->decode_s, (unsigned long long)ph[i]->steps,
+               ph[i]->forward_s, ph[i]->step_s - ph[i]->forward_s);
+}
+
+int main(int argc, char **argv)
+{
+    cv_engine_args a;
+    cv_engine_args_default(&a);
+    a.n_threads = 2;
+    int n = 64, in_len = 128, out_len = 128;
+    unsigned seed = 0;
+    static const struct option opts[] = {
+        {"model", required_argument, 0, 'm'},   {"n", required_argument, 0, 'n'},
+        {"in", required_argument, 0, 'i'},      {"out", required_argument, 0, 'o'},
+        {"threads", required_argument, 0, 't'}, {"max-num-seqs", required_argument, 0, 's'},
+        {"max-num-batched-tokens", required_argument, 0, 'b'},
+        {"seed", required_argument, 0, 'r'},    {0, 0, 0, 0},
+    };
+    int c;
+    while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+        switch (c) {
+        case 'm': snprintf(a.model, sizeof(a.model), "%s", optarg); break;
+        case 'n': n = atoi(optarg); break;
+        case 'i': in_len = atoi(optarg); break;
+        case 'o': out_len = atoi(optarg); break;
+        case 't': a.n_threads = atoi(optarg); break;
+        case 's': a.max_num_seqs = atoi(optarg); break;
+        case 'b': a.max_num_batched_tokens = atoi(optarg); break;
+        case 'r': seed = (unsigned)atoi(optarg); break;
+        default:
+            fprintf(stderr, "usage: offline_throughput --model DIR [--n N] [--in T] [--out T] "
+                            "[--threads N] [--max-num-seqs N] [--max-num-batched-tokens N] "
+                            "[--seed S]\n");
+            return 2;
+        }
+    }
+    if (!a.model[0] || n < 1 || in_len < 2 || out_len < 2) {
+        fprintf(stderr, "offline_throughput: --model is required; --n >= 1, --in, --out >= 2\n");
+        return 2;
+    }
+    /* Every sequence fits at once, so the batch phase never preempts. */
+    a.max_model_len = in_len + out_len;
+    cv_error err;
+    cv_engine *e = cv_engine_create(&a, &err);
+    if (!e) {
+        fprintf(stderr, "offline_throughput: %s\n", err.msg);
+        return 1;
+    }
+    int vocab = cv_engine_vocab_size(e);
+    phase warm, one, many;
+    if (run_phase(e, 1, in_len, 8, vocab, seed + 99, &warm) < 0 ||
+        run_phase(e, 1, in_len, out_len, vocab, seed, &one) < 0 ||
+        run_phase(e, n, in_len, out_len, vocab, seed + 1, &many) < 0) {
+        cv_engine_shutdown(e, false);
+        return 1;
+    }
+    cv_engine_stats st;
+    cv_engine_get_stats(e, &st);
+    cv_engine_shutdown(e, false);
+    print_table(&one, &many, n, in_len, out_len);
+    printf("\naggregate / single-stream output tok/s: **%.2fx** (threads %d, max_num_seqs %d, "
+           "max_num_batched_tokens %d, preemptions %llu)\n",
+           (many.out_tokens / many.wall_s) / (one.out_tokens / one.wall_s), a.n_threads,
+           a.max_num_seqs, a.max_num_batched_tokens ? a.max_num_batched_tokens : 2048,
+           (unsigned long long)st.preemptions_total);
+    return 0;
+}
