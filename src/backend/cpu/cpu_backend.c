@@ -122,7 +122,8 @@ cv_backend *cpu_backend_create_from(const cv_model_config *cfg, const cv_model_w
     bk->n_threads = n_threads > 0 ? n_threads : omp_get_max_threads();
     bk->layers = calloc((size_t)cfg->n_layers, sizeof *bk->layers);
     bk->inv_freq = alloc_floats((size_t)cfg->head_dim / 2);
-    if (!bk->layers || !bk->inv_freq) {
+    bk->work_next = calloc((size_t)cfg->n_layers * 4 + 1, sizeof *bk->work_next);
+    if (!bk->layers || !bk->inv_freq || !bk->work_next) {
         cv_errorf(err, "cpu backend: out of memory");
         goto fail;
     }
@@ -347,6 +348,7 @@ void cv_backend_destroy(cv_backend *backend)
     free(backend->layers);
     free(backend->final_norm);
     free(backend->inv_freq);
+    free(backend->work_next);
     free(backend->kv);
     free(backend->attn_scratch);
     free(backend->act);

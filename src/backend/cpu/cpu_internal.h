@@ -72,6 +72,8 @@ struct cv_backend {
     int ld_f;  /* gate, up */
     int ld_r;  /* rope_cos, rope_sin */
     cpu_barrier barrier;
+    /* (n_layers * 4 + 1) next row chunk of each matmul phase of a step */
+    atomic_int *work_next;
 };
 
 /* Builds a backend from a configuration and weights the caller keeps alive

@@ -12,15 +12,12 @@
 
 #include "backend/cpu/cpu_internal.h"
 
-/* [*lo, *hi): thread ith's share of n items, in whole multiples of align. */
-static void split(int n, int ith, int nth, int align, int *lo, int *hi)
+/* [*lo, *hi): thread ith's share of n items. */
+static void split(int n, int ith, int nth, int *lo, int *hi)
 {
-    int blocks = (n + align - 1) / align;
-    int per = blocks / nth, rem = blocks % nth;
-    int b0 = ith * per + (ith < rem ? ith : rem);
-    int b1 = b0 + per + (ith < rem ? 1 : 0);
-    *lo = b0 * align < n ? b0 * align : n;
-    *hi = b1 * align < n ? b1 * align : n;
+    int per = n / nth, rem = n % nth;
+    *lo = ith * per + (ith < rem ? ith : rem);
+    *hi = *lo + per + (ith < rem ? 1 : 0);
 }
 
 static inline void cpu_relax(void)
@@ -124,10 +121,10 @@ static int chunk_rows(const cv_tensor *w)
 }
 
 /* The products of one phase (independent of each other), cut into row
- * chunks that the threads take dynamically: a thread slowed down by another
- * process on its core leaves its share to the others instead of stalling
- * the barrier. Ends with a barrier. */
-static void run_jobs(cv_backend *bk, const mm_job *jobs, int n_jobs, int n_tok)
+ * chunks that the threads take from the phase's counter: a thread slowed
+ * down by another process on its core leaves its share to the others
+ * instead of stalling the barrier. Ends with a barrier. */
+static void run_jobs(cv_backend *bk, int phase, const mm_job *jobs, int n_jobs, int n_tok)
 {
     int first[4], rows[4], n_chunks = 0;
     for (int j = 0; j < n_jobs; j++) {
@@ -135,8 +132,8 @@ static void run_jobs(cv_backend *bk, const mm_job *jobs, int n_jobs, int n_tok)
         first[j] = n_chunks;
         n_chunks += ((int)jobs[j].w->shape[0] + rows[j] - 1) / rows[j];
     }
-#pragma omp for schedule(dynamic, 1) nowait
-    for (int c = 0; c < n_chunks; c++) {
+    atomic_int *next = &bk->work_next[phase];
+    for (int c = atomic_fetch_add(next, 1); c < n_chunks; c = atomic_fetch_add(next, 1)) {
         int j = n_jobs - 1;
         while (first[j] > c)
             j--;
@@ -155,12 +152,12 @@ static void run_jobs(cv_backend *bk, const mm_job *jobs, int n_jobs, int n_tok)
 
 /* act(gate) * up into gate, chunk by chunk so that each thread applies the
  * activation to the rows it just computed. */
-static void run_gated_mlp(cv_backend *bk, const cv_layer_weights *W, int n_tok)
+static void run_gated_mlp(cv_backend *bk, int phase, const cv_layer_weights *W, int n_tok)
 {
     const int rows = chunk_rows(&W->w_gate), n = (int)W->w_gate.shape[0];
-    const int in = (int)W->w_gate.shape[1];
-#pragma omp for schedule(dynamic, 1) nowait
-    for (int c = 0; c < (n + rows - 1) / rows; c++) {
+    const int in = (int)W->w_gate.shape[1], n_chunks = (n + rows - 1) / rows;
+    atomic_int *next = &bk->work_next[phase];
+    for (int c = atomic_fetch_add(next, 1); c < n_chunks; c = atomic_fetch_add(next, 1)) {
         int lo = c * rows, hi = lo + rows < n ? lo + rows : n;
         bk->kern->matmul(W->w_gate.dtype, W->w_gate.data, in, bk->xn, bk->ld_h, n_tok, bk->gate,
                          bk->ld_f, lo, hi, false);
@@ -180,7 +177,7 @@ static void rope_and_store(cv_backend *bk, const cv_batch *b, int layer, int ith
     const cpu_layer *L = &bk->layers[layer];
     const int hd = c->head_dim, bs = bk->block_size, nkv = c->n_kv_heads;
     int lo, hi;
-    split(b->n_tokens, ith, nth, 1, &lo, &hi);
+    split(b->n_tokens, ith, nth, &lo, &hi);
     for (int t = lo; t < hi; t++) {
         const float *cs = bk->rope_cos + (int64_t)t * bk->ld_r;
         const float *sn = bk->rope_sin + (int64_t)t * bk->ld_r;
@@ -257,7 +254,7 @@ static void layer_forward(cv_backend *bk, const cv_batch *b, int layer, int ith,
     const int nt = b->n_tokens, h = c->hidden_size;
     int lo, hi;
 
-    split(nt, ith, nth, 1, &lo, &hi);
+    split(nt, ith, nth, &lo, &hi);
     for (int t = lo; t < hi; t++)
         cpu_rmsnorm(bk->x + (int64_t)t * bk->ld_h, L->attn_norm, h, c->rms_norm_eps,
                     bk->xn + (int64_t)t * bk->ld_h);
@@ -267,7 +264,7 @@ static void layer_forward(cv_backend *bk, const cv_batch *b, int layer, int ith,
         {&W->wk, bk->xn, bk->ld_h, bk->k, bk->ld_kv, false, L->bk},
         {&W->wv, bk->xn, bk->ld_h, bk->v, bk->ld_kv, false, L->bv},
     };
-    run_jobs(bk, qkv, 3, nt);
+    run_jobs(bk, layer * 4, qkv, 3, nt);
     rope_and_store(bk, b, layer, ith, nth);
     team_barrier(bk);
     float *scores = bk->attn_scratch + (size_t)ith * (c->n_heads / c->n_kv_heads) *
@@ -276,15 +273,15 @@ static void layer_forward(cv_backend *bk, const cv_batch *b, int layer, int ith,
         attend(bk, b, layer, item / c->n_kv_heads, item % c->n_kv_heads, scores);
     team_barrier(bk);
     const mm_job wo = {&W->wo, bk->attn, bk->ld_q, bk->x, bk->ld_h, true, NULL};
-    run_jobs(bk, &wo, 1, nt);
-    split(nt, ith, nth, 1, &lo, &hi);
+    run_jobs(bk, layer * 4 + 1, &wo, 1, nt);
+    split(nt, ith, nth, &lo, &hi);
     for (int t = lo; t < hi; t++)
         cpu_rmsnorm(bk->x + (int64_t)t * bk->ld_h, L->ffn_norm, h, c->rms_norm_eps,
                     bk->xn + (int64_t)t * bk->ld_h);
     team_barrier(bk);
-    run_gated_mlp(bk, W, nt);
+    run_gated_mlp(bk, layer * 4 + 2, W, nt);
     const mm_job down = {&W->w_down, bk->gate, bk->ld_f, bk->x, bk->ld_h, true, NULL};
-    run_jobs(bk, &down, 1, nt);
+    run_jobs(bk, layer * 4 + 3, &down, 1, nt);
 }
 
 /* Embedding rows, the token -> sequence map and each token's RoPE angles. */
@@ -295,7 +292,7 @@ static void prologue(cv_backend *bk, const cv_batch *b, int ith, int nth)
     const size_t esz = e->dtype == CV_DTYPE_F32 ? 4 : 2;
     const int half = c->head_dim / 2;
     int lo, hi;
-    split(b->n_tokens, ith, nth, 1, &lo, &hi);
+    split(b->n_tokens, ith, nth, &lo, &hi);
     int s = 0;
     for (int t = lo; t < hi; t++) {
         while (b->query_start[s + 1] <= t)
@@ -322,18 +319,20 @@ static void forward_thread(cv_backend *bk, const cv_batch *b, float *logits, int
     if (b->n_logits == 0)
         return;
     int lo, hi;
-    split(b->n_logits, ith, nth, 1, &lo, &hi);
+    split(b->n_logits, ith, nth, &lo, &hi);
     for (int i = lo; i < hi; i++)
         cpu_rmsnorm(bk->x + (int64_t)b->logits_indices[i] * bk->ld_h, bk->final_norm,
                     c->hidden_size, c->rms_norm_eps, bk->xl + (int64_t)i * bk->ld_h);
     team_barrier(bk);
     const mm_job head = {&bk->weights->lm_head, bk->xl, bk->ld_h, logits, c->vocab_size, false,
                          NULL};
-    run_jobs(bk, &head, 1, b->n_logits);
+    run_jobs(bk, c->n_layers * 4, &head, 1, b->n_logits);
 }
 
 void cpu_forward_run(cv_backend *bk, const cv_batch *batch, float *logits)
 {
+    for (int p = 0; p < bk->cfg.n_layers * 4 + 1; p++)
+        atomic_store(&bk->work_next[p], 0);
 #pragma omp parallel num_threads(bk->n_threads)
     {
         /* The team may be smaller than asked for (OMP_THREAD_LIMIT). */
