@@ -300,7 +300,7 @@ int tok_bpe_word(tok_bpe *m, const char *w, size_t n, tok_ids *out, cv_error *er
         rc = tok_ids_push(out, wd.v[i].id, err);
     if (wd.v != wd.local)
         free(wd.v);
-    if (!rc && cacheable && out->n - start <= TOK_CACHE_IDS)
+    if (!rc && cacheable && out->n > start && out->n - start <= TOK_CACHE_IDS)
         cache_put(m, w, n, h, out->v + start, out->n - start);
     return rc;
 }

@@ -96,6 +96,8 @@ static int build_set(const cv_tokenizer *tok, bool normalized, tok_added_set *se
 
 static int push_ids(int32_t **v, size_t *n, const int32_t *ids, size_t k, bool front,
                     cv_error *err) {
+    if (!k)
+        return 0;
     int32_t *nv = realloc(*v, (*n + k + 1) * sizeof *nv);
     if (!nv)
         return cv_errorf(err, "tokenizer: out of memory");
