@@ -93,10 +93,14 @@ static int argmax(const float *row, int n)
     return best;
 }
 
+/* Two threads for the level the CPU would pick, one for the others: the
+ * thread count does not change results (test_cpu_backend), and one thread
+ * keeps the suite fast on a loaded machine. */
 static cv_backend *make_backend(const fixture *f, cpu_simd_level level)
 {
     cv_error err = {{0}};
-    cv_backend *bk = cv_backend_cpu_create(f->model, 2, &err);
+    int n_threads = level == cpu_kernels_best()->level ? 2 : 1;
+    cv_backend *bk = cv_backend_cpu_create(f->model, n_threads, &err);
     if (!bk)
         fail_msg("create: %s", err.msg);
     if (cpu_backend_set_simd(bk, level, &err))
