@@ -51,17 +51,13 @@ static int teardown(void **state)
     return 0;
 }
 
-/* Runs one greedy request for case c; collects all token ids and text
- * over its outputs (one when !stream). */
-static void run_case(cv_engine *engine, const sample_case *c, bool stream, int32_t **ids,
-                     size_t *n_ids, char **text)
+/* Queues one greedy request for case c with its outputs going to q. */
+static void submit_case(cv_engine *engine, const sample_case *c, bool stream, cv_output_queue *q)
 {
     cv_sampling_params p;
     cv_sampling_params_default(&p);
     p.temperature = 0.0f;
     p.max_tokens = c->max_new_tokens;
-    cv_output_queue *q = cv_output_queue_create();
-    assert_non_null(q);
     cv_request_desc req = {
         .prompt = c->prompt,
         .prompt_len = strlen(c->prompt),
@@ -71,11 +67,16 @@ static void run_case(cv_engine *engine, const sample_case *c, bool stream, int32
     };
     cv_error err = {{0}};
     if (cv_engine_add_request(engine, &req, &err) == 0) fail_msg("%s", err.msg);
+}
 
-    *ids = NULL;
-    *n_ids = 0;
-    *text = calloc(1, 1);
-    assert_non_null(*text);
+/* Collects the token ids and text of case c's request over all its outputs
+ * in q (one when not streaming) and compares them with HF's. */
+static void check_case(const sample_case *c, cv_output_queue *q)
+{
+    int32_t *ids = NULL;
+    size_t n_ids = 0;
+    char *text = calloc(1, 1);
+    assert_non_null(text);
     size_t text_len = 0;
     for (bool finished = false; !finished;) {
         cv_request_output *out = cv_output_queue_wait(q, 60000);
@@ -84,39 +85,44 @@ static void run_case(cv_engine *engine, const sample_case *c, bool stream, int32
         assert_int_equal(out->n_prompt_tokens, c->n_input);
         assert_int_equal(out->n_seqs, 1);
         const cv_seq_output *so = &out->seqs[0];
-        int32_t *grown_ids = realloc(*ids, (*n_ids + so->n_tokens + 1) * sizeof **ids);
-        char *grown_text = realloc(*text, text_len + so->text_len + 1);
+        int32_t *grown_ids = realloc(ids, (n_ids + so->n_tokens + 1) * sizeof *ids);
+        char *grown_text = realloc(text, text_len + so->text_len + 1);
         assert_non_null(grown_ids);
         assert_non_null(grown_text);
-        *ids = grown_ids;
-        *text = grown_text;
-        memcpy(*ids + *n_ids, so->token_ids, so->n_tokens * sizeof **ids);
-        *n_ids += so->n_tokens;
-        memcpy(*text + text_len, so->text, so->text_len + 1);
+        ids = grown_ids;
+        text = grown_text;
+        memcpy(ids + n_ids, so->token_ids, so->n_tokens * sizeof *ids);
+        n_ids += so->n_tokens;
+        memcpy(text + text_len, so->text, so->text_len + 1);
         text_len += so->text_len;
         finished = out->finished;
         if (finished) assert_int_equal(so->finish_reason, CV_FINISH_LENGTH);
         cv_request_output_free(out);
     }
-    cv_output_queue_destroy(q);
+    assert_int_equal(n_ids, c->n_output);
+    for (size_t j = 0; j < n_ids; j++)
+        assert_int_equal(ids[j], c->output_ids[j]);
+    assert_string_equal(text, c->text_incremental);
+    free(ids);
+    free(text);
 }
 
+/* All cases run at once, so the engine batches them; greedy results must
+ * not depend on the batch. */
 static void check_cases(void **state, bool stream)
 {
     const fixture_state *s = *state;
-    assert_int_equal(s->fx.n_cases, 3);
-    for (size_t i = 0; i < s->fx.n_cases; i++) {
-        const sample_case *c = &s->fx.cases[i];
-        int32_t *ids;
-        size_t n;
-        char *text;
-        run_case(s->engine, c, stream, &ids, &n, &text);
-        assert_int_equal(n, c->n_output);
-        for (size_t j = 0; j < n; j++)
-            assert_int_equal(ids[j], c->output_ids[j]);
-        assert_string_equal(text, c->text_incremental);
-        free(ids);
-        free(text);
+    enum { N_CASES = 3 };
+    assert_int_equal(s->fx.n_cases, N_CASES);
+    cv_output_queue *queues[N_CASES];
+    for (size_t i = 0; i < N_CASES; i++) {
+        queues[i] = cv_output_queue_create();
+        assert_non_null(queues[i]);
+        submit_case(s->engine, &s->fx.cases[i], stream, queues[i]);
+    }
+    for (size_t i = 0; i < N_CASES; i++) {
+        check_case(&s->fx.cases[i], queues[i]);
+        cv_output_queue_destroy(queues[i]);
     }
 }
 
