@@ -42,6 +42,12 @@ typedef struct cv_backend cv_backend;
  * kernels picked at run time (AVX-512, AVX2, portable). */
 cv_backend *cv_backend_cpu_create(const cv_model *model, int n_threads, cv_error *err);
 
+/* Element type of the CPU backend's KV cache (vLLM's kv_cache_dtype); call
+ * before cv_backend_kv_alloc. Default: F16 for F16 models, else F32 (fp32
+ * KV keeps F32 and BF16 models within 1e-5 of HF's fp32 compute). F16 or
+ * BF16 halves the bytes a decode step reads per cached token. */
+int cv_backend_cpu_set_kv_dtype(cv_backend *backend, cv_dtype dtype, cv_error *err);
+
 /* Bytes of KV memory one block of block_size tokens costs (all layers). */
 size_t cv_backend_kv_block_bytes(const cv_backend *backend, int block_size);
 

@@ -1,7 +1,9 @@
 /* CPU backend contract on the real stories260K: logits do not depend on batch
  * composition or thread count (bit for bit), cv_backend_kv_copy forks a
- * sequence (copy-on-write), and bad batches, pools and weights are refused
- * with messages naming the wrong input. */
+ * sequence (copy-on-write), 16-bit KV caches stay close to fp32, and bad
+ * batches, pools and weights are refused with messages naming the wrong
+ * input. */
+#include <math.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -61,10 +63,12 @@ static cv_backend *backend(int n_threads)
 }
 
 /* Logits of every position of sequence s run alone: prefill then decode. */
-static void run_alone(int s, int n_threads, float *out /* (TOTAL - 1, vocab) */)
+static void run_alone_kv(int s, int n_threads, cv_dtype kv_dtype,
+                         float *out /* (TOTAL - 1, vocab) */)
 {
     cv_backend *bk = backend(n_threads);
     cv_error err = {{0}};
+    assert_int_equal(cv_backend_cpu_set_kv_dtype(bk, kv_dtype, &err), 0);
     runner r;
     assert_int_equal(runner_init(&r, bk, 4, 1, &err), 0);
     r.seqs[0].ids = ids[s];
@@ -75,6 +79,11 @@ static void run_alone(int s, int n_threads, float *out /* (TOTAL - 1, vocab) */)
     for (int i = PROMPT; i < TOTAL - 1; i++)
         assert_int_equal(runner_step(&r, chunk, out + (size_t)i * vocab, &err), 1);
     cv_backend_destroy(bk);
+}
+
+static void run_alone(int s, int n_threads, float *out)
+{
+    run_alone_kv(s, n_threads, CV_DTYPE_F32, out);
 }
 
 static void test_batch_and_thread_invariance(void **state)
@@ -268,11 +277,47 @@ static void test_bad_weights(void **state)
     assert_string_equal(err.msg, "cv_backend_cpu_create: model is NULL");
 }
 
+/* A 16-bit KV cache stays close to the fp32 one: max |diff| / max |ref|
+ * over every position's logits (stories260K is an fp32 model). */
+static void test_kv_dtypes(void **state)
+{
+    (void)state;
+    const size_t n = (size_t)(TOTAL - 1) * vocab;
+    float *ref = malloc(n * sizeof(float)), *got = malloc(n * sizeof(float));
+    assert_true(ref && got);
+    run_alone_kv(1, 2, CV_DTYPE_F32, ref);
+    static const cv_dtype dts[2] = {CV_DTYPE_F16, CV_DTYPE_BF16};
+    static const double tol[2] = {1e-3, 1e-2};
+    for (int i = 0; i < 2; i++) {
+        run_alone_kv(1, 2, dts[i], got);
+        double md = 0.0, mr = 0.0;
+        for (size_t j = 0; j < n; j++) {
+            md = fmax(md, fabs((double)got[j] - ref[j]));
+            mr = fmax(mr, fabs((double)ref[j]));
+        }
+        print_message("kv %s: rel err %.2e\n", cv_dtype_name(dts[i]), md / mr);
+        assert_true(md / mr <= tol[i]);
+        assert_true(md > 0.0); /* the cache really is narrower */
+    }
+    cv_backend *bk = backend(1);
+    cv_error err = {{0}};
+    assert_int_equal(cv_backend_kv_block_bytes(bk, 16), (size_t)5 * 2 * 4 * 16 * 8 * 4);
+    assert_int_equal(cv_backend_cpu_set_kv_dtype(bk, CV_DTYPE_F16, &err), 0);
+    assert_int_equal(cv_backend_kv_block_bytes(bk, 16), (size_t)5 * 2 * 4 * 16 * 8 * 2);
+    assert_int_equal(cv_backend_kv_alloc(bk, 2, 16, &err), 0);
+    assert_int_equal(cv_backend_cpu_set_kv_dtype(bk, CV_DTYPE_F32, &err), -1);
+    assert_string_equal(err.msg, "cv_backend_cpu_set_kv_dtype: the KV pool is already allocated");
+    cv_backend_destroy(bk);
+    free(ref);
+    free(got);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_batch_and_thread_invariance),
         cmocka_unit_test(test_kv_copy_fork),
+        cmocka_unit_test(test_kv_dtypes),
         cmocka_unit_test(test_bad_batches),
         cmocka_unit_test(test_bad_weights),
     };

@@ -151,8 +151,9 @@ static void test_f16_conversion(void **state)
     }
 }
 
-/* Attention of one head over 41 keys fed in blocks of 1..16 keys must
- * equal a plain softmax(q K^T * scale) V computed in double. */
+/* Attention of one head over 41 keys fed in blocks of 1..16 keys, with K
+ * and V stored in each KV dtype, must equal a plain softmax(q K^T * scale) V
+ * computed in double over the stored values. */
 static void test_attn_block(void **state)
 {
     (void)state;
@@ -160,49 +161,99 @@ static void test_attn_block(void **state)
     static const int dims[] = {8, 13, 16, 64, 80};
     static const int blocks[] = {1, 5, 16};
     float q[MAXD], k[N * MAXD], v[N * MAXD], out[MAXD], scores[16];
+    static uint8_t kst[N * MAXD * 4], vst[N * MAXD * 4];
     for (int l = 0; l < CPU_SIMD_COUNT; l++) {
         const cpu_kernels *kern = cpu_kernels_get((cpu_simd_level)l);
         if (!kern)
             continue;
-        for (size_t di = 0; di < sizeof dims / sizeof *dims; di++) {
-            const int hd = dims[di];
-            for (int i = 0; i < hd; i++)
-                q[i] = 2.0f * frand();
-            for (int i = 0; i < N * hd; i++) {
-                k[i] = 2.0f * frand();
-                v[i] = frand();
-            }
-            const float scale = 1.0f / sqrtf((float)hd);
-            double s[N], mx = -1e30, sum = 0.0, want[MAXD] = {0};
-            for (int j = 0; j < N; j++) {
-                s[j] = 0.0;
-                for (int d = 0; d < hd; d++)
-                    s[j] += (double)q[d] * k[j * hd + d];
-                s[j] *= scale;
-                mx = s[j] > mx ? s[j] : mx;
-            }
-            for (int j = 0; j < N; j++) {
-                double p = exp(s[j] - mx);
-                sum += p;
-                for (int d = 0; d < hd; d++)
-                    want[d] += p * v[j * hd + d];
-            }
-            for (size_t bi = 0; bi < sizeof blocks / sizeof *blocks; bi++) {
-                float m = -INFINITY, lsum = 0.0f;
-                memset(out, 0, sizeof out);
-                for (int j0 = 0; j0 < N; j0 += blocks[bi]) {
-                    int n = N - j0 < blocks[bi] ? N - j0 : blocks[bi];
-                    kern->attn_block(q, k + j0 * hd, v + j0 * hd, n, hd, scale, &m, &lsum, out,
-                                     scores);
+        for (int dt = 0; dt < 3; dt++) {
+            for (size_t di = 0; di < sizeof dims / sizeof *dims; di++) {
+                const int hd = dims[di];
+                for (int i = 0; i < hd; i++)
+                    q[i] = 2.0f * frand();
+                for (int i = 0; i < N * hd; i++) {
+                    float kv[2] = {2.0f * frand(), frand()};
+                    uint8_t *dst[2] = {kst, vst};
+                    for (int w = 0; w < 2; w++) {
+                        if (dt == CV_DTYPE_F32)
+                            memcpy(dst[w] + 4 * i, &kv[w], 4);
+                        else if (dt == CV_DTYPE_F16)
+                            ((uint16_t *)dst[w])[i] = cpu_f32_to_f16(kv[w]);
+                        else
+                            ((uint16_t *)dst[w])[i] = cpu_f32_to_bf16(kv[w]);
+                    }
                 }
-                assert_float_equal(m, mx, 1e-5);
-                for (int d = 0; d < hd; d++)
-                    if (fabs(out[d] / lsum - want[d] / sum) > 2e-6)
-                        fail_msg("%s head_dim %d block %d: out[%d] = %.8g, ref %.8g", kern->name,
-                                 hd, blocks[bi], d, out[d] / lsum, want[d] / sum);
+                cpu_to_f32((cv_dtype)dt, kst, k, N * hd);
+                cpu_to_f32((cv_dtype)dt, vst, v, N * hd);
+                const float scale = 1.0f / sqrtf((float)hd);
+                double s[N], mx = -1e30, sum = 0.0, want[MAXD] = {0};
+                for (int j = 0; j < N; j++) {
+                    s[j] = 0.0;
+                    for (int d = 0; d < hd; d++)
+                        s[j] += (double)q[d] * k[j * hd + d];
+                    s[j] *= scale;
+                    mx = s[j] > mx ? s[j] : mx;
+                }
+                for (int j = 0; j < N; j++) {
+                    double p = exp(s[j] - mx);
+                    sum += p;
+                    for (int d = 0; d < hd; d++)
+                        want[d] += p * v[j * hd + d];
+                }
+                const size_t esz = dt == CV_DTYPE_F32 ? 4 : 2;
+                for (size_t bi = 0; bi < sizeof blocks / sizeof *blocks; bi++) {
+                    float m = -INFINITY, lsum = 0.0f;
+                    memset(out, 0, sizeof out);
+                    for (int j0 = 0; j0 < N; j0 += blocks[bi]) {
+                        int n = N - j0 < blocks[bi] ? N - j0 : blocks[bi];
+                        kern->attn_block((cv_dtype)dt, q, kst + j0 * hd * esz,
+                                         vst + j0 * hd * esz, n, hd, scale, &m, &lsum, out,
+                                         scores);
+                    }
+                    assert_float_equal(m, mx, 1e-5);
+                    for (int d = 0; d < hd; d++)
+                        if (fabs(out[d] / lsum - want[d] / sum) > 2e-6)
+                            fail_msg("%s kv dtype %d head_dim %d block %d: out[%d] = %.8g, "
+                                     "ref %.8g",
+                                     kern->name, dt, hd, blocks[bi], d, out[d] / lsum,
+                                     want[d] / sum);
+                }
             }
         }
     }
+}
+
+/* KV stores: f32 -> f16 against the F16C instruction (round to nearest
+ * even) on edge cases and random bit patterns; f32 -> bf16 against the
+ * rounding done in double. */
+static void test_f32_narrowing(void **state)
+{
+    (void)state;
+    if (!__builtin_cpu_supports("f16c"))
+        skip();
+    const float edge[] = {0.0f, -0.0f, 1.0f, 65504.0f, 65519.99f, 65520.0f, 1e-8f, 2.98e-8f,
+                          5.96e-8f, 6.1e-5f, 6.103515625e-05f, -3.0f / 7.0f, INFINITY, -INFINITY};
+    for (size_t i = 0; i < sizeof edge / sizeof *edge; i++)
+        assert_int_equal(cpu_f32_to_f16(edge[i]), f32_to_f16_bits(edge[i]));
+    uint32_t r = 99;
+    for (int i = 0; i < 1000000; i++) {
+        r = r * 1664525u + 1013904223u;
+        /* Exponents 2^-37 .. 2^22: zero, subnormal, normal and overflowing halves. */
+        uint32_t bits = (r & 0x807fffffu) | ((((r >> 23) & 0xffu) % 60 + 90) << 23);
+        float f;
+        memcpy(&f, &bits, 4);
+        if (cpu_f32_to_f16(f) != f32_to_f16_bits(f))
+            fail_msg("f16 of %a: 0x%04x, F16C 0x%04x", f, cpu_f32_to_f16(f), f32_to_f16_bits(f));
+        uint16_t b = cpu_f32_to_bf16(f);
+        float lo, hi;
+        uint32_t lb = (bits & 0xffff0000u), hb = lb + 0x10000u;
+        memcpy(&lo, &lb, 4);
+        memcpy(&hi, &hb, 4);
+        double dl = fabs((double)f - lo), dh = fabs((double)hi - f);
+        uint16_t want = (uint16_t)((dl < dh || (dl == dh && !((lb >> 16) & 1))) ? lb >> 16 : hb >> 16);
+        assert_int_equal(b, want);
+    }
+    assert_true(isnan(cpu_f16_to_f32(cpu_f32_to_f16(NAN))));
 }
 
 static void test_gated_act(void **state)
@@ -303,6 +354,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_matmul_all_levels), cmocka_unit_test(test_matmul_many_tokens),
         cmocka_unit_test(test_f16_conversion),    cmocka_unit_test(test_attn_block),
+        cmocka_unit_test(test_f32_narrowing),
         cmocka_unit_test(test_gated_act),
         cmocka_unit_test(test_rmsnorm),           cmocka_unit_test(test_rope_inv_freq),
         cmocka_unit_test(test_rope_apply),

@@ -119,6 +119,10 @@ cv_backend *cpu_backend_create_from(const cv_model_config *cfg, const cv_model_w
     bk->cfg = *cfg;
     bk->weights = weights;
     bk->kern = cpu_kernels_best();
+    /* fp32 KV keeps F32 and BF16 models within 1e-5 of HF's fp32 compute; F16
+     * models get F16 KV, as HF and vLLM ("auto") give them, which halves the
+     * KV bytes batched decode reads. */
+    bk->kv_dtype = cfg->dtype == CV_DTYPE_F16 ? CV_DTYPE_F16 : CV_DTYPE_F32;
     bk->n_threads = n_threads > 0 ? n_threads : omp_get_max_threads();
     bk->layers = calloc((size_t)cfg->n_layers, sizeof *bk->layers);
     bk->inv_freq = alloc_floats((size_t)cfg->head_dim / 2);
@@ -167,11 +171,21 @@ int cpu_backend_set_simd(cv_backend *backend, cpu_simd_level level, cv_error *er
     return 0;
 }
 
+int cv_backend_cpu_set_kv_dtype(cv_backend *backend, cv_dtype dtype, cv_error *err)
+{
+    if (backend->kv)
+        return cv_errorf(err, "cv_backend_cpu_set_kv_dtype: the KV pool is already allocated");
+    if (dtype != CV_DTYPE_F32 && dtype != CV_DTYPE_F16 && dtype != CV_DTYPE_BF16)
+        return cv_errorf(err, "cv_backend_cpu_set_kv_dtype: unsupported dtype %d", (int)dtype);
+    backend->kv_dtype = dtype;
+    return 0;
+}
+
 size_t cv_backend_kv_block_bytes(const cv_backend *backend, int block_size)
 {
     const cv_model_config *c = &backend->cfg;
     return (size_t)c->n_layers * 2 * (size_t)c->n_kv_heads * (size_t)block_size *
-           (size_t)c->head_dim * sizeof(float);
+           (size_t)c->head_dim * cv_dtype_size(backend->kv_dtype);
 }
 
 int cv_backend_kv_alloc(cv_backend *backend, int n_blocks, int block_size, cv_error *err)
@@ -179,19 +193,20 @@ int cv_backend_kv_alloc(cv_backend *backend, int n_blocks, int block_size, cv_er
     if (n_blocks <= 0 || block_size <= 0)
         return cv_errorf(err, "cv_backend_kv_alloc: n_blocks %d and block_size %d must be > 0",
                          n_blocks, block_size);
-    size_t block_floats = cv_backend_kv_block_bytes(backend, block_size) / sizeof(float);
-    if ((size_t)n_blocks > SIZE_MAX / sizeof(float) / block_floats)
-        return cv_errorf(err, "cv_backend_kv_alloc: %d blocks of %zu floats overflow size_t",
-                         n_blocks, block_floats);
+    size_t block_bytes = cv_backend_kv_block_bytes(backend, block_size);
+    if ((size_t)n_blocks > SIZE_MAX / block_bytes)
+        return cv_errorf(err, "cv_backend_kv_alloc: %d blocks of %zu bytes overflow size_t",
+                         n_blocks, block_bytes);
     const cv_model_config *c = &backend->cfg;
     size_t group = (size_t)(c->n_heads / c->n_kv_heads);
-    float *kv = alloc_floats((size_t)n_blocks * block_floats);
+    size_t pool_bytes = ((size_t)n_blocks * block_bytes + 63) & ~(size_t)63;
+    void *kv = aligned_alloc(64, pool_bytes);
     float *scratch = alloc_floats((size_t)backend->n_threads * group * ((size_t)block_size + 2));
     if (!kv || !scratch) {
         free(kv);
         free(scratch);
         return cv_errorf(err, "cv_backend_kv_alloc: out of memory for %d blocks of %zu bytes",
-                         n_blocks, block_floats * sizeof(float));
+                         n_blocks, block_bytes);
     }
     free(backend->kv);
     free(backend->attn_scratch);
@@ -199,7 +214,7 @@ int cv_backend_kv_alloc(cv_backend *backend, int n_blocks, int block_size, cv_er
     backend->attn_scratch = scratch;
     backend->n_blocks = n_blocks;
     backend->block_size = block_size;
-    backend->block_floats = block_floats;
+    backend->block_elems = block_bytes / cv_dtype_size(backend->kv_dtype);
     return 0;
 }
 
@@ -214,11 +229,11 @@ int cv_backend_kv_copy(cv_backend *backend, const int32_t *src, const int32_t *d
             return cv_errorf(err, "cv_backend_kv_copy: pair %d (%d -> %d) is outside blocks 0..%d",
                              i, src[i], dst[i], backend->n_blocks - 1);
     }
+    const size_t block_bytes = backend->block_elems * cv_dtype_size(backend->kv_dtype);
     for (int i = 0; i < n; i++) {
         if (src[i] != dst[i])
-            memcpy(backend->kv + (size_t)dst[i] * backend->block_floats,
-                   backend->kv + (size_t)src[i] * backend->block_floats,
-                   backend->block_floats * sizeof(float));
+            memcpy(cpu_kv_at(backend, (size_t)dst[i] * backend->block_elems),
+                   cpu_kv_at(backend, (size_t)src[i] * backend->block_elems), block_bytes);
     }
     return 0;
 }

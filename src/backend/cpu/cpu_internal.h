@@ -38,13 +38,16 @@ struct cv_backend {
     float *final_norm; /* (hidden) */
     float *inv_freq;   /* (head_dim / 2) RoPE inverse frequencies, scaling applied */
 
-    /* KV pool: block b, layer l, k (0) or v (1), kv head g, token j is at
-     * kv[b * block_floats + ((l * 2 + kv) * n_kv_heads + g) * block_size * head_dim
-     *    + j * head_dim]: one kv head's keys of a block are contiguous. */
-    float *kv;
+    /* KV pool in kv_dtype: block b, layer l, k (0) or v (1), kv head g,
+     * token j starts at element
+     *   b * block_elems + ((l * 2 + kv) * n_kv_heads + g) * block_size * head_dim
+     *   + j * head_dim:
+     * one kv head's keys of a block are contiguous. */
+    cv_dtype kv_dtype;
+    void *kv;
     int n_blocks;
     int block_size;
-    size_t block_floats;
+    size_t block_elems;
     float *attn_scratch; /* (n_threads, group * (block_size + 2)) scores, max, sum */
 
     /* Activations, sized for cap_tokens tokens and cap_logits logits rows;
@@ -80,6 +83,12 @@ struct cv_backend {
  * (cv_backend_cpu_create passes the model's; tests pass their own). */
 cv_backend *cpu_backend_create_from(const cv_model_config *cfg, const cv_model_weights *weights,
                                     int n_threads, cv_error *err);
+
+/* Address of KV element elem of the pool. */
+static inline void *cpu_kv_at(const cv_backend *bk, size_t elem)
+{
+    return (char *)bk->kv + elem * cv_dtype_size(bk->kv_dtype);
+}
 
 /* Forces one kernel table (tests compare them). -1 if the CPU lacks it. */
 int cpu_backend_set_simd(cv_backend *backend, cpu_simd_level level, cv_error *err);

@@ -26,12 +26,13 @@ typedef struct cpu_kernels {
                    float *y, int y_stride, int o0, int o1, bool accumulate);
 
     /* Online-softmax attention of one query head over n keys and values
-     * (rows of head_dim floats): s_j = scale * q . k_j, m' = max(m, s_j),
-     * out = out * e^(m - m') + sum_j e^(s_j - m') v_j, l likewise; *m and *l
-     * carry the running max and sum between calls (start at -inf and 0).
-     * scores: (n) scratch. */
-    void (*attn_block)(const float *q, const float *k, const float *v, int n, int head_dim,
-                       float scale, float *m, float *l, float *out, float *scores);
+     * (rows of head_dim elements in kv_dtype): s_j = scale * q . k_j,
+     * m' = max(m, s_j), out = out * e^(m - m') + sum_j e^(s_j - m') v_j, l
+     * likewise; *m and *l carry the running max and sum between calls (start
+     * at -inf and 0). scores: (n) scratch. */
+    void (*attn_block)(cv_dtype kv_dtype, const float *q, const void *k, const void *v, int n,
+                       int head_dim, float scale, float *m, float *l, float *out,
+                       float *scores);
 
     /* gate[i] = act(gate[i]) * up[i] */
     void (*gated_act)(cv_activation act, float *gate, const float *up, int n);
@@ -44,6 +45,10 @@ const cpu_kernels *cpu_kernels_best(void);
 /* Converts n elements of src (dtype) to fp32: exact for F16 and BF16. */
 void cpu_to_f32(cv_dtype dtype, const void *src, float *dst, int64_t n);
 float cpu_f16_to_f32(uint16_t h);
+
+/* Round-to-nearest-even narrowing (KV cache stores). */
+uint16_t cpu_f32_to_f16(float f);
+uint16_t cpu_f32_to_bf16(float f);
 
 extern const cpu_kernels cpu_kernels_portable;
 extern const cpu_kernels cpu_kernels_avx2;

@@ -9,6 +9,7 @@
 #include <math.h>
 #include <omp.h>
 #include <sched.h>
+#include <string.h>
 
 #include "backend/cpu/cpu_internal.h"
 
@@ -170,6 +171,21 @@ static void run_gated_mlp(cv_backend *bk, int phase, const cv_layer_weights *W, 
     team_barrier(bk);
 }
 
+/* n floats into the KV pool at element elem, narrowed to its dtype. */
+static void store_kv(cv_backend *bk, size_t elem, const float *src, int n)
+{
+    void *dst = cpu_kv_at(bk, elem);
+    if (bk->kv_dtype == CV_DTYPE_F32) {
+        memcpy(dst, src, (size_t)n * sizeof(float));
+    } else if (bk->kv_dtype == CV_DTYPE_F16) {
+        for (int i = 0; i < n; i++)
+            ((uint16_t *)dst)[i] = cpu_f32_to_f16(src[i]);
+    } else {
+        for (int i = 0; i < n; i++)
+            ((uint16_t *)dst)[i] = cpu_f32_to_bf16(src[i]);
+    }
+}
+
 /* Per-head norm (Qwen3), RoPE, and the K/V of each token into its slot. */
 static void rope_and_store(cv_backend *bk, const cv_batch *b, int layer, int ith, int nth)
 {
@@ -188,20 +204,16 @@ static void rope_and_store(cv_backend *bk, const cv_batch *b, int layer, int ith
             cpu_rope_apply(q + h * hd, cs, sn, hd);
         }
         int64_t slot = b->slot_mapping[t];
-        float *block = bk->kv + (size_t)(slot / bs) * bk->block_floats +
-                       (size_t)layer * 2 * nkv * bs * hd + (size_t)(slot % bs) * hd;
+        const size_t base = (size_t)(slot / bs) * bk->block_elems +
+                            (size_t)layer * 2 * nkv * bs * hd + (size_t)(slot % bs) * hd;
         float *k = bk->k + (int64_t)t * bk->ld_kv;
         const float *v = bk->v + (int64_t)t * bk->ld_kv;
         for (int g = 0; g < nkv; g++) {
             if (L->k_norm)
                 cpu_rmsnorm(k + g * hd, L->k_norm, hd, c->rms_norm_eps, k + g * hd);
             cpu_rope_apply(k + g * hd, cs, sn, hd);
-            float *kd = block + (size_t)g * bs * hd;
-            float *vd = block + (size_t)(nkv + g) * bs * hd;
-            for (int i = 0; i < hd; i++) {
-                kd[i] = k[g * hd + i];
-                vd[i] = v[g * hd + i];
-            }
+            store_kv(bk, base + (size_t)g * bs * hd, k + g * hd, hd);
+            store_kv(bk, base + (size_t)(nkv + g) * bs * hd, v + g * hd, hd);
         }
     }
 }
@@ -229,13 +241,14 @@ static void attend(cv_backend *bk, const cv_batch *b, int layer, int t, int g, f
     }
     for (int j0 = 0; j0 < ctx; j0 += bs) {
         const int n = ctx - j0 < bs ? ctx - j0 : bs;
-        const float *kb = bk->kv + (size_t)table[j0 / bs] * bk->block_floats +
+        const size_t kb = (size_t)table[j0 / bs] * bk->block_elems +
                           ((size_t)layer * 2 * nkv + g) * bs * hd;
-        const float *vb = kb + (size_t)nkv * bs * hd;
+        const size_t vb = kb + (size_t)nkv * bs * hd;
         for (int hh = 0; hh < group; hh++) {
             const int head = g * group + hh;
-            K->attn_block(bk->q + (int64_t)t * bk->ld_q + head * hd, kb, vb, n, hd, scale, &m[hh],
-                          &l[hh], bk->attn + (int64_t)t * bk->ld_q + head * hd, scores);
+            K->attn_block(bk->kv_dtype, bk->q + (int64_t)t * bk->ld_q + head * hd,
+                          cpu_kv_at(bk, kb), cpu_kv_at(bk, vb), n, hd, scale, &m[hh], &l[hh],
+                          bk->attn + (int64_t)t * bk->ld_q + head * hd, scores);
         }
     }
     for (int hh = 0; hh < group; hh++) {

@@ -152,20 +152,19 @@ AI __m256 exp256(__m256 x)
     return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
 }
 
-static TGT void avx2_attn_block(const float *q, const float *k, const float *v, int n,
-                                int head_dim, float scale, float *m, float *l, float *out,
-                                float *scores)
+AI void attn_block(cv_dtype dt, const float *q, const void *k, const void *v, int n, int head_dim,
+                  float scale, float *m, float *l, float *out, float *scores)
 {
     const int dfull = head_dim & ~7;
     float m_new = *m;
     for (int j = 0; j < n; j++) {
-        const float *kj = k + (size_t)j * head_dim;
+        const int64_t row = (int64_t)j * head_dim;
         __m256 acc = _mm256_setzero_ps();
         for (int d = 0; d < dfull; d += 8)
-            acc = _mm256_fmadd_ps(_mm256_loadu_ps(q + d), _mm256_loadu_ps(kj + d), acc);
+            acc = _mm256_fmadd_ps(_mm256_loadu_ps(q + d), load_w(dt, k, row + d), acc);
         float s = hsum(acc);
         for (int d = dfull; d < head_dim; d++)
-            s += q[d] * kj[d];
+            s += q[d] * load_w1(dt, k, row + d);
         scores[j] = s * scale;
         m_new = scores[j] > m_new ? scores[j] : m_new;
     }
@@ -182,14 +181,25 @@ static TGT void avx2_attn_block(const float *q, const float *k, const float *v, 
         __m256 acc = _mm256_mul_ps(_mm256_loadu_ps(out + d), c);
         for (int j = 0; j < n; j++)
             acc = _mm256_fmadd_ps(_mm256_set1_ps(scores[j]),
-                                  _mm256_loadu_ps(v + (size_t)j * head_dim + d), acc);
+                                  load_w(dt, v, (int64_t)j * head_dim + d), acc);
         _mm256_storeu_ps(out + d, acc);
     }
     for (int d = dfull; d < head_dim; d++) {
         float acc = out[d] * corr;
         for (int j = 0; j < n; j++)
-            acc += scores[j] * v[(size_t)j * head_dim + d];
+            acc += scores[j] * load_w1(dt, v, (int64_t)j * head_dim + d);
         out[d] = acc;
+    }
+}
+
+static TGT void avx2_attn_block(cv_dtype kv_dtype, const float *q, const void *k, const void *v,
+                                int n, int head_dim, float scale, float *m, float *l, float *out,
+                                float *scores)
+{
+    switch (kv_dtype) {
+    case CV_DTYPE_F32: attn_block(CV_DTYPE_F32, q, k, v, n, head_dim, scale, m, l, out, scores); break;
+    case CV_DTYPE_F16: attn_block(CV_DTYPE_F16, q, k, v, n, head_dim, scale, m, l, out, scores); break;
+    case CV_DTYPE_BF16: attn_block(CV_DTYPE_BF16, q, k, v, n, head_dim, scale, m, l, out, scores); break;
     }
 }
 

@@ -180,17 +180,16 @@ AI __mmask16 lanes(int n) /* the first n (0..16) lanes */
     return n >= 16 ? (__mmask16)0xffff : n <= 0 ? (__mmask16)0 : (__mmask16)((1u << n) - 1u);
 }
 
-static TGT void avx512_attn_block(const float *q, const float *k, const float *v, int n,
-                                  int head_dim, float scale, float *m, float *l, float *out,
-                                  float *scores)
+AI void attn_block(cv_dtype dt, const float *q, const void *k, const void *v, int n, int head_dim,
+                  float scale, float *m, float *l, float *out, float *scores)
 {
     float m_new = *m;
     for (int j = 0; j < n; j++) {
-        const float *kj = k + (size_t)j * head_dim;
+        const int64_t row = (int64_t)j * head_dim;
         __m512 acc = _mm512_setzero_ps();
         for (int d = 0; d < head_dim; d += 16) {
             __mmask16 mk = lanes(head_dim - d);
-            acc = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(mk, q + d), _mm512_maskz_loadu_ps(mk, kj + d),
+            acc = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(mk, q + d), load_w_mask(dt, k, row + d, mk),
                                   acc);
         }
         scores[j] = _mm512_reduce_add_ps(acc) * scale;
@@ -200,7 +199,8 @@ static TGT void avx512_attn_block(const float *q, const float *k, const float *v
     __m512 lsum = _mm512_setzero_ps();
     for (int j = 0; j < n; j += 16) {
         __mmask16 mk = lanes(n - j);
-        __m512 p = _mm512_maskz_mov_ps(mk, exp512(_mm512_sub_ps(_mm512_maskz_loadu_ps(mk, scores + j), mv)));
+        __m512 s = _mm512_maskz_loadu_ps(mk, scores + j);
+        __m512 p = _mm512_maskz_mov_ps(mk, exp512(_mm512_sub_ps(s, mv)));
         _mm512_mask_storeu_ps(scores + j, mk, p);
         lsum = _mm512_add_ps(lsum, p);
     }
@@ -219,14 +219,25 @@ static TGT void avx512_attn_block(const float *q, const float *k, const float *v
         }
         for (int j = 0; j < n; j++) {
             const __m512 p = _mm512_set1_ps(scores[j]);
-            const float *vj = v + (size_t)j * head_dim + d0;
+            const int64_t row = (int64_t)j * head_dim + d0;
 #pragma GCC unroll 4
             for (int u = 0; u < 4; u++)
-                acc[u] = _mm512_fmadd_ps(p, _mm512_maskz_loadu_ps(mk[u], vj + 16 * u), acc[u]);
+                acc[u] = _mm512_fmadd_ps(p, load_w_mask(dt, v, row + 16 * u, mk[u]), acc[u]);
         }
 #pragma GCC unroll 4
         for (int u = 0; u < 4; u++)
             _mm512_mask_storeu_ps(out + d0 + 16 * u, mk[u], acc[u]);
+    }
+}
+
+static TGT void avx512_attn_block(cv_dtype kv_dtype, const float *q, const void *k, const void *v,
+                                  int n, int head_dim, float scale, float *m, float *l,
+                                  float *out, float *scores)
+{
+    switch (kv_dtype) {
+    case CV_DTYPE_F32: attn_block(CV_DTYPE_F32, q, k, v, n, head_dim, scale, m, l, out, scores); break;
+    case CV_DTYPE_F16: attn_block(CV_DTYPE_F16, q, k, v, n, head_dim, scale, m, l, out, scores); break;
+    case CV_DTYPE_BF16: attn_block(CV_DTYPE_BF16, q, k, v, n, head_dim, scale, m, l, out, scores); break;
     }
 }
 

@@ -30,6 +30,41 @@ float cpu_f16_to_f32(uint16_t h)
     return f;
 }
 
+uint16_t cpu_f32_to_f16(float f)
+{
+    uint32_t x;
+    memcpy(&x, &f, sizeof x);
+    uint16_t sign = (uint16_t)((x >> 16) & 0x8000u);
+    uint32_t absx = x & 0x7fffffffu;
+    if (absx >= 0x7f800000u) /* inf, nan (kept quiet) */
+        return sign | 0x7c00u | (absx > 0x7f800000u ? 0x200u : 0u);
+    if (absx >= 0x477ff000u) /* rounds past 65504 */
+        return sign | 0x7c00u;
+    if (absx < 0x38800000u) { /* below the smallest normal half: subnormal */
+        if (absx < 0x33000000u)
+            return sign;
+        uint32_t mant = (absx & 0x7fffffu) | 0x800000u;
+        int shift = 126 - (int)(absx >> 23); /* 14 .. 24 */
+        uint32_t half = mant >> shift, rem = mant & ((1u << shift) - 1u), mid = 1u << (shift - 1);
+        if (rem > mid || (rem == mid && (half & 1u)))
+            half++;
+        return sign | (uint16_t)half;
+    }
+    uint32_t h = ((absx >> 13) - (112u << 10)), rem = absx & 0x1fffu;
+    if (rem > 0x1000u || (rem == 0x1000u && (h & 1u)))
+        h++; /* a carry into the exponent is the right answer */
+    return sign | (uint16_t)h;
+}
+
+uint16_t cpu_f32_to_bf16(float f)
+{
+    uint32_t x;
+    memcpy(&x, &f, sizeof x);
+    if ((x & 0x7fffffffu) > 0x7f800000u)
+        return (uint16_t)((x >> 16) | 0x40u); /* quiet nan */
+    return (uint16_t)((x + 0x7fffu + ((x >> 16) & 1u)) >> 16);
+}
+
 static inline float bf16_to_f32(uint16_t b)
 {
     uint32_t bits = (uint32_t)b << 16;
@@ -87,15 +122,23 @@ static void portable_matmul(cv_dtype wtype, const void *w, int in, const float *
     }
 }
 
-static void portable_attn_block(const float *q, const float *k, const float *v, int n,
-                                int head_dim, float scale, float *m, float *l, float *out,
+static inline float kv_elem(cv_dtype dt, const void *p, size_t i)
+{
+    if (dt == CV_DTYPE_F32)
+        return ((const float *)p)[i];
+    uint16_t h = ((const uint16_t *)p)[i];
+    return dt == CV_DTYPE_F16 ? cpu_f16_to_f32(h) : bf16_to_f32(h);
+}
+
+static void portable_attn_block(cv_dtype kv_dtype, const float *q, const void *k, const void *v,
+                                int n, int head_dim, float scale, float *m, float *l, float *out,
                                 float *scores)
 {
     float m_new = *m;
     for (int j = 0; j < n; j++) {
         float s = 0.0f;
         for (int d = 0; d < head_dim; d++)
-            s += q[d] * k[(size_t)j * head_dim + d];
+            s += q[d] * kv_elem(kv_dtype, k, (size_t)j * head_dim + d);
         scores[j] = s * scale;
         m_new = scores[j] > m_new ? scores[j] : m_new;
     }
@@ -107,7 +150,7 @@ static void portable_attn_block(const float *q, const float *k, const float *v, 
         float p = expf(scores[j] - m_new);
         *l += p;
         for (int d = 0; d < head_dim; d++)
-            out[d] += p * v[(size_t)j * head_dim + d];
+            out[d] += p * kv_elem(kv_dtype, v, (size_t)j * head_dim + d);
     }
     *m = m_new;
 }
