@@ -40,7 +40,7 @@ static void test_random_ops(void **state)
             cv_sampling_params_default(&p);
             p.temperature = rand() % 2 ? 1.0f : 0.0f;
             p.n = p.temperature > 0 ? 1 + rand() % 3 : 1;
-            p.max_tokens = 1 + rand() % 12;
+            p.max_tokens = 1 + rand() % 8;
             p.min_tokens = rand() % 2;
             p.logprobs = rand() % 3 - 1;
             p.prompt_logprobs = rand() % 5 == 0 ? 1 : -1;
@@ -48,8 +48,8 @@ static void test_random_ops(void **state)
                 p.stop = stops;
                 p.n_stop = 2;
             }
-            int32_t prompt[80];
-            int n = 1 + rand() % 70;
+            int32_t prompt[40];
+            int n = 1 + rand() % 40;
             prompt[0] = 1;
             for (int i = 1; i < n; i++)
                 prompt[i] = 3 + rand() % 500;
