@@ -24,8 +24,14 @@ int32_t tok_bpe_lookup(const tok_bpe *m, const char *s, size_t n) {
     }
 }
 
+/* splitmix64's finalizer: every key bit reaches the low bits */
 static inline size_t merge_slot(uint64_t key, size_t mask) {
-    return (size_t)((key * 0x9E3779B97F4A7C15ull) >> 17) & mask;
+    key ^= key >> 30;
+    key *= 0xbf58476d1ce4e5b9ull;
+    key ^= key >> 27;
+    key *= 0x94d049bb133111ebull;
+    key ^= key >> 31;
+    return (size_t)key & mask;
 }
 
 static inline const tok_merge_slot *merge_get(const tok_bpe *m, int32_t a, int32_t b) {
@@ -311,7 +317,8 @@ static int vocab_insert(tok_bpe *m, int32_t id) {
     size_t i = tok_hash(m->vocab_str[id], m->vocab_len[id]) & m->vocab_map.mask;
     while (m->vocab_map.slots[i] >= 0) {
         int32_t o = m->vocab_map.slots[i];
-        if (m->vocab_len[o] == m->vocab_len[id] && !memcmp(m->vocab_str[o], m->vocab_str[id], m->vocab_len[id]))
+        if (m->vocab_len[o] == m->vocab_len[id] &&
+            !memcmp(m->vocab_str[o], m->vocab_str[id], m->vocab_len[id]))
             return -1;
         i = (i + 1) & m->vocab_map.mask;
     }
@@ -319,112 +326,126 @@ static int vocab_insert(tok_bpe *m, int32_t id) {
     return 0;
 }
 
-static int load_vocab(tok_bpe *m, const json_t *vocab, cv_error *err) {
-    if (!json_is_object(vocab))
-        return cv_errorf(err, "tokenizer.json: model.vocab must be an object");
-    const char *key;
-    json_t *val;
-    int32_t max_id = -1;
-    json_object_foreach((json_t *)vocab, key, val) {
-        json_int_t id = json_integer_value(val);
-        if (!json_is_integer(val) || id < 0 || id >= INT32_MAX / 2)
-            return cv_errorf(err, "tokenizer.json: model.vocab[\"%s\"] is not a valid id", key);
-        if (id > max_id)
-            max_id = (int32_t)id;
+typedef struct vocab_entry {
+    size_t off; /* into the arena */
+    uint32_t len;
+    int32_t id;
+} vocab_entry;
+
+typedef struct vocab_acc {
+    tok_buf arena;
+    vocab_entry *v;
+    size_t n, cap;
+    int32_t max_id;
+} vocab_acc;
+
+static int vocab_cb(void *ctx, const char *tok, size_t len, int32_t id, cv_error *err) {
+    vocab_acc *a = ctx;
+    if (a->n == a->cap) {
+        size_t cap = a->cap ? a->cap * 2 : 1024;
+        vocab_entry *v = realloc(a->v, cap * sizeof *v);
+        if (!v)
+            return cv_errorf(err, "tokenizer: out of memory (vocab)");
+        a->v = v;
+        a->cap = cap;
     }
-    m->n_vocab = max_id + 1;
-    m->vocab_str = calloc((size_t)m->n_vocab + 1, sizeof *m->vocab_str);
-    m->vocab_len = calloc((size_t)m->n_vocab + 1, sizeof *m->vocab_len);
+    a->v[a->n++] = (vocab_entry){a->arena.len, (uint32_t)len, id};
+    if (id > a->max_id)
+        a->max_id = id;
+    return tok_buf_put(&a->arena, tok, len, err) || tok_buf_put(&a->arena, "", 1, err);
+}
+
+static int load_vocab(tok_bpe *m, const tok_raw_model *raw, cv_error *err) {
+    if (!raw->vocab)
+        return cv_errorf(err, "tokenizer.json: model has no \"vocab\"");
+    vocab_acc a = {.max_id = -1};
+    int rc = tok_parse_vocab(raw->vocab, raw->vocab_len, vocab_cb, &a, err);
+    m->arena = a.arena.p;
+    m->n_vocab = a.max_id + 1;
     size_t cap = 16;
     while (cap < 2 * (size_t)m->n_vocab)
         cap *= 2;
-    m->vocab_map.slots = malloc(cap * sizeof *m->vocab_map.slots);
-    m->vocab_map.mask = cap - 1;
-    if (!m->vocab_str || !m->vocab_len || !m->vocab_map.slots)
-        return cv_errorf(err, "tokenizer: out of memory (vocab of %d)", m->n_vocab);
-    memset(m->vocab_map.slots, 0xff, cap * sizeof *m->vocab_map.slots);
-    json_object_foreach((json_t *)vocab, key, val) {
-        int32_t id = (int32_t)json_integer_value(val);
-        size_t len = strlen(key);
-        if (m->vocab_str[id])
-            return cv_errorf(err, "tokenizer.json: model.vocab gives id %d twice", id);
-        m->vocab_str[id] = malloc(len + 1);
-        if (!m->vocab_str[id])
-            return cv_errorf(err, "tokenizer: out of memory");
-        memcpy(m->vocab_str[id], key, len + 1);
-        m->vocab_len[id] = (uint32_t)len;
-        vocab_insert(m, id);
+    if (!rc) {
+        m->vocab_str = calloc((size_t)m->n_vocab + 1, sizeof *m->vocab_str);
+        m->vocab_len = calloc((size_t)m->n_vocab + 1, sizeof *m->vocab_len);
+        m->vocab_map.slots = malloc(cap * sizeof *m->vocab_map.slots);
+        m->vocab_map.mask = cap - 1;
+        if (!m->vocab_str || !m->vocab_len || !m->vocab_map.slots)
+            rc = cv_errorf(err, "tokenizer: out of memory (vocab of %d)", m->n_vocab);
     }
+    if (!rc)
+        memset(m->vocab_map.slots, 0xff, cap * sizeof *m->vocab_map.slots);
+    for (size_t i = 0; !rc && i < a.n; i++) {
+        int32_t id = a.v[i].id;
+        if (m->vocab_str[id])
+            rc = cv_errorf(err, "tokenizer.json: model.vocab gives id %d twice", id);
+        m->vocab_str[id] = m->arena + a.v[i].off;
+        m->vocab_len[id] = a.v[i].len;
+        if (!rc && vocab_insert(m, id))
+            rc = cv_errorf(err, "tokenizer.json: model.vocab has \"%s\" twice", m->vocab_str[id]);
+    }
+    free(a.v);
+    return rc;
+}
+
+typedef struct merge_acc {
+    tok_bpe *m;
+    tok_buf joined;
+    tok_merge_slot *v; /* in rank order */
+    size_t n, cap;
+} merge_acc;
+
+static int merge_cb(void *ctx, size_t idx, const char *a, size_t la, const char *b, size_t lb,
+                    cv_error *err) {
+    merge_acc *acc = ctx;
+    tok_bpe *m = acc->m;
+    int32_t ia = tok_bpe_lookup(m, a, la), ib = tok_bpe_lookup(m, b, lb);
+    /* the merged token drops the right part's continuing prefix */
+    size_t lp = m->prefix ? strlen(m->prefix) : 0;
+    size_t skip = lp && lb >= lp && !memcmp(b, m->prefix, lp) ? lp : 0;
+    acc->joined.len = 0;
+    if (tok_buf_put(&acc->joined, a, la, err) || tok_buf_put(&acc->joined, b + skip, lb - skip, err))
+        return -1;
+    int32_t inew = tok_bpe_lookup(m, acc->joined.p, acc->joined.len);
+    if (ia < 0 || ib < 0 || inew < 0)
+        return cv_errorf(err, "tokenizer.json: model.merges[%zu] (\"%.*s\" \"%.*s\") uses a token "
+                              "missing from the vocab",
+                         idx, (int)la, a, (int)lb, b);
+    if (acc->n == acc->cap) {
+        size_t cap = acc->cap ? acc->cap * 2 : 1024;
+        tok_merge_slot *v = realloc(acc->v, cap * sizeof *v);
+        if (!v)
+            return cv_errorf(err, "tokenizer: out of memory (merges)");
+        acc->v = v;
+        acc->cap = cap;
+    }
+    acc->v[acc->n++] =
+        (tok_merge_slot){((uint64_t)(uint32_t)ia << 32) | (uint32_t)ib, (uint32_t)idx, inew};
     return 0;
 }
 
-/* "a b" (older files) or ["a", "b"]. */
-static int merge_parts(const json_t *e, size_t idx, const char **a, size_t *la, const char **b,
-                       size_t *lb, cv_error *err) {
-    if (json_is_string(e)) {
-        const char *s = json_string_value(e);
-        const char *sp = strchr(s, ' ');
-        if (!sp || strchr(sp + 1, ' '))
-            return cv_errorf(err, "tokenizer.json: model.merges[%zu] \"%s\" is not \"a b\"", idx, s);
-        *a = s;
-        *la = (size_t)(sp - s);
-        *b = sp + 1;
-        *lb = strlen(sp + 1);
-        return 0;
-    }
-    if (json_is_array(e) && json_array_size(e) == 2 && json_is_string(json_array_get(e, 0)) &&
-        json_is_string(json_array_get(e, 1))) {
-        *a = json_string_value(json_array_get(e, 0));
-        *la = json_string_length(json_array_get(e, 0));
-        *b = json_string_value(json_array_get(e, 1));
-        *lb = json_string_length(json_array_get(e, 1));
-        return 0;
-    }
-    return cv_errorf(err, "tokenizer.json: model.merges[%zu] is neither \"a b\" nor [a, b]", idx);
-}
-
-static int load_merges(tok_bpe *m, const json_t *merges, cv_error *err) {
-    if (!json_is_array(merges))
-        return cv_errorf(err, "tokenizer.json: model.merges must be an array");
-    size_t n = json_array_size(merges), cap = 16;
-    while (cap < 2 * n + 2)
+static int load_merges(tok_bpe *m, const tok_raw_model *raw, cv_error *err) {
+    merge_acc acc = {.m = m};
+    int rc = raw->merges ? tok_parse_merges(raw->merges, raw->merges_len, merge_cb, &acc, err) : 0;
+    size_t cap = 16;
+    while (cap < 2 * acc.n + 2)
         cap *= 2;
-    m->merges = malloc(cap * sizeof *m->merges);
-    if (!m->merges)
-        return cv_errorf(err, "tokenizer: out of memory (%zu merges)", n);
-    memset(m->merges, 0xff, cap * sizeof *m->merges);
-    m->merge_mask = cap - 1;
-    size_t lp = m->prefix ? strlen(m->prefix) : 0;
-    tok_buf joined = {0};
-    int rc = 0;
-    for (size_t r = 0; r < n && !rc; r++) {
-        const char *a = "", *b = "";
-        size_t la = 0, lb = 0;
-        if ((rc = merge_parts(json_array_get(merges, r), r, &a, &la, &b, &lb, err)))
-            break;
-        int32_t ia = tok_bpe_lookup(m, a, la), ib = tok_bpe_lookup(m, b, lb);
-        /* the merged token drops the right part's continuing prefix */
-        size_t skip = lp && lb >= lp && !memcmp(b, m->prefix, lp) ? lp : 0;
-        joined.len = 0;
-        if ((rc = tok_buf_put(&joined, a, la, err)) ||
-            (rc = tok_buf_put(&joined, b + skip, lb - skip, err)))
-            break;
-        int32_t inew = tok_bpe_lookup(m, joined.p, joined.len);
-        if (ia < 0 || ib < 0 || inew < 0) {
-            rc = cv_errorf(err, "tokenizer.json: model.merges[%zu] (\"%.*s\" \"%.*s\") uses a token "
-                                "missing from the vocab",
-                           r, (int)la, a, (int)lb, b);
-            break;
-        }
-        uint64_t key = ((uint64_t)(uint32_t)ia << 32) | (uint32_t)ib;
+    if (!rc && !(m->merges = malloc(cap * sizeof *m->merges)))
+        rc = cv_errorf(err, "tokenizer: out of memory (%zu merges)", acc.n);
+    if (!rc) {
+        memset(m->merges, 0xff, cap * sizeof *m->merges);
+        m->merge_mask = cap - 1;
+    }
+    for (size_t r = 0; !rc && r < acc.n; r++) {
+        uint64_t key = acc.v[r].key;
         size_t i = merge_slot(key, m->merge_mask);
         while (m->merges[i].key != UINT64_MAX && m->merges[i].key != key)
             i = (i + 1) & m->merge_mask;
-        if (m->merges[i].key == key)
-            continue; /* a repeated pair keeps its first (best) rank */
-        m->merges[i] = (tok_merge_slot){key, (uint32_t)r, inew};
+        if (m->merges[i].key != key) /* a repeated pair keeps its first (best) rank */
+            m->merges[i] = acc.v[r];
     }
-    tok_buf_free(&joined);
+    free(acc.v);
+    tok_buf_free(&acc.joined);
     return rc;
 }
 
@@ -436,7 +457,7 @@ static int opt_str(const json_t *model, const char *key, char **out, cv_error *e
     return *out ? 0 : cv_errorf(err, "tokenizer: out of memory");
 }
 
-int tok_bpe_load(tok_bpe *m, const json_t *model, cv_error *err) {
+int tok_bpe_load(tok_bpe *m, const json_t *model, const tok_raw_model *raw, cv_error *err) {
     memset(m, 0, sizeof *m);
     m->unk_id = -1;
     const char *type = json_string_value(json_object_get(model, "type"));
@@ -453,8 +474,7 @@ int tok_bpe_load(tok_bpe *m, const json_t *model, cv_error *err) {
     m->ignore_merges = json_is_true(json_object_get(model, "ignore_merges"));
     if (opt_str(model, "continuing_subword_prefix", &m->prefix, err) ||
         opt_str(model, "end_of_word_suffix", &m->suffix, err) ||
-        load_vocab(m, json_object_get(model, "vocab"), err) ||
-        load_merges(m, json_object_get(model, "merges"), err))
+        load_vocab(m, raw, err) || load_merges(m, raw, err))
         return -1;
     const char *unk = json_string_value(json_object_get(model, "unk_token"));
     if (unk) {
@@ -484,8 +504,7 @@ int tok_bpe_load(tok_bpe *m, const json_t *model, cv_error *err) {
 }
 
 void tok_bpe_free(tok_bpe *m) {
-    for (int32_t i = 0; m->vocab_str && i < m->n_vocab; i++)
-        free(m->vocab_str[i]);
+    free(m->arena);
     free(m->vocab_str);
     free(m->vocab_len);
     free(m->vocab_map.slots);

@@ -62,6 +62,26 @@ uint64_t tok_hash(const void *data, size_t n);
 
 typedef struct json_t json_t;
 
+/* ---- the big members of tokenizer.json (tok_json_scan.c) ------------- */
+
+/* model.vocab and model.merges as raw JSON text (malloc'ed copies, NULL
+ * when absent). */
+typedef struct tok_raw_model {
+    char *vocab, *merges;
+    size_t vocab_len, merges_len;
+} tok_raw_model;
+
+/* Finds model.vocab and model.merges in text[0..n), copies them into out
+ * and blanks them in text (still valid JSON, same line numbers). -1 when
+ * the text is not a JSON object with a "model" object: jansson then
+ * reports what is wrong. */
+int tok_scan_model(char *text, size_t n, tok_raw_model *out);
+typedef int (*tok_vocab_fn)(void *ctx, const char *tok, size_t len, int32_t id, cv_error *err);
+typedef int (*tok_merge_fn)(void *ctx, size_t idx, const char *a, size_t la, const char *b,
+                            size_t lb, cv_error *err);
+int tok_parse_vocab(const char *p, size_t n, tok_vocab_fn fn, void *ctx, cv_error *err);
+int tok_parse_merges(const char *p, size_t n, tok_merge_fn fn, void *ctx, cv_error *err);
+
 /* ---- patterns (literal string or PCRE2 regex) -------------------------- */
 
 typedef struct tok_pattern {
@@ -184,7 +204,8 @@ typedef struct tok_cache_slot {
 
 typedef struct tok_bpe {
     int32_t n_vocab;         /* model vocab ids are [0, n_vocab) */
-    char **vocab_str;        /* [n_vocab] NUL-terminated, NULL for holes */
+    char **vocab_str;        /* [n_vocab] NUL-terminated, into `arena`; NULL for holes */
+    char *arena;             /* all vocab strings */
     uint32_t *vocab_len;     /* [n_vocab] */
     tok_strmap vocab_map;
     int32_t *char_id;        /* [65536] id of the one-code-point token, or -1 */
@@ -199,7 +220,7 @@ typedef struct tok_bpe {
     pthread_mutex_t cache_lock;
 } tok_bpe;
 
-int tok_bpe_load(tok_bpe *m, const json_t *model, cv_error *err);
+int tok_bpe_load(tok_bpe *m, const json_t *model, const tok_raw_model *raw, cv_error *err);
 void tok_bpe_free(tok_bpe *m);
 int32_t tok_bpe_lookup(const tok_bpe *m, const char *s, size_t n);
 /* Appends the ids of one pre-token to out. */

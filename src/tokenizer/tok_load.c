@@ -264,10 +264,11 @@ static int load_norm_cb(const json_t *j, void *o, cv_error *e) { return tok_load
 static int load_pre_cb(const json_t *j, void *o, cv_error *e) { return tok_load_pretok(j, o, e); }
 static int load_dec_cb(const json_t *j, void *o, cv_error *e) { return tok_load_decoder(j, o, e); }
 
-static int load_json(cv_tokenizer *tok, const json_t *root, cv_error *err) {
+static int load_json(cv_tokenizer *tok, const json_t *root, const tok_raw_model *raw,
+                     cv_error *err) {
     if (!json_is_object(root) || !json_is_object(json_object_get(root, "model")))
         return cv_errorf(err, "tokenizer.json: no \"model\" object");
-    if (tok_bpe_load(&tok->bpe, json_object_get(root, "model"), err) ||
+    if (tok_bpe_load(&tok->bpe, json_object_get(root, "model"), raw, err) ||
         load_component(root, "normalizer", sizeof(tok_normalizer), (void **)&tok->normalizer,
                        load_norm_cb, err) ||
         load_component(root, "pre_tokenizer", sizeof(tok_pretok), (void **)&tok->pretok,
@@ -285,36 +286,61 @@ static int load_json(cv_tokenizer *tok, const json_t *root, cv_error *err) {
     return 0;
 }
 
-cv_tokenizer *tok_load(const char *dir, cv_error *err) {
-    char path[4096];
-    snprintf(path, sizeof path, "%s/tokenizer.json", dir);
+static char *read_file(const char *path, size_t *len, cv_error *err) {
     FILE *f = fopen(path, "rb");
     if (!f) {
         cv_errorf(err, "tokenizer: cannot open %s: %s", path, strerror(errno));
         return NULL;
     }
-    json_error_t je;
-    json_t *root = json_loadf(f, 0, &je);
+    tok_buf b = {0};
+    char chunk[1 << 16];
+    size_t n;
+    while ((n = fread(chunk, 1, sizeof chunk, f)) > 0)
+        if (tok_buf_put(&b, chunk, n, err))
+            break;
+    bool bad = ferror(f) || (n > 0);
     fclose(f);
-    if (!root) {
+    if (bad) {
+        if (!err->msg[0])
+            cv_errorf(err, "tokenizer: cannot read %s", path);
+        tok_buf_free(&b);
+        return NULL;
+    }
+    *len = b.len;
+    return b.p ? b.p : calloc(1, 1);
+}
+
+cv_tokenizer *tok_load(const char *dir, cv_error *err) {
+    char path[4096];
+    snprintf(path, sizeof path, "%s/tokenizer.json", dir);
+    size_t len = 0;
+    char *text = read_file(path, &len, err);
+    if (!text)
+        return NULL;
+    /* vocab and merges are parsed by tok_json_scan.c; jansson gets the rest */
+    tok_raw_model raw;
+    tok_scan_model(text, len, &raw);
+    json_error_t je;
+    json_t *root = json_loadb(text, len, 0, &je);
+    free(text);
+    cv_tokenizer *tok = root ? calloc(1, sizeof *tok) : NULL;
+    if (!root)
         cv_errorf(err, "tokenizer: %s: malformed JSON at line %d column %d: %s", path, je.line,
                   je.column, je.text);
-        return NULL;
-    }
-    cv_tokenizer *tok = calloc(1, sizeof *tok);
-    if (!tok) {
-        json_decref(root);
+    else if (!tok)
         cv_errorf(err, "tokenizer: out of memory");
-        return NULL;
+    int rc = -1;
+    if (tok) {
+        tok->bos_id = tok->eos_id = -1;
+        rc = load_json(tok, root, &raw, err);
+        if (rc)
+            cv_error_prefix(err, "tokenizer %s", dir);
+        else
+            rc = load_config(tok, dir, err) || build_id_tables(tok, err);
     }
-    tok->bos_id = tok->eos_id = -1;
-    int rc = load_json(tok, root, err);
     json_decref(root);
-    if (rc) {
-        cv_error_prefix(err, "tokenizer %s", dir);
-    } else {
-        rc = load_config(tok, dir, err) || build_id_tables(tok, err);
-    }
+    free(raw.vocab);
+    free(raw.merges);
     if (rc) {
         tok_free(tok);
         return NULL;
