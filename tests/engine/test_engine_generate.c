@@ -79,6 +79,22 @@ static void test_stories_fixture(void **state)
     assert_string_equal(r.seqs[0].text, c.text);
     result_free(&r);
     cv_output_queue_destroy(q);
+    /* Seven requests ran: 3 cases x (stream, not) + the text prompt. */
+    cv_engine_wait_idle(e);
+    cv_engine_stats st;
+    cv_engine_get_stats(e, &st);
+    assert_int_equal(st.prompt_tokens_total, 2 * (1 + 5 + 5) + 5);
+    assert_int_equal(st.generation_tokens_total, 2 * (256 + 64 + 64) + 64);
+    assert_int_equal(st.requests_finished[CV_FINISH_LENGTH], 7);
+    assert_int_equal(st.time_to_first_token_s.count, 7);
+    assert_int_equal(st.e2e_request_latency_s.count, 7);
+    assert_int_equal(st.queue_time_s.count, 7);
+    assert_int_equal(st.time_per_output_token_s.count, 2 * (255 + 63 + 63) + 63);
+    assert_int_equal(st.request_params_n.counts[0], 7);
+    assert_int_equal(st.request_generation_tokens.count, 7);
+    assert_int_equal(st.n_running + st.n_waiting, 0);
+    assert_int_equal(st.kv_blocks_free, st.kv_blocks_total);
+    assert_true(st.steps_total >= 256);
     cv_engine_shutdown(e, false);
 }
 
