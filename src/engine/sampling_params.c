@@ -406,7 +406,8 @@ int cv_sampling_params_from_json(cv_sampling_params *p, const char *json, size_t
     return rc;
 }
 
-/* ---- Validation (vLLM SamplingParams._verify_args wording) ------------- */
+/* ---- Validation (vLLM SamplingParams._verify_args wording) -------------
+ * Our -1 for logprobs/prompt_logprobs means "not asked" (vLLM: None). */
 
 int cv_sampling_params_validate(const cv_sampling_params *p, cv_error *err)
 {
@@ -424,11 +425,19 @@ int cv_sampling_params_validate(const cv_sampling_params *p, cv_error *err)
         fmt_pyfloat(a, sizeof(a), p->frequency_penalty);
         return cv_errorf(err, "frequency_penalty must be in [-2, 2], got %s.", a);
     }
-    if (!(p->repetition_penalty > 0.0f && p->repetition_penalty <= 2.0f)) {
+    if (!isfinite(p->repetition_penalty)) {
         fmt_pyfloat(a, sizeof(a), p->repetition_penalty);
-        return cv_errorf(err, "repetition_penalty must be in (0, 2], got %s.", a);
+        return cv_errorf(err, "repetition_penalty must be a finite number, got %s.", a);
     }
-    if (!(p->temperature >= 0.0f) || isinf(p->temperature)) {
+    if (!(p->repetition_penalty > 0.0f)) {
+        fmt_pyfloat(a, sizeof(a), p->repetition_penalty);
+        return cv_errorf(err, "repetition_penalty must be greater than zero, got %s.", a);
+    }
+    if (!isfinite(p->temperature)) {
+        fmt_pyfloat(a, sizeof(a), p->temperature);
+        return cv_errorf(err, "temperature must be a finite number, got %s.", a);
+    }
+    if (p->temperature < 0.0f) {
         fmt_pyfloat(a, sizeof(a), p->temperature);
         return cv_errorf(err, "temperature must be non-negative, got %s.", a);
     }
@@ -451,9 +460,10 @@ int cv_sampling_params_validate(const cv_sampling_params *p, cv_error *err)
         return cv_errorf(err, "min_tokens must be less than or equal to max_tokens=%d, got %d.",
                          p->max_tokens, p->min_tokens);
     if (p->logprobs < -1)
-        return cv_errorf(err, "logprobs must be non-negative, got %d.", p->logprobs);
+        return cv_errorf(err, "logprobs must be non-negative or -1, got %d.", p->logprobs);
     if (p->prompt_logprobs < -1)
-        return cv_errorf(err, "prompt_logprobs must be non-negative, got %d.", p->prompt_logprobs);
+        return cv_errorf(err, "prompt_logprobs must be non-negative or -1, got %d.",
+                         p->prompt_logprobs);
     if (p->logprobs > CV_MAX_LOGPROBS)
         return cv_errorf(err, "Requested sample logprobs of %d, which is greater than max allowed: %d",
                          p->logprobs, CV_MAX_LOGPROBS);

@@ -121,15 +121,17 @@ static void test_validation_messages(void **state)
     expect_invalid("{\"presence_penalty\":3}", "presence_penalty must be in [-2, 2], got 3.0.");
     expect_invalid("{\"frequency_penalty\":-2.5}",
                    "frequency_penalty must be in [-2, 2], got -2.5.");
-    expect_invalid("{\"repetition_penalty\":0}", "repetition_penalty must be in (0, 2], got 0.0.");
+    expect_invalid("{\"repetition_penalty\":0}",
+                   "repetition_penalty must be greater than zero, got 0.0.");
+    expect_invalid("{\"temperature\":\"inf\"}", "temperature must be a finite number, got inf.");
     expect_invalid("{\"max_tokens\":0}", "max_tokens must be at least 1, got 0.");
     expect_invalid("{\"min_tokens\":-1}", "min_tokens must be greater than or equal to 0, got -1.");
     expect_invalid("{\"min_tokens\":20,\"max_tokens\":10}",
                    "min_tokens must be less than or equal to max_tokens=10, got 20.");
-    expect_invalid("{\"logprobs\":-3}", "logprobs must be non-negative, got -3.");
+    expect_invalid("{\"logprobs\":-3}", "logprobs must be non-negative or -1, got -3.");
     expect_invalid("{\"logprobs\":21}",
                    "Requested sample logprobs of 21, which is greater than max allowed: 20");
-    expect_invalid("{\"prompt_logprobs\":-2}", "prompt_logprobs must be non-negative, got -2.");
+    expect_invalid("{\"prompt_logprobs\":-2}", "prompt_logprobs must be non-negative or -1, got -2.");
     expect_invalid("{\"stop\":[\"a\",\"\"]}", "stop cannot contain an empty string.");
     expect_invalid("{\"n\":2,\"temperature\":0}", "n must be 1 when using greedy sampling, got 2.");
     expect_invalid("{\"n\":3,\"best_of\":2}",
