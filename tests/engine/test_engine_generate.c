@@ -8,10 +8,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <cmocka.h>
 
 #include "engine_test_util.h"
+#include "tokenizer/tokenizer.h"
 
 static char stories[4096];
 
@@ -34,6 +36,48 @@ static void test_cli_greedy_sample(void **state)
     assert_true(n >= 400);
     assert_memory_equal(out, c.text, 400);
     assert_memory_equal(out, "Once upon a time, there was a little girl named Lily.", 53);
+}
+
+/* --prompts-file: all lines at once, outputs in input order, each followed
+ * by an empty line; an empty line is BOS alone. */
+static void test_cli_prompts_file(void **state)
+{
+    (void)state;
+    greedy_case c[3];
+    for (int i = 0; i < 3; i++)
+        load_stories_case(i, &c[i]);
+    char path[] = "/tmp/cvllm_prompts_XXXXXX";
+    int fd = mkstemp(path);
+    assert_true(fd >= 0);
+    FILE *f = fdopen(fd, "w");
+    fputs("\nOnce upon a time\nThe little dog\n", f);
+    fclose(f);
+    /* Case 0 runs 256 tokens in the fixture; its first 64 are a prefix of
+     * the same greedy run, whose text the tokenizer gives. */
+    cv_error err;
+    cv_tokenizer *tok = tok_load(stories, &err);
+    assert_non_null(tok);
+    char *t0;
+    size_t n0;
+    assert_int_equal(tok_decode(tok, c[0].output, 64, true, &t0, &n0, &err), 0);
+    tok_free(tok);
+    static char want[16384];
+    snprintf(want, sizeof(want), "%s\n\n%s\n\n%s\n\n", t0, c[1].text, c[2].text);
+    free(t0);
+    const char *bin = getenv("CVLLM_BIN_DIR");
+    char cmd[8192];
+    snprintf(cmd, sizeof(cmd),
+             "%s/cvllm-generate --model %s --prompts-file %s --max-tokens 64 --temperature 0 "
+             "--threads 1 2>/dev/null",
+             bin ? bin : "build/bin", stories, path);
+    FILE *p = popen(cmd, "r");
+    assert_non_null(p);
+    char out[8192];
+    size_t n = fread(out, 1, sizeof(out) - 1, p);
+    out[n] = '\0';
+    assert_int_equal(pclose(p), 0);
+    unlink(path);
+    assert_string_equal(out, want);
 }
 
 static void test_stories_fixture(void **state)
@@ -346,6 +390,7 @@ int main(void)
     shared_path(stories, sizeof(stories), "models/stories260K");
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_cli_greedy_sample),
+        cmocka_unit_test(test_cli_prompts_file),
         cmocka_unit_test(test_stories_fixture),
         cmocka_unit_test(test_tiny_fixture_models),
         cmocka_unit_test(test_batch_invariance),
