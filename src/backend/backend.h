@@ -39,7 +39,11 @@ typedef struct cv_batch {
 typedef struct cv_backend cv_backend;
 
 /* CPU backend: OpenMP threads (n_threads <= 0: OpenMP's default), SIMD
- * kernels picked at run time (AVX-512, AVX2, portable). */
+ * kernels picked at run time (AVX-512, AVX2, portable). It copies the
+ * model's weight matrices once, into memory advised for huge pages (faster
+ * to stream than 4 KiB file pages), so it holds about the weights' size in
+ * RAM besides the model's mapping; it still reads the embedding from the
+ * model. */
 cv_backend *cv_backend_cpu_create(const cv_model *model, int n_threads, cv_error *err);
 
 /* Element type of the CPU backend's KV cache (vLLM's kv_cache_dtype); call

@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 #include "backend/cpu/cpu_internal.h"
 
@@ -102,6 +103,58 @@ static int check_weights(const cv_model_config *c, const cv_model_weights *w, cv
     return 0;
 }
 
+static size_t tensor_bytes(const cv_tensor *t)
+{
+    size_t n = cv_dtype_size(t->dtype);
+    for (int d = 0; d < t->n_dims; d++)
+        n *= (size_t)t->shape[d];
+    return n;
+}
+
+static size_t padded(size_t bytes) /* keeps every copy 64-byte aligned */
+{
+    return (bytes + 63) & ~(size_t)63;
+}
+
+/* The tensors copy_matrices moves: lm_head and 7 per layer. */
+static int matrix_list(cv_backend *bk, int i, cv_tensor **t)
+{
+    if (i == 0) {
+        *t = &bk->lm_head;
+        return 1;
+    }
+    if (i > 7 * bk->cfg.n_layers)
+        return 0;
+    cv_layer_weights *w = &bk->layers[(i - 1) / 7].w;
+    cv_tensor *mats[7] = {&w->wq, &w->wk, &w->wv, &w->wo, &w->w_gate, &w->w_up, &w->w_down};
+    *t = mats[(i - 1) % 7];
+    return 1;
+}
+
+/* Copies every matrix into one 2 MiB-aligned region advised for huge pages
+ * (see matrix_copy) and points the backend's tensors at the copies. */
+static int copy_matrices(cv_backend *bk, cv_error *err)
+{
+    const size_t huge = (size_t)2 << 20;
+    size_t total = 0;
+    cv_tensor *t;
+    for (int i = 0; matrix_list(bk, i, &t); i++)
+        total += padded(tensor_bytes(t));
+    total = (total + huge - 1) & ~(huge - 1);
+    char *p = aligned_alloc(huge, total);
+    if (!p)
+        return cv_errorf(err, "cpu backend: out of memory for a %zu-byte weight copy", total);
+    /* Only a hint: without transparent huge pages the copy still works. */
+    (void)madvise(p, total, MADV_HUGEPAGE);
+    bk->matrix_copy = p;
+    for (int i = 0; matrix_list(bk, i, &t); i++) {
+        memcpy(p, t->data, tensor_bytes(t));
+        t->data = p;
+        p += padded(tensor_bytes(t));
+    }
+    return 0;
+}
+
 cv_backend *cpu_backend_create_from(const cv_model_config *cfg, const cv_model_weights *weights,
                                     int n_threads, cv_error *err)
 {
@@ -139,13 +192,16 @@ cv_backend *cpu_backend_create_from(const cv_model_config *cfg, const cv_model_w
     for (int l = 0; l < cfg->n_layers; l++) {
         const cv_layer_weights *L = &weights->layers[l];
         cpu_layer *cl = &bk->layers[l];
-        cl->w = L;
+        cl->w = *L;
         if (widen(&L->attn_norm, h, &cl->attn_norm, err) ||
             widen(&L->ffn_norm, h, &cl->ffn_norm, err) || widen(&L->bq, qd, &cl->bq, err) ||
             widen(&L->bk, kd, &cl->bk, err) || widen(&L->bv, kd, &cl->bv, err) ||
             widen(&L->q_norm, hd, &cl->q_norm, err) || widen(&L->k_norm, hd, &cl->k_norm, err))
             goto fail;
     }
+    bk->lm_head = weights->lm_head;
+    if (copy_matrices(bk, err))
+        goto fail;
     return bk;
 fail:
     cv_backend_destroy(bk);
@@ -361,6 +417,7 @@ void cv_backend_destroy(cv_backend *backend)
         }
     }
     free(backend->layers);
+    free(backend->matrix_copy);
     free(backend->final_norm);
     free(backend->inv_freq);
     free(backend->work_next);

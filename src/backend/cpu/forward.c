@@ -263,7 +263,7 @@ static void layer_forward(cv_backend *bk, const cv_batch *b, int layer, int ith,
 {
     const cv_model_config *c = &bk->cfg;
     const cpu_layer *L = &bk->layers[layer];
-    const cv_layer_weights *W = L->w;
+    const cv_layer_weights *W = &L->w;
     const int nt = b->n_tokens, h = c->hidden_size;
     int lo, hi;
 
@@ -337,7 +337,7 @@ static void forward_thread(cv_backend *bk, const cv_batch *b, float *logits, int
         cpu_rmsnorm(bk->x + (int64_t)b->logits_indices[i] * bk->ld_h, bk->final_norm,
                     c->hidden_size, c->rms_norm_eps, bk->xl + (int64_t)i * bk->ld_h);
     team_barrier(bk);
-    const mm_job head = {&bk->weights->lm_head, bk->xl, bk->ld_h, logits, c->vocab_size, false,
+    const mm_job head = {&bk->lm_head, bk->xl, bk->ld_h, logits, c->vocab_size, false,
                          NULL};
     run_jobs(bk, c->n_layers * 4, &head, 1, b->n_logits);
 }
