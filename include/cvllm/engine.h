@@ -25,7 +25,8 @@
 typedef struct cv_engine_args {
     char model[4096];          /* HF model directory */
     char tokenizer[4096];      /* "" = same as model */
-    char dtype[16];            /* "auto", "float32", "float16", "bfloat16" */
+    char dtype[16];            /* "auto", "float32", "float16", "bfloat16" ("float", "half"):
+                                  checked; weights run in their stored dtype with fp32 math */
     int max_model_len;         /* 0 = the model's max_position_embeddings */
     int block_size;            /* tokens per KV block (16) */
     int max_num_seqs;          /* running sequences per step (256) */
@@ -43,13 +44,14 @@ void cv_engine_args_default(cv_engine_args *args);
 
 typedef struct cv_sampling_params {
     int n;                          /* 1 */
-    int best_of;                    /* 0 = n */
+    int best_of;                    /* 0 = n; > n: the n of highest cumulative logprob
+                                       are returned (not with stream) */
     float temperature;              /* 1.0; 0 = greedy */
     float top_p;                    /* 1.0 */
     int top_k;                      /* 0 or -1 = off (vLLM: -1) */
     float min_p;                    /* 0 */
     bool has_seed;
-    uint64_t seed;
+    uint64_t seed;                  /* parallel sample k draws with seed + k (vLLM) */
     float presence_penalty;         /* 0 */
     float frequency_penalty;        /* 0 */
     float repetition_penalty;       /* 1.0 */
@@ -64,7 +66,8 @@ typedef struct cv_sampling_params {
     int logprobs;                   /* -1 = none; k >= 0: chosen token + top k */
     int prompt_logprobs;            /* -1 = none */
     bool skip_special_tokens;       /* true */
-    bool spaces_between_special_tokens; /* true */
+    bool spaces_between_special_tokens; /* true; accepted, but tok_decode has no such
+                                           switch: special tokens join as HF's default */
     char lora_name[256];            /* "" = none; accepted here, checked by the server */
 } cv_sampling_params;
 
@@ -96,12 +99,12 @@ const char *cv_finish_reason_name(cv_finish_reason r); /* "None","stop","length"
 typedef struct cv_top_logprob {
     int32_t token_id;
     float logprob;
-    int rank;                 /* 1 = most likely */
+    int rank;                 /* tokens at least as likely, itself included (1 = top) */
     char *decoded_token;      /* owned */
 } cv_top_logprob;
 
 typedef struct cv_token_logprobs {
-    int n;                    /* the sampled token first, then the top k */
+    int n;                    /* the sampled token first, then the top k without repeating it */
     cv_top_logprob *entries;  /* owned */
 } cv_token_logprobs;
 
@@ -134,7 +137,8 @@ typedef struct cv_output_queue cv_output_queue;
 
 cv_output_queue *cv_output_queue_create(void);
 void cv_output_queue_destroy(cv_output_queue *q); /* frees pending outputs */
-/* An eventfd readable while outputs are pending (read it to reset). */
+/* An eventfd readable exactly while outputs are pending: the pop that empties
+ * the queue drains it, so the caller need not read it. */
 int cv_output_queue_fd(const cv_output_queue *q);
 cv_request_output *cv_output_queue_pop(cv_output_queue *q);            /* NULL when empty */
 cv_request_output *cv_output_queue_wait(cv_output_queue *q, int timeout_ms); /* -1 = forever */
@@ -154,7 +158,9 @@ typedef struct cv_request_desc {
     const int32_t *prompt_ids;       /* used when prompt == NULL */
     size_t n_prompt_ids;
     const cv_sampling_params *params;
-    bool stream;                     /* true: a delta every step; false: one final output */
+    bool stream;                     /* true: a delta each step that adds tokens or text (text
+                                        that could still become a stop string is held back);
+                                        false: one final output */
     cv_output_queue *sink;           /* where outputs go; must outlive the request */
     void *user_data;                 /* echoed in every output */
 } cv_request_desc;
