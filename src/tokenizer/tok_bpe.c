@@ -14,13 +14,14 @@ enum { CHAR_TABLE = 65536, SCAN_MAX_SYMBOLS = 96 };
 /* ---- lookups ------------------------------------------------------------ */
 
 int32_t tok_bpe_lookup(const tok_bpe *m, const char *s, size_t n) {
-    size_t i = tok_hash(s, n) & m->vocab_map.mask;
-    for (;; i = (i + 1) & m->vocab_map.mask) {
-        int32_t id = m->vocab_map.slots[i];
-        if (id < 0)
+    uint64_t h = tok_hash(s, n);
+    uint32_t tag = (uint32_t)(h >> 32);
+    for (size_t i = h & m->vocab_map.mask;; i = (i + 1) & m->vocab_map.mask) {
+        tok_strslot sl = m->vocab_map.slots[i];
+        if (sl.id < 0)
             return -1;
-        if (m->vocab_len[id] == n && !memcmp(m->vocab_str[id], s, n))
-            return id;
+        if (sl.tag == tag && m->vocab_len[sl.id] == n && !memcmp(m->vocab_str[sl.id], s, n))
+            return sl.id;
     }
 }
 
@@ -314,15 +315,16 @@ int tok_bpe_word(tok_bpe *m, const char *w, size_t n, tok_ids *out, cv_error *er
 /* ---- loading ------------------------------------------------------------ */
 
 static int vocab_insert(tok_bpe *m, int32_t id) {
-    size_t i = tok_hash(m->vocab_str[id], m->vocab_len[id]) & m->vocab_map.mask;
-    while (m->vocab_map.slots[i] >= 0) {
-        int32_t o = m->vocab_map.slots[i];
+    uint64_t h = tok_hash(m->vocab_str[id], m->vocab_len[id]);
+    size_t i = h & m->vocab_map.mask;
+    while (m->vocab_map.slots[i].id >= 0) {
+        int32_t o = m->vocab_map.slots[i].id;
         if (m->vocab_len[o] == m->vocab_len[id] &&
             !memcmp(m->vocab_str[o], m->vocab_str[id], m->vocab_len[id]))
             return -1;
         i = (i + 1) & m->vocab_map.mask;
     }
-    m->vocab_map.slots[i] = id;
+    m->vocab_map.slots[i] = (tok_strslot){id, (uint32_t)(h >> 32)};
     return 0;
 }
 

@@ -53,8 +53,13 @@ bool tok_is_numeric(uint32_t cp);    /* char::is_numeric */
 /* ---- hash maps ---------------------------------------------------------- */
 
 /* String -> id over strings stored elsewhere (strs[id], lens[id]). */
+typedef struct tok_strslot {
+    int32_t id;   /* -1 when empty */
+    uint32_t tag; /* high hash bits: most misses never touch the string */
+} tok_strslot;
+
 typedef struct tok_strmap {
-    int32_t *slots; /* id, or -1 when empty; size mask + 1 */
+    tok_strslot *slots; /* size mask + 1 */
     size_t mask;
 } tok_strmap;
 
@@ -72,10 +77,11 @@ typedef struct tok_raw_model {
 } tok_raw_model;
 
 /* Finds model.vocab and model.merges in text[0..n), copies them into out
- * and blanks them in text (still valid JSON, same line numbers). -1 when
- * the text is not a JSON object with a "model" object: jansson then
- * reports what is wrong. */
-int tok_scan_model(char *text, size_t n, tok_raw_model *out);
+ * and cuts them out of text, leaving `{}`/`[]` with the same number of
+ * newlines (valid JSON, same line numbers). Returns the new length; text
+ * that is not a JSON object with a "model" object is left as is for
+ * jansson to report what is wrong. */
+size_t tok_scan_model(char *text, size_t n, tok_raw_model *out);
 typedef int (*tok_vocab_fn)(void *ctx, const char *tok, size_t len, int32_t id, cv_error *err);
 typedef int (*tok_merge_fn)(void *ctx, size_t idx, const char *a, size_t la, const char *b,
                             size_t lb, cv_error *err);
@@ -123,6 +129,8 @@ typedef struct tok_normalizer {
     bool strip_left, strip_right;
     struct tok_normalizer *items; /* Sequence */
     size_t n_items;
+    uint8_t *inert; /* NF*: bitmap over the BMP of code points that neither
+                       change nor interact with neighbours under the form */
 } tok_normalizer;
 
 /* in[0..n) -> *out (replaced). */

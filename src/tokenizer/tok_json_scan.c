@@ -2,7 +2,7 @@
  * object of token -> id, 151k entries for Qwen) and model.merges (an array
  * of "a b" strings or [a, b] pairs). Building jansson objects for them
  * dominates loading, so they are located and parsed here straight from
- * the text and blanked out (bytes -> spaces, newlines kept) before jansson
+ * the text and cut out of it (tok_scan_model) before jansson
  * parses the small rest. */
 #include <stdlib.h>
 #include <string.h>
@@ -157,41 +157,59 @@ static int object_members(const char *p, const char *e, const char *const *keys,
     return rc;
 }
 
-int tok_scan_model(char *text, size_t n, tok_raw_model *out) {
+size_t tok_scan_model(char *text, size_t n, tok_raw_model *out) {
     memset(out, 0, sizeof *out);
     const char *e = text + n, *model[2] = {0};
     static const char *const top_keys[] = {"model"};
     if (object_members(text, e, top_keys, 1, model) || !model[0])
-        return -1;
+        return n;
     const char *spans[4] = {0};
     static const char *const model_keys[] = {"vocab", "merges"};
     if (object_members(model[0], model[1], model_keys, 2, spans))
-        return -1;
+        return n;
     for (int k = 0; k < 2; k++) {
         if (!spans[2 * k])
             continue;
         size_t len = (size_t)(spans[2 * k + 1] - spans[2 * k]);
         char *copy = malloc(len + 1);
         if (!copy)
-            return -1;
+            return n; /* tok_bpe_load reports the member missing */
         memcpy(copy, spans[2 * k], len);
         copy[len] = '\0';
         *(k ? &out->merges : &out->vocab) = copy;
         *(k ? &out->merges_len : &out->vocab_len) = len;
-        /* keep a valid empty value of the same type, and the line count */
-        char *s = (char *)spans[2 * k];
-        char open = s[0], close = s[len - 1];
-        for (size_t i = 0; i < len; i++)
-            if (s[i] != '\n')
-                s[i] = ' ';
-        if (open == '{' || open == '[') {
-            s[0] = open;
-            s[len - 1] = close;
-        } else {
-            s[0] = '0';
-        }
     }
-    return 0;
+    /* Cut both members down to an empty value of their type with the same
+     * number of newlines, moving the text in between left. */
+    size_t w = 0, r = 0;
+    int order[2] = {0, 1};
+    if (spans[0] && spans[2] && spans[2] < spans[0]) {
+        order[0] = 1;
+        order[1] = 0;
+    }
+    for (int i = 0; i < 2; i++) {
+        int k = order[i];
+        if (!spans[2 * k])
+            continue;
+        size_t a = (size_t)(spans[2 * k] - text), b = (size_t)(spans[2 * k + 1] - text);
+        memmove(text + w, text + r, a - r);
+        w += a - r;
+        char open = text[a], close = text[b - 1];
+        size_t lines = 0;
+        for (size_t j = a; j < b; j++)
+            lines += text[j] == '\n';
+        if (open == '{' || open == '[') {
+            text[w++] = open;
+            memset(text + w, '\n', lines);
+            w += lines;
+            text[w++] = close;
+        } else {
+            text[w++] = '0';
+        }
+        r = b;
+    }
+    memmove(text + w, text + r, n - r);
+    return w + n - r;
 }
 
 /* ---- parsing the two members ------------------------------------------- */

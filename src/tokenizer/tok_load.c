@@ -319,7 +319,7 @@ cv_tokenizer *tok_load(const char *dir, cv_error *err) {
         return NULL;
     /* vocab and merges are parsed by tok_json_scan.c; jansson gets the rest */
     tok_raw_model raw;
-    tok_scan_model(text, len, &raw);
+    len = tok_scan_model(text, len, &raw);
     json_error_t je;
     json_t *root = json_loadb(text, len, 0, &je);
     free(text);

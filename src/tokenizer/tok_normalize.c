@@ -9,16 +9,8 @@
 
 #include "tokenizer/tok_internal.h"
 
-static bool all_ascii(const char *s, size_t n) {
-    for (size_t i = 0; i < n; i++)
-        if ((unsigned char)s[i] >= 0x80)
-            return false;
-    return true;
-}
-
-static int unicode_form(tok_norm_type t, const char *in, size_t n, tok_buf *out, cv_error *err) {
-    if (all_ascii(in, n)) /* every form leaves ASCII unchanged */
-        return tok_buf_put(out, in, n, err);
+/* Runs utf8proc on in[0..n) and appends the result. */
+static int map_form(tok_norm_type t, const char *in, size_t n, tok_buf *out, cv_error *err) {
     int opt = UTF8PROC_STABLE;
     if (t == TOK_NORM_NFC || t == TOK_NORM_NFKC)
         opt |= UTF8PROC_COMPOSE;
@@ -34,6 +26,74 @@ static int unicode_form(tok_norm_type t, const char *in, size_t n, tok_buf *out,
     int rc = tok_buf_put(out, dst, (size_t)m, err);
     free(dst);
     return rc;
+}
+
+/* A code point is inert under a form when it has combining class 0, is no
+ * mark (marks of class 0 can still be the second half of a composition),
+ * is no conjoining Hangul jamo, and the form maps it to itself. Text can
+ * be cut before any inert code point and normalized piecewise. */
+static bool inert_cp(tok_norm_type t, uint32_t cp) {
+    if (cp < 0x80)
+        return true;
+    const utf8proc_property_t *p = utf8proc_get_property((utf8proc_int32_t)cp);
+    if (p->combining_class || p->category == UTF8PROC_CATEGORY_MN ||
+        p->category == UTF8PROC_CATEGORY_MC || p->category == UTF8PROC_CATEGORY_ME ||
+        (cp >= 0x1100 && cp <= 0x11FF) || (cp >= 0xA960 && cp <= 0xA97F) ||
+        (cp >= 0xD7B0 && cp <= 0xD7FF))
+        return false;
+    if (p->decomp_seqindex == UINT16_MAX)
+        return true; /* no decomposition of any kind */
+    char u[4];
+    int k = tok_utf8_put(cp, u);
+    tok_buf b = {0};
+    bool same = map_form(t, u, (size_t)k, &b, NULL) == 0 && b.len == (size_t)k && !memcmp(b.p, u, b.len);
+    tok_buf_free(&b);
+    return same;
+}
+
+static int build_inert(tok_normalizer *nm, cv_error *err) {
+    nm->inert = calloc(65536 / 8, 1);
+    if (!nm->inert)
+        return cv_errorf(err, "tokenizer: out of memory");
+    for (uint32_t cp = 0; cp < 65536; cp++)
+        if ((cp < 0xD800 || cp > 0xDFFF) && inert_cp(nm->type, cp))
+            nm->inert[cp >> 3] |= (uint8_t)(1u << (cp & 7));
+    return 0;
+}
+
+static bool is_inert(const tok_normalizer *nm, uint32_t cp) {
+    if (cp < 65536)
+        return nm->inert[cp >> 3] >> (cp & 7) & 1;
+    return inert_cp(nm->type, cp);
+}
+
+/* Copies inert stretches as they are and runs utf8proc only over the
+ * pieces around non-inert code points: from the code point before (which
+ * a mark may compose with) to the next inert one. */
+static int unicode_form(const tok_normalizer *nm, const char *in, size_t n, tok_buf *out,
+                        cv_error *err) {
+    size_t done = 0, prev = 0;
+    for (size_t i = 0; i < n;) {
+        uint32_t cp;
+        size_t k = (size_t)tok_utf8_next(in + i, n - i, &cp);
+        if ((unsigned char)in[i] < 0x80 || is_inert(nm, cp)) {
+            prev = i;
+            i += k;
+            continue;
+        }
+        size_t start = i > done ? prev : i, end = i + k;
+        while (end < n) {
+            size_t kk = (size_t)tok_utf8_next(in + end, n - end, &cp);
+            if ((unsigned char)in[end] < 0x80 || is_inert(nm, cp))
+                break;
+            end += kk;
+        }
+        if (tok_buf_put(out, in + done, start - done, err) ||
+            map_form(nm->type, in + start, end - start, out, err))
+            return -1;
+        done = i = prev = end;
+    }
+    return tok_buf_put(out, in + done, n - done, err);
 }
 
 static int lowercase(const char *in, size_t n, tok_buf *out, cv_error *err) {
@@ -101,7 +161,7 @@ int tok_normalize(const tok_normalizer *nm, const char *in, size_t n, tok_buf *o
     case TOK_NORM_NFKC:
     case TOK_NORM_NFD:
     case TOK_NORM_NFKD:
-        return unicode_form(nm->type, in, n, out, err);
+        return unicode_form(nm, in, n, out, err);
     case TOK_NORM_LOWERCASE:
         return lowercase(in, n, out, err);
     case TOK_NORM_STRIP:
@@ -177,7 +237,7 @@ int tok_load_normalizer(const json_t *j, tok_normalizer *out, cv_error *err) {
     for (size_t i = 0; i < sizeof simple / sizeof simple[0]; i++)
         if (!strcmp(type, simple[i].name)) {
             out->type = simple[i].type;
-            return 0;
+            return out->type == TOK_NORM_LOWERCASE ? 0 : build_inert(out, err);
         }
     if (!strcmp(type, "Strip")) {
         out->type = TOK_NORM_STRIP;
@@ -218,5 +278,6 @@ void tok_normalizer_free(tok_normalizer *n) {
         tok_normalizer_free(&n->items[i]);
     free(n->items);
     free(n->text);
+    free(n->inert);
     tok_pattern_free(&n->pattern);
 }
