@@ -7,7 +7,8 @@
  *
  *   offline_throughput --model DIR [--n 64] [--in 128] [--out 128]
  *                      [--threads 2] [--max-num-seqs 256]
- *                      [--max-num-batched-tokens 2048] [--seed 0] */
+ *                      [--max-num-batched-tokens 2048] [--seed 0]
+ *                      [--sweep 8,16,32]   (more batch sizes between 1 and N) */
 #include <getopt.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -88,19 +89,21 @@ static int run_phase(cv_engine *e, int n, int in_len, int out_len, int vocab, un
     return 0;
 }
 
-static void print_table(const phase *one, const phase *many, int n, int in_len, int out_len)
+static void print_header(void)
 {
-    printf("| phase | requests | in/out | wall s | output tok/s | mean TTFT s | last first "
+    printf("| requests | in/out | wall s | output tok/s | vs 1 | mean TTFT s | last first "
            "token s | output tok/s after it | steps | backend forward s | rest of engine s |\n");
     printf("|---|---|---|---|---|---|---|---|---|---|---|\n");
-    const phase *ph[2] = {one, many};
-    const char *names[2] = {"single stream", "batch"};
-    for (int i = 0; i < 2; i++)
-        printf("| %s | %d | %d/%d | %.2f | %.1f | %.3f | %.3f | %.1f | %llu | %.2f | %.2f |\n",
-               names[i], i ? n : 1, in_len, out_len, ph[i]->wall_s,
-               ph[i]->out_tokens / ph[i]->wall_s, ph[i]->ttft_s, ph[i]->last_first_s,
-               (ph[i]->out_tokens - (i ? n : 1)) / (ph[i]->wall_s - ph[i]->last_first_s),
-               (unsigned long long)ph[i]->steps, ph[i]->forward_s, ph[i]->step_s - ph[i]->forward_s);
+}
+
+static void print_row(const phase *ph, int n, int in_len, int out_len, double single_tps)
+{
+    double tps = ph->out_tokens / ph->wall_s;
+    printf("| %d | %d/%d | %.2f | %.1f | %.2fx | %.3f | %.3f | %.1f | %llu | %.2f | %.2f |\n", n,
+           in_len, out_len, ph->wall_s, tps, tps / single_tps, ph->ttft_s, ph->last_first_s,
+           (ph->out_tokens - n) / (ph->wall_s - ph->last_first_s), (unsigned long long)ph->steps,
+           ph->forward_s, ph->step_s - ph->forward_s);
+    fflush(stdout);
 }
 
 int main(int argc, char **argv)
@@ -110,7 +113,9 @@ int main(int argc, char **argv)
     a.n_threads = 2;
     int n = 64, in_len = 128, out_len = 128;
     unsigned seed = 0;
+    const char *sweep = "";
     static const struct option opts[] = {
+        {"sweep", required_argument, 0, 'w'},
         {"model", required_argument, 0, 'm'},   {"n", required_argument, 0, 'n'},
         {"in", required_argument, 0, 'i'},      {"out", required_argument, 0, 'o'},
         {"threads", required_argument, 0, 't'}, {"max-num-seqs", required_argument, 0, 's'},
@@ -128,10 +133,11 @@ int main(int argc, char **argv)
         case 's': a.max_num_seqs = atoi(optarg); break;
         case 'b': a.max_num_batched_tokens = atoi(optarg); break;
         case 'r': seed = (unsigned)atoi(optarg); break;
+        case 'w': sweep = optarg; break;
         default:
             fprintf(stderr, "usage: offline_throughput --model DIR [--n N] [--in T] [--out T] "
                             "[--threads N] [--max-num-seqs N] [--max-num-batched-tokens N] "
-                            "[--seed S]\n");
+                            "[--seed S] [--sweep N1,N2,...]\n");
             return 2;
         }
     }
@@ -150,19 +156,33 @@ int main(int argc, char **argv)
     int vocab = cv_engine_vocab_size(e);
     phase warm, one, many;
     if (run_phase(e, 1, in_len, 8, vocab, seed + 99, &warm) < 0 ||
-        run_phase(e, 1, in_len, out_len, vocab, seed, &one) < 0 ||
-        run_phase(e, n, in_len, out_len, vocab, seed + 1, &many) < 0) {
+        run_phase(e, 1, in_len, out_len, vocab, seed, &one) < 0) {
         cv_engine_shutdown(e, false);
         return 1;
     }
+    double single_tps = one.out_tokens / one.wall_s;
+    print_header();
+    print_row(&one, 1, in_len, out_len, single_tps);
+    for (const char *p = sweep; *p;) {
+        int k = (int)strtol(p, (char **)&p, 10);
+        if (*p == ',')
+            p++;
+        phase ph;
+        if (k > 1 && k < n && run_phase(e, k, in_len, out_len, vocab, seed + 2, &ph) == 0)
+            print_row(&ph, k, in_len, out_len, single_tps);
+    }
+    if (run_phase(e, n, in_len, out_len, vocab, seed + 1, &many) < 0) {
+        cv_engine_shutdown(e, false);
+        return 1;
+    }
+    print_row(&many, n, in_len, out_len, single_tps);
     cv_engine_stats st;
     cv_engine_get_stats(e, &st);
     cv_engine_shutdown(e, false);
-    print_table(&one, &many, n, in_len, out_len);
-    printf("\naggregate / single-stream output tok/s: **%.2fx** (threads %d, max_num_seqs %d, "
-           "max_num_batched_tokens %d, preemptions %llu)\n",
-           (many.out_tokens / many.wall_s) / (one.out_tokens / one.wall_s), a.n_threads,
-           a.max_num_seqs, a.max_num_batched_tokens ? a.max_num_batched_tokens : 2048,
+    printf("\naggregate (%d requests) / single-stream output tok/s: **%.2fx** (threads %d, "
+           "max_num_seqs %d, max_num_batched_tokens %d, preemptions %llu)\n",
+           n, (many.out_tokens / many.wall_s) / single_tps, a.n_threads, a.max_num_seqs,
+           a.max_num_batched_tokens ? a.max_num_batched_tokens : 2048,
            (unsigned long long)st.preemptions_total);
     return 0;
 }
