@@ -1,0 +1,296 @@
+#!/usr/bin/python3
+"""gRPC client test of cvllm-server, written from the protocol (Triton's
+grpc_service.proto and docs/PROTOCOL.md), not from the server's code.
+
+Uses Debian's python3-grpcio and message classes generated at run time by
+protoc from proto/*.proto; the stubs are plain grpc.Channel method handles.
+Checks raw BYTES/BOOL tensor encoding, ids echoed, triton_final_response,
+triton_enable_empty_final_response, half-close -> OK, error messages,
+ModelInfer -> UNIMPLEMENTED and cancel -> CANCELLED with the engine request
+aborted. Runs a server on free loopback ports over a temporary repository
+pointing at $CVLLM_SHARED/models/stories260K."""
+import json
+import os
+import queue
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import unittest
+import urllib.request
+
+import grpc
+
+SRC = os.environ.get("CVLLM_SOURCE_DIR", os.getcwd())
+BIN = os.environ.get("CVLLM_BIN_DIR", os.path.join(SRC, "build", "bin"))
+SHARED = os.environ.get("CVLLM_SHARED", os.path.join(SRC, "..", "shared"))
+
+GEN_DIR = tempfile.mkdtemp(prefix="cvllm_pb_")
+subprocess.check_call(["protoc", "-I", os.path.join(SRC, "proto"), "--python_out", GEN_DIR,
+                       "model_config.proto", "grpc_service.proto"])
+sys.path.insert(0, GEN_DIR)
+import grpc_service_pb2 as pb  # noqa: E402
+
+SERVICE = "/inference.GRPCInferenceService/"
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def bytes_tensor(value):
+    """Raw BYTES: a 4-byte little-endian length, then the bytes."""
+    data = value.encode("utf-8") if isinstance(value, str) else value
+    return struct.pack("<I", len(data)) + data
+
+
+def decode_bytes(raw):
+    """All elements of a raw BYTES tensor."""
+    out, off = [], 0
+    while off < len(raw):
+        (n,) = struct.unpack_from("<I", raw, off)
+        out.append(raw[off + 4:off + 4 + n].decode("utf-8"))
+        off += 4 + n
+    return out
+
+
+def infer_request(model, rid, prompt, stream=True, sampling=None, exclude=None,
+                  empty_final=False, extra_bools=()):
+    req = pb.ModelInferRequest(model_name=model, id=rid)
+    inputs = [("text_input", "BYTES", bytes_tensor(prompt)),
+              ("stream", "BOOL", b"\x01" if stream else b"\x00")]
+    if sampling is not None:
+        inputs.append(("sampling_parameters", "BYTES", bytes_tensor(json.dumps(sampling))))
+    if exclude is not None:
+        inputs.append(("exclude_input_in_output", "BOOL", b"\x01" if exclude else b"\x00"))
+    for name in extra_bools:
+        inputs.append((name, "BOOL", b"\x01"))
+    for name, dtype, raw in inputs:
+        t = req.inputs.add()
+        t.name, t.datatype = name, dtype
+        t.shape.append(1)
+        req.raw_input_contents.append(raw)
+    if empty_final:
+        req.parameters["triton_enable_empty_final_response"].bool_param = True
+    return req
+
+
+def outputs_of(resp):
+    """{name: raw bytes} of one ModelInferResponse."""
+    return {o.name: resp.raw_output_contents[i] for i, o in enumerate(resp.outputs)}
+
+
+class Server:
+    def __init__(self):
+        self.repo = tempfile.mkdtemp(prefix="cvllm_grpc_repo_")
+        os.makedirs(os.path.join(self.repo, "stories", "1"))
+        with open(os.path.join(self.repo, "stories", "config.pbtxt"), "w") as f:
+            f.write('backend: "vllm"\ninstance_group [ { count: 1 kind: KIND_MODEL } ]\n')
+        with open(os.path.join(self.repo, "stories", "1", "model.json"), "w") as f:
+            json.dump({"model": os.path.join(SHARED, "models", "stories260K"),
+                       "gpu_memory_utilization": 0.5}, f)
+        self.http, self.grpc, self.metrics = free_port(), free_port(), free_port()
+        self.log_path = os.path.join(self.repo, "server.log")
+        self.log = open(self.log_path, "w")
+        self.proc = subprocess.Popen(
+            [os.path.join(BIN, "cvllm-server"), "--model-repository=" + self.repo,
+             "--http-port=%d" % self.http, "--grpc-port=%d" % self.grpc,
+             "--metrics-port=%d" % self.metrics, "--threads=1"],
+            stdout=self.log, stderr=subprocess.STDOUT)
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            try:
+                urllib.request.urlopen("http://127.0.0.1:%d/v2/health/ready" % self.http,
+                                       timeout=1)
+                break
+            except OSError:
+                if self.proc.poll() is not None:
+                    with open(self.log_path) as f:
+                        raise RuntimeError("server exited: " + f.read())
+                time.sleep(0.05)
+        self.channel = grpc.insecure_channel("127.0.0.1:%d" % self.grpc)
+
+    def unary(self, method, req, resp_cls):
+        call = self.channel.unary_unary(SERVICE + method,
+                                        request_serializer=lambda m: m.SerializeToString(),
+                                        response_deserializer=resp_cls.FromString)
+        return call(req, timeout=30)
+
+    def stream(self, requests, timeout=60):
+        call = self.channel.stream_stream(
+            SERVICE + "ModelStreamInfer",
+            request_serializer=lambda m: m.SerializeToString(),
+            response_deserializer=pb.ModelStreamInferResponse.FromString)
+        return call(requests, timeout=timeout)
+
+    def generate_http(self, body):
+        req = urllib.request.Request("http://127.0.0.1:%d/v2/models/stories/generate" % self.http,
+                                     data=json.dumps(body).encode(), method="POST")
+        return json.loads(urllib.request.urlopen(req, timeout=60).read())
+
+    def stop(self):
+        self.channel.close()
+        self.proc.send_signal(signal.SIGTERM)
+        rc = self.proc.wait(timeout=60)
+        self.log.close()
+        return rc
+
+
+SERVER = None
+
+
+class GrpcTest(unittest.TestCase):
+    def test_health_metadata_config_index(self):
+        s = SERVER
+        self.assertTrue(s.unary("ServerLive", pb.ServerLiveRequest(), pb.ServerLiveResponse).live)
+        self.assertTrue(s.unary("ServerReady", pb.ServerReadyRequest(),
+                                pb.ServerReadyResponse).ready)
+        self.assertTrue(s.unary("ModelReady", pb.ModelReadyRequest(name="stories"),
+                                pb.ModelReadyResponse).ready)
+        self.assertFalse(s.unary("ModelReady", pb.ModelReadyRequest(name="nope"),
+                                 pb.ModelReadyResponse).ready)
+        md = s.unary("ModelMetadata", pb.ModelMetadataRequest(name="stories"),
+                     pb.ModelMetadataResponse)
+        self.assertEqual(md.name, "stories")
+        self.assertEqual(list(md.versions), ["1"])
+        self.assertEqual([(t.name, t.datatype, list(t.shape)) for t in md.inputs][:3],
+                         [("text_input", "BYTES", [1]), ("stream", "BOOL", [1]),
+                          ("sampling_parameters", "BYTES", [1])])
+        self.assertEqual([(t.name, t.datatype) for t in md.outputs][0], ("text_output", "BYTES"))
+        cfg = s.unary("ModelConfig", pb.ModelConfigRequest(name="stories"),
+                      pb.ModelConfigResponse).config
+        self.assertEqual(cfg.backend, "vllm")
+        self.assertEqual(cfg.max_batch_size, 0)
+        self.assertTrue(cfg.model_transaction_policy.decoupled)
+        self.assertEqual(len(cfg.input), 9)
+        idx = s.unary("RepositoryIndex", pb.RepositoryIndexRequest(), pb.RepositoryIndexResponse)
+        self.assertEqual([(m.name, m.version, m.state) for m in idx.models],
+                         [("stories", "1", "READY")])
+        with self.assertRaises(grpc.RpcError) as e:
+            s.unary("ModelMetadata", pb.ModelMetadataRequest(name="nope"),
+                    pb.ModelMetadataResponse)
+        self.assertEqual(e.exception.code(), grpc.StatusCode.NOT_FOUND)
+        self.assertEqual(e.exception.details(), "Request for unknown model: 'nope' is not found")
+
+    def test_model_infer_unimplemented(self):
+        with self.assertRaises(grpc.RpcError) as e:
+            SERVER.unary("ModelInfer", infer_request("stories", "1", "x", stream=False),
+                         pb.ModelInferResponse)
+        self.assertEqual(e.exception.code(), grpc.StatusCode.UNIMPLEMENTED)
+        self.assertEqual(e.exception.details(),
+                         "ModelInfer RPC doesn't support models with decoupled transaction "
+                         "policy")
+
+    def test_stream_raw_bytes_ids_and_final_flag(self):
+        sampling = {"temperature": "0", "max_tokens": "12", "ignore_eos": "true"}
+        ref = SERVER.generate_http({"text_input": "Once upon a time", "exclude_input_in_output":
+                                    True, "parameters": {"max_tokens": 12, "temperature": 0,
+                                                         "ignore_eos": True}})["text_output"]
+        reqs = [infer_request("stories", "17", "Once upon a time", sampling=sampling,
+                              extra_bools=("return_finish_reason", "return_num_output_tokens")),
+                infer_request("stories", "18", "Once upon a time", stream=False,
+                              sampling=sampling)]
+        by_id = {}
+        for r in SERVER.stream(iter(reqs)):  # the iterator's end is the half-close
+            self.assertEqual(r.error_message, "")
+            ir = r.infer_response
+            self.assertEqual(ir.model_name, "stories")
+            self.assertEqual(ir.model_version, "1")
+            by_id.setdefault(ir.id, []).append(ir)
+        self.assertEqual(sorted(by_id), ["17", "18"])
+        streamed = by_id["17"]
+        self.assertEqual(len(streamed), 12)
+        finals = [ir.parameters["triton_final_response"].bool_param for ir in streamed]
+        self.assertEqual(finals, [False] * 11 + [True])
+        text = "".join(decode_bytes(outputs_of(ir)["text_output"])[0] for ir in streamed)
+        self.assertEqual(text, ref)
+        reasons = [decode_bytes(outputs_of(ir)["finish_reason"])[0] for ir in streamed]
+        self.assertEqual(reasons, ["None"] * 11 + ["length"])
+        counts = [struct.unpack("<I", outputs_of(ir)["num_output_tokens"])[0] for ir in streamed]
+        self.assertEqual(counts, [1] * 12)
+        self.assertEqual([o.datatype for o in streamed[0].outputs], ["BYTES", "BYTES", "UINT32"])
+        # Not streamed: one final response with the prompt prepended.
+        (whole,) = by_id["18"]
+        self.assertTrue(whole.parameters["triton_final_response"].bool_param)
+        self.assertEqual(decode_bytes(outputs_of(whole)["text_output"]),
+                         ["Once upon a time" + ref])
+        self.assertEqual(list(whole.outputs[0].shape), [1])
+
+    def test_empty_final_response(self):
+        sampling = {"max_tokens": 3, "ignore_eos": True}
+        got = list(SERVER.stream(iter([infer_request("stories", "e1", "Once", sampling=sampling,
+                                                     empty_final=True)])))
+        self.assertEqual(len(got), 4)
+        finals = [r.infer_response.parameters["triton_final_response"].bool_param for r in got]
+        self.assertEqual(finals, [False, False, False, True])
+        self.assertEqual(len(got[-1].infer_response.outputs), 0)
+        self.assertEqual(got[-1].infer_response.id, "e1")
+
+    def test_stream_errors(self):
+        reqs = [infer_request("stories", "x1", "Once", stream=True, exclude=False),
+                infer_request("nope", "x2", "Once"),
+                infer_request("stories", "x3", "Once", sampling={"bogus": 1})]
+        got = {r.infer_response.id: r.error_message for r in SERVER.stream(iter(reqs))}
+        self.assertEqual(got, {
+            "x1": "Error generating stream: When streaming, `exclude_input_in_output` = False "
+                  "is not allowed.",
+            "x2": "Request for unknown model: 'nope' is not found",
+            "x3": "unknown sampling parameter 'bogus'",
+        })
+
+    def test_cancel(self):
+        q = queue.Queue()
+        q.put(infer_request("stories", "c1", "Once upon a time",
+                            sampling={"max_tokens": 500, "ignore_eos": True}))
+
+        def requests():  # keeps the stream open until cancelled
+            while True:
+                item = q.get()
+                if item is None:
+                    return
+                yield item
+
+        call = SERVER.stream(requests())
+        first = next(call)
+        self.assertEqual(first.infer_response.id, "c1")
+        call.cancel()
+        q.put(None)
+        with self.assertRaises(grpc.RpcError) as e:
+            for _ in call:
+                pass
+        self.assertEqual(e.exception.code(), grpc.StatusCode.CANCELLED)
+        deadline = time.time() + 20
+        while time.time() < deadline:
+            with open(SERVER.log_path) as f:
+                log = f.read()
+            if "[vllm] Successfully cancelled the request" in log:
+                break
+            time.sleep(0.05)
+        self.assertIn("[vllm] Cancelling the request", log)
+        self.assertIn("[vllm] Successfully cancelled the request", log)
+        # The server keeps serving.
+        out = SERVER.generate_http({"text_input": "Once", "parameters": {"max_tokens": 2}})
+        self.assertTrue(out["text_output"].startswith("Once"))
+
+
+def main():
+    global SERVER
+    SERVER = Server()
+    try:
+        result = unittest.main(exit=False, verbosity=2).result
+    finally:
+        rc = SERVER.stop()
+    if rc != 0:
+        print("server exit status %d (expected 0 after SIGTERM)" % rc)
+        sys.exit(1)
+    sys.exit(0 if result.wasSuccessful() else 1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,48 @@
+/* Test harness for the server tests: a temporary model repository over
+ * $CVLLM_SHARED/models/stories260K, cvllm-server started on free loopback
+ * ports, and blocking libcurl helpers (plain requests and SSE). */
+#ifndef CV_TEST_SERVER_HARNESS_H
+#define CV_TEST_SERVER_HARNESS_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <sys/types.h>
+
+typedef struct test_server {
+    pid_t pid;
+    int http_port, grpc_port, metrics_port;
+    char repo[256];
+    char log_path[300];
+} test_server;
+
+/* A fresh repository directory with model "stories" (REPORT_CUSTOM_METRICS
+ * on) pointing at the shared stories260K; returns its path (static). */
+const char *th_make_repo(void);
+/* Adds model `name` with the given config.pbtxt and model.json texts
+ * (model.json NULL = none) to repo. */
+void th_add_model(const char *repo, const char *name, const char *pbtxt, const char *model_json);
+/* The JSON engine args pointing at stories260K (static buffer). */
+const char *th_stories_json(void);
+
+/* Starts cvllm-server on repo with extra flags (NULL-terminated) and waits
+ * for /v2/health/live. Returns false when it did not come up. */
+bool th_start(test_server *s, const char *repo, const char *const *extra);
+/* SIGTERM, wait; returns the exit status (or -1 if killed by a signal). */
+int th_stop(test_server *s);
+/* Whole server log (malloc'd). */
+char *th_log(const test_server *s);
+
+/* One HTTP request; returns the status (0 on transport failure); *body is
+ * the malloc'd response body. method "GET" or "POST" (body may be NULL). */
+long th_http(const char *method, const char *url, const char *body, char **resp);
+/* A /generate_stream request: returns the status; *events gets the
+ * concatenated body. If stop_after > 0 the connection is closed after that
+ * many "data:" events. */
+long th_sse(const char *url, const char *body, int stop_after, char **events);
+/* The value of a metrics line "name{labels} value" (labels exact), or -1. */
+double th_metric(const char *metrics_text, const char *name_and_labels);
+
+/* The stdout of a command line (malloc'd). */
+char *th_run(const char *cmd);
+
+#endif

@@ -1,0 +1,483 @@
+/* cvllm-server over HTTP on real loopback sockets: health, metadata,
+ * config, /generate text equal to cvllm-generate's, SSE deltas, every
+ * documented error with its status and message, explicit load/unload,
+ * client disconnect -> engine abort, exact vllm:* metrics, two servers side
+ * by side, SIGTERM drain with exit status 0. */
+#include <pthread.h>
+#include <setjmp.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+#include <curl/curl.h>
+#include <jansson.h>
+
+#include "harness.h"
+
+static test_server srv;
+static char base[64];
+
+static char *url(const char *path)
+{
+    static char u[256];
+    snprintf(u, sizeof u, "%s%s", base, path);
+    return u;
+}
+
+static void expect(const char *method, const char *path, const char *body, long status,
+                   const char *want_body)
+{
+    char *resp = NULL;
+    long st = th_http(method, url(path), body, &resp);
+    if (st != status || (want_body && strcmp(resp, want_body)))
+        fprintf(stderr, "%s %s -> %ld %s\n", method, path, st, resp);
+    assert_int_equal(st, status);
+    if (want_body) assert_string_equal(resp, want_body);
+    free(resp);
+}
+
+static int setup(void **state)
+{
+    (void)state;
+    curl_global_init(CURL_GLOBAL_ALL);
+    const char *repo = th_make_repo();
+    th_add_model(repo, "coupled",
+                 "backend: \"vllm\"\nmodel_transaction_policy { decoupled: false }\n",
+                 th_stories_json());
+    th_add_model(repo, "nojson", "backend: \"vllm\"\n", NULL);
+    const char *extra[] = {"--model-control-mode=explicit", "--load-model=stories", NULL};
+    if (!th_start(&srv, repo, extra)) return -1;
+    snprintf(base, sizeof base, "http://127.0.0.1:%d", srv.http_port);
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    (void)state;
+    int rc = th_stop(&srv);
+    curl_global_cleanup();
+    return rc == 0 ? 0 : -1;
+}
+
+static void test_health_and_metadata(void **state)
+{
+    (void)state;
+    expect("GET", "/v2/health/live", NULL, 200, "");
+    expect("GET", "/v2/health/ready", NULL, 200, "");
+    expect("GET", "/v2/models/stories/ready", NULL, 200, "");
+    expect("GET", "/v2/models/stories/versions/1/ready", NULL, 200, "");
+    expect("GET", "/v2/models/stories/versions/2/ready", NULL, 400, "");
+    expect("GET", "/v2/models/nope/ready", NULL, 400, "");
+    expect("GET", "/v2", NULL, 200,
+           "{\"name\":\"cvllm\",\"version\":\"0.1.0\",\"extensions\":[\"model_repository\","
+           "\"model_configuration\",\"parameters\",\"generate\",\"metrics\"]}");
+    expect("GET", "/v2/models/stories", NULL, 200,
+           "{\"name\":\"stories\",\"versions\":[\"1\"],\"platform\":\"vllm\",\"inputs\":["
+           "{\"name\":\"text_input\",\"datatype\":\"BYTES\",\"shape\":[1]},"
+           "{\"name\":\"stream\",\"datatype\":\"BOOL\",\"shape\":[1]},"
+           "{\"name\":\"sampling_parameters\",\"datatype\":\"BYTES\",\"shape\":[1]},"
+           "{\"name\":\"exclude_input_in_output\",\"datatype\":\"BOOL\",\"shape\":[1]},"
+           "{\"name\":\"return_finish_reason\",\"datatype\":\"BOOL\",\"shape\":[1]},"
+           "{\"name\":\"return_cumulative_logprob\",\"datatype\":\"BOOL\",\"shape\":[1]},"
+           "{\"name\":\"return_logprobs\",\"datatype\":\"BOOL\",\"shape\":[1]},"
+           "{\"name\":\"return_num_input_tokens\",\"datatype\":\"BOOL\",\"shape\":[1]},"
+           "{\"name\":\"return_num_output_tokens\",\"datatype\":\"BOOL\",\"shape\":[1]}],"
+           "\"outputs\":["
+           "{\"name\":\"text_output\",\"datatype\":\"BYTES\",\"shape\":[-1]},"
+           "{\"name\":\"finish_reason\",\"datatype\":\"BYTES\",\"shape\":[-1]},"
+           "{\"name\":\"cumulative_logprob\",\"datatype\":\"FP32\",\"shape\":[-1]},"
+           "{\"name\":\"logprobs\",\"datatype\":\"BYTES\",\"shape\":[-1]},"
+           "{\"name\":\"num_input_tokens\",\"datatype\":\"UINT32\",\"shape\":[1]},"
+           "{\"name\":\"num_output_tokens\",\"datatype\":\"UINT32\",\"shape\":[-1]}]}");
+    char *resp = NULL;
+    assert_int_equal(th_http("GET", url("/v2/models/stories/config"), NULL, &resp), 200);
+    json_t *cfg = json_loads(resp, 0, NULL);
+    assert_non_null(cfg);
+    assert_string_equal(json_string_value(json_object_get(cfg, "backend")), "vllm");
+    assert_int_equal(json_integer_value(json_object_get(cfg, "max_batch_size")), 0);
+    assert_true(json_is_true(
+        json_object_get(json_object_get(cfg, "model_transaction_policy"), "decoupled")));
+    assert_int_equal(json_array_size(json_object_get(cfg, "input")), 9);
+    assert_string_equal(
+        json_string_value(json_object_get(
+            json_object_get(json_object_get(cfg, "parameters"), "REPORT_CUSTOM_METRICS"),
+            "string_value")),
+        "true");
+    json_decref(cfg);
+    free(resp);
+}
+
+/* The text cvllm-generate prints for the prompt (greedy, n tokens). */
+static char *reference_text(const char *prompt, int max_tokens)
+{
+    char cmd[1024];
+    const char *bin = getenv("CVLLM_BIN_DIR"), *shared = getenv("CVLLM_SHARED");
+    snprintf(cmd, sizeof cmd,
+             "%s/cvllm-generate --model %s/models/stories260K --prompt '%s' --max-tokens %d "
+             "--temperature 0 --threads 1 2>/dev/null",
+             bin, shared, prompt, max_tokens);
+    char *out = th_run(cmd);
+    size_t n = strlen(out);
+    assert_true(n > 0 && out[n - 1] == '\n');
+    out[n - 1] = '\0';
+    return out;
+}
+
+/* Concatenation of field `key` over the SSE events of body. */
+static char *sse_concat(const char *events, const char *key, int *n_events, char *last_finish)
+{
+    size_t cap = strlen(events) + 1, len = 0;
+    char *out = calloc(1, cap);
+    *n_events = 0;
+    for (const char *p = events; (p = strstr(p, "data: "));) {
+        p += 6;
+        const char *end = strstr(p, "\n\n");
+        assert_non_null(end);
+        json_t *ev = json_loadb(p, (size_t)(end - p), 0, NULL);
+        assert_non_null(ev);
+        const char *s = json_string_value(json_object_get(ev, key));
+        assert_non_null(s);
+        memcpy(out + len, s, strlen(s));
+        len += strlen(s);
+        const char *fr = json_string_value(json_object_get(ev, "finish_reason"));
+        if (fr && last_finish) snprintf(last_finish, 16, "%s", fr);
+        json_decref(ev);
+        (*n_events)++;
+        p = end + 2;
+    }
+    return out;
+}
+
+static void test_generate_matches_cvllm_generate(void **state)
+{
+    (void)state;
+    char *ref = reference_text("Once upon a time", 32);
+    char *resp = NULL;
+    assert_int_equal(th_http("POST", url("/v2/models/stories/generate"),
+                             "{\"text_input\": \"Once upon a time\", \"parameters\": "
+                             "{\"max_tokens\": 32, \"temperature\": 0}}",
+                             &resp),
+                     200);
+    json_t *j = json_loads(resp, 0, NULL);
+    assert_non_null(j);
+    char want[2048];
+    snprintf(want, sizeof want, "Once upon a time%s", ref);
+    assert_string_equal(json_string_value(json_object_get(j, "text_output")), want);
+    assert_string_equal(json_string_value(json_object_get(j, "model_name")), "stories");
+    assert_string_equal(json_string_value(json_object_get(j, "model_version")), "1");
+    json_decref(j);
+    free(resp);
+
+    /* exclude_input_in_output drops the prompt. */
+    assert_int_equal(th_http("POST", url("/v2/models/stories/generate"),
+                             "{\"text_input\": \"Once upon a time\", \"exclude_input_in_output\": "
+                             "true, \"parameters\": {\"max_tokens\": 32, \"temperature\": 0}}",
+                             &resp),
+                     200);
+    j = json_loads(resp, 0, NULL);
+    assert_string_equal(json_string_value(json_object_get(j, "text_output")), ref);
+    json_decref(j);
+    free(resp);
+
+    /* Streamed deltas concatenate to the same text, one event per token. */
+    char *events = NULL;
+    assert_int_equal(th_sse(url("/v2/models/stories/generate_stream"),
+                            "{\"text_input\": \"Once upon a time\", \"stream\": true, "
+                            "\"parameters\": {\"max_tokens\": 32, \"temperature\": 0, "
+                            "\"return_finish_reason\": true}}",
+                            0, &events),
+                     200);
+    int n_events;
+    char finish[16] = "";
+    char *cat = sse_concat(events, "text_output", &n_events, finish);
+    assert_string_equal(cat, ref);
+    assert_true(n_events > 1);
+    assert_string_equal(finish, "length");
+    free(cat);
+    free(events);
+    free(ref);
+}
+
+static void test_output_tensors(void **state)
+{
+    (void)state;
+    char *resp = NULL;
+    assert_int_equal(th_http("POST", url("/v2/models/stories/generate"),
+                             "{\"text_input\": \"Once upon a time\", \"parameters\": {"
+                             "\"max_tokens\": 8, \"temperature\": 0, \"ignore_eos\": true, "
+                             "\"return_finish_reason\": true, \"return_num_input_tokens\": true, "
+                             "\"return_num_output_tokens\": true, \"return_cumulative_logprob\": "
+                             "true, \"return_logprobs\": true}}",
+                             &resp),
+                     200);
+    json_t *j = json_loads(resp, 0, NULL);
+    assert_non_null(j);
+    assert_string_equal(json_string_value(json_object_get(j, "finish_reason")), "length");
+    assert_int_equal(json_integer_value(json_object_get(j, "num_output_tokens")), 8);
+    assert_true(json_integer_value(json_object_get(j, "num_input_tokens")) > 1);
+    assert_true(json_is_real(json_object_get(j, "cumulative_logprob")));
+    assert_true(json_real_value(json_object_get(j, "cumulative_logprob")) <= 0);
+    /* not asked for per-token logprobs: "null" */
+    assert_string_equal(json_string_value(json_object_get(j, "logprobs")), "null");
+    json_decref(j);
+    free(resp);
+
+    /* n=2 with sampling_parameters given as the input tensor: two texts. */
+    assert_int_equal(th_http("POST", url("/v2/models/stories/generate"),
+                             "{\"text_input\": \"Once\", \"sampling_parameters\": "
+                             "\"{\\\"n\\\": 2, \\\"max_tokens\\\": \\\"4\\\", \\\"seed\\\": 3, "
+                             "\\\"temperature\\\": \\\"1.0\\\"}\"}",
+                             &resp),
+                     200);
+    j = json_loads(resp, 0, NULL);
+    assert_int_equal(json_array_size(json_object_get(j, "text_output")), 2);
+    json_decref(j);
+    free(resp);
+}
+
+static void test_documented_errors(void **state)
+{
+    (void)state;
+    expect("POST", "/v2/models/nope/generate", "{\"text_input\": \"x\"}", 404,
+           "{\"error\":\"Request for unknown model: 'nope' is not found\"}");
+    expect("POST", "/v2/models/stories/generate_stream",
+           "{\"text_input\": \"x\", \"stream\": true, \"exclude_input_in_output\": false}", 400,
+           "{\"error\":\"Error generating stream: When streaming, `exclude_input_in_output` = "
+           "False is not allowed.\"}");
+    expect("POST", "/v2/models/stories/generate",
+           "{\"text_input\": \"x\", \"parameters\": {\"bogus_field\": 1}}", 400,
+           "{\"error\":\"unknown sampling parameter 'bogus_field'\"}");
+    expect("POST", "/v2/models/stories/generate",
+           "{\"text_input\": \"x\", \"parameters\": {\"temperature\": \"hot\"}}", 400,
+           "{\"error\":\"sampling parameter 'temperature' must be a number, got \\\"hot\\\"\"}");
+    expect("POST", "/v2/models/stories/generate", "{\"text_input\": ", 400,
+           "{\"error\":\"failed to parse the request JSON buffer: unexpected token near end of "
+           "file at 15\"}");
+    expect("POST", "/v2/models/stories/infer", "{\"inputs\": []}", 501,
+           "{\"error\":\"HTTP end point doesn't support models with decoupled transaction "
+           "policy\"}");
+    expect("POST", "/v2/models/stories/versions/1/infer", "{}", 501,
+           "{\"error\":\"HTTP end point doesn't support models with decoupled transaction "
+           "policy\"}");
+    expect("POST", "/v2/models/stories/generate",
+           "{\"text_input\": \"Once\", \"stream\": true, \"parameters\": {\"max_tokens\": 4, "
+           "\"ignore_eos\": true}}",
+           400,
+           "{\"error\":\"generate expects model to produce exactly 1 response, use generate "
+           "stream for model that generates various number of responses\"}");
+    expect("POST", "/v2/models/stories/generate",
+           "{\"text_input\": \"x\", \"parameters\": {\"lora_name\": \"sql\"}}", 400,
+           "{\"error\":\"LoRA feature is not enabled.\"}");
+    expect("POST", "/v2/models/stories/generate", "{\"text_input\": 3}", 400,
+           "{\"error\":\"unable to parse 'text_input': expected a string\"}");
+    expect("POST", "/v2/models/stories/generate", "{\"stream\": false}", 400,
+           "{\"error\":\"expected number of inputs between 1 and 9 but got 1 inputs for model "
+           "'stories'\"}");
+    expect("GET", "/v2/models/stories/versions/7", NULL, 404,
+           "{\"error\":\"Request for unknown model: 'stories' version 7 is not found\"}");
+}
+
+static void test_repository_explicit_mode(void **state)
+{
+    (void)state;
+    expect("POST", "/v2/repository/index", "", 200,
+           "[{\"name\":\"coupled\"},{\"name\":\"nojson\"},"
+           "{\"name\":\"stories\",\"version\":\"1\",\"state\":\"READY\"}]");
+    expect("POST", "/v2/repository/models/coupled/load", "", 400,
+           "{\"error\":\"failed to load 'coupled', vLLM Triton backend must be configured to "
+           "use decoupled model transaction policy\"}");
+    char want[1024];
+    snprintf(want, sizeof want,
+             "{\"error\":\"failed to load 'nojson', 'model.json' containing vllm engine args "
+             "must be provided in '%s/nojson/1'\"}",
+             srv.repo);
+    expect("POST", "/v2/repository/models/nojson/load", "", 400, want);
+    expect("POST", "/v2/repository/models/ghost/load", "", 400,
+           "{\"error\":\"failed to load 'ghost', failed to poll from model repository\"}");
+    expect("POST", "/v2/repository/index", "{\"ready\": true}", 200,
+           "[{\"name\":\"stories\",\"version\":\"1\",\"state\":\"READY\"}]");
+    /* A failed model makes a strict server not ready. */
+    expect("GET", "/v2/health/ready", NULL, 400, "");
+    expect("POST", "/v2/repository/models/stories/unload", "", 200, "");
+    expect("GET", "/v2/models/stories/ready", NULL, 400, "");
+    expect("POST", "/v2/models/stories/generate", "{\"text_input\": \"x\"}", 503,
+           "{\"error\":\"Request for unknown model: 'stories' has no available versions\"}");
+    expect("POST", "/v2/repository/models/stories/load", "{}", 200, "");
+    expect("GET", "/v2/models/stories/ready", NULL, 200, "");
+    expect("POST", "/v2/repository/models/coupled/unload", "", 200, "");
+    expect("POST", "/v2/repository/models/nojson/unload", "", 200, "");
+}
+
+static void test_disconnect_aborts_request(void **state)
+{
+    (void)state;
+    char *events = NULL;
+    th_sse(url("/v2/models/stories/generate_stream"),
+           "{\"text_input\": \"Once upon a time\", \"stream\": true, \"parameters\": "
+           "{\"max_tokens\": 400, \"ignore_eos\": true}}",
+           1, &events);
+    assert_non_null(strstr(events, "data: "));
+    free(events);
+    /* The abort's final output reaches the server within a few steps. */
+    bool cancelled = false;
+    for (int i = 0; i < 200 && !cancelled; i++) {
+        char *log = th_log(&srv);
+        cancelled = strstr(log, "[vllm] Successfully cancelled the request") != NULL;
+        free(log);
+        usleep(20000);
+    }
+    assert_true(cancelled);
+    char *log = th_log(&srv);
+    assert_non_null(strstr(log, "[vllm] Cancelling the request"));
+    free(log);
+}
+
+static double metric(const char *name)
+{
+    char u[128], *text = NULL;
+    snprintf(u, sizeof u, "http://127.0.0.1:%d/metrics", srv.metrics_port);
+    assert_int_equal(th_http("GET", u, NULL, &text), 200);
+    double v = th_metric(text, name);
+    free(text);
+    return v;
+}
+
+static void test_metrics_exact(void **state)
+{
+    (void)state;
+    /* Reload for fresh engine counters. */
+    expect("POST", "/v2/repository/models/stories/load", "", 200, "");
+    const char *L = "{model=\"stories\",version=\"1\"}";
+    char n_prompt[128], n_gen[128], n_ttft[128], n_ok[128];
+    snprintf(n_prompt, sizeof n_prompt, "vllm:prompt_tokens_total%s", L);
+    snprintf(n_gen, sizeof n_gen, "vllm:generation_tokens_total%s", L);
+    snprintf(n_ttft, sizeof n_ttft, "vllm:time_to_first_token_seconds_count%s", L);
+    snprintf(n_ok, sizeof n_ok, "nv_inference_request_success%s", L);
+    assert_true(metric(n_prompt) == 0);
+    static const char *prompts[] = {"Once upon a time", "the little dog", "Lily",
+                                    "Once upon a time there was"};
+    static const int max_tokens[] = {5, 9, 3, 12};
+    long sum_in = 0, sum_out = 0;
+    for (int i = 0; i < 4; i++) {
+        char body[512], *resp = NULL;
+        snprintf(body, sizeof body,
+                 "{\"text_input\": \"%s\", \"parameters\": {\"max_tokens\": %d, \"ignore_eos\": "
+                 "true, \"return_num_input_tokens\": true}}",
+                 prompts[i], max_tokens[i]);
+        assert_int_equal(th_http("POST", url("/v2/models/stories/generate"), body, &resp), 200);
+        json_t *j = json_loads(resp, 0, NULL);
+        sum_in += (long)json_integer_value(json_object_get(j, "num_input_tokens"));
+        sum_out += max_tokens[i];
+        json_decref(j);
+        free(resp);
+    }
+    assert_true(sum_in > 4);
+    assert_int_equal((long)metric(n_prompt), sum_in);
+    assert_int_equal((long)metric(n_gen), sum_out);
+    assert_int_equal((long)metric(n_ttft), 4);
+    assert_int_equal((long)metric(n_ok), 4);
+    char buckets[160];
+    snprintf(
+        buckets, sizeof buckets,
+        "vllm:time_to_first_token_seconds_bucket{model=\"stories\",version=\"1\",le=\"+Inf\"}");
+    assert_int_equal((long)metric(buckets), 4);
+    snprintf(buckets, sizeof buckets,
+             "vllm:e2e_request_latency_seconds_bucket{model=\"stories\",version=\"1\",le=\"60\"}");
+    assert_int_equal((long)metric(buckets), 4);
+}
+
+static void test_two_servers_side_by_side(void **state)
+{
+    (void)state;
+    const char *repo2 = th_make_repo();
+    test_server s2;
+    const char *extra[] = {"--backend-config=python,shm-region-prefix-name=prefix2", NULL};
+    assert_true(th_start(&s2, repo2, extra));
+    char u[128], *resp = NULL;
+    snprintf(u, sizeof u, "http://127.0.0.1:%d/v2/models/stories/generate", s2.http_port);
+    const char *body = "{\"text_input\": \"Once upon a time\", \"parameters\": {\"max_tokens\": "
+                       "6, \"temperature\": 0}}";
+    assert_int_equal(th_http("POST", u, body, &resp), 200);
+    char *resp1 = NULL;
+    assert_int_equal(th_http("POST", url("/v2/models/stories/generate"), body, &resp1), 200);
+    assert_string_equal(resp, resp1);
+    free(resp);
+    free(resp1);
+    assert_int_equal(th_stop(&s2), 0);
+}
+
+typedef struct sse_job {
+    const char *url;
+    char *events;
+    long status;
+} sse_job;
+
+static void *sse_thread(void *arg)
+{
+    sse_job *j = arg;
+    j->status = th_sse(j->url,
+                       "{\"text_input\": \"Once upon a time\", \"stream\": true, \"parameters\": "
+                       "{\"max_tokens\": 48, \"ignore_eos\": true, \"return_finish_reason\": "
+                       "true}}",
+                       0, &j->events);
+    return NULL;
+}
+
+static void test_sigterm_drains_and_exits_zero(void **state)
+{
+    (void)state;
+    const char *repo3 = th_make_repo();
+    test_server s3;
+    assert_true(th_start(&s3, repo3, NULL));
+    char u[128];
+    snprintf(u, sizeof u, "http://127.0.0.1:%d/v2/models/stories/generate_stream", s3.http_port);
+    sse_job job = {.url = u};
+    pthread_t t;
+    pthread_create(&t, NULL, sse_thread, &job);
+    /* Wait until the request is in the engine, then ask the server to stop. */
+    for (int i = 0; i < 500; i++) {
+        char *log = th_log(&s3);
+        bool started = strstr(log, "Started GRPCInferenceService") != NULL;
+        free(log);
+        if (started) break;
+        usleep(10000);
+    }
+    usleep(200000);
+    kill(s3.pid, SIGTERM);
+    pthread_join(t, NULL);
+    int status;
+    waitpid(s3.pid, &status, 0);
+    s3.pid = 0;
+    assert_true(WIFEXITED(status));
+    assert_int_equal(WEXITSTATUS(status), 0);
+    assert_int_equal(job.status, 200);
+    int n;
+    char finish[16] = "";
+    char *cat = sse_concat(job.events, "text_output", &n, finish);
+    assert_string_equal(finish, "length");
+    assert_int_equal(n, 48);
+    free(cat);
+    free(job.events);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_health_and_metadata),
+        cmocka_unit_test(test_generate_matches_cvllm_generate),
+        cmocka_unit_test(test_output_tensors),
+        cmocka_unit_test(test_documented_errors),
+        cmocka_unit_test(test_repository_explicit_mode),
+        cmocka_unit_test(test_disconnect_aborts_request),
+        cmocka_unit_test(test_metrics_exact),
+        cmocka_unit_test(test_two_servers_side_by_side),
+        cmocka_unit_test(test_sigterm_drains_and_exits_zero),
+    };
+    return cmocka_run_group_tests(tests, setup, teardown);
+}
