@@ -105,6 +105,7 @@ static cv_backend *make_backend(const fixture *f, cpu_simd_level level)
         fail_msg("create: %s", err.msg);
     if (cpu_backend_set_simd(bk, level, &err))
         fail_msg("%s", err.msg);
+    bk->parallel_min_madds = 0.0; /* these tiny models would run on one thread */
     return bk;
 }
 

@@ -148,6 +148,7 @@ static int copy_matrices(cv_backend *bk, cv_error *err)
     (void)madvise(p, total, MADV_HUGEPAGE);
     bk->matrix_copy = p;
     for (int i = 0; matrix_list(bk, i, &t); i++) {
+        bk->matrix_elems += (int64_t)(tensor_bytes(t) / cv_dtype_size(t->dtype));
         memcpy(p, t->data, tensor_bytes(t));
         t->data = p;
         p += padded(tensor_bytes(t));
@@ -177,6 +178,7 @@ cv_backend *cpu_backend_create_from(const cv_model_config *cfg, const cv_model_w
      * KV bytes batched decode reads. */
     bk->kv_dtype = cfg->dtype == CV_DTYPE_F16 ? CV_DTYPE_F16 : CV_DTYPE_F32;
     bk->n_threads = n_threads > 0 ? n_threads : omp_get_max_threads();
+    bk->parallel_min_madds = 4e6;
     bk->layers = calloc((size_t)cfg->n_layers, sizeof *bk->layers);
     bk->inv_freq = alloc_floats((size_t)cfg->head_dim / 2);
     bk->work_next = calloc((size_t)cfg->n_layers * 4 + 1, sizeof *bk->work_next);

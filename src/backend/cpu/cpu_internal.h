@@ -38,6 +38,12 @@ struct cv_backend {
      * prefetcher stops at every page boundary and a decode step reads ~25%
      * slower on this project's machines. */
     void *matrix_copy;
+    int64_t matrix_elems; /* weights of all matrices: multiply-adds per token */
+    /* Steps with fewer multiply-adds run on one thread: a tiny model's
+     * decode step takes microseconds on one core, and with more threads its
+     * dozens of barriers cost more than the work (4e6; tests set 0 to force
+     * the team). */
+    double parallel_min_madds;
     const cpu_kernels *kern;
     int n_threads;
     cpu_layer *layers; /* (n_layers) */

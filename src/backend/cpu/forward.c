@@ -346,7 +346,9 @@ void cpu_forward_run(cv_backend *bk, const cv_batch *batch, float *logits)
 {
     for (int p = 0; p < bk->cfg.n_layers * 4 + 1; p++)
         atomic_store(&bk->work_next[p], 0);
-#pragma omp parallel num_threads(bk->n_threads)
+    const double madds = (double)batch->n_tokens * (double)bk->matrix_elems;
+    const int n_threads = madds < bk->parallel_min_madds ? 1 : bk->n_threads;
+#pragma omp parallel num_threads(n_threads)
     {
         /* The team may be smaller than asked for (OMP_THREAD_LIMIT). */
 #pragma omp single
