@@ -3,7 +3,7 @@
 JOBS ?= $(shell nproc)
 CMAKE_FLAGS ?=
 
-.PHONY: all build asan test test-fast fuzz bench format clean
+.PHONY: all build asan test test-fast fuzz quickstart format clean
 
 all: build
 
@@ -37,3 +37,7 @@ format:
 
 clean:
 	rm -rf build build-asan build-fuzz
+
+# Build everything, then serve the shipped sample model and query it.
+quickstart: build
+	scripts/quickstart
