@@ -137,6 +137,10 @@ int tok_encode(const cv_tokenizer *tok, const char *text, size_t len, bool add_s
                int32_t **ids, size_t *n_ids, cv_error *err) {
     *ids = NULL;
     *n_ids = 0;
+    /* spans are 32-bit and ByteLevel doubles the text: stay well inside */
+    if (len > UINT32_MAX / 4)
+        return cv_errorf(err, "tokenizer: input of %zu bytes is too long (limit %u)", len,
+                         UINT32_MAX / 4);
     size_t bad = tok_utf8_check(text, len);
     if (bad < len)
         return cv_errorf(err, "tokenizer: invalid UTF-8 in input at byte offset %zu (byte 0x%02X)",

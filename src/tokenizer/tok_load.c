@@ -38,12 +38,15 @@ static int load_added(cv_tokenizer *tok, const json_t *arr, cv_error *err) {
             return cv_errorf(err, "tokenizer.json: added_tokens[%zu] needs an \"id\" and a "
                                   "non-empty \"content\"", i);
         tok_added *a = &tok->added[tok->n_added++];
-        a->id = (int32_t)json_integer_value(id);
         a->len = json_string_length(content);
         a->content = malloc(a->len + 1);
         if (!a->content)
             return cv_errorf(err, "tokenizer: out of memory");
         memcpy(a->content, json_string_value(content), a->len + 1);
+        /* HF gives a token already in the model vocab the vocab's id,
+         * whatever id tokenizer.json lists */
+        int32_t vocab_id = tok_bpe_lookup(&tok->bpe, a->content, a->len);
+        a->id = vocab_id >= 0 ? vocab_id : (int32_t)json_integer_value(id);
         a->special = json_is_true(json_object_get(e, "special"));
         a->normalized = json_is_true(json_object_get(e, "normalized"));
         a->lstrip = json_is_true(json_object_get(e, "lstrip"));
