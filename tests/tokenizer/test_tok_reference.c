@@ -4,6 +4,8 @@
  * without skip_special_tokens, hand-made id lists, and the streaming
  * deltas of vLLM's incremental detokenizer. Also: the stories text
  * round-trips, and deltas concatenate to the full decode. */
+#include <pthread.h>
+
 #include "tok_test_util.h"
 
 static json_t *g_ref;
@@ -190,6 +192,56 @@ static void test_stream_concat(void **s) {
     }
 }
 
+/* One loaded tokenizer shared by several threads (its word cache is the
+ * only shared mutable state) gives every thread the reference ids. */
+typedef struct thread_job {
+    const cv_tokenizer *tok;
+    const json_t *cases;
+    int mismatches;
+} thread_job;
+
+static void *encode_all(void *arg) {
+    thread_job *job = arg;
+    for (int round = 0; round < 20; round++)
+        for (size_t i = 0; i < json_array_size(job->cases); i++) {
+            const json_t *e = json_array_get(job->cases, i);
+            const json_t *text = json_object_get(e, "text");
+            const json_t *want = json_object_get(e, "ids");
+            cv_error err = {{0}};
+            int32_t *ids = NULL;
+            size_t n = 0;
+            if (tok_encode(job->tok, json_string_value(text), json_string_length(text), true, &ids,
+                           &n, &err) ||
+                n != json_array_size(want)) {
+                job->mismatches++;
+            } else {
+                for (size_t k = 0; k < n; k++)
+                    job->mismatches += ids[k] != json_integer_value(json_array_get(want, k));
+            }
+            free(ids);
+        }
+    return NULL;
+}
+
+static void test_threads(void **s) {
+    (void)s;
+    cv_tokenizer *tok = tt_load(tok_dir("gpt2"));
+    const json_t *cases =
+        json_object_get(json_object_get(json_object_get(g_ref, "tokenizers"), "gpt2"), "encode");
+    enum { N = 4 };
+    pthread_t th[N];
+    thread_job jobs[N];
+    for (int i = 0; i < N; i++) {
+        jobs[i] = (thread_job){tok, cases, 0};
+        assert_int_equal(pthread_create(&th[i], NULL, encode_all, &jobs[i]), 0);
+    }
+    for (int i = 0; i < N; i++) {
+        pthread_join(th[i], NULL);
+        assert_int_equal(jobs[i].mismatches, 0);
+    }
+    tok_free(tok);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_gpt2),
@@ -198,6 +250,7 @@ int main(void) {
         cmocka_unit_test(test_stories260k),
         cmocka_unit_test(test_stories_roundtrip),
         cmocka_unit_test(test_stream_concat),
+        cmocka_unit_test(test_threads),
     };
     return cmocka_run_group_tests_name("tokenizer_reference", tests, setup, teardown);
 }
