@@ -34,10 +34,12 @@ AI __m512 load_w_mask(cv_dtype wt, const void *w, int64_t idx, __mmask16 m)
 
 /* An R x T tile: rows row0.. of w against tokens x[0..T). The accumulators
  * stay in registers (R * T <= 24 of the 32 zmm) and each weight vector loaded
- * is used T times. */
+ * is used T times. prefetch: also pull the next R rows towards L1, so that
+ * the next row block's first tile does not wait on memory. */
 AI void tile(cv_dtype wt, int R, int T, const void *w, int64_t row0, int in, const float *x,
-             int xs, float *y, int ys, bool accumulate)
+             int xs, float *y, int ys, bool accumulate, bool prefetch)
 {
+    const int64_t esz = wt == CV_DTYPE_F32 ? 4 : 2;
     __m512 acc[TILE_ROWS][TILE_TOKS];
 #pragma GCC unroll 4
     for (int r = 0; r < R; r++)
@@ -50,6 +52,10 @@ AI void tile(cv_dtype wt, int R, int T, const void *w, int64_t row0, int in, con
 #pragma GCC unroll 4
         for (int r = 0; r < R; r++)
             wv[r] = load_w(wt, w, (row0 + r) * in + i);
+        if (prefetch)
+#pragma GCC unroll 4
+            for (int r = 0; r < R; r++)
+                _mm_prefetch((const char *)w + ((row0 + R + r) * in + i) * esz, _MM_HINT_T0);
 #pragma GCC unroll 6
         for (int t = 0; t < T; t++) {
             __m512 xv = _mm512_loadu_ps(x + (int64_t)t * xs + i);
@@ -82,22 +88,24 @@ AI void tile(cv_dtype wt, int R, int T, const void *w, int64_t row0, int in, con
         }
 }
 
-/* R rows against n_tok tokens, in tiles of TILE_TOKS and one tail tile. */
+/* R rows against n_tok tokens, in tiles of TILE_TOKS and one tail tile; the
+ * first tile prefetches the next rows when prefetch is set. */
 AI void rows(cv_dtype wt, int R, const void *w, int64_t row0, int in, const float *x, int xs,
-             int n_tok, float *y, int ys, bool accumulate)
+             int n_tok, float *y, int ys, bool accumulate, bool prefetch)
 {
     int t = 0;
     for (; t + TILE_TOKS <= n_tok; t += TILE_TOKS)
         tile(wt, R, TILE_TOKS, w, row0, in, x + (int64_t)t * xs, xs, y + (int64_t)t * ys, ys,
-             accumulate);
+             accumulate, prefetch && t == 0);
     const float *xt = x + (int64_t)t * xs;
     float *yt = y + (int64_t)t * ys;
+    const bool pf = prefetch && t == 0;
     switch (n_tok - t) {
-    case 5: tile(wt, R, 5, w, row0, in, xt, xs, yt, ys, accumulate); break;
-    case 4: tile(wt, R, 4, w, row0, in, xt, xs, yt, ys, accumulate); break;
-    case 3: tile(wt, R, 3, w, row0, in, xt, xs, yt, ys, accumulate); break;
-    case 2: tile(wt, R, 2, w, row0, in, xt, xs, yt, ys, accumulate); break;
-    case 1: tile(wt, R, 1, w, row0, in, xt, xs, yt, ys, accumulate); break;
+    case 5: tile(wt, R, 5, w, row0, in, xt, xs, yt, ys, accumulate, pf); break;
+    case 4: tile(wt, R, 4, w, row0, in, xt, xs, yt, ys, accumulate, pf); break;
+    case 3: tile(wt, R, 3, w, row0, in, xt, xs, yt, ys, accumulate, pf); break;
+    case 2: tile(wt, R, 2, w, row0, in, xt, xs, yt, ys, accumulate, pf); break;
+    case 1: tile(wt, R, 1, w, row0, in, xt, xs, yt, ys, accumulate, pf); break;
     default: break;
     }
 }
@@ -120,9 +128,10 @@ AI void matmul_dtype(cv_dtype wt, const void *w, int in, const float *x, int xs,
          * gains nothing when each weight is used once. */
         if (tn > 1)
             for (; o + TILE_ROWS <= o1; o += TILE_ROWS)
-                rows(wt, TILE_ROWS, w, o, in, xc, xs, tn, yc, ys, accumulate);
+                rows(wt, TILE_ROWS, w, o, in, xc, xs, tn, yc, ys, accumulate,
+                     tn > TILE_TOKS && o + 2 * TILE_ROWS <= o1);
         for (; o < o1; o++)
-            rows(wt, 1, w, o, in, xc, xs, tn, yc, ys, accumulate);
+            rows(wt, 1, w, o, in, xc, xs, tn, yc, ys, accumulate, false);
     }
 }
 
