@@ -8,6 +8,7 @@
  * tokenizers: the "synthetic" part of reference.json. Each tokenizer.json
  * is rebuilt here from its description, as make_reference.py does. */
 #include <sys/stat.h>
+#include <utf8proc.h>
 
 #include "tok_test_util.h"
 
@@ -88,9 +89,45 @@ static void test_synthetic(void **s) {
     }
 }
 
+/* NFC is applied piecewise, only around code points that can change;
+ * the ids must equal those of the text normalized by utf8proc in one go.
+ * The strings hold what can go wrong: Hangul jamo composing into and onto
+ * syllables, marks out of canonical order, singletons (Angstrom, Ohm),
+ * composition exclusions, class-0 vowel signs that compose (Tamil,
+ * Kannada), a mark at the very start, astral characters. */
+static void test_nfc_fast_path(void **s) {
+    (void)s;
+    cv_tokenizer *tok = tt_load(tt_path("%s/tokenizers/qwen3", tt_shared()));
+    const char *texts[] = {
+        "\xe1\x84\x80\xe1\x85\xa1\xe1\x86\xa8 and \xea\xb0\x80\xe1\x86\xa8",
+        "a\xcc\x96\xcc\x81 vs a\xcc\x81\xcc\x96, e\xcc\x81\xcc\x81x",
+        "\xe2\x84\xab \xe2\x84\xa6 \xe0\xa5\x98 \xef\xac\x81",
+        "\xe0\xae\x92\xe0\xaf\x97 \xe0\xb2\xbf\xe0\xb3\x95 \xe0\xb7\x99\xe0\xb7\x8f",
+        "\xcc\x81start and end\xcc\x81",
+        "caf\xc3\xa9 cafe\xcc\x81 \xf0\x9f\x91\x8d\xf0\x9f\x8f\xbd \xf0\x9d\x85\x9e",
+        "\xe3\x81\x8b\xe3\x82\x99 \xe3\x83\x8f\xe3\x82\x9a\xe3\x82\x99",
+    };
+    for (size_t i = 0; i < sizeof texts / sizeof *texts; i++) {
+        utf8proc_uint8_t *nfc = NULL;
+        utf8proc_ssize_t m = utf8proc_map((const utf8proc_uint8_t *)texts[i],
+                                          (utf8proc_ssize_t)strlen(texts[i]), &nfc,
+                                          UTF8PROC_STABLE | UTF8PROC_COMPOSE);
+        assert_true(m >= 0);
+        cv_error err = {{0}};
+        int32_t *want;
+        size_t n;
+        assert_int_equal(tok_encode(tok, (const char *)nfc, (size_t)m, false, &want, &n, &err), 0);
+        tt_check_encode(tok, texts[i], strlen(texts[i]), false, want, n, tt_path("nfc[%zu]", i));
+        free(want);
+        free(nfc);
+    }
+    tok_free(tok);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_synthetic),
+        cmocka_unit_test(test_nfc_fast_path),
     };
     return cmocka_run_group_tests_name("tokenizer_synthetic", tests, setup, teardown);
 }
