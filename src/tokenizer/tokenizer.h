@@ -2,10 +2,21 @@
  *
  * A tokenizer directory holds tokenizer.json and optionally
  * tokenizer_config.json (bos/eos, add_bos_token, special tokens).
- * All text is UTF-8; invalid UTF-8 input is an error, never a crash.
- * A loaded tokenizer is immutable and safe to use from many threads.
+ * Supported: the BPE model (byte_fallback, fuse_unk, ignore_merges, unk,
+ * continuing_subword_prefix, end_of_word_suffix); normalizers NFC, NFKC,
+ * NFD, NFKD, Lowercase, Strip, Prepend, Replace, Sequence; pre-tokenizers
+ * ByteLevel, Split, Metaspace, Digits, WhitespaceSplit, Sequence; decoders
+ * ByteLevel, Metaspace, Replace, ByteFallback, Fuse, Strip, Sequence;
+ * post-processors TemplateProcessing, ByteLevel, Bert/RobertaProcessing,
+ * Sequence; added tokens with all their flags. Anything else is a load
+ * error naming it. tokenizer_config.json's add_bos_token/add_eos_token,
+ * when present, replace the template (as transformers does).
+ * All text is UTF-8; invalid UTF-8 input is an error naming the byte
+ * offset, never a crash.
+ * A loaded tokenizer is safe to use from many threads at once (its only
+ * mutable state, a cache of recent words, is behind a mutex).
  * Ownership: arrays and strings returned through out-parameters are
- * malloc'ed and freed by the caller with free(). */
+ * malloc'ed and freed by the caller with free(); on error they are NULL. */
 #ifndef CV_TOKENIZER_TOKENIZER_H
 #define CV_TOKENIZER_TOKENIZER_H
 
@@ -26,7 +37,8 @@ int tok_encode(const cv_tokenizer *tok, const char *text, size_t len, bool add_s
                int32_t **ids, size_t *n_ids, cv_error *err);
 
 /* ids -> text as HF's decode(ids, skip_special_tokens=...). *text is
- * NUL-terminated; *len excludes the NUL. */
+ * NUL-terminated; *len excludes the NUL. An id outside the vocab is an
+ * error naming it and its position (HF silently drops it). */
 int tok_decode(const cv_tokenizer *tok, const int32_t *ids, size_t n_ids, bool skip_special_tokens,
                char **text, size_t *len, cv_error *err);
 
@@ -37,7 +49,9 @@ int tok_decode(const cv_tokenizer *tok, const int32_t *ids, size_t n_ids, bool s
  * (possibly empty). New tokens are decoded in the context of the ones before
  * them, so leading spaces survive; text is held back while it would end in
  * an incomplete UTF-8 sequence. The concatenation of all deltas equals
- * tok_decode of the generated ids in context. */
+ * tok_decode of the generated ids in context. Like vLLM, ids are taken one
+ * at a time (several new ids per call are fine) and ids outside the vocab
+ * decode as empty text instead of failing. */
 typedef struct cv_tok_stream {
     size_t prefix_offset; /* start of the context window in ids */
     size_t read_offset;   /* ids before this have been emitted */
