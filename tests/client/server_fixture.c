@@ -177,7 +177,7 @@ void test_server_start(test_server *s)
 
 void test_server_stop(test_server *s)
 {
-    if (s->pid <= 0) return;
+    if (!s || s->pid <= 0) return; /* start-up failed: nothing to stop */
     assert_int_equal(kill(s->pid, SIGTERM), 0);
     int status;
     assert_int_equal(waitpid(s->pid, &status, 0), s->pid);
