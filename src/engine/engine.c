@@ -1,6 +1,7 @@
 /* The engine's public API and its thread: requests come in through an
  * inbox (any thread), the engine thread admits them, runs steps while
  * anything is active and sleeps otherwise. */
+#include <omp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -167,7 +168,10 @@ static void *engine_main(void *arg)
 
 static void engine_free(cv_engine *e)
 {
-    sampler_destroy(e->sampler);
+    for (int i = 0; i < e->n_samplers; i++)
+        sampler_destroy(e->samplers[i]);
+    free(e->samplers);
+    free(e->jobs);
     sched_fini(&e->sched);
     bm_destroy(e->bm);
     if (e->backend)
@@ -259,8 +263,14 @@ static int engine_init(cv_engine *e, cv_error *err)
     if (!e->backend || size_kv_pool(e, err) < 0)
         return -1;
     e->bm = bm_create(e->n_blocks, e->block_size, a->enable_prefix_caching);
-    e->sampler = sampler_create(e->vocab);
-    if (!e->bm || !e->sampler ||
+    /* One sampler per backend thread: sampling runs on the same cores,
+     * between forwards, one sequence per thread at a time. */
+    int n_samplers = a->n_threads > 0 ? a->n_threads : omp_get_max_threads();
+    e->samplers = calloc((size_t)n_samplers, sizeof(sampler *));
+    for (int i = 0; e->samplers && i < n_samplers; i++, e->n_samplers++)
+        if (!(e->samplers[i] = sampler_create(e->vocab)))
+            break;
+    if (!e->bm || e->n_samplers < n_samplers ||
         sched_init(&e->sched, e->bm, a->max_num_seqs, max_batched) < 0)
         return cv_errorf(err, "out of memory creating the engine (%d KV blocks)", e->n_blocks);
     for (int i = 0; i < cfg->n_eos_token_ids; i++)

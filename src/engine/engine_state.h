@@ -65,7 +65,8 @@ struct cv_engine {
     cv_backend *backend;
     block_manager *bm;
     scheduler sched;
-    sampler *sampler;
+    sampler **samplers;          /* (n_samplers) one per sampling thread */
+    int n_samplers;
     int vocab, max_model_len, block_size, n_blocks;
     int32_t eos_ids[CV_MAX_EOS_IDS + 1];
     int n_eos;
@@ -90,6 +91,8 @@ struct cv_engine {
     int64_t *b_slots;
     int cap_b_tokens, cap_b_seqs, cap_b_tables;
     int *e_first_row, *e_n_rows; /* (n_entries) logits rows of each scheduled entry */
+    struct sample_job *jobs;     /* (n_jobs) sequences to sample this step */
+    int n_jobs, cap_jobs;
     float *logits;               /* (cap_logits_rows, vocab) */
     int cap_logits_rows;
 

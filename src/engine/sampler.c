@@ -61,24 +61,57 @@ double sampler_uniform(uint64_t seed, uint64_t i)
     return (double)(x >> 11) * (1.0 / 9007199254740992.0); /* 53 bits */
 }
 
+/* ---- Row reductions ----------------------------------------------------
+ * A 32K-152K vocab row is reduced several times per token, for every
+ * sequence of a step; max and rank are written so the compiler vectorizes
+ * them (-fopenmp-simd). */
+
+static float row_max(const float *x, int n)
+{
+    float m = -INFINITY;
+#pragma omp simd reduction(max : m)
+    for (int i = 0; i < n; i++)
+        m = x[i] > m ? x[i] : m;
+    return m;
+}
+
+/* sum of e^(x_i - mx): expf per term (glibc's is faster here than a
+ * vectorized polynomial without AVX), summed in double. */
+static double row_sum_exp(const float *x, int n, float mx)
+{
+    double sum = 0;
+    for (int i = 0; i < n; i++)
+        sum += expf(x[i] - mx);
+    return sum;
+}
+
+/* vLLM's rank: tokens at least as likely as x_t, itself included. */
+static int row_rank(const float *x, int n, float xt)
+{
+    int rank = 0;
+#pragma omp simd reduction(+ : rank)
+    for (int i = 0; i < n; i++)
+        rank += x[i] >= xt;
+    return rank;
+}
+
+/* First index of the maximum (torch.argmax's tie rule). */
+static int32_t row_argmax(const float *x, int n)
+{
+    float m = row_max(x, n);
+    int32_t i = 0;
+    while (i < n - 1 && !(x[i] == m))
+        i++;
+    return i;
+}
+
 void sampler_logprobs(sampler *s, const float *logits, int32_t token, int n_top,
                       sample_logprobs *lp)
 {
-    float mx = -INFINITY;
-    for (int i = 0; i < s->vocab; i++)
-        if (logits[i] > mx)
-            mx = logits[i];
-    /* expf per element, summed in double: ~1e-7 relative per term, far
-     * below the 1e-4 logprob tolerance clients see, at a third of exp()'s
-     * cost on a 32K-152K vocab row per token. */
-    double sum = 0;
-    for (int i = 0; i < s->vocab; i++)
-        sum += expf(logits[i] - mx);
-    double lse = mx + log(sum);
+    float mx = row_max(logits, s->vocab);
     float lt = logits[token];
-    int rank = 0; /* vLLM counts every token at least as likely, itself included */
-    for (int i = 0; i < s->vocab; i++)
-        rank += logits[i] >= lt;
+    double lse = mx + log(row_sum_exp(logits, s->vocab, mx));
+    int rank = row_rank(logits, s->vocab, lt);
     lp->token = token;
     lp->logprob = (float)(lt - lse);
     lp->rank = rank;
@@ -142,10 +175,7 @@ static int cmp_cand_desc(const void *a, const void *b)
  * surviving candidates in s->cands (count). */
 static int filter_candidates(sampler *s, const cv_sampling_params *p)
 {
-    float mx = -INFINITY;
-    for (int i = 0; i < s->vocab; i++)
-        if (s->work[i] > mx)
-            mx = s->work[i];
+    float mx = row_max(s->work, s->vocab);
     /* min_p: p_i < min_p * p_max  <=>  x_i - x_max < log(min_p). */
     float floor_x = p->min_p > 0.0f ? mx + logf(p->min_p) : -INFINITY;
     int n = 0;
@@ -184,9 +214,24 @@ static int filter_candidates(sampler *s, const cv_sampling_params *p)
     return n;
 }
 
+/* Greedy with nothing to mask or penalize: the argmax of the raw row,
+ * without copying it. */
+static bool plain_greedy(const sample_request *r)
+{
+    const cv_sampling_params *p = r->params;
+    return p->temperature < CV_SAMPLING_EPS && p->repetition_penalty == 1.0f &&
+           p->frequency_penalty == 0.0f && p->presence_penalty == 0.0f &&
+           (r->n_tokens - r->n_prompt >= p->min_tokens || r->n_stop_ids == 0);
+}
+
 int32_t sampler_sample(sampler *s, const sample_request *r, int n_top, sample_logprobs *lp)
 {
     const cv_sampling_params *p = r->params;
+    if (plain_greedy(r)) {
+        int32_t best = row_argmax(r->logits, s->vocab);
+        sampler_logprobs(s, r->logits, best, n_top, lp);
+        return best;
+    }
     memcpy(s->work, r->logits, (size_t)s->vocab * sizeof(float));
     if (r->n_tokens - r->n_prompt < p->min_tokens)
         for (int i = 0; i < r->n_stop_ids; i++)
@@ -196,9 +241,7 @@ int32_t sampler_sample(sampler *s, const sample_request *r, int n_top, sample_lo
 
     int32_t token = 0;
     if (p->temperature < CV_SAMPLING_EPS) {
-        for (int i = 1; i < s->vocab; i++)
-            if (s->work[i] > s->work[token])
-                token = i;
+        token = row_argmax(s->work, s->vocab);
     } else {
         float t = p->temperature < CV_MIN_TEMPERATURE ? CV_MIN_TEMPERATURE : p->temperature;
         for (int i = 0; i < s->vocab; i++)
