@@ -18,8 +18,8 @@
 #include "cvllm/engine.h"
 
 typedef struct phase {
-    double wall_s;    /* first submit to last final output */
-    double ttft_s;    /* mean time to first token */
+    double wall_s;       /* first submit to last final output */
+    double ttft_s;       /* mean time to first token */
     double last_first_s; /* until the last request's first token: the prefill phase */
     long out_tokens;
     double forward_s; /* inside cv_backend_forward */
@@ -33,8 +33,7 @@ static int run_phase(cv_engine *e, int n, int in_len, int out_len, int vocab, un
     cv_output_queue *q = cv_output_queue_create();
     int32_t *ids = malloc((size_t)in_len * sizeof(int32_t));
     uint64_t *first = calloc((size_t)n, sizeof(uint64_t));
-    if (!q || !ids || !first)
-        return -1;
+    if (!q || !ids || !first) return -1;
     cv_sampling_params p;
     cv_sampling_params_default(&p);
     p.temperature = 0;
@@ -48,8 +47,12 @@ static int run_phase(cv_engine *e, int n, int in_len, int out_len, int vocab, un
         ids[0] = 1;
         for (int k = 1; k < in_len; k++)
             ids[k] = 3 + rand() % (vocab - 3); /* random tokens, as vLLM's random dataset */
-        cv_request_desc d = {.prompt_ids = ids, .n_prompt_ids = (size_t)in_len, .params = &p,
-                             .stream = true, .sink = q, .user_data = (void *)(intptr_t)i};
+        cv_request_desc d = {.prompt_ids = ids,
+                             .n_prompt_ids = (size_t)in_len,
+                             .params = &p,
+                             .stream = true,
+                             .sink = q,
+                             .user_data = (void *)(intptr_t)i};
         cv_error err;
         if (!cv_engine_add_request(e, &d, &err)) {
             fprintf(stderr, "offline_throughput: %s\n", err.msg);
@@ -116,24 +119,46 @@ int main(int argc, char **argv)
     const char *sweep = "";
     static const struct option opts[] = {
         {"sweep", required_argument, 0, 'w'},
-        {"model", required_argument, 0, 'm'},   {"n", required_argument, 0, 'n'},
-        {"in", required_argument, 0, 'i'},      {"out", required_argument, 0, 'o'},
-        {"threads", required_argument, 0, 't'}, {"max-num-seqs", required_argument, 0, 's'},
+        {"model", required_argument, 0, 'm'},
+        {"n", required_argument, 0, 'n'},
+        {"in", required_argument, 0, 'i'},
+        {"out", required_argument, 0, 'o'},
+        {"threads", required_argument, 0, 't'},
+        {"max-num-seqs", required_argument, 0, 's'},
         {"max-num-batched-tokens", required_argument, 0, 'b'},
-        {"seed", required_argument, 0, 'r'},    {0, 0, 0, 0},
+        {"seed", required_argument, 0, 'r'},
+        {0, 0, 0, 0},
     };
     int c;
     while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
         switch (c) {
-        case 'm': snprintf(a.model, sizeof(a.model), "%s", optarg); break;
-        case 'n': n = atoi(optarg); break;
-        case 'i': in_len = atoi(optarg); break;
-        case 'o': out_len = atoi(optarg); break;
-        case 't': a.n_threads = atoi(optarg); break;
-        case 's': a.max_num_seqs = atoi(optarg); break;
-        case 'b': a.max_num_batched_tokens = atoi(optarg); break;
-        case 'r': seed = (unsigned)atoi(optarg); break;
-        case 'w': sweep = optarg; break;
+        case 'm':
+            snprintf(a.model, sizeof(a.model), "%s", optarg);
+            break;
+        case 'n':
+            n = atoi(optarg);
+            break;
+        case 'i':
+            in_len = atoi(optarg);
+            break;
+        case 'o':
+            out_len = atoi(optarg);
+            break;
+        case 't':
+            a.n_threads = atoi(optarg);
+            break;
+        case 's':
+            a.max_num_seqs = atoi(optarg);
+            break;
+        case 'b':
+            a.max_num_batched_tokens = atoi(optarg);
+            break;
+        case 'r':
+            seed = (unsigned)atoi(optarg);
+            break;
+        case 'w':
+            sweep = optarg;
+            break;
         default:
             fprintf(stderr, "usage: offline_throughput --model DIR [--n N] [--in T] [--out T] "
                             "[--threads N] [--max-num-seqs N] [--max-num-batched-tokens N] "
@@ -165,8 +190,7 @@ int main(int argc, char **argv)
     print_row(&one, 1, in_len, out_len, single_tps);
     for (const char *p = sweep; *p;) {
         int k = (int)strtol(p, (char **)&p, 10);
-        if (*p == ',')
-            p++;
+        if (*p == ',') p++;
         phase ph;
         if (k > 1 && k < n && run_phase(e, k, in_len, out_len, vocab, seed + 2, &ph) == 0)
             print_row(&ph, k, in_len, out_len, single_tps);

@@ -23,19 +23,19 @@
 /* ---- Engine arguments (the model.json keys that apply) ------------------ */
 
 typedef struct cv_engine_args {
-    char model[4096];          /* HF model directory */
-    char tokenizer[4096];      /* "" = same as model */
-    char dtype[16];            /* "auto", "float32", "float16", "bfloat16" ("float", "half"):
-                                  checked; weights run in their stored dtype with fp32 math */
-    int max_model_len;         /* 0 = the model's max_position_embeddings */
-    int block_size;            /* tokens per KV block (16) */
-    int max_num_seqs;          /* running sequences per step (256) */
+    char model[4096];           /* HF model directory */
+    char tokenizer[4096];       /* "" = same as model */
+    char dtype[16];             /* "auto", "float32", "float16", "bfloat16" ("float", "half"):
+                                   checked; weights run in their stored dtype with fp32 math */
+    int max_model_len;          /* 0 = the model's max_position_embeddings */
+    int block_size;             /* tokens per KV block (16) */
+    int max_num_seqs;           /* running sequences per step (256) */
     int max_num_batched_tokens; /* token budget per step (0 = max(2048, max_model_len)) */
     bool enable_prefix_caching; /* vLLM V1 default: true */
-    uint64_t seed;             /* engine-wide seed for unseeded requests (0) */
-    size_t kv_cache_bytes;     /* CPU KV pool budget (0 = 1 GiB) */
-    int n_threads;             /* backend threads (0 = all cores) */
-    int kv_blocks;             /* > 0: exact KV pool size in blocks, overrides kv_cache_bytes */
+    uint64_t seed;              /* engine-wide seed for unseeded requests (0) */
+    size_t kv_cache_bytes;      /* CPU KV pool budget (0 = 1 GiB) */
+    int n_threads;              /* backend threads (0 = all cores) */
+    int kv_blocks;              /* > 0: exact KV pool size in blocks, overrides kv_cache_bytes */
 } cv_engine_args;
 
 void cv_engine_args_default(cv_engine_args *args);
@@ -43,32 +43,32 @@ void cv_engine_args_default(cv_engine_args *args);
 /* ---- Sampling parameters (vLLM SamplingParams) -------------------------- */
 
 typedef struct cv_sampling_params {
-    int n;                          /* 1 */
-    int best_of;                    /* 0 = n; > n: the n of highest cumulative logprob
-                                       are returned (not with stream) */
-    float temperature;              /* 1.0; 0 = greedy */
-    float top_p;                    /* 1.0 */
-    int top_k;                      /* 0 or -1 = off (vLLM: -1) */
-    float min_p;                    /* 0 */
+    int n;             /* 1 */
+    int best_of;       /* 0 = n; > n: the n of highest cumulative logprob
+                          are returned (not with stream) */
+    float temperature; /* 1.0; 0 = greedy */
+    float top_p;       /* 1.0 */
+    int top_k;         /* 0 or -1 = off (vLLM: -1) */
+    float min_p;       /* 0 */
     bool has_seed;
-    uint64_t seed;                  /* parallel sample k draws with seed + k (vLLM) */
-    float presence_penalty;         /* 0 */
-    float frequency_penalty;        /* 0 */
-    float repetition_penalty;       /* 1.0 */
-    int max_tokens;                 /* 16; -1 = up to max_model_len */
-    int min_tokens;                 /* 0 */
-    char **stop;                    /* n_stop strings (owned) */
+    uint64_t seed;            /* parallel sample k draws with seed + k (vLLM) */
+    float presence_penalty;   /* 0 */
+    float frequency_penalty;  /* 0 */
+    float repetition_penalty; /* 1.0 */
+    int max_tokens;           /* 16; -1 = up to max_model_len */
+    int min_tokens;           /* 0 */
+    char **stop;              /* n_stop strings (owned) */
     int n_stop;
-    int32_t *stop_token_ids;        /* owned */
+    int32_t *stop_token_ids; /* owned */
     int n_stop_token_ids;
     bool include_stop_str_in_output;
     bool ignore_eos;
-    int logprobs;                   /* -1 = none; k >= 0: chosen token + top k */
-    int prompt_logprobs;            /* -1 = none */
-    bool skip_special_tokens;       /* true */
+    int logprobs;                       /* -1 = none; k >= 0: chosen token + top k */
+    int prompt_logprobs;                /* -1 = none */
+    bool skip_special_tokens;           /* true */
     bool spaces_between_special_tokens; /* true; accepted, but tok_decode has no such
                                            switch: special tokens join as HF's default */
-    char lora_name[256];            /* "" = none; accepted here, checked by the server */
+    char lora_name[256];                /* "" = none; accepted here, checked by the server */
 } cv_sampling_params;
 
 /* vLLM's max_logprobs: the most top logprobs a request may ask for. */
@@ -99,36 +99,36 @@ const char *cv_finish_reason_name(cv_finish_reason r); /* "None","stop","length"
 typedef struct cv_top_logprob {
     int32_t token_id;
     float logprob;
-    int rank;                 /* tokens at least as likely, itself included (1 = top) */
-    char *decoded_token;      /* owned */
+    int rank;            /* tokens at least as likely, itself included (1 = top) */
+    char *decoded_token; /* owned */
 } cv_top_logprob;
 
 typedef struct cv_token_logprobs {
-    int n;                    /* the sampled token first, then the top k without repeating it */
-    cv_top_logprob *entries;  /* owned */
+    int n;                   /* the sampled token first, then the top k without repeating it */
+    cv_top_logprob *entries; /* owned */
 } cv_token_logprobs;
 
 typedef struct cv_seq_output {
-    int index;                    /* 0..n-1 */
-    int32_t *token_ids;           /* new tokens in this delta (owned) */
+    int index;          /* 0..n-1 */
+    int32_t *token_ids; /* new tokens in this delta (owned) */
     int n_tokens;
-    char *text;                   /* new text in this delta, NUL-terminated (owned) */
+    char *text; /* new text in this delta, NUL-terminated (owned) */
     size_t text_len;
-    cv_token_logprobs *logprobs;  /* (n_tokens) or NULL when not asked (owned) */
-    double cumulative_logprob;    /* over all tokens so far */
+    cv_token_logprobs *logprobs; /* (n_tokens) or NULL when not asked (owned) */
+    double cumulative_logprob;   /* over all tokens so far */
     cv_finish_reason finish_reason;
-    int n_output_tokens_total;    /* tokens generated so far */
+    int n_output_tokens_total; /* tokens generated so far */
 } cv_seq_output;
 
 typedef struct cv_request_output {
-    uint64_t request_id;          /* as returned by cv_engine_add_request */
-    void *user_data;              /* as given in cv_request_desc */
+    uint64_t request_id; /* as returned by cv_engine_add_request */
+    void *user_data;     /* as given in cv_request_desc */
     int n_prompt_tokens;
     int n_seqs;
-    cv_seq_output *seqs;          /* (n_seqs) owned */
+    cv_seq_output *seqs;                /* (n_seqs) owned */
     cv_token_logprobs *prompt_logprobs; /* (n_prompt_tokens) first entry empty; NULL unless asked */
-    bool finished;                /* the last output of this request */
-    char *error;                  /* non-NULL: the request failed with this message */
+    bool finished;                      /* the last output of this request */
+    char *error;                        /* non-NULL: the request failed with this message */
 } cv_request_output;
 
 void cv_request_output_free(cv_request_output *out);
@@ -140,7 +140,7 @@ void cv_output_queue_destroy(cv_output_queue *q); /* frees pending outputs */
 /* An eventfd readable exactly while outputs are pending: the pop that empties
  * the queue drains it, so the caller need not read it. */
 int cv_output_queue_fd(const cv_output_queue *q);
-cv_request_output *cv_output_queue_pop(cv_output_queue *q);            /* NULL when empty */
+cv_request_output *cv_output_queue_pop(cv_output_queue *q);                  /* NULL when empty */
 cv_request_output *cv_output_queue_wait(cv_output_queue *q, int timeout_ms); /* -1 = forever */
 
 /* ---- Engine ------------------------------------------------------------- */
@@ -153,16 +153,16 @@ cv_engine *cv_engine_create(const cv_engine_args *args, cv_error *err);
 void cv_engine_shutdown(cv_engine *engine, bool drain);
 
 typedef struct cv_request_desc {
-    const char *prompt;              /* UTF-8 text, or NULL when prompt_ids given */
+    const char *prompt; /* UTF-8 text, or NULL when prompt_ids given */
     size_t prompt_len;
-    const int32_t *prompt_ids;       /* used when prompt == NULL */
+    const int32_t *prompt_ids; /* used when prompt == NULL */
     size_t n_prompt_ids;
     const cv_sampling_params *params;
-    bool stream;                     /* true: a delta each step that adds tokens or text (text
-                                        that could still become a stop string is held back);
-                                        false: one final output */
-    cv_output_queue *sink;           /* where outputs go; must outlive the request */
-    void *user_data;                 /* echoed in every output */
+    bool stream;           /* true: a delta each step that adds tokens or text (text
+                              that could still become a stop string is held back);
+                              false: one final output */
+    cv_output_queue *sink; /* where outputs go; must outlive the request */
+    void *user_data;       /* echoed in every output */
 } cv_request_desc;
 
 /* Tokenizes and queues a request. Returns its id (> 0), or 0 on error with
@@ -178,26 +178,26 @@ enum { CV_HIST_MAX_BUCKETS = 32 };
 
 typedef struct cv_histogram {
     int n_bounds;
-    double bounds[CV_HIST_MAX_BUCKETS];   /* upper bounds, ascending (+Inf implicit) */
+    double bounds[CV_HIST_MAX_BUCKETS];       /* upper bounds, ascending (+Inf implicit) */
     uint64_t counts[CV_HIST_MAX_BUCKETS + 1]; /* non-cumulative; last = above all bounds */
     double sum;
     uint64_t count;
 } cv_histogram;
 
 typedef struct cv_engine_stats {
-    uint64_t prompt_tokens_total;      /* prompt tokens of finished+running requests */
+    uint64_t prompt_tokens_total; /* prompt tokens of finished+running requests */
     uint64_t generation_tokens_total;
-    uint64_t prompt_tokens_computed;   /* prompt tokens actually run (prefix hits excluded) */
-    uint64_t prefix_cache_queries;     /* prompt tokens looked up in the prefix cache */
-    uint64_t prefix_cache_hits;        /* of which found */
+    uint64_t prompt_tokens_computed; /* prompt tokens actually run (prefix hits excluded) */
+    uint64_t prefix_cache_queries;   /* prompt tokens looked up in the prefix cache */
+    uint64_t prefix_cache_hits;      /* of which found */
     uint64_t preemptions_total;
-    uint64_t requests_finished[4];     /* by cv_finish_reason */
+    uint64_t requests_finished[4]; /* by cv_finish_reason */
     int n_running, n_waiting, n_swapped;
     int kv_blocks_total, kv_blocks_free;
-    double kv_usage;                   /* 0..1 */
-    uint64_t steps_total;              /* engine steps that ran the model */
-    double forward_s_total;            /* time inside cv_backend_forward */
-    double step_s_total;               /* steps up to delivery: schedule, batch, forward, sample, detokenize */
+    double kv_usage;        /* 0..1 */
+    uint64_t steps_total;   /* engine steps that ran the model */
+    double forward_s_total; /* time inside cv_backend_forward */
+    double step_s_total;    /* steps up to delivery: schedule, batch, forward, sample, detokenize */
     cv_histogram time_to_first_token_s;
     cv_histogram time_per_output_token_s;
     cv_histogram e2e_request_latency_s;

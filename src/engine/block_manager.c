@@ -6,21 +6,21 @@
 
 typedef struct bm_block {
     int ref;
-    bool cached;     /* registered in the hash table under hash */
+    bool cached; /* registered in the hash table under hash */
     uint64_t hash;
-    int prev, next;  /* free-list links; -1 at the ends */
+    int prev, next; /* free-list links; -1 at the ends */
     bool in_free;
-    int hnext;       /* next block in the same hash bucket; -1 at the end */
+    int hnext; /* next block in the same hash bucket; -1 at the end */
 } bm_block;
 
 struct block_manager {
     int n_blocks, block_size;
     bool caching;
-    bm_block *blocks;     /* (n_blocks) */
-    int32_t *contents;    /* (n_blocks, block_size) token ids of cached blocks */
+    bm_block *blocks;  /* (n_blocks) */
+    int32_t *contents; /* (n_blocks, block_size) token ids of cached blocks */
     int free_head, free_tail, n_free;
-    int *buckets;         /* (n_buckets) first block of each hash chain, -1 = empty */
-    int n_buckets;        /* power of two */
+    int *buckets;  /* (n_buckets) first block of each hash chain, -1 = empty */
+    int n_buckets; /* power of two */
 };
 
 #define HASH_ROOT 0x243f6a8885a308d3ULL
@@ -75,11 +75,9 @@ static void free_list_append(block_manager *bm, int b)
 
 block_manager *bm_create(int n_blocks, int block_size, bool enable_caching)
 {
-    if (n_blocks <= 0 || block_size <= 0)
-        return NULL;
+    if (n_blocks <= 0 || block_size <= 0) return NULL;
     block_manager *bm = calloc(1, sizeof(*bm));
-    if (!bm)
-        return NULL;
+    if (!bm) return NULL;
     bm->n_blocks = n_blocks;
     bm->block_size = block_size;
     bm->caching = enable_caching;
@@ -105,8 +103,7 @@ block_manager *bm_create(int n_blocks, int block_size, bool enable_caching)
 
 void bm_destroy(block_manager *bm)
 {
-    if (!bm)
-        return;
+    if (!bm) return;
     free(bm->blocks);
     free(bm->contents);
     free(bm->buckets);
@@ -139,9 +136,8 @@ static int cache_find(const block_manager *bm, uint64_t hash, const int32_t *tok
          b = bm->blocks[b].hnext) {
         /* Compare contents too, so a hash collision can never hand out
          * another prompt's K/V. */
-        if (bm->blocks[b].hash == hash &&
-            !memcmp(bm->contents + (size_t)b * bm->block_size, tokens,
-                    (size_t)bm->block_size * sizeof(int32_t)))
+        if (bm->blocks[b].hash == hash && !memcmp(bm->contents + (size_t)b * bm->block_size, tokens,
+                                                  (size_t)bm->block_size * sizeof(int32_t)))
             return b;
     }
     return -1;
@@ -171,14 +167,12 @@ static void cache_insert(block_manager *bm, int b, uint64_t hash, const int32_t 
 
 static int table_reserve(cv_seq *seq, int n)
 {
-    if (n <= seq->cap_blocks)
-        return 0;
+    if (n <= seq->cap_blocks) return 0;
     int cap = seq->cap_blocks ? seq->cap_blocks : 8;
     while (cap < n)
         cap *= 2;
     int32_t *t = realloc(seq->block_table, (size_t)cap * sizeof(int32_t));
-    if (!t)
-        return -1;
+    if (!t) return -1;
     seq->block_table = t;
     seq->cap_blocks = cap;
     return 0;
@@ -186,26 +180,22 @@ static int table_reserve(cv_seq *seq, int n)
 
 static void take_ref(block_manager *bm, int b)
 {
-    if (bm->blocks[b].in_free)
-        free_list_remove(bm, b);
+    if (bm->blocks[b].in_free) free_list_remove(bm, b);
     bm->blocks[b].ref++;
 }
 
 int bm_attach_cached_prefix(block_manager *bm, cv_seq *seq)
 {
-    if (!bm->caching || seq->skip_prefix_cache || seq->n_blocks > 0)
-        return 0;
+    if (!bm->caching || seq->skip_prefix_cache || seq->n_blocks > 0) return 0;
     int max_blocks = (seq->n_tokens - 1) / bm->block_size;
-    if (table_reserve(seq, max_blocks) < 0)
-        return 0;
+    if (table_reserve(seq, max_blocks) < 0) return 0;
     uint64_t h = HASH_ROOT;
     int n = 0;
     for (; n < max_blocks; n++) {
         const int32_t *toks = seq->tokens + (size_t)n * bm->block_size;
         uint64_t hn = block_hash(h, toks, bm->block_size);
         int b = cache_find(bm, hn, toks);
-        if (b < 0)
-            break;
+        if (b < 0) break;
         take_ref(bm, b);
         seq->block_table[n] = b;
         h = hn;
@@ -227,8 +217,7 @@ static int alloc_block(block_manager *bm)
 {
     int b = bm->free_head;
     free_list_remove(bm, b);
-    if (bm->blocks[b].cached)
-        cache_remove(bm, b); /* evict: its K/V is about to be overwritten */
+    if (bm->blocks[b].cached) cache_remove(bm, b); /* evict: its K/V is about to be overwritten */
     bm->blocks[b].ref = 1;
     return b;
 }
@@ -236,10 +225,8 @@ static int alloc_block(block_manager *bm)
 int bm_allocate(block_manager *bm, cv_seq *seq, int n_total)
 {
     int need = bm_blocks_needed(bm, seq, n_total);
-    if (need == 0)
-        return 0;
-    if (need > bm->n_free || table_reserve(seq, seq->n_blocks + need) < 0)
-        return -1;
+    if (need == 0) return 0;
+    if (need > bm->n_free || table_reserve(seq, seq->n_blocks + need) < 0) return -1;
     for (int i = 0; i < need; i++)
         seq->block_table[seq->n_blocks++] = alloc_block(bm);
     return 0;
@@ -247,18 +234,16 @@ int bm_allocate(block_manager *bm, cv_seq *seq, int n_total)
 
 void bm_cache_computed(block_manager *bm, cv_seq *seq)
 {
-    if (!bm->caching)
-        return;
+    if (!bm->caching) return;
     while ((seq->n_hashed_blocks + 1) * bm->block_size <= seq->n_computed) {
         int i = seq->n_hashed_blocks;
         const int32_t *toks = seq->tokens + (size_t)i * bm->block_size;
-        uint64_t h = block_hash(seq->n_hashed_blocks ? seq->last_hash : HASH_ROOT, toks,
-                                bm->block_size);
+        uint64_t h =
+            block_hash(seq->n_hashed_blocks ? seq->last_hash : HASH_ROOT, toks, bm->block_size);
         int b = seq->block_table[i];
         /* A block computed twice (two identical prompts in flight) stays
          * registered once; the duplicate is freed as an ordinary block. */
-        if (!bm->blocks[b].cached && cache_find(bm, h, toks) < 0)
-            cache_insert(bm, b, h, toks);
+        if (!bm->blocks[b].cached && cache_find(bm, h, toks) < 0) cache_insert(bm, b, h, toks);
         seq->last_hash = h;
         seq->n_hashed_blocks++;
     }
@@ -270,8 +255,7 @@ void bm_free_seq(block_manager *bm, cv_seq *seq)
      * prefix other requests are likelier to share. */
     for (int i = seq->n_blocks - 1; i >= 0; i--) {
         int b = seq->block_table[i];
-        if (--bm->blocks[b].ref == 0)
-            free_list_append(bm, b);
+        if (--bm->blocks[b].ref == 0) free_list_append(bm, b);
     }
     seq->n_blocks = 0;
     seq->n_computed = 0;
@@ -296,8 +280,7 @@ int bm_fork(block_manager *bm, const cv_seq *parent, cv_seq *child, int32_t *cop
     child->n_hashed_blocks = parent->n_hashed_blocks;
     child->last_hash = parent->last_hash;
     child->n_computed = parent->n_computed;
-    if (!partial)
-        return 0;
+    if (!partial) return 0;
     int dst = alloc_block(bm);
     child->block_table[child->n_blocks++] = dst;
     *copy_src = parent->block_table[n_full];

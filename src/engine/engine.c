@@ -62,11 +62,9 @@ static void admit(cv_engine *e, request *req)
 void engine_finish_seq(cv_engine *e, request *req, int k, cv_finish_reason reason)
 {
     seq_state *ss = &req->seqs[k];
-    if (ss->finish != CV_FINISH_NONE)
-        return;
+    if (ss->finish != CV_FINISH_NONE) return;
     ss->finish = reason;
-    if (ss->seq)
-        sched_remove(&e->sched, ss->seq);
+    if (ss->seq) sched_remove(&e->sched, ss->seq);
     req->n_finished++;
     req->touched = true;
 }
@@ -82,8 +80,7 @@ void engine_retire(cv_engine *e, request *req)
     uint64_t now = cv_now_ns();
     int n_gen = 0;
     for (int k = 0; k < req->n_seqs; k++)
-        if (req->seqs[k].seq)
-            n_gen += req->seqs[k].seq->n_tokens - req->seqs[k].seq->n_prompt;
+        if (req->seqs[k].seq) n_gen += req->seqs[k].seq->n_tokens - req->seqs[k].seq->n_prompt;
     pthread_mutex_lock(&e->stats_mu);
     cv_engine_stats *st = &e->stats;
     st->requests_finished[req->seqs[0].finish]++;
@@ -174,12 +171,9 @@ static void engine_free(cv_engine *e)
     free(e->jobs);
     sched_fini(&e->sched);
     bm_destroy(e->bm);
-    if (e->backend)
-        cv_backend_destroy(e->backend);
-    if (e->tok)
-        tok_free(e->tok);
-    if (e->model)
-        cv_model_free(e->model);
+    if (e->backend) cv_backend_destroy(e->backend);
+    if (e->tok) tok_free(e->tok);
+    if (e->model) cv_model_free(e->model);
     free(e->b_tokens);
     free(e->b_positions);
     free(e->b_query_start);
@@ -200,13 +194,11 @@ static void engine_free(cv_engine *e)
 
 static int check_args(const cv_engine_args *a, cv_error *err)
 {
-    static const char *dtypes[] = {"", "auto", "float32", "float16", "bfloat16",
-                                   "float", "half"};
+    static const char *dtypes[] = {"", "auto", "float32", "float16", "bfloat16", "float", "half"};
     bool ok = false;
     for (size_t i = 0; i < sizeof(dtypes) / sizeof(dtypes[0]); i++)
         ok |= !strcmp(a->dtype, dtypes[i]);
-    if (!ok)
-        return cv_errorf(err, "engine argument 'dtype': unknown dtype '%s'", a->dtype);
+    if (!ok) return cv_errorf(err, "engine argument 'dtype': unknown dtype '%s'", a->dtype);
     if (a->block_size < 1 || a->block_size > 1024)
         return cv_errorf(err, "engine argument 'block_size' must be in [1, 1024], got %d",
                          a->block_size);
@@ -242,12 +234,10 @@ static int engine_init(cv_engine *e, cv_error *err)
 {
     const cv_engine_args *a = &e->args;
     e->model = cv_model_load(a->model, err);
-    if (!e->model)
-        return -1;
+    if (!e->model) return -1;
     const cv_model_config *cfg = cv_model_get_config(e->model);
     e->tok = tok_load(a->tokenizer[0] ? a->tokenizer : a->model, err);
-    if (!e->tok)
-        return -1;
+    if (!e->tok) return -1;
     e->vocab = cfg->vocab_size;
     e->max_model_len = a->max_model_len ? a->max_model_len : cfg->max_position_embeddings;
     if (e->max_model_len > cfg->max_position_embeddings)
@@ -255,21 +245,19 @@ static int engine_init(cv_engine *e, cv_error *err)
                          "User-specified max_model_len (%d) is greater than the derived "
                          "max_model_len (max_position_embeddings=%d in %s/config.json).",
                          e->max_model_len, cfg->max_position_embeddings, a->model);
-    int max_batched = a->max_num_batched_tokens ? a->max_num_batched_tokens
-                                                : (e->max_model_len > 2048 ? e->max_model_len
-                                                                           : 2048);
+    int max_batched = a->max_num_batched_tokens
+                          ? a->max_num_batched_tokens
+                          : (e->max_model_len > 2048 ? e->max_model_len : 2048);
     e->block_size = a->block_size;
     e->backend = cv_backend_cpu_create(e->model, a->n_threads, err);
-    if (!e->backend || size_kv_pool(e, err) < 0)
-        return -1;
+    if (!e->backend || size_kv_pool(e, err) < 0) return -1;
     e->bm = bm_create(e->n_blocks, e->block_size, a->enable_prefix_caching);
     /* One sampler per backend thread: sampling runs on the same cores,
      * between forwards, one sequence per thread at a time. */
     int n_samplers = a->n_threads > 0 ? a->n_threads : omp_get_max_threads();
     e->samplers = calloc((size_t)n_samplers, sizeof(sampler *));
     for (int i = 0; e->samplers && i < n_samplers; i++, e->n_samplers++)
-        if (!(e->samplers[i] = sampler_create(e->vocab)))
-            break;
+        if (!(e->samplers[i] = sampler_create(e->vocab))) break;
     if (!e->bm || e->n_samplers < n_samplers ||
         sched_init(&e->sched, e->bm, a->max_num_seqs, max_batched) < 0)
         return cv_errorf(err, "out of memory creating the engine (%d KV blocks)", e->n_blocks);
@@ -279,8 +267,7 @@ static int engine_init(cv_engine *e, cv_error *err)
     bool have = false;
     for (int i = 0; i < e->n_eos; i++)
         have |= e->eos_ids[i] == teos;
-    if (teos >= 0 && !have)
-        e->eos_ids[e->n_eos++] = teos;
+    if (teos >= 0 && !have) e->eos_ids[e->n_eos++] = teos;
     metrics_init(&e->stats, e->max_model_len);
     e->stats.kv_blocks_total = e->n_blocks;
     e->stats.kv_blocks_free = e->n_blocks;
@@ -289,8 +276,7 @@ static int engine_init(cv_engine *e, cv_error *err)
 
 cv_engine *cv_engine_create(const cv_engine_args *args, cv_error *err)
 {
-    if (check_args(args, err) < 0)
-        return NULL;
+    if (check_args(args, err) < 0) return NULL;
     cv_engine *e = calloc(1, sizeof(*e));
     if (!e) {
         cv_errorf(err, "out of memory creating the engine");
@@ -314,21 +300,19 @@ cv_engine *cv_engine_create(const cv_engine_args *args, cv_error *err)
     }
     e->thread_started = true;
     cv_log_verbose("engine: %s, %d KV blocks of %d tokens, max_model_len %d", args->model,
-                e->n_blocks, e->block_size, e->max_model_len);
+                   e->n_blocks, e->block_size, e->max_model_len);
     return e;
 }
 
 void cv_engine_shutdown(cv_engine *e, bool drain)
 {
-    if (!e)
-        return;
+    if (!e) return;
     pthread_mutex_lock(&e->mu);
     e->shutdown = true;
     e->drain = drain;
     pthread_cond_signal(&e->wake);
     pthread_mutex_unlock(&e->mu);
-    if (e->thread_started)
-        pthread_join(e->thread, NULL);
+    if (e->thread_started) pthread_join(e->thread, NULL);
     engine_free(e);
 }
 
@@ -339,14 +323,12 @@ static int tokenize_prompt(cv_engine *e, const cv_request_desc *d, request *r, c
     if (d->prompt) {
         size_t n = 0;
         int32_t *ids = NULL;
-        if (tok_encode(e->tok, d->prompt, d->prompt_len, true, &ids, &n, err) < 0)
-            return -1;
+        if (tok_encode(e->tok, d->prompt, d->prompt_len, true, &ids, &n, err) < 0) return -1;
         r->prompt = ids;
         r->n_prompt = (int)n;
     } else {
         r->prompt = malloc((d->n_prompt_ids ? d->n_prompt_ids : 1) * sizeof(int32_t));
-        if (!r->prompt)
-            return cv_errorf(err, "out of memory copying the prompt");
+        if (!r->prompt) return cv_errorf(err, "out of memory copying the prompt");
         for (size_t i = 0; i < d->n_prompt_ids; i++) {
             if (d->prompt_ids[i] < 0 || d->prompt_ids[i] >= e->vocab)
                 return cv_errorf(err, "Token id %d is out of vocabulary", d->prompt_ids[i]);
@@ -357,12 +339,10 @@ static int tokenize_prompt(cv_engine *e, const cv_request_desc *d, request *r, c
     if (r->n_prompt == 0) {
         /* An empty prompt means BOS alone; without a BOS there is nothing to run. */
         int bos = tok_bos_id(e->tok);
-        if (bos < 0)
-            return cv_errorf(err, "The decoder prompt cannot be empty");
+        if (bos < 0) return cv_errorf(err, "The decoder prompt cannot be empty");
         free(r->prompt);
         r->prompt = malloc(sizeof(int32_t));
-        if (!r->prompt)
-            return cv_errorf(err, "out of memory copying the prompt");
+        if (!r->prompt) return cv_errorf(err, "out of memory copying the prompt");
         r->prompt[0] = bos;
         r->n_prompt = 1;
     }
@@ -380,12 +360,10 @@ static int setup_stops(cv_engine *e, request *r)
     int cap = e->n_eos + p->n_stop_token_ids + 1;
     r->stop_ids = malloc((size_t)cap * sizeof(int32_t));
     r->mask_ids = malloc((size_t)cap * sizeof(int32_t));
-    if (!r->stop_ids || !r->mask_ids)
-        return -1;
+    if (!r->stop_ids || !r->mask_ids) return -1;
     for (int i = 0; i < e->n_eos; i++) {
         r->mask_ids[r->n_mask_ids++] = e->eos_ids[i];
-        if (!p->ignore_eos)
-            r->stop_ids[r->n_stop_ids++] = e->eos_ids[i];
+        if (!p->ignore_eos) r->stop_ids[r->n_stop_ids++] = e->eos_ids[i];
     }
     for (int i = 0; i < p->n_stop_token_ids; i++) {
         r->mask_ids[r->n_mask_ids++] = p->stop_token_ids[i];
@@ -401,8 +379,7 @@ static request *make_request(cv_engine *e, const cv_request_desc *d, cv_error *e
         cv_errorf(err, "request needs sampling params and an output queue");
         return NULL;
     }
-    if (cv_sampling_params_validate(d->params, err) < 0)
-        return NULL;
+    if (cv_sampling_params_validate(d->params, err) < 0) return NULL;
     request *r = calloc(1, sizeof(*r));
     if (!r || cv_sampling_params_copy(&r->params, d->params) < 0) {
         free(r);
@@ -422,8 +399,7 @@ static request *make_request(cv_engine *e, const cv_request_desc *d, cv_error *e
     r->stream = d->stream;
     r->seqs = calloc((size_t)r->n_seqs, sizeof(seq_state));
     if (!r->seqs || tokenize_prompt(e, d, r, err) < 0 || setup_stops(e, r) < 0) {
-        if (!err || !err->msg[0])
-            cv_errorf(err, "out of memory copying the request");
+        if (!err || !err->msg[0]) cv_errorf(err, "out of memory copying the request");
         request_free(r);
         return NULL;
     }
@@ -447,11 +423,9 @@ static request *make_request(cv_engine *e, const cv_request_desc *d, cv_error *e
 
 uint64_t cv_engine_add_request(cv_engine *e, const cv_request_desc *d, cv_error *err)
 {
-    if (err)
-        err->msg[0] = '\0';
+    if (err) err->msg[0] = '\0';
     request *r = make_request(e, d, err);
-    if (!r)
-        return 0;
+    if (!r) return 0;
     pthread_mutex_lock(&e->mu);
     if (e->shutdown) {
         pthread_mutex_unlock(&e->mu);

@@ -18,14 +18,14 @@
 
 /* Output side of one sequence: text, logprobs, what was delivered. */
 typedef struct seq_state {
-    cv_seq *seq;                /* NULL for a child not forked yet */
-    uint64_t rng_seed;          /* the sampler's stream for this sequence */
+    cv_seq *seq;       /* NULL for a child not forked yet */
+    uint64_t rng_seed; /* the sampler's stream for this sequence */
     cv_tok_stream detok;
-    char *text;                 /* (text_len) all output text so far, NUL-terminated */
+    char *text; /* (text_len) all output text so far, NUL-terminated */
     size_t text_len, text_cap;
-    size_t text_sent;           /* bytes already delivered (streaming) */
-    int tokens_sent;            /* output tokens already delivered */
-    cv_token_logprobs *lps;     /* (n_lps) one per output token when logprobs >= 0 */
+    size_t text_sent;       /* bytes already delivered (streaming) */
+    int tokens_sent;        /* output tokens already delivered */
+    cv_token_logprobs *lps; /* (n_lps) one per output token when logprobs >= 0 */
     int n_lps, cap_lps;
     double cum_logprob;
     cv_finish_reason finish;
@@ -37,25 +37,25 @@ typedef struct request {
     cv_output_queue *sink;
     void *user_data;
     bool stream;
-    int32_t *prompt;             /* (n_prompt) */
+    int32_t *prompt; /* (n_prompt) */
     int n_prompt;
-    int max_tokens;              /* effective: params or what max_model_len leaves */
-    int n_seqs;                  /* best_of, else n */
-    int n_return;                /* n */
-    seq_state *seqs;             /* (n_seqs) */
-    bool forked;                 /* children exist (or n_seqs == 1) */
+    int max_tokens;  /* effective: params or what max_model_len leaves */
+    int n_seqs;      /* best_of, else n */
+    int n_return;    /* n */
+    seq_state *seqs; /* (n_seqs) */
+    bool forked;     /* children exist (or n_seqs == 1) */
     int n_finished;
-    int32_t *stop_ids;           /* (n_stop_ids) EOS ids (unless ignore_eos) and stop_token_ids */
+    int32_t *stop_ids; /* (n_stop_ids) EOS ids (unless ignore_eos) and stop_token_ids */
     int n_stop_ids;
-    int32_t *mask_ids;           /* (n_mask_ids) EOS and stop_token_ids: masked below min_tokens */
+    int32_t *mask_ids; /* (n_mask_ids) EOS and stop_token_ids: masked below min_tokens */
     int n_mask_ids;
-    int holdback_chars;          /* stop-string hold-back of the stream */
+    int holdback_chars;            /* stop-string hold-back of the stream */
     cv_token_logprobs *prompt_lps; /* (n_prompt) entry 0 empty; NULL unless asked */
-    int prompt_lps_done;         /* prompt positions filled (1..n_prompt) */
+    int prompt_lps_done;           /* prompt positions filled (1..n_prompt) */
     bool prompt_lps_sent;
     uint64_t t_arrival_ns, t_scheduled_ns, t_first_token_ns, t_last_token_ns;
-    bool touched;                /* has something to deliver after this step */
-    struct request *next;        /* inbox or active list */
+    bool touched;         /* has something to deliver after this step */
+    struct request *next; /* inbox or active list */
 } request;
 
 struct cv_engine {
@@ -65,7 +65,7 @@ struct cv_engine {
     cv_backend *backend;
     block_manager *bm;
     scheduler sched;
-    sampler **samplers;          /* (n_samplers) one per sampling thread */
+    sampler **samplers; /* (n_samplers) one per sampling thread */
     int n_samplers;
     int vocab, max_model_len, block_size, n_blocks;
     int32_t eos_ids[CV_MAX_EOS_IDS + 1];
@@ -73,27 +73,26 @@ struct cv_engine {
 
     pthread_t thread;
     bool thread_started;
-    pthread_mutex_t mu;          /* guards the fields down to n_active */
-    pthread_cond_t wake;         /* the engine thread waits here for work */
-    pthread_cond_t idle;         /* cv_engine_wait_idle waits here */
+    pthread_mutex_t mu;  /* guards the fields down to n_active */
+    pthread_cond_t wake; /* the engine thread waits here for work */
+    pthread_cond_t idle; /* cv_engine_wait_idle waits here */
     request *inbox_head, *inbox_tail;
-    uint64_t *aborts;            /* (n_aborts) request ids to abort */
+    uint64_t *aborts; /* (n_aborts) request ids to abort */
     int n_aborts, cap_aborts;
     bool shutdown, drain;
-    int n_active;                /* requests accepted and not finished (inbox included) */
+    int n_active; /* requests accepted and not finished (inbox included) */
     uint64_t next_request_id;
 
     /* Engine thread only. */
-    request *active;             /* admitted requests */
+    request *active; /* admitted requests */
     uint64_t next_seq_id;
-    int32_t *b_tokens, *b_positions, *b_query_start, *b_seq_lens, *b_block_tables,
-        *b_logits_idx;
+    int32_t *b_tokens, *b_positions, *b_query_start, *b_seq_lens, *b_block_tables, *b_logits_idx;
     int64_t *b_slots;
     int cap_b_tokens, cap_b_seqs, cap_b_tables;
     int *e_first_row, *e_n_rows; /* (n_entries) logits rows of each scheduled entry */
     struct sample_job *jobs;     /* (n_jobs) sequences to sample this step */
     int n_jobs, cap_jobs;
-    float *logits;               /* (cap_logits_rows, vocab) */
+    float *logits; /* (cap_logits_rows, vocab) */
     int cap_logits_rows;
 
     pthread_mutex_t stats_mu;

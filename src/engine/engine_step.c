@@ -13,47 +13,57 @@
 
 static int grow(void **p, int *cap, int need, size_t elem)
 {
-    if (need <= *cap)
-        return 0;
+    if (need <= *cap) return 0;
     int c = *cap ? *cap : 64;
     while (c < need)
         c *= 2;
     void *q = realloc(*p, (size_t)c * elem);
-    if (!q)
-        return -1;
+    if (!q) return -1;
     *p = q;
     *cap = c;
     return 0;
 }
 
+static int resize(void *pp, int n, size_t elem)
+{
+    void **p = pp;
+    void *q = realloc(*p, (size_t)n * elem);
+    if (!q) return -1;
+    *p = q;
+    return 0;
+}
+
+static int next_cap(int cap, int need)
+{
+    int c = cap ? cap : 64;
+    while (c < need)
+        c *= 2;
+    return c;
+}
+
+/* Grows the batch arrays to n_tokens tokens and n_seqs sequences. After a
+ * failed realloc some arrays may be larger than recorded; the next call
+ * grows them again, which is harmless. */
 static int reserve_batch(cv_engine *e, int n_tokens, int n_seqs, int max_blocks)
 {
-    int cap_t = e->cap_b_tokens, cap_s = e->cap_b_seqs, cap_tab = e->cap_b_tables;
-    int ok = 0;
-    ok |= grow((void **)&e->b_tokens, &cap_t, n_tokens, sizeof(int32_t));
-    cap_t = e->cap_b_tokens;
-    ok |= grow((void **)&e->b_positions, &cap_t, n_tokens, sizeof(int32_t));
-    cap_t = e->cap_b_tokens;
-    ok |= grow((void **)&e->b_slots, &cap_t, n_tokens, sizeof(int64_t));
-    cap_t = e->cap_b_tokens;
-    ok |= grow((void **)&e->b_logits_idx, &cap_t, n_tokens, sizeof(int32_t));
-    if (ok)
-        return -1;
-    e->cap_b_tokens = cap_t;
-    ok |= grow((void **)&e->b_query_start, &cap_s, n_seqs + 1, sizeof(int32_t));
-    cap_s = e->cap_b_seqs;
-    ok |= grow((void **)&e->b_seq_lens, &cap_s, n_seqs + 1, sizeof(int32_t));
-    cap_s = e->cap_b_seqs;
-    ok |= grow((void **)&e->e_first_row, &cap_s, n_seqs + 1, sizeof(int));
-    cap_s = e->cap_b_seqs;
-    ok |= grow((void **)&e->e_n_rows, &cap_s, n_seqs + 1, sizeof(int));
-    if (ok)
-        return -1;
-    e->cap_b_seqs = cap_s;
-    if (grow((void **)&e->b_block_tables, &cap_tab, n_seqs * max_blocks, sizeof(int32_t)) < 0)
-        return -1;
-    e->cap_b_tables = cap_tab;
-    return 0;
+    if (n_tokens > e->cap_b_tokens) {
+        int c = next_cap(e->cap_b_tokens, n_tokens);
+        if (resize(&e->b_tokens, c, sizeof(int32_t)) ||
+            resize(&e->b_positions, c, sizeof(int32_t)) ||
+            resize(&e->b_slots, c, sizeof(int64_t)) || resize(&e->b_logits_idx, c, sizeof(int32_t)))
+            return -1;
+        e->cap_b_tokens = c;
+    }
+    if (n_seqs + 1 > e->cap_b_seqs) {
+        int c = next_cap(e->cap_b_seqs, n_seqs + 1);
+        if (resize(&e->b_query_start, c, sizeof(int32_t)) ||
+            resize(&e->b_seq_lens, c, sizeof(int32_t)) || resize(&e->e_first_row, c, sizeof(int)) ||
+            resize(&e->e_n_rows, c, sizeof(int)))
+            return -1;
+        e->cap_b_seqs = c;
+    }
+    return grow((void **)&e->b_block_tables, &e->cap_b_tables, n_seqs * max_blocks,
+                sizeof(int32_t));
 }
 
 /* Does this step's chunk of seq need one logits row per token (prompt
@@ -68,10 +78,8 @@ static int build_batch(cv_engine *e, const sched_output *so, cv_batch *b)
 {
     int max_blocks = 1;
     for (int i = 0; i < so->n_entries; i++)
-        if (so->entries[i].seq->n_blocks > max_blocks)
-            max_blocks = so->entries[i].seq->n_blocks;
-    if (reserve_batch(e, so->n_tokens, so->n_entries, max_blocks) < 0)
-        return -1;
+        if (so->entries[i].seq->n_blocks > max_blocks) max_blocks = so->entries[i].seq->n_blocks;
+    if (reserve_batch(e, so->n_tokens, so->n_entries, max_blocks) < 0) return -1;
     int bs = e->block_size, t = 0, rows = 0;
     for (int i = 0; i < so->n_entries; i++) {
         const cv_seq *s = so->entries[i].seq;
@@ -101,8 +109,7 @@ static int build_batch(cv_engine *e, const sched_output *so, cv_batch *b)
     e->b_query_start[so->n_entries] = t;
     if (rows > e->cap_logits_rows) {
         float *l = realloc(e->logits, (size_t)rows * (size_t)e->vocab * sizeof(float));
-        if (!l)
-            return -1;
+        if (!l) return -1;
         e->logits = l;
         e->cap_logits_rows = rows;
     }
@@ -129,8 +136,7 @@ static int append_text(seq_state *ss, const char *delta, size_t n)
         while (cap < ss->text_len + n + 1)
             cap *= 2;
         char *t = realloc(ss->text, cap);
-        if (!t)
-            return -1;
+        if (!t) return -1;
         ss->text = t;
         ss->text_cap = cap;
     }
@@ -143,8 +149,7 @@ static int append_text(seq_state *ss, const char *delta, size_t n)
 static bool in_list(const int32_t *ids, int n, int32_t t)
 {
     for (int i = 0; i < n; i++)
-        if (ids[i] == t)
-            return true;
+        if (ids[i] == t) return true;
     return false;
 }
 
@@ -171,22 +176,19 @@ static int check_stop(cv_engine *e, request *req, int k)
     char *delta = NULL;
     size_t dlen = 0;
     cv_error err;
-    if (tok_stream_next(&ss->detok, e->tok, s->tokens, n_ids, &delta, &dlen, &err) < 0)
-        return -1;
+    if (tok_stream_next(&ss->detok, e->tok, s->tokens, n_ids, &delta, &dlen, &err) < 0) return -1;
     int rc = append_text(ss, delta, dlen);
     free(delta);
-    if (rc < 0)
-        return -1;
+    if (rc < 0) return -1;
     size_t cut;
     if (p->n_stop > 0 && n_out > p->min_tokens &&
-        stop_find(ss->text, ss->text_len, dlen, p->stop, p->n_stop,
-                  p->include_stop_str_in_output, &cut) >= 0) {
+        stop_find(ss->text, ss->text_len, dlen, p->stop, p->n_stop, p->include_stop_str_in_output,
+                  &cut) >= 0) {
         ss->text_len = cut;
         ss->text[cut] = '\0';
         finish = CV_FINISH_STOP;
     }
-    if (finish != CV_FINISH_NONE)
-        engine_finish_seq(e, req, k, finish);
+    if (finish != CV_FINISH_NONE) engine_finish_seq(e, req, k, finish);
     return 0;
 }
 
@@ -194,16 +196,15 @@ static int check_stop(cv_engine *e, request *req, int k)
  * and (filled by the parallel pass) what came out. */
 typedef struct sample_job {
     request *req;
-    int k;              /* sequence index in req */
-    const float *row;   /* (vocab) logits */
+    int k;            /* sequence index in req */
+    const float *row; /* (vocab) logits */
     int32_t token;
     sample_logprobs lp;
 } sample_job;
 
 static int push_job(cv_engine *e, request *req, int k, const float *row)
 {
-    if (grow((void **)&e->jobs, &e->cap_jobs, e->n_jobs + 1, sizeof(sample_job)) < 0)
-        return -1;
+    if (grow((void **)&e->jobs, &e->cap_jobs, e->n_jobs + 1, sizeof(sample_job)) < 0) return -1;
     e->jobs[e->n_jobs++] = (sample_job){.req = req, .k = k, .row = row};
     return 0;
 }
@@ -241,22 +242,19 @@ static int apply_job(cv_engine *e, const sample_job *j, uint64_t now)
 {
     request *req = j->req;
     seq_state *ss = &req->seqs[j->k];
-    if (seq_append_token(ss->seq, j->token) < 0)
-        return -1;
+    if (seq_append_token(ss->seq, j->token) < 0) return -1;
     ss->cum_logprob += j->lp.logprob;
     if (req->params.logprobs >= 0) {
         if (grow((void **)&ss->lps, &ss->cap_lps, ss->n_lps + 1, sizeof(cv_token_logprobs)) < 0)
             return -1;
-        if (engine_make_logprobs(e, &j->lp, &ss->lps[ss->n_lps++]) < 0)
-            return -1;
+        if (engine_make_logprobs(e, &j->lp, &ss->lps[ss->n_lps++]) < 0) return -1;
     }
     pthread_mutex_lock(&e->stats_mu);
     e->stats.generation_tokens_total++;
     if (req->t_first_token_ns == 0)
         hist_observe(&e->stats.time_to_first_token_s, cv_ns_to_s(now - req->t_arrival_ns));
     pthread_mutex_unlock(&e->stats_mu);
-    if (req->t_first_token_ns == 0)
-        req->t_first_token_ns = now;
+    if (req->t_first_token_ns == 0) req->t_first_token_ns = now;
     return check_stop(e, req, j->k);
 }
 
@@ -270,15 +268,13 @@ static int fork_children(cv_engine *e, request *req)
     req->forked = true;
     for (int k = 1; k < req->n_seqs; k++) {
         cv_seq *child = seq_clone(parent, e->next_seq_id++);
-        if (!child)
-            return -1;
+        if (!child) return -1;
         child->index = k;
         req->seqs[k].seq = child;
         int32_t src, dst;
         int r = bm_fork(e->bm, parent, child, &src, &dst);
         cv_error err;
-        if (r == 1 && cv_backend_kv_copy(e->backend, &src, &dst, 1, &err) < 0)
-            return -1;
+        if (r == 1 && cv_backend_kv_copy(e->backend, &src, &dst, 1, &err) < 0) return -1;
         if ((r >= 0 ? sched_add_running(&e->sched, child) : sched_add(&e->sched, child, true)) < 0)
             return -1;
     }
@@ -290,8 +286,7 @@ static void fill_prompt_logprobs(cv_engine *e, request *req, int start, int n_ne
 {
     for (int j = 0; j < n_new; j++) {
         int p = start + j; /* logits at p predict prompt token p + 1 */
-        if (p + 1 >= req->n_prompt || p + 1 < req->prompt_lps_done)
-            continue;
+        if (p + 1 >= req->n_prompt || p + 1 < req->prompt_lps_done) continue;
         sample_logprobs lp;
         sampler_logprobs(e->samplers[0], rows + (size_t)j * e->vocab, req->prompt[p + 1],
                          req->params.prompt_logprobs, &lp);
@@ -313,22 +308,18 @@ static int process_entry(cv_engine *e, const sched_entry *en, int first_row, int
     s->n_computed += en->n_new;
     bm_cache_computed(e->bm, s);
     const float *rows = e->logits + (size_t)first_row * e->vocab;
-    if (prompt_rows)
-        fill_prompt_logprobs(e, req, start, en->n_new, rows);
+    if (prompt_rows) fill_prompt_logprobs(e, req, start, en->n_new, rows);
     if (req->t_scheduled_ns == 0) {
         req->t_scheduled_ns = now;
         pthread_mutex_lock(&e->stats_mu);
         hist_observe(&e->stats.queue_time_s, cv_ns_to_s(now - req->t_arrival_ns));
         pthread_mutex_unlock(&e->stats_mu);
     }
-    if (s->n_computed < s->n_tokens || n_rows == 0)
-        return 0;
+    if (s->n_computed < s->n_tokens || n_rows == 0) return 0;
     const float *last = rows + (size_t)(n_rows - 1) * e->vocab;
     req->touched = true;
-    if (req->forked)
-        return push_job(e, req, s->index, last);
-    if (fork_children(e, req) < 0)
-        return -1;
+    if (req->forked) return push_job(e, req, s->index, last);
+    if (fork_children(e, req) < 0) return -1;
     for (int k = 0; k < req->n_seqs; k++) {
         cv_seq *c = req->seqs[k].seq;
         if (c->status == SEQ_RUNNING && c->n_computed == c->n_tokens &&
@@ -363,35 +354,28 @@ int engine_step(cv_engine *e)
 {
     uint64_t t_step = cv_now_ns();
     sched_output so;
-    if (sched_schedule(&e->sched, &so) < 0)
-        return -1;
+    if (sched_schedule(&e->sched, &so) < 0) return -1;
     count_schedule(e, &so);
-    if (so.n_entries == 0)
-        return 0;
+    if (so.n_entries == 0) return 0;
     cv_batch batch;
-    if (build_batch(e, &so, &batch) < 0)
-        return -1;
+    if (build_batch(e, &so, &batch) < 0) return -1;
     int64_t prompt_computed = 0;
     for (int i = 0; i < so.n_entries; i++) {
         const cv_seq *s = so.entries[i].seq;
         int end = s->n_computed + so.entries[i].n_new;
         int upto = end < s->n_prompt ? end : s->n_prompt;
-        if (upto > s->n_computed)
-            prompt_computed += upto - s->n_computed;
+        if (upto > s->n_computed) prompt_computed += upto - s->n_computed;
     }
     cv_error err;
     uint64_t t_fwd = cv_now_ns();
-    if (cv_backend_forward(e->backend, &batch, e->logits, &err) < 0)
-        return -1;
+    if (cv_backend_forward(e->backend, &batch, e->logits, &err) < 0) return -1;
     uint64_t now = cv_now_ns();
     e->n_jobs = 0;
     for (int i = 0; i < so.n_entries; i++)
-        if (process_entry(e, &so.entries[i], e->e_first_row[i], e->e_n_rows[i], now) < 0)
-            return -1;
+        if (process_entry(e, &so.entries[i], e->e_first_row[i], e->e_n_rows[i], now) < 0) return -1;
     draw_all(e);
     for (int i = 0; i < e->n_jobs; i++)
-        if (apply_job(e, &e->jobs[i], now) < 0)
-            return -1;
+        if (apply_job(e, &e->jobs[i], now) < 0) return -1;
     pthread_mutex_lock(&e->stats_mu);
     e->stats.prompt_tokens_computed += (uint64_t)prompt_computed;
     e->stats.forward_s_total += cv_ns_to_s(now - t_fwd);
@@ -402,20 +386,17 @@ int engine_step(cv_engine *e)
     pthread_mutex_unlock(&e->stats_mu);
     for (request *req = e->active, *next; req; req = next) {
         next = req->next;
-        if (!req->touched)
-            continue;
+        if (!req->touched) continue;
         req->touched = false;
         bool finished = req->n_finished == req->n_seqs;
         if (req->t_last_token_ns) {
             pthread_mutex_lock(&e->stats_mu);
-            hist_observe(&e->stats.time_per_output_token_s,
-                         cv_ns_to_s(now - req->t_last_token_ns));
+            hist_observe(&e->stats.time_per_output_token_s, cv_ns_to_s(now - req->t_last_token_ns));
             pthread_mutex_unlock(&e->stats_mu);
         }
         req->t_last_token_ns = now;
         engine_emit(e, req, finished);
-        if (finished)
-            engine_retire(e, req);
+        if (finished) engine_retire(e, req);
     }
     engine_update_gauges(e);
     return 0;

@@ -6,8 +6,7 @@
 static void hist_init(cv_histogram *h, const double *bounds, int n)
 {
     memset(h, 0, sizeof(*h));
-    if (n > CV_HIST_MAX_BUCKETS)
-        n = CV_HIST_MAX_BUCKETS;
+    if (n > CV_HIST_MAX_BUCKETS) n = CV_HIST_MAX_BUCKETS;
     h->n_bounds = n;
     memcpy(h->bounds, bounds, (size_t)n * sizeof(double));
 }

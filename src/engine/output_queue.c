@@ -29,8 +29,7 @@ struct cv_output_queue {
 cv_output_queue *cv_output_queue_create(void)
 {
     cv_output_queue *q = calloc(1, sizeof(*q));
-    if (!q)
-        return NULL;
+    if (!q) return NULL;
     q->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     if (q->efd < 0) {
         free(q);
@@ -47,8 +46,7 @@ cv_output_queue *cv_output_queue_create(void)
 
 void cv_output_queue_destroy(cv_output_queue *q)
 {
-    if (!q)
-        return;
+    if (!q) return;
     for (out_node *n = q->head; n;) {
         out_node *next = n->next;
         cv_request_output_free(n->out);
@@ -69,8 +67,7 @@ int cv_output_queue_fd(const cv_output_queue *q)
 int output_queue_push(cv_output_queue *q, cv_request_output *out)
 {
     out_node *n = malloc(sizeof(*n));
-    if (!n)
-        return -1;
+    if (!n) return -1;
     n->out = out;
     n->next = NULL;
     pthread_mutex_lock(&q->mu);
@@ -92,8 +89,7 @@ int output_queue_push(cv_output_queue *q, cv_request_output *out)
 static cv_request_output *pop_locked(cv_output_queue *q)
 {
     out_node *n = q->head;
-    if (!n)
-        return NULL;
+    if (!n) return NULL;
     q->head = n->next;
     if (!q->head) {
         q->tail = NULL;
@@ -141,8 +137,7 @@ cv_request_output *cv_output_queue_wait(cv_output_queue *q, int timeout_ms)
 
 static void free_logprobs(cv_token_logprobs *lp, int n)
 {
-    if (!lp)
-        return;
+    if (!lp) return;
     for (int i = 0; i < n; i++) {
         for (int j = 0; j < lp[i].n; j++)
             free(lp[i].entries[j].decoded_token);
@@ -153,8 +148,7 @@ static void free_logprobs(cv_token_logprobs *lp, int n)
 
 void cv_request_output_free(cv_request_output *out)
 {
-    if (!out)
-        return;
+    if (!out) return;
     for (int i = 0; i < out->n_seqs; i++) {
         cv_seq_output *s = &out->seqs[i];
         free(s->token_ids);

@@ -22,8 +22,7 @@ struct sampler {
 sampler *sampler_create(int vocab_size)
 {
     sampler *s = calloc(1, sizeof(*s));
-    if (!s)
-        return NULL;
+    if (!s) return NULL;
     s->vocab = vocab_size;
     s->work = malloc((size_t)vocab_size * sizeof(float));
     s->counts = calloc((size_t)vocab_size, sizeof(int32_t));
@@ -38,8 +37,7 @@ sampler *sampler_create(int vocab_size)
 
 void sampler_destroy(sampler *s)
 {
-    if (!s)
-        return;
+    if (!s) return;
     free(s->work);
     free(s->counts);
     free(s->in_prompt);
@@ -115,16 +113,13 @@ void sampler_logprobs(sampler *s, const float *logits, int32_t token, int n_top,
     lp->token = token;
     lp->logprob = (float)(lt - lse);
     lp->rank = rank;
-    if (n_top > CV_MAX_LOGPROBS)
-        n_top = CV_MAX_LOGPROBS;
-    if (n_top > s->vocab)
-        n_top = s->vocab;
+    if (n_top > CV_MAX_LOGPROBS) n_top = CV_MAX_LOGPROBS;
+    if (n_top > s->vocab) n_top = s->vocab;
     /* Insertion into a sorted top list; ties keep the lower id first. */
     int n = 0;
     for (int i = 0; i < s->vocab && n_top > 0; i++) {
         float v = logits[i];
-        if (n == n_top && v <= logits[lp->top_ids[n - 1]])
-            continue;
+        if (n == n_top && v <= logits[lp->top_ids[n - 1]]) continue;
         int at = n < n_top ? n++ : n - 1;
         while (at > 0 && logits[lp->top_ids[at - 1]] < v) {
             lp->top_ids[at] = lp->top_ids[at - 1];
@@ -141,8 +136,7 @@ static void apply_penalties(sampler *s, const sample_request *r)
 {
     const cv_sampling_params *p = r->params;
     bool rep = p->repetition_penalty != 1.0f;
-    if (!rep && p->frequency_penalty == 0.0f && p->presence_penalty == 0.0f)
-        return;
+    if (!rep && p->frequency_penalty == 0.0f && p->presence_penalty == 0.0f) return;
     for (int i = 0; i < r->n_prompt; i++)
         s->in_prompt[r->tokens[i]] = 1;
     for (int i = r->n_prompt; i < r->n_tokens; i++)
@@ -151,11 +145,9 @@ static void apply_penalties(sampler *s, const sample_request *r)
      * (the flag/count is cleared after use). */
     for (int i = 0; i < r->n_tokens; i++) {
         int32_t t = r->tokens[i];
-        if (!s->in_prompt[t] && s->counts[t] == 0)
-            continue;
+        if (!s->in_prompt[t] && s->counts[t] == 0) continue;
         float *x = &s->work[t];
-        if (rep)
-            *x = *x > 0 ? *x / p->repetition_penalty : *x * p->repetition_penalty;
+        if (rep) *x = *x > 0 ? *x / p->repetition_penalty : *x * p->repetition_penalty;
         *x -= p->frequency_penalty * (float)s->counts[t];
         *x -= p->presence_penalty * (s->counts[t] > 0 ? 1.0f : 0.0f);
         s->in_prompt[t] = 0;
@@ -166,8 +158,7 @@ static void apply_penalties(sampler *s, const sample_request *r)
 static int cmp_cand_desc(const void *a, const void *b)
 {
     const cand *x = a, *y = b;
-    if (x->logit != y->logit)
-        return x->logit < y->logit ? 1 : -1;
+    if (x->logit != y->logit) return x->logit < y->logit ? 1 : -1;
     return x->id - y->id;
 }
 
@@ -180,12 +171,10 @@ static int filter_candidates(sampler *s, const cv_sampling_params *p)
     float floor_x = p->min_p > 0.0f ? mx + logf(p->min_p) : -INFINITY;
     int n = 0;
     for (int i = 0; i < s->vocab; i++)
-        if (s->work[i] > -INFINITY && s->work[i] >= floor_x)
-            s->cands[n++] = (cand){s->work[i], i};
+        if (s->work[i] > -INFINITY && s->work[i] >= floor_x) s->cands[n++] = (cand){s->work[i], i};
     bool use_k = p->top_k > 0 && p->top_k < n;
     bool use_p = p->top_p < 1.0f;
-    if (!use_k && !use_p)
-        return n;
+    if (!use_k && !use_p) return n;
     qsort(s->cands, (size_t)n, sizeof(cand), cmp_cand_desc);
     if (use_k) {
         /* vLLM keeps every logit >= the k-th largest (ties survive). */
@@ -205,8 +194,7 @@ static int filter_candidates(sampler *s, const cv_sampling_params *p)
         int keep = n;
         for (int i = n - 1; i > 0; i--) {
             cum += expf(s->cands[i].logit - mx) / sum;
-            if (cum > 1.0 - p->top_p)
-                break;
+            if (cum > 1.0 - p->top_p) break;
             keep = i;
         }
         n = keep;
@@ -249,8 +237,7 @@ int32_t sampler_sample(sampler *s, const sample_request *r, int n_top, sample_lo
         int n = filter_candidates(s, p);
         float mx = -INFINITY;
         for (int i = 0; i < n; i++)
-            if (s->cands[i].logit > mx)
-                mx = s->cands[i].logit;
+            if (s->cands[i].logit > mx) mx = s->cands[i].logit;
         double sum = 0;
         for (int i = 0; i < n; i++)
             sum += expf(s->cands[i].logit - mx);

@@ -22,21 +22,21 @@ sampler *sampler_create(int vocab_size);
 void sampler_destroy(sampler *s);
 
 typedef struct sample_logprobs {
-    int32_t token;                        /* the sampled (or given) token */
-    float logprob;                        /* its raw log-probability */
-    int rank;                             /* tokens at least as likely, itself included (vLLM) */
+    int32_t token; /* the sampled (or given) token */
+    float logprob; /* its raw log-probability */
+    int rank;      /* tokens at least as likely, itself included (vLLM) */
     int n_top;
-    int32_t top_ids[CV_MAX_LOGPROBS];     /* (n_top) most likely first */
-    float top_logprobs[CV_MAX_LOGPROBS];  /* (n_top) */
+    int32_t top_ids[CV_MAX_LOGPROBS];    /* (n_top) most likely first */
+    float top_logprobs[CV_MAX_LOGPROBS]; /* (n_top) */
 } sample_logprobs;
 
 typedef struct sample_request {
     const cv_sampling_params *params;
-    const float *logits;       /* (vocab) raw model output */
-    const int32_t *tokens;     /* (n_tokens) prompt then output so far */
+    const float *logits;   /* (vocab) raw model output */
+    const int32_t *tokens; /* (n_tokens) prompt then output so far */
     int n_prompt, n_tokens;
-    uint64_t seed;             /* this sequence's random stream */
-    const int32_t *stop_ids;   /* (n_stop_ids) masked while output < min_tokens */
+    uint64_t seed;           /* this sequence's random stream */
+    const int32_t *stop_ids; /* (n_stop_ids) masked while output < min_tokens */
     int n_stop_ids;
 } sample_request;
 

@@ -52,8 +52,7 @@ int cv_sampling_params_copy(cv_sampling_params *dst, const cv_sampling_params *s
     dst->n_stop_token_ids = 0;
     if (src->n_stop > 0) {
         dst->stop = calloc((size_t)src->n_stop, sizeof(char *));
-        if (!dst->stop)
-            return -1;
+        if (!dst->stop) return -1;
         for (int i = 0; i < src->n_stop; i++) {
             dst->stop[i] = strdup(src->stop[i]);
             if (!dst->stop[i]) {
@@ -94,16 +93,14 @@ void fmt_pyfloat(char *buf, size_t size, float v)
     int prec = 1;
     for (; prec < 9; prec++) {
         snprintf(buf, size, "%.*g", prec, (double)v);
-        if (strtof(buf, NULL) == v)
-            break;
+        if (strtof(buf, NULL) == v) break;
     }
     snprintf(buf, size, "%.*e", prec - 1, (double)v);
     int exp10 = atoi(strchr(buf, 'e') + 1);
     if (exp10 >= -4 && exp10 < 16) {
         int decimals = prec - 1 - exp10;
         snprintf(buf, size, "%.*f", decimals > 0 ? decimals : 0, (double)v);
-        if (!strchr(buf, '.'))
-            strncat(buf, ".0", size - strlen(buf) - 1);
+        if (!strchr(buf, '.')) strncat(buf, ".0", size - strlen(buf) - 1);
     } else {
         snprintf(buf, size, "%.*g", prec, (double)v);
     }
@@ -121,8 +118,7 @@ static const char *skip_ws(const char *s)
 static int json_desc(const json_t *v, char *buf, size_t size)
 {
     char *dump = json_dumps(v, JSON_ENCODE_ANY | JSON_COMPACT);
-    if (!dump)
-        return snprintf(buf, size, "?");
+    if (!dump) return snprintf(buf, size, "?");
     int n = snprintf(buf, size, "%.200s", dump);
     free(dump);
     return n;
@@ -213,8 +209,7 @@ static int set_stop(cv_sampling_params *p, const json_t *v, cv_error *err)
     if (!json_is_string(v) && !json_is_array(v))
         return bad_type("stop", "a string or a list of strings", v, err);
     char **list = calloc(n ? n : 1, sizeof(char *));
-    if (!list)
-        return cv_errorf(err, "out of memory parsing 'stop'");
+    if (!list) return cv_errorf(err, "out of memory parsing 'stop'");
     for (size_t i = 0; i < n; i++) {
         const json_t *e = json_is_string(v) ? v : json_array_get(v, i);
         if (!json_is_string(e)) {
@@ -241,12 +236,10 @@ static int set_stop(cv_sampling_params *p, const json_t *v, cv_error *err)
 
 static int set_stop_token_ids(cv_sampling_params *p, const json_t *v, cv_error *err)
 {
-    if (!json_is_array(v))
-        return bad_type("stop_token_ids", "a list of integers", v, err);
+    if (!json_is_array(v)) return bad_type("stop_token_ids", "a list of integers", v, err);
     size_t n = json_array_size(v);
     int32_t *ids = malloc((n ? n : 1) * sizeof(int32_t));
-    if (!ids)
-        return cv_errorf(err, "out of memory parsing 'stop_token_ids'");
+    if (!ids) return cv_errorf(err, "out of memory parsing 'stop_token_ids'");
     for (size_t i = 0; i < n; i++) {
         long long x = 0;
         int xi = 0;
@@ -272,7 +265,10 @@ typedef struct field_desc {
     int null_value; /* F_INT: the value JSON null stands for */
 } field_desc;
 
-#define FIELD(name, kind, null_value) {#name, kind, offsetof(cv_sampling_params, name), null_value}
+#define FIELD(name, kind, null_value)                                                              \
+    {                                                                                              \
+#name, kind, offsetof(cv_sampling_params, name), null_value                                \
+    }
 
 static const field_desc fields[] = {
     FIELD(n, F_INT, 1),
@@ -306,8 +302,7 @@ static int apply_special(cv_sampling_params *p, const char *key, const json_t *v
             p->has_seed = false;
             return 0;
         }
-        if (get_int(v, "seed", &x, err) < 0)
-            return -1;
+        if (get_int(v, "seed", &x, err) < 0) return -1;
         /* vLLM: seed -1 means no seed. */
         p->has_seed = x != -1;
         p->seed = (uint64_t)x;
@@ -336,8 +331,7 @@ static int apply_special(cv_sampling_params *p, const char *key, const json_t *v
         p->lora_name[0] = '\0';
         return 0;
     }
-    if (!json_is_string(v))
-        return bad_type("lora_name", "a string", v, err);
+    if (!json_is_string(v)) return bad_type("lora_name", "a string", v, err);
     if (strlen(json_string_value(v)) >= sizeof(p->lora_name))
         return cv_errorf(err, "sampling parameter 'lora_name' is longer than %zu bytes",
                          sizeof(p->lora_name) - 1);
@@ -348,12 +342,10 @@ static int apply_special(cv_sampling_params *p, const char *key, const json_t *v
 static int apply_field(cv_sampling_params *p, const field_desc *f, const json_t *v, cv_error *err)
 {
     void *dst = (char *)p + f->offset;
-    if (f->kind == F_SPECIAL)
-        return apply_special(p, f->name, v, err);
+    if (f->kind == F_SPECIAL) return apply_special(p, f->name, v, err);
     if (json_is_null(v)) {
         /* null = "not given": keep the default, as vLLM's Optional fields do. */
-        if (f->kind == F_INT)
-            *(int *)dst = f->null_value;
+        if (f->kind == F_INT) *(int *)dst = f->null_value;
         return 0;
     }
     if (f->kind == F_INT) {
@@ -363,17 +355,14 @@ static int apply_field(cv_sampling_params *p, const field_desc *f, const json_t 
             *(int *)dst = json_is_true(v) ? 1 : -1;
             return 0;
         }
-        if (get_int(v, f->name, &x, err) < 0)
-            return -1;
+        if (get_int(v, f->name, &x, err) < 0) return -1;
         return int_in_range(x, f->name, (int *)dst, err);
     }
-    if (f->kind == F_FLOAT)
-        return get_float(v, f->name, (float *)dst, err);
+    if (f->kind == F_FLOAT) return get_float(v, f->name, (float *)dst, err);
     return get_bool(v, f->name, (bool *)dst, err);
 }
 
-int cv_sampling_params_from_json(cv_sampling_params *p, const char *json, size_t len,
-                                 cv_error *err)
+int cv_sampling_params_from_json(cv_sampling_params *p, const char *json, size_t len, cv_error *err)
 {
     json_error_t jerr;
     json_t *root = json_loadb(json, len, JSON_DECODE_ANY, &jerr);
@@ -391,8 +380,7 @@ int cv_sampling_params_from_json(cv_sampling_params *p, const char *json, size_t
     {
         const field_desc *f = NULL;
         for (size_t i = 0; i < sizeof(fields) / sizeof(fields[0]); i++)
-            if (!strcmp(fields[i].name, key))
-                f = &fields[i];
+            if (!strcmp(fields[i].name, key)) f = &fields[i];
         if (!f) {
             rc = cv_errorf(err, "unknown sampling parameter '%s'", key);
             break;
@@ -412,10 +400,10 @@ int cv_sampling_params_from_json(cv_sampling_params *p, const char *json, size_t
 int cv_sampling_params_validate(const cv_sampling_params *p, cv_error *err)
 {
     char a[48];
-    if (p->n < 1)
-        return cv_errorf(err, "n must be at least 1, got %d.", p->n);
+    if (p->n < 1) return cv_errorf(err, "n must be at least 1, got %d.", p->n);
     if (p->best_of != 0 && p->best_of < p->n)
-        return cv_errorf(err, "best_of must be greater than or equal to n, got n=%d and best_of=%d.",
+        return cv_errorf(err,
+                         "best_of must be greater than or equal to n, got n=%d and best_of=%d.",
                          p->n, p->best_of);
     if (!(p->presence_penalty >= -2.0f && p->presence_penalty <= 2.0f)) {
         fmt_pyfloat(a, sizeof(a), p->presence_penalty);
@@ -465,14 +453,15 @@ int cv_sampling_params_validate(const cv_sampling_params *p, cv_error *err)
         return cv_errorf(err, "prompt_logprobs must be non-negative or -1, got %d.",
                          p->prompt_logprobs);
     if (p->logprobs > CV_MAX_LOGPROBS)
-        return cv_errorf(err, "Requested sample logprobs of %d, which is greater than max allowed: %d",
+        return cv_errorf(err,
+                         "Requested sample logprobs of %d, which is greater than max allowed: %d",
                          p->logprobs, CV_MAX_LOGPROBS);
     if (p->prompt_logprobs > CV_MAX_LOGPROBS)
-        return cv_errorf(err, "Requested prompt logprobs of %d, which is greater than max allowed: %d",
+        return cv_errorf(err,
+                         "Requested prompt logprobs of %d, which is greater than max allowed: %d",
                          p->prompt_logprobs, CV_MAX_LOGPROBS);
     for (int i = 0; i < p->n_stop; i++)
-        if (p->stop[i][0] == '\0')
-            return cv_errorf(err, "stop cannot contain an empty string.");
+        if (p->stop[i][0] == '\0') return cv_errorf(err, "stop cannot contain an empty string.");
     int n_seqs = p->best_of > 0 ? p->best_of : p->n;
     if (p->temperature < CV_SAMPLING_EPS && n_seqs > 1)
         return cv_errorf(err, "n must be 1 when using greedy sampling, got %d.", n_seqs);

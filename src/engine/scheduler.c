@@ -10,8 +10,7 @@ static int list_insert(seq_list *l, int at, cv_seq *seq)
     if (l->n == l->cap) {
         int cap = l->cap ? 2 * l->cap : 16;
         cv_seq **items = realloc(l->items, (size_t)cap * sizeof(*items));
-        if (!items)
-            return -1;
+        if (!items) return -1;
         l->items = items;
         l->cap = cap;
     }
@@ -30,8 +29,7 @@ static void list_remove_at(seq_list *l, int at)
 static int list_find(const seq_list *l, const cv_seq *seq)
 {
     for (int i = 0; i < l->n; i++)
-        if (l->items[i] == seq)
-            return i;
+        if (l->items[i] == seq) return i;
     return -1;
 }
 
@@ -79,11 +77,9 @@ void sched_remove(scheduler *s, cv_seq *seq)
 static int reserve_entries(scheduler *s)
 {
     int need = s->running.n + s->waiting.n;
-    if (need <= s->cap_entries)
-        return 0;
+    if (need <= s->cap_entries) return 0;
     sched_entry *e = realloc(s->entries, (size_t)need * sizeof(*e));
-    if (!e)
-        return -1;
+    if (!e) return -1;
     s->entries = e;
     s->cap_entries = need;
     return 0;
@@ -103,11 +99,9 @@ static cv_seq *preempt_last(scheduler *s)
 
 static int reserve_list(seq_list *l, int n)
 {
-    if (n <= l->cap)
-        return 0;
+    if (n <= l->cap) return 0;
     cv_seq **items = realloc(l->items, (size_t)n * sizeof(*items));
-    if (!items)
-        return -1;
+    if (!items) return -1;
     l->items = items;
     l->cap = n;
     return 0;
@@ -126,8 +120,7 @@ int sched_schedule(scheduler *s, sched_output *out)
     for (int i = 0; i < s->running.n && budget > 0;) {
         cv_seq *seq = s->running.items[i];
         int n_new = seq->n_tokens - seq->n_computed;
-        if (n_new > budget)
-            n_new = budget;
+        if (n_new > budget) n_new = budget;
         if (n_new <= 0) {
             i++;
             continue;
@@ -141,8 +134,7 @@ int sched_schedule(scheduler *s, sched_output *out)
                 break;
             }
         }
-        if (self_preempted)
-            break;
+        if (self_preempted) break;
         out->entries[out->n_entries++] = (sched_entry){seq, n_new};
         out->n_tokens += n_new;
         budget -= n_new;
@@ -154,8 +146,7 @@ int sched_schedule(scheduler *s, sched_output *out)
         cv_seq *seq = s->waiting.items[0];
         int hits = seq->n_blocks == 0 ? bm_attach_cached_prefix(s->bm, seq) : 0;
         int n_new = seq->n_tokens - seq->n_computed;
-        if (n_new > budget)
-            n_new = budget;
+        if (n_new > budget) n_new = budget;
         if (bm_allocate(s->bm, seq, seq->n_computed + n_new) < 0) {
             bm_free_seq(s->bm, seq); /* give back the prefix hits until it fits */
             break;

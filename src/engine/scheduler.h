@@ -28,18 +28,18 @@ typedef struct sched_entry {
 typedef struct sched_output {
     sched_entry *entries; /* (n_entries) owned by the scheduler, valid until the next call */
     int n_entries;
-    int n_tokens;         /* sum of n_new */
-    int n_preempted;      /* sequences preempted in this step */
+    int n_tokens;                 /* sum of n_new */
+    int n_preempted;              /* sequences preempted in this step */
     int64_t cache_queried_tokens; /* prompt tokens looked up for admitted sequences */
     int64_t cache_hit_tokens;     /* of which found in the prefix cache */
 } sched_output;
 
 typedef struct scheduler {
-    block_manager *bm;          /* borrowed */
+    block_manager *bm; /* borrowed */
     int max_num_seqs;
     int max_num_batched_tokens;
     seq_list waiting, running;
-    sched_entry *entries;       /* (running.cap) scratch for sched_output */
+    sched_entry *entries; /* (running.cap) scratch for sched_output */
     int cap_entries;
 } scheduler;
 

@@ -7,8 +7,7 @@
 cv_seq *seq_create(uint64_t id, const int32_t *prompt, int n_prompt)
 {
     cv_seq *s = calloc(1, sizeof(*s));
-    if (!s)
-        return NULL;
+    if (!s) return NULL;
     s->id = id;
     s->cap_tokens = n_prompt + 16;
     s->tokens = malloc((size_t)s->cap_tokens * sizeof(int32_t));
@@ -24,8 +23,7 @@ cv_seq *seq_create(uint64_t id, const int32_t *prompt, int n_prompt)
 
 void seq_free(cv_seq *seq)
 {
-    if (!seq)
-        return;
+    if (!seq) return;
     free(seq->tokens);
     free(seq->block_table);
     free(seq);
@@ -36,8 +34,7 @@ int seq_append_token(cv_seq *seq, int32_t token)
     if (seq->n_tokens == seq->cap_tokens) {
         int cap = seq->cap_tokens * 2;
         int32_t *t = realloc(seq->tokens, (size_t)cap * sizeof(int32_t));
-        if (!t)
-            return -1;
+        if (!t) return -1;
         seq->tokens = t;
         seq->cap_tokens = cap;
     }
@@ -48,8 +45,7 @@ int seq_append_token(cv_seq *seq, int32_t token)
 cv_seq *seq_clone(const cv_seq *parent, uint64_t id)
 {
     cv_seq *s = seq_create(id, parent->tokens, parent->n_tokens);
-    if (!s)
-        return NULL;
+    if (!s) return NULL;
     s->n_prompt = parent->n_prompt;
     s->n_computed = parent->n_computed;
     s->owner = parent->owner;

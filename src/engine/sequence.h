@@ -15,15 +15,15 @@
 typedef enum { SEQ_WAITING = 0, SEQ_RUNNING, SEQ_FINISHED } seq_status;
 
 typedef struct cv_seq {
-    uint64_t id;            /* engine-unique */
-    void *owner;            /* the engine's request record; opaque below engine.c */
-    int index;              /* 0..n_seqs-1 inside its request */
+    uint64_t id; /* engine-unique */
+    void *owner; /* the engine's request record; opaque below engine.c */
+    int index;   /* 0..n_seqs-1 inside its request */
     seq_status status;
-    int32_t *tokens;        /* (n_tokens) prompt, then output */
+    int32_t *tokens; /* (n_tokens) prompt, then output */
     int n_tokens, cap_tokens;
     int n_prompt;
-    int n_computed;         /* tokens whose K/V are in the cache */
-    int32_t *block_table;   /* (n_blocks) KV block ids */
+    int n_computed;       /* tokens whose K/V are in the cache */
+    int32_t *block_table; /* (n_blocks) KV block ids */
     int n_blocks, cap_blocks;
     int n_hashed_blocks;    /* leading full blocks already offered to the prefix cache */
     uint64_t last_hash;     /* chained hash of block n_hashed_blocks-1 */

@@ -14,12 +14,10 @@ static size_t utf8_chars(const char *s)
 int stop_find(const char *text, size_t len, size_t new_bytes, char *const *stops, int n_stops,
               bool include, size_t *new_len)
 {
-    if (new_bytes == 0)
-        return -1;
+    if (new_bytes == 0) return -1;
     for (int i = 0; i < n_stops; i++) {
         size_t sl = strlen(stops[i]);
-        if (sl == 0 || sl > len)
-            continue;
+        if (sl == 0 || sl > len) continue;
         size_t from = len > new_bytes + sl - 1 ? len - new_bytes - sl + 1 : 0;
         for (size_t at = from; at + sl <= len; at++) {
             if (memcmp(text + at, stops[i], sl) == 0) {
@@ -33,13 +31,11 @@ int stop_find(const char *text, size_t len, size_t new_bytes, char *const *stops
 
 int stop_holdback_chars(char *const *stops, int n_stops, bool include)
 {
-    if (include)
-        return 0;
+    if (include) return 0;
     size_t longest = 0;
     for (int i = 0; i < n_stops; i++) {
         size_t c = utf8_chars(stops[i]);
-        if (c > longest)
-            longest = c;
+        if (c > longest) longest = c;
     }
     return longest > 0 ? (int)longest - 1 : 0;
 }

@@ -35,13 +35,12 @@ cv_engine *test_engine(const cv_engine_args *a)
 {
     cv_error err;
     cv_engine *e = cv_engine_create(a, &err);
-    if (!e)
-        fail_msg("cv_engine_create: %s", err.msg);
+    if (!e) fail_msg("cv_engine_create: %s", err.msg);
     return e;
 }
 
-uint64_t submit(cv_engine *e, cv_output_queue *q, const cv_sampling_params *p,
-                const int32_t *ids, int n_ids, const char *text, bool stream, int slot)
+uint64_t submit(cv_engine *e, cv_output_queue *q, const cv_sampling_params *p, const int32_t *ids,
+                int n_ids, const char *text, bool stream, int slot)
 {
     cv_request_desc d = {
         .prompt = text,
@@ -55,8 +54,7 @@ uint64_t submit(cv_engine *e, cv_output_queue *q, const cv_sampling_params *p,
     };
     cv_error err;
     uint64_t id = cv_engine_add_request(e, &d, &err);
-    if (id == 0)
-        fail_msg("cv_engine_add_request: %s", err.msg);
+    if (id == 0) fail_msg("cv_engine_add_request: %s", err.msg);
     return id;
 }
 
@@ -88,8 +86,7 @@ static void merge_seq(seq_result *r, cv_seq_output *o)
 bool collect_next(cv_output_queue *q, req_result *res)
 {
     cv_request_output *o = cv_output_queue_wait(q, 60000);
-    if (!o)
-        fail_msg("no output within 60 s");
+    if (!o) fail_msg("no output within 60 s");
     return merge_output(o, res);
 }
 
@@ -98,14 +95,11 @@ bool merge_output(cv_request_output *o, req_result *res)
     req_result *r = &res[(intptr_t)o->user_data];
     r->id = o->request_id;
     r->n_outputs++;
-    if (r->n_finals > 0)
-        r->output_after_final = true;
+    if (r->n_finals > 0) r->output_after_final = true;
     r->n_prompt = o->n_prompt_tokens;
-    if (o->error && !r->error)
-        r->error = strdup(o->error);
+    if (o->error && !r->error) r->error = strdup(o->error);
     assert_true(o->n_seqs <= RESULT_MAX_SEQS);
-    if (o->n_seqs > r->n_seqs)
-        r->n_seqs = o->n_seqs;
+    if (o->n_seqs > r->n_seqs) r->n_seqs = o->n_seqs;
     for (int k = 0; k < o->n_seqs; k++)
         merge_seq(&r->seqs[k], &o->seqs[k]);
     if (o->prompt_logprobs) {
@@ -113,8 +107,7 @@ bool merge_output(cv_request_output *o, req_result *res)
         o->prompt_logprobs = NULL;
     }
     bool final = o->finished;
-    if (final)
-        r->n_finals++;
+    if (final) r->n_finals++;
     cv_request_output_free(o);
     return final;
 }
@@ -147,8 +140,8 @@ void result_free(req_result *r)
     memset(r, 0, sizeof(*r));
 }
 
-void run_one(cv_engine *e, const cv_sampling_params *p, const int32_t *ids, int n_ids,
-             bool stream, req_result *out)
+void run_one(cv_engine *e, const cv_sampling_params *p, const int32_t *ids, int n_ids, bool stream,
+             req_result *out)
 {
     cv_output_queue *q = cv_output_queue_create();
     memset(out, 0, sizeof(*out));
@@ -165,11 +158,10 @@ void ref_open(ref_model *r, const char *dir)
 {
     cv_error err;
     r->model = cv_model_load(dir, &err);
-    if (!r->model)
-        fail_msg("cv_model_load: %s", err.msg);
+    if (!r->model) fail_msg("cv_model_load: %s", err.msg);
     r->backend = cv_backend_cpu_create(r->model, 1, &err);
-    if (!r->backend || cv_backend_kv_alloc(r->backend, REF_MAX_TOKENS / REF_BLOCK, REF_BLOCK,
-                                           &err) < 0)
+    if (!r->backend ||
+        cv_backend_kv_alloc(r->backend, REF_MAX_TOKENS / REF_BLOCK, REF_BLOCK, &err) < 0)
         fail_msg("backend: %s", err.msg);
     r->vocab = cv_model_get_config(r->model)->vocab_size;
 }
@@ -207,12 +199,11 @@ void ref_logits(ref_model *r, const int32_t *ids, int n, float *logits)
         .logits_indices = idx,
     };
     cv_error err;
-    if (cv_backend_forward(r->backend, &batch, logits, &err) < 0)
-        fail_msg("forward: %s", err.msg);
+    if (cv_backend_forward(r->backend, &batch, logits, &err) < 0) fail_msg("forward: %s", err.msg);
 }
 
-void ref_greedy(ref_model *r, const int32_t *prompt, int n_prompt, int n_out,
-                const int32_t *mask, int n_mask, int min_tokens, int32_t *out)
+void ref_greedy(ref_model *r, const int32_t *prompt, int n_prompt, int n_out, const int32_t *mask,
+                int n_mask, int min_tokens, int32_t *out)
 {
     int32_t *ids = malloc((size_t)(n_prompt + n_out) * sizeof(int32_t));
     float *logits = malloc((size_t)(n_prompt + n_out) * (size_t)r->vocab * sizeof(float));
@@ -228,8 +219,7 @@ void ref_greedy(ref_model *r, const int32_t *prompt, int n_prompt, int n_out,
                 last[mask[j]] = -1e30f;
         int best = 0;
         for (int v = 1; v < r->vocab; v++)
-            if (last[v] > last[best])
-                best = v;
+            if (last[v] > last[best]) best = v;
         ids[n] = best;
         out[k] = best;
     }
@@ -243,8 +233,7 @@ void load_stories_case(int i, greedy_case *c)
     source_path(path, sizeof(path), "tests/fixtures/stories260K_greedy.json");
     json_error_t je;
     json_t *root = json_load_file(path, 0, &je);
-    if (!root)
-        fail_msg("%s: %s", path, je.text);
+    if (!root) fail_msg("%s: %s", path, je.text);
     json_t *cs = json_array_get(json_object_get(root, "cases"), (size_t)i);
     assert_non_null(cs);
     memset(c, 0, sizeof(*c));

@@ -103,8 +103,7 @@ static void test_stories_fixture(void **state)
             assert_string_equal(r.seqs[0].text, c.text);
             assert_int_equal(r.seqs[0].finish, CV_FINISH_LENGTH);
             assert_int_equal(r.n_prompt, c.n_input);
-            if (stream)
-                assert_true(r.n_outputs > 1);
+            if (stream) assert_true(r.n_outputs > 1);
             result_free(&r);
         }
     }
@@ -145,8 +144,8 @@ static void test_stories_fixture(void **state)
 static void test_tiny_fixture_models(void **state)
 {
     (void)state;
-    static const char *names[] = {"llama_f32", "qwen3_f32", "mistral_f32", "llama3_rope_f32",
-                                  "qwen2_f32", "llama_sharded"};
+    static const char *names[] = {"llama_f32",       "qwen3_f32", "mistral_f32",
+                                  "llama3_rope_f32", "qwen2_f32", "llama_sharded"};
     for (size_t m = 0; m < sizeof(names) / sizeof(names[0]); m++) {
         char dir[4096], ref[4200];
         snprintf(dir, sizeof(dir), "tests/fixtures/models/%s", names[m]);
@@ -248,8 +247,7 @@ static void test_batch_invariance(void **state)
      * for 32 sequences of up to 66), which must preempt. */
     for (int mode = 0; mode < 3; mode++) {
         test_args(&a, stories);
-        if (mode == 1)
-            a.max_num_batched_tokens = 16;
+        if (mode == 1) a.max_num_batched_tokens = 16;
         if (mode == 2) {
             a.kv_blocks = 12;
             a.max_model_len = 128;
@@ -265,8 +263,8 @@ static void test_batch_invariance(void **state)
         for (int i = 0; i < N_BATCH; i++) {
             assert_int_equal(batched[i].n_finals, 1);
             assert_int_equal(batched[i].seqs[0].n_ids, BATCH_OUT);
-            if (memcmp(batched[i].seqs[0].ids, alone[i].seqs[0].ids,
-                       BATCH_OUT * sizeof(int32_t)) != 0)
+            if (memcmp(batched[i].seqs[0].ids, alone[i].seqs[0].ids, BATCH_OUT * sizeof(int32_t)) !=
+                0)
                 fail_msg("mode %d: prompt %d differs from its output alone", mode, i);
             assert_string_equal(batched[i].seqs[0].text, alone[i].seqs[0].text);
             result_free(&batched[i]);
@@ -389,12 +387,9 @@ int main(void)
 {
     shared_path(stories, sizeof(stories), "models/stories260K");
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_cli_greedy_sample),
-        cmocka_unit_test(test_cli_prompts_file),
-        cmocka_unit_test(test_stories_fixture),
-        cmocka_unit_test(test_tiny_fixture_models),
-        cmocka_unit_test(test_batch_invariance),
-        cmocka_unit_test(test_prefix_caching),
+        cmocka_unit_test(test_cli_greedy_sample),      cmocka_unit_test(test_cli_prompts_file),
+        cmocka_unit_test(test_stories_fixture),        cmocka_unit_test(test_tiny_fixture_models),
+        cmocka_unit_test(test_batch_invariance),       cmocka_unit_test(test_prefix_caching),
         cmocka_unit_test(test_seeded_in_random_batch),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

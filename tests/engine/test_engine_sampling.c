@@ -28,8 +28,7 @@ static int setup(void **state)
     eng = test_engine(&a);
     cv_error err;
     tok = tok_load(stories, &err);
-    if (!tok)
-        fail_msg("tok_load: %s", err.msg);
+    if (!tok) fail_msg("tok_load: %s", err.msg);
     return 0;
 }
 
@@ -71,8 +70,7 @@ static void test_stop_string_spanning_tokens(void **state)
         char *t = decode(c.output, k, true);
         bool found = strstr(t, stop) != NULL;
         free(t);
-        if (found)
-            break;
+        if (found) break;
     }
     char *before = decode(c.output, k - 1, true);
     assert_non_null(strstr(before, "little"));
@@ -87,8 +85,9 @@ static void test_stop_string_spanning_tokens(void **state)
             p.include_stop_str_in_output = include;
             req_result r;
             run_one(eng, &p, c.input, c.n_input, stream, &r);
-            assert_string_equal(r.seqs[0].text, include ? "Once upon a time, there was a little girl"
-                                                        : "Once upon a time, there was a ");
+            assert_string_equal(r.seqs[0].text, include
+                                                    ? "Once upon a time, there was a little girl"
+                                                    : "Once upon a time, there was a ");
             assert_int_equal(r.seqs[0].finish, CV_FINISH_STOP);
             assert_int_equal(r.seqs[0].n_ids, k);
             assert_memory_equal(r.seqs[0].ids, c.output, (size_t)k * sizeof(int32_t));
@@ -165,7 +164,8 @@ static void test_eos_from_generation_config(void **state)
     snprintf(a.tokenizer, sizeof(a.tokenizer), "%s", stories);
     cv_engine *e = test_engine(&a);
     static const int32_t in[] = {1, 239, 179, 14, 112, 17, 149};
-    static const int32_t want[] = {18, 177, 230, 233, 220, 251, 11, 77, 98, 238, 238, 238, 233, 79, 2};
+    static const int32_t want[] = {18, 177, 230, 233, 220, 251, 11, 77,
+                                   98, 238, 238, 238, 233, 79,  2};
     cv_sampling_params p;
     greedy(&p, 40);
     req_result r;
@@ -216,8 +216,7 @@ static void test_n3_and_best_of(void **state)
         assert_string_equal(r.seqs[k].text, alone.seqs[0].text);
         assert_float_equal(r.seqs[k].cum_logprob, alone.seqs[0].cum_logprob, 1e-9);
         result_free(&alone);
-        if (r.seqs[k].cum_logprob > r.seqs[best].cum_logprob)
-            best = k;
+        if (r.seqs[k].cum_logprob > r.seqs[best].cum_logprob) best = k;
     }
     assert_memory_not_equal(r.seqs[0].ids, r.seqs[1].ids, 16 * sizeof(int32_t));
     /* best_of 3, n 1: the sample of highest cumulative logprob. */
@@ -267,11 +266,9 @@ static void test_logprobs(void **state)
         log_softmax(logits + (size_t)(c.n_input - 1 + i) * V, V, lp);
         int top1 = 0, top2 = -1;
         for (int v = 1; v < V; v++)
-            if (lp[v] > lp[top1])
-                top1 = v;
+            if (lp[v] > lp[top1]) top1 = v;
         for (int v = 0; v < V; v++)
-            if (v != top1 && (top2 < 0 || lp[v] > lp[top2]))
-                top2 = v;
+            if (v != top1 && (top2 < 0 || lp[v] > lp[top2])) top2 = v;
         const cv_token_logprobs *e = &r.seqs[0].lps[i];
         /* Greedy: the chosen token is the top one, so two entries. */
         assert_int_equal(e->n, 2);
@@ -298,8 +295,7 @@ static void test_logprobs(void **state)
         int rank = 0, top1 = 0;
         for (int v = 0; v < V; v++) {
             rank += lp[v] >= lp[t];
-            if (lp[v] > lp[top1])
-                top1 = v;
+            if (lp[v] > lp[top1]) top1 = v;
         }
         const cv_token_logprobs *e = &r.prompt_lps[i];
         assert_int_equal(e->n, t == top1 ? 1 : 2);
@@ -319,8 +315,8 @@ static void expect_rejected(const cv_sampling_params *p, const int32_t *ids, int
                             const char *msg)
 {
     cv_output_queue *q = cv_output_queue_create();
-    cv_request_desc d = {.prompt_ids = ids, .n_prompt_ids = (size_t)n, .params = p,
-                         .stream = stream, .sink = q};
+    cv_request_desc d = {
+        .prompt_ids = ids, .n_prompt_ids = (size_t)n, .params = p, .stream = stream, .sink = q};
     cv_error err;
     assert_int_equal(cv_engine_add_request(eng, &d, &err), 0);
     assert_string_equal(err.msg, msg);
@@ -402,8 +398,7 @@ static void test_shutdown(void **state)
         for (int i = 0; i < 4; i++) {
             assert_int_equal(r[i].n_finals, 1);
             assert_int_equal(r[i].seqs[0].finish, drain ? CV_FINISH_LENGTH : CV_FINISH_ABORT);
-            if (drain)
-                assert_int_equal(r[i].seqs[0].n_ids, 400);
+            if (drain) assert_int_equal(r[i].seqs[0].n_ids, 400);
             result_free(&r[i]);
         }
         assert_null(cv_output_queue_pop(q));

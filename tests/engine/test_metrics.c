@@ -42,10 +42,10 @@ static void test_observe(void **state)
     metrics_init(&st, 100);
     cv_histogram *h = &st.request_prompt_tokens; /* 1 2 5 10 20 50 100 */
     assert_int_equal(h->n_bounds, 7);
-    hist_observe(h, 1);    /* le 1 */
-    hist_observe(h, 3);    /* le 5 */
-    hist_observe(h, 5);    /* le 5 */
-    hist_observe(h, 101);  /* +Inf */
+    hist_observe(h, 1);   /* le 1 */
+    hist_observe(h, 3);   /* le 5 */
+    hist_observe(h, 5);   /* le 5 */
+    hist_observe(h, 101); /* +Inf */
     assert_int_equal(h->counts[0], 1);
     assert_int_equal(h->counts[2], 2);
     assert_int_equal(h->counts[7], 1);

@@ -131,7 +131,8 @@ static void test_validation_messages(void **state)
     expect_invalid("{\"logprobs\":-3}", "logprobs must be non-negative or -1, got -3.");
     expect_invalid("{\"logprobs\":21}",
                    "Requested sample logprobs of 21, which is greater than max allowed: 20");
-    expect_invalid("{\"prompt_logprobs\":-2}", "prompt_logprobs must be non-negative or -1, got -2.");
+    expect_invalid("{\"prompt_logprobs\":-2}",
+                   "prompt_logprobs must be non-negative or -1, got -2.");
     expect_invalid("{\"stop\":[\"a\",\"\"]}", "stop cannot contain an empty string.");
     expect_invalid("{\"n\":2,\"temperature\":0}", "n must be 1 when using greedy sampling, got 2.");
     expect_invalid("{\"n\":3,\"best_of\":2}",
@@ -159,10 +160,8 @@ static void test_pyfloat(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_defaults),
-        cmocka_unit_test(test_strings_as_values),
-        cmocka_unit_test(test_parse_errors),
-        cmocka_unit_test(test_validation_messages),
+        cmocka_unit_test(test_defaults),     cmocka_unit_test(test_strings_as_values),
+        cmocka_unit_test(test_parse_errors), cmocka_unit_test(test_validation_messages),
         cmocka_unit_test(test_pyfloat),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -27,16 +27,14 @@ static void finish_step(block_manager *bm, const sched_output *o)
         cv_seq *s = o->entries[i].seq;
         s->n_computed += o->entries[i].n_new;
         bm_cache_computed(bm, s);
-        if (s->n_computed == s->n_tokens)
-            assert_int_equal(seq_append_token(s, 7), 0);
+        if (s->n_computed == s->n_tokens) assert_int_equal(seq_append_token(s, 7), 0);
     }
 }
 
 static int n_new_of(const sched_output *o, const cv_seq *s)
 {
     for (int i = 0; i < o->n_entries; i++)
-        if (o->entries[i].seq == s)
-            return o->entries[i].n_new;
+        if (o->entries[i].seq == s) return o->entries[i].n_new;
     return 0;
 }
 
@@ -120,7 +118,7 @@ static void test_preemption_and_recompute(void **state)
     sched_output o;
     sched_schedule(&s, &o);
     assert_int_equal(o.n_entries, 2);
-    finish_step(bm, &o); /* both at 7 tokens, 6 computed */
+    finish_step(bm, &o);    /* both at 7 tokens, 6 computed */
     sched_schedule(&s, &o); /* decode token 7 fits in block 2 of each */
     assert_int_equal(o.n_preempted, 0);
     finish_step(bm, &o);

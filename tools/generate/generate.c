@@ -14,34 +14,33 @@
 
 static void usage(FILE *f)
 {
-    fprintf(f,
-            "usage: cvllm-generate --model DIR (--prompt TEXT | --prompts-file FILE) [options]\n"
-            "\n"
-            "Prints only the generated text to stdout (as vLLM returns it: the new tokens\n"
-            "decoded in the context of the prompt, special tokens skipped); timing goes to\n"
-            "stderr. An empty prompt means BOS alone.\n"
-            "\n"
-            "  --model DIR                HuggingFace model directory\n"
-            "  --tokenizer DIR            tokenizer directory (default: the model's)\n"
-            "  --prompt TEXT              one prompt; its text is streamed, then a newline\n"
-            "  --prompts-file FILE        one prompt per line, all run through the engine at\n"
-            "                             once; each output is printed in input order,\n"
-            "                             followed by an empty line (\"\\n\\n\")\n"
-            "  --max-tokens N             tokens to generate (16)\n"
-            "  --temperature T            0 = greedy (1.0)\n"
-            "  --top-p P                  (1.0)\n"
-            "  --top-k K                  0 = off (0)\n"
-            "  --min-p P                  (0)\n"
-            "  --seed S                   per-request seed (none)\n"
-            "  --ignore-eos               keep generating past EOS\n"
-            "  --max-model-len N          (the model's max_position_embeddings)\n"
-            "  --max-num-seqs N           sequences per step (256)\n"
-            "  --max-num-batched-tokens N token budget per step (max(2048, max_model_len))\n"
-            "  --block-size N             KV block size in tokens (16)\n"
-            "  --kv-cache-bytes B         KV pool size in bytes (1 GiB)\n"
-            "  --no-prefix-caching        disable automatic prefix caching\n"
-            "  --threads N                backend threads (all cores)\n"
-            "  -v, --verbose              engine log on stderr\n");
+    fprintf(f, "usage: cvllm-generate --model DIR (--prompt TEXT | --prompts-file FILE) [options]\n"
+               "\n"
+               "Prints only the generated text to stdout (as vLLM returns it: the new tokens\n"
+               "decoded in the context of the prompt, special tokens skipped); timing goes to\n"
+               "stderr. An empty prompt means BOS alone.\n"
+               "\n"
+               "  --model DIR                HuggingFace model directory\n"
+               "  --tokenizer DIR            tokenizer directory (default: the model's)\n"
+               "  --prompt TEXT              one prompt; its text is streamed, then a newline\n"
+               "  --prompts-file FILE        one prompt per line, all run through the engine at\n"
+               "                             once; each output is printed in input order,\n"
+               "                             followed by an empty line (\"\\n\\n\")\n"
+               "  --max-tokens N             tokens to generate (16)\n"
+               "  --temperature T            0 = greedy (1.0)\n"
+               "  --top-p P                  (1.0)\n"
+               "  --top-k K                  0 = off (0)\n"
+               "  --min-p P                  (0)\n"
+               "  --seed S                   per-request seed (none)\n"
+               "  --ignore-eos               keep generating past EOS\n"
+               "  --max-model-len N          (the model's max_position_embeddings)\n"
+               "  --max-num-seqs N           sequences per step (256)\n"
+               "  --max-num-batched-tokens N token budget per step (max(2048, max_model_len))\n"
+               "  --block-size N             KV block size in tokens (16)\n"
+               "  --kv-cache-bytes B         KV pool size in bytes (1 GiB)\n"
+               "  --no-prefix-caching        disable automatic prefix caching\n"
+               "  --threads N                backend threads (all cores)\n"
+               "  -v, --verbose              engine log on stderr\n");
 }
 
 static int parse_long(const char *opt, const char *s, long lo, long hi, long *out)
@@ -50,8 +49,8 @@ static int parse_long(const char *opt, const char *s, long lo, long hi, long *ou
     errno = 0;
     long v = strtol(s, &end, 10);
     if (end == s || *end || errno || v < lo || v > hi) {
-        fprintf(stderr, "cvllm-generate: %s expects an integer in [%ld, %ld], got '%s'\n", opt,
-                lo, hi, s);
+        fprintf(stderr, "cvllm-generate: %s expects an integer in [%ld, %ld], got '%s'\n", opt, lo,
+                hi, s);
         return -1;
     }
     *out = v;
@@ -87,34 +86,29 @@ static int read_prompts(const char *path, prompts *p)
     ssize_t len;
     int cap_lines = 0;
     while ((len = getline(&line, &cap, f)) >= 0) {
-        if (len > 0 && line[len - 1] == '\n')
-            line[--len] = '\0';
+        if (len > 0 && line[len - 1] == '\n') line[--len] = '\0';
         if (p->n == cap_lines) {
             cap_lines = cap_lines ? 2 * cap_lines : 16;
             char **l = realloc(p->lines, (size_t)cap_lines * sizeof(char *));
-            if (!l)
-                break;
+            if (!l) break;
             p->lines = l;
         }
-        if (!(p->lines[p->n] = strdup(line)))
-            break;
+        if (!(p->lines[p->n] = strdup(line))) break;
         p->n++;
     }
     bool ok = feof(f);
     free(line);
     fclose(f);
-    if (!ok)
-        fprintf(stderr, "cvllm-generate: cannot read %s\n", path);
+    if (!ok) fprintf(stderr, "cvllm-generate: cannot read %s\n", path);
     return ok ? 0 : -1;
 }
 
 static int run_one(cv_engine *e, const char *prompt, const cv_sampling_params *sp)
 {
     cv_output_queue *q = cv_output_queue_create();
-    if (!q)
-        return -1;
-    cv_request_desc d = {.prompt = prompt, .prompt_len = strlen(prompt), .params = sp,
-                         .stream = true, .sink = q};
+    if (!q) return -1;
+    cv_request_desc d = {
+        .prompt = prompt, .prompt_len = strlen(prompt), .params = sp, .stream = true, .sink = q};
     cv_error err;
     uint64_t t0 = cv_now_ns(), t_first = 0;
     if (cv_engine_add_request(e, &d, &err) == 0) {
@@ -129,8 +123,7 @@ static int run_one(cv_engine *e, const char *prompt, const cv_sampling_params *s
             fprintf(stderr, "cvllm-generate: %s\n", o->error);
             rc = -1;
         } else if (o->n_seqs > 0) {
-            if (!t_first && o->seqs[0].n_output_tokens_total > 0)
-                t_first = cv_now_ns();
+            if (!t_first && o->seqs[0].n_output_tokens_total > 0) t_first = cv_now_ns();
             fwrite(o->seqs[0].text, 1, o->seqs[0].text_len, stdout);
             fflush(stdout);
             n_gen = o->seqs[0].n_output_tokens_total;
@@ -138,8 +131,7 @@ static int run_one(cv_engine *e, const char *prompt, const cv_sampling_params *s
         n_prompt = o->n_prompt_tokens;
         bool done = o->finished;
         cv_request_output_free(o);
-        if (done)
-            break;
+        if (done) break;
     }
     fputc('\n', stdout);
     double s = cv_ns_to_s(cv_now_ns() - t0);
@@ -166,8 +158,11 @@ static int run_batch(cv_engine *e, const prompts *p, const cv_sampling_params *s
     int submitted = 0, rc = 0;
     cv_error err;
     for (int i = 0; i < p->n; i++) {
-        cv_request_desc d = {.prompt = p->lines[i], .prompt_len = strlen(p->lines[i]),
-                             .params = sp, .stream = false, .sink = q,
+        cv_request_desc d = {.prompt = p->lines[i],
+                             .prompt_len = strlen(p->lines[i]),
+                             .params = sp,
+                             .stream = false,
+                             .sink = q,
                              .user_data = (void *)(intptr_t)i};
         if (cv_engine_add_request(e, &d, &err) == 0) {
             fprintf(stderr, "cvllm-generate: line %d: %s\n", i + 1, err.msg);
@@ -210,8 +205,26 @@ int main(int argc, char **argv)
     cv_sampling_params sp;
     cv_sampling_params_default(&sp);
     const char *prompt = NULL, *prompts_file = NULL, *model = NULL, *tokenizer = NULL;
-    enum { O_MODEL = 256, O_TOK, O_PROMPT, O_FILE, O_MAXTOK, O_TEMP, O_TOPP, O_TOPK, O_MINP,
-           O_SEED, O_EOS, O_MML, O_MNS, O_MNBT, O_BS, O_KV, O_NOPC, O_THREADS };
+    enum {
+        O_MODEL = 256,
+        O_TOK,
+        O_PROMPT,
+        O_FILE,
+        O_MAXTOK,
+        O_TEMP,
+        O_TOPP,
+        O_TOPK,
+        O_MINP,
+        O_SEED,
+        O_EOS,
+        O_MML,
+        O_MNS,
+        O_MNBT,
+        O_BS,
+        O_KV,
+        O_NOPC,
+        O_THREADS
+    };
     static const struct option opts[] = {
         {"model", required_argument, 0, O_MODEL},
         {"tokenizer", required_argument, 0, O_TOK},
@@ -241,51 +254,102 @@ int main(int argc, char **argv)
     while ((c = getopt_long(argc, argv, "vh", opts, NULL)) != -1) {
         int bad = 0;
         switch (c) {
-        case O_MODEL: model = optarg; break;
-        case O_TOK: tokenizer = optarg; break;
-        case O_PROMPT: prompt = optarg; break;
-        case O_FILE: prompts_file = optarg; break;
-        case O_MAXTOK: bad = parse_long("--max-tokens", optarg, 1, 1 << 30, &v); sp.max_tokens = (int)v; break;
-        case O_TEMP: bad = parse_float("--temperature", optarg, &sp.temperature); break;
-        case O_TOPP: bad = parse_float("--top-p", optarg, &sp.top_p); break;
-        case O_TOPK: bad = parse_long("--top-k", optarg, -1, 1 << 30, &v); sp.top_k = (int)v; break;
-        case O_MINP: bad = parse_float("--min-p", optarg, &sp.min_p); break;
-        case O_SEED: bad = parse_long("--seed", optarg, 0, 0x7fffffffL, &v); sp.seed = (uint64_t)v; sp.has_seed = true; break;
-        case O_EOS: sp.ignore_eos = true; break;
-        case O_MML: bad = parse_long("--max-model-len", optarg, 1, 1 << 30, &v); args.max_model_len = (int)v; break;
-        case O_MNS: bad = parse_long("--max-num-seqs", optarg, 1, 1 << 20, &v); args.max_num_seqs = (int)v; break;
-        case O_MNBT: bad = parse_long("--max-num-batched-tokens", optarg, 1, 1 << 30, &v); args.max_num_batched_tokens = (int)v; break;
-        case O_BS: bad = parse_long("--block-size", optarg, 1, 1024, &v); args.block_size = (int)v; break;
-        case O_KV: bad = parse_long("--kv-cache-bytes", optarg, 1, 0x7fffffffffffffffL, &v); args.kv_cache_bytes = (size_t)v; break;
-        case O_NOPC: args.enable_prefix_caching = false; break;
-        case O_THREADS: bad = parse_long("--threads", optarg, 0, 4096, &v); args.n_threads = (int)v; break;
-        case 'v': cv_log_set_level(CV_LOG_INFO); break;
-        case 'h': usage(stdout); return 0;
-        default: usage(stderr); return 2;
-        }
-        if (bad)
+        case O_MODEL:
+            model = optarg;
+            break;
+        case O_TOK:
+            tokenizer = optarg;
+            break;
+        case O_PROMPT:
+            prompt = optarg;
+            break;
+        case O_FILE:
+            prompts_file = optarg;
+            break;
+        case O_MAXTOK:
+            bad = parse_long("--max-tokens", optarg, 1, 1 << 30, &v);
+            sp.max_tokens = (int)v;
+            break;
+        case O_TEMP:
+            bad = parse_float("--temperature", optarg, &sp.temperature);
+            break;
+        case O_TOPP:
+            bad = parse_float("--top-p", optarg, &sp.top_p);
+            break;
+        case O_TOPK:
+            bad = parse_long("--top-k", optarg, -1, 1 << 30, &v);
+            sp.top_k = (int)v;
+            break;
+        case O_MINP:
+            bad = parse_float("--min-p", optarg, &sp.min_p);
+            break;
+        case O_SEED:
+            bad = parse_long("--seed", optarg, 0, 0x7fffffffL, &v);
+            sp.seed = (uint64_t)v;
+            sp.has_seed = true;
+            break;
+        case O_EOS:
+            sp.ignore_eos = true;
+            break;
+        case O_MML:
+            bad = parse_long("--max-model-len", optarg, 1, 1 << 30, &v);
+            args.max_model_len = (int)v;
+            break;
+        case O_MNS:
+            bad = parse_long("--max-num-seqs", optarg, 1, 1 << 20, &v);
+            args.max_num_seqs = (int)v;
+            break;
+        case O_MNBT:
+            bad = parse_long("--max-num-batched-tokens", optarg, 1, 1 << 30, &v);
+            args.max_num_batched_tokens = (int)v;
+            break;
+        case O_BS:
+            bad = parse_long("--block-size", optarg, 1, 1024, &v);
+            args.block_size = (int)v;
+            break;
+        case O_KV:
+            bad = parse_long("--kv-cache-bytes", optarg, 1, 0x7fffffffffffffffL, &v);
+            args.kv_cache_bytes = (size_t)v;
+            break;
+        case O_NOPC:
+            args.enable_prefix_caching = false;
+            break;
+        case O_THREADS:
+            bad = parse_long("--threads", optarg, 0, 4096, &v);
+            args.n_threads = (int)v;
+            break;
+        case 'v':
+            cv_log_set_level(CV_LOG_INFO);
+            break;
+        case 'h':
+            usage(stdout);
+            return 0;
+        default:
+            usage(stderr);
             return 2;
+        }
+        if (bad) return 2;
     }
     if (!model || (!prompt == !prompts_file) || optind < argc) {
-        fprintf(stderr, "cvllm-generate: need --model and exactly one of --prompt, --prompts-file\n");
+        fprintf(stderr,
+                "cvllm-generate: need --model and exactly one of --prompt, --prompts-file\n");
         usage(stderr);
         return 2;
     }
-    if (strlen(model) >= sizeof(args.model) || (tokenizer && strlen(tokenizer) >= sizeof(args.tokenizer))) {
+    if (strlen(model) >= sizeof(args.model) ||
+        (tokenizer && strlen(tokenizer) >= sizeof(args.tokenizer))) {
         fprintf(stderr, "cvllm-generate: path too long\n");
         return 2;
     }
     snprintf(args.model, sizeof(args.model), "%s", model);
-    if (tokenizer)
-        snprintf(args.tokenizer, sizeof(args.tokenizer), "%s", tokenizer);
+    if (tokenizer) snprintf(args.tokenizer, sizeof(args.tokenizer), "%s", tokenizer);
     cv_error err;
     if (cv_sampling_params_validate(&sp, &err) < 0) {
         fprintf(stderr, "cvllm-generate: %s\n", err.msg);
         return 2;
     }
     prompts p = {0};
-    if (prompts_file && read_prompts(prompts_file, &p) < 0)
-        return 1;
+    if (prompts_file && read_prompts(prompts_file, &p) < 0) return 1;
     uint64_t t0 = cv_now_ns();
     cv_engine *e = cv_engine_create(&args, &err);
     if (!e) {
