@@ -159,7 +159,9 @@ void test_server_start(test_server *s)
         int status;
         if (waitpid(s->pid, &status, WNOHANG) == s->pid) {
             char *log = test_read_file(log_path);
-            fail_msg("cvllm-server exited during start-up; its log:\n%s", log);
+            print_error("cvllm-server exited during start-up; its log:\n%s", log);
+            free(log);
+            fail_msg("cvllm-server did not start");
         }
         cvc_http_result res;
         cv_error err;
