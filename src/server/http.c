@@ -34,6 +34,7 @@ typedef struct http_req {
     int n_responses;
     json_t *pending; /* /generate: the response held until final */
     bool cancelled;
+    bool gone; /* the client closed the connection */
 } http_req;
 
 struct cv_http {
@@ -129,12 +130,14 @@ static void req_cancel(http_req *hr)
     cv_engine_abort(hr->model->engine, hr->engine_id);
 }
 
-/* The client closed the connection: evhttp frees its requests right after
- * this callback, so forget ours and abort the engine request. */
+/* The client closed the connection. evhttp detaches a request whose reply
+ * is unfinished instead of freeing it (evhttp_send_reply_end frees it once
+ * the final output arrives), so keep it, stop writing and abort the engine
+ * request. */
 static void on_conn_close(struct evhttp_connection *conn, void *arg)
 {
     http_req *hr = arg;
-    hr->req = NULL;
+    hr->gone = true;
     hr->conn = NULL;
     evhttp_connection_set_closecb(conn, NULL, NULL);
     req_cancel(hr);
@@ -162,7 +165,9 @@ static void handle_output(http_req *hr, const cv_request_output *out)
 {
     bool ok = !out->error;
     char msg[CV_ERROR_MSG_BYTES] = "";
-    if (hr->req && !out->error) {
+    if (hr->req && hr->gone) {
+        /* nothing to write: the client left */
+    } else if (hr->req && !out->error) {
         cv_infer_response resp;
         cv_error err = {""};
         if (cv_infer_response_build(&hr->ir, out, &resp, &err) < 0) {
@@ -194,7 +199,7 @@ static void handle_output(http_req *hr, const cv_request_output *out)
     } else if (out->error) {
         snprintf(msg, sizeof msg, "%s", out->error);
     }
-    if (hr->req && !ok && msg[0]) {
+    if (hr->req && !hr->gone && !ok && msg[0]) {
         if (hr->kind == KIND_STREAM) {
             sse_error(hr, msg);
         } else {

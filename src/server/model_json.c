@@ -39,7 +39,7 @@ int cv_hf_resolve(const char *id, const char *revision, char *out, size_t cap, c
                          "download it first, cvllm does not fetch models at load time",
                          id, repo);
     const char *rev = revision && *revision ? revision : "main";
-    char path[4400], snap[4400];
+    char path[4608], snap[4608];
     snprintf(snap, sizeof snap, "%s/snapshots/%s", repo, rev);
     if (!is_dir(snap)) {
         snprintf(path, sizeof path, "%s/refs/%s", repo, rev);
@@ -124,7 +124,7 @@ static int resolve_model_path(const jctx *c, const char *key, const char *val,
     }
     if (!is_dir(p)) {
         char m[4400];
-        snprintf(m, sizeof m, "'%s' is not a directory", p);
+        snprintf(m, sizeof m, "'%.4000s' is not a directory", p);
         return key_err(c, key, m);
     }
     if (strlen(p) >= cap) return key_err(c, key, "path too long");
