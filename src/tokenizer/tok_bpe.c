@@ -494,6 +494,15 @@ int tok_bpe_load(tok_bpe *m, const json_t *model, const tok_raw_model *raw, cv_e
     if (!m->char_id || !m->cache)
         return cv_errorf(err, "tokenizer: out of memory");
     memset(m->char_id, 0xff, CHAR_TABLE * sizeof *m->char_id);
+    m->metaspace_words = !m->prefix && !m->suffix && !m->ignore_merges;
+    for (int32_t id = 0; id < m->n_vocab && m->metaspace_words; id++) {
+        const char *t = m->vocab_str[id];
+        for (uint32_t i = 3; t && i + 3 <= m->vocab_len[id]; i++)
+            if (!memcmp(t + i, "\xE2\x96\x81", 3) && memcmp(t + i - 3, "\xE2\x96\x81", 3)) {
+                m->metaspace_words = false;
+                break;
+            }
+    }
     for (int32_t id = 0; id < m->n_vocab; id++) {
         uint32_t cp;
         if (m->vocab_str[id] && m->vocab_len[id] &&

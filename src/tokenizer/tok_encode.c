@@ -102,6 +102,21 @@ static int split_added(enc *e, const tok_added_set *set, const char *s, size_t n
 
 /* ---- pre-tokenize + model -------------------------------------------------- */
 
+/* Without a pre-tokenizer the whole piece is one BPE word; when the vocab
+ * allows (tok_bpe.metaspace_words) it is cut before each U+2581 that
+ * follows another character, which gives the same merges. */
+static int metaspace_words(enc *e, const char *s, size_t n, cv_error *err) {
+    static const char mark[3] = {'\xE2', '\x96', '\x81'};
+    size_t start = 0;
+    for (size_t i = 3; i + 3 <= n; i++)
+        if (s[i] == mark[0] && !memcmp(s + i, mark, 3) && memcmp(s + i - 3, mark, 3)) {
+            if (tok_bpe_word(&e->tok->bpe, s + start, i - start, &e->out, err))
+                return -1;
+            start = i;
+        }
+    return n > start ? tok_bpe_word(&e->tok->bpe, s + start, n - start, &e->out, err) : 0;
+}
+
 static int model_piece(enc *e, const char *s, size_t n, bool first, cv_error *err) {
     tok_splits *c = &e->cur;
     c->n = c->text.len = 0;
@@ -110,6 +125,8 @@ static int model_piece(enc *e, const char *s, size_t n, bool first, cv_error *er
     if (e->tok->pretok &&
         tok_pretokenize(e->tok->pretok, e->tok->bytelevel_re, &e->cur, &e->tmp, err))
         return -1;
+    if (!e->tok->pretok && e->tok->bpe.metaspace_words)
+        return metaspace_words(e, s, n, err);
     for (size_t i = 0; i < e->cur.n; i++)
         if (tok_bpe_word(&e->tok->bpe, e->cur.text.p + e->cur.v[i].off, e->cur.v[i].len, &e->out,
                          err))

@@ -223,6 +223,11 @@ typedef struct tok_bpe {
     char *unk_missing;       /* unk_token named but absent from the vocab */
     char *prefix, *suffix;   /* continuing_subword_prefix, end_of_word_suffix or NULL */
     bool fuse_unk, byte_fallback, ignore_merges;
+    /* No vocab token has U+2581 right after another character (other
+     * than U+2581): no merge can cross into a "\u2581word", so a whole
+     * SentencePiece-style text may be cut there into independent words
+     * (which then hit the cache). */
+    bool metaspace_words;
     int32_t byte_id[256];    /* ids of "<0xXX>" for byte_fallback, -1 missing */
     tok_cache_slot *cache;   /* [TOK_CACHE_SLOTS] or NULL */
     pthread_mutex_t cache_lock;
