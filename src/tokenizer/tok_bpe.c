@@ -497,8 +497,9 @@ int tok_bpe_load(tok_bpe *m, const json_t *model, const tok_raw_model *raw, cv_e
     m->metaspace_words = !m->prefix && !m->suffix && !m->ignore_merges;
     for (int32_t id = 0; id < m->n_vocab && m->metaspace_words; id++) {
         const char *t = m->vocab_str[id];
-        for (uint32_t i = 3; t && i + 3 <= m->vocab_len[id]; i++)
-            if (!memcmp(t + i, "\xE2\x96\x81", 3) && memcmp(t + i - 3, "\xE2\x96\x81", 3)) {
+        for (uint32_t i = 1; t && i + 3 <= m->vocab_len[id]; i++)
+            if (!memcmp(t + i, "\xE2\x96\x81", 3) &&
+                (i < 3 || memcmp(t + i - 3, "\xE2\x96\x81", 3))) {
                 m->metaspace_words = false;
                 break;
             }

@@ -108,8 +108,8 @@ static int split_added(enc *e, const tok_added_set *set, const char *s, size_t n
 static int metaspace_words(enc *e, const char *s, size_t n, cv_error *err) {
     static const char mark[3] = {'\xE2', '\x96', '\x81'};
     size_t start = 0;
-    for (size_t i = 3; i + 3 <= n; i++)
-        if (s[i] == mark[0] && !memcmp(s + i, mark, 3) && memcmp(s + i - 3, mark, 3)) {
+    for (size_t i = 1; i + 3 <= n; i++)
+        if (s[i] == mark[0] && !memcmp(s + i, mark, 3) && (i < 3 || memcmp(s + i - 3, mark, 3))) {
             if (tok_bpe_word(&e->tok->bpe, s + start, i - start, &e->out, err))
                 return -1;
             start = i;

@@ -60,6 +60,33 @@ static void test_small_tokenizer_works(void **s) {
     tok_free(tok);
 }
 
+/* A vocab with "a\u2581b" forbids cutting SentencePiece text before the
+ * U+2581: "a b" must merge to the one token (ids worked out by hand from
+ * the merges: a+\u2581 -> 3, then 3+b -> 4). Without that token the cut
+ * is allowed and gives the same ids as merging the whole text. */
+static void test_metaspace_cut_guard(void **s) {
+    (void)s;
+    const char *norm = "\"normalizer\": {\"type\": \"Replace\", \"pattern\": {\"String\": \" \"}, "
+                       "\"content\": \"\u2581\"}";
+    char json[1024];
+    snprintf(json, sizeof json,
+             "{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0, \"\u2581\": 1, \"b\": 2, "
+             "\"a\u2581\": 3, \"a\u2581b\": 4}, \"merges\": [\"a \u2581\", \"a\u2581 b\"]}, %s}",
+             norm);
+    cv_tokenizer *tok = tt_load(tok_dir_with("cut_forbidden", json));
+    const int32_t one[] = {4};
+    tt_check_encode(tok, "a b", 3, false, one, 1, "cut_forbidden");
+    tok_free(tok);
+    snprintf(json, sizeof json,
+             "{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0, \"\u2581\": 1, \"b\": 2, "
+             "\"\u2581b\": 3, \"ab\": 4}, \"merges\": [\"\u2581 b\", \"a b\"]}, %s}",
+             norm);
+    tok = tt_load(tok_dir_with("cut_allowed", json));
+    const int32_t three[] = {0, 3, 4, 3};
+    tt_check_encode(tok, "a bab b", 7, false, three, 4, "cut_allowed");
+    tok_free(tok);
+}
+
 static void test_invalid_utf8(void **s) {
     (void)s;
     cv_tokenizer *tok = tt_load(tt_path("%s/tokenizers/gpt2", tt_shared()));
@@ -223,6 +250,7 @@ static void test_cli(void **s) {
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_small_tokenizer_works),
+        cmocka_unit_test(test_metaspace_cut_guard),
         cmocka_unit_test(test_invalid_utf8),
         cmocka_unit_test(test_missing_file),
         cmocka_unit_test(test_malformed_json),
