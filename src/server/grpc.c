@@ -406,6 +406,7 @@ static void stream_output(stream_req *r, const cv_request_output *out)
     if (!out->finished) return;
     if (st->cancelled) cv_log_info("[vllm] Successfully cancelled the request");
     bool aborted = out->n_seqs > 0 && out->seqs[0].finish_reason == CV_FINISH_ABORT;
+    atomic_fetch_sub(&r->model->counters.pending, 1);
     cv_server_account(r->model, ok && !aborted && !st->cancelled, r->start_ns);
     for (stream_req **p = &st->reqs; *p; p = &(*p)->next) {
         if (*p == r) {

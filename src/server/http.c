@@ -219,6 +219,7 @@ static void handle_output(http_req *hr, const cv_request_output *out)
         hr->req = NULL;
     }
     bool aborted = out->n_seqs > 0 && out->seqs[0].finish_reason == CV_FINISH_ABORT;
+    atomic_fetch_sub(&hr->model->counters.pending, 1);
     cv_server_account(hr->model, ok && !aborted, hr->start_ns);
     req_finish(hr);
 }

@@ -175,7 +175,9 @@ uint64_t cv_infer_submit(cv_infer_request *r, cv_model *m, cv_output_queue *sink
         .sink = sink,
         .user_data = user_data,
     };
-    return cv_engine_add_request(m->engine, &d, err);
+    uint64_t id = cv_engine_add_request(m->engine, &d, err);
+    if (id) atomic_fetch_add(&m->counters.pending, 1);
+    return id;
 }
 
 /* ---- responses ---------------------------------------------------------- */

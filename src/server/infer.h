@@ -48,7 +48,9 @@ int cv_infer_set_param(cv_infer_request *r, const char *key, json_t *value, cv_e
  * (Triton-reserved ones excluded); lora_name checked against the model. */
 int cv_infer_prepare(cv_infer_request *r, const cv_model *m, cv_error *err);
 
-/* Queues the prepared request in m's engine with outputs to sink. */
+/* Queues the prepared request in m's engine with outputs to sink and counts
+ * it pending (the frontend decrements m->counters.pending at its final
+ * output). */
 uint64_t cv_infer_submit(cv_infer_request *r, cv_model *m, cv_output_queue *sink, void *user_data,
                          cv_error *err);
 

@@ -310,6 +310,23 @@ static void test_repository_explicit_mode(void **state)
            "{\"error\":\"Request for unknown model: 'stories' has no available versions\"}");
     expect("POST", "/v2/repository/models/stories/load", "{}", 200, "");
     expect("GET", "/v2/models/stories/ready", NULL, 200, "");
+    /* Two models in one server, each with its own engine. */
+    th_add_model(srv.repo, "stories_b", "backend: \"vllm\"\n", th_stories_json());
+    expect("POST", "/v2/repository/models/stories_b/load", "", 200, "");
+    char *a = NULL, *b = NULL;
+    const char *body = "{\"text_input\": \"Once upon a time\", \"exclude_input_in_output\": "
+                       "true, \"parameters\": {\"max_tokens\": 6, \"temperature\": 0}}";
+    assert_int_equal(th_http("POST", url("/v2/models/stories/generate"), body, &a), 200);
+    assert_int_equal(th_http("POST", url("/v2/models/stories_b/generate"), body, &b), 200);
+    assert_non_null(strstr(b, "\"model_name\":\"stories_b\""));
+    json_t *ja = json_loads(a, 0, NULL), *jb = json_loads(b, 0, NULL);
+    assert_string_equal(json_string_value(json_object_get(ja, "text_output")),
+                        json_string_value(json_object_get(jb, "text_output")));
+    json_decref(ja);
+    json_decref(jb);
+    free(a);
+    free(b);
+    expect("POST", "/v2/repository/models/stories_b/unload", "", 200, "");
     expect("POST", "/v2/repository/models/coupled/unload", "", 200, "");
     expect("POST", "/v2/repository/models/nojson/unload", "", 200, "");
 }
@@ -397,8 +414,14 @@ static void test_two_servers_side_by_side(void **state)
     (void)state;
     const char *repo2 = th_make_repo();
     test_server s2;
-    const char *extra[] = {"--backend-config=python,shm-region-prefix-name=prefix2", NULL};
+    const char *extra[] = {"--backend-config=python,shm-region-prefix-name=prefix2",
+                           "--allow-metrics=false", NULL};
     assert_true(th_start(&s2, repo2, extra));
+    /* --allow-metrics=false: nothing listens on the metrics port. */
+    char mu[128], *mresp = NULL;
+    snprintf(mu, sizeof mu, "http://127.0.0.1:%d/metrics", s2.metrics_port);
+    assert_int_equal(th_http("GET", mu, NULL, &mresp), 0);
+    free(mresp);
     char u[128], *resp = NULL;
     snprintf(u, sizeof u, "http://127.0.0.1:%d/v2/models/stories/generate", s2.http_port);
     const char *body = "{\"text_input\": \"Once upon a time\", \"parameters\": {\"max_tokens\": "
