@@ -47,7 +47,9 @@ static void take_snap(cv_model *m, void *arg)
     x->c[2] = atomic_load(&k->inference_count);
     x->c[3] = atomic_load(&k->exec_count);
     x->c[4] = atomic_load(&k->request_duration_us);
-    x->c[5] = atomic_load(&k->queue_duration_us);
+    /* Time in the engine's waiting queue, from its stats. */
+    cv_engine_get_stats(m->engine, &x->st);
+    x->c[5] = (uint64_t)(x->st.queue_time_s.sum * 1e6);
     x->c[6] = atomic_load(&k->compute_infer_duration_us);
     x->pending = atomic_load(&k->pending);
     x->custom = m->report_custom_metrics;

@@ -27,10 +27,9 @@ struct cv_repository {
     int n_threads;
     model_entry *entries;
     int n_entries;
-    int inflight; /* references held by requests */
 };
 
-static const char *const state_names[] = {"", "LOADING", "READY", "UNLOADING", "UNAVAILABLE"};
+static const char *const state_names[] = {"", "LOADING", "READY", "UNAVAILABLE"};
 
 const char *cv_model_state_name(cv_model_state s)
 {
@@ -357,7 +356,6 @@ cv_model *cv_repository_acquire(cv_repository *r, const char *name, const char *
         return NULL;
     }
     m->refs++;
-    r->inflight++;
     pthread_mutex_unlock(&r->mu);
     return m;
 }
@@ -366,7 +364,6 @@ void cv_model_release(cv_model *m)
 {
     cv_repository *r = m->repo;
     pthread_mutex_lock(&r->mu);
-    r->inflight--;
     cv_model *gone = unref_locked(m);
     pthread_mutex_unlock(&r->mu);
     if (gone) model_free(gone);
@@ -415,12 +412,4 @@ void cv_repository_foreach_ready(cv_repository *r, void (*fn)(cv_model *m, void 
     for (int i = 0; i < r->n_entries; i++)
         if (r->entries[i].model) fn(r->entries[i].model, arg);
     pthread_mutex_unlock(&r->mu);
-}
-
-int cv_repository_inflight(cv_repository *r)
-{
-    pthread_mutex_lock(&r->mu);
-    int n = r->inflight;
-    pthread_mutex_unlock(&r->mu);
-    return n;
 }

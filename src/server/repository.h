@@ -1,10 +1,10 @@
 /* The model repository: every model directory under the --model-repository
- * roots, its state (Triton's READY / UNAVAILABLE / LOADING / UNLOADING) and,
+ * roots, its state (Triton's READY / UNAVAILABLE / LOADING) and,
  * while loaded, its engine.
  *
  * Lifetime: cv_repository_acquire hands out a counted reference to a READY
- * model; each in-flight request holds one. Unloading marks the model
- * UNLOADING (new acquires fail) and drops the repository's own reference;
+ * model; each in-flight request holds one. Unloading makes the model
+ * UNAVAILABLE (new acquires fail) and drops the repository's own reference;
  * the engine is shut down when the last reference goes, so a frontend may
  * call cv_engine_abort on a model it holds at any time. All functions are
  * thread-safe. */
@@ -26,7 +26,6 @@ typedef enum {
     CV_MODEL_UNKNOWN = 0, /* never loaded */
     CV_MODEL_LOADING,
     CV_MODEL_READY,
-    CV_MODEL_UNLOADING,
     CV_MODEL_UNAVAILABLE, /* unloaded or failed to load (see reason) */
 } cv_model_state;
 
@@ -39,7 +38,6 @@ typedef struct cv_model_counters {
     atomic_uint_fast64_t inference_count;
     atomic_uint_fast64_t exec_count;
     atomic_uint_fast64_t request_duration_us;
-    atomic_uint_fast64_t queue_duration_us;
     atomic_uint_fast64_t compute_infer_duration_us;
     atomic_int_fast64_t pending;
 } cv_model_counters;
@@ -93,8 +91,5 @@ bool cv_repository_all_ready(cv_repository *repo);
  * back into the repository). */
 void cv_repository_foreach_ready(cv_repository *repo, void (*fn)(cv_model *m, void *arg),
                                  void *arg);
-/* Number of requests in flight over all models (references beyond the
- * repository's own). */
-int cv_repository_inflight(cv_repository *repo);
 
 #endif
