@@ -264,9 +264,10 @@ static int free_port(void)
     return ntohs(a.sin_port);
 }
 
+static char repo[64]; /* the temporary model repository, removed at the end */
+
 static pid_t start_server(const char *server_bin, const opts *o, int http, int grpc, int metrics)
 {
-    static char repo[64];
     snprintf(repo, sizeof repo, "/tmp/cvllm_bench_XXXXXX");
     if (!mkdtemp(repo)) exit(1);
     char path[512];
@@ -361,6 +362,9 @@ int main(int argc, char **argv)
     int status;
     waitpid(pid, &status, 0);
     cvc_http_global_cleanup();
+    char rm[128];
+    snprintf(rm, sizeof rm, "rm -rf '%.63s'", repo);
+    if (system(rm) != 0) fprintf(stderr, "could not remove %s\n", repo);
 
     printf("model: %s, %d requests per path (after 2 warm-up rounds, paths interleaved), "
            "concurrency 1, greedy, "

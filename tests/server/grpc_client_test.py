@@ -9,9 +9,11 @@ triton_enable_empty_final_response, half-close -> OK, error messages,
 ModelInfer -> UNIMPLEMENTED and cancel -> CANCELLED with the engine request
 aborted. Runs a server on free loopback ports over a temporary repository
 pointing at $CVLLM_SHARED/models/stories260K."""
+import atexit
 import json
 import os
 import queue
+import shutil
 import signal
 import socket
 import struct
@@ -30,6 +32,7 @@ BIN = os.environ.get("CVLLM_BIN_DIR", os.path.join(SRC, "build", "bin"))
 SHARED = os.environ.get("CVLLM_SHARED", os.path.join(SRC, "..", "shared"))
 
 GEN_DIR = tempfile.mkdtemp(prefix="cvllm_pb_")
+atexit.register(shutil.rmtree, GEN_DIR, True)
 subprocess.check_call(["protoc", "-I", os.path.join(SRC, "proto"), "--python_out", GEN_DIR,
                        "model_config.proto", "grpc_service.proto"])
 sys.path.insert(0, GEN_DIR)
@@ -89,6 +92,7 @@ def outputs_of(resp):
 class Server:
     def __init__(self):
         self.repo = tempfile.mkdtemp(prefix="cvllm_grpc_repo_")
+        atexit.register(shutil.rmtree, self.repo, True)
         os.makedirs(os.path.join(self.repo, "stories", "1"))
         with open(os.path.join(self.repo, "stories", "config.pbtxt"), "w") as f:
             f.write('backend: "vllm"\ninstance_group [ { count: 1 kind: KIND_MODEL } ]\n')

@@ -52,11 +52,26 @@ void th_add_model(const char *repo, const char *name, const char *pbtxt, const c
     }
 }
 
+/* Repositories made by this process, removed at exit. */
+static char made[16][64];
+static int n_made;
+
+static void remove_repos(void)
+{
+    for (int i = 0; i < n_made; i++) {
+        char cmd[128];
+        snprintf(cmd, sizeof cmd, "rm -rf '%.63s'", made[i]);
+        if (system(cmd) != 0) fprintf(stderr, "harness: could not remove %s\n", made[i]);
+    }
+}
+
 const char *th_make_repo(void)
 {
     static char dir[64];
     snprintf(dir, sizeof dir, "/tmp/cvllm_srv_XXXXXX");
-    if (!mkdtemp(dir)) abort();
+    if (!mkdtemp(dir) || n_made == 16) abort();
+    if (n_made == 0) atexit(remove_repos);
+    snprintf(made[n_made++], sizeof made[0], "%s", dir);
     th_add_model(
         dir, "stories",
         "backend: \"vllm\"\n"

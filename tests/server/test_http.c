@@ -489,6 +489,41 @@ static void test_sigterm_drains_and_exits_zero(void **state)
     free(job.events);
 }
 
+static void test_exit_on_error_and_readiness(void **state)
+{
+    (void)state;
+    const char *repo = th_make_repo();
+    th_add_model(repo, "coupled",
+                 "backend: \"vllm\"\nmodel_transaction_policy { decoupled: false }\n",
+                 th_stories_json());
+    /* tritonserver's default --exit-on-error=true: a failed model at start
+     * is fatal, exit status 1. */
+    test_server s;
+    assert_false(th_start(&s, repo, NULL));
+    char *log = th_log(&s);
+    assert_non_null(strstr(log, "E cvllm: failed to load 'coupled': vLLM Triton backend must be "
+                                "configured to use decoupled model transaction policy\n"));
+    assert_non_null(strstr(log, "error: creating server: failed to load all models (1 failed; "
+                                "see the log above)\n"));
+    free(log);
+    const char *keep_going[] = {"--exit-on-error=false", NULL};
+    assert_true(th_start(&s, repo, keep_going));
+    char u[128], *resp = NULL;
+    snprintf(u, sizeof u, "http://127.0.0.1:%d/v2/health/ready", s.http_port);
+    assert_int_equal(th_http("GET", u, NULL, &resp), 400); /* strict: a model failed */
+    free(resp);
+    snprintf(u, sizeof u, "http://127.0.0.1:%d/v2/models/stories/ready", s.http_port);
+    assert_int_equal(th_http("GET", u, NULL, &resp), 200);
+    free(resp);
+    assert_int_equal(th_stop(&s), 0);
+    const char *lax[] = {"--exit-on-error=false", "--strict-readiness=false", NULL};
+    assert_true(th_start(&s, repo, lax));
+    snprintf(u, sizeof u, "http://127.0.0.1:%d/v2/health/ready", s.http_port);
+    assert_int_equal(th_http("GET", u, NULL, &resp), 200);
+    free(resp);
+    assert_int_equal(th_stop(&s), 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -501,6 +536,7 @@ int main(void)
         cmocka_unit_test(test_metrics_exact),
         cmocka_unit_test(test_two_servers_side_by_side),
         cmocka_unit_test(test_sigterm_drains_and_exits_zero),
+        cmocka_unit_test(test_exit_on_error_and_readiness),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
