@@ -219,6 +219,16 @@ static void test_n3_and_best_of(void **state)
         if (r.seqs[k].cum_logprob > r.seqs[best].cum_logprob) best = k;
     }
     assert_memory_not_equal(r.seqs[0].ids, r.seqs[1].ids, 16 * sizeof(int32_t));
+    /* Streamed, the three sequences' deltas add up to the same outputs. */
+    req_result st;
+    run_one(eng, &p, prompt, 21, true, &st);
+    assert_int_equal(st.n_seqs, 3);
+    assert_true(st.n_outputs > 1);
+    for (int k = 0; k < 3; k++) {
+        assert_memory_equal(st.seqs[k].ids, r.seqs[k].ids, 16 * sizeof(int32_t));
+        assert_string_equal(st.seqs[k].text, r.seqs[k].text);
+    }
+    result_free(&st);
     /* best_of 3, n 1: the sample of highest cumulative logprob. */
     p.n = 1;
     p.best_of = 3;
@@ -241,9 +251,10 @@ static void log_softmax(const float *x, int n, double *out)
         out[i] = x[i] - mx - log(s);
 }
 
-static void test_logprobs(void **state)
+/* chunk_budget > 0: an engine whose token budget splits the prompt into
+ * chunks, so prompt logprobs come from several steps. */
+static void check_logprobs(int chunk_budget)
 {
-    (void)state;
     greedy_case c;
     load_stories_case(1, &c);
     enum { N = 8, V = 512 };
@@ -252,7 +263,15 @@ static void test_logprobs(void **state)
     p.logprobs = 2;
     p.prompt_logprobs = 1;
     req_result r;
-    run_one(eng, &p, c.input, c.n_input, true, &r);
+    cv_engine *engine = eng;
+    if (chunk_budget) {
+        cv_engine_args a;
+        test_args(&a, stories);
+        a.max_num_batched_tokens = chunk_budget;
+        engine = test_engine(&a);
+    }
+    run_one(engine, &p, c.input, c.n_input, true, &r);
+    if (engine != eng) cv_engine_shutdown(engine, false);
     assert_int_equal(r.seqs[0].n_lps, N);
     ref_model ref;
     ref_open(&ref, stories);
@@ -309,6 +328,13 @@ static void test_logprobs(void **state)
     }
     ref_close(&ref);
     result_free(&r);
+}
+
+static void test_logprobs(void **state)
+{
+    (void)state;
+    check_logprobs(0);
+    check_logprobs(2); /* 5 prompt tokens in chunks of 2, 2, 1 */
 }
 
 static void expect_rejected(const cv_sampling_params *p, const int32_t *ids, int n, bool stream,
