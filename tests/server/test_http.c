@@ -365,6 +365,49 @@ static double metric(const char *name)
     return v;
 }
 
+/* The "le" values of histogram `name` in the metrics text, space-separated. */
+static void bucket_bounds(const char *text, const char *name, char *out, size_t cap)
+{
+    char prefix[160];
+    snprintf(prefix, sizeof prefix, "%s_bucket{model=\"stories\",version=\"1\",le=\"", name);
+    out[0] = '\0';
+    size_t len = 0;
+    for (const char *p = text; (p = strstr(p, prefix)); p++) {
+        const char *v = p + strlen(prefix), *q = strchr(v, '"');
+        len += (size_t)snprintf(out + len, cap - len, "%s%.*s", len ? " " : "", (int)(q - v), v);
+    }
+}
+
+/* Bucket boundaries as PROTOCOL.md lists them (request token counts go
+ * 1 2 5 10 ... up to max_model_len, 512 for stories260K). */
+static void test_metrics_buckets(void **state)
+{
+    (void)state;
+    char u[128], *text = NULL, got[512];
+    snprintf(u, sizeof u, "http://127.0.0.1:%d/metrics", srv.metrics_port);
+    assert_int_equal(th_http("GET", u, NULL, &text), 200);
+    static const struct {
+        const char *name, *bounds;
+    } want[] = {
+        {"vllm:time_to_first_token_seconds",
+         "0.001 0.005 0.01 0.02 0.04 0.06 0.08 0.1 0.25 0.5 0.75 1 2.5 5 7.5 10 +Inf"},
+        {"vllm:time_per_output_token_seconds",
+         "0.01 0.025 0.05 0.075 0.1 0.15 0.2 0.3 0.4 0.5 0.75 1 2.5 +Inf"},
+        {"vllm:e2e_request_latency_seconds", "1 2.5 5 10 15 20 30 40 50 60 +Inf"},
+        {"vllm:request_prompt_tokens", "1 2 5 10 20 50 100 200 500 +Inf"},
+        {"vllm:request_generation_tokens", "1 2 5 10 20 50 100 200 500 +Inf"},
+        {"vllm:request_params_n", "1 2 5 10 20 +Inf"},
+    };
+    for (size_t i = 0; i < sizeof want / sizeof *want; i++) {
+        bucket_bounds(text, want[i].name, got, sizeof got);
+        assert_string_equal(got, want[i].bounds);
+    }
+    assert_non_null(strstr(text, "# TYPE vllm:time_to_first_token_seconds histogram\n"));
+    assert_non_null(strstr(text, "# TYPE vllm:prompt_tokens_total counter\n"));
+    assert_non_null(strstr(text, "# TYPE nv_inference_request_success counter\n"));
+    free(text);
+}
+
 static void test_metrics_exact(void **state)
 {
     (void)state;
@@ -534,6 +577,7 @@ int main(void)
         cmocka_unit_test(test_repository_explicit_mode),
         cmocka_unit_test(test_disconnect_aborts_request),
         cmocka_unit_test(test_metrics_exact),
+        cmocka_unit_test(test_metrics_buckets),
         cmocka_unit_test(test_two_servers_side_by_side),
         cmocka_unit_test(test_sigterm_drains_and_exits_zero),
         cmocka_unit_test(test_exit_on_error_and_readiness),
