@@ -24,6 +24,8 @@ void cv_engine_args_default(cv_engine_args *args)
 
 /* ---- Request lifecycle (engine thread) -------------------------------- */
 
+enum { PROMPT_LOGPROBS_CHUNK = 64 };
+
 static uint64_t mix64(uint64_t x)
 {
     x += 0x9e3779b97f4a7c15ULL;
@@ -45,6 +47,10 @@ static void admit(cv_engine *e, request *req)
     }
     seq->owner = req;
     seq->skip_prefix_cache = req->params.prompt_logprobs >= 0;
+    /* Prompt logprobs need a logits row per prompt token: chunks of at most
+     * PROMPT_LOGPROBS_CHUNK keep that buffer small (a 152K vocab row is
+     * 600 KB). */
+    if (seq->skip_prefix_cache) seq->max_chunk = PROMPT_LOGPROBS_CHUNK;
     req->seqs[0].seq = seq;
     for (int k = 0; k < req->n_seqs; k++) {
         seq_state *ss = &req->seqs[k];

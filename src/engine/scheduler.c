@@ -107,6 +107,16 @@ static int reserve_list(seq_list *l, int n)
     return 0;
 }
 
+/* Tokens seq runs this step: what it has left, within the budget and its
+ * own chunk limit. */
+static int chunk_size(const cv_seq *seq, int budget)
+{
+    int n = seq->n_tokens - seq->n_computed;
+    if (n > budget) n = budget;
+    if (seq->max_chunk > 0 && n > seq->max_chunk) n = seq->max_chunk;
+    return n;
+}
+
 int sched_schedule(scheduler *s, sched_output *out)
 {
     memset(out, 0, sizeof(*out));
@@ -119,8 +129,7 @@ int sched_schedule(scheduler *s, sched_output *out)
 
     for (int i = 0; i < s->running.n && budget > 0;) {
         cv_seq *seq = s->running.items[i];
-        int n_new = seq->n_tokens - seq->n_computed;
-        if (n_new > budget) n_new = budget;
+        int n_new = chunk_size(seq, budget);
         if (n_new <= 0) {
             i++;
             continue;
@@ -145,8 +154,7 @@ int sched_schedule(scheduler *s, sched_output *out)
            s->running.n < s->max_num_seqs) {
         cv_seq *seq = s->waiting.items[0];
         int hits = seq->n_blocks == 0 ? bm_attach_cached_prefix(s->bm, seq) : 0;
-        int n_new = seq->n_tokens - seq->n_computed;
-        if (n_new > budget) n_new = budget;
+        int n_new = chunk_size(seq, budget);
         if (bm_allocate(s->bm, seq, seq->n_computed + n_new) < 0) {
             bm_free_seq(s->bm, seq); /* give back the prefix hits until it fits */
             break;

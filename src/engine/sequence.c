@@ -50,5 +50,6 @@ cv_seq *seq_clone(const cv_seq *parent, uint64_t id)
     s->n_computed = parent->n_computed;
     s->owner = parent->owner;
     s->skip_prefix_cache = parent->skip_prefix_cache;
+    s->max_chunk = parent->max_chunk;
     return s;
 }

@@ -28,6 +28,8 @@ typedef struct cv_seq {
     int n_hashed_blocks;    /* leading full blocks already offered to the prefix cache */
     uint64_t last_hash;     /* chained hash of block n_hashed_blocks-1 */
     bool skip_prefix_cache; /* prompt_logprobs: every prompt token must run */
+    int max_chunk;          /* > 0: at most this many tokens per step (bounds the
+                               logits rows a prompt_logprobs prefill needs) */
 } cv_seq;
 
 cv_seq *seq_create(uint64_t id, const int32_t *prompt, int n_prompt);

@@ -74,6 +74,31 @@ static void test_chunked_prefill_and_decode_mix(void **state)
     bm_destroy(bm);
 }
 
+static void test_max_chunk(void **state)
+{
+    (void)state;
+    block_manager *bm = bm_create(64, 4, false);
+    scheduler s;
+    sched_init(&s, bm, 8, 100);
+    cv_seq *a = make_seq(1, 25), *b = make_seq(2, 25);
+    a->max_chunk = 10; /* a prompt_logprobs request */
+    sched_add(&s, a, false);
+    sched_add(&s, b, false);
+    sched_output o;
+    static const int want_a[] = {10, 10, 5, 1};
+    for (int step = 0; step < 4; step++) {
+        sched_schedule(&s, &o);
+        assert_int_equal(n_new_of(&o, a), want_a[step]);
+        assert_int_equal(n_new_of(&o, b), step == 0 ? 25 : 1);
+        finish_step(bm, &o);
+    }
+    sched_remove(&s, a);
+    sched_remove(&s, b);
+    sched_fini(&s);
+    seq_free(a), seq_free(b);
+    bm_destroy(bm);
+}
+
 static void test_max_num_seqs_fcfs(void **state)
 {
     (void)state;
@@ -158,6 +183,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_chunked_prefill_and_decode_mix),
+        cmocka_unit_test(test_max_chunk),
         cmocka_unit_test(test_max_num_seqs_fcfs),
         cmocka_unit_test(test_preemption_and_recompute),
     };
