@@ -118,6 +118,22 @@ static void test_stop_token_ids(void **state)
     assert_string_equal(r.seqs[0].text, want);
     free(want);
     result_free(&r);
+    /* The very first token stops: one id, no text. */
+    stop_id = c.output[0];
+    run_one(eng, &p, c.input, c.n_input, false, &r);
+    assert_int_equal(r.seqs[0].finish, CV_FINISH_STOP);
+    assert_int_equal(r.seqs[0].n_ids, 1);
+    assert_int_equal(r.seqs[0].ids[0], stop_id);
+    assert_string_equal(r.seqs[0].text, "");
+    /* include_stop_str_in_output keeps the stop token's text. */
+    p.include_stop_str_in_output = true;
+    result_free(&r);
+    run_one(eng, &p, c.input, c.n_input, false, &r);
+    char *first = decode(c.output, 1, true);
+    assert_string_equal(r.seqs[0].text, first);
+    assert_true(first[0] != '\0');
+    free(first);
+    result_free(&r);
 }
 
 static void test_min_tokens(void **state)
