@@ -164,6 +164,22 @@ static int cmp_cand_desc(const void *a, const void *b)
 
 /* min_p, top_k, top_p over the tempered logits in s->work; returns the
  * surviving candidates in s->cands (count). */
+/* top_p over cands[0..n) sorted descending, as vLLM: over the ascending
+ * order, drop tokens while the cumulative probability stays <= 1 - top_p
+ * (starting from `removed`, the share already dropped); the most likely
+ * always stays. Returns how many stay. */
+static int top_p_keep(const cand *c, int n, float mx, double sum, double removed, float top_p)
+{
+    double cum = removed;
+    int keep = n;
+    for (int i = n - 1; i > 0; i--) {
+        cum += expf(c[i].logit - mx) / sum;
+        if (cum > 1.0 - top_p) break;
+        keep = i;
+    }
+    return keep;
+}
+
 static int filter_candidates(sampler *s, const cv_sampling_params *p)
 {
     float mx = row_max(s->work, s->vocab);
@@ -175,29 +191,38 @@ static int filter_candidates(sampler *s, const cv_sampling_params *p)
     bool use_k = p->top_k > 0 && p->top_k < n;
     bool use_p = p->top_p < 1.0f;
     if (!use_k && !use_p) return n;
-    qsort(s->cands, (size_t)n, sizeof(cand), cmp_cand_desc);
-    if (use_k) {
-        /* vLLM keeps every logit >= the k-th largest (ties survive). */
-        float kth = s->cands[p->top_k - 1].logit;
-        int k = p->top_k;
-        while (k < n && s->cands[k].logit >= kth)
-            k++;
-        n = k;
-    }
-    if (use_p) {
-        /* vLLM: over the ascending sort, drop tokens while the cumulative
-         * probability stays <= 1 - top_p; the most likely always stays. */
+    if (!use_k) {
+        /* Tokens of probability <= (1 - top_p) / n weigh at most 1 - top_p
+         * together and come first in ascending order, so top_p drops all
+         * of them: leave them out of the sort (at a low temperature a
+         * 32K-152K row keeps a handful). */
         double sum = 0;
         for (int i = 0; i < n; i++)
             sum += expf(s->cands[i].logit - mx);
-        double cum = 0;
-        int keep = n;
-        for (int i = n - 1; i > 0; i--) {
-            cum += expf(s->cands[i].logit - mx) / sum;
-            if (cum > 1.0 - p->top_p) break;
-            keep = i;
+        double small = (1.0 - p->top_p) / n * sum, removed = 0;
+        int m = 0;
+        for (int i = 0; i < n; i++) {
+            double e = expf(s->cands[i].logit - mx);
+            if (e <= small)
+                removed += e;
+            else
+                s->cands[m++] = s->cands[i];
         }
-        n = keep;
+        qsort(s->cands, (size_t)m, sizeof(cand), cmp_cand_desc);
+        return top_p_keep(s->cands, m, mx, sum, removed / sum, p->top_p);
+    }
+    qsort(s->cands, (size_t)n, sizeof(cand), cmp_cand_desc);
+    /* vLLM keeps every logit >= the k-th largest (ties survive). */
+    float kth = s->cands[p->top_k - 1].logit;
+    int k = p->top_k;
+    while (k < n && s->cands[k].logit >= kth)
+        k++;
+    n = k;
+    if (use_p) {
+        double sum = 0;
+        for (int i = 0; i < n; i++)
+            sum += expf(s->cands[i].logit - mx);
+        n = top_p_keep(s->cands, n, mx, sum, 0, p->top_p);
     }
     return n;
 }

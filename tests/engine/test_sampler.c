@@ -5,6 +5,7 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdlib.h>
 
 #include <cmocka.h>
 
@@ -101,6 +102,79 @@ static void test_filters(void **state)
     sampler_destroy(s);
 }
 
+/* vLLM's top_p written plainly: sort everything descending, walk the
+ * ascending cumulative probability, then draw with the same uniform. */
+static int cmp_desc(const void *a, const void *b)
+{
+    const float *x = a, *y = b; /* (logit, id) pairs */
+    if (x[0] != y[0]) return x[0] < y[0] ? 1 : -1;
+    return (int)x[1] - (int)y[1];
+}
+
+static int32_t reference_top_p(const float *logits, int v, float top_p, uint64_t seed)
+{
+    static float pairs[2 * 4096];
+    float mx = logits[0];
+    for (int i = 0; i < v; i++) {
+        pairs[2 * i] = logits[i];
+        pairs[2 * i + 1] = (float)i;
+        mx = logits[i] > mx ? logits[i] : mx;
+    }
+    qsort(pairs, (size_t)v, 2 * sizeof(float), cmp_desc);
+    double sum = 0;
+    for (int i = 0; i < v; i++)
+        sum += expf(pairs[2 * i] - mx);
+    double cum = 0;
+    int keep = v;
+    for (int i = v - 1; i > 0; i--) {
+        cum += expf(pairs[2 * i] - mx) / sum;
+        if (cum > 1.0 - top_p) break;
+        keep = i;
+    }
+    double kept = 0;
+    for (int i = 0; i < keep; i++)
+        kept += expf(pairs[2 * i] - mx);
+    double u = sampler_uniform(seed, 0) * kept, c = 0;
+    for (int i = 0; i < keep; i++) {
+        c += expf(pairs[2 * i] - mx);
+        if (u < c) return (int32_t)pairs[2 * i + 1];
+    }
+    return (int32_t)pairs[2 * (keep - 1) + 1];
+}
+
+static void test_top_p_matches_reference(void **state)
+{
+    (void)state;
+    enum { NV = 4096 };
+    sampler *s = sampler_create(NV);
+    static float logits[NV];
+    uint32_t x = 12345;
+    const float scales[] = {0.05f, 1.0f, 8.0f}; /* flat, moderate, peaked rows */
+    const float ps[] = {0.3f, 0.9f, 0.95f};
+    int32_t toks[1] = {0};
+    cv_sampling_params p;
+    cv_sampling_params_default(&p);
+    int checked = 0;
+    for (int si = 0; si < 3; si++) {
+        for (int i = 0; i < NV; i++) {
+            x = x * 1664525u + 1013904223u;
+            logits[i] = scales[si] * ((float)(x >> 8) / 16777216.0f * 8.0f - 4.0f);
+        }
+        for (int pi = 0; pi < 3; pi++) {
+            p.top_p = ps[pi];
+            for (uint64_t seed = 0; seed < 20; seed++) {
+                sample_logprobs lp;
+                sample_request r = {&p, logits, toks, 1, 1, seed, NULL, 0};
+                assert_int_equal(sampler_sample(s, &r, 0, &lp),
+                                 reference_top_p(logits, NV, p.top_p, seed));
+                checked++;
+            }
+        }
+    }
+    assert_int_equal(checked, 180);
+    sampler_destroy(s);
+}
+
 static void test_seeded_distribution(void **state)
 {
     (void)state;
@@ -150,6 +224,7 @@ int main(void)
         cmocka_unit_test(test_greedy_and_penalties),
         cmocka_unit_test(test_min_tokens_masks_stop),
         cmocka_unit_test(test_filters),
+        cmocka_unit_test(test_top_p_matches_reference),
         cmocka_unit_test(test_seeded_distribution),
         cmocka_unit_test(test_logprobs_top),
     };
