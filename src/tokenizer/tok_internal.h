@@ -273,7 +273,7 @@ typedef enum {
 
 typedef struct tok_decoder {
     tok_dec_type type;
-    tok_pattern pattern; /* Replace (literal only) */
+    tok_pattern pattern; /* Replace: literal or regex */
     char *text;          /* Replace: content */
     size_t text_len;
     uint32_t strip_cp; /* Strip: content */
