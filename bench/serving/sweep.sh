@@ -78,11 +78,22 @@ results=()
 for c in $CONCURRENCY; do
   n=$((PROMPTS_PER_SLOT * c)); [ "$n" -ge 8 ] || n=8
   echo "sweep.sh: concurrency $c, $n prompts" >&2
-  "$BIN/cvllm-bench" --backend "$BACKEND" --host 127.0.0.1 --port "$port" \
+  if ! "$BIN/cvllm-bench" --backend "$BACKEND" --host 127.0.0.1 --port "$port" \
     --tokenizer "$MODEL_DIR" --dataset-name random --random-input-len "$INPUT_LEN" \
     --random-output-len "$OUTPUT_LEN" --ignore-eos --num-prompts "$n" --num-warmups 1 \
     --max-concurrency "$c" --seed "$SEED" --result-file "$work/c$c.json" --disable-progress \
-    > "$work/c$c.txt"
+    > "$work/c$c.txt" 2>&1; then
+    echo "sweep.sh: cvllm-bench failed at concurrency $c:" >&2
+    cat "$work/c$c.txt" >&2
+    echo "sweep.sh: server log (tail):" >&2
+    tail -20 "$work/server.log" >&2
+    exit 1
+  fi
+  if [ "$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["failed"])' "$work/c$c.json")" != 0 ]; then
+    echo "sweep.sh: failed requests at concurrency $c:" >&2
+    cat "$work/c$c.txt" >&2
+    exit 1
+  fi
   results+=("$work/c$c.json")
 done
 
