@@ -164,6 +164,36 @@ static int cmp_cand_desc(const void *a, const void *b)
 
 /* min_p, top_k, top_p over the tempered logits in s->work; returns the
  * surviving candidates in s->cands (count). */
+/* The k-th largest logit of c[0..n) (1 <= k <= n), by quickselect; c is
+ * reordered. */
+static float kth_largest(cand *c, int n, int k)
+{
+    int lo = 0, hi = n - 1, want = k - 1; /* index in descending order */
+    while (lo < hi) {
+        float pivot = c[lo + (hi - lo) / 2].logit;
+        int i = lo, j = hi;
+        while (i <= j) {
+            while (c[i].logit > pivot)
+                i++;
+            while (c[j].logit < pivot)
+                j--;
+            if (i <= j) {
+                cand t = c[i];
+                c[i++] = c[j];
+                c[j--] = t;
+            }
+        }
+        /* [lo, j] >= pivot >= [i, hi]; between them, == pivot. */
+        if (want <= j)
+            hi = j;
+        else if (want >= i)
+            lo = i;
+        else
+            return pivot;
+    }
+    return c[want].logit;
+}
+
 /* top_p over cands[0..n) sorted descending, as vLLM: over the ascending
  * order, drop tokens while the cumulative probability stays <= 1 - top_p
  * (starting from `removed`, the share already dropped); the most likely
@@ -211,13 +241,14 @@ static int filter_candidates(sampler *s, const cv_sampling_params *p)
         qsort(s->cands, (size_t)m, sizeof(cand), cmp_cand_desc);
         return top_p_keep(s->cands, m, mx, sum, removed / sum, p->top_p);
     }
-    qsort(s->cands, (size_t)n, sizeof(cand), cmp_cand_desc);
-    /* vLLM keeps every logit >= the k-th largest (ties survive). */
-    float kth = s->cands[p->top_k - 1].logit;
-    int k = p->top_k;
-    while (k < n && s->cands[k].logit >= kth)
-        k++;
-    n = k;
+    /* vLLM keeps every logit >= the k-th largest (ties survive): select
+     * that value in linear time, then sort only the survivors. */
+    float kth = kth_largest(s->cands, n, p->top_k);
+    int m = 0;
+    for (int i = 0; i < n; i++)
+        if (s->cands[i].logit >= kth) s->cands[m++] = s->cands[i];
+    qsort(s->cands, (size_t)m, sizeof(cand), cmp_cand_desc);
+    n = m;
     if (use_p) {
         double sum = 0;
         for (int i = 0; i < n; i++)

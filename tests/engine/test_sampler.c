@@ -102,8 +102,9 @@ static void test_filters(void **state)
     sampler_destroy(s);
 }
 
-/* vLLM's top_p written plainly: sort everything descending, walk the
- * ascending cumulative probability, then draw with the same uniform. */
+/* vLLM's top_k and top_p written plainly: sort everything descending, keep
+ * logits >= the k-th (ties too), walk the ascending cumulative
+ * probability, then draw with the same uniform. */
 static int cmp_desc(const void *a, const void *b)
 {
     const float *x = a, *y = b; /* (logit, id) pairs */
@@ -111,7 +112,7 @@ static int cmp_desc(const void *a, const void *b)
     return (int)x[1] - (int)y[1];
 }
 
-static int32_t reference_top_p(const float *logits, int v, float top_p, uint64_t seed)
+static int32_t reference_top_k_p(const float *logits, int v, int top_k, float top_p, uint64_t seed)
 {
     static float pairs[2 * 4096];
     float mx = logits[0];
@@ -120,7 +121,16 @@ static int32_t reference_top_p(const float *logits, int v, float top_p, uint64_t
         pairs[2 * i + 1] = (float)i;
         mx = logits[i] > mx ? logits[i] : mx;
     }
-    qsort(pairs, (size_t)v, 2 * sizeof(float), cmp_desc);
+    /* Unfiltered, the sampler walks the row in id order; filtered, in
+     * descending order. */
+    if ((top_k > 0 && top_k < v) || top_p < 1.0f)
+        qsort(pairs, (size_t)v, 2 * sizeof(float), cmp_desc);
+    if (top_k > 0 && top_k < v) {
+        int k = top_k;
+        while (k < v && pairs[2 * k] >= pairs[2 * (top_k - 1)])
+            k++;
+        v = k;
+    }
     double sum = 0;
     for (int i = 0; i < v; i++)
         sum += expf(pairs[2 * i] - mx);
@@ -142,36 +152,42 @@ static int32_t reference_top_p(const float *logits, int v, float top_p, uint64_t
     return (int32_t)pairs[2 * (keep - 1) + 1];
 }
 
-static void test_top_p_matches_reference(void **state)
+static void test_top_k_p_match_reference(void **state)
 {
     (void)state;
     enum { NV = 4096 };
     sampler *s = sampler_create(NV);
     static float logits[NV];
     uint32_t x = 12345;
-    const float scales[] = {0.05f, 1.0f, 8.0f}; /* flat, moderate, peaked rows */
-    const float ps[] = {0.3f, 0.9f, 0.95f};
+    /* Flat, moderate and peaked rows, and one with many exact ties. */
+    const float scales[] = {0.05f, 1.0f, 8.0f, 0};
+    const float ps[] = {0.3f, 0.9f, 1.0f};
+    const int ks[] = {0, 1, 40, 1000};
     int32_t toks[1] = {0};
     cv_sampling_params p;
     cv_sampling_params_default(&p);
     int checked = 0;
-    for (int si = 0; si < 3; si++) {
+    for (int si = 0; si < 4; si++) {
         for (int i = 0; i < NV; i++) {
             x = x * 1664525u + 1013904223u;
-            logits[i] = scales[si] * ((float)(x >> 8) / 16777216.0f * 8.0f - 4.0f);
+            float u = (float)(x >> 8) / 16777216.0f * 8.0f - 4.0f;
+            logits[i] = scales[si] > 0 ? scales[si] * u : (float)(int)u;
         }
         for (int pi = 0; pi < 3; pi++) {
-            p.top_p = ps[pi];
-            for (uint64_t seed = 0; seed < 20; seed++) {
-                sample_logprobs lp;
-                sample_request r = {&p, logits, toks, 1, 1, seed, NULL, 0};
-                assert_int_equal(sampler_sample(s, &r, 0, &lp),
-                                 reference_top_p(logits, NV, p.top_p, seed));
-                checked++;
+            for (int ki = 0; ki < 4; ki++) {
+                p.top_p = ps[pi];
+                p.top_k = ks[ki];
+                for (uint64_t seed = 0; seed < 10; seed++) {
+                    sample_logprobs lp;
+                    sample_request r = {&p, logits, toks, 1, 1, seed, NULL, 0};
+                    assert_int_equal(sampler_sample(s, &r, 0, &lp),
+                                     reference_top_k_p(logits, NV, p.top_k, p.top_p, seed));
+                    checked++;
+                }
             }
         }
     }
-    assert_int_equal(checked, 180);
+    assert_int_equal(checked, 480);
     sampler_destroy(s);
 }
 
@@ -224,7 +240,7 @@ int main(void)
         cmocka_unit_test(test_greedy_and_penalties),
         cmocka_unit_test(test_min_tokens_masks_stop),
         cmocka_unit_test(test_filters),
-        cmocka_unit_test(test_top_p_matches_reference),
+        cmocka_unit_test(test_top_k_p_match_reference),
         cmocka_unit_test(test_seeded_distribution),
         cmocka_unit_test(test_logprobs_top),
     };
