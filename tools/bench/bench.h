@@ -124,7 +124,8 @@ typedef struct bench_metrics {
     bench_summary ttft_ms, tpot_ms, itl_ms, e2el_ms;
 } bench_metrics;
 
-/* Per request: ttft (first chunk - start), tpot ((e2el - ttft) /
+/* Per request: ttft (first chunk - start; end - start when no token
+ * came), tpot ((e2el - ttft) /
  * (output_tokens - 1), only when output_tokens > 1), itl (differences of
  * successive chunk times), e2el (end - start); all in ms. */
 double bench_record_ttft_ms(const bench_record *r);

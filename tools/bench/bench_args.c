@@ -22,7 +22,10 @@ void bench_usage(void *file)
           "\n"
           "Streams requests to a Triton gRPC (ModelStreamInfer), Triton HTTP (generate_stream) or\n"
           "OpenAI (/v1/completions) endpoint and reports throughput, TTFT, TPOT, ITL and\n"
-          "end-to-end latency (mean, median, p90, p99). --goodput takes ttft, tpot, e2el SLOs in ms.\n",
+          "end-to-end latency (mean, median, p90, p99). --goodput takes ttft, tpot, e2el SLOs in ms.\n"
+          "--timeout bounds each HTTP request, and the whole stream for triton-grpc (all requests\n"
+          "share one ModelStreamInfer stream). Warm-up requests (drawn after the measured ones)\n"
+          "are excluded from the results; their tokens are reported separately in the JSON.\n",
           (FILE *)file);
 }
 
