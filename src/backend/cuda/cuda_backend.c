@@ -1,0 +1,352 @@
+/* CUDA backend: weight upload, the device KV pool, batch validation and the
+ * step itself (cuBLAS GEMMs between the kernels of cuda_kernels.cu).
+ *
+ * One step: the batch arrays are packed into one pinned staging buffer and
+ * copied up with a single transfer; everything after runs asynchronously on
+ * the backend's stream; the only synchronisation is the logits download. */
+#include <inttypes.h>
+#include <math.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "backend/cuda/cuda_backend.h"
+#include "backend/cuda/cuda_internal.h"
+
+int cv_cuda_device_count(void)
+{
+    int n = 0;
+    if (cudaGetDeviceCount(&n) != cudaSuccess) {
+        (void)cudaGetLastError(); /* clear the sticky "no device" error */
+        return 0;
+    }
+    return n;
+}
+
+/* ---- construction ---------------------------------------------------------- */
+
+static size_t tensor_bytes(const cv_tensor *t)
+{
+    return (size_t)cv_tensor_numel(t) * cv_dtype_size(t->dtype);
+}
+
+static int check_matrix(const cv_tensor *t, const char *name, int layer, int64_t rows,
+                        int64_t cols, cv_dtype want, cv_error *err)
+{
+    char where[64];
+    if (layer >= 0)
+        snprintf(where, sizeof where, "layer %d %s", layer, name);
+    else
+        snprintf(where, sizeof where, "%s", name);
+    if (!t->data || t->n_dims != 2 || t->shape[0] != rows || t->shape[1] != cols)
+        return cv_errorf(err, "cuda backend: %s is missing or not (%" PRId64 ", %" PRId64 ")",
+                         where, rows, cols);
+    if (t->dtype != want)
+        return cv_errorf(err, "cuda backend: %s is %s but lm_head is %s", where,
+                         cv_dtype_name(t->dtype), cv_dtype_name(want));
+    return 0;
+}
+
+static int check_config(const cv_model_config *c, cv_error *err)
+{
+    if (c->hidden_size <= 0 || c->intermediate_size <= 0 || c->n_layers <= 0 ||
+        c->n_heads <= 0 || c->n_kv_heads <= 0 || c->head_dim <= 0 || c->vocab_size <= 0)
+        return cv_errorf(err, "cuda backend: config has a non-positive size");
+    if (c->n_heads % c->n_kv_heads != 0 || c->n_heads / c->n_kv_heads > CUDA_MAX_GROUP)
+        return cv_errorf(err,
+                         "cuda backend: n_heads %d / n_kv_heads %d must be a whole group of at "
+                         "most %d",
+                         c->n_heads, c->n_kv_heads, CUDA_MAX_GROUP);
+    if (c->head_dim % 2 != 0 || c->head_dim > CUDA_MAX_HEAD_DIM)
+        return cv_errorf(err, "cuda backend: head_dim %d must be even and at most %d",
+                         c->head_dim, CUDA_MAX_HEAD_DIM);
+    if (c->hidden_act != CV_ACT_SILU && c->hidden_act != CV_ACT_GELU_TANH)
+        return cv_errorf(err, "cuda backend: unsupported activation %d", (int)c->hidden_act);
+    return 0;
+}
+
+/* HF's inv_freq for the config's rope type, in fp32 as HF computes it (the
+ * same formulas as the CPU backend's cpu_rope_inv_freq). */
+static void rope_inv_freq(const cv_model_config *cfg, float *inv_freq)
+{
+    const int half = cfg->head_dim / 2;
+    for (int i = 0; i < half; i++)
+        inv_freq[i] = 1.0f / powf(cfg->rope_theta, (float)(2 * i) / (float)cfg->head_dim);
+    if (cfg->rope_type == CV_ROPE_LINEAR) {
+        for (int i = 0; i < half; i++)
+            inv_freq[i] /= cfg->rope_factor;
+    } else if (cfg->rope_type == CV_ROPE_LLAMA3) {
+        const float factor = cfg->rope_factor, lo = cfg->rope_low_freq_factor,
+                    hi = cfg->rope_high_freq_factor;
+        const float old_ctx = (float)cfg->rope_original_max_position;
+        const float low_wavelen = old_ctx / lo, high_wavelen = old_ctx / hi;
+        for (int i = 0; i < half; i++) {
+            const float f = inv_freq[i];
+            const float wavelen = 2.0f * (float)M_PI / f;
+            float scaled = wavelen > low_wavelen ? f / factor : f;
+            if (!(wavelen < high_wavelen) && !(wavelen > low_wavelen)) {
+                const float smooth = (old_ctx / wavelen - lo) / (hi - lo);
+                scaled = (1.0f - smooth) * scaled / factor + smooth * scaled;
+            }
+            inv_freq[i] = scaled;
+        }
+    }
+}
+
+/* Device copy of the concatenated rows of parts[0..n) (all the same dtype). */
+static int upload_rows(const cv_tensor *const *parts, int n, void **dst, cv_error *err)
+{
+    size_t total = 0;
+    for (int i = 0; i < n; i++)
+        total += tensor_bytes(parts[i]);
+    CU(cudaMalloc(dst, total), "cudaMalloc of a weight matrix");
+    size_t off = 0;
+    for (int i = 0; i < n; i++) {
+        CU(cudaMemcpy((char *)*dst + off, parts[i]->data, tensor_bytes(parts[i]),
+                      cudaMemcpyHostToDevice),
+           "weight upload");
+        off += tensor_bytes(parts[i]);
+    }
+    return 0;
+}
+
+/* fp32 device copy of an optional vector of n elements; NULL when absent. */
+static int upload_vector(const cv_tensor *t, int64_t n, const char *name, float **dst,
+                         cv_error *err)
+{
+    *dst = NULL;
+    if (!t->data)
+        return 0;
+    if (cv_tensor_numel(t) != n)
+        return cv_errorf(err, "cuda backend: %s has %" PRId64 " elements, expected %" PRId64,
+                         name, cv_tensor_numel(t), n);
+    float *tmp = malloc((size_t)n * sizeof *tmp);
+    if (!tmp)
+        return cv_errorf(err, "cuda backend: out of memory");
+    for (int64_t i = 0; i < n; i++) {
+        const void *p = t->data;
+        tmp[i] = t->dtype == CV_DTYPE_F32    ? ((const float *)p)[i]
+                 : t->dtype == CV_DTYPE_BF16 ? cv_bf16_to_f32(((const uint16_t *)p)[i])
+                                             : cv_f16_to_f32(((const uint16_t *)p)[i]);
+    }
+    cudaError_t e = cudaMalloc((void **)dst, (size_t)n * sizeof(float));
+    if (e == cudaSuccess)
+        e = cudaMemcpy(*dst, tmp, (size_t)n * sizeof(float), cudaMemcpyHostToDevice);
+    free(tmp);
+    if (e != cudaSuccess)
+        return cv_errorf(err, "cuda backend: uploading %s: %s", name, cudaGetErrorString(e));
+    return 0;
+}
+
+static int upload_layer(cv_cuda_backend *b, const cv_layer_weights *L, int l, cv_error *err)
+{
+    const cv_model_config *c = &b->cfg;
+    const int64_t h = c->hidden_size, f = c->intermediate_size, hd = c->head_dim;
+    const int64_t qd = c->n_heads * hd, kd = c->n_kv_heads * hd;
+    cuda_layer *cl = &b->layers[l];
+    if (check_matrix(&L->wq, "wq", l, qd, h, b->wdtype, err) ||
+        check_matrix(&L->wk, "wk", l, kd, h, b->wdtype, err) ||
+        check_matrix(&L->wv, "wv", l, kd, h, b->wdtype, err) ||
+        check_matrix(&L->wo, "wo", l, h, qd, b->wdtype, err) ||
+        check_matrix(&L->w_gate, "w_gate", l, f, h, b->wdtype, err) ||
+        check_matrix(&L->w_up, "w_up", l, f, h, b->wdtype, err) ||
+        check_matrix(&L->w_down, "w_down", l, h, f, b->wdtype, err))
+        return -1;
+    const cv_tensor *qkv[3] = {&L->wq, &L->wk, &L->wv}, *o[1] = {&L->wo},
+                    *gu[2] = {&L->w_gate, &L->w_up}, *down[1] = {&L->w_down};
+    if (!L->attn_norm.data || !L->ffn_norm.data)
+        return cv_errorf(err, "cuda backend: layer %d lacks a norm weight", l);
+    if (upload_rows(qkv, 3, &cl->wqkv, err) || upload_rows(o, 1, &cl->wo, err) ||
+        upload_rows(gu, 2, &cl->wgu, err) || upload_rows(down, 1, &cl->wdown, err) ||
+        upload_vector(&L->attn_norm, h, "attn_norm", &cl->attn_norm, err) ||
+        upload_vector(&L->ffn_norm, h, "ffn_norm", &cl->ffn_norm, err) ||
+        upload_vector(&L->bq, qd, "bq", &cl->bq, err) ||
+        upload_vector(&L->bk, kd, "bk", &cl->bk, err) ||
+        upload_vector(&L->bv, kd, "bv", &cl->bv, err) ||
+        upload_vector(&L->q_norm, hd, "q_norm", &cl->q_norm, err) ||
+        upload_vector(&L->k_norm, hd, "k_norm", &cl->k_norm, err))
+        return cv_error_prefix(err, "layer %d", l);
+    return 0;
+}
+
+static int create_on_device(cv_cuda_backend *b, const cv_model_weights *w, cv_error *err)
+{
+    const cv_model_config *c = &b->cfg;
+    CU(cudaSetDevice(b->device), "cudaSetDevice");
+    CU(cudaDeviceGetAttribute(&b->n_sms, cudaDevAttrMultiProcessorCount, b->device),
+       "reading the multiprocessor count");
+    CU(cudaStreamCreateWithFlags(&b->stream, cudaStreamNonBlocking), "cudaStreamCreate");
+    CB(cublasCreate(&b->blas), "cublasCreate");
+    CB(cublasSetStream(b->blas, b->stream), "cublasSetStream");
+    /* No TF32: f32 models must match HF's fp32 logits within 1e-4. */
+    CB(cublasSetMathMode(b->blas, CUBLAS_DEFAULT_MATH), "cublasSetMathMode");
+
+    if (!w->embed.data || !w->lm_head.data || !w->final_norm.data || !w->layers)
+        return cv_errorf(err, "cuda backend: the model lacks embed, lm_head, final_norm or layers");
+    const int64_t h = c->hidden_size;
+    b->wdtype = w->lm_head.dtype;
+    b->embed_dtype = w->embed.dtype;
+    if (w->embed.shape[0] != c->vocab_size || w->embed.shape[1] != h)
+        return cv_errorf(err, "cuda backend: embed is not (%d, %" PRId64 ")", c->vocab_size, h);
+    if (check_matrix(&w->lm_head, "lm_head", -1, c->vocab_size, h, b->wdtype, err))
+        return -1;
+    const cv_tensor *emb[1] = {&w->embed}, *head[1] = {&w->lm_head};
+    if (upload_rows(emb, 1, &b->embed, err))
+        return -1;
+    if (w->lm_head.data == w->embed.data)
+        b->lm_head = b->embed;
+    else if (upload_rows(head, 1, &b->lm_head, err))
+        return -1;
+    if (upload_vector(&w->final_norm, h, "final_norm", &b->final_norm, err))
+        return -1;
+    float inv_freq[CUDA_MAX_HEAD_DIM / 2];
+    rope_inv_freq(c, inv_freq);
+    CU(cudaMalloc((void **)&b->inv_freq, sizeof inv_freq), "cudaMalloc");
+    CU(cudaMemcpy(b->inv_freq, inv_freq, (size_t)c->head_dim / 2 * sizeof(float),
+                  cudaMemcpyHostToDevice),
+       "uploading inv_freq");
+    b->layers = calloc((size_t)c->n_layers, sizeof *b->layers);
+    if (!b->layers)
+        return cv_errorf(err, "cuda backend: out of memory");
+    for (int l = 0; l < c->n_layers; l++)
+        if (upload_layer(b, &w->layers[l], l, err))
+            return -1;
+    return 0;
+}
+
+cv_cuda_backend *cv_cuda_backend_create(const cv_model *model, int device, cv_error *err)
+{
+    if (!model) {
+        cv_errorf(err, "cv_cuda_backend_create: model is NULL");
+        return NULL;
+    }
+    const int n_dev = cv_cuda_device_count();
+    if (device < 0 || device >= n_dev) {
+        cv_errorf(err, "cv_cuda_backend_create: device %d does not exist (%d CUDA devices)",
+                  device, n_dev);
+        return NULL;
+    }
+    const cv_model_config *c = cv_model_get_config(model);
+    if (check_config(c, err))
+        return NULL;
+    cv_cuda_backend *b = calloc(1, sizeof *b);
+    if (!b) {
+        cv_errorf(err, "cv_cuda_backend_create: out of memory");
+        return NULL;
+    }
+    b->cfg = *c;
+    b->device = device;
+    b->min_split_keys = 64;
+    b->qkv_dim = (c->n_heads + 2 * c->n_kv_heads) * c->head_dim;
+    b->kv_dtype = c->dtype == CV_DTYPE_F16 ? CV_DTYPE_F16 : CV_DTYPE_F32;
+    if (create_on_device(b, cv_model_get_weights(model), err)) {
+        cv_cuda_backend_destroy(b);
+        return NULL;
+    }
+    return b;
+}
+
+/* ---- KV pool ----------------------------------------------------------------- */
+
+int cv_cuda_backend_set_kv_dtype(cv_cuda_backend *b, cv_dtype dtype, cv_error *err)
+{
+    if (b->kv)
+        return cv_errorf(err, "cv_cuda_backend_set_kv_dtype: the KV pool is already allocated");
+    if (dtype != CV_DTYPE_F32 && dtype != CV_DTYPE_F16 && dtype != CV_DTYPE_BF16)
+        return cv_errorf(err, "cv_cuda_backend_set_kv_dtype: unsupported dtype %d", (int)dtype);
+    b->kv_dtype = dtype;
+    return 0;
+}
+
+size_t cv_cuda_backend_kv_block_bytes(const cv_cuda_backend *b, int block_size)
+{
+    const cv_model_config *c = &b->cfg;
+    return (size_t)c->n_layers * 2 * (size_t)c->n_kv_heads * (size_t)block_size *
+           (size_t)c->head_dim * cv_dtype_size(b->kv_dtype);
+}
+
+int cv_cuda_backend_kv_alloc(cv_cuda_backend *b, int n_blocks, int block_size, cv_error *err)
+{
+    if (n_blocks <= 0 || block_size <= 0)
+        return cv_errorf(err,
+                         "cv_cuda_backend_kv_alloc: n_blocks %d and block_size %d must be > 0",
+                         n_blocks, block_size);
+    const size_t block_bytes = cv_cuda_backend_kv_block_bytes(b, block_size);
+    if ((size_t)n_blocks > SIZE_MAX / block_bytes)
+        return cv_errorf(err, "cv_cuda_backend_kv_alloc: %d blocks of %zu bytes overflow size_t",
+                         n_blocks, block_bytes);
+    CU(cudaSetDevice(b->device), "cudaSetDevice");
+    void *kv = NULL;
+    cudaError_t e = cudaMalloc(&kv, (size_t)n_blocks * block_bytes);
+    if (e != cudaSuccess)
+        return cv_errorf(err, "cv_cuda_backend_kv_alloc: %d blocks of %zu bytes: %s", n_blocks,
+                         block_bytes, cudaGetErrorString(e));
+    if (b->kv)
+        cudaFree(b->kv);
+    b->kv = kv;
+    b->n_blocks = n_blocks;
+    b->block_size = block_size;
+    b->block_elems = block_bytes / cv_dtype_size(b->kv_dtype);
+    return 0;
+}
+
+int cv_cuda_backend_kv_copy(cv_cuda_backend *b, const int32_t *src, const int32_t *dst, int n,
+                            cv_error *err)
+{
+    if (!b->kv)
+        return cv_errorf(err, "cv_cuda_backend_kv_copy: KV pool not allocated");
+    for (int i = 0; i < n; i++)
+        if (src[i] < 0 || src[i] >= b->n_blocks || dst[i] < 0 || dst[i] >= b->n_blocks)
+            return cv_errorf(err,
+                             "cv_cuda_backend_kv_copy: pair %d (%d -> %d) is outside blocks 0..%d",
+                             i, src[i], dst[i], b->n_blocks - 1);
+    CU(cudaSetDevice(b->device), "cudaSetDevice");
+    const size_t bytes = b->block_elems * cv_dtype_size(b->kv_dtype);
+    for (int i = 0; i < n; i++)
+        if (src[i] != dst[i])
+            CU(cudaMemcpyAsync((char *)b->kv + (size_t)dst[i] * bytes,
+                               (char *)b->kv + (size_t)src[i] * bytes, bytes,
+                               cudaMemcpyDeviceToDevice, b->stream),
+               "KV block copy");
+    CU(cudaStreamSynchronize(b->stream), "KV block copy");
+    return 0;
+}
+
+void cv_cuda_backend_destroy(cv_cuda_backend *b)
+{
+    if (!b)
+        return;
+    cudaSetDevice(b->device);
+    if (b->stream)
+        cudaStreamSynchronize(b->stream);
+    if (b->layers) {
+        for (int l = 0; l < b->cfg.n_layers; l++) {
+            cuda_layer *cl = &b->layers[l];
+            void *ptrs[] = {cl->wqkv, cl->wo,     cl->wgu, cl->wdown, cl->attn_norm, cl->ffn_norm,
+                            cl->bq,   cl->bk,     cl->bv,  cl->q_norm, cl->k_norm};
+            for (size_t i = 0; i < sizeof ptrs / sizeof ptrs[0]; i++)
+                cudaFree(ptrs[i]);
+        }
+        free(b->layers);
+    }
+    if (b->lm_head != b->embed)
+        cudaFree(b->lm_head);
+    cudaFree(b->embed);
+    cudaFree(b->final_norm);
+    cudaFree(b->inv_freq);
+    cudaFree(b->kv);
+    cudaFree(b->act_mem);
+    cudaFree(b->partial);
+    cudaFree(b->stage_dev);
+    cudaFreeHost(b->stage_host);
+    for (int i = 0; i < b->max_events; i++)
+        cudaEventDestroy(b->events[i]);
+    free(b->events);
+    free(b->event_phase);
+    if (b->blas)
+        cublasDestroy(b->blas);
+    if (b->stream)
+        cudaStreamDestroy(b->stream);
+    free(b);
+}

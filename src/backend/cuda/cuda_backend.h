@@ -1,0 +1,96 @@
+/* CUDA backend: the backend contract of backend/backend.h on one NVIDIA GPU
+ * (built for sm_90: H100, H200).
+ *
+ * The functions mirror cv_backend_* one for one, with the same batch and
+ * logits semantics (see backend.h), under their own names so that both
+ * backends can be linked into one program; a dispatch layer picks one.
+ *
+ * Numerics: weights live on the GPU in their stored dtype. F32 models run
+ * fp32 GEMMs with TF32 off (within 1e-4 of HF's fp32 logits). F16/BF16
+ * models run GEMMs on 16-bit operands (the normalized activations are
+ * rounded to the weight dtype) with fp32 accumulation and fp32 outputs; the
+ * residual stream, norms, RoPE, softmax and attention accumulate in fp32.
+ *
+ * Thread safety: one host thread drives a backend at a time. The backend
+ * selects its device on every call, so several backends on different devices
+ * may be driven from different threads.
+ * Ownership: the backend borrows the model only during create (the weights
+ * are copied to the device); it owns its device memory and frees it in
+ * destroy. */
+#ifndef CV_BACKEND_CUDA_CUDA_BACKEND_H
+#define CV_BACKEND_CUDA_CUDA_BACKEND_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "backend/backend.h"
+#include "base/error.h"
+#include "model/model.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct cv_cuda_backend cv_cuda_backend;
+
+/* Number of CUDA devices the runtime sees; 0 when there is no GPU or no
+ * driver (never an error: callers use it to skip GPU work). */
+int cv_cuda_device_count(void);
+
+/* Uploads the model's weights to DEVICE. On failure returns NULL and err
+ * names the device, the tensor or the CUDA/cuBLAS call that failed. */
+cv_cuda_backend *cv_cuda_backend_create(const cv_model *model, int device, cv_error *err);
+
+/* Element type of the KV cache; call before cv_cuda_backend_kv_alloc.
+ * Default: F32 for F32 and BF16 models (as the CPU backend: keeps BF16
+ * models near HF's fp32 compute), F16 for F16 models. BF16 or F16 halves
+ * the bytes a decode step reads per cached token (vLLM's "auto" for BF16). */
+int cv_cuda_backend_set_kv_dtype(cv_cuda_backend *b, cv_dtype dtype, cv_error *err);
+
+/* Bytes of device memory one KV block of block_size tokens costs. */
+size_t cv_cuda_backend_kv_block_bytes(const cv_cuda_backend *b, int block_size);
+
+/* Allocates the device KV pool once: n_blocks blocks of block_size tokens. */
+int cv_cuda_backend_kv_alloc(cv_cuda_backend *b, int n_blocks, int block_size, cv_error *err);
+
+/* Copies whole KV blocks src[i] -> dst[i] on the device. */
+int cv_cuda_backend_kv_copy(cv_cuda_backend *b, const int32_t *src, const int32_t *dst, int n,
+                            cv_error *err);
+
+/* Runs one step (batch arrays in host memory); writes logits
+ * (n_logits, vocab_size) fp32 into host memory. Returns when the logits
+ * are in place. */
+int cv_cuda_backend_forward(cv_cuda_backend *b, const cv_batch *batch, float *logits,
+                            cv_error *err);
+
+void cv_cuda_backend_destroy(cv_cuda_backend *b);
+
+/* Per-phase GPU time of the forward, for benchmarks: while enabled, every
+ * forward records CUDA events between its phases and adds their elapsed
+ * times to a table (enabling clears it). The events cost a few microseconds
+ * a step, so leave it off for timing whole steps. */
+enum {
+    CV_CUDA_PHASE_EMBED = 0,
+    CV_CUDA_PHASE_NORM,      /* attention and MLP RMSNorms */
+    CV_CUDA_PHASE_QKV_GEMM,  /* fused q/k/v projection */
+    CV_CUDA_PHASE_ROPE_KV,   /* biases, q/k norms, RoPE, KV store */
+    CV_CUDA_PHASE_ATTN,      /* paged attention (and split combine) */
+    CV_CUDA_PHASE_O_GEMM,    /* output projection + residual */
+    CV_CUDA_PHASE_UPGATE_GEMM,
+    CV_CUDA_PHASE_ACT,       /* act(gate) * up */
+    CV_CUDA_PHASE_DOWN_GEMM, /* down projection + residual */
+    CV_CUDA_PHASE_HEAD,      /* final norm, LM head GEMM */
+    CV_CUDA_PHASE_COPY,      /* batch upload and logits download */
+    CV_CUDA_N_PHASES
+};
+void cv_cuda_backend_profile(cv_cuda_backend *b, int enable);
+/* Milliseconds per phase summed over the profiled forwards; names[i] (static
+ * strings) say what each is. Returns the number of phases. */
+int cv_cuda_backend_profile_read(const cv_cuda_backend *b, double *ms /* (CV_CUDA_N_PHASES) */,
+                                 const char **names /* (CV_CUDA_N_PHASES) */);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

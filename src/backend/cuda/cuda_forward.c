@@ -1,0 +1,367 @@
+/* CUDA backend: one forward step. Validates the batch on the host, uploads
+ * its arrays with one copy, then enqueues per layer
+ *   RMSNorm -> QKV GEMM -> bias/q-k norm/RoPE/KV store -> paged attention
+ *   -> O GEMM (+= residual) -> RMSNorm -> gate|up GEMM -> act(gate) * up
+ *   -> down GEMM (+= residual)
+ * and the final norm + LM head for the requested rows only. The residual
+ * adds are the GEMMs' beta = 1. */
+#include <inttypes.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "backend/cuda/cuda_internal.h"
+
+static const char *const phase_names[CV_CUDA_N_PHASES] = {
+    "embed",   "rmsnorm",       "qkv_gemm", "rope_kv_store", "attention", "o_gemm",
+    "gate_up_gemm", "act_mul", "down_gemm", "final_norm_lm_head", "batch_upload_logits_copy"};
+
+static int check_batch(const cv_cuda_backend *b, const cv_batch *bt, cv_error *err)
+{
+    const char *fn = "cv_cuda_backend_forward";
+    if (!b->kv)
+        return cv_errorf(err, "%s: KV pool not allocated (call cv_cuda_backend_kv_alloc)", fn);
+    if (bt->n_tokens <= 0 || bt->n_seqs <= 0 || bt->n_seqs > bt->n_tokens)
+        return cv_errorf(err, "%s: n_tokens %d and n_seqs %d must satisfy 0 < n_seqs <= n_tokens",
+                         fn, bt->n_tokens, bt->n_seqs);
+    if (bt->max_blocks_per_seq <= 0 || bt->n_logits < 0)
+        return cv_errorf(err, "%s: max_blocks_per_seq %d must be > 0 and n_logits %d >= 0", fn,
+                         bt->max_blocks_per_seq, bt->n_logits);
+    if (bt->query_start[0] != 0 || bt->query_start[bt->n_seqs] != bt->n_tokens)
+        return cv_errorf(err, "%s: query_start must run from 0 to n_tokens %d (got %d .. %d)", fn,
+                         bt->n_tokens, bt->query_start[0], bt->query_start[bt->n_seqs]);
+    const int64_t n_slots = (int64_t)b->n_blocks * b->block_size;
+    for (int s = 0; s < bt->n_seqs; s++) {
+        const int qlen = bt->query_start[s + 1] - bt->query_start[s];
+        if (qlen <= 0)
+            return cv_errorf(err, "%s: sequence %d has %d query tokens (query_start not "
+                             "increasing)", fn, s, qlen);
+        const int len = bt->seq_lens[s];
+        if (len < qlen || len > bt->max_blocks_per_seq * b->block_size)
+            return cv_errorf(err, "%s: seq_lens[%d] = %d must be in %d..%d", fn, s, len, qlen,
+                             bt->max_blocks_per_seq * b->block_size);
+        const int32_t *table = bt->block_tables + (int64_t)s * bt->max_blocks_per_seq;
+        for (int j = 0; j < (len + b->block_size - 1) / b->block_size; j++)
+            if (table[j] < 0 || table[j] >= b->n_blocks)
+                return cv_errorf(err, "%s: block_tables[%d][%d] = %d is outside blocks 0..%d", fn,
+                                 s, j, table[j], b->n_blocks - 1);
+    }
+    for (int t = 0; t < bt->n_tokens; t++) {
+        if (bt->token_ids[t] < 0 || bt->token_ids[t] >= b->cfg.vocab_size)
+            return cv_errorf(err, "%s: token_ids[%d] = %d is outside the vocabulary 0..%d", fn, t,
+                             bt->token_ids[t], b->cfg.vocab_size - 1);
+        if (bt->positions[t] < 0)
+            return cv_errorf(err, "%s: positions[%d] = %d is negative", fn, t, bt->positions[t]);
+        if (bt->slot_mapping[t] < 0 || bt->slot_mapping[t] >= n_slots)
+            return cv_errorf(err, "%s: slot_mapping[%d] = %" PRId64 " is outside slots 0..%" PRId64,
+                             fn, t, bt->slot_mapping[t], n_slots - 1);
+    }
+    for (int i = 0; i < bt->n_logits; i++)
+        if (bt->logits_indices[i] < 0 || bt->logits_indices[i] >= bt->n_tokens)
+            return cv_errorf(err, "%s: logits_indices[%d] = %d is outside tokens 0..%d", fn, i,
+                             bt->logits_indices[i], bt->n_tokens - 1);
+    return 0;
+}
+
+static size_t align256(size_t n)
+{
+    return (n + 255) & ~(size_t)255;
+}
+
+/* Grows the device activations when a batch is larger than any before. */
+static int reserve(cv_cuda_backend *b, int n_tokens, int n_logits, cv_error *err)
+{
+    if (n_tokens <= b->cap_tokens && n_logits <= b->cap_logits)
+        return 0;
+    const int nt = n_tokens > b->cap_tokens ? n_tokens : b->cap_tokens;
+    int nl = n_logits > b->cap_logits ? n_logits : b->cap_logits;
+    nl = nl < 1 ? 1 : nl;
+    const cv_model_config *c = &b->cfg;
+    const size_t as = cv_dtype_size(b->wdtype), h = (size_t)c->hidden_size,
+                 f = (size_t)c->intermediate_size, qd = (size_t)c->n_heads * c->head_dim;
+    const size_t sizes[8] = {
+        (size_t)nt * h * 4,           (size_t)nt * h * as, (size_t)nt * b->qkv_dim * 4,
+        (size_t)nt * qd * as,         (size_t)nt * 2 * f * 4, (size_t)nt * f * as,
+        (size_t)nl * h * as,          (size_t)nl * c->vocab_size * 4,
+    };
+    size_t total = 0;
+    for (int i = 0; i < 8; i++)
+        total += align256(sizes[i]);
+    void *mem = NULL;
+    cudaError_t e = cudaMalloc(&mem, total);
+    if (e != cudaSuccess)
+        return cv_errorf(err, "cv_cuda_backend_forward: %zu bytes of activations for %d tokens: %s",
+                         total, nt, cudaGetErrorString(e));
+    cudaFree(b->act_mem);
+    b->act_mem = mem;
+    void **dst[8] = {(void **)&b->x,  &b->xn,  (void **)&b->qkv, &b->attn,
+                     (void **)&b->gu, &b->mlp, &b->xl,           (void **)&b->logits};
+    char *p = mem;
+    for (int i = 0; i < 8; i++) {
+        *dst[i] = p;
+        p += align256(sizes[i]);
+    }
+    b->cap_tokens = nt;
+    b->cap_logits = nl;
+    return 0;
+}
+
+/* Device views of the batch arrays after the upload. */
+typedef struct step_arrays {
+    const int32_t *ids, *positions, *tok_seq, *query_start, *seq_lens, *tables, *logits_rows;
+    const int64_t *slots;
+} step_arrays;
+
+/* Packs the batch (and each token's sequence index) into the pinned staging
+ * buffer and enqueues one upload. */
+static int upload_batch(cv_cuda_backend *b, const cv_batch *bt, step_arrays *d, cv_error *err)
+{
+    const size_t n = (size_t)bt->n_tokens, ns = (size_t)bt->n_seqs;
+    const size_t bytes[8] = {n * 8, n * 4, n * 4, n * 4, (ns + 1) * 4, ns * 4,
+                             ns * (size_t)bt->max_blocks_per_seq * 4, (size_t)bt->n_logits * 4};
+    size_t off[8], total = 0;
+    for (int i = 0; i < 8; i++) {
+        off[i] = total;
+        total += (bytes[i] + 7) & ~(size_t)7; /* keeps the int64 slots aligned */
+    }
+    if (total > b->stage_cap_bytes) {
+        size_t cap = total * 2;
+        cudaFreeHost(b->stage_host);
+        cudaFree(b->stage_dev);
+        b->stage_host = b->stage_dev = NULL;
+        b->stage_cap_bytes = 0;
+        CU(cudaMallocHost(&b->stage_host, cap), "pinned staging buffer");
+        CU(cudaMalloc(&b->stage_dev, cap), "device batch buffer");
+        b->stage_cap_bytes = cap;
+    }
+    char *h = b->stage_host;
+    memcpy(h + off[0], bt->slot_mapping, bytes[0]);
+    memcpy(h + off[1], bt->token_ids, bytes[1]);
+    memcpy(h + off[2], bt->positions, bytes[2]);
+    int32_t *tok_seq = (int32_t *)(h + off[3]);
+    for (int s = 0; s < bt->n_seqs; s++)
+        for (int t = bt->query_start[s]; t < bt->query_start[s + 1]; t++)
+            tok_seq[t] = s;
+    memcpy(h + off[4], bt->query_start, bytes[4]);
+    memcpy(h + off[5], bt->seq_lens, bytes[5]);
+    memcpy(h + off[6], bt->block_tables, bytes[6]);
+    if (bt->n_logits > 0)
+        memcpy(h + off[7], bt->logits_indices, bytes[7]);
+    CU(cudaMemcpyAsync(b->stage_dev, h, total, cudaMemcpyHostToDevice, b->stream),
+       "batch upload");
+    char *dv = b->stage_dev;
+    d->slots = (const int64_t *)(dv + off[0]);
+    d->ids = (const int32_t *)(dv + off[1]);
+    d->positions = (const int32_t *)(dv + off[2]);
+    d->tok_seq = (const int32_t *)(dv + off[3]);
+    d->query_start = (const int32_t *)(dv + off[4]);
+    d->seq_lens = (const int32_t *)(dv + off[5]);
+    d->tables = (const int32_t *)(dv + off[6]);
+    d->logits_rows = (const int32_t *)(dv + off[7]);
+    return 0;
+}
+
+/* Y (n_tok, out) fp32 = X (n_tok, in) W^T + beta Y, W (out, in) row-major in
+ * the weight dtype, X in the same dtype. cuBLAS is column-major: this is
+ * Y^T = W^T(col-major (in, out))^T X^T. */
+static int gemm(cv_cuda_backend *b, const void *w, int out, int in, const void *x, int n_tok,
+                float *y, float beta, cv_error *err)
+{
+    const float alpha = 1.0f;
+    if (b->wdtype == CV_DTYPE_F32) {
+        CB(cublasSgemm(b->blas, CUBLAS_OP_T, CUBLAS_OP_N, out, n_tok, in, &alpha, w, in, x, in,
+                       &beta, y, out),
+           "cublasSgemm");
+    } else {
+        const cudaDataType_t t = b->wdtype == CV_DTYPE_BF16 ? CUDA_R_16BF : CUDA_R_16F;
+        CB(cublasGemmEx(b->blas, CUBLAS_OP_T, CUBLAS_OP_N, out, n_tok, in, &alpha, w, t, in, x,
+                        t, in, &beta, y, CUDA_R_32F, out, CUBLAS_COMPUTE_32F,
+                        CUBLAS_GEMM_DEFAULT),
+           "cublasGemmEx");
+    }
+    return 0;
+}
+
+/* Records a profiling event closing a span of PHASE (no-op unless enabled). */
+static int mark(cv_cuda_backend *b, int phase, cv_error *err)
+{
+    if (!b->prof || b->n_events >= b->max_events)
+        return 0;
+    CU(cudaEventRecord(b->events[b->n_events], b->stream), "cudaEventRecord");
+    b->event_phase[b->n_events++] = phase;
+    return 0;
+}
+
+/* Attention splits: enough blocks to cover the GPU twice when the batch is
+ * small (decode), at least min_split_keys keys per split, at most 32. */
+static int choose_splits(const cv_cuda_backend *b, const cv_batch *bt)
+{
+    const int work = bt->n_tokens * b->cfg.n_kv_heads, want = 2 * b->n_sms;
+    if (work >= want)
+        return 1;
+    int max_ctx = 0;
+    for (int s = 0; s < bt->n_seqs; s++)
+        max_ctx = bt->seq_lens[s] > max_ctx ? bt->seq_lens[s] : max_ctx;
+    int splits = (want + work - 1) / work;
+    const int by_len = (max_ctx + b->min_split_keys - 1) / b->min_split_keys;
+    splits = splits < by_len ? splits : by_len;
+    splits = splits < 32 ? splits : 32;
+    return splits < 1 ? 1 : splits;
+}
+
+static int layer_forward(cv_cuda_backend *b, const cv_batch *bt, const step_arrays *d, int l,
+                         int n_splits, cv_error *err)
+{
+    const cv_model_config *c = &b->cfg;
+    const cuda_layer *L = &b->layers[l];
+    const int nt = bt->n_tokens, h = c->hidden_size, f = c->intermediate_size;
+    const int qd = c->n_heads * c->head_dim;
+    const size_t layer_off = (size_t)l * 2 * c->n_kv_heads * b->block_size * c->head_dim;
+
+    KL(cuda_rmsnorm(b->x, NULL, nt, L->attn_norm, h, c->rms_norm_eps, b->wdtype, b->xn, h,
+                    b->stream),
+       "attention rmsnorm");
+    if (mark(b, CV_CUDA_PHASE_NORM, err) ||
+        gemm(b, L->wqkv, b->qkv_dim, h, b->xn, nt, b->qkv, 0.0f, err) ||
+        mark(b, CV_CUDA_PHASE_QKV_GEMM, err))
+        return -1;
+    const cuda_qkv_args qa = {
+        .n_tokens = nt, .n_heads = c->n_heads, .n_kv_heads = c->n_kv_heads,
+        .head_dim = c->head_dim, .block_size = b->block_size, .qkv = b->qkv,
+        .bq = L->bq, .bk = L->bk, .bv = L->bv, .q_norm = L->q_norm, .k_norm = L->k_norm,
+        .eps = c->rms_norm_eps, .inv_freq = b->inv_freq, .positions = d->positions,
+        .slot_mapping = d->slots, .kv = b->kv, .kv_dtype = b->kv_dtype,
+        .block_elems = b->block_elems, .layer_off = layer_off,
+    };
+    KL(cuda_qkv_post(&qa, b->stream), "rope/kv store kernel");
+    if (mark(b, CV_CUDA_PHASE_ROPE_KV, err))
+        return -1;
+    const cuda_attn_args aa = {
+        .n_tokens = nt, .n_heads = c->n_heads, .n_kv_heads = c->n_kv_heads,
+        .head_dim = c->head_dim, .block_size = b->block_size,
+        .max_blocks_per_seq = bt->max_blocks_per_seq, .tok_seq = d->tok_seq,
+        .query_start = d->query_start, .seq_lens = d->seq_lens, .block_tables = d->tables,
+        .qkv = b->qkv, .ld_qkv = b->qkv_dim, .kv = b->kv, .kv_dtype = b->kv_dtype,
+        .block_elems = b->block_elems, .layer_off = layer_off,
+        .scale = 1.0f / sqrtf((float)c->head_dim), .out = b->attn, .out_dtype = b->wdtype,
+        .n_splits = n_splits, .partial = b->partial,
+    };
+    KL(cuda_attention(&aa, b->stream), "attention kernel");
+    if (mark(b, CV_CUDA_PHASE_ATTN, err) ||
+        gemm(b, L->wo, h, qd, b->attn, nt, b->x, 1.0f, err) ||
+        mark(b, CV_CUDA_PHASE_O_GEMM, err))
+        return -1;
+    KL(cuda_rmsnorm(b->x, NULL, nt, L->ffn_norm, h, c->rms_norm_eps, b->wdtype, b->xn, h,
+                    b->stream),
+       "mlp rmsnorm");
+    if (mark(b, CV_CUDA_PHASE_NORM, err) ||
+        gemm(b, L->wgu, 2 * f, h, b->xn, nt, b->gu, 0.0f, err) ||
+        mark(b, CV_CUDA_PHASE_UPGATE_GEMM, err))
+        return -1;
+    KL(cuda_gated_act(c->hidden_act, b->gu, nt, f, b->wdtype, b->mlp, b->stream),
+       "gated activation kernel");
+    if (mark(b, CV_CUDA_PHASE_ACT, err) ||
+        gemm(b, L->wdown, h, f, b->mlp, nt, b->x, 1.0f, err) ||
+        mark(b, CV_CUDA_PHASE_DOWN_GEMM, err))
+        return -1;
+    return 0;
+}
+
+/* Adds the profiled spans of this step to the table (after the sync). */
+static int profile_collect(cv_cuda_backend *b, cv_error *err)
+{
+    for (int i = 1; i < b->n_events; i++) {
+        float ms = 0.0f;
+        CU(cudaEventElapsedTime(&ms, b->events[i - 1], b->events[i]), "cudaEventElapsedTime");
+        b->prof_ms[b->event_phase[i]] += ms;
+    }
+    b->n_events = 0;
+    return 0;
+}
+
+int cuda_forward_run(cv_cuda_backend *b, const cv_batch *bt, float *logits, cv_error *err)
+{
+    const cv_model_config *c = &b->cfg;
+    if (check_batch(b, bt, err) || reserve(b, bt->n_tokens, bt->n_logits, err))
+        return -1;
+    const int n_splits = choose_splits(b, bt);
+    if (n_splits > 1) {
+        const size_t need = (size_t)bt->n_tokens * c->n_heads * n_splits * (c->head_dim + 2);
+        if (need > b->partial_cap_floats) {
+            cudaFree(b->partial);
+            b->partial = NULL;
+            b->partial_cap_floats = 0;
+            CU(cudaMalloc((void **)&b->partial, need * sizeof(float)), "attention partials");
+            b->partial_cap_floats = need;
+        }
+    }
+    step_arrays d = {0};
+    b->n_events = 0;
+    if (mark(b, CV_CUDA_PHASE_COPY, err) || upload_batch(b, bt, &d, err) ||
+        mark(b, CV_CUDA_PHASE_COPY, err))
+        return -1;
+    KL(cuda_embed(b->embed_dtype, b->embed, d.ids, bt->n_tokens, c->hidden_size, b->x,
+                  b->stream),
+       "embedding kernel");
+    if (mark(b, CV_CUDA_PHASE_EMBED, err))
+        return -1;
+    for (int l = 0; l < c->n_layers; l++)
+        if (layer_forward(b, bt, &d, l, n_splits, err))
+            return cv_error_prefix(err, "layer %d", l);
+    if (bt->n_logits > 0) {
+        KL(cuda_rmsnorm(b->x, d.logits_rows, bt->n_logits, b->final_norm, c->hidden_size,
+                        c->rms_norm_eps, b->wdtype, b->xl, c->hidden_size, b->stream),
+           "final rmsnorm");
+        if (gemm(b, b->lm_head, c->vocab_size, c->hidden_size, b->xl, bt->n_logits, b->logits,
+                 0.0f, err) ||
+            mark(b, CV_CUDA_PHASE_HEAD, err))
+            return -1;
+        CU(cudaMemcpyAsync(logits, b->logits,
+                           (size_t)bt->n_logits * c->vocab_size * sizeof(float),
+                           cudaMemcpyDeviceToHost, b->stream),
+           "logits download");
+        if (mark(b, CV_CUDA_PHASE_COPY, err))
+            return -1;
+    }
+    CU(cudaStreamSynchronize(b->stream), "forward step");
+    CU(cudaGetLastError(), "forward step");
+    return b->prof ? profile_collect(b, err) : 0;
+}
+
+int cv_cuda_backend_forward(cv_cuda_backend *b, const cv_batch *batch, float *logits,
+                            cv_error *err)
+{
+    if (!b || !batch || (batch->n_logits > 0 && !logits))
+        return cv_errorf(err, "cv_cuda_backend_forward: backend, batch or logits buffer is NULL");
+    CU(cudaSetDevice(b->device), "cudaSetDevice");
+    return cuda_forward_run(b, batch, logits, err);
+}
+
+void cv_cuda_backend_profile(cv_cuda_backend *b, int enable)
+{
+    memset(b->prof_ms, 0, sizeof b->prof_ms);
+    b->prof = false;
+    if (!enable)
+        return;
+    if (!b->events) {
+        const int n = b->cfg.n_layers * 12 + 16;
+        b->events = calloc((size_t)n, sizeof *b->events);
+        b->event_phase = calloc((size_t)n, sizeof *b->event_phase);
+        if (!b->events || !b->event_phase)
+            return;
+        cudaSetDevice(b->device);
+        for (; b->max_events < n; b->max_events++)
+            if (cudaEventCreate(&b->events[b->max_events]) != cudaSuccess)
+                break;
+    }
+    b->prof = true;
+}
+
+int cv_cuda_backend_profile_read(const cv_cuda_backend *b, double *ms, const char **names)
+{
+    for (int i = 0; i < CV_CUDA_N_PHASES; i++) {
+        ms[i] = b->prof_ms[i];
+        names[i] = phase_names[i];
+    }
+    return CV_CUDA_N_PHASES;
+}

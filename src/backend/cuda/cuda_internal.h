@@ -1,0 +1,179 @@
+/* Internals of the CUDA backend: the kernel launchers (cuda_kernels.cu,
+ * callable from C) and the KV layout they share with cuda_backend.c.
+ *
+ * KV pool layout (as the CPU backend's): block b, layer l, k (0) or v (1),
+ * kv head g, token j of the block starts at element
+ *   b * block_elems + ((l * 2 + kv) * n_kv_heads + g) * block_size * head_dim
+ *   + j * head_dim,
+ * so one kv head's keys of a block are contiguous rows of head_dim.
+ *
+ * Every launcher enqueues on STREAM and returns the cudaError_t of the launch
+ * (cudaGetLastError) as an int, 0 on success. */
+#ifndef CV_BACKEND_CUDA_INTERNAL_H
+#define CV_BACKEND_CUDA_INTERNAL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cuda_runtime_api.h>
+
+#include "backend/cuda/cuda_backend.h"
+#include "model/model.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Limits of the attention kernel, checked at create. */
+enum { CUDA_MAX_GROUP = 8, CUDA_MAX_HEAD_DIM = 256 };
+
+/* x (n_tok, hidden) fp32 = embed[ids[t]] widened. */
+int cuda_embed(cv_dtype dtype, const void *embed /* (vocab, hidden) */, const int32_t *ids,
+               int n_tok, int hidden, float *x, cudaStream_t stream);
+
+/* out row r (dtype out_dtype, row stride ld_out elements) = RMSNorm of x row
+ * rows[r] (or r when rows is NULL) with weight w: w * (x * rsqrt(mean(x^2) +
+ * eps)), fp32 inside. */
+int cuda_rmsnorm(const float *x /* (*, n) */, const int32_t *rows, int n_rows, const float *w,
+                 int n, float eps, cv_dtype out_dtype, void *out, int ld_out,
+                 cudaStream_t stream);
+
+/* Per token: biases, per-head RMSNorm (Qwen3), RoPE on q and k (in place in
+ * qkv), and k, v written into the KV pool at the token's slot. */
+typedef struct cuda_qkv_args {
+    int n_tokens, n_heads, n_kv_heads, head_dim, block_size;
+    float *qkv; /* (n_tokens, (n_heads + 2 * n_kv_heads) * head_dim): q | k | v */
+    const float *bq, *bk, *bv;   /* optional biases, NULL when absent */
+    const float *q_norm, *k_norm; /* (head_dim) optional */
+    float eps;
+    const float *inv_freq;        /* (head_dim / 2) */
+    const int32_t *positions;     /* (n_tokens) */
+    const int64_t *slot_mapping;  /* (n_tokens) */
+    void *kv;                     /* the pool */
+    cv_dtype kv_dtype;
+    size_t block_elems;           /* elements per block (all layers) */
+    size_t layer_off;             /* element offset of this layer's K in a block */
+} cuda_qkv_args;
+int cuda_qkv_post(const cuda_qkv_args *a, cudaStream_t stream);
+
+/* Paged causal attention of every token over its sequence's cached context
+ * (GQA, online softmax). With n_splits > 1 each token's context is cut into
+ * n_splits ranges computed by separate blocks into partial (unnormalized
+ * output, max, sum) and merged by a second kernel (flash-decoding). */
+typedef struct cuda_attn_args {
+    int n_tokens, n_heads, n_kv_heads, head_dim, block_size, max_blocks_per_seq;
+    const int32_t *tok_seq;      /* (n_tokens) sequence of each token */
+    const int32_t *query_start;  /* (n_seqs + 1) */
+    const int32_t *seq_lens;     /* (n_seqs) */
+    const int32_t *block_tables; /* (n_seqs, max_blocks_per_seq) */
+    const float *qkv;            /* q at column 0, row stride ld_qkv */
+    int ld_qkv;
+    const void *kv;
+    cv_dtype kv_dtype;
+    size_t block_elems, layer_off;
+    float scale;                 /* 1 / sqrt(head_dim) */
+    void *out;                   /* (n_tokens, n_heads * head_dim) in out_dtype */
+    cv_dtype out_dtype;
+    int n_splits;
+    float *partial;              /* (n_tokens, n_heads, n_splits, head_dim + 2) when n_splits > 1 */
+} cuda_attn_args;
+int cuda_attention(const cuda_attn_args *a, cudaStream_t stream);
+
+/* out (n_tok, f) in out_dtype = act(gu[:, :f]) * gu[:, f:] for gu (n_tok, 2f) fp32. */
+int cuda_gated_act(cv_activation act, const float *gu, int n_tok, int f, cv_dtype out_dtype,
+                   void *out, cudaStream_t stream);
+
+#ifdef __cplusplus
+}
+#endif
+
+/* ---- the backend object (cuda_backend.c, cuda_forward.c; C only) ---------- */
+#ifndef __CUDACC__
+#include <stdbool.h>
+
+#include <cublas_v2.h>
+
+#include "base/error.h"
+
+typedef struct cuda_layer {
+    void *wqkv;        /* (n_heads * hd + 2 * n_kv_heads * hd, hidden): wq | wk | wv rows */
+    void *wo;          /* (hidden, n_heads * hd) */
+    void *wgu;         /* (2 * intermediate, hidden): w_gate | w_up rows */
+    void *wdown;       /* (hidden, intermediate) */
+    float *attn_norm;  /* (hidden) */
+    float *ffn_norm;   /* (hidden) */
+    float *bq, *bk, *bv;      /* optional biases */
+    float *q_norm, *k_norm;   /* (head_dim) optional */
+} cuda_layer;
+
+struct cv_cuda_backend {
+    cv_model_config cfg;
+    int device;
+    int n_sms;
+    cudaStream_t stream;
+    cublasHandle_t blas;
+    cv_dtype wdtype;        /* every matrix's dtype; also the GEMM activation dtype */
+    cv_dtype embed_dtype;
+    void *embed;            /* (vocab, hidden) */
+    void *lm_head;          /* (vocab, hidden); == embed when tied and the same bytes */
+    float *final_norm;      /* (hidden) */
+    float *inv_freq;        /* (head_dim / 2) RoPE inverse frequencies, scaling applied */
+    cuda_layer *layers;     /* (n_layers) */
+    int qkv_dim;            /* (n_heads + 2 * n_kv_heads) * head_dim */
+
+    cv_dtype kv_dtype;
+    void *kv;               /* the pool, layout in cuda_internal.h */
+    int n_blocks, block_size;
+    size_t block_elems;
+
+    /* Per-step batch arrays: pinned host staging and its device copy. */
+    void *stage_host, *stage_dev;
+    size_t stage_cap_bytes;
+
+    /* Activations for cap_tokens tokens and cap_logits rows (one allocation). */
+    int cap_tokens, cap_logits;
+    void *act_mem;
+    float *x;     /* (tokens, hidden) residual stream */
+    void *xn;     /* (tokens, hidden) normalized input of a sublayer, wdtype */
+    float *qkv;   /* (tokens, qkv_dim) */
+    void *attn;   /* (tokens, n_heads * hd) attention output, wdtype */
+    float *gu;    /* (tokens, 2 * intermediate) gate | up */
+    void *mlp;    /* (tokens, intermediate) act(gate) * up, wdtype */
+    void *xl;     /* (logits, hidden) final-normed rows, wdtype */
+    float *logits; /* (logits, vocab) */
+    float *partial; /* split-attention partials */
+    /* Fewest keys per attention split (64; tests lower it to exercise the
+     * split path on tiny contexts). */
+    int min_split_keys;
+    size_t partial_cap_floats;
+
+    /* Profiling (cv_cuda_backend_profile). */
+    bool prof;
+    int n_events, max_events;
+    cudaEvent_t *events;
+    int *event_phase;
+    double prof_ms[CV_CUDA_N_PHASES];
+};
+
+#define CU(call, what)                                                                         \
+    do {                                                                                       \
+        cudaError_t e_ = (call);                                                               \
+        if (e_ != cudaSuccess)                                                                 \
+            return cv_errorf(err, "cuda backend: %s: %s", what, cudaGetErrorString(e_));       \
+    } while (0)
+
+#define CB(call, what)                                                                         \
+    do {                                                                                       \
+        cublasStatus_t s_ = (call);                                                            \
+        if (s_ != CUBLAS_STATUS_SUCCESS)                                                       \
+            return cv_errorf(err, "cuda backend: %s: %s", what, cublasGetStatusString(s_));    \
+    } while (0)
+
+/* Kernel launchers return a cudaError_t as int. */
+#define KL(call, what) CU((cudaError_t)(call), what)
+
+/* Runs one validated batch (cuda_forward.c). */
+int cuda_forward_run(cv_cuda_backend *b, const cv_batch *batch, float *logits, cv_error *err);
+#endif
+
+#endif

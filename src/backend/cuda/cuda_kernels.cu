@@ -1,0 +1,422 @@
+/* The CUDA backend's own kernels: embedding gather, RMSNorm, the per-token
+ * q/k/v epilogue (bias, q/k norm, RoPE, KV store), paged attention and the
+ * gated MLP activation. Matrix products are cuBLAS (cuda_backend.c).
+ *
+ * Everything accumulates in fp32; 16-bit values are widened on load and
+ * rounded to nearest even on store. Math follows HF transformers' eager
+ * Llama/Qwen code so that f32 models match it within 1e-4. */
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+#include <math.h>
+
+#include "backend/cuda/cuda_internal.h"
+
+namespace {
+
+__device__ __forceinline__ float to_f(float x) { return x; }
+__device__ __forceinline__ float to_f(__nv_bfloat16 x) { return __bfloat162float(x); }
+__device__ __forceinline__ float to_f(__half x) { return __half2float(x); }
+
+template <typename T> __device__ __forceinline__ T from_f(float x);
+template <> __device__ __forceinline__ float from_f<float>(float x) { return x; }
+template <> __device__ __forceinline__ __nv_bfloat16 from_f<__nv_bfloat16>(float x)
+{
+    return __float2bfloat16_rn(x);
+}
+template <> __device__ __forceinline__ __half from_f<__half>(float x)
+{
+    return __float2half_rn(x);
+}
+
+__device__ __forceinline__ float warp_sum(float v)
+{
+    for (int o = 16; o > 0; o >>= 1)
+        v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+__device__ __forceinline__ float warp_max(float v)
+{
+    for (int o = 16; o > 0; o >>= 1)
+        v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+
+/* Calls F with a value of the C++ type of DTYPE (for template dispatch). */
+template <typename F> int with_type(cv_dtype dtype, F f)
+{
+    switch (dtype) {
+    case CV_DTYPE_F32: f(float()); break;
+    case CV_DTYPE_F16: f(__half()); break;
+    case CV_DTYPE_BF16: f(__nv_bfloat16()); break;
+    default: return (int)cudaErrorInvalidValue;
+    }
+    return (int)cudaGetLastError();
+}
+
+/* ---- embedding ------------------------------------------------------------ */
+
+template <typename T>
+__global__ void embed_kernel(const T *embed, const int32_t *ids, int hidden, float *x)
+{
+    const int t = blockIdx.x;
+    const T *row = embed + (size_t)ids[t] * hidden;
+    for (int i = threadIdx.x; i < hidden; i += blockDim.x)
+        x[(size_t)t * hidden + i] = to_f(row[i]);
+}
+
+/* ---- RMSNorm -------------------------------------------------------------- */
+
+template <typename OUT>
+__global__ void rmsnorm_kernel(const float *x, const int32_t *rows, const float *w, int n,
+                               float eps, OUT *out, int ld_out)
+{
+    __shared__ float partial[32];
+    const int r = blockIdx.x;
+    const float *xr = x + (size_t)(rows ? rows[r] : r) * n;
+    float ss = 0.0f;
+    for (int i = threadIdx.x; i < n; i += blockDim.x)
+        ss += xr[i] * xr[i];
+    ss = warp_sum(ss);
+    if ((threadIdx.x & 31) == 0)
+        partial[threadIdx.x >> 5] = ss;
+    __syncthreads();
+    if (threadIdx.x < 32) {
+        float v = threadIdx.x < (blockDim.x >> 5) ? partial[threadIdx.x] : 0.0f;
+        v = warp_sum(v);
+        if (threadIdx.x == 0)
+            partial[0] = v;
+    }
+    __syncthreads();
+    /* HF: x * torch.rsqrt(variance + eps), then weight * that. */
+    const float inv = 1.0f / sqrtf(partial[0] / (float)n + eps);
+    for (int i = threadIdx.x; i < n; i += blockDim.x)
+        out[(size_t)r * ld_out + i] = from_f<OUT>(w[i] * (xr[i] * inv));
+}
+
+/* ---- q/k/v epilogue ------------------------------------------------------- */
+
+/* One warp per head of one token. A lane holds element pairs (e, e + half)
+ * for e = lane + 32 i, the two halves RoPE rotates together. */
+template <typename KV> __global__ void qkv_post_kernel(cuda_qkv_args a)
+{
+    enum { MAX_PAIRS = CUDA_MAX_HEAD_DIM / 2 / 32 };
+    const int t = blockIdx.x, lane = threadIdx.x & 31;
+    const int hd = a.head_dim, half = hd / 2, nkv = a.n_kv_heads;
+    const int n_items = a.n_heads + 2 * nkv;
+    const int pos = a.positions[t];
+    const int64_t slot = a.slot_mapping[t];
+    KV *kv = (KV *)a.kv;
+    const size_t slot_base = (size_t)(slot / a.block_size) * a.block_elems + a.layer_off +
+                             (size_t)(slot % a.block_size) * hd;
+    for (int item = threadIdx.x >> 5; item < n_items; item += blockDim.x >> 5) {
+        float *head = a.qkv + (size_t)t * n_items * hd + (size_t)item * hd;
+        const bool is_q = item < a.n_heads, is_k = !is_q && item < a.n_heads + nkv;
+        const int idx = is_q ? item : is_k ? item - a.n_heads : item - a.n_heads - nkv;
+        const float *bias = is_q ? a.bq : is_k ? a.bk : a.bv;
+        const float *norm = is_q ? a.q_norm : is_k ? a.k_norm : NULL;
+        float lo[MAX_PAIRS], hi[MAX_PAIRS];
+        float ss = 0.0f;
+#pragma unroll
+        for (int p = 0; p < MAX_PAIRS; p++) {
+            const int e = lane + 32 * p;
+            lo[p] = hi[p] = 0.0f;
+            if (e < half) {
+                lo[p] = head[e];
+                hi[p] = head[e + half];
+                if (bias) {
+                    lo[p] += bias[idx * hd + e];
+                    hi[p] += bias[idx * hd + e + half];
+                }
+                ss += lo[p] * lo[p] + hi[p] * hi[p];
+            }
+        }
+        if (norm) { /* warp-uniform: same for every lane */
+            const float inv = 1.0f / sqrtf(warp_sum(ss) / (float)hd + a.eps);
+#pragma unroll
+            for (int p = 0; p < MAX_PAIRS; p++) {
+                const int e = lane + 32 * p;
+                if (e < half) {
+                    lo[p] = norm[e] * (lo[p] * inv);
+                    hi[p] = norm[e + half] * (hi[p] * inv);
+                }
+            }
+        }
+#pragma unroll
+        for (int p = 0; p < MAX_PAIRS; p++) {
+            const int e = lane + 32 * p;
+            if (e >= half)
+                continue;
+            float x0 = lo[p], x1 = hi[p];
+            if (item < a.n_heads + nkv) {
+                /* HF: freqs = inv_freq * position in fp32, then cos / sin. */
+                const float angle = a.inv_freq[e] * (float)pos;
+                const float c = cosf(angle), s = sinf(angle);
+                x0 = lo[p] * c - hi[p] * s;
+                x1 = hi[p] * c + lo[p] * s;
+            }
+            if (is_q) {
+                head[e] = x0;
+                head[e + half] = x1;
+            } else {
+                const int sel = is_k ? 0 : 1;
+                KV *dst = kv + slot_base + (size_t)(sel * nkv + idx) * a.block_size * hd;
+                dst[e] = from_f<KV>(x0);
+                dst[e + half] = from_f<KV>(x1);
+            }
+        }
+    }
+}
+
+/* ---- paged attention ------------------------------------------------------ */
+
+enum { ATTN_THREADS = 128, ATTN_TILE = 64, ATTN_LANES_PER_KEY = 8 };
+
+/* Block (token t, kv head g, split sp): the group of query heads sharing kv
+ * head g against keys [k0, k1) of t's causal context, tile by tile with an
+ * online softmax. Scores: 8 lanes per key (16 keys at a time); softmax: one
+ * warp per head; P.V: one thread per output element d (and d + 128). */
+template <typename KV, typename OUT> __global__ void __launch_bounds__(ATTN_THREADS)
+    attn_kernel(cuda_attn_args a)
+{
+    enum {
+        KEY_REGS = CUDA_MAX_HEAD_DIM / ATTN_LANES_PER_KEY,
+        D_PER_THREAD = CUDA_MAX_HEAD_DIM / ATTN_THREADS,
+        KEYS_PER_PASS = ATTN_THREADS / ATTN_LANES_PER_KEY,
+    };
+    __shared__ float qs[CUDA_MAX_GROUP * CUDA_MAX_HEAD_DIM];
+    __shared__ float sc[CUDA_MAX_GROUP][ATTN_TILE];
+    __shared__ size_t row_off[ATTN_TILE];
+    __shared__ float m_s[CUDA_MAX_GROUP], l_s[CUDA_MAX_GROUP], alpha_s[CUDA_MAX_GROUP];
+
+    const int t = blockIdx.x, g = blockIdx.y, sp = blockIdx.z, tid = threadIdx.x;
+    const int hd = a.head_dim, G = a.n_heads / a.n_kv_heads, bs = a.block_size;
+    const int s = a.tok_seq[t];
+    const int q0 = a.query_start[s], qlen = a.query_start[s + 1] - q0;
+    const int ctx = a.seq_lens[s] - qlen + (t - q0) + 1;
+    const int chunk = (ctx + a.n_splits - 1) / a.n_splits;
+    const int k0 = sp * chunk, k1 = min(ctx, k0 + chunk);
+    const int32_t *table = a.block_tables + (size_t)s * a.max_blocks_per_seq;
+    const KV *kbase = (const KV *)a.kv + a.layer_off + (size_t)g * bs * hd;
+    const size_t v_off = (size_t)a.n_kv_heads * bs * hd;
+
+    for (int i = tid; i < G * hd; i += ATTN_THREADS)
+        qs[i] = a.qkv[(size_t)t * a.ld_qkv + (size_t)g * G * hd + i] * a.scale;
+    if (tid < G) {
+        m_s[tid] = -INFINITY;
+        l_s[tid] = 0.0f;
+    }
+    __syncthreads(); /* an empty split reads m_s, l_s without entering the loop */
+    float acc[CUDA_MAX_GROUP][D_PER_THREAD];
+#pragma unroll
+    for (int h = 0; h < CUDA_MAX_GROUP; h++)
+#pragma unroll
+        for (int r = 0; r < D_PER_THREAD; r++)
+            acc[h][r] = 0.0f;
+    const int grp = tid / ATTN_LANES_PER_KEY, lk = tid % ATTN_LANES_PER_KEY;
+    const int warp = tid >> 5, lane = tid & 31;
+
+    for (int tile0 = k0; tile0 < k1; tile0 += ATTN_TILE) {
+        const int n = min(ATTN_TILE, k1 - tile0);
+        if (tid < n) {
+            const int j = tile0 + tid;
+            row_off[tid] = (size_t)table[j / bs] * a.block_elems + (size_t)(j % bs) * hd;
+        }
+        __syncthreads();
+        /* Scores s[h][kk] = (q_h * scale) . k_j. */
+        for (int kb = 0; kb < n; kb += KEYS_PER_PASS) {
+            const int kk = kb + grp;
+            const bool valid = kk < n;
+            float kr[KEY_REGS];
+#pragma unroll
+            for (int i = 0; i < KEY_REGS; i++) {
+                const int d = lk + ATTN_LANES_PER_KEY * i;
+                kr[i] = valid && d < hd ? to_f(kbase[row_off[kk < n ? kk : 0] + d]) : 0.0f;
+            }
+            for (int h = 0; h < G; h++) {
+                float dot = 0.0f;
+#pragma unroll
+                for (int i = 0; i < KEY_REGS; i++) {
+                    const int d = lk + ATTN_LANES_PER_KEY * i;
+                    if (d < hd)
+                        dot += qs[h * hd + d] * kr[i];
+                }
+                dot += __shfl_xor_sync(0xffffffffu, dot, 1);
+                dot += __shfl_xor_sync(0xffffffffu, dot, 2);
+                dot += __shfl_xor_sync(0xffffffffu, dot, 4);
+                if (valid && lk == 0)
+                    sc[h][kk] = dot;
+            }
+        }
+        __syncthreads();
+        /* Online softmax update, one warp per head. */
+        for (int h = warp; h < G; h += ATTN_THREADS / 32) {
+            const float v0 = lane < n ? sc[h][lane] : -INFINITY;
+            const float v1 = lane + 32 < n ? sc[h][lane + 32] : -INFINITY;
+            const float m_old = m_s[h];
+            const float m_new = fmaxf(m_old, warp_max(fmaxf(v0, v1)));
+            const float p0 = lane < n ? expf(v0 - m_new) : 0.0f;
+            const float p1 = lane + 32 < n ? expf(v1 - m_new) : 0.0f;
+            if (lane < n)
+                sc[h][lane] = p0;
+            if (lane + 32 < n)
+                sc[h][lane + 32] = p1;
+            const float sum = warp_sum(p0 + p1);
+            if (lane == 0) {
+                const float alpha = expf(m_old - m_new);
+                alpha_s[h] = alpha;
+                l_s[h] = l_s[h] * alpha + sum;
+                m_s[h] = m_new;
+            }
+        }
+        __syncthreads();
+        /* acc = acc * alpha + P V. */
+#pragma unroll
+        for (int r = 0; r < D_PER_THREAD; r++) {
+            const int d = tid + ATTN_THREADS * r;
+            if (d >= hd)
+                continue;
+#pragma unroll
+            for (int h = 0; h < CUDA_MAX_GROUP; h++)
+                if (h < G)
+                    acc[h][r] *= alpha_s[h];
+            for (int kk = 0; kk < n; kk++) {
+                const float v = to_f(kbase[row_off[kk] + v_off + d]);
+#pragma unroll
+                for (int h = 0; h < CUDA_MAX_GROUP; h++)
+                    if (h < G)
+                        acc[h][r] += sc[h][kk] * v;
+            }
+        }
+        __syncthreads();
+    }
+
+#pragma unroll
+    for (int r = 0; r < D_PER_THREAD; r++) {
+        const int d = tid + ATTN_THREADS * r;
+        if (d >= hd)
+            continue;
+#pragma unroll
+        for (int h = 0; h < CUDA_MAX_GROUP; h++) {
+            if (h >= G)
+                continue;
+            const int head = g * G + h;
+            if (a.n_splits == 1) {
+                OUT *o = (OUT *)a.out + (size_t)t * a.n_heads * hd + (size_t)head * hd;
+                o[d] = from_f<OUT>(acc[h][r] / l_s[h]);
+            } else {
+                float *p = a.partial +
+                           (((size_t)t * a.n_heads + head) * a.n_splits + sp) * (hd + 2);
+                p[d] = acc[h][r];
+                if (d == 0) {
+                    p[hd] = m_s[h];
+                    p[hd + 1] = l_s[h];
+                }
+            }
+        }
+    }
+}
+
+/* Merges the splits of (token, head): out = sum_s e^(m_s - M) acc_s / sum_s
+ * e^(m_s - M) l_s. Empty splits carry m = -inf, l = 0. */
+template <typename OUT> __global__ void attn_combine_kernel(cuda_attn_args a)
+{
+    const int t = blockIdx.x, head = blockIdx.y, hd = a.head_dim;
+    const float *p = a.partial + ((size_t)t * a.n_heads + head) * a.n_splits * (hd + 2);
+    float M = -INFINITY;
+    for (int sp = 0; sp < a.n_splits; sp++)
+        M = fmaxf(M, p[sp * (hd + 2) + hd]);
+    float L = 0.0f;
+    for (int sp = 0; sp < a.n_splits; sp++)
+        L += p[sp * (hd + 2) + hd + 1] * expf(p[sp * (hd + 2) + hd] - M);
+    OUT *o = (OUT *)a.out + (size_t)t * a.n_heads * hd + (size_t)head * hd;
+    for (int d = threadIdx.x; d < hd; d += blockDim.x) {
+        float v = 0.0f;
+        for (int sp = 0; sp < a.n_splits; sp++)
+            v += p[sp * (hd + 2) + d] * expf(p[sp * (hd + 2) + hd] - M);
+        o[d] = from_f<OUT>(v / L);
+    }
+}
+
+/* ---- gated MLP activation ------------------------------------------------- */
+
+template <typename OUT>
+__global__ void gated_act_kernel(cv_activation act, const float *gu, int n_tok, int f, OUT *out)
+{
+    const size_t total = (size_t)n_tok * f;
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < total;
+         i += (size_t)gridDim.x * blockDim.x) {
+        const size_t t = i / f, c = i % f;
+        float g = gu[t * 2 * f + c];
+        const float u = gu[t * 2 * f + f + c];
+        if (act == CV_ACT_SILU) {
+            g = g / (1.0f + expf(-g));
+        } else {
+            const float k = 0.7978845608028654f; /* sqrt(2 / pi) */
+            g = 0.5f * g * (1.0f + tanhf(k * (g + 0.044715f * g * g * g)));
+        }
+        out[i] = from_f<OUT>(g * u);
+    }
+}
+
+} /* namespace */
+
+/* ---- launchers ------------------------------------------------------------ */
+
+extern "C" int cuda_embed(cv_dtype dtype, const void *embed, const int32_t *ids, int n_tok,
+                          int hidden, float *x, cudaStream_t stream)
+{
+    return with_type(dtype, [&](auto v) {
+        using T = decltype(v);
+        embed_kernel<T><<<n_tok, 256, 0, stream>>>((const T *)embed, ids, hidden, x);
+    });
+}
+
+extern "C" int cuda_rmsnorm(const float *x, const int32_t *rows, int n_rows, const float *w,
+                            int n, float eps, cv_dtype out_dtype, void *out, int ld_out,
+                            cudaStream_t stream)
+{
+    if (n_rows <= 0)
+        return 0;
+    return with_type(out_dtype, [&](auto v) {
+        using T = decltype(v);
+        rmsnorm_kernel<T><<<n_rows, 256, 0, stream>>>(x, rows, w, n, eps, (T *)out, ld_out);
+    });
+}
+
+extern "C" int cuda_qkv_post(const cuda_qkv_args *a, cudaStream_t stream)
+{
+    return with_type(a->kv_dtype, [&](auto v) {
+        using T = decltype(v);
+        qkv_post_kernel<T><<<a->n_tokens, 256, 0, stream>>>(*a);
+    });
+}
+
+extern "C" int cuda_attention(const cuda_attn_args *a, cudaStream_t stream)
+{
+    int rc = 0;
+    int rc_out = with_type(a->out_dtype, [&](auto o) {
+        using OUT = decltype(o);
+        rc = with_type(a->kv_dtype, [&](auto k) {
+            using KV = decltype(k);
+            dim3 grid(a->n_tokens, a->n_kv_heads, a->n_splits);
+            attn_kernel<KV, OUT><<<grid, ATTN_THREADS, 0, stream>>>(*a);
+        });
+        if (rc == 0 && a->n_splits > 1)
+            attn_combine_kernel<OUT>
+                <<<dim3(a->n_tokens, a->n_heads), 128, 0, stream>>>(*a);
+    });
+    return rc ? rc : rc_out;
+}
+
+extern "C" int cuda_gated_act(cv_activation act, const float *gu, int n_tok, int f,
+                              cv_dtype out_dtype, void *out, cudaStream_t stream)
+{
+    const size_t total = (size_t)n_tok * f;
+    const int blocks = (int)((total + 255) / 256 < 65536 ? (total + 255) / 256 : 65536);
+    return with_type(out_dtype, [&](auto v) {
+        using T = decltype(v);
+        gated_act_kernel<T><<<blocks, 256, 0, stream>>>(act, gu, n_tok, f, (T *)out);
+    });
+}

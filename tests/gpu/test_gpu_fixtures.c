@@ -1,0 +1,415 @@
+/* The CUDA backend against HuggingFace transformers: the tiny random models of
+ * tests/fixtures/models (every architecture, f32 and bf16 weights) and the
+ * real stories260K, through the model loader and cv_cuda_backend_forward.
+ *
+ * Each fixture is run (a) as one prefill per prompt, (b) with both prompts
+ * interleaved in the same batches, in chunks and single decode tokens,
+ * through a cache of 4-token blocks (smaller than either prompt) with
+ * shuffled block tables, once as is and once with the attention split into
+ * ranges of 4 keys (the flash-decoding path long contexts take), (c) for
+ * bf16 fixtures, (a) again with a BF16 KV cache, and (d) greedily, one
+ * decode step at a time.
+ *
+ * Error measure (the fixtures' README): max |ours - ref| / max |ref| over all
+ * positions and the whole vocabulary; f32 weights <= 1e-4 against HF's fp32
+ * logits, bf16 weights <= 2e-2 against HF's fp32 compute on the same
+ * weights. Greedy ids must match exactly.
+ *
+ * Without a CUDA device the program exits 77, which ctest reports as
+ * skipped. */
+#include <math.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+#include <jansson.h>
+
+#include "backend/cuda/cuda_internal.h"
+
+enum { BLOCK_SIZE = 4, MAX_IDS = 512, MAX_SEQS = 2, MAX_BLOCKS = 128 };
+
+/* ---- a minimal executor: sequences fed in chunks through a paged cache ---- */
+
+typedef struct gpu_seq {
+    const int32_t *ids; /* (n_ids) every token the sequence will feed */
+    int n_ids;
+    int n_done;                /* tokens already in the KV cache */
+    int32_t table[MAX_BLOCKS]; /* block table */
+} gpu_seq;
+
+typedef struct gpu_runner {
+    cv_cuda_backend *bk;
+    int n_seqs;
+    gpu_seq seqs[MAX_SEQS];
+} gpu_runner;
+
+/* Sequence i gets blocks counted down from the end of the pool, so a block
+ * index never equals its logical block. */
+static void runner_init(gpu_runner *r, cv_cuda_backend *bk, int n_seqs)
+{
+    const int n_blocks = MAX_SEQS * MAX_BLOCKS;
+    r->bk = bk;
+    r->n_seqs = n_seqs;
+    for (int i = 0; i < n_seqs; i++) {
+        r->seqs[i].n_done = 0;
+        for (int j = 0; j < MAX_BLOCKS; j++)
+            r->seqs[i].table[j] = n_blocks - 1 - (i * MAX_BLOCKS + j);
+    }
+    cv_error err = {{0}};
+    if (cv_cuda_backend_kv_alloc(bk, n_blocks, BLOCK_SIZE, &err))
+        fail_msg("%s", err.msg);
+}
+
+/* One step: sequence i feeds its next chunk[i] tokens (0: skips the step).
+ * Logits of every fed token are written in feed order; returns the rows. */
+static int runner_step(gpu_runner *r, const int *chunk, float *logits)
+{
+    enum { MAX_TOKENS = MAX_SEQS * MAX_IDS };
+    static int32_t ids[MAX_TOKENS], pos[MAX_TOKENS], starts[MAX_SEQS + 1], lens[MAX_SEQS],
+        tables[MAX_SEQS * MAX_BLOCKS], idx[MAX_TOKENS];
+    static int64_t slots[MAX_TOKENS];
+    int n = 0, ns = 0;
+    starts[0] = 0;
+    for (int i = 0; i < r->n_seqs; i++) {
+        gpu_seq *s = &r->seqs[i];
+        if (chunk[i] <= 0)
+            continue;
+        for (int k = 0; k < chunk[i]; k++, n++) {
+            const int p = s->n_done + k;
+            assert_true(p < s->n_ids && p / BLOCK_SIZE < MAX_BLOCKS);
+            ids[n] = s->ids[p];
+            pos[n] = p;
+            slots[n] = (int64_t)s->table[p / BLOCK_SIZE] * BLOCK_SIZE + p % BLOCK_SIZE;
+            idx[n] = n;
+        }
+        s->n_done += chunk[i];
+        lens[ns] = s->n_done;
+        memcpy(tables + ns * MAX_BLOCKS, s->table, sizeof s->table);
+        starts[++ns] = n;
+    }
+    const cv_batch b = {
+        .n_tokens = n, .token_ids = ids, .positions = pos, .slot_mapping = slots,
+        .n_seqs = ns, .query_start = starts, .seq_lens = lens, .block_tables = tables,
+        .max_blocks_per_seq = MAX_BLOCKS, .n_logits = n, .logits_indices = idx,
+    };
+    cv_error err = {{0}};
+    if (cv_cuda_backend_forward(r->bk, &b, logits, &err))
+        fail_msg("%s", err.msg);
+    return n;
+}
+
+/* ---- fixtures --------------------------------------------------------------- */
+
+typedef struct fixture {
+    cv_model *model;
+    json_t *ref;
+    const cv_model_config *cfg;
+    bool bf16;
+} fixture;
+
+static void fixture_load(fixture *f, const char *name)
+{
+    const char *src = getenv("CVLLM_SOURCE_DIR");
+    char dir[1024], path[1100];
+    snprintf(dir, sizeof dir, "%s/tests/fixtures/models/%s", src ? src : ".", name);
+    snprintf(path, sizeof path, "%s/reference.json", dir);
+    cv_error err = {{0}};
+    f->model = cv_model_load(dir, &err);
+    if (!f->model)
+        fail_msg("loading %s: %s", dir, err.msg);
+    json_error_t jerr;
+    f->ref = json_load_file(path, 0, &jerr);
+    if (!f->ref)
+        fail_msg("%s: %s", path, jerr.text);
+    f->cfg = cv_model_get_config(f->model);
+    f->bf16 = strcmp(json_string_value(json_object_get(f->ref, "weights_dtype")), "bfloat16") == 0;
+}
+
+static cv_cuda_backend *make_backend(const cv_model *model)
+{
+    cv_error err = {{0}};
+    cv_cuda_backend *bk = cv_cuda_backend_create(model, 0, &err);
+    if (!bk)
+        fail_msg("create: %s", err.msg);
+    return bk;
+}
+
+static int ids_from_json(const json_t *arr, int32_t *ids)
+{
+    const size_t n = json_array_size(arr);
+    assert_true(n <= MAX_IDS);
+    for (size_t i = 0; i < n; i++)
+        ids[i] = (int32_t)json_integer_value(json_array_get(arr, i));
+    return (int)n;
+}
+
+/* max |ours - ref| / max |ref| of rows [row0, row0 + n_rows) against json. */
+static double rel_err(const float *ours, const json_t *rows, int row0, int n_rows, int vocab)
+{
+    double max_diff = 0.0, max_ref = 0.0;
+    for (int r = row0; r < row0 + n_rows; r++) {
+        const json_t *row = json_array_get(rows, (size_t)r);
+        assert_int_equal(json_array_size(row), vocab);
+        for (int v = 0; v < vocab; v++) {
+            const double ref = json_number_value(json_array_get(row, (size_t)v));
+            const double d = fabs(ours[(size_t)(r - row0) * vocab + v] - ref);
+            max_diff = d > max_diff || isnan(d) ? d : max_diff;
+            max_ref = fabs(ref) > max_ref ? fabs(ref) : max_ref;
+        }
+    }
+    return max_diff / max_ref;
+}
+
+static void check_err(const char *what, const char *name, int p, double e, double tol)
+{
+    print_message("%s prompt %d %s: rel err %.2e\n", name, p, what, e);
+    if (!(e <= tol))
+        fail_msg("%s prompt %d %s: rel err %.3e > %.0e", name, p, what, e, tol);
+}
+
+/* (a) one prefill per prompt, with the given KV dtype. */
+static void check_prefill(const fixture *f, const char *name, cv_dtype kv_dtype, const char *what)
+{
+    const json_t *prompts = json_object_get(f->ref, "prompts");
+    const char *key = f->bf16 ? "logits_fp32_compute" : "logits";
+    const double tol = f->bf16 ? 2e-2 : 1e-4;
+    const int vocab = f->cfg->vocab_size;
+    for (int p = 0; p < 2; p++) {
+        int32_t ids[MAX_IDS];
+        const json_t *prompt = json_array_get(prompts, (size_t)p);
+        const int n = ids_from_json(json_object_get(prompt, "input_ids"), ids);
+        float *got = malloc((size_t)n * vocab * sizeof(float));
+        assert_non_null(got);
+        cv_cuda_backend *bk = make_backend(f->model);
+        cv_error err = {{0}};
+        assert_int_equal(cv_cuda_backend_set_kv_dtype(bk, kv_dtype, &err), 0);
+        gpu_runner r;
+        runner_init(&r, bk, 1);
+        r.seqs[0].ids = ids;
+        r.seqs[0].n_ids = n;
+        const int chunk[1] = {n};
+        assert_int_equal(runner_step(&r, chunk, got), n);
+        const json_t *rows = json_object_get(prompt, key);
+        check_err(what, name, p, rel_err(got, rows, 0, n, vocab), tol);
+        check_err("last row", name, p,
+                  rel_err(got + (size_t)(n - 1) * vocab, rows, n - 1, 1, vocab), tol);
+        cv_cuda_backend_destroy(bk);
+        free(got);
+    }
+}
+
+/* (b) both prompts in the same steps: chunks and single tokens mixed. */
+static void check_mixed(const fixture *f, const char *name, int min_split_keys)
+{
+    static const int plan[2][8] = {{3, 1, 1, 1, 1, 0, 0, 0}, {5, 4, 1, 1, 1, 7, 0, 0}};
+    const json_t *prompts = json_object_get(f->ref, "prompts");
+    const char *key = f->bf16 ? "logits_fp32_compute" : "logits";
+    const double tol = f->bf16 ? 2e-2 : 1e-4;
+    const int vocab = f->cfg->vocab_size;
+    int32_t ids[2][MAX_IDS];
+    int n[2];
+    float *got[2];
+    gpu_runner r;
+    cv_cuda_backend *bk = make_backend(f->model);
+    bk->min_split_keys = min_split_keys;
+    runner_init(&r, bk, 2);
+    for (int p = 0; p < 2; p++) {
+        n[p] = ids_from_json(json_object_get(json_array_get(prompts, p), "input_ids"), ids[p]);
+        got[p] = malloc((size_t)n[p] * vocab * sizeof(float));
+        assert_non_null(got[p]);
+        r.seqs[p].ids = ids[p];
+        r.seqs[p].n_ids = n[p];
+    }
+    float *step = malloc((size_t)(n[0] + n[1]) * vocab * sizeof(float));
+    assert_non_null(step);
+    for (int s = 0; s < 8; s++) {
+        int chunk[2], done[2];
+        for (int p = 0; p < 2; p++) {
+            done[p] = r.seqs[p].n_done;
+            chunk[p] = plan[p][s];
+        }
+        if (chunk[0] + chunk[1] == 0)
+            break;
+        runner_step(&r, chunk, step);
+        memcpy(got[0] + (size_t)done[0] * vocab, step, (size_t)chunk[0] * vocab * sizeof(float));
+        memcpy(got[1] + (size_t)done[1] * vocab, step + (size_t)chunk[0] * vocab,
+               (size_t)chunk[1] * vocab * sizeof(float));
+    }
+    for (int p = 0; p < 2; p++) {
+        assert_int_equal(r.seqs[p].n_done, n[p]);
+        const json_t *rows = json_object_get(json_array_get(prompts, p), key);
+        check_err(min_split_keys < 64 ? "mixed steps, split attention" : "mixed steps", name, p,
+                  rel_err(got[p], rows, 0, n[p], vocab), tol);
+        free(got[p]);
+    }
+    free(step);
+    cv_cuda_backend_destroy(bk);
+}
+
+static int argmax(const float *row, int n)
+{
+    int best = 0;
+    for (int i = 1; i < n; i++)
+        if (row[i] > row[best])
+            best = i;
+    return best;
+}
+
+/* Greedy decoding one token per step from input_ids; must reproduce
+ * expected exactly (HF stops after EOS, which expected then ends with). */
+static void check_greedy(cv_cuda_backend *bk, const json_t *input_ids, const json_t *expected,
+                         int vocab)
+{
+    int32_t ids[MAX_IDS];
+    const int n_in = ids_from_json(input_ids, ids);
+    const int n_out = (int)json_array_size(expected);
+    assert_true(n_in + n_out <= MAX_IDS);
+    float *logits = malloc((size_t)n_in * vocab * sizeof(float));
+    assert_non_null(logits);
+    gpu_runner r;
+    runner_init(&r, bk, 1);
+    r.seqs[0].ids = ids;
+    r.seqs[0].n_ids = n_in;
+    int chunk[1] = {n_in};
+    runner_step(&r, chunk, logits);
+    const float *last = logits + (size_t)(n_in - 1) * vocab;
+    for (int i = 0; i < n_out; i++) {
+        const int next = argmax(last, vocab);
+        const int want = (int)json_integer_value(json_array_get(expected, (size_t)i));
+        if (next != want)
+            fail_msg("greedy token %d: got %d, HF %d", i, next, want);
+        ids[n_in + i] = next;
+        r.seqs[0].n_ids = n_in + i + 1;
+        chunk[0] = 1;
+        if (i + 1 < n_out)
+            runner_step(&r, chunk, logits);
+        last = logits;
+    }
+    free(logits);
+}
+
+static void test_fixture(void **state)
+{
+    const char *name = *state;
+    fixture f;
+    fixture_load(&f, name);
+    check_prefill(&f, name, CV_DTYPE_F32, "prefill");
+    check_mixed(&f, name, 64);
+    check_mixed(&f, name, 4);
+    if (f.bf16)
+        check_prefill(&f, name, CV_DTYPE_BF16, "prefill, bf16 KV");
+    cv_cuda_backend *bk = make_backend(f.model);
+    const json_t *g = json_object_get(f.ref, "greedy");
+    check_greedy(bk, json_object_get(g, "input_ids"), json_object_get(g, "output_ids"),
+                 f.cfg->vocab_size);
+    cv_cuda_backend_destroy(bk);
+    json_decref(f.ref);
+    cv_model_free(f.model);
+}
+
+/* stories260K from CVLLM_SHARED: HF's greedy ids for BOS alone (256 tokens:
+ * contexts past 64 keys take the split attention path) and two prompts. */
+static void test_stories260K_greedy(void **state)
+{
+    (void)state;
+    const char *shared = getenv("CVLLM_SHARED");
+    const char *src = getenv("CVLLM_SOURCE_DIR");
+    char dir[1024], path[1024];
+    snprintf(dir, sizeof dir, "%s/models/stories260K", shared ? shared : "../shared");
+    snprintf(path, sizeof path, "%s/tests/fixtures/stories260K_greedy.json", src ? src : ".");
+    cv_error err = {{0}};
+    cv_model *model = cv_model_load(dir, &err);
+    if (!model)
+        fail_msg("%s", err.msg);
+    json_error_t jerr;
+    json_t *ref = json_load_file(path, 0, &jerr);
+    if (!ref)
+        fail_msg("%s: %s", path, jerr.text);
+    const json_t *cases = json_object_get(ref, "cases");
+    assert_int_equal(json_array_size(cases), 3);
+    cv_cuda_backend *bk = make_backend(model);
+    for (size_t i = 0; i < json_array_size(cases); i++) {
+        const json_t *c = json_array_get(cases, i);
+        check_greedy(bk, json_object_get(c, "input_ids"), json_object_get(c, "output_ids"),
+                     cv_model_get_config(model)->vocab_size);
+    }
+    cv_cuda_backend_destroy(bk);
+    json_decref(ref);
+    cv_model_free(model);
+}
+
+/* Bad input gets an error naming it, and the backend stays usable. */
+static void test_bad_input(void **state)
+{
+    (void)state;
+    fixture f;
+    fixture_load(&f, "llama_f32");
+    cv_error err = {{0}};
+    const int n_dev = cv_cuda_device_count();
+    assert_null(cv_cuda_backend_create(f.model, n_dev, &err));
+    char want[128];
+    snprintf(want, sizeof want, "cv_cuda_backend_create: device %d does not exist (%d CUDA devices)",
+             n_dev, n_dev);
+    assert_string_equal(err.msg, want);
+
+    cv_cuda_backend *bk = make_backend(f.model);
+    const int32_t ids[2] = {1, 256}, pos[2] = {0, 1}, starts[2] = {0, 2}, lens[1] = {2},
+                  table[1] = {0}, idx[1] = {1};
+    const int64_t slots[2] = {0, 1};
+    cv_batch b = {
+        .n_tokens = 2, .token_ids = ids, .positions = pos, .slot_mapping = slots,
+        .n_seqs = 1, .query_start = starts, .seq_lens = lens, .block_tables = table,
+        .max_blocks_per_seq = 1, .n_logits = 1, .logits_indices = idx,
+    };
+    float logits[256];
+    assert_int_equal(cv_cuda_backend_forward(bk, &b, logits, &err), -1);
+    assert_string_equal(err.msg, "cv_cuda_backend_forward: KV pool not allocated (call "
+                                 "cv_cuda_backend_kv_alloc)");
+    assert_int_equal(cv_cuda_backend_kv_alloc(bk, 2, 4, &err), 0);
+    assert_int_equal(cv_cuda_backend_forward(bk, &b, logits, &err), -1);
+    assert_string_equal(err.msg, "cv_cuda_backend_forward: token_ids[1] = 256 is outside the "
+                                 "vocabulary 0..255");
+    const int32_t src[1] = {0}, dst[1] = {2};
+    assert_int_equal(cv_cuda_backend_kv_copy(bk, src, dst, 1, &err), -1);
+    assert_string_equal(err.msg, "cv_cuda_backend_kv_copy: pair 0 (0 -> 2) is outside blocks 0..1");
+    const int32_t ok_ids[2] = {1, 255};
+    b.token_ids = ok_ids;
+    assert_int_equal(cv_cuda_backend_forward(bk, &b, logits, &err), 0);
+    for (int v = 0; v < 256; v++)
+        assert_true(isfinite(logits[v]));
+    cv_cuda_backend_destroy(bk);
+    json_decref(f.ref);
+    cv_model_free(f.model);
+}
+
+#define FIXTURE(n) {.name = n, .test_func = test_fixture, .initial_state = (void *)n}
+
+int main(void)
+{
+    if (cv_cuda_device_count() == 0) {
+        printf("no CUDA device: test_gpu_fixtures skipped\n");
+        return 77;
+    }
+    const struct CMUnitTest tests[] = {
+        FIXTURE("llama_f32"),
+        FIXTURE("llama_bf16"),
+        FIXTURE("llama_sharded"),
+        FIXTURE("llama3_rope_f32"),
+        FIXTURE("llama3_rope_bf16"),
+        FIXTURE("llama_linear_rope_f32"),
+        FIXTURE("llama_linear_rope_bf16"),
+        FIXTURE("mistral_f32"),
+        FIXTURE("mistral_bf16"),
+        FIXTURE("qwen2_f32"),
+        FIXTURE("qwen2_bf16"),
+        FIXTURE("qwen3_f32"),
+        FIXTURE("qwen3_bf16"),
+        cmocka_unit_test(test_stories260K_greedy),
+        cmocka_unit_test(test_bad_input),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
