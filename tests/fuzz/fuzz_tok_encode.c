@@ -3,11 +3,17 @@
  * decode back without error, and for GPT-2 (byte-level, no normalizer)
  * round-trip exactly. For Qwen (NFC) the ids must equal those of the text
  * normalized by utf8proc in one piece, which checks the piecewise NFC fast
- * path. Streaming the ids must not fail. */
+ * path. For TinyLlama the ids must equal those of BPE over the whole text
+ * without the cut before U+2581 words. Streaming the ids must not fail. */
 #include <string.h>
 #include <utf8proc.h>
 
 #include "fuzz_tok_common.h"
+#include "tokenizer/tok_internal.h"
+
+/* TinyLlama again, with the cut before U+2581 words switched off: the
+ * reference for the cut. */
+static cv_tokenizer *g_llama_whole;
 
 int LLVMFuzzerInitialize(int *argc, char ***argv);
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
@@ -16,6 +22,15 @@ int LLVMFuzzerInitialize(int *argc, char ***argv) {
     (void)argc;
     (void)argv;
     fuzz_load_all();
+    cv_error err = {{0}};
+    char dir[4096];
+    const char *shared = getenv("CVLLM_SHARED");
+    snprintf(dir, sizeof dir, "%s/tokenizers/llama2",
+             shared && shared[0] ? shared : CVLLM_SHARED_DEFAULT);
+    g_llama_whole = tok_load(dir, &err);
+    if (!g_llama_whole || !g_llama_whole->bpe.metaspace_words)
+        abort();
+    g_llama_whole->bpe.metaspace_words = false;
     return 0;
 }
 
@@ -34,6 +49,14 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         if (!strstr(err.msg, "invalid UTF-8"))
             abort(); /* only invalid input may fail */
         return 0;
+    }
+    if (which == 1) {
+        int32_t *ids2 = NULL;
+        size_t n2 = 0;
+        if (tok_encode(g_llama_whole, text, len, add_special, &ids2, &n2, &err) || n2 != n ||
+            memcmp(ids2, ids, n * sizeof *ids))
+            abort();
+        free(ids2);
     }
     if (which == 2) {
         utf8proc_uint8_t *nfc = NULL;
