@@ -601,7 +601,7 @@ int cv_grpc_active(cv_grpc *g)
     pthread_mutex_lock(&g->mu);
     int n = 0;
     for (stream *st = g->streams; st; st = st->next)
-        n += st->n_reqs;
+        n += st->n_reqs + (st->nq > 0 || st->sending);
     pthread_mutex_unlock(&g->mu);
     return n;
 }

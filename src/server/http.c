@@ -69,9 +69,43 @@ static const char *reason_phrase(int status)
     }
 }
 
+/* Replies handed to evhttp but not yet written out. A drain waits for
+ * them, since freeing the server drops unwritten output. evhttp reports a
+ * written reply through the request's on_complete callback and a failed
+ * one only through the connection's close callback, so both end the
+ * count. Only the loop thread touches it. */
+static int n_unsent;
+
+static void unsent_done(struct evhttp_connection *conn)
+{
+    evhttp_connection_set_closecb(conn, NULL, NULL);
+    n_unsent--;
+}
+
+static void on_sent(struct evhttp_request *req, void *arg)
+{
+    unsent_done(evhttp_request_get_connection(req));
+}
+
+static void on_unsent_close(struct evhttp_connection *conn, void *arg)
+{
+    unsent_done(conn);
+}
+
+/* Call right before handing the final reply of req to evhttp. */
+static void track_unsent(struct evhttp_request *req)
+{
+    struct evhttp_connection *conn = evhttp_request_get_connection(req);
+    if (!conn) return; /* detached: evhttp frees it without writing */
+    n_unsent++;
+    evhttp_request_set_on_complete_cb(req, on_sent, NULL);
+    evhttp_connection_set_closecb(conn, on_unsent_close, NULL);
+}
+
 static void reply_text(struct evhttp_request *req, int status, const char *type, const char *body,
                        size_t len)
 {
+    track_unsent(req);
     struct evbuffer *b = evbuffer_new();
     if (b && len) evbuffer_add(b, body, len);
     if (type) evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type", type);
@@ -106,10 +140,18 @@ static void reply_empty(struct evhttp_request *req, int status)
 
 static void on_conn_close(struct evhttp_connection *conn, void *arg);
 
+/* Stops watching the connection for a client that leaves: called before
+ * the request's final reply, whose own tracking takes the callback over. */
+static void detach_conn(http_req *hr)
+{
+    if (hr->conn) evhttp_connection_set_closecb(hr->conn, NULL, NULL);
+    hr->conn = NULL;
+}
+
 static void req_finish(http_req *hr)
 {
     cv_http *h = hr->h;
-    if (hr->conn) evhttp_connection_set_closecb(hr->conn, NULL, NULL);
+    detach_conn(hr);
     if (hr->prev)
         hr->prev->next = hr->next;
     else
@@ -184,11 +226,11 @@ static void handle_output(http_req *hr, const cv_request_output *out)
                 json_decref(j);
             } else if (hr->n_responses > 1) {
                 json_decref(j);
+                detach_conn(hr);
                 reply_error(hr->req, 400,
                             "generate expects model to produce exactly 1 response, "
                             "use generate stream for model that generates various "
                             "number of responses");
-                evhttp_connection_set_closecb(hr->conn, NULL, NULL);
                 hr->req = NULL;
                 req_cancel(hr);
                 ok = false;
@@ -203,14 +245,20 @@ static void handle_output(http_req *hr, const cv_request_output *out)
         if (hr->kind == KIND_STREAM) {
             sse_error(hr, msg);
         } else {
+            detach_conn(hr);
             reply_error(hr->req, 400, msg);
             hr->req = NULL;
         }
     }
     if (!out->finished) return;
-    if (hr->cancelled && hr->conn == NULL) cv_log_info("[vllm] Successfully cancelled the request");
-    if (hr->req) {
+    if (hr->cancelled && hr->gone) cv_log_info("[vllm] Successfully cancelled the request");
+    if (hr->req && hr->gone) {
+        evhttp_send_reply_end(hr->req); /* frees the detached request */
+        hr->req = NULL;
+    } else if (hr->req) {
+        detach_conn(hr);
         if (hr->kind == KIND_STREAM) {
+            track_unsent(hr->req);
             evhttp_send_reply_end(hr->req);
         } else {
             reply_json(hr->req, 200, hr->pending);
@@ -557,7 +605,7 @@ void cv_http_abort_all(cv_http *h)
 
 int cv_http_active(const cv_http *h)
 {
-    return h->n_active;
+    return h->n_active + n_unsent;
 }
 
 void cv_http_destroy(cv_http *h)

@@ -26,6 +26,7 @@ typedef struct cv_server {
     cv_grpc *grpc;        /* NULL when --allow-grpc=false */
     atomic_bool draining; /* SIGINT/SIGTERM seen: refuse new requests */
     uint64_t drain_start_ns;
+    bool drain_aborted; /* exit_timeout_s passed: requests were aborted */
     struct event *drain_timer;
     struct event *sig_int, *sig_term;
 } cv_server;
@@ -44,12 +45,14 @@ extern const char cv_server_version[];
 cv_http *cv_http_start(cv_server *s, cv_error *err);
 void cv_http_stop_accepting(cv_http *h);
 void cv_http_abort_all(cv_http *h);
+/* Requests in flight plus replies not yet written out. */
 int cv_http_active(const cv_http *h);
 void cv_http_destroy(cv_http *h);
 
 cv_grpc *cv_grpc_start(cv_server *s, cv_error *err);
 void cv_grpc_stop_accepting(cv_grpc *g);
 void cv_grpc_abort_all(cv_grpc *g);
+/* Requests in flight plus streams with responses not yet written. */
 int cv_grpc_active(cv_grpc *g);
 void cv_grpc_destroy(cv_grpc *g);
 

@@ -149,6 +149,25 @@ class Server:
 SERVER = None
 
 
+class DrainTest(unittest.TestCase):
+    def test_sigterm_drains_stream_then_exit_0(self):
+        """SIGTERM mid-stream: the request still gets every response, the
+        half-closed stream ends OK, the server exits 0."""
+        s = Server()
+        req = infer_request("stories", "d1", "Once upon a time",
+                            sampling={"max_tokens": 64, "ignore_eos": True})
+        call = s.stream(iter([req]))
+        got = [next(call)]
+        s.proc.send_signal(signal.SIGTERM)
+        got.extend(call)  # ends without an exception: status OK
+        self.assertEqual(len(got), 64)
+        finals = [r.infer_response.parameters["triton_final_response"].bool_param for r in got]
+        self.assertEqual(finals, [False] * 63 + [True])
+        self.assertEqual(s.proc.wait(timeout=60), 0)
+        s.channel.close()
+        s.log.close()
+
+
 class GrpcTest(unittest.TestCase):
     def test_health_metadata_config_index(self):
         s = SERVER
