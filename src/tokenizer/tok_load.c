@@ -11,7 +11,7 @@
 
 #include "tokenizer/tok_internal.h"
 
-static int32_t token_to_id(const cv_tokenizer *tok, const char *s) {
+int32_t tok_token_to_id(const cv_tokenizer *tok, const char *s) {
     size_t n = strlen(s);
     for (size_t i = 0; i < tok->n_added; i++)
         if (tok->added[i].len == n && !memcmp(tok->added[i].content, s, n))
@@ -201,8 +201,8 @@ static int load_config(cv_tokenizer *tok, const char *dir, cv_error *err) {
         return cv_errorf(err, "tokenizer: %s: malformed JSON at line %d column %d: %s", path,
                          je.line, je.column, je.text);
     const char *bos = config_token(cfg, "bos_token"), *eos = config_token(cfg, "eos_token");
-    tok->bos_id = bos ? token_to_id(tok, bos) : -1;
-    tok->eos_id = eos ? token_to_id(tok, eos) : -1;
+    tok->bos_id = bos ? tok_token_to_id(tok, bos) : -1;
+    tok->eos_id = eos ? tok_token_to_id(tok, eos) : -1;
     /* transformers rebuilds the template from these flags (Llama-style
      * tokenizers); when present they override tokenizer.json's template */
     const json_t *ab = json_object_get(cfg, "add_bos_token"), *ae = json_object_get(cfg, "add_eos_token");

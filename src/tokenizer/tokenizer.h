@@ -72,5 +72,8 @@ int tok_eos_id(const cv_tokenizer *tok);       /* -1 when none */
 bool tok_is_special(const cv_tokenizer *tok, int32_t id);
 /* The token's string as in the vocab (e.g. "Ġthe"), NULL when out of range. */
 const char *tok_id_to_token(const cv_tokenizer *tok, int32_t id);
+/* The id of a token string (added tokens first, then the vocab, as HF's
+ * token_to_id), -1 when there is none. */
+int32_t tok_token_to_id(const cv_tokenizer *tok, const char *token);
 
 #endif

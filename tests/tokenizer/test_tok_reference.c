@@ -131,6 +131,9 @@ static void test_stories_roundtrip(void **s) {
     assert_int_equal(tok_eos_id(tok), 2);
     assert_string_equal(tok_id_to_token(tok, 1), "<s>");
     assert_null(tok_id_to_token(tok, 512));
+    assert_int_equal(tok_token_to_id(tok, "</s>"), 2);
+    assert_int_equal(tok_token_to_id(tok, "<0x0A>"), 13);
+    assert_int_equal(tok_token_to_id(tok, "no such token"), -1);
     const char *story = "Once upon a time, there was a little girl named Lily. She loved to play "
                         "outside in the park. One day, she saw a big, red ball. \"Can I play?\" "
                         "she asked.\nHer mom said yes!";
