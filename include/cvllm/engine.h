@@ -209,6 +209,11 @@ typedef struct cv_engine_stats {
 
 void cv_engine_get_stats(cv_engine *engine, cv_engine_stats *stats);
 
+/* False once a step has failed (backend error or out of memory; every
+ * request in flight then got an error output): what ENABLE_VLLM_HEALTH_CHECK
+ * reports. New requests are still accepted and run. */
+bool cv_engine_is_healthy(cv_engine *engine);
+
 /* Blocks until no request is waiting or running (tests and benchmarks). */
 void cv_engine_wait_idle(cv_engine *engine);
 

@@ -158,8 +158,16 @@ static void *engine_main(void *arg)
             while (e->active)
                 abort_request(e, e->active);
         if (e->active) {
-            if (engine_step(e) < 0)
-                fail_all(e, "engine step failed: out of memory or backend error");
+            if (engine_step(e) < 0) {
+                char msg[CV_ERROR_MSG_BYTES + 32];
+                snprintf(msg, sizeof(msg), "engine step failed: %s",
+                         e->step_err.msg[0] ? e->step_err.msg : "out of memory");
+                cv_log_error("%s", msg);
+                pthread_mutex_lock(&e->mu);
+                e->unhealthy = true;
+                pthread_mutex_unlock(&e->mu);
+                fail_all(e, msg);
+            }
         } else if (shutdown) {
             break;
         }
@@ -470,6 +478,14 @@ void cv_engine_abort(cv_engine *e, uint64_t request_id)
     e->aborts[e->n_aborts++] = request_id;
     pthread_cond_signal(&e->wake);
     pthread_mutex_unlock(&e->mu);
+}
+
+bool cv_engine_is_healthy(cv_engine *e)
+{
+    pthread_mutex_lock(&e->mu);
+    bool ok = !e->unhealthy;
+    pthread_mutex_unlock(&e->mu);
+    return ok;
 }
 
 void cv_engine_wait_idle(cv_engine *e)

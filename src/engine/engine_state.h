@@ -80,7 +80,9 @@ struct cv_engine {
     uint64_t *aborts; /* (n_aborts) request ids to abort */
     int n_aborts, cap_aborts;
     bool shutdown, drain;
-    int n_active; /* requests accepted and not finished (inbox included) */
+    bool unhealthy;    /* a step failed */
+    cv_error step_err; /* engine thread: why the last step failed ("" = out of memory) */
+    int n_active;      /* requests accepted and not finished (inbox included) */
     uint64_t next_request_id;
 
     /* Engine thread only. */
@@ -100,7 +102,8 @@ struct cv_engine {
 };
 
 /* engine_step.c: one schedule + forward + sample + emit. Returns -1 when
- * the backend failed (every running request then gets the error). */
+ * the backend, the tokenizer or memory failed, with e->step_err set (empty
+ * for out of memory); the caller then fails every request in flight. */
 int engine_step(cv_engine *e);
 /* Copies running/waiting counts and KV usage into the stats. */
 void engine_update_gauges(cv_engine *e);

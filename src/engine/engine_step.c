@@ -175,8 +175,8 @@ static int check_stop(cv_engine *e, request *req, int k)
     size_t n_ids = (size_t)s->n_tokens - (stop_token && !p->include_stop_str_in_output ? 1 : 0);
     char *delta = NULL;
     size_t dlen = 0;
-    cv_error err;
-    if (tok_stream_next(&ss->detok, e->tok, s->tokens, n_ids, &delta, &dlen, &err) < 0) return -1;
+    if (tok_stream_next(&ss->detok, e->tok, s->tokens, n_ids, &delta, &dlen, &e->step_err) < 0)
+        return -1;
     int rc = append_text(ss, delta, dlen);
     free(delta);
     if (rc < 0) return -1;
@@ -273,8 +273,7 @@ static int fork_children(cv_engine *e, request *req)
         req->seqs[k].seq = child;
         int32_t src, dst;
         int r = bm_fork(e->bm, parent, child, &src, &dst);
-        cv_error err;
-        if (r == 1 && cv_backend_kv_copy(e->backend, &src, &dst, 1, &err) < 0) return -1;
+        if (r == 1 && cv_backend_kv_copy(e->backend, &src, &dst, 1, &e->step_err) < 0) return -1;
         if ((r >= 0 ? sched_add_running(&e->sched, child) : sched_add(&e->sched, child, true)) < 0)
             return -1;
     }
@@ -353,6 +352,7 @@ static void count_schedule(cv_engine *e, const sched_output *so)
 int engine_step(cv_engine *e)
 {
     uint64_t t_step = cv_now_ns();
+    e->step_err.msg[0] = '\0';
     sched_output so;
     if (sched_schedule(&e->sched, &so) < 0) return -1;
     count_schedule(e, &so);
@@ -366,9 +366,8 @@ int engine_step(cv_engine *e)
         int upto = end < s->n_prompt ? end : s->n_prompt;
         if (upto > s->n_computed) prompt_computed += upto - s->n_computed;
     }
-    cv_error err;
     uint64_t t_fwd = cv_now_ns();
-    if (cv_backend_forward(e->backend, &batch, e->logits, &err) < 0) return -1;
+    if (cv_backend_forward(e->backend, &batch, e->logits, &e->step_err) < 0) return -1;
     uint64_t now = cv_now_ns();
     e->n_jobs = 0;
     for (int i = 0; i < so.n_entries; i++)

@@ -138,6 +138,7 @@ static void test_stories_fixture(void **state)
     assert_int_equal(st.n_running + st.n_waiting, 0);
     assert_int_equal(st.kv_blocks_free, st.kv_blocks_total);
     assert_true(st.steps_total >= 256);
+    assert_true(cv_engine_is_healthy(e));
     cv_engine_shutdown(e, false);
 }
 
