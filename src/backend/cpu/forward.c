@@ -218,22 +218,24 @@ static void rope_and_store(cv_backend *bk, const cv_batch *b, int layer, int ith
     }
 }
 
-/* Token t's query heads of kv head g against its causal context, read
- * block by block through the block table with an online softmax. */
-static void attend(cv_backend *bk, const cv_batch *b, int layer, int t, int g, float *scores)
+/* Token t's query heads [h0, h1) (all of one kv head g) against its causal
+ * context, read block by block through the block table with an online
+ * softmax. */
+static void attend(cv_backend *bk, const cv_batch *b, int layer, int t, int h0, int h1,
+                   float *scores)
 {
     const cv_model_config *c = &bk->cfg;
     const cpu_kernels *K = bk->kern;
     const int hd = c->head_dim, bs = bk->block_size, nkv = c->n_kv_heads;
-    const int group = c->n_heads / nkv;
+    const int group = c->n_heads / nkv, g = h0 / group;
     const int s = bk->tok_seq[t];
     const int q0 = b->query_start[s], qlen = b->query_start[s + 1] - q0;
     const int ctx = b->seq_lens[s] - qlen + (t - q0) + 1;
     const int32_t *table = b->block_tables + (int64_t)s * b->max_blocks_per_seq;
     const float scale = 1.0f / sqrtf((float)hd);
     float *m = scores + group * bs, *l = m + group;
-    for (int hh = 0; hh < group; hh++) {
-        float *out = bk->attn + (int64_t)t * bk->ld_q + (g * group + hh) * hd;
+    for (int hh = 0; hh < h1 - h0; hh++) {
+        float *out = bk->attn + (int64_t)t * bk->ld_q + (h0 + hh) * hd;
         for (int i = 0; i < hd; i++)
             out[i] = 0.0f;
         m[hh] = -INFINITY;
@@ -244,15 +246,15 @@ static void attend(cv_backend *bk, const cv_batch *b, int layer, int t, int g, f
         const size_t kb = (size_t)table[j0 / bs] * bk->block_elems +
                           ((size_t)layer * 2 * nkv + g) * bs * hd;
         const size_t vb = kb + (size_t)nkv * bs * hd;
-        for (int hh = 0; hh < group; hh++) {
-            const int head = g * group + hh;
+        for (int hh = 0; hh < h1 - h0; hh++) {
+            const int head = h0 + hh;
             K->attn_block(bk->kv_dtype, bk->q + (int64_t)t * bk->ld_q + head * hd,
                           cpu_kv_at(bk, kb), cpu_kv_at(bk, vb), n, hd, scale, &m[hh], &l[hh],
                           bk->attn + (int64_t)t * bk->ld_q + head * hd, scores);
         }
     }
-    for (int hh = 0; hh < group; hh++) {
-        float *out = bk->attn + (int64_t)t * bk->ld_q + (g * group + hh) * hd;
+    for (int hh = 0; hh < h1 - h0; hh++) {
+        float *out = bk->attn + (int64_t)t * bk->ld_q + (h0 + hh) * hd;
         float inv = 1.0f / l[hh];
         for (int i = 0; i < hd; i++)
             out[i] *= inv;
@@ -282,8 +284,15 @@ static void layer_forward(cv_backend *bk, const cv_batch *b, int layer, int ith,
     team_barrier(bk);
     float *scores = bk->attn_scratch + (size_t)ith * (c->n_heads / c->n_kv_heads) *
                                            (bk->block_size + 2);
-    for (int item = ith; item < nt * c->n_kv_heads; item += nth)
-        attend(bk, b, layer, item / c->n_kv_heads, item % c->n_kv_heads, scores);
+    /* Work items are (token, kv head): the group's query heads share each K
+     * and V row read. With too few of them for the threads (one decode
+     * token), each query head is an item instead. */
+    const int per_item = nt * c->n_kv_heads >= 4 * nth ? c->n_heads / c->n_kv_heads : 1;
+    const int items_per_tok = c->n_heads / per_item;
+    for (int item = ith; item < nt * items_per_tok; item += nth) {
+        const int h0 = item % items_per_tok * per_item;
+        attend(bk, b, layer, item / items_per_tok, h0, h0 + per_item, scores);
+    }
     team_barrier(bk);
     const mm_job wo = {&W->wo, bk->attn, bk->ld_q, bk->x, bk->ld_h, true, NULL};
     run_jobs(bk, layer * 4 + 1, &wo, 1, nt);
