@@ -262,6 +262,64 @@ static grpc_status_code load_unload(unary_ctx *u, const char *name, bool load)
     return reply(u, &r.base);
 }
 
+static grpc_status_code model_statistics(unary_ctx *u, const Inference__ModelStatisticsRequest *rq)
+{
+    cv_model_stats *st;
+    cv_error err = {""};
+    int http = 0;
+    int n = cv_server_model_stats(u->s, rq->name, rq->version, &st, &err, &http);
+    if (n < 0) return fail(u, status_of_http(http), err.msg);
+    Inference__ModelStatistics *ms = calloc((size_t)n + 1, sizeof *ms);
+    Inference__ModelStatistics **mp = calloc((size_t)n + 1, sizeof *mp);
+    Inference__InferStatistics *is = calloc((size_t)n + 1, sizeof *is);
+    Inference__StatisticDuration *d = calloc((size_t)n * 8 + 1, sizeof *d);
+    grpc_status_code rc;
+    if (!ms || !mp || !is || !d) {
+        rc = fail(u, GRPC_STATUS_INTERNAL, "out of memory");
+    } else {
+        for (int i = 0; i < n; i++) {
+            const cv_model_stats *x = &st[i];
+            Inference__StatisticDuration *di = &d[i * 8];
+            for (int k = 0; k < 8; k++)
+                inference__statistic_duration__init(&di[k]);
+            di[0].count = x->success_count; /* success */
+            di[0].ns = x->success_ns;
+            di[1].count = x->fail_count; /* fail */
+            di[1].ns = x->fail_ns;
+            di[2].count = x->success_count; /* queue */
+            di[2].ns = x->queue_ns;
+            di[4] = di[0]; /* compute_infer: the whole request */
+            inference__infer_statistics__init(&is[i]);
+            is[i].success = &di[0];
+            is[i].fail = &di[1];
+            is[i].queue = &di[2];
+            is[i].compute_input = &di[3];
+            is[i].compute_infer = &di[4];
+            is[i].compute_output = &di[5];
+            is[i].cache_hit = &di[6];
+            is[i].cache_miss = &di[7];
+            inference__model_statistics__init(&ms[i]);
+            ms[i].name = (char *)x->name;
+            ms[i].version = (char *)x->version;
+            ms[i].last_inference = x->last_inference_ms;
+            ms[i].inference_count = x->inference_count;
+            ms[i].execution_count = x->execution_count;
+            ms[i].inference_stats = &is[i];
+            mp[i] = &ms[i];
+        }
+        Inference__ModelStatisticsResponse r = INFERENCE__MODEL_STATISTICS_RESPONSE__INIT;
+        r.n_model_stats = (size_t)n;
+        r.model_stats = mp;
+        rc = reply(u, &r.base);
+    }
+    free(ms);
+    free(mp);
+    free(is);
+    free(d);
+    free(st);
+    return rc;
+}
+
 /* Unpacks `in` as `desc`, runs the handler, frees the request. */
 #define UNPACK(type, var)                                                                          \
     type *var = (type *)protobuf_c_message_unpack(desc, NULL, in_len, in);                         \
@@ -319,6 +377,13 @@ grpc_status_code cv_grpc_unary(cv_server *s, const char *method, const uint8_t *
         desc = &inference__model_config_request__descriptor;
         UNPACK(Inference__ModelConfigRequest, rq);
         rc = model_config(&u, rq);
+        protobuf_c_message_free_unpacked(&rq->base, NULL);
+        return rc;
+    }
+    if (!strcmp(rpc, "ModelStatistics")) {
+        desc = &inference__model_statistics_request__descriptor;
+        UNPACK(Inference__ModelStatisticsRequest, rq);
+        rc = model_statistics(&u, rq);
         protobuf_c_message_free_unpacked(&rq->base, NULL);
         return rc;
     }

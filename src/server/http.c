@@ -425,6 +425,21 @@ static json_t *model_metadata(const cv_model *m)
                      in, "outputs", out);
 }
 
+static void reply_stats(cv_http *h, struct evhttp_request *req, const char *name,
+                        const char *version)
+{
+    cv_model_stats *st;
+    cv_error err = {""};
+    int status = 0;
+    int n = cv_server_model_stats(h->s, name, version, &st, &err, &status);
+    if (n < 0) {
+        reply_error(req, status, err.msg);
+        return;
+    }
+    reply_json(req, 200, cv_model_stats_json(st, n));
+    free(st);
+}
+
 /* /v2/models/{m}[/versions/{v}][/action] */
 static void route_model(cv_http *h, struct evhttp_request *req, enum evhttp_cmd_type cmd,
                         char **seg, int n)
@@ -442,6 +457,10 @@ static void route_model(cv_http *h, struct evhttp_request *req, enum evhttp_cmd_
         return;
     }
 
+    if (!strcmp(action, "stats") && cmd == EVHTTP_REQ_GET) {
+        reply_stats(h, req, name, version);
+        return;
+    }
     bool is_ready = !strcmp(action, "ready");
     cv_error err = {""};
     int status = 0;
@@ -545,6 +564,9 @@ static void route(struct evhttp_request *req, void *arg)
                (!strcmp(seg[2], "live") || !strcmp(seg[2], "ready"))) {
         bool ok = seg[2][0] == 'l' ? !atomic_load(&h->s->draining) : cv_server_ready(h->s);
         reply_empty(req, ok ? 200 : 400);
+    } else if (n == 3 && !strcmp(seg[1], "models") && !strcmp(seg[2], "stats") &&
+               cmd == EVHTTP_REQ_GET) {
+        reply_stats(h, req, "", "");
     } else if (n >= 3 && !strcmp(seg[1], "models")) {
         route_model(h, req, cmd, seg, n);
     } else if (n >= 3 && !strcmp(seg[1], "repository") && cmd == EVHTTP_REQ_POST) {

@@ -38,6 +38,8 @@ typedef struct cv_model_counters {
     atomic_uint_fast64_t inference_count;
     atomic_uint_fast64_t exec_count;
     atomic_uint_fast64_t request_duration_us;
+    atomic_uint_fast64_t fail_duration_us;
+    atomic_uint_fast64_t last_inference_ms; /* wall clock, ms since the epoch */
     atomic_uint_fast64_t compute_infer_duration_us;
     atomic_int_fast64_t pending;
 } cv_model_counters;

@@ -4,15 +4,16 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "base/clock.h"
 #include "base/log.h"
 #include "server/server_internal.h"
 
 const char cv_server_version[] = "0.1.0";
-const char *const cv_server_extensions[] = {"model_repository", "model_configuration", "parameters",
-                                            "generate", "metrics"};
-const int cv_server_n_extensions = 5;
+const char *const cv_server_extensions[] = {
+    "model_repository", "model_configuration", "statistics", "parameters", "generate", "metrics"};
+const int cv_server_n_extensions = 6;
 
 void cv_server_options_default(cv_server_options *o)
 {
@@ -45,7 +46,12 @@ void cv_server_account(cv_model *m, bool ok, uint64_t start_ns)
         atomic_fetch_add(&c->compute_infer_duration_us, us);
     } else {
         atomic_fetch_add(&c->request_failure, 1);
+        atomic_fetch_add(&c->fail_duration_us, us);
     }
+    struct timespec now;
+    clock_gettime(CLOCK_REALTIME, &now);
+    atomic_store(&c->last_inference_ms,
+                 (uint64_t)now.tv_sec * 1000u + (uint64_t)now.tv_nsec / 1000000u);
 }
 
 static int load_models(cv_server *s, cv_error *err)

@@ -56,6 +56,24 @@ void cv_grpc_abort_all(cv_grpc *g);
 int cv_grpc_active(cv_grpc *g);
 void cv_grpc_destroy(cv_grpc *g);
 
+/* Triton's model statistics (the statistics extension) of one model. */
+typedef struct cv_model_stats {
+    char name[256];
+    char version[24];
+    uint64_t last_inference_ms;
+    uint64_t inference_count, execution_count;
+    uint64_t success_count, success_ns;
+    uint64_t fail_count, fail_ns;
+    uint64_t queue_ns; /* time in the engine's waiting queue */
+} cv_model_stats;
+
+/* Statistics of model `name` at `version` ("" = any), or of every READY
+ * model when name is "". Returns the number in *out (malloc'd, caller
+ * frees), or -1 with err and *http_status for an unknown model. */
+int cv_server_model_stats(cv_server *s, const char *name, const char *version, cv_model_stats **out,
+                          cv_error *err, int *http_status);
+json_t *cv_model_stats_json(const cv_model_stats *st, int n);
+
 int cv_metrics_start(cv_server *s, cv_error *err);
 /* The Prometheus text of every READY model (new string, caller frees). */
 char *cv_metrics_render(cv_server *s);

@@ -195,6 +195,15 @@ class GrpcTest(unittest.TestCase):
         idx = s.unary("RepositoryIndex", pb.RepositoryIndexRequest(), pb.RepositoryIndexResponse)
         self.assertEqual([(m.name, m.version, m.state) for m in idx.models],
                          [("stories", "1", "READY")])
+        stats = s.unary("ModelStatistics", pb.ModelStatisticsRequest(name="stories"),
+                        pb.ModelStatisticsResponse).model_stats
+        self.assertEqual([(m.name, m.version) for m in stats], [("stories", "1")])
+        self.assertEqual(stats[0].inference_count,
+                         stats[0].inference_stats.success.count)
+        with self.assertRaises(grpc.RpcError) as e:
+            s.unary("ModelStatistics", pb.ModelStatisticsRequest(name="nope"),
+                    pb.ModelStatisticsResponse)
+        self.assertEqual(e.exception.code(), grpc.StatusCode.NOT_FOUND)
         with self.assertRaises(grpc.RpcError) as e:
             s.unary("ModelMetadata", pb.ModelMetadataRequest(name="nope"),
                     pb.ModelMetadataResponse)

@@ -76,7 +76,7 @@ static void test_health_and_metadata(void **state)
     expect("GET", "/v2/models/nope/ready", NULL, 400, "");
     expect("GET", "/v2", NULL, 200,
            "{\"name\":\"cvllm\",\"version\":\"0.1.0\",\"extensions\":[\"model_repository\","
-           "\"model_configuration\",\"parameters\",\"generate\",\"metrics\"]}");
+           "\"model_configuration\",\"statistics\",\"parameters\",\"generate\",\"metrics\"]}");
     expect("GET", "/v2/models/stories", NULL, 200,
            "{\"name\":\"stories\",\"versions\":[\"1\"],\"platform\":\"vllm\",\"inputs\":["
            "{\"name\":\"text_input\",\"datatype\":\"BYTES\",\"shape\":[1]},"
@@ -450,6 +450,26 @@ static void test_metrics_exact(void **state)
     snprintf(buckets, sizeof buckets,
              "vllm:e2e_request_latency_seconds_bucket{model=\"stories\",version=\"1\",le=\"60\"}");
     assert_int_equal((long)metric(buckets), 4);
+
+    /* The statistics extension counts the same four requests. */
+    char *resp = NULL;
+    assert_int_equal(th_http("GET", url("/v2/models/stories/stats"), NULL, &resp), 200);
+    json_t *j = json_loads(resp, 0, NULL);
+    json_t *st = json_array_get(json_object_get(j, "model_stats"), 0);
+    assert_string_equal(json_string_value(json_object_get(st, "name")), "stories");
+    assert_string_equal(json_string_value(json_object_get(st, "version")), "1");
+    assert_int_equal(json_integer_value(json_object_get(st, "inference_count")), 4);
+    assert_int_equal(json_integer_value(json_object_get(st, "execution_count")), 4);
+    json_t *is = json_object_get(st, "inference_stats");
+    assert_int_equal(json_integer_value(json_object_get(json_object_get(is, "success"), "count")),
+                     4);
+    assert_int_equal(json_integer_value(json_object_get(json_object_get(is, "fail"), "count")), 0);
+    assert_true(json_integer_value(json_object_get(json_object_get(is, "success"), "ns")) > 0);
+    assert_true(json_integer_value(json_object_get(st, "last_inference")) > 1700000000000);
+    json_decref(j);
+    free(resp);
+    expect("GET", "/v2/models/nope/stats", NULL, 404,
+           "{\"error\":\"Request for unknown model: 'nope' is not found\"}");
 }
 
 static void test_two_servers_side_by_side(void **state)
