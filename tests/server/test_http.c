@@ -331,6 +331,34 @@ static void test_repository_explicit_mode(void **state)
     expect("POST", "/v2/repository/models/nojson/unload", "", 200, "");
 }
 
+static void test_lora_names(void **state)
+{
+    (void)state;
+    char json[1200], path[400];
+    const char *shared = getenv("CVLLM_SHARED");
+    snprintf(json, sizeof json,
+             "{\"model\": \"%s/models/stories260K\", \"enable_lora\": true, "
+             "\"max_lora_rank\": 8}",
+             shared);
+    th_add_model(srv.repo, "lora", "backend: \"vllm\"\n", json);
+    snprintf(path, sizeof path, "%s/lora/1/multi_lora.json", srv.repo);
+    FILE *f = fopen(path, "w");
+    assert_non_null(f);
+    fputs("{\"sql\": \"/adapters/sql\", \"chat\": \"/adapters/chat\"}", f);
+    fclose(f);
+    expect("POST", "/v2/repository/models/lora/load", "", 200, "");
+    expect("POST", "/v2/models/lora/generate",
+           "{\"text_input\": \"x\", \"parameters\": {\"lora_name\": \"doc\"}}", 400,
+           "{\"error\":\"LoRA doc is not supported, we currently support ['sql', 'chat']\"}");
+    expect("POST", "/v2/models/lora/generate",
+           "{\"text_input\": \"x\", \"sampling_parameters\": \"{\\\"lora_name\\\": "
+           "\\\"sql\\\"}\"}",
+           400,
+           "{\"error\":\"LoRA sql: adapters are listed in multi_lora.json but cvllm's engine "
+           "does not apply LoRA weights\"}");
+    expect("POST", "/v2/repository/models/lora/unload", "", 200, "");
+}
+
 static void test_disconnect_aborts_request(void **state)
 {
     (void)state;
@@ -595,6 +623,7 @@ int main(void)
         cmocka_unit_test(test_output_tensors),
         cmocka_unit_test(test_documented_errors),
         cmocka_unit_test(test_repository_explicit_mode),
+        cmocka_unit_test(test_lora_names),
         cmocka_unit_test(test_disconnect_aborts_request),
         cmocka_unit_test(test_metrics_exact),
         cmocka_unit_test(test_metrics_buckets),
