@@ -244,12 +244,26 @@ static int size_kv_pool(cv_engine *e, cv_error *err)
     return cv_backend_kv_alloc(e->backend, e->n_blocks, e->block_size, err);
 }
 
+/* Does the dtype engine argument name the weights' own type ("auto" and ""
+ * always do)? */
+static bool dtype_matches(const char *name, cv_dtype stored)
+{
+    if (!name[0] || !strcmp(name, "auto")) return true;
+    if (!strcmp(name, "float32") || !strcmp(name, "float")) return stored == CV_DTYPE_F32;
+    if (!strcmp(name, "float16") || !strcmp(name, "half")) return stored == CV_DTYPE_F16;
+    return stored == CV_DTYPE_BF16; /* "bfloat16": check_args admits nothing else */
+}
+
 static int engine_init(cv_engine *e, cv_error *err)
 {
     const cv_engine_args *a = &e->args;
     e->model = cv_model_load(a->model, err);
     if (!e->model) return -1;
     const cv_model_config *cfg = cv_model_get_config(e->model);
+    if (!dtype_matches(a->dtype, cfg->dtype))
+        cv_log_warn("engine: dtype '%s' asked for, %s's weights are %s and run as stored "
+                    "(fp32 arithmetic)",
+                    a->dtype, a->model, cv_dtype_name(cfg->dtype));
     e->tok = tok_load(a->tokenizer[0] ? a->tokenizer : a->model, err);
     if (!e->tok) return -1;
     e->vocab = cfg->vocab_size;

@@ -392,6 +392,48 @@ static void test_rejected(void **state)
     expect_rejected(&p, ids, 5, true, "best_of must equal n to use output_kind=DELTA");
 }
 
+static void expect_create_error(const cv_engine_args *a, const char *msg)
+{
+    cv_error err;
+    cv_engine *e = cv_engine_create(a, &err);
+    if (e) cv_engine_shutdown(e, false);
+    assert_null(e);
+    assert_string_equal(err.msg, msg);
+}
+
+static void test_engine_args_rejected(void **state)
+{
+    (void)state;
+    cv_engine_args a;
+    test_args(&a, stories);
+    snprintf(a.dtype, sizeof(a.dtype), "fp8");
+    expect_create_error(&a, "engine argument 'dtype': unknown dtype 'fp8'");
+    test_args(&a, stories);
+    a.block_size = 0;
+    expect_create_error(&a, "engine argument 'block_size' must be in [1, 1024], got 0");
+    test_args(&a, stories);
+    a.max_num_seqs = 0;
+    expect_create_error(&a, "engine argument 'max_num_seqs' must be at least 1, got 0");
+    test_args(&a, stories);
+    a.max_model_len = 600;
+    char msg[8192];
+    snprintf(msg, sizeof(msg),
+             "User-specified max_model_len (600) is greater than the derived max_model_len "
+             "(max_position_embeddings=512 in %s/config.json).",
+             stories);
+    expect_create_error(&a, msg);
+    test_args(&a, stories);
+    a.kv_blocks = 4;
+    expect_create_error(&a, "The model's max seq len (512) is larger than the maximum number of "
+                            "tokens that can be stored in KV cache (64). Try increasing "
+                            "kv_cache_bytes or decreasing max_model_len when initializing the "
+                            "engine.");
+    test_args(&a, "/nonexistent/model");
+    cv_error err;
+    assert_null(cv_engine_create(&a, &err));
+    assert_non_null(strstr(err.msg, "/nonexistent/model"));
+}
+
 static void test_abort(void **state)
 {
     (void)state;
@@ -459,6 +501,7 @@ int main(void)
         cmocka_unit_test(test_n3_and_best_of),
         cmocka_unit_test(test_logprobs),
         cmocka_unit_test(test_rejected),
+        cmocka_unit_test(test_engine_args_rejected),
         cmocka_unit_test(test_abort),
         cmocka_unit_test(test_shutdown),
     };
