@@ -237,7 +237,7 @@ cv_cuda_backend *cv_cuda_backend_create(const cv_model *model, int device, cv_er
     }
     b->cfg = *c;
     b->device = device;
-    b->min_split_keys = 64;
+    b->min_split_keys = 32;
     b->qkv_dim = (c->n_heads + 2 * c->n_kv_heads) * c->head_dim;
     b->kv_dtype = c->dtype == CV_DTYPE_F16 ? CV_DTYPE_F16 : CV_DTYPE_F32;
     if (create_on_device(b, cv_model_get_weights(model), err)) {

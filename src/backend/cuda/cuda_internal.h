@@ -142,7 +142,7 @@ struct cv_cuda_backend {
     void *xl;     /* (logits, hidden) final-normed rows, wdtype */
     float *logits; /* (logits, vocab) */
     float *partial; /* split-attention partials */
-    /* Fewest keys per attention split (64; tests lower it to exercise the
+    /* Fewest keys per attention split (32; tests lower it to exercise the
      * split path on tiny contexts). */
     int min_split_keys;
     size_t partial_cap_floats;

@@ -1,0 +1,415 @@
+/* cvllm-bench-gpu-decode: the CUDA backend on one GPU against the card's
+ * measured ceilings, in the same run (docs/PERFORMANCE.md, G2 and batched
+ * decode).
+ *
+ *   cvllm-bench-gpu-decode --model DIR [--prompt 512] [--gen 256]
+ *                          [--batches 16,64] [--batch-gen 64] [--json FILE]
+ *
+ * 1. Ceilings: a 2 GiB device-to-device copy (bytes read + written, 20
+ *    copies after 2 warm-ups) and a cuBLAS 8192^3 bf16 GEMM on random data
+ *    (fp32 accumulation, 10 after 3 warm-ups), both timed with CUDA events.
+ * 2. Batch 1 (G2): a --prompt token prompt of seeded random ids as one
+ *    prefill step (TTFT: host wall clock of the step, logits included; best
+ *    of 3 on fresh KV), then --gen greedy decode steps (TPOT: mean and median
+ *    step time). Floor = weight bytes / measured copy bandwidth, weight bytes
+ *    as PERFORMANCE.md counts them (every tensor of the model). Then 16
+ *    decode steps again with per-phase CUDA events (where the time goes).
+ * 3. Batched: B sequences of --prompt tokens prefilled 8 per step (prefill
+ *    tok/s), then --batch-gen steps of B decode tokens (aggregate tok/s).
+ * KV cache: BF16 (vLLM's "auto" for a bf16 model), 16-token blocks. */
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cublas_v2.h>
+#include <cuda_runtime_api.h>
+
+#include "backend/cuda/cuda_backend.h"
+#include "base/clock.h"
+
+enum { BLOCK_SIZE = 16, MAX_BATCH = 256, PREFILL_SEQS_PER_STEP = 8 };
+
+#define CHECK(call)                                                                            \
+    do {                                                                                       \
+        cudaError_t e_ = (call);                                                               \
+        if (e_ != cudaSuccess) {                                                               \
+            fprintf(stderr, "%s:%d: %s: %s\n", __FILE__, __LINE__, #call,                      \
+                    cudaGetErrorString(e_));                                                   \
+            exit(1);                                                                           \
+        }                                                                                      \
+    } while (0)
+
+static uint64_t rng_state = 0x9e3779b97f4a7c15ull;
+static uint64_t rng_next(void)
+{
+    rng_state ^= rng_state << 13;
+    rng_state ^= rng_state >> 7;
+    rng_state ^= rng_state << 17;
+    return rng_state;
+}
+
+/* Device-to-device copy bandwidth in GB/s, counting bytes read + written. */
+static double copy_gbps(void)
+{
+    const size_t bytes = (size_t)2 << 30;
+    void *a, *b;
+    CHECK(cudaMalloc(&a, bytes));
+    CHECK(cudaMalloc(&b, bytes));
+    CHECK(cudaMemset(a, 0x5a, bytes));
+    cudaEvent_t e0, e1;
+    CHECK(cudaEventCreate(&e0));
+    CHECK(cudaEventCreate(&e1));
+    for (int i = 0; i < 2; i++)
+        CHECK(cudaMemcpy(b, a, bytes, cudaMemcpyDeviceToDevice));
+    CHECK(cudaEventRecord(e0, 0));
+    for (int i = 0; i < 20; i++)
+        CHECK(cudaMemcpyAsync(i % 2 ? a : b, i % 2 ? b : a, bytes, cudaMemcpyDeviceToDevice, 0));
+    CHECK(cudaEventRecord(e1, 0));
+    CHECK(cudaEventSynchronize(e1));
+    float ms;
+    CHECK(cudaEventElapsedTime(&ms, e0, e1));
+    cudaFree(a);
+    cudaFree(b);
+    return 2.0 * bytes * 20 / (ms * 1e-3) / 1e9;
+}
+
+/* cuBLAS bf16 GEMM TFLOP/s at n x n x n on random data. */
+static double gemm_tflops(int n)
+{
+    const size_t elems = (size_t)n * n;
+    uint16_t *host = malloc(elems * sizeof *host);
+    if (!host) {
+        fprintf(stderr, "gemm: out of memory\n");
+        exit(1);
+    }
+    void *a, *b, *c;
+    CHECK(cudaMalloc(&a, elems * 2));
+    CHECK(cudaMalloc(&b, elems * 2));
+    CHECK(cudaMalloc(&c, elems * 2));
+    for (int m = 0; m < 2; m++) {
+        for (size_t i = 0; i < elems; i++) /* uniform in [-1, 1) */
+            host[i] = cv_f32_to_bf16((float)(rng_next() >> 40) * 0x1p-23f - 1.0f);
+        CHECK(cudaMemcpy(m ? b : a, host, elems * 2, cudaMemcpyHostToDevice));
+    }
+    free(host);
+    cublasHandle_t h;
+    if (cublasCreate(&h) != CUBLAS_STATUS_SUCCESS) {
+        fprintf(stderr, "cublasCreate failed\n");
+        exit(1);
+    }
+    const float alpha = 1.0f, beta = 0.0f;
+    cudaEvent_t e0, e1;
+    CHECK(cudaEventCreate(&e0));
+    CHECK(cudaEventCreate(&e1));
+    for (int i = 0; i < 13; i++) {
+        if (i == 3)
+            CHECK(cudaEventRecord(e0, 0));
+        if (cublasGemmEx(h, CUBLAS_OP_N, CUBLAS_OP_N, n, n, n, &alpha, a, CUDA_R_16BF, n, b,
+                         CUDA_R_16BF, n, &beta, c, CUDA_R_16BF, n, CUBLAS_COMPUTE_32F,
+                         CUBLAS_GEMM_DEFAULT) != CUBLAS_STATUS_SUCCESS) {
+            fprintf(stderr, "cublasGemmEx failed\n");
+            exit(1);
+        }
+    }
+    CHECK(cudaEventRecord(e1, 0));
+    CHECK(cudaEventSynchronize(e1));
+    float ms;
+    CHECK(cudaEventElapsedTime(&ms, e0, e1));
+    cublasDestroy(h);
+    cudaFree(a), cudaFree(b), cudaFree(c);
+    return 2.0 * n * (double)n * n * 10 / (ms * 1e-3) / 1e12;
+}
+
+/* Sequences driven through the backend: each owns a contiguous run of
+ * blocks; its prompt is seeded random ids. */
+typedef struct bench {
+    cv_cuda_backend *bk;
+    int vocab, max_blocks;
+    int32_t *prompt;          /* (MAX_BATCH, prompt_len) */
+    int prompt_len;
+    int32_t next[MAX_BATCH];  /* next token of each sequence */
+    int len[MAX_BATCH];       /* tokens in the cache */
+    float *logits;            /* (max tokens, vocab) */
+    /* step arrays */
+    int32_t *ids, *pos, *starts, *lens, *tables, *idx;
+    int64_t *slots;
+} bench;
+
+static int argmax(const float *row, int n)
+{
+    int best = 0;
+    for (int i = 1; i < n; i++)
+        if (row[i] > row[best])
+            best = i;
+    return best;
+}
+
+/* One step: sequences [s0, s0 + ns) feed chunk tokens each (prompt tokens
+ * while len < prompt_len, else their next token); logits of each sequence's
+ * last token. Returns the step's wall time in seconds. */
+static double step(bench *b, int s0, int ns, int chunk)
+{
+    int n = 0;
+    b->starts[0] = 0;
+    for (int i = 0; i < ns; i++) {
+        const int s = s0 + i;
+        for (int k = 0; k < chunk; k++, n++) {
+            const int p = b->len[s] + k;
+            b->ids[n] = p < b->prompt_len ? b->prompt[(size_t)s * b->prompt_len + p] : b->next[s];
+            b->pos[n] = p;
+            b->slots[n] = (int64_t)s * b->max_blocks * BLOCK_SIZE + p;
+        }
+        b->len[s] += chunk;
+        b->lens[i] = b->len[s];
+        for (int j = 0; j < b->max_blocks; j++)
+            b->tables[i * b->max_blocks + j] = s * b->max_blocks + j;
+        b->starts[i + 1] = n;
+        b->idx[i] = n - 1;
+    }
+    const cv_batch batch = {
+        .n_tokens = n, .token_ids = b->ids, .positions = b->pos, .slot_mapping = b->slots,
+        .n_seqs = ns, .query_start = b->starts, .seq_lens = b->lens, .block_tables = b->tables,
+        .max_blocks_per_seq = b->max_blocks, .n_logits = ns, .logits_indices = b->idx,
+    };
+    cv_error err = {{0}};
+    const uint64_t t0 = cv_now_ns();
+    if (cv_cuda_backend_forward(b->bk, &batch, b->logits, &err)) {
+        fprintf(stderr, "forward: %s\n", err.msg);
+        exit(1);
+    }
+    const double s = cv_ns_to_s(cv_now_ns() - t0);
+    for (int i = 0; i < ns; i++)
+        b->next[s0 + i] = argmax(b->logits + (size_t)i * b->vocab, b->vocab);
+    return s;
+}
+
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+static int64_t model_bytes(const cv_model *m)
+{
+    const cv_model_weights *w = cv_model_get_weights(m);
+    const cv_model_config *c = cv_model_get_config(m);
+    int64_t n = cv_tensor_numel(&w->embed) * cv_dtype_size(w->embed.dtype) +
+                cv_tensor_numel(&w->final_norm) * cv_dtype_size(w->final_norm.dtype);
+    if (w->lm_head.data != w->embed.data)
+        n += cv_tensor_numel(&w->lm_head) * cv_dtype_size(w->lm_head.dtype);
+    for (int l = 0; l < c->n_layers; l++) {
+        const cv_layer_weights *L = &w->layers[l];
+        const cv_tensor *t[] = {&L->attn_norm, &L->wq, &L->wk, &L->wv, &L->bq, &L->bk, &L->bv,
+                                &L->q_norm, &L->k_norm, &L->wo, &L->ffn_norm, &L->w_gate,
+                                &L->w_up, &L->w_down};
+        for (size_t i = 0; i < sizeof t / sizeof t[0]; i++)
+            if (t[i]->data)
+                n += cv_tensor_numel(t[i]) * cv_dtype_size(t[i]->dtype);
+    }
+    return n;
+}
+
+static void print_profile(cv_cuda_backend *bk, int steps, FILE *json, const char *key)
+{
+    double ms[CV_CUDA_N_PHASES], total = 0.0;
+    const char *names[CV_CUDA_N_PHASES];
+    const int n = cv_cuda_backend_profile_read(bk, ms, names);
+    for (int i = 0; i < n; i++)
+        total += ms[i];
+    printf("\n| phase (%s) | ms/step | share |\n|---|---|---|\n", key);
+    if (json)
+        fprintf(json, "  \"%s\": {", key);
+    for (int i = 0; i < n; i++) {
+        printf("| %s | %.3f | %.1f%% |\n", names[i], ms[i] / steps, 100.0 * ms[i] / total);
+        if (json)
+            fprintf(json, "%s\"%s\": %.4f", i ? ", " : "", names[i], ms[i] / steps);
+    }
+    printf("| total (events) | %.3f | |\n", total / steps);
+    if (json)
+        fprintf(json, "},\n");
+}
+
+int main(int argc, char **argv)
+{
+    const char *model_dir = NULL, *json_path = NULL, *batches_arg = "16,64";
+    int prompt_len = 512, gen = 256, batch_gen = 64;
+    static const struct option opts[] = {
+        {"model", required_argument, 0, 'm'},  {"prompt", required_argument, 0, 'p'},
+        {"gen", required_argument, 0, 'g'},    {"batches", required_argument, 0, 'b'},
+        {"batch-gen", required_argument, 0, 'G'}, {"json", required_argument, 0, 'j'},
+        {0, 0, 0, 0}};
+    for (int o; (o = getopt_long(argc, argv, "", opts, NULL)) != -1;) {
+        switch (o) {
+        case 'm': model_dir = optarg; break;
+        case 'p': prompt_len = atoi(optarg); break;
+        case 'g': gen = atoi(optarg); break;
+        case 'b': batches_arg = optarg; break;
+        case 'G': batch_gen = atoi(optarg); break;
+        case 'j': json_path = optarg; break;
+        default: return 2;
+        }
+    }
+    if (!model_dir || prompt_len < 1 || gen < 1 || batch_gen < 1) {
+        fprintf(stderr, "usage: %s --model DIR [--prompt N] [--gen N] [--batches 16,64] "
+                        "[--batch-gen N] [--json FILE]\n", argv[0]);
+        return 2;
+    }
+    int batches[8], n_batches = 0;
+    for (const char *p = batches_arg; *p && n_batches < 8;) {
+        batches[n_batches] = atoi(p);
+        if (batches[n_batches] < 1 || batches[n_batches] > MAX_BATCH) {
+            fprintf(stderr, "--batches: each size must be 1..%d\n", MAX_BATCH);
+            return 2;
+        }
+        n_batches++;
+        p = strchr(p, ',');
+        if (!p)
+            break;
+        p++;
+    }
+    FILE *json = json_path ? fopen(json_path, "w") : NULL;
+    if (json_path && !json) {
+        perror(json_path);
+        return 1;
+    }
+
+    struct cudaDeviceProp prop;
+    CHECK(cudaGetDeviceProperties(&prop, 0));
+    const double copy = copy_gbps(), tflops = gemm_tflops(8192);
+    printf("device: %s, %d SMs, %.1f GiB\n", prop.name, prop.multiProcessorCount,
+           prop.totalGlobalMem / 1073741824.0);
+    printf("device-to-device copy: %.0f GB/s (read + write); bf16 GEMM 8192^3: %.0f TFLOP/s\n",
+           copy, tflops);
+
+    cv_error err = {{0}};
+    uint64_t t0 = cv_now_ns();
+    cv_model *model = cv_model_load(model_dir, &err);
+    if (!model) {
+        fprintf(stderr, "%s\n", err.msg);
+        return 1;
+    }
+    const double load_s = cv_ns_to_s(cv_now_ns() - t0);
+    t0 = cv_now_ns();
+    cv_cuda_backend *bk = cv_cuda_backend_create(model, 0, &err);
+    if (!bk) {
+        fprintf(stderr, "%s\n", err.msg);
+        return 1;
+    }
+    const double upload_s = cv_ns_to_s(cv_now_ns() - t0);
+    const int64_t wbytes = model_bytes(model);
+    const double floor_ms = wbytes / (copy * 1e9) * 1e3;
+    printf("model: %s, %.2f GB of weights; load %.1f s, upload %.1f s; decode floor %.3f ms\n",
+           model_dir, wbytes / 1e9, load_s, upload_s, floor_ms);
+
+    int max_batch = 1;
+    for (int i = 0; i < n_batches; i++)
+        max_batch = batches[i] > max_batch ? batches[i] : max_batch;
+    /* Batch 1 runs gen + 16 profiled steps, the batches batch_gen + 9. */
+    const int extra = gen + 16 > batch_gen + 9 ? gen + 16 : batch_gen + 9;
+    const int max_ctx = prompt_len + extra + 1;
+    bench b = {.bk = bk, .vocab = cv_model_get_config(model)->vocab_size,
+               .max_blocks = (max_ctx + BLOCK_SIZE - 1) / BLOCK_SIZE, .prompt_len = prompt_len};
+    const int max_tokens = PREFILL_SEQS_PER_STEP * prompt_len > max_batch
+                               ? PREFILL_SEQS_PER_STEP * prompt_len : max_batch;
+    b.prompt = malloc((size_t)max_batch * prompt_len * sizeof *b.prompt);
+    b.logits = malloc((size_t)max_batch * b.vocab * sizeof *b.logits);
+    b.ids = malloc((size_t)max_tokens * sizeof(int32_t));
+    b.pos = malloc((size_t)max_tokens * sizeof(int32_t));
+    b.slots = malloc((size_t)max_tokens * sizeof(int64_t));
+    b.starts = malloc((MAX_BATCH + 1) * sizeof(int32_t));
+    b.lens = malloc(MAX_BATCH * sizeof(int32_t));
+    b.idx = malloc(MAX_BATCH * sizeof(int32_t));
+    b.tables = malloc((size_t)MAX_BATCH * b.max_blocks * sizeof(int32_t));
+    if (!b.prompt || !b.logits || !b.ids || !b.pos || !b.slots || !b.starts || !b.lens ||
+        !b.idx || !b.tables) {
+        fprintf(stderr, "out of memory\n");
+        return 1;
+    }
+    for (size_t i = 0; i < (size_t)max_batch * prompt_len; i++)
+        b.prompt[i] = (int32_t)(rng_next() % (uint64_t)b.vocab);
+    if (cv_cuda_backend_set_kv_dtype(bk, CV_DTYPE_BF16, &err) ||
+        cv_cuda_backend_kv_alloc(bk, max_batch * b.max_blocks, BLOCK_SIZE, &err)) {
+        fprintf(stderr, "%s\n", err.msg);
+        return 1;
+    }
+
+    /* G2: batch 1. */
+    double ttft = 1e30;
+    for (int rep = 0; rep < 4; rep++) { /* the first is a warm-up */
+        b.len[0] = 0;
+        const double s = step(&b, 0, 1, prompt_len);
+        if (rep > 0)
+            ttft = s < ttft ? s : ttft;
+    }
+    double *tpot = malloc((size_t)(gen > batch_gen ? gen : batch_gen) * sizeof(double));
+    if (!tpot)
+        return 1;
+    double sum = 0.0;
+    for (int i = 0; i < gen; i++)
+        sum += tpot[i] = step(&b, 0, 1, 1);
+    const double tpot_mean = sum / gen * 1e3;
+    qsort(tpot, (size_t)gen, sizeof *tpot, cmp_double);
+    const double tpot_med = tpot[gen / 2] * 1e3;
+    printf("\n| batch 1 (G2) | value |\n|---|---|\n");
+    printf("| TTFT, %d-token prompt | %.2f ms (%.0f prefill tok/s) |\n", prompt_len, ttft * 1e3,
+           prompt_len / ttft);
+    printf("| TPOT mean / median over %d steps | %.3f / %.3f ms (%.1f tok/s) |\n", gen,
+           tpot_mean, tpot_med, 1e3 / tpot_mean);
+    printf("| weight-read floor | %.3f ms |\n| TPOT / floor | %.2fx |\n", floor_ms,
+           tpot_mean / floor_ms);
+    if (json)
+        fprintf(json,
+                "{\n  \"device\": \"%s\", \"copy_gbps\": %.1f, \"gemm_tflops\": %.1f,\n"
+                "  \"weight_bytes\": %lld, \"upload_s\": %.2f, \"floor_ms\": %.4f,\n"
+                "  \"prompt\": %d, \"gen\": %d, \"ttft_ms\": %.3f, \"tpot_mean_ms\": %.4f, "
+                "\"tpot_median_ms\": %.4f,\n",
+                prop.name, copy, tflops, (long long)wbytes, upload_s, floor_ms, prompt_len, gen,
+                ttft * 1e3, tpot_mean, tpot_med);
+    cv_cuda_backend_profile(bk, 1);
+    for (int i = 0; i < 16; i++)
+        step(&b, 0, 1, 1);
+    print_profile(bk, 16, json, "profile_batch1_decode");
+    cv_cuda_backend_profile(bk, 0);
+
+    /* Batched prefill and decode. */
+    printf("\n| batch | prefill tok/s | decode step ms | decode tok/s |\n|---|---|---|---|\n");
+    for (int bi = 0; bi < n_batches; bi++) {
+        const int B = batches[bi];
+        double pre_s = 0.0;
+        for (int s0 = 0; s0 < B; s0 += PREFILL_SEQS_PER_STEP) {
+            const int ns = B - s0 < PREFILL_SEQS_PER_STEP ? B - s0 : PREFILL_SEQS_PER_STEP;
+            for (int i = 0; i < ns; i++)
+                b.len[s0 + i] = 0;
+            pre_s += step(&b, s0, ns, prompt_len);
+        }
+        step(&b, 0, B, 1); /* warm-up of this batch shape */
+        double dec_s = 0.0;
+        for (int i = 0; i < batch_gen; i++)
+            dec_s += step(&b, 0, B, 1);
+        const double step_ms = dec_s / batch_gen * 1e3;
+        printf("| %d | %.0f | %.3f | %.0f |\n", B, (double)B * prompt_len / pre_s, step_ms,
+               B * 1e3 / step_ms);
+        if (json)
+            fprintf(json, "  \"batch_%d\": {\"prefill_tok_s\": %.1f, \"step_ms\": %.4f, "
+                          "\"decode_tok_s\": %.1f},\n",
+                    B, (double)B * prompt_len / pre_s, step_ms, B * 1e3 / step_ms);
+        if (bi == n_batches - 1) {
+            cv_cuda_backend_profile(bk, 1);
+            for (int i = 0; i < 8; i++)
+                step(&b, 0, B, 1);
+            char key[64];
+            snprintf(key, sizeof key, "profile_batch%d_decode", B);
+            print_profile(bk, 8, json, key);
+            cv_cuda_backend_profile(bk, 0);
+        }
+    }
+    if (json) {
+        fprintf(json, "  \"batch_gen\": %d\n}\n", batch_gen);
+        fclose(json);
+    }
+    free(tpot);
+    cv_cuda_backend_destroy(bk);
+    cv_model_free(model);
+    return 0;
+}

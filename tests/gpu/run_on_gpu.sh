@@ -1,0 +1,63 @@
+#!/bin/bash
+# Runs on the GPU machine (the device tool), from the repository root, with
+# BUILD (default build-cuda) carried: BUILD/tests/test_gpu_fixtures,
+# BUILD/bin/{cvllm-dummy-model,cvllm-bench-gpu-decode}, BUILD/gpu-lib (the
+# shared libraries that machine's image lacks: jansson, cmocka, gomp) and
+# BUILD/gpu-shared/models/stories260K (a copy of ../shared's, which does not
+# travel). Make both with tests/gpu/make_bundle.sh.
+#
+# 1. test_gpu_fixtures (all HF fixtures, stories260K greedy);
+# 2. cvllm-dummy-model --shape L8B --dtype bf16 (timed);
+# 3. cvllm-bench-gpu-decode on it, then HF transformers on the same files;
+# 4. bench/gpu_decode/report.py -> $OUT/gpu_decode.md.
+# Logs go to $OUT; a summary is printed last.
+set -u
+BUILD=${1:-build-cuda}
+OUT=${OUT:-/tmp/cvllm-gpu-out}
+MODEL=${MODEL:-/tmp/l8b}
+mkdir -p "$OUT"
+cublas=/usr/local/cuda/lib64/libcublas.so.13
+[ -e "$cublas" ] || cublas=$(find / -xdev -name libcublas.so.13 2>/dev/null | head -1)
+export LD_LIBRARY_PATH="$PWD/$BUILD/gpu-lib:$(dirname "$cublas"):${LD_LIBRARY_PATH:-}"
+
+{ nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.mem --format=csv
+  echo "cublas: $cublas"; uname -r; } > "$OUT/machine.txt" 2>&1
+cat "$OUT/machine.txt"
+
+echo "== test_gpu_fixtures"
+t0=$(date +%s%N)
+CVLLM_SHARED="$PWD/$BUILD/gpu-shared" CVLLM_SOURCE_DIR="$PWD" timeout 300 \
+    "$BUILD/tests/test_gpu_fixtures" > "$OUT/test_gpu.log" 2>&1
+test_rc=$?
+test_s=$(( ($(date +%s%N) - t0) / 1000000 ))
+grep -E "^\[  (PASSED|FAILED|  OK|  FAILED|  ERROR) |rel err .*e-0[0-2]|greedy|Failure|failed" \
+    "$OUT/test_gpu.log" | tail -40
+
+echo "== cvllm-dummy-model L8B bf16"
+t0=$(date +%s%N)
+"$BUILD/bin/cvllm-dummy-model" --shape L8B --dtype bf16 --out "$MODEL" > "$OUT/dummy.log" 2>&1
+dm_rc=$?
+dm_s=$(( ($(date +%s%N) - t0) / 1000000 ))
+cat "$OUT/dummy.log" | tail -3; du -sh "$MODEL"
+
+echo "== cvllm-bench-gpu-decode"
+timeout 240 "$BUILD/bin/cvllm-bench-gpu-decode" --model "$MODEL" --json "$OUT/cvllm.json" \
+    > "$OUT/bench.log" 2>&1
+bench_rc=$?
+cat "$OUT/bench.log"
+
+echo "== HF transformers"
+PYTHONUNBUFFERED=1 timeout 200 python3 bench/gpu_decode/hf_decode.py --model "$MODEL" \
+    --json "$OUT/hf.json" > "$OUT/hf.log" 2>&1
+hf_rc=$?
+tail -3 "$OUT/hf.log"
+
+python3 bench/gpu_decode/report.py "$OUT/cvllm.json" "$OUT/hf.json" \
+    "tests/gpu/run_on_gpu.sh $BUILD" > "$OUT/gpu_decode.md" 2> "$OUT/report.err"
+
+echo
+echo "== summary"
+echo "test_gpu_fixtures rc=$test_rc (${test_s} ms)  dummy-model rc=$dm_rc (${dm_s} ms)" \
+     " bench rc=$bench_rc  hf rc=$hf_rc"
+grep -E "^\| (TTFT|TPOT|weight|[0-9]+ \|)" "$OUT/bench.log"
+grep -E "^HF" "$OUT/hf.log"
