@@ -26,7 +26,7 @@ cat "$OUT/machine.txt"
 
 echo "== test_gpu_fixtures"
 t0=$(date +%s%N)
-CVLLM_SHARED="$PWD/$BUILD/gpu-shared" CVLLM_SOURCE_DIR="$PWD" timeout 300 \
+CVLLM_SHARED="$PWD/$BUILD/gpu-shared" CVLLM_SOURCE_DIR="$PWD" timeout 150 \
     "$BUILD/tests/test_gpu_fixtures" > "$OUT/test_gpu.log" 2>&1
 test_rc=$?
 test_s=$(( ($(date +%s%N) - t0) / 1000000 ))
@@ -35,19 +35,19 @@ grep -E "^\[  (PASSED|FAILED|  OK|  FAILED|  ERROR) |rel err .*e-0[0-2]|greedy|F
 
 echo "== cvllm-dummy-model L8B bf16"
 t0=$(date +%s%N)
-"$BUILD/bin/cvllm-dummy-model" --shape L8B --dtype bf16 --out "$MODEL" > "$OUT/dummy.log" 2>&1
+timeout 200 "$BUILD/bin/cvllm-dummy-model" --shape L8B --dtype bf16 --out "$MODEL" > "$OUT/dummy.log" 2>&1
 dm_rc=$?
 dm_s=$(( ($(date +%s%N) - t0) / 1000000 ))
 cat "$OUT/dummy.log" | tail -3; du -sh "$MODEL"
 
 echo "== cvllm-bench-gpu-decode"
-timeout 240 "$BUILD/bin/cvllm-bench-gpu-decode" --model "$MODEL" --json "$OUT/cvllm.json" \
+timeout 180 "$BUILD/bin/cvllm-bench-gpu-decode" --model "$MODEL" --json "$OUT/cvllm.json" \
     > "$OUT/bench.log" 2>&1
 bench_rc=$?
 cat "$OUT/bench.log"
 
 echo "== HF transformers"
-PYTHONUNBUFFERED=1 timeout 200 python3 bench/gpu_decode/hf_decode.py --model "$MODEL" \
+PYTHONUNBUFFERED=1 timeout 150 python3 bench/gpu_decode/hf_decode.py --model "$MODEL" \
     --json "$OUT/hf.json" > "$OUT/hf.log" 2>&1
 hf_rc=$?
 tail -3 "$OUT/hf.log"
