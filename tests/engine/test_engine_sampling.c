@@ -428,6 +428,20 @@ static void test_engine_args_rejected(void **state)
                             "tokens that can be stored in KV cache (64). Try increasing "
                             "kv_cache_bytes or decreasing max_model_len when initializing the "
                             "engine.");
+    /* kv_cache_bytes sizes the pool in the backend's block size. */
+    ref_model ref;
+    ref_open(&ref, stories);
+    size_t block_bytes = cv_backend_kv_block_bytes(ref.backend, 16);
+    ref_close(&ref);
+    test_args(&a, stories);
+    a.kv_blocks = 0;
+    a.kv_cache_bytes = 40 * block_bytes + block_bytes / 2;
+    cv_engine *e = test_engine(&a);
+    cv_engine_stats st;
+    cv_engine_get_stats(e, &st);
+    assert_int_equal(st.kv_blocks_total, 40);
+    assert_int_equal(st.kv_blocks_free, 40);
+    cv_engine_shutdown(e, false);
     test_args(&a, "/nonexistent/model");
     cv_error err;
     assert_null(cv_engine_create(&a, &err));
