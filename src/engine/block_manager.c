@@ -110,16 +110,6 @@ void bm_destroy(block_manager *bm)
     free(bm);
 }
 
-int bm_block_size(const block_manager *bm)
-{
-    return bm->block_size;
-}
-
-int bm_n_blocks(const block_manager *bm)
-{
-    return bm->n_blocks;
-}
-
 int bm_n_free(const block_manager *bm)
 {
     return bm->n_free;

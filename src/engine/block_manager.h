@@ -24,8 +24,6 @@ typedef struct block_manager block_manager;
 block_manager *bm_create(int n_blocks, int block_size, bool enable_caching);
 void bm_destroy(block_manager *bm);
 
-int bm_block_size(const block_manager *bm);
-int bm_n_blocks(const block_manager *bm);
 /* Blocks with no reference (free or holding evictable cached K/V). */
 int bm_n_free(const block_manager *bm);
 
