@@ -181,7 +181,7 @@ cv_backend *cpu_backend_create_from(const cv_model_config *cfg, const cv_model_w
     bk->parallel_min_madds = 4e6;
     bk->layers = calloc((size_t)cfg->n_layers, sizeof *bk->layers);
     bk->inv_freq = alloc_floats((size_t)cfg->head_dim / 2);
-    bk->work_next = calloc((size_t)cfg->n_layers * 4 + 1, sizeof *bk->work_next);
+    bk->work_next = calloc((size_t)cpu_forward_phases(cfg), sizeof *bk->work_next);
     if (!bk->layers || !bk->inv_freq || !bk->work_next) {
         cv_errorf(err, "cpu backend: out of memory");
         goto fail;

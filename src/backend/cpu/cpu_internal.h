@@ -87,7 +87,7 @@ struct cv_backend {
     int ld_f;  /* gate, up */
     int ld_r;  /* rope_cos, rope_sin */
     cpu_barrier barrier;
-    /* (n_layers * 4 + 1) next row chunk of each matmul phase of a step */
+    /* (cpu_forward_phases) next work item of each phase of a step */
     atomic_int *work_next;
 };
 
@@ -113,6 +113,9 @@ void cpu_rmsnorm(const float *x, const float *weight, int n, float eps, float *o
 
 /* Rotates one head in place (HF rotate_half layout). */
 void cpu_rope_apply(float *head, const float *cos_t, const float *sin_t, int head_dim);
+
+/* Number of work phases (counters in work_next) of one step. */
+int cpu_forward_phases(const cv_model_config *cfg);
 
 /* Runs the forward; called after the batch was validated. */
 void cpu_forward_run(cv_backend *bk, const cv_batch *batch, float *logits);

@@ -1,9 +1,9 @@
 /* One forward step of a Llama-family decoder over a paged KV cache.
  *
- * The whole step runs inside one OpenMP parallel region: every phase splits
- * its work (weight row chunks, tokens, or (token, kv head) pairs) between the
- * threads and ends with a barrier, so a decode step pays a handful of
- * barriers per layer instead of forking a team per matmul. Each output
+ * The whole step runs inside one OpenMP parallel region: every phase hands
+ * out its work (weight row chunks, tokens, or (token, heads) pairs) to the
+ * threads from a counter and ends with a barrier, so a decode step pays a
+ * handful of barriers per layer instead of forking a team per matmul. Each output
  * element is computed by exactly one thread in a fixed order, so results do
  * not depend on the thread count or on how the batch is composed. */
 #include <math.h>
@@ -13,12 +13,33 @@
 
 #include "backend/cpu/cpu_internal.h"
 
-/* [*lo, *hi): thread ith's share of n items. */
-static void split(int n, int ith, int nth, int *lo, int *hi)
+/* Work phases of one layer; each has a counter in work_next from which the
+ * threads take items (row chunks, tokens, attention items) one by one, so a
+ * thread that another process slows down leaves its share to the others
+ * instead of stalling the next barrier. */
+enum {
+    PH_ATTN_NORM,
+    PH_QKV,
+    PH_ROPE,
+    PH_ATTN,
+    PH_WO,
+    PH_FFN_NORM,
+    PH_MLP,
+    PH_DOWN,
+    PH_PER_LAYER
+};
+
+/* Phases after the layers, numbered from n_layers * PH_PER_LAYER. */
+enum { PH_EMBED, PH_FINAL_NORM, PH_LM_HEAD, PH_GLOBAL };
+
+static inline int next_item(cv_backend *bk, int phase)
 {
-    int per = n / nth, rem = n % nth;
-    *lo = ith * per + (ith < rem ? ith : rem);
-    *hi = *lo + per + (ith < rem ? 1 : 0);
+    return atomic_fetch_add(&bk->work_next[phase], 1);
+}
+
+static inline int layer_phase(int layer, int phase)
+{
+    return layer * PH_PER_LAYER + phase;
 }
 
 static inline void cpu_relax(void)
@@ -122,9 +143,8 @@ static int chunk_rows(const cv_tensor *w)
 }
 
 /* The products of one phase (independent of each other), cut into row
- * chunks that the threads take from the phase's counter: a thread slowed
- * down by another process on its core leaves its share to the others
- * instead of stalling the barrier. Ends with a barrier. */
+ * chunks that the threads take from the phase's counter. Ends with a
+ * barrier. */
 static void run_jobs(cv_backend *bk, int phase, const mm_job *jobs, int n_jobs, int n_tok)
 {
     int first[4], rows[4], n_chunks = 0;
@@ -133,8 +153,7 @@ static void run_jobs(cv_backend *bk, int phase, const mm_job *jobs, int n_jobs, 
         first[j] = n_chunks;
         n_chunks += ((int)jobs[j].w->shape[0] + rows[j] - 1) / rows[j];
     }
-    atomic_int *next = &bk->work_next[phase];
-    for (int c = atomic_fetch_add(next, 1); c < n_chunks; c = atomic_fetch_add(next, 1)) {
+    for (int c = next_item(bk, phase); c < n_chunks; c = next_item(bk, phase)) {
         int j = n_jobs - 1;
         while (first[j] > c)
             j--;
@@ -157,8 +176,7 @@ static void run_gated_mlp(cv_backend *bk, int phase, const cv_layer_weights *W, 
 {
     const int rows = chunk_rows(&W->w_gate), n = (int)W->w_gate.shape[0];
     const int in = (int)W->w_gate.shape[1], n_chunks = (n + rows - 1) / rows;
-    atomic_int *next = &bk->work_next[phase];
-    for (int c = atomic_fetch_add(next, 1); c < n_chunks; c = atomic_fetch_add(next, 1)) {
+    for (int c = next_item(bk, phase); c < n_chunks; c = next_item(bk, phase)) {
         int lo = c * rows, hi = lo + rows < n ? lo + rows : n;
         bk->kern->matmul(W->w_gate.dtype, W->w_gate.data, in, bk->xn, bk->ld_h, n_tok, bk->gate,
                          bk->ld_f, lo, hi, false);
@@ -187,14 +205,13 @@ static void store_kv(cv_backend *bk, size_t elem, const float *src, int n)
 }
 
 /* Per-head norm (Qwen3), RoPE, and the K/V of each token into its slot. */
-static void rope_and_store(cv_backend *bk, const cv_batch *b, int layer, int ith, int nth)
+static void rope_and_store(cv_backend *bk, const cv_batch *b, int layer)
 {
     const cv_model_config *c = &bk->cfg;
     const cpu_layer *L = &bk->layers[layer];
     const int hd = c->head_dim, bs = bk->block_size, nkv = c->n_kv_heads;
-    int lo, hi;
-    split(b->n_tokens, ith, nth, &lo, &hi);
-    for (int t = lo; t < hi; t++) {
+    const int phase = layer_phase(layer, PH_ROPE);
+    for (int t = next_item(bk, phase); t < b->n_tokens; t = next_item(bk, phase)) {
         const float *cs = bk->rope_cos + (int64_t)t * bk->ld_r;
         const float *sn = bk->rope_sin + (int64_t)t * bk->ld_r;
         float *q = bk->q + (int64_t)t * bk->ld_q;
@@ -261,26 +278,30 @@ static void attend(cv_backend *bk, const cv_batch *b, int layer, int t, int h0, 
     }
 }
 
+/* x (tokens, hidden) -> xn: RMSNorm of every token, one token per item. */
+static void norm_tokens(cv_backend *bk, int phase, int n_tok, const float *weight)
+{
+    for (int t = next_item(bk, phase); t < n_tok; t = next_item(bk, phase))
+        cpu_rmsnorm(bk->x + (int64_t)t * bk->ld_h, weight, bk->cfg.hidden_size,
+                    bk->cfg.rms_norm_eps, bk->xn + (int64_t)t * bk->ld_h);
+    team_barrier(bk);
+}
+
 static void layer_forward(cv_backend *bk, const cv_batch *b, int layer, int ith, int nth)
 {
     const cv_model_config *c = &bk->cfg;
     const cpu_layer *L = &bk->layers[layer];
     const cv_layer_weights *W = &L->w;
-    const int nt = b->n_tokens, h = c->hidden_size;
-    int lo, hi;
+    const int nt = b->n_tokens;
 
-    split(nt, ith, nth, &lo, &hi);
-    for (int t = lo; t < hi; t++)
-        cpu_rmsnorm(bk->x + (int64_t)t * bk->ld_h, L->attn_norm, h, c->rms_norm_eps,
-                    bk->xn + (int64_t)t * bk->ld_h);
-    team_barrier(bk);
+    norm_tokens(bk, layer_phase(layer, PH_ATTN_NORM), nt, L->attn_norm);
     const mm_job qkv[3] = {
         {&W->wq, bk->xn, bk->ld_h, bk->q, bk->ld_q, false, L->bq},
         {&W->wk, bk->xn, bk->ld_h, bk->k, bk->ld_kv, false, L->bk},
         {&W->wv, bk->xn, bk->ld_h, bk->v, bk->ld_kv, false, L->bv},
     };
-    run_jobs(bk, layer * 4, qkv, 3, nt);
-    rope_and_store(bk, b, layer, ith, nth);
+    run_jobs(bk, layer_phase(layer, PH_QKV), qkv, 3, nt);
+    rope_and_store(bk, b, layer);
     team_barrier(bk);
     float *scores = bk->attn_scratch + (size_t)ith * (c->n_heads / c->n_kv_heads) *
                                            (bk->block_size + 2);
@@ -288,38 +309,38 @@ static void layer_forward(cv_backend *bk, const cv_batch *b, int layer, int ith,
      * and V row read. With too few of them for the threads (one decode
      * token), each query head is an item instead. */
     const int per_item = nt * c->n_kv_heads >= 4 * nth ? c->n_heads / c->n_kv_heads : 1;
-    const int items_per_tok = c->n_heads / per_item;
-    for (int item = ith; item < nt * items_per_tok; item += nth) {
+    const int items_per_tok = c->n_heads / per_item, phase = layer_phase(layer, PH_ATTN);
+    for (int item = next_item(bk, phase); item < nt * items_per_tok;
+         item = next_item(bk, phase)) {
         const int h0 = item % items_per_tok * per_item;
         attend(bk, b, layer, item / items_per_tok, h0, h0 + per_item, scores);
     }
     team_barrier(bk);
     const mm_job wo = {&W->wo, bk->attn, bk->ld_q, bk->x, bk->ld_h, true, NULL};
-    run_jobs(bk, layer * 4 + 1, &wo, 1, nt);
-    split(nt, ith, nth, &lo, &hi);
-    for (int t = lo; t < hi; t++)
-        cpu_rmsnorm(bk->x + (int64_t)t * bk->ld_h, L->ffn_norm, h, c->rms_norm_eps,
-                    bk->xn + (int64_t)t * bk->ld_h);
-    team_barrier(bk);
-    run_gated_mlp(bk, layer * 4 + 2, W, nt);
+    run_jobs(bk, layer_phase(layer, PH_WO), &wo, 1, nt);
+    norm_tokens(bk, layer_phase(layer, PH_FFN_NORM), nt, L->ffn_norm);
+    run_gated_mlp(bk, layer_phase(layer, PH_MLP), W, nt);
     const mm_job down = {&W->w_down, bk->gate, bk->ld_f, bk->x, bk->ld_h, true, NULL};
-    run_jobs(bk, layer * 4 + 3, &down, 1, nt);
+    run_jobs(bk, layer_phase(layer, PH_DOWN), &down, 1, nt);
 }
 
 /* Embedding rows, the token -> sequence map and each token's RoPE angles. */
-static void prologue(cv_backend *bk, const cv_batch *b, int ith, int nth)
+static void prologue(cv_backend *bk, const cv_batch *b, int phase)
 {
     const cv_model_config *c = &bk->cfg;
     const cv_tensor *e = &bk->weights->embed;
     const size_t esz = e->dtype == CV_DTYPE_F32 ? 4 : 2;
     const int half = c->head_dim / 2;
-    int lo, hi;
-    split(b->n_tokens, ith, nth, &lo, &hi);
-    int s = 0;
-    for (int t = lo; t < hi; t++) {
-        while (b->query_start[s + 1] <= t)
-            s++;
-        bk->tok_seq[t] = s;
+    for (int t = next_item(bk, phase); t < b->n_tokens; t = next_item(bk, phase)) {
+        int lo = 0, hi = b->n_seqs - 1; /* the sequence s with query_start[s] <= t */
+        while (lo < hi) {
+            int mid = (lo + hi + 1) / 2;
+            if (b->query_start[mid] <= t)
+                lo = mid;
+            else
+                hi = mid - 1;
+        }
+        bk->tok_seq[t] = lo;
         const char *row = (const char *)e->data + (size_t)b->token_ids[t] * c->hidden_size * esz;
         cpu_to_f32(e->dtype, row, bk->x + (int64_t)t * bk->ld_h, c->hidden_size);
         /* HF: freqs = inv_freq * position in fp32, then cos / sin. */
@@ -334,26 +355,30 @@ static void prologue(cv_backend *bk, const cv_batch *b, int ith, int nth)
 static void forward_thread(cv_backend *bk, const cv_batch *b, float *logits, int ith, int nth)
 {
     const cv_model_config *c = &bk->cfg;
-    prologue(bk, b, ith, nth);
+    const int global = c->n_layers * PH_PER_LAYER;
+    prologue(bk, b, global + PH_EMBED);
     team_barrier(bk);
     for (int l = 0; l < c->n_layers; l++)
         layer_forward(bk, b, l, ith, nth);
     if (b->n_logits == 0)
         return;
-    int lo, hi;
-    split(b->n_logits, ith, nth, &lo, &hi);
-    for (int i = lo; i < hi; i++)
+    const int phase = global + PH_FINAL_NORM;
+    for (int i = next_item(bk, phase); i < b->n_logits; i = next_item(bk, phase))
         cpu_rmsnorm(bk->x + (int64_t)b->logits_indices[i] * bk->ld_h, bk->final_norm,
                     c->hidden_size, c->rms_norm_eps, bk->xl + (int64_t)i * bk->ld_h);
     team_barrier(bk);
-    const mm_job head = {&bk->lm_head, bk->xl, bk->ld_h, logits, c->vocab_size, false,
-                         NULL};
-    run_jobs(bk, c->n_layers * 4, &head, 1, b->n_logits);
+    const mm_job head = {&bk->lm_head, bk->xl, bk->ld_h, logits, c->vocab_size, false, NULL};
+    run_jobs(bk, global + PH_LM_HEAD, &head, 1, b->n_logits);
+}
+
+int cpu_forward_phases(const cv_model_config *cfg)
+{
+    return cfg->n_layers * PH_PER_LAYER + PH_GLOBAL;
 }
 
 void cpu_forward_run(cv_backend *bk, const cv_batch *batch, float *logits)
 {
-    for (int p = 0; p < bk->cfg.n_layers * 4 + 1; p++)
+    for (int p = 0; p < cpu_forward_phases(&bk->cfg); p++)
         atomic_store(&bk->work_next[p], 0);
     const double madds = (double)batch->n_tokens * (double)bk->matrix_elems;
     const int n_threads = madds < bk->parallel_min_madds ? 1 : bk->n_threads;
