@@ -96,6 +96,7 @@ struct cv_grpc {
     stream *streams;
     int n_calls; /* unary calls and streams alive */
     atomic_bool stop_out;
+    atomic_int n_loading; /* RepositoryModelLoad calls answered on their own threads */
 };
 
 static void request_next_call(cv_grpc *g);
@@ -164,6 +165,44 @@ static void unary_answer(cv_grpc *g, unary_call *u)
     ops[n++].data.recv_close_on_server.cancelled = &u->cancelled;
     if (grpc_call_start_batch(u->call, ops, (size_t)n, &u->t_done, NULL) != GRPC_CALL_OK)
         cv_log_error("grpc: cannot answer %s", u->method);
+}
+
+typedef struct load_job {
+    cv_grpc *g;
+    unary_call *u;
+} load_job;
+
+static void *load_thread(void *arg)
+{
+    load_job *job = arg;
+    unary_answer(job->g, job->u);
+    atomic_fetch_sub(&job->g->n_loading, 1);
+    free(job);
+    return NULL;
+}
+
+/* A model load builds an engine (seconds for a large model): it is answered
+ * from its own thread so the completion queue keeps serving every stream.
+ * Only that thread touches the call until its final batch completes. */
+static void unary_recv(cv_grpc *g, unary_call *u)
+{
+    if (strcmp(u->method, "/inference.GRPCInferenceService/RepositoryModelLoad")) {
+        unary_answer(g, u);
+        return;
+    }
+    load_job *job = malloc(sizeof *job);
+    pthread_t t;
+    if (job) {
+        *job = (load_job){g, u};
+        atomic_fetch_add(&g->n_loading, 1);
+    }
+    if (!job || pthread_create(&t, NULL, load_thread, job) != 0) {
+        if (job) atomic_fetch_sub(&g->n_loading, 1);
+        free(job);
+        unary_answer(g, u); /* no thread: answer here, blocking */
+        return;
+    }
+    pthread_detach(t);
 }
 
 static void unary_done(cv_grpc *g, unary_call *u)
@@ -444,7 +483,7 @@ static void on_event(cv_grpc *g, tag *t, bool ok)
         return;
     }
     if (t->type == TAG_UNARY_RECV) {
-        unary_answer(g, t->owner);
+        unary_recv(g, t->owner);
         return;
     }
     if (t->type == TAG_UNARY_DONE) {
@@ -603,7 +642,7 @@ int cv_grpc_active(cv_grpc *g)
     for (stream *st = g->streams; st; st = st->next)
         n += st->n_reqs + (st->nq > 0 || st->sending);
     pthread_mutex_unlock(&g->mu);
-    return n;
+    return n + atomic_load(&g->n_loading);
 }
 
 void cv_grpc_destroy(cv_grpc *g)
@@ -613,8 +652,10 @@ void cv_grpc_destroy(cv_grpc *g)
         if (g->cq_started) {
             cv_grpc_stop_accepting(g);
             grpc_server_cancel_all_calls(g->server);
-            /* Calls end once their engine requests delivered final outputs. */
-            for (int i = 0; i < 3000; i++) {
+            /* Calls end once their engine requests delivered final outputs;
+             * a model load in progress is waited for whatever it takes,
+             * since its thread still uses the server. */
+            for (int i = 0; i < 3000 || atomic_load(&g->n_loading) > 0; i++) {
                 pthread_mutex_lock(&g->mu);
                 bool done = g->shutdown_done && g->n_calls == 0;
                 pthread_mutex_unlock(&g->mu);

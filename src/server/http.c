@@ -4,6 +4,7 @@
  * cv_output_queue whose eventfd is an event of this loop, so every HTTP
  * object is touched by the loop thread only. */
 #include <errno.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -45,6 +46,7 @@ struct cv_http {
     struct event *q_ev;
     http_req *active;
     int n_active;
+    int n_loading; /* model loads running on their own threads */
 };
 
 /* ---- replies ------------------------------------------------------------ */
@@ -501,6 +503,60 @@ static void route_model(cv_http *h, struct evhttp_request *req, enum evhttp_cmd_
     cv_model_release(m);
 }
 
+/* A model load reads weights and builds an engine: seconds for a large
+ * model. It runs on its own thread so the event loop keeps streaming other
+ * requests; the reply goes out from the loop when the load is done. The
+ * request stays valid meanwhile: evhttp detaches (does not free) an
+ * unanswered request whose client leaves, and the reply frees it. */
+typedef struct load_job {
+    cv_http *h;
+    struct evhttp_request *req;
+    struct event *done;
+    char name[256];
+    int rc;
+    cv_error err;
+} load_job;
+
+static void on_load_done(evutil_socket_t fd, short what, void *arg)
+{
+    load_job *job = arg;
+    if (job->rc < 0)
+        reply_error(job->req, 400, job->err.msg);
+    else
+        reply_empty(job->req, 200);
+    job->h->n_loading--;
+    event_free(job->done);
+    free(job);
+}
+
+static void *load_thread(void *arg)
+{
+    load_job *job = arg;
+    job->rc = cv_repository_load(job->h->s->repo, job->name, &job->err);
+    event_active(job->done, EV_TIMEOUT, 0);
+    return NULL;
+}
+
+static void load_async(cv_http *h, struct evhttp_request *req, const char *name)
+{
+    load_job *job = calloc(1, sizeof *job);
+    pthread_t t;
+    if (job) {
+        job->h = h;
+        job->req = req;
+        snprintf(job->name, sizeof job->name, "%s", name);
+        job->done = event_new(h->s->base, -1, 0, on_load_done, job);
+    }
+    if (!job || !job->done || pthread_create(&t, NULL, load_thread, job) != 0) {
+        if (job && job->done) event_free(job->done);
+        free(job);
+        reply_error(req, 500, "cannot start the model load");
+        return;
+    }
+    pthread_detach(t);
+    h->n_loading++;
+}
+
 static void route_repository(cv_http *h, struct evhttp_request *req, char **seg, int n)
 {
     cv_server *s = h->s;
@@ -525,10 +581,12 @@ static void route_repository(cv_http *h, struct evhttp_request *req, char **seg,
                     "enabled or the model control mode is none");
         return;
     }
+    if (!strcmp(seg[4], "load")) {
+        load_async(h, req, seg[3]);
+        return;
+    }
     cv_error err = {""};
-    int rc = !strcmp(seg[4], "load") ? cv_repository_load(s->repo, seg[3], &err)
-                                     : cv_repository_unload(s->repo, seg[3], &err);
-    if (rc < 0) {
+    if (cv_repository_unload(s->repo, seg[3], &err) < 0) {
         reply_error(req, 400, err.msg);
         return;
     }
@@ -627,7 +685,7 @@ void cv_http_abort_all(cv_http *h)
 
 int cv_http_active(const cv_http *h)
 {
-    return h->n_active + n_unsent;
+    return h->n_active + n_unsent + h->n_loading;
 }
 
 void cv_http_destroy(cv_http *h)

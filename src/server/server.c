@@ -6,6 +6,8 @@
 #include <string.h>
 #include <time.h>
 
+#include <event2/thread.h>
+
 #include "base/clock.h"
 #include "base/log.h"
 #include "server/server_internal.h"
@@ -142,7 +144,8 @@ int cv_server_run(const cv_server_options *o, cv_error *err)
     int rc = -1;
     if (!(s->repo = cv_repository_create(o->repos, o->n_repos, o->n_threads, err))) goto out;
     if (load_models(s, err) < 0) goto out;
-    if (!(s->base = event_base_new())) {
+    /* Model loads finish on their own threads and wake the loop. */
+    if (evthread_use_pthreads() < 0 || !(s->base = event_base_new())) {
         cv_errorf(err, "cannot create the event loop");
         goto out;
     }

@@ -210,6 +210,19 @@ class GrpcTest(unittest.TestCase):
         self.assertEqual(e.exception.code(), grpc.StatusCode.NOT_FOUND)
         self.assertEqual(e.exception.details(), "Request for unknown model: 'nope' is not found")
 
+    def test_repository_load_refused_without_explicit_mode(self):
+        for method, req, resp in (
+                ("RepositoryModelLoad", pb.RepositoryModelLoadRequest(model_name="stories"),
+                 pb.RepositoryModelLoadResponse),
+                ("RepositoryModelUnload", pb.RepositoryModelUnloadRequest(model_name="stories"),
+                 pb.RepositoryModelUnloadResponse)):
+            with self.assertRaises(grpc.RpcError) as e:
+                SERVER.unary(method, req, resp)
+            self.assertEqual(e.exception.code(), grpc.StatusCode.UNAVAILABLE)
+            self.assertEqual(e.exception.details(),
+                             "explicit model load / unload is not allowed if polling is enabled "
+                             "or the model control mode is none")
+
     def test_model_infer_unimplemented(self):
         with self.assertRaises(grpc.RpcError) as e:
             SERVER.unary("ModelInfer", infer_request("stories", "1", "x", stream=False),
