@@ -199,7 +199,6 @@ static cv_model *build_model(cv_repository *r, const char *name, const char *dir
         goto fail;
     }
     m->report_custom_metrics = cv_model_config_param_true(&m->cfg, "REPORT_CUSTOM_METRICS");
-    m->health_check = cv_model_config_param_true(&m->cfg, "ENABLE_VLLM_HEALTH_CHECK");
     cv_error eerr = {""};
     m->engine = cv_engine_create(&m->args, &eerr);
     if (!m->engine) {

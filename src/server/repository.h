@@ -54,7 +54,6 @@ typedef struct cv_model {
     cv_model_json_extra extra;
     cv_engine *engine;
     bool report_custom_metrics; /* config parameter REPORT_CUSTOM_METRICS */
-    bool health_check;          /* config parameter ENABLE_VLLM_HEALTH_CHECK */
     cv_model_counters counters;
     int refs; /* guarded by the repository lock */
     struct cv_repository *repo;
