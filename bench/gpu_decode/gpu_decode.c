@@ -24,6 +24,7 @@
 
 #include <cublas_v2.h>
 #include <cuda_runtime_api.h>
+#include <jansson.h>
 
 #include "backend/cuda/cuda_backend.h"
 #include "base/clock.h"
@@ -210,24 +211,118 @@ static int64_t model_bytes(const cv_model *m)
     return n;
 }
 
-static void print_profile(cv_cuda_backend *bk, int steps, FILE *json, const char *key)
+/* Prints the per-phase table of the last profiled steps and stores it in
+ * run[key] (ms per step). */
+static void take_profile(cv_cuda_backend *bk, int steps, json_t *run, const char *key)
 {
     double ms[CV_CUDA_N_PHASES], total = 0.0;
     const char *names[CV_CUDA_N_PHASES];
     const int n = cv_cuda_backend_profile_read(bk, ms, names);
+    cv_cuda_backend_profile(bk, 0);
     for (int i = 0; i < n; i++)
         total += ms[i];
-    printf("\n| phase (%s) | ms/step | share |\n|---|---|---|\n", key);
-    if (json)
-        fprintf(json, "  \"%s\": {", key);
+    printf("\n| phase (%s, eager) | ms/step | share |\n|---|---|---|\n", key);
+    json_t *obj = json_object();
     for (int i = 0; i < n; i++) {
         printf("| %s | %.3f | %.1f%% |\n", names[i], ms[i] / steps, 100.0 * ms[i] / total);
-        if (json)
-            fprintf(json, "%s\"%s\": %.4f", i ? ", " : "", names[i], ms[i] / steps);
+        json_object_set_new(obj, names[i], json_real(ms[i] / steps));
     }
     printf("| total (events) | %.3f | |\n", total / steps);
-    if (json)
-        fprintf(json, "},\n");
+    json_object_set_new(run, key, obj);
+}
+
+typedef struct run_config {
+    const char *label;
+    cv_cuda_act_mode act;
+    int graphs;
+    int batched;  /* also run the batched measurements */
+    int profile;  /* also take per-phase profiles */
+} run_config;
+
+/* G2 at batch 1, then (cfg->batched) the batched prefill and decode. */
+static json_t *run_one(bench *b, const run_config *cfg, int gen, int batch_gen,
+                       const int *batches, int n_batches, double floor_ms)
+{
+    cv_error err = {{0}};
+    if (cv_cuda_backend_set_act_mode(b->bk, cfg->act, &err)) {
+        fprintf(stderr, "%s\n", err.msg);
+        exit(1);
+    }
+    cv_cuda_backend_set_graphs(b->bk, cfg->graphs);
+    json_t *run = json_pack("{s:s, s:s, s:b}", "label", cfg->label, "act",
+                            cfg->act == CV_CUDA_ACT_ROUND ? "round" : "split", "graphs",
+                            cfg->graphs);
+    const int prompt_len = b->prompt_len;
+    double ttft = 1e30;
+    for (int rep = 0; rep < 4; rep++) { /* the first is a warm-up */
+        b->len[0] = 0;
+        const double s = step(b, 0, 1, prompt_len);
+        if (rep > 0)
+            ttft = s < ttft ? s : ttft;
+    }
+    double *tpot = malloc((size_t)gen * sizeof(double));
+    if (!tpot)
+        exit(1);
+    double sum = 0.0;
+    for (int i = 0; i < gen; i++)
+        sum += tpot[i] = step(b, 0, 1, 1);
+    const double tpot_mean = sum / gen * 1e3;
+    qsort(tpot, (size_t)gen, sizeof *tpot, cmp_double);
+    const double tpot_med = tpot[gen / 2] * 1e3;
+    free(tpot);
+    printf("\n### %s\n\n| batch 1 (G2) | value |\n|---|---|\n", cfg->label);
+    printf("| TTFT, %d-token prompt | %.2f ms (%.0f prefill tok/s) |\n", prompt_len, ttft * 1e3,
+           prompt_len / ttft);
+    printf("| TPOT mean / median over %d steps | %.3f / %.3f ms (%.1f tok/s) |\n", gen,
+           tpot_mean, tpot_med, 1e3 / tpot_mean);
+    printf("| TPOT / floor | %.2fx |\n", tpot_mean / floor_ms);
+    json_object_set_new(run, "ttft_ms", json_real(ttft * 1e3));
+    json_object_set_new(run, "tpot_mean_ms", json_real(tpot_mean));
+    json_object_set_new(run, "tpot_median_ms", json_real(tpot_med));
+    if (cfg->profile) {
+        cv_cuda_backend_profile(b->bk, 1);
+        for (int i = 0; i < 16; i++)
+            step(b, 0, 1, 1);
+        take_profile(b->bk, 16, run, "profile_batch1_decode");
+        cv_cuda_backend_profile(b->bk, 1);
+        b->len[0] = 0;
+        step(b, 0, 1, prompt_len);
+        take_profile(b->bk, 1, run, "profile_prefill");
+    }
+    if (!cfg->batched)
+        return run;
+    json_t *arr = json_array();
+    printf("\n| batch | prefill tok/s | decode step ms | decode tok/s |\n|---|---|---|---|\n");
+    for (int bi = 0; bi < n_batches; bi++) {
+        const int B = batches[bi];
+        double pre_s = 0.0;
+        for (int s0 = 0; s0 < B; s0 += PREFILL_SEQS_PER_STEP) {
+            const int ns = B - s0 < PREFILL_SEQS_PER_STEP ? B - s0 : PREFILL_SEQS_PER_STEP;
+            for (int i = 0; i < ns; i++)
+                b->len[s0 + i] = 0;
+            pre_s += step(b, s0, ns, prompt_len);
+        }
+        step(b, 0, B, 1); /* warm-up of this batch shape */
+        double dec_s = 0.0;
+        for (int i = 0; i < batch_gen; i++)
+            dec_s += step(b, 0, B, 1);
+        const double step_ms = dec_s / batch_gen * 1e3;
+        printf("| %d | %.0f | %.3f | %.0f |\n", B, (double)B * prompt_len / pre_s, step_ms,
+               B * 1e3 / step_ms);
+        json_array_append_new(arr, json_pack("{s:i, s:f, s:f, s:f}", "n", B, "prefill_tok_s",
+                                             (double)B * prompt_len / pre_s, "step_ms", step_ms,
+                                             "decode_tok_s", B * 1e3 / step_ms));
+        if (cfg->profile && bi == n_batches - 1) {
+            cv_cuda_backend_profile(b->bk, 1);
+            for (int i = 0; i < 8; i++)
+                step(b, 0, B, 1);
+            char key[64];
+            snprintf(key, sizeof key, "profile_batch%d_decode", B);
+            take_profile(b->bk, 8, run, key);
+        }
+    }
+    json_object_set_new(run, "batches", arr);
+    return run;
 }
 
 int main(int argc, char **argv)
@@ -267,11 +362,6 @@ int main(int argc, char **argv)
         if (!p)
             break;
         p++;
-    }
-    FILE *json = json_path ? fopen(json_path, "w") : NULL;
-    if (json_path && !json) {
-        perror(json_path);
-        return 1;
     }
 
     struct cudaDeviceProp prop;
@@ -334,81 +424,26 @@ int main(int argc, char **argv)
         return 1;
     }
 
-    /* G2: batch 1. */
-    double ttft = 1e30;
-    for (int rep = 0; rep < 4; rep++) { /* the first is a warm-up */
-        b.len[0] = 0;
-        const double s = step(&b, 0, 1, prompt_len);
-        if (rep > 0)
-            ttft = s < ttft ? s : ttft;
-    }
-    double *tpot = malloc((size_t)(gen > batch_gen ? gen : batch_gen) * sizeof(double));
-    if (!tpot)
+    json_t *root = json_pack("{s:s, s:f, s:f, s:I, s:f, s:f, s:i, s:i, s:i}", "device",
+                             prop.name, "copy_gbps", copy, "gemm_tflops", tflops, "weight_bytes",
+                             (json_int_t)wbytes, "upload_s", upload_s, "floor_ms", floor_ms,
+                             "prompt", prompt_len, "gen", gen, "batch_gen", batch_gen);
+    static const run_config configs[] = {
+        {"bf16 activations (CV_CUDA_ACT_ROUND), CUDA graphs", CV_CUDA_ACT_ROUND, 1, 1, 1},
+        {"split fp32 activations (CV_CUDA_ACT_SPLIT, default), CUDA graphs", CV_CUDA_ACT_SPLIT,
+         1, 1, 0},
+        {"bf16 activations, no graphs", CV_CUDA_ACT_ROUND, 0, 0, 0},
+    };
+    json_t *runs = json_array();
+    for (size_t i = 0; i < sizeof configs / sizeof configs[0]; i++)
+        json_array_append_new(runs, run_one(&b, &configs[i], gen, batch_gen, batches, n_batches,
+                                            floor_ms));
+    json_object_set_new(root, "runs", runs);
+    if (json_path && json_dump_file(root, json_path, JSON_INDENT(1)) != 0) {
+        fprintf(stderr, "cannot write %s\n", json_path);
         return 1;
-    double sum = 0.0;
-    for (int i = 0; i < gen; i++)
-        sum += tpot[i] = step(&b, 0, 1, 1);
-    const double tpot_mean = sum / gen * 1e3;
-    qsort(tpot, (size_t)gen, sizeof *tpot, cmp_double);
-    const double tpot_med = tpot[gen / 2] * 1e3;
-    printf("\n| batch 1 (G2) | value |\n|---|---|\n");
-    printf("| TTFT, %d-token prompt | %.2f ms (%.0f prefill tok/s) |\n", prompt_len, ttft * 1e3,
-           prompt_len / ttft);
-    printf("| TPOT mean / median over %d steps | %.3f / %.3f ms (%.1f tok/s) |\n", gen,
-           tpot_mean, tpot_med, 1e3 / tpot_mean);
-    printf("| weight-read floor | %.3f ms |\n| TPOT / floor | %.2fx |\n", floor_ms,
-           tpot_mean / floor_ms);
-    if (json)
-        fprintf(json,
-                "{\n  \"device\": \"%s\", \"copy_gbps\": %.1f, \"gemm_tflops\": %.1f,\n"
-                "  \"weight_bytes\": %lld, \"upload_s\": %.2f, \"floor_ms\": %.4f,\n"
-                "  \"prompt\": %d, \"gen\": %d, \"ttft_ms\": %.3f, \"tpot_mean_ms\": %.4f, "
-                "\"tpot_median_ms\": %.4f,\n",
-                prop.name, copy, tflops, (long long)wbytes, upload_s, floor_ms, prompt_len, gen,
-                ttft * 1e3, tpot_mean, tpot_med);
-    cv_cuda_backend_profile(bk, 1);
-    for (int i = 0; i < 16; i++)
-        step(&b, 0, 1, 1);
-    print_profile(bk, 16, json, "profile_batch1_decode");
-    cv_cuda_backend_profile(bk, 0);
-
-    /* Batched prefill and decode. */
-    printf("\n| batch | prefill tok/s | decode step ms | decode tok/s |\n|---|---|---|---|\n");
-    for (int bi = 0; bi < n_batches; bi++) {
-        const int B = batches[bi];
-        double pre_s = 0.0;
-        for (int s0 = 0; s0 < B; s0 += PREFILL_SEQS_PER_STEP) {
-            const int ns = B - s0 < PREFILL_SEQS_PER_STEP ? B - s0 : PREFILL_SEQS_PER_STEP;
-            for (int i = 0; i < ns; i++)
-                b.len[s0 + i] = 0;
-            pre_s += step(&b, s0, ns, prompt_len);
-        }
-        step(&b, 0, B, 1); /* warm-up of this batch shape */
-        double dec_s = 0.0;
-        for (int i = 0; i < batch_gen; i++)
-            dec_s += step(&b, 0, B, 1);
-        const double step_ms = dec_s / batch_gen * 1e3;
-        printf("| %d | %.0f | %.3f | %.0f |\n", B, (double)B * prompt_len / pre_s, step_ms,
-               B * 1e3 / step_ms);
-        if (json)
-            fprintf(json, "  \"batch_%d\": {\"prefill_tok_s\": %.1f, \"step_ms\": %.4f, "
-                          "\"decode_tok_s\": %.1f},\n",
-                    B, (double)B * prompt_len / pre_s, step_ms, B * 1e3 / step_ms);
-        if (bi == n_batches - 1) {
-            cv_cuda_backend_profile(bk, 1);
-            for (int i = 0; i < 8; i++)
-                step(&b, 0, B, 1);
-            char key[64];
-            snprintf(key, sizeof key, "profile_batch%d_decode", B);
-            print_profile(bk, 8, json, key);
-            cv_cuda_backend_profile(bk, 0);
-        }
     }
-    if (json) {
-        fprintf(json, "  \"batch_gen\": %d\n}\n", batch_gen);
-        fclose(json);
-    }
-    free(tpot);
+    json_decref(root);
     cv_cuda_backend_destroy(bk);
     cv_model_free(model);
     return 0;

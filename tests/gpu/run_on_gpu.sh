@@ -30,8 +30,18 @@ CVLLM_SHARED="$PWD/$BUILD/gpu-shared" CVLLM_SOURCE_DIR="$PWD" timeout 150 \
     "$BUILD/tests/test_gpu_fixtures" > "$OUT/test_gpu.log" 2>&1
 test_rc=$?
 test_s=$(( ($(date +%s%N) - t0) / 1000000 ))
-grep -E "^\[  (PASSED|FAILED|  OK|  FAILED|  ERROR) |rel err .*e-0[0-2]|greedy|Failure|failed" \
-    "$OUT/test_gpu.log" | tail -40
+grep -E "^\[  (PASSED|FAILED|  FAILED|  ERROR) |ERROR|greedy" "$OUT/test_gpu.log" | tail -20
+echo "largest errors:"
+grep "rel err" "$OUT/test_gpu.log" | awk '{print $NF, $0}' | sort -g | tail -6 | cut -d' ' -f2-
+
+echo "== compute-sanitizer (memcheck, racecheck) on two fixtures"
+for tool in memcheck racecheck; do
+    CVLLM_SHARED="$PWD/$BUILD/gpu-shared" CVLLM_SOURCE_DIR="$PWD" timeout 60 \
+        compute-sanitizer --tool $tool --error-exitcode 9 "$BUILD/tests/test_gpu_fixtures" \
+        "qwen3_bf16" >> "$OUT/test_gpu.log" 2>&1
+    echo "compute-sanitizer $tool rc=$?"
+done
+grep -E "ERROR SUMMARY|RACECHECK SUMMARY" "$OUT/test_gpu.log" | tail -4
 
 echo "== cvllm-dummy-model L8B bf16"
 t0=$(date +%s%N)
@@ -53,11 +63,11 @@ hf_rc=$?
 tail -3 "$OUT/hf.log"
 
 python3 bench/gpu_decode/report.py "$OUT/cvllm.json" "$OUT/hf.json" \
-    "tests/gpu/run_on_gpu.sh $BUILD" > "$OUT/gpu_decode.md" 2> "$OUT/report.err"
+    "tests/gpu/run_on_gpu.sh $BUILD" > "$OUT/gpu_decode.md" 2>> "$OUT/hf.log"
 
 echo
 echo "== summary"
 echo "test_gpu_fixtures rc=$test_rc (${test_s} ms)  dummy-model rc=$dm_rc (${dm_s} ms)" \
      " bench rc=$bench_rc  hf rc=$hf_rc"
-grep -E "^\| (TTFT|TPOT|weight|[0-9]+ \|)" "$OUT/bench.log"
+grep -E "^(###|\| (TTFT|TPOT|[0-9]+ \|))" "$OUT/bench.log"
 grep -E "^HF" "$OUT/hf.log"

@@ -181,11 +181,17 @@ static int create_on_device(cv_cuda_backend *b, const cv_model_weights *w, cv_er
     CB(cublasSetStream(b->blas, b->stream), "cublasSetStream");
     /* No TF32: f32 models must match HF's fp32 logits within 1e-4. */
     CB(cublasSetMathMode(b->blas, CUBLAS_DEFAULT_MATH), "cublasSetMathMode");
+    /* A fixed workspace, so that capturing a step into a graph never makes
+     * cuBLAS allocate (32 MiB: NVIDIA's recommendation for Hopper). */
+    const size_t ws_bytes = (size_t)32 << 20;
+    CU(cudaMalloc(&b->blas_workspace, ws_bytes), "cuBLAS workspace");
+    CB(cublasSetWorkspace(b->blas, b->blas_workspace, ws_bytes), "cublasSetWorkspace");
 
     if (!w->embed.data || !w->lm_head.data || !w->final_norm.data || !w->layers)
         return cv_errorf(err, "cuda backend: the model lacks embed, lm_head, final_norm or layers");
     const int64_t h = c->hidden_size;
     b->wdtype = w->lm_head.dtype;
+    b->split_act = b->wdtype != CV_DTYPE_F32;
     b->embed_dtype = w->embed.dtype;
     if (w->embed.shape[0] != c->vocab_size || w->embed.shape[1] != h)
         return cv_errorf(err, "cuda backend: embed is not (%d, %" PRId64 ")", c->vocab_size, h);
@@ -238,6 +244,7 @@ cv_cuda_backend *cv_cuda_backend_create(const cv_model *model, int device, cv_er
     b->cfg = *c;
     b->device = device;
     b->min_split_keys = 32;
+    b->use_graphs = true;
     b->qkv_dim = (c->n_heads + 2 * c->n_kv_heads) * c->head_dim;
     b->kv_dtype = c->dtype == CV_DTYPE_F16 ? CV_DTYPE_F16 : CV_DTYPE_F32;
     if (create_on_device(b, cv_model_get_weights(model), err)) {
@@ -257,6 +264,22 @@ int cv_cuda_backend_set_kv_dtype(cv_cuda_backend *b, cv_dtype dtype, cv_error *e
         return cv_errorf(err, "cv_cuda_backend_set_kv_dtype: unsupported dtype %d", (int)dtype);
     b->kv_dtype = dtype;
     return 0;
+}
+
+int cv_cuda_backend_set_act_mode(cv_cuda_backend *b, cv_cuda_act_mode mode, cv_error *err)
+{
+    if (mode != CV_CUDA_ACT_SPLIT && mode != CV_CUDA_ACT_ROUND)
+        return cv_errorf(err, "cv_cuda_backend_set_act_mode: unknown mode %d", (int)mode);
+    b->split_act = b->wdtype != CV_DTYPE_F32 && mode == CV_CUDA_ACT_SPLIT;
+    /* The activation buffers' layout depends on the mode: regrow them. */
+    b->cap_tokens = b->cap_logits = 0;
+    cuda_graphs_clear(b);
+    return 0;
+}
+
+void cv_cuda_backend_set_graphs(cv_cuda_backend *b, int enable)
+{
+    b->use_graphs = enable != 0;
 }
 
 size_t cv_cuda_backend_kv_block_bytes(const cv_cuda_backend *b, int block_size)
@@ -335,7 +358,9 @@ void cv_cuda_backend_destroy(cv_cuda_backend *b)
     cudaFree(b->embed);
     cudaFree(b->final_norm);
     cudaFree(b->inv_freq);
+    cuda_graphs_clear(b);
     cudaFree(b->kv);
+    cudaFree(b->blas_workspace);
     cudaFree(b->act_mem);
     cudaFree(b->partial);
     cudaFree(b->stage_dev);

@@ -7,9 +7,12 @@
  *
  * Numerics: weights live on the GPU in their stored dtype. F32 models run
  * fp32 GEMMs with TF32 off (within 1e-4 of HF's fp32 logits). F16/BF16
- * models run GEMMs on 16-bit operands (the normalized activations are
- * rounded to the weight dtype) with fp32 accumulation and fp32 outputs; the
- * residual stream, norms, RoPE, softmax and attention accumulate in fp32.
+ * models run GEMMs on 16-bit tensor-core operands with fp32 accumulation and
+ * fp32 outputs, the activations fed as cv_cuda_backend_set_act_mode says;
+ * the residual stream, norms, RoPE, softmax and attention are fp32.
+ *
+ * Steps of at most 256 tokens (decode, small chunks) run as CUDA graphs:
+ * captured once per batch shape, replayed after.
  *
  * Thread safety: one host thread drives a backend at a time. The backend
  * selects its device on every call, so several backends on different devices
@@ -46,6 +49,22 @@ cv_cuda_backend *cv_cuda_backend_create(const cv_model *model, int device, cv_er
  * models near HF's fp32 compute), F16 for F16 models. BF16 or F16 halves
  * the bytes a decode step reads per cached token (vLLM's "auto" for BF16). */
 int cv_cuda_backend_set_kv_dtype(cv_cuda_backend *b, cv_dtype dtype, cv_error *err);
+
+/* How F16/BF16 models feed activations to their GEMMs (F32 models: fp32).
+ * CV_CUDA_ACT_SPLIT (default): each fp32 activation x goes in as two 16-bit
+ *   values, hi = round(x) and lo = round(x - hi), as twice the GEMM columns,
+ *   and the two products are summed: as accurate as fp32 operands (the
+ *   CPU backend's numerics, ~1e-5 from HF's fp32 compute), the same weight
+ *   bytes per decode step, twice the prefill FLOPs.
+ * CV_CUDA_ACT_ROUND: activations rounded to the weight dtype (vLLM's and HF
+ *   bf16's numerics): half the prefill FLOPs, ~1e-2 from fp32 compute on the
+ *   test fixtures, which can change greedy tokens. */
+typedef enum { CV_CUDA_ACT_SPLIT = 0, CV_CUDA_ACT_ROUND } cv_cuda_act_mode;
+int cv_cuda_backend_set_act_mode(cv_cuda_backend *b, cv_cuda_act_mode mode, cv_error *err);
+
+/* CUDA graphs for steps of at most 256 tokens: on by default; 0 runs every
+ * step as separate launches (benchmarks compare the two). */
+void cv_cuda_backend_set_graphs(cv_cuda_backend *b, int enable);
 
 /* Bytes of device memory one KV block of block_size tokens costs. */
 size_t cv_cuda_backend_kv_block_bytes(const cv_cuda_backend *b, int block_size);

@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "backend/cuda/cuda_internal.h"
+#include "base/log.h"
 
 static const char *const phase_names[CV_CUDA_N_PHASES] = {
     "embed",   "rmsnorm",       "qkv_gemm", "rope_kv_store", "attention", "o_gemm",
@@ -77,30 +78,44 @@ static int reserve(cv_cuda_backend *b, int n_tokens, int n_logits, cv_error *err
     int nl = n_logits > b->cap_logits ? n_logits : b->cap_logits;
     nl = nl < 1 ? 1 : nl;
     const cv_model_config *c = &b->cfg;
-    const size_t as = cv_dtype_size(b->wdtype), h = (size_t)c->hidden_size,
-                 f = (size_t)c->intermediate_size, qd = (size_t)c->n_heads * c->head_dim;
-    const size_t sizes[8] = {
+    /* GEMM operands: twice the rows (hi, lo) with split activations. */
+    const size_t as = cv_dtype_size(b->wdtype) * (b->split_act ? 2 : 1);
+    const size_t h = (size_t)c->hidden_size, f = (size_t)c->intermediate_size,
+                 qd = (size_t)c->n_heads * c->head_dim;
+    size_t widest = h > 2 * f ? h : 2 * f;
+    widest = widest > (size_t)b->qkv_dim ? widest : (size_t)b->qkv_dim;
+    size_t y2 = (size_t)nt * widest > (size_t)nl * c->vocab_size ? (size_t)nt * widest
+                                                                  : (size_t)nl * c->vocab_size;
+    y2 = b->split_act ? 2 * y2 * 4 : 0;
+    const size_t sizes[9] = {
         (size_t)nt * h * 4,           (size_t)nt * h * as, (size_t)nt * b->qkv_dim * 4,
         (size_t)nt * qd * as,         (size_t)nt * 2 * f * 4, (size_t)nt * f * as,
-        (size_t)nl * h * as,          (size_t)nl * c->vocab_size * 4,
+        (size_t)nl * h * as,          (size_t)nl * c->vocab_size * 4, y2,
     };
     size_t total = 0;
-    for (int i = 0; i < 8; i++)
+    for (int i = 0; i < 9; i++)
         total += align256(sizes[i]);
     void *mem = NULL;
     cudaError_t e = cudaMalloc(&mem, total);
     if (e != cudaSuccess)
         return cv_errorf(err, "cv_cuda_backend_forward: %zu bytes of activations for %d tokens: %s",
                          total, nt, cudaGetErrorString(e));
+    cuda_graphs_clear(b); /* they point into the old buffers */
     cudaFree(b->act_mem);
     b->act_mem = mem;
-    void **dst[8] = {(void **)&b->x,  &b->xn,  (void **)&b->qkv, &b->attn,
-                     (void **)&b->gu, &b->mlp, &b->xl,           (void **)&b->logits};
-    char *p = mem;
-    for (int i = 0; i < 8; i++) {
-        *dst[i] = p;
-        p += align256(sizes[i]);
-    }
+    char *p[9];
+    p[0] = mem;
+    for (int i = 1; i < 9; i++)
+        p[i] = p[i - 1] + align256(sizes[i - 1]);
+    b->x = (float *)p[0];
+    b->xn = p[1];
+    b->qkv = (float *)p[2];
+    b->attn = p[3];
+    b->gu = (float *)p[4];
+    b->mlp = p[5];
+    b->xl = p[6];
+    b->logits = (float *)p[7];
+    b->y2 = (float *)p[8];
     b->cap_tokens = nt;
     b->cap_logits = nl;
     return 0;
@@ -126,6 +141,7 @@ static int upload_batch(cv_cuda_backend *b, const cv_batch *bt, step_arrays *d, 
     }
     if (total > b->stage_cap_bytes) {
         size_t cap = total * 2;
+        cuda_graphs_clear(b); /* they read the old buffer */
         cudaFreeHost(b->stage_host);
         cudaFree(b->stage_dev);
         b->stage_host = b->stage_dev = NULL;
@@ -163,12 +179,21 @@ static int upload_batch(cv_cuda_backend *b, const cv_batch *bt, step_arrays *d, 
 
 /* Y (n_tok, out) fp32 = X (n_tok, in) W^T + beta Y, W (out, in) row-major in
  * the weight dtype, X in the same dtype. cuBLAS is column-major: this is
- * Y^T = W^T(col-major (in, out))^T X^T. */
+ * Y^T = W^T(col-major (in, out))^T X^T. With split activations X has 2 n_tok
+ * rows (hi, lo): one GEMM into y2, then y = y2[hi] + y2[lo] (+ y). */
 static int gemm(cv_cuda_backend *b, const void *w, int out, int in, const void *x, int n_tok,
                 float *y, float beta, cv_error *err)
 {
-    const float alpha = 1.0f;
-    if (b->wdtype == CV_DTYPE_F32) {
+    const float alpha = 1.0f, zero = 0.0f;
+    if (b->split_act) {
+        const cudaDataType_t t = b->wdtype == CV_DTYPE_BF16 ? CUDA_R_16BF : CUDA_R_16F;
+        CB(cublasGemmEx(b->blas, CUBLAS_OP_T, CUBLAS_OP_N, out, 2 * n_tok, in, &alpha, w, t, in,
+                        x, t, in, &zero, b->y2, CUDA_R_32F, out, CUBLAS_COMPUTE_32F,
+                        CUBLAS_GEMM_DEFAULT),
+           "cublasGemmEx");
+        KL(cuda_sum_halves(b->y2, (size_t)n_tok * out, y, beta != 0.0f, b->stream),
+           "split-activation sum kernel");
+    } else if (b->wdtype == CV_DTYPE_F32) {
         CB(cublasSgemm(b->blas, CUBLAS_OP_T, CUBLAS_OP_N, out, n_tok, in, &alpha, w, in, x, in,
                        &beta, y, out),
            "cublasSgemm");
@@ -192,21 +217,25 @@ static int mark(cv_cuda_backend *b, int phase, cv_error *err)
     return 0;
 }
 
-/* Attention splits: enough blocks to cover the GPU twice when the batch is
- * small (decode), at least min_split_keys keys per split, at most 32. */
+/* Attention splits: a block handles one (token, kv head) and its keys one
+ * after the other, so small batches (decode) get their contexts cut until
+ * there are about 8 blocks per SM, with at least min_split_keys keys per
+ * split (rounded to a power of two, so the count, part of a graph's shape,
+ * changes rarely as contexts grow) and at most 32 splits. */
 static int choose_splits(const cv_cuda_backend *b, const cv_batch *bt)
 {
-    const int work = bt->n_tokens * b->cfg.n_kv_heads, want = 2 * b->n_sms;
+    const int work = bt->n_tokens * b->cfg.n_kv_heads, want = 8 * b->n_sms;
     if (work >= want)
         return 1;
     int max_ctx = 0;
     for (int s = 0; s < bt->n_seqs; s++)
         max_ctx = bt->seq_lens[s] > max_ctx ? bt->seq_lens[s] : max_ctx;
-    int splits = (want + work - 1) / work;
     const int by_len = (max_ctx + b->min_split_keys - 1) / b->min_split_keys;
-    splits = splits < by_len ? splits : by_len;
-    splits = splits < 32 ? splits : 32;
-    return splits < 1 ? 1 : splits;
+    int splits = 1;
+    while (splits < by_len && splits < 32)
+        splits *= 2;
+    const int by_work = (want + work - 1) / work;
+    return splits < by_work ? splits : by_work;
 }
 
 static int layer_forward(cv_cuda_backend *b, const cv_batch *bt, const step_arrays *d, int l,
@@ -217,9 +246,10 @@ static int layer_forward(cv_cuda_backend *b, const cv_batch *bt, const step_arra
     const int nt = bt->n_tokens, h = c->hidden_size, f = c->intermediate_size;
     const int qd = c->n_heads * c->head_dim;
     const size_t layer_off = (size_t)l * 2 * c->n_kv_heads * b->block_size * c->head_dim;
+    const size_t split = b->split_act ? 1 : 0; /* lo rows follow the nt hi rows */
 
     KL(cuda_rmsnorm(b->x, NULL, nt, L->attn_norm, h, c->rms_norm_eps, b->wdtype, b->xn, h,
-                    b->stream),
+                    split * nt * h, b->stream),
        "attention rmsnorm");
     if (mark(b, CV_CUDA_PHASE_NORM, err) ||
         gemm(b, L->wqkv, b->qkv_dim, h, b->xn, nt, b->qkv, 0.0f, err) ||
@@ -244,6 +274,7 @@ static int layer_forward(cv_cuda_backend *b, const cv_batch *bt, const step_arra
         .qkv = b->qkv, .ld_qkv = b->qkv_dim, .kv = b->kv, .kv_dtype = b->kv_dtype,
         .block_elems = b->block_elems, .layer_off = layer_off,
         .scale = 1.0f / sqrtf((float)c->head_dim), .out = b->attn, .out_dtype = b->wdtype,
+        .out_lo_off = split * nt * qd,
         .n_splits = n_splits, .partial = b->partial,
     };
     KL(cuda_attention(&aa, b->stream), "attention kernel");
@@ -252,13 +283,14 @@ static int layer_forward(cv_cuda_backend *b, const cv_batch *bt, const step_arra
         mark(b, CV_CUDA_PHASE_O_GEMM, err))
         return -1;
     KL(cuda_rmsnorm(b->x, NULL, nt, L->ffn_norm, h, c->rms_norm_eps, b->wdtype, b->xn, h,
-                    b->stream),
+                    split * nt * h, b->stream),
        "mlp rmsnorm");
     if (mark(b, CV_CUDA_PHASE_NORM, err) ||
         gemm(b, L->wgu, 2 * f, h, b->xn, nt, b->gu, 0.0f, err) ||
         mark(b, CV_CUDA_PHASE_UPGATE_GEMM, err))
         return -1;
-    KL(cuda_gated_act(c->hidden_act, b->gu, nt, f, b->wdtype, b->mlp, b->stream),
+    KL(cuda_gated_act(c->hidden_act, b->gu, nt, f, b->wdtype, b->mlp, split * nt * f,
+                      b->stream),
        "gated activation kernel");
     if (mark(b, CV_CUDA_PHASE_ACT, err) ||
         gemm(b, L->wdown, h, f, b->mlp, nt, b->x, 1.0f, err) ||
@@ -279,6 +311,91 @@ static int profile_collect(cv_cuda_backend *b, cv_error *err)
     return 0;
 }
 
+/* Everything of a step between the batch upload and the logits download:
+ * what a graph captures. */
+static int enqueue_step(cv_cuda_backend *b, const cv_batch *bt, const step_arrays *d,
+                        int n_splits, cv_error *err)
+{
+    const cv_model_config *c = &b->cfg;
+    KL(cuda_embed(b->embed_dtype, b->embed, d->ids, bt->n_tokens, c->hidden_size, b->x,
+                  b->stream),
+       "embedding kernel");
+    if (mark(b, CV_CUDA_PHASE_EMBED, err))
+        return -1;
+    for (int l = 0; l < c->n_layers; l++)
+        if (layer_forward(b, bt, d, l, n_splits, err))
+            return cv_error_prefix(err, "layer %d", l);
+    if (bt->n_logits == 0)
+        return 0;
+    const size_t lo_off = b->split_act ? (size_t)bt->n_logits * c->hidden_size : 0;
+    KL(cuda_rmsnorm(b->x, d->logits_rows, bt->n_logits, b->final_norm, c->hidden_size,
+                    c->rms_norm_eps, b->wdtype, b->xl, c->hidden_size, lo_off, b->stream),
+       "final rmsnorm");
+    if (gemm(b, b->lm_head, c->vocab_size, c->hidden_size, b->xl, bt->n_logits, b->logits, 0.0f,
+             err) ||
+        mark(b, CV_CUDA_PHASE_HEAD, err))
+        return -1;
+    return 0;
+}
+
+void cuda_graphs_clear(cv_cuda_backend *b)
+{
+    for (int i = 0; i < CUDA_GRAPH_SLOTS; i++) {
+        if (b->graphs[i].exec)
+            cudaGraphExecDestroy(b->graphs[i].exec);
+        b->graphs[i].exec = NULL;
+    }
+}
+
+/* The step as a graph: replays the one captured for this shape and these
+ * buffers, else captures it. A capture that fails (a driver without
+ * support, say) turns graphs off and the step runs eagerly. */
+static int run_graph(cv_cuda_backend *b, const cv_batch *bt, const step_arrays *d, int n_splits,
+                     cv_error *err)
+{
+    const cuda_graph_entry key = {
+        .n_tokens = bt->n_tokens, .n_seqs = bt->n_seqs, .n_logits = bt->n_logits,
+        .max_blocks = bt->max_blocks_per_seq, .n_splits = n_splits, .act_mem = b->act_mem,
+        .stage_dev = b->stage_dev, .partial = b->partial, .kv = b->kv,
+    };
+    for (int i = 0; i < CUDA_GRAPH_SLOTS; i++) {
+        const cuda_graph_entry *g = &b->graphs[i];
+        if (g->exec && g->n_tokens == key.n_tokens && g->n_seqs == key.n_seqs &&
+            g->n_logits == key.n_logits && g->max_blocks == key.max_blocks &&
+            g->n_splits == key.n_splits && g->act_mem == key.act_mem &&
+            g->stage_dev == key.stage_dev && g->partial == key.partial && g->kv == key.kv) {
+            CU(cudaGraphLaunch(g->exec, b->stream), "cudaGraphLaunch");
+            return 0;
+        }
+    }
+    CU(cudaStreamBeginCapture(b->stream, cudaStreamCaptureModeThreadLocal),
+       "cudaStreamBeginCapture");
+    const int rc = enqueue_step(b, bt, d, n_splits, err);
+    cudaGraph_t graph = NULL;
+    cudaError_t e = cudaStreamEndCapture(b->stream, &graph);
+    cudaGraphExec_t exec = NULL;
+    if (rc == 0 && e == cudaSuccess)
+        e = cudaGraphInstantiate(&exec, graph, 0);
+    if (graph)
+        cudaGraphDestroy(graph);
+    if (rc || e != cudaSuccess) {
+        cv_log_warn("cuda backend: capturing a step as a CUDA graph failed (%s); running "
+                    "steps eagerly from now on",
+                    rc ? err->msg : cudaGetErrorString(e));
+        (void)cudaGetLastError();
+        b->graphs_broken = true;
+        return enqueue_step(b, bt, d, n_splits, err);
+    }
+    cuda_graph_entry *slot = &b->graphs[b->graph_next];
+    b->graph_next = (b->graph_next + 1) % CUDA_GRAPH_SLOTS;
+    if (slot->exec)
+        cudaGraphExecDestroy(slot->exec);
+    *slot = key;
+    slot->exec = exec;
+    CU(cudaGraphLaunch(exec, b->stream), "cudaGraphLaunch");
+    return 0;
+}
+
 int cuda_forward_run(cv_cuda_backend *b, const cv_batch *bt, float *logits, cv_error *err)
 {
     const cv_model_config *c = &b->cfg;
@@ -288,6 +405,7 @@ int cuda_forward_run(cv_cuda_backend *b, const cv_batch *bt, float *logits, cv_e
     if (n_splits > 1) {
         const size_t need = (size_t)bt->n_tokens * c->n_heads * n_splits * (c->head_dim + 2);
         if (need > b->partial_cap_floats) {
+            cuda_graphs_clear(b);
             cudaFree(b->partial);
             b->partial = NULL;
             b->partial_cap_floats = 0;
@@ -300,22 +418,11 @@ int cuda_forward_run(cv_cuda_backend *b, const cv_batch *bt, float *logits, cv_e
     if (mark(b, CV_CUDA_PHASE_COPY, err) || upload_batch(b, bt, &d, err) ||
         mark(b, CV_CUDA_PHASE_COPY, err))
         return -1;
-    KL(cuda_embed(b->embed_dtype, b->embed, d.ids, bt->n_tokens, c->hidden_size, b->x,
-                  b->stream),
-       "embedding kernel");
-    if (mark(b, CV_CUDA_PHASE_EMBED, err))
+    const bool graph = b->use_graphs && !b->graphs_broken && !b->prof &&
+                       bt->n_tokens <= CUDA_GRAPH_MAX_TOKENS;
+    if (graph ? run_graph(b, bt, &d, n_splits, err) : enqueue_step(b, bt, &d, n_splits, err))
         return -1;
-    for (int l = 0; l < c->n_layers; l++)
-        if (layer_forward(b, bt, &d, l, n_splits, err))
-            return cv_error_prefix(err, "layer %d", l);
     if (bt->n_logits > 0) {
-        KL(cuda_rmsnorm(b->x, d.logits_rows, bt->n_logits, b->final_norm, c->hidden_size,
-                        c->rms_norm_eps, b->wdtype, b->xl, c->hidden_size, b->stream),
-           "final rmsnorm");
-        if (gemm(b, b->lm_head, c->vocab_size, c->hidden_size, b->xl, bt->n_logits, b->logits,
-                 0.0f, err) ||
-            mark(b, CV_CUDA_PHASE_HEAD, err))
-            return -1;
         CU(cudaMemcpyAsync(logits, b->logits,
                            (size_t)bt->n_logits * c->vocab_size * sizeof(float),
                            cudaMemcpyDeviceToHost, b->stream),

@@ -31,11 +31,16 @@ enum { CUDA_MAX_GROUP = 8, CUDA_MAX_HEAD_DIM = 256 };
 int cuda_embed(cv_dtype dtype, const void *embed /* (vocab, hidden) */, const int32_t *ids,
                int n_tok, int hidden, float *x, cudaStream_t stream);
 
+/* Activations that feed a GEMM are written in the weight dtype. With a
+ * nonzero lo_off (split activations, 16-bit dtypes) each value v is written
+ * as hi = round(v) at its place and lo = round(v - hi) lo_off elements
+ * further, i.e. as a second block of rows below the first. */
+
 /* out row r (dtype out_dtype, row stride ld_out elements) = RMSNorm of x row
  * rows[r] (or r when rows is NULL) with weight w: w * (x * rsqrt(mean(x^2) +
  * eps)), fp32 inside. */
 int cuda_rmsnorm(const float *x /* (*, n) */, const int32_t *rows, int n_rows, const float *w,
-                 int n, float eps, cv_dtype out_dtype, void *out, int ld_out,
+                 int n, float eps, cv_dtype out_dtype, void *out, int ld_out, size_t lo_off,
                  cudaStream_t stream);
 
 /* Per token: biases, per-head RMSNorm (Qwen3), RoPE on q and k (in place in
@@ -74,6 +79,7 @@ typedef struct cuda_attn_args {
     float scale;                 /* 1 / sqrt(head_dim) */
     void *out;                   /* (n_tokens, n_heads * head_dim) in out_dtype */
     cv_dtype out_dtype;
+    size_t out_lo_off;           /* split activations: offset of the lo rows, else 0 */
     int n_splits;
     float *partial;              /* (n_tokens, n_heads, n_splits, head_dim + 2) when n_splits > 1 */
 } cuda_attn_args;
@@ -81,7 +87,12 @@ int cuda_attention(const cuda_attn_args *a, cudaStream_t stream);
 
 /* out (n_tok, f) in out_dtype = act(gu[:, :f]) * gu[:, f:] for gu (n_tok, 2f) fp32. */
 int cuda_gated_act(cv_activation act, const float *gu, int n_tok, int f, cv_dtype out_dtype,
-                   void *out, cudaStream_t stream);
+                   void *out, size_t lo_off, cudaStream_t stream);
+
+/* y (n) = y2[:n] + y2[n:] (+ y when accumulate): the result of a GEMM over
+ * split activations. */
+int cuda_sum_halves(const float *y2 /* (2 n) */, size_t n, float *y, int accumulate,
+                    cudaStream_t stream);
 
 #ifdef __cplusplus
 }
@@ -106,6 +117,16 @@ typedef struct cuda_layer {
     float *q_norm, *k_norm;   /* (head_dim) optional */
 } cuda_layer;
 
+/* One captured step: replayable while the batch has this shape and the
+ * buffers it reads have not moved. */
+typedef struct cuda_graph_entry {
+    int n_tokens, n_seqs, n_logits, max_blocks, n_splits;
+    const void *act_mem, *stage_dev, *partial, *kv;
+    cudaGraphExec_t exec; /* NULL: slot empty */
+} cuda_graph_entry;
+
+enum { CUDA_GRAPH_SLOTS = 8, CUDA_GRAPH_MAX_TOKENS = 256 };
+
 struct cv_cuda_backend {
     cv_model_config cfg;
     int device;
@@ -113,6 +134,8 @@ struct cv_cuda_backend {
     cudaStream_t stream;
     cublasHandle_t blas;
     cv_dtype wdtype;        /* every matrix's dtype; also the GEMM activation dtype */
+    bool split_act;         /* CV_CUDA_ACT_SPLIT on a 16-bit model */
+    void *blas_workspace;   /* fixed cuBLAS workspace (graph capture must not allocate) */
     cv_dtype embed_dtype;
     void *embed;            /* (vocab, hidden) */
     void *lm_head;          /* (vocab, hidden); == embed when tied and the same bytes */
@@ -140,12 +163,19 @@ struct cv_cuda_backend {
     float *gu;    /* (tokens, 2 * intermediate) gate | up */
     void *mlp;    /* (tokens, intermediate) act(gate) * up, wdtype */
     void *xl;     /* (logits, hidden) final-normed rows, wdtype */
+    float *y2;    /* split activations: (2 rows, out) GEMM result before the halves are summed */
     float *logits; /* (logits, vocab) */
     float *partial; /* split-attention partials */
     /* Fewest keys per attention split (32; tests lower it to exercise the
      * split path on tiny contexts). */
     int min_split_keys;
     size_t partial_cap_floats;
+
+    /* CUDA graphs of small steps, replaced round-robin. */
+    bool use_graphs;
+    bool graphs_broken; /* a capture failed once: run eagerly from then on */
+    cuda_graph_entry graphs[CUDA_GRAPH_SLOTS];
+    int graph_next;
 
     /* Profiling (cv_cuda_backend_profile). */
     bool prof;
@@ -172,7 +202,10 @@ struct cv_cuda_backend {
 /* Kernel launchers return a cudaError_t as int. */
 #define KL(call, what) CU((cudaError_t)(call), what)
 
-/* Runs one validated batch (cuda_forward.c). */
+/* Drops every captured graph (buffers moved or the mode changed). */
+void cuda_graphs_clear(cv_cuda_backend *b);
+
+/* Runs one batch (cuda_forward.c). */
 int cuda_forward_run(cv_cuda_backend *b, const cv_batch *batch, float *logits, cv_error *err);
 #endif
 

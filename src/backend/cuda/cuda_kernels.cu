@@ -29,6 +29,19 @@ template <> __device__ __forceinline__ __half from_f<__half>(float x)
     return __float2half_rn(x);
 }
 
+/* Stores activation v as the GEMM operand type. With lo_off != 0 (split
+ * activations, 16-bit types only) it also stores the rounding remainder
+ * lo_off elements further: hi + lo carries v to about 2^-16 relative, so
+ * one GEMM over both halves is as accurate as an fp32 operand. */
+template <typename T> __device__ __forceinline__ void store_act(T *out, size_t i, size_t lo_off,
+                                                                float v)
+{
+    const T hi = from_f<T>(v);
+    out[i] = hi;
+    if (lo_off)
+        out[i + lo_off] = from_f<T>(v - to_f(hi));
+}
+
 __device__ __forceinline__ float warp_sum(float v)
 {
     for (int o = 16; o > 0; o >>= 1)
@@ -70,7 +83,7 @@ __global__ void embed_kernel(const T *embed, const int32_t *ids, int hidden, flo
 
 template <typename OUT>
 __global__ void rmsnorm_kernel(const float *x, const int32_t *rows, const float *w, int n,
-                               float eps, OUT *out, int ld_out)
+                               float eps, OUT *out, int ld_out, size_t lo_off)
 {
     __shared__ float partial[32];
     const int r = blockIdx.x;
@@ -92,7 +105,7 @@ __global__ void rmsnorm_kernel(const float *x, const int32_t *rows, const float 
     /* HF: x * torch.rsqrt(variance + eps), then weight * that. */
     const float inv = 1.0f / sqrtf(partial[0] / (float)n + eps);
     for (int i = threadIdx.x; i < n; i += blockDim.x)
-        out[(size_t)r * ld_out + i] = from_f<OUT>(w[i] * (xr[i] * inv));
+        store_act(out, (size_t)r * ld_out + i, lo_off, w[i] * (xr[i] * inv));
 }
 
 /* ---- q/k/v epilogue ------------------------------------------------------- */
@@ -281,6 +294,7 @@ template <typename KV, typename OUT> __global__ void __launch_bounds__(ATTN_THRE
             for (int h = 0; h < CUDA_MAX_GROUP; h++)
                 if (h < G)
                     acc[h][r] *= alpha_s[h];
+#pragma unroll 8
             for (int kk = 0; kk < n; kk++) {
                 const float v = to_f(kbase[row_off[kk] + v_off + d]);
 #pragma unroll
@@ -304,7 +318,7 @@ template <typename KV, typename OUT> __global__ void __launch_bounds__(ATTN_THRE
             const int head = g * G + h;
             if (a.n_splits == 1) {
                 OUT *o = (OUT *)a.out + (size_t)t * a.n_heads * hd + (size_t)head * hd;
-                o[d] = from_f<OUT>(acc[h][r] / l_s[h]);
+                store_act(o, d, a.out_lo_off, acc[h][r] / l_s[h]);
             } else {
                 float *p = a.partial +
                            (((size_t)t * a.n_heads + head) * a.n_splits + sp) * (hd + 2);
@@ -335,14 +349,15 @@ template <typename OUT> __global__ void attn_combine_kernel(cuda_attn_args a)
         float v = 0.0f;
         for (int sp = 0; sp < a.n_splits; sp++)
             v += p[sp * (hd + 2) + d] * expf(p[sp * (hd + 2) + hd] - M);
-        o[d] = from_f<OUT>(v / L);
+        store_act(o, d, a.out_lo_off, v / L);
     }
 }
 
 /* ---- gated MLP activation ------------------------------------------------- */
 
 template <typename OUT>
-__global__ void gated_act_kernel(cv_activation act, const float *gu, int n_tok, int f, OUT *out)
+__global__ void gated_act_kernel(cv_activation act, const float *gu, int n_tok, int f, OUT *out,
+                                 size_t lo_off)
 {
     const size_t total = (size_t)n_tok * f;
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < total;
@@ -356,7 +371,17 @@ __global__ void gated_act_kernel(cv_activation act, const float *gu, int n_tok, 
             const float k = 0.7978845608028654f; /* sqrt(2 / pi) */
             g = 0.5f * g * (1.0f + tanhf(k * (g + 0.044715f * g * g * g)));
         }
-        out[i] = from_f<OUT>(g * u);
+        store_act(out, i, lo_off, g * u);
+    }
+}
+
+/* y (+)= y2[:n] + y2[n:]: the two halves of a split-activation GEMM. */
+__global__ void sum_halves_kernel(const float *y2, size_t n, float *y, int accumulate)
+{
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
+         i += (size_t)gridDim.x * blockDim.x) {
+        const float v = y2[i] + y2[n + i];
+        y[i] = accumulate ? y[i] + v : v;
     }
 }
 
@@ -375,13 +400,14 @@ extern "C" int cuda_embed(cv_dtype dtype, const void *embed, const int32_t *ids,
 
 extern "C" int cuda_rmsnorm(const float *x, const int32_t *rows, int n_rows, const float *w,
                             int n, float eps, cv_dtype out_dtype, void *out, int ld_out,
-                            cudaStream_t stream)
+                            size_t lo_off, cudaStream_t stream)
 {
     if (n_rows <= 0)
         return 0;
     return with_type(out_dtype, [&](auto v) {
         using T = decltype(v);
-        rmsnorm_kernel<T><<<n_rows, 256, 0, stream>>>(x, rows, w, n, eps, (T *)out, ld_out);
+        rmsnorm_kernel<T><<<n_rows, 256, 0, stream>>>(x, rows, w, n, eps, (T *)out, ld_out,
+                                                      lo_off);
     });
 }
 
@@ -411,12 +437,20 @@ extern "C" int cuda_attention(const cuda_attn_args *a, cudaStream_t stream)
 }
 
 extern "C" int cuda_gated_act(cv_activation act, const float *gu, int n_tok, int f,
-                              cv_dtype out_dtype, void *out, cudaStream_t stream)
+                              cv_dtype out_dtype, void *out, size_t lo_off, cudaStream_t stream)
 {
     const size_t total = (size_t)n_tok * f;
     const int blocks = (int)((total + 255) / 256 < 65536 ? (total + 255) / 256 : 65536);
     return with_type(out_dtype, [&](auto v) {
         using T = decltype(v);
-        gated_act_kernel<T><<<blocks, 256, 0, stream>>>(act, gu, n_tok, f, (T *)out);
+        gated_act_kernel<T><<<blocks, 256, 0, stream>>>(act, gu, n_tok, f, (T *)out, lo_off);
     });
+}
+
+extern "C" int cuda_sum_halves(const float *y2, size_t n, float *y, int accumulate,
+                               cudaStream_t stream)
+{
+    const int blocks = (int)((n + 255) / 256 < 4096 ? (n + 255) / 256 : 4096);
+    sum_halves_kernel<<<blocks, 256, 0, stream>>>(y2, n, y, accumulate);
+    return (int)cudaGetLastError();
 }
