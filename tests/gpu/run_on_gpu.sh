@@ -36,7 +36,7 @@ grep "rel err" "$OUT/test_gpu.log" | awk '{print $NF, $0}' | sort -g | tail -6 |
 
 echo "== compute-sanitizer (memcheck, racecheck) on two fixtures"
 for tool in memcheck racecheck; do
-    CVLLM_SHARED="$PWD/$BUILD/gpu-shared" CVLLM_SOURCE_DIR="$PWD" timeout 60 \
+    CVLLM_SHARED="$PWD/$BUILD/gpu-shared" CVLLM_SOURCE_DIR="$PWD" timeout 30 \
         compute-sanitizer --tool $tool --error-exitcode 9 "$BUILD/tests/test_gpu_fixtures" \
         "qwen3_bf16" >> "$OUT/test_gpu.log" 2>&1
     echo "compute-sanitizer $tool rc=$?"
