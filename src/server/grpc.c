@@ -582,8 +582,19 @@ cv_grpc *cv_grpc_start(cv_server *s, cv_error *err)
     g->t_shutdown = (tag){TAG_SHUTDOWN, NULL};
     g->q = cv_output_queue_create();
     g->cq = grpc_completion_queue_create_for_next(NULL);
-    grpc_arg arg = {.type = GRPC_ARG_INTEGER, .key = GRPC_ARG_ALLOW_REUSEPORT, .value.integer = 0};
-    grpc_channel_args args = {.num_args = 1, .args = &arg};
+    /* No SO_REUSEPORT: a second server on a taken port must fail to bind,
+     * not share it. Messages up to 2 GiB as in tritonserver (long prompts
+     * exceed gRPC's 4 MiB default). */
+    grpc_arg arg[3] = {
+        {.type = GRPC_ARG_INTEGER, .key = GRPC_ARG_ALLOW_REUSEPORT, .value.integer = 0},
+        {.type = GRPC_ARG_INTEGER,
+         .key = GRPC_ARG_MAX_RECEIVE_MESSAGE_LENGTH,
+         .value.integer = INT32_MAX},
+        {.type = GRPC_ARG_INTEGER,
+         .key = GRPC_ARG_MAX_SEND_MESSAGE_LENGTH,
+         .value.integer = INT32_MAX},
+    };
+    grpc_channel_args args = {.num_args = 3, .args = arg};
     g->server = grpc_server_create(&args, NULL);
     if (!g->q || !g->cq || !g->server) {
         cv_errorf(err, "gRPC: cannot create the server");
@@ -640,7 +651,7 @@ int cv_grpc_active(cv_grpc *g)
     pthread_mutex_lock(&g->mu);
     int n = 0;
     for (stream *st = g->streams; st; st = st->next)
-        n += st->n_reqs + (st->nq > 0 || st->sending);
+        n += st->n_reqs + (st->nq > 0 || st->sending || st->status_sent);
     pthread_mutex_unlock(&g->mu);
     return n + atomic_load(&g->n_loading);
 }

@@ -52,7 +52,8 @@ void cv_http_destroy(cv_http *h);
 cv_grpc *cv_grpc_start(cv_server *s, cv_error *err);
 void cv_grpc_stop_accepting(cv_grpc *g);
 void cv_grpc_abort_all(cv_grpc *g);
-/* Requests in flight plus streams with responses not yet written. */
+/* Requests in flight plus streams with responses or their OK status not
+ * yet written. */
 int cv_grpc_active(cv_grpc *g);
 void cv_grpc_destroy(cv_grpc *g);
 

@@ -223,6 +223,15 @@ class GrpcTest(unittest.TestCase):
                              "explicit model load / unload is not allowed if polling is enabled "
                              "or the model control mode is none")
 
+    def test_message_over_4_mib(self):
+        """A 5 MiB prompt reaches the engine (gRPC's default 4 MiB receive
+        limit is lifted, as in tritonserver) and is refused there."""
+        big = "Once upon a time " * (5 * 1024 * 1024 // 17)
+        (r,) = list(SERVER.stream(iter([infer_request("stories", "big", big)])))
+        self.assertEqual(r.infer_response.id, "big")
+        self.assertTrue(r.error_message.startswith("The decoder prompt (length "),
+                        r.error_message)
+
     def test_model_infer_unimplemented(self):
         with self.assertRaises(grpc.RpcError) as e:
             SERVER.unary("ModelInfer", infer_request("stories", "1", "x", stream=False),

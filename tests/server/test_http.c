@@ -515,6 +515,18 @@ static void test_two_servers_side_by_side(void **state)
     const char *extra[] = {"--backend-config=python,shm-region-prefix-name=prefix2",
                            "--allow-metrics=false", NULL};
     assert_true(th_start(&s2, repo2, extra));
+    /* A third server on ports already taken fails to start. */
+    test_server s3;
+    char a_grpc[40], want[120];
+    snprintf(a_grpc, sizeof a_grpc, "--grpc-port=%d", s2.grpc_port);
+    const char *clash[] = {a_grpc, "--allow-http=false", NULL};
+    assert_false(th_start(&s3, repo2, clash));
+    char *log3 = th_log(&s3);
+    snprintf(want, sizeof want,
+             "error: creating server: failed to start GRPC service: cannot bind 0.0.0.0:%d\n",
+             s2.grpc_port);
+    assert_non_null(strstr(log3, want));
+    free(log3);
     /* --allow-metrics=false: nothing listens on the metrics port. */
     char mu[128], *mresp = NULL;
     snprintf(mu, sizeof mu, "http://127.0.0.1:%d/metrics", s2.metrics_port);
