@@ -331,6 +331,30 @@ static void test_repository_explicit_mode(void **state)
     expect("POST", "/v2/repository/models/nojson/unload", "", 200, "");
 }
 
+static void test_parallel_sizes(void **state)
+{
+    (void)state;
+    char json[1200], want[1400];
+    const char *shared = getenv("CVLLM_SHARED");
+    snprintf(json, sizeof json,
+             "{\"model\": \"%s/models/stories260K\", \"tensor_parallel_size\": 2}", shared);
+    th_add_model(srv.repo, "tp_gpu",
+                 "backend: \"vllm\"\ninstance_group [ { count: 1 kind: KIND_GPU } ]\n", json);
+    th_add_model(srv.repo, "tp_model",
+                 "backend: \"vllm\"\ninstance_group [ { count: 1 kind: KIND_MODEL } ]\n", json);
+    expect("POST", "/v2/repository/models/tp_gpu/load", "", 400,
+           "{\"error\":\"failed to load 'tp_gpu', KIND_GPU is currently for single-GPU models, "
+           "please specify KIND_MODEL in the model's config.pbtxt for multi-GPU models\"}");
+    snprintf(want, sizeof want,
+             "{\"error\":\"failed to load 'tp_model', %s/tp_model/1/model.json: "
+             "tensor_parallel_size 2, pipeline_parallel_size 1: cvllm's CPU engine runs a single "
+             "rank\"}",
+             srv.repo);
+    expect("POST", "/v2/repository/models/tp_model/load", "", 400, want);
+    expect("POST", "/v2/repository/models/tp_gpu/unload", "", 200, "");
+    expect("POST", "/v2/repository/models/tp_model/unload", "", 200, "");
+}
+
 static void test_lora_names(void **state)
 {
     (void)state;
@@ -643,6 +667,7 @@ int main(void)
         cmocka_unit_test(test_documented_errors),
         cmocka_unit_test(test_repository_explicit_mode),
         cmocka_unit_test(test_lora_names),
+        cmocka_unit_test(test_parallel_sizes),
         cmocka_unit_test(test_disconnect_aborts_request),
         cmocka_unit_test(test_metrics_exact),
         cmocka_unit_test(test_metrics_buckets),
