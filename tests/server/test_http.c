@@ -405,6 +405,19 @@ static void test_disconnect_aborts_request(void **state)
     char *log = th_log(&srv);
     assert_non_null(strstr(log, "[vllm] Cancelling the request"));
     free(log);
+    /* Its KV blocks are free again and nothing runs. */
+    char u[128], *text = NULL;
+    snprintf(u, sizeof u, "http://127.0.0.1:%d/metrics", srv.metrics_port);
+    bool idle = false;
+    for (int i = 0; i < 250 && !idle; i++) {
+        free(text);
+        assert_int_equal(th_http("GET", u, NULL, &text), 200);
+        idle = th_metric(text, "vllm:num_requests_running{model=\"stories\",version=\"1\"}") == 0 &&
+               th_metric(text, "vllm:gpu_cache_usage_perc{model=\"stories\",version=\"1\"}") == 0;
+        if (!idle) usleep(20000);
+    }
+    free(text);
+    assert_true(idle);
 }
 
 static double metric(const char *name)
