@@ -137,11 +137,6 @@ int main(int argc, char **argv)
                         val);
                 rc = -1;
             }
-        } else if (!strcmp(flag, "--log-info") || !strcmp(flag, "--log-warning") ||
-                   !strcmp(flag, "--log-error") ||
-                   !strcmp(flag, "--disable-auto-complete-config")) {
-            bool ignored;
-            rc = parse_bool(flag, val, &ignored);
         } else {
             fprintf(stderr, "cvllm-server: unknown option '%s'\n", flag);
             usage(stderr);

@@ -636,6 +636,40 @@ static void test_sigterm_drains_and_exits_zero(void **state)
     free(job.events);
 }
 
+/* stderr and exit status of cvllm-server with args (no server comes up). */
+static void expect_cli(const char *args, const char *want)
+{
+    char cmd[1024];
+    snprintf(cmd, sizeof cmd,
+             "sh -c '%s/cvllm-server %s >/dev/null 2>/tmp/cvllm_cli_err.$$; rc=$?; "
+             "head -1 /tmp/cvllm_cli_err.$$; rm -f /tmp/cvllm_cli_err.$$; echo rc=$rc'",
+             getenv("CVLLM_BIN_DIR"), args);
+    char *out = th_run(cmd);
+    assert_string_equal(out, want);
+    free(out);
+}
+
+static void test_command_line_errors(void **state)
+{
+    (void)state;
+    expect_cli("--http-port=8000", "cvllm-server: --model-repository must be specified\nrc=2\n");
+    expect_cli("--model-repository=/tmp --log-info=true",
+               "cvllm-server: unknown option '--log-info'\nrc=2\n");
+    expect_cli("--model-repository=/tmp --load-model=x",
+               "cvllm-server: --load-model is allowed only with --model-control-mode=explicit\n"
+               "rc=2\n");
+    expect_cli("--model-repository=/tmp --http-port=70000",
+               "cvllm-server: --http-port: invalid value '70000' (expected 0..65535)\nrc=2\n");
+    expect_cli("--model-repository=/tmp --model-control-mode=auto",
+               "cvllm-server: --model-control-mode: unknown mode 'auto' (none, explicit, poll)\n"
+               "rc=2\n");
+    expect_cli("--model-repository=/tmp --backend-config=python",
+               "cvllm-server: --backend-config: expected BACKEND,KEY=VALUE, got 'python'\nrc=2\n");
+    expect_cli("--model-repository=/nonexistent-repo",
+               "error: creating server: --model-repository '/nonexistent-repo' is not a "
+               "directory\nrc=1\n");
+}
+
 static void test_exit_on_error_and_readiness(void **state)
 {
     (void)state;
@@ -687,6 +721,7 @@ int main(void)
         cmocka_unit_test(test_two_servers_side_by_side),
         cmocka_unit_test(test_sigterm_drains_and_exits_zero),
         cmocka_unit_test(test_exit_on_error_and_readiness),
+        cmocka_unit_test(test_command_line_errors),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
