@@ -137,19 +137,6 @@ with open(base + ".md", "w") as f:
     f.write("![latency vs throughput](%s.png)\n" % name)
 PY
 
-gnuplot <<GP
-set terminal pngcairo size 1500,480 font ",10"
-set output "$OUT/$NAME.png"
-set multiplot layout 1,3 title "cvllm-server, $NAME, $INPUT_LEN in / $OUTPUT_LEN out, $cores CPU cores ($BACKEND); labels: concurrency"
-set grid
-set key off
-set xlabel "output throughput (tok/s)"
-set ylabel "median TPOT (ms)"
-plot "$OUT/$NAME.dat" using 2:4 with linespoints pt 7, "" using 2:4:(sprintf("%d",\$1)) with labels offset 0,1
-set ylabel "median TTFT (ms)"
-plot "$OUT/$NAME.dat" using 2:3 with linespoints pt 7, "" using 2:3:(sprintf("%d",\$1)) with labels offset 0,1
-set ylabel "median end-to-end latency (s)"
-plot "$OUT/$NAME.dat" using 2:5 with linespoints pt 7, "" using 2:5:(sprintf("%d",\$1)) with labels offset 0,1
-unset multiplot
-GP
+"$(dirname "$0")/plot.sh" "$OUT/$NAME.dat" "$OUT/$NAME.png" \
+  "cvllm-server $NAME: $INPUT_LEN in / $OUTPUT_LEN out, $cores CPU cores, $BACKEND" 2>/dev/null
 echo "sweep.sh: wrote $OUT/$NAME.md, $OUT/$NAME.png, $OUT/$NAME.json" >&2
