@@ -94,7 +94,7 @@ struct cv_grpc {
     tag t_new, t_shutdown;
     bool shutdown_started, shutdown_done;
     stream *streams;
-    int n_calls; /* unary calls and streams alive */
+    atomic_int n_calls; /* unary calls and streams alive (atomic: a load thread ends its call) */
     atomic_bool stop_out;
     atomic_int n_loading; /* RepositoryModelLoad calls answered on their own threads */
 };
@@ -127,6 +127,8 @@ static void unary_start(cv_grpc *g, grpc_call *call, const char *method)
         free(u);
     }
 }
+
+static void unary_done(cv_grpc *g, unary_call *u);
 
 static void unary_answer(cv_grpc *g, unary_call *u)
 {
@@ -163,8 +165,10 @@ static void unary_answer(cv_grpc *g, unary_call *u)
     ops[n++].data.send_status_from_server.status_details = &u->details;
     ops[n].op = GRPC_OP_RECV_CLOSE_ON_SERVER;
     ops[n++].data.recv_close_on_server.cancelled = &u->cancelled;
-    if (grpc_call_start_batch(u->call, ops, (size_t)n, &u->t_done, NULL) != GRPC_CALL_OK)
+    if (grpc_call_start_batch(u->call, ops, (size_t)n, &u->t_done, NULL) != GRPC_CALL_OK) {
         cv_log_error("grpc: cannot answer %s", u->method);
+        unary_done(g, u); /* no completion will come for it */
+    }
 }
 
 typedef struct load_job {
