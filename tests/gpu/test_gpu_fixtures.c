@@ -14,9 +14,12 @@
  * Error measure (the fixtures' README): max |ours - ref| / max |ref| over all
  * positions and the whole vocabulary; f32 weights <= 1e-4 against HF's fp32
  * logits, bf16 weights <= 2e-2 against HF's fp32 compute on the same
- * weights, except CV_CUDA_ACT_ROUND: <= 5e-2, the spread between HF's own
- * bf16 and fp32 compute on these fixtures (README: 1.2e-2 to 4.9e-2), since
- * that mode computes as HF bf16 does. Greedy ids must match exactly.
+ * weights, except where the backend rounds to bf16 on purpose (a BF16 KV
+ * cache, CV_CUDA_ACT_ROUND): <= 5e-2, the spread between HF's own bf16 and
+ * fp32 compute on these fixtures (README: 1.2e-2 to 4.9e-2), since HF bf16
+ * rounds its K/V and activations the same way (measured on an H200: up to
+ * 2.7e-2 with a BF16 KV cache, on mistral_bf16). Greedy ids must match
+ * exactly.
  *
  * Without a CUDA device the program exits 77, which ctest reports as
  * skipped. */
@@ -200,9 +203,11 @@ static void check_prefill(const fixture *f, const char *name, cv_dtype kv_dtype,
         const int chunk[1] = {n};
         assert_int_equal(runner_step(&r, chunk, got), n);
         const json_t *rows = json_object_get(prompt, key);
+        char last[128];
+        snprintf(last, sizeof last, "%s, last row", what);
         check_err(what, name, p, rel_err(got, rows, 0, n, vocab), tol);
-        check_err("last row", name, p,
-                  rel_err(got + (size_t)(n - 1) * vocab, rows, n - 1, 1, vocab), tol);
+        check_err(last, name, p, rel_err(got + (size_t)(n - 1) * vocab, rows, n - 1, 1, vocab),
+                  tol);
         cv_cuda_backend_destroy(bk);
         free(got);
     }
@@ -308,7 +313,7 @@ static void test_fixture(void **state)
     check_mixed(&f, name, 32);
     check_mixed(&f, name, 4);
     if (f.bf16) {
-        check_prefill(&f, name, CV_DTYPE_BF16, CV_CUDA_ACT_SPLIT, tol, "prefill, bf16 KV");
+        check_prefill(&f, name, CV_DTYPE_BF16, CV_CUDA_ACT_SPLIT, 5e-2, "prefill, bf16 KV");
         check_prefill(&f, name, CV_DTYPE_F32, CV_CUDA_ACT_ROUND, 5e-2,
                       "prefill, bf16-rounded activations");
     }

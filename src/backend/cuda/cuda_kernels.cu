@@ -276,6 +276,7 @@ template <typename KV, typename OUT> __global__ void __launch_bounds__(ATTN_THRE
             if (lane + 32 < n)
                 sc[h][lane + 32] = p1;
             const float sum = warp_sum(p0 + p1);
+            __syncwarp(); /* every lane has read m_s[h] before lane 0 rewrites it */
             if (lane == 0) {
                 const float alpha = expf(m_old - m_new);
                 alpha_s[h] = alpha;
