@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "base/log.h"
+#include "health.pb-c.h"
 #include "server/grpc_internal.h"
 
 #define METHOD_PREFIX "/inference.GRPCInferenceService/"
@@ -331,6 +332,14 @@ grpc_status_code cv_grpc_unary(cv_server *s, const char *method, const uint8_t *
     unary_ctx u = {s, out, out_len, msg, msg_cap};
     *out = NULL;
     *out_len = 0;
+    if (!strcmp(method, "/grpc.health.v1.Health/Check")) {
+        /* One status for the whole server, whatever service is named. */
+        Grpc__Health__V1__HealthCheckResponse r = GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__INIT;
+        r.status = cv_server_ready(s)
+                       ? GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVING
+                       : GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__NOT_SERVING;
+        return reply(&u, &r.base);
+    }
     if (strncmp(method, METHOD_PREFIX, strlen(METHOD_PREFIX)))
         return fail(&u, GRPC_STATUS_UNIMPLEMENTED, "unknown service");
     const char *rpc = method + strlen(METHOD_PREFIX);

@@ -34,9 +34,10 @@ SHARED = os.environ.get("CVLLM_SHARED", os.path.join(SRC, "..", "shared"))
 GEN_DIR = tempfile.mkdtemp(prefix="cvllm_pb_")
 atexit.register(shutil.rmtree, GEN_DIR, True)
 subprocess.check_call(["protoc", "-I", os.path.join(SRC, "proto"), "--python_out", GEN_DIR,
-                       "model_config.proto", "grpc_service.proto"])
+                       "model_config.proto", "grpc_service.proto", "health.proto"])
 sys.path.insert(0, GEN_DIR)
 import grpc_service_pb2 as pb  # noqa: E402
+import health_pb2  # noqa: E402
 
 SERVICE = "/inference.GRPCInferenceService/"
 
@@ -172,6 +173,11 @@ class GrpcTest(unittest.TestCase):
     def test_health_metadata_config_index(self):
         s = SERVER
         self.assertTrue(s.unary("ServerLive", pb.ServerLiveRequest(), pb.ServerLiveResponse).live)
+        check = s.channel.unary_unary("/grpc.health.v1.Health/Check",
+                                      request_serializer=lambda m: m.SerializeToString(),
+                                      response_deserializer=health_pb2.HealthCheckResponse.FromString)
+        self.assertEqual(check(health_pb2.HealthCheckRequest(), timeout=30).status,
+                         health_pb2.HealthCheckResponse.SERVING)
         self.assertTrue(s.unary("ServerReady", pb.ServerReadyRequest(),
                                 pb.ServerReadyResponse).ready)
         self.assertTrue(s.unary("ModelReady", pb.ModelReadyRequest(name="stories"),
