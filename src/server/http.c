@@ -650,6 +650,9 @@ cv_http *cv_http_start(cv_server *s, cv_error *err)
         goto fail;
     }
     evhttp_set_allowed_methods(h->http, EVHTTP_REQ_GET | EVHTTP_REQ_POST | EVHTTP_REQ_HEAD);
+    /* Bodies are buffered whole before parsing: bound them (evhttp answers
+     * 413 beyond this). */
+    evhttp_set_max_body_size(h->http, 256 << 20);
     evhttp_set_gencb(h->http, route, h);
     h->q_ev = event_new(s->base, cv_output_queue_fd(h->q), EV_READ | EV_PERSIST, on_outputs, h);
     if (!h->q_ev || event_add(h->q_ev, NULL) < 0) {
