@@ -31,14 +31,13 @@
 
 enum { BLOCK_SIZE = 16, MAX_BATCH = 256, PREFILL_SEQS_PER_STEP = 8 };
 
-#define CHECK(call)                                                                            \
-    do {                                                                                       \
-        cudaError_t e_ = (call);                                                               \
-        if (e_ != cudaSuccess) {                                                               \
-            fprintf(stderr, "%s:%d: %s: %s\n", __FILE__, __LINE__, #call,                      \
-                    cudaGetErrorString(e_));                                                   \
-            exit(1);                                                                           \
-        }                                                                                      \
+#define CHECK(call)                                                                                \
+    do {                                                                                           \
+        cudaError_t e_ = (call);                                                                   \
+        if (e_ != cudaSuccess) {                                                                   \
+            fprintf(stderr, "%s:%d: %s: %s\n", __FILE__, __LINE__, #call, cudaGetErrorString(e_)); \
+            exit(1);                                                                               \
+        }                                                                                          \
     } while (0)
 
 static uint64_t rng_state = 0x9e3779b97f4a7c15ull;
@@ -104,8 +103,7 @@ static double gemm_tflops(int n)
     CHECK(cudaEventCreate(&e0));
     CHECK(cudaEventCreate(&e1));
     for (int i = 0; i < 13; i++) {
-        if (i == 3)
-            CHECK(cudaEventRecord(e0, 0));
+        if (i == 3) CHECK(cudaEventRecord(e0, 0));
         if (cublasGemmEx(h, CUBLAS_OP_N, CUBLAS_OP_N, n, n, n, &alpha, a, CUDA_R_16BF, n, b,
                          CUDA_R_16BF, n, &beta, c, CUDA_R_16BF, n, CUBLAS_COMPUTE_32F,
                          CUBLAS_GEMM_DEFAULT) != CUBLAS_STATUS_SUCCESS) {
@@ -127,11 +125,11 @@ static double gemm_tflops(int n)
 typedef struct bench {
     cv_cuda_backend *bk;
     int vocab, max_blocks;
-    int32_t *prompt;          /* (MAX_BATCH, prompt_len) */
+    int32_t *prompt; /* (MAX_BATCH, prompt_len) */
     int prompt_len;
-    int32_t next[MAX_BATCH];  /* next token of each sequence */
-    int len[MAX_BATCH];       /* tokens in the cache */
-    float *logits;            /* (max tokens, vocab) */
+    int32_t next[MAX_BATCH]; /* next token of each sequence */
+    int len[MAX_BATCH];      /* tokens in the cache */
+    float *logits;           /* (max tokens, vocab) */
     /* step arrays */
     int32_t *ids, *pos, *starts, *lens, *tables, *idx;
     int64_t *slots;
@@ -141,8 +139,7 @@ static int argmax(const float *row, int n)
 {
     int best = 0;
     for (int i = 1; i < n; i++)
-        if (row[i] > row[best])
-            best = i;
+        if (row[i] > row[best]) best = i;
     return best;
 }
 
@@ -169,9 +166,17 @@ static double step(bench *b, int s0, int ns, int chunk)
         b->idx[i] = n - 1;
     }
     const cv_batch batch = {
-        .n_tokens = n, .token_ids = b->ids, .positions = b->pos, .slot_mapping = b->slots,
-        .n_seqs = ns, .query_start = b->starts, .seq_lens = b->lens, .block_tables = b->tables,
-        .max_blocks_per_seq = b->max_blocks, .n_logits = ns, .logits_indices = b->idx,
+        .n_tokens = n,
+        .token_ids = b->ids,
+        .positions = b->pos,
+        .slot_mapping = b->slots,
+        .n_seqs = ns,
+        .query_start = b->starts,
+        .seq_lens = b->lens,
+        .block_tables = b->tables,
+        .max_blocks_per_seq = b->max_blocks,
+        .n_logits = ns,
+        .logits_indices = b->idx,
     };
     cv_error err = {{0}};
     const uint64_t t0 = cv_now_ns();
@@ -201,12 +206,11 @@ static int64_t model_bytes(const cv_model *m)
         n += cv_tensor_numel(&w->lm_head) * cv_dtype_size(w->lm_head.dtype);
     for (int l = 0; l < c->n_layers; l++) {
         const cv_layer_weights *L = &w->layers[l];
-        const cv_tensor *t[] = {&L->attn_norm, &L->wq, &L->wk, &L->wv, &L->bq, &L->bk, &L->bv,
-                                &L->q_norm, &L->k_norm, &L->wo, &L->ffn_norm, &L->w_gate,
-                                &L->w_up, &L->w_down};
+        const cv_tensor *t[] = {&L->attn_norm, &L->wq,     &L->wk,     &L->wv,     &L->bq,
+                                &L->bk,        &L->bv,     &L->q_norm, &L->k_norm, &L->wo,
+                                &L->ffn_norm,  &L->w_gate, &L->w_up,   &L->w_down};
         for (size_t i = 0; i < sizeof t / sizeof t[0]; i++)
-            if (t[i]->data)
-                n += cv_tensor_numel(t[i]) * cv_dtype_size(t[i]->dtype);
+            if (t[i]->data) n += cv_tensor_numel(t[i]) * cv_dtype_size(t[i]->dtype);
     }
     return n;
 }
@@ -235,13 +239,13 @@ typedef struct run_config {
     const char *label;
     cv_cuda_act_mode act;
     int graphs;
-    int batched;  /* also run the batched measurements */
-    int profile;  /* also take per-phase profiles */
+    int batched; /* also run the batched measurements */
+    int profile; /* also take per-phase profiles */
 } run_config;
 
 /* G2 at batch 1, then (cfg->batched) the batched prefill and decode. */
-static json_t *run_one(bench *b, const run_config *cfg, int gen, int batch_gen,
-                       const int *batches, int n_batches, double floor_ms)
+static json_t *run_one(bench *b, const run_config *cfg, int gen, int batch_gen, const int *batches,
+                       int n_batches, double floor_ms)
 {
     cv_error err = {{0}};
     if (cv_cuda_backend_set_act_mode(b->bk, cfg->act, &err)) {
@@ -249,20 +253,18 @@ static json_t *run_one(bench *b, const run_config *cfg, int gen, int batch_gen,
         exit(1);
     }
     cv_cuda_backend_set_graphs(b->bk, cfg->graphs);
-    json_t *run = json_pack("{s:s, s:s, s:b}", "label", cfg->label, "act",
-                            cfg->act == CV_CUDA_ACT_ROUND ? "round" : "split", "graphs",
-                            cfg->graphs);
+    json_t *run =
+        json_pack("{s:s, s:s, s:b}", "label", cfg->label, "act",
+                  cfg->act == CV_CUDA_ACT_ROUND ? "round" : "split", "graphs", cfg->graphs);
     const int prompt_len = b->prompt_len;
     double ttft = 1e30;
     for (int rep = 0; rep < 4; rep++) { /* the first is a warm-up */
         b->len[0] = 0;
         const double s = step(b, 0, 1, prompt_len);
-        if (rep > 0)
-            ttft = s < ttft ? s : ttft;
+        if (rep > 0) ttft = s < ttft ? s : ttft;
     }
     double *tpot = malloc((size_t)gen * sizeof(double));
-    if (!tpot)
-        exit(1);
+    if (!tpot) exit(1);
     double sum = 0.0;
     for (int i = 0; i < gen; i++)
         sum += tpot[i] = step(b, 0, 1, 1);
@@ -273,8 +275,8 @@ static json_t *run_one(bench *b, const run_config *cfg, int gen, int batch_gen,
     printf("\n### %s\n\n| batch 1 (G2) | value |\n|---|---|\n", cfg->label);
     printf("| TTFT, %d-token prompt | %.2f ms (%.0f prefill tok/s) |\n", prompt_len, ttft * 1e3,
            prompt_len / ttft);
-    printf("| TPOT mean / median over %d steps | %.3f / %.3f ms (%.1f tok/s) |\n", gen,
-           tpot_mean, tpot_med, 1e3 / tpot_mean);
+    printf("| TPOT mean / median over %d steps | %.3f / %.3f ms (%.1f tok/s) |\n", gen, tpot_mean,
+           tpot_med, 1e3 / tpot_mean);
     printf("| TPOT / floor | %.2fx |\n", tpot_mean / floor_ms);
     json_object_set_new(run, "ttft_ms", json_real(ttft * 1e3));
     json_object_set_new(run, "tpot_mean_ms", json_real(tpot_mean));
@@ -289,8 +291,7 @@ static json_t *run_one(bench *b, const run_config *cfg, int gen, int batch_gen,
         step(b, 0, 1, prompt_len);
         take_profile(b->bk, 1, run, "profile_prefill");
     }
-    if (!cfg->batched)
-        return run;
+    if (!cfg->batched) return run;
     json_t *arr = json_array();
     printf("\n| batch | prefill tok/s | decode step ms | decode tok/s |\n|---|---|---|---|\n");
     for (int bi = 0; bi < n_batches; bi++) {
@@ -329,25 +330,42 @@ int main(int argc, char **argv)
 {
     const char *model_dir = NULL, *json_path = NULL, *batches_arg = "16,64";
     int prompt_len = 512, gen = 256, batch_gen = 64;
-    static const struct option opts[] = {
-        {"model", required_argument, 0, 'm'},  {"prompt", required_argument, 0, 'p'},
-        {"gen", required_argument, 0, 'g'},    {"batches", required_argument, 0, 'b'},
-        {"batch-gen", required_argument, 0, 'G'}, {"json", required_argument, 0, 'j'},
-        {0, 0, 0, 0}};
+    static const struct option opts[] = {{"model", required_argument, 0, 'm'},
+                                         {"prompt", required_argument, 0, 'p'},
+                                         {"gen", required_argument, 0, 'g'},
+                                         {"batches", required_argument, 0, 'b'},
+                                         {"batch-gen", required_argument, 0, 'G'},
+                                         {"json", required_argument, 0, 'j'},
+                                         {0, 0, 0, 0}};
     for (int o; (o = getopt_long(argc, argv, "", opts, NULL)) != -1;) {
         switch (o) {
-        case 'm': model_dir = optarg; break;
-        case 'p': prompt_len = atoi(optarg); break;
-        case 'g': gen = atoi(optarg); break;
-        case 'b': batches_arg = optarg; break;
-        case 'G': batch_gen = atoi(optarg); break;
-        case 'j': json_path = optarg; break;
-        default: return 2;
+        case 'm':
+            model_dir = optarg;
+            break;
+        case 'p':
+            prompt_len = atoi(optarg);
+            break;
+        case 'g':
+            gen = atoi(optarg);
+            break;
+        case 'b':
+            batches_arg = optarg;
+            break;
+        case 'G':
+            batch_gen = atoi(optarg);
+            break;
+        case 'j':
+            json_path = optarg;
+            break;
+        default:
+            return 2;
         }
     }
     if (!model_dir || prompt_len < 1 || gen < 1 || batch_gen < 1) {
-        fprintf(stderr, "usage: %s --model DIR [--prompt N] [--gen N] [--batches 16,64] "
-                        "[--batch-gen N] [--json FILE]\n", argv[0]);
+        fprintf(stderr,
+                "usage: %s --model DIR [--prompt N] [--gen N] [--batches 16,64] "
+                "[--batch-gen N] [--json FILE]\n",
+                argv[0]);
         return 2;
     }
     int batches[8], n_batches = 0;
@@ -359,8 +377,7 @@ int main(int argc, char **argv)
         }
         n_batches++;
         p = strchr(p, ',');
-        if (!p)
-            break;
+        if (!p) break;
         p++;
     }
 
@@ -398,10 +415,13 @@ int main(int argc, char **argv)
     /* Batch 1 runs gen + 16 profiled steps, the batches batch_gen + 9. */
     const int extra = gen + 16 > batch_gen + 9 ? gen + 16 : batch_gen + 9;
     const int max_ctx = prompt_len + extra + 1;
-    bench b = {.bk = bk, .vocab = cv_model_get_config(model)->vocab_size,
-               .max_blocks = (max_ctx + BLOCK_SIZE - 1) / BLOCK_SIZE, .prompt_len = prompt_len};
+    bench b = {.bk = bk,
+               .vocab = cv_model_get_config(model)->vocab_size,
+               .max_blocks = (max_ctx + BLOCK_SIZE - 1) / BLOCK_SIZE,
+               .prompt_len = prompt_len};
     const int max_tokens = PREFILL_SEQS_PER_STEP * prompt_len > max_batch
-                               ? PREFILL_SEQS_PER_STEP * prompt_len : max_batch;
+                               ? PREFILL_SEQS_PER_STEP * prompt_len
+                               : max_batch;
     b.prompt = malloc((size_t)max_batch * prompt_len * sizeof *b.prompt);
     b.logits = malloc((size_t)max_batch * b.vocab * sizeof *b.logits);
     b.ids = malloc((size_t)max_tokens * sizeof(int32_t));
@@ -411,8 +431,8 @@ int main(int argc, char **argv)
     b.lens = malloc(MAX_BATCH * sizeof(int32_t));
     b.idx = malloc(MAX_BATCH * sizeof(int32_t));
     b.tables = malloc((size_t)MAX_BATCH * b.max_blocks * sizeof(int32_t));
-    if (!b.prompt || !b.logits || !b.ids || !b.pos || !b.slots || !b.starts || !b.lens ||
-        !b.idx || !b.tables) {
+    if (!b.prompt || !b.logits || !b.ids || !b.pos || !b.slots || !b.starts || !b.lens || !b.idx ||
+        !b.tables) {
         fprintf(stderr, "out of memory\n");
         return 1;
     }
@@ -424,20 +444,20 @@ int main(int argc, char **argv)
         return 1;
     }
 
-    json_t *root = json_pack("{s:s, s:f, s:f, s:I, s:f, s:f, s:i, s:i, s:i}", "device",
-                             prop.name, "copy_gbps", copy, "gemm_tflops", tflops, "weight_bytes",
+    json_t *root = json_pack("{s:s, s:f, s:f, s:I, s:f, s:f, s:i, s:i, s:i}", "device", prop.name,
+                             "copy_gbps", copy, "gemm_tflops", tflops, "weight_bytes",
                              (json_int_t)wbytes, "upload_s", upload_s, "floor_ms", floor_ms,
                              "prompt", prompt_len, "gen", gen, "batch_gen", batch_gen);
     static const run_config configs[] = {
         {"bf16 activations (CV_CUDA_ACT_ROUND), CUDA graphs", CV_CUDA_ACT_ROUND, 1, 1, 1},
-        {"split fp32 activations (CV_CUDA_ACT_SPLIT, default), CUDA graphs", CV_CUDA_ACT_SPLIT,
-         1, 1, 0},
+        {"split fp32 activations (CV_CUDA_ACT_SPLIT, default), CUDA graphs", CV_CUDA_ACT_SPLIT, 1,
+         1, 0},
         {"bf16 activations, no graphs", CV_CUDA_ACT_ROUND, 0, 0, 0},
     };
     json_t *runs = json_array();
     for (size_t i = 0; i < sizeof configs / sizeof configs[0]; i++)
-        json_array_append_new(runs, run_one(&b, &configs[i], gen, batch_gen, batches, n_batches,
-                                            floor_ms));
+        json_array_append_new(
+            runs, run_one(&b, &configs[i], gen, batch_gen, batches, n_batches, floor_ms));
     json_object_set_new(root, "runs", runs);
     if (json_path && json_dump_file(root, json_path, JSON_INDENT(1)) != 0) {
         fprintf(stderr, "cannot write %s\n", json_path);

@@ -66,8 +66,7 @@ static void runner_init(gpu_runner *r, cv_cuda_backend *bk, int n_seqs)
             r->seqs[i].table[j] = n_blocks - 1 - (i * MAX_BLOCKS + j);
     }
     cv_error err = {{0}};
-    if (cv_cuda_backend_kv_alloc(bk, n_blocks, BLOCK_SIZE, &err))
-        fail_msg("%s", err.msg);
+    if (cv_cuda_backend_kv_alloc(bk, n_blocks, BLOCK_SIZE, &err)) fail_msg("%s", err.msg);
 }
 
 /* One step: sequence i feeds its next chunk[i] tokens (0: skips the step).
@@ -82,8 +81,7 @@ static int runner_step(gpu_runner *r, const int *chunk, float *logits)
     starts[0] = 0;
     for (int i = 0; i < r->n_seqs; i++) {
         gpu_seq *s = &r->seqs[i];
-        if (chunk[i] <= 0)
-            continue;
+        if (chunk[i] <= 0) continue;
         for (int k = 0; k < chunk[i]; k++, n++) {
             const int p = s->n_done + k;
             assert_true(p < s->n_ids && p / BLOCK_SIZE < MAX_BLOCKS);
@@ -98,13 +96,20 @@ static int runner_step(gpu_runner *r, const int *chunk, float *logits)
         starts[++ns] = n;
     }
     const cv_batch b = {
-        .n_tokens = n, .token_ids = ids, .positions = pos, .slot_mapping = slots,
-        .n_seqs = ns, .query_start = starts, .seq_lens = lens, .block_tables = tables,
-        .max_blocks_per_seq = MAX_BLOCKS, .n_logits = n, .logits_indices = idx,
+        .n_tokens = n,
+        .token_ids = ids,
+        .positions = pos,
+        .slot_mapping = slots,
+        .n_seqs = ns,
+        .query_start = starts,
+        .seq_lens = lens,
+        .block_tables = tables,
+        .max_blocks_per_seq = MAX_BLOCKS,
+        .n_logits = n,
+        .logits_indices = idx,
     };
     cv_error err = {{0}};
-    if (cv_cuda_backend_forward(r->bk, &b, logits, &err))
-        fail_msg("%s", err.msg);
+    if (cv_cuda_backend_forward(r->bk, &b, logits, &err)) fail_msg("%s", err.msg);
     return n;
 }
 
@@ -125,12 +130,10 @@ static void fixture_load(fixture *f, const char *name)
     snprintf(path, sizeof path, "%s/reference.json", dir);
     cv_error err = {{0}};
     f->model = cv_model_load(dir, &err);
-    if (!f->model)
-        fail_msg("loading %s: %s", dir, err.msg);
+    if (!f->model) fail_msg("loading %s: %s", dir, err.msg);
     json_error_t jerr;
     f->ref = json_load_file(path, 0, &jerr);
-    if (!f->ref)
-        fail_msg("%s: %s", path, jerr.text);
+    if (!f->ref) fail_msg("%s: %s", path, jerr.text);
     f->cfg = cv_model_get_config(f->model);
     f->bf16 = strcmp(json_string_value(json_object_get(f->ref, "weights_dtype")), "bfloat16") == 0;
 }
@@ -139,8 +142,7 @@ static cv_cuda_backend *make_backend(const cv_model *model)
 {
     cv_error err = {{0}};
     cv_cuda_backend *bk = cv_cuda_backend_create(model, 0, &err);
-    if (!bk)
-        fail_msg("create: %s", err.msg);
+    if (!bk) fail_msg("create: %s", err.msg);
     return bk;
 }
 
@@ -173,8 +175,7 @@ static double rel_err(const float *ours, const json_t *rows, int row0, int n_row
 static void check_err(const char *what, const char *name, int p, double e, double tol)
 {
     print_message("%s prompt %d %s: rel err %.2e\n", name, p, what, e);
-    if (!(e <= tol))
-        fail_msg("%s prompt %d %s: rel err %.3e > %.0e", name, p, what, e, tol);
+    if (!(e <= tol)) fail_msg("%s prompt %d %s: rel err %.3e > %.0e", name, p, what, e, tol);
 }
 
 /* (a) one prefill per prompt, without graphs, with the given KV dtype and
@@ -243,8 +244,7 @@ static void check_mixed(const fixture *f, const char *name, int min_split_keys)
             done[p] = r.seqs[p].n_done;
             chunk[p] = plan[p][s];
         }
-        if (chunk[0] + chunk[1] == 0)
-            break;
+        if (chunk[0] + chunk[1] == 0) break;
         runner_step(&r, chunk, step);
         memcpy(got[0] + (size_t)done[0] * vocab, step, (size_t)chunk[0] * vocab * sizeof(float));
         memcpy(got[1] + (size_t)done[1] * vocab, step + (size_t)chunk[0] * vocab,
@@ -265,8 +265,7 @@ static int argmax(const float *row, int n)
 {
     int best = 0;
     for (int i = 1; i < n; i++)
-        if (row[i] > row[best])
-            best = i;
+        if (row[i] > row[best]) best = i;
     return best;
 }
 
@@ -291,13 +290,11 @@ static void check_greedy(cv_cuda_backend *bk, const json_t *input_ids, const jso
     for (int i = 0; i < n_out; i++) {
         const int next = argmax(last, vocab);
         const int want = (int)json_integer_value(json_array_get(expected, (size_t)i));
-        if (next != want)
-            fail_msg("greedy token %d: got %d, HF %d", i, next, want);
+        if (next != want) fail_msg("greedy token %d: got %d, HF %d", i, next, want);
         ids[n_in + i] = next;
         r.seqs[0].n_ids = n_in + i + 1;
         chunk[0] = 1;
-        if (i + 1 < n_out)
-            runner_step(&r, chunk, logits);
+        if (i + 1 < n_out) runner_step(&r, chunk, logits);
         last = logits;
     }
     free(logits);
@@ -338,12 +335,10 @@ static void test_stories260K_greedy(void **state)
     snprintf(path, sizeof path, "%s/tests/fixtures/stories260K_greedy.json", src ? src : ".");
     cv_error err = {{0}};
     cv_model *model = cv_model_load(dir, &err);
-    if (!model)
-        fail_msg("%s", err.msg);
+    if (!model) fail_msg("%s", err.msg);
     json_error_t jerr;
     json_t *ref = json_load_file(path, 0, &jerr);
-    if (!ref)
-        fail_msg("%s: %s", path, jerr.text);
+    if (!ref) fail_msg("%s: %s", path, jerr.text);
     const json_t *cases = json_object_get(ref, "cases");
     assert_int_equal(json_array_size(cases), 3);
     cv_cuda_backend *bk = make_backend(model);
@@ -367,8 +362,8 @@ static void test_bad_input(void **state)
     const int n_dev = cv_cuda_device_count();
     assert_null(cv_cuda_backend_create(f.model, n_dev, &err));
     char want[128];
-    snprintf(want, sizeof want, "cv_cuda_backend_create: device %d does not exist (%d CUDA devices)",
-             n_dev, n_dev);
+    snprintf(want, sizeof want,
+             "cv_cuda_backend_create: device %d does not exist (%d CUDA devices)", n_dev, n_dev);
     assert_string_equal(err.msg, want);
 
     cv_cuda_backend *bk = make_backend(f.model);
@@ -376,9 +371,17 @@ static void test_bad_input(void **state)
                   table[1] = {0}, idx[1] = {1};
     const int64_t slots[2] = {0, 1};
     cv_batch b = {
-        .n_tokens = 2, .token_ids = ids, .positions = pos, .slot_mapping = slots,
-        .n_seqs = 1, .query_start = starts, .seq_lens = lens, .block_tables = table,
-        .max_blocks_per_seq = 1, .n_logits = 1, .logits_indices = idx,
+        .n_tokens = 2,
+        .token_ids = ids,
+        .positions = pos,
+        .slot_mapping = slots,
+        .n_seqs = 1,
+        .query_start = starts,
+        .seq_lens = lens,
+        .block_tables = table,
+        .max_blocks_per_seq = 1,
+        .n_logits = 1,
+        .logits_indices = idx,
     };
     float logits[256];
     assert_int_equal(cv_cuda_backend_forward(bk, &b, logits, &err), -1);
@@ -401,14 +404,16 @@ static void test_bad_input(void **state)
     cv_model_free(f.model);
 }
 
-#define FIXTURE(n) {.name = n, .test_func = test_fixture, .initial_state = (void *)n}
+#define FIXTURE(n)                                                                                 \
+    {                                                                                              \
+        .name = n, .test_func = test_fixture, .initial_state = (void *)n                           \
+    }
 
 /* An argument runs only the tests whose names match it (a cmocka pattern
  * with * and ?), e.g. one fixture under compute-sanitizer. */
 int main(int argc, char **argv)
 {
-    if (argc > 1)
-        cmocka_set_test_filter(argv[1]);
+    if (argc > 1) cmocka_set_test_filter(argv[1]);
     if (cv_cuda_device_count() == 0) {
         printf("no CUDA device: test_gpu_fixtures skipped\n");
         return 77;

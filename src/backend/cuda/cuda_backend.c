@@ -31,8 +31,8 @@ static size_t tensor_bytes(const cv_tensor *t)
     return (size_t)cv_tensor_numel(t) * cv_dtype_size(t->dtype);
 }
 
-static int check_matrix(const cv_tensor *t, const char *name, int layer, int64_t rows,
-                        int64_t cols, cv_dtype want, cv_error *err)
+static int check_matrix(const cv_tensor *t, const char *name, int layer, int64_t rows, int64_t cols,
+                        cv_dtype want, cv_error *err)
 {
     char where[64];
     if (layer >= 0)
@@ -50,8 +50,8 @@ static int check_matrix(const cv_tensor *t, const char *name, int layer, int64_t
 
 static int check_config(const cv_model_config *c, cv_error *err)
 {
-    if (c->hidden_size <= 0 || c->intermediate_size <= 0 || c->n_layers <= 0 ||
-        c->n_heads <= 0 || c->n_kv_heads <= 0 || c->head_dim <= 0 || c->vocab_size <= 0)
+    if (c->hidden_size <= 0 || c->intermediate_size <= 0 || c->n_layers <= 0 || c->n_heads <= 0 ||
+        c->n_kv_heads <= 0 || c->head_dim <= 0 || c->vocab_size <= 0)
         return cv_errorf(err, "cuda backend: config has a non-positive size");
     if (c->n_heads % c->n_kv_heads != 0 || c->n_heads / c->n_kv_heads > CUDA_MAX_GROUP)
         return cv_errorf(err,
@@ -59,8 +59,8 @@ static int check_config(const cv_model_config *c, cv_error *err)
                          "most %d",
                          c->n_heads, c->n_kv_heads, CUDA_MAX_GROUP);
     if (c->head_dim % 2 != 0 || c->head_dim > CUDA_MAX_HEAD_DIM)
-        return cv_errorf(err, "cuda backend: head_dim %d must be even and at most %d",
-                         c->head_dim, CUDA_MAX_HEAD_DIM);
+        return cv_errorf(err, "cuda backend: head_dim %d must be even and at most %d", c->head_dim,
+                         CUDA_MAX_HEAD_DIM);
     if (c->hidden_act != CV_ACT_SILU && c->hidden_act != CV_ACT_GELU_TANH)
         return cv_errorf(err, "cuda backend: unsupported activation %d", (int)c->hidden_act);
     return 0;
@@ -116,14 +116,12 @@ static int upload_vector(const cv_tensor *t, int64_t n, const char *name, float 
                          cv_error *err)
 {
     *dst = NULL;
-    if (!t->data)
-        return 0;
+    if (!t->data) return 0;
     if (cv_tensor_numel(t) != n)
-        return cv_errorf(err, "cuda backend: %s has %" PRId64 " elements, expected %" PRId64,
-                         name, cv_tensor_numel(t), n);
+        return cv_errorf(err, "cuda backend: %s has %" PRId64 " elements, expected %" PRId64, name,
+                         cv_tensor_numel(t), n);
     float *tmp = malloc((size_t)n * sizeof *tmp);
-    if (!tmp)
-        return cv_errorf(err, "cuda backend: out of memory");
+    if (!tmp) return cv_errorf(err, "cuda backend: out of memory");
     for (int64_t i = 0; i < n; i++) {
         const void *p = t->data;
         tmp[i] = t->dtype == CV_DTYPE_F32    ? ((const float *)p)[i]
@@ -195,17 +193,14 @@ static int create_on_device(cv_cuda_backend *b, const cv_model_weights *w, cv_er
     b->embed_dtype = w->embed.dtype;
     if (w->embed.shape[0] != c->vocab_size || w->embed.shape[1] != h)
         return cv_errorf(err, "cuda backend: embed is not (%d, %" PRId64 ")", c->vocab_size, h);
-    if (check_matrix(&w->lm_head, "lm_head", -1, c->vocab_size, h, b->wdtype, err))
-        return -1;
+    if (check_matrix(&w->lm_head, "lm_head", -1, c->vocab_size, h, b->wdtype, err)) return -1;
     const cv_tensor *emb[1] = {&w->embed}, *head[1] = {&w->lm_head};
-    if (upload_rows(emb, 1, &b->embed, err))
-        return -1;
+    if (upload_rows(emb, 1, &b->embed, err)) return -1;
     if (w->lm_head.data == w->embed.data)
         b->lm_head = b->embed;
     else if (upload_rows(head, 1, &b->lm_head, err))
         return -1;
-    if (upload_vector(&w->final_norm, h, "final_norm", &b->final_norm, err))
-        return -1;
+    if (upload_vector(&w->final_norm, h, "final_norm", &b->final_norm, err)) return -1;
     float inv_freq[CUDA_MAX_HEAD_DIM / 2];
     rope_inv_freq(c, inv_freq);
     CU(cudaMalloc((void **)&b->inv_freq, sizeof inv_freq), "cudaMalloc");
@@ -213,11 +208,9 @@ static int create_on_device(cv_cuda_backend *b, const cv_model_weights *w, cv_er
                   cudaMemcpyHostToDevice),
        "uploading inv_freq");
     b->layers = calloc((size_t)c->n_layers, sizeof *b->layers);
-    if (!b->layers)
-        return cv_errorf(err, "cuda backend: out of memory");
+    if (!b->layers) return cv_errorf(err, "cuda backend: out of memory");
     for (int l = 0; l < c->n_layers; l++)
-        if (upload_layer(b, &w->layers[l], l, err))
-            return -1;
+        if (upload_layer(b, &w->layers[l], l, err)) return -1;
     return 0;
 }
 
@@ -229,13 +222,12 @@ cv_cuda_backend *cv_cuda_backend_create(const cv_model *model, int device, cv_er
     }
     const int n_dev = cv_cuda_device_count();
     if (device < 0 || device >= n_dev) {
-        cv_errorf(err, "cv_cuda_backend_create: device %d does not exist (%d CUDA devices)",
-                  device, n_dev);
+        cv_errorf(err, "cv_cuda_backend_create: device %d does not exist (%d CUDA devices)", device,
+                  n_dev);
         return NULL;
     }
     const cv_model_config *c = cv_model_get_config(model);
-    if (check_config(c, err))
-        return NULL;
+    if (check_config(c, err)) return NULL;
     cv_cuda_backend *b = calloc(1, sizeof *b);
     if (!b) {
         cv_errorf(err, "cv_cuda_backend_create: out of memory");
@@ -292,8 +284,7 @@ size_t cv_cuda_backend_kv_block_bytes(const cv_cuda_backend *b, int block_size)
 int cv_cuda_backend_kv_alloc(cv_cuda_backend *b, int n_blocks, int block_size, cv_error *err)
 {
     if (n_blocks <= 0 || block_size <= 0)
-        return cv_errorf(err,
-                         "cv_cuda_backend_kv_alloc: n_blocks %d and block_size %d must be > 0",
+        return cv_errorf(err, "cv_cuda_backend_kv_alloc: n_blocks %d and block_size %d must be > 0",
                          n_blocks, block_size);
     const size_t block_bytes = cv_cuda_backend_kv_block_bytes(b, block_size);
     if ((size_t)n_blocks > SIZE_MAX / block_bytes)
@@ -305,8 +296,7 @@ int cv_cuda_backend_kv_alloc(cv_cuda_backend *b, int n_blocks, int block_size, c
     if (e != cudaSuccess)
         return cv_errorf(err, "cv_cuda_backend_kv_alloc: %d blocks of %zu bytes: %s", n_blocks,
                          block_bytes, cudaGetErrorString(e));
-    if (b->kv)
-        cudaFree(b->kv);
+    if (b->kv) cudaFree(b->kv);
     b->kv = kv;
     b->n_blocks = n_blocks;
     b->block_size = block_size;
@@ -317,8 +307,7 @@ int cv_cuda_backend_kv_alloc(cv_cuda_backend *b, int n_blocks, int block_size, c
 int cv_cuda_backend_kv_copy(cv_cuda_backend *b, const int32_t *src, const int32_t *dst, int n,
                             cv_error *err)
 {
-    if (!b->kv)
-        return cv_errorf(err, "cv_cuda_backend_kv_copy: KV pool not allocated");
+    if (!b->kv) return cv_errorf(err, "cv_cuda_backend_kv_copy: KV pool not allocated");
     for (int i = 0; i < n; i++)
         if (src[i] < 0 || src[i] >= b->n_blocks || dst[i] < 0 || dst[i] >= b->n_blocks)
             return cv_errorf(err,
@@ -338,23 +327,20 @@ int cv_cuda_backend_kv_copy(cv_cuda_backend *b, const int32_t *src, const int32_
 
 void cv_cuda_backend_destroy(cv_cuda_backend *b)
 {
-    if (!b)
-        return;
+    if (!b) return;
     cudaSetDevice(b->device);
-    if (b->stream)
-        cudaStreamSynchronize(b->stream);
+    if (b->stream) cudaStreamSynchronize(b->stream);
     if (b->layers) {
         for (int l = 0; l < b->cfg.n_layers; l++) {
             cuda_layer *cl = &b->layers[l];
-            void *ptrs[] = {cl->wqkv, cl->wo,     cl->wgu, cl->wdown, cl->attn_norm, cl->ffn_norm,
-                            cl->bq,   cl->bk,     cl->bv,  cl->q_norm, cl->k_norm};
+            void *ptrs[] = {cl->wqkv, cl->wo, cl->wgu, cl->wdown,  cl->attn_norm, cl->ffn_norm,
+                            cl->bq,   cl->bk, cl->bv,  cl->q_norm, cl->k_norm};
             for (size_t i = 0; i < sizeof ptrs / sizeof ptrs[0]; i++)
                 cudaFree(ptrs[i]);
         }
         free(b->layers);
     }
-    if (b->lm_head != b->embed)
-        cudaFree(b->lm_head);
+    if (b->lm_head != b->embed) cudaFree(b->lm_head);
     cudaFree(b->embed);
     cudaFree(b->final_norm);
     cudaFree(b->inv_freq);
@@ -369,9 +355,7 @@ void cv_cuda_backend_destroy(cv_cuda_backend *b)
         cudaEventDestroy(b->events[i]);
     free(b->events);
     free(b->event_phase);
-    if (b->blas)
-        cublasDestroy(b->blas);
-    if (b->stream)
-        cudaStreamDestroy(b->stream);
+    if (b->blas) cublasDestroy(b->blas);
+    if (b->stream) cudaStreamDestroy(b->stream);
     free(b);
 }

@@ -90,11 +90,11 @@ void cv_cuda_backend_destroy(cv_cuda_backend *b);
  * a step, so leave it off for timing whole steps. */
 enum {
     CV_CUDA_PHASE_EMBED = 0,
-    CV_CUDA_PHASE_NORM,      /* attention and MLP RMSNorms */
-    CV_CUDA_PHASE_QKV_GEMM,  /* fused q/k/v projection */
-    CV_CUDA_PHASE_ROPE_KV,   /* biases, q/k norms, RoPE, KV store */
-    CV_CUDA_PHASE_ATTN,      /* paged attention (and split combine) */
-    CV_CUDA_PHASE_O_GEMM,    /* output projection + residual */
+    CV_CUDA_PHASE_NORM,     /* attention and MLP RMSNorms */
+    CV_CUDA_PHASE_QKV_GEMM, /* fused q/k/v projection */
+    CV_CUDA_PHASE_ROPE_KV,  /* biases, q/k norms, RoPE, KV store */
+    CV_CUDA_PHASE_ATTN,     /* paged attention (and split combine) */
+    CV_CUDA_PHASE_O_GEMM,   /* output projection + residual */
     CV_CUDA_PHASE_UPGATE_GEMM,
     CV_CUDA_PHASE_ACT,       /* act(gate) * up */
     CV_CUDA_PHASE_DOWN_GEMM, /* down projection + residual */

@@ -13,9 +13,17 @@
 #include "backend/cuda/cuda_internal.h"
 #include "base/log.h"
 
-static const char *const phase_names[CV_CUDA_N_PHASES] = {
-    "embed",   "rmsnorm",       "qkv_gemm", "rope_kv_store", "attention", "o_gemm",
-    "gate_up_gemm", "act_mul", "down_gemm", "final_norm_lm_head", "batch_upload_logits_copy"};
+static const char *const phase_names[CV_CUDA_N_PHASES] = {"embed",
+                                                          "rmsnorm",
+                                                          "qkv_gemm",
+                                                          "rope_kv_store",
+                                                          "attention",
+                                                          "o_gemm",
+                                                          "gate_up_gemm",
+                                                          "act_mul",
+                                                          "down_gemm",
+                                                          "final_norm_lm_head",
+                                                          "batch_upload_logits_copy"};
 
 static int check_batch(const cv_cuda_backend *b, const cv_batch *bt, cv_error *err)
 {
@@ -35,8 +43,10 @@ static int check_batch(const cv_cuda_backend *b, const cv_batch *bt, cv_error *e
     for (int s = 0; s < bt->n_seqs; s++) {
         const int qlen = bt->query_start[s + 1] - bt->query_start[s];
         if (qlen <= 0)
-            return cv_errorf(err, "%s: sequence %d has %d query tokens (query_start not "
-                             "increasing)", fn, s, qlen);
+            return cv_errorf(err,
+                             "%s: sequence %d has %d query tokens (query_start not "
+                             "increasing)",
+                             fn, s, qlen);
         const int len = bt->seq_lens[s];
         if (len < qlen || len > bt->max_blocks_per_seq * b->block_size)
             return cv_errorf(err, "%s: seq_lens[%d] = %d must be in %d..%d", fn, s, len, qlen,
@@ -72,8 +82,7 @@ static size_t align256(size_t n)
 /* Grows the device activations when a batch is larger than any before. */
 static int reserve(cv_cuda_backend *b, int n_tokens, int n_logits, cv_error *err)
 {
-    if (n_tokens <= b->cap_tokens && n_logits <= b->cap_logits)
-        return 0;
+    if (n_tokens <= b->cap_tokens && n_logits <= b->cap_logits) return 0;
     const int nt = n_tokens > b->cap_tokens ? n_tokens : b->cap_tokens;
     int nl = n_logits > b->cap_logits ? n_logits : b->cap_logits;
     nl = nl < 1 ? 1 : nl;
@@ -85,12 +94,18 @@ static int reserve(cv_cuda_backend *b, int n_tokens, int n_logits, cv_error *err
     size_t widest = h > 2 * f ? h : 2 * f;
     widest = widest > (size_t)b->qkv_dim ? widest : (size_t)b->qkv_dim;
     size_t y2 = (size_t)nt * widest > (size_t)nl * c->vocab_size ? (size_t)nt * widest
-                                                                  : (size_t)nl * c->vocab_size;
+                                                                 : (size_t)nl * c->vocab_size;
     y2 = b->split_act ? 2 * y2 * 4 : 0;
     const size_t sizes[9] = {
-        (size_t)nt * h * 4,           (size_t)nt * h * as, (size_t)nt * b->qkv_dim * 4,
-        (size_t)nt * qd * as,         (size_t)nt * 2 * f * 4, (size_t)nt * f * as,
-        (size_t)nl * h * as,          (size_t)nl * c->vocab_size * 4, y2,
+        (size_t)nt * h * 4,
+        (size_t)nt * h * as,
+        (size_t)nt * b->qkv_dim * 4,
+        (size_t)nt * qd * as,
+        (size_t)nt * 2 * f * 4,
+        (size_t)nt * f * as,
+        (size_t)nl * h * as,
+        (size_t)nl * c->vocab_size * 4,
+        y2,
     };
     size_t total = 0;
     for (int i = 0; i < 9; i++)
@@ -132,8 +147,14 @@ typedef struct step_arrays {
 static int upload_batch(cv_cuda_backend *b, const cv_batch *bt, step_arrays *d, cv_error *err)
 {
     const size_t n = (size_t)bt->n_tokens, ns = (size_t)bt->n_seqs;
-    const size_t bytes[8] = {n * 8, n * 4, n * 4, n * 4, (ns + 1) * 4, ns * 4,
-                             ns * (size_t)bt->max_blocks_per_seq * 4, (size_t)bt->n_logits * 4};
+    const size_t bytes[8] = {n * 8,
+                             n * 4,
+                             n * 4,
+                             n * 4,
+                             (ns + 1) * 4,
+                             ns * 4,
+                             ns * (size_t)bt->max_blocks_per_seq * 4,
+                             (size_t)bt->n_logits * 4};
     size_t off[8], total = 0;
     for (int i = 0; i < 8; i++) {
         off[i] = total;
@@ -161,10 +182,8 @@ static int upload_batch(cv_cuda_backend *b, const cv_batch *bt, step_arrays *d, 
     memcpy(h + off[4], bt->query_start, bytes[4]);
     memcpy(h + off[5], bt->seq_lens, bytes[5]);
     memcpy(h + off[6], bt->block_tables, bytes[6]);
-    if (bt->n_logits > 0)
-        memcpy(h + off[7], bt->logits_indices, bytes[7]);
-    CU(cudaMemcpyAsync(b->stage_dev, h, total, cudaMemcpyHostToDevice, b->stream),
-       "batch upload");
+    if (bt->n_logits > 0) memcpy(h + off[7], bt->logits_indices, bytes[7]);
+    CU(cudaMemcpyAsync(b->stage_dev, h, total, cudaMemcpyHostToDevice, b->stream), "batch upload");
     char *dv = b->stage_dev;
     d->slots = (const int64_t *)(dv + off[0]);
     d->ids = (const int32_t *)(dv + off[1]);
@@ -187,8 +206,8 @@ static int gemm(cv_cuda_backend *b, const void *w, int out, int in, const void *
     const float alpha = 1.0f, zero = 0.0f;
     if (b->split_act) {
         const cudaDataType_t t = b->wdtype == CV_DTYPE_BF16 ? CUDA_R_16BF : CUDA_R_16F;
-        CB(cublasGemmEx(b->blas, CUBLAS_OP_T, CUBLAS_OP_N, out, 2 * n_tok, in, &alpha, w, t, in,
-                        x, t, in, &zero, b->y2, CUDA_R_32F, out, CUBLAS_COMPUTE_32F,
+        CB(cublasGemmEx(b->blas, CUBLAS_OP_T, CUBLAS_OP_N, out, 2 * n_tok, in, &alpha, w, t, in, x,
+                        t, in, &zero, b->y2, CUDA_R_32F, out, CUBLAS_COMPUTE_32F,
                         CUBLAS_GEMM_DEFAULT),
            "cublasGemmEx");
         KL(cuda_sum_halves(b->y2, (size_t)n_tok * out, y, beta != 0.0f, b->stream),
@@ -199,9 +218,8 @@ static int gemm(cv_cuda_backend *b, const void *w, int out, int in, const void *
            "cublasSgemm");
     } else {
         const cudaDataType_t t = b->wdtype == CV_DTYPE_BF16 ? CUDA_R_16BF : CUDA_R_16F;
-        CB(cublasGemmEx(b->blas, CUBLAS_OP_T, CUBLAS_OP_N, out, n_tok, in, &alpha, w, t, in, x,
-                        t, in, &beta, y, CUDA_R_32F, out, CUBLAS_COMPUTE_32F,
-                        CUBLAS_GEMM_DEFAULT),
+        CB(cublasGemmEx(b->blas, CUBLAS_OP_T, CUBLAS_OP_N, out, n_tok, in, &alpha, w, t, in, x, t,
+                        in, &beta, y, CUDA_R_32F, out, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
            "cublasGemmEx");
     }
     return 0;
@@ -210,8 +228,7 @@ static int gemm(cv_cuda_backend *b, const void *w, int out, int in, const void *
 /* Records a profiling event closing a span of PHASE (no-op unless enabled). */
 static int mark(cv_cuda_backend *b, int phase, cv_error *err)
 {
-    if (!b->prof || b->n_events >= b->max_events)
-        return 0;
+    if (!b->prof || b->n_events >= b->max_events) return 0;
     CU(cudaEventRecord(b->events[b->n_events], b->stream), "cudaEventRecord");
     b->event_phase[b->n_events++] = phase;
     return 0;
@@ -225,8 +242,7 @@ static int mark(cv_cuda_backend *b, int phase, cv_error *err)
 static int choose_splits(const cv_cuda_backend *b, const cv_batch *bt)
 {
     const int work = bt->n_tokens * b->cfg.n_kv_heads, want = 8 * b->n_sms;
-    if (work >= want)
-        return 1;
+    if (work >= want) return 1;
     int max_ctx = 0;
     for (int s = 0; s < bt->n_seqs; s++)
         max_ctx = bt->seq_lens[s] > max_ctx ? bt->seq_lens[s] : max_ctx;
@@ -256,30 +272,54 @@ static int layer_forward(cv_cuda_backend *b, const cv_batch *bt, const step_arra
         mark(b, CV_CUDA_PHASE_QKV_GEMM, err))
         return -1;
     const cuda_qkv_args qa = {
-        .n_tokens = nt, .n_heads = c->n_heads, .n_kv_heads = c->n_kv_heads,
-        .head_dim = c->head_dim, .block_size = b->block_size, .qkv = b->qkv,
-        .bq = L->bq, .bk = L->bk, .bv = L->bv, .q_norm = L->q_norm, .k_norm = L->k_norm,
-        .eps = c->rms_norm_eps, .inv_freq = b->inv_freq, .positions = d->positions,
-        .slot_mapping = d->slots, .kv = b->kv, .kv_dtype = b->kv_dtype,
-        .block_elems = b->block_elems, .layer_off = layer_off,
+        .n_tokens = nt,
+        .n_heads = c->n_heads,
+        .n_kv_heads = c->n_kv_heads,
+        .head_dim = c->head_dim,
+        .block_size = b->block_size,
+        .qkv = b->qkv,
+        .bq = L->bq,
+        .bk = L->bk,
+        .bv = L->bv,
+        .q_norm = L->q_norm,
+        .k_norm = L->k_norm,
+        .eps = c->rms_norm_eps,
+        .inv_freq = b->inv_freq,
+        .positions = d->positions,
+        .slot_mapping = d->slots,
+        .kv = b->kv,
+        .kv_dtype = b->kv_dtype,
+        .block_elems = b->block_elems,
+        .layer_off = layer_off,
     };
     KL(cuda_qkv_post(&qa, b->stream), "rope/kv store kernel");
-    if (mark(b, CV_CUDA_PHASE_ROPE_KV, err))
-        return -1;
+    if (mark(b, CV_CUDA_PHASE_ROPE_KV, err)) return -1;
     const cuda_attn_args aa = {
-        .n_tokens = nt, .n_heads = c->n_heads, .n_kv_heads = c->n_kv_heads,
-        .head_dim = c->head_dim, .block_size = b->block_size,
-        .max_blocks_per_seq = bt->max_blocks_per_seq, .tok_seq = d->tok_seq,
-        .query_start = d->query_start, .seq_lens = d->seq_lens, .block_tables = d->tables,
-        .qkv = b->qkv, .ld_qkv = b->qkv_dim, .kv = b->kv, .kv_dtype = b->kv_dtype,
-        .block_elems = b->block_elems, .layer_off = layer_off,
-        .scale = 1.0f / sqrtf((float)c->head_dim), .out = b->attn, .out_dtype = b->wdtype,
+        .n_tokens = nt,
+        .n_heads = c->n_heads,
+        .n_kv_heads = c->n_kv_heads,
+        .head_dim = c->head_dim,
+        .block_size = b->block_size,
+        .max_blocks_per_seq = bt->max_blocks_per_seq,
+        .tok_seq = d->tok_seq,
+        .query_start = d->query_start,
+        .seq_lens = d->seq_lens,
+        .block_tables = d->tables,
+        .qkv = b->qkv,
+        .ld_qkv = b->qkv_dim,
+        .kv = b->kv,
+        .kv_dtype = b->kv_dtype,
+        .block_elems = b->block_elems,
+        .layer_off = layer_off,
+        .scale = 1.0f / sqrtf((float)c->head_dim),
+        .out = b->attn,
+        .out_dtype = b->wdtype,
         .out_lo_off = split * nt * qd,
-        .n_splits = n_splits, .partial = b->partial,
+        .n_splits = n_splits,
+        .partial = b->partial,
     };
     KL(cuda_attention(&aa, b->stream), "attention kernel");
-    if (mark(b, CV_CUDA_PHASE_ATTN, err) ||
-        gemm(b, L->wo, h, qd, b->attn, nt, b->x, 1.0f, err) ||
+    if (mark(b, CV_CUDA_PHASE_ATTN, err) || gemm(b, L->wo, h, qd, b->attn, nt, b->x, 1.0f, err) ||
         mark(b, CV_CUDA_PHASE_O_GEMM, err))
         return -1;
     KL(cuda_rmsnorm(b->x, NULL, nt, L->ffn_norm, h, c->rms_norm_eps, b->wdtype, b->xn, h,
@@ -289,11 +329,9 @@ static int layer_forward(cv_cuda_backend *b, const cv_batch *bt, const step_arra
         gemm(b, L->wgu, 2 * f, h, b->xn, nt, b->gu, 0.0f, err) ||
         mark(b, CV_CUDA_PHASE_UPGATE_GEMM, err))
         return -1;
-    KL(cuda_gated_act(c->hidden_act, b->gu, nt, f, b->wdtype, b->mlp, split * nt * f,
-                      b->stream),
+    KL(cuda_gated_act(c->hidden_act, b->gu, nt, f, b->wdtype, b->mlp, split * nt * f, b->stream),
        "gated activation kernel");
-    if (mark(b, CV_CUDA_PHASE_ACT, err) ||
-        gemm(b, L->wdown, h, f, b->mlp, nt, b->x, 1.0f, err) ||
+    if (mark(b, CV_CUDA_PHASE_ACT, err) || gemm(b, L->wdown, h, f, b->mlp, nt, b->x, 1.0f, err) ||
         mark(b, CV_CUDA_PHASE_DOWN_GEMM, err))
         return -1;
     return 0;
@@ -313,20 +351,16 @@ static int profile_collect(cv_cuda_backend *b, cv_error *err)
 
 /* Everything of a step between the batch upload and the logits download:
  * what a graph captures. */
-static int enqueue_step(cv_cuda_backend *b, const cv_batch *bt, const step_arrays *d,
-                        int n_splits, cv_error *err)
+static int enqueue_step(cv_cuda_backend *b, const cv_batch *bt, const step_arrays *d, int n_splits,
+                        cv_error *err)
 {
     const cv_model_config *c = &b->cfg;
-    KL(cuda_embed(b->embed_dtype, b->embed, d->ids, bt->n_tokens, c->hidden_size, b->x,
-                  b->stream),
+    KL(cuda_embed(b->embed_dtype, b->embed, d->ids, bt->n_tokens, c->hidden_size, b->x, b->stream),
        "embedding kernel");
-    if (mark(b, CV_CUDA_PHASE_EMBED, err))
-        return -1;
+    if (mark(b, CV_CUDA_PHASE_EMBED, err)) return -1;
     for (int l = 0; l < c->n_layers; l++)
-        if (layer_forward(b, bt, d, l, n_splits, err))
-            return cv_error_prefix(err, "layer %d", l);
-    if (bt->n_logits == 0)
-        return 0;
+        if (layer_forward(b, bt, d, l, n_splits, err)) return cv_error_prefix(err, "layer %d", l);
+    if (bt->n_logits == 0) return 0;
     const size_t lo_off = b->split_act ? (size_t)bt->n_logits * c->hidden_size : 0;
     KL(cuda_rmsnorm(b->x, d->logits_rows, bt->n_logits, b->final_norm, c->hidden_size,
                     c->rms_norm_eps, b->wdtype, b->xl, c->hidden_size, lo_off, b->stream),
@@ -341,8 +375,7 @@ static int enqueue_step(cv_cuda_backend *b, const cv_batch *bt, const step_array
 void cuda_graphs_clear(cv_cuda_backend *b)
 {
     for (int i = 0; i < CUDA_GRAPH_SLOTS; i++) {
-        if (b->graphs[i].exec)
-            cudaGraphExecDestroy(b->graphs[i].exec);
+        if (b->graphs[i].exec) cudaGraphExecDestroy(b->graphs[i].exec);
         b->graphs[i].exec = NULL;
     }
 }
@@ -354,9 +387,15 @@ static int run_graph(cv_cuda_backend *b, const cv_batch *bt, const step_arrays *
                      cv_error *err)
 {
     const cuda_graph_entry key = {
-        .n_tokens = bt->n_tokens, .n_seqs = bt->n_seqs, .n_logits = bt->n_logits,
-        .max_blocks = bt->max_blocks_per_seq, .n_splits = n_splits, .act_mem = b->act_mem,
-        .stage_dev = b->stage_dev, .partial = b->partial, .kv = b->kv,
+        .n_tokens = bt->n_tokens,
+        .n_seqs = bt->n_seqs,
+        .n_logits = bt->n_logits,
+        .max_blocks = bt->max_blocks_per_seq,
+        .n_splits = n_splits,
+        .act_mem = b->act_mem,
+        .stage_dev = b->stage_dev,
+        .partial = b->partial,
+        .kv = b->kv,
     };
     for (int i = 0; i < CUDA_GRAPH_SLOTS; i++) {
         const cuda_graph_entry *g = &b->graphs[i];
@@ -374,10 +413,8 @@ static int run_graph(cv_cuda_backend *b, const cv_batch *bt, const step_arrays *
     cudaGraph_t graph = NULL;
     cudaError_t e = cudaStreamEndCapture(b->stream, &graph);
     cudaGraphExec_t exec = NULL;
-    if (rc == 0 && e == cudaSuccess)
-        e = cudaGraphInstantiate(&exec, graph, 0);
-    if (graph)
-        cudaGraphDestroy(graph);
+    if (rc == 0 && e == cudaSuccess) e = cudaGraphInstantiate(&exec, graph, 0);
+    if (graph) cudaGraphDestroy(graph);
     if (rc || e != cudaSuccess) {
         cv_log_warn("cuda backend: capturing a step as a CUDA graph failed (%s); running "
                     "steps eagerly from now on",
@@ -388,8 +425,7 @@ static int run_graph(cv_cuda_backend *b, const cv_batch *bt, const step_arrays *
     }
     cuda_graph_entry *slot = &b->graphs[b->graph_next];
     b->graph_next = (b->graph_next + 1) % CUDA_GRAPH_SLOTS;
-    if (slot->exec)
-        cudaGraphExecDestroy(slot->exec);
+    if (slot->exec) cudaGraphExecDestroy(slot->exec);
     *slot = key;
     slot->exec = exec;
     CU(cudaGraphLaunch(exec, b->stream), "cudaGraphLaunch");
@@ -399,8 +435,7 @@ static int run_graph(cv_cuda_backend *b, const cv_batch *bt, const step_arrays *
 int cuda_forward_run(cv_cuda_backend *b, const cv_batch *bt, float *logits, cv_error *err)
 {
     const cv_model_config *c = &b->cfg;
-    if (check_batch(b, bt, err) || reserve(b, bt->n_tokens, bt->n_logits, err))
-        return -1;
+    if (check_batch(b, bt, err) || reserve(b, bt->n_tokens, bt->n_logits, err)) return -1;
     const int n_splits = choose_splits(b, bt);
     if (n_splits > 1) {
         const size_t need = (size_t)bt->n_tokens * c->n_heads * n_splits * (c->head_dim + 2);
@@ -418,25 +453,22 @@ int cuda_forward_run(cv_cuda_backend *b, const cv_batch *bt, float *logits, cv_e
     if (mark(b, CV_CUDA_PHASE_COPY, err) || upload_batch(b, bt, &d, err) ||
         mark(b, CV_CUDA_PHASE_COPY, err))
         return -1;
-    const bool graph = b->use_graphs && !b->graphs_broken && !b->prof &&
-                       bt->n_tokens <= CUDA_GRAPH_MAX_TOKENS;
+    const bool graph =
+        b->use_graphs && !b->graphs_broken && !b->prof && bt->n_tokens <= CUDA_GRAPH_MAX_TOKENS;
     if (graph ? run_graph(b, bt, &d, n_splits, err) : enqueue_step(b, bt, &d, n_splits, err))
         return -1;
     if (bt->n_logits > 0) {
-        CU(cudaMemcpyAsync(logits, b->logits,
-                           (size_t)bt->n_logits * c->vocab_size * sizeof(float),
+        CU(cudaMemcpyAsync(logits, b->logits, (size_t)bt->n_logits * c->vocab_size * sizeof(float),
                            cudaMemcpyDeviceToHost, b->stream),
            "logits download");
-        if (mark(b, CV_CUDA_PHASE_COPY, err))
-            return -1;
+        if (mark(b, CV_CUDA_PHASE_COPY, err)) return -1;
     }
     CU(cudaStreamSynchronize(b->stream), "forward step");
     CU(cudaGetLastError(), "forward step");
     return b->prof ? profile_collect(b, err) : 0;
 }
 
-int cv_cuda_backend_forward(cv_cuda_backend *b, const cv_batch *batch, float *logits,
-                            cv_error *err)
+int cv_cuda_backend_forward(cv_cuda_backend *b, const cv_batch *batch, float *logits, cv_error *err)
 {
     if (!b || !batch || (batch->n_logits > 0 && !logits))
         return cv_errorf(err, "cv_cuda_backend_forward: backend, batch or logits buffer is NULL");
@@ -448,18 +480,15 @@ void cv_cuda_backend_profile(cv_cuda_backend *b, int enable)
 {
     memset(b->prof_ms, 0, sizeof b->prof_ms);
     b->prof = false;
-    if (!enable)
-        return;
+    if (!enable) return;
     if (!b->events) {
         const int n = b->cfg.n_layers * 12 + 16;
         b->events = calloc((size_t)n, sizeof *b->events);
         b->event_phase = calloc((size_t)n, sizeof *b->event_phase);
-        if (!b->events || !b->event_phase)
-            return;
+        if (!b->events || !b->event_phase) return;
         cudaSetDevice(b->device);
         for (; b->max_events < n; b->max_events++)
-            if (cudaEventCreate(&b->events[b->max_events]) != cudaSuccess)
-                break;
+            if (cudaEventCreate(&b->events[b->max_events]) != cudaSuccess) break;
     }
     b->prof = true;
 }

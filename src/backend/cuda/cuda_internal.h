@@ -47,17 +47,17 @@ int cuda_rmsnorm(const float *x /* (*, n) */, const int32_t *rows, int n_rows, c
  * qkv), and k, v written into the KV pool at the token's slot. */
 typedef struct cuda_qkv_args {
     int n_tokens, n_heads, n_kv_heads, head_dim, block_size;
-    float *qkv; /* (n_tokens, (n_heads + 2 * n_kv_heads) * head_dim): q | k | v */
-    const float *bq, *bk, *bv;   /* optional biases, NULL when absent */
+    float *qkv;                   /* (n_tokens, (n_heads + 2 * n_kv_heads) * head_dim): q | k | v */
+    const float *bq, *bk, *bv;    /* optional biases, NULL when absent */
     const float *q_norm, *k_norm; /* (head_dim) optional */
     float eps;
-    const float *inv_freq;        /* (head_dim / 2) */
-    const int32_t *positions;     /* (n_tokens) */
-    const int64_t *slot_mapping;  /* (n_tokens) */
-    void *kv;                     /* the pool */
+    const float *inv_freq;       /* (head_dim / 2) */
+    const int32_t *positions;    /* (n_tokens) */
+    const int64_t *slot_mapping; /* (n_tokens) */
+    void *kv;                    /* the pool */
     cv_dtype kv_dtype;
-    size_t block_elems;           /* elements per block (all layers) */
-    size_t layer_off;             /* element offset of this layer's K in a block */
+    size_t block_elems; /* elements per block (all layers) */
+    size_t layer_off;   /* element offset of this layer's K in a block */
 } cuda_qkv_args;
 int cuda_qkv_post(const cuda_qkv_args *a, cudaStream_t stream);
 
@@ -76,12 +76,12 @@ typedef struct cuda_attn_args {
     const void *kv;
     cv_dtype kv_dtype;
     size_t block_elems, layer_off;
-    float scale;                 /* 1 / sqrt(head_dim) */
-    void *out;                   /* (n_tokens, n_heads * head_dim) in out_dtype */
+    float scale; /* 1 / sqrt(head_dim) */
+    void *out;   /* (n_tokens, n_heads * head_dim) in out_dtype */
     cv_dtype out_dtype;
-    size_t out_lo_off;           /* split activations: offset of the lo rows, else 0 */
+    size_t out_lo_off; /* split activations: offset of the lo rows, else 0 */
     int n_splits;
-    float *partial;              /* (n_tokens, n_heads, n_splits, head_dim + 2) when n_splits > 1 */
+    float *partial; /* (n_tokens, n_heads, n_splits, head_dim + 2) when n_splits > 1 */
 } cuda_attn_args;
 int cuda_attention(const cuda_attn_args *a, cudaStream_t stream);
 
@@ -107,14 +107,14 @@ int cuda_sum_halves(const float *y2 /* (2 n) */, size_t n, float *y, int accumul
 #include "base/error.h"
 
 typedef struct cuda_layer {
-    void *wqkv;        /* (n_heads * hd + 2 * n_kv_heads * hd, hidden): wq | wk | wv rows */
-    void *wo;          /* (hidden, n_heads * hd) */
-    void *wgu;         /* (2 * intermediate, hidden): w_gate | w_up rows */
-    void *wdown;       /* (hidden, intermediate) */
-    float *attn_norm;  /* (hidden) */
-    float *ffn_norm;   /* (hidden) */
-    float *bq, *bk, *bv;      /* optional biases */
-    float *q_norm, *k_norm;   /* (head_dim) optional */
+    void *wqkv;             /* (n_heads * hd + 2 * n_kv_heads * hd, hidden): wq | wk | wv rows */
+    void *wo;               /* (hidden, n_heads * hd) */
+    void *wgu;              /* (2 * intermediate, hidden): w_gate | w_up rows */
+    void *wdown;            /* (hidden, intermediate) */
+    float *attn_norm;       /* (hidden) */
+    float *ffn_norm;        /* (hidden) */
+    float *bq, *bk, *bv;    /* optional biases */
+    float *q_norm, *k_norm; /* (head_dim) optional */
 } cuda_layer;
 
 /* One captured step: replayable while the batch has this shape and the
@@ -133,19 +133,19 @@ struct cv_cuda_backend {
     int n_sms;
     cudaStream_t stream;
     cublasHandle_t blas;
-    cv_dtype wdtype;        /* every matrix's dtype; also the GEMM activation dtype */
-    bool split_act;         /* CV_CUDA_ACT_SPLIT on a 16-bit model */
-    void *blas_workspace;   /* fixed cuBLAS workspace (graph capture must not allocate) */
+    cv_dtype wdtype;      /* every matrix's dtype; also the GEMM activation dtype */
+    bool split_act;       /* CV_CUDA_ACT_SPLIT on a 16-bit model */
+    void *blas_workspace; /* fixed cuBLAS workspace (graph capture must not allocate) */
     cv_dtype embed_dtype;
-    void *embed;            /* (vocab, hidden) */
-    void *lm_head;          /* (vocab, hidden); == embed when tied and the same bytes */
-    float *final_norm;      /* (hidden) */
-    float *inv_freq;        /* (head_dim / 2) RoPE inverse frequencies, scaling applied */
-    cuda_layer *layers;     /* (n_layers) */
-    int qkv_dim;            /* (n_heads + 2 * n_kv_heads) * head_dim */
+    void *embed;        /* (vocab, hidden) */
+    void *lm_head;      /* (vocab, hidden); == embed when tied and the same bytes */
+    float *final_norm;  /* (hidden) */
+    float *inv_freq;    /* (head_dim / 2) RoPE inverse frequencies, scaling applied */
+    cuda_layer *layers; /* (n_layers) */
+    int qkv_dim;        /* (n_heads + 2 * n_kv_heads) * head_dim */
 
     cv_dtype kv_dtype;
-    void *kv;               /* the pool, layout in cuda_internal.h */
+    void *kv; /* the pool, layout in cuda_internal.h */
     int n_blocks, block_size;
     size_t block_elems;
 
@@ -156,15 +156,15 @@ struct cv_cuda_backend {
     /* Activations for cap_tokens tokens and cap_logits rows (one allocation). */
     int cap_tokens, cap_logits;
     void *act_mem;
-    float *x;     /* (tokens, hidden) residual stream */
-    void *xn;     /* (tokens, hidden) normalized input of a sublayer, wdtype */
-    float *qkv;   /* (tokens, qkv_dim) */
-    void *attn;   /* (tokens, n_heads * hd) attention output, wdtype */
-    float *gu;    /* (tokens, 2 * intermediate) gate | up */
-    void *mlp;    /* (tokens, intermediate) act(gate) * up, wdtype */
-    void *xl;     /* (logits, hidden) final-normed rows, wdtype */
-    float *y2;    /* split activations: (2 rows, out) GEMM result before the halves are summed */
-    float *logits; /* (logits, vocab) */
+    float *x;       /* (tokens, hidden) residual stream */
+    void *xn;       /* (tokens, hidden) normalized input of a sublayer, wdtype */
+    float *qkv;     /* (tokens, qkv_dim) */
+    void *attn;     /* (tokens, n_heads * hd) attention output, wdtype */
+    float *gu;      /* (tokens, 2 * intermediate) gate | up */
+    void *mlp;      /* (tokens, intermediate) act(gate) * up, wdtype */
+    void *xl;       /* (logits, hidden) final-normed rows, wdtype */
+    float *y2;      /* split activations: (2 rows, out) GEMM result before the halves are summed */
+    float *logits;  /* (logits, vocab) */
     float *partial; /* split-attention partials */
     /* Fewest keys per attention split (32; tests lower it to exercise the
      * split path on tiny contexts). */
@@ -185,18 +185,18 @@ struct cv_cuda_backend {
     double prof_ms[CV_CUDA_N_PHASES];
 };
 
-#define CU(call, what)                                                                         \
-    do {                                                                                       \
-        cudaError_t e_ = (call);                                                               \
-        if (e_ != cudaSuccess)                                                                 \
-            return cv_errorf(err, "cuda backend: %s: %s", what, cudaGetErrorString(e_));       \
+#define CU(call, what)                                                                             \
+    do {                                                                                           \
+        cudaError_t e_ = (call);                                                                   \
+        if (e_ != cudaSuccess)                                                                     \
+            return cv_errorf(err, "cuda backend: %s: %s", what, cudaGetErrorString(e_));           \
     } while (0)
 
-#define CB(call, what)                                                                         \
-    do {                                                                                       \
-        cublasStatus_t s_ = (call);                                                            \
-        if (s_ != CUBLAS_STATUS_SUCCESS)                                                       \
-            return cv_errorf(err, "cuda backend: %s: %s", what, cublasGetStatusString(s_));    \
+#define CB(call, what)                                                                             \
+    do {                                                                                           \
+        cublasStatus_t s_ = (call);                                                                \
+        if (s_ != CUBLAS_STATUS_SUCCESS)                                                           \
+            return cv_errorf(err, "cuda backend: %s: %s", what, cublasGetStatusString(s_));        \
     } while (0)
 
 /* Kernel launchers return a cudaError_t as int. */

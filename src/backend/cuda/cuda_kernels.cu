@@ -12,14 +12,27 @@
 
 #include "backend/cuda/cuda_internal.h"
 
-namespace {
+namespace
+{
 
-__device__ __forceinline__ float to_f(float x) { return x; }
-__device__ __forceinline__ float to_f(__nv_bfloat16 x) { return __bfloat162float(x); }
-__device__ __forceinline__ float to_f(__half x) { return __half2float(x); }
+__device__ __forceinline__ float to_f(float x)
+{
+    return x;
+}
+__device__ __forceinline__ float to_f(__nv_bfloat16 x)
+{
+    return __bfloat162float(x);
+}
+__device__ __forceinline__ float to_f(__half x)
+{
+    return __half2float(x);
+}
 
 template <typename T> __device__ __forceinline__ T from_f(float x);
-template <> __device__ __forceinline__ float from_f<float>(float x) { return x; }
+template <> __device__ __forceinline__ float from_f<float>(float x)
+{
+    return x;
+}
 template <> __device__ __forceinline__ __nv_bfloat16 from_f<__nv_bfloat16>(float x)
 {
     return __float2bfloat16_rn(x);
@@ -33,13 +46,12 @@ template <> __device__ __forceinline__ __half from_f<__half>(float x)
  * activations, 16-bit types only) it also stores the rounding remainder
  * lo_off elements further: hi + lo carries v to about 2^-16 relative, so
  * one GEMM over both halves is as accurate as an fp32 operand. */
-template <typename T> __device__ __forceinline__ void store_act(T *out, size_t i, size_t lo_off,
-                                                                float v)
+template <typename T>
+__device__ __forceinline__ void store_act(T *out, size_t i, size_t lo_off, float v)
 {
     const T hi = from_f<T>(v);
     out[i] = hi;
-    if (lo_off)
-        out[i + lo_off] = from_f<T>(v - to_f(hi));
+    if (lo_off) out[i + lo_off] = from_f<T>(v - to_f(hi));
 }
 
 __device__ __forceinline__ float warp_sum(float v)
@@ -60,10 +72,17 @@ __device__ __forceinline__ float warp_max(float v)
 template <typename F> int with_type(cv_dtype dtype, F f)
 {
     switch (dtype) {
-    case CV_DTYPE_F32: f(float()); break;
-    case CV_DTYPE_F16: f(__half()); break;
-    case CV_DTYPE_BF16: f(__nv_bfloat16()); break;
-    default: return (int)cudaErrorInvalidValue;
+    case CV_DTYPE_F32:
+        f(float());
+        break;
+    case CV_DTYPE_F16:
+        f(__half());
+        break;
+    case CV_DTYPE_BF16:
+        f(__nv_bfloat16());
+        break;
+    default:
+        return (int)cudaErrorInvalidValue;
     }
     return (int)cudaGetLastError();
 }
@@ -92,14 +111,12 @@ __global__ void rmsnorm_kernel(const float *x, const int32_t *rows, const float 
     for (int i = threadIdx.x; i < n; i += blockDim.x)
         ss += xr[i] * xr[i];
     ss = warp_sum(ss);
-    if ((threadIdx.x & 31) == 0)
-        partial[threadIdx.x >> 5] = ss;
+    if ((threadIdx.x & 31) == 0) partial[threadIdx.x >> 5] = ss;
     __syncthreads();
     if (threadIdx.x < 32) {
         float v = threadIdx.x < (blockDim.x >> 5) ? partial[threadIdx.x] : 0.0f;
         v = warp_sum(v);
-        if (threadIdx.x == 0)
-            partial[0] = v;
+        if (threadIdx.x == 0) partial[0] = v;
     }
     __syncthreads();
     /* HF: x * torch.rsqrt(variance + eps), then weight * that. */
@@ -159,8 +176,7 @@ template <typename KV> __global__ void qkv_post_kernel(cuda_qkv_args a)
 #pragma unroll
         for (int p = 0; p < MAX_PAIRS; p++) {
             const int e = lane + 32 * p;
-            if (e >= half)
-                continue;
+            if (e >= half) continue;
             float x0 = lo[p], x1 = hi[p];
             if (item < a.n_heads + nkv) {
                 /* HF: freqs = inv_freq * position in fp32, then cos / sin. */
@@ -190,8 +206,8 @@ enum { ATTN_THREADS = 128, ATTN_TILE = 64, ATTN_LANES_PER_KEY = 8 };
  * head g against keys [k0, k1) of t's causal context, tile by tile with an
  * online softmax. Scores: 8 lanes per key (16 keys at a time); softmax: one
  * warp per head; P.V: one thread per output element d (and d + 128). */
-template <typename KV, typename OUT> __global__ void __launch_bounds__(ATTN_THREADS)
-    attn_kernel(cuda_attn_args a)
+template <typename KV, typename OUT>
+__global__ void __launch_bounds__(ATTN_THREADS) attn_kernel(cuda_attn_args a)
 {
     enum {
         KEY_REGS = CUDA_MAX_HEAD_DIM / ATTN_LANES_PER_KEY,
@@ -252,14 +268,12 @@ template <typename KV, typename OUT> __global__ void __launch_bounds__(ATTN_THRE
 #pragma unroll
                 for (int i = 0; i < KEY_REGS; i++) {
                     const int d = lk + ATTN_LANES_PER_KEY * i;
-                    if (d < hd)
-                        dot += qs[h * hd + d] * kr[i];
+                    if (d < hd) dot += qs[h * hd + d] * kr[i];
                 }
                 dot += __shfl_xor_sync(0xffffffffu, dot, 1);
                 dot += __shfl_xor_sync(0xffffffffu, dot, 2);
                 dot += __shfl_xor_sync(0xffffffffu, dot, 4);
-                if (valid && lk == 0)
-                    sc[h][kk] = dot;
+                if (valid && lk == 0) sc[h][kk] = dot;
             }
         }
         __syncthreads();
@@ -271,10 +285,8 @@ template <typename KV, typename OUT> __global__ void __launch_bounds__(ATTN_THRE
             const float m_new = fmaxf(m_old, warp_max(fmaxf(v0, v1)));
             const float p0 = lane < n ? expf(v0 - m_new) : 0.0f;
             const float p1 = lane + 32 < n ? expf(v1 - m_new) : 0.0f;
-            if (lane < n)
-                sc[h][lane] = p0;
-            if (lane + 32 < n)
-                sc[h][lane + 32] = p1;
+            if (lane < n) sc[h][lane] = p0;
+            if (lane + 32 < n) sc[h][lane + 32] = p1;
             const float sum = warp_sum(p0 + p1);
             __syncwarp(); /* every lane has read m_s[h] before lane 0 rewrites it */
             if (lane == 0) {
@@ -289,19 +301,16 @@ template <typename KV, typename OUT> __global__ void __launch_bounds__(ATTN_THRE
 #pragma unroll
         for (int r = 0; r < D_PER_THREAD; r++) {
             const int d = tid + ATTN_THREADS * r;
-            if (d >= hd)
-                continue;
+            if (d >= hd) continue;
 #pragma unroll
             for (int h = 0; h < CUDA_MAX_GROUP; h++)
-                if (h < G)
-                    acc[h][r] *= alpha_s[h];
+                if (h < G) acc[h][r] *= alpha_s[h];
 #pragma unroll 8
             for (int kk = 0; kk < n; kk++) {
                 const float v = to_f(kbase[row_off[kk] + v_off + d]);
 #pragma unroll
                 for (int h = 0; h < CUDA_MAX_GROUP; h++)
-                    if (h < G)
-                        acc[h][r] += sc[h][kk] * v;
+                    if (h < G) acc[h][r] += sc[h][kk] * v;
             }
         }
         __syncthreads();
@@ -310,19 +319,17 @@ template <typename KV, typename OUT> __global__ void __launch_bounds__(ATTN_THRE
 #pragma unroll
     for (int r = 0; r < D_PER_THREAD; r++) {
         const int d = tid + ATTN_THREADS * r;
-        if (d >= hd)
-            continue;
+        if (d >= hd) continue;
 #pragma unroll
         for (int h = 0; h < CUDA_MAX_GROUP; h++) {
-            if (h >= G)
-                continue;
+            if (h >= G) continue;
             const int head = g * G + h;
             if (a.n_splits == 1) {
                 OUT *o = (OUT *)a.out + (size_t)t * a.n_heads * hd + (size_t)head * hd;
                 store_act(o, d, a.out_lo_off, acc[h][r] / l_s[h]);
             } else {
-                float *p = a.partial +
-                           (((size_t)t * a.n_heads + head) * a.n_splits + sp) * (hd + 2);
+                float *p =
+                    a.partial + (((size_t)t * a.n_heads + head) * a.n_splits + sp) * (hd + 2);
                 p[d] = acc[h][r];
                 if (d == 0) {
                     p[hd] = m_s[h];
@@ -399,16 +406,14 @@ extern "C" int cuda_embed(cv_dtype dtype, const void *embed, const int32_t *ids,
     });
 }
 
-extern "C" int cuda_rmsnorm(const float *x, const int32_t *rows, int n_rows, const float *w,
-                            int n, float eps, cv_dtype out_dtype, void *out, int ld_out,
-                            size_t lo_off, cudaStream_t stream)
+extern "C" int cuda_rmsnorm(const float *x, const int32_t *rows, int n_rows, const float *w, int n,
+                            float eps, cv_dtype out_dtype, void *out, int ld_out, size_t lo_off,
+                            cudaStream_t stream)
 {
-    if (n_rows <= 0)
-        return 0;
+    if (n_rows <= 0) return 0;
     return with_type(out_dtype, [&](auto v) {
         using T = decltype(v);
-        rmsnorm_kernel<T><<<n_rows, 256, 0, stream>>>(x, rows, w, n, eps, (T *)out, ld_out,
-                                                      lo_off);
+        rmsnorm_kernel<T><<<n_rows, 256, 0, stream>>>(x, rows, w, n, eps, (T *)out, ld_out, lo_off);
     });
 }
 
@@ -431,8 +436,7 @@ extern "C" int cuda_attention(const cuda_attn_args *a, cudaStream_t stream)
             attn_kernel<KV, OUT><<<grid, ATTN_THREADS, 0, stream>>>(*a);
         });
         if (rc == 0 && a->n_splits > 1)
-            attn_combine_kernel<OUT>
-                <<<dim3(a->n_tokens, a->n_heads), 128, 0, stream>>>(*a);
+            attn_combine_kernel<OUT><<<dim3(a->n_tokens, a->n_heads), 128, 0, stream>>>(*a);
     });
     return rc ? rc : rc_out;
 }
