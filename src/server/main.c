@@ -23,6 +23,7 @@ static void usage(FILE *f)
             "  --exit-on-error=BOOL      exit when a model fails to load at start (true)\n"
             "  --strict-readiness=BOOL   ready only when every model is (true)\n"
             "  --exit-timeout-secs=N     drain limit on SIGINT/SIGTERM (30)\n"
+            "  --repository-poll-secs=N  poll mode: seconds between repository scans (15)\n"
             "  --backend-config=BACKEND,KEY=VALUE  accepted (cvllm has no stub processes)\n"
             "  --threads=N               engine threads per model (0 = all cores)\n");
 }
@@ -108,6 +109,8 @@ int main(int argc, char **argv)
             rc = parse_bool(flag, val, &o.strict_readiness);
         } else if (!strcmp(flag, "--exit-timeout-secs")) {
             rc = parse_int(flag, val, 0, 86400, &o.exit_timeout_s);
+        } else if (!strcmp(flag, "--repository-poll-secs")) {
+            rc = parse_int(flag, val, 1, 86400, &o.repository_poll_s);
         } else if (!strcmp(flag, "--threads")) {
             rc = parse_int(flag, val, 0, 4096, &o.n_threads);
         } else if (!strcmp(flag, "--log-verbose")) {

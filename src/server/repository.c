@@ -18,6 +18,7 @@ typedef struct model_entry {
     char version[24];
     char reason[CV_ERROR_MSG_BYTES];
     cv_model *model; /* the READY model, holding the repository's reference */
+    uint64_t stamp;  /* newest mtime (ns) of the model's files at the last load */
 } model_entry;
 
 struct cv_repository {
@@ -127,6 +128,35 @@ static bool find_model_dir(const cv_repository *r, const char *name, char *out, 
     return false;
 }
 
+static uint64_t mtime_of(const char *path)
+{
+    struct stat st;
+    if (stat(path, &st) != 0) return 0;
+    return (uint64_t)st.st_mtim.tv_sec * 1000000000u + (uint64_t)st.st_mtim.tv_nsec;
+}
+
+/* The newest modification time of config.pbtxt, the version directories
+ * and their model.json: what poll mode watches. */
+static uint64_t model_stamp(const char *dir)
+{
+    char p[8400];
+    snprintf(p, sizeof p, "%s/config.pbtxt", dir);
+    uint64_t newest = mtime_of(p);
+    DIR *d = opendir(dir);
+    if (!d) return newest;
+    struct dirent *de;
+    while ((de = readdir(d))) {
+        if (de->d_name[0] == '.') continue;
+        uint64_t t;
+        snprintf(p, sizeof p, "%s/%s", dir, de->d_name);
+        if ((t = mtime_of(p)) > newest) newest = t;
+        snprintf(p, sizeof p, "%s/%s/model.json", dir, de->d_name);
+        if ((t = mtime_of(p)) > newest) newest = t;
+    }
+    closedir(d);
+    return newest;
+}
+
 /* The version to serve under the config's version policy: the highest
  * numeric subdirectory allowed (cvllm serves one version per model). */
 static int pick_version(const char *dir, const cv_model_config *cfg, int64_t *version,
@@ -228,6 +258,7 @@ int cv_repository_load(cv_repository *r, const char *name, cv_error *err)
     }
     cv_model_state prev = e->state;
     e->state = CV_MODEL_LOADING;
+    e->stamp = model_stamp(dir);
     pthread_mutex_unlock(&r->mu);
 
     cv_log_info("loading: %s", name);
@@ -305,6 +336,42 @@ int cv_repository_load_all(cv_repository *r)
         failed += cv_repository_load(r, names[i], &err) < 0;
         free(names[i]);
     }
+    free(names);
+    return failed;
+}
+
+int cv_repository_poll(cv_repository *r)
+{
+    int n, failed = 0;
+    char **names = list_models(r, &n);
+    for (int i = 0; i < n; i++) {
+        char dir[4096];
+        if (!find_model_dir(r, names[i], dir, sizeof dir)) continue;
+        uint64_t stamp = model_stamp(dir);
+        pthread_mutex_lock(&r->mu);
+        model_entry *e = find_entry(r, names[i]);
+        bool stale = !e || e->state == CV_MODEL_UNKNOWN || e->stamp != stamp;
+        pthread_mutex_unlock(&r->mu);
+        cv_error err;
+        if (stale) failed += cv_repository_load(r, names[i], &err) < 0;
+    }
+    /* Models whose directory went away. */
+    for (;;) {
+        char gone[256] = "";
+        pthread_mutex_lock(&r->mu);
+        for (int i = 0; i < r->n_entries && !gone[0]; i++) {
+            bool listed = false;
+            for (int j = 0; j < n; j++)
+                listed |= !strcmp(names[j], r->entries[i].name);
+            if (!listed && r->entries[i].model)
+                snprintf(gone, sizeof gone, "%s", r->entries[i].name);
+        }
+        pthread_mutex_unlock(&r->mu);
+        cv_error err;
+        if (!gone[0] || cv_repository_unload(r, gone, &err) < 0) break;
+    }
+    for (int i = 0; i < n; i++)
+        free(names[i]);
     free(names);
     return failed;
 }

@@ -75,6 +75,11 @@ int cv_repository_load(cv_repository *repo, const char *name, cv_error *err);
  * failed (their messages are logged). */
 int cv_repository_load_all(cv_repository *repo);
 int cv_repository_unload(cv_repository *repo, const char *name, cv_error *err);
+/* Poll mode: loads the model directories that appeared, or whose
+ * config.pbtxt, version directories or model.json changed since their last
+ * load, and unloads models whose directory went away. Returns the number
+ * of loads that failed. */
+int cv_repository_poll(cv_repository *repo);
 
 /* A READY model by name and optional version ("" or NULL = any), with a
  * reference; NULL with err and *http_status (404 unknown, 400 not ready)

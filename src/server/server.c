@@ -1,5 +1,6 @@
 /* cv_server_run: model loading, the event loop, readiness, counters and the
  * SIGINT/SIGTERM drain. */
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -28,6 +29,7 @@ void cv_server_options_default(cv_server_options *o)
     o->exit_on_error = true;
     o->strict_readiness = true;
     o->exit_timeout_s = 30;
+    o->repository_poll_s = 15;
 }
 
 bool cv_server_ready(cv_server *s)
@@ -122,8 +124,27 @@ static void on_signal(evutil_socket_t sig, short what, void *arg)
     if (!s->drain_timer || event_add(s->drain_timer, &tick) < 0) event_base_loopexit(s->base, NULL);
 }
 
+/* Poll mode: re-scan the repositories every repository_poll_s seconds on
+ * this thread (loads take long; the event loop must not wait for them). */
+static void *poll_main(void *arg)
+{
+    cv_server *s = arg;
+    for (;;) {
+        for (int t = 0; t < s->opts.repository_poll_s * 20; t++) {
+            if (atomic_load(&s->stop_poll)) return NULL;
+            struct timespec ts = {0, 50000000};
+            nanosleep(&ts, NULL);
+        }
+        cv_repository_poll(s->repo);
+    }
+}
+
 static void server_free(cv_server *s)
 {
+    if (s->poll_started) {
+        atomic_store(&s->stop_poll, true);
+        pthread_join(s->poll_thread, NULL);
+    }
     if (s->grpc) cv_grpc_destroy(s->grpc);
     if (s->http) cv_http_destroy(s->http);
     if (s->metrics) evhttp_free(s->metrics);
@@ -158,6 +179,13 @@ int cv_server_run(const cv_server_options *o, cv_error *err)
         evsignal_add(s->sig_term, NULL) < 0) {
         cv_errorf(err, "cannot install signal handlers");
         goto out;
+    }
+    if (o->control_mode == CV_CONTROL_POLL) {
+        if (pthread_create(&s->poll_thread, NULL, poll_main, s) != 0) {
+            cv_errorf(err, "cannot start the repository poller");
+            goto out;
+        }
+        s->poll_started = true;
     }
     event_base_dispatch(s->base);
     cv_log_info("all requests finished: exiting");

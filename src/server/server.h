@@ -16,7 +16,7 @@
 typedef enum {
     CV_CONTROL_NONE = 0, /* load every model at start */
     CV_CONTROL_EXPLICIT, /* load --load-model ones; load/unload APIs */
-    CV_CONTROL_POLL,     /* like NONE; cvllm does not re-scan (accepted for compatibility) */
+    CV_CONTROL_POLL,     /* like NONE, then re-scans every repository_poll_s */
 } cv_control_mode;
 
 enum { CV_SERVER_MAX_LIST = 32 };
@@ -32,6 +32,7 @@ typedef struct cv_server_options {
     bool exit_on_error;    /* true: a failed load at start is fatal */
     bool strict_readiness; /* true: ready only when every model is */
     int exit_timeout_s;    /* drain limit on SIGINT/SIGTERM (30) */
+    int repository_poll_s; /* poll mode: seconds between scans (15) */
     int n_threads;         /* engine backend threads (0 = all cores) */
 } cv_server_options;
 

@@ -3,6 +3,7 @@
 #ifndef CV_SERVER_INTERNAL_H
 #define CV_SERVER_INTERNAL_H
 
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdint.h>
 
@@ -29,6 +30,9 @@ typedef struct cv_server {
     bool drain_aborted; /* exit_timeout_s passed: requests were aborted */
     struct event *drain_timer;
     struct event *sig_int, *sig_term;
+    pthread_t poll_thread; /* poll mode only */
+    bool poll_started;
+    atomic_bool stop_poll;
 } cv_server;
 
 /* Server readiness as /v2/health/ready and ServerReady report it. */

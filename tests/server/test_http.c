@@ -670,6 +670,57 @@ static void test_command_line_errors(void **state)
                "directory\nrc=1\n");
 }
 
+/* Polls url until it answers `status`, up to ~10 s. */
+static bool wait_status(const char *u, long status)
+{
+    for (int i = 0; i < 200; i++) {
+        char *resp = NULL;
+        long st = th_http("GET", u, NULL, &resp);
+        free(resp);
+        if (st == status) return true;
+        usleep(50000);
+    }
+    return false;
+}
+
+static void test_poll_mode(void **state)
+{
+    (void)state;
+    const char *repo = th_make_repo();
+    test_server s;
+    const char *poll[] = {"--model-control-mode=poll", "--repository-poll-secs=1", NULL};
+    assert_true(th_start(&s, repo, poll));
+    char u[160], p[400];
+    snprintf(u, sizeof u, "http://127.0.0.1:%d/v2/models/late/ready", s.http_port);
+    assert_true(wait_status(u, 400));
+    /* A model directory that appears is loaded. */
+    th_add_model(repo, "late", "backend: \"vllm\"\n", th_stories_json());
+    assert_true(wait_status(u, 200));
+    /* A changed config.pbtxt reloads the model with it. */
+    snprintf(p, sizeof p, "%s/late/config.pbtxt", repo);
+    FILE *f = fopen(p, "w");
+    assert_non_null(f);
+    fputs("backend: \"vllm\"\nparameters: { key: \"X\" value: { string_value: \"1\" } }\n", f);
+    fclose(f);
+    snprintf(u, sizeof u, "http://127.0.0.1:%d/v2/models/late/config", s.http_port);
+    bool reloaded = false;
+    for (int i = 0; i < 200 && !reloaded; i++) {
+        char *resp = NULL;
+        th_http("GET", u, NULL, &resp);
+        reloaded = strstr(resp, "\"X\":{\"string_value\":\"1\"}") != NULL;
+        free(resp);
+        if (!reloaded) usleep(50000);
+    }
+    assert_true(reloaded);
+    /* A model directory that goes away is unloaded. */
+    char cmd[400];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s/stories'", repo);
+    assert_int_equal(system(cmd), 0);
+    snprintf(u, sizeof u, "http://127.0.0.1:%d/v2/models/stories/ready", s.http_port);
+    assert_true(wait_status(u, 400));
+    assert_int_equal(th_stop(&s), 0);
+}
+
 static void test_exit_on_error_and_readiness(void **state)
 {
     (void)state;
@@ -722,6 +773,7 @@ int main(void)
         cmocka_unit_test(test_sigterm_drains_and_exits_zero),
         cmocka_unit_test(test_exit_on_error_and_readiness),
         cmocka_unit_test(test_command_line_errors),
+        cmocka_unit_test(test_poll_mode),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
