@@ -5,7 +5,11 @@
  *
  * Threads: the calling thread runs the event loop (HTTP, metrics, signals,
  * HTTP request outputs); gRPC adds a completion-queue thread and an output
- * thread; each loaded model has its engine thread. */
+ * thread; each loaded model has its engine thread; a model load requested
+ * over HTTP or gRPC runs on a thread of its own, and poll mode adds the
+ * repository poller. Prompts are tokenized by the engine on the thread that
+ * submits them (the event loop or the completion queue): ~13 ms for a
+ * 200 KB prompt, well under a millisecond for ordinary ones. */
 #ifndef CV_SERVER_SERVER_H
 #define CV_SERVER_SERVER_H
 
