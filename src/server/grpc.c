@@ -383,6 +383,7 @@ static void stream_request(stream *st, const uint8_t *data, size_t len)
         if (!(r->wanted[i] = strdup(rq->outputs[i]->name))) rc = cv_errorf(&err, "out of memory");
         r->n_wanted = i + 1;
     }
+    if (rc == 0 && !cv_model_healthy(r->model)) rc = cv_errorf(&err, CV_MODEL_UNHEALTHY_MSG);
     if (rc == 0) rc = cv_grpc_parse_infer(rq, r->model, &r->ir, &r->empty_final, &err);
     if (rc == 0) rc = cv_infer_prepare(&r->ir, r->model, &err);
     if (rc == 0 && !(r->engine_id = cv_infer_submit(&r->ir, r->model, g->q, r, &err))) rc = -1;

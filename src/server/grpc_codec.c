@@ -370,7 +370,7 @@ grpc_status_code cv_grpc_unary(cv_server *s, const char *method, const uint8_t *
         int http;
         cv_model *m = cv_repository_acquire(s->repo, rq->name, rq->version, &err, &http);
         Inference__ModelReadyResponse r = INFERENCE__MODEL_READY_RESPONSE__INIT;
-        r.ready = m != NULL;
+        r.ready = m && cv_model_healthy(m);
         if (m) cv_model_release(m);
         protobuf_c_message_free_unpacked(&rq->base, NULL);
         return reply(&u, &r.base);

@@ -379,12 +379,14 @@ static void do_generate(cv_http *h, struct evhttp_request *req, cv_model *m, req
     cv_error err = {""};
     int rc = collect_generate(&hr->ir, m, body, &err);
     json_decref(body);
+    bool unavailable = !cv_model_healthy(m);
+    if (unavailable) rc = cv_errorf(&err, CV_MODEL_UNHEALTHY_MSG);
     if (rc == 0) rc = cv_infer_prepare(&hr->ir, m, &err);
     if (rc == 0 && atomic_load(&h->s->draining))
         rc = cv_errorf(&err, "Server is stopping: no new requests are accepted");
     if (rc == 0 && !(hr->engine_id = cv_infer_submit(&hr->ir, m, h->q, hr, &err))) rc = -1;
     if (rc < 0) {
-        reply_error(req, atomic_load(&h->s->draining) ? 503 : 400, err.msg);
+        reply_error(req, unavailable || atomic_load(&h->s->draining) ? 503 : 400, err.msg);
         cv_server_account(m, false, hr->start_ns);
         cv_infer_request_free(&hr->ir);
         cv_model_release(m);
@@ -468,11 +470,10 @@ static void route_model(cv_http *h, struct evhttp_request *req, enum evhttp_cmd_
     int status = 0;
     cv_model *m = cv_repository_acquire(h->s->repo, name, version, &err, &status);
     if (is_ready) {
+        bool ready = m && cv_model_healthy(m);
         if (m) cv_model_release(m);
-        {
-            reply_empty(req, m ? 200 : 400);
-            return;
-        }
+        reply_empty(req, ready ? 200 : 400);
+        return;
     }
     if (!m) {
         reply_error(req, status, err.msg);

@@ -229,6 +229,7 @@ static cv_model *build_model(cv_repository *r, const char *name, const char *dir
         goto fail;
     }
     m->report_custom_metrics = cv_model_config_param_true(&m->cfg, "REPORT_CUSTOM_METRICS");
+    m->health_check = cv_model_config_param_true(&m->cfg, "ENABLE_VLLM_HEALTH_CHECK");
     cv_error eerr = {""};
     m->engine = cv_engine_create(&m->args, &eerr);
     if (!m->engine) {
@@ -396,6 +397,11 @@ int cv_repository_unload(cv_repository *r, const char *name, cv_error *err)
     if (gone) model_free(gone);
     cv_log_info("successfully unloaded '%s'", name);
     return 0;
+}
+
+bool cv_model_healthy(const cv_model *model)
+{
+    return !model->health_check || cv_engine_is_healthy(model->engine);
 }
 
 cv_model *cv_repository_acquire(cv_repository *r, const char *name, const char *version,

@@ -54,6 +54,7 @@ typedef struct cv_model {
     cv_model_json_extra extra;
     cv_engine *engine;
     bool report_custom_metrics; /* config parameter REPORT_CUSTOM_METRICS */
+    bool health_check;          /* config parameter ENABLE_VLLM_HEALTH_CHECK */
     cv_model_counters counters;
     int refs; /* guarded by the repository lock */
     struct cv_repository *repo;
@@ -87,6 +88,12 @@ int cv_repository_poll(cv_repository *repo);
 cv_model *cv_repository_acquire(cv_repository *repo, const char *name, const char *version,
                                 cv_error *err, int *http_status);
 void cv_model_release(cv_model *model);
+
+/* False when ENABLE_VLLM_HEALTH_CHECK is on and the engine has failed a
+ * step: the model then reports not ready and refuses requests with
+ * CV_MODEL_UNHEALTHY_MSG (503 / UNAVAILABLE), as the vLLM backend does. */
+bool cv_model_healthy(const cv_model *model);
+#define CV_MODEL_UNHEALTHY_MSG "Model is unavailable due to unhealthy vLLM engine"
 
 /* Triton's repository index: [{"name","version","state","reason"}...]
  * over every model directory of every root. */

@@ -355,6 +355,28 @@ static void test_parallel_sizes(void **state)
     expect("POST", "/v2/repository/models/tp_model/unload", "", 200, "");
 }
 
+/* ENABLE_VLLM_HEALTH_CHECK on a healthy engine: the model is ready and
+ * serves. (An engine only turns unhealthy when a step fails, which a CPU
+ * backend given valid batches does not do, so the 503 path has no test.) */
+static void test_health_check_on(void **state)
+{
+    (void)state;
+    th_add_model(srv.repo, "checked",
+                 "backend: \"vllm\"\n"
+                 "parameters: { key: \"ENABLE_VLLM_HEALTH_CHECK\" value: { string_value: "
+                 "\"true\" } }\n"
+                 "instance_group [ { count: 1 kind: KIND_MODEL } ]\n",
+                 th_stories_json());
+    expect("POST", "/v2/repository/models/checked/load", "", 200, "");
+    expect("GET", "/v2/models/checked/ready", NULL, 200, "");
+    expect("POST", "/v2/models/checked/generate",
+           "{\"text_input\": \"Once upon a time\", \"parameters\": {\"max_tokens\": 4, "
+           "\"temperature\": 0, \"return_num_output_tokens\": true}}",
+           200, NULL);
+    expect("POST", "/v2/repository/models/checked/unload", "", 200, "");
+    expect("GET", "/v2/models/checked/ready", NULL, 400, "");
+}
+
 static void test_lora_names(void **state)
 {
     (void)state;
@@ -765,6 +787,7 @@ int main(void)
         cmocka_unit_test(test_documented_errors),
         cmocka_unit_test(test_repository_explicit_mode),
         cmocka_unit_test(test_lora_names),
+        cmocka_unit_test(test_health_check_on),
         cmocka_unit_test(test_parallel_sizes),
         cmocka_unit_test(test_disconnect_aborts_request),
         cmocka_unit_test(test_metrics_exact),
