@@ -12,7 +12,7 @@
 #   NAME=serving_sweep_L125M  MODEL_DIR=<generated L125M f16>  MODEL_DESC=<text>
 #   CONCURRENCY="1 4 16 64"  INPUT_LEN=128  OUTPUT_LEN=128
 #   PROMPTS_PER_SLOT=2 (num prompts = max(8, PROMPTS_PER_SLOT * concurrency))
-#   BACKEND=triton-grpc (or triton-http)  SERVER_ARGS=""  SEED=0
+#   BACKEND=triton-grpc (or triton-http)  SERVER_ARGS=""  SEED=0  COMMIT=<git HEAD>
 set -euo pipefail
 
 BIN=${BIN:-build/bin}
@@ -74,6 +74,8 @@ done
 
 port=$grpc_port
 [ "$BACKEND" = triton-grpc ] || port=$http_port
+# Other processes on the same cores skew every figure: record the load.
+load_start=$(cut -d' ' -f1-3 /proc/loadavg)
 results=()
 for c in $CONCURRENCY; do
   n=$((PROMPTS_PER_SLOT * c)); [ "$n" -ge 8 ] || n=8
@@ -97,14 +99,17 @@ for c in $CONCURRENCY; do
   results+=("$work/c$c.json")
 done
 
+load_end=$(cut -d' ' -f1-3 /proc/loadavg)
+commit=${COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}
 mkdir -p "$OUT"
 cpu=$(lscpu | sed -n 's/^Model name: *//p' | head -1)
 cores=$(nproc)
 cmd="CONCURRENCY=\"$CONCURRENCY\" INPUT_LEN=$INPUT_LEN OUTPUT_LEN=$OUTPUT_LEN BACKEND=$BACKEND bench/serving/sweep.sh"
-python3 - "$OUT/$NAME" "$cpu" "$cores" "$cmd" "$MODEL_DESC" "${results[@]}" <<'PY'
+python3 - "$OUT/$NAME" "$cpu" "$cores" "$cmd" "$MODEL_DESC" "$commit" "$load_start" "$load_end" \
+  "${results[@]}" <<'PY'
 import json, sys, datetime
-base, cpu, cores, cmd, model = sys.argv[1:6]
-runs = [json.load(open(p)) for p in sys.argv[6:]]
+base, cpu, cores, cmd, model, commit, load_start, load_end = sys.argv[1:9]
+runs = [json.load(open(p)) for p in sys.argv[9:]]
 with open(base + ".json", "w") as f:
     json.dump([{k: v for k, v in r.items() if k != "requests"} for r in runs], f, indent=1)
 with open(base + ".dat", "w") as f:
@@ -130,7 +135,8 @@ with open(base + ".md", "w") as f:
             "level.\n\n" % (datetime.datetime.utcnow().strftime("%Y-%m-%d %H:%M UTC"), cpu, cores,
             runs[0]["backend"], model, runs[0]["requests"][0]["prompt_len"],
             runs[0]["requests"][0]["expected_output_len"]))
-    f.write("Command: `%s`\n\n" % cmd)
+    f.write("Command: `%s` (cvllm %s). Load average (1/5/15 min) at the start: %s, at the end: "
+            "%s.\n\n" % (cmd, commit, load_start, load_end))
     f.write("| concurrency | done | failed | req/s | output tok/s | total tok/s | TTFT mean / p50 / p99 (ms) | TPOT mean / p50 / p99 (ms) | ITL p50 / p99 (ms) | E2EL p50 / p99 (s) |\n")
     f.write("|---|---|---|---|---|---|---|---|---|---|\n")
     f.write("\n".join(rows) + "\n\n")
