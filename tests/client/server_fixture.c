@@ -124,11 +124,13 @@ void test_server_start(test_server *s)
     snprintf(path, sizeof path, "%s/repo/vllm_model/1", s->dir);
     assert_int_equal(mkdir(path, 0755), 0);
     snprintf(path, sizeof path, "%s/repo/vllm_model/config.pbtxt", s->dir);
-    write_file(path, "backend: \"vllm\"\n"
-                     "instance_group [{ count: 1, kind: KIND_MODEL }]\n"
-                     "parameters: { key: \"REPORT_CUSTOM_METRICS\" value: { string_value: \"true\" } }\n");
+    write_file(
+        path, "backend: \"vllm\"\n"
+              "instance_group [{ count: 1, kind: KIND_MODEL }]\n"
+              "parameters: { key: \"REPORT_CUSTOM_METRICS\" value: { string_value: \"true\" } }\n");
     snprintf(path, sizeof path, "%s/repo/vllm_model/1/model.json", s->dir);
-    snprintf(text, sizeof text, "{\"model\": \"%s/models/stories260K\", \"seed\": 0}\n", shared_dir());
+    snprintf(text, sizeof text, "{\"model\": \"%s/models/stories260K\", \"seed\": 0}\n",
+             shared_dir());
     write_file(path, text);
 
     s->http_port = free_port();

@@ -9,7 +9,7 @@
 #include <sys/types.h>
 
 typedef struct test_server {
-    char dir[256];      /* temporary directory: repository, logs, outputs */
+    char dir[256]; /* temporary directory: repository, logs, outputs */
     int http_port, grpc_port, metrics_port;
     pid_t pid;
 } test_server;

@@ -32,13 +32,16 @@ static void test_bad_arguments(void **state)
     close(fd);
     char *out;
     assert_int_equal(run(&out, "--offset", "x", NULL), 2);
-    assert_non_null(strstr(out, "\ncvllm-client: error: argument --offset: invalid int value: 'x'\n"));
+    assert_non_null(
+        strstr(out, "\ncvllm-client: error: argument --offset: invalid int value: 'x'\n"));
     free(out);
     assert_int_equal(run(&out, "-t", "soon", NULL), 2);
-    assert_non_null(strstr(out, "\ncvllm-client: error: argument -t/--stream-timeout: invalid float value: 'soon'\n"));
+    assert_non_null(strstr(
+        out, "\ncvllm-client: error: argument -t/--stream-timeout: invalid float value: 'soon'\n"));
     free(out);
     assert_int_equal(run(&out, "--iterations", NULL, NULL), 2);
-    assert_non_null(strstr(out, "\ncvllm-client: error: argument --iterations: expected one argument\n"));
+    assert_non_null(
+        strstr(out, "\ncvllm-client: error: argument --iterations: expected one argument\n"));
     free(out);
     assert_int_equal(run(&out, "--frobnicate", NULL, NULL), 2);
     assert_non_null(strstr(out, "\ncvllm-client: error: unrecognized arguments: --frobnicate\n"));

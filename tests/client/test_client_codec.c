@@ -67,12 +67,14 @@ static void test_bytes_decode_errors(void **state)
     size_t *lens, n;
     cv_error err = {0};
     static const uint8_t truncated_prefix[] = {1, 0, 0, 0, 'a', 9, 0};
-    assert_int_equal(cvc_bytes_decode(truncated_prefix, sizeof truncated_prefix, &elems, &lens, &n, &err), -1);
+    assert_int_equal(
+        cvc_bytes_decode(truncated_prefix, sizeof truncated_prefix, &elems, &lens, &n, &err), -1);
     assert_string_equal(err.msg, "BYTES tensor element 1: truncated length prefix (2 of 4 bytes)");
     assert_null(elems);
     static const uint8_t overrun[] = {9, 0, 0, 0, 'a', 'b'};
     assert_int_equal(cvc_bytes_decode(overrun, sizeof overrun, &elems, &lens, &n, &err), -1);
-    assert_string_equal(err.msg, "BYTES tensor element 0: length 9 runs past the end (2 bytes left)");
+    assert_string_equal(err.msg,
+                        "BYTES tensor element 0: length 9 runs past the end (2 bytes left)");
 }
 
 static void test_bool(void **state)
@@ -120,16 +122,15 @@ static void feed_all(cvc_sse_parser *p, const char *s, size_t chunk)
     }
 }
 
-static const char *stream_text =
-    ": comment line\n"
-    "data: {\"text_output\":\"Once\"}\n\n"
-    "event: message\r\n"
-    "data:{\"a\":1}\r\n"
-    "id: 7\r\n\r\n"
-    "data: first\rdata: second\r\r"
-    "data\n\n"
-    "retry: 10\n\n"
-    "data: tail-without-blank-line\n";
+static const char *stream_text = ": comment line\n"
+                                 "data: {\"text_output\":\"Once\"}\n\n"
+                                 "event: message\r\n"
+                                 "data:{\"a\":1}\r\n"
+                                 "id: 7\r\n\r\n"
+                                 "data: first\rdata: second\r\r"
+                                 "data\n\n"
+                                 "retry: 10\n\n"
+                                 "data: tail-without-blank-line\n";
 
 static void check_stream(const events *e)
 {
@@ -220,14 +221,17 @@ static void test_request_encode(void **state)
     for (size_t i = 0; i < 3; i++) {
         const Inference__InferParameter *v = m->parameters[i]->value;
         if (!strcmp(m->parameters[i]->key, "temperature")) {
-            assert_int_equal(v->parameter_choice_case, INFERENCE__INFER_PARAMETER__PARAMETER_CHOICE_STRING_PARAM);
+            assert_int_equal(v->parameter_choice_case,
+                             INFERENCE__INFER_PARAMETER__PARAMETER_CHOICE_STRING_PARAM);
             assert_string_equal(v->string_param, "0.1");
         } else if (!strcmp(m->parameters[i]->key, "max_tokens")) {
-            assert_int_equal(v->parameter_choice_case, INFERENCE__INFER_PARAMETER__PARAMETER_CHOICE_INT64_PARAM);
+            assert_int_equal(v->parameter_choice_case,
+                             INFERENCE__INFER_PARAMETER__PARAMETER_CHOICE_INT64_PARAM);
             assert_int_equal(v->int64_param, 7);
         } else {
             assert_string_equal(m->parameters[i]->key, "ignore_eos");
-            assert_int_equal(v->parameter_choice_case, INFERENCE__INFER_PARAMETER__PARAMETER_CHOICE_BOOL_PARAM);
+            assert_int_equal(v->parameter_choice_case,
+                             INFERENCE__INFER_PARAMETER__PARAMETER_CHOICE_BOOL_PARAM);
             assert_true(v->bool_param);
         }
     }
@@ -293,7 +297,8 @@ static uint8_t *pack_response(bool raw, size_t *len)
     Inference__InferParameter final = INFERENCE__INFER_PARAMETER__INIT;
     final.parameter_choice_case = INFERENCE__INFER_PARAMETER__PARAMETER_CHOICE_BOOL_PARAM;
     final.bool_param = true;
-    Inference__ModelInferResponse__ParametersEntry e = INFERENCE__MODEL_INFER_RESPONSE__PARAMETERS_ENTRY__INIT;
+    Inference__ModelInferResponse__ParametersEntry e =
+        INFERENCE__MODEL_INFER_RESPONSE__PARAMETERS_ENTRY__INIT;
     e.key = "triton_final_response";
     e.value = &final;
     Inference__ModelInferResponse__ParametersEntry *ep = &e;

@@ -31,7 +31,8 @@ static int setup(void **state)
     snprintf(path, sizeof path, "%s/prompts.txt", s.dir);
     FILE *f = fopen(path, "w");
     if (!f) return -1;
-    for (size_t i = 0; i < 4; i++) fputs(prompts[i], f);
+    for (size_t i = 0; i < 4; i++)
+        fputs(prompts[i], f);
     fclose(f);
     *state = &s;
     return 0;
@@ -57,9 +58,11 @@ static int run_client(test_server *s, const char *const *extra, size_t n_extra, 
     snprintf(results_path, sizeof results_path, "%s/results.txt", s->dir);
     snprintf(out_path, sizeof out_path, "%s/client.out", s->dir);
     remove(results_path);
-    char *argv[32] = {exe, "-u", url, "--input-prompts", prompts_path, "--results-file", results_path};
+    char *argv[32] = {exe,         "-u", url, "--input-prompts", prompts_path, "--results-file",
+                      results_path};
     size_t argc = 7;
-    for (size_t i = 0; i < n_extra; i++) argv[argc++] = (char *)extra[i];
+    for (size_t i = 0; i < n_extra; i++)
+        argv[argc++] = (char *)extra[i];
     argv[argc] = NULL;
     int rc = test_run(argv, out_path);
     *out = test_read_file(out_path);
@@ -132,7 +135,8 @@ static void test_non_streaming_prepends_prompt(void **state)
     assert_int_equal(run_client(s, extra, 1, &out, &results), 0);
     assert_non_null(strstr(out, "PASS: vLLM example\n"));
     assert_int_equal(sections(results, sec, 8), 4);
-    for (size_t i = 0; i < 4; i++) assert_true(strncmp(sec[i], prompts[i], strlen(prompts[i])) != 0);
+    for (size_t i = 0; i < 4; i++)
+        assert_true(strncmp(sec[i], prompts[i], strlen(prompts[i])) != 0);
     free(out);
     free(results);
 }
@@ -218,7 +222,8 @@ static void test_stream_two_requests(void **state)
         assert_true(r.arrival_ns > 0);
         if (r.num_output_tokens >= 0) tokens[k] += r.num_output_tokens;
         if (r.num_input_tokens >= 0) n_in[k] = r.num_input_tokens;
-        for (size_t i = 0; i < r.n_text; i++) text_len[k] += r.text_len[i];
+        for (size_t i = 0; i < r.n_text; i++)
+            text_len[k] += r.text_len[i];
         if (r.final) {
             finals[k] = 1;
             assert_non_null(r.finish_reason);
@@ -294,8 +299,9 @@ static void test_http_stream_matches_generate(void **state)
 {
     test_server *s = *state;
     char url[128];
-    const char *body = "{\"text_input\": \"Once upon a time\", \"parameters\": {\"max_tokens\": 20, "
-                       "\"temperature\": 0, \"exclude_input_in_output\": true}}";
+    const char *body =
+        "{\"text_input\": \"Once upon a time\", \"parameters\": {\"max_tokens\": 20, "
+        "\"temperature\": 0, \"exclude_input_in_output\": true}}";
     cvc_http_result res;
     cv_error err = {0};
     snprintf(url, sizeof url, "http://127.0.0.1:%d/v2/models/vllm_model/generate", s->http_port);
@@ -309,9 +315,11 @@ static void test_http_stream_matches_generate(void **state)
     assert_true(strlen(whole) > 0);
     cvc_http_result_free(&res);
 
-    const char *sbody = "{\"text_input\": \"Once upon a time\", \"parameters\": {\"max_tokens\": 20, "
-                        "\"temperature\": 0, \"stream\": true}}";
-    snprintf(url, sizeof url, "http://127.0.0.1:%d/v2/models/vllm_model/generate_stream", s->http_port);
+    const char *sbody =
+        "{\"text_input\": \"Once upon a time\", \"parameters\": {\"max_tokens\": 20, "
+        "\"temperature\": 0, \"stream\": true}}";
+    snprintf(url, sizeof url, "http://127.0.0.1:%d/v2/models/vllm_model/generate_stream",
+             s->http_port);
     sse_text t = {0};
     assert_int_equal(cvc_http_post_sse(url, sbody, 30000, collect_sse, &t, &res, &err), 0);
     assert_int_equal(res.status, 200);

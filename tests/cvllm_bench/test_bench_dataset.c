@@ -51,7 +51,8 @@ static void check_random(const char *tokenizer, int input_len, double ratio)
     }
     assert_true(varied == (ratio > 0));
     assert_int_equal(bench_dataset_random(tok, 20, input_len, 32, ratio, 5, &b, &err), 0);
-    for (size_t i = 0; i < a.n; i++) assert_string_equal(a.items[i].text, b.items[i].text);
+    for (size_t i = 0; i < a.n; i++)
+        assert_string_equal(a.items[i].text, b.items[i].text);
     bench_dataset_free(&b);
     assert_int_equal(bench_dataset_random(tok, 20, input_len, 32, ratio, 6, &b, &err), 0);
     assert_string_not_equal(a.items[0].text, b.items[0].text);
@@ -96,15 +97,16 @@ static void test_sharegpt(void **state)
     int fd = mkstemp(path);
     assert_true(fd >= 0);
     close(fd);
-    write_text(path,
-               "[{\"conversations\": [{\"from\": \"human\", \"value\": \"Tell me a long story about a "
-               "dog and a cat.\"}, {\"from\": \"gpt\", \"value\": \"Once upon a time there was a "
-               "dog.\"}]},"
-               " {\"conversations\": [{\"from\": \"human\", \"value\": \"Hi\"}, {\"from\": \"gpt\", "
-               "\"value\": \"Hello there, how are you today?\"}]},"
-               " {\"conversations\": [{\"from\": \"human\", \"value\": \"only one turn\"}]},"
-               " {\"conversations\": [{\"from\": \"human\", \"value\": \"What is the capital of "
-               "France?\"}, {\"from\": \"gpt\", \"value\": \"The capital of France is Paris.\"}]}]");
+    write_text(
+        path,
+        "[{\"conversations\": [{\"from\": \"human\", \"value\": \"Tell me a long story about a "
+        "dog and a cat.\"}, {\"from\": \"gpt\", \"value\": \"Once upon a time there was a "
+        "dog.\"}]},"
+        " {\"conversations\": [{\"from\": \"human\", \"value\": \"Hi\"}, {\"from\": \"gpt\", "
+        "\"value\": \"Hello there, how are you today?\"}]},"
+        " {\"conversations\": [{\"from\": \"human\", \"value\": \"only one turn\"}]},"
+        " {\"conversations\": [{\"from\": \"human\", \"value\": \"What is the capital of "
+        "France?\"}, {\"from\": \"gpt\", \"value\": \"The capital of France is Paris.\"}]}]");
     bench_dataset d = {0};
     cv_error err = {0};
     /* "Hi" (1 token) and the one-turn conversation are skipped. */
@@ -132,7 +134,8 @@ static void test_sharegpt(void **state)
     assert_string_equal(err.msg, want);
     /* A fixed output length keeps the short "Hi" pair. */
     assert_int_equal(bench_dataset_sharegpt(path, tok, 3, 50, 3, &d, &err), 0);
-    for (size_t i = 0; i < d.n; i++) assert_int_equal(d.items[i].output_len, 50);
+    for (size_t i = 0; i < d.n; i++)
+        assert_int_equal(d.items[i].output_len, 50);
     bench_dataset_free(&d);
     write_text(path, "{\"not\": \"a list\"}");
     assert_int_equal(bench_dataset_sharegpt(path, tok, 1, 0, 3, &d, &err), -1);

@@ -67,12 +67,38 @@ static json_t *run_bench(test_server *s, const char *backend, int port, const ch
     snprintf(ports, sizeof ports, "%d", port);
     snprintf(result, sizeof result, "%s/%s.json", s->dir, backend);
     snprintf(out, sizeof out, "%s/%s.out", s->dir, backend);
-    char *argv[] = {exe, "--backend", (char *)backend, "--host", "127.0.0.1", "--port", ports,
-                    "--tokenizer", tok, "--dataset-name", "random", "--random-input-len", "16",
-                    "--random-output-len", "24", "--random-range-ratio", "0.5", "--num-prompts",
-                    (char *)n, "--num-warmups", (char *)warmups, "--max-concurrency", "8",
-                    "--ignore-eos", "--seed", "3", "--goodput", "e2el:600000", "--result-file",
-                    result, "--disable-progress", NULL};
+    char *argv[] = {exe,
+                    "--backend",
+                    (char *)backend,
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    ports,
+                    "--tokenizer",
+                    tok,
+                    "--dataset-name",
+                    "random",
+                    "--random-input-len",
+                    "16",
+                    "--random-output-len",
+                    "24",
+                    "--random-range-ratio",
+                    "0.5",
+                    "--num-prompts",
+                    (char *)n,
+                    "--num-warmups",
+                    (char *)warmups,
+                    "--max-concurrency",
+                    "8",
+                    "--ignore-eos",
+                    "--seed",
+                    "3",
+                    "--goodput",
+                    "e2el:600000",
+                    "--result-file",
+                    result,
+                    "--disable-progress",
+                    NULL};
     int rc = test_run(argv, out);
     char *text = test_read_file(out);
     if (rc != 0) fail_msg("cvllm-bench exited %d:\n%s", rc, text);
@@ -98,9 +124,9 @@ static void check_run(json_t *o, size_t n, int64_t *in_total, int64_t *out_total
         assert_true(json_is_true(json_object_get(r, "success")));
         int64_t pl = (int64_t)num(r, "prompt_len"), it = (int64_t)num(r, "input_tokens");
         int64_t ot = (int64_t)num(r, "output_tokens"), eo = (int64_t)num(r, "expected_output_len");
-        assert_int_equal(it, pl);  /* the server counts exactly the drawn length */
+        assert_int_equal(it, pl); /* the server counts exactly the drawn length */
         assert_in_range(pl, 8, 24);
-        assert_int_equal(ot, eo);  /* ignore_eos: exactly max_tokens */
+        assert_int_equal(ot, eo); /* ignore_eos: exactly max_tokens */
         assert_true(num(r, "ttft_ms") > 0 && num(r, "e2el_ms") >= num(r, "ttft_ms"));
         /* One ITL per pair of token-carrying responses. */
         assert_in_range(json_array_size(json_object_get(r, "itl_ms")), 0, (size_t)(ot - 1));
@@ -142,8 +168,9 @@ static void test_bench_matches_server_metrics(void **state)
     /* Same seed, same prompts, greedy: both endpoints give the same text. */
     json_t *gr = json_object_get(g, "requests"), *hr = json_object_get(h, "requests");
     for (size_t i = 0; i < 12; i++)
-        assert_string_equal(json_string_value(json_object_get(json_array_get(gr, i), "generated_text")),
-                            json_string_value(json_object_get(json_array_get(hr, i), "generated_text")));
+        assert_string_equal(
+            json_string_value(json_object_get(json_array_get(gr, i), "generated_text")),
+            json_string_value(json_object_get(json_array_get(hr, i), "generated_text")));
     json_decref(g);
     json_decref(h);
 }

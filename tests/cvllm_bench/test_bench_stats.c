@@ -32,7 +32,8 @@ static void test_rng_int_range(void **state)
         assert_true(v >= 3 && v <= 7);
         seen[v - 3]++;
     }
-    for (int i = 0; i < 5; i++) assert_in_range(seen[i], 900, 1100);
+    for (int i = 0; i < 5; i++)
+        assert_in_range(seen[i], 900, 1100);
     assert_int_equal(bench_rng_int(&r, 4, 4), 4);
 }
 
@@ -45,7 +46,8 @@ static void test_poisson_arrivals_exact(void **state)
     assert_int_equal(bench_arrivals(4.0, 1.0, 42, 5, t, &err), 0);
     const double want[5] = {0.0, 0.3382776495610036, 0.38183932898291434, 0.463480098299481,
                             0.5689514129782677};
-    for (int i = 0; i < 5; i++) assert_true(fabs(t[i] - want[i]) < 1e-12);
+    for (int i = 0; i < 5; i++)
+        assert_true(fabs(t[i] - want[i]) < 1e-12);
 }
 
 static void test_arrivals_inf_and_errors(void **state)
@@ -53,7 +55,8 @@ static void test_arrivals_inf_and_errors(void **state)
     double t[3] = {1, 1, 1};
     cv_error err = {0};
     assert_int_equal(bench_arrivals(INFINITY, 1.0, 1, 3, t, &err), 0);
-    for (int i = 0; i < 3; i++) assert_true(t[i] == 0.0);
+    for (int i = 0; i < 3; i++)
+        assert_true(t[i] == 0.0);
     assert_int_equal(bench_arrivals(4.0, 0.0, 1, 3, t, &err), -1);
     assert_string_equal(err.msg, "burstiness must be a positive number, got 0");
 }
@@ -68,13 +71,16 @@ static void check_gamma(double rate, double burstiness)
     cv_error err = {0};
     assert_int_equal(bench_arrivals(rate, burstiness, 123, N + 1, t, &err), 0);
     double sum = 0, ss = 0;
-    for (int i = 0; i < N; i++) sum += t[i + 1] - t[i];
+    for (int i = 0; i < N; i++)
+        sum += t[i + 1] - t[i];
     double mean = sum / N;
-    for (int i = 0; i < N; i++) ss += (t[i + 1] - t[i] - mean) * (t[i + 1] - t[i] - mean);
+    for (int i = 0; i < N; i++)
+        ss += (t[i + 1] - t[i] - mean) * (t[i + 1] - t[i] - mean);
     double var = ss / N, want_var = 1.0 / (rate * rate * burstiness);
     assert_true(fabs(mean * rate - 1.0) < 0.01);
     assert_true(fabs(var / want_var - 1.0) < 0.03);
-    for (int i = 0; i < N; i++) assert_true(t[i + 1] >= t[i]);
+    for (int i = 0; i < N; i++)
+        assert_true(t[i + 1] >= t[i]);
     free(t);
 }
 
@@ -114,14 +120,23 @@ static void make_records(bench_record r[3], uint64_t a_chunks[3], uint64_t b_chu
     a_chunks[0] = 10 * MS;
     a_chunks[1] = 30 * MS;
     a_chunks[2] = 60 * MS;
-    r[0] = (bench_record){.start_ns = 0 + 1, .end_ns = 60 * MS + 1, .n_chunks = 3,
-                          .input_tokens = 5, .output_tokens = 3, .success = true};
-    for (int i = 0; i < 3; i++) a_chunks[i] += 1;
+    r[0] = (bench_record){.start_ns = 0 + 1,
+                          .end_ns = 60 * MS + 1,
+                          .n_chunks = 3,
+                          .input_tokens = 5,
+                          .output_tokens = 3,
+                          .success = true};
+    for (int i = 0; i < 3; i++)
+        a_chunks[i] += 1;
     r[0].chunk_ns = a_chunks;
     /* B: one token at 5 ms after its start at 100 ms. */
     b_chunks[0] = 105 * MS;
-    r[1] = (bench_record){.start_ns = 100 * MS, .end_ns = 105 * MS, .n_chunks = 1,
-                          .chunk_ns = b_chunks, .input_tokens = 7, .output_tokens = 1,
+    r[1] = (bench_record){.start_ns = 100 * MS,
+                          .end_ns = 105 * MS,
+                          .n_chunks = 1,
+                          .chunk_ns = b_chunks,
+                          .input_tokens = 7,
+                          .output_tokens = 1,
                           .success = true};
     /* C: failed. */
     r[2] = (bench_record){.start_ns = 1, .end_ns = 2, .input_tokens = 100, .output_tokens = 50};
@@ -184,11 +199,13 @@ static void test_parse_goodput(void **state)
     assert_int_equal(bench_parse_goodput("ttft:500 tpot:50,e2el:2000.5", &slo, &err), 0);
     assert_true(slo.ttft_ms == 500 && slo.tpot_ms == 50 && slo.e2el_ms == 2000.5);
     assert_int_equal(bench_parse_goodput("itl:5", &slo, &err), -1);
-    assert_string_equal(err.msg, "invalid goodput metric 'itl' in 'itl:5': the SLO name must be one "
-                                 "of ttft, tpot, e2el");
+    assert_string_equal(err.msg,
+                        "invalid goodput metric 'itl' in 'itl:5': the SLO name must be one "
+                        "of ttft, tpot, e2el");
     assert_int_equal(bench_parse_goodput("ttft:-1", &slo, &err), -1);
-    assert_string_equal(err.msg, "invalid goodput value '-1' for ttft: must be a non-negative number "
-                                 "of milliseconds");
+    assert_string_equal(err.msg,
+                        "invalid goodput value '-1' for ttft: must be a non-negative number "
+                        "of milliseconds");
     assert_int_equal(bench_parse_goodput("ttft", &slo, &err), -1);
     assert_string_equal(err.msg, "goodput SLO 'ttft' is not NAME:MILLISECONDS");
 }
@@ -219,7 +236,8 @@ static void test_args_errors(void **state)
     EXPECT_ERROR("argument --num-prompts: must be at least 1, got 0", "--num-prompts", "0");
     EXPECT_ERROR("argument --max-concurrency: invalid int value: '4x'", "--max-concurrency", "4x");
     EXPECT_ERROR("argument --port: 70000 is not a TCP port", "--port", "70000");
-    EXPECT_ERROR("argument --random-range-ratio: must be in [0, 1), got 1", "--random-range-ratio", "1");
+    EXPECT_ERROR("argument --random-range-ratio: must be in [0, 1), got 1", "--random-range-ratio",
+                 "1");
     EXPECT_ERROR("argument --burstiness: must be a positive number, got -2", "--burstiness", "-2");
     EXPECT_ERROR("--dataset-name random needs --tokenizer (the model's tokenizer directory)",
                  "--num-prompts", "3");
@@ -240,13 +258,13 @@ static void test_args_ok(void **state)
     char **argv = ARGV("--backend", "triton-http", "--tokenizer", "tok", "--num-prompts", "50",
                        "--request-rate", "inf", "--max-concurrency", "4", "--goodput", "ttft:500",
                        "tpot:50", "--ignore-eos", "--seed", "9", "--result-file", "r.json");
-    assert_int_equal(bench_parse_args(ARGC("--backend", "triton-http", "--tokenizer", "tok",
-                                           "--num-prompts", "50", "--request-rate", "inf",
-                                           "--max-concurrency", "4", "--goodput", "ttft:500",
-                                           "tpot:50", "--ignore-eos", "--seed", "9",
-                                           "--result-file", "r.json"),
-                                      argv, &a, &err),
-                     0);
+    assert_int_equal(
+        bench_parse_args(ARGC("--backend", "triton-http", "--tokenizer", "tok", "--num-prompts",
+                              "50", "--request-rate", "inf", "--max-concurrency", "4", "--goodput",
+                              "ttft:500", "tpot:50", "--ignore-eos", "--seed", "9", "--result-file",
+                              "r.json"),
+                         argv, &a, &err),
+        0);
     assert_int_equal(a.backend, BENCH_TRITON_HTTP);
     assert_string_equal(a.tokenizer, "tok");
     assert_int_equal(a.num_prompts, 50);

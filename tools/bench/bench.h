@@ -28,8 +28,8 @@ typedef struct bench_rng {
 } bench_rng;
 
 void bench_rng_seed(bench_rng *r, uint64_t seed);
-uint64_t bench_rng_next(bench_rng *r);           /* splitmix64 */
-double bench_rng_uniform(bench_rng *r);          /* [0, 1), 53 bits */
+uint64_t bench_rng_next(bench_rng *r);                       /* splitmix64 */
+double bench_rng_uniform(bench_rng *r);                      /* [0, 1), 53 bits */
 int64_t bench_rng_int(bench_rng *r, int64_t lo, int64_t hi); /* [lo, hi] */
 double bench_rng_exponential(bench_rng *r, double rate);     /* mean 1/rate */
 double bench_rng_gamma(bench_rng *r, double shape, double scale);
@@ -44,9 +44,9 @@ int bench_arrivals(double rate, double burstiness, uint64_t seed, size_t n, doub
 /* ---- datasets ----------------------------------------------------------- */
 
 typedef struct bench_prompt {
-    char *text;            /* UTF-8, malloc'ed */
-    int prompt_len;        /* tokens as the server counts them; -1 unknown */
-    int output_len;        /* max_tokens asked for */
+    char *text;     /* UTF-8, malloc'ed */
+    int prompt_len; /* tokens as the server counts them; -1 unknown */
+    int output_len; /* max_tokens asked for */
 } bench_prompt;
 
 typedef struct bench_dataset {
@@ -94,18 +94,18 @@ bench_summary bench_summarize(double *v, size_t n);
 /* What the runner records about one request. Times are cv_now_ns. */
 typedef struct bench_record {
     char id[32];
-    int prompt_len;            /* dataset's count; -1 unknown */
-    int expected_output_len;   /* max_tokens */
+    int prompt_len;          /* dataset's count; -1 unknown */
+    int expected_output_len; /* max_tokens */
     uint64_t start_ns, end_ns;
-    uint64_t *chunk_ns;        /* arrival of each response that carried tokens */
+    uint64_t *chunk_ns; /* arrival of each response that carried tokens */
     size_t n_chunks, chunk_cap;
-    char *text;                /* generated text, concatenated */
+    char *text; /* generated text, concatenated */
     size_t text_len;
-    int64_t input_tokens;      /* server's num_input_tokens, else prompt_len */
-    int64_t output_tokens;     /* server's count, else re-tokenized text */
+    int64_t input_tokens;       /* server's num_input_tokens, else prompt_len */
+    int64_t output_tokens;      /* server's count, else re-tokenized text */
     bool server_counted_output; /* output_tokens came from the server */
     bool success;
-    char *error;               /* NULL when success */
+    char *error; /* NULL when success */
 } bench_record;
 
 void bench_record_free(bench_record *r);
@@ -147,27 +147,27 @@ typedef enum { BENCH_DATA_RANDOM, BENCH_DATA_SHAREGPT, BENCH_DATA_PROMPTS } benc
 typedef struct bench_args {
     bench_backend backend;
     const char *host;
-    int port;                 /* 0: the backend's default (8001 gRPC, 8000 HTTP) */
-    const char *url;          /* overrides host/port: "host:port" or "http://..." */
+    int port;        /* 0: the backend's default (8001 gRPC, 8000 HTTP) */
+    const char *url; /* overrides host/port: "host:port" or "http://..." */
     const char *model;
     const char *tokenizer;
     bench_data_kind dataset;
     const char *dataset_path;
     int random_input_len, random_output_len;
     double random_range_ratio;
-    int sharegpt_output_len;  /* 0: from the completion */
+    int sharegpt_output_len; /* 0: from the completion */
     int prompts_output_len;
     size_t num_prompts, num_warmups;
-    double request_rate;      /* INFINITY: all at once */
+    double request_rate; /* INFINITY: all at once */
     double burstiness;
-    size_t max_concurrency;   /* 0: unlimited */
+    size_t max_concurrency; /* 0: unlimited */
     bool ignore_eos;
     uint64_t seed;
     bench_slo slo;
     bool has_slo;
     const char *result_file;
-    double timeout_s;         /* per request; 0: none */
-    bool progress;            /* --disable-progress clears it */
+    double timeout_s; /* per request; 0: none */
+    bool progress;    /* --disable-progress clears it */
 } bench_args;
 
 /* Fills a with defaults, then parses argv. Returns 0, 1 for --help (usage
@@ -178,9 +178,9 @@ void bench_usage(void *file);
 /* ---- runner and report --------------------------------------------------- */
 
 typedef struct bench_run {
-    bench_record *recs;       /* one per measured request */
+    bench_record *recs; /* one per measured request */
     size_t n;
-    double duration_s;        /* first send to last completion */
+    double duration_s; /* first send to last completion */
     int64_t warmup_input_tokens, warmup_output_tokens;
     size_t warmup_completed;
 } bench_run;

@@ -10,10 +10,12 @@
 
 void bench_usage(void *file)
 {
-    fputs("usage: cvllm-bench [--backend triton-grpc|triton-http|openai] [--host HOST] [--port PORT]\n"
+    fputs("usage: cvllm-bench [--backend triton-grpc|triton-http|openai] [--host HOST] [--port "
+          "PORT]\n"
           "                   [--base-url URL] [--model NAME] [--tokenizer DIR]\n"
           "                   [--dataset-name random|sharegpt|prompts] [--dataset-path PATH]\n"
-          "                   [--random-input-len N] [--random-output-len N] [--random-range-ratio R]\n"
+          "                   [--random-input-len N] [--random-output-len N] [--random-range-ratio "
+          "R]\n"
           "                   [--sharegpt-output-len N] [--prompts-output-len N]\n"
           "                   [--num-prompts N] [--num-warmups N] [--request-rate RATE|inf]\n"
           "                   [--burstiness B] [--max-concurrency N] [--ignore-eos] [--seed S]\n"
@@ -22,7 +24,8 @@ void bench_usage(void *file)
           "\n"
           "Streams requests to a Triton gRPC (ModelStreamInfer), Triton HTTP (generate_stream) or\n"
           "OpenAI (/v1/completions) endpoint and reports throughput, TTFT, TPOT, ITL and\n"
-          "end-to-end latency (mean, median, p90, p99). --goodput takes ttft, tpot, e2el SLOs in ms.\n"
+          "end-to-end latency (mean, median, p90, p99). --goodput takes ttft, tpot, e2el SLOs in "
+          "ms.\n"
           "--timeout bounds each HTTP request, and the whole stream for triton-grpc (all requests\n"
           "share one ModelStreamInfer stream). Warm-up requests (drawn after the measured ones)\n"
           "are excluded from the results; their tokens are reported separately in the JSON.\n",
@@ -30,9 +33,30 @@ void bench_usage(void *file)
 }
 
 enum {
-    OPT_BACKEND = 256, OPT_HOST, OPT_PORT, OPT_URL, OPT_MODEL, OPT_TOKENIZER, OPT_DATASET,
-    OPT_PATH, OPT_RIN, OPT_ROUT, OPT_RATIO, OPT_SGOUT, OPT_POUT, OPT_NUM, OPT_WARM, OPT_RATE,
-    OPT_BURST, OPT_CONC, OPT_EOS, OPT_SEED, OPT_GOODPUT, OPT_RESULT, OPT_TIMEOUT, OPT_NOPROG,
+    OPT_BACKEND = 256,
+    OPT_HOST,
+    OPT_PORT,
+    OPT_URL,
+    OPT_MODEL,
+    OPT_TOKENIZER,
+    OPT_DATASET,
+    OPT_PATH,
+    OPT_RIN,
+    OPT_ROUT,
+    OPT_RATIO,
+    OPT_SGOUT,
+    OPT_POUT,
+    OPT_NUM,
+    OPT_WARM,
+    OPT_RATE,
+    OPT_BURST,
+    OPT_CONC,
+    OPT_EOS,
+    OPT_SEED,
+    OPT_GOODPUT,
+    OPT_RESULT,
+    OPT_TIMEOUT,
+    OPT_NOPROG,
 };
 
 static const struct option longs[] = {
@@ -76,8 +100,10 @@ static int parse_int(int c, const char *s, long lo, long *v, cv_error *err)
 {
     char *end;
     *v = strtol(s, &end, 10);
-    if (!*s || *end) return cv_errorf(err, "argument --%s: invalid int value: '%s'", opt_name(c), s);
-    if (*v < lo) return cv_errorf(err, "argument --%s: must be at least %ld, got %s", opt_name(c), lo, s);
+    if (!*s || *end)
+        return cv_errorf(err, "argument --%s: invalid int value: '%s'", opt_name(c), s);
+    if (*v < lo)
+        return cv_errorf(err, "argument --%s: must be at least %ld, got %s", opt_name(c), lo, s);
     return 0;
 }
 
@@ -103,7 +129,8 @@ static int parse_choice(int c, const char *s, const char *const *choices, int n,
         size_t used = strlen(list);
         snprintf(list + used, sizeof list - used, "%s'%s'", i ? ", " : "", choices[i]);
     }
-    return cv_errorf(err, "argument --%s: invalid choice: '%s' (choose from %s)", opt_name(c), s, list);
+    return cv_errorf(err, "argument --%s: invalid choice: '%s' (choose from %s)", opt_name(c), s,
+                     list);
 }
 
 static int parse_one(int c, const char *v, bench_args *a, cv_error *err)
@@ -117,31 +144,47 @@ static int parse_one(int c, const char *v, bench_args *a, cv_error *err)
         if (parse_choice(c, v, backends, 3, &choice, err)) return -1;
         a->backend = (bench_backend)choice;
         return 0;
-    case OPT_HOST: a->host = v; return 0;
+    case OPT_HOST:
+        a->host = v;
+        return 0;
     case OPT_PORT:
         if (parse_int(c, v, 1, &l, err)) return -1;
         if (l > 65535) return cv_errorf(err, "argument --port: %s is not a TCP port", v);
         a->port = (int)l;
         return 0;
-    case OPT_URL: a->url = v; return 0;
-    case OPT_MODEL: a->model = v; return 0;
-    case OPT_TOKENIZER: a->tokenizer = v; return 0;
+    case OPT_URL:
+        a->url = v;
+        return 0;
+    case OPT_MODEL:
+        a->model = v;
+        return 0;
+    case OPT_TOKENIZER:
+        a->tokenizer = v;
+        return 0;
     case OPT_DATASET:
         if (parse_choice(c, v, datasets, 3, &choice, err)) return -1;
         a->dataset = (bench_data_kind)choice;
         return 0;
-    case OPT_PATH: a->dataset_path = v; return 0;
-    case OPT_RIN: return parse_int(c, v, 1, &l, err) ? -1 : (a->random_input_len = (int)l, 0);
-    case OPT_ROUT: return parse_int(c, v, 1, &l, err) ? -1 : (a->random_output_len = (int)l, 0);
+    case OPT_PATH:
+        a->dataset_path = v;
+        return 0;
+    case OPT_RIN:
+        return parse_int(c, v, 1, &l, err) ? -1 : (a->random_input_len = (int)l, 0);
+    case OPT_ROUT:
+        return parse_int(c, v, 1, &l, err) ? -1 : (a->random_output_len = (int)l, 0);
     case OPT_RATIO:
         if (parse_float(c, v, &a->random_range_ratio, err)) return -1;
         if (a->random_range_ratio < 0 || a->random_range_ratio >= 1)
             return cv_errorf(err, "argument --random-range-ratio: must be in [0, 1), got %s", v);
         return 0;
-    case OPT_SGOUT: return parse_int(c, v, 1, &l, err) ? -1 : (a->sharegpt_output_len = (int)l, 0);
-    case OPT_POUT: return parse_int(c, v, 1, &l, err) ? -1 : (a->prompts_output_len = (int)l, 0);
-    case OPT_NUM: return parse_int(c, v, 1, &l, err) ? -1 : (a->num_prompts = (size_t)l, 0);
-    case OPT_WARM: return parse_int(c, v, 0, &l, err) ? -1 : (a->num_warmups = (size_t)l, 0);
+    case OPT_SGOUT:
+        return parse_int(c, v, 1, &l, err) ? -1 : (a->sharegpt_output_len = (int)l, 0);
+    case OPT_POUT:
+        return parse_int(c, v, 1, &l, err) ? -1 : (a->prompts_output_len = (int)l, 0);
+    case OPT_NUM:
+        return parse_int(c, v, 1, &l, err) ? -1 : (a->num_prompts = (size_t)l, 0);
+    case OPT_WARM:
+        return parse_int(c, v, 0, &l, err) ? -1 : (a->num_warmups = (size_t)l, 0);
     case OPT_RATE:
         if (parse_float(c, v, &a->request_rate, err)) return -1;
         if (!(a->request_rate > 0))
@@ -152,18 +195,27 @@ static int parse_one(int c, const char *v, bench_args *a, cv_error *err)
         if (!(a->burstiness > 0) || isinf(a->burstiness))
             return cv_errorf(err, "argument --burstiness: must be a positive number, got %s", v);
         return 0;
-    case OPT_CONC: return parse_int(c, v, 1, &l, err) ? -1 : (a->max_concurrency = (size_t)l, 0);
-    case OPT_EOS: a->ignore_eos = true; return 0;
-    case OPT_SEED: return parse_int(c, v, 0, &l, err) ? -1 : (a->seed = (uint64_t)l, 0);
+    case OPT_CONC:
+        return parse_int(c, v, 1, &l, err) ? -1 : (a->max_concurrency = (size_t)l, 0);
+    case OPT_EOS:
+        a->ignore_eos = true;
+        return 0;
+    case OPT_SEED:
+        return parse_int(c, v, 0, &l, err) ? -1 : (a->seed = (uint64_t)l, 0);
     case OPT_GOODPUT:
         a->has_slo = true;
         return bench_parse_goodput(v, &a->slo, err);
-    case OPT_RESULT: a->result_file = v; return 0;
+    case OPT_RESULT:
+        a->result_file = v;
+        return 0;
     case OPT_TIMEOUT:
         if (parse_float(c, v, &a->timeout_s, err)) return -1;
-        if (a->timeout_s < 0) return cv_errorf(err, "argument --timeout: must not be negative, got %s", v);
+        if (a->timeout_s < 0)
+            return cv_errorf(err, "argument --timeout: must not be negative, got %s", v);
         return 0;
-    case OPT_NOPROG: a->progress = false; return 0;
+    case OPT_NOPROG:
+        a->progress = false;
+        return 0;
     }
     return cv_errorf(err, "internal: unhandled option %d", c);
 }
@@ -175,20 +227,29 @@ static int check(bench_args *a, cv_error *err)
     if (a->dataset != BENCH_DATA_RANDOM && !a->dataset_path)
         return cv_errorf(err, "--dataset-name %s needs --dataset-path", names[a->dataset]);
     if (a->dataset != BENCH_DATA_PROMPTS && !a->tokenizer)
-        return cv_errorf(err, "--dataset-name %s needs --tokenizer (the model's tokenizer directory)",
+        return cv_errorf(err,
+                         "--dataset-name %s needs --tokenizer (the model's tokenizer directory)",
                          names[a->dataset]);
     if (a->backend == BENCH_OPENAI && a->url && strncmp(a->url, "http", 4))
-        return cv_errorf(err, "--base-url '%s' must start with http:// for --backend openai", a->url);
+        return cv_errorf(err, "--base-url '%s' must start with http:// for --backend openai",
+                         a->url);
     return 0;
 }
 
 int bench_parse_args(int argc, char **argv, bench_args *a, cv_error *err)
 {
     *a = (bench_args){
-        .backend = BENCH_TRITON_GRPC, .host = "localhost", .model = "vllm_model",
-        .dataset = BENCH_DATA_RANDOM, .random_input_len = 1024, .random_output_len = 128,
-        .prompts_output_len = 128, .num_prompts = 1000, .request_rate = INFINITY,
-        .burstiness = 1.0, .progress = true,
+        .backend = BENCH_TRITON_GRPC,
+        .host = "localhost",
+        .model = "vllm_model",
+        .dataset = BENCH_DATA_RANDOM,
+        .random_input_len = 1024,
+        .random_output_len = 128,
+        .prompts_output_len = 128,
+        .num_prompts = 1000,
+        .request_rate = INFINITY,
+        .burstiness = 1.0,
+        .progress = true,
         .slo = {.ttft_ms = -1, .tpot_ms = -1, .e2el_ms = -1},
     };
     optind = 0; /* 0 makes glibc's getopt forget any earlier parse */

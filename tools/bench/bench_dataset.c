@@ -10,7 +10,8 @@
 
 void bench_dataset_free(bench_dataset *d)
 {
-    for (size_t i = 0; i < d->n; i++) free(d->items[i].text);
+    for (size_t i = 0; i < d->n; i++)
+        free(d->items[i].text);
     free(d->items);
     d->items = NULL;
     d->n = 0;
@@ -47,21 +48,24 @@ static int usable_ids(const cv_tokenizer *tok, int32_t **ids, size_t *n, cv_erro
 /* Builds text that encodes (with special tokens) to exactly target ids:
  * decode random ids, re-encode, then drop or add ids by the difference
  * until the count settles (merges across token boundaries move it). */
-static int exact_prompt(const cv_tokenizer *tok, const int32_t *pool, size_t n_pool,
-                        bench_rng *rng, int target, char **text, cv_error *err)
+static int exact_prompt(const cv_tokenizer *tok, const int32_t *pool, size_t n_pool, bench_rng *rng,
+                        int target, char **text, cv_error *err)
 {
     int32_t *none;
     size_t n_special;
     if (tok_encode(tok, "", 0, true, &none, &n_special, err)) return -1;
     free(none);
     if (target < (int)n_special + 1)
-        return cv_errorf(err, "random prompt of %d tokens is shorter than the %zu special tokens "
-                              "plus one", target, n_special);
+        return cv_errorf(err,
+                         "random prompt of %d tokens is shorter than the %zu special tokens "
+                         "plus one",
+                         target, n_special);
     size_t cap = (size_t)target * 2 + 16;
     int32_t *ids = malloc(cap * sizeof *ids);
     if (!ids) return cv_errorf(err, "out of memory for a %d-token prompt", target);
     size_t n = (size_t)target - n_special;
-    for (size_t i = 0; i < n; i++) ids[i] = pool[bench_rng_int(rng, 0, (int64_t)n_pool - 1)];
+    for (size_t i = 0; i < n; i++)
+        ids[i] = pool[bench_rng_int(rng, 0, (int64_t)n_pool - 1)];
     for (int attempt = 0; attempt < 64; attempt++) {
         char *t;
         size_t t_len;
@@ -89,7 +93,8 @@ static int exact_prompt(const cv_tokenizer *tok, const int32_t *pool, size_t n_p
         } else {
             size_t add = (size_t)target - n_enc;
             if (n + add > cap) add = cap - n;
-            for (size_t i = 0; i < add; i++) ids[n++] = pool[bench_rng_int(rng, 0, (int64_t)n_pool - 1)];
+            for (size_t i = 0; i < add; i++)
+                ids[n++] = pool[bench_rng_int(rng, 0, (int64_t)n_pool - 1)];
         }
     }
     free(ids);
@@ -99,8 +104,10 @@ static int exact_prompt(const cv_tokenizer *tok, const int32_t *pool, size_t n_p
 int bench_dataset_random(const cv_tokenizer *tok, size_t n, int input_len, int output_len,
                          double range_ratio, uint64_t seed, bench_dataset *out, cv_error *err)
 {
-    if (input_len < 1) return cv_errorf(err, "--random-input-len must be at least 1, got %d", input_len);
-    if (output_len < 1) return cv_errorf(err, "--random-output-len must be at least 1, got %d", output_len);
+    if (input_len < 1)
+        return cv_errorf(err, "--random-input-len must be at least 1, got %d", input_len);
+    if (output_len < 1)
+        return cv_errorf(err, "--random-output-len must be at least 1, got %d", output_len);
     if (!(range_ratio >= 0.0 && range_ratio < 1.0))
         return cv_errorf(err, "--random-range-ratio must be in [0, 1), got %g", range_ratio);
     int32_t *pool;
@@ -112,8 +119,10 @@ int bench_dataset_random(const cv_tokenizer *tok, size_t n, int input_len, int o
     }
     bench_rng rng;
     bench_rng_seed(&rng, seed);
-    int in_lo = (int)floor(input_len * (1.0 - range_ratio)), in_hi = (int)floor(input_len * (1.0 + range_ratio));
-    int out_lo = (int)floor(output_len * (1.0 - range_ratio)), out_hi = (int)floor(output_len * (1.0 + range_ratio));
+    int in_lo = (int)floor(input_len * (1.0 - range_ratio)),
+        in_hi = (int)floor(input_len * (1.0 + range_ratio));
+    int out_lo = (int)floor(output_len * (1.0 - range_ratio)),
+        out_hi = (int)floor(output_len * (1.0 + range_ratio));
     for (size_t i = 0; i < n; i++) {
         bench_prompt *p = &out->items[i];
         p->prompt_len = (int)bench_rng_int(&rng, in_lo, in_hi);
@@ -156,7 +165,8 @@ int bench_dataset_sharegpt(const char *path, const cv_tokenizer *tok, size_t n,
         json_decref(root);
         return order ? -1 : cv_errorf(err, "out of memory reading %s", path);
     }
-    for (size_t i = 0; i < total; i++) order[i] = i;
+    for (size_t i = 0; i < total; i++)
+        order[i] = i;
     bench_rng rng;
     bench_rng_seed(&rng, seed);
     for (size_t i = total; i > 1; i--) { /* Fisher-Yates */
@@ -169,7 +179,8 @@ int bench_dataset_sharegpt(const char *path, const cv_tokenizer *tok, size_t n,
     for (size_t k = 0; k < total && out->n < n; k++) {
         json_t *conv = json_object_get(json_array_get(root, order[k]), "conversations");
         const char *prompt = json_string_value(json_object_get(json_array_get(conv, 0), "value"));
-        const char *completion = json_string_value(json_object_get(json_array_get(conv, 1), "value"));
+        const char *completion =
+            json_string_value(json_object_get(json_array_get(conv, 1), "value"));
         if (!prompt || !completion) continue;
         int plen, olen = fixed_output_len;
         if (count_tokens(tok, prompt, true, &plen, err) ||
@@ -192,7 +203,8 @@ int bench_dataset_sharegpt(const char *path, const cv_tokenizer *tok, size_t n,
     free(order);
     json_decref(root);
     if (rc == 0 && out->n < n)
-        rc = cv_errorf(err, "%s: only %zu usable conversations, %zu prompts asked", path, out->n, n);
+        rc =
+            cv_errorf(err, "%s: only %zu usable conversations, %zu prompts asked", path, out->n, n);
     if (rc) bench_dataset_free(out);
     return rc;
 }
@@ -207,7 +219,8 @@ int bench_dataset_prompts(const char *path, const cv_tokenizer *tok, size_t n, i
     ssize_t len;
     int rc = 0;
     while ((len = getline(&line, &cap, f)) > 0) {
-        while (len > 0 && (line[len - 1] == '\n' || line[len - 1] == '\r')) line[--len] = '\0';
+        while (len > 0 && (line[len - 1] == '\n' || line[len - 1] == '\r'))
+            line[--len] = '\0';
         if (len == 0) continue;
         char **grown = realloc(lines, (n_lines + 1) * sizeof *lines);
         char *copy = grown ? strdup(line) : NULL;
@@ -236,7 +249,8 @@ int bench_dataset_prompts(const char *path, const cv_tokenizer *tok, size_t n, i
         out->n = i + 1;
         if (tok && count_tokens(tok, p->text, true, &p->prompt_len, err)) rc = -1;
     }
-    for (size_t i = 0; i < n_lines; i++) free(lines[i]);
+    for (size_t i = 0; i < n_lines; i++)
+        free(lines[i]);
     free(lines);
     if (rc) bench_dataset_free(out);
     return rc;

@@ -10,13 +10,16 @@
 
 static const char *backend_name(bench_backend b)
 {
-    return b == BENCH_TRITON_GRPC ? "triton-grpc" : b == BENCH_TRITON_HTTP ? "triton-http" : "openai";
+    return b == BENCH_TRITON_GRPC   ? "triton-grpc"
+           : b == BENCH_TRITON_HTTP ? "triton-http"
+                                    : "openai";
 }
 
 static void section(const char *title, const char *abbrev, const bench_summary *s)
 {
     /* The title centred in 50 columns of '-', like Python's "{:-^50}". */
-    int pad = 50 - (int)strlen(title), left = pad > 0 ? pad / 2 : 0, right = pad > 0 ? pad - left : 0;
+    int pad = 50 - (int)strlen(title), left = pad > 0 ? pad / 2 : 0,
+        right = pad > 0 ? pad - left : 0;
     static const char dashes[] = "--------------------------------------------------";
     printf("%.*s%s%.*s\n", left, dashes, title, right, dashes);
     const struct {
@@ -35,12 +38,14 @@ void bench_print_report(const bench_args *a, const bench_metrics *m)
     printf("============ Serving Benchmark Result ============\n");
     printf("%-40s%-10zu\n", "Successful requests:", m->completed);
     printf("%-40s%-10zu\n", "Failed requests:", m->failed);
-    if (a->max_concurrency) printf("%-40s%-10zu\n", "Maximum request concurrency:", a->max_concurrency);
+    if (a->max_concurrency)
+        printf("%-40s%-10zu\n", "Maximum request concurrency:", a->max_concurrency);
     printf("%-40s%-10.2f\n", "Benchmark duration (s):", m->duration_s);
     printf("%-40s%-10lld\n", "Total input tokens:", (long long)m->total_input);
     printf("%-40s%-10lld\n", "Total generated tokens:", (long long)m->total_output);
     printf("%-40s%-10.2f\n", "Request throughput (req/s):", m->request_throughput);
-    if (m->request_goodput >= 0) printf("%-40s%-10.2f\n", "Request goodput (req/s):", m->request_goodput);
+    if (m->request_goodput >= 0)
+        printf("%-40s%-10.2f\n", "Request goodput (req/s):", m->request_goodput);
     printf("%-40s%-10.2f\n", "Output token throughput (tok/s):", m->output_throughput);
     printf("%-40s%-10.2f\n", "Total token throughput (tok/s):", m->total_token_throughput);
     section("Time to First Token", "TTFT", &m->ttft_ms);
@@ -56,7 +61,11 @@ static int put_summary(json_t *o, const char *name, const bench_summary *s)
     const struct {
         const char *stat;
         double v;
-    } f[] = {{"mean", s->mean}, {"median", s->median}, {"std", s->std}, {"p90", s->p90}, {"p99", s->p99}};
+    } f[] = {{"mean", s->mean},
+             {"median", s->median},
+             {"std", s->std},
+             {"p90", s->p90},
+             {"p99", s->p99}};
     for (size_t i = 0; i < sizeof f / sizeof f[0]; i++) {
         snprintf(key, sizeof key, "%s_%s_ms", f[i].stat, name);
         if (json_object_set_new(o, key, json_real(f[i].v))) return -1;
@@ -70,16 +79,15 @@ static json_t *record_json(const bench_record *r, uint64_t t0)
     for (size_t c = 1; itl && c < r->n_chunks; c++)
         json_array_append_new(itl, json_real((double)(r->chunk_ns[c] - r->chunk_ns[c - 1]) * 1e-6));
     double tpot = r->success ? bench_record_tpot_ms(r) : -1.0;
-    json_t *j = json_pack("{s:s, s:i, s:I, s:I, s:i, s:b, s:f, s:o, s:o, s:o, s:o, s:s?, s:s}",
-                          "id", r->id, "prompt_len", r->prompt_len, "input_tokens",
-                          (json_int_t)r->input_tokens, "output_tokens", (json_int_t)r->output_tokens,
-                          "expected_output_len", r->expected_output_len, "success", r->success,
-                          "start_s", r->start_ns ? (double)(r->start_ns - t0) * 1e-9 : -1.0,
-                          "ttft_ms", r->success ? json_real(bench_record_ttft_ms(r)) : json_null(),
-                          "tpot_ms", tpot >= 0 ? json_real(tpot) : json_null(),
-                          "e2el_ms", r->success ? json_real(bench_record_e2el_ms(r)) : json_null(),
-                          "itl_ms", itl ? itl : json_null(), "error", r->error,
-                          "generated_text", r->text ? r->text : "");
+    json_t *j = json_pack(
+        "{s:s, s:i, s:I, s:I, s:i, s:b, s:f, s:o, s:o, s:o, s:o, s:s?, s:s}", "id", r->id,
+        "prompt_len", r->prompt_len, "input_tokens", (json_int_t)r->input_tokens, "output_tokens",
+        (json_int_t)r->output_tokens, "expected_output_len", r->expected_output_len, "success",
+        r->success, "start_s", r->start_ns ? (double)(r->start_ns - t0) * 1e-9 : -1.0, "ttft_ms",
+        r->success ? json_real(bench_record_ttft_ms(r)) : json_null(), "tpot_ms",
+        tpot >= 0 ? json_real(tpot) : json_null(), "e2el_ms",
+        r->success ? json_real(bench_record_e2el_ms(r)) : json_null(), "itl_ms",
+        itl ? itl : json_null(), "error", r->error, "generated_text", r->text ? r->text : "");
     return j;
 }
 
@@ -92,7 +100,8 @@ int bench_write_json(const char *path, const bench_args *a, const bench_run *run
     gmtime_r(&now, &tm);
     strftime(date, sizeof date, "%Y%m%d-%H%M%S", &tm);
     json_t *o = json_pack(
-        "{s:s, s:s, s:s, s:s?, s:I, s:I, s:o, s:f, s:o, s:I, s:b, s:f, s:I, s:I, s:I, s:I, s:I, s:I,"
+        "{s:s, s:s, s:s, s:s?, s:I, s:I, s:o, s:f, s:o, s:I, s:b, s:f, s:I, s:I, s:I, s:I, s:I, "
+        "s:I,"
         " s:f, s:f, s:f}",
         "date", date, "backend", backend_name(a->backend), "model", a->model, "tokenizer",
         a->tokenizer, "num_prompts", (json_int_t)a->num_prompts, "num_warmups",

@@ -29,7 +29,8 @@ int64_t bench_rng_int(bench_rng *r, int64_t lo, int64_t hi)
     /* Rejection keeps every value equally likely. */
     uint64_t limit = UINT64_MAX - UINT64_MAX % span;
     uint64_t x;
-    do x = bench_rng_next(r);
+    do
+        x = bench_rng_next(r);
     while (x >= limit);
     return lo + (int64_t)(x % span);
 }

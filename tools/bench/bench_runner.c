@@ -26,14 +26,14 @@ typedef struct phase {
     bench_record *recs;
     const double *arrival_s;
     size_t n;
-    const char *label;       /* "warmup" or "benchmark", for the progress bar */
-    char prefix;             /* request ids are prefix + index */
+    const char *label; /* "warmup" or "benchmark", for the progress bar */
+    char prefix;       /* request ids are prefix + index */
     pthread_mutex_t mu;
     pthread_cond_t cv;
     size_t in_flight, done;
-    cvc_stream *stream;      /* gRPC only */
-    cv_error stream_err;     /* how the gRPC stream failed, "" if it did not */
-    char http_url[512];      /* HTTP only */
+    cvc_stream *stream;  /* gRPC only */
+    cv_error stream_err; /* how the gRPC stream failed, "" if it did not */
+    char http_url[512];  /* HTTP only */
 } phase;
 
 static void progress(phase *p)
@@ -42,7 +42,8 @@ static void progress(phase *p)
     enum { WIDTH = 40 };
     size_t fill = p->n ? p->done * WIDTH / p->n : WIDTH;
     char bar[WIDTH + 1];
-    for (size_t i = 0; i < WIDTH; i++) bar[i] = i < fill ? '#' : '.';
+    for (size_t i = 0; i < WIDTH; i++)
+        bar[i] = i < fill ? '#' : '.';
     bar[WIDTH] = '\0';
     fprintf(stderr, "\r%-9s [%s] %zu/%zu", p->label, bar, p->done, p->n);
     if (p->done == p->n) fputc('\n', stderr);
@@ -74,8 +75,8 @@ static int add_text(bench_record *r, const char *s, size_t n)
 
 /* One streamed piece of a request: text (may be empty), the server's token
  * count for it (-1 when not sent). Called with p->mu held. */
-static void record_piece(bench_record *r, const char *text, size_t len, int64_t n_out,
-                         int64_t n_in, uint64_t t)
+static void record_piece(bench_record *r, const char *text, size_t len, int64_t n_out, int64_t n_in,
+                         uint64_t t)
 {
     if (n_in >= 0) r->input_tokens = n_in;
     if (n_out >= 0) {
@@ -157,7 +158,8 @@ static void *grpc_receiver(void *arg)
         pthread_mutex_lock(&p->mu);
         if (rs != CVC_RECV_RESPONSE) {
             if (rs == CVC_RECV_ERROR) p->stream_err = err;
-            fail_unfinished(p, rs == CVC_RECV_END ? "stream ended before the final response" : err.msg);
+            fail_unfinished(p, rs == CVC_RECV_END ? "stream ended before the final response"
+                                                  : err.msg);
             pthread_mutex_unlock(&p->mu);
             return NULL;
         }
@@ -167,7 +169,8 @@ static void *grpc_receiver(void *arg)
             for (size_t i = 0; i < res.n_text; i++)
                 record_piece(r, res.text[i], res.text_len[i], i == 0 ? res.num_output_tokens : -1,
                              res.num_input_tokens, res.arrival_ns);
-            if (res.n_text == 0) record_piece(r, "", 0, res.num_output_tokens, res.num_input_tokens, res.arrival_ns);
+            if (res.n_text == 0)
+                record_piece(r, "", 0, res.num_output_tokens, res.num_input_tokens, res.arrival_ns);
             if (res.final || res.error_message) finish_locked(p, r, res.arrival_ns);
         }
         pthread_mutex_unlock(&p->mu);
@@ -234,7 +237,8 @@ static int on_http_event(void *user, const char *data, size_t len, uint64_t t)
         json_t *n_out = json_object_get(j, "num_output_tokens");
         json_t *n_in = json_object_get(j, "num_input_tokens");
         record_piece(r, json_string_value(text) ? json_string_value(text) : "",
-                     json_string_length(text), json_is_integer(n_out) ? json_integer_value(n_out) : -1,
+                     json_string_length(text),
+                     json_is_integer(n_out) ? json_integer_value(n_out) : -1,
                      json_is_integer(n_in) ? json_integer_value(n_in) : -1, t);
     } else {
         json_t *text = json_object_get(json_array_get(json_object_get(j, "choices"), 0), "text");
@@ -289,7 +293,8 @@ static void *http_request(void *arg)
                   : cv_errorf(&err, "out of memory building request %s", r->id);
     uint64_t t = cv_now_ns();
     pthread_mutex_lock(&p->mu);
-    if (rc) set_error(r, err.msg);
+    if (rc)
+        set_error(r, err.msg);
     else if (res.status != 200) {
         char msg[512];
         snprintf(msg, sizeof msg, "HTTP %ld: %s", res.status, res.body ? res.body : "");
@@ -332,17 +337,22 @@ static void target_of(const bench_args *a, phase *p, char *grpc_target, size_t c
 {
     int port = a->port ? a->port : a->backend == BENCH_TRITON_GRPC ? 8001 : 8000;
     if (a->backend == BENCH_TRITON_GRPC) {
-        if (a->url) snprintf(grpc_target, cap, "%s", a->url);
-        else snprintf(grpc_target, cap, "%s:%d", a->host, port);
+        if (a->url)
+            snprintf(grpc_target, cap, "%s", a->url);
+        else
+            snprintf(grpc_target, cap, "%s:%d", a->host, port);
         return;
     }
     char base[384];
-    if (a->url) snprintf(base, sizeof base, "%s", a->url);
-    else snprintf(base, sizeof base, "http://%s:%d", a->host, port);
+    if (a->url)
+        snprintf(base, sizeof base, "%s", a->url);
+    else
+        snprintf(base, sizeof base, "http://%s:%d", a->host, port);
     size_t bl = strlen(base);
     if (bl && base[bl - 1] == '/') base[bl - 1] = '\0';
     if (a->backend == BENCH_TRITON_HTTP)
-        snprintf(p->http_url, sizeof p->http_url, "%s/v2/models/%s/generate_stream", base, a->model);
+        snprintf(p->http_url, sizeof p->http_url, "%s/v2/models/%s/generate_stream", base,
+                 a->model);
     else
         snprintf(p->http_url, sizeof p->http_url, "%s/v1/completions", base);
 }
@@ -429,7 +439,8 @@ static int phase_init(phase *p, const bench_args *a, const cv_tokenizer *tok,
     pthread_cond_init(&p->cv, NULL);
     p->recs = calloc(p->n ? p->n : 1, sizeof *p->recs);
     if (!p->recs) return cv_errorf(err, "out of memory for %zu request records", p->n);
-    for (size_t i = 0; i < p->n; i++) init_record(p, i);
+    for (size_t i = 0; i < p->n; i++)
+        init_record(p, i);
     return 0;
 }
 
@@ -485,7 +496,8 @@ int bench_run_requests(const bench_args *a, const bench_dataset *warmup, const b
 
 void bench_run_free(bench_run *run)
 {
-    for (size_t i = 0; i < run->n; i++) bench_record_free(&run->recs[i]);
+    for (size_t i = 0; i < run->n; i++)
+        bench_record_free(&run->recs[i]);
     free(run->recs);
     memset(run, 0, sizeof *run);
 }

@@ -29,10 +29,12 @@ bench_summary bench_summarize(double *v, size_t n)
     bench_summary s = {0};
     if (n == 0) return s;
     double sum = 0.0;
-    for (size_t i = 0; i < n; i++) sum += v[i];
+    for (size_t i = 0; i < n; i++)
+        sum += v[i];
     s.mean = sum / (double)n;
     double ss = 0.0;
-    for (size_t i = 0; i < n; i++) ss += (v[i] - s.mean) * (v[i] - s.mean);
+    for (size_t i = 0; i < n; i++)
+        ss += (v[i] - s.mean) * (v[i] - s.mean);
     s.std = sqrt(ss / (double)n);
     s.median = bench_percentile(v, n, 50.0);
     s.p90 = bench_percentile(v, n, 90.0);
@@ -130,17 +132,18 @@ int bench_parse_goodput(const char *arg, bench_slo *slo, cv_error *err)
 {
     const char *p = arg;
     while (*p) {
-        while (*p == ' ' || *p == ',') p++;
+        while (*p == ' ' || *p == ',')
+            p++;
         if (!*p) break;
         size_t len = strcspn(p, " ,");
         char item[128];
-        if (len >= sizeof item) return cv_errorf(err, "goodput SLO '%.*s' is too long", (int)len, p);
+        if (len >= sizeof item)
+            return cv_errorf(err, "goodput SLO '%.*s' is too long", (int)len, p);
         memcpy(item, p, len);
         item[len] = '\0';
         p += len;
         char *colon = strchr(item, ':');
-        if (!colon)
-            return cv_errorf(err, "goodput SLO '%s' is not NAME:MILLISECONDS", item);
+        if (!colon) return cv_errorf(err, "goodput SLO '%s' is not NAME:MILLISECONDS", item);
         *colon = '\0';
         const char *val = colon + 1;
         char *end;

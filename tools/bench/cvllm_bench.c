@@ -14,7 +14,8 @@ static int load_dataset(const bench_args *a, const cv_tokenizer *tok, size_t n, 
         return bench_dataset_random(tok, n, a->random_input_len, a->random_output_len,
                                     a->random_range_ratio, seed, d, err);
     case BENCH_DATA_SHAREGPT:
-        return bench_dataset_sharegpt(a->dataset_path, tok, n, a->sharegpt_output_len, seed, d, err);
+        return bench_dataset_sharegpt(a->dataset_path, tok, n, a->sharegpt_output_len, seed, d,
+                                      err);
     case BENCH_DATA_PROMPTS:
         return bench_dataset_prompts(a->dataset_path, tok, n, a->prompts_output_len, d, err);
     }
@@ -64,7 +65,8 @@ int main(int argc, char **argv)
     all.n = all_n;
     bench_metrics m;
     if (rc) fprintf(stderr, "cvllm-bench: %s\n", err.msg);
-    if (bench_compute_metrics(run.recs, run.n, run.duration_s, a.has_slo ? &a.slo : NULL, &m, &err)) {
+    if (bench_compute_metrics(run.recs, run.n, run.duration_s, a.has_slo ? &a.slo : NULL, &m,
+                              &err)) {
         fprintf(stderr, "cvllm-bench: %s\n", err.msg);
         rc = -1;
     } else {

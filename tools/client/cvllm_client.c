@@ -40,11 +40,12 @@ typedef struct run_state {
 
 static void usage(FILE *f)
 {
-    fprintf(f,
-            "usage: cvllm-client [-h] [-m MODEL] [-v] [-u URL] [-t STREAM_TIMEOUT] [--offset OFFSET]\n"
-            "                    [--input-prompts INPUT_PROMPTS] [--results-file RESULTS_FILE]\n"
-            "                    [--iterations ITERATIONS] [-s] [--exclude-inputs-in-outputs]\n"
-            "                    [-l LORA_NAME]\n");
+    fprintf(
+        f,
+        "usage: cvllm-client [-h] [-m MODEL] [-v] [-u URL] [-t STREAM_TIMEOUT] [--offset OFFSET]\n"
+        "                    [--input-prompts INPUT_PROMPTS] [--results-file RESULTS_FILE]\n"
+        "                    [--iterations ITERATIONS] [-s] [--exclude-inputs-in-outputs]\n"
+        "                    [-l LORA_NAME]\n");
 }
 
 static int arg_error(const char *fmt, const char *a, const char *b)
@@ -72,8 +73,10 @@ static bool parse_double(const char *s, double *v)
 
 static int parse_args(int argc, char **argv, options *o)
 {
-    *o = (options){.model = "vllm_model", .url = "localhost:8001",
-                   .input_prompts = "prompts.txt", .results_file = "results.txt",
+    *o = (options){.model = "vllm_model",
+                   .url = "localhost:8001",
+                   .input_prompts = "prompts.txt",
+                   .results_file = "results.txt",
                    .iterations = 1};
     enum { OPT_OFFSET = 256, OPT_INPUT, OPT_RESULTS, OPT_ITER, OPT_EXCLUDE };
     static const struct option longs[] = {
@@ -94,29 +97,50 @@ static int parse_args(int argc, char **argv, options *o)
     int c;
     while ((c = getopt_long(argc, argv, ":hm:vu:t:sl:", longs, NULL)) != -1) {
         switch (c) {
-        case 'h': usage(stdout); return 1;
-        case 'm': o->model = optarg; break;
-        case 'v': o->verbose = true; break;
-        case 'u': o->url = optarg; break;
+        case 'h':
+            usage(stdout);
+            return 1;
+        case 'm':
+            o->model = optarg;
+            break;
+        case 'v':
+            o->verbose = true;
+            break;
+        case 'u':
+            o->url = optarg;
+            break;
         case 't':
             if (!parse_double(optarg, &o->stream_timeout_s))
-                return arg_error("argument -t/--stream-timeout: invalid float value: '%s'%s", optarg, "");
+                return arg_error("argument -t/--stream-timeout: invalid float value: '%s'%s",
+                                 optarg, "");
             break;
         case OPT_OFFSET:
             if (!parse_long(optarg, &o->offset))
                 return arg_error("argument --offset: invalid int value: '%s'%s", optarg, "");
             break;
-        case OPT_INPUT: o->input_prompts = optarg; break;
-        case OPT_RESULTS: o->results_file = optarg; break;
+        case OPT_INPUT:
+            o->input_prompts = optarg;
+            break;
+        case OPT_RESULTS:
+            o->results_file = optarg;
+            break;
         case OPT_ITER:
             if (!parse_long(optarg, &o->iterations))
                 return arg_error("argument --iterations: invalid int value: '%s'%s", optarg, "");
             break;
-        case 's': o->streaming = true; break;
-        case OPT_EXCLUDE: o->exclude_inputs = true; break;
-        case 'l': o->lora_name = optarg; break;
-        case ':': return arg_error("argument %s: expected one argument%s", argv[optind - 1], "");
-        default: return arg_error("unrecognized arguments: %s%s", argv[optind - 1], "");
+        case 's':
+            o->streaming = true;
+            break;
+        case OPT_EXCLUDE:
+            o->exclude_inputs = true;
+            break;
+        case 'l':
+            o->lora_name = optarg;
+            break;
+        case ':':
+            return arg_error("argument %s: expected one argument%s", argv[optind - 1], "");
+        default:
+            return arg_error("unrecognized arguments: %s%s", argv[optind - 1], "");
         }
     }
     if (optind < argc) return arg_error("unrecognized arguments: %s%s", argv[optind], "");
@@ -178,7 +202,8 @@ static void *send_all(void *arg)
     params[n_params++] = (cvc_param){.key = "top_p", .kind = CVC_PARAM_STRING, .s = "0.95"};
     params[n_params++] = (cvc_param){.key = "max_tokens", .kind = CVC_PARAM_STRING, .s = "100"};
     if (o->lora_name)
-        params[n_params++] = (cvc_param){.key = "lora_name", .kind = CVC_PARAM_STRING, .s = o->lora_name};
+        params[n_params++] =
+            (cvc_param){.key = "lora_name", .kind = CVC_PARAM_STRING, .s = o->lora_name};
     for (size_t k = 0; k < st->n_slots; k++) {
         cvc_request r;
         cvc_request_init(&r);
@@ -243,8 +268,7 @@ static int receive_all(run_state *st, bool *success)
             return -1;
         }
         if (rs != CVC_RECV_RESPONSE) continue;
-        if (st->opt->verbose)
-            printf("response id %s%s\n", r.id, r.final ? " (final)" : "");
+        if (st->opt->verbose) printf("response id %s%s\n", r.id, r.final ? " (final)" : "");
         if (r.error_message) {
             printf("Encountered error while processing: %s\n", r.error_message);
             *success = false;
@@ -293,9 +317,11 @@ static int write_results(const run_state *st)
 
 static void free_state(run_state *st)
 {
-    for (size_t i = 0; i < st->n_prompts; i++) free(st->prompts[i]);
+    for (size_t i = 0; i < st->n_prompts; i++)
+        free(st->prompts[i]);
     free(st->prompts);
-    for (size_t k = 0; k < st->n_slots; k++) free(st->slots[k].text);
+    for (size_t k = 0; k < st->n_slots; k++)
+        free(st->slots[k].text);
     free(st->slots);
     free(st->sampling_json);
     cvc_stream_free(st->stream);

@@ -50,12 +50,12 @@ int cvc_bool_decode(const uint8_t *raw, size_t raw_len, size_t i, bool *v, cv_er
 typedef int (*cvc_sse_event_fn)(void *user, const char *data, size_t len);
 
 typedef struct cvc_sse_parser {
-    char *line;          /* partial line carried between chunks */
+    char *line; /* partial line carried between chunks */
     size_t line_len, line_cap;
-    char *data;          /* data of the event being assembled */
+    char *data; /* data of the event being assembled */
     size_t data_len, data_cap;
-    bool has_data;       /* a data field was seen in this event */
-    bool last_was_cr;    /* a CR ended the previous chunk: skip a leading LF */
+    bool has_data;    /* a data field was seen in this event */
+    bool last_was_cr; /* a CR ended the previous chunk: skip a leading LF */
     cvc_sse_event_fn on_event;
     void *user;
 } cvc_sse_parser;
@@ -75,8 +75,8 @@ void cvc_sse_free(cvc_sse_parser *p);
 typedef int (*cvc_http_event_fn)(void *user, const char *data, size_t len, uint64_t arrival_ns);
 
 typedef struct cvc_http_result {
-    long status;        /* HTTP status; 0 when no response arrived */
-    char *body;         /* non-SSE body (e.g. an error JSON), NUL-terminated, may be NULL */
+    long status; /* HTTP status; 0 when no response arrived */
+    char *body;  /* non-SSE body (e.g. an error JSON), NUL-terminated, may be NULL */
     size_t body_len;
 } cvc_http_result;
 
@@ -113,19 +113,19 @@ typedef struct cvc_param {
 /* One request for the vllm model. Inputs left NULL / negative are omitted. */
 typedef struct cvc_request {
     const char *model_name;
-    const char *model_version;          /* NULL or "" for the default */
+    const char *model_version; /* NULL or "" for the default */
     const char *id;
-    const char *text_input;             /* UTF-8 prompt */
+    const char *text_input; /* UTF-8 prompt */
     size_t text_input_len;
-    int stream;                         /* -1 omit, else BOOL input "stream" */
-    const char *sampling_parameters;    /* JSON object text, NULL to omit */
-    int exclude_input_in_output;        /* -1 omit, else BOOL */
-    bool return_num_input_tokens;       /* each true adds a BOOL input = true */
+    int stream;                      /* -1 omit, else BOOL input "stream" */
+    const char *sampling_parameters; /* JSON object text, NULL to omit */
+    int exclude_input_in_output;     /* -1 omit, else BOOL */
+    bool return_num_input_tokens;    /* each true adds a BOOL input = true */
     bool return_num_output_tokens;
     bool return_finish_reason;
-    const cvc_param *params;            /* request parameters */
+    const cvc_param *params; /* request parameters */
     size_t n_params;
-    const char *const *outputs;         /* requested outputs; none: all */
+    const char *const *outputs; /* requested outputs; none: all */
     size_t n_outputs;
 } cvc_request;
 
@@ -134,11 +134,11 @@ void cvc_request_init(cvc_request *r);
 
 /* One ModelStreamInferResponse, decoded. */
 typedef struct cvc_response {
-    char *id;                  /* "" when the server sent none */
-    char *error_message;       /* NULL when the response is not an error */
-    bool final;                /* parameter triton_final_response */
-    size_t n_text;             /* text_output elements */
-    char **text;               /* NUL-terminated copies */
+    char *id;            /* "" when the server sent none */
+    char *error_message; /* NULL when the response is not an error */
+    bool final;          /* parameter triton_final_response */
+    size_t n_text;       /* text_output elements */
+    char **text;         /* NUL-terminated copies */
     size_t *text_len;
     char *finish_reason;       /* first element of finish_reason, NULL if absent */
     int64_t num_input_tokens;  /* -1 when absent */

@@ -66,9 +66,8 @@ static int build_inputs(req_builder *b, const cvc_request *req, cv_error *err)
 {
     if (add_bytes(b, "text_input", req->text_input, req->text_input_len, err)) return -1;
     if (req->stream >= 0 && add_bool(b, "stream", req->stream != 0, err)) return -1;
-    if (req->sampling_parameters &&
-        add_bytes(b, "sampling_parameters", req->sampling_parameters,
-                  strlen(req->sampling_parameters), err))
+    if (req->sampling_parameters && add_bytes(b, "sampling_parameters", req->sampling_parameters,
+                                              strlen(req->sampling_parameters), err))
         return -1;
     if (req->exclude_input_in_output >= 0 &&
         add_bool(b, "exclude_input_in_output", req->exclude_input_in_output != 0, err))
@@ -85,8 +84,10 @@ int cvc_request_encode(const cvc_request *req, uint8_t **buf, size_t *len, cv_er
 {
     *buf = NULL;
     *len = 0;
-    if (!req->model_name || !req->model_name[0]) return cv_errorf(err, "request without a model name");
-    if (!req->text_input) return cv_errorf(err, "request '%s' without text_input", req->id ? req->id : "");
+    if (!req->model_name || !req->model_name[0])
+        return cv_errorf(err, "request without a model name");
+    if (!req->text_input)
+        return cv_errorf(err, "request '%s' without text_input", req->id ? req->id : "");
     req_builder b = {.shape_one = 1};
     Inference__ModelInferRequest__ParametersEntry *entries = NULL, **entry_ptrs = NULL;
     Inference__InferParameter *values = NULL;
@@ -167,7 +168,8 @@ int cvc_request_encode(const cvc_request *req, uint8_t **buf, size_t *len, cv_er
     *len = inference__model_infer_request__pack(&msg, *buf);
     rc = 0;
 out:
-    for (size_t i = 0; i < b.n; i++) free(b.raw[i].data);
+    for (size_t i = 0; i < b.n; i++)
+        free(b.raw[i].data);
     free(entries);
     free(entry_ptrs);
     free(values);
@@ -180,7 +182,8 @@ void cvc_response_free(cvc_response *r)
 {
     free(r->id);
     free(r->error_message);
-    for (size_t i = 0; i < r->n_text; i++) free(r->text[i]);
+    for (size_t i = 0; i < r->n_text; i++)
+        free(r->text[i]);
     free(r->text);
     free(r->text_len);
     free(r->finish_reason);
@@ -203,32 +206,38 @@ static int read_int(const Inference__ModelInferResponse__InferOutputTensor *t, c
                     size_t raw_len, bool has_raw, int64_t *v, cv_error *err)
 {
     const char *dt = t->datatype;
-    size_t width = (!strcmp(dt, "UINT32") || !strcmp(dt, "INT32")) ? 4
+    size_t width = (!strcmp(dt, "UINT32") || !strcmp(dt, "INT32"))   ? 4
                    : (!strcmp(dt, "UINT64") || !strcmp(dt, "INT64")) ? 8
-                                                                      : 0;
+                                                                     : 0;
     if (!width) return cv_errorf(err, "output '%s': unexpected datatype '%s'", t->name, dt);
     if (has_raw) {
         if (raw_len < width)
             return cv_errorf(err, "output '%s': %zu raw bytes, a %s needs %zu", t->name, raw_len,
                              dt, width);
         uint64_t u = 0;
-        for (size_t i = 0; i < width; i++) u |= (uint64_t)raw[i] << (8 * i);
+        for (size_t i = 0; i < width; i++)
+            u |= (uint64_t)raw[i] << (8 * i);
         *v = dt[0] == 'I' && width == 4 ? (int64_t)(int32_t)(uint32_t)u : (int64_t)u;
         return 0;
     }
     const Inference__InferTensorContents *c = t->contents;
-    if (c && c->n_uint_contents) *v = c->uint_contents[0];
-    else if (c && c->n_int_contents) *v = c->int_contents[0];
-    else if (c && c->n_uint64_contents) *v = (int64_t)c->uint64_contents[0];
-    else if (c && c->n_int64_contents) *v = c->int64_contents[0];
-    else return cv_errorf(err, "output '%s' has no contents", t->name);
+    if (c && c->n_uint_contents)
+        *v = c->uint_contents[0];
+    else if (c && c->n_int_contents)
+        *v = c->int_contents[0];
+    else if (c && c->n_uint64_contents)
+        *v = (int64_t)c->uint64_contents[0];
+    else if (c && c->n_int64_contents)
+        *v = c->int64_contents[0];
+    else
+        return cv_errorf(err, "output '%s' has no contents", t->name);
     return 0;
 }
 
 /* BYTES output as an element list (pointers into the message). */
 static int read_bytes(const Inference__ModelInferResponse__InferOutputTensor *t, const uint8_t *raw,
-                      size_t raw_len, bool has_raw, const uint8_t ***elems, size_t **lens, size_t *n,
-                      cv_error *err)
+                      size_t raw_len, bool has_raw, const uint8_t ***elems, size_t **lens,
+                      size_t *n, cv_error *err)
 {
     if (has_raw) {
         if (cvc_bytes_decode(raw, raw_len, elems, lens, n, err))

@@ -23,7 +23,7 @@ struct cvc_stream {
     grpc_channel *channel;
     grpc_completion_queue *cq; /* pluck queue owned by this stream */
     grpc_call *call;
-    pthread_mutex_t send_mu;   /* one SEND_MESSAGE / close in flight at a time */
+    pthread_mutex_t send_mu; /* one SEND_MESSAGE / close in flight at a time */
     bool send_closed;
 
     grpc_metadata_array initial_md, trailing_md;
@@ -32,9 +32,9 @@ struct cvc_stream {
     bool status_plucked;
 
     grpc_byte_buffer *recv_buf;
-    bool recv_pending;         /* a RECV_MESSAGE was started and not plucked */
-    bool got_initial_md_op;    /* RECV_INITIAL_METADATA already requested */
-    bool finished;             /* END or ERROR was reported */
+    bool recv_pending;      /* a RECV_MESSAGE was started and not plucked */
+    bool got_initial_md_op; /* RECV_INITIAL_METADATA already requested */
+    bool finished;          /* END or ERROR was reported */
 
     /* Distinct addresses used as completion tags. */
     char tag_send, tag_close, tag_recv, tag_status, tag_start;
@@ -42,11 +42,23 @@ struct cvc_stream {
 
 static const char *status_name(grpc_status_code c)
 {
-    static const char *names[] = {
-        "OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED", "NOT_FOUND",
-        "ALREADY_EXISTS", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION",
-        "ABORTED", "OUT_OF_RANGE", "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS",
-        "UNAUTHENTICATED"};
+    static const char *names[] = {"OK",
+                                  "CANCELLED",
+                                  "UNKNOWN",
+                                  "INVALID_ARGUMENT",
+                                  "DEADLINE_EXCEEDED",
+                                  "NOT_FOUND",
+                                  "ALREADY_EXISTS",
+                                  "PERMISSION_DENIED",
+                                  "RESOURCE_EXHAUSTED",
+                                  "FAILED_PRECONDITION",
+                                  "ABORTED",
+                                  "OUT_OF_RANGE",
+                                  "UNIMPLEMENTED",
+                                  "INTERNAL",
+                                  "UNAVAILABLE",
+                                  "DATA_LOSS",
+                                  "UNAUTHENTICATED"};
     if ((int)c >= 0 && (size_t)c < sizeof names / sizeof names[0]) return names[c];
     return "UNKNOWN_STATUS";
 }
@@ -65,7 +77,8 @@ static int run_batch(cvc_stream *s, const grpc_op *ops, size_t n, void *tag, boo
     grpc_call_error ce = grpc_call_start_batch(s->call, ops, n, tag, NULL);
     if (ce != GRPC_CALL_OK)
         return cv_errorf(err, "ModelStreamInfer: grpc_call_start_batch failed (%d)", (int)ce);
-    grpc_event ev = grpc_completion_queue_pluck(s->cq, tag, gpr_inf_future(GPR_CLOCK_REALTIME), NULL);
+    grpc_event ev =
+        grpc_completion_queue_pluck(s->cq, tag, gpr_inf_future(GPR_CLOCK_REALTIME), NULL);
     *ok = ev.type == GRPC_OP_COMPLETE && ev.success;
     return 0;
 }
@@ -85,10 +98,10 @@ cvc_stream *cvc_stream_open(const char *target, double timeout_s, cv_error *err)
     s->channel = grpc_channel_create(target, creds, NULL);
     grpc_channel_credentials_release(creds);
     s->cq = grpc_completion_queue_create_for_pluck(NULL);
-    gpr_timespec deadline = timeout_s > 0
-                                ? deadline_in_ms((int)(timeout_s * 1000.0))
-                                : gpr_inf_future(GPR_CLOCK_REALTIME);
-    grpc_slice method = grpc_slice_from_static_string("/inference.GRPCInferenceService/ModelStreamInfer");
+    gpr_timespec deadline = timeout_s > 0 ? deadline_in_ms((int)(timeout_s * 1000.0))
+                                          : gpr_inf_future(GPR_CLOCK_REALTIME);
+    grpc_slice method =
+        grpc_slice_from_static_string("/inference.GRPCInferenceService/ModelStreamInfer");
     s->call = grpc_channel_create_call(s->channel, NULL, GRPC_PROPAGATE_DEFAULTS, s->cq, method,
                                        NULL, deadline, NULL);
     if (!s->channel || !s->cq || !s->call) {
@@ -120,7 +133,8 @@ fail:
 static cvc_recv_status finish(cvc_stream *s, cv_error *err)
 {
     if (!s->status_plucked) {
-        grpc_completion_queue_pluck(s->cq, &s->tag_status, gpr_inf_future(GPR_CLOCK_REALTIME), NULL);
+        grpc_completion_queue_pluck(s->cq, &s->tag_status, gpr_inf_future(GPR_CLOCK_REALTIME),
+                                    NULL);
         s->status_plucked = true;
     }
     s->finished = true;
@@ -196,13 +210,15 @@ cvc_recv_status cvc_stream_recv(cvc_stream *s, int timeout_ms, cvc_response *out
         s->recv_buf = NULL;
         grpc_call_error ce = grpc_call_start_batch(s->call, ops, n, &s->tag_recv, NULL);
         if (ce != GRPC_CALL_OK) {
-            cv_errorf(err, "ModelStreamInfer: grpc_call_start_batch (receive) failed (%d)", (int)ce);
+            cv_errorf(err, "ModelStreamInfer: grpc_call_start_batch (receive) failed (%d)",
+                      (int)ce);
             return CVC_RECV_ERROR;
         }
         s->got_initial_md_op = true;
         s->recv_pending = true;
     }
-    grpc_event ev = grpc_completion_queue_pluck(s->cq, &s->tag_recv, deadline_in_ms(timeout_ms), NULL);
+    grpc_event ev =
+        grpc_completion_queue_pluck(s->cq, &s->tag_recv, deadline_in_ms(timeout_ms), NULL);
     if (ev.type == GRPC_QUEUE_TIMEOUT) return CVC_RECV_TIMEOUT;
     uint64_t arrival_ns = cv_now_ns();
     s->recv_pending = false;
@@ -243,8 +259,8 @@ void cvc_stream_free(cvc_stream *s)
     }
     if (s->cq) {
         grpc_completion_queue_shutdown(s->cq);
-        while (grpc_completion_queue_pluck(s->cq, NULL, gpr_inf_future(GPR_CLOCK_REALTIME), NULL).type !=
-               GRPC_QUEUE_SHUTDOWN) {
+        while (grpc_completion_queue_pluck(s->cq, NULL, gpr_inf_future(GPR_CLOCK_REALTIME), NULL)
+                   .type != GRPC_QUEUE_SHUTDOWN) {
         }
         grpc_completion_queue_destroy(s->cq);
     }

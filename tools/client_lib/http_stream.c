@@ -68,8 +68,8 @@ static size_t on_write(char *data, size_t size, size_t nmemb, void *user)
         curl_easy_getinfo(c->curl, CURLINFO_CONTENT_TYPE, &type);
         curl_easy_getinfo(c->curl, CURLINFO_RESPONSE_CODE, &status);
         /* Only a successful event stream is parsed; error bodies are kept. */
-        c->is_sse = c->on_event && status == 200 && type &&
-                    strncmp(type, "text/event-stream", 17) == 0;
+        c->is_sse =
+            c->on_event && status == 200 && type && strncmp(type, "text/event-stream", 17) == 0;
         c->checked_type = true;
     }
     if (!c->is_sse) {
@@ -108,7 +108,8 @@ int cvc_http_post_sse(const char *url, const char *json_body, long timeout_ms,
     CURL *curl = curl_easy_init();
     if (!curl) return cv_errorf(err, "%s: curl_easy_init failed", url);
     struct curl_slist *headers = curl_slist_append(NULL, "Content-Type: application/json");
-    struct curl_slist *h2 = headers ? curl_slist_append(headers, "Accept: text/event-stream") : NULL;
+    struct curl_slist *h2 =
+        headers ? curl_slist_append(headers, "Accept: text/event-stream") : NULL;
     if (!h2) {
         curl_slist_free_all(headers);
         curl_easy_cleanup(curl);

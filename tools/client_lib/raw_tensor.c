@@ -10,8 +10,7 @@ int cvc_bytes_append(uint8_t **buf, size_t *buf_len, const void *data, size_t le
     if (len > UINT32_MAX)
         return cv_errorf(err, "BYTES element of %zu bytes exceeds the 4-byte length prefix", len);
     uint8_t *grown = realloc(*buf, *buf_len + 4 + len);
-    if (!grown)
-        return cv_errorf(err, "out of memory encoding a BYTES element of %zu bytes", len);
+    if (!grown) return cv_errorf(err, "out of memory encoding a BYTES element of %zu bytes", len);
     uint8_t *p = grown + *buf_len;
     /* Written byte by byte so the encoding is little-endian on any host. */
     p[0] = (uint8_t)(len & 0xff);
@@ -49,8 +48,9 @@ int cvc_bytes_decode(const uint8_t *raw, size_t raw_len, const uint8_t ***elems,
             free(*lens);
             *elems = NULL;
             *lens = NULL;
-            return cv_errorf(err, "BYTES tensor element %zu: length %u runs past the end (%zu bytes left)",
-                             *n, len, raw_len - off);
+            return cv_errorf(
+                err, "BYTES tensor element %zu: length %u runs past the end (%zu bytes left)", *n,
+                len, raw_len - off);
         }
         if (*n == cap) {
             cap = cap ? 2 * cap : 4;

@@ -25,7 +25,8 @@ static int grow(char **buf, size_t *cap, size_t need)
 {
     if (need <= *cap) return 0;
     size_t c = *cap ? *cap : 256;
-    while (c < need) c *= 2;
+    while (c < need)
+        c *= 2;
     char *b = realloc(*buf, c);
     if (!b) return -1;
     *buf = b;
