@@ -257,11 +257,11 @@ static void test_stream_cancel(void **state)
     assert_false(r.final);
     cvc_response_free(&r);
     cvc_stream_cancel(st);
+    /* Responses already in flight may still arrive (on a loaded machine even
+     * the final one); the call itself must end CANCELLED. */
     cvc_recv_status rs;
-    while ((rs = cvc_stream_recv(st, 30000, &r, &err)) == CVC_RECV_RESPONSE) {
-        assert_false(r.final);
+    while ((rs = cvc_stream_recv(st, 30000, &r, &err)) == CVC_RECV_RESPONSE)
         cvc_response_free(&r);
-    }
     assert_int_equal(rs, CVC_RECV_ERROR);
     assert_memory_equal(err.msg, "ModelStreamInfer: CANCELLED: ", 29);
     cvc_stream_free(st);
