@@ -110,12 +110,38 @@ AI void rows(cv_dtype wt, int R, const void *w, int64_t row0, int in, const floa
     }
 }
 
+/* One token: y[o] = w[o] . x, rows one after another so that the weights
+ * are one sequential stream for the hardware prefetcher (a tile gains
+ * nothing when each weight is used once). The same arithmetic as a 1 x 1
+ * tile: one accumulator, masked tail, _mm512_reduce_add_ps. */
+AI void matvec(cv_dtype wt, const void *w, int in, const float *x, float *y, int o0, int o1,
+               bool accumulate)
+{
+    const int nfull = in & ~15;
+    const __mmask16 m = (__mmask16)((1u << (in - nfull)) - 1u);
+    for (int o = o0; o < o1; o++) {
+        const int64_t row = (int64_t)o * in;
+        __m512 acc = _mm512_setzero_ps();
+        for (int i = 0; i < nfull; i += 16)
+            acc = _mm512_fmadd_ps(load_w(wt, w, row + i), _mm512_loadu_ps(x + i), acc);
+        if (nfull < in)
+            acc = _mm512_fmadd_ps(load_w_mask(wt, w, row + nfull, m),
+                                  _mm512_maskz_loadu_ps(m, x + nfull), acc);
+        float v = _mm512_reduce_add_ps(acc);
+        y[o] = accumulate ? y[o] + v : v;
+    }
+}
+
 /* Tokens are processed in chunks whose activations fit in L2 (~192 KiB),
  * so a weight tile read once from memory is reused from L1 by every token of
  * the chunk. */
 AI void matmul_dtype(cv_dtype wt, const void *w, int in, const float *x, int xs, int n_tok,
                      float *y, int ys, int o0, int o1, bool accumulate)
 {
+    if (n_tok == 1) {
+        matvec(wt, w, in, x, y, o0, o1, accumulate);
+        return;
+    }
     int chunk = (192 * 1024) / (in * (int)sizeof(float));
     chunk = chunk < TILE_TOKS ? TILE_TOKS : chunk / TILE_TOKS * TILE_TOKS;
     for (int t0 = 0; t0 < n_tok; t0 += chunk) {
@@ -123,9 +149,6 @@ AI void matmul_dtype(cv_dtype wt, const void *w, int in, const float *x, int xs,
         const float *xc = x + (int64_t)t0 * xs;
         float *yc = y + (int64_t)t0 * ys;
         int o = o0;
-        /* One token (decode): rows one after another, so the weights are a
-         * single sequential stream for the hardware prefetcher; the tile
-         * gains nothing when each weight is used once. */
         if (tn > 1)
             for (; o + TILE_ROWS <= o1; o += TILE_ROWS)
                 rows(wt, TILE_ROWS, w, o, in, xc, xs, tn, yc, ys, accumulate,
