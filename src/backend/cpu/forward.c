@@ -258,11 +258,22 @@ static void attend(cv_backend *bk, const cv_batch *b, int layer, int t, int h0, 
         m[hh] = -INFINITY;
         l[hh] = 0.0f;
     }
+    const size_t head_off = ((size_t)layer * 2 * nkv + g) * bs * hd;
+    const size_t kv_bytes = (size_t)bs * hd * cv_dtype_size(bk->kv_dtype);
     for (int j0 = 0; j0 < ctx; j0 += bs) {
         const int n = ctx - j0 < bs ? ctx - j0 : bs;
-        const size_t kb = (size_t)table[j0 / bs] * bk->block_elems +
-                          ((size_t)layer * 2 * nkv + g) * bs * hd;
+        const size_t kb = (size_t)table[j0 / bs] * bk->block_elems + head_off;
         const size_t vb = kb + (size_t)nkv * bs * hd;
+        /* The next block lies wherever the block table says, where no
+         * hardware prefetcher looks: fetch its K and V during this one. */
+        if (j0 + bs < ctx) {
+            const char *nk = cpu_kv_at(bk, (size_t)table[j0 / bs + 1] * bk->block_elems + head_off);
+            const char *nv = nk + (size_t)nkv * kv_bytes;
+            for (size_t off = 0; off < kv_bytes; off += 64) {
+                __builtin_prefetch(nk + off);
+                __builtin_prefetch(nv + off);
+            }
+        }
         for (int hh = 0; hh < h1 - h0; hh++) {
             const int head = h0 + hh;
             K->attn_block(bk->kv_dtype, bk->q + (int64_t)t * bk->ld_q + head * hd,
