@@ -64,8 +64,7 @@ static double triad_gbps(int n_threads, bool huge_pages)
 
 static double tensor_bytes(const cv_tensor *t)
 {
-    if (!t->data)
-        return 0.0;
+    if (!t->data) return 0.0;
     double n = (double)cv_dtype_size(t->dtype);
     for (int d = 0; d < t->n_dims; d++)
         n *= (double)t->shape[d];
@@ -80,9 +79,9 @@ static double weight_bytes_per_token(const cv_model *m)
                    (double)c->hidden_size * cv_dtype_size(w->embed.dtype);
     for (int l = 0; l < c->n_layers; l++) {
         const cv_layer_weights *L = &w->layers[l];
-        const cv_tensor *all[] = {&L->attn_norm, &L->wq, &L->wk, &L->wv, &L->bq,
-                                  &L->bk,        &L->bv, &L->q_norm, &L->k_norm, &L->wo,
-                                  &L->ffn_norm,  &L->w_gate, &L->w_up, &L->w_down};
+        const cv_tensor *all[] = {&L->attn_norm, &L->wq,     &L->wk,     &L->wv,     &L->bq,
+                                  &L->bk,        &L->bv,     &L->q_norm, &L->k_norm, &L->wo,
+                                  &L->ffn_norm,  &L->w_gate, &L->w_up,   &L->w_down};
         for (size_t i = 0; i < sizeof all / sizeof *all; i++)
             bytes += tensor_bytes(all[i]);
     }
@@ -93,17 +92,16 @@ static int argmax(const float *row, int n)
 {
     int best = 0;
     for (int i = 1; i < n; i++)
-        if (row[i] > row[best])
-            best = i;
+        if (row[i] > row[best]) best = i;
     return best;
 }
 
 /* The KV state of B sequences and one step's batch arrays. */
 typedef struct bench_seqs {
     int n_seqs, max_blocks;
-    int32_t *tables;  /* (n_seqs, max_blocks) */
-    int32_t *len;     /* (n_seqs) tokens in the cache */
-    int32_t *next;    /* (n_seqs) token to feed next */
+    int32_t *tables; /* (n_seqs, max_blocks) */
+    int32_t *len;    /* (n_seqs) tokens in the cache */
+    int32_t *next;   /* (n_seqs) token to feed next */
     int32_t *ids, *pos, *starts, *lens, *idx;
     int64_t *slots;
 } bench_seqs;
@@ -115,20 +113,25 @@ static int decode_step(cv_backend *bk, bench_seqs *s, float *logits, int vocab, 
         int p = s->len[i];
         s->ids[i] = s->next[i];
         s->pos[i] = p;
-        s->slots[i] = (int64_t)s->tables[i * s->max_blocks + p / BLOCK_SIZE] * BLOCK_SIZE +
-                      p % BLOCK_SIZE;
+        s->slots[i] =
+            (int64_t)s->tables[i * s->max_blocks + p / BLOCK_SIZE] * BLOCK_SIZE + p % BLOCK_SIZE;
         s->starts[i] = i;
         s->lens[i] = p + 1;
         s->idx[i] = i;
     }
     s->starts[s->n_seqs] = s->n_seqs;
-    cv_batch b = {.n_tokens = s->n_seqs, .token_ids = s->ids, .positions = s->pos,
-                  .slot_mapping = s->slots, .n_seqs = s->n_seqs, .query_start = s->starts,
-                  .seq_lens = s->lens, .block_tables = s->tables,
-                  .max_blocks_per_seq = s->max_blocks, .n_logits = s->n_seqs,
+    cv_batch b = {.n_tokens = s->n_seqs,
+                  .token_ids = s->ids,
+                  .positions = s->pos,
+                  .slot_mapping = s->slots,
+                  .n_seqs = s->n_seqs,
+                  .query_start = s->starts,
+                  .seq_lens = s->lens,
+                  .block_tables = s->tables,
+                  .max_blocks_per_seq = s->max_blocks,
+                  .n_logits = s->n_seqs,
                   .logits_indices = s->idx};
-    if (cv_backend_forward(bk, &b, logits, err))
-        return -1;
+    if (cv_backend_forward(bk, &b, logits, err)) return -1;
     for (int i = 0; i < s->n_seqs; i++) {
         s->next[i] = argmax(logits + (size_t)i * vocab, vocab);
         s->len[i]++;
@@ -185,15 +188,22 @@ static int bench_model(const char *dir, const bench_opts *o)
     for (int i = 0; i < o->prompt; i++) {
         r = r * 1664525u + 1013904223u;
         s.ids[i] = i == 0 && c->bos_token_id >= 0 ? c->bos_token_id
-                                                   : (int32_t)((r >> 8) % (uint32_t)vocab);
+                                                  : (int32_t)((r >> 8) % (uint32_t)vocab);
         s.pos[i] = i;
         s.slots[i] = (int64_t)s.tables[i / BLOCK_SIZE] * BLOCK_SIZE + i % BLOCK_SIZE;
     }
     int32_t starts[2] = {0, o->prompt}, lens[1] = {o->prompt}, last[1] = {o->prompt - 1};
-    cv_batch pb = {.n_tokens = o->prompt, .token_ids = s.ids, .positions = s.pos,
-                   .slot_mapping = s.slots, .n_seqs = 1, .query_start = starts,
-                   .seq_lens = lens, .block_tables = s.tables, .max_blocks_per_seq = max_blocks,
-                   .n_logits = 1, .logits_indices = last};
+    cv_batch pb = {.n_tokens = o->prompt,
+                   .token_ids = s.ids,
+                   .positions = s.pos,
+                   .slot_mapping = s.slots,
+                   .n_seqs = 1,
+                   .query_start = starts,
+                   .seq_lens = lens,
+                   .block_tables = s.tables,
+                   .max_blocks_per_seq = max_blocks,
+                   .n_logits = 1,
+                   .logits_indices = last};
     int32_t first_tok = 0;
     double pp_best = 1e30;
     for (int rep = 0; rep < 3; rep++) {
@@ -287,8 +297,7 @@ static int parse_batches(const char *arg, bench_opts *o)
     for (const char *p = arg; *p && o->n_batches < 8;) {
         char *end;
         long v = strtol(p, &end, 10);
-        if (end == p || v < 1 || v > MAX_BATCH)
-            return -1;
+        if (end == p || v < 1 || v > MAX_BATCH) return -1;
         o->batches[o->n_batches++] = (int)v;
         p = *end == ',' ? end + 1 : end;
     }
@@ -297,8 +306,13 @@ static int parse_batches(const char *arg, bench_opts *o)
 
 int main(int argc, char **argv)
 {
-    bench_opts o = {.n_threads = 2, .prompt = 128, .gen = 256, .batch_steps = 64, .reps = 3,
-                    .n_batches = 3, .batches = {8, 32, 64}};
+    bench_opts o = {.n_threads = 2,
+                    .prompt = 128,
+                    .gen = 256,
+                    .batch_steps = 64,
+                    .reps = 3,
+                    .n_batches = 3,
+                    .batches = {8, 32, 64}};
     int first_model = argc;
     for (int i = 1; i < argc; i++) {
         if (i + 1 < argc && strcmp(argv[i], "--threads") == 0)
@@ -322,10 +336,12 @@ int main(int argc, char **argv)
             break;
         }
     }
-    if (first_model >= argc || o.n_threads < 1 || o.prompt < 2 || o.gen < 1 ||
-        o.batch_steps < 1 || o.reps < 1) {
-        fprintf(stderr, "usage: %s [--threads N] [--prompt N] [--gen N] [--batch-steps N] "
-                        "[--batches 8,32,64] [--reps N] MODEL_DIR...\n", argv[0]);
+    if (first_model >= argc || o.n_threads < 1 || o.prompt < 2 || o.gen < 1 || o.batch_steps < 1 ||
+        o.reps < 1) {
+        fprintf(stderr,
+                "usage: %s [--threads N] [--prompt N] [--gen N] [--batch-steps N] "
+                "[--batches 8,32,64] [--reps N] MODEL_DIR...\n",
+                argv[0]);
         return 2;
     }
     o.triad = triad_gbps(o.n_threads, false);
@@ -336,7 +352,6 @@ int main(int argc, char **argv)
            "of roofline | of 2 MiB-page roofline |\n|---|---|---|---|---|---|---|---|\n");
     fflush(stdout);
     for (int i = first_model; i < argc; i++)
-        if (bench_model(argv[i], &o))
-            return 1;
+        if (bench_model(argv[i], &o)) return 1;
     return 0;
 }

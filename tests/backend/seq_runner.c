@@ -25,8 +25,7 @@ int runner_step(runner *r, const int *chunk, float *logits, cv_error *err)
     starts[0] = 0;
     for (int i = 0; i < r->n_seqs; i++) {
         runner_seq *s = &r->seqs[i];
-        if (chunk[i] <= 0)
-            continue;
+        if (chunk[i] <= 0) continue;
         for (int k = 0; k < chunk[i]; k++, n++) {
             int p = s->n_done + k;
             if (n >= MAX_TOKENS || p >= s->n_ids || p / r->block_size >= RUNNER_MAX_BLOCKS)
@@ -55,7 +54,6 @@ int runner_step(runner *r, const int *chunk, float *logits, cv_error *err)
         .n_logits = n,
         .logits_indices = idx,
     };
-    if (cv_backend_forward(r->bk, &b, logits, err))
-        return -1;
+    if (cv_backend_forward(r->bk, &b, logits, err)) return -1;
     return n;
 }

@@ -13,7 +13,7 @@ enum { RUNNER_MAX_SEQS = 8, RUNNER_MAX_BLOCKS = 64 };
 typedef struct runner_seq {
     const int32_t *ids; /* (n_ids) every token the sequence will feed */
     int n_ids;
-    int n_done;                        /* tokens already in the KV cache */
+    int n_done;                       /* tokens already in the KV cache */
     int32_t table[RUNNER_MAX_BLOCKS]; /* block table */
 } runner_seq;
 

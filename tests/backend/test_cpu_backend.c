@@ -59,8 +59,7 @@ static cv_backend *backend(int n_threads)
 {
     cv_error err = {{0}};
     cv_backend *bk = cv_backend_cpu_create(model, n_threads, &err);
-    if (!bk)
-        fail_msg("%s", err.msg);
+    if (!bk) fail_msg("%s", err.msg);
     bk->parallel_min_madds = 0.0;
     return bk;
 }
@@ -119,12 +118,10 @@ static void test_batch_and_thread_invariance(void **state)
         for (int s = 0; s < N_SEQS; s++) {
             done[s] = r.seqs[s].n_done;
             chunk[s] = k == 0 ? first[s] : (done[s] < PROMPT ? PROMPT - done[s] : 1);
-            if (done[s] >= TOTAL - 1)
-                chunk[s] = 0;
+            if (done[s] >= TOTAL - 1) chunk[s] = 0;
             any += chunk[s];
         }
-        if (!any)
-            break;
+        if (!any) break;
         assert_true(runner_step(&r, chunk, step, &err) > 0);
         size_t row = 0;
         for (int s = 0; s < N_SEQS; s++) {
@@ -188,13 +185,26 @@ typedef struct good_batch {
 static void good_batch_init(good_batch *g)
 {
     *g = (good_batch){
-        .ids = {1, 5, 9}, .pos = {0, 1, 2}, .starts = {0, 3}, .lens = {3}, .table = {2, 3},
-        .idx = {2}, .slots = {4, 5, 6},
+        .ids = {1, 5, 9},
+        .pos = {0, 1, 2},
+        .starts = {0, 3},
+        .lens = {3},
+        .table = {2, 3},
+        .idx = {2},
+        .slots = {4, 5, 6},
     };
     g->b = (cv_batch){
-        .n_tokens = 3, .token_ids = g->ids, .positions = g->pos, .slot_mapping = g->slots,
-        .n_seqs = 1, .query_start = g->starts, .seq_lens = g->lens, .block_tables = g->table,
-        .max_blocks_per_seq = 2, .n_logits = 1, .logits_indices = g->idx,
+        .n_tokens = 3,
+        .token_ids = g->ids,
+        .positions = g->pos,
+        .slot_mapping = g->slots,
+        .n_seqs = 1,
+        .query_start = g->starts,
+        .seq_lens = g->lens,
+        .block_tables = g->table,
+        .max_blocks_per_seq = 2,
+        .n_logits = 1,
+        .logits_indices = g->idx,
     };
 }
 

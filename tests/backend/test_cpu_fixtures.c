@@ -42,12 +42,10 @@ static void fixture_load(fixture *f, const char *name)
     snprintf(path, sizeof path, "%s/reference.json", dir);
     cv_error err = {{0}};
     f->model = cv_model_load(dir, &err);
-    if (!f->model)
-        fail_msg("loading %s: %s", dir, err.msg);
+    if (!f->model) fail_msg("loading %s: %s", dir, err.msg);
     json_error_t jerr;
     f->ref = json_load_file(path, 0, &jerr);
-    if (!f->ref)
-        fail_msg("%s: %s", path, jerr.text);
+    if (!f->ref) fail_msg("%s: %s", path, jerr.text);
     f->cfg = cv_model_get_config(f->model);
     f->bf16 = strcmp(json_string_value(json_object_get(f->ref, "weights_dtype")), "bfloat16") == 0;
 }
@@ -88,8 +86,7 @@ static int argmax(const float *row, int n)
 {
     int best = 0;
     for (int i = 1; i < n; i++)
-        if (row[i] > row[best])
-            best = i;
+        if (row[i] > row[best]) best = i;
     return best;
 }
 
@@ -101,10 +98,8 @@ static cv_backend *make_backend(const fixture *f, cpu_simd_level level)
     cv_error err = {{0}};
     int n_threads = level == cpu_kernels_best()->level ? 2 : 1;
     cv_backend *bk = cv_backend_cpu_create(f->model, n_threads, &err);
-    if (!bk)
-        fail_msg("create: %s", err.msg);
-    if (cpu_backend_set_simd(bk, level, &err))
-        fail_msg("%s", err.msg);
+    if (!bk) fail_msg("create: %s", err.msg);
+    if (cpu_backend_set_simd(bk, level, &err)) fail_msg("%s", err.msg);
     bk->parallel_min_madds = 0.0; /* these tiny models would run on one thread */
     return bk;
 }
@@ -134,8 +129,7 @@ static void check_logits(const fixture *f, cpu_simd_level level, const char *nam
         r.seqs[0].ids = ids[p];
         r.seqs[0].n_ids = n[p];
         int chunk[1] = {n[p]};
-        if (runner_step(&r, chunk, got[p], &err) != n[p])
-            fail_msg("%s", err.msg);
+        if (runner_step(&r, chunk, got[p], &err) != n[p]) fail_msg("%s", err.msg);
         const json_t *rows = json_object_get(json_array_get(prompts, p), key);
         double all = rel_err(got[p], rows, 0, n[p], vocab);
         double last = rel_err(got[p] + (size_t)(n[p] - 1) * vocab, rows, n[p] - 1, 1, vocab);
@@ -163,10 +157,8 @@ static void check_logits(const fixture *f, cpu_simd_level level, const char *nam
             done[p] = r.seqs[p].n_done;
             chunk[p] = plan[p][s];
         }
-        if (chunk[0] + chunk[1] == 0)
-            break;
-        if (runner_step(&r, chunk, step_logits, &err) < 0)
-            fail_msg("%s", err.msg);
+        if (chunk[0] + chunk[1] == 0) break;
+        if (runner_step(&r, chunk, step_logits, &err) < 0) fail_msg("%s", err.msg);
         memcpy(got[0] + (size_t)done[0] * vocab, step_logits,
                (size_t)chunk[0] * vocab * sizeof(float));
         memcpy(got[1] + (size_t)done[1] * vocab, step_logits + (size_t)chunk[0] * vocab,
@@ -187,8 +179,7 @@ static void check_logits(const fixture *f, cpu_simd_level level, const char *nam
 
 /* Greedy decoding one token per step from input_ids; must reproduce
  * expected exactly (HF stops after EOS, which expected then ends with). */
-static void check_greedy(cv_backend *bk, const json_t *input_ids, const json_t *expected,
-                         int vocab)
+static void check_greedy(cv_backend *bk, const json_t *input_ids, const json_t *expected, int vocab)
 {
     int32_t ids[MAX_IDS];
     int n_in = ids_from_json(input_ids, ids);
@@ -202,19 +193,16 @@ static void check_greedy(cv_backend *bk, const json_t *input_ids, const json_t *
     r.seqs[0].ids = ids;
     r.seqs[0].n_ids = n_in;
     int chunk[1] = {n_in};
-    if (runner_step(&r, chunk, logits, &err) < 0)
-        fail_msg("%s", err.msg);
+    if (runner_step(&r, chunk, logits, &err) < 0) fail_msg("%s", err.msg);
     const float *last = logits + (size_t)(n_in - 1) * vocab;
     for (int i = 0; i < n_out; i++) {
         int next = argmax(last, vocab);
         int want = (int)json_integer_value(json_array_get(expected, (size_t)i));
-        if (next != want)
-            fail_msg("greedy token %d: got %d, HF %d", i, next, want);
+        if (next != want) fail_msg("greedy token %d: got %d, HF %d", i, next, want);
         ids[n_in + i] = next;
         r.seqs[0].n_ids = n_in + i + 1;
         chunk[0] = 1;
-        if (i + 1 < n_out && runner_step(&r, chunk, logits, &err) < 0)
-            fail_msg("%s", err.msg);
+        if (i + 1 < n_out && runner_step(&r, chunk, logits, &err) < 0) fail_msg("%s", err.msg);
         last = logits;
     }
     free(logits);
@@ -226,8 +214,7 @@ static void test_fixture(void **state)
     fixture f;
     fixture_load(&f, name);
     for (int l = 0; l < CPU_SIMD_COUNT; l++) {
-        if (!cpu_kernels_get((cpu_simd_level)l))
-            continue;
+        if (!cpu_kernels_get((cpu_simd_level)l)) continue;
         check_logits(&f, (cpu_simd_level)l, name);
         cv_backend *bk = make_backend(&f, (cpu_simd_level)l);
         const json_t *g = json_object_get(f.ref, "greedy");
@@ -250,12 +237,10 @@ static void test_stories260K_greedy(void **state)
     snprintf(path, sizeof path, "%s/tests/fixtures/stories260K_greedy.json", src ? src : ".");
     cv_error err = {{0}};
     cv_model *model = cv_model_load(dir, &err);
-    if (!model)
-        fail_msg("%s", err.msg);
+    if (!model) fail_msg("%s", err.msg);
     json_error_t jerr;
     json_t *ref = json_load_file(path, 0, &jerr);
-    if (!ref)
-        fail_msg("%s: %s", path, jerr.text);
+    if (!ref) fail_msg("%s: %s", path, jerr.text);
     const json_t *cases = json_object_get(ref, "cases");
     assert_int_equal(json_array_size(cases), 3);
     cv_backend *bk = cv_backend_cpu_create(model, 2, &err);
@@ -270,7 +255,10 @@ static void test_stories260K_greedy(void **state)
     cv_model_free(model);
 }
 
-#define FIXTURE(n) {.name = n, .test_func = test_fixture, .initial_state = (void *)n}
+#define FIXTURE(n)                                                                                 \
+    {                                                                                              \
+        .name = n, .test_func = test_fixture, .initial_state = (void *)n                           \
+    }
 
 int main(void)
 {

@@ -110,8 +110,7 @@ static void test_matmul_all_levels(void **state)
     int tested = 0;
     for (int l = 0; l < CPU_SIMD_COUNT; l++) {
         const cpu_kernels *k = cpu_kernels_get((cpu_simd_level)l);
-        if (!k)
-            continue;
+        if (!k) continue;
         tested++;
         for (int dt = 0; dt < 3; dt++)
             for (size_t a = 0; a < sizeof outs / sizeof *outs; a++)
@@ -137,8 +136,7 @@ static void test_matmul_many_tokens(void **state)
 static void test_f16_conversion(void **state)
 {
     (void)state;
-    if (!__builtin_cpu_supports("f16c"))
-        skip();
+    if (!__builtin_cpu_supports("f16c")) skip();
     for (uint32_t h = 0; h < 65536; h++) {
         float sw = cpu_f16_to_f32((uint16_t)h), hw = f16_hw((uint16_t)h);
         uint32_t a, b;
@@ -164,8 +162,7 @@ static void test_attn_block(void **state)
     static uint8_t kst[N * MAXD * 4], vst[N * MAXD * 4];
     for (int l = 0; l < CPU_SIMD_COUNT; l++) {
         const cpu_kernels *kern = cpu_kernels_get((cpu_simd_level)l);
-        if (!kern)
-            continue;
+        if (!kern) continue;
         for (int dt = 0; dt < 3; dt++) {
             for (size_t di = 0; di < sizeof dims / sizeof *dims; di++) {
                 const int hd = dims[di];
@@ -206,9 +203,8 @@ static void test_attn_block(void **state)
                     memset(out, 0, sizeof out);
                     for (int j0 = 0; j0 < N; j0 += blocks[bi]) {
                         int n = N - j0 < blocks[bi] ? N - j0 : blocks[bi];
-                        kern->attn_block((cv_dtype)dt, q, kst + j0 * hd * esz,
-                                         vst + j0 * hd * esz, n, hd, scale, &m, &lsum, out,
-                                         scores);
+                        kern->attn_block((cv_dtype)dt, q, kst + j0 * hd * esz, vst + j0 * hd * esz,
+                                         n, hd, scale, &m, &lsum, out, scores);
                     }
                     assert_float_equal(m, mx, 1e-5);
                     for (int d = 0; d < hd; d++)
@@ -229,10 +225,10 @@ static void test_attn_block(void **state)
 static void test_f32_narrowing(void **state)
 {
     (void)state;
-    if (!__builtin_cpu_supports("f16c"))
-        skip();
-    const float edge[] = {0.0f, -0.0f, 1.0f, 65504.0f, 65519.99f, 65520.0f, 1e-8f, 2.98e-8f,
-                          5.96e-8f, 6.1e-5f, 6.103515625e-05f, -3.0f / 7.0f, INFINITY, -INFINITY};
+    if (!__builtin_cpu_supports("f16c")) skip();
+    const float edge[] = {0.0f,     -0.0f,    1.0f,     65504.0f, 65519.99f,        65520.0f,
+                          1e-8f,    2.98e-8f, 5.96e-8f, 6.1e-5f,  6.103515625e-05f, -3.0f / 7.0f,
+                          INFINITY, -INFINITY};
     for (size_t i = 0; i < sizeof edge / sizeof *edge; i++)
         assert_int_equal(cpu_f32_to_f16(edge[i]), f32_to_f16_bits(edge[i]));
     uint32_t r = 99;
@@ -250,7 +246,8 @@ static void test_f32_narrowing(void **state)
         memcpy(&lo, &lb, 4);
         memcpy(&hi, &hb, 4);
         double dl = fabs((double)f - lo), dh = fabs((double)hi - f);
-        uint16_t want = (uint16_t)((dl < dh || (dl == dh && !((lb >> 16) & 1))) ? lb >> 16 : hb >> 16);
+        uint16_t want =
+            (uint16_t)((dl < dh || (dl == dh && !((lb >> 16) & 1))) ? lb >> 16 : hb >> 16);
         assert_int_equal(b, want);
     }
     assert_true(isnan(cpu_f16_to_f32(cpu_f32_to_f16(NAN))));
@@ -266,8 +263,7 @@ static void test_gated_act(void **state)
     }
     for (int l = 0; l < CPU_SIMD_COUNT; l++) {
         const cpu_kernels *kern = cpu_kernels_get((cpu_simd_level)l);
-        if (!kern)
-            continue;
+        if (!kern) continue;
         for (int act = 0; act < 2; act++) {
             memcpy(got, g, sizeof got);
             kern->gated_act((cv_activation)act, got, u, 37);
@@ -354,8 +350,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_matmul_all_levels), cmocka_unit_test(test_matmul_many_tokens),
         cmocka_unit_test(test_f16_conversion),    cmocka_unit_test(test_attn_block),
-        cmocka_unit_test(test_f32_narrowing),
-        cmocka_unit_test(test_gated_act),
+        cmocka_unit_test(test_f32_narrowing),     cmocka_unit_test(test_gated_act),
         cmocka_unit_test(test_rmsnorm),           cmocka_unit_test(test_rope_inv_freq),
         cmocka_unit_test(test_rope_apply),
     };

@@ -25,8 +25,7 @@ static int check_tensor(const cv_tensor *t, const char *name, int layer, int64_t
     else
         snprintf(where, sizeof where, "%s", name);
     if (!t->data) {
-        if (optional)
-            return 0;
+        if (optional) return 0;
         return cv_errorf(err, "cpu backend: weight %s is missing", where);
     }
     if (t->dtype != CV_DTYPE_F32 && t->dtype != CV_DTYPE_F16 && t->dtype != CV_DTYPE_BF16)
@@ -46,19 +45,17 @@ static int check_tensor(const cv_tensor *t, const char *name, int layer, int64_t
 static int widen(const cv_tensor *t, int64_t n, float **out, cv_error *err)
 {
     *out = NULL;
-    if (!t->data)
-        return 0;
+    if (!t->data) return 0;
     *out = alloc_floats((size_t)n);
-    if (!*out)
-        return cv_errorf(err, "cpu backend: out of memory for %" PRId64 " floats", n);
+    if (!*out) return cv_errorf(err, "cpu backend: out of memory for %" PRId64 " floats", n);
     cpu_to_f32(t->dtype, t->data, *out, n);
     return 0;
 }
 
 static int check_config(const cv_model_config *c, cv_error *err)
 {
-    if (c->hidden_size <= 0 || c->intermediate_size <= 0 || c->n_layers <= 0 ||
-        c->n_heads <= 0 || c->n_kv_heads <= 0 || c->head_dim <= 0 || c->vocab_size <= 0)
+    if (c->hidden_size <= 0 || c->intermediate_size <= 0 || c->n_layers <= 0 || c->n_heads <= 0 ||
+        c->n_kv_heads <= 0 || c->head_dim <= 0 || c->vocab_size <= 0)
         return cv_errorf(err,
                          "cpu backend: config has a non-positive size (hidden %d, intermediate "
                          "%d, layers %d, heads %d, kv heads %d, head_dim %d, vocab %d)",
@@ -80,8 +77,7 @@ static int check_weights(const cv_model_config *c, const cv_model_weights *w, cv
         check_tensor(&w->lm_head, "lm_head", -1, c->vocab_size, h, false, err) ||
         check_tensor(&w->final_norm, "final_norm", -1, h, -1, false, err))
         return -1;
-    if (!w->layers)
-        return cv_errorf(err, "cpu backend: weights have no layers");
+    if (!w->layers) return cv_errorf(err, "cpu backend: weights have no layers");
     for (int l = 0; l < c->n_layers; l++) {
         const cv_layer_weights *L = &w->layers[l];
         if (check_tensor(&L->attn_norm, "attn_norm", l, h, -1, false, err) ||
@@ -123,8 +119,7 @@ static int matrix_list(cv_backend *bk, int i, cv_tensor **t)
         *t = &bk->lm_head;
         return 1;
     }
-    if (i > 7 * bk->cfg.n_layers)
-        return 0;
+    if (i > 7 * bk->cfg.n_layers) return 0;
     cv_layer_weights *w = &bk->layers[(i - 1) / 7].w;
     cv_tensor *mats[7] = {&w->wq, &w->wk, &w->wv, &w->wo, &w->w_gate, &w->w_up, &w->w_down};
     *t = mats[(i - 1) % 7];
@@ -142,8 +137,7 @@ static int copy_matrices(cv_backend *bk, cv_error *err)
         total += padded(tensor_bytes(t));
     total = (total + huge - 1) & ~(huge - 1);
     char *p = aligned_alloc(huge, total);
-    if (!p)
-        return cv_errorf(err, "cpu backend: out of memory for a %zu-byte weight copy", total);
+    if (!p) return cv_errorf(err, "cpu backend: out of memory for a %zu-byte weight copy", total);
     /* Only a hint: without transparent huge pages the copy still works. */
     (void)madvise(p, total, MADV_HUGEPAGE);
     bk->matrix_copy = p;
@@ -159,8 +153,7 @@ static int copy_matrices(cv_backend *bk, cv_error *err)
 cv_backend *cpu_backend_create_from(const cv_model_config *cfg, const cv_model_weights *weights,
                                     int n_threads, cv_error *err)
 {
-    if (check_config(cfg, err) || check_weights(cfg, weights, err))
-        return NULL;
+    if (check_config(cfg, err) || check_weights(cfg, weights, err)) return NULL;
     if (cfg->hidden_act != CV_ACT_SILU && cfg->hidden_act != CV_ACT_GELU_TANH) {
         cv_errorf(err, "cpu backend: unsupported activation %d", (int)cfg->hidden_act);
         return NULL;
@@ -189,8 +182,7 @@ cv_backend *cpu_backend_create_from(const cv_model_config *cfg, const cv_model_w
     cpu_rope_inv_freq(cfg, bk->inv_freq);
     const int64_t h = cfg->hidden_size, hd = cfg->head_dim;
     const int64_t qd = cfg->n_heads * hd, kd = cfg->n_kv_heads * hd;
-    if (widen(&weights->final_norm, h, &bk->final_norm, err))
-        goto fail;
+    if (widen(&weights->final_norm, h, &bk->final_norm, err)) goto fail;
     for (int l = 0; l < cfg->n_layers; l++) {
         const cv_layer_weights *L = &weights->layers[l];
         cpu_layer *cl = &bk->layers[l];
@@ -202,8 +194,7 @@ cv_backend *cpu_backend_create_from(const cv_model_config *cfg, const cv_model_w
             goto fail;
     }
     bk->lm_head = weights->lm_head;
-    if (copy_matrices(bk, err))
-        goto fail;
+    if (copy_matrices(bk, err)) goto fail;
     return bk;
 fail:
     cv_backend_destroy(bk);
@@ -223,8 +214,7 @@ cv_backend *cv_backend_cpu_create(const cv_model *model, int n_threads, cv_error
 int cpu_backend_set_simd(cv_backend *backend, cpu_simd_level level, cv_error *err)
 {
     const cpu_kernels *k = cpu_kernels_get(level);
-    if (!k)
-        return cv_errorf(err, "cpu backend: this CPU lacks SIMD level %d", (int)level);
+    if (!k) return cv_errorf(err, "cpu backend: this CPU lacks SIMD level %d", (int)level);
     backend->kern = k;
     return 0;
 }
@@ -279,11 +269,9 @@ int cv_backend_kv_alloc(cv_backend *backend, int n_blocks, int block_size, cv_er
 int cv_backend_kv_copy(cv_backend *backend, const int32_t *src, const int32_t *dst, int n,
                        cv_error *err)
 {
-    if (!backend->kv)
-        return cv_errorf(err, "cv_backend_kv_copy: KV pool not allocated");
+    if (!backend->kv) return cv_errorf(err, "cv_backend_kv_copy: KV pool not allocated");
     for (int i = 0; i < n; i++) {
-        if (src[i] < 0 || src[i] >= backend->n_blocks || dst[i] < 0 ||
-            dst[i] >= backend->n_blocks)
+        if (src[i] < 0 || src[i] >= backend->n_blocks || dst[i] < 0 || dst[i] >= backend->n_blocks)
             return cv_errorf(err, "cv_backend_kv_copy: pair %d (%d -> %d) is outside blocks 0..%d",
                              i, src[i], dst[i], backend->n_blocks - 1);
     }
@@ -299,8 +287,7 @@ int cv_backend_kv_copy(cv_backend *backend, const int32_t *src, const int32_t *d
 static int check_batch(const cv_backend *bk, const cv_batch *b, cv_error *err)
 {
     const char *fn = "cv_backend_forward";
-    if (!bk->kv)
-        return cv_errorf(err, "%s: KV pool not allocated (call cv_backend_kv_alloc)", fn);
+    if (!bk->kv) return cv_errorf(err, "%s: KV pool not allocated (call cv_backend_kv_alloc)", fn);
     if (b->n_tokens <= 0 || b->n_seqs <= 0 || b->n_seqs > b->n_tokens)
         return cv_errorf(err, "%s: n_tokens %d and n_seqs %d must satisfy 0 < n_seqs <= n_tokens",
                          fn, b->n_tokens, b->n_seqs);
@@ -314,8 +301,10 @@ static int check_batch(const cv_backend *bk, const cv_batch *b, cv_error *err)
     for (int s = 0; s < b->n_seqs; s++) {
         int qlen = b->query_start[s + 1] - b->query_start[s];
         if (qlen <= 0)
-            return cv_errorf(err, "%s: sequence %d has %d query tokens (query_start not "
-                             "increasing)", fn, s, qlen);
+            return cv_errorf(err,
+                             "%s: sequence %d has %d query tokens (query_start not "
+                             "increasing)",
+                             fn, s, qlen);
         int len = b->seq_lens[s];
         if (len < qlen || len > b->max_blocks_per_seq * bk->block_size)
             return cv_errorf(err, "%s: seq_lens[%d] = %d must be in %d..%d", fn, s, len, qlen,
@@ -346,8 +335,7 @@ static int check_batch(const cv_backend *bk, const cv_batch *b, cv_error *err)
 /* Grows the activation buffers when a batch is larger than any before. */
 static int reserve(cv_backend *bk, int n_tokens, int n_logits, cv_error *err)
 {
-    if (n_tokens <= bk->cap_tokens && n_logits <= bk->cap_logits)
-        return 0;
+    if (n_tokens <= bk->cap_tokens && n_logits <= bk->cap_logits) return 0;
     int nt = n_tokens > bk->cap_tokens ? n_tokens : bk->cap_tokens;
     int nl = n_logits > bk->cap_logits ? n_logits : bk->cap_logits;
     nl = nl < 1 ? 1 : nl;
@@ -364,8 +352,7 @@ static int reserve(cv_backend *bk, int n_tokens, int n_logits, cv_error *err)
     if (!act || !tok_seq) {
         free(act);
         free(tok_seq);
-        return cv_errorf(err, "cv_backend_forward: out of memory for activations of %d tokens",
-                         nt);
+        return cv_errorf(err, "cv_backend_forward: out of memory for activations of %d tokens", nt);
     }
     free(bk->act);
     free(bk->tok_seq);
@@ -395,8 +382,7 @@ int cv_backend_forward(cv_backend *backend, const cv_batch *batch, float *logits
 {
     if (!batch || (batch->n_logits > 0 && !logits))
         return cv_errorf(err, "cv_backend_forward: batch or logits buffer is NULL");
-    if (check_batch(backend, batch, err) ||
-        reserve(backend, batch->n_tokens, batch->n_logits, err))
+    if (check_batch(backend, batch, err) || reserve(backend, batch->n_tokens, batch->n_logits, err))
         return -1;
     cpu_forward_run(backend, batch, logits);
     return 0;
@@ -404,8 +390,7 @@ int cv_backend_forward(cv_backend *backend, const cv_batch *batch, float *logits
 
 void cv_backend_destroy(cv_backend *backend)
 {
-    if (!backend)
-        return;
+    if (!backend) return;
     if (backend->layers) {
         for (int l = 0; l < backend->cfg.n_layers; l++) {
             cpu_layer *cl = &backend->layers[l];

@@ -12,14 +12,14 @@
 /* Per-layer fp32 copies of the small vectors (norms, biases): converted once
  * at create so the forward never widens them. NULL where absent. */
 typedef struct cpu_layer {
-    cv_layer_weights w;        /* the model's tensors, the matrices moved into matrix_copy */
-    float *attn_norm;          /* (hidden) */
-    float *ffn_norm;           /* (hidden) */
-    float *bq;                 /* (n_heads * head_dim) */
-    float *bk;                 /* (n_kv_heads * head_dim) */
-    float *bv;                 /* (n_kv_heads * head_dim) */
-    float *q_norm;             /* (head_dim) */
-    float *k_norm;             /* (head_dim) */
+    cv_layer_weights w; /* the model's tensors, the matrices moved into matrix_copy */
+    float *attn_norm;   /* (hidden) */
+    float *ffn_norm;    /* (hidden) */
+    float *bq;          /* (n_heads * head_dim) */
+    float *bk;          /* (n_kv_heads * head_dim) */
+    float *bv;          /* (n_kv_heads * head_dim) */
+    float *q_norm;      /* (head_dim) */
+    float *k_norm;      /* (head_dim) */
 } cpu_layer;
 
 /* A sense-free counting barrier for the OpenMP team (forward.c). */
@@ -66,18 +66,18 @@ struct cv_backend {
      * grown only when a batch exceeds every earlier one. */
     int cap_tokens;
     int cap_logits;
-    float *act;      /* the one allocation the pointers below point into */
-    float *x;        /* (tokens, hidden) residual stream */
-    float *xn;       /* (tokens, hidden) normalized input of a sublayer */
-    float *q;        /* (tokens, n_heads * head_dim) */
-    float *k;        /* (tokens, n_kv_heads * head_dim) */
-    float *v;        /* (tokens, n_kv_heads * head_dim) */
-    float *attn;     /* (tokens, n_heads * head_dim) attention output */
-    float *gate;     /* (tokens, intermediate) then act(gate) * up */
-    float *up;       /* (tokens, intermediate) */
-    float *rope_cos; /* (tokens, head_dim / 2) */
-    float *rope_sin; /* (tokens, head_dim / 2) */
-    float *xl;       /* (logits, hidden) final-normed rows that get logits */
+    float *act;       /* the one allocation the pointers below point into */
+    float *x;         /* (tokens, hidden) residual stream */
+    float *xn;        /* (tokens, hidden) normalized input of a sublayer */
+    float *q;         /* (tokens, n_heads * head_dim) */
+    float *k;         /* (tokens, n_kv_heads * head_dim) */
+    float *v;         /* (tokens, n_kv_heads * head_dim) */
+    float *attn;      /* (tokens, n_heads * head_dim) attention output */
+    float *gate;      /* (tokens, intermediate) then act(gate) * up */
+    float *up;        /* (tokens, intermediate) */
+    float *rope_cos;  /* (tokens, head_dim / 2) */
+    float *rope_sin;  /* (tokens, head_dim / 2) */
+    float *xl;        /* (logits, hidden) final-normed rows that get logits */
     int32_t *tok_seq; /* (tokens) sequence index of each token */
     /* Row strides (floats) of the buffers above, rounded to 16 so every row
      * starts 64-byte aligned. */

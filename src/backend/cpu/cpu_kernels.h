@@ -14,7 +14,12 @@
 
 #include "model/model.h"
 
-typedef enum { CPU_SIMD_PORTABLE = 0, CPU_SIMD_AVX2, CPU_SIMD_AVX512, CPU_SIMD_COUNT } cpu_simd_level;
+typedef enum {
+    CPU_SIMD_PORTABLE = 0,
+    CPU_SIMD_AVX2,
+    CPU_SIMD_AVX512,
+    CPU_SIMD_COUNT
+} cpu_simd_level;
 
 typedef struct cpu_kernels {
     cpu_simd_level level;
@@ -31,8 +36,7 @@ typedef struct cpu_kernels {
      * likewise; *m and *l carry the running max and sum between calls (start
      * at -inf and 0). scores: (n) scratch. */
     void (*attn_block)(cv_dtype kv_dtype, const float *q, const void *k, const void *v, int n,
-                       int head_dim, float scale, float *m, float *l, float *out,
-                       float *scores);
+                       int head_dim, float scale, float *m, float *l, float *out, float *scores);
 
     /* gate[i] = act(gate[i]) * up[i] */
     void (*gated_act)(cv_activation act, float *gate, const float *up, int n);

@@ -17,17 +17,7 @@
  * threads take items (row chunks, tokens, attention items) one by one, so a
  * thread that another process slows down leaves its share to the others
  * instead of stalling the next barrier. */
-enum {
-    PH_ATTN_NORM,
-    PH_QKV,
-    PH_ROPE,
-    PH_ATTN,
-    PH_WO,
-    PH_FFN_NORM,
-    PH_MLP,
-    PH_DOWN,
-    PH_PER_LAYER
-};
+enum { PH_ATTN_NORM, PH_QKV, PH_ROPE, PH_ATTN, PH_WO, PH_FFN_NORM, PH_MLP, PH_DOWN, PH_PER_LAYER };
 
 /* Phases after the layers, numbered from n_layers * PH_PER_LAYER. */
 enum { PH_EMBED, PH_FINAL_NORM, PH_LM_HEAD, PH_GLOBAL };
@@ -160,8 +150,8 @@ static void run_jobs(cv_backend *bk, int phase, const mm_job *jobs, int n_jobs, 
         const mm_job *m = &jobs[j];
         int lo = (c - first[j]) * rows[j];
         int hi = lo + rows[j] < m->w->shape[0] ? lo + rows[j] : (int)m->w->shape[0];
-        bk->kern->matmul(m->w->dtype, m->w->data, (int)m->w->shape[1], m->x, m->ldx, n_tok,
-                         m->y, m->ldy, lo, hi, m->accumulate);
+        bk->kern->matmul(m->w->dtype, m->w->data, (int)m->w->shape[1], m->x, m->ldx, n_tok, m->y,
+                         m->ldy, lo, hi, m->accumulate);
         if (m->bias)
             for (int t = 0; t < n_tok; t++)
                 for (int o = lo; o < hi; o++)
@@ -180,8 +170,8 @@ static void run_gated_mlp(cv_backend *bk, int phase, const cv_layer_weights *W, 
         int lo = c * rows, hi = lo + rows < n ? lo + rows : n;
         bk->kern->matmul(W->w_gate.dtype, W->w_gate.data, in, bk->xn, bk->ld_h, n_tok, bk->gate,
                          bk->ld_f, lo, hi, false);
-        bk->kern->matmul(W->w_up.dtype, W->w_up.data, in, bk->xn, bk->ld_h, n_tok, bk->up,
-                         bk->ld_f, lo, hi, false);
+        bk->kern->matmul(W->w_up.dtype, W->w_up.data, in, bk->xn, bk->ld_h, n_tok, bk->up, bk->ld_f,
+                         lo, hi, false);
         for (int t = 0; t < n_tok; t++)
             bk->kern->gated_act(bk->cfg.hidden_act, bk->gate + (int64_t)t * bk->ld_f + lo,
                                 bk->up + (int64_t)t * bk->ld_f + lo, hi - lo);
@@ -216,8 +206,7 @@ static void rope_and_store(cv_backend *bk, const cv_batch *b, int layer)
         const float *sn = bk->rope_sin + (int64_t)t * bk->ld_r;
         float *q = bk->q + (int64_t)t * bk->ld_q;
         for (int h = 0; h < c->n_heads; h++) {
-            if (L->q_norm)
-                cpu_rmsnorm(q + h * hd, L->q_norm, hd, c->rms_norm_eps, q + h * hd);
+            if (L->q_norm) cpu_rmsnorm(q + h * hd, L->q_norm, hd, c->rms_norm_eps, q + h * hd);
             cpu_rope_apply(q + h * hd, cs, sn, hd);
         }
         int64_t slot = b->slot_mapping[t];
@@ -226,8 +215,7 @@ static void rope_and_store(cv_backend *bk, const cv_batch *b, int layer)
         float *k = bk->k + (int64_t)t * bk->ld_kv;
         const float *v = bk->v + (int64_t)t * bk->ld_kv;
         for (int g = 0; g < nkv; g++) {
-            if (L->k_norm)
-                cpu_rmsnorm(k + g * hd, L->k_norm, hd, c->rms_norm_eps, k + g * hd);
+            if (L->k_norm) cpu_rmsnorm(k + g * hd, L->k_norm, hd, c->rms_norm_eps, k + g * hd);
             cpu_rope_apply(k + g * hd, cs, sn, hd);
             store_kv(bk, base + (size_t)g * bs * hd, k + g * hd, hd);
             store_kv(bk, base + (size_t)(nkv + g) * bs * hd, v + g * hd, hd);
@@ -314,15 +302,14 @@ static void layer_forward(cv_backend *bk, const cv_batch *b, int layer, int ith,
     run_jobs(bk, layer_phase(layer, PH_QKV), qkv, 3, nt);
     rope_and_store(bk, b, layer);
     team_barrier(bk);
-    float *scores = bk->attn_scratch + (size_t)ith * (c->n_heads / c->n_kv_heads) *
-                                           (bk->block_size + 2);
+    float *scores =
+        bk->attn_scratch + (size_t)ith * (c->n_heads / c->n_kv_heads) * (bk->block_size + 2);
     /* Work items are (token, kv head): the group's query heads share each K
      * and V row read. With too few of them for the threads (one decode
      * token), each query head is an item instead. */
     const int per_item = nt * c->n_kv_heads >= 4 * nth ? c->n_heads / c->n_kv_heads : 1;
     const int items_per_tok = c->n_heads / per_item, phase = layer_phase(layer, PH_ATTN);
-    for (int item = next_item(bk, phase); item < nt * items_per_tok;
-         item = next_item(bk, phase)) {
+    for (int item = next_item(bk, phase); item < nt * items_per_tok; item = next_item(bk, phase)) {
         const int h0 = item % items_per_tok * per_item;
         attend(bk, b, layer, item / items_per_tok, h0, h0 + per_item, scores);
     }
@@ -371,8 +358,7 @@ static void forward_thread(cv_backend *bk, const cv_batch *b, float *logits, int
     team_barrier(bk);
     for (int l = 0; l < c->n_layers; l++)
         layer_forward(bk, b, l, ith, nth);
-    if (b->n_logits == 0)
-        return;
+    if (b->n_logits == 0) return;
     const int phase = global + PH_FINAL_NORM;
     for (int i = next_item(bk, phase); i < b->n_logits; i = next_item(bk, phase))
         cpu_rmsnorm(bk->x + (int64_t)b->logits_indices[i] * bk->ld_h, bk->final_norm,

@@ -13,21 +13,17 @@ enum { TILE_ROWS = 4, TILE_TOKS = 2 };
 
 AI __m256 load_w(cv_dtype wt, const void *w, int64_t idx)
 {
-    if (wt == CV_DTYPE_F32)
-        return _mm256_loadu_ps((const float *)w + idx);
+    if (wt == CV_DTYPE_F32) return _mm256_loadu_ps((const float *)w + idx);
     __m128i h = _mm_loadu_si128((const __m128i *)((const uint16_t *)w + idx));
-    if (wt == CV_DTYPE_F16)
-        return _mm256_cvtph_ps(h);
+    if (wt == CV_DTYPE_F16) return _mm256_cvtph_ps(h);
     return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
 }
 
 AI float load_w1(cv_dtype wt, const void *w, int64_t idx)
 {
-    if (wt == CV_DTYPE_F32)
-        return ((const float *)w)[idx];
+    if (wt == CV_DTYPE_F32) return ((const float *)w)[idx];
     uint16_t h = ((const uint16_t *)w)[idx];
-    if (wt == CV_DTYPE_F16)
-        return cpu_f16_to_f32(h);
+    if (wt == CV_DTYPE_F16) return cpu_f16_to_f32(h);
     return _mm_cvtss_f32(_mm_castsi128_ps(_mm_cvtsi32_si128((int)((uint32_t)h << 16))));
 }
 
@@ -39,8 +35,8 @@ AI float hsum(__m256 v)
     return _mm_cvtss_f32(s);
 }
 
-AI void tile(cv_dtype wt, int R, int T, const void *w, int64_t row0, int in, const float *x,
-             int xs, float *y, int ys, bool accumulate)
+AI void tile(cv_dtype wt, int R, int T, const void *w, int64_t row0, int in, const float *x, int xs,
+             float *y, int ys, bool accumulate)
 {
     __m256 acc[TILE_ROWS][TILE_TOKS];
 #pragma GCC unroll 4
@@ -82,8 +78,7 @@ AI void rows(cv_dtype wt, int R, const void *w, int64_t row0, int in, const floa
         tile(wt, R, TILE_TOKS, w, row0, in, x + (int64_t)t * xs, xs, y + (int64_t)t * ys, ys,
              accumulate);
     if (t < n_tok)
-        tile(wt, R, 1, w, row0, in, x + (int64_t)t * xs, xs, y + (int64_t)t * ys, ys,
-             accumulate);
+        tile(wt, R, 1, w, row0, in, x + (int64_t)t * xs, xs, y + (int64_t)t * ys, ys, accumulate);
 }
 
 AI void matmul_dtype(cv_dtype wt, const void *w, int in, const float *x, int xs, int n_tok,
@@ -125,9 +120,15 @@ static TGT void avx2_matmul(cv_dtype wtype, const void *w, int in, const float *
                             int n_tok, float *y, int ys, int o0, int o1, bool accumulate)
 {
     switch (wtype) {
-    case CV_DTYPE_F32: matmul_f32(w, in, x, xs, n_tok, y, ys, o0, o1, accumulate); break;
-    case CV_DTYPE_F16: matmul_f16(w, in, x, xs, n_tok, y, ys, o0, o1, accumulate); break;
-    case CV_DTYPE_BF16: matmul_bf16(w, in, x, xs, n_tok, y, ys, o0, o1, accumulate); break;
+    case CV_DTYPE_F32:
+        matmul_f32(w, in, x, xs, n_tok, y, ys, o0, o1, accumulate);
+        break;
+    case CV_DTYPE_F16:
+        matmul_f16(w, in, x, xs, n_tok, y, ys, o0, o1, accumulate);
+        break;
+    case CV_DTYPE_BF16:
+        matmul_bf16(w, in, x, xs, n_tok, y, ys, o0, o1, accumulate);
+        break;
     }
 }
 
@@ -147,13 +148,13 @@ AI __m256 exp256(__m256 x)
     p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.5f));
     p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
     p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
-    __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)),
-                                  23);
+    __m256i e =
+        _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
     return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
 }
 
 AI void attn_block(cv_dtype dt, const float *q, const void *k, const void *v, int n, int head_dim,
-                  float scale, float *m, float *l, float *out, float *scores)
+                   float scale, float *m, float *l, float *out, float *scores)
 {
     const int dfull = head_dim & ~7;
     float m_new = *m;
@@ -197,9 +198,15 @@ static TGT void avx2_attn_block(cv_dtype kv_dtype, const float *q, const void *k
                                 float *scores)
 {
     switch (kv_dtype) {
-    case CV_DTYPE_F32: attn_block(CV_DTYPE_F32, q, k, v, n, head_dim, scale, m, l, out, scores); break;
-    case CV_DTYPE_F16: attn_block(CV_DTYPE_F16, q, k, v, n, head_dim, scale, m, l, out, scores); break;
-    case CV_DTYPE_BF16: attn_block(CV_DTYPE_BF16, q, k, v, n, head_dim, scale, m, l, out, scores); break;
+    case CV_DTYPE_F32:
+        attn_block(CV_DTYPE_F32, q, k, v, n, head_dim, scale, m, l, out, scores);
+        break;
+    case CV_DTYPE_F16:
+        attn_block(CV_DTYPE_F16, q, k, v, n, head_dim, scale, m, l, out, scores);
+        break;
+    case CV_DTYPE_BF16:
+        attn_block(CV_DTYPE_BF16, q, k, v, n, head_dim, scale, m, l, out, scores);
+        break;
     }
 }
 
@@ -213,7 +220,8 @@ static TGT void avx2_gated_act(cv_activation act, float *gate, const float *up, 
         __m256 z = g;
         if (act == CV_ACT_GELU_TANH) {
             __m256 g3 = _mm256_mul_ps(_mm256_mul_ps(g, g), g);
-            z = _mm256_mul_ps(_mm256_set1_ps(kz), _mm256_fmadd_ps(_mm256_set1_ps(0.044715f), g3, g));
+            z = _mm256_mul_ps(_mm256_set1_ps(kz),
+                              _mm256_fmadd_ps(_mm256_set1_ps(0.044715f), g3, g));
         }
         __m256 e = exp256(_mm256_sub_ps(_mm256_setzero_ps(), z));
         __m256 a = _mm256_div_ps(g, _mm256_add_ps(one, e));

@@ -14,21 +14,17 @@ enum { TILE_ROWS = 4, TILE_TOKS = 6 };
 /* 16 weights starting at element idx, widened to fp32. */
 AI __m512 load_w(cv_dtype wt, const void *w, int64_t idx)
 {
-    if (wt == CV_DTYPE_F32)
-        return _mm512_loadu_ps((const float *)w + idx);
+    if (wt == CV_DTYPE_F32) return _mm512_loadu_ps((const float *)w + idx);
     __m256i h = _mm256_loadu_si256((const __m256i *)((const uint16_t *)w + idx));
-    if (wt == CV_DTYPE_F16)
-        return _mm512_cvtph_ps(h);
+    if (wt == CV_DTYPE_F16) return _mm512_cvtph_ps(h);
     return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
 }
 
 AI __m512 load_w_mask(cv_dtype wt, const void *w, int64_t idx, __mmask16 m)
 {
-    if (wt == CV_DTYPE_F32)
-        return _mm512_maskz_loadu_ps(m, (const float *)w + idx);
+    if (wt == CV_DTYPE_F32) return _mm512_maskz_loadu_ps(m, (const float *)w + idx);
     __m256i h = _mm256_maskz_loadu_epi16(m, (const uint16_t *)w + idx);
-    if (wt == CV_DTYPE_F16)
-        return _mm512_cvtph_ps(h);
+    if (wt == CV_DTYPE_F16) return _mm512_cvtph_ps(h);
     return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
 }
 
@@ -36,8 +32,8 @@ AI __m512 load_w_mask(cv_dtype wt, const void *w, int64_t idx, __mmask16 m)
  * stay in registers (R * T <= 24 of the 32 zmm) and each weight vector loaded
  * is used T times. prefetch: also pull the next R rows towards L1, so that
  * the next row block's first tile does not wait on memory. */
-AI void tile(cv_dtype wt, int R, int T, const void *w, int64_t row0, int in, const float *x,
-             int xs, float *y, int ys, bool accumulate, bool prefetch)
+AI void tile(cv_dtype wt, int R, int T, const void *w, int64_t row0, int in, const float *x, int xs,
+             float *y, int ys, bool accumulate, bool prefetch)
 {
     const int64_t esz = wt == CV_DTYPE_F32 ? 4 : 2;
     __m512 acc[TILE_ROWS][TILE_TOKS];
@@ -101,12 +97,23 @@ AI void rows(cv_dtype wt, int R, const void *w, int64_t row0, int in, const floa
     float *yt = y + (int64_t)t * ys;
     const bool pf = prefetch && t == 0;
     switch (n_tok - t) {
-    case 5: tile(wt, R, 5, w, row0, in, xt, xs, yt, ys, accumulate, pf); break;
-    case 4: tile(wt, R, 4, w, row0, in, xt, xs, yt, ys, accumulate, pf); break;
-    case 3: tile(wt, R, 3, w, row0, in, xt, xs, yt, ys, accumulate, pf); break;
-    case 2: tile(wt, R, 2, w, row0, in, xt, xs, yt, ys, accumulate, pf); break;
-    case 1: tile(wt, R, 1, w, row0, in, xt, xs, yt, ys, accumulate, pf); break;
-    default: break;
+    case 5:
+        tile(wt, R, 5, w, row0, in, xt, xs, yt, ys, accumulate, pf);
+        break;
+    case 4:
+        tile(wt, R, 4, w, row0, in, xt, xs, yt, ys, accumulate, pf);
+        break;
+    case 3:
+        tile(wt, R, 3, w, row0, in, xt, xs, yt, ys, accumulate, pf);
+        break;
+    case 2:
+        tile(wt, R, 2, w, row0, in, xt, xs, yt, ys, accumulate, pf);
+        break;
+    case 1:
+        tile(wt, R, 1, w, row0, in, xt, xs, yt, ys, accumulate, pf);
+        break;
+    default:
+        break;
     }
 }
 
@@ -180,9 +187,15 @@ static TGT void avx512_matmul(cv_dtype wtype, const void *w, int in, const float
                               int n_tok, float *y, int ys, int o0, int o1, bool accumulate)
 {
     switch (wtype) {
-    case CV_DTYPE_F32: matmul_f32(w, in, x, xs, n_tok, y, ys, o0, o1, accumulate); break;
-    case CV_DTYPE_F16: matmul_f16(w, in, x, xs, n_tok, y, ys, o0, o1, accumulate); break;
-    case CV_DTYPE_BF16: matmul_bf16(w, in, x, xs, n_tok, y, ys, o0, o1, accumulate); break;
+    case CV_DTYPE_F32:
+        matmul_f32(w, in, x, xs, n_tok, y, ys, o0, o1, accumulate);
+        break;
+    case CV_DTYPE_F16:
+        matmul_f16(w, in, x, xs, n_tok, y, ys, o0, o1, accumulate);
+        break;
+    case CV_DTYPE_BF16:
+        matmul_bf16(w, in, x, xs, n_tok, y, ys, o0, o1, accumulate);
+        break;
     }
 }
 
@@ -235,7 +248,7 @@ AI __m512 reduce16(const __m512 a[16])
 }
 
 AI void attn_block(cv_dtype dt, const float *q, const void *k, const void *v, int n, int head_dim,
-                  float scale, float *m, float *l, float *out, float *scores)
+                   float scale, float *m, float *l, float *out, float *scores)
 {
     float m_new = *m;
     /* Scores 16 keys at a time: one accumulator per key, then one transpose
@@ -297,13 +310,19 @@ AI void attn_block(cv_dtype dt, const float *q, const void *k, const void *v, in
 }
 
 static TGT void avx512_attn_block(cv_dtype kv_dtype, const float *q, const void *k, const void *v,
-                                  int n, int head_dim, float scale, float *m, float *l,
-                                  float *out, float *scores)
+                                  int n, int head_dim, float scale, float *m, float *l, float *out,
+                                  float *scores)
 {
     switch (kv_dtype) {
-    case CV_DTYPE_F32: attn_block(CV_DTYPE_F32, q, k, v, n, head_dim, scale, m, l, out, scores); break;
-    case CV_DTYPE_F16: attn_block(CV_DTYPE_F16, q, k, v, n, head_dim, scale, m, l, out, scores); break;
-    case CV_DTYPE_BF16: attn_block(CV_DTYPE_BF16, q, k, v, n, head_dim, scale, m, l, out, scores); break;
+    case CV_DTYPE_F32:
+        attn_block(CV_DTYPE_F32, q, k, v, n, head_dim, scale, m, l, out, scores);
+        break;
+    case CV_DTYPE_F16:
+        attn_block(CV_DTYPE_F16, q, k, v, n, head_dim, scale, m, l, out, scores);
+        break;
+    case CV_DTYPE_BF16:
+        attn_block(CV_DTYPE_BF16, q, k, v, n, head_dim, scale, m, l, out, scores);
+        break;
     }
 }
 

@@ -41,13 +41,11 @@ uint16_t cpu_f32_to_f16(float f)
     if (absx >= 0x477ff000u) /* rounds past 65504 */
         return sign | 0x7c00u;
     if (absx < 0x38800000u) { /* below the smallest normal half: subnormal */
-        if (absx < 0x33000000u)
-            return sign;
+        if (absx < 0x33000000u) return sign;
         uint32_t mant = (absx & 0x7fffffu) | 0x800000u;
         int shift = 126 - (int)(absx >> 23); /* 14 .. 24 */
         uint32_t half = mant >> shift, rem = mant & ((1u << shift) - 1u), mid = 1u << (shift - 1);
-        if (rem > mid || (rem == mid && (half & 1u)))
-            half++;
+        if (rem > mid || (rem == mid && (half & 1u))) half++;
         return sign | (uint16_t)half;
     }
     uint32_t h = ((absx >> 13) - (112u << 10)), rem = absx & 0x1fffu;
@@ -60,8 +58,7 @@ uint16_t cpu_f32_to_bf16(float f)
 {
     uint32_t x;
     memcpy(&x, &f, sizeof x);
-    if ((x & 0x7fffffffu) > 0x7f800000u)
-        return (uint16_t)((x >> 16) | 0x40u); /* quiet nan */
+    if ((x & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((x >> 16) | 0x40u); /* quiet nan */
     return (uint16_t)((x + 0x7fffu + ((x >> 16) & 1u)) >> 16);
 }
 
@@ -124,8 +121,7 @@ static void portable_matmul(cv_dtype wtype, const void *w, int in, const float *
 
 static inline float kv_elem(cv_dtype dt, const void *p, size_t i)
 {
-    if (dt == CV_DTYPE_F32)
-        return ((const float *)p)[i];
+    if (dt == CV_DTYPE_F32) return ((const float *)p)[i];
     uint16_t h = ((const uint16_t *)p)[i];
     return dt == CV_DTYPE_F16 ? cpu_f16_to_f32(h) : bf16_to_f32(h);
 }
@@ -202,8 +198,7 @@ const cpu_kernels *cpu_kernels_best(void)
 {
     for (int l = CPU_SIMD_COUNT - 1; l > CPU_SIMD_PORTABLE; l--) {
         const cpu_kernels *k = cpu_kernels_get((cpu_simd_level)l);
-        if (k)
-            return k;
+        if (k) return k;
     }
     return &cpu_kernels_portable;
 }
