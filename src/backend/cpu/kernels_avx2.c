@@ -91,8 +91,11 @@ AI void matmul_dtype(cv_dtype wt, const void *w, int in, const float *x, int xs,
         const float *xc = x + (int64_t)t0 * xs;
         float *yc = y + (int64_t)t0 * ys;
         int o = o0;
-        for (; o + TILE_ROWS <= o1; o += TILE_ROWS)
-            rows(wt, TILE_ROWS, w, o, in, xc, xs, tn, yc, ys, accumulate);
+        /* One token: rows one after another, a single sequential stream
+         * (same per-row arithmetic as the 4-row tile). */
+        if (tn > 1)
+            for (; o + TILE_ROWS <= o1; o += TILE_ROWS)
+                rows(wt, TILE_ROWS, w, o, in, xc, xs, tn, yc, ys, accumulate);
         for (; o < o1; o++)
             rows(wt, 1, w, o, in, xc, xs, tn, yc, ys, accumulate);
     }
