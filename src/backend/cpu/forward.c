@@ -248,26 +248,33 @@ static void attend(cv_backend *bk, const cv_batch *b, int layer, int t, int h0, 
     }
     const size_t head_off = ((size_t)layer * 2 * nkv + g) * bs * hd;
     const size_t kv_bytes = (size_t)bs * hd * cv_dtype_size(bk->kv_dtype);
-    for (int j0 = 0; j0 < ctx; j0 += bs) {
-        const int n = ctx - j0 < bs ? ctx - j0 : bs;
-        const size_t kb = (size_t)table[j0 / bs] * bk->block_elems + head_off;
+    /* Sliding-window attention (Mistral): the query at position ctx-1 sees
+     * keys j with (ctx-1) - j < window, as HF's mask does. */
+    const int window = c->sliding_window;
+    const int first = window > 0 && ctx > window ? ctx - window : 0;
+    for (int j = first; j < ctx;) {
+        const int blk = j / bs, off = j % bs;
+        const int n = ctx - j < bs - off ? ctx - j : bs - off;
+        const size_t kb = (size_t)table[blk] * bk->block_elems + head_off;
         const size_t vb = kb + (size_t)nkv * bs * hd;
         /* The next block lies wherever the block table says, where no
          * hardware prefetcher looks: fetch its K and V during this one. */
-        if (j0 + bs < ctx) {
-            const char *nk = cpu_kv_at(bk, (size_t)table[j0 / bs + 1] * bk->block_elems + head_off);
+        if (j + n < ctx) {
+            const char *nk = cpu_kv_at(bk, (size_t)table[blk + 1] * bk->block_elems + head_off);
             const char *nv = nk + (size_t)nkv * kv_bytes;
-            for (size_t off = 0; off < kv_bytes; off += 64) {
-                __builtin_prefetch(nk + off);
-                __builtin_prefetch(nv + off);
+            for (size_t o = 0; o < kv_bytes; o += 64) {
+                __builtin_prefetch(nk + o);
+                __builtin_prefetch(nv + o);
             }
         }
         for (int hh = 0; hh < h1 - h0; hh++) {
             const int head = h0 + hh;
             K->attn_block(bk->kv_dtype, bk->q + (int64_t)t * bk->ld_q + head * hd,
-                          cpu_kv_at(bk, kb), cpu_kv_at(bk, vb), n, hd, scale, &m[hh], &l[hh],
+                          cpu_kv_at(bk, kb + (size_t)off * hd),
+                          cpu_kv_at(bk, vb + (size_t)off * hd), n, hd, scale, &m[hh], &l[hh],
                           bk->attn + (int64_t)t * bk->ld_q + head * hd, scores);
         }
+        j += n;
     }
     for (int hh = 0; hh < h1 - h0; hh++) {
         float *out = bk->attn + (int64_t)t * bk->ld_q + (h0 + hh) * hd;
