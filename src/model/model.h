@@ -108,6 +108,10 @@ void cv_model_free(cv_model *model);
 const cv_model_config *cv_model_get_config(const cv_model *model);
 const cv_model_weights *cv_model_get_weights(const cv_model *model);
 
+/* RoPE inverse frequencies (head_dim / 2 of them) for cfg's rope_theta and
+ * rope type (default, linear, llama3), in fp32 exactly as HF computes them. */
+void cv_rope_inv_freq(const cv_model_config *cfg, float *inv_freq /* (head_dim / 2) */);
+
 /* Writes a safetensors file at PATH holding N_ENTRIES tensors in the given
  * order, 8-byte aligned, with {"__metadata__": {"format": "pt"}}. An entry
  * whose tensor.data is NULL gets its bytes from FILL, called for that entry

@@ -316,11 +316,11 @@ static void test_rope_inv_freq(void **state)
     (void)state;
     float def[8], lin[8], l3[8];
     cv_model_config c = rope_config(CV_ROPE_DEFAULT);
-    cpu_rope_inv_freq(&c, def);
+    cv_rope_inv_freq(&c, def);
     c = rope_config(CV_ROPE_LINEAR);
-    cpu_rope_inv_freq(&c, lin);
+    cv_rope_inv_freq(&c, lin);
     c = rope_config(CV_ROPE_LLAMA3);
-    cpu_rope_inv_freq(&c, l3);
+    cv_rope_inv_freq(&c, l3);
     for (int i = 0; i < 8; i++) {
         assert_float_equal(def[i], 1.0 / pow(10000.0, 2.0 * i / 16.0), 1e-7 * def[i] + 1e-12);
         assert_true(lin[i] == def[i] / 2.0f);

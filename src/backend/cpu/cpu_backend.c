@@ -179,7 +179,7 @@ cv_backend *cpu_backend_create_from(const cv_model_config *cfg, const cv_model_w
         cv_errorf(err, "cpu backend: out of memory");
         goto fail;
     }
-    cpu_rope_inv_freq(cfg, bk->inv_freq);
+    cv_rope_inv_freq(cfg, bk->inv_freq);
     const int64_t h = cfg->hidden_size, hd = cfg->head_dim;
     const int64_t qd = cfg->n_heads * hd, kd = cfg->n_kv_heads * hd;
     if (widen(&weights->final_norm, h, &bk->final_norm, err)) goto fail;

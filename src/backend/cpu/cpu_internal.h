@@ -105,9 +105,6 @@ static inline void *cpu_kv_at(const cv_backend *bk, size_t elem)
 /* Forces one kernel table (tests compare them). -1 if the CPU lacks it. */
 int cpu_backend_set_simd(cv_backend *backend, cpu_simd_level level, cv_error *err);
 
-/* HF's inv_freq for the config's rope type, in fp32 as HF computes it. */
-void cpu_rope_inv_freq(const cv_model_config *cfg, float *inv_freq /* (head_dim / 2) */);
-
 /* x (n) *= rsqrt(mean(x^2) + eps) * weight, written to out. */
 void cpu_rmsnorm(const float *x, const float *weight, int n, float eps, float *out);
 

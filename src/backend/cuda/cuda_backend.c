@@ -72,34 +72,6 @@ static int check_config(const cv_model_config *c, cv_error *err)
     return 0;
 }
 
-/* HF's inv_freq for the config's rope type, in fp32 as HF computes it (the
- * same formulas as the CPU backend's cpu_rope_inv_freq). */
-static void rope_inv_freq(const cv_model_config *cfg, float *inv_freq)
-{
-    const int half = cfg->head_dim / 2;
-    for (int i = 0; i < half; i++)
-        inv_freq[i] = 1.0f / powf(cfg->rope_theta, (float)(2 * i) / (float)cfg->head_dim);
-    if (cfg->rope_type == CV_ROPE_LINEAR) {
-        for (int i = 0; i < half; i++)
-            inv_freq[i] /= cfg->rope_factor;
-    } else if (cfg->rope_type == CV_ROPE_LLAMA3) {
-        const float factor = cfg->rope_factor, lo = cfg->rope_low_freq_factor,
-                    hi = cfg->rope_high_freq_factor;
-        const float old_ctx = (float)cfg->rope_original_max_position;
-        const float low_wavelen = old_ctx / lo, high_wavelen = old_ctx / hi;
-        for (int i = 0; i < half; i++) {
-            const float f = inv_freq[i];
-            const float wavelen = 2.0f * (float)M_PI / f;
-            float scaled = wavelen > low_wavelen ? f / factor : f;
-            if (!(wavelen < high_wavelen) && !(wavelen > low_wavelen)) {
-                const float smooth = (old_ctx / wavelen - lo) / (hi - lo);
-                scaled = (1.0f - smooth) * scaled / factor + smooth * scaled;
-            }
-            inv_freq[i] = scaled;
-        }
-    }
-}
-
 /* Device copy of the concatenated rows of parts[0..n) (all the same dtype). */
 static int upload_rows(const cv_tensor *const *parts, int n, void **dst, cv_error *err)
 {
@@ -208,7 +180,7 @@ static int create_on_device(cv_cuda_backend *b, const cv_model_weights *w, cv_er
         return -1;
     if (upload_vector(&w->final_norm, h, "final_norm", &b->final_norm, err)) return -1;
     float inv_freq[CUDA_MAX_HEAD_DIM / 2];
-    rope_inv_freq(c, inv_freq);
+    cv_rope_inv_freq(c, inv_freq);
     CU(cudaMalloc((void **)&b->inv_freq, sizeof inv_freq), "cudaMalloc");
     CU(cudaMemcpy(b->inv_freq, inv_freq, (size_t)c->head_dim / 2 * sizeof(float),
                   cudaMemcpyHostToDevice),
