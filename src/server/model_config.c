@@ -7,6 +7,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include "base/file.h"
 #include "server/pbtxt.h"
 
 static const char *const type_names[] = {
@@ -318,25 +319,11 @@ int cv_model_config_load(cv_model_config *cfg, const char *model_dir, const char
     snprintf(path, sizeof path, "%s/config.pbtxt", model_dir);
     FILE *fp = fopen(path, "rb");
     if (!fp) return cv_errorf(err, "%s: cannot open: %s", path, strerror(errno));
-    char *buf = NULL;
-    size_t len = 0, cap = 0;
-    for (;;) {
-        if (len + 4096 > cap) {
-            cap = cap ? cap * 2 : 8192;
-            char *nb = realloc(buf, cap);
-            if (!nb) {
-                free(buf);
-                fclose(fp);
-                return cv_errorf(err, "%s: out of memory", path);
-            }
-            buf = nb;
-        }
-        size_t got = fread(buf + len, 1, cap - len, fp);
-        len += got;
-        if (got == 0) break;
-    }
+    size_t len = 0;
+    char *buf = cv_read_stream(fp, &len);
     fclose(fp);
-    int rc = cv_model_config_parse(cfg, buf ? buf : "", len, path, err);
+    if (!buf) return cv_errorf(err, "%s: cannot read: %s", path, strerror(errno));
+    int rc = cv_model_config_parse(cfg, buf, len, path, err);
     free(buf);
     if (rc < 0) return -1;
     if (!cfg->name[0])

@@ -9,6 +9,8 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "base/file.h"
+
 static bool is_dir(const char *p)
 {
     struct stat st;
@@ -321,24 +323,10 @@ int cv_model_json_load(const char *model_dir, const char *version, cv_engine_arg
     if (!fp)
         return cv_errorf(err, "'model.json' containing vllm engine args must be provided in '%s'",
                          vdir);
-    char *buf = NULL;
-    size_t len = 0, cap = 0;
-    for (;;) {
-        if (len + 4096 > cap) {
-            cap = cap ? cap * 2 : 8192;
-            char *nb = realloc(buf, cap);
-            if (!nb) {
-                free(buf);
-                fclose(fp);
-                return cv_errorf(err, "%s: out of memory", path);
-            }
-            buf = nb;
-        }
-        size_t got = fread(buf + len, 1, cap - len, fp);
-        len += got;
-        if (got == 0) break;
-    }
+    size_t len = 0;
+    char *buf = cv_read_stream(fp, &len);
     fclose(fp);
+    if (!buf) return cv_errorf(err, "%s: cannot read: %s", path, strerror(errno));
     int rc = cv_model_json_parse(buf, len, path, vdir, args, extra, err);
     free(buf);
     return rc;

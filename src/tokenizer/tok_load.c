@@ -9,6 +9,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "base/file.h"
 #include "tokenizer/tok_internal.h"
 
 int32_t tok_token_to_id(const cv_tokenizer *tok, const char *s) {
@@ -295,22 +296,11 @@ static char *read_file(const char *path, size_t *len, cv_error *err) {
         cv_errorf(err, "tokenizer: cannot open %s: %s", path, strerror(errno));
         return NULL;
     }
-    tok_buf b = {0};
-    char chunk[1 << 16];
-    size_t n;
-    while ((n = fread(chunk, 1, sizeof chunk, f)) > 0)
-        if (tok_buf_put(&b, chunk, n, err))
-            break;
-    bool bad = ferror(f) || (n > 0);
+    char *text = cv_read_stream(f, len);
     fclose(f);
-    if (bad) {
-        if (!err->msg[0])
-            cv_errorf(err, "tokenizer: cannot read %s", path);
-        tok_buf_free(&b);
-        return NULL;
-    }
-    *len = b.len;
-    return b.p ? b.p : calloc(1, 1);
+    if (!text)
+        cv_errorf(err, "tokenizer: cannot read %s: %s", path, strerror(errno));
+    return text;
 }
 
 cv_tokenizer *tok_load(const char *dir, cv_error *err) {

@@ -12,33 +12,13 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "base/file.h"
 #include "tokenizer/tokenizer.h"
 
 static int usage(void) {
     fprintf(stderr, "usage: cvllm-tokenize --tokenizer DIR [--add-special-tokens] [--decode] "
                     "[--skip-special-tokens]\n");
     return 1;
-}
-
-static char *read_all(FILE *f, size_t *len) {
-    size_t cap = 1 << 16, n = 0;
-    char *buf = malloc(cap);
-    while (buf) {
-        n += fread(buf + n, 1, cap - n, f);
-        if (n < cap)
-            break;
-        char *nb = realloc(buf, cap * 2);
-        if (!nb)
-            free(buf);
-        buf = nb;
-        cap *= 2;
-    }
-    if (buf && ferror(f)) {
-        free(buf);
-        return NULL;
-    }
-    *len = n;
-    return buf;
 }
 
 /* Parses whitespace-separated decimal ids. */
@@ -94,7 +74,7 @@ int main(int argc, char **argv) {
         return 1;
     }
     size_t len = 0;
-    char *in = read_all(stdin, &len);
+    char *in = cv_read_stream(stdin, &len);
     if (!in) {
         fprintf(stderr, "cvllm-tokenize: cannot read stdin\n");
         tok_free(tok);
@@ -102,7 +82,6 @@ int main(int argc, char **argv) {
     }
     int status = 0;
     if (decode) {
-        in[len] = '\0'; /* read_all leaves at least one spare byte */
         int32_t *ids = NULL;
         size_t n = 0;
         char *text = NULL;
