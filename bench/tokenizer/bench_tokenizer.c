@@ -17,10 +17,10 @@
 #include "base/clock.h"
 #include "tokenizer/tokenizer.h"
 
-static char *read_file(const char *path, size_t *len) {
+static char *read_file(const char *path, size_t *len)
+{
     FILE *f = fopen(path, "rb");
-    if (!f)
-        return NULL;
+    if (!f) return NULL;
     fseek(f, 0, SEEK_END);
     long n = ftell(f);
     fseek(f, 0, SEEK_SET);
@@ -30,25 +30,27 @@ static char *read_file(const char *path, size_t *len) {
         buf = NULL;
     }
     fclose(f);
-    if (buf)
-        buf[n] = '\0';
+    if (buf) buf[n] = '\0';
     *len = (size_t)n;
     return buf;
 }
 
-static uint64_t checksum(uint64_t h, size_t base, const int32_t *ids, size_t n) {
+static uint64_t checksum(uint64_t h, size_t base, const int32_t *ids, size_t n)
+{
     for (size_t i = 0; i < n; i++)
         h += (uint64_t)(base + i + 1) * (uint64_t)((int64_t)ids[i] + 1);
     return h;
 }
 
-static uint64_t cpu_ns(void) {
+static uint64_t cpu_ns(void)
+{
     struct timespec ts;
     clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
     return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
 }
 
-static int bench_one(const char *name, const char *dir, const char *corpus, size_t len) {
+static int bench_one(const char *name, const char *dir, const char *corpus, size_t len)
+{
     cv_error err = {{0}};
     uint64_t t0 = cv_now_ns();
     cv_tokenizer *tok = tok_load(dir, &err);
@@ -98,7 +100,8 @@ static int bench_one(const char *name, const char *dir, const char *corpus, size
     return 0;
 }
 
-int main(int argc, char **argv) {
+int main(int argc, char **argv)
+{
     if (argc < 3) {
         fprintf(stderr, "usage: cvllm-bench-tokenizer CORPUS NAME=DIR [NAME=DIR ...]\n");
         return 1;

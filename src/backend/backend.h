@@ -23,17 +23,19 @@
 #include "model/model.h"
 
 typedef struct cv_batch {
-    int n_tokens;                 /* tokens in this step, all sequences */
-    const int32_t *token_ids;     /* (n_tokens) */
-    const int32_t *positions;     /* (n_tokens) position of each token in its sequence */
-    const int64_t *slot_mapping;  /* (n_tokens) KV slot each token's K/V is written to */
+    int n_tokens;                /* tokens in this step, all sequences */
+    const int32_t *token_ids;    /* (n_tokens) */
+    const int32_t *positions;    /* (n_tokens) position of each token in its sequence */
+    const int64_t *slot_mapping; /* (n_tokens) KV slot each token's K/V is written to */
     int n_seqs;
-    const int32_t *query_start;   /* (n_seqs + 1) seq i owns tokens [query_start[i], query_start[i+1]) */
-    const int32_t *seq_lens;      /* (n_seqs) context length after this step (cached + new) */
-    const int32_t *block_tables;  /* (n_seqs, max_blocks_per_seq) block indices, row-major */
+    const int32_t
+        *query_start;        /* (n_seqs + 1) seq i owns tokens [query_start[i], query_start[i+1]) */
+    const int32_t *seq_lens; /* (n_seqs) context length after this step (cached + new) */
+    const int32_t *block_tables; /* (n_seqs, max_blocks_per_seq) block indices, row-major */
     int max_blocks_per_seq;
-    int n_logits;                 /* rows of logits wanted */
-    const int32_t *logits_indices; /* (n_logits) flat token indices (0..n_tokens-1) to return logits for */
+    int n_logits; /* rows of logits wanted */
+    const int32_t
+        *logits_indices; /* (n_logits) flat token indices (0..n_tokens-1) to return logits for */
 } cv_batch;
 
 typedef struct cv_backend cv_backend;

@@ -11,20 +11,19 @@
 
 /* Reads integer KEY of OBJ into *out. A missing or null key is an error when
  * REQUIRED, else leaves *out (the default). Values must be >= MIN. */
-static int cfg_int(json_t *obj, const char *key, bool required, int min, int *out,
-                   const char *path, cv_error *err)
+static int cfg_int(json_t *obj, const char *key, bool required, int min, int *out, const char *path,
+                   cv_error *err)
 {
     json_t *v = json_object_get(obj, key);
     if (!v || json_is_null(v)) {
         if (required) return cv_errorf(err, "%s: missing key '%s'", path, key);
         return 0;
     }
-    if (!json_is_integer(v))
-        return cv_errorf(err, "%s: key '%s' must be an integer", path, key);
+    if (!json_is_integer(v)) return cv_errorf(err, "%s: key '%s' must be an integer", path, key);
     json_int_t x = json_integer_value(v);
     if (x < min || x > INT_MAX)
-        return cv_errorf(err, "%s: key '%s' is %lld, must be at least %d", path, key,
-                         (long long)x, min);
+        return cv_errorf(err, "%s: key '%s' is %lld, must be at least %d", path, key, (long long)x,
+                         min);
     *out = (int)x;
     return 0;
 }
@@ -52,9 +51,12 @@ static int cfg_eos(json_t *obj, cv_model_config *cfg, const char *path, cv_error
         cfg->n_eos_token_ids = 0;
         return 0;
     }
-    if (json_is_integer(v)) v = json_pack("[O]", v);
-    else if (json_is_array(v)) json_incref(v);
-    else return cv_errorf(err, "%s: eos_token_id must be an integer or a list of integers", path);
+    if (json_is_integer(v))
+        v = json_pack("[O]", v);
+    else if (json_is_array(v))
+        json_incref(v);
+    else
+        return cv_errorf(err, "%s: eos_token_id must be an integer or a list of integers", path);
     if (!v) return cv_errorf(err, "%s: out of memory", path);
     int rc = 0;
     size_t n = json_array_size(v);
@@ -63,10 +65,10 @@ static int cfg_eos(json_t *obj, cv_model_config *cfg, const char *path, cv_error
                        CV_MAX_EOS_IDS);
     for (size_t i = 0; rc == 0 && i < n; i++) {
         json_t *id = json_array_get(v, i);
-        if (!json_is_integer(id) || json_integer_value(id) < 0 ||
-            json_integer_value(id) > INT_MAX)
+        if (!json_is_integer(id) || json_integer_value(id) < 0 || json_integer_value(id) > INT_MAX)
             rc = cv_errorf(err, "%s: eos_token_id[%zu] is not a token id", path, i);
-        else cfg->eos_token_ids[i] = (int)json_integer_value(id);
+        else
+            cfg->eos_token_ids[i] = (int)json_integer_value(id);
     }
     if (rc == 0) cfg->n_eos_token_ids = (int)n;
     json_decref(v);
@@ -110,8 +112,7 @@ static int cfg_rope(json_t *root, cv_model_config *cfg, const char *path, cv_err
                     &cfg->rope_original_max_position, path, err))
             return -1;
         if (!(cfg->rope_high_freq_factor > cfg->rope_low_freq_factor))
-            return cv_errorf(err, "%s: llama3 rope needs high_freq_factor > low_freq_factor",
-                             path);
+            return cv_errorf(err, "%s: llama3 rope needs high_freq_factor > low_freq_factor", path);
         return 0;
     }
     return cv_errorf(err, "%s: unsupported rope type '%s' (supported: default, linear, llama3)",
@@ -123,11 +124,14 @@ static int cfg_act(json_t *root, cv_model_config *cfg, const char *path, cv_erro
     json_t *v = json_object_get(root, "hidden_act");
     if (!v) return 0; /* silu, every supported config class's default */
     const char *act = json_string_value(v);
-    if (act && (strcmp(act, "silu") == 0 || strcmp(act, "swish") == 0)) cfg->hidden_act = CV_ACT_SILU;
-    else if (act && strcmp(act, "gelu_pytorch_tanh") == 0) cfg->hidden_act = CV_ACT_GELU_TANH;
+    if (act && (strcmp(act, "silu") == 0 || strcmp(act, "swish") == 0))
+        cfg->hidden_act = CV_ACT_SILU;
+    else if (act && strcmp(act, "gelu_pytorch_tanh") == 0)
+        cfg->hidden_act = CV_ACT_GELU_TANH;
     else
-        return cv_errorf(err, "%s: unsupported hidden_act %s%s%s (supported: silu, "
-                              "gelu_pytorch_tanh)",
+        return cv_errorf(err,
+                         "%s: unsupported hidden_act %s%s%s (supported: silu, "
+                         "gelu_pytorch_tanh)",
                          path, act ? "'" : "", act ? act : "(not a string)", act ? "'" : "");
     return 0;
 }
@@ -149,15 +153,18 @@ static int cfg_shapes(json_t *root, const cv_arch *arch, cv_model_config *cfg, c
     cfg->n_kv_heads = cfg->n_heads;
     if (cfg_int(root, "num_key_value_heads", false, 1, &cfg->n_kv_heads, path, err)) return -1;
     if (cfg->n_heads % cfg->n_kv_heads != 0)
-        return cv_errorf(err, "%s: num_attention_heads %d is not a multiple of "
-                              "num_key_value_heads %d", path, cfg->n_heads, cfg->n_kv_heads);
+        return cv_errorf(err,
+                         "%s: num_attention_heads %d is not a multiple of "
+                         "num_key_value_heads %d",
+                         path, cfg->n_heads, cfg->n_kv_heads);
     cfg->head_dim = 0;
     if (cfg_int(root, "head_dim", false, 1, &cfg->head_dim, path, err)) return -1;
     if (cfg->head_dim == 0) {
         if (cfg->hidden_size % cfg->n_heads != 0)
-            return cv_errorf(err, "%s: hidden_size %d is not a multiple of num_attention_heads "
-                                  "%d and head_dim is not given", path, cfg->hidden_size,
-                             cfg->n_heads);
+            return cv_errorf(err,
+                             "%s: hidden_size %d is not a multiple of num_attention_heads "
+                             "%d and head_dim is not given",
+                             path, cfg->hidden_size, cfg->n_heads);
         cfg->head_dim = cfg->hidden_size / cfg->n_heads;
     }
     if (cfg->head_dim % 2 != 0)
@@ -175,7 +182,8 @@ static int cfg_shapes(json_t *root, const cv_arch *arch, cv_model_config *cfg, c
      * 4096); null or use_sliding_window false means full attention. */
     cfg->sliding_window = arch->default_sliding_window;
     json_t *window = json_object_get(root, "sliding_window");
-    if (!use_sliding || (window && json_is_null(window))) cfg->sliding_window = 0;
+    if (!use_sliding || (window && json_is_null(window)))
+        cfg->sliding_window = 0;
     else if (cfg_int(root, "sliding_window", false, 1, &cfg->sliding_window, path, err))
         return -1;
     return 0;
@@ -220,7 +228,8 @@ static int cfg_generation(const char *dir, cv_model_config *cfg, cv_error *err)
     json_t *root = cv_json_load(path, err);
     if (!root) return -1;
     int rc = 0;
-    if (!json_is_object(root)) rc = cv_errorf(err, "%s: not a JSON object", path);
+    if (!json_is_object(root))
+        rc = cv_errorf(err, "%s: not a JSON object", path);
     else if (cfg_int(root, "bos_token_id", false, 0, &cfg->bos_token_id, path, err) ||
              cfg_eos(root, cfg, path, err))
         rc = -1;

@@ -41,22 +41,22 @@ static json_t *config_json(const cv_model_config *cfg, const cv_arch *arch)
 {
     static const char *const dtype_names[] = {"float32", "float16", "bfloat16"};
     json_t *root = json_pack(
-        "{s:[s],s:s,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:o,s:o,s:s,s:b,s:o,s:o,s:s}",
-        "architectures", cfg->architecture, "model_type", arch->model_type, "hidden_size",
-        cfg->hidden_size, "intermediate_size", cfg->intermediate_size, "num_hidden_layers",
-        cfg->n_layers, "num_attention_heads", cfg->n_heads, "num_key_value_heads",
-        cfg->n_kv_heads, "head_dim", cfg->head_dim, "vocab_size", cfg->vocab_size,
-        "max_position_embeddings", cfg->max_position_embeddings, "rms_norm_eps",
-        json_float(cfg->rms_norm_eps), "rope_theta", json_float(cfg->rope_theta), "hidden_act",
+        "{s:[s],s:s,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:o,s:o,s:s,s:b,s:o,s:o,s:s}", "architectures",
+        cfg->architecture, "model_type", arch->model_type, "hidden_size", cfg->hidden_size,
+        "intermediate_size", cfg->intermediate_size, "num_hidden_layers", cfg->n_layers,
+        "num_attention_heads", cfg->n_heads, "num_key_value_heads", cfg->n_kv_heads, "head_dim",
+        cfg->head_dim, "vocab_size", cfg->vocab_size, "max_position_embeddings",
+        cfg->max_position_embeddings, "rms_norm_eps", json_float(cfg->rms_norm_eps), "rope_theta",
+        json_float(cfg->rope_theta), "hidden_act",
         cfg->hidden_act == CV_ACT_SILU ? "silu" : "gelu_pytorch_tanh", "tie_word_embeddings",
         cfg->tie_word_embeddings, "bos_token_id", json_bos(cfg), "eos_token_id", json_eos(cfg),
         "torch_dtype", dtype_names[cfg->dtype]);
     if (!root) return NULL;
     int rc = 0;
     if (cfg->rope_type == CV_ROPE_LINEAR)
-        rc = json_object_set_new(root, "rope_scaling",
-                                 json_pack("{s:s,s:o}", "rope_type", "linear", "factor",
-                                           json_float(cfg->rope_factor)));
+        rc = json_object_set_new(
+            root, "rope_scaling",
+            json_pack("{s:s,s:o}", "rope_type", "linear", "factor", json_float(cfg->rope_factor)));
     else if (cfg->rope_type == CV_ROPE_LLAMA3)
         rc = json_object_set_new(
             root, "rope_scaling",
@@ -101,7 +101,7 @@ int cv_model_write_config(const char *dir, const cv_model_config *cfg, cv_error 
     const cv_arch *arch = cv_arch_find(cfg->architecture);
     if (!arch) return cv_errorf(err, "%s: unknown architecture '%s'", dir, cfg->architecture);
     if (write_json(dir, "config.json", config_json(cfg, arch), err)) return -1;
-    json_t *gen = json_pack("{s:o,s:o}", "bos_token_id", json_bos(cfg), "eos_token_id",
-                            json_eos(cfg));
+    json_t *gen =
+        json_pack("{s:o,s:o}", "bos_token_id", json_bos(cfg), "eos_token_id", json_eos(cfg));
     return write_json(dir, "generation_config.json", gen, err);
 }

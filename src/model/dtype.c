@@ -12,9 +12,12 @@ size_t cv_dtype_size(cv_dtype dtype)
 const char *cv_dtype_name(cv_dtype dtype)
 {
     switch (dtype) {
-    case CV_DTYPE_F32: return "F32";
-    case CV_DTYPE_F16: return "F16";
-    case CV_DTYPE_BF16: return "BF16";
+    case CV_DTYPE_F32:
+        return "F32";
+    case CV_DTYPE_F16:
+        return "F16";
+    case CV_DTYPE_BF16:
+        return "BF16";
     }
     return "?";
 }
@@ -22,7 +25,8 @@ const char *cv_dtype_name(cv_dtype dtype)
 int64_t cv_tensor_numel(const cv_tensor *t)
 {
     int64_t n = 1;
-    for (int i = 0; i < t->n_dims; i++) n *= t->shape[i];
+    for (int i = 0; i < t->n_dims; i++)
+        n *= t->shape[i];
     return n;
 }
 
@@ -52,11 +56,11 @@ uint16_t cv_f32_to_f16(float x)
     uint32_t u = f32_bits(x);
     uint16_t sign = (uint16_t)((u >> 16) & 0x8000);
     uint32_t a = u & 0x7fffffff;
-    if (a > 0x7f800000) return sign | 0x7e00;   /* NaN */
-    if (a >= 0x477ff000) return sign | 0x7c00;  /* >= 65520 rounds to infinity */
+    if (a > 0x7f800000) return sign | 0x7e00;  /* NaN */
+    if (a >= 0x477ff000) return sign | 0x7c00; /* >= 65520 rounds to infinity */
     if (a >= 0x38800000)                       /* normal: rebias 127 -> 15 */
         return sign | (uint16_t)round_shift(a - 0x38000000, 13);
-    if (a < 0x33000000) return sign;            /* below half the smallest subnormal */
+    if (a < 0x33000000) return sign; /* below half the smallest subnormal */
     /* Subnormal: the value in units of 2^-24 is mant * 2^(E - 126). */
     int e = (int)(a >> 23);
     return sign | (uint16_t)round_shift((a & 0x7fffff) | 0x800000, 126 - e);

@@ -31,7 +31,8 @@ const cv_model_weights *cv_model_get_weights(const cv_model *model)
 void cv_model_free(cv_model *model)
 {
     if (!model) return;
-    for (size_t i = 0; i < model->n_files; i++) cv_st_close(&model->files[i]);
+    for (size_t i = 0; i < model->n_files; i++)
+        cv_st_close(&model->files[i]);
     free(model->files);
     free(model->weights.layers);
     json_decref(model->weight_map);
@@ -124,8 +125,8 @@ static void shape_str(char *buf, size_t n, int n_dims, const int64_t *shape)
 {
     size_t used = (size_t)snprintf(buf, n, "[");
     for (int i = 0; i < n_dims && used < n; i++)
-        used += (size_t)snprintf(buf + used, n - used, "%s%lld", i ? ", " : "",
-                                 (long long)shape[i]);
+        used +=
+            (size_t)snprintf(buf + used, n - used, "%s%lld", i ? ", " : "", (long long)shape[i]);
     if (used < n) snprintf(buf + used, n - used, "]");
 }
 
@@ -162,8 +163,8 @@ static int model_bind_all(cv_model *m, const char *dir, const cv_arch *arch, cv_
 {
     cv_model_config *c = &m->config;
     m->weights.layers = calloc((size_t)c->n_layers, sizeof *m->weights.layers);
-    if (!m->weights.layers) return cv_errorf(err, "%s: out of memory for %d layers", dir,
-                                             c->n_layers);
+    if (!m->weights.layers)
+        return cv_errorf(err, "%s: out of memory for %d layers", dir, c->n_layers);
     for (size_t i = 0; i < arch->n_global_tensors; i++) {
         const cv_tensor_spec *s = &arch->global_tensors[i];
         cv_tensor *out = (cv_tensor *)((char *)&m->weights + s->offset);
@@ -201,7 +202,8 @@ cv_model *cv_model_load(const char *dir, cv_error *err)
 
 void cv_model_free_tensor_list(cv_safetensors_entry *entries, size_t n_entries)
 {
-    for (size_t i = 0; entries && i < n_entries; i++) free((char *)entries[i].name);
+    for (size_t i = 0; entries && i < n_entries; i++)
+        free((char *)entries[i].name);
     free(entries);
 }
 
@@ -216,13 +218,14 @@ static int list_add(cv_safetensors_entry *list, size_t *n, const cv_model_config
     if (!e->name) return cv_errorf(err, "out of memory listing tensors");
     e->tensor.dtype = dtype;
     e->tensor.n_dims = s->n_dims;
-    for (int d = 0; d < s->n_dims; d++) e->tensor.shape[d] = cv_arch_dim(cfg, s->dims[d]);
+    for (int d = 0; d < s->n_dims; d++)
+        e->tensor.shape[d] = cv_arch_dim(cfg, s->dims[d]);
     (*n)++;
     return 0;
 }
 
-int cv_model_tensor_list(const cv_model_config *cfg, cv_dtype dtype,
-                         cv_safetensors_entry **entries, size_t *n_entries, cv_error *err)
+int cv_model_tensor_list(const cv_model_config *cfg, cv_dtype dtype, cv_safetensors_entry **entries,
+                         size_t *n_entries, cv_error *err)
 {
     const cv_arch *arch = cv_arch_find(cfg->architecture);
     if (!arch) return cv_errorf(err, "unknown architecture '%s'", cfg->architecture);

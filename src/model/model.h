@@ -31,31 +31,31 @@ typedef enum { CV_ACT_SILU = 0, CV_ACT_GELU_TANH } cv_activation;
 typedef enum { CV_ROPE_DEFAULT = 0, CV_ROPE_LINEAR, CV_ROPE_LLAMA3 } cv_rope_type;
 
 typedef struct cv_model_config {
-    char architecture[64];        /* e.g. "LlamaForCausalLM" */
-    int hidden_size;              /* d_model */
-    int intermediate_size;        /* MLP width */
-    int n_layers;                 /* num_hidden_layers */
-    int n_heads;                  /* num_attention_heads */
-    int n_kv_heads;               /* num_key_value_heads (GQA) */
-    int head_dim;                 /* hidden_size / n_heads unless config says */
+    char architecture[64]; /* e.g. "LlamaForCausalLM" */
+    int hidden_size;       /* d_model */
+    int intermediate_size; /* MLP width */
+    int n_layers;          /* num_hidden_layers */
+    int n_heads;           /* num_attention_heads */
+    int n_kv_heads;        /* num_key_value_heads (GQA) */
+    int head_dim;          /* hidden_size / n_heads unless config says */
     int vocab_size;
-    int max_position_embeddings;  /* the model's context limit */
+    int max_position_embeddings; /* the model's context limit */
     float rms_norm_eps;
     float rope_theta;
-    cv_rope_type rope_type;       /* rope_scaling.type / rope_type */
-    float rope_factor;            /* linear and llama3 */
-    float rope_low_freq_factor;   /* llama3 */
-    float rope_high_freq_factor;  /* llama3 */
+    cv_rope_type rope_type;         /* rope_scaling.type / rope_type */
+    float rope_factor;              /* linear and llama3 */
+    float rope_low_freq_factor;     /* llama3 */
+    float rope_high_freq_factor;    /* llama3 */
     int rope_original_max_position; /* llama3 */
     bool tie_word_embeddings;
-    int bos_token_id;             /* -1 when none */
-    int n_eos_token_ids;          /* from generation_config.json, else config.json */
+    int bos_token_id;    /* -1 when none */
+    int n_eos_token_ids; /* from generation_config.json, else config.json */
     int eos_token_ids[CV_MAX_EOS_IDS];
-    cv_dtype dtype;               /* dtype of the stored weights (the embedding's);
-                                   * config.json's dtype/torch_dtype only says what
-                                   * HF would cast to, the backends read as stored */
-    cv_activation hidden_act;     /* MLP activation (gated: act(gate) * up) */
-    int sliding_window;           /* attention window in tokens; 0 = full attention */
+    cv_dtype dtype;           /* dtype of the stored weights (the embedding's);
+                               * config.json's dtype/torch_dtype only says what
+                               * HF would cast to, the backends read as stored */
+    cv_activation hidden_act; /* MLP activation (gated: act(gate) * up) */
+    int sliding_window;       /* attention window in tokens; 0 = full attention */
 } cv_model_config;
 
 /* One weight tensor inside the mapped files. data == NULL: absent (an
@@ -86,10 +86,10 @@ typedef struct cv_layer_weights {
 } cv_layer_weights;
 
 typedef struct cv_model_weights {
-    cv_tensor embed;            /* (vocab, hidden) */
-    cv_layer_weights *layers;   /* (n_layers) */
-    cv_tensor final_norm;       /* (hidden) */
-    cv_tensor lm_head;          /* (vocab, hidden); same data as embed when tied */
+    cv_tensor embed;          /* (vocab, hidden) */
+    cv_layer_weights *layers; /* (n_layers) */
+    cv_tensor final_norm;     /* (hidden) */
+    cv_tensor lm_head;        /* (vocab, hidden); same data as embed when tied */
 } cv_model_weights;
 
 typedef struct cv_model cv_model;
@@ -150,8 +150,8 @@ int cv_model_write_config(const char *dir, const cv_model_config *cfg, cv_error 
  * DTYPE and data NULL: what a writer of a model for CFG must store. On
  * success *entries (n_entries) is owned by the caller, who frees it with
  * cv_model_free_tensor_list. */
-int cv_model_tensor_list(const cv_model_config *cfg, cv_dtype dtype,
-                         cv_safetensors_entry **entries, size_t *n_entries, cv_error *err);
+int cv_model_tensor_list(const cv_model_config *cfg, cv_dtype dtype, cv_safetensors_entry **entries,
+                         size_t *n_entries, cv_error *err);
 void cv_model_free_tensor_list(cv_safetensors_entry *entries, size_t n_entries);
 
 #endif

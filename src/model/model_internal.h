@@ -19,11 +19,11 @@ typedef struct cv_st_tensor {
 
 typedef struct cv_st_file {
     char *path;
-    void *map;               /* whole file, read-only */
+    void *map; /* whole file, read-only */
     size_t map_bytes;
-    cv_st_tensor *tensors;   /* (n_tensors) in header order */
+    cv_st_tensor *tensors; /* (n_tensors) in header order */
     size_t n_tensors;
-    void **copies;           /* aligned copies of misaligned tensors, owned */
+    void **copies; /* aligned copies of misaligned tensors, owned */
     size_t n_copies;
 } cv_st_file;
 
@@ -83,8 +83,8 @@ typedef struct cv_arch {
     int default_max_position;
     float default_rms_norm_eps;
     float default_rope_theta;
-    int default_bos; /* -1: none */
-    int default_eos; /* -1: none */
+    int default_bos;            /* -1: none */
+    int default_eos;            /* -1: none */
     int default_sliding_window; /* tokens; 0: full attention */
 } cv_arch;
 

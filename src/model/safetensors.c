@@ -23,11 +23,21 @@ static const struct {
     size_t bytes;
     int dtype; /* cv_dtype, or -1 when stored but not supported */
 } st_dtypes[] = {
-    {"F32", 4, CV_DTYPE_F32}, {"F16", 2, CV_DTYPE_F16},   {"BF16", 2, CV_DTYPE_BF16},
-    {"F64", 8, -1},           {"I64", 8, -1},             {"U64", 8, -1},
-    {"I32", 4, -1},           {"U32", 4, -1},             {"I16", 2, -1},
-    {"U16", 2, -1},           {"I8", 1, -1},              {"U8", 1, -1},
-    {"BOOL", 1, -1},          {"F8_E4M3", 1, -1},         {"F8_E5M2", 1, -1},
+    {"F32", 4, CV_DTYPE_F32},
+    {"F16", 2, CV_DTYPE_F16},
+    {"BF16", 2, CV_DTYPE_BF16},
+    {"F64", 8, -1},
+    {"I64", 8, -1},
+    {"U64", 8, -1},
+    {"I32", 4, -1},
+    {"U32", 4, -1},
+    {"I16", 2, -1},
+    {"U16", 2, -1},
+    {"I8", 1, -1},
+    {"U8", 1, -1},
+    {"BOOL", 1, -1},
+    {"F8_E4M3", 1, -1},
+    {"F8_E5M2", 1, -1},
 };
 enum { CV_ST_N_DTYPES = sizeof st_dtypes / sizeof st_dtypes[0] };
 
@@ -42,8 +52,8 @@ json_t *cv_json_load(const char *path, cv_error *err)
     json_t *root = json_loadf(fp, JSON_REJECT_DUPLICATES, &jerr);
     fclose(fp);
     if (!root) {
-        cv_errorf(err, "%s: malformed JSON at line %d column %d: %s", path, jerr.line,
-                  jerr.column, jerr.text);
+        cv_errorf(err, "%s: malformed JSON at line %d column %d: %s", path, jerr.line, jerr.column,
+                  jerr.text);
         return NULL;
     }
     return root;
@@ -53,9 +63,11 @@ json_t *cv_json_load(const char *path, cv_error *err)
 
 void cv_st_close(cv_st_file *f)
 {
-    for (size_t i = 0; i < f->n_tensors; i++) free(f->tensors[i].name);
+    for (size_t i = 0; i < f->n_tensors; i++)
+        free(f->tensors[i].name);
     free(f->tensors);
-    for (size_t i = 0; i < f->n_copies; i++) free(f->copies[i]);
+    for (size_t i = 0; i < f->n_copies; i++)
+        free(f->copies[i]);
     free(f->copies);
     if (f->map) munmap(f->map, f->map_bytes);
     free(f->path);
@@ -102,20 +114,23 @@ static int st_parse_entry(cv_st_file *f, const char *name, json_t *entry, const 
     json_t *joffs = json_object_get(entry, "data_offsets");
     if (!json_is_object(entry) || !json_is_string(jdtype) || !json_is_array(jshape) ||
         !json_is_array(joffs) || json_array_size(joffs) != 2)
-        return cv_errorf(err, "%s: tensor '%s': header entry needs dtype, shape and "
-                              "data_offsets [begin, end]", path, name);
+        return cv_errorf(err,
+                         "%s: tensor '%s': header entry needs dtype, shape and "
+                         "data_offsets [begin, end]",
+                         path, name);
 
     const char *dname = json_string_value(jdtype);
     int k = 0;
-    while (k < CV_ST_N_DTYPES && strcmp(st_dtypes[k].name, dname) != 0) k++;
+    while (k < CV_ST_N_DTYPES && strcmp(st_dtypes[k].name, dname) != 0)
+        k++;
     if (k == CV_ST_N_DTYPES)
         return cv_errorf(err, "%s: tensor '%s': unknown dtype '%s'", path, name, dname);
     snprintf(t->dtype_name, sizeof t->dtype_name, "%s", dname);
 
     size_t n_dims = json_array_size(jshape);
     if (n_dims > 4)
-        return cv_errorf(err, "%s: tensor '%s': %zu dimensions, at most 4 supported", path,
-                         name, n_dims);
+        return cv_errorf(err, "%s: tensor '%s': %zu dimensions, at most 4 supported", path, name,
+                         n_dims);
     t->tensor.n_dims = (int)n_dims;
     /* numel * element size must not overflow: every dimension is bounded by
      * the data region, and so is the running product. */
@@ -123,8 +138,8 @@ static int st_parse_entry(cv_st_file *f, const char *name, json_t *entry, const 
     for (size_t i = 0; i < n_dims; i++) {
         json_t *d = json_array_get(jshape, i);
         if (!json_is_integer(d) || json_integer_value(d) < 0)
-            return cv_errorf(err, "%s: tensor '%s': shape[%zu] is not a non-negative integer",
-                             path, name, i);
+            return cv_errorf(err, "%s: tensor '%s': shape[%zu] is not a non-negative integer", path,
+                             name, i);
         uint64_t dim = (uint64_t)json_integer_value(d);
         t->tensor.shape[i] = (int64_t)dim;
         if (dim != 0 && bytes > UINT64_MAX / dim)
@@ -162,7 +177,8 @@ static int st_parse_header(cv_st_file *f, cv_error *err)
 {
     const uint8_t *base = f->map;
     uint64_t header_bytes = 0;
-    for (int i = 7; i >= 0; i--) header_bytes = header_bytes << 8 | base[i];
+    for (int i = 7; i >= 0; i--)
+        header_bytes = header_bytes << 8 | base[i];
     if (header_bytes > f->map_bytes - 8)
         return cv_errorf(err, "%s: header length %llu runs past the end of the file (%zu bytes)",
                          f->path, (unsigned long long)header_bytes, f->map_bytes);
@@ -171,8 +187,8 @@ static int st_parse_header(cv_st_file *f, cv_error *err)
                          (unsigned long long)header_bytes);
 
     json_error_t jerr;
-    json_t *root = json_loadb((const char *)base + 8, (size_t)header_bytes,
-                              JSON_REJECT_DUPLICATES, &jerr);
+    json_t *root =
+        json_loadb((const char *)base + 8, (size_t)header_bytes, JSON_REJECT_DUPLICATES, &jerr);
     if (!root)
         return cv_errorf(err, "%s: malformed JSON header at header byte %d: %s", f->path,
                          jerr.position, jerr.text);
@@ -256,9 +272,8 @@ static char *st_header_json(const cv_safetensors_entry *entries, size_t n, cv_er
                 goto oom;
             }
         uint64_t bytes = (uint64_t)cv_tensor_numel(t) * cv_dtype_size(t->dtype);
-        json_t *e = json_pack("{s:s,s:o,s:[I,I]}", "dtype", cv_dtype_name(t->dtype), "shape",
-                              shape, "data_offsets", (json_int_t)offset,
-                              (json_int_t)(offset + bytes));
+        json_t *e = json_pack("{s:s,s:o,s:[I,I]}", "dtype", cv_dtype_name(t->dtype), "shape", shape,
+                              "data_offsets", (json_int_t)offset, (json_int_t)(offset + bytes));
         if (!e || json_object_set_new(root, entries[i].name, e)) goto oom;
         offset += bytes;
     }
@@ -276,8 +291,8 @@ oom:
  * small enough to stay in cache-friendly territory (4 MB of F32). */
 enum { CV_ST_FILL_CHUNK_ELEMS = 1 << 20 };
 
-static int st_write_data(FILE *fp, const char *path, const cv_safetensors_entry *entries,
-                         size_t n, cv_safetensors_fill_fn fill, void *ctx, cv_error *err)
+static int st_write_data(FILE *fp, const char *path, const cv_safetensors_entry *entries, size_t n,
+                         cv_safetensors_fill_fn fill, void *ctx, cv_error *err)
 {
     void *chunk = NULL;
     for (size_t i = 0; i < n; i++) {
@@ -327,12 +342,14 @@ int cv_safetensors_write(const char *path, const cv_safetensors_entry *entries, 
         return cv_errorf(err, "%s: cannot create: %s", path, strerror(errno));
     }
     uint8_t len_le[8];
-    for (int i = 0; i < 8; i++) len_le[i] = (uint8_t)((uint64_t)padded >> (8 * i));
+    for (int i = 0; i < 8; i++)
+        len_le[i] = (uint8_t)((uint64_t)padded >> (8 * i));
     int rc = 0;
     if (fwrite(len_le, 1, 8, fp) != 8 || fwrite(header, 1, len, fp) != len)
         rc = cv_errorf(err, "%s: write failed: %s", path, strerror(errno));
     for (size_t i = len; rc == 0 && i < padded; i++)
-        if (fputc(' ', fp) == EOF) rc = cv_errorf(err, "%s: write failed: %s", path, strerror(errno));
+        if (fputc(' ', fp) == EOF)
+            rc = cv_errorf(err, "%s: write failed: %s", path, strerror(errno));
     free(header);
     if (rc == 0) rc = st_write_data(fp, path, entries, n_entries, fill, ctx, err);
     if (fclose(fp) != 0 && rc == 0)

@@ -13,20 +13,21 @@ enum { CHAR_TABLE = 65536, SCAN_MAX_SYMBOLS = 96 };
 
 /* ---- lookups ------------------------------------------------------------ */
 
-int32_t tok_bpe_lookup(const tok_bpe *m, const char *s, size_t n) {
+int32_t tok_bpe_lookup(const tok_bpe *m, const char *s, size_t n)
+{
     uint64_t h = tok_hash(s, n);
     uint32_t tag = (uint32_t)(h >> 32);
     for (size_t i = h & m->vocab_map.mask;; i = (i + 1) & m->vocab_map.mask) {
         tok_strslot sl = m->vocab_map.slots[i];
-        if (sl.id < 0)
-            return -1;
+        if (sl.id < 0) return -1;
         if (sl.tag == tag && m->vocab_len[sl.id] == n && !memcmp(m->vocab_str[sl.id], s, n))
             return sl.id;
     }
 }
 
 /* splitmix64's finalizer: every key bit reaches the low bits */
-static inline size_t merge_slot(uint64_t key, size_t mask) {
+static inline size_t merge_slot(uint64_t key, size_t mask)
+{
     key ^= key >> 30;
     key *= 0xbf58476d1ce4e5b9ull;
     key ^= key >> 27;
@@ -35,14 +36,13 @@ static inline size_t merge_slot(uint64_t key, size_t mask) {
     return (size_t)key & mask;
 }
 
-static inline const tok_merge_slot *merge_get(const tok_bpe *m, int32_t a, int32_t b) {
+static inline const tok_merge_slot *merge_get(const tok_bpe *m, int32_t a, int32_t b)
+{
     uint64_t key = ((uint64_t)(uint32_t)a << 32) | (uint32_t)b;
     for (size_t i = merge_slot(key, m->merge_mask);; i = (i + 1) & m->merge_mask) {
         const tok_merge_slot *s = &m->merges[i];
-        if (s->key == key)
-            return s;
-        if (s->key == UINT64_MAX)
-            return NULL;
+        if (s->key == key) return s;
+        if (s->key == UINT64_MAX) return NULL;
     }
 }
 
@@ -61,14 +61,13 @@ typedef struct word {
     sym local[64];
 } word;
 
-static int word_add(word *w, int32_t id, cv_error *err) {
+static int word_add(word *w, int32_t id, cv_error *err)
+{
     if (w->n == w->cap) {
         size_t cap = w->cap * 2;
         sym *v = w->v == w->local ? malloc(cap * sizeof *v) : realloc(w->v, cap * sizeof *v);
-        if (!v)
-            return cv_errorf(err, "tokenizer: out of memory (word of %zu symbols)", cap);
-        if (w->v == w->local)
-            memcpy(v, w->local, sizeof w->local);
+        if (!v) return cv_errorf(err, "tokenizer: out of memory (word of %zu symbols)", cap);
+        if (w->v == w->local) memcpy(v, w->local, sizeof w->local);
         w->v = v;
         w->cap = cap;
     }
@@ -77,10 +76,10 @@ static int word_add(word *w, int32_t id, cv_error *err) {
     return 0;
 }
 
-static void pair_rank(const tok_bpe *m, sym *v, int32_t i) {
+static void pair_rank(const tok_bpe *m, sym *v, int32_t i)
+{
     v[i].rank = UINT32_MAX;
-    if (v[i].next < 0)
-        return;
+    if (v[i].next < 0) return;
     const tok_merge_slot *s = merge_get(m, v[i].id, v[v[i].next].id);
     if (s) {
         v[i].rank = s->rank;
@@ -89,18 +88,19 @@ static void pair_rank(const tok_bpe *m, sym *v, int32_t i) {
 }
 
 /* Merges symbol i with its successor (which disappears). */
-static void merge_at(sym *v, int32_t i) {
+static void merge_at(sym *v, int32_t i)
+{
     int32_t j = v[i].next;
     v[i].id = v[i].new_id;
     v[i].next = v[j].next;
-    if (v[j].next >= 0)
-        v[v[j].next].prev = i;
+    if (v[j].next >= 0) v[v[j].next].prev = i;
     v[j].id = -1;
 }
 
 /* Short words: keep each pair's rank and scan for the minimum; only the
  * two pairs touching a merge are looked up again. */
-static void merge_scan(const tok_bpe *m, sym *v, size_t n) {
+static void merge_scan(const tok_bpe *m, sym *v, size_t n)
+{
     for (size_t i = 0; i < n; i++)
         pair_rank(m, v, (int32_t)i);
     for (;;) {
@@ -111,12 +111,10 @@ static void merge_scan(const tok_bpe *m, sym *v, size_t n) {
                 best_rank = v[i].rank;
                 best = i;
             }
-        if (best < 0)
-            return;
+        if (best < 0) return;
         merge_at(v, best);
         pair_rank(m, v, best);
-        if (v[best].prev >= 0)
-            pair_rank(m, v, v[best].prev);
+        if (v[best].prev >= 0) pair_rank(m, v, v[best].prev);
     }
 }
 
@@ -127,9 +125,13 @@ typedef struct cand {
     int32_t pos, new_id;
 } cand;
 
-static bool cand_less(cand a, cand b) { return a.rank != b.rank ? a.rank < b.rank : a.pos < b.pos; }
+static bool cand_less(cand a, cand b)
+{
+    return a.rank != b.rank ? a.rank < b.rank : a.pos < b.pos;
+}
 
-static void heap_push(cand *h, size_t *n, cand c) {
+static void heap_push(cand *h, size_t *n, cand c)
+{
     size_t i = (*n)++;
     while (i && cand_less(c, h[(i - 1) / 2])) {
         h[i] = h[(i - 1) / 2];
@@ -138,17 +140,15 @@ static void heap_push(cand *h, size_t *n, cand c) {
     h[i] = c;
 }
 
-static cand heap_pop(cand *h, size_t *n) {
+static cand heap_pop(cand *h, size_t *n)
+{
     cand top = h[0], last = h[--*n];
     size_t i = 0;
     for (;;) {
         size_t c = 2 * i + 1;
-        if (c >= *n)
-            break;
-        if (c + 1 < *n && cand_less(h[c + 1], h[c]))
-            c++;
-        if (!cand_less(h[c], last))
-            break;
+        if (c >= *n) break;
+        if (c + 1 < *n && cand_less(h[c + 1], h[c])) c++;
+        if (!cand_less(h[c], last)) break;
         h[i] = h[c];
         i = c;
     }
@@ -156,33 +156,30 @@ static cand heap_pop(cand *h, size_t *n) {
     return top;
 }
 
-static void push_pair(const tok_bpe *m, sym *v, int32_t i, cand *h, size_t *nh) {
+static void push_pair(const tok_bpe *m, sym *v, int32_t i, cand *h, size_t *nh)
+{
     pair_rank(m, v, i);
-    if (v[i].rank != UINT32_MAX)
-        heap_push(h, nh, (cand){v[i].rank, i, v[i].new_id});
+    if (v[i].rank != UINT32_MAX) heap_push(h, nh, (cand){v[i].rank, i, v[i].new_id});
 }
 
-static int merge_heap(const tok_bpe *m, sym *v, size_t n, cv_error *err) {
+static int merge_heap(const tok_bpe *m, sym *v, size_t n, cv_error *err)
+{
     /* each merge pushes at most two candidates and removes one symbol */
     cand *h = malloc(3 * n * sizeof *h);
-    if (!h)
-        return cv_errorf(err, "tokenizer: out of memory (word of %zu symbols)", n);
+    if (!h) return cv_errorf(err, "tokenizer: out of memory (word of %zu symbols)", n);
     size_t nh = 0;
     for (size_t i = 0; i < n; i++)
         push_pair(m, v, (int32_t)i, h, &nh);
     while (nh) {
         cand c = heap_pop(h, &nh);
         sym *s = &v[c.pos];
-        if (s->id < 0 || s->next < 0)
-            continue;
+        if (s->id < 0 || s->next < 0) continue;
         const tok_merge_slot *ms = merge_get(m, s->id, v[s->next].id);
-        if (!ms || ms->new_id != c.new_id)
-            continue;
+        if (!ms || ms->new_id != c.new_id) continue;
         s->new_id = ms->new_id;
         merge_at(v, c.pos);
         push_pair(m, v, c.pos, h, &nh);
-        if (s->prev >= 0)
-            push_pair(m, v, s->prev, h, &nh);
+        if (s->prev >= 0) push_pair(m, v, s->prev, h, &nh);
     }
     free(h);
     return 0;
@@ -193,7 +190,8 @@ static int merge_heap(const tok_bpe *m, sym *v, size_t n, cv_error *err) {
 /* Initial symbols: one per character (with continuing_subword_prefix /
  * end_of_word_suffix), bytes through "<0xXX>" when byte_fallback, unknown
  * characters as unk (fused when fuse_unk). */
-static int initial_symbols(const tok_bpe *m, const char *w, size_t n, word *wd, cv_error *err) {
+static int initial_symbols(const tok_bpe *m, const char *w, size_t n, word *wd, cv_error *err)
+{
     bool plain = !m->prefix && !m->suffix;
     int32_t unk_pending = -1;
     char tmp[256];
@@ -215,11 +213,9 @@ static int initial_symbols(const tok_bpe *m, const char *w, size_t n, word *wd, 
             }
         }
         if (id >= 0) {
-            if (unk_pending >= 0 && word_add(wd, unk_pending, err))
-                return -1;
+            if (unk_pending >= 0 && word_add(wd, unk_pending, err)) return -1;
             unk_pending = -1;
-            if (word_add(wd, id, err))
-                return -1;
+            if (word_add(wd, id, err)) return -1;
         } else {
             bool bytes_ok = m->byte_fallback;
             for (size_t b = 0; bytes_ok && b < k; b++)
@@ -227,11 +223,9 @@ static int initial_symbols(const tok_bpe *m, const char *w, size_t n, word *wd, 
             if (bytes_ok) {
                 /* as HF: a pending unk is not flushed before the bytes */
                 for (size_t b = 0; b < k; b++)
-                    if (word_add(wd, m->byte_id[(unsigned char)w[i + b]], err))
-                        return -1;
+                    if (word_add(wd, m->byte_id[(unsigned char)w[i + b]], err)) return -1;
             } else if (m->unk_id >= 0) {
-                if (unk_pending >= 0 && !m->fuse_unk && word_add(wd, unk_pending, err))
-                    return -1;
+                if (unk_pending >= 0 && !m->fuse_unk && word_add(wd, unk_pending, err)) return -1;
                 unk_pending = m->unk_id;
             } else if (m->unk_missing) {
                 return cv_errorf(err, "tokenizer: unk_token \"%s\" is not in the vocab",
@@ -240,8 +234,7 @@ static int initial_symbols(const tok_bpe *m, const char *w, size_t n, word *wd, 
         }
         i += k;
     }
-    if (unk_pending >= 0 && word_add(wd, unk_pending, err))
-        return -1;
+    if (unk_pending >= 0 && word_add(wd, unk_pending, err)) return -1;
     if (wd->n) {
         wd->v[0].prev = -1;
         wd->v[wd->n - 1].next = -1;
@@ -250,7 +243,8 @@ static int initial_symbols(const tok_bpe *m, const char *w, size_t n, word *wd, 
 }
 
 static bool cache_get(tok_bpe *m, const char *w, size_t n, uint64_t h, tok_ids *out, int *rc,
-                      cv_error *err) {
+                      cv_error *err)
+{
     tok_cache_slot *s = &m->cache[h & (TOK_CACHE_SLOTS - 1)];
     int32_t ids[TOK_CACHE_IDS];
     size_t k = 0;
@@ -268,8 +262,8 @@ static bool cache_get(tok_bpe *m, const char *w, size_t n, uint64_t h, tok_ids *
     return hit;
 }
 
-static void cache_put(tok_bpe *m, const char *w, size_t n, uint64_t h, const int32_t *ids,
-                      size_t k) {
+static void cache_put(tok_bpe *m, const char *w, size_t n, uint64_t h, const int32_t *ids, size_t k)
+{
     tok_cache_slot *s = &m->cache[h & (TOK_CACHE_SLOTS - 1)];
     pthread_mutex_lock(&m->cache_lock);
     s->key_len = (uint8_t)n;
@@ -279,19 +273,18 @@ static void cache_put(tok_bpe *m, const char *w, size_t n, uint64_t h, const int
     pthread_mutex_unlock(&m->cache_lock);
 }
 
-int tok_bpe_word(tok_bpe *m, const char *w, size_t n, tok_ids *out, cv_error *err) {
+int tok_bpe_word(tok_bpe *m, const char *w, size_t n, tok_ids *out, cv_error *err)
+{
     bool cacheable = m->cache && n > 0 && n <= TOK_CACHE_KEY_BYTES;
     uint64_t h = 0;
     int rc;
     if (cacheable) {
         h = tok_hash(w, n);
-        if (cache_get(m, w, n, h, out, &rc, err))
-            return rc;
+        if (cache_get(m, w, n, h, out, &rc, err)) return rc;
     }
     if (m->ignore_merges) {
         int32_t id = tok_bpe_lookup(m, w, n);
-        if (id >= 0)
-            return tok_ids_push(out, id, err);
+        if (id >= 0) return tok_ids_push(out, id, err);
     }
     word wd = {.v = NULL, .n = 0, .cap = 64};
     wd.v = wd.local;
@@ -305,8 +298,7 @@ int tok_bpe_word(tok_bpe *m, const char *w, size_t n, tok_ids *out, cv_error *er
     }
     for (int32_t i = 0; !rc && wd.n && i >= 0; i = wd.v[i].next)
         rc = tok_ids_push(out, wd.v[i].id, err);
-    if (wd.v != wd.local)
-        free(wd.v);
+    if (wd.v != wd.local) free(wd.v);
     if (!rc && cacheable && out->n > start && out->n - start <= TOK_CACHE_IDS)
         cache_put(m, w, n, h, out->v + start, out->n - start);
     return rc;
@@ -314,7 +306,8 @@ int tok_bpe_word(tok_bpe *m, const char *w, size_t n, tok_ids *out, cv_error *er
 
 /* ---- loading ------------------------------------------------------------ */
 
-static int vocab_insert(tok_bpe *m, int32_t id) {
+static int vocab_insert(tok_bpe *m, int32_t id)
+{
     uint64_t h = tok_hash(m->vocab_str[id], m->vocab_len[id]);
     size_t i = h & m->vocab_map.mask;
     while (m->vocab_map.slots[i].id >= 0) {
@@ -341,25 +334,24 @@ typedef struct vocab_acc {
     int32_t max_id;
 } vocab_acc;
 
-static int vocab_cb(void *ctx, const char *tok, size_t len, int32_t id, cv_error *err) {
+static int vocab_cb(void *ctx, const char *tok, size_t len, int32_t id, cv_error *err)
+{
     vocab_acc *a = ctx;
     if (a->n == a->cap) {
         size_t cap = a->cap ? a->cap * 2 : 1024;
         vocab_entry *v = realloc(a->v, cap * sizeof *v);
-        if (!v)
-            return cv_errorf(err, "tokenizer: out of memory (vocab)");
+        if (!v) return cv_errorf(err, "tokenizer: out of memory (vocab)");
         a->v = v;
         a->cap = cap;
     }
     a->v[a->n++] = (vocab_entry){a->arena.len, (uint32_t)len, id};
-    if (id > a->max_id)
-        a->max_id = id;
+    if (id > a->max_id) a->max_id = id;
     return tok_buf_put(&a->arena, tok, len, err) || tok_buf_put(&a->arena, "", 1, err);
 }
 
-static int load_vocab(tok_bpe *m, const tok_raw_model *raw, cv_error *err) {
-    if (!raw->vocab)
-        return cv_errorf(err, "tokenizer.json: model has no \"vocab\"");
+static int load_vocab(tok_bpe *m, const tok_raw_model *raw, cv_error *err)
+{
+    if (!raw->vocab) return cv_errorf(err, "tokenizer.json: model has no \"vocab\"");
     vocab_acc a = {.max_id = -1};
     int rc = tok_parse_vocab(raw->vocab, raw->vocab_len, vocab_cb, &a, err);
     m->arena = a.arena.p;
@@ -375,8 +367,7 @@ static int load_vocab(tok_bpe *m, const tok_raw_model *raw, cv_error *err) {
         if (!m->vocab_str || !m->vocab_len || !m->vocab_map.slots)
             rc = cv_errorf(err, "tokenizer: out of memory (vocab of %d)", m->n_vocab);
     }
-    if (!rc)
-        memset(m->vocab_map.slots, 0xff, cap * sizeof *m->vocab_map.slots);
+    if (!rc) memset(m->vocab_map.slots, 0xff, cap * sizeof *m->vocab_map.slots);
     for (size_t i = 0; !rc && i < a.n; i++) {
         int32_t id = a.v[i].id;
         if (m->vocab_str[id])
@@ -398,7 +389,8 @@ typedef struct merge_acc {
 } merge_acc;
 
 static int merge_cb(void *ctx, size_t idx, const char *a, size_t la, const char *b, size_t lb,
-                    cv_error *err) {
+                    cv_error *err)
+{
     merge_acc *acc = ctx;
     tok_bpe *m = acc->m;
     int32_t ia = tok_bpe_lookup(m, a, la), ib = tok_bpe_lookup(m, b, lb);
@@ -406,18 +398,19 @@ static int merge_cb(void *ctx, size_t idx, const char *a, size_t la, const char 
     size_t lp = m->prefix ? strlen(m->prefix) : 0;
     size_t skip = lp && lb >= lp && !memcmp(b, m->prefix, lp) ? lp : 0;
     acc->joined.len = 0;
-    if (tok_buf_put(&acc->joined, a, la, err) || tok_buf_put(&acc->joined, b + skip, lb - skip, err))
+    if (tok_buf_put(&acc->joined, a, la, err) ||
+        tok_buf_put(&acc->joined, b + skip, lb - skip, err))
         return -1;
     int32_t inew = tok_bpe_lookup(m, acc->joined.p, acc->joined.len);
     if (ia < 0 || ib < 0 || inew < 0)
-        return cv_errorf(err, "tokenizer.json: model.merges[%zu] (\"%.*s\" \"%.*s\") uses a token "
-                              "missing from the vocab",
+        return cv_errorf(err,
+                         "tokenizer.json: model.merges[%zu] (\"%.*s\" \"%.*s\") uses a token "
+                         "missing from the vocab",
                          idx, (int)la, a, (int)lb, b);
     if (acc->n == acc->cap) {
         size_t cap = acc->cap ? acc->cap * 2 : 1024;
         tok_merge_slot *v = realloc(acc->v, cap * sizeof *v);
-        if (!v)
-            return cv_errorf(err, "tokenizer: out of memory (merges)");
+        if (!v) return cv_errorf(err, "tokenizer: out of memory (merges)");
         acc->v = v;
         acc->cap = cap;
     }
@@ -426,7 +419,8 @@ static int merge_cb(void *ctx, size_t idx, const char *a, size_t la, const char 
     return 0;
 }
 
-static int load_merges(tok_bpe *m, const tok_raw_model *raw, cv_error *err) {
+static int load_merges(tok_bpe *m, const tok_raw_model *raw, cv_error *err)
+{
     merge_acc acc = {.m = m};
     int rc = raw->merges ? tok_parse_merges(raw->merges, raw->merges_len, merge_cb, &acc, err) : 0;
     size_t cap = 16;
@@ -451,15 +445,16 @@ static int load_merges(tok_bpe *m, const tok_raw_model *raw, cv_error *err) {
     return rc;
 }
 
-static int opt_str(const json_t *model, const char *key, char **out, cv_error *err) {
+static int opt_str(const json_t *model, const char *key, char **out, cv_error *err)
+{
     const json_t *v = json_object_get(model, key);
-    if (!json_is_string(v) || !json_string_length(v))
-        return 0; /* null and "" behave the same */
+    if (!json_is_string(v) || !json_string_length(v)) return 0; /* null and "" behave the same */
     *out = strdup(json_string_value(v));
     return *out ? 0 : cv_errorf(err, "tokenizer: out of memory");
 }
 
-int tok_bpe_load(tok_bpe *m, const json_t *model, const tok_raw_model *raw, cv_error *err) {
+int tok_bpe_load(tok_bpe *m, const json_t *model, const tok_raw_model *raw, cv_error *err)
+{
     memset(m, 0, sizeof *m);
     m->unk_id = -1;
     const char *type = json_string_value(json_object_get(model, "type"));
@@ -475,8 +470,8 @@ int tok_bpe_load(tok_bpe *m, const json_t *model, const tok_raw_model *raw, cv_e
     m->byte_fallback = json_is_true(json_object_get(model, "byte_fallback"));
     m->ignore_merges = json_is_true(json_object_get(model, "ignore_merges"));
     if (opt_str(model, "continuing_subword_prefix", &m->prefix, err) ||
-        opt_str(model, "end_of_word_suffix", &m->suffix, err) ||
-        load_vocab(m, raw, err) || load_merges(m, raw, err))
+        opt_str(model, "end_of_word_suffix", &m->suffix, err) || load_vocab(m, raw, err) ||
+        load_merges(m, raw, err))
         return -1;
     const char *unk = json_string_value(json_object_get(model, "unk_token"));
     if (unk) {
@@ -491,8 +486,7 @@ int tok_bpe_load(tok_bpe *m, const json_t *model, const tok_raw_model *raw, cv_e
     }
     m->char_id = malloc(CHAR_TABLE * sizeof *m->char_id);
     m->cache = calloc(TOK_CACHE_SLOTS, sizeof *m->cache);
-    if (!m->char_id || !m->cache)
-        return cv_errorf(err, "tokenizer: out of memory");
+    if (!m->char_id || !m->cache) return cv_errorf(err, "tokenizer: out of memory");
     memset(m->char_id, 0xff, CHAR_TABLE * sizeof *m->char_id);
     m->metaspace_words = !m->prefix && !m->suffix && !m->ignore_merges;
     for (int32_t id = 0; id < m->n_vocab && m->metaspace_words; id++) {
@@ -515,7 +509,8 @@ int tok_bpe_load(tok_bpe *m, const json_t *model, const tok_raw_model *raw, cv_e
     return 0;
 }
 
-void tok_bpe_free(tok_bpe *m) {
+void tok_bpe_free(tok_bpe *m)
+{
     free(m->arena);
     free(m->vocab_str);
     free(m->vocab_len);

@@ -9,15 +9,14 @@
 
 /* ---- token string lists ---------------------------------------------------- */
 
-int tok_strs_push(tok_strs *s, const char *p, size_t n, cv_error *err) {
+int tok_strs_push(tok_strs *s, const char *p, size_t n, cv_error *err)
+{
     if (s->n == s->cap) {
         size_t cap = s->cap ? s->cap * 2 : 16;
         uint32_t *off = realloc(s->off, cap * sizeof *off);
-        if (off)
-            s->off = off;
+        if (off) s->off = off;
         uint32_t *len = off ? realloc(s->len, cap * sizeof *len) : NULL;
-        if (!len)
-            return cv_errorf(err, "tokenizer: out of memory (%zu tokens)", cap);
+        if (!len) return cv_errorf(err, "tokenizer: out of memory (%zu tokens)", cap);
         s->len = len;
         s->cap = cap;
     }
@@ -27,7 +26,8 @@ int tok_strs_push(tok_strs *s, const char *p, size_t n, cv_error *err) {
     return tok_buf_put(&s->text, p, n, err);
 }
 
-void tok_strs_free(tok_strs *s) {
+void tok_strs_free(tok_strs *s)
+{
     tok_buf_free(&s->text);
     free(s->off);
     free(s->len);
@@ -38,7 +38,8 @@ void tok_strs_free(tok_strs *s) {
 
 /* ---- the decoders ------------------------------------------------------------ */
 
-static int dec_bytelevel(const tok_strs *in, tok_strs *out, cv_error *err) {
+static int dec_bytelevel(const tok_strs *in, tok_strs *out, cv_error *err)
+{
     tok_buf bytes = {0};
     int rc = 0;
     for (size_t i = 0; !rc && i < in->n; i++) {
@@ -68,7 +69,8 @@ static int dec_bytelevel(const tok_strs *in, tok_strs *out, cv_error *err) {
 
 /* Replaces every `cp` with a space, dropping it in the first token unless
  * the prepend scheme is "never" (HF Metaspace::decode_chain). */
-static int dec_metaspace(const tok_decoder *d, const tok_strs *in, tok_strs *out, cv_error *err) {
+static int dec_metaspace(const tok_decoder *d, const tok_strs *in, tok_strs *out, cv_error *err)
+{
     tok_buf t = {0};
     int rc = 0;
     for (size_t i = 0; !rc && i < in->n; i++) {
@@ -84,8 +86,7 @@ static int dec_metaspace(const tok_decoder *d, const tok_strs *in, tok_strs *out
                 rc = tok_buf_put(&t, " ", 1, err);
             k += (size_t)w;
         }
-        if (!rc)
-            rc = tok_strs_push(out, t.p ? t.p : "", t.len, err);
+        if (!rc) rc = tok_strs_push(out, t.p ? t.p : "", t.len, err);
     }
     tok_buf_free(&t);
     return rc;
@@ -98,7 +99,8 @@ typedef struct repl_ctx {
     tok_buf *t;
 } repl_ctx;
 
-static int repl_hit(void *ctx, size_t a, size_t b, cv_error *err) {
+static int repl_hit(void *ctx, size_t a, size_t b, cv_error *err)
+{
     repl_ctx *c = ctx;
     if (tok_buf_put(c->t, c->s + c->done, a - c->done, err) ||
         tok_buf_put(c->t, c->d->text, c->d->text_len, err))
@@ -107,7 +109,8 @@ static int repl_hit(void *ctx, size_t a, size_t b, cv_error *err) {
     return 0;
 }
 
-static int dec_replace(const tok_decoder *d, const tok_strs *in, tok_strs *out, cv_error *err) {
+static int dec_replace(const tok_decoder *d, const tok_strs *in, tok_strs *out, cv_error *err)
+{
     tok_buf t = {0};
     int rc = 0;
     for (size_t i = 0; !rc && i < in->n; i++) {
@@ -121,21 +124,19 @@ static int dec_replace(const tok_decoder *d, const tok_strs *in, tok_strs *out, 
     return rc ? -1 : 0;
 }
 
-static int hexval(char c) {
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
+static int hexval(char c)
+{
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
     return -1;
 }
 
 /* Runs of "<0xXX>" tokens become their bytes when those form valid UTF-8,
  * else one U+FFFD per byte. */
-static int flush_bytes(tok_buf *bytes, tok_strs *out, cv_error *err) {
-    if (!bytes->len)
-        return 0;
+static int flush_bytes(tok_buf *bytes, tok_strs *out, cv_error *err)
+{
+    if (!bytes->len) return 0;
     int rc = 0;
     if (tok_utf8_check(bytes->p, bytes->len) == bytes->len)
         rc = tok_strs_push(out, bytes->p, bytes->len, err);
@@ -146,7 +147,8 @@ static int flush_bytes(tok_buf *bytes, tok_strs *out, cv_error *err) {
     return rc;
 }
 
-static int dec_bytefallback(const tok_strs *in, tok_strs *out, cv_error *err) {
+static int dec_bytefallback(const tok_strs *in, tok_strs *out, cv_error *err)
+{
     tok_buf bytes = {0};
     int rc = 0;
     for (size_t i = 0; !rc && i < in->n; i++) {
@@ -163,13 +165,13 @@ static int dec_bytefallback(const tok_strs *in, tok_strs *out, cv_error *err) {
             rc = flush_bytes(&bytes, out, err) || tok_strs_push(out, s, in->len[i], err);
         }
     }
-    if (!rc)
-        rc = flush_bytes(&bytes, out, err);
+    if (!rc) rc = flush_bytes(&bytes, out, err);
     tok_buf_free(&bytes);
     return rc ? -1 : 0;
 }
 
-static int dec_strip(const tok_decoder *d, const tok_strs *in, tok_strs *out, cv_error *err) {
+static int dec_strip(const tok_decoder *d, const tok_strs *in, tok_strs *out, cv_error *err)
+{
     char c[4];
     size_t cl = (size_t)tok_utf8_put(d->strip_cp, c);
     for (size_t i = 0; i < in->n; i++) {
@@ -179,17 +181,16 @@ static int dec_strip(const tok_decoder *d, const tok_strs *in, tok_strs *out, cv
             a += cl;
         for (int k = 0; k < d->strip_stop && b - a >= cl && !memcmp(s + b - cl, c, cl); k++)
             b -= cl;
-        if (tok_strs_push(out, s + a, b - a, err))
-            return -1;
+        if (tok_strs_push(out, s + a, b - a, err)) return -1;
     }
     return 0;
 }
 
-static int dec_run(const tok_decoder *d, tok_strs *cur, cv_error *err) {
+static int dec_run(const tok_decoder *d, tok_strs *cur, cv_error *err)
+{
     if (d->type == TOK_DEC_SEQUENCE) {
         for (size_t i = 0; i < d->n_items; i++)
-            if (dec_run(&d->items[i], cur, err))
-                return -1;
+            if (dec_run(&d->items[i], cur, err)) return -1;
         return 0;
     }
     tok_strs out = {0};
@@ -221,16 +222,14 @@ static int dec_run(const tok_decoder *d, tok_strs *cur, cv_error *err) {
     return rc;
 }
 
-int tok_run_decoder(const cv_tokenizer *tok, tok_strs *in, tok_buf *out, cv_error *err) {
+int tok_run_decoder(const cv_tokenizer *tok, tok_strs *in, tok_buf *out, cv_error *err)
+{
     out->len = 0;
-    if (tok->decoder && dec_run(tok->decoder, in, err))
-        return -1;
+    if (tok->decoder && dec_run(tok->decoder, in, err)) return -1;
     for (size_t i = 0; i < in->n; i++) {
         /* without a decoder HF joins the tokens with spaces */
-        if (!tok->decoder && i && tok_buf_put(out, " ", 1, err))
-            return -1;
-        if (tok_buf_put(out, STR(in, i), in->len[i], err))
-            return -1;
+        if (!tok->decoder && i && tok_buf_put(out, " ", 1, err)) return -1;
+        if (tok_buf_put(out, STR(in, i), in->len[i], err)) return -1;
     }
     return tok_buf_reserve(out, 0, err);
 }
@@ -238,7 +237,8 @@ int tok_run_decoder(const cv_tokenizer *tok, tok_strs *in, tok_buf *out, cv_erro
 /* ---- tok_decode ------------------------------------------------------------- */
 
 int tok_decode(const cv_tokenizer *tok, const int32_t *ids, size_t n_ids, bool skip_special_tokens,
-               char **text, size_t *len, cv_error *err) {
+               char **text, size_t *len, cv_error *err)
+{
     *text = NULL;
     *len = 0;
     tok_strs toks = {0};
@@ -252,8 +252,7 @@ int tok_decode(const cv_tokenizer *tok, const int32_t *ids, size_t n_ids, bool s
         else if (!(skip_special_tokens && tok->id_special[id]))
             rc = tok_strs_push(&toks, tok->id_str[id], tok->id_len[id], err);
     }
-    if (!rc)
-        rc = tok_run_decoder(tok, &toks, &out, err);
+    if (!rc) rc = tok_run_decoder(tok, &toks, &out, err);
     tok_strs_free(&toks);
     if (rc) {
         tok_buf_free(&out);
@@ -268,12 +267,14 @@ int tok_decode(const cv_tokenizer *tok, const int32_t *ids, size_t n_ids, bool s
 
 enum { STREAM_CONTEXT = 5 }; /* vLLM's INITIAL_INCREMENTAL_DETOKENIZATION_OFFSET */
 
-static bool skipped(const cv_tokenizer *tok, int32_t id, bool skip) {
+static bool skipped(const cv_tokenizer *tok, int32_t id, bool skip)
+{
     return skip && id >= 0 && id < tok->n_ids && tok->id_special[id];
 }
 
 void tok_stream_init(cv_tok_stream *st, const cv_tokenizer *tok, const int32_t *prompt_ids,
-                     size_t n_prompt, bool skip_special_tokens) {
+                     size_t n_prompt, bool skip_special_tokens)
+{
     /* vLLM converts the last CONTEXT + 2 prompt ids to tokens (dropping
      * skipped specials) and starts the window CONTEXT tokens back. */
     size_t lo = n_prompt > STREAM_CONTEXT + 2 ? n_prompt - (STREAM_CONTEXT + 2) : 0;
@@ -283,8 +284,7 @@ void tok_stream_init(cv_tok_stream *st, const cv_tokenizer *tok, const int32_t *
             kept++;
             prefix = i - 1;
         }
-    if (kept < STREAM_CONTEXT)
-        prefix = lo;
+    if (kept < STREAM_CONTEXT) prefix = lo;
     st->prefix_offset = prefix;
     st->read_offset = n_prompt;
     st->skip_special_tokens = skip_special_tokens;
@@ -294,24 +294,24 @@ void tok_stream_init(cv_tok_stream *st, const cv_tokenizer *tok, const int32_t *
 /* Decodes ids[a..b) as vLLM's convert_tokens_to_string: out-of-range ids
  * are empty tokens, skipped specials are absent. */
 static int window_text(const cv_tokenizer *tok, const int32_t *ids, size_t a, size_t b, bool skip,
-                       tok_buf *out, cv_error *err) {
+                       tok_buf *out, cv_error *err)
+{
     tok_strs toks = {0};
     int rc = 0;
     for (size_t i = a; !rc && i < b; i++) {
         int32_t id = ids[i];
-        if (skipped(tok, id, skip))
-            continue;
+        if (skipped(tok, id, skip)) continue;
         bool ok = id >= 0 && id < tok->n_ids && tok->id_str[id];
         rc = tok_strs_push(&toks, ok ? tok->id_str[id] : "", ok ? tok->id_len[id] : 0, err);
     }
-    if (!rc)
-        rc = tok_run_decoder(tok, &toks, out, err);
+    if (!rc) rc = tok_run_decoder(tok, &toks, out, err);
     tok_strs_free(&toks);
     return rc;
 }
 
 /* Byte offset of code point number `cps` in s. */
-static size_t cp_offset(const char *s, size_t n, size_t cps) {
+static size_t cp_offset(const char *s, size_t n, size_t cps)
+{
     size_t i = 0;
     for (; i < n && cps; cps--) {
         uint32_t cp;
@@ -321,7 +321,8 @@ static size_t cp_offset(const char *s, size_t n, size_t cps) {
 }
 
 int tok_stream_next(cv_tok_stream *st, const cv_tokenizer *tok, const int32_t *ids, size_t n_ids,
-                    char **out, size_t *out_len, cv_error *err) {
+                    char **out, size_t *out_len, cv_error *err)
+{
     tok_buf delta = {0}, prefix = {0}, full = {0};
     int rc = tok_buf_reserve(&delta, 0, err);
     for (; !rc && st->n_seen < n_ids; st->n_seen++) {
@@ -334,8 +335,7 @@ int tok_stream_next(cv_tok_stream *st, const cv_tokenizer *tok, const int32_t *i
         size_t n_pre = tok_utf8_count(prefix.p, prefix.len);
         size_t n_full = tok_utf8_count(full.p, full.len);
         /* hold back text that may end in an unfinished UTF-8 sequence */
-        if (n_full <= n_pre ||
-            (full.len >= 3 && !memcmp(full.p + full.len - 3, "\xEF\xBF\xBD", 3)))
+        if (n_full <= n_pre || (full.len >= 3 && !memcmp(full.p + full.len - 3, "\xEF\xBF\xBD", 3)))
             continue;
         size_t cut = cp_offset(full.p, full.len, n_pre);
         rc = tok_buf_put(&delta, full.p + cut, full.len - cut, err);
@@ -357,11 +357,11 @@ int tok_stream_next(cv_tok_stream *st, const cv_tokenizer *tok, const int32_t *i
 
 /* ---- loading ------------------------------------------------------------------ */
 
-int tok_load_decoder(const json_t *j, tok_decoder *out, cv_error *err) {
+int tok_load_decoder(const json_t *j, tok_decoder *out, cv_error *err)
+{
     memset(out, 0, sizeof *out);
     const char *type = json_string_value(json_object_get(j, "type"));
-    if (!type)
-        return cv_errorf(err, "tokenizer.json: decoder without a \"type\"");
+    if (!type) return cv_errorf(err, "tokenizer.json: decoder without a \"type\"");
     if (!strcmp(type, "ByteLevel")) {
         out->type = TOK_DEC_BYTELEVEL;
     } else if (!strcmp(type, "ByteFallback")) {
@@ -382,8 +382,7 @@ int tok_load_decoder(const json_t *j, tok_decoder *out, cv_error *err) {
         if (!content)
             return cv_errorf(err, "tokenizer.json: Replace decoder needs a string \"content\"");
         out->text_len = strlen(content);
-        if (!(out->text = strdup(content)))
-            return cv_errorf(err, "tokenizer: out of memory");
+        if (!(out->text = strdup(content))) return cv_errorf(err, "tokenizer: out of memory");
         return tok_load_pattern(j, "Replace decoder", &out->pattern, err);
     } else if (!strcmp(type, "Strip")) {
         out->type = TOK_DEC_STRIP;
@@ -399,12 +398,10 @@ int tok_load_decoder(const json_t *j, tok_decoder *out, cv_error *err) {
         if (!json_is_array(arr))
             return cv_errorf(err, "tokenizer.json: Sequence decoder needs \"decoders\"");
         out->items = calloc(json_array_size(arr) + 1, sizeof *out->items);
-        if (!out->items)
-            return cv_errorf(err, "tokenizer: out of memory");
+        if (!out->items) return cv_errorf(err, "tokenizer: out of memory");
         for (size_t i = 0; i < json_array_size(arr); i++) {
             out->n_items = i + 1;
-            if (tok_load_decoder(json_array_get(arr, i), &out->items[i], err))
-                return -1;
+            if (tok_load_decoder(json_array_get(arr, i), &out->items[i], err)) return -1;
         }
     } else {
         return cv_errorf(err, "tokenizer.json: unknown decoder type \"%s\"", type);
@@ -412,7 +409,8 @@ int tok_load_decoder(const json_t *j, tok_decoder *out, cv_error *err) {
     return 0;
 }
 
-void tok_decoder_free(tok_decoder *d) {
+void tok_decoder_free(tok_decoder *d)
+{
     for (size_t i = 0; i < d->n_items; i++)
         tok_decoder_free(&d->items[i]);
     free(d->items);

@@ -17,9 +17,9 @@ typedef struct enc {
 
 /* ---- added tokens ---------------------------------------------------------- */
 
-static bool ends_with_word(const char *s, size_t n) {
-    if (!n)
-        return false;
+static bool ends_with_word(const char *s, size_t n)
+{
+    if (!n) return false;
     size_t i = n - 1;
     while (i > 0 && ((unsigned char)s[i] & 0xC0) == 0x80)
         i--;
@@ -28,21 +28,21 @@ static bool ends_with_word(const char *s, size_t n) {
     return tok_is_alnum(cp) || cp == '_';
 }
 
-static bool starts_with_word(const char *s, size_t n) {
-    if (!n)
-        return false;
+static bool starts_with_word(const char *s, size_t n)
+{
+    if (!n) return false;
     uint32_t cp;
     tok_utf8_next(s, n, &cp);
     return tok_is_alnum(cp) || cp == '_';
 }
 
 /* Longest added token of the set starting at s[i], or NULL. */
-static const tok_added *match_at(const tok_added_set *set, const char *s, size_t n, size_t i) {
+static const tok_added *match_at(const tok_added_set *set, const char *s, size_t n, size_t i)
+{
     unsigned char b = (unsigned char)s[i];
     for (uint32_t k = set->start[b]; k < set->start[b + 1]; k++) {
         const tok_added *a = set->v[k];
-        if (a->match_len <= n - i && !memcmp(s + i, a->match, a->match_len))
-            return a;
+        if (a->match_len <= n - i && !memcmp(s + i, a->match, a->match_len)) return a;
     }
     return NULL;
 }
@@ -53,7 +53,8 @@ typedef int (*piece_fn)(enc *e, const char *s, size_t n, bool first, cv_error *e
  * single_word and widened by lstrip/rstrip; text between matches goes to
  * `rest`, matched tokens straight to the output. */
 static int split_added(enc *e, const tok_added_set *set, const char *s, size_t n, bool first,
-                       piece_fn rest, cv_error *err) {
+                       piece_fn rest, cv_error *err)
+{
     size_t done = 0; /* end of the last emitted match */
     for (size_t i = 0; set->n && i < n;) {
         const tok_added *a = set->start[(unsigned char)s[i]] < set->start[(unsigned char)s[i] + 1]
@@ -74,8 +75,7 @@ static int split_added(enc *e, const tok_added_set *set, const char *s, size_t n
                     p--;
                 uint32_t cp;
                 tok_utf8_next(s + p, start - p, &cp);
-                if (!tok_is_whitespace(cp))
-                    break;
+                if (!tok_is_whitespace(cp)) break;
                 start = p;
             }
         }
@@ -83,20 +83,16 @@ static int split_added(enc *e, const tok_added_set *set, const char *s, size_t n
             while (stop < n) {
                 uint32_t cp;
                 int k = tok_utf8_next(s + stop, n - stop, &cp);
-                if (!tok_is_whitespace(cp))
-                    break;
+                if (!tok_is_whitespace(cp)) break;
                 stop += (size_t)k;
             }
             i = stop;
         }
-        if (start > done && rest(e, s + done, start - done, first && done == 0, err))
-            return -1;
-        if (tok_ids_push(&e->out, a->id, err))
-            return -1;
+        if (start > done && rest(e, s + done, start - done, first && done == 0, err)) return -1;
+        if (tok_ids_push(&e->out, a->id, err)) return -1;
         done = stop;
     }
-    if (done < n || n == 0)
-        return rest(e, s + done, n - done, first && done == 0, err);
+    if (done < n || n == 0) return rest(e, s + done, n - done, first && done == 0, err);
     return 0;
 }
 
@@ -105,28 +101,27 @@ static int split_added(enc *e, const tok_added_set *set, const char *s, size_t n
 /* Without a pre-tokenizer the whole piece is one BPE word; when the vocab
  * allows (tok_bpe.metaspace_words) it is cut before each U+2581 that
  * follows another character, which gives the same merges. */
-static int metaspace_words(enc *e, const char *s, size_t n, cv_error *err) {
+static int metaspace_words(enc *e, const char *s, size_t n, cv_error *err)
+{
     static const char mark[3] = {'\xE2', '\x96', '\x81'};
     size_t start = 0;
     for (size_t i = 1; i + 3 <= n; i++)
         if (s[i] == mark[0] && !memcmp(s + i, mark, 3) && (i < 3 || memcmp(s + i - 3, mark, 3))) {
-            if (tok_bpe_word(&e->tok->bpe, s + start, i - start, &e->out, err))
-                return -1;
+            if (tok_bpe_word(&e->tok->bpe, s + start, i - start, &e->out, err)) return -1;
             start = i;
         }
     return n > start ? tok_bpe_word(&e->tok->bpe, s + start, n - start, &e->out, err) : 0;
 }
 
-static int model_piece(enc *e, const char *s, size_t n, bool first, cv_error *err) {
+static int model_piece(enc *e, const char *s, size_t n, bool first, cv_error *err)
+{
     tok_splits *c = &e->cur;
     c->n = c->text.len = 0;
-    if (tok_buf_put(&c->text, s, n, err) || tok_splits_push(c, 0, n, first, err))
-        return -1;
+    if (tok_buf_put(&c->text, s, n, err) || tok_splits_push(c, 0, n, first, err)) return -1;
     if (e->tok->pretok &&
         tok_pretokenize(e->tok->pretok, e->tok->bytelevel_re, &e->cur, &e->tmp, err))
         return -1;
-    if (!e->tok->pretok && e->tok->bpe.metaspace_words)
-        return metaspace_words(e, s, n, err);
+    if (!e->tok->pretok && e->tok->bpe.metaspace_words) return metaspace_words(e, s, n, err);
     for (size_t i = 0; i < e->cur.n; i++)
         if (tok_bpe_word(&e->tok->bpe, e->cur.text.p + e->cur.v[i].off, e->cur.v[i].len, &e->out,
                          err))
@@ -134,24 +129,24 @@ static int model_piece(enc *e, const char *s, size_t n, bool first, cv_error *er
     return 0;
 }
 
-static int normalized_piece(enc *e, const char *s, size_t n, bool first, cv_error *err) {
+static int normalized_piece(enc *e, const char *s, size_t n, bool first, cv_error *err)
+{
     const cv_tokenizer *tok = e->tok;
-    if (!tok->normalizer)
-        return split_added(e, &tok->added_norm, s, n, first, model_piece, err);
-    if (tok_normalize(tok->normalizer, s, n, &e->norm, err))
-        return -1;
+    if (!tok->normalizer) return split_added(e, &tok->added_norm, s, n, first, model_piece, err);
+    if (tok_normalize(tok->normalizer, s, n, &e->norm, err)) return -1;
     /* split_added reads e->norm while model_piece fills e->cur: distinct */
     tok_buf text = e->norm;
     e->norm = (tok_buf){0};
-    int rc = split_added(e, &tok->added_norm, text.p ? text.p : "", text.len, first, model_piece,
-                         err);
+    int rc =
+        split_added(e, &tok->added_norm, text.p ? text.p : "", text.len, first, model_piece, err);
     tok_buf_free(&e->norm);
     e->norm = text;
     return rc;
 }
 
 int tok_encode(const cv_tokenizer *tok, const char *text, size_t len, bool add_special_tokens,
-               int32_t **ids, size_t *n_ids, cv_error *err) {
+               int32_t **ids, size_t *n_ids, cv_error *err)
+{
     *ids = NULL;
     *n_ids = 0;
     /* spans are 32-bit and ByteLevel doubles the text: stay well inside */

@@ -159,16 +159,16 @@ typedef enum { TOK_PREPEND_ALWAYS, TOK_PREPEND_FIRST, TOK_PREPEND_NEVER } tok_pr
 
 typedef struct tok_pretok {
     tok_pre_type type;
-    bool add_prefix_space, use_regex;                   /* ByteLevel */
-    tok_pattern pattern;                                /* Split */
-    tok_split_behavior behavior;                        /* Split */
-    bool invert;                                        /* Split */
-    char replacement[5];                                /* Metaspace, UTF-8 */
-    uint32_t replacement_cp;                            /* Metaspace */
-    tok_prepend_scheme prepend_scheme;                  /* Metaspace */
-    bool split;                                         /* Metaspace */
-    bool individual_digits;                             /* Digits */
-    struct tok_pretok *items;                           /* Sequence */
+    bool add_prefix_space, use_regex;  /* ByteLevel */
+    tok_pattern pattern;               /* Split */
+    tok_split_behavior behavior;       /* Split */
+    bool invert;                       /* Split */
+    char replacement[5];               /* Metaspace, UTF-8 */
+    uint32_t replacement_cp;           /* Metaspace */
+    tok_prepend_scheme prepend_scheme; /* Metaspace */
+    bool split;                        /* Metaspace */
+    bool individual_digits;            /* Digits */
+    struct tok_pretok *items;          /* Sequence */
     size_t n_items;
 } tok_pretok;
 
@@ -211,25 +211,25 @@ typedef struct tok_cache_slot {
 } tok_cache_slot;
 
 typedef struct tok_bpe {
-    int32_t n_vocab;         /* model vocab ids are [0, n_vocab) */
-    char **vocab_str;        /* [n_vocab] NUL-terminated, into `arena`; NULL for holes */
-    char *arena;             /* all vocab strings */
-    uint32_t *vocab_len;     /* [n_vocab] */
+    int32_t n_vocab;     /* model vocab ids are [0, n_vocab) */
+    char **vocab_str;    /* [n_vocab] NUL-terminated, into `arena`; NULL for holes */
+    char *arena;         /* all vocab strings */
+    uint32_t *vocab_len; /* [n_vocab] */
     tok_strmap vocab_map;
-    int32_t *char_id;        /* [65536] id of the one-code-point token, or -1 */
-    tok_merge_slot *merges;  /* open addressing table, size merge_mask + 1 */
+    int32_t *char_id;       /* [65536] id of the one-code-point token, or -1 */
+    tok_merge_slot *merges; /* open addressing table, size merge_mask + 1 */
     size_t merge_mask;
-    int32_t unk_id;          /* -1 when none */
-    char *unk_missing;       /* unk_token named but absent from the vocab */
-    char *prefix, *suffix;   /* continuing_subword_prefix, end_of_word_suffix or NULL */
+    int32_t unk_id;        /* -1 when none */
+    char *unk_missing;     /* unk_token named but absent from the vocab */
+    char *prefix, *suffix; /* continuing_subword_prefix, end_of_word_suffix or NULL */
     bool fuse_unk, byte_fallback, ignore_merges;
     /* No vocab token has U+2581 right after another character (other
      * than U+2581): no merge can cross into a "\u2581word", so a whole
      * SentencePiece-style text may be cut there into independent words
      * (which then hit the cache). */
     bool metaspace_words;
-    int32_t byte_id[256];    /* ids of "<0xXX>" for byte_fallback, -1 missing */
-    tok_cache_slot *cache;   /* [TOK_CACHE_SLOTS] or NULL */
+    int32_t byte_id[256];  /* ids of "<0xXX>" for byte_fallback, -1 missing */
+    tok_cache_slot *cache; /* [TOK_CACHE_SLOTS] or NULL */
     pthread_mutex_t cache_lock;
 } tok_bpe;
 

@@ -9,15 +9,16 @@
 
 #include "tokenizer/tok_internal.h"
 
-static const char *ws(const char *p, const char *e) {
+static const char *ws(const char *p, const char *e)
+{
     while (p < e && (*p == ' ' || *p == '\n' || *p == '\r' || *p == '\t'))
         p++;
     return p;
 }
 
-static int hex4(const char *p, const char *e, uint32_t *v) {
-    if (e - p < 4)
-        return -1;
+static int hex4(const char *p, const char *e, uint32_t *v)
+{
+    if (e - p < 4) return -1;
     *v = 0;
     for (int i = 0; i < 4; i++) {
         char c = p[i];
@@ -25,8 +26,7 @@ static int hex4(const char *p, const char *e, uint32_t *v) {
                 : c >= 'a' && c <= 'f' ? c - 'a' + 10
                 : c >= 'A' && c <= 'F' ? c - 'A' + 10
                                        : -1;
-        if (d < 0)
-            return -1;
+        if (d < 0) return -1;
         *v = *v * 16 + (uint32_t)d;
     }
     return 0;
@@ -34,34 +34,44 @@ static int hex4(const char *p, const char *e, uint32_t *v) {
 
 /* p at the opening quote. Returns the byte after the closing quote, or
  * NULL when malformed; appends the decoded bytes to out when non-NULL. */
-static const char *string(const char *p, const char *e, tok_buf *out, cv_error *err) {
-    if (p >= e || *p != '"')
-        return NULL;
+static const char *string(const char *p, const char *e, tok_buf *out, cv_error *err)
+{
+    if (p >= e || *p != '"') return NULL;
     p++;
     const char *run = p;
     while (p < e && *p != '"') {
-        if ((unsigned char)*p < 0x20)
-            return NULL;
+        if ((unsigned char)*p < 0x20) return NULL;
         if (*p != '\\') {
             p++;
             continue;
         }
-        if (out && tok_buf_put(out, run, (size_t)(p - run), err))
-            return NULL;
-        if (++p >= e)
-            return NULL;
+        if (out && tok_buf_put(out, run, (size_t)(p - run), err)) return NULL;
+        if (++p >= e) return NULL;
         char c = *p++, one = 0;
         switch (c) {
-        case '"': case '\\': case '/': one = c; break;
-        case 'b': one = '\b'; break;
-        case 'f': one = '\f'; break;
-        case 'n': one = '\n'; break;
-        case 'r': one = '\r'; break;
-        case 't': one = '\t'; break;
+        case '"':
+        case '\\':
+        case '/':
+            one = c;
+            break;
+        case 'b':
+            one = '\b';
+            break;
+        case 'f':
+            one = '\f';
+            break;
+        case 'n':
+            one = '\n';
+            break;
+        case 'r':
+            one = '\r';
+            break;
+        case 't':
+            one = '\t';
+            break;
         case 'u': {
             uint32_t cp, lo;
-            if (hex4(p, e, &cp))
-                return NULL;
+            if (hex4(p, e, &cp)) return NULL;
             p += 4;
             if (cp >= 0xD800 && cp < 0xDC00) {
                 if (e - p < 6 || p[0] != '\\' || p[1] != 'u' || hex4(p + 2, e, &lo) ||
@@ -73,31 +83,26 @@ static const char *string(const char *p, const char *e, tok_buf *out, cv_error *
                 return NULL;
             }
             char u[4];
-            if (out && tok_buf_put(out, u, (size_t)tok_utf8_put(cp, u), err))
-                return NULL;
+            if (out && tok_buf_put(out, u, (size_t)tok_utf8_put(cp, u), err)) return NULL;
             break;
         }
         default:
             return NULL;
         }
-        if (one && out && tok_buf_put(out, &one, 1, err))
-            return NULL;
+        if (one && out && tok_buf_put(out, &one, 1, err)) return NULL;
         run = p;
     }
-    if (p >= e)
-        return NULL;
-    if (out && tok_buf_put(out, run, (size_t)(p - run), err))
-        return NULL;
+    if (p >= e) return NULL;
+    if (out && tok_buf_put(out, run, (size_t)(p - run), err)) return NULL;
     return p + 1;
 }
 
 /* Skips one value of any type; NULL when malformed. */
-static const char *skip_value(const char *p, const char *e) {
+static const char *skip_value(const char *p, const char *e)
+{
     p = ws(p, e);
-    if (p >= e)
-        return NULL;
-    if (*p == '"')
-        return string(p, e, NULL, NULL);
+    if (p >= e) return NULL;
+    if (*p == '"') return string(p, e, NULL, NULL);
     if (*p != '{' && *p != '[') {
         while (p < e && !strchr(",}] \n\r\t", *p))
             p++;
@@ -106,8 +111,7 @@ static const char *skip_value(const char *p, const char *e) {
     int depth = 0;
     while (p < e) {
         if (*p == '"') {
-            if (!(p = string(p, e, NULL, NULL)))
-                return NULL;
+            if (!(p = string(p, e, NULL, NULL))) return NULL;
             continue;
         }
         if (*p == '{' || *p == '[')
@@ -122,23 +126,20 @@ static const char *skip_value(const char *p, const char *e) {
 /* In the object at p, finds the values of the keys in keys[0..n) and
  * records their spans (start, end) in spans[2 * i]. */
 static int object_members(const char *p, const char *e, const char *const *keys, size_t n,
-                          const char **spans) {
+                          const char **spans)
+{
     p = ws(p, e);
-    if (p >= e || *p != '{')
-        return -1;
+    if (p >= e || *p != '{') return -1;
     p = ws(p + 1, e);
-    if (p < e && *p == '}')
-        return 0;
+    if (p < e && *p == '}') return 0;
     tok_buf key = {0};
     int rc = -1;
     while (p < e) {
         key.len = 0;
         const char *q = string(p, e, &key, NULL);
-        if (!q || (q = ws(q, e)) >= e || *q != ':')
-            break;
+        if (!q || (q = ws(q, e)) >= e || *q != ':') break;
         const char *v = ws(q + 1, e), *end = skip_value(v, e);
-        if (!end)
-            break;
+        if (!end) break;
         for (size_t i = 0; i < n; i++)
             if (key.len == strlen(keys[i]) && !memcmp(key.p, keys[i], key.len)) {
                 spans[2 * i] = v;
@@ -149,31 +150,27 @@ static int object_members(const char *p, const char *e, const char *const *keys,
             rc = 0;
             break;
         }
-        if (p >= e || *p != ',')
-            break;
+        if (p >= e || *p != ',') break;
         p = ws(p + 1, e);
     }
     tok_buf_free(&key);
     return rc;
 }
 
-size_t tok_scan_model(char *text, size_t n, tok_raw_model *out) {
+size_t tok_scan_model(char *text, size_t n, tok_raw_model *out)
+{
     memset(out, 0, sizeof *out);
     const char *e = text + n, *model[2] = {0};
     static const char *const top_keys[] = {"model"};
-    if (object_members(text, e, top_keys, 1, model) || !model[0])
-        return n;
+    if (object_members(text, e, top_keys, 1, model) || !model[0]) return n;
     const char *spans[4] = {0};
     static const char *const model_keys[] = {"vocab", "merges"};
-    if (object_members(model[0], model[1], model_keys, 2, spans))
-        return n;
+    if (object_members(model[0], model[1], model_keys, 2, spans)) return n;
     for (int k = 0; k < 2; k++) {
-        if (!spans[2 * k])
-            continue;
+        if (!spans[2 * k]) continue;
         size_t len = (size_t)(spans[2 * k + 1] - spans[2 * k]);
         char *copy = malloc(len + 1);
-        if (!copy)
-            return n; /* tok_bpe_load reports the member missing */
+        if (!copy) return n; /* tok_bpe_load reports the member missing */
         memcpy(copy, spans[2 * k], len);
         copy[len] = '\0';
         *(k ? &out->merges : &out->vocab) = copy;
@@ -189,8 +186,7 @@ size_t tok_scan_model(char *text, size_t n, tok_raw_model *out) {
     }
     for (int i = 0; i < 2; i++) {
         int k = order[i];
-        if (!spans[2 * k])
-            continue;
+        if (!spans[2 * k]) continue;
         size_t a = (size_t)(spans[2 * k] - text), b = (size_t)(spans[2 * k + 1] - text);
         memmove(text + w, text + r, a - r);
         w += a - r;
@@ -214,11 +210,11 @@ size_t tok_scan_model(char *text, size_t n, tok_raw_model *out) {
 
 /* ---- parsing the two members ------------------------------------------- */
 
-int tok_parse_vocab(const char *p, size_t n, tok_vocab_fn fn, void *ctx, cv_error *err) {
+int tok_parse_vocab(const char *p, size_t n, tok_vocab_fn fn, void *ctx, cv_error *err)
+{
     const char *e = p + n;
     p = ws(p, e);
-    if (p >= e || *p != '{')
-        return cv_errorf(err, "tokenizer.json: model.vocab must be an object");
+    if (p >= e || *p != '{') return cv_errorf(err, "tokenizer.json: model.vocab must be an object");
     p = ws(p + 1, e);
     tok_buf key = {0};
     int rc = 0;
@@ -226,8 +222,7 @@ int tok_parse_vocab(const char *p, size_t n, tok_vocab_fn fn, void *ctx, cv_erro
     while (!rc && p < e && *p != '}') {
         key.len = 0;
         const char *q = string(p, e, &key, err);
-        if (q)
-            q = ws(q, e);
+        if (q) q = ws(q, e);
         char *num_end = NULL;
         long long id = q && q < e && *q == ':' ? strtoll(ws(q + 1, e), &num_end, 10) : -1;
         if (!num_end || id < 0 || id >= INT32_MAX / 2) {
@@ -236,19 +231,18 @@ int tok_parse_vocab(const char *p, size_t n, tok_vocab_fn fn, void *ctx, cv_erro
         }
         rc = fn(ctx, key.p ? key.p : "", key.len, (int32_t)id, err);
         p = ws(num_end, e);
-        if (p < e && *p == ',')
-            p = ws(p + 1, e);
+        if (p < e && *p == ',') p = ws(p + 1, e);
         i++;
     }
     tok_buf_free(&key);
     return rc;
 }
 
-int tok_parse_merges(const char *p, size_t n, tok_merge_fn fn, void *ctx, cv_error *err) {
+int tok_parse_merges(const char *p, size_t n, tok_merge_fn fn, void *ctx, cv_error *err)
+{
     const char *e = p + n;
     p = ws(p, e);
-    if (p >= e || *p != '[')
-        return cv_errorf(err, "tokenizer.json: model.merges must be an array");
+    if (p >= e || *p != '[') return cv_errorf(err, "tokenizer.json: model.merges must be an array");
     p = ws(p + 1, e);
     tok_buf a = {0}, b = {0};
     int rc = 0;
@@ -263,24 +257,21 @@ int tok_parse_merges(const char *p, size_t n, tok_merge_fn fn, void *ctx, cv_err
                 split = (size_t)(sp - a.p);
             else
                 q = NULL;
-            if (q)
-                rc = fn(ctx, i, a.p, split, sp + 1, a.len - split - 1, err);
+            if (q) rc = fn(ctx, i, a.p, split, sp + 1, a.len - split - 1, err);
         } else if (*p == '[') { /* ["a", "b"] */
             q = string(ws(p + 1, e), e, &a, err);
             q = q ? ws(q, e) : NULL;
             q = q && q < e && *q == ',' ? string(ws(q + 1, e), e, &b, err) : NULL;
             q = q ? ws(q, e) : NULL;
             q = q && q < e && *q == ']' ? q + 1 : NULL;
-            if (q)
-                rc = fn(ctx, i, a.p ? a.p : "", a.len, b.p ? b.p : "", b.len, err);
+            if (q) rc = fn(ctx, i, a.p ? a.p : "", a.len, b.p ? b.p : "", b.len, err);
         }
         if (!q && !rc)
             rc = cv_errorf(err, "tokenizer.json: model.merges[%zu] is neither \"a b\" nor [a, b]",
                            i);
         if (!rc) {
             p = ws(q, e);
-            if (p < e && *p == ',')
-                p = ws(p + 1, e);
+            if (p < e && *p == ',') p = ws(p + 1, e);
         }
     }
     tok_buf_free(&a);

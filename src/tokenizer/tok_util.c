@@ -10,42 +10,41 @@
 
 /* ---- buffers ------------------------------------------------------------ */
 
-int tok_buf_reserve(tok_buf *b, size_t extra, cv_error *err) {
-    if (b->len + extra + 1 <= b->cap)
-        return 0;
+int tok_buf_reserve(tok_buf *b, size_t extra, cv_error *err)
+{
+    if (b->len + extra + 1 <= b->cap) return 0;
     size_t cap = b->cap ? b->cap : 64;
     while (cap < b->len + extra + 1)
         cap *= 2;
     char *p = realloc(b->p, cap);
-    if (!p)
-        return cv_errorf(err, "tokenizer: out of memory (%zu bytes)", cap);
+    if (!p) return cv_errorf(err, "tokenizer: out of memory (%zu bytes)", cap);
     b->p = p;
     b->cap = cap;
     return 0;
 }
 
-int tok_buf_put(tok_buf *b, const void *data, size_t n, cv_error *err) {
-    if (tok_buf_reserve(b, n, err))
-        return -1;
-    if (n)
-        memcpy(b->p + b->len, data, n);
+int tok_buf_put(tok_buf *b, const void *data, size_t n, cv_error *err)
+{
+    if (tok_buf_reserve(b, n, err)) return -1;
+    if (n) memcpy(b->p + b->len, data, n);
     b->len += n;
     b->p[b->len] = '\0';
     return 0;
 }
 
-void tok_buf_free(tok_buf *b) {
+void tok_buf_free(tok_buf *b)
+{
     free(b->p);
     b->p = NULL;
     b->len = b->cap = 0;
 }
 
-int tok_ids_push(tok_ids *a, int32_t id, cv_error *err) {
+int tok_ids_push(tok_ids *a, int32_t id, cv_error *err)
+{
     if (a->n == a->cap) {
         size_t cap = a->cap ? a->cap * 2 : 64;
         int32_t *v = realloc(a->v, cap * sizeof *v);
-        if (!v)
-            return cv_errorf(err, "tokenizer: out of memory (%zu ids)", cap);
+        if (!v) return cv_errorf(err, "tokenizer: out of memory (%zu ids)", cap);
         a->v = v;
         a->cap = cap;
     }
@@ -55,7 +54,8 @@ int tok_ids_push(tok_ids *a, int32_t id, cv_error *err) {
 
 /* ---- UTF-8 -------------------------------------------------------------- */
 
-int tok_utf8_next(const char *s, size_t n, uint32_t *cp) {
+int tok_utf8_next(const char *s, size_t n, uint32_t *cp)
+{
     const unsigned char *u = (const unsigned char *)s;
     if (u[0] < 0x80 || n < 2) {
         *cp = u[0];
@@ -74,7 +74,8 @@ int tok_utf8_next(const char *s, size_t n, uint32_t *cp) {
     return 4;
 }
 
-int tok_utf8_put(uint32_t cp, char out[4]) {
+int tok_utf8_put(uint32_t cp, char out[4])
+{
     if (cp < 0x80) {
         out[0] = (char)cp;
         return 1;
@@ -100,27 +101,23 @@ int tok_utf8_put(uint32_t cp, char out[4]) {
 /* Length of the valid UTF-8 sequence at s (1..4), or 0 when invalid; *bad
  * receives the length of the maximal invalid prefix (Unicode's "maximal
  * subpart", which is what from_utf8_lossy replaces by one U+FFFD). */
-static int utf8_seq(const unsigned char *s, size_t n, size_t *bad) {
+static int utf8_seq(const unsigned char *s, size_t n, size_t *bad)
+{
     unsigned c = s[0];
     *bad = 1;
-    if (c < 0x80)
-        return 1;
+    if (c < 0x80) return 1;
     int need;
     unsigned lo = 0x80, hi = 0xBF;
     if (c >= 0xC2 && c <= 0xDF)
         need = 1;
     else if (c >= 0xE0 && c <= 0xEF) {
         need = 2;
-        if (c == 0xE0)
-            lo = 0xA0;
-        if (c == 0xED)
-            hi = 0x9F;
+        if (c == 0xE0) lo = 0xA0;
+        if (c == 0xED) hi = 0x9F;
     } else if (c >= 0xF0 && c <= 0xF4) {
         need = 3;
-        if (c == 0xF0)
-            lo = 0x90;
-        if (c == 0xF4)
-            hi = 0x8F;
+        if (c == 0xF0) lo = 0x90;
+        if (c == 0xF4) hi = 0x8F;
     } else
         return 0;
     for (int i = 1; i <= need; i++) {
@@ -134,7 +131,8 @@ static int utf8_seq(const unsigned char *s, size_t n, size_t *bad) {
     return need + 1;
 }
 
-size_t tok_utf8_check(const char *s, size_t n) {
+size_t tok_utf8_check(const char *s, size_t n)
+{
     const unsigned char *u = (const unsigned char *)s;
     size_t i = 0, bad;
     while (i < n) {
@@ -143,14 +141,14 @@ size_t tok_utf8_check(const char *s, size_t n) {
             continue;
         }
         int k = utf8_seq(u + i, n - i, &bad);
-        if (!k)
-            return i;
+        if (!k) return i;
         i += (size_t)k;
     }
     return n;
 }
 
-int tok_utf8_lossy(tok_buf *out, const char *s, size_t n, cv_error *err) {
+int tok_utf8_lossy(tok_buf *out, const char *s, size_t n, cv_error *err)
+{
     const unsigned char *u = (const unsigned char *)s;
     size_t i = 0, run = 0, bad;
     while (i < n) {
@@ -167,7 +165,8 @@ int tok_utf8_lossy(tok_buf *out, const char *s, size_t n, cv_error *err) {
     return tok_buf_put(out, s + run, n - run, err);
 }
 
-size_t tok_utf8_count(const char *s, size_t n) {
+size_t tok_utf8_count(const char *s, size_t n)
+{
     size_t c = 0;
     for (size_t i = 0; i < n; i++)
         c += ((unsigned char)s[i] & 0xC0) != 0x80;
@@ -176,22 +175,23 @@ size_t tok_utf8_count(const char *s, size_t n) {
 
 /* ---- Unicode classes ---------------------------------------------------- */
 
-bool tok_is_whitespace(uint32_t cp) {
+bool tok_is_whitespace(uint32_t cp)
+{
     return (cp >= 9 && cp <= 13) || cp == 32 || cp == 0x85 || cp == 0xA0 || cp == 0x1680 ||
            (cp >= 0x2000 && cp <= 0x200A) || cp == 0x2028 || cp == 0x2029 || cp == 0x202F ||
            cp == 0x205F || cp == 0x3000;
 }
 
-bool tok_is_numeric(uint32_t cp) {
-    if (cp < 0x80)
-        return cp >= '0' && cp <= '9';
+bool tok_is_numeric(uint32_t cp)
+{
+    if (cp < 0x80) return cp >= '0' && cp <= '9';
     utf8proc_category_t c = utf8proc_category((utf8proc_int32_t)cp);
     return c == UTF8PROC_CATEGORY_ND || c == UTF8PROC_CATEGORY_NL || c == UTF8PROC_CATEGORY_NO;
 }
 
-bool tok_is_alnum(uint32_t cp) {
-    if (cp < 0x80)
-        return (cp >= '0' && cp <= '9') || ((cp | 0x20) >= 'a' && (cp | 0x20) <= 'z');
+bool tok_is_alnum(uint32_t cp)
+{
+    if (cp < 0x80) return (cp >= '0' && cp <= '9') || ((cp | 0x20) >= 'a' && (cp | 0x20) <= 'z');
     utf8proc_category_t c = utf8proc_category((utf8proc_int32_t)cp);
     return (c >= UTF8PROC_CATEGORY_LU && c <= UTF8PROC_CATEGORY_LO) || tok_is_numeric(cp);
 }
@@ -200,7 +200,8 @@ bool tok_is_alnum(uint32_t cp) {
 
 /* FNV-1a over 8-byte words, then a final mix: fast for the short strings
  * (tokens, words) hashed here. */
-uint64_t tok_hash(const void *data, size_t n) {
+uint64_t tok_hash(const void *data, size_t n)
+{
     const unsigned char *p = data;
     uint64_t h = 0xcbf29ce484222325ull ^ n;
     while (n >= 8) {
@@ -222,7 +223,8 @@ uint64_t tok_hash(const void *data, size_t n) {
 
 /* ---- patterns ----------------------------------------------------------- */
 
-int tok_regex_compile(tok_pattern *p, const char *regex, cv_error *err) {
+int tok_regex_compile(tok_pattern *p, const char *regex, cv_error *err)
+{
     int code;
     PCRE2_SIZE off;
     p->re = pcre2_compile((PCRE2_SPTR)regex, PCRE2_ZERO_TERMINATED, PCRE2_UTF | PCRE2_UCP, &code,
@@ -239,20 +241,20 @@ int tok_regex_compile(tok_pattern *p, const char *regex, cv_error *err) {
     return 0;
 }
 
-void tok_pattern_free(tok_pattern *p) {
+void tok_pattern_free(tok_pattern *p)
+{
     free(p->lit);
-    if (p->re)
-        pcre2_code_free(p->re);
+    if (p->re) pcre2_code_free(p->re);
     memset(p, 0, sizeof *p);
 }
 
 static int regex_find(const pcre2_code *re, const char *s, size_t n, tok_match_fn fn, void *ctx,
-                      cv_error *err) {
+                      cv_error *err)
+{
     pcre2_match_data *md = pcre2_match_data_create_from_pattern(re, NULL);
     pcre2_match_context *mc = NULL;
     pcre2_jit_stack *stack = NULL;
-    if (!md)
-        return cv_errorf(err, "tokenizer: out of memory (regex match data)");
+    if (!md) return cv_errorf(err, "tokenizer: out of memory (regex match data)");
     int rc = 0;
     size_t pos = 0;
     while (pos < n) {
@@ -269,8 +271,7 @@ static int regex_find(const pcre2_code *re, const char *s, size_t n, tok_match_f
             pcre2_jit_stack_assign(mc, NULL, stack);
             continue;
         }
-        if (m == PCRE2_ERROR_NOMATCH)
-            break;
+        if (m == PCRE2_ERROR_NOMATCH) break;
         if (m < 0) {
             PCRE2_UCHAR msg[256];
             pcre2_get_error_message(m, msg, sizeof msg);
@@ -284,33 +285,27 @@ static int regex_find(const pcre2_code *re, const char *s, size_t n, tok_match_f
             pos = a + (size_t)tok_utf8_next(s + a, n - a, &cp);
             continue;
         }
-        if ((rc = fn(ctx, a, b, err)))
-            break;
+        if ((rc = fn(ctx, a, b, err))) break;
         pos = b;
     }
-    if (stack)
-        pcre2_jit_stack_free(stack);
-    if (mc)
-        pcre2_match_context_free(mc);
+    if (stack) pcre2_jit_stack_free(stack);
+    if (mc) pcre2_match_context_free(mc);
     pcre2_match_data_free(md);
     return rc;
 }
 
 int tok_pattern_find(const tok_pattern *p, const char *s, size_t n, tok_match_fn fn, void *ctx,
-                     cv_error *err) {
-    if (p->re)
-        return regex_find(p->re, s, n, fn, ctx, err);
-    if (!p->lit_len)
-        return 0;
+                     cv_error *err)
+{
+    if (p->re) return regex_find(p->re, s, n, fn, ctx, err);
+    if (!p->lit_len) return 0;
     size_t pos = 0;
     while (pos + p->lit_len <= n) {
         const char *hit = memchr(s + pos, p->lit[0], n - pos - p->lit_len + 1);
-        if (!hit)
-            break;
+        if (!hit) break;
         size_t a = (size_t)(hit - s);
         if (memcmp(hit, p->lit, p->lit_len) == 0) {
-            if (fn(ctx, a, a + p->lit_len, err))
-                return -1;
+            if (fn(ctx, a, a + p->lit_len, err)) return -1;
             pos = a + p->lit_len;
         } else {
             pos = a + 1;

@@ -66,9 +66,9 @@ void tok_stream_init(cv_tok_stream *st, const cv_tokenizer *tok, const int32_t *
 int tok_stream_next(cv_tok_stream *st, const cv_tokenizer *tok, const int32_t *ids, size_t n_ids,
                     char **out, size_t *out_len, cv_error *err);
 
-int tok_vocab_size(const cv_tokenizer *tok);   /* including added tokens */
-int tok_bos_id(const cv_tokenizer *tok);       /* -1 when none */
-int tok_eos_id(const cv_tokenizer *tok);       /* -1 when none */
+int tok_vocab_size(const cv_tokenizer *tok); /* including added tokens */
+int tok_bos_id(const cv_tokenizer *tok);     /* -1 when none */
+int tok_eos_id(const cv_tokenizer *tok);     /* -1 when none */
 bool tok_is_special(const cv_tokenizer *tok, int32_t id);
 /* The token's string as in the vocab (e.g. "Ġthe"), NULL when out of range. */
 const char *tok_id_to_token(const cv_tokenizer *tok, int32_t id);

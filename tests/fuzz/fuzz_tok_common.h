@@ -12,10 +12,10 @@ enum { FUZZ_N_TOK = 4 };
 static cv_tokenizer *fuzz_tok[FUZZ_N_TOK];
 
 /* CVLLM_SHARED at run time, else the path CMake found at configure time. */
-static void fuzz_load_all(void) {
+static void fuzz_load_all(void)
+{
     const char *shared = getenv("CVLLM_SHARED");
-    if (!shared || !shared[0])
-        shared = CVLLM_SHARED_DEFAULT;
+    if (!shared || !shared[0]) shared = CVLLM_SHARED_DEFAULT;
     const char *rel[FUZZ_N_TOK] = {"tokenizers/gpt2", "tokenizers/llama2", "tokenizers/qwen3",
                                    "models/stories260K"};
     for (int i = 0; i < FUZZ_N_TOK; i++) {

@@ -9,14 +9,16 @@
 int LLVMFuzzerInitialize(int *argc, char ***argv);
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
-int LLVMFuzzerInitialize(int *argc, char ***argv) {
+int LLVMFuzzerInitialize(int *argc, char ***argv)
+{
     (void)argc;
     (void)argv;
     fuzz_load_all();
     return 0;
 }
 
-static bool valid_utf8(const cv_tokenizer *tok, const char *s, size_t n) {
+static bool valid_utf8(const cv_tokenizer *tok, const char *s, size_t n)
+{
     /* encoding succeeds exactly on valid UTF-8 */
     cv_error err = {{0}};
     int32_t *ids = NULL;
@@ -26,15 +28,14 @@ static bool valid_utf8(const cv_tokenizer *tok, const char *s, size_t n) {
     return ok;
 }
 
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
-    if (size < 1)
-        return 0;
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+    if (size < 1) return 0;
     cv_tokenizer *tok = fuzz_tok[data[0] % FUZZ_N_TOK];
     bool skip = data[0] & 0x80;
     size_t n = (size - 1) / 3;
     int32_t *ids = malloc((n + 1) * sizeof *ids);
-    if (!ids)
-        return 0;
+    if (!ids) return 0;
     int vocab = tok_vocab_size(tok);
     bool in_range = true;
     for (size_t i = 0; i < n; i++) {
@@ -47,10 +48,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     char *text = NULL;
     size_t len = 0;
     int rc = tok_decode(tok, ids, n, skip, &text, &len, &err);
-    if ((rc == 0) != in_range)
-        abort();
-    if (rc == 0 && (strlen(text) > len || !valid_utf8(tok, text, len)))
-        abort();
+    if ((rc == 0) != in_range) abort();
+    if (rc == 0 && (strlen(text) > len || !valid_utf8(tok, text, len))) abort();
     free(text);
     cv_tok_stream st;
     size_t prompt = n / 2;

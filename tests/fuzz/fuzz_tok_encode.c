@@ -18,7 +18,8 @@ static cv_tokenizer *g_llama_whole;
 int LLVMFuzzerInitialize(int *argc, char ***argv);
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
-int LLVMFuzzerInitialize(int *argc, char ***argv) {
+int LLVMFuzzerInitialize(int *argc, char ***argv)
+{
     (void)argc;
     (void)argv;
     fuzz_load_all();
@@ -28,15 +29,14 @@ int LLVMFuzzerInitialize(int *argc, char ***argv) {
     snprintf(dir, sizeof dir, "%s/tokenizers/llama2",
              shared && shared[0] ? shared : CVLLM_SHARED_DEFAULT);
     g_llama_whole = tok_load(dir, &err);
-    if (!g_llama_whole || !g_llama_whole->bpe.metaspace_words)
-        abort();
+    if (!g_llama_whole || !g_llama_whole->bpe.metaspace_words) abort();
     g_llama_whole->bpe.metaspace_words = false;
     return 0;
 }
 
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
-    if (size < 1)
-        return 0;
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+    if (size < 1) return 0;
     int which = data[0] % FUZZ_N_TOK;
     bool add_special = data[0] & 0x80;
     const char *text = (const char *)data + 1;
@@ -46,8 +46,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     int32_t *ids = NULL;
     size_t n = 0;
     if (tok_encode(tok, text, len, add_special, &ids, &n, &err)) {
-        if (!strstr(err.msg, "invalid UTF-8"))
-            abort(); /* only invalid input may fail */
+        if (!strstr(err.msg, "invalid UTF-8")) abort(); /* only invalid input may fail */
         return 0;
     }
     if (which == 1) {
@@ -72,8 +71,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     }
     char *out = NULL;
     size_t out_len = 0;
-    if (tok_decode(tok, ids, n, false, &out, &out_len, &err))
-        abort();
+    if (tok_decode(tok, ids, n, false, &out, &out_len, &err)) abort();
     if (which == 0 && !add_special && (out_len != len || memcmp(out, text, len)))
         abort(); /* GPT-2 is lossless on valid UTF-8 */
     /* streaming the ids after an empty prompt ends in the same text when
@@ -82,8 +80,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     tok_stream_init(&st, tok, ids, 0, false);
     char *delta = NULL;
     size_t delta_len = 0;
-    if (tok_stream_next(&st, tok, ids, n, &delta, &delta_len, &err))
-        abort();
+    if (tok_stream_next(&st, tok, ids, n, &delta, &delta_len, &err)) abort();
     free(delta);
     free(out);
     free(ids);

@@ -68,9 +68,15 @@ static int fx_fill(void *ctx, size_t index, void *dst, size_t offset, size_t n, 
     for (size_t i = 0; i < n; i++) {
         float x = fx_value(index, offset + i);
         switch (entries[index].tensor.dtype) {
-        case CV_DTYPE_F32: ((float *)dst)[i] = x; break;
-        case CV_DTYPE_F16: ((uint16_t *)dst)[i] = cv_f32_to_f16(x); break;
-        case CV_DTYPE_BF16: ((uint16_t *)dst)[i] = cv_f32_to_bf16(x); break;
+        case CV_DTYPE_F32:
+            ((float *)dst)[i] = x;
+            break;
+        case CV_DTYPE_F16:
+            ((uint16_t *)dst)[i] = cv_f32_to_f16(x);
+            break;
+        case CV_DTYPE_BF16:
+            ((uint16_t *)dst)[i] = cv_f32_to_bf16(x);
+            break;
         }
     }
     return 0;
@@ -91,9 +97,15 @@ static int fx_fill_shard(void *vctx, size_t index, void *dst, size_t offset, siz
     for (size_t i = 0; i < n; i++) {
         float x = fx_value(t, offset + i);
         switch (ctx->all[t].tensor.dtype) {
-        case CV_DTYPE_F32: ((float *)dst)[i] = x; break;
-        case CV_DTYPE_F16: ((uint16_t *)dst)[i] = cv_f32_to_f16(x); break;
-        case CV_DTYPE_BF16: ((uint16_t *)dst)[i] = cv_f32_to_bf16(x); break;
+        case CV_DTYPE_F32:
+            ((float *)dst)[i] = x;
+            break;
+        case CV_DTYPE_F16:
+            ((uint16_t *)dst)[i] = cv_f32_to_f16(x);
+            break;
+        case CV_DTYPE_BF16:
+            ((uint16_t *)dst)[i] = cv_f32_to_bf16(x);
+            break;
         }
     }
     return 0;
@@ -143,8 +155,7 @@ void fx_write_model(const char *dir, const cv_model_config *cfg, cv_dtype dtype,
     if (n_shards == 1) {
         char path[4096];
         snprintf(path, sizeof path, "%s/model.safetensors", dir);
-        if (cv_safetensors_write(path, entries, n, fx_fill, entries, &err))
-            fail_msg("%s", err.msg);
+        if (cv_safetensors_write(path, entries, n, fx_fill, entries, &err)) fail_msg("%s", err.msg);
     } else {
         fx_write_shards(dir, entries, n, n_shards);
     }
@@ -158,8 +169,10 @@ void fx_json_set(const char *dir, const char *file, const char *key, json_t *val
     json_error_t jerr;
     json_t *root = json_load_file(path, 0, &jerr);
     if (!root) fail_msg("%s: %s", path, jerr.text);
-    if (value) json_object_set_new(root, key, value);
-    else json_object_del(root, key);
+    if (value)
+        json_object_set_new(root, key, value);
+    else
+        json_object_del(root, key);
     assert_int_equal(json_dump_file(root, path, JSON_INDENT(2)), 0);
     json_decref(root);
 }
@@ -196,7 +209,8 @@ void fx_patch_header(const char *dir, const char *file, const char *old, const c
     size_t len;
     char *buf = fx_read_file(path, &len);
     uint64_t hlen = 0;
-    for (int i = 7; i >= 0; i--) hlen = hlen << 8 | (uint8_t)buf[i];
+    for (int i = 7; i >= 0; i--)
+        hlen = hlen << 8 | (uint8_t)buf[i];
     char *header = strndup(buf + 8, (size_t)hlen);
     char *hit = strstr(header, old);
     if (!hit) fail_msg("'%s' not in the header of %s", old, path);
@@ -204,7 +218,8 @@ void fx_patch_header(const char *dir, const char *file, const char *old, const c
     size_t padded = (8 + new_len + pad_to - 1) / pad_to * pad_to - 8;
     char *out = malloc(8 + padded + (len - 8 - hlen));
     assert_non_null(out);
-    for (int i = 0; i < 8; i++) out[i] = (char)((uint64_t)padded >> (8 * i));
+    for (int i = 0; i < 8; i++)
+        out[i] = (char)((uint64_t)padded >> (8 * i));
     size_t head = (size_t)(hit - header);
     memcpy(out + 8, header, head);
     memcpy(out + 8 + head, new_text, strlen(new_text));

@@ -69,7 +69,8 @@ static char *slurp(const char *path, size_t *len)
 static uint64_t fnv1a(const char *buf, size_t len)
 {
     uint64_t h = 0xcbf29ce484222325ull;
-    for (size_t i = 0; i < len; i++) h = (h ^ (uint8_t)buf[i]) * 0x100000001b3ull;
+    for (size_t i = 0; i < len; i++)
+        h = (h ^ (uint8_t)buf[i]) * 0x100000001b3ull;
     return h;
 }
 
@@ -172,7 +173,7 @@ static void test_seed_and_dtypes(void **state)
     const char *dir = *state;
     char msg[1024];
     const char *runs[][3] = {
-        {"a", "f32", "5"}, {"b", "f32", "5"}, {"c", "f32", "6"},
+        {"a", "f32", "5"},   {"b", "f32", "5"},     {"c", "f32", "6"},
         {"f16", "f16", "5"}, {"bf16", "bf16", "5"},
     };
     for (size_t i = 0; i < 5; i++)
@@ -220,16 +221,14 @@ static void test_errors(void **state)
 {
     const char *dir = *state;
     char msg[1024], want[2048];
-    assert_int_equal(run_tool(dir, msg, sizeof msg, "--shape L9B --dtype f32 --out %s/a", dir),
-                     2);
+    assert_int_equal(run_tool(dir, msg, sizeof msg, "--shape L9B --dtype f32 --out %s/a", dir), 2);
     snprintf(want, sizeof want,
              "%s/cvllm-dummy-model: --shape 'L9B': expected L125M, L8B, Q0.5B or tiny\n",
              bin_dir());
     assert_string_equal(msg, want);
-    assert_int_equal(run_tool(dir, msg, sizeof msg, "--shape tiny --dtype f8 --out %s/a", dir),
-                     2);
-    snprintf(want, sizeof want,
-             "%s/cvllm-dummy-model: --dtype 'f8': expected f32, f16 or bf16\n", bin_dir());
+    assert_int_equal(run_tool(dir, msg, sizeof msg, "--shape tiny --dtype f8 --out %s/a", dir), 2);
+    snprintf(want, sizeof want, "%s/cvllm-dummy-model: --dtype 'f8': expected f32, f16 or bf16\n",
+             bin_dir());
     assert_string_equal(msg, want);
     /* The Llama-2 tokenizer (32000 ids) does not fit tiny's vocab of 512. */
     assert_int_equal(run_tool(dir, msg, sizeof msg,

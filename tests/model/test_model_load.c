@@ -42,9 +42,12 @@ static cv_model *load_ok(const char *dir)
 static float elem(const cv_tensor *t, size_t i)
 {
     switch (t->dtype) {
-    case CV_DTYPE_F32: return ((const float *)t->data)[i];
-    case CV_DTYPE_F16: return cv_f16_to_f32(((const uint16_t *)t->data)[i]);
-    case CV_DTYPE_BF16: return cv_bf16_to_f32(((const uint16_t *)t->data)[i]);
+    case CV_DTYPE_F32:
+        return ((const float *)t->data)[i];
+    case CV_DTYPE_F16:
+        return cv_f16_to_f32(((const uint16_t *)t->data)[i]);
+    case CV_DTYPE_BF16:
+        return cv_bf16_to_f32(((const uint16_t *)t->data)[i]);
     }
     return NAN;
 }
@@ -101,7 +104,8 @@ static void test_llama_f16_tied(void **state)
     assert_tensor(&w->embed, CV_DTYPE_F16, 32, 16);
     assert_ptr_equal(w->lm_head.data, w->embed.data);
     /* Tied: no lm_head tensor, so layer 0 starts at tensor 2. */
-    for (size_t i = 0; i < 32 * 16; i++) assert_true(elem(&w->embed, i) == fx_value(0, i));
+    for (size_t i = 0; i < 32 * 16; i++)
+        assert_true(elem(&w->embed, i) == fx_value(0, i));
     assert_true(elem(&w->layers[0].w_up, 77) == fx_value(2 + 7, 77));
     cv_model_free(m);
 }
@@ -168,8 +172,8 @@ static void test_transformers5_config(void **state)
     fx_json_set(dir, "config.json", "head_dim", NULL);
     fx_json_set(dir, "config.json", "rope_parameters",
                 json_pack("{s:s,s:f,s:f,s:f,s:f,s:i}", "rope_type", "llama3", "rope_theta",
-                          500000.0, "factor", 8.0, "low_freq_factor", 1.0, "high_freq_factor",
-                          4.0, "original_max_position_embeddings", 8192));
+                          500000.0, "factor", 8.0, "low_freq_factor", 1.0, "high_freq_factor", 4.0,
+                          "original_max_position_embeddings", 8192));
     fx_json_set(dir, "generation_config.json", "eos_token_id", json_pack("[i,i,i]", 7, 8, 9));
     cv_model *m = load_ok(dir);
     const cv_model_config *c = cv_model_get_config(m);
@@ -205,7 +209,7 @@ static void test_transformers4_config(void **state)
     assert_true(c->rope_factor == 2.0f);
     assert_int_equal(c->sliding_window, 4096); /* MistralConfig's default */
     assert_int_equal(c->hidden_act, CV_ACT_GELU_TANH);
-    assert_false(c->tie_word_embeddings); /* MistralConfig's default */
+    assert_false(c->tie_word_embeddings);  /* MistralConfig's default */
     assert_true(c->rms_norm_eps == 1e-6f); /* MistralConfig's default */
     cv_model_free(m);
 }

@@ -10,20 +10,23 @@
 
 static char g_tmp[256];
 
-static int setup(void **state) {
+static int setup(void **state)
+{
     (void)state;
     snprintf(g_tmp, sizeof g_tmp, "/tmp/cvllm_tok_test_XXXXXX");
     return mkdtemp(g_tmp) ? 0 : -1;
 }
 
-static int teardown(void **state) {
+static int teardown(void **state)
+{
     (void)state;
     char cmd[512];
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", g_tmp);
     return system(cmd) == 0 ? 0 : -1;
 }
 
-static void write_file(const char *path, const char *text) {
+static void write_file(const char *path, const char *text)
+{
     FILE *f = fopen(path, "wb");
     assert_non_null(f);
     fwrite(text, 1, strlen(text), f);
@@ -31,14 +34,16 @@ static void write_file(const char *path, const char *text) {
 }
 
 /* A directory holding tokenizer.json = json; returns its path. */
-static const char *tok_dir_with(const char *name, const char *json) {
+static const char *tok_dir_with(const char *name, const char *json)
+{
     const char *dir = tt_path("%s/%s", g_tmp, name);
     mkdir(dir, 0755);
     write_file(tt_path("%s/tokenizer.json", dir), json);
     return dir;
 }
 
-static void expect_load_error(const char *dir, const char *want) {
+static void expect_load_error(const char *dir, const char *want)
+{
     cv_error err = {{0}};
     cv_tokenizer *tok = tok_load(dir, &err);
     if (tok) {
@@ -48,10 +53,12 @@ static void expect_load_error(const char *dir, const char *want) {
     assert_string_equal(err.msg, want);
 }
 
-#define MODEL "\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0, \"b\": 1, \"ab\": 2}, " \
-              "\"merges\": [\"a b\"]}"
+#define MODEL                                                                                      \
+    "\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0, \"b\": 1, \"ab\": 2}, "                  \
+    "\"merges\": [\"a b\"]}"
 
-static void test_small_tokenizer_works(void **s) {
+static void test_small_tokenizer_works(void **s)
+{
     (void)s;
     const char *dir = tok_dir_with("ok", "{" MODEL "}");
     cv_tokenizer *tok = tt_load(dir);
@@ -64,7 +71,8 @@ static void test_small_tokenizer_works(void **s) {
  * U+2581: "a b" must merge to the one token (ids worked out by hand from
  * the merges: a+\u2581 -> 3, then 3+b -> 4). Without that token the cut
  * is allowed and gives the same ids as merging the whole text. */
-static void test_metaspace_cut_guard(void **s) {
+static void test_metaspace_cut_guard(void **s)
+{
     (void)s;
     const char *norm = "\"normalizer\": {\"type\": \"Replace\", \"pattern\": {\"String\": \" \"}, "
                        "\"content\": \"\u2581\"}";
@@ -87,7 +95,8 @@ static void test_metaspace_cut_guard(void **s) {
     tok_free(tok);
 }
 
-static void test_invalid_utf8(void **s) {
+static void test_invalid_utf8(void **s)
+{
     (void)s;
     cv_tokenizer *tok = tt_load(tt_path("%s/tokenizers/gpt2", tt_shared()));
     const char *bad[] = {"abc\xff", "caf\xc3", "x\xe2\x82y", "\xed\xa0\x80", "ok\xc0\xaf"};
@@ -110,7 +119,8 @@ static void test_invalid_utf8(void **s) {
     tok_free(tok);
 }
 
-static void test_missing_file(void **s) {
+static void test_missing_file(void **s)
+{
     (void)s;
     expect_load_error(tt_path("%s/nothing", g_tmp),
                       tt_path("tokenizer: cannot open %s/nothing/tokenizer.json: No such file or "
@@ -118,7 +128,8 @@ static void test_missing_file(void **s) {
                               g_tmp));
 }
 
-static void test_malformed_json(void **s) {
+static void test_malformed_json(void **s)
+{
     (void)s;
     const char *dir = tok_dir_with("malformed", "{\"model\": {\"type\": \"BPE\",,}");
     expect_load_error(dir, tt_path("tokenizer: %s/tokenizer.json: malformed JSON at line 1 column "
@@ -128,9 +139,11 @@ static void test_malformed_json(void **s) {
     expect_load_error(dir, tt_path("tokenizer %s: tokenizer.json: no \"model\" object", dir));
 }
 
-static void test_unknown_types(void **s) {
+static void test_unknown_types(void **s)
+{
     (void)s;
-    const char *dir = tok_dir_with("unigram", "{\"model\": {\"type\": \"Unigram\", \"vocab\": []}}");
+    const char *dir =
+        tok_dir_with("unigram", "{\"model\": {\"type\": \"Unigram\", \"vocab\": []}}");
     expect_load_error(dir, tt_path("tokenizer %s: tokenizer.json: unknown model type \"Unigram\" "
                                    "(only BPE is supported)",
                                    dir));
@@ -159,7 +172,8 @@ static void test_unknown_types(void **s) {
                                    dir));
 }
 
-static void test_decode_out_of_range(void **s) {
+static void test_decode_out_of_range(void **s)
+{
     (void)s;
     cv_tokenizer *tok = tt_load(tt_path("%s/tokenizers/gpt2", tt_shared()));
     const int32_t ids[] = {15496, 50257, 1};
@@ -172,7 +186,8 @@ static void test_decode_out_of_range(void **s) {
                         "tokenizer: id 50257 at position 1 is out of range (vocab size 50257)");
     const int32_t neg[] = {-3};
     assert_int_equal(tok_decode(tok, neg, 1, true, &text, &len, &err), -1);
-    assert_string_equal(err.msg, "tokenizer: id -3 at position 0 is out of range (vocab size 50257)");
+    assert_string_equal(err.msg,
+                        "tokenizer: id -3 at position 0 is out of range (vocab size 50257)");
     /* streaming treats unknown ids as empty tokens, as vLLM does */
     const int32_t seq[] = {15496, 99999999, 995};
     cv_tok_stream st;
@@ -187,7 +202,8 @@ static void test_decode_out_of_range(void **s) {
 /* Runs the CLI with stdin from a file; returns the exit status and fills
  * out/errout with stdout/stderr. */
 static int run_cli(const char *args, const char *in, size_t in_len, char *out, size_t cap,
-                   char *errout) {
+                   char *errout)
+{
     const char *bin = tt_env("CVLLM_BIN_DIR", "build/bin");
     const char *inp = tt_path("%s/cli_in", g_tmp), *outp = tt_path("%s/cli_out", g_tmp);
     const char *errp = tt_path("%s/cli_err", g_tmp);
@@ -211,7 +227,8 @@ static int run_cli(const char *args, const char *in, size_t in_len, char *out, s
     return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
 }
 
-static void test_cli(void **s) {
+static void test_cli(void **s)
+{
     (void)s;
     char out[4096], err[4096];
     char gpt2[1024], llama[1024]; /* tt_path buffers rotate: keep copies */
@@ -242,21 +259,19 @@ static void test_cli(void **s) {
                              "(vocab size 50257)\n");
     assert_int_equal(run_cli(tt_path("--tokenizer '%s/none'", g_tmp), "", 0, out, sizeof out, err),
                      1);
-    assert_string_equal(err, tt_path("cvllm-tokenize: tokenizer: cannot open %s/none/tokenizer.json:"
-                                     " No such file or directory\n",
-                                     g_tmp));
+    assert_string_equal(err,
+                        tt_path("cvllm-tokenize: tokenizer: cannot open %s/none/tokenizer.json:"
+                                " No such file or directory\n",
+                                g_tmp));
 }
 
-int main(void) {
+int main(void)
+{
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_small_tokenizer_works),
-        cmocka_unit_test(test_metaspace_cut_guard),
-        cmocka_unit_test(test_invalid_utf8),
-        cmocka_unit_test(test_missing_file),
-        cmocka_unit_test(test_malformed_json),
-        cmocka_unit_test(test_unknown_types),
-        cmocka_unit_test(test_decode_out_of_range),
-        cmocka_unit_test(test_cli),
+        cmocka_unit_test(test_small_tokenizer_works), cmocka_unit_test(test_metaspace_cut_guard),
+        cmocka_unit_test(test_invalid_utf8),          cmocka_unit_test(test_missing_file),
+        cmocka_unit_test(test_malformed_json),        cmocka_unit_test(test_unknown_types),
+        cmocka_unit_test(test_decode_out_of_range),   cmocka_unit_test(test_cli),
     };
     return cmocka_run_group_tests_name("tokenizer_errors", tests, setup, teardown);
 }

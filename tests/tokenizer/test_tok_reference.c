@@ -10,25 +10,28 @@
 
 static json_t *g_ref;
 
-static int setup(void **state) {
+static int setup(void **state)
+{
     (void)state;
     g_ref = tt_json(tt_path("%s/tests/fixtures/tokenizer/reference.json", tt_source()));
     return 0;
 }
 
-static int teardown(void **state) {
+static int teardown(void **state)
+{
     (void)state;
     json_decref(g_ref);
     return 0;
 }
 
-static const char *tok_dir(const char *name) {
-    if (!strcmp(name, "stories260K"))
-        return tt_path("%s/models/stories260K", tt_shared());
+static const char *tok_dir(const char *name)
+{
+    if (!strcmp(name, "stories260K")) return tt_path("%s/models/stories260K", tt_shared());
     return tt_path("%s/tokenizers/%s", tt_shared(), name);
 }
 
-static void check_stream(const cv_tokenizer *tok, const json_t *c, const char *what) {
+static void check_stream(const cv_tokenizer *tok, const json_t *c, const char *what)
+{
     size_t np, ng;
     int32_t *p = tt_ids(json_object_get(c, "prompt_ids"), &np);
     int32_t *g = tt_ids(json_object_get(c, "gen_ids"), &ng);
@@ -62,7 +65,8 @@ static void check_stream(const cv_tokenizer *tok, const json_t *c, const char *w
     free(g);
 }
 
-static void run_reference(const char *name) {
+static void run_reference(const char *name)
+{
     const json_t *t = json_object_get(json_object_get(g_ref, "tokenizers"), name);
     assert_non_null(t);
     cv_tokenizer *tok = tt_load(tok_dir(name));
@@ -105,26 +109,31 @@ static void run_reference(const char *name) {
     tok_free(tok);
 }
 
-static void test_gpt2(void **s) {
+static void test_gpt2(void **s)
+{
     (void)s;
     run_reference("gpt2");
 }
-static void test_llama2(void **s) {
+static void test_llama2(void **s)
+{
     (void)s;
     run_reference("llama2");
 }
-static void test_qwen3(void **s) {
+static void test_qwen3(void **s)
+{
     (void)s;
     run_reference("qwen3");
 }
-static void test_stories260k(void **s) {
+static void test_stories260k(void **s)
+{
     (void)s;
     run_reference("stories260K");
 }
 
 /* The stories tokenizer round-trips story text, and the BOS/EOS come from
  * its tokenizer_config.json. */
-static void test_stories_roundtrip(void **s) {
+static void test_stories_roundtrip(void **s)
+{
     (void)s;
     cv_tokenizer *tok = tt_load(tok_dir("stories260K"));
     assert_int_equal(tok_bos_id(tok), 1);
@@ -154,7 +163,8 @@ static void test_stories_roundtrip(void **s) {
 /* Streaming a whole generation yields exactly the text that decoding it in
  * context adds, and every delta is valid UTF-8 (held back while a
  * multi-byte character is incomplete). */
-static void test_stream_concat(void **s) {
+static void test_stream_concat(void **s)
+{
     (void)s;
     const char *names[] = {"gpt2", "llama2", "qwen3", "stories260K"};
     const char *prompt = "Tell me:", *gen = " 你好世界 👍🏽 naïve café — done.\n\tOK";
@@ -203,7 +213,8 @@ typedef struct thread_job {
     int mismatches;
 } thread_job;
 
-static void *encode_all(void *arg) {
+static void *encode_all(void *arg)
+{
     thread_job *job = arg;
     for (int round = 0; round < 20; round++)
         for (size_t i = 0; i < json_array_size(job->cases); i++) {
@@ -226,7 +237,8 @@ static void *encode_all(void *arg) {
     return NULL;
 }
 
-static void test_threads(void **s) {
+static void test_threads(void **s)
+{
     (void)s;
     cv_tokenizer *tok = tt_load(tok_dir("gpt2"));
     const json_t *cases =
@@ -245,7 +257,8 @@ static void test_threads(void **s) {
     tok_free(tok);
 }
 
-int main(void) {
+int main(void)
+{
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_gpt2),
         cmocka_unit_test(test_llama2),

@@ -15,14 +15,16 @@
 static json_t *g_ref;
 static char g_tmp[256];
 
-static int setup(void **state) {
+static int setup(void **state)
+{
     (void)state;
     g_ref = tt_json(tt_path("%s/tests/fixtures/tokenizer/reference.json", tt_source()));
     snprintf(g_tmp, sizeof g_tmp, "/tmp/cvllm_tok_synth_XXXXXX");
     return mkdtemp(g_tmp) ? 0 : -1;
 }
 
-static int teardown(void **state) {
+static int teardown(void **state)
+{
     (void)state;
     json_decref(g_ref);
     char cmd[512];
@@ -31,7 +33,8 @@ static int teardown(void **state) {
 }
 
 /* Writes the tokenizer described by spec into a fresh directory. */
-static const char *build(const json_t *spec) {
+static const char *build(const json_t *spec)
+{
     const char *name = json_string_value(json_object_get(spec, "name"));
     json_t *j;
     if (json_object_get(spec, "tokenizer")) {
@@ -56,19 +59,22 @@ static const char *build(const json_t *spec) {
     return dir;
 }
 
-static void test_synthetic(void **s) {
+static void test_synthetic(void **s)
+{
     (void)s;
     const json_t *list = json_object_get(g_ref, "synthetic");
     assert_true(json_array_size(list) >= 14);
     size_t i;
     const json_t *item;
-    json_array_foreach(list, i, item) {
+    json_array_foreach(list, i, item)
+    {
         const json_t *spec = json_object_get(item, "spec");
         const char *name = json_string_value(json_object_get(spec, "name"));
         cv_tokenizer *tok = tt_load(build(spec));
         size_t k;
         const json_t *c;
-        json_array_foreach(json_object_get(item, "cases"), k, c) {
+        json_array_foreach(json_object_get(item, "cases"), k, c)
+        {
             const json_t *text = json_object_get(c, "text");
             const char *what = tt_path("%s[%zu]", name, k);
             size_t n, n2;
@@ -76,8 +82,8 @@ static void test_synthetic(void **s) {
             int32_t *ids2 = tt_ids(json_object_get(c, "ids_no_special"), &n2);
             tt_check_encode(tok, json_string_value(text), json_string_length(text), true, ids, n,
                             what);
-            tt_check_encode(tok, json_string_value(text), json_string_length(text), false, ids2,
-                            n2, what);
+            tt_check_encode(tok, json_string_value(text), json_string_length(text), false, ids2, n2,
+                            what);
             tt_check_decode(tok, ids, n, false, json_string_value(json_object_get(c, "decoded")),
                             what);
             tt_check_decode(tok, ids, n, true,
@@ -95,7 +101,8 @@ static void test_synthetic(void **s) {
  * syllables, marks out of canonical order, singletons (Angstrom, Ohm),
  * composition exclusions, class-0 vowel signs that compose (Tamil,
  * Kannada), a mark at the very start, astral characters. */
-static void test_nfc_fast_path(void **s) {
+static void test_nfc_fast_path(void **s)
+{
     (void)s;
     cv_tokenizer *tok = tt_load(tt_path("%s/tokenizers/qwen3", tt_shared()));
     const char *texts[] = {
@@ -109,9 +116,9 @@ static void test_nfc_fast_path(void **s) {
     };
     for (size_t i = 0; i < sizeof texts / sizeof *texts; i++) {
         utf8proc_uint8_t *nfc = NULL;
-        utf8proc_ssize_t m = utf8proc_map((const utf8proc_uint8_t *)texts[i],
-                                          (utf8proc_ssize_t)strlen(texts[i]), &nfc,
-                                          UTF8PROC_STABLE | UTF8PROC_COMPOSE);
+        utf8proc_ssize_t m =
+            utf8proc_map((const utf8proc_uint8_t *)texts[i], (utf8proc_ssize_t)strlen(texts[i]),
+                         &nfc, UTF8PROC_STABLE | UTF8PROC_COMPOSE);
         assert_true(m >= 0);
         cv_error err = {{0}};
         int32_t *want;
@@ -124,7 +131,8 @@ static void test_nfc_fast_path(void **s) {
     tok_free(tok);
 }
 
-int main(void) {
+int main(void)
+{
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_synthetic),
         cmocka_unit_test(test_nfc_fast_path),

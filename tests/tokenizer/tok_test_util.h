@@ -17,13 +17,15 @@
 
 #include "tokenizer/tokenizer.h"
 
-static inline const char *tt_env(const char *name, const char *dflt) {
+static inline const char *tt_env(const char *name, const char *dflt)
+{
     const char *v = getenv(name);
     return v && v[0] ? v : dflt;
 }
 
 /* snprintf into a static rotating buffer: paths for the duration of a test */
-static inline const char *tt_path(const char *fmt, ...) {
+static inline const char *tt_path(const char *fmt, ...)
+{
     static char bufs[8][4096];
     static int next;
     char *b = bufs[next++ % 8];
@@ -34,27 +36,34 @@ static inline const char *tt_path(const char *fmt, ...) {
     return b;
 }
 
-static inline const char *tt_shared(void) { return tt_env("CVLLM_SHARED", "../shared"); }
-static inline const char *tt_source(void) { return tt_env("CVLLM_SOURCE_DIR", "."); }
+static inline const char *tt_shared(void)
+{
+    return tt_env("CVLLM_SHARED", "../shared");
+}
+static inline const char *tt_source(void)
+{
+    return tt_env("CVLLM_SOURCE_DIR", ".");
+}
 
-static inline cv_tokenizer *tt_load(const char *dir) {
+static inline cv_tokenizer *tt_load(const char *dir)
+{
     cv_error err = {{0}};
     cv_tokenizer *tok = tok_load(dir, &err);
-    if (!tok)
-        fail_msg("tok_load(%s): %s", dir, err.msg);
+    if (!tok) fail_msg("tok_load(%s): %s", dir, err.msg);
     return tok;
 }
 
-static inline json_t *tt_json(const char *path) {
+static inline json_t *tt_json(const char *path)
+{
     json_error_t je;
     json_t *j = json_load_file(path, 0, &je);
-    if (!j)
-        fail_msg("%s: %s (line %d)", path, je.text, je.line);
+    if (!j) fail_msg("%s: %s (line %d)", path, je.text, je.line);
     return j;
 }
 
 /* JSON array of integers -> malloc'ed int32 array. */
-static inline int32_t *tt_ids(const json_t *arr, size_t *n) {
+static inline int32_t *tt_ids(const json_t *arr, size_t *n)
+{
     *n = json_array_size(arr);
     int32_t *v = malloc((*n + 1) * sizeof *v);
     assert_non_null(v);
@@ -63,7 +72,8 @@ static inline int32_t *tt_ids(const json_t *arr, size_t *n) {
     return v;
 }
 
-static inline void tt_print_ids(char *out, size_t cap, const int32_t *v, size_t n) {
+static inline void tt_print_ids(char *out, size_t cap, const int32_t *v, size_t n)
+{
     size_t k = 0;
     out[0] = '\0';
     for (size_t i = 0; i < n && k + 16 < cap; i++)
@@ -74,7 +84,8 @@ static inline void tt_print_ids(char *out, size_t cap, const int32_t *v, size_t 
  * case in the failure message. */
 static inline void tt_check_encode(const cv_tokenizer *tok, const char *text, size_t len,
                                    bool add_special, const int32_t *want, size_t n_want,
-                                   const char *what) {
+                                   const char *what)
+{
     cv_error err = {{0}};
     int32_t *ids = NULL;
     size_t n = 0;
@@ -91,8 +102,9 @@ static inline void tt_check_encode(const cv_tokenizer *tok, const char *text, si
     free(ids);
 }
 
-static inline void tt_check_decode(const cv_tokenizer *tok, const int32_t *ids, size_t n,
-                                   bool skip, const char *want, const char *what) {
+static inline void tt_check_decode(const cv_tokenizer *tok, const int32_t *ids, size_t n, bool skip,
+                                   const char *want, const char *what)
+{
     cv_error err = {{0}};
     char *text = NULL;
     size_t len = 0;
@@ -100,8 +112,9 @@ static inline void tt_check_decode(const cv_tokenizer *tok, const int32_t *ids, 
         fail_msg("%s: decode failed: %s", what, err.msg);
     if (len != strlen(want) || memcmp(text, want, len)) {
         char msg[8192];
-        snprintf(msg, sizeof msg, "%s (skip_special=%d): decoded text differs\n  got:  \"%s\"\n  "
-                                  "want: \"%s\"",
+        snprintf(msg, sizeof msg,
+                 "%s (skip_special=%d): decoded text differs\n  got:  \"%s\"\n  "
+                 "want: \"%s\"",
                  what, skip, text, want);
         free(text);
         fail_msg("%s", msg);

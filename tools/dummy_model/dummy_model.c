@@ -73,9 +73,15 @@ static void dm_normal_pair(uint64_t key, uint64_t p, float out[2])
 static void dm_store(void *dst, size_t i, cv_dtype dtype, float x)
 {
     switch (dtype) {
-    case CV_DTYPE_F32: ((float *)dst)[i] = x; break;
-    case CV_DTYPE_F16: ((uint16_t *)dst)[i] = cv_f32_to_f16(x); break;
-    case CV_DTYPE_BF16: ((uint16_t *)dst)[i] = cv_f32_to_bf16(x); break;
+    case CV_DTYPE_F32:
+        ((float *)dst)[i] = x;
+        break;
+    case CV_DTYPE_F16:
+        ((uint16_t *)dst)[i] = cv_f32_to_f16(x);
+        break;
+    case CV_DTYPE_BF16:
+        ((uint16_t *)dst)[i] = cv_f32_to_bf16(x);
+        break;
     }
 }
 
@@ -254,9 +260,12 @@ static int usage(const char *argv0)
 int main(int argc, char **argv)
 {
     static const struct option opts[] = {
-        {"shape", required_argument, NULL, 's'}, {"dtype", required_argument, NULL, 'd'},
-        {"seed", required_argument, NULL, 'r'},  {"tokenizer", required_argument, NULL, 't'},
-        {"out", required_argument, NULL, 'o'},   {"help", no_argument, NULL, 'h'},
+        {"shape", required_argument, NULL, 's'},
+        {"dtype", required_argument, NULL, 'd'},
+        {"seed", required_argument, NULL, 'r'},
+        {"tokenizer", required_argument, NULL, 't'},
+        {"out", required_argument, NULL, 'o'},
+        {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
     const char *shape_name = NULL, *dtype_name = NULL, *tok_dir = NULL, *out = NULL;
@@ -265,20 +274,28 @@ int main(int argc, char **argv)
     while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
         char *end;
         switch (c) {
-        case 's': shape_name = optarg; break;
-        case 'd': dtype_name = optarg; break;
-        case 't': tok_dir = optarg; break;
-        case 'o': out = optarg; break;
+        case 's':
+            shape_name = optarg;
+            break;
+        case 'd':
+            dtype_name = optarg;
+            break;
+        case 't':
+            tok_dir = optarg;
+            break;
+        case 'o':
+            out = optarg;
+            break;
         case 'r':
             errno = 0;
             seed = strtoull(optarg, &end, 10);
             if (errno || *end || !*optarg) {
-                fprintf(stderr, "%s: --seed '%s' is not a non-negative integer\n", argv[0],
-                        optarg);
+                fprintf(stderr, "%s: --seed '%s' is not a non-negative integer\n", argv[0], optarg);
                 return 2;
             }
             break;
-        default: return usage(argv[0]);
+        default:
+            return usage(argv[0]);
         }
     }
     if (!shape_name || !dtype_name || !out || optind != argc) return usage(argv[0]);
@@ -286,9 +303,12 @@ int main(int argc, char **argv)
     for (int i = 0; i < DM_N_SHAPES; i++)
         if (strcmp(dm_shapes[i].name, shape_name) == 0) shape = &dm_shapes[i];
     cv_dtype dtype;
-    if (strcmp(dtype_name, "f32") == 0) dtype = CV_DTYPE_F32;
-    else if (strcmp(dtype_name, "f16") == 0) dtype = CV_DTYPE_F16;
-    else if (strcmp(dtype_name, "bf16") == 0) dtype = CV_DTYPE_BF16;
+    if (strcmp(dtype_name, "f32") == 0)
+        dtype = CV_DTYPE_F32;
+    else if (strcmp(dtype_name, "f16") == 0)
+        dtype = CV_DTYPE_F16;
+    else if (strcmp(dtype_name, "bf16") == 0)
+        dtype = CV_DTYPE_BF16;
     else {
         fprintf(stderr, "%s: --dtype '%s': expected f32, f16 or bf16\n", argv[0], dtype_name);
         return 2;

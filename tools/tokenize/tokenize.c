@@ -15,14 +15,16 @@
 #include "base/file.h"
 #include "tokenizer/tokenizer.h"
 
-static int usage(void) {
+static int usage(void)
+{
     fprintf(stderr, "usage: cvllm-tokenize --tokenizer DIR [--add-special-tokens] [--decode] "
                     "[--skip-special-tokens]\n");
     return 1;
 }
 
 /* Parses whitespace-separated decimal ids. */
-static int parse_ids(char *s, int32_t **ids, size_t *n) {
+static int parse_ids(char *s, int32_t **ids, size_t *n)
+{
     size_t cap = 64;
     *n = 0;
     *ids = malloc(cap * sizeof **ids);
@@ -36,8 +38,7 @@ static int parse_ids(char *s, int32_t **ids, size_t *n) {
         }
         if (*n == cap) {
             int32_t *nv = realloc(*ids, 2 * cap * sizeof *nv);
-            if (!nv)
-                break;
+            if (!nv) break;
             *ids = nv;
             cap *= 2;
         }
@@ -50,7 +51,8 @@ static int parse_ids(char *s, int32_t **ids, size_t *n) {
     return 0;
 }
 
-int main(int argc, char **argv) {
+int main(int argc, char **argv)
+{
     const char *dir = NULL;
     bool add_special = false, decode = false, skip_special = false;
     for (int i = 1; i < argc; i++) {
@@ -65,8 +67,7 @@ int main(int argc, char **argv) {
         else
             return usage();
     }
-    if (!dir)
-        return usage();
+    if (!dir) return usage();
     cv_error err = {{0}};
     cv_tokenizer *tok = tok_load(dir, &err);
     if (!tok) {
