@@ -41,6 +41,7 @@ static void admit(cv_engine *e, request *req)
     cv_seq *seq = seq_create(e->next_seq_id++, req->prompt, req->n_prompt);
     if (!seq || sched_add(&e->sched, seq, false) < 0) {
         seq_free(seq);
+        engine_count_finished(e, req);
         engine_emit_error(req, "out of memory admitting the request");
         engine_retire(e, req);
         return;
@@ -75,14 +76,8 @@ void engine_finish_seq(cv_engine *e, request *req, int k, cv_finish_reason reaso
     req->touched = true;
 }
 
-void engine_retire(cv_engine *e, request *req)
+void engine_count_finished(cv_engine *e, request *req)
 {
-    for (request **link = &e->active; *link; link = &(*link)->next) {
-        if (*link == req) {
-            *link = req->next;
-            break;
-        }
-    }
     uint64_t now = cv_now_ns();
     int n_gen = 0;
     for (int k = 0; k < req->n_seqs; k++)
@@ -95,6 +90,16 @@ void engine_retire(cv_engine *e, request *req)
     hist_observe(&st->request_generation_tokens, n_gen);
     hist_observe(&st->request_params_n, req->n_return);
     pthread_mutex_unlock(&e->stats_mu);
+}
+
+void engine_retire(cv_engine *e, request *req)
+{
+    for (request **link = &e->active; *link; link = &(*link)->next) {
+        if (*link == req) {
+            *link = req->next;
+            break;
+        }
+    }
     request_free(req);
     /* Before n_active drops, so a cv_engine_wait_idle caller sees the
      * blocks of this request already free. */
@@ -109,6 +114,7 @@ static void abort_request(cv_engine *e, request *req)
 {
     for (int k = 0; k < req->n_seqs; k++)
         engine_finish_seq(e, req, k, CV_FINISH_ABORT);
+    engine_count_finished(e, req);
     engine_emit(e, req, true);
     engine_retire(e, req);
 }
@@ -119,6 +125,7 @@ static void fail_all(cv_engine *e, const char *msg)
         request *req = e->active;
         for (int k = 0; k < req->n_seqs; k++)
             engine_finish_seq(e, req, k, CV_FINISH_ABORT);
+        engine_count_finished(e, req);
         engine_emit_error(req, msg);
         engine_retire(e, req);
     }

@@ -121,8 +121,11 @@ void request_free(request *req);
 /* engine.c */
 /* Marks sequence k of req finished with reason and frees its blocks. */
 void engine_finish_seq(cv_engine *e, request *req, int k, cv_finish_reason reason);
-/* Takes a request whose last output went out off the active list, records
- * its metrics and frees it. */
+/* Records a finished request's metrics (finish reason, e2e latency, sizes):
+ * called just before its final output is emitted. */
+void engine_count_finished(cv_engine *e, request *req);
+/* Takes a request whose last output went out off the active list and frees
+ * it. */
 void engine_retire(cv_engine *e, request *req);
 
 #endif

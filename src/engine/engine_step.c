@@ -394,6 +394,9 @@ int engine_step(cv_engine *e)
             pthread_mutex_unlock(&e->stats_mu);
         }
         req->t_last_token_ns = now;
+        /* Counted before the final output goes out, so a client that
+         * scrapes the metrics right after its response sees it. */
+        if (finished) engine_count_finished(e, req);
         engine_emit(e, req, finished);
         if (finished) engine_retire(e, req);
     }
