@@ -148,7 +148,7 @@ typedef struct bench_opts {
 
 static int bench_model(const char *dir, const bench_opts *o)
 {
-    cv_error err = {{0}};
+    cv_error err = {.msg = ""};
     cv_model *m = cv_model_load(dir, &err);
     if (!m) {
         fprintf(stderr, "%s\n", err.msg);

@@ -178,7 +178,7 @@ static double step(bench *b, int s0, int ns, int chunk)
         .n_logits = ns,
         .logits_indices = b->idx,
     };
-    cv_error err = {{0}};
+    cv_error err = {.msg = ""};
     const uint64_t t0 = cv_now_ns();
     if (cv_cuda_backend_forward(b->bk, &batch, b->logits, &err)) {
         fprintf(stderr, "forward: %s\n", err.msg);
@@ -247,7 +247,7 @@ typedef struct run_config {
 static json_t *run_one(bench *b, const run_config *cfg, int gen, int batch_gen, const int *batches,
                        int n_batches, double floor_ms)
 {
-    cv_error err = {{0}};
+    cv_error err = {.msg = ""};
     if (cv_cuda_backend_set_act_mode(b->bk, cfg->act, &err)) {
         fprintf(stderr, "%s\n", err.msg);
         exit(1);
@@ -389,7 +389,7 @@ int main(int argc, char **argv)
     printf("device-to-device copy: %.0f GB/s (read + write); bf16 GEMM 8192^3: %.0f TFLOP/s\n",
            copy, tflops);
 
-    cv_error err = {{0}};
+    cv_error err = {.msg = ""};
     uint64_t t0 = cv_now_ns();
     cv_model *model = cv_model_load(model_dir, &err);
     if (!model) {

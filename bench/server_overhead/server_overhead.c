@@ -109,7 +109,7 @@ typedef struct paths {
 
 static void inprocess_one(paths *b, const char *p, mode_stats *m)
 {
-    cv_error err = {""};
+    cv_error err = {.msg = ""};
     cv_request_desc d = {
         .prompt = p, .prompt_len = strlen(p), .params = &b->sp, .stream = true, .sink = b->q};
     uint64_t t0 = cv_now_ns();
@@ -149,7 +149,7 @@ static void http_one(paths *b, const char *p, mode_stats *m)
              sampling_esc);
     sse_ctx c = {.arr = b->arr, .cap = b->cap};
     cvc_http_result res = {0};
-    cv_error err = {""};
+    cv_error err = {.msg = ""};
     uint64_t t0 = cv_now_ns();
     if (cvc_http_post_sse(b->sse_url, body, 120000, on_event, &c, &res, &err) < 0 ||
         res.status != 200) {
@@ -173,7 +173,7 @@ static void grpc_one(paths *b, const char *p, int r, mode_stats *m)
     req.text_input_len = strlen(p);
     req.stream = 1;
     req.sampling_parameters = sampling_raw;
-    cv_error err = {""};
+    cv_error err = {.msg = ""};
     uint64_t t0 = cv_now_ns();
     if (cvc_stream_send(b->stream, &req, &err) < 0) {
         fprintf(stderr, "grpc send: %s\n", err.msg);
@@ -218,7 +218,7 @@ static void paths_open(paths *b, const opts *o, int http_port, int grpc_port)
     cv_engine_args_default(&args);
     snprintf(args.model, sizeof args.model, "%s", o->model);
     args.n_threads = o->threads;
-    cv_error err = {""};
+    cv_error err = {.msg = ""};
     if (!(b->engine = cv_engine_create(&args, &err))) {
         fprintf(stderr, "engine: %s\n", err.msg);
         exit(1);

@@ -51,7 +51,7 @@ static uint64_t cpu_ns(void)
 
 static int bench_one(const char *name, const char *dir, const char *corpus, size_t len)
 {
-    cv_error err = {{0}};
+    cv_error err = {.msg = ""};
     uint64_t t0 = cv_now_ns();
     cv_tokenizer *tok = tok_load(dir, &err);
     uint64_t t1 = cv_now_ns();

@@ -36,6 +36,9 @@ typedef struct cv_engine_args {
     size_t kv_cache_bytes;      /* CPU KV pool budget (0 = 1 GiB) */
     int n_threads;              /* backend threads (0 = all cores) */
     int kv_blocks;              /* > 0: exact KV pool size in blocks, overrides kv_cache_bytes */
+    int max_queued_requests;    /* requests accepted and unfinished at once; beyond it
+                                   cv_engine_add_request refuses with CV_ERR_UNAVAILABLE
+                                   (0 = max(4096, 16 * max_num_seqs)) */
 } cv_engine_args;
 
 void cv_engine_args_default(cv_engine_args *args);
@@ -166,7 +169,10 @@ typedef struct cv_request_desc {
 } cv_request_desc;
 
 /* Tokenizes and queues a request. Returns its id (> 0), or 0 on error with
- * err set (invalid params, prompt longer than max_model_len, bad UTF-8). */
+ * err set: class CV_ERR_INVALID for invalid params, a prompt longer than
+ * max_model_len or bad UTF-8; CV_ERR_UNAVAILABLE when max_queued_requests
+ * are already in flight or the engine is shutting down (back pressure:
+ * retry later). */
 uint64_t cv_engine_add_request(cv_engine *engine, const cv_request_desc *req, cv_error *err);
 /* Aborts a request; its final output (finish_reason abort) still arrives and
  * its KV blocks are freed at the next step. Unknown ids are ignored. */

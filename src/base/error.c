@@ -8,6 +8,7 @@
 int cv_errorf(cv_error *err, const char *fmt, ...)
 {
     if (err) {
+        err->cls = CV_ERR_INVALID;
         va_list ap;
         va_start(ap, fmt);
         vsnprintf(err->msg, sizeof err->msg, fmt, ap);

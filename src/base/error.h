@@ -9,12 +9,19 @@
 
 enum { CV_ERROR_MSG_BYTES = 1024 };
 
+/* What kind of failure, for frontends that map errors to a status code:
+ * CV_ERR_INVALID is the caller's fault (400 / INVALID_ARGUMENT),
+ * CV_ERR_UNAVAILABLE a temporary refusal worth retrying (503 / UNAVAILABLE). */
+typedef enum { CV_ERR_INVALID = 0, CV_ERR_UNAVAILABLE } cv_error_class;
+
 typedef struct cv_error {
     char msg[CV_ERROR_MSG_BYTES]; /* NUL-terminated; "" when no error */
+    cv_error_class cls;           /* set to CV_ERR_INVALID by cv_errorf */
 } cv_error;
 
-/* Formats the message into err (which may be NULL) and returns -1, so callers
- * can write `return cv_errorf(err, "...", ...);`. */
+/* Formats the message into err (which may be NULL), sets its class to
+ * CV_ERR_INVALID and returns -1, so callers can write
+ * `return cv_errorf(err, "...", ...);`. */
 int cv_errorf(cv_error *err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
 /* Prepends "prefix: " to an existing message (for adding context such as the

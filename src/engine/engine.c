@@ -232,6 +232,9 @@ static int check_args(const cv_engine_args *a, cv_error *err)
     if (a->max_model_len < 0)
         return cv_errorf(err, "engine argument 'max_model_len' must be positive, got %d",
                          a->max_model_len);
+    if (a->max_queued_requests < 0)
+        return cv_errorf(err, "engine argument 'max_queued_requests' must be positive, got %d",
+                         a->max_queued_requests);
     return 0;
 }
 
@@ -284,6 +287,11 @@ static int engine_init(cv_engine *e, cv_error *err)
                           ? a->max_num_batched_tokens
                           : (e->max_model_len > 2048 ? e->max_model_len : 2048);
     e->block_size = a->block_size;
+    /* Back pressure (ARCHITECTURE.md): a bounded number of requests in
+     * flight, so a flood of clients gets 503s instead of unbounded memory. */
+    e->max_active = a->max_queued_requests
+                        ? a->max_queued_requests
+                        : (16 * a->max_num_seqs > 4096 ? 16 * a->max_num_seqs : 4096);
     e->backend = cv_backend_cpu_create(e->model, a->n_threads, err);
     if (!e->backend || size_kv_pool(e, err) < 0) return -1;
     e->bm = bm_create(e->n_blocks, e->block_size, a->enable_prefix_caching);
@@ -462,10 +470,18 @@ uint64_t cv_engine_add_request(cv_engine *e, const cv_request_desc *d, cv_error 
     request *r = make_request(e, d, err);
     if (!r) return 0;
     pthread_mutex_lock(&e->mu);
-    if (e->shutdown) {
+    if (e->shutdown || e->n_active >= e->max_active) {
+        bool full = !e->shutdown;
+        int n_active = e->n_active;
         pthread_mutex_unlock(&e->mu);
         request_free(r);
-        cv_errorf(err, "the engine is shutting down");
+        if (full)
+            cv_errorf(err,
+                      "the engine's request queue is full (%d requests in flight); retry later",
+                      n_active);
+        else
+            cv_errorf(err, "the engine is shutting down");
+        if (err) err->cls = CV_ERR_UNAVAILABLE;
         return 0;
     }
     r->id = e->next_request_id++;

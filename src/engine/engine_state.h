@@ -83,6 +83,7 @@ struct cv_engine {
     bool unhealthy;    /* a step failed */
     cv_error step_err; /* engine thread: why the last step failed ("" = out of memory) */
     int n_active;      /* requests accepted and not finished (inbox included) */
+    int max_active;    /* bound on n_active (max_queued_requests) */
     uint64_t next_request_id;
 
     /* Engine thread only. */

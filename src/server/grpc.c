@@ -361,7 +361,7 @@ static void stream_request(stream *st, const uint8_t *data, size_t len)
         stream_error(st, NULL, "cannot parse the ModelInferRequest message");
         return;
     }
-    cv_error err = {""};
+    cv_error err = {.msg = ""};
     int http = 0;
     stream_req *r = calloc(1, sizeof *r);
     if (!r) {
@@ -427,7 +427,7 @@ static void stream_output(stream_req *r, const cv_request_output *out)
             stream_queue(st, b, len);
         } else {
             cv_infer_response resp;
-            cv_error err = {""};
+            cv_error err = {.msg = ""};
             if (cv_infer_response_build(&r->ir, out, &resp, &err) < 0) {
                 ok = false;
                 b = cv_grpc_pack_stream_response(NULL, NULL, 0, m->name, m->version_str, r->id,

@@ -154,7 +154,7 @@ static grpc_status_code reply(unary_ctx *u, const ProtobufCMessage *msg)
 static cv_model *acquire(unary_ctx *u, const char *name, const char *version,
                          grpc_status_code *code)
 {
-    cv_error err = {""};
+    cv_error err = {.msg = ""};
     int http = 0;
     cv_model *m = cv_repository_acquire(u->s->repo, name, version, &err, &http);
     if (!m) *code = fail(u, status_of_http(http), err.msg);
@@ -251,7 +251,7 @@ static grpc_status_code load_unload(unary_ctx *u, const char *name, bool load)
                     "explicit model load / unload is not allowed if "
                     "polling is enabled or the model control mode "
                     "is none");
-    cv_error err = {""};
+    cv_error err = {.msg = ""};
     int rc = load ? cv_repository_load(u->s->repo, name, &err)
                   : cv_repository_unload(u->s->repo, name, &err);
     if (rc < 0) return fail(u, GRPC_STATUS_INVALID_ARGUMENT, err.msg);
@@ -266,7 +266,7 @@ static grpc_status_code load_unload(unary_ctx *u, const char *name, bool load)
 static grpc_status_code model_statistics(unary_ctx *u, const Inference__ModelStatisticsRequest *rq)
 {
     cv_model_stats *st;
-    cv_error err = {""};
+    cv_error err = {.msg = ""};
     int http = 0;
     int n = cv_server_model_stats(u->s, rq->name, rq->version, &st, &err, &http);
     if (n < 0) return fail(u, status_of_http(http), err.msg);

@@ -213,7 +213,7 @@ static void handle_output(http_req *hr, const cv_request_output *out)
         /* nothing to write: the client left */
     } else if (hr->req && !out->error) {
         cv_infer_response resp;
-        cv_error err = {""};
+        cv_error err = {.msg = ""};
         if (cv_infer_response_build(&hr->ir, out, &resp, &err) < 0) {
             snprintf(msg, sizeof msg, "%s", err.msg);
             ok = false;
@@ -376,7 +376,7 @@ static void do_generate(cv_http *h, struct evhttp_request *req, cv_model *m, req
     hr->model = m;
     hr->start_ns = cv_now_ns();
     cv_infer_request_init(&hr->ir);
-    cv_error err = {""};
+    cv_error err = {.msg = ""};
     int rc = collect_generate(&hr->ir, m, body, &err);
     json_decref(body);
     bool unavailable = !cv_model_healthy(m);
@@ -386,7 +386,8 @@ static void do_generate(cv_http *h, struct evhttp_request *req, cv_model *m, req
         rc = cv_errorf(&err, "Server is stopping: no new requests are accepted");
     if (rc == 0 && !(hr->engine_id = cv_infer_submit(&hr->ir, m, h->q, hr, &err))) rc = -1;
     if (rc < 0) {
-        reply_error(req, unavailable || atomic_load(&h->s->draining) ? 503 : 400, err.msg);
+        bool retry = unavailable || err.cls == CV_ERR_UNAVAILABLE || atomic_load(&h->s->draining);
+        reply_error(req, retry ? 503 : 400, err.msg);
         cv_server_account(m, false, hr->start_ns);
         cv_infer_request_free(&hr->ir);
         cv_model_release(m);
@@ -433,7 +434,7 @@ static void reply_stats(cv_http *h, struct evhttp_request *req, const char *name
                         const char *version)
 {
     cv_model_stats *st;
-    cv_error err = {""};
+    cv_error err = {.msg = ""};
     int status = 0;
     int n = cv_server_model_stats(h->s, name, version, &st, &err, &status);
     if (n < 0) {
@@ -466,7 +467,7 @@ static void route_model(cv_http *h, struct evhttp_request *req, enum evhttp_cmd_
         return;
     }
     bool is_ready = !strcmp(action, "ready");
-    cv_error err = {""};
+    cv_error err = {.msg = ""};
     int status = 0;
     cv_model *m = cv_repository_acquire(h->s->repo, name, version, &err, &status);
     if (is_ready) {
@@ -586,7 +587,7 @@ static void route_repository(cv_http *h, struct evhttp_request *req, char **seg,
         load_async(h, req, seg[3]);
         return;
     }
-    cv_error err = {""};
+    cv_error err = {.msg = ""};
     if (cv_repository_unload(s->repo, seg[3], &err) < 0) {
         reply_error(req, 400, err.msg);
         return;

@@ -157,7 +157,7 @@ int main(int argc, char **argv)
         return 2;
     }
     cv_log_set_level(verbose > 0 ? CV_LOG_VERBOSE : CV_LOG_INFO);
-    cv_error err = {""};
+    cv_error err = {.msg = ""};
     if (cv_server_run(&o, &err) < 0) {
         fprintf(stderr, "error: creating server: %s\n", err.msg);
         return 1;

@@ -230,7 +230,7 @@ static cv_model *build_model(cv_repository *r, const char *name, const char *dir
     }
     m->report_custom_metrics = cv_model_config_param_true(&m->cfg, "REPORT_CUSTOM_METRICS");
     m->health_check = cv_model_config_param_true(&m->cfg, "ENABLE_VLLM_HEALTH_CHECK");
-    cv_error eerr = {""};
+    cv_error eerr = {.msg = ""};
     m->engine = cv_engine_create(&m->args, &eerr);
     if (!m->engine) {
         cv_errorf(err, "model '%s': %s", name, eerr.msg);
@@ -263,7 +263,7 @@ int cv_repository_load(cv_repository *r, const char *name, cv_error *err)
     pthread_mutex_unlock(&r->mu);
 
     cv_log_info("loading: %s", name);
-    cv_error lerr = {""};
+    cv_error lerr = {.msg = ""};
     cv_model *m = build_model(r, name, dir, &lerr);
 
     cv_model *old = NULL;

@@ -28,7 +28,7 @@ static int setup(void **state)
     const char *shared = getenv("CVLLM_SHARED");
     char dir[1024];
     snprintf(dir, sizeof dir, "%s/models/stories260K", shared ? shared : "../shared");
-    cv_error err = {{0}};
+    cv_error err = {.msg = ""};
     model = cv_model_load(dir, &err);
     if (!model) {
         fprintf(stderr, "%s\n", err.msg);
@@ -57,7 +57,7 @@ static int teardown(void **state)
  * team so that the threaded paths are what they check. */
 static cv_backend *backend(int n_threads)
 {
-    cv_error err = {{0}};
+    cv_error err = {.msg = ""};
     cv_backend *bk = cv_backend_cpu_create(model, n_threads, &err);
     if (!bk) fail_msg("%s", err.msg);
     bk->parallel_min_madds = 0.0;
@@ -69,7 +69,7 @@ static void run_alone_kv(int s, int n_threads, cv_dtype kv_dtype,
                          float *out /* (TOTAL - 1, vocab) */)
 {
     cv_backend *bk = backend(n_threads);
-    cv_error err = {{0}};
+    cv_error err = {.msg = ""};
     assert_int_equal(cv_backend_cpu_set_kv_dtype(bk, kv_dtype, &err), 0);
     runner r;
     assert_int_equal(runner_init(&r, bk, 4, 1, &err), 0);
@@ -105,7 +105,7 @@ static void test_batch_and_thread_invariance(void **state)
     /* All sequences together, staggered: prefill chunks of different sizes
      * share steps with other sequences' decode tokens. */
     cv_backend *bk = backend(2);
-    cv_error err = {{0}};
+    cv_error err = {.msg = ""};
     runner r;
     assert_int_equal(runner_init(&r, bk, 4, N_SEQS, &err), 0);
     for (int s = 0; s < N_SEQS; s++) {
@@ -149,7 +149,7 @@ static void test_kv_copy_fork(void **state)
     assert_true(ref && got);
     run_alone(0, 2, ref);
     cv_backend *bk = backend(2);
-    cv_error err = {{0}};
+    cv_error err = {.msg = ""};
     runner r;
     assert_int_equal(runner_init(&r, bk, 4, 2, &err), 0);
     r.seqs[0].ids = ids[0];
@@ -210,7 +210,7 @@ static void good_batch_init(good_batch *g)
 
 static void expect_forward_error(cv_backend *bk, const good_batch *g, const char *msg)
 {
-    cv_error err = {{0}};
+    cv_error err = {.msg = ""};
     float *logits = malloc((size_t)vocab * sizeof(float));
     assert_non_null(logits);
     assert_int_equal(cv_backend_forward(bk, &g->b, logits, &err), -1);
@@ -222,7 +222,7 @@ static void test_bad_batches(void **state)
 {
     (void)state;
     cv_backend *bk = backend(2);
-    cv_error err = {{0}};
+    cv_error err = {.msg = ""};
     good_batch g;
     good_batch_init(&g);
     expect_forward_error(bk, &g,
@@ -278,7 +278,7 @@ static void test_bad_weights(void **state)
     memcpy(layers, w.layers, sizeof layers);
     w.layers = layers;
     layers[3].wk.shape[1] = 65;
-    cv_error err = {{0}};
+    cv_error err = {.msg = ""};
     assert_null(cpu_backend_create_from(cfg, &w, 1, &err));
     assert_string_equal(err.msg, "cpu backend: weight layer 3 wk has shape (32, 65) with 2 dims, "
                                  "expected (32, 64)");
@@ -313,7 +313,7 @@ static void test_kv_dtypes(void **state)
         assert_true(md > 0.0); /* the cache really is narrower */
     }
     cv_backend *bk = backend(1);
-    cv_error err = {{0}};
+    cv_error err = {.msg = ""};
     assert_int_equal(cv_backend_kv_block_bytes(bk, 16), (size_t)5 * 2 * 4 * 16 * 8 * 4);
     assert_int_equal(cv_backend_cpu_set_kv_dtype(bk, CV_DTYPE_F16, &err), 0);
     assert_int_equal(cv_backend_kv_block_bytes(bk, 16), (size_t)5 * 2 * 4 * 16 * 8 * 2);

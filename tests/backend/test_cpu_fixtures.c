@@ -40,7 +40,7 @@ static void fixture_load(fixture *f, const char *name)
     char dir[1024], path[1100];
     snprintf(dir, sizeof dir, "%s/tests/fixtures/models/%s", src ? src : ".", name);
     snprintf(path, sizeof path, "%s/reference.json", dir);
-    cv_error err = {{0}};
+    cv_error err = {.msg = ""};
     f->model = cv_model_load(dir, &err);
     if (!f->model) fail_msg("loading %s: %s", dir, err.msg);
     json_error_t jerr;
@@ -95,7 +95,7 @@ static int argmax(const float *row, int n)
  * keeps the suite fast on a loaded machine. */
 static cv_backend *make_backend(const fixture *f, cpu_simd_level level)
 {
-    cv_error err = {{0}};
+    cv_error err = {.msg = ""};
     int n_threads = level == cpu_kernels_best()->level ? 2 : 1;
     cv_backend *bk = cv_backend_cpu_create(f->model, n_threads, &err);
     if (!bk) fail_msg("create: %s", err.msg);
@@ -119,7 +119,7 @@ static void check_logits(const fixture *f, cpu_simd_level level, const char *nam
         got[p] = malloc((size_t)n[p] * vocab * sizeof(float));
         assert_non_null(got[p]);
     }
-    cv_error err = {{0}};
+    cv_error err = {.msg = ""};
 
     /* (a) one prefill per prompt. */
     for (int p = 0; p < 2; p++) {
@@ -187,7 +187,7 @@ static void check_greedy(cv_backend *bk, const json_t *input_ids, const json_t *
     assert_true(n_in + n_out <= MAX_IDS);
     float *logits = malloc((size_t)n_in * vocab * sizeof(float));
     assert_non_null(logits);
-    cv_error err = {{0}};
+    cv_error err = {.msg = ""};
     runner r;
     assert_int_equal(runner_init(&r, bk, BLOCK_SIZE, 1, &err), 0);
     r.seqs[0].ids = ids;
@@ -235,7 +235,7 @@ static void test_stories260K_greedy(void **state)
     char dir[1024], path[1024];
     snprintf(dir, sizeof dir, "%s/models/stories260K", shared ? shared : "../shared");
     snprintf(path, sizeof path, "%s/tests/fixtures/stories260K_greedy.json", src ? src : ".");
-    cv_error err = {{0}};
+    cv_error err = {.msg = ""};
     cv_model *model = cv_model_load(dir, &err);
     if (!model) fail_msg("%s", err.msg);
     json_error_t jerr;

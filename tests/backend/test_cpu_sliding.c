@@ -47,7 +47,7 @@ static cv_model *one_layer_mistral(const char *window, char *dir, size_t dir_len
             "\"vocab_size\": %d, \"bos_token_id\": 1, \"eos_token_id\": 2}",
             window, VOCAB);
     fclose(f);
-    cv_error err = {{0}};
+    cv_error err = {.msg = ""};
     cv_model *m = cv_model_load(dir, &err);
     if (!m) fail_msg("%s", err.msg);
     return m;
@@ -68,7 +68,7 @@ static void remove_dir(const char *dir)
 static void last_logits(cv_model *m, int first, int n, int chunk, int block_size,
                         float *out /* (VOCAB) */)
 {
-    cv_error err = {{0}};
+    cv_error err = {.msg = ""};
     cv_backend *bk = cv_backend_cpu_create(m, 1, &err);
     if (!bk) fail_msg("%s", err.msg);
     runner r;

@@ -72,7 +72,7 @@ char *test_http_get(int port, const char *path)
     char url[256];
     snprintf(url, sizeof url, "http://127.0.0.1:%d%s", port, path);
     cvc_http_result res;
-    cv_error err = {0};
+    cv_error err = {.msg = ""};
     if (cvc_http_get(url, 10000, &res, &err)) fail_msg("%s", err.msg);
     if (res.status != 200) fail_msg("GET %s: status %ld", url, res.status);
     char *body = res.body ? res.body : strdup("");

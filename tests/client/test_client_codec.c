@@ -17,7 +17,7 @@ static void test_bytes_append_little_endian(void **state)
 {
     uint8_t *buf = NULL;
     size_t len = 0;
-    cv_error err = {0};
+    cv_error err = {.msg = ""};
     assert_int_equal(cvc_bytes_append(&buf, &len, "Hello", 5, &err), 0);
     assert_int_equal(cvc_bytes_append(&buf, &len, "", 0, &err), 0);
     static const uint8_t want[] = {5, 0, 0, 0, 'H', 'e', 'l', 'l', 'o', 0, 0, 0, 0};
@@ -44,7 +44,7 @@ static void test_bytes_decode(void **state)
     static const uint8_t raw[] = {3, 0, 0, 0, 'a', 'b', 'c', 0, 0, 0, 0, 2, 0, 0, 0, 0xc3, 0xa9};
     const uint8_t **elems;
     size_t *lens, n;
-    cv_error err = {0};
+    cv_error err = {.msg = ""};
     assert_int_equal(cvc_bytes_decode(raw, sizeof raw, &elems, &lens, &n, &err), 0);
     assert_int_equal(n, 3);
     assert_int_equal(lens[0], 3);
@@ -65,7 +65,7 @@ static void test_bytes_decode_errors(void **state)
 {
     const uint8_t **elems;
     size_t *lens, n;
-    cv_error err = {0};
+    cv_error err = {.msg = ""};
     static const uint8_t truncated_prefix[] = {1, 0, 0, 0, 'a', 9, 0};
     assert_int_equal(
         cvc_bytes_decode(truncated_prefix, sizeof truncated_prefix, &elems, &lens, &n, &err), -1);
@@ -83,7 +83,7 @@ static void test_bool(void **state)
     assert_int_equal(cvc_bool_encode(false), 0);
     static const uint8_t raw[] = {0, 1, 7};
     bool v = true;
-    cv_error err = {0};
+    cv_error err = {.msg = ""};
     assert_int_equal(cvc_bool_decode(raw, 3, 0, &v, &err), 0);
     assert_false(v);
     assert_int_equal(cvc_bool_decode(raw, 3, 1, &v, &err), 0);
@@ -114,7 +114,7 @@ static int on_event(void *user, const char *data, size_t len)
 
 static void feed_all(cvc_sse_parser *p, const char *s, size_t chunk)
 {
-    cv_error err = {0};
+    cv_error err = {.msg = ""};
     size_t len = strlen(s);
     for (size_t off = 0; off < len; off += chunk) {
         size_t n = len - off < chunk ? len - off : chunk;
@@ -160,7 +160,7 @@ static void test_sse_handler_stops(void **state)
     events e = {.stop_after = 1};
     cvc_sse_parser p;
     cvc_sse_init(&p, on_event, &e);
-    cv_error err = {0};
+    cv_error err = {.msg = ""};
     const char *s = "data: a\n\ndata: b\n\n";
     assert_int_equal(cvc_sse_feed(&p, s, strlen(s), &err), -1);
     assert_string_equal(err.msg, "server-sent event handler stopped the stream");
@@ -192,7 +192,7 @@ static void test_request_encode(void **state)
     r.n_outputs = 1;
     uint8_t *buf;
     size_t len;
-    cv_error err = {0};
+    cv_error err = {.msg = ""};
     assert_int_equal(cvc_request_encode(&r, &buf, &len, &err), 0);
     Inference__ModelInferRequest *m = inference__model_infer_request__unpack(NULL, len, buf);
     assert_non_null(m);
@@ -245,7 +245,7 @@ static void test_request_encode_errors(void **state)
     cvc_request_init(&r);
     uint8_t *buf;
     size_t len;
-    cv_error err = {0};
+    cv_error err = {.msg = ""};
     r.id = "3";
     r.text_input = "x";
     assert_int_equal(cvc_request_encode(&r, &buf, &len, &err), -1);
@@ -330,7 +330,7 @@ static void test_response_decode(void **state)
         size_t len;
         uint8_t *buf = pack_response(raw, &len);
         cvc_response r;
-        cv_error err = {0};
+        cv_error err = {.msg = ""};
         assert_int_equal(cvc_response_decode(buf, len, &r, &err), 0);
         assert_string_equal(r.id, "7");
         assert_null(r.error_message);
@@ -356,7 +356,7 @@ static void test_response_decode_error(void **state)
     uint8_t buf[256];
     size_t len = inference__model_stream_infer_response__pack(&s, buf);
     cvc_response r;
-    cv_error err = {0};
+    cv_error err = {.msg = ""};
     assert_int_equal(cvc_response_decode(buf, len, &r, &err), 0);
     assert_string_equal(r.id, "9");
     assert_string_equal(r.error_message, "LoRA feature is not enabled.");

@@ -188,7 +188,7 @@ static void send_request(cvc_stream *st, const char *id, const char *prompt, con
     r.return_num_input_tokens = true;
     r.return_num_output_tokens = true;
     r.return_finish_reason = true;
-    cv_error err = {0};
+    cv_error err = {.msg = ""};
     if (cvc_stream_send(st, &r, &err)) fail_msg("%s", err.msg);
 }
 
@@ -200,7 +200,7 @@ static void test_stream_two_requests(void **state)
     test_server *s = *state;
     char target[64];
     snprintf(target, sizeof target, "127.0.0.1:%d", s->grpc_port);
-    cv_error err = {0};
+    cv_error err = {.msg = ""};
     cvc_stream *st = cvc_stream_open(target, 60.0, &err);
     assert_non_null(st);
     const char *sp = "{\"max_tokens\": 12, \"temperature\": 0, \"ignore_eos\": true}";
@@ -246,7 +246,7 @@ static void test_stream_cancel(void **state)
     test_server *s = *state;
     char target[64];
     snprintf(target, sizeof target, "127.0.0.1:%d", s->grpc_port);
-    cv_error err = {0};
+    cv_error err = {.msg = ""};
     cvc_stream *st = cvc_stream_open(target, 60.0, &err);
     assert_non_null(st);
     send_request(st, "long", "Once upon a time",
@@ -303,7 +303,7 @@ static void test_http_stream_matches_generate(void **state)
         "{\"text_input\": \"Once upon a time\", \"parameters\": {\"max_tokens\": 20, "
         "\"temperature\": 0, \"exclude_input_in_output\": true}}";
     cvc_http_result res;
-    cv_error err = {0};
+    cv_error err = {.msg = ""};
     snprintf(url, sizeof url, "http://127.0.0.1:%d/v2/models/vllm_model/generate", s->http_port);
     assert_int_equal(cvc_http_post_sse(url, body, 30000, NULL, NULL, &res, &err), 0);
     assert_int_equal(res.status, 200);

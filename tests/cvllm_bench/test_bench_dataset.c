@@ -18,7 +18,7 @@ static cv_tokenizer *load(const char *name)
     const char *shared = getenv("CVLLM_SHARED");
     char dir[512];
     snprintf(dir, sizeof dir, "%s/%s", shared ? shared : "../shared", name);
-    cv_error err = {0};
+    cv_error err = {.msg = ""};
     cv_tokenizer *tok = tok_load(dir, &err);
     if (!tok) fail_msg("%s", err.msg);
     return tok;
@@ -28,7 +28,7 @@ static int encoded_len(const cv_tokenizer *tok, const char *text)
 {
     int32_t *ids;
     size_t n;
-    cv_error err = {0};
+    cv_error err = {.msg = ""};
     if (tok_encode(tok, text, strlen(text), true, &ids, &n, &err)) fail_msg("%s", err.msg);
     free(ids);
     return (int)n;
@@ -38,7 +38,7 @@ static void check_random(const char *tokenizer, int input_len, double ratio)
 {
     cv_tokenizer *tok = load(tokenizer);
     bench_dataset a = {0}, b = {0};
-    cv_error err = {0};
+    cv_error err = {.msg = ""};
     assert_int_equal(bench_dataset_random(tok, 20, input_len, 32, ratio, 5, &a, &err), 0);
     assert_int_equal(a.n, 20);
     int lo = (int)(input_len * (1 - ratio)), hi = (int)(input_len * (1 + ratio));
@@ -72,7 +72,7 @@ static void test_random_errors(void **state)
 {
     cv_tokenizer *tok = load("tokenizers/llama2");
     bench_dataset d = {0};
-    cv_error err = {0};
+    cv_error err = {.msg = ""};
     assert_int_equal(bench_dataset_random(tok, 2, 0, 8, 0, 1, &d, &err), -1);
     assert_string_equal(err.msg, "--random-input-len must be at least 1, got 0");
     /* Llama-2 adds BOS, so a 1-token prompt has no room for text. */
@@ -108,7 +108,7 @@ static void test_sharegpt(void **state)
         " {\"conversations\": [{\"from\": \"human\", \"value\": \"What is the capital of "
         "France?\"}, {\"from\": \"gpt\", \"value\": \"The capital of France is Paris.\"}]}]");
     bench_dataset d = {0};
-    cv_error err = {0};
+    cv_error err = {.msg = ""};
     /* "Hi" (1 token) and the one-turn conversation are skipped. */
     assert_int_equal(bench_dataset_sharegpt(path, tok, 2, 0, 3, &d, &err), 0);
     assert_int_equal(d.n, 2);
@@ -154,7 +154,7 @@ static void test_prompts_file(void **state)
     close(fd);
     write_text(path, "Hello, my name is\n\nThe capital of France is\r\n");
     bench_dataset d = {0};
-    cv_error err = {0};
+    cv_error err = {.msg = ""};
     assert_int_equal(bench_dataset_prompts(path, tok, 5, 12, &d, &err), 0);
     assert_int_equal(d.n, 5);
     const char *want[] = {"Hello, my name is", "The capital of France is"};

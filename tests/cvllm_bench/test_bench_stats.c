@@ -42,7 +42,7 @@ static void test_poisson_arrivals_exact(void **state)
     /* rate 4/s, seed 42: t[i+1] = t[i] - log1p(-u_i)/4, u_i the 53-bit
      * uniforms of splitmix64(42); values computed independently in Python. */
     double t[5];
-    cv_error err = {0};
+    cv_error err = {.msg = ""};
     assert_int_equal(bench_arrivals(4.0, 1.0, 42, 5, t, &err), 0);
     const double want[5] = {0.0, 0.3382776495610036, 0.38183932898291434, 0.463480098299481,
                             0.5689514129782677};
@@ -53,7 +53,7 @@ static void test_poisson_arrivals_exact(void **state)
 static void test_arrivals_inf_and_errors(void **state)
 {
     double t[3] = {1, 1, 1};
-    cv_error err = {0};
+    cv_error err = {.msg = ""};
     assert_int_equal(bench_arrivals(INFINITY, 1.0, 1, 3, t, &err), 0);
     for (int i = 0; i < 3; i++)
         assert_true(t[i] == 0.0);
@@ -68,7 +68,7 @@ static void check_gamma(double rate, double burstiness)
     enum { N = 200000 };
     double *t = malloc((N + 1) * sizeof *t);
     assert_non_null(t);
-    cv_error err = {0};
+    cv_error err = {.msg = ""};
     assert_int_equal(bench_arrivals(rate, burstiness, 123, N + 1, t, &err), 0);
     double sum = 0, ss = 0;
     for (int i = 0; i < N; i++)
@@ -151,7 +151,7 @@ static void test_metrics(void **state)
     assert_true(fabs(bench_record_tpot_ms(&r[0]) - 25.0) < 1e-9);
     assert_true(bench_record_tpot_ms(&r[1]) < 0);
     bench_metrics m;
-    cv_error err = {0};
+    cv_error err = {.msg = ""};
     assert_int_equal(bench_compute_metrics(r, 3, 1.0, NULL, &m, &err), 0);
     assert_int_equal(m.completed, 2);
     assert_int_equal(m.failed, 1);
@@ -179,7 +179,7 @@ static void test_goodput(void **state)
     uint64_t a[3], b[1];
     make_records(r, a, b);
     bench_metrics m;
-    cv_error err = {0};
+    cv_error err = {.msg = ""};
     bench_slo slo = {.ttft_ms = 8, .tpot_ms = -1, .e2el_ms = -1};
     assert_int_equal(bench_compute_metrics(r, 3, 2.0, &slo, &m, &err), 0);
     assert_int_equal(m.good_requests, 1); /* only B's TTFT is under 8 ms */
@@ -195,7 +195,7 @@ static void test_goodput(void **state)
 static void test_parse_goodput(void **state)
 {
     bench_slo slo = {-1, -1, -1};
-    cv_error err = {0};
+    cv_error err = {.msg = ""};
     assert_int_equal(bench_parse_goodput("ttft:500 tpot:50,e2el:2000.5", &slo, &err), 0);
     assert_true(slo.ttft_ms == 500 && slo.tpot_ms == 50 && slo.e2el_ms == 2000.5);
     assert_int_equal(bench_parse_goodput("itl:5", &slo, &err), -1);
@@ -216,7 +216,7 @@ static void test_parse_goodput(void **state)
 static void expect_arg_error(int argc, char **argv, const char *msg)
 {
     bench_args a;
-    cv_error err = {0};
+    cv_error err = {.msg = ""};
     assert_int_equal(bench_parse_args(argc, argv, &a, &err), -1);
     assert_string_equal(err.msg, msg);
 }
@@ -254,7 +254,7 @@ static void test_args_errors(void **state)
 static void test_args_ok(void **state)
 {
     bench_args a;
-    cv_error err = {0};
+    cv_error err = {.msg = ""};
     char **argv = ARGV("--backend", "triton-http", "--tokenizer", "tok", "--num-prompts", "50",
                        "--request-rate", "inf", "--max-concurrency", "4", "--goodput", "ttft:500",
                        "tpot:50", "--ignore-eos", "--seed", "9", "--result-file", "r.json");

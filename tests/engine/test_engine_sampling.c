@@ -475,6 +475,48 @@ static void test_abort(void **state)
     cv_output_queue_destroy(q);
 }
 
+/* Back pressure: beyond max_queued_requests in flight a request is refused
+ * as temporarily unavailable, and accepted again once one finishes. */
+static void test_queue_bound(void **state)
+{
+    (void)state;
+    cv_engine_args a;
+    test_args(&a, stories);
+    a.max_queued_requests = 2;
+    cv_engine *e = test_engine(&a);
+    cv_output_queue *q = cv_output_queue_create();
+    cv_sampling_params p;
+    cv_sampling_params_default(&p);
+    p.max_tokens = 400;
+    p.ignore_eos = true;
+    int32_t prompt[1] = {1};
+    cv_request_desc d = {.prompt_ids = prompt, .n_prompt_ids = 1, .params = &p, .sink = q};
+    cv_error err;
+    uint64_t first = cv_engine_add_request(e, &d, &err);
+    assert_true(first > 0 && cv_engine_add_request(e, &d, &err) > 0);
+    assert_int_equal(cv_engine_add_request(e, &d, &err), 0);
+    assert_string_equal(err.msg,
+                        "the engine's request queue is full (2 requests in flight); retry later");
+    assert_int_equal(err.cls, CV_ERR_UNAVAILABLE);
+    /* A caller error keeps its class while the queue is full. */
+    p.temperature = -1.0f;
+    assert_int_equal(cv_engine_add_request(e, &d, &err), 0);
+    assert_int_equal(err.cls, CV_ERR_INVALID);
+    p.temperature = 1.0f;
+    cv_engine_abort(e, first);
+    cv_request_output *o;
+    do {
+        o = cv_output_queue_wait(q, 60000);
+        assert_non_null(o);
+        bool done = o->finished && o->request_id == first;
+        cv_request_output_free(o);
+        if (done) break;
+    } while (1);
+    assert_true(cv_engine_add_request(e, &d, &err) > 0);
+    cv_engine_shutdown(e, false);
+    cv_output_queue_destroy(q);
+}
+
 static void test_shutdown(void **state)
 {
     (void)state;
@@ -517,6 +559,7 @@ int main(void)
         cmocka_unit_test(test_rejected),
         cmocka_unit_test(test_engine_args_rejected),
         cmocka_unit_test(test_abort),
+        cmocka_unit_test(test_queue_bound),
         cmocka_unit_test(test_shutdown),
     };
     return cmocka_run_group_tests(tests, setup, teardown);

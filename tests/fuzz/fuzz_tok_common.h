@@ -21,7 +21,7 @@ static void fuzz_load_all(void)
     for (int i = 0; i < FUZZ_N_TOK; i++) {
         char dir[4096];
         snprintf(dir, sizeof dir, "%s/%s", shared, rel[i]);
-        cv_error err = {{0}};
+        cv_error err = {.msg = ""};
         fuzz_tok[i] = tok_load(dir, &err);
         if (!fuzz_tok[i]) {
             fprintf(stderr, "fuzz: %s\n", err.msg);

@@ -20,7 +20,7 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
 static bool valid_utf8(const cv_tokenizer *tok, const char *s, size_t n)
 {
     /* encoding succeeds exactly on valid UTF-8 */
-    cv_error err = {{0}};
+    cv_error err = {.msg = ""};
     int32_t *ids = NULL;
     size_t k = 0;
     bool ok = tok_encode(tok, s, n, false, &ids, &k, &err) == 0;
@@ -44,7 +44,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         ids[i] = v % (vocab + 8) - 4; /* a few ids on each side of the range */
         in_range = in_range && ids[i] >= 0 && ids[i] < vocab;
     }
-    cv_error err = {{0}};
+    cv_error err = {.msg = ""};
     char *text = NULL;
     size_t len = 0;
     int rc = tok_decode(tok, ids, n, skip, &text, &len, &err);

@@ -23,7 +23,7 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
     (void)argc;
     (void)argv;
     fuzz_load_all();
-    cv_error err = {{0}};
+    cv_error err = {.msg = ""};
     char dir[4096];
     const char *shared = getenv("CVLLM_SHARED");
     snprintf(dir, sizeof dir, "%s/tokenizers/llama2",
@@ -42,7 +42,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     const char *text = (const char *)data + 1;
     size_t len = size - 1;
     cv_tokenizer *tok = fuzz_tok[which];
-    cv_error err = {{0}};
+    cv_error err = {.msg = ""};
     int32_t *ids = NULL;
     size_t n = 0;
     if (tok_encode(tok, text, len, add_special, &ids, &n, &err)) {

@@ -65,7 +65,7 @@ static void runner_init(gpu_runner *r, cv_cuda_backend *bk, int n_seqs)
         for (int j = 0; j < MAX_BLOCKS; j++)
             r->seqs[i].table[j] = n_blocks - 1 - (i * MAX_BLOCKS + j);
     }
-    cv_error err = {{0}};
+    cv_error err = {.msg = ""};
     if (cv_cuda_backend_kv_alloc(bk, n_blocks, BLOCK_SIZE, &err)) fail_msg("%s", err.msg);
 }
 
@@ -108,7 +108,7 @@ static int runner_step(gpu_runner *r, const int *chunk, float *logits)
         .n_logits = n,
         .logits_indices = idx,
     };
-    cv_error err = {{0}};
+    cv_error err = {.msg = ""};
     if (cv_cuda_backend_forward(r->bk, &b, logits, &err)) fail_msg("%s", err.msg);
     return n;
 }
@@ -128,7 +128,7 @@ static void fixture_load(fixture *f, const char *name)
     char dir[1024], path[1100];
     snprintf(dir, sizeof dir, "%s/tests/fixtures/models/%s", src ? src : ".", name);
     snprintf(path, sizeof path, "%s/reference.json", dir);
-    cv_error err = {{0}};
+    cv_error err = {.msg = ""};
     f->model = cv_model_load(dir, &err);
     if (!f->model) fail_msg("loading %s: %s", dir, err.msg);
     json_error_t jerr;
@@ -140,7 +140,7 @@ static void fixture_load(fixture *f, const char *name)
 
 static cv_cuda_backend *make_backend(const cv_model *model)
 {
-    cv_error err = {{0}};
+    cv_error err = {.msg = ""};
     cv_cuda_backend *bk = cv_cuda_backend_create(model, 0, &err);
     if (!bk) fail_msg("create: %s", err.msg);
     return bk;
@@ -193,7 +193,7 @@ static void check_prefill(const fixture *f, const char *name, cv_dtype kv_dtype,
         float *got = malloc((size_t)n * vocab * sizeof(float));
         assert_non_null(got);
         cv_cuda_backend *bk = make_backend(f->model);
-        cv_error err = {{0}};
+        cv_error err = {.msg = ""};
         assert_int_equal(cv_cuda_backend_set_kv_dtype(bk, kv_dtype, &err), 0);
         assert_int_equal(cv_cuda_backend_set_act_mode(bk, mode, &err), 0);
         cv_cuda_backend_set_graphs(bk, 0);
@@ -333,7 +333,7 @@ static void test_stories260K_greedy(void **state)
     char dir[1024], path[1024];
     snprintf(dir, sizeof dir, "%s/models/stories260K", shared ? shared : "../shared");
     snprintf(path, sizeof path, "%s/tests/fixtures/stories260K_greedy.json", src ? src : ".");
-    cv_error err = {{0}};
+    cv_error err = {.msg = ""};
     cv_model *model = cv_model_load(dir, &err);
     if (!model) fail_msg("%s", err.msg);
     json_error_t jerr;
@@ -358,7 +358,7 @@ static void test_bad_input(void **state)
     (void)state;
     fixture f;
     fixture_load(&f, "llama_f32");
-    cv_error err = {{0}};
+    cv_error err = {.msg = ""};
     const int n_dev = cv_cuda_device_count();
     assert_null(cv_cuda_backend_create(f.model, n_dev, &err));
     char want[128];

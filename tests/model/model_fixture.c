@@ -131,7 +131,7 @@ static void fx_write_shards(const char *dir, const cv_safetensors_entry *all, si
             json_object_set_new(map, all[i].name, json_string(name));
         }
         fx_shard_ctx ctx = {all, index};
-        cv_error err = {{0}};
+        cv_error err = {.msg = ""};
         if (cv_safetensors_write(path, part, m, fx_fill_shard, &ctx, &err)) fail_msg("%s", err.msg);
     }
     free(part);
@@ -145,7 +145,7 @@ static void fx_write_shards(const char *dir, const cv_safetensors_entry *all, si
 
 void fx_write_model(const char *dir, const cv_model_config *cfg, cv_dtype dtype, int n_shards)
 {
-    cv_error err = {{0}};
+    cv_error err = {.msg = ""};
     cv_model_config c = *cfg;
     c.dtype = dtype;
     if (cv_model_write_config(dir, &c, &err)) fail_msg("%s", err.msg);
@@ -239,7 +239,7 @@ void fx_assert_load_error(const char *dir, const char *expected_fmt, ...)
     va_start(ap, expected_fmt);
     vsnprintf(expected, sizeof expected, expected_fmt, ap);
     va_end(ap);
-    cv_error err = {{0}};
+    cv_error err = {.msg = ""};
     cv_model *m = cv_model_load(dir, &err);
     if (m) {
         cv_model_free(m);

@@ -100,7 +100,7 @@ static cv_model *load_sub(const char *dir, const char *sub)
 {
     char path[4096];
     snprintf(path, sizeof path, "%s/%s", dir, sub);
-    cv_error err = {{0}};
+    cv_error err = {.msg = ""};
     cv_model *m = cv_model_load(path, &err);
     if (!m) fail_msg("%s", err.msg);
     return m;

@@ -18,7 +18,7 @@ static cv_model *load_fixture(const char *name)
     const char *src = getenv("CVLLM_SOURCE_DIR");
     char dir[4096];
     snprintf(dir, sizeof dir, "%s/tests/fixtures/models/%s", src ? src : ".", name);
-    cv_error err = {{0}};
+    cv_error err = {.msg = ""};
     cv_model *m = cv_model_load(dir, &err);
     if (!m) fail_msg("%s", err.msg);
     const cv_model_config *c = cv_model_get_config(m);

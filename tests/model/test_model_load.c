@@ -32,7 +32,7 @@ static int teardown_dir(void **state)
 
 static cv_model *load_ok(const char *dir)
 {
-    cv_error err = {{0}};
+    cv_error err = {.msg = ""};
     cv_model *m = cv_model_load(dir, &err);
     if (!m) fail_msg("%s", err.msg);
     return m;

@@ -34,7 +34,7 @@ static void test_stories260k(void **state)
     const char *shared = getenv("CVLLM_SHARED");
     char dir[4096];
     snprintf(dir, sizeof dir, "%s/models/stories260K", shared ? shared : "../shared");
-    cv_error err = {{0}};
+    cv_error err = {.msg = ""};
     cv_model *m = cv_model_load(dir, &err);
     if (!m) fail_msg("%s", err.msg);
 

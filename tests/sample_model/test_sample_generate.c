@@ -24,7 +24,7 @@ static int setup(void **state)
 {
     fixture_state *s = calloc(1, sizeof *s);
     if (!s) return -1;
-    cv_error err = {{0}};
+    cv_error err = {.msg = ""};
     cv_engine_args args;
     cv_engine_args_default(&args);
     sample_model_dir(args.model, sizeof args.model);
@@ -65,7 +65,7 @@ static void submit_case(cv_engine *engine, const sample_case *c, bool stream, cv
         .stream = stream,
         .sink = q,
     };
-    cv_error err = {{0}};
+    cv_error err = {.msg = ""};
     if (cv_engine_add_request(engine, &req, &err) == 0) fail_msg("%s", err.msg);
 }
 

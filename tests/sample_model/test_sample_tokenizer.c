@@ -22,7 +22,7 @@ static int setup(void **state)
 {
     fixture_state *s = calloc(1, sizeof *s);
     if (!s) return -1;
-    cv_error err = {{0}};
+    cv_error err = {.msg = ""};
     char dir[4096];
     sample_model_dir(dir, sizeof dir);
     if (sample_fixture_load(&s->fx, &err) || !(s->tok = tok_load(dir, &err))) {
@@ -70,7 +70,7 @@ static void test_encode_prompts(void **state)
     assert_int_equal(s->fx.n_cases, 3);
     for (size_t i = 0; i < s->fx.n_cases; i++) {
         const sample_case *c = &s->fx.cases[i];
-        cv_error err = {{0}};
+        cv_error err = {.msg = ""};
         int32_t *ids = NULL;
         size_t n = 0;
         if (tok_encode(s->tok, c->prompt, strlen(c->prompt), true, &ids, &n, &err))
@@ -89,7 +89,7 @@ static void test_decode_outputs(void **state)
     const fixture_state *s = *state;
     for (size_t i = 0; i < s->fx.n_cases; i++) {
         const sample_case *c = &s->fx.cases[i];
-        cv_error err = {{0}};
+        cv_error err = {.msg = ""};
         char *text = NULL;
         size_t len = 0;
         if (tok_decode(s->tok, c->output_ids, c->n_output, true, &text, &len, &err))
@@ -122,7 +122,7 @@ static void test_stream_outputs(void **state)
         tok_stream_init(&st, s->tok, all, c->n_input, true);
         size_t joined_len = 0;
         for (size_t n = c->n_input + 1; n <= n_all; n++) {
-            cv_error err = {{0}};
+            cv_error err = {.msg = ""};
             char *delta = NULL;
             size_t delta_len = 0;
             if (tok_stream_next(&st, s->tok, all, n, &delta, &delta_len, &err))

@@ -28,7 +28,7 @@ static void test_seed_config_autocompletes(void **state)
 {
     (void)state;
     cv_model_config cfg;
-    cv_error err = {""};
+    cv_error err = {.msg = ""};
     assert_int_equal(
         cv_model_config_parse(&cfg, seed_config, strlen(seed_config), "config.pbtxt", &err), 0);
     snprintf(cfg.name, sizeof cfg.name, "vllm_model");
@@ -71,7 +71,7 @@ static void test_parameters_and_lists(void **state)
         "model_transaction_policy { decoupled: True }\n"
         "version_policy: { specific: { versions: [1, 3] } }\n";
     cv_model_config cfg;
-    cv_error err = {""};
+    cv_error err = {.msg = ""};
     assert_int_equal(cv_model_config_parse(&cfg, t, strlen(t), "c.pbtxt", &err), 0);
     assert_string_equal(cfg.name, "m");
     assert_true(cv_model_config_param_true(&cfg, "REPORT_CUSTOM_METRICS"));
@@ -86,7 +86,7 @@ static void test_parameters_and_lists(void **state)
 static void expect_config_error(const char *text, const char *msg)
 {
     cv_model_config cfg;
-    cv_error err = {""};
+    cv_error err = {.msg = ""};
     int rc = cv_model_config_parse(&cfg, text, strlen(text), "m/config.pbtxt", &err);
     if (rc == 0) rc = cv_model_config_autocomplete_vllm(&cfg, &err);
     assert_int_equal(rc, -1);
@@ -126,7 +126,7 @@ static void test_model_json(void **state)
     cv_engine_args args;
     memset(&args, 0, sizeof args);
     cv_model_json_extra extra;
-    cv_error err = {""};
+    cv_error err = {.msg = ""};
     assert_int_equal(
         cv_model_json_parse(text, strlen(text), "r/m/1/model.json", "r/m/1", &args, &extra, &err),
         0);
@@ -163,7 +163,7 @@ static void test_model_json(void **state)
          "form org/name"},
     };
     for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
-        cv_error e = {""};
+        cv_error e = {.msg = ""};
         assert_int_equal(cv_model_json_parse(bad[i].json, strlen(bad[i].json), "p/model.json", "p",
                                              &args, &extra, &e),
                          -1);
@@ -176,7 +176,7 @@ static void test_model_json_missing(void **state)
     (void)state;
     cv_engine_args args;
     cv_model_json_extra extra;
-    cv_error err = {""};
+    cv_error err = {.msg = ""};
     assert_int_equal(cv_model_json_load("/nonexistent/vllm_model", "1", &args, &extra, &err), -1);
     assert_string_equal(err.msg, "'model.json' containing vllm engine args must be provided in "
                                  "'/nonexistent/vllm_model/1'");
@@ -207,7 +207,7 @@ static void test_hf_cache_resolution(void **state)
     setenv("HF_HOME", root, 1);
     unsetenv("HF_HUB_CACHE");
     char out[1024], want[1024];
-    cv_error err = {""};
+    cv_error err = {.msg = ""};
     assert_int_equal(cv_hf_resolve("facebook/opt-125m", NULL, out, sizeof out, &err), 0);
     snprintf(want, sizeof want, "%s/hub/models--facebook--opt-125m/snapshots/27dcfa74", root);
     assert_string_equal(out, want);

@@ -44,7 +44,7 @@ static const char *tok_dir_with(const char *name, const char *json)
 
 static void expect_load_error(const char *dir, const char *want)
 {
-    cv_error err = {{0}};
+    cv_error err = {.msg = ""};
     cv_tokenizer *tok = tok_load(dir, &err);
     if (tok) {
         tok_free(tok);
@@ -108,7 +108,7 @@ static void test_invalid_utf8(void **s)
         "tokenizer: invalid UTF-8 in input at byte offset 2 (byte 0xC0)",
     };
     for (size_t i = 0; i < 5; i++) {
-        cv_error err = {{0}};
+        cv_error err = {.msg = ""};
         int32_t *ids = (int32_t *)1;
         size_t n = 7;
         assert_int_equal(tok_encode(tok, bad[i], strlen(bad[i]), true, &ids, &n, &err), -1);
@@ -177,7 +177,7 @@ static void test_decode_out_of_range(void **s)
     (void)s;
     cv_tokenizer *tok = tt_load(tt_path("%s/tokenizers/gpt2", tt_shared()));
     const int32_t ids[] = {15496, 50257, 1};
-    cv_error err = {{0}};
+    cv_error err = {.msg = ""};
     char *text = (char *)1;
     size_t len = 5;
     assert_int_equal(tok_decode(tok, ids, 3, false, &text, &len, &err), -1);

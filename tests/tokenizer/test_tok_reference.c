@@ -45,7 +45,7 @@ static void check_stream(const cv_tokenizer *tok, const json_t *c, const char *w
     tok_stream_init(&st, tok, p, np, skip);
     for (size_t i = 0; i < ng; i++) {
         all[np + i] = g[i];
-        cv_error err = {{0}};
+        cv_error err = {.msg = ""};
         char *d = NULL;
         size_t dl = 0;
         if (tok_stream_next(&st, tok, all, np + i + 1, &d, &dl, &err))
@@ -146,7 +146,7 @@ static void test_stories_roundtrip(void **s)
     const char *story = "Once upon a time, there was a little girl named Lily. She loved to play "
                         "outside in the park. One day, she saw a big, red ball. \"Can I play?\" "
                         "she asked.\nHer mom said yes!";
-    cv_error err = {{0}};
+    cv_error err = {.msg = ""};
     int32_t *ids;
     size_t n;
     assert_int_equal(tok_encode(tok, story, strlen(story), true, &ids, &n, &err), 0);
@@ -170,7 +170,7 @@ static void test_stream_concat(void **s)
     const char *prompt = "Tell me:", *gen = " 你好世界 👍🏽 naïve café — done.\n\tOK";
     for (size_t k = 0; k < 4; k++) {
         cv_tokenizer *tok = tt_load(tok_dir(names[k]));
-        cv_error err = {{0}};
+        cv_error err = {.msg = ""};
         int32_t *p, *all;
         size_t np, nall;
         char buf[256];
@@ -190,7 +190,7 @@ static void test_stream_concat(void **s)
             memcpy(out + used, d, dl);
             used += dl;
             out[used] = '\0';
-            cv_error e2 = {{0}};
+            cv_error e2 = {.msg = ""};
             int32_t *tmp;
             size_t nt;
             /* each delta is valid UTF-8: it encodes without error */
@@ -221,7 +221,7 @@ static void *encode_all(void *arg)
             const json_t *e = json_array_get(job->cases, i);
             const json_t *text = json_object_get(e, "text");
             const json_t *want = json_object_get(e, "ids");
-            cv_error err = {{0}};
+            cv_error err = {.msg = ""};
             int32_t *ids = NULL;
             size_t n = 0;
             if (tok_encode(job->tok, json_string_value(text), json_string_length(text), true, &ids,

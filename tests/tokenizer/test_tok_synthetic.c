@@ -120,7 +120,7 @@ static void test_nfc_fast_path(void **s)
             utf8proc_map((const utf8proc_uint8_t *)texts[i], (utf8proc_ssize_t)strlen(texts[i]),
                          &nfc, UTF8PROC_STABLE | UTF8PROC_COMPOSE);
         assert_true(m >= 0);
-        cv_error err = {{0}};
+        cv_error err = {.msg = ""};
         int32_t *want;
         size_t n;
         assert_int_equal(tok_encode(tok, (const char *)nfc, (size_t)m, false, &want, &n, &err), 0);

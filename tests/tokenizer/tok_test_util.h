@@ -47,7 +47,7 @@ static inline const char *tt_source(void)
 
 static inline cv_tokenizer *tt_load(const char *dir)
 {
-    cv_error err = {{0}};
+    cv_error err = {.msg = ""};
     cv_tokenizer *tok = tok_load(dir, &err);
     if (!tok) fail_msg("tok_load(%s): %s", dir, err.msg);
     return tok;
@@ -86,7 +86,7 @@ static inline void tt_check_encode(const cv_tokenizer *tok, const char *text, si
                                    bool add_special, const int32_t *want, size_t n_want,
                                    const char *what)
 {
-    cv_error err = {{0}};
+    cv_error err = {.msg = ""};
     int32_t *ids = NULL;
     size_t n = 0;
     if (tok_encode(tok, text, len, add_special, &ids, &n, &err))
@@ -105,7 +105,7 @@ static inline void tt_check_encode(const cv_tokenizer *tok, const char *text, si
 static inline void tt_check_decode(const cv_tokenizer *tok, const int32_t *ids, size_t n, bool skip,
                                    const char *want, const char *what)
 {
-    cv_error err = {{0}};
+    cv_error err = {.msg = ""};
     char *text = NULL;
     size_t len = 0;
     if (tok_decode(tok, ids, n, skip, &text, &len, &err))

@@ -287,7 +287,7 @@ static void *http_request(void *arg)
     bench_record *r = &p->recs[job->i];
     char *body = http_body(p, job->i);
     cvc_http_result res;
-    cv_error err = {0};
+    cv_error err = {.msg = ""};
     int rc = body ? cvc_http_post_sse(p->http_url, body, (long)(p->a->timeout_s * 1000.0),
                                       on_http_event, job, &res, &err)
                   : cv_errorf(&err, "out of memory building request %s", r->id);

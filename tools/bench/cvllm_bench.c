@@ -35,7 +35,7 @@ static int split_warmup(bench_dataset *all, size_t n_measured, bench_dataset *wa
 int main(int argc, char **argv)
 {
     bench_args a;
-    cv_error err = {0};
+    cv_error err = {.msg = ""};
     int rc = bench_parse_args(argc, argv, &a, &err);
     if (rc == 1) return 0;
     if (rc) {

@@ -318,7 +318,7 @@ int main(int argc, char **argv)
                 shape_name);
         return 2;
     }
-    cv_error err = {{0}};
+    cv_error err = {.msg = ""};
     uint64_t t0_ns = cv_now_ns();
     if (dm_write(shape, dtype, seed, tok_dir, out, &err)) {
         fprintf(stderr, "%s: %s\n", argv[0], err.msg);

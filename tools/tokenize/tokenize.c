@@ -68,7 +68,7 @@ int main(int argc, char **argv)
             return usage();
     }
     if (!dir) return usage();
-    cv_error err = {{0}};
+    cv_error err = {.msg = ""};
     cv_tokenizer *tok = tok_load(dir, &err);
     if (!tok) {
         fprintf(stderr, "cvllm-tokenize: %s\n", err.msg);
