@@ -667,11 +667,13 @@ void cv_grpc_destroy(cv_grpc *g)
     if (g->server) {
         if (g->cq_started) {
             cv_grpc_stop_accepting(g);
-            grpc_server_cancel_all_calls(g->server);
             /* Calls end once their engine requests delivered final outputs;
              * a model load in progress is waited for whatever it takes,
-             * since its thread still uses the server. */
-            for (int i = 0; i < 3000 || atomic_load(&g->n_loading) > 0; i++) {
+             * since its thread still uses the server. Calls get a grace
+             * period before being cancelled: a status already handed to
+             * the transport must reach the client, not a reset stream. */
+            for (int i = 0; i < 3500 || atomic_load(&g->n_loading) > 0; i++) {
+                if (i == 500) grpc_server_cancel_all_calls(g->server);
                 pthread_mutex_lock(&g->mu);
                 bool done = g->shutdown_done && g->n_calls == 0;
                 pthread_mutex_unlock(&g->mu);

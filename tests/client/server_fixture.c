@@ -111,31 +111,17 @@ int test_run(char *const argv[], const char *out_path)
     return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
 }
 
-void test_server_start(test_server *s)
+/* Starts cvllm-server on fresh free ports over s->dir/repo and waits until
+ * it is ready; false when it exited during start-up. */
+static bool spawn_and_wait(test_server *s)
 {
-    memset(s, 0, sizeof *s);
-    snprintf(s->dir, sizeof s->dir, "/tmp/cvllm-client-test-XXXXXX");
-    assert_non_null(mkdtemp(s->dir));
-    char path[512], text[1024];
-    snprintf(path, sizeof path, "%s/repo", s->dir);
-    assert_int_equal(mkdir(path, 0755), 0);
-    snprintf(path, sizeof path, "%s/repo/vllm_model", s->dir);
-    assert_int_equal(mkdir(path, 0755), 0);
-    snprintf(path, sizeof path, "%s/repo/vllm_model/1", s->dir);
-    assert_int_equal(mkdir(path, 0755), 0);
-    snprintf(path, sizeof path, "%s/repo/vllm_model/config.pbtxt", s->dir);
-    write_file(
-        path, "backend: \"vllm\"\n"
-              "instance_group [{ count: 1, kind: KIND_MODEL }]\n"
-              "parameters: { key: \"REPORT_CUSTOM_METRICS\" value: { string_value: \"true\" } }\n");
-    snprintf(path, sizeof path, "%s/repo/vllm_model/1/model.json", s->dir);
-    snprintf(text, sizeof text, "{\"model\": \"%s/models/stories260K\", \"seed\": 0}\n",
-             shared_dir());
-    write_file(path, text);
-
     s->http_port = free_port();
-    s->grpc_port = free_port();
-    s->metrics_port = free_port();
+    do
+        s->grpc_port = free_port();
+    while (s->grpc_port == s->http_port);
+    do
+        s->metrics_port = free_port();
+    while (s->metrics_port == s->http_port || s->metrics_port == s->grpc_port);
     char server[512], repo[300], hp[32], gp[32], mp[32], log_path[300];
     snprintf(server, sizeof server, "%s/cvllm-server", bin_dir());
     if (access(server, X_OK)) fail_msg("%s is not built", server);
@@ -163,20 +149,51 @@ void test_server_start(test_server *s)
             char *log = test_read_file(log_path);
             print_error("cvllm-server exited during start-up; its log:\n%s", log);
             free(log);
-            fail_msg("cvllm-server did not start");
+            s->pid = 0;
+            return false;
         }
         cvc_http_result res;
         cv_error err;
         if (cvc_http_get(url, 1000, &res, &err) == 0) {
             long st = res.status;
             cvc_http_result_free(&res);
-            if (st == 200) return;
+            if (st == 200) return true;
         }
         struct timespec ts = {0, 100 * 1000 * 1000};
         nanosleep(&ts, NULL);
     }
     kill(s->pid, SIGKILL);
     fail_msg("cvllm-server not ready after 120 s");
+    return false;
+}
+
+void test_server_start(test_server *s)
+{
+    memset(s, 0, sizeof *s);
+    snprintf(s->dir, sizeof s->dir, "/tmp/cvllm-client-test-XXXXXX");
+    assert_non_null(mkdtemp(s->dir));
+    char path[512], text[1024];
+    snprintf(path, sizeof path, "%s/repo", s->dir);
+    assert_int_equal(mkdir(path, 0755), 0);
+    snprintf(path, sizeof path, "%s/repo/vllm_model", s->dir);
+    assert_int_equal(mkdir(path, 0755), 0);
+    snprintf(path, sizeof path, "%s/repo/vllm_model/1", s->dir);
+    assert_int_equal(mkdir(path, 0755), 0);
+    snprintf(path, sizeof path, "%s/repo/vllm_model/config.pbtxt", s->dir);
+    write_file(
+        path, "backend: \"vllm\"\n"
+              "instance_group [{ count: 1, kind: KIND_MODEL }]\n"
+              "parameters: { key: \"REPORT_CUSTOM_METRICS\" value: { string_value: \"true\" } }\n");
+    snprintf(path, sizeof path, "%s/repo/vllm_model/1/model.json", s->dir);
+    snprintf(text, sizeof text, "{\"model\": \"%s/models/stories260K\", \"seed\": 0}\n",
+             shared_dir());
+    write_file(path, text);
+
+    /* A port found free can be taken by a concurrent test before the
+     * server binds it: a start-up exit is retried on fresh ports. */
+    for (int attempt = 0; attempt < 5; attempt++)
+        if (spawn_and_wait(s)) return;
+    fail_msg("cvllm-server did not start in 5 attempts");
 }
 
 void test_server_stop(test_server *s)

@@ -93,7 +93,8 @@ static int free_port(void)
     return ntohs(a.sin_port);
 }
 
-bool th_start(test_server *s, const char *repo, const char *const *extra)
+/* One start on fresh ports; false when the server exited during start-up. */
+static bool start_once(test_server *s, const char *repo, const char *const *extra)
 {
     memset(s, 0, sizeof *s);
     s->http_port = free_port();
@@ -143,6 +144,15 @@ bool th_start(test_server *s, const char *repo, const char *const *extra)
         struct timespec ts = {0, 50000000};
         nanosleep(&ts, NULL);
     }
+    return false;
+}
+
+bool th_start(test_server *s, const char *repo, const char *const *extra)
+{
+    /* A port found free can be taken by a concurrent test before the
+     * server binds it: a start-up exit is retried on fresh ports. */
+    for (int attempt = 0; attempt < 5; attempt++)
+        if (start_once(s, repo, extra)) return true;
     return false;
 }
 
