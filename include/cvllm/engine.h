@@ -25,8 +25,9 @@
 typedef struct cv_engine_args {
     char model[4096];           /* HF model directory */
     char tokenizer[4096];       /* "" = same as model */
-    char dtype[16];             /* "auto", "float32", "float16", "bfloat16" ("float", "half"):
-                                   checked; weights run in their stored dtype with fp32 math */
+    char dtype[16];             /* weight dtype: "auto" (the checkpoint's), "float32",
+                                   "float16", "bfloat16" ("float", "half"); matrices are
+                                   converted once at load, arithmetic stays fp32 */
     int max_model_len;          /* 0 = the model's max_position_embeddings */
     int block_size;             /* tokens per KV block (16) */
     int max_num_seqs;           /* running sequences per step (256) */

@@ -48,6 +48,13 @@ typedef struct cv_backend cv_backend;
  * model. */
 cv_backend *cv_backend_cpu_create(const cv_model *model, int n_threads, cv_error *err);
 
+/* The same, with the weight matrices converted once to matrix_dtype while
+ * they are copied (vLLM's dtype argument: e.g. F16 or BF16 weights from an
+ * F32 checkpoint halve the bytes each decode step streams). Norms and
+ * biases stay fp32; arithmetic stays fp32. */
+cv_backend *cv_backend_cpu_create_as(const cv_model *model, int n_threads, cv_dtype matrix_dtype,
+                                     cv_error *err);
+
 /* Element type of the CPU backend's KV cache (vLLM's kv_cache_dtype); call
  * before cv_backend_kv_alloc. Default: F16 for F16 models, else F32 (fp32
  * KV keeps F32 and BF16 models within 1e-5 of HF's fp32 compute). F16 or

@@ -254,14 +254,14 @@ static int size_kv_pool(cv_engine *e, cv_error *err)
     return cv_backend_kv_alloc(e->backend, e->n_blocks, e->block_size, err);
 }
 
-/* Does the dtype engine argument name the weights' own type ("auto" and ""
- * always do)? */
-static bool dtype_matches(const char *name, cv_dtype stored)
+/* The weight dtype the dtype engine argument asks for ("auto" and "": the
+ * checkpoint's own, as vLLM). */
+static cv_dtype dtype_from_arg(const char *name, cv_dtype stored)
 {
-    if (!name[0] || !strcmp(name, "auto")) return true;
-    if (!strcmp(name, "float32") || !strcmp(name, "float")) return stored == CV_DTYPE_F32;
-    if (!strcmp(name, "float16") || !strcmp(name, "half")) return stored == CV_DTYPE_F16;
-    return stored == CV_DTYPE_BF16; /* "bfloat16": check_args admits nothing else */
+    if (!name[0] || !strcmp(name, "auto")) return stored;
+    if (!strcmp(name, "float32") || !strcmp(name, "float")) return CV_DTYPE_F32;
+    if (!strcmp(name, "float16") || !strcmp(name, "half")) return CV_DTYPE_F16;
+    return CV_DTYPE_BF16; /* "bfloat16": check_args admits nothing else */
 }
 
 static int engine_init(cv_engine *e, cv_error *err)
@@ -270,10 +270,6 @@ static int engine_init(cv_engine *e, cv_error *err)
     e->model = cv_model_load(a->model, err);
     if (!e->model) return -1;
     const cv_model_config *cfg = cv_model_get_config(e->model);
-    if (!dtype_matches(a->dtype, cfg->dtype))
-        cv_log_warn("engine: dtype '%s' asked for, %s's weights are %s and run as stored "
-                    "(fp32 arithmetic)",
-                    a->dtype, a->model, cv_dtype_name(cfg->dtype));
     e->tok = tok_load(a->tokenizer[0] ? a->tokenizer : a->model, err);
     if (!e->tok) return -1;
     e->vocab = cfg->vocab_size;
@@ -292,7 +288,8 @@ static int engine_init(cv_engine *e, cv_error *err)
     e->max_active = a->max_queued_requests
                         ? a->max_queued_requests
                         : (16 * a->max_num_seqs > 4096 ? 16 * a->max_num_seqs : 4096);
-    e->backend = cv_backend_cpu_create(e->model, a->n_threads, err);
+    e->backend =
+        cv_backend_cpu_create_as(e->model, a->n_threads, dtype_from_arg(a->dtype, cfg->dtype), err);
     if (!e->backend || size_kv_pool(e, err) < 0) return -1;
     e->bm = bm_create(e->n_blocks, e->block_size, a->enable_prefix_caching);
     /* One sampler per backend thread: sampling runs on the same cores,

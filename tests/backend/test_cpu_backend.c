@@ -88,6 +88,52 @@ static void run_alone(int s, int n_threads, float *out)
     run_alone_kv(s, n_threads, CV_DTYPE_F32, out);
 }
 
+/* max |a - b| / max |b| over n values. */
+static double rel_diff(const float *a, const float *b, size_t n)
+{
+    double num = 0, den = 0;
+    for (size_t i = 0; i < n; i++) {
+        num = fmax(num, fabs((double)a[i] - b[i]));
+        den = fmax(den, fabs((double)b[i]));
+    }
+    return num / den;
+}
+
+/* vLLM's dtype argument: an F32 checkpoint run with F16 or BF16 matrices
+ * (converted once at create) stays close to the F32 logits, and really
+ * runs converted weights (the logits differ, the matrices changed type). */
+static void test_matrix_dtype_conversion(void **state)
+{
+    (void)state;
+    const size_t n = (size_t)PROMPT * vocab;
+    float *ref = malloc(n * sizeof(float)), *got = malloc(n * sizeof(float));
+    assert_true(ref && got);
+    const cv_dtype types[] = {CV_DTYPE_F32, CV_DTYPE_F16, CV_DTYPE_BF16};
+    const double max_rel[] = {0.0, 2e-3, 2e-2};
+    for (int k = 0; k < 3; k++) {
+        cv_error err = {.msg = ""};
+        cv_backend *bk = cv_backend_cpu_create_as(model, 1, types[k], &err);
+        if (!bk) fail_msg("%s", err.msg);
+        assert_int_equal(bk->lm_head.dtype, types[k]);
+        assert_int_equal(bk->layers[0].w.wq.dtype, types[k]);
+        runner r;
+        assert_int_equal(runner_init(&r, bk, 4, 1, &err), 0);
+        r.seqs[0].ids = ids[0];
+        r.seqs[0].n_ids = PROMPT;
+        int chunk[1] = {PROMPT};
+        assert_int_equal(runner_step(&r, chunk, k == 0 ? ref : got, &err), PROMPT);
+        cv_backend_destroy(bk);
+        if (k == 0) continue;
+        double d = rel_diff(got, ref, n);
+        assert_true(d > 0.0 && d <= max_rel[k]);
+    }
+    cv_error err = {.msg = ""};
+    assert_null(cv_backend_cpu_create_as(model, 1, (cv_dtype)7, &err));
+    assert_string_equal(err.msg, "cv_backend_cpu_create: unsupported weight dtype 7");
+    free(ref);
+    free(got);
+}
+
 static void test_batch_and_thread_invariance(void **state)
 {
     (void)state;
@@ -279,12 +325,12 @@ static void test_bad_weights(void **state)
     w.layers = layers;
     layers[3].wk.shape[1] = 65;
     cv_error err = {.msg = ""};
-    assert_null(cpu_backend_create_from(cfg, &w, 1, &err));
+    assert_null(cpu_backend_create_from(cfg, &w, 1, cfg->dtype, &err));
     assert_string_equal(err.msg, "cpu backend: weight layer 3 wk has shape (32, 65) with 2 dims, "
                                  "expected (32, 64)");
     layers[3].wk.shape[1] = 64;
     layers[0].ffn_norm.data = NULL;
-    assert_null(cpu_backend_create_from(cfg, &w, 1, &err));
+    assert_null(cpu_backend_create_from(cfg, &w, 1, cfg->dtype, &err));
     assert_string_equal(err.msg, "cpu backend: weight layer 0 ffn_norm is missing");
     assert_null(cv_backend_cpu_create(NULL, 1, &err));
     assert_string_equal(err.msg, "cv_backend_cpu_create: model is NULL");
@@ -331,6 +377,7 @@ int main(void)
         cmocka_unit_test(test_batch_and_thread_invariance),
         cmocka_unit_test(test_kv_copy_fork),
         cmocka_unit_test(test_kv_dtypes),
+        cmocka_unit_test(test_matrix_dtype_conversion),
         cmocka_unit_test(test_bad_batches),
         cmocka_unit_test(test_bad_weights),
     };

@@ -126,15 +126,34 @@ static int matrix_list(cv_backend *bk, int i, cv_tensor **t)
     return 1;
 }
 
-/* Copies every matrix into one 2 MiB-aligned region advised for huge pages
- * (see matrix_copy) and points the backend's tensors at the copies. */
-static int copy_matrices(cv_backend *bk, cv_error *err)
+/* n elements of src (dtype from) as dtype to, into dst. */
+static void convert(void *dst, cv_dtype to, const void *src, cv_dtype from, size_t n)
+{
+    if (to == from) {
+        memcpy(dst, src, n * cv_dtype_size(from));
+        return;
+    }
+    for (size_t i = 0; i < n; i++) {
+        float x = from == CV_DTYPE_F32   ? ((const float *)src)[i]
+                  : from == CV_DTYPE_F16 ? cv_f16_to_f32(((const uint16_t *)src)[i])
+                                         : cv_bf16_to_f32(((const uint16_t *)src)[i]);
+        if (to == CV_DTYPE_F32)
+            ((float *)dst)[i] = x;
+        else
+            ((uint16_t *)dst)[i] = to == CV_DTYPE_F16 ? cv_f32_to_f16(x) : cv_f32_to_bf16(x);
+    }
+}
+
+/* Copies every matrix, converted to dtype, into one 2 MiB-aligned region
+ * advised for huge pages (see matrix_copy) and points the backend's tensors
+ * at the copies. */
+static int copy_matrices(cv_backend *bk, cv_dtype dtype, cv_error *err)
 {
     const size_t huge = (size_t)2 << 20;
     size_t total = 0;
     cv_tensor *t;
     for (int i = 0; matrix_list(bk, i, &t); i++)
-        total += padded(tensor_bytes(t));
+        total += padded(tensor_bytes(t) / cv_dtype_size(t->dtype) * cv_dtype_size(dtype));
     total = (total + huge - 1) & ~(huge - 1);
     char *p = aligned_alloc(huge, total);
     if (!p) return cv_errorf(err, "cpu backend: out of memory for a %zu-byte weight copy", total);
@@ -142,16 +161,18 @@ static int copy_matrices(cv_backend *bk, cv_error *err)
     (void)madvise(p, total, MADV_HUGEPAGE);
     bk->matrix_copy = p;
     for (int i = 0; matrix_list(bk, i, &t); i++) {
-        bk->matrix_elems += (int64_t)(tensor_bytes(t) / cv_dtype_size(t->dtype));
-        memcpy(p, t->data, tensor_bytes(t));
+        const size_t n = tensor_bytes(t) / cv_dtype_size(t->dtype);
+        bk->matrix_elems += (int64_t)n;
+        convert(p, dtype, t->data, t->dtype, n);
         t->data = p;
+        t->dtype = dtype;
         p += padded(tensor_bytes(t));
     }
     return 0;
 }
 
 cv_backend *cpu_backend_create_from(const cv_model_config *cfg, const cv_model_weights *weights,
-                                    int n_threads, cv_error *err)
+                                    int n_threads, cv_dtype matrix_dtype, cv_error *err)
 {
     if (check_config(cfg, err) || check_weights(cfg, weights, err)) return NULL;
     if (cfg->hidden_act != CV_ACT_SILU && cfg->hidden_act != CV_ACT_GELU_TANH) {
@@ -169,7 +190,7 @@ cv_backend *cpu_backend_create_from(const cv_model_config *cfg, const cv_model_w
     /* fp32 KV keeps F32 and BF16 models within 1e-5 of HF's fp32 compute; F16
      * models get F16 KV, as HF and vLLM ("auto") give them, which halves the
      * KV bytes batched decode reads. */
-    bk->kv_dtype = cfg->dtype == CV_DTYPE_F16 ? CV_DTYPE_F16 : CV_DTYPE_F32;
+    bk->kv_dtype = matrix_dtype == CV_DTYPE_F16 ? CV_DTYPE_F16 : CV_DTYPE_F32;
     bk->n_threads = n_threads > 0 ? n_threads : omp_get_max_threads();
     bk->parallel_min_madds = 4e6;
     bk->layers = calloc((size_t)cfg->n_layers, sizeof *bk->layers);
@@ -194,7 +215,7 @@ cv_backend *cpu_backend_create_from(const cv_model_config *cfg, const cv_model_w
             goto fail;
     }
     bk->lm_head = weights->lm_head;
-    if (copy_matrices(bk, err)) goto fail;
+    if (copy_matrices(bk, matrix_dtype, err)) goto fail;
     return bk;
 fail:
     cv_backend_destroy(bk);
@@ -207,8 +228,23 @@ cv_backend *cv_backend_cpu_create(const cv_model *model, int n_threads, cv_error
         cv_errorf(err, "cv_backend_cpu_create: model is NULL");
         return NULL;
     }
+    return cv_backend_cpu_create_as(model, n_threads, cv_model_get_config(model)->dtype, err);
+}
+
+cv_backend *cv_backend_cpu_create_as(const cv_model *model, int n_threads, cv_dtype matrix_dtype,
+                                     cv_error *err)
+{
+    if (!model) {
+        cv_errorf(err, "cv_backend_cpu_create: model is NULL");
+        return NULL;
+    }
+    if (matrix_dtype != CV_DTYPE_F32 && matrix_dtype != CV_DTYPE_F16 &&
+        matrix_dtype != CV_DTYPE_BF16) {
+        cv_errorf(err, "cv_backend_cpu_create: unsupported weight dtype %d", (int)matrix_dtype);
+        return NULL;
+    }
     return cpu_backend_create_from(cv_model_get_config(model), cv_model_get_weights(model),
-                                   n_threads, err);
+                                   n_threads, matrix_dtype, err);
 }
 
 int cpu_backend_set_simd(cv_backend *backend, cpu_simd_level level, cv_error *err)

@@ -92,9 +92,10 @@ struct cv_backend {
 };
 
 /* Builds a backend from a configuration and weights the caller keeps alive
- * (cv_backend_cpu_create passes the model's; tests pass their own). */
+ * (cv_backend_cpu_create passes the model's; tests pass their own), its
+ * matrices converted to matrix_dtype. */
 cv_backend *cpu_backend_create_from(const cv_model_config *cfg, const cv_model_weights *weights,
-                                    int n_threads, cv_error *err);
+                                    int n_threads, cv_dtype matrix_dtype, cv_error *err);
 
 /* Address of KV element elem of the pool. */
 static inline void *cpu_kv_at(const cv_backend *bk, size_t elem)
