@@ -22,78 +22,17 @@
 #include <cmocka.h>
 #include <jansson.h>
 
+#include "../common/hf_fixture.h"
+
 #include "backend/cpu/cpu_internal.h"
 #include "seq_runner.h"
 
 enum { BLOCK_SIZE = 4, MAX_IDS = 512 };
 
-typedef struct fixture {
-    cv_model *model;
-    json_t *ref;
-    const cv_model_config *cfg;
-    bool bf16;
-} fixture;
-
-static void fixture_load(fixture *f, const char *name)
-{
-    const char *src = getenv("CVLLM_SOURCE_DIR");
-    char dir[1024], path[1100];
-    snprintf(dir, sizeof dir, "%s/tests/fixtures/models/%s", src ? src : ".", name);
-    snprintf(path, sizeof path, "%s/reference.json", dir);
-    cv_error err = {.msg = ""};
-    f->model = cv_model_load(dir, &err);
-    if (!f->model) fail_msg("loading %s: %s", dir, err.msg);
-    json_error_t jerr;
-    f->ref = json_load_file(path, 0, &jerr);
-    if (!f->ref) fail_msg("%s: %s", path, jerr.text);
-    f->cfg = cv_model_get_config(f->model);
-    f->bf16 = strcmp(json_string_value(json_object_get(f->ref, "weights_dtype")), "bfloat16") == 0;
-}
-
-static void fixture_free(fixture *f)
-{
-    json_decref(f->ref);
-    cv_model_free(f->model);
-}
-
-static int ids_from_json(const json_t *arr, int32_t *ids)
-{
-    size_t n = json_array_size(arr);
-    assert_true(n <= MAX_IDS);
-    for (size_t i = 0; i < n; i++)
-        ids[i] = (int32_t)json_integer_value(json_array_get(arr, i));
-    return (int)n;
-}
-
-/* max |ours - ref| / max |ref| of n_rows x vocab logits against json rows. */
-static double rel_err(const float *ours, const json_t *rows, int row0, int n_rows, int vocab)
-{
-    double max_diff = 0.0, max_ref = 0.0;
-    for (int r = row0; r < row0 + n_rows; r++) {
-        const json_t *row = json_array_get(rows, (size_t)r);
-        assert_int_equal(json_array_size(row), vocab);
-        for (int v = 0; v < vocab; v++) {
-            double ref = json_number_value(json_array_get(row, (size_t)v));
-            double d = fabs(ours[(size_t)(r - row0) * vocab + v] - ref);
-            max_diff = d > max_diff ? d : max_diff;
-            max_ref = fabs(ref) > max_ref ? fabs(ref) : max_ref;
-        }
-    }
-    return max_diff / max_ref;
-}
-
-static int argmax(const float *row, int n)
-{
-    int best = 0;
-    for (int i = 1; i < n; i++)
-        if (row[i] > row[best]) best = i;
-    return best;
-}
-
 /* Two threads for the level the CPU would pick, one for the others: the
  * thread count does not change results (test_cpu_backend), and one thread
  * keeps the suite fast on a loaded machine. */
-static cv_backend *make_backend(const fixture *f, cpu_simd_level level)
+static cv_backend *make_backend(const hf_fixture *f, cpu_simd_level level)
 {
     cv_error err = {.msg = ""};
     int n_threads = level == cpu_kernels_best()->level ? 2 : 1;
@@ -105,7 +44,7 @@ static cv_backend *make_backend(const fixture *f, cpu_simd_level level)
 }
 
 /* (a) and (b) for one SIMD level. */
-static void check_logits(const fixture *f, cpu_simd_level level, const char *name)
+static void check_logits(const hf_fixture *f, cpu_simd_level level, const char *name)
 {
     const json_t *prompts = json_object_get(f->ref, "prompts");
     const char *key = f->bf16 ? "logits_fp32_compute" : "logits";
@@ -115,7 +54,8 @@ static void check_logits(const fixture *f, cpu_simd_level level, const char *nam
     int n[2];
     float *got[2];
     for (int p = 0; p < 2; p++) {
-        n[p] = ids_from_json(json_object_get(json_array_get(prompts, p), "input_ids"), ids[p]);
+        n[p] = hf_ids_from_json(json_object_get(json_array_get(prompts, p), "input_ids"), ids[p],
+                                MAX_IDS);
         got[p] = malloc((size_t)n[p] * vocab * sizeof(float));
         assert_non_null(got[p]);
     }
@@ -131,8 +71,8 @@ static void check_logits(const fixture *f, cpu_simd_level level, const char *nam
         int chunk[1] = {n[p]};
         if (runner_step(&r, chunk, got[p], &err) != n[p]) fail_msg("%s", err.msg);
         const json_t *rows = json_object_get(json_array_get(prompts, p), key);
-        double all = rel_err(got[p], rows, 0, n[p], vocab);
-        double last = rel_err(got[p] + (size_t)(n[p] - 1) * vocab, rows, n[p] - 1, 1, vocab);
+        double all = hf_rel_err(got[p], rows, 0, n[p], vocab);
+        double last = hf_rel_err(got[p] + (size_t)(n[p] - 1) * vocab, rows, n[p] - 1, 1, vocab);
         print_message("%s %s prompt %d prefill: rel err all %.2e last %.2e\n", name,
                       cpu_kernels_get(level)->name, p, all, last);
         assert_true(all <= tol);
@@ -167,7 +107,7 @@ static void check_logits(const fixture *f, cpu_simd_level level, const char *nam
     for (int p = 0; p < 2; p++) {
         assert_int_equal(r.seqs[p].n_done, n[p]);
         const json_t *rows = json_object_get(json_array_get(prompts, p), key);
-        double all = rel_err(got[p], rows, 0, n[p], vocab);
+        double all = hf_rel_err(got[p], rows, 0, n[p], vocab);
         print_message("%s %s prompt %d mixed steps: rel err %.2e\n", name,
                       cpu_kernels_get(level)->name, p, all);
         assert_true(all <= tol);
@@ -182,7 +122,7 @@ static void check_logits(const fixture *f, cpu_simd_level level, const char *nam
 static void check_greedy(cv_backend *bk, const json_t *input_ids, const json_t *expected, int vocab)
 {
     int32_t ids[MAX_IDS];
-    int n_in = ids_from_json(input_ids, ids);
+    int n_in = hf_ids_from_json(input_ids, ids, MAX_IDS);
     int n_out = (int)json_array_size(expected);
     assert_true(n_in + n_out <= MAX_IDS);
     float *logits = malloc((size_t)n_in * vocab * sizeof(float));
@@ -196,7 +136,7 @@ static void check_greedy(cv_backend *bk, const json_t *input_ids, const json_t *
     if (runner_step(&r, chunk, logits, &err) < 0) fail_msg("%s", err.msg);
     const float *last = logits + (size_t)(n_in - 1) * vocab;
     for (int i = 0; i < n_out; i++) {
-        int next = argmax(last, vocab);
+        int next = hf_argmax(last, vocab);
         int want = (int)json_integer_value(json_array_get(expected, (size_t)i));
         if (next != want) fail_msg("greedy token %d: got %d, HF %d", i, next, want);
         ids[n_in + i] = next;
@@ -211,8 +151,8 @@ static void check_greedy(cv_backend *bk, const json_t *input_ids, const json_t *
 static void test_fixture(void **state)
 {
     const char *name = *state;
-    fixture f;
-    fixture_load(&f, name);
+    hf_fixture f;
+    hf_fixture_load(&f, name);
     for (int l = 0; l < CPU_SIMD_COUNT; l++) {
         if (!cpu_kernels_get((cpu_simd_level)l)) continue;
         check_logits(&f, (cpu_simd_level)l, name);
@@ -222,7 +162,7 @@ static void test_fixture(void **state)
                      f.cfg->vocab_size);
         cv_backend_destroy(bk);
     }
-    fixture_free(&f);
+    hf_fixture_free(&f);
 }
 
 /* stories260K from ../shared: HF's greedy ids for BOS alone (256 tokens, the

@@ -34,6 +34,8 @@
 #include <cmocka.h>
 #include <jansson.h>
 
+#include "../common/hf_fixture.h"
+
 #include "backend/cuda/cuda_internal.h"
 
 enum { BLOCK_SIZE = 4, MAX_IDS = 512, MAX_SEQS = 2, MAX_BLOCKS = 128 };
@@ -115,61 +117,12 @@ static int runner_step(gpu_runner *r, const int *chunk, float *logits)
 
 /* ---- fixtures --------------------------------------------------------------- */
 
-typedef struct fixture {
-    cv_model *model;
-    json_t *ref;
-    const cv_model_config *cfg;
-    bool bf16;
-} fixture;
-
-static void fixture_load(fixture *f, const char *name)
-{
-    const char *src = getenv("CVLLM_SOURCE_DIR");
-    char dir[1024], path[1100];
-    snprintf(dir, sizeof dir, "%s/tests/fixtures/models/%s", src ? src : ".", name);
-    snprintf(path, sizeof path, "%s/reference.json", dir);
-    cv_error err = {.msg = ""};
-    f->model = cv_model_load(dir, &err);
-    if (!f->model) fail_msg("loading %s: %s", dir, err.msg);
-    json_error_t jerr;
-    f->ref = json_load_file(path, 0, &jerr);
-    if (!f->ref) fail_msg("%s: %s", path, jerr.text);
-    f->cfg = cv_model_get_config(f->model);
-    f->bf16 = strcmp(json_string_value(json_object_get(f->ref, "weights_dtype")), "bfloat16") == 0;
-}
-
 static cv_cuda_backend *make_backend(const cv_model *model)
 {
     cv_error err = {.msg = ""};
     cv_cuda_backend *bk = cv_cuda_backend_create(model, 0, &err);
     if (!bk) fail_msg("create: %s", err.msg);
     return bk;
-}
-
-static int ids_from_json(const json_t *arr, int32_t *ids)
-{
-    const size_t n = json_array_size(arr);
-    assert_true(n <= MAX_IDS);
-    for (size_t i = 0; i < n; i++)
-        ids[i] = (int32_t)json_integer_value(json_array_get(arr, i));
-    return (int)n;
-}
-
-/* max |ours - ref| / max |ref| of rows [row0, row0 + n_rows) against json. */
-static double rel_err(const float *ours, const json_t *rows, int row0, int n_rows, int vocab)
-{
-    double max_diff = 0.0, max_ref = 0.0;
-    for (int r = row0; r < row0 + n_rows; r++) {
-        const json_t *row = json_array_get(rows, (size_t)r);
-        assert_int_equal(json_array_size(row), vocab);
-        for (int v = 0; v < vocab; v++) {
-            const double ref = json_number_value(json_array_get(row, (size_t)v));
-            const double d = fabs(ours[(size_t)(r - row0) * vocab + v] - ref);
-            max_diff = d > max_diff || isnan(d) ? d : max_diff;
-            max_ref = fabs(ref) > max_ref ? fabs(ref) : max_ref;
-        }
-    }
-    return max_diff / max_ref;
 }
 
 static void check_err(const char *what, const char *name, int p, double e, double tol)
@@ -180,7 +133,7 @@ static void check_err(const char *what, const char *name, int p, double e, doubl
 
 /* (a) one prefill per prompt, without graphs, with the given KV dtype and
  * activation mode. */
-static void check_prefill(const fixture *f, const char *name, cv_dtype kv_dtype,
+static void check_prefill(const hf_fixture *f, const char *name, cv_dtype kv_dtype,
                           cv_cuda_act_mode mode, double tol, const char *what)
 {
     const json_t *prompts = json_object_get(f->ref, "prompts");
@@ -189,7 +142,7 @@ static void check_prefill(const fixture *f, const char *name, cv_dtype kv_dtype,
     for (int p = 0; p < 2; p++) {
         int32_t ids[MAX_IDS];
         const json_t *prompt = json_array_get(prompts, (size_t)p);
-        const int n = ids_from_json(json_object_get(prompt, "input_ids"), ids);
+        const int n = hf_ids_from_json(json_object_get(prompt, "input_ids"), ids, MAX_IDS);
         float *got = malloc((size_t)n * vocab * sizeof(float));
         assert_non_null(got);
         cv_cuda_backend *bk = make_backend(f->model);
@@ -206,8 +159,8 @@ static void check_prefill(const fixture *f, const char *name, cv_dtype kv_dtype,
         const json_t *rows = json_object_get(prompt, key);
         char last[128];
         snprintf(last, sizeof last, "%s, last row", what);
-        check_err(what, name, p, rel_err(got, rows, 0, n, vocab), tol);
-        check_err(last, name, p, rel_err(got + (size_t)(n - 1) * vocab, rows, n - 1, 1, vocab),
+        check_err(what, name, p, hf_rel_err(got, rows, 0, n, vocab), tol);
+        check_err(last, name, p, hf_rel_err(got + (size_t)(n - 1) * vocab, rows, n - 1, 1, vocab),
                   tol);
         cv_cuda_backend_destroy(bk);
         free(got);
@@ -215,7 +168,7 @@ static void check_prefill(const fixture *f, const char *name, cv_dtype kv_dtype,
 }
 
 /* (b) both prompts in the same steps: chunks and single tokens mixed. */
-static void check_mixed(const fixture *f, const char *name, int min_split_keys)
+static void check_mixed(const hf_fixture *f, const char *name, int min_split_keys)
 {
     static const int plan[2][8] = {{3, 1, 1, 1, 1, 0, 0, 0}, {5, 4, 1, 1, 1, 7, 0, 0}};
     const json_t *prompts = json_object_get(f->ref, "prompts");
@@ -230,7 +183,8 @@ static void check_mixed(const fixture *f, const char *name, int min_split_keys)
     bk->min_split_keys = min_split_keys;
     runner_init(&r, bk, 2);
     for (int p = 0; p < 2; p++) {
-        n[p] = ids_from_json(json_object_get(json_array_get(prompts, p), "input_ids"), ids[p]);
+        n[p] = hf_ids_from_json(json_object_get(json_array_get(prompts, p), "input_ids"), ids[p],
+                                MAX_IDS);
         got[p] = malloc((size_t)n[p] * vocab * sizeof(float));
         assert_non_null(got[p]);
         r.seqs[p].ids = ids[p];
@@ -254,19 +208,11 @@ static void check_mixed(const fixture *f, const char *name, int min_split_keys)
         assert_int_equal(r.seqs[p].n_done, n[p]);
         const json_t *rows = json_object_get(json_array_get(prompts, p), key);
         check_err(min_split_keys < 32 ? "mixed steps, split attention" : "mixed steps", name, p,
-                  rel_err(got[p], rows, 0, n[p], vocab), tol);
+                  hf_rel_err(got[p], rows, 0, n[p], vocab), tol);
         free(got[p]);
     }
     free(step);
     cv_cuda_backend_destroy(bk);
-}
-
-static int argmax(const float *row, int n)
-{
-    int best = 0;
-    for (int i = 1; i < n; i++)
-        if (row[i] > row[best]) best = i;
-    return best;
 }
 
 /* Greedy decoding one token per step from input_ids; must reproduce
@@ -275,7 +221,7 @@ static void check_greedy(cv_cuda_backend *bk, const json_t *input_ids, const jso
                          int vocab)
 {
     int32_t ids[MAX_IDS];
-    const int n_in = ids_from_json(input_ids, ids);
+    const int n_in = hf_ids_from_json(input_ids, ids, MAX_IDS);
     const int n_out = (int)json_array_size(expected);
     assert_true(n_in + n_out <= MAX_IDS);
     float *logits = malloc((size_t)n_in * vocab * sizeof(float));
@@ -288,7 +234,7 @@ static void check_greedy(cv_cuda_backend *bk, const json_t *input_ids, const jso
     runner_step(&r, chunk, logits);
     const float *last = logits + (size_t)(n_in - 1) * vocab;
     for (int i = 0; i < n_out; i++) {
-        const int next = argmax(last, vocab);
+        const int next = hf_argmax(last, vocab);
         const int want = (int)json_integer_value(json_array_get(expected, (size_t)i));
         if (next != want) fail_msg("greedy token %d: got %d, HF %d", i, next, want);
         ids[n_in + i] = next;
@@ -303,8 +249,8 @@ static void check_greedy(cv_cuda_backend *bk, const json_t *input_ids, const jso
 static void test_fixture(void **state)
 {
     const char *name = *state;
-    fixture f;
-    fixture_load(&f, name);
+    hf_fixture f;
+    hf_fixture_load(&f, name);
     const double tol = f.bf16 ? 2e-2 : 1e-4;
     check_prefill(&f, name, CV_DTYPE_F32, CV_CUDA_ACT_SPLIT, tol, "prefill");
     check_mixed(&f, name, 32);
@@ -319,8 +265,7 @@ static void test_fixture(void **state)
     check_greedy(bk, json_object_get(g, "input_ids"), json_object_get(g, "output_ids"),
                  f.cfg->vocab_size);
     cv_cuda_backend_destroy(bk);
-    json_decref(f.ref);
-    cv_model_free(f.model);
+    hf_fixture_free(&f);
 }
 
 /* stories260K from CVLLM_SHARED: HF's greedy ids for BOS alone (256 tokens:
@@ -356,8 +301,8 @@ static void test_stories260K_greedy(void **state)
 static void test_bad_input(void **state)
 {
     (void)state;
-    fixture f;
-    fixture_load(&f, "llama_f32");
+    hf_fixture f;
+    hf_fixture_load(&f, "llama_f32");
     cv_error err = {.msg = ""};
     const int n_dev = cv_cuda_device_count();
     assert_null(cv_cuda_backend_create(f.model, n_dev, &err));
@@ -400,8 +345,7 @@ static void test_bad_input(void **state)
     for (int v = 0; v < 256; v++)
         assert_true(isfinite(logits[v]));
     cv_cuda_backend_destroy(bk);
-    json_decref(f.ref);
-    cv_model_free(f.model);
+    hf_fixture_free(&f);
 }
 
 #define FIXTURE(n)                                                                                 \
