@@ -86,3 +86,30 @@ float cv_bf16_to_f32(uint16_t h)
 {
     return bits_f32((uint32_t)h << 16);
 }
+
+float cv_dtype_load(const void *array, size_t i, cv_dtype dtype)
+{
+    switch (dtype) {
+    case CV_DTYPE_F16:
+        return cv_f16_to_f32(((const uint16_t *)array)[i]);
+    case CV_DTYPE_BF16:
+        return cv_bf16_to_f32(((const uint16_t *)array)[i]);
+    default:
+        return ((const float *)array)[i];
+    }
+}
+
+void cv_dtype_store(void *array, size_t i, cv_dtype dtype, float x)
+{
+    switch (dtype) {
+    case CV_DTYPE_F16:
+        ((uint16_t *)array)[i] = cv_f32_to_f16(x);
+        break;
+    case CV_DTYPE_BF16:
+        ((uint16_t *)array)[i] = cv_f32_to_bf16(x);
+        break;
+    default:
+        ((float *)array)[i] = x;
+        break;
+    }
+}

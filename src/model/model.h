@@ -140,6 +140,11 @@ uint16_t cv_f32_to_bf16(float x);
 float cv_f16_to_f32(uint16_t h);
 float cv_bf16_to_f32(uint16_t h);
 
+/* Element i of an F32/F16/BF16 array, as fp32; and the reverse (rounding to
+ * nearest even). */
+float cv_dtype_load(const void *array, size_t i, cv_dtype dtype);
+void cv_dtype_store(void *array, size_t i, cv_dtype dtype, float x);
+
 /* Writes DIR/config.json and DIR/generation_config.json (HF layout, as
  * transformers 4.x names the keys, which 5.x also reads) describing CFG;
  * cfg->dtype becomes torch_dtype. DIR must exist. */

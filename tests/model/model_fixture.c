@@ -65,20 +65,8 @@ float fx_value(size_t t, size_t i)
 static int fx_fill(void *ctx, size_t index, void *dst, size_t offset, size_t n, cv_error *err)
 {
     const cv_safetensors_entry *entries = ctx;
-    for (size_t i = 0; i < n; i++) {
-        float x = fx_value(index, offset + i);
-        switch (entries[index].tensor.dtype) {
-        case CV_DTYPE_F32:
-            ((float *)dst)[i] = x;
-            break;
-        case CV_DTYPE_F16:
-            ((uint16_t *)dst)[i] = cv_f32_to_f16(x);
-            break;
-        case CV_DTYPE_BF16:
-            ((uint16_t *)dst)[i] = cv_f32_to_bf16(x);
-            break;
-        }
-    }
+    for (size_t i = 0; i < n; i++)
+        cv_dtype_store(dst, i, entries[index].tensor.dtype, fx_value(index, offset + i));
     return 0;
 }
 

@@ -70,21 +70,6 @@ static void dm_normal_pair(uint64_t key, uint64_t p, float out[2])
     out[1] = radius * sinf(angle);
 }
 
-static void dm_store(void *dst, size_t i, cv_dtype dtype, float x)
-{
-    switch (dtype) {
-    case CV_DTYPE_F32:
-        ((float *)dst)[i] = x;
-        break;
-    case CV_DTYPE_F16:
-        ((uint16_t *)dst)[i] = cv_f32_to_f16(x);
-        break;
-    case CV_DTYPE_BF16:
-        ((uint16_t *)dst)[i] = cv_f32_to_bf16(x);
-        break;
-    }
-}
-
 typedef struct dm_fill_ctx {
     const cv_safetensors_entry *entries;
     uint64_t seed;
@@ -120,7 +105,7 @@ static int dm_fill(void *vctx, size_t index, void *dst, size_t offset_elems, siz
         for (int k = 0; k < 2; k++) {
             uint64_t e = 2 * p + (uint64_t)k;
             if (e >= offset_elems && e < offset_elems + n_elems)
-                dm_store(dst, (size_t)(e - offset_elems), dtype, x[k]);
+                cv_dtype_store(dst, (size_t)(e - offset_elems), dtype, x[k]);
         }
     }
     return 0;

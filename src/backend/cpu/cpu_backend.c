@@ -133,15 +133,8 @@ static void convert(void *dst, cv_dtype to, const void *src, cv_dtype from, size
         memcpy(dst, src, n * cv_dtype_size(from));
         return;
     }
-    for (size_t i = 0; i < n; i++) {
-        float x = from == CV_DTYPE_F32   ? ((const float *)src)[i]
-                  : from == CV_DTYPE_F16 ? cv_f16_to_f32(((const uint16_t *)src)[i])
-                                         : cv_bf16_to_f32(((const uint16_t *)src)[i]);
-        if (to == CV_DTYPE_F32)
-            ((float *)dst)[i] = x;
-        else
-            ((uint16_t *)dst)[i] = to == CV_DTYPE_F16 ? cv_f32_to_f16(x) : cv_f32_to_bf16(x);
-    }
+    for (size_t i = 0; i < n; i++)
+        cv_dtype_store(dst, i, to, cv_dtype_load(src, i, from));
 }
 
 /* Copies every matrix, converted to dtype, into one 2 MiB-aligned region

@@ -100,12 +100,8 @@ static int upload_vector(const cv_tensor *t, int64_t n, const char *name, float 
                          cv_tensor_numel(t), n);
     float *tmp = malloc((size_t)n * sizeof *tmp);
     if (!tmp) return cv_errorf(err, "cuda backend: out of memory");
-    for (int64_t i = 0; i < n; i++) {
-        const void *p = t->data;
-        tmp[i] = t->dtype == CV_DTYPE_F32    ? ((const float *)p)[i]
-                 : t->dtype == CV_DTYPE_BF16 ? cv_bf16_to_f32(((const uint16_t *)p)[i])
-                                             : cv_f16_to_f32(((const uint16_t *)p)[i]);
-    }
+    for (int64_t i = 0; i < n; i++)
+        tmp[i] = cv_dtype_load(t->data, (size_t)i, t->dtype);
     cudaError_t e = cudaMalloc((void **)dst, (size_t)n * sizeof(float));
     if (e == cudaSuccess)
         e = cudaMemcpy(*dst, tmp, (size_t)n * sizeof(float), cudaMemcpyHostToDevice);
