@@ -170,29 +170,20 @@ static void test_fixture(void **state)
 static void test_stories260K_greedy(void **state)
 {
     (void)state;
-    const char *shared = getenv("CVLLM_SHARED");
-    const char *src = getenv("CVLLM_SOURCE_DIR");
-    char dir[1024], path[1024];
-    snprintf(dir, sizeof dir, "%s/models/stories260K", shared ? shared : "../shared");
-    snprintf(path, sizeof path, "%s/tests/fixtures/stories260K_greedy.json", src ? src : ".");
-    cv_error err = {.msg = ""};
-    cv_model *model = cv_model_load(dir, &err);
-    if (!model) fail_msg("%s", err.msg);
-    json_error_t jerr;
-    json_t *ref = json_load_file(path, 0, &jerr);
-    if (!ref) fail_msg("%s: %s", path, jerr.text);
-    const json_t *cases = json_object_get(ref, "cases");
+    hf_fixture f;
+    hf_fixture_load_stories(&f);
+    const json_t *cases = json_object_get(f.ref, "cases");
     assert_int_equal(json_array_size(cases), 3);
-    cv_backend *bk = cv_backend_cpu_create(model, 2, &err);
+    cv_error err = {.msg = ""};
+    cv_backend *bk = cv_backend_cpu_create(f.model, 2, &err);
     assert_non_null(bk);
     for (size_t i = 0; i < json_array_size(cases); i++) {
         const json_t *c = json_array_get(cases, i);
         check_greedy(bk, json_object_get(c, "input_ids"), json_object_get(c, "output_ids"),
-                     cv_model_get_config(model)->vocab_size);
+                     f.cfg->vocab_size);
     }
     cv_backend_destroy(bk);
-    json_decref(ref);
-    cv_model_free(model);
+    hf_fixture_free(&f);
 }
 
 #define FIXTURE(n)                                                                                 \

@@ -11,12 +11,9 @@
 
 #include <cmocka.h>
 
-void hf_fixture_load(hf_fixture *f, const char *name)
+/* Loads the model in DIR and the JSON reference at PATH. */
+static void load(hf_fixture *f, const char *dir, const char *path)
 {
-    const char *src = getenv("CVLLM_SOURCE_DIR");
-    char dir[1024], path[1100];
-    snprintf(dir, sizeof dir, "%s/tests/fixtures/models/%s", src ? src : ".", name);
-    snprintf(path, sizeof path, "%s/reference.json", dir);
     cv_error err = {.msg = ""};
     f->model = cv_model_load(dir, &err);
     if (!f->model) fail_msg("loading %s: %s", dir, err.msg);
@@ -24,7 +21,27 @@ void hf_fixture_load(hf_fixture *f, const char *name)
     f->ref = json_load_file(path, 0, &jerr);
     if (!f->ref) fail_msg("%s: %s", path, jerr.text);
     f->cfg = cv_model_get_config(f->model);
-    f->bf16 = strcmp(json_string_value(json_object_get(f->ref, "weights_dtype")), "bfloat16") == 0;
+    const json_t *dtype = json_object_get(f->ref, "weights_dtype");
+    f->bf16 = dtype && strcmp(json_string_value(dtype), "bfloat16") == 0;
+}
+
+void hf_fixture_load(hf_fixture *f, const char *name)
+{
+    const char *src = getenv("CVLLM_SOURCE_DIR");
+    char dir[1024], path[1100];
+    snprintf(dir, sizeof dir, "%s/tests/fixtures/models/%s", src ? src : ".", name);
+    snprintf(path, sizeof path, "%s/reference.json", dir);
+    load(f, dir, path);
+}
+
+void hf_fixture_load_stories(hf_fixture *f)
+{
+    const char *shared = getenv("CVLLM_SHARED");
+    const char *src = getenv("CVLLM_SOURCE_DIR");
+    char dir[1024], path[1024];
+    snprintf(dir, sizeof dir, "%s/models/stories260K", shared ? shared : "../shared");
+    snprintf(path, sizeof path, "%s/tests/fixtures/stories260K_greedy.json", src ? src : ".");
+    load(f, dir, path);
 }
 
 void hf_fixture_free(hf_fixture *f)

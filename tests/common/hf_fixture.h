@@ -21,6 +21,9 @@ typedef struct hf_fixture {
 
 /* Loads tests/fixtures/models/NAME under $CVLLM_SOURCE_DIR (default "."). */
 void hf_fixture_load(hf_fixture *f, const char *name);
+/* $CVLLM_SHARED/models/stories260K (default ../shared) with
+ * tests/fixtures/stories260K_greedy.json as its reference. */
+void hf_fixture_load_stories(hf_fixture *f);
 void hf_fixture_free(hf_fixture *f);
 
 /* The ids of a JSON array into ids (at most max_ids); returns the count. */
