@@ -632,7 +632,7 @@ fail:
     return NULL;
 }
 
-void cv_grpc_stop_accepting(cv_grpc *g)
+static void stop_accepting(cv_grpc *g)
 {
     pthread_mutex_lock(&g->mu);
     if (!g->shutdown_started) {
@@ -666,7 +666,7 @@ void cv_grpc_destroy(cv_grpc *g)
     if (!g) return;
     if (g->server) {
         if (g->cq_started) {
-            cv_grpc_stop_accepting(g);
+            stop_accepting(g);
             /* Calls end once their engine requests delivered final outputs;
              * a model load in progress is waited for whatever it takes,
              * since its thread still uses the server. Calls get a grace

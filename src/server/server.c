@@ -117,8 +117,12 @@ static void on_signal(evutil_socket_t sig, short what, void *arg)
     cv_log_info("Signal (%d) received: draining %d in-flight requests", (int)sig, busy(s));
     atomic_store(&s->draining, true);
     s->drain_start_ns = cv_now_ns();
+    /* gRPC keeps accepting: new calls are refused one by one while
+     * draining. Shutting the gRPC server down now would send GOAWAY, and
+     * the transport then closes as soon as its last stream is done,
+     * possibly before that stream's last responses left it; the client
+     * sees a reset connection. cv_grpc_destroy shuts down once idle. */
     if (s->http) cv_http_stop_accepting(s->http);
-    if (s->grpc) cv_grpc_stop_accepting(s->grpc);
     struct timeval tick = {0, 20000};
     s->drain_timer = event_new(s->base, -1, EV_PERSIST, on_drain_tick, s);
     if (!s->drain_timer || event_add(s->drain_timer, &tick) < 0) event_base_loopexit(s->base, NULL);

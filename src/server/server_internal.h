@@ -54,11 +54,12 @@ int cv_http_active(const cv_http *h);
 void cv_http_destroy(cv_http *h);
 
 cv_grpc *cv_grpc_start(cv_server *s, cv_error *err);
-void cv_grpc_stop_accepting(cv_grpc *g);
 void cv_grpc_abort_all(cv_grpc *g);
 /* Requests in flight plus streams with responses or their OK status not
  * yet written. */
 int cv_grpc_active(cv_grpc *g);
+/* Shuts the gRPC server down (GOAWAY to every connection) and waits for
+ * its calls to end and its connections to close; then frees it. */
 void cv_grpc_destroy(cv_grpc *g);
 
 /* Triton's model statistics (the statistics extension) of one model. */
