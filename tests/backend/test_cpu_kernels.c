@@ -68,7 +68,11 @@ static void check_matmul(const cpu_kernels *k, cv_dtype dt, int out, int in, int
     float *x = malloc((size_t)n_tok * xs * sizeof(float));
     float *y = malloc((size_t)n_tok * ys * sizeof(float));
     assert_true(exact && x && y);
-    void *w = make_weights(dt, out, in, exact);
+    void *rows = make_weights(dt, out, in, exact);
+    void *w = malloc((size_t)cpu_packed_elems(out, in) * cv_dtype_size(dt));
+    assert_non_null(w);
+    cpu_pack(w, dt, rows, dt, out, in);
+    free(rows);
     for (int i = 0; i < n_tok * xs; i++)
         x[i] = frand();
     for (int accumulate = 0; accumulate < 2; accumulate++) {

@@ -99,14 +99,6 @@ static int check_weights(const cv_model_config *c, const cv_model_weights *w, cv
     return 0;
 }
 
-static size_t tensor_bytes(const cv_tensor *t)
-{
-    size_t n = cv_dtype_size(t->dtype);
-    for (int d = 0; d < t->n_dims; d++)
-        n *= (size_t)t->shape[d];
-    return n;
-}
-
 static size_t padded(size_t bytes) /* keeps every copy 64-byte aligned */
 {
     return (bytes + 63) & ~(size_t)63;
@@ -126,27 +118,16 @@ static int matrix_list(cv_backend *bk, int i, cv_tensor **t)
     return 1;
 }
 
-/* n elements of src (dtype from) as dtype to, into dst. */
-static void convert(void *dst, cv_dtype to, const void *src, cv_dtype from, size_t n)
-{
-    if (to == from) {
-        memcpy(dst, src, n * cv_dtype_size(from));
-        return;
-    }
-    for (size_t i = 0; i < n; i++)
-        cv_dtype_store(dst, i, to, cv_dtype_load(src, i, from));
-}
-
-/* Copies every matrix, converted to dtype, into one 2 MiB-aligned region
- * advised for huge pages (see matrix_copy) and points the backend's tensors
- * at the copies. */
+/* Packs every matrix (cpu_pack), converted to dtype, into one 2 MiB-aligned
+ * region advised for huge pages (see matrix_copy) and points the backend's
+ * tensors at the copies. */
 static int copy_matrices(cv_backend *bk, cv_dtype dtype, cv_error *err)
 {
     const size_t huge = (size_t)2 << 20;
     size_t total = 0;
     cv_tensor *t;
     for (int i = 0; matrix_list(bk, i, &t); i++)
-        total += padded(tensor_bytes(t) / cv_dtype_size(t->dtype) * cv_dtype_size(dtype));
+        total += padded((size_t)cpu_packed_elems(t->shape[0], t->shape[1]) * cv_dtype_size(dtype));
     total = (total + huge - 1) & ~(huge - 1);
     char *p = aligned_alloc(huge, total);
     if (!p) return cv_errorf(err, "cpu backend: out of memory for a %zu-byte weight copy", total);
@@ -154,12 +135,11 @@ static int copy_matrices(cv_backend *bk, cv_dtype dtype, cv_error *err)
     (void)madvise(p, total, MADV_HUGEPAGE);
     bk->matrix_copy = p;
     for (int i = 0; matrix_list(bk, i, &t); i++) {
-        const size_t n = tensor_bytes(t) / cv_dtype_size(t->dtype);
-        bk->matrix_elems += (int64_t)n;
-        convert(p, dtype, t->data, t->dtype, n);
+        bk->matrix_elems += t->shape[0] * t->shape[1];
+        cpu_pack(p, dtype, t->data, t->dtype, t->shape[0], t->shape[1]);
         t->data = p;
         t->dtype = dtype;
-        p += padded(tensor_bytes(t));
+        p += padded((size_t)cpu_packed_elems(t->shape[0], t->shape[1]) * cv_dtype_size(dtype));
     }
     return 0;
 }
@@ -271,14 +251,19 @@ int cv_backend_kv_alloc(cv_backend *backend, int n_blocks, int block_size, cv_er
         return cv_errorf(err, "cv_backend_kv_alloc: n_blocks %d and block_size %d must be > 0",
                          n_blocks, block_size);
     size_t block_bytes = cv_backend_kv_block_bytes(backend, block_size);
-    if ((size_t)n_blocks > SIZE_MAX / block_bytes)
+    const size_t huge = (size_t)2 << 20;
+    if ((size_t)n_blocks > (SIZE_MAX - huge) / block_bytes)
         return cv_errorf(err, "cv_backend_kv_alloc: %d blocks of %zu bytes overflow size_t",
                          n_blocks, block_bytes);
     const cv_model_config *c = &backend->cfg;
-    size_t group = (size_t)(c->n_heads / c->n_kv_heads);
-    size_t pool_bytes = ((size_t)n_blocks * block_bytes + 63) & ~(size_t)63;
-    void *kv = aligned_alloc(64, pool_bytes);
-    float *scratch = alloc_floats((size_t)backend->n_threads * group * ((size_t)block_size + 2));
+    /* 2 MiB pages (a hint, as for the weights): a decode step reads every
+     * sequence's blocks, scattered over the pool, and with 4 KiB pages each
+     * block's rows of a layer would cost TLB misses of their own. */
+    size_t pool_bytes = ((size_t)n_blocks * block_bytes + huge - 1) & ~(huge - 1);
+    void *kv = aligned_alloc(huge, pool_bytes);
+    if (kv) (void)madvise(kv, pool_bytes, MADV_HUGEPAGE);
+    float *scratch =
+        alloc_floats((size_t)backend->n_threads * ((size_t)block_size + 2 * (size_t)c->n_heads));
     if (!kv || !scratch) {
         free(kv);
         free(scratch);

@@ -12,7 +12,7 @@
 /* Per-layer fp32 copies of the small vectors (norms, biases): converted once
  * at create so the forward never widens them. NULL where absent. */
 typedef struct cpu_layer {
-    cv_layer_weights w; /* the model's tensors, the matrices moved into matrix_copy */
+    cv_layer_weights w; /* the model's tensors, the matrices packed into matrix_copy */
     float *attn_norm;   /* (hidden) */
     float *ffn_norm;    /* (hidden) */
     float *bq;          /* (n_heads * head_dim) */
@@ -33,8 +33,8 @@ struct cv_backend {
     cv_model_config cfg;
     const cv_model_weights *weights; /* borrowed: the embedding is read from it */
     cv_tensor lm_head;               /* (vocab, hidden) in matrix_copy */
-    /* Every matrix of the model, copied once at create into memory advised
-     * for 2 MiB pages: streamed from 4 KiB file pages the hardware
+    /* Every matrix of the model, packed once at create (cpu_pack) into
+     * memory advised for 2 MiB pages: streamed from 4 KiB file pages the hardware
      * prefetcher stops at every page boundary and a decode step reads ~25%
      * slower on this project's machines. */
     void *matrix_copy;
@@ -60,7 +60,7 @@ struct cv_backend {
     int n_blocks;
     int block_size;
     size_t block_elems;
-    float *attn_scratch; /* (n_threads, group * (block_size + 2)) scores, max, sum */
+    float *attn_scratch; /* (n_threads, block_size + 2 n_heads) scores, max, sum */
 
     /* Activations, sized for cap_tokens tokens and cap_logits logits rows;
      * grown only when a batch exceeds every earlier one. */

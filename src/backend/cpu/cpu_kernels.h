@@ -5,7 +5,9 @@
  * picks the widest one the running CPU supports (__builtin_cpu_supports).
  * Every table computes the same math with fp32 accumulation; within one
  * table the result of an output element never depends on how rows or tokens
- * are tiled, so batching and thread count do not change the numbers. */
+ * are tiled, so batching and thread count do not change the numbers. The
+ * matmuls of all tables compute each output as the same chain of fp32 fused
+ * multiply-adds in input order, so they agree bit for bit. */
 #ifndef CV_BACKEND_CPU_KERNELS_H
 #define CV_BACKEND_CPU_KERNELS_H
 
@@ -25,8 +27,10 @@ typedef struct cpu_kernels {
     cpu_simd_level level;
     const char *name; /* "portable", "avx2", "avx512" */
 
-    /* y[t * y_stride + o] = (accumulate ? y[...] : 0) + sum_i w[o * in + i] * x[t * x_stride + i]
-     * for o in [o0, o1), t in [0, n_tok). w: (out, in) in dtype wtype. */
+    /* y[t * y_stride + o] = (accumulate ? y[...] : 0) + sum_i w(o, i) * x[t * x_stride + i]
+     * for o in [o0, o1), t in [0, n_tok); the sum is one fp32 FMA chain over
+     * i = 0, 1, ... in order. w: a (out, in) matrix in dtype wtype, packed by
+     * cpu_pack. */
     void (*matmul)(cv_dtype wtype, const void *w, int in, const float *x, int x_stride, int n_tok,
                    float *y, int y_stride, int o0, int o1, bool accumulate);
 
@@ -41,6 +45,25 @@ typedef struct cpu_kernels {
     /* gate[i] = act(gate[i]) * up[i] */
     void (*gated_act)(cv_activation act, float *gate, const float *up, int n);
 } cpu_kernels;
+
+/* Weight matrices are packed for the matmuls in panels of CPU_PANEL rows:
+ * panel p holds rows [p * CPU_PANEL, (p + 1) * CPU_PANEL) column by column,
+ * element (row o, column i) at ((o / CPU_PANEL) * in + i) * CPU_PANEL +
+ * o % CPU_PANEL, and the last panel is padded with zero rows. A kernel then
+ * reads, for each input element, CPU_PANEL consecutive weights: one
+ * sequential stream per panel, multiplied by one broadcast activation per
+ * token and accumulated without any horizontal sums. */
+enum { CPU_PANEL = 64 };
+
+/* Elements of the packed form of an (out, in) matrix. */
+static inline int64_t cpu_packed_elems(int64_t out, int64_t in)
+{
+    return (out + CPU_PANEL - 1) / CPU_PANEL * CPU_PANEL * in;
+}
+
+/* Packs the row-major (out, in) matrix src (dtype from) into dst as dtype
+ * to (cpu_packed_elems(out, in) elements). */
+void cpu_pack(void *dst, cv_dtype to, const void *src, cv_dtype from, int64_t out, int64_t in);
 
 /* NULL when the CPU (or the compiler) lacks that instruction set. */
 const cpu_kernels *cpu_kernels_get(cpu_simd_level level);

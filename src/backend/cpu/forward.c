@@ -91,58 +91,87 @@ typedef struct mm_job {
     const float *bias; /* (out) or NULL */
 } mm_job;
 
-/* Rows per work chunk: about 64 KiB of weights, a multiple of 4, so a chunk
- * is one sequential stream and there are enough chunks to balance. */
-static int chunk_rows(const cv_tensor *w)
+/* Rows per work chunk: whole panels of the packed weights (cpu_kernels.h),
+ * two for a lone token, whose kernel takes panels in pairs. */
+static int chunk_rows(int n_tok)
 {
-    int64_t row_bytes = w->shape[1] * (w->dtype == CV_DTYPE_F32 ? 4 : 2);
-    int64_t r = 65536 / row_bytes;
-    return r < 4 ? 4 : (int)(r & ~(int64_t)3);
+    return n_tok == 1 ? 2 * CPU_PANEL : CPU_PANEL;
 }
 
-/* The products of one phase (independent of each other), cut into row
- * chunks that the threads take from the phase's counter. Ends with a
+/* Token ranges each row chunk is cut into: one, unless the chunks are too
+ * few to share out evenly (a 576-row output is 9 panels: 5 and 4 on two
+ * threads); then enough for ~8 items per thread, each range keeping at
+ * least 12 tokens so that a panel read still serves two full tiles. */
+static int token_parts(int n_chunks, int n_tok, int n_threads)
+{
+    int parts = (8 * n_threads + n_chunks - 1) / n_chunks;
+    if (parts > n_tok / 12) parts = n_tok / 12;
+    return parts < 1 ? 1 : parts;
+}
+
+/* Work item c of a phase: row chunk c / parts, token range c % parts. */
+typedef struct work_item {
+    int chunk, t0, t1;
+} work_item;
+
+static work_item item_of(int c, int parts, int n_tok)
+{
+    const int part = c % parts;
+    return (work_item){c / parts, (int)((int64_t)n_tok * part / parts),
+                       (int)((int64_t)n_tok * (part + 1) / parts)};
+}
+
+/* The products of one phase (independent of each other), cut into work
+ * items that the threads take from the phase's counter. Ends with a
  * barrier. */
 static void run_jobs(cv_backend *bk, int phase, const mm_job *jobs, int n_jobs, int n_tok)
 {
-    int first[4], rows[4], n_chunks = 0;
+    const int rows = chunk_rows(n_tok);
+    int first[4], n_chunks = 0;
     for (int j = 0; j < n_jobs; j++) {
-        rows[j] = chunk_rows(jobs[j].w);
         first[j] = n_chunks;
-        n_chunks += ((int)jobs[j].w->shape[0] + rows[j] - 1) / rows[j];
+        n_chunks += ((int)jobs[j].w->shape[0] + rows - 1) / rows;
     }
-    for (int c = next_item(bk, phase); c < n_chunks; c = next_item(bk, phase)) {
+    const int parts = token_parts(n_chunks, n_tok, bk->barrier.n_threads);
+    for (int c = next_item(bk, phase); c < n_chunks * parts; c = next_item(bk, phase)) {
+        const work_item it = item_of(c, parts, n_tok);
         int j = n_jobs - 1;
-        while (first[j] > c)
+        while (first[j] > it.chunk)
             j--;
         const mm_job *m = &jobs[j];
-        int lo = (c - first[j]) * rows[j];
-        int hi = lo + rows[j] < m->w->shape[0] ? lo + rows[j] : (int)m->w->shape[0];
-        bk->kern->matmul(m->w->dtype, m->w->data, (int)m->w->shape[1], m->x, m->ldx, n_tok, m->y,
-                         m->ldy, lo, hi, m->accumulate);
+        int lo = (it.chunk - first[j]) * rows;
+        int hi = lo + rows < m->w->shape[0] ? lo + rows : (int)m->w->shape[0];
+        bk->kern->matmul(m->w->dtype, m->w->data, (int)m->w->shape[1],
+                         m->x + (int64_t)it.t0 * m->ldx, m->ldx, it.t1 - it.t0,
+                         m->y + (int64_t)it.t0 * m->ldy, m->ldy, lo, hi, m->accumulate);
         if (m->bias)
-            for (int t = 0; t < n_tok; t++)
+            for (int t = it.t0; t < it.t1; t++)
                 for (int o = lo; o < hi; o++)
                     m->y[(int64_t)t * m->ldy + o] += m->bias[o];
     }
     team_barrier(bk);
 }
 
-/* act(gate) * up into gate, chunk by chunk so that each thread applies the
+/* act(gate) * up into gate, item by item so that each thread applies the
  * activation to the rows it just computed. */
 static void run_gated_mlp(cv_backend *bk, int phase, const cv_layer_weights *W, int n_tok)
 {
-    const int rows = chunk_rows(&W->w_gate), n = (int)W->w_gate.shape[0];
+    const int rows = chunk_rows(n_tok), n = (int)W->w_gate.shape[0];
     const int in = (int)W->w_gate.shape[1], n_chunks = (n + rows - 1) / rows;
-    for (int c = next_item(bk, phase); c < n_chunks; c = next_item(bk, phase)) {
-        int lo = c * rows, hi = lo + rows < n ? lo + rows : n;
-        bk->kern->matmul(W->w_gate.dtype, W->w_gate.data, in, bk->xn, bk->ld_h, n_tok, bk->gate,
+    const int parts = token_parts(n_chunks, n_tok, bk->barrier.n_threads);
+    for (int c = next_item(bk, phase); c < n_chunks * parts; c = next_item(bk, phase)) {
+        const work_item it = item_of(c, parts, n_tok);
+        const int lo = it.chunk * rows, hi = lo + rows < n ? lo + rows : n;
+        const float *xn = bk->xn + (int64_t)it.t0 * bk->ld_h;
+        float *gate = bk->gate + (int64_t)it.t0 * bk->ld_f;
+        float *up = bk->up + (int64_t)it.t0 * bk->ld_f;
+        bk->kern->matmul(W->w_gate.dtype, W->w_gate.data, in, xn, bk->ld_h, it.t1 - it.t0, gate,
                          bk->ld_f, lo, hi, false);
-        bk->kern->matmul(W->w_up.dtype, W->w_up.data, in, bk->xn, bk->ld_h, n_tok, bk->up, bk->ld_f,
+        bk->kern->matmul(W->w_up.dtype, W->w_up.data, in, xn, bk->ld_h, it.t1 - it.t0, up, bk->ld_f,
                          lo, hi, false);
-        for (int t = 0; t < n_tok; t++)
-            bk->kern->gated_act(bk->cfg.hidden_act, bk->gate + (int64_t)t * bk->ld_f + lo,
-                                bk->up + (int64_t)t * bk->ld_f + lo, hi - lo);
+        for (int t = 0; t < it.t1 - it.t0; t++)
+            bk->kern->gated_act(bk->cfg.hidden_act, gate + (int64_t)t * bk->ld_f + lo,
+                                up + (int64_t)t * bk->ld_f + lo, hi - lo);
     }
     team_barrier(bk);
 }
@@ -191,31 +220,37 @@ static void rope_and_store(cv_backend *bk, const cv_batch *b, int layer)
     }
 }
 
-/* Token t's query heads [h0, h1) (all of one kv head g) against its causal
- * context, read block by block through the block table with an online
- * softmax. */
+/* Token t's query heads [h0, h1) against its causal context, read block by
+ * block through the block table with an online softmax per head. The heads
+ * are whole kv groups, or part of one group: in a block, the K rows of kv
+ * heads g0..g1 are one contiguous run and so are their V rows, which the
+ * loop prefetches a block ahead (the next block lies wherever the block
+ * table says, where no hardware prefetcher looks). scratch: block_size
+ * scores, then the running max and sum of each head. */
 static void attend(cv_backend *bk, const cv_batch *b, int layer, int t, int h0, int h1,
-                   float *scores)
+                   float *scratch)
 {
     const cv_model_config *c = &bk->cfg;
     const cpu_kernels *K = bk->kern;
     const int hd = c->head_dim, bs = bk->block_size, nkv = c->n_kv_heads;
-    const int group = c->n_heads / nkv, g = h0 / group;
+    const int group = c->n_heads / nkv, g0 = h0 / group, g1 = (h1 - 1) / group + 1;
     const int s = bk->tok_seq[t];
     const int q0 = b->query_start[s], qlen = b->query_start[s + 1] - q0;
     const int ctx = b->seq_lens[s] - qlen + (t - q0) + 1;
     const int32_t *table = b->block_tables + (int64_t)s * b->max_blocks_per_seq;
     const float scale = 1.0f / sqrtf((float)hd);
-    float *m = scores + group * bs, *l = m + group;
-    for (int hh = 0; hh < h1 - h0; hh++) {
-        float *out = bk->attn + (int64_t)t * bk->ld_q + (h0 + hh) * hd;
+    float *scores = scratch, *m = scratch + bs, *l = m + c->n_heads;
+    for (int h = h0; h < h1; h++) {
+        float *out = bk->attn + (int64_t)t * bk->ld_q + h * hd;
         for (int i = 0; i < hd; i++)
             out[i] = 0.0f;
-        m[hh] = -INFINITY;
-        l[hh] = 0.0f;
+        m[h] = -INFINITY;
+        l[h] = 0.0f;
     }
-    const size_t head_off = ((size_t)layer * 2 * nkv + g) * bs * hd;
-    const size_t kv_bytes = (size_t)bs * hd * cv_dtype_size(bk->kv_dtype);
+    const size_t head_elems = (size_t)bs * hd; /* one kv head's rows of a block */
+    const size_t k_off = ((size_t)layer * 2 * nkv + g0) * head_elems;
+    const size_t v_off = k_off + (size_t)nkv * head_elems;
+    const size_t run_bytes = (size_t)(g1 - g0) * head_elems * cv_dtype_size(bk->kv_dtype);
     /* Sliding-window attention (Mistral): the query at position ctx-1 sees
      * keys j with (ctx-1) - j < window, as HF's mask does. */
     const int window = c->sliding_window;
@@ -223,30 +258,27 @@ static void attend(cv_backend *bk, const cv_batch *b, int layer, int t, int h0, 
     for (int j = first; j < ctx;) {
         const int blk = j / bs, off = j % bs;
         const int n = ctx - j < bs - off ? ctx - j : bs - off;
-        const size_t kb = (size_t)table[blk] * bk->block_elems + head_off;
-        const size_t vb = kb + (size_t)nkv * bs * hd;
-        /* The next block lies wherever the block table says, where no
-         * hardware prefetcher looks: fetch its K and V during this one. */
+        const size_t base = (size_t)table[blk] * bk->block_elems;
         if (j + n < ctx) {
-            const char *nk = cpu_kv_at(bk, (size_t)table[blk + 1] * bk->block_elems + head_off);
-            const char *nv = nk + (size_t)nkv * kv_bytes;
-            for (size_t o = 0; o < kv_bytes; o += 64) {
+            const size_t next = (size_t)table[blk + 1] * bk->block_elems;
+            const char *nk = cpu_kv_at(bk, next + k_off), *nv = cpu_kv_at(bk, next + v_off);
+            for (size_t o = 0; o < run_bytes; o += 64) {
                 __builtin_prefetch(nk + o);
                 __builtin_prefetch(nv + o);
             }
         }
-        for (int hh = 0; hh < h1 - h0; hh++) {
-            const int head = h0 + hh;
-            K->attn_block(bk->kv_dtype, bk->q + (int64_t)t * bk->ld_q + head * hd,
-                          cpu_kv_at(bk, kb + (size_t)off * hd),
-                          cpu_kv_at(bk, vb + (size_t)off * hd), n, hd, scale, &m[hh], &l[hh],
-                          bk->attn + (int64_t)t * bk->ld_q + head * hd, scores);
+        for (int h = h0; h < h1; h++) {
+            const size_t head = (size_t)(h / group - g0) * head_elems + (size_t)off * hd;
+            K->attn_block(bk->kv_dtype, bk->q + (int64_t)t * bk->ld_q + h * hd,
+                          cpu_kv_at(bk, base + k_off + head), cpu_kv_at(bk, base + v_off + head), n,
+                          hd, scale, &m[h], &l[h], bk->attn + (int64_t)t * bk->ld_q + h * hd,
+                          scores);
         }
         j += n;
     }
-    for (int hh = 0; hh < h1 - h0; hh++) {
-        float *out = bk->attn + (int64_t)t * bk->ld_q + (h0 + hh) * hd;
-        float inv = 1.0f / l[hh];
+    for (int h = h0; h < h1; h++) {
+        float *out = bk->attn + (int64_t)t * bk->ld_q + h * hd;
+        float inv = 1.0f / l[h];
         for (int i = 0; i < hd; i++)
             out[i] *= inv;
     }
@@ -277,16 +309,17 @@ static void layer_forward(cv_backend *bk, const cv_batch *b, int layer, int ith,
     run_jobs(bk, layer_phase(layer, PH_QKV), qkv, 3, nt);
     rope_and_store(bk, b, layer);
     team_barrier(bk);
-    float *scores =
-        bk->attn_scratch + (size_t)ith * (c->n_heads / c->n_kv_heads) * (bk->block_size + 2);
-    /* Work items are (token, kv head): the group's query heads share each K
-     * and V row read. With too few of them for the threads (one decode
-     * token), each query head is an item instead. */
-    const int per_item = nt * c->n_kv_heads >= 4 * nth ? c->n_heads / c->n_kv_heads : 1;
+    float *scratch = bk->attn_scratch + (size_t)ith * (bk->block_size + 2 * c->n_heads);
+    /* Work items: a token's heads, all of them when the tokens alone keep
+     * the threads busy (each block's K and V rows for the layer are then two
+     * contiguous runs), else one kv group (the group's query heads share
+     * each K and V row read), else, for a lone decode token, one query head. */
+    const int group = c->n_heads / c->n_kv_heads;
+    const int per_item = nt >= 4 * nth ? c->n_heads : nt * c->n_kv_heads >= 4 * nth ? group : 1;
     const int items_per_tok = c->n_heads / per_item, phase = layer_phase(layer, PH_ATTN);
     for (int item = next_item(bk, phase); item < nt * items_per_tok; item = next_item(bk, phase)) {
         const int h0 = item % items_per_tok * per_item;
-        attend(bk, b, layer, item / items_per_tok, h0, h0 + per_item, scores);
+        attend(bk, b, layer, item / items_per_tok, h0, h0 + per_item, scratch);
     }
     team_barrier(bk);
     const mm_job wo = {&W->wo, bk->attn, bk->ld_q, bk->x, bk->ld_h, true, NULL};

@@ -1,6 +1,5 @@
-/* AVX2 + FMA + F16C kernels: the same tiling as the AVX-512 file with 8-wide
- * vectors and 16 registers (4 rows x 2 tokens of accumulators). Elements
- * past the last multiple of 8 are summed in scalar code. */
+/* AVX2 + FMA + F16C kernels: the AVX-512 file's panel products with 8-wide
+ * vectors and 16 registers (16 panel rows x 6 tokens of accumulators). */
 #include <immintrin.h>
 #include <math.h>
 
@@ -9,8 +8,9 @@
 #define TGT __attribute__((target("avx2,fma,f16c")))
 #define AI static inline __attribute__((always_inline)) TGT
 
-enum { TILE_ROWS = 4, TILE_TOKS = 2 };
+enum { TILE_TOKS = 6, SLICE_ROWS = 16 };
 
+/* 8 weights starting at element idx, widened to fp32. */
 AI __m256 load_w(cv_dtype wt, const void *w, int64_t idx)
 {
     if (wt == CV_DTYPE_F32) return _mm256_loadu_ps((const float *)w + idx);
@@ -35,69 +35,121 @@ AI float hsum(__m256 v)
     return _mm_cvtss_f32(s);
 }
 
-AI void tile(cv_dtype wt, int R, int T, const void *w, int64_t row0, int in, const float *x, int xs,
-             float *y, int ys, bool accumulate)
+/* acc into rows [lo, hi) of the 8 at y (0 <= lo, hi <= 8): y = acc or y + acc. */
+AI void store_rows(float *y, int lo, int hi, __m256 acc, bool accumulate)
 {
-    __m256 acc[TILE_ROWS][TILE_TOKS];
-#pragma GCC unroll 4
-    for (int r = 0; r < R; r++)
-#pragma GCC unroll 2
-        for (int t = 0; t < T; t++)
-            acc[r][t] = _mm256_setzero_ps();
-    const int nfull = in & ~7;
-    for (int i = 0; i < nfull; i += 8) {
-        __m256 wv[TILE_ROWS];
-#pragma GCC unroll 4
-        for (int r = 0; r < R; r++)
-            wv[r] = load_w(wt, w, (row0 + r) * in + i);
-#pragma GCC unroll 2
+    if (lo == 0 && hi == 8) {
+        if (accumulate) acc = _mm256_add_ps(_mm256_loadu_ps(y), acc);
+        _mm256_storeu_ps(y, acc);
+        return;
+    }
+    float v[8];
+    _mm256_storeu_ps(v, acc);
+    for (int j = lo; j < hi; j++)
+        y[j] = accumulate ? y[j] + v[j] : v[j];
+}
+
+AI int clampi(int v, int lo, int hi)
+{
+    return v < lo ? lo : v > hi ? hi : v;
+}
+
+/* A slice of 16 panel rows (two vectors, rows r0.. of the panel) against T
+ * tokens: 2 T accumulators, 2 + T loads per input element. [lo, hi): the
+ * panel rows to store. */
+AI void slice_tile(cv_dtype wt, int T, const void *w, int64_t panel, int r0, int in, const float *x,
+                   int xs, float *y, int ys, int lo, int hi, bool accumulate)
+{
+    __m256 acc[TILE_TOKS][2];
+#pragma GCC unroll 6
+    for (int t = 0; t < T; t++)
+        acc[t][0] = acc[t][1] = _mm256_setzero_ps();
+    for (int i = 0; i < in; i++) {
+        const int64_t at = panel + (int64_t)i * CPU_PANEL + r0;
+        const __m256 w0 = load_w(wt, w, at), w1 = load_w(wt, w, at + 8);
+#pragma GCC unroll 6
         for (int t = 0; t < T; t++) {
-            __m256 xv = _mm256_loadu_ps(x + (int64_t)t * xs + i);
-#pragma GCC unroll 4
-            for (int r = 0; r < R; r++)
-                acc[r][t] = _mm256_fmadd_ps(wv[r], xv, acc[r][t]);
+            const __m256 xb = _mm256_broadcast_ss(x + (int64_t)t * xs + i);
+            acc[t][0] = _mm256_fmadd_ps(w0, xb, acc[t][0]);
+            acc[t][1] = _mm256_fmadd_ps(w1, xb, acc[t][1]);
         }
     }
-#pragma GCC unroll 2
+#pragma GCC unroll 6
     for (int t = 0; t < T; t++)
-#pragma GCC unroll 4
-        for (int r = 0; r < R; r++) {
-            float v = hsum(acc[r][t]);
-            for (int i = nfull; i < in; i++)
-                v += load_w1(wt, w, (row0 + r) * in + i) * x[(int64_t)t * xs + i];
-            float *dst = y + (int64_t)t * ys + row0 + r;
-            *dst = accumulate ? *dst + v : v;
+        for (int v = 0; v < 2; v++) {
+            const int first = r0 + 8 * v;
+            store_rows(y + (int64_t)t * ys + first, clampi(lo - first, 0, 8),
+                       clampi(hi - first, 0, 8), acc[t][v], accumulate);
         }
 }
 
-AI void rows(cv_dtype wt, int R, const void *w, int64_t row0, int in, const float *x, int xs,
-             int n_tok, float *y, int ys, bool accumulate)
+/* One token against a whole panel: eight independent FMA chains (the same
+ * arithmetic per row as slice_tile). */
+AI void panel_vec(cv_dtype wt, const void *w, int64_t panel, int in, const float *x, float *y,
+                  int lo, int hi, bool accumulate)
+{
+    __m256 acc[CPU_PANEL / 8];
+#pragma GCC unroll 8
+    for (int v = 0; v < CPU_PANEL / 8; v++)
+        acc[v] = _mm256_setzero_ps();
+    for (int i = 0; i < in; i++) {
+        const __m256 xb = _mm256_broadcast_ss(x + i);
+#pragma GCC unroll 8
+        for (int v = 0; v < CPU_PANEL / 8; v++)
+            acc[v] =
+                _mm256_fmadd_ps(load_w(wt, w, panel + (int64_t)i * CPU_PANEL + 8 * v), xb, acc[v]);
+    }
+#pragma GCC unroll 8
+    for (int v = 0; v < CPU_PANEL / 8; v++)
+        store_rows(y + 8 * v, clampi(lo - 8 * v, 0, 8), clampi(hi - 8 * v, 0, 8), acc[v],
+                   accumulate);
+}
+
+AI void slice_tokens(cv_dtype wt, const void *w, int64_t panel, int r0, int in, const float *x,
+                     int xs, int n_tok, float *y, int ys, int lo, int hi, bool accumulate)
 {
     int t = 0;
     for (; t + TILE_TOKS <= n_tok; t += TILE_TOKS)
-        tile(wt, R, TILE_TOKS, w, row0, in, x + (int64_t)t * xs, xs, y + (int64_t)t * ys, ys,
-             accumulate);
-    if (t < n_tok)
-        tile(wt, R, 1, w, row0, in, x + (int64_t)t * xs, xs, y + (int64_t)t * ys, ys, accumulate);
+        slice_tile(wt, TILE_TOKS, w, panel, r0, in, x + (int64_t)t * xs, xs, y + (int64_t)t * ys,
+                   ys, lo, hi, accumulate);
+    const float *xt = x + (int64_t)t * xs;
+    float *yt = y + (int64_t)t * ys;
+    switch (n_tok - t) {
+    case 5:
+        slice_tile(wt, 5, w, panel, r0, in, xt, xs, yt, ys, lo, hi, accumulate);
+        break;
+    case 4:
+        slice_tile(wt, 4, w, panel, r0, in, xt, xs, yt, ys, lo, hi, accumulate);
+        break;
+    case 3:
+        slice_tile(wt, 3, w, panel, r0, in, xt, xs, yt, ys, lo, hi, accumulate);
+        break;
+    case 2:
+        slice_tile(wt, 2, w, panel, r0, in, xt, xs, yt, ys, lo, hi, accumulate);
+        break;
+    case 1:
+        slice_tile(wt, 1, w, panel, r0, in, xt, xs, yt, ys, lo, hi, accumulate);
+        break;
+    default:
+        break;
+    }
 }
 
+/* Panel after panel; within a panel, slices of 16 rows that hold the tile's
+ * accumulators in 12 of the 16 registers. */
 AI void matmul_dtype(cv_dtype wt, const void *w, int in, const float *x, int xs, int n_tok,
                      float *y, int ys, int o0, int o1, bool accumulate)
 {
-    int chunk = (192 * 1024) / (in * (int)sizeof(float));
-    chunk = chunk < TILE_TOKS ? TILE_TOKS : chunk / TILE_TOKS * TILE_TOKS;
-    for (int t0 = 0; t0 < n_tok; t0 += chunk) {
-        int tn = n_tok - t0 < chunk ? n_tok - t0 : chunk;
-        const float *xc = x + (int64_t)t0 * xs;
-        float *yc = y + (int64_t)t0 * ys;
-        int o = o0;
-        /* One token: rows one after another, a single sequential stream
-         * (same per-row arithmetic as the 4-row tile). */
-        if (tn > 1)
-            for (; o + TILE_ROWS <= o1; o += TILE_ROWS)
-                rows(wt, TILE_ROWS, w, o, in, xc, xs, tn, yc, ys, accumulate);
-        for (; o < o1; o++)
-            rows(wt, 1, w, o, in, xc, xs, tn, yc, ys, accumulate);
+    for (int p = o0 / CPU_PANEL; p * CPU_PANEL < o1; p++) {
+        const int row0 = p * CPU_PANEL;
+        const int lo = clampi(o0 - row0, 0, CPU_PANEL), hi = clampi(o1 - row0, 0, CPU_PANEL);
+        const int64_t panel = (int64_t)p * in * CPU_PANEL;
+        if (n_tok == 1) {
+            panel_vec(wt, w, panel, in, x, y + row0, lo, hi, accumulate);
+            continue;
+        }
+        for (int r0 = lo / SLICE_ROWS * SLICE_ROWS; r0 < hi; r0 += SLICE_ROWS)
+            slice_tokens(wt, w, panel, r0, in, x, xs, n_tok, y + row0, ys, lo, hi, accumulate);
     }
 }
 

@@ -9,7 +9,7 @@
 #define TGT __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c")))
 #define AI static inline __attribute__((always_inline)) TGT
 
-enum { TILE_ROWS = 4, TILE_TOKS = 6 };
+enum { TILE_TOKS = 6, PANEL_VECS = CPU_PANEL / 16 };
 
 /* 16 weights starting at element idx, widened to fp32. */
 AI __m512 load_w(cv_dtype wt, const void *w, int64_t idx)
@@ -28,140 +28,134 @@ AI __m512 load_w_mask(cv_dtype wt, const void *w, int64_t idx, __mmask16 m)
     return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
 }
 
-/* An R x T tile: rows row0.. of w against tokens x[0..T). The accumulators
- * stay in registers (R * T <= 24 of the 32 zmm) and each weight vector loaded
- * is used T times. prefetch: also pull the next R rows towards L1, so that
- * the next row block's first tile does not wait on memory. */
-AI void tile(cv_dtype wt, int R, int T, const void *w, int64_t row0, int in, const float *x, int xs,
-             float *y, int ys, bool accumulate, bool prefetch)
+/* acc into the rows of y the mask keeps: y = acc, or y + acc. */
+AI void store_rows(float *y, __mmask16 m, __m512 acc, bool accumulate)
 {
-    const int64_t esz = wt == CV_DTYPE_F32 ? 4 : 2;
-    __m512 acc[TILE_ROWS][TILE_TOKS];
-#pragma GCC unroll 4
-    for (int r = 0; r < R; r++)
+    if (accumulate) acc = _mm512_add_ps(_mm512_maskz_loadu_ps(m, y), acc);
+    _mm512_mask_storeu_ps(y, m, acc);
+}
+
+/* One panel (CPU_PANEL rows, packed) against T tokens: T x 4 accumulators of
+ * 16 rows each. Per input element the panel's 64 weights are loaded once and
+ * used by every token, and each token's element is broadcast once and used
+ * by the 4 vectors: 4 + T loads for 4 * T multiply-adds, and no horizontal
+ * sums. m: the rows of each vector to store. */
+AI void panel_tile(cv_dtype wt, int T, const void *w, int64_t panel, int in, const float *x, int xs,
+                   float *y, int ys, const __mmask16 m[PANEL_VECS], bool accumulate)
+{
+    __m512 acc[TILE_TOKS][PANEL_VECS];
 #pragma GCC unroll 6
-        for (int t = 0; t < T; t++)
-            acc[r][t] = _mm512_setzero_ps();
-    const int nfull = in & ~15;
-    for (int i = 0; i < nfull; i += 16) {
-        __m512 wv[TILE_ROWS];
+    for (int t = 0; t < T; t++)
 #pragma GCC unroll 4
-        for (int r = 0; r < R; r++)
-            wv[r] = load_w(wt, w, (row0 + r) * in + i);
-        if (prefetch)
+        for (int v = 0; v < PANEL_VECS; v++)
+            acc[t][v] = _mm512_setzero_ps();
+    for (int i = 0; i < in; i++) {
+        __m512 wv[PANEL_VECS];
 #pragma GCC unroll 4
-            for (int r = 0; r < R; r++)
-                _mm_prefetch((const char *)w + ((row0 + R + r) * in + i) * esz, _MM_HINT_T0);
-#pragma GCC unroll 6
-        for (int t = 0; t < T; t++) {
-            __m512 xv = _mm512_loadu_ps(x + (int64_t)t * xs + i);
-#pragma GCC unroll 4
-            for (int r = 0; r < R; r++)
-                acc[r][t] = _mm512_fmadd_ps(wv[r], xv, acc[r][t]);
-        }
-    }
-    if (nfull < in) {
-        __mmask16 m = (__mmask16)((1u << (in - nfull)) - 1u);
-        __m512 wv[TILE_ROWS];
-#pragma GCC unroll 4
-        for (int r = 0; r < R; r++)
-            wv[r] = load_w_mask(wt, w, (row0 + r) * in + nfull, m);
+        for (int v = 0; v < PANEL_VECS; v++)
+            wv[v] = load_w(wt, w, panel + (int64_t)i * CPU_PANEL + 16 * v);
 #pragma GCC unroll 6
         for (int t = 0; t < T; t++) {
-            __m512 xv = _mm512_maskz_loadu_ps(m, x + (int64_t)t * xs + nfull);
+            const __m512 xb = _mm512_set1_ps(x[(int64_t)t * xs + i]);
 #pragma GCC unroll 4
-            for (int r = 0; r < R; r++)
-                acc[r][t] = _mm512_fmadd_ps(wv[r], xv, acc[r][t]);
+            for (int v = 0; v < PANEL_VECS; v++)
+                acc[t][v] = _mm512_fmadd_ps(wv[v], xb, acc[t][v]);
         }
     }
 #pragma GCC unroll 6
     for (int t = 0; t < T; t++)
 #pragma GCC unroll 4
-        for (int r = 0; r < R; r++) {
-            float v = _mm512_reduce_add_ps(acc[r][t]);
-            float *dst = y + (int64_t)t * ys + row0 + r;
-            *dst = accumulate ? *dst + v : v;
-        }
+        for (int v = 0; v < PANEL_VECS; v++)
+            store_rows(y + (int64_t)t * ys + 16 * v, m[v], acc[t][v], accumulate);
 }
 
-/* R rows against n_tok tokens, in tiles of TILE_TOKS and one tail tile; the
- * first tile prefetches the next rows when prefetch is set. */
-AI void rows(cv_dtype wt, int R, const void *w, int64_t row0, int in, const float *x, int xs,
-             int n_tok, float *y, int ys, bool accumulate, bool prefetch)
+/* One token against two panels at once: eight independent FMA chains
+ * instead of four cover the FMA latency while the weights stream in (the
+ * same arithmetic per row as panel_tile). */
+AI void panel_pair(cv_dtype wt, const void *w, int64_t panel, int in, const float *x, float *y,
+                   const __mmask16 m[2 * PANEL_VECS], bool accumulate)
+{
+    const int64_t next = (int64_t)in * CPU_PANEL;
+    __m512 acc[2 * PANEL_VECS];
+#pragma GCC unroll 8
+    for (int v = 0; v < 2 * PANEL_VECS; v++)
+        acc[v] = _mm512_setzero_ps();
+    for (int i = 0; i < in; i++) {
+        const __m512 xb = _mm512_set1_ps(x[i]);
+        const int64_t at = panel + (int64_t)i * CPU_PANEL;
+#pragma GCC unroll 4
+        for (int v = 0; v < PANEL_VECS; v++) {
+            acc[v] = _mm512_fmadd_ps(load_w(wt, w, at + 16 * v), xb, acc[v]);
+            acc[PANEL_VECS + v] =
+                _mm512_fmadd_ps(load_w(wt, w, at + next + 16 * v), xb, acc[PANEL_VECS + v]);
+        }
+    }
+#pragma GCC unroll 8
+    for (int v = 0; v < 2 * PANEL_VECS; v++)
+        store_rows(y + 16 * v, m[v], acc[v], accumulate);
+}
+
+/* The lanes of panel row0's 16-row vectors that fall in [o0, o1). */
+AI void panel_masks(int row0, int o0, int o1, __mmask16 *m)
+{
+#pragma GCC unroll 4
+    for (int v = 0; v < PANEL_VECS; v++) {
+        const int first = row0 + 16 * v;
+        uint32_t keep = 0xffffu;
+        if (o0 > first) keep &= o0 - first >= 16 ? 0u : 0xffffu << (o0 - first);
+        if (o1 < first + 16) keep &= o1 <= first ? 0u : 0xffffu >> (first + 16 - o1);
+        m[v] = (__mmask16)keep;
+    }
+}
+
+/* One panel against n_tok tokens: tiles of TILE_TOKS and one tail tile. */
+AI void panel_tokens(cv_dtype wt, const void *w, int64_t panel, int in, const float *x, int xs,
+                     int n_tok, float *y, int ys, const __mmask16 *m, bool accumulate)
 {
     int t = 0;
     for (; t + TILE_TOKS <= n_tok; t += TILE_TOKS)
-        tile(wt, R, TILE_TOKS, w, row0, in, x + (int64_t)t * xs, xs, y + (int64_t)t * ys, ys,
-             accumulate, prefetch && t == 0);
+        panel_tile(wt, TILE_TOKS, w, panel, in, x + (int64_t)t * xs, xs, y + (int64_t)t * ys, ys, m,
+                   accumulate);
     const float *xt = x + (int64_t)t * xs;
     float *yt = y + (int64_t)t * ys;
-    const bool pf = prefetch && t == 0;
     switch (n_tok - t) {
     case 5:
-        tile(wt, R, 5, w, row0, in, xt, xs, yt, ys, accumulate, pf);
+        panel_tile(wt, 5, w, panel, in, xt, xs, yt, ys, m, accumulate);
         break;
     case 4:
-        tile(wt, R, 4, w, row0, in, xt, xs, yt, ys, accumulate, pf);
+        panel_tile(wt, 4, w, panel, in, xt, xs, yt, ys, m, accumulate);
         break;
     case 3:
-        tile(wt, R, 3, w, row0, in, xt, xs, yt, ys, accumulate, pf);
+        panel_tile(wt, 3, w, panel, in, xt, xs, yt, ys, m, accumulate);
         break;
     case 2:
-        tile(wt, R, 2, w, row0, in, xt, xs, yt, ys, accumulate, pf);
+        panel_tile(wt, 2, w, panel, in, xt, xs, yt, ys, m, accumulate);
         break;
     case 1:
-        tile(wt, R, 1, w, row0, in, xt, xs, yt, ys, accumulate, pf);
+        panel_tile(wt, 1, w, panel, in, xt, xs, yt, ys, m, accumulate);
         break;
     default:
         break;
     }
 }
 
-/* One token: y[o] = w[o] . x, rows one after another so that the weights
- * are one sequential stream for the hardware prefetcher (a tile gains
- * nothing when each weight is used once). The same arithmetic as a 1 x 1
- * tile: one accumulator, masked tail, _mm512_reduce_add_ps. */
-AI void matvec(cv_dtype wt, const void *w, int in, const float *x, float *y, int o0, int o1,
-               bool accumulate)
-{
-    const int nfull = in & ~15;
-    const __mmask16 m = (__mmask16)((1u << (in - nfull)) - 1u);
-    for (int o = o0; o < o1; o++) {
-        const int64_t row = (int64_t)o * in;
-        __m512 acc = _mm512_setzero_ps();
-        for (int i = 0; i < nfull; i += 16)
-            acc = _mm512_fmadd_ps(load_w(wt, w, row + i), _mm512_loadu_ps(x + i), acc);
-        if (nfull < in)
-            acc = _mm512_fmadd_ps(load_w_mask(wt, w, row + nfull, m),
-                                  _mm512_maskz_loadu_ps(m, x + nfull), acc);
-        float v = _mm512_reduce_add_ps(acc);
-        y[o] = accumulate ? y[o] + v : v;
-    }
-}
-
-/* Tokens are processed in chunks whose activations fit in L2 (~192 KiB),
- * so a weight tile read once from memory is reused from L1 by every token of
- * the chunk. */
+/* Panel after panel: a panel (144 KiB for in 576 in f32) stays in L2 while
+ * every token tile reuses it; a lone token takes two panels at a time. */
 AI void matmul_dtype(cv_dtype wt, const void *w, int in, const float *x, int xs, int n_tok,
                      float *y, int ys, int o0, int o1, bool accumulate)
 {
-    if (n_tok == 1) {
-        matvec(wt, w, in, x, y, o0, o1, accumulate);
-        return;
-    }
-    int chunk = (192 * 1024) / (in * (int)sizeof(float));
-    chunk = chunk < TILE_TOKS ? TILE_TOKS : chunk / TILE_TOKS * TILE_TOKS;
-    for (int t0 = 0; t0 < n_tok; t0 += chunk) {
-        int tn = n_tok - t0 < chunk ? n_tok - t0 : chunk;
-        const float *xc = x + (int64_t)t0 * xs;
-        float *yc = y + (int64_t)t0 * ys;
-        int o = o0;
-        if (tn > 1)
-            for (; o + TILE_ROWS <= o1; o += TILE_ROWS)
-                rows(wt, TILE_ROWS, w, o, in, xc, xs, tn, yc, ys, accumulate,
-                     tn > TILE_TOKS && o + 2 * TILE_ROWS <= o1);
-        for (; o < o1; o++)
-            rows(wt, 1, w, o, in, xc, xs, tn, yc, ys, accumulate, false);
+    const int64_t panel_elems = (int64_t)in * CPU_PANEL;
+    for (int p = o0 / CPU_PANEL; p * CPU_PANEL < o1; p++) {
+        const int row0 = p * CPU_PANEL;
+        __mmask16 m[2 * PANEL_VECS];
+        panel_masks(row0, o0, o1, m);
+        if (n_tok == 1 && row0 + CPU_PANEL < o1) {
+            panel_masks(row0 + CPU_PANEL, o0, o1, m + PANEL_VECS);
+            panel_pair(wt, w, p * panel_elems, in, x, y + row0, m, accumulate);
+            p++;
+            continue;
+        }
+        panel_tokens(wt, w, p * panel_elems, in, x, xs, n_tok, y + row0, ys, m, accumulate);
     }
 }
 

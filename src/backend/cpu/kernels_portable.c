@@ -87,34 +87,50 @@ void cpu_to_f32(cv_dtype dtype, const void *src, float *dst, int64_t n)
     }
 }
 
-/* One weight row against one token, summed in element order. */
-static float row_dot(cv_dtype wtype, const void *w, int64_t row, int in, const float *x)
+void cpu_pack(void *dst, cv_dtype to, const void *src, cv_dtype from, int64_t out, int64_t in)
 {
-    float acc = 0.0f;
-    if (wtype == CV_DTYPE_F32) {
-        const float *wr = (const float *)w + row * in;
-        for (int i = 0; i < in; i++)
-            acc += wr[i] * x[i];
-    } else if (wtype == CV_DTYPE_F16) {
-        const uint16_t *wr = (const uint16_t *)w + row * in;
-        for (int i = 0; i < in; i++)
-            acc += cpu_f16_to_f32(wr[i]) * x[i];
-    } else {
-        const uint16_t *wr = (const uint16_t *)w + row * in;
-        for (int i = 0; i < in; i++)
-            acc += bf16_to_f32(wr[i]) * x[i];
+    const int64_t rows = cpu_packed_elems(out, in) / (in > 0 ? in : 1);
+    const size_t esz = cv_dtype_size(to);
+    for (int64_t o = 0; o < rows; o++) {
+        const int64_t base = (o / CPU_PANEL) * in * CPU_PANEL + o % CPU_PANEL;
+        for (int64_t i = 0; i < in; i++) {
+            const int64_t at = base + i * CPU_PANEL;
+            if (o >= out)
+                memset((char *)dst + at * esz, 0, esz);
+            else if (to == from)
+                memcpy((char *)dst + at * esz, (const char *)src + (o * in + i) * esz, esz);
+            else
+                cv_dtype_store(dst, at, to, cv_dtype_load(src, o * in + i, from));
+        }
     }
-    return acc;
 }
 
+static inline float weight(cv_dtype wtype, const void *w, int64_t idx)
+{
+    if (wtype == CV_DTYPE_F32) return ((const float *)w)[idx];
+    uint16_t h = ((const uint16_t *)w)[idx];
+    return wtype == CV_DTYPE_F16 ? cpu_f16_to_f32(h) : bf16_to_f32(h);
+}
+
+/* Panel by panel, token by token: the panel's rows accumulate side by side
+ * while the input elements go by in order, the chain every table computes. */
 static void portable_matmul(cv_dtype wtype, const void *w, int in, const float *x, int x_stride,
                             int n_tok, float *y, int y_stride, int o0, int o1, bool accumulate)
 {
-    for (int o = o0; o < o1; o++) {
+    for (int p = o0 / CPU_PANEL; p * CPU_PANEL < o1; p++) {
+        const int r0 = p * CPU_PANEL;
+        const int lo = o0 > r0 ? o0 - r0 : 0, hi = o1 - r0 < CPU_PANEL ? o1 - r0 : CPU_PANEL;
+        const int64_t panel = (int64_t)p * in * CPU_PANEL;
         for (int t = 0; t < n_tok; t++) {
-            float v = row_dot(wtype, w, o, in, x + (int64_t)t * x_stride);
-            float *dst = y + (int64_t)t * y_stride + o;
-            *dst = accumulate ? *dst + v : v;
+            const float *xt = x + (int64_t)t * x_stride;
+            float acc[CPU_PANEL] = {0};
+            for (int i = 0; i < in; i++)
+                for (int j = lo; j < hi; j++)
+                    acc[j] =
+                        fmaf(weight(wtype, w, panel + (int64_t)i * CPU_PANEL + j), xt[i], acc[j]);
+            float *dst = y + (int64_t)t * y_stride + r0;
+            for (int j = lo; j < hi; j++)
+                dst[j] = accumulate ? dst[j] + acc[j] : acc[j];
         }
     }
 }
