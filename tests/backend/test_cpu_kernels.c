@@ -1,6 +1,7 @@
 /* CPU backend kernels against naive references: every SIMD table this CPU
  * has (forced one by one) on matmuls with F32/F16/BF16 weights over awkward
- * shapes, the half-float conversion over all 65536 values, attention blocks
+ * shapes, bit-identical across tables and batch sizes, the packed weight
+ * layout, the half-float conversion over all 65536 values, attention blocks
  * (online softmax), the gated activations, RMSNorm, and RoPE inverse
  * frequencies for the default, linear and llama3 types as HF computes them. */
 #include <math.h>
@@ -133,6 +134,63 @@ static void test_matmul_many_tokens(void **state)
     const cpu_kernels *k = cpu_kernels_best();
     check_matmul(k, CV_DTYPE_F32, 9, 1536, 67);
     check_matmul(k, CV_DTYPE_BF16, 5, 1536, 67);
+}
+
+/* cpu_pack's layout: element (o, i) at ((o / 64) * in + i) * 64 + o % 64,
+ * the rows past out zero, and F32 -> BF16 conversion on the way. */
+static void test_pack_layout(void **state)
+{
+    (void)state;
+    enum { OUT = 70, IN = 3 };
+    float src[OUT * IN];
+    for (int i = 0; i < OUT * IN; i++)
+        src[i] = (float)i;
+    assert_int_equal(cpu_packed_elems(OUT, IN), 128 * IN);
+    float packed[128 * IN];
+    uint16_t packed16[128 * IN];
+    cpu_pack(packed, CV_DTYPE_F32, src, CV_DTYPE_F32, OUT, IN);
+    cpu_pack(packed16, CV_DTYPE_BF16, src, CV_DTYPE_F32, OUT, IN);
+    for (int o = 0; o < 128; o++)
+        for (int i = 0; i < IN; i++) {
+            const int at = ((o / 64) * IN + i) * 64 + o % 64;
+            const float want = o < OUT ? (float)(o * IN + i) : 0.0f;
+            assert_true(packed[at] == want);
+            assert_int_equal(packed16[at], cpu_f32_to_bf16(want));
+        }
+}
+
+/* Every table's matmul computes the same FMA chains: bit-identical outputs
+ * for any batch size, and each token's row equal to that token alone. */
+static void test_matmul_tables_agree(void **state)
+{
+    (void)state;
+    enum { OUT = 133, IN = 97, NTOK = 13 };
+    for (int dt = 0; dt < 3; dt++) {
+        float *exact = malloc((size_t)OUT * IN * sizeof(float));
+        float x[NTOK * IN], ref[NTOK * OUT], y[NTOK * OUT];
+        assert_non_null(exact);
+        void *rows = make_weights((cv_dtype)dt, OUT, IN, exact);
+        void *w = malloc((size_t)cpu_packed_elems(OUT, IN) * 4);
+        assert_non_null(w);
+        cpu_pack(w, (cv_dtype)dt, rows, (cv_dtype)dt, OUT, IN);
+        for (int i = 0; i < NTOK * IN; i++)
+            x[i] = frand();
+        const cpu_kernels *portable = cpu_kernels_get(CPU_SIMD_PORTABLE);
+        portable->matmul((cv_dtype)dt, w, IN, x, IN, NTOK, ref, OUT, 0, OUT, false);
+        for (int l = 0; l < CPU_SIMD_COUNT; l++) {
+            const cpu_kernels *k = cpu_kernels_get((cpu_simd_level)l);
+            if (!k) continue;
+            k->matmul((cv_dtype)dt, w, IN, x, IN, NTOK, y, OUT, 0, OUT, false);
+            assert_memory_equal(y, ref, sizeof y);
+            for (int t = 0; t < NTOK; t++) {
+                k->matmul((cv_dtype)dt, w, IN, x + t * IN, IN, 1, y, OUT, 0, OUT, false);
+                assert_memory_equal(y, ref + t * OUT, OUT * sizeof(float));
+            }
+        }
+        free(w);
+        free(rows);
+        free(exact);
+    }
 }
 
 /* Every half-float bit pattern (normals, subnormals, zeros, inf, nan)
@@ -352,11 +410,17 @@ static void test_rope_apply(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_matmul_all_levels), cmocka_unit_test(test_matmul_many_tokens),
-        cmocka_unit_test(test_f16_conversion),    cmocka_unit_test(test_attn_block),
-        cmocka_unit_test(test_f32_narrowing),     cmocka_unit_test(test_gated_act),
-        cmocka_unit_test(test_rmsnorm),           cmocka_unit_test(test_rope_inv_freq),
+        cmocka_unit_test(test_matmul_all_levels),
+        cmocka_unit_test(test_matmul_many_tokens),
+        cmocka_unit_test(test_f16_conversion),
+        cmocka_unit_test(test_attn_block),
+        cmocka_unit_test(test_f32_narrowing),
+        cmocka_unit_test(test_gated_act),
+        cmocka_unit_test(test_rmsnorm),
+        cmocka_unit_test(test_rope_inv_freq),
         cmocka_unit_test(test_rope_apply),
+        cmocka_unit_test(test_pack_layout),
+        cmocka_unit_test(test_matmul_tables_agree),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
