@@ -8,7 +8,7 @@
 #define TGT __attribute__((target("avx2,fma,f16c")))
 #define AI static inline __attribute__((always_inline)) TGT
 
-enum { TILE_TOKS = 6, SLICE_ROWS = 16 };
+enum { TILE_TOKS = 6, SLICE_VECS = 2, SLICE_ROWS = 8 * SLICE_VECS };
 
 /* 8 weights starting at element idx, widened to fp32. */
 AI __m256 load_w(cv_dtype wt, const void *w, int64_t idx)
@@ -60,23 +60,29 @@ AI int clampi(int v, int lo, int hi)
 AI void slice_tile(cv_dtype wt, int T, const void *w, int64_t panel, int r0, int in, const float *x,
                    int xs, float *y, int ys, int lo, int hi, bool accumulate)
 {
-    __m256 acc[TILE_TOKS][2];
+    __m256 acc[TILE_TOKS][SLICE_VECS];
 #pragma GCC unroll 6
     for (int t = 0; t < T; t++)
-        acc[t][0] = acc[t][1] = _mm256_setzero_ps();
+#pragma GCC unroll 4
+        for (int v = 0; v < SLICE_VECS; v++)
+            acc[t][v] = _mm256_setzero_ps();
     for (int i = 0; i < in; i++) {
         const int64_t at = panel + (int64_t)i * CPU_PANEL + r0;
-        const __m256 w0 = load_w(wt, w, at), w1 = load_w(wt, w, at + 8);
+        __m256 wv[SLICE_VECS];
+#pragma GCC unroll 4
+        for (int v = 0; v < SLICE_VECS; v++)
+            wv[v] = load_w(wt, w, at + 8 * v);
 #pragma GCC unroll 6
         for (int t = 0; t < T; t++) {
             const __m256 xb = _mm256_broadcast_ss(x + (int64_t)t * xs + i);
-            acc[t][0] = _mm256_fmadd_ps(w0, xb, acc[t][0]);
-            acc[t][1] = _mm256_fmadd_ps(w1, xb, acc[t][1]);
+#pragma GCC unroll 4
+            for (int v = 0; v < SLICE_VECS; v++)
+                acc[t][v] = _mm256_fmadd_ps(wv[v], xb, acc[t][v]);
         }
     }
 #pragma GCC unroll 6
     for (int t = 0; t < T; t++)
-        for (int v = 0; v < 2; v++) {
+        for (int v = 0; v < SLICE_VECS; v++) {
             const int first = r0 + 8 * v;
             store_rows(y + (int64_t)t * ys + first, clampi(lo - first, 0, 8),
                        clampi(hi - first, 0, 8), acc[t][v], accumulate);
