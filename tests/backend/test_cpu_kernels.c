@@ -214,13 +214,17 @@ static void test_f16_conversion(void **state)
 /* Attention of one head over 41 keys fed in blocks of 1..16 keys, with K
  * and V stored in each KV dtype, must equal a plain softmax(q K^T * scale) V
  * computed in double over the stored values. */
+/* Query heads sharing one kv head (1, 3 and 5 of them: one call covers
+ * more heads than the AVX-512 kernel shares V loads among), fed block by
+ * block, against softmax(q K^T scale) V in double. */
 static void test_attn_block(void **state)
 {
     (void)state;
-    enum { N = 41, MAXD = 80 };
+    enum { N = 41, MAXD = 80, MAXQ = 5 };
     static const int dims[] = {8, 13, 16, 64, 80};
     static const int blocks[] = {1, 5, 16};
-    float q[MAXD], k[N * MAXD], v[N * MAXD], out[MAXD], scores[16];
+    static const int heads[] = {1, 3, 5};
+    float q[MAXQ * MAXD], k[N * MAXD], v[N * MAXD], out[MAXQ * MAXD], scores[MAXQ * 16];
     static uint8_t kst[N * MAXD * 4], vst[N * MAXD * 4];
     for (int l = 0; l < CPU_SIMD_COUNT; l++) {
         const cpu_kernels *kern = cpu_kernels_get((cpu_simd_level)l);
@@ -228,7 +232,7 @@ static void test_attn_block(void **state)
         for (int dt = 0; dt < 3; dt++) {
             for (size_t di = 0; di < sizeof dims / sizeof *dims; di++) {
                 const int hd = dims[di];
-                for (int i = 0; i < hd; i++)
+                for (int i = 0; i < MAXQ * hd; i++)
                     q[i] = 2.0f * frand();
                 for (int i = 0; i < N * hd; i++) {
                     float kv[2] = {2.0f * frand(), frand()};
@@ -245,36 +249,53 @@ static void test_attn_block(void **state)
                 cpu_to_f32((cv_dtype)dt, kst, k, N * hd);
                 cpu_to_f32((cv_dtype)dt, vst, v, N * hd);
                 const float scale = 1.0f / sqrtf((float)hd);
-                double s[N], mx = -1e30, sum = 0.0, want[MAXD] = {0};
-                for (int j = 0; j < N; j++) {
-                    s[j] = 0.0;
-                    for (int d = 0; d < hd; d++)
-                        s[j] += (double)q[d] * k[j * hd + d];
-                    s[j] *= scale;
-                    mx = s[j] > mx ? s[j] : mx;
-                }
-                for (int j = 0; j < N; j++) {
-                    double p = exp(s[j] - mx);
-                    sum += p;
-                    for (int d = 0; d < hd; d++)
-                        want[d] += p * v[j * hd + d];
+                double mx[MAXQ], sum[MAXQ], want[MAXQ][MAXD] = {{0}};
+                for (int h = 0; h < MAXQ; h++) {
+                    double s[N];
+                    mx[h] = -1e30;
+                    sum[h] = 0.0;
+                    for (int j = 0; j < N; j++) {
+                        s[j] = 0.0;
+                        for (int d = 0; d < hd; d++)
+                            s[j] += (double)q[h * hd + d] * k[j * hd + d];
+                        s[j] *= scale;
+                        mx[h] = s[j] > mx[h] ? s[j] : mx[h];
+                    }
+                    for (int j = 0; j < N; j++) {
+                        double p = exp(s[j] - mx[h]);
+                        sum[h] += p;
+                        for (int d = 0; d < hd; d++)
+                            want[h][d] += p * v[j * hd + d];
+                    }
                 }
                 const size_t esz = dt == CV_DTYPE_F32 ? 4 : 2;
-                for (size_t bi = 0; bi < sizeof blocks / sizeof *blocks; bi++) {
-                    float m = -INFINITY, lsum = 0.0f;
-                    memset(out, 0, sizeof out);
-                    for (int j0 = 0; j0 < N; j0 += blocks[bi]) {
-                        int n = N - j0 < blocks[bi] ? N - j0 : blocks[bi];
-                        kern->attn_block((cv_dtype)dt, q, kst + j0 * hd * esz, vst + j0 * hd * esz,
-                                         n, hd, scale, &m, &lsum, out, scores);
+                for (size_t hi = 0; hi < sizeof heads / sizeof *heads; hi++) {
+                    const int nq = heads[hi];
+                    for (size_t bi = 0; bi < sizeof blocks / sizeof *blocks; bi++) {
+                        float m[MAXQ], lsum[MAXQ];
+                        for (int h = 0; h < nq; h++) {
+                            m[h] = -INFINITY;
+                            lsum[h] = 0.0f;
+                        }
+                        memset(out, 0, sizeof out);
+                        for (int j0 = 0; j0 < N; j0 += blocks[bi]) {
+                            int n = N - j0 < blocks[bi] ? N - j0 : blocks[bi];
+                            kern->attn_block((cv_dtype)dt, q, nq, kst + j0 * hd * esz,
+                                             vst + j0 * hd * esz, n, hd, scale, m, lsum, out,
+                                             scores);
+                        }
+                        for (int h = 0; h < nq; h++) {
+                            assert_float_equal(m[h], mx[h], 1e-5);
+                            for (int d = 0; d < hd; d++) {
+                                const double got = out[h * hd + d] / lsum[h];
+                                if (fabs(got - want[h][d] / sum[h]) > 2e-6)
+                                    fail_msg("%s kv dtype %d head_dim %d heads %d block %d: "
+                                             "out[%d][%d] = %.8g, ref %.8g",
+                                             kern->name, dt, hd, nq, blocks[bi], h, d, got,
+                                             want[h][d] / sum[h]);
+                            }
+                        }
                     }
-                    assert_float_equal(m, mx, 1e-5);
-                    for (int d = 0; d < hd; d++)
-                        if (fabs(out[d] / lsum - want[d] / sum) > 2e-6)
-                            fail_msg("%s kv dtype %d head_dim %d block %d: out[%d] = %.8g, "
-                                     "ref %.8g",
-                                     kern->name, dt, hd, blocks[bi], d, out[d] / lsum,
-                                     want[d] / sum);
                 }
             }
         }

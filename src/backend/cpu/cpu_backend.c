@@ -263,7 +263,7 @@ int cv_backend_kv_alloc(cv_backend *backend, int n_blocks, int block_size, cv_er
     void *kv = aligned_alloc(huge, pool_bytes);
     if (kv) (void)madvise(kv, pool_bytes, MADV_HUGEPAGE);
     float *scratch =
-        alloc_floats((size_t)backend->n_threads * ((size_t)block_size + 2 * (size_t)c->n_heads));
+        alloc_floats((size_t)backend->n_threads * cpu_attn_scratch_floats(c, block_size));
     if (!kv || !scratch) {
         free(kv);
         free(scratch);

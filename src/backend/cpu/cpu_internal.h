@@ -60,7 +60,7 @@ struct cv_backend {
     int n_blocks;
     int block_size;
     size_t block_elems;
-    float *attn_scratch; /* (n_threads, block_size + 2 n_heads) scores, max, sum */
+    float *attn_scratch; /* (n_threads, cpu_attn_scratch_floats) */
 
     /* Activations, sized for cap_tokens tokens and cap_logits logits rows;
      * grown only when a batch exceeds every earlier one. */
@@ -101,6 +101,13 @@ cv_backend *cpu_backend_create_from(const cv_model_config *cfg, const cv_model_w
 static inline void *cpu_kv_at(const cv_backend *bk, size_t elem)
 {
     return (char *)bk->kv + elem * cv_dtype_size(bk->kv_dtype);
+}
+
+/* Attention scratch of one thread: a kv group's scores over one block, then
+ * the running max and sum of every query head. */
+static inline size_t cpu_attn_scratch_floats(const cv_model_config *c, int block_size)
+{
+    return (size_t)(c->n_heads / c->n_kv_heads) * (size_t)block_size + 2 * (size_t)c->n_heads;
 }
 
 /* Forces one kernel table (tests compare them). -1 if the CPU lacks it. */

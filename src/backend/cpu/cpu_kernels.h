@@ -34,13 +34,15 @@ typedef struct cpu_kernels {
     void (*matmul)(cv_dtype wtype, const void *w, int in, const float *x, int x_stride, int n_tok,
                    float *y, int y_stride, int o0, int o1, bool accumulate);
 
-    /* Online-softmax attention of one query head over n keys and values
-     * (rows of head_dim elements in kv_dtype): s_j = scale * q . k_j,
-     * m' = max(m, s_j), out = out * e^(m - m') + sum_j e^(s_j - m') v_j, l
-     * likewise; *m and *l carry the running max and sum between calls (start
-     * at -inf and 0). scores: (n) scratch. */
-    void (*attn_block)(cv_dtype kv_dtype, const float *q, const void *k, const void *v, int n,
-                       int head_dim, float scale, float *m, float *l, float *out, float *scores);
+    /* Online-softmax attention of n_q query heads that share one kv head
+     * over n keys and values (rows of head_dim elements in kv_dtype). Head h
+     * reads q + h * head_dim and updates out + h * head_dim, m[h] and l[h]:
+     * s_j = scale * q . k_j, m' = max(m, s_j), out = out * e^(m - m') +
+     * sum_j e^(s_j - m') v_j, l likewise; m and l carry the running max and
+     * sum between calls (start at -inf and 0). scores: (n_q * n) scratch. */
+    void (*attn_block)(cv_dtype kv_dtype, const float *q, int n_q, const void *k, const void *v,
+                       int n, int head_dim, float scale, float *m, float *l, float *out,
+                       float *scores);
 
     /* gate[i] = act(gate[i]) * up[i] */
     void (*gated_act)(cv_activation act, float *gate, const float *up, int n);

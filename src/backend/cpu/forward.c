@@ -225,8 +225,8 @@ static void rope_and_store(cv_backend *bk, const cv_batch *b, int layer)
  * are whole kv groups, or part of one group: in a block, the K rows of kv
  * heads g0..g1 are one contiguous run and so are their V rows, which the
  * loop prefetches a block ahead (the next block lies wherever the block
- * table says, where no hardware prefetcher looks). scratch: block_size
- * scores, then the running max and sum of each head. */
+ * table says, where no hardware prefetcher looks). scratch: group *
+ * block_size scores, then the running max and sum of each head. */
 static void attend(cv_backend *bk, const cv_batch *b, int layer, int t, int h0, int h1,
                    float *scratch)
 {
@@ -239,7 +239,7 @@ static void attend(cv_backend *bk, const cv_batch *b, int layer, int t, int h0, 
     const int ctx = b->seq_lens[s] - qlen + (t - q0) + 1;
     const int32_t *table = b->block_tables + (int64_t)s * b->max_blocks_per_seq;
     const float scale = 1.0f / sqrtf((float)hd);
-    float *scores = scratch, *m = scratch + bs, *l = m + c->n_heads;
+    float *scores = scratch, *m = scratch + group * bs, *l = m + c->n_heads;
     for (int h = h0; h < h1; h++) {
         float *out = bk->attn + (int64_t)t * bk->ld_q + h * hd;
         for (int i = 0; i < hd; i++)
@@ -267,12 +267,15 @@ static void attend(cv_backend *bk, const cv_batch *b, int layer, int t, int h0, 
                 __builtin_prefetch(nv + o);
             }
         }
-        for (int h = h0; h < h1; h++) {
-            const size_t head = (size_t)(h / group - g0) * head_elems + (size_t)off * hd;
-            K->attn_block(bk->kv_dtype, bk->q + (int64_t)t * bk->ld_q + h * hd,
+        /* One call per kv head, for its query heads in [h0, h1). */
+        for (int h = h0; h < h1;) {
+            const int g = h / group, end = (g + 1) * group < h1 ? (g + 1) * group : h1;
+            const size_t head = (size_t)(g - g0) * head_elems + (size_t)off * hd;
+            K->attn_block(bk->kv_dtype, bk->q + (int64_t)t * bk->ld_q + h * hd, end - h,
                           cpu_kv_at(bk, base + k_off + head), cpu_kv_at(bk, base + v_off + head), n,
                           hd, scale, &m[h], &l[h], bk->attn + (int64_t)t * bk->ld_q + h * hd,
                           scores);
+            h = end;
         }
         j += n;
     }
@@ -309,7 +312,7 @@ static void layer_forward(cv_backend *bk, const cv_batch *b, int layer, int ith,
     run_jobs(bk, layer_phase(layer, PH_QKV), qkv, 3, nt);
     rope_and_store(bk, b, layer);
     team_barrier(bk);
-    float *scratch = bk->attn_scratch + (size_t)ith * (bk->block_size + 2 * c->n_heads);
+    float *scratch = bk->attn_scratch + (size_t)ith * cpu_attn_scratch_floats(c, bk->block_size);
     /* Work items: a token's heads, all of them when the tokens alone keep
      * the threads busy (each block's K and V rows for the layer are then two
      * contiguous runs), else one kv group (the group's query heads share

@@ -254,20 +254,25 @@ AI void attn_block(cv_dtype dt, const float *q, const void *k, const void *v, in
     }
 }
 
-static TGT void avx2_attn_block(cv_dtype kv_dtype, const float *q, const void *k, const void *v,
-                                int n, int head_dim, float scale, float *m, float *l, float *out,
-                                float *scores)
+/* Head after head (the AVX-512 file shares each V row load among heads). */
+static TGT void avx2_attn_block(cv_dtype kv_dtype, const float *q, int n_q, const void *k,
+                                const void *v, int n, int head_dim, float scale, float *m, float *l,
+                                float *out, float *scores)
 {
-    switch (kv_dtype) {
-    case CV_DTYPE_F32:
-        attn_block(CV_DTYPE_F32, q, k, v, n, head_dim, scale, m, l, out, scores);
-        break;
-    case CV_DTYPE_F16:
-        attn_block(CV_DTYPE_F16, q, k, v, n, head_dim, scale, m, l, out, scores);
-        break;
-    case CV_DTYPE_BF16:
-        attn_block(CV_DTYPE_BF16, q, k, v, n, head_dim, scale, m, l, out, scores);
-        break;
+    for (int h = 0; h < n_q; h++) {
+        const float *qh = q + h * head_dim;
+        float *oh = out + h * head_dim;
+        switch (kv_dtype) {
+        case CV_DTYPE_F32:
+            attn_block(CV_DTYPE_F32, qh, k, v, n, head_dim, scale, &m[h], &l[h], oh, scores);
+            break;
+        case CV_DTYPE_F16:
+            attn_block(CV_DTYPE_F16, qh, k, v, n, head_dim, scale, &m[h], &l[h], oh, scores);
+            break;
+        case CV_DTYPE_BF16:
+            attn_block(CV_DTYPE_BF16, qh, k, v, n, head_dim, scale, &m[h], &l[h], oh, scores);
+            break;
+        }
     }
 }
 

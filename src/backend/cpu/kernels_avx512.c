@@ -241,8 +241,11 @@ AI __m512 reduce16(const __m512 a[16])
     return _mm512_add_ps(_mm512_shuffle_f32x4(z0, z1, 0x88), _mm512_shuffle_f32x4(z0, z1, 0xdd));
 }
 
-AI void attn_block(cv_dtype dt, const float *q, const void *k, const void *v, int n, int head_dim,
-                   float scale, float *m, float *l, float *out, float *scores)
+/* One head's scores against n keys into scores[0, n) (scaled), the
+ * probabilities e^(s - m') in place, and its running max and sum updated;
+ * returns the factor e^(m - m') by which its earlier output must shrink. */
+AI float head_scores(cv_dtype dt, const float *q, const void *k, int n, int head_dim, float scale,
+                     float *m, float *l, float *scores)
 {
     float m_new = *m;
     /* Scores 16 keys at a time: one accumulator per key, then one transpose
@@ -277,45 +280,96 @@ AI void attn_block(cv_dtype dt, const float *q, const void *k, const void *v, in
         _mm512_mask_storeu_ps(scores + j, mk, p);
         lsum = _mm512_add_ps(lsum, p);
     }
-    const float corr = expf(*m - m_new); /* 0 on the first block (*m = -inf) */
+    /* 0 on the first block (*m = -inf); exactly 1 while the max holds. */
+    const float corr = m_new == *m ? 1.0f : expf(*m - m_new);
     *l = *l * corr + _mm512_reduce_add_ps(lsum);
     *m = m_new;
-    /* out += sum_j p_j v_j, 64 output floats at a time held in registers. */
+    return corr;
+}
+
+enum { ATTN_HEADS = 4 }; /* heads whose output accumulators share V loads */
+
+/* H (<= ATTN_HEADS) heads of one kv head: each head's scores, then out_h +=
+ * sum_j p_hj v_j with each V row loaded once for all H heads, 64 output
+ * floats at a time: H x 4 accumulators, H x 4 independent FMA chains. */
+AI void attn_heads(cv_dtype dt, int H, const float *q, const void *k, const void *v, int n,
+                   int head_dim, float scale, float *m, float *l, float *out, float *scores)
+{
+    float corr[ATTN_HEADS];
+#pragma GCC unroll 4
+    for (int h = 0; h < H; h++)
+        corr[h] =
+            head_scores(dt, q + h * head_dim, k, n, head_dim, scale, &m[h], &l[h], scores + h * n);
     for (int d0 = 0; d0 < head_dim; d0 += 64) {
         __mmask16 mk[4];
-        __m512 acc[4];
+        __m512 acc[ATTN_HEADS][4];
 #pragma GCC unroll 4
         for (int u = 0; u < 4; u++) {
             mk[u] = lanes(head_dim - d0 - 16 * u);
-            acc[u] = _mm512_mul_ps(_mm512_maskz_loadu_ps(mk[u], out + d0 + 16 * u),
-                                   _mm512_set1_ps(corr));
+#pragma GCC unroll 4
+            for (int h = 0; h < H; h++)
+                acc[h][u] =
+                    _mm512_mul_ps(_mm512_maskz_loadu_ps(mk[u], out + h * head_dim + d0 + 16 * u),
+                                  _mm512_set1_ps(corr[h]));
         }
         for (int j = 0; j < n; j++) {
-            const __m512 p = _mm512_set1_ps(scores[j]);
             const int64_t row = (int64_t)j * head_dim + d0;
+            __m512 vv[4];
 #pragma GCC unroll 4
             for (int u = 0; u < 4; u++)
-                acc[u] = _mm512_fmadd_ps(p, load_w_mask(dt, v, row + 16 * u, mk[u]), acc[u]);
+                vv[u] = load_w_mask(dt, v, row + 16 * u, mk[u]);
+#pragma GCC unroll 4
+            for (int h = 0; h < H; h++) {
+                const __m512 p = _mm512_set1_ps(scores[h * n + j]);
+#pragma GCC unroll 4
+                for (int u = 0; u < 4; u++)
+                    acc[h][u] = _mm512_fmadd_ps(p, vv[u], acc[h][u]);
+            }
         }
 #pragma GCC unroll 4
-        for (int u = 0; u < 4; u++)
-            _mm512_mask_storeu_ps(out + d0 + 16 * u, mk[u], acc[u]);
+        for (int h = 0; h < H; h++)
+#pragma GCC unroll 4
+            for (int u = 0; u < 4; u++)
+                _mm512_mask_storeu_ps(out + h * head_dim + d0 + 16 * u, mk[u], acc[h][u]);
     }
 }
 
-static TGT void avx512_attn_block(cv_dtype kv_dtype, const float *q, const void *k, const void *v,
-                                  int n, int head_dim, float scale, float *m, float *l, float *out,
-                                  float *scores)
+AI void attn_block(cv_dtype dt, const float *q, int n_q, const void *k, const void *v, int n,
+                   int head_dim, float scale, float *m, float *l, float *out, float *scores)
+{
+    for (int h = 0; h < n_q; h += ATTN_HEADS) {
+        const float *qh = q + h * head_dim;
+        float *oh = out + h * head_dim;
+        switch (n_q - h < ATTN_HEADS ? n_q - h : ATTN_HEADS) {
+        case 4:
+            attn_heads(dt, 4, qh, k, v, n, head_dim, scale, m + h, l + h, oh, scores);
+            break;
+        case 3:
+            attn_heads(dt, 3, qh, k, v, n, head_dim, scale, m + h, l + h, oh, scores);
+            break;
+        case 2:
+            attn_heads(dt, 2, qh, k, v, n, head_dim, scale, m + h, l + h, oh, scores);
+            break;
+        default:
+            attn_heads(dt, 1, qh, k, v, n, head_dim, scale, m + h, l + h, oh, scores);
+            break;
+        }
+    }
+}
+
+static TGT void avx512_attn_block(cv_dtype kv_dtype, const float *q, int n_q, const void *k,
+                                  const void *v, int n, int head_dim, float scale, float *m,
+                                  float *l, float *out, float *scores)
 {
     switch (kv_dtype) {
     case CV_DTYPE_F32:
-        attn_block(CV_DTYPE_F32, q, k, v, n, head_dim, scale, m, l, out, scores);
+        attn_block(CV_DTYPE_F32, q, n_q, k, v, n, head_dim, scale, m, l, out, scores);
         break;
     case CV_DTYPE_F16:
-        attn_block(CV_DTYPE_F16, q, k, v, n, head_dim, scale, m, l, out, scores);
+        attn_block(CV_DTYPE_F16, q, n_q, k, v, n, head_dim, scale, m, l, out, scores);
         break;
     case CV_DTYPE_BF16:
-        attn_block(CV_DTYPE_BF16, q, k, v, n, head_dim, scale, m, l, out, scores);
+        attn_block(CV_DTYPE_BF16, q, n_q, k, v, n, head_dim, scale, m, l, out, scores);
         break;
     }
 }

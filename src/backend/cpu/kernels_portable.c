@@ -142,9 +142,8 @@ static inline float kv_elem(cv_dtype dt, const void *p, size_t i)
     return dt == CV_DTYPE_F16 ? cpu_f16_to_f32(h) : bf16_to_f32(h);
 }
 
-static void portable_attn_block(cv_dtype kv_dtype, const float *q, const void *k, const void *v,
-                                int n, int head_dim, float scale, float *m, float *l, float *out,
-                                float *scores)
+static void head_attn(cv_dtype kv_dtype, const float *q, const void *k, const void *v, int n,
+                      int head_dim, float scale, float *m, float *l, float *out, float *scores)
 {
     float m_new = *m;
     for (int j = 0; j < n; j++) {
@@ -165,6 +164,15 @@ static void portable_attn_block(cv_dtype kv_dtype, const float *q, const void *k
             out[d] += p * kv_elem(kv_dtype, v, (size_t)j * head_dim + d);
     }
     *m = m_new;
+}
+
+static void portable_attn_block(cv_dtype kv_dtype, const float *q, int n_q, const void *k,
+                                const void *v, int n, int head_dim, float scale, float *m, float *l,
+                                float *out, float *scores)
+{
+    for (int h = 0; h < n_q; h++)
+        head_attn(kv_dtype, q + h * head_dim, k, v, n, head_dim, scale, &m[h], &l[h],
+                  out + h * head_dim, scores);
 }
 
 static void portable_gated_act(cv_activation act, float *gate, const float *up, int n)
