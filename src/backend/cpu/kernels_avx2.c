@@ -120,25 +120,11 @@ AI void slice_tokens(cv_dtype wt, const void *w, int64_t panel, int r0, int in, 
                    ys, lo, hi, accumulate);
     const float *xt = x + (int64_t)t * xs;
     float *yt = y + (int64_t)t * ys;
-    switch (n_tok - t) {
-    case 5:
-        slice_tile(wt, 5, w, panel, r0, in, xt, xs, yt, ys, lo, hi, accumulate);
-        break;
-    case 4:
-        slice_tile(wt, 4, w, panel, r0, in, xt, xs, yt, ys, lo, hi, accumulate);
-        break;
-    case 3:
-        slice_tile(wt, 3, w, panel, r0, in, xt, xs, yt, ys, lo, hi, accumulate);
-        break;
-    case 2:
-        slice_tile(wt, 2, w, panel, r0, in, xt, xs, yt, ys, lo, hi, accumulate);
-        break;
-    case 1:
-        slice_tile(wt, 1, w, panel, r0, in, xt, xs, yt, ys, lo, hi, accumulate);
-        break;
-    default:
-        break;
-    }
+    /* The tail tile with its height a constant in each unrolled copy. */
+#pragma GCC unroll 8
+    for (int tail = TILE_TOKS - 1; tail >= 1; tail--)
+        if (n_tok - t == tail)
+            slice_tile(wt, tail, w, panel, r0, in, xt, xs, yt, ys, lo, hi, accumulate);
 }
 
 /* Panel after panel; within a panel, slices of 16 rows that hold the tile's

@@ -118,25 +118,10 @@ AI void panel_tokens(cv_dtype wt, const void *w, int64_t panel, int in, const fl
                    accumulate);
     const float *xt = x + (int64_t)t * xs;
     float *yt = y + (int64_t)t * ys;
-    switch (n_tok - t) {
-    case 5:
-        panel_tile(wt, 5, w, panel, in, xt, xs, yt, ys, m, accumulate);
-        break;
-    case 4:
-        panel_tile(wt, 4, w, panel, in, xt, xs, yt, ys, m, accumulate);
-        break;
-    case 3:
-        panel_tile(wt, 3, w, panel, in, xt, xs, yt, ys, m, accumulate);
-        break;
-    case 2:
-        panel_tile(wt, 2, w, panel, in, xt, xs, yt, ys, m, accumulate);
-        break;
-    case 1:
-        panel_tile(wt, 1, w, panel, in, xt, xs, yt, ys, m, accumulate);
-        break;
-    default:
-        break;
-    }
+    /* The tail tile with its height a constant in each unrolled copy. */
+#pragma GCC unroll 8
+    for (int tail = TILE_TOKS - 1; tail >= 1; tail--)
+        if (n_tok - t == tail) panel_tile(wt, tail, w, panel, in, xt, xs, yt, ys, m, accumulate);
 }
 
 /* Panel after panel: a panel (144 KiB for in 576 in f32) stays in L2 while
