@@ -193,6 +193,55 @@ static void test_matmul_tables_agree(void **state)
     }
 }
 
+/* Every table's narrow() rounds like cpu_f32_to_f16 / cpu_f32_to_bf16, on
+ * edge values and random bit patterns, with a length that leaves a tail. */
+static void test_narrow_all_levels(void **state)
+{
+    (void)state;
+    enum { N = 1037 };
+    static float src[N];
+    static uint16_t got[N + 1];
+    const float edge[] = {0.0f,  -0.0f,   1.0f,        65504.0f, 65520.0f,  6.1e-5f, 5.96e-8f,
+                          1e-8f, 3.0e38f, 1.00390625f, INFINITY, -INFINITY, NAN};
+    /* Just below, at and just above the halfway points, with even and odd
+     * kept parts: BF16 drops 16 bits, F16 (near 1.0) 13. */
+    const uint32_t ties[] = {0x3f807fffu, 0x3f808000u, 0x3f808001u, 0x3f817fffu,
+                             0x3f818000u, 0x3f818001u, 0x3f800fffu, 0x3f801000u,
+                             0x3f801001u, 0x3f802fffu, 0x3f803000u, 0x3f803001u};
+    const int n_edge = (int)(sizeof edge / sizeof *edge), n_ties = (int)(sizeof ties / 4);
+    uint32_t r = 7;
+    for (int i = 0; i < N; i++) {
+        r = r * 1664525u + 1013904223u;
+        uint32_t bits = (r & 0x807fffffu) | ((((r >> 23) & 0xffu) % 80 + 80) << 23);
+        if (i < n_edge)
+            src[i] = edge[i];
+        else
+            memcpy(&src[i], i < n_edge + n_ties ? &ties[i - n_edge] : &bits, sizeof bits);
+    }
+    for (int l = 0; l < CPU_SIMD_COUNT; l++) {
+        const cpu_kernels *k = cpu_kernels_get((cpu_simd_level)l);
+        if (!k) continue;
+        for (int dt = CV_DTYPE_F16; dt <= CV_DTYPE_BF16; dt++) {
+            got[N] = 0xbeef; /* past the end: must stay */
+            k->narrow((cv_dtype)dt, src, got, N);
+            assert_int_equal(got[N], 0xbeef);
+            for (int i = 0; i < N; i++) {
+                const uint16_t want =
+                    dt == CV_DTYPE_F16 ? cpu_f32_to_f16(src[i]) : cpu_f32_to_bf16(src[i]);
+                if (isnan(src[i])) {
+                    const bool nan16 = dt == CV_DTYPE_F16
+                                           ? (got[i] & 0x7c00u) == 0x7c00u && (got[i] & 0x3ffu)
+                                           : (got[i] & 0x7f80u) == 0x7f80u && (got[i] & 0x7fu);
+                    assert_true(nan16);
+                } else if (got[i] != want) {
+                    fail_msg("%s dtype %d: %a -> 0x%04x, want 0x%04x", k->name, dt, (double)src[i],
+                             got[i], want);
+                }
+            }
+        }
+    }
+}
+
 /* Every half-float bit pattern (normals, subnormals, zeros, inf, nan)
  * against the F16C instruction. */
 static void test_f16_conversion(void **state)
@@ -442,6 +491,7 @@ int main(void)
         cmocka_unit_test(test_rope_apply),
         cmocka_unit_test(test_pack_layout),
         cmocka_unit_test(test_matmul_tables_agree),
+        cmocka_unit_test(test_narrow_all_levels),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -44,6 +44,11 @@ typedef struct cpu_kernels {
                        int n, int head_dim, float scale, float *m, float *l, float *out,
                        float *scores);
 
+    /* dst[i] = src[i] rounded to dtype (F16 or BF16) to nearest even, as
+     * cpu_f32_to_f16 / cpu_f32_to_bf16 round (NaN stays NaN, its payload
+     * aside), for i in [0, n): the KV cache stores. */
+    void (*narrow)(cv_dtype dtype, const float *src, uint16_t *dst, int n);
+
     /* gate[i] = act(gate[i]) * up[i] */
     void (*gated_act)(cv_activation act, float *gate, const float *up, int n);
 } cpu_kernels;

@@ -180,15 +180,10 @@ static void run_gated_mlp(cv_backend *bk, int phase, const cv_layer_weights *W, 
 static void store_kv(cv_backend *bk, size_t elem, const float *src, int n)
 {
     void *dst = cpu_kv_at(bk, elem);
-    if (bk->kv_dtype == CV_DTYPE_F32) {
+    if (bk->kv_dtype == CV_DTYPE_F32)
         memcpy(dst, src, (size_t)n * sizeof(float));
-    } else if (bk->kv_dtype == CV_DTYPE_F16) {
-        for (int i = 0; i < n; i++)
-            ((uint16_t *)dst)[i] = cpu_f32_to_f16(src[i]);
-    } else {
-        for (int i = 0; i < n; i++)
-            ((uint16_t *)dst)[i] = cpu_f32_to_bf16(src[i]);
-    }
+    else
+        bk->kern->narrow(bk->kv_dtype, src, dst, n);
 }
 
 /* Per-head norm (Qwen3), RoPE, and the K/V of each token into its slot. */

@@ -286,10 +286,24 @@ static TGT void avx2_gated_act(cv_activation act, float *gate, const float *up, 
     }
 }
 
+/* F16 with vcvtps2ph; BF16 in scalar code. */
+static TGT void avx2_narrow(cv_dtype dtype, const float *src, uint16_t *dst, int n)
+{
+    int i = 0;
+    if (dtype == CV_DTYPE_F16)
+        for (; i + 8 <= n; i += 8)
+            _mm_storeu_si128((__m128i *)(dst + i),
+                             _mm256_cvtps_ph(_mm256_loadu_ps(src + i),
+                                             _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+    for (; i < n; i++)
+        dst[i] = dtype == CV_DTYPE_F16 ? cpu_f32_to_f16(src[i]) : cpu_f32_to_bf16(src[i]);
+}
+
 const cpu_kernels cpu_kernels_avx2 = {
     .level = CPU_SIMD_AVX2,
     .name = "avx2",
     .matmul = avx2_matmul,
     .attn_block = avx2_attn_block,
+    .narrow = avx2_narrow,
     .gated_act = avx2_gated_act,
 };

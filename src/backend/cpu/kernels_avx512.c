@@ -378,10 +378,36 @@ static TGT void avx512_gated_act(cv_activation act, float *gate, const float *up
     }
 }
 
+/* F16 with vcvtps2ph; BF16 as cpu_f32_to_bf16 does it, in integer lanes:
+ * add 0x7fff plus the kept part's lowest bit, keep the top half; NaNs are
+ * kept quiet instead. */
+static TGT void avx512_narrow(cv_dtype dtype, const float *src, uint16_t *dst, int n)
+{
+    for (int i = 0; i < n; i += 16) {
+        const __mmask16 mk = lanes(n - i);
+        const __m512 v = _mm512_maskz_loadu_ps(mk, src + i);
+        __m256i h;
+        if (dtype == CV_DTYPE_F16) {
+            h = _mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+        } else {
+            const __m512i x = _mm512_castps_si512(v);
+            const __m512i top = _mm512_srli_epi32(x, 16);
+            __m512i r = _mm512_add_epi32(_mm512_add_epi32(x, _mm512_set1_epi32(0x7fff)),
+                                         _mm512_and_si512(top, _mm512_set1_epi32(1)));
+            r = _mm512_srli_epi32(r, 16);
+            r = _mm512_mask_or_epi32(r, _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q), top,
+                                     _mm512_set1_epi32(0x40));
+            h = _mm512_cvtepi32_epi16(r);
+        }
+        _mm256_mask_storeu_epi16(dst + i, mk, h);
+    }
+}
+
 const cpu_kernels cpu_kernels_avx512 = {
     .level = CPU_SIMD_AVX512,
     .name = "avx512",
     .matmul = avx512_matmul,
     .attn_block = avx512_attn_block,
+    .narrow = avx512_narrow,
     .gated_act = avx512_gated_act,
 };

@@ -189,11 +189,18 @@ static void portable_gated_act(cv_activation act, float *gate, const float *up, 
     }
 }
 
+static void portable_narrow(cv_dtype dtype, const float *src, uint16_t *dst, int n)
+{
+    for (int i = 0; i < n; i++)
+        dst[i] = dtype == CV_DTYPE_F16 ? cpu_f32_to_f16(src[i]) : cpu_f32_to_bf16(src[i]);
+}
+
 const cpu_kernels cpu_kernels_portable = {
     .level = CPU_SIMD_PORTABLE,
     .name = "portable",
     .matmul = portable_matmul,
     .attn_block = portable_attn_block,
+    .narrow = portable_narrow,
     .gated_act = portable_gated_act,
 };
 
