@@ -17,32 +17,44 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 #include "base/error.h"
 
 /* ---- Engine arguments (the model.json keys that apply) ------------------ */
 
 typedef struct cv_engine_args {
-    char model[4096];           /* HF model directory */
-    char tokenizer[4096];       /* "" = same as model */
-    char dtype[16];             /* weight dtype: "auto" (the checkpoint's), "float32",
-                                   "float16", "bfloat16" ("float", "half"); matrices are
-                                   converted once at load, arithmetic stays fp32 */
-    int max_model_len;          /* 0 = the model's max_position_embeddings */
-    int block_size;             /* tokens per KV block (16) */
-    int max_num_seqs;           /* running sequences per step (256) */
-    int max_num_batched_tokens; /* token budget per step (0 = max(2048, max_model_len)) */
-    bool enable_prefix_caching; /* vLLM V1 default: true */
-    uint64_t seed;              /* engine-wide seed for unseeded requests (0) */
-    size_t kv_cache_bytes;      /* CPU KV pool budget (0 = 1 GiB) */
-    int n_threads;              /* backend threads (0 = all cores) */
-    int kv_blocks;              /* > 0: exact KV pool size in blocks, overrides kv_cache_bytes */
-    int max_queued_requests;    /* requests accepted and unfinished at once; beyond it
-                                   cv_engine_add_request refuses with CV_ERR_UNAVAILABLE
-                                   (0 = max(4096, 16 * max_num_seqs)) */
+    char model[4096];              /* HF model directory */
+    char tokenizer[4096];          /* "" = same as model */
+    char dtype[16];                /* weight dtype: "auto" (the checkpoint's), "float32",
+                                      "float16", "bfloat16" ("float", "half"); matrices are
+                                      converted once at load, arithmetic stays fp32 */
+    int max_model_len;             /* 0 = the model's max_position_embeddings */
+    int block_size;                /* tokens per KV block (16) */
+    int max_num_seqs;              /* running sequences per step (256) */
+    int max_num_batched_tokens;    /* token budget per step (0 = max(2048, max_model_len)) */
+    bool enable_prefix_caching;    /* vLLM V1 default: true */
+    uint64_t seed;                 /* engine-wide seed for unseeded requests (0) */
+    char device[16];               /* "auto" (GPU 0 when a CUDA device is visible, else the
+                                      CPU), "cpu", "cuda" (vLLM's device argument) */
+    double gpu_memory_utilization; /* GPU: share of its memory for weights, activations
+                                      and the KV cache (0.9) */
+    size_t kv_cache_bytes;         /* KV pool budget (0 = 1 GiB on the CPU; on a GPU, what
+                                      gpu_memory_utilization leaves) */
+    int n_threads;                 /* CPU backend threads and sampling threads (0 = all cores) */
+    int kv_blocks;                 /* > 0: exact KV pool size in blocks, overrides kv_cache_bytes */
+    int max_queued_requests;       /* requests accepted and unfinished at once; beyond it
+                                      cv_engine_add_request refuses with CV_ERR_UNAVAILABLE
+                                      (0 = max(4096, 16 * max_num_seqs)) */
 } cv_engine_args;
 
 void cv_engine_args_default(cv_engine_args *args);
+
+/* True when `device` is a device name the engine takes. */
+static inline bool cv_engine_device_name_valid(const char *device)
+{
+    return !strcmp(device, "auto") || !strcmp(device, "cpu") || !strcmp(device, "cuda");
+}
 
 /* ---- Sampling parameters (vLLM SamplingParams) -------------------------- */
 
@@ -203,7 +215,7 @@ typedef struct cv_engine_stats {
     int kv_blocks_total, kv_blocks_free;
     double kv_usage;        /* 0..1 */
     uint64_t steps_total;   /* engine steps that ran the model */
-    double forward_s_total; /* time inside cv_backend_forward */
+    double forward_s_total; /* time inside the backend's forward */
     double step_s_total;    /* steps up to delivery: schedule, batch, forward, sample, detokenize */
     cv_histogram time_to_first_token_s;
     cv_histogram time_per_output_token_s;

@@ -17,6 +17,8 @@ void cv_engine_args_default(cv_engine_args *args)
 {
     memset(args, 0, sizeof(*args));
     snprintf(args->dtype, sizeof(args->dtype), "auto");
+    snprintf(args->device, sizeof(args->device), "auto");
+    args->gpu_memory_utilization = 0.9;
     args->block_size = 16;
     args->max_num_seqs = 256;
     args->enable_prefix_caching = true;
@@ -192,7 +194,7 @@ static void engine_free(cv_engine *e)
     free(e->jobs);
     sched_fini(&e->sched);
     bm_destroy(e->bm);
-    if (e->backend) cv_backend_destroy(e->backend);
+    if (e->backend) cv_device_backend_destroy(e->backend);
     if (e->tok) tok_free(e->tok);
     if (e->model) cv_model_free(e->model);
     free(e->b_tokens);
@@ -220,6 +222,12 @@ static int check_args(const cv_engine_args *a, cv_error *err)
     for (size_t i = 0; i < sizeof(dtypes) / sizeof(dtypes[0]); i++)
         ok |= !strcmp(a->dtype, dtypes[i]);
     if (!ok) return cv_errorf(err, "engine argument 'dtype': unknown dtype '%s'", a->dtype);
+    if (!cv_engine_device_name_valid(a->device))
+        return cv_errorf(err, "engine argument 'device': unknown device '%s' (auto, cpu, cuda)",
+                         a->device);
+    if (!(a->gpu_memory_utilization > 0 && a->gpu_memory_utilization <= 1))
+        return cv_errorf(err, "engine argument 'gpu_memory_utilization' must be in (0, 1], got %g",
+                         a->gpu_memory_utilization);
     if (a->block_size < 1 || a->block_size > 1024)
         return cv_errorf(err, "engine argument 'block_size' must be in [1, 1024], got %d",
                          a->block_size);
@@ -240,8 +248,9 @@ static int check_args(const cv_engine_args *a, cv_error *err)
 
 static int size_kv_pool(cv_engine *e, cv_error *err)
 {
-    size_t block_bytes = cv_backend_kv_block_bytes(e->backend, e->block_size);
-    size_t budget = e->args.kv_cache_bytes ? e->args.kv_cache_bytes : (size_t)1 << 30;
+    size_t block_bytes = cv_device_backend_kv_block_bytes(e->backend, e->block_size);
+    size_t budget = e->args.kv_cache_bytes;
+    if (!budget && cv_device_backend_kv_budget(e->backend, &budget, err) < 0) return -1;
     e->n_blocks = e->args.kv_blocks > 0 ? e->args.kv_blocks : (int)(budget / block_bytes);
     long capacity = (long)e->n_blocks * e->block_size;
     if (capacity < e->max_model_len)
@@ -251,7 +260,7 @@ static int size_kv_pool(cv_engine *e, cv_error *err)
                          "kv_cache_bytes or decreasing max_model_len when initializing the "
                          "engine.",
                          e->max_model_len, capacity);
-    return cv_backend_kv_alloc(e->backend, e->n_blocks, e->block_size, err);
+    return cv_device_backend_kv_alloc(e->backend, e->n_blocks, e->block_size, err);
 }
 
 /* The weight dtype the dtype engine argument asks for ("auto" and "": the
@@ -288,8 +297,16 @@ static int engine_init(cv_engine *e, cv_error *err)
     e->max_active = a->max_queued_requests
                         ? a->max_queued_requests
                         : (16 * a->max_num_seqs > 4096 ? 16 * a->max_num_seqs : 4096);
-    e->backend =
-        cv_backend_cpu_create_as(e->model, a->n_threads, dtype_from_arg(a->dtype, cfg->dtype), err);
+    const cv_device_options dev = {
+        .device = a->device,
+        .matrix_dtype = dtype_from_arg(a->dtype, cfg->dtype),
+        .n_threads = a->n_threads,
+        .cpu_kv_bytes = (size_t)1 << 30,
+        .gpu_memory_share = a->gpu_memory_utilization,
+        .max_step_tokens = max_batched,
+        .max_step_logits = a->max_num_seqs < max_batched ? a->max_num_seqs : max_batched,
+    };
+    e->backend = cv_device_backend_create(e->model, &dev, err);
     if (!e->backend || size_kv_pool(e, err) < 0) return -1;
     e->bm = bm_create(e->n_blocks, e->block_size, a->enable_prefix_caching);
     /* One sampler per backend thread: sampling runs on the same cores,
@@ -339,8 +356,9 @@ cv_engine *cv_engine_create(const cv_engine_args *args, cv_error *err)
         return NULL;
     }
     e->thread_started = true;
-    cv_log_verbose("engine: %s, %d KV blocks of %d tokens, max_model_len %d", args->model,
-                   e->n_blocks, e->block_size, e->max_model_len);
+    cv_log_verbose("engine: %s on %s, %d KV blocks of %d tokens, max_model_len %d", args->model,
+                   cv_device_backend_name(e->backend), e->n_blocks, e->block_size,
+                   e->max_model_len);
     return e;
 }
 

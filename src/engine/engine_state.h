@@ -7,7 +7,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
-#include "backend/backend.h"
+#include "backend/device/device.h"
 #include "block_manager.h"
 #include "cvllm/engine.h"
 #include "model/model.h"
@@ -62,7 +62,7 @@ struct cv_engine {
     cv_engine_args args;
     cv_model *model;
     cv_tokenizer *tok;
-    cv_backend *backend;
+    cv_device_backend *backend;
     block_manager *bm;
     scheduler sched;
     sampler **samplers; /* (n_samplers) one per sampling thread */

@@ -273,7 +273,8 @@ static int fork_children(cv_engine *e, request *req)
         req->seqs[k].seq = child;
         int32_t src, dst;
         int r = bm_fork(e->bm, parent, child, &src, &dst);
-        if (r == 1 && cv_backend_kv_copy(e->backend, &src, &dst, 1, &e->step_err) < 0) return -1;
+        if (r == 1 && cv_device_backend_kv_copy(e->backend, &src, &dst, 1, &e->step_err) < 0)
+            return -1;
         if ((r >= 0 ? sched_add_running(&e->sched, child) : sched_add(&e->sched, child, true)) < 0)
             return -1;
     }
@@ -367,7 +368,7 @@ int engine_step(cv_engine *e)
         if (upto > s->n_computed) prompt_computed += upto - s->n_computed;
     }
     uint64_t t_fwd = cv_now_ns();
-    if (cv_backend_forward(e->backend, &batch, e->logits, &e->step_err) < 0) return -1;
+    if (cv_device_backend_forward(e->backend, &batch, e->logits, &e->step_err) < 0) return -1;
     uint64_t now = cv_now_ns();
     e->n_jobs = 0;
     for (int i = 0; i < so.n_entries; i++)

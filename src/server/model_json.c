@@ -141,7 +141,6 @@ static const struct {
     const char *key;
     jtype type;
 } ignored_keys[] = {
-    {"gpu_memory_utilization", T_NUM},
     {"enforce_eager", T_BOOL},
     {"disable_log_requests", T_BOOL},
     {"trust_remote_code", T_BOOL},
@@ -177,11 +176,7 @@ static int check_ignored(const jctx *c, const char *key, json_t *v, bool *known)
         case T_INT:
             return json_is_integer(v) ? 0 : key_err(c, key, "expected an integer");
         case T_NUM:
-            if (!json_is_number(v)) return key_err(c, key, "expected a number");
-            if (!strcmp(key, "gpu_memory_utilization") &&
-                (json_number_value(v) <= 0 || json_number_value(v) > 1))
-                return key_err(c, key, "must be in (0, 1]");
-            return 0;
+            return json_is_number(v) ? 0 : key_err(c, key, "expected a number");
         case T_STR:
             return json_is_string(v) ? 0 : key_err(c, key, "expected a string");
         case T_ANY:
@@ -272,6 +267,18 @@ int cv_model_json_parse(const char *text, size_t len, const char *path, const ch
                 rc = key_err(&c, key,
                              "expected one of auto, float32, float, float16, half, "
                              "bfloat16");
+        } else if (!strcmp(key, "device")) {
+            rc = get_str(&c, key, v, &s);
+            if (rc == 0 && !cv_engine_device_name_valid(s))
+                rc = key_err(&c, key, "expected one of auto, cpu, cuda");
+            if (rc == 0) snprintf(args->device, sizeof args->device, "%s", s);
+        } else if (!strcmp(key, "gpu_memory_utilization")) {
+            if (!json_is_number(v))
+                rc = key_err(&c, key, "expected a number");
+            else if (json_number_value(v) <= 0 || json_number_value(v) > 1)
+                rc = key_err(&c, key, "must be in (0, 1]");
+            else
+                args->gpu_memory_utilization = json_number_value(v);
         } else if (!strcmp(key, "max_model_len")) {
             if ((rc = get_int(&c, key, v, 1, 1 << 24, &n)) == 0) args->max_model_len = (int)n;
         } else if (!strcmp(key, "block_size")) {

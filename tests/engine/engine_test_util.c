@@ -27,6 +27,9 @@ void test_args(cv_engine_args *a, const char *model_dir)
 {
     cv_engine_args_default(a);
     snprintf(a->model, sizeof(a->model), "%s", model_dir);
+    /* The CPU backend on every machine: the expected values are its
+     * numerics (tests/gpu runs the engine on a GPU). */
+    snprintf(a->device, sizeof(a->device), "cpu");
     a->n_threads = 1;
     a->kv_blocks = 256;
 }

@@ -16,6 +16,9 @@
 
 #include "engine_test_util.h"
 #include "tokenizer/tokenizer.h"
+#ifdef CV_TEST_HAVE_CUDA
+#include "backend/cuda/cuda_backend.h"
+#endif
 
 static char stories[4096];
 static cv_engine *eng;
@@ -402,6 +405,27 @@ static void expect_create_error(const cv_engine_args *a, const char *msg)
     assert_string_equal(err.msg, msg);
 }
 
+/* device "cuda": refused by name where it cannot run (no CUDA in the build,
+ * or no GPU visible); where a GPU is, the engine comes up on it. */
+static void test_device_cuda(void **state)
+{
+    (void)state;
+    cv_engine_args a;
+    test_args(&a, stories);
+    snprintf(a.device, sizeof(a.device), "cuda");
+#ifdef CV_TEST_HAVE_CUDA
+    if (cv_cuda_device_count() > 0) {
+        cv_engine *e = test_engine(&a);
+        cv_engine_shutdown(e, false);
+        return;
+    }
+    expect_create_error(&a, "device 'cuda': no CUDA device is visible");
+#else
+    expect_create_error(&a, "device 'cuda': this build has no CUDA backend (nvcc was not found "
+                            "when it was configured)");
+#endif
+}
+
 static void test_engine_args_rejected(void **state)
 {
     (void)state;
@@ -409,6 +433,12 @@ static void test_engine_args_rejected(void **state)
     test_args(&a, stories);
     snprintf(a.dtype, sizeof(a.dtype), "fp8");
     expect_create_error(&a, "engine argument 'dtype': unknown dtype 'fp8'");
+    test_args(&a, stories);
+    snprintf(a.device, sizeof(a.device), "tpu");
+    expect_create_error(&a, "engine argument 'device': unknown device 'tpu' (auto, cpu, cuda)");
+    test_args(&a, stories);
+    a.gpu_memory_utilization = 1.5;
+    expect_create_error(&a, "engine argument 'gpu_memory_utilization' must be in (0, 1], got 1.5");
     test_args(&a, stories);
     a.block_size = 0;
     expect_create_error(&a, "engine argument 'block_size' must be in [1, 1024], got 0");
@@ -558,6 +588,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_stop_string_spanning_tokens),
         cmocka_unit_test(test_stop_token_ids),
+        cmocka_unit_test(test_device_cuda),
         cmocka_unit_test(test_min_tokens),
         cmocka_unit_test(test_eos_from_generation_config),
         cmocka_unit_test(test_n3_and_best_of),

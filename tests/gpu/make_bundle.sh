@@ -8,9 +8,10 @@ set -eu
 BUILD=${1:-build-cuda}
 SHARED=${CVLLM_SHARED:-../shared}
 cmake -S . -B "$BUILD" -DCMAKE_BUILD_TYPE=Release > /dev/null
-cmake --build "$BUILD" -j2 --target test_gpu_fixtures cvllm-bench-gpu-decode cvllm-dummy-model
+cmake --build "$BUILD" -j2 --target test_gpu_fixtures test_gpu_engine cvllm-bench-gpu-decode \
+    cvllm-dummy-model
 mkdir -p "$BUILD/gpu-lib" "$BUILD/gpu-shared/models"
-for lib in libjansson.so.4 libcmocka.so.0 libgomp.so.1; do
+for lib in libjansson.so.4 libcmocka.so.0 libgomp.so.1 libpcre2-8.so.0 libutf8proc.so.2; do
     cp -L "$(ldconfig -p | awk -v l="$lib" '$1 == l { print $NF; exit }')" "$BUILD/gpu-lib/"
 done
 rm -rf "$BUILD/gpu-shared/models/stories260K"

@@ -6,7 +6,7 @@
 # BUILD/gpu-shared/models/stories260K (a copy of ../shared's, which does not
 # travel). Make both with tests/gpu/make_bundle.sh.
 #
-# 1. test_gpu_fixtures (all HF fixtures, stories260K greedy);
+# 1. test_gpu_fixtures (all HF fixtures, stories260K greedy), test_gpu_engine;
 # 2. cvllm-dummy-model --shape L8B --dtype bf16 (timed);
 # 3. cvllm-bench-gpu-decode on it, then HF transformers on the same files;
 # 4. bench/gpu_decode/report.py -> $OUT/gpu_decode.md.
@@ -33,6 +33,12 @@ test_s=$(( ($(date +%s%N) - t0) / 1000000 ))
 grep -E "^\[  (PASSED|FAILED|  FAILED|  ERROR) |ERROR|greedy" "$OUT/test_gpu.log" | tail -20
 echo "largest errors:"
 grep "rel err" "$OUT/test_gpu.log" | awk '{print $NF, $0}' | sort -g | tail -6 | cut -d' ' -f2-
+
+echo "== test_gpu_engine (the engine with device \"cuda\")"
+CVLLM_SHARED="$PWD/$BUILD/gpu-shared" CVLLM_SOURCE_DIR="$PWD" timeout 120 \
+    "$BUILD/tests/test_gpu_engine" > "$OUT/test_gpu_engine.log" 2>&1
+echo "test_gpu_engine rc=$?"
+grep -E "^\[  (PASSED|FAILED|  FAILED|  ERROR) |ERROR" "$OUT/test_gpu_engine.log" | tail -8
 
 echo "== compute-sanitizer (memcheck, racecheck) on two fixtures"
 for tool in memcheck racecheck; do

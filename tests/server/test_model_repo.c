@@ -121,7 +121,8 @@ static void test_model_json(void **state)
     snprintf(text, sizeof text,
              "{\"model\": \"%s/models/stories260K\", \"gpu_memory_utilization\": 0.5, "
              "\"enforce_eager\": true, \"max_model_len\": 256, \"dtype\": \"half\", "
-             "\"block_size\": 8, \"enable_prefix_caching\": false, \"seed\": 7}",
+             "\"block_size\": 8, \"enable_prefix_caching\": false, \"seed\": 7, "
+             "\"device\": \"cpu\"}",
              shared);
     cv_engine_args args;
     memset(&args, 0, sizeof args);
@@ -138,6 +139,8 @@ static void test_model_json(void **state)
     assert_string_equal(args.dtype, "float16");
     assert_false(args.enable_prefix_caching);
     assert_int_equal(args.seed, 7);
+    assert_string_equal(args.device, "cpu");
+    assert_true(args.gpu_memory_utilization == 0.5);
     assert_int_equal(extra.tensor_parallel_size, 1);
 
     static const struct {
@@ -148,6 +151,10 @@ static void test_model_json(void **state)
          "p/model.json: key 'max_model_len': expected an integer"},
         {"{\"model\": \"/\", \"gpu_memory_utilization\": 1.5}",
          "p/model.json: key 'gpu_memory_utilization': must be in (0, 1]"},
+        {"{\"model\": \"/\", \"gpu_memory_utilization\": \"half\"}",
+         "p/model.json: key 'gpu_memory_utilization': expected a number"},
+        {"{\"model\": \"/\", \"device\": \"tpu\"}",
+         "p/model.json: key 'device': expected one of auto, cpu, cuda"},
         {"{\"model\": \"/\", \"enforce_eager\": 1}",
          "p/model.json: key 'enforce_eager': expected true or false"},
         {"{\"model\": \"/\", \"dtype\": \"int4\"}",

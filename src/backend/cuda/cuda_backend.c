@@ -255,6 +255,14 @@ size_t cv_cuda_backend_kv_block_bytes(const cv_cuda_backend *b, int block_size)
            (size_t)c->head_dim * cv_dtype_size(b->kv_dtype);
 }
 
+int cv_cuda_backend_memory(const cv_cuda_backend *b, size_t *free_bytes, size_t *total_bytes,
+                           cv_error *err)
+{
+    CU(cudaSetDevice(b->device), "cudaSetDevice");
+    CU(cudaMemGetInfo(free_bytes, total_bytes), "cudaMemGetInfo");
+    return 0;
+}
+
 int cv_cuda_backend_kv_alloc(cv_cuda_backend *b, int n_blocks, int block_size, cv_error *err)
 {
     if (n_blocks <= 0 || block_size <= 0)

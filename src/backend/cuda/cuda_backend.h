@@ -66,6 +66,15 @@ int cv_cuda_backend_set_act_mode(cv_cuda_backend *b, cv_cuda_act_mode mode, cv_e
  * step as separate launches (benchmarks compare the two). */
 void cv_cuda_backend_set_graphs(cv_cuda_backend *b, int enable);
 
+/* Allocates now the activations of a step of n_tokens tokens with n_logits
+ * rows of logits (a forward grows them on demand otherwise), so that the
+ * memory left afterwards can go to the KV pool. */
+int cv_cuda_backend_reserve(cv_cuda_backend *b, int n_tokens, int n_logits, cv_error *err);
+
+/* Free and total memory of the backend's device (cudaMemGetInfo). */
+int cv_cuda_backend_memory(const cv_cuda_backend *b, size_t *free_bytes, size_t *total_bytes,
+                           cv_error *err);
+
 /* Bytes of device memory one KV block of block_size tokens costs. */
 size_t cv_cuda_backend_kv_block_bytes(const cv_cuda_backend *b, int block_size);
 

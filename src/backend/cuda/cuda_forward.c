@@ -136,6 +136,12 @@ static int reserve(cv_cuda_backend *b, int n_tokens, int n_logits, cv_error *err
     return 0;
 }
 
+int cv_cuda_backend_reserve(cv_cuda_backend *b, int n_tokens, int n_logits, cv_error *err)
+{
+    CU(cudaSetDevice(b->device), "cudaSetDevice");
+    return reserve(b, n_tokens, n_logits, err);
+}
+
 /* Device views of the batch arrays after the upload. */
 typedef struct step_arrays {
     const int32_t *ids, *positions, *tok_seq, *query_start, *seq_lens, *tables, *logits_rows;

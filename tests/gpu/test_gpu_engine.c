@@ -1,0 +1,101 @@
+/* The engine on a GPU (device "cuda"): stories260K's HF greedy references
+ * (tests/fixtures/stories260K_greedy.json) alone, streamed and all at once
+ * in one batch, with every KV block free at the end. Exits 77 (ctest:
+ * skipped) where no CUDA device is visible. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "../engine/engine_test_util.h"
+#include "backend/cuda/cuda_backend.h"
+
+enum { N_CASES = 3 };
+
+static char stories[4096];
+
+static cv_engine *gpu_engine(void)
+{
+    cv_engine_args a;
+    test_args(&a, stories);
+    snprintf(a.device, sizeof a.device, "cuda");
+    a.kv_blocks = 0; /* sized from gpu_memory_utilization */
+    a.gpu_memory_utilization = 0.5;
+    return test_engine(&a);
+}
+
+static void test_greedy_alone(void **state)
+{
+    (void)state;
+    cv_engine *e = gpu_engine();
+    for (int i = 0; i < N_CASES; i++) {
+        greedy_case c;
+        load_stories_case(i, &c);
+        cv_sampling_params p;
+        cv_sampling_params_default(&p);
+        p.temperature = 0;
+        p.max_tokens = c.n_output;
+        for (int stream = 0; stream < 2; stream++) {
+            req_result r;
+            run_one(e, &p, c.input, c.n_input, stream, &r);
+            assert_null(r.error);
+            assert_int_equal(r.seqs[0].n_ids, c.n_output);
+            assert_memory_equal(r.seqs[0].ids, c.output, (size_t)c.n_output * sizeof(int32_t));
+            assert_string_equal(r.seqs[0].text, c.text);
+            result_free(&r);
+        }
+    }
+    cv_engine_shutdown(e, false);
+}
+
+static void test_greedy_batched(void **state)
+{
+    (void)state;
+    cv_engine *e = gpu_engine();
+    cv_output_queue *q = cv_output_queue_create();
+    greedy_case c[N_CASES];
+    req_result r[N_CASES];
+    memset(r, 0, sizeof r);
+    for (int i = 0; i < N_CASES; i++) {
+        load_stories_case(i, &c[i]);
+        cv_sampling_params p;
+        cv_sampling_params_default(&p);
+        p.temperature = 0;
+        p.max_tokens = c[i].n_output;
+        submit(e, q, &p, c[i].input, c[i].n_input, NULL, true, i);
+    }
+    collect(q, r, N_CASES);
+    for (int i = 0; i < N_CASES; i++) {
+        assert_null(r[i].error);
+        assert_int_equal(r[i].seqs[0].n_ids, c[i].n_output);
+        assert_memory_equal(r[i].seqs[0].ids, c[i].output, (size_t)c[i].n_output * 4);
+        result_free(&r[i]);
+    }
+    cv_engine_wait_idle(e);
+    cv_engine_stats st;
+    cv_engine_get_stats(e, &st);
+    assert_int_equal(st.kv_blocks_free, st.kv_blocks_total);
+    assert_true(st.kv_blocks_total > 0);
+    assert_true(cv_engine_is_healthy(e));
+    cv_output_queue_destroy(q);
+    cv_engine_shutdown(e, false);
+}
+
+int main(void)
+{
+    if (cv_cuda_device_count() == 0) {
+        printf("no CUDA device: skipped\n");
+        return 77;
+    }
+    shared_path(stories, sizeof stories, "models/stories260K");
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_greedy_alone),
+        cmocka_unit_test(test_greedy_batched),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
