@@ -218,6 +218,7 @@ static void paths_open(paths *b, const opts *o, int http_port, int grpc_port)
     cv_engine_args_default(&args);
     snprintf(args.model, sizeof args.model, "%s", o->model);
     args.n_threads = o->threads;
+    snprintf(args.device, sizeof args.device, "cpu"); /* measured on the CPU */
     cv_error err = {.msg = ""};
     if (!(b->engine = cv_engine_create(&args, &err))) {
         fprintf(stderr, "engine: %s\n", err.msg);

@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cmocka.h>
@@ -36,6 +37,25 @@ static void test_cli_greedy_sample(void **state)
     assert_true(n >= 400);
     assert_memory_equal(out, c.text, 400);
     assert_memory_equal(out, "Once upon a time, there was a little girl named Lily.", 53);
+}
+
+/* A device the engine does not know: the message names it, exit status 2. */
+static void test_cli_bad_device(void **state)
+{
+    (void)state;
+    const char *bin = getenv("CVLLM_BIN_DIR");
+    char cmd[8192];
+    snprintf(cmd, sizeof(cmd), "%s/cvllm-generate --model %s --prompt x --device tpu 2>&1",
+             bin ? bin : "build/bin", stories);
+    FILE *p = popen(cmd, "r");
+    assert_non_null(p);
+    char out[1024] = "";
+    size_t n = fread(out, 1, sizeof(out) - 1, p);
+    out[n] = 0;
+    int status = pclose(p);
+    assert_true(WIFEXITED(status));
+    assert_int_equal(WEXITSTATUS(status), 2);
+    assert_non_null(strstr(out, "--device: expected auto, cpu or cuda, got 'tpu'\n"));
 }
 
 /* --prompts-file: all lines at once, outputs in input order, each followed
@@ -388,10 +408,10 @@ int main(void)
 {
     shared_path(stories, sizeof(stories), "models/stories260K");
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_cli_greedy_sample),      cmocka_unit_test(test_cli_prompts_file),
-        cmocka_unit_test(test_stories_fixture),        cmocka_unit_test(test_tiny_fixture_models),
-        cmocka_unit_test(test_batch_invariance),       cmocka_unit_test(test_prefix_caching),
-        cmocka_unit_test(test_seeded_in_random_batch),
+        cmocka_unit_test(test_cli_greedy_sample),   cmocka_unit_test(test_cli_prompts_file),
+        cmocka_unit_test(test_cli_bad_device),      cmocka_unit_test(test_stories_fixture),
+        cmocka_unit_test(test_tiny_fixture_models), cmocka_unit_test(test_batch_invariance),
+        cmocka_unit_test(test_prefix_caching),      cmocka_unit_test(test_seeded_in_random_batch),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -39,7 +39,8 @@ static void usage(FILE *f)
                "  --block-size N             KV block size in tokens (16)\n"
                "  --kv-cache-bytes B         KV pool size in bytes (1 GiB)\n"
                "  --no-prefix-caching        disable automatic prefix caching\n"
-               "  --threads N                backend threads (all cores)\n"
+               "  --threads N                CPU backend threads (all cores)\n"
+               "  --device D                 auto, cpu or cuda (auto: a CUDA GPU if visible)\n"
                "  -v, --verbose              engine log on stderr\n");
 }
 
@@ -223,7 +224,8 @@ int main(int argc, char **argv)
         O_BS,
         O_KV,
         O_NOPC,
-        O_THREADS
+        O_THREADS,
+        O_DEVICE
     };
     static const struct option opts[] = {
         {"model", required_argument, 0, O_MODEL},
@@ -244,6 +246,7 @@ int main(int argc, char **argv)
         {"kv-cache-bytes", required_argument, 0, O_KV},
         {"no-prefix-caching", no_argument, 0, O_NOPC},
         {"threads", required_argument, 0, O_THREADS},
+        {"device", required_argument, 0, O_DEVICE},
         {"verbose", no_argument, 0, 'v'},
         {"help", no_argument, 0, 'h'},
         {0, 0, 0, 0},
@@ -317,6 +320,14 @@ int main(int argc, char **argv)
         case O_THREADS:
             bad = parse_long("--threads", optarg, 0, 4096, &v);
             args.n_threads = (int)v;
+            break;
+        case O_DEVICE:
+            if (!cv_engine_device_name_valid(optarg)) {
+                fprintf(stderr, "--device: expected auto, cpu or cuda, got '%s'\n", optarg);
+                bad = -1;
+            } else {
+                snprintf(args.device, sizeof args.device, "%s", optarg);
+            }
             break;
         case 'v':
             cv_log_set_level(CV_LOG_INFO);
