@@ -1,6 +1,7 @@
 /* The engine's public API and its thread: requests come in through an
  * inbox (any thread), the engine thread admits them, runs steps while
  * anything is active and sleeps otherwise. */
+#include <limits.h>
 #include <omp.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -251,7 +252,10 @@ static int size_kv_pool(cv_engine *e, cv_error *err)
     size_t block_bytes = cv_device_backend_kv_block_bytes(e->backend, e->block_size);
     size_t budget = e->args.kv_cache_bytes;
     if (!budget && cv_device_backend_kv_budget(e->backend, &budget, err) < 0) return -1;
-    e->n_blocks = e->args.kv_blocks > 0 ? e->args.kv_blocks : (int)(budget / block_bytes);
+    /* A tiny model on a large GPU could count more blocks than an int. */
+    const size_t fit =
+        budget / block_bytes < (size_t)INT_MAX / 2 ? budget / block_bytes : (size_t)INT_MAX / 2;
+    e->n_blocks = e->args.kv_blocks > 0 ? e->args.kv_blocks : (int)fit;
     long capacity = (long)e->n_blocks * e->block_size;
     if (capacity < e->max_model_len)
         return cv_errorf(err,
