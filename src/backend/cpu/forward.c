@@ -98,12 +98,14 @@ static int chunk_rows(int n_tok)
     return n_tok == 1 ? 2 * CPU_PANEL : CPU_PANEL;
 }
 
-/* Token ranges each row chunk is cut into: one, unless the chunks are too
- * few to share out evenly (a 576-row output is 9 panels: 5 and 4 on two
- * threads); then enough for ~8 items per thread, each range keeping at
- * least 12 tokens so that a panel read still serves two full tiles. */
+/* Token ranges each row chunk is cut into: one, unless several threads
+ * share chunks too few to share out evenly (a 576-row output is 9 panels:
+ * 5 and 4 on two threads); then enough for ~8 items per thread, each range
+ * keeping at least 12 tokens so that a panel read still serves two full
+ * tiles. */
 static int token_parts(int n_chunks, int n_tok, int n_threads)
 {
+    if (n_threads == 1) return 1;
     int parts = (8 * n_threads + n_chunks - 1) / n_chunks;
     if (parts > n_tok / 12) parts = n_tok / 12;
     return parts < 1 ? 1 : parts;
