@@ -1,6 +1,7 @@
 /* HTTP/REST frontend on libevent's evhttp: KServe v2 health, metadata,
  * config and repository endpoints, Triton's /generate and SSE
- * /generate_stream. Engine outputs of HTTP requests arrive on one
+ * /generate_stream, and the OpenAI completions API (openai.h) under /v1.
+ * Engine outputs of HTTP requests arrive on one
  * cv_output_queue whose eventfd is an event of this loop, so every HTTP
  * object is touched by the loop thread only. */
 #include <errno.h>
@@ -8,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <event2/buffer.h>
@@ -16,11 +18,13 @@
 
 #include "base/clock.h"
 #include "base/log.h"
+#include "server/openai.h"
 #include "server/server_internal.h"
 
 typedef enum { KIND_GENERATE, KIND_STREAM } req_kind;
 
-/* One /generate or /generate_stream request in flight. Freed when its
+/* One /generate, /generate_stream or /v1/completions request in flight
+ * (oai set for the last). Freed when its
  * final engine output has been handled (every request gets exactly one). */
 typedef struct http_req {
     struct http_req *prev, *next; /* cv_http.active */
@@ -34,6 +38,7 @@ typedef struct http_req {
     uint64_t start_ns;
     int n_responses;
     json_t *pending; /* /generate: the response held until final */
+    cv_openai_request *oai;
     bool cancelled;
     bool gone; /* the client closed the connection */
 } http_req;
@@ -46,7 +51,8 @@ struct cv_http {
     struct event *q_ev;
     http_req *active;
     int n_active;
-    int n_loading; /* model loads running on their own threads */
+    int n_loading;          /* model loads running on their own threads */
+    uint64_t n_completions; /* OpenAI request ids */
 };
 
 /* ---- replies ------------------------------------------------------------ */
@@ -161,8 +167,20 @@ static void req_finish(http_req *hr)
     if (hr->next) hr->next->prev = hr->prev;
     h->n_active--;
     json_decref(hr->pending);
+    if (hr->oai) cv_openai_request_free(hr->oai);
+    free(hr->oai);
     cv_infer_request_free(&hr->ir);
     cv_model_release(hr->model);
+    free(hr);
+}
+
+/* A request that never reached the engine (nor the active list). */
+static void req_free_unsubmitted(http_req *hr)
+{
+    if (hr->oai) cv_openai_request_free(hr->oai);
+    free(hr->oai);
+    cv_infer_request_free(&hr->ir);
+    if (hr->model) cv_model_release(hr->model);
     free(hr);
 }
 
@@ -205,8 +223,81 @@ static void sse_error(http_req *hr, const char *msg)
     free(text);
 }
 
+static void sse_send_json(http_req *hr, json_t *j)
+{
+    char *text = j ? json_dumps(j, JSON_COMPACT) : NULL;
+    json_decref(j);
+    if (text) sse_send(hr, text);
+    free(text);
+}
+
+/* The reply of a request that ended: the stream's end, or the held
+ * /generate response; nothing when the client left (evhttp frees it). */
+static void reply_final(http_req *hr, json_t *whole)
+{
+    if (hr->req && hr->gone) {
+        evhttp_send_reply_end(hr->req); /* frees the detached request */
+    } else if (hr->req) {
+        detach_conn(hr);
+        if (hr->kind == KIND_STREAM) {
+            track_unsent(hr->req);
+            evhttp_send_reply_end(hr->req);
+        } else {
+            reply_json(hr->req, 200, whole);
+            whole = NULL;
+        }
+    }
+    json_decref(whole);
+    hr->req = NULL;
+}
+
+static void request_done(http_req *hr, const cv_request_output *out, bool ok)
+{
+    if (hr->cancelled && hr->gone) cv_log_info("[vllm] Successfully cancelled the request");
+    bool aborted = out->n_seqs > 0 && out->seqs[0].finish_reason == CV_FINISH_ABORT;
+    atomic_fetch_sub(&hr->model->counters.pending, 1);
+    cv_server_account(hr->model, ok && !aborted, hr->start_ns);
+    req_finish(hr);
+}
+
+/* /v1/completions: a chunk per output when streaming (then the usage chunk
+ * if asked, then [DONE]), else one response at the end; an engine error
+ * is an OpenAI error object. */
+static void handle_openai_output(http_req *hr, const cv_request_output *out)
+{
+    cv_openai_request *r = hr->oai;
+    bool writable = hr->req && !hr->gone;
+    if (out->error && writable) {
+        if (hr->kind == KIND_STREAM) {
+            sse_send_json(hr, cv_openai_error(out->error, 400));
+        } else {
+            detach_conn(hr);
+            reply_json(hr->req, 400, cv_openai_error(out->error, 400));
+            hr->req = NULL;
+        }
+    } else if (writable && hr->kind == KIND_STREAM) {
+        json_t *chunk = cv_openai_chunk(r, out);
+        if (chunk) sse_send_json(hr, chunk);
+    } else if (writable && cv_openai_accumulate(r, out) < 0) {
+        detach_conn(hr);
+        reply_json(hr->req, 500, cv_openai_error("out of memory", 500));
+        hr->req = NULL;
+    }
+    if (!out->finished) return;
+    if (hr->req && !hr->gone && hr->kind == KIND_STREAM) {
+        if (r->include_usage) sse_send_json(hr, cv_openai_usage_chunk(r));
+        sse_send(hr, "[DONE]");
+    }
+    reply_final(hr, hr->req && hr->kind != KIND_STREAM ? cv_openai_response(r) : NULL);
+    request_done(hr, out, !out->error);
+}
+
 static void handle_output(http_req *hr, const cv_request_output *out)
 {
+    if (hr->oai) {
+        handle_openai_output(hr, out);
+        return;
+    }
     bool ok = !out->error;
     char msg[CV_ERROR_MSG_BYTES] = "";
     if (hr->req && hr->gone) {
@@ -253,25 +344,10 @@ static void handle_output(http_req *hr, const cv_request_output *out)
         }
     }
     if (!out->finished) return;
-    if (hr->cancelled && hr->gone) cv_log_info("[vllm] Successfully cancelled the request");
-    if (hr->req && hr->gone) {
-        evhttp_send_reply_end(hr->req); /* frees the detached request */
-        hr->req = NULL;
-    } else if (hr->req) {
-        detach_conn(hr);
-        if (hr->kind == KIND_STREAM) {
-            track_unsent(hr->req);
-            evhttp_send_reply_end(hr->req);
-        } else {
-            reply_json(hr->req, 200, hr->pending);
-            hr->pending = NULL;
-        }
-        hr->req = NULL;
-    }
-    bool aborted = out->n_seqs > 0 && out->seqs[0].finish_reason == CV_FINISH_ABORT;
-    atomic_fetch_sub(&hr->model->counters.pending, 1);
-    cv_server_account(hr->model, ok && !aborted, hr->start_ns);
-    req_finish(hr);
+    json_t *whole = hr->pending;
+    hr->pending = NULL;
+    reply_final(hr, whole);
+    request_done(hr, out, ok);
 }
 
 static void on_outputs(evutil_socket_t fd, short what, void *arg)
@@ -356,6 +432,25 @@ static int collect_generate(cv_infer_request *ir, const cv_model *m, json_t *bod
     return 0;
 }
 
+/* A submitted request joins the active list, its connection watched for a
+ * client that leaves; a stream's SSE reply starts now. */
+static void track_request(cv_http *h, http_req *hr, struct evhttp_request *req)
+{
+    hr->req = req;
+    hr->conn = evhttp_request_get_connection(req);
+    evhttp_connection_set_closecb(hr->conn, on_conn_close, hr);
+    hr->next = h->active;
+    if (h->active) h->active->prev = hr;
+    h->active = hr;
+    h->n_active++;
+    if (hr->kind == KIND_STREAM) {
+        struct evkeyvalq *hd = evhttp_request_get_output_headers(req);
+        evhttp_add_header(hd, "Content-Type", "text/event-stream; charset=utf-8");
+        evhttp_add_header(hd, "Cache-Control", "no-cache");
+        evhttp_send_reply_start(req, 200, "OK");
+    }
+}
+
 static void do_generate(cv_http *h, struct evhttp_request *req, cv_model *m, req_kind kind)
 {
     json_t *body;
@@ -389,24 +484,115 @@ static void do_generate(cv_http *h, struct evhttp_request *req, cv_model *m, req
         bool retry = unavailable || err.cls == CV_ERR_UNAVAILABLE || atomic_load(&h->s->draining);
         reply_error(req, retry ? 503 : 400, err.msg);
         cv_server_account(m, false, hr->start_ns);
-        cv_infer_request_free(&hr->ir);
-        cv_model_release(m);
-        free(hr);
+        req_free_unsubmitted(hr);
         return;
     }
-    hr->req = req;
-    hr->conn = evhttp_request_get_connection(req);
-    evhttp_connection_set_closecb(hr->conn, on_conn_close, hr);
-    hr->next = h->active;
-    if (h->active) h->active->prev = hr;
-    h->active = hr;
-    h->n_active++;
-    if (kind == KIND_STREAM) {
-        struct evkeyvalq *hd = evhttp_request_get_output_headers(req);
-        evhttp_add_header(hd, "Content-Type", "text/event-stream; charset=utf-8");
-        evhttp_add_header(hd, "Cache-Control", "no-cache");
-        evhttp_send_reply_start(req, 200, "OK");
+    track_request(h, hr, req);
+}
+
+/* ---- OpenAI API (/v1) ------------------------------------------------------ */
+
+static void reply_openai_error(struct evhttp_request *req, int code, const char *msg)
+{
+    reply_json(req, code, cv_openai_error(msg, code));
+}
+
+static void do_completions(cv_http *h, struct evhttp_request *req)
+{
+    struct evbuffer *b = evhttp_request_get_input_buffer(req);
+    const size_t len = evbuffer_get_length(b);
+    const char *body = len ? (const char *)evbuffer_pullup(b, -1) : "";
+    http_req *hr = calloc(1, sizeof *hr);
+    cv_openai_request *r = calloc(1, sizeof *r);
+    if (!hr || !r) {
+        free(hr);
+        free(r);
+        reply_openai_error(req, 500, "out of memory");
+        return;
     }
+    cv_error err = {.msg = ""};
+    if (cv_openai_parse(body, len, ++h->n_completions, r, &err) < 0) {
+        free(hr);
+        free(r);
+        reply_openai_error(req, 400, err.msg);
+        return;
+    }
+    hr->h = h;
+    hr->oai = r;
+    hr->kind = r->stream ? KIND_STREAM : KIND_GENERATE;
+    hr->start_ns = cv_now_ns();
+    cv_infer_request_init(&hr->ir);
+    int status = 0;
+    hr->model = cv_repository_acquire(h->s->repo, r->model, "", &err, &status);
+    if (!hr->model) {
+        char msg[512];
+        snprintf(msg, sizeof msg, "The model `%s` does not exist.", r->model);
+        reply_openai_error(req, 404, status == 404 ? msg : err.msg);
+        req_free_unsubmitted(hr);
+        return;
+    }
+    int rc = 0;
+    bool unavailable = !cv_model_healthy(hr->model) || atomic_load(&h->s->draining);
+    if (unavailable)
+        rc = cv_errorf(&err, "%s",
+                       atomic_load(&h->s->draining)
+                           ? "Server is stopping: no new requests are accepted"
+                           : CV_MODEL_UNHEALTHY_MSG);
+    cv_request_desc d = {
+        .prompt = r->prompt,
+        .prompt_len = r->prompt_len,
+        .prompt_ids = r->prompt_ids,
+        .n_prompt_ids = r->n_prompt_ids,
+        .params = &r->sp,
+        .stream = r->stream,
+        .sink = h->q,
+        .user_data = hr,
+    };
+    if (rc == 0 && !(hr->engine_id = cv_engine_add_request(hr->model->engine, &d, &err))) rc = -1;
+    if (rc < 0) {
+        reply_openai_error(req, unavailable || err.cls == CV_ERR_UNAVAILABLE ? 503 : 400, err.msg);
+        cv_server_account(hr->model, false, hr->start_ns);
+        cv_model_release(hr->model);
+        hr->model = NULL;
+        req_free_unsubmitted(hr);
+        return;
+    }
+    atomic_fetch_add(&hr->model->counters.pending, 1);
+    track_request(h, hr, req);
+}
+
+static void add_model_name(cv_model *m, void *arg)
+{
+    json_t *names = arg;
+    for (size_t i = 0; i < json_array_size(names); i++)
+        if (!strcmp(json_string_value(json_array_get(names, i)), m->name)) return;
+    json_array_append_new(names, json_string(m->name));
+}
+
+/* GET /v1/models: every ready model, once whatever its versions. */
+static void reply_models(cv_http *h, struct evhttp_request *req)
+{
+    json_t *names = json_array();
+    cv_repository_foreach_ready(h->s->repo, add_model_name, names);
+    const size_t n = json_array_size(names);
+    const char **list = calloc(n ? n : 1, sizeof *list);
+    for (size_t i = 0; list && i < n; i++)
+        list[i] = json_string_value(json_array_get(names, i));
+    json_t *body = list ? cv_openai_model_list(list, (int)n, (int64_t)time(NULL)) : NULL;
+    free(list);
+    json_decref(names);
+    reply_json(req, 200, body);
+}
+
+static void route_openai(cv_http *h, struct evhttp_request *req, enum evhttp_cmd_type cmd,
+                         char **seg, int n)
+{
+    if (n == 2 && !strcmp(seg[1], "models") && cmd == EVHTTP_REQ_GET)
+        reply_models(h, req);
+    else if (n == 2 && !strcmp(seg[1], "completions") && cmd == EVHTTP_REQ_POST)
+        do_completions(h, req);
+    else
+        reply_openai_error(req, 404, "Not Found");
 }
 
 static json_t *tensor_meta(const cv_tensor_config *t)
@@ -611,7 +797,9 @@ static void route(struct evhttp_request *req, void *arg)
     for (char *save, *t = strtok_r(path, "/", &save); t && n < 16; t = strtok_r(NULL, "/", &save))
         seg[n++] = t;
 
-    if (n == 0 || strcmp(seg[0], "v2")) {
+    if (n >= 1 && !strcmp(seg[0], "v1")) {
+        route_openai(h, req, cmd, seg, n);
+    } else if (n == 0 || strcmp(seg[0], "v2")) {
         reply_error(req, 404, "Not Found");
     } else if (n == 1 && cmd == EVHTTP_REQ_GET) {
         json_t *ext = json_array();

@@ -171,8 +171,24 @@ static void test_bench_matches_server_metrics(void **state)
         assert_string_equal(
             json_string_value(json_object_get(json_array_get(gr, i), "generated_text")),
             json_string_value(json_object_get(json_array_get(hr, i), "generated_text")));
+
+    /* The OpenAI endpoint (/v1/completions on the HTTP port): the same
+     * counts and text. */
+    json_t *oa = run_bench(s, "openai", s->http_port, "12", "0");
+    int64_t in3, out3;
+    check_run(oa, 12, &in3, &out3);
+    m = test_http_get(s->metrics_port, "/metrics");
+    assert_int_equal((int64_t)test_metric(m, "vllm:prompt_tokens_total"), in1 + in2 + in3);
+    assert_int_equal((int64_t)test_metric(m, "vllm:generation_tokens_total"), out1 + out2 + out3);
+    free(m);
+    json_t * or = json_object_get(oa, "requests");
+    for (size_t i = 0; i < 12; i++)
+        assert_string_equal(
+            json_string_value(json_object_get(json_array_get(gr, i), "generated_text")),
+            json_string_value(json_object_get(json_array_get(or, i), "generated_text")));
     json_decref(g);
     json_decref(h);
+    json_decref(oa);
 }
 
 int main(void)
