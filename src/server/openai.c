@@ -106,7 +106,9 @@ int cv_openai_parse(const char *body, size_t len, uint64_t serial, cv_openai_req
     if (rc == 0) {
         json_object_foreach(root, k, v)
         {
+            /* null is the default, as OpenAI's clients send unset fields */
             int handled = request_field(r, k, v, err);
+            if (handled == 0 && json_is_null(v)) continue;
             if (handled < 0 || (!handled && json_object_set(sampling, k, v) < 0)) {
                 rc = handled < 0 ? -1 : cv_errorf(err, "out of memory");
                 break;

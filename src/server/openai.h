@@ -41,8 +41,10 @@ typedef struct cv_openai_request {
 
 /* Parses a /v1/completions body: model and prompt (a string, a one-string
  * list or a list of token ids) are required; stream, stream_options, echo
- * (false only), user and the vLLM SamplingParams fields are taken; any
- * other field is an error naming it. The request id takes `serial`. */
+ * (false only), user and the vLLM SamplingParams fields are taken (a null
+ * one keeps its default); any other field is an error naming it. The
+ * request id takes `serial`. Logprobs' text_offset counts the lengths of
+ * the decoded tokens. */
 int cv_openai_parse(const char *body, size_t len, uint64_t serial, cv_openai_request *r,
                     cv_error *err);
 void cv_openai_request_free(cv_openai_request *r);

@@ -295,6 +295,18 @@ static void test_openai_completions(void **state)
     json_decref(j);
     free(resp);
 
+    /* A null field keeps its default: max_tokens 16. */
+    assert_int_equal(th_http("POST", url("/v1/completions"),
+                             "{\"model\": \"stories\", \"prompt\": \"Once upon a time\", "
+                             "\"max_tokens\": null, \"temperature\": 0, \"user\": \"u1\"}",
+                             &resp),
+                     200);
+    j = json_loads(resp, 0, NULL);
+    assert_int_equal(
+        json_integer_value(json_object_get(json_object_get(j, "usage"), "completion_tokens")), 16);
+    json_decref(j);
+    free(resp);
+
     /* The served models. */
     assert_int_equal(th_http("GET", url("/v1/models"), NULL, &resp), 200);
     j = json_loads(resp, 0, NULL);
