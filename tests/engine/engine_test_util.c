@@ -249,3 +249,24 @@ void load_stories_case(int i, greedy_case *c)
              json_string_value(json_object_get(cs, "text_incremental")));
     json_decref(root);
 }
+
+void expect_stories_case(cv_engine *e, int i, bool stream)
+{
+    greedy_case c;
+    load_stories_case(i, &c);
+    cv_sampling_params p;
+    cv_sampling_params_default(&p);
+    p.temperature = 0;
+    p.max_tokens = c.n_output;
+    req_result r;
+    run_one(e, &p, c.input, c.n_input, stream, &r);
+    assert_null(r.error);
+    assert_int_equal(r.n_finals, 1);
+    assert_int_equal(r.seqs[0].n_ids, c.n_output);
+    assert_memory_equal(r.seqs[0].ids, c.output, (size_t)c.n_output * sizeof(int32_t));
+    assert_string_equal(r.seqs[0].text, c.text);
+    assert_int_equal(r.seqs[0].finish, CV_FINISH_LENGTH);
+    assert_int_equal(r.n_prompt, c.n_input);
+    if (stream) assert_true(r.n_outputs > 1);
+    result_free(&r);
+}

@@ -86,5 +86,8 @@ typedef struct greedy_case {
     char text[4096];
 } greedy_case;
 void load_stories_case(int i, greedy_case *c);
+/* Runs case i of stories260K_greedy.json greedily on e, streamed or not,
+ * and asserts HF's ids and text, one final output, finish "length". */
+void expect_stories_case(cv_engine *e, int i, bool stream);
 
 #endif

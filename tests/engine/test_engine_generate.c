@@ -106,27 +106,9 @@ static void test_stories_fixture(void **state)
     cv_engine_args a;
     test_args(&a, stories);
     cv_engine *e = test_engine(&a);
-    for (int i = 0; i < 3; i++) {
-        greedy_case c;
-        load_stories_case(i, &c);
-        cv_sampling_params p;
-        cv_sampling_params_default(&p);
-        p.temperature = 0;
-        p.max_tokens = c.n_output;
-        for (int stream = 0; stream < 2; stream++) {
-            req_result r;
-            run_one(e, &p, c.input, c.n_input, stream, &r);
-            assert_null(r.error);
-            assert_int_equal(r.n_finals, 1);
-            assert_int_equal(r.seqs[0].n_ids, c.n_output);
-            assert_memory_equal(r.seqs[0].ids, c.output, (size_t)c.n_output * sizeof(int32_t));
-            assert_string_equal(r.seqs[0].text, c.text);
-            assert_int_equal(r.seqs[0].finish, CV_FINISH_LENGTH);
-            assert_int_equal(r.n_prompt, c.n_input);
-            if (stream) assert_true(r.n_outputs > 1);
-            result_free(&r);
-        }
-    }
+    for (int i = 0; i < 3; i++)
+        for (int stream = 0; stream < 2; stream++)
+            expect_stories_case(e, i, stream);
     /* The same prompt as text goes through the tokenizer (BOS added). */
     cv_output_queue *q = cv_output_queue_create();
     cv_sampling_params p;

@@ -33,23 +33,9 @@ static void test_greedy_alone(void **state)
 {
     (void)state;
     cv_engine *e = gpu_engine();
-    for (int i = 0; i < N_CASES; i++) {
-        greedy_case c;
-        load_stories_case(i, &c);
-        cv_sampling_params p;
-        cv_sampling_params_default(&p);
-        p.temperature = 0;
-        p.max_tokens = c.n_output;
-        for (int stream = 0; stream < 2; stream++) {
-            req_result r;
-            run_one(e, &p, c.input, c.n_input, stream, &r);
-            assert_null(r.error);
-            assert_int_equal(r.seqs[0].n_ids, c.n_output);
-            assert_memory_equal(r.seqs[0].ids, c.output, (size_t)c.n_output * sizeof(int32_t));
-            assert_string_equal(r.seqs[0].text, c.text);
-            result_free(&r);
-        }
-    }
+    for (int i = 0; i < N_CASES; i++)
+        for (int stream = 0; stream < 2; stream++)
+            expect_stories_case(e, i, stream);
     cv_engine_shutdown(e, false);
 }
 
