@@ -442,6 +442,15 @@ static request *make_request(cv_engine *e, const cv_request_desc *d, cv_error *e
         return NULL;
     }
     if (cv_sampling_params_validate(d->params, err) < 0) return NULL;
+    /* One request's sequences are bounded like the requests in flight: a
+     * client asking for n = 10^8 would otherwise take the memory and the
+     * steps of everyone else. */
+    const int n_seqs = d->params->best_of > d->params->n ? d->params->best_of : d->params->n;
+    if (n_seqs > e->max_active) {
+        cv_errorf(err, "%s %d is more sequences than this engine runs for one request (%d)",
+                  d->params->best_of > d->params->n ? "best_of" : "n", n_seqs, e->max_active);
+        return NULL;
+    }
     request *r = calloc(1, sizeof(*r));
     if (!r || cv_sampling_params_copy(&r->params, d->params) < 0) {
         free(r);

@@ -549,6 +549,17 @@ static void do_completions(cv_http *h, struct evhttp_request *req)
         .user_data = hr,
     };
     if (rc == 0 && !(hr->engine_id = cv_engine_add_request(hr->model->engine, &d, &err))) rc = -1;
+    if (rc == 0 && cv_openai_begin(r) < 0) {
+        /* Its outputs are not handled yet (this loop thread handles them),
+         * so the abort's final output finds the request still here. */
+        cv_engine_abort(hr->model->engine, hr->engine_id);
+        atomic_fetch_add(&hr->model->counters.pending, 1);
+        track_request(h, hr, req);
+        detach_conn(hr);
+        reply_openai_error(req, 500, "out of memory");
+        hr->req = NULL;
+        return;
+    }
     if (rc < 0) {
         reply_openai_error(req, unavailable || err.cls == CV_ERR_UNAVAILABLE ? 503 : 400, err.msg);
         cv_server_account(hr->model, false, hr->start_ns);

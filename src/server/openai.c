@@ -125,15 +125,6 @@ int cv_openai_parse(const char *body, size_t len, uint64_t serial, cv_openai_req
                     cv_sampling_params_validate(&r->sp, err) < 0))
         rc = -1;
     free(text);
-    if (rc == 0) {
-        r->n_seqs = r->sp.n;
-        r->text = calloc((size_t)r->n_seqs, sizeof *r->text);
-        r->text_len = calloc((size_t)r->n_seqs, sizeof *r->text_len);
-        r->finish = calloc((size_t)r->n_seqs, sizeof *r->finish);
-        r->logprobs = calloc((size_t)r->n_seqs, sizeof *r->logprobs);
-        if (!r->text || !r->text_len || !r->finish || !r->logprobs)
-            rc = cv_errorf(err, "out of memory");
-    }
     if (rc < 0) {
         cv_openai_request_free(r);
         return -1;
@@ -141,6 +132,16 @@ int cv_openai_parse(const char *body, size_t len, uint64_t serial, cv_openai_req
     snprintf(r->id, sizeof r->id, "cmpl-%016" PRIx64, (uint64_t)(serial * 0x9e3779b97f4a7c15ull));
     r->created = (int64_t)time(NULL);
     return 0;
+}
+
+int cv_openai_begin(cv_openai_request *r)
+{
+    r->n_seqs = r->sp.n;
+    r->text = calloc((size_t)r->n_seqs, sizeof *r->text);
+    r->text_len = calloc((size_t)r->n_seqs, sizeof *r->text_len);
+    r->finish = calloc((size_t)r->n_seqs, sizeof *r->finish);
+    r->logprobs = calloc((size_t)r->n_seqs, sizeof *r->logprobs);
+    return r->text && r->text_len && r->finish && r->logprobs ? 0 : -1;
 }
 
 void cv_openai_request_free(cv_openai_request *r)

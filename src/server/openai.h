@@ -47,6 +47,9 @@ typedef struct cv_openai_request {
  * the decoded tokens. */
 int cv_openai_parse(const char *body, size_t len, uint64_t serial, cv_openai_request *r,
                     cv_error *err);
+/* Allocates the per-sequence state of the n sequences, once the engine
+ * has accepted the request (which bounds n); -1 when out of memory. */
+int cv_openai_begin(cv_openai_request *r);
 void cv_openai_request_free(cv_openai_request *r);
 
 /* Streamed: the chunk object for one engine output, or NULL when the output

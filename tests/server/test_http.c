@@ -345,6 +345,19 @@ static void test_openai_completions(void **state)
            "{\"object\":\"error\",\"message\":\"failed to parse the request JSON: '[' or '{' "
            "expected near 'nonsense'\",\"type\":\"BadRequestError\",\"param\":null,"
            "\"code\":400}");
+    /* A request for 10^8 sequences is refused at once (it used to take
+     * gigabytes and the engine's steps); the server keeps serving. */
+    expect("POST", "/v1/completions",
+           "{\"model\": \"stories\", \"prompt\": \"x\", \"n\": 100000000, \"max_tokens\": 2}", 400,
+           "{\"object\":\"error\",\"message\":\"n 100000000 is more sequences than this engine "
+           "runs for one request (4096)\",\"type\":\"BadRequestError\",\"param\":null,"
+           "\"code\":400}");
+    expect("POST", "/v2/models/stories/generate",
+           "{\"text_input\": \"x\", \"parameters\": {\"best_of\": 5000, \"max_tokens\": 2}}", 400,
+           "{\"error\":\"best_of 5000 is more sequences than this engine runs for one request "
+           "(4096)\"}");
+    expect("POST", "/v1/completions",
+           "{\"model\": \"stories\", \"prompt\": \"x\", \"n\": 3, \"max_tokens\": 2}", 200, NULL);
     expect("GET", "/v1/chat", NULL, 404,
            "{\"object\":\"error\",\"message\":\"Not Found\",\"type\":\"NotFoundError\","
            "\"param\":null,\"code\":404}");
