@@ -527,8 +527,9 @@ static void do_completions(cv_http *h, struct evhttp_request *req)
     if (!hr->model) {
         char msg[512];
         snprintf(msg, sizeof msg, "The model `%s` does not exist.", r->model);
-        /* 404 unknown; 400 known but not ready (its reason in err) */
-        reply_openai_error(req, status == 404 ? 404 : 400, status == 404 ? msg : err.msg);
+        /* 404 unknown; otherwise the repository's status and reason (a
+         * model without a ready version: 503) */
+        reply_openai_error(req, status ? status : 400, status == 404 ? msg : err.msg);
         req_free_unsubmitted(hr);
         return;
     }
