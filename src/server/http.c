@@ -1,6 +1,7 @@
 /* HTTP/REST frontend on libevent's evhttp: KServe v2 health, metadata,
  * config and repository endpoints, Triton's /generate and SSE
- * /generate_stream, and the OpenAI completions API (openai.h) under /v1.
+ * /generate_stream, and vLLM's OpenAI API (openai.h): /v1, /health and
+ * /version.
  * Engine outputs of HTTP requests arrive on one
  * cv_output_queue whose eventfd is an event of this loop, so every HTTP
  * object is touched by the loop thread only. */
@@ -812,6 +813,11 @@ static void route(struct evhttp_request *req, void *arg)
 
     if (n >= 1 && !strcmp(seg[0], "v1")) {
         route_openai(h, req, cmd, seg, n);
+    } else if (n == 1 && !strcmp(seg[0], "health") && cmd == EVHTTP_REQ_GET) {
+        /* vLLM's OpenAI server: 200 while serving */
+        reply_empty(req, atomic_load(&h->s->draining) ? 503 : 200);
+    } else if (n == 1 && !strcmp(seg[0], "version") && cmd == EVHTTP_REQ_GET) {
+        reply_json(req, 200, json_pack("{s:s}", "version", cv_server_version));
     } else if (n == 0 || strcmp(seg[0], "v2")) {
         reply_error(req, 404, "Not Found");
     } else if (n == 1 && cmd == EVHTTP_REQ_GET) {

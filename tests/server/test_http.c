@@ -358,6 +358,18 @@ static void test_openai_completions(void **state)
            "(4096)\"}");
     expect("POST", "/v1/completions",
            "{\"model\": \"stories\", \"prompt\": \"x\", \"n\": 3, \"max_tokens\": 2}", 200, NULL);
+    /* vLLM's /health and /version: the version is the server's (/v2). */
+    expect("GET", "/health", NULL, 200, "");
+    char *v1 = NULL, *v2 = NULL;
+    assert_int_equal(th_http("GET", url("/version"), NULL, &v1), 200);
+    assert_int_equal(th_http("GET", url("/v2"), NULL, &v2), 200);
+    json_t *jv1 = json_loads(v1, 0, NULL), *jv2 = json_loads(v2, 0, NULL);
+    assert_string_equal(json_string_value(json_object_get(jv1, "version")),
+                        json_string_value(json_object_get(jv2, "version")));
+    json_decref(jv1);
+    json_decref(jv2);
+    free(v1);
+    free(v2);
     expect("GET", "/v1/chat", NULL, 404,
            "{\"object\":\"error\",\"message\":\"Not Found\",\"type\":\"NotFoundError\","
            "\"param\":null,\"code\":404}");
