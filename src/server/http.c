@@ -19,42 +19,7 @@
 
 #include "base/clock.h"
 #include "base/log.h"
-#include "server/openai.h"
-#include "server/server_internal.h"
-
-typedef enum { KIND_GENERATE, KIND_STREAM } req_kind;
-
-/* One /generate, /generate_stream or /v1/completions request in flight
- * (oai set for the last). Freed when its
- * final engine output has been handled (every request gets exactly one). */
-typedef struct http_req {
-    struct http_req *prev, *next; /* cv_http.active */
-    cv_http *h;
-    struct evhttp_request *req; /* NULL once replied or the client left */
-    struct evhttp_connection *conn;
-    req_kind kind;
-    cv_model *model;
-    cv_infer_request ir;
-    uint64_t engine_id;
-    uint64_t start_ns;
-    int n_responses;
-    json_t *pending; /* /generate: the response held until final */
-    cv_openai_request *oai;
-    bool cancelled;
-    bool gone; /* the client closed the connection */
-} http_req;
-
-struct cv_http {
-    cv_server *s;
-    struct evhttp *http;
-    struct evhttp_bound_socket *sock;
-    cv_output_queue *q;
-    struct event *q_ev;
-    http_req *active;
-    int n_active;
-    int n_loading;          /* model loads running on their own threads */
-    uint64_t n_completions; /* OpenAI request ids */
-};
+#include "server/http_internal.h"
 
 /* ---- replies ------------------------------------------------------------ */
 
@@ -122,7 +87,7 @@ static void reply_text(struct evhttp_request *req, int status, const char *type,
     if (b) evbuffer_free(b);
 }
 
-static void reply_json(struct evhttp_request *req, int status, json_t *body)
+void http_reply_json(struct evhttp_request *req, int status, json_t *body)
 {
     char *text = body ? json_dumps(body, JSON_COMPACT) : NULL;
     json_decref(body);
@@ -137,7 +102,7 @@ static void reply_json(struct evhttp_request *req, int status, json_t *body)
 
 static void reply_error(struct evhttp_request *req, int status, const char *msg)
 {
-    reply_json(req, status, json_pack("{s:s}", "error", msg));
+    http_reply_json(req, status, json_pack("{s:s}", "error", msg));
 }
 
 static void reply_empty(struct evhttp_request *req, int status)
@@ -151,7 +116,7 @@ static void on_conn_close(struct evhttp_connection *conn, void *arg);
 
 /* Stops watching the connection for a client that leaves: called before
  * the request's final reply, whose own tracking takes the callback over. */
-static void detach_conn(http_req *hr)
+void http_detach_conn(http_req *hr)
 {
     if (hr->conn) evhttp_connection_set_closecb(hr->conn, NULL, NULL);
     hr->conn = NULL;
@@ -160,7 +125,7 @@ static void detach_conn(http_req *hr)
 static void req_finish(http_req *hr)
 {
     cv_http *h = hr->h;
-    detach_conn(hr);
+    http_detach_conn(hr);
     if (hr->prev)
         hr->prev->next = hr->next;
     else
@@ -176,7 +141,7 @@ static void req_finish(http_req *hr)
 }
 
 /* A request that never reached the engine (nor the active list). */
-static void req_free_unsubmitted(http_req *hr)
+void http_req_free_unsubmitted(http_req *hr)
 {
     if (hr->oai) cv_openai_request_free(hr->oai);
     free(hr->oai);
@@ -206,7 +171,7 @@ static void on_conn_close(struct evhttp_connection *conn, void *arg)
     req_cancel(hr);
 }
 
-static void sse_send(http_req *hr, const char *json_text)
+void http_sse_send(http_req *hr, const char *json_text)
 {
     struct evbuffer *b = evbuffer_new();
     if (!b) return;
@@ -220,31 +185,31 @@ static void sse_error(http_req *hr, const char *msg)
     json_t *e = json_pack("{s:s}", "error", msg);
     char *text = e ? json_dumps(e, JSON_COMPACT) : NULL;
     json_decref(e);
-    if (text) sse_send(hr, text);
+    if (text) http_sse_send(hr, text);
     free(text);
 }
 
-static void sse_send_json(http_req *hr, json_t *j)
+void http_sse_send_json(http_req *hr, json_t *j)
 {
     char *text = j ? json_dumps(j, JSON_COMPACT) : NULL;
     json_decref(j);
-    if (text) sse_send(hr, text);
+    if (text) http_sse_send(hr, text);
     free(text);
 }
 
 /* The reply of a request that ended: the stream's end, or the held
  * /generate response; nothing when the client left (evhttp frees it). */
-static void reply_final(http_req *hr, json_t *whole)
+void http_reply_final(http_req *hr, json_t *whole)
 {
     if (hr->req && hr->gone) {
         evhttp_send_reply_end(hr->req); /* frees the detached request */
     } else if (hr->req) {
-        detach_conn(hr);
+        http_detach_conn(hr);
         if (hr->kind == KIND_STREAM) {
             track_unsent(hr->req);
             evhttp_send_reply_end(hr->req);
         } else {
-            reply_json(hr->req, 200, whole);
+            http_reply_json(hr->req, 200, whole);
             whole = NULL;
         }
     }
@@ -252,7 +217,7 @@ static void reply_final(http_req *hr, json_t *whole)
     hr->req = NULL;
 }
 
-static void request_done(http_req *hr, const cv_request_output *out, bool ok)
+void http_request_done(http_req *hr, const cv_request_output *out, bool ok)
 {
     if (hr->cancelled && hr->gone) cv_log_info("[vllm] Successfully cancelled the request");
     bool aborted = out->n_seqs > 0 && out->seqs[0].finish_reason == CV_FINISH_ABORT;
@@ -261,42 +226,10 @@ static void request_done(http_req *hr, const cv_request_output *out, bool ok)
     req_finish(hr);
 }
 
-/* /v1/completions: a chunk per output when streaming (then the usage chunk
- * if asked, then [DONE]), else one response at the end; an engine error
- * is an OpenAI error object. */
-static void handle_openai_output(http_req *hr, const cv_request_output *out)
-{
-    cv_openai_request *r = hr->oai;
-    bool writable = hr->req && !hr->gone;
-    if (out->error && writable) {
-        if (hr->kind == KIND_STREAM) {
-            sse_send_json(hr, cv_openai_error(out->error, 400));
-        } else {
-            detach_conn(hr);
-            reply_json(hr->req, 400, cv_openai_error(out->error, 400));
-            hr->req = NULL;
-        }
-    } else if (writable && hr->kind == KIND_STREAM) {
-        json_t *chunk = cv_openai_chunk(r, out);
-        if (chunk) sse_send_json(hr, chunk);
-    } else if (writable && cv_openai_accumulate(r, out) < 0) {
-        detach_conn(hr);
-        reply_json(hr->req, 500, cv_openai_error("out of memory", 500));
-        hr->req = NULL;
-    }
-    if (!out->finished) return;
-    if (hr->req && !hr->gone && hr->kind == KIND_STREAM) {
-        if (r->include_usage) sse_send_json(hr, cv_openai_usage_chunk(r));
-        sse_send(hr, "[DONE]");
-    }
-    reply_final(hr, hr->req && hr->kind != KIND_STREAM ? cv_openai_response(r) : NULL);
-    request_done(hr, out, !out->error);
-}
-
 static void handle_output(http_req *hr, const cv_request_output *out)
 {
     if (hr->oai) {
-        handle_openai_output(hr, out);
+        http_openai_output(hr, out);
         return;
     }
     bool ok = !out->error;
@@ -315,12 +248,12 @@ static void handle_output(http_req *hr, const cv_request_output *out)
             hr->n_responses++;
             if (hr->kind == KIND_STREAM) {
                 char *text = j ? json_dumps(j, JSON_COMPACT) : NULL;
-                if (text) sse_send(hr, text);
+                if (text) http_sse_send(hr, text);
                 free(text);
                 json_decref(j);
             } else if (hr->n_responses > 1) {
                 json_decref(j);
-                detach_conn(hr);
+                http_detach_conn(hr);
                 reply_error(hr->req, 400,
                             "generate expects model to produce exactly 1 response, "
                             "use generate stream for model that generates various "
@@ -339,7 +272,7 @@ static void handle_output(http_req *hr, const cv_request_output *out)
         if (hr->kind == KIND_STREAM) {
             sse_error(hr, msg);
         } else {
-            detach_conn(hr);
+            http_detach_conn(hr);
             reply_error(hr->req, 400, msg);
             hr->req = NULL;
         }
@@ -347,8 +280,8 @@ static void handle_output(http_req *hr, const cv_request_output *out)
     if (!out->finished) return;
     json_t *whole = hr->pending;
     hr->pending = NULL;
-    reply_final(hr, whole);
-    request_done(hr, out, ok);
+    http_reply_final(hr, whole);
+    http_request_done(hr, out, ok);
 }
 
 static void on_outputs(evutil_socket_t fd, short what, void *arg)
@@ -435,7 +368,7 @@ static int collect_generate(cv_infer_request *ir, const cv_model *m, json_t *bod
 
 /* A submitted request joins the active list, its connection watched for a
  * client that leaves; a stream's SSE reply starts now. */
-static void track_request(cv_http *h, http_req *hr, struct evhttp_request *req)
+void http_track_request(cv_http *h, http_req *hr, struct evhttp_request *req)
 {
     hr->req = req;
     hr->conn = evhttp_request_get_connection(req);
@@ -485,128 +418,10 @@ static void do_generate(cv_http *h, struct evhttp_request *req, cv_model *m, req
         bool retry = unavailable || err.cls == CV_ERR_UNAVAILABLE || atomic_load(&h->s->draining);
         reply_error(req, retry ? 503 : 400, err.msg);
         cv_server_account(m, false, hr->start_ns);
-        req_free_unsubmitted(hr);
+        http_req_free_unsubmitted(hr);
         return;
     }
-    track_request(h, hr, req);
-}
-
-/* ---- OpenAI API (/v1) ------------------------------------------------------ */
-
-static void reply_openai_error(struct evhttp_request *req, int code, const char *msg)
-{
-    reply_json(req, code, cv_openai_error(msg, code));
-}
-
-static void do_completions(cv_http *h, struct evhttp_request *req)
-{
-    struct evbuffer *b = evhttp_request_get_input_buffer(req);
-    const size_t len = evbuffer_get_length(b);
-    const char *body = len ? (const char *)evbuffer_pullup(b, -1) : "";
-    http_req *hr = calloc(1, sizeof *hr);
-    cv_openai_request *r = calloc(1, sizeof *r);
-    if (!hr || !r) {
-        free(hr);
-        free(r);
-        reply_openai_error(req, 500, "out of memory");
-        return;
-    }
-    cv_error err = {.msg = ""};
-    if (cv_openai_parse(body, len, ++h->n_completions, r, &err) < 0) {
-        free(hr);
-        free(r);
-        reply_openai_error(req, 400, err.msg);
-        return;
-    }
-    hr->h = h;
-    hr->oai = r;
-    hr->kind = r->stream ? KIND_STREAM : KIND_GENERATE;
-    hr->start_ns = cv_now_ns();
-    cv_infer_request_init(&hr->ir);
-    int status = 0;
-    hr->model = cv_repository_acquire(h->s->repo, r->model, "", &err, &status);
-    if (!hr->model) {
-        char msg[512];
-        snprintf(msg, sizeof msg, "The model `%s` does not exist.", r->model);
-        /* 404 unknown; otherwise the repository's status and reason (a
-         * model without a ready version: 503) */
-        reply_openai_error(req, status ? status : 400, status == 404 ? msg : err.msg);
-        req_free_unsubmitted(hr);
-        return;
-    }
-    int rc = 0;
-    bool unavailable = !cv_model_healthy(hr->model) || atomic_load(&h->s->draining);
-    if (unavailable)
-        rc = cv_errorf(&err, "%s",
-                       atomic_load(&h->s->draining)
-                           ? "Server is stopping: no new requests are accepted"
-                           : CV_MODEL_UNHEALTHY_MSG);
-    cv_request_desc d = {
-        .prompt = r->prompt,
-        .prompt_len = r->prompt_len,
-        .prompt_ids = r->prompt_ids,
-        .n_prompt_ids = r->n_prompt_ids,
-        .params = &r->sp,
-        .stream = r->stream,
-        .sink = h->q,
-        .user_data = hr,
-    };
-    if (rc == 0 && !(hr->engine_id = cv_engine_add_request(hr->model->engine, &d, &err))) rc = -1;
-    if (rc == 0 && cv_openai_begin(r) < 0) {
-        /* Its outputs are not handled yet (this loop thread handles them),
-         * so the abort's final output finds the request still here. */
-        cv_engine_abort(hr->model->engine, hr->engine_id);
-        atomic_fetch_add(&hr->model->counters.pending, 1);
-        track_request(h, hr, req);
-        detach_conn(hr);
-        reply_openai_error(req, 500, "out of memory");
-        hr->req = NULL;
-        return;
-    }
-    if (rc < 0) {
-        reply_openai_error(req, unavailable || err.cls == CV_ERR_UNAVAILABLE ? 503 : 400, err.msg);
-        cv_server_account(hr->model, false, hr->start_ns);
-        cv_model_release(hr->model);
-        hr->model = NULL;
-        req_free_unsubmitted(hr);
-        return;
-    }
-    atomic_fetch_add(&hr->model->counters.pending, 1);
-    track_request(h, hr, req);
-}
-
-static void add_model_name(cv_model *m, void *arg)
-{
-    json_t *names = arg;
-    for (size_t i = 0; i < json_array_size(names); i++)
-        if (!strcmp(json_string_value(json_array_get(names, i)), m->name)) return;
-    json_array_append_new(names, json_string(m->name));
-}
-
-/* GET /v1/models: every ready model, once whatever its versions. */
-static void reply_models(cv_http *h, struct evhttp_request *req)
-{
-    json_t *names = json_array();
-    cv_repository_foreach_ready(h->s->repo, add_model_name, names);
-    const size_t n = json_array_size(names);
-    const char **list = calloc(n ? n : 1, sizeof *list);
-    for (size_t i = 0; list && i < n; i++)
-        list[i] = json_string_value(json_array_get(names, i));
-    json_t *body = list ? cv_openai_model_list(list, (int)n, (int64_t)time(NULL)) : NULL;
-    free(list);
-    json_decref(names);
-    reply_json(req, 200, body);
-}
-
-static void route_openai(cv_http *h, struct evhttp_request *req, enum evhttp_cmd_type cmd,
-                         char **seg, int n)
-{
-    if (n == 2 && !strcmp(seg[1], "models") && cmd == EVHTTP_REQ_GET)
-        reply_models(h, req);
-    else if (n == 2 && !strcmp(seg[1], "completions") && cmd == EVHTTP_REQ_POST)
-        do_completions(h, req);
-    else
-        reply_openai_error(req, 404, "Not Found");
+    http_track_request(h, hr, req);
 }
 
 static json_t *tensor_meta(const cv_tensor_config *t)
@@ -641,7 +456,7 @@ static void reply_stats(cv_http *h, struct evhttp_request *req, const char *name
         reply_error(req, status, err.msg);
         return;
     }
-    reply_json(req, 200, cv_model_stats_json(st, n));
+    http_reply_json(req, 200, cv_model_stats_json(st, n));
     free(st);
 }
 
@@ -682,9 +497,9 @@ static void route_model(cv_http *h, struct evhttp_request *req, enum evhttp_cmd_
     }
     bool post = cmd == EVHTTP_REQ_POST, get = cmd == EVHTTP_REQ_GET;
     if (!action[0] && get) {
-        reply_json(req, 200, model_metadata(m));
+        http_reply_json(req, 200, model_metadata(m));
     } else if (!strcmp(action, "config") && get) {
-        reply_json(req, 200, cv_model_config_to_json(&m->cfg));
+        http_reply_json(req, 200, cv_model_config_to_json(&m->cfg));
     } else if (!strcmp(action, "infer") && post) {
         reply_error(req, 501,
                     "HTTP end point doesn't support models with decoupled "
@@ -768,7 +583,7 @@ static void route_repository(cv_http *h, struct evhttp_request *req, char **seg,
         bool ready = json_is_true(json_object_get(body, "ready"));
         json_decref(body);
         {
-            reply_json(req, 200, cv_repository_index(s->repo, ready));
+            http_reply_json(req, 200, cv_repository_index(s->repo, ready));
             return;
         }
     }
@@ -812,21 +627,21 @@ static void route(struct evhttp_request *req, void *arg)
         seg[n++] = t;
 
     if (n >= 1 && !strcmp(seg[0], "v1")) {
-        route_openai(h, req, cmd, seg, n);
+        http_route_openai(h, req, cmd, seg, n);
     } else if (n == 1 && !strcmp(seg[0], "health") && cmd == EVHTTP_REQ_GET) {
         /* vLLM's OpenAI server: 200 while serving */
         reply_empty(req, atomic_load(&h->s->draining) ? 503 : 200);
     } else if (n == 1 && !strcmp(seg[0], "version") && cmd == EVHTTP_REQ_GET) {
-        reply_json(req, 200, json_pack("{s:s}", "version", cv_server_version));
+        http_reply_json(req, 200, json_pack("{s:s}", "version", cv_server_version));
     } else if (n == 0 || strcmp(seg[0], "v2")) {
         reply_error(req, 404, "Not Found");
     } else if (n == 1 && cmd == EVHTTP_REQ_GET) {
         json_t *ext = json_array();
         for (int i = 0; i < cv_server_n_extensions; i++)
             json_array_append_new(ext, json_string(cv_server_extensions[i]));
-        reply_json(req, 200,
-                   json_pack("{s:s, s:s, s:o}", "name", "cvllm", "version", cv_server_version,
-                             "extensions", ext));
+        http_reply_json(req, 200,
+                        json_pack("{s:s, s:s, s:o}", "name", "cvllm", "version", cv_server_version,
+                                  "extensions", ext));
     } else if (n == 3 && !strcmp(seg[1], "health") && cmd == EVHTTP_REQ_GET &&
                (!strcmp(seg[2], "live") || !strcmp(seg[2], "ready"))) {
         bool ok = seg[2][0] == 'l' ? !atomic_load(&h->s->draining) : cv_server_ready(h->s);

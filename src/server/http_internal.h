@@ -1,0 +1,71 @@
+/* Internals of the HTTP frontend shared by http.c (the server, Triton's
+ * endpoints, the request lifecycle) and http_openai.c (vLLM's OpenAI API).
+ * Everything here runs on the event loop thread. */
+#ifndef CV_SERVER_HTTP_INTERNAL_H
+#define CV_SERVER_HTTP_INTERNAL_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include <event2/http.h>
+#include <jansson.h>
+
+#include "server/openai.h"
+#include "server/server_internal.h"
+
+typedef enum { KIND_GENERATE, KIND_STREAM } req_kind;
+
+/* One /generate, /generate_stream or /v1/completions request in flight
+ * (oai set for the last). Freed when its
+ * final engine output has been handled (every request gets exactly one). */
+typedef struct http_req {
+    struct http_req *prev, *next; /* cv_http.active */
+    cv_http *h;
+    struct evhttp_request *req; /* NULL once replied or the client left */
+    struct evhttp_connection *conn;
+    req_kind kind;
+    cv_model *model;
+    cv_infer_request ir;
+    uint64_t engine_id;
+    uint64_t start_ns;
+    int n_responses;
+    json_t *pending; /* /generate: the response held until final */
+    cv_openai_request *oai;
+    bool cancelled;
+    bool gone; /* the client closed the connection */
+} http_req;
+
+struct cv_http {
+    cv_server *s;
+    struct evhttp *http;
+    struct evhttp_bound_socket *sock;
+    cv_output_queue *q;
+    struct event *q_ev;
+    http_req *active;
+    int n_active;
+    int n_loading;          /* model loads running on their own threads */
+    uint64_t n_completions; /* OpenAI request ids */
+};
+
+/* Replies and the SSE stream of a request. */
+void http_reply_json(struct evhttp_request *req, int status, json_t *body); /* steals body */
+void http_sse_send(http_req *hr, const char *data);                         /* "data: ...\n\n" */
+void http_sse_send_json(http_req *hr, json_t *j);                           /* steals j */
+
+/* Lifecycle: a submitted request is tracked (active list, close callback,
+ * SSE headers); its final output gets the final reply, then request_done
+ * accounts and frees it. A request refused before submission is freed
+ * with req_free_unsubmitted. */
+void http_track_request(cv_http *h, http_req *hr, struct evhttp_request *req);
+void http_detach_conn(http_req *hr);
+void http_reply_final(http_req *hr, json_t *whole); /* steals whole */
+void http_request_done(http_req *hr, const cv_request_output *out, bool ok);
+void http_req_free_unsubmitted(http_req *hr);
+
+/* http_openai.c: the outputs of /v1/completions requests, and the /v1
+ * routes. */
+void http_openai_output(http_req *hr, const cv_request_output *out);
+void http_route_openai(cv_http *h, struct evhttp_request *req, enum evhttp_cmd_type cmd, char **seg,
+                       int n);
+
+#endif
