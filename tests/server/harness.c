@@ -5,7 +5,10 @@
 #include <curl/curl.h>
 #include <errno.h>
 #include <netinet/in.h>
+#include <setjmp.h>
 #include <signal.h>
+#include <stdarg.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -14,6 +17,8 @@
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
+
+#include <cmocka.h>
 
 static void write_file(const char *path, const char *text)
 {
@@ -271,4 +276,31 @@ char *th_run(const char *cmd)
     }
     pclose(p);
     return out ? out : calloc(1, 1);
+}
+
+void th_expect(const char *method, const char *url, const char *body, long status,
+               const char *want_body)
+{
+    char *resp = NULL;
+    long st = th_http(method, url, body, &resp);
+    if (st != status || (want_body && strcmp(resp, want_body)))
+        fprintf(stderr, "%s %s -> %ld %s\n", method, url, st, resp);
+    assert_int_equal(st, status);
+    if (want_body) assert_string_equal(resp, want_body);
+    free(resp);
+}
+
+char *th_greedy_text(const char *prompt, int max_tokens)
+{
+    char cmd[1024];
+    const char *bin = getenv("CVLLM_BIN_DIR"), *shared = getenv("CVLLM_SHARED");
+    snprintf(cmd, sizeof cmd,
+             "%s/cvllm-generate --model %s/models/stories260K --prompt '%s' --max-tokens %d "
+             "--temperature 0 --threads 1 2>/dev/null",
+             bin, shared, prompt, max_tokens);
+    char *out = th_run(cmd);
+    size_t n = strlen(out);
+    assert_true(n > 0 && out[n - 1] == '\n');
+    out[n - 1] = '\0';
+    return out;
 }

@@ -45,4 +45,12 @@ double th_metric(const char *metrics_text, const char *name_and_labels);
 /* The stdout of a command line (malloc'd). */
 char *th_run(const char *cmd);
 
+/* One request whose status (and body, unless want_body is NULL) must be
+ * exactly as given (cmocka assertions). */
+void th_expect(const char *method, const char *url, const char *body, long status,
+               const char *want_body);
+/* The text cvllm-generate prints for prompt on stories260K (greedy,
+ * max_tokens new tokens), without its final newline (malloc'd). */
+char *th_greedy_text(const char *prompt, int max_tokens);
+
 #endif

@@ -33,13 +33,7 @@ static char *url(const char *path)
 static void expect(const char *method, const char *path, const char *body, long status,
                    const char *want_body)
 {
-    char *resp = NULL;
-    long st = th_http(method, url(path), body, &resp);
-    if (st != status || (want_body && strcmp(resp, want_body)))
-        fprintf(stderr, "%s %s -> %ld %s\n", method, path, st, resp);
-    assert_int_equal(st, status);
-    if (want_body) assert_string_equal(resp, want_body);
-    free(resp);
+    th_expect(method, url(path), body, status, want_body);
 }
 
 static int setup(void **state)
@@ -113,22 +107,6 @@ static void test_health_and_metadata(void **state)
     free(resp);
 }
 
-/* The text cvllm-generate prints for the prompt (greedy, n tokens). */
-static char *reference_text(const char *prompt, int max_tokens)
-{
-    char cmd[1024];
-    const char *bin = getenv("CVLLM_BIN_DIR"), *shared = getenv("CVLLM_SHARED");
-    snprintf(cmd, sizeof cmd,
-             "%s/cvllm-generate --model %s/models/stories260K --prompt '%s' --max-tokens %d "
-             "--temperature 0 --threads 1 2>/dev/null",
-             bin, shared, prompt, max_tokens);
-    char *out = th_run(cmd);
-    size_t n = strlen(out);
-    assert_true(n > 0 && out[n - 1] == '\n');
-    out[n - 1] = '\0';
-    return out;
-}
-
 /* Concatenation of field `key` over the SSE events of body. */
 static char *sse_concat(const char *events, const char *key, int *n_events, char *last_finish)
 {
@@ -157,7 +135,7 @@ static char *sse_concat(const char *events, const char *key, int *n_events, char
 static void test_generate_matches_cvllm_generate(void **state)
 {
     (void)state;
-    char *ref = reference_text("Once upon a time", 32);
+    char *ref = th_greedy_text("Once upon a time", 32);
     char *resp = NULL;
     assert_int_equal(th_http("POST", url("/v2/models/stories/generate"),
                              "{\"text_input\": \"Once upon a time\", \"parameters\": "
@@ -202,177 +180,6 @@ static void test_generate_matches_cvllm_generate(void **state)
     free(cat);
     free(events);
     free(ref);
-}
-
-/* POST /v1/completions as vLLM's OpenAI server answers it: the same text
- * as every other surface, whole and streamed (with the usage chunk and
- * [DONE]), logprobs, GET /v1/models, and OpenAI error objects. */
-static void test_openai_completions(void **state)
-{
-    (void)state;
-    char *ref = reference_text("Once upon a time", 32);
-    char *resp = NULL;
-    assert_int_equal(th_http("POST", url("/v1/completions"),
-                             "{\"model\": \"stories\", \"prompt\": \"Once upon a time\", "
-                             "\"max_tokens\": 32, \"temperature\": 0}",
-                             &resp),
-                     200);
-    json_t *j = json_loads(resp, 0, NULL);
-    assert_non_null(j);
-    assert_string_equal(json_string_value(json_object_get(j, "object")), "text_completion");
-    assert_string_equal(json_string_value(json_object_get(j, "model")), "stories");
-    assert_int_equal(strncmp(json_string_value(json_object_get(j, "id")), "cmpl-", 5), 0);
-    json_t *c0 = json_array_get(json_object_get(j, "choices"), 0);
-    assert_string_equal(json_string_value(json_object_get(c0, "text")), ref);
-    assert_string_equal(json_string_value(json_object_get(c0, "finish_reason")), "length");
-    assert_true(json_is_null(json_object_get(c0, "logprobs")));
-    json_t *usage = json_object_get(j, "usage");
-    assert_int_equal(json_integer_value(json_object_get(usage, "prompt_tokens")), 5);
-    assert_int_equal(json_integer_value(json_object_get(usage, "completion_tokens")), 32);
-    assert_int_equal(json_integer_value(json_object_get(usage, "total_tokens")), 37);
-    json_decref(j);
-    free(resp);
-
-    /* Streamed: the chunks' texts concatenate to the same text, then one
-     * usage chunk (choices []), then [DONE]. */
-    char *events = NULL;
-    assert_int_equal(th_sse(url("/v1/completions"),
-                            "{\"model\": \"stories\", \"prompt\": \"Once upon a time\", "
-                            "\"max_tokens\": 32, \"temperature\": 0, \"stream\": true, "
-                            "\"stream_options\": {\"include_usage\": true}}",
-                            0, &events),
-                     200);
-    char text[2048] = "", finish[16] = "";
-    int n_chunks = 0, completion_tokens = -1;
-    bool done = false;
-    for (const char *p = events; (p = strstr(p, "data: "));) {
-        p += 6;
-        const char *end = strstr(p, "\n\n");
-        assert_non_null(end);
-        assert_false(done); /* nothing after [DONE] */
-        if (end - p == 6 && !strncmp(p, "[DONE]", 6)) {
-            done = true;
-        } else {
-            json_t *ev = json_loadb(p, (size_t)(end - p), 0, NULL);
-            assert_non_null(ev);
-            json_t *ch = json_array_get(json_object_get(ev, "choices"), 0);
-            if (ch) {
-                strncat(text, json_string_value(json_object_get(ch, "text")),
-                        sizeof text - strlen(text) - 1);
-                if (json_is_string(json_object_get(ch, "finish_reason")))
-                    snprintf(finish, sizeof finish, "%s",
-                             json_string_value(json_object_get(ch, "finish_reason")));
-                n_chunks++;
-            } else {
-                completion_tokens = (int)json_integer_value(
-                    json_object_get(json_object_get(ev, "usage"), "completion_tokens"));
-            }
-            json_decref(ev);
-        }
-        p = end + 2;
-    }
-    assert_true(done);
-    assert_string_equal(text, ref);
-    assert_string_equal(finish, "length");
-    assert_true(n_chunks > 1);
-    assert_int_equal(completion_tokens, 32);
-    free(events);
-    free(ref);
-
-    /* logprobs: 2 -> the sampled token's logprob and top entries, per token. */
-    assert_int_equal(th_http("POST", url("/v1/completions"),
-                             "{\"model\": \"stories\", \"prompt\": \"Once\", \"max_tokens\": 3, "
-                             "\"temperature\": 0, \"logprobs\": 2}",
-                             &resp),
-                     200);
-    j = json_loads(resp, 0, NULL);
-    json_t *lp = json_object_get(json_array_get(json_object_get(j, "choices"), 0), "logprobs");
-    assert_int_equal(json_array_size(json_object_get(lp, "tokens")), 3);
-    assert_int_equal(json_array_size(json_object_get(lp, "token_logprobs")), 3);
-    json_t *top0 = json_array_get(json_object_get(lp, "top_logprobs"), 0);
-    assert_true(json_object_size(top0) >= 2 && json_object_size(top0) <= 3);
-    assert_true(json_real_value(json_array_get(json_object_get(lp, "token_logprobs"), 0)) <= 0);
-    json_decref(j);
-    free(resp);
-
-    /* A null field keeps its default: max_tokens 16. */
-    assert_int_equal(th_http("POST", url("/v1/completions"),
-                             "{\"model\": \"stories\", \"prompt\": \"Once upon a time\", "
-                             "\"max_tokens\": null, \"temperature\": 0, \"user\": \"u1\"}",
-                             &resp),
-                     200);
-    j = json_loads(resp, 0, NULL);
-    assert_int_equal(
-        json_integer_value(json_object_get(json_object_get(j, "usage"), "completion_tokens")), 16);
-    json_decref(j);
-    free(resp);
-
-    /* The served models. */
-    assert_int_equal(th_http("GET", url("/v1/models"), NULL, &resp), 200);
-    j = json_loads(resp, 0, NULL);
-    assert_string_equal(json_string_value(json_object_get(j, "object")), "list");
-    bool listed = false;
-    json_t *m;
-    size_t i;
-    json_array_foreach(json_object_get(j, "data"), i, m)
-    {
-        assert_string_equal(json_string_value(json_object_get(m, "object")), "model");
-        listed |= !strcmp(json_string_value(json_object_get(m, "id")), "stories");
-    }
-    assert_true(listed);
-    json_decref(j);
-    free(resp);
-
-    expect("POST", "/v1/completions", "{\"model\": \"nope\", \"prompt\": \"x\"}", 404,
-           "{\"object\":\"error\",\"message\":\"The model `nope` does not exist.\",\"type\":"
-           "\"NotFoundError\",\"param\":null,\"code\":404}");
-    expect("POST", "/v1/completions", "{\"model\": \"stories\", \"prompt\": \"x\", \"foo\": 1}",
-           400,
-           "{\"object\":\"error\",\"message\":\"unknown sampling parameter 'foo'\",\"type\":"
-           "\"BadRequestError\",\"param\":null,\"code\":400}");
-    expect("POST", "/v1/completions", "{\"model\": \"stories\"}", 400,
-           "{\"object\":\"error\",\"message\":\"'prompt' is required\",\"type\":"
-           "\"BadRequestError\",\"param\":null,\"code\":400}");
-    expect("POST", "/v1/completions", "{\"model\": \"stories\", \"prompt\": [\"a\", \"b\"]}", 400,
-           "{\"object\":\"error\",\"message\":\"'prompt': a list of 2 prompts is not supported; "
-           "send one request per prompt\",\"type\":\"BadRequestError\",\"param\":null,"
-           "\"code\":400}");
-    expect("POST", "/v1/completions",
-           "{\"model\": \"stories\", \"prompt\": \"x\", \"temperature\": -1}", 400,
-           "{\"object\":\"error\",\"message\":\"temperature must be non-negative, got -1.0.\","
-           "\"type\":\"BadRequestError\",\"param\":null,\"code\":400}");
-    expect("POST", "/v1/completions", "nonsense", 400,
-           "{\"object\":\"error\",\"message\":\"failed to parse the request JSON: '[' or '{' "
-           "expected near 'nonsense'\",\"type\":\"BadRequestError\",\"param\":null,"
-           "\"code\":400}");
-    /* A request for 10^8 sequences is refused at once (it used to take
-     * gigabytes and the engine's steps); the server keeps serving. */
-    expect("POST", "/v1/completions",
-           "{\"model\": \"stories\", \"prompt\": \"x\", \"n\": 100000000, \"max_tokens\": 2}", 400,
-           "{\"object\":\"error\",\"message\":\"n 100000000 is more sequences than this engine "
-           "runs for one request (4096)\",\"type\":\"BadRequestError\",\"param\":null,"
-           "\"code\":400}");
-    expect("POST", "/v2/models/stories/generate",
-           "{\"text_input\": \"x\", \"parameters\": {\"best_of\": 5000, \"max_tokens\": 2}}", 400,
-           "{\"error\":\"best_of 5000 is more sequences than this engine runs for one request "
-           "(4096)\"}");
-    expect("POST", "/v1/completions",
-           "{\"model\": \"stories\", \"prompt\": \"x\", \"n\": 3, \"max_tokens\": 2}", 200, NULL);
-    /* vLLM's /health and /version: the version is the server's (/v2). */
-    expect("GET", "/health", NULL, 200, "");
-    char *v1 = NULL, *v2 = NULL;
-    assert_int_equal(th_http("GET", url("/version"), NULL, &v1), 200);
-    assert_int_equal(th_http("GET", url("/v2"), NULL, &v2), 200);
-    json_t *jv1 = json_loads(v1, 0, NULL), *jv2 = json_loads(v2, 0, NULL);
-    assert_string_equal(json_string_value(json_object_get(jv1, "version")),
-                        json_string_value(json_object_get(jv2, "version")));
-    json_decref(jv1);
-    json_decref(jv2);
-    free(v1);
-    free(v2);
-    expect("GET", "/v1/chat", NULL, 404,
-           "{\"object\":\"error\",\"message\":\"Not Found\",\"type\":\"NotFoundError\","
-           "\"param\":null,\"code\":404}");
 }
 
 static void test_output_tensors(void **state)
@@ -956,7 +763,6 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_health_and_metadata),
         cmocka_unit_test(test_generate_matches_cvllm_generate),
-        cmocka_unit_test(test_openai_completions),
         cmocka_unit_test(test_output_tensors),
         cmocka_unit_test(test_documented_errors),
         cmocka_unit_test(test_repository_explicit_mode),
