@@ -278,6 +278,13 @@ char *th_run(const char *cmd)
     return out ? out : calloc(1, 1);
 }
 
+const char *th_url(const test_server *s, const char *path)
+{
+    static char u[512];
+    snprintf(u, sizeof u, "http://127.0.0.1:%d%s", s->http_port, path);
+    return u;
+}
+
 void th_expect(const char *method, const char *url, const char *body, long status,
                const char *want_body)
 {

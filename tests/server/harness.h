@@ -45,6 +45,8 @@ double th_metric(const char *metrics_text, const char *name_and_labels);
 /* The stdout of a command line (malloc'd). */
 char *th_run(const char *cmd);
 
+/* "http://127.0.0.1:<s's HTTP port><path>" (static buffer, reused). */
+const char *th_url(const test_server *s, const char *path);
 /* One request whose status (and body, unless want_body is NULL) must be
  * exactly as given (cmocka assertions). */
 void th_expect(const char *method, const char *url, const char *body, long status,

@@ -21,13 +21,10 @@
 #include "harness.h"
 
 static test_server srv;
-static char base[64];
 
-static char *url(const char *path)
+static const char *url(const char *path)
 {
-    static char u[256];
-    snprintf(u, sizeof u, "%s%s", base, path);
-    return u;
+    return th_url(&srv, path);
 }
 
 static void expect(const char *method, const char *path, const char *body, long status,
@@ -47,7 +44,6 @@ static int setup(void **state)
     th_add_model(repo, "nojson", "backend: \"vllm\"\n", NULL);
     const char *extra[] = {"--model-control-mode=explicit", "--load-model=stories", NULL};
     if (!th_start(&srv, repo, extra)) return -1;
-    snprintf(base, sizeof base, "http://127.0.0.1:%d", srv.http_port);
     return 0;
 }
 

@@ -18,13 +18,10 @@
 #include "harness.h"
 
 static test_server srv;
-static char base[64];
 
-static char *url(const char *path)
+static const char *url(const char *path)
 {
-    static char u[256];
-    snprintf(u, sizeof u, "%s%s", base, path);
-    return u;
+    return th_url(&srv, path);
 }
 
 static void expect(const char *method, const char *path, const char *body, long status,
@@ -38,7 +35,6 @@ static int setup(void **state)
     (void)state;
     curl_global_init(CURL_GLOBAL_ALL);
     if (!th_start(&srv, th_make_repo(), NULL)) return -1;
-    snprintf(base, sizeof base, "http://127.0.0.1:%d", srv.http_port);
     return 0;
 }
 
