@@ -14,7 +14,7 @@
 #include <cmocka.h>
 
 #include "backend/cpu/cpu_internal.h"
-#include "seq_runner.h"
+#include "../common/seq_runner.h"
 
 enum { N_SEQS = 4, PROMPT = 11, DECODE = 6, TOTAL = PROMPT + DECODE };
 
@@ -72,7 +72,7 @@ static void run_alone_kv(int s, int n_threads, cv_dtype kv_dtype,
     cv_error err = {.msg = ""};
     assert_int_equal(cv_backend_cpu_set_kv_dtype(bk, kv_dtype, &err), 0);
     runner r;
-    assert_int_equal(runner_init(&r, bk, 4, 1, &err), 0);
+    assert_int_equal(runner_init(&r, &runner_cpu_ops, bk, 4, 1, &err), 0);
     r.seqs[0].ids = ids[s];
     r.seqs[0].n_ids = TOTAL;
     int chunk[1] = {PROMPT};
@@ -117,7 +117,7 @@ static void test_matrix_dtype_conversion(void **state)
         assert_int_equal(bk->lm_head.dtype, types[k]);
         assert_int_equal(bk->layers[0].w.wq.dtype, types[k]);
         runner r;
-        assert_int_equal(runner_init(&r, bk, 4, 1, &err), 0);
+        assert_int_equal(runner_init(&r, &runner_cpu_ops, bk, 4, 1, &err), 0);
         r.seqs[0].ids = ids[0];
         r.seqs[0].n_ids = PROMPT;
         int chunk[1] = {PROMPT};
@@ -153,7 +153,7 @@ static void test_batch_and_thread_invariance(void **state)
     cv_backend *bk = backend(2);
     cv_error err = {.msg = ""};
     runner r;
-    assert_int_equal(runner_init(&r, bk, 4, N_SEQS, &err), 0);
+    assert_int_equal(runner_init(&r, &runner_cpu_ops, bk, 4, N_SEQS, &err), 0);
     for (int s = 0; s < N_SEQS; s++) {
         r.seqs[s].ids = ids[s];
         r.seqs[s].n_ids = TOTAL - 1;
@@ -197,7 +197,7 @@ static void test_kv_copy_fork(void **state)
     cv_backend *bk = backend(2);
     cv_error err = {.msg = ""};
     runner r;
-    assert_int_equal(runner_init(&r, bk, 4, 2, &err), 0);
+    assert_int_equal(runner_init(&r, &runner_cpu_ops, bk, 4, 2, &err), 0);
     r.seqs[0].ids = ids[0];
     r.seqs[0].n_ids = TOTAL - 1;
     int chunk[2] = {9, 0};

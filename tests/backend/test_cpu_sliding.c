@@ -17,7 +17,7 @@
 #include <cmocka.h>
 
 #include "backend/backend.h"
-#include "seq_runner.h"
+#include "../common/seq_runner.h"
 
 enum { N_IDS = 11, WINDOW = 3, VOCAB = 256 };
 
@@ -72,7 +72,7 @@ static void last_logits(cv_model *m, int first, int n, int chunk, int block_size
     cv_backend *bk = cv_backend_cpu_create(m, 1, &err);
     if (!bk) fail_msg("%s", err.msg);
     runner r;
-    assert_int_equal(runner_init(&r, bk, block_size, 1, &err), 0);
+    assert_int_equal(runner_init(&r, &runner_cpu_ops, bk, block_size, 1, &err), 0);
     r.seqs[0].ids = ids + first;
     r.seqs[0].n_ids = n - first;
     float *rows = malloc(sizeof(float) * VOCAB * N_IDS);

@@ -12,6 +12,22 @@
 
 #include "model/model.h"
 
+/* Every fixture directory, for a test list: X(name) each. */
+#define HF_FIXTURES(X)                                                                             \
+    X("llama_f32")                                                                                 \
+    X("llama_bf16")                                                                                \
+    X("llama_sharded")                                                                             \
+    X("llama3_rope_f32")                                                                           \
+    X("llama3_rope_bf16")                                                                          \
+    X("llama_linear_rope_f32")                                                                     \
+    X("llama_linear_rope_bf16")                                                                    \
+    X("mistral_f32")                                                                               \
+    X("mistral_bf16")                                                                              \
+    X("qwen2_f32")                                                                                 \
+    X("qwen2_bf16")                                                                                \
+    X("qwen3_f32")                                                                                 \
+    X("qwen3_bf16")
+
 typedef struct hf_fixture {
     cv_model *model;
     json_t *ref; /* reference.json */

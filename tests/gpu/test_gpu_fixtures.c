@@ -35,83 +35,38 @@
 #include <jansson.h>
 
 #include "../common/hf_fixture.h"
+#include "../common/seq_runner.h"
 
 #include "backend/cuda/cuda_internal.h"
 
-enum { BLOCK_SIZE = 4, MAX_IDS = 512, MAX_SEQS = 2, MAX_BLOCKS = 128 };
+enum { BLOCK_SIZE = 4, MAX_IDS = 512 };
 
-/* ---- a minimal executor: sequences fed in chunks through a paged cache ---- */
-
-typedef struct gpu_seq {
-    const int32_t *ids; /* (n_ids) every token the sequence will feed */
-    int n_ids;
-    int n_done;                /* tokens already in the KV cache */
-    int32_t table[MAX_BLOCKS]; /* block table */
-} gpu_seq;
-
-typedef struct gpu_runner {
-    cv_cuda_backend *bk;
-    int n_seqs;
-    gpu_seq seqs[MAX_SEQS];
-} gpu_runner;
-
-/* Sequence i gets blocks counted down from the end of the pool, so a block
- * index never equals its logical block. */
-static void runner_init(gpu_runner *r, cv_cuda_backend *bk, int n_seqs)
+/* The CUDA backend as tests/common/seq_runner drives it. */
+static int gpu_kv_alloc(void *bk, int n_blocks, int block_size, cv_error *err)
 {
-    const int n_blocks = MAX_SEQS * MAX_BLOCKS;
-    r->bk = bk;
-    r->n_seqs = n_seqs;
-    for (int i = 0; i < n_seqs; i++) {
-        r->seqs[i].n_done = 0;
-        for (int j = 0; j < MAX_BLOCKS; j++)
-            r->seqs[i].table[j] = n_blocks - 1 - (i * MAX_BLOCKS + j);
-    }
-    cv_error err = {.msg = ""};
-    if (cv_cuda_backend_kv_alloc(bk, n_blocks, BLOCK_SIZE, &err)) fail_msg("%s", err.msg);
+    return cv_cuda_backend_kv_alloc(bk, n_blocks, block_size, err);
 }
 
-/* One step: sequence i feeds its next chunk[i] tokens (0: skips the step).
- * Logits of every fed token are written in feed order; returns the rows. */
-static int runner_step(gpu_runner *r, const int *chunk, float *logits)
+static int gpu_forward(void *bk, const cv_batch *batch, float *logits, cv_error *err)
 {
-    enum { MAX_TOKENS = MAX_SEQS * MAX_IDS };
-    static int32_t ids[MAX_TOKENS], pos[MAX_TOKENS], starts[MAX_SEQS + 1], lens[MAX_SEQS],
-        tables[MAX_SEQS * MAX_BLOCKS], idx[MAX_TOKENS];
-    static int64_t slots[MAX_TOKENS];
-    int n = 0, ns = 0;
-    starts[0] = 0;
-    for (int i = 0; i < r->n_seqs; i++) {
-        gpu_seq *s = &r->seqs[i];
-        if (chunk[i] <= 0) continue;
-        for (int k = 0; k < chunk[i]; k++, n++) {
-            const int p = s->n_done + k;
-            assert_true(p < s->n_ids && p / BLOCK_SIZE < MAX_BLOCKS);
-            ids[n] = s->ids[p];
-            pos[n] = p;
-            slots[n] = (int64_t)s->table[p / BLOCK_SIZE] * BLOCK_SIZE + p % BLOCK_SIZE;
-            idx[n] = n;
-        }
-        s->n_done += chunk[i];
-        lens[ns] = s->n_done;
-        memcpy(tables + ns * MAX_BLOCKS, s->table, sizeof s->table);
-        starts[++ns] = n;
-    }
-    const cv_batch b = {
-        .n_tokens = n,
-        .token_ids = ids,
-        .positions = pos,
-        .slot_mapping = slots,
-        .n_seqs = ns,
-        .query_start = starts,
-        .seq_lens = lens,
-        .block_tables = tables,
-        .max_blocks_per_seq = MAX_BLOCKS,
-        .n_logits = n,
-        .logits_indices = idx,
-    };
+    return cv_cuda_backend_forward(bk, batch, logits, err);
+}
+
+static const runner_ops gpu_ops = {gpu_kv_alloc, gpu_forward};
+
+/* A runner on bk for n_seqs sequences (4-token blocks). */
+static void gpu_runner(runner *r, cv_cuda_backend *bk, int n_seqs)
+{
     cv_error err = {.msg = ""};
-    if (cv_cuda_backend_forward(r->bk, &b, logits, &err)) fail_msg("%s", err.msg);
+    if (runner_init(r, &gpu_ops, bk, BLOCK_SIZE, n_seqs, &err)) fail_msg("%s", err.msg);
+}
+
+/* runner_step, failing the test on an error. */
+static int gpu_step(runner *r, const int *chunk, float *logits)
+{
+    cv_error err = {.msg = ""};
+    const int n = runner_step(r, chunk, logits, &err);
+    if (n < 0) fail_msg("%s", err.msg);
     return n;
 }
 
@@ -150,12 +105,12 @@ static void check_prefill(const hf_fixture *f, const char *name, cv_dtype kv_dty
         assert_int_equal(cv_cuda_backend_set_kv_dtype(bk, kv_dtype, &err), 0);
         assert_int_equal(cv_cuda_backend_set_act_mode(bk, mode, &err), 0);
         cv_cuda_backend_set_graphs(bk, 0);
-        gpu_runner r;
-        runner_init(&r, bk, 1);
+        runner r;
+        gpu_runner(&r, bk, 1);
         r.seqs[0].ids = ids;
         r.seqs[0].n_ids = n;
         const int chunk[1] = {n};
-        assert_int_equal(runner_step(&r, chunk, got), n);
+        assert_int_equal(gpu_step(&r, chunk, got), n);
         const json_t *rows = json_object_get(prompt, key);
         char last[128];
         snprintf(last, sizeof last, "%s, last row", what);
@@ -170,7 +125,6 @@ static void check_prefill(const hf_fixture *f, const char *name, cv_dtype kv_dty
 /* (b) both prompts in the same steps: chunks and single tokens mixed. */
 static void check_mixed(const hf_fixture *f, const char *name, int min_split_keys)
 {
-    static const int plan[2][8] = {{3, 1, 1, 1, 1, 0, 0, 0}, {5, 4, 1, 1, 1, 7, 0, 0}};
     const json_t *prompts = json_object_get(f->ref, "prompts");
     const char *key = f->bf16 ? "logits_fp32_compute" : "logits";
     const double tol = f->bf16 ? 2e-2 : 1e-4;
@@ -178,10 +132,10 @@ static void check_mixed(const hf_fixture *f, const char *name, int min_split_key
     int32_t ids[2][MAX_IDS];
     int n[2];
     float *got[2];
-    gpu_runner r;
+    runner r;
     cv_cuda_backend *bk = make_backend(f->model);
     bk->min_split_keys = min_split_keys;
-    runner_init(&r, bk, 2);
+    gpu_runner(&r, bk, 2);
     for (int p = 0; p < 2; p++) {
         n[p] = hf_ids_from_json(json_object_get(json_array_get(prompts, p), "input_ids"), ids[p],
                                 MAX_IDS);
@@ -190,60 +144,14 @@ static void check_mixed(const hf_fixture *f, const char *name, int min_split_key
         r.seqs[p].ids = ids[p];
         r.seqs[p].n_ids = n[p];
     }
-    float *step = malloc((size_t)(n[0] + n[1]) * vocab * sizeof(float));
-    assert_non_null(step);
-    for (int s = 0; s < 8; s++) {
-        int chunk[2], done[2];
-        for (int p = 0; p < 2; p++) {
-            done[p] = r.seqs[p].n_done;
-            chunk[p] = plan[p][s];
-        }
-        if (chunk[0] + chunk[1] == 0) break;
-        runner_step(&r, chunk, step);
-        memcpy(got[0] + (size_t)done[0] * vocab, step, (size_t)chunk[0] * vocab * sizeof(float));
-        memcpy(got[1] + (size_t)done[1] * vocab, step + (size_t)chunk[0] * vocab,
-               (size_t)chunk[1] * vocab * sizeof(float));
-    }
+    runner_feed_mixed(&r, vocab, got);
     for (int p = 0; p < 2; p++) {
-        assert_int_equal(r.seqs[p].n_done, n[p]);
         const json_t *rows = json_object_get(json_array_get(prompts, p), key);
         check_err(min_split_keys < 32 ? "mixed steps, split attention" : "mixed steps", name, p,
                   hf_rel_err(got[p], rows, 0, n[p], vocab), tol);
         free(got[p]);
     }
-    free(step);
     cv_cuda_backend_destroy(bk);
-}
-
-/* Greedy decoding one token per step from input_ids; must reproduce
- * expected exactly (HF stops after EOS, which expected then ends with). */
-static void check_greedy(cv_cuda_backend *bk, const json_t *input_ids, const json_t *expected,
-                         int vocab)
-{
-    int32_t ids[MAX_IDS];
-    const int n_in = hf_ids_from_json(input_ids, ids, MAX_IDS);
-    const int n_out = (int)json_array_size(expected);
-    assert_true(n_in + n_out <= MAX_IDS);
-    float *logits = malloc((size_t)n_in * vocab * sizeof(float));
-    assert_non_null(logits);
-    gpu_runner r;
-    runner_init(&r, bk, 1);
-    r.seqs[0].ids = ids;
-    r.seqs[0].n_ids = n_in;
-    int chunk[1] = {n_in};
-    runner_step(&r, chunk, logits);
-    const float *last = logits + (size_t)(n_in - 1) * vocab;
-    for (int i = 0; i < n_out; i++) {
-        const int next = hf_argmax(last, vocab);
-        const int want = (int)json_integer_value(json_array_get(expected, (size_t)i));
-        if (next != want) fail_msg("greedy token %d: got %d, HF %d", i, next, want);
-        ids[n_in + i] = next;
-        r.seqs[0].n_ids = n_in + i + 1;
-        chunk[0] = 1;
-        if (i + 1 < n_out) runner_step(&r, chunk, logits);
-        last = logits;
-    }
-    free(logits);
 }
 
 static void test_fixture(void **state)
@@ -262,8 +170,8 @@ static void test_fixture(void **state)
     }
     cv_cuda_backend *bk = make_backend(f.model);
     const json_t *g = json_object_get(f.ref, "greedy");
-    check_greedy(bk, json_object_get(g, "input_ids"), json_object_get(g, "output_ids"),
-                 f.cfg->vocab_size);
+    runner_check_greedy(&gpu_ops, bk, BLOCK_SIZE, json_object_get(g, "input_ids"),
+                        json_object_get(g, "output_ids"), f.cfg->vocab_size);
     cv_cuda_backend_destroy(bk);
     hf_fixture_free(&f);
 }
@@ -280,8 +188,8 @@ static void test_stories260K_greedy(void **state)
     cv_cuda_backend *bk = make_backend(f.model);
     for (size_t i = 0; i < json_array_size(cases); i++) {
         const json_t *c = json_array_get(cases, i);
-        check_greedy(bk, json_object_get(c, "input_ids"), json_object_get(c, "output_ids"),
-                     f.cfg->vocab_size);
+        runner_check_greedy(&gpu_ops, bk, BLOCK_SIZE, json_object_get(c, "input_ids"),
+                            json_object_get(c, "output_ids"), f.cfg->vocab_size);
     }
     cv_cuda_backend_destroy(bk);
     hf_fixture_free(&f);
@@ -338,10 +246,8 @@ static void test_bad_input(void **state)
     hf_fixture_free(&f);
 }
 
-#define FIXTURE(n)                                                                                 \
-    {                                                                                              \
-        .name = n, .test_func = test_fixture, .initial_state = (void *)n                           \
-    }
+/* One cmocka test per fixture, named after it. */
+#define FIXTURE(n) {.name = n, .test_func = test_fixture, .initial_state = (void *)n},
 
 /* An argument runs only the tests whose names match it (a cmocka pattern
  * with * and ?), e.g. one fixture under compute-sanitizer. */
@@ -353,20 +259,7 @@ int main(int argc, char **argv)
         return 77;
     }
     const struct CMUnitTest tests[] = {
-        FIXTURE("llama_f32"),
-        FIXTURE("llama_bf16"),
-        FIXTURE("llama_sharded"),
-        FIXTURE("llama3_rope_f32"),
-        FIXTURE("llama3_rope_bf16"),
-        FIXTURE("llama_linear_rope_f32"),
-        FIXTURE("llama_linear_rope_bf16"),
-        FIXTURE("mistral_f32"),
-        FIXTURE("mistral_bf16"),
-        FIXTURE("qwen2_f32"),
-        FIXTURE("qwen2_bf16"),
-        FIXTURE("qwen3_f32"),
-        FIXTURE("qwen3_bf16"),
-        cmocka_unit_test(test_stories260K_greedy),
+        HF_FIXTURES(FIXTURE) cmocka_unit_test(test_stories260K_greedy),
         cmocka_unit_test(test_bad_input),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
