@@ -145,36 +145,19 @@ AI void matmul_dtype(cv_dtype wt, const void *w, int in, const float *x, int xs,
     }
 }
 
-static TGT void matmul_f32(const void *w, int in, const float *x, int xs, int n_tok, float *y,
-                           int ys, int o0, int o1, bool accumulate)
-{
-    matmul_dtype(CV_DTYPE_F32, w, in, x, xs, n_tok, y, ys, o0, o1, accumulate);
-}
-
-static TGT void matmul_f16(const void *w, int in, const float *x, int xs, int n_tok, float *y,
-                           int ys, int o0, int o1, bool accumulate)
-{
-    matmul_dtype(CV_DTYPE_F16, w, in, x, xs, n_tok, y, ys, o0, o1, accumulate);
-}
-
-static TGT void matmul_bf16(const void *w, int in, const float *x, int xs, int n_tok, float *y,
-                            int ys, int o0, int o1, bool accumulate)
-{
-    matmul_dtype(CV_DTYPE_BF16, w, in, x, xs, n_tok, y, ys, o0, o1, accumulate);
-}
-
+/* The weight dtype a constant in each inlined copy of the kernel. */
 static TGT void avx2_matmul(cv_dtype wtype, const void *w, int in, const float *x, int xs,
                             int n_tok, float *y, int ys, int o0, int o1, bool accumulate)
 {
     switch (wtype) {
     case CV_DTYPE_F32:
-        matmul_f32(w, in, x, xs, n_tok, y, ys, o0, o1, accumulate);
+        matmul_dtype(CV_DTYPE_F32, w, in, x, xs, n_tok, y, ys, o0, o1, accumulate);
         break;
     case CV_DTYPE_F16:
-        matmul_f16(w, in, x, xs, n_tok, y, ys, o0, o1, accumulate);
+        matmul_dtype(CV_DTYPE_F16, w, in, x, xs, n_tok, y, ys, o0, o1, accumulate);
         break;
     case CV_DTYPE_BF16:
-        matmul_bf16(w, in, x, xs, n_tok, y, ys, o0, o1, accumulate);
+        matmul_dtype(CV_DTYPE_BF16, w, in, x, xs, n_tok, y, ys, o0, o1, accumulate);
         break;
     }
 }
