@@ -6,21 +6,19 @@
  * in-process numbers is the per-request and per-token overhead of the
  * frontends (parsing, event loop, encoding, loopback sockets). Prints a
  * markdown table. Not a test: nothing here passes or fails. */
-#include <arpa/inet.h>
 #include <fcntl.h>
 #include <math.h>
-#include <netinet/in.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
 #include "base/clock.h"
+#include "base/net.h"
 #include "client.h"
 #include "cvllm/engine.h"
 
@@ -253,18 +251,6 @@ static void paths_close(paths *b)
     free(b->arr);
 }
 
-static int free_port(void)
-{
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    socklen_t len = sizeof a;
-    if (fd < 0 || bind(fd, (struct sockaddr *)&a, sizeof a) < 0 ||
-        getsockname(fd, (struct sockaddr *)&a, &len) < 0)
-        exit(1);
-    close(fd);
-    return ntohs(a.sin_port);
-}
-
 static char repo[64]; /* the temporary model repository, removed at the end */
 
 static pid_t start_server(const char *server_bin, const opts *o, int http, int grpc, int metrics)
@@ -353,7 +339,12 @@ int main(int argc, char **argv)
         fprintf(stderr, "%s\n", err.msg);
         return 1;
     }
-    int http = free_port(), grpc = free_port(), metrics = free_port();
+    int ports[3];
+    if (cv_free_loopback_ports(ports, 3, &err)) {
+        fprintf(stderr, "%s\n", err.msg);
+        return 1;
+    }
+    const int http = ports[0], grpc = ports[1], metrics = ports[2];
     pid_t pid = start_server(server_bin, &o, http, grpc, metrics);
     paths b;
     paths_open(&b, &o, http, grpc);

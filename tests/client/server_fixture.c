@@ -7,30 +7,17 @@
 #include <stdint.h>
 #include <cmocka.h>
 #include <fcntl.h>
-#include <netinet/in.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
+#include "base/net.h"
 #include "client.h"
-
-static int free_port(void)
-{
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    assert_true(fd >= 0);
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    assert_int_equal(bind(fd, (struct sockaddr *)&a, sizeof a), 0);
-    socklen_t len = sizeof a;
-    assert_int_equal(getsockname(fd, (struct sockaddr *)&a, &len), 0);
-    close(fd);
-    return ntohs(a.sin_port);
-}
 
 static void write_file(const char *path, const char *text)
 {
@@ -115,13 +102,12 @@ int test_run(char *const argv[], const char *out_path)
  * it is ready; false when it exited during start-up. */
 static bool spawn_and_wait(test_server *s)
 {
-    s->http_port = free_port();
-    do
-        s->grpc_port = free_port();
-    while (s->grpc_port == s->http_port);
-    do
-        s->metrics_port = free_port();
-    while (s->metrics_port == s->http_port || s->metrics_port == s->grpc_port);
+    int ports[3];
+    cv_error err = {.msg = ""};
+    if (cv_free_loopback_ports(ports, 3, &err)) fail_msg("%s", err.msg);
+    s->http_port = ports[0];
+    s->grpc_port = ports[1];
+    s->metrics_port = ports[2];
     char server[512], repo[300], hp[32], gp[32], mp[32], log_path[300];
     snprintf(server, sizeof server, "%s/cvllm-server", bin_dir());
     if (access(server, X_OK)) fail_msg("%s is not built", server);
@@ -153,7 +139,6 @@ static bool spawn_and_wait(test_server *s)
             return false;
         }
         cvc_http_result res;
-        cv_error err;
         if (cvc_http_get(url, 1000, &res, &err) == 0) {
             long st = res.status;
             cvc_http_result_free(&res);

@@ -1,10 +1,8 @@
 /* Test harness for the server tests (see harness.h). */
 #include "harness.h"
 
-#include <arpa/inet.h>
 #include <curl/curl.h>
 #include <errno.h>
-#include <netinet/in.h>
 #include <setjmp.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -12,13 +10,14 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
 #include <cmocka.h>
+
+#include "base/net.h"
 
 static void write_file(const char *path, const char *text)
 {
@@ -86,29 +85,16 @@ const char *th_make_repo(void)
     return dir;
 }
 
-static int free_port(void)
-{
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    socklen_t len = sizeof a;
-    if (fd < 0 || bind(fd, (struct sockaddr *)&a, sizeof a) < 0 ||
-        getsockname(fd, (struct sockaddr *)&a, &len) < 0)
-        abort();
-    close(fd);
-    return ntohs(a.sin_port);
-}
-
 /* One start on fresh ports; false when the server exited during start-up. */
 static bool start_once(test_server *s, const char *repo, const char *const *extra)
 {
     memset(s, 0, sizeof *s);
-    s->http_port = free_port();
-    do
-        s->grpc_port = free_port();
-    while (s->grpc_port == s->http_port);
-    do
-        s->metrics_port = free_port();
-    while (s->metrics_port == s->http_port || s->metrics_port == s->grpc_port);
+    int ports[3];
+    cv_error err = {.msg = ""};
+    if (cv_free_loopback_ports(ports, 3, &err)) abort();
+    s->http_port = ports[0];
+    s->grpc_port = ports[1];
+    s->metrics_port = ports[2];
     snprintf(s->repo, sizeof s->repo, "%s", repo);
     snprintf(s->log_path, sizeof s->log_path, "%s/server-%d.log", repo, s->http_port);
     const char *bin_dir = getenv("CVLLM_BIN_DIR");
