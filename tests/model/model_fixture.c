@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cmocka.h>
@@ -20,6 +21,22 @@ void fx_mkdtemp(char *out, size_t n)
     assert_non_null(mkdtemp(out));
 }
 
+int fx_setup_tmpdir(void **state)
+{
+    char *dir = malloc(4096);
+    if (!dir) return -1;
+    fx_mkdtemp(dir, 4096);
+    *state = dir;
+    return 0;
+}
+
+int fx_teardown_tmpdir(void **state)
+{
+    fx_rmtree(*state);
+    free(*state);
+    return 0;
+}
+
 void fx_rmtree(const char *dir)
 {
     DIR *d = opendir(dir);
@@ -29,7 +46,11 @@ void fx_rmtree(const char *dir)
     while ((e = readdir(d)) != NULL) {
         if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0) continue;
         snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
-        unlink(path);
+        struct stat st;
+        if (lstat(path, &st) == 0 && S_ISDIR(st.st_mode))
+            fx_rmtree(path);
+        else
+            unlink(path);
     }
     closedir(d);
     rmdir(dir);

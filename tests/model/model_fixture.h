@@ -8,9 +8,14 @@
 
 #include "model/model.h"
 
-/* A fresh directory under $TMPDIR (or /tmp); fx_rmtree removes it. */
+/* A fresh directory under $TMPDIR (or /tmp); fx_rmtree removes it with
+ * everything below it. */
 void fx_mkdtemp(char *out, size_t n);
 void fx_rmtree(const char *dir);
+/* cmocka setup and teardown: *state is a fresh directory (malloc'd path),
+ * removed with its contents afterwards. */
+int fx_setup_tmpdir(void **state);
+int fx_teardown_tmpdir(void **state);
 
 /* A small config for ARCH: hidden 16, intermediate 32, 2 layers, 4 heads,
  * 2 KV heads, head_dim 4, vocab 32, untied, bos 1, eos 2. */

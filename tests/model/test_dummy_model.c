@@ -74,28 +74,6 @@ static uint64_t fnv1a(const char *buf, size_t len)
     return h;
 }
 
-static int setup_dir(void **state)
-{
-    char *dir = malloc(4096);
-    if (!dir) return -1;
-    fx_mkdtemp(dir, 4096);
-    *state = dir;
-    return 0;
-}
-
-static int teardown_dir(void **state)
-{
-    char sub[4096];
-    const char *subs[] = {"a", "b", "c", "f16", "bf16"};
-    for (size_t i = 0; i < sizeof subs / sizeof subs[0]; i++) {
-        snprintf(sub, sizeof sub, "%s/%s", (char *)*state, subs[i]);
-        fx_rmtree(sub);
-    }
-    fx_rmtree(*state);
-    free(*state);
-    return 0;
-}
-
 static cv_model *load_sub(const char *dir, const char *sub)
 {
     char path[4096];
@@ -246,9 +224,9 @@ static void test_errors(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test_setup_teardown(test_tiny_f32, setup_dir, teardown_dir),
-        cmocka_unit_test_setup_teardown(test_seed_and_dtypes, setup_dir, teardown_dir),
-        cmocka_unit_test_setup_teardown(test_errors, setup_dir, teardown_dir),
+        cmocka_unit_test_setup_teardown(test_tiny_f32, fx_setup_tmpdir, fx_teardown_tmpdir),
+        cmocka_unit_test_setup_teardown(test_seed_and_dtypes, fx_setup_tmpdir, fx_teardown_tmpdir),
+        cmocka_unit_test_setup_teardown(test_errors, fx_setup_tmpdir, fx_teardown_tmpdir),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

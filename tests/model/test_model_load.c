@@ -14,22 +14,6 @@
 
 #include "model_fixture.h"
 
-static int setup_dir(void **state)
-{
-    char *dir = malloc(4096);
-    if (!dir) return -1;
-    fx_mkdtemp(dir, 4096);
-    *state = dir;
-    return 0;
-}
-
-static int teardown_dir(void **state)
-{
-    fx_rmtree(*state);
-    free(*state);
-    return 0;
-}
-
 static cv_model *load_ok(const char *dir)
 {
     cv_error err = {.msg = ""};
@@ -273,15 +257,20 @@ static void test_half_conversions(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test_setup_teardown(test_llama_f32, setup_dir, teardown_dir),
-        cmocka_unit_test_setup_teardown(test_llama_f16_tied, setup_dir, teardown_dir),
-        cmocka_unit_test_setup_teardown(test_qwen2_bf16_bias, setup_dir, teardown_dir),
-        cmocka_unit_test_setup_teardown(test_qwen3_qk_norm_head_dim, setup_dir, teardown_dir),
-        cmocka_unit_test_setup_teardown(test_sharded, setup_dir, teardown_dir),
-        cmocka_unit_test_setup_teardown(test_transformers5_config, setup_dir, teardown_dir),
-        cmocka_unit_test_setup_teardown(test_transformers4_config, setup_dir, teardown_dir),
-        cmocka_unit_test_setup_teardown(test_qwen2_sliding_off, setup_dir, teardown_dir),
-        cmocka_unit_test_setup_teardown(test_misaligned_header, setup_dir, teardown_dir),
+        cmocka_unit_test_setup_teardown(test_llama_f32, fx_setup_tmpdir, fx_teardown_tmpdir),
+        cmocka_unit_test_setup_teardown(test_llama_f16_tied, fx_setup_tmpdir, fx_teardown_tmpdir),
+        cmocka_unit_test_setup_teardown(test_qwen2_bf16_bias, fx_setup_tmpdir, fx_teardown_tmpdir),
+        cmocka_unit_test_setup_teardown(test_qwen3_qk_norm_head_dim, fx_setup_tmpdir,
+                                        fx_teardown_tmpdir),
+        cmocka_unit_test_setup_teardown(test_sharded, fx_setup_tmpdir, fx_teardown_tmpdir),
+        cmocka_unit_test_setup_teardown(test_transformers5_config, fx_setup_tmpdir,
+                                        fx_teardown_tmpdir),
+        cmocka_unit_test_setup_teardown(test_transformers4_config, fx_setup_tmpdir,
+                                        fx_teardown_tmpdir),
+        cmocka_unit_test_setup_teardown(test_qwen2_sliding_off, fx_setup_tmpdir,
+                                        fx_teardown_tmpdir),
+        cmocka_unit_test_setup_teardown(test_misaligned_header, fx_setup_tmpdir,
+                                        fx_teardown_tmpdir),
         cmocka_unit_test(test_half_conversions),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
