@@ -445,7 +445,8 @@ static request *make_request(cv_engine *e, const cv_request_desc *d, cv_error *e
     /* One request's sequences are bounded like the requests in flight: a
      * client asking for n = 10^8 would otherwise take the memory and the
      * steps of everyone else. */
-    const int n_seqs = d->params->best_of > d->params->n ? d->params->best_of : d->params->n;
+    /* validated: best_of is 0 (= n) or at least n */
+    const int n_seqs = d->params->best_of > 0 ? d->params->best_of : d->params->n;
     if (n_seqs > e->max_active) {
         cv_errorf(err, "%s %d is more sequences than this engine runs for one request (%d)",
                   d->params->best_of > d->params->n ? "best_of" : "n", n_seqs, e->max_active);
@@ -459,7 +460,7 @@ static request *make_request(cv_engine *e, const cv_request_desc *d, cv_error *e
     }
     const cv_sampling_params *p = &r->params;
     r->n_return = p->n;
-    r->n_seqs = p->best_of > 0 ? p->best_of : p->n;
+    r->n_seqs = n_seqs;
     if (d->stream && r->n_seqs != r->n_return) {
         cv_errorf(err, "best_of must equal n to use output_kind=DELTA");
         request_free(r);
