@@ -226,16 +226,48 @@ static void on_metrics(struct evhttp_request *req, void *arg)
     evbuffer_free(b);
 }
 
-int cv_metrics_start(cv_server *s, cv_error *err)
+/* The metrics frontend: its state is the evhttp server on the metrics
+ * port. Scrapes are answered at once, so there is nothing to drain. */
+static int metrics_start(cv_server *s, void **state, cv_error *err)
 {
-    if (!(s->metrics = evhttp_new(s->base)))
-        return cv_errorf(err, "metrics: cannot create the HTTP server");
-    evhttp_set_gencb(s->metrics, on_metrics, s);
-    s->metrics_sock =
-        evhttp_bind_socket_with_handle(s->metrics, "0.0.0.0", (uint16_t)s->opts.metrics_port);
-    if (!s->metrics_sock)
-        return cv_errorf(err, "failed to start Metrics service: cannot bind port %d: %s",
-                         s->opts.metrics_port, strerror(errno));
+    *state = NULL;
+    if (!s->opts.allow_metrics) return 0;
+    struct evhttp *http = evhttp_new(s->base);
+    if (!http)
+        return cv_errorf_class(err, CV_ERR_INTERNAL, "metrics: cannot create the HTTP server");
+    evhttp_set_gencb(http, on_metrics, s);
+    if (!evhttp_bind_socket_with_handle(http, "0.0.0.0", (uint16_t)s->opts.metrics_port)) {
+        cv_errorf_class(err, CV_ERR_UNAVAILABLE,
+                        "failed to start Metrics service: cannot bind port %d: %s",
+                        s->opts.metrics_port, strerror(errno));
+        evhttp_free(http);
+        return -1;
+    }
     cv_log_info("Started Metrics Service at 0.0.0.0:%d", s->opts.metrics_port);
+    *state = http;
     return 0;
 }
+
+static void metrics_nothing(void *state)
+{
+    (void)state;
+}
+
+static int metrics_active(void *state)
+{
+    (void)state;
+    return 0;
+}
+
+static void metrics_destroy(void *state)
+{
+    evhttp_free(state);
+}
+
+const cv_frontend_ops cv_metrics_frontend = {
+    .name = "metrics",
+    .start = metrics_start,
+    .abort_all = metrics_nothing,
+    .active = metrics_active,
+    .destroy = metrics_destroy,
+};

@@ -246,7 +246,8 @@ int cv_repository_load(cv_repository *r, const char *name, cv_error *err)
 {
     char dir[4096];
     if (!find_model_dir(r, name, dir, sizeof dir))
-        return cv_errorf(err, "failed to load '%s', failed to poll from model repository", name);
+        return cv_errorf_class(err, CV_ERR_INTERNAL,
+                               "failed to load '%s', failed to poll from model repository", name);
     pthread_mutex_lock(&r->mu);
     model_entry *e = get_entry(r, name);
     if (!e) {
@@ -405,7 +406,7 @@ bool cv_model_healthy(const cv_model *model)
 }
 
 cv_model *cv_repository_acquire(cv_repository *r, const char *name, const char *version,
-                                cv_error *err, int *http_status)
+                                cv_error *err)
 {
     char dir[4096];
     pthread_mutex_lock(&r->mu);
@@ -414,17 +415,18 @@ cv_model *cv_repository_acquire(cv_repository *r, const char *name, const char *
     if (!m) {
         bool exists = e || find_model_dir(r, name, dir, sizeof dir);
         pthread_mutex_unlock(&r->mu);
-        *http_status = exists ? 503 : 404;
         if (exists)
-            cv_errorf(err, "Request for unknown model: '%s' has no available versions", name);
+            cv_errorf_class(err, CV_ERR_UNAVAILABLE,
+                            "Request for unknown model: '%s' has no available versions", name);
         else
-            cv_errorf(err, "Request for unknown model: '%s' is not found", name);
+            cv_errorf_class(err, CV_ERR_NOT_FOUND, "Request for unknown model: '%s' is not found",
+                            name);
         return NULL;
     }
     if (version && version[0] && strcmp(version, m->version_str)) {
         pthread_mutex_unlock(&r->mu);
-        *http_status = 404;
-        cv_errorf(err, "Request for unknown model: '%s' version %s is not found", name, version);
+        cv_errorf_class(err, CV_ERR_NOT_FOUND,
+                        "Request for unknown model: '%s' version %s is not found", name, version);
         return NULL;
     }
     m->refs++;

@@ -83,10 +83,10 @@ int cv_repository_unload(cv_repository *repo, const char *name, cv_error *err);
 int cv_repository_poll(cv_repository *repo);
 
 /* A READY model by name and optional version ("" or NULL = any), with a
- * reference; NULL with err and *http_status (404 unknown, 400 not ready)
- * otherwise. */
+ * reference; NULL otherwise, with err of class CV_ERR_NOT_FOUND (unknown
+ * model or version) or CV_ERR_UNAVAILABLE (known but not loaded). */
 cv_model *cv_repository_acquire(cv_repository *repo, const char *name, const char *version,
-                                cv_error *err, int *http_status);
+                                cv_error *err);
 void cv_model_release(cv_model *model);
 
 /* False when ENABLE_VLLM_HEALTH_CHECK is on and the engine has failed a

@@ -225,9 +225,9 @@ class GrpcTest(unittest.TestCase):
             with self.assertRaises(grpc.RpcError) as e:
                 SERVER.unary(method, req, resp)
             self.assertEqual(e.exception.code(), grpc.StatusCode.UNAVAILABLE)
+            # Triton's message and code (UNAVAILABLE; HTTP 503, test_http.c).
             self.assertEqual(e.exception.details(),
-                             "explicit model load / unload is not allowed if polling is enabled "
-                             "or the model control mode is none")
+                             "explicit model load / unload is not allowed if polling is enabled")
 
     def test_message_over_4_mib(self):
         """A 5 MiB prompt reaches the engine (gRPC's default 4 MiB receive

@@ -272,7 +272,7 @@ static void test_repository_explicit_mode(void **state)
              "must be provided in '%s/nojson/1'\"}",
              srv.repo);
     expect("POST", "/v2/repository/models/nojson/load", "", 400, want);
-    expect("POST", "/v2/repository/models/ghost/load", "", 400,
+    expect("POST", "/v2/repository/models/ghost/load", "", 500,
            "{\"error\":\"failed to load 'ghost', failed to poll from model repository\"}");
     expect("POST", "/v2/repository/index", "{\"ready\": true}", 200,
            "[{\"name\":\"stories\",\"version\":\"1\",\"state\":\"READY\"}]");
@@ -688,6 +688,12 @@ static void test_poll_mode(void **state)
     test_server s;
     const char *poll[] = {"--model-control-mode=poll", "--repository-poll-secs=1", NULL};
     assert_true(th_start(&s, repo, poll));
+    /* Load / unload outside explicit mode: Triton's UNAVAILABLE, so 503
+     * here and UNAVAILABLE over gRPC (grpc_client_test.py). */
+    const char refused[] =
+        "{\"error\":\"explicit model load / unload is not allowed if polling is enabled\"}";
+    th_expect("POST", th_url(&s, "/v2/repository/models/stories/load"), "", 503, refused);
+    th_expect("POST", th_url(&s, "/v2/repository/models/stories/unload"), "", 503, refused);
     char u[160], p[400];
     snprintf(u, sizeof u, "http://127.0.0.1:%d/v2/models/late/ready", s.http_port);
     assert_true(wait_status(u, 400));
