@@ -625,8 +625,11 @@ static int grpc_start(cv_server *s, void **state, cv_error *err)
         goto fail;
     }
     grpc_server_register_completion_queue(g->server, g->cq, NULL);
-    char addr[64];
-    snprintf(addr, sizeof addr, "0.0.0.0:%d", s->opts.grpc_port);
+    char addr[300];
+    const char *host = s->opts.grpc_address;
+    /* an IPv6 address goes in brackets before the port */
+    snprintf(addr, sizeof addr, strchr(host, ':') ? "[%.256s]:%d" : "%.256s:%d", host,
+             s->opts.grpc_port);
     grpc_server_credentials *creds = grpc_insecure_server_credentials_create();
     int port = grpc_server_add_http2_port(g->server, addr, creds);
     grpc_server_credentials_release(creds);
@@ -645,7 +648,7 @@ static int grpc_start(cv_server *s, void **state, cv_error *err)
         goto fail;
     }
     g->out_started = true;
-    cv_log_info("Started GRPCInferenceService at 0.0.0.0:%d", s->opts.grpc_port);
+    cv_log_info("Started GRPCInferenceService at %s", addr);
     *state = g;
     return 0;
 fail:

@@ -678,14 +678,15 @@ static int http_start(cv_server *s, void **state, cv_error *err)
         cv_errorf_class(err, CV_ERR_INTERNAL, "HTTP: cannot watch the output queue");
         goto fail;
     }
-    h->sock = evhttp_bind_socket_with_handle(h->http, "0.0.0.0", (uint16_t)s->opts.http_port);
+    const char *addr = s->opts.http_address;
+    h->sock = evhttp_bind_socket_with_handle(h->http, addr, (uint16_t)s->opts.http_port);
     if (!h->sock) {
         cv_errorf_class(err, CV_ERR_UNAVAILABLE,
-                        "failed to start HTTP service: cannot bind port %d: %s", s->opts.http_port,
-                        strerror(errno));
+                        "failed to start HTTP service: cannot bind %s port %d: %s", addr,
+                        s->opts.http_port, strerror(errno));
         goto fail;
     }
-    cv_log_info("Started HTTPService at 0.0.0.0:%d", s->opts.http_port);
+    cv_log_info("Started HTTPService at %s:%d", addr, s->opts.http_port);
     *state = h;
     return 0;
 fail:

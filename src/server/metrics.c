@@ -236,14 +236,16 @@ static int metrics_start(cv_server *s, void **state, cv_error *err)
     if (!http)
         return cv_errorf_class(err, CV_ERR_INTERNAL, "metrics: cannot create the HTTP server");
     evhttp_set_gencb(http, on_metrics, s);
-    if (!evhttp_bind_socket_with_handle(http, "0.0.0.0", (uint16_t)s->opts.metrics_port)) {
+    /* tritonserver: the metrics address defaults to the HTTP one. */
+    const char *addr = s->opts.metrics_address ? s->opts.metrics_address : s->opts.http_address;
+    if (!evhttp_bind_socket_with_handle(http, addr, (uint16_t)s->opts.metrics_port)) {
         cv_errorf_class(err, CV_ERR_UNAVAILABLE,
-                        "failed to start Metrics service: cannot bind port %d: %s",
+                        "failed to start Metrics service: cannot bind %s port %d: %s", addr,
                         s->opts.metrics_port, strerror(errno));
         evhttp_free(http);
         return -1;
     }
-    cv_log_info("Started Metrics Service at 0.0.0.0:%d", s->opts.metrics_port);
+    cv_log_info("Started Metrics Service at %s:%d", addr, s->opts.metrics_port);
     *state = http;
     return 0;
 }

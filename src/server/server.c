@@ -24,6 +24,7 @@ void cv_server_options_default(cv_server_options *o)
     o->http_port = 8000;
     o->grpc_port = 8001;
     o->metrics_port = 8002;
+    o->http_address = o->grpc_address = "0.0.0.0";
     o->allow_http = o->allow_grpc = o->allow_metrics = true;
     o->control_mode = CV_CONTROL_NONE;
     o->exit_on_error = true;

@@ -651,8 +651,20 @@ static void test_command_line_errors(void **state)
 {
     (void)state;
     expect_cli("--http-port=8000", "cvllm-server: --model-repository must be specified\nrc=2\n");
-    expect_cli("--model-repository=/tmp --log-info=true",
-               "cvllm-server: unknown option '--log-info'\nrc=2\n");
+    expect_cli("--model-repository=/tmp --no-such-flag=1",
+               "cvllm-server: unknown option '--no-such-flag'\nrc=2\n");
+    expect_cli(
+        "--model-repository=/tmp --log-format=json",
+        "cvllm-server: invalid argument for --log-format: 'json' (default, ISO8601)\nrc=2\n");
+    expect_cli("--model-repository=/tmp --cuda-memory-pool-byte-size=1024",
+               "cvllm-server: --cuda-memory-pool-byte-size: invalid value '1024'\nrc=2\n");
+    expect_cli("--model-repository=/tmp --model-load-thread-count=four",
+               "cvllm-server: --model-load-thread-count: invalid value 'four'\nrc=2\n");
+    expect_cli("--model-repository=/tmp --log-info=maybe",
+               "cvllm-server: --log-info: invalid boolean 'maybe'\nrc=2\n");
+    expect_cli("--model-repository=/tmp --log-file=/nonexistent-dir/log",
+               "cvllm-server: --log-file: cannot open '/nonexistent-dir/log': No such file or "
+               "directory\nrc=2\n");
     expect_cli("--model-repository=/tmp --load-model=x",
                "cvllm-server: --load-model is allowed only with --model-control-mode=explicit\n"
                "rc=2\n");
@@ -666,6 +678,75 @@ static void test_command_line_errors(void **state)
     expect_cli("--model-repository=/nonexistent-repo",
                "error: creating server: --model-repository '/nonexistent-repo' is not a "
                "directory\nrc=1\n");
+}
+
+/* The flags a tritonserver deployment script passes (the upstream vLLM
+ * backend tests pass --backend-directory to every server): the bind
+ * addresses and the log flags take effect, the rest are accepted and
+ * logged as not applicable. */
+static void test_tritonserver_flags(void **state)
+{
+    (void)state;
+    const char *repo = th_make_repo();
+    char log_arg[320], log_path[300];
+    snprintf(log_path, sizeof log_path, "%s/triton.log", repo);
+    snprintf(log_arg, sizeof log_arg, "--log-file=%s", log_path);
+    const char *flags[] = {"--backend-directory=/opt/tritonserver/backends",
+                           "--http-address=127.0.0.1",
+                           "--grpc-address=127.0.0.1",
+                           "--metrics-address=127.0.0.1",
+                           log_arg,
+                           "--log-info=true",
+                           "--log-warning=true",
+                           "--log-error=true",
+                           "--log-format=ISO8601",
+                           "--model-load-thread-count=2",
+                           "--disable-auto-complete-config",
+                           "--grpc-infer-allocation-pool-size=8",
+                           "--cuda-memory-pool-byte-size=0:67108864",
+                           "--pinned-memory-pool-byte-size=268435456",
+                           NULL};
+    test_server s;
+    assert_true(th_start(&s, repo, flags));
+    th_expect("GET", th_url(&s, "/v2/models/stories/ready"), NULL, 200, "");
+    assert_int_equal(th_stop(&s), 0);
+    /* Everything went to --log-file, nothing to stderr. */
+    char *err = th_log(&s);
+    assert_string_equal(err, "");
+    free(err);
+    char cmd[400];
+    snprintf(cmd, sizeof cmd, "cat '%s'", log_path);
+    char *log = th_run(cmd);
+    static const char *const want[] = {
+        "I cvllm: --disable-auto-complete-config: accepted, not applicable: cvllm completes the "
+        "vllm model's configuration as the backend does\n",
+        "I cvllm: --backend-directory: accepted, not applicable: the vllm backend is built into "
+        "cvllm-server\n",
+        "I cvllm: --log-format: accepted, not applicable: cvllm's log lines have one format\n",
+        "I cvllm: --model-load-thread-count: accepted, not applicable: cvllm loads models one at "
+        "a time\n",
+        "I cvllm: --grpc-infer-allocation-pool-size: accepted, not applicable: cvllm allocates "
+        "each stream's request state as it comes\n",
+        "I cvllm: --cuda-memory-pool-byte-size: accepted, not applicable: cvllm sizes GPU memory "
+        "from model.json's gpu_memory_utilization\n",
+        "I cvllm: --pinned-memory-pool-byte-size: accepted, not applicable: cvllm does not stage "
+        "tensors in pinned memory\n",
+        "I cvllm: Started HTTPService at 127.0.0.1:",
+        "I cvllm: Started GRPCInferenceService at 127.0.0.1:",
+        "I cvllm: Started Metrics Service at 127.0.0.1:",
+    };
+    for (size_t i = 0; i < sizeof want / sizeof *want; i++)
+        assert_non_null(strstr(log, want[i]));
+    free(log);
+    /* --log-info=false: the info lines are gone, the server serves. */
+    const char *quiet[] = {log_arg, "--log-info=false", NULL};
+    assert_int_equal(truncate(log_path, 0), 0);
+    assert_true(th_start(&s, repo, quiet));
+    th_expect("GET", th_url(&s, "/v2/models/stories/ready"), NULL, 200, "");
+    assert_int_equal(th_stop(&s), 0);
+    log = th_run(cmd);
+    assert_null(strstr(log, "I cvllm:"));
+    free(log);
 }
 
 /* Polls url until it answers `status`, up to ~10 s. */
@@ -778,6 +859,7 @@ int main(void)
         cmocka_unit_test(test_sigterm_drains_and_exits_zero),
         cmocka_unit_test(test_exit_on_error_and_readiness),
         cmocka_unit_test(test_command_line_errors),
+        cmocka_unit_test(test_tritonserver_flags),
         cmocka_unit_test(test_poll_mode),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
