@@ -47,13 +47,11 @@ bool cv_server_live(cv_server *s)
     return !atomic_load(&s->draining);
 }
 
-int cv_server_admit(cv_server *s, const cv_model *m, cv_error *err)
+int cv_server_admit(cv_server *s, cv_error *err)
 {
     if (atomic_load(&s->draining))
         return cv_errorf_class(err, CV_ERR_UNAVAILABLE,
                                "Server is stopping: no new requests are accepted");
-    if (!cv_model_healthy(m))
-        return cv_errorf_class(err, CV_ERR_UNAVAILABLE, CV_MODEL_UNHEALTHY_MSG);
     return 0;
 }
 

@@ -59,9 +59,9 @@ bool cv_server_model_ready(cv_server *s, const char *name, const char *version);
 /* Server liveness: false once SIGINT/SIGTERM started the drain. */
 bool cv_server_live(cv_server *s);
 
-/* Accepts a new inference request for m, or refuses it (UNAVAILABLE)
- * while the server drains or while m's engine is unhealthy. */
-int cv_server_admit(cv_server *s, const cv_model *m, cv_error *err);
+/* Accepts a new inference request, or refuses it (UNAVAILABLE) while the
+ * server drains. (The model's own checks are cv_infer_prepare's.) */
+int cv_server_admit(cv_server *s, cv_error *err);
 
 /* Model metadata (KServe's model metadata response), protocol-neutral. */
 typedef struct cv_tensor_meta {

@@ -394,7 +394,7 @@ static void stream_request(stream *st, const uint8_t *data, size_t len)
     r->st = st;
     r->start_ns = cv_now_ns();
     r->model = cv_server_acquire(g->s, rq->model_name, rq->model_version, &err);
-    int rc = r->model ? cv_server_admit(g->s, r->model, &err) : -1;
+    int rc = r->model ? cv_server_admit(g->s, &err) : -1;
     if (rc == 0 &&
         (!(r->id = strdup(rq->id)) || !(r->wanted = calloc(rq->n_outputs + 1, sizeof *r->wanted))))
         rc = cv_errorf(&err, "out of memory");
@@ -403,6 +403,7 @@ static void stream_request(stream *st, const uint8_t *data, size_t len)
         r->n_wanted = i + 1;
     }
     if (rc == 0) rc = cv_grpc_parse_infer(rq, r->model, &r->ir, &r->empty_final, &err);
+    if (rc == 0) rc = cv_infer_check(&r->ir, r->model, &err);
     if (rc == 0) rc = cv_infer_prepare(&r->ir, r->model, &err);
     if (rc == 0 && !(r->engine_id = cv_infer_submit(&r->ir, r->model, g->q, r, &err))) rc = -1;
     if (rc < 0) {

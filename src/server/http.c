@@ -111,6 +111,35 @@ static void reply_core_error(struct evhttp_request *req, const cv_error *err)
     reply_error(req, cv_error_status(err->cls).http, err->msg);
 }
 
+/* The backend's error response as the only response of a request: Triton
+ * (http_server.cc, GenerateRequestClass) takes the status from the first
+ * response's error class and, on /generate_stream, frames its error JSON
+ * as a server-sent event. */
+static void reply_backend_error(struct evhttp_request *req, req_kind kind, const cv_error *err)
+{
+    int status = cv_error_status(err->cls).http;
+    if (kind != KIND_STREAM) {
+        reply_error(req, status, err->msg);
+        return;
+    }
+    json_t *e = json_pack("{s:s}", "error", err->msg);
+    char *text = e ? json_dumps(e, JSON_COMPACT) : NULL;
+    json_decref(e);
+    size_t len = text ? strlen(text) : 0;
+    char *event = text ? malloc(len + 9) : NULL;
+    if (!event) {
+        free(text);
+        reply_error(req, 500, "out of memory");
+        return;
+    }
+    memcpy(event, "data: ", 6);
+    memcpy(event + 6, text, len);
+    memcpy(event + 6 + len, "\n\n", 3);
+    reply_text(req, status, "text/event-stream; charset=utf-8", event, len + 8);
+    free(event);
+    free(text);
+}
+
 static void reply_empty(struct evhttp_request *req, int status)
 {
     reply_text(req, status, NULL, NULL, 0);
@@ -414,11 +443,16 @@ static void do_generate(cv_http *h, struct evhttp_request *req, cv_model *m, req
     cv_error err = {.msg = ""};
     int rc = collect_generate(&hr->ir, m, body, &err);
     json_decref(body);
-    if (cv_server_admit(h->s, m, &err) < 0) rc = -1;
-    if (rc == 0) rc = cv_infer_prepare(&hr->ir, m, &err);
-    if (rc == 0 && !(hr->engine_id = cv_infer_submit(&hr->ir, m, h->q, hr, &err))) rc = -1;
+    if (rc == 0) rc = cv_infer_check(&hr->ir, m, &err);
+    if (rc == 0) rc = cv_server_admit(h->s, &err);
     if (rc < 0) {
         reply_core_error(req, &err);
+    } else if (cv_infer_prepare(&hr->ir, m, &err) < 0 ||
+               !(hr->engine_id = cv_infer_submit(&hr->ir, m, h->q, hr, &err))) {
+        reply_backend_error(req, kind, &err);
+        rc = -1;
+    }
+    if (rc < 0) {
         cv_server_account(m, false, hr->start_ns);
         http_req_free_unsubmitted(hr);
         return;

@@ -84,7 +84,9 @@ static void do_completions(cv_http *h, struct evhttp_request *req)
         http_req_free_unsubmitted(hr);
         return;
     }
-    int rc = cv_server_admit(h->s, hr->model, &err);
+    int rc = cv_server_admit(h->s, &err);
+    if (rc == 0 && !cv_model_healthy(hr->model))
+        rc = cv_errorf_class(&err, CV_ERR_UNAVAILABLE, CV_MODEL_UNHEALTHY_MSG);
     cv_request_desc d = {
         .prompt = r->prompt,
         .prompt_len = r->prompt_len,

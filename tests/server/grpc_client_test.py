@@ -235,8 +235,8 @@ class GrpcTest(unittest.TestCase):
         big = "Once upon a time " * (5 * 1024 * 1024 // 17)
         (r,) = list(SERVER.stream(iter([infer_request("stories", "big", big)])))
         self.assertEqual(r.infer_response.id, "big")
-        self.assertTrue(r.error_message.startswith("The decoder prompt (length "),
-                        r.error_message)
+        self.assertTrue(r.error_message.startswith(
+            "Error generating stream: The decoder prompt (length "), r.error_message)
 
     def test_model_infer_unimplemented(self):
         with self.assertRaises(grpc.RpcError) as e:
@@ -301,7 +301,7 @@ class GrpcTest(unittest.TestCase):
             "x1": "Error generating stream: When streaming, `exclude_input_in_output` = False "
                   "is not allowed.",
             "x2": "Request for unknown model: 'nope' is not found",
-            "x3": "unknown sampling parameter 'bogus'",
+            "x3": "Error generating stream: unknown sampling parameter 'bogus'",
         })
 
     def test_cancel(self):

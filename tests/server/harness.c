@@ -201,6 +201,13 @@ static size_t on_data(char *ptr, size_t size, size_t n, void *arg)
     return add;
 }
 
+static char last_content_type[128];
+
+const char *th_last_content_type(void)
+{
+    return last_content_type;
+}
+
 static long perform(const char *method, const char *url, const char *body, int stop_after,
                     char **resp)
 {
@@ -220,6 +227,9 @@ static long perform(const char *method, const char *url, const char *body, int s
     long status = 0;
     if (rc == CURLE_OK || (stop_after > 0 && rc == CURLE_WRITE_ERROR))
         curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &status);
+    char *type = NULL;
+    curl_easy_getinfo(c, CURLINFO_CONTENT_TYPE, &type);
+    snprintf(last_content_type, sizeof last_content_type, "%s", type ? type : "");
     curl_easy_cleanup(c);
     *resp = b.data;
     return status;

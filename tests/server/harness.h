@@ -39,6 +39,9 @@ long th_http(const char *method, const char *url, const char *body, char **resp)
  * concatenated body. If stop_after > 0 the connection is closed after that
  * many "data:" events. */
 long th_sse(const char *url, const char *body, int stop_after, char **events);
+/* The Content-Type of the last th_http / th_sse / th_expect answer ("" when
+ * none; not for use from several threads at once). */
+const char *th_last_content_type(void);
 /* The value of a metrics line "name{labels} value" (labels exact), or -1. */
 double th_metric(const char *metrics_text, const char *name_and_labels);
 

@@ -220,16 +220,35 @@ static void test_documented_errors(void **state)
     (void)state;
     expect("POST", "/v2/models/nope/generate", "{\"text_input\": \"x\"}", 404,
            "{\"error\":\"Request for unknown model: 'nope' is not found\"}");
+    /* Errors the backend raises for a request are its first and only
+     * response: Triton answers with the status of its class (INTERNAL:
+     * 500) and, on /generate_stream, as a server-sent event. */
     expect("POST", "/v2/models/stories/generate_stream",
-           "{\"text_input\": \"x\", \"stream\": true, \"exclude_input_in_output\": false}", 400,
-           "{\"error\":\"Error generating stream: When streaming, `exclude_input_in_output` = "
-           "False is not allowed.\"}");
+           "{\"text_input\": \"x\", \"stream\": true, \"exclude_input_in_output\": false}", 500,
+           "data: {\"error\":\"Error generating stream: When streaming, "
+           "`exclude_input_in_output` = False is not allowed.\"}\n\n");
+    assert_string_equal(th_last_content_type(), "text/event-stream; charset=utf-8");
+    expect("POST", "/v2/models/stories/generate_stream",
+           "{\"text_input\": \"x\", \"parameters\": {\"stream\": true, \"bogus_field\": 1}}", 500,
+           "data: {\"error\":\"Error generating stream: unknown sampling parameter "
+           "'bogus_field'\"}\n\n");
+    assert_string_equal(th_last_content_type(), "text/event-stream; charset=utf-8");
+    expect("POST", "/v2/models/stories/generate_stream",
+           "{\"text_input\": \"x\", \"parameters\": {\"lora_name\": \"sql\"}}", 500,
+           "data: {\"error\":\"LoRA feature is not enabled.\"}\n\n");
     expect("POST", "/v2/models/stories/generate",
-           "{\"text_input\": \"x\", \"parameters\": {\"bogus_field\": 1}}", 400,
-           "{\"error\":\"unknown sampling parameter 'bogus_field'\"}");
+           "{\"text_input\": \"x\", \"parameters\": {\"bogus_field\": 1}}", 500,
+           "{\"error\":\"Error generating stream: unknown sampling parameter 'bogus_field'\"}");
+    assert_string_equal(th_last_content_type(), "application/json");
     expect("POST", "/v2/models/stories/generate",
-           "{\"text_input\": \"x\", \"parameters\": {\"temperature\": \"hot\"}}", 400,
-           "{\"error\":\"sampling parameter 'temperature' must be a number, got \\\"hot\\\"\"}");
+           "{\"text_input\": \"x\", \"parameters\": {\"temperature\": \"hot\"}}", 500,
+           "{\"error\":\"Error generating stream: sampling parameter 'temperature' must be a "
+           "number, got \\\"hot\\\"\"}");
+    /* Errors of Triton's own checks stay JSON with their status. */
+    expect("POST", "/v2/models/stories/generate_stream", "{\"stream\": true}", 400,
+           "{\"error\":\"expected number of inputs between 1 and 9 but got 1 inputs for model "
+           "'stories'\"}");
+    assert_string_equal(th_last_content_type(), "application/json");
     expect("POST", "/v2/models/stories/generate", "{\"text_input\": ", 400,
            "{\"error\":\"failed to parse the request JSON buffer: unexpected token near end of "
            "file at 15\"}");
@@ -246,7 +265,7 @@ static void test_documented_errors(void **state)
            "{\"error\":\"generate expects model to produce exactly 1 response, use generate "
            "stream for model that generates various number of responses\"}");
     expect("POST", "/v2/models/stories/generate",
-           "{\"text_input\": \"x\", \"parameters\": {\"lora_name\": \"sql\"}}", 400,
+           "{\"text_input\": \"x\", \"parameters\": {\"lora_name\": \"sql\"}}", 500,
            "{\"error\":\"LoRA feature is not enabled.\"}");
     expect("POST", "/v2/models/stories/generate", "{\"text_input\": 3}", 400,
            "{\"error\":\"unable to parse 'text_input': expected a string\"}");
@@ -372,12 +391,12 @@ static void test_lora_names(void **state)
     fclose(f);
     expect("POST", "/v2/repository/models/lora/load", "", 200, "");
     expect("POST", "/v2/models/lora/generate",
-           "{\"text_input\": \"x\", \"parameters\": {\"lora_name\": \"doc\"}}", 400,
+           "{\"text_input\": \"x\", \"parameters\": {\"lora_name\": \"doc\"}}", 500,
            "{\"error\":\"LoRA doc is not supported, we currently support ['sql', 'chat']\"}");
     expect("POST", "/v2/models/lora/generate",
            "{\"text_input\": \"x\", \"sampling_parameters\": \"{\\\"lora_name\\\": "
            "\\\"sql\\\"}\"}",
-           400,
+           500,
            "{\"error\":\"LoRA sql: adapters are listed in multi_lora.json but cvllm's engine "
            "does not apply LoRA weights\"}");
     expect("POST", "/v2/repository/models/lora/unload", "", 200, "");

@@ -195,9 +195,9 @@ static void test_openai_completions(void **state)
            "runs for one request (4096)\",\"type\":\"BadRequestError\",\"param\":null,"
            "\"code\":400}");
     expect("POST", "/v2/models/stories/generate",
-           "{\"text_input\": \"x\", \"parameters\": {\"best_of\": 5000, \"max_tokens\": 2}}", 400,
-           "{\"error\":\"best_of 5000 is more sequences than this engine runs for one request "
-           "(4096)\"}");
+           "{\"text_input\": \"x\", \"parameters\": {\"best_of\": 5000, \"max_tokens\": 2}}", 500,
+           "{\"error\":\"Error generating stream: best_of 5000 is more sequences than this "
+           "engine runs for one request (4096)\"}");
     expect("POST", "/v1/completions",
            "{\"model\": \"stories\", \"prompt\": \"x\", \"n\": 3, \"max_tokens\": 2}", 200, NULL);
     /* vLLM's /health and /version: the version is the server's (/v2). */
