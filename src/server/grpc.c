@@ -63,7 +63,6 @@ typedef struct stream_req {
     size_t n_wanted;
     uint64_t engine_id;
     uint64_t start_ns;
-    bool empty_final;
 } stream_req;
 
 struct stream {
@@ -402,7 +401,7 @@ static void stream_request(stream *st, const uint8_t *data, size_t len)
         if (!(r->wanted[i] = strdup(rq->outputs[i]->name))) rc = cv_errorf(&err, "out of memory");
         r->n_wanted = i + 1;
     }
-    if (rc == 0) rc = cv_grpc_parse_infer(rq, r->model, &r->ir, &r->empty_final, &err);
+    if (rc == 0) rc = cv_grpc_parse_infer(rq, r->model, &r->ir, &err);
     if (rc == 0) rc = cv_infer_check(&r->ir, r->model, &err);
     if (rc == 0) rc = cv_infer_prepare(&r->ir, r->model, &err);
     if (rc == 0 && !(r->engine_id = cv_infer_submit(&r->ir, r->model, g->q, r, &err))) rc = -1;
@@ -453,16 +452,14 @@ static void stream_output(stream_req *r, const cv_request_output *out)
                                                  true, err.msg, &len);
                 stream_queue(st, b, len);
             } else {
-                bool final_here = out->finished && !r->empty_final;
+                /* The vLLM backend puts the final flag on its last data
+                 * response, so triton_enable_empty_final_response never
+                 * adds an empty one (Triton sends that only for a final
+                 * flag without a response). */
                 b = cv_grpc_pack_stream_response(&resp, r->wanted, r->n_wanted, m->name,
-                                                 m->version_str, r->id, final_here, NULL, &len);
+                                                 m->version_str, r->id, out->finished, NULL, &len);
                 stream_queue(st, b, len);
                 cv_infer_response_free(&resp);
-                if (out->finished && r->empty_final) {
-                    b = cv_grpc_pack_stream_response(NULL, NULL, 0, m->name, m->version_str, r->id,
-                                                     true, NULL, &len);
-                    stream_queue(st, b, len);
-                }
             }
         }
     }

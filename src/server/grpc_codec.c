@@ -429,13 +429,12 @@ static uint32_t le32(const uint8_t *p)
 }
 
 static int set_param(cv_infer_request *ir, const char *key, const Inference__InferParameter *p,
-                     bool *empty_final, cv_error *err)
+                     cv_error *err)
 {
     json_t *v;
     switch (p ? p->parameter_choice_case : INFERENCE__INFER_PARAMETER__PARAMETER_CHOICE__NOT_SET) {
     case INFERENCE__INFER_PARAMETER__PARAMETER_CHOICE_BOOL_PARAM:
         v = json_boolean(p->bool_param);
-        if (!strcmp(key, "triton_enable_empty_final_response")) *empty_final = p->bool_param;
         break;
     case INFERENCE__INFER_PARAMETER__PARAMETER_CHOICE_INT64_PARAM:
         v = json_integer(p->int64_param);
@@ -457,12 +456,10 @@ static int set_param(cv_infer_request *ir, const char *key, const Inference__Inf
 }
 
 int cv_grpc_parse_infer(const Inference__ModelInferRequest *rq, const cv_model *m,
-                        cv_infer_request *ir, bool *empty_final, cv_error *err)
+                        cv_infer_request *ir, cv_error *err)
 {
-    *empty_final = false;
     for (size_t i = 0; i < rq->n_parameters; i++)
-        if (set_param(ir, rq->parameters[i]->key, rq->parameters[i]->value, empty_final, err) < 0)
-            return -1;
+        if (set_param(ir, rq->parameters[i]->key, rq->parameters[i]->value, err) < 0) return -1;
     bool raw = rq->n_raw_input_contents > 0;
     if (raw && rq->n_raw_input_contents != rq->n_inputs)
         return cv_errorf(err, "expected %zu raw_input_contents entries (one per input), got %zu",

@@ -283,14 +283,25 @@ class GrpcTest(unittest.TestCase):
         self.assertEqual(list(whole.outputs[0].shape), [1])
 
     def test_empty_final_response(self):
+        """triton_enable_empty_final_response (perf_analyzer, genai-perf):
+        Triton adds an empty final response only where the backend marks a
+        request final without a response; the vLLM backend's last data
+        response carries the flag, so the responses are those without it."""
         sampling = {"max_tokens": 3, "ignore_eos": True}
-        got = list(SERVER.stream(iter([infer_request("stories", "e1", "Once", sampling=sampling,
-                                                     empty_final=True)])))
-        self.assertEqual(len(got), 4)
-        finals = [r.infer_response.parameters["triton_final_response"].bool_param for r in got]
-        self.assertEqual(finals, [False, False, False, True])
-        self.assertEqual(len(got[-1].infer_response.outputs), 0)
-        self.assertEqual(got[-1].infer_response.id, "e1")
+        for stream in (True, False):
+            got = {}
+            for empty_final in (False, True):
+                rs = list(SERVER.stream(iter([infer_request(
+                    "stories", "e1", "Once", stream=stream, sampling=sampling,
+                    empty_final=empty_final)])))
+                got[empty_final] = [
+                    (r.infer_response.parameters["triton_final_response"].bool_param,
+                     decode_bytes(outputs_of(r.infer_response)["text_output"]))
+                    for r in rs]
+                self.assertTrue(all(r.infer_response.id == "e1" for r in rs))
+            self.assertEqual(got[True], got[False])
+            self.assertEqual([f for f, _ in got[True]],
+                             [False, False, True] if stream else [True])
 
     def test_stream_errors(self):
         reqs = [infer_request("stories", "x1", "Once", stream=True, exclude=False),
