@@ -178,6 +178,52 @@ static void test_model_json(void **state)
     }
 }
 
+/* Values as strings, as the upstream multi-LoRA test writes model.json
+ * ("enable_lora": "true") and as vLLM's argument parser reads numbers. */
+static void test_model_json_strings(void **state)
+{
+    (void)state;
+    const char *text = "{\"model\": \"/\", \"enable_lora\": \"True\", \"max_model_len\": \"256\", "
+                       "\"gpu_memory_utilization\": \"0.25\", \"disable_log_stats\": \"true\", "
+                       "\"enforce_eager\": \"FALSE\", \"swap_space\": \"4.5\", "
+                       "\"max_lora_rank\": \"8\", \"seed\": \"11\"}";
+    cv_engine_args args;
+    memset(&args, 0, sizeof args);
+    cv_model_json_extra extra;
+    cv_error err = {.msg = ""};
+    assert_int_equal(cv_model_json_parse(text, strlen(text), "p/model.json", "/nonexistent", &args,
+                                         &extra, &err),
+                     0);
+    assert_true(extra.enable_lora);
+    assert_true(extra.disable_log_stats);
+    assert_int_equal(args.max_model_len, 256);
+    assert_int_equal(args.seed, 11);
+    assert_true(args.gpu_memory_utilization == 0.25);
+    static const struct {
+        const char *json, *msg;
+    } bad[] = {
+        {"{\"model\": \"/\", \"enable_lora\": \"yes\"}",
+         "p/model.json: key 'enable_lora': expected true or false"},
+        {"{\"model\": \"/\", \"max_model_len\": \"25.5\"}",
+         "p/model.json: key 'max_model_len': expected an integer"},
+        {"{\"model\": \"/\", \"block_size\": \"0\"}",
+         "p/model.json: key 'block_size': value 0 out of range [1, 1024]"},
+        {"{\"model\": \"/\", \"max_num_seqs\": \" 8\"}",
+         "p/model.json: key 'max_num_seqs': expected an integer"},
+        {"{\"model\": \"/\", \"swap_space\": \"4 GiB\"}",
+         "p/model.json: key 'swap_space': expected a number"},
+        {"{\"model\": \"/\", \"gpu_memory_utilization\": \"nan\"}",
+         "p/model.json: key 'gpu_memory_utilization': expected a number"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        cv_error e = {.msg = ""};
+        assert_int_equal(cv_model_json_parse(bad[i].json, strlen(bad[i].json), "p/model.json", "p",
+                                             &args, &extra, &e),
+                         -1);
+        assert_string_equal(e.msg, bad[i].msg);
+    }
+}
+
 static void test_model_json_missing(void **state)
 {
     (void)state;
@@ -248,6 +294,7 @@ int main(void)
         cmocka_unit_test(test_parameters_and_lists),
         cmocka_unit_test(test_config_errors),
         cmocka_unit_test(test_model_json),
+        cmocka_unit_test(test_model_json_strings),
         cmocka_unit_test(test_model_json_missing),
         cmocka_unit_test(test_hf_cache_resolution),
     };
