@@ -16,7 +16,7 @@
 typedef struct model_snap {
     char name[256];
     char version[24];
-    uint64_t c[7];
+    uint64_t c[9]; /* triton_counters, in order */
     int64_t pending;
     bool custom;
     cv_engine_stats st;
@@ -50,7 +50,10 @@ static void take_snap(cv_model *m, void *arg)
     /* Time in the engine's waiting queue, from its stats. */
     cv_engine_get_stats(m->engine, &x->st);
     x->c[5] = (uint64_t)(x->st.queue_time_s.sum * 1e6);
-    x->c[6] = atomic_load(&k->compute_infer_duration_us);
+    /* c[6], c[8]: compute input and output. cvllm has no phase apart from
+     * the engine's (tokenizing and detokenizing run inside it), so they
+     * stay 0, as compute_input/compute_output in the statistics extension. */
+    x->c[7] = atomic_load(&k->compute_infer_duration_us);
     x->pending = atomic_load(&k->pending);
     x->custom = m->report_custom_metrics;
     if (x->custom) cv_engine_get_stats(m->engine, &x->st);
@@ -68,9 +71,17 @@ static const struct {
      "Cumulative inference request duration in microseconds (includes cached requests)"},
     {"nv_inference_queue_duration_us",
      "Cumulative inference queuing duration in microseconds (includes cached requests)"},
+    {"nv_inference_compute_input_duration_us",
+     "Cumulative compute input duration in microseconds (does not include cached requests)"},
     {"nv_inference_compute_infer_duration_us",
      "Cumulative compute inference duration in microseconds (does not include cached requests)"},
+    {"nv_inference_compute_output_duration_us",
+     "Cumulative inference compute output duration in microseconds (does not include cached "
+     "requests)"},
 };
+_Static_assert(sizeof triton_counters / sizeof *triton_counters ==
+                   sizeof((model_snap *)0)->c / sizeof(uint64_t),
+               "one snapshot counter per Triton counter");
 
 static void family(struct evbuffer *b, const char *name, const char *type, const char *help)
 {

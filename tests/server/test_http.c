@@ -267,6 +267,10 @@ static void test_documented_errors(void **state)
     expect("POST", "/v2/models/stories/generate",
            "{\"text_input\": \"x\", \"parameters\": {\"lora_name\": \"sql\"}}", 500,
            "{\"error\":\"LoRA feature is not enabled.\"}");
+    /* vLLM's message: -1 is not "unlimited" (null is). */
+    expect("POST", "/v2/models/stories/generate",
+           "{\"text_input\": \"x\", \"parameters\": {\"max_tokens\": -1}}", 500,
+           "{\"error\":\"Error generating stream: max_tokens must be at least 1, got -1.\"}");
     expect("POST", "/v2/models/stories/generate", "{\"text_input\": 3}", 400,
            "{\"error\":\"unable to parse 'text_input': expected a string\"}");
     expect("POST", "/v2/models/stories/generate", "{\"stream\": false}", 400,
@@ -531,6 +535,13 @@ static void test_metrics_exact(void **state)
     assert_int_equal((long)metric(n_gen), sum_out);
     assert_int_equal((long)metric(n_ttft), 4);
     assert_int_equal((long)metric(n_ok), 4);
+    /* Triton's compute input / output counters: present, and 0 (no phase
+     * apart from the engine's). */
+    char n_cin[128], n_cout[128];
+    snprintf(n_cin, sizeof n_cin, "nv_inference_compute_input_duration_us%s", L);
+    snprintf(n_cout, sizeof n_cout, "nv_inference_compute_output_duration_us%s", L);
+    assert_true(metric(n_cin) == 0);
+    assert_true(metric(n_cout) == 0);
     char buckets[160];
     snprintf(
         buckets, sizeof buckets,
