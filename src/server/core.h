@@ -85,7 +85,8 @@ int cv_server_model_metadata(cv_server *s, const char *name, const char *version
 
 /* Explicit model control. Refused (UNAVAILABLE, Triton's message) unless
  * --model-control-mode=explicit; a load failure is INVALID (the model's
- * files), a model absent from every repository INTERNAL, as in Triton. */
+ * files), a model absent from every repository INTERNAL, as in Triton; a
+ * model cvllm does not serve (another backend, an ensemble) UNSUPPORTED. */
 int cv_server_load(cv_server *s, const char *name, cv_error *err);
 int cv_server_unload(cv_server *s, const char *name, cv_error *err);
 

@@ -112,6 +112,46 @@ static void test_config_errors(void **state)
                         "batches continuously), got 8");
 }
 
+/* Models of other backends and ensembles: one clear refusal, classed
+ * UNSUPPORTED so that the repository serves the others. */
+static void test_unserved_models(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *pbtxt, *msg;
+    } cases[] = {
+        {"name: \"ensemble_model\"\nplatform: \"ensemble\"\nmax_batch_size: 1\n"
+         "input [ { name: \"text_input\" data_type: TYPE_STRING dims: [ -1 ] } ]\n"
+         "ensemble_scheduling { step [ { model_name: \"vllm_opt\" model_version: -1 "
+         "input_map { key: \"text_input\" value: \"text_input\" } } ] }\n",
+         "m/config.pbtxt: the ensemble (platform \"ensemble\") is not served: cvllm serves "
+         "models of the vllm backend only"},
+        {"ensemble_scheduling { step [ ] }\n",
+         "m/config.pbtxt: the ensemble (platform \"ensemble\") is not served: cvllm serves "
+         "models of the vllm backend only"},
+        {"backend: \"python\"\nmax_batch_size: 8\ndynamic_batching { }\n",
+         "m/config.pbtxt: backend \"python\" is not served: cvllm serves models of the vllm "
+         "backend only"},
+        {"platform: \"onnxruntime_onnx\"\n",
+         "m/config.pbtxt: platform \"onnxruntime_onnx\" is not served: cvllm serves models of "
+         "the vllm backend only"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        cv_model_config cfg;
+        cv_error err = {.msg = ""};
+        assert_int_equal(cv_model_config_parse(&cfg, cases[i].pbtxt, strlen(cases[i].pbtxt),
+                                               "m/config.pbtxt", &err),
+                         -1);
+        assert_string_equal(err.msg, cases[i].msg);
+        assert_int_equal(err.cls, CV_ERR_UNSUPPORTED);
+    }
+    /* The vllm backend named with a platform is still served. */
+    const char *ok = "backend: \"vllm\"\nplatform: \"vllm\"\n";
+    cv_model_config cfg;
+    cv_error err = {.msg = ""};
+    assert_int_equal(cv_model_config_parse(&cfg, ok, strlen(ok), "m/config.pbtxt", &err), 0);
+}
+
 static void test_model_json(void **state)
 {
     (void)state;
@@ -293,6 +333,7 @@ int main(void)
         cmocka_unit_test(test_seed_config_autocompletes),
         cmocka_unit_test(test_parameters_and_lists),
         cmocka_unit_test(test_config_errors),
+        cmocka_unit_test(test_unserved_models),
         cmocka_unit_test(test_model_json),
         cmocka_unit_test(test_model_json_strings),
         cmocka_unit_test(test_model_json_missing),
