@@ -445,8 +445,9 @@ static int download_blob(const hub_ctx *c, const char *file, const char *url, co
     }
     if (rename(part, blob) < 0)
         return cv_errorf(err, "hub: cannot move %s to %s: %s", part, blob, strerror(errno));
-    double secs = cv_ns_to_s(cv_now_ns() - t0);
-    cv_log_info("hub: %s: %s %.1f MB in %.1f s", c->id, file, (double)(s.have - start) / 1e6, secs);
+    /* One line per file of a megabyte or more; small files only when verbose. */
+    cv_log(s.have >= 1000000 ? CV_LOG_INFO : CV_LOG_VERBOSE, "hub: %s: %s %.1f MB in %.1f s", c->id,
+           file, (double)(s.have - start) / 1e6, cv_ns_to_s(cv_now_ns() - t0));
     return 0;
 }
 

@@ -424,5 +424,7 @@ int cv_hub_resolve(const char *id, const cv_hub_opts *opts, char *out, size_t ca
     json_decref(list);
     json_decref(names);
     if (rc == 0 && strcmp(rev, commit)) rc = write_ref(&c, rev, commit, err);
-    return rc < 0 ? -1 : copy_out(snap, out, cap, id, err);
+    if (rc < 0) return -1;
+    cv_log_info("hub: %s: revision '%s' is commit %s, in %s", id, rev, commit, snap);
+    return copy_out(snap, out, cap, id, err);
 }
