@@ -76,7 +76,11 @@ void th_hub_stop(th_hub *h)
     h->pid = 0;
 }
 
-int th_hub_count(const th_hub *h, const char *method, const char *path_part, const char *range)
+/* Calls match(line's fields, ctx) for every logged request; returns how many matched. */
+typedef bool (*line_match)(const char *method, const char *path, const char *range,
+                           const char *auth, const void *ctx);
+
+static int count_lines(const th_hub *h, line_match match, const void *ctx)
 {
     FILE *f = fopen(h->log, "r");
     if (!f) return 0;
@@ -86,14 +90,46 @@ int th_hub_count(const th_hub *h, const char *method, const char *path_part, con
         json_t *j = json_loads(line, 0, NULL);
         const char *m = json_string_value(json_object_get(j, "method"));
         const char *p = json_string_value(json_object_get(j, "path"));
-        const char *r = json_string_value(json_object_get(j, "range"));
-        if (m && p && !strcmp(m, method) && strstr(p, path_part) &&
-            (!range || !strcmp(r ? r : "", range)))
+        if (m && p &&
+            match(m, p, json_string_value(json_object_get(j, "range")),
+                  json_string_value(json_object_get(j, "auth")), ctx))
             n++;
         json_decref(j);
     }
     fclose(f);
     return n;
+}
+
+typedef struct {
+    const char *method, *path_part, *range, *auth;
+} query;
+
+static bool by_range(const char *m, const char *p, const char *r, const char *a, const void *ctx)
+{
+    const query *q = ctx;
+    (void)a;
+    return !strcmp(m, q->method) && strstr(p, q->path_part) &&
+           (!q->range || !strcmp(r ? r : "", q->range));
+}
+
+static bool by_auth(const char *m, const char *p, const char *r, const char *a, const void *ctx)
+{
+    const query *q = ctx;
+    (void)m;
+    (void)r;
+    return strstr(p, q->path_part) && (q->auth ? a && !strcmp(a, q->auth) : !a);
+}
+
+int th_hub_count(const th_hub *h, const char *method, const char *path_part, const char *range)
+{
+    query q = {method, path_part, range, NULL};
+    return count_lines(h, by_range, &q);
+}
+
+int th_hub_count_auth(const th_hub *h, const char *path_part, const char *auth)
+{
+    query q = {NULL, path_part, NULL, auth};
+    return count_lines(h, by_auth, &q);
 }
 
 const char *th_hub_down_endpoint(void)

@@ -25,6 +25,9 @@ void th_hub_stop(th_hub *h);
 /* How many logged requests had this method and a path containing
  * path_part (and, unless NULL, exactly this Range header; "" = none). */
 int th_hub_count(const th_hub *h, const char *method, const char *path_part, const char *range);
+/* How many logged requests had a path containing path_part and exactly
+ * this Authorization header (NULL = none). */
+int th_hub_count_auth(const th_hub *h, const char *path_part, const char *auth);
 /* A loopback endpoint where nothing listens ("http://127.0.0.1:<port>",
  * static buffer). */
 const char *th_hub_down_endpoint(void);

@@ -21,6 +21,8 @@ not in the repository 404 EntryNotFound.
       [--corrupt FILE]           FILE's bytes are served with the last one flipped
       [--delay-ms N]             sleep N ms per 64 KiB of every body (to overlap clients)
       [--tag ORG/NAME=TAG]       TAG is a revision of that repository too
+      [--cdn-host HOST]          LFS redirects go to http://HOST:P/lfs/... (another origin
+                                 than 127.0.0.1, as huggingface.co's CDN is another host)
 
 COMMIT defaults to the sha1 of the id. The log gets one JSON line per
 request: {"method", "path", "range", "auth"}. The lead's end-to-end tests
@@ -62,6 +64,7 @@ class State:
     drop = {}
     corrupt = set()
     delay_s = 0.0
+    cdn_host = None
     log = None
     lock = threading.Lock()
     blobs = {}  # sha256 -> (repo, file)
@@ -213,6 +216,8 @@ class Handler(BaseHTTPRequestHandler):
             State.blobs[sha] = (repo, name)
             size = os.path.getsize(os.path.join(repo.root, name))
             host = self.headers.get("Host", "127.0.0.1")
+            if State.cdn_host:
+                host = "%s:%d" % (State.cdn_host, self.server.server_address[1])
             return self.reply(302, common + [
                 ("Location", "http://%s/lfs/%s" % (host, sha)),
                 ("X-Linked-Etag", '"%s"' % sha),
@@ -250,6 +255,7 @@ def main():
     ap.add_argument("--corrupt", action="append", default=[])
     ap.add_argument("--tag", action="append", default=[])
     ap.add_argument("--delay-ms", type=float, default=0)
+    ap.add_argument("--cdn-host")
     a = ap.parse_args()
     for spec in a.repo:
         rid, where = split_pair(spec, "--repo")
@@ -269,6 +275,7 @@ def main():
     State.corrupt = set(a.corrupt)
     State.delay_s = a.delay_ms / 1000.0
     State.log = a.log
+    State.cdn_host = a.cdn_host
     server = ThreadingHTTPServer(("127.0.0.1", a.port), Handler)
     server.daemon_threads = True
     server.serve_forever()

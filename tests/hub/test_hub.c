@@ -5,6 +5,7 @@
  * committed cache fixture written in huggingface_hub's layout; model.json's
  * revision / tokenizer / tokenizer_revision / download_dir; and the exact
  * error texts. */
+#include <dirent.h>
 #include <errno.h>
 #include <openssl/evp.h>
 #include <setjmp.h>
@@ -360,7 +361,7 @@ static void test_errors(void **state)
     snprintf(repo_spec, sizeof repo_spec, "test-org/noweights=%s@" KJV_COMMIT, dir);
     th_hub h;
     start_hub(&h, "--repo", "test-org/kjv=" KJV_DIR "@" KJV_COMMIT, "--repo", repo_spec, "--gated",
-              "test-org/kjv=secret", NULL);
+              "test-org/kjv=secret", "--cdn-host", "localhost", NULL);
     cv_error err = {.msg = ""};
 
     assert_int_equal(resolve("test-org/kjv", NULL, out, &err), -1);
@@ -388,6 +389,10 @@ static void test_errors(void **state)
     fclose(f);
     assert_int_equal(resolve("test-org/kjv", NULL, out, &err), 0);
     assert_int_equal(th_hub_count(&h, "GET", "/api/models/test-org/kjv", NULL), 3);
+    /* the token goes to the hub, not to the CDN (another origin) */
+    assert_int_equal(th_hub_count_auth(&h, "/api/models/test-org/kjv", "Bearer secret"), 1);
+    assert_int_equal(th_hub_count_auth(&h, "/test-org/kjv/resolve/", "Bearer secret"), 9);
+    assert_int_equal(th_hub_count_auth(&h, "/lfs/", NULL), 1);
 
     assert_int_equal(resolve("test-org/none", NULL, out, &err), -1);
     snprintf(want, sizeof want,
@@ -473,6 +478,144 @@ static void test_checksums(void **state)
     }
 }
 
+/* A repository directory under root with one small file per name (an
+ * index gets a weight_map over `shards`), served as test-org/<name>. */
+static void make_repo(const char *name, const char *const *files, const char *shards)
+{
+    char p[8192];
+    snprintf(p, sizeof p, "%s/repos/%s/original", root, name);
+    char cmd[8300];
+    snprintf(cmd, sizeof cmd, "mkdir -p '%s'", p);
+    assert_int_equal(system(cmd), 0);
+    for (size_t i = 0; files[i]; i++) {
+        snprintf(p, sizeof p, "%s/repos/%s/%s", root, name, files[i]);
+        FILE *f = fopen(p, "w");
+        assert_non_null(f);
+        if (strstr(files[i], ".index.json"))
+            fprintf(f, "{\"metadata\": {}, \"weight_map\": {%s}}", shards);
+        else
+            fprintf(f, "contents of %s", files[i]);
+        fclose(f);
+    }
+}
+
+/* The names in a snapshot directory, sorted, joined by ' '. */
+static void list_dir(const char *dir, char *out, size_t cap)
+{
+    struct dirent **names;
+    int n = scandir(dir, &names, NULL, alphasort);
+    assert_true(n >= 0);
+    out[0] = '\0';
+    for (int i = 0; i < n; i++) {
+        if (names[i]->d_name[0] != '.') {
+            if (out[0]) strncat(out, " ", cap - strlen(out) - 1);
+            strncat(out, names[i]->d_name, cap - strlen(out) - 1);
+        }
+        free(names[i]);
+    }
+    free(names);
+}
+
+/* Which files are fetched: safetensors preferred over .bin, the shards an
+ * index names (not consolidated.safetensors), pytorch_model*.bin where
+ * there are no safetensors (not training_args.bin, tf_model.h5, ...), the
+ * tokenizer files, nothing in subdirectories; a tokenizer-only lookup. */
+static void test_file_choice(void **state)
+{
+    (void)state;
+    static const char *const opt[] = {"README.md",
+                                      "LICENSE.md",
+                                      "config.json",
+                                      "flax_model.msgpack",
+                                      "generation_config.json",
+                                      "merges.txt",
+                                      "pytorch_model.bin",
+                                      "special_tokens_map.json",
+                                      "tf_model.h5",
+                                      "tokenizer_config.json",
+                                      "vocab.json",
+                                      "training_args.bin",
+                                      NULL};
+    static const char *const bin_shards[] = {"config.json", "pytorch_model-00001-of-00002.bin",
+                                             "pytorch_model-00002-of-00002.bin",
+                                             "pytorch_model.bin.index.json", NULL};
+    static const char *const both[] = {"config.json", "model.safetensors", "pytorch_model.bin",
+                                       NULL};
+    static const char *const st_shards[] = {"config.json",
+                                            "model-00001-of-00002.safetensors",
+                                            "model-00002-of-00002.safetensors",
+                                            "model.safetensors.index.json",
+                                            "consolidated.safetensors",
+                                            "original/params.safetensors",
+                                            "tokenizer.json",
+                                            "chat_template.jinja",
+                                            "added_tokens.json",
+                                            "tokenizer.model",
+                                            NULL};
+    static const char *const no_config[] = {"model.safetensors", "tokenizer.json", NULL};
+    make_repo("opt", opt, "");
+    make_repo("binshards", bin_shards,
+              "\"a\": \"pytorch_model-00001-of-00002.bin\", \"b\": "
+              "\"pytorch_model-00002-of-00002.bin\", \"c\": \"pytorch_model-00002-of-00002.bin\"");
+    make_repo("both", both, "");
+    make_repo("stshards", st_shards,
+              "\"a\": \"model-00001-of-00002.safetensors\", \"b\": "
+              "\"model-00002-of-00002.safetensors\"");
+    make_repo("noconfig", no_config, "");
+    static const char *const ids[] = {"opt", "binshards", "both", "stshards", "noconfig"};
+    char specs[5][300];
+    for (int i = 0; i < 5; i++)
+        snprintf(specs[i], sizeof specs[i], "test-org/%s=%s/repos/%s", ids[i], root, ids[i]);
+    th_hub h;
+    start_hub(&h, "--repo", specs[0], "--repo", specs[1], "--repo", specs[2], "--repo", specs[3],
+              "--repo", specs[4], NULL);
+    static const char *const want[] = {
+        "config.json generation_config.json merges.txt pytorch_model.bin "
+        "special_tokens_map.json tokenizer_config.json vocab.json",
+        "config.json pytorch_model-00001-of-00002.bin pytorch_model-00002-of-00002.bin "
+        "pytorch_model.bin.index.json",
+        "config.json model.safetensors",
+        "added_tokens.json chat_template.jinja config.json model-00001-of-00002.safetensors "
+        "model-00002-of-00002.safetensors model.safetensors.index.json tokenizer.json",
+    };
+    char out[4096], id[64], got[1024];
+    cv_error err = {.msg = ""};
+    for (int i = 0; i < 4; i++) {
+        snprintf(id, sizeof id, "test-org/%s", ids[i]);
+        assert_int_equal(resolve(id, NULL, out, &err), 0);
+        list_dir(out, got, sizeof got);
+        assert_string_equal(got, want[i]);
+    }
+    assert_int_equal(resolve("test-org/noconfig", NULL, out, &err), -1);
+    /* the test hub's default commit is the sha1 of the id */
+    char commit[41], msg[512];
+    digest_hex(EVP_sha1(), "", 0, "test-org/noconfig", strlen("test-org/noconfig"), commit);
+    snprintf(msg, sizeof msg,
+             "hub: model 'test-org/noconfig' (commit %s) has no config.json; it is not a "
+             "transformers model repository",
+             commit);
+    assert_string_equal(err.msg, msg);
+    /* a tokenizer lookup takes the tokenizer files (and config.json) only */
+    cv_hub_opts tok = {.want = CV_HUB_TOKENIZER};
+    assert_int_equal(cv_hub_resolve("test-org/noconfig", &tok, out, sizeof out, &err), 0);
+    list_dir(out, got, sizeof got);
+    assert_string_equal(got, "tokenizer.json");
+    th_hub_stop(&h);
+}
+
+static void test_repo_ids(void **state)
+{
+    (void)state;
+    static const char *const good[] = {"facebook/opt-125m", "Qwen/Qwen2.5-0.5B-Instruct", "a/b",
+                                       "org_1/name.v2"};
+    static const char *const bad[] = {"gpt2",   "a/b/c",  "/abs/path", "org/",   "/name",
+                                      "o--x/n", "org/..", "org/a..b",  "o rg/n", "./x"};
+    for (size_t i = 0; i < sizeof good / sizeof *good; i++)
+        assert_true(cv_hub_is_repo_id(good[i]));
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++)
+        assert_false(cv_hub_is_repo_id(bad[i]));
+}
+
 int main(void)
 {
     if (system("python3 -c pass 2>/dev/null") != 0) {
@@ -488,6 +631,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_model_json_keys, setup, teardown),
         cmocka_unit_test_setup_teardown(test_errors, setup, teardown),
         cmocka_unit_test_setup_teardown(test_checksums, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_file_choice, setup, teardown),
+        cmocka_unit_test(test_repo_ids),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
