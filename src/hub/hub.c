@@ -354,6 +354,47 @@ static int copy_out(const char *path, char *out, size_t cap, const char *id, cv_
     return 0;
 }
 
+/* GET the revision API. Returns 1 with commit and names set when the hub
+ * answered; 0 with snap set when it did not and the cache holds the
+ * revision's snapshot (as snapshot_download falls back); -1 with err set. */
+static int ask_revision(const hub_ctx *c, const char *rev, cv_hub_want want, char *commit,
+                        size_t commit_cap, json_t **names, char *snap, size_t snap_cap,
+                        cv_error *err)
+{
+    char *esc_rev = hub_escape(rev);
+    if (!esc_rev) return cv_errorf(err, "hub: out of memory");
+    char url[HUB_PATH];
+    snprintf(url, sizeof url, "%s/api/models/%s/revision/%s", c->endpoint, c->id, esc_rev);
+    free(esc_rev);
+    hub_response r;
+    hub_http_get(c, url, &r);
+    if (r.status == 200) {
+        int rc = parse_revision(c, rev, r.body, commit, commit_cap, names, err);
+        free(r.body);
+        return rc < 0 ? -1 : 1;
+    }
+    free(r.body);
+    bool revision_gone = r.status == 404 && !strcmp(r.error_code, "RevisionNotFound");
+    if (!revision_gone && cached_snapshot(c, rev, want, snap, snap_cap)) {
+        if (r.status)
+            cv_log_warn("hub: %s: %s answered HTTP %ld for revision '%s'; using the cached %s",
+                        c->id, c->endpoint, r.status, rev, snap);
+        else
+            cv_log_warn("hub: %s: cannot reach %s (%s); using the cached %s", c->id, c->endpoint,
+                        r.curl_msg, snap);
+        return 0;
+    }
+    if (r.status == 0)
+        return cv_errorf(err,
+                         "hub: cannot reach %s for model '%s' (%s) and it is not in the cache "
+                         "%s; check the network and HF_ENDPOINT, or fill the cache on a machine "
+                         "with network access",
+                         c->endpoint, c->id, r.curl_msg, c->repo_dir);
+    char what[300];
+    snprintf(what, sizeof what, "revision '%s'", rev);
+    return hub_status_error(c, what, &r, err);
+}
+
 int cv_hub_resolve(const char *id, const cv_hub_opts *opts, char *out, size_t cap, cv_error *err)
 {
     static const cv_hub_opts defaults = {0};
@@ -374,43 +415,11 @@ int cv_hub_resolve(const char *id, const cv_hub_opts *opts, char *out, size_t ca
                          "the cache on a machine with network access",
                          id, rev, c.repo_dir);
     }
-
-    char *esc_rev = hub_escape(rev);
-    if (!esc_rev) return cv_errorf(err, "hub: out of memory");
-    char url[HUB_PATH];
-    snprintf(url, sizeof url, "%s/api/models/%s/revision/%s", c.endpoint, id, esc_rev);
-    free(esc_rev);
-    hub_response r;
-    hub_http_get(&c, url, &r);
-    if (r.status != 200) {
-        bool revision_gone = r.status == 404 && !strcmp(r.error_code, "RevisionNotFound");
-        free(r.body);
-        /* As snapshot_download: an unreachable or refusing hub falls back to
-         * the snapshot the cache holds for this revision. */
-        if (!revision_gone && cached_snapshot(&c, rev, o->want, snap, sizeof snap)) {
-            if (r.status)
-                cv_log_warn("hub: %s: %s answered HTTP %ld for revision '%s'; using the cached %s",
-                            id, c.endpoint, r.status, rev, snap);
-            else
-                cv_log_warn("hub: %s: cannot reach %s (%s); using the cached %s", id, c.endpoint,
-                            r.curl_msg, snap);
-            return copy_out(snap, out, cap, id, err);
-        }
-        if (r.status == 0)
-            return cv_errorf(err,
-                             "hub: cannot reach %s for model '%s' (%s) and it is not in the "
-                             "cache %s; check the network and HF_ENDPOINT, or fill the cache on "
-                             "a machine with network access",
-                             c.endpoint, id, r.curl_msg, c.repo_dir);
-        char what[300];
-        snprintf(what, sizeof what, "revision '%s'", rev);
-        return hub_status_error(&c, what, &r, err);
-    }
     char commit[64];
     json_t *names = NULL;
-    int rc = parse_revision(&c, rev, r.body, commit, sizeof commit, &names, err);
-    free(r.body);
-    if (rc < 0) return -1;
+    int rc = ask_revision(&c, rev, o->want, commit, sizeof commit, &names, snap, sizeof snap, err);
+    if (rc <= 0) return rc < 0 ? -1 : copy_out(snap, out, cap, id, err);
+
     snprintf(snap, sizeof snap, "%s/snapshots/%s", c.repo_dir, commit);
     json_t *list = json_array();
     rc = pick_files(&c, commit, names, o->want, snap, list, err);
@@ -423,6 +432,8 @@ int cv_hub_resolve(const char *id, const cv_hub_opts *opts, char *out, size_t ca
     }
     json_decref(list);
     json_decref(names);
+    /* refs/<rev> last: an interrupted download never names a snapshot
+     * that lacks files. */
     if (rc == 0 && strcmp(rev, commit)) rc = write_ref(&c, rev, commit, err);
     if (rc < 0) return -1;
     cv_log_info("hub: %s: revision '%s' is commit %s, in %s", id, rev, commit, snap);

@@ -18,6 +18,9 @@ not in the repository 404 EntryNotFound.
   hub_server.py --port P [--log FILE] --repo ORG/NAME=DIR[@COMMIT] ...
       [--gated ORG/NAME=TOKEN]   401 without "Authorization: Bearer TOKEN", 403 with another
       [--drop FILE=BYTES]        the first GET of FILE sends BYTES bytes, then closes
+      [--exit-after FILE=BYTES]  the first GET of FILE sends BYTES bytes, then the hub exits
+                                 (the network goes away mid-download)
+      [--no-range]               Range headers are ignored (200 with the whole body)
       [--corrupt FILE]           FILE's bytes are served with the last one flipped
       [--delay-ms N]             sleep N ms per 64 KiB of every body (to overlap clients)
       [--tag ORG/NAME=TAG]       TAG is a revision of that repository too
@@ -62,6 +65,8 @@ class State:
     repos = {}
     gated = {}
     drop = {}
+    exit_after = {}
+    no_range = False
     corrupt = set()
     delay_s = 0.0
     cdn_host = None
@@ -144,7 +149,7 @@ class Handler(BaseHTTPRequestHandler):
         start, code = 0, 200
         rng = self.headers.get("Range")
         headers = list(extra_headers)
-        if rng and rng.startswith("bytes="):
+        if rng and rng.startswith("bytes=") and not State.no_range:
             first = rng[6:].split("-")[0]
             start = int(first) if first else 0
             if start >= len(data):
@@ -161,6 +166,11 @@ class Handler(BaseHTTPRequestHandler):
         self.end_headers()
         with State.lock:
             cut = State.drop.pop(name, None)
+            die = State.exit_after.pop(name, None)
+        if die is not None:
+            self.wfile.write(body[:die])
+            self.wfile.flush()
+            os._exit(0)
         if cut is not None:
             self.wfile.write(body[:cut])
             self.wfile.flush()
@@ -256,6 +266,8 @@ def main():
     ap.add_argument("--tag", action="append", default=[])
     ap.add_argument("--delay-ms", type=float, default=0)
     ap.add_argument("--cdn-host")
+    ap.add_argument("--exit-after", action="append", default=[])
+    ap.add_argument("--no-range", action="store_true")
     a = ap.parse_args()
     for spec in a.repo:
         rid, where = split_pair(spec, "--repo")
@@ -269,6 +281,10 @@ def main():
     for spec in a.drop:
         name, n = split_pair(spec, "--drop")
         State.drop[name] = int(n)
+    for spec in a.exit_after:
+        name, n = split_pair(spec, "--exit-after")
+        State.exit_after[name] = int(n)
+    State.no_range = a.no_range
     for spec in a.tag:
         rid, tag = split_pair(spec, "--tag")
         State.repos[rid].revisions.add(tag)

@@ -234,27 +234,66 @@ static void test_resume_after_drop(void **state)
     th_hub_stop(&h);
 }
 
+/* A partial file an earlier process left: resumed with Range, or, from a
+ * server that ignores Range, started over. */
 static void test_resume_from_partial_file(void **state)
 {
     (void)state;
-    char etag[65], p[8192], out[4096];
+    char etag[65], p[8192], out[4096], cmd[20000];
     etag_of(KJV_DIR "/model.safetensors", true, etag);
-    snprintf(p, sizeof p, "%s/hub/models--test-org--kjv/blobs", root);
-    char cmd[20000];
-    snprintf(cmd, sizeof cmd,
-             "mkdir -p %s && head -c 3000000 " KJV_DIR "/model.safetensors > %s/%s.incomplete", p,
-             p, etag);
-    assert_int_equal(system(cmd), 0);
+    for (int no_range = 0; no_range < 2; no_range++) {
+        snprintf(cmd, sizeof cmd, "rm -rf %s/hub", root);
+        assert_int_equal(system(cmd), 0);
+        snprintf(p, sizeof p, "%s/hub/models--test-org--kjv/blobs", root);
+        snprintf(cmd, sizeof cmd,
+                 "mkdir -p %s && head -c 3000000 " KJV_DIR "/model.safetensors > %s/%s.incomplete",
+                 p, p, etag);
+        assert_int_equal(system(cmd), 0);
+        th_hub h;
+        start_hub(&h, "--repo", "test-org/kjv=" KJV_DIR "@" KJV_COMMIT,
+                  no_range ? "--no-range" : NULL, NULL);
+        cv_error err = {.msg = ""};
+        assert_int_equal(resolve("test-org/kjv", NULL, out, &err), 0);
+        assert_int_equal(th_hub_count(&h, "GET", "/lfs/", NULL), 1);
+        assert_int_equal(th_hub_count(&h, "GET", "/lfs/", "bytes=3000000-"), 1);
+        snprintf(p, sizeof p, "%s/model.safetensors", out);
+        assert_same_file(p, KJV_DIR "/model.safetensors");
+        snprintf(p, sizeof p, "%s/hub/models--test-org--kjv/blobs/%s.incomplete", root, etag);
+        assert_false(exists(p));
+        th_hub_stop(&h);
+    }
+}
+
+/* The hub goes away mid-download: the retries fail, the error says where
+ * the partial file is, no ref names the snapshot; the next start resumes. */
+static void test_hub_gone_mid_download(void **state)
+{
+    (void)state;
     th_hub h;
-    start_hub(&h, "--repo", "test-org/kjv=" KJV_DIR "@" KJV_COMMIT, NULL);
+    start_hub(&h, "--repo", "test-org/kjv=" KJV_DIR "@" KJV_COMMIT, "--exit-after",
+              "model.safetensors=2000000", NULL);
+    char out[4096], etag[65], want[2048], p[8192];
     cv_error err = {.msg = ""};
+    assert_int_equal(resolve("test-org/kjv", NULL, out, &err), -1);
+    etag_of(KJV_DIR "/model.safetensors", true, etag);
+    snprintf(want, sizeof want,
+             "hub: download of 'model.safetensors' of model 'test-org/kjv' from %s failed "
+             "(Couldn't connect to server); 2.0 MB are kept in "
+             "%s/hub/models--test-org--kjv/blobs/%s.incomplete and the next start resumes from "
+             "there",
+             h.endpoint, root, etag);
+    assert_string_equal(err.msg, want);
+    snprintf(p, sizeof p, "%s/hub/models--test-org--kjv/refs/main", root);
+    assert_false(exists(p));
+    th_hub_stop(&h);
+
+    start_hub(&h, "--repo", "test-org/kjv=" KJV_DIR "@" KJV_COMMIT, NULL);
     assert_int_equal(resolve("test-org/kjv", NULL, out, &err), 0);
     assert_int_equal(th_hub_count(&h, "GET", "/lfs/", NULL), 1);
-    assert_int_equal(th_hub_count(&h, "GET", "/lfs/", "bytes=3000000-"), 1);
+    assert_int_equal(th_hub_count(&h, "GET", "/lfs/", "bytes=2000000-"), 1);
+    assert_int_equal(th_hub_count(&h, "GET", "/resolve/", NULL), 0);
     snprintf(p, sizeof p, "%s/model.safetensors", out);
     assert_same_file(p, KJV_DIR "/model.safetensors");
-    snprintf(p, sizeof p, "%s/hub/models--test-org--kjv/blobs/%s.incomplete", root, etag);
-    assert_false(exists(p));
     th_hub_stop(&h);
 }
 
@@ -626,6 +665,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_download_then_offline, setup, teardown),
         cmocka_unit_test_setup_teardown(test_resume_after_drop, setup, teardown),
         cmocka_unit_test_setup_teardown(test_resume_from_partial_file, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_hub_gone_mid_download, setup, teardown),
         cmocka_unit_test_setup_teardown(test_two_processes_download_once, setup, teardown),
         cmocka_unit_test_setup_teardown(test_committed_hf_cache, setup, teardown),
         cmocka_unit_test_setup_teardown(test_model_json_keys, setup, teardown),
