@@ -257,6 +257,7 @@ typedef struct sink {
     bool writing;    /* the status is 200/206: bytes go to the file */
     long long have;  /* bytes in the .incomplete file */
     long long total; /* expected size, -1 unknown */
+    int write_errno; /* a failed write (disk full): not worth a retry */
     uint64_t last_log_ns;
 } sink;
 
@@ -271,7 +272,10 @@ static size_t on_body_file(char *data, size_t size, size_t nmemb, void *ud)
         s->writing = code == 200 || code == 206;
         /* A server that ignores Range answers 200 with the whole file. */
         if (code == 200 && s->have > 0) {
-            if (ftruncate(s->fd, 0) < 0 || lseek(s->fd, 0, SEEK_SET) < 0) return 0;
+            if (ftruncate(s->fd, 0) < 0 || lseek(s->fd, 0, SEEK_SET) < 0) {
+                s->write_errno = errno;
+                return 0;
+            }
             s->have = 0;
         }
     }
@@ -279,7 +283,10 @@ static size_t on_body_file(char *data, size_t size, size_t nmemb, void *ud)
     for (size_t done = 0; done < n;) {
         ssize_t w = write(s->fd, data + done, n - done);
         if (w < 0 && errno == EINTR) continue;
-        if (w <= 0) return 0;
+        if (w <= 0) {
+            s->write_errno = w < 0 ? errno : EIO;
+            return 0;
+        }
         done += (size_t)w;
     }
     s->have += (long long)n;
@@ -398,6 +405,11 @@ static int download_blob(const hub_ctx *c, const char *file, const char *url, co
         if (code == 416 && ftruncate(fd, 0) == 0) { /* the partial file is not this blob's */
             s.have = 0;
             continue;
+        }
+        if (s.write_errno) {
+            cv_errorf(err, "hub: cannot write %s: %s", part, strerror(s.write_errno));
+            reported = true;
+            break;
         }
         if (code != 0) {
             char what[600];

@@ -517,6 +517,28 @@ static void test_checksums(void **state)
     }
 }
 
+/* A write that fails (the partial file is /dev/full) is an error at once,
+ * not a retried transfer. */
+static void test_disk_full(void **state)
+{
+    (void)state;
+    char etag[65], p[8192], out[4096], want[8400];
+    etag_of(KJV_DIR "/model.safetensors", true, etag);
+    snprintf(p, sizeof p, "%s/hub/models--test-org--kjv/blobs", root);
+    char cmd[20000];
+    snprintf(cmd, sizeof cmd, "mkdir -p %s && ln -s /dev/full %s/%s.incomplete", p, p, etag);
+    assert_int_equal(system(cmd), 0);
+    th_hub h;
+    start_hub(&h, "--repo", "test-org/kjv=" KJV_DIR "@" KJV_COMMIT, NULL);
+    cv_error err = {.msg = ""};
+    assert_int_equal(resolve("test-org/kjv", NULL, out, &err), -1);
+    snprintf(want, sizeof want, "hub: cannot write %s/%s.incomplete: No space left on device", p,
+             etag);
+    assert_string_equal(err.msg, want);
+    assert_int_equal(th_hub_count(&h, "GET", "/lfs/", NULL), 1);
+    th_hub_stop(&h);
+}
+
 /* A repository directory under root with one small file per name (an
  * index gets a weight_map over `shards`), served as test-org/<name>. */
 static void make_repo(const char *name, const char *const *files, const char *shards)
@@ -671,6 +693,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_model_json_keys, setup, teardown),
         cmocka_unit_test_setup_teardown(test_errors, setup, teardown),
         cmocka_unit_test_setup_teardown(test_checksums, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_disk_full, setup, teardown),
         cmocka_unit_test_setup_teardown(test_file_choice, setup, teardown),
         cmocka_unit_test(test_repo_ids),
     };
