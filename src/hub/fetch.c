@@ -1,6 +1,6 @@
 /* The hub's HTTP side (libcurl) and the cache's blobs: HEAD for a file's
  * etag, size and location, a resumable GET into blobs/<etag>.incomplete
- * under the etag's flock, the size and sha256 checks, the snapshot symlink.
+ * under the etag's flock, the size and hash checks, the snapshot symlink.
  * The steps follow huggingface_hub's _hf_hub_download_to_cache_dir so that
  * Python and cvllm can share one cache, even while both are downloading. */
 #include "hub/hub_internal.h"

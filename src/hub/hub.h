@@ -16,9 +16,9 @@
  * the snapshot lacks are fetched from {endpoint}/{id}/resolve/{commit}/{file}
  * (HEAD for X-Repo-Commit, X-Linked-Etag | ETag, X-Linked-Size |
  * Content-Length and the CDN Location, then GET). A dropped transfer resumes
- * from blobs/<etag>.incomplete with a Range request; the size, and the
- * sha256 of LFS files (their etag), are checked before the blob is moved in
- * place. When the hub cannot be reached the cached snapshot of the revision
+ * from blobs/<etag>.incomplete with a Range request; the size and the etag
+ * (the sha256 of an LFS file, the git blob sha1 of another) are checked
+ * before the blob is moved in place. When the hub cannot be reached the cached snapshot of the revision
  * is used (with a warning). With HF_HUB_OFFLINE=1 the network is never
  * touched.
  *
@@ -64,8 +64,8 @@ bool cv_hub_is_repo_id(const char *s);
  * into out (cap bytes). Returns 0, or -1 with err naming the id and saying
  * what to do: not found (HTTP 404: the id or the revision), gated or private
  * (HTTP 401/403: set HF_TOKEN), the hub unreachable with nothing cached,
- * HF_HUB_OFFLINE=1 with nothing cached, a failed size or sha256 check, a
- * repository without config.json or weights. Progress is logged at info
+ * HF_HUB_OFFLINE=1 with nothing cached, a failed size or hash check, a
+ * write that failed, a repository without config.json or weights. Progress is logged at info
  * level, at most one line per file every few seconds. Safe to call from
  * several processes at once on one cache: each blob is downloaded once. */
 int cv_hub_resolve(const char *id, const cv_hub_opts *opts, char *out, size_t cap, cv_error *err);

@@ -198,6 +198,11 @@ static void test_download_then_offline(void **state)
     assert_int_equal(resolve("test-org/kjv", "main", out, &err), 0);
     assert_int_equal(th_hub_count(&h, "GET", "/api/models/test-org/kjv/revision/main", NULL), 2);
     assert_int_equal(th_hub_count(&h, "HEAD", "/resolve/", NULL), 5);
+    /* HF_HUB_OFFLINE=1 sends nothing, even with the hub up */
+    setenv("HF_HUB_OFFLINE", "1", 1);
+    assert_int_equal(resolve("test-org/kjv", NULL, out, &err), 0);
+    assert_int_equal(th_hub_count(&h, "GET", "/api/", NULL), 2);
+    unsetenv("HF_HUB_OFFLINE");
     th_hub_stop(&h);
 
     /* Offline, and online with the hub down: the cached snapshot. */
@@ -324,6 +329,39 @@ static void test_two_processes_download_once(void **state)
     assert_int_equal(th_hub_count(&h, "GET", "/resolve/", NULL), 4);
     char p[8192];
     snprintf(p, sizeof p, "%s/model.safetensors", kjv_snapshot());
+    assert_same_file(p, KJV_DIR "/model.safetensors");
+    th_hub_stop(&h);
+}
+
+/* huggingface_hub's FileLock is fcntl.flock on the same lock path: while a
+ * Python process holds .locks/models--test-org--kjv/<etag>.lock and puts
+ * the blob in place, cvllm waits and then downloads nothing. */
+static void test_lock_shared_with_python(void **state)
+{
+    (void)state;
+    char etag[65], cmd[20000], ready[256];
+    th_hub h;
+    start_hub(&h, "--repo", "test-org/kjv=" KJV_DIR "@" KJV_COMMIT, NULL);
+    etag_of(KJV_DIR "/model.safetensors", true, etag);
+    snprintf(ready, sizeof ready, "%s/python-holds-lock", root);
+    snprintf(cmd, sizeof cmd,
+             "python3 -c 'import fcntl, os, shutil, sys, time\n"
+             "locks, blobs, etag, ready = sys.argv[1:5]\n"
+             "os.makedirs(locks, exist_ok=True); os.makedirs(blobs, exist_ok=True)\n"
+             "f = open(os.path.join(locks, etag + \".lock\"), \"w\")\n"
+             "fcntl.flock(f, fcntl.LOCK_EX); open(ready, \"w\").close(); time.sleep(4)\n"
+             "shutil.copyfile(\"" KJV_DIR "/model.safetensors\", os.path.join(blobs, etag))\n"
+             "' %s/hub/.locks/models--test-org--kjv %s/hub/models--test-org--kjv/blobs %s %s &",
+             root, root, etag, ready);
+    assert_int_equal(system(cmd), 0);
+    for (int i = 0; i < 600 && !exists(ready); i++)
+        usleep(10000);
+    assert_true(exists(ready));
+    char out[4096], p[8192];
+    cv_error err = {.msg = ""};
+    assert_int_equal(resolve("test-org/kjv", NULL, out, &err), 0);
+    assert_int_equal(th_hub_count(&h, "GET", "/lfs/", NULL), 0);
+    snprintf(p, sizeof p, "%s/model.safetensors", out);
     assert_same_file(p, KJV_DIR "/model.safetensors");
     th_hub_stop(&h);
 }
@@ -689,6 +727,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_resume_from_partial_file, setup, teardown),
         cmocka_unit_test_setup_teardown(test_hub_gone_mid_download, setup, teardown),
         cmocka_unit_test_setup_teardown(test_two_processes_download_once, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_lock_shared_with_python, setup, teardown),
         cmocka_unit_test_setup_teardown(test_committed_hf_cache, setup, teardown),
         cmocka_unit_test_setup_teardown(test_model_json_keys, setup, teardown),
         cmocka_unit_test_setup_teardown(test_errors, setup, teardown),
