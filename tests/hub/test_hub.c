@@ -422,6 +422,18 @@ static void test_model_json_keys(void **state)
     assert_int_equal(th_hub_count(&h, "HEAD", "/test-org/tok/resolve/", NULL), 3);
     assert_non_null(strstr(args.tokenizer, "/hub/models--test-org--tok/snapshots/"));
     assert_true(strncmp(args.tokenizer, root, strlen(root)) == 0);
+
+    /* no tokenizer key, a tokenizer_revision of its own: the model id's
+     * tokenizer files at that revision */
+    const char *mj2 = "{\"model\": \"test-org/kjv\", \"tokenizer_revision\": \"v1\"}";
+    memset(&args, 0, sizeof args);
+    assert_int_equal(
+        cv_model_json_parse(mj2, strlen(mj2), "model.json", "/nonexistent", &args, &extra, &err),
+        0);
+    assert_string_equal(args.model, kjv_snapshot());
+    assert_string_equal(args.tokenizer, kjv_snapshot());
+    assert_int_equal(th_hub_count(&h, "GET", "/api/models/test-org/kjv/revision/main", NULL), 1);
+    assert_int_equal(th_hub_count(&h, "GET", "/api/models/test-org/kjv/revision/v1", NULL), 2);
     th_hub_stop(&h);
 }
 

@@ -165,6 +165,12 @@ static void test_model_json(void **state)
         {"{\"model\": 3}", "p/model.json: key 'model': expected a string"},
         {"[1]", "p/model.json: expected a JSON object of engine arguments"},
         {"{\"model\": \"/\",}", "p/model.json:1: invalid JSON: string or '}' expected near '}'"},
+        {"{\"model\": \"/\", \"revision\": 3}", "p/model.json: key 'revision': expected a string"},
+        {"{\"model\": \"/\", \"download_dir\": []}",
+         "p/model.json: key 'download_dir': expected a string"},
+        {"{\"model\": \"/\", \"tokenizer_revision\": 1}",
+         "p/model.json: key 'tokenizer_revision': expected a string"},
+        {"{\"model\": null}", "p/model.json: key 'model': expected a string"},
         {"{\"model\": \"no-such-dir\"}",
          "p/model.json: key 'model': 'no-such-dir' is not a local directory nor a hub id of the "
          "form org/name"},
