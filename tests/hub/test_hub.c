@@ -37,6 +37,8 @@ static int setup(void **state)
     snprintf(root, sizeof root, "/tmp/cv_hub_XXXXXX");
     if (!mkdtemp(root)) return -1;
     setenv("HF_HOME", root, 1);
+    /* a proxy in the environment must not see the loopback hub */
+    setenv("NO_PROXY", "127.0.0.1,localhost", 1);
     static const char *const unset[] = {"HF_HUB_CACHE",  "HUGGINGFACE_HUB_CACHE", "HF_TOKEN",
                                         "HF_TOKEN_PATH", "HF_HUB_OFFLINE",        "HF_ENDPOINT"};
     for (size_t i = 0; i < sizeof unset / sizeof *unset; i++)

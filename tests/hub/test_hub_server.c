@@ -59,6 +59,7 @@ static void test_model_json_hub_id(void **state)
     char home[300];
     snprintf(home, sizeof home, "%s/hf_home", repo);
     setenv("HF_HOME", home, 1);
+    setenv("NO_PROXY", "127.0.0.1,localhost", 1); /* the loopback hub, never a proxy */
     unsetenv("HF_HUB_CACHE");
     unsetenv("HF_HUB_OFFLINE");
     unsetenv("HF_TOKEN");
