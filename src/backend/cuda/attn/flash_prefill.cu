@@ -1,0 +1,241 @@
+/* FlashAttention-2-style prefill over the paged KV cache (contract in
+ * attn.h): one CTA of 4 warps per (64-row query tile of a sequence, query
+ * head); each warp owns 16 query rows. Q is loaded once into registers as
+ * A fragments; K and V tiles of 64 keys stream through double-buffered
+ * shared memory with cp.async (K of tile i+1 is in flight during the
+ * softmax and P.V of tile i, V of tile i+1 during S of tile i+1); S = Q K^T
+ * and O += P V are mma.sync m16n8k16 with fp32 accumulators, P stays in
+ * registers (the C fragment of S is the A fragment of P.V); the online
+ * softmax works in the log2 domain (exp2f with scale * log2 e folded in).
+ * The causal mask is applied only to tiles that cross the diagonal (and the
+ * last, partial tile; keys past the end are zero-filled, never read).
+ *
+ * GQA: a CTA handles one query head and reads its kv head's tiles; the G
+ * CTAs of a group read the same K/V, mostly from L2 (prefill is compute
+ * bound).
+ *
+ * Work list without a host plan: CTA x takes the tile of sequence s with
+ * base(s) = query_start[s] / 64 + s <= x < base(s + 1); base is increasing and
+ * base(s + 1) - base(s) >= ceil(qlen_s / 64), so x < n_tokens / 64 + n_seqs
+ * covers every tile and at most one CTA per sequence finds nothing to do.
+ *
+ * Build checks (registers, spills, mma in the PTX): in the file header of
+ * tests/gpu/test_gpu_attention.cu.
+ */
+#include "backend/cuda/attn/attn_common.cuh"
+
+namespace cv_attn
+{
+namespace
+{
+
+constexpr int PF_BM = 64, PF_BN = 64, PF_WARPS = 4, PF_THREADS = PF_WARPS * 32;
+
+template <int HD> constexpr size_t prefill_smem_bytes()
+{
+    /* Q tile, then K[2], then V[2]; 16-bit elements. */
+    return (size_t)(PF_BM + 4 * PF_BN) * (HD + PAD) * 2;
+}
+
+template <typename T, int HD>
+__global__ void __launch_bounds__(PF_THREADS) prefill_kernel(cuda_attn_paged a, int skip_single)
+{
+    constexpr int LD = HD + PAD, CH = HD / 8;
+    constexpr int NK16 = HD / 16; /* k-steps of S = Q K^T */
+    constexpr int NS8 = PF_BN / 8, NO8 = HD / 8;
+    extern __shared__ __align__(16) unsigned char smem_raw[];
+    T *qs = reinterpret_cast<T *>(smem_raw);
+    T *ks = qs + PF_BM * LD;
+    T *vs = ks + 2 * PF_BN * LD;
+
+    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+    const int tile = gridDim.x - 1 - blockIdx.x; /* last tiles (most keys) first */
+    const int h = blockIdx.y, g = h / (a.n_heads / a.n_kv_heads);
+
+    int lo = 0, hi = a.n_seqs - 1;
+    while (lo < hi) {
+        const int mid = (lo + hi + 1) >> 1;
+        if (a.query_start[mid] / PF_BM + mid <= tile)
+            lo = mid;
+        else
+            hi = mid - 1;
+    }
+    const int s = lo;
+    const int q0 = a.query_start[s], qlen = a.query_start[s + 1] - q0;
+    const int row0 = (tile - (q0 / PF_BM + s)) * PF_BM;
+    if (row0 >= qlen || (skip_single && qlen == 1)) return;
+    const int n_rows = min(PF_BM, qlen - row0);
+    const int first_pos = a.seq_lens[s] - qlen + row0; /* position of row 0 */
+    const int kv_end = first_pos + n_rows;             /* keys [0, kv_end) */
+    const int32_t *table = a.block_tables + (size_t)s * a.max_blocks_per_seq;
+    const T *kv_layer = static_cast<const T *>(a.kv) + a.layer_off;
+    const size_t k_off = (size_t)g * a.block_size * HD;
+    const size_t v_off = (size_t)(a.n_kv_heads + g) * a.block_size * HD;
+    const int n_tiles = (kv_end + PF_BN - 1) / PF_BN;
+
+    load_kv_tile<T, HD, PF_BN, PF_THREADS>(ks, kv_layer, table, a.block_size, a.block_elems, k_off,
+                                           0, kv_end, tid);
+    cp_async_commit();
+    load_kv_tile<T, HD, PF_BN, PF_THREADS>(vs, kv_layer, table, a.block_size, a.block_elems, v_off,
+                                           0, kv_end, tid);
+    cp_async_commit();
+
+    /* Q tile (rows past the chunk zeroed) through shared memory into A
+     * fragments. */
+    const size_t qe = a.q_dtype == CV_DTYPE_F32 ? 4 : 2;
+    for (int c = tid; c < PF_BM * CH; c += PF_THREADS) {
+        const int r = c / CH, col = (c % CH) * 8;
+        uint4 v = make_uint4(0, 0, 0, 0);
+        if (r < n_rows) {
+            const char *src = static_cast<const char *>(a.q) +
+                              ((size_t)(q0 + row0 + r) * a.ld_q + (size_t)h * HD + col) * qe;
+            v = load_q8<T>(src, a.q_dtype);
+        }
+        *reinterpret_cast<uint4 *>(qs + r * LD + col) = v;
+    }
+    __syncthreads();
+    uint32_t qf[NK16][4];
+#pragma unroll
+    for (int kk = 0; kk < NK16; kk++)
+        ldsm_x4(qf[kk], qs + (warp * 16 + (lane & 15)) * LD + kk * 16 + (lane >> 4) * 8);
+
+    const float scale_log2 = a.scale * 1.4426950408889634f;
+    float o[NO8][4];
+#pragma unroll
+    for (int d = 0; d < NO8; d++)
+        o[d][0] = o[d][1] = o[d][2] = o[d][3] = 0.0f;
+    float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
+    /* This lane's rows (gid, gid + 8 of the warp's 16) as positions. */
+    const int pos_r0 = first_pos + warp * 16 + (lane >> 2);
+
+    for (int it = 0; it < n_tiles; it++) {
+        const int buf = it & 1, n0 = it * PF_BN;
+        const T *kb = ks + buf * PF_BN * LD;
+        const T *vb = vs + buf * PF_BN * LD;
+        cp_async_wait<1>(); /* K[it] landed (V[it] may be in flight) */
+        __syncthreads();
+
+        float sc[NS8][4];
+#pragma unroll
+        for (int j = 0; j < NS8; j++)
+            sc[j][0] = sc[j][1] = sc[j][2] = sc[j][3] = 0.0f;
+#pragma unroll
+        for (int kk = 0; kk < NK16; kk++) {
+#pragma unroll
+            for (int nn = 0; nn < PF_BN / 16; nn++) {
+                uint32_t b[4];
+                ldsm_x4(b, kb + (nn * 16 + (lane & 7) + ((lane >> 4) << 3)) * LD + kk * 16 +
+                               ((lane >> 3) & 1) * 8);
+                mma16816<T>(sc[2 * nn], qf[kk], b[0], b[1]);
+                mma16816<T>(sc[2 * nn + 1], qf[kk], b[2], b[3]);
+            }
+        }
+        /* K[it + 1] into the buffer S(it - 1) read: every warp passed this
+         * tile's barrier, so S(it - 1) is done. An empty group keeps the
+         * wait counts uniform on the last tile. */
+        if (it + 1 < n_tiles)
+            load_kv_tile<T, HD, PF_BN, PF_THREADS>(ks + (buf ^ 1) * PF_BN * LD, kv_layer, table,
+                                                   a.block_size, a.block_elems, k_off, n0 + PF_BN,
+                                                   kv_end, tid);
+        cp_async_commit();
+
+        /* Key n0 + c is visible to the row at position p iff n0 + c <= p.
+         * Only tiles reaching past the first row's position need it; keys
+         * >= kv_end exceed every real row's position. */
+        if (n0 + PF_BN - 1 > first_pos) {
+#pragma unroll
+            for (int j = 0; j < NS8; j++)
+#pragma unroll
+                for (int e = 0; e < 4; e++) {
+                    const int key = n0 + j * 8 + 2 * (lane & 3) + (e & 1);
+                    if (key > pos_r0 + (e >> 1) * 8) sc[j][e] = -INFINITY;
+                }
+        }
+        softmax_step<NS8, NO8>(sc, o, m, l, scale_log2);
+
+        cp_async_wait<1>(); /* V[it] landed (K[it + 1] may be in flight) */
+        __syncthreads();
+#pragma unroll
+        for (int kc = 0; kc < PF_BN / 16; kc++) {
+            const uint32_t pa[4] = {pack2<T>(sc[2 * kc][0], sc[2 * kc][1]),
+                                    pack2<T>(sc[2 * kc][2], sc[2 * kc][3]),
+                                    pack2<T>(sc[2 * kc + 1][0], sc[2 * kc + 1][1]),
+                                    pack2<T>(sc[2 * kc + 1][2], sc[2 * kc + 1][3])};
+#pragma unroll
+            for (int dn = 0; dn < HD / 16; dn++) {
+                uint32_t b[4];
+                ldsm_x4_trans(b, vb + (kc * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * LD +
+                                     dn * 16 + (lane >> 4) * 8);
+                mma16816<T>(o[2 * dn], pa, b[0], b[1]);
+                mma16816<T>(o[2 * dn + 1], pa, b[2], b[3]);
+            }
+        }
+        /* V[it + 1] into the buffer P.V(it - 1) read (done before this
+         * tile's first barrier). */
+        if (it + 1 < n_tiles)
+            load_kv_tile<T, HD, PF_BN, PF_THREADS>(vs + (buf ^ 1) * PF_BN * LD, kv_layer, table,
+                                                   a.block_size, a.block_elems, v_off, n0 + PF_BN,
+                                                   kv_end, tid);
+        cp_async_commit();
+    }
+    cp_async_wait<0>();
+
+#pragma unroll
+    for (int r = 0; r < 2; r++) {
+        const int row = warp * 16 + (lane >> 2) + r * 8;
+        const float inv = 1.0f / quad_sum(l[r]);
+        if (row >= n_rows) continue;
+        const size_t base = (size_t)(q0 + row0 + row) * a.ld_out + (size_t)h * HD + 2 * (lane & 3);
+#pragma unroll
+        for (int d = 0; d < NO8; d++)
+            store2(a.out, base + d * 8, a.out_dtype, a.out_lo_off, o[d][2 * r] * inv,
+                   o[d][2 * r + 1] * inv);
+    }
+}
+
+template <typename T, int HD>
+int launch_prefill(const cuda_attn_paged *a, int skip_single, cudaStream_t stream)
+{
+    constexpr size_t smem = prefill_smem_bytes<HD>();
+    static bool attr_set = false;
+    if (!attr_set) {
+        const cudaError_t e = cudaFuncSetAttribute(
+            prefill_kernel<T, HD>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+        if (e != cudaSuccess) return (int)e;
+        attr_set = true;
+    }
+    const dim3 grid(a->n_tokens / PF_BM + a->n_seqs, a->n_heads);
+    prefill_kernel<T, HD><<<grid, PF_THREADS, smem, stream>>>(*a, skip_single);
+    return (int)cudaGetLastError();
+}
+
+} /* namespace */
+} /* namespace cv_attn */
+
+extern "C" int cuda_attn_supported(int n_heads, int n_kv_heads, int head_dim, cv_dtype kv_dtype,
+                                   cv_dtype q_dtype, cv_dtype out_dtype)
+{
+    const auto dtype_ok = [](cv_dtype t) {
+        return t == CV_DTYPE_F32 || t == CV_DTYPE_F16 || t == CV_DTYPE_BF16;
+    };
+    return n_kv_heads > 0 && n_heads % n_kv_heads == 0 && n_heads / n_kv_heads <= 16 &&
+           (head_dim == 64 || head_dim == 128) &&
+           (kv_dtype == CV_DTYPE_F16 || kv_dtype == CV_DTYPE_BF16) && dtype_ok(q_dtype) &&
+           dtype_ok(out_dtype);
+}
+
+extern "C" int cuda_attn_prefill(const cuda_attn_paged *a, int skip_single, cudaStream_t stream)
+{
+    using namespace cv_attn;
+    if (!cuda_attn_supported(a->n_heads, a->n_kv_heads, a->head_dim, a->kv_dtype, a->q_dtype,
+                             a->out_dtype) ||
+        a->ld_q % 8 != 0 || a->ld_out % 2 != 0 || a->out_lo_off % 2 != 0 || a->n_seqs <= 0 ||
+        a->block_size <= 0)
+        return (int)cudaErrorInvalidValue;
+    const bool f16 = a->kv_dtype == CV_DTYPE_F16;
+    if (a->head_dim == 64)
+        return f16 ? launch_prefill<__half, 64>(a, skip_single, stream)
+                   : launch_prefill<__nv_bfloat16, 64>(a, skip_single, stream);
+    return f16 ? launch_prefill<__half, 128>(a, skip_single, stream)
+               : launch_prefill<__nv_bfloat16, 128>(a, skip_single, stream);
+}
