@@ -44,6 +44,7 @@
 #include <vector>
 
 #include "backend/cuda/attn/attn.h"
+#include "backend/cuda/cuda_internal.h"
 
 #define CK(call)                                                                                   \
     do {                                                                                           \
@@ -142,6 +143,7 @@ struct attn_case {
     bool split_out;
     std::vector<seq_shape> seqs;
     float q_range = 2.0f; /* Q uniform in [-q_range, q_range]: larger is a sharper softmax */
+    int tile_rows = 0;    /* prefill query rows per CTA: 64, 128, 0 for the launcher's pick */
 };
 
 /* A batch on the host and the device: pool, tables, Q, output. */
@@ -293,7 +295,7 @@ int problem_run(const attn_case &c, problem &p, int partition, cudaStream_t st)
 {
     int rc = 0;
     if (c.mode == MODE_PREFILL || c.mode == MODE_MIXED)
-        rc = cuda_attn_prefill(&p.args, c.mode == MODE_MIXED, st);
+        rc = cuda_attn_prefill(&p.args, c.mode == MODE_MIXED, c.tile_rows, st);
     if (rc == 0 && (c.mode == MODE_DECODE || c.mode == MODE_MIXED))
         rc = cuda_attn_decode(&p.args, p.max_seq_len, partition, p.d_ws, st);
     return rc;
@@ -413,10 +415,20 @@ std::vector<attn_case> correctness_cases()
         {"decode hd64 G8 f16 bs8 split", 64, 8, 1, 8, F16, F32, F16, MODE_DECODE, 0, true, decode},
         {"prefill hd128 G4 bf16 sharp", 128, 8, 2, 16, BF, BF, BF, MODE_PREFILL, 0, false, prefill,
          16.0f},
+        {"prefill128 hd128 G4 bf16 q32", 128, 8, 2, 16, BF, F32, BF, MODE_PREFILL, 0, false,
+         prefill, 2.0f, 128},
+        {"prefill128 hd128 G8 f16 sharp", 128, 8, 1, 16, F16, F16, F16, MODE_PREFILL, 0, false,
+         prefill, 16.0f, 128},
+        {"prefill128 hd64 G1 bf16 bs8", 64, 4, 4, 8, BF, F32, BF, MODE_PREFILL, 0, false, prefill,
+         2.0f, 128},
+        {"prefill128 hd64 G8 f16 split", 64, 16, 2, 32, F16, F32, F16, MODE_PREFILL, 0, true,
+         prefill, 2.0f, 128},
         {"decode hd128 G4 f16 sharp", 128, 8, 2, 16, F16, F16, F16, MODE_DECODE, 64, false, decode,
          16.0f},
         {"mixed hd128 G4 bf16", 128, 8, 2, 16, BF, F32, BF, MODE_MIXED, 0, false, mixed},
         {"mixed hd64 G8 f16 out32", 64, 8, 1, 16, F16, F16, F32, MODE_MIXED, 64, false, mixed},
+        {"mixed128 hd128 G4 bf16", 128, 8, 2, 16, BF, F32, BF, MODE_MIXED, 0, false, mixed, 2.0f,
+         128},
     };
 }
 
@@ -434,7 +446,7 @@ int check_refusals()
     a.q_dtype = a.out_dtype = CV_DTYPE_F32;
     a.ld_q = a.ld_out = 768;
     int bad = 0;
-    bad += cuda_attn_prefill(&a, 0, 0) != (int)cudaErrorInvalidValue;
+    bad += cuda_attn_prefill(&a, 0, 0, 0) != (int)cudaErrorInvalidValue;
     a.head_dim = 128;
     a.kv_dtype = CV_DTYPE_F32;
     bad += cuda_attn_decode(&a, 100, 64, nullptr, 0) != (int)cudaErrorInvalidValue;
@@ -454,19 +466,17 @@ float median(std::vector<float> v)
     return v[v.size() / 2];
 }
 
-/* Median ms of one launch of the case's kernels, each repeat on the next
- * layer of an n_layers pool. */
-float time_case(const attn_case &c, problem &p, int partition, int reps)
+/* Median ms of launch(layer) over reps launches (after 3 warm-ups), each
+ * on the next layer of an n_layers pool. */
+template <typename F> float time_launches(int n_layers, int reps, F launch)
 {
     cudaEvent_t e0, e1;
     CK(cudaEventCreate(&e0));
     CK(cudaEventCreate(&e1));
     std::vector<float> ms;
     for (int r = -3; r < reps; r++) {
-        p.args.layer_off =
-            (size_t)((r + 3) % p.n_layers) * 2 * c.n_kv_heads * c.block_size * c.head_dim;
         CK(cudaEventRecord(e0));
-        const int rc = problem_run(c, p, partition, 0);
+        const int rc = launch((r + 3) % n_layers);
         CK(cudaEventRecord(e1));
         if (rc) {
             printf("launch failed: %s\n", cudaGetErrorString((cudaError_t)rc));
@@ -480,6 +490,62 @@ float time_case(const attn_case &c, problem &p, int partition, int reps)
     cudaEventDestroy(e0);
     cudaEventDestroy(e1);
     return median(ms);
+}
+
+/* The scalar kernel the backend runs today (cuda_attention), on the same
+ * batch, with the split count cuda_forward.c would choose: the baseline. */
+float time_scalar(const attn_case &c, problem &p, int reps)
+{
+    int dev = 0, n_sms = 0;
+    CK(cudaGetDevice(&dev));
+    CK(cudaDeviceGetAttribute(&n_sms, cudaDevAttrMultiProcessorCount, dev));
+    int splits = 1;
+    const int work = p.n_tokens * c.n_kv_heads, want = 8 * n_sms;
+    if (work < want) {
+        const int by_len = (p.max_seq_len + 31) / 32, by_work = (want + work - 1) / work;
+        while (splits < by_len && splits < 32)
+            splits *= 2;
+        splits = std::min(splits, by_work);
+    }
+    std::vector<int32_t> tok_seq(p.n_tokens);
+    for (int s = 0; s < p.n_seqs; s++)
+        for (int t = p.query_start[s]; t < p.query_start[s + 1]; t++)
+            tok_seq[t] = s;
+    int32_t *d_tok_seq = nullptr;
+    float *partial = nullptr;
+    CK(cudaMalloc(&d_tok_seq, tok_seq.size() * 4));
+    CK(cudaMemcpy(d_tok_seq, tok_seq.data(), tok_seq.size() * 4, cudaMemcpyHostToDevice));
+    if (splits > 1)
+        CK(cudaMalloc(&partial, (size_t)p.n_tokens * c.n_heads * splits * (c.head_dim + 2) * 4));
+    cuda_attn_args o;
+    memset(&o, 0, sizeof o);
+    o.n_tokens = p.n_tokens;
+    o.n_heads = c.n_heads;
+    o.n_kv_heads = c.n_kv_heads;
+    o.head_dim = c.head_dim;
+    o.block_size = c.block_size;
+    o.max_blocks_per_seq = p.max_blocks;
+    o.tok_seq = d_tok_seq;
+    o.query_start = p.d_qs;
+    o.seq_lens = p.d_lens;
+    o.block_tables = p.d_tables;
+    o.qkv = (const float *)p.d_q;
+    o.ld_qkv = p.args.ld_q;
+    o.kv = p.d_pool;
+    o.kv_dtype = c.kv;
+    o.block_elems = p.block_elems;
+    o.scale = p.args.scale;
+    o.out = p.d_out;
+    o.out_dtype = c.out;
+    o.n_splits = splits;
+    o.partial = partial;
+    const float ms = time_launches(p.n_layers, reps, [&](int layer) {
+        o.layer_off = (size_t)layer * 2 * c.n_kv_heads * c.block_size * c.head_dim;
+        return cuda_attention(&o, 0);
+    });
+    cudaFree(d_tok_seq);
+    cudaFree(partial);
+    return ms;
 }
 
 /* Device-to-device copy bandwidth (read + write bytes / s) of 1 GiB. */
@@ -520,45 +586,27 @@ void bench()
         int n_seqs;
         seq_shape shape;
     };
+    const auto pf = [&](const char *name, int hd, int nh, int nkv, int tile_rows) {
+        return attn_case{name, hd,           nh, nkv,   16, BF,   F32,
+                         BF,   MODE_PREFILL, 0,  false, {}, 2.0f, tile_rows};
+    };
+    const auto dc = [&](const char *name, int hd, int nh, int nkv) {
+        return attn_case{name, hd, nh, nkv, 16, BF, F32, BF, MODE_DECODE, 0, false, {}};
+    };
     const std::vector<bench_case> cases = {
-        {{"prefill 1 x 4096 hd128 32/8", 128, 32, 8, 16, BF, F32, BF, MODE_PREFILL, 0, false, {}},
-         1,
-         {0, 4096}},
-        {{"prefill 8 x 1024 hd128 32/8", 128, 32, 8, 16, BF, F32, BF, MODE_PREFILL, 0, false, {}},
-         8,
-         {0, 1024}},
-        {{"chunk 4 x (3072+1024) hd128 32/8",
-          128,
-          32,
-          8,
-          16,
-          BF,
-          F32,
-          BF,
-          MODE_PREFILL,
-          0,
-          false,
-          {}},
-         4,
-         {3072, 1024}},
-        {{"prefill 4 x 2048 hd64 32/8", 64, 32, 8, 16, BF, F32, BF, MODE_PREFILL, 0, false, {}},
-         4,
-         {0, 2048}},
-        {{"decode 256 x 1100 hd128 32/8", 128, 32, 8, 16, BF, F32, BF, MODE_DECODE, 0, false, {}},
-         256,
-         {1099, 1}},
-        {{"decode 64 x 1100 hd128 32/8", 128, 32, 8, 16, BF, F32, BF, MODE_DECODE, 0, false, {}},
-         64,
-         {1099, 1}},
-        {{"decode 16 x 4096 hd128 32/8", 128, 32, 8, 16, BF, F32, BF, MODE_DECODE, 0, false, {}},
-         16,
-         {4095, 1}},
-        {{"decode 1 x 4096 hd128 32/8", 128, 32, 8, 16, BF, F32, BF, MODE_DECODE, 0, false, {}},
-         1,
-         {4095, 1}},
-        {{"decode 256 x 1100 hd64 32/32", 64, 32, 32, 16, BF, F32, BF, MODE_DECODE, 0, false, {}},
-         256,
-         {1099, 1}},
+        {pf("prefill 1 x 4096 hd128 32/8 t64", 128, 32, 8, 64), 1, {0, 4096}},
+        {pf("prefill 1 x 4096 hd128 32/8 t128", 128, 32, 8, 128), 1, {0, 4096}},
+        {pf("prefill 8 x 1024 hd128 32/8 auto", 128, 32, 8, 0), 8, {0, 1024}},
+        {pf("prefill 16 x 512 hd128 32/8 auto", 128, 32, 8, 0), 16, {0, 512}},
+        {pf("chunk 4 x (3072+1024) hd128 auto", 128, 32, 8, 0), 4, {3072, 1024}},
+        {pf("chunk 64 x (1024+64) hd128 auto", 128, 32, 8, 0), 64, {1024, 64}},
+        {pf("prefill 4 x 2048 hd64 32/8 t64", 64, 32, 8, 64), 4, {0, 2048}},
+        {pf("prefill 4 x 2048 hd64 32/8 t128", 64, 32, 8, 128), 4, {0, 2048}},
+        {dc("decode 256 x 1100 hd128 32/8", 128, 32, 8), 256, {1099, 1}},
+        {dc("decode 64 x 1100 hd128 32/8", 128, 32, 8), 64, {1099, 1}},
+        {dc("decode 16 x 4096 hd128 32/8", 128, 32, 8), 16, {4095, 1}},
+        {dc("decode 1 x 4096 hd128 32/8", 128, 32, 8), 1, {4095, 1}},
+        {dc("decode 256 x 1100 hd64 32/32", 64, 32, 32), 256, {1099, 1}},
     };
     for (const bench_case &bc : cases) {
         attn_case c = bc.c;
@@ -572,19 +620,26 @@ void bench()
         const int partition = decode_partition(c, p);
         const size_t ws = cuda_attn_decode_workspace_floats(&p.args, p.max_seq_len, partition);
         if (ws) CK(cudaMalloc(&p.d_ws, ws * sizeof(float)));
-        const float ms = time_case(c, p, partition, 30);
+        const float ms = time_launches(p.n_layers, 30, [&](int layer) {
+            p.args.layer_off = (size_t)layer * 2 * c.n_kv_heads * c.block_size * c.head_dim;
+            return problem_run(c, p, partition, 0);
+        });
+        /* The scalar kernel is slow on long prefills: fewer repeats. */
+        const float old_ms = time_scalar(c, p, c.mode == MODE_PREFILL ? 5 : 30);
         if (c.mode == MODE_PREFILL) {
             double pairs = 0.0; /* (query, key) products, causal */
             for (int s = 0; s < p.n_seqs; s++)
                 for (int i = 0; i < bc.shape.fresh; i++)
                     pairs += bc.shape.cached + i + 1;
             const double flops = 4.0 * pairs * c.head_dim * c.n_heads;
-            printf("%-36s %8.3f ms  %6.1f TFLOP/s\n", c.name, ms, flops / (ms * 1e-3) / 1e12);
+            printf("%-36s %8.3f ms  %6.1f TFLOP/s   scalar kernel %8.3f ms (%.1fx)\n", c.name, ms,
+                   flops / (ms * 1e-3) / 1e12, old_ms, old_ms / ms);
         } else {
             const double bytes = layer_bytes + (double)p.n_tokens * c.n_heads * c.head_dim * 6;
             const double gbs = bytes / (ms * 1e-3) / 1e9;
-            printf("%-36s %8.3f ms  %6.0f GB/s  (%.0f%% of copy; partition %d)\n", c.name, ms, gbs,
-                   100.0 * gbs / copy, partition);
+            printf("%-36s %8.3f ms  %6.0f GB/s  (%.0f%% of copy; partition %d)   scalar kernel "
+                   "%8.3f ms (%.1fx)\n",
+                   c.name, ms, gbs, 100.0 * gbs / copy, partition, old_ms, old_ms / ms);
         }
         problem_free(p);
     }

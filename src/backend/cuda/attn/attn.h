@@ -73,8 +73,11 @@ int cuda_attn_supported(int n_heads, int n_kv_heads, int head_dim, cv_dtype kv_d
 /* Prefill / chunked prefill: every query token of every sequence. With
  * skip_single != 0, sequences of exactly one query token are left alone
  * (a mixed step runs them through cuda_attn_decode instead). One CTA per
- * (64-row query tile of a sequence, query head). */
-int cuda_attn_prefill(const cuda_attn_paged *a, int skip_single, cudaStream_t stream);
+ * (query tile of tile_rows rows of a sequence, query head): tile_rows 64 or
+ * 128, or 0 to pick from the batch's shape (128 when the average chunk
+ * fills it and the grid still fills the GPU). */
+int cuda_attn_prefill(const cuda_attn_paged *a, int skip_single, int tile_rows,
+                      cudaStream_t stream);
 
 /* Keys per decode partition for this batch: 512 when the grid is large
  * enough, halved (down to 64) until there are ~4 CTAs per SM. */

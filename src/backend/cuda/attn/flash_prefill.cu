@@ -29,24 +29,34 @@ namespace cv_attn
 namespace
 {
 
-constexpr int PF_BM = 64, PF_BN = 64, PF_WARPS = 4, PF_THREADS = PF_WARPS * 32;
+constexpr int PF_WARPS = 4, PF_THREADS = PF_WARPS * 32;
+/* Keys per tile with 128-row tiles: 32 at head_dim 128 keeps S at 32
+ * registers a lane beside O's 128 (no spills), 64 at head_dim 64. */
+template <int HD> constexpr int PF_BN_FOR = HD == 128 ? 32 : 64;
 
-template <int HD> constexpr size_t prefill_smem_bytes()
+/* Tile shapes: WM m16 row tiles per warp (BM = 64 WM query rows per CTA),
+ * BN keys per K/V tile. Two row tiles per warp halve the shared-memory
+ * reads of K and V per mma (each B fragment feeds two mmas); with head_dim
+ * 128 the Q fragments are then re-read from shared memory per k-step
+ * instead of held (registers: O 128 + S 64 per lane). */
+template <int HD, int WM, int BN> constexpr size_t prefill_smem_bytes()
 {
     /* Q tile, then K[2], then V[2]; 16-bit elements. */
-    return (size_t)(PF_BM + 4 * PF_BN) * (HD + PAD) * 2;
+    return (size_t)(64 * WM + 4 * BN) * (HD + PAD) * 2;
 }
 
-template <typename T, int HD>
+template <typename T, int HD, int WM, int BN>
 __global__ void __launch_bounds__(PF_THREADS) prefill_kernel(cuda_attn_paged a, int skip_single)
 {
+    constexpr int BM = 16 * WM * PF_WARPS;
     constexpr int LD = HD + PAD, CH = HD / 8;
     constexpr int NK16 = HD / 16; /* k-steps of S = Q K^T */
-    constexpr int NS8 = PF_BN / 8, NO8 = HD / 8;
+    constexpr int NS8 = BN / 8, NO8 = HD / 8;
+    constexpr bool Q_IN_REGS = WM * HD <= 128;
     extern __shared__ __align__(16) unsigned char smem_raw[];
     T *qs = reinterpret_cast<T *>(smem_raw);
-    T *ks = qs + PF_BM * LD;
-    T *vs = ks + 2 * PF_BN * LD;
+    T *ks = qs + BM * LD;
+    T *vs = ks + 2 * BN * LD;
 
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
     const int tile = gridDim.x - 1 - blockIdx.x; /* last tiles (most keys) first */
@@ -55,35 +65,34 @@ __global__ void __launch_bounds__(PF_THREADS) prefill_kernel(cuda_attn_paged a, 
     int lo = 0, hi = a.n_seqs - 1;
     while (lo < hi) {
         const int mid = (lo + hi + 1) >> 1;
-        if (a.query_start[mid] / PF_BM + mid <= tile)
+        if (a.query_start[mid] / BM + mid <= tile)
             lo = mid;
         else
             hi = mid - 1;
     }
     const int s = lo;
     const int q0 = a.query_start[s], qlen = a.query_start[s + 1] - q0;
-    const int row0 = (tile - (q0 / PF_BM + s)) * PF_BM;
+    const int row0 = (tile - (q0 / BM + s)) * BM;
     if (row0 >= qlen || (skip_single && qlen == 1)) return;
-    const int n_rows = min(PF_BM, qlen - row0);
+    const int n_rows = min(BM, qlen - row0);
     const int first_pos = a.seq_lens[s] - qlen + row0; /* position of row 0 */
     const int kv_end = first_pos + n_rows;             /* keys [0, kv_end) */
     const int32_t *table = a.block_tables + (size_t)s * a.max_blocks_per_seq;
     const T *kv_layer = static_cast<const T *>(a.kv) + a.layer_off;
     const size_t k_off = (size_t)g * a.block_size * HD;
     const size_t v_off = (size_t)(a.n_kv_heads + g) * a.block_size * HD;
-    const int n_tiles = (kv_end + PF_BN - 1) / PF_BN;
+    const int n_tiles = (kv_end + BN - 1) / BN;
 
-    load_kv_tile<T, HD, PF_BN, PF_THREADS>(ks, kv_layer, table, a.block_size, a.block_elems, k_off,
-                                           0, kv_end, tid);
+    load_kv_tile<T, HD, BN, PF_THREADS>(ks, kv_layer, table, a.block_size, a.block_elems, k_off, 0,
+                                        kv_end, tid);
     cp_async_commit();
-    load_kv_tile<T, HD, PF_BN, PF_THREADS>(vs, kv_layer, table, a.block_size, a.block_elems, v_off,
-                                           0, kv_end, tid);
+    load_kv_tile<T, HD, BN, PF_THREADS>(vs, kv_layer, table, a.block_size, a.block_elems, v_off, 0,
+                                        kv_end, tid);
     cp_async_commit();
 
-    /* Q tile (rows past the chunk zeroed) through shared memory into A
-     * fragments. */
+    /* Q tile (rows past the chunk zeroed) into shared memory. */
     const size_t qe = a.q_dtype == CV_DTYPE_F32 ? 4 : 2;
-    for (int c = tid; c < PF_BM * CH; c += PF_THREADS) {
+    for (int c = tid; c < BM * CH; c += PF_THREADS) {
         const int r = c / CH, col = (c % CH) * 8;
         uint4 v = make_uint4(0, 0, 0, 0);
         if (r < n_rows) {
@@ -94,119 +103,183 @@ __global__ void __launch_bounds__(PF_THREADS) prefill_kernel(cuda_attn_paged a, 
         *reinterpret_cast<uint4 *>(qs + r * LD + col) = v;
     }
     __syncthreads();
-    uint32_t qf[NK16][4];
+    /* This warp's rows: BM / 4 consecutive rows from wrow0; row tile w of
+     * the warp starts at wrow0 + 16 w. */
+    const int wrow0 = warp * 16 * WM;
+    const T *q_lane = qs + (wrow0 + (lane & 15)) * LD + (lane >> 4) * 8;
+    uint32_t qf[Q_IN_REGS ? WM : 1][Q_IN_REGS ? NK16 : 1][4];
+    if constexpr (Q_IN_REGS) {
 #pragma unroll
-    for (int kk = 0; kk < NK16; kk++)
-        ldsm_x4(qf[kk], qs + (warp * 16 + (lane & 15)) * LD + kk * 16 + (lane >> 4) * 8);
+        for (int w = 0; w < WM; w++)
+#pragma unroll
+            for (int kk = 0; kk < NK16; kk++)
+                ldsm_x4(qf[w][kk], q_lane + w * 16 * LD + kk * 16);
+    }
 
     const float scale_log2 = a.scale * 1.4426950408889634f;
-    float o[NO8][4];
+    float o[WM][NO8][4];
+    float m[WM][2], l[WM][2];
 #pragma unroll
-    for (int d = 0; d < NO8; d++)
-        o[d][0] = o[d][1] = o[d][2] = o[d][3] = 0.0f;
-    float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
-    /* This lane's rows (gid, gid + 8 of the warp's 16) as positions. */
-    const int pos_r0 = first_pos + warp * 16 + (lane >> 2);
+    for (int w = 0; w < WM; w++) {
+#pragma unroll
+        for (int d = 0; d < NO8; d++)
+            o[w][d][0] = o[w][d][1] = o[w][d][2] = o[w][d][3] = 0.0f;
+        m[w][0] = m[w][1] = -INFINITY;
+        l[w][0] = l[w][1] = 0.0f;
+    }
+    /* Position of this lane's first row (gid of the warp's first row tile). */
+    const int pos_lane = first_pos + wrow0 + (lane >> 2);
 
     for (int it = 0; it < n_tiles; it++) {
-        const int buf = it & 1, n0 = it * PF_BN;
-        const T *kb = ks + buf * PF_BN * LD;
-        const T *vb = vs + buf * PF_BN * LD;
+        const int buf = it & 1, n0 = it * BN;
+        const T *kb = ks + buf * BN * LD;
+        const T *vb = vs + buf * BN * LD;
         cp_async_wait<1>(); /* K[it] landed (V[it] may be in flight) */
         __syncthreads();
 
-        float sc[NS8][4];
+        float sc[WM][NS8][4];
 #pragma unroll
-        for (int j = 0; j < NS8; j++)
-            sc[j][0] = sc[j][1] = sc[j][2] = sc[j][3] = 0.0f;
+        for (int w = 0; w < WM; w++)
+#pragma unroll
+            for (int j = 0; j < NS8; j++)
+                sc[w][j][0] = sc[w][j][1] = sc[w][j][2] = sc[w][j][3] = 0.0f;
 #pragma unroll
         for (int kk = 0; kk < NK16; kk++) {
+            uint32_t qa[WM][4];
 #pragma unroll
-            for (int nn = 0; nn < PF_BN / 16; nn++) {
+            for (int w = 0; w < WM; w++) {
+                if constexpr (Q_IN_REGS) {
+#pragma unroll
+                    for (int i = 0; i < 4; i++)
+                        qa[w][i] = qf[w][kk][i];
+                } else {
+                    ldsm_x4(qa[w], q_lane + w * 16 * LD + kk * 16);
+                }
+            }
+#pragma unroll
+            for (int nn = 0; nn < BN / 16; nn++) {
                 uint32_t b[4];
                 ldsm_x4(b, kb + (nn * 16 + (lane & 7) + ((lane >> 4) << 3)) * LD + kk * 16 +
                                ((lane >> 3) & 1) * 8);
-                mma16816<T>(sc[2 * nn], qf[kk], b[0], b[1]);
-                mma16816<T>(sc[2 * nn + 1], qf[kk], b[2], b[3]);
+#pragma unroll
+                for (int w = 0; w < WM; w++) {
+                    mma16816<T>(sc[w][2 * nn], qa[w], b[0], b[1]);
+                    mma16816<T>(sc[w][2 * nn + 1], qa[w], b[2], b[3]);
+                }
             }
         }
         /* K[it + 1] into the buffer S(it - 1) read: every warp passed this
          * tile's barrier, so S(it - 1) is done. An empty group keeps the
          * wait counts uniform on the last tile. */
         if (it + 1 < n_tiles)
-            load_kv_tile<T, HD, PF_BN, PF_THREADS>(ks + (buf ^ 1) * PF_BN * LD, kv_layer, table,
-                                                   a.block_size, a.block_elems, k_off, n0 + PF_BN,
-                                                   kv_end, tid);
+            load_kv_tile<T, HD, BN, PF_THREADS>(ks + (buf ^ 1) * BN * LD, kv_layer, table,
+                                                a.block_size, a.block_elems, k_off, n0 + BN, kv_end,
+                                                tid);
         cp_async_commit();
 
         /* Key n0 + c is visible to the row at position p iff n0 + c <= p.
          * Only tiles reaching past the first row's position need it; keys
          * >= kv_end exceed every real row's position. */
-        if (n0 + PF_BN - 1 > first_pos) {
+        if (n0 + BN - 1 > first_pos) {
 #pragma unroll
-            for (int j = 0; j < NS8; j++)
+            for (int w = 0; w < WM; w++)
 #pragma unroll
-                for (int e = 0; e < 4; e++) {
-                    const int key = n0 + j * 8 + 2 * (lane & 3) + (e & 1);
-                    if (key > pos_r0 + (e >> 1) * 8) sc[j][e] = -INFINITY;
-                }
+                for (int j = 0; j < NS8; j++)
+#pragma unroll
+                    for (int e = 0; e < 4; e++) {
+                        const int key = n0 + j * 8 + 2 * (lane & 3) + (e & 1);
+                        if (key > pos_lane + w * 16 + (e >> 1) * 8) sc[w][j][e] = -INFINITY;
+                    }
         }
-        softmax_step<NS8, NO8>(sc, o, m, l, scale_log2);
+#pragma unroll
+        for (int w = 0; w < WM; w++)
+            softmax_step<NS8, NO8>(sc[w], o[w], m[w], l[w], scale_log2);
 
         cp_async_wait<1>(); /* V[it] landed (K[it + 1] may be in flight) */
         __syncthreads();
 #pragma unroll
-        for (int kc = 0; kc < PF_BN / 16; kc++) {
-            const uint32_t pa[4] = {pack2<T>(sc[2 * kc][0], sc[2 * kc][1]),
-                                    pack2<T>(sc[2 * kc][2], sc[2 * kc][3]),
-                                    pack2<T>(sc[2 * kc + 1][0], sc[2 * kc + 1][1]),
-                                    pack2<T>(sc[2 * kc + 1][2], sc[2 * kc + 1][3])};
+        for (int kc = 0; kc < BN / 16; kc++) {
+            uint32_t pa[WM][4];
+#pragma unroll
+            for (int w = 0; w < WM; w++) {
+                pa[w][0] = pack2<T>(sc[w][2 * kc][0], sc[w][2 * kc][1]);
+                pa[w][1] = pack2<T>(sc[w][2 * kc][2], sc[w][2 * kc][3]);
+                pa[w][2] = pack2<T>(sc[w][2 * kc + 1][0], sc[w][2 * kc + 1][1]);
+                pa[w][3] = pack2<T>(sc[w][2 * kc + 1][2], sc[w][2 * kc + 1][3]);
+            }
 #pragma unroll
             for (int dn = 0; dn < HD / 16; dn++) {
                 uint32_t b[4];
                 ldsm_x4_trans(b, vb + (kc * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * LD +
                                      dn * 16 + (lane >> 4) * 8);
-                mma16816<T>(o[2 * dn], pa, b[0], b[1]);
-                mma16816<T>(o[2 * dn + 1], pa, b[2], b[3]);
+#pragma unroll
+                for (int w = 0; w < WM; w++) {
+                    mma16816<T>(o[w][2 * dn], pa[w], b[0], b[1]);
+                    mma16816<T>(o[w][2 * dn + 1], pa[w], b[2], b[3]);
+                }
             }
         }
         /* V[it + 1] into the buffer P.V(it - 1) read (done before this
          * tile's first barrier). */
         if (it + 1 < n_tiles)
-            load_kv_tile<T, HD, PF_BN, PF_THREADS>(vs + (buf ^ 1) * PF_BN * LD, kv_layer, table,
-                                                   a.block_size, a.block_elems, v_off, n0 + PF_BN,
-                                                   kv_end, tid);
+            load_kv_tile<T, HD, BN, PF_THREADS>(vs + (buf ^ 1) * BN * LD, kv_layer, table,
+                                                a.block_size, a.block_elems, v_off, n0 + BN, kv_end,
+                                                tid);
         cp_async_commit();
     }
     cp_async_wait<0>();
 
 #pragma unroll
-    for (int r = 0; r < 2; r++) {
-        const int row = warp * 16 + (lane >> 2) + r * 8;
-        const float inv = 1.0f / quad_sum(l[r]);
-        if (row >= n_rows) continue;
-        const size_t base = (size_t)(q0 + row0 + row) * a.ld_out + (size_t)h * HD + 2 * (lane & 3);
+    for (int w = 0; w < WM; w++)
 #pragma unroll
-        for (int d = 0; d < NO8; d++)
-            store2(a.out, base + d * 8, a.out_dtype, a.out_lo_off, o[d][2 * r] * inv,
-                   o[d][2 * r + 1] * inv);
-    }
+        for (int r = 0; r < 2; r++) {
+            const int row = wrow0 + w * 16 + (lane >> 2) + r * 8;
+            const float inv = 1.0f / quad_sum(l[w][r]);
+            if (row >= n_rows) continue;
+            const size_t base =
+                (size_t)(q0 + row0 + row) * a.ld_out + (size_t)h * HD + 2 * (lane & 3);
+#pragma unroll
+            for (int d = 0; d < NO8; d++)
+                store2(a.out, base + d * 8, a.out_dtype, a.out_lo_off, o[w][d][2 * r] * inv,
+                       o[w][d][2 * r + 1] * inv);
+        }
 }
 
-template <typename T, int HD>
+template <typename T, int HD, int WM, int BN>
 int launch_prefill(const cuda_attn_paged *a, int skip_single, cudaStream_t stream)
 {
-    constexpr size_t smem = prefill_smem_bytes<HD>();
+    constexpr size_t smem = prefill_smem_bytes<HD, WM, BN>();
     static bool attr_set = false;
     if (!attr_set) {
         const cudaError_t e = cudaFuncSetAttribute(
-            prefill_kernel<T, HD>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+            prefill_kernel<T, HD, WM, BN>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
         if (e != cudaSuccess) return (int)e;
         attr_set = true;
     }
-    const dim3 grid(a->n_tokens / PF_BM + a->n_seqs, a->n_heads);
-    prefill_kernel<T, HD><<<grid, PF_THREADS, smem, stream>>>(*a, skip_single);
+    const dim3 grid(a->n_tokens / (64 * WM) + a->n_seqs, a->n_heads);
+    prefill_kernel<T, HD, WM, BN><<<grid, PF_THREADS, smem, stream>>>(*a, skip_single);
     return (int)cudaGetLastError();
+}
+
+/* tile_rows 0: 128-row tiles when the chunks are long enough to fill them
+ * and the grid still has two CTAs per SM, 64-row tiles otherwise. */
+template <typename T, int HD>
+int launch_prefill_any(const cuda_attn_paged *a, int skip_single, int tile_rows,
+                       cudaStream_t stream)
+{
+    if (tile_rows == 64) return launch_prefill<T, HD, 1, 64>(a, skip_single, stream);
+    if (tile_rows == 128) return launch_prefill<T, HD, 2, PF_BN_FOR<HD>>(a, skip_single, stream);
+    static int n_sms = 0;
+    if (n_sms == 0) {
+        int dev = 0;
+        if (cudaGetDevice(&dev) != cudaSuccess ||
+            cudaDeviceGetAttribute(&n_sms, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess)
+            n_sms = 132;
+    }
+    const bool big =
+        a->n_tokens >= 96 * a->n_seqs && (long)(a->n_tokens / 128) * a->n_heads >= 2L * n_sms;
+    return big ? launch_prefill<T, HD, 2, PF_BN_FOR<HD>>(a, skip_single, stream)
+               : launch_prefill<T, HD, 1, 64>(a, skip_single, stream);
 }
 
 } /* namespace */
@@ -224,7 +297,8 @@ extern "C" int cuda_attn_supported(int n_heads, int n_kv_heads, int head_dim, cv
            dtype_ok(out_dtype);
 }
 
-extern "C" int cuda_attn_prefill(const cuda_attn_paged *a, int skip_single, cudaStream_t stream)
+extern "C" int cuda_attn_prefill(const cuda_attn_paged *a, int skip_single, int tile_rows,
+                                 cudaStream_t stream)
 {
     using namespace cv_attn;
     if (!cuda_attn_supported(a->n_heads, a->n_kv_heads, a->head_dim, a->kv_dtype, a->q_dtype,
@@ -234,8 +308,8 @@ extern "C" int cuda_attn_prefill(const cuda_attn_paged *a, int skip_single, cuda
         return (int)cudaErrorInvalidValue;
     const bool f16 = a->kv_dtype == CV_DTYPE_F16;
     if (a->head_dim == 64)
-        return f16 ? launch_prefill<__half, 64>(a, skip_single, stream)
-                   : launch_prefill<__nv_bfloat16, 64>(a, skip_single, stream);
-    return f16 ? launch_prefill<__half, 128>(a, skip_single, stream)
-               : launch_prefill<__nv_bfloat16, 128>(a, skip_single, stream);
+        return f16 ? launch_prefill_any<__half, 64>(a, skip_single, tile_rows, stream)
+                   : launch_prefill_any<__nv_bfloat16, 64>(a, skip_single, tile_rows, stream);
+    return f16 ? launch_prefill_any<__half, 128>(a, skip_single, tile_rows, stream)
+               : launch_prefill_any<__nv_bfloat16, 128>(a, skip_single, tile_rows, stream);
 }
