@@ -45,6 +45,74 @@ template <int HD, int WM, int BN> constexpr size_t prefill_smem_bytes()
     return (size_t)(64 * WM + 4 * BN) * (HD + PAD) * 2;
 }
 
+/* S += Q K^T for a warp's WM row tiles against a K tile of BN keys (kb):
+ * each K fragment pair feeds WM mmas. Q comes from qf, or with !Q_IN_REGS
+ * from shared memory at q_lane (this lane's ldmatrix row address). */
+template <typename T, int HD, int WM, int BN, bool Q_IN_REGS, int QW, int QK>
+__device__ __forceinline__ void tile_scores(float (&sc)[WM][BN / 8][4],
+                                            const uint32_t (&qf)[QW][QK][4], const T *q_lane,
+                                            const T *kb, int lane)
+{
+    constexpr int LD = HD + PAD;
+#pragma unroll
+    for (int kk = 0; kk < HD / 16; kk++) {
+        uint32_t qa[WM][4];
+#pragma unroll
+        for (int w = 0; w < WM; w++) {
+            if constexpr (Q_IN_REGS) {
+#pragma unroll
+                for (int i = 0; i < 4; i++)
+                    qa[w][i] = qf[w][kk][i];
+            } else {
+                ldsm_x4(qa[w], q_lane + w * 16 * LD + kk * 16);
+            }
+        }
+#pragma unroll
+        for (int nn = 0; nn < BN / 16; nn++) {
+            uint32_t b[4];
+            ldsm_x4(b, kb + (nn * 16 + (lane & 7) + ((lane >> 4) << 3)) * LD + kk * 16 +
+                           ((lane >> 3) & 1) * 8);
+#pragma unroll
+            for (int w = 0; w < WM; w++) {
+                mma16816<T>(sc[w][2 * nn], qa[w], b[0], b[1]);
+                mma16816<T>(sc[w][2 * nn + 1], qa[w], b[2], b[3]);
+            }
+        }
+    }
+}
+
+/* O += P V: P (the softmaxed C fragments of S, rounded to T) is the A
+ * operand as it stands; V fragments (ldmatrix.trans of the V tile vb) feed
+ * WM mmas each. */
+template <typename T, int HD, int WM, int BN>
+__device__ __forceinline__ void tile_pv(float (&o)[WM][HD / 8][4], const float (&sc)[WM][BN / 8][4],
+                                        const T *vb, int lane)
+{
+    constexpr int LD = HD + PAD;
+#pragma unroll
+    for (int kc = 0; kc < BN / 16; kc++) {
+        uint32_t pa[WM][4];
+#pragma unroll
+        for (int w = 0; w < WM; w++) {
+            pa[w][0] = pack2<T>(sc[w][2 * kc][0], sc[w][2 * kc][1]);
+            pa[w][1] = pack2<T>(sc[w][2 * kc][2], sc[w][2 * kc][3]);
+            pa[w][2] = pack2<T>(sc[w][2 * kc + 1][0], sc[w][2 * kc + 1][1]);
+            pa[w][3] = pack2<T>(sc[w][2 * kc + 1][2], sc[w][2 * kc + 1][3]);
+        }
+#pragma unroll
+        for (int dn = 0; dn < HD / 16; dn++) {
+            uint32_t b[4];
+            ldsm_x4_trans(b, vb + (kc * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * LD + dn * 16 +
+                                 (lane >> 4) * 8);
+#pragma unroll
+            for (int w = 0; w < WM; w++) {
+                mma16816<T>(o[w][2 * dn], pa[w], b[0], b[1]);
+                mma16816<T>(o[w][2 * dn + 1], pa[w], b[2], b[3]);
+            }
+        }
+    }
+}
+
 template <typename T, int HD, int WM, int BN>
 __global__ void __launch_bounds__(PF_THREADS) prefill_kernel(cuda_attn_paged a, int skip_single)
 {
@@ -137,37 +205,17 @@ __global__ void __launch_bounds__(PF_THREADS) prefill_kernel(cuda_attn_paged a, 
         cp_async_wait<1>(); /* K[it] landed (V[it] may be in flight) */
         __syncthreads();
 
+        /* A warp whose rows all precede this tile's first key (the
+         * diagonal's upper side) or lie past the chunk adds nothing: it only
+         * takes part in the loads and barriers. */
+        const bool active = wrow0 < n_rows && n0 <= first_pos + wrow0 + 16 * WM - 1;
         float sc[WM][NS8][4];
 #pragma unroll
         for (int w = 0; w < WM; w++)
 #pragma unroll
             for (int j = 0; j < NS8; j++)
                 sc[w][j][0] = sc[w][j][1] = sc[w][j][2] = sc[w][j][3] = 0.0f;
-#pragma unroll
-        for (int kk = 0; kk < NK16; kk++) {
-            uint32_t qa[WM][4];
-#pragma unroll
-            for (int w = 0; w < WM; w++) {
-                if constexpr (Q_IN_REGS) {
-#pragma unroll
-                    for (int i = 0; i < 4; i++)
-                        qa[w][i] = qf[w][kk][i];
-                } else {
-                    ldsm_x4(qa[w], q_lane + w * 16 * LD + kk * 16);
-                }
-            }
-#pragma unroll
-            for (int nn = 0; nn < BN / 16; nn++) {
-                uint32_t b[4];
-                ldsm_x4(b, kb + (nn * 16 + (lane & 7) + ((lane >> 4) << 3)) * LD + kk * 16 +
-                               ((lane >> 3) & 1) * 8);
-#pragma unroll
-                for (int w = 0; w < WM; w++) {
-                    mma16816<T>(sc[w][2 * nn], qa[w], b[0], b[1]);
-                    mma16816<T>(sc[w][2 * nn + 1], qa[w], b[2], b[3]);
-                }
-            }
-        }
+        if (active) tile_scores<T, HD, WM, BN, Q_IN_REGS>(sc, qf, q_lane, kb, lane);
         /* K[it + 1] into the buffer S(it - 1) read: every warp passed this
          * tile's barrier, so S(it - 1) is done. An empty group keeps the
          * wait counts uniform on the last tile. */
@@ -180,45 +228,26 @@ __global__ void __launch_bounds__(PF_THREADS) prefill_kernel(cuda_attn_paged a, 
         /* Key n0 + c is visible to the row at position p iff n0 + c <= p.
          * Only tiles reaching past the first row's position need it; keys
          * >= kv_end exceed every real row's position. */
-        if (n0 + BN - 1 > first_pos) {
+        if (active) {
+            if (n0 + BN - 1 > first_pos) {
+#pragma unroll
+                for (int w = 0; w < WM; w++)
+#pragma unroll
+                    for (int j = 0; j < NS8; j++)
+#pragma unroll
+                        for (int e = 0; e < 4; e++) {
+                            const int key = n0 + j * 8 + 2 * (lane & 3) + (e & 1);
+                            if (key > pos_lane + w * 16 + (e >> 1) * 8) sc[w][j][e] = -INFINITY;
+                        }
+            }
 #pragma unroll
             for (int w = 0; w < WM; w++)
-#pragma unroll
-                for (int j = 0; j < NS8; j++)
-#pragma unroll
-                    for (int e = 0; e < 4; e++) {
-                        const int key = n0 + j * 8 + 2 * (lane & 3) + (e & 1);
-                        if (key > pos_lane + w * 16 + (e >> 1) * 8) sc[w][j][e] = -INFINITY;
-                    }
+                softmax_step<NS8, NO8>(sc[w], o[w], m[w], l[w], scale_log2);
         }
-#pragma unroll
-        for (int w = 0; w < WM; w++)
-            softmax_step<NS8, NO8>(sc[w], o[w], m[w], l[w], scale_log2);
 
         cp_async_wait<1>(); /* V[it] landed (K[it + 1] may be in flight) */
         __syncthreads();
-#pragma unroll
-        for (int kc = 0; kc < BN / 16; kc++) {
-            uint32_t pa[WM][4];
-#pragma unroll
-            for (int w = 0; w < WM; w++) {
-                pa[w][0] = pack2<T>(sc[w][2 * kc][0], sc[w][2 * kc][1]);
-                pa[w][1] = pack2<T>(sc[w][2 * kc][2], sc[w][2 * kc][3]);
-                pa[w][2] = pack2<T>(sc[w][2 * kc + 1][0], sc[w][2 * kc + 1][1]);
-                pa[w][3] = pack2<T>(sc[w][2 * kc + 1][2], sc[w][2 * kc + 1][3]);
-            }
-#pragma unroll
-            for (int dn = 0; dn < HD / 16; dn++) {
-                uint32_t b[4];
-                ldsm_x4_trans(b, vb + (kc * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * LD +
-                                     dn * 16 + (lane >> 4) * 8);
-#pragma unroll
-                for (int w = 0; w < WM; w++) {
-                    mma16816<T>(o[w][2 * dn], pa[w], b[0], b[1]);
-                    mma16816<T>(o[w][2 * dn + 1], pa[w], b[2], b[3]);
-                }
-            }
-        }
+        if (active) tile_pv<T, HD, WM, BN>(o, sc, vb, lane);
         /* V[it + 1] into the buffer P.V(it - 1) read (done before this
          * tile's first barrier). */
         if (it + 1 < n_tiles)
