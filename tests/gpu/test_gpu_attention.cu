@@ -19,17 +19,22 @@
  * mid-block, single-token decodes, contexts 1 .. 4k, GQA groups 1/4/8,
  * head_dim 64/128, block sizes 8/16/32, split (hi + lo) outputs.
  *
+ * Mixed batches run through cuda_attn_plan_make + cuda_attn_run, as the
+ * backend does.
+ *
  * Timing: medians of cudaEvent pairs over 30 launches, the KV pool holds
  * several layers and each launch reads the next one (rotating inputs, so
  * L2 does not serve repeats).
  *
- * Build check record (nvcc 13.0.88, -arch sm_90, -Xptxas -v): prefill_kernel
- * HD128 172 registers, HD64 130; decode_kernel HD128 156, HD64 92; 0 bytes
- * spill stores / loads and no stack frame in every kernel. The PTX holds
- * mma.sync.m16n8k16 (384 in the prefill instantiations, 96 in decode),
- * ldmatrix (.trans for V) and cp.async.cg, no .local. SASS (HMMA.16816,
- * LDSM, LDGSTS) is to be read with cuobjdump -sass on a machine that has it
- * (the build machine's nvcc package ships no cuobjdump).
+ * Build check record (nvcc 13.0.88, -arch sm_90, -Xptxas -v), registers
+ * per thread (128-thread CTAs): prefill_kernel<T, head_dim, row tiles per
+ * warp, keys per tile> <128,1,64> 168, <128,2,32> 230, <64,1,64> 128,
+ * <64,2,64> 229; decode_kernel <128> 156, <64> 92; decode_reduce 32; 0
+ * bytes stack frame and 0 bytes spill stores / loads in every kernel, for
+ * bf16 and f16. The PTX holds mma.sync.m16n8k16, ldmatrix (.trans for V)
+ * and cp.async.cg, no .local. SASS (HMMA.16816, LDSM, LDGSTS) is to be read
+ * with cuobjdump -sass on a machine that has it (the build machine's CUDA
+ * install has no cuobjdump).
  */
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -139,7 +144,7 @@ struct attn_case {
     int head_dim, n_heads, n_kv_heads, block_size;
     cv_dtype kv, q, out;
     run_mode mode;
-    int partition; /* decode keys per CTA; 0: cuda_attn_decode_partition's choice */
+    int partition; /* decode keys per CTA; 0: the plan's choice */
     bool split_out;
     std::vector<seq_shape> seqs;
     float q_range = 2.0f; /* Q uniform in [-q_range, q_range]: larger is a sharper softmax */
@@ -157,6 +162,7 @@ struct problem {
     int32_t *d_qs = nullptr, *d_lens = nullptr, *d_tables = nullptr;
     void *d_pool = nullptr, *d_q = nullptr, *d_out = nullptr;
     float *d_ws = nullptr;
+    cuda_attn_plan plan;
     size_t out_elems = 0;
     cuda_attn_paged args;
 };
@@ -281,24 +287,31 @@ void problem_free(problem &p)
     cudaFree(p.d_ws);
 }
 
-int decode_partition(const attn_case &c, const problem &p)
+/* Plans the step as the backend would (cuda_attn_plan_make, the case's
+ * partition and tile height when it forces them) and allocates the decode
+ * workspace for both the plan and a decode of every sequence. */
+void problem_plan(const attn_case &c, problem &p)
 {
-    if (c.partition) return c.partition;
     int dev = 0, n_sms = 0;
     CK(cudaGetDevice(&dev));
     CK(cudaDeviceGetAttribute(&n_sms, cudaDevAttrMultiProcessorCount, dev));
-    return cuda_attn_decode_partition(p.n_seqs, c.n_kv_heads, p.max_seq_len, n_sms);
+    cuda_attn_plan_make(&p.plan, p.query_start.data(), p.seq_lens.data(), p.n_seqs, c.n_heads,
+                        c.n_kv_heads, c.head_dim, n_sms, c.partition);
+    if (c.tile_rows) p.plan.tile_rows = c.tile_rows;
+    const size_t ws =
+        std::max(p.plan.ws_floats,
+                 cuda_attn_decode_workspace_floats(&p.args, p.max_seq_len, p.plan.partition));
+    if (ws) CK(cudaMalloc(&p.d_ws, ws * sizeof(float)));
 }
 
-/* Launches the kernels the mode calls for. */
-int problem_run(const attn_case &c, problem &p, int partition, cudaStream_t st)
+/* Launches the kernels the mode calls for: the prefill kernel on every
+ * sequence, the decode kernel on every sequence, or the plan. */
+int problem_run(const attn_case &c, problem &p, cudaStream_t st)
 {
-    int rc = 0;
-    if (c.mode == MODE_PREFILL || c.mode == MODE_MIXED)
-        rc = cuda_attn_prefill(&p.args, c.mode == MODE_MIXED, c.tile_rows, st);
-    if (rc == 0 && (c.mode == MODE_DECODE || c.mode == MODE_MIXED))
-        rc = cuda_attn_decode(&p.args, p.max_seq_len, partition, p.d_ws, st);
-    return rc;
+    if (c.mode == MODE_PREFILL) return cuda_attn_prefill(&p.args, 0, p.plan.tile_rows, st);
+    if (c.mode == MODE_DECODE)
+        return cuda_attn_decode(&p.args, p.max_seq_len, p.plan.partition, p.d_ws, st);
+    return cuda_attn_run(&p.args, &p.plan, p.d_ws, st);
 }
 
 /* fp64 reference of token t (chunk index i of sequence s), head h. */
@@ -342,11 +355,9 @@ int check_case(const attn_case &c)
 {
     problem p;
     problem_make(c, 2, true, p);
-    const int partition = decode_partition(c, p);
-    const size_t ws = cuda_attn_decode_workspace_floats(&p.args, p.max_seq_len, partition);
-    if (ws) CK(cudaMalloc(&p.d_ws, ws * sizeof(float)));
+    problem_plan(c, p);
     CK(cudaMemset(p.d_out, 0xFF, p.out_elems * dtype_bytes(c.out))); /* NaN in every dtype */
-    const int rc = problem_run(c, p, partition, 0);
+    const int rc = problem_run(c, p, 0);
     if (rc != 0) {
         printf("FAIL %-34s launch: %s\n", c.name, cudaGetErrorString((cudaError_t)rc));
         problem_free(p);
@@ -379,8 +390,8 @@ int check_case(const attn_case &c)
     const double tol = c.kv == CV_DTYPE_BF16 || c.q == CV_DTYPE_BF16 ? 1e-2 : 2e-3;
     const bool ok = unwritten == 0 && rel < tol;
     printf("%s %-34s tokens %5d seqs %3d max ctx %5d part %4d  rel err %.3e (tol %.0e)%s\n",
-           ok ? "ok  " : "FAIL", c.name, p.n_tokens, p.n_seqs, p.max_seq_len, partition, rel, tol,
-           unwritten ? "  NON-FINITE OUTPUTS" : "");
+           ok ? "ok  " : "FAIL", c.name, p.n_tokens, p.n_seqs, p.max_seq_len, p.plan.partition, rel,
+           tol, unwritten ? "  NON-FINITE OUTPUTS" : "");
     if (unwritten) printf("     %ld output elements not written or not finite\n", unwritten);
     problem_free(p);
     return ok ? 0 : 1;
@@ -446,14 +457,15 @@ int check_refusals()
     a.q_dtype = a.out_dtype = CV_DTYPE_F32;
     a.ld_q = a.ld_out = 768;
     int bad = 0;
-    bad += cuda_attn_prefill(&a, 0, 0, 0) != (int)cudaErrorInvalidValue;
+    bad += cuda_attn_prefill(&a, 0, 64, 0) != (int)cudaErrorInvalidValue;
     a.head_dim = 128;
+    bad += cuda_attn_prefill(&a, 0, 96, 0) != (int)cudaErrorInvalidValue;
     a.kv_dtype = CV_DTYPE_F32;
     bad += cuda_attn_decode(&a, 100, 64, nullptr, 0) != (int)cudaErrorInvalidValue;
     a.kv_dtype = CV_DTYPE_BF16;
     bad += cuda_attn_decode(&a, 100, 96, nullptr, 0) != (int)cudaErrorInvalidValue;
     bad += cuda_attn_decode(&a, 1000, 64, nullptr, 0) != (int)cudaErrorInvalidValue;
-    printf("%s refusals of head_dim 96, F32 KV, partition 96, missing workspace\n",
+    printf("%s refusals of head_dim 96, tile_rows 96, F32 KV, partition 96, missing workspace\n",
            bad ? "FAIL" : "ok  ");
     return bad ? 1 : 0;
 }
@@ -581,66 +593,60 @@ void bench()
     printf("\n== timing on %s (%d SMs); copy bandwidth %.0f GB/s (read + write)\n", prop.name,
            prop.multiProcessorCount, copy);
     const cv_dtype F32 = CV_DTYPE_F32, BF = CV_DTYPE_BF16;
-    struct bench_case {
-        attn_case c;
-        int n_seqs;
-        seq_shape shape;
+    const auto seqs = [](int n, int cached, int fresh) {
+        return std::vector<seq_shape>(n, seq_shape{cached, fresh});
     };
-    const auto pf = [&](const char *name, int hd, int nh, int nkv, int tile_rows) {
-        return attn_case{name, hd,           nh, nkv,   16, BF,   F32,
-                         BF,   MODE_PREFILL, 0,  false, {}, 2.0f, tile_rows};
+    const auto mk = [&](const char *name, run_mode mode, int hd, int nh, int nkv, int tile_rows,
+                        std::vector<seq_shape> v) {
+        return attn_case{name, hd, nh, nkv, 16, BF, F32, BF, mode, 0, false, v, 2.0f, tile_rows};
     };
-    const auto dc = [&](const char *name, int hd, int nh, int nkv) {
-        return attn_case{name, hd, nh, nkv, 16, BF, F32, BF, MODE_DECODE, 0, false, {}};
+    std::vector<seq_shape> mixed = seqs(255, 1099, 1);
+    mixed.push_back({0, 512});
+    const std::vector<attn_case> cases = {
+        mk("prefill 1 x 4096 hd128 32/8 t64", MODE_PREFILL, 128, 32, 8, 64, seqs(1, 0, 4096)),
+        mk("prefill 1 x 4096 hd128 32/8 t128", MODE_PREFILL, 128, 32, 8, 128, seqs(1, 0, 4096)),
+        mk("prefill 8 x 1024 hd128 32/8 auto", MODE_PREFILL, 128, 32, 8, 0, seqs(8, 0, 1024)),
+        mk("prefill 16 x 512 hd128 32/8 auto", MODE_PREFILL, 128, 32, 8, 0, seqs(16, 0, 512)),
+        mk("chunk 4 x (3072+1024) hd128 auto", MODE_PREFILL, 128, 32, 8, 0, seqs(4, 3072, 1024)),
+        mk("chunk 64 x (1024+64) hd128 auto", MODE_PREFILL, 128, 32, 8, 0, seqs(64, 1024, 64)),
+        mk("prefill 4 x 2048 hd64 32/8 t64", MODE_PREFILL, 64, 32, 8, 64, seqs(4, 0, 2048)),
+        mk("prefill 4 x 2048 hd64 32/8 t128", MODE_PREFILL, 64, 32, 8, 128, seqs(4, 0, 2048)),
+        mk("decode 256 x 1100 hd128 32/8", MODE_DECODE, 128, 32, 8, 0, seqs(256, 1099, 1)),
+        mk("decode 64 x 1100 hd128 32/8", MODE_DECODE, 128, 32, 8, 0, seqs(64, 1099, 1)),
+        mk("decode 16 x 4096 hd128 32/8", MODE_DECODE, 128, 32, 8, 0, seqs(16, 4095, 1)),
+        mk("decode 1 x 4096 hd128 32/8", MODE_DECODE, 128, 32, 8, 0, seqs(1, 4095, 1)),
+        mk("decode 256 x 1100 hd64 32/32", MODE_DECODE, 64, 32, 32, 0, seqs(256, 1099, 1)),
+        mk("mixed 255 x 1100 decode + 512 prompt", MODE_MIXED, 128, 32, 8, 0, mixed),
     };
-    const std::vector<bench_case> cases = {
-        {pf("prefill 1 x 4096 hd128 32/8 t64", 128, 32, 8, 64), 1, {0, 4096}},
-        {pf("prefill 1 x 4096 hd128 32/8 t128", 128, 32, 8, 128), 1, {0, 4096}},
-        {pf("prefill 8 x 1024 hd128 32/8 auto", 128, 32, 8, 0), 8, {0, 1024}},
-        {pf("prefill 16 x 512 hd128 32/8 auto", 128, 32, 8, 0), 16, {0, 512}},
-        {pf("chunk 4 x (3072+1024) hd128 auto", 128, 32, 8, 0), 4, {3072, 1024}},
-        {pf("chunk 64 x (1024+64) hd128 auto", 128, 32, 8, 0), 64, {1024, 64}},
-        {pf("prefill 4 x 2048 hd64 32/8 t64", 64, 32, 8, 64), 4, {0, 2048}},
-        {pf("prefill 4 x 2048 hd64 32/8 t128", 64, 32, 8, 128), 4, {0, 2048}},
-        {dc("decode 256 x 1100 hd128 32/8", 128, 32, 8), 256, {1099, 1}},
-        {dc("decode 64 x 1100 hd128 32/8", 128, 32, 8), 64, {1099, 1}},
-        {dc("decode 16 x 4096 hd128 32/8", 128, 32, 8), 16, {4095, 1}},
-        {dc("decode 1 x 4096 hd128 32/8", 128, 32, 8), 1, {4095, 1}},
-        {dc("decode 256 x 1100 hd64 32/32", 64, 32, 32), 256, {1099, 1}},
-    };
-    for (const bench_case &bc : cases) {
-        attn_case c = bc.c;
-        c.seqs.assign(bc.n_seqs, bc.shape);
+    for (const attn_case &c : cases) {
+        double pairs = 0.0, kv_tokens = 0.0; /* (query, key) products, keys read */
+        for (const seq_shape &q : c.seqs) {
+            kv_tokens += q.cached + q.fresh;
+            for (int i = 0; i < q.fresh; i++)
+                pairs += q.cached + i + 1;
+        }
         /* Enough layers that the pool is > 2x a 50 MB L2 and repeats rotate. */
-        const double layer_bytes = (double)bc.n_seqs * (bc.shape.cached + bc.shape.fresh) *
-                                   c.n_kv_heads * c.head_dim * 2 * 2;
+        const double layer_bytes = kv_tokens * c.n_kv_heads * c.head_dim * 2 * 2;
         const int n_layers = std::min(8, std::max(2, (int)ceil(200e6 / layer_bytes)));
         problem p;
         problem_make(c, n_layers, false, p);
-        const int partition = decode_partition(c, p);
-        const size_t ws = cuda_attn_decode_workspace_floats(&p.args, p.max_seq_len, partition);
-        if (ws) CK(cudaMalloc(&p.d_ws, ws * sizeof(float)));
+        problem_plan(c, p);
         const float ms = time_launches(p.n_layers, 30, [&](int layer) {
             p.args.layer_off = (size_t)layer * 2 * c.n_kv_heads * c.block_size * c.head_dim;
-            return problem_run(c, p, partition, 0);
+            return problem_run(c, p, 0);
         });
         /* The scalar kernel is slow on long prefills: fewer repeats. */
         const float old_ms = time_scalar(c, p, c.mode == MODE_PREFILL ? 5 : 30);
-        if (c.mode == MODE_PREFILL) {
-            double pairs = 0.0; /* (query, key) products, causal */
-            for (int s = 0; s < p.n_seqs; s++)
-                for (int i = 0; i < bc.shape.fresh; i++)
-                    pairs += bc.shape.cached + i + 1;
-            const double flops = 4.0 * pairs * c.head_dim * c.n_heads;
-            printf("%-36s %8.3f ms  %6.1f TFLOP/s   scalar kernel %8.3f ms (%.1fx)\n", c.name, ms,
-                   flops / (ms * 1e-3) / 1e12, old_ms, old_ms / ms);
-        } else {
-            const double bytes = layer_bytes + (double)p.n_tokens * c.n_heads * c.head_dim * 6;
-            const double gbs = bytes / (ms * 1e-3) / 1e9;
-            printf("%-36s %8.3f ms  %6.0f GB/s  (%.0f%% of copy; partition %d)   scalar kernel "
-                   "%8.3f ms (%.1fx)\n",
-                   c.name, ms, gbs, 100.0 * gbs / copy, partition, old_ms, old_ms / ms);
-        }
+        const double flops = 4.0 * pairs * c.head_dim * c.n_heads;
+        const double bytes = layer_bytes + (double)p.n_tokens * c.n_heads * c.head_dim * 6;
+        if (c.mode == MODE_PREFILL)
+            printf("%-38s %8.3f ms %6.1f TFLOP/s (tile %d)  scalar %8.3f ms (%.1fx)\n", c.name, ms,
+                   flops / (ms * 1e-3) / 1e12, p.plan.tile_rows, old_ms, old_ms / ms);
+        else
+            printf("%-38s %8.3f ms %6.0f GB/s = %.0f%% of copy (partition %d)  scalar %8.3f ms "
+                   "(%.1fx)\n",
+                   c.name, ms, bytes / (ms * 1e-3) / 1e9, 100.0 * bytes / (ms * 1e-3) / 1e9 / copy,
+                   p.plan.partition, old_ms, old_ms / ms);
         problem_free(p);
     }
 }

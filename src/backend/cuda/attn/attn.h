@@ -73,9 +73,10 @@ int cuda_attn_supported(int n_heads, int n_kv_heads, int head_dim, cv_dtype kv_d
 /* Prefill / chunked prefill: every query token of every sequence. With
  * skip_single != 0, sequences of exactly one query token are left alone
  * (a mixed step runs them through cuda_attn_decode instead). One CTA per
- * (query tile of tile_rows rows of a sequence, query head): tile_rows 64 or
- * 128, or 0 to pick from the batch's shape (128 when the average chunk
- * fills it and the grid still fills the GPU). */
+ * (query tile of tile_rows rows of a sequence, query head); tile_rows 64,
+ * or 128 (two m16 row tiles per warp: half the K/V shared-memory reads per
+ * mma, for chunks that fill them; at head_dim 128 with 32-key tiles to stay
+ * within the registers). cuda_attn_plan_make picks it. */
 int cuda_attn_prefill(const cuda_attn_paged *a, int skip_single, int tile_rows,
                       cudaStream_t stream);
 
@@ -95,6 +96,34 @@ size_t cuda_attn_decode_workspace_floats(const cuda_attn_paged *a, int max_seq_l
  * bounds seq_lens[] (host value); partition is a multiple of 64. */
 int cuda_attn_decode(const cuda_attn_paged *a, int max_seq_len, int partition, float *workspace,
                      cudaStream_t stream);
+
+/* What one step's attention launches, from the host copies of the batch
+ * arrays (attn_plan.c). Everything the grids depend on is here, so a CUDA
+ * graph captured for a step can be replayed for any step with an equal
+ * plan (partition is a power of two and n_parts changes only every
+ * partition tokens of growth). */
+typedef struct cuda_attn_plan {
+    int has_prefill;  /* some sequence has more than one query token */
+    int has_decode;   /* some sequence has exactly one */
+    int tile_rows;    /* prefill rows per CTA, 64 or 128 (callers may override) */
+    int max_seq_len;  /* longest context among the decode sequences */
+    int partition;    /* decode keys per CTA */
+    int n_parts;      /* ceil(max_seq_len / partition) */
+    size_t ws_floats; /* decode workspace, 0 when n_parts == 1 */
+} cuda_attn_plan;
+
+/* Fills plan for a batch of n_seqs sequences (query_start (n_seqs + 1),
+ * seq_lens (n_seqs), host memory). partition 0 lets
+ * cuda_attn_decode_partition choose for a GPU of n_sms SMs. */
+void cuda_attn_plan_make(cuda_attn_plan *plan, const int32_t *query_start, const int32_t *seq_lens,
+                         int n_seqs, int n_heads, int n_kv_heads, int head_dim, int n_sms,
+                         int partition);
+
+/* Enqueues the plan: the prefill kernel for the multi-token sequences
+ * (skipping the single-token ones when there are any), the decode kernel
+ * for the single-token ones. workspace holds plan->ws_floats floats. */
+int cuda_attn_run(const cuda_attn_paged *a, const cuda_attn_plan *plan, float *workspace,
+                  cudaStream_t stream);
 
 #ifdef __cplusplus
 }

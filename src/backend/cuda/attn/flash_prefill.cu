@@ -30,9 +30,6 @@ namespace
 {
 
 constexpr int PF_WARPS = 4, PF_THREADS = PF_WARPS * 32;
-/* Keys per tile with 128-row tiles: 32 at head_dim 128 keeps S at 32
- * registers a lane beside O's 128 (no spills), 64 at head_dim 64. */
-template <int HD> constexpr int PF_BN_FOR = HD == 128 ? 32 : 64;
 
 /* Tile shapes: WM m16 row tiles per warp (BM = 64 WM query rows per CTA),
  * BN keys per K/V tile. Two row tiles per warp halve the shared-memory
@@ -290,27 +287,6 @@ int launch_prefill(const cuda_attn_paged *a, int skip_single, cudaStream_t strea
     return (int)cudaGetLastError();
 }
 
-/* tile_rows 0: 128-row tiles when the chunks are long enough to fill them
- * and the grid still has two CTAs per SM, 64-row tiles otherwise. */
-template <typename T, int HD>
-int launch_prefill_any(const cuda_attn_paged *a, int skip_single, int tile_rows,
-                       cudaStream_t stream)
-{
-    if (tile_rows == 64) return launch_prefill<T, HD, 1, 64>(a, skip_single, stream);
-    if (tile_rows == 128) return launch_prefill<T, HD, 2, PF_BN_FOR<HD>>(a, skip_single, stream);
-    static int n_sms = 0;
-    if (n_sms == 0) {
-        int dev = 0;
-        if (cudaGetDevice(&dev) != cudaSuccess ||
-            cudaDeviceGetAttribute(&n_sms, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess)
-            n_sms = 132;
-    }
-    const bool big =
-        a->n_tokens >= 96 * a->n_seqs && (long)(a->n_tokens / 128) * a->n_heads >= 2L * n_sms;
-    return big ? launch_prefill<T, HD, 2, PF_BN_FOR<HD>>(a, skip_single, stream)
-               : launch_prefill<T, HD, 1, 64>(a, skip_single, stream);
-}
-
 } /* namespace */
 } /* namespace cv_attn */
 
@@ -333,12 +309,19 @@ extern "C" int cuda_attn_prefill(const cuda_attn_paged *a, int skip_single, int 
     if (!cuda_attn_supported(a->n_heads, a->n_kv_heads, a->head_dim, a->kv_dtype, a->q_dtype,
                              a->out_dtype) ||
         a->ld_q % 8 != 0 || a->ld_out % 2 != 0 || a->out_lo_off % 2 != 0 || a->n_seqs <= 0 ||
-        a->block_size <= 0)
+        a->block_size <= 0 || (tile_rows != 64 && tile_rows != 128))
         return (int)cudaErrorInvalidValue;
-    const bool f16 = a->kv_dtype == CV_DTYPE_F16;
-    if (a->head_dim == 64)
-        return f16 ? launch_prefill_any<__half, 64>(a, skip_single, tile_rows, stream)
-                   : launch_prefill_any<__nv_bfloat16, 64>(a, skip_single, tile_rows, stream);
-    return f16 ? launch_prefill_any<__half, 128>(a, skip_single, tile_rows, stream)
-               : launch_prefill_any<__nv_bfloat16, 128>(a, skip_single, tile_rows, stream);
+    const bool f16 = a->kv_dtype == CV_DTYPE_F16, big = tile_rows == 128;
+    if (a->head_dim == 64) {
+        if (f16)
+            return big ? launch_prefill<__half, 64, 2, 64>(a, skip_single, stream)
+                       : launch_prefill<__half, 64, 1, 64>(a, skip_single, stream);
+        return big ? launch_prefill<__nv_bfloat16, 64, 2, 64>(a, skip_single, stream)
+                   : launch_prefill<__nv_bfloat16, 64, 1, 64>(a, skip_single, stream);
+    }
+    if (f16)
+        return big ? launch_prefill<__half, 128, 2, 32>(a, skip_single, stream)
+                   : launch_prefill<__half, 128, 1, 64>(a, skip_single, stream);
+    return big ? launch_prefill<__nv_bfloat16, 128, 2, 32>(a, skip_single, stream)
+               : launch_prefill<__nv_bfloat16, 128, 1, 64>(a, skip_single, stream);
 }
