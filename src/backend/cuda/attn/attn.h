@@ -22,6 +22,18 @@
  * fp32. Out is F32, F16 or BF16, with the split-activation lo rows when
  * out_lo_off != 0 (see store_act in cuda_kernels.cu).
  *
+ * Use from cuda_forward.c, for an F16 or BF16 pool when
+ * cuda_attn_supported holds (the F32 pool keeps cuda_attention):
+ *  - per step, on the host batch: cuda_attn_plan_make(&plan,
+ *    bt->query_start, bt->seq_lens, bt->n_seqs, n_heads, n_kv_heads,
+ *    head_dim, b->n_sms, 0); grow b->partial to plan.ws_floats floats (this
+ *    replaces choose_splits and the n_splits sizing); a graph entry is keyed
+ *    on the plan's fields instead of n_splits;
+ *  - per layer: cuda_attn_run on a cuda_attn_paged with q = b->qkv (F32,
+ *    ld_q = qkv_dim), the device query_start / seq_lens / tables, kv =
+ *    b->kv, layer_off, out = b->attn (wdtype, ld_out = n_heads * head_dim,
+ *    out_lo_off = the split rows' offset or 0), workspace b->partial.
+ *
  * Every launcher enqueues on STREAM and returns a cudaError_t as int, 0 on
  * success, cudaErrorInvalidValue for a shape or dtype it does not support
  * (check cuda_attn_supported first). All pointers are device memory the

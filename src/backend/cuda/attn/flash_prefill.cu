@@ -1,23 +1,27 @@
 /* FlashAttention-2-style prefill over the paged KV cache (contract in
- * attn.h): one CTA of 4 warps per (64-row query tile of a sequence, query
- * head); each warp owns 16 query rows. Q is loaded once into registers as
- * A fragments; K and V tiles of 64 keys stream through double-buffered
- * shared memory with cp.async (K of tile i+1 is in flight during the
- * softmax and P.V of tile i, V of tile i+1 during S of tile i+1); S = Q K^T
- * and O += P V are mma.sync m16n8k16 with fp32 accumulators, P stays in
- * registers (the C fragment of S is the A fragment of P.V); the online
- * softmax works in the log2 domain (exp2f with scale * log2 e folded in).
- * The causal mask is applied only to tiles that cross the diagonal (and the
- * last, partial tile; keys past the end are zero-filled, never read).
+ * attn.h): one CTA of 4 warps per (query tile of BM = 64 or 128 rows of a
+ * sequence, query head); each warp owns BM / 4 rows as one or two m16 row
+ * tiles. Q is staged once in shared memory (and held as A fragments when
+ * they fit the registers); K and V tiles of BN keys stream through
+ * double-buffered shared memory with cp.async (K of tile i+1 is in flight
+ * during the softmax and P.V of tile i, V of tile i+1 during S of tile
+ * i+1); S = Q K^T and O += P V are mma.sync m16n8k16 with fp32
+ * accumulators, P stays in registers (the C fragment of S is the A fragment
+ * of P.V); the online softmax works in the log2 domain (exp2f with scale *
+ * log2 e folded in). The causal mask is applied only to tiles that cross
+ * the diagonal (which includes the last, partial tile: keys past the end
+ * are zero-filled, never read), and warps wholly above the diagonal skip
+ * their mmas.
  *
  * GQA: a CTA handles one query head and reads its kv head's tiles; the G
- * CTAs of a group read the same K/V, mostly from L2 (prefill is compute
- * bound).
+ * CTAs of a group are adjacent in the grid and read the same K/V, mostly
+ * from L2 (prefill is compute bound).
  *
- * Work list without a host plan: CTA x takes the tile of sequence s with
- * base(s) = query_start[s] / 64 + s <= x < base(s + 1); base is increasing and
- * base(s + 1) - base(s) >= ceil(qlen_s / 64), so x < n_tokens / 64 + n_seqs
- * covers every tile and at most one CTA per sequence finds nothing to do.
+ * Work list without a device-side plan: grid row y (counted from the end)
+ * takes the tile of sequence s with base(s) = query_start[s] / BM + s <= y
+ * < base(s + 1); base is increasing and base(s + 1) - base(s) >=
+ * ceil(qlen_s / BM), so y < n_tokens / BM + n_seqs covers every tile and at
+ * most one row per sequence finds nothing to do.
  *
  * Build checks (registers, spills, mma in the PTX): in the file header of
  * tests/gpu/test_gpu_attention.cu.
@@ -124,8 +128,10 @@ __global__ void __launch_bounds__(PF_THREADS) prefill_kernel(cuda_attn_paged a, 
     T *vs = ks + 2 * BN * LD;
 
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
-    const int tile = gridDim.x - 1 - blockIdx.x; /* last tiles (most keys) first */
-    const int h = blockIdx.y, g = h / (a.n_heads / a.n_kv_heads);
+    /* Query heads vary fastest, so the CTAs of a GQA group run together
+     * and share their K/V tiles in L2; the last tiles (most keys) first. */
+    const int tile = gridDim.y - 1 - blockIdx.y;
+    const int h = blockIdx.x, g = h / (a.n_heads / a.n_kv_heads);
 
     int lo = 0, hi = a.n_seqs - 1;
     while (lo < hi) {
@@ -282,7 +288,7 @@ int launch_prefill(const cuda_attn_paged *a, int skip_single, cudaStream_t strea
         if (e != cudaSuccess) return (int)e;
         attr_set = true;
     }
-    const dim3 grid(a->n_tokens / (64 * WM) + a->n_seqs, a->n_heads);
+    const dim3 grid(a->n_heads, a->n_tokens / (64 * WM) + a->n_seqs);
     prefill_kernel<T, HD, WM, BN><<<grid, PF_THREADS, smem, stream>>>(*a, skip_single);
     return (int)cudaGetLastError();
 }
