@@ -16,8 +16,8 @@
  * of softmax(scale q k^T) v over the causal context:
  * ||out - ref|| / ||ref|| < 1e-2 for BF16 inputs, 2e-3 for F16.
  * Shapes: batches mixing fresh prompts, prefix hits and chunks that start
- * mid-block, single-token decodes, contexts 1 .. 4k, GQA groups 1/4/8,
- * head_dim 64/128, block sizes 8/16/32, split (hi + lo) outputs.
+ * mid-block, single-token decodes, contexts 1 .. 4k, GQA groups 1/2/4/8,
+ * head_dim 16/32/64/128, block sizes 8/16/32, split (hi + lo) outputs.
  *
  * Mixed batches run through cuda_attn_plan_make + cuda_attn_run, as the
  * backend does.
@@ -29,7 +29,8 @@
  * Build check record (nvcc 13.0.88, -arch sm_90, -Xptxas -v), registers
  * per thread (128-thread CTAs): prefill_kernel<T, head_dim, row tiles per
  * warp, keys per tile> <128,1,64> 168, <128,2,32> 230, <64,1,64> 128,
- * <64,2,64> 229; decode_kernel <128> 156, <64> 92; decode_reduce 32; 0
+ * <64,2,64> 229, <32,1,64> 96, <32,2,64> 167, <16,1,64> 80, <16,2,64> 128;
+ * decode_kernel <128> 156, <64> 92, <32> 56, <16> 47; decode_reduce 32; 0
  * bytes stack frame and 0 bytes spill stores / loads in every kernel, for
  * bf16 and f16. The PTX holds mma.sync.m16n8k16, ldmatrix (.trans for V)
  * and cp.async.cg, no .local. SASS (HMMA.16816, LDSM, LDGSTS) is to be read
@@ -438,6 +439,13 @@ std::vector<attn_case> correctness_cases()
          16.0f},
         {"mixed hd128 G4 bf16", 128, 8, 2, 16, BF, F32, BF, MODE_MIXED, 0, false, mixed},
         {"mixed hd64 G8 f16 out32", 64, 8, 1, 16, F16, F16, F32, MODE_MIXED, 64, false, mixed},
+        {"prefill hd16 G2 bf16", 16, 4, 2, 16, BF, F32, BF, MODE_PREFILL, 0, false, prefill},
+        {"prefill128 hd32 G2 f16", 32, 4, 2, 16, F16, F32, F16, MODE_PREFILL, 0, false, prefill,
+         2.0f, 128},
+        {"decode hd32 G2 bf16 part64", 32, 4, 2, 16, BF, F32, BF, MODE_DECODE, 64, false, decode},
+        {"decode hd16 G2 f16", 16, 4, 2, 16, F16, F32, F16, MODE_DECODE, 0, false, decode},
+        {"mixed hd16 G2 bf16", 16, 4, 2, 16, BF, F32, BF, MODE_MIXED, 0, false, mixed},
+        {"mixed hd32 G2 f16 split", 32, 4, 2, 16, F16, F32, F16, MODE_MIXED, 0, true, mixed},
         {"mixed128 hd128 G4 bf16", 128, 8, 2, 16, BF, F32, BF, MODE_MIXED, 0, false, mixed, 2.0f,
          128},
     };

@@ -15,7 +15,8 @@
  * sm_80..sm_90 in a few hundred lines a reader can check.
  *
  * Supported: K/V in F16 or BF16 (the fp32 KV pool keeps the scalar
- * cuda_attention kernel), head_dim 64 or 128, any GQA group (the decode
+ * cuda_attention kernel), head_dim 16, 32, 64 or 128 (16 and 32 for the
+ * small test models, so the fixture tests run these kernels too), any GQA group (the decode
  * kernel packs up to 16 query heads of a kv head into one m16 tile), any
  * block_size. Q may be F32 (today's qkv buffer) or the KV dtype; it is
  * rounded to the KV dtype for the products. Accumulation and the softmax are

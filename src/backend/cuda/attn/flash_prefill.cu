@@ -293,6 +293,27 @@ int launch_prefill(const cuda_attn_paged *a, int skip_single, cudaStream_t strea
     return (int)cudaGetLastError();
 }
 
+/* 128-row tiles use 32-key tiles at head_dim 128 (S beside O's 128
+ * registers a lane), 64-key tiles below. */
+template <typename T>
+int prefill_for(const cuda_attn_paged *a, int skip_single, bool big, cudaStream_t stream)
+{
+    switch (a->head_dim) {
+    case 16:
+        return big ? launch_prefill<T, 16, 2, 64>(a, skip_single, stream)
+                   : launch_prefill<T, 16, 1, 64>(a, skip_single, stream);
+    case 32:
+        return big ? launch_prefill<T, 32, 2, 64>(a, skip_single, stream)
+                   : launch_prefill<T, 32, 1, 64>(a, skip_single, stream);
+    case 64:
+        return big ? launch_prefill<T, 64, 2, 64>(a, skip_single, stream)
+                   : launch_prefill<T, 64, 1, 64>(a, skip_single, stream);
+    default:
+        return big ? launch_prefill<T, 128, 2, 32>(a, skip_single, stream)
+                   : launch_prefill<T, 128, 1, 64>(a, skip_single, stream);
+    }
+}
+
 } /* namespace */
 } /* namespace cv_attn */
 
@@ -303,7 +324,7 @@ extern "C" int cuda_attn_supported(int n_heads, int n_kv_heads, int head_dim, cv
         return t == CV_DTYPE_F32 || t == CV_DTYPE_F16 || t == CV_DTYPE_BF16;
     };
     return n_kv_heads > 0 && n_heads % n_kv_heads == 0 && n_heads / n_kv_heads <= 16 &&
-           (head_dim == 64 || head_dim == 128) &&
+           (head_dim == 16 || head_dim == 32 || head_dim == 64 || head_dim == 128) &&
            (kv_dtype == CV_DTYPE_F16 || kv_dtype == CV_DTYPE_BF16) && dtype_ok(q_dtype) &&
            dtype_ok(out_dtype);
 }
@@ -317,17 +338,7 @@ extern "C" int cuda_attn_prefill(const cuda_attn_paged *a, int skip_single, int 
         a->ld_q % 8 != 0 || a->ld_out % 2 != 0 || a->out_lo_off % 2 != 0 || a->n_seqs <= 0 ||
         a->block_size <= 0 || (tile_rows != 64 && tile_rows != 128))
         return (int)cudaErrorInvalidValue;
-    const bool f16 = a->kv_dtype == CV_DTYPE_F16, big = tile_rows == 128;
-    if (a->head_dim == 64) {
-        if (f16)
-            return big ? launch_prefill<__half, 64, 2, 64>(a, skip_single, stream)
-                       : launch_prefill<__half, 64, 1, 64>(a, skip_single, stream);
-        return big ? launch_prefill<__nv_bfloat16, 64, 2, 64>(a, skip_single, stream)
-                   : launch_prefill<__nv_bfloat16, 64, 1, 64>(a, skip_single, stream);
-    }
-    if (f16)
-        return big ? launch_prefill<__half, 128, 2, 32>(a, skip_single, stream)
-                   : launch_prefill<__half, 128, 1, 64>(a, skip_single, stream);
-    return big ? launch_prefill<__nv_bfloat16, 128, 2, 32>(a, skip_single, stream)
-               : launch_prefill<__nv_bfloat16, 128, 1, 64>(a, skip_single, stream);
+    const bool big = tile_rows == 128;
+    return a->kv_dtype == CV_DTYPE_F16 ? prefill_for<__half>(a, skip_single, big, stream)
+                                       : prefill_for<__nv_bfloat16>(a, skip_single, big, stream);
 }

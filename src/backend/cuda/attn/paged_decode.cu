@@ -245,6 +245,21 @@ int launch_decode(const cuda_attn_paged *a, int n_parts, int partition, float *w
     return (int)cudaGetLastError();
 }
 
+template <typename T>
+int decode_for(const cuda_attn_paged *a, int n_parts, int partition, float *ws, cudaStream_t stream)
+{
+    switch (a->head_dim) {
+    case 16:
+        return launch_decode<T, 16>(a, n_parts, partition, ws, stream);
+    case 32:
+        return launch_decode<T, 32>(a, n_parts, partition, ws, stream);
+    case 64:
+        return launch_decode<T, 64>(a, n_parts, partition, ws, stream);
+    default:
+        return launch_decode<T, 128>(a, n_parts, partition, ws, stream);
+    }
+}
+
 } /* namespace */
 } /* namespace cv_attn */
 
@@ -276,10 +291,7 @@ extern "C" int cuda_attn_decode(const cuda_attn_paged *a, int max_seq_len, int p
         return (int)cudaErrorInvalidValue;
     const int n_parts = (max_seq_len + partition - 1) / partition;
     if (n_parts > 1 && !workspace) return (int)cudaErrorInvalidValue;
-    const bool f16 = a->kv_dtype == CV_DTYPE_F16;
-    if (a->head_dim == 64)
-        return f16 ? launch_decode<__half, 64>(a, n_parts, partition, workspace, stream)
-                   : launch_decode<__nv_bfloat16, 64>(a, n_parts, partition, workspace, stream);
-    return f16 ? launch_decode<__half, 128>(a, n_parts, partition, workspace, stream)
-               : launch_decode<__nv_bfloat16, 128>(a, n_parts, partition, workspace, stream);
+    return a->kv_dtype == CV_DTYPE_F16
+               ? decode_for<__half>(a, n_parts, partition, workspace, stream)
+               : decode_for<__nv_bfloat16>(a, n_parts, partition, workspace, stream);
 }
