@@ -17,7 +17,7 @@
  * ||out - ref|| / ||ref|| < 1e-2 for BF16 inputs, 2e-3 for F16.
  * Shapes: batches mixing fresh prompts, prefix hits and chunks that start
  * mid-block, single-token decodes, contexts 1 .. 4k, GQA groups 1/2/4/8,
- * head_dim 16/32/64/128, block sizes 8/16/32, split (hi + lo) outputs.
+ * head_dim 16/32/64/128, block sizes 8/12/16/32, split (hi + lo) outputs.
  *
  * Mixed batches run through cuda_attn_plan_make + cuda_attn_run, as the
  * backend does.
@@ -439,6 +439,7 @@ std::vector<attn_case> correctness_cases()
          16.0f},
         {"mixed hd128 G4 bf16", 128, 8, 2, 16, BF, F32, BF, MODE_MIXED, 0, false, mixed},
         {"mixed hd64 G8 f16 out32", 64, 8, 1, 16, F16, F16, F32, MODE_MIXED, 64, false, mixed},
+        {"mixed hd64 G4 bf16 bs12", 64, 8, 2, 12, BF, F32, BF, MODE_MIXED, 128, false, mixed},
         {"prefill hd16 G2 bf16", 16, 4, 2, 16, BF, F32, BF, MODE_PREFILL, 0, false, prefill},
         {"prefill128 hd32 G2 f16", 32, 4, 2, 16, F16, F32, F16, MODE_PREFILL, 0, false, prefill,
          2.0f, 128},

@@ -20,6 +20,7 @@
 #include <math.h>
 #include <stdint.h>
 
+#include <atomic>
 #include <type_traits>
 
 #include "backend/cuda/attn/attn.h"
@@ -224,6 +225,23 @@ __device__ __forceinline__ void load_kv_tile(T *dst, const T *kv_layer, const in
                   (size_t)(j % bs) * HD + col;
         cp_async16(dst + r * LD + col, src, valid);
     }
+}
+
+/* Lets KERNEL use SMEM bytes of dynamic shared memory (over the 48 KiB
+ * default), once per device: the attribute belongs to a device's context.
+ * done holds a bit per device already set (devices >= 32 set it on every
+ * call); setting it twice from racing threads is harmless. */
+template <typename K> int allow_smem(K kernel, size_t smem, std::atomic<unsigned> &done)
+{
+    int dev = 0;
+    cudaError_t e = cudaGetDevice(&dev);
+    if (e != cudaSuccess) return (int)e;
+    const unsigned bit = dev < 32 ? 1u << dev : 0u;
+    if (bit && (done.load() & bit)) return 0;
+    e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+    if (e != cudaSuccess) return (int)e;
+    done.fetch_or(bit);
+    return 0;
 }
 
 /* Row-sum of a lane's l over the 4 lanes sharing the row. */

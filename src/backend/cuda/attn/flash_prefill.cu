@@ -281,13 +281,9 @@ template <typename T, int HD, int WM, int BN>
 int launch_prefill(const cuda_attn_paged *a, int skip_single, cudaStream_t stream)
 {
     constexpr size_t smem = prefill_smem_bytes<HD, WM, BN>();
-    static bool attr_set = false;
-    if (!attr_set) {
-        const cudaError_t e = cudaFuncSetAttribute(
-            prefill_kernel<T, HD, WM, BN>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
-        if (e != cudaSuccess) return (int)e;
-        attr_set = true;
-    }
+    static std::atomic<unsigned> smem_set{0};
+    const int rc = allow_smem(prefill_kernel<T, HD, WM, BN>, smem, smem_set);
+    if (rc) return rc;
     const dim3 grid(a->n_heads, a->n_tokens / (64 * WM) + a->n_seqs);
     prefill_kernel<T, HD, WM, BN><<<grid, PF_THREADS, smem, stream>>>(*a, skip_single);
     return (int)cudaGetLastError();

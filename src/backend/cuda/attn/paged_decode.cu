@@ -230,13 +230,9 @@ int launch_decode(const cuda_attn_paged *a, int n_parts, int partition, float *w
                   cudaStream_t stream)
 {
     constexpr size_t smem = decode_smem_bytes<HD>();
-    static bool attr_set = false;
-    if (!attr_set) {
-        const cudaError_t e = cudaFuncSetAttribute(
-            decode_kernel<T, HD>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
-        if (e != cudaSuccess) return (int)e;
-        attr_set = true;
-    }
+    static std::atomic<unsigned> smem_set{0};
+    const int rc = allow_smem(decode_kernel<T, HD>, smem, smem_set);
+    if (rc) return rc;
     const dim3 grid(n_parts, a->n_kv_heads, a->n_seqs);
     decode_kernel<T, HD><<<grid, DC_THREADS, smem, stream>>>(*a, partition, n_parts, ws);
     if (n_parts > 1)
