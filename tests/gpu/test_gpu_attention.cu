@@ -679,7 +679,9 @@ int main(int argc, char **argv)
         else
             filter = argv[i];
     }
-    int fails = check_refusals();
+    const int prep = cuda_attn_prepare();
+    if (prep) printf("FAIL cuda_attn_prepare: %s\n", cudaGetErrorString((cudaError_t)prep));
+    int fails = (prep != 0) + check_refusals();
     for (const attn_case &c : correctness_cases())
         if (!filter || strstr(c.name, filter)) fails += check_case(c);
     printf("%s: %d failing case(s)\n", fails ? "FAIL" : "PASS", fails);

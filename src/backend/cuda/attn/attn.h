@@ -25,6 +25,7 @@
  *
  * Use from cuda_forward.c, for an F16 or BF16 pool when
  * cuda_attn_supported holds (the F32 pool keeps cuda_attention):
+ *  - at create, after cudaSetDevice: cuda_attn_prepare();
  *  - per step, on the host batch: cuda_attn_plan_make(&plan,
  *    bt->query_start, bt->seq_lens, bt->n_seqs, n_heads, n_kv_heads,
  *    head_dim, b->n_sms, 0); grow b->partial to plan.ws_floats floats (this
@@ -78,6 +79,12 @@ typedef struct cuda_attn_paged {
     int ld_out;                  /* elements, usually n_heads * head_dim */
     size_t out_lo_off;           /* split activations: offset of the lo rows, else 0 */
 } cuda_attn_paged;
+
+/* Sets up every kernel on the current device (their dynamic shared-memory
+ * limits). Call once per device before capturing a CUDA graph that
+ * launches them: the launchers otherwise do it on their first call, and
+ * that call may not be allowed inside a capture. */
+int cuda_attn_prepare(void);
 
 /* 1 when the kernels handle this shape and these dtypes, else 0. */
 int cuda_attn_supported(int n_heads, int n_kv_heads, int head_dim, cv_dtype kv_dtype,

@@ -244,6 +244,10 @@ template <typename K> int allow_smem(K kernel, size_t smem, std::atomic<unsigned
     return 0;
 }
 
+/* Opts every prefill kernel into its shared memory on the current device
+ * (flash_prefill.cu; cuda_attn_prepare calls it). */
+int prefill_prepare();
+
 /* Row-sum of a lane's l over the 4 lanes sharing the row. */
 __device__ __forceinline__ float quad_sum(float v)
 {

@@ -277,40 +277,65 @@ __global__ void __launch_bounds__(PF_THREADS) prefill_kernel(cuda_attn_paged a, 
         }
 }
 
-template <typename T, int HD, int WM, int BN>
-int launch_prefill(const cuda_attn_paged *a, int skip_single, cudaStream_t stream)
+/* A kernel instantiation as a value, for the dispatch below. */
+template <typename T, int HD, int WM, int BN> struct prefill_shape {
+};
+
+/* The shared-memory opt-in of one instantiation (once per device). */
+template <typename T, int HD, int WM, int BN> int prefill_allow(prefill_shape<T, HD, WM, BN>)
 {
-    constexpr size_t smem = prefill_smem_bytes<HD, WM, BN>();
     static std::atomic<unsigned> smem_set{0};
-    const int rc = allow_smem(prefill_kernel<T, HD, WM, BN>, smem, smem_set);
+    return allow_smem(prefill_kernel<T, HD, WM, BN>, prefill_smem_bytes<HD, WM, BN>(), smem_set);
+}
+
+template <typename T, int HD, int WM, int BN>
+int launch_prefill(prefill_shape<T, HD, WM, BN> sh, const cuda_attn_paged *a, int skip_single,
+                   cudaStream_t stream)
+{
+    const int rc = prefill_allow(sh);
     if (rc) return rc;
     const dim3 grid(a->n_heads, a->n_tokens / (64 * WM) + a->n_seqs);
-    prefill_kernel<T, HD, WM, BN><<<grid, PF_THREADS, smem, stream>>>(*a, skip_single);
+    prefill_kernel<T, HD, WM, BN>
+        <<<grid, PF_THREADS, prefill_smem_bytes<HD, WM, BN>(), stream>>>(*a, skip_single);
     return (int)cudaGetLastError();
 }
 
-/* 128-row tiles use 32-key tiles at head_dim 128 (S beside O's 128
+/* Calls f with the instantiation for (head_dim, 128-row tiles or not):
+ * 128-row tiles use 32-key tiles at head_dim 128 (S beside O's 128
  * registers a lane), 64-key tiles below. */
-template <typename T>
-int prefill_for(const cuda_attn_paged *a, int skip_single, bool big, cudaStream_t stream)
+template <typename T, typename F> int with_prefill_shape(int head_dim, bool big, F f)
 {
-    switch (a->head_dim) {
+    switch (head_dim) {
     case 16:
-        return big ? launch_prefill<T, 16, 2, 64>(a, skip_single, stream)
-                   : launch_prefill<T, 16, 1, 64>(a, skip_single, stream);
+        return big ? f(prefill_shape<T, 16, 2, 64>()) : f(prefill_shape<T, 16, 1, 64>());
     case 32:
-        return big ? launch_prefill<T, 32, 2, 64>(a, skip_single, stream)
-                   : launch_prefill<T, 32, 1, 64>(a, skip_single, stream);
+        return big ? f(prefill_shape<T, 32, 2, 64>()) : f(prefill_shape<T, 32, 1, 64>());
     case 64:
-        return big ? launch_prefill<T, 64, 2, 64>(a, skip_single, stream)
-                   : launch_prefill<T, 64, 1, 64>(a, skip_single, stream);
+        return big ? f(prefill_shape<T, 64, 2, 64>()) : f(prefill_shape<T, 64, 1, 64>());
     default:
-        return big ? launch_prefill<T, 128, 2, 32>(a, skip_single, stream)
-                   : launch_prefill<T, 128, 1, 64>(a, skip_single, stream);
+        return big ? f(prefill_shape<T, 128, 2, 32>()) : f(prefill_shape<T, 128, 1, 64>());
     }
 }
 
+template <typename T> int prefill_prepare_type()
+{
+    for (int hd = 16; hd <= 128; hd *= 2)
+        for (int big = 0; big < 2; big++) {
+            const int rc =
+                with_prefill_shape<T>(hd, big, [](auto sh) { return prefill_allow(sh); });
+            if (rc) return rc;
+        }
+    return 0;
+}
+
 } /* namespace */
+
+int prefill_prepare()
+{
+    const int rc = prefill_prepare_type<__half>();
+    return rc ? rc : prefill_prepare_type<__nv_bfloat16>();
+}
+
 } /* namespace cv_attn */
 
 extern "C" int cuda_attn_supported(int n_heads, int n_kv_heads, int head_dim, cv_dtype kv_dtype,
@@ -335,6 +360,8 @@ extern "C" int cuda_attn_prefill(const cuda_attn_paged *a, int skip_single, int 
         a->block_size <= 0 || (tile_rows != 64 && tile_rows != 128))
         return (int)cudaErrorInvalidValue;
     const bool big = tile_rows == 128;
-    return a->kv_dtype == CV_DTYPE_F16 ? prefill_for<__half>(a, skip_single, big, stream)
-                                       : prefill_for<__nv_bfloat16>(a, skip_single, big, stream);
+    const auto launch = [&](auto sh) { return launch_prefill(sh, a, skip_single, stream); };
+    return a->kv_dtype == CV_DTYPE_F16
+               ? with_prefill_shape<__half>(a->head_dim, big, launch)
+               : with_prefill_shape<__nv_bfloat16>(a->head_dim, big, launch);
 }

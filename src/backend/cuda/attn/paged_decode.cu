@@ -225,16 +225,22 @@ __global__ void decode_reduce_kernel(cuda_attn_paged a, int partition, int n_par
     }
 }
 
+/* The shared-memory opt-in of one instantiation (once per device). */
+template <typename T, int HD> int decode_allow()
+{
+    static std::atomic<unsigned> smem_set{0};
+    return allow_smem(decode_kernel<T, HD>, decode_smem_bytes<HD>(), smem_set);
+}
+
 template <typename T, int HD>
 int launch_decode(const cuda_attn_paged *a, int n_parts, int partition, float *ws,
                   cudaStream_t stream)
 {
-    constexpr size_t smem = decode_smem_bytes<HD>();
-    static std::atomic<unsigned> smem_set{0};
-    const int rc = allow_smem(decode_kernel<T, HD>, smem, smem_set);
+    const int rc = decode_allow<T, HD>();
     if (rc) return rc;
     const dim3 grid(n_parts, a->n_kv_heads, a->n_seqs);
-    decode_kernel<T, HD><<<grid, DC_THREADS, smem, stream>>>(*a, partition, n_parts, ws);
+    decode_kernel<T, HD>
+        <<<grid, DC_THREADS, decode_smem_bytes<HD>(), stream>>>(*a, partition, n_parts, ws);
     if (n_parts > 1)
         decode_reduce_kernel<HD>
             <<<dim3(a->n_heads, a->n_seqs), HD / 2, 0, stream>>>(*a, partition, n_parts, ws);
@@ -256,8 +262,24 @@ int decode_for(const cuda_attn_paged *a, int n_parts, int partition, float *ws, 
     }
 }
 
+template <typename T> int decode_prepare_type()
+{
+    int rc = decode_allow<T, 16>();
+    rc = rc ? rc : decode_allow<T, 32>();
+    rc = rc ? rc : decode_allow<T, 64>();
+    return rc ? rc : decode_allow<T, 128>();
+}
+
 } /* namespace */
 } /* namespace cv_attn */
+
+extern "C" int cuda_attn_prepare(void)
+{
+    using namespace cv_attn;
+    int rc = prefill_prepare();
+    rc = rc ? rc : decode_prepare_type<__half>();
+    return rc ? rc : decode_prepare_type<__nv_bfloat16>();
+}
 
 extern "C" int cuda_attn_decode_partition(int n_seqs, int n_kv_heads, int max_seq_len, int n_sms)
 {
