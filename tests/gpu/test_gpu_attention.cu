@@ -20,7 +20,8 @@
  * head_dim 16/32/64/128, block sizes 8/12/16/32, split (hi + lo) outputs.
  *
  * Mixed batches run through cuda_attn_plan_make + cuda_attn_run, as the
- * backend does.
+ * backend does. Every case is also captured in a CUDA graph and replayed:
+ * the output must match the eager run byte for byte.
  *
  * Timing: medians of cudaEvent pairs over 30 launches, the KV pool holds
  * several layers and each launch reads the next one (rotating inputs, so
@@ -351,6 +352,36 @@ void reference(const attn_case &c, const problem &p, int s, int i, int h, double
         out[d] /= sum;
 }
 
+/* The same launches captured in a CUDA graph (as cuda_forward.c does) and
+ * replayed into a re-poisoned output give the same bytes as the eager run
+ * (the kernels are deterministic: no atomics). */
+bool graph_replay_matches(const attn_case &c, problem &p, const std::vector<unsigned char> &eager)
+{
+    cudaStream_t st;
+    CK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
+    CK(cudaMemsetAsync(p.d_out, 0xFF, eager.size(), st)); /* ordered before the replay on st */
+    cudaGraph_t graph = nullptr;
+    CK(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal));
+    const int rc = problem_run(c, p, st);
+    CK(cudaStreamEndCapture(st, &graph));
+    if (rc != 0) {
+        printf("     launch inside a graph capture: %s\n", cudaGetErrorString((cudaError_t)rc));
+        cudaGraphDestroy(graph);
+        cudaStreamDestroy(st);
+        return false;
+    }
+    cudaGraphExec_t exec = nullptr;
+    CK(cudaGraphInstantiate(&exec, graph, 0));
+    CK(cudaGraphLaunch(exec, st));
+    CK(cudaStreamSynchronize(st));
+    std::vector<unsigned char> replay(eager.size());
+    CK(cudaMemcpy(replay.data(), p.d_out, replay.size(), cudaMemcpyDeviceToHost));
+    cudaGraphExecDestroy(exec);
+    cudaGraphDestroy(graph);
+    cudaStreamDestroy(st);
+    return memcmp(replay.data(), eager.data(), eager.size()) == 0;
+}
+
 /* Runs one case; returns 0 when it passes. */
 int check_case(const attn_case &c)
 {
@@ -389,10 +420,11 @@ int check_case(const attn_case &c)
             }
     const double rel = sqrt(err2 / ref2);
     const double tol = c.kv == CV_DTYPE_BF16 || c.q == CV_DTYPE_BF16 ? 1e-2 : 2e-3;
-    const bool ok = unwritten == 0 && rel < tol;
-    printf("%s %-34s tokens %5d seqs %3d max ctx %5d part %4d  rel err %.3e (tol %.0e)%s\n",
+    const bool graph_ok = graph_replay_matches(c, p, out);
+    const bool ok = unwritten == 0 && rel < tol && graph_ok;
+    printf("%s %-34s tokens %5d seqs %3d max ctx %5d part %4d  rel err %.3e (tol %.0e)%s%s\n",
            ok ? "ok  " : "FAIL", c.name, p.n_tokens, p.n_seqs, p.max_seq_len, p.plan.partition, rel,
-           tol, unwritten ? "  NON-FINITE OUTPUTS" : "");
+           tol, unwritten ? "  NON-FINITE OUTPUTS" : "", graph_ok ? "" : "  GRAPH REPLAY DIFFERS");
     if (unwritten) printf("     %ld output elements not written or not finite\n", unwritten);
     problem_free(p);
     return ok ? 0 : 1;
