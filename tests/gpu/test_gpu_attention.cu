@@ -471,6 +471,8 @@ std::vector<attn_case> correctness_cases()
          16.0f},
         {"mixed hd128 G4 bf16", 128, 8, 2, 16, BF, F32, BF, MODE_MIXED, 0, false, mixed},
         {"mixed hd64 G8 f16 out32", 64, 8, 1, 16, F16, F16, F32, MODE_MIXED, 64, false, mixed},
+        {"mixed hd64 G4 f16 qbf (q converted)", 64, 8, 2, 16, F16, BF, F16, MODE_MIXED, 0, false,
+         mixed},
         {"mixed hd64 G4 bf16 bs12", 64, 8, 2, 12, BF, F32, BF, MODE_MIXED, 128, false, mixed},
         {"prefill hd16 G2 bf16", 16, 4, 2, 16, BF, F32, BF, MODE_PREFILL, 0, false, prefill},
         {"prefill128 hd32 G2 f16", 32, 4, 2, 16, F16, F32, F16, MODE_PREFILL, 0, false, prefill,
