@@ -155,7 +155,10 @@ static void req_cancel(http_req *hr)
     if (hr->cancelled) return;
     hr->cancelled = true;
     cv_log_info("[vllm] Cancelling the request");
-    cv_engine_abort(hr->model->engine, hr->engine_id);
+    if (hr->oai)
+        http_openai_abort(hr); /* one engine request per prompt */
+    else
+        cv_engine_abort(hr->model->engine, hr->engine_id);
 }
 
 /* The client closed the connection. evhttp detaches a request whose reply
