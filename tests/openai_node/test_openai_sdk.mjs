@@ -1,0 +1,178 @@
+// cvllm-server as a new user meets it: the official `openai` npm client
+// (tests/openai_node/package.json, installed by scripts/install-deps)
+// against /v1/completions (whole, streamed, echo, a prompt list, an error
+// whose message the client reads) and /v1/chat/completions (streamed, and
+// a tool-call round trip checked through /tokenize). The server runs on
+// free loopback ports over a temporary repository pointing at
+// $CVLLM_SHARED/models/stories260K, with a ChatML template of the test's
+// own (the model has none). Exit 77 (ctest SKIP) when the shared model is
+// absent.
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import fs from 'node:fs';
+import net from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+import { createRequire } from 'node:module';
+import { fileURLToPath } from 'node:url';
+
+const here = path.dirname(fileURLToPath(import.meta.url));
+const src = path.resolve(here, '..', '..');
+const shared = process.env.CVLLM_SHARED || path.join(src, '..', 'shared');
+const binDir = process.env.CVLLM_BIN_DIR || path.join(src, 'build', 'bin');
+const modelDir = path.join(shared, 'models', 'stories260K');
+if (!fs.existsSync(path.join(modelDir, 'config.json'))) {
+  console.log(`SKIP: ${modelDir} is missing (set CVLLM_SHARED to the shared data directory)`);
+  process.exit(77);
+}
+let OpenAI;
+try {
+  OpenAI = createRequire(path.join(here, 'package.json'))('openai');
+} catch (e) {
+  console.error(`the openai npm package is not installed in ${here}: run scripts/install-deps`);
+  process.exit(1);
+}
+
+// The ChatML template the test model gets (its tokenizer has none).
+export const CHATML =
+  "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' }}" +
+  "{% if message['content'] %}{{ message['content'] }}{% endif %}" +
+  "{% if message['tool_calls'] %}{% for call in message['tool_calls'] %}" +
+  "{{ '<tool_call>\\n' + (call['function'] | tojson) + '\\n</tool_call>' }}{% endfor %}{% endif %}" +
+  "{{ '<|im_end|>\\n' }}{% endfor %}" +
+  "{% if tools %}{{ '<|im_start|>tools\\n' + (tools | tojson) + '<|im_end|>\\n' }}{% endif %}" +
+  "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}";
+
+function freePort() {
+  return new Promise((resolve, reject) => {
+    const s = net.createServer();
+    s.on('error', reject);
+    s.listen(0, '127.0.0.1', () => {
+      const { port } = s.address();
+      s.close(() => resolve(port));
+    });
+  });
+}
+
+async function startServer() {
+  const repo = fs.mkdtempSync(path.join(os.tmpdir(), 'cvllm_node_'));
+  const mdir = path.join(repo, 'stories');
+  fs.mkdirSync(path.join(mdir, '1'), { recursive: true });
+  fs.writeFileSync(path.join(mdir, 'config.pbtxt'), 'backend: "vllm"\n');
+  fs.writeFileSync(path.join(repo, 'chatml.jinja'), CHATML);
+  fs.writeFileSync(path.join(mdir, '1', 'model.json'), JSON.stringify({
+    model: modelDir, gpu_memory_utilization: 0.5, enforce_eager: true,
+    chat_template: path.join(repo, 'chatml.jinja'), tool_call_parser: 'hermes',
+  }));
+  const [http, grpc, metrics] = [await freePort(), await freePort(), await freePort()];
+  const log = fs.openSync(path.join(repo, 'server.log'), 'w');
+  const proc = spawn(path.join(binDir, 'cvllm-server'), [
+    `--model-repository=${repo}`, `--http-port=${http}`, `--grpc-port=${grpc}`,
+    `--metrics-port=${metrics}`, '--threads=1',
+  ], { stdio: ['ignore', log, log] });
+  const base = `http://127.0.0.1:${http}`;
+  for (let i = 0; i < 300; i++) {
+    if (proc.exitCode !== null) break;
+    try {
+      if ((await fetch(`${base}/v2/health/ready`)).status === 200) {
+        return { proc, repo, base };
+      }
+    } catch { /* not listening yet */ }
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  console.error(fs.readFileSync(path.join(repo, 'server.log'), 'utf8'));
+  throw new Error('cvllm-server did not become ready');
+}
+
+async function post(base, p, body) {
+  const r = await fetch(base + p, { method: 'POST', body: JSON.stringify(body) });
+  return { status: r.status, body: await r.json() };
+}
+
+async function completions(client, base) {
+  const prompt = 'Once upon a time';
+  const whole = await client.completions.create({
+    model: 'stories', prompt, max_tokens: 16, temperature: 0,
+  });
+  assert.equal(whole.object, 'text_completion');
+  assert.equal(whole.choices.length, 1);
+  assert.equal(whole.choices[0].finish_reason, 'length');
+  assert.deepEqual(whole.usage, { prompt_tokens: 5, completion_tokens: 16, total_tokens: 21 });
+  const text = whole.choices[0].text;
+  // The same text as Triton's /generate gives.
+  const gen = await post(base, '/v2/models/stories/generate', {
+    text_input: prompt, exclude_input_in_output: true,
+    parameters: { max_tokens: 16, temperature: 0 },
+  });
+  assert.equal(gen.body.text_output, text);
+
+  const stream = await client.completions.create({
+    model: 'stories', prompt, max_tokens: 16, temperature: 0, stream: true,
+    stream_options: { include_usage: true },
+  });
+  let streamed = '';
+  let usage = null;
+  let chunks = 0;
+  for await (const chunk of stream) {
+    chunks++;
+    if (chunk.choices.length) streamed += chunk.choices[0].text;
+    if (chunk.usage) usage = chunk.usage;
+  }
+  assert.equal(streamed, text);
+  assert.ok(chunks > 2);
+  assert.equal(usage.completion_tokens, 16);
+
+  const echo = await client.completions.create({
+    model: 'stories', prompt, max_tokens: 16, temperature: 0, echo: true,
+  });
+  assert.equal(echo.choices[0].text, prompt + text);
+
+  const other = await client.completions.create({
+    model: 'stories', prompt: 'The cat', max_tokens: 16, temperature: 0,
+  });
+  const list = await client.completions.create({
+    model: 'stories', prompt: [prompt, 'The cat'], max_tokens: 16, temperature: 0,
+  });
+  assert.deepEqual(list.choices.map((c) => [c.index, c.text]),
+                   [[0, text], [1, other.choices[0].text]]);
+  assert.equal(list.usage.prompt_tokens, 5 + other.usage.prompt_tokens);
+
+  await assert.rejects(
+    client.completions.create({ model: 'nope', prompt, max_tokens: 2 }),
+    (e) => {
+      assert.ok(e instanceof OpenAI.NotFoundError);
+      assert.equal(e.status, 404);
+      assert.equal(e.error.message, 'The model `nope` does not exist.');
+      assert.equal(e.message, '404 The model `nope` does not exist.');
+      return true;
+    });
+  await assert.rejects(
+    client.completions.create({ model: 'stories', prompt, temperature: -1 }),
+    (e) => {
+      assert.ok(e instanceof OpenAI.BadRequestError);
+      assert.equal(e.message, '400 temperature must be non-negative, got -1.0.');
+      return true;
+    });
+}
+
+const server = await startServer();
+let failed = false;
+try {
+  const client = new OpenAI({ baseURL: `${server.base}/v1`, apiKey: 'unused', maxRetries: 0 });
+  for (const [name, fn] of Object.entries({ completions })) {
+    try {
+      await fn(client, server.base);
+      console.log(`ok - ${name}`);
+    } catch (e) {
+      failed = true;
+      console.log(`not ok - ${name}`);
+      console.log(e);
+    }
+  }
+} finally {
+  server.proc.kill('SIGTERM');
+  await new Promise((r) => server.proc.once('exit', r));
+  if (failed) console.log(fs.readFileSync(path.join(server.repo, 'server.log'), 'utf8').slice(-4000));
+  fs.rmSync(server.repo, { recursive: true, force: true });
+}
+process.exit(failed ? 1 : 0);
