@@ -629,7 +629,8 @@ static void route(struct evhttp_request *req, void *arg)
     for (char *save, *t = strtok_r(path, "/", &save); t && n < 16; t = strtok_r(NULL, "/", &save))
         seg[n++] = t;
 
-    if (n >= 1 && !strcmp(seg[0], "v1")) {
+    if ((n >= 1 && !strcmp(seg[0], "v1")) ||
+        (n == 1 && (!strcmp(seg[0], "tokenize") || !strcmp(seg[0], "detokenize")))) {
         http_route_openai(h, req, cmd, seg, n);
     } else if (n == 1 && !strcmp(seg[0], "health") && cmd == EVHTTP_REQ_GET) {
         /* vLLM's OpenAI server: 200 while serving */

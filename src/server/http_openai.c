@@ -11,6 +11,7 @@
 
 #include "base/clock.h"
 #include "server/http_internal.h"
+#include "server/openai_chat.h"
 
 static void reply_openai_error(struct evhttp_request *req, int code, const char *msg)
 {
@@ -50,9 +51,10 @@ void http_openai_output(http_req *hr, const cv_request_output *out)
             reply_early(hr, 400, out->error);
         r->failed = true;
     } else if (writable && hr->kind == KIND_STREAM) {
-        json_t *chunk = cv_openai_chunk(r, p, out);
+        json_t *chunk = r->chat ? cv_chat_chunk(r, p, out) : cv_openai_chunk(r, p, out);
         if (chunk) http_sse_send_json(hr, chunk);
-    } else if (writable && cv_openai_accumulate(r, p, out) < 0) {
+    } else if (writable &&
+               (r->chat ? cv_chat_accumulate(r, p, out) : cv_openai_accumulate(r, p, out)) < 0) {
         reply_early(hr, 500, "out of memory");
         r->failed = true;
     }
@@ -60,11 +62,13 @@ void http_openai_output(http_req *hr, const cv_request_output *out)
     if (p >= 0) r->prompts[p].finished = true;
     if (++r->n_finished < r->n_submitted) return;
     if (hr->req && !hr->gone && hr->kind == KIND_STREAM) {
-        if (r->include_usage) http_sse_send_json(hr, cv_openai_usage_chunk(r));
+        if (r->include_usage)
+            http_sse_send_json(hr, r->chat ? cv_chat_usage_chunk(r) : cv_openai_usage_chunk(r));
         http_sse_send(hr, "[DONE]");
     }
     json_t *whole = NULL;
-    if (hr->req && !hr->gone && hr->kind != KIND_STREAM) whole = cv_openai_response(r);
+    if (hr->req && !hr->gone && hr->kind != KIND_STREAM)
+        whole = r->chat ? cv_chat_response(r) : cv_openai_response(r);
     http_reply_final(hr, whole);
     http_request_done(hr, out, !r->failed);
 }
@@ -145,6 +149,12 @@ static void submit(cv_http *h, struct evhttp_request *req, cv_openai_request *r,
     hr->engine_id = r->prompts[0].engine_id;
     atomic_fetch_add(&m->counters.pending, 1);
     http_track_request(h, hr, req);
+    if (rc == 0 && r->chat && hr->kind == KIND_STREAM) {
+        size_t i;
+        json_t *chunk, *start = cv_chat_start_chunks(r);
+        json_array_foreach(start, i, chunk) http_sse_send_json(hr, json_incref(chunk));
+        json_decref(start);
+    }
     if (rc < 0) {
         /* Their outputs are not handled yet (this loop thread handles
          * them), so the aborts' final outputs find the request here. */
@@ -189,6 +199,94 @@ static void do_completions(cv_http *h, struct evhttp_request *req)
     submit(h, req, r, m);
 }
 
+/* What the chat code needs of model m. */
+static cv_chat_model chat_model(const cv_http *h, const cv_model *m)
+{
+    return (cv_chat_model){
+        .tokenizer_dir = m->args.tokenizer[0] ? m->args.tokenizer : m->args.model,
+        .chat_template =
+            m->extra.chat_template[0] ? m->extra.chat_template : h->s->opts.chat_template,
+        .tool_call_parser = m->extra.tool_call_parser,
+        .tok = cv_engine_tokenizer(m->engine),
+        .max_model_len = cv_engine_max_model_len(m->engine),
+    };
+}
+
+static void do_chat(cv_http *h, struct evhttp_request *req)
+{
+    size_t len;
+    const char *body = body_of(req, &len);
+    cv_openai_request *r = calloc(1, sizeof *r);
+    if (!r) {
+        reply_openai_error(req, 500, "out of memory");
+        return;
+    }
+    cv_error err = {.msg = ""};
+    cv_model *m = NULL;
+    if (cv_chat_parse(body, len, ++h->n_completions, r, &err) < 0) {
+        free(r);
+        reply_openai_error(req, 400, err.msg);
+        return;
+    }
+    if (!(m = acquire_model(h, req, r->model))) {
+        cv_openai_request_free(r);
+        free(r);
+        return;
+    }
+    cv_chat_model cm = chat_model(h, m);
+    const uint64_t start_ns = cv_now_ns();
+    if (cv_chat_prepare(r, &cm, &err) < 0) {
+        reply_openai_error(req, 400, err.msg);
+        cv_server_account(m, false, start_ns); /* a failed request of the model */
+        cv_openai_request_free(r);
+        free(r);
+        cv_model_release(m);
+        return;
+    }
+    submit(h, req, r, m);
+}
+
+static void add_model_name(cv_model *m, void *arg);
+
+/* vLLM's /tokenize and /detokenize on the model the body names, or the
+ * only one served. */
+static void do_tokens(cv_http *h, struct evhttp_request *req, bool tokenize)
+{
+    size_t len;
+    const char *text = body_of(req, &len);
+    json_error_t je;
+    json_t *body = json_loadb(text, len, 0, &je), *names = json_array();
+    cv_error err = {.msg = ""};
+    char msg[CV_ERROR_MSG_BYTES];
+    const char *name = json_string_value(json_object_get(body, "model"));
+    if (body && !name && json_is_object(body)) {
+        cv_repository_foreach_ready(h->s->repo, add_model_name, names);
+        name = json_array_size(names) == 1 ? json_string_value(json_array_get(names, 0)) : NULL;
+    }
+    json_t *out = NULL;
+    cv_model *m = NULL;
+    if (!body) {
+        snprintf(msg, sizeof msg, "failed to parse the request JSON: %s",
+                 text[0] ? je.text : "empty body");
+        reply_openai_error(req, 400, msg);
+    } else if (!json_is_object(body)) {
+        reply_openai_error(req, 400, "the request body must be a JSON object");
+    } else if (!name) {
+        reply_openai_error(req, 400, "'model' is required when the server serves several models");
+    } else if ((m = acquire_model(h, req, name))) {
+        cv_chat_model cm = chat_model(h, m);
+        out =
+            tokenize ? cv_openai_tokenize(&cm, body, &err) : cv_openai_detokenize(&cm, body, &err);
+        if (out)
+            http_reply_json(req, 200, out);
+        else
+            reply_openai_error(req, 400, err.msg);
+        cv_model_release(m);
+    }
+    json_decref(names);
+    json_decref(body);
+}
+
 static void add_model_name(cv_model *m, void *arg)
 {
     json_t *names = arg;
@@ -215,7 +313,12 @@ static void reply_models(cv_http *h, struct evhttp_request *req)
 void http_route_openai(cv_http *h, struct evhttp_request *req, enum evhttp_cmd_type cmd, char **seg,
                        int n)
 {
-    if (n == 2 && !strcmp(seg[1], "models") && cmd == EVHTTP_REQ_GET)
+    if (n == 1 && cmd == EVHTTP_REQ_POST && strcmp(seg[0], "v1"))
+        do_tokens(h, req, !strcmp(seg[0], "tokenize"));
+    else if (n == 3 && !strcmp(seg[1], "chat") && !strcmp(seg[2], "completions") &&
+             cmd == EVHTTP_REQ_POST)
+        do_chat(h, req);
+    else if (n == 2 && !strcmp(seg[1], "models") && cmd == EVHTTP_REQ_GET)
         reply_models(h, req);
     else if (n == 2 && !strcmp(seg[1], "completions") && cmd == EVHTTP_REQ_POST)
         do_completions(h, req);

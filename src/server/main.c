@@ -25,7 +25,8 @@ static void usage(FILE *f)
             "  --exit-timeout-secs=N     drain limit on SIGINT/SIGTERM (30)\n"
             "  --repository-poll-secs=N  poll mode: seconds between repository scans (15)\n"
             "  --backend-config=BACKEND,KEY=VALUE  accepted (cvllm has no stub processes)\n"
-            "  --threads=N               engine threads per model (0 = all cores)\n");
+            "  --threads=N               engine threads per model (0 = all cores)\n"
+            "  --chat-template=FILE      chat template over the models' own (model.json's wins)\n");
 }
 
 static int parse_bool(const char *flag, const char *v, bool *out)
@@ -113,6 +114,8 @@ int main(int argc, char **argv)
             rc = parse_int(flag, val, 1, 86400, &o.repository_poll_s);
         } else if (!strcmp(flag, "--threads")) {
             rc = parse_int(flag, val, 0, 4096, &o.n_threads);
+        } else if (!strcmp(flag, "--chat-template")) {
+            o.chat_template = val;
         } else if (!strcmp(flag, "--log-verbose")) {
             rc = parse_int(flag, val, 0, 1000, &verbose);
         } else if (!strcmp(flag, "--model-control-mode")) {

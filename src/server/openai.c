@@ -204,7 +204,7 @@ int cv_openai_begin(cv_openai_request *r, const cv_tokenizer *tok, cv_error *err
 {
     r->n_seqs = r->n_prompts * r->sp.n;
     if (cv_openai_alloc_choices(r) < 0) return cv_errorf(err, "out of memory");
-    for (int i = 0; r->echo && i < r->n_prompts; i++)
+    for (int i = 0; r->echo && !r->chat && i < r->n_prompts; i++) /* chat: openai_chat.c */
         if (set_echo(&r->prompts[i], tok, r->sp.logprobs >= 0, err) < 0) return -1;
     return 0;
 }
