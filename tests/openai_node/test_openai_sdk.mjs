@@ -155,11 +155,98 @@ async function completions(client, base) {
     });
 }
 
+async function chat(client, base) {
+  const messages = [{ role: 'user', content: 'Once upon a time' }];
+  const whole = await client.chat.completions.create({
+    model: 'stories', messages, max_tokens: 16, temperature: 0,
+  });
+  assert.equal(whole.object, 'chat.completion');
+  const text = whole.choices[0].message.content;
+  assert.equal(whole.choices[0].message.role, 'assistant');
+  assert.equal(whole.usage.completion_tokens, 16);
+  const tok = await post(base, '/tokenize', { model: 'stories', messages });
+  assert.equal(tok.status, 200);
+  assert.equal(whole.usage.prompt_tokens, tok.body.count);
+
+  const stream = await client.chat.completions.create({
+    model: 'stories', messages, max_tokens: 16, temperature: 0, stream: true,
+    stream_options: { include_usage: true },
+  });
+  let streamed = '';
+  let first = null;
+  let finish = null;
+  let usage = null;
+  for await (const chunk of stream) {
+    assert.equal(chunk.object, 'chat.completion.chunk');
+    if (chunk.usage) usage = chunk.usage;
+    for (const c of chunk.choices) {
+      if (first === null) first = c.delta;
+      streamed += c.delta.content ?? '';
+      if (c.finish_reason) finish = c.finish_reason;
+    }
+  }
+  assert.equal(first.role, 'assistant');
+  assert.equal(streamed, text);
+  assert.equal(finish, 'length');
+  assert.deepEqual(usage, whole.usage);
+
+  // The SDK's stream helper assembles the same message.
+  const runner = client.chat.completions.stream({
+    model: 'stories', messages, max_tokens: 16, temperature: 0,
+  });
+  const final = await runner.finalChatCompletion();
+  assert.equal(final.choices[0].message.content, text);
+
+  await assert.rejects(
+    client.chat.completions.create({
+      model: 'stories', messages, response_format: { type: 'json_object' },
+    }),
+    (e) => e instanceof OpenAI.BadRequestError && /response_format/.test(e.message));
+}
+
+// A tool-call round trip: the client offers a tool, the assistant's call
+// and the tool's result go back in the next turn; /tokenize shows all of
+// them in the prompt, and the completion runs with the hermes parser on.
+async function toolRoundTrip(client, base) {
+  const tools = [{
+    type: 'function',
+    function: {
+      name: 'get_weather', description: 'Weather of a city',
+      parameters: { type: 'object', properties: { city: { type: 'string' } }, required: ['city'] },
+    },
+  }];
+  const messages = [
+    { role: 'user', content: 'Weather in Paris?' },
+    {
+      role: 'assistant', content: null,
+      tool_calls: [{ id: 'call_1', type: 'function',
+                     function: { name: 'get_weather', arguments: '{"city": "Paris"}' } }],
+    },
+    { role: 'tool', tool_call_id: 'call_1', content: '{"temp_c": 21}' },
+  ];
+  const reply = await client.chat.completions.create({
+    model: 'stories', messages, tools, tool_choice: 'auto', max_tokens: 8, temperature: 0,
+  });
+  assert.equal(reply.choices[0].finish_reason, 'length');
+  assert.deepEqual(reply.choices[0].message.tool_calls, []);
+  const want = '<|im_start|>user\nWeather in Paris?<|im_end|>\n<|im_start|>assistant\n' +
+    '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>' +
+    '<|im_end|>\n<|im_start|>tool\n{"temp_c": 21}<|im_end|>\n<|im_start|>tools\n' +
+    JSON.stringify(tools).replaceAll('":', '": ').replaceAll(',"', ', "') +
+    '<|im_end|>\n<|im_start|>assistant\n';
+  const rendered = await post(base, '/tokenize', { model: 'stories', messages, tools });
+  const expected = await post(base, '/tokenize', {
+    model: 'stories', prompt: want, add_special_tokens: false,
+  });
+  assert.deepEqual(rendered.body.tokens, expected.body.tokens);
+  assert.equal(reply.usage.prompt_tokens, rendered.body.count);
+}
+
 const server = await startServer();
 let failed = false;
 try {
   const client = new OpenAI({ baseURL: `${server.base}/v1`, apiKey: 'unused', maxRetries: 0 });
-  for (const [name, fn] of Object.entries({ completions })) {
+  for (const [name, fn] of Object.entries({ completions, chat, toolRoundTrip })) {
     try {
       await fn(client, server.base);
       console.log(`ok - ${name}`);
