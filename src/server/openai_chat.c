@@ -30,6 +30,8 @@ static void chat_state_free(void *p)
     json_decref(st->kwargs);
     free(st->chat_template);
     free(st->echo);
+    for (int i = 0; st->streams && i < st->n_streams; i++)
+        cv_tool_stream_free(&st->streams[i]);
     free(st->streams);
     free(st);
 }

@@ -22,8 +22,9 @@ typedef struct cv_chat_state {
     int top_logprobs;
     cv_tool_parser parser;   /* the one parsing this request's output (NONE: plain text) */
     uint64_t tool_seq;       /* tool call ids */
-    cv_tool_stream *streams; /* streamed: (n_seqs) */
-    char *echo;              /* echo: the final assistant message's content (owned) */
+    cv_tool_stream *streams; /* streamed: (n_streams = the request's n_seqs) */
+    int n_streams;
+    char *echo; /* echo: the final assistant message's content (owned) */
     size_t echo_len;
 } cv_chat_state;
 

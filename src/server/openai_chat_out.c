@@ -66,6 +66,7 @@ json_t *cv_chat_start_chunks(cv_openai_request *r)
     json_t *chunks = json_array();
     if (!st->streams && !(st->streams = calloc((size_t)r->n_seqs, sizeof *st->streams)))
         return chunks;
+    st->n_streams = r->n_seqs;
     for (int i = 0; i < r->n_seqs; i++)
         json_array_append_new(
             chunks, chunk_obj(r,
