@@ -384,6 +384,39 @@ static void test_openai_echo(void **state)
     }
     json_decref(j);
 
+    /* Streamed: the first chunk carries the prompt's logprobs before its
+     * own tokens; offsets run on over the chunks' texts. */
+    char *events = NULL;
+    assert_int_equal(
+        th_sse(url("/v1/completions"),
+               "{\"model\": \"stories\", \"prompt\": \"Once upon a time\", "
+               "\"max_tokens\": 8, \"temperature\": 0, \"echo\": true, \"logprobs\": 1, "
+               "\"stream\": true}",
+               0, &events),
+        200);
+    size_t n_tokens = 0, n_chunks = 0, text_len = 0;
+    for (const char *p = events; (p = strstr(p, "data: {"));) {
+        p += 6;
+        const char *end = strstr(p, "\n\n");
+        json_t *ev = json_loadb(p, (size_t)(end - p), 0, NULL);
+        json_t *c = json_array_get(json_object_get(ev, "choices"), 0);
+        json_t *l = json_object_get(c, "logprobs");
+        if (n_chunks == 0) {
+            assert_true(json_is_null(json_array_get(json_object_get(l, "token_logprobs"), 0)));
+            assert_string_equal(json_string_value(json_array_get(json_object_get(l, "tokens"), 0)),
+                                "<s>");
+        }
+        json_t *o0 = json_array_get(json_object_get(l, "text_offset"), 0);
+        if (o0) assert_int_equal(json_integer_value(o0), (json_int_t)text_len);
+        text_len += json_string_length(json_object_get(c, "text"));
+        n_tokens += json_array_size(json_object_get(l, "tokens"));
+        n_chunks++;
+        json_decref(ev);
+        p = end;
+    }
+    assert_int_equal(n_tokens, 13);
+    free(events);
+
     /* A token-id prompt echoes its decoded text. */
     j = complete("{\"model\": \"stories\", \"prompt\": [[1, 400]], \"max_tokens\": 2, "
                  "\"temperature\": 0, \"echo\": true}");
