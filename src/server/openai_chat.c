@@ -241,8 +241,6 @@ static int parse_fields(cv_openai_request *r, cv_chat_state *st, json_t *root, c
         rc = cv_errorf(err,
                        "Cannot set both `continue_final_message` and `add_generation_prompt` to "
                        "True.");
-    if (rc == 0 && json_object_get(sampling, "logprobs"))
-        rc = cv_errorf(err, "'logprobs': expected true or false");
     if (rc == 0 && st->logprobs &&
         json_object_set_new(sampling, "logprobs", json_integer(st->top_logprobs)) < 0)
         rc = cv_errorf(err, "out of memory");

@@ -127,7 +127,7 @@ static void test_hermes_stream(void **state)
 {
     (void)state;
     cv_tool_stream st = {0};
-    feed(&st, CV_TOOLS_HERMES, "Sure", false, "Sure", 0);
+    json_decref(feed(&st, CV_TOOLS_HERMES, "Sure", false, "Sure", 0));
     json_decref(feed(&st, CV_TOOLS_HERMES, " <tool", false, " ", 0)); /* "<tool" held back */
     feed(&st, CV_TOOLS_HERMES, "_call>{\"name\": \"f\", ", false, NULL, 0);
     json_t *d =
