@@ -16,6 +16,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cmocka.h>
@@ -25,6 +26,7 @@
 #include "harness.h"
 
 static test_server srv;
+static char scratch[256]; /* tokenizer dirs and a template file (not served) */
 
 /* ChatML, rendering tool calls the Hermes way. */
 static const char CHATML[] =
@@ -59,11 +61,57 @@ static char *bad(const char *msg)
     return buf;
 }
 
+static void write_text(const char *path, const char *text)
+{
+    FILE *f = fopen(path, "w");
+    assert_non_null(f);
+    fputs(text, f);
+    fclose(f);
+}
+
+/* A tokenizer directory <scratch>/<name>: stories260K's tokenizer.json
+ * (linked) with the given tokenizer_config.json and chat_template.jinja
+ * (NULL = none); returns the model.json of a model using it (static). */
+static const char *tokenizer_dir(const char *name, const char *config, const char *jinja)
+{
+    static char mj[2048];
+    char dir[512], p[600], target[512];
+    snprintf(dir, sizeof dir, "%s/%s", scratch, name);
+    assert_int_equal(mkdir(dir, 0755), 0);
+    const char *shared = getenv("CVLLM_SHARED");
+    snprintf(target, sizeof target, "%s/models/stories260K/tokenizer.json",
+             shared ? shared : "../shared");
+    snprintf(p, sizeof p, "%s/tokenizer.json", dir);
+    assert_int_equal(symlink(target, p), 0);
+    snprintf(p, sizeof p, "%s/tokenizer_config.json", dir);
+    write_text(p, config);
+    if (jinja) {
+        snprintf(p, sizeof p, "%s/chat_template.jinja", dir);
+        write_text(p, jinja);
+    }
+    snprintf(mj, sizeof mj, "%.*s, \"tokenizer\": \"%s\"}", (int)strlen(th_stories_json()) - 1,
+             th_stories_json(), dir);
+    return mj;
+}
+
 static int setup(void **state)
 {
     (void)state;
     curl_global_init(CURL_GLOBAL_ALL);
+    snprintf(scratch, sizeof scratch, "%s", th_make_repo());
     const char *repo = th_make_repo();
+    /* tokenizer_config.json's named templates; chat_template.jinja over
+     * tokenizer_config.json's */
+    th_add_model(repo, "tplcfg", "backend: \"vllm\"\n",
+                 tokenizer_dir("tok_cfg",
+                               "{\"bos_token\": \"<s>\", \"eos_token\": {\"content\": \"</s>\"}, "
+                               "\"chat_template\": [{\"name\": \"default\", \"template\": \"D:{{ "
+                               "messages[0].content }}{{ eos_token }}\"}, {\"name\": \"tool_use\", "
+                               "\"template\": \"T:{{ tools[0].function.name }}\"}]}",
+                               NULL));
+    th_add_model(repo, "tpljinja", "backend: \"vllm\"\n",
+                 tokenizer_dir("tok_jinja", "{\"bos_token\": \"<s>\", \"chat_template\": \"CFG\"}",
+                               "J:{{ bos_token }}{{ messages[0].content }}"));
     char path[512], mj[2048];
     snprintf(path, sizeof path, "%s/chatml.jinja", repo);
     FILE *f = fopen(path, "w");
@@ -434,6 +482,77 @@ static void test_chat_template_options(void **state)
     free(got);
 }
 
+/* Where the template comes from: tokenizer_config.json (its "default"
+ * template, or "tool_use" when tools are given), chat_template.jinja over
+ * it, the server's --chat-template for models without one; and Qwen3's
+ * real template with chat_template_kwargs {"enable_thinking": false}. */
+static void test_chat_template_sources(void **state)
+{
+    (void)state;
+    char *want = ids_of("D:Hi</s>");
+    char *got = tokenize_ids("{\"model\": \"tplcfg\", \"messages\": [{\"role\": \"user\", "
+                             "\"content\": \"Hi\"}]}");
+    assert_string_equal(got, want);
+    free(want);
+    free(got);
+    want = ids_of("T:f");
+    got = tokenize_ids("{\"model\": \"tplcfg\", \"messages\": [{\"role\": \"user\", "
+                       "\"content\": \"Hi\"}], \"tools\": [{\"type\": \"function\", "
+                       "\"function\": {\"name\": \"f\"}}]}");
+    assert_string_equal(got, want);
+    free(want);
+    free(got);
+    want = ids_of("J:<s>Hi");
+    got = tokenize_ids("{\"model\": \"tpljinja\", \"messages\": [{\"role\": \"user\", "
+                       "\"content\": \"Hi\"}]}");
+    assert_string_equal(got, want);
+    free(want);
+    free(got);
+
+    /* --chat-template on a server whose model has no template. */
+    char path[512], flag[600];
+    snprintf(path, sizeof path, "%s/flag.jinja", scratch);
+    write_text(path, "F:{{ messages[0].content }}");
+    snprintf(flag, sizeof flag, "--chat-template=%s", path);
+    const char *extra[] = {flag, NULL};
+    test_server s2;
+    assert_true(th_start(&s2, th_make_repo(), extra)); /* stories only */
+    char *resp = NULL;
+    assert_int_equal(th_http("POST", th_url(&s2, "/tokenize"),
+                             "{\"messages\": [{\"role\": \"user\", \"content\": \"Hi\"}]}", &resp),
+                     200);
+    json_t *j = json_loads(resp, 0, NULL);
+    got = json_dumps(json_object_get(j, "tokens"), JSON_COMPACT);
+    want = ids_of("F:Hi");
+    assert_string_equal(got, want);
+    free(want);
+    free(got);
+    json_decref(j);
+    free(resp);
+    assert_int_equal(th_stop(&s2), 0);
+
+    /* Qwen3's template, thinking off. */
+    char cfg[512];
+    const char *shared = getenv("CVLLM_SHARED");
+    snprintf(cfg, sizeof cfg, "%s/tokenizers/qwen3/tokenizer_config.json",
+             shared ? shared : "../shared");
+    json_t *qwen3 = json_load_file(cfg, 0, NULL);
+    assert_non_null(qwen3);
+    json_t *req =
+        json_pack("{s:s, s:[{s:s, s:s}], s:O, s:{s:b}}", "model", "chat", "messages", "role",
+                  "user", "content", "Hi", "chat_template", json_object_get(qwen3, "chat_template"),
+                  "chat_template_kwargs", "enable_thinking", 0);
+    char *body = json_dumps(req, JSON_COMPACT);
+    got = tokenize_ids(body);
+    want = ids_of("<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n");
+    assert_string_equal(got, want);
+    free(want);
+    free(got);
+    free(body);
+    json_decref(req);
+    json_decref(qwen3);
+}
+
 /* A client that leaves mid-stream aborts its request; the chat requests
  * count in Triton's metrics like the others. */
 static void test_chat_cancel_and_metrics(void **state)
@@ -572,6 +691,7 @@ int main(void)
         cmocka_unit_test(test_chat_whole_stream_completions),
         cmocka_unit_test(test_chat_sampling),
         cmocka_unit_test(test_chat_template_options),
+        cmocka_unit_test(test_chat_template_sources),
         cmocka_unit_test(test_chat_cancel_and_metrics),
         cmocka_unit_test(test_chat_errors),
     };
