@@ -384,18 +384,18 @@ static int do_indent(tpl_ctx *ctx, const tpl_node *at, const tpl_val *s, tpl_arg
     size_t n = json_string_length(s->j);
     tpl_buf b = {0};
     if (first) tpl_buf_puts(&b, ind);
-    for (size_t i = 0, line = 0; i <= n; line++) {
+    /* jinja2 splits s + "\n" with splitlines: the pieces of s between \n */
+    for (size_t i = 0, line = 0;; line++) {
         size_t e = i;
         while (e < n && p[e] != '\n')
             e++;
-        if (e == n && i == n && line > 0) break; /* splitlines drops the empty tail */
         if (line > 0) {
             tpl_buf_putc(&b, '\n');
             if (blank || e > i) tpl_buf_puts(&b, ind);
         }
         tpl_buf_put(&b, p + i, e - i);
-        i = e + 1;
         if (e == n) break;
+        i = e + 1;
     }
     *out = tpl_str(b.p, b.len);
     free(b.p);
@@ -546,8 +546,14 @@ static int do_round(tpl_ctx *ctx, const tpl_node *at, const tpl_val *v, tpl_args
         r = ceil(x * m) / m;
     else if (!strcmp(method, "floor"))
         r = floor(x * m) / m;
-    else
-        r = nearbyint(x * m) / m; /* Python's round: half to even */
+    else if (prec >= 0 && prec <= 40) {
+        /* Python rounds the exact binary value, half to even: as printf does */
+        char tmp[400];
+        snprintf(tmp, sizeof tmp, "%.*f", (int)prec, x);
+        r = strtod(tmp, NULL);
+    } else {
+        r = nearbyint(x * m) / m;
+    }
     json_t *j = json_real(isfinite(r) ? r : x);
     if (!j) return tpl_fail(ctx, at, "round result out of range");
     *out = tpl_json(j);

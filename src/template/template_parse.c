@@ -859,7 +859,7 @@ static tpl_node *p_statement(parser *p)
 static int p_body(parser *p, tpl_nodes *body, const char *const *ends)
 {
     if (!enter(p)) return -1;
-    int start_line = cur(p)->line;
+    int start_line = p->i ? p->t[p->i - 1].line : 1; /* the opening tag's */
     for (;;) {
         tpl_tok *t = cur(p);
         tpl_node *n = NULL;
