@@ -265,6 +265,10 @@ int tpl_iterate(tpl_ctx *ctx, const tpl_node *at, const tpl_val *v, json_t **ite
     if (v->kind != TV_JSON)
         return tpl_fail(ctx, at, "'%s' object is not iterable", tpl_type_name(v));
     json_t *j = v->j;
+    tpl_charge(json_is_string(j)   ? json_string_length(j)
+               : json_is_array(j)  ? json_array_size(j)
+               : json_is_object(j) ? json_object_size(j)
+                                   : 0);
     if (json_is_array(j)) {
         *items = json_incref(j);
     } else if (json_is_object(j)) {
@@ -424,10 +428,25 @@ fail:
     return -1;
 }
 
+static int eval_node(tpl_ctx *ctx, const tpl_node *n, tpl_val *out);
+
+/* Macros called inside deep expressions inside deep blocks multiply the
+ * parser's per-tree limits: the render bounds its total depth too. */
 int tpl_eval(tpl_ctx *ctx, const tpl_node *n, tpl_val *out)
 {
+    if (ctx->eval_depth >= TPL_MAX_EVAL_DEPTH)
+        return tpl_fail(ctx, n, "template nests too deeply while rendering (more than %d levels)",
+                        TPL_MAX_EVAL_DEPTH);
+    ctx->eval_depth++;
+    int rc = eval_node(ctx, n, out);
+    ctx->eval_depth--;
+    return rc;
+}
+
+static int eval_node(tpl_ctx *ctx, const tpl_node *n, tpl_val *out)
+{
     if (++ctx->steps > TPL_MAX_STEPS)
-        return tpl_fail(ctx, n, "template takes too long (more than %d evaluation steps)",
+        return tpl_fail(ctx, n, "template takes too long (more than %d steps of work)",
                         TPL_MAX_STEPS);
     tpl_val a = {0}, b = {0};
     tpl_args args = {0};
@@ -622,10 +641,48 @@ static int exec_for(tpl_ctx *ctx, const tpl_node *n)
     return rc;
 }
 
+/* How deeply v nests lists and dicts, counting up to limit. */
+static int value_depth(const json_t *j, int limit)
+{
+    if (limit <= 0 || !(json_is_array(j) || json_is_object(j))) return 0;
+    int d = 0;
+    if (json_is_array(j)) {
+        for (size_t i = 0; i < json_array_size(j) && d < limit - 1; i++) {
+            int k = value_depth(json_array_get(j, i), limit - 1);
+            d = k > d ? k : d;
+        }
+    } else {
+        const char *key;
+        json_t *x;
+        json_object_foreach((json_t *)j, key, x)
+        {
+            int k = value_depth(x, limit - 1);
+            d = k > d ? k : d;
+            if (d >= limit - 1) break;
+        }
+    }
+    return d + 1;
+}
+
+/* A loop that sets x = [x] would nest without bound (and printing or
+ * freeing such a value recurses once per level): refuse it. */
+static int check_depth(tpl_ctx *ctx, const tpl_node *n, const tpl_val *v)
+{
+    if ((v->kind == TV_JSON || v->kind == TV_NS) &&
+        value_depth(v->j, TPL_MAX_VALUE_DEPTH + 1) > TPL_MAX_VALUE_DEPTH)
+        return tpl_fail(ctx, n, "value nested too deeply (more than %d levels)",
+                        TPL_MAX_VALUE_DEPTH);
+    return 0;
+}
+
 static int exec_set(tpl_ctx *ctx, const tpl_node *n)
 {
     tpl_val v;
     if (tpl_eval(ctx, n->b, &v)) return -1;
+    if (check_depth(ctx, n, &v)) {
+        tpl_drop(&v);
+        return -1;
+    }
     if (!n->attr) {
         int rc = assign(ctx, n, &v);
         tpl_drop(&v);
@@ -713,8 +770,15 @@ static int exec_stmt(tpl_ctx *ctx, const tpl_node *n)
 
 int tpl_exec_body(tpl_ctx *ctx, const tpl_nodes *body)
 {
+    if (ctx->eval_depth >= TPL_MAX_EVAL_DEPTH)
+        return tpl_fail(ctx, body->n ? body->v[0] : NULL,
+                        "template nests too deeply while rendering (more than %d levels)",
+                        TPL_MAX_EVAL_DEPTH);
     for (size_t i = 0; i < body->n; i++) {
-        if (exec_stmt(ctx, body->v[i])) return -1;
+        ctx->eval_depth++;
+        int rc = exec_stmt(ctx, body->v[i]);
+        ctx->eval_depth--;
+        if (rc) return -1;
         if (ctx->ctl) return 0; /* break/continue: unwind to the loop */
     }
     return 0;
@@ -759,8 +823,11 @@ char *cv_template_render(const cv_template *t, const json_t *context, cv_error *
     }
     tpl_buf out = {0};
     tpl_ctx ctx = {.context = context, .out = &out, .err = err};
+    size_t *outer = tpl_work;
+    tpl_work = &ctx.steps;
     int rc = push_frame(&ctx, false);
     if (!rc) rc = tpl_exec_body(&ctx, &t->root->body);
+    tpl_work = outer;
     while (ctx.n_frames)
         pop_frame(&ctx);
     free(ctx.frames);

@@ -436,6 +436,7 @@ static int sort_values(tpl_ctx *ctx, const tpl_node *at, json_t *items, const tp
                        int pair_part, bool case_sensitive, bool reverse, tpl_val *out)
 {
     size_t n = json_array_size(items);
+    tpl_charge(n * 20);
     sort_item *s = calloc(n + 1, sizeof *s);
     int err = 0, rc = 0;
     if (!s) return cv_errorf(ctx->err, "chat template: out of memory");

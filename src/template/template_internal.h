@@ -14,8 +14,12 @@ enum {
     TPL_MAX_NESTING = 200,            /* parser: nested expressions/blocks */
     TPL_MAX_CALL_DEPTH = 100,         /* render: nested macro calls */
     TPL_MAX_ITERATIONS = 1000000,     /* render: loop iterations in all */
-    TPL_MAX_STEPS = 20000000,         /* render: expressions evaluated */
+    TPL_MAX_STEPS = 20000000,         /* render: work units (see tpl_work) */
     TPL_MAX_OUTPUT_BYTES = 64u << 20, /* render: size of any one string */
+    TPL_MAX_LIST_ITEMS = 1000000,     /* render: size of any one list */
+    TPL_MAX_VALUE_DEPTH = 1000,       /* render: lists/dicts nested by set */
+    TPL_MAX_HEIGHT = 400,             /* parser: depth of one expression tree */
+    TPL_MAX_EVAL_DEPTH = 2000,        /* render: nested evaluations in all (stack) */
 };
 
 /* ---- tokens ---------------------------------------------------------- */
@@ -113,6 +117,7 @@ struct tpl_node {
     tpl_node_kind kind;
     int line;
     int op;
+    int height;    /* of the expression tree under this node */
     char *name;    /* NAME, ATTR, FILTER, TEST, SET/SETBLOCK/MACRO target */
     char *attr;    /* SET: the attribute of name.attr */
     char *text;    /* TEXT */
@@ -156,6 +161,16 @@ typedef struct tpl_buf {
     size_t len, cap;
     bool oom; /* over TPL_MAX_OUTPUT_BYTES or out of memory */
 } tpl_buf;
+
+/* The work counter of the render running on this thread (NULL outside a
+ * render): evaluation steps plus 1 per 16 bytes written and 1 per list item
+ * copied or visited, so that no template can run for long or allocate
+ * without bound; tpl_eval stops the render past TPL_MAX_STEPS. */
+extern _Thread_local size_t *tpl_work;
+static inline void tpl_charge(size_t units)
+{
+    if (tpl_work) *tpl_work += units;
+}
 
 void tpl_buf_put(tpl_buf *b, const char *s, size_t n);
 void tpl_buf_puts(tpl_buf *b, const char *s);
@@ -211,7 +226,8 @@ typedef struct tpl_ctx {
     tpl_buf *out;
     size_t steps, iterations;
     int call_depth;
-    int ctl; /* pending loop control: 0, CTL_BREAK or CTL_CONTINUE */
+    int eval_depth; /* nested tpl_eval/statement calls, for the stack */
+    int ctl;        /* pending loop control: 0, CTL_BREAK or CTL_CONTINUE */
     cv_error *err;
 } tpl_ctx;
 

@@ -181,6 +181,27 @@ static bool enter(parser *p)
     return true;
 }
 
+/* Records n's height and refuses trees deeper than TPL_MAX_HEIGHT: chains
+ * such as 1+1+1+... or x|f|f|f... nest without brackets, and evaluating or
+ * freeing them recurses once per level. Frees n on failure. */
+static tpl_node *seal(parser *p, tpl_node *n)
+{
+    if (!n) return NULL;
+    const tpl_node *kids[4] = {n->a, n->b, n->c, n->d};
+    int h = 0;
+    for (int i = 0; i < 4; i++)
+        if (kids[i] && kids[i]->height > h) h = kids[i]->height;
+    for (size_t i = 0; i < n->args.n; i++)
+        if (n->args.v[i] && n->args.v[i]->height > h) h = n->args.v[i]->height;
+    n->height = h + 1;
+    if (n->height > TPL_MAX_HEIGHT) {
+        p_fail(p, "expression nested too deeply (more than %d levels)", TPL_MAX_HEIGHT);
+        tpl_node_free(n);
+        return NULL;
+    }
+    return n;
+}
+
 static tpl_node *binary(parser *p, tpl_node_kind kind, int op, tpl_node *a, tpl_node *b, int line)
 {
     if (!a || !b) {
@@ -197,7 +218,7 @@ static tpl_node *binary(parser *p, tpl_node_kind kind, int op, tpl_node *a, tpl_
     n->op = op;
     n->a = a;
     n->b = b;
-    return n;
+    return seal(p, n);
 }
 
 /* Call arguments after '(' up to ')': positional and keyword. */
@@ -303,7 +324,7 @@ static tpl_node *p_primary(parser *p)
             if (accept_op(p, "]")) break;
             if (push(p, &n->args, p_expr(p, true))) goto fail;
         }
-        return n;
+        return seal(p, n);
     }
     if (accept_op(p, "{")) {
         n = mk(p, N_DICT, line);
@@ -314,7 +335,7 @@ static tpl_node *p_primary(parser *p)
                 push(p, &n->args, p_expr(p, true)))
                 goto fail;
         }
-        return n;
+        return seal(p, n);
     }
     p_fail(p, "unexpected '%s'", tok_desc(t));
     return NULL;
@@ -385,16 +406,19 @@ static tpl_node *p_postfix(parser *p, tpl_node *n)
 {
     while (n) {
         if (is_op(p, ".") || is_op(p, "[")) {
-            n = p_subscript(p, n);
+            n = seal(p, p_subscript(p, n));
         } else if (is_op(p, "(")) {
             tpl_node *c = mk(p, N_CALL, cur(p)->line);
-            if (!c) break;
+            if (!c) {
+                tpl_node_free(n);
+                return NULL;
+            }
             c->a = n;
-            n = c;
             if (p_call_args(p, c)) {
                 tpl_node_free(c);
                 return NULL;
             }
+            n = seal(p, c);
         } else {
             break;
         }
@@ -408,7 +432,7 @@ static tpl_node *p_filter_or_test(parser *p, tpl_node *n)
         int line = cur(p)->line;
         if (accept_op(p, "|")) {
             tpl_node *f = mk(p, N_FILTER, line);
-            if (!f) break;
+            if (!f) goto fail;
             f->a = n;
             n = f;
             if (!(f->name = take_name(p))) goto fail;
@@ -417,9 +441,10 @@ static tpl_node *p_filter_or_test(parser *p, tpl_node *n)
                 goto fail;
             }
             if (is_op(p, "(") && p_call_args(p, f)) goto fail;
+            n = seal(p, n);
         } else if (accept_name(p, "is")) {
             tpl_node *t = mk(p, N_TEST, line);
-            if (!t) break;
+            if (!t) goto fail;
             t->a = n;
             n = t;
             t->op = accept_name(p, "not");
@@ -440,6 +465,7 @@ static tpl_node *p_filter_or_test(parser *p, tpl_node *n)
                 t->argnames = calloc(1, sizeof *t->argnames);
                 if (!t->argnames) goto fail;
             }
+            n = seal(p, n);
         } else if (is_op(p, "(")) {
             n = p_postfix(p, n);
         } else {
@@ -466,6 +492,7 @@ static tpl_node *p_unary(parser *p, bool with_filter)
             n->a = a;
         else
             tpl_node_free(a);
+        n = seal(p, n);
     } else {
         n = p_primary(p);
     }
@@ -568,7 +595,7 @@ static tpl_node *p_not(parser *p)
             n->a = a;
         else
             tpl_node_free(a);
-        return n;
+        return seal(p, n);
     }
     return p_compare(p);
 }
@@ -608,6 +635,7 @@ static tpl_node *p_expr(parser *p, bool with_cond)
         n = c;
         if (!(c->a = p_or(p))) goto fail;
         if (accept_name(p, "else") && !(c->c = p_expr(p, true))) goto fail;
+        n = seal(p, n);
     }
     p->depth--;
     return n;
@@ -636,7 +664,7 @@ static tpl_node *p_tuple(parser *p, bool with_cond, bool explicit_parens)
             return NULL;
         }
     }
-    return n;
+    return seal(p, n);
 }
 
 /* ---- statements ---------------------------------------------------------- */

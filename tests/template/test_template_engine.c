@@ -182,6 +182,45 @@ static void test_limits(void **state)
                  NULL, "chat template line 1: string too long");
 }
 
+/* Limits that keep the stack and the work bounded whatever the template. */
+static void test_limits_stack_and_work(void **state)
+{
+    (void)state;
+    char *src = malloc(8192);
+    strcpy(src, "{{ 1");
+    for (int i = 0; i < 500; i++)
+        strcat(src, "+1");
+    strcat(src, " }}");
+    expect_error(src, NULL,
+                 "chat template line 1: expression nested too deeply (more than 400 levels)");
+    strcpy(src, "{{ 'x'");
+    for (int i = 0; i < 500; i++)
+        strcat(src, "|trim");
+    strcat(src, " }}");
+    expect_error(src, NULL,
+                 "chat template line 1: expression nested too deeply (more than 400 levels)");
+    strcpy(src, "{% macro r(n) %}");
+    for (int i = 0; i < 60; i++)
+        strcat(src, "{% if true %}");
+    strcat(src, "{{ r(n + 1) }}");
+    for (int i = 0; i < 60; i++)
+        strcat(src, "{% endif %}");
+    strcat(src, "{% endmacro %}{{ r(0) }}");
+    expect_error(
+        src, NULL,
+        "chat template line 1: template nests too deeply while rendering (more than 2000 levels)");
+    free(src);
+    expect_error("{% set ns = namespace(x=[]) %}{% for i in range(2000) %}{% set ns.x = [ns.x] "
+                 "%}{% endfor %}",
+                 NULL, "chat template line 1: value nested too deeply (more than 1000 levels)");
+    expect_error(
+        "{% for i in range(1000) %}{% set x = range(100000) %}{% endfor %}", NULL,
+        "chat template line 1: template takes too long (more than 20000000 steps of work)");
+    expect_error("{% set ns = namespace(l=[1]) %}{% for i in range(30) %}{% set ns.l = ns.l + ns.l "
+                 "%}{% endfor %}",
+                 NULL, "chat template line 1: list too long (over 1000000 items)");
+}
+
 static void test_strftime_now(void **state)
 {
     (void)state;
@@ -225,6 +264,7 @@ int main(void)
         cmocka_unit_test(test_render_errors_name_line),
         cmocka_unit_test(test_raise_exception),
         cmocka_unit_test(test_limits),
+        cmocka_unit_test(test_limits_stack_and_work),
         cmocka_unit_test(test_strftime_now),
         cmocka_unit_test(test_context_variables),
     };
