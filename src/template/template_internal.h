@@ -6,6 +6,7 @@
 
 #include <stdbool.h>
 #include <stdint.h>
+#include <string.h>
 
 #include "template/template.h"
 
@@ -248,6 +249,7 @@ const tpl_val *tpl_arg(const tpl_args *a, size_t pos, const char *name);
 
 int tpl_eval(tpl_ctx *ctx, const tpl_node *n, tpl_val *out);
 int tpl_exec_body(tpl_ctx *ctx, const tpl_nodes *body);
+int tpl_eval_slice(tpl_ctx *ctx, const tpl_node *n, tpl_val *out); /* N_SLICE */
 int tpl_getattr(tpl_ctx *ctx, const tpl_node *at, const tpl_val *obj, const char *name,
                 tpl_val *out);
 int tpl_getitem(tpl_ctx *ctx, const tpl_node *at, const tpl_val *obj, const tpl_val *key,
@@ -260,7 +262,13 @@ int tpl_binop_eval(tpl_ctx *ctx, const tpl_node *at, int op, const tpl_val *a, c
 int tpl_iterate(tpl_ctx *ctx, const tpl_node *at, const tpl_val *v, json_t **items);
 int tpl_ensure_json(tpl_ctx *ctx, const tpl_node *at, const tpl_val *v);
 
-/* builtins (template_builtins.c, template_methods.c) */
+/* builtins (template_filters.c, template_tests.c, template_methods.c) */
+static inline bool tpl_name_in(const char *const *list, const char *name)
+{
+    for (size_t i = 0; list[i]; i++)
+        if (!strcmp(list[i], name)) return true;
+    return false;
+}
 int tpl_filter(tpl_ctx *ctx, const tpl_node *at, const char *name, const tpl_val *v, tpl_args *args,
                tpl_val *out);
 bool tpl_filter_exists(const char *name);
