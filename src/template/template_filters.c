@@ -1,5 +1,5 @@
-/* jinja2's filters and tests as chat templates use them, with transformers'
- * tojson (json.dumps with ensure_ascii=False). */
+/* jinja2's filters as chat templates use them, with transformers' tojson
+ * (json.dumps with ensure_ascii=False). */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -17,119 +17,14 @@ static const char *const filter_names[] = {
     "max",    "sort",    "attr",       "wordcount", "center",     "batch",      "bool",
     NULL};
 
-static const char *const test_names[] = {
-    "defined", "undefined", "none",    "string",  "mapping",  "iterable", "number", "sequence",
-    "true",    "false",     "boolean", "integer", "float",    "equalto",  "eq",     "==",
-    "ne",      "!=",        "lt",      "<",       "le",       "<=",       "gt",     ">",
-    "ge",      ">=",        "in",      "sameas",  "callable", "even",     "odd",    "divisibleby",
-    "lower",   "upper",     "escaped", "filter",  "test",     NULL};
-
-static bool in_list(const char *const *list, const char *name)
-{
-    for (size_t i = 0; list[i]; i++)
-        if (!strcmp(list[i], name)) return true;
-    return false;
-}
-
 bool tpl_filter_exists(const char *name)
 {
-    return in_list(filter_names, name);
+    return tpl_name_in(filter_names, name);
 }
-bool tpl_test_exists(const char *name)
-{
-    return in_list(test_names, name);
-}
-
-/* ---- tests ------------------------------------------------------------------- */
 
 static bool is_json(const tpl_val *v, json_type t)
 {
     return v->kind == TV_JSON && json_typeof(v->j) == t;
-}
-
-int tpl_test(tpl_ctx *ctx, const tpl_node *at, const char *name, const tpl_val *v, tpl_args *args,
-             bool *out)
-{
-    const tpl_val *x = tpl_arg(args, 0, NULL);
-    bool str = tpl_is_str(v);
-    if (!strcmp(name, "defined"))
-        *out = v->kind != TV_UNDEF;
-    else if (!strcmp(name, "undefined"))
-        *out = v->kind == TV_UNDEF;
-    else if (!strcmp(name, "none"))
-        *out = is_json(v, JSON_NULL);
-    else if (!strcmp(name, "string"))
-        *out = str;
-    else if (!strcmp(name, "mapping"))
-        *out = is_json(v, JSON_OBJECT);
-    else if (!strcmp(name, "iterable"))
-        *out = v->kind == TV_UNDEF || str || is_json(v, JSON_ARRAY) || is_json(v, JSON_OBJECT);
-    else if (!strcmp(name, "sequence"))
-        *out = v->kind == TV_UNDEF || str || is_json(v, JSON_ARRAY) || is_json(v, JSON_OBJECT);
-    else if (!strcmp(name, "number"))
-        *out = tpl_is_num(v);
-    else if (!strcmp(name, "true"))
-        *out = is_json(v, JSON_TRUE);
-    else if (!strcmp(name, "false"))
-        *out = is_json(v, JSON_FALSE);
-    else if (!strcmp(name, "boolean"))
-        *out = v->kind == TV_JSON && json_is_boolean(v->j);
-    else if (!strcmp(name, "integer"))
-        *out = is_json(v, JSON_INTEGER);
-    else if (!strcmp(name, "float"))
-        *out = is_json(v, JSON_REAL);
-    else if (!strcmp(name, "callable"))
-        *out = v->kind == TV_MACRO || v->kind == TV_FUNC || v->kind == TV_METHOD;
-    else if (!strcmp(name, "escaped"))
-        *out = false;
-    else if (!strcmp(name, "filter"))
-        *out = tpl_is_str(v) && tpl_filter_exists(json_string_value(v->j));
-    else if (!strcmp(name, "test"))
-        *out = tpl_is_str(v) && tpl_test_exists(json_string_value(v->j));
-    else if (!strcmp(name, "lower") || !strcmp(name, "upper")) {
-        *out = false;
-        if (str) {
-            tpl_val t;
-            if (tpl_text_case(ctx, at, v, name[0] == 'l' ? TEXT_LOWER : TEXT_UPPER, &t)) return -1;
-            *out = tpl_equal(&t, v);
-            tpl_drop(&t);
-        }
-    } else if (!strcmp(name, "even") || !strcmp(name, "odd") || !strcmp(name, "divisibleby")) {
-        json_int_t d = 2;
-        if (name[0] == 'd') {
-            if (!x || !tpl_is_int(x))
-                return tpl_fail(ctx, at, "test 'divisibleby' needs an integer argument");
-            d = json_is_integer(x->j) ? json_integer_value(x->j) : json_is_true(x->j);
-            if (d == 0) return tpl_fail(ctx, at, "integer division or modulo by zero");
-        }
-        if (!tpl_is_int(v))
-            return tpl_fail(ctx, at, "test '%s' needs an integer, not %s", name, tpl_type_name(v));
-        json_int_t i = json_is_integer(v->j) ? json_integer_value(v->j) : json_is_true(v->j);
-        json_int_t m = d == -1 ? 0 : i % d;
-        *out = name[0] == 'o' ? m != 0 : m == 0;
-    } else if (!strcmp(name, "sameas")) {
-        if (!x) return tpl_fail(ctx, at, "test 'sameas' needs an argument");
-        *out = v->kind == x->kind &&
-               (v->j == x->j || (v->kind == TV_JSON && json_typeof(v->j) == json_typeof(x->j) &&
-                                 (json_is_null(v->j) || json_is_boolean(v->j))));
-    } else {
-        /* comparison tests */
-        static const char *const names[] = {"equalto", "eq", "==", "ne", "!=", "lt", "<",
-                                            "le",      "<=", "gt", ">",  "ge", ">=", "in"};
-        static const int ops[] = {OP_EQ, OP_EQ, OP_EQ, OP_NE, OP_NE, OP_LT, OP_LT,
-                                  OP_LE, OP_LE, OP_GT, OP_GT, OP_GE, OP_GE, OP_IN};
-        for (size_t i = 0; i < sizeof ops / sizeof *ops; i++) {
-            if (strcmp(name, names[i])) continue;
-            if (!x) return tpl_fail(ctx, at, "test '%s' needs an argument", name);
-            tpl_val r;
-            if (tpl_binop_eval(ctx, at, ops[i], v, x, &r)) return -1;
-            *out = tpl_truthy(&r);
-            tpl_drop(&r);
-            return 0;
-        }
-        return tpl_fail(ctx, at, "unknown test '%s'", name);
-    }
-    return 0;
 }
 
 /* ---- helpers ------------------------------------------------------------------ */
@@ -384,18 +279,18 @@ static int do_indent(tpl_ctx *ctx, const tpl_node *at, const tpl_val *s, tpl_arg
     size_t n = json_string_length(s->j);
     tpl_buf b = {0};
     if (first) tpl_buf_puts(&b, ind);
-    for (size_t i = 0, line = 0; i <= n; line++) {
+    /* jinja2 splits s + "\n" with splitlines: the pieces of s between \n */
+    for (size_t i = 0, line = 0;; line++) {
         size_t e = i;
         while (e < n && p[e] != '\n')
             e++;
-        if (e == n && i == n && line > 0) break; /* splitlines drops the empty tail */
         if (line > 0) {
             tpl_buf_putc(&b, '\n');
             if (blank || e > i) tpl_buf_puts(&b, ind);
         }
         tpl_buf_put(&b, p + i, e - i);
-        i = e + 1;
         if (e == n) break;
+        i = e + 1;
     }
     *out = tpl_str(b.p, b.len);
     free(b.p);
@@ -436,6 +331,7 @@ static int sort_values(tpl_ctx *ctx, const tpl_node *at, json_t *items, const tp
                        int pair_part, bool case_sensitive, bool reverse, tpl_val *out)
 {
     size_t n = json_array_size(items);
+    tpl_charge(n * 20);
     sort_item *s = calloc(n + 1, sizeof *s);
     int err = 0, rc = 0;
     if (!s) return cv_errorf(ctx->err, "chat template: out of memory");
@@ -546,8 +442,14 @@ static int do_round(tpl_ctx *ctx, const tpl_node *at, const tpl_val *v, tpl_args
         r = ceil(x * m) / m;
     else if (!strcmp(method, "floor"))
         r = floor(x * m) / m;
-    else
-        r = nearbyint(x * m) / m; /* Python's round: half to even */
+    else if (prec >= 0 && prec <= 40) {
+        /* Python rounds the exact binary value, half to even: as printf does */
+        char tmp[400];
+        snprintf(tmp, sizeof tmp, "%.*f", (int)prec, x);
+        r = strtod(tmp, NULL);
+    } else {
+        r = nearbyint(x * m) / m;
+    }
     json_t *j = json_real(isfinite(r) ? r : x);
     if (!j) return tpl_fail(ctx, at, "round result out of range");
     *out = tpl_json(j);

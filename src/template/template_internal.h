@@ -6,6 +6,7 @@
 
 #include <stdbool.h>
 #include <stdint.h>
+#include <string.h>
 
 #include "template/template.h"
 
@@ -14,8 +15,12 @@ enum {
     TPL_MAX_NESTING = 200,            /* parser: nested expressions/blocks */
     TPL_MAX_CALL_DEPTH = 100,         /* render: nested macro calls */
     TPL_MAX_ITERATIONS = 1000000,     /* render: loop iterations in all */
-    TPL_MAX_STEPS = 20000000,         /* render: expressions evaluated */
+    TPL_MAX_STEPS = 20000000,         /* render: work units (see tpl_work) */
     TPL_MAX_OUTPUT_BYTES = 64u << 20, /* render: size of any one string */
+    TPL_MAX_LIST_ITEMS = 1000000,     /* render: size of any one list */
+    TPL_MAX_VALUE_DEPTH = 1000,       /* render: lists/dicts nested by set */
+    TPL_MAX_HEIGHT = 400,             /* parser: depth of one expression tree */
+    TPL_MAX_EVAL_DEPTH = 2000,        /* render: nested evaluations in all (stack) */
 };
 
 /* ---- tokens ---------------------------------------------------------- */
@@ -113,6 +118,7 @@ struct tpl_node {
     tpl_node_kind kind;
     int line;
     int op;
+    int height;    /* of the expression tree under this node */
     char *name;    /* NAME, ATTR, FILTER, TEST, SET/SETBLOCK/MACRO target */
     char *attr;    /* SET: the attribute of name.attr */
     char *text;    /* TEXT */
@@ -156,6 +162,16 @@ typedef struct tpl_buf {
     size_t len, cap;
     bool oom; /* over TPL_MAX_OUTPUT_BYTES or out of memory */
 } tpl_buf;
+
+/* The work counter of the render running on this thread (NULL outside a
+ * render): evaluation steps plus 1 per 16 bytes written and 1 per list item
+ * copied or visited, so that no template can run for long or allocate
+ * without bound; tpl_eval stops the render past TPL_MAX_STEPS. */
+extern _Thread_local size_t *tpl_work;
+static inline void tpl_charge(size_t units)
+{
+    if (tpl_work) *tpl_work += units;
+}
 
 void tpl_buf_put(tpl_buf *b, const char *s, size_t n);
 void tpl_buf_puts(tpl_buf *b, const char *s);
@@ -211,7 +227,8 @@ typedef struct tpl_ctx {
     tpl_buf *out;
     size_t steps, iterations;
     int call_depth;
-    int ctl; /* pending loop control: 0, CTL_BREAK or CTL_CONTINUE */
+    int eval_depth; /* nested tpl_eval/statement calls, for the stack */
+    int ctl;        /* pending loop control: 0, CTL_BREAK or CTL_CONTINUE */
     cv_error *err;
 } tpl_ctx;
 
@@ -232,6 +249,7 @@ const tpl_val *tpl_arg(const tpl_args *a, size_t pos, const char *name);
 
 int tpl_eval(tpl_ctx *ctx, const tpl_node *n, tpl_val *out);
 int tpl_exec_body(tpl_ctx *ctx, const tpl_nodes *body);
+int tpl_eval_slice(tpl_ctx *ctx, const tpl_node *n, tpl_val *out); /* N_SLICE */
 int tpl_getattr(tpl_ctx *ctx, const tpl_node *at, const tpl_val *obj, const char *name,
                 tpl_val *out);
 int tpl_getitem(tpl_ctx *ctx, const tpl_node *at, const tpl_val *obj, const tpl_val *key,
@@ -244,7 +262,13 @@ int tpl_binop_eval(tpl_ctx *ctx, const tpl_node *at, int op, const tpl_val *a, c
 int tpl_iterate(tpl_ctx *ctx, const tpl_node *at, const tpl_val *v, json_t **items);
 int tpl_ensure_json(tpl_ctx *ctx, const tpl_node *at, const tpl_val *v);
 
-/* builtins (template_builtins.c, template_methods.c) */
+/* builtins (template_filters.c, template_tests.c, template_methods.c) */
+static inline bool tpl_name_in(const char *const *list, const char *name)
+{
+    for (size_t i = 0; list[i]; i++)
+        if (!strcmp(list[i], name)) return true;
+    return false;
+}
 int tpl_filter(tpl_ctx *ctx, const tpl_node *at, const char *name, const tpl_val *v, tpl_args *args,
                tpl_val *out);
 bool tpl_filter_exists(const char *name);

@@ -2,6 +2,8 @@
  * allows them (mutating methods are refused, as there), and the globals
  * transformers' environment has: range, namespace, dict, raise_exception,
  * strftime_now. */
+/* memmem: linear-time substring search */
+#define _GNU_SOURCE
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -55,13 +57,17 @@ static json_int_t int_arg(const tpl_val *v, json_int_t def)
 static bool find_sub(const char *s, size_t n, const char *sub, size_t m, size_t from, bool last,
                      size_t *at)
 {
+    /* memmem is linear: no template can make this quadratic */
     bool found = false;
-    for (size_t i = from; m <= n && i <= n - m; i++)
-        if (!memcmp(s + i, sub, m)) {
-            *at = i;
-            found = true;
-            if (!last) break;
-        }
+    tpl_charge(n / 16);
+    while (from <= n) {
+        const char *p = m ? memmem(s + from, n - from, sub, m) : s + from;
+        if (!p) break;
+        *at = (size_t)(p - s);
+        found = true;
+        if (!last) break;
+        from = *at + 1;
+    }
     return found;
 }
 
@@ -428,14 +434,18 @@ static int make_range(tpl_ctx *ctx, const tpl_node *at, tpl_args *args, tpl_val 
     json_int_t start = na > 1 ? int_arg(a[0], 0) : 0,
                stop = na > 1 ? int_arg(a[1], 0) : int_arg(a[0], 0);
     json_int_t step = na > 2 ? int_arg(a[2], 1) : 1;
+    if (step == INT64_MIN) step = INT64_MIN + 1;
     if (step == 0) return tpl_fail(ctx, at, "range() arg 3 must not be zero");
     double count = step > 0 ? ((double)stop - (double)start) / (double)step
                             : ((double)start - (double)stop) / (double)-step;
     if (count > TPL_MAX_ITERATIONS)
         return tpl_fail(ctx, at, "range too big (more than %d items)", TPL_MAX_ITERATIONS);
+    tpl_charge(count > 0 ? (size_t)count : 0);
     json_t *r = json_array();
-    for (json_int_t i = start; step > 0 ? i < stop : i > stop; i += step)
+    for (json_int_t i = start; step > 0 ? i < stop : i > stop;) {
         json_array_append_new(r, json_integer(i));
+        if (__builtin_add_overflow(i, step, &i)) break;
+    }
     *out = tpl_json(r);
     return 0;
 }

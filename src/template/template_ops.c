@@ -1,5 +1,7 @@
 /* Python's binary operators on template values: arithmetic, comparison,
  * membership and jinja2's ~ concatenation. */
+/* memmem: linear-time substring search */
+#define _GNU_SOURCE
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -30,8 +32,9 @@ static int repeat(tpl_ctx *ctx, const tpl_node *at, const json_t *seq, json_int_
 {
     if (times < 0) times = 0;
     size_t unit = json_is_string(seq) ? json_string_length(seq) : json_array_size(seq);
-    if (unit && (size_t)times > TPL_MAX_OUTPUT_BYTES / unit)
-        return tpl_fail(ctx, at, "repetition result too large");
+    size_t max = json_is_string(seq) ? TPL_MAX_OUTPUT_BYTES : TPL_MAX_LIST_ITEMS;
+    if (unit && (size_t)times > max / unit) return tpl_fail(ctx, at, "repetition result too large");
+    if (!json_is_string(seq)) tpl_charge(unit * (size_t)times);
     if (json_is_string(seq)) {
         tpl_buf b = {0};
         for (json_int_t i = 0; i < times; i++)
@@ -138,10 +141,10 @@ static int contains(tpl_ctx *ctx, const tpl_node *at, const tpl_val *item, const
                             tpl_type_name(item));
         size_t n = json_string_length(item->j), h = json_string_length(s);
         const char *hs = json_string_value(s), *nd = json_string_value(item->j);
-        if (n == 0) *res = true;
-        for (size_t i = 0; !*res && n <= h && i <= h - n; i++)
-            if (!memcmp(hs + i, nd, n)) *res = true;
+        tpl_charge(h / 16);
+        *res = n == 0 || memmem(hs, h, nd, n) != NULL;
     } else if (json_is_array(s)) {
+        tpl_charge(json_array_size(s));
         for (size_t i = 0; i < json_array_size(s) && !*res; i++) {
             tpl_val e = {.kind = TV_JSON, .j = json_array_get(s, i)};
             *res = tpl_equal(&e, item);
@@ -232,6 +235,10 @@ int tpl_binop_eval(tpl_ctx *ctx, const tpl_node *at, int op, const tpl_val *a, c
         return 0;
     }
     if (op == OP_ADD && json_is_array(a->j) && json_is_array(b->j)) {
+        size_t total = json_array_size(a->j) + json_array_size(b->j);
+        if (total > TPL_MAX_LIST_ITEMS)
+            return tpl_fail(ctx, at, "list too long (over %d items)", TPL_MAX_LIST_ITEMS);
+        tpl_charge(total);
         json_t *r2 = json_array();
         json_array_extend(r2, a->j);
         json_array_extend(r2, b->j);

@@ -1,5 +1,7 @@
 /* String operations with Python's str semantics over UTF-8 text: case
  * mapping (utf8proc), strip with Python's whitespace set, replace. */
+/* memmem: linear-time substring search */
+#define _GNU_SOURCE
 #include <stdlib.h>
 #include <string.h>
 #include <utf8proc.h>
@@ -153,12 +155,14 @@ int tpl_text_replace(tpl_ctx *ctx, const tpl_node *at, const tpl_val *v, const t
     }
     size_t i = 0;
     while (i < n && !b.oom) {
-        if ((count < 0 || done < count) && i + no <= n && !memcmp(s + i, o, no)) {
+        const char *hit = count < 0 || done < count ? memmem(s + i, n - i, o, no) : NULL;
+        size_t upto = hit ? (size_t)(hit - s) : n;
+        tpl_buf_put(&b, s + i, upto - i);
+        i = upto;
+        if (hit) {
             tpl_buf_put(&b, w, nw);
             i += no;
             done++;
-        } else {
-            tpl_buf_putc(&b, s[i++]);
         }
     }
     return finish(ctx, at, &b, out);

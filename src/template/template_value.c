@@ -9,9 +9,12 @@
 
 #include "template/template_internal.h"
 
+_Thread_local size_t *tpl_work;
+
 void tpl_buf_put(tpl_buf *b, const char *s, size_t n)
 {
     if (b->oom) return;
+    tpl_charge(n / 16);
     if (b->len + n + 1 > b->cap) {
         if (b->len + n + 1 > TPL_MAX_OUTPUT_BYTES) {
             b->oom = true;
@@ -563,6 +566,7 @@ void tpl_tojson(tpl_buf *b, const json_t *j, bool ensure_ascii, const char *inde
 
 size_t tpl_utf8_offsets(const char *s, size_t n, size_t **offs)
 {
+    tpl_charge(n / 4);
     size_t *o = malloc((n + 1) * sizeof *o);
     size_t k = 0;
     if (!o) {
