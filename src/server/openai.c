@@ -149,6 +149,14 @@ int cv_openai_parse(const char *body, size_t len, uint64_t serial, cv_openai_req
     json_decref(root);
     if (rc == 0 && !r->model[0]) rc = cv_errorf(err, "'model' is required");
     if (rc == 0 && !r->prompts) rc = cv_errorf(err, "'prompt' is required");
+    /* vLLM: echo with max_tokens 0 returns the prompt alone (one token is
+     * generated and dropped), the way clients score a text's logprobs */
+    json_t *mt = json_object_get(sampling, "max_tokens");
+    if (rc == 0 && r->echo && json_is_integer(mt) && json_integer_value(mt) == 0) {
+        r->echo_only = true;
+        if (json_object_set_new(sampling, "max_tokens", json_integer(1)) < 0)
+            rc = cv_errorf(err, "out of memory");
+    }
     if (rc == 0) rc = cv_openai_sampling(r, sampling, err);
     /* vLLM: echo with logprobs returns the prompt's logprobs too */
     if (rc == 0 && r->echo && r->sp.logprobs >= 0 && r->sp.prompt_logprobs < 0)
@@ -395,13 +403,16 @@ json_t *cv_openai_chunk(cv_openai_request *r, int p, const cv_request_output *ou
         if (s->index < 0 || s->index >= r->sp.n) continue;
         int c = p * r->sp.n + s->index;
         bool echo = r->echo && !r->started[c];
-        if (s->text_len == 0 && s->finish_reason == CV_FINISH_NONE && !echo) continue;
+        /* echo with max_tokens 0: the prompt alone, its token discarded */
+        size_t gen = r->echo_only ? 0 : s->text_len;
+        if (gen == 0 && s->finish_reason == CV_FINISH_NONE && !echo) continue;
         /* vLLM streams the echo with the choice's first chunk */
         size_t lead = echo ? pr->echo_len : 0, offset = r->text_len[c];
-        char *text = malloc(lead + s->text_len + 1);
+        char *text = malloc(lead + gen + 1);
         if (!text) continue;
         memcpy(text, echo ? pr->echo : "", lead);
-        memcpy(text + lead, s->text, s->text_len + 1);
+        memcpy(text + lead, s->text, gen);
+        text[lead + gen] = '\0';
         json_t *lp = NULL;
         if (s->logprobs) {
             /* vLLM: offsets from the text streamed so far, counting the
@@ -411,11 +422,11 @@ json_t *cv_openai_chunk(cv_openai_request *r, int p, const cv_request_output *ou
                 lp = json_deep_copy(pr->echo_lp);
                 at = offset + lp_tokens_len(lp);
             }
-            logprobs_extend(&lp, logprobs_json(s, &at));
+            if (!r->echo_only) logprobs_extend(&lp, logprobs_json(s, &at));
         }
         r->started[c] = true;
-        r->text_len[c] += lead + s->text_len;
-        json_array_append_new(choices, choice(c, text, lead + s->text_len, lp, s->finish_reason));
+        r->text_len[c] += lead + gen;
+        json_array_append_new(choices, choice(c, text, lead + gen, lp, s->finish_reason));
         free(text);
     }
     if (json_array_size(choices) == 0) {
@@ -447,13 +458,14 @@ int cv_openai_accumulate(cv_openai_request *r, int p, const cv_request_output *o
             }
         }
         r->started[c] = true;
+        if (s->finish_reason != CV_FINISH_NONE) r->finish[c] = s->finish_reason;
+        if (r->echo_only) continue; /* echo with max_tokens 0 */
         if (s->logprobs) {
             json_t *more = logprobs_json(s, &r->lp_offset[c]);
             if (!more) return -1;
             logprobs_extend(&r->logprobs[c], more);
         }
         if (cv_openai_append_text(r, c, s->text, s->text_len) < 0) return -1;
-        if (s->finish_reason != CV_FINISH_NONE) r->finish[c] = s->finish_reason;
     }
     return 0;
 }

@@ -44,7 +44,8 @@ typedef struct cv_openai_request {
     bool stream;
     bool include_usage; /* stream_options.include_usage */
     bool echo;
-    bool chat; /* a chat completion (openai_chat.c builds its objects) */
+    bool echo_only; /* echo with max_tokens 0: the prompt alone (vLLM) */
+    bool chat;      /* a chat completion (openai_chat.c builds its objects) */
     cv_sampling_params sp;
     char id[48];     /* "cmpl-..." or "chatcmpl-..." */
     int64_t created; /* Unix seconds */

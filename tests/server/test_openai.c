@@ -417,6 +417,24 @@ static void test_openai_echo(void **state)
     assert_int_equal(n_tokens, 13);
     free(events);
 
+    /* max_tokens 0 with echo: the prompt and its logprobs alone. */
+    j = complete("{\"model\": \"stories\", \"prompt\": \"Once upon a time\", \"max_tokens\": 0, "
+                 "\"echo\": true, \"logprobs\": 1}");
+    assert_string_equal(choice_text(j, 0), "Once upon a time");
+    lp = json_object_get(json_array_get(json_object_get(j, "choices"), 0), "logprobs");
+    assert_int_equal(json_array_size(json_object_get(lp, "tokens")), 5);
+    assert_true(json_is_null(json_array_get(json_object_get(lp, "token_logprobs"), 0)));
+    assert_true(json_real_value(json_array_get(json_object_get(lp, "token_logprobs"), 4)) < 0);
+    json_decref(j);
+    stream_texts("{\"model\": \"stories\", \"prompt\": \"Once upon a time\", \"max_tokens\": 0, "
+                 "\"echo\": true, \"stream\": true}",
+                 texts, &completion_tokens);
+    assert_string_equal(texts[0], "Once upon a time");
+    expect("POST", "/v1/completions",
+           "{\"model\": \"stories\", \"prompt\": \"x\", \"max_tokens\": 0}", 400,
+           "{\"error\":{\"message\":\"max_tokens must be at least 1, got 0.\",\"type\":"
+           "\"BadRequestError\",\"param\":null,\"code\":400}}");
+
     /* A token-id prompt echoes its decoded text. */
     j = complete("{\"model\": \"stories\", \"prompt\": [[1, 400]], \"max_tokens\": 2, "
                  "\"temperature\": 0, \"echo\": true}");
