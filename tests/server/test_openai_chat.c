@@ -6,9 +6,10 @@
  * continue_final_message with echo, chat_template, chat_template_kwargs),
  * /tokenize and /detokenize, tools rendered into the prompt and the tool
  * parser on the output path, cancellation, metrics, and vLLM's error
- * object for every refused request. The model is stories260K with a
- * ChatML template of the test's own (model.json chat_template), as the
- * shipped models have none. */
+ * object for every refused request. The model is the shipped
+ * samples/models/cvllm-kjv-4m (a lone clone runs this test) with a ChatML
+ * template of the test's own (model.json chat_template), as the shipped
+ * model has none; "plain" is the same model without one. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stdbool.h>
@@ -61,6 +62,36 @@ static char *bad(const char *msg)
     return buf;
 }
 
+/* The shipped model's directory (absolute). */
+static const char *kjv_dir(void)
+{
+    static char dir[512];
+    const char *src = getenv("CVLLM_SOURCE_DIR");
+    snprintf(dir, sizeof dir, "%s/samples/models/cvllm-kjv-4m", src ? src : ".");
+    return dir;
+}
+
+/* model.json for the shipped model plus `extra` keys (static buffer). */
+static const char *kjv_json(const char *extra)
+{
+    static char mj[4096];
+    snprintf(mj, sizeof mj, "{\"model\": \"%.512s\", \"enforce_eager\": true%.2048s}", kjv_dir(),
+             extra);
+    return mj;
+}
+
+/* A repository with the shipped model as "plain" only (th_make_repo's
+ * model needs ../shared). */
+static const char *plain_repo(void)
+{
+    const char *repo = th_make_repo();
+    char cmd[600];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s/stories'", repo);
+    assert_int_equal(system(cmd), 0);
+    th_add_model(repo, "plain", "backend: \"vllm\"\n", kjv_json(""));
+    return repo;
+}
+
 static void write_text(const char *path, const char *text)
 {
     FILE *f = fopen(path, "w");
@@ -69,18 +100,15 @@ static void write_text(const char *path, const char *text)
     fclose(f);
 }
 
-/* A tokenizer directory <scratch>/<name>: stories260K's tokenizer.json
+/* A tokenizer directory <scratch>/<name>: the shipped model's tokenizer.json
  * (linked) with the given tokenizer_config.json and chat_template.jinja
  * (NULL = none); returns the model.json of a model using it (static). */
 static const char *tokenizer_dir(const char *name, const char *config, const char *jinja)
 {
-    static char mj[2048];
-    char dir[512], p[600], target[512];
+    char dir[512], p[600], target[600], extra[600];
     snprintf(dir, sizeof dir, "%s/%s", scratch, name);
     assert_int_equal(mkdir(dir, 0755), 0);
-    const char *shared = getenv("CVLLM_SHARED");
-    snprintf(target, sizeof target, "%s/models/stories260K/tokenizer.json",
-             shared ? shared : "../shared");
+    snprintf(target, sizeof target, "%s/tokenizer.json", kjv_dir());
     snprintf(p, sizeof p, "%s/tokenizer.json", dir);
     assert_int_equal(symlink(target, p), 0);
     snprintf(p, sizeof p, "%s/tokenizer_config.json", dir);
@@ -89,9 +117,8 @@ static const char *tokenizer_dir(const char *name, const char *config, const cha
         snprintf(p, sizeof p, "%s/chat_template.jinja", dir);
         write_text(p, jinja);
     }
-    snprintf(mj, sizeof mj, "%.*s, \"tokenizer\": \"%s\"}", (int)strlen(th_stories_json()) - 1,
-             th_stories_json(), dir);
-    return mj;
+    snprintf(extra, sizeof extra, ", \"tokenizer\": \"%s\"", dir);
+    return kjv_json(extra);
 }
 
 static int setup(void **state)
@@ -99,7 +126,7 @@ static int setup(void **state)
     (void)state;
     curl_global_init(CURL_GLOBAL_ALL);
     snprintf(scratch, sizeof scratch, "%s", th_make_repo());
-    const char *repo = th_make_repo();
+    const char *repo = plain_repo();
     /* tokenizer_config.json's named templates; chat_template.jinja over
      * tokenizer_config.json's */
     th_add_model(repo, "tplcfg", "backend: \"vllm\"\n",
@@ -118,14 +145,12 @@ static int setup(void **state)
     if (!f) return -1;
     fputs(CHATML, f);
     fclose(f);
-    /* th_stories_json() without its closing brace, plus the chat keys */
-    snprintf(mj, sizeof mj, "%.*s, \"chat_template\": \"%s\", \"tool_call_parser\": \"hermes\"}",
-             (int)strlen(th_stories_json()) - 1, th_stories_json(), path);
+    snprintf(mj, sizeof mj, ", \"chat_template\": \"%s\", \"tool_call_parser\": \"hermes\"", path);
     th_add_model(
         repo, "chat",
         "backend: \"vllm\"\n"
         "parameters: { key: \"REPORT_CUSTOM_METRICS\" value: { string_value: \"true\" } }\n",
-        mj);
+        kjv_json(mj));
     return th_start(&srv, repo, NULL) ? 0 : -1;
 }
 
@@ -516,7 +541,7 @@ static void test_chat_template_sources(void **state)
     snprintf(flag, sizeof flag, "--chat-template=%s", path);
     const char *extra[] = {flag, NULL};
     test_server s2;
-    assert_true(th_start(&s2, th_make_repo(), extra)); /* stories only */
+    assert_true(th_start(&s2, plain_repo(), extra));
     char *resp = NULL;
     assert_int_equal(th_http("POST", th_url(&s2, "/tokenize"),
                              "{\"messages\": [{\"role\": \"user\", \"content\": \"Hi\"}]}", &resp),
@@ -537,7 +562,10 @@ static void test_chat_template_sources(void **state)
     snprintf(cfg, sizeof cfg, "%s/tokenizers/qwen3/tokenizer_config.json",
              shared ? shared : "../shared");
     json_t *qwen3 = json_load_file(cfg, 0, NULL);
-    assert_non_null(qwen3);
+    if (!qwen3) {
+        printf("skipping Qwen3's template: %s is missing (set CVLLM_SHARED)\n", cfg);
+        return;
+    }
     json_t *req =
         json_pack("{s:s, s:[{s:s, s:s}], s:O, s:{s:b}}", "model", "chat", "messages", "role",
                   "user", "content", "Hi", "chat_template", json_object_get(qwen3, "chat_template"),
@@ -640,18 +668,18 @@ static void test_chat_errors(void **state)
     expect(p, "{\"model\": \"nope\", " USER_MSG "}", 404,
            "{\"error\":{\"message\":\"The model `nope` does not exist.\",\"type\":"
            "\"NotFoundError\",\"param\":null,\"code\":404}}");
-    /* stories has no chat template, nor a tool parser. */
-    expect(p, "{\"model\": \"stories\", " USER_MSG "}", 400,
+    /* plain has no chat template, nor a tool parser. */
+    expect(p, "{\"model\": \"plain\", " USER_MSG "}", 400,
            bad("As of transformers v4.44, default chat template is no longer allowed, so you "
                "must provide a chat template if the tokenizer does not define one."));
     expect(p,
-           "{\"model\": \"stories\", " USER_MSG ", \"chat_template\": \"x\", \"tools\": "
+           "{\"model\": \"plain\", " USER_MSG ", \"chat_template\": \"x\", \"tools\": "
            "[{\"type\": \"function\", \"function\": {\"name\": \"f\"}}]}",
            400,
            bad("\"auto\" tool choice requires a tool_call_parser (hermes or llama3_json) in the "
                "model's model.json"));
     /* tool_choice none: no parser needed. */
-    json_decref(post(p, "{\"model\": \"stories\", " USER_MSG
+    json_decref(post(p, "{\"model\": \"plain\", " USER_MSG
                         ", \"chat_template\": \"x\", \"tool_choice\": \"none\", \"tools\": "
                         "[{\"type\": \"function\", \"function\": {\"name\": \"f\"}}], "
                         "\"max_tokens\": 2}"));
@@ -666,8 +694,8 @@ static void test_chat_errors(void **state)
            bad("'model' is required when the server serves several models"));
     expect("/tokenize", "nonsense", 400,
            bad("failed to parse the request JSON: '[' or '{' expected near 'nonsense'"));
-    expect("/detokenize", "{\"model\": \"chat\", \"tokens\": [1, 100000]}", 400,
-           bad("'tokens'[1]: expected a token id below the vocabulary size 512"));
+    expect("/detokenize", "{\"model\": \"chat\", \"tokens\": [1, 4096]}", 400,
+           bad("'tokens'[1]: expected a token id below the vocabulary size 4096"));
     expect("/detokenize", "{\"model\": \"chat\", \"tokens\": \"x\"}", 400,
            bad("'tokens': expected a list of token ids"));
     json_t *j = post("/tokenize", "{\"model\": \"chat\", \"prompt\": \"Once upon\", "
@@ -679,7 +707,7 @@ static void test_chat_errors(void **state)
     char *ids = json_dumps(json_object_get(j, "tokens"), JSON_COMPACT), body[512];
     snprintf(body, sizeof body, "{\"model\": \"chat\", \"tokens\": %s}", ids);
     json_t *d = post("/detokenize", body);
-    assert_string_equal(json_string_value(json_object_get(d, "prompt")), "<s> Once upon");
+    assert_string_equal(json_string_value(json_object_get(d, "prompt")), "<s>Once upon");
     free(ids);
     json_decref(d);
     json_decref(j);
