@@ -3,10 +3,9 @@
 // against /v1/completions (whole, streamed, echo, a prompt list, an error
 // whose message the client reads) and /v1/chat/completions (streamed, and
 // a tool-call round trip checked through /tokenize). The server runs on
-// free loopback ports over a temporary repository pointing at
-// $CVLLM_SHARED/models/stories260K, with a ChatML template of the test's
-// own (the model has none). Exit 77 (ctest SKIP) when the shared model is
-// absent.
+// free loopback ports over a temporary repository with the shipped
+// samples/models/cvllm-kjv-4m and a ChatML template of the test's own (the
+// model has none), so a lone clone runs it.
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import fs from 'node:fs';
@@ -18,13 +17,8 @@ import { fileURLToPath } from 'node:url';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const src = path.resolve(here, '..', '..');
-const shared = process.env.CVLLM_SHARED || path.join(src, '..', 'shared');
 const binDir = process.env.CVLLM_BIN_DIR || path.join(src, 'build', 'bin');
-const modelDir = path.join(shared, 'models', 'stories260K');
-if (!fs.existsSync(path.join(modelDir, 'config.json'))) {
-  console.log(`SKIP: ${modelDir} is missing (set CVLLM_SHARED to the shared data directory)`);
-  process.exit(77);
-}
+const modelDir = path.join(src, 'samples', 'models', 'cvllm-kjv-4m');
 let OpenAI;
 try {
   OpenAI = createRequire(path.join(here, 'package.json'))('openai');
@@ -56,12 +50,12 @@ function freePort() {
 
 async function startServer() {
   const repo = fs.mkdtempSync(path.join(os.tmpdir(), 'cvllm_node_'));
-  const mdir = path.join(repo, 'stories');
+  const mdir = path.join(repo, 'kjv');
   fs.mkdirSync(path.join(mdir, '1'), { recursive: true });
   fs.writeFileSync(path.join(mdir, 'config.pbtxt'), 'backend: "vllm"\n');
   fs.writeFileSync(path.join(repo, 'chatml.jinja'), CHATML);
   fs.writeFileSync(path.join(mdir, '1', 'model.json'), JSON.stringify({
-    model: modelDir, gpu_memory_utilization: 0.5, enforce_eager: true,
+    model: modelDir, enforce_eager: true,
     chat_template: path.join(repo, 'chatml.jinja'), tool_call_parser: 'hermes',
   }));
   const [http, grpc, metrics] = [await freePort(), await freePort(), await freePort()];
@@ -92,22 +86,24 @@ async function post(base, p, body) {
 async function completions(client, base) {
   const prompt = 'Once upon a time';
   const whole = await client.completions.create({
-    model: 'stories', prompt, max_tokens: 16, temperature: 0,
+    model: 'kjv', prompt, max_tokens: 16, temperature: 0,
   });
   assert.equal(whole.object, 'text_completion');
   assert.equal(whole.choices.length, 1);
   assert.equal(whole.choices[0].finish_reason, 'length');
-  assert.deepEqual(whole.usage, { prompt_tokens: 5, completion_tokens: 16, total_tokens: 21 });
+  const counted = await post(base, '/tokenize', { model: 'kjv', prompt });
+  const n = counted.body.count;
+  assert.deepEqual(whole.usage, { prompt_tokens: n, completion_tokens: 16, total_tokens: n + 16 });
   const text = whole.choices[0].text;
   // The same text as Triton's /generate gives.
-  const gen = await post(base, '/v2/models/stories/generate', {
+  const gen = await post(base, '/v2/models/kjv/generate', {
     text_input: prompt, exclude_input_in_output: true,
     parameters: { max_tokens: 16, temperature: 0 },
   });
   assert.equal(gen.body.text_output, text);
 
   const stream = await client.completions.create({
-    model: 'stories', prompt, max_tokens: 16, temperature: 0, stream: true,
+    model: 'kjv', prompt, max_tokens: 16, temperature: 0, stream: true,
     stream_options: { include_usage: true },
   });
   let streamed = '';
@@ -123,19 +119,19 @@ async function completions(client, base) {
   assert.equal(usage.completion_tokens, 16);
 
   const echo = await client.completions.create({
-    model: 'stories', prompt, max_tokens: 16, temperature: 0, echo: true,
+    model: 'kjv', prompt, max_tokens: 16, temperature: 0, echo: true,
   });
   assert.equal(echo.choices[0].text, prompt + text);
 
   const other = await client.completions.create({
-    model: 'stories', prompt: 'The cat', max_tokens: 16, temperature: 0,
+    model: 'kjv', prompt: 'The cat', max_tokens: 16, temperature: 0,
   });
   const list = await client.completions.create({
-    model: 'stories', prompt: [prompt, 'The cat'], max_tokens: 16, temperature: 0,
+    model: 'kjv', prompt: [prompt, 'The cat'], max_tokens: 16, temperature: 0,
   });
   assert.deepEqual(list.choices.map((c) => [c.index, c.text]),
                    [[0, text], [1, other.choices[0].text]]);
-  assert.equal(list.usage.prompt_tokens, 5 + other.usage.prompt_tokens);
+  assert.equal(list.usage.prompt_tokens, n + other.usage.prompt_tokens);
 
   await assert.rejects(
     client.completions.create({ model: 'nope', prompt, max_tokens: 2 }),
@@ -147,7 +143,7 @@ async function completions(client, base) {
       return true;
     });
   await assert.rejects(
-    client.completions.create({ model: 'stories', prompt, temperature: -1 }),
+    client.completions.create({ model: 'kjv', prompt, temperature: -1 }),
     (e) => {
       assert.ok(e instanceof OpenAI.BadRequestError);
       assert.equal(e.message, '400 temperature must be non-negative, got -1.0.');
@@ -158,18 +154,18 @@ async function completions(client, base) {
 async function chat(client, base) {
   const messages = [{ role: 'user', content: 'Once upon a time' }];
   const whole = await client.chat.completions.create({
-    model: 'stories', messages, max_tokens: 16, temperature: 0,
+    model: 'kjv', messages, max_tokens: 16, temperature: 0,
   });
   assert.equal(whole.object, 'chat.completion');
   const text = whole.choices[0].message.content;
   assert.equal(whole.choices[0].message.role, 'assistant');
   assert.equal(whole.usage.completion_tokens, 16);
-  const tok = await post(base, '/tokenize', { model: 'stories', messages });
+  const tok = await post(base, '/tokenize', { model: 'kjv', messages });
   assert.equal(tok.status, 200);
   assert.equal(whole.usage.prompt_tokens, tok.body.count);
 
   const stream = await client.chat.completions.create({
-    model: 'stories', messages, max_tokens: 16, temperature: 0, stream: true,
+    model: 'kjv', messages, max_tokens: 16, temperature: 0, stream: true,
     stream_options: { include_usage: true },
   });
   let streamed = '';
@@ -192,14 +188,14 @@ async function chat(client, base) {
 
   // The SDK's stream helper assembles the same message.
   const runner = client.chat.completions.stream({
-    model: 'stories', messages, max_tokens: 16, temperature: 0,
+    model: 'kjv', messages, max_tokens: 16, temperature: 0,
   });
   const final = await runner.finalChatCompletion();
   assert.equal(final.choices[0].message.content, text);
 
   await assert.rejects(
     client.chat.completions.create({
-      model: 'stories', messages, response_format: { type: 'json_object' },
+      model: 'kjv', messages, response_format: { type: 'json_object' },
     }),
     (e) => e instanceof OpenAI.BadRequestError && /response_format/.test(e.message));
 }
@@ -225,7 +221,7 @@ async function toolRoundTrip(client, base) {
     { role: 'tool', tool_call_id: 'call_1', content: '{"temp_c": 21}' },
   ];
   const reply = await client.chat.completions.create({
-    model: 'stories', messages, tools, tool_choice: 'auto', max_tokens: 8, temperature: 0,
+    model: 'kjv', messages, tools, tool_choice: 'auto', max_tokens: 8, temperature: 0,
   });
   assert.equal(reply.choices[0].finish_reason, 'length');
   assert.deepEqual(reply.choices[0].message.tool_calls, []);
@@ -234,9 +230,9 @@ async function toolRoundTrip(client, base) {
     '<|im_end|>\n<|im_start|>tool\n{"temp_c": 21}<|im_end|>\n<|im_start|>tools\n' +
     JSON.stringify(tools).replaceAll('":', '": ').replaceAll(',"', ', "') +
     '<|im_end|>\n<|im_start|>assistant\n';
-  const rendered = await post(base, '/tokenize', { model: 'stories', messages, tools });
+  const rendered = await post(base, '/tokenize', { model: 'kjv', messages, tools });
   const expected = await post(base, '/tokenize', {
-    model: 'stories', prompt: want, add_special_tokens: false,
+    model: 'kjv', prompt: want, add_special_tokens: false,
   });
   assert.deepEqual(rendered.body.tokens, expected.body.tokens);
   assert.equal(reply.usage.prompt_tokens, rendered.body.count);
