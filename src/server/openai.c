@@ -64,6 +64,7 @@ int cv_openai_stream_options(cv_openai_request *r, json_t *v, cv_error *err)
 {
     if (json_is_null(v)) return 0;
     if (!json_is_object(v)) return cv_errorf(err, "'stream_options': expected an object");
+    r->stream_options = true;
     const char *k;
     json_t *o;
     json_object_foreach(v, k, o)
@@ -149,6 +150,8 @@ int cv_openai_parse(const char *body, size_t len, uint64_t serial, cv_openai_req
     json_decref(root);
     if (rc == 0 && !r->model[0]) rc = cv_errorf(err, "'model' is required");
     if (rc == 0 && !r->prompts) rc = cv_errorf(err, "'prompt' is required");
+    if (rc == 0 && r->stream_options && !r->stream)
+        rc = cv_errorf(err, CV_OPENAI_STREAM_OPTIONS_MSG);
     /* vLLM: echo with max_tokens 0 returns the prompt alone (one token is
      * generated and dropped), the way clients score a text's logprobs */
     json_t *mt = json_object_get(sampling, "max_tokens");

@@ -42,7 +42,8 @@ typedef struct cv_openai_request {
     cv_openai_prompt *prompts; /* (n_prompts) owned */
     int n_prompts;
     bool stream;
-    bool include_usage; /* stream_options.include_usage */
+    bool include_usage;  /* stream_options.include_usage */
+    bool stream_options; /* stream_options given (only with stream) */
     bool echo;
     bool echo_only; /* echo with max_tokens 0: the prompt alone (vLLM) */
     bool chat;      /* a chat completion (openai_chat.c builds its objects) */
@@ -103,6 +104,7 @@ int cv_openai_append_text(cv_openai_request *r, int i, const char *s, size_t len
 /* A logprob as JSON, clamped to -9999 as vLLM does (JSON has no -inf). */
 json_t *cv_openai_logprob_json(float lp);
 /* Takes stream_options: include_usage (and continuous_usage_stats). */
+#define CV_OPENAI_STREAM_OPTIONS_MSG "Stream options can only be defined when `stream=True`."
 int cv_openai_stream_options(cv_openai_request *r, json_t *v, cv_error *err);
 /* Applies a JSON object of vLLM SamplingParams fields to r->sp, then
  * checks the ranges. */

@@ -235,6 +235,8 @@ static int parse_fields(cv_openai_request *r, cv_chat_state *st, json_t *root, c
     }
     if (rc == 0 && !r->model[0]) rc = cv_errorf(err, "'model' is required");
     if (rc == 0 && !st->messages) rc = cv_errorf(err, "'messages' is required");
+    if (rc == 0 && r->stream_options && !r->stream)
+        rc = cv_errorf(err, CV_OPENAI_STREAM_OPTIONS_MSG);
     if (rc == 0 && st->top_logprobs > 0 && !st->logprobs)
         rc = cv_errorf(err, "when using `top_logprobs`, `logprobs` must be set to true.");
     if (rc == 0 && st->continue_final_message && st->add_generation_prompt)

@@ -185,6 +185,12 @@ static void test_openai_completions(void **state)
            "{\"error\":{\"message\":\"'prompt': expected a string, a list of strings, a list "
            "of token ids or a list of lists of token ids\",\"type\":\"BadRequestError\","
            "\"param\":null,\"code\":400}}");
+    expect("POST", "/v1/completions",
+           "{\"model\": \"stories\", \"prompt\": \"x\", \"stream_options\": {\"include_usage\": "
+           "true}}",
+           400,
+           "{\"error\":{\"message\":\"Stream options can only be defined when `stream=True`.\","
+           "\"type\":\"BadRequestError\",\"param\":null,\"code\":400}}");
     expect("POST", "/v1/completions", "{\"model\": \"stories\", \"prompt\": \"x\", \"echo\": 1}",
            400,
            "{\"error\":{\"message\":\"'echo': expected true or false\","

@@ -640,6 +640,8 @@ static void test_chat_errors(void **state)
     expect(p, "{\"model\": \"chat\", " USER_MSG ", \"continue_final_message\": true}", 400,
            bad("Cannot set both `continue_final_message` and `add_generation_prompt` to True."));
     expect(p, "{\"model\": \"chat\"}", 400, bad("'messages' is required"));
+    expect(p, "{\"model\": \"chat\", " USER_MSG ", \"stream_options\": {\"include_usage\": true}}",
+           400, bad("Stream options can only be defined when `stream=True`."));
     expect(p, "{" USER_MSG "}", 400, bad("'model' is required"));
     expect(p, "{\"model\": \"chat\", \"messages\": []}", 400,
            bad("'messages': expected a non-empty list of messages"));
