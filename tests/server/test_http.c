@@ -306,9 +306,9 @@ static void test_repository_explicit_mode(void **state)
     expect("POST", "/v2/models/kjv/generate", "{\"text_input\": \"x\"}", 503,
            "{\"error\":\"Request for unknown model: 'kjv' has no available versions\"}");
     expect("POST", "/v1/completions", "{\"model\": \"kjv\", \"prompt\": \"x\"}", 503,
-           "{\"object\":\"error\",\"message\":\"Request for unknown model: 'kjv' has no "
+           "{\"error\":{\"message\":\"Request for unknown model: 'kjv' has no "
            "available versions\",\"type\":\"ServiceUnavailableError\",\"param\":null,"
-           "\"code\":503}");
+           "\"code\":503}}");
     expect("POST", "/v2/repository/models/kjv/load", "{}", 200, "");
     expect("GET", "/v2/models/kjv/ready", NULL, 200, "");
     /* Two models in one server, each with its own engine. */
