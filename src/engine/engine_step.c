@@ -260,8 +260,10 @@ static int apply_job(cv_engine *e, const sample_job *j, uint64_t now)
 
 /* First token of an n > 1 request: the other sequences share the prompt's
  * blocks (the partial last block copied) and each samples its own first
- * token from the same logits. A child that finds no free block is queued
- * to recompute its prompt instead. */
+ * token from the same logits. A child that finds no free block, or no
+ * running slot under max_num_seqs, is queued to recompute its prompt
+ * instead (its prefix is then found in the cache); the scheduler admits it
+ * when a slot frees, so n > 1 never runs more than max_num_seqs sequences. */
 static int fork_children(cv_engine *e, request *req)
 {
     cv_seq *parent = req->seqs[0].seq;
@@ -272,7 +274,11 @@ static int fork_children(cv_engine *e, request *req)
         child->index = k;
         req->seqs[k].seq = child;
         int32_t src, dst;
-        int r = bm_fork(e->bm, parent, child, &src, &dst);
+        int r = -1;
+        if (e->sched.running.n < e->sched.max_num_seqs)
+            r = bm_fork(e->bm, parent, child, &src, &dst);
+        else
+            child->n_computed = 0;
         if (r == 1 && cv_device_backend_kv_copy(e->backend, &src, &dst, 1, &e->step_err) < 0)
             return -1;
         if ((r >= 0 ? sched_add_running(&e->sched, child) : sched_add(&e->sched, child, true)) < 0)
