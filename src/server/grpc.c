@@ -362,6 +362,12 @@ static void stream_request(stream *st, const uint8_t *data, size_t len)
         return;
     }
     cv_error err = {.msg = ""};
+    if (cv_grpc_check_strings(&inference__model_infer_request__descriptor, data, len, &err) < 0) {
+        /* Nothing of rq may be echoed back: its strings are not valid. */
+        inference__model_infer_request__free_unpacked(rq, NULL);
+        stream_error(st, NULL, err.msg);
+        return;
+    }
     int http = 0;
     stream_req *r = calloc(1, sizeof *r);
     if (!r) {

@@ -28,4 +28,10 @@ uint8_t *cv_grpc_pack_stream_response(const cv_infer_response *resp, char *const
                                       size_t n_wanted, const char *model, const char *version,
                                       const char *id, bool final, const char *error, size_t *len);
 
+/* 0 when every string field of the packed message `in` (a desc, nested
+ * messages included) is valid UTF-8 without NUL; otherwise -1 with err
+ * naming the field (answer INVALID_ARGUMENT). */
+int cv_grpc_check_strings(const ProtobufCMessageDescriptor *desc, const uint8_t *in, size_t len,
+                          cv_error *err);
+
 #endif

@@ -16,9 +16,11 @@
 #include <event2/buffer.h>
 #include <event2/http.h>
 #include <event2/keyvalq_struct.h>
+#include <event2/util.h>
 
 #include "base/clock.h"
 #include "base/log.h"
+#include "base/utf8.h"
 #include "server/http_internal.h"
 
 /* ---- replies ------------------------------------------------------------ */
@@ -610,15 +612,48 @@ static void route_repository(cv_http *h, struct evhttp_request *req, char **seg,
     reply_empty(req, 200);
 }
 
+/* True when every Content-Length header carries the same value. evhttp
+ * reads the body by the first one; a second, different one means the
+ * message boundaries are ambiguous (request smuggling through a proxy that
+ * reads the other), so RFC 9112 says reject it. */
+static bool content_length_consistent(struct evhttp_request *req)
+{
+    const char *first = NULL;
+    const struct evkeyvalq *hs = evhttp_request_get_input_headers(req);
+    for (const struct evkeyval *kv = hs->tqh_first; kv; kv = kv->next.tqe_next) {
+        if (evutil_ascii_strcasecmp(kv->key, "Content-Length")) continue;
+        if (first && strcmp(first, kv->value)) return false;
+        first = kv->value;
+    }
+    return true;
+}
+
 static void route(struct evhttp_request *req, void *arg)
 {
     cv_http *h = arg;
     enum evhttp_cmd_type cmd = evhttp_request_get_command(req);
     const struct evhttp_uri *uri = evhttp_request_get_evhttp_uri(req);
     const char *raw = uri ? evhttp_uri_get_path(uri) : NULL;
-    char *path = raw ? evhttp_uridecode(raw, 0, NULL) : NULL;
+    size_t path_len = 0;
+    char *path = raw ? evhttp_uridecode(raw, 0, &path_len) : NULL;
     if (!path) {
         reply_error(req, 400, "malformed request URI");
+        return;
+    }
+    if (!content_length_consistent(req)) {
+        free(path);
+        evhttp_add_header(evhttp_request_get_output_headers(req), "Connection", "close");
+        reply_error(req, 400, "conflicting Content-Length headers");
+        return;
+    }
+    /* Names taken from the path are echoed into JSON and log lines and read
+     * as C strings: a %00 or invalid UTF-8 must not reach them. */
+    size_t valid = cv_utf8_valid_prefix((const uint8_t *)path, path_len);
+    if (valid < path_len) {
+        reply_error(req, 400,
+                    path[valid] ? "request path is not valid UTF-8 after percent-decoding"
+                                : "request path holds a NUL byte (%00)");
+        free(path);
         return;
     }
     char *seg[16];

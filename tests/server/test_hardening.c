@@ -1,0 +1,151 @@
+/* No client can take the server down (issue 16): raw HTTP bytes that curl
+ * would never send, each answered with an exact status and message while
+ * the server keeps serving. */
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "harness.h"
+
+static test_server srv;
+
+static int setup(void **state)
+{
+    (void)state;
+    const char *repo = th_make_repo();
+    return th_start(&srv, repo, NULL) ? 0 : -1;
+}
+
+static int teardown(void **state)
+{
+    (void)state;
+    return th_stop(&srv) == 0 ? 0 : -1;
+}
+
+static int connect_to(int port)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    assert_true(fd >= 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    assert_int_equal(connect(fd, (struct sockaddr *)&a, sizeof a), 0);
+    return fd;
+}
+
+static void send_all(int fd, const char *data, size_t len)
+{
+    while (len > 0) {
+        ssize_t n = send(fd, data, len, MSG_NOSIGNAL);
+        assert_true(n > 0);
+        data += n;
+        len -= (size_t)n;
+    }
+}
+
+/* True once buf holds a whole response (headers and Content-Length bytes). */
+static bool response_complete(const char *buf, size_t len)
+{
+    const char *end = strstr(buf, "\r\n\r\n");
+    const char *cl = strstr(buf, "Content-Length: ");
+    if (!end || !cl || cl > end) return false;
+    return len >= (size_t)(end + 4 - buf) + strtoul(cl + 16, NULL, 10);
+}
+
+/* What the server sends on fd until one whole response arrived, it closes,
+ * or it is silent for timeout_ms (malloc'd, NUL-terminated). */
+static char *recv_until_quiet(int fd, int timeout_ms)
+{
+    size_t len = 0, cap = 4096;
+    char *buf = malloc(cap);
+    assert_non_null(buf);
+    for (;;) {
+        struct pollfd p = {.fd = fd, .events = POLLIN};
+        if (poll(&p, 1, timeout_ms) <= 0) break;
+        if (len + 1024 > cap) buf = realloc(buf, cap *= 2);
+        ssize_t n = recv(fd, buf + len, cap - len - 1, 0);
+        if (n <= 0) break;
+        len += (size_t)n;
+        buf[len] = '\0';
+        if (response_complete(buf, len)) break;
+    }
+    buf[len] = '\0';
+    return buf;
+}
+
+/* One raw request on a fresh connection; the whole response text. */
+static char *raw_request(const char *req)
+{
+    int fd = connect_to(srv.http_port);
+    send_all(fd, req, strlen(req));
+    char *resp = recv_until_quiet(fd, 10000);
+    close(fd);
+    return resp;
+}
+
+static void expect_response(const char *req, const char *status_line, const char *body)
+{
+    char *resp = raw_request(req);
+    assert_true(strncmp(resp, status_line, strlen(status_line)) == 0);
+    const char *b = strstr(resp, "\r\n\r\n");
+    assert_non_null(b);
+    assert_string_equal(b + 4, body);
+    free(resp);
+}
+
+static void expect_still_serving(void)
+{
+    th_expect("GET", th_url(&srv, "/v2/health/live"), NULL, 200, "");
+}
+
+/* A model name from the path with %00 or invalid UTF-8: a clear 400, not a
+ * truncated name (another model) and not a 500 "out of memory". */
+static void test_path_nul_and_invalid_utf8(void **state)
+{
+    (void)state;
+    expect_response("GET /v2/models/stories%00evil HTTP/1.1\r\nHost: x\r\n\r\n", "HTTP/1.1 400",
+                    "{\"error\":\"request path holds a NUL byte (%00)\"}");
+    expect_response("GET /v2/models/stories%FF/ready HTTP/1.1\r\nHost: x\r\n\r\n", "HTTP/1.1 400",
+                    "{\"error\":\"request path is not valid UTF-8 after percent-decoding\"}");
+    expect_response("GET /v2/models/%C0%AF HTTP/1.1\r\nHost: x\r\n\r\n", "HTTP/1.1 400",
+                    "{\"error\":\"request path is not valid UTF-8 after percent-decoding\"}");
+    /* Valid UTF-8 that names no model is the usual 404. */
+    expect_response("GET /v2/models/%C3%A9t%C3%A9 HTTP/1.1\r\nHost: x\r\n\r\n", "HTTP/1.1 404",
+                    "{\"error\":\"Request for unknown model: '\xc3\xa9t\xc3\xa9' is not found\"}");
+    expect_still_serving();
+}
+
+/* Two different Content-Length values: the body's end is ambiguous, so the
+ * request is refused and the connection closed. */
+static void test_conflicting_content_length(void **state)
+{
+    (void)state;
+    expect_response("POST /v2/repository/index HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n"
+                    "Content-Length: 40\r\n\r\n{}",
+                    "HTTP/1.1 400", "{\"error\":\"conflicting Content-Length headers\"}");
+    /* The same value twice is one length (RFC 9112 allows it). */
+    char *resp = raw_request("POST /v2/repository/index HTTP/1.1\r\nHost: x\r\n"
+                             "Content-Length: 2\r\nContent-Length: 2\r\nConnection: close\r\n"
+                             "\r\n{}");
+    assert_true(strncmp(resp, "HTTP/1.1 200", 12) == 0);
+    free(resp);
+    expect_still_serving();
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_path_nul_and_invalid_utf8),
+        cmocka_unit_test(test_conflicting_content_length),
+    };
+    return cmocka_run_group_tests(tests, setup, teardown);
+}
