@@ -10,10 +10,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
 
 #include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <event2/event.h>
 #include <event2/http.h>
 #include <event2/keyvalq_struct.h>
 #include <event2/util.h>
@@ -122,6 +125,8 @@ void http_detach_conn(http_req *hr)
 {
     if (hr->conn) evhttp_connection_set_closecb(hr->conn, NULL, NULL);
     hr->conn = NULL;
+    if (hr->hangup) event_free(hr->hangup);
+    hr->hangup = NULL;
 }
 
 static void req_finish(http_req *hr)
@@ -170,7 +175,41 @@ static void on_conn_close(struct evhttp_connection *conn, void *arg)
     hr->gone = true;
     hr->conn = NULL;
     evhttp_connection_set_closecb(conn, NULL, NULL);
+    if (hr->hangup) event_free(hr->hangup);
+    hr->hangup = NULL;
     req_cancel(hr);
+}
+
+/* The socket of a non-streaming request in flight became readable or its
+ * peer hung up. evhttp reads nothing while a request is being answered
+ * and writes nothing before the final reply, so without this a client that
+ * left was only noticed when the whole generation was done. On a hang-up
+ * (or EOF) the engine request is aborted; its final reply then goes to the
+ * dead socket, where evhttp's write error frees the connection. Bytes of a
+ * pipelined next request end the watch (they stay for evhttp). */
+static void on_hangup(evutil_socket_t fd, short what, void *arg)
+{
+    http_req *hr = arg;
+    char c;
+    ssize_t n = (what & EV_CLOSED) ? 0 : recv(fd, &c, 1, MSG_PEEK | MSG_DONTWAIT);
+    if (n < 0 && (errno == EAGAIN || errno == EINTR)) return;
+    event_free(hr->hangup);
+    hr->hangup = NULL;
+    if (n <= 0) req_cancel(hr);
+}
+
+static void watch_hangup(cv_http *h, http_req *hr)
+{
+    struct bufferevent *bev = evhttp_connection_get_bufferevent(hr->conn);
+    evutil_socket_t fd = bev ? bufferevent_getfd(bev) : -1;
+    if (fd < 0) return;
+    bool early_close = event_base_get_features(h->s->base) & EV_FEATURE_EARLY_CLOSE;
+    hr->hangup =
+        event_new(h->s->base, fd, EV_PERSIST | (early_close ? EV_CLOSED : EV_READ), on_hangup, hr);
+    if (hr->hangup && event_add(hr->hangup, NULL) < 0) {
+        event_free(hr->hangup);
+        hr->hangup = NULL;
+    }
 }
 
 void http_sse_send(http_req *hr, const char *json_text)
@@ -379,6 +418,7 @@ void http_track_request(cv_http *h, http_req *hr, struct evhttp_request *req)
     if (h->active) h->active->prev = hr;
     h->active = hr;
     h->n_active++;
+    if (hr->kind != KIND_STREAM) watch_hangup(h, hr);
     if (hr->kind == KIND_STREAM) {
         struct evkeyvalq *hd = evhttp_request_get_output_headers(req);
         evhttp_add_header(hd, "Content-Type", "text/event-stream; charset=utf-8");

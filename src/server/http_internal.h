@@ -23,6 +23,7 @@ typedef struct http_req {
     cv_http *h;
     struct evhttp_request *req; /* NULL once replied or the client left */
     struct evhttp_connection *conn;
+    struct event *hangup; /* non-streaming: watches the socket for the client leaving */
     req_kind kind;
     cv_model *model;
     cv_infer_request ir;

@@ -141,11 +141,85 @@ static void test_conflicting_content_length(void **state)
     expect_still_serving();
 }
 
+static double metric(const char *name_and_labels)
+{
+    char url[96], *text = NULL;
+    snprintf(url, sizeof url, "http://127.0.0.1:%d/metrics", srv.metrics_port);
+    assert_int_equal(th_http("GET", url, NULL, &text), 200);
+    double v = th_metric(text, name_and_labels);
+    free(text);
+    return v;
+}
+
+static double running(void)
+{
+    return metric("vllm:num_requests_running{model=\"stories\",version=\"1\"}");
+}
+
+static int count_in_log(const char *needle)
+{
+    char *log = th_log(&srv);
+    int n = 0;
+    for (const char *p = log; (p = strstr(p, needle)); p += strlen(needle))
+        n++;
+    free(log);
+    return n;
+}
+
+/* Waits (up to 120 s) until sequences run (busy) or none does. */
+static void wait_running(bool busy)
+{
+    for (int i = 0; i < 2400 && (running() > 0) != busy; i++)
+        usleep(50000);
+    assert_true((running() > 0) == busy);
+}
+
+/* A non-streaming request whose client leaves mid-generation is aborted in
+ * the engine (it kept computing to the end before: issue 16 defect 4). */
+static void disconnect_mid_request(const char *path, const char *body)
+{
+    int before = count_in_log("[vllm] Cancelling the request");
+    double ok_before = metric("nv_inference_request_success{model=\"stories\",version=\"1\"}");
+    char head[512];
+    snprintf(head, sizeof head,
+             "POST %s HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+             "Content-Length: %zu\r\n\r\n",
+             path, strlen(body));
+    int fd = connect_to(srv.http_port);
+    send_all(fd, head, strlen(head));
+    send_all(fd, body, strlen(body));
+    wait_running(true);
+    close(fd);
+    wait_running(false);
+    assert_int_equal(count_in_log("[vllm] Cancelling the request"), before + 1);
+    assert_true(metric("nv_inference_request_success{model=\"stories\",version=\"1\"}") ==
+                ok_before);
+    expect_still_serving();
+}
+
+static void test_generate_cancelled_on_disconnect(void **state)
+{
+    (void)state;
+    disconnect_mid_request("/v2/models/stories/generate",
+                           "{\"text_input\": \"Once\", \"parameters\": {\"max_tokens\": 500, "
+                           "\"n\": 32, \"ignore_eos\": true}}");
+}
+
+static void test_completions_cancelled_on_disconnect(void **state)
+{
+    (void)state;
+    disconnect_mid_request("/v1/completions",
+                           "{\"model\": \"stories\", \"prompt\": \"Once\", \"max_tokens\": "
+                           "500, \"n\": 32, \"ignore_eos\": true}");
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_path_nul_and_invalid_utf8),
         cmocka_unit_test(test_conflicting_content_length),
+        cmocka_unit_test(test_generate_cancelled_on_disconnect),
+        cmocka_unit_test(test_completions_cancelled_on_disconnect),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
