@@ -38,19 +38,19 @@ class StringFieldTest(unittest.TestCase):
         self.assertEqual(e.exception.details(), details)
 
     def test_invalid_utf8_model_name(self):
-        self.expect_invalid("ModelReady", b"\x0a\x08stories\xff",
+        self.expect_invalid("ModelReady", b"\x0a\x04kjv\xff",
                             "field 'name' of inference.ModelReadyRequest is not valid UTF-8 "
-                            "(byte 7)")
+                            "(byte 3)")
         self.expect_invalid("ModelMetadata", b"\x0a\x05\xc0\xafabc",
                             "field 'name' of inference.ModelMetadataRequest is not valid UTF-8 "
                             "(byte 0)")
 
     def test_nul_in_model_name(self):
-        self.expect_invalid("ModelReady", b"\x0a\x0cstories\x00evil",
+        self.expect_invalid("ModelReady", b"\x0a\x08kjv\x00evil",
                             "field 'name' of inference.ModelReadyRequest holds a NUL byte "
-                            "(byte 7)")
+                            "(byte 3)")
         # A map entry nested in the message is checked too.
-        req = pb.RepositoryModelLoadRequest(model_name="stories")
+        req = pb.RepositoryModelLoadRequest(model_name="kjv")
         req.parameters["conf\x01g"].string_param = "x"
         raw = req.SerializeToString().replace(b"conf\x01g", b"conf\x00g")
         self.expect_invalid("RepositoryModelLoad", raw,
@@ -58,16 +58,16 @@ class StringFieldTest(unittest.TestCase):
                             "holds a NUL byte (byte 4)")
 
     def test_stream_refuses_then_keeps_serving(self):
-        bad = infer_request("storiesX", "b1", "Once", stream=False,
+        bad = infer_request("kjvX", "b1", "Once", stream=False,
                             sampling={"max_tokens": 2}).SerializeToString()
-        bad = bad.replace(b"storiesX", b"stories\xfe")
-        good = infer_request("stories", "g1", "Once", stream=False,
+        bad = bad.replace(b"kjvX", b"kjv\xfe")
+        good = infer_request("kjv", "g1", "Once", stream=False,
                              sampling={"max_tokens": 2}).SerializeToString()
         got = raw_stream([bad, good])
         self.assertEqual(len(got), 2)
         self.assertEqual(got[0].error_message,
                          "field 'model_name' of inference.ModelInferRequest is not valid UTF-8 "
-                         "(byte 7)")
+                         "(byte 3)")
         self.assertEqual(got[0].infer_response.model_name, "")
         self.assertEqual(got[1].error_message, "")
         self.assertEqual(got[1].infer_response.id, "g1")
@@ -75,7 +75,7 @@ class StringFieldTest(unittest.TestCase):
 
 class Uint64ParamTest(unittest.TestCase):
     def test_max_tokens_2_64_minus_1(self):
-        req = infer_request("stories", "u1", "Once", stream=False)
+        req = infer_request("kjv", "u1", "Once", stream=False)
         req.parameters["max_tokens"].uint64_param = 2**64 - 1
         got = list(SERVER.stream(iter([req])))
         self.assertEqual(got[0].error_message,

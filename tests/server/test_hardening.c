@@ -112,9 +112,9 @@ static void expect_still_serving(void)
 static void test_path_nul_and_invalid_utf8(void **state)
 {
     (void)state;
-    expect_response("GET /v2/models/stories%00evil HTTP/1.1\r\nHost: x\r\n\r\n", "HTTP/1.1 400",
+    expect_response("GET /v2/models/kjv%00evil HTTP/1.1\r\nHost: x\r\n\r\n", "HTTP/1.1 400",
                     "{\"error\":\"request path holds a NUL byte (%00)\"}");
-    expect_response("GET /v2/models/stories%FF/ready HTTP/1.1\r\nHost: x\r\n\r\n", "HTTP/1.1 400",
+    expect_response("GET /v2/models/kjv%FF/ready HTTP/1.1\r\nHost: x\r\n\r\n", "HTTP/1.1 400",
                     "{\"error\":\"request path is not valid UTF-8 after percent-decoding\"}");
     expect_response("GET /v2/models/%C0%AF HTTP/1.1\r\nHost: x\r\n\r\n", "HTTP/1.1 400",
                     "{\"error\":\"request path is not valid UTF-8 after percent-decoding\"}");
@@ -153,7 +153,7 @@ static double metric(const char *name_and_labels)
 
 static double running(void)
 {
-    return metric("vllm:num_requests_running{model=\"stories\",version=\"1\"}");
+    return metric("vllm:num_requests_running{model=\"kjv\",version=\"1\"}");
 }
 
 static int count_in_log(const char *needle)
@@ -179,7 +179,7 @@ static void wait_running(bool busy)
 static void disconnect_mid_request(const char *path, const char *body)
 {
     int before = count_in_log("[vllm] Cancelling the request");
-    double ok_before = metric("nv_inference_request_success{model=\"stories\",version=\"1\"}");
+    double ok_before = metric("nv_inference_request_success{model=\"kjv\",version=\"1\"}");
     char head[512];
     snprintf(head, sizeof head,
              "POST %s HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
@@ -192,15 +192,14 @@ static void disconnect_mid_request(const char *path, const char *body)
     close(fd);
     wait_running(false);
     assert_int_equal(count_in_log("[vllm] Cancelling the request"), before + 1);
-    assert_true(metric("nv_inference_request_success{model=\"stories\",version=\"1\"}") ==
-                ok_before);
+    assert_true(metric("nv_inference_request_success{model=\"kjv\",version=\"1\"}") == ok_before);
     expect_still_serving();
 }
 
 static void test_generate_cancelled_on_disconnect(void **state)
 {
     (void)state;
-    disconnect_mid_request("/v2/models/stories/generate",
+    disconnect_mid_request("/v2/models/kjv/generate",
                            "{\"text_input\": \"Once\", \"parameters\": {\"max_tokens\": 500, "
                            "\"n\": 32, \"ignore_eos\": true}}");
 }
@@ -209,7 +208,7 @@ static void test_completions_cancelled_on_disconnect(void **state)
 {
     (void)state;
     disconnect_mid_request("/v1/completions",
-                           "{\"model\": \"stories\", \"prompt\": \"Once\", \"max_tokens\": "
+                           "{\"model\": \"kjv\", \"prompt\": \"Once\", \"max_tokens\": "
                            "500, \"n\": 32, \"ignore_eos\": true}");
 }
 

@@ -94,8 +94,7 @@ static void *unloader(void *arg)
     int fresh = 0;
     while (!atomic_load(&s->stop)) {
         cv_error err = {.msg = ""};
-        int status = 0;
-        cv_model *m = cv_repository_acquire(s->repo, "kjv", NULL, &err, &status);
+        cv_model *m = cv_repository_acquire(s->repo, "kjv", NULL, &err);
         bool is_new = m && m != seen;
         if (m) {
             seen = m;
@@ -118,13 +117,12 @@ static void *acquirer(void *arg)
     storm *s = arg;
     while (!atomic_load(&s->stop)) {
         cv_error err = {.msg = ""};
-        int status = 0;
-        cv_model *m = cv_repository_acquire(s->repo, "kjv", NULL, &err, &status);
+        cv_model *m = cv_repository_acquire(s->repo, "kjv", NULL, &err);
         if (m) {
             if (strcmp(m->name, "kjv") || strcmp(m->version_str, "1")) atomic_fetch_add(&s->bad, 1);
             cv_model_release(m);
             atomic_fetch_add(&s->acquired, 1);
-        } else if (status != 503) {
+        } else if (err.cls != CV_ERR_UNAVAILABLE) {
             atomic_fetch_add(&s->bad, 1);
         }
         sched_yield();
@@ -157,13 +155,12 @@ static void test_load_unload_storm(void **state)
 
     /* Settled: one more load serves, one more unload leaves it unavailable. */
     assert_int_equal(cv_repository_load(s.repo, "kjv", &err), 0);
-    int status = 0;
-    cv_model *m = cv_repository_acquire(s.repo, "kjv", "1", &err, &status);
+    cv_model *m = cv_repository_acquire(s.repo, "kjv", "1", &err);
     assert_non_null(m);
     cv_model_release(m);
     assert_int_equal(cv_repository_unload(s.repo, "kjv", &err), 0);
-    assert_null(cv_repository_acquire(s.repo, "kjv", NULL, &err, &status));
-    assert_int_equal(status, 503);
+    assert_null(cv_repository_acquire(s.repo, "kjv", NULL, &err));
+    assert_int_equal(err.cls, CV_ERR_UNAVAILABLE);
     assert_string_equal(err.msg, "Request for unknown model: 'kjv' has no available versions");
     cv_repository_destroy(s.repo);
 }
