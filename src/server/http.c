@@ -25,6 +25,7 @@
 #include "base/log.h"
 #include "base/utf8.h"
 #include "server/http_internal.h"
+#include "server/listen.h"
 
 /* ---- replies ------------------------------------------------------------ */
 
@@ -778,9 +779,14 @@ static int http_start(cv_server *s, void **state, cv_error *err)
         goto fail;
     }
     evhttp_set_allowed_methods(h->http, EVHTTP_REQ_GET | EVHTTP_REQ_POST | EVHTTP_REQ_HEAD);
-    /* Bodies are buffered whole before parsing: bound them (evhttp answers
-     * 413 beyond this). */
-    evhttp_set_max_body_size(h->http, 256 << 20);
+    /* Bodies are buffered whole before parsing: bound them, and the
+     * headers, and the time a client may keep a connection waiting for
+     * them (see cv_server_options). libevent 2.1 answers an overflow itself
+     * and closes the connection: 413 for the body (from Content-Length,
+     * before reading it), 400 for the headers (it has no hook to say 431). */
+    evhttp_set_max_body_size(h->http, s->opts.http_max_input_bytes);
+    evhttp_set_max_headers_size(h->http, s->opts.http_max_header_bytes);
+    evhttp_set_timeout(h->http, s->opts.http_idle_timeout_s);
     evhttp_set_gencb(h->http, route, h);
     h->q_ev = event_new(s->base, cv_output_queue_fd(h->q), EV_READ | EV_PERSIST, on_outputs, h);
     if (!h->q_ev || event_add(h->q_ev, NULL) < 0) {
@@ -795,6 +801,11 @@ static int http_start(cv_server *s, void **state, cv_error *err)
                         s->opts.http_port, strerror(errno));
         goto fail;
     }
+    h->guard = cv_listen_guard_new(s->base, evhttp_bound_socket_get_listener(h->sock), "HTTP");
+    if (!h->guard) {
+        cv_errorf_class(err, CV_ERR_INTERNAL, "out of memory");
+        goto fail;
+    }
     cv_log_info("Started HTTPService at %s:%d", addr, s->opts.http_port);
     *state = h;
     return 0;
@@ -806,6 +817,8 @@ fail:
 static void http_stop_accepting(void *state)
 {
     cv_http *h = state;
+    cv_listen_guard_free(h->guard);
+    h->guard = NULL;
     if (h->sock) {
         evhttp_del_accept_socket(h->http, h->sock);
         h->sock = NULL;

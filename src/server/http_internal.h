@@ -42,6 +42,7 @@ struct cv_http {
     cv_server *s;
     struct evhttp *http;
     struct evhttp_bound_socket *sock;
+    struct cv_listen_guard *guard; /* accept back-off on descriptor exhaustion */
     cv_output_queue *q;
     struct event *q_ev;
     http_req *active;
