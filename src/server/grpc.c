@@ -661,8 +661,9 @@ static int grpc_start(cv_server *s, void **state, cv_error *err)
     cv_error lerr = {.msg = ""};
     g->listen = cv_listen_new(s->base, host, s->opts.grpc_port, "gRPC", on_grpc_accept, g, &lerr);
     if (!g->listen) {
-        cv_errorf_class(err, CV_ERR_UNAVAILABLE,
-                        "failed to start GRPC service: cannot bind %s (%s)", addr, lerr.msg);
+        cv_log_verbose("%s", lerr.msg);
+        cv_errorf_class(err, CV_ERR_UNAVAILABLE, "failed to start GRPC service: cannot bind %s",
+                        addr);
         goto fail;
     }
     pthread_mutex_lock(&g->mu);

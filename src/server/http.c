@@ -24,6 +24,7 @@
 #include "base/clock.h"
 #include "base/log.h"
 #include "base/utf8.h"
+#include "base/workpool.h"
 #include "server/http_internal.h"
 #include "server/listen.h"
 
@@ -175,6 +176,7 @@ static void req_finish(http_req *hr)
         h->active = hr->next;
     if (hr->next) hr->next->prev = hr->prev;
     h->n_active--;
+    free(hr->deferred);
     json_decref(hr->pending);
     if (hr->oai) cv_openai_request_free(hr->oai);
     free(hr->oai);
@@ -369,7 +371,19 @@ static void on_outputs(evutil_socket_t fd, short what, void *arg)
         cv_log_warn("http: reading the output queue eventfd: %s", strerror(errno));
     cv_request_output *out;
     while ((out = cv_output_queue_pop(h->q))) {
-        handle_output(out->user_data, out);
+        http_req *hr = out->user_data;
+        if (hr->submitting) {
+            cv_request_output **d = realloc(hr->deferred, sizeof *d * (size_t)(hr->n_deferred + 1));
+            if (d) {
+                hr->deferred = d;
+                d[hr->n_deferred++] = out;
+                continue;
+            }
+            /* out of memory: the output is lost, the request is aborted */
+            cv_engine_abort(hr->model->engine, hr->engine_id);
+        } else {
+            handle_output(hr, out);
+        }
         cv_request_output_free(out);
     }
 }
@@ -449,11 +463,18 @@ void http_track_request(cv_http *h, http_req *hr, struct evhttp_request *req)
 {
     hr->req = req;
     hr->conn = evhttp_request_get_connection(req);
-    evhttp_connection_set_closecb(hr->conn, on_conn_close, hr);
     hr->next = h->active;
     if (h->active) h->active->prev = hr;
     h->active = hr;
     h->n_active++;
+    if (!hr->conn) {
+        /* The client left while the request was on the worker pool and
+         * evhttp detached it: abort; the final output frees it. */
+        hr->gone = true;
+        req_cancel(hr);
+        return;
+    }
+    evhttp_connection_set_closecb(hr->conn, on_conn_close, hr);
     if (hr->kind != KIND_STREAM) watch_hangup(h, hr);
     if (hr->kind == KIND_STREAM) {
         struct evkeyvalq *hd = evhttp_request_get_output_headers(req);
@@ -461,6 +482,59 @@ void http_track_request(cv_http *h, http_req *hr, struct evhttp_request *req)
         evhttp_add_header(hd, "Cache-Control", "no-cache");
         evhttp_send_reply_start(req, 200, "OK");
     }
+}
+
+/* The engine request of a checked /generate(_stream) request is built on
+ * the worker pool: cv_infer_submit tokenizes the prompt, which for a long
+ * prompt takes seconds that every other client on this loop would wait
+ * (a 128 MB prompt stalled them 9 s). The loop replies when it is done. */
+typedef struct submit_job {
+    http_req *hr;
+    struct evhttp_request *req;
+    struct event *done;
+    int rc;
+    cv_error err;
+} submit_job;
+
+static void submit_on_pool(void *arg)
+{
+    submit_job *job = arg;
+    http_req *hr = job->hr;
+    job->rc =
+        cv_infer_prepare(&hr->ir, hr->model, &job->err) < 0 ||
+                !(hr->engine_id = cv_infer_submit(&hr->ir, hr->model, hr->h->q, hr, &job->err))
+            ? -1
+            : 0;
+    event_active(job->done, EV_TIMEOUT, 0);
+}
+
+static void on_submitted(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    submit_job *job = arg;
+    http_req *hr = job->hr;
+    cv_http *h = hr->h;
+    h->n_submitting--;
+    if (job->rc < 0) {
+        reply_backend_error(job->req, hr->kind, &job->err);
+        cv_server_account(hr->model, false, hr->start_ns);
+        http_req_free_unsubmitted(hr);
+    } else {
+        hr->submitting = false;
+        http_track_request(h, hr, job->req);
+        /* handle_output frees hr with the final output, the last one */
+        cv_request_output **d = hr->deferred;
+        int n = hr->n_deferred;
+        hr->deferred = NULL;
+        for (int i = 0; i < n; i++) {
+            handle_output(hr, d[i]);
+            cv_request_output_free(d[i]);
+        }
+        free(d);
+    }
+    event_free(job->done);
+    free(job);
 }
 
 static void do_generate(cv_http *h, struct evhttp_request *req, cv_model *m, req_kind kind)
@@ -488,19 +562,30 @@ static void do_generate(cv_http *h, struct evhttp_request *req, cv_model *m, req
     json_decref(body);
     if (rc == 0) rc = cv_infer_check(&hr->ir, m, &err);
     if (rc == 0) rc = cv_server_admit(h->s, &err);
-    if (rc < 0) {
-        reply_core_error(req, &err);
-    } else if (cv_infer_prepare(&hr->ir, m, &err) < 0 ||
-               !(hr->engine_id = cv_infer_submit(&hr->ir, m, h->q, hr, &err))) {
-        reply_backend_error(req, kind, &err);
-        rc = -1;
+    submit_job *job = rc == 0 ? calloc(1, sizeof *job) : NULL;
+    if (rc == 0 && (!job || !(job->done = event_new(h->s->base, -1, 0, on_submitted, job)))) {
+        free(job);
+        job = NULL;
+        rc = cv_errorf_class(&err, CV_ERR_INTERNAL, "out of memory");
+    }
+    if (rc == 0) {
+        job->hr = hr;
+        job->req = req;
+        hr->submitting = true;
+        if (cv_workpool_submit(h->pool, submit_on_pool, job) < 0) {
+            event_free(job->done);
+            free(job);
+            hr->submitting = false;
+            rc = cv_errorf_class(&err, CV_ERR_UNAVAILABLE, "Server is stopping");
+        }
     }
     if (rc < 0) {
+        reply_core_error(req, &err);
         cv_server_account(m, false, hr->start_ns);
         http_req_free_unsubmitted(hr);
         return;
     }
-    http_track_request(h, hr, req);
+    h->n_submitting++;
 }
 
 static json_t *tensor_meta_json(const cv_tensor_meta *t)
@@ -778,6 +863,7 @@ static int http_start(cv_server *s, void **state, cv_error *err)
         cv_errorf_class(err, CV_ERR_INTERNAL, "HTTP: cannot create the server");
         goto fail;
     }
+    if (!(h->pool = cv_workpool_create(2, err))) goto fail;
     evhttp_set_allowed_methods(h->http, EVHTTP_REQ_GET | EVHTTP_REQ_POST | EVHTTP_REQ_HEAD);
     /* Bodies are buffered whole before parsing: bound them, and the
      * headers, and the time a client may keep a connection waiting for
@@ -835,13 +921,14 @@ static void http_abort_all(void *state)
 static int http_active(void *state)
 {
     const cv_http *h = state;
-    return h->n_active + n_unsent + h->n_loading;
+    return h->n_active + n_unsent + h->n_loading + h->n_submitting;
 }
 
 static void http_destroy(void *state)
 {
     cv_http *h = state;
     if (!h) return;
+    cv_workpool_destroy(h->pool);
     if (h->q_ev) event_free(h->q_ev);
     if (h->http) evhttp_free(h->http);
     if (h->q) cv_output_queue_destroy(h->q);

@@ -35,6 +35,11 @@ typedef struct http_req {
     json_t *pending; /* /generate: the response held until final */
     cv_openai_request *oai;
     bool cancelled;
+    /* Prepared and tokenized on the worker pool: outputs that arrive
+     * before the loop has tracked the request wait here, in order. */
+    bool submitting;
+    cv_request_output **deferred;
+    int n_deferred;
     bool gone; /* the client closed the connection */
 } http_req;
 
@@ -43,6 +48,8 @@ struct cv_http {
     struct evhttp *http;
     struct evhttp_bound_socket *sock;
     struct cv_listen_guard *guard; /* accept back-off on descriptor exhaustion */
+    struct cv_workpool *pool;      /* tokenizes prompts off the event loop */
+    int n_submitting;              /* requests on the pool */
     cv_output_queue *q;
     struct event *q_ev;
     http_req *active;

@@ -215,6 +215,42 @@ static void test_completions_cancelled_on_disconnect(void **state)
                            "500, \"n\": 32, \"ignore_eos\": true}");
 }
 
+/* Defect 3: a prompt of tens of megabytes is tokenized on the worker pool,
+ * not on the event loop: a health check sent while it is being tokenized
+ * is answered while the big request still has no answer. (On the loop, the
+ * big request's answer was written first: 128 MB stalled every client 9 s.) */
+static void test_long_prompt_does_not_stall_loop(void **state)
+{
+    (void)state;
+    size_t n_text = 40u << 20;
+    char *body = malloc(n_text + 256);
+    assert_non_null(body);
+    size_t n = (size_t)sprintf(body, "{\"text_input\": \"");
+    for (size_t i = 0; i < n_text / 8; i++, n += 8)
+        memcpy(body + n, "In the b", 8);
+    n += (size_t)sprintf(body + n, "\", \"parameters\": {\"max_tokens\": 1}}");
+    char head[256];
+    snprintf(head, sizeof head,
+             "POST /v2/models/kjv/generate HTTP/1.1\r\nHost: x\r\nContent-Length: %zu\r\n\r\n", n);
+    int big = connect_to(srv.http_port);
+    send_all(big, head, strlen(head));
+    send_all(big, body, n);
+    free(body);
+    usleep(500000); /* the server has read the body and is tokenizing */
+    char *resp = raw_request("GET /v2/health/live HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_true(strncmp(resp, "HTTP/1.1 200", 12) == 0);
+    free(resp);
+    struct pollfd p = {.fd = big, .events = POLLIN};
+    assert_int_equal(poll(&p, 1, 0), 0); /* still tokenizing */
+    resp = recv_until_quiet(big, 120000);
+    assert_true(strncmp(resp, "HTTP/1.1 500", 12) == 0); /* the backend's error, as Triton */
+    assert_string_equal(strstr(resp, "\r\n\r\n") + 4,
+                        "{\"error\":\"Error generating stream: The decoder prompt (length "
+                        "15728641) is longer than the maximum model length of 512.\"}");
+    free(resp);
+    close(big);
+}
+
 /* ---- limits and descriptor exhaustion (own servers) ---------------------- */
 
 /* A server of its own with extra flags; its log is checked by the caller. */
@@ -375,6 +411,7 @@ int main(void)
         cmocka_unit_test(test_conflicting_content_length),
         cmocka_unit_test(test_generate_cancelled_on_disconnect),
         cmocka_unit_test(test_completions_cancelled_on_disconnect),
+        cmocka_unit_test(test_long_prompt_does_not_stall_loop),
         cmocka_unit_test(test_header_and_body_limits),
         cmocka_unit_test(test_idle_connection_closed),
         cmocka_unit_test(test_fd_exhaustion_recovers),
