@@ -2,6 +2,7 @@
  * sample, detokenize, check stops, deliver outputs. */
 #include <math.h>
 #include <omp.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -356,10 +357,34 @@ static void count_schedule(cv_engine *e, const sched_output *so)
     pthread_mutex_unlock(&e->stats_mu);
 }
 
+#ifdef CVLLM_FAULT_INJECTION
+/* Test builds: CVLLM_FAULT_FAIL_STEP="<text>:<n>" fails the n-th step (from
+ * 1) of every engine whose model path contains <text>, as a backend error
+ * would (CUDA out of memory, a lost device), so that tests can watch the
+ * model turn unhealthy while the others keep serving. */
+static bool fault_injected(cv_engine *e)
+{
+    const char *spec = getenv("CVLLM_FAULT_FAIL_STEP");
+    const char *colon = spec ? strrchr(spec, ':') : NULL;
+    if (!colon) return false;
+    e->n_steps_run++;
+    char text[256];
+    snprintf(text, sizeof text, "%.*s", (int)(colon - spec), spec);
+    if (!strstr(e->args.model, text) || e->n_steps_run != strtoll(colon + 1, NULL, 10))
+        return false;
+    cv_errorf(&e->step_err, "injected fault: step %lld failed (CVLLM_FAULT_FAIL_STEP)",
+              (long long)e->n_steps_run);
+    return true;
+}
+#endif
+
 int engine_step(cv_engine *e)
 {
     uint64_t t_step = cv_now_ns();
     e->step_err.msg[0] = '\0';
+#ifdef CVLLM_FAULT_INJECTION
+    if (fault_injected(e)) return -1;
+#endif
     sched_output so;
     if (sched_schedule(&e->sched, &so) < 0) return -1;
     count_schedule(e, &so);

@@ -404,6 +404,60 @@ static void test_fd_exhaustion_recovers(void **state)
     assert_int_equal(th_stop(&t), 0);
 }
 
+/* Fault injection (test builds): an engine step of model "bad" fails. Its
+ * in-flight request ends with the backend's message, the model (with
+ * ENABLE_VLLM_HEALTH_CHECK) turns unhealthy and refuses requests, and model
+ * "kjv" beside it keeps serving. */
+static void test_engine_fault_isolated(void **state)
+{
+    (void)state;
+    const char *repo = th_make_repo();
+    char link[512], json[700];
+    const char *src = getenv("CVLLM_SOURCE_DIR");
+    char cwd[400];
+    if (!src) src = getcwd(cwd, sizeof cwd);
+    snprintf(link, sizeof link, "%s-faulty-kjv-4m", repo); /* beside the repository */
+    char target[512];
+    snprintf(target, sizeof target, "%s/samples/models/cvllm-kjv-4m", src);
+    assert_int_equal(symlink(target, link), 0);
+    snprintf(json, sizeof json, "{\"model\": \"%s\"}", link);
+    th_add_model(repo, "bad",
+                 "backend: \"vllm\"\n"
+                 "parameters: { key: \"ENABLE_VLLM_HEALTH_CHECK\" value: { string_value: "
+                 "\"true\" } }\n"
+                 "instance_group [ { count: 1 kind: KIND_MODEL } ]\n",
+                 json);
+    setenv("CVLLM_FAULT_FAIL_STEP", "faulty-kjv-4m:3", 1);
+    test_server t;
+    bool up = th_start(&t, repo, NULL);
+    unsetenv("CVLLM_FAULT_FAIL_STEP");
+    unlink(link); /* the model is loaded */
+    assert_true(up);
+    const char *body = "{\"text_input\": \"In the\", \"parameters\": {\"max_tokens\": 8, "
+                       "\"ignore_eos\": true}}";
+    char *resp = NULL;
+    long st = th_http("POST", th_url(&t, "/v2/models/bad/generate"), body, &resp);
+    if (st == 200) { /* a build without CVLLM_FAULT_INJECTION */
+        free(resp);
+        th_stop(&t);
+        skip();
+    }
+    assert_int_equal(st, 400);
+    assert_string_equal(resp, "{\"error\":\"engine step failed: injected fault: step 3 failed "
+                              "(CVLLM_FAULT_FAIL_STEP)\"}");
+    free(resp);
+    th_expect("GET", th_url(&t, "/v2/models/bad/ready"), NULL, 400, "");
+    st = th_http("POST", th_url(&t, "/v2/models/bad/generate"), body, &resp);
+    assert_int_equal(st, 503);
+    assert_non_null(strstr(resp, "Model is unavailable due to unhealthy vLLM engine"));
+    free(resp);
+    th_expect("GET", th_url(&t, "/v2/models/kjv/ready"), NULL, 200, "");
+    assert_int_equal(th_http("POST", th_url(&t, "/v2/models/kjv/generate"), body, &resp), 200);
+    assert_non_null(strstr(resp, "\"text_output\":\"In the"));
+    free(resp);
+    assert_int_equal(th_stop(&t), 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -415,6 +469,7 @@ int main(void)
         cmocka_unit_test(test_header_and_body_limits),
         cmocka_unit_test(test_idle_connection_closed),
         cmocka_unit_test(test_fd_exhaustion_recovers),
+        cmocka_unit_test(test_engine_fault_isolated),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
