@@ -65,10 +65,10 @@ static int check_config(const cv_model_config *c, cv_error *err)
         return cv_errorf(err, "cuda backend: unsupported activation %d", (int)c->hidden_act);
     /* Refused rather than silently attending over the whole context. */
     if (c->sliding_window > 0)
-        return cv_errorf(err,
-                         "cuda backend: sliding_window %d attention is not implemented (set "
-                         "sliding_window to null in config.json for full attention)",
-                         c->sliding_window);
+        return cv_errorf_class(err, CV_ERR_UNSUPPORTED,
+                               "cuda backend: sliding_window %d attention is not implemented (set "
+                               "sliding_window to null in config.json for full attention)",
+                               c->sliding_window);
     return 0;
 }
 
