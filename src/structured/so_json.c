@@ -89,7 +89,7 @@ static so_frag jnumber(so_nfa *a)
     sign['+'] = sign['-'] = true;
     so_frag expo =
         so_frag_opt(a, cat3(a, so_frag_char(a, e, false),
-                            so_frag_opt(a, so_frag_char(a, sign, false)), digits(a, 1, 3)));
+                            so_frag_opt(a, so_frag_char(a, sign, false)), digits(a, 1, 2)));
     return cat3(a, jinteger(a), frac, expo);
 }
 

@@ -26,7 +26,7 @@
  * Generated JSON: properties in schema order, at most one space where JSON
  * allows whitespace, strings of UTF-8 characters with the escapes \" \\ \/
  * \b \f \n \r \t (no \u), integers of at most 16 digits, numbers with at
- * most 16 fraction digits and a 3-digit exponent. Values left free by the
+ * most 16 fraction digits and a 2-digit exponent (a double never overflows). Values left free by the
  * schema (json_object, or an object/array/value without properties, items
  * or type) nest at most SO_MAX_FREE_DEPTH containers deep: a regular
  * approximation of JSON's pushdown language that stays a finite automaton.
