@@ -1,7 +1,8 @@
 /* The structured-output fields of SamplingParams: vLLM's structured_outputs
  * object ({"json"|"regex"|"choice"|"json_object"|"grammar": ...}) and the
  * older request fields guided_json / guided_regex / guided_choice /
- * guided_grammar / guided_json_object, with vLLM's checks and wording. The
+ * guided_grammar / guided_json_object, and OpenAI's response_format, with
+ * vLLM's checks and wording. The
  * constraint itself is compiled (and refused when malformed) by the engine
  * through src/structured when the request is added. */
 #include <jansson.h>
@@ -18,7 +19,7 @@ static const char *const guided_fields[] = {"guided_json", "guided_regex", "guid
 
 bool structured_params_is_field(const char *key)
 {
-    if (!strcmp(key, "structured_outputs")) return true;
+    if (!strcmp(key, "structured_outputs") || !strcmp(key, "response_format")) return true;
     for (size_t i = 0; i < sizeof(guided_fields) / sizeof(guided_fields[0]); i++)
         if (!strcmp(key, guided_fields[i])) return true;
     return false;
@@ -124,6 +125,33 @@ static int from_object(cv_sampling_params *p, const json_t *so, cv_error *err)
     return set_kind(p, kind, field, kv, err);
 }
 
+/* OpenAI's response_format: {"type": "text"}, {"type": "json_object"} or
+ * {"type": "json_schema", "json_schema": {"name": ..., "schema": {...}}}.
+ * Sets *kind and *value (borrowed) to the structured_outputs equivalent;
+ * kind stays NULL for "text". */
+static int response_format(const json_t *rf, const char **kind, const json_t **value, cv_error *err)
+{
+    const char *type = json_string_value(json_object_get(rf, "type"));
+    if (!json_is_object(rf) || !type)
+        return cv_errorf(err, "response_format must be an object with a 'type'");
+    if (!strcmp(type, "text")) return 0;
+    if (!strcmp(type, "json_object")) {
+        *kind = "json_object";
+        *value = NULL;
+        return 0;
+    }
+    if (!strcmp(type, "json_schema")) {
+        const json_t *schema = json_object_get(json_object_get(rf, "json_schema"), "schema");
+        if (!json_is_object(schema))
+            return cv_errorf(err, "response_format 'json_schema' must carry a 'schema' object");
+        *kind = "json";
+        *value = schema;
+        return 0;
+    }
+    return cv_errorf(
+        err, "response_format type '%s' is not supported (text, json_object, json_schema)", type);
+}
+
 int structured_params_from_json(cv_sampling_params *p, const void *root_v, cv_error *err)
 {
     const json_t *root = root_v;
@@ -148,6 +176,21 @@ int structured_params_from_json(cv_sampling_params *p, const void *root_v, cv_er
         guided = guided_fields[i];
         gv = v;
     }
+    const json_t *rf = json_object_get(root, "response_format");
+    const char *rf_kind = NULL;
+    const json_t *rf_value = NULL;
+    if (rf && !json_is_null(rf) && response_format(rf, &rf_kind, &rf_value, err) < 0) {
+        json_decref(parsed);
+        return -1;
+    }
+    if (rf_kind && n_guided == 0) {
+        /* Counted like one more guided field, named as vLLM's protocol does. */
+        n_guided = 1;
+        guided = "response_format";
+        gv = rf_value;
+    } else if (rf_kind) {
+        n_guided++;
+    }
     int rc = 0;
     if (n_guided > 1) {
         rc = cv_errorf(err, "You can only use one kind of guided decoding (`guided_json`, "
@@ -162,7 +205,11 @@ int structured_params_from_json(cv_sampling_params *p, const void *root_v, cv_er
                  ? from_object(p, so, err)
                  : cv_errorf(err, "sampling parameter 'structured_outputs' must be an object");
     } else if (n_guided) {
-        rc = set_kind(p, guided + strlen("guided_"), guided, gv, err);
+        if (!strcmp(guided, "response_format"))
+            rc = !strcmp(rf_kind, "json_object") ? set_text(p, CV_STRUCTURED_JSON_OBJECT, "", err)
+                                                 : set_kind(p, rf_kind, guided, gv, err);
+        else
+            rc = set_kind(p, guided + strlen("guided_"), guided, gv, err);
     }
     json_decref(parsed);
     return rc;

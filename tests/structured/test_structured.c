@@ -462,6 +462,45 @@ static void test_mixed_batch(void **state)
     cv_sampling_params_free(&con);
 }
 
+/* Each way of asking gives the same kind and text. */
+static void expect_params(const char *json, cv_structured_kind kind, const char *text)
+{
+    cv_sampling_params p;
+    cv_sampling_params_default(&p);
+    cv_error err = {.msg = ""};
+    if (cv_sampling_params_from_json(&p, json, strlen(json), &err) < 0)
+        fail_msg("%s: %s", json, err.msg);
+    assert_int_equal(p.structured_kind, kind);
+    assert_string_equal(p.structured_text, text);
+    cv_sampling_params copy;
+    assert_int_equal(cv_sampling_params_copy(&copy, &p), 0);
+    assert_string_equal(copy.structured_text, text);
+    cv_sampling_params_free(&copy);
+    cv_sampling_params_free(&p);
+}
+
+static void test_params(void **state)
+{
+    (void)state;
+    expect_params("{\"structured_outputs\":{\"choice\":[\"a\",\"b\"]}}", CV_STRUCTURED_CHOICE,
+                  "[\"a\",\"b\"]");
+    expect_params("{\"guided_choice\":[\"a\"]}", CV_STRUCTURED_CHOICE, "[\"a\"]");
+    expect_params("{\"structured_outputs\":\"{\\\"regex\\\":\\\"a+\\\"}\"}", CV_STRUCTURED_REGEX,
+                  "a+");
+    expect_params("{\"guided_regex\":\"a+\"}", CV_STRUCTURED_REGEX, "a+");
+    expect_params("{\"structured_outputs\":{\"json\":{\"type\":\"integer\"},"
+                  "\"disable_any_whitespace\":true}}",
+                  CV_STRUCTURED_JSON, "{\"type\":\"integer\"}");
+    expect_params("{\"guided_json\":\"{\\\"type\\\": \\\"integer\\\"}\"}", CV_STRUCTURED_JSON,
+                  "{\"type\": \"integer\"}");
+    expect_params("{\"response_format\":{\"type\":\"json_schema\",\"json_schema\":{\"name\":"
+                  "\"n\",\"schema\":{\"type\":\"null\"}}}}",
+                  CV_STRUCTURED_JSON, "{\"type\":\"null\"}");
+    expect_params("{\"structured_outputs\":{\"json_object\":true}}", CV_STRUCTURED_JSON_OBJECT, "");
+    expect_params("{\"response_format\":{\"type\":\"json_object\"}}", CV_STRUCTURED_JSON_OBJECT,
+                  "");
+}
+
 /* ---- The automaton alone ------------------------------------------------ */
 
 static bool matches(so_grammar *g, const char *s)
@@ -558,6 +597,14 @@ static void test_bad_constraints(void **state)
     expect_params_error("{\"structured_outputs\":{\"json\":\"x\",\"whitespace_pattern\":\" \"}}",
                         "structured_outputs 'whitespace_pattern' is not supported");
 
+    expect_params_error("{\"response_format\":{\"type\":\"yaml\"}}",
+                        "response_format type 'yaml' is not supported (text, json_object, "
+                        "json_schema)");
+    expect_params_error("{\"response_format\":{\"type\":\"json_schema\"}}",
+                        "response_format 'json_schema' must carry a 'schema' object");
+    expect_params_error("{\"response_format\":{\"type\":\"json_object\"},\"guided_regex\":\"a\"}",
+                        "You can only use one kind of guided decoding");
+
     expect_add_error(c, "{\"structured_outputs\":{\"regex\":\"(ab\"}}",
                      "structured_outputs 'regex': invalid regex at position 3: missing )");
     expect_add_error(c, "{\"guided_regex\":\"a{3,2}\"}",
@@ -581,10 +628,11 @@ static void test_bad_constraints(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_automaton),   cmocka_unit_test(test_bad_constraints),
-        cmocka_unit_test(test_choices),     cmocka_unit_test(test_greedy_choice),
-        cmocka_unit_test(test_regexes),     cmocka_unit_test(test_json_schemas),
-        cmocka_unit_test(test_json_object), cmocka_unit_test(test_mixed_batch),
+        cmocka_unit_test(test_params),          cmocka_unit_test(test_automaton),
+        cmocka_unit_test(test_bad_constraints), cmocka_unit_test(test_choices),
+        cmocka_unit_test(test_greedy_choice),   cmocka_unit_test(test_regexes),
+        cmocka_unit_test(test_json_schemas),    cmocka_unit_test(test_json_object),
+        cmocka_unit_test(test_mixed_batch),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
