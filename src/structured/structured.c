@@ -335,12 +335,19 @@ static int32_t step(so_grammar *g, int32_t s, uint8_t byte)
     dstate *d = g->states[s];
     if (d->trans[byte] >= 0) return d->trans[byte];
     const so_nfa *a = &g->nfa;
+    /* Targets once each (marked), so at most n_nodes fit in buf. */
+    if (++g->gen == 0) {
+        memset(g->mark, 0, (size_t)a->n_nodes * sizeof(uint32_t));
+        g->gen = 1;
+    }
     int32_t n = 0;
     for (int32_t i = 0; i < d->n_set; i++)
         for (int32_t e = a->first[d->set[i]]; e >= 0; e = a->edges[e].next) {
             const so_edge *ed = &a->edges[e];
-            if (!ed->eps && byte >= ed->lo && byte <= ed->hi) g->buf[n++] = ed->to;
-            if (n >= a->n_nodes) break;
+            if (!ed->eps && byte >= ed->lo && byte <= ed->hi && g->mark[ed->to] != g->gen) {
+                g->mark[ed->to] = g->gen;
+                g->buf[n++] = ed->to;
+            }
         }
     int32_t next = n == 0 ? SO_DEAD : intern_closure(g, n);
     if (next < 0) next = SO_DEAD;
