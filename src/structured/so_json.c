@@ -108,6 +108,7 @@ typedef struct item_gen {
     const json_t *schema; /* items schema, NULL = any value */
     int depth;            /* free nesting left */
     int schema_depth;
+    const json_t *root;
     cv_error *err;
     bool failed;
 } item_gen;
@@ -169,6 +170,7 @@ so_frag so_json_any(so_nfa *a, int depth)
 
 typedef struct sc {
     so_nfa *a;
+    const json_t *root; /* the whole schema: where $ref points */
     cv_error *err;
     bool failed;
 } sc;
@@ -271,7 +273,7 @@ static so_frag object_schema(sc *c, const json_t *s, int depth)
 
 static so_frag gen_items(item_gen *g)
 {
-    sc c = {.a = g->a, .err = g->err};
+    sc c = {.a = g->a, .root = g->root, .err = g->err};
     so_frag f = g->schema ? schema(&c, g->schema, g->schema_depth) : so_json_any(g->a, g->depth);
     if (c.failed) g->failed = true;
     return f;
@@ -290,6 +292,7 @@ static so_frag array_schema(sc *c, const json_t *s, int depth)
                   .schema = items,
                   .depth = SO_MAX_FREE_DEPTH - 1,
                   .schema_depth = depth + 1,
+                  .root = c->root,
                   .err = c->err};
     so_frag f = json_list(c->a, "[", "]", &g, min, max);
     if (g.failed) c->failed = true;
@@ -314,17 +317,48 @@ static so_frag type_frag(sc *c, const json_t *s, const char *type, int depth)
     return so_frag_empty(a);
 }
 
+/* "#/$defs/name" or "#/definitions/name" inside the root schema. A
+ * recursive reference ends at SCHEMA_MAX_DEPTH with that message. */
+static const json_t *resolve_ref(sc *c, const json_t *ref)
+{
+    const char *r = json_string_value(ref);
+    const char *name = NULL;
+    const json_t *defs = NULL;
+    if (r && !strncmp(r, "#/$defs/", 8)) {
+        defs = json_object_get(c->root, "$defs");
+        name = r + 8;
+    } else if (r && !strncmp(r, "#/definitions/", 14)) {
+        defs = json_object_get(c->root, "definitions");
+        name = r + 14;
+    }
+    const json_t *target = name ? json_object_get(defs, name) : NULL;
+    if (!target)
+        sc_fail(c,
+                "JSON schema '$ref' %s is not supported (only #/$defs/NAME and #/definitions/NAME "
+                "that exist)",
+                r ? r : "(not a string)");
+    return target;
+}
+
 static const char *const known_keywords[] = {
-    "type",     "properties",  "required",  "additionalProperties",
-    "enum",     "const",       "items",     "minItems",
-    "maxItems", "minLength",   "maxLength", "anyOf",
-    "title",    "description", "$schema",
+    "type",     "properties",  "required",    "additionalProperties",
+    "enum",     "const",       "items",       "minItems",
+    "maxItems", "minLength",   "maxLength",   "anyOf",
+    "title",    "description", "$schema",     "oneOf",
+    "$ref",     "$defs",       "definitions", "default",
+    "examples",
 };
 
 static so_frag schema(sc *c, const json_t *s, int depth)
 {
     so_nfa *a = c->a;
     if (c->failed) return so_frag_empty(a);
+    if (a->failed) {
+        /* Stops a schema that doubles at every level (two $refs to itself)
+         * long before its 2^32 expansions. */
+        sc_fail(c, "JSON schema is too large (more than %s automaton states)", "1048576");
+        return so_frag_empty(a);
+    }
     if (depth > SCHEMA_MAX_DEPTH) {
         sc_fail(c, "JSON schema is nested deeper than %s levels", "32");
         return so_frag_empty(a);
@@ -346,8 +380,16 @@ static so_frag schema(sc *c, const json_t *s, int depth)
             return so_frag_empty(a);
         }
     }
+    const json_t *ref = json_object_get(s, "$ref");
+    if (ref) {
+        const json_t *target = resolve_ref(c, ref);
+        return target ? schema(c, target, depth + 1) : so_frag_empty(a);
+    }
     const json_t *cnst = json_object_get(s, "const"), *en = json_object_get(s, "enum");
+    /* oneOf generates as anyOf: an output matching several branches is
+     * rare and generation cannot rule it out token by token. */
     const json_t *any_of = json_object_get(s, "anyOf"), *type = json_object_get(s, "type");
+    if (!any_of) any_of = json_object_get(s, "oneOf");
     if (cnst) return json_literal(c, cnst);
     if (en) {
         if (!json_is_array(en) || json_array_size(en) == 0) {
@@ -401,7 +443,7 @@ int so_json_schema_compile(so_nfa *a, const char *text, so_frag *out, cv_error *
     if (!root)
         return cv_errorf(err, "JSON schema is not valid JSON: %s (line %d, column %d)", jerr.text,
                          jerr.line, jerr.column);
-    sc c = {.a = a, .err = err};
+    sc c = {.a = a, .root = root, .err = err};
     *out = schema(&c, root, 0);
     json_decref(root);
     if (c.failed) return -1;

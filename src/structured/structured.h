@@ -21,15 +21,17 @@
  * - SO_JSON: text is a JSON schema: type (string, number, integer, boolean,
  *   null, object, array, or a list of them), properties with required,
  *   additionalProperties false, enum, const, items, minItems, maxItems,
- *   minLength, maxLength, anyOf, plus the annotations title, description
- *   and $schema. Any other keyword is refused naming it.
+ *   minLength, maxLength, anyOf, oneOf (generated as anyOf), $ref to
+ *   #/$defs/NAME or #/definitions/NAME (not recursive: a schema nests at
+ *   most 32 levels), plus the annotations title, description, default,
+ *   examples and $schema. Any other keyword is refused naming it.
  * Generated JSON: properties in schema order, at most one space where JSON
  * allows whitespace, strings of UTF-8 characters with the escapes \" \\ \/
  * \b \f \n \r \t (no \u), integers of at most 16 digits, numbers with at
- * most 16 fraction digits and a 2-digit exponent (a double never overflows). Values left free by the
- * schema (json_object, or an object/array/value without properties, items
- * or type) nest at most SO_MAX_FREE_DEPTH containers deep: a regular
- * approximation of JSON's pushdown language that stays a finite automaton.
+ * most 16 fraction digits and a 2-digit exponent (a double never overflows). Values left free by
+ * the schema (json_object, or an object/array/value without properties, items or type) nest at most
+ * SO_MAX_FREE_DEPTH containers deep: a regular approximation of JSON's pushdown language that stays
+ * a finite automaton.
  *
  * Threads: a grammar may be used from any thread; its lazily built states
  * are guarded by its own mutex. Ownership: the cache owns every grammar it

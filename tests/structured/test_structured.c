@@ -127,9 +127,22 @@ static bool has_type(const json_t *v, const char *t)
     return false;
 }
 
+static const json_t *schema_root;
+
 static bool schema_valid(const json_t *v, const json_t *s)
 {
     const json_t *x;
+    if ((x = json_object_get(s, "$ref"))) {
+        const char *name = json_string_value(x) + strlen("#/$defs/");
+        return schema_valid(v, json_object_get(json_object_get(schema_root, "$defs"), name));
+    }
+    if ((x = json_object_get(s, "oneOf"))) {
+        int n = 0;
+        size_t i;
+        const json_t *e;
+        json_array_foreach(x, i, e) n += schema_valid(v, e);
+        return n == 1;
+    }
     if ((x = json_object_get(s, "const"))) return json_equal(v, x);
     if ((x = json_object_get(s, "enum"))) {
         size_t i;
@@ -192,6 +205,7 @@ static void check_schema(const char *out, const void *arg)
     if (!v) fail_msg("not JSON (%s) under %s: '%s'", jerr.text, schema_text, out);
     json_t *s = json_loads(schema_text, 0, &jerr);
     assert_non_null(s);
+    schema_root = s;
     if (!schema_valid(v, s)) fail_msg("'%s' does not validate against %s", out, schema_text);
     json_decref(v);
     json_decref(s);
@@ -219,6 +233,12 @@ static const char *const schemas[] = {
     "\"array\",\"items\":{\"type\":\"object\",\"properties\":{\"n\":{\"type\":\"integer\"}},"
     "\"required\":[\"n\"]},\"minItems\":2,\"maxItems\":3}},\"required\":[\"kind\",\"items\"]}",
     "{\"type\":\"number\"}",
+    "{\"$defs\":{\"pt\":{\"type\":\"object\",\"properties\":{\"x\":{\"type\":\"integer\"}},"
+    "\"required\":[\"x\"]}},\"type\":\"object\",\"properties\":{\"a\":{\"$ref\":\"#/$defs/pt\"},"
+    "\"b\":{\"type\":\"array\",\"items\":{\"$ref\":\"#/$defs/pt\"},\"maxItems\":2}},"
+    "\"required\":[\"a\",\"b\"]}",
+    "{\"oneOf\":[{\"type\":\"boolean\"},{\"enum\":[\"x\",\"y\"]}],\"title\":\"t\",\"default\":"
+    "true}",
     "{\"type\":\"object\",\"properties\":{\"word\":{\"type\":\"string\",\"minLength\":2,"
     "\"maxLength\":10},\"héllo\":{\"const\":\"wörld ✓\"}},\"required\":[\"word\",\"héllo\"]}",
 };
@@ -617,7 +637,17 @@ static void test_bad_constraints(void **state)
                      "{\"structured_outputs\":{\"json\":{\"type\":\"string\",\"pattern\":\"a\"}}}",
                      "structured_outputs 'json': JSON schema keyword 'pattern' is not supported");
     expect_add_error(c, "{\"guided_json\":{\"$ref\":\"#/$defs/a\"}}",
-                     "structured_outputs 'json': JSON schema keyword '$ref' is not supported");
+                     "structured_outputs 'json': JSON schema '$ref' #/$defs/a is not supported "
+                     "(only #/$defs/NAME and #/definitions/NAME that exist)");
+    expect_add_error(c,
+                     "{\"guided_json\":{\"$defs\":{\"t\":{\"type\":\"array\",\"items\":{\"$ref\":"
+                     "\"#/$defs/t\"}}},\"$ref\":\"#/$defs/t\"}}",
+                     "structured_outputs 'json': JSON schema is nested deeper than 32 levels");
+    expect_add_error(c,
+                     "{\"guided_json\":{\"$defs\":{\"t\":{\"type\":\"object\",\"properties\":{"
+                     "\"a\":{\"$ref\":\"#/$defs/t\"},\"b\":{\"$ref\":\"#/$defs/t\"}}}},"
+                     "\"$ref\":\"#/$defs/t\"}}",
+                     "structured_outputs 'json': JSON schema is nested deeper than 32 levels");
     expect_add_error(c, "{\"structured_outputs\":{\"json\":{\"type\":\"date\"}}}",
                      "structured_outputs 'json': JSON schema type 'date' is not supported");
     expect_add_error(c, "{\"structured_outputs\":{\"json\":\"{\\\"type\\\":\"}}",
