@@ -521,6 +521,47 @@ static void test_params(void **state)
                   "");
 }
 
+/* Stop strings still cut a constrained output (vLLM applies them to the
+ * text as usual); min_tokens holds back the end id, not the constraint's
+ * own stop; max_tokens may cut it short with finish "length". */
+static void test_with_stops(void **state)
+{
+    ctx *c = *state;
+    cv_sampling_params p;
+    sampling(&p, CV_STRUCTURED_REGEX, "[a-z]{2,5}( [a-z]{2,5}){1,3}");
+    p.has_seed = true;
+    p.seed = 4;
+    p.n_stop = 1;
+    p.stop = calloc(1, sizeof(char *));
+    p.stop[0] = strdup(" ");
+    req_result r;
+    run_one(c->engine, &p, c->prompt, (int)c->n_prompt, false, &r);
+    assert_int_equal(r.seqs[0].finish, CV_FINISH_STOP);
+    regex_case word = {"", "[a-z]{2,5}"};
+    check_regex(r.seqs[0].text, &word);
+    result_free(&r);
+    cv_sampling_params_free(&p);
+
+    sampling(&p, CV_STRUCTURED_CHOICE, "[\"yes\",\"no\"]");
+    p.min_tokens = 3;
+    p.has_seed = true;
+    run_one(c->engine, &p, c->prompt, (int)c->n_prompt, false, &r);
+    assert_int_equal(r.seqs[0].finish, CV_FINISH_STOP);
+    check_choice(r.seqs[0].text, "[\"yes\",\"no\"]");
+    result_free(&r);
+    cv_sampling_params_free(&p);
+
+    sampling(&p, CV_STRUCTURED_REGEX, "[a-z]{40}");
+    p.max_tokens = 3;
+    run_one(c->engine, &p, c->prompt, (int)c->n_prompt, false, &r);
+    assert_int_equal(r.seqs[0].finish, CV_FINISH_LENGTH);
+    assert_int_equal(r.seqs[0].n_ids, 3);
+    regex_case prefix = {"", "[a-z]{3,39}"};
+    check_regex(r.seqs[0].text, &prefix);
+    result_free(&r);
+    cv_sampling_params_free(&p);
+}
+
 /* ---- The automaton alone ------------------------------------------------ */
 
 static bool matches(so_grammar *g, const char *s)
@@ -662,7 +703,7 @@ int main(void)
         cmocka_unit_test(test_bad_constraints), cmocka_unit_test(test_choices),
         cmocka_unit_test(test_greedy_choice),   cmocka_unit_test(test_regexes),
         cmocka_unit_test(test_json_schemas),    cmocka_unit_test(test_json_object),
-        cmocka_unit_test(test_mixed_batch),
+        cmocka_unit_test(test_mixed_batch),     cmocka_unit_test(test_with_stops),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
