@@ -487,14 +487,29 @@ static int setup_stops(cv_engine *e, request *r)
 static int attach_constraint(cv_engine *e, request *r, cv_error *err)
 {
     pthread_mutex_lock(&e->mu);
-    if (!e->so_cache) {
-        e->so_vocab = so_vocab_create(e->tok, e->eos_ids, e->n_eos, err);
-        e->so_cache = e->so_vocab ? so_cache_create(e->so_vocab) : NULL;
-        if (e->so_vocab && !e->so_cache) cv_errorf(err, "out of memory for structured outputs");
-    }
     so_cache *cache = e->so_cache;
     pthread_mutex_unlock(&e->mu);
-    if (!cache) return -1;
+    if (!cache) {
+        /* Built outside the engine's lock (a 150k vocab takes ~1 s); a
+         * racing request's copy is dropped. */
+        so_vocab *v = so_vocab_create(e->tok, e->eos_ids, e->n_eos, err);
+        so_cache *c = v ? so_cache_create(v) : NULL;
+        if (!c) {
+            so_vocab_free(v);
+            return v ? cv_errorf(err, "out of memory for structured outputs") : -1;
+        }
+        pthread_mutex_lock(&e->mu);
+        if (!e->so_cache) {
+            e->so_vocab = v;
+            e->so_cache = c;
+            v = NULL;
+            c = NULL;
+        }
+        cache = e->so_cache;
+        pthread_mutex_unlock(&e->mu);
+        so_cache_free(c);
+        so_vocab_free(v);
+    }
     const cv_sampling_params *p = &r->params;
     const so_kind kind = (so_kind)(p->structured_kind - CV_STRUCTURED_CHOICE);
     r->grammar = so_cache_get(cache, kind, p->structured_text ? p->structured_text : "", err);
