@@ -227,7 +227,8 @@ struct so_grammar {
     int32_t n_states, cap_states;
     int32_t *htab; /* state index + 1 per slot, 0 = empty; size hmask + 1 */
     size_t hmask;
-    uint32_t *mark; /* (nfa nodes) generation marks for closure */
+    uint32_t *mark;     /* (nfa nodes) generation marks for closure */
+    uint8_t *important; /* (nfa nodes) has a byte edge, or is the accepting node */
     uint32_t gen;
     int32_t *stack, *buf; /* (nfa nodes) scratch */
     int32_t start;
@@ -282,7 +283,10 @@ static int32_t intern_closure(so_grammar *g, int32_t n)
         }
     while (top > 0) {
         int32_t x = g->stack[--top];
-        g->buf[n_out++] = x;
+        /* Only nodes with byte edges (and the accepting node) decide what
+         * a state does: keeping just those merges states that differ in
+         * epsilon plumbing, so fewer states and fewer masks are made. */
+        if (g->important[x]) g->buf[n_out++] = x;
         for (int32_t e = a->first[x]; e >= 0; e = a->edges[e].next)
             if (a->edges[e].eps && g->mark[a->edges[e].to] != g->gen) {
                 g->mark[a->edges[e].to] = g->gen;
@@ -447,6 +451,7 @@ static void grammar_free(so_grammar *g)
     free(g->states);
     free(g->htab);
     free(g->mark);
+    free(g->important);
     free(g->stack);
     free(g->buf);
     free(g->text);
@@ -517,7 +522,12 @@ static so_grammar *compile(const so_vocab *v, so_kind kind, const char *text, cv
     g->mark = calloc(nn, sizeof(uint32_t));
     g->stack = malloc(nn * sizeof(int32_t));
     g->buf = malloc(nn * sizeof(int32_t));
-    if (!g->mark || !g->stack || !g->buf || htab_grow(g) < 0) goto oom;
+    g->important = calloc(nn, 1);
+    if (!g->mark || !g->stack || !g->buf || !g->important || htab_grow(g) < 0) goto oom;
+    for (size_t x = 0; x < nn; x++)
+        for (int32_t e = g->nfa.first[x]; e >= 0 && !g->important[x]; e = g->nfa.edges[e].next)
+            g->important[x] = !g->nfa.edges[e].eps;
+    g->important[g->accept_node] = 1;
     /* The dead state: the empty set, index 0. */
     if (intern_closure(g, 0) != SO_DEAD) goto oom;
     g->buf[0] = f.start;
