@@ -131,6 +131,10 @@ int main(int argc, char **argv)
     printf("mask, first ask of a step (computed on a state's first visit): mean %.1f us, max %.1f "
            "us\n",
            cold.sum / (double)cold.n, cold.max);
+    int n_states, n_masks;
+    so_grammar_stats(g, &n_states, &n_masks);
+    printf("DFA states made: %d, masks computed: %d (%.1f KiB each)\n", n_states, n_masks,
+           (double)((vocab + 31) / 32 * 4) / 1024.0);
     printf("mask, cached: mean %.3f us; advance: mean %.2f us, max %.1f us\n",
            warm.sum / (double)warm.n, adv.sum / (double)adv.n, adv.max);
     free(allowed);

@@ -400,6 +400,16 @@ const uint32_t *so_mask(so_grammar *g, so_state s)
     return m;
 }
 
+void so_grammar_stats(so_grammar *g, int *n_states, int *n_masks)
+{
+    pthread_mutex_lock(&g->mu);
+    *n_states = g->n_states;
+    *n_masks = 0;
+    for (int32_t i = 0; i < g->n_states; i++)
+        *n_masks += g->states[i]->mask != NULL;
+    pthread_mutex_unlock(&g->mu);
+}
+
 so_state so_start(so_grammar *g)
 {
     return g->start;

@@ -95,6 +95,8 @@ so_state so_advance(so_grammar *g, so_state s, int32_t id);
 bool so_accepting(so_grammar *g, so_state s);
 /* No token other than an end id can follow: generation is over. */
 bool so_done(so_grammar *g, so_state s);
+/* What g has built so far (benchmarks): DFA states, of which with a mask. */
+void so_grammar_stats(so_grammar *g, int *n_states, int *n_masks);
 /* Byte-level matching, for tests: the state after bytes s[0..n). */
 so_state so_advance_bytes(so_grammar *g, so_state s, const char *bytes, size_t n);
 
