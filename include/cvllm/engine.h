@@ -66,6 +66,15 @@ static inline bool cv_engine_device_name_valid(const char *device)
 
 /* ---- Sampling parameters (vLLM SamplingParams) -------------------------- */
 
+/* vLLM's structured_outputs kinds (src/structured compiles them). */
+typedef enum {
+    CV_STRUCTURED_NONE = 0,
+    CV_STRUCTURED_CHOICE,      /* text: JSON list of strings */
+    CV_STRUCTURED_REGEX,       /* text: the regex */
+    CV_STRUCTURED_JSON_OBJECT, /* any JSON value; text "" */
+    CV_STRUCTURED_JSON,        /* text: the JSON schema as JSON text */
+} cv_structured_kind;
+
 typedef struct cv_sampling_params {
     int n;             /* 1 */
     int best_of;       /* 0 = n; > n: the n of highest cumulative logprob
@@ -93,6 +102,8 @@ typedef struct cv_sampling_params {
     bool spaces_between_special_tokens; /* true; accepted, but tok_decode has no such
                                            switch: special tokens join as HF's default */
     char lora_name[256];                /* "" = none; accepted here, checked by the server */
+    cv_structured_kind structured_kind; /* structured_outputs (or guided_*): NONE = free text */
+    char *structured_text;              /* owned; see cv_structured_kind (NULL when NONE) */
 } cv_sampling_params;
 
 /* vLLM's max_logprobs: the most top logprobs a request may ask for. */

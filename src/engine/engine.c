@@ -214,6 +214,8 @@ static void engine_free(cv_engine *e)
     free(e->e_n_rows);
     free(e->logits);
     free(e->aborts);
+    so_cache_free(e->so_cache);
+    so_vocab_free(e->so_vocab);
     pthread_mutex_destroy(&e->mu);
     pthread_mutex_destroy(&e->stats_mu);
     pthread_cond_destroy(&e->wake);
@@ -479,6 +481,50 @@ static int setup_stops(cv_engine *e, request *r)
     return 0;
 }
 
+/* Compiles (or finds) the request's structured-output constraint and starts
+ * every sequence at its initial state. The vocabulary's byte strings are
+ * made once, with the first constrained request. */
+static int attach_constraint(cv_engine *e, request *r, cv_error *err)
+{
+    pthread_mutex_lock(&e->mu);
+    so_cache *cache = e->so_cache;
+    pthread_mutex_unlock(&e->mu);
+    if (!cache) {
+        /* Built outside the engine's lock (a 150k vocab takes ~1 s); a
+         * racing request's copy is dropped. */
+        so_vocab *v = so_vocab_create(e->tok, e->eos_ids, e->n_eos, err);
+        so_cache *c = v ? so_cache_create(v) : NULL;
+        if (!c) {
+            so_vocab_free(v);
+            return v ? cv_errorf(err, "out of memory for structured outputs") : -1;
+        }
+        pthread_mutex_lock(&e->mu);
+        if (!e->so_cache) {
+            e->so_vocab = v;
+            e->so_cache = c;
+            v = NULL;
+            c = NULL;
+        }
+        cache = e->so_cache;
+        pthread_mutex_unlock(&e->mu);
+        so_cache_free(c);
+        so_vocab_free(v);
+    }
+    const cv_sampling_params *p = &r->params;
+    const so_kind kind = (so_kind)(p->structured_kind - CV_STRUCTURED_CHOICE);
+    r->grammar = so_cache_get(cache, kind, p->structured_text ? p->structured_text : "", err);
+    if (!r->grammar) return cv_error_prefix(err, "structured_outputs '%s'", so_kind_name(kind));
+    so_state start = so_start(r->grammar);
+    if (so_done(r->grammar, start) && !so_accepting(r->grammar, start))
+        return cv_errorf(err,
+                         "structured_outputs '%s': no token of this model's vocabulary can "
+                         "begin an output the constraint allows",
+                         so_kind_name(kind));
+    for (int k = 0; k < r->n_seqs; k++)
+        r->seqs[k].so = start;
+    return 0;
+}
+
 static request *make_request(cv_engine *e, const cv_request_desc *d, cv_error *err)
 {
     if (!d->params || !d->sink) {
@@ -532,6 +578,10 @@ static request *make_request(cv_engine *e, const cv_request_desc *d, cv_error *e
             return NULL;
         }
         r->prompt_lps_done = 1;
+    }
+    if (p->structured_kind != CV_STRUCTURED_NONE && attach_constraint(e, r, err) < 0) {
+        request_free(r);
+        return NULL;
     }
     r->t_arrival_ns = cv_now_ns();
     return r;

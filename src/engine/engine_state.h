@@ -14,6 +14,7 @@
 #include "sampler.h"
 #include "scheduler.h"
 #include "sequence.h"
+#include "structured/structured.h"
 #include "tokenizer/tokenizer.h"
 
 /* Output side of one sequence: text, logprobs, what was delivered. */
@@ -29,6 +30,7 @@ typedef struct seq_state {
     int n_lps, cap_lps;
     double cum_logprob;
     cv_finish_reason finish;
+    so_state so; /* structured output: the constraint's state after the output so far */
 } seq_state;
 
 typedef struct request {
@@ -50,6 +52,8 @@ typedef struct request {
     int32_t *mask_ids; /* (n_mask_ids) EOS and stop_token_ids: masked below min_tokens */
     int n_mask_ids;
     int holdback_chars;            /* stop-string hold-back of the stream */
+    so_grammar *grammar;           /* structured output constraint, NULL = none (borrowed
+                                      from the engine's so_cache) */
     cv_token_logprobs *prompt_lps; /* (n_prompt) entry 0 empty; NULL unless asked */
     int prompt_lps_done;           /* prompt positions filled (1..n_prompt) */
     bool prompt_lps_sent;
@@ -86,6 +90,8 @@ struct cv_engine {
     int n_active;        /* requests accepted and not finished (inbox included) */
     int max_active;      /* bound on n_active (max_queued_requests) */
     uint64_t next_request_id;
+    so_vocab *so_vocab; /* structured outputs: made with the first constrained request */
+    so_cache *so_cache; /* compiled constraints by text; owns every request's grammar */
 
     /* Engine thread only. */
     request *active; /* admitted requests */

@@ -84,7 +84,8 @@ static bool wants_prompt_rows(const request *req, const cv_seq *s)
 static bool greedy_row(const request *req, const cv_seq *s)
 {
     const cv_sampling_params *p = &req->params;
-    return p->temperature < CV_SAMPLING_EPS && p->repetition_penalty == 1.0f &&
+    /* A constrained row needs its mask applied on the CPU first. */
+    return !req->grammar && p->temperature < CV_SAMPLING_EPS && p->repetition_penalty == 1.0f &&
            p->frequency_penalty == 0.0f && p->presence_penalty == 0.0f && p->logprobs <= 0 &&
            (s->n_tokens - s->n_prompt >= p->min_tokens || req->n_mask_ids == 0);
 }
@@ -188,6 +189,8 @@ static int check_stop(cv_engine *e, request *req, int k)
     } else if (n_out >= p->min_tokens && in_list(req->stop_ids, req->n_stop_ids, last)) {
         finish = CV_FINISH_STOP;
         stop_token = true;
+    } else if (req->grammar && so_done(req->grammar, ss->so)) {
+        finish = CV_FINISH_STOP; /* the constraint is complete and nothing may follow */
     }
     /* A stop token's own text is left out unless asked for (vLLM). */
     size_t n_ids = (size_t)s->n_tokens - (stop_token && !p->include_stop_str_in_output ? 1 : 0);
@@ -214,8 +217,9 @@ static int check_stop(cv_engine *e, request *req, int k)
  * and (filled by the parallel pass) what came out. */
 typedef struct sample_job {
     request *req;
-    int k;            /* sequence index in req */
-    const float *row; /* (vocab) logits */
+    int k;                /* sequence index in req */
+    const float *row;     /* (vocab) logits */
+    const uint32_t *mask; /* structured output: the allowed tokens, NULL = all */
     int32_t token;
     sample_logprobs lp;
 } sample_job;
@@ -247,6 +251,7 @@ static void draw(const cv_engine *e, sampler *smp, sample_job *j)
         .seed = ss->rng_seed,
         .stop_ids = j->req->mask_ids,
         .n_stop_ids = j->req->n_mask_ids,
+        .allowed = j->mask,
     };
     j->token = sampler_sample(smp, &sr, p->logprobs > 0 ? p->logprobs : 0, &j->lp);
 }
@@ -254,12 +259,19 @@ static void draw(const cv_engine *e, sampler *smp, sample_job *j)
 /* Sampling is independent per sequence (own RNG stream, read-only inputs),
  * so it runs on the backend's threads while they would otherwise wait: at
  * 64 sequences and a 32K vocab it is several percent of a step. */
-static void draw_all(cv_engine *e)
+static int draw_all(cv_engine *e)
 {
     int n = e->n_jobs;
+    /* Masks first, on this thread: a grammar builds its states lazily. */
+    for (int i = 0; i < n; i++) {
+        sample_job *j = &e->jobs[i];
+        if (j->req->grammar && !(j->mask = so_mask(j->req->grammar, j->req->seqs[j->k].so)))
+            return -1;
+    }
 #pragma omp parallel for num_threads(e->n_samplers) schedule(dynamic, 2) if (n >= 8)
     for (int i = 0; i < n; i++)
         draw(e, e->samplers[omp_get_thread_num()], &e->jobs[i]);
+    return 0;
 }
 
 /* Appends a drawn token with its logprobs, then checks for a stop. */
@@ -268,6 +280,7 @@ static int apply_job(cv_engine *e, const sample_job *j, uint64_t now)
     request *req = j->req;
     seq_state *ss = &req->seqs[j->k];
     if (seq_append_token(ss->seq, j->token) < 0) return -1;
+    if (req->grammar) ss->so = so_advance(req->grammar, ss->so, j->token);
     ss->cum_logprob += j->lp.logprob;
     if (req->params.logprobs >= 0) {
         if (grow((void **)&ss->lps, &ss->cap_lps, ss->n_lps + 1, sizeof(cv_token_logprobs)) < 0)
@@ -432,7 +445,7 @@ int engine_step(cv_engine *e)
     e->n_jobs = 0;
     for (int i = 0; i < so.n_entries; i++)
         if (process_entry(e, &so.entries[i], e->e_first_row[i], e->e_n_rows[i], now) < 0) return -1;
-    draw_all(e);
+    if (draw_all(e) < 0) return -1;
     for (int i = 0; i < e->n_jobs; i++)
         if (apply_job(e, &e->jobs[i], now) < 0) return -1;
     pthread_mutex_lock(&e->stats_mu);

@@ -14,6 +14,7 @@ typedef struct cand {
 struct sampler {
     int vocab;
     float *work;        /* (vocab) processed logits */
+    float *masked;      /* (vocab) logits with the disallowed tokens at -inf */
     int32_t *counts;    /* (vocab) output occurrences, zero between calls */
     uint8_t *in_prompt; /* (vocab) prompt occurrence flags, zero between calls */
     cand *cands;        /* (vocab) surviving candidates */
@@ -28,7 +29,8 @@ sampler *sampler_create(int vocab_size)
     s->counts = calloc((size_t)vocab_size, sizeof(int32_t));
     s->in_prompt = calloc((size_t)vocab_size, 1);
     s->cands = malloc((size_t)vocab_size * sizeof(cand));
-    if (!s->work || !s->counts || !s->in_prompt || !s->cands) {
+    s->masked = malloc((size_t)vocab_size * sizeof(float));
+    if (!s->masked || !s->work || !s->counts || !s->in_prompt || !s->cands) {
         sampler_destroy(s);
         return NULL;
     }
@@ -42,6 +44,7 @@ void sampler_destroy(sampler *s)
     free(s->counts);
     free(s->in_prompt);
     free(s->cands);
+    free(s->masked);
     free(s);
 }
 
@@ -268,8 +271,18 @@ static bool plain_greedy(const sample_request *r)
            (r->n_tokens - r->n_prompt >= p->min_tokens || r->n_stop_ids == 0);
 }
 
-int32_t sampler_sample(sampler *s, const sample_request *r, int n_top, sample_logprobs *lp)
+int32_t sampler_sample(sampler *s, const sample_request *req, int n_top, sample_logprobs *lp)
 {
+    sample_request masked;
+    const sample_request *r = req;
+    if (req->allowed) {
+        for (int i = 0; i < s->vocab; i++)
+            s->masked[i] = req->allowed[i >> 5] >> (i & 31) & 1u ? req->logits[i] : -INFINITY;
+        masked = *req;
+        masked.logits = s->masked;
+        masked.allowed = NULL;
+        r = &masked;
+    }
     const cv_sampling_params *p = r->params;
     if (plain_greedy(r)) {
         int32_t best = row_argmax(r->logits, s->vocab);

@@ -38,6 +38,11 @@ typedef struct sample_request {
     uint64_t seed;           /* this sequence's random stream */
     const int32_t *stop_ids; /* (n_stop_ids) masked while output < min_tokens */
     int n_stop_ids;
+    const uint32_t *allowed; /* structured output: bit (id & 31) of word id >> 5 set for
+                                the tokens that may come; NULL = all. Applied to the
+                                logits first, so logprobs are of the masked
+                                distribution (vLLM applies the grammar bitmask to the
+                                logits before its sampler). */
 } sample_request;
 
 /* Returns the sampled token id; fills lp with its raw logprob and rank and,

@@ -37,6 +37,9 @@ void cv_sampling_params_free(cv_sampling_params *p)
         free(p->stop[i]);
     free(p->stop);
     free(p->stop_token_ids);
+    free(p->structured_text);
+    p->structured_text = NULL;
+    p->structured_kind = CV_STRUCTURED_NONE;
     p->stop = NULL;
     p->n_stop = 0;
     p->stop_token_ids = NULL;
@@ -50,6 +53,11 @@ int cv_sampling_params_copy(cv_sampling_params *dst, const cv_sampling_params *s
     dst->n_stop = 0;
     dst->stop_token_ids = NULL;
     dst->n_stop_token_ids = 0;
+    dst->structured_text = NULL;
+    if (src->structured_text && !(dst->structured_text = strdup(src->structured_text))) {
+        dst->structured_kind = CV_STRUCTURED_NONE;
+        return -1;
+    }
     if (src->n_stop > 0) {
         dst->stop = calloc((size_t)src->n_stop, sizeof(char *));
         if (!dst->stop) return -1;
@@ -380,8 +388,13 @@ int cv_sampling_params_from_json(cv_sampling_params *p, const char *json, size_t
     const char *key;
     json_t *v;
     int rc = 0;
+    if (structured_params_from_json(p, root, err) < 0) {
+        json_decref(root);
+        return -1;
+    }
     json_object_foreach(root, key, v)
     {
+        if (structured_params_is_field(key)) continue;
         const field_desc *f = NULL;
         for (size_t i = 0; i < sizeof(fields) / sizeof(fields[0]); i++)
             if (!strcmp(fields[i].name, key)) f = &fields[i];

@@ -18,7 +18,7 @@ static int32_t draw(sampler *s, const cv_sampling_params *p, const float *logits
                     sample_logprobs *lp)
 {
     static const int32_t stop_ids[] = {2};
-    sample_request r = {p, logits, tokens, n_prompt, n_tokens, seed, stop_ids, 1};
+    sample_request r = {p, logits, tokens, n_prompt, n_tokens, seed, stop_ids, 1, NULL};
     return sampler_sample(s, &r, p->logprobs > 0 ? p->logprobs : 0, lp);
 }
 
@@ -179,7 +179,7 @@ static void test_top_k_p_match_reference(void **state)
                 p.top_k = ks[ki];
                 for (uint64_t seed = 0; seed < 10; seed++) {
                     sample_logprobs lp;
-                    sample_request r = {&p, logits, toks, 1, 1, seed, NULL, 0};
+                    sample_request r = {&p, logits, toks, 1, 1, seed, NULL, 0, NULL};
                     assert_int_equal(sampler_sample(s, &r, 0, &lp),
                                      reference_top_k_p(logits, NV, p.top_k, p.top_p, seed));
                     checked++;
@@ -234,6 +234,39 @@ static void test_logprobs_top(void **state)
     sampler_destroy(s);
 }
 
+/* A structured-output mask: only allowed tokens are drawn, greedy takes
+ * the best allowed one, and logprobs are of the masked distribution. */
+static void test_allowed_mask(void **state)
+{
+    (void)state;
+    sampler *s = sampler_create(V);
+    float logits[V];
+    for (int i = 0; i < V; i++)
+        logits[i] = (float)(i % 7);
+    uint32_t allowed[(V + 31) / 32] = {0};
+    const int32_t ok[] = {1, 3, 5};
+    for (int i = 0; i < 3; i++)
+        allowed[ok[i] >> 5] |= 1u << (ok[i] & 31);
+    cv_sampling_params p;
+    cv_sampling_params_default(&p);
+    int32_t toks[1] = {0};
+    sample_logprobs lp;
+    for (uint64_t seed = 0; seed < 200; seed++) {
+        sample_request r = {&p, logits, toks, 1, 1, seed, NULL, 0, allowed};
+        int32_t t = sampler_sample(s, &r, 2, &lp);
+        assert_true(t == 1 || t == 3 || t == 5);
+        assert_int_equal(lp.n_top, 2);
+        assert_int_equal(lp.top_ids[0], 5); /* logits 1, 3, 5 */
+        assert_int_equal(lp.top_ids[1], 3);
+    }
+    p.temperature = 0.0f;
+    sample_request r = {&p, logits, toks, 1, 1, 0, NULL, 0, allowed};
+    assert_int_equal(sampler_sample(s, &r, 0, &lp), 5);
+    assert_float_equal(lp.logprob, 5.0 - log(exp(1.0) + exp(3.0) + exp(5.0)), 1e-5);
+    assert_int_equal(lp.rank, 1);
+    sampler_destroy(s);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -243,6 +276,7 @@ int main(void)
         cmocka_unit_test(test_top_k_p_match_reference),
         cmocka_unit_test(test_seeded_distribution),
         cmocka_unit_test(test_logprobs_top),
+        cmocka_unit_test(test_allowed_mask),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

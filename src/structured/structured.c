@@ -1,0 +1,594 @@
+/* The vocabulary trie, the lazily determinized DFA with its per-state token
+ * masks, and the cache of compiled grammars (see structured.h). */
+#include <jansson.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "so_internal.h"
+#include "structured.h"
+
+/* DFA states past this many are not created (the step leads nowhere): a
+ * bound on memory for regexes whose subset construction explodes. */
+enum { SO_MAX_DFA_STATES = 1 << 17 };
+
+const char *so_kind_name(so_kind kind)
+{
+    static const char *const names[] = {"choice", "regex", "json_object", "json"};
+    return kind <= SO_JSON ? names[kind] : "?";
+}
+
+/* ---- Vocabulary ------------------------------------------------------------ */
+
+typedef struct trie_node {
+    int32_t child, sibling; /* first child, next sibling (-1 ends) */
+    int32_t first_tok;      /* first token ending here (-1 none), chained by tok_next */
+    uint8_t byte;           /* the edge into this node */
+} trie_node;
+
+struct so_vocab {
+    int n;
+    uint8_t *bytes;   /* all tokens' bytes, back to back */
+    int32_t *off;     /* (n + 1) token id's bytes are bytes[off[id] .. off[id+1]) */
+    uint8_t *is_end;  /* (n) 1 for the end ids */
+    trie_node *nodes; /* (n_nodes) node 0 is the root */
+    int32_t n_nodes, cap_nodes;
+    int32_t *tok_next; /* (n) */
+};
+
+/* GPT-2's bytes_to_unicode, inverted: code point -> byte, -1 if none. */
+static int gpt2_byte(uint32_t cp)
+{
+    int n = 0;
+    for (int b = 0; b < 256; b++) {
+        bool printable = (b >= '!' && b <= '~') || (b >= 0xA1 && b <= 0xAC) || b >= 0xAE;
+        if (printable && cp == (uint32_t)b) return b;
+        if (!printable && cp == (uint32_t)(256 + n++)) return b;
+    }
+    return -1;
+}
+
+/* The bytes a vocab piece stands for when its decoded text is not whole
+ * UTF-8 (a piece of a multibyte character): <0xNN>, or GPT-2's alphabet.
+ * Returns the length, 0 when neither applies. */
+static int piece_bytes(const char *piece, uint8_t *out, int cap)
+{
+    unsigned v;
+    char close;
+    if (strlen(piece) == 6 && sscanf(piece, "<0x%2X%c", &v, &close) == 2 && close == '>') {
+        out[0] = (uint8_t)v;
+        return 1;
+    }
+    int n = 0;
+    for (const unsigned char *p = (const unsigned char *)piece; *p && n < cap;) {
+        uint32_t cp;
+        int len = *p < 0x80 ? 1 : *p < 0xE0 ? 2 : *p < 0xF0 ? 3 : 4;
+        cp = len == 1 ? *p : (uint32_t)(*p & (0x7F >> len));
+        for (int i = 1; i < len; i++) {
+            if ((p[i] & 0xC0) != 0x80) return 0;
+            cp = cp << 6 | (p[i] & 0x3F);
+        }
+        int b = gpt2_byte(cp);
+        if (b < 0) return 0;
+        out[n++] = (uint8_t)b;
+        p += len;
+    }
+    return n;
+}
+
+static int32_t trie_child(so_vocab *v, int32_t node, uint8_t byte)
+{
+    for (int32_t c = v->nodes[node].child; c >= 0; c = v->nodes[c].sibling)
+        if (v->nodes[c].byte == byte) return c;
+    if (v->n_nodes == v->cap_nodes) {
+        int32_t cap = v->cap_nodes * 2;
+        trie_node *p = realloc(v->nodes, (size_t)cap * sizeof(trie_node));
+        if (!p) return -1;
+        v->nodes = p;
+        v->cap_nodes = cap;
+    }
+    int32_t c = v->n_nodes++;
+    v->nodes[c] =
+        (trie_node){.child = -1, .sibling = v->nodes[node].child, .first_tok = -1, .byte = byte};
+    v->nodes[node].child = c;
+    return c;
+}
+
+/* Does text hold U+FFFD (what decoding puts for a partial character)? */
+static bool has_replacement(const char *text, size_t n)
+{
+    for (size_t i = 0; i + 2 < n; i++)
+        if (!memcmp(text + i, "\xEF\xBF\xBD", 3)) return true;
+    return false;
+}
+
+/* Appends token id's bytes to buf (grown as needed). */
+static int token_bytes(const cv_tokenizer *tok, int32_t id, uint8_t **buf, size_t *len, size_t *cap,
+                       cv_error *err)
+{
+    if (tok_is_special(tok, id)) return 0;
+    char *text = NULL;
+    size_t tlen = 0;
+    if (tok_decode_token(tok, id, &text, &tlen, err) < 0) return -1;
+    uint8_t tmp[256];
+    const uint8_t *src = (const uint8_t *)text;
+    if (has_replacement(text, tlen)) {
+        const char *piece = tok_id_to_token(tok, id);
+        int n = piece ? piece_bytes(piece, tmp, (int)sizeof(tmp)) : 0;
+        src = tmp;
+        tlen = (size_t)n;
+    }
+    if (*len + tlen > *cap) {
+        size_t c = *cap * 2 + tlen;
+        uint8_t *p = realloc(*buf, c);
+        if (!p) {
+            free(text);
+            return cv_errorf(err, "out of memory building the structured-output vocabulary");
+        }
+        *buf = p;
+        *cap = c;
+    }
+    memcpy(*buf + *len, src, tlen);
+    *len += tlen;
+    free(text);
+    return 0;
+}
+
+so_vocab *so_vocab_create(const cv_tokenizer *tok, const int32_t *eos_ids, int n_eos, cv_error *err)
+{
+    so_vocab *v = calloc(1, sizeof(*v));
+    int n = tok_vocab_size(tok);
+    if (!v) goto oom;
+    v->n = n;
+    v->off = calloc((size_t)n + 1, sizeof(int32_t));
+    v->is_end = calloc((size_t)n, 1);
+    v->tok_next = malloc((size_t)n * sizeof(int32_t));
+    v->cap_nodes = 1024;
+    v->nodes = malloc((size_t)v->cap_nodes * sizeof(trie_node));
+    if (!v->off || !v->is_end || !v->tok_next || !v->nodes) goto oom;
+    v->nodes[0] = (trie_node){.child = -1, .sibling = -1, .first_tok = -1};
+    v->n_nodes = 1;
+    for (int i = 0; i < n_eos; i++)
+        if (eos_ids[i] >= 0 && eos_ids[i] < n) v->is_end[eos_ids[i]] = 1;
+    size_t len = 0, cap = 4096;
+    v->bytes = malloc(cap);
+    if (!v->bytes) goto oom;
+    for (int32_t id = 0; id < n; id++) {
+        v->off[id] = (int32_t)len;
+        if (token_bytes(tok, id, &v->bytes, &len, &cap, err) < 0) {
+            so_vocab_free(v);
+            return NULL;
+        }
+    }
+    v->off[n] = (int32_t)len;
+    for (int32_t id = 0; id < n; id++) {
+        v->tok_next[id] = -1;
+        int32_t node = 0;
+        if (v->off[id + 1] == v->off[id]) continue; /* no bytes: never a continuation */
+        for (int32_t i = v->off[id]; i < v->off[id + 1] && node >= 0; i++)
+            node = trie_child(v, node, v->bytes[i]);
+        if (node < 0) goto oom;
+        v->tok_next[id] = v->nodes[node].first_tok;
+        v->nodes[node].first_tok = id;
+    }
+    return v;
+oom:
+    so_vocab_free(v);
+    cv_errorf(err, "out of memory building the structured-output vocabulary");
+    return NULL;
+}
+
+void so_vocab_free(so_vocab *v)
+{
+    if (!v) return;
+    free(v->bytes);
+    free(v->off);
+    free(v->is_end);
+    free(v->nodes);
+    free(v->tok_next);
+    free(v);
+}
+
+int so_vocab_size(const so_vocab *v)
+{
+    return v->n;
+}
+
+const uint8_t *so_vocab_bytes(const so_vocab *v, int32_t id, int *n_bytes)
+{
+    if (id < 0 || id >= v->n || v->off[id + 1] == v->off[id]) {
+        *n_bytes = 0;
+        return NULL;
+    }
+    *n_bytes = v->off[id + 1] - v->off[id];
+    return v->bytes + v->off[id];
+}
+
+/* ---- Lazy DFA ------------------------------------------------------------------ */
+
+typedef struct dstate {
+    int32_t *set; /* (n_set) sorted NFA nodes, epsilon-closed */
+    int32_t n_set;
+    uint64_t hash;
+    bool accept;
+    int8_t done;        /* -1 until the mask is computed */
+    int32_t trans[256]; /* next state per byte, -1 = not computed yet */
+    uint32_t *mask;     /* ((vocab + 31) / 32) words, NULL until asked */
+} dstate;
+
+struct so_grammar {
+    so_kind kind;
+    char *text;
+    const so_vocab *vocab;
+    so_nfa nfa;
+    int32_t accept_node;
+    dstate **states; /* (n_states) 0 = the dead state (empty set) */
+    int32_t n_states, cap_states;
+    int32_t *htab; /* state index + 1 per slot, 0 = empty; size hmask + 1 */
+    size_t hmask;
+    uint32_t *mark;     /* (nfa nodes) generation marks for closure */
+    uint8_t *important; /* (nfa nodes) has a byte edge, or is the accepting node */
+    uint32_t gen;
+    int32_t *stack, *buf; /* (nfa nodes) scratch */
+    int32_t start;
+    pthread_mutex_t mu;
+    struct so_grammar *next; /* cache chain */
+};
+
+static int cmp_i32(const void *a, const void *b)
+{
+    int32_t x = *(const int32_t *)a, y = *(const int32_t *)b;
+    return (x > y) - (x < y);
+}
+
+static uint64_t hash_set(const int32_t *s, int32_t n)
+{
+    uint64_t h = 1469598103934665603ULL;
+    for (int32_t i = 0; i < n; i++)
+        h = (h ^ (uint32_t)s[i]) * 1099511628211ULL;
+    return h;
+}
+
+static int htab_grow(so_grammar *g)
+{
+    size_t size = g->hmask ? 2 * (g->hmask + 1) : 1024;
+    int32_t *t = calloc(size, sizeof(int32_t));
+    if (!t) return -1;
+    for (int32_t i = 0; i < g->n_states; i++) {
+        size_t h = g->states[i]->hash & (size - 1);
+        while (t[h])
+            h = (h + 1) & (size - 1);
+        t[h] = i + 1;
+    }
+    free(g->htab);
+    g->htab = t;
+    g->hmask = size - 1;
+    return 0;
+}
+
+/* The state for the closure of seeds[0..n) (in g->buf); -1 on failure. */
+static int32_t intern_closure(so_grammar *g, int32_t n)
+{
+    const so_nfa *a = &g->nfa;
+    if (++g->gen == 0) {
+        memset(g->mark, 0, (size_t)a->n_nodes * sizeof(uint32_t));
+        g->gen = 1;
+    }
+    int32_t n_out = 0, top = 0;
+    for (int32_t i = 0; i < n; i++)
+        if (g->mark[g->buf[i]] != g->gen) {
+            g->mark[g->buf[i]] = g->gen;
+            g->stack[top++] = g->buf[i];
+        }
+    while (top > 0) {
+        int32_t x = g->stack[--top];
+        /* Only nodes with byte edges (and the accepting node) decide what
+         * a state does: keeping just those merges states that differ in
+         * epsilon plumbing, so fewer states and fewer masks are made. */
+        if (g->important[x]) g->buf[n_out++] = x;
+        for (int32_t e = a->first[x]; e >= 0; e = a->edges[e].next)
+            if (a->edges[e].eps && g->mark[a->edges[e].to] != g->gen) {
+                g->mark[a->edges[e].to] = g->gen;
+                g->stack[top++] = a->edges[e].to;
+            }
+    }
+    qsort(g->buf, (size_t)n_out, sizeof(int32_t), cmp_i32);
+    uint64_t h = hash_set(g->buf, n_out);
+    for (size_t s = h & g->hmask; g->htab[s]; s = (s + 1) & g->hmask) {
+        dstate *d = g->states[g->htab[s] - 1];
+        if (d->hash == h && d->n_set == n_out &&
+            !memcmp(d->set, g->buf, (size_t)n_out * sizeof(int32_t)))
+            return g->htab[s] - 1;
+    }
+    if (g->n_states >= SO_MAX_DFA_STATES) return 0;
+    if ((size_t)(g->n_states + 1) * 2 > g->hmask + 1 && htab_grow(g) < 0) return -1;
+    if (g->n_states == g->cap_states) {
+        int32_t cap = g->cap_states ? 2 * g->cap_states : 64;
+        dstate **p = realloc(g->states, (size_t)cap * sizeof(dstate *));
+        if (!p) return -1;
+        g->states = p;
+        g->cap_states = cap;
+    }
+    dstate *d = calloc(1, sizeof(*d));
+    if (!d) return -1;
+    d->set = malloc(((size_t)n_out + 1) * sizeof(int32_t));
+    if (!d->set) {
+        free(d);
+        return -1;
+    }
+    memcpy(d->set, g->buf, (size_t)n_out * sizeof(int32_t));
+    d->n_set = n_out;
+    d->hash = h;
+    d->done = -1;
+    d->accept = bsearch(&g->accept_node, d->set, (size_t)n_out, sizeof(int32_t), cmp_i32) != NULL;
+    memset(d->trans, 0xFF, sizeof(d->trans));
+    int32_t id = g->n_states++;
+    g->states[id] = d;
+    size_t s = h & g->hmask;
+    while (g->htab[s])
+        s = (s + 1) & g->hmask;
+    g->htab[s] = id + 1;
+    return id;
+}
+
+/* One byte from state s (the dead state on failure: the constraint then
+ * stops a sequence rather than letting it run free). */
+static int32_t step(so_grammar *g, int32_t s, uint8_t byte)
+{
+    dstate *d = g->states[s];
+    if (d->trans[byte] >= 0) return d->trans[byte];
+    const so_nfa *a = &g->nfa;
+    /* Targets once each (marked), so at most n_nodes fit in buf. */
+    if (++g->gen == 0) {
+        memset(g->mark, 0, (size_t)a->n_nodes * sizeof(uint32_t));
+        g->gen = 1;
+    }
+    int32_t n = 0;
+    for (int32_t i = 0; i < d->n_set; i++)
+        for (int32_t e = a->first[d->set[i]]; e >= 0; e = a->edges[e].next) {
+            const so_edge *ed = &a->edges[e];
+            if (!ed->eps && byte >= ed->lo && byte <= ed->hi && g->mark[ed->to] != g->gen) {
+                g->mark[ed->to] = g->gen;
+                g->buf[n++] = ed->to;
+            }
+        }
+    int32_t next = n == 0 ? SO_DEAD : intern_closure(g, n);
+    if (next < 0) next = SO_DEAD;
+    g->states[s]->trans[byte] = next;
+    return next;
+}
+
+/* Marks every token below trie node t whose bytes keep state s alive. */
+static void walk(so_grammar *g, int32_t t, int32_t s, uint32_t *mask, bool *any)
+{
+    const so_vocab *v = g->vocab;
+    for (int32_t c = v->nodes[t].child; c >= 0; c = v->nodes[c].sibling) {
+        int32_t s2 = step(g, s, v->nodes[c].byte);
+        if (s2 == SO_DEAD) continue;
+        for (int32_t id = v->nodes[c].first_tok; id >= 0; id = v->tok_next[id]) {
+            mask[id >> 5] |= 1u << (id & 31);
+            *any = true;
+        }
+        walk(g, c, s2, mask, any);
+    }
+}
+
+static const uint32_t *state_mask(so_grammar *g, so_state s)
+{
+    dstate *d = g->states[s];
+    if (d->mask) return d->mask;
+    const so_vocab *v = g->vocab;
+    uint32_t *mask = calloc(((size_t)v->n + 31) / 32, sizeof(uint32_t));
+    if (!mask) return NULL;
+    bool any = false;
+    if (s != SO_DEAD) walk(g, 0, s, mask, &any);
+    d = g->states[s];
+    if (d->accept)
+        for (int32_t id = 0; id < v->n; id++)
+            if (v->is_end[id]) mask[id >> 5] |= 1u << (id & 31);
+    d->done = !any;
+    d->mask = mask;
+    return mask;
+}
+
+const uint32_t *so_mask(so_grammar *g, so_state s)
+{
+    pthread_mutex_lock(&g->mu);
+    const uint32_t *m = state_mask(g, s);
+    pthread_mutex_unlock(&g->mu);
+    return m;
+}
+
+void so_grammar_stats(so_grammar *g, int *n_states, int *n_masks)
+{
+    pthread_mutex_lock(&g->mu);
+    *n_states = g->n_states;
+    *n_masks = 0;
+    for (int32_t i = 0; i < g->n_states; i++)
+        *n_masks += g->states[i]->mask != NULL;
+    pthread_mutex_unlock(&g->mu);
+}
+
+so_state so_start(so_grammar *g)
+{
+    return g->start;
+}
+
+so_state so_advance_bytes(so_grammar *g, so_state s, const char *bytes, size_t n)
+{
+    pthread_mutex_lock(&g->mu);
+    for (size_t i = 0; i < n && s != SO_DEAD; i++)
+        s = step(g, s, (uint8_t)bytes[i]);
+    pthread_mutex_unlock(&g->mu);
+    return s;
+}
+
+so_state so_advance(so_grammar *g, so_state s, int32_t id)
+{
+    int n = 0;
+    const uint8_t *b = so_vocab_bytes(g->vocab, id, &n);
+    if (!b) return so_accepting(g, s) ? s : SO_DEAD;
+    return so_advance_bytes(g, s, (const char *)b, (size_t)n);
+}
+
+bool so_accepting(so_grammar *g, so_state s)
+{
+    pthread_mutex_lock(&g->mu);
+    bool acc = g->states[s]->accept;
+    pthread_mutex_unlock(&g->mu);
+    return acc;
+}
+
+bool so_done(so_grammar *g, so_state s)
+{
+    pthread_mutex_lock(&g->mu);
+    bool done = state_mask(g, s) == NULL || g->states[s]->done;
+    pthread_mutex_unlock(&g->mu);
+    return done;
+}
+
+/* ---- Compilation and the cache --------------------------------------------- */
+
+static void grammar_free(so_grammar *g)
+{
+    if (!g) return;
+    for (int32_t i = 0; i < g->n_states; i++) {
+        free(g->states[i]->set);
+        free(g->states[i]->mask);
+        free(g->states[i]);
+    }
+    free(g->states);
+    free(g->htab);
+    free(g->mark);
+    free(g->important);
+    free(g->stack);
+    free(g->buf);
+    free(g->text);
+    so_nfa_free(&g->nfa);
+    pthread_mutex_destroy(&g->mu);
+    free(g);
+}
+
+/* choice: a JSON list of strings, each a literal alternative. */
+static int compile_choice(so_nfa *a, const char *text, so_frag *out, cv_error *err)
+{
+    json_t *list = json_loads(text, JSON_DECODE_ANY, NULL);
+    if (!json_is_array(list) || json_array_size(list) == 0) {
+        json_decref(list);
+        return cv_errorf(err, "structured_outputs 'choice' must be a non-empty list of strings");
+    }
+    so_frag f = {-1, -1};
+    size_t i;
+    json_t *s;
+    json_array_foreach(list, i, s)
+    {
+        if (!json_is_string(s)) {
+            json_decref(list);
+            return cv_errorf(err,
+                             "structured_outputs 'choice' must be a non-empty list of strings");
+        }
+        so_frag x = so_frag_lit(a, json_string_value(s), json_string_length(s));
+        f = f.start < 0 ? x : so_frag_alt(a, f, x);
+    }
+    json_decref(list);
+    *out = f;
+    if (a->failed) return cv_errorf(err, "structured_outputs 'choice' is too large");
+    return 0;
+}
+
+static so_grammar *compile(const so_vocab *v, so_kind kind, const char *text, cv_error *err)
+{
+    so_grammar *g = calloc(1, sizeof(*g));
+    if (!g) goto oom;
+    g->kind = kind;
+    g->vocab = v;
+    pthread_mutex_init(&g->mu, NULL);
+    g->text = strdup(text);
+    if (!g->text) goto oom;
+    so_frag f = {0, 0};
+    int rc = 0;
+    switch (kind) {
+    case SO_CHOICE:
+        rc = compile_choice(&g->nfa, text, &f, err);
+        break;
+    case SO_REGEX:
+        rc = so_regex_compile(&g->nfa, text, strlen(text), &f, err);
+        break;
+    case SO_JSON_OBJECT:
+        f = so_json_any(&g->nfa, SO_MAX_FREE_DEPTH);
+        if (g->nfa.failed) rc = cv_errorf(err, "out of memory compiling json_object");
+        break;
+    case SO_JSON:
+        rc = so_json_schema_compile(&g->nfa, text, &f, err);
+        break;
+    }
+    if (rc < 0) {
+        grammar_free(g);
+        return NULL;
+    }
+    g->accept_node = f.end;
+    size_t nn = (size_t)g->nfa.n_nodes;
+    g->mark = calloc(nn, sizeof(uint32_t));
+    g->stack = malloc(nn * sizeof(int32_t));
+    g->buf = malloc(nn * sizeof(int32_t));
+    g->important = calloc(nn, 1);
+    if (!g->mark || !g->stack || !g->buf || !g->important || htab_grow(g) < 0) goto oom;
+    for (size_t x = 0; x < nn; x++)
+        for (int32_t e = g->nfa.first[x]; e >= 0 && !g->important[x]; e = g->nfa.edges[e].next)
+            g->important[x] = !g->nfa.edges[e].eps;
+    g->important[g->accept_node] = 1;
+    /* The dead state: the empty set, index 0. */
+    if (intern_closure(g, 0) != SO_DEAD) goto oom;
+    g->buf[0] = f.start;
+    g->start = intern_closure(g, 1);
+    if (g->start <= 0) goto oom;
+    return g;
+oom:
+    grammar_free(g);
+    cv_errorf(err, "out of memory compiling a structured-output constraint");
+    return NULL;
+}
+
+struct so_cache {
+    const so_vocab *vocab;
+    pthread_mutex_t mu;
+    so_grammar *head;
+};
+
+so_cache *so_cache_create(const so_vocab *vocab)
+{
+    so_cache *c = calloc(1, sizeof(*c));
+    if (!c) return NULL;
+    c->vocab = vocab;
+    pthread_mutex_init(&c->mu, NULL);
+    return c;
+}
+
+void so_cache_free(so_cache *c)
+{
+    if (!c) return;
+    for (so_grammar *g = c->head, *next; g; g = next) {
+        next = g->next;
+        grammar_free(g);
+    }
+    pthread_mutex_destroy(&c->mu);
+    free(c);
+}
+
+so_grammar *so_cache_get(so_cache *c, so_kind kind, const char *text, cv_error *err)
+{
+    pthread_mutex_lock(&c->mu);
+    so_grammar *g = c->head;
+    while (g && (g->kind != kind || strcmp(g->text, text)))
+        g = g->next;
+    if (!g) {
+        g = compile(c->vocab, kind, text, err);
+        if (g) {
+            g->next = c->head;
+            c->head = g;
+        }
+    }
+    pthread_mutex_unlock(&c->mu);
+    return g;
+}
