@@ -381,23 +381,6 @@ static int assign(tpl_ctx *ctx, const tpl_node *n, const tpl_val *v)
     return 0;
 }
 
-static json_t *loop_object(size_t i, size_t len, json_t *items)
-{
-    json_t *l = json_object();
-    json_object_set_new(l, "index", json_integer((json_int_t)i + 1));
-    json_object_set_new(l, "index0", json_integer((json_int_t)i));
-    json_object_set_new(l, "revindex", json_integer((json_int_t)(len - i)));
-    json_object_set_new(l, "revindex0", json_integer((json_int_t)(len - i - 1)));
-    json_object_set_new(l, "first", json_boolean(i == 0));
-    json_object_set_new(l, "last", json_boolean(i + 1 == len));
-    json_object_set_new(l, "length", json_integer((json_int_t)len));
-    json_object_set_new(l, "depth", json_integer(1));
-    json_object_set_new(l, "depth0", json_integer(0));
-    if (i > 0) json_object_set(l, "previtem", json_array_get(items, i - 1));
-    if (i + 1 < len) json_object_set(l, "nextitem", json_array_get(items, i + 1));
-    return l;
-}
-
 static int exec_for(tpl_ctx *ctx, const tpl_node *n)
 {
     tpl_val seq;
@@ -434,7 +417,9 @@ static int exec_for(tpl_ctx *ctx, const tpl_node *n)
         tpl_val it = tpl_json(json_incref(json_array_get(items, i)));
         rc = assign(ctx, n, &it);
         tpl_drop(&it);
-        if (!rc) rc = set_var(ctx, "loop", tpl_json(loop_object(i, len, items)));
+        if (!rc)
+            rc = set_var(ctx, "loop",
+                         (tpl_val){.kind = TV_LOOP, .j = json_incref(items), .index = i});
         if (!rc) rc = tpl_exec_body(ctx, &n->body);
         if (ctx->ctl == CTL_BREAK) {
             ctx->ctl = 0;

@@ -16,7 +16,7 @@ enum {
     TPL_MAX_CALL_DEPTH = 100,         /* render: nested macro calls */
     TPL_MAX_ITERATIONS = 1000000,     /* render: loop iterations in all */
     TPL_MAX_STEPS = 20000000,         /* render: work units (see tpl_work) */
-    TPL_MAX_OUTPUT_BYTES = 64u << 20, /* render: size of any one string */
+    TPL_MAX_OUTPUT_BYTES = 16u << 20, /* render: size of any one string */
     TPL_MAX_LIST_ITEMS = 1000000,     /* render: size of any one list */
     TPL_MAX_VALUE_DEPTH = 1000,       /* render: lists/dicts nested by set */
     TPL_MAX_HEIGHT = 400,             /* parser: depth of one expression tree */
@@ -148,6 +148,7 @@ typedef enum {
     TV_MACRO,  /* macro: node */
     TV_FUNC,   /* a global function: name */
     TV_METHOD, /* name bound to receiver j */
+    TV_LOOP,   /* a for loop's `loop`: j holds its items, index the current one */
 } tpl_vkind;
 
 typedef struct tpl_val {
@@ -155,6 +156,7 @@ typedef struct tpl_val {
     json_t *j;            /* owned reference (JSON, NS, METHOD) */
     const char *name;     /* UNDEF, FUNC, METHOD; points into the tree or a literal */
     const tpl_node *node; /* MACRO */
+    size_t index;         /* LOOP */
 } tpl_val;
 
 typedef struct tpl_buf {

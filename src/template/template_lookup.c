@@ -11,10 +11,42 @@ static int undefined_error(tpl_ctx *ctx, const tpl_node *at, const tpl_val *v)
     return tpl_fail(ctx, at, "'%s' is undefined", v->name ? v->name : "value");
 }
 
+/* loop.index, loop.first... computed from the position in the items. */
+static int loop_attr(const tpl_val *loop, const char *name, tpl_val *out)
+{
+    size_t i = loop->index, n = json_array_size(loop->j);
+    json_t *j = NULL;
+    if (!strcmp(name, "index"))
+        j = json_integer((json_int_t)i + 1);
+    else if (!strcmp(name, "index0"))
+        j = json_integer((json_int_t)i);
+    else if (!strcmp(name, "revindex"))
+        j = json_integer((json_int_t)(n - i));
+    else if (!strcmp(name, "revindex0"))
+        j = json_integer((json_int_t)(n - i - 1));
+    else if (!strcmp(name, "first"))
+        j = json_boolean(i == 0);
+    else if (!strcmp(name, "last"))
+        j = json_boolean(i + 1 == n);
+    else if (!strcmp(name, "length"))
+        j = json_integer((json_int_t)n);
+    else if (!strcmp(name, "depth"))
+        j = json_integer(1);
+    else if (!strcmp(name, "depth0"))
+        j = json_integer(0);
+    else if (!strcmp(name, "previtem") && i > 0)
+        j = json_incref(json_array_get(loop->j, i - 1));
+    else if (!strcmp(name, "nextitem") && i + 1 < n)
+        j = json_incref(json_array_get(loop->j, i + 1));
+    *out = j ? tpl_json(j) : tpl_undef(name);
+    return 0;
+}
+
 int tpl_getattr(tpl_ctx *ctx, const tpl_node *at, const tpl_val *obj, const char *name,
                 tpl_val *out)
 {
     if (obj->kind == TV_UNDEF) return undefined_error(ctx, at, obj);
+    if (obj->kind == TV_LOOP) return loop_attr(obj, name, out);
     if (obj->kind == TV_NS) {
         json_t *j = json_object_get(obj->j, name);
         *out = j ? tpl_json(json_incref(j)) : tpl_undef(name);

@@ -181,6 +181,8 @@ bool tpl_equal(const tpl_val *a, const tpl_val *b)
         return !strcmp(a->name, b->name);
     case TV_METHOD:
         return a->j == b->j && !strcmp(a->name, b->name);
+    case TV_LOOP:
+        return a->j == b->j && a->index == b->index;
     default:
         return false;
     }
@@ -198,6 +200,8 @@ const char *tpl_type_name(const tpl_val *v)
     case TV_FUNC:
     case TV_METHOD:
         return "function";
+    case TV_LOOP:
+        return "LoopContext";
     case TV_JSON:
         break;
     }
@@ -409,6 +413,12 @@ void tpl_str_of(tpl_buf *b, const tpl_val *v)
         tpl_buf_puts(b, v->kind == TV_MACRO ? v->node->name : v->name);
         tpl_buf_putc(b, '>');
         return;
+    case TV_LOOP: {
+        char tmp[64];
+        snprintf(tmp, sizeof tmp, "<LoopContext %zu/%zu>", v->index + 1, json_array_size(v->j));
+        tpl_buf_puts(b, tmp);
+        return;
+    }
     case TV_JSON:
         break;
     }
