@@ -15,7 +15,7 @@ static const char *const filter_names[] = {
     "float",  "replace", "indent",     "items",     "dictsort",   "unique",     "reverse",
     "round",  "safe",    "e",          "escape",    "abs",        "sum",        "min",
     "max",    "sort",    "attr",       "wordcount", "center",     "batch",      "bool",
-    NULL};
+    "format", NULL};
 
 bool tpl_filter_exists(const char *name)
 {
@@ -661,6 +661,13 @@ int tpl_filter(tpl_ctx *ctx, const tpl_node *at, const char *name, const tpl_val
                          arg_bool(args, 2, "reverse", false), out);
         json_decref(items);
         return rc;
+    }
+    if (!strcmp(name, "format")) {
+        if (!tpl_is_str(v)) return tpl_fail(ctx, at, "format needs a format string");
+        for (size_t i = 0; i < args->n; i++)
+            if (args->names[i])
+                return tpl_fail(ctx, at, "format with keyword arguments is not supported");
+        return tpl_text_percent(ctx, at, v, args->v, args->n, out);
     }
     /* the string filters */
     if (need_str(ctx, at, name, v, &s)) return -1;

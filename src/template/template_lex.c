@@ -331,6 +331,68 @@ static bool after_tag(lexer *lx, char sign, bool block_or_comment, bool ended_nl
     return false;
 }
 
+/* Matches "name" then optional whitespace and an end "%}" ("-%}", "+%}")
+ * at p; returns the position after it and the end's sign, or 0. */
+static size_t match_tag_word(const lexer *lx, size_t p, const char *word, char *sign)
+{
+    while (p < lx->n && is_ws(lx->s[p]))
+        p++;
+    size_t w = strlen(word);
+    if (p + w > lx->n || memcmp(lx->s + p, word, w)) return 0;
+    p += w;
+    if (p < lx->n && !is_ws(lx->s[p]) && lx->s[p] != '-' && lx->s[p] != '+' && lx->s[p] != '%')
+        return 0;
+    while (p < lx->n && is_ws(lx->s[p]))
+        p++;
+    *sign = 0;
+    if (p < lx->n && (lx->s[p] == '-' || lx->s[p] == '+')) *sign = lx->s[p++];
+    if (p + 2 > lx->n || memcmp(lx->s + p, "%}", 2)) return 0;
+    return p + 2;
+}
+
+/* {% raw %}...{% endraw %}: the text between is data, tags and all. The
+ * begin tag takes no trim_blocks newline (as in jinja2); the end tag strips
+ * like any block tag. Returns 1 when a raw block was read, 0 when the tag
+ * at t is something else. */
+static int lex_raw(lexer *lx, size_t t, bool *line_starting)
+{
+    const char *s = lx->s;
+    size_t p = t + 2;
+    if (p < lx->n && (s[p] == '-' || s[p] == '+')) p++;
+    char bsign, esign = 0;
+    size_t body = match_tag_word(lx, p, "raw", &bsign);
+    if (!body || bsign == '+') return 0;
+    if (bsign == '-')
+        while (body < lx->n && is_ws(s[body]))
+            body++;
+    for (size_t e = body; e + 1 < lx->n; e++) {
+        if (s[e] != '{' || s[e + 1] != '%') continue;
+        size_t q = e + 2;
+        char osign = q < lx->n && (s[q] == '-' || s[q] == '+') ? s[q] : 0;
+        size_t after = match_tag_word(lx, q + (osign ? 1 : 0), "endraw", &esign);
+        if (!after) continue;
+        size_t text_end = e;
+        if (osign == '-') {
+            while (text_end > body && is_ws(s[text_end - 1]))
+                text_end--;
+        } else if (osign != '+') {
+            size_t l = text_end, w;
+            while (l > body && s[l - 1] != '\n')
+                l--;
+            for (w = l; w < text_end && (s[w] == ' ' || s[w] == '\t'); w++) {
+            }
+            if ((l > body || (bsign == '-' && s[body - 1] == '\n')) && w == text_end && w > l)
+                text_end = l;
+        }
+        if (text_end > body && emit(lx, TK_DATA, body, s + body, text_end - body)) return -1;
+        lx->pos = after;
+        *line_starting = after_tag(lx, esign, true, false);
+        return 1;
+    }
+    lx_fail(lx, t, "missing end of raw directive");
+    return -1;
+}
+
 static int lex_all(lexer *lx)
 {
     bool line_starting = true;
@@ -376,6 +438,11 @@ static int lex_all(lexer *lx)
             continue;
         }
         bool block = kind == '%';
+        if (block) {
+            int r = lex_raw(lx, t, &line_starting);
+            if (r < 0) return -1;
+            if (r) continue;
+        }
         if (emit(lx, block ? TK_BLOCK_BEGIN : TK_VAR_BEGIN, t, s + t, 2)) return -1;
         char esign = 0;
         if (lex_tag(lx, block, t, &esign)) return -1;

@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "template/template_internal.h"
+#include "template/template_text.h"
 
 static const char *const op_sym[] = {"+",  "-",  "*", "/",  "//", "%",  "**", "~",
                                      "==", "!=", "<", "<=", ">",  ">=", "in", "not in"};
@@ -244,6 +245,18 @@ int tpl_binop_eval(tpl_ctx *ctx, const tpl_node *at, int op, const tpl_val *a, c
         json_array_extend(r2, b->j);
         *out = tpl_json(r2);
         return 0;
+    }
+    if (op == OP_MOD && json_is_string(a->j)) {
+        /* "..." % x: a list gives the arguments, anything else is one */
+        if (!json_is_array(b->j)) return tpl_text_percent(ctx, at, a, b, 1, out);
+        size_t n = json_array_size(b->j);
+        tpl_val *args = calloc(n + 1, sizeof *args);
+        if (!args) return cv_errorf(ctx->err, "chat template: out of memory");
+        for (size_t i = 0; i < n; i++)
+            args[i] = (tpl_val){.kind = TV_JSON, .j = json_array_get(b->j, i)};
+        int rc = tpl_text_percent(ctx, at, a, args, n, out);
+        free(args);
+        return rc;
     }
     if (op == OP_MUL) {
         const tpl_val *seq = tpl_is_int(b) ? a : tpl_is_int(a) ? b : NULL;
