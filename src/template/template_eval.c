@@ -370,14 +370,17 @@ static int output(tpl_ctx *ctx, const tpl_node *at, const tpl_val *v)
 /* Assigns v to the targets of a for/set: one name, or unpacks a sequence. */
 static int assign(tpl_ctx *ctx, const tpl_node *n, const tpl_val *v)
 {
-    if (n->n_names == 1) return set_var(ctx, n->names[0], tpl_copy(v));
+    if (n->n_names == 1)
+        return set_var(ctx, n->names[0],
+                       v->kind == TV_JSON ? tpl_from_json(json_incref(v->j)) : tpl_copy(v));
     if (v->kind != TV_JSON || !json_is_array(v->j))
         return tpl_fail(ctx, n, "cannot unpack a %s into %zu names", tpl_type_name(v), n->n_names);
     if (json_array_size(v->j) != n->n_names)
         return tpl_fail(ctx, n, "cannot unpack %zu values into %zu names", json_array_size(v->j),
                         n->n_names);
     for (size_t i = 0; i < n->n_names; i++)
-        if (set_var(ctx, n->names[i], tpl_json(json_incref(json_array_get(v->j, i))))) return -1;
+        if (set_var(ctx, n->names[i], tpl_from_json(json_incref(json_array_get(v->j, i)))))
+            return -1;
     return 0;
 }
 

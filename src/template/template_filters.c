@@ -164,7 +164,6 @@ static int map_items(tpl_ctx *ctx, const tpl_node *at, const tpl_val *v, tpl_arg
             rc = tpl_filter(ctx, at, json_string_value(fname->j), &item, &fargs, &x);
         }
         if (rc) break;
-        if (x.kind == TV_UNDEF) x = tpl_json(json_null());
         rc = tpl_ensure_json(ctx, at, &x);
         if (!rc) json_array_append(res, x.j);
         tpl_drop(&x);
@@ -519,6 +518,8 @@ int tpl_filter(tpl_ctx *ctx, const tpl_node *at, const char *name, const tpl_val
         return 0;
     }
     if (!strcmp(name, "int") || !strcmp(name, "float")) {
+        /* int(Undefined) raises in jinja2 (not the TypeError the filter catches) */
+        if (v->kind == TV_UNDEF) return tpl_fail(ctx, at, "'%s' is undefined", v->name);
         bool is_int = name[0] == 'i';
         const tpl_val *def = tpl_arg(args, 0, "default");
         json_t *r = NULL;
@@ -545,18 +546,17 @@ int tpl_filter(tpl_ctx *ctx, const tpl_node *at, const char *name, const tpl_val
                     r = json_integer((json_int_t)d); /* jinja2 tries float() */
             }
         }
-        if (!r)
-            r = def      ? (def->kind == TV_JSON ? json_incref(def->j) : json_null())
-                : is_int ? json_integer(0)
-                         : json_real(0);
-        *out = tpl_json(r);
+        if (!r && def) {
+            *out = tpl_copy(def);
+            return 0;
+        }
+        *out = tpl_json(r ? r : is_int ? json_integer(0) : json_real(0));
         return 0;
     }
     if (!strcmp(name, "list") || !strcmp(name, "first") || !strcmp(name, "last") ||
         !strcmp(name, "reverse") || !strcmp(name, "unique") || !strcmp(name, "sort") ||
         !strcmp(name, "join") || !strcmp(name, "batch")) {
-        if (v->kind == TV_UNDEF && strcmp(name, "list") && strcmp(name, "join"))
-            return tpl_fail(ctx, at, "'%s' is undefined", v->name);
+        /* Undefined iterates as empty, as in jinja2 */
         if (tpl_iterate(ctx, at, v, &items)) return -1;
         size_t n = json_array_size(items);
         if (!strcmp(name, "list")) {
@@ -564,7 +564,8 @@ int tpl_filter(tpl_ctx *ctx, const tpl_node *at, const char *name, const tpl_val
                                                                       : json_incref(items));
         } else if (!strcmp(name, "first") || !strcmp(name, "last")) {
             json_t *x = n ? json_array_get(items, name[0] == 'f' ? 0 : n - 1) : NULL;
-            *out = x ? tpl_json(json_incref(x)) : tpl_undef("No first item, sequence was empty.");
+            *out =
+                x ? tpl_from_json(json_incref(x)) : tpl_undef("No first item, sequence was empty.");
         } else if (!strcmp(name, "reverse")) {
             if (tpl_is_str(v)) {
                 tpl_buf b = {0};

@@ -183,6 +183,12 @@ tpl_val tpl_undef(const char *name);
 tpl_val tpl_json(json_t *j); /* takes the reference */
 tpl_val tpl_str(const char *s, size_t n);
 tpl_val tpl_copy(const tpl_val *v);
+/* jinja2 keeps Undefined values inside lists and namespaces (a map over a
+ * missing attribute, [x] with x undefined): stored as this marker, they
+ * print as "Undefined" inside a list and as nothing on their own, and
+ * tpl_from_json turns them back into Undefined when read. */
+json_t *tpl_undefined_marker(void); /* borrowed, process-wide */
+tpl_val tpl_from_json(json_t *j);   /* takes the reference */
 void tpl_drop(tpl_val *v);
 
 bool tpl_is_str(const tpl_val *v);
@@ -262,7 +268,9 @@ int tpl_binop_eval(tpl_ctx *ctx, const tpl_node *at, int op, const tpl_val *a, c
                    tpl_val *out);
 /* Items of an iterable: list items, dict keys, string characters. */
 int tpl_iterate(tpl_ctx *ctx, const tpl_node *at, const tpl_val *v, json_t **items);
-int tpl_ensure_json(tpl_ctx *ctx, const tpl_node *at, const tpl_val *v);
+/* Makes v storable in a list/dict (Undefined becomes the marker); other
+ * non-JSON values (macros, namespaces...) are an error. */
+int tpl_ensure_json(tpl_ctx *ctx, const tpl_node *at, tpl_val *v);
 
 /* builtins (template_filters.c, template_tests.c, template_methods.c) */
 static inline bool tpl_name_in(const char *const *list, const char *name)

@@ -38,7 +38,7 @@ static int loop_attr(const tpl_val *loop, const char *name, tpl_val *out)
         j = json_incref(json_array_get(loop->j, i - 1));
     else if (!strcmp(name, "nextitem") && i + 1 < n)
         j = json_incref(json_array_get(loop->j, i + 1));
-    *out = j ? tpl_json(j) : tpl_undef(name);
+    *out = j ? tpl_from_json(j) : tpl_undef(name);
     return 0;
 }
 
@@ -49,7 +49,7 @@ int tpl_getattr(tpl_ctx *ctx, const tpl_node *at, const tpl_val *obj, const char
     if (obj->kind == TV_LOOP) return loop_attr(obj, name, out);
     if (obj->kind == TV_NS) {
         json_t *j = json_object_get(obj->j, name);
-        *out = j ? tpl_json(json_incref(j)) : tpl_undef(name);
+        *out = j ? tpl_from_json(json_incref(j)) : tpl_undef(name);
         return 0;
     }
     if (obj->kind != TV_JSON) {
@@ -61,7 +61,7 @@ int tpl_getattr(tpl_ctx *ctx, const tpl_node *at, const tpl_val *obj, const char
         return 0;
     }
     json_t *j = json_is_object(obj->j) ? json_object_get(obj->j, name) : NULL;
-    *out = j ? tpl_json(json_incref(j)) : tpl_undef(name);
+    *out = j ? tpl_from_json(json_incref(j)) : tpl_undef(name);
     return 0;
 }
 
@@ -74,7 +74,7 @@ int tpl_getitem(tpl_ctx *ctx, const tpl_node *at, const tpl_val *obj, const tpl_
         (obj->kind == TV_NS || (obj->kind == TV_JSON && json_is_object(obj->j)))) {
         json_t *j = json_object_getn(obj->j, json_string_value(key->j), json_string_length(key->j));
         if (j)
-            *out = tpl_json(json_incref(j));
+            *out = tpl_from_json(json_incref(j));
         else if (obj->kind == TV_JSON)
             return tpl_getattr(ctx, at, obj, json_string_value(key->j), out);
         return 0;
@@ -84,7 +84,7 @@ int tpl_getitem(tpl_ctx *ctx, const tpl_node *at, const tpl_val *obj, const tpl_
     if (json_is_array(obj->j)) {
         json_int_t n = (json_int_t)json_array_size(obj->j);
         if (i < 0) i += n;
-        if (i >= 0 && i < n) *out = tpl_json(json_incref(json_array_get(obj->j, (size_t)i)));
+        if (i >= 0 && i < n) *out = tpl_from_json(json_incref(json_array_get(obj->j, (size_t)i)));
     } else if (json_is_string(obj->j)) {
         size_t *offs;
         json_int_t n = (json_int_t)tpl_utf8_offsets(json_string_value(obj->j),
@@ -186,10 +186,13 @@ done:
     return rc;
 }
 
-int tpl_ensure_json(tpl_ctx *ctx, const tpl_node *at, const tpl_val *v)
+int tpl_ensure_json(tpl_ctx *ctx, const tpl_node *at, tpl_val *v)
 {
     if (v->kind == TV_JSON) return 0;
-    if (v->kind == TV_UNDEF) return undefined_error(ctx, at, v);
+    if (v->kind == TV_UNDEF) {
+        *v = tpl_json(json_incref(tpl_undefined_marker()));
+        return 0;
+    }
     return tpl_fail(ctx, at, "a %s cannot be stored in a list or dict", tpl_type_name(v));
 }
 

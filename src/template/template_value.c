@@ -2,6 +2,7 @@
  * truthiness, equality, str()/repr() as Python prints them, float repr,
  * and json.dumps as transformers' tojson calls it. */
 #include <math.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -56,6 +57,29 @@ tpl_val tpl_json(json_t *j)
 tpl_val tpl_str(const char *s, size_t n)
 {
     return tpl_json(json_stringn_nocheck(s ? s : "", n));
+}
+
+static json_t *g_undefined;
+static pthread_once_t g_undefined_once = PTHREAD_ONCE_INIT;
+
+static void make_undefined_marker(void)
+{
+    g_undefined = json_object();
+}
+
+json_t *tpl_undefined_marker(void)
+{
+    pthread_once(&g_undefined_once, make_undefined_marker);
+    return g_undefined;
+}
+
+tpl_val tpl_from_json(json_t *j)
+{
+    if (j && j == tpl_undefined_marker()) {
+        json_decref(j);
+        return tpl_undef("value");
+    }
+    return tpl_json(j);
 }
 
 tpl_val tpl_copy(const tpl_val *v)
@@ -349,6 +373,10 @@ static void repr_str(tpl_buf *b, const char *s, size_t n)
 
 void tpl_repr_json(tpl_buf *b, const json_t *j)
 {
+    if (j == tpl_undefined_marker()) {
+        tpl_buf_puts(b, "Undefined");
+        return;
+    }
     switch (json_typeof(j)) {
     case JSON_NULL:
         tpl_buf_puts(b, "None");
@@ -422,6 +450,7 @@ void tpl_str_of(tpl_buf *b, const tpl_val *v)
     case TV_JSON:
         break;
     }
+    if (v->j == tpl_undefined_marker()) return;
     if (json_is_string(v->j))
         tpl_buf_put(b, json_string_value(v->j), json_string_length(v->j));
     else
