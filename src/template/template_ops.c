@@ -77,7 +77,8 @@ static int arith(tpl_ctx *ctx, const tpl_node *at, int op, const tpl_val *a, con
             break;
         case OP_POW:
             if (y < 0) {
-                *out = tpl_json(json_real(pow((double)x, (double)y)));
+                if (x == 0) return tpl_fail(ctx, at, "0.0 cannot be raised to a negative power");
+                *out = tpl_json(json_real(pow((double)x, (double)y))); /* finite: |x| >= 1 */
                 return 0;
             }
             r = 1;

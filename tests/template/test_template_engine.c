@@ -109,6 +109,11 @@ static void test_render_errors_name_line(void **state)
     expect_error("\n{{ 'a' < 1 }}", NULL,
                  "chat template line 2: '<' not supported between instances of 'str' and 'int'");
     expect_error("{{ 1 // 0 }}", NULL, "chat template line 1: integer division or modulo by zero");
+    /* found by fuzz_template: pow(0, -1) is infinite, which JSON cannot hold */
+    expect_error("{{ 0 ** -1 }}", NULL,
+                 "chat template line 1: 0.0 cannot be raised to a negative power");
+    expect_error("{{ 0.0 ** -1 }}", NULL,
+                 "chat template line 1: numeric result out of range in '**'");
     expect_error("{{ [].append(1) }}", NULL,
                  "chat template line 1: access to attribute 'append' of 'list' object is unsafe");
     expect_error("{% macro m(a) %}{% endmacro %}{{ m(1, 2) }}", NULL,
