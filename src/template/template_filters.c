@@ -69,6 +69,11 @@ static int select_items(tpl_ctx *ctx, const tpl_node *at, const tpl_val *v, tpl_
                         bool by_attr, bool want, tpl_val *out)
 {
     json_t *items;
+    /* jinja2 skips a false sequence (none, []) instead of iterating it */
+    if (!tpl_truthy(v)) {
+        *out = tpl_json(json_array());
+        return 0;
+    }
     if (tpl_iterate(ctx, at, v, &items)) return -1;
     size_t first = 0;
     const tpl_val *attr = NULL, *test = NULL;
@@ -139,6 +144,10 @@ static int map_items(tpl_ctx *ctx, const tpl_node *at, const tpl_val *v, tpl_arg
                      tpl_val *out)
 {
     json_t *items;
+    if (!tpl_truthy(v)) { /* as select */
+        *out = tpl_json(json_array());
+        return 0;
+    }
     if (tpl_iterate(ctx, at, v, &items)) return -1;
     const tpl_val *attr = tpl_arg(args, 99, "attribute"), *def = tpl_arg(args, 99, "default");
     const tpl_val *fname = attr ? NULL : tpl_arg(args, 0, NULL);
@@ -473,7 +482,11 @@ int tpl_filter(tpl_ctx *ctx, const tpl_node *at, const char *name, const tpl_val
     int rc = 0;
     if (!strcmp(name, "tojson")) return do_tojson(ctx, at, v, args, out);
     if (!strcmp(name, "safe")) {
-        *out = tpl_copy(v);
+        if (tpl_is_str(v))
+            *out = tpl_copy(v);
+        else if (to_str(ctx, at, v, out))
+            return -1;
+        out->markup = true;
         return 0;
     }
     if (!strcmp(name, "length") || !strcmp(name, "count")) {
@@ -721,33 +734,16 @@ int tpl_filter(tpl_ctx *ctx, const tpl_node *at, const char *name, const tpl_val
         free(b.p);
     } else { /* e, escape: jinja2 escapes HTML even with autoescape off */
         tpl_buf b = {0};
-        const char *p = json_string_value(s.j);
-        for (size_t i = 0; i < json_string_length(s.j); i++) {
-            switch (p[i]) {
-            case '&':
-                tpl_buf_puts(&b, "&amp;");
-                break;
-            case '<':
-                tpl_buf_puts(&b, "&lt;");
-                break;
-            case '>':
-                tpl_buf_puts(&b, "&gt;");
-                break;
-            case '"':
-                tpl_buf_puts(&b, "&#34;");
-                break;
-            case '\'':
-                tpl_buf_puts(&b, "&#39;");
-                break;
-            default:
-                tpl_buf_putc(&b, p[i]);
-            }
-        }
+        if (v->markup)
+            tpl_buf_put(&b, json_string_value(s.j), json_string_length(s.j));
+        else
+            tpl_html_escape(&b, json_string_value(s.j), json_string_length(s.j));
         if (b.oom)
             rc = tpl_fail(ctx, at, "escape result too large");
         else
             *out = tpl_str(b.p, b.len);
         free(b.p);
+        if (!rc) out->markup = true;
     }
     tpl_drop(&s);
     return rc;

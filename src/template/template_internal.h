@@ -157,6 +157,7 @@ typedef struct tpl_val {
     const char *name;     /* UNDEF, FUNC, METHOD; points into the tree or a literal */
     const tpl_node *node; /* MACRO */
     size_t index;         /* LOOP */
+    bool markup; /* a str that is jinja2 Markup (from safe/escape): + escapes the other side */
 } tpl_val;
 
 typedef struct tpl_buf {

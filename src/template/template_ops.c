@@ -225,6 +225,27 @@ int tpl_binop_eval(tpl_ctx *ctx, const tpl_node *at, int op, const tpl_val *a, c
     }
     if (tpl_is_num(a) && tpl_is_num(b)) return arith(ctx, at, op, a, b, out);
     if (a->kind != TV_JSON || b->kind != TV_JSON) return unsupported(ctx, at, op, a, b);
+    if (op == OP_ADD && json_is_string(a->j) && json_is_string(b->j) && (a->markup || b->markup)) {
+        /* Markup + str escapes the str (markupsafe), whichever side it is on */
+        tpl_buf buf = {0};
+        const tpl_val *sides[2] = {a, b};
+        for (int i = 0; i < 2; i++) {
+            const char *p = json_string_value(sides[i]->j);
+            size_t n = json_string_length(sides[i]->j);
+            if (sides[i]->markup)
+                tpl_buf_put(&buf, p, n);
+            else
+                tpl_html_escape(&buf, p, n);
+        }
+        if (buf.oom) {
+            free(buf.p);
+            return tpl_fail(ctx, at, "string too long");
+        }
+        *out = tpl_str(buf.p, buf.len);
+        out->markup = true;
+        free(buf.p);
+        return 0;
+    }
     if (op == OP_ADD && json_is_string(a->j) && json_is_string(b->j)) {
         size_t la = json_string_length(a->j), lb = json_string_length(b->j);
         if (la + lb > TPL_MAX_OUTPUT_BYTES) return tpl_fail(ctx, at, "string too long");

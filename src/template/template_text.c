@@ -129,6 +129,31 @@ int tpl_text_strip(tpl_ctx *ctx, const tpl_node *at, const tpl_val *v, const tpl
     return 0;
 }
 
+void tpl_html_escape(tpl_buf *b, const char *s, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        switch (s[i]) {
+        case '&':
+            tpl_buf_puts(b, "&amp;");
+            break;
+        case '<':
+            tpl_buf_puts(b, "&lt;");
+            break;
+        case '>':
+            tpl_buf_puts(b, "&gt;");
+            break;
+        case '"':
+            tpl_buf_puts(b, "&#34;");
+            break;
+        case '\'':
+            tpl_buf_puts(b, "&#39;");
+            break;
+        default:
+            tpl_buf_putc(b, s[i]);
+        }
+    }
+}
+
 int tpl_text_replace(tpl_ctx *ctx, const tpl_node *at, const tpl_val *v, const tpl_val *old,
                      const tpl_val *new_, json_int_t count, tpl_val *out)
 {
