@@ -12,11 +12,13 @@
  * Supported: text, {{ }}, {% %}, {# #}, whitespace control (- and +), raw;
  * for (else, loop.*, unpacking, loop over dict items, inline if filter),
  * if/elif/else, set and block set, namespace(), macros (default and
- * keyword arguments), filter blocks, break/continue; Python's operators,
+ * keyword arguments, closures over their scope) and call blocks with
+ * caller(), filter blocks, break/continue; jinja2's Markup from safe/escape
+ * (+ HTML-escapes the other side); Python's operators,
  * truthiness, str()/repr() printing and float formatting; the filters,
  * tests, str/dict methods and globals real chat templates use. Anything
- * else (call blocks, include, extends, recursive loops, chained
- * comparisons) is a compile error naming it. Lists print like Python
+ * else (include, extends, blocks, recursive loops, chained comparisons)
+ * is a compile error naming it. Lists print like Python
  * lists; tuples (e.g. dict items) also print as lists, not as (a, b).
  *
  * The context: transformers passes messages, tools (None when the request

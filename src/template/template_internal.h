@@ -85,8 +85,9 @@ typedef enum {
     N_MACRO,    /* macro name(names = args defaults): body */
     N_BREAK,
     N_CONTINUE,
-    N_BODY,       /* body: a list of statements (generation blocks too) */
-    N_FILTERBLOCK /* filter a (an N_FILTER on N_BODY) */
+    N_BODY,        /* body: a list of statements (generation blocks too) */
+    N_FILTERBLOCK, /* filter a (an N_FILTER on N_BODY) */
+    N_CALLBLOCK    /* call(names = args defaults) a: body is the macro's caller() */
 } tpl_node_kind;
 
 typedef enum {
@@ -155,8 +156,8 @@ typedef struct tpl_val {
     tpl_vkind kind;
     json_t *j;            /* owned reference (JSON, NS, METHOD) */
     const char *name;     /* UNDEF, FUNC, METHOD; points into the tree or a literal */
-    const tpl_node *node; /* MACRO */
-    size_t index;         /* LOOP */
+    const tpl_node *node; /* MACRO (an N_MACRO, or the N_CALLBLOCK of caller) */
+    size_t index;         /* LOOP: the current item; MACRO: its defining frame */
     bool markup; /* a str that is jinja2 Markup (from safe/escape): + escapes the other side */
 } tpl_val;
 
@@ -226,7 +227,9 @@ typedef struct tpl_var {
 typedef struct tpl_frame {
     tpl_var *vars;
     size_t n, cap;
-    bool barrier; /* a macro's frame: lookups skip to the top level from here */
+    size_t parent; /* where lookups go on: the enclosing frame, or for a macro
+                      call the frame the macro was defined in (a call block's
+                      caller: its call site), so macros close over their scope */
 } tpl_frame;
 
 typedef struct tpl_ctx {
