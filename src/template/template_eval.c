@@ -216,8 +216,12 @@ static int eval_container(tpl_ctx *ctx, const tpl_node *n, tpl_val *out)
             json_array_append(c, v.j);
         } else {
             tpl_val val;
-            if (!tpl_is_str(&v)) {
-                tpl_fail(ctx, n, "dict keys must be strings, not %s", tpl_type_name(&v));
+            if (!tpl_is_str(&v) || memchr(json_string_value(v.j), '\0', json_string_length(v.j))) {
+                /* NUL-free: JSON object keys are C strings (as the caller's are) */
+                if (tpl_is_str(&v))
+                    tpl_fail(ctx, n, "dict keys must not contain NUL characters");
+                else
+                    tpl_fail(ctx, n, "dict keys must be strings, not %s", tpl_type_name(&v));
                 tpl_drop(&v);
                 goto fail;
             }

@@ -519,9 +519,14 @@ static void newline_indent(tpl_buf *b, const dumps_opts *o, int level)
         tpl_buf_puts(b, o->indent);
 }
 
+typedef struct dumps_item {
+    const char *key;
+    const json_t *value;
+} dumps_item;
+
 static int key_cmp(const void *a, const void *b)
 {
-    return strcmp(*(char *const *)a, *(char *const *)b);
+    return strcmp(((const dumps_item *)a)->key, ((const dumps_item *)b)->key);
 }
 
 static void dumps(tpl_buf *b, const json_t *j, const dumps_opts *o, int level)
@@ -566,25 +571,25 @@ static void dumps(tpl_buf *b, const json_t *j, const dumps_opts *o, int level)
             tpl_buf_puts(b, "{}");
             return;
         }
-        const char **keys = malloc(n * sizeof *keys);
-        if (!keys) {
+        dumps_item *items = malloc(n * sizeof *items);
+        if (!items) {
             b->oom = true;
             return;
         }
         size_t k = 0;
         const char *key;
         json_t *v;
-        json_object_foreach((json_t *)j, key, v) keys[k++] = key;
-        if (o->sort_keys) qsort(keys, n, sizeof *keys, key_cmp);
+        json_object_foreach((json_t *)j, key, v) items[k++] = (dumps_item){key, v};
+        if (o->sort_keys) qsort(items, n, sizeof *items, key_cmp);
         tpl_buf_putc(b, '{');
         for (size_t i = 0; i < n && !b->oom; i++) {
             if (i) tpl_buf_puts(b, o->item_sep);
             if (o->indent) newline_indent(b, o, level + 1);
-            dumps_str(b, keys[i], strlen(keys[i]), o->ensure_ascii);
+            dumps_str(b, items[i].key, strlen(items[i].key), o->ensure_ascii);
             tpl_buf_puts(b, o->key_sep);
-            dumps(b, json_object_get(j, keys[i]), o, level + 1);
+            dumps(b, items[i].value, o, level + 1);
         }
-        free(keys);
+        free(items);
         if (o->indent) newline_indent(b, o, level);
         tpl_buf_putc(b, '}');
         return;

@@ -109,6 +109,10 @@ static void test_render_errors_name_line(void **state)
     expect_error("\n{{ 'a' < 1 }}", NULL,
                  "chat template line 2: '<' not supported between instances of 'str' and 'int'");
     expect_error("{{ 1 // 0 }}", NULL, "chat template line 1: integer division or modulo by zero");
+    /* found by fuzz_template: a NUL in a dict key would be cut short where
+     * keys are C strings */
+    expect_error("{{ {'a\\x00b': 1}|tojson }}", NULL,
+                 "chat template line 1: dict keys must not contain NUL characters");
     /* found by fuzz_template: pow(0, -1) is infinite, which JSON cannot hold */
     expect_error("{{ 0 ** -1 }}", NULL,
                  "chat template line 1: 0.0 cannot be raised to a negative power");
