@@ -75,7 +75,9 @@ int tpl_getitem(tpl_ctx *ctx, const tpl_node *at, const tpl_val *obj, const tpl_
         json_t *j = json_object_getn(obj->j, json_string_value(key->j), json_string_length(key->j));
         if (j)
             *out = tpl_from_json(json_incref(j));
-        else if (obj->kind == TV_JSON)
+        else if (obj->kind == TV_JSON &&
+                 strlen(json_string_value(key->j)) == json_string_length(key->j))
+            /* the sandbox's getitem falls back to attributes: d['items'] */
             return tpl_getattr(ctx, at, obj, json_string_value(key->j), out);
         return 0;
     }
