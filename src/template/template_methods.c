@@ -458,7 +458,11 @@ int tpl_global_call(tpl_ctx *ctx, const tpl_node *at, const char *name, tpl_args
     if (!strcmp(name, "raise_exception")) {
         tpl_buf b = {0};
         if (a0) tpl_str_of(&b, a0);
-        cv_errorf(ctx->err, "%s", b.p ? b.p : "");
+        /* the template's own message as is; an empty one would tell the user nothing */
+        if (b.p && b.p[0])
+            cv_errorf(ctx->err, "%s", b.p);
+        else
+            tpl_fail(ctx, at, "raise_exception() with an empty message");
         free(b.p);
         return -1;
     }

@@ -146,6 +146,11 @@ static void test_raise_exception(void **state)
                  "{\"messages\": [{\"role\": \"system\", \"content\": \"x\"}]}",
                  "System role not supported");
     expect_text("{% if false %}{{ raise_exception('no') }}{% endif %}ok", NULL, "ok");
+    /* found by fuzz_template: an error always says why */
+    expect_error("\n{{ raise_exception('') }}", NULL,
+                 "chat template line 2: raise_exception() with an empty message");
+    expect_error("{{ raise_exception() }}", NULL,
+                 "chat template line 1: raise_exception() with an empty message");
 }
 
 static void test_limits(void **state)
