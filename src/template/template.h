@@ -29,7 +29,8 @@
  *
  * Errors name the template line: "chat template line 12: unknown filter
  * 'foo'". A template's own raise_exception(msg) fails the render with msg
- * exactly (as transformers' TemplateError reads), no prefix. Limits
+ * exactly (as transformers' TemplateError reads), no prefix; an empty msg
+ * gets a line-numbered message instead. Limits
  * (expression and block nesting, macro depth, loop iterations, list and
  * string sizes, total work) turn runaway templates into such errors, never
  * into a crash or a hang. Template source must be UTF-8.
