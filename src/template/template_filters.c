@@ -512,7 +512,7 @@ int tpl_filter(tpl_ctx *ctx, const tpl_node *at, const char *name, const tpl_val
     if (!strcmp(name, "round")) return do_round(ctx, at, v, args, out);
     if (!strcmp(name, "attr")) {
         if (!a0 || !tpl_is_str(a0)) return tpl_fail(ctx, at, "attr needs an attribute name");
-        return tpl_getattr(ctx, at, v, json_string_value(a0->j), out);
+        return tpl_getattr_dynamic(ctx, at, v, json_string_value(a0->j), out);
     }
     if (!strcmp(name, "abs")) {
         if (!tpl_is_num(v))

@@ -262,8 +262,12 @@ const tpl_val *tpl_arg(const tpl_args *a, size_t pos, const char *name);
 int tpl_eval(tpl_ctx *ctx, const tpl_node *n, tpl_val *out);
 int tpl_exec_body(tpl_ctx *ctx, const tpl_nodes *body);
 int tpl_eval_slice(tpl_ctx *ctx, const tpl_node *n, tpl_val *out); /* N_SLICE */
+/* name must outlive the result when it is Undefined (its name is kept for
+ * error messages): a string of the tree, or use tpl_getattr_dynamic. */
 int tpl_getattr(tpl_ctx *ctx, const tpl_node *at, const tpl_val *obj, const char *name,
                 tpl_val *out);
+int tpl_getattr_dynamic(tpl_ctx *ctx, const tpl_node *at, const tpl_val *obj, const char *name,
+                        tpl_val *out);
 int tpl_getitem(tpl_ctx *ctx, const tpl_node *at, const tpl_val *obj, const tpl_val *key,
                 tpl_val *out);
 int tpl_call_value(tpl_ctx *ctx, const tpl_node *at, const tpl_val *fn, tpl_args *args,
@@ -289,7 +293,9 @@ bool tpl_filter_exists(const char *name);
 int tpl_test(tpl_ctx *ctx, const tpl_node *at, const char *name, const tpl_val *v, tpl_args *args,
              bool *out);
 bool tpl_test_exists(const char *name);
-bool tpl_is_method(const tpl_val *recv, const char *name);
+/* The method name as a static string (values keep it), or NULL when recv
+ * has no such method. */
+const char *tpl_method_name(const tpl_val *recv, const char *name);
 int tpl_method(tpl_ctx *ctx, const tpl_node *at, const tpl_val *recv, const char *name,
                tpl_args *args, tpl_val *out);
 int tpl_global_call(tpl_ctx *ctx, const tpl_node *at, const char *name, tpl_args *args,

@@ -56,12 +56,21 @@ int tpl_getattr(tpl_ctx *ctx, const tpl_node *at, const tpl_val *obj, const char
         *out = tpl_undef(name);
         return 0;
     }
-    if (tpl_is_method(obj, name)) {
-        *out = (tpl_val){.kind = TV_METHOD, .j = json_incref(obj->j), .name = name};
+    const char *method = tpl_method_name(obj, name);
+    if (method) {
+        *out = (tpl_val){.kind = TV_METHOD, .j = json_incref(obj->j), .name = method};
         return 0;
     }
     json_t *j = json_is_object(obj->j) ? json_object_get(obj->j, name) : NULL;
     *out = j ? tpl_from_json(json_incref(j)) : tpl_undef(name);
+    return 0;
+}
+
+int tpl_getattr_dynamic(tpl_ctx *ctx, const tpl_node *at, const tpl_val *obj, const char *name,
+                        tpl_val *out)
+{
+    if (tpl_getattr(ctx, at, obj, name, out)) return -1;
+    if (out->kind == TV_UNDEF) out->name = "attribute"; /* name is about to be freed */
     return 0;
 }
 
@@ -77,8 +86,11 @@ int tpl_getitem(tpl_ctx *ctx, const tpl_node *at, const tpl_val *obj, const tpl_
             *out = tpl_from_json(json_incref(j));
         else if (obj->kind == TV_JSON &&
                  strlen(json_string_value(key->j)) == json_string_length(key->j))
-            /* the sandbox's getitem falls back to attributes: d['items'] */
-            return tpl_getattr(ctx, at, obj, json_string_value(key->j), out);
+        /* the sandbox's getitem falls back to attributes: d['items'] */
+        {
+            if (tpl_getattr_dynamic(ctx, at, obj, json_string_value(key->j), out)) return -1;
+            if (out->kind == TV_UNDEF) out->name = "item";
+        }
         return 0;
     }
     if (obj->kind != TV_JSON || !tpl_is_int(key)) return 0;

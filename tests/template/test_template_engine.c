@@ -113,6 +113,12 @@ static void test_render_errors_name_line(void **state)
      * keys are C strings */
     expect_error("{{ {'a\\x00b': 1}|tojson }}", NULL,
                  "chat template line 1: dict keys must not contain NUL characters");
+    /* found by fuzz_template: the name of an Undefined made from a computed
+     * key outlives the key */
+    expect_error("{% set d = {} %}{{ d['ro' ~ 'le'] + 1 }}", NULL,
+                 "chat template line 1: 'item' is undefined");
+    expect_error("{% set d = {} %}{{ d|attr('ro' ~ 'le') + 1 }}", NULL,
+                 "chat template line 1: 'attribute' is undefined");
     /* found by fuzz_template: pow(0, -1) is infinite, which JSON cannot hold */
     expect_error("{{ 0 ** -1 }}", NULL,
                  "chat template line 1: 0.0 cannot be raised to a negative power");
