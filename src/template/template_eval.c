@@ -34,7 +34,7 @@ const tpl_val *tpl_arg(const tpl_args *a, size_t pos, const char *name)
 
 /* ---- scopes ----------------------------------------------------------------- */
 
-static int push_frame(tpl_ctx *ctx, bool barrier)
+static int push_frame(tpl_ctx *ctx, size_t parent)
 {
     if (ctx->n_frames == ctx->cap_frames) {
         size_t cap = ctx->cap_frames ? ctx->cap_frames * 2 : 16;
@@ -43,7 +43,7 @@ static int push_frame(tpl_ctx *ctx, bool barrier)
         ctx->frames = f;
         ctx->cap_frames = cap;
     }
-    ctx->frames[ctx->n_frames++] = (tpl_frame){.barrier = barrier};
+    ctx->frames[ctx->n_frames++] = (tpl_frame){.parent = parent};
     return 0;
 }
 
@@ -88,10 +88,10 @@ static const tpl_val *find_in(const tpl_frame *f, const char *name)
 
 static tpl_val lookup(tpl_ctx *ctx, const char *name)
 {
-    for (size_t i = ctx->n_frames; i-- > 0;) {
+    for (size_t i = ctx->n_frames - 1;; i = ctx->frames[i].parent) {
         const tpl_val *v = find_in(&ctx->frames[i], name);
         if (v) return tpl_copy(v);
-        if (ctx->frames[i].barrier && i > 0) i = 1; /* continue with frames[0] */
+        if (i == 0) break;
     }
     json_t *j = json_object_get(ctx->context, name);
     if (j) return tpl_json(json_incref(j));
@@ -126,9 +126,13 @@ static int eval_args(tpl_ctx *ctx, const tpl_node *n, tpl_args *a)
     return 0;
 }
 
-static int call_macro(tpl_ctx *ctx, const tpl_node *at, const tpl_node *m, tpl_args *args,
-                      tpl_val *out)
+/* Calls macro fn (an N_MACRO or a caller block) in a frame whose lookups
+ * continue in the frame it was defined in; caller, when set, is the call
+ * block whose body the macro reaches as caller(). */
+static int call_macro(tpl_ctx *ctx, const tpl_node *at, const tpl_val *fn, tpl_args *args,
+                      const tpl_node *caller, tpl_val *out)
 {
+    const tpl_node *m = fn->node;
     if (ctx->call_depth >= TPL_MAX_CALL_DEPTH)
         return tpl_fail(ctx, at, "macro calls nested too deeply (more than %d)",
                         TPL_MAX_CALL_DEPTH);
@@ -148,8 +152,11 @@ static int call_macro(tpl_ctx *ctx, const tpl_node *at, const tpl_node *m, tpl_a
     if (n_pos > m->n_names)
         return tpl_fail(ctx, at, "macro '%s' takes not more than %zu argument(s)", m->name,
                         m->n_names);
-    if (push_frame(ctx, true)) return -1;
+    if (push_frame(ctx, fn->index)) return -1;
     int rc = 0;
+    if (caller)
+        rc = set_var(ctx, "caller",
+                     (tpl_val){.kind = TV_MACRO, .node = caller, .index = ctx->n_frames - 2});
     for (size_t k = 0; k < m->n_names && !rc; k++) {
         const tpl_val *v = tpl_arg(args, k, m->names[k]);
         tpl_val val;
@@ -180,7 +187,7 @@ int tpl_call_value(tpl_ctx *ctx, const tpl_node *at, const tpl_val *fn, tpl_args
 {
     switch (fn->kind) {
     case TV_MACRO:
-        return call_macro(ctx, at, fn->node, args, out);
+        return call_macro(ctx, at, fn, args, NULL, out);
     case TV_FUNC:
         return tpl_global_call(ctx, at, fn->name, args, out);
     case TV_METHOD: {
@@ -209,8 +216,12 @@ static int eval_container(tpl_ctx *ctx, const tpl_node *n, tpl_val *out)
             json_array_append(c, v.j);
         } else {
             tpl_val val;
-            if (!tpl_is_str(&v)) {
-                tpl_fail(ctx, n, "dict keys must be strings, not %s", tpl_type_name(&v));
+            if (!tpl_is_str(&v) || memchr(json_string_value(v.j), '\0', json_string_length(v.j))) {
+                /* NUL-free: JSON object keys are C strings (as the caller's are) */
+                if (tpl_is_str(&v))
+                    tpl_fail(ctx, n, "dict keys must not contain NUL characters");
+                else
+                    tpl_fail(ctx, n, "dict keys must be strings, not %s", tpl_type_name(&v));
                 tpl_drop(&v);
                 goto fail;
             }
@@ -370,32 +381,18 @@ static int output(tpl_ctx *ctx, const tpl_node *at, const tpl_val *v)
 /* Assigns v to the targets of a for/set: one name, or unpacks a sequence. */
 static int assign(tpl_ctx *ctx, const tpl_node *n, const tpl_val *v)
 {
-    if (n->n_names == 1) return set_var(ctx, n->names[0], tpl_copy(v));
+    if (n->n_names == 1)
+        return set_var(ctx, n->names[0],
+                       v->kind == TV_JSON ? tpl_from_json(json_incref(v->j)) : tpl_copy(v));
     if (v->kind != TV_JSON || !json_is_array(v->j))
         return tpl_fail(ctx, n, "cannot unpack a %s into %zu names", tpl_type_name(v), n->n_names);
     if (json_array_size(v->j) != n->n_names)
         return tpl_fail(ctx, n, "cannot unpack %zu values into %zu names", json_array_size(v->j),
                         n->n_names);
     for (size_t i = 0; i < n->n_names; i++)
-        if (set_var(ctx, n->names[i], tpl_json(json_incref(json_array_get(v->j, i))))) return -1;
+        if (set_var(ctx, n->names[i], tpl_from_json(json_incref(json_array_get(v->j, i)))))
+            return -1;
     return 0;
-}
-
-static json_t *loop_object(size_t i, size_t len, json_t *items)
-{
-    json_t *l = json_object();
-    json_object_set_new(l, "index", json_integer((json_int_t)i + 1));
-    json_object_set_new(l, "index0", json_integer((json_int_t)i));
-    json_object_set_new(l, "revindex", json_integer((json_int_t)(len - i)));
-    json_object_set_new(l, "revindex0", json_integer((json_int_t)(len - i - 1)));
-    json_object_set_new(l, "first", json_boolean(i == 0));
-    json_object_set_new(l, "last", json_boolean(i + 1 == len));
-    json_object_set_new(l, "length", json_integer((json_int_t)len));
-    json_object_set_new(l, "depth", json_integer(1));
-    json_object_set_new(l, "depth0", json_integer(0));
-    if (i > 0) json_object_set(l, "previtem", json_array_get(items, i - 1));
-    if (i + 1 < len) json_object_set(l, "nextitem", json_array_get(items, i + 1));
-    return l;
 }
 
 static int exec_for(tpl_ctx *ctx, const tpl_node *n)
@@ -405,7 +402,7 @@ static int exec_for(tpl_ctx *ctx, const tpl_node *n)
     if (tpl_eval(ctx, n->a, &seq)) return -1;
     int rc = tpl_iterate(ctx, n->a, &seq, &all);
     tpl_drop(&seq);
-    if (rc || push_frame(ctx, false)) {
+    if (rc || push_frame(ctx, ctx->n_frames - 1)) {
         json_decref(all);
         return -1;
     }
@@ -434,7 +431,9 @@ static int exec_for(tpl_ctx *ctx, const tpl_node *n)
         tpl_val it = tpl_json(json_incref(json_array_get(items, i)));
         rc = assign(ctx, n, &it);
         tpl_drop(&it);
-        if (!rc) rc = set_var(ctx, "loop", tpl_json(loop_object(i, len, items)));
+        if (!rc)
+            rc = set_var(ctx, "loop",
+                         (tpl_val){.kind = TV_LOOP, .j = json_incref(items), .index = i});
         if (!rc) rc = tpl_exec_body(ctx, &n->body);
         if (ctx->ctl == CTL_BREAK) {
             ctx->ctl = 0;
@@ -543,7 +542,8 @@ static int exec_stmt(tpl_ctx *ctx, const tpl_node *n)
         if (capture(ctx, &n->body, &v)) return -1;
         return set_var(ctx, n->names[0], v);
     case N_MACRO:
-        return set_var(ctx, n->name, (tpl_val){.kind = TV_MACRO, .node = n});
+        return set_var(ctx, n->name,
+                       (tpl_val){.kind = TV_MACRO, .node = n, .index = ctx->n_frames - 1});
     case N_BREAK:
         ctx->ctl = CTL_BREAK;
         return 0;
@@ -552,6 +552,22 @@ static int exec_stmt(tpl_ctx *ctx, const tpl_node *n)
         return 0;
     case N_BODY:
         return tpl_exec_body(ctx, &n->body);
+    case N_CALLBLOCK: {
+        /* {% call m(args) %}body{% endcall %}: m runs with caller() = body */
+        tpl_val fn, res;
+        tpl_args args = {0};
+        if (tpl_eval(ctx, n->a->a, &fn)) return -1;
+        if (fn.kind != TV_MACRO) {
+            rc = tpl_fail(ctx, n, "a call block needs a macro, not %s", tpl_type_name(&fn));
+        } else if (!(rc = eval_args(ctx, n->a, &args))) {
+            rc = call_macro(ctx, n, &fn, &args, n, &res);
+            if (!rc) rc = output(ctx, n, &res);
+            if (!rc) tpl_drop(&res);
+        }
+        args_free(&args);
+        tpl_drop(&fn);
+        return rc;
+    }
     case N_FILTERBLOCK: {
         tpl_val text, res;
         tpl_args args = {0};
@@ -632,7 +648,7 @@ char *cv_template_render(const cv_template *t, const json_t *context, cv_error *
     tpl_ctx ctx = {.context = context, .out = &out, .err = err};
     size_t *outer = tpl_work;
     tpl_work = &ctx.steps;
-    int rc = push_frame(&ctx, false);
+    int rc = push_frame(&ctx, 0);
     if (!rc) rc = tpl_exec_body(&ctx, &t->root->body);
     tpl_work = outer;
     while (ctx.n_frames)

@@ -15,7 +15,7 @@ static const char *const filter_names[] = {
     "float",  "replace", "indent",     "items",     "dictsort",   "unique",     "reverse",
     "round",  "safe",    "e",          "escape",    "abs",        "sum",        "min",
     "max",    "sort",    "attr",       "wordcount", "center",     "batch",      "bool",
-    NULL};
+    "format", NULL};
 
 bool tpl_filter_exists(const char *name)
 {
@@ -69,6 +69,11 @@ static int select_items(tpl_ctx *ctx, const tpl_node *at, const tpl_val *v, tpl_
                         bool by_attr, bool want, tpl_val *out)
 {
     json_t *items;
+    /* jinja2 skips a false sequence (none, []) instead of iterating it */
+    if (!tpl_truthy(v)) {
+        *out = tpl_json(json_array());
+        return 0;
+    }
     if (tpl_iterate(ctx, at, v, &items)) return -1;
     size_t first = 0;
     const tpl_val *attr = NULL, *test = NULL;
@@ -139,6 +144,10 @@ static int map_items(tpl_ctx *ctx, const tpl_node *at, const tpl_val *v, tpl_arg
                      tpl_val *out)
 {
     json_t *items;
+    if (!tpl_truthy(v)) { /* as select */
+        *out = tpl_json(json_array());
+        return 0;
+    }
     if (tpl_iterate(ctx, at, v, &items)) return -1;
     const tpl_val *attr = tpl_arg(args, 99, "attribute"), *def = tpl_arg(args, 99, "default");
     const tpl_val *fname = attr ? NULL : tpl_arg(args, 0, NULL);
@@ -164,7 +173,6 @@ static int map_items(tpl_ctx *ctx, const tpl_node *at, const tpl_val *v, tpl_arg
             rc = tpl_filter(ctx, at, json_string_value(fname->j), &item, &fargs, &x);
         }
         if (rc) break;
-        if (x.kind == TV_UNDEF) x = tpl_json(json_null());
         rc = tpl_ensure_json(ctx, at, &x);
         if (!rc) json_array_append(res, x.j);
         tpl_drop(&x);
@@ -474,7 +482,11 @@ int tpl_filter(tpl_ctx *ctx, const tpl_node *at, const char *name, const tpl_val
     int rc = 0;
     if (!strcmp(name, "tojson")) return do_tojson(ctx, at, v, args, out);
     if (!strcmp(name, "safe")) {
-        *out = tpl_copy(v);
+        if (tpl_is_str(v))
+            *out = tpl_copy(v);
+        else if (to_str(ctx, at, v, out))
+            return -1;
+        out->markup = true;
         return 0;
     }
     if (!strcmp(name, "length") || !strcmp(name, "count")) {
@@ -500,7 +512,7 @@ int tpl_filter(tpl_ctx *ctx, const tpl_node *at, const char *name, const tpl_val
     if (!strcmp(name, "round")) return do_round(ctx, at, v, args, out);
     if (!strcmp(name, "attr")) {
         if (!a0 || !tpl_is_str(a0)) return tpl_fail(ctx, at, "attr needs an attribute name");
-        return tpl_getattr(ctx, at, v, json_string_value(a0->j), out);
+        return tpl_getattr_dynamic(ctx, at, v, json_string_value(a0->j), out);
     }
     if (!strcmp(name, "abs")) {
         if (!tpl_is_num(v))
@@ -519,6 +531,8 @@ int tpl_filter(tpl_ctx *ctx, const tpl_node *at, const char *name, const tpl_val
         return 0;
     }
     if (!strcmp(name, "int") || !strcmp(name, "float")) {
+        /* int(Undefined) raises in jinja2 (not the TypeError the filter catches) */
+        if (v->kind == TV_UNDEF) return tpl_fail(ctx, at, "'%s' is undefined", v->name);
         bool is_int = name[0] == 'i';
         const tpl_val *def = tpl_arg(args, 0, "default");
         json_t *r = NULL;
@@ -545,18 +559,17 @@ int tpl_filter(tpl_ctx *ctx, const tpl_node *at, const char *name, const tpl_val
                     r = json_integer((json_int_t)d); /* jinja2 tries float() */
             }
         }
-        if (!r)
-            r = def      ? (def->kind == TV_JSON ? json_incref(def->j) : json_null())
-                : is_int ? json_integer(0)
-                         : json_real(0);
-        *out = tpl_json(r);
+        if (!r && def) {
+            *out = tpl_copy(def);
+            return 0;
+        }
+        *out = tpl_json(r ? r : is_int ? json_integer(0) : json_real(0));
         return 0;
     }
     if (!strcmp(name, "list") || !strcmp(name, "first") || !strcmp(name, "last") ||
         !strcmp(name, "reverse") || !strcmp(name, "unique") || !strcmp(name, "sort") ||
         !strcmp(name, "join") || !strcmp(name, "batch")) {
-        if (v->kind == TV_UNDEF && strcmp(name, "list") && strcmp(name, "join"))
-            return tpl_fail(ctx, at, "'%s' is undefined", v->name);
+        /* Undefined iterates as empty, as in jinja2 */
         if (tpl_iterate(ctx, at, v, &items)) return -1;
         size_t n = json_array_size(items);
         if (!strcmp(name, "list")) {
@@ -564,7 +577,8 @@ int tpl_filter(tpl_ctx *ctx, const tpl_node *at, const char *name, const tpl_val
                                                                       : json_incref(items));
         } else if (!strcmp(name, "first") || !strcmp(name, "last")) {
             json_t *x = n ? json_array_get(items, name[0] == 'f' ? 0 : n - 1) : NULL;
-            *out = x ? tpl_json(json_incref(x)) : tpl_undef("No first item, sequence was empty.");
+            *out =
+                x ? tpl_from_json(json_incref(x)) : tpl_undef("No first item, sequence was empty.");
         } else if (!strcmp(name, "reverse")) {
             if (tpl_is_str(v)) {
                 tpl_buf b = {0};
@@ -662,6 +676,13 @@ int tpl_filter(tpl_ctx *ctx, const tpl_node *at, const char *name, const tpl_val
         json_decref(items);
         return rc;
     }
+    if (!strcmp(name, "format")) {
+        if (!tpl_is_str(v)) return tpl_fail(ctx, at, "format needs a format string");
+        for (size_t i = 0; i < args->n; i++)
+            if (args->names[i])
+                return tpl_fail(ctx, at, "format with keyword arguments is not supported");
+        return tpl_text_percent(ctx, at, v, args->v, args->n, out);
+    }
     /* the string filters */
     if (need_str(ctx, at, name, v, &s)) return -1;
     if (!strcmp(name, "trim"))
@@ -713,33 +734,16 @@ int tpl_filter(tpl_ctx *ctx, const tpl_node *at, const char *name, const tpl_val
         free(b.p);
     } else { /* e, escape: jinja2 escapes HTML even with autoescape off */
         tpl_buf b = {0};
-        const char *p = json_string_value(s.j);
-        for (size_t i = 0; i < json_string_length(s.j); i++) {
-            switch (p[i]) {
-            case '&':
-                tpl_buf_puts(&b, "&amp;");
-                break;
-            case '<':
-                tpl_buf_puts(&b, "&lt;");
-                break;
-            case '>':
-                tpl_buf_puts(&b, "&gt;");
-                break;
-            case '"':
-                tpl_buf_puts(&b, "&#34;");
-                break;
-            case '\'':
-                tpl_buf_puts(&b, "&#39;");
-                break;
-            default:
-                tpl_buf_putc(&b, p[i]);
-            }
-        }
+        if (v->markup)
+            tpl_buf_put(&b, json_string_value(s.j), json_string_length(s.j));
+        else
+            tpl_html_escape(&b, json_string_value(s.j), json_string_length(s.j));
         if (b.oom)
             rc = tpl_fail(ctx, at, "escape result too large");
         else
             *out = tpl_str(b.p, b.len);
         free(b.p);
+        if (!rc) out->markup = true;
     }
     tpl_drop(&s);
     return rc;

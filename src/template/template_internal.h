@@ -16,7 +16,7 @@ enum {
     TPL_MAX_CALL_DEPTH = 100,         /* render: nested macro calls */
     TPL_MAX_ITERATIONS = 1000000,     /* render: loop iterations in all */
     TPL_MAX_STEPS = 20000000,         /* render: work units (see tpl_work) */
-    TPL_MAX_OUTPUT_BYTES = 64u << 20, /* render: size of any one string */
+    TPL_MAX_OUTPUT_BYTES = 16u << 20, /* render: size of any one string */
     TPL_MAX_LIST_ITEMS = 1000000,     /* render: size of any one list */
     TPL_MAX_VALUE_DEPTH = 1000,       /* render: lists/dicts nested by set */
     TPL_MAX_HEIGHT = 400,             /* parser: depth of one expression tree */
@@ -85,8 +85,9 @@ typedef enum {
     N_MACRO,    /* macro name(names = args defaults): body */
     N_BREAK,
     N_CONTINUE,
-    N_BODY,       /* body: a list of statements (generation blocks too) */
-    N_FILTERBLOCK /* filter a (an N_FILTER on N_BODY) */
+    N_BODY,        /* body: a list of statements (generation blocks too) */
+    N_FILTERBLOCK, /* filter a (an N_FILTER on N_BODY) */
+    N_CALLBLOCK    /* call(names = args defaults) a: body is the macro's caller() */
 } tpl_node_kind;
 
 typedef enum {
@@ -148,13 +149,16 @@ typedef enum {
     TV_MACRO,  /* macro: node */
     TV_FUNC,   /* a global function: name */
     TV_METHOD, /* name bound to receiver j */
+    TV_LOOP,   /* a for loop's `loop`: j holds its items, index the current one */
 } tpl_vkind;
 
 typedef struct tpl_val {
     tpl_vkind kind;
     json_t *j;            /* owned reference (JSON, NS, METHOD) */
     const char *name;     /* UNDEF, FUNC, METHOD; points into the tree or a literal */
-    const tpl_node *node; /* MACRO */
+    const tpl_node *node; /* MACRO (an N_MACRO, or the N_CALLBLOCK of caller) */
+    size_t index;         /* LOOP: the current item; MACRO: its defining frame */
+    bool markup; /* a str that is jinja2 Markup (from safe/escape): + escapes the other side */
 } tpl_val;
 
 typedef struct tpl_buf {
@@ -181,6 +185,12 @@ tpl_val tpl_undef(const char *name);
 tpl_val tpl_json(json_t *j); /* takes the reference */
 tpl_val tpl_str(const char *s, size_t n);
 tpl_val tpl_copy(const tpl_val *v);
+/* jinja2 keeps Undefined values inside lists and namespaces (a map over a
+ * missing attribute, [x] with x undefined): stored as this marker, they
+ * print as "Undefined" inside a list and as nothing on their own, and
+ * tpl_from_json turns them back into Undefined when read. */
+json_t *tpl_undefined_marker(void); /* borrowed, process-wide */
+tpl_val tpl_from_json(json_t *j);   /* takes the reference */
 void tpl_drop(tpl_val *v);
 
 bool tpl_is_str(const tpl_val *v);
@@ -217,7 +227,9 @@ typedef struct tpl_var {
 typedef struct tpl_frame {
     tpl_var *vars;
     size_t n, cap;
-    bool barrier; /* a macro's frame: lookups skip to the top level from here */
+    size_t parent; /* where lookups go on: the enclosing frame, or for a macro
+                      call the frame the macro was defined in (a call block's
+                      caller: its call site), so macros close over their scope */
 } tpl_frame;
 
 typedef struct tpl_ctx {
@@ -250,8 +262,12 @@ const tpl_val *tpl_arg(const tpl_args *a, size_t pos, const char *name);
 int tpl_eval(tpl_ctx *ctx, const tpl_node *n, tpl_val *out);
 int tpl_exec_body(tpl_ctx *ctx, const tpl_nodes *body);
 int tpl_eval_slice(tpl_ctx *ctx, const tpl_node *n, tpl_val *out); /* N_SLICE */
+/* name must outlive the result when it is Undefined (its name is kept for
+ * error messages): a string of the tree, or use tpl_getattr_dynamic. */
 int tpl_getattr(tpl_ctx *ctx, const tpl_node *at, const tpl_val *obj, const char *name,
                 tpl_val *out);
+int tpl_getattr_dynamic(tpl_ctx *ctx, const tpl_node *at, const tpl_val *obj, const char *name,
+                        tpl_val *out);
 int tpl_getitem(tpl_ctx *ctx, const tpl_node *at, const tpl_val *obj, const tpl_val *key,
                 tpl_val *out);
 int tpl_call_value(tpl_ctx *ctx, const tpl_node *at, const tpl_val *fn, tpl_args *args,
@@ -260,7 +276,9 @@ int tpl_binop_eval(tpl_ctx *ctx, const tpl_node *at, int op, const tpl_val *a, c
                    tpl_val *out);
 /* Items of an iterable: list items, dict keys, string characters. */
 int tpl_iterate(tpl_ctx *ctx, const tpl_node *at, const tpl_val *v, json_t **items);
-int tpl_ensure_json(tpl_ctx *ctx, const tpl_node *at, const tpl_val *v);
+/* Makes v storable in a list/dict (Undefined becomes the marker); other
+ * non-JSON values (macros, namespaces...) are an error. */
+int tpl_ensure_json(tpl_ctx *ctx, const tpl_node *at, tpl_val *v);
 
 /* builtins (template_filters.c, template_tests.c, template_methods.c) */
 static inline bool tpl_name_in(const char *const *list, const char *name)
@@ -275,7 +293,9 @@ bool tpl_filter_exists(const char *name);
 int tpl_test(tpl_ctx *ctx, const tpl_node *at, const char *name, const tpl_val *v, tpl_args *args,
              bool *out);
 bool tpl_test_exists(const char *name);
-bool tpl_is_method(const tpl_val *recv, const char *name);
+/* The method name as a static string (values keep it), or NULL when recv
+ * has no such method. */
+const char *tpl_method_name(const tpl_val *recv, const char *name);
 int tpl_method(tpl_ctx *ctx, const tpl_node *at, const tpl_val *recv, const char *name,
                tpl_args *args, tpl_val *out);
 int tpl_global_call(tpl_ctx *ctx, const tpl_node *at, const char *name, tpl_args *args,

@@ -7,7 +7,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <utf8proc.h>
+
 #include "template/template_internal.h"
+#include "template/template_text.h"
 
 typedef struct lexer {
     const char *s; /* normalised source */
@@ -53,9 +56,31 @@ static int emit(lexer *lx, tpl_tok_kind kind, size_t at, const char *text, size_
     return 0;
 }
 
-static bool is_ws(char c)
+/* Whitespace is Python's (regex \s, str.rstrip): ASCII and the Unicode
+ * spaces. ws_at gives the byte length of a whitespace character starting
+ * at pos, ws_before of one ending at pos (not before lo); 0 for none. */
+static size_t ws_at(const lexer *lx, size_t pos)
 {
-    return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\v' || c == '\f';
+    if (pos >= lx->n) return 0;
+    utf8proc_int32_t cp;
+    utf8proc_ssize_t k = utf8proc_iterate((const utf8proc_uint8_t *)lx->s + pos,
+                                          (utf8proc_ssize_t)(lx->n - pos), &cp);
+    return k > 0 && tpl_is_space((uint32_t)cp) ? (size_t)k : 0;
+}
+
+static size_t ws_before(const lexer *lx, size_t lo, size_t pos)
+{
+    size_t p = pos;
+    while (p > lo && pos - p < 4) {
+        p--;
+        if (((unsigned char)lx->s[p] & 0xC0) != 0x80) return ws_at(lx, p) == pos - p ? pos - p : 0;
+    }
+    return 0;
+}
+
+static bool is_ws(const lexer *lx, size_t pos)
+{
+    return ws_at(lx, pos) > 0;
 }
 
 /* A string literal's escapes, as jinja2 decodes them (Python's
@@ -198,7 +223,7 @@ static int lex_string(lexer *lx)
 static int lex_number(lexer *lx)
 {
     size_t start = lx->pos;
-    char buf[64];
+    char buf[512]; /* Python reads any digit count; 511 is plenty */
     size_t k = 0;
     bool is_float = false;
     const char *s = lx->s;
@@ -254,8 +279,8 @@ static int lex_tag(lexer *lx, bool block, size_t tag_start, char *sign)
     int depth = 0;
     const char *end = block ? "%}" : "}}";
     for (;;) {
-        while (lx->pos < lx->n && is_ws(lx->s[lx->pos]))
-            lx->pos++;
+        for (size_t k_; (k_ = ws_at(lx, lx->pos));)
+            lx->pos += k_;
         if (lx->pos >= lx->n)
             return lx_fail(lx, tag_start,
                            block ? "unexpected end of template, expected '%}'"
@@ -320,8 +345,8 @@ static bool after_tag(lexer *lx, char sign, bool block_or_comment, bool ended_nl
 {
     if (sign == '-') {
         size_t p = lx->pos;
-        while (lx->pos < lx->n && is_ws(lx->s[lx->pos]))
-            lx->pos++;
+        for (size_t k_; (k_ = ws_at(lx, lx->pos));)
+            lx->pos += k_;
         return lx->pos > p ? lx->s[lx->pos - 1] == '\n' : ended_nl;
     }
     if (sign != '+' && block_or_comment && lx->pos < lx->n && lx->s[lx->pos] == '\n') {
@@ -329,6 +354,69 @@ static bool after_tag(lexer *lx, char sign, bool block_or_comment, bool ended_nl
         return true;
     }
     return false;
+}
+
+/* Matches "name" then optional whitespace and an end "%}" ("-%}", "+%}")
+ * at p; returns the position after it and the end's sign, or 0. */
+static size_t match_tag_word(const lexer *lx, size_t p, const char *word, char *sign)
+{
+    for (size_t k_; (k_ = ws_at(lx, p));)
+        p += k_;
+    size_t w = strlen(word);
+    if (p + w > lx->n || memcmp(lx->s + p, word, w)) return 0;
+    p += w;
+    if (p < lx->n && !is_ws(lx, p) && lx->s[p] != '-' && lx->s[p] != '+' && lx->s[p] != '%')
+        return 0;
+    for (size_t k_; (k_ = ws_at(lx, p));)
+        p += k_;
+    *sign = 0;
+    if (p < lx->n && (lx->s[p] == '-' || lx->s[p] == '+')) *sign = lx->s[p++];
+    if (p + 2 > lx->n || memcmp(lx->s + p, "%}", 2)) return 0;
+    return p + 2;
+}
+
+/* {% raw %}...{% endraw %}: the text between is data, tags and all. The
+ * begin tag takes no trim_blocks newline (as in jinja2); the end tag strips
+ * like any block tag. Returns 1 when a raw block was read, 0 when the tag
+ * at t is something else. */
+static int lex_raw(lexer *lx, size_t t, bool *line_starting)
+{
+    const char *s = lx->s;
+    size_t p = t + 2;
+    if (p < lx->n && (s[p] == '-' || s[p] == '+')) p++;
+    char bsign, esign = 0;
+    size_t body = match_tag_word(lx, p, "raw", &bsign);
+    if (!body || bsign == '+') return 0;
+    if (bsign == '-')
+        for (size_t k_; (k_ = ws_at(lx, body));)
+            body += k_;
+    for (size_t e = body; e + 1 < lx->n; e++) {
+        if (s[e] != '{' || s[e + 1] != '%') continue;
+        size_t q = e + 2;
+        char osign = q < lx->n && (s[q] == '-' || s[q] == '+') ? s[q] : 0;
+        size_t after = match_tag_word(lx, q + (osign ? 1 : 0), "endraw", &esign);
+        if (!after) continue;
+        size_t text_end = e;
+        if (osign == '-') {
+            for (size_t k_; (k_ = ws_before(lx, body, text_end));)
+                text_end -= k_;
+        } else if (osign != '+') {
+            size_t l = text_end, w;
+            while (l > body && s[l - 1] != '\n')
+                l--;
+            w = l;
+            for (size_t k_; w < text_end && s[w] != '\n' && (k_ = ws_at(lx, w));)
+                w += k_;
+            if ((l > body || (bsign == '-' && s[body - 1] == '\n')) && w == text_end && w > l)
+                text_end = l;
+        }
+        if (text_end > body && emit(lx, TK_DATA, body, s + body, text_end - body)) return -1;
+        lx->pos = after;
+        *line_starting = after_tag(lx, esign, true, false);
+        return 1;
+    }
+    lx_fail(lx, t, "missing end of raw directive");
+    return -1;
 }
 
 static int lex_all(lexer *lx)
@@ -347,8 +435,8 @@ static int lex_all(lexer *lx)
         char sign = 0;
         if (kind && t + 2 < lx->n && (s[t + 2] == '-' || s[t + 2] == '+')) sign = s[t + 2];
         if (kind && sign == '-') {
-            while (text_end > lx->pos && is_ws(s[text_end - 1]))
-                text_end--;
+            for (size_t k_; (k_ = ws_before(lx, lx->pos, text_end));)
+                text_end -= k_;
         } else if (kind && sign != '+' && kind != '{') {
             /* lstrip_blocks: only whitespace between the line start and the tag */
             size_t l = text_end;
@@ -356,9 +444,8 @@ static int lex_all(lexer *lx)
                 l--;
             bool at_line_start = l > lx->pos || line_starting;
             size_t w = l;
-            while (w < text_end &&
-                   (s[w] == ' ' || s[w] == '\t' || s[w] == '\v' || s[w] == '\f' || s[w] == '\r'))
-                w++;
+            for (size_t k_; w < text_end && s[w] != '\n' && (k_ = ws_at(lx, w));)
+                w += k_;
             if (at_line_start && w == text_end && w > l) text_end = l;
         }
         if (text_end > lx->pos && emit(lx, TK_DATA, lx->pos, s + lx->pos, text_end - lx->pos))
@@ -376,6 +463,11 @@ static int lex_all(lexer *lx)
             continue;
         }
         bool block = kind == '%';
+        if (block) {
+            int r = lex_raw(lx, t, &line_starting);
+            if (r < 0) return -1;
+            if (r) continue;
+        }
         if (emit(lx, block ? TK_BLOCK_BEGIN : TK_VAR_BEGIN, t, s + t, 2)) return -1;
         char esign = 0;
         if (lex_tag(lx, block, t, &esign)) return -1;

@@ -11,25 +11,66 @@ static int undefined_error(tpl_ctx *ctx, const tpl_node *at, const tpl_val *v)
     return tpl_fail(ctx, at, "'%s' is undefined", v->name ? v->name : "value");
 }
 
+/* loop.index, loop.first... computed from the position in the items. */
+static int loop_attr(const tpl_val *loop, const char *name, tpl_val *out)
+{
+    size_t i = loop->index, n = json_array_size(loop->j);
+    json_t *j = NULL;
+    if (!strcmp(name, "index"))
+        j = json_integer((json_int_t)i + 1);
+    else if (!strcmp(name, "index0"))
+        j = json_integer((json_int_t)i);
+    else if (!strcmp(name, "revindex"))
+        j = json_integer((json_int_t)(n - i));
+    else if (!strcmp(name, "revindex0"))
+        j = json_integer((json_int_t)(n - i - 1));
+    else if (!strcmp(name, "first"))
+        j = json_boolean(i == 0);
+    else if (!strcmp(name, "last"))
+        j = json_boolean(i + 1 == n);
+    else if (!strcmp(name, "length"))
+        j = json_integer((json_int_t)n);
+    else if (!strcmp(name, "depth"))
+        j = json_integer(1);
+    else if (!strcmp(name, "depth0"))
+        j = json_integer(0);
+    else if (!strcmp(name, "previtem") && i > 0)
+        j = json_incref(json_array_get(loop->j, i - 1));
+    else if (!strcmp(name, "nextitem") && i + 1 < n)
+        j = json_incref(json_array_get(loop->j, i + 1));
+    *out = j ? tpl_from_json(j) : tpl_undef(name);
+    return 0;
+}
+
 int tpl_getattr(tpl_ctx *ctx, const tpl_node *at, const tpl_val *obj, const char *name,
                 tpl_val *out)
 {
     if (obj->kind == TV_UNDEF) return undefined_error(ctx, at, obj);
+    if (obj->kind == TV_LOOP) return loop_attr(obj, name, out);
     if (obj->kind == TV_NS) {
         json_t *j = json_object_get(obj->j, name);
-        *out = j ? tpl_json(json_incref(j)) : tpl_undef(name);
+        *out = j ? tpl_from_json(json_incref(j)) : tpl_undef(name);
         return 0;
     }
     if (obj->kind != TV_JSON) {
         *out = tpl_undef(name);
         return 0;
     }
-    if (tpl_is_method(obj, name)) {
-        *out = (tpl_val){.kind = TV_METHOD, .j = json_incref(obj->j), .name = name};
+    const char *method = tpl_method_name(obj, name);
+    if (method) {
+        *out = (tpl_val){.kind = TV_METHOD, .j = json_incref(obj->j), .name = method};
         return 0;
     }
     json_t *j = json_is_object(obj->j) ? json_object_get(obj->j, name) : NULL;
-    *out = j ? tpl_json(json_incref(j)) : tpl_undef(name);
+    *out = j ? tpl_from_json(json_incref(j)) : tpl_undef(name);
+    return 0;
+}
+
+int tpl_getattr_dynamic(tpl_ctx *ctx, const tpl_node *at, const tpl_val *obj, const char *name,
+                        tpl_val *out)
+{
+    if (tpl_getattr(ctx, at, obj, name, out)) return -1;
+    if (out->kind == TV_UNDEF) out->name = "attribute"; /* name is about to be freed */
     return 0;
 }
 
@@ -42,9 +83,14 @@ int tpl_getitem(tpl_ctx *ctx, const tpl_node *at, const tpl_val *obj, const tpl_
         (obj->kind == TV_NS || (obj->kind == TV_JSON && json_is_object(obj->j)))) {
         json_t *j = json_object_getn(obj->j, json_string_value(key->j), json_string_length(key->j));
         if (j)
-            *out = tpl_json(json_incref(j));
-        else if (obj->kind == TV_JSON)
-            return tpl_getattr(ctx, at, obj, json_string_value(key->j), out);
+            *out = tpl_from_json(json_incref(j));
+        else if (obj->kind == TV_JSON &&
+                 strlen(json_string_value(key->j)) == json_string_length(key->j))
+        /* the sandbox's getitem falls back to attributes: d['items'] */
+        {
+            if (tpl_getattr_dynamic(ctx, at, obj, json_string_value(key->j), out)) return -1;
+            if (out->kind == TV_UNDEF) out->name = "item";
+        }
         return 0;
     }
     if (obj->kind != TV_JSON || !tpl_is_int(key)) return 0;
@@ -52,7 +98,7 @@ int tpl_getitem(tpl_ctx *ctx, const tpl_node *at, const tpl_val *obj, const tpl_
     if (json_is_array(obj->j)) {
         json_int_t n = (json_int_t)json_array_size(obj->j);
         if (i < 0) i += n;
-        if (i >= 0 && i < n) *out = tpl_json(json_incref(json_array_get(obj->j, (size_t)i)));
+        if (i >= 0 && i < n) *out = tpl_from_json(json_incref(json_array_get(obj->j, (size_t)i)));
     } else if (json_is_string(obj->j)) {
         size_t *offs;
         json_int_t n = (json_int_t)tpl_utf8_offsets(json_string_value(obj->j),
@@ -154,10 +200,13 @@ done:
     return rc;
 }
 
-int tpl_ensure_json(tpl_ctx *ctx, const tpl_node *at, const tpl_val *v)
+int tpl_ensure_json(tpl_ctx *ctx, const tpl_node *at, tpl_val *v)
 {
     if (v->kind == TV_JSON) return 0;
-    if (v->kind == TV_UNDEF) return undefined_error(ctx, at, v);
+    if (v->kind == TV_UNDEF) {
+        *v = tpl_json(json_incref(tpl_undefined_marker()));
+        return 0;
+    }
     return tpl_fail(ctx, at, "a %s cannot be stored in a list or dict", tpl_type_name(v));
 }
 

@@ -27,20 +27,25 @@ static const char *const unsafe[] = {"pop",    "popitem", "setdefault", "update"
 static const char *const globals[] = {"range",           "namespace",    "dict",
                                       "raise_exception", "strftime_now", NULL};
 
-static bool listed(const char *const *l, const char *name)
+static const char *listed_name(const char *const *l, const char *name)
 {
     for (size_t i = 0; l[i]; i++)
-        if (!strcmp(l[i], name)) return true;
-    return false;
+        if (!strcmp(l[i], name)) return l[i];
+    return NULL;
 }
 
-bool tpl_is_method(const tpl_val *recv, const char *name)
+static bool listed(const char *const *l, const char *name)
 {
-    if (recv->kind != TV_JSON) return false;
-    if (json_is_string(recv->j)) return listed(str_methods, name);
-    if (json_is_object(recv->j)) return listed(dict_methods, name);
-    if (json_is_array(recv->j)) return listed(list_methods, name);
-    return false;
+    return listed_name(l, name) != NULL;
+}
+
+const char *tpl_method_name(const tpl_val *recv, const char *name)
+{
+    if (recv->kind != TV_JSON) return NULL;
+    if (json_is_string(recv->j)) return listed_name(str_methods, name);
+    if (json_is_object(recv->j)) return listed_name(dict_methods, name);
+    if (json_is_array(recv->j)) return listed_name(list_methods, name);
+    return NULL;
 }
 
 bool tpl_is_global(const char *name)
@@ -458,7 +463,11 @@ int tpl_global_call(tpl_ctx *ctx, const tpl_node *at, const char *name, tpl_args
     if (!strcmp(name, "raise_exception")) {
         tpl_buf b = {0};
         if (a0) tpl_str_of(&b, a0);
-        cv_errorf(ctx->err, "%s", b.p ? b.p : "");
+        /* the template's own message as is; an empty one would tell the user nothing */
+        if (b.p && b.p[0])
+            cv_errorf(ctx->err, "%s", b.p);
+        else
+            tpl_fail(ctx, at, "raise_exception() with an empty message");
         free(b.p);
         return -1;
     }

@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "template/template_internal.h"
+#include "template/template_text.h"
 
 static const char *const op_sym[] = {"+",  "-",  "*", "/",  "//", "%",  "**", "~",
                                      "==", "!=", "<", "<=", ">",  ">=", "in", "not in"};
@@ -76,7 +77,8 @@ static int arith(tpl_ctx *ctx, const tpl_node *at, int op, const tpl_val *a, con
             break;
         case OP_POW:
             if (y < 0) {
-                *out = tpl_json(json_real(pow((double)x, (double)y)));
+                if (x == 0) return tpl_fail(ctx, at, "0.0 cannot be raised to a negative power");
+                *out = tpl_json(json_real(pow((double)x, (double)y))); /* finite: |x| >= 1 */
                 return 0;
             }
             r = 1;
@@ -223,6 +225,27 @@ int tpl_binop_eval(tpl_ctx *ctx, const tpl_node *at, int op, const tpl_val *a, c
     }
     if (tpl_is_num(a) && tpl_is_num(b)) return arith(ctx, at, op, a, b, out);
     if (a->kind != TV_JSON || b->kind != TV_JSON) return unsupported(ctx, at, op, a, b);
+    if (op == OP_ADD && json_is_string(a->j) && json_is_string(b->j) && (a->markup || b->markup)) {
+        /* Markup + str escapes the str (markupsafe), whichever side it is on */
+        tpl_buf buf = {0};
+        const tpl_val *sides[2] = {a, b};
+        for (int i = 0; i < 2; i++) {
+            const char *p = json_string_value(sides[i]->j);
+            size_t n = json_string_length(sides[i]->j);
+            if (sides[i]->markup)
+                tpl_buf_put(&buf, p, n);
+            else
+                tpl_html_escape(&buf, p, n);
+        }
+        if (buf.oom) {
+            free(buf.p);
+            return tpl_fail(ctx, at, "string too long");
+        }
+        *out = tpl_str(buf.p, buf.len);
+        out->markup = true;
+        free(buf.p);
+        return 0;
+    }
     if (op == OP_ADD && json_is_string(a->j) && json_is_string(b->j)) {
         size_t la = json_string_length(a->j), lb = json_string_length(b->j);
         if (la + lb > TPL_MAX_OUTPUT_BYTES) return tpl_fail(ctx, at, "string too long");
@@ -244,6 +267,18 @@ int tpl_binop_eval(tpl_ctx *ctx, const tpl_node *at, int op, const tpl_val *a, c
         json_array_extend(r2, b->j);
         *out = tpl_json(r2);
         return 0;
+    }
+    if (op == OP_MOD && json_is_string(a->j)) {
+        /* "..." % x: a list gives the arguments, anything else is one */
+        if (!json_is_array(b->j)) return tpl_text_percent(ctx, at, a, b, 1, out);
+        size_t n = json_array_size(b->j);
+        tpl_val *args = calloc(n + 1, sizeof *args);
+        if (!args) return cv_errorf(ctx->err, "chat template: out of memory");
+        for (size_t i = 0; i < n; i++)
+            args[i] = (tpl_val){.kind = TV_JSON, .j = json_array_get(b->j, i)};
+        int rc = tpl_text_percent(ctx, at, a, args, n, out);
+        free(args);
+        return rc;
     }
     if (op == OP_MUL) {
         const tpl_val *seq = tpl_is_int(b) ? a : tpl_is_int(a) ? b : NULL;

@@ -174,6 +174,50 @@ fail:
     return NULL;
 }
 
+/* {% call [(params)] macro(args) %}body{% endcall %}: the body becomes the
+ * macro's caller(), a macro named "caller" with the given parameters. */
+static tpl_node *p_callblock(tpl_parser *p, int line)
+{
+    tpl_node *n = tp_mk(p, N_CALLBLOCK, line);
+    if (!n || !(n->name = strdup("caller"))) goto fail;
+    if (tp_is_op(p, "(")) {
+        p->i++;
+        while (!tp_accept_op(p, ")")) {
+            if (n->n_names && tp_expect_op(p, ",")) goto fail;
+            if (tp_accept_op(p, ")")) break;
+            if (tp_push_name(p, &n->names, &n->n_names, tp_take_name(p))) goto fail;
+            tpl_node *def = NULL;
+            if (tp_accept_op(p, "=") && !(def = tp_expr(p, true))) goto fail;
+            tpl_node **v = realloc(n->args.v, (n->args.n + 1) * sizeof *v);
+            if (!v) {
+                tpl_node_free(def);
+                cv_errorf(p->err, "chat template: out of memory");
+                goto fail;
+            }
+            n->args.v = v;
+            v[n->args.n++] = def;
+        }
+    }
+    if (!(n->a = tp_expr(p, true))) goto fail;
+    if (n->a->kind != N_CALL) {
+        tp_fail(p, "expected a macro call after 'call'");
+        goto fail;
+    }
+    if (tp_expect_block_end(p)) goto fail;
+    static const char *const ends[] = {"endcall", NULL};
+    int saved = p->loop_depth;
+    p->loop_depth = 0;
+    int rc = p_body(p, &n->body, ends);
+    p->loop_depth = saved;
+    if (rc) goto fail;
+    p->i++;
+    if (tp_expect_block_end(p)) goto fail;
+    return n;
+fail:
+    tpl_node_free(n);
+    return NULL;
+}
+
 /* {% filter name(args) %}...{% endfilter %}: the body's text through a filter. */
 static tpl_node *p_filterblock(tpl_parser *p, int line)
 {
@@ -220,6 +264,7 @@ static tpl_node *p_statement(tpl_parser *p)
     if (!strcmp(tag, "set")) return p_set(p, line);
     if (!strcmp(tag, "macro")) return p_macro(p, line);
     if (!strcmp(tag, "filter")) return p_filterblock(p, line);
+    if (!strcmp(tag, "call")) return p_callblock(p, line);
     if (!strcmp(tag, "break") || !strcmp(tag, "continue")) {
         if (!p->loop_depth) {
             p->i--;

@@ -129,6 +129,31 @@ int tpl_text_strip(tpl_ctx *ctx, const tpl_node *at, const tpl_val *v, const tpl
     return 0;
 }
 
+void tpl_html_escape(tpl_buf *b, const char *s, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        switch (s[i]) {
+        case '&':
+            tpl_buf_puts(b, "&amp;");
+            break;
+        case '<':
+            tpl_buf_puts(b, "&lt;");
+            break;
+        case '>':
+            tpl_buf_puts(b, "&gt;");
+            break;
+        case '"':
+            tpl_buf_puts(b, "&#34;");
+            break;
+        case '\'':
+            tpl_buf_puts(b, "&#39;");
+            break;
+        default:
+            tpl_buf_putc(b, s[i]);
+        }
+    }
+}
+
 int tpl_text_replace(tpl_ctx *ctx, const tpl_node *at, const tpl_val *v, const tpl_val *old,
                      const tpl_val *new_, json_int_t count, tpl_val *out)
 {
@@ -164,6 +189,100 @@ int tpl_text_replace(tpl_ctx *ctx, const tpl_node *at, const tpl_val *v, const t
             i += no;
             done++;
         }
+    }
+    return finish(ctx, at, &b, out);
+}
+
+/* Python's printf-style str % args: %s %r %d %i %f %F %e %E %g %G %x %X %o
+ * %c %% with flags, width and precision (no * and no %(name)s). */
+int tpl_text_percent(tpl_ctx *ctx, const tpl_node *at, const tpl_val *fmt, const tpl_val *args,
+                     size_t n_args, tpl_val *out)
+{
+    const char *s = json_string_value(fmt->j);
+    size_t n = json_string_length(fmt->j), used = 0;
+    tpl_buf b = {0};
+    for (size_t i = 0; i < n; i++) {
+        if (s[i] != '%') {
+            tpl_buf_putc(&b, s[i]);
+            continue;
+        }
+        char spec[32] = "%";
+        size_t k = 1;
+        i++;
+        /* flags, then width and precision of at most 3 and 2 digits (the
+         * result must fit tmp) */
+        while (i < n && s[i] && strchr("-+ #0", s[i]) && k < 6)
+            spec[k++] = s[i++];
+        for (int d = 0; i < n && s[i] >= '0' && s[i] <= '9' && d < 3; d++)
+            spec[k++] = s[i++];
+        if (i < n && s[i] == '.') {
+            spec[k++] = s[i++];
+            for (int d = 0; i < n && s[i] >= '0' && s[i] <= '9' && d < 2; d++)
+                spec[k++] = s[i++];
+        }
+        if (i >= n || !s[i] || !strchr("srdifFeEgGxXoc%", s[i])) {
+            free(b.p);
+            return tpl_fail(ctx, at, "unsupported format character in '%%' formatting");
+        }
+        char type = s[i];
+        if (type == '%') {
+            tpl_buf_putc(&b, '%');
+            continue;
+        }
+        if (used >= n_args) {
+            free(b.p);
+            return tpl_fail(ctx, at, "not enough arguments for format string");
+        }
+        const tpl_val *a = &args[used++];
+        char tmp[512];
+        if (type == 's' || type == 'r') {
+            tpl_buf sv = {0};
+            if (type == 'r' && a->kind == TV_JSON)
+                tpl_repr_json(&sv, a->j);
+            else
+                tpl_str_of(&sv, a);
+            spec[k++] = 's';
+            spec[k] = '\0';
+            if (k == 2)
+                tpl_buf_put(&b, sv.p ? sv.p : "", sv.len);
+            else {
+                /* width/precision count characters in Python; ASCII assumed here */
+                snprintf(tmp, sizeof tmp, spec, sv.p ? sv.p : "");
+                tpl_buf_puts(&b, tmp);
+            }
+            free(sv.p);
+            continue;
+        }
+        if (!tpl_is_num(a)) {
+            free(b.p);
+            return tpl_fail(ctx, at, "%%%c format: a number is required, not %s", type,
+                            tpl_type_name(a));
+        }
+        double d = tpl_num(a->j);
+        if (strchr("dixXoc", type)) {
+            long long v = json_is_real(a->j)
+                              ? (long long)d
+                              : (long long)(json_is_integer(a->j) ? json_integer_value(a->j) : d);
+            if (type == 'c') {
+                tmp[0] = (char)v;
+                tmp[1] = '\0';
+            } else {
+                spec[k++] = 'l';
+                spec[k++] = 'l';
+                spec[k++] = type == 'i' ? 'd' : type;
+                spec[k] = '\0';
+                snprintf(tmp, sizeof tmp, spec, v);
+            }
+        } else {
+            spec[k++] = type;
+            spec[k] = '\0';
+            snprintf(tmp, sizeof tmp, spec, d);
+        }
+        tpl_buf_puts(&b, tmp);
+    }
+    if (used < n_args) {
+        free(b.p);
+        return tpl_fail(ctx, at, "not all arguments converted during string formatting");
     }
     return finish(ctx, at, &b, out);
 }

@@ -24,4 +24,11 @@ bool tpl_is_space(uint32_t cp); /* Python's str.isspace() */
 int tpl_text_replace(tpl_ctx *ctx, const tpl_node *at, const tpl_val *v, const tpl_val *old,
                      const tpl_val *new_, json_int_t count, tpl_val *out);
 
+/* markupsafe.escape: & < > " ' as HTML entities. */
+void tpl_html_escape(tpl_buf *b, const char *s, size_t n);
+
+/* Python's fmt % args (printf-style), for the format filter and %. */
+int tpl_text_percent(tpl_ctx *ctx, const tpl_node *at, const tpl_val *fmt, const tpl_val *args,
+                     size_t n_args, tpl_val *out);
+
 #endif

@@ -2,6 +2,7 @@
  * truthiness, equality, str()/repr() as Python prints them, float repr,
  * and json.dumps as transformers' tojson calls it. */
 #include <math.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -56,6 +57,29 @@ tpl_val tpl_json(json_t *j)
 tpl_val tpl_str(const char *s, size_t n)
 {
     return tpl_json(json_stringn_nocheck(s ? s : "", n));
+}
+
+static json_t *g_undefined;
+static pthread_once_t g_undefined_once = PTHREAD_ONCE_INIT;
+
+static void make_undefined_marker(void)
+{
+    g_undefined = json_object();
+}
+
+json_t *tpl_undefined_marker(void)
+{
+    pthread_once(&g_undefined_once, make_undefined_marker);
+    return g_undefined;
+}
+
+tpl_val tpl_from_json(json_t *j)
+{
+    if (j && j == tpl_undefined_marker()) {
+        json_decref(j);
+        return tpl_undef("value");
+    }
+    return tpl_json(j);
 }
 
 tpl_val tpl_copy(const tpl_val *v)
@@ -181,6 +205,8 @@ bool tpl_equal(const tpl_val *a, const tpl_val *b)
         return !strcmp(a->name, b->name);
     case TV_METHOD:
         return a->j == b->j && !strcmp(a->name, b->name);
+    case TV_LOOP:
+        return a->j == b->j && a->index == b->index;
     default:
         return false;
     }
@@ -198,6 +224,8 @@ const char *tpl_type_name(const tpl_val *v)
     case TV_FUNC:
     case TV_METHOD:
         return "function";
+    case TV_LOOP:
+        return "LoopContext";
     case TV_JSON:
         break;
     }
@@ -345,6 +373,10 @@ static void repr_str(tpl_buf *b, const char *s, size_t n)
 
 void tpl_repr_json(tpl_buf *b, const json_t *j)
 {
+    if (j == tpl_undefined_marker()) {
+        tpl_buf_puts(b, "Undefined");
+        return;
+    }
     switch (json_typeof(j)) {
     case JSON_NULL:
         tpl_buf_puts(b, "None");
@@ -409,9 +441,16 @@ void tpl_str_of(tpl_buf *b, const tpl_val *v)
         tpl_buf_puts(b, v->kind == TV_MACRO ? v->node->name : v->name);
         tpl_buf_putc(b, '>');
         return;
+    case TV_LOOP: {
+        char tmp[64];
+        snprintf(tmp, sizeof tmp, "<LoopContext %zu/%zu>", v->index + 1, json_array_size(v->j));
+        tpl_buf_puts(b, tmp);
+        return;
+    }
     case TV_JSON:
         break;
     }
+    if (v->j == tpl_undefined_marker()) return;
     if (json_is_string(v->j))
         tpl_buf_put(b, json_string_value(v->j), json_string_length(v->j));
     else
@@ -480,9 +519,14 @@ static void newline_indent(tpl_buf *b, const dumps_opts *o, int level)
         tpl_buf_puts(b, o->indent);
 }
 
+typedef struct dumps_item {
+    const char *key;
+    const json_t *value;
+} dumps_item;
+
 static int key_cmp(const void *a, const void *b)
 {
-    return strcmp(*(char *const *)a, *(char *const *)b);
+    return strcmp(((const dumps_item *)a)->key, ((const dumps_item *)b)->key);
 }
 
 static void dumps(tpl_buf *b, const json_t *j, const dumps_opts *o, int level)
@@ -527,25 +571,25 @@ static void dumps(tpl_buf *b, const json_t *j, const dumps_opts *o, int level)
             tpl_buf_puts(b, "{}");
             return;
         }
-        const char **keys = malloc(n * sizeof *keys);
-        if (!keys) {
+        dumps_item *items = malloc(n * sizeof *items);
+        if (!items) {
             b->oom = true;
             return;
         }
         size_t k = 0;
         const char *key;
         json_t *v;
-        json_object_foreach((json_t *)j, key, v) keys[k++] = key;
-        if (o->sort_keys) qsort(keys, n, sizeof *keys, key_cmp);
+        json_object_foreach((json_t *)j, key, v) items[k++] = (dumps_item){key, v};
+        if (o->sort_keys) qsort(items, n, sizeof *items, key_cmp);
         tpl_buf_putc(b, '{');
         for (size_t i = 0; i < n && !b->oom; i++) {
             if (i) tpl_buf_puts(b, o->item_sep);
             if (o->indent) newline_indent(b, o, level + 1);
-            dumps_str(b, keys[i], strlen(keys[i]), o->ensure_ascii);
+            dumps_str(b, items[i].key, strlen(items[i].key), o->ensure_ascii);
             tpl_buf_puts(b, o->key_sep);
-            dumps(b, json_object_get(j, keys[i]), o, level + 1);
+            dumps(b, items[i].value, o, level + 1);
         }
-        free(keys);
+        free(items);
         if (o->indent) newline_indent(b, o, level);
         tpl_buf_putc(b, '}');
         return;

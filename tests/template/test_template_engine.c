@@ -109,6 +109,21 @@ static void test_render_errors_name_line(void **state)
     expect_error("\n{{ 'a' < 1 }}", NULL,
                  "chat template line 2: '<' not supported between instances of 'str' and 'int'");
     expect_error("{{ 1 // 0 }}", NULL, "chat template line 1: integer division or modulo by zero");
+    /* found by fuzz_template: a NUL in a dict key would be cut short where
+     * keys are C strings */
+    expect_error("{{ {'a\\x00b': 1}|tojson }}", NULL,
+                 "chat template line 1: dict keys must not contain NUL characters");
+    /* found by fuzz_template: the name of an Undefined made from a computed
+     * key outlives the key */
+    expect_error("{% set d = {} %}{{ d['ro' ~ 'le'] + 1 }}", NULL,
+                 "chat template line 1: 'item' is undefined");
+    expect_error("{% set d = {} %}{{ d|attr('ro' ~ 'le') + 1 }}", NULL,
+                 "chat template line 1: 'attribute' is undefined");
+    /* found by fuzz_template: pow(0, -1) is infinite, which JSON cannot hold */
+    expect_error("{{ 0 ** -1 }}", NULL,
+                 "chat template line 1: 0.0 cannot be raised to a negative power");
+    expect_error("{{ 0.0 ** -1 }}", NULL,
+                 "chat template line 1: numeric result out of range in '**'");
     expect_error("{{ [].append(1) }}", NULL,
                  "chat template line 1: access to attribute 'append' of 'list' object is unsafe");
     expect_error("{% macro m(a) %}{% endmacro %}{{ m(1, 2) }}", NULL,
@@ -137,6 +152,11 @@ static void test_raise_exception(void **state)
                  "{\"messages\": [{\"role\": \"system\", \"content\": \"x\"}]}",
                  "System role not supported");
     expect_text("{% if false %}{{ raise_exception('no') }}{% endif %}ok", NULL, "ok");
+    /* found by fuzz_template: an error always says why */
+    expect_error("\n{{ raise_exception('') }}", NULL,
+                 "chat template line 2: raise_exception() with an empty message");
+    expect_error("{{ raise_exception() }}", NULL,
+                 "chat template line 1: raise_exception() with an empty message");
 }
 
 static void test_limits(void **state)
@@ -214,8 +234,8 @@ static void test_limits_stack_and_work(void **state)
                  "%}{% endfor %}",
                  NULL, "chat template line 1: value nested too deeply (more than 1000 levels)");
     expect_error(
-        "{% for i in range(1000) %}{% set x = range(100000) %}{% endfor %}", NULL,
-        "chat template line 1: template takes too long (more than 20000000 steps of work)");
+        "{% set s = 'x' * 10000000 %}{% for i in range(1000) %}{% set y = s ~ i %}{% endfor %}",
+        NULL, "chat template line 1: template takes too long (more than 20000000 steps of work)");
     expect_error("{% set ns = namespace(l=[1]) %}{% for i in range(30) %}{% set ns.l = ns.l + ns.l "
                  "%}{% endfor %}",
                  NULL, "chat template line 1: list too long (over 1000000 items)");
