@@ -152,6 +152,7 @@ static int pk_pop_mark(pk *k, pv ***items, size_t *n)
 
 static int pv_append(pk *k, pv *c, pv *const *items, size_t n)
 {
+    if (n == 0) return 0;
     if (pk_grow((void **)&c->items, &c->cap, c->n + n, sizeof *c->items))
         return pk_fail(k, "out of memory");
     memcpy(c->items + c->n, items, n * sizeof *items);
