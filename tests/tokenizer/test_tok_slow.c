@@ -164,6 +164,67 @@ static void test_opt_config(void **state)
     unlink(tt_path("%s/special_tokens_map.json", g_dir));
 }
 
+static void copy_file(const char *from, const char *to)
+{
+    FILE *in = fopen(from, "rb"), *out = fopen(to, "wb");
+    assert_non_null(in);
+    assert_non_null(out);
+    char buf[4096];
+    size_t n;
+    while ((n = fread(buf, 1, sizeof buf, in)) > 0)
+        assert_int_equal(fwrite(buf, 1, n, out), n);
+    fclose(in);
+    fclose(out);
+}
+
+/* tests/fixtures/tokenizer_slow/opt_reference.json, when present, holds
+ * what transformers itself gives for the OPT-style files over GPT-2's
+ * vocab (make_reference.py, run where transformers is installed). */
+static void test_opt_reference(void **state)
+{
+    (void)state;
+    const char *ref_path =
+        tt_path("%s/tests/fixtures/tokenizer_slow/opt_reference.json", tt_source());
+    struct stat st;
+    if (stat(ref_path, &st) != 0) {
+        printf("test_opt_reference: no %s yet (make_reference.py writes it)\n", ref_path);
+        skip();
+    }
+    copy_file(tt_path("%s/tests/fixtures/tokenizer_slow/opt/tokenizer_config.json", tt_source()),
+              tt_path("%s/tokenizer_config.json", g_dir));
+    copy_file(tt_path("%s/tests/fixtures/tokenizer_slow/opt/special_tokens_map.json", tt_source()),
+              tt_path("%s/special_tokens_map.json", g_dir));
+    cv_tokenizer *tok = tt_load(g_dir);
+    json_t *ref = tt_json(ref_path);
+    assert_int_equal(tok_vocab_size(tok), json_integer_value(json_object_get(ref, "vocab_size")));
+    assert_int_equal(tok_bos_id(tok), json_integer_value(json_object_get(ref, "bos_token_id")));
+    assert_int_equal(tok_eos_id(tok), json_integer_value(json_object_get(ref, "eos_token_id")));
+    json_t *inputs = tt_json(tt_path("%s/tokenizers/conformance/inputs.json", tt_shared()));
+    const json_t *list = json_object_get(inputs, "inputs");
+    const char *id;
+    json_t *e;
+    json_object_foreach(json_object_get(ref, "entries"), id, e)
+    {
+        const json_t *in = NULL;
+        for (size_t i = 0; i < json_array_size(list); i++)
+            if (!strcmp(json_string_value(json_object_get(json_array_get(list, i), "id")), id))
+                in = json_object_get(json_array_get(list, i), "text");
+        assert_non_null(in);
+        size_t n;
+        int32_t *want = tt_ids(json_object_get(e, "input_ids"), &n);
+        tt_check_encode(tok, json_string_value(in), json_string_length(in), true, want, n, id);
+        tt_check_decode(tok, want, n, false,
+                        json_string_value(json_object_get(e, "decoded_with_special")), id);
+        tt_check_decode(tok, want, n, true,
+                        json_string_value(json_object_get(e, "decoded_skip_special")), id);
+        free(want);
+    }
+    assert_true(json_object_size(json_object_get(ref, "entries")) >= 30);
+    json_decref(inputs);
+    json_decref(ref);
+    tok_free(tok);
+}
+
 /* ---- synthetic files (no ../shared) ------------------------------------------- */
 
 static const char tiny_vocab[] = "{\"a\": 0, \"b\": 1, \"c\": 2, \"ab\": 3, \"bc\": 4, "
@@ -243,6 +304,7 @@ int main(void)
     const struct CMUnitTest gpt2_tests[] = {
         cmocka_unit_test(test_gpt2_conformance),
         cmocka_unit_test(test_opt_config),
+        cmocka_unit_test(test_opt_reference),
     };
     failed += cmocka_run_group_tests_name("gpt2", gpt2_tests, NULL, NULL);
     rm_dir(g_dir);
