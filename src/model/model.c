@@ -15,7 +15,8 @@ struct cv_model {
     cv_model_weights weights;
     cv_st_file *files; /* (n_files) mapped safetensors or pytorch_model.bin files */
     size_t n_files;
-    json_t *weight_map; /* index.json "weight_map" (name -> shard); NULL when unsharded */
+    json_t *weight_map;      /* index.json "weight_map" (name -> shard); NULL when unsharded */
+    const char *base_prefix; /* transformers' base_model_prefix ("model", "transformer") */
     char index_path[4096];
 };
 
@@ -119,26 +120,49 @@ static int model_open_weights(cv_model *m, const char *dir, cv_error *err)
     return rc;
 }
 
-/* Finds tensor NAME: in the one file, or in the shard the weight_map names.
- * NULL with err set when absent. */
-static const cv_st_tensor *model_find(cv_model *m, const char *dir, const char *name,
-                                      const cv_st_file **file, cv_error *err)
+/* Tensor NAME in the one file, or in the shard the weight_map names; NULL
+ * when absent. *file is where it was looked for. */
+static const cv_st_tensor *model_lookup(cv_model *m, const char *dir, const char *name,
+                                        const cv_st_file **file)
 {
     *file = &m->files[0];
     if (m->weight_map) {
         const char *shard = json_string_value(json_object_get(m->weight_map, name));
-        if (!shard) {
-            cv_errorf(err, "%s: tensor '%s' missing from weight_map", m->index_path, name);
-            return NULL;
-        }
+        if (!shard) return NULL;
         char path[4096];
         snprintf(path, sizeof path, "%s/%s", dir, shard);
         for (size_t i = 0; i < m->n_files; i++)
             if (strcmp(m->files[i].path, path) == 0) *file = &m->files[i];
     }
-    const cv_st_tensor *t = cv_st_find(*file, name);
-    if (!t) cv_errorf(err, "%s: tensor '%s' missing", (*file)->path, name);
-    return t;
+    return cv_st_find(*file, name);
+}
+
+/* Finds tensor NAME, or else NAME without (or with) the base_model_prefix:
+ * a checkpoint saved from the base model, as the hub's OPT and GPT-2
+ * pytorch_model.bin files are, names "decoder.layers.0..." where the
+ * causal-LM model has "model.decoder.layers.0...", and transformers strips
+ * or adds the prefix when loading. NULL with err set when absent. */
+static const cv_st_tensor *model_find(cv_model *m, const char *dir, const char *name,
+                                      const cv_st_file **file, cv_error *err)
+{
+    const cv_st_tensor *t = model_lookup(m, dir, name, file);
+    if (t) return t;
+    char alt[512];
+    size_t pl = strlen(m->base_prefix);
+    if (strncmp(name, m->base_prefix, pl) == 0 && name[pl] == '.')
+        snprintf(alt, sizeof alt, "%s", name + pl + 1);
+    else
+        snprintf(alt, sizeof alt, "%s.%s", m->base_prefix, name);
+    const cv_st_file *alt_file;
+    if ((t = model_lookup(m, dir, alt, &alt_file))) {
+        *file = alt_file;
+        return t;
+    }
+    if (m->weight_map)
+        cv_errorf(err, "%s: tensor '%s' missing from weight_map", m->index_path, name);
+    else
+        cv_errorf(err, "%s: tensor '%s' missing", (*file)->path, name);
+    return NULL;
 }
 
 static void shape_str(char *buf, size_t n, int n_dims, const int64_t *shape)
@@ -214,8 +238,12 @@ cv_model *cv_model_load(const char *dir, cv_error *err)
         return NULL;
     }
     const cv_arch *arch = NULL;
-    if (cv_config_load(dir, &m->config, &arch, err) || model_open_weights(m, dir, err) ||
-        model_bind_all(m, dir, arch, err)) {
+    if (cv_config_load(dir, &m->config, &arch, err) || model_open_weights(m, dir, err)) {
+        cv_model_free(m);
+        return NULL;
+    }
+    m->base_prefix = strcmp(arch->model_type, "gpt2") == 0 ? "transformer" : "model";
+    if (model_bind_all(m, dir, arch, err)) {
         cv_model_free(m);
         return NULL;
     }

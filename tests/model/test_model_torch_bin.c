@@ -366,6 +366,36 @@ static void test_model_bin_equals_safetensors(void **state)
     cv_model_free(st);
 }
 
+/* TMP gets model_bin's config.json and fixture BIN as its pytorch_model.bin. */
+static void model_dir_with(const char *tmp, const char *bin)
+{
+    size_t n;
+    unsigned char *b = read_fixture("model_bin/config.json", &n);
+    fx_write_file(tmp, "config.json", b, n);
+    free(b);
+    b = read_fixture(bin, &n);
+    fx_write_file(tmp, "pytorch_model.bin", b, n);
+    free(b);
+}
+
+static void test_model_errors(void **state)
+{
+    const char *dir = *state;
+    model_dir_with(dir, "malicious.bin");
+    fx_assert_load_error(dir,
+                         "refusing to load %s/pytorch_model.bin: it references the global "
+                         "'posix.system'; only tensors are read",
+                         dir);
+    model_dir_with(dir, "noncontig_embed.bin");
+    fx_assert_load_error(dir,
+                         "%s/pytorch_model.bin: tensor 'model.embed_tokens.weight' is a "
+                         "non-contiguous view (stride [1, 16]); only contiguous tensors are read",
+                         dir);
+    model_dir_with(dir, "dtypes.bin");
+    fx_assert_load_error(dir, "%s/pytorch_model.bin: tensor 'model.embed_tokens.weight' missing",
+                         dir);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -377,6 +407,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_corrupt_zips, fx_setup_tmpdir, fx_teardown_tmpdir),
         cmocka_unit_test(test_pickle_errors),
         cmocka_unit_test(test_model_bin_equals_safetensors),
+        cmocka_unit_test_setup_teardown(test_model_errors, fx_setup_tmpdir, fx_teardown_tmpdir),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
