@@ -205,7 +205,9 @@ static int slow_add(slow_ctx *c, const char *content, const json_t *flags, bool 
 
 /* The special tokens: tokenizer_config.json's; without added_tokens_decoder
  * there (the legacy layout) special_tokens_map.json's override them, as
- * transformers' _from_pretrained does. */
+ * transformers' _from_pretrained does. bos, eos and unk that neither file
+ * mentions (not even as null) are GPT2TokenizerFast's default,
+ * "<|endoftext|>". */
 static int slow_collect_specials(slow_ctx *c, cv_error *err)
 {
     c->specials = json_object();
@@ -221,6 +223,12 @@ static int slow_collect_specials(slow_ctx *c, cv_error *err)
                 json_object_set(c->specials, attr, v))
                 return cv_errorf(err, "tokenizer: out of memory");
         }
+    }
+    for (int i = 0; i < 3; i++) { /* bos_token, eos_token, unk_token */
+        const char *attr = slow_special_attrs[i];
+        if (json_object_get(c->cfg, attr) || (legacy && json_object_get(c->map, attr))) continue;
+        if (json_object_set_new(c->specials, attr, json_string("<|endoftext|>")))
+            return cv_errorf(err, "tokenizer: out of memory");
     }
     return 0;
 }

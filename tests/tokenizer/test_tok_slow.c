@@ -238,12 +238,24 @@ static void test_merges_rules(void **state)
     write_text(dir, "vocab.json", tiny_vocab);
     write_text(dir, "merges.txt", "#version: 0.2\na b\n\n\" \"\r\nb c");
     cv_tokenizer *tok = tt_load(dir);
-    assert_int_equal(tok_vocab_size(tok), 8);
-    assert_int_equal(tok_bos_id(tok), -1);
+    /* no config: GPT2TokenizerFast's default bos/eos/unk "<|endoftext|>",
+     * not in this vocab, is added after it */
+    assert_int_equal(tok_vocab_size(tok), 9);
+    assert_int_equal(tok_bos_id(tok), 8);
+    assert_int_equal(tok_eos_id(tok), 8);
+    assert_true(tok_is_special(tok, 8));
+    check_ids(tok, "a<|endoftext|>", (const int32_t[]){0, 8}, 2);
     check_ids(tok, "ab", (const int32_t[]){3}, 1);
     check_ids(tok, "bc", (const int32_t[]){1, 2}, 2);
     check_ids(tok, "\"\"", (const int32_t[]){7}, 1);
     tt_check_decode(tok, (const int32_t[]){3, 5, 2}, 3, false, "ab c", "decode");
+    tok_free(tok);
+    /* an explicit null: no such token, no default */
+    write_text(dir, "tokenizer_config.json",
+               "{\"bos_token\": null, \"eos_token\": null, \"unk_token\": null}");
+    tok = tt_load(dir);
+    assert_int_equal(tok_vocab_size(tok), 8);
+    assert_int_equal(tok_bos_id(tok), -1);
     tok_free(tok);
 }
 
