@@ -366,6 +366,78 @@ static void test_model_bin_equals_safetensors(void **state)
     cv_model_free(st);
 }
 
+/* ---- real torch.save output (tests/fixtures/models, made with torch) ---------- */
+
+/* Every tensor of the torch.save files BINS (NULL-terminated, under
+ * tests/fixtures/models/BIN_DIR) must equal, bitwise, the tensor of
+ * ST_DIR/model.safetensors that save_pretrained wrote for the same weights,
+ * found under its name or with PREFIX prepended (the .bin files use the
+ * hub's key names). Tensors of other dtypes (GPT-2's bool attention masks)
+ * exist only in the .bin. Returns how many tensors were compared. */
+static size_t compare_real(const char *bin_dir, const char *const *bins, const char *st_dir,
+                           const char *prefix)
+{
+    const char *src = getenv("CVLLM_SOURCE_DIR");
+    char path[4096];
+    cv_error err = {.msg = ""};
+    cv_st_file st;
+    snprintf(path, sizeof path, "%s/tests/fixtures/models/%s/model.safetensors", src ? src : ".",
+             st_dir);
+    if (cv_st_open(&st, path, &err)) fail_msg("%s", err.msg);
+    size_t compared = 0;
+    for (size_t b = 0; bins[b]; b++) {
+        cv_st_file f;
+        snprintf(path, sizeof path, "%s/tests/fixtures/models/%s/%s", src ? src : ".", bin_dir,
+                 bins[b]);
+        if (cv_torch_open(&f, path, &err)) fail_msg("%s", err.msg);
+        assert_int_equal(f.n_copies, 0); /* torch aligns every storage */
+        for (size_t i = 0; i < f.n_tensors; i++) {
+            const cv_st_tensor *t = &f.tensors[i];
+            if (!t->supported) {
+                assert_string_equal(t->dtype_name, "BOOL");
+                continue;
+            }
+            assert_true(in_map(&f, t->tensor.data));
+            char name[512];
+            snprintf(name, sizeof name, "%s%s", prefix, t->name);
+            const cv_st_tensor *w = cv_st_find(&st, t->name);
+            if (!w) w = cv_st_find(&st, name);
+            if (!w) fail_msg("%s: tensor '%s' not in %s", path, t->name, st.path);
+            assert_same_tensor(&t->tensor, &w->tensor);
+            compared++;
+        }
+        cv_st_close(&f);
+    }
+    cv_st_close(&st);
+    return compared;
+}
+
+static bool have_real(const char *dir)
+{
+    const char *src = getenv("CVLLM_SOURCE_DIR");
+    char path[4096];
+    snprintf(path, sizeof path, "%s/tests/fixtures/models/%s", src ? src : ".", dir);
+    FILE *fp = fopen(path, "r");
+    if (fp) fclose(fp);
+    if (!fp) printf("no %s (make_fixtures_opt_gpt2.py writes it)\n", path);
+    return fp != NULL;
+}
+
+static void test_real_torch_save(void **state)
+{
+    (void)state;
+    if (!have_real("opt_bin_f32") || !have_real("gpt2_bin_sharded")) skip();
+    /* OPT without lm_head (tied), GPT-2 with its masks: every other tensor */
+    size_t n = compare_real("opt_bin_f32", (const char *const[]){"pytorch_model.bin", NULL},
+                            "opt_f32", "model.");
+    assert_true(n >= 20);
+    n = compare_real("gpt2_bin_sharded",
+                     (const char *const[]){"pytorch_model-00001-of-00002.bin",
+                                           "pytorch_model-00002-of-00002.bin", NULL},
+                     "gpt2_f32", "transformer.");
+    assert_true(n >= 20);
+}
+
 /* TMP gets model_bin's config.json and fixture BIN as its pytorch_model.bin. */
 static void model_dir_with(const char *tmp, const char *bin)
 {
@@ -408,6 +480,7 @@ int main(void)
         cmocka_unit_test(test_pickle_errors),
         cmocka_unit_test(test_model_bin_equals_safetensors),
         cmocka_unit_test_setup_teardown(test_model_errors, fx_setup_tmpdir, fx_teardown_tmpdir),
+        cmocka_unit_test(test_real_torch_save),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
