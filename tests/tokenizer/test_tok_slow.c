@@ -259,6 +259,49 @@ static void test_merges_rules(void **state)
     tok_free(tok);
 }
 
+/* tests/fixtures/models/opt_seed (the lead's make_fixtures_opt_gpt2.py):
+ * OPT's slow files over GPT-2's vocab with "</s>" in vocab.json, and
+ * transformers' ids and texts for the conformance strings. */
+static void test_opt_seed(void **state)
+{
+    (void)state;
+    const char *dir = tt_path("%s/tests/fixtures/models/opt_seed", tt_source());
+    const char *ref_path = tt_path("%s/reference.json", dir);
+    struct stat st;
+    if (stat(ref_path, &st) != 0) {
+        printf("test_opt_seed: no %s yet (make_fixtures_opt_gpt2.py writes it)\n", ref_path);
+        skip();
+    }
+    cv_tokenizer *tok = tt_load(dir);
+    json_t *ref = tt_json(ref_path);
+    const json_t *cases = json_object_get(ref, "tokenizer");
+    for (size_t i = 0; i < json_array_size(cases); i++) {
+        const json_t *c = json_array_get(cases, i);
+        const char *id = json_string_value(json_object_get(c, "id"));
+        const json_t *text = json_object_get(c, "text");
+        size_t n;
+        int32_t *want = tt_ids(json_object_get(c, "input_ids"), &n);
+        tt_check_encode(tok, json_string_value(text), json_string_length(text), true, want, n, id);
+        tt_check_decode(tok, want, n, false, json_string_value(json_object_get(c, "decoded")), id);
+        tt_check_decode(tok, want, n, true,
+                        json_string_value(json_object_get(c, "decoded_skip_special")), id);
+        free(want);
+    }
+    assert_true(json_array_size(cases) >= 30);
+    const json_t *greedy = json_object_get(ref, "greedy");
+    for (size_t i = 0; i < json_array_size(greedy); i++) {
+        const json_t *g = json_array_get(greedy, i);
+        const json_t *prompt = json_object_get(g, "prompt");
+        size_t n;
+        int32_t *want = tt_ids(json_object_get(g, "input_ids"), &n);
+        tt_check_encode(tok, json_string_value(prompt), json_string_length(prompt), true, want, n,
+                        json_string_value(prompt));
+        free(want);
+    }
+    json_decref(ref);
+    tok_free(tok);
+}
+
 static void assert_load_error(const char *dir, const char *want)
 {
     cv_error err = {.msg = ""};
@@ -301,6 +344,7 @@ int main(void)
     const struct CMUnitTest synthetic[] = {
         cmocka_unit_test_setup_teardown(test_merges_rules, setup_tmp, teardown_tmp),
         cmocka_unit_test_setup_teardown(test_errors, setup_tmp, teardown_tmp),
+        cmocka_unit_test(test_opt_seed),
     };
     int failed = cmocka_run_group_tests_name("synthetic", synthetic, NULL, NULL);
     const char *gpt2 = tt_path("%s/tokenizers/gpt2/tokenizer.json", tt_shared());
