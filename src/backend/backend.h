@@ -38,6 +38,18 @@ typedef struct cv_batch {
         *logits_indices; /* (n_logits) flat token indices (0..n_tokens-1) to return logits for */
 } cv_batch;
 
+/* Rows of a step whose only use is their greedy choice (temperature 0, no
+ * penalty, no mask, no logprobs list): a backend that can reduce them
+ * itself returns the choice instead of the row, so a GPU sends 12 bytes
+ * per row instead of vocab_size floats. */
+typedef struct cv_greedy_rows {
+    const uint8_t *want; /* (n_logits) nonzero: return the row's greedy choice below and
+                            leave its logits row unwritten */
+    int32_t *token;      /* (n_logits) out: first index of the row's maximum */
+    float *logprob;      /* (n_logits) out: its log-softmax value */
+    int32_t *rank;       /* (n_logits) out: tokens at least as likely, itself included */
+} cv_greedy_rows;
+
 typedef struct cv_backend cv_backend;
 
 /* CPU backend: OpenMP threads (n_threads <= 0: OpenMP's default), SIMD
@@ -77,5 +89,30 @@ int cv_backend_kv_copy(cv_backend *backend, const int32_t *src, const int32_t *d
 int cv_backend_forward(cv_backend *backend, const cv_batch *batch, float *logits, cv_error *err);
 
 void cv_backend_destroy(cv_backend *backend);
+
+/* ---- The function table every backend fills ---------------------------------
+ * What the engine's device layer (backend/device) calls, so that it drives
+ * any backend the same way and names none of them past create (as SQLite's
+ * sqlite3_io_methods or ggml's backend interface). impl is the backend
+ * object the table belongs to. */
+typedef struct cv_backend_ops {
+    /* Bytes of KV memory one block of block_size tokens costs (all layers). */
+    size_t (*kv_block_bytes)(const void *impl, int block_size);
+    /* Free and total bytes of the backend's own memory (a GPU's); NULL where
+     * the KV budget is a setting (the CPU's). */
+    int (*memory)(const void *impl, size_t *free_bytes, size_t *total_bytes, cv_error *err);
+    int (*kv_alloc)(void *impl, int n_blocks, int block_size, cv_error *err);
+    int (*kv_copy)(void *impl, const int32_t *src, const int32_t *dst, int n, cv_error *err);
+    /* One step as cv_backend_forward. greedy: the rows the caller needs only
+     * the greedy choice of; a backend that reduces rows itself fills greedy
+     * and returns 1, one that does not (greedy_rows false) ignores it and
+     * returns 0; -1 on error. */
+    int (*forward)(void *impl, const cv_batch *batch, float *logits, const cv_greedy_rows *greedy,
+                   cv_error *err);
+    void (*destroy)(void *impl);
+} cv_backend_ops;
+
+/* The CPU backend's table (backend/cpu/cpu_ops.c): it returns every row. */
+extern const cv_backend_ops cv_cpu_backend_ops;
 
 #endif

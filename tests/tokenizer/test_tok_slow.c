@@ -7,6 +7,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "../common/shared_data.h"
 #include "tok_test_util.h"
 
 static char g_dir[256]; /* GPT-2 files for the tests that need ../shared */
@@ -347,12 +348,9 @@ int main(void)
         cmocka_unit_test(test_opt_seed),
     };
     int failed = cmocka_run_group_tests_name("synthetic", synthetic, NULL, NULL);
-    const char *gpt2 = tt_path("%s/tokenizers/gpt2/tokenizer.json", tt_shared());
-    struct stat st;
-    if (stat(gpt2, &st) != 0) {
-        printf("test_tok_slow: skipping the GPT-2 tests: no %s (set CVLLM_SHARED)\n", gpt2);
-        return failed ? failed : 77;
-    }
+    if (!cv_test_have_shared("tokenizers/gpt2/tokenizer.json") ||
+        !cv_test_have_shared("tokenizers/conformance/inputs.json"))
+        return cv_test_exit(failed);
     void *dir;
     if (setup_tmp(&dir)) return 1;
     snprintf(g_dir, sizeof g_dir, "%s", (const char *)dir);
@@ -364,5 +362,5 @@ int main(void)
     };
     failed += cmocka_run_group_tests_name("gpt2", gpt2_tests, NULL, NULL);
     rm_dir(g_dir);
-    return failed;
+    return cv_test_exit(failed);
 }

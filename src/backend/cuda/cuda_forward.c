@@ -96,7 +96,7 @@ static int reserve(cv_cuda_backend *b, int n_tokens, int n_logits, cv_error *err
     size_t y2 = (size_t)nt * widest > (size_t)nl * c->vocab_size ? (size_t)nt * widest
                                                                  : (size_t)nl * c->vocab_size;
     y2 = b->split_act ? 2 * y2 * 4 : 0;
-    const size_t sizes[9] = {
+    const size_t sizes[10] = {
         (size_t)nt * h * 4,
         (size_t)nt * h * as,
         (size_t)nt * b->qkv_dim * 4,
@@ -106,21 +106,27 @@ static int reserve(cv_cuda_backend *b, int n_tokens, int n_logits, cv_error *err
         (size_t)nl * h * as,
         (size_t)nl * c->vocab_size * 4,
         y2,
+        (size_t)nl * sizeof(cuda_greedy_out),
     };
     size_t total = 0;
-    for (int i = 0; i < 9; i++)
+    for (int i = 0; i < 10; i++)
         total += align256(sizes[i]);
-    void *mem = NULL;
+    void *mem = NULL, *greedy_host = NULL;
     cudaError_t e = cudaMalloc(&mem, total);
-    if (e != cudaSuccess)
+    if (e == cudaSuccess) e = cudaMallocHost(&greedy_host, sizes[9]);
+    if (e != cudaSuccess) {
+        cudaFree(mem);
         return cv_errorf(err, "cv_cuda_backend_forward: %zu bytes of activations for %d tokens: %s",
                          total, nt, cudaGetErrorString(e));
+    }
     cuda_graphs_clear(b); /* they point into the old buffers */
     cudaFree(b->act_mem);
+    cudaFreeHost(b->greedy_host);
     b->act_mem = mem;
-    char *p[9];
+    b->greedy_host = greedy_host;
+    char *p[10];
     p[0] = mem;
-    for (int i = 1; i < 9; i++)
+    for (int i = 1; i < 10; i++)
         p[i] = p[i - 1] + align256(sizes[i - 1]);
     b->x = (float *)p[0];
     b->xn = p[1];
@@ -131,6 +137,7 @@ static int reserve(cv_cuda_backend *b, int n_tokens, int n_logits, cv_error *err
     b->xl = p[6];
     b->logits = (float *)p[7];
     b->y2 = (float *)p[8];
+    b->greedy_dev = (cuda_greedy_out *)p[9];
     b->cap_tokens = nt;
     b->cap_logits = nl;
     return 0;
@@ -372,10 +379,13 @@ static int enqueue_step(cv_cuda_backend *b, const cv_batch *bt, const step_array
                     c->rms_norm_eps, b->wdtype, b->xl, c->hidden_size, lo_off, b->stream),
        "final rmsnorm");
     if (gemm(b, b->lm_head, c->vocab_size, c->hidden_size, b->xl, bt->n_logits, b->logits, 0.0f,
-             err) ||
-        mark(b, CV_CUDA_PHASE_HEAD, err))
+             err))
         return -1;
-    return 0;
+    /* Every row's greedy choice, whether or not the caller wants it: a few
+     * microseconds, and the captured graph stays one per batch shape. */
+    KL(cuda_greedy(b->logits, bt->n_logits, c->vocab_size, b->greedy_dev, b->stream),
+       "greedy kernel");
+    return mark(b, CV_CUDA_PHASE_HEAD, err);
 }
 
 void cuda_graphs_clear(cv_cuda_backend *b)
@@ -438,10 +448,125 @@ static int run_graph(cv_cuda_backend *b, const cv_batch *bt, const step_arrays *
     return 0;
 }
 
-int cuda_forward_run(cv_cuda_backend *b, const cv_batch *bt, float *logits, cv_error *err)
+/* Enqueues the downloads of a finished step: the greedy choices when asked
+ * for, and the logits rows the caller did not reduce to them, one copy per
+ * run of consecutive rows. */
+static int download(cv_cuda_backend *b, const cv_batch *bt, float *logits,
+                    const cv_greedy_rows *greedy, cv_error *err)
+{
+    const size_t row_bytes = (size_t)b->cfg.vocab_size * sizeof(float);
+    if (greedy)
+        CU(cudaMemcpyAsync(b->greedy_host, b->greedy_dev,
+                           (size_t)bt->n_logits * sizeof(cuda_greedy_out), cudaMemcpyDeviceToHost,
+                           b->stream),
+           "greedy download");
+    for (int r = 0; r < bt->n_logits;) {
+        if (greedy && greedy->want[r]) {
+            r++;
+            continue;
+        }
+        int end = r + 1;
+        while (end < bt->n_logits && !(greedy && greedy->want[end]))
+            end++;
+        CU(cudaMemcpyAsync((char *)logits + (size_t)r * row_bytes,
+                           (char *)b->logits + (size_t)r * row_bytes, (size_t)(end - r) * row_bytes,
+                           cudaMemcpyDeviceToHost, b->stream),
+           "logits download");
+        r = end;
+    }
+    return 0;
+}
+
+/* The graph ladder's batch size for n sequences (vLLM captures the same:
+ * 1, 2, 4, then every multiple of 8). */
+static int ladder_size(int n)
+{
+    return n <= 4 ? (n <= 1 ? 1 : n <= 2 ? 2 : 4) : (n + 7) / 8 * 8;
+}
+
+/* A decode step (one token and one logits row per sequence) padded to its
+ * ladder size with one-token sequences on the scratch block, its block
+ * tables widened to a power of two: *pad is the step a graph replays. The
+ * real sequences keep their places, so rows 0..n_logits-1 are theirs. */
+static int pad_decode_step(cv_cuda_backend *b, const cv_batch *bt, cv_batch *pad, cv_error *err)
+{
+    const int n = ladder_size(bt->n_seqs);
+    int width = 1;
+    while (width < bt->max_blocks_per_seq)
+        width *= 2;
+    if (!b->pad_ids) {
+        const size_t cap = CUDA_GRAPH_MAX_TOKENS;
+        b->pad_ids = malloc(cap * sizeof(int32_t));
+        b->pad_positions = malloc(cap * sizeof(int32_t));
+        b->pad_query_start = malloc((cap + 1) * sizeof(int32_t));
+        b->pad_seq_lens = malloc(cap * sizeof(int32_t));
+        b->pad_rows = malloc(cap * sizeof(int32_t));
+        b->pad_slots = malloc(cap * sizeof(int64_t));
+        if (!b->pad_ids || !b->pad_positions || !b->pad_query_start || !b->pad_seq_lens ||
+            !b->pad_rows || !b->pad_slots)
+            return cv_errorf(err, "cv_cuda_backend_forward: out of memory padding a step");
+    }
+    if ((size_t)n * width > b->pad_table_cap) {
+        int32_t *t = realloc(b->pad_tables, (size_t)n * width * sizeof(int32_t));
+        if (!t) return cv_errorf(err, "cv_cuda_backend_forward: out of memory padding a step");
+        b->pad_tables = t;
+        b->pad_table_cap = (size_t)n * width;
+    }
+    const int scratch = b->n_blocks;
+    for (int s = 0; s < n; s++) {
+        const bool real = s < bt->n_seqs;
+        b->pad_ids[s] = real ? bt->token_ids[s] : 0;
+        b->pad_positions[s] = real ? bt->positions[s] : 0;
+        b->pad_slots[s] = real ? bt->slot_mapping[s] : (int64_t)scratch * b->block_size;
+        b->pad_query_start[s] = s;
+        b->pad_seq_lens[s] = real ? bt->seq_lens[s] : 1;
+        b->pad_rows[s] = s;
+        int32_t *row = b->pad_tables + (size_t)s * width;
+        const int used = real ? bt->max_blocks_per_seq : 0;
+        if (real) memcpy(row, bt->block_tables + (size_t)s * used, (size_t)used * sizeof(int32_t));
+        for (int j = used; j < width; j++)
+            row[j] = scratch;
+    }
+    b->pad_query_start[n] = n;
+    *pad = (cv_batch){
+        .n_tokens = n,
+        .token_ids = b->pad_ids,
+        .positions = b->pad_positions,
+        .slot_mapping = b->pad_slots,
+        .n_seqs = n,
+        .query_start = b->pad_query_start,
+        .seq_lens = b->pad_seq_lens,
+        .block_tables = b->pad_tables,
+        .max_blocks_per_seq = width,
+        .n_logits = n,
+        .logits_indices = b->pad_rows,
+    };
+    return 0;
+}
+
+/* Is bt a decode step a graph of the ladder can run? */
+static bool graph_step(const cv_cuda_backend *b, const cv_batch *bt)
+{
+    if (!b->use_graphs || b->graphs_broken || b->prof || bt->n_tokens > CUDA_GRAPH_MAX_TOKENS)
+        return false;
+    if (bt->n_tokens != bt->n_seqs || bt->n_logits != bt->n_seqs) return false;
+    for (int i = 0; i < bt->n_logits; i++)
+        if (bt->logits_indices[i] != i) return false;
+    return true;
+}
+
+int cuda_forward_run(cv_cuda_backend *b, const cv_batch *user_bt, float *logits,
+                     const cv_greedy_rows *greedy, cv_error *err)
 {
     const cv_model_config *c = &b->cfg;
-    if (check_batch(b, bt, err) || reserve(b, bt->n_tokens, bt->n_logits, err)) return -1;
+    if (check_batch(b, user_bt, err)) return -1;
+    /* Steps a graph runs are padded to the ladder; the downloads below
+     * still take the caller's rows only. */
+    const bool graph = graph_step(b, user_bt);
+    cv_batch padded = {0};
+    if (graph && pad_decode_step(b, user_bt, &padded, err)) return -1;
+    const cv_batch *bt = graph ? &padded : user_bt;
+    if (reserve(b, bt->n_tokens, bt->n_logits, err)) return -1;
     const int n_splits = choose_splits(b, bt);
     if (n_splits > 1) {
         const size_t need = (size_t)bt->n_tokens * c->n_heads * n_splits * (c->head_dim + 2);
@@ -459,27 +584,34 @@ int cuda_forward_run(cv_cuda_backend *b, const cv_batch *bt, float *logits, cv_e
     if (mark(b, CV_CUDA_PHASE_COPY, err) || upload_batch(b, bt, &d, err) ||
         mark(b, CV_CUDA_PHASE_COPY, err))
         return -1;
-    const bool graph =
-        b->use_graphs && !b->graphs_broken && !b->prof && bt->n_tokens <= CUDA_GRAPH_MAX_TOKENS;
     if (graph ? run_graph(b, bt, &d, n_splits, err) : enqueue_step(b, bt, &d, n_splits, err))
         return -1;
-    if (bt->n_logits > 0) {
-        CU(cudaMemcpyAsync(logits, b->logits, (size_t)bt->n_logits * c->vocab_size * sizeof(float),
-                           cudaMemcpyDeviceToHost, b->stream),
-           "logits download");
-        if (mark(b, CV_CUDA_PHASE_COPY, err)) return -1;
-    }
+    if (user_bt->n_logits > 0 &&
+        (download(b, user_bt, logits, greedy, err) || mark(b, CV_CUDA_PHASE_COPY, err)))
+        return -1;
     CU(cudaStreamSynchronize(b->stream), "forward step");
     CU(cudaGetLastError(), "forward step");
+    for (int r = 0; greedy && r < user_bt->n_logits; r++) {
+        if (!greedy->want[r]) continue;
+        greedy->token[r] = b->greedy_host[r].token;
+        greedy->logprob[r] = b->greedy_host[r].logprob;
+        greedy->rank[r] = b->greedy_host[r].rank;
+    }
     return b->prof ? profile_collect(b, err) : 0;
 }
 
-int cv_cuda_backend_forward(cv_cuda_backend *b, const cv_batch *batch, float *logits, cv_error *err)
+int cv_cuda_backend_forward_greedy(cv_cuda_backend *b, const cv_batch *batch, float *logits,
+                                   const cv_greedy_rows *greedy, cv_error *err)
 {
     if (!b || !batch || (batch->n_logits > 0 && !logits))
         return cv_errorf(err, "cv_cuda_backend_forward: backend, batch or logits buffer is NULL");
     CU(cudaSetDevice(b->device), "cudaSetDevice");
-    return cuda_forward_run(b, batch, logits, err);
+    return cuda_forward_run(b, batch, logits, greedy, err);
+}
+
+int cv_cuda_backend_forward(cv_cuda_backend *b, const cv_batch *batch, float *logits, cv_error *err)
+{
+    return cv_cuda_backend_forward_greedy(b, batch, logits, NULL, err);
 }
 
 void cv_cuda_backend_profile(cv_cuda_backend *b, int enable)
