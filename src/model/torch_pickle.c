@@ -12,6 +12,9 @@
 #include "model/model.h"
 #include "model/torch_internal.h"
 
+/* Every storage type torch.save names (torch.storage's dtype map), so that a
+ * checkpoint holding, say, an int64 buffer still loads; only the first three
+ * are weights the backends read. */
 static const cv_pkl_dtype pkl_dtypes[] = {
     {"FloatStorage", "float32", "F32", 4, CV_DTYPE_F32},
     {"HalfStorage", "float16", "F16", 2, CV_DTYPE_F16},
@@ -23,6 +26,11 @@ static const cv_pkl_dtype pkl_dtypes[] = {
     {"CharStorage", "int8", "I8", 1, -1},
     {"ByteStorage", "uint8", "U8", 1, -1},
     {"BoolStorage", "bool", "BOOL", 1, -1},
+    {"ComplexFloatStorage", "complex64", "C64", 8, -1},
+    {"ComplexDoubleStorage", "complex128", "C128", 16, -1},
+    {"QInt8Storage", "qint8", "QI8", 1, -1},
+    {"QUInt8Storage", "quint8", "QU8", 1, -1},
+    {"QInt32Storage", "qint32", "QI32", 4, -1},
     {"UntypedStorage", NULL, "U8", 1, -1},
 };
 enum { PKL_N_DTYPES = sizeof pkl_dtypes / sizeof pkl_dtypes[0] };
