@@ -312,6 +312,34 @@ static void test_pickle_errors(void **state)
                         "x.bin: data.pkl byte 2: integer wider than 64 bits");
 }
 
+/* A storage type given as a dtype global (torch.float32), hooks as None,
+ * stride of a 1-D tensor: what a hand-written torch.save-like pickle may
+ * hold. */
+static void test_pickle_dtype_global(void **state)
+{
+    (void)state;
+    static const char p[] = "\x80\x02}(X\x01\x00\x00\x00"
+                            "a"
+                            "ctorch._utils\n_rebuild_tensor_v2\n"
+                            "((X\x07\x00\x00\x00storage"
+                            "ctorch\nfloat32\n"
+                            "X\x01\x00\x00\x00"
+                            "0X\x03\x00\x00\x00"
+                            "cpuK\x02tQK\x01K\x01\x85K\x01\x85\x89NtRu.";
+    cv_pkl_state st;
+    cv_error err = {.msg = ""};
+    if (cv_pkl_load((const uint8_t *)p, sizeof p - 1, "x.bin", &st, &err)) fail_msg("%s", err.msg);
+    assert_int_equal(st.n_tensors, 1);
+    assert_string_equal(st.tensors[0].name, "a");
+    assert_string_equal(st.tensors[0].storage_key, "0");
+    assert_string_equal(st.tensors[0].dtype->name, "F32");
+    assert_int_equal(st.tensors[0].storage_numel, 2);
+    assert_int_equal(st.tensors[0].offset, 1);
+    assert_int_equal(st.tensors[0].n_dims, 1);
+    assert_int_equal(st.tensors[0].size[0], 1);
+    cv_pkl_free(&st);
+}
+
 /* ---- whole models ------------------------------------------------------------- */
 
 static cv_model *load_model(const char *name)
@@ -478,6 +506,7 @@ int main(void)
         cmocka_unit_test(test_missing_storage),
         cmocka_unit_test_setup_teardown(test_corrupt_zips, fx_setup_tmpdir, fx_teardown_tmpdir),
         cmocka_unit_test(test_pickle_errors),
+        cmocka_unit_test(test_pickle_dtype_global),
         cmocka_unit_test(test_model_bin_equals_safetensors),
         cmocka_unit_test_setup_teardown(test_model_errors, fx_setup_tmpdir, fx_teardown_tmpdir),
         cmocka_unit_test(test_real_torch_save),

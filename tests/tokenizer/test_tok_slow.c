@@ -334,6 +334,15 @@ static void test_errors(void **state)
     write_text(dir, "tokenizer_config.json", "[]");
     assert_load_error(dir, tt_path("tokenizer: %s/tokenizer_config.json: not a JSON object", dir));
     unlink(tt_path("%s/tokenizer_config.json", dir));
+    write_text(dir, "special_tokens_map.json", "[\"</s>\"]");
+    assert_load_error(dir,
+                      tt_path("tokenizer: %s/special_tokens_map.json: not a JSON object", dir));
+    unlink(tt_path("%s/special_tokens_map.json", dir));
+    write_text(dir, "added_tokens.json", "{\"<x>\": 8");
+    assert_load_error(dir, tt_path("tokenizer: %s/added_tokens.json: malformed JSON at line 1 "
+                                   "column 9: '}' expected near end of file",
+                                   dir));
+    unlink(tt_path("%s/added_tokens.json", dir));
     write_text(dir, "vocab.json", "{\"a\": 0,");
     assert_load_error(dir, tt_path("tokenizer: %s/vocab.json: malformed JSON at line 1 column "
                                    "8: string or '}' expected near end of file",
