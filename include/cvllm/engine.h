@@ -247,4 +247,10 @@ void cv_engine_wait_idle(cv_engine *engine);
 int cv_engine_vocab_size(const cv_engine *engine);
 int cv_engine_max_model_len(const cv_engine *engine);
 
+/* The engine's tokenizer (src/tokenizer/tokenizer.h), owned by the engine
+ * and valid until cv_engine_shutdown; safe to use from any thread. The
+ * OpenAI frontend uses it for echo, /tokenize and chat templates. */
+typedef struct cv_tokenizer cv_tokenizer;
+const cv_tokenizer *cv_engine_tokenizer(const cv_engine *engine);
+
 #endif

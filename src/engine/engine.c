@@ -618,6 +618,11 @@ int cv_engine_vocab_size(const cv_engine *e)
     return e->vocab;
 }
 
+const cv_tokenizer *cv_engine_tokenizer(const cv_engine *e)
+{
+    return e->tok;
+}
+
 int cv_engine_max_model_len(const cv_engine *e)
 {
     return e->max_model_len;

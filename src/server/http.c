@@ -190,7 +190,10 @@ static void req_cancel(http_req *hr)
     if (hr->cancelled) return;
     hr->cancelled = true;
     cv_log_info("[vllm] Cancelling the request");
-    cv_engine_abort(hr->model->engine, hr->engine_id);
+    if (hr->oai)
+        http_openai_abort(hr); /* one engine request per prompt */
+    else
+        cv_engine_abort(hr->model->engine, hr->engine_id);
 }
 
 /* The client closed the connection. evhttp detaches a request whose reply
@@ -654,7 +657,8 @@ static void route(struct evhttp_request *req, void *arg)
     for (char *save, *t = strtok_r(path, "/", &save); t && n < 16; t = strtok_r(NULL, "/", &save))
         seg[n++] = t;
 
-    if (n >= 1 && !strcmp(seg[0], "v1")) {
+    if ((n >= 1 && !strcmp(seg[0], "v1")) ||
+        (n == 1 && (!strcmp(seg[0], "tokenize") || !strcmp(seg[0], "detokenize")))) {
         http_route_openai(h, req, cmd, seg, n);
     } else if (n == 1 && !strcmp(seg[0], "health") && cmd == EVHTTP_REQ_GET) {
         /* vLLM's OpenAI server: 200 while serving */

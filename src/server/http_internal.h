@@ -67,6 +67,7 @@ void http_req_free_unsubmitted(http_req *hr);
 /* http_openai.c: the outputs of /v1/completions requests, and the /v1
  * routes. */
 void http_openai_output(http_req *hr, const cv_request_output *out);
+void http_openai_abort(http_req *hr); /* aborts the engine requests of every prompt */
 void http_route_openai(cv_http *h, struct evhttp_request *req, enum evhttp_cmd_type cmd, char **seg,
                        int n);
 

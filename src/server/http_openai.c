@@ -1,6 +1,7 @@
-/* vLLM's OpenAI API on the HTTP port: /v1/completions requests through the
- * request lifecycle of http.c, with openai.c translating bodies and
- * outputs, and GET /v1/models. */
+/* vLLM's OpenAI API on the HTTP port: /v1/completions and
+ * /v1/chat/completions requests through the request lifecycle of http.c
+ * (openai.c and openai_chat.c translate bodies and outputs), GET
+ * /v1/models, and vLLM's /tokenize and /detokenize. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -10,115 +11,278 @@
 
 #include "base/clock.h"
 #include "server/http_internal.h"
+#include "server/openai_chat.h"
 
 static void reply_openai_error(struct evhttp_request *req, int code, const char *msg)
 {
     http_reply_json(req, code, cv_openai_error(msg, code));
 }
 
-/* /v1/completions: a chunk per output when streaming (then the usage chunk
- * if asked, then [DONE]), else one response at the end; an engine error
- * is an OpenAI error object. */
+void http_openai_abort(http_req *hr)
+{
+    cv_openai_request *r = hr->oai;
+    for (int i = 0; i < r->n_prompts; i++)
+        if (r->prompts[i].engine_id && !r->prompts[i].finished)
+            cv_engine_abort(hr->model->engine, r->prompts[i].engine_id);
+}
+
+/* A reply that ends the request for the client while its engine requests
+ * still finish (their outputs then write nothing). */
+static void reply_early(http_req *hr, int code, const char *msg)
+{
+    http_detach_conn(hr);
+    reply_openai_error(hr->req, code, msg);
+    hr->req = NULL;
+}
+
+/* The outputs of every prompt of a /v1 request: a chunk per output when
+ * streaming (then the usage chunk if asked, then [DONE]), else one
+ * response once every prompt's final output arrived; an engine error is
+ * an OpenAI error object (streamed: one error event). */
 void http_openai_output(http_req *hr, const cv_request_output *out)
 {
     cv_openai_request *r = hr->oai;
-    bool writable = hr->req && !hr->gone;
-    if (out->error && writable) {
-        if (hr->kind == KIND_STREAM) {
+    int p = cv_openai_prompt_of(r, out->request_id);
+    bool writable = hr->req && !hr->gone && p >= 0 && r->text;
+    if (out->error) {
+        if (writable && hr->kind == KIND_STREAM && !r->failed)
             http_sse_send_json(hr, cv_openai_error(out->error, 400));
-        } else {
-            http_detach_conn(hr);
-            http_reply_json(hr->req, 400, cv_openai_error(out->error, 400));
-            hr->req = NULL;
-        }
+        else if (writable && hr->kind != KIND_STREAM)
+            reply_early(hr, 400, out->error);
+        r->failed = true;
     } else if (writable && hr->kind == KIND_STREAM) {
-        json_t *chunk = cv_openai_chunk(r, out);
+        json_t *chunk = r->chat ? cv_chat_chunk(r, p, out) : cv_openai_chunk(r, p, out);
         if (chunk) http_sse_send_json(hr, chunk);
-    } else if (writable && cv_openai_accumulate(r, out) < 0) {
-        http_detach_conn(hr);
-        http_reply_json(hr->req, 500, cv_openai_error("out of memory", 500));
-        hr->req = NULL;
+    } else if (writable &&
+               (r->chat ? cv_chat_accumulate(r, p, out) : cv_openai_accumulate(r, p, out)) < 0) {
+        reply_early(hr, 500, "out of memory");
+        r->failed = true;
     }
     if (!out->finished) return;
+    if (p >= 0) r->prompts[p].finished = true;
+    if (++r->n_finished < r->n_submitted) return;
     if (hr->req && !hr->gone && hr->kind == KIND_STREAM) {
-        if (r->include_usage) http_sse_send_json(hr, cv_openai_usage_chunk(r));
+        if (r->include_usage)
+            http_sse_send_json(hr, r->chat ? cv_chat_usage_chunk(r) : cv_openai_usage_chunk(r));
         http_sse_send(hr, "[DONE]");
     }
-    http_reply_final(hr, hr->req && hr->kind != KIND_STREAM ? cv_openai_response(r) : NULL);
-    http_request_done(hr, out, !out->error);
+    json_t *whole = NULL;
+    if (hr->req && !hr->gone && hr->kind != KIND_STREAM)
+        whole = r->chat ? cv_chat_response(r) : cv_openai_response(r);
+    http_reply_final(hr, whole);
+    http_request_done(hr, out, !r->failed);
+}
+
+/* The model a /v1 request names, with a reference; NULL after replying
+ * vLLM's error when it is not served. */
+static cv_model *acquire_model(cv_http *h, struct evhttp_request *req, const char *name)
+{
+    cv_error err = {.msg = ""};
+    cv_model *m = cv_server_acquire(h->s, name, "", &err);
+    if (!m) {
+        char msg[512];
+        snprintf(msg, sizeof msg, "The model `%s` does not exist.", name);
+        /* 404 unknown; otherwise the core's status and reason (a model
+         * without a ready version: 503) */
+        bool unknown = err.cls == CV_ERR_NOT_FOUND;
+        reply_openai_error(req, cv_error_status(err.cls).http, unknown ? msg : err.msg);
+    }
+    return m;
+}
+
+/* Queues every prompt of r (owned from here on) in m's engine (m's
+ * reference too) and tracks the request; replies the error itself when
+ * that fails. A refusal after some prompts were queued aborts those: the
+ * request stays tracked until their final outputs arrive. */
+static void submit(cv_http *h, struct evhttp_request *req, cv_openai_request *r, cv_model *m)
+{
+    http_req *hr = calloc(1, sizeof *hr);
+    if (!hr) {
+        cv_openai_request_free(r);
+        free(r);
+        cv_model_release(m);
+        reply_openai_error(req, 500, "out of memory");
+        return;
+    }
+    hr->h = h;
+    hr->oai = r;
+    hr->model = m;
+    hr->kind = r->stream ? KIND_STREAM : KIND_GENERATE;
+    hr->start_ns = cv_now_ns();
+    cv_infer_request_init(&hr->ir);
+    cv_error err = {.msg = ""};
+    int rc = cv_server_admit(h->s, &err);
+    if (rc == 0 && !cv_model_healthy(m))
+        rc = cv_errorf_class(&err, CV_ERR_UNAVAILABLE, CV_MODEL_UNHEALTHY_MSG);
+    for (int i = 0; rc == 0 && i < r->n_prompts; i++) {
+        cv_openai_prompt *p = &r->prompts[i];
+        cv_request_desc d = {
+            .prompt = p->text,
+            .prompt_len = p->len,
+            .prompt_ids = p->ids,
+            .n_prompt_ids = p->n_ids,
+            .params = &r->sp,
+            .stream = r->stream,
+            .sink = h->q,
+            .user_data = hr,
+        };
+        if (!(p->engine_id = cv_engine_add_request(m->engine, &d, &err)))
+            rc = -1;
+        else
+            r->n_submitted++;
+    }
+    if (rc == 0 && cv_openai_begin(r, cv_engine_tokenizer(m->engine), &err) < 0) {
+        /* the engine accepted every prompt, so failing to set up their
+         * outputs (memory, re-tokenizing an echo) is the server's fault */
+        err.cls = CV_ERR_INTERNAL;
+        rc = -1;
+    }
+    const int code = cv_error_status(err.cls).http;
+    if (rc < 0 && r->n_submitted == 0) {
+        reply_openai_error(req, code, err.msg);
+        cv_server_account(m, false, hr->start_ns);
+        http_req_free_unsubmitted(hr);
+        return;
+    }
+    hr->engine_id = r->prompts[0].engine_id;
+    atomic_fetch_add(&m->counters.pending, 1);
+    http_track_request(h, hr, req);
+    if (rc == 0 && r->chat && hr->kind == KIND_STREAM) {
+        size_t i;
+        json_t *chunk, *start = cv_chat_start_chunks(r);
+        json_array_foreach(start, i, chunk) http_sse_send_json(hr, json_incref(chunk));
+        json_decref(start);
+    }
+    if (rc < 0) {
+        /* Their outputs are not handled yet (this loop thread handles
+         * them), so the aborts' final outputs find the request here. */
+        r->failed = true;
+        http_openai_abort(hr);
+        if (hr->kind == KIND_STREAM) {
+            http_sse_send_json(hr, cv_openai_error(err.msg, code));
+        } else {
+            reply_early(hr, code, err.msg);
+        }
+    }
+}
+
+static const char *body_of(struct evhttp_request *req, size_t *len)
+{
+    struct evbuffer *b = evhttp_request_get_input_buffer(req);
+    *len = evbuffer_get_length(b);
+    return *len ? (const char *)evbuffer_pullup(b, -1) : "";
 }
 
 static void do_completions(cv_http *h, struct evhttp_request *req)
 {
-    struct evbuffer *b = evhttp_request_get_input_buffer(req);
-    const size_t len = evbuffer_get_length(b);
-    const char *body = len ? (const char *)evbuffer_pullup(b, -1) : "";
-    http_req *hr = calloc(1, sizeof *hr);
+    size_t len;
+    const char *body = body_of(req, &len);
     cv_openai_request *r = calloc(1, sizeof *r);
-    if (!hr || !r) {
-        free(hr);
-        free(r);
+    if (!r) {
         reply_openai_error(req, 500, "out of memory");
         return;
     }
     cv_error err = {.msg = ""};
     if (cv_openai_parse(body, len, ++h->n_completions, r, &err) < 0) {
-        free(hr);
         free(r);
         reply_openai_error(req, 400, err.msg);
         return;
     }
-    hr->h = h;
-    hr->oai = r;
-    hr->kind = r->stream ? KIND_STREAM : KIND_GENERATE;
-    hr->start_ns = cv_now_ns();
-    cv_infer_request_init(&hr->ir);
-    hr->model = cv_server_acquire(h->s, r->model, "", &err);
-    if (!hr->model) {
-        char msg[512];
-        snprintf(msg, sizeof msg, "The model `%s` does not exist.", r->model);
-        /* 404 unknown; otherwise the core's status and reason (a model
-         * without a ready version: 503) */
-        bool unknown = err.cls == CV_ERR_NOT_FOUND;
-        reply_openai_error(req, cv_error_status(err.cls).http, unknown ? msg : err.msg);
-        http_req_free_unsubmitted(hr);
+    cv_model *m = acquire_model(h, req, r->model);
+    if (!m) {
+        cv_openai_request_free(r);
+        free(r);
         return;
     }
-    int rc = cv_server_admit(h->s, &err);
-    if (rc == 0 && !cv_model_healthy(hr->model))
-        rc = cv_errorf_class(&err, CV_ERR_UNAVAILABLE, CV_MODEL_UNHEALTHY_MSG);
-    cv_request_desc d = {
-        .prompt = r->prompt,
-        .prompt_len = r->prompt_len,
-        .prompt_ids = r->prompt_ids,
-        .n_prompt_ids = r->n_prompt_ids,
-        .params = &r->sp,
-        .stream = r->stream,
-        .sink = h->q,
-        .user_data = hr,
+    submit(h, req, r, m);
+}
+
+/* What the chat code needs of model m. */
+static cv_chat_model chat_model(const cv_http *h, const cv_model *m)
+{
+    return (cv_chat_model){
+        .tokenizer_dir = m->args.tokenizer[0] ? m->args.tokenizer : m->args.model,
+        .chat_template =
+            m->extra.chat_template[0] ? m->extra.chat_template : h->s->opts.chat_template,
+        .tool_call_parser = m->extra.tool_call_parser,
+        .tok = cv_engine_tokenizer(m->engine),
+        .max_model_len = cv_engine_max_model_len(m->engine),
     };
-    if (rc == 0 && !(hr->engine_id = cv_engine_add_request(hr->model->engine, &d, &err))) rc = -1;
-    if (rc == 0 && cv_openai_begin(r) < 0) {
-        /* Its outputs are not handled yet (this loop thread handles them),
-         * so the abort's final output finds the request still here. */
-        cv_engine_abort(hr->model->engine, hr->engine_id);
-        atomic_fetch_add(&hr->model->counters.pending, 1);
-        http_track_request(h, hr, req);
-        http_detach_conn(hr);
+}
+
+static void do_chat(cv_http *h, struct evhttp_request *req)
+{
+    size_t len;
+    const char *body = body_of(req, &len);
+    cv_openai_request *r = calloc(1, sizeof *r);
+    if (!r) {
         reply_openai_error(req, 500, "out of memory");
-        hr->req = NULL;
         return;
     }
-    if (rc < 0) {
-        reply_openai_error(req, cv_error_status(err.cls).http, err.msg);
-        cv_server_account(hr->model, false, hr->start_ns);
-        cv_model_release(hr->model);
-        hr->model = NULL;
-        http_req_free_unsubmitted(hr);
+    cv_error err = {.msg = ""};
+    cv_model *m = NULL;
+    if (cv_chat_parse(body, len, ++h->n_completions, r, &err) < 0) {
+        free(r);
+        reply_openai_error(req, 400, err.msg);
         return;
     }
-    atomic_fetch_add(&hr->model->counters.pending, 1);
-    http_track_request(h, hr, req);
+    if (!(m = acquire_model(h, req, r->model))) {
+        cv_openai_request_free(r);
+        free(r);
+        return;
+    }
+    cv_chat_model cm = chat_model(h, m);
+    const uint64_t start_ns = cv_now_ns();
+    if (cv_chat_prepare(r, &cm, &err) < 0) {
+        reply_openai_error(req, 400, err.msg);
+        cv_server_account(m, false, start_ns); /* a failed request of the model */
+        cv_openai_request_free(r);
+        free(r);
+        cv_model_release(m);
+        return;
+    }
+    submit(h, req, r, m);
+}
+
+static void add_model_name(cv_model *m, void *arg);
+
+/* vLLM's /tokenize and /detokenize on the model the body names, or the
+ * only one served. */
+static void do_tokens(cv_http *h, struct evhttp_request *req, bool tokenize)
+{
+    size_t len;
+    const char *text = body_of(req, &len);
+    json_error_t je;
+    json_t *body = json_loadb(text, len, 0, &je), *names = json_array();
+    cv_error err = {.msg = ""};
+    char msg[CV_ERROR_MSG_BYTES];
+    const char *name = json_string_value(json_object_get(body, "model"));
+    if (body && !name && json_is_object(body)) {
+        cv_repository_foreach_ready(h->s->repo, add_model_name, names);
+        name = json_array_size(names) == 1 ? json_string_value(json_array_get(names, 0)) : NULL;
+    }
+    json_t *out = NULL;
+    cv_model *m = NULL;
+    if (!body) {
+        snprintf(msg, sizeof msg, "failed to parse the request JSON: %s",
+                 text[0] ? je.text : "empty body");
+        reply_openai_error(req, 400, msg);
+    } else if (!json_is_object(body)) {
+        reply_openai_error(req, 400, "the request body must be a JSON object");
+    } else if (!name) {
+        reply_openai_error(req, 400, "'model' is required when the server serves several models");
+    } else if ((m = acquire_model(h, req, name))) {
+        cv_chat_model cm = chat_model(h, m);
+        out =
+            tokenize ? cv_openai_tokenize(&cm, body, &err) : cv_openai_detokenize(&cm, body, &err);
+        if (out)
+            http_reply_json(req, 200, out);
+        else
+            reply_openai_error(req, 400, err.msg);
+        cv_model_release(m);
+    }
+    json_decref(names);
+    json_decref(body);
 }
 
 static void add_model_name(cv_model *m, void *arg)
@@ -147,7 +311,12 @@ static void reply_models(cv_http *h, struct evhttp_request *req)
 void http_route_openai(cv_http *h, struct evhttp_request *req, enum evhttp_cmd_type cmd, char **seg,
                        int n)
 {
-    if (n == 2 && !strcmp(seg[1], "models") && cmd == EVHTTP_REQ_GET)
+    if (n == 1 && cmd == EVHTTP_REQ_POST && strcmp(seg[0], "v1"))
+        do_tokens(h, req, !strcmp(seg[0], "tokenize"));
+    else if (n == 3 && !strcmp(seg[1], "chat") && !strcmp(seg[2], "completions") &&
+             cmd == EVHTTP_REQ_POST)
+        do_chat(h, req);
+    else if (n == 2 && !strcmp(seg[1], "models") && cmd == EVHTTP_REQ_GET)
         reply_models(h, req);
     else if (n == 2 && !strcmp(seg[1], "completions") && cmd == EVHTTP_REQ_POST)
         do_completions(h, req);

@@ -27,6 +27,7 @@ static void usage(FILE *f)
             "  --repository-poll-secs=N  poll mode: seconds between repository scans (15)\n"
             "  --backend-config=BACKEND,KEY=VALUE  accepted (cvllm has no stub processes)\n"
             "  --threads=N               engine threads per model (0 = all cores)\n"
+            "  --chat-template=FILE      chat template over the models' own (model.json's wins)\n"
             "  --http-address=A, --grpc-address=A, --metrics-address=A  bind addresses\n"
             "                            (0.0.0.0; metrics: the HTTP address)\n"
             "  --log-file=PATH           append the log to PATH instead of stderr\n"
@@ -192,6 +193,8 @@ int main(int argc, char **argv)
             rc = parse_int(flag, val, 1, 86400, &o.repository_poll_s);
         } else if (!strcmp(flag, "--threads")) {
             rc = parse_int(flag, val, 0, 4096, &o.n_threads);
+        } else if (!strcmp(flag, "--chat-template")) {
+            o.chat_template = val;
         } else if (!strcmp(flag, "--log-verbose")) {
             rc = parse_int(flag, val, 0, 1000, &verbose);
         } else if (!strcmp(flag, "--model-control-mode")) {

@@ -349,6 +349,23 @@ int cv_model_json_parse(const char *text, size_t len, const char *path, const ch
             rc = get_bool(&c, key, v, &extra->enable_lora);
         } else if (!strcmp(key, "disable_log_stats")) {
             rc = get_bool(&c, key, v, &extra->disable_log_stats);
+        } else if (!strcmp(key, "chat_template")) {
+            /* vLLM's --chat-template: a file (relative: to the version
+             * directory) or, holding a brace or newline, the text itself */
+            rc = get_str(&c, key, v, &s);
+            bool literal = rc == 0 && strpbrk(s, "{}\n");
+            if (rc == 0 &&
+                snprintf(extra->chat_template, sizeof extra->chat_template, "%s%s%s",
+                         literal || s[0] == '/' ? ""
+                         : version_dir          ? version_dir
+                                                : ".",
+                         literal || s[0] == '/' ? "" : "/", s) >= (int)sizeof extra->chat_template)
+                rc = key_err(&c, key, "too long");
+        } else if (!strcmp(key, "tool_call_parser")) {
+            rc = get_str(&c, key, v, &s);
+            if (rc == 0 && strcmp(s, "hermes") && strcmp(s, "llama3_json"))
+                rc = key_err(&c, key, "cvllm parses \"hermes\" or \"llama3_json\" tool calls");
+            if (rc == 0) snprintf(extra->tool_call_parser, sizeof extra->tool_call_parser, "%s", s);
         } else if (!strcmp(key, "load_format")) {
             rc = get_str(&c, key, v, &s);
             if (rc == 0 && strcmp(s, "auto") && strcmp(s, "safetensors"))

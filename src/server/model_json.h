@@ -17,7 +17,9 @@ typedef struct cv_model_json_extra {
     int pipeline_parallel_size; /* 1 */
     bool enable_lora;
     bool disable_log_stats;
-    int n_loras; /* from multi_lora.json */
+    char chat_template[8192];  /* "" or a template file path or the template text */
+    char tool_call_parser[32]; /* "" (none), "hermes" or "llama3_json" */
+    int n_loras;               /* from multi_lora.json */
     char lora_names[CV_MAX_LORAS][128];
 } cv_model_json_extra;
 

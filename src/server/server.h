@@ -35,11 +35,12 @@ typedef struct cv_server_options {
     const char *metrics_address;                /* NULL: http_address */
     bool allow_http, allow_grpc, allow_metrics; /* true */
     cv_control_mode control_mode;
-    bool exit_on_error;    /* true: a failed load at start is fatal */
-    bool strict_readiness; /* true: ready only when every model is */
-    int exit_timeout_s;    /* drain limit on SIGINT/SIGTERM (30) */
-    int repository_poll_s; /* poll mode: seconds between scans (15) */
-    int n_threads;         /* engine backend threads (0 = all cores) */
+    bool exit_on_error;        /* true: a failed load at start is fatal */
+    bool strict_readiness;     /* true: ready only when every model is */
+    int exit_timeout_s;        /* drain limit on SIGINT/SIGTERM (30) */
+    int repository_poll_s;     /* poll mode: seconds between scans (15) */
+    int n_threads;             /* engine backend threads (0 = all cores) */
+    const char *chat_template; /* --chat-template: a file or the template text, or NULL */
 } cv_server_options;
 
 void cv_server_options_default(cv_server_options *o);

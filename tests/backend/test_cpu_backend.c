@@ -15,6 +15,7 @@
 
 #include "backend/cpu/cpu_internal.h"
 #include "../common/seq_runner.h"
+#include "../common/shared_data.h"
 
 enum { N_SEQS = 4, PROMPT = 11, DECODE = 6, TOTAL = PROMPT + DECODE };
 
@@ -381,5 +382,6 @@ int main(void)
         cmocka_unit_test(test_bad_batches),
         cmocka_unit_test(test_bad_weights),
     };
+    cv_test_need_shared("models/stories260K"); /* every test runs on it */
     return cmocka_run_group_tests(tests, setup, teardown);
 }

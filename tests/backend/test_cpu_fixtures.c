@@ -26,6 +26,7 @@
 
 #include "backend/cpu/cpu_internal.h"
 #include "../common/seq_runner.h"
+#include "../common/shared_data.h"
 
 enum { BLOCK_SIZE = 4, MAX_IDS = 512 };
 
@@ -122,6 +123,7 @@ static void test_fixture(void **state)
 static void test_stories260K_greedy(void **state)
 {
     (void)state;
+    if (!cv_test_have_shared("models/stories260K")) skip();
     hf_fixture f;
     hf_fixture_load_stories(&f);
     const json_t *cases = json_object_get(f.ref, "cases");
@@ -146,5 +148,5 @@ int main(void)
     const struct CMUnitTest tests[] = {
         HF_FIXTURES(FIXTURE) cmocka_unit_test(test_stories260K_greedy),
     };
-    return cmocka_run_group_tests(tests, NULL, NULL);
+    return cv_test_exit(cmocka_run_group_tests(tests, NULL, NULL));
 }

@@ -13,6 +13,7 @@
 
 #include <cmocka.h>
 
+#include "../common/shared_data.h"
 #include "engine_test_util.h"
 #include "tokenizer/tokenizer.h"
 
@@ -388,6 +389,9 @@ static void test_seeded_in_random_batch(void **state)
 
 int main(void)
 {
+    /* Checked against stories260K's HF references throughout (the shipped
+     * model's run in tests/sample_model). */
+    cv_test_need_shared("models/stories260K");
     shared_path(stories, sizeof(stories), "models/stories260K");
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_cli_greedy_sample),   cmocka_unit_test(test_cli_prompts_file),

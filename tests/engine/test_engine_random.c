@@ -17,10 +17,10 @@ enum { N_OPS = 1000 };
 static void test_random_ops(void **state)
 {
     (void)state;
-    char stories[4096];
-    shared_path(stories, sizeof(stories), "models/stories260K");
+    char model[4096];
+    source_path(model, sizeof(model), "samples/models/cvllm-kjv-4m"); /* shipped */
     cv_engine_args a;
-    test_args(&a, stories);
+    test_args(&a, model);
     a.kv_blocks = 10;
     a.max_model_len = 128;
     a.max_num_seqs = 8;

@@ -14,6 +14,7 @@
 
 #include <cmocka.h>
 
+#include "../common/shared_data.h"
 #include "engine_test_util.h"
 #include "tokenizer/tokenizer.h"
 #ifdef CV_TEST_HAVE_CUDA
@@ -590,6 +591,9 @@ static void test_shutdown(void **state)
 
 int main(void)
 {
+    /* Checked against stories260K's HF references throughout (the shipped
+     * model's run in tests/sample_model). */
+    cv_test_need_shared("models/stories260K");
     shared_path(stories, sizeof(stories), "models/stories260K");
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_stop_string_spanning_tokens),

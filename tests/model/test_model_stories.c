@@ -12,6 +12,7 @@
 #include <cmocka.h>
 
 #include "model/model.h"
+#include "../common/shared_data.h"
 
 static uint32_t f32_bits(const cv_tensor *t, size_t i)
 {
@@ -91,6 +92,7 @@ static void test_stories260k(void **state)
 
 int main(void)
 {
+    cv_test_need_shared("models/stories260K");
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_stories260k),
     };

@@ -203,6 +203,11 @@ static void test_model_json(void **state)
         {"{\"dtype\": \"auto\"}",
          "p/model.json: key 'model': missing (the HuggingFace model directory or hub id)"},
         {"{\"model\": 3}", "p/model.json: key 'model': expected a string"},
+        {"{\"model\": \"/\", \"tool_call_parser\": \"mistral\"}",
+         "p/model.json: key 'tool_call_parser': cvllm parses \"hermes\" or \"llama3_json\" tool "
+         "calls"},
+        {"{\"model\": \"/\", \"chat_template\": 1}",
+         "p/model.json: key 'chat_template': expected a string"},
         {"[1]", "p/model.json: expected a JSON object of engine arguments"},
         {"{\"model\": \"/\",}", "p/model.json:1: invalid JSON: string or '}' expected near '}'"},
         {"{\"model\": \"/\", \"revision\": 3}", "p/model.json: key 'revision': expected a string"},

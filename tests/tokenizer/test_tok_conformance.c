@@ -3,6 +3,7 @@
  * exactly: input_ids (encode with special tokens), decoded_with_special
  * and decoded_skip_special. */
 #include "tok_test_util.h"
+#include "../common/shared_data.h"
 
 static void run_baseline(const char *tok_name, const char *baseline)
 {
@@ -62,5 +63,6 @@ int main(void)
         cmocka_unit_test(test_tinyllama),
         cmocka_unit_test(test_qwen25),
     };
+    cv_test_need_shared("tokenizers/conformance");
     return cmocka_run_group_tests_name("tokenizer_conformance", tests, NULL, NULL);
 }

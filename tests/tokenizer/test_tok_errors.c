@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include "tok_test_util.h"
+#include "../common/shared_data.h"
 
 static char g_tmp[256];
 
@@ -98,6 +99,7 @@ static void test_metaspace_cut_guard(void **s)
 static void test_invalid_utf8(void **s)
 {
     (void)s;
+    if (!cv_test_have_shared("tokenizers/gpt2")) skip();
     cv_tokenizer *tok = tt_load(tt_path("%s/tokenizers/gpt2", tt_shared()));
     const char *bad[] = {"abc\xff", "caf\xc3", "x\xe2\x82y", "\xed\xa0\x80", "ok\xc0\xaf"};
     const char *want[] = {
@@ -175,6 +177,7 @@ static void test_unknown_types(void **s)
 static void test_decode_out_of_range(void **s)
 {
     (void)s;
+    if (!cv_test_have_shared("tokenizers/gpt2")) skip();
     cv_tokenizer *tok = tt_load(tt_path("%s/tokenizers/gpt2", tt_shared()));
     const int32_t ids[] = {15496, 50257, 1};
     cv_error err = {.msg = ""};
@@ -230,6 +233,8 @@ static int run_cli(const char *args, const char *in, size_t in_len, char *out, s
 static void test_cli(void **s)
 {
     (void)s;
+    if (!cv_test_have_shared("tokenizers/gpt2") || !cv_test_have_shared("tokenizers/llama2"))
+        skip();
     char out[4096], err[4096];
     char gpt2[1024], llama[1024]; /* tt_path buffers rotate: keep copies */
     snprintf(gpt2, sizeof gpt2, "--tokenizer '%s/tokenizers/gpt2'", tt_shared());
@@ -273,5 +278,5 @@ int main(void)
         cmocka_unit_test(test_malformed_json),        cmocka_unit_test(test_unknown_types),
         cmocka_unit_test(test_decode_out_of_range),   cmocka_unit_test(test_cli),
     };
-    return cmocka_run_group_tests_name("tokenizer_errors", tests, setup, teardown);
+    return cv_test_exit(cmocka_run_group_tests_name("tokenizer_errors", tests, setup, teardown));
 }

@@ -7,6 +7,7 @@
 #include <pthread.h>
 
 #include "tok_test_util.h"
+#include "../common/shared_data.h"
 
 static json_t *g_ref;
 
@@ -268,5 +269,7 @@ int main(void)
         cmocka_unit_test(test_stream_concat),
         cmocka_unit_test(test_threads),
     };
+    cv_test_need_shared("tokenizers");
+    cv_test_need_shared("models/stories260K");
     return cmocka_run_group_tests_name("tokenizer_reference", tests, setup, teardown);
 }

@@ -11,6 +11,7 @@
 #include <utf8proc.h>
 
 #include "tok_test_util.h"
+#include "../common/shared_data.h"
 
 static json_t *g_ref;
 static char g_tmp[256];
@@ -137,5 +138,6 @@ int main(void)
         cmocka_unit_test(test_synthetic),
         cmocka_unit_test(test_nfc_fast_path),
     };
+    cv_test_need_shared("tokenizers"); /* the specs build on the real tokenizers */
     return cmocka_run_group_tests_name("tokenizer_synthetic", tests, setup, teardown);
 }
