@@ -46,6 +46,14 @@ typedef struct cv_engine_args {
     int max_queued_requests;       /* requests accepted and unfinished at once; beyond it
                                       cv_engine_add_request refuses with CV_ERR_UNAVAILABLE
                                       (0 = max(4096, 16 * max_num_seqs)) */
+    char kv_cache_dtype[16];       /* vLLM's kv_cache_dtype: "auto" (the CPU backend's
+                                      default; on a GPU the model's 16-bit dtype, as vLLM),
+                                      "bfloat16", "float16", "float32" */
+    bool fp32_activations;         /* GPU, 16-bit models: feed GEMMs fp32-exact activations
+                                      (two 16-bit halves, twice the GEMM work) instead of
+                                      vLLM's 16-bit ones; with kv_cache_dtype "float32" the
+                                      logits stay within ~1e-5 of fp32 compute */
+    bool enforce_eager;            /* vLLM's: no CUDA graphs */
 } cv_engine_args;
 
 void cv_engine_args_default(cv_engine_args *args);

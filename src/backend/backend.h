@@ -38,6 +38,18 @@ typedef struct cv_batch {
         *logits_indices; /* (n_logits) flat token indices (0..n_tokens-1) to return logits for */
 } cv_batch;
 
+/* Rows of a step whose only use is their greedy choice (temperature 0, no
+ * penalty, no mask, no logprobs list): a backend that can reduce them
+ * itself returns the choice instead of the row, so a GPU sends 12 bytes
+ * per row instead of vocab_size floats. */
+typedef struct cv_greedy_rows {
+    const uint8_t *want; /* (n_logits) nonzero: return the row's greedy choice below and
+                            leave its logits row unwritten */
+    int32_t *token;      /* (n_logits) out: first index of the row's maximum */
+    float *logprob;      /* (n_logits) out: its log-softmax value */
+    int32_t *rank;       /* (n_logits) out: tokens at least as likely, itself included */
+} cv_greedy_rows;
+
 typedef struct cv_backend cv_backend;
 
 /* CPU backend: OpenMP threads (n_threads <= 0: OpenMP's default), SIMD

@@ -19,6 +19,7 @@ void cv_engine_args_default(cv_engine_args *args)
     memset(args, 0, sizeof(*args));
     snprintf(args->dtype, sizeof(args->dtype), "auto");
     snprintf(args->device, sizeof(args->device), "auto");
+    snprintf(args->kv_cache_dtype, sizeof(args->kv_cache_dtype), "auto");
     args->gpu_memory_utilization = 0.9;
     args->block_size = 16;
     args->max_num_seqs = 256;
@@ -205,6 +206,10 @@ static void engine_free(cv_engine *e)
     free(e->b_block_tables);
     free(e->b_logits_idx);
     free(e->b_slots);
+    free(e->g_want);
+    free(e->g_token);
+    free(e->g_rank);
+    free(e->g_logprob);
     free(e->e_first_row);
     free(e->e_n_rows);
     free(e->logits);
@@ -223,6 +228,15 @@ static int check_args(const cv_engine_args *a, cv_error *err)
     for (size_t i = 0; i < sizeof(dtypes) / sizeof(dtypes[0]); i++)
         ok |= !strcmp(a->dtype, dtypes[i]);
     if (!ok) return cv_errorf(err, "engine argument 'dtype': unknown dtype '%s'", a->dtype);
+    static const char *kv_dtypes[] = {"auto", "float32", "float16", "bfloat16"};
+    ok = false;
+    for (size_t i = 0; i < sizeof(kv_dtypes) / sizeof(kv_dtypes[0]); i++)
+        ok |= !strcmp(a->kv_cache_dtype, kv_dtypes[i]);
+    if (!ok)
+        return cv_errorf(err,
+                         "engine argument 'kv_cache_dtype': unknown dtype '%s' (auto, bfloat16, "
+                         "float16, float32)",
+                         a->kv_cache_dtype);
     if (!cv_engine_device_name_valid(a->device))
         return cv_errorf(err, "engine argument 'device': unknown device '%s' (auto, cpu, cuda)",
                          a->device);
@@ -277,11 +291,23 @@ static cv_dtype dtype_from_arg(const char *name, cv_dtype stored)
     return CV_DTYPE_BF16; /* "bfloat16": check_args admits nothing else */
 }
 
+/* The KV dtype the kv_cache_dtype engine argument asks for; -1 ("auto"):
+ * the backend's default. */
+static int kv_dtype_from_arg(const char *name)
+{
+    if (!strcmp(name, "float32")) return CV_DTYPE_F32;
+    if (!strcmp(name, "float16")) return CV_DTYPE_F16;
+    if (!strcmp(name, "bfloat16")) return CV_DTYPE_BF16;
+    return -1; /* "auto": check_args admits nothing else */
+}
+
 static int engine_init(cv_engine *e, cv_error *err)
 {
     const cv_engine_args *a = &e->args;
+    const uint64_t t_load = cv_now_ns();
     e->model = cv_model_load(a->model, err);
     if (!e->model) return -1;
+    const uint64_t t_tok = cv_now_ns();
     const cv_model_config *cfg = cv_model_get_config(e->model);
     e->tok = tok_load(a->tokenizer[0] ? a->tokenizer : a->model, err);
     if (!e->tok) return -1;
@@ -309,9 +335,27 @@ static int engine_init(cv_engine *e, cv_error *err)
         .gpu_memory_share = a->gpu_memory_utilization,
         .max_step_tokens = max_batched,
         .max_step_logits = a->max_num_seqs < max_batched ? a->max_num_seqs : max_batched,
+        .kv_dtype = kv_dtype_from_arg(a->kv_cache_dtype),
+        .fp32_activations = a->fp32_activations,
+        .enforce_eager = a->enforce_eager,
     };
+    const uint64_t t_backend = cv_now_ns();
     e->backend = cv_device_backend_create(e->model, &dev, err);
-    if (!e->backend || size_kv_pool(e, err) < 0) return -1;
+    if (!e->backend) return -1;
+    const uint64_t t_kv = cv_now_ns();
+    if (size_kv_pool(e, err) < 0) return -1;
+    /* Where start-up time goes (a 16 GB model on a GPU must be ready in
+     * seconds): one line per phase. */
+    const uint64_t t_done = cv_now_ns();
+    cv_log_info("engine: %s: model mapped in %.2f s, tokenizer %.2f s, backend %s created in "
+                "%.2f s, KV pool of %d blocks x %d tokens (%.2f GiB) in %.2f s",
+                a->model, cv_ns_to_s(t_tok - t_load), cv_ns_to_s(t_backend - t_tok),
+                cv_device_backend_name(e->backend), cv_ns_to_s(t_kv - t_backend), e->n_blocks,
+                e->block_size,
+                (double)e->n_blocks *
+                    (double)cv_device_backend_kv_block_bytes(e->backend, e->block_size) /
+                    (double)(1u << 30),
+                cv_ns_to_s(t_done - t_kv));
     e->bm = bm_create(e->n_blocks, e->block_size, a->enable_prefix_caching);
     /* One sampler per backend thread: sampling runs on the same cores,
      * between forwards, one sequence per thread at a time. */

@@ -93,7 +93,13 @@ struct cv_engine {
     int64_t *b_slots;
     int cap_b_tokens, cap_b_seqs, cap_b_tables;
     int *e_first_row, *e_n_rows; /* (n_entries) logits rows of each scheduled entry */
-    struct sample_job *jobs;     /* (n_jobs) sequences to sample this step */
+    /* (rows) the rows whose greedy choice is all the step needs, and that
+     * choice when the backend made it (greedy_filled). */
+    uint8_t *g_want;
+    int32_t *g_token, *g_rank;
+    float *g_logprob;
+    bool greedy_filled;
+    struct sample_job *jobs; /* (n_jobs) sequences to sample this step */
     int n_jobs, cap_jobs;
     float *logits; /* (cap_logits_rows, vocab) */
     int cap_logits_rows;

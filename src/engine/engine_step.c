@@ -50,7 +50,10 @@ static int reserve_batch(cv_engine *e, int n_tokens, int n_seqs, int max_blocks)
         int c = next_cap(e->cap_b_tokens, n_tokens);
         if (resize(&e->b_tokens, c, sizeof(int32_t)) ||
             resize(&e->b_positions, c, sizeof(int32_t)) ||
-            resize(&e->b_slots, c, sizeof(int64_t)) || resize(&e->b_logits_idx, c, sizeof(int32_t)))
+            resize(&e->b_slots, c, sizeof(int64_t)) ||
+            resize(&e->b_logits_idx, c, sizeof(int32_t)) || resize(&e->g_want, c, 1) ||
+            resize(&e->g_token, c, sizeof(int32_t)) || resize(&e->g_rank, c, sizeof(int32_t)) ||
+            resize(&e->g_logprob, c, sizeof(float)))
             return -1;
         e->cap_b_tokens = c;
     }
@@ -72,6 +75,17 @@ static bool wants_prompt_rows(const request *req, const cv_seq *s)
 {
     return req->prompt_lps && s->index == 0 && req->prompt_lps_done < req->n_prompt &&
            s->n_computed < req->n_prompt;
+}
+
+/* Is the next token of s all its logits row is for, and greedy (the
+ * sampler's plain_greedy with no logprobs list)? Then a GPU backend may
+ * pick it and send no row. */
+static bool greedy_row(const request *req, const cv_seq *s)
+{
+    const cv_sampling_params *p = &req->params;
+    return p->temperature < CV_SAMPLING_EPS && p->repetition_penalty == 1.0f &&
+           p->frequency_penalty == 0.0f && p->presence_penalty == 0.0f && p->logprobs <= 0 &&
+           (s->n_tokens - s->n_prompt >= p->min_tokens || req->n_mask_ids == 0);
 }
 
 static int build_batch(cv_engine *e, const sched_output *so, cv_batch *b)
@@ -99,9 +113,12 @@ static int build_batch(cv_engine *e, const sched_output *so, cv_batch *b)
             row[j] = 0; /* never read: seq_lens bounds the context */
         e->e_first_row[i] = rows;
         if (wants_prompt_rows(req, s)) {
-            for (int j = 0; j < n_new; j++)
+            for (int j = 0; j < n_new; j++) {
+                e->g_want[rows] = 0;
                 e->b_logits_idx[rows++] = e->b_query_start[i] + j;
+            }
         } else if (s->n_computed + n_new == s->n_tokens) {
+            e->g_want[rows] = greedy_row(req, s);
             e->b_logits_idx[rows++] = t - 1;
         }
         e->e_n_rows[i] = rows - e->e_first_row[i];
@@ -209,8 +226,15 @@ static int push_job(cv_engine *e, request *req, int k, const float *row)
     return 0;
 }
 
-static void draw(sampler *smp, sample_job *j)
+static void draw(const cv_engine *e, sampler *smp, sample_job *j)
 {
+    const int row = (int)((j->row - e->logits) / e->vocab);
+    if (e->greedy_filled && e->g_want[row]) {
+        j->token = e->g_token[row];
+        j->lp = (sample_logprobs){
+            .token = j->token, .logprob = e->g_logprob[row], .rank = e->g_rank[row]};
+        return;
+    }
     seq_state *ss = &j->req->seqs[j->k];
     const cv_sampling_params *p = &j->req->params;
     sample_request sr = {
@@ -234,7 +258,7 @@ static void draw_all(cv_engine *e)
     int n = e->n_jobs;
 #pragma omp parallel for num_threads(e->n_samplers) schedule(dynamic, 2) if (n >= 8)
     for (int i = 0; i < n; i++)
-        draw(e->samplers[omp_get_thread_num()], &e->jobs[i]);
+        draw(e, e->samplers[omp_get_thread_num()], &e->jobs[i]);
 }
 
 /* Appends a drawn token with its logprobs, then checks for a stop. */
@@ -368,7 +392,11 @@ int engine_step(cv_engine *e)
         if (upto > s->n_computed) prompt_computed += upto - s->n_computed;
     }
     uint64_t t_fwd = cv_now_ns();
-    if (cv_device_backend_forward(e->backend, &batch, e->logits, &e->step_err) < 0) return -1;
+    const cv_greedy_rows greedy = {
+        .want = e->g_want, .token = e->g_token, .logprob = e->g_logprob, .rank = e->g_rank};
+    const int fwd = cv_device_backend_forward(e->backend, &batch, e->logits, &greedy, &e->step_err);
+    if (fwd < 0) return -1;
+    e->greedy_filled = fwd == 1;
     uint64_t now = cv_now_ns();
     e->n_jobs = 0;
     for (int i = 0; i < so.n_entries; i++)

@@ -141,7 +141,6 @@ static const struct {
     const char *key;
     jtype type;
 } ignored_keys[] = {
-    {"enforce_eager", T_BOOL},
     {"disable_log_requests", T_BOOL},
     {"trust_remote_code", T_BOOL},
     {"swap_space", T_NUM},
@@ -288,6 +287,18 @@ int cv_model_json_parse(const char *text, size_t len, const char *path, const ch
         } else if (!strcmp(key, "max_num_batched_tokens")) {
             if ((rc = get_int(&c, key, v, 1, 1 << 26, &n)) == 0)
                 args->max_num_batched_tokens = (int)n;
+        } else if (!strcmp(key, "kv_cache_dtype")) {
+            rc = get_str(&c, key, v, &s);
+            if (rc == 0 && strcmp(s, "auto") && strcmp(s, "bfloat16") && strcmp(s, "float16") &&
+                strcmp(s, "float32"))
+                rc = key_err(&c, key,
+                             "expected one of auto, bfloat16, float16, float32 (cvllm has no fp8 "
+                             "KV cache)");
+            if (rc == 0) snprintf(args->kv_cache_dtype, sizeof args->kv_cache_dtype, "%s", s);
+        } else if (!strcmp(key, "fp32_activations")) {
+            rc = get_bool(&c, key, v, &args->fp32_activations);
+        } else if (!strcmp(key, "enforce_eager")) {
+            rc = get_bool(&c, key, v, &args->enforce_eager);
         } else if (!strcmp(key, "enable_prefix_caching")) {
             rc = get_bool(&c, key, v, &args->enable_prefix_caching);
         } else if (!strcmp(key, "seed")) {

@@ -1,6 +1,7 @@
 /* The engine on a GPU (device "cuda"): stories260K's HF greedy references
  * (tests/fixtures/stories260K_greedy.json) alone, streamed and all at once
- * in one batch, with every KV block free at the end. Exits 77 (ctest:
+ * in one batch, with every KV block free at the end; seeded sampling
+ * beside greedy requests. Exits 77 (ctest:
  * skipped) where no CUDA device is visible. */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -72,6 +73,62 @@ static void test_greedy_batched(void **state)
     cv_engine_shutdown(e, false);
 }
 
+/* Seeded sampling on the GPU backend, whose step returns logits rows only
+ * for the sampled requests and reduces the greedy ones on the device: the
+ * same seeded request gives the same tokens run alone twice, and again in
+ * one batch beside greedy requests (whose ids stay HF's). */
+static void test_seeded_beside_greedy(void **state)
+{
+    (void)state;
+    cv_engine *e = gpu_engine();
+    greedy_case c;
+    load_stories_case(1, &c);
+    cv_sampling_params sp;
+    cv_sampling_params_default(&sp);
+    sp.temperature = 0.8f;
+    sp.top_p = 0.9f;
+    sp.has_seed = true;
+    sp.seed = 7;
+    sp.max_tokens = 48;
+    sp.logprobs = 2;
+    req_result alone[2];
+    for (int i = 0; i < 2; i++) {
+        run_one(e, &sp, c.input, c.n_input, false, &alone[i]);
+        assert_null(alone[i].error);
+        assert_int_equal(alone[i].seqs[0].n_ids, 48);
+    }
+    assert_memory_equal(alone[0].seqs[0].ids, alone[1].seqs[0].ids, 48 * sizeof(int32_t));
+
+    cv_output_queue *q = cv_output_queue_create();
+    req_result r[3];
+    memset(r, 0, sizeof r);
+    greedy_case g[2];
+    for (int i = 0; i < 2; i++) {
+        load_stories_case(i + 1, &g[i]);
+        cv_sampling_params p;
+        cv_sampling_params_default(&p);
+        p.temperature = 0;
+        p.max_tokens = g[i].n_output;
+        submit(e, q, &p, g[i].input, g[i].n_input, NULL, true, i);
+    }
+    submit(e, q, &sp, c.input, c.n_input, NULL, false, 2);
+    collect(q, r, 3);
+    for (int i = 0; i < 2; i++) {
+        assert_null(r[i].error);
+        assert_int_equal(r[i].seqs[0].n_ids, g[i].n_output);
+        assert_memory_equal(r[i].seqs[0].ids, g[i].output, (size_t)g[i].n_output * 4);
+    }
+    assert_null(r[2].error);
+    assert_memory_equal(r[2].seqs[0].ids, alone[0].seqs[0].ids, 48 * sizeof(int32_t));
+    assert_int_equal(r[2].seqs[0].n_lps, 48);
+    for (int i = 0; i < 3; i++)
+        result_free(&r[i]);
+    for (int i = 0; i < 2; i++)
+        result_free(&alone[i]);
+    cv_output_queue_destroy(q);
+    cv_engine_shutdown(e, false);
+}
+
 int main(void)
 {
     if (cv_cuda_device_count() == 0) {
@@ -82,6 +139,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_greedy_alone),
         cmocka_unit_test(test_greedy_batched),
+        cmocka_unit_test(test_seeded_beside_greedy),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -172,7 +172,7 @@ static int create_on_device(cv_cuda_backend *b, const cv_model_weights *w, cv_er
         return cv_errorf(err, "cuda backend: the model lacks embed, lm_head, final_norm or layers");
     const int64_t h = c->hidden_size;
     b->wdtype = w->lm_head.dtype;
-    b->split_act = b->wdtype != CV_DTYPE_F32;
+    b->split_act = false; /* CV_CUDA_ACT_ROUND: vLLM's numerics */
     b->embed_dtype = w->embed.dtype;
     if (w->embed.shape[0] != c->vocab_size || w->embed.shape[1] != h)
         return cv_errorf(err, "cuda backend: embed is not (%d, %" PRId64 ")", c->vocab_size, h);
@@ -221,7 +221,7 @@ cv_cuda_backend *cv_cuda_backend_create(const cv_model *model, int device, cv_er
     b->min_split_keys = 32;
     b->use_graphs = true;
     b->qkv_dim = (c->n_heads + 2 * c->n_kv_heads) * c->head_dim;
-    b->kv_dtype = c->dtype == CV_DTYPE_F16 ? CV_DTYPE_F16 : CV_DTYPE_F32;
+    b->kv_dtype = c->dtype; /* vLLM's kv_cache_dtype "auto" */
     if (create_on_device(b, cv_model_get_weights(model), err)) {
         cv_cuda_backend_destroy(b);
         return NULL;
@@ -342,6 +342,7 @@ void cv_cuda_backend_destroy(cv_cuda_backend *b)
     cudaFree(b->partial);
     cudaFree(b->stage_dev);
     cudaFreeHost(b->stage_host);
+    cudaFreeHost(b->greedy_host);
     for (int i = 0; i < b->max_events; i++)
         cudaEventDestroy(b->events[i]);
     free(b->events);

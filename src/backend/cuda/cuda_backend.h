@@ -8,8 +8,10 @@
  * Numerics: weights live on the GPU in their stored dtype. F32 models run
  * fp32 GEMMs with TF32 off (within 1e-4 of HF's fp32 logits). F16/BF16
  * models run GEMMs on 16-bit tensor-core operands with fp32 accumulation and
- * fp32 outputs, the activations fed as cv_cuda_backend_set_act_mode says;
- * the residual stream, norms, RoPE, softmax and attention are fp32.
+ * fp32 outputs, the activations fed as cv_cuda_backend_set_act_mode says
+ * (by default rounded to the weight dtype, as vLLM and HF run them); the
+ * residual stream, norms, RoPE, softmax and attention are fp32. The KV cache
+ * holds the model's dtype by default (vLLM's "auto").
  *
  * Steps of at most 256 tokens (decode, small chunks) run as CUDA graphs:
  * captured once per batch shape, replayed after.
@@ -45,21 +47,21 @@ int cv_cuda_device_count(void);
 cv_cuda_backend *cv_cuda_backend_create(const cv_model *model, int device, cv_error *err);
 
 /* Element type of the KV cache; call before cv_cuda_backend_kv_alloc.
- * Default: F32 for F32 and BF16 models (as the CPU backend: keeps BF16
- * models near HF's fp32 compute), F16 for F16 models. BF16 or F16 halves
- * the bytes a decode step reads per cached token (vLLM's "auto" for BF16). */
+ * Default: the model's dtype (vLLM's "auto": BF16 or F16 halves the bytes a
+ * decode step reads per cached token against F32). F32 keeps 16-bit models
+ * near HF's fp32 compute, with CV_CUDA_ACT_SPLIT. */
 int cv_cuda_backend_set_kv_dtype(cv_cuda_backend *b, cv_dtype dtype, cv_error *err);
 
 /* How F16/BF16 models feed activations to their GEMMs (F32 models: fp32).
- * CV_CUDA_ACT_SPLIT (default): each fp32 activation x goes in as two 16-bit
+ * CV_CUDA_ACT_SPLIT: each fp32 activation x goes in as two 16-bit
  *   values, hi = round(x) and lo = round(x - hi), as twice the GEMM columns,
  *   and the two products are summed: as accurate as fp32 operands (the
  *   CPU backend's numerics, ~1e-5 from HF's fp32 compute), the same weight
  *   bytes per decode step, twice the prefill FLOPs.
- * CV_CUDA_ACT_ROUND: activations rounded to the weight dtype (vLLM's and HF
- *   bf16's numerics): half the prefill FLOPs, ~1e-2 from fp32 compute on the
- *   test fixtures, which can change greedy tokens. */
-typedef enum { CV_CUDA_ACT_SPLIT = 0, CV_CUDA_ACT_ROUND } cv_cuda_act_mode;
+ * CV_CUDA_ACT_ROUND (default): activations rounded to the weight dtype
+ *   (vLLM's and HF bf16's numerics): half the prefill FLOPs, ~1e-2 from fp32
+ *   compute on the test fixtures, which can change greedy tokens. */
+typedef enum { CV_CUDA_ACT_ROUND = 0, CV_CUDA_ACT_SPLIT } cv_cuda_act_mode;
 int cv_cuda_backend_set_act_mode(cv_cuda_backend *b, cv_cuda_act_mode mode, cv_error *err);
 
 /* CUDA graphs for steps of at most 256 tokens: on by default; 0 runs every
@@ -90,6 +92,12 @@ int cv_cuda_backend_kv_copy(cv_cuda_backend *b, const int32_t *src, const int32_
  * are in place. */
 int cv_cuda_backend_forward(cv_cuda_backend *b, const cv_batch *batch, float *logits,
                             cv_error *err);
+
+/* The same, except that the rows greedy->want marks are reduced on the GPU
+ * to their greedy choice (returned in greedy's arrays) and their logits
+ * rows are not downloaded. greedy NULL: as cv_cuda_backend_forward. */
+int cv_cuda_backend_forward_greedy(cv_cuda_backend *b, const cv_batch *batch, float *logits,
+                                   const cv_greedy_rows *greedy, cv_error *err);
 
 void cv_cuda_backend_destroy(cv_cuda_backend *b);
 

@@ -96,7 +96,7 @@ static int reserve(cv_cuda_backend *b, int n_tokens, int n_logits, cv_error *err
     size_t y2 = (size_t)nt * widest > (size_t)nl * c->vocab_size ? (size_t)nt * widest
                                                                  : (size_t)nl * c->vocab_size;
     y2 = b->split_act ? 2 * y2 * 4 : 0;
-    const size_t sizes[9] = {
+    const size_t sizes[10] = {
         (size_t)nt * h * 4,
         (size_t)nt * h * as,
         (size_t)nt * b->qkv_dim * 4,
@@ -106,21 +106,27 @@ static int reserve(cv_cuda_backend *b, int n_tokens, int n_logits, cv_error *err
         (size_t)nl * h * as,
         (size_t)nl * c->vocab_size * 4,
         y2,
+        (size_t)nl * sizeof(cuda_greedy_out),
     };
     size_t total = 0;
-    for (int i = 0; i < 9; i++)
+    for (int i = 0; i < 10; i++)
         total += align256(sizes[i]);
-    void *mem = NULL;
+    void *mem = NULL, *greedy_host = NULL;
     cudaError_t e = cudaMalloc(&mem, total);
-    if (e != cudaSuccess)
+    if (e == cudaSuccess) e = cudaMallocHost(&greedy_host, sizes[9]);
+    if (e != cudaSuccess) {
+        cudaFree(mem);
         return cv_errorf(err, "cv_cuda_backend_forward: %zu bytes of activations for %d tokens: %s",
                          total, nt, cudaGetErrorString(e));
+    }
     cuda_graphs_clear(b); /* they point into the old buffers */
     cudaFree(b->act_mem);
+    cudaFreeHost(b->greedy_host);
     b->act_mem = mem;
-    char *p[9];
+    b->greedy_host = greedy_host;
+    char *p[10];
     p[0] = mem;
-    for (int i = 1; i < 9; i++)
+    for (int i = 1; i < 10; i++)
         p[i] = p[i - 1] + align256(sizes[i - 1]);
     b->x = (float *)p[0];
     b->xn = p[1];
@@ -131,6 +137,7 @@ static int reserve(cv_cuda_backend *b, int n_tokens, int n_logits, cv_error *err
     b->xl = p[6];
     b->logits = (float *)p[7];
     b->y2 = (float *)p[8];
+    b->greedy_dev = (cuda_greedy_out *)p[9];
     b->cap_tokens = nt;
     b->cap_logits = nl;
     return 0;
@@ -372,10 +379,13 @@ static int enqueue_step(cv_cuda_backend *b, const cv_batch *bt, const step_array
                     c->rms_norm_eps, b->wdtype, b->xl, c->hidden_size, lo_off, b->stream),
        "final rmsnorm");
     if (gemm(b, b->lm_head, c->vocab_size, c->hidden_size, b->xl, bt->n_logits, b->logits, 0.0f,
-             err) ||
-        mark(b, CV_CUDA_PHASE_HEAD, err))
+             err))
         return -1;
-    return 0;
+    /* Every row's greedy choice, whether or not the caller wants it: a few
+     * microseconds, and the captured graph stays one per batch shape. */
+    KL(cuda_greedy(b->logits, bt->n_logits, c->vocab_size, b->greedy_dev, b->stream),
+       "greedy kernel");
+    return mark(b, CV_CUDA_PHASE_HEAD, err);
 }
 
 void cuda_graphs_clear(cv_cuda_backend *b)
@@ -438,7 +448,37 @@ static int run_graph(cv_cuda_backend *b, const cv_batch *bt, const step_arrays *
     return 0;
 }
 
-int cuda_forward_run(cv_cuda_backend *b, const cv_batch *bt, float *logits, cv_error *err)
+/* Enqueues the downloads of a finished step: the greedy choices when asked
+ * for, and the logits rows the caller did not reduce to them, one copy per
+ * run of consecutive rows. */
+static int download(cv_cuda_backend *b, const cv_batch *bt, float *logits,
+                    const cv_greedy_rows *greedy, cv_error *err)
+{
+    const size_t row_bytes = (size_t)b->cfg.vocab_size * sizeof(float);
+    if (greedy)
+        CU(cudaMemcpyAsync(b->greedy_host, b->greedy_dev,
+                           (size_t)bt->n_logits * sizeof(cuda_greedy_out), cudaMemcpyDeviceToHost,
+                           b->stream),
+           "greedy download");
+    for (int r = 0; r < bt->n_logits;) {
+        if (greedy && greedy->want[r]) {
+            r++;
+            continue;
+        }
+        int end = r + 1;
+        while (end < bt->n_logits && !(greedy && greedy->want[end]))
+            end++;
+        CU(cudaMemcpyAsync((char *)logits + (size_t)r * row_bytes,
+                           (char *)b->logits + (size_t)r * row_bytes, (size_t)(end - r) * row_bytes,
+                           cudaMemcpyDeviceToHost, b->stream),
+           "logits download");
+        r = end;
+    }
+    return 0;
+}
+
+int cuda_forward_run(cv_cuda_backend *b, const cv_batch *bt, float *logits,
+                     const cv_greedy_rows *greedy, cv_error *err)
 {
     const cv_model_config *c = &b->cfg;
     if (check_batch(b, bt, err) || reserve(b, bt->n_tokens, bt->n_logits, err)) return -1;
@@ -463,23 +503,32 @@ int cuda_forward_run(cv_cuda_backend *b, const cv_batch *bt, float *logits, cv_e
         b->use_graphs && !b->graphs_broken && !b->prof && bt->n_tokens <= CUDA_GRAPH_MAX_TOKENS;
     if (graph ? run_graph(b, bt, &d, n_splits, err) : enqueue_step(b, bt, &d, n_splits, err))
         return -1;
-    if (bt->n_logits > 0) {
-        CU(cudaMemcpyAsync(logits, b->logits, (size_t)bt->n_logits * c->vocab_size * sizeof(float),
-                           cudaMemcpyDeviceToHost, b->stream),
-           "logits download");
-        if (mark(b, CV_CUDA_PHASE_COPY, err)) return -1;
-    }
+    if (bt->n_logits > 0 &&
+        (download(b, bt, logits, greedy, err) || mark(b, CV_CUDA_PHASE_COPY, err)))
+        return -1;
     CU(cudaStreamSynchronize(b->stream), "forward step");
     CU(cudaGetLastError(), "forward step");
+    for (int r = 0; greedy && r < bt->n_logits; r++) {
+        if (!greedy->want[r]) continue;
+        greedy->token[r] = b->greedy_host[r].token;
+        greedy->logprob[r] = b->greedy_host[r].logprob;
+        greedy->rank[r] = b->greedy_host[r].rank;
+    }
     return b->prof ? profile_collect(b, err) : 0;
 }
 
-int cv_cuda_backend_forward(cv_cuda_backend *b, const cv_batch *batch, float *logits, cv_error *err)
+int cv_cuda_backend_forward_greedy(cv_cuda_backend *b, const cv_batch *batch, float *logits,
+                                   const cv_greedy_rows *greedy, cv_error *err)
 {
     if (!b || !batch || (batch->n_logits > 0 && !logits))
         return cv_errorf(err, "cv_cuda_backend_forward: backend, batch or logits buffer is NULL");
     CU(cudaSetDevice(b->device), "cudaSetDevice");
-    return cuda_forward_run(b, batch, logits, err);
+    return cuda_forward_run(b, batch, logits, greedy, err);
+}
+
+int cv_cuda_backend_forward(cv_cuda_backend *b, const cv_batch *batch, float *logits, cv_error *err)
+{
+    return cv_cuda_backend_forward_greedy(b, batch, logits, NULL, err);
 }
 
 void cv_cuda_backend_profile(cv_cuda_backend *b, int enable)

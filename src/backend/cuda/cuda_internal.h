@@ -89,6 +89,17 @@ int cuda_attention(const cuda_attn_args *a, cudaStream_t stream);
 int cuda_gated_act(cv_activation act, const float *gu, int n_tok, int f, cv_dtype out_dtype,
                    void *out, size_t lo_off, cudaStream_t stream);
 
+/* Greedy choice of a row of logits (kernels/greedy.cu). */
+typedef struct cuda_greedy_out {
+    int32_t token; /* first index of the row's maximum */
+    float logprob; /* its log-softmax value */
+    int32_t rank;  /* tokens at least as likely, itself included */
+} cuda_greedy_out;
+
+/* out[r] = the greedy choice of row r of logits (n_rows, vocab). */
+int cuda_greedy(const float *logits, int n_rows, int vocab, cuda_greedy_out *out,
+                cudaStream_t stream);
+
 /* y (n) = y2[:n] + y2[n:] (+ y when accumulate): the result of a GEMM over
  * split activations. */
 int cuda_sum_halves(const float *y2 /* (2 n) */, size_t n, float *y, int accumulate,
@@ -156,16 +167,18 @@ struct cv_cuda_backend {
     /* Activations for cap_tokens tokens and cap_logits rows (one allocation). */
     int cap_tokens, cap_logits;
     void *act_mem;
-    float *x;       /* (tokens, hidden) residual stream */
-    void *xn;       /* (tokens, hidden) normalized input of a sublayer, wdtype */
-    float *qkv;     /* (tokens, qkv_dim) */
-    void *attn;     /* (tokens, n_heads * hd) attention output, wdtype */
-    float *gu;      /* (tokens, 2 * intermediate) gate | up */
-    void *mlp;      /* (tokens, intermediate) act(gate) * up, wdtype */
-    void *xl;       /* (logits, hidden) final-normed rows, wdtype */
-    float *y2;      /* split activations: (2 rows, out) GEMM result before the halves are summed */
-    float *logits;  /* (logits, vocab) */
-    float *partial; /* split-attention partials */
+    float *x;      /* (tokens, hidden) residual stream */
+    void *xn;      /* (tokens, hidden) normalized input of a sublayer, wdtype */
+    float *qkv;    /* (tokens, qkv_dim) */
+    void *attn;    /* (tokens, n_heads * hd) attention output, wdtype */
+    float *gu;     /* (tokens, 2 * intermediate) gate | up */
+    void *mlp;     /* (tokens, intermediate) act(gate) * up, wdtype */
+    void *xl;      /* (logits, hidden) final-normed rows, wdtype */
+    float *y2;     /* split activations: (2 rows, out) GEMM result before the halves are summed */
+    float *logits; /* (logits, vocab) */
+    cuda_greedy_out *greedy_dev;  /* (logits) each row's greedy choice */
+    cuda_greedy_out *greedy_host; /* (cap_logits) pinned: their download */
+    float *partial;               /* split-attention partials */
     /* Fewest keys per attention split (32; tests lower it to exercise the
      * split path on tiny contexts). */
     int min_split_keys;
@@ -205,8 +218,9 @@ struct cv_cuda_backend {
 /* Drops every captured graph (buffers moved or the mode changed). */
 void cuda_graphs_clear(cv_cuda_backend *b);
 
-/* Runs one batch (cuda_forward.c). */
-int cuda_forward_run(cv_cuda_backend *b, const cv_batch *batch, float *logits, cv_error *err);
+/* Runs one batch (cuda_forward.c); greedy as cv_cuda_backend_forward. */
+int cuda_forward_run(cv_cuda_backend *b, const cv_batch *batch, float *logits,
+                     const cv_greedy_rows *greedy, cv_error *err);
 #endif
 
 #endif

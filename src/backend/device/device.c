@@ -37,6 +37,11 @@ static int create_cuda(cv_device_backend *b, const cv_model *model, cv_error *er
                          cv_dtype_name(b->opts.matrix_dtype), cv_dtype_name(cfg->dtype));
     if (!(b->cuda = cv_cuda_backend_create(model, 0, err))) return -1;
     snprintf(b->name, sizeof b->name, "cuda:0");
+    cv_cuda_backend_set_graphs(b->cuda, !b->opts.enforce_eager);
+    if ((b->opts.kv_dtype >= 0 && cv_cuda_backend_set_kv_dtype(b->cuda, b->opts.kv_dtype, err)) ||
+        cv_cuda_backend_set_act_mode(
+            b->cuda, b->opts.fp32_activations ? CV_CUDA_ACT_SPLIT : CV_CUDA_ACT_ROUND, err))
+        return -1;
     return cv_cuda_backend_reserve(b->cuda, b->opts.max_step_tokens, b->opts.max_step_logits, err);
 }
 #endif
@@ -67,6 +72,7 @@ cv_device_backend *cv_device_backend_create(const cv_model *model, const cv_devi
     } else {
         b->cpu = cv_backend_cpu_create_as(model, o->n_threads, o->matrix_dtype, err);
         rc = b->cpu ? 0 : -1;
+        if (rc == 0 && o->kv_dtype >= 0) rc = cv_backend_cpu_set_kv_dtype(b->cpu, o->kv_dtype, err);
         snprintf(b->name, sizeof b->name, "cpu");
     }
     if (rc < 0) {
@@ -134,12 +140,16 @@ int cv_device_backend_kv_copy(cv_device_backend *b, const int32_t *src, const in
 }
 
 int cv_device_backend_forward(cv_device_backend *b, const cv_batch *batch, float *logits,
-                              cv_error *err)
+                              const cv_greedy_rows *greedy, cv_error *err)
 {
 #ifdef CVLLM_HAVE_CUDA
-    if (b->cuda) return cv_cuda_backend_forward(b->cuda, batch, logits, err);
+    if (b->cuda)
+        return cv_cuda_backend_forward_greedy(b->cuda, batch, logits, greedy, err) < 0
+                   ? -1
+                   : (greedy != NULL);
 #endif
-    return cv_backend_forward(b->cpu, batch, logits, err);
+    (void)greedy; /* the engine's own sampler reduces the CPU's rows */
+    return cv_backend_forward(b->cpu, batch, logits, err) < 0 ? -1 : 0;
 }
 
 void cv_device_backend_destroy(cv_device_backend *b)

@@ -12,6 +12,7 @@
 #ifndef CV_BACKEND_DEVICE_DEVICE_H
 #define CV_BACKEND_DEVICE_DEVICE_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -30,6 +31,9 @@ typedef struct cv_device_options {
                                 gpu_memory_utilization) */
     int max_step_tokens;     /* CUDA: tokens and logits rows of the largest step, */
     int max_step_logits;     /*   whose activations are reserved before the KV pool */
+    int kv_dtype;            /* a cv_dtype, or -1: the backend's default */
+    bool fp32_activations;   /* CUDA, 16-bit models: fp32-exact GEMM inputs (split) */
+    bool enforce_eager;      /* CUDA: no CUDA graphs */
 } cv_device_options;
 
 /* Creates the backend `o->device` names. On failure returns NULL and err
@@ -49,8 +53,13 @@ size_t cv_device_backend_kv_block_bytes(const cv_device_backend *b, int block_si
 int cv_device_backend_kv_alloc(cv_device_backend *b, int n_blocks, int block_size, cv_error *err);
 int cv_device_backend_kv_copy(cv_device_backend *b, const int32_t *src, const int32_t *dst, int n,
                               cv_error *err);
+/* Runs one step. greedy (NULL: every row returned as logits) marks rows the
+ * engine needs only the greedy choice of; a backend that reduces rows
+ * itself (the GPU's) fills their choice and leaves their logits unwritten,
+ * the others return every row and the engine reduces them. Returns 1 when
+ * greedy was filled, 0 when every row is in logits, -1 on error. */
 int cv_device_backend_forward(cv_device_backend *b, const cv_batch *batch, float *logits,
-                              cv_error *err);
+                              const cv_greedy_rows *greedy, cv_error *err);
 void cv_device_backend_destroy(cv_device_backend *b);
 
 #endif

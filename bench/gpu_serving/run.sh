@@ -1,0 +1,98 @@
+#!/bin/bash
+# Issue 10's serving workloads through the product, on the GPU machine (the
+# device tool), from the repository root, with BUILD (default build-cuda)
+# made by tests/gpu/make_bundle.sh and carried. Writes $OUT/gpu_serving.md
+# (the table for bench/results/) and every JSON and log beside it.
+#
+#   1. the card's ceilings (copy bandwidth, cuBLAS bf16 GEMM peak);
+#   2. an L8B-shaped bf16 model of random weights (cvllm-dummy-model);
+#   3. cvllm-server on it, time from start to ready;
+#   4. cvllm-bench over gRPC: G2 (concurrency 1, 512/256), concurrency 64
+#      and 256 (1024/128), G1 (1000 prompts at once, 1024/128);
+#   5. HF transformers on the same files (hf_serving.py);
+#   6. report.py -> gpu_serving.md.
+# WORKLOADS (default "g2 c64 c256 g1") picks a subset; HF=0 skips step 5.
+set -u
+BUILD=${1:-build-cuda}
+OUT=${OUT:-/tmp/cvllm-gpu-out}
+MODEL=${MODEL:-/tmp/l8b}
+WORKLOADS=${WORKLOADS:-g2 c64 c256 g1}
+HF=${HF:-1}
+mkdir -p "$OUT"
+cublas=/usr/local/cuda/lib64/libcublas.so.13
+[ -e "$cublas" ] || cublas=$(find / -xdev -name libcublas.so.13 2>/dev/null | head -1)
+export LD_LIBRARY_PATH="$PWD/$BUILD/gpu-lib:$(dirname "$cublas"):${LD_LIBRARY_PATH:-}"
+BIN=$BUILD/bin
+now_ms() { echo $(( $(date +%s%N) / 1000000 )); }
+
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/card.txt"
+echo "== ceilings"
+python3 bench/gpu_serving/ceilings.py | tee "$OUT/ceilings.json"
+
+if [ ! -f "$MODEL/config.json" ]; then
+    echo "== cvllm-dummy-model L8B bf16"
+    t0=$(now_ms)
+    "$BIN/cvllm-dummy-model" --shape L8B --dtype bf16 \
+        --tokenizer "$BUILD/gpu-shared/tokenizers/gpt2" --out "$MODEL" > "$OUT/dummy.log" 2>&1 ||
+        { cat "$OUT/dummy.log"; exit 1; }
+    echo "written in $(( $(now_ms) - t0 )) ms"
+fi
+cat "$MODEL"/*.safetensors > /dev/null # into the page cache, as the issue's start time assumes
+
+REPO=/tmp/cvllm-repo
+rm -rf "$REPO" && mkdir -p "$REPO/l8b/1"
+echo 'backend: "vllm"' > "$REPO/l8b/config.pbtxt"
+cat > "$REPO/l8b/1/model.json" <<JSON
+{"model": "$MODEL", "max_model_len": 4096, "gpu_memory_utilization": 0.9,
+ "max_num_seqs": 256, "max_num_batched_tokens": 8192}
+JSON
+ports=(18000 18001 18002)
+echo "== cvllm-server"
+t0=$(now_ms)
+"$BIN/cvllm-server" --model-repository="$REPO" --http-port=${ports[0]} \
+    --grpc-port=${ports[1]} --metrics-port=${ports[2]} --log-verbose=1 > "$OUT/server.log" 2>&1 &
+server=$!
+ready_ms=
+for _ in $(seq 1 1800); do
+    if curl -sf "localhost:${ports[0]}/v2/models/l8b/ready" > /dev/null; then
+        ready_ms=$(( $(now_ms) - t0 )); break
+    fi
+    kill -0 $server 2> /dev/null || break
+    sleep 0.1
+done
+echo "ready after ${ready_ms:-never} ms"
+echo "{\"ready_ms\": ${ready_ms:-null}}" > "$OUT/ready.json"
+grep -iE "engine|load|graph|kv|ready" "$OUT/server.log" | head -20
+[ -n "$ready_ms" ] || { tail -20 "$OUT/server.log"; exit 1; }
+
+bench() { # name n_prompts in out concurrency(0 = all at once)
+    local conc=()
+    [ "$5" -gt 0 ] && conc=(--max-concurrency "$5")
+    echo "== $1: $2 prompts, $3 in / $4 out, concurrency ${5/#0/all}"
+    timeout 400 "$BIN/cvllm-bench" --backend triton-grpc --port ${ports[1]} --model l8b \
+        --tokenizer "$BUILD/gpu-shared/tokenizers/gpt2" --dataset-name random \
+        --random-input-len "$3" --random-output-len "$4" --num-prompts "$2" "${conc[@]}" \
+        --request-rate inf --ignore-eos --disable-progress --result-file "$OUT/$1.json" \
+        > "$OUT/$1.log" 2>&1
+    echo "rc=$?"; grep -E "throughput|TTFT|TPOT|ITL|Duration|Successful" "$OUT/$1.log" | head -12
+}
+for w in $WORKLOADS; do
+    case $w in
+    g2) bench g2 20 512 256 1 ;;
+    c64) bench c64 256 1024 128 64 ;;
+    c256) bench c256 512 1024 128 256 ;;
+    g1) bench g1 1000 1024 128 0 ;;
+    esac
+done
+curl -s "localhost:${ports[2]}/metrics" > "$OUT/metrics.txt"
+kill -TERM $server; wait $server; echo "server exit $?"
+
+if [ "$HF" = 1 ]; then
+    echo "== HF transformers"
+    PYTHONUNBUFFERED=1 timeout 300 python3 bench/gpu_serving/hf_serving.py --model "$MODEL" \
+        --json "$OUT/hf.json" > "$OUT/hf.log" 2>&1
+    echo "hf rc=$?"; tail -2 "$OUT/hf.log"
+fi
+python3 bench/gpu_serving/report.py "$OUT" "bench/gpu_serving/run.sh $BUILD" \
+    > "$OUT/gpu_serving.md"
+cat "$OUT/gpu_serving.md"
