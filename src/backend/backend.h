@@ -90,4 +90,29 @@ int cv_backend_forward(cv_backend *backend, const cv_batch *batch, float *logits
 
 void cv_backend_destroy(cv_backend *backend);
 
+/* ---- The function table every backend fills ---------------------------------
+ * What the engine's device layer (backend/device) calls, so that it drives
+ * any backend the same way and names none of them past create (as SQLite's
+ * sqlite3_io_methods or ggml's backend interface). impl is the backend
+ * object the table belongs to. */
+typedef struct cv_backend_ops {
+    /* Bytes of KV memory one block of block_size tokens costs (all layers). */
+    size_t (*kv_block_bytes)(const void *impl, int block_size);
+    /* Free and total bytes of the backend's own memory (a GPU's); NULL where
+     * the KV budget is a setting (the CPU's). */
+    int (*memory)(const void *impl, size_t *free_bytes, size_t *total_bytes, cv_error *err);
+    int (*kv_alloc)(void *impl, int n_blocks, int block_size, cv_error *err);
+    int (*kv_copy)(void *impl, const int32_t *src, const int32_t *dst, int n, cv_error *err);
+    /* One step as cv_backend_forward. greedy: the rows the caller needs only
+     * the greedy choice of; a backend that reduces rows itself fills greedy
+     * and returns 1, one that does not (greedy_rows false) ignores it and
+     * returns 0; -1 on error. */
+    int (*forward)(void *impl, const cv_batch *batch, float *logits, const cv_greedy_rows *greedy,
+                   cv_error *err);
+    void (*destroy)(void *impl);
+} cv_backend_ops;
+
+/* The CPU backend's table (backend/cpu/cpu_ops.c): it returns every row. */
+extern const cv_backend_ops cv_cpu_backend_ops;
+
 #endif

@@ -17,6 +17,18 @@ int cv_errorf(cv_error *err, const char *fmt, ...)
     return -1;
 }
 
+int cv_errorf_class(cv_error *err, cv_error_class cls, const char *fmt, ...)
+{
+    if (err) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(err->msg, sizeof err->msg, fmt, ap);
+        va_end(ap);
+        err->cls = cls;
+    }
+    return -1;
+}
+
 int cv_error_prefix(cv_error *err, const char *fmt, ...)
 {
     if (!err) return -1;

@@ -66,7 +66,7 @@ int engine_make_logprobs(cv_engine *e, const sample_logprobs *lp, cv_token_logpr
         t->rank = ranks[j];
         size_t len;
         cv_error err;
-        if (tok_decode(e->tok, &ids[j], 1, false, &t->decoded_token, &len, &err) < 0) {
+        if (tok_decode_token(e->tok, ids[j], &t->decoded_token, &len, &err) < 0) {
             t->decoded_token = strdup("");
             if (!t->decoded_token) {
                 out->n = j;

@@ -356,6 +356,10 @@ static int apply_field(cv_sampling_params *p, const field_desc *f, const json_t 
             return 0;
         }
         if (get_int(v, f->name, &x, err) < 0) return -1;
+        /* -1 stands for null inside cvllm (up to max_model_len); a client
+         * that sends it gets vLLM's refusal, as any value below 1. */
+        if (!strcmp(f->name, "max_tokens") && x < 1)
+            return cv_errorf(err, "max_tokens must be at least 1, got %lld.", x);
         return int_in_range(x, f->name, (int *)dst, err);
     }
     if (f->kind == F_FLOAT) return get_float(v, f->name, (float *)dst, err);

@@ -19,6 +19,9 @@
 #include "server/grpc_internal.h"
 
 #define STREAM_METHOD "/inference.GRPCInferenceService/ModelStreamInfer"
+#define LOAD_METHOD "/inference.GRPCInferenceService/RepositoryModelLoad"
+
+typedef struct cv_grpc cv_grpc;
 
 typedef enum {
     TAG_NEW_CALL,
@@ -60,7 +63,6 @@ typedef struct stream_req {
     size_t n_wanted;
     uint64_t engine_id;
     uint64_t start_ns;
-    bool empty_final;
 } stream_req;
 
 struct stream {
@@ -96,7 +98,7 @@ struct cv_grpc {
     stream *streams;
     atomic_int n_calls; /* unary calls and streams alive (atomic: a load thread ends its call) */
     atomic_bool stop_out;
-    atomic_int n_loading; /* RepositoryModelLoad calls answered on their own threads */
+    atomic_int n_loading; /* RepositoryModelLoad calls whose load has not ended */
 };
 
 static void request_next_call(cv_grpc *g);
@@ -130,24 +132,11 @@ static void unary_start(cv_grpc *g, grpc_call *call, const char *method)
 
 static void unary_done(cv_grpc *g, unary_call *u);
 
-static void unary_answer(cv_grpc *g, unary_call *u)
+/* Sends the answer of a unary call: out (packed, malloc'd, freed here)
+ * on OK, else status code with msg. */
+static void unary_send(cv_grpc *g, unary_call *u, grpc_status_code code, uint8_t *out,
+                       size_t out_len, const char *msg)
 {
-    uint8_t *in = NULL, *out = NULL;
-    size_t in_len = 0, out_len = 0;
-    grpc_slice all = grpc_empty_slice();
-    if (u->recv) {
-        grpc_byte_buffer_reader rd;
-        if (grpc_byte_buffer_reader_init(&rd, u->recv)) {
-            all = grpc_byte_buffer_reader_readall(&rd);
-            grpc_byte_buffer_reader_destroy(&rd);
-        }
-        in = GRPC_SLICE_START_PTR(all);
-        in_len = GRPC_SLICE_LENGTH(all);
-    }
-    char msg[CV_ERROR_MSG_BYTES] = "";
-    grpc_status_code code =
-        cv_grpc_unary(g->s, u->method, in, in_len, &out, &out_len, msg, sizeof msg);
-    grpc_slice_unref(all);
     grpc_op ops[3];
     memset(ops, 0, sizeof ops);
     int n = 0;
@@ -171,42 +160,74 @@ static void unary_answer(cv_grpc *g, unary_call *u)
     }
 }
 
+/* The received message of u (empty when none). */
+static grpc_slice unary_message(unary_call *u)
+{
+    grpc_slice all = grpc_empty_slice();
+    grpc_byte_buffer_reader rd;
+    if (u->recv && grpc_byte_buffer_reader_init(&rd, u->recv)) {
+        all = grpc_byte_buffer_reader_readall(&rd);
+        grpc_byte_buffer_reader_destroy(&rd);
+    }
+    return all;
+}
+
+static void unary_answer(cv_grpc *g, unary_call *u)
+{
+    uint8_t *out = NULL;
+    size_t out_len = 0;
+    grpc_slice all = unary_message(u);
+    char msg[CV_ERROR_MSG_BYTES] = "";
+    grpc_status_code code = cv_grpc_unary(g->s, u->method, GRPC_SLICE_START_PTR(all),
+                                          GRPC_SLICE_LENGTH(all), &out, &out_len, msg, sizeof msg);
+    grpc_slice_unref(all);
+    unary_send(g, u, code, out, out_len, msg);
+}
+
 typedef struct load_job {
     cv_grpc *g;
     unary_call *u;
 } load_job;
 
-static void *load_thread(void *arg)
+/* The core's callback when the load ended (on its thread) or was refused
+ * (inline). Only this callback touches the call until its final batch
+ * completes. */
+static void load_finished(void *arg, int rc, const cv_error *err)
 {
     load_job *job = arg;
-    unary_answer(job->g, job->u);
+    uint8_t *out;
+    size_t out_len;
+    char msg[CV_ERROR_MSG_BYTES] = "";
+    grpc_status_code code = cv_grpc_load_reply(rc, err, &out, &out_len, msg, sizeof msg);
+    unary_send(job->g, job->u, code, out, out_len, msg);
     atomic_fetch_sub(&job->g->n_loading, 1);
     free(job);
-    return NULL;
 }
 
-/* A model load builds an engine (seconds for a large model): it is answered
- * from its own thread so the completion queue keeps serving every stream.
- * Only that thread touches the call until its final batch completes. */
+/* A model load builds an engine (seconds for a large model): the core runs
+ * it on a thread of its own so the completion queue keeps serving every
+ * stream. */
 static void unary_recv(cv_grpc *g, unary_call *u)
 {
-    if (strcmp(u->method, "/inference.GRPCInferenceService/RepositoryModelLoad")) {
+    if (strcmp(u->method, LOAD_METHOD)) {
         unary_answer(g, u);
         return;
     }
+    grpc_slice all = unary_message(u);
+    char *name = cv_grpc_load_request_name(GRPC_SLICE_START_PTR(all), GRPC_SLICE_LENGTH(all));
+    grpc_slice_unref(all);
     load_job *job = malloc(sizeof *job);
-    pthread_t t;
-    if (job) {
-        *job = (load_job){g, u};
-        atomic_fetch_add(&g->n_loading, 1);
-    }
-    if (!job || pthread_create(&t, NULL, load_thread, job) != 0) {
-        if (job) atomic_fetch_sub(&g->n_loading, 1);
+    if (!name || !job) {
+        unary_send(g, u, name ? GRPC_STATUS_INTERNAL : GRPC_STATUS_INVALID_ARGUMENT, NULL, 0,
+                   name ? "out of memory" : "cannot parse the request message");
+        free(name);
         free(job);
-        unary_answer(g, u); /* no thread: answer here, blocking */
         return;
     }
-    pthread_detach(t);
+    *job = (load_job){g, u};
+    atomic_fetch_add(&g->n_loading, 1);
+    cv_server_load_async(g->s, name, load_finished, job);
+    free(name);
 }
 
 static void unary_done(cv_grpc *g, unary_call *u)
@@ -362,7 +383,6 @@ static void stream_request(stream *st, const uint8_t *data, size_t len)
         return;
     }
     cv_error err = {.msg = ""};
-    int http = 0;
     stream_req *r = calloc(1, sizeof *r);
     if (!r) {
         stream_error(st, rq, "out of memory");
@@ -372,10 +392,8 @@ static void stream_request(stream *st, const uint8_t *data, size_t len)
     cv_infer_request_init(&r->ir);
     r->st = st;
     r->start_ns = cv_now_ns();
-    r->model = cv_repository_acquire(g->s->repo, rq->model_name, rq->model_version, &err, &http);
-    int rc = r->model ? 0 : -1;
-    if (rc == 0 && atomic_load(&g->s->draining))
-        rc = cv_errorf(&err, "Server is stopping: no new requests are accepted");
+    r->model = cv_server_acquire(g->s, rq->model_name, rq->model_version, &err);
+    int rc = r->model ? cv_server_admit(g->s, &err) : -1;
     if (rc == 0 &&
         (!(r->id = strdup(rq->id)) || !(r->wanted = calloc(rq->n_outputs + 1, sizeof *r->wanted))))
         rc = cv_errorf(&err, "out of memory");
@@ -383,8 +401,8 @@ static void stream_request(stream *st, const uint8_t *data, size_t len)
         if (!(r->wanted[i] = strdup(rq->outputs[i]->name))) rc = cv_errorf(&err, "out of memory");
         r->n_wanted = i + 1;
     }
-    if (rc == 0 && !cv_model_healthy(r->model)) rc = cv_errorf(&err, CV_MODEL_UNHEALTHY_MSG);
-    if (rc == 0) rc = cv_grpc_parse_infer(rq, r->model, &r->ir, &r->empty_final, &err);
+    if (rc == 0) rc = cv_grpc_parse_infer(rq, r->model, &r->ir, &err);
+    if (rc == 0) rc = cv_infer_check(&r->ir, r->model, &err);
     if (rc == 0) rc = cv_infer_prepare(&r->ir, r->model, &err);
     if (rc == 0 && !(r->engine_id = cv_infer_submit(&r->ir, r->model, g->q, r, &err))) rc = -1;
     if (rc < 0) {
@@ -434,16 +452,14 @@ static void stream_output(stream_req *r, const cv_request_output *out)
                                                  true, err.msg, &len);
                 stream_queue(st, b, len);
             } else {
-                bool final_here = out->finished && !r->empty_final;
+                /* The vLLM backend puts the final flag on its last data
+                 * response, so triton_enable_empty_final_response never
+                 * adds an empty one (Triton sends that only for a final
+                 * flag without a response). */
                 b = cv_grpc_pack_stream_response(&resp, r->wanted, r->n_wanted, m->name,
-                                                 m->version_str, r->id, final_here, NULL, &len);
+                                                 m->version_str, r->id, out->finished, NULL, &len);
                 stream_queue(st, b, len);
                 cv_infer_response_free(&resp);
-                if (out->finished && r->empty_final) {
-                    b = cv_grpc_pack_stream_response(NULL, NULL, 0, m->name, m->version_str, r->id,
-                                                     true, NULL, &len);
-                    stream_queue(st, b, len);
-                }
             }
         }
     }
@@ -573,13 +589,14 @@ static void request_next_call(cv_grpc *g)
 
 /* ---- lifecycle ---------------------------------------------------------- */
 
-cv_grpc *cv_grpc_start(cv_server *s, cv_error *err)
+static void grpc_destroy(void *state);
+
+static int grpc_start(cv_server *s, void **state, cv_error *err)
 {
+    *state = NULL;
+    if (!s->opts.allow_grpc) return 0;
     cv_grpc *g = calloc(1, sizeof *g);
-    if (!g) {
-        cv_errorf(err, "out of memory");
-        return NULL;
-    }
+    if (!g) return cv_errorf_class(err, CV_ERR_INTERNAL, "out of memory");
     grpc_init();
     g->s = s;
     pthread_mutex_init(&g->mu, NULL);
@@ -602,17 +619,21 @@ cv_grpc *cv_grpc_start(cv_server *s, cv_error *err)
     grpc_channel_args args = {.num_args = 3, .args = arg};
     g->server = grpc_server_create(&args, NULL);
     if (!g->q || !g->cq || !g->server) {
-        cv_errorf(err, "gRPC: cannot create the server");
+        cv_errorf_class(err, CV_ERR_INTERNAL, "gRPC: cannot create the server");
         goto fail;
     }
     grpc_server_register_completion_queue(g->server, g->cq, NULL);
-    char addr[64];
-    snprintf(addr, sizeof addr, "0.0.0.0:%d", s->opts.grpc_port);
+    char addr[300];
+    const char *host = s->opts.grpc_address;
+    /* an IPv6 address goes in brackets before the port */
+    snprintf(addr, sizeof addr, strchr(host, ':') ? "[%.256s]:%d" : "%.256s:%d", host,
+             s->opts.grpc_port);
     grpc_server_credentials *creds = grpc_insecure_server_credentials_create();
     int port = grpc_server_add_http2_port(g->server, addr, creds);
     grpc_server_credentials_release(creds);
     if (port == 0) {
-        cv_errorf(err, "failed to start GRPC service: cannot bind %s", addr);
+        cv_errorf_class(err, CV_ERR_UNAVAILABLE, "failed to start GRPC service: cannot bind %s",
+                        addr);
         goto fail;
     }
     grpc_server_start(g->server);
@@ -621,15 +642,16 @@ cv_grpc *cv_grpc_start(cv_server *s, cv_error *err)
     pthread_mutex_unlock(&g->mu);
     if (pthread_create(&g->cq_thread, NULL, cq_main, g) != 0 || !(g->cq_started = true) ||
         pthread_create(&g->out_thread, NULL, out_main, g) != 0) {
-        cv_errorf(err, "gRPC: cannot start threads");
+        cv_errorf_class(err, CV_ERR_INTERNAL, "gRPC: cannot start threads");
         goto fail;
     }
     g->out_started = true;
-    cv_log_info("Started GRPCInferenceService at 0.0.0.0:%d", s->opts.grpc_port);
-    return g;
+    cv_log_info("Started GRPCInferenceService at %s", addr);
+    *state = g;
+    return 0;
 fail:
-    cv_grpc_destroy(g);
-    return NULL;
+    grpc_destroy(g);
+    return -1;
 }
 
 static void stop_accepting(cv_grpc *g)
@@ -642,8 +664,9 @@ static void stop_accepting(cv_grpc *g)
     pthread_mutex_unlock(&g->mu);
 }
 
-void cv_grpc_abort_all(cv_grpc *g)
+static void grpc_abort_all(void *state)
 {
+    cv_grpc *g = state;
     pthread_mutex_lock(&g->mu);
     for (stream *st = g->streams; st; st = st->next)
         for (stream_req *r = st->reqs; r; r = r->next)
@@ -651,8 +674,11 @@ void cv_grpc_abort_all(cv_grpc *g)
     pthread_mutex_unlock(&g->mu);
 }
 
-int cv_grpc_active(cv_grpc *g)
+/* Requests in flight plus streams with responses or their OK status not
+ * yet written, plus loads not yet answered. */
+static int grpc_active(void *state)
 {
+    cv_grpc *g = state;
     pthread_mutex_lock(&g->mu);
     int n = 0;
     for (stream *st = g->streams; st; st = st->next)
@@ -661,8 +687,11 @@ int cv_grpc_active(cv_grpc *g)
     return n + atomic_load(&g->n_loading);
 }
 
-void cv_grpc_destroy(cv_grpc *g)
+/* Shuts the gRPC server down (GOAWAY to every connection) and waits for
+ * its calls to end and its connections to close; then frees it. */
+static void grpc_destroy(void *state)
 {
+    cv_grpc *g = state;
     if (!g) return;
     if (g->server) {
         if (g->cq_started) {
@@ -703,3 +732,17 @@ void cv_grpc_destroy(cv_grpc *g)
     free(g);
     grpc_shutdown();
 }
+
+/* No stop_accepting: gRPC keeps accepting while the server drains, and
+ * refuses new calls one by one (cv_server_admit). Shutting the gRPC server
+ * down at once would send GOAWAY, and the transport then closes as soon as
+ * its last stream is done, possibly before that stream's last responses
+ * left it; the client sees a reset connection. grpc_destroy shuts down
+ * once idle. */
+const cv_frontend_ops cv_grpc_frontend = {
+    .name = "gRPC",
+    .start = grpc_start,
+    .abort_all = grpc_abort_all,
+    .active = grpc_active,
+    .destroy = grpc_destroy,
+};

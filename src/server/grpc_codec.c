@@ -12,22 +12,6 @@
 
 #define METHOD_PREFIX "/inference.GRPCInferenceService/"
 
-static grpc_status_code status_of_http(int http)
-{
-    switch (http) {
-    case 400:
-        return GRPC_STATUS_INVALID_ARGUMENT;
-    case 404:
-        return GRPC_STATUS_NOT_FOUND;
-    case 501:
-        return GRPC_STATUS_UNIMPLEMENTED;
-    case 503:
-        return GRPC_STATUS_UNAVAILABLE;
-    default:
-        return GRPC_STATUS_INTERNAL;
-    }
-}
-
 /* Packs any message into a malloc'd buffer. */
 static uint8_t *pack(const ProtobufCMessage *msg, size_t *len)
 {
@@ -151,46 +135,52 @@ static grpc_status_code reply(unary_ctx *u, const ProtobufCMessage *msg)
     return *u->out ? GRPC_STATUS_OK : fail(u, GRPC_STATUS_INTERNAL, "out of memory");
 }
 
+/* An error of the server core, its code from its class. */
+static grpc_status_code fail_core(unary_ctx *u, const cv_error *err)
+{
+    return fail(u, (grpc_status_code)cv_error_status(err->cls).grpc, err->msg);
+}
+
 static cv_model *acquire(unary_ctx *u, const char *name, const char *version,
                          grpc_status_code *code)
 {
     cv_error err = {.msg = ""};
-    int http = 0;
-    cv_model *m = cv_repository_acquire(u->s->repo, name, version, &err, &http);
-    if (!m) *code = fail(u, status_of_http(http), err.msg);
+    cv_model *m = cv_server_acquire(u->s, name, version, &err);
+    if (!m) *code = fail_core(u, &err);
     return m;
 }
 
 static grpc_status_code model_metadata(unary_ctx *u, const Inference__ModelMetadataRequest *rq)
 {
-    grpc_status_code code;
-    cv_model *m = acquire(u, rq->name, rq->version, &code);
-    if (!m) return code;
+    cv_model_metadata md;
+    cv_error err = {.msg = ""};
+    if (cv_server_model_metadata(u->s, rq->name, rq->version, &md, &err) < 0)
+        return fail_core(u, &err);
     Inference__ModelMetadataResponse r = INFERENCE__MODEL_METADATA_RESPONSE__INIT;
     Inference__ModelMetadataResponse__TensorMetadata t[2][CV_MAX_TENSORS], *tp[2][CV_MAX_TENSORS];
     for (int k = 0; k < 2; k++) {
-        const cv_tensor_config *list = k ? m->cfg.outputs : m->cfg.inputs;
-        int n = k ? m->cfg.n_outputs : m->cfg.n_inputs;
+        const cv_tensor_meta *list = k ? md.outputs : md.inputs;
+        int n = k ? md.n_outputs : md.n_inputs;
         for (int i = 0; i < n; i++) {
             inference__model_metadata_response__tensor_metadata__init(&t[k][i]);
             t[k][i].name = (char *)list[i].name;
-            t[k][i].datatype = (char *)cv_data_type_kserve(list[i].data_type);
+            t[k][i].datatype = (char *)list[i].datatype;
             t[k][i].n_shape = (size_t)list[i].n_dims;
             t[k][i].shape = (int64_t *)list[i].dims;
             tp[k][i] = &t[k][i];
         }
     }
-    char *versions[1] = {m->version_str};
-    r.name = m->name;
+    char *versions[1] = {(char *)md.version};
+    r.name = (char *)md.name;
     r.n_versions = 1;
     r.versions = versions;
-    r.platform = m->cfg.platform[0] ? m->cfg.platform : m->cfg.backend;
-    r.n_inputs = (size_t)m->cfg.n_inputs;
+    r.platform = (char *)md.platform;
+    r.n_inputs = (size_t)md.n_inputs;
     r.inputs = tp[0];
-    r.n_outputs = (size_t)m->cfg.n_outputs;
+    r.n_outputs = (size_t)md.n_outputs;
     r.outputs = tp[1];
     grpc_status_code rc = reply(u, &r.base);
-    cv_model_release(m);
+    cv_model_release(md.model);
     return rc;
 }
 
@@ -244,21 +234,10 @@ static grpc_status_code repository_index(unary_ctx *u, const Inference__Reposito
     return rc;
 }
 
-static grpc_status_code load_unload(unary_ctx *u, const char *name, bool load)
+static grpc_status_code unload(unary_ctx *u, const char *name)
 {
-    if (u->s->opts.control_mode != CV_CONTROL_EXPLICIT)
-        return fail(u, GRPC_STATUS_UNAVAILABLE,
-                    "explicit model load / unload is not allowed if "
-                    "polling is enabled or the model control mode "
-                    "is none");
     cv_error err = {.msg = ""};
-    int rc = load ? cv_repository_load(u->s->repo, name, &err)
-                  : cv_repository_unload(u->s->repo, name, &err);
-    if (rc < 0) return fail(u, GRPC_STATUS_INVALID_ARGUMENT, err.msg);
-    if (load) {
-        Inference__RepositoryModelLoadResponse r = INFERENCE__REPOSITORY_MODEL_LOAD_RESPONSE__INIT;
-        return reply(u, &r.base);
-    }
+    if (cv_server_unload(u->s, name, &err) < 0) return fail_core(u, &err);
     Inference__RepositoryModelUnloadResponse r = INFERENCE__REPOSITORY_MODEL_UNLOAD_RESPONSE__INIT;
     return reply(u, &r.base);
 }
@@ -267,9 +246,8 @@ static grpc_status_code model_statistics(unary_ctx *u, const Inference__ModelSta
 {
     cv_model_stats *st;
     cv_error err = {.msg = ""};
-    int http = 0;
-    int n = cv_server_model_stats(u->s, rq->name, rq->version, &st, &err, &http);
-    if (n < 0) return fail(u, status_of_http(http), err.msg);
+    int n = cv_server_model_stats(u->s, rq->name, rq->version, &st, &err);
+    if (n < 0) return fail_core(u, &err);
     Inference__ModelStatistics *ms = calloc((size_t)n + 1, sizeof *ms);
     Inference__ModelStatistics **mp = calloc((size_t)n + 1, sizeof *mp);
     Inference__InferStatistics *is = calloc((size_t)n + 1, sizeof *is);
@@ -347,7 +325,7 @@ grpc_status_code cv_grpc_unary(cv_server *s, const char *method, const uint8_t *
     grpc_status_code rc;
     if (!strcmp(rpc, "ServerLive")) {
         Inference__ServerLiveResponse r = INFERENCE__SERVER_LIVE_RESPONSE__INIT;
-        r.live = !atomic_load(&s->draining);
+        r.live = cv_server_live(s);
         return reply(&u, &r.base);
     }
     if (!strcmp(rpc, "ServerReady")) {
@@ -366,12 +344,8 @@ grpc_status_code cv_grpc_unary(cv_server *s, const char *method, const uint8_t *
     if (!strcmp(rpc, "ModelReady")) {
         desc = &inference__model_ready_request__descriptor;
         UNPACK(Inference__ModelReadyRequest, rq);
-        cv_error err;
-        int http;
-        cv_model *m = cv_repository_acquire(s->repo, rq->name, rq->version, &err, &http);
         Inference__ModelReadyResponse r = INFERENCE__MODEL_READY_RESPONSE__INIT;
-        r.ready = m && cv_model_healthy(m);
-        if (m) cv_model_release(m);
+        r.ready = cv_server_model_ready(s, rq->name, rq->version);
         protobuf_c_message_free_unpacked(&rq->base, NULL);
         return reply(&u, &r.base);
     }
@@ -403,13 +377,10 @@ grpc_status_code cv_grpc_unary(cv_server *s, const char *method, const uint8_t *
         protobuf_c_message_free_unpacked(&rq->base, NULL);
         return rc;
     }
-    if (!strcmp(rpc, "RepositoryModelLoad") || !strcmp(rpc, "RepositoryModelUnload")) {
-        bool load = !strcmp(rpc, "RepositoryModelLoad");
-        desc = load ? &inference__repository_model_load_request__descriptor
-                    : &inference__repository_model_unload_request__descriptor;
-        /* Both requests share the layout of their first two fields. */
-        UNPACK(Inference__RepositoryModelLoadRequest, rq);
-        rc = load_unload(&u, rq->model_name, load);
+    if (!strcmp(rpc, "RepositoryModelUnload")) {
+        desc = &inference__repository_model_unload_request__descriptor;
+        UNPACK(Inference__RepositoryModelUnloadRequest, rq);
+        rc = unload(&u, rq->model_name);
         protobuf_c_message_free_unpacked(&rq->base, NULL);
         return rc;
     }
@@ -421,10 +392,33 @@ grpc_status_code cv_grpc_unary(cv_server *s, const char *method, const uint8_t *
         protobuf_c_message_free_unpacked(&rq->base, NULL);
         if (!m) return code;
         cv_model_release(m);
-        return fail(&u, GRPC_STATUS_UNIMPLEMENTED,
-                    "ModelInfer RPC doesn't support models with decoupled transaction policy");
+        cv_error err = {.msg = ""};
+        cv_errorf_class(&err, CV_ERR_UNSUPPORTED,
+                        "ModelInfer RPC doesn't support models with decoupled transaction policy");
+        return fail_core(&u, &err);
     }
     return fail(&u, GRPC_STATUS_UNIMPLEMENTED, "unknown method");
+}
+
+char *cv_grpc_load_request_name(const uint8_t *in, size_t len)
+{
+    Inference__RepositoryModelLoadRequest *rq =
+        inference__repository_model_load_request__unpack(NULL, len, in);
+    if (!rq) return NULL;
+    char *name = strdup(rq->model_name);
+    inference__repository_model_load_request__free_unpacked(rq, NULL);
+    return name;
+}
+
+grpc_status_code cv_grpc_load_reply(int rc, const cv_error *err, uint8_t **out, size_t *out_len,
+                                    char *msg, size_t msg_cap)
+{
+    unary_ctx u = {NULL, out, out_len, msg, msg_cap};
+    *out = NULL;
+    *out_len = 0;
+    if (rc < 0) return fail_core(&u, err);
+    Inference__RepositoryModelLoadResponse r = INFERENCE__REPOSITORY_MODEL_LOAD_RESPONSE__INIT;
+    return reply(&u, &r.base);
 }
 
 /* ---- ModelInferRequest -> cv_infer_request ------------------------------ */
@@ -435,13 +429,12 @@ static uint32_t le32(const uint8_t *p)
 }
 
 static int set_param(cv_infer_request *ir, const char *key, const Inference__InferParameter *p,
-                     bool *empty_final, cv_error *err)
+                     cv_error *err)
 {
     json_t *v;
     switch (p ? p->parameter_choice_case : INFERENCE__INFER_PARAMETER__PARAMETER_CHOICE__NOT_SET) {
     case INFERENCE__INFER_PARAMETER__PARAMETER_CHOICE_BOOL_PARAM:
         v = json_boolean(p->bool_param);
-        if (!strcmp(key, "triton_enable_empty_final_response")) *empty_final = p->bool_param;
         break;
     case INFERENCE__INFER_PARAMETER__PARAMETER_CHOICE_INT64_PARAM:
         v = json_integer(p->int64_param);
@@ -463,12 +456,10 @@ static int set_param(cv_infer_request *ir, const char *key, const Inference__Inf
 }
 
 int cv_grpc_parse_infer(const Inference__ModelInferRequest *rq, const cv_model *m,
-                        cv_infer_request *ir, bool *empty_final, cv_error *err)
+                        cv_infer_request *ir, cv_error *err)
 {
-    *empty_final = false;
     for (size_t i = 0; i < rq->n_parameters; i++)
-        if (set_param(ir, rq->parameters[i]->key, rq->parameters[i]->value, empty_final, err) < 0)
-            return -1;
+        if (set_param(ir, rq->parameters[i]->key, rq->parameters[i]->value, err) < 0) return -1;
     bool raw = rq->n_raw_input_contents > 0;
     if (raw && rq->n_raw_input_contents != rq->n_inputs)
         return cv_errorf(err, "expected %zu raw_input_contents entries (one per input), got %zu",

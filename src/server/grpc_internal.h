@@ -16,10 +16,16 @@
 grpc_status_code cv_grpc_unary(cv_server *s, const char *method, const uint8_t *in, size_t in_len,
                                uint8_t **out, size_t *out_len, char *msg, size_t msg_cap);
 
-/* Inputs and parameters of one ModelInferRequest into ir. Sets
- * *empty_final from triton_enable_empty_final_response. */
+/* RepositoryModelLoad, answered apart because the load runs on a thread
+ * of the core: the model name of the packed request (malloc'd; NULL when
+ * it does not parse), and the reply once the load ended with rc / err. */
+char *cv_grpc_load_request_name(const uint8_t *in, size_t len);
+grpc_status_code cv_grpc_load_reply(int rc, const cv_error *err, uint8_t **out, size_t *out_len,
+                                    char *msg, size_t msg_cap);
+
+/* Inputs and parameters of one ModelInferRequest into ir. */
 int cv_grpc_parse_infer(const Inference__ModelInferRequest *rq, const cv_model *m,
-                        cv_infer_request *ir, bool *empty_final, cv_error *err);
+                        cv_infer_request *ir, cv_error *err);
 
 /* A packed ModelStreamInferResponse: outputs of resp (NULL = none) filtered
  * by the requested names (n_wanted 0 = all), parameter

@@ -105,6 +105,41 @@ static void reply_error(struct evhttp_request *req, int status, const char *msg)
     http_reply_json(req, status, json_pack("{s:s}", "error", msg));
 }
 
+/* An error of the server core, its status from its class. */
+static void reply_core_error(struct evhttp_request *req, const cv_error *err)
+{
+    reply_error(req, cv_error_status(err->cls).http, err->msg);
+}
+
+/* The backend's error response as the only response of a request: Triton
+ * (http_server.cc, GenerateRequestClass) takes the status from the first
+ * response's error class and, on /generate_stream, frames its error JSON
+ * as a server-sent event. */
+static void reply_backend_error(struct evhttp_request *req, req_kind kind, const cv_error *err)
+{
+    int status = cv_error_status(err->cls).http;
+    if (kind != KIND_STREAM) {
+        reply_error(req, status, err->msg);
+        return;
+    }
+    json_t *e = json_pack("{s:s}", "error", err->msg);
+    char *text = e ? json_dumps(e, JSON_COMPACT) : NULL;
+    json_decref(e);
+    size_t len = text ? strlen(text) : 0;
+    char *event = text ? malloc(len + 9) : NULL;
+    if (!event) {
+        free(text);
+        reply_error(req, 500, "out of memory");
+        return;
+    }
+    memcpy(event, "data: ", 6);
+    memcpy(event + 6, text, len);
+    memcpy(event + 6 + len, "\n\n", 3);
+    reply_text(req, status, "text/event-stream; charset=utf-8", event, len + 8);
+    free(event);
+    free(text);
+}
+
 static void reply_empty(struct evhttp_request *req, int status)
 {
     reply_text(req, status, NULL, NULL, 0);
@@ -408,15 +443,16 @@ static void do_generate(cv_http *h, struct evhttp_request *req, cv_model *m, req
     cv_error err = {.msg = ""};
     int rc = collect_generate(&hr->ir, m, body, &err);
     json_decref(body);
-    bool unavailable = !cv_model_healthy(m);
-    if (unavailable) rc = cv_errorf(&err, CV_MODEL_UNHEALTHY_MSG);
-    if (rc == 0) rc = cv_infer_prepare(&hr->ir, m, &err);
-    if (rc == 0 && atomic_load(&h->s->draining))
-        rc = cv_errorf(&err, "Server is stopping: no new requests are accepted");
-    if (rc == 0 && !(hr->engine_id = cv_infer_submit(&hr->ir, m, h->q, hr, &err))) rc = -1;
+    if (rc == 0) rc = cv_infer_check(&hr->ir, m, &err);
+    if (rc == 0) rc = cv_server_admit(h->s, &err);
     if (rc < 0) {
-        bool retry = unavailable || err.cls == CV_ERR_UNAVAILABLE || atomic_load(&h->s->draining);
-        reply_error(req, retry ? 503 : 400, err.msg);
+        reply_core_error(req, &err);
+    } else if (cv_infer_prepare(&hr->ir, m, &err) < 0 ||
+               !(hr->engine_id = cv_infer_submit(&hr->ir, m, h->q, hr, &err))) {
+        reply_backend_error(req, kind, &err);
+        rc = -1;
+    }
+    if (rc < 0) {
         cv_server_account(m, false, hr->start_ns);
         http_req_free_unsubmitted(hr);
         return;
@@ -424,25 +460,32 @@ static void do_generate(cv_http *h, struct evhttp_request *req, cv_model *m, req
     http_track_request(h, hr, req);
 }
 
-static json_t *tensor_meta(const cv_tensor_config *t)
+static json_t *tensor_meta_json(const cv_tensor_meta *t)
 {
     json_t *shape = json_array();
     for (int i = 0; i < t->n_dims; i++)
         json_array_append_new(shape, json_integer(t->dims[i]));
-    return json_pack("{s:s, s:s, s:o}", "name", t->name, "datatype",
-                     cv_data_type_kserve(t->data_type), "shape", shape);
+    return json_pack("{s:s, s:s, s:o}", "name", t->name, "datatype", t->datatype, "shape", shape);
 }
 
-static json_t *model_metadata(const cv_model *m)
+static void reply_metadata(cv_http *h, struct evhttp_request *req, const char *name,
+                           const char *version)
 {
+    cv_model_metadata md;
+    cv_error err = {.msg = ""};
+    if (cv_server_model_metadata(h->s, name, version, &md, &err) < 0) {
+        reply_core_error(req, &err);
+        return;
+    }
     json_t *in = json_array(), *out = json_array();
-    for (int i = 0; i < m->cfg.n_inputs; i++)
-        json_array_append_new(in, tensor_meta(&m->cfg.inputs[i]));
-    for (int i = 0; i < m->cfg.n_outputs; i++)
-        json_array_append_new(out, tensor_meta(&m->cfg.outputs[i]));
-    return json_pack("{s:s, s:[s], s:s, s:o, s:o}", "name", m->name, "versions", m->version_str,
-                     "platform", m->cfg.platform[0] ? m->cfg.platform : m->cfg.backend, "inputs",
-                     in, "outputs", out);
+    for (int i = 0; i < md.n_inputs; i++)
+        json_array_append_new(in, tensor_meta_json(&md.inputs[i]));
+    for (int i = 0; i < md.n_outputs; i++)
+        json_array_append_new(out, tensor_meta_json(&md.outputs[i]));
+    http_reply_json(req, 200,
+                    json_pack("{s:s, s:[s], s:s, s:o, s:o}", "name", md.name, "versions",
+                              md.version, "platform", md.platform, "inputs", in, "outputs", out));
+    cv_model_release(md.model);
 }
 
 static void reply_stats(cv_http *h, struct evhttp_request *req, const char *name,
@@ -450,10 +493,9 @@ static void reply_stats(cv_http *h, struct evhttp_request *req, const char *name
 {
     cv_model_stats *st;
     cv_error err = {.msg = ""};
-    int status = 0;
-    int n = cv_server_model_stats(h->s, name, version, &st, &err, &status);
+    int n = cv_server_model_stats(h->s, name, version, &st, &err);
     if (n < 0) {
-        reply_error(req, status, err.msg);
+        reply_core_error(req, &err);
         return;
     }
     http_reply_json(req, 200, cv_model_stats_json(st, n));
@@ -481,55 +523,48 @@ static void route_model(cv_http *h, struct evhttp_request *req, enum evhttp_cmd_
         reply_stats(h, req, name, version);
         return;
     }
-    bool is_ready = !strcmp(action, "ready");
-    cv_error err = {.msg = ""};
-    int status = 0;
-    cv_model *m = cv_repository_acquire(h->s->repo, name, version, &err, &status);
-    if (is_ready) {
-        bool ready = m && cv_model_healthy(m);
-        if (m) cv_model_release(m);
-        reply_empty(req, ready ? 200 : 400);
-        return;
-    }
-    if (!m) {
-        reply_error(req, status, err.msg);
+    if (!strcmp(action, "ready")) {
+        reply_empty(req, cv_server_model_ready(h->s, name, version) ? 200 : 400);
         return;
     }
     bool post = cmd == EVHTTP_REQ_POST, get = cmd == EVHTTP_REQ_GET;
     if (!action[0] && get) {
-        http_reply_json(req, 200, model_metadata(m));
-    } else if (!strcmp(action, "config") && get) {
+        reply_metadata(h, req, name, version);
+        return;
+    }
+    cv_error err = {.msg = ""};
+    cv_model *m = cv_server_acquire(h->s, name, version, &err);
+    if (!m) {
+        reply_core_error(req, &err);
+        return;
+    }
+    if (!strcmp(action, "config") && get) {
         http_reply_json(req, 200, cv_model_config_to_json(&m->cfg));
     } else if (!strcmp(action, "infer") && post) {
-        reply_error(req, 501,
-                    "HTTP end point doesn't support models with decoupled "
-                    "transaction policy");
+        cv_errorf_class(&err, CV_ERR_UNSUPPORTED,
+                        "HTTP end point doesn't support models with decoupled transaction policy");
+        reply_core_error(req, &err);
     } else if (!strcmp(action, "generate") && post) {
-        {
-            do_generate(h, req, m, KIND_GENERATE);
-            return;
-        }
+        do_generate(h, req, m, KIND_GENERATE);
+        return;
     } else if (!strcmp(action, "generate_stream") && post) {
-        {
-            do_generate(h, req, m, KIND_STREAM);
-            return;
-        }
+        do_generate(h, req, m, KIND_STREAM);
+        return;
     } else {
         reply_error(req, 404, "Not Found");
     }
     cv_model_release(m);
 }
 
-/* A model load reads weights and builds an engine: seconds for a large
- * model. It runs on its own thread so the event loop keeps streaming other
- * requests; the reply goes out from the loop when the load is done. The
- * request stays valid meanwhile: evhttp detaches (does not free) an
- * unanswered request whose client leaves, and the reply frees it. */
+/* A model load runs on a thread of the core (cv_server_load_async) so the
+ * event loop keeps streaming other requests; the reply goes out from the
+ * loop when the load is done. The request stays valid meanwhile: evhttp
+ * detaches (does not free) an unanswered request whose client leaves, and
+ * the reply frees it. */
 typedef struct load_job {
     cv_http *h;
     struct evhttp_request *req;
     struct event *done;
-    char name[256];
     int rc;
     cv_error err;
 } load_job;
@@ -538,40 +573,39 @@ static void on_load_done(evutil_socket_t fd, short what, void *arg)
 {
     load_job *job = arg;
     if (job->rc < 0)
-        reply_error(job->req, 400, job->err.msg);
+        reply_core_error(job->req, &job->err);
     else
         reply_empty(job->req, 200);
     job->h->n_loading--;
-    event_free(job->done);
+    if (job->done) event_free(job->done);
     free(job);
 }
 
-static void *load_thread(void *arg)
+/* The core's callback: on the load's thread, or inline on a refusal. */
+static void load_finished(void *arg, int rc, const cv_error *err)
 {
     load_job *job = arg;
-    job->rc = cv_repository_load(job->h->s->repo, job->name, &job->err);
+    job->rc = rc;
+    job->err = *err;
     event_active(job->done, EV_TIMEOUT, 0);
-    return NULL;
 }
 
 static void load_async(cv_http *h, struct evhttp_request *req, const char *name)
 {
     load_job *job = calloc(1, sizeof *job);
-    pthread_t t;
     if (job) {
         job->h = h;
         job->req = req;
-        snprintf(job->name, sizeof job->name, "%s", name);
         job->done = event_new(h->s->base, -1, 0, on_load_done, job);
     }
-    if (!job || !job->done || pthread_create(&t, NULL, load_thread, job) != 0) {
+    if (!job || !job->done) {
         if (job && job->done) event_free(job->done);
         free(job);
         reply_error(req, 500, "cannot start the model load");
         return;
     }
-    pthread_detach(t);
     h->n_loading++;
+    cv_server_load_async(h->s, name, load_finished, job);
 }
 
 static void route_repository(cv_http *h, struct evhttp_request *req, char **seg, int n)
@@ -592,19 +626,13 @@ static void route_repository(cv_http *h, struct evhttp_request *req, char **seg,
         reply_error(req, 404, "Not Found");
         return;
     }
-    if (s->opts.control_mode != CV_CONTROL_EXPLICIT) {
-        reply_error(req, 400,
-                    "explicit model load / unload is not allowed if polling is "
-                    "enabled or the model control mode is none");
-        return;
-    }
     if (!strcmp(seg[4], "load")) {
         load_async(h, req, seg[3]);
         return;
     }
     cv_error err = {.msg = ""};
-    if (cv_repository_unload(s->repo, seg[3], &err) < 0) {
-        reply_error(req, 400, err.msg);
+    if (cv_server_unload(s, seg[3], &err) < 0) {
+        reply_core_error(req, &err);
         return;
     }
     reply_empty(req, 200);
@@ -630,7 +658,7 @@ static void route(struct evhttp_request *req, void *arg)
         http_route_openai(h, req, cmd, seg, n);
     } else if (n == 1 && !strcmp(seg[0], "health") && cmd == EVHTTP_REQ_GET) {
         /* vLLM's OpenAI server: 200 while serving */
-        reply_empty(req, atomic_load(&h->s->draining) ? 503 : 200);
+        reply_empty(req, cv_server_live(h->s) ? 200 : 503);
     } else if (n == 1 && !strcmp(seg[0], "version") && cmd == EVHTTP_REQ_GET) {
         http_reply_json(req, 200, json_pack("{s:s}", "version", cv_server_version));
     } else if (n == 0 || strcmp(seg[0], "v2")) {
@@ -644,7 +672,7 @@ static void route(struct evhttp_request *req, void *arg)
                                   "extensions", ext));
     } else if (n == 3 && !strcmp(seg[1], "health") && cmd == EVHTTP_REQ_GET &&
                (!strcmp(seg[2], "live") || !strcmp(seg[2], "ready"))) {
-        bool ok = seg[2][0] == 'l' ? !atomic_load(&h->s->draining) : cv_server_ready(h->s);
+        bool ok = seg[2][0] == 'l' ? cv_server_live(h->s) : cv_server_ready(h->s);
         reply_empty(req, ok ? 200 : 400);
     } else if (n == 3 && !strcmp(seg[1], "models") && !strcmp(seg[2], "stats") &&
                cmd == EVHTTP_REQ_GET) {
@@ -661,16 +689,17 @@ static void route(struct evhttp_request *req, void *arg)
 
 /* ---- lifecycle ---------------------------------------------------------- */
 
-cv_http *cv_http_start(cv_server *s, cv_error *err)
+static void http_destroy(void *state);
+
+static int http_start(cv_server *s, void **state, cv_error *err)
 {
+    *state = NULL;
+    if (!s->opts.allow_http) return 0;
     cv_http *h = calloc(1, sizeof *h);
-    if (!h) {
-        cv_errorf(err, "out of memory");
-        return NULL;
-    }
+    if (!h) return cv_errorf_class(err, CV_ERR_INTERNAL, "out of memory");
     h->s = s;
     if (!(h->q = cv_output_queue_create()) || !(h->http = evhttp_new(s->base))) {
-        cv_errorf(err, "HTTP: cannot create the server");
+        cv_errorf_class(err, CV_ERR_INTERNAL, "HTTP: cannot create the server");
         goto fail;
     }
     evhttp_set_allowed_methods(h->http, EVHTTP_REQ_GET | EVHTTP_REQ_POST | EVHTTP_REQ_HEAD);
@@ -680,46 +709,62 @@ cv_http *cv_http_start(cv_server *s, cv_error *err)
     evhttp_set_gencb(h->http, route, h);
     h->q_ev = event_new(s->base, cv_output_queue_fd(h->q), EV_READ | EV_PERSIST, on_outputs, h);
     if (!h->q_ev || event_add(h->q_ev, NULL) < 0) {
-        cv_errorf(err, "HTTP: cannot watch the output queue");
+        cv_errorf_class(err, CV_ERR_INTERNAL, "HTTP: cannot watch the output queue");
         goto fail;
     }
-    h->sock = evhttp_bind_socket_with_handle(h->http, "0.0.0.0", (uint16_t)s->opts.http_port);
+    const char *addr = s->opts.http_address;
+    h->sock = evhttp_bind_socket_with_handle(h->http, addr, (uint16_t)s->opts.http_port);
     if (!h->sock) {
-        cv_errorf(err, "failed to start HTTP service: cannot bind port %d: %s", s->opts.http_port,
-                  strerror(errno));
+        cv_errorf_class(err, CV_ERR_UNAVAILABLE,
+                        "failed to start HTTP service: cannot bind %s port %d: %s", addr,
+                        s->opts.http_port, strerror(errno));
         goto fail;
     }
-    cv_log_info("Started HTTPService at 0.0.0.0:%d", s->opts.http_port);
-    return h;
+    cv_log_info("Started HTTPService at %s:%d", addr, s->opts.http_port);
+    *state = h;
+    return 0;
 fail:
-    cv_http_destroy(h);
-    return NULL;
+    http_destroy(h);
+    return -1;
 }
 
-void cv_http_stop_accepting(cv_http *h)
+static void http_stop_accepting(void *state)
 {
+    cv_http *h = state;
     if (h->sock) {
         evhttp_del_accept_socket(h->http, h->sock);
         h->sock = NULL;
     }
 }
 
-void cv_http_abort_all(cv_http *h)
+static void http_abort_all(void *state)
 {
+    cv_http *h = state;
     for (http_req *hr = h->active; hr; hr = hr->next)
         req_cancel(hr);
 }
 
-int cv_http_active(const cv_http *h)
+static int http_active(void *state)
 {
+    const cv_http *h = state;
     return h->n_active + n_unsent + h->n_loading;
 }
 
-void cv_http_destroy(cv_http *h)
+static void http_destroy(void *state)
 {
+    cv_http *h = state;
     if (!h) return;
     if (h->q_ev) event_free(h->q_ev);
     if (h->http) evhttp_free(h->http);
     if (h->q) cv_output_queue_destroy(h->q);
     free(h);
 }
+
+const cv_frontend_ops cv_http_frontend = {
+    .name = "HTTP",
+    .start = http_start,
+    .stop_accepting = http_stop_accepting,
+    .abort_all = http_abort_all,
+    .active = http_active,
+    .destroy = http_destroy,
+};

@@ -13,6 +13,8 @@
 #include "server/openai.h"
 #include "server/server_internal.h"
 
+typedef struct cv_http cv_http;
+
 typedef enum { KIND_GENERATE, KIND_STREAM } req_kind;
 
 /* One /generate, /generate_stream or /v1/completions request in flight
@@ -43,7 +45,7 @@ struct cv_http {
     struct event *q_ev;
     http_req *active;
     int n_active;
-    int n_loading;          /* model loads running on their own threads */
+    int n_loading;          /* model loads whose reply is not yet sent */
     uint64_t n_completions; /* OpenAI request ids */
 };
 

@@ -73,24 +73,20 @@ static void do_completions(cv_http *h, struct evhttp_request *req)
     hr->kind = r->stream ? KIND_STREAM : KIND_GENERATE;
     hr->start_ns = cv_now_ns();
     cv_infer_request_init(&hr->ir);
-    int status = 0;
-    hr->model = cv_repository_acquire(h->s->repo, r->model, "", &err, &status);
+    hr->model = cv_server_acquire(h->s, r->model, "", &err);
     if (!hr->model) {
         char msg[512];
         snprintf(msg, sizeof msg, "The model `%s` does not exist.", r->model);
-        /* 404 unknown; otherwise the repository's status and reason (a
-         * model without a ready version: 503) */
-        reply_openai_error(req, status ? status : 400, status == 404 ? msg : err.msg);
+        /* 404 unknown; otherwise the core's status and reason (a model
+         * without a ready version: 503) */
+        bool unknown = err.cls == CV_ERR_NOT_FOUND;
+        reply_openai_error(req, cv_error_status(err.cls).http, unknown ? msg : err.msg);
         http_req_free_unsubmitted(hr);
         return;
     }
-    int rc = 0;
-    bool unavailable = !cv_model_healthy(hr->model) || atomic_load(&h->s->draining);
-    if (unavailable)
-        rc = cv_errorf(&err, "%s",
-                       atomic_load(&h->s->draining)
-                           ? "Server is stopping: no new requests are accepted"
-                           : CV_MODEL_UNHEALTHY_MSG);
+    int rc = cv_server_admit(h->s, &err);
+    if (rc == 0 && !cv_model_healthy(hr->model))
+        rc = cv_errorf_class(&err, CV_ERR_UNAVAILABLE, CV_MODEL_UNHEALTHY_MSG);
     cv_request_desc d = {
         .prompt = r->prompt,
         .prompt_len = r->prompt_len,
@@ -114,7 +110,7 @@ static void do_completions(cv_http *h, struct evhttp_request *req)
         return;
     }
     if (rc < 0) {
-        reply_openai_error(req, unavailable || err.cls == CV_ERR_UNAVAILABLE ? 503 : 400, err.msg);
+        reply_openai_error(req, cv_error_status(err.cls).http, err.msg);
         cv_server_account(hr->model, false, hr->start_ns);
         cv_model_release(hr->model);
         hr->model = NULL;

@@ -116,24 +116,49 @@ static int check_lora(const cv_model *m, const char *lora, cv_error *err)
     return cv_errorf(err, "LoRA %s is not supported, we currently support [%s]", lora, list);
 }
 
-int cv_infer_prepare(cv_infer_request *r, const cv_model *m, cv_error *err)
+int cv_infer_check(const cv_infer_request *r, const cv_model *m, cv_error *err)
 {
     if (!r->has_prompt)
         return cv_errorf(err,
                          "expected number of inputs between 1 and %d but got %d inputs for "
                          "model '%s'",
                          m->cfg.n_inputs, r->n_inputs, m->name);
-    if (r->stream && r->exclude_input == 0)
-        return cv_errorf(err, "Error generating stream: When streaming, "
-                              "`exclude_input_in_output` = False is not allowed.");
+    return 0;
+}
+
+/* An error the backend raises inside its generate loop: the class of
+ * pb_utils.TritonError and the loop's message prefix. */
+static int generate_error(cv_error *err)
+{
+    char msg[CV_ERROR_MSG_BYTES];
+    snprintf(msg, sizeof msg, "%s", err->msg);
+    return cv_errorf_class(err, CV_ERR_INTERNAL, "Error generating stream: %s", msg);
+}
+
+static int build_params(cv_infer_request *r, const cv_model *m, cv_error *err);
+
+int cv_infer_prepare(cv_infer_request *r, const cv_model *m, cv_error *err)
+{
+    if (!cv_model_healthy(m))
+        return cv_errorf_class(err, CV_ERR_UNAVAILABLE, CV_MODEL_UNHEALTHY_MSG);
+    if (r->stream && r->exclude_input == 0) {
+        cv_errorf(err, "When streaming, `exclude_input_in_output` = False is not allowed.");
+        return generate_error(err);
+    }
+    return build_params(r, m, err);
+}
+
+static int build_params(cv_infer_request *r, const cv_model *m, cv_error *err)
+{
     json_t *obj;
     if (r->sampling_json) {
         json_error_t je;
         obj = json_loads(r->sampling_json, 0, &je);
         if (!obj || !json_is_object(obj)) {
             json_decref(obj);
-            return cv_errorf(err, "sampling_parameters: expected a JSON object: %s",
-                             obj ? "not an object" : je.text);
+            cv_errorf(err, "sampling_parameters: expected a JSON object: %s",
+                      obj ? "not an object" : je.text);
+            return generate_error(err);
         }
     } else {
         obj = json_object();
@@ -146,11 +171,16 @@ int cv_infer_prepare(cv_infer_request *r, const cv_model *m, cv_error *err)
         }
     }
     json_t *lora = json_object_get(obj, "lora_name");
-    if (lora) {
-        int rc = json_is_string(lora) ? check_lora(m, json_string_value(lora), err)
-                                      : cv_errorf(err, "lora_name: expected a string");
+    if (lora && !json_is_string(lora)) {
         json_decref(obj);
-        if (rc < 0) return -1;
+        cv_errorf(err, "lora_name: expected a string");
+        return generate_error(err);
+    }
+    /* The backend answers LoRA errors before its generate loop: no prefix. */
+    if (lora && check_lora(m, json_string_value(lora), err) < 0) {
+        json_decref(obj);
+        err->cls = CV_ERR_INTERNAL;
+        return -1;
     }
     char *text = json_dumps(obj, JSON_COMPACT);
     json_decref(obj);
@@ -161,7 +191,7 @@ int cv_infer_prepare(cv_infer_request *r, const cv_model *m, cv_error *err)
     int rc = cv_sampling_params_from_json(&r->sp, text, strlen(text), err);
     free(text);
     if (rc == 0) rc = cv_sampling_params_validate(&r->sp, err);
-    return rc;
+    return rc < 0 ? generate_error(err) : 0;
 }
 
 uint64_t cv_infer_submit(cv_infer_request *r, cv_model *m, cv_output_queue *sink, void *user_data,
@@ -176,7 +206,10 @@ uint64_t cv_infer_submit(cv_infer_request *r, cv_model *m, cv_output_queue *sink
         .user_data = user_data,
     };
     uint64_t id = cv_engine_add_request(m->engine, &d, err);
-    if (id) atomic_fetch_add(&m->counters.pending, 1);
+    if (id)
+        atomic_fetch_add(&m->counters.pending, 1);
+    else if (err && err->cls != CV_ERR_UNAVAILABLE)
+        generate_error(err);
     return id;
 }
 

@@ -43,14 +43,27 @@ int cv_infer_set_bytes(cv_infer_request *r, const cv_model *m, const char *name,
 /* Adds request parameter `key` (a JSON scalar; the reference is stolen). */
 int cv_infer_set_param(cv_infer_request *r, const char *key, json_t *value, cv_error *err);
 
-/* Checks the request and builds its sampling parameters: the
- * sampling_parameters input when present, else the request parameters
- * (Triton-reserved ones excluded); lora_name checked against the model. */
+/* What Triton's core checks before a request reaches the backend: the
+ * required input text_input is given. Errors are CV_ERR_INVALID. */
+int cv_infer_check(const cv_infer_request *r, const cv_model *m, cv_error *err);
+
+/* What the vLLM backend does with a request before the engine runs it:
+ * the engine health check (ENABLE_VLLM_HEALTH_CHECK), stream with
+ * exclude_input_in_output false, lora_name against the model, and the
+ * sampling parameters (the sampling_parameters input when present, else
+ * the request parameters, Triton-reserved ones excluded). Its errors are
+ * the backend's error responses: CV_ERR_INTERNAL (the class of the
+ * backend's pb_utils.TritonError) with the backend's message, prefixed
+ * "Error generating stream: " where the backend prefixes it; an unhealthy
+ * engine CV_ERR_UNAVAILABLE. HTTP /generate_stream sends them as SSE
+ * error events. */
 int cv_infer_prepare(cv_infer_request *r, const cv_model *m, cv_error *err);
 
 /* Queues the prepared request in m's engine with outputs to sink and counts
  * it pending (the frontend decrements m->counters.pending at its final
- * output). */
+ * output). Errors are backend errors as cv_infer_prepare's (a request the
+ * engine refuses: INTERNAL, prefixed), or CV_ERR_UNAVAILABLE when the
+ * engine's queue is full. */
 uint64_t cv_infer_submit(cv_infer_request *r, cv_model *m, cv_output_queue *sink, void *user_data,
                          cv_error *err);
 

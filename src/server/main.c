@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <unistd.h>
 
 #include "base/log.h"
 #include "server/server.h"
@@ -25,7 +26,65 @@ static void usage(FILE *f)
             "  --exit-timeout-secs=N     drain limit on SIGINT/SIGTERM (30)\n"
             "  --repository-poll-secs=N  poll mode: seconds between repository scans (15)\n"
             "  --backend-config=BACKEND,KEY=VALUE  accepted (cvllm has no stub processes)\n"
-            "  --threads=N               engine threads per model (0 = all cores)\n");
+            "  --threads=N               engine threads per model (0 = all cores)\n"
+            "  --http-address=A, --grpc-address=A, --metrics-address=A  bind addresses\n"
+            "                            (0.0.0.0; metrics: the HTTP address)\n"
+            "  --log-file=PATH           append the log to PATH instead of stderr\n"
+            "  --log-info=BOOL, --log-warning=BOOL, --log-error=BOOL  that level on/off\n"
+            "  accepted and logged as not applicable to cvllm: --backend-directory=DIR,\n"
+            "  --log-format=default|ISO8601, --model-load-thread-count=N,\n"
+            "  --disable-auto-complete-config, --grpc-infer-allocation-pool-size=N,\n"
+            "  --cuda-memory-pool-byte-size=GPU:BYTES, --pinned-memory-pool-byte-size=N\n");
+}
+
+/* tritonserver flags that configure nothing in cvllm: their values are
+ * checked as tritonserver checks them, then each is logged as not
+ * applied, so deployment scripts written for tritonserver run unchanged. */
+typedef enum { V_STR, V_INT, V_GPU_BYTES, V_LOG_FORMAT } value_kind;
+static const struct {
+    const char *flag;
+    value_kind kind;
+    const char *why;
+} inert_flags[] = {
+    {"--backend-directory", V_STR, "the vllm backend is built into cvllm-server"},
+    {"--log-format", V_LOG_FORMAT, "cvllm's log lines have one format"},
+    {"--model-load-thread-count", V_INT, "cvllm loads models one at a time"},
+    {"--grpc-infer-allocation-pool-size", V_INT,
+     "cvllm allocates each stream's request state as it comes"},
+    {"--cuda-memory-pool-byte-size", V_GPU_BYTES,
+     "cvllm sizes GPU memory from model.json's gpu_memory_utilization"},
+    {"--pinned-memory-pool-byte-size", V_INT, "cvllm does not stage tensors in pinned memory"},
+};
+
+static int check_inert(int i, const char *v)
+{
+    const char *flag = inert_flags[i].flag;
+    char *end;
+    errno = 0;
+    switch (inert_flags[i].kind) {
+    case V_STR:
+        return 0;
+    case V_INT:
+        strtoll(v, &end, 10);
+        if (errno || *end || end == v) break;
+        return 0;
+    case V_GPU_BYTES:
+        strtol(v, &end, 10);
+        if (errno || end == v || *end != ':') break;
+        v = end + 1;
+        strtoull(v, &end, 10);
+        if (errno || *end || end == v) break;
+        return 0;
+    case V_LOG_FORMAT:
+        if (!strcmp(v, "default") || !strcmp(v, "ISO8601")) return 0;
+        fprintf(stderr,
+                "cvllm-server: invalid argument for --log-format: '%s' "
+                "(default, ISO8601)\n",
+                v);
+        return -1;
+    }
+    fprintf(stderr, "cvllm-server: %s: invalid value '%s'\n", flag, v);
+    return -1;
 }
 
 static int parse_bool(const char *flag, const char *v, bool *out)
@@ -56,11 +115,26 @@ static int parse_int(const char *flag, const char *v, int lo, int hi, int *out)
     return 0;
 }
 
+/* Logged once the log goes where --log-file says. */
+enum { MAX_NOTES = 16 };
+static const char *notes[MAX_NOTES][2]; /* flag, why */
+static int n_notes;
+
+static void note_inert(const char *flag, const char *why)
+{
+    if (n_notes < MAX_NOTES) {
+        notes[n_notes][0] = flag;
+        notes[n_notes++][1] = why;
+    }
+}
+
 int main(int argc, char **argv)
 {
     cv_server_options o;
     cv_server_options_default(&o);
     int verbose = 0;
+    bool log_on[3] = {true, true, true}; /* error, warning, info */
+    const char *log_file = NULL;
     for (int i = 1; i < argc; i++) {
         char *a = argv[i];
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
@@ -70,6 +144,11 @@ int main(int argc, char **argv)
         if (strncmp(a, "--", 2)) {
             fprintf(stderr, "cvllm-server: unexpected argument '%s'\n", a);
             return 2;
+        }
+        if (!strcmp(a, "--disable-auto-complete-config")) {
+            /* tritonserver's only flag without a value */
+            note_inert(a, "cvllm completes the vllm model's configuration as the backend does");
+            continue;
         }
         char *flag = a, *val = strchr(a, '=');
         if (val) {
@@ -129,6 +208,20 @@ int main(int argc, char **argv)
                         val);
                 rc = -1;
             }
+        } else if (!strcmp(flag, "--http-address")) {
+            o.http_address = val;
+        } else if (!strcmp(flag, "--grpc-address")) {
+            o.grpc_address = val;
+        } else if (!strcmp(flag, "--metrics-address")) {
+            o.metrics_address = val;
+        } else if (!strcmp(flag, "--log-file")) {
+            log_file = val;
+        } else if (!strcmp(flag, "--log-error")) {
+            rc = parse_bool(flag, val, &log_on[CV_LOG_ERROR]);
+        } else if (!strcmp(flag, "--log-warning")) {
+            rc = parse_bool(flag, val, &log_on[CV_LOG_WARN]);
+        } else if (!strcmp(flag, "--log-info")) {
+            rc = parse_bool(flag, val, &log_on[CV_LOG_INFO]);
         } else if (!strcmp(flag, "--backend-config")) {
             /* BACKEND,KEY=VALUE: checked for shape only. Python-backend
              * settings such as shm-region-prefix-name have nothing to
@@ -141,9 +234,16 @@ int main(int argc, char **argv)
                 rc = -1;
             }
         } else {
-            fprintf(stderr, "cvllm-server: unknown option '%s'\n", flag);
-            usage(stderr);
-            return 2;
+            int k = -1;
+            for (int j = 0; j < (int)(sizeof inert_flags / sizeof *inert_flags); j++)
+                if (!strcmp(flag, inert_flags[j].flag)) k = j;
+            if (k < 0) {
+                fprintf(stderr, "cvllm-server: unknown option '%s'\n", flag);
+                usage(stderr);
+                return 2;
+            }
+            rc = check_inert(k, val);
+            if (rc == 0) note_inert(inert_flags[k].flag, inert_flags[k].why);
         }
         if (rc < 0) return 2;
     }
@@ -156,7 +256,23 @@ int main(int argc, char **argv)
                         "--model-control-mode=explicit\n");
         return 2;
     }
+    /* tritonserver appends to --log-file; everything cvllm logs goes to
+     * stderr, so stderr becomes the file. */
+    if (log_file) {
+        FILE *f = fopen(log_file, "a");
+        if (!f) {
+            fprintf(stderr, "cvllm-server: --log-file: cannot open '%s': %s\n", log_file,
+                    strerror(errno));
+            return 2;
+        }
+        dup2(fileno(f), STDERR_FILENO);
+        fclose(f);
+    }
     cv_log_set_level(verbose > 0 ? CV_LOG_VERBOSE : CV_LOG_INFO);
+    for (int l = CV_LOG_ERROR; l <= CV_LOG_INFO; l++)
+        cv_log_enable((cv_log_level)l, log_on[l]);
+    for (int i = 0; i < n_notes; i++)
+        cv_log_info("%s: accepted, not applicable: %s", notes[i][0], notes[i][1]);
     cv_error err = {.msg = ""};
     if (cv_server_run(&o, &err) < 0) {
         fprintf(stderr, "error: creating server: %s\n", err.msg);

@@ -16,7 +16,7 @@
 typedef struct model_snap {
     char name[256];
     char version[24];
-    uint64_t c[7];
+    uint64_t c[9]; /* triton_counters, in order */
     int64_t pending;
     bool custom;
     cv_engine_stats st;
@@ -50,7 +50,10 @@ static void take_snap(cv_model *m, void *arg)
     /* Time in the engine's waiting queue, from its stats. */
     cv_engine_get_stats(m->engine, &x->st);
     x->c[5] = (uint64_t)(x->st.queue_time_s.sum * 1e6);
-    x->c[6] = atomic_load(&k->compute_infer_duration_us);
+    /* c[6], c[8]: compute input and output. cvllm has no phase apart from
+     * the engine's (tokenizing and detokenizing run inside it), so they
+     * stay 0, as compute_input/compute_output in the statistics extension. */
+    x->c[7] = atomic_load(&k->compute_infer_duration_us);
     x->pending = atomic_load(&k->pending);
     x->custom = m->report_custom_metrics;
     if (x->custom) cv_engine_get_stats(m->engine, &x->st);
@@ -68,9 +71,17 @@ static const struct {
      "Cumulative inference request duration in microseconds (includes cached requests)"},
     {"nv_inference_queue_duration_us",
      "Cumulative inference queuing duration in microseconds (includes cached requests)"},
+    {"nv_inference_compute_input_duration_us",
+     "Cumulative compute input duration in microseconds (does not include cached requests)"},
     {"nv_inference_compute_infer_duration_us",
      "Cumulative compute inference duration in microseconds (does not include cached requests)"},
+    {"nv_inference_compute_output_duration_us",
+     "Cumulative inference compute output duration in microseconds (does not include cached "
+     "requests)"},
 };
+_Static_assert(sizeof triton_counters / sizeof *triton_counters ==
+                   sizeof((model_snap *)0)->c / sizeof(uint64_t),
+               "one snapshot counter per Triton counter");
 
 static void family(struct evbuffer *b, const char *name, const char *type, const char *help)
 {
@@ -226,16 +237,50 @@ static void on_metrics(struct evhttp_request *req, void *arg)
     evbuffer_free(b);
 }
 
-int cv_metrics_start(cv_server *s, cv_error *err)
+/* The metrics frontend: its state is the evhttp server on the metrics
+ * port. Scrapes are answered at once, so there is nothing to drain. */
+static int metrics_start(cv_server *s, void **state, cv_error *err)
 {
-    if (!(s->metrics = evhttp_new(s->base)))
-        return cv_errorf(err, "metrics: cannot create the HTTP server");
-    evhttp_set_gencb(s->metrics, on_metrics, s);
-    s->metrics_sock =
-        evhttp_bind_socket_with_handle(s->metrics, "0.0.0.0", (uint16_t)s->opts.metrics_port);
-    if (!s->metrics_sock)
-        return cv_errorf(err, "failed to start Metrics service: cannot bind port %d: %s",
-                         s->opts.metrics_port, strerror(errno));
-    cv_log_info("Started Metrics Service at 0.0.0.0:%d", s->opts.metrics_port);
+    *state = NULL;
+    if (!s->opts.allow_metrics) return 0;
+    struct evhttp *http = evhttp_new(s->base);
+    if (!http)
+        return cv_errorf_class(err, CV_ERR_INTERNAL, "metrics: cannot create the HTTP server");
+    evhttp_set_gencb(http, on_metrics, s);
+    /* tritonserver: the metrics address defaults to the HTTP one. */
+    const char *addr = s->opts.metrics_address ? s->opts.metrics_address : s->opts.http_address;
+    if (!evhttp_bind_socket_with_handle(http, addr, (uint16_t)s->opts.metrics_port)) {
+        cv_errorf_class(err, CV_ERR_UNAVAILABLE,
+                        "failed to start Metrics service: cannot bind %s port %d: %s", addr,
+                        s->opts.metrics_port, strerror(errno));
+        evhttp_free(http);
+        return -1;
+    }
+    cv_log_info("Started Metrics Service at %s:%d", addr, s->opts.metrics_port);
+    *state = http;
     return 0;
 }
+
+static void metrics_nothing(void *state)
+{
+    (void)state;
+}
+
+static int metrics_active(void *state)
+{
+    (void)state;
+    return 0;
+}
+
+static void metrics_destroy(void *state)
+{
+    evhttp_free(state);
+}
+
+const cv_frontend_ops cv_metrics_frontend = {
+    .name = "metrics",
+    .start = metrics_start,
+    .abort_all = metrics_nothing,
+    .active = metrics_active,
+    .destroy = metrics_destroy,
+};

@@ -256,6 +256,31 @@ static int parse_version_policy(const ctx *c, const cv_pbtxt_field *vf, cv_model
     return 0;
 }
 
+/* Models cvllm does not serve, recognised before the vllm schema is
+ * applied to them (their configs have fields it does not know). */
+static int check_served(const ctx *c, const cv_pbtxt_msg *root)
+{
+    const char *backend = NULL, *platform = NULL;
+    bool ensemble = false;
+    for (int i = 0; i < root->n_fields; i++) {
+        const cv_pbtxt_field *f = &root->fields[i];
+        if (!strcmp(f->name, "backend") && f->value) backend = f->value;
+        if (!strcmp(f->name, "platform") && f->value) platform = f->value;
+        ensemble |= !strcmp(f->name, "ensemble_scheduling");
+    }
+    char what[300] = "";
+    if (ensemble || (platform && !strcmp(platform, "ensemble")))
+        snprintf(what, sizeof what, "the ensemble (platform \"ensemble\")");
+    else if (backend && strcmp(backend, "vllm"))
+        snprintf(what, sizeof what, "backend \"%.200s\"", backend);
+    else if (!backend && platform && platform[0])
+        snprintf(what, sizeof what, "platform \"%.200s\"", platform);
+    if (!what[0]) return 0;
+    return cv_errorf_class(c->err, CV_ERR_UNSUPPORTED,
+                           "%s: %s is not served: cvllm serves models of the vllm backend only",
+                           c->file, what);
+}
+
 int cv_model_config_parse(cv_model_config *cfg, const char *text, size_t len, const char *file,
                           cv_error *err)
 {
@@ -264,7 +289,7 @@ int cv_model_config_parse(cv_model_config *cfg, const char *text, size_t len, co
     cv_pbtxt_msg *root = cv_pbtxt_parse(text, len, file, err);
     if (!root) return -1;
     ctx c = {file, err};
-    int rc = 0;
+    int rc = check_served(&c, root);
     for (int i = 0; i < root->n_fields && rc == 0; i++) {
         const cv_pbtxt_field *f = &root->fields[i];
         int64_t v;

@@ -95,7 +95,11 @@ typedef struct cv_model_config {
 } cv_model_config;
 
 /* Parses config.pbtxt text. Unknown fields, wrong value types and
- * out-of-range enums are errors "<file>:<line>: ...". */
+ * out-of-range enums are errors "<file>:<line>: ...". A model of another
+ * backend (backend: "python", ...), another platform or an ensemble
+ * (platform: "ensemble", ensemble_scheduling) is refused first, with
+ * class CV_ERR_UNSUPPORTED: "<file>: <what> is not served: cvllm serves
+ * models of the vllm backend only". */
 int cv_model_config_parse(cv_model_config *cfg, const char *text, size_t len, const char *file,
                           cv_error *err);
 /* Reads <model_dir>/config.pbtxt and parses it; the name defaults to

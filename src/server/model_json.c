@@ -1,12 +1,14 @@
 /* model.json -> engine arguments; hub ids through the HF cache layout. */
 #include "server/model_json.h"
 
+#include <ctype.h>
 #include <errno.h>
 #include <jansson.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/stat.h>
 
 #include "base/file.h"
@@ -75,10 +77,62 @@ static int key_err(const jctx *c, const char *key, const char *why)
     return cv_errorf(c->err, "%s: key '%s': %s", c->path, key, why);
 }
 
+/* Values may come as strings, as the upstream vLLM backend tests write
+ * them ("enable_lora": "true", numbers as vLLM's argument parser reads
+ * them): "true"/"false" in any case, and decimal numbers. */
+static bool str_bool(json_t *v, bool *out)
+{
+    const char *s = json_string_value(v);
+    if (!s) return false;
+    if (!strcasecmp(s, "true") || !strcasecmp(s, "false")) {
+        *out = (s[0] | 0x20) == 't';
+        return true;
+    }
+    return false;
+}
+
+static bool str_number(json_t *v, double *out)
+{
+    const char *s = json_string_value(v);
+    if (!s || !*s || isspace((unsigned char)*s)) return false;
+    char *end;
+    errno = 0;
+    double d = strtod(s, &end);
+    if (errno || *end || !isfinite(d)) return false;
+    *out = d;
+    return true;
+}
+
+static bool is_bool(json_t *v)
+{
+    bool b;
+    return json_is_boolean(v) || str_bool(v, &b);
+}
+
+static bool is_number(json_t *v, double *out)
+{
+    if (json_is_number(v)) {
+        *out = json_number_value(v);
+        return true;
+    }
+    return str_number(v, out);
+}
+
+static bool is_integer(json_t *v, double *out)
+{
+    if (json_is_integer(v)) {
+        *out = (double)json_integer_value(v);
+        return true;
+    }
+    return is_number(v, out) && floor(*out) == *out;
+}
+
 static int get_bool(const jctx *c, const char *key, json_t *v, bool *out)
 {
-    if (!json_is_boolean(v)) return key_err(c, key, "expected true or false");
-    *out = json_is_true(v);
+    if (json_is_boolean(v))
+        *out = json_is_true(v);
+    else if (!str_bool(v, out))
+        return key_err(c, key, "expected true or false");
     return 0;
 }
 
@@ -86,12 +140,7 @@ static int get_int(const jctx *c, const char *key, json_t *v, long long lo, long
                    long long *out)
 {
     double d;
-    if (json_is_integer(v))
-        d = (double)json_integer_value(v);
-    else if (json_is_real(v) && floor(json_real_value(v)) == json_real_value(v))
-        d = json_real_value(v);
-    else
-        return key_err(c, key, "expected an integer");
+    if (!is_integer(v, &d)) return key_err(c, key, "expected an integer");
     if (d < (double)lo || d > (double)hi) {
         char m[128];
         snprintf(m, sizeof m, "value %.0f out of range [%lld, %lld]", d, lo, hi);
@@ -165,17 +214,18 @@ static const struct {
 
 static int check_ignored(const jctx *c, const char *key, json_t *v, bool *known)
 {
+    double d;
     *known = false;
     for (size_t i = 0; i < sizeof ignored_keys / sizeof *ignored_keys; i++) {
         if (strcmp(key, ignored_keys[i].key)) continue;
         *known = true;
         switch (ignored_keys[i].type) {
         case T_BOOL:
-            return json_is_boolean(v) ? 0 : key_err(c, key, "expected true or false");
+            return is_bool(v) ? 0 : key_err(c, key, "expected true or false");
         case T_INT:
-            return json_is_integer(v) ? 0 : key_err(c, key, "expected an integer");
+            return is_integer(v, &d) ? 0 : key_err(c, key, "expected an integer");
         case T_NUM:
-            return json_is_number(v) ? 0 : key_err(c, key, "expected a number");
+            return is_number(v, &d) ? 0 : key_err(c, key, "expected a number");
         case T_STR:
             return json_is_string(v) ? 0 : key_err(c, key, "expected a string");
         case T_ANY:
@@ -272,12 +322,13 @@ int cv_model_json_parse(const char *text, size_t len, const char *path, const ch
                 rc = key_err(&c, key, "expected one of auto, cpu, cuda");
             if (rc == 0) snprintf(args->device, sizeof args->device, "%s", s);
         } else if (!strcmp(key, "gpu_memory_utilization")) {
-            if (!json_is_number(v))
+            double d;
+            if (!is_number(v, &d))
                 rc = key_err(&c, key, "expected a number");
-            else if (json_number_value(v) <= 0 || json_number_value(v) > 1)
+            else if (d <= 0 || d > 1)
                 rc = key_err(&c, key, "must be in (0, 1]");
             else
-                args->gpu_memory_utilization = json_number_value(v);
+                args->gpu_memory_utilization = d;
         } else if (!strcmp(key, "max_model_len")) {
             if ((rc = get_int(&c, key, v, 1, 1 << 24, &n)) == 0) args->max_model_len = (int)n;
         } else if (!strcmp(key, "block_size")) {

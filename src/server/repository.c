@@ -19,6 +19,10 @@ typedef struct model_entry {
     char reason[CV_ERROR_MSG_BYTES];
     cv_model *model; /* the READY model, holding the repository's reference */
     uint64_t stamp;  /* newest mtime (ns) of the model's files at the last load */
+    /* The last load found a model cvllm does not serve (another backend,
+     * an ensemble): it stays UNAVAILABLE with the reason, and neither
+     * fails the start nor holds back readiness. */
+    bool unsupported;
 } model_entry;
 
 struct cv_repository {
@@ -228,7 +232,10 @@ static cv_model *build_model(cv_repository *r, const char *name, const char *dir
                   m->extra.pipeline_parallel_size);
         goto fail;
     }
-    m->report_custom_metrics = cv_model_config_param_true(&m->cfg, "REPORT_CUSTOM_METRICS");
+    /* The backend's rule: vllm:* metrics need REPORT_CUSTOM_METRICS on and
+     * model.json's disable_log_stats off. */
+    m->report_custom_metrics =
+        cv_model_config_param_true(&m->cfg, "REPORT_CUSTOM_METRICS") && !m->extra.disable_log_stats;
     m->health_check = cv_model_config_param_true(&m->cfg, "ENABLE_VLLM_HEALTH_CHECK");
     cv_error eerr = {.msg = ""};
     m->engine = cv_engine_create(&m->args, &eerr);
@@ -246,7 +253,8 @@ int cv_repository_load(cv_repository *r, const char *name, cv_error *err)
 {
     char dir[4096];
     if (!find_model_dir(r, name, dir, sizeof dir))
-        return cv_errorf(err, "failed to load '%s', failed to poll from model repository", name);
+        return cv_errorf_class(err, CV_ERR_INTERNAL,
+                               "failed to load '%s', failed to poll from model repository", name);
     pthread_mutex_lock(&r->mu);
     model_entry *e = get_entry(r, name);
     if (!e) {
@@ -280,11 +288,14 @@ int cv_repository_load(cv_repository *r, const char *name, cv_error *err)
         e->state = e->model ? prev : CV_MODEL_UNAVAILABLE;
         if (!e->model) snprintf(e->reason, sizeof e->reason, "%s", lerr.msg);
     }
+    e->unsupported = !m && !e->model && lerr.cls == CV_ERR_UNSUPPORTED;
     pthread_mutex_unlock(&r->mu);
     if (old) model_free(old);
     if (!m) {
         cv_log_error("failed to load '%s': %s", name, lerr.msg);
-        return cv_errorf(err, "failed to load '%s', %s", name, lerr.msg);
+        return cv_errorf_class(err,
+                               lerr.cls == CV_ERR_UNSUPPORTED ? CV_ERR_UNSUPPORTED : CV_ERR_INVALID,
+                               "failed to load '%s', %s", name, lerr.msg);
     }
     cv_log_info("successfully loaded '%s' version %s", name, m->version_str);
     return 0;
@@ -334,7 +345,7 @@ int cv_repository_load_all(cv_repository *r)
     char **names = list_models(r, &n);
     for (int i = 0; i < n; i++) {
         cv_error err;
-        failed += cv_repository_load(r, names[i], &err) < 0;
+        failed += cv_repository_load(r, names[i], &err) < 0 && err.cls != CV_ERR_UNSUPPORTED;
         free(names[i]);
     }
     free(names);
@@ -354,7 +365,8 @@ int cv_repository_poll(cv_repository *r)
         bool stale = !e || e->state == CV_MODEL_UNKNOWN || e->stamp != stamp;
         pthread_mutex_unlock(&r->mu);
         cv_error err;
-        if (stale) failed += cv_repository_load(r, names[i], &err) < 0;
+        if (stale)
+            failed += cv_repository_load(r, names[i], &err) < 0 && err.cls != CV_ERR_UNSUPPORTED;
     }
     /* Models whose directory went away. */
     for (;;) {
@@ -405,7 +417,7 @@ bool cv_model_healthy(const cv_model *model)
 }
 
 cv_model *cv_repository_acquire(cv_repository *r, const char *name, const char *version,
-                                cv_error *err, int *http_status)
+                                cv_error *err)
 {
     char dir[4096];
     pthread_mutex_lock(&r->mu);
@@ -414,17 +426,18 @@ cv_model *cv_repository_acquire(cv_repository *r, const char *name, const char *
     if (!m) {
         bool exists = e || find_model_dir(r, name, dir, sizeof dir);
         pthread_mutex_unlock(&r->mu);
-        *http_status = exists ? 503 : 404;
         if (exists)
-            cv_errorf(err, "Request for unknown model: '%s' has no available versions", name);
+            cv_errorf_class(err, CV_ERR_UNAVAILABLE,
+                            "Request for unknown model: '%s' has no available versions", name);
         else
-            cv_errorf(err, "Request for unknown model: '%s' is not found", name);
+            cv_errorf_class(err, CV_ERR_NOT_FOUND, "Request for unknown model: '%s' is not found",
+                            name);
         return NULL;
     }
     if (version && version[0] && strcmp(version, m->version_str)) {
         pthread_mutex_unlock(&r->mu);
-        *http_status = 404;
-        cv_errorf(err, "Request for unknown model: '%s' version %s is not found", name, version);
+        cv_errorf_class(err, CV_ERR_NOT_FOUND,
+                        "Request for unknown model: '%s' version %s is not found", name, version);
         return NULL;
     }
     m->refs++;
@@ -472,6 +485,7 @@ bool cv_repository_all_ready(cv_repository *r)
     pthread_mutex_lock(&r->mu);
     for (int i = 0; i < r->n_entries; i++)
         ok &= r->entries[i].state == CV_MODEL_READY || r->entries[i].state == CV_MODEL_UNKNOWN ||
+              r->entries[i].unsupported ||
               (r->entries[i].state == CV_MODEL_UNAVAILABLE &&
                !strcmp(r->entries[i].reason, "unloaded"));
     pthread_mutex_unlock(&r->mu);

@@ -53,7 +53,7 @@ typedef struct cv_model {
     cv_engine_args args;
     cv_model_json_extra extra;
     cv_engine *engine;
-    bool report_custom_metrics; /* config parameter REPORT_CUSTOM_METRICS */
+    bool report_custom_metrics; /* REPORT_CUSTOM_METRICS, unless disable_log_stats */
     bool health_check;          /* config parameter ENABLE_VLLM_HEALTH_CHECK */
     cv_model_counters counters;
     int refs; /* guarded by the repository lock */
@@ -70,10 +70,14 @@ cv_repository *cv_repository_create(const char *const *roots, int n_roots, int n
 void cv_repository_destroy(cv_repository *repo);
 
 /* Loads (or reloads) model `name` from the first root holding it. On
- * failure the model is UNAVAILABLE with the message as its reason. */
+ * failure the model is UNAVAILABLE with the message as its reason; err's
+ * class is CV_ERR_UNSUPPORTED for a model cvllm does not serve (another
+ * backend, an ensemble), which neither counts as a failure below nor
+ * holds back cv_repository_all_ready. */
 int cv_repository_load(cv_repository *repo, const char *name, cv_error *err);
 /* Loads every model directory of every root; returns the number that
- * failed (their messages are logged). */
+ * failed, models cvllm does not serve excepted (their messages are
+ * logged). */
 int cv_repository_load_all(cv_repository *repo);
 int cv_repository_unload(cv_repository *repo, const char *name, cv_error *err);
 /* Poll mode: loads the model directories that appeared, or whose
@@ -83,10 +87,10 @@ int cv_repository_unload(cv_repository *repo, const char *name, cv_error *err);
 int cv_repository_poll(cv_repository *repo);
 
 /* A READY model by name and optional version ("" or NULL = any), with a
- * reference; NULL with err and *http_status (404 unknown, 400 not ready)
- * otherwise. */
+ * reference; NULL otherwise, with err of class CV_ERR_NOT_FOUND (unknown
+ * model or version) or CV_ERR_UNAVAILABLE (known but not loaded). */
 cv_model *cv_repository_acquire(cv_repository *repo, const char *name, const char *version,
-                                cv_error *err, int *http_status);
+                                cv_error *err);
 void cv_model_release(cv_model *model);
 
 /* False when ENABLE_VLLM_HEALTH_CHECK is on and the engine has failed a
@@ -98,7 +102,8 @@ bool cv_model_healthy(const cv_model *model);
 /* Triton's repository index: [{"name","version","state","reason"}...]
  * over every model directory of every root. */
 json_t *cv_repository_index(cv_repository *repo, bool ready_only);
-/* True when every model that was asked to load is READY. */
+/* True when every model that was asked to load is READY (models cvllm
+ * does not serve excepted). */
 bool cv_repository_all_ready(cv_repository *repo);
 /* Calls fn on every READY model, with the lock held (fn must not call
  * back into the repository). */

@@ -1,5 +1,5 @@
-/* cv_server_run: model loading, the event loop, readiness, counters and the
- * SIGINT/SIGTERM drain. */
+/* cv_server_run: model loading, the frontends' lifecycle (core.h), the
+ * event loop, readiness, counters and the SIGINT/SIGTERM drain. */
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
@@ -24,6 +24,7 @@ void cv_server_options_default(cv_server_options *o)
     o->http_port = 8000;
     o->grpc_port = 8001;
     o->metrics_port = 8002;
+    o->http_address = o->grpc_address = "0.0.0.0";
     o->allow_http = o->allow_grpc = o->allow_metrics = true;
     o->control_mode = CV_CONTROL_NONE;
     o->exit_on_error = true;
@@ -80,7 +81,10 @@ static int load_models(cv_server *s, cv_error *err)
 
 static int busy(cv_server *s)
 {
-    return (s->http ? cv_http_active(s->http) : 0) + (s->grpc ? cv_grpc_active(s->grpc) : 0);
+    int n = 0;
+    for (int i = 0; i < s->n_fe; i++)
+        if (s->fe_state[i]) n += s->fe[i]->active(s->fe_state[i]);
+    return n;
 }
 
 static void on_drain_tick(evutil_socket_t fd, short what, void *arg)
@@ -99,8 +103,8 @@ static void on_drain_tick(evutil_socket_t fd, short what, void *arg)
     } else if (!s->drain_aborted && waited_ns > (uint64_t)s->opts.exit_timeout_s * 1000000000ull) {
         cv_log_warn("drain: %d requests still running after %d s: aborting them", busy(s),
                     s->opts.exit_timeout_s);
-        if (s->http) cv_http_abort_all(s->http);
-        if (s->grpc) cv_grpc_abort_all(s->grpc);
+        for (int i = 0; i < s->n_fe; i++)
+            if (s->fe_state[i]) s->fe[i]->abort_all(s->fe_state[i]);
         s->drain_aborted = true;
         s->drain_start_ns = cv_now_ns();
     }
@@ -117,12 +121,8 @@ static void on_signal(evutil_socket_t sig, short what, void *arg)
     cv_log_info("Signal (%d) received: draining %d in-flight requests", (int)sig, busy(s));
     atomic_store(&s->draining, true);
     s->drain_start_ns = cv_now_ns();
-    /* gRPC keeps accepting: new calls are refused one by one while
-     * draining. Shutting the gRPC server down now would send GOAWAY, and
-     * the transport then closes as soon as its last stream is done,
-     * possibly before that stream's last responses left it; the client
-     * sees a reset connection. cv_grpc_destroy shuts down once idle. */
-    if (s->http) cv_http_stop_accepting(s->http);
+    for (int i = 0; i < s->n_fe; i++)
+        if (s->fe_state[i] && s->fe[i]->stop_accepting) s->fe[i]->stop_accepting(s->fe_state[i]);
     struct timeval tick = {0, 20000};
     s->drain_timer = event_new(s->base, -1, EV_PERSIST, on_drain_tick, s);
     if (!s->drain_timer || event_add(s->drain_timer, &tick) < 0) event_base_loopexit(s->base, NULL);
@@ -149,9 +149,8 @@ static void server_free(cv_server *s)
         atomic_store(&s->stop_poll, true);
         pthread_join(s->poll_thread, NULL);
     }
-    if (s->grpc) cv_grpc_destroy(s->grpc);
-    if (s->http) cv_http_destroy(s->http);
-    if (s->metrics) evhttp_free(s->metrics);
+    for (int i = s->n_fe - 1; i >= 0; i--)
+        if (s->fe_state[i]) s->fe[i]->destroy(s->fe_state[i]);
     if (s->drain_timer) event_free(s->drain_timer);
     if (s->sig_int) event_free(s->sig_int);
     if (s->sig_term) event_free(s->sig_term);
@@ -174,9 +173,16 @@ int cv_server_run(const cv_server_options *o, cv_error *err)
         cv_errorf(err, "cannot create the event loop");
         goto out;
     }
-    if (o->allow_http && !(s->http = cv_http_start(s, err))) goto out;
-    if (o->allow_metrics && cv_metrics_start(s, err) < 0) goto out;
-    if (o->allow_grpc && !(s->grpc = cv_grpc_start(s, err))) goto out;
+    for (const cv_frontend_ops *const *fe = cv_server_frontends; *fe; fe++) {
+        if (s->n_fe == CV_SERVER_MAX_FRONTENDS) {
+            cv_errorf_class(err, CV_ERR_INTERNAL, "more than %d frontends",
+                            CV_SERVER_MAX_FRONTENDS);
+            goto out;
+        }
+        s->fe[s->n_fe] = *fe;
+        if ((*fe)->start(s, &s->fe_state[s->n_fe], err) < 0) goto out;
+        s->n_fe++;
+    }
     s->sig_int = evsignal_new(s->base, SIGINT, on_signal, s);
     s->sig_term = evsignal_new(s->base, SIGTERM, on_signal, s);
     if (!s->sig_int || !s->sig_term || evsignal_add(s->sig_int, NULL) < 0 ||

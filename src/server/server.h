@@ -31,6 +31,8 @@ typedef struct cv_server_options {
     const char *load_models[CV_SERVER_MAX_LIST]; /* "*" = all */
     int n_load_models;
     int http_port, grpc_port, metrics_port;     /* 8000, 8001, 8002 */
+    const char *http_address, *grpc_address;    /* bind addresses ("0.0.0.0") */
+    const char *metrics_address;                /* NULL: http_address */
     bool allow_http, allow_grpc, allow_metrics; /* true */
     cv_control_mode control_mode;
     bool exit_on_error;    /* true: a failed load at start is fatal */

@@ -1,5 +1,5 @@
-/* Shared state of the server's frontends (http.c, grpc.c, metrics.c,
- * server.c). Not part of the module's contract. */
+/* Shared state of the server core (server.c, core.c, stats.c) and its
+ * frontends. Not part of the module's contract. */
 #ifndef CV_SERVER_INTERNAL_H
 #define CV_SERVER_INTERNAL_H
 
@@ -8,23 +8,22 @@
 #include <stdint.h>
 
 #include <event2/event.h>
-#include <event2/http.h>
 
+#include "server/core.h"
 #include "server/infer.h"
 #include "server/repository.h"
 #include "server/server.h"
 
-typedef struct cv_grpc cv_grpc;
-typedef struct cv_http cv_http;
+enum { CV_SERVER_MAX_FRONTENDS = 8 };
 
-typedef struct cv_server {
+struct cv_server {
     cv_server_options opts;
     cv_repository *repo;
     struct event_base *base;
-    cv_http *http; /* NULL when --allow-http=false */
-    struct evhttp *metrics;
-    struct evhttp_bound_socket *metrics_sock;
-    cv_grpc *grpc;        /* NULL when --allow-grpc=false */
+    /* the started frontends, in start order; state NULL when turned off */
+    const cv_frontend_ops *fe[CV_SERVER_MAX_FRONTENDS];
+    void *fe_state[CV_SERVER_MAX_FRONTENDS];
+    int n_fe;
     atomic_bool draining; /* SIGINT/SIGTERM seen: refuse new requests */
     uint64_t drain_start_ns;
     bool drain_aborted; /* exit_timeout_s passed: requests were aborted */
@@ -33,7 +32,11 @@ typedef struct cv_server {
     pthread_t poll_thread; /* poll mode only */
     bool poll_started;
     atomic_bool stop_poll;
-} cv_server;
+};
+
+/* The frontends cv_server_run starts, in order (frontends.c);
+ * NULL-terminated. */
+extern const cv_frontend_ops *const cv_server_frontends[];
 
 /* Server readiness as /v2/health/ready and ServerReady report it. */
 bool cv_server_ready(cv_server *s);
@@ -45,22 +48,6 @@ void cv_server_account(cv_model *m, bool ok, uint64_t start_ns);
 extern const char *const cv_server_extensions[];
 extern const int cv_server_n_extensions;
 extern const char cv_server_version[];
-
-cv_http *cv_http_start(cv_server *s, cv_error *err);
-void cv_http_stop_accepting(cv_http *h);
-void cv_http_abort_all(cv_http *h);
-/* Requests in flight plus replies not yet written out. */
-int cv_http_active(const cv_http *h);
-void cv_http_destroy(cv_http *h);
-
-cv_grpc *cv_grpc_start(cv_server *s, cv_error *err);
-void cv_grpc_abort_all(cv_grpc *g);
-/* Requests in flight plus streams with responses or their OK status not
- * yet written. */
-int cv_grpc_active(cv_grpc *g);
-/* Shuts the gRPC server down (GOAWAY to every connection) and waits for
- * its calls to end and its connections to close; then frees it. */
-void cv_grpc_destroy(cv_grpc *g);
 
 /* Triton's model statistics (the statistics extension) of one model. */
 typedef struct cv_model_stats {
@@ -75,12 +62,11 @@ typedef struct cv_model_stats {
 
 /* Statistics of model `name` at `version` ("" = any), or of every READY
  * model when name is "". Returns the number in *out (malloc'd, caller
- * frees), or -1 with err and *http_status for an unknown model. */
+ * frees), or -1 with err (classed as cv_server_acquire's). */
 int cv_server_model_stats(cv_server *s, const char *name, const char *version, cv_model_stats **out,
-                          cv_error *err, int *http_status);
+                          cv_error *err);
 json_t *cv_model_stats_json(const cv_model_stats *st, int n);
 
-int cv_metrics_start(cv_server *s, cv_error *err);
 /* The Prometheus text of every READY model (new string, caller frees). */
 char *cv_metrics_render(cv_server *s);
 

@@ -44,7 +44,7 @@ static void add_model(cv_model *m, void *arg)
 }
 
 int cv_server_model_stats(cv_server *s, const char *name, const char *version, cv_model_stats **out,
-                          cv_error *err, int *http_status)
+                          cv_error *err)
 {
     *out = NULL;
     if (!name || !name[0]) {
@@ -53,15 +53,12 @@ int cv_server_model_stats(cv_server *s, const char *name, const char *version, c
         *out = c.v;
         return c.n;
     }
-    cv_model *m = cv_repository_acquire(s->repo, name, version, err, http_status);
+    cv_model *m = cv_server_acquire(s, name, version, err);
     if (!m) return -1;
     *out = malloc(sizeof **out);
     if (*out) fill(m, *out);
     cv_model_release(m);
-    if (!*out) {
-        *http_status = 500;
-        return cv_errorf(err, "out of memory");
-    }
+    if (!*out) return cv_errorf_class(err, CV_ERR_INTERNAL, "out of memory");
     return 1;
 }
 

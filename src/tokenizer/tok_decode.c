@@ -263,6 +263,62 @@ int tok_decode(const cv_tokenizer *tok, const int32_t *ids, size_t n_ids, bool s
     return 0;
 }
 
+/* ---- one token for logprobs (vLLM convert_ids_list_to_tokens) ----------- */
+
+static const char *pretok_marker(const tok_pretok *p)
+{
+    if (!p) return NULL;
+    if (p->type == TOK_PRE_METASPACE) return p->replacement;
+    for (size_t i = 0; p->type == TOK_PRE_SEQUENCE && i < p->n_items; i++)
+        if (p->items[i].type == TOK_PRE_METASPACE) return p->items[i].replacement;
+    return NULL;
+}
+
+static const char *norm_marker(const tok_normalizer *n)
+{
+    if (!n) return NULL;
+    if (n->type == TOK_NORM_REPLACE && n->pattern.lit && n->pattern.lit_len == 1 &&
+        n->pattern.lit[0] == ' ' && n->text_len > 0)
+        return n->text;
+    for (size_t i = 0; n->type == TOK_NORM_SEQUENCE && i < n->n_items; i++) {
+        const char *m = norm_marker(&n->items[i]);
+        if (m) return m;
+    }
+    return NULL;
+}
+
+int tok_decode_token(const cv_tokenizer *tok, int32_t id, char **text, size_t *len, cv_error *err)
+{
+    if (tok_decode(tok, &id, 1, false, text, len, err) < 0) return -1;
+    const char *marker = pretok_marker(tok->pretok);
+    if (!marker) marker = norm_marker(tok->normalizer);
+    size_t mlen = marker ? strlen(marker) : 0;
+    if (!mlen) return 0;
+    const char *raw = tok->id_str[id];
+    size_t n_markers = 0;
+    for (size_t off = 0; off + mlen <= tok->id_len[id] && !memcmp(raw + off, marker, mlen);
+         off += mlen)
+        n_markers++;
+    size_t have = 0;
+    while (have < *len && (*text)[have] == ' ')
+        have++;
+    if (n_markers <= have) return 0;
+    size_t add = n_markers - have;
+    char *t = malloc(*len + add + 1);
+    if (!t) {
+        free(*text);
+        *text = NULL;
+        *len = 0;
+        return cv_errorf(err, "tokenizer: out of memory decoding token %d", id);
+    }
+    memset(t, ' ', add);
+    memcpy(t + add, *text, *len + 1);
+    free(*text);
+    *text = t;
+    *len += add;
+    return 0;
+}
+
 /* ---- incremental detokenization (vLLM detokenize_incrementally) ------------ */
 
 enum { STREAM_CONTEXT = 5 }; /* vLLM's INITIAL_INCREMENTAL_DETOKENIZATION_OFFSET */

@@ -42,6 +42,17 @@ int tok_encode(const cv_tokenizer *tok, const char *text, size_t len, bool add_s
 int tok_decode(const cv_tokenizer *tok, const int32_t *ids, size_t n_ids, bool skip_special_tokens,
                char **text, size_t *len, cv_error *err);
 
+/* One token as vLLM's logprobs show it (decoded_token): decode([id]),
+ * then, for SentencePiece-style tokenizers, the leading spaces that
+ * decoding strips from a lone token restored from the marker characters
+ * ("▁") the vocab piece starts with, so " there" and not "there" and the
+ * decoded tokens of a sequence concatenate to its text. The marker is a
+ * Metaspace pre-tokenizer's replacement (where vLLM reads it) or, in the
+ * legacy Llama layout that writes the same scheme as normalizers, the
+ * replacement of a Replace(" " -> marker) normalizer. Errors as
+ * tok_decode's. */
+int tok_decode_token(const cv_tokenizer *tok, int32_t id, char **text, size_t *len, cv_error *err);
+
 /* Incremental detokenization for streaming, as vLLM's
  * detokenize_incrementally: the caller keeps one cv_tok_stream per sequence,
  * initialised with tok_stream_init over the prompt ids, and after appending

@@ -27,10 +27,13 @@ static void write_file(const char *path, const char *text)
     assert_int_equal(fclose(f), 0);
 }
 
-static const char *shared_dir(void)
+/* The model the repository ships, so that a lone clone tests. */
+static const char *model_dir(void)
 {
-    const char *s = getenv("CVLLM_SHARED");
-    return s ? s : "../shared";
+    static char dir[4200];
+    const char *src = getenv("CVLLM_SOURCE_DIR");
+    snprintf(dir, sizeof dir, "%s/samples/models/cvllm-kjv-4m", src ? src : ".");
+    return dir;
 }
 
 static const char *bin_dir(void)
@@ -157,7 +160,7 @@ void test_server_start(test_server *s)
     memset(s, 0, sizeof *s);
     snprintf(s->dir, sizeof s->dir, "/tmp/cvllm-client-test-XXXXXX");
     assert_non_null(mkdtemp(s->dir));
-    char path[512], text[1024];
+    char path[512], text[4400];
     snprintf(path, sizeof path, "%s/repo", s->dir);
     assert_int_equal(mkdir(path, 0755), 0);
     snprintf(path, sizeof path, "%s/repo/vllm_model", s->dir);
@@ -170,8 +173,7 @@ void test_server_start(test_server *s)
               "instance_group [{ count: 1, kind: KIND_MODEL }]\n"
               "parameters: { key: \"REPORT_CUSTOM_METRICS\" value: { string_value: \"true\" } }\n");
     snprintf(path, sizeof path, "%s/repo/vllm_model/1/model.json", s->dir);
-    snprintf(text, sizeof text, "{\"model\": \"%s/models/stories260K\", \"seed\": 0}\n",
-             shared_dir());
+    snprintf(text, sizeof text, "{\"model\": \"%s\", \"seed\": 0}\n", model_dir());
     write_file(path, text);
 
     /* A port found free can be taken by a concurrent test before the

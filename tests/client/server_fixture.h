@@ -1,5 +1,5 @@
 /* Test fixture: a real cvllm-server (CVLLM_BIN_DIR/cvllm-server) on a
- * temporary model repository serving $CVLLM_SHARED/models/stories260K as
+ * temporary model repository serving samples/models/cvllm-kjv-4m as
  * "vllm_model" with the vLLM metrics on, on loopback ports picked free at
  * run time; plus helpers to run the client tools and read their output. */
 #ifndef CV_TESTS_SERVER_FIXTURE_H

@@ -1,4 +1,4 @@
-/* The client side against a real cvllm-server serving stories260K (see
+/* The client side against a real cvllm-server serving the shipped model (see
  * server_fixture.h): cv_client's gRPC stream (ids, counts, final flags,
  * half-close, cancel) and HTTP SSE (deltas equal /generate's text), then
  * cvllm-client checked the way the seed's CI checks client.py: the PASS/FAIL

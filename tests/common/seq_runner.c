@@ -106,8 +106,8 @@ void runner_feed_mixed(runner *r, int vocab, float *const got[2])
     free(step);
 }
 
-void runner_check_greedy(const runner_ops *ops, void *bk, int block_size, const json_t *input_ids,
-                         const json_t *expected, int vocab)
+int runner_greedy_agreement(const runner_ops *ops, void *bk, int block_size,
+                            const json_t *input_ids, const json_t *expected, int vocab)
 {
     enum { MAX_IDS = 512 };
     int32_t ids[MAX_IDS];
@@ -124,15 +124,28 @@ void runner_check_greedy(const runner_ops *ops, void *bk, int block_size, const 
     int chunk[1] = {n_in};
     if (runner_step(&r, chunk, logits, &err) < 0) fail_msg("%s", err.msg);
     const float *last = logits + (size_t)(n_in - 1) * vocab;
-    for (int i = 0; i < n_out; i++) {
+    int agree = 0;
+    for (; agree < n_out; agree++) {
         const int next = hf_argmax(last, vocab);
-        const int want = (int)json_integer_value(json_array_get(expected, (size_t)i));
-        if (next != want) fail_msg("greedy token %d: got %d, HF %d", i, next, want);
-        ids[n_in + i] = next;
-        r.seqs[0].n_ids = n_in + i + 1;
+        const int want = (int)json_integer_value(json_array_get(expected, (size_t)agree));
+        if (next != want) {
+            print_message("greedy token %d: got %d, HF %d\n", agree, next, want);
+            break;
+        }
+        ids[n_in + agree] = next;
+        r.seqs[0].n_ids = n_in + agree + 1;
         chunk[0] = 1;
-        if (i + 1 < n_out && runner_step(&r, chunk, logits, &err) < 0) fail_msg("%s", err.msg);
+        if (agree + 1 < n_out && runner_step(&r, chunk, logits, &err) < 0) fail_msg("%s", err.msg);
         last = logits;
     }
     free(logits);
+    return agree;
+}
+
+void runner_check_greedy(const runner_ops *ops, void *bk, int block_size, const json_t *input_ids,
+                         const json_t *expected, int vocab)
+{
+    const int n_out = (int)json_array_size(expected);
+    const int agree = runner_greedy_agreement(ops, bk, block_size, input_ids, expected, vocab);
+    if (agree != n_out) fail_msg("greedy: %d of %d tokens as HF's", agree, n_out);
 }

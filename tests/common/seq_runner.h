@@ -55,6 +55,12 @@ int runner_step(runner *r, const int *chunk, float *logits, cv_error *err);
  * (n_ids x vocab). */
 void runner_feed_mixed(runner *r, int vocab, float *const got[2]);
 
+/* Greedy decoding one token per step from input_ids on bk, as long as it
+ * reproduces expected: returns how many leading tokens of expected it
+ * reproduced (all of them, or the index of the first difference). */
+int runner_greedy_agreement(const runner_ops *ops, void *bk, int block_size,
+                            const json_t *input_ids, const json_t *expected, int vocab);
+
 /* Greedy decoding one token per step from input_ids on bk; must reproduce
  * expected exactly (HF stops after EOS, which expected then ends with). */
 void runner_check_greedy(const runner_ops *ops, void *bk, int block_size, const json_t *input_ids,

@@ -11,13 +11,21 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "../common/shared_data.h"
 #include "bench.h"
 
+#define KJV "samples/models/cvllm-kjv-4m" /* shipped: every clone has it */
+
+/* Tokenizer `name`: the shipped model's, or one of ../shared (tests that
+ * use those call cv_test_have_shared first). */
 static cv_tokenizer *load(const char *name)
 {
-    const char *shared = getenv("CVLLM_SHARED");
-    char dir[512];
-    snprintf(dir, sizeof dir, "%s/%s", shared ? shared : "../shared", name);
+    const char *src = getenv("CVLLM_SOURCE_DIR");
+    char dir[4200];
+    if (!strcmp(name, KJV))
+        snprintf(dir, sizeof dir, "%s/%s", src ? src : ".", name);
+    else
+        snprintf(dir, sizeof dir, "%s/%s", cv_test_shared_root(), name);
     cv_error err = {.msg = ""};
     cv_tokenizer *tok = tok_load(dir, &err);
     if (!tok) fail_msg("%s", err.msg);
@@ -63,6 +71,9 @@ static void check_random(const char *tokenizer, int input_len, double ratio)
 
 static void test_random_exact_lengths(void **state)
 {
+    if (!cv_test_have_shared("tokenizers/llama2") || !cv_test_have_shared("tokenizers/gpt2") ||
+        !cv_test_have_shared("models/stories260K"))
+        skip();
     check_random("tokenizers/llama2", 128, 0.5);
     check_random("tokenizers/gpt2", 64, 0.0);
     check_random("models/stories260K", 16, 0.25);
@@ -70,12 +81,13 @@ static void test_random_exact_lengths(void **state)
 
 static void test_random_errors(void **state)
 {
-    cv_tokenizer *tok = load("tokenizers/llama2");
+    cv_tokenizer *tok = load(KJV);
     bench_dataset d = {0};
     cv_error err = {.msg = ""};
     assert_int_equal(bench_dataset_random(tok, 2, 0, 8, 0, 1, &d, &err), -1);
     assert_string_equal(err.msg, "--random-input-len must be at least 1, got 0");
-    /* Llama-2 adds BOS, so a 1-token prompt has no room for text. */
+    /* The shipped tokenizer adds BOS, so a 1-token prompt has no room for
+     * text. */
     assert_int_equal(bench_dataset_random(tok, 2, 1, 8, 0, 1, &d, &err), -1);
     assert_string_equal(err.msg, "random prompt 0: random prompt of 1 tokens is shorter than the 1 "
                                  "special tokens plus one");
@@ -92,6 +104,7 @@ static void write_text(const char *path, const char *text)
 
 static void test_sharegpt(void **state)
 {
+    if (!cv_test_have_shared("tokenizers/gpt2")) skip();
     cv_tokenizer *tok = load("tokenizers/gpt2");
     char path[] = "/tmp/cvllm-sharegpt-XXXXXX";
     int fd = mkstemp(path);
@@ -147,6 +160,7 @@ static void test_sharegpt(void **state)
 
 static void test_prompts_file(void **state)
 {
+    if (!cv_test_have_shared("tokenizers/gpt2")) skip();
     cv_tokenizer *tok = load("tokenizers/gpt2");
     char path[] = "/tmp/cvllm-prompts-XXXXXX";
     int fd = mkstemp(path);
@@ -178,5 +192,5 @@ int main(void)
         cmocka_unit_test(test_sharegpt),
         cmocka_unit_test(test_prompts_file),
     };
-    return cmocka_run_group_tests(tests, NULL, NULL);
+    return cv_test_exit(cmocka_run_group_tests(tests, NULL, NULL));
 }

@@ -1,4 +1,4 @@
-/* cvllm-bench against a real cvllm-server on stories260K (issue 6's
+/* cvllm-bench against a real cvllm-server on the shipped model (issue 6's
  * acceptance): 50 random requests over gRPC, then 12 over HTTP SSE; the
  * JSON result must count every request, its token totals must equal what
  * the server's /metrics counted (vllm:prompt_tokens_total and
@@ -60,10 +60,10 @@ static void check_ordered(json_t *o, const char *metric)
 static json_t *run_bench(test_server *s, const char *backend, int port, const char *n,
                          const char *warmups)
 {
-    const char *bin = getenv("CVLLM_BIN_DIR"), *shared = getenv("CVLLM_SHARED");
-    char exe[512], tok[512], ports[16], result[300], out[300];
+    const char *bin = getenv("CVLLM_BIN_DIR"), *src = getenv("CVLLM_SOURCE_DIR");
+    char exe[512], tok[4200], ports[16], result[300], out[300];
     snprintf(exe, sizeof exe, "%s/cvllm-bench", bin ? bin : "build/bin");
-    snprintf(tok, sizeof tok, "%s/models/stories260K", shared ? shared : "../shared");
+    snprintf(tok, sizeof tok, "%s/samples/models/cvllm-kjv-4m", src ? src : ".");
     snprintf(ports, sizeof ports, "%d", port);
     snprintf(result, sizeof result, "%s/%s.json", s->dir, backend);
     snprintf(out, sizeof out, "%s/%s.out", s->dir, backend);

@@ -124,7 +124,10 @@ static void test_validation_messages(void **state)
     expect_invalid("{\"repetition_penalty\":0}",
                    "repetition_penalty must be greater than zero, got 0.0.");
     expect_invalid("{\"temperature\":\"inf\"}", "temperature must be a finite number, got inf.");
-    expect_invalid("{\"max_tokens\":0}", "max_tokens must be at least 1, got 0.");
+    /* vLLM's message; -1 is no "unlimited" (that is null). */
+    expect_parse_error("{\"max_tokens\":0}", "max_tokens must be at least 1, got 0.");
+    expect_parse_error("{\"max_tokens\":-1}", "max_tokens must be at least 1, got -1.");
+    expect_parse_error("{\"max_tokens\":\"-1\"}", "max_tokens must be at least 1, got -1.");
     expect_invalid("{\"min_tokens\":-1}", "min_tokens must be greater than or equal to 0, got -1.");
     expect_invalid("{\"min_tokens\":20,\"max_tokens\":10}",
                    "min_tokens must be less than or equal to max_tokens=10, got 20.");

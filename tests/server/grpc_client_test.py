@@ -8,7 +8,7 @@ Checks raw BYTES/BOOL tensor encoding, ids echoed, triton_final_response,
 triton_enable_empty_final_response, half-close -> OK, error messages,
 ModelInfer -> UNIMPLEMENTED and cancel -> CANCELLED with the engine request
 aborted. Runs a server on free loopback ports over a temporary repository
-pointing at $CVLLM_SHARED/models/stories260K."""
+pointing at the shipped samples/models/cvllm-kjv-4m."""
 import atexit
 import json
 import os
@@ -29,7 +29,6 @@ import grpc
 
 SRC = os.environ.get("CVLLM_SOURCE_DIR", os.getcwd())
 BIN = os.environ.get("CVLLM_BIN_DIR", os.path.join(SRC, "build", "bin"))
-SHARED = os.environ.get("CVLLM_SHARED", os.path.join(SRC, "..", "shared"))
 
 GEN_DIR = tempfile.mkdtemp(prefix="cvllm_pb_")
 atexit.register(shutil.rmtree, GEN_DIR, True)
@@ -94,11 +93,11 @@ class Server:
     def __init__(self):
         self.repo = tempfile.mkdtemp(prefix="cvllm_grpc_repo_")
         atexit.register(shutil.rmtree, self.repo, True)
-        os.makedirs(os.path.join(self.repo, "stories", "1"))
-        with open(os.path.join(self.repo, "stories", "config.pbtxt"), "w") as f:
+        os.makedirs(os.path.join(self.repo, "kjv", "1"))
+        with open(os.path.join(self.repo, "kjv", "config.pbtxt"), "w") as f:
             f.write('backend: "vllm"\ninstance_group [ { count: 1 kind: KIND_MODEL } ]\n')
-        with open(os.path.join(self.repo, "stories", "1", "model.json"), "w") as f:
-            json.dump({"model": os.path.join(SHARED, "models", "stories260K"),
+        with open(os.path.join(self.repo, "kjv", "1", "model.json"), "w") as f:
+            json.dump({"model": os.path.join(SRC, "samples", "models", "cvllm-kjv-4m"),
                        "gpu_memory_utilization": 0.5}, f)
         self.http, self.grpc, self.metrics = free_port(), free_port(), free_port()
         self.log_path = os.path.join(self.repo, "server.log")
@@ -135,7 +134,7 @@ class Server:
         return call(requests, timeout=timeout)
 
     def generate_http(self, body):
-        req = urllib.request.Request("http://127.0.0.1:%d/v2/models/stories/generate" % self.http,
+        req = urllib.request.Request("http://127.0.0.1:%d/v2/models/kjv/generate" % self.http,
                                      data=json.dumps(body).encode(), method="POST")
         return json.loads(urllib.request.urlopen(req, timeout=60).read())
 
@@ -155,7 +154,7 @@ class DrainTest(unittest.TestCase):
         """SIGTERM mid-stream: the request still gets every response, the
         half-closed stream ends OK, the server exits 0."""
         s = Server()
-        req = infer_request("stories", "d1", "Once upon a time",
+        req = infer_request("kjv", "d1", "Once upon a time",
                             sampling={"max_tokens": 64, "ignore_eos": True})
         call = s.stream(iter([req]))
         got = [next(call)]
@@ -180,19 +179,19 @@ class GrpcTest(unittest.TestCase):
                          health_pb2.HealthCheckResponse.SERVING)
         self.assertTrue(s.unary("ServerReady", pb.ServerReadyRequest(),
                                 pb.ServerReadyResponse).ready)
-        self.assertTrue(s.unary("ModelReady", pb.ModelReadyRequest(name="stories"),
+        self.assertTrue(s.unary("ModelReady", pb.ModelReadyRequest(name="kjv"),
                                 pb.ModelReadyResponse).ready)
         self.assertFalse(s.unary("ModelReady", pb.ModelReadyRequest(name="nope"),
                                  pb.ModelReadyResponse).ready)
-        md = s.unary("ModelMetadata", pb.ModelMetadataRequest(name="stories"),
+        md = s.unary("ModelMetadata", pb.ModelMetadataRequest(name="kjv"),
                      pb.ModelMetadataResponse)
-        self.assertEqual(md.name, "stories")
+        self.assertEqual(md.name, "kjv")
         self.assertEqual(list(md.versions), ["1"])
         self.assertEqual([(t.name, t.datatype, list(t.shape)) for t in md.inputs][:3],
                          [("text_input", "BYTES", [1]), ("stream", "BOOL", [1]),
                           ("sampling_parameters", "BYTES", [1])])
         self.assertEqual([(t.name, t.datatype) for t in md.outputs][0], ("text_output", "BYTES"))
-        cfg = s.unary("ModelConfig", pb.ModelConfigRequest(name="stories"),
+        cfg = s.unary("ModelConfig", pb.ModelConfigRequest(name="kjv"),
                       pb.ModelConfigResponse).config
         self.assertEqual(cfg.backend, "vllm")
         self.assertEqual(cfg.max_batch_size, 0)
@@ -200,10 +199,10 @@ class GrpcTest(unittest.TestCase):
         self.assertEqual(len(cfg.input), 9)
         idx = s.unary("RepositoryIndex", pb.RepositoryIndexRequest(), pb.RepositoryIndexResponse)
         self.assertEqual([(m.name, m.version, m.state) for m in idx.models],
-                         [("stories", "1", "READY")])
-        stats = s.unary("ModelStatistics", pb.ModelStatisticsRequest(name="stories"),
+                         [("kjv", "1", "READY")])
+        stats = s.unary("ModelStatistics", pb.ModelStatisticsRequest(name="kjv"),
                         pb.ModelStatisticsResponse).model_stats
-        self.assertEqual([(m.name, m.version) for m in stats], [("stories", "1")])
+        self.assertEqual([(m.name, m.version) for m in stats], [("kjv", "1")])
         self.assertEqual(stats[0].inference_count,
                          stats[0].inference_stats.success.count)
         with self.assertRaises(grpc.RpcError) as e:
@@ -218,29 +217,29 @@ class GrpcTest(unittest.TestCase):
 
     def test_repository_load_refused_without_explicit_mode(self):
         for method, req, resp in (
-                ("RepositoryModelLoad", pb.RepositoryModelLoadRequest(model_name="stories"),
+                ("RepositoryModelLoad", pb.RepositoryModelLoadRequest(model_name="kjv"),
                  pb.RepositoryModelLoadResponse),
-                ("RepositoryModelUnload", pb.RepositoryModelUnloadRequest(model_name="stories"),
+                ("RepositoryModelUnload", pb.RepositoryModelUnloadRequest(model_name="kjv"),
                  pb.RepositoryModelUnloadResponse)):
             with self.assertRaises(grpc.RpcError) as e:
                 SERVER.unary(method, req, resp)
             self.assertEqual(e.exception.code(), grpc.StatusCode.UNAVAILABLE)
+            # Triton's message and code (UNAVAILABLE; HTTP 503, test_http.c).
             self.assertEqual(e.exception.details(),
-                             "explicit model load / unload is not allowed if polling is enabled "
-                             "or the model control mode is none")
+                             "explicit model load / unload is not allowed if polling is enabled")
 
     def test_message_over_4_mib(self):
         """A 5 MiB prompt reaches the engine (gRPC's default 4 MiB receive
         limit is lifted, as in tritonserver) and is refused there."""
         big = "Once upon a time " * (5 * 1024 * 1024 // 17)
-        (r,) = list(SERVER.stream(iter([infer_request("stories", "big", big)])))
+        (r,) = list(SERVER.stream(iter([infer_request("kjv", "big", big)])))
         self.assertEqual(r.infer_response.id, "big")
-        self.assertTrue(r.error_message.startswith("The decoder prompt (length "),
-                        r.error_message)
+        self.assertTrue(r.error_message.startswith(
+            "Error generating stream: The decoder prompt (length "), r.error_message)
 
     def test_model_infer_unimplemented(self):
         with self.assertRaises(grpc.RpcError) as e:
-            SERVER.unary("ModelInfer", infer_request("stories", "1", "x", stream=False),
+            SERVER.unary("ModelInfer", infer_request("kjv", "1", "x", stream=False),
                          pb.ModelInferResponse)
         self.assertEqual(e.exception.code(), grpc.StatusCode.UNIMPLEMENTED)
         self.assertEqual(e.exception.details(),
@@ -252,15 +251,15 @@ class GrpcTest(unittest.TestCase):
         ref = SERVER.generate_http({"text_input": "Once upon a time", "exclude_input_in_output":
                                     True, "parameters": {"max_tokens": 12, "temperature": 0,
                                                          "ignore_eos": True}})["text_output"]
-        reqs = [infer_request("stories", "17", "Once upon a time", sampling=sampling,
+        reqs = [infer_request("kjv", "17", "Once upon a time", sampling=sampling,
                               extra_bools=("return_finish_reason", "return_num_output_tokens")),
-                infer_request("stories", "18", "Once upon a time", stream=False,
+                infer_request("kjv", "18", "Once upon a time", stream=False,
                               sampling=sampling)]
         by_id = {}
         for r in SERVER.stream(iter(reqs)):  # the iterator's end is the half-close
             self.assertEqual(r.error_message, "")
             ir = r.infer_response
-            self.assertEqual(ir.model_name, "stories")
+            self.assertEqual(ir.model_name, "kjv")
             self.assertEqual(ir.model_version, "1")
             by_id.setdefault(ir.id, []).append(ir)
         self.assertEqual(sorted(by_id), ["17", "18"])
@@ -283,30 +282,41 @@ class GrpcTest(unittest.TestCase):
         self.assertEqual(list(whole.outputs[0].shape), [1])
 
     def test_empty_final_response(self):
-        sampling = {"max_tokens": 3, "ignore_eos": True}
-        got = list(SERVER.stream(iter([infer_request("stories", "e1", "Once", sampling=sampling,
-                                                     empty_final=True)])))
-        self.assertEqual(len(got), 4)
-        finals = [r.infer_response.parameters["triton_final_response"].bool_param for r in got]
-        self.assertEqual(finals, [False, False, False, True])
-        self.assertEqual(len(got[-1].infer_response.outputs), 0)
-        self.assertEqual(got[-1].infer_response.id, "e1")
+        """triton_enable_empty_final_response (perf_analyzer, genai-perf):
+        Triton adds an empty final response only where the backend marks a
+        request final without a response; the vLLM backend's last data
+        response carries the flag, so the responses are those without it."""
+        sampling = {"max_tokens": 3, "ignore_eos": True, "temperature": 0}
+        for stream in (True, False):
+            got = {}
+            for empty_final in (False, True):
+                rs = list(SERVER.stream(iter([infer_request(
+                    "kjv", "e1", "Once", stream=stream, sampling=sampling,
+                    empty_final=empty_final)])))
+                got[empty_final] = [
+                    (r.infer_response.parameters["triton_final_response"].bool_param,
+                     decode_bytes(outputs_of(r.infer_response)["text_output"]))
+                    for r in rs]
+                self.assertTrue(all(r.infer_response.id == "e1" for r in rs))
+            self.assertEqual(got[True], got[False])
+            self.assertEqual([f for f, _ in got[True]],
+                             [False, False, True] if stream else [True])
 
     def test_stream_errors(self):
-        reqs = [infer_request("stories", "x1", "Once", stream=True, exclude=False),
+        reqs = [infer_request("kjv", "x1", "Once", stream=True, exclude=False),
                 infer_request("nope", "x2", "Once"),
-                infer_request("stories", "x3", "Once", sampling={"bogus": 1})]
+                infer_request("kjv", "x3", "Once", sampling={"bogus": 1})]
         got = {r.infer_response.id: r.error_message for r in SERVER.stream(iter(reqs))}
         self.assertEqual(got, {
             "x1": "Error generating stream: When streaming, `exclude_input_in_output` = False "
                   "is not allowed.",
             "x2": "Request for unknown model: 'nope' is not found",
-            "x3": "unknown sampling parameter 'bogus'",
+            "x3": "Error generating stream: unknown sampling parameter 'bogus'",
         })
 
     def test_cancel(self):
         q = queue.Queue()
-        q.put(infer_request("stories", "c1", "Once upon a time",
+        q.put(infer_request("kjv", "c1", "Once upon a time",
                             sampling={"max_tokens": 500, "ignore_eos": True}))
 
         def requests():  # keeps the stream open until cancelled

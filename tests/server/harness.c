@@ -30,14 +30,22 @@ static void write_file(const char *path, const char *text)
     fclose(f);
 }
 
-const char *th_stories_json(void)
+const char *th_model_dir(void)
 {
-    static char buf[1024];
-    const char *shared = getenv("CVLLM_SHARED");
+    static char dir[4200];
+    const char *src = getenv("CVLLM_SOURCE_DIR");
+    char cwd[4096];
+    if (!src && !(src = getcwd(cwd, sizeof cwd))) src = ".";
+    snprintf(dir, sizeof dir, "%s/samples/models/cvllm-kjv-4m", src);
+    return dir;
+}
+
+const char *th_model_json(void)
+{
+    static char buf[4400];
     snprintf(buf, sizeof buf,
-             "{\"model\": \"%s/models/stories260K\", \"gpu_memory_utilization\": 0.5, "
-             "\"enforce_eager\": true}",
-             shared ? shared : "../shared");
+             "{\"model\": \"%s\", \"gpu_memory_utilization\": 0.5, \"enforce_eager\": true}",
+             th_model_dir());
     return buf;
 }
 
@@ -77,11 +85,11 @@ const char *th_make_repo(void)
     if (n_made == 0) atexit(remove_repos);
     snprintf(made[n_made++], sizeof made[0], "%s", dir);
     th_add_model(
-        dir, "stories",
+        dir, "kjv",
         "backend: \"vllm\"\n"
         "parameters: { key: \"REPORT_CUSTOM_METRICS\" value: { string_value: \"true\" } }\n"
         "instance_group [ { count: 1 kind: KIND_MODEL } ]\n",
-        th_stories_json());
+        th_model_json());
     return dir;
 }
 
@@ -201,6 +209,13 @@ static size_t on_data(char *ptr, size_t size, size_t n, void *arg)
     return add;
 }
 
+static char last_content_type[128];
+
+const char *th_last_content_type(void)
+{
+    return last_content_type;
+}
+
 static long perform(const char *method, const char *url, const char *body, int stop_after,
                     char **resp)
 {
@@ -220,6 +235,9 @@ static long perform(const char *method, const char *url, const char *body, int s
     long status = 0;
     if (rc == CURLE_OK || (stop_after > 0 && rc == CURLE_WRITE_ERROR))
         curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &status);
+    char *type = NULL;
+    curl_easy_getinfo(c, CURLINFO_CONTENT_TYPE, &type);
+    snprintf(last_content_type, sizeof last_content_type, "%s", type ? type : "");
     curl_easy_cleanup(c);
     *resp = b.data;
     return status;
@@ -285,12 +303,12 @@ void th_expect(const char *method, const char *url, const char *body, long statu
 
 char *th_greedy_text(const char *prompt, int max_tokens)
 {
-    char cmd[1024];
-    const char *bin = getenv("CVLLM_BIN_DIR"), *shared = getenv("CVLLM_SHARED");
+    char cmd[5000];
+    const char *bin = getenv("CVLLM_BIN_DIR");
     snprintf(cmd, sizeof cmd,
-             "%s/cvllm-generate --model %s/models/stories260K --prompt '%s' --max-tokens %d "
+             "%s/cvllm-generate --model %s --prompt '%s' --max-tokens %d "
              "--temperature 0 --threads 1 2>/dev/null",
-             bin, shared, prompt, max_tokens);
+             bin, th_model_dir(), prompt, max_tokens);
     char *out = th_run(cmd);
     size_t n = strlen(out);
     assert_true(n > 0 && out[n - 1] == '\n');

@@ -1,6 +1,7 @@
 /* Test harness for the server tests: a temporary model repository over
- * $CVLLM_SHARED/models/stories260K, cvllm-server started on free loopback
- * ports, and blocking libcurl helpers (plain requests and SSE). */
+ * the model the repository ships (samples/models/cvllm-kjv-4m, so a lone
+ * clone tests), cvllm-server started on free loopback ports, and blocking
+ * libcurl helpers (plain requests and SSE). */
 #ifndef CV_TEST_SERVER_HARNESS_H
 #define CV_TEST_SERVER_HARNESS_H
 
@@ -15,14 +16,16 @@ typedef struct test_server {
     char log_path[300];
 } test_server;
 
-/* A fresh repository directory with model "stories" (REPORT_CUSTOM_METRICS
- * on) pointing at the shared stories260K; returns its path (static). */
+/* A fresh repository directory with model "kjv" (REPORT_CUSTOM_METRICS
+ * on) over th_model_dir(); returns its path (static). */
 const char *th_make_repo(void);
 /* Adds model `name` with the given config.pbtxt and model.json texts
  * (model.json NULL = none) to repo. */
 void th_add_model(const char *repo, const char *name, const char *pbtxt, const char *model_json);
-/* The JSON engine args pointing at stories260K (static buffer). */
-const char *th_stories_json(void);
+/* The shipped model's directory (absolute; static buffer). */
+const char *th_model_dir(void);
+/* model.json engine args for it (static buffer). */
+const char *th_model_json(void);
 
 /* Starts cvllm-server on repo with extra flags (NULL-terminated) and waits
  * for /v2/health/live. Returns false when it did not come up. */
@@ -39,6 +42,9 @@ long th_http(const char *method, const char *url, const char *body, char **resp)
  * concatenated body. If stop_after > 0 the connection is closed after that
  * many "data:" events. */
 long th_sse(const char *url, const char *body, int stop_after, char **events);
+/* The Content-Type of the last th_http / th_sse / th_expect answer ("" when
+ * none; not for use from several threads at once). */
+const char *th_last_content_type(void);
 /* The value of a metrics line "name{labels} value" (labels exact), or -1. */
 double th_metric(const char *metrics_text, const char *name_and_labels);
 
@@ -51,7 +57,7 @@ const char *th_url(const test_server *s, const char *path);
  * exactly as given (cmocka assertions). */
 void th_expect(const char *method, const char *url, const char *body, long status,
                const char *want_body);
-/* The text cvllm-generate prints for prompt on stories260K (greedy,
+/* The text cvllm-generate prints for prompt on th_model_dir() (greedy,
  * max_tokens new tokens), without its final newline (malloc'd). */
 char *th_greedy_text(const char *prompt, int max_tokens);
 

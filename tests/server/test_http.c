@@ -40,9 +40,9 @@ static int setup(void **state)
     const char *repo = th_make_repo();
     th_add_model(repo, "coupled",
                  "backend: \"vllm\"\nmodel_transaction_policy { decoupled: false }\n",
-                 th_stories_json());
+                 th_model_json());
     th_add_model(repo, "nojson", "backend: \"vllm\"\n", NULL);
-    const char *extra[] = {"--model-control-mode=explicit", "--load-model=stories", NULL};
+    const char *extra[] = {"--model-control-mode=explicit", "--load-model=kjv", NULL};
     if (!th_start(&srv, repo, extra)) return -1;
     return 0;
 }
@@ -60,15 +60,15 @@ static void test_health_and_metadata(void **state)
     (void)state;
     expect("GET", "/v2/health/live", NULL, 200, "");
     expect("GET", "/v2/health/ready", NULL, 200, "");
-    expect("GET", "/v2/models/stories/ready", NULL, 200, "");
-    expect("GET", "/v2/models/stories/versions/1/ready", NULL, 200, "");
-    expect("GET", "/v2/models/stories/versions/2/ready", NULL, 400, "");
+    expect("GET", "/v2/models/kjv/ready", NULL, 200, "");
+    expect("GET", "/v2/models/kjv/versions/1/ready", NULL, 200, "");
+    expect("GET", "/v2/models/kjv/versions/2/ready", NULL, 400, "");
     expect("GET", "/v2/models/nope/ready", NULL, 400, "");
     expect("GET", "/v2", NULL, 200,
            "{\"name\":\"cvllm\",\"version\":\"0.1.0\",\"extensions\":[\"model_repository\","
            "\"model_configuration\",\"statistics\",\"parameters\",\"generate\",\"metrics\"]}");
-    expect("GET", "/v2/models/stories", NULL, 200,
-           "{\"name\":\"stories\",\"versions\":[\"1\"],\"platform\":\"vllm\",\"inputs\":["
+    expect("GET", "/v2/models/kjv", NULL, 200,
+           "{\"name\":\"kjv\",\"versions\":[\"1\"],\"platform\":\"vllm\",\"inputs\":["
            "{\"name\":\"text_input\",\"datatype\":\"BYTES\",\"shape\":[1]},"
            "{\"name\":\"stream\",\"datatype\":\"BOOL\",\"shape\":[1]},"
            "{\"name\":\"sampling_parameters\",\"datatype\":\"BYTES\",\"shape\":[1]},"
@@ -86,7 +86,7 @@ static void test_health_and_metadata(void **state)
            "{\"name\":\"num_input_tokens\",\"datatype\":\"UINT32\",\"shape\":[1]},"
            "{\"name\":\"num_output_tokens\",\"datatype\":\"UINT32\",\"shape\":[-1]}]}");
     char *resp = NULL;
-    assert_int_equal(th_http("GET", url("/v2/models/stories/config"), NULL, &resp), 200);
+    assert_int_equal(th_http("GET", url("/v2/models/kjv/config"), NULL, &resp), 200);
     json_t *cfg = json_loads(resp, 0, NULL);
     assert_non_null(cfg);
     assert_string_equal(json_string_value(json_object_get(cfg, "backend")), "vllm");
@@ -133,7 +133,7 @@ static void test_generate_matches_cvllm_generate(void **state)
     (void)state;
     char *ref = th_greedy_text("Once upon a time", 32);
     char *resp = NULL;
-    assert_int_equal(th_http("POST", url("/v2/models/stories/generate"),
+    assert_int_equal(th_http("POST", url("/v2/models/kjv/generate"),
                              "{\"text_input\": \"Once upon a time\", \"parameters\": "
                              "{\"max_tokens\": 32, \"temperature\": 0}}",
                              &resp),
@@ -143,13 +143,13 @@ static void test_generate_matches_cvllm_generate(void **state)
     char want[2048];
     snprintf(want, sizeof want, "Once upon a time%s", ref);
     assert_string_equal(json_string_value(json_object_get(j, "text_output")), want);
-    assert_string_equal(json_string_value(json_object_get(j, "model_name")), "stories");
+    assert_string_equal(json_string_value(json_object_get(j, "model_name")), "kjv");
     assert_string_equal(json_string_value(json_object_get(j, "model_version")), "1");
     json_decref(j);
     free(resp);
 
     /* exclude_input_in_output drops the prompt. */
-    assert_int_equal(th_http("POST", url("/v2/models/stories/generate"),
+    assert_int_equal(th_http("POST", url("/v2/models/kjv/generate"),
                              "{\"text_input\": \"Once upon a time\", \"exclude_input_in_output\": "
                              "true, \"parameters\": {\"max_tokens\": 32, \"temperature\": 0}}",
                              &resp),
@@ -161,7 +161,7 @@ static void test_generate_matches_cvllm_generate(void **state)
 
     /* Streamed deltas concatenate to the same text, one event per token. */
     char *events = NULL;
-    assert_int_equal(th_sse(url("/v2/models/stories/generate_stream"),
+    assert_int_equal(th_sse(url("/v2/models/kjv/generate_stream"),
                             "{\"text_input\": \"Once upon a time\", \"stream\": true, "
                             "\"parameters\": {\"max_tokens\": 32, \"temperature\": 0, "
                             "\"return_finish_reason\": true}}",
@@ -182,7 +182,7 @@ static void test_output_tensors(void **state)
 {
     (void)state;
     char *resp = NULL;
-    assert_int_equal(th_http("POST", url("/v2/models/stories/generate"),
+    assert_int_equal(th_http("POST", url("/v2/models/kjv/generate"),
                              "{\"text_input\": \"Once upon a time\", \"parameters\": {"
                              "\"max_tokens\": 8, \"temperature\": 0, \"ignore_eos\": true, "
                              "\"return_finish_reason\": true, \"return_num_input_tokens\": true, "
@@ -203,7 +203,7 @@ static void test_output_tensors(void **state)
     free(resp);
 
     /* n=2 with sampling_parameters given as the input tensor: two texts. */
-    assert_int_equal(th_http("POST", url("/v2/models/stories/generate"),
+    assert_int_equal(th_http("POST", url("/v2/models/kjv/generate"),
                              "{\"text_input\": \"Once\", \"sampling_parameters\": "
                              "\"{\\\"n\\\": 2, \\\"max_tokens\\\": \\\"4\\\", \\\"seed\\\": 3, "
                              "\\\"temperature\\\": \\\"1.0\\\"}\"}",
@@ -220,49 +220,72 @@ static void test_documented_errors(void **state)
     (void)state;
     expect("POST", "/v2/models/nope/generate", "{\"text_input\": \"x\"}", 404,
            "{\"error\":\"Request for unknown model: 'nope' is not found\"}");
-    expect("POST", "/v2/models/stories/generate_stream",
-           "{\"text_input\": \"x\", \"stream\": true, \"exclude_input_in_output\": false}", 400,
-           "{\"error\":\"Error generating stream: When streaming, `exclude_input_in_output` = "
-           "False is not allowed.\"}");
-    expect("POST", "/v2/models/stories/generate",
-           "{\"text_input\": \"x\", \"parameters\": {\"bogus_field\": 1}}", 400,
-           "{\"error\":\"unknown sampling parameter 'bogus_field'\"}");
-    expect("POST", "/v2/models/stories/generate",
-           "{\"text_input\": \"x\", \"parameters\": {\"temperature\": \"hot\"}}", 400,
-           "{\"error\":\"sampling parameter 'temperature' must be a number, got \\\"hot\\\"\"}");
-    expect("POST", "/v2/models/stories/generate", "{\"text_input\": ", 400,
+    /* Errors the backend raises for a request are its first and only
+     * response: Triton answers with the status of its class (INTERNAL:
+     * 500) and, on /generate_stream, as a server-sent event. */
+    expect("POST", "/v2/models/kjv/generate_stream",
+           "{\"text_input\": \"x\", \"stream\": true, \"exclude_input_in_output\": false}", 500,
+           "data: {\"error\":\"Error generating stream: When streaming, "
+           "`exclude_input_in_output` = False is not allowed.\"}\n\n");
+    assert_string_equal(th_last_content_type(), "text/event-stream; charset=utf-8");
+    expect("POST", "/v2/models/kjv/generate_stream",
+           "{\"text_input\": \"x\", \"parameters\": {\"stream\": true, \"bogus_field\": 1}}", 500,
+           "data: {\"error\":\"Error generating stream: unknown sampling parameter "
+           "'bogus_field'\"}\n\n");
+    assert_string_equal(th_last_content_type(), "text/event-stream; charset=utf-8");
+    expect("POST", "/v2/models/kjv/generate_stream",
+           "{\"text_input\": \"x\", \"parameters\": {\"lora_name\": \"sql\"}}", 500,
+           "data: {\"error\":\"LoRA feature is not enabled.\"}\n\n");
+    expect("POST", "/v2/models/kjv/generate",
+           "{\"text_input\": \"x\", \"parameters\": {\"bogus_field\": 1}}", 500,
+           "{\"error\":\"Error generating stream: unknown sampling parameter 'bogus_field'\"}");
+    assert_string_equal(th_last_content_type(), "application/json");
+    expect("POST", "/v2/models/kjv/generate",
+           "{\"text_input\": \"x\", \"parameters\": {\"temperature\": \"hot\"}}", 500,
+           "{\"error\":\"Error generating stream: sampling parameter 'temperature' must be a "
+           "number, got \\\"hot\\\"\"}");
+    /* Errors of Triton's own checks stay JSON with their status. */
+    expect("POST", "/v2/models/kjv/generate_stream", "{\"stream\": true}", 400,
+           "{\"error\":\"expected number of inputs between 1 and 9 but got 1 inputs for model "
+           "'kjv'\"}");
+    assert_string_equal(th_last_content_type(), "application/json");
+    expect("POST", "/v2/models/kjv/generate", "{\"text_input\": ", 400,
            "{\"error\":\"failed to parse the request JSON buffer: unexpected token near end of "
            "file at 15\"}");
-    expect("POST", "/v2/models/stories/infer", "{\"inputs\": []}", 501,
+    expect("POST", "/v2/models/kjv/infer", "{\"inputs\": []}", 501,
            "{\"error\":\"HTTP end point doesn't support models with decoupled transaction "
            "policy\"}");
-    expect("POST", "/v2/models/stories/versions/1/infer", "{}", 501,
+    expect("POST", "/v2/models/kjv/versions/1/infer", "{}", 501,
            "{\"error\":\"HTTP end point doesn't support models with decoupled transaction "
            "policy\"}");
-    expect("POST", "/v2/models/stories/generate",
+    expect("POST", "/v2/models/kjv/generate",
            "{\"text_input\": \"Once\", \"stream\": true, \"parameters\": {\"max_tokens\": 4, "
            "\"ignore_eos\": true}}",
            400,
            "{\"error\":\"generate expects model to produce exactly 1 response, use generate "
            "stream for model that generates various number of responses\"}");
-    expect("POST", "/v2/models/stories/generate",
-           "{\"text_input\": \"x\", \"parameters\": {\"lora_name\": \"sql\"}}", 400,
+    expect("POST", "/v2/models/kjv/generate",
+           "{\"text_input\": \"x\", \"parameters\": {\"lora_name\": \"sql\"}}", 500,
            "{\"error\":\"LoRA feature is not enabled.\"}");
-    expect("POST", "/v2/models/stories/generate", "{\"text_input\": 3}", 400,
+    /* vLLM's message: -1 is not "unlimited" (null is). */
+    expect("POST", "/v2/models/kjv/generate",
+           "{\"text_input\": \"x\", \"parameters\": {\"max_tokens\": -1}}", 500,
+           "{\"error\":\"Error generating stream: max_tokens must be at least 1, got -1.\"}");
+    expect("POST", "/v2/models/kjv/generate", "{\"text_input\": 3}", 400,
            "{\"error\":\"unable to parse 'text_input': expected a string\"}");
-    expect("POST", "/v2/models/stories/generate", "{\"stream\": false}", 400,
+    expect("POST", "/v2/models/kjv/generate", "{\"stream\": false}", 400,
            "{\"error\":\"expected number of inputs between 1 and 9 but got 1 inputs for model "
-           "'stories'\"}");
-    expect("GET", "/v2/models/stories/versions/7", NULL, 404,
-           "{\"error\":\"Request for unknown model: 'stories' version 7 is not found\"}");
+           "'kjv'\"}");
+    expect("GET", "/v2/models/kjv/versions/7", NULL, 404,
+           "{\"error\":\"Request for unknown model: 'kjv' version 7 is not found\"}");
 }
 
 static void test_repository_explicit_mode(void **state)
 {
     (void)state;
     expect("POST", "/v2/repository/index", "", 200,
-           "[{\"name\":\"coupled\"},{\"name\":\"nojson\"},"
-           "{\"name\":\"stories\",\"version\":\"1\",\"state\":\"READY\"}]");
+           "[{\"name\":\"coupled\"},{\"name\":\"kjv\",\"version\":\"1\",\"state\":"
+           "\"READY\"},{\"name\":\"nojson\"}]");
     expect("POST", "/v2/repository/models/coupled/load", "", 400,
            "{\"error\":\"failed to load 'coupled', vLLM Triton backend must be configured to "
            "use decoupled model transaction policy\"}");
@@ -272,31 +295,31 @@ static void test_repository_explicit_mode(void **state)
              "must be provided in '%s/nojson/1'\"}",
              srv.repo);
     expect("POST", "/v2/repository/models/nojson/load", "", 400, want);
-    expect("POST", "/v2/repository/models/ghost/load", "", 400,
+    expect("POST", "/v2/repository/models/ghost/load", "", 500,
            "{\"error\":\"failed to load 'ghost', failed to poll from model repository\"}");
     expect("POST", "/v2/repository/index", "{\"ready\": true}", 200,
-           "[{\"name\":\"stories\",\"version\":\"1\",\"state\":\"READY\"}]");
+           "[{\"name\":\"kjv\",\"version\":\"1\",\"state\":\"READY\"}]");
     /* A failed model makes a strict server not ready. */
     expect("GET", "/v2/health/ready", NULL, 400, "");
-    expect("POST", "/v2/repository/models/stories/unload", "", 200, "");
-    expect("GET", "/v2/models/stories/ready", NULL, 400, "");
-    expect("POST", "/v2/models/stories/generate", "{\"text_input\": \"x\"}", 503,
-           "{\"error\":\"Request for unknown model: 'stories' has no available versions\"}");
-    expect("POST", "/v1/completions", "{\"model\": \"stories\", \"prompt\": \"x\"}", 503,
-           "{\"object\":\"error\",\"message\":\"Request for unknown model: 'stories' has no "
+    expect("POST", "/v2/repository/models/kjv/unload", "", 200, "");
+    expect("GET", "/v2/models/kjv/ready", NULL, 400, "");
+    expect("POST", "/v2/models/kjv/generate", "{\"text_input\": \"x\"}", 503,
+           "{\"error\":\"Request for unknown model: 'kjv' has no available versions\"}");
+    expect("POST", "/v1/completions", "{\"model\": \"kjv\", \"prompt\": \"x\"}", 503,
+           "{\"object\":\"error\",\"message\":\"Request for unknown model: 'kjv' has no "
            "available versions\",\"type\":\"ServiceUnavailableError\",\"param\":null,"
            "\"code\":503}");
-    expect("POST", "/v2/repository/models/stories/load", "{}", 200, "");
-    expect("GET", "/v2/models/stories/ready", NULL, 200, "");
+    expect("POST", "/v2/repository/models/kjv/load", "{}", 200, "");
+    expect("GET", "/v2/models/kjv/ready", NULL, 200, "");
     /* Two models in one server, each with its own engine. */
-    th_add_model(srv.repo, "stories_b", "backend: \"vllm\"\n", th_stories_json());
-    expect("POST", "/v2/repository/models/stories_b/load", "", 200, "");
+    th_add_model(srv.repo, "kjv_b", "backend: \"vllm\"\n", th_model_json());
+    expect("POST", "/v2/repository/models/kjv_b/load", "", 200, "");
     char *a = NULL, *b = NULL;
     const char *body = "{\"text_input\": \"Once upon a time\", \"exclude_input_in_output\": "
                        "true, \"parameters\": {\"max_tokens\": 6, \"temperature\": 0}}";
-    assert_int_equal(th_http("POST", url("/v2/models/stories/generate"), body, &a), 200);
-    assert_int_equal(th_http("POST", url("/v2/models/stories_b/generate"), body, &b), 200);
-    assert_non_null(strstr(b, "\"model_name\":\"stories_b\""));
+    assert_int_equal(th_http("POST", url("/v2/models/kjv/generate"), body, &a), 200);
+    assert_int_equal(th_http("POST", url("/v2/models/kjv_b/generate"), body, &b), 200);
+    assert_non_null(strstr(b, "\"model_name\":\"kjv_b\""));
     json_t *ja = json_loads(a, 0, NULL), *jb = json_loads(b, 0, NULL);
     assert_string_equal(json_string_value(json_object_get(ja, "text_output")),
                         json_string_value(json_object_get(jb, "text_output")));
@@ -304,7 +327,7 @@ static void test_repository_explicit_mode(void **state)
     json_decref(jb);
     free(a);
     free(b);
-    expect("POST", "/v2/repository/models/stories_b/unload", "", 200, "");
+    expect("POST", "/v2/repository/models/kjv_b/unload", "", 200, "");
     expect("POST", "/v2/repository/models/coupled/unload", "", 200, "");
     expect("POST", "/v2/repository/models/nojson/unload", "", 200, "");
 }
@@ -313,9 +336,8 @@ static void test_parallel_sizes(void **state)
 {
     (void)state;
     char json[1200], want[1400];
-    const char *shared = getenv("CVLLM_SHARED");
-    snprintf(json, sizeof json,
-             "{\"model\": \"%s/models/stories260K\", \"tensor_parallel_size\": 2}", shared);
+
+    snprintf(json, sizeof json, "{\"model\": \"%s\", \"tensor_parallel_size\": 2}", th_model_dir());
     th_add_model(srv.repo, "tp_gpu",
                  "backend: \"vllm\"\ninstance_group [ { count: 1 kind: KIND_GPU } ]\n", json);
     th_add_model(srv.repo, "tp_model",
@@ -344,7 +366,7 @@ static void test_health_check_on(void **state)
                  "parameters: { key: \"ENABLE_VLLM_HEALTH_CHECK\" value: { string_value: "
                  "\"true\" } }\n"
                  "instance_group [ { count: 1 kind: KIND_MODEL } ]\n",
-                 th_stories_json());
+                 th_model_json());
     expect("POST", "/v2/repository/models/checked/load", "", 200, "");
     expect("GET", "/v2/models/checked/ready", NULL, 200, "");
     expect("POST", "/v2/models/checked/generate",
@@ -359,11 +381,11 @@ static void test_lora_names(void **state)
 {
     (void)state;
     char json[1200], path[400];
-    const char *shared = getenv("CVLLM_SHARED");
+
     snprintf(json, sizeof json,
-             "{\"model\": \"%s/models/stories260K\", \"enable_lora\": true, "
+             "{\"model\": \"%s\", \"enable_lora\": true, "
              "\"max_lora_rank\": 8}",
-             shared);
+             th_model_dir());
     th_add_model(srv.repo, "lora", "backend: \"vllm\"\n", json);
     snprintf(path, sizeof path, "%s/lora/1/multi_lora.json", srv.repo);
     FILE *f = fopen(path, "w");
@@ -372,12 +394,12 @@ static void test_lora_names(void **state)
     fclose(f);
     expect("POST", "/v2/repository/models/lora/load", "", 200, "");
     expect("POST", "/v2/models/lora/generate",
-           "{\"text_input\": \"x\", \"parameters\": {\"lora_name\": \"doc\"}}", 400,
+           "{\"text_input\": \"x\", \"parameters\": {\"lora_name\": \"doc\"}}", 500,
            "{\"error\":\"LoRA doc is not supported, we currently support ['sql', 'chat']\"}");
     expect("POST", "/v2/models/lora/generate",
            "{\"text_input\": \"x\", \"sampling_parameters\": \"{\\\"lora_name\\\": "
            "\\\"sql\\\"}\"}",
-           400,
+           500,
            "{\"error\":\"LoRA sql: adapters are listed in multi_lora.json but cvllm's engine "
            "does not apply LoRA weights\"}");
     expect("POST", "/v2/repository/models/lora/unload", "", 200, "");
@@ -387,7 +409,7 @@ static void test_disconnect_aborts_request(void **state)
 {
     (void)state;
     char *events = NULL;
-    th_sse(url("/v2/models/stories/generate_stream"),
+    th_sse(url("/v2/models/kjv/generate_stream"),
            "{\"text_input\": \"Once upon a time\", \"stream\": true, \"parameters\": "
            "{\"max_tokens\": 400, \"ignore_eos\": true}}",
            1, &events);
@@ -412,8 +434,8 @@ static void test_disconnect_aborts_request(void **state)
     for (int i = 0; i < 250 && !idle; i++) {
         free(text);
         assert_int_equal(th_http("GET", u, NULL, &text), 200);
-        idle = th_metric(text, "vllm:num_requests_running{model=\"stories\",version=\"1\"}") == 0 &&
-               th_metric(text, "vllm:gpu_cache_usage_perc{model=\"stories\",version=\"1\"}") == 0;
+        idle = th_metric(text, "vllm:num_requests_running{model=\"kjv\",version=\"1\"}") == 0 &&
+               th_metric(text, "vllm:gpu_cache_usage_perc{model=\"kjv\",version=\"1\"}") == 0;
         if (!idle) usleep(20000);
     }
     free(text);
@@ -434,7 +456,7 @@ static double metric(const char *name)
 static void bucket_bounds(const char *text, const char *name, char *out, size_t cap)
 {
     char prefix[160];
-    snprintf(prefix, sizeof prefix, "%s_bucket{model=\"stories\",version=\"1\",le=\"", name);
+    snprintf(prefix, sizeof prefix, "%s_bucket{model=\"kjv\",version=\"1\",le=\"", name);
     out[0] = '\0';
     size_t len = 0;
     for (const char *p = text; (p = strstr(p, prefix)); p++) {
@@ -444,7 +466,7 @@ static void bucket_bounds(const char *text, const char *name, char *out, size_t 
 }
 
 /* Bucket boundaries as PROTOCOL.md lists them (request token counts go
- * 1 2 5 10 ... up to max_model_len, 512 for stories260K). */
+ * 1 2 5 10 ... up to max_model_len, 512 for the shipped model). */
 static void test_metrics_buckets(void **state)
 {
     (void)state;
@@ -477,8 +499,8 @@ static void test_metrics_exact(void **state)
 {
     (void)state;
     /* Reload for fresh engine counters. */
-    expect("POST", "/v2/repository/models/stories/load", "", 200, "");
-    const char *L = "{model=\"stories\",version=\"1\"}";
+    expect("POST", "/v2/repository/models/kjv/load", "", 200, "");
+    const char *L = "{model=\"kjv\",version=\"1\"}";
     char n_prompt[128], n_gen[128], n_ttft[128], n_ok[128];
     snprintf(n_prompt, sizeof n_prompt, "vllm:prompt_tokens_total%s", L);
     snprintf(n_gen, sizeof n_gen, "vllm:generation_tokens_total%s", L);
@@ -495,7 +517,7 @@ static void test_metrics_exact(void **state)
                  "{\"text_input\": \"%s\", \"parameters\": {\"max_tokens\": %d, \"ignore_eos\": "
                  "true, \"return_num_input_tokens\": true}}",
                  prompts[i], max_tokens[i]);
-        assert_int_equal(th_http("POST", url("/v2/models/stories/generate"), body, &resp), 200);
+        assert_int_equal(th_http("POST", url("/v2/models/kjv/generate"), body, &resp), 200);
         json_t *j = json_loads(resp, 0, NULL);
         sum_in += (long)json_integer_value(json_object_get(j, "num_input_tokens"));
         sum_out += max_tokens[i];
@@ -512,21 +534,27 @@ static void test_metrics_exact(void **state)
     assert_int_equal((long)metric(n_gen), sum_out);
     assert_int_equal((long)metric(n_ttft), 4);
     assert_int_equal((long)metric(n_ok), 4);
+    /* Triton's compute input / output counters: present, and 0 (no phase
+     * apart from the engine's). */
+    char n_cin[128], n_cout[128];
+    snprintf(n_cin, sizeof n_cin, "nv_inference_compute_input_duration_us%s", L);
+    snprintf(n_cout, sizeof n_cout, "nv_inference_compute_output_duration_us%s", L);
+    assert_true(metric(n_cin) == 0);
+    assert_true(metric(n_cout) == 0);
     char buckets[160];
-    snprintf(
-        buckets, sizeof buckets,
-        "vllm:time_to_first_token_seconds_bucket{model=\"stories\",version=\"1\",le=\"+Inf\"}");
+    snprintf(buckets, sizeof buckets,
+             "vllm:time_to_first_token_seconds_bucket{model=\"kjv\",version=\"1\",le=\"+Inf\"}");
     assert_int_equal((long)metric(buckets), 4);
     snprintf(buckets, sizeof buckets,
-             "vllm:e2e_request_latency_seconds_bucket{model=\"stories\",version=\"1\",le=\"60\"}");
+             "vllm:e2e_request_latency_seconds_bucket{model=\"kjv\",version=\"1\",le=\"60\"}");
     assert_int_equal((long)metric(buckets), 4);
 
     /* The statistics extension counts the same four requests. */
     char *resp = NULL;
-    assert_int_equal(th_http("GET", url("/v2/models/stories/stats"), NULL, &resp), 200);
+    assert_int_equal(th_http("GET", url("/v2/models/kjv/stats"), NULL, &resp), 200);
     json_t *j = json_loads(resp, 0, NULL);
     json_t *st = json_array_get(json_object_get(j, "model_stats"), 0);
-    assert_string_equal(json_string_value(json_object_get(st, "name")), "stories");
+    assert_string_equal(json_string_value(json_object_get(st, "name")), "kjv");
     assert_string_equal(json_string_value(json_object_get(st, "version")), "1");
     assert_int_equal(json_integer_value(json_object_get(st, "inference_count")), 4);
     assert_int_equal(json_integer_value(json_object_get(st, "execution_count")), 4);
@@ -540,6 +568,114 @@ static void test_metrics_exact(void **state)
     free(resp);
     expect("GET", "/v2/models/nope/stats", NULL, 404,
            "{\"error\":\"Request for unknown model: 'nope' is not found\"}");
+}
+
+/* model.json as the upstream multi-LoRA test writes it (values as
+ * strings), and disable_log_stats: the backend's rule turns the vllm:*
+ * metrics off even with REPORT_CUSTOM_METRICS on; Triton's own counters
+ * stay. */
+static void test_model_json_strings_and_log_stats(void **state)
+{
+    (void)state;
+    char json[4600], path[400];
+    snprintf(json, sizeof json,
+             "{\"model\": \"%s\", \"enable_lora\": \"true\", \"max_lora_rank\": \"8\", "
+             "\"max_model_len\": \"256\", \"gpu_memory_utilization\": \"0.5\", "
+             "\"disable_log_stats\": \"true\"}",
+             th_model_dir());
+    th_add_model(
+        srv.repo, "quiet",
+        "backend: \"vllm\"\n"
+        "parameters: { key: \"REPORT_CUSTOM_METRICS\" value: { string_value: \"true\" } }\n",
+        json);
+    snprintf(path, sizeof path, "%s/quiet/1/multi_lora.json", srv.repo);
+    FILE *f = fopen(path, "w");
+    assert_non_null(f);
+    fputs("{\"sql\": \"/adapters/sql\"}", f);
+    fclose(f);
+    expect("POST", "/v2/repository/models/quiet/load", "", 200, "");
+    /* enable_lora "true" took effect: the adapter list is checked. */
+    expect("POST", "/v2/models/quiet/generate",
+           "{\"text_input\": \"x\", \"parameters\": {\"lora_name\": \"doc\"}}", 500,
+           "{\"error\":\"LoRA doc is not supported, we currently support ['sql']\"}");
+    char *resp = NULL;
+    assert_int_equal(th_http("POST", url("/v2/models/quiet/generate"),
+                             "{\"text_input\": \"In the beginning\", \"parameters\": "
+                             "{\"max_tokens\": 2}}",
+                             &resp),
+                     200);
+    free(resp);
+    char u[128], *text = NULL;
+    snprintf(u, sizeof u, "http://127.0.0.1:%d/metrics", srv.metrics_port);
+    assert_int_equal(th_http("GET", u, NULL, &text), 200);
+    assert_true(th_metric(text, "nv_inference_request_success{model=\"quiet\",version=\"1\"}") ==
+                1);
+    assert_true(th_metric(text, "nv_inference_request_failure{model=\"quiet\",version=\"1\"}") ==
+                1);
+    /* kjv (REPORT_CUSTOM_METRICS, stats on) has vllm:* lines, quiet none. */
+    assert_true(th_metric(text, "vllm:num_requests_running{model=\"kjv\",version=\"1\"}") == 0);
+    for (const char *p = text; (p = strstr(p, "vllm:")); p++) {
+        const char *eol = strchr(p, '\n');
+        const char *q = strstr(p, "model=\"quiet\"");
+        assert_true(!q || (eol && q > eol));
+    }
+    free(text);
+    expect("POST", "/v2/repository/models/quiet/unload", "", 200, "");
+}
+
+/* A repository as the upstream vLLM backend tests lay it out, with an
+ * ensemble and a python-backend model beside the vllm one: those two are
+ * UNAVAILABLE with a clear reason, the server starts under tritonserver's
+ * default flags, is ready, and serves the vllm model. */
+static void test_unserved_models_beside(void **state)
+{
+    (void)state;
+    const char *repo = th_make_repo();
+    th_add_model(repo, "ensemble_model",
+                 "name: \"ensemble_model\"\nplatform: \"ensemble\"\nmax_batch_size: 1\n"
+                 "input [ { name: \"text_input\" data_type: TYPE_STRING dims: [ -1 ] } ]\n"
+                 "output [ { name: \"text_output\" data_type: TYPE_STRING dims: [ -1 ] } ]\n"
+                 "ensemble_scheduling { step [ { model_name: \"kjv\" model_version: -1 "
+                 "input_map { key: \"text_input\" value: \"text_input\" } "
+                 "output_map { key: \"text_output\" value: \"text_output\" } } ] }\n",
+                 NULL);
+    th_add_model(repo, "pre", "backend: \"python\"\nmax_batch_size: 8\ndynamic_batching { }\n",
+                 NULL);
+    test_server s;
+    assert_true(th_start(&s, repo, NULL));
+    th_expect("GET", th_url(&s, "/v2/health/ready"), NULL, 200, "");
+    th_expect("GET", th_url(&s, "/v2/models/kjv/ready"), NULL, 200, "");
+    th_expect("GET", th_url(&s, "/v2/models/ensemble_model/ready"), NULL, 400, "");
+    char want[2048];
+    snprintf(want, sizeof want,
+             "[{\"name\":\"ensemble_model\",\"state\":\"UNAVAILABLE\",\"reason\":\"%s/"
+             "ensemble_model/config.pbtxt: the ensemble (platform \\\"ensemble\\\") is not "
+             "served: cvllm serves models of the vllm backend only\"},{\"name\":\"kjv\","
+             "\"version\":\"1\",\"state\":\"READY\"},{\"name\":\"pre\",\"state\":"
+             "\"UNAVAILABLE\",\"reason\":\"%s/pre/config.pbtxt: backend \\\"python\\\" is not "
+             "served: cvllm serves models of the vllm backend only\"}]",
+             repo, repo);
+    th_expect("POST", th_url(&s, "/v2/repository/index"), "", 200, want);
+    th_expect("GET", th_url(&s, "/v2/models/ensemble_model"), NULL, 503,
+              "{\"error\":\"Request for unknown model: 'ensemble_model' has no available "
+              "versions\"}");
+    char *resp = NULL;
+    assert_int_equal(th_http("POST", th_url(&s, "/v2/models/kjv/generate"),
+                             "{\"text_input\": \"In the beginning\", \"parameters\": "
+                             "{\"max_tokens\": 2}}",
+                             &resp),
+                     200);
+    free(resp);
+    assert_int_equal(th_stop(&s), 0);
+    /* Loaded explicitly: the same reason, UNSUPPORTED (501). */
+    const char *explicit_mode[] = {"--model-control-mode=explicit", NULL};
+    assert_true(th_start(&s, repo, explicit_mode));
+    snprintf(want, sizeof want,
+             "{\"error\":\"failed to load 'pre', %s/pre/config.pbtxt: backend \\\"python\\\" is "
+             "not served: cvllm serves models of the vllm backend only\"}",
+             repo);
+    th_expect("POST", th_url(&s, "/v2/repository/models/pre/load"), "", 501, want);
+    assert_int_equal(th_stop(&s), 0);
 }
 
 static void test_two_servers_side_by_side(void **state)
@@ -568,12 +704,12 @@ static void test_two_servers_side_by_side(void **state)
     assert_int_equal(th_http("GET", mu, NULL, &mresp), 0);
     free(mresp);
     char u[128], *resp = NULL;
-    snprintf(u, sizeof u, "http://127.0.0.1:%d/v2/models/stories/generate", s2.http_port);
+    snprintf(u, sizeof u, "http://127.0.0.1:%d/v2/models/kjv/generate", s2.http_port);
     const char *body = "{\"text_input\": \"Once upon a time\", \"parameters\": {\"max_tokens\": "
                        "6, \"temperature\": 0}}";
     assert_int_equal(th_http("POST", u, body, &resp), 200);
     char *resp1 = NULL;
-    assert_int_equal(th_http("POST", url("/v2/models/stories/generate"), body, &resp1), 200);
+    assert_int_equal(th_http("POST", url("/v2/models/kjv/generate"), body, &resp1), 200);
     assert_string_equal(resp, resp1);
     free(resp);
     free(resp1);
@@ -604,7 +740,7 @@ static void test_sigterm_drains_and_exits_zero(void **state)
     test_server s3;
     assert_true(th_start(&s3, repo3, NULL));
     char u[128];
-    snprintf(u, sizeof u, "http://127.0.0.1:%d/v2/models/stories/generate_stream", s3.http_port);
+    snprintf(u, sizeof u, "http://127.0.0.1:%d/v2/models/kjv/generate_stream", s3.http_port);
     sse_job job = {.url = u};
     pthread_t t;
     pthread_create(&t, NULL, sse_thread, &job);
@@ -651,8 +787,20 @@ static void test_command_line_errors(void **state)
 {
     (void)state;
     expect_cli("--http-port=8000", "cvllm-server: --model-repository must be specified\nrc=2\n");
-    expect_cli("--model-repository=/tmp --log-info=true",
-               "cvllm-server: unknown option '--log-info'\nrc=2\n");
+    expect_cli("--model-repository=/tmp --no-such-flag=1",
+               "cvllm-server: unknown option '--no-such-flag'\nrc=2\n");
+    expect_cli(
+        "--model-repository=/tmp --log-format=json",
+        "cvllm-server: invalid argument for --log-format: 'json' (default, ISO8601)\nrc=2\n");
+    expect_cli("--model-repository=/tmp --cuda-memory-pool-byte-size=1024",
+               "cvllm-server: --cuda-memory-pool-byte-size: invalid value '1024'\nrc=2\n");
+    expect_cli("--model-repository=/tmp --model-load-thread-count=four",
+               "cvllm-server: --model-load-thread-count: invalid value 'four'\nrc=2\n");
+    expect_cli("--model-repository=/tmp --log-info=maybe",
+               "cvllm-server: --log-info: invalid boolean 'maybe'\nrc=2\n");
+    expect_cli("--model-repository=/tmp --log-file=/nonexistent-dir/log",
+               "cvllm-server: --log-file: cannot open '/nonexistent-dir/log': No such file or "
+               "directory\nrc=2\n");
     expect_cli("--model-repository=/tmp --load-model=x",
                "cvllm-server: --load-model is allowed only with --model-control-mode=explicit\n"
                "rc=2\n");
@@ -666,6 +814,75 @@ static void test_command_line_errors(void **state)
     expect_cli("--model-repository=/nonexistent-repo",
                "error: creating server: --model-repository '/nonexistent-repo' is not a "
                "directory\nrc=1\n");
+}
+
+/* The flags a tritonserver deployment script passes (the upstream vLLM
+ * backend tests pass --backend-directory to every server): the bind
+ * addresses and the log flags take effect, the rest are accepted and
+ * logged as not applicable. */
+static void test_tritonserver_flags(void **state)
+{
+    (void)state;
+    const char *repo = th_make_repo();
+    char log_arg[320], log_path[300];
+    snprintf(log_path, sizeof log_path, "%s/triton.log", repo);
+    snprintf(log_arg, sizeof log_arg, "--log-file=%s", log_path);
+    const char *flags[] = {"--backend-directory=/opt/tritonserver/backends",
+                           "--http-address=127.0.0.1",
+                           "--grpc-address=127.0.0.1",
+                           "--metrics-address=127.0.0.1",
+                           log_arg,
+                           "--log-info=true",
+                           "--log-warning=true",
+                           "--log-error=true",
+                           "--log-format=ISO8601",
+                           "--model-load-thread-count=2",
+                           "--disable-auto-complete-config",
+                           "--grpc-infer-allocation-pool-size=8",
+                           "--cuda-memory-pool-byte-size=0:67108864",
+                           "--pinned-memory-pool-byte-size=268435456",
+                           NULL};
+    test_server s;
+    assert_true(th_start(&s, repo, flags));
+    th_expect("GET", th_url(&s, "/v2/models/kjv/ready"), NULL, 200, "");
+    assert_int_equal(th_stop(&s), 0);
+    /* Everything went to --log-file, nothing to stderr. */
+    char *err = th_log(&s);
+    assert_string_equal(err, "");
+    free(err);
+    char cmd[400];
+    snprintf(cmd, sizeof cmd, "cat '%s'", log_path);
+    char *log = th_run(cmd);
+    static const char *const want[] = {
+        "I cvllm: --disable-auto-complete-config: accepted, not applicable: cvllm completes the "
+        "vllm model's configuration as the backend does\n",
+        "I cvllm: --backend-directory: accepted, not applicable: the vllm backend is built into "
+        "cvllm-server\n",
+        "I cvllm: --log-format: accepted, not applicable: cvllm's log lines have one format\n",
+        "I cvllm: --model-load-thread-count: accepted, not applicable: cvllm loads models one at "
+        "a time\n",
+        "I cvllm: --grpc-infer-allocation-pool-size: accepted, not applicable: cvllm allocates "
+        "each stream's request state as it comes\n",
+        "I cvllm: --cuda-memory-pool-byte-size: accepted, not applicable: cvllm sizes GPU memory "
+        "from model.json's gpu_memory_utilization\n",
+        "I cvllm: --pinned-memory-pool-byte-size: accepted, not applicable: cvllm does not stage "
+        "tensors in pinned memory\n",
+        "I cvllm: Started HTTPService at 127.0.0.1:",
+        "I cvllm: Started GRPCInferenceService at 127.0.0.1:",
+        "I cvllm: Started Metrics Service at 127.0.0.1:",
+    };
+    for (size_t i = 0; i < sizeof want / sizeof *want; i++)
+        assert_non_null(strstr(log, want[i]));
+    free(log);
+    /* --log-info=false: the info lines are gone, the server serves. */
+    const char *quiet[] = {log_arg, "--log-info=false", NULL};
+    assert_int_equal(truncate(log_path, 0), 0);
+    assert_true(th_start(&s, repo, quiet));
+    th_expect("GET", th_url(&s, "/v2/models/kjv/ready"), NULL, 200, "");
+    assert_int_equal(th_stop(&s), 0);
+    log = th_run(cmd);
+    assert_null(strstr(log, "I cvllm:"));
+    free(log);
 }
 
 /* Polls url until it answers `status`, up to ~10 s. */
@@ -688,11 +905,17 @@ static void test_poll_mode(void **state)
     test_server s;
     const char *poll[] = {"--model-control-mode=poll", "--repository-poll-secs=1", NULL};
     assert_true(th_start(&s, repo, poll));
+    /* Load / unload outside explicit mode: Triton's UNAVAILABLE, so 503
+     * here and UNAVAILABLE over gRPC (grpc_client_test.py). */
+    const char refused[] =
+        "{\"error\":\"explicit model load / unload is not allowed if polling is enabled\"}";
+    th_expect("POST", th_url(&s, "/v2/repository/models/kjv/load"), "", 503, refused);
+    th_expect("POST", th_url(&s, "/v2/repository/models/kjv/unload"), "", 503, refused);
     char u[160], p[400];
     snprintf(u, sizeof u, "http://127.0.0.1:%d/v2/models/late/ready", s.http_port);
     assert_true(wait_status(u, 400));
     /* A model directory that appears is loaded. */
-    th_add_model(repo, "late", "backend: \"vllm\"\n", th_stories_json());
+    th_add_model(repo, "late", "backend: \"vllm\"\n", th_model_json());
     assert_true(wait_status(u, 200));
     /* A changed config.pbtxt reloads the model with it. */
     snprintf(p, sizeof p, "%s/late/config.pbtxt", repo);
@@ -712,9 +935,9 @@ static void test_poll_mode(void **state)
     assert_true(reloaded);
     /* A model directory that goes away is unloaded. */
     char cmd[400];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s/stories'", repo);
+    snprintf(cmd, sizeof cmd, "rm -rf '%s/kjv'", repo);
     assert_int_equal(system(cmd), 0);
-    snprintf(u, sizeof u, "http://127.0.0.1:%d/v2/models/stories/ready", s.http_port);
+    snprintf(u, sizeof u, "http://127.0.0.1:%d/v2/models/kjv/ready", s.http_port);
     assert_true(wait_status(u, 400));
     assert_int_equal(th_stop(&s), 0);
 }
@@ -725,7 +948,7 @@ static void test_exit_on_error_and_readiness(void **state)
     const char *repo = th_make_repo();
     th_add_model(repo, "coupled",
                  "backend: \"vllm\"\nmodel_transaction_policy { decoupled: false }\n",
-                 th_stories_json());
+                 th_model_json());
     /* tritonserver's default --exit-on-error=true: a failed model at start
      * is fatal, exit status 1. */
     test_server s;
@@ -742,7 +965,7 @@ static void test_exit_on_error_and_readiness(void **state)
     snprintf(u, sizeof u, "http://127.0.0.1:%d/v2/health/ready", s.http_port);
     assert_int_equal(th_http("GET", u, NULL, &resp), 400); /* strict: a model failed */
     free(resp);
-    snprintf(u, sizeof u, "http://127.0.0.1:%d/v2/models/stories/ready", s.http_port);
+    snprintf(u, sizeof u, "http://127.0.0.1:%d/v2/models/kjv/ready", s.http_port);
     assert_int_equal(th_http("GET", u, NULL, &resp), 200);
     free(resp);
     assert_int_equal(th_stop(&s), 0);
@@ -768,10 +991,13 @@ int main(void)
         cmocka_unit_test(test_disconnect_aborts_request),
         cmocka_unit_test(test_metrics_exact),
         cmocka_unit_test(test_metrics_buckets),
+        cmocka_unit_test(test_model_json_strings_and_log_stats),
+        cmocka_unit_test(test_unserved_models_beside),
         cmocka_unit_test(test_two_servers_side_by_side),
         cmocka_unit_test(test_sigterm_drains_and_exits_zero),
         cmocka_unit_test(test_exit_on_error_and_readiness),
         cmocka_unit_test(test_command_line_errors),
+        cmocka_unit_test(test_tritonserver_flags),
         cmocka_unit_test(test_poll_mode),
     };
     return cmocka_run_group_tests(tests, setup, teardown);

@@ -83,8 +83,8 @@ static void test_64_streams_with_disconnects(void **state)
     test_server srv;
     assert_true(th_start(&srv, th_make_repo(), NULL));
     char gen[128], stream_url[128], metrics_url[128];
-    snprintf(gen, sizeof gen, "http://127.0.0.1:%d/v2/models/stories/generate", srv.http_port);
-    snprintf(stream_url, sizeof stream_url, "http://127.0.0.1:%d/v2/models/stories/generate_stream",
+    snprintf(gen, sizeof gen, "http://127.0.0.1:%d/v2/models/kjv/generate", srv.http_port);
+    snprintf(stream_url, sizeof stream_url, "http://127.0.0.1:%d/v2/models/kjv/generate_stream",
              srv.http_port);
     snprintf(metrics_url, sizeof metrics_url, "http://127.0.0.1:%d/metrics", srv.metrics_port);
 
@@ -162,12 +162,11 @@ static void test_64_streams_with_disconnects(void **state)
     for (int tries = 0; tries < 100 && !idle; tries++) {
         free(metrics);
         assert_int_equal(th_http("GET", metrics_url, NULL, &metrics), 200);
-        idle =
-            th_metric(metrics, "vllm:num_requests_running{model=\"stories\",version=\"1\"}") == 0 &&
-            th_metric(metrics, "vllm:num_requests_waiting{model=\"stories\",version=\"1\"}") == 0 &&
-            th_metric(metrics, "vllm:gpu_cache_usage_perc{model=\"stories\",version=\"1\"}") == 0 &&
-            th_metric(metrics,
-                      "nv_inference_pending_request_count{model=\"stories\",version=\"1\"}") == 0;
+        idle = th_metric(metrics, "vllm:num_requests_running{model=\"kjv\",version=\"1\"}") == 0 &&
+               th_metric(metrics, "vllm:num_requests_waiting{model=\"kjv\",version=\"1\"}") == 0 &&
+               th_metric(metrics, "vllm:gpu_cache_usage_perc{model=\"kjv\",version=\"1\"}") == 0 &&
+               th_metric(metrics,
+                         "nv_inference_pending_request_count{model=\"kjv\",version=\"1\"}") == 0;
         if (!idle) usleep(50000);
     }
     if (!idle) fprintf(stderr, "%s\n", metrics);
@@ -175,8 +174,8 @@ static void test_64_streams_with_disconnects(void **state)
     /* Every request ended: the successful ones are the completed streams,
      * the references and the last request. */
     assert_int_equal(
-        (long)th_metric(metrics, "nv_inference_request_success{model=\"stories\",version=\"1\"}") +
-            (long)th_metric(metrics, "nv_inference_request_failure{model=\"stories\","
+        (long)th_metric(metrics, "nv_inference_request_success{model=\"kjv\",version=\"1\"}") +
+            (long)th_metric(metrics, "nv_inference_request_failure{model=\"kjv\","
                                      "version=\"1\"}"),
         N_STREAMS + N_PROMPTS + 1);
     free(metrics);

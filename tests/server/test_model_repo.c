@@ -112,18 +112,60 @@ static void test_config_errors(void **state)
                         "batches continuously), got 8");
 }
 
+/* Models of other backends and ensembles: one clear refusal, classed
+ * UNSUPPORTED so that the repository serves the others. */
+static void test_unserved_models(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *pbtxt, *msg;
+    } cases[] = {
+        {"name: \"ensemble_model\"\nplatform: \"ensemble\"\nmax_batch_size: 1\n"
+         "input [ { name: \"text_input\" data_type: TYPE_STRING dims: [ -1 ] } ]\n"
+         "ensemble_scheduling { step [ { model_name: \"vllm_opt\" model_version: -1 "
+         "input_map { key: \"text_input\" value: \"text_input\" } } ] }\n",
+         "m/config.pbtxt: the ensemble (platform \"ensemble\") is not served: cvllm serves "
+         "models of the vllm backend only"},
+        {"ensemble_scheduling { step [ ] }\n",
+         "m/config.pbtxt: the ensemble (platform \"ensemble\") is not served: cvllm serves "
+         "models of the vllm backend only"},
+        {"backend: \"python\"\nmax_batch_size: 8\ndynamic_batching { }\n",
+         "m/config.pbtxt: backend \"python\" is not served: cvllm serves models of the vllm "
+         "backend only"},
+        {"platform: \"onnxruntime_onnx\"\n",
+         "m/config.pbtxt: platform \"onnxruntime_onnx\" is not served: cvllm serves models of "
+         "the vllm backend only"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        cv_model_config cfg;
+        cv_error err = {.msg = ""};
+        assert_int_equal(cv_model_config_parse(&cfg, cases[i].pbtxt, strlen(cases[i].pbtxt),
+                                               "m/config.pbtxt", &err),
+                         -1);
+        assert_string_equal(err.msg, cases[i].msg);
+        assert_int_equal(err.cls, CV_ERR_UNSUPPORTED);
+    }
+    /* The vllm backend named with a platform is still served. */
+    const char *ok = "backend: \"vllm\"\nplatform: \"vllm\"\n";
+    cv_model_config cfg;
+    cv_error err = {.msg = ""};
+    assert_int_equal(cv_model_config_parse(&cfg, ok, strlen(ok), "m/config.pbtxt", &err), 0);
+}
+
 static void test_model_json(void **state)
 {
     (void)state;
-    const char *shared = getenv("CVLLM_SHARED");
-    assert_non_null(shared);
+    /* The model the repository ships, so that a lone clone tests. */
+    const char *src = getenv("CVLLM_SOURCE_DIR");
+    char dir[4200];
+    snprintf(dir, sizeof dir, "%s/samples/models/cvllm-kjv-4m", src ? src : ".");
     char text[4400];
     snprintf(text, sizeof text,
-             "{\"model\": \"%s/models/stories260K\", \"gpu_memory_utilization\": 0.5, "
+             "{\"model\": \"%s\", \"gpu_memory_utilization\": 0.5, "
              "\"enforce_eager\": true, \"max_model_len\": 256, \"dtype\": \"half\", "
              "\"block_size\": 8, \"enable_prefix_caching\": false, \"seed\": 7, "
              "\"device\": \"cpu\"}",
-             shared);
+             dir);
     cv_engine_args args;
     memset(&args, 0, sizeof args);
     cv_model_json_extra extra;
@@ -131,9 +173,7 @@ static void test_model_json(void **state)
     assert_int_equal(
         cv_model_json_parse(text, strlen(text), "r/m/1/model.json", "r/m/1", &args, &extra, &err),
         0);
-    char want[4200];
-    snprintf(want, sizeof want, "%s/models/stories260K", shared);
-    assert_string_equal(args.model, want);
+    assert_string_equal(args.model, dir);
     assert_int_equal(args.max_model_len, 256);
     assert_int_equal(args.block_size, 8);
     assert_string_equal(args.dtype, "float16");
@@ -168,6 +208,52 @@ static void test_model_json(void **state)
         {"{\"model\": \"no-such-dir\"}",
          "p/model.json: key 'model': 'no-such-dir' is not a local directory nor a hub id of the "
          "form org/name"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        cv_error e = {.msg = ""};
+        assert_int_equal(cv_model_json_parse(bad[i].json, strlen(bad[i].json), "p/model.json", "p",
+                                             &args, &extra, &e),
+                         -1);
+        assert_string_equal(e.msg, bad[i].msg);
+    }
+}
+
+/* Values as strings, as the upstream multi-LoRA test writes model.json
+ * ("enable_lora": "true") and as vLLM's argument parser reads numbers. */
+static void test_model_json_strings(void **state)
+{
+    (void)state;
+    const char *text = "{\"model\": \"/\", \"enable_lora\": \"True\", \"max_model_len\": \"256\", "
+                       "\"gpu_memory_utilization\": \"0.25\", \"disable_log_stats\": \"true\", "
+                       "\"enforce_eager\": \"FALSE\", \"swap_space\": \"4.5\", "
+                       "\"max_lora_rank\": \"8\", \"seed\": \"11\"}";
+    cv_engine_args args;
+    memset(&args, 0, sizeof args);
+    cv_model_json_extra extra;
+    cv_error err = {.msg = ""};
+    assert_int_equal(cv_model_json_parse(text, strlen(text), "p/model.json", "/nonexistent", &args,
+                                         &extra, &err),
+                     0);
+    assert_true(extra.enable_lora);
+    assert_true(extra.disable_log_stats);
+    assert_int_equal(args.max_model_len, 256);
+    assert_int_equal(args.seed, 11);
+    assert_true(args.gpu_memory_utilization == 0.25);
+    static const struct {
+        const char *json, *msg;
+    } bad[] = {
+        {"{\"model\": \"/\", \"enable_lora\": \"yes\"}",
+         "p/model.json: key 'enable_lora': expected true or false"},
+        {"{\"model\": \"/\", \"max_model_len\": \"25.5\"}",
+         "p/model.json: key 'max_model_len': expected an integer"},
+        {"{\"model\": \"/\", \"block_size\": \"0\"}",
+         "p/model.json: key 'block_size': value 0 out of range [1, 1024]"},
+        {"{\"model\": \"/\", \"max_num_seqs\": \" 8\"}",
+         "p/model.json: key 'max_num_seqs': expected an integer"},
+        {"{\"model\": \"/\", \"swap_space\": \"4 GiB\"}",
+         "p/model.json: key 'swap_space': expected a number"},
+        {"{\"model\": \"/\", \"gpu_memory_utilization\": \"nan\"}",
+         "p/model.json: key 'gpu_memory_utilization': expected a number"},
     };
     for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
         cv_error e = {.msg = ""};
@@ -247,7 +333,9 @@ int main(void)
         cmocka_unit_test(test_seed_config_autocompletes),
         cmocka_unit_test(test_parameters_and_lists),
         cmocka_unit_test(test_config_errors),
+        cmocka_unit_test(test_unserved_models),
         cmocka_unit_test(test_model_json),
+        cmocka_unit_test(test_model_json_strings),
         cmocka_unit_test(test_model_json_missing),
         cmocka_unit_test(test_hf_cache_resolution),
     };

@@ -55,23 +55,25 @@ static void test_openai_completions(void **state)
     char *ref = th_greedy_text("Once upon a time", 32);
     char *resp = NULL;
     assert_int_equal(th_http("POST", url("/v1/completions"),
-                             "{\"model\": \"stories\", \"prompt\": \"Once upon a time\", "
+                             "{\"model\": \"kjv\", \"prompt\": \"Once upon a time\", "
                              "\"max_tokens\": 32, \"temperature\": 0}",
                              &resp),
                      200);
     json_t *j = json_loads(resp, 0, NULL);
     assert_non_null(j);
     assert_string_equal(json_string_value(json_object_get(j, "object")), "text_completion");
-    assert_string_equal(json_string_value(json_object_get(j, "model")), "stories");
+    assert_string_equal(json_string_value(json_object_get(j, "model")), "kjv");
     assert_int_equal(strncmp(json_string_value(json_object_get(j, "id")), "cmpl-", 5), 0);
     json_t *c0 = json_array_get(json_object_get(j, "choices"), 0);
     assert_string_equal(json_string_value(json_object_get(c0, "text")), ref);
     assert_string_equal(json_string_value(json_object_get(c0, "finish_reason")), "length");
     assert_true(json_is_null(json_object_get(c0, "logprobs")));
     json_t *usage = json_object_get(j, "usage");
-    assert_int_equal(json_integer_value(json_object_get(usage, "prompt_tokens")), 5);
+    /* BOS and 5 tokens of the shipped model's byte-level BPE
+     * (1 2652 350 427 262 781). */
+    assert_int_equal(json_integer_value(json_object_get(usage, "prompt_tokens")), 6);
     assert_int_equal(json_integer_value(json_object_get(usage, "completion_tokens")), 32);
-    assert_int_equal(json_integer_value(json_object_get(usage, "total_tokens")), 37);
+    assert_int_equal(json_integer_value(json_object_get(usage, "total_tokens")), 38);
     json_decref(j);
     free(resp);
 
@@ -79,7 +81,7 @@ static void test_openai_completions(void **state)
      * usage chunk (choices []), then [DONE]. */
     char *events = NULL;
     assert_int_equal(th_sse(url("/v1/completions"),
-                            "{\"model\": \"stories\", \"prompt\": \"Once upon a time\", "
+                            "{\"model\": \"kjv\", \"prompt\": \"Once upon a time\", "
                             "\"max_tokens\": 32, \"temperature\": 0, \"stream\": true, "
                             "\"stream_options\": {\"include_usage\": true}}",
                             0, &events),
@@ -123,7 +125,7 @@ static void test_openai_completions(void **state)
 
     /* logprobs: 2 -> the sampled token's logprob and top entries, per token. */
     assert_int_equal(th_http("POST", url("/v1/completions"),
-                             "{\"model\": \"stories\", \"prompt\": \"Once\", \"max_tokens\": 3, "
+                             "{\"model\": \"kjv\", \"prompt\": \"Once\", \"max_tokens\": 3, "
                              "\"temperature\": 0, \"logprobs\": 2}",
                              &resp),
                      200);
@@ -139,7 +141,7 @@ static void test_openai_completions(void **state)
 
     /* A null field keeps its default: max_tokens 16. */
     assert_int_equal(th_http("POST", url("/v1/completions"),
-                             "{\"model\": \"stories\", \"prompt\": \"Once upon a time\", "
+                             "{\"model\": \"kjv\", \"prompt\": \"Once upon a time\", "
                              "\"max_tokens\": null, \"temperature\": 0, \"user\": \"u1\"}",
                              &resp),
                      200);
@@ -159,7 +161,7 @@ static void test_openai_completions(void **state)
     json_array_foreach(json_object_get(j, "data"), i, m)
     {
         assert_string_equal(json_string_value(json_object_get(m, "object")), "model");
-        listed |= !strcmp(json_string_value(json_object_get(m, "id")), "stories");
+        listed |= !strcmp(json_string_value(json_object_get(m, "id")), "kjv");
     }
     assert_true(listed);
     json_decref(j);
@@ -168,19 +170,18 @@ static void test_openai_completions(void **state)
     expect("POST", "/v1/completions", "{\"model\": \"nope\", \"prompt\": \"x\"}", 404,
            "{\"object\":\"error\",\"message\":\"The model `nope` does not exist.\",\"type\":"
            "\"NotFoundError\",\"param\":null,\"code\":404}");
-    expect("POST", "/v1/completions", "{\"model\": \"stories\", \"prompt\": \"x\", \"foo\": 1}",
-           400,
+    expect("POST", "/v1/completions", "{\"model\": \"kjv\", \"prompt\": \"x\", \"foo\": 1}", 400,
            "{\"object\":\"error\",\"message\":\"unknown sampling parameter 'foo'\",\"type\":"
            "\"BadRequestError\",\"param\":null,\"code\":400}");
-    expect("POST", "/v1/completions", "{\"model\": \"stories\"}", 400,
+    expect("POST", "/v1/completions", "{\"model\": \"kjv\"}", 400,
            "{\"object\":\"error\",\"message\":\"'prompt' is required\",\"type\":"
            "\"BadRequestError\",\"param\":null,\"code\":400}");
-    expect("POST", "/v1/completions", "{\"model\": \"stories\", \"prompt\": [\"a\", \"b\"]}", 400,
+    expect("POST", "/v1/completions", "{\"model\": \"kjv\", \"prompt\": [\"a\", \"b\"]}", 400,
            "{\"object\":\"error\",\"message\":\"'prompt': a list of 2 prompts is not supported; "
            "send one request per prompt\",\"type\":\"BadRequestError\",\"param\":null,"
            "\"code\":400}");
     expect("POST", "/v1/completions",
-           "{\"model\": \"stories\", \"prompt\": \"x\", \"temperature\": -1}", 400,
+           "{\"model\": \"kjv\", \"prompt\": \"x\", \"temperature\": -1}", 400,
            "{\"object\":\"error\",\"message\":\"temperature must be non-negative, got -1.0.\","
            "\"type\":\"BadRequestError\",\"param\":null,\"code\":400}");
     expect("POST", "/v1/completions", "nonsense", 400,
@@ -190,16 +191,16 @@ static void test_openai_completions(void **state)
     /* A request for 10^8 sequences is refused at once (it used to take
      * gigabytes and the engine's steps); the server keeps serving. */
     expect("POST", "/v1/completions",
-           "{\"model\": \"stories\", \"prompt\": \"x\", \"n\": 100000000, \"max_tokens\": 2}", 400,
+           "{\"model\": \"kjv\", \"prompt\": \"x\", \"n\": 100000000, \"max_tokens\": 2}", 400,
            "{\"object\":\"error\",\"message\":\"n 100000000 is more sequences than this engine "
            "runs for one request (4096)\",\"type\":\"BadRequestError\",\"param\":null,"
            "\"code\":400}");
-    expect("POST", "/v2/models/stories/generate",
-           "{\"text_input\": \"x\", \"parameters\": {\"best_of\": 5000, \"max_tokens\": 2}}", 400,
-           "{\"error\":\"best_of 5000 is more sequences than this engine runs for one request "
-           "(4096)\"}");
+    expect("POST", "/v2/models/kjv/generate",
+           "{\"text_input\": \"x\", \"parameters\": {\"best_of\": 5000, \"max_tokens\": 2}}", 500,
+           "{\"error\":\"Error generating stream: best_of 5000 is more sequences than this "
+           "engine runs for one request (4096)\"}");
     expect("POST", "/v1/completions",
-           "{\"model\": \"stories\", \"prompt\": \"x\", \"n\": 3, \"max_tokens\": 2}", 200, NULL);
+           "{\"model\": \"kjv\", \"prompt\": \"x\", \"n\": 3, \"max_tokens\": 2}", 200, NULL);
     /* vLLM's /health and /version: the version is the server's (/v2). */
     expect("GET", "/health", NULL, 200, "");
     char *v1 = NULL, *v2 = NULL;

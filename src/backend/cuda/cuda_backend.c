@@ -283,7 +283,8 @@ int cv_cuda_backend_kv_alloc(cv_cuda_backend *b, int n_blocks, int block_size, c
                          n_blocks, block_bytes);
     CU(cudaSetDevice(b->device), "cudaSetDevice");
     void *kv = NULL;
-    cudaError_t e = cudaMalloc(&kv, (size_t)n_blocks * block_bytes);
+    /* One block more than asked: the scratch block of padded graph steps. */
+    cudaError_t e = cudaMalloc(&kv, ((size_t)n_blocks + 1) * block_bytes);
     if (e != cudaSuccess)
         return cv_errorf(err, "cv_cuda_backend_kv_alloc: %d blocks of %zu bytes: %s", n_blocks,
                          block_bytes, cudaGetErrorString(e));
@@ -347,6 +348,10 @@ void cv_cuda_backend_destroy(cv_cuda_backend *b)
         cudaEventDestroy(b->events[i]);
     free(b->events);
     free(b->event_phase);
+    void *pads[] = {b->pad_ids,    b->pad_positions, b->pad_query_start, b->pad_seq_lens,
+                    b->pad_tables, b->pad_rows,      b->pad_slots};
+    for (size_t i = 0; i < sizeof pads / sizeof pads[0]; i++)
+        free(pads[i]);
     if (b->blas) cublasDestroy(b->blas);
     if (b->stream) cudaStreamDestroy(b->stream);
     free(b);

@@ -101,6 +101,9 @@ int cv_cuda_backend_forward_greedy(cv_cuda_backend *b, const cv_batch *batch, fl
 
 void cv_cuda_backend_destroy(cv_cuda_backend *b);
 
+/* The backend function table over these calls (cuda_ops.c). */
+extern const cv_backend_ops cv_cuda_backend_ops;
+
 /* Per-phase GPU time of the forward, for benchmarks: while enabled, every
  * forward records CUDA events between its phases and adds their elapsed
  * times to a table (enabling clears it). The events cost a few microseconds

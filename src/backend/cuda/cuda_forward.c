@@ -477,11 +477,96 @@ static int download(cv_cuda_backend *b, const cv_batch *bt, float *logits,
     return 0;
 }
 
-int cuda_forward_run(cv_cuda_backend *b, const cv_batch *bt, float *logits,
+/* The graph ladder's batch size for n sequences (vLLM captures the same:
+ * 1, 2, 4, then every multiple of 8). */
+static int ladder_size(int n)
+{
+    return n <= 4 ? (n <= 1 ? 1 : n <= 2 ? 2 : 4) : (n + 7) / 8 * 8;
+}
+
+/* A decode step (one token and one logits row per sequence) padded to its
+ * ladder size with one-token sequences on the scratch block, its block
+ * tables widened to a power of two: *pad is the step a graph replays. The
+ * real sequences keep their places, so rows 0..n_logits-1 are theirs. */
+static int pad_decode_step(cv_cuda_backend *b, const cv_batch *bt, cv_batch *pad, cv_error *err)
+{
+    const int n = ladder_size(bt->n_seqs);
+    int width = 1;
+    while (width < bt->max_blocks_per_seq)
+        width *= 2;
+    if (!b->pad_ids) {
+        const size_t cap = CUDA_GRAPH_MAX_TOKENS;
+        b->pad_ids = malloc(cap * sizeof(int32_t));
+        b->pad_positions = malloc(cap * sizeof(int32_t));
+        b->pad_query_start = malloc((cap + 1) * sizeof(int32_t));
+        b->pad_seq_lens = malloc(cap * sizeof(int32_t));
+        b->pad_rows = malloc(cap * sizeof(int32_t));
+        b->pad_slots = malloc(cap * sizeof(int64_t));
+        if (!b->pad_ids || !b->pad_positions || !b->pad_query_start || !b->pad_seq_lens ||
+            !b->pad_rows || !b->pad_slots)
+            return cv_errorf(err, "cv_cuda_backend_forward: out of memory padding a step");
+    }
+    if ((size_t)n * width > b->pad_table_cap) {
+        int32_t *t = realloc(b->pad_tables, (size_t)n * width * sizeof(int32_t));
+        if (!t) return cv_errorf(err, "cv_cuda_backend_forward: out of memory padding a step");
+        b->pad_tables = t;
+        b->pad_table_cap = (size_t)n * width;
+    }
+    const int scratch = b->n_blocks;
+    for (int s = 0; s < n; s++) {
+        const bool real = s < bt->n_seqs;
+        b->pad_ids[s] = real ? bt->token_ids[s] : 0;
+        b->pad_positions[s] = real ? bt->positions[s] : 0;
+        b->pad_slots[s] = real ? bt->slot_mapping[s] : (int64_t)scratch * b->block_size;
+        b->pad_query_start[s] = s;
+        b->pad_seq_lens[s] = real ? bt->seq_lens[s] : 1;
+        b->pad_rows[s] = s;
+        int32_t *row = b->pad_tables + (size_t)s * width;
+        const int used = real ? bt->max_blocks_per_seq : 0;
+        if (real) memcpy(row, bt->block_tables + (size_t)s * used, (size_t)used * sizeof(int32_t));
+        for (int j = used; j < width; j++)
+            row[j] = scratch;
+    }
+    b->pad_query_start[n] = n;
+    *pad = (cv_batch){
+        .n_tokens = n,
+        .token_ids = b->pad_ids,
+        .positions = b->pad_positions,
+        .slot_mapping = b->pad_slots,
+        .n_seqs = n,
+        .query_start = b->pad_query_start,
+        .seq_lens = b->pad_seq_lens,
+        .block_tables = b->pad_tables,
+        .max_blocks_per_seq = width,
+        .n_logits = n,
+        .logits_indices = b->pad_rows,
+    };
+    return 0;
+}
+
+/* Is bt a decode step a graph of the ladder can run? */
+static bool graph_step(const cv_cuda_backend *b, const cv_batch *bt)
+{
+    if (!b->use_graphs || b->graphs_broken || b->prof || bt->n_tokens > CUDA_GRAPH_MAX_TOKENS)
+        return false;
+    if (bt->n_tokens != bt->n_seqs || bt->n_logits != bt->n_seqs) return false;
+    for (int i = 0; i < bt->n_logits; i++)
+        if (bt->logits_indices[i] != i) return false;
+    return true;
+}
+
+int cuda_forward_run(cv_cuda_backend *b, const cv_batch *user_bt, float *logits,
                      const cv_greedy_rows *greedy, cv_error *err)
 {
     const cv_model_config *c = &b->cfg;
-    if (check_batch(b, bt, err) || reserve(b, bt->n_tokens, bt->n_logits, err)) return -1;
+    if (check_batch(b, user_bt, err)) return -1;
+    /* Steps a graph runs are padded to the ladder; the downloads below
+     * still take the caller's rows only. */
+    const bool graph = graph_step(b, user_bt);
+    cv_batch padded = {0};
+    if (graph && pad_decode_step(b, user_bt, &padded, err)) return -1;
+    const cv_batch *bt = graph ? &padded : user_bt;
+    if (reserve(b, bt->n_tokens, bt->n_logits, err)) return -1;
     const int n_splits = choose_splits(b, bt);
     if (n_splits > 1) {
         const size_t need = (size_t)bt->n_tokens * c->n_heads * n_splits * (c->head_dim + 2);
@@ -499,16 +584,14 @@ int cuda_forward_run(cv_cuda_backend *b, const cv_batch *bt, float *logits,
     if (mark(b, CV_CUDA_PHASE_COPY, err) || upload_batch(b, bt, &d, err) ||
         mark(b, CV_CUDA_PHASE_COPY, err))
         return -1;
-    const bool graph =
-        b->use_graphs && !b->graphs_broken && !b->prof && bt->n_tokens <= CUDA_GRAPH_MAX_TOKENS;
     if (graph ? run_graph(b, bt, &d, n_splits, err) : enqueue_step(b, bt, &d, n_splits, err))
         return -1;
-    if (bt->n_logits > 0 &&
-        (download(b, bt, logits, greedy, err) || mark(b, CV_CUDA_PHASE_COPY, err)))
+    if (user_bt->n_logits > 0 &&
+        (download(b, user_bt, logits, greedy, err) || mark(b, CV_CUDA_PHASE_COPY, err)))
         return -1;
     CU(cudaStreamSynchronize(b->stream), "forward step");
     CU(cudaGetLastError(), "forward step");
-    for (int r = 0; greedy && r < bt->n_logits; r++) {
+    for (int r = 0; greedy && r < user_bt->n_logits; r++) {
         if (!greedy->want[r]) continue;
         greedy->token[r] = b->greedy_host[r].token;
         greedy->logprob[r] = b->greedy_host[r].logprob;

@@ -136,7 +136,10 @@ typedef struct cuda_graph_entry {
     cudaGraphExec_t exec; /* NULL: slot empty */
 } cuda_graph_entry;
 
-enum { CUDA_GRAPH_SLOTS = 8, CUDA_GRAPH_MAX_TOKENS = 256 };
+/* Decode steps are padded to a ladder of batch sizes (1, 2, 4, then
+ * multiples of 8 up to CUDA_GRAPH_MAX_TOKENS) and their block tables to a
+ * power-of-two width, so that a few dozen graphs serve every step. */
+enum { CUDA_GRAPH_SLOTS = 64, CUDA_GRAPH_MAX_TOKENS = 256 };
 
 struct cv_cuda_backend {
     cv_model_config cfg;
@@ -159,6 +162,13 @@ struct cv_cuda_backend {
     void *kv; /* the pool, layout in cuda_internal.h */
     int n_blocks, block_size;
     size_t block_elems;
+
+    /* A decode step padded for its graph (host arrays, grown on demand):
+     * the padding sequences write their K/V into the pool's last block,
+     * which the caller never sees (n_blocks excludes it). */
+    int32_t *pad_ids, *pad_positions, *pad_query_start, *pad_seq_lens, *pad_tables, *pad_rows;
+    int64_t *pad_slots;
+    size_t pad_table_cap;
 
     /* Per-step batch arrays: pinned host staging and its device copy. */
     void *stage_host, *stage_dev;

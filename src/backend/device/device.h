@@ -1,7 +1,8 @@
 /* The backend of the device an engine runs on, behind the backend contract
  * of backend/backend.h: the CPU backend, or the CUDA backend where the build
- * has CUDA and a GPU is visible. The engine drives whichever it gets through
- * these calls and never sees CUDA.
+ * has CUDA and a GPU is visible. Create picks one; every call after goes
+ * through that backend's function table (cv_backend_ops), so the engine
+ * never sees CUDA and this layer names a backend only where it creates it.
  *
  * Device names are vLLM's `device` engine argument: "auto" (GPU 0 when a
  * CUDA device is visible, else the CPU), "cpu", "cuda" (GPU 0; an error

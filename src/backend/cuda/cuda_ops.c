@@ -1,0 +1,44 @@
+/* The CUDA backend behind the backend function table (backend.h). It
+ * reduces greedy rows on the GPU (cv_cuda_backend_forward_greedy). */
+#include "backend/cuda/cuda_backend.h"
+
+static size_t cuda_kv_block_bytes(const void *impl, int block_size)
+{
+    return cv_cuda_backend_kv_block_bytes(impl, block_size);
+}
+
+static int cuda_memory(const void *impl, size_t *free_bytes, size_t *total_bytes, cv_error *err)
+{
+    return cv_cuda_backend_memory(impl, free_bytes, total_bytes, err);
+}
+
+static int cuda_kv_alloc(void *impl, int n_blocks, int block_size, cv_error *err)
+{
+    return cv_cuda_backend_kv_alloc(impl, n_blocks, block_size, err);
+}
+
+static int cuda_kv_copy(void *impl, const int32_t *src, const int32_t *dst, int n, cv_error *err)
+{
+    return cv_cuda_backend_kv_copy(impl, src, dst, n, err);
+}
+
+static int cuda_forward(void *impl, const cv_batch *batch, float *logits,
+                        const cv_greedy_rows *greedy, cv_error *err)
+{
+    if (cv_cuda_backend_forward_greedy(impl, batch, logits, greedy, err) < 0) return -1;
+    return greedy != NULL;
+}
+
+static void cuda_destroy(void *impl)
+{
+    cv_cuda_backend_destroy(impl);
+}
+
+const cv_backend_ops cv_cuda_backend_ops = {
+    .kv_block_bytes = cuda_kv_block_bytes,
+    .memory = cuda_memory,
+    .kv_alloc = cuda_kv_alloc,
+    .kv_copy = cuda_kv_copy,
+    .forward = cuda_forward,
+    .destroy = cuda_destroy,
+};
