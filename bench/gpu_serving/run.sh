@@ -6,17 +6,18 @@
 #
 #   1. the card's ceilings (copy bandwidth, cuBLAS bf16 GEMM peak);
 #   2. an L8B-shaped bf16 model of random weights (cvllm-dummy-model);
-#   3. cvllm-server on it, time from start to ready;
-#   4. cvllm-bench over gRPC: G2 (concurrency 1, 512/256), concurrency 64
-#      and 256 (1024/128), G1 (1000 prompts at once, 1024/128);
-#   5. HF transformers on the same files (hf_serving.py);
+#   3. cvllm-server on it, time from start to ready (after step 4);
+#   4. HF transformers on the same files (hf_serving.py), before the server
+#      holds the GPU;
+#   5. cvllm-bench over gRPC: G2 (concurrency 1, 512/256), G1 (1000 prompts
+#      at once, 1024/128), concurrency 64 and 256 (1024/128);
 #   6. report.py -> gpu_serving.md.
-# WORKLOADS (default "g2 c64 c256 g1") picks a subset; HF=0 skips step 5.
+# WORKLOADS (default "g2 g1 c64 c256") picks a subset; HF=0 skips step 4.
 set -u
 BUILD=${1:-build-cuda}
 OUT=${OUT:-/tmp/cvllm-gpu-out}
 MODEL=${MODEL:-/tmp/l8b}
-WORKLOADS=${WORKLOADS:-g2 c64 c256 g1}
+WORKLOADS=${WORKLOADS:-g2 g1 c64 c256}
 HF=${HF:-1}
 mkdir -p "$OUT"
 cublas=/usr/local/cuda/lib64/libcublas.so.13
@@ -38,6 +39,13 @@ if [ ! -f "$MODEL/config.json" ]; then
     echo "written in $(( $(now_ms) - t0 )) ms"
 fi
 cat "$MODEL"/*.safetensors > /dev/null # into the page cache, as the start time assumes
+
+if [ "$HF" = 1 ]; then
+    echo "== HF transformers"
+    PYTHONUNBUFFERED=1 timeout 150 python3 bench/gpu_serving/hf_serving.py --model "$MODEL" \
+        --json "$OUT/hf.json" > "$OUT/hf.log" 2>&1
+    echo "hf rc=$?"; tail -2 "$OUT/hf.log"
+fi
 
 REPO=/tmp/cvllm-repo
 rm -rf "$REPO" && mkdir -p "$REPO/l8b/1"
@@ -87,12 +95,6 @@ done
 curl -s "localhost:${ports[2]}/metrics" > "$OUT/metrics.txt"
 kill -TERM $server; wait $server; echo "server exit $?"
 
-if [ "$HF" = 1 ]; then
-    echo "== HF transformers"
-    PYTHONUNBUFFERED=1 timeout 300 python3 bench/gpu_serving/hf_serving.py --model "$MODEL" \
-        --json "$OUT/hf.json" > "$OUT/hf.log" 2>&1
-    echo "hf rc=$?"; tail -2 "$OUT/hf.log"
-fi
 python3 bench/gpu_serving/report.py "$OUT" "bench/gpu_serving/run.sh $BUILD" \
     > "$OUT/gpu_serving.md"
 cat "$OUT/gpu_serving.md"

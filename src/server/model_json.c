@@ -1,4 +1,4 @@
-/* model.json -> engine arguments; hub ids through the HF cache layout. */
+/* model.json -> engine arguments; hub ids through src/hub. */
 #include "server/model_json.h"
 
 #include <ctype.h>
@@ -12,57 +12,12 @@
 #include <sys/stat.h>
 
 #include "base/file.h"
+#include "hub/hub.h"
 
 static bool is_dir(const char *p)
 {
     struct stat st;
     return stat(p, &st) == 0 && S_ISDIR(st.st_mode);
-}
-
-int cv_hf_resolve(const char *id, const char *revision, char *out, size_t cap, cv_error *err)
-{
-    const char *slash = strchr(id, '/');
-    if (!slash || strchr(slash + 1, '/') || slash == id || !slash[1])
-        return cv_errorf(err, "'%s' is not a local directory nor a hub id of the form org/name",
-                         id);
-    char hub[4096];
-    const char *env = getenv("HF_HUB_CACHE");
-    if (env && *env) {
-        snprintf(hub, sizeof hub, "%s", env);
-    } else if ((env = getenv("HF_HOME")) && *env) {
-        snprintf(hub, sizeof hub, "%s/hub", env);
-    } else {
-        const char *home = getenv("HOME");
-        snprintf(hub, sizeof hub, "%s/.cache/huggingface/hub", home ? home : "");
-    }
-    char repo[4300];
-    snprintf(repo, sizeof repo, "%s/models--%.*s--%s", hub, (int)(slash - id), id, slash + 1);
-    if (!is_dir(repo))
-        return cv_errorf(err,
-                         "model '%s' is not in the HuggingFace cache (%s not found); "
-                         "download it first, cvllm does not fetch models at load time",
-                         id, repo);
-    const char *rev = revision && *revision ? revision : "main";
-    char path[4608], snap[4608];
-    snprintf(snap, sizeof snap, "%s/snapshots/%s", repo, rev);
-    if (!is_dir(snap)) {
-        snprintf(path, sizeof path, "%s/refs/%s", repo, rev);
-        FILE *fp = fopen(path, "r");
-        if (!fp)
-            return cv_errorf(err, "model '%s': revision '%s' not in the HuggingFace cache (%s)", id,
-                             rev, path);
-        char hash[128] = "";
-        if (!fgets(hash, sizeof hash, fp)) hash[0] = '\0';
-        fclose(fp);
-        hash[strcspn(hash, "\r\n")] = '\0';
-        snprintf(snap, sizeof snap, "%s/snapshots/%s", repo, hash);
-        if (!hash[0] || !is_dir(snap))
-            return cv_errorf(err, "model '%s': snapshot '%s' named by %s is missing", id, hash,
-                             path);
-    }
-    if (strlen(snap) >= cap) return cv_errorf(err, "model '%s': path too long", id);
-    memcpy(out, snap, strlen(snap) + 1);
-    return 0;
 }
 
 /* ---- typed key readers -------------------------------------------------- */
@@ -157,20 +112,27 @@ static int get_str(const jctx *c, const char *key, json_t *v, const char **out)
     return 0;
 }
 
-/* A model or tokenizer location -> an existing directory. */
+/* A model or tokenizer location -> an existing directory: an absolute path,
+ * a path relative to the working directory or to version_dir, else a hub
+ * id resolved (and downloaded when missing) by src/hub. */
 static int resolve_model_path(const jctx *c, const char *key, const char *val,
-                              const char *version_dir, const char *revision, char *out, size_t cap)
+                              const char *version_dir, const cv_hub_opts *hub, char *out,
+                              size_t cap)
 {
     char p[8400];
-    if (val[0] == '/') {
-        snprintf(p, sizeof p, "%s", val);
-    } else if (is_dir(val)) {
+    if (val[0] == '/' || is_dir(val)) {
         snprintf(p, sizeof p, "%s", val);
     } else {
         snprintf(p, sizeof p, "%s/%s", version_dir, val);
         if (!is_dir(p)) {
             cv_error e;
-            if (cv_hf_resolve(val, revision, p, sizeof p, &e) < 0) return key_err(c, key, e.msg);
+            if (!cv_hub_is_repo_id(val)) {
+                snprintf(p, sizeof p,
+                         "'%.4000s' is not a local directory nor a hub id of the form org/name",
+                         val);
+                return key_err(c, key, p);
+            }
+            if (cv_hub_resolve(val, hub, p, sizeof p, &e) < 0) return key_err(c, key, e.msg);
         }
     }
     if (!is_dir(p)) {
@@ -181,6 +143,32 @@ static int resolve_model_path(const jctx *c, const char *key, const char *val,
     if (strlen(p) >= cap) return key_err(c, key, "path too long");
     memcpy(out, p, strlen(p) + 1);
     return 0;
+}
+
+/* "model" and "tokenizer" with the keys that say where and which revision
+ * (vLLM: the tokenizer defaults to the model, tokenizer_revision to
+ * revision; download_dir is the cache the model is downloaded into). */
+typedef struct model_keys {
+    const char *model, *tokenizer, *revision, *tokenizer_revision, *download_dir;
+} model_keys;
+
+static int resolve_models(const jctx *c, const model_keys *k, const char *version_dir,
+                          cv_engine_args *args)
+{
+    cv_hub_opts hub = {.revision = k->revision, .cache_dir = k->download_dir, .want = CV_HUB_MODEL};
+    if (resolve_model_path(c, "model", k->model, version_dir, &hub, args->model,
+                           sizeof args->model) < 0)
+        return -1;
+    const char *tok_rev = k->tokenizer_revision ? k->tokenizer_revision : k->revision;
+    const char *tok = k->tokenizer;
+    bool same_rev = !tok_rev || (k->revision && !strcmp(tok_rev, k->revision));
+    /* A tokenizer_revision of its own makes the model id's tokenizer files
+     * a lookup of their own. */
+    if (!tok && !same_rev && cv_hub_is_repo_id(k->model)) tok = k->model;
+    if (!tok || (!strcmp(tok, k->model) && same_rev)) return 0;
+    cv_hub_opts tok_hub = {.revision = tok_rev, .want = CV_HUB_TOKENIZER};
+    return resolve_model_path(c, "tokenizer", tok, version_dir, &tok_hub, args->tokenizer,
+                              sizeof args->tokenizer);
 }
 
 /* Keys vLLM accepts that have no meaning for cvllm's engine; checked for
@@ -204,8 +192,6 @@ static const struct {
     {"distributed_executor_backend", T_ANY},
     {"quantization", T_ANY},
     {"served_model_name", T_ANY},
-    {"revision", T_STR},
-    {"tokenizer_revision", T_ANY},
     {"enable_chunked_prefill", T_BOOL},
     {"disable_sliding_window", T_BOOL},
     {"worker_use_ray", T_BOOL},
@@ -278,11 +264,8 @@ int cv_model_json_parse(const char *text, size_t len, const char *path, const ch
         json_decref(root);
         return cv_errorf(err, "%s: expected a JSON object of engine arguments", path);
     }
-    const char *revision = NULL;
-    json_t *rv = json_object_get(root, "revision");
-    if (json_is_string(rv)) revision = json_string_value(rv);
+    model_keys mk = {0};
     int rc = 0;
-    bool have_model = false;
     const char *key;
     json_t *v;
     json_object_foreach(root, key, v)
@@ -290,15 +273,16 @@ int cv_model_json_parse(const char *text, size_t len, const char *path, const ch
         long long n;
         const char *s = "";
         bool known;
-        if (!strcmp(key, "model") || !strcmp(key, "tokenizer")) {
-            bool is_model = key[0] == 'm';
-            if (!is_model && json_is_null(v)) continue;
-            rc = get_str(&c, key, v, &s);
-            if (rc == 0)
-                rc = resolve_model_path(&c, key, s, version_dir, revision,
-                                        is_model ? args->model : args->tokenizer,
-                                        sizeof args->model);
-            have_model |= is_model;
+        const char **slot = !strcmp(key, "model")                ? &mk.model
+                            : !strcmp(key, "tokenizer")          ? &mk.tokenizer
+                            : !strcmp(key, "revision")           ? &mk.revision
+                            : !strcmp(key, "tokenizer_revision") ? &mk.tokenizer_revision
+                            : !strcmp(key, "download_dir")       ? &mk.download_dir
+                                                                 : NULL;
+        if (slot) {
+            /* null = vLLM's default, except for the model itself */
+            if (slot != &mk.model && json_is_null(v)) continue;
+            rc = get_str(&c, key, v, slot);
         } else if (!strcmp(key, "dtype")) {
             rc = get_str(&c, key, v, &s);
             static const char *const from[] = {"auto",    "float32", "float",
@@ -375,9 +359,10 @@ int cv_model_json_parse(const char *text, size_t len, const char *path, const ch
         }
         if (rc < 0) break;
     }
-    json_decref(root);
-    if (rc == 0 && !have_model)
+    if (rc == 0 && !mk.model)
         rc = key_err(&c, "model", "missing (the HuggingFace model directory or hub id)");
+    if (rc == 0) rc = resolve_models(&c, &mk, version_dir, args);
+    json_decref(root);
     if (rc == 0 && extra->enable_lora) rc = read_loras(version_dir, extra, err);
     return rc;
 }

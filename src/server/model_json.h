@@ -1,5 +1,5 @@
-/* 1/model.json (vLLM engine arguments) -> cv_engine_args, and HuggingFace
- * hub ids resolved through the local HF cache layout. */
+/* 1/model.json (vLLM engine arguments) -> cv_engine_args, with HuggingFace
+ * hub ids resolved (and downloaded) by src/hub. */
 #ifndef CV_SERVER_MODEL_JSON_H
 #define CV_SERVER_MODEL_JSON_H
 
@@ -27,8 +27,12 @@ typedef struct cv_model_json_extra {
  * vLLM backend's: "'model.json' containing vllm engine args must be provided
  * in '<model_dir>/<version>'". Unknown keys and invalid values fail with
  * "<path>: key '<key>': <why>". Relative "model"/"tokenizer" paths resolve
- * against the working directory, then version_dir; other values are looked
- * up as hub ids (cv_hf_resolve). */
+ * against the working directory, then version_dir; other values of the form
+ * org/name are hub ids given to cv_hub_resolve with "revision" /
+ * "tokenizer_revision" (which defaults to "revision") and "download_dir"
+ * (the model's cache; the tokenizer, when another id, uses the HF cache),
+ * as vLLM reads them. A hub download happens here, so this may take as long
+ * as the download. */
 int cv_model_json_load(const char *model_dir, const char *version, cv_engine_args *args,
                        cv_model_json_extra *extra, cv_error *err);
 
@@ -36,12 +40,5 @@ int cv_model_json_load(const char *model_dir, const char *version, cv_engine_arg
  * `version_dir` anchors relative paths. */
 int cv_model_json_parse(const char *text, size_t len, const char *path, const char *version_dir,
                         cv_engine_args *args, cv_model_json_extra *extra, cv_error *err);
-
-/* Resolves a hub id "org/name" to
- * $HF_HUB_CACHE | $HF_HOME/hub | ~/.cache/huggingface/hub
- *   /models--org--name/snapshots/<rev>/
- * where <rev> is refs/<revision> (revision NULL or "" = "main") or the
- * revision itself when it names a snapshot. */
-int cv_hf_resolve(const char *id, const char *revision, char *out, size_t cap, cv_error *err);
 
 #endif

@@ -205,6 +205,12 @@ static void test_model_json(void **state)
         {"{\"model\": 3}", "p/model.json: key 'model': expected a string"},
         {"[1]", "p/model.json: expected a JSON object of engine arguments"},
         {"{\"model\": \"/\",}", "p/model.json:1: invalid JSON: string or '}' expected near '}'"},
+        {"{\"model\": \"/\", \"revision\": 3}", "p/model.json: key 'revision': expected a string"},
+        {"{\"model\": \"/\", \"download_dir\": []}",
+         "p/model.json: key 'download_dir': expected a string"},
+        {"{\"model\": \"/\", \"tokenizer_revision\": 1}",
+         "p/model.json: key 'tokenizer_revision': expected a string"},
+        {"{\"model\": null}", "p/model.json: key 'model': expected a string"},
         {"{\"model\": \"no-such-dir\"}",
          "p/model.json: key 'model': 'no-such-dir' is not a local directory nor a hub id of the "
          "form org/name"},
@@ -280,7 +286,7 @@ static void test_hf_cache_resolution(void **state)
     (void)state;
     char root[] = "/tmp/cv_hf_XXXXXX";
     assert_non_null(mkdtemp(root));
-    char p[512];
+    char p[2048];
     snprintf(p, sizeof p, "%s/hub", root);
     mkdir(p, 0755);
     snprintf(p, sizeof p, "%s/hub/models--facebook--opt-125m", root);
@@ -297,24 +303,18 @@ static void test_hf_cache_resolution(void **state)
     fputs("27dcfa74", fp);
     fclose(fp);
 
+    /* src/hub resolves the id; offline, so that no test touches the network */
     setenv("HF_HOME", root, 1);
     unsetenv("HF_HUB_CACHE");
-    char out[1024], want[1024];
-    cv_error err = {.msg = ""};
-    assert_int_equal(cv_hf_resolve("facebook/opt-125m", NULL, out, sizeof out, &err), 0);
+    setenv("HF_HUB_OFFLINE", "1", 1);
+    char want[1024];
     snprintf(want, sizeof want, "%s/hub/models--facebook--opt-125m/snapshots/27dcfa74", root);
-    assert_string_equal(out, want);
-    assert_int_equal(cv_hf_resolve("facebook/opt-125m", "27dcfa74", out, sizeof out, &err), 0);
-    assert_string_equal(out, want);
-    assert_int_equal(cv_hf_resolve("facebook/opt-350m", NULL, out, sizeof out, &err), -1);
-    char msg[1024];
-    snprintf(msg, sizeof msg,
-             "model 'facebook/opt-350m' is not in the HuggingFace cache "
-             "(%s/hub/models--facebook--opt-350m not found); download it first, cvllm does not "
-             "fetch models at load time",
-             root);
-    assert_string_equal(err.msg, msg);
-
+    snprintf(p, sizeof p, "%s/config.json", want);
+    fp = fopen(p, "w");
+    assert_non_null(fp);
+    fputs("{}", fp);
+    fclose(fp);
+    cv_error err = {.msg = ""};
     const char *mj = "{\"model\": \"facebook/opt-125m\", \"disable_log_requests\": true}";
     cv_engine_args args;
     memset(&args, 0, sizeof args);
@@ -322,6 +322,20 @@ static void test_hf_cache_resolution(void **state)
     assert_int_equal(
         cv_model_json_parse(mj, strlen(mj), "model.json", "/nonexistent", &args, &extra, &err), 0);
     assert_string_equal(args.model, want);
+
+    const char *missing = "{\"model\": \"facebook/opt-350m\"}";
+    assert_int_equal(cv_model_json_parse(missing, strlen(missing), "model.json", "/nonexistent",
+                                         &args, &extra, &err),
+                     -1);
+    char msg[1024];
+    snprintf(msg, sizeof msg,
+             "model.json: key 'model': hub: model 'facebook/opt-350m' (revision 'main') is not in "
+             "the cache %s/hub/models--facebook--opt-350m and HF_HUB_OFFLINE=1 forbids "
+             "downloading it; unset HF_HUB_OFFLINE, or fill the cache on a machine with network "
+             "access",
+             root);
+    assert_string_equal(err.msg, msg);
+    unsetenv("HF_HUB_OFFLINE");
     char cmd[600];
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", root);
     assert_int_equal(system(cmd), 0);

@@ -157,6 +157,9 @@ static int create_on_device(cv_cuda_backend *b, const cv_model_weights *w, cv_er
     CU(cudaSetDevice(b->device), "cudaSetDevice");
     CU(cudaDeviceGetAttribute(&b->n_sms, cudaDevAttrMultiProcessorCount, b->device),
        "reading the multiprocessor count");
+    /* The attention kernels' shared-memory limits, set before any graph
+     * capture might launch them. */
+    KL(cuda_attn_prepare(), "preparing the attention kernels");
     CU(cudaStreamCreateWithFlags(&b->stream, cudaStreamNonBlocking), "cudaStreamCreate");
     CB(cublasCreate(&b->blas), "cublasCreate");
     CB(cublasSetStream(b->blas, b->stream), "cublasSetStream");

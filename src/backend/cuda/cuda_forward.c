@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "backend/cuda/attn/attn.h"
 #include "backend/cuda/cuda_internal.h"
 #include "base/log.h"
 
@@ -267,8 +268,17 @@ static int choose_splits(const cv_cuda_backend *b, const cv_batch *bt)
     return splits < by_work ? splits : by_work;
 }
 
+static bool same_attn(const step_attn *a, const step_attn *b)
+{
+    if (a->tensor_cores != b->tensor_cores) return false;
+    if (!a->tensor_cores) return a->n_splits == b->n_splits;
+    const cuda_attn_plan *p = &a->plan, *q = &b->plan;
+    return p->has_prefill == q->has_prefill && p->has_decode == q->has_decode &&
+           p->tile_rows == q->tile_rows && p->partition == q->partition && p->n_parts == q->n_parts;
+}
+
 static int layer_forward(cv_cuda_backend *b, const cv_batch *bt, const step_arrays *d, int l,
-                         int n_splits, cv_error *err)
+                         const step_attn *sa, cv_error *err)
 {
     const cv_model_config *c = &b->cfg;
     const cuda_layer *L = &b->layers[l];
@@ -307,31 +317,59 @@ static int layer_forward(cv_cuda_backend *b, const cv_batch *bt, const step_arra
     };
     KL(cuda_qkv_post(&qa, b->stream), "rope/kv store kernel");
     if (mark(b, CV_CUDA_PHASE_ROPE_KV, err)) return -1;
-    const cuda_attn_args aa = {
-        .n_tokens = nt,
-        .n_heads = c->n_heads,
-        .n_kv_heads = c->n_kv_heads,
-        .head_dim = c->head_dim,
-        .block_size = b->block_size,
-        .max_blocks_per_seq = bt->max_blocks_per_seq,
-        .tok_seq = d->tok_seq,
-        .query_start = d->query_start,
-        .seq_lens = d->seq_lens,
-        .block_tables = d->tables,
-        .qkv = b->qkv,
-        .ld_qkv = b->qkv_dim,
-        .kv = b->kv,
-        .kv_dtype = b->kv_dtype,
-        .block_elems = b->block_elems,
-        .layer_off = layer_off,
-        .scale = 1.0f / sqrtf((float)c->head_dim),
-        .out = b->attn,
-        .out_dtype = b->wdtype,
-        .out_lo_off = split * nt * qd,
-        .n_splits = n_splits,
-        .partial = b->partial,
-    };
-    KL(cuda_attention(&aa, b->stream), "attention kernel");
+    if (sa->tensor_cores) {
+        const cuda_attn_paged pa = {
+            .n_tokens = nt,
+            .n_seqs = bt->n_seqs,
+            .n_heads = c->n_heads,
+            .n_kv_heads = c->n_kv_heads,
+            .head_dim = c->head_dim,
+            .block_size = b->block_size,
+            .max_blocks_per_seq = bt->max_blocks_per_seq,
+            .query_start = d->query_start,
+            .seq_lens = d->seq_lens,
+            .block_tables = d->tables,
+            .q = b->qkv,
+            .q_dtype = CV_DTYPE_F32,
+            .ld_q = b->qkv_dim,
+            .kv = b->kv,
+            .kv_dtype = b->kv_dtype,
+            .block_elems = b->block_elems,
+            .layer_off = layer_off,
+            .scale = 1.0f / sqrtf((float)c->head_dim),
+            .out = b->attn,
+            .out_dtype = b->wdtype,
+            .ld_out = qd,
+            .out_lo_off = split * nt * qd,
+        };
+        KL(cuda_attn_run(&pa, &sa->plan, b->partial, b->stream), "tensor-core attention");
+    } else {
+        const cuda_attn_args aa = {
+            .n_tokens = nt,
+            .n_heads = c->n_heads,
+            .n_kv_heads = c->n_kv_heads,
+            .head_dim = c->head_dim,
+            .block_size = b->block_size,
+            .max_blocks_per_seq = bt->max_blocks_per_seq,
+            .tok_seq = d->tok_seq,
+            .query_start = d->query_start,
+            .seq_lens = d->seq_lens,
+            .block_tables = d->tables,
+            .qkv = b->qkv,
+            .ld_qkv = b->qkv_dim,
+            .kv = b->kv,
+            .kv_dtype = b->kv_dtype,
+            .block_elems = b->block_elems,
+            .layer_off = layer_off,
+            .scale = 1.0f / sqrtf((float)c->head_dim),
+            .out = b->attn,
+            .out_dtype = b->wdtype,
+            .out_lo_off = split * nt * qd,
+            .n_splits = sa->n_splits,
+            .partial = b->partial,
+        };
+        KL(cuda_attention(&aa, b->stream), "attention kernel");
+    }
     if (mark(b, CV_CUDA_PHASE_ATTN, err) || gemm(b, L->wo, h, qd, b->attn, nt, b->x, 1.0f, err) ||
         mark(b, CV_CUDA_PHASE_O_GEMM, err))
         return -1;
@@ -364,15 +402,15 @@ static int profile_collect(cv_cuda_backend *b, cv_error *err)
 
 /* Everything of a step between the batch upload and the logits download:
  * what a graph captures. */
-static int enqueue_step(cv_cuda_backend *b, const cv_batch *bt, const step_arrays *d, int n_splits,
-                        cv_error *err)
+static int enqueue_step(cv_cuda_backend *b, const cv_batch *bt, const step_arrays *d,
+                        const step_attn *sa, cv_error *err)
 {
     const cv_model_config *c = &b->cfg;
     KL(cuda_embed(b->embed_dtype, b->embed, d->ids, bt->n_tokens, c->hidden_size, b->x, b->stream),
        "embedding kernel");
     if (mark(b, CV_CUDA_PHASE_EMBED, err)) return -1;
     for (int l = 0; l < c->n_layers; l++)
-        if (layer_forward(b, bt, d, l, n_splits, err)) return cv_error_prefix(err, "layer %d", l);
+        if (layer_forward(b, bt, d, l, sa, err)) return cv_error_prefix(err, "layer %d", l);
     if (bt->n_logits == 0) return 0;
     const size_t lo_off = b->split_act ? (size_t)bt->n_logits * c->hidden_size : 0;
     KL(cuda_rmsnorm(b->x, d->logits_rows, bt->n_logits, b->final_norm, c->hidden_size,
@@ -399,15 +437,15 @@ void cuda_graphs_clear(cv_cuda_backend *b)
 /* The step as a graph: replays the one captured for this shape and these
  * buffers, else captures it. A capture that fails (a driver without
  * support, say) turns graphs off and the step runs eagerly. */
-static int run_graph(cv_cuda_backend *b, const cv_batch *bt, const step_arrays *d, int n_splits,
-                     cv_error *err)
+static int run_graph(cv_cuda_backend *b, const cv_batch *bt, const step_arrays *d,
+                     const step_attn *sa, cv_error *err)
 {
     const cuda_graph_entry key = {
         .n_tokens = bt->n_tokens,
         .n_seqs = bt->n_seqs,
         .n_logits = bt->n_logits,
         .max_blocks = bt->max_blocks_per_seq,
-        .n_splits = n_splits,
+        .attn = *sa,
         .act_mem = b->act_mem,
         .stage_dev = b->stage_dev,
         .partial = b->partial,
@@ -417,7 +455,7 @@ static int run_graph(cv_cuda_backend *b, const cv_batch *bt, const step_arrays *
         const cuda_graph_entry *g = &b->graphs[i];
         if (g->exec && g->n_tokens == key.n_tokens && g->n_seqs == key.n_seqs &&
             g->n_logits == key.n_logits && g->max_blocks == key.max_blocks &&
-            g->n_splits == key.n_splits && g->act_mem == key.act_mem &&
+            same_attn(&g->attn, &key.attn) && g->act_mem == key.act_mem &&
             g->stage_dev == key.stage_dev && g->partial == key.partial && g->kv == key.kv) {
             CU(cudaGraphLaunch(g->exec, b->stream), "cudaGraphLaunch");
             return 0;
@@ -425,7 +463,7 @@ static int run_graph(cv_cuda_backend *b, const cv_batch *bt, const step_arrays *
     }
     CU(cudaStreamBeginCapture(b->stream, cudaStreamCaptureModeThreadLocal),
        "cudaStreamBeginCapture");
-    const int rc = enqueue_step(b, bt, d, n_splits, err);
+    const int rc = enqueue_step(b, bt, d, sa, err);
     cudaGraph_t graph = NULL;
     cudaError_t e = cudaStreamEndCapture(b->stream, &graph);
     cudaGraphExec_t exec = NULL;
@@ -437,7 +475,7 @@ static int run_graph(cv_cuda_backend *b, const cv_batch *bt, const step_arrays *
                     rc ? err->msg : cudaGetErrorString(e));
         (void)cudaGetLastError();
         b->graphs_broken = true;
-        return enqueue_step(b, bt, d, n_splits, err);
+        return enqueue_step(b, bt, d, sa, err);
     }
     cuda_graph_entry *slot = &b->graphs[b->graph_next];
     b->graph_next = (b->graph_next + 1) % CUDA_GRAPH_SLOTS;
@@ -567,9 +605,20 @@ int cuda_forward_run(cv_cuda_backend *b, const cv_batch *user_bt, float *logits,
     if (graph && pad_decode_step(b, user_bt, &padded, err)) return -1;
     const cv_batch *bt = graph ? &padded : user_bt;
     if (reserve(b, bt->n_tokens, bt->n_logits, err)) return -1;
-    const int n_splits = choose_splits(b, bt);
-    if (n_splits > 1) {
-        const size_t need = (size_t)bt->n_tokens * c->n_heads * n_splits * (c->head_dim + 2);
+    step_attn sa = {.tensor_cores = b->kv_dtype != CV_DTYPE_F32 &&
+                                    cuda_attn_supported(c->n_heads, c->n_kv_heads, c->head_dim,
+                                                        b->kv_dtype, CV_DTYPE_F32, b->wdtype)};
+    size_t need = 0;
+    if (sa.tensor_cores) {
+        cuda_attn_plan_make(&sa.plan, bt->query_start, bt->seq_lens, bt->n_seqs, c->n_heads,
+                            c->n_kv_heads, c->head_dim, b->n_sms, 0);
+        need = sa.plan.ws_floats;
+    } else {
+        sa.n_splits = choose_splits(b, bt);
+        if (sa.n_splits > 1)
+            need = (size_t)bt->n_tokens * c->n_heads * sa.n_splits * (c->head_dim + 2);
+    }
+    {
         if (need > b->partial_cap_floats) {
             cuda_graphs_clear(b);
             cudaFree(b->partial);
@@ -584,8 +633,7 @@ int cuda_forward_run(cv_cuda_backend *b, const cv_batch *user_bt, float *logits,
     if (mark(b, CV_CUDA_PHASE_COPY, err) || upload_batch(b, bt, &d, err) ||
         mark(b, CV_CUDA_PHASE_COPY, err))
         return -1;
-    if (graph ? run_graph(b, bt, &d, n_splits, err) : enqueue_step(b, bt, &d, n_splits, err))
-        return -1;
+    if (graph ? run_graph(b, bt, &d, &sa, err) : enqueue_step(b, bt, &d, &sa, err)) return -1;
     if (user_bt->n_logits > 0 &&
         (download(b, user_bt, logits, greedy, err) || mark(b, CV_CUDA_PHASE_COPY, err)))
         return -1;

@@ -115,7 +115,17 @@ int cuda_sum_halves(const float *y2 /* (2 n) */, size_t n, float *y, int accumul
 
 #include <cublas_v2.h>
 
+#include "backend/cuda/attn/attn.h"
 #include "base/error.h"
+
+/* How a step's attention runs: the tensor-core kernels (attn/) with their
+ * plan for 16-bit KV pools they support, else the fp32 kernel with its
+ * split count. All of it is part of a captured graph's key. */
+typedef struct step_attn {
+    bool tensor_cores;
+    cuda_attn_plan plan; /* tensor_cores */
+    int n_splits;        /* !tensor_cores */
+} step_attn;
 
 typedef struct cuda_layer {
     void *wqkv;             /* (n_heads * hd + 2 * n_kv_heads * hd, hidden): wq | wk | wv rows */
@@ -131,7 +141,8 @@ typedef struct cuda_layer {
 /* One captured step: replayable while the batch has this shape and the
  * buffers it reads have not moved. */
 typedef struct cuda_graph_entry {
-    int n_tokens, n_seqs, n_logits, max_blocks, n_splits;
+    int n_tokens, n_seqs, n_logits, max_blocks;
+    step_attn attn; /* the step's attention launches */
     const void *act_mem, *stage_dev, *partial, *kv;
     cudaGraphExec_t exec; /* NULL: slot empty */
 } cuda_graph_entry;

@@ -1,0 +1,152 @@
+/* Tensor-core attention over the paged KV cache (issue 10): a
+ * FlashAttention-2-style kernel for prefill and chunked prefill
+ * (flash_prefill.cu) and a FlashDecoding kernel for one new token per
+ * sequence (paged_decode.cu). Both read the pool in the layout of
+ * cuda_internal.h unchanged: block b, layer l, k (0) or v (1), kv head g,
+ * token j at element
+ *   b * block_elems + layer_off(l) + ((kv * n_kv_heads + g) * block_size + j) * head_dim
+ * i.e. per layer [block][k|v][kv_head][token][head_dim]: one kv head's rows of
+ * a block are contiguous, which is what 16-byte cp.async loads want, so the
+ * KV write (qkv_post_kernel) stays as it is.
+ *
+ * Why hand-written mma.sync and not CUTLASS/CuTe or flashinfer: neither is a
+ * Debian package and the project copies no third-party source; m16n8k16
+ * mma.sync with ldmatrix and cp.async reaches most of the FA2 throughput on
+ * sm_80..sm_90 in a few hundred lines a reader can check.
+ *
+ * Supported: K/V in F16 or BF16 (the fp32 KV pool keeps the scalar
+ * cuda_attention kernel), head_dim 16, 32, 64 or 128 (16 and 32 for the
+ * small test models, so the fixture tests run these kernels too), any GQA group (the decode
+ * kernel packs up to 16 query heads of a kv head into one m16 tile), any
+ * block_size. Q may be F32 (today's qkv buffer) or the KV dtype; it is
+ * rounded to the KV dtype for the products. Accumulation and the softmax are
+ * fp32. Out is F32, F16 or BF16, with the split-activation lo rows when
+ * out_lo_off != 0 (see store_act in cuda_kernels.cu).
+ *
+ * Use from cuda_forward.c, for an F16 or BF16 pool when
+ * cuda_attn_supported holds (the F32 pool keeps cuda_attention):
+ *  - at create, after cudaSetDevice: cuda_attn_prepare();
+ *  - per step, on the host batch: cuda_attn_plan_make(&plan,
+ *    bt->query_start, bt->seq_lens, bt->n_seqs, n_heads, n_kv_heads,
+ *    head_dim, b->n_sms, 0); grow b->partial to plan.ws_floats floats (this
+ *    replaces choose_splits and the n_splits sizing); a graph entry is keyed
+ *    on the plan's fields instead of n_splits;
+ *  - per layer: cuda_attn_run on a cuda_attn_paged with q = b->qkv (F32,
+ *    ld_q = qkv_dim), the device query_start / seq_lens / tables, kv =
+ *    b->kv, layer_off, out = b->attn (wdtype, ld_out = n_heads * head_dim,
+ *    out_lo_off = the split rows' offset or 0), workspace b->partial.
+ *
+ * Every launcher enqueues on STREAM and returns a cudaError_t as int, 0 on
+ * success, cudaErrorInvalidValue for a shape or dtype it does not support
+ * (check cuda_attn_supported first). All pointers are device memory the
+ * caller owns. Grids depend only on the host ints of the arguments, so the
+ * launches can be captured in CUDA graphs keyed on them. */
+#ifndef CV_BACKEND_CUDA_ATTN_H
+#define CV_BACKEND_CUDA_ATTN_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cuda_runtime_api.h>
+
+#include "model/model.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* One step's attention problem. Sequence s owns query tokens
+ * [query_start[s], query_start[s+1]); after this step it has seq_lens[s]
+ * tokens of context, so its query token i (0-based in the chunk) sits at
+ * position seq_lens[s] - qlen + i and attends keys 0 .. that position: the
+ * prefix-cache hits and earlier chunks, then the chunk itself, causally. */
+typedef struct cuda_attn_paged {
+    int n_tokens, n_seqs;
+    int n_heads, n_kv_heads, head_dim, block_size, max_blocks_per_seq;
+    const int32_t *query_start;  /* (n_seqs + 1) device */
+    const int32_t *seq_lens;     /* (n_seqs) device */
+    const int32_t *block_tables; /* (n_seqs, max_blocks_per_seq) device */
+    const void *q;               /* token t, head h at q + t * ld_q + h * head_dim */
+    cv_dtype q_dtype;            /* F32, F16 or BF16 */
+    int ld_q;                    /* elements, a multiple of 8 */
+    const void *kv;              /* the pool */
+    cv_dtype kv_dtype;           /* F16 or BF16 */
+    size_t block_elems;          /* elements per block (all layers) */
+    size_t layer_off;            /* element offset of this layer's K in a block */
+    float scale;                 /* softmax scale, 1 / sqrt(head_dim) */
+    void *out;                   /* token t, head h at out + t * ld_out + h * head_dim */
+    cv_dtype out_dtype;          /* F32, F16 or BF16 */
+    int ld_out;                  /* elements, usually n_heads * head_dim */
+    size_t out_lo_off;           /* split activations: offset of the lo rows, else 0 */
+} cuda_attn_paged;
+
+/* Sets up every kernel on the current device (their dynamic shared-memory
+ * limits). Call once per device before capturing a CUDA graph that
+ * launches them: the launchers otherwise do it on their first call, and
+ * that call may not be allowed inside a capture. */
+int cuda_attn_prepare(void);
+
+/* 1 when the kernels handle this shape and these dtypes, else 0. */
+int cuda_attn_supported(int n_heads, int n_kv_heads, int head_dim, cv_dtype kv_dtype,
+                        cv_dtype q_dtype, cv_dtype out_dtype);
+
+/* Prefill / chunked prefill: every query token of every sequence. With
+ * skip_single != 0, sequences of exactly one query token are left alone
+ * (a mixed step runs them through cuda_attn_decode instead). One CTA per
+ * (query tile of tile_rows rows of a sequence, query head); tile_rows 64,
+ * or 128 (two m16 row tiles per warp: half the K/V shared-memory reads per
+ * mma, for chunks that fill them; at head_dim 128 with 32-key tiles to stay
+ * within the registers). cuda_attn_plan_make picks it. */
+int cuda_attn_prefill(const cuda_attn_paged *a, int skip_single, int tile_rows,
+                      cudaStream_t stream);
+
+/* Keys per decode partition for this batch: 512 when the grid is large
+ * enough, halved (down to 64) until there are ~4 CTAs per SM. */
+int cuda_attn_decode_partition(int n_seqs, int n_kv_heads, int max_seq_len, int n_sms);
+
+/* Floats of workspace cuda_attn_decode needs (0 when one partition covers
+ * max_seq_len and partials are not used). */
+size_t cuda_attn_decode_workspace_floats(const cuda_attn_paged *a, int max_seq_len, int partition);
+
+/* Decode: for every sequence with exactly one query token (others are
+ * skipped), that token attends keys 0 .. seq_lens[s] - 1. One CTA per
+ * (partition of PARTITION keys, kv head, sequence) reads the kv head's keys
+ * once for all its query heads; with more than one partition a second
+ * kernel merges the partial (max, sum, output) from WORKSPACE. max_seq_len
+ * bounds seq_lens[] (host value); partition is a multiple of 64. */
+int cuda_attn_decode(const cuda_attn_paged *a, int max_seq_len, int partition, float *workspace,
+                     cudaStream_t stream);
+
+/* What one step's attention launches, from the host copies of the batch
+ * arrays (attn_plan.c). Everything the grids depend on is here, so a CUDA
+ * graph captured for a step can be replayed for any step with an equal
+ * plan (partition is a power of two and n_parts changes only every
+ * partition tokens of growth). */
+typedef struct cuda_attn_plan {
+    int has_prefill;  /* some sequence has more than one query token */
+    int has_decode;   /* some sequence has exactly one */
+    int tile_rows;    /* prefill rows per CTA, 64 or 128 (callers may override) */
+    int max_seq_len;  /* longest context among the decode sequences */
+    int partition;    /* decode keys per CTA */
+    int n_parts;      /* ceil(max_seq_len / partition) */
+    size_t ws_floats; /* decode workspace, 0 when n_parts == 1 */
+} cuda_attn_plan;
+
+/* Fills plan for a batch of n_seqs sequences (query_start (n_seqs + 1),
+ * seq_lens (n_seqs), host memory). partition 0 lets
+ * cuda_attn_decode_partition choose for a GPU of n_sms SMs. */
+void cuda_attn_plan_make(cuda_attn_plan *plan, const int32_t *query_start, const int32_t *seq_lens,
+                         int n_seqs, int n_heads, int n_kv_heads, int head_dim, int n_sms,
+                         int partition);
+
+/* Enqueues the plan: the prefill kernel for the multi-token sequences
+ * (skipping the single-token ones when there are any), the decode kernel
+ * for the single-token ones. workspace holds plan->ws_floats floats. */
+int cuda_attn_run(const cuda_attn_paged *a, const cuda_attn_plan *plan, float *workspace,
+                  cudaStream_t stream);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

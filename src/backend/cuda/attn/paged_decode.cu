@@ -1,0 +1,315 @@
+/* FlashDecoding over the paged KV cache (contract in attn.h): one new token
+ * per sequence. A CTA of 4 warps takes (partition of keys, kv head,
+ * sequence) and reads that kv head's K/V once for all G query heads of the
+ * group: the G query rows, padded with zeros to 16, are one m16 A tile, so
+ * S = Q K^T and O += P V are the same mma.sync m16n8k16 as the prefill
+ * kernel (G = 4 leaves 12 of 16 rows idle, but the tensor cores then need
+ * under a tenth of their rate to keep up with HBM, which CUDA-core FMAs on
+ * bf16 would not at G = 8).
+ *
+ * Streaming: tiles of 64 keys (K and V, 16-byte cp.async, keys past the end
+ * zero-filled) go through a 3-stage ring, so two tiles are in flight while
+ * one is consumed; each warp takes 16 keys of a tile with its own running
+ * max, sum and output, and the 4 warps are merged through shared memory at
+ * the end. With one partition the CTA writes the normalized output; with
+ * several it writes (output, max, sum) per query head to the workspace and
+ * decode_reduce_kernel merges them: out = sum_p 2^(m_p - M) o_p /
+ * sum_p 2^(m_p - M) l_p. Build checks: see tests/gpu/test_gpu_attention.cu. */
+#include "backend/cuda/attn/attn_common.cuh"
+
+namespace cv_attn
+{
+namespace
+{
+
+constexpr int DC_BN = 64, DC_WARPS = 4, DC_THREADS = DC_WARPS * 32, DC_STAGES = 3;
+constexpr int DC_ROWS = 16; /* query heads of a group, padded */
+
+template <int HD> constexpr size_t decode_smem_bytes()
+{
+    /* Q rows, then the stages of K and V tiles; the warps' merge reuses the
+     * stages (4 warps x 16 rows x HD floats + m, l). */
+    constexpr size_t tiles = (size_t)(DC_ROWS + 2 * DC_STAGES * DC_BN) * (HD + PAD) * 2;
+    constexpr size_t merge =
+        (size_t)DC_ROWS * (HD + PAD) * 2 + (size_t)DC_WARPS * DC_ROWS * (HD + 2) * sizeof(float);
+    return tiles > merge ? tiles : merge;
+}
+
+template <typename T, int HD>
+__global__ void __launch_bounds__(DC_THREADS)
+    decode_kernel(cuda_attn_paged a, int partition, int n_parts, float *ws)
+{
+    constexpr int LD = HD + PAD, CH = HD / 8, NK16 = HD / 16, NO8 = HD / 8;
+    constexpr int STAGE = 2 * DC_BN * LD; /* K tile then V tile */
+    extern __shared__ __align__(16) unsigned char smem_raw[];
+    T *qs = reinterpret_cast<T *>(smem_raw);
+    T *stages = qs + DC_ROWS * LD;
+
+    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+    const int part = blockIdx.x, g = blockIdx.y, s = blockIdx.z;
+    const int q0 = a.query_start[s];
+    if (a.query_start[s + 1] - q0 != 1) return;
+    const int seq_len = a.seq_lens[s];
+    const int k_begin = part * partition;
+    if (k_begin >= seq_len) return;
+    const int k_end = min(seq_len, k_begin + partition);
+    const int n_tiles = (k_end - k_begin + DC_BN - 1) / DC_BN;
+    const int G = a.n_heads / a.n_kv_heads;
+    const int32_t *table = a.block_tables + (size_t)s * a.max_blocks_per_seq;
+    const T *kv_layer = static_cast<const T *>(a.kv) + a.layer_off;
+    const size_t k_off = (size_t)g * a.block_size * HD;
+    const size_t v_off = (size_t)(a.n_kv_heads + g) * a.block_size * HD;
+
+    const auto load_stage = [&](int t) {
+        T *dst = stages + (t % DC_STAGES) * STAGE;
+        const int n0 = k_begin + t * DC_BN;
+        load_kv_tile<T, HD, DC_BN, DC_THREADS>(dst, kv_layer, table, a.block_size, a.block_elems,
+                                               k_off, n0, k_end, tid);
+        load_kv_tile<T, HD, DC_BN, DC_THREADS>(dst + DC_BN * LD, kv_layer, table, a.block_size,
+                                               a.block_elems, v_off, n0, k_end, tid);
+    };
+    /* Groups: one per tile (K and V together), empty past the last tile so
+     * that wait_group<STAGES - 2> always means "tile it has landed". */
+#pragma unroll
+    for (int t = 0; t < DC_STAGES - 1; t++) {
+        if (t < n_tiles) load_stage(t);
+        cp_async_commit();
+    }
+
+    const size_t qe = a.q_dtype == CV_DTYPE_F32 ? 4 : 2;
+    for (int c = tid; c < DC_ROWS * CH; c += DC_THREADS) {
+        const int r = c / CH, col = (c % CH) * 8;
+        uint4 v = make_uint4(0, 0, 0, 0);
+        if (r < G) {
+            const char *src = static_cast<const char *>(a.q) +
+                              ((size_t)q0 * a.ld_q + (size_t)(g * G + r) * HD + col) * qe;
+            v = load_q8<T>(src, a.q_dtype);
+        }
+        *reinterpret_cast<uint4 *>(qs + r * LD + col) = v;
+    }
+    __syncthreads();
+    uint32_t qf[NK16][4];
+#pragma unroll
+    for (int kk = 0; kk < NK16; kk++)
+        ldsm_x4(qf[kk], qs + (lane & 15) * LD + kk * 16 + (lane >> 4) * 8);
+
+    const float scale_log2 = a.scale * 1.4426950408889634f;
+    float o[NO8][4];
+#pragma unroll
+    for (int d = 0; d < NO8; d++)
+        o[d][0] = o[d][1] = o[d][2] = o[d][3] = 0.0f;
+    float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
+
+    for (int it = 0; it < n_tiles; it++) {
+        cp_async_wait<DC_STAGES - 2>();
+        /* Also: every warp finished tile it - 1, whose stage the next load
+         * overwrites. */
+        __syncthreads();
+        if (it + DC_STAGES - 1 < n_tiles) load_stage(it + DC_STAGES - 1);
+        cp_async_commit();
+
+        const T *kb = stages + (it % DC_STAGES) * STAGE + warp * 16 * LD;
+        const T *vb = kb + DC_BN * LD;
+        float sc[2][4];
+#pragma unroll
+        for (int j = 0; j < 2; j++)
+            sc[j][0] = sc[j][1] = sc[j][2] = sc[j][3] = 0.0f;
+#pragma unroll
+        for (int kk = 0; kk < NK16; kk++) {
+            uint32_t b[4];
+            ldsm_x4(b,
+                    kb + ((lane & 7) + ((lane >> 4) << 3)) * LD + kk * 16 + ((lane >> 3) & 1) * 8);
+            mma16816<T>(sc[0], qf[kk], b[0], b[1]);
+            mma16816<T>(sc[1], qf[kk], b[2], b[3]);
+        }
+        const int key0 = k_begin + it * DC_BN + warp * 16;
+        if (key0 + 16 > k_end) {
+#pragma unroll
+            for (int j = 0; j < 2; j++)
+#pragma unroll
+                for (int e = 0; e < 4; e++)
+                    if (key0 + j * 8 + 2 * (lane & 3) + (e & 1) >= k_end) sc[j][e] = -INFINITY;
+        }
+        softmax_step<2, NO8>(sc, o, m, l, scale_log2);
+        const uint32_t pa[4] = {pack2<T>(sc[0][0], sc[0][1]), pack2<T>(sc[0][2], sc[0][3]),
+                                pack2<T>(sc[1][0], sc[1][1]), pack2<T>(sc[1][2], sc[1][3])};
+#pragma unroll
+        for (int dn = 0; dn < HD / 16; dn++) {
+            uint32_t b[4];
+            ldsm_x4_trans(b, vb + ((lane & 7) + ((lane >> 3) & 1) * 8) * LD + dn * 16 +
+                                 (lane >> 4) * 8);
+            mma16816<T>(o[2 * dn], pa, b[0], b[1]);
+            mma16816<T>(o[2 * dn + 1], pa, b[2], b[3]);
+        }
+    }
+    cp_async_wait<0>();
+    __syncthreads(); /* the stages become the merge buffers */
+
+    float *red_o = reinterpret_cast<float *>(stages); /* (warp, row, HD + 2): o, then m, l */
+#pragma unroll
+    for (int r = 0; r < 2; r++) {
+        const int row = (lane >> 2) + r * 8;
+        const float lsum = quad_sum(l[r]);
+        if (row >= G) continue;
+        float *dst = red_o + (size_t)(warp * DC_ROWS + row) * (HD + 2);
+#pragma unroll
+        for (int d = 0; d < NO8; d++) {
+            dst[d * 8 + 2 * (lane & 3)] = o[d][2 * r];
+            dst[d * 8 + 2 * (lane & 3) + 1] = o[d][2 * r + 1];
+        }
+        if ((lane & 3) == 0) {
+            dst[HD] = m[r];
+            dst[HD + 1] = lsum;
+        }
+    }
+    __syncthreads();
+    /* Warp 0's first 16 keys include k_begin < k_end, so M is finite; a
+     * warp that saw only masked keys has m = -inf, l = 0, o = 0. */
+    for (int i = tid; i < G * HD / 2; i += DC_THREADS) {
+        const int row = i / (HD / 2), col = (i % (HD / 2)) * 2;
+        float M = -INFINITY;
+#pragma unroll
+        for (int w = 0; w < DC_WARPS; w++)
+            M = fmaxf(M, red_o[(w * DC_ROWS + row) * (HD + 2) + HD]);
+        float L = 0.0f, v0 = 0.0f, v1 = 0.0f;
+#pragma unroll
+        for (int w = 0; w < DC_WARPS; w++) {
+            const float *src = red_o + (w * DC_ROWS + row) * (HD + 2);
+            const float f = exp2f(src[HD] - M);
+            L += src[HD + 1] * f;
+            v0 += src[col] * f;
+            v1 += src[col + 1] * f;
+        }
+        const int head = g * G + row;
+        if (n_parts == 1) {
+            store2(a.out, (size_t)q0 * a.ld_out + (size_t)head * HD + col, a.out_dtype,
+                   a.out_lo_off, v0 / L, v1 / L);
+        } else {
+            float *p = ws + (((size_t)s * a.n_heads + head) * n_parts + part) * (HD + 2);
+            p[col] = v0;
+            p[col + 1] = v1;
+            if (col == 0) {
+                p[HD] = M;
+                p[HD + 1] = L;
+            }
+        }
+    }
+}
+
+/* Merges the partitions of (query head, sequence); only the partitions that
+ * hold keys (ceil(seq_len / partition)) were written. */
+template <int HD>
+__global__ void decode_reduce_kernel(cuda_attn_paged a, int partition, int n_parts, const float *ws)
+{
+    const int head = blockIdx.x, s = blockIdx.y;
+    const int q0 = a.query_start[s];
+    if (a.query_start[s + 1] - q0 != 1) return;
+    const int np = (a.seq_lens[s] + partition - 1) / partition;
+    const float *p = ws + ((size_t)s * a.n_heads + head) * n_parts * (HD + 2);
+    float M = -INFINITY;
+    for (int i = 0; i < np; i++)
+        M = fmaxf(M, p[i * (HD + 2) + HD]);
+    float L = 0.0f;
+    for (int i = 0; i < np; i++)
+        L += p[i * (HD + 2) + HD + 1] * exp2f(p[i * (HD + 2) + HD] - M);
+    const float inv = 1.0f / L;
+    for (int col = 2 * threadIdx.x; col < HD; col += 2 * blockDim.x) {
+        float v0 = 0.0f, v1 = 0.0f;
+        for (int i = 0; i < np; i++) {
+            const float f = exp2f(p[i * (HD + 2) + HD] - M);
+            v0 += p[i * (HD + 2) + col] * f;
+            v1 += p[i * (HD + 2) + col + 1] * f;
+        }
+        store2(a.out, (size_t)q0 * a.ld_out + (size_t)head * HD + col, a.out_dtype, a.out_lo_off,
+               v0 * inv, v1 * inv);
+    }
+}
+
+/* The shared-memory opt-in of one instantiation (once per device). */
+template <typename T, int HD> int decode_allow()
+{
+    static std::atomic<unsigned> smem_set{0};
+    return allow_smem(decode_kernel<T, HD>, decode_smem_bytes<HD>(), smem_set);
+}
+
+template <typename T, int HD>
+int launch_decode(const cuda_attn_paged *a, int n_parts, int partition, float *ws,
+                  cudaStream_t stream)
+{
+    const int rc = decode_allow<T, HD>();
+    if (rc) return rc;
+    const dim3 grid(n_parts, a->n_kv_heads, a->n_seqs);
+    decode_kernel<T, HD>
+        <<<grid, DC_THREADS, decode_smem_bytes<HD>(), stream>>>(*a, partition, n_parts, ws);
+    if (n_parts > 1)
+        decode_reduce_kernel<HD>
+            <<<dim3(a->n_heads, a->n_seqs), HD / 2, 0, stream>>>(*a, partition, n_parts, ws);
+    return (int)cudaGetLastError();
+}
+
+template <typename T>
+int decode_for(const cuda_attn_paged *a, int n_parts, int partition, float *ws, cudaStream_t stream)
+{
+    switch (a->head_dim) {
+    case 16:
+        return launch_decode<T, 16>(a, n_parts, partition, ws, stream);
+    case 32:
+        return launch_decode<T, 32>(a, n_parts, partition, ws, stream);
+    case 64:
+        return launch_decode<T, 64>(a, n_parts, partition, ws, stream);
+    default:
+        return launch_decode<T, 128>(a, n_parts, partition, ws, stream);
+    }
+}
+
+template <typename T> int decode_prepare_type()
+{
+    int rc = decode_allow<T, 16>();
+    rc = rc ? rc : decode_allow<T, 32>();
+    rc = rc ? rc : decode_allow<T, 64>();
+    return rc ? rc : decode_allow<T, 128>();
+}
+
+} /* namespace */
+} /* namespace cv_attn */
+
+extern "C" int cuda_attn_prepare(void)
+{
+    using namespace cv_attn;
+    int rc = prefill_prepare();
+    rc = rc ? rc : decode_prepare_type<__half>();
+    return rc ? rc : decode_prepare_type<__nv_bfloat16>();
+}
+
+extern "C" int cuda_attn_decode_partition(int n_seqs, int n_kv_heads, int max_seq_len, int n_sms)
+{
+    int p = 512;
+    while (p > 64 && (long)n_seqs * n_kv_heads * ((max_seq_len + p - 1) / p) < 4L * (long)n_sms)
+        p /= 2;
+    return p;
+}
+
+extern "C" size_t cuda_attn_decode_workspace_floats(const cuda_attn_paged *a, int max_seq_len,
+                                                    int partition)
+{
+    const size_t n_parts = (size_t)((max_seq_len + partition - 1) / partition);
+    if (n_parts <= 1) return 0;
+    return (size_t)a->n_seqs * a->n_heads * n_parts * (size_t)(a->head_dim + 2);
+}
+
+extern "C" int cuda_attn_decode(const cuda_attn_paged *a, int max_seq_len, int partition,
+                                float *workspace, cudaStream_t stream)
+{
+    using namespace cv_attn;
+    if (!cuda_attn_supported(a->n_heads, a->n_kv_heads, a->head_dim, a->kv_dtype, a->q_dtype,
+                             a->out_dtype) ||
+        a->ld_q % 8 != 0 || a->ld_out % 2 != 0 || a->out_lo_off % 2 != 0 || a->n_seqs <= 0 ||
+        a->block_size <= 0 || max_seq_len <= 0 || partition <= 0 || partition % DC_BN != 0 ||
+        a->n_heads / a->n_kv_heads > DC_ROWS)
+        return (int)cudaErrorInvalidValue;
+    const int n_parts = (max_seq_len + partition - 1) / partition;
+    if (n_parts > 1 && !workspace) return (int)cudaErrorInvalidValue;
+    return a->kv_dtype == CV_DTYPE_F16
+               ? decode_for<__half>(a, n_parts, partition, workspace, stream)
+               : decode_for<__nv_bfloat16>(a, n_parts, partition, workspace, stream);
+}
