@@ -1,6 +1,7 @@
-/* cv_model_load: config, then the safetensors files (one, or the shards a
- * model.safetensors.index.json lists), then every tensor the architecture
- * table names, resolved by name and checked against the config's shapes. */
+/* cv_model_load: config, then the weight files (model.safetensors, or the
+ * shards a model.safetensors.index.json lists; else the same for
+ * pytorch_model.bin), then every tensor the architecture table names,
+ * resolved by name and checked against the config's shapes. */
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -12,9 +13,10 @@
 struct cv_model {
     cv_model_config config;
     cv_model_weights weights;
-    cv_st_file *files; /* (n_files) mapped safetensors files */
+    cv_st_file *files; /* (n_files) mapped safetensors or pytorch_model.bin files */
     size_t n_files;
-    json_t *weight_map; /* index.json "weight_map" (name -> shard); NULL when unsharded */
+    json_t *weight_map;      /* index.json "weight_map" (name -> shard); NULL when unsharded */
+    const char *base_prefix; /* transformers' base_model_prefix ("model", "transformer") */
     char index_path[4096];
 };
 
@@ -52,7 +54,9 @@ static int model_open_file(cv_model *m, const char *path, cv_error *err)
     cv_st_file *files = realloc(m->files, (m->n_files + 1) * sizeof *files);
     if (!files) return cv_errorf(err, "%s: out of memory", path);
     m->files = files;
-    if (cv_st_open(&m->files[m->n_files], path, err)) return -1;
+    size_t len = strlen(path);
+    bool torch = len >= 4 && strcmp(path + len - 4, ".bin") == 0;
+    if ((torch ? cv_torch_open : cv_st_open)(&m->files[m->n_files], path, err)) return -1;
     m->n_files++;
     return 0;
 }
@@ -69,24 +73,25 @@ static int shard_path(char *out, size_t n, const char *dir, const char *index, c
     return 0;
 }
 
-static int model_open_weights(cv_model *m, const char *dir, cv_error *err)
+/* DIR/FILE (one file) or DIR/INDEX (the shards it lists); 1 when neither
+ * exists. */
+static int model_open_format(cv_model *m, const char *dir, const char *file, const char *index,
+                             cv_error *err)
 {
     char path[4096];
-    /* model.safetensors first, the index second: HF's from_pretrained order. */
-    snprintf(path, sizeof path, "%s/model.safetensors", dir);
+    snprintf(path, sizeof path, "%s/%s", dir, file);
     if (file_exists(path)) return model_open_file(m, path, err);
-    snprintf(m->index_path, sizeof m->index_path, "%s/model.safetensors.index.json", dir);
-    if (!file_exists(m->index_path))
-        return cv_errorf(err, "%s: no model.safetensors or model.safetensors.index.json", dir);
-    json_t *index = cv_json_load(m->index_path, err);
-    if (!index) return -1;
-    json_t *map = json_object_get(index, "weight_map");
+    snprintf(m->index_path, sizeof m->index_path, "%s/%s", dir, index);
+    if (!file_exists(m->index_path)) return 1;
+    json_t *idx = cv_json_load(m->index_path, err);
+    if (!idx) return -1;
+    json_t *map = json_object_get(idx, "weight_map");
     if (!json_is_object(map)) {
-        json_decref(index);
+        json_decref(idx);
         return cv_errorf(err, "%s: missing object 'weight_map'", m->index_path);
     }
     m->weight_map = json_incref(map);
-    json_decref(index);
+    json_decref(idx);
     const char *name;
     json_t *shard;
     json_object_foreach(m->weight_map, name, shard)
@@ -99,26 +104,65 @@ static int model_open_weights(cv_model *m, const char *dir, cv_error *err)
     return 0;
 }
 
-/* Finds tensor NAME: in the one file, or in the shard the weight_map names.
- * NULL with err set when absent. */
-static const cv_st_tensor *model_find(cv_model *m, const char *dir, const char *name,
-                                      const cv_st_file **file, cv_error *err)
+static int model_open_weights(cv_model *m, const char *dir, cv_error *err)
+{
+    /* The single file before its index (HF's from_pretrained order), and
+     * safetensors before pytorch_model.bin even when both exist, as vLLM
+     * does: it is the format that cannot hold code and maps as is. */
+    int rc = model_open_format(m, dir, "model.safetensors", "model.safetensors.index.json", err);
+    if (rc == 1)
+        rc = model_open_format(m, dir, "pytorch_model.bin", "pytorch_model.bin.index.json", err);
+    if (rc == 1)
+        return cv_errorf(err,
+                         "%s: no model.safetensors, model.safetensors.index.json, "
+                         "pytorch_model.bin or pytorch_model.bin.index.json",
+                         dir);
+    return rc;
+}
+
+/* Tensor NAME in the one file, or in the shard the weight_map names; NULL
+ * when absent. *file is where it was looked for. */
+static const cv_st_tensor *model_lookup(cv_model *m, const char *dir, const char *name,
+                                        const cv_st_file **file)
 {
     *file = &m->files[0];
     if (m->weight_map) {
         const char *shard = json_string_value(json_object_get(m->weight_map, name));
-        if (!shard) {
-            cv_errorf(err, "%s: tensor '%s' missing from weight_map", m->index_path, name);
-            return NULL;
-        }
+        if (!shard) return NULL;
         char path[4096];
         snprintf(path, sizeof path, "%s/%s", dir, shard);
         for (size_t i = 0; i < m->n_files; i++)
             if (strcmp(m->files[i].path, path) == 0) *file = &m->files[i];
     }
-    const cv_st_tensor *t = cv_st_find(*file, name);
-    if (!t) cv_errorf(err, "%s: tensor '%s' missing", (*file)->path, name);
-    return t;
+    return cv_st_find(*file, name);
+}
+
+/* Finds tensor NAME, or else NAME without (or with) the base_model_prefix:
+ * a checkpoint saved from the base model, as the hub's OPT and GPT-2
+ * pytorch_model.bin files are, names "decoder.layers.0..." where the
+ * causal-LM model has "model.decoder.layers.0...", and transformers strips
+ * or adds the prefix when loading. NULL with err set when absent. */
+static const cv_st_tensor *model_find(cv_model *m, const char *dir, const char *name,
+                                      const cv_st_file **file, cv_error *err)
+{
+    const cv_st_tensor *t = model_lookup(m, dir, name, file);
+    if (t) return t;
+    char alt[512];
+    size_t pl = strlen(m->base_prefix);
+    if (strncmp(name, m->base_prefix, pl) == 0 && name[pl] == '.')
+        snprintf(alt, sizeof alt, "%s", name + pl + 1);
+    else
+        snprintf(alt, sizeof alt, "%s.%s", m->base_prefix, name);
+    const cv_st_file *alt_file;
+    if ((t = model_lookup(m, dir, alt, &alt_file))) {
+        *file = alt_file;
+        return t;
+    }
+    if (m->weight_map)
+        cv_errorf(err, "%s: tensor '%s' missing from weight_map", m->index_path, name);
+    else
+        cv_errorf(err, "%s: tensor '%s' missing", (*file)->path, name);
+    return NULL;
 }
 
 static void shape_str(char *buf, size_t n, int n_dims, const int64_t *shape)
@@ -139,6 +183,8 @@ static int model_bind(cv_model *m, const char *dir, const cv_tensor_spec *s, int
     const cv_st_file *file;
     const cv_st_tensor *t = model_find(m, dir, name, &file, err);
     if (!t) return -1;
+    if (!t->supported && t->why[0])
+        return cv_errorf(err, "%s: tensor '%s' %s", file->path, name, t->why);
     if (!t->supported)
         return cv_errorf(err, "%s: tensor '%s' has dtype %s; supported dtypes are F32, F16, BF16",
                          file->path, name, t->dtype_name);
@@ -192,8 +238,12 @@ cv_model *cv_model_load(const char *dir, cv_error *err)
         return NULL;
     }
     const cv_arch *arch = NULL;
-    if (cv_config_load(dir, &m->config, &arch, err) || model_open_weights(m, dir, err) ||
-        model_bind_all(m, dir, arch, err)) {
+    if (cv_config_load(dir, &m->config, &arch, err) || model_open_weights(m, dir, err)) {
+        cv_model_free(m);
+        return NULL;
+    }
+    m->base_prefix = strcmp(arch->model_type, "gpt2") == 0 ? "transformer" : "model";
+    if (model_bind_all(m, dir, arch, err)) {
         cv_model_free(m);
         return NULL;
     }

@@ -1,7 +1,10 @@
 /* Model loading: a HuggingFace model directory (config.json,
  * generation_config.json, *.safetensors with optional
- * model.safetensors.index.json) becomes a cv_model: the configuration and the
- * weight tensors, memory-mapped where possible.
+ * model.safetensors.index.json, or else pytorch_model.bin with optional
+ * pytorch_model.bin.index.json) becomes a cv_model: the configuration and
+ * the weight tensors, memory-mapped where possible. A pytorch_model.bin is
+ * read without running its pickle: only tensors are rebuilt, and a
+ * checkpoint that references any other Python global is refused.
  *
  * Architectures (LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM,
  * Qwen3ForCausalLM, ...) are described as data in arch.c: tensor names,
@@ -96,13 +99,17 @@ typedef struct cv_model cv_model;
 
 /* Loads DIR: config.json (transformers 4.x or 5.x keys), the optional
  * generation_config.json (its bos/eos ids win), and model.safetensors or the
- * shards model.safetensors.index.json lists. Tensors are mapped read-only and
+ * shards model.safetensors.index.json lists; without either, the same for
+ * pytorch_model.bin (torch.save's zip format, entries stored; contiguous
+ * tensors of F32, F16, BF16). Tensors are mapped read-only and
  * kept in their stored dtype; every data pointer is aligned to its element
  * size (a misaligned tensor is copied) and every shape has been checked
  * against the config. On failure returns NULL and err names the file and
  * what was wrong (missing or malformed config.json, unknown architecture,
  * truncated safetensors, header past end of file, missing tensor or shard,
- * shape mismatch, unsupported dtype, ...). */
+ * shape mismatch, unsupported dtype, a pytorch_model.bin that references a
+ * global other than the tensor-rebuilding ones, compressed zip entries,
+ * ...). */
 cv_model *cv_model_load(const char *dir, cv_error *err);
 void cv_model_free(cv_model *model);
 const cv_model_config *cv_model_get_config(const cv_model *model);

@@ -1,6 +1,7 @@
 /* Internals of the model module shared by its files: the safetensors reader
- * (safetensors.c), config.json parsing (config.c) and the architecture table
- * (arch.c). Nothing here crosses the module boundary. */
+ * (safetensors.c), the pytorch_model.bin reader (torch_bin.c), config.json
+ * parsing (config.c) and the architecture table (arch.c). Nothing here
+ * crosses the module boundary. */
 #ifndef CV_MODEL_MODEL_INTERNAL_H
 #define CV_MODEL_MODEL_INTERNAL_H
 
@@ -14,6 +15,9 @@ typedef struct cv_st_tensor {
     char *name;
     char dtype_name[16]; /* as stored ("F32", "I8", ...), for messages */
     bool supported;      /* dtype is F32, F16 or BF16 and tensor is usable */
+    char why[256];       /* when not supported for another reason than the
+                          * dtype: what is wrong ("is not contiguous ..."),
+                          * for the message if the tensor is needed */
     cv_tensor tensor;    /* data points into the mapping, or an aligned copy */
 } cv_st_tensor;
 
@@ -33,6 +37,25 @@ typedef struct cv_st_file {
 int cv_st_open(cv_st_file *f, const char *path, cv_error *err);
 void cv_st_close(cv_st_file *f);
 const cv_st_tensor *cv_st_find(const cv_st_file *f, const char *name);
+
+/* Maps PATH read-only into f (path, map, map_bytes; an empty file gets no
+ * mapping). On failure f is left closed and err names PATH. */
+int cv_st_map(cv_st_file *f, const char *path, cv_error *err);
+/* Replaces t's data by an aligned heap copy (owned by f) when the mapping
+ * leaves it misaligned for its dtype. */
+int cv_st_align(cv_st_file *f, cv_st_tensor *t, size_t bytes, cv_error *err);
+
+/* ---- pytorch_model.bin reader ------------------------------------------ */
+
+/* Maps PATH, a torch.save zip archive of a state dict, and fills f with its
+ * tensors as cv_st_open does for safetensors: each tensor points into its
+ * storage's entry in the mapping (or an aligned copy). Tensors that cannot
+ * be used (dtype, more than 4 dimensions, not contiguous) are kept with
+ * supported false. On failure f is left closed and err names PATH. */
+int cv_torch_open(cv_st_file *f, const char *path, cv_error *err);
+/* The same over f->map[0..f->map_bytes), already set (f->path too); on
+ * failure the tensors read so far stay in f for cv_st_close. */
+int cv_torch_parse(cv_st_file *f, cv_error *err);
 
 /* ---- JSON files -------------------------------------------------------- */
 

@@ -85,7 +85,7 @@ const cv_st_tensor *cv_st_find(const cv_st_file *f, const char *name)
  * would be a misaligned pointer into the mapping (undefined behaviour for the
  * backends' float loads): such a tensor gets an aligned heap copy. Writers
  * that pad the header to 8 bytes, as the reference one does, never need it. */
-static int st_align(cv_st_file *f, cv_st_tensor *t, size_t bytes, cv_error *err)
+int cv_st_align(cv_st_file *f, cv_st_tensor *t, size_t bytes, cv_error *err)
 {
     if ((uintptr_t)t->tensor.data % cv_dtype_size(t->tensor.dtype) == 0) return 0;
     void **copies = realloc(f->copies, (f->n_copies + 1) * sizeof *copies);
@@ -170,7 +170,7 @@ static int st_parse_entry(cv_st_file *f, const char *name, json_t *entry, const 
     if (st_dtypes[k].dtype < 0) return 0; /* kept for the message if it is needed */
     t->supported = true;
     t->tensor.dtype = (cv_dtype)st_dtypes[k].dtype;
-    return st_align(f, t, (size_t)bytes, err);
+    return cv_st_align(f, t, (size_t)bytes, err);
 }
 
 static int st_parse_header(cv_st_file *f, cv_error *err)
@@ -216,7 +216,7 @@ static int st_parse_header(cv_st_file *f, cv_error *err)
     return rc;
 }
 
-int cv_st_open(cv_st_file *f, const char *path, cv_error *err)
+int cv_st_map(cv_st_file *f, const char *path, cv_error *err)
 {
     memset(f, 0, sizeof *f);
     int fd = open(path, O_RDONLY | O_CLOEXEC);
@@ -227,17 +227,16 @@ int cv_st_open(cv_st_file *f, const char *path, cv_error *err)
         close(fd);
         return cv_errorf(err, "%s: cannot stat: %s", path, strerror(e));
     }
-    if (st.st_size < 8) {
-        close(fd);
-        return cv_errorf(err, "%s: truncated: %lld bytes, the 8-byte header length is missing",
-                         path, (long long)st.st_size);
-    }
     f->path = strdup(path);
     if (!f->path) {
         close(fd);
         return cv_errorf(err, "%s: out of memory", path);
     }
     f->map_bytes = (size_t)st.st_size;
+    if (f->map_bytes == 0) { /* mmap refuses empty files; there is nothing to map */
+        close(fd);
+        return 0;
+    }
     void *map = mmap(NULL, f->map_bytes, PROT_READ, MAP_PRIVATE, fd, 0);
     int e = errno;
     close(fd); /* the mapping keeps the file alive */
@@ -246,6 +245,18 @@ int cv_st_open(cv_st_file *f, const char *path, cv_error *err)
         return cv_errorf(err, "%s: cannot mmap: %s", path, strerror(e));
     }
     f->map = map;
+    return 0;
+}
+
+int cv_st_open(cv_st_file *f, const char *path, cv_error *err)
+{
+    if (cv_st_map(f, path, err)) return -1;
+    if (f->map_bytes < 8) {
+        cv_errorf(err, "%s: truncated: %zu bytes, the 8-byte header length is missing", path,
+                  f->map_bytes);
+        cv_st_close(f);
+        return -1;
+    }
     if (st_parse_header(f, err)) {
         cv_st_close(f);
         return -1;

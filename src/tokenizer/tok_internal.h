@@ -308,6 +308,19 @@ struct cv_tokenizer {
     int32_t bos_id, eos_id;
 };
 
+/* The parsed tokenizer.json ROOT (with vocab and merges in RAW) into tok;
+ * tokenizer_config.json's bos/eos and add_bos_token/add_eos_token from CFG;
+ * then the id tables, once every token is known. tok_load.c and
+ * tok_slow.c call them in this order. */
+int tok_load_json(cv_tokenizer *tok, const json_t *root, const tok_raw_model *raw, cv_error *err);
+int tok_load_config_json(cv_tokenizer *tok, const json_t *cfg, cv_error *err);
+int tok_build_id_tables(cv_tokenizer *tok, cv_error *err);
+
+/* DIR without tokenizer.json: vocab.json + merges.txt and the slow
+ * tokenizer's side files, as transformers' GPT2TokenizerFast builds them
+ * (tok_slow.c). */
+cv_tokenizer *tok_load_slow(const char *dir, cv_error *err);
+
 /* Component loaders, called by tok_load.c. */
 int tok_load_normalizer(const json_t *j, tok_normalizer *out, cv_error *err);
 int tok_load_pretok(const json_t *j, tok_pretok *out, cv_error *err);

@@ -1,7 +1,8 @@
 /* tok_load: tokenizer.json (model, normalizer, pre_tokenizer, decoder,
  * post_processor, added_tokens) and tokenizer_config.json (bos/eos,
- * add_bos_token/add_eos_token) into a cv_tokenizer; tok_free; and the
- * small accessors of the public header. */
+ * add_bos_token/add_eos_token) into a cv_tokenizer (without tokenizer.json,
+ * tok_slow.c reads vocab.json + merges.txt); tok_free; and the small
+ * accessors of the public header. */
 #include <errno.h>
 #include <jansson.h>
 #include <stdio.h>
@@ -187,17 +188,8 @@ static const char *config_token(const json_t *cfg, const char *key)
     return json_string_value(v);
 }
 
-static int load_config(cv_tokenizer *tok, const char *dir, cv_error *err)
+int tok_load_config_json(cv_tokenizer *tok, const json_t *cfg, cv_error *err)
 {
-    char path[4096];
-    snprintf(path, sizeof path, "%s/tokenizer_config.json", dir);
-    struct stat st;
-    if (stat(path, &st) != 0) return 0; /* optional */
-    json_error_t je;
-    json_t *cfg = json_load_file(path, JSON_DECODE_INT_AS_REAL, &je);
-    if (!cfg)
-        return cv_errorf(err, "tokenizer: %s: malformed JSON at line %d column %d: %s", path,
-                         je.line, je.column, je.text);
     const char *bos = config_token(cfg, "bos_token"), *eos = config_token(cfg, "eos_token");
     tok->bos_id = bos ? tok_token_to_id(tok, bos) : -1;
     tok->eos_id = eos ? tok_token_to_id(tok, eos) : -1;
@@ -213,13 +205,28 @@ static int load_config(cv_tokenizer *tok, const char *dir, cv_error *err)
         if (!rc && json_is_true(ae) && tok->eos_id >= 0)
             rc = push_ids(&tok->suffix_ids, &tok->n_suffix, &tok->eos_id, 1, false, err);
     }
+    return rc;
+}
+
+static int load_config(cv_tokenizer *tok, const char *dir, cv_error *err)
+{
+    char path[4096];
+    snprintf(path, sizeof path, "%s/tokenizer_config.json", dir);
+    struct stat st;
+    if (stat(path, &st) != 0) return 0; /* optional */
+    json_error_t je;
+    json_t *cfg = json_load_file(path, JSON_DECODE_INT_AS_REAL, &je);
+    if (!cfg)
+        return cv_errorf(err, "tokenizer: %s: malformed JSON at line %d column %d: %s", path,
+                         je.line, je.column, je.text);
+    int rc = tok_load_config_json(tok, cfg, err);
     json_decref(cfg);
     return rc;
 }
 
 /* ---- id tables ----------------------------------------------------------- */
 
-static int build_id_tables(cv_tokenizer *tok, cv_error *err)
+int tok_build_id_tables(cv_tokenizer *tok, cv_error *err)
 {
     int32_t n = tok->bpe.n_vocab;
     for (size_t i = 0; i < tok->n_added; i++)
@@ -276,7 +283,7 @@ static int load_dec_cb(const json_t *j, void *o, cv_error *e)
     return tok_load_decoder(j, o, e);
 }
 
-static int load_json(cv_tokenizer *tok, const json_t *root, const tok_raw_model *raw, cv_error *err)
+int tok_load_json(cv_tokenizer *tok, const json_t *root, const tok_raw_model *raw, cv_error *err)
 {
     if (!json_is_object(root) || !json_is_object(json_object_get(root, "model")))
         return cv_errorf(err, "tokenizer.json: no \"model\" object");
@@ -312,8 +319,11 @@ static char *read_file(const char *path, size_t *len, cv_error *err)
 
 cv_tokenizer *tok_load(const char *dir, cv_error *err)
 {
-    char path[4096];
+    char path[4096], slow[4096];
     snprintf(path, sizeof path, "%s/tokenizer.json", dir);
+    snprintf(slow, sizeof slow, "%s/vocab.json", dir);
+    struct stat st;
+    if (stat(path, &st) != 0 && stat(slow, &st) == 0) return tok_load_slow(dir, err);
     size_t len = 0;
     char *text = read_file(path, &len, err);
     if (!text) return NULL;
@@ -332,11 +342,11 @@ cv_tokenizer *tok_load(const char *dir, cv_error *err)
     int rc = -1;
     if (tok) {
         tok->bos_id = tok->eos_id = -1;
-        rc = load_json(tok, root, &raw, err);
+        rc = tok_load_json(tok, root, &raw, err);
         if (rc)
             cv_error_prefix(err, "tokenizer %s", dir);
         else
-            rc = load_config(tok, dir, err) || build_id_tables(tok, err);
+            rc = load_config(tok, dir, err) || tok_build_id_tables(tok, err);
     }
     json_decref(root);
     free(raw.vocab);

@@ -1,7 +1,10 @@
 /* HuggingFace tokenizer.json, exactly as HF `tokenizers` encodes and decodes.
  *
  * A tokenizer directory holds tokenizer.json and optionally
- * tokenizer_config.json (bos/eos, add_bos_token, special tokens).
+ * tokenizer_config.json (bos/eos, add_bos_token, special tokens); or,
+ * without tokenizer.json, the slow GPT-2-style files vocab.json + merges.txt
+ * (+ tokenizer_config.json, special_tokens_map.json, added_tokens.json),
+ * read as transformers' GPT2TokenizerFast converts them (OPT, old GPT-2).
  * Supported: the BPE model (byte_fallback, fuse_unk, ignore_merges, unk,
  * continuing_subword_prefix, end_of_word_suffix); normalizers NFC, NFKC,
  * NFD, NFKD, Lowercase, Strip, Prepend, Replace, Sequence; pre-tokenizers

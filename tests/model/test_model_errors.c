@@ -114,7 +114,9 @@ static void test_malformed_generation_config(void **state)
 static void test_no_weights(void **state)
 {
     unlink_in(*state, "model.safetensors");
-    fx_assert_load_error(*state, "%s: no model.safetensors or model.safetensors.index.json",
+    fx_assert_load_error(*state,
+                         "%s: no model.safetensors, model.safetensors.index.json, "
+                         "pytorch_model.bin or pytorch_model.bin.index.json",
                          (char *)*state);
 }
 
