@@ -2,17 +2,17 @@
  * transformers 4.x spellings (torch_dtype, rope_scaling with "type") and the
  * 5.x ones (dtype, rope_parameters with "rope_type" and rope_theta inside)
  * are accepted. Keys a config may omit take the defaults of the HF config
- * class of the architecture (see arch.c). */
+ * class of the architecture (see arch.c). OPTConfig and GPT2Config name
+ * their keys differently: config_legacy.c reads those. */
 #include <limits.h>
 #include <stdio.h>
 #include <string.h>
 
 #include "model/model_internal.h"
 
-/* Reads integer KEY of OBJ into *out. A missing or null key is an error when
- * REQUIRED, else leaves *out (the default). Values must be >= MIN. */
-static int cfg_int(json_t *obj, const char *key, bool required, int min, int *out, const char *path,
-                   cv_error *err)
+/* Integer KEY of OBJ into *out (model_internal.h); values must be >= MIN. */
+int cv_cfg_int(json_t *obj, const char *key, bool required, int min, int *out, const char *path,
+               cv_error *err)
 {
     json_t *v = json_object_get(obj, key);
     if (!v || json_is_null(v)) {
@@ -28,9 +28,9 @@ static int cfg_int(json_t *obj, const char *key, bool required, int min, int *ou
     return 0;
 }
 
-/* Reads number KEY of OBJ (integer or real) into *out; like cfg_int. */
-static int cfg_num(json_t *obj, const char *key, bool required, float *out, const char *path,
-                   cv_error *err)
+/* Number KEY of OBJ (integer or real) into *out; like cv_cfg_int. */
+int cv_cfg_num(json_t *obj, const char *key, bool required, float *out, const char *path,
+               cv_error *err)
 {
     json_t *v = json_object_get(obj, key);
     if (!v || json_is_null(v)) {
@@ -42,8 +42,7 @@ static int cfg_num(json_t *obj, const char *key, bool required, float *out, cons
     return 0;
 }
 
-/* eos_token_id: an integer, a list of integers, or null. */
-static int cfg_eos(json_t *obj, cv_model_config *cfg, const char *path, cv_error *err)
+int cv_cfg_eos(json_t *obj, cv_model_config *cfg, const char *path, cv_error *err)
 {
     json_t *v = json_object_get(obj, "eos_token_id");
     if (!v) return 0;
@@ -83,8 +82,9 @@ static int cfg_rope(json_t *root, cv_model_config *cfg, const char *path, cv_err
     json_t *params = json_object_get(root, "rope_parameters");
     if (params && !json_is_null(params) && !json_is_object(params))
         return cv_errorf(err, "%s: rope_parameters must be an object", path);
-    if (cfg_num(root, "rope_theta", false, &cfg->rope_theta, path, err)) return -1;
-    if (json_is_object(params) && cfg_num(params, "rope_theta", false, &cfg->rope_theta, path, err))
+    if (cv_cfg_num(root, "rope_theta", false, &cfg->rope_theta, path, err)) return -1;
+    if (json_is_object(params) &&
+        cv_cfg_num(params, "rope_theta", false, &cfg->rope_theta, path, err))
         return -1;
     if (!(cfg->rope_theta > 0)) return cv_errorf(err, "%s: rope_theta must be positive", path);
 
@@ -98,7 +98,7 @@ static int cfg_rope(json_t *root, cv_model_config *cfg, const char *path, cv_err
     const char *name = json_string_value(type);
     if (!name) return cv_errorf(err, "%s: rope type must be a string", path);
     if (strcmp(name, "default") == 0) return 0;
-    if (cfg_num(scaling, "factor", true, &cfg->rope_factor, path, err)) return -1;
+    if (cv_cfg_num(scaling, "factor", true, &cfg->rope_factor, path, err)) return -1;
     if (!(cfg->rope_factor > 0)) return cv_errorf(err, "%s: rope factor must be positive", path);
     if (strcmp(name, "linear") == 0) {
         cfg->rope_type = CV_ROPE_LINEAR;
@@ -106,10 +106,10 @@ static int cfg_rope(json_t *root, cv_model_config *cfg, const char *path, cv_err
     }
     if (strcmp(name, "llama3") == 0) {
         cfg->rope_type = CV_ROPE_LLAMA3;
-        if (cfg_num(scaling, "low_freq_factor", true, &cfg->rope_low_freq_factor, path, err) ||
-            cfg_num(scaling, "high_freq_factor", true, &cfg->rope_high_freq_factor, path, err) ||
-            cfg_int(scaling, "original_max_position_embeddings", true, 1,
-                    &cfg->rope_original_max_position, path, err))
+        if (cv_cfg_num(scaling, "low_freq_factor", true, &cfg->rope_low_freq_factor, path, err) ||
+            cv_cfg_num(scaling, "high_freq_factor", true, &cfg->rope_high_freq_factor, path, err) ||
+            cv_cfg_int(scaling, "original_max_position_embeddings", true, 1,
+                       &cfg->rope_original_max_position, path, err))
             return -1;
         if (!(cfg->rope_high_freq_factor > cfg->rope_low_freq_factor))
             return cv_errorf(err, "%s: llama3 rope needs high_freq_factor > low_freq_factor", path);
@@ -136,7 +136,7 @@ static int cfg_act(json_t *root, cv_model_config *cfg, const char *path, cv_erro
     return 0;
 }
 
-static int cfg_bool(json_t *root, const char *key, bool *out, const char *path, cv_error *err)
+int cv_cfg_bool(json_t *root, const char *key, bool *out, const char *path, cv_error *err)
 {
     json_t *v = json_object_get(root, key);
     if (!v || json_is_null(v)) return 0;
@@ -151,14 +151,14 @@ static int cfg_shapes(json_t *root, const cv_arch *arch, cv_model_config *cfg, c
                       cv_error *err)
 {
     cfg->n_kv_heads = cfg->n_heads;
-    if (cfg_int(root, "num_key_value_heads", false, 1, &cfg->n_kv_heads, path, err)) return -1;
+    if (cv_cfg_int(root, "num_key_value_heads", false, 1, &cfg->n_kv_heads, path, err)) return -1;
     if (cfg->n_heads % cfg->n_kv_heads != 0)
         return cv_errorf(err,
                          "%s: num_attention_heads %d is not a multiple of "
                          "num_key_value_heads %d",
                          path, cfg->n_heads, cfg->n_kv_heads);
     cfg->head_dim = 0;
-    if (cfg_int(root, "head_dim", false, 1, &cfg->head_dim, path, err)) return -1;
+    if (cv_cfg_int(root, "head_dim", false, 1, &cfg->head_dim, path, err)) return -1;
     if (cfg->head_dim == 0) {
         if (cfg->hidden_size % cfg->n_heads != 0)
             return cv_errorf(err,
@@ -171,9 +171,9 @@ static int cfg_shapes(json_t *root, const cv_arch *arch, cv_model_config *cfg, c
         return cv_errorf(err, "%s: head_dim %d must be even for rotary embeddings", path,
                          cfg->head_dim);
     bool attention_bias = false, mlp_bias = false, use_sliding = true;
-    if (cfg_bool(root, "attention_bias", &attention_bias, path, err) ||
-        cfg_bool(root, "mlp_bias", &mlp_bias, path, err) ||
-        cfg_bool(root, "use_sliding_window", &use_sliding, path, err))
+    if (cv_cfg_bool(root, "attention_bias", &attention_bias, path, err) ||
+        cv_cfg_bool(root, "mlp_bias", &mlp_bias, path, err) ||
+        cv_cfg_bool(root, "use_sliding_window", &use_sliding, path, err))
         return -1;
     if (attention_bias)
         return cv_errorf(err, "%s: attention_bias true (an o_proj bias) is not supported", path);
@@ -184,7 +184,7 @@ static int cfg_shapes(json_t *root, const cv_arch *arch, cv_model_config *cfg, c
     json_t *window = json_object_get(root, "sliding_window");
     if (!use_sliding || (window && json_is_null(window)))
         cfg->sliding_window = 0;
-    else if (cfg_int(root, "sliding_window", false, 1, &cfg->sliding_window, path, err))
+    else if (cv_cfg_int(root, "sliding_window", false, 1, &cfg->sliding_window, path, err))
         return -1;
     return 0;
 }
@@ -199,17 +199,19 @@ static int cfg_parse(json_t *root, const cv_arch *arch, cv_model_config *cfg, co
     cfg->bos_token_id = arch->default_bos;
     cfg->n_eos_token_ids = arch->default_eos >= 0 ? 1 : 0;
     cfg->eos_token_ids[0] = arch->default_eos;
-    if (cfg_int(root, "hidden_size", true, 1, &cfg->hidden_size, path, err) ||
-        cfg_int(root, "intermediate_size", true, 1, &cfg->intermediate_size, path, err) ||
-        cfg_int(root, "num_hidden_layers", true, 1, &cfg->n_layers, path, err) ||
-        cfg_int(root, "num_attention_heads", true, 1, &cfg->n_heads, path, err) ||
-        cfg_int(root, "vocab_size", true, 1, &cfg->vocab_size, path, err) ||
-        cfg_int(root, "max_position_embeddings", false, 1, &cfg->max_position_embeddings, path,
-                err) ||
-        cfg_num(root, "rms_norm_eps", false, &cfg->rms_norm_eps, path, err) ||
-        cfg_bool(root, "tie_word_embeddings", &cfg->tie_word_embeddings, path, err) ||
-        cfg_int(root, "bos_token_id", false, 0, &cfg->bos_token_id, path, err) ||
-        cfg_eos(root, cfg, path, err) || cfg_shapes(root, arch, cfg, path, err) ||
+    if (arch->family == CV_FAMILY_OPT) return cv_config_parse_opt(root, cfg, path, err);
+    if (arch->family == CV_FAMILY_GPT2) return cv_config_parse_gpt2(root, cfg, path, err);
+    if (cv_cfg_int(root, "hidden_size", true, 1, &cfg->hidden_size, path, err) ||
+        cv_cfg_int(root, "intermediate_size", true, 1, &cfg->intermediate_size, path, err) ||
+        cv_cfg_int(root, "num_hidden_layers", true, 1, &cfg->n_layers, path, err) ||
+        cv_cfg_int(root, "num_attention_heads", true, 1, &cfg->n_heads, path, err) ||
+        cv_cfg_int(root, "vocab_size", true, 1, &cfg->vocab_size, path, err) ||
+        cv_cfg_int(root, "max_position_embeddings", false, 1, &cfg->max_position_embeddings, path,
+                   err) ||
+        cv_cfg_num(root, "rms_norm_eps", false, &cfg->rms_norm_eps, path, err) ||
+        cv_cfg_bool(root, "tie_word_embeddings", &cfg->tie_word_embeddings, path, err) ||
+        cv_cfg_int(root, "bos_token_id", false, 0, &cfg->bos_token_id, path, err) ||
+        cv_cfg_eos(root, cfg, path, err) || cfg_shapes(root, arch, cfg, path, err) ||
         cfg_rope(root, cfg, path, err) || cfg_act(root, cfg, path, err))
         return -1;
     if (!(cfg->rms_norm_eps > 0)) return cv_errorf(err, "%s: rms_norm_eps must be positive", path);
@@ -230,8 +232,8 @@ static int cfg_generation(const char *dir, cv_model_config *cfg, cv_error *err)
     int rc = 0;
     if (!json_is_object(root))
         rc = cv_errorf(err, "%s: not a JSON object", path);
-    else if (cfg_int(root, "bos_token_id", false, 0, &cfg->bos_token_id, path, err) ||
-             cfg_eos(root, cfg, path, err))
+    else if (cv_cfg_int(root, "bos_token_id", false, 0, &cfg->bos_token_id, path, err) ||
+             cv_cfg_eos(root, cfg, path, err))
         rc = -1;
     json_decref(root);
     return rc;

@@ -37,9 +37,47 @@ static json_t *json_bos(const cv_model_config *cfg)
     return cfg->bos_token_id >= 0 ? json_integer(cfg->bos_token_id) : json_null();
 }
 
+static const char *const dtype_names[] = {"float32", "float16", "bfloat16"};
+
+/* activation_function of OPTConfig and GPT2Config. */
+static const char *legacy_act_name(cv_activation act)
+{
+    return act == CV_ACT_RELU ? "relu" : "gelu_new";
+}
+
+/* OPTConfig keys (config_legacy.c reads them back). */
+static json_t *opt_config_json(const cv_model_config *cfg)
+{
+    return json_pack("{s:[s],s:s,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:b,s:b,s:b,s:s,s:b,s:o,s:o,s:s}",
+                     "architectures", cfg->architecture, "model_type", "opt", "hidden_size",
+                     cfg->hidden_size, "ffn_dim", cfg->intermediate_size, "num_hidden_layers",
+                     cfg->n_layers, "num_attention_heads", cfg->n_heads, "vocab_size",
+                     cfg->vocab_size, "max_position_embeddings", cfg->max_position_embeddings,
+                     "word_embed_proj_dim", cv_config_embed_dim(cfg), "do_layer_norm_before",
+                     !cfg->post_norm, "_remove_final_layer_norm",
+                     !cfg->post_norm && cfg->no_final_norm, "enable_bias", cfg->linear_bias,
+                     "activation_function", legacy_act_name(cfg->hidden_act), "tie_word_embeddings",
+                     cfg->tie_word_embeddings, "bos_token_id", json_bos(cfg), "eos_token_id",
+                     json_eos(cfg), "torch_dtype", dtype_names[cfg->dtype]);
+}
+
+/* GPT2Config keys. */
+static json_t *gpt2_config_json(const cv_model_config *cfg)
+{
+    return json_pack("{s:[s],s:s,s:i,s:i,s:i,s:i,s:i,s:i,s:o,s:s,s:b,s:o,s:o,s:s}", "architectures",
+                     cfg->architecture, "model_type", "gpt2", "n_embd", cfg->hidden_size, "n_layer",
+                     cfg->n_layers, "n_head", cfg->n_heads, "n_inner", cfg->intermediate_size,
+                     "vocab_size", cfg->vocab_size, "n_positions", cfg->max_position_embeddings,
+                     "layer_norm_epsilon", json_float(cfg->rms_norm_eps), "activation_function",
+                     legacy_act_name(cfg->hidden_act), "tie_word_embeddings",
+                     cfg->tie_word_embeddings, "bos_token_id", json_bos(cfg), "eos_token_id",
+                     json_eos(cfg), "torch_dtype", dtype_names[cfg->dtype]);
+}
+
 static json_t *config_json(const cv_model_config *cfg, const cv_arch *arch)
 {
-    static const char *const dtype_names[] = {"float32", "float16", "bfloat16"};
+    if (arch->family == CV_FAMILY_OPT) return opt_config_json(cfg);
+    if (arch->family == CV_FAMILY_GPT2) return gpt2_config_json(cfg);
     json_t *root = json_pack(
         "{s:[s],s:s,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:o,s:o,s:s,s:b,s:o,s:o,s:s}", "architectures",
         cfg->architecture, "model_type", arch->model_type, "hidden_size", cfg->hidden_size,

@@ -1,7 +1,8 @@
 /* cv_model_load: config, then the weight files (model.safetensors, or the
  * shards a model.safetensors.index.json lists; else the same for
  * pytorch_model.bin), then every tensor the architecture table names,
- * resolved by name and checked against the config's shapes. */
+ * resolved by name and checked against the config's shapes; Conv1D (GPT-2)
+ * matrices are transposed and fused ones split here, once. */
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -16,8 +17,10 @@ struct cv_model {
     cv_st_file *files; /* (n_files) mapped safetensors or pytorch_model.bin files */
     size_t n_files;
     json_t *weight_map;      /* index.json "weight_map" (name -> shard); NULL when unsharded */
-    const char *base_prefix; /* transformers' base_model_prefix ("model", "transformer") */
+    const char *base_prefix; /* transformers' base_model_prefix with its dot ("model.") */
     char index_path[4096];
+    void **owned; /* (n_owned) transposed copies of Conv1D matrices */
+    size_t n_owned;
 };
 
 const cv_model_config *cv_model_get_config(const cv_model *model)
@@ -36,6 +39,9 @@ void cv_model_free(cv_model *model)
     for (size_t i = 0; i < model->n_files; i++)
         cv_st_close(&model->files[i]);
     free(model->files);
+    for (size_t i = 0; i < model->n_owned; i++)
+        free(model->owned[i]);
+    free(model->owned);
     free(model->weights.layers);
     json_decref(model->weight_map);
     free(model);
@@ -121,14 +127,17 @@ static int model_open_weights(cv_model *m, const char *dir, cv_error *err)
 }
 
 /* Tensor NAME in the one file, or in the shard the weight_map names; NULL
- * when absent. *file is where it was looked for. */
+ * when absent. *file: where it was looked for (NULL: not in weight_map). */
 static const cv_st_tensor *model_lookup(cv_model *m, const char *dir, const char *name,
                                         const cv_st_file **file)
 {
     *file = &m->files[0];
     if (m->weight_map) {
         const char *shard = json_string_value(json_object_get(m->weight_map, name));
-        if (!shard) return NULL;
+        if (!shard) {
+            *file = NULL;
+            return NULL;
+        }
         char path[4096];
         snprintf(path, sizeof path, "%s/%s", dir, shard);
         for (size_t i = 0; i < m->n_files; i++)
@@ -149,16 +158,16 @@ static const cv_st_tensor *model_find(cv_model *m, const char *dir, const char *
     if (t) return t;
     char alt[512];
     size_t pl = strlen(m->base_prefix);
-    if (strncmp(name, m->base_prefix, pl) == 0 && name[pl] == '.')
-        snprintf(alt, sizeof alt, "%s", name + pl + 1);
+    if (strncmp(name, m->base_prefix, pl) == 0)
+        snprintf(alt, sizeof alt, "%s", name + pl);
     else
-        snprintf(alt, sizeof alt, "%s.%s", m->base_prefix, name);
+        snprintf(alt, sizeof alt, "%s%s", m->base_prefix, name);
     const cv_st_file *alt_file;
     if ((t = model_lookup(m, dir, alt, &alt_file))) {
         *file = alt_file;
         return t;
     }
-    if (m->weight_map)
+    if (!*file)
         cv_errorf(err, "%s: tensor '%s' missing from weight_map", m->index_path, name);
     else
         cv_errorf(err, "%s: tensor '%s' missing", (*file)->path, name);
@@ -174,9 +183,42 @@ static void shape_str(char *buf, size_t n, int n_dims, const int64_t *shape)
     if (used < n) snprintf(buf + used, n - used, "]");
 }
 
+/* The bound form of stored tensor T under spec S: transposed when Conv1D,
+ * then part S->part of S->n_parts slices of its first dimension. A
+ * transposed copy is owned by m. */
+static int model_transform(cv_model *m, const cv_tensor_spec *s, const char *name, cv_tensor *t,
+                           cv_error *err)
+{
+    const size_t esz = cv_dtype_size(t->dtype);
+    const int parts = s->n_parts > 1 ? s->n_parts : 1;
+    const int64_t rows = (s->conv1d ? t->shape[1] : t->shape[0]) / parts;
+    const int64_t row0 = rows * (s->n_parts > 1 ? s->part : 0);
+    if (!s->conv1d) {
+        t->shape[0] = rows;
+        t->data = (const char *)t->data + (size_t)row0 * (t->n_dims == 2 ? t->shape[1] : 1) * esz;
+        return 0;
+    }
+    /* Stored (in, out): element (i, o) at i * out + o. */
+    const int64_t in = t->shape[0], out = t->shape[1];
+    void **owned = realloc(m->owned, (m->n_owned + 1) * sizeof *owned);
+    if (!owned) return cv_errorf(err, "tensor '%s': out of memory", name);
+    m->owned = owned;
+    char *dst = malloc((size_t)(rows * in) * esz);
+    if (!dst) return cv_errorf(err, "tensor '%s': out of memory for its transpose", name);
+    m->owned[m->n_owned++] = dst;
+    const char *src = t->data;
+    for (int64_t o = 0; o < rows; o++)
+        for (int64_t i = 0; i < in; i++)
+            memcpy(dst + (size_t)(o * in + i) * esz, src + (size_t)(i * out + row0 + o) * esz, esz);
+    t->shape[0] = rows;
+    t->shape[1] = in;
+    t->data = dst;
+    return 0;
+}
+
 /* Resolves spec S (layer LAYER, or -1 for a global tensor) into *out. */
-static int model_bind(cv_model *m, const char *dir, const cv_tensor_spec *s, int layer,
-                      cv_tensor *out, cv_error *err)
+static int model_bind(cv_model *m, const char *dir, const cv_arch *arch, const cv_tensor_spec *s,
+                      int layer, cv_tensor *out, cv_error *err)
 {
     char name[256];
     snprintf(name, sizeof name, s->pattern, layer);
@@ -202,6 +244,7 @@ static int model_bind(cv_model *m, const char *dir, const cv_tensor_spec *s, int
                          name, got_s, want_s);
     }
     *out = t->tensor;
+    if (s->conv1d || s->n_parts > 1) return model_transform(m, s, name, out, err);
     return 0;
 }
 
@@ -214,13 +257,13 @@ static int model_bind_all(cv_model *m, const char *dir, const cv_arch *arch, cv_
     for (size_t i = 0; i < arch->n_global_tensors; i++) {
         const cv_tensor_spec *s = &arch->global_tensors[i];
         cv_tensor *out = (cv_tensor *)((char *)&m->weights + s->offset);
-        if (cv_arch_needs(arch, s, c) && model_bind(m, dir, s, -1, out, err)) return -1;
+        if (cv_arch_needs(arch, s, c) && model_bind(m, dir, arch, s, -1, out, err)) return -1;
     }
     for (int l = 0; l < c->n_layers; l++) {
         for (size_t i = 0; i < arch->n_layer_tensors; i++) {
             const cv_tensor_spec *s = &arch->layer_tensors[i];
             cv_tensor *out = (cv_tensor *)((char *)&m->weights.layers[l] + s->offset);
-            if (cv_arch_needs(arch, s, c) && model_bind(m, dir, s, l, out, err)) return -1;
+            if (cv_arch_needs(arch, s, c) && model_bind(m, dir, arch, s, l, out, err)) return -1;
         }
     }
     /* Tied: HF ties lm_head to the embedding even when the file also stores
@@ -242,7 +285,8 @@ cv_model *cv_model_load(const char *dir, cv_error *err)
         cv_model_free(m);
         return NULL;
     }
-    m->base_prefix = strcmp(arch->model_type, "gpt2") == 0 ? "transformer" : "model";
+    /* The Llama family's base_model_prefix is "model" too (LlamaPreTrainedModel). */
+    m->base_prefix = arch->base_prefix ? arch->base_prefix : "model.";
     if (model_bind_all(m, dir, arch, err)) {
         cv_model_free(m);
         return NULL;
@@ -257,9 +301,12 @@ void cv_model_free_tensor_list(cv_safetensors_entry *entries, size_t n_entries)
     free(entries);
 }
 
+/* Adds the stored tensor of spec S; the parts of a fused tensor after the
+ * first are the same stored tensor and add nothing. */
 static int list_add(cv_safetensors_entry *list, size_t *n, const cv_model_config *cfg,
                     const cv_tensor_spec *s, int layer, cv_dtype dtype, cv_error *err)
 {
+    if (s->n_parts > 1 && s->part > 0) return 0;
     char name[256];
     snprintf(name, sizeof name, s->pattern, layer);
     cv_safetensors_entry *e = &list[*n];

@@ -7,9 +7,10 @@
  * checkpoint that references any other Python global is refused.
  *
  * Architectures (LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM,
- * Qwen3ForCausalLM, ...) are described as data in arch.c: tensor names,
- * which biases and norms exist, the activation. The backends read cv_model
- * and never look at architecture names.
+ * Qwen3ForCausalLM, OPTForCausalLM, GPT2LMHeadModel) are described as data in
+ * arch.c: tensor names, which biases and norms exist, the activation. The
+ * backends read cv_model (the structure flags of cv_model_config and which
+ * optional tensors are present) and never look at architecture names.
  *
  * Ownership: cv_model_load returns a model the caller frees with
  * cv_model_free; every pointer inside stays valid until then. */
@@ -29,7 +30,15 @@ const char *cv_dtype_name(cv_dtype dtype);
 
 enum { CV_MAX_EOS_IDS = 8 };
 
-typedef enum { CV_ACT_SILU = 0, CV_ACT_GELU_TANH } cv_activation;
+/* GELU_TANH is HF's gelu_pytorch_tanh and gelu_new (the same function). */
+typedef enum { CV_ACT_SILU = 0, CV_ACT_GELU_TANH, CV_ACT_RELU } cv_activation;
+
+/* RMSNorm (weight) or LayerNorm (weight and bias, mean subtracted). */
+typedef enum { CV_NORM_RMS = 0, CV_NORM_LAYER } cv_norm_type;
+
+/* Rotary embeddings, or learned absolute position embeddings added to the
+ * token embeddings (OPT, GPT-2). */
+typedef enum { CV_POS_ROPE = 0, CV_POS_LEARNED } cv_pos_type;
 
 typedef enum { CV_ROPE_DEFAULT = 0, CV_ROPE_LINEAR, CV_ROPE_LLAMA3 } cv_rope_type;
 
@@ -43,7 +52,7 @@ typedef struct cv_model_config {
     int head_dim;          /* hidden_size / n_heads unless config says */
     int vocab_size;
     int max_position_embeddings; /* the model's context limit */
-    float rms_norm_eps;
+    float rms_norm_eps;          /* epsilon of every norm, RMSNorm or LayerNorm */
     float rope_theta;
     cv_rope_type rope_type;         /* rope_scaling.type / rope_type */
     float rope_factor;              /* linear and llama3 */
@@ -59,7 +68,28 @@ typedef struct cv_model_config {
                                * HF would cast to, the backends read as stored */
     cv_activation hidden_act; /* MLP activation (gated: act(gate) * up) */
     int sliding_window;       /* attention window in tokens; 0 = full attention */
+    /* Structure. Zero values are the Llama family's: pre-norm RMSNorm,
+     * rotary positions, gated MLP, no projections. */
+    cv_norm_type norm_type;
+    bool post_norm; /* the norm follows each residual add (OPT with
+                     * do_layer_norm_before false) instead of preceding
+                     * the sublayer */
+    cv_pos_type pos_type;
+    int pos_offset;     /* learned positions: position p reads row p + pos_offset
+                         * of pos_embed (OPT: 2) */
+    bool plain_mlp;     /* down(act(up x + b)) + b, no gate (OPT, GPT-2) */
+    bool linear_bias;   /* every projection has a bias (OPT enable_bias, GPT-2) */
+    bool no_final_norm; /* no norm before lm_head (post-norm OPT) */
+    int proj_dim;       /* OPT word_embed_proj_dim when it differs from
+                         * hidden_size: embedding rows and lm_head inputs are
+                         * this wide, with project_in / project_out; 0: none */
 } cv_model_config;
+
+/* Width of an embedding row and of the lm_head input. */
+static inline int cv_config_embed_dim(const cv_model_config *c)
+{
+    return c->proj_dim > 0 ? c->proj_dim : c->hidden_size;
+}
 
 /* One weight tensor inside the mapped files. data == NULL: absent (an
  * optional bias or norm this architecture does not have). Shapes are in
@@ -72,27 +102,40 @@ typedef struct cv_tensor {
 } cv_tensor;
 
 typedef struct cv_layer_weights {
-    cv_tensor attn_norm; /* (hidden) RMSNorm weight */
-    cv_tensor wq;        /* (n_heads * head_dim, hidden) */
-    cv_tensor wk;        /* (n_kv_heads * head_dim, hidden) */
-    cv_tensor wv;        /* (n_kv_heads * head_dim, hidden) */
-    cv_tensor bq;        /* (n_heads * head_dim) optional (Qwen2) */
-    cv_tensor bk;        /* (n_kv_heads * head_dim) optional */
-    cv_tensor bv;        /* (n_kv_heads * head_dim) optional */
-    cv_tensor q_norm;    /* (head_dim) optional per-head RMSNorm (Qwen3) */
-    cv_tensor k_norm;    /* (head_dim) optional */
-    cv_tensor wo;        /* (hidden, n_heads * head_dim) */
-    cv_tensor ffn_norm;  /* (hidden) */
-    cv_tensor w_gate;    /* (intermediate, hidden) */
-    cv_tensor w_up;      /* (intermediate, hidden) */
-    cv_tensor w_down;    /* (hidden, intermediate) */
+    cv_tensor attn_norm;   /* (hidden) norm weight before attention (after it
+                            * when post_norm) */
+    cv_tensor attn_norm_b; /* (hidden) LayerNorm bias */
+    cv_tensor wq;          /* (n_heads * head_dim, hidden) */
+    cv_tensor wk;          /* (n_kv_heads * head_dim, hidden) */
+    cv_tensor wv;          /* (n_kv_heads * head_dim, hidden) */
+    cv_tensor bq;          /* (n_heads * head_dim) optional (Qwen2) */
+    cv_tensor bk;          /* (n_kv_heads * head_dim) optional */
+    cv_tensor bv;          /* (n_kv_heads * head_dim) optional */
+    cv_tensor q_norm;      /* (head_dim) optional per-head RMSNorm (Qwen3) */
+    cv_tensor k_norm;      /* (head_dim) optional */
+    cv_tensor wo;          /* (hidden, n_heads * head_dim) */
+    cv_tensor bo;          /* (hidden) optional (linear_bias) */
+    cv_tensor ffn_norm;    /* (hidden) */
+    cv_tensor ffn_norm_b;  /* (hidden) LayerNorm bias */
+    cv_tensor w_gate;      /* (intermediate, hidden); absent when plain_mlp */
+    cv_tensor w_up;        /* (intermediate, hidden) (OPT fc1, GPT-2 c_fc) */
+    cv_tensor b_up;        /* (intermediate) optional (linear_bias) */
+    cv_tensor w_down;      /* (hidden, intermediate) */
+    cv_tensor b_down;      /* (hidden) optional (linear_bias) */
 } cv_layer_weights;
 
+/* GPT-2 stores its projections in Conv1D layout, (in, out), and q, k, v as
+ * one c_attn matrix: the loader transposes and splits them once, so every
+ * matrix here is (out, in) whatever the checkpoint's layout. */
 typedef struct cv_model_weights {
-    cv_tensor embed;          /* (vocab, hidden) */
+    cv_tensor embed;          /* (vocab, embed_dim) */
+    cv_tensor pos_embed;      /* (max_position + pos_offset, hidden) learned positions */
+    cv_tensor project_in;     /* (hidden, proj_dim) when proj_dim */
     cv_layer_weights *layers; /* (n_layers) */
-    cv_tensor final_norm;     /* (hidden) */
-    cv_tensor lm_head;        /* (vocab, hidden); same data as embed when tied */
+    cv_tensor final_norm;     /* (hidden); absent for post-norm OPT */
+    cv_tensor final_norm_b;   /* (hidden) LayerNorm bias */
+    cv_tensor project_out;    /* (proj_dim, hidden) when proj_dim */
+    cv_tensor lm_head;        /* (vocab, embed_dim); same data as embed when tied */
 } cv_model_weights;
 
 typedef struct cv_model cv_model;
@@ -153,12 +196,14 @@ float cv_dtype_load(const void *array, size_t i, cv_dtype dtype);
 void cv_dtype_store(void *array, size_t i, cv_dtype dtype, float x);
 
 /* Writes DIR/config.json and DIR/generation_config.json (HF layout, as
- * transformers 4.x names the keys, which 5.x also reads) describing CFG;
+ * transformers 4.x names the keys, which 5.x also reads; OPTConfig's and
+ * GPT2Config's own keys for those architectures) describing CFG;
  * cfg->dtype becomes torch_dtype. DIR must exist. */
 int cv_model_write_config(const char *dir, const cv_model_config *cfg, cv_error *err);
 
-/* The tensors cv_model_load expects for CFG (architecture, shapes, optional
- * biases and norms, lm_head when untied), in load order, each with dtype
+/* The tensors cv_model_load expects for CFG (architecture, shapes as stored:
+ * GPT-2's Conv1D matrices (in, out) and c_attn fused, optional biases and
+ * norms, lm_head when untied), in load order, each with dtype
  * DTYPE and data NULL: what a writer of a model for CFG must store. On
  * success *entries (n_entries) is owned by the caller, who frees it with
  * cv_model_free_tensor_list. */

@@ -70,17 +70,24 @@ typedef enum {
     CV_DIM_HIDDEN = 0,
     CV_DIM_INTER,
     CV_DIM_VOCAB,
-    CV_DIM_Q,    /* n_heads * head_dim */
-    CV_DIM_KV,   /* n_kv_heads * head_dim */
-    CV_DIM_HEAD, /* head_dim */
+    CV_DIM_Q,     /* n_heads * head_dim */
+    CV_DIM_KV,    /* n_kv_heads * head_dim */
+    CV_DIM_HEAD,  /* head_dim */
+    CV_DIM_EMBED, /* cv_config_embed_dim: embedding row width */
+    CV_DIM_PROJ,  /* proj_dim (OPT word_embed_proj_dim) */
+    CV_DIM_POS,   /* max_position_embeddings + pos_offset: learned positions */
+    CV_DIM_QKV,   /* 3 * n_heads * head_dim: GPT-2's fused q, k, v */
 } cv_dim;
 
 /* When a tensor must be present. */
 typedef enum {
     CV_NEED_ALWAYS = 0,
-    CV_NEED_QKV_BIAS, /* architectures with q/k/v projection biases */
-    CV_NEED_QK_NORM,  /* architectures with per-head q/k RMSNorm */
-    CV_NEED_UNTIED,   /* only when tie_word_embeddings is false */
+    CV_NEED_QKV_BIAS,   /* architectures with q/k/v projection biases */
+    CV_NEED_QK_NORM,    /* architectures with per-head q/k RMSNorm */
+    CV_NEED_UNTIED,     /* only when tie_word_embeddings is false */
+    CV_NEED_BIAS,       /* only when linear_bias (OPT enable_bias) */
+    CV_NEED_FINAL_NORM, /* only when no_final_norm is false */
+    CV_NEED_PROJ,       /* only when proj_dim is set */
 } cv_need;
 
 typedef struct cv_tensor_spec {
@@ -89,8 +96,21 @@ typedef struct cv_tensor_spec {
     const char *pattern; /* HF name; "%d" is the layer index */
     cv_need need;
     int n_dims;
-    cv_dim dims[2];
+    cv_dim dims[2]; /* the stored shape */
+    /* Conv1D layout (GPT-2): stored (in, out), bound transposed to (out, in). */
+    bool conv1d;
+    /* When n_parts > 1 the bound tensor is part PART of N_PARTS equal slices
+     * of the (transposed) stored tensor's first dimension: GPT-2's c_attn
+     * holds q, k and v. */
+    int part, n_parts;
 } cv_tensor_spec;
+
+/* Which config.json keys an architecture's HF config class uses. */
+typedef enum {
+    CV_FAMILY_LLAMA = 0, /* LlamaConfig and its descendants */
+    CV_FAMILY_OPT,       /* OPTConfig */
+    CV_FAMILY_GPT2,      /* GPT2Config (n_embd, n_layer, ...) */
+} cv_family;
 
 typedef struct cv_arch {
     const char *name;       /* config.json "architectures"[0] */
@@ -109,6 +129,12 @@ typedef struct cv_arch {
     int default_bos;            /* -1: none */
     int default_eos;            /* -1: none */
     int default_sliding_window; /* tokens; 0: full attention */
+    cv_family family;
+    /* Checkpoints saved from the base model (facebook/opt-125m's
+     * "decoder.layers.0...", gpt2's "h.0...") lack this prefix of the
+     * tensor names; the loader then looks the names up without it, as HF's
+     * from_pretrained and vLLM do. NULL: none. */
+    const char *base_prefix;
 } cv_arch;
 
 const cv_arch *cv_arch_find(const char *name);
@@ -121,7 +147,24 @@ int64_t cv_arch_dim(const cv_model_config *c, cv_dim d);
 void cv_arch_names(char *buf, size_t n);
 
 /* Fills cfg from DIR/config.json and DIR/generation_config.json and returns
- * the architecture it names. */
+ * the architecture it names (config.c; OPT and GPT-2 keys in
+ * config_legacy.c). */
 int cv_config_load(const char *dir, cv_model_config *cfg, const cv_arch **arch, cv_error *err);
+
+/* Readers of one config.json key shared by config.c and config_legacy.c:
+ * a missing or null key is an error when REQUIRED, else leaves *out (the
+ * default); errors name PATH and the key. */
+int cv_cfg_int(json_t *obj, const char *key, bool required, int min, int *out, const char *path,
+               cv_error *err);
+int cv_cfg_num(json_t *obj, const char *key, bool required, float *out, const char *path,
+               cv_error *err);
+int cv_cfg_bool(json_t *root, const char *key, bool *out, const char *path, cv_error *err);
+/* eos_token_id: an integer, a list of integers, or null. */
+int cv_cfg_eos(json_t *obj, cv_model_config *cfg, const char *path, cv_error *err);
+
+/* The OPTConfig and GPT2Config keys (config_legacy.c); cfg holds the
+ * architecture's defaults already. */
+int cv_config_parse_opt(json_t *root, cv_model_config *cfg, const char *path, cv_error *err);
+int cv_config_parse_gpt2(json_t *root, cv_model_config *cfg, const char *path, cv_error *err);
 
 #endif

@@ -429,6 +429,69 @@ static void test_rmsnorm(void **state)
     assert_memory_equal(x, out, sizeof out);
 }
 
+/* LayerNorm against the double-precision formula, with a large common
+ * offset (the mean must be subtracted before squaring), and in place. */
+static void test_layernorm(void **state)
+{
+    (void)state;
+    enum { N = 77 };
+    float x[N], w[N], b[N], out[N];
+    double sum = 0.0;
+    for (int i = 0; i < N; i++) {
+        x[i] = 100.0f + 3.0f * frand();
+        w[i] = 1.0f + frand();
+        b[i] = frand();
+        sum += x[i];
+    }
+    const double mean = sum / N;
+    double var = 0.0;
+    for (int i = 0; i < N; i++)
+        var += (x[i] - mean) * (x[i] - mean) / N;
+    const double inv = 1.0 / sqrt(var + 1e-5);
+    cpu_layernorm(x, w, b, N, 1e-5f, out);
+    for (int i = 0; i < N; i++) {
+        const double want = (x[i] - mean) * inv * w[i] + b[i];
+        assert_float_equal(out[i], want, 1e-5 * (1.0 + fabs(want)));
+    }
+    cpu_layernorm(x, w, b, N, 1e-5f, x);
+    assert_memory_equal(x, out, sizeof out);
+    /* A constant row: variance 0, the output is the bias. */
+    for (int i = 0; i < N; i++)
+        x[i] = 2.5f;
+    cpu_layernorm(x, w, b, N, 1e-5f, out);
+    assert_memory_equal(out, b, sizeof out);
+}
+
+/* The plain MLP's activations against double precision: relu exactly,
+ * gelu_new (the tanh approximation) to 1e-6 relative. */
+static void test_plain_act(void **state)
+{
+    (void)state;
+    enum { N = 41 };
+    float x[N], got[N];
+    for (int i = 0; i < N; i++)
+        x[i] = 12.0f * frand();
+    x[0] = 0.0f;
+    x[1] = -0.0f;
+    memcpy(got, x, sizeof got);
+    cpu_act(CV_ACT_RELU, got, N);
+    for (int i = 0; i < N; i++)
+        assert_true(got[i] == (x[i] > 0.0f ? x[i] : 0.0f));
+    memcpy(got, x, sizeof got);
+    cpu_act(CV_ACT_GELU_TANH, got, N);
+    for (int i = 0; i < N; i++) {
+        const double v = x[i];
+        const double want = 0.5 * v * (1.0 + tanh(sqrt(2.0 / M_PI) * (v + 0.044715 * v * v * v)));
+        assert_float_equal(got[i], want, 1e-6 * (1.0 + fabs(want)));
+    }
+    memcpy(got, x, sizeof got);
+    cpu_act(CV_ACT_SILU, got, N);
+    for (int i = 0; i < N; i++) {
+        const double want = x[i] / (1.0 + exp(-(double)x[i]));
+        assert_float_equal(got[i], want, 1e-6 * (1.0 + fabs(want)));
+    }
+}
+
 static cv_model_config rope_config(cv_rope_type type)
 {
     cv_model_config c;
@@ -487,6 +550,8 @@ int main(void)
         cmocka_unit_test(test_f32_narrowing),
         cmocka_unit_test(test_gated_act),
         cmocka_unit_test(test_rmsnorm),
+        cmocka_unit_test(test_layernorm),
+        cmocka_unit_test(test_plain_act),
         cmocka_unit_test(test_rope_inv_freq),
         cmocka_unit_test(test_rope_apply),
         cmocka_unit_test(test_pack_layout),

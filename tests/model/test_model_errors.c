@@ -71,11 +71,11 @@ static void test_malformed_config(void **state)
 
 static void test_unknown_architecture(void **state)
 {
-    fx_json_set(*state, "config.json", "architectures", json_pack("[s]", "GPT2LMHeadModel"));
+    fx_json_set(*state, "config.json", "architectures", json_pack("[s]", "FalconForCausalLM"));
     fx_assert_load_error(*state,
-                         "%s/config.json: unknown architecture 'GPT2LMHeadModel' (supported: "
+                         "%s/config.json: unknown architecture 'FalconForCausalLM' (supported: "
                          "LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, "
-                         "Qwen3ForCausalLM)",
+                         "Qwen3ForCausalLM, OPTForCausalLM, GPT2LMHeadModel)",
                          (char *)*state);
 }
 

@@ -64,23 +64,48 @@ static int check_config(const cv_model_config *c, cv_error *err)
     if (c->n_heads % c->n_kv_heads != 0)
         return cv_errorf(err, "cpu backend: n_heads %d is not a multiple of n_kv_heads %d",
                          c->n_heads, c->n_kv_heads);
-    if (c->head_dim % 2 != 0)
+    if (c->pos_type == CV_POS_ROPE && c->head_dim % 2 != 0)
         return cv_errorf(err, "cpu backend: head_dim %d is odd (RoPE needs pairs)", c->head_dim);
+    if (c->hidden_act != CV_ACT_SILU && c->hidden_act != CV_ACT_GELU_TANH &&
+        c->hidden_act != CV_ACT_RELU)
+        return cv_errorf(err, "cpu backend: unsupported activation %d", (int)c->hidden_act);
+    if (c->hidden_act == CV_ACT_RELU && !c->plain_mlp)
+        return cv_errorf(err, "cpu backend: relu is supported only in a non-gated MLP");
+    if (c->pos_type == CV_POS_LEARNED && (c->max_position_embeddings <= 0 || c->pos_offset < 0))
+        return cv_errorf(err,
+                         "cpu backend: learned positions need max_position_embeddings %d > 0 and "
+                         "pos_offset %d >= 0",
+                         c->max_position_embeddings, c->pos_offset);
     return 0;
+}
+
+/* The global tensors: embedding, positions, projections, final norm, head. */
+static int check_globals(const cv_model_config *c, const cv_model_weights *w, cv_error *err)
+{
+    const int64_t h = c->hidden_size, e = cv_config_embed_dim(c), p = c->proj_dim;
+    const bool ln = c->norm_type == CV_NORM_LAYER, proj = p > 0;
+    const bool final = !c->no_final_norm, learned = c->pos_type == CV_POS_LEARNED;
+    return check_tensor(&w->embed, "embed", -1, c->vocab_size, e, false, err) ||
+           check_tensor(&w->lm_head, "lm_head", -1, c->vocab_size, e, false, err) ||
+           check_tensor(&w->final_norm, "final_norm", -1, h, -1, !final, err) ||
+           check_tensor(&w->final_norm_b, "final_norm_b", -1, h, -1, !(final && ln), err) ||
+           check_tensor(&w->pos_embed, "pos_embed", -1,
+                        (int64_t)c->max_position_embeddings + c->pos_offset, h, !learned, err) ||
+           check_tensor(&w->project_in, "project_in", -1, h, p, !proj, err) ||
+           check_tensor(&w->project_out, "project_out", -1, p, h, !proj, err);
 }
 
 static int check_weights(const cv_model_config *c, const cv_model_weights *w, cv_error *err)
 {
     const int64_t h = c->hidden_size, f = c->intermediate_size, hd = c->head_dim;
     const int64_t qd = (int64_t)c->n_heads * hd, kd = (int64_t)c->n_kv_heads * hd;
-    if (check_tensor(&w->embed, "embed", -1, c->vocab_size, h, false, err) ||
-        check_tensor(&w->lm_head, "lm_head", -1, c->vocab_size, h, false, err) ||
-        check_tensor(&w->final_norm, "final_norm", -1, h, -1, false, err))
-        return -1;
+    const bool ln = c->norm_type == CV_NORM_LAYER;
+    if (check_globals(c, w, err)) return -1;
     if (!w->layers) return cv_errorf(err, "cpu backend: weights have no layers");
     for (int l = 0; l < c->n_layers; l++) {
         const cv_layer_weights *L = &w->layers[l];
         if (check_tensor(&L->attn_norm, "attn_norm", l, h, -1, false, err) ||
+            check_tensor(&L->attn_norm_b, "attn_norm_b", l, h, -1, !ln, err) ||
             check_tensor(&L->wq, "wq", l, qd, h, false, err) ||
             check_tensor(&L->wk, "wk", l, kd, h, false, err) ||
             check_tensor(&L->wv, "wv", l, kd, h, false, err) ||
@@ -90,10 +115,14 @@ static int check_weights(const cv_model_config *c, const cv_model_weights *w, cv
             check_tensor(&L->q_norm, "q_norm", l, hd, -1, true, err) ||
             check_tensor(&L->k_norm, "k_norm", l, hd, -1, true, err) ||
             check_tensor(&L->wo, "wo", l, h, qd, false, err) ||
+            check_tensor(&L->bo, "bo", l, h, -1, true, err) ||
             check_tensor(&L->ffn_norm, "ffn_norm", l, h, -1, false, err) ||
-            check_tensor(&L->w_gate, "w_gate", l, f, h, false, err) ||
+            check_tensor(&L->ffn_norm_b, "ffn_norm_b", l, h, -1, !ln, err) ||
+            check_tensor(&L->w_gate, "w_gate", l, f, h, c->plain_mlp, err) ||
             check_tensor(&L->w_up, "w_up", l, f, h, false, err) ||
-            check_tensor(&L->w_down, "w_down", l, h, f, false, err))
+            check_tensor(&L->b_up, "b_up", l, f, -1, true, err) ||
+            check_tensor(&L->w_down, "w_down", l, h, f, false, err) ||
+            check_tensor(&L->b_down, "b_down", l, h, -1, true, err))
             return -1;
     }
     return 0;
@@ -104,18 +133,17 @@ static size_t padded(size_t bytes) /* keeps every copy 64-byte aligned */
     return (bytes + 63) & ~(size_t)63;
 }
 
-/* The tensors copy_matrices moves: lm_head and 7 per layer. */
-static int matrix_list(cv_backend *bk, int i, cv_tensor **t)
+/* Slot i of the matrices copy_matrices moves: lm_head, project_in,
+ * project_out, then 7 per layer; NULL past the last. A slot's tensor has no
+ * data when the model lacks it (projections, the gate of a plain MLP). */
+static cv_tensor *matrix_at(cv_backend *bk, int i)
 {
-    if (i == 0) {
-        *t = &bk->lm_head;
-        return 1;
-    }
-    if (i > 7 * bk->cfg.n_layers) return 0;
-    cv_layer_weights *w = &bk->layers[(i - 1) / 7].w;
+    if (i < 3) return i == 0 ? &bk->lm_head : i == 1 ? &bk->project_in : &bk->project_out;
+    i -= 3;
+    if (i >= 7 * bk->cfg.n_layers) return NULL;
+    cv_layer_weights *w = &bk->layers[i / 7].w;
     cv_tensor *mats[7] = {&w->wq, &w->wk, &w->wv, &w->wo, &w->w_gate, &w->w_up, &w->w_down};
-    *t = mats[(i - 1) % 7];
-    return 1;
+    return mats[i % 7];
 }
 
 /* Packs every matrix (cpu_pack), converted to dtype, into one 2 MiB-aligned
@@ -126,15 +154,18 @@ static int copy_matrices(cv_backend *bk, cv_dtype dtype, cv_error *err)
     const size_t huge = (size_t)2 << 20;
     size_t total = 0;
     cv_tensor *t;
-    for (int i = 0; matrix_list(bk, i, &t); i++)
-        total += padded((size_t)cpu_packed_elems(t->shape[0], t->shape[1]) * cv_dtype_size(dtype));
+    for (int i = 0; (t = matrix_at(bk, i)); i++)
+        if (t->data)
+            total +=
+                padded((size_t)cpu_packed_elems(t->shape[0], t->shape[1]) * cv_dtype_size(dtype));
     total = (total + huge - 1) & ~(huge - 1);
     char *p = aligned_alloc(huge, total);
     if (!p) return cv_errorf(err, "cpu backend: out of memory for a %zu-byte weight copy", total);
     /* Only a hint: without transparent huge pages the copy still works. */
     (void)madvise(p, total, MADV_HUGEPAGE);
     bk->matrix_copy = p;
-    for (int i = 0; matrix_list(bk, i, &t); i++) {
+    for (int i = 0; (t = matrix_at(bk, i)); i++) {
+        if (!t->data) continue;
         bk->matrix_elems += t->shape[0] * t->shape[1];
         cpu_pack(p, dtype, t->data, t->dtype, t->shape[0], t->shape[1]);
         t->data = p;
@@ -148,10 +179,6 @@ cv_backend *cpu_backend_create_from(const cv_model_config *cfg, const cv_model_w
                                     int n_threads, cv_dtype matrix_dtype, cv_error *err)
 {
     if (check_config(cfg, err) || check_weights(cfg, weights, err)) return NULL;
-    if (cfg->hidden_act != CV_ACT_SILU && cfg->hidden_act != CV_ACT_GELU_TANH) {
-        cv_errorf(err, "cpu backend: unsupported activation %d", (int)cfg->hidden_act);
-        return NULL;
-    }
     cv_backend *bk = calloc(1, sizeof *bk);
     if (!bk) {
         cv_errorf(err, "cpu backend: out of memory");
@@ -176,18 +203,29 @@ cv_backend *cpu_backend_create_from(const cv_model_config *cfg, const cv_model_w
     cv_rope_inv_freq(cfg, bk->inv_freq);
     const int64_t h = cfg->hidden_size, hd = cfg->head_dim;
     const int64_t qd = cfg->n_heads * hd, kd = cfg->n_kv_heads * hd;
-    if (widen(&weights->final_norm, h, &bk->final_norm, err)) goto fail;
+    const int64_t f = cfg->intermediate_size;
+    bk->n_pos_rows = weights->pos_embed.data ? (int)weights->pos_embed.shape[0] : 0;
+    if (widen(&weights->final_norm, h, &bk->final_norm, err) ||
+        widen(&weights->final_norm_b, h, &bk->final_norm_b, err) ||
+        widen(&weights->pos_embed, bk->n_pos_rows * h, &bk->pos_embed, err))
+        goto fail;
     for (int l = 0; l < cfg->n_layers; l++) {
         const cv_layer_weights *L = &weights->layers[l];
         cpu_layer *cl = &bk->layers[l];
         cl->w = *L;
         if (widen(&L->attn_norm, h, &cl->attn_norm, err) ||
-            widen(&L->ffn_norm, h, &cl->ffn_norm, err) || widen(&L->bq, qd, &cl->bq, err) ||
+            widen(&L->attn_norm_b, h, &cl->attn_norm_b, err) ||
+            widen(&L->ffn_norm, h, &cl->ffn_norm, err) ||
+            widen(&L->ffn_norm_b, h, &cl->ffn_norm_b, err) || widen(&L->bq, qd, &cl->bq, err) ||
             widen(&L->bk, kd, &cl->bk, err) || widen(&L->bv, kd, &cl->bv, err) ||
-            widen(&L->q_norm, hd, &cl->q_norm, err) || widen(&L->k_norm, hd, &cl->k_norm, err))
+            widen(&L->q_norm, hd, &cl->q_norm, err) || widen(&L->k_norm, hd, &cl->k_norm, err) ||
+            widen(&L->bo, h, &cl->bo, err) || widen(&L->b_up, f, &cl->b_up, err) ||
+            widen(&L->b_down, h, &cl->b_down, err))
             goto fail;
     }
     bk->lm_head = weights->lm_head;
+    bk->project_in = weights->project_in;
+    bk->project_out = weights->project_out;
     if (copy_matrices(bk, matrix_dtype, err)) goto fail;
     return bk;
 fail:
@@ -335,6 +373,9 @@ static int check_batch(const cv_backend *bk, const cv_batch *b, cv_error *err)
                              b->token_ids[t], bk->cfg.vocab_size - 1);
         if (b->positions[t] < 0)
             return cv_errorf(err, "%s: positions[%d] = %d is negative", fn, t, b->positions[t]);
+        if (bk->pos_embed && b->positions[t] >= bk->cfg.max_position_embeddings)
+            return cv_errorf(err, "%s: positions[%d] = %d is past the model's %d learned positions",
+                             fn, t, b->positions[t], bk->cfg.max_position_embeddings);
         if (b->slot_mapping[t] < 0 || b->slot_mapping[t] >= n_slots)
             return cv_errorf(err, "%s: slot_mapping[%d] = %" PRId64 " is outside slots 0..%" PRId64,
                              fn, t, b->slot_mapping[t], n_slots - 1);
@@ -356,11 +397,13 @@ static int reserve(cv_backend *bk, int n_tokens, int n_logits, cv_error *err)
     const cv_model_config *c = &bk->cfg;
     /* Row widths rounded to 16 floats keep every row 64-byte aligned. */
 #define ROUND16(n) ((((size_t)(n)) + 15) & ~(size_t)15)
-    size_t wh = ROUND16(c->hidden_size), wq = ROUND16((size_t)c->n_heads * c->head_dim),
+    const int e = cv_config_embed_dim(c);
+    size_t wh = ROUND16(c->hidden_size > e ? c->hidden_size : e),
+           wq = ROUND16((size_t)c->n_heads * c->head_dim),
            wk = ROUND16((size_t)c->n_kv_heads * c->head_dim), wf = ROUND16(c->intermediate_size),
            wr = ROUND16(c->head_dim / 2);
     size_t per_tok = 2 * wh + 2 * wq + 2 * wk + 2 * wf + 2 * wr + 1;
-    size_t total = (size_t)nt * per_tok + (size_t)nl * wh;
+    size_t total = (size_t)nt * per_tok + 2 * (size_t)nl * wh;
     float *act = alloc_floats(total);
     int32_t *tok_seq = malloc((size_t)nt * sizeof *tok_seq);
     if (!act || !tok_seq) {
@@ -383,7 +426,8 @@ static int reserve(cv_backend *bk, int n_tokens, int n_logits, cv_error *err)
     bk->up = p, p += (size_t)nt * wf;
     bk->rope_cos = p, p += (size_t)nt * wr;
     bk->rope_sin = p, p += (size_t)nt * wr;
-    bk->xl = p;
+    bk->xl = p, p += (size_t)nl * wh;
+    bk->xp = p;
 #undef ROUND16
     bk->ld_h = (int)wh, bk->ld_q = (int)wq, bk->ld_kv = (int)wk, bk->ld_f = (int)wf;
     bk->ld_r = (int)wr;
@@ -409,7 +453,12 @@ void cv_backend_destroy(cv_backend *backend)
         for (int l = 0; l < backend->cfg.n_layers; l++) {
             cpu_layer *cl = &backend->layers[l];
             free(cl->attn_norm);
+            free(cl->attn_norm_b);
             free(cl->ffn_norm);
+            free(cl->ffn_norm_b);
+            free(cl->bo);
+            free(cl->b_up);
+            free(cl->b_down);
             free(cl->bq);
             free(cl->bk);
             free(cl->bv);
@@ -420,6 +469,8 @@ void cv_backend_destroy(cv_backend *backend)
     free(backend->layers);
     free(backend->matrix_copy);
     free(backend->final_norm);
+    free(backend->final_norm_b);
+    free(backend->pos_embed);
     free(backend->inv_freq);
     free(backend->work_next);
     free(backend->kv);

@@ -14,12 +14,17 @@
 typedef struct cpu_layer {
     cv_layer_weights w; /* the model's tensors, the matrices packed into matrix_copy */
     float *attn_norm;   /* (hidden) */
+    float *attn_norm_b; /* (hidden) LayerNorm bias */
     float *ffn_norm;    /* (hidden) */
+    float *ffn_norm_b;  /* (hidden) LayerNorm bias */
     float *bq;          /* (n_heads * head_dim) */
     float *bk;          /* (n_kv_heads * head_dim) */
     float *bv;          /* (n_kv_heads * head_dim) */
     float *q_norm;      /* (head_dim) */
     float *k_norm;      /* (head_dim) */
+    float *bo;          /* (hidden) */
+    float *b_up;        /* (intermediate) */
+    float *b_down;      /* (hidden) */
 } cpu_layer;
 
 /* A sense-free counting barrier for the OpenMP team (forward.c). */
@@ -32,7 +37,9 @@ typedef struct cpu_barrier {
 struct cv_backend {
     cv_model_config cfg;
     const cv_model_weights *weights; /* borrowed: the embedding is read from it */
-    cv_tensor lm_head;               /* (vocab, hidden) in matrix_copy */
+    cv_tensor lm_head;               /* (vocab, embed_dim) in matrix_copy */
+    cv_tensor project_in;            /* (hidden, proj_dim) in matrix_copy, when proj_dim */
+    cv_tensor project_out;           /* (proj_dim, hidden) in matrix_copy, when proj_dim */
     /* Every matrix of the model, packed once at create (cpu_pack) into
      * memory advised for 2 MiB pages: streamed from 4 KiB file pages the hardware
      * prefetcher stops at every page boundary and a decode step reads ~25%
@@ -46,9 +53,12 @@ struct cv_backend {
     double parallel_min_madds;
     const cpu_kernels *kern;
     int n_threads;
-    cpu_layer *layers; /* (n_layers) */
-    float *final_norm; /* (hidden) */
-    float *inv_freq;   /* (head_dim / 2) RoPE inverse frequencies, scaling applied */
+    cpu_layer *layers;   /* (n_layers) */
+    float *final_norm;   /* (hidden); NULL when the model has none */
+    float *final_norm_b; /* (hidden) LayerNorm bias */
+    float *pos_embed;    /* (max_position + pos_offset, hidden) learned positions */
+    int n_pos_rows;      /* rows of pos_embed */
+    float *inv_freq;     /* (head_dim / 2) RoPE inverse frequencies, scaling applied */
 
     /* KV pool in kv_dtype: block b, layer l, k (0) or v (1), kv head g,
      * token j starts at element
@@ -78,10 +88,12 @@ struct cv_backend {
     float *rope_cos;  /* (tokens, head_dim / 2) */
     float *rope_sin;  /* (tokens, head_dim / 2) */
     float *xl;        /* (logits, hidden) final-normed rows that get logits */
+    float *xp;        /* (logits, proj_dim) xl through project_out */
     int32_t *tok_seq; /* (tokens) sequence index of each token */
     /* Row strides (floats) of the buffers above, rounded to 16 so every row
      * starts 64-byte aligned. */
-    int ld_h;  /* x, xn, xl */
+    int ld_h;  /* x, xn, xl, xp: the wider of hidden and embed_dim (xn holds
+                * the embedding rows project_in reads) */
     int ld_q;  /* q, attn */
     int ld_kv; /* k, v */
     int ld_f;  /* gate, up */
@@ -115,6 +127,14 @@ int cpu_backend_set_simd(cv_backend *backend, cpu_simd_level level, cv_error *er
 
 /* x (n) *= rsqrt(mean(x^2) + eps) * weight, written to out. */
 void cpu_rmsnorm(const float *x, const float *weight, int n, float eps, float *out);
+
+/* LayerNorm: (x - mean(x)) / sqrt(var(x) + eps) * weight + bias (biased
+ * variance, as torch), written to out, which may be x. */
+void cpu_layernorm(const float *x, const float *weight, const float *bias, int n, float eps,
+                   float *out);
+
+/* x[i] = act(x[i]) for the non-gated MLP (relu, gelu_new). */
+void cpu_act(cv_activation act, float *x, int n);
 
 /* Rotates one head in place (HF rotate_half layout). */
 void cpu_rope_apply(float *head, const float *cos_t, const float *sin_t, int head_dim);

@@ -1,4 +1,7 @@
-/* One forward step of a Llama-family decoder over a paged KV cache.
+/* One forward step of a decoder over a paged KV cache: the Llama family
+ * (pre-norm RMSNorm, RoPE, gated MLP) and the structures cv_model_config
+ * also describes (OPT, GPT-2: LayerNorm, pre- or post-norm, learned
+ * positions, embedding projections, a plain MLP, biases).
  *
  * The whole step runs inside one OpenMP parallel region: every phase hands
  * out its work (weight row chunks, tokens, or (token, heads) pairs) to the
@@ -20,7 +23,7 @@
 enum { PH_ATTN_NORM, PH_QKV, PH_ROPE, PH_ATTN, PH_WO, PH_FFN_NORM, PH_MLP, PH_DOWN, PH_PER_LAYER };
 
 /* Phases after the layers, numbered from n_layers * PH_PER_LAYER. */
-enum { PH_EMBED, PH_FINAL_NORM, PH_LM_HEAD, PH_GLOBAL };
+enum { PH_EMBED, PH_PROJ_IN, PH_FINAL_NORM, PH_PROJ_OUT, PH_LM_HEAD, PH_GLOBAL };
 
 static inline int next_item(cv_backend *bk, int phase)
 {
@@ -68,6 +71,45 @@ void cpu_rmsnorm(const float *x, const float *weight, int n, float eps, float *o
     float inv = 1.0f / sqrtf((float)(ss / n) + eps);
     for (int i = 0; i < n; i++)
         out[i] = weight[i] * (x[i] * inv);
+}
+
+void cpu_layernorm(const float *x, const float *weight, const float *bias, int n, float eps,
+                   float *out)
+{
+    double sum = 0.0;
+    for (int i = 0; i < n; i++)
+        sum += x[i];
+    const double mean = sum / n;
+    double ss = 0.0;
+    for (int i = 0; i < n; i++)
+        ss += (x[i] - mean) * (x[i] - mean);
+    const float inv = 1.0f / sqrtf((float)(ss / n) + eps), m = (float)mean;
+    for (int i = 0; i < n; i++)
+        out[i] = (x[i] - m) * inv * weight[i] + bias[i];
+}
+
+void cpu_act(cv_activation act, float *x, int n)
+{
+    const float k = 0.7978845608028654f; /* sqrt(2 / pi) */
+    for (int i = 0; i < n; i++) {
+        const float v = x[i];
+        if (act == CV_ACT_RELU)
+            x[i] = v > 0.0f ? v : 0.0f;
+        else if (act == CV_ACT_GELU_TANH)
+            x[i] = 0.5f * v * (1.0f + tanhf(k * (v + 0.044715f * v * v * v)));
+        else
+            x[i] = v / (1.0f + expf(-v));
+    }
+}
+
+/* The model's norm of one row (RMSNorm, or LayerNorm with bias B). */
+static void norm_row(const cv_backend *bk, const float *x, const float *w, const float *b,
+                     float *out)
+{
+    if (bk->cfg.norm_type == CV_NORM_LAYER)
+        cpu_layernorm(x, w, b, bk->cfg.hidden_size, bk->cfg.rms_norm_eps, out);
+    else
+        cpu_rmsnorm(x, w, bk->cfg.hidden_size, bk->cfg.rms_norm_eps, out);
 }
 
 void cpu_rope_apply(float *head, const float *cos_t, const float *sin_t, int head_dim)
@@ -154,22 +196,36 @@ static void run_jobs(cv_backend *bk, int phase, const mm_job *jobs, int n_jobs, 
     team_barrier(bk);
 }
 
-/* act(gate) * up into gate, item by item so that each thread applies the
- * activation to the rows it just computed. */
-static void run_gated_mlp(cv_backend *bk, int phase, const cv_layer_weights *W, int n_tok)
+/* The MLP's first half into gate, item by item so that each thread applies
+ * the activation to the rows it just computed: act(gate) * up, or for a
+ * plain MLP act(up x + b_up). */
+static void run_mlp_in(cv_backend *bk, int phase, const cpu_layer *L, const float *xin, int n_tok)
 {
-    const int rows = chunk_rows(n_tok), n = (int)W->w_gate.shape[0];
-    const int in = (int)W->w_gate.shape[1], n_chunks = (n + rows - 1) / rows;
+    const cv_layer_weights *W = &L->w;
+    const int rows = chunk_rows(n_tok), n = (int)W->w_up.shape[0];
+    const int in = (int)W->w_up.shape[1], n_chunks = (n + rows - 1) / rows;
     const int parts = token_parts(n_chunks, n_tok, bk->barrier.n_threads);
     for (int c = next_item(bk, phase); c < n_chunks * parts; c = next_item(bk, phase)) {
         const work_item it = item_of(c, parts, n_tok);
         const int lo = it.chunk * rows, hi = lo + rows < n ? lo + rows : n;
-        const float *xn = bk->xn + (int64_t)it.t0 * bk->ld_h;
+        const float *x = xin + (int64_t)it.t0 * bk->ld_h;
         float *gate = bk->gate + (int64_t)it.t0 * bk->ld_f;
         float *up = bk->up + (int64_t)it.t0 * bk->ld_f;
-        bk->kern->matmul(W->w_gate.dtype, W->w_gate.data, in, xn, bk->ld_h, it.t1 - it.t0, gate,
+        if (bk->cfg.plain_mlp) {
+            bk->kern->matmul(W->w_up.dtype, W->w_up.data, in, x, bk->ld_h, it.t1 - it.t0, gate,
+                             bk->ld_f, lo, hi, false);
+            for (int t = 0; t < it.t1 - it.t0; t++) {
+                float *row = gate + (int64_t)t * bk->ld_f;
+                if (L->b_up)
+                    for (int o = lo; o < hi; o++)
+                        row[o] += L->b_up[o];
+                cpu_act(bk->cfg.hidden_act, row + lo, hi - lo);
+            }
+            continue;
+        }
+        bk->kern->matmul(W->w_gate.dtype, W->w_gate.data, in, x, bk->ld_h, it.t1 - it.t0, gate,
                          bk->ld_f, lo, hi, false);
-        bk->kern->matmul(W->w_up.dtype, W->w_up.data, in, xn, bk->ld_h, it.t1 - it.t0, up, bk->ld_f,
+        bk->kern->matmul(W->w_up.dtype, W->w_up.data, in, x, bk->ld_h, it.t1 - it.t0, up, bk->ld_f,
                          lo, hi, false);
         for (int t = 0; t < it.t1 - it.t0; t++)
             bk->kern->gated_act(bk->cfg.hidden_act, gate + (int64_t)t * bk->ld_f + lo,
@@ -188,20 +244,22 @@ static void store_kv(cv_backend *bk, size_t elem, const float *src, int n)
         bk->kern->narrow(bk->kv_dtype, src, dst, n);
 }
 
-/* Per-head norm (Qwen3), RoPE, and the K/V of each token into its slot. */
+/* Per-head norm (Qwen3), RoPE (unless positions are learned), and the K/V
+ * of each token into its slot. */
 static void rope_and_store(cv_backend *bk, const cv_batch *b, int layer)
 {
     const cv_model_config *c = &bk->cfg;
     const cpu_layer *L = &bk->layers[layer];
     const int hd = c->head_dim, bs = bk->block_size, nkv = c->n_kv_heads;
     const int phase = layer_phase(layer, PH_ROPE);
+    const bool rope = c->pos_type == CV_POS_ROPE;
     for (int t = next_item(bk, phase); t < b->n_tokens; t = next_item(bk, phase)) {
         const float *cs = bk->rope_cos + (int64_t)t * bk->ld_r;
         const float *sn = bk->rope_sin + (int64_t)t * bk->ld_r;
         float *q = bk->q + (int64_t)t * bk->ld_q;
         for (int h = 0; h < c->n_heads; h++) {
             if (L->q_norm) cpu_rmsnorm(q + h * hd, L->q_norm, hd, c->rms_norm_eps, q + h * hd);
-            cpu_rope_apply(q + h * hd, cs, sn, hd);
+            if (rope) cpu_rope_apply(q + h * hd, cs, sn, hd);
         }
         int64_t slot = b->slot_mapping[t];
         const size_t base = (size_t)(slot / bs) * bk->block_elems +
@@ -210,7 +268,7 @@ static void rope_and_store(cv_backend *bk, const cv_batch *b, int layer)
         const float *v = bk->v + (int64_t)t * bk->ld_kv;
         for (int g = 0; g < nkv; g++) {
             if (L->k_norm) cpu_rmsnorm(k + g * hd, L->k_norm, hd, c->rms_norm_eps, k + g * hd);
-            cpu_rope_apply(k + g * hd, cs, sn, hd);
+            if (rope) cpu_rope_apply(k + g * hd, cs, sn, hd);
             store_kv(bk, base + (size_t)g * bs * hd, k + g * hd, hd);
             store_kv(bk, base + (size_t)(nkv + g) * bs * hd, v + g * hd, hd);
         }
@@ -284,27 +342,33 @@ static void attend(cv_backend *bk, const cv_batch *b, int layer, int t, int h0, 
     }
 }
 
-/* x (tokens, hidden) -> xn: RMSNorm of every token, one token per item. */
-static void norm_tokens(cv_backend *bk, int phase, int n_tok, const float *weight)
+/* x (tokens, hidden) -> out (xn, or x itself after a post-norm residual
+ * add): the model's norm of every token, one token per item. */
+static void norm_tokens(cv_backend *bk, int phase, int n_tok, const float *weight,
+                        const float *bias, float *out)
 {
     for (int t = next_item(bk, phase); t < n_tok; t = next_item(bk, phase))
-        cpu_rmsnorm(bk->x + (int64_t)t * bk->ld_h, weight, bk->cfg.hidden_size,
-                    bk->cfg.rms_norm_eps, bk->xn + (int64_t)t * bk->ld_h);
+        norm_row(bk, bk->x + (int64_t)t * bk->ld_h, weight, bias, out + (int64_t)t * bk->ld_h);
     team_barrier(bk);
 }
 
+/* Pre-norm (Llama, OPT-125m, GPT-2): x += attn(norm(x)); x += mlp(norm(x)).
+ * Post-norm (opt-350m): x = norm(x + attn(x)); x = norm(x + mlp(x)). */
 static void layer_forward(cv_backend *bk, const cv_batch *b, int layer, int ith, int nth)
 {
     const cv_model_config *c = &bk->cfg;
     const cpu_layer *L = &bk->layers[layer];
     const cv_layer_weights *W = &L->w;
     const int nt = b->n_tokens;
+    const bool post = c->post_norm;
+    const float *in = post ? bk->x : bk->xn; /* input of each sublayer */
 
-    norm_tokens(bk, layer_phase(layer, PH_ATTN_NORM), nt, L->attn_norm);
+    if (!post)
+        norm_tokens(bk, layer_phase(layer, PH_ATTN_NORM), nt, L->attn_norm, L->attn_norm_b, bk->xn);
     const mm_job qkv[3] = {
-        {&W->wq, bk->xn, bk->ld_h, bk->q, bk->ld_q, false, L->bq},
-        {&W->wk, bk->xn, bk->ld_h, bk->k, bk->ld_kv, false, L->bk},
-        {&W->wv, bk->xn, bk->ld_h, bk->v, bk->ld_kv, false, L->bv},
+        {&W->wq, in, bk->ld_h, bk->q, bk->ld_q, false, L->bq},
+        {&W->wk, in, bk->ld_h, bk->k, bk->ld_kv, false, L->bk},
+        {&W->wv, in, bk->ld_h, bk->v, bk->ld_kv, false, L->bv},
     };
     run_jobs(bk, layer_phase(layer, PH_QKV), qkv, 3, nt);
     rope_and_store(bk, b, layer);
@@ -322,21 +386,28 @@ static void layer_forward(cv_backend *bk, const cv_batch *b, int layer, int ith,
         attend(bk, b, layer, item / items_per_tok, h0, h0 + per_item, scratch);
     }
     team_barrier(bk);
-    const mm_job wo = {&W->wo, bk->attn, bk->ld_q, bk->x, bk->ld_h, true, NULL};
+    const mm_job wo = {&W->wo, bk->attn, bk->ld_q, bk->x, bk->ld_h, true, L->bo};
     run_jobs(bk, layer_phase(layer, PH_WO), &wo, 1, nt);
-    norm_tokens(bk, layer_phase(layer, PH_FFN_NORM), nt, L->ffn_norm);
-    run_gated_mlp(bk, layer_phase(layer, PH_MLP), W, nt);
-    const mm_job down = {&W->w_down, bk->gate, bk->ld_f, bk->x, bk->ld_h, true, NULL};
+    if (post)
+        norm_tokens(bk, layer_phase(layer, PH_ATTN_NORM), nt, L->attn_norm, L->attn_norm_b, bk->x);
+    else
+        norm_tokens(bk, layer_phase(layer, PH_FFN_NORM), nt, L->ffn_norm, L->ffn_norm_b, bk->xn);
+    run_mlp_in(bk, layer_phase(layer, PH_MLP), L, in, nt);
+    const mm_job down = {&W->w_down, bk->gate, bk->ld_f, bk->x, bk->ld_h, true, L->b_down};
     run_jobs(bk, layer_phase(layer, PH_DOWN), &down, 1, nt);
+    if (post)
+        norm_tokens(bk, layer_phase(layer, PH_FFN_NORM), nt, L->ffn_norm, L->ffn_norm_b, bk->x);
 }
 
-/* Embedding rows, the token -> sequence map and each token's RoPE angles. */
+/* Embedding rows (into xn when project_in reads them) plus learned
+ * positions, the token -> sequence map and each token's RoPE angles. */
 static void prologue(cv_backend *bk, const cv_batch *b, int phase)
 {
     const cv_model_config *c = &bk->cfg;
     const cv_tensor *e = &bk->weights->embed;
-    const size_t esz = e->dtype == CV_DTYPE_F32 ? 4 : 2;
-    const int half = c->head_dim / 2;
+    const int width = (int)e->shape[1], h = c->hidden_size, half = c->head_dim / 2;
+    const size_t esz = cv_dtype_size(e->dtype);
+    const bool proj = bk->project_in.data != NULL;
     for (int t = next_item(bk, phase); t < b->n_tokens; t = next_item(bk, phase)) {
         int lo = 0, hi = b->n_seqs - 1; /* the sequence s with query_start[s] <= t */
         while (lo < hi) {
@@ -347,8 +418,19 @@ static void prologue(cv_backend *bk, const cv_batch *b, int phase)
                 hi = mid - 1;
         }
         bk->tok_seq[t] = lo;
-        const char *row = (const char *)e->data + (size_t)b->token_ids[t] * c->hidden_size * esz;
-        cpu_to_f32(e->dtype, row, bk->x + (int64_t)t * bk->ld_h, c->hidden_size);
+        const char *row = (const char *)e->data + (size_t)b->token_ids[t] * width * esz;
+        float *x = bk->x + (int64_t)t * bk->ld_h;
+        cpu_to_f32(e->dtype, row, proj ? bk->xn + (int64_t)t * bk->ld_h : x, width);
+        if (bk->pos_embed) {
+            /* HF: inputs_embeds + pos_embeds; with project_in the projection
+             * is added to the position row by the PH_PROJ_IN matmul. */
+            const float *pos = bk->pos_embed + (int64_t)(b->positions[t] + c->pos_offset) * h;
+            for (int i = 0; i < h; i++)
+                x[i] = proj ? pos[i] : x[i] + pos[i];
+        } else if (proj) {
+            memset(x, 0, (size_t)h * sizeof *x);
+        }
+        if (c->pos_type != CV_POS_ROPE) continue;
         /* HF: freqs = inv_freq * position in fp32, then cos / sin. */
         for (int i = 0; i < half; i++) {
             float angle = (float)b->positions[t] * bk->inv_freq[i];
@@ -364,15 +446,30 @@ static void forward_thread(cv_backend *bk, const cv_batch *b, float *logits, int
     const int global = c->n_layers * PH_PER_LAYER;
     prologue(bk, b, global + PH_EMBED);
     team_barrier(bk);
+    if (bk->project_in.data) {
+        const mm_job in = {&bk->project_in, bk->xn, bk->ld_h, bk->x, bk->ld_h, true, NULL};
+        run_jobs(bk, global + PH_PROJ_IN, &in, 1, b->n_tokens);
+    }
     for (int l = 0; l < c->n_layers; l++)
         layer_forward(bk, b, l, ith, nth);
     if (b->n_logits == 0) return;
     const int phase = global + PH_FINAL_NORM;
-    for (int i = next_item(bk, phase); i < b->n_logits; i = next_item(bk, phase))
-        cpu_rmsnorm(bk->x + (int64_t)b->logits_indices[i] * bk->ld_h, bk->final_norm,
-                    c->hidden_size, c->rms_norm_eps, bk->xl + (int64_t)i * bk->ld_h);
+    for (int i = next_item(bk, phase); i < b->n_logits; i = next_item(bk, phase)) {
+        const float *x = bk->x + (int64_t)b->logits_indices[i] * bk->ld_h;
+        float *xl = bk->xl + (int64_t)i * bk->ld_h;
+        if (bk->final_norm)
+            norm_row(bk, x, bk->final_norm, bk->final_norm_b, xl);
+        else
+            memcpy(xl, x, (size_t)c->hidden_size * sizeof *xl);
+    }
     team_barrier(bk);
-    const mm_job head = {&bk->lm_head, bk->xl, bk->ld_h, logits, c->vocab_size, false, NULL};
+    const float *head_in = bk->xl;
+    if (bk->project_out.data) {
+        const mm_job out = {&bk->project_out, bk->xl, bk->ld_h, bk->xp, bk->ld_h, false, NULL};
+        run_jobs(bk, global + PH_PROJ_OUT, &out, 1, b->n_logits);
+        head_in = bk->xp;
+    }
+    const mm_job head = {&bk->lm_head, head_in, bk->ld_h, logits, c->vocab_size, false, NULL};
     run_jobs(bk, global + PH_LM_HEAD, &head, 1, b->n_logits);
 }
 

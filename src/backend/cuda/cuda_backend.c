@@ -61,6 +61,15 @@ static int check_config(const cv_model_config *c, cv_error *err)
     if (c->head_dim % 2 != 0 || c->head_dim > CUDA_MAX_HEAD_DIM)
         return cv_errorf(err, "cuda backend: head_dim %d must be even and at most %d", c->head_dim,
                          CUDA_MAX_HEAD_DIM);
+    /* LayerNorm, learned positions, post-norm, projections, biased
+     * projections and the non-gated MLP (OPT, GPT-2) have no kernels here:
+     * refused rather than run as a Llama. */
+    if (c->norm_type != CV_NORM_RMS || c->pos_type != CV_POS_ROPE || c->post_norm || c->plain_mlp ||
+        c->proj_dim > 0 || c->linear_bias || c->no_final_norm)
+        return cv_errorf(err,
+                         "cuda backend: architecture %s is not implemented on the GPU (set "
+                         "\"device\": \"cpu\" in model.json to run it on the CPU)",
+                         c->architecture);
     if (c->hidden_act != CV_ACT_SILU && c->hidden_act != CV_ACT_GELU_TANH)
         return cv_errorf(err, "cuda backend: unsupported activation %d", (int)c->hidden_act);
     /* Refused rather than silently attending over the whole context. */
