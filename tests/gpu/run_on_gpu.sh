@@ -6,7 +6,8 @@
 # BUILD/gpu-shared/models/stories260K (a copy of ../shared's, which does not
 # travel). Make both with tests/gpu/make_bundle.sh.
 #
-# 1. test_gpu_fixtures (all HF fixtures, stories260K greedy), test_gpu_engine;
+# 1. test_gpu_fixtures (all HF fixtures, stories260K greedy), test_gpu_engine,
+#    test_gpu_attention;
 # 2. cvllm-dummy-model --shape L8B --dtype bf16 (timed);
 # 3. cvllm-bench-gpu-decode on it, then HF transformers on the same files;
 # 4. bench/gpu_decode/report.py -> $OUT/gpu_decode.md.
@@ -39,6 +40,11 @@ CVLLM_SHARED="$PWD/$BUILD/gpu-shared" CVLLM_SOURCE_DIR="$PWD" timeout 120 \
     "$BUILD/tests/test_gpu_engine" > "$OUT/test_gpu_engine.log" 2>&1
 echo "test_gpu_engine rc=$?"
 grep -E "^\[  (PASSED|FAILED|  FAILED|  ERROR) |ERROR" "$OUT/test_gpu_engine.log" | tail -8
+
+echo "== test_gpu_attention (tensor-core kernels vs an fp64 reference, timed)"
+timeout 120 "$BUILD/tests/test_gpu_attention" --bench > "$OUT/test_gpu_attention.log" 2>&1
+echo "test_gpu_attention rc=$?"
+tail -20 "$OUT/test_gpu_attention.log"
 
 echo "== compute-sanitizer (memcheck, racecheck) on two fixtures"
 for tool in memcheck racecheck; do
