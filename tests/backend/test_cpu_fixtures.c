@@ -4,7 +4,8 @@
  *
  * Each fixture is run (a) as one prefill per prompt, (b) with both prompts
  * interleaved in the same batches, in chunks and single decode tokens, through
- * a cache of 4-token blocks, and (c) greedily, one decode step at a time;
+ * a cache of 4-token blocks (bit for bit equal to (a)), and (c) greedily,
+ * one decode step at a time;
  * and that under every SIMD level this CPU has.
  *
  * Error measure (the fixtures' README): max |ours - ref| / max |ref| over all
@@ -44,7 +45,8 @@ static cv_backend *make_backend(const hf_fixture *f, cpu_simd_level level)
     return bk;
 }
 
-/* (a) and (b) for one SIMD level. */
+/* (a) and (b) for one SIMD level; (b) must also equal (a) bit for bit:
+ * a token's logits do not depend on what else is in its batch. */
 static void check_logits(const hf_fixture *f, cpu_simd_level level, const char *name)
 {
     const json_t *prompts = json_object_get(f->ref, "prompts");
@@ -53,12 +55,14 @@ static void check_logits(const hf_fixture *f, cpu_simd_level level, const char *
     const int vocab = f->cfg->vocab_size;
     int32_t ids[2][MAX_IDS];
     int n[2];
-    float *got[2];
+    float *got[2], *alone[2];
     for (int p = 0; p < 2; p++) {
         n[p] = hf_ids_from_json(json_object_get(json_array_get(prompts, p), "input_ids"), ids[p],
                                 MAX_IDS);
         got[p] = malloc((size_t)n[p] * vocab * sizeof(float));
+        alone[p] = malloc((size_t)n[p] * vocab * sizeof(float));
         assert_non_null(got[p]);
+        assert_non_null(alone[p]);
     }
     cv_error err = {.msg = ""};
 
@@ -78,6 +82,7 @@ static void check_logits(const hf_fixture *f, cpu_simd_level level, const char *
                       cpu_kernels_get(level)->name, p, all, last);
         assert_true(all <= tol);
         assert_true(last <= tol);
+        memcpy(alone[p], got[p], (size_t)n[p] * vocab * sizeof(float));
         cv_backend_destroy(bk);
     }
 
@@ -96,7 +101,9 @@ static void check_logits(const hf_fixture *f, cpu_simd_level level, const char *
         print_message("%s %s prompt %d mixed steps: rel err %.2e\n", name,
                       cpu_kernels_get(level)->name, p, all);
         assert_true(all <= tol);
+        assert_memory_equal(got[p], alone[p], (size_t)n[p] * vocab * sizeof(float));
         free(got[p]);
+        free(alone[p]);
     }
     cv_backend_destroy(bk);
 }
