@@ -24,7 +24,7 @@
 #include "../server/harness.h"
 #include "hub_harness.h"
 
-/* hub_server.py's commit for an id given without @COMMIT: sha1 of the id. */
+/* The id the seed names; hub_server.py serves it at commit sha1(id). */
 #define OPT_ID "facebook/opt-125m"
 #define OPT_CACHE "hub/models--facebook--opt-125m"
 
@@ -208,6 +208,16 @@ static void test_seed_vllm_model(void **state)
              "diff -r samples/model_repository/vllm_model '%s/vllm_model' 2>&1",
              home, repo, repo, repo);
     expect_cmd_ok(cmd);
+    /* ... and it is still the seed's: the hub id, the GPU share, eager,
+     * and no device (auto: the CPU here). */
+    snprintf(cmd, sizeof cmd, "%s/vllm_model/1/model.json", repo);
+    json_t *mj = json_load_file(cmd, 0, NULL);
+    assert_non_null(mj);
+    assert_string_equal(json_string_value(json_object_get(mj, "model")), OPT_ID);
+    assert_true(json_real_value(json_object_get(mj, "gpu_memory_utilization")) == 0.5);
+    assert_true(json_is_true(json_object_get(mj, "enforce_eager")));
+    assert_null(json_object_get(mj, "device"));
+    json_decref(mj);
 
     setenv("HF_HOME", home, 1);
     setenv("NO_PROXY", "127.0.0.1,localhost", 1); /* the loopback hub, never a proxy */
