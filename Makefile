@@ -7,7 +7,7 @@ CMAKE_FLAGS ?=
 # counting as skipped, which CI refuses (.ci/run).
 CTEST_GPU := $(if $(shell nvidia-smi -L 2>/dev/null),,-LE gpu)
 
-.PHONY: all build asan test test-fast fuzz quickstart format clean
+.PHONY: all build asan tsan test test-fast fuzz quickstart format clean
 
 all: build
 
@@ -27,6 +27,15 @@ test: build asan
 	ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
 	  ctest --test-dir build-asan --output-on-failure -j $(JOBS) $(CTEST_GPU)
 
+# The server and engine tests under ThreadSanitizer (build-tsan/);
+# tests/tsan.supp names the races that are libraries' own.
+tsan:
+	@scripts/install-deps
+	cmake -S . -B build-tsan -DCMAKE_BUILD_TYPE=Debug -DCVLLM_TSAN=ON -DCVLLM_CUDA=OFF $(CMAKE_FLAGS) >/dev/null
+	cmake --build build-tsan -j $(JOBS)
+	TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1 suppressions=$(CURDIR)/tests/tsan.supp" \
+	  ctest --test-dir build-tsan --output-on-failure -j $(JOBS) -R 'test_engine|test_server'
+
 test-fast: build
 	ctest --test-dir build --output-on-failure -j $(JOBS) $(CTEST_GPU)
 
@@ -40,7 +49,7 @@ format:
 	clang-format -i $$(git ls-files '*.c' '*.h' '*.cu')
 
 clean:
-	rm -rf build build-asan build-fuzz
+	rm -rf build build-asan build-tsan build-fuzz
 
 # Build everything, then serve the shipped sample model and query it.
 quickstart: build

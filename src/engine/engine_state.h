@@ -80,10 +80,11 @@ struct cv_engine {
     uint64_t *aborts; /* (n_aborts) request ids to abort */
     int n_aborts, cap_aborts;
     bool shutdown, drain;
-    bool unhealthy;    /* a step failed */
-    cv_error step_err; /* engine thread: why the last step failed ("" = out of memory) */
-    int n_active;      /* requests accepted and not finished (inbox included) */
-    int max_active;    /* bound on n_active (max_queued_requests) */
+    bool unhealthy;      /* a step failed */
+    int64_t n_steps_run; /* fault injection (test builds) counts steps */
+    cv_error step_err;   /* engine thread: why the last step failed ("" = out of memory) */
+    int n_active;        /* requests accepted and not finished (inbox included) */
+    int max_active;      /* bound on n_active (max_queued_requests) */
     uint64_t next_request_id;
 
     /* Engine thread only. */

@@ -2,6 +2,7 @@
  * sample, detokenize, check stops, deliver outputs. */
 #include <math.h>
 #include <omp.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -284,8 +285,10 @@ static int apply_job(cv_engine *e, const sample_job *j, uint64_t now)
 
 /* First token of an n > 1 request: the other sequences share the prompt's
  * blocks (the partial last block copied) and each samples its own first
- * token from the same logits. A child that finds no free block is queued
- * to recompute its prompt instead. */
+ * token from the same logits. A child that finds no free block, or no
+ * running slot under max_num_seqs, is queued to recompute its prompt
+ * instead (its prefix is then found in the cache); the scheduler admits it
+ * when a slot frees, so n > 1 never runs more than max_num_seqs sequences. */
 static int fork_children(cv_engine *e, request *req)
 {
     cv_seq *parent = req->seqs[0].seq;
@@ -296,7 +299,11 @@ static int fork_children(cv_engine *e, request *req)
         child->index = k;
         req->seqs[k].seq = child;
         int32_t src, dst;
-        int r = bm_fork(e->bm, parent, child, &src, &dst);
+        int r = -1;
+        if (e->sched.running.n < e->sched.max_num_seqs)
+            r = bm_fork(e->bm, parent, child, &src, &dst);
+        else
+            child->n_computed = 0;
         if (r == 1 && cv_device_backend_kv_copy(e->backend, &src, &dst, 1, &e->step_err) < 0)
             return -1;
         if ((r >= 0 ? sched_add_running(&e->sched, child) : sched_add(&e->sched, child, true)) < 0)
@@ -374,10 +381,34 @@ static void count_schedule(cv_engine *e, const sched_output *so)
     pthread_mutex_unlock(&e->stats_mu);
 }
 
+#ifdef CVLLM_FAULT_INJECTION
+/* Test builds: CVLLM_FAULT_FAIL_STEP="<text>:<n>" fails the n-th step (from
+ * 1) of every engine whose model path contains <text>, as a backend error
+ * would (CUDA out of memory, a lost device), so that tests can watch the
+ * model turn unhealthy while the others keep serving. */
+static bool fault_injected(cv_engine *e)
+{
+    const char *spec = getenv("CVLLM_FAULT_FAIL_STEP");
+    const char *colon = spec ? strrchr(spec, ':') : NULL;
+    if (!colon) return false;
+    e->n_steps_run++;
+    char text[256];
+    snprintf(text, sizeof text, "%.*s", (int)(colon - spec), spec);
+    if (!strstr(e->args.model, text) || e->n_steps_run != strtoll(colon + 1, NULL, 10))
+        return false;
+    cv_errorf(&e->step_err, "injected fault: step %lld failed (CVLLM_FAULT_FAIL_STEP)",
+              (long long)e->n_steps_run);
+    return true;
+}
+#endif
+
 int engine_step(cv_engine *e)
 {
     uint64_t t_step = cv_now_ns();
     e->step_err.msg[0] = '\0';
+#ifdef CVLLM_FAULT_INJECTION
+    if (fault_injected(e)) return -1;
+#endif
     sched_output so;
     if (sched_schedule(&e->sched, &so) < 0) return -1;
     count_schedule(e, &so);

@@ -7,16 +7,19 @@
 #include <grpc/byte_buffer.h>
 #include <grpc/byte_buffer_reader.h>
 #include <grpc/grpc.h>
+#include <grpc/grpc_posix.h>
 #include <grpc/grpc_security.h>
 #include <grpc/slice.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "base/clock.h"
 #include "base/log.h"
 #include "server/grpc_internal.h"
+#include "server/listen.h"
 
 #define STREAM_METHOD "/inference.GRPCInferenceService/ModelStreamInfer"
 #define LOAD_METHOD "/inference.GRPCInferenceService/RepositoryModelLoad"
@@ -99,6 +102,8 @@ struct cv_grpc {
     atomic_int n_calls; /* unary calls and streams alive (atomic: a load thread ends its call) */
     atomic_bool stop_out;
     atomic_int n_loading; /* RepositoryModelLoad calls whose load has not ended */
+    cv_listen *listen;    /* accepts for gRPC core, on the server's event loop */
+    grpc_server_credentials *creds;
 };
 
 static void request_next_call(cv_grpc *g);
@@ -214,12 +219,13 @@ static void unary_recv(cv_grpc *g, unary_call *u)
         return;
     }
     grpc_slice all = unary_message(u);
-    char *name = cv_grpc_load_request_name(GRPC_SLICE_START_PTR(all), GRPC_SLICE_LENGTH(all));
+    cv_error err = {.msg = ""};
+    char *name = cv_grpc_load_request_name(GRPC_SLICE_START_PTR(all), GRPC_SLICE_LENGTH(all), &err);
     grpc_slice_unref(all);
     load_job *job = malloc(sizeof *job);
     if (!name || !job) {
         unary_send(g, u, name ? GRPC_STATUS_INTERNAL : GRPC_STATUS_INVALID_ARGUMENT, NULL, 0,
-                   name ? "out of memory" : "cannot parse the request message");
+                   name ? "out of memory" : err.msg);
         free(name);
         free(job);
         return;
@@ -383,6 +389,12 @@ static void stream_request(stream *st, const uint8_t *data, size_t len)
         return;
     }
     cv_error err = {.msg = ""};
+    if (cv_grpc_check_strings(&inference__model_infer_request__descriptor, data, len, &err) < 0) {
+        /* Nothing of rq may be echoed back: its strings are not valid. */
+        inference__model_infer_request__free_unpacked(rq, NULL);
+        stream_error(st, NULL, err.msg);
+        return;
+    }
     stream_req *r = calloc(1, sizeof *r);
     if (!r) {
         stream_error(st, rq, "out of memory");
@@ -591,6 +603,20 @@ static void request_next_call(cv_grpc *g)
 
 static void grpc_destroy(void *state);
 
+/* A connection accepted on the gRPC port (event loop thread): gRPC core
+ * takes the socket over, unless the server is shutting down. */
+static void on_grpc_accept(int fd, void *arg)
+{
+    cv_grpc *g = arg;
+    pthread_mutex_lock(&g->mu);
+    bool open = !g->shutdown_started;
+    pthread_mutex_unlock(&g->mu);
+    if (open)
+        grpc_server_add_channel_from_fd(g->server, fd, g->creds);
+    else
+        close(fd);
+}
+
 static int grpc_start(cv_server *s, void **state, cv_error *err)
 {
     *state = NULL;
@@ -628,15 +654,18 @@ static int grpc_start(cv_server *s, void **state, cv_error *err)
     /* an IPv6 address goes in brackets before the port */
     snprintf(addr, sizeof addr, strchr(host, ':') ? "[%.256s]:%d" : "%.256s:%d", host,
              s->opts.grpc_port);
-    grpc_server_credentials *creds = grpc_insecure_server_credentials_create();
-    int port = grpc_server_add_http2_port(g->server, addr, creds);
-    grpc_server_credentials_release(creds);
-    if (port == 0) {
+    /* gRPC core's own listener stops for good on the first EMFILE; cvllm
+     * accepts (with back-off, see listen.h) and hands it connected sockets. */
+    g->creds = grpc_insecure_server_credentials_create();
+    grpc_server_start(g->server);
+    cv_error lerr = {.msg = ""};
+    g->listen = cv_listen_new(s->base, host, s->opts.grpc_port, "gRPC", on_grpc_accept, g, &lerr);
+    if (!g->listen) {
+        cv_log_verbose("%s", lerr.msg);
         cv_errorf_class(err, CV_ERR_UNAVAILABLE, "failed to start GRPC service: cannot bind %s",
                         addr);
         goto fail;
     }
-    grpc_server_start(g->server);
     pthread_mutex_lock(&g->mu);
     request_next_call(g);
     pthread_mutex_unlock(&g->mu);
@@ -693,6 +722,8 @@ static void grpc_destroy(void *state)
 {
     cv_grpc *g = state;
     if (!g) return;
+    cv_listen_free(g->listen); /* the event loop has stopped: nothing accepts now */
+    g->listen = NULL;
     if (g->server) {
         if (g->cq_started) {
             stop_accepting(g);
@@ -728,6 +759,7 @@ static void grpc_destroy(void *state)
         grpc_completion_queue_destroy(g->cq);
     }
     if (g->q) cv_output_queue_destroy(g->q);
+    if (g->creds) grpc_server_credentials_release(g->creds);
     pthread_mutex_destroy(&g->mu);
     free(g);
     grpc_shutdown();

@@ -2,6 +2,7 @@
  * unary RPCs and the ModelInferRequest / ModelStreamInferResponse codec
  * (raw tensors: BYTES elements as a 4-byte little-endian length and the
  * bytes, BOOL one byte, FP32/UINT32 little-endian). */
+#include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -302,7 +303,12 @@ static grpc_status_code model_statistics(unary_ctx *u, const Inference__ModelSta
 /* Unpacks `in` as `desc`, runs the handler, frees the request. */
 #define UNPACK(type, var)                                                                          \
     type *var = (type *)protobuf_c_message_unpack(desc, NULL, in_len, in);                         \
-    if (!var) return fail(&u, GRPC_STATUS_INVALID_ARGUMENT, "cannot parse the request message");
+    if (!var) return fail(&u, GRPC_STATUS_INVALID_ARGUMENT, "cannot parse the request message");   \
+    cv_error var##_err = {.msg = ""};                                                              \
+    if (cv_grpc_check_strings(desc, in, in_len, &var##_err) < 0) {                                 \
+        protobuf_c_message_free_unpacked(&var->base, NULL);                                        \
+        return fail(&u, GRPC_STATUS_INVALID_ARGUMENT, var##_err.msg);                              \
+    }
 
 grpc_status_code cv_grpc_unary(cv_server *s, const char *method, const uint8_t *in, size_t in_len,
                                uint8_t **out, size_t *out_len, char *msg, size_t msg_cap)
@@ -400,12 +406,21 @@ grpc_status_code cv_grpc_unary(cv_server *s, const char *method, const uint8_t *
     return fail(&u, GRPC_STATUS_UNIMPLEMENTED, "unknown method");
 }
 
-char *cv_grpc_load_request_name(const uint8_t *in, size_t len)
+char *cv_grpc_load_request_name(const uint8_t *in, size_t len, cv_error *err)
 {
     Inference__RepositoryModelLoadRequest *rq =
         inference__repository_model_load_request__unpack(NULL, len, in);
-    if (!rq) return NULL;
+    if (!rq) {
+        cv_errorf(err, "cannot parse the request message");
+        return NULL;
+    }
+    if (cv_grpc_check_strings(&inference__repository_model_load_request__descriptor, in, len, err) <
+        0) {
+        inference__repository_model_load_request__free_unpacked(rq, NULL);
+        return NULL;
+    }
     char *name = strdup(rq->model_name);
+    if (!name) cv_errorf(err, "out of memory");
     inference__repository_model_load_request__free_unpacked(rq, NULL);
     return name;
 }
@@ -446,6 +461,10 @@ static int set_param(cv_infer_request *ir, const char *key, const Inference__Inf
         v = json_real(p->double_param);
         break;
     case INFERENCE__INFER_PARAMETER__PARAMETER_CHOICE_UINT64_PARAM:
+        /* JSON integers are int64: 2^64-1 must not wrap to -1 (unlimited). */
+        if (p->uint64_param > INT64_MAX)
+            return cv_errorf(err, "parameter '%s': uint64_param %" PRIu64 " is out of range", key,
+                             p->uint64_param);
         v = json_integer((json_int_t)p->uint64_param);
         break;
     default:

@@ -17,9 +17,10 @@ grpc_status_code cv_grpc_unary(cv_server *s, const char *method, const uint8_t *
                                uint8_t **out, size_t *out_len, char *msg, size_t msg_cap);
 
 /* RepositoryModelLoad, answered apart because the load runs on a thread
- * of the core: the model name of the packed request (malloc'd; NULL when
- * it does not parse), and the reply once the load ended with rc / err. */
-char *cv_grpc_load_request_name(const uint8_t *in, size_t len);
+ * of the core: the model name of the packed request (malloc'd; NULL with
+ * err when it does not parse or a string field is not valid UTF-8), and
+ * the reply once the load ended with rc / err. */
+char *cv_grpc_load_request_name(const uint8_t *in, size_t len, cv_error *err);
 grpc_status_code cv_grpc_load_reply(int rc, const cv_error *err, uint8_t **out, size_t *out_len,
                                     char *msg, size_t msg_cap);
 
@@ -33,5 +34,11 @@ int cv_grpc_parse_infer(const Inference__ModelInferRequest *rq, const cv_model *
 uint8_t *cv_grpc_pack_stream_response(const cv_infer_response *resp, char *const *wanted,
                                       size_t n_wanted, const char *model, const char *version,
                                       const char *id, bool final, const char *error, size_t *len);
+
+/* 0 when every string field of the packed message `in` (a desc, nested
+ * messages included) is valid UTF-8 without NUL; otherwise -1 with err
+ * naming the field (answer INVALID_ARGUMENT). */
+int cv_grpc_check_strings(const ProtobufCMessageDescriptor *desc, const uint8_t *in, size_t len,
+                          cv_error *err);
 
 #endif

@@ -10,16 +10,23 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
 
 #include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <event2/event.h>
 #include <event2/http.h>
 #include <event2/keyvalq_struct.h>
+#include <event2/util.h>
 
 #include "base/clock.h"
 #include "base/log.h"
+#include "base/utf8.h"
+#include "base/workpool.h"
 #include "server/http_internal.h"
+#include "server/listen.h"
 
 /* ---- replies ------------------------------------------------------------ */
 
@@ -155,6 +162,8 @@ void http_detach_conn(http_req *hr)
 {
     if (hr->conn) evhttp_connection_set_closecb(hr->conn, NULL, NULL);
     hr->conn = NULL;
+    if (hr->hangup) event_free(hr->hangup);
+    hr->hangup = NULL;
 }
 
 static void req_finish(http_req *hr)
@@ -167,6 +176,7 @@ static void req_finish(http_req *hr)
         h->active = hr->next;
     if (hr->next) hr->next->prev = hr->prev;
     h->n_active--;
+    free(hr->deferred);
     json_decref(hr->pending);
     if (hr->oai) cv_openai_request_free(hr->oai);
     free(hr->oai);
@@ -206,7 +216,41 @@ static void on_conn_close(struct evhttp_connection *conn, void *arg)
     hr->gone = true;
     hr->conn = NULL;
     evhttp_connection_set_closecb(conn, NULL, NULL);
+    if (hr->hangup) event_free(hr->hangup);
+    hr->hangup = NULL;
     req_cancel(hr);
+}
+
+/* The socket of a non-streaming request in flight became readable or its
+ * peer hung up. evhttp reads nothing while a request is being answered
+ * and writes nothing before the final reply, so without this a client that
+ * left was only noticed when the whole generation was done. On a hang-up
+ * (or EOF) the engine request is aborted; its final reply then goes to the
+ * dead socket, where evhttp's write error frees the connection. Bytes of a
+ * pipelined next request end the watch (they stay for evhttp). */
+static void on_hangup(evutil_socket_t fd, short what, void *arg)
+{
+    http_req *hr = arg;
+    char c;
+    ssize_t n = (what & EV_CLOSED) ? 0 : recv(fd, &c, 1, MSG_PEEK | MSG_DONTWAIT);
+    if (n < 0 && (errno == EAGAIN || errno == EINTR)) return;
+    event_free(hr->hangup);
+    hr->hangup = NULL;
+    if (n <= 0) req_cancel(hr);
+}
+
+static void watch_hangup(cv_http *h, http_req *hr)
+{
+    struct bufferevent *bev = evhttp_connection_get_bufferevent(hr->conn);
+    evutil_socket_t fd = bev ? bufferevent_getfd(bev) : -1;
+    if (fd < 0) return;
+    bool early_close = event_base_get_features(h->s->base) & EV_FEATURE_EARLY_CLOSE;
+    hr->hangup =
+        event_new(h->s->base, fd, EV_PERSIST | (early_close ? EV_CLOSED : EV_READ), on_hangup, hr);
+    if (hr->hangup && event_add(hr->hangup, NULL) < 0) {
+        event_free(hr->hangup);
+        hr->hangup = NULL;
+    }
 }
 
 void http_sse_send(http_req *hr, const char *json_text)
@@ -330,7 +374,19 @@ static void on_outputs(evutil_socket_t fd, short what, void *arg)
         cv_log_warn("http: reading the output queue eventfd: %s", strerror(errno));
     cv_request_output *out;
     while ((out = cv_output_queue_pop(h->q))) {
-        handle_output(out->user_data, out);
+        http_req *hr = out->user_data;
+        if (hr->submitting) {
+            cv_request_output **d = realloc(hr->deferred, sizeof *d * (size_t)(hr->n_deferred + 1));
+            if (d) {
+                hr->deferred = d;
+                d[hr->n_deferred++] = out;
+                continue;
+            }
+            /* out of memory: the output is lost, the request is aborted */
+            cv_engine_abort(hr->model->engine, hr->engine_id);
+        } else {
+            handle_output(hr, out);
+        }
         cv_request_output_free(out);
     }
 }
@@ -410,17 +466,78 @@ void http_track_request(cv_http *h, http_req *hr, struct evhttp_request *req)
 {
     hr->req = req;
     hr->conn = evhttp_request_get_connection(req);
-    evhttp_connection_set_closecb(hr->conn, on_conn_close, hr);
     hr->next = h->active;
     if (h->active) h->active->prev = hr;
     h->active = hr;
     h->n_active++;
+    if (!hr->conn) {
+        /* The client left while the request was on the worker pool and
+         * evhttp detached it: abort; the final output frees it. */
+        hr->gone = true;
+        req_cancel(hr);
+        return;
+    }
+    evhttp_connection_set_closecb(hr->conn, on_conn_close, hr);
+    if (hr->kind != KIND_STREAM) watch_hangup(h, hr);
     if (hr->kind == KIND_STREAM) {
         struct evkeyvalq *hd = evhttp_request_get_output_headers(req);
         evhttp_add_header(hd, "Content-Type", "text/event-stream; charset=utf-8");
         evhttp_add_header(hd, "Cache-Control", "no-cache");
         evhttp_send_reply_start(req, 200, "OK");
     }
+}
+
+/* The engine request of a checked /generate(_stream) request is built on
+ * the worker pool: cv_infer_submit tokenizes the prompt, which for a long
+ * prompt takes seconds that every other client on this loop would wait
+ * (a 128 MB prompt stalled them 9 s). The loop replies when it is done. */
+typedef struct submit_job {
+    http_req *hr;
+    struct evhttp_request *req;
+    struct event *done;
+    int rc;
+    cv_error err;
+} submit_job;
+
+static void submit_on_pool(void *arg)
+{
+    submit_job *job = arg;
+    http_req *hr = job->hr;
+    job->rc =
+        cv_infer_prepare(&hr->ir, hr->model, &job->err) < 0 ||
+                !(hr->engine_id = cv_infer_submit(&hr->ir, hr->model, hr->h->q, hr, &job->err))
+            ? -1
+            : 0;
+    event_active(job->done, EV_TIMEOUT, 0);
+}
+
+static void on_submitted(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    submit_job *job = arg;
+    http_req *hr = job->hr;
+    cv_http *h = hr->h;
+    h->n_submitting--;
+    if (job->rc < 0) {
+        reply_backend_error(job->req, hr->kind, &job->err);
+        cv_server_account(hr->model, false, hr->start_ns);
+        http_req_free_unsubmitted(hr);
+    } else {
+        hr->submitting = false;
+        http_track_request(h, hr, job->req);
+        /* handle_output frees hr with the final output, the last one */
+        cv_request_output **d = hr->deferred;
+        int n = hr->n_deferred;
+        hr->deferred = NULL;
+        for (int i = 0; i < n; i++) {
+            handle_output(hr, d[i]);
+            cv_request_output_free(d[i]);
+        }
+        free(d);
+    }
+    event_free(job->done);
+    free(job);
 }
 
 static void do_generate(cv_http *h, struct evhttp_request *req, cv_model *m, req_kind kind)
@@ -448,19 +565,30 @@ static void do_generate(cv_http *h, struct evhttp_request *req, cv_model *m, req
     json_decref(body);
     if (rc == 0) rc = cv_infer_check(&hr->ir, m, &err);
     if (rc == 0) rc = cv_server_admit(h->s, &err);
-    if (rc < 0) {
-        reply_core_error(req, &err);
-    } else if (cv_infer_prepare(&hr->ir, m, &err) < 0 ||
-               !(hr->engine_id = cv_infer_submit(&hr->ir, m, h->q, hr, &err))) {
-        reply_backend_error(req, kind, &err);
-        rc = -1;
+    submit_job *job = rc == 0 ? calloc(1, sizeof *job) : NULL;
+    if (rc == 0 && (!job || !(job->done = event_new(h->s->base, -1, 0, on_submitted, job)))) {
+        free(job);
+        job = NULL;
+        rc = cv_errorf_class(&err, CV_ERR_INTERNAL, "out of memory");
+    }
+    if (rc == 0) {
+        job->hr = hr;
+        job->req = req;
+        hr->submitting = true;
+        if (cv_workpool_submit(h->pool, submit_on_pool, job) < 0) {
+            event_free(job->done);
+            free(job);
+            hr->submitting = false;
+            rc = cv_errorf_class(&err, CV_ERR_UNAVAILABLE, "Server is stopping");
+        }
     }
     if (rc < 0) {
+        reply_core_error(req, &err);
         cv_server_account(m, false, hr->start_ns);
         http_req_free_unsubmitted(hr);
         return;
     }
-    http_track_request(h, hr, req);
+    h->n_submitting++;
 }
 
 static json_t *tensor_meta_json(const cv_tensor_meta *t)
@@ -641,15 +769,48 @@ static void route_repository(cv_http *h, struct evhttp_request *req, char **seg,
     reply_empty(req, 200);
 }
 
+/* True when every Content-Length header carries the same value. evhttp
+ * reads the body by the first one; a second, different one means the
+ * message boundaries are ambiguous (request smuggling through a proxy that
+ * reads the other), so RFC 9112 says reject it. */
+static bool content_length_consistent(struct evhttp_request *req)
+{
+    const char *first = NULL;
+    const struct evkeyvalq *hs = evhttp_request_get_input_headers(req);
+    for (const struct evkeyval *kv = hs->tqh_first; kv; kv = kv->next.tqe_next) {
+        if (evutil_ascii_strcasecmp(kv->key, "Content-Length")) continue;
+        if (first && strcmp(first, kv->value)) return false;
+        first = kv->value;
+    }
+    return true;
+}
+
 static void route(struct evhttp_request *req, void *arg)
 {
     cv_http *h = arg;
     enum evhttp_cmd_type cmd = evhttp_request_get_command(req);
     const struct evhttp_uri *uri = evhttp_request_get_evhttp_uri(req);
     const char *raw = uri ? evhttp_uri_get_path(uri) : NULL;
-    char *path = raw ? evhttp_uridecode(raw, 0, NULL) : NULL;
+    size_t path_len = 0;
+    char *path = raw ? evhttp_uridecode(raw, 0, &path_len) : NULL;
     if (!path) {
         reply_error(req, 400, "malformed request URI");
+        return;
+    }
+    if (!content_length_consistent(req)) {
+        free(path);
+        evhttp_add_header(evhttp_request_get_output_headers(req), "Connection", "close");
+        reply_error(req, 400, "conflicting Content-Length headers");
+        return;
+    }
+    /* Names taken from the path are echoed into JSON and log lines and read
+     * as C strings: a %00 or invalid UTF-8 must not reach them. */
+    size_t valid = cv_utf8_valid_prefix((const uint8_t *)path, path_len);
+    if (valid < path_len) {
+        reply_error(req, 400,
+                    path[valid] ? "request path is not valid UTF-8 after percent-decoding"
+                                : "request path holds a NUL byte (%00)");
+        free(path);
         return;
     }
     char *seg[16];
@@ -706,10 +867,16 @@ static int http_start(cv_server *s, void **state, cv_error *err)
         cv_errorf_class(err, CV_ERR_INTERNAL, "HTTP: cannot create the server");
         goto fail;
     }
+    if (!(h->pool = cv_workpool_create(2, err))) goto fail;
     evhttp_set_allowed_methods(h->http, EVHTTP_REQ_GET | EVHTTP_REQ_POST | EVHTTP_REQ_HEAD);
-    /* Bodies are buffered whole before parsing: bound them (evhttp answers
-     * 413 beyond this). */
-    evhttp_set_max_body_size(h->http, 256 << 20);
+    /* Bodies are buffered whole before parsing: bound them, and the
+     * headers, and the time a client may keep a connection waiting for
+     * them (see cv_server_options). libevent 2.1 answers an overflow itself
+     * and closes the connection: 413 for the body (from Content-Length,
+     * before reading it), 400 for the headers (it has no hook to say 431). */
+    evhttp_set_max_body_size(h->http, s->opts.http_max_input_bytes);
+    evhttp_set_max_headers_size(h->http, s->opts.http_max_header_bytes);
+    evhttp_set_timeout(h->http, s->opts.http_idle_timeout_s);
     evhttp_set_gencb(h->http, route, h);
     h->q_ev = event_new(s->base, cv_output_queue_fd(h->q), EV_READ | EV_PERSIST, on_outputs, h);
     if (!h->q_ev || event_add(h->q_ev, NULL) < 0) {
@@ -724,6 +891,11 @@ static int http_start(cv_server *s, void **state, cv_error *err)
                         s->opts.http_port, strerror(errno));
         goto fail;
     }
+    h->guard = cv_listen_guard_new(s->base, evhttp_bound_socket_get_listener(h->sock), "HTTP");
+    if (!h->guard) {
+        cv_errorf_class(err, CV_ERR_INTERNAL, "out of memory");
+        goto fail;
+    }
     cv_log_info("Started HTTPService at %s:%d", addr, s->opts.http_port);
     *state = h;
     return 0;
@@ -735,6 +907,8 @@ fail:
 static void http_stop_accepting(void *state)
 {
     cv_http *h = state;
+    cv_listen_guard_free(h->guard);
+    h->guard = NULL;
     if (h->sock) {
         evhttp_del_accept_socket(h->http, h->sock);
         h->sock = NULL;
@@ -751,13 +925,14 @@ static void http_abort_all(void *state)
 static int http_active(void *state)
 {
     const cv_http *h = state;
-    return h->n_active + n_unsent + h->n_loading;
+    return h->n_active + n_unsent + h->n_loading + h->n_submitting;
 }
 
 static void http_destroy(void *state)
 {
     cv_http *h = state;
     if (!h) return;
+    cv_workpool_destroy(h->pool);
     if (h->q_ev) event_free(h->q_ev);
     if (h->http) evhttp_free(h->http);
     if (h->q) cv_output_queue_destroy(h->q);

@@ -25,6 +25,7 @@ typedef struct http_req {
     cv_http *h;
     struct evhttp_request *req; /* NULL once replied or the client left */
     struct evhttp_connection *conn;
+    struct event *hangup; /* non-streaming: watches the socket for the client leaving */
     req_kind kind;
     cv_model *model;
     cv_infer_request ir;
@@ -34,6 +35,11 @@ typedef struct http_req {
     json_t *pending; /* /generate: the response held until final */
     cv_openai_request *oai;
     bool cancelled;
+    /* Prepared and tokenized on the worker pool: outputs that arrive
+     * before the loop has tracked the request wait here, in order. */
+    bool submitting;
+    cv_request_output **deferred;
+    int n_deferred;
     bool gone; /* the client closed the connection */
 } http_req;
 
@@ -41,6 +47,9 @@ struct cv_http {
     cv_server *s;
     struct evhttp *http;
     struct evhttp_bound_socket *sock;
+    struct cv_listen_guard *guard; /* accept back-off on descriptor exhaustion */
+    struct cv_workpool *pool;      /* tokenizes prompts off the event loop */
+    int n_submitting;              /* requests on the pool */
     cv_output_queue *q;
     struct event *q_ev;
     http_req *active;

@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include "base/log.h"
+#include "server/listen.h"
 #include "server/server.h"
 
 static void usage(FILE *f)
@@ -28,6 +29,10 @@ static void usage(FILE *f)
             "  --backend-config=BACKEND,KEY=VALUE  accepted (cvllm has no stub processes)\n"
             "  --threads=N               engine threads per model (0 = all cores)\n"
             "  --chat-template=FILE      chat template over the models' own (model.json's wins)\n"
+            "  --http-max-input-size=N   largest request body in bytes (67108864)\n"
+            "  --http-max-header-size=N  largest request header block in bytes (16384)\n"
+            "  --http-idle-timeout-secs=N  close a connection silent this long while a request\n"
+            "                            (or the next keep-alive one) is due (60)\n"
             "  --http-address=A, --grpc-address=A, --metrics-address=A  bind addresses\n"
             "                            (0.0.0.0; metrics: the HTTP address)\n"
             "  --log-file=PATH           append the log to PATH instead of stderr\n"
@@ -191,6 +196,24 @@ int main(int argc, char **argv)
             rc = parse_int(flag, val, 0, 86400, &o.exit_timeout_s);
         } else if (!strcmp(flag, "--repository-poll-secs")) {
             rc = parse_int(flag, val, 1, 86400, &o.repository_poll_s);
+        } else if (!strcmp(flag, "--http-max-input-size")) {
+            long long v;
+            char *end;
+            errno = 0;
+            v = strtoll(val, &end, 10);
+            if (errno || *end || end == val || v <= 0) {
+                fprintf(stderr,
+                        "cvllm-server: --http-max-input-size: expected a positive byte count, "
+                        "got '%s'\n",
+                        val);
+                rc = -1;
+            } else {
+                o.http_max_input_bytes = (long)v;
+            }
+        } else if (!strcmp(flag, "--http-max-header-size")) {
+            rc = parse_int(flag, val, 1024, 1 << 30, &o.http_max_header_bytes);
+        } else if (!strcmp(flag, "--http-idle-timeout-secs")) {
+            rc = parse_int(flag, val, 1, 86400, &o.http_idle_timeout_s);
         } else if (!strcmp(flag, "--threads")) {
             rc = parse_int(flag, val, 0, 4096, &o.n_threads);
         } else if (!strcmp(flag, "--chat-template")) {
@@ -276,6 +299,10 @@ int main(int argc, char **argv)
         cv_log_enable((cv_log_level)l, log_on[l]);
     for (int i = 0; i < n_notes; i++)
         cv_log_info("%s: accepted, not applicable: %s", notes[i][0], notes[i][1]);
+    /* Every connection holds a descriptor: serve with the most the system
+     * grants this process. */
+    long fd_limit = cv_listen_raise_fd_limit();
+    if (fd_limit > 0) cv_log_verbose("file descriptor limit: %ld", fd_limit);
     cv_error err = {.msg = ""};
     if (cv_server_run(&o, &err) < 0) {
         fprintf(stderr, "error: creating server: %s\n", err.msg);

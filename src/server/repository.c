@@ -274,6 +274,9 @@ int cv_repository_load(cv_repository *r, const char *name, cv_error *err)
     cv_error lerr = {.msg = ""};
     cv_model *m = build_model(r, name, dir, &lerr);
 
+    /* Once the lock is released a concurrent unload may free m: what is
+     * logged afterwards is copied under the lock. */
+    char version[sizeof e->version] = "";
     cv_model *old = NULL;
     pthread_mutex_lock(&r->mu);
     e = find_entry(r, name);
@@ -282,6 +285,7 @@ int cv_repository_load(cv_repository *r, const char *name, cv_error *err)
         e->model = m;
         e->state = CV_MODEL_READY;
         snprintf(e->version, sizeof e->version, "%s", m->version_str);
+        snprintf(version, sizeof version, "%s", m->version_str);
         e->reason[0] = '\0';
     } else {
         /* A failed reload keeps serving the model that was loaded. */
@@ -297,7 +301,7 @@ int cv_repository_load(cv_repository *r, const char *name, cv_error *err)
                                lerr.cls == CV_ERR_UNSUPPORTED ? CV_ERR_UNSUPPORTED : CV_ERR_INVALID,
                                "failed to load '%s', %s", name, lerr.msg);
     }
-    cv_log_info("successfully loaded '%s' version %s", name, m->version_str);
+    cv_log_info("successfully loaded '%s' version %s", name, version);
     return 0;
 }
 

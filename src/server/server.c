@@ -31,6 +31,9 @@ void cv_server_options_default(cv_server_options *o)
     o->strict_readiness = true;
     o->exit_timeout_s = 30;
     o->repository_poll_s = 15;
+    o->http_max_input_bytes = 64l << 20;
+    o->http_max_header_bytes = 16 << 10;
+    o->http_idle_timeout_s = 60;
 }
 
 bool cv_server_ready(cv_server *s)

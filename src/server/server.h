@@ -41,6 +41,15 @@ typedef struct cv_server_options {
     int repository_poll_s;     /* poll mode: seconds between scans (15) */
     int n_threads;             /* engine backend threads (0 = all cores) */
     const char *chat_template; /* --chat-template: a file or the template text, or NULL */
+    /* HTTP limits (issue 16): a request body above max_input_bytes is
+     * refused before it is read (tritonserver's --http-max-input-size,
+     * 64 MiB); request headers above max_header_bytes are refused; a
+     * connection silent for idle_timeout_s while a request is due (its
+     * headers or body, or the next request on a kept-alive connection) is
+     * closed, as nginx's client_header/body and keepalive timeouts do. */
+    long http_max_input_bytes; /* 64 MiB */
+    int http_max_header_bytes; /* 16 KiB */
+    int http_idle_timeout_s;   /* 60 */
 } cv_server_options;
 
 void cv_server_options_default(cv_server_options *o);

@@ -354,6 +354,14 @@ static int load_vocab(tok_bpe *m, const tok_raw_model *raw, cv_error *err)
     if (!raw->vocab) return cv_errorf(err, "tokenizer.json: model has no \"vocab\"");
     vocab_acc a = {.max_id = -1};
     int rc = tok_parse_vocab(raw->vocab, raw->vocab_len, vocab_cb, &a, err);
+    /* The id tables are dense: one far-out id (1e8 in a vocab of three)
+     * would cost gigabytes and seconds before any other check speaks. */
+    if (!rc && a.max_id >= 0 && (size_t)a.max_id >= TOK_MAX_ID_SPREAD * a.n + TOK_MAX_ID_SLACK)
+        rc = cv_errorf(err,
+                       "tokenizer.json: model.vocab id %d is far beyond its %zu entries (ids "
+                       "must number the vocab densely)",
+                       a.max_id, a.n);
+    if (rc) a.max_id = -1;
     m->arena = a.arena.p;
     m->n_vocab = a.max_id + 1;
     size_t cap = 16;

@@ -37,6 +37,12 @@ int tok_ids_push(tok_ids *a, int32_t id, cv_error *err);
 
 /* Decodes the code point at s[0..n) (n >= 1, valid UTF-8 assumed) and
  * returns its byte length. */
+/* Token ids index dense tables: the vocab's ids stay below
+ * TOK_MAX_ID_SPREAD * entries + TOK_MAX_ID_SLACK, added tokens' ids below
+ * that of the vocab plus TOK_MAX_ID_SPREAD * added + TOK_MAX_ID_SLACK. */
+#define TOK_MAX_ID_SPREAD 2
+#define TOK_MAX_ID_SLACK 1024
+
 int tok_utf8_next(const char *s, size_t n, uint32_t *cp);
 int tok_utf8_put(uint32_t cp, char out[4]);
 /* Byte offset of the first invalid byte, or n when s[0..n) is valid. */

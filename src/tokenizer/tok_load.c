@@ -40,6 +40,14 @@ static int load_added(cv_tokenizer *tok, const json_t *arr, cv_error *err)
                              "tokenizer.json: added_tokens[%zu] needs an \"id\" and a "
                              "non-empty \"content\"",
                              i);
+        size_t max_id =
+            (size_t)tok->bpe.n_vocab + TOK_MAX_ID_SPREAD * json_array_size(arr) + TOK_MAX_ID_SLACK;
+        if ((size_t)json_integer_value(id) >= max_id)
+            return cv_errorf(err,
+                             "tokenizer.json: added_tokens[%zu] id %lld is far beyond the vocab "
+                             "of %d and %zu added tokens (ids must be dense)",
+                             i, (long long)json_integer_value(id), tok->bpe.n_vocab,
+                             json_array_size(arr));
         tok_added *a = &tok->added[tok->n_added++];
         a->len = json_string_length(content);
         a->content = malloc(a->len + 1);

@@ -357,6 +357,58 @@ static void check_logprobs(int chunk_budget)
     result_free(&r);
 }
 
+/* max_num_seqs bounds the running sequences, the children of an n > 1
+ * request included (issue 16): with max_num_seqs 4 an n = 8 request never
+ * has more than 4 running, and all 8 samples still finish whole, each the
+ * same as the request with seed + k alone. */
+static void test_n_children_within_max_num_seqs(void **state)
+{
+    (void)state;
+    cv_engine_args a;
+    test_args(&a, stories);
+    a.max_num_seqs = 4;
+    cv_engine *e = test_engine(&a);
+    cv_output_queue *q = cv_output_queue_create();
+    cv_sampling_params p;
+    cv_sampling_params_default(&p);
+    p.n = 8;
+    p.has_seed = true;
+    p.seed = 5;
+    p.max_tokens = 48;
+    p.ignore_eos = true;
+    int32_t prompt[3] = {1, 400, 300};
+    req_result r;
+    memset(&r, 0, sizeof r);
+    submit(e, q, &p, prompt, 3, NULL, true, 0);
+    int max_running = 0;
+    for (bool done = false; !done;) {
+        done = collect_next(q, &r);
+        cv_engine_stats st;
+        cv_engine_get_stats(e, &st);
+        if (st.n_running > max_running) max_running = st.n_running;
+    }
+    assert_null(r.error);
+    assert_int_equal(max_running, 4);
+    assert_int_equal(r.n_seqs, 8);
+    for (int k = 0; k < 8; k++) {
+        assert_int_equal(r.seqs[k].n_ids, 48);
+        cv_sampling_params one = p;
+        one.n = 1;
+        one.seed = 5 + (uint64_t)k;
+        req_result alone;
+        run_one(e, &one, prompt, 3, false, &alone);
+        assert_memory_equal(r.seqs[k].ids, alone.seqs[0].ids, 48 * sizeof(int32_t));
+        result_free(&alone);
+    }
+    result_free(&r);
+    cv_engine_wait_idle(e);
+    cv_engine_stats st;
+    cv_engine_get_stats(e, &st);
+    assert_int_equal(st.kv_blocks_free, st.kv_blocks_total);
+    cv_engine_shutdown(e, false);
+    cv_output_queue_destroy(q);
+}
+
 static void test_logprobs(void **state)
 {
     (void)state;
@@ -602,6 +654,7 @@ int main(void)
         cmocka_unit_test(test_min_tokens),
         cmocka_unit_test(test_eos_from_generation_config),
         cmocka_unit_test(test_n3_and_best_of),
+        cmocka_unit_test(test_n_children_within_max_num_seqs),
         cmocka_unit_test(test_logprobs),
         cmocka_unit_test(test_rejected),
         cmocka_unit_test(test_engine_args_rejected),

@@ -270,13 +270,41 @@ static void test_cli(void **s)
                                 g_tmp));
 }
 
+/* Far-out ids are refused at once, before any table is sized by them. */
+static void test_sparse_ids_refused(void **s)
+{
+    (void)s;
+    const char *dir = tok_dir_with("far_vocab", "{\"model\": {\"type\": \"BPE\", \"vocab\": "
+                                                "{\"a\": 0, \"b\": 100000000}, \"merges\": []}}");
+    expect_load_error(dir, tt_path("tokenizer %s: tokenizer.json: model.vocab id 100000000 is far "
+                                   "beyond its 2 entries (ids must number the vocab densely)",
+                                   dir));
+    dir = tok_dir_with("far_added", "{" MODEL ", \"added_tokens\": [{\"id\": 100000000, "
+                                    "\"content\": \"<x>\"}]}");
+    expect_load_error(dir, tt_path("tokenizer %s: tokenizer.json: added_tokens[0] id 100000000 is "
+                                   "far beyond the vocab of 3 and 1 added tokens (ids must be "
+                                   "dense)",
+                                   dir));
+    /* Gaps within the bound load. */
+    cv_tokenizer *tok = tt_load(tok_dir_with(
+        "gaps", "{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0, \"b\": 1000}, "
+                "\"merges\": []}, \"added_tokens\": [{\"id\": 2000, \"content\": \"<x>\"}]}"));
+    assert_int_equal(tok_vocab_size(tok), 2001);
+    tok_free(tok);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_small_tokenizer_works), cmocka_unit_test(test_metaspace_cut_guard),
-        cmocka_unit_test(test_invalid_utf8),          cmocka_unit_test(test_missing_file),
-        cmocka_unit_test(test_malformed_json),        cmocka_unit_test(test_unknown_types),
-        cmocka_unit_test(test_decode_out_of_range),   cmocka_unit_test(test_cli),
+        cmocka_unit_test(test_small_tokenizer_works),
+        cmocka_unit_test(test_metaspace_cut_guard),
+        cmocka_unit_test(test_sparse_ids_refused),
+        cmocka_unit_test(test_invalid_utf8),
+        cmocka_unit_test(test_missing_file),
+        cmocka_unit_test(test_malformed_json),
+        cmocka_unit_test(test_unknown_types),
+        cmocka_unit_test(test_decode_out_of_range),
+        cmocka_unit_test(test_cli),
     };
     return cv_test_exit(cmocka_run_group_tests_name("tokenizer_errors", tests, setup, teardown));
 }

@@ -63,21 +63,22 @@ static int check_config(const cv_model_config *c, cv_error *err)
                          CUDA_MAX_HEAD_DIM);
     /* LayerNorm, learned positions, post-norm, projections, biased
      * projections and the non-gated MLP (OPT, GPT-2) have no kernels here:
-     * refused rather than run as a Llama. */
+     * refused rather than run as a Llama (unsupported: device "auto" then
+     * runs the model on the CPU). */
     if (c->norm_type != CV_NORM_RMS || c->pos_type != CV_POS_ROPE || c->post_norm || c->plain_mlp ||
         c->proj_dim > 0 || c->linear_bias || c->no_final_norm)
-        return cv_errorf(err,
-                         "cuda backend: architecture %s is not implemented on the GPU (set "
-                         "\"device\": \"cpu\" in model.json to run it on the CPU)",
-                         c->architecture);
+        return cv_errorf_class(err, CV_ERR_UNSUPPORTED,
+                               "cuda backend: architecture %s is not implemented on the GPU (set "
+                               "\"device\": \"cpu\" in model.json to run it on the CPU)",
+                               c->architecture);
     if (c->hidden_act != CV_ACT_SILU && c->hidden_act != CV_ACT_GELU_TANH)
         return cv_errorf(err, "cuda backend: unsupported activation %d", (int)c->hidden_act);
     /* Refused rather than silently attending over the whole context. */
     if (c->sliding_window > 0)
-        return cv_errorf(err,
-                         "cuda backend: sliding_window %d attention is not implemented (set "
-                         "sliding_window to null in config.json for full attention)",
-                         c->sliding_window);
+        return cv_errorf_class(err, CV_ERR_UNSUPPORTED,
+                               "cuda backend: sliding_window %d attention is not implemented (set "
+                               "sliding_window to null in config.json for full attention)",
+                               c->sliding_window);
     return 0;
 }
 

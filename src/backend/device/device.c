@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "backend/device/device.h"
+#include "base/log.h"
 #ifdef CVLLM_HAVE_CUDA
 #include "backend/cuda/cuda_backend.h"
 #endif
@@ -78,6 +79,15 @@ cv_device_backend *cv_device_backend_create(const cv_model *model, const cv_devi
 #ifdef CVLLM_HAVE_CUDA
         rc = visible_gpus() ? create_cuda(b, model, err)
                             : cv_errorf(err, "device 'cuda': no CUDA device is visible");
+        /* "auto" means the best device that runs the model: one the GPU
+         * backend does not implement (OPT, GPT-2, sliding window) runs on the
+         * CPU, said once in the log, rather than not at all. */
+        if (rc < 0 && err->cls == CV_ERR_UNSUPPORTED && !strcmp(o->device, "auto")) {
+            cv_log_warn("device auto: %s; running the model on the CPU", err->msg);
+            if (b->impl) b->ops->destroy(b->impl);
+            b->impl = NULL;
+            rc = create_cpu(b, model, err);
+        }
 #else
         rc = cv_errorf(err, "device 'cuda': this build has no CUDA backend (nvcc was not found "
                             "when it was configured)");
