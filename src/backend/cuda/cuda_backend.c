@@ -63,7 +63,8 @@ static int check_config(const cv_model_config *c, cv_error *err)
                          CUDA_MAX_HEAD_DIM);
     /* LayerNorm, learned positions, post-norm, projections, biased
      * projections and the non-gated MLP (OPT, GPT-2) have no kernels here:
-     * refused rather than run as a Llama. */
+     * refused rather than run as a Llama (unsupported: device "auto" then
+     * runs the model on the CPU). */
     if (c->norm_type != CV_NORM_RMS || c->pos_type != CV_POS_ROPE || c->post_norm || c->plain_mlp ||
         c->proj_dim > 0 || c->linear_bias || c->no_final_norm)
         return cv_errorf_class(err, CV_ERR_UNSUPPORTED,
