@@ -1,6 +1,7 @@
 /* The CPU backend against HuggingFace transformers: the tiny random models of
- * tests/fixtures/models (every architecture, f32 and bf16 weights) and the
- * real stories260K, through the model loader and cv_backend_forward.
+ * tests/fixtures/models (every architecture, OPT pre- and post-norm and
+ * GPT-2 included, f32 and bf16 weights) and the real stories260K, through
+ * the model loader and cv_backend_forward.
  *
  * Each fixture is run (a) as one prefill per prompt, (b) with both prompts
  * interleaved in the same batches, in chunks and single decode tokens, through
@@ -153,7 +154,8 @@ static void test_stories260K_greedy(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        HF_FIXTURES(FIXTURE) cmocka_unit_test(test_stories260K_greedy),
+        HF_FIXTURES(FIXTURE) HF_FIXTURES_CPU_ONLY(FIXTURE)
+            cmocka_unit_test(test_stories260K_greedy),
     };
     return cv_test_exit(cmocka_run_group_tests(tests, NULL, NULL));
 }

@@ -28,6 +28,15 @@
     X("qwen3_f32")                                                                                 \
     X("qwen3_bf16")
 
+/* Fixtures of architectures only the CPU backend runs (OPT, GPT-2; the
+ * CUDA backend refuses them at create). */
+#define HF_FIXTURES_CPU_ONLY(X)                                                                    \
+    X("opt_f32")                                                                                   \
+    X("opt_bf16")                                                                                  \
+    X("opt_postnorm_f32")                                                                          \
+    X("gpt2_f32")                                                                                  \
+    X("gpt2_bf16")
+
 typedef struct hf_fixture {
     cv_model *model;
     json_t *ref; /* reference.json */

@@ -298,8 +298,27 @@ static void test_bad_input(void **state)
     hf_fixture_free(&f);
 }
 
+/* OPT and GPT-2 have no CUDA kernels: create refuses them, naming the
+ * architecture and the way to run them. */
+static void test_cpu_only_refused(void **state)
+{
+    const char *name = *state;
+    hf_fixture f;
+    hf_fixture_load(&f, name);
+    cv_error err = {.msg = ""};
+    assert_null(cv_cuda_backend_create(f.model, 0, &err));
+    char want[256];
+    snprintf(want, sizeof want,
+             "cuda backend: architecture %s is not implemented on the GPU (set \"device\": "
+             "\"cpu\" in model.json to run it on the CPU)",
+             f.cfg->architecture);
+    assert_string_equal(err.msg, want);
+    hf_fixture_free(&f);
+}
+
 /* One cmocka test per fixture, named after it. */
 #define FIXTURE(n) {.name = n, .test_func = test_fixture, .initial_state = (void *)n},
+#define REFUSED(n) {.name = n, .test_func = test_cpu_only_refused, .initial_state = (void *)n},
 
 /* An argument runs only the tests whose names match it (a cmocka pattern
  * with * and ?), e.g. one fixture under compute-sanitizer. */
@@ -311,7 +330,8 @@ int main(int argc, char **argv)
         return 77;
     }
     const struct CMUnitTest tests[] = {
-        HF_FIXTURES(FIXTURE) cmocka_unit_test(test_stories260K_greedy),
+        HF_FIXTURES(FIXTURE) HF_FIXTURES_CPU_ONLY(REFUSED)
+            cmocka_unit_test(test_stories260K_greedy),
         cmocka_unit_test(test_bad_input),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
