@@ -62,7 +62,7 @@ t0=$(now_ms)
 server=$!
 ready_ms=
 for _ in $(seq 1 1800); do
-    if curl -sf "localhost:${ports[0]}/v2/models/l8b/ready" > /dev/null; then
+    if LD_LIBRARY_PATH= curl -sf "localhost:${ports[0]}/v2/models/l8b/ready" > /dev/null; then
         ready_ms=$(( $(now_ms) - t0 )); break
     fi
     kill -0 $server 2> /dev/null || break
@@ -92,7 +92,7 @@ for w in $WORKLOADS; do
     g1) bench g1 1000 1024 128 0 ;;
     esac
 done
-curl -s "localhost:${ports[2]}/metrics" > "$OUT/metrics.txt"
+LD_LIBRARY_PATH= curl -s "localhost:${ports[2]}/metrics" > "$OUT/metrics.txt"
 kill -TERM $server; wait $server; echo "server exit $?"
 
 python3 bench/gpu_serving/report.py "$OUT" "bench/gpu_serving/run.sh $BUILD" \
