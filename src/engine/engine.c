@@ -223,6 +223,17 @@ static void engine_free(cv_engine *e)
     free(e);
 }
 
+/* The KV dtype the kv_cache_dtype engine argument names; -1 for "auto"
+ * (the backend's default) and for a name that is none of these, which
+ * check_args refuses. */
+static int kv_dtype_from_arg(const char *name)
+{
+    if (!strcmp(name, "float32")) return CV_DTYPE_F32;
+    if (!strcmp(name, "float16")) return CV_DTYPE_F16;
+    if (!strcmp(name, "bfloat16")) return CV_DTYPE_BF16;
+    return -1;
+}
+
 static int check_args(const cv_engine_args *a, cv_error *err)
 {
     static const char *dtypes[] = {"", "auto", "float32", "float16", "bfloat16", "float", "half"};
@@ -230,11 +241,7 @@ static int check_args(const cv_engine_args *a, cv_error *err)
     for (size_t i = 0; i < sizeof(dtypes) / sizeof(dtypes[0]); i++)
         ok |= !strcmp(a->dtype, dtypes[i]);
     if (!ok) return cv_errorf(err, "engine argument 'dtype': unknown dtype '%s'", a->dtype);
-    static const char *kv_dtypes[] = {"auto", "float32", "float16", "bfloat16"};
-    ok = false;
-    for (size_t i = 0; i < sizeof(kv_dtypes) / sizeof(kv_dtypes[0]); i++)
-        ok |= !strcmp(a->kv_cache_dtype, kv_dtypes[i]);
-    if (!ok)
+    if (strcmp(a->kv_cache_dtype, "auto") && kv_dtype_from_arg(a->kv_cache_dtype) < 0)
         return cv_errorf(err,
                          "engine argument 'kv_cache_dtype': unknown dtype '%s' (auto, bfloat16, "
                          "float16, float32)",
@@ -291,16 +298,6 @@ static cv_dtype dtype_from_arg(const char *name, cv_dtype stored)
     if (!strcmp(name, "float32") || !strcmp(name, "float")) return CV_DTYPE_F32;
     if (!strcmp(name, "float16") || !strcmp(name, "half")) return CV_DTYPE_F16;
     return CV_DTYPE_BF16; /* "bfloat16": check_args admits nothing else */
-}
-
-/* The KV dtype the kv_cache_dtype engine argument asks for; -1 ("auto"):
- * the backend's default. */
-static int kv_dtype_from_arg(const char *name)
-{
-    if (!strcmp(name, "float32")) return CV_DTYPE_F32;
-    if (!strcmp(name, "float16")) return CV_DTYPE_F16;
-    if (!strcmp(name, "bfloat16")) return CV_DTYPE_BF16;
-    return -1; /* "auto": check_args admits nothing else */
 }
 
 static int engine_init(cv_engine *e, cv_error *err)

@@ -618,15 +618,13 @@ int cuda_forward_run(cv_cuda_backend *b, const cv_batch *user_bt, float *logits,
         if (sa.n_splits > 1)
             need = (size_t)bt->n_tokens * c->n_heads * sa.n_splits * (c->head_dim + 2);
     }
-    {
-        if (need > b->partial_cap_floats) {
-            cuda_graphs_clear(b);
-            cudaFree(b->partial);
-            b->partial = NULL;
-            b->partial_cap_floats = 0;
-            CU(cudaMalloc((void **)&b->partial, need * sizeof(float)), "attention partials");
-            b->partial_cap_floats = need;
-        }
+    if (need > b->partial_cap_floats) {
+        cuda_graphs_clear(b);
+        cudaFree(b->partial);
+        b->partial = NULL;
+        b->partial_cap_floats = 0;
+        CU(cudaMalloc((void **)&b->partial, need * sizeof(float)), "attention partials");
+        b->partial_cap_floats = need;
     }
     step_arrays d = {0};
     b->n_events = 0;
