@@ -496,6 +496,11 @@ static void test_engine_args_rejected(void **state)
     snprintf(a.device, sizeof(a.device), "tpu");
     expect_create_error(&a, "engine argument 'device': unknown device 'tpu' (auto, cpu, cuda)");
     test_args(&a, stories);
+    snprintf(a.kv_cache_dtype, sizeof(a.kv_cache_dtype), "fp8");
+    expect_create_error(&a,
+                        "engine argument 'kv_cache_dtype': unknown dtype 'fp8' (auto, bfloat16, "
+                        "float16, float32)");
+    test_args(&a, stories);
     a.gpu_memory_utilization = 1.5;
     expect_create_error(&a, "engine argument 'gpu_memory_utilization' must be in (0, 1], got 1.5");
     test_args(&a, stories);

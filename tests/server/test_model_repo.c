@@ -197,6 +197,11 @@ static void test_model_json(void **state)
          "p/model.json: key 'device': expected one of auto, cpu, cuda"},
         {"{\"model\": \"/\", \"enforce_eager\": 1}",
          "p/model.json: key 'enforce_eager': expected true or false"},
+        {"{\"model\": \"/\", \"kv_cache_dtype\": \"fp8\"}",
+         "p/model.json: key 'kv_cache_dtype': expected one of auto, bfloat16, float16, float32 "
+         "(cvllm has no fp8 KV cache)"},
+        {"{\"model\": \"/\", \"fp32_activations\": 2}",
+         "p/model.json: key 'fp32_activations': expected true or false"},
         {"{\"model\": \"/\", \"dtype\": \"int4\"}",
          "p/model.json: key 'dtype': expected one of auto, float32, float, float16, half, "
          "bfloat16"},
