@@ -106,6 +106,15 @@ struct cv_engine {
     int32_t *g_token, *g_rank;
     float *g_logprob;
     bool greedy_filled;
+    /* Where step time went since t0_ns (verbose log every 10 s): before the
+     * forward (schedule, batch), inside it, after it (sample, detokenize,
+     * deliver). While the engine runs steps one after the other, the GPU
+     * idles for the before and after parts. */
+    struct {
+        uint64_t t0_ns;
+        int64_t steps, tokens;
+        double before_s, forward_s, after_s;
+    } step_log;
     struct sample_job *jobs; /* (n_jobs) sequences to sample this step */
     int n_jobs, cap_jobs;
     float *logits; /* (cap_logits_rows, vocab) */

@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "base/clock.h"
+#include "base/log.h"
 #include "engine_internal.h"
 #include "engine_state.h"
 #include "metrics.h"
@@ -415,6 +416,31 @@ static bool fault_injected(cv_engine *e)
 }
 #endif
 
+/* Adds a step's phases to e->step_log; every 10 s of steps, with verbose
+ * logging on, says where the time went. */
+static void log_step(cv_engine *e, int n_tokens, uint64_t t_step, uint64_t t_fwd, uint64_t t_post)
+{
+    uint64_t end = cv_now_ns();
+    if (e->step_log.t0_ns == 0) e->step_log.t0_ns = t_step;
+    e->step_log.steps++;
+    e->step_log.tokens += n_tokens;
+    e->step_log.before_s += cv_ns_to_s(t_fwd - t_step);
+    e->step_log.forward_s += cv_ns_to_s(t_post - t_fwd);
+    e->step_log.after_s += cv_ns_to_s(end - t_post);
+    double span = cv_ns_to_s(end - e->step_log.t0_ns);
+    if (span < 10.0) return;
+    double n = (double)e->step_log.steps;
+    cv_log_verbose(
+        "engine: %lld steps in %.1f s (%.0f tokens/step): %.3f ms before the forward, "
+        "%.3f ms in it, %.3f ms after it per step; idle %.0f%%",
+        (long long)e->step_log.steps, span, (double)e->step_log.tokens / n,
+        e->step_log.before_s / n * 1e3, e->step_log.forward_s / n * 1e3,
+        e->step_log.after_s / n * 1e3,
+        100.0 *
+            (1.0 - (e->step_log.before_s + e->step_log.forward_s + e->step_log.after_s) / span));
+    memset(&e->step_log, 0, sizeof e->step_log);
+}
+
 int engine_step(cv_engine *e)
 {
     uint64_t t_step = cv_now_ns();
@@ -474,5 +500,6 @@ int engine_step(cv_engine *e)
         if (finished) engine_retire(e, req);
     }
     engine_update_gauges(e);
+    if (cv_log_get_level() >= CV_LOG_VERBOSE) log_step(e, batch.n_tokens, t_step, t_fwd, now);
     return 0;
 }

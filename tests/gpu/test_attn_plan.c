@@ -13,8 +13,8 @@
 
 enum { N_SMS = 132 };
 
-/* 256 decodes at 1.1k context: 512-key partitions (the grid is large),
- * three of them, and a workspace for every (sequence, head, partition). */
+/* 256 decodes at 1.1k context: 2048 CTAs already fill the GPU, so one
+ * 2048-key partition per (sequence, kv head) and no workspace. */
 static void test_decode_batch(void **state)
 {
     (void)state;
@@ -28,9 +28,9 @@ static void test_decode_batch(void **state)
     assert_int_equal(p.has_prefill, 0);
     assert_int_equal(p.has_decode, 1);
     assert_int_equal(p.max_seq_len, 1100);
-    assert_int_equal(p.partition, 512);
-    assert_int_equal(p.n_parts, 3);
-    assert_int_equal(p.ws_floats, (size_t)256 * 32 * 3 * 130);
+    assert_int_equal(p.partition, 2048);
+    assert_int_equal(p.n_parts, 1);
+    assert_int_equal(p.ws_floats, 0);
 }
 
 /* One sequence at 4k context has 8 CTAs per partition row: partitions are
@@ -44,7 +44,8 @@ static void test_decode_single_sequence(void **state)
     assert_int_equal(p.partition, 64);
     assert_int_equal(p.n_parts, 64);
     assert_int_equal(cuda_attn_decode_partition(1, 8, 4096, N_SMS), 64);
-    assert_int_equal(cuda_attn_decode_partition(64, 8, 4096, N_SMS), 512);
+    assert_int_equal(cuda_attn_decode_partition(64, 8, 4096, N_SMS), 2048);
+    assert_int_equal(cuda_attn_decode_partition(16, 8, 4096, N_SMS), 512);
 }
 
 /* A short context fits one partition: no workspace, no reduce. */
@@ -105,9 +106,9 @@ static void test_mixed_step(void **state)
     assert_int_equal(p.has_decode, 1);
     assert_int_equal(p.tile_rows, 128);
     assert_int_equal(p.max_seq_len, 2000);
-    assert_int_equal(p.partition, 512);
-    assert_int_equal(p.n_parts, 4);
-    assert_int_equal(p.ws_floats, (size_t)257 * 32 * 4 * 130);
+    assert_int_equal(p.partition, 2048);
+    assert_int_equal(p.n_parts, 1);
+    assert_int_equal(p.ws_floats, 0);
 }
 
 int main(void)

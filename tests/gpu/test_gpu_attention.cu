@@ -457,6 +457,12 @@ std::vector<attn_case> correctness_cases()
          decode},
         {"decode hd64 G1 bf16 bs32", 64, 4, 4, 32, BF, BF, BF, MODE_DECODE, 128, false, decode},
         {"decode hd64 G8 f16 bs8 split", 64, 8, 1, 8, F16, F32, F16, MODE_DECODE, 0, true, decode},
+        /* Partitions starting inside a block (the table window's first
+         * entry), and the longest partition over 1-token blocks. */
+        {"decode hd128 G4 bf16 bs48 part64", 128, 8, 2, 48, BF, F32, BF, MODE_DECODE, 64, false,
+         decode},
+        {"decode hd64 G4 f16 bs1 part2048", 64, 8, 2, 1, F16, F32, F16, MODE_DECODE, 2048, false,
+         decode},
         {"prefill hd128 G4 bf16 sharp", 128, 8, 2, 16, BF, BF, BF, MODE_PREFILL, 0, false, prefill,
          16.0f},
         {"prefill128 hd128 G4 bf16 q32", 128, 8, 2, 16, BF, F32, BF, MODE_PREFILL, 0, false,

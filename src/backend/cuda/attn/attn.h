@@ -100,7 +100,7 @@ int cuda_attn_supported(int n_heads, int n_kv_heads, int head_dim, cv_dtype kv_d
 int cuda_attn_prefill(const cuda_attn_paged *a, int skip_single, int tile_rows,
                       cudaStream_t stream);
 
-/* Keys per decode partition for this batch: 512 when the grid is large
+/* Keys per decode partition for this batch: 2048 when the grid is large
  * enough, halved (down to 64) until there are ~4 CTAs per SM. */
 int cuda_attn_decode_partition(int n_seqs, int n_kv_heads, int max_seq_len, int n_sms);
 
@@ -113,7 +113,8 @@ size_t cuda_attn_decode_workspace_floats(const cuda_attn_paged *a, int max_seq_l
  * (partition of PARTITION keys, kv head, sequence) reads the kv head's keys
  * once for all its query heads; with more than one partition a second
  * kernel merges the partial (max, sum, output) from WORKSPACE. max_seq_len
- * bounds seq_lens[] (host value); partition is a multiple of 64. */
+ * bounds seq_lens[] (host value); partition is a multiple of 64, at most
+ * 2048. */
 int cuda_attn_decode(const cuda_attn_paged *a, int max_seq_len, int partition, float *workspace,
                      cudaStream_t stream);
 

@@ -204,25 +204,34 @@ __device__ __forceinline__ void softmax_step(float (&s)[NT8][4], float (&o)[NO8]
 /* Enqueues cp.async loads of keys [n0, n0 + BN) of one kv head into dst
  * (BN rows of HD + PAD elements) by THREADS threads: kv_layer is the pool
  * at this layer's K, head_off selects K or V of the kv head within a block
- * ((kv * n_kv_heads + g) * block_size * HD). Keys >= kv_end are
+ * ((kv * n_kv_heads + g) * block_size * HD). table[i - blk0] is the pool
+ * block of the sequence's block i (blk0 > 0 when the caller copied a
+ * window of the block table to shared memory). Keys >= kv_end are
  * zero-filled, so masked scores meet finite values in P.V. */
-template <typename T, int HD, int BN, int THREADS>
+/* POW2: bs is a power of two, so a key's block and offset are a shift
+ * and a mask instead of a division (which costs ~20 instructions per 16
+ * bytes and made the decode kernel issue-bound). */
+template <typename T, int HD, int BN, int THREADS, bool POW2 = false>
 __device__ __forceinline__ void load_kv_tile(T *dst, const T *kv_layer, const int32_t *table,
-                                             int bs, size_t block_elems, size_t head_off, int n0,
-                                             int kv_end, int tid)
+                                             int blk0, int bs, size_t block_elems, size_t head_off,
+                                             int n0, int kv_end, int tid)
 {
     constexpr int CH = HD / 8, LD = HD + PAD, ROWS_PER_PASS = THREADS / CH;
     static_assert(THREADS % CH == 0 && BN % ROWS_PER_PASS == 0, "tile not covered evenly");
     const int col = (tid % CH) * 8;
+    const int shift = POW2 ? __ffs(bs) - 1 : 0;
+    const T *base = kv_layer + head_off + col;
 #pragma unroll
     for (int i = 0; i < BN / ROWS_PER_PASS; i++) {
         const int r = tid / CH + i * ROWS_PER_PASS;
         const int j = n0 + r;
         const bool valid = j < kv_end;
         const T *src = kv_layer;
-        if (valid)
-            src = kv_layer + (size_t)table[j / bs] * block_elems + head_off +
-                  (size_t)(j % bs) * HD + col;
+        if (valid) {
+            const int blk = POW2 ? j >> shift : j / bs;
+            const int off = POW2 ? j & (bs - 1) : j % bs;
+            src = base + (size_t)table[blk - blk0] * block_elems + off * HD;
+        }
         cp_async16(dst + r * LD + col, src, valid);
     }
 }

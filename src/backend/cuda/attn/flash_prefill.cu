@@ -154,11 +154,11 @@ __global__ void __launch_bounds__(PF_THREADS) prefill_kernel(cuda_attn_paged a, 
     const size_t v_off = (size_t)(a.n_kv_heads + g) * a.block_size * HD;
     const int n_tiles = (kv_end + BN - 1) / BN;
 
-    load_kv_tile<T, HD, BN, PF_THREADS>(ks, kv_layer, table, a.block_size, a.block_elems, k_off, 0,
-                                        kv_end, tid);
+    load_kv_tile<T, HD, BN, PF_THREADS>(ks, kv_layer, table, 0, a.block_size, a.block_elems, k_off,
+                                        0, kv_end, tid);
     cp_async_commit();
-    load_kv_tile<T, HD, BN, PF_THREADS>(vs, kv_layer, table, a.block_size, a.block_elems, v_off, 0,
-                                        kv_end, tid);
+    load_kv_tile<T, HD, BN, PF_THREADS>(vs, kv_layer, table, 0, a.block_size, a.block_elems, v_off,
+                                        0, kv_end, tid);
     cp_async_commit();
 
     /* Q tile (rows past the chunk zeroed) into shared memory. */
@@ -223,7 +223,7 @@ __global__ void __launch_bounds__(PF_THREADS) prefill_kernel(cuda_attn_paged a, 
          * tile's barrier, so S(it - 1) is done. An empty group keeps the
          * wait counts uniform on the last tile. */
         if (it + 1 < n_tiles)
-            load_kv_tile<T, HD, BN, PF_THREADS>(ks + (buf ^ 1) * BN * LD, kv_layer, table,
+            load_kv_tile<T, HD, BN, PF_THREADS>(ks + (buf ^ 1) * BN * LD, kv_layer, table, 0,
                                                 a.block_size, a.block_elems, k_off, n0 + BN, kv_end,
                                                 tid);
         cp_async_commit();
@@ -254,7 +254,7 @@ __global__ void __launch_bounds__(PF_THREADS) prefill_kernel(cuda_attn_paged a, 
         /* V[it + 1] into the buffer P.V(it - 1) read (done before this
          * tile's first barrier). */
         if (it + 1 < n_tiles)
-            load_kv_tile<T, HD, BN, PF_THREADS>(vs + (buf ^ 1) * BN * LD, kv_layer, table,
+            load_kv_tile<T, HD, BN, PF_THREADS>(vs + (buf ^ 1) * BN * LD, kv_layer, table, 0,
                                                 a.block_size, a.block_elems, v_off, n0 + BN, kv_end,
                                                 tid);
         cp_async_commit();

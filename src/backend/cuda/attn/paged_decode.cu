@@ -24,8 +24,19 @@ namespace
 
 constexpr int DC_BN = 64, DC_WARPS = 4, DC_THREADS = DC_WARPS * 32, DC_STAGES = 3;
 constexpr int DC_ROWS = 16; /* query heads of a group, padded */
+/* Longest partition: one CTA then streams up to 2048 keys (32 tiles), so
+ * its prologue (batch arrays, table window, first tiles in flight) and its
+ * merge are a few percent of its time. */
+constexpr int DC_MAX_PARTITION = 2048;
 
-template <int HD> constexpr size_t decode_smem_bytes()
+/* Entries of the block-table window a partition of `partition` keys spans
+ * (it may start and end inside a block), rounded up to 16 bytes. */
+__host__ __device__ constexpr int decode_table_entries(int partition, int block_size)
+{
+    return ((partition + block_size - 1) / block_size + 1 + 3) / 4 * 4;
+}
+
+template <int HD> __host__ __device__ constexpr size_t decode_smem_bytes()
 {
     /* Q rows, then the stages of K and V tiles; the warps' merge reuses the
      * stages (4 warps x 16 rows x HD floats + m, l). */
@@ -35,7 +46,14 @@ template <int HD> constexpr size_t decode_smem_bytes()
     return tiles > merge ? tiles : merge;
 }
 
-template <typename T, int HD>
+/* The block-table window follows the tiles / merge area. */
+template <int HD> size_t decode_launch_smem(int partition, int block_size)
+{
+    return decode_smem_bytes<HD>() +
+           (size_t)decode_table_entries(partition, block_size) * sizeof(int32_t);
+}
+
+template <typename T, int HD, bool POW2>
 __global__ void __launch_bounds__(DC_THREADS)
     decode_kernel(cuda_attn_paged a, int partition, int n_parts, float *ws)
 {
@@ -55,7 +73,18 @@ __global__ void __launch_bounds__(DC_THREADS)
     const int k_end = min(seq_len, k_begin + partition);
     const int n_tiles = (k_end - k_begin + DC_BN - 1) / DC_BN;
     const int G = a.n_heads / a.n_kv_heads;
-    const int32_t *table = a.block_tables + (size_t)s * a.max_blocks_per_seq;
+    /* The partition's window of the block table, copied once: a tile's
+     * cp.async addresses then wait on shared memory, not on a global load
+     * each time a stage is refilled. */
+    int32_t *table = reinterpret_cast<int32_t *>(smem_raw + decode_smem_bytes<HD>());
+    const int blk0 = k_begin / a.block_size;
+    {
+        const int32_t *row = a.block_tables + (size_t)s * a.max_blocks_per_seq;
+        const int n_blk = (k_end - 1) / a.block_size - blk0 + 1;
+        for (int i = tid; i < n_blk; i += DC_THREADS)
+            table[i] = row[blk0 + i];
+        __syncthreads();
+    }
     const T *kv_layer = static_cast<const T *>(a.kv) + a.layer_off;
     const size_t k_off = (size_t)g * a.block_size * HD;
     const size_t v_off = (size_t)(a.n_kv_heads + g) * a.block_size * HD;
@@ -63,10 +92,11 @@ __global__ void __launch_bounds__(DC_THREADS)
     const auto load_stage = [&](int t) {
         T *dst = stages + (t % DC_STAGES) * STAGE;
         const int n0 = k_begin + t * DC_BN;
-        load_kv_tile<T, HD, DC_BN, DC_THREADS>(dst, kv_layer, table, a.block_size, a.block_elems,
-                                               k_off, n0, k_end, tid);
-        load_kv_tile<T, HD, DC_BN, DC_THREADS>(dst + DC_BN * LD, kv_layer, table, a.block_size,
-                                               a.block_elems, v_off, n0, k_end, tid);
+        load_kv_tile<T, HD, DC_BN, DC_THREADS, POW2>(dst, kv_layer, table, blk0, a.block_size,
+                                                     a.block_elems, k_off, n0, k_end, tid);
+        load_kv_tile<T, HD, DC_BN, DC_THREADS, POW2>(dst + DC_BN * LD, kv_layer, table, blk0,
+                                                     a.block_size, a.block_elems, v_off, n0, k_end,
+                                                     tid);
     };
     /* Groups: one per tile (K and V together), empty past the last tile so
      * that wait_group<STAGES - 2> always means "tile it has landed". */
@@ -225,11 +255,14 @@ __global__ void decode_reduce_kernel(cuda_attn_paged a, int partition, int n_par
     }
 }
 
-/* The shared-memory opt-in of one instantiation (once per device). */
+/* The shared-memory opt-in of one instantiation (once per device), for
+ * the largest table window: the longest partition over 1-token blocks. */
 template <typename T, int HD> int decode_allow()
 {
-    static std::atomic<unsigned> smem_set{0};
-    return allow_smem(decode_kernel<T, HD>, decode_smem_bytes<HD>(), smem_set);
+    static std::atomic<unsigned> pow2_set{0}, any_set{0};
+    const size_t smem = decode_launch_smem<HD>(DC_MAX_PARTITION, 1);
+    const int rc = allow_smem(decode_kernel<T, HD, true>, smem, pow2_set);
+    return rc ? rc : allow_smem(decode_kernel<T, HD, false>, smem, any_set);
 }
 
 template <typename T, int HD>
@@ -239,8 +272,11 @@ int launch_decode(const cuda_attn_paged *a, int n_parts, int partition, float *w
     const int rc = decode_allow<T, HD>();
     if (rc) return rc;
     const dim3 grid(n_parts, a->n_kv_heads, a->n_seqs);
-    decode_kernel<T, HD>
-        <<<grid, DC_THREADS, decode_smem_bytes<HD>(), stream>>>(*a, partition, n_parts, ws);
+    const size_t smem = decode_launch_smem<HD>(partition, a->block_size);
+    if ((a->block_size & (a->block_size - 1)) == 0)
+        decode_kernel<T, HD, true><<<grid, DC_THREADS, smem, stream>>>(*a, partition, n_parts, ws);
+    else
+        decode_kernel<T, HD, false><<<grid, DC_THREADS, smem, stream>>>(*a, partition, n_parts, ws);
     if (n_parts > 1)
         decode_reduce_kernel<HD>
             <<<dim3(a->n_heads, a->n_seqs), HD / 2, 0, stream>>>(*a, partition, n_parts, ws);
@@ -283,7 +319,7 @@ extern "C" int cuda_attn_prepare(void)
 
 extern "C" int cuda_attn_decode_partition(int n_seqs, int n_kv_heads, int max_seq_len, int n_sms)
 {
-    int p = 512;
+    int p = cv_attn::DC_MAX_PARTITION;
     while (p > 64 && (long)n_seqs * n_kv_heads * ((max_seq_len + p - 1) / p) < 4L * (long)n_sms)
         p /= 2;
     return p;
@@ -305,7 +341,7 @@ extern "C" int cuda_attn_decode(const cuda_attn_paged *a, int max_seq_len, int p
                              a->out_dtype) ||
         a->ld_q % 8 != 0 || a->ld_out % 2 != 0 || a->out_lo_off % 2 != 0 || a->n_seqs <= 0 ||
         a->block_size <= 0 || max_seq_len <= 0 || partition <= 0 || partition % DC_BN != 0 ||
-        a->n_heads / a->n_kv_heads > DC_ROWS)
+        partition > DC_MAX_PARTITION || a->n_heads / a->n_kv_heads > DC_ROWS)
         return (int)cudaErrorInvalidValue;
     const int n_parts = (max_seq_len + partition - 1) / partition;
     if (n_parts > 1 && !workspace) return (int)cudaErrorInvalidValue;
