@@ -154,7 +154,7 @@ static void test_stories260K_greedy(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        HF_FIXTURES(FIXTURE) HF_FIXTURES_CPU_ONLY(FIXTURE)
+        HF_FIXTURES(FIXTURE)
             cmocka_unit_test(test_stories260K_greedy),
     };
     return cv_test_exit(cmocka_run_group_tests(tests, NULL, NULL));

@@ -26,11 +26,7 @@
     X("qwen2_f32")                                                                                 \
     X("qwen2_bf16")                                                                                \
     X("qwen3_f32")                                                                                 \
-    X("qwen3_bf16")
-
-/* Fixtures of architectures only the CPU backend runs (OPT, GPT-2; the
- * CUDA backend refuses them at create). */
-#define HF_FIXTURES_CPU_ONLY(X)                                                                    \
+    X("qwen3_bf16")                                                                                \
     X("opt_f32")                                                                                   \
     X("opt_bf16")                                                                                  \
     X("opt_postnorm_f32")                                                                          \

@@ -46,14 +46,19 @@ timeout 120 "$BUILD/tests/test_gpu_attention" --bench > "$OUT/test_gpu_attention
 echo "test_gpu_attention rc=$?"
 tail -20 "$OUT/test_gpu_attention.log"
 
-echo "== compute-sanitizer (memcheck, racecheck) on two fixtures"
+echo "== compute-sanitizer (memcheck, racecheck) on qwen3_bf16, memcheck on opt_postnorm_f32"
 for tool in memcheck racecheck; do
     CVLLM_SHARED="$PWD/$BUILD/gpu-shared" CVLLM_SOURCE_DIR="$PWD" timeout 30 \
         compute-sanitizer --tool $tool --error-exitcode 9 "$BUILD/tests/test_gpu_fixtures" \
         "qwen3_bf16" >> "$OUT/test_gpu.log" 2>&1
     echo "compute-sanitizer $tool rc=$?"
 done
-grep -E "ERROR SUMMARY|RACECHECK SUMMARY" "$OUT/test_gpu.log" | tail -4
+# The OPT / GPT-2 kernels (kernels/norm_act.cu): post-norm, project_in/out.
+CVLLM_SHARED="$PWD/$BUILD/gpu-shared" CVLLM_SOURCE_DIR="$PWD" timeout 30 \
+    compute-sanitizer --tool memcheck --error-exitcode 9 "$BUILD/tests/test_gpu_fixtures" \
+    "opt_postnorm_f32" >> "$OUT/test_gpu.log" 2>&1
+echo "compute-sanitizer memcheck opt_postnorm_f32 rc=$?"
+grep -E "ERROR SUMMARY|RACECHECK SUMMARY" "$OUT/test_gpu.log" | tail -6
 
 echo "== cvllm-dummy-model L8B bf16"
 t0=$(date +%s%N)

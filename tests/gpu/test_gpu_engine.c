@@ -1,8 +1,9 @@
 /* The engine on a GPU (device "cuda"): stories260K's HF greedy references
  * (tests/fixtures/stories260K_greedy.json) alone, streamed and all at once
  * in one batch, with every KV block free at the end; seeded sampling
- * beside greedy requests. Exits 77 (ctest:
- * skipped) where no CUDA device is visible. */
+ * beside greedy requests; OPT (pre- and post-norm) and GPT-2 fixtures
+ * greedy on device "cuda", "auto" and "cpu", all equal to HF's ids. Exits 77
+ * (ctest: skipped) where no CUDA device is visible. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -12,9 +13,11 @@
 #include <string.h>
 
 #include <cmocka.h>
+#include <jansson.h>
 
 #include "../engine/engine_test_util.h"
 #include "backend/cuda/cuda_backend.h"
+#include "backend/device/device.h"
 
 enum { N_CASES = 3 };
 
@@ -129,6 +132,96 @@ static void test_seeded_beside_greedy(void **state)
     cv_engine_shutdown(e, false);
 }
 
+/* HF's greedy ids of the fixture's reference.json ("greedy": input_ids,
+ * output_ids) through the engine on DEVICE. The fixtures carry no
+ * tokenizer; stories260K's covers their 256 ids. */
+static void expect_fixture_greedy(const char *name, const char *device)
+{
+    char rel[256], dir[4096], path[4200];
+    snprintf(rel, sizeof rel, "tests/fixtures/models/%s", name);
+    source_path(dir, sizeof dir, rel);
+    snprintf(path, sizeof path, "%s/reference.json", dir);
+    json_error_t jerr;
+    json_t *ref = json_load_file(path, 0, &jerr);
+    if (!ref) fail_msg("%s: %s", path, jerr.text);
+    const json_t *g = json_object_get(ref, "greedy");
+    const json_t *in = json_object_get(g, "input_ids"), *out = json_object_get(g, "output_ids");
+    int32_t ids[64], want[64];
+    const int n_in = (int)json_array_size(in), n_out = (int)json_array_size(out);
+    assert_true(n_in > 0 && n_in <= 64 && n_out > 0 && n_out <= 64);
+    for (int i = 0; i < n_in; i++)
+        ids[i] = (int32_t)json_integer_value(json_array_get(in, (size_t)i));
+    for (int i = 0; i < n_out; i++)
+        want[i] = (int32_t)json_integer_value(json_array_get(out, (size_t)i));
+    json_decref(ref);
+
+    cv_engine_args a;
+    test_args(&a, dir);
+    snprintf(a.tokenizer, sizeof a.tokenizer, "%s", stories);
+    snprintf(a.device, sizeof a.device, "%s", device);
+    if (strcmp(device, "cpu")) {
+        a.kv_blocks = 0; /* sized from gpu_memory_utilization */
+        a.gpu_memory_utilization = 0.5;
+    }
+    cv_engine *e = test_engine(&a);
+    cv_sampling_params p;
+    cv_sampling_params_default(&p);
+    p.temperature = 0;
+    p.max_tokens = n_out;
+    p.ignore_eos = true; /* HF's reference is a fixed number of tokens */
+    req_result r;
+    run_one(e, &p, ids, n_in, false, &r);
+    assert_null(r.error);
+    print_message("%s on %s: %d tokens\n", name, device, r.seqs[0].n_ids);
+    assert_int_equal(r.seqs[0].n_ids, n_out);
+    assert_memory_equal(r.seqs[0].ids, want, (size_t)n_out * sizeof(int32_t));
+    result_free(&r);
+    cv_engine_shutdown(e, false);
+}
+
+/* OPT and GPT-2 run on the GPU (device "cuda" and "auto") with the CPU
+ * backend's greedy ids, which are HF's. */
+static void test_opt_gpt2_greedy(void **state)
+{
+    (void)state;
+    static const char *const names[] = {"opt_f32", "opt_postnorm_f32", "gpt2_f32"};
+    static const char *const devices[] = {"cuda", "auto", "cpu"};
+    for (size_t m = 0; m < sizeof names / sizeof names[0]; m++)
+        for (size_t d = 0; d < sizeof devices / sizeof devices[0]; d++)
+            expect_fixture_greedy(names[m], devices[d]);
+}
+
+/* Device "auto" on a GPU machine runs OPT and GPT-2 on the GPU (they fell
+ * back to the CPU before the CUDA backend had their kernels). */
+static void test_auto_picks_gpu(void **state)
+{
+    (void)state;
+    static const char *const names[] = {"opt_postnorm_f32", "gpt2_f32"};
+    for (size_t m = 0; m < sizeof names / sizeof names[0]; m++) {
+        char rel[256], dir[4096];
+        snprintf(rel, sizeof rel, "tests/fixtures/models/%s", names[m]);
+        source_path(dir, sizeof dir, rel);
+        cv_error err = {.msg = ""};
+        cv_model *model = cv_model_load(dir, &err);
+        if (!model) fail_msg("%s: %s", dir, err.msg);
+        const cv_device_options o = {
+            .device = "auto",
+            .matrix_dtype = cv_model_get_config(model)->dtype,
+            .n_threads = 1,
+            .cpu_kv_bytes = (size_t)1 << 20,
+            .gpu_memory_share = 0.5,
+            .max_step_tokens = 64,
+            .max_step_logits = 64,
+            .kv_dtype = -1,
+        };
+        cv_device_backend *b = cv_device_backend_create(model, &o, &err);
+        if (!b) fail_msg("%s: %s", names[m], err.msg);
+        assert_string_equal(cv_device_backend_name(b), "cuda:0");
+        cv_device_backend_destroy(b);
+        cv_model_free(model);
+    }
+}
+
 int main(void)
 {
     if (cv_cuda_device_count() == 0) {
@@ -137,9 +230,9 @@ int main(void)
     }
     shared_path(stories, sizeof stories, "models/stories260K");
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_greedy_alone),
-        cmocka_unit_test(test_greedy_batched),
-        cmocka_unit_test(test_seeded_beside_greedy),
+        cmocka_unit_test(test_greedy_alone),         cmocka_unit_test(test_greedy_batched),
+        cmocka_unit_test(test_seeded_beside_greedy), cmocka_unit_test(test_opt_gpt2_greedy),
+        cmocka_unit_test(test_auto_picks_gpu),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

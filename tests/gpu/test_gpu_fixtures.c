@@ -1,6 +1,7 @@
 /* The CUDA backend against HuggingFace transformers: the tiny random models of
- * tests/fixtures/models (every architecture, f32 and bf16 weights) and the
- * real stories260K, through the model loader and cv_cuda_backend_forward.
+ * tests/fixtures/models (every architecture: the Llama family, OPT pre- and
+ * post-norm with project_in/out, GPT-2; f32 and bf16 weights) and the real
+ * stories260K, through the model loader and cv_cuda_backend_forward.
  *
  * Each fixture is run (a) as one prefill per prompt, launched kernel by
  * kernel, (b) with both prompts interleaved in the same batches, in chunks
@@ -300,27 +301,51 @@ static void test_bad_input(void **state)
     hf_fixture_free(&f);
 }
 
-/* OPT and GPT-2 have no CUDA kernels: create refuses them, naming the
- * architecture and the way to run them. */
-static void test_cpu_only_refused(void **state)
+/* Learned positions (OPT, GPT-2) end at max_position_embeddings: a position
+ * past them is refused naming it (the device table would be read out of
+ * bounds), and the last one runs. */
+static void test_learned_position_limit(void **state)
 {
-    const char *name = *state;
+    (void)state;
     hf_fixture f;
-    hf_fixture_load(&f, name);
+    hf_fixture_load(&f, "opt_f32");
+    const int max_pos = f.cfg->max_position_embeddings;
+    cv_cuda_backend *bk = make_backend(f.model);
     cv_error err = {.msg = ""};
-    assert_null(cv_cuda_backend_create(f.model, 0, &err));
-    char want[256];
+    assert_int_equal(cv_cuda_backend_kv_alloc(bk, 2, 4, &err), 0);
+    const int32_t ids[1] = {5}, starts[2] = {0, 1}, lens[1] = {1}, table[1] = {0}, idx[1] = {0};
+    int32_t pos[1] = {max_pos};
+    const int64_t slots[1] = {0};
+    cv_batch b = {
+        .n_tokens = 1,
+        .token_ids = ids,
+        .positions = pos,
+        .slot_mapping = slots,
+        .n_seqs = 1,
+        .query_start = starts,
+        .seq_lens = lens,
+        .block_tables = table,
+        .max_blocks_per_seq = 1,
+        .n_logits = 1,
+        .logits_indices = idx,
+    };
+    float logits[256];
+    assert_int_equal(cv_cuda_backend_forward(bk, &b, logits, &err), -1);
+    char want[160];
     snprintf(want, sizeof want,
-             "cuda backend: architecture %s is not implemented on the GPU (set \"device\": "
-             "\"cpu\" in model.json to run it on the CPU)",
-             f.cfg->architecture);
+             "cv_cuda_backend_forward: positions[0] = %d is past the model's %d learned positions",
+             max_pos, max_pos);
     assert_string_equal(err.msg, want);
+    pos[0] = max_pos - 1;
+    assert_int_equal(cv_cuda_backend_forward(bk, &b, logits, &err), 0);
+    for (int v = 0; v < f.cfg->vocab_size; v++)
+        assert_true(isfinite(logits[v]));
+    cv_cuda_backend_destroy(bk);
     hf_fixture_free(&f);
 }
 
 /* One cmocka test per fixture, named after it. */
 #define FIXTURE(n) {.name = n, .test_func = test_fixture, .initial_state = (void *)n},
-#define REFUSED(n) {.name = n, .test_func = test_cpu_only_refused, .initial_state = (void *)n},
 
 /* An argument runs only the tests whose names match it (a cmocka pattern
  * with * and ?), e.g. one fixture under compute-sanitizer. */
@@ -332,9 +357,9 @@ int main(int argc, char **argv)
         return 77;
     }
     const struct CMUnitTest tests[] = {
-        HF_FIXTURES(FIXTURE) HF_FIXTURES_CPU_ONLY(REFUSED)
-            cmocka_unit_test(test_stories260K_greedy),
+        HF_FIXTURES(FIXTURE) cmocka_unit_test(test_stories260K_greedy),
         cmocka_unit_test(test_bad_input),
+        cmocka_unit_test(test_learned_position_limit),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -61,18 +61,18 @@ static int check_config(const cv_model_config *c, cv_error *err)
     if (c->head_dim % 2 != 0 || c->head_dim > CUDA_MAX_HEAD_DIM)
         return cv_errorf(err, "cuda backend: head_dim %d must be even and at most %d", c->head_dim,
                          CUDA_MAX_HEAD_DIM);
-    /* LayerNorm, learned positions, post-norm, projections, biased
-     * projections and the non-gated MLP (OPT, GPT-2) have no kernels here:
-     * refused rather than run as a Llama (unsupported: device "auto" then
-     * runs the model on the CPU). */
-    if (c->norm_type != CV_NORM_RMS || c->pos_type != CV_POS_ROPE || c->post_norm || c->plain_mlp ||
-        c->proj_dim > 0 || c->linear_bias || c->no_final_norm)
-        return cv_errorf_class(err, CV_ERR_UNSUPPORTED,
-                               "cuda backend: architecture %s is not implemented on the GPU (set "
-                               "\"device\": \"cpu\" in model.json to run it on the CPU)",
-                               c->architecture);
-    if (c->hidden_act != CV_ACT_SILU && c->hidden_act != CV_ACT_GELU_TANH)
+    if (c->hidden_act != CV_ACT_SILU && c->hidden_act != CV_ACT_GELU_TANH &&
+        c->hidden_act != CV_ACT_RELU)
         return cv_errorf(err, "cuda backend: unsupported activation %d", (int)c->hidden_act);
+    /* The gated kernel knows SiLU and GELU only; relu comes with OPT's
+     * plain MLP. */
+    if (c->hidden_act == CV_ACT_RELU && !c->plain_mlp)
+        return cv_errorf(err, "cuda backend: relu is supported only in a non-gated MLP");
+    if (c->pos_type == CV_POS_LEARNED && (c->max_position_embeddings <= 0 || c->pos_offset < 0))
+        return cv_errorf(err,
+                         "cuda backend: learned positions need max_position_embeddings %d > 0 and "
+                         "pos_offset %d >= 0",
+                         c->max_position_embeddings, c->pos_offset);
     /* Refused rather than silently attending over the whole context. */
     if (c->sliding_window > 0)
         return cv_errorf_class(err, CV_ERR_UNSUPPORTED,
@@ -131,25 +131,54 @@ static int upload_layer(cv_cuda_backend *b, const cv_layer_weights *L, int l, cv
         check_matrix(&L->wk, "wk", l, kd, h, b->wdtype, err) ||
         check_matrix(&L->wv, "wv", l, kd, h, b->wdtype, err) ||
         check_matrix(&L->wo, "wo", l, h, qd, b->wdtype, err) ||
-        check_matrix(&L->w_gate, "w_gate", l, f, h, b->wdtype, err) ||
+        (!c->plain_mlp && check_matrix(&L->w_gate, "w_gate", l, f, h, b->wdtype, err)) ||
         check_matrix(&L->w_up, "w_up", l, f, h, b->wdtype, err) ||
         check_matrix(&L->w_down, "w_down", l, h, f, b->wdtype, err))
         return -1;
+    /* A plain MLP (OPT, GPT-2) has no gate: wgu is w_up alone. */
     const cv_tensor *qkv[3] = {&L->wq, &L->wk, &L->wv}, *o[1] = {&L->wo},
-                    *gu[2] = {&L->w_gate, &L->w_up}, *down[1] = {&L->w_down};
+                    *gu[2] = {&L->w_gate, &L->w_up}, *up[1] = {&L->w_up}, *down[1] = {&L->w_down};
     if (!L->attn_norm.data || !L->ffn_norm.data)
         return cv_errorf(err, "cuda backend: layer %d lacks a norm weight", l);
     if (upload_rows(qkv, 3, &cl->wqkv, err) || upload_rows(o, 1, &cl->wo, err) ||
-        upload_rows(gu, 2, &cl->wgu, err) || upload_rows(down, 1, &cl->wdown, err) ||
+        (c->plain_mlp ? upload_rows(up, 1, &cl->wgu, err) : upload_rows(gu, 2, &cl->wgu, err)) ||
+        upload_rows(down, 1, &cl->wdown, err) ||
         upload_vector(&L->attn_norm, h, "attn_norm", &cl->attn_norm, err) ||
         upload_vector(&L->ffn_norm, h, "ffn_norm", &cl->ffn_norm, err) ||
         upload_vector(&L->bq, qd, "bq", &cl->bq, err) ||
         upload_vector(&L->bk, kd, "bk", &cl->bk, err) ||
         upload_vector(&L->bv, kd, "bv", &cl->bv, err) ||
         upload_vector(&L->q_norm, hd, "q_norm", &cl->q_norm, err) ||
-        upload_vector(&L->k_norm, hd, "k_norm", &cl->k_norm, err))
+        upload_vector(&L->k_norm, hd, "k_norm", &cl->k_norm, err) ||
+        upload_vector(&L->attn_norm_b, h, "attn_norm_b", &cl->attn_norm_b, err) ||
+        upload_vector(&L->ffn_norm_b, h, "ffn_norm_b", &cl->ffn_norm_b, err) ||
+        upload_vector(&L->bo, h, "bo", &cl->bo, err) ||
+        upload_vector(&L->b_up, f, "b_up", &cl->b_up, err) ||
+        upload_vector(&L->b_down, h, "b_down", &cl->b_down, err))
         return cv_error_prefix(err, "layer %d", l);
     return 0;
+}
+
+/* The OPT / GPT-2 globals: learned positions, project_in / project_out,
+ * the final LayerNorm's bias (each NULL when the model has none). */
+static int upload_structure(cv_cuda_backend *b, const cv_model_weights *w, cv_error *err)
+{
+    const cv_model_config *c = &b->cfg;
+    const int64_t h = c->hidden_size, p = c->proj_dim;
+    if (c->pos_type == CV_POS_LEARNED &&
+        upload_vector(&w->pos_embed, ((int64_t)c->max_position_embeddings + c->pos_offset) * h,
+                      "pos_embed", &b->pos_embed, err))
+        return -1;
+    if (c->pos_type == CV_POS_LEARNED && !b->pos_embed)
+        return cv_errorf(err, "cuda backend: the model lacks pos_embed (learned positions)");
+    if (p > 0) {
+        const cv_tensor *in[1] = {&w->project_in}, *out[1] = {&w->project_out};
+        if (check_matrix(&w->project_in, "project_in", -1, h, p, b->wdtype, err) ||
+            check_matrix(&w->project_out, "project_out", -1, p, h, b->wdtype, err) ||
+            upload_rows(in, 1, &b->project_in, err) || upload_rows(out, 1, &b->project_out, err))
+            return -1;
+    }
+    return upload_vector(&w->final_norm_b, h, "final_norm_b", &b->final_norm_b, err);
 }
 
 static int create_on_device(cv_cuda_backend *b, const cv_model_weights *w, cv_error *err)
@@ -172,24 +201,27 @@ static int create_on_device(cv_cuda_backend *b, const cv_model_weights *w, cv_er
     CU(cudaMalloc(&b->blas_workspace, ws_bytes), "cuBLAS workspace");
     CB(cublasSetWorkspace(b->blas, b->blas_workspace, ws_bytes), "cublasSetWorkspace");
 
-    if (!w->embed.data || !w->lm_head.data || !w->final_norm.data || !w->layers)
+    if (!w->embed.data || !w->lm_head.data || (!w->final_norm.data && !c->no_final_norm) ||
+        !w->layers)
         return cv_errorf(err, "cuda backend: the model lacks embed, lm_head, final_norm or layers");
-    const int64_t h = c->hidden_size;
+    const int64_t h = c->hidden_size, e = cv_config_embed_dim(c);
     b->wdtype = w->lm_head.dtype;
     b->split_act = false; /* CV_CUDA_ACT_ROUND: vLLM's numerics */
     b->embed_dtype = w->embed.dtype;
-    if (w->embed.shape[0] != c->vocab_size || w->embed.shape[1] != h)
-        return cv_errorf(err, "cuda backend: embed is not (%d, %" PRId64 ")", c->vocab_size, h);
-    if (check_matrix(&w->lm_head, "lm_head", -1, c->vocab_size, h, b->wdtype, err)) return -1;
+    if (w->embed.shape[0] != c->vocab_size || w->embed.shape[1] != e)
+        return cv_errorf(err, "cuda backend: embed is not (%d, %" PRId64 ")", c->vocab_size, e);
+    if (check_matrix(&w->lm_head, "lm_head", -1, c->vocab_size, e, b->wdtype, err)) return -1;
     const cv_tensor *emb[1] = {&w->embed}, *head[1] = {&w->lm_head};
     if (upload_rows(emb, 1, &b->embed, err)) return -1;
     if (w->lm_head.data == w->embed.data)
         b->lm_head = b->embed;
     else if (upload_rows(head, 1, &b->lm_head, err))
         return -1;
-    if (upload_vector(&w->final_norm, h, "final_norm", &b->final_norm, err)) return -1;
-    float inv_freq[CUDA_MAX_HEAD_DIM / 2];
-    cv_rope_inv_freq(c, inv_freq);
+    if (upload_vector(&w->final_norm, h, "final_norm", &b->final_norm, err) ||
+        upload_structure(b, w, err))
+        return -1;
+    float inv_freq[CUDA_MAX_HEAD_DIM / 2] = {0};
+    if (c->pos_type == CV_POS_ROPE) cv_rope_inv_freq(c, inv_freq);
     CU(cudaMalloc((void **)&b->inv_freq, sizeof inv_freq), "cudaMalloc");
     CU(cudaMemcpy(b->inv_freq, inv_freq, (size_t)c->head_dim / 2 * sizeof(float),
                   cudaMemcpyHostToDevice),
@@ -329,8 +361,10 @@ void cv_cuda_backend_destroy(cv_cuda_backend *b)
     if (b->layers) {
         for (int l = 0; l < b->cfg.n_layers; l++) {
             cuda_layer *cl = &b->layers[l];
-            void *ptrs[] = {cl->wqkv, cl->wo, cl->wgu, cl->wdown,  cl->attn_norm, cl->ffn_norm,
-                            cl->bq,   cl->bk, cl->bv,  cl->q_norm, cl->k_norm};
+            void *ptrs[] = {cl->wqkv,       cl->wo,       cl->wgu,    cl->wdown,
+                            cl->attn_norm,  cl->ffn_norm, cl->bq,     cl->bk,
+                            cl->bv,         cl->q_norm,   cl->k_norm, cl->attn_norm_b,
+                            cl->ffn_norm_b, cl->bo,       cl->b_up,   cl->b_down};
             for (size_t i = 0; i < sizeof ptrs / sizeof ptrs[0]; i++)
                 cudaFree(ptrs[i]);
         }
@@ -339,6 +373,10 @@ void cv_cuda_backend_destroy(cv_cuda_backend *b)
     if (b->lm_head != b->embed) cudaFree(b->lm_head);
     cudaFree(b->embed);
     cudaFree(b->final_norm);
+    cudaFree(b->final_norm_b);
+    cudaFree(b->pos_embed);
+    cudaFree(b->project_in);
+    cudaFree(b->project_out);
     cudaFree(b->inv_freq);
     cuda_graphs_clear(b);
     cudaFree(b->kv);

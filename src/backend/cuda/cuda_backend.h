@@ -44,8 +44,10 @@ int cv_cuda_device_count(void);
 
 /* Uploads the model's weights to DEVICE. On failure returns NULL and err
  * names the device, the tensor or the CUDA/cuBLAS call that failed; a model
- * this backend does not implement (its architecture or sliding-window
- * attention) fails with class CV_ERR_UNSUPPORTED before touching the GPU. */
+ * this backend does not implement (sliding-window attention) fails with
+ * class CV_ERR_UNSUPPORTED before touching the GPU. Every architecture of
+ * model.h runs: the Llama family, OPT (pre- and post-norm, project_in/out)
+ * and GPT-2. */
 cv_cuda_backend *cv_cuda_backend_create(const cv_model *model, int device, cv_error *err);
 
 /* Element type of the KV cache; call before cv_cuda_backend_kv_alloc.

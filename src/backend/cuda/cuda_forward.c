@@ -4,7 +4,10 @@
  *   -> O GEMM (+= residual) -> RMSNorm -> gate|up GEMM -> act(gate) * up
  *   -> down GEMM (+= residual)
  * and the final norm + LM head for the requested rows only. The residual
- * adds are the GEMMs' beta = 1. */
+ * adds are the GEMMs' beta = 1. OPT and GPT-2 (LayerNorm, learned
+ * positions, biases, a plain MLP, post-norm, project_in / project_out) take
+ * the same steps with the kernels of kernels/norm_act.cu where their
+ * config asks for them. */
 #include <inttypes.h>
 #include <math.h>
 #include <stdlib.h>
@@ -64,6 +67,9 @@ static int check_batch(const cv_cuda_backend *b, const cv_batch *bt, cv_error *e
                              bt->token_ids[t], b->cfg.vocab_size - 1);
         if (bt->positions[t] < 0)
             return cv_errorf(err, "%s: positions[%d] = %d is negative", fn, t, bt->positions[t]);
+        if (b->pos_embed && bt->positions[t] >= b->cfg.max_position_embeddings)
+            return cv_errorf(err, "%s: positions[%d] = %d is past the model's %d learned positions",
+                             fn, t, bt->positions[t], b->cfg.max_position_embeddings);
         if (bt->slot_mapping[t] < 0 || bt->slot_mapping[t] >= n_slots)
             return cv_errorf(err, "%s: slot_mapping[%d] = %" PRId64 " is outside slots 0..%" PRId64,
                              fn, t, bt->slot_mapping[t], n_slots - 1);
@@ -91,26 +97,30 @@ static int reserve(cv_cuda_backend *b, int n_tokens, int n_logits, cv_error *err
     /* GEMM operands: twice the rows (hi, lo) with split activations. */
     const size_t as = cv_dtype_size(b->wdtype) * (b->split_act ? 2 : 1);
     const size_t h = (size_t)c->hidden_size, f = (size_t)c->intermediate_size,
-                 qd = (size_t)c->n_heads * c->head_dim;
-    size_t widest = h > 2 * f ? h : 2 * f;
+                 qd = (size_t)c->n_heads * c->head_dim, pd = (size_t)c->proj_dim;
+    /* xn and xl also hold proj_dim-wide rows (OPT's project_in / _out). */
+    const size_t hp = h > pd ? h : pd;
+    size_t widest = hp > 2 * f ? hp : 2 * f;
     widest = widest > (size_t)b->qkv_dim ? widest : (size_t)b->qkv_dim;
-    size_t y2 = (size_t)nt * widest > (size_t)nl * c->vocab_size ? (size_t)nt * widest
-                                                                 : (size_t)nl * c->vocab_size;
+    const size_t head_out = (size_t)c->vocab_size > pd ? (size_t)c->vocab_size : pd;
+    size_t y2 =
+        (size_t)nt * widest > (size_t)nl * head_out ? (size_t)nt * widest : (size_t)nl * head_out;
     y2 = b->split_act ? 2 * y2 * 4 : 0;
-    const size_t sizes[10] = {
+    const size_t sizes[11] = {
         (size_t)nt * h * 4,
-        (size_t)nt * h * as,
+        (size_t)nt * hp * as,
         (size_t)nt * b->qkv_dim * 4,
         (size_t)nt * qd * as,
         (size_t)nt * 2 * f * 4,
         (size_t)nt * f * as,
-        (size_t)nl * h * as,
+        (size_t)nl * hp * as,
         (size_t)nl * c->vocab_size * 4,
         y2,
         (size_t)nl * sizeof(cuda_greedy_out),
+        (size_t)nl * pd * 4,
     };
     size_t total = 0;
-    for (int i = 0; i < 10; i++)
+    for (int i = 0; i < 11; i++)
         total += align256(sizes[i]);
     void *mem = NULL, *greedy_host = NULL;
     cudaError_t e = cudaMalloc(&mem, total);
@@ -125,9 +135,9 @@ static int reserve(cv_cuda_backend *b, int n_tokens, int n_logits, cv_error *err
     cudaFreeHost(b->greedy_host);
     b->act_mem = mem;
     b->greedy_host = greedy_host;
-    char *p[10];
+    char *p[11];
     p[0] = mem;
-    for (int i = 1; i < 10; i++)
+    for (int i = 1; i < 11; i++)
         p[i] = p[i - 1] + align256(sizes[i - 1]);
     b->x = (float *)p[0];
     b->xn = p[1];
@@ -139,6 +149,7 @@ static int reserve(cv_cuda_backend *b, int n_tokens, int n_logits, cv_error *err
     b->logits = (float *)p[7];
     b->y2 = (float *)p[8];
     b->greedy_dev = (cuda_greedy_out *)p[9];
+    b->xp = (float *)p[10];
     b->cap_tokens = nt;
     b->cap_logits = nl;
     return 0;
@@ -277,6 +288,28 @@ static bool same_attn(const step_attn *a, const step_attn *b)
            p->tile_rows == q->tile_rows && p->partition == q->partition && p->n_parts == q->n_parts;
 }
 
+/* out (n_rows, n) = the model's norm (RMSNorm, or LayerNorm with bias) of
+ * rows of src (rows[r], or r when NULL); with w NULL the rows as they are. */
+static int norm_rows(cv_cuda_backend *b, const float *src, const int32_t *rows, int n_rows,
+                     const float *w, const float *bias, int n, cv_dtype out_dtype, void *out,
+                     size_t lo_off, const char *what, cv_error *err)
+{
+    const cv_model_config *c = &b->cfg;
+    if (w && c->norm_type == CV_NORM_RMS)
+        KL(cuda_rmsnorm(src, rows, n_rows, w, n, c->rms_norm_eps, out_dtype, out, n, lo_off,
+                        b->stream),
+           what);
+    else
+        KL(cuda_layernorm(src, rows, n_rows, w, bias, n, c->rms_norm_eps, out_dtype, out, n, lo_off,
+                          b->stream),
+           what);
+    return 0;
+}
+
+/* Pre-norm (Llama, OPT-125m, GPT-2): x += attn(norm(x)); x += mlp(norm(x)).
+ * Post-norm (OPT with do_layer_norm_before false): each sublayer reads x
+ * itself and x = norm(x + sublayer(x)). Biases (OPT, GPT-2) are added to
+ * the GEMMs' results; the plain MLP is down(act(up x + b_up)) + b_down. */
 static int layer_forward(cv_cuda_backend *b, const cv_batch *bt, const step_arrays *d, int l,
                          const step_attn *sa, cv_error *err)
 {
@@ -286,11 +319,11 @@ static int layer_forward(cv_cuda_backend *b, const cv_batch *bt, const step_arra
     const int qd = c->n_heads * c->head_dim;
     const size_t layer_off = (size_t)l * 2 * c->n_kv_heads * b->block_size * c->head_dim;
     const size_t split = b->split_act ? 1 : 0; /* lo rows follow the nt hi rows */
+    const bool post = c->post_norm;
 
-    KL(cuda_rmsnorm(b->x, NULL, nt, L->attn_norm, h, c->rms_norm_eps, b->wdtype, b->xn, h,
-                    split * nt * h, b->stream),
-       "attention rmsnorm");
-    if (mark(b, CV_CUDA_PHASE_NORM, err) ||
+    if (norm_rows(b, b->x, NULL, nt, post ? NULL : L->attn_norm, L->attn_norm_b, h, b->wdtype,
+                  b->xn, split * nt * h, "attention norm", err) ||
+        mark(b, CV_CUDA_PHASE_NORM, err) ||
         gemm(b, L->wqkv, b->qkv_dim, h, b->xn, nt, b->qkv, 0.0f, err) ||
         mark(b, CV_CUDA_PHASE_QKV_GEMM, err))
         return -1;
@@ -373,17 +406,35 @@ static int layer_forward(cv_cuda_backend *b, const cv_batch *bt, const step_arra
     if (mark(b, CV_CUDA_PHASE_ATTN, err) || gemm(b, L->wo, h, qd, b->attn, nt, b->x, 1.0f, err) ||
         mark(b, CV_CUDA_PHASE_O_GEMM, err))
         return -1;
-    KL(cuda_rmsnorm(b->x, NULL, nt, L->ffn_norm, h, c->rms_norm_eps, b->wdtype, b->xn, h,
-                    split * nt * h, b->stream),
-       "mlp rmsnorm");
-    if (mark(b, CV_CUDA_PHASE_NORM, err) ||
-        gemm(b, L->wgu, 2 * f, h, b->xn, nt, b->gu, 0.0f, err) ||
-        mark(b, CV_CUDA_PHASE_UPGATE_GEMM, err))
+    if (L->bo) KL(cuda_add_bias(b->x, L->bo, nt, h, b->stream), "output bias kernel");
+    if (post && norm_rows(b, b->x, NULL, nt, L->attn_norm, L->attn_norm_b, h, CV_DTYPE_F32, b->x, 0,
+                          "attention norm", err))
         return -1;
-    KL(cuda_gated_act(c->hidden_act, b->gu, nt, f, b->wdtype, b->mlp, split * nt * f, b->stream),
-       "gated activation kernel");
+    if (norm_rows(b, b->x, NULL, nt, post ? NULL : L->ffn_norm, L->ffn_norm_b, h, b->wdtype, b->xn,
+                  split * nt * h, "mlp norm", err) ||
+        mark(b, CV_CUDA_PHASE_NORM, err))
+        return -1;
+    if (c->plain_mlp) {
+        if (gemm(b, L->wgu, f, h, b->xn, nt, b->gu, 0.0f, err) ||
+            mark(b, CV_CUDA_PHASE_UPGATE_GEMM, err))
+            return -1;
+        KL(cuda_bias_act(c->hidden_act, b->gu, L->b_up, nt, f, b->wdtype, b->mlp, split * nt * f,
+                         b->stream),
+           "mlp activation kernel");
+    } else {
+        if (gemm(b, L->wgu, 2 * f, h, b->xn, nt, b->gu, 0.0f, err) ||
+            mark(b, CV_CUDA_PHASE_UPGATE_GEMM, err))
+            return -1;
+        KL(cuda_gated_act(c->hidden_act, b->gu, nt, f, b->wdtype, b->mlp, split * nt * f,
+                          b->stream),
+           "gated activation kernel");
+    }
     if (mark(b, CV_CUDA_PHASE_ACT, err) || gemm(b, L->wdown, h, f, b->mlp, nt, b->x, 1.0f, err) ||
         mark(b, CV_CUDA_PHASE_DOWN_GEMM, err))
+        return -1;
+    if (L->b_down) KL(cuda_add_bias(b->x, L->b_down, nt, h, b->stream), "mlp bias kernel");
+    if (post && norm_rows(b, b->x, NULL, nt, L->ffn_norm, L->ffn_norm_b, h, CV_DTYPE_F32, b->x, 0,
+                          "mlp norm", err))
         return -1;
     return 0;
 }
@@ -406,19 +457,37 @@ static int enqueue_step(cv_cuda_backend *b, const cv_batch *bt, const step_array
                         const step_attn *sa, cv_error *err)
 {
     const cv_model_config *c = &b->cfg;
-    KL(cuda_embed(b->embed_dtype, b->embed, d->ids, bt->n_tokens, c->hidden_size, b->x, b->stream),
-       "embedding kernel");
+    const int nt = bt->n_tokens, h = c->hidden_size, e = cv_config_embed_dim(c);
+    const size_t split = b->split_act ? 1 : 0;
+    if (b->project_in) {
+        /* OPT: x = pos_embed + project_in(embedding rows), as HF adds them. */
+        KL(cuda_gather_act(b->embed_dtype, b->embed, d->ids, nt, e, b->wdtype, b->xn,
+                           split * nt * e, b->stream),
+           "embedding kernel");
+        CU(cudaMemsetAsync(b->x, 0, (size_t)nt * h * sizeof(float), b->stream),
+           "clearing the residual stream");
+    } else {
+        KL(cuda_embed(b->embed_dtype, b->embed, d->ids, nt, h, b->x, b->stream),
+           "embedding kernel");
+    }
+    if (b->pos_embed)
+        KL(cuda_add_positions(b->x, b->pos_embed, d->positions, c->pos_offset, nt, h, b->stream),
+           "position embedding kernel");
+    if (b->project_in && gemm(b, b->project_in, h, e, b->xn, nt, b->x, 1.0f, err)) return -1;
     if (mark(b, CV_CUDA_PHASE_EMBED, err)) return -1;
     for (int l = 0; l < c->n_layers; l++)
         if (layer_forward(b, bt, d, l, sa, err)) return cv_error_prefix(err, "layer %d", l);
     if (bt->n_logits == 0) return 0;
-    const size_t lo_off = b->split_act ? (size_t)bt->n_logits * c->hidden_size : 0;
-    KL(cuda_rmsnorm(b->x, d->logits_rows, bt->n_logits, b->final_norm, c->hidden_size,
-                    c->rms_norm_eps, b->wdtype, b->xl, c->hidden_size, lo_off, b->stream),
-       "final rmsnorm");
-    if (gemm(b, b->lm_head, c->vocab_size, c->hidden_size, b->xl, bt->n_logits, b->logits, 0.0f,
-             err))
+    const int nl = bt->n_logits;
+    /* No final norm (post-norm OPT): the rows as they are. */
+    if (norm_rows(b, b->x, d->logits_rows, nl, b->final_norm, b->final_norm_b, h, b->wdtype, b->xl,
+                  split * nl * h, "final norm", err))
         return -1;
+    if (b->project_out && (gemm(b, b->project_out, e, h, b->xl, nl, b->xp, 0.0f, err) ||
+                           norm_rows(b, b->xp, NULL, nl, NULL, NULL, e, b->wdtype, b->xl,
+                                     split * nl * e, "project_out rows", err)))
+        return -1;
+    if (gemm(b, b->lm_head, c->vocab_size, e, b->xl, nl, b->logits, 0.0f, err)) return -1;
     /* Every row's greedy choice, whether or not the caller wants it: a few
      * microseconds, and the captured graph stays one per batch shape. */
     KL(cuda_greedy(b->logits, bt->n_logits, c->vocab_size, b->greedy_dev, b->stream),

@@ -105,6 +105,35 @@ int cuda_greedy(const float *logits, int n_rows, int vocab, cuda_greedy_out *out
 int cuda_sum_halves(const float *y2 /* (2 n) */, size_t n, float *y, int accumulate,
                     cudaStream_t stream);
 
+/* ---- OPT / GPT-2 structure (kernels/norm_act.cu) ---- */
+
+/* out row r (out_dtype, row stride ld_out; fp32 out may be x itself, in
+ * place) = LayerNorm of x row rows[r] (or r when rows is NULL):
+ * (x - mean) / sqrt(var + eps) * w + bias (bias NULL: 0). With w NULL the
+ * row as it is (the input of a post-norm sublayer, a model without final
+ * norm). lo_off as above. */
+int cuda_layernorm(const float *x /* (*, n) */, const int32_t *rows, int n_rows, const float *w,
+                   const float *bias, int n, float eps, cv_dtype out_dtype, void *out, int ld_out,
+                   size_t lo_off, cudaStream_t stream);
+
+/* y (n_rows, n) += bias (n) on every row. */
+int cuda_add_bias(float *y, const float *bias, int n_rows, int n, cudaStream_t stream);
+
+/* out (n_rows, n) in out_dtype = act(in + bias) (bias NULL: 0): the
+ * non-gated MLP's first half. */
+int cuda_bias_act(cv_activation act, const float *in, const float *bias, int n_rows, int n,
+                  cv_dtype out_dtype, void *out, size_t lo_off, cudaStream_t stream);
+
+/* x (n_tok, hidden) += pos_embed[positions[t] + offset] (learned positions;
+ * pos_embed fp32). */
+int cuda_add_positions(float *x, const float *pos_embed, const int32_t *positions, int offset,
+                       int n_tok, int hidden, cudaStream_t stream);
+
+/* out (n_tok, width) in out_dtype = embed[ids[t]] (embed_dtype): embedding
+ * rows as a GEMM operand (OPT's project_in). */
+int cuda_gather_act(cv_dtype embed_dtype, const void *embed, const int32_t *ids, int n_tok,
+                    int width, cv_dtype out_dtype, void *out, size_t lo_off, cudaStream_t stream);
+
 #ifdef __cplusplus
 }
 #endif
@@ -136,6 +165,9 @@ typedef struct cuda_layer {
     float *ffn_norm;        /* (hidden) */
     float *bq, *bk, *bv;    /* optional biases */
     float *q_norm, *k_norm; /* (head_dim) optional */
+    /* OPT / GPT-2 only (NULL otherwise): LayerNorm biases, the output and
+     * MLP biases. With plain_mlp, wgu holds w_up alone (intermediate rows). */
+    float *attn_norm_b, *ffn_norm_b, *bo, *b_up, *b_down;
 } cuda_layer;
 
 /* One captured step: replayable while the batch has this shape and the
@@ -162,12 +194,18 @@ struct cv_cuda_backend {
     bool split_act;       /* CV_CUDA_ACT_SPLIT on a 16-bit model */
     void *blas_workspace; /* fixed cuBLAS workspace (graph capture must not allocate) */
     cv_dtype embed_dtype;
-    void *embed;        /* (vocab, hidden) */
-    void *lm_head;      /* (vocab, hidden); == embed when tied and the same bytes */
-    float *final_norm;  /* (hidden) */
-    float *inv_freq;    /* (head_dim / 2) RoPE inverse frequencies, scaling applied */
-    cuda_layer *layers; /* (n_layers) */
-    int qkv_dim;        /* (n_heads + 2 * n_kv_heads) * head_dim */
+    void *embed;         /* (vocab, embed_dim) (cv_config_embed_dim) */
+    void *lm_head;       /* (vocab, embed_dim); == embed when tied and the same bytes */
+    float *final_norm;   /* (hidden); NULL without a final norm (no_final_norm) */
+    float *inv_freq;     /* (head_dim / 2) RoPE inverse frequencies, scaling applied;
+                          * zeros with learned positions (the rotation is then the
+                          * identity: cos 0 = 1, sin 0 = 0 exactly) */
+    float *final_norm_b; /* (hidden) LayerNorm bias, else NULL */
+    float *pos_embed;    /* (max_position + pos_offset, hidden) learned positions, else NULL */
+    void *project_in;    /* (hidden, proj_dim) when proj_dim, else NULL */
+    void *project_out;   /* (proj_dim, hidden) when proj_dim, else NULL */
+    cuda_layer *layers;  /* (n_layers) */
+    int qkv_dim;         /* (n_heads + 2 * n_kv_heads) * head_dim */
 
     cv_dtype kv_dtype;
     void *kv; /* the pool, layout in cuda_internal.h */
@@ -189,14 +227,17 @@ struct cv_cuda_backend {
     int cap_tokens, cap_logits;
     void *act_mem;
     float *x;      /* (tokens, hidden) residual stream */
-    void *xn;      /* (tokens, hidden) normalized input of a sublayer, wdtype */
+    void *xn;      /* (tokens, max(hidden, proj_dim)) normalized input of a
+                    * sublayer (or the embedding rows project_in reads), wdtype */
     float *qkv;    /* (tokens, qkv_dim) */
     void *attn;    /* (tokens, n_heads * hd) attention output, wdtype */
     float *gu;     /* (tokens, 2 * intermediate) gate | up */
     void *mlp;     /* (tokens, intermediate) act(gate) * up, wdtype */
-    void *xl;      /* (logits, hidden) final-normed rows, wdtype */
+    void *xl;      /* (logits, max(hidden, proj_dim)) final-normed rows (then
+                    * project_out's), wdtype */
     float *y2;     /* split activations: (2 rows, out) GEMM result before the halves are summed */
     float *logits; /* (logits, vocab) */
+    float *xp;     /* (logits, proj_dim) project_out's result, when proj_dim */
     cuda_greedy_out *greedy_dev;  /* (logits) each row's greedy choice */
     cuda_greedy_out *greedy_host; /* (cap_logits) pinned: their download */
     float *partial;               /* split-attention partials */

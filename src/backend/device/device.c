@@ -80,7 +80,7 @@ cv_device_backend *cv_device_backend_create(const cv_model *model, const cv_devi
         rc = visible_gpus() ? create_cuda(b, model, err)
                             : cv_errorf(err, "device 'cuda': no CUDA device is visible");
         /* "auto" means the best device that runs the model: one the GPU
-         * backend does not implement (OPT, GPT-2, sliding window) runs on the
+         * backend does not implement (sliding-window attention) runs on the
          * CPU, said once in the log, rather than not at all. */
         if (rc < 0 && err->cls == CV_ERR_UNSUPPORTED && !strcmp(o->device, "auto")) {
             cv_log_warn("device auto: %s; running the model on the CPU", err->msg);
