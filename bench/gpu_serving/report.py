@@ -45,7 +45,7 @@ def overhead_rows(out):
             rows.append((server.get("max_concurrency") or 1e9, name, server, inproc))
     if not rows:
         return
-    print("\nServer overhead: the same workloads through cvllm-server (gRPC) and through"
+    print("\nServer overhead: the same workloads through cvllm-server and through"
           " `cvllm-bench --backend inprocess` (the engine the server loads, from the same"
           " repository, in the benchmark's process, never both at once). Overhead ="
           " the worst of throughput lost and median TPOT, ITL and E2EL added; bar <= 3%.\n")
@@ -57,7 +57,7 @@ def overhead_rows(out):
         o = overhead(s, i)
         worst = max(o.values())
         conc = s.get("max_concurrency") or "all"
-        label = (f"{name}: concurrency {conc}, {s['completed']} x {s['total_input_tokens'] / max(s['completed'], 1):.0f}"
+        label = (f"{name} ({s['backend']}): concurrency {conc}, {s['completed']} x {s['total_input_tokens'] / max(s['completed'], 1):.0f}"
                  f" in / {s['total_output_tokens'] / max(s['completed'], 1):.0f} out")
         print(f"| {label} | {s['total_token_throughput']:.0f} / {i['total_token_throughput']:.0f}"
               f" | {s['median_tpot_ms']:.3f} / {i['median_tpot_ms']:.3f} | {s['median_itl_ms']:.3f}"

@@ -10,7 +10,8 @@
 #
 # MODEL (default ../shared/models/stories260K), CONCS (default "1 8"),
 # PROMPTS (per concurrency 1; x4 above, default 20), IN / OUTLEN (tokens,
-# default 128 / 128), ROUNDS (3), THREADS (engine threads, 1), OUT.
+# default 128 / 128), ROUNDS (3), THREADS (engine threads, 1), OUT,
+# FRONTEND (triton-grpc, or triton-http for generate_stream over SSE).
 set -eu
 BUILD=${1:-build}
 MODEL=$(realpath "${MODEL:-../shared/models/stories260K}")
@@ -21,6 +22,7 @@ OUTLEN=${OUTLEN:-128}
 ROUNDS=${ROUNDS:-3}
 THREADS=${THREADS:-1}
 OUT=${OUT:-/tmp/cvllm-overhead}
+FRONTEND=${FRONTEND:-triton-grpc}
 BIN=$BUILD/bin
 rm -rf "$OUT" && mkdir -p "$OUT/repo/m/1"
 echo 'backend: "vllm"' > "$OUT/repo/m/config.pbtxt"
@@ -42,7 +44,7 @@ run() { # name concurrency backend-args...
         { cat "$dir/$name.log"; exit 1; }
 }
 
-echo "model $MODEL, engine threads $THREADS, $IN in / $OUTLEN out, $(nproc) cores," \
+echo "model $MODEL, server through $FRONTEND, engine threads $THREADS, $IN in / $OUTLEN out, $(nproc) cores," \
     "load average $(cut -d' ' -f1-3 /proc/loadavg)"
 for r in $(seq 1 "$ROUNDS"); do
     dir=$OUT/round$r
@@ -55,7 +57,9 @@ for r in $(seq 1 "$ROUNDS"); do
         sleep 0.1
     done
     for c in $CONCS; do
-        run "c$c" "$c" --backend triton-grpc --host 127.0.0.1 --port "$gp" --tokenizer "$MODEL"
+        port=$gp
+        [ "$FRONTEND" = triton-http ] && port=$hp
+        run "c$c" "$c" --backend "$FRONTEND" --host 127.0.0.1 --port "$port" --tokenizer "$MODEL"
     done
     kill -TERM $server
     wait $server
