@@ -80,7 +80,9 @@ grep -iE "engine|load|graph|kv|ready" "$OUT/server.log" | head -20
 [ -n "$ready_ms" ] || { tail -20 "$OUT/server.log"; exit 1; }
 
 # BACKEND picks the target: the server over gRPC, or the same repository's
-# engine in cvllm-bench's process (results NAME.inproc.json).
+# engine in cvllm-bench's process (results NAME.inproc.json). Two warm-up
+# requests (not measured) before each workload, so that an in-process run,
+# which loads its engine afresh, starts as warm as the server's.
 BACKEND=(--backend triton-grpc --port ${ports[1]})
 SUFFIX=
 bench() { # name n_prompts in out concurrency(0 = all at once)
@@ -90,7 +92,8 @@ bench() { # name n_prompts in out concurrency(0 = all at once)
     timeout 400 "$BIN/cvllm-bench" "${BACKEND[@]}" --model l8b \
         --tokenizer "$BUILD/gpu-shared/tokenizers/gpt2" --dataset-name random \
         --random-input-len "$3" --random-output-len "$4" --num-prompts "$2" "${conc[@]}" \
-        --request-rate inf --ignore-eos --disable-progress --result-file "$OUT/$1$SUFFIX.json" \
+        --num-warmups 2 --request-rate inf --ignore-eos --disable-progress \
+        --result-file "$OUT/$1$SUFFIX.json" \
         > "$OUT/$1$SUFFIX.log" 2>&1
     echo "rc=$?"; grep -E "throughput|TTFT|TPOT|ITL|Duration|Successful" "$OUT/$1$SUFFIX.log" | head -12
 }
