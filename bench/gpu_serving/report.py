@@ -4,6 +4,7 @@ bench/results/gpu_serving.md: every figure beside the ceiling it is held to,
 all measured in the same run on the same card.
 
     report.py OUT_DIR COMMAND
+    report.py --overhead OUT_DIR    (only the server-overhead table)
 
 Floors (PERFORMANCE.md, issue 10): weight-read floor = weight bytes / copy
 bandwidth; decode floor at B sequences = (weight bytes + KV bytes of their
@@ -22,7 +23,54 @@ def load(path):
         return None
 
 
+def overhead(server, inproc):
+    """What the server costs against the same engine in process, as the
+    fractions (server worse = positive): throughput lost, median TPOT, ITL
+    and end-to-end latency added. E2EL is there because TPOT and ITL alone
+    look perfect when the deltas of a request arrive in one burst."""
+    return {"throughput": 1 - server["total_token_throughput"] / inproc["total_token_throughput"],
+            "tpot": server["median_tpot_ms"] / inproc["median_tpot_ms"] - 1,
+            "itl": server["median_itl_ms"] / inproc["median_itl_ms"] - 1,
+            "e2el": server["median_e2el_ms"] / inproc["median_e2el_ms"] - 1}
+
+
+def overhead_rows(out):
+    """A row for every NAME.json (through the server) with a NAME.inproc.json
+    (cvllm-bench --backend inprocess) beside it, by concurrency."""
+    rows = []
+    for path in glob.glob(os.path.join(out, "*.inproc.json")):
+        name = os.path.basename(path)[:-len(".inproc.json")]
+        server, inproc = load(os.path.join(out, name + ".json")), load(path)
+        if server and inproc:
+            rows.append((server.get("max_concurrency") or 1e9, name, server, inproc))
+    if not rows:
+        return
+    print("\nServer overhead: the same workloads through cvllm-server and through"
+          " `cvllm-bench --backend inprocess` (the engine the server loads, from the same"
+          " repository, in the benchmark's process, never both at once). Overhead ="
+          " the worst of throughput lost and median TPOT, ITL and E2EL added; bar <= 3%.\n")
+    print("| workload | total tok/s server / in-process | TPOT p50 ms server / in-process |"
+          " ITL p50 ms server / in-process | E2EL p50 ms server / in-process |"
+          " server overhead (tok/s, TPOT, ITL, E2EL) | <= 3% |")
+    print("|---|---|---|---|---|---|---|")
+    for _, name, s, i in sorted(rows):
+        o = overhead(s, i)
+        worst = max(o.values())
+        conc = s.get("max_concurrency") or "all"
+        label = (f"{name} ({s['backend']}): concurrency {conc}, {s['completed']} x {s['total_input_tokens'] / max(s['completed'], 1):.0f}"
+                 f" in / {s['total_output_tokens'] / max(s['completed'], 1):.0f} out")
+        print(f"| {label} | {s['total_token_throughput']:.0f} / {i['total_token_throughput']:.0f}"
+              f" | {s['median_tpot_ms']:.3f} / {i['median_tpot_ms']:.3f} | {s['median_itl_ms']:.3f}"
+              f" / {i['median_itl_ms']:.3f} | {s['median_e2el_ms']:.1f} / {i['median_e2el_ms']:.1f}"
+              f" | {o['throughput'] * 100:+.1f}%, {o['tpot'] * 100:+.1f}%, {o['itl'] * 100:+.1f}%,"
+              f" {o['e2el'] * 100:+.1f}% | {'holds' if worst <= 0.03 else 'misses'}"
+              f" ({worst * 100:.1f}%) |")
+
+
 def main():
+    if sys.argv[1] == "--overhead":  # the server-overhead table alone (CPU runs)
+        overhead_rows(sys.argv[2])
+        return
     out, command = sys.argv[1], sys.argv[2]
     ceil = load(os.path.join(out, "ceilings.json")) or {}
     card = open(os.path.join(out, "card.txt")).read().strip()
@@ -78,6 +126,7 @@ def main():
               f"total tok/s ({g1['output_throughput']:.0f} output), {g1['duration']:.1f} s | "
               f"{bound_s / g1['duration'] * 100:.0f}% of the compute bound ({bound_s:.1f} s;"
               f" bar 65%) |")
+    overhead_rows(out)
     hf = load(os.path.join(out, "hf.json"))
     if hf:
         print(f"\nHF transformers {hf['transformers']} (torch {hf['torch']}, bf16, sdpa, greedy"

@@ -11,14 +11,20 @@
 #      holds the GPU;
 #   5. cvllm-bench over gRPC: G2 (concurrency 1, 512/256), G1 (1000 prompts
 #      at once, 1024/128), concurrency 64 and 256 (1024/128);
-#   6. report.py -> gpu_serving.md.
-# WORKLOADS (default "g2 g1 c64 c256") picks a subset; HF=0 skips step 4.
+#   6. with the server stopped, cvllm-bench --backend inprocess on the same
+#      repository for g2, c64 and c256 (the same engine in the benchmark's
+#      process; one engine holds the GPU at a time): the server-overhead
+#      baseline;
+#   7. report.py -> gpu_serving.md.
+# WORKLOADS (default "g2 g1 c64 c256") picks a subset; HF=0 skips step 4;
+# INPROC=0 skips step 6.
 set -u
 BUILD=${1:-build-cuda}
 OUT=${OUT:-/tmp/cvllm-gpu-out}
 MODEL=${MODEL:-/tmp/l8b}
 WORKLOADS=${WORKLOADS:-g2 g1 c64 c256}
 HF=${HF:-1}
+INPROC=${INPROC:-1}
 mkdir -p "$OUT"
 cublas=/usr/local/cuda/lib64/libcublas.so.13
 [ -e "$cublas" ] || cublas=$(find / -xdev -name libcublas.so.13 2>/dev/null | head -1)
@@ -73,27 +79,44 @@ echo "{\"ready_ms\": ${ready_ms:-null}}" > "$OUT/ready.json"
 grep -iE "engine|load|graph|kv|ready" "$OUT/server.log" | head -20
 [ -n "$ready_ms" ] || { tail -20 "$OUT/server.log"; exit 1; }
 
+# BACKEND picks the target: the server over gRPC, or the same repository's
+# engine in cvllm-bench's process (results NAME.inproc.json). Two warm-up
+# requests (not measured) before each workload, so that an in-process run,
+# which loads its engine afresh, starts as warm as the server's.
+BACKEND=(--backend triton-grpc --port ${ports[1]})
+SUFFIX=
 bench() { # name n_prompts in out concurrency(0 = all at once)
     local conc=()
     [ "$5" -gt 0 ] && conc=(--max-concurrency "$5")
-    echo "== $1: $2 prompts, $3 in / $4 out, concurrency ${5/#0/all}"
-    timeout 400 "$BIN/cvllm-bench" --backend triton-grpc --port ${ports[1]} --model l8b \
+    echo "== $1$SUFFIX: $2 prompts, $3 in / $4 out, concurrency ${5/#0/all}"
+    timeout 400 "$BIN/cvllm-bench" "${BACKEND[@]}" --model l8b \
         --tokenizer "$BUILD/gpu-shared/tokenizers/gpt2" --dataset-name random \
         --random-input-len "$3" --random-output-len "$4" --num-prompts "$2" "${conc[@]}" \
-        --request-rate inf --ignore-eos --disable-progress --result-file "$OUT/$1.json" \
-        > "$OUT/$1.log" 2>&1
-    echo "rc=$?"; grep -E "throughput|TTFT|TPOT|ITL|Duration|Successful" "$OUT/$1.log" | head -12
+        --num-warmups 2 --request-rate inf --ignore-eos --disable-progress \
+        --result-file "$OUT/$1$SUFFIX.json" \
+        > "$OUT/$1$SUFFIX.log" 2>&1
+    echo "rc=$?"; grep -E "throughput|TTFT|TPOT|ITL|Duration|Successful" "$OUT/$1$SUFFIX.log" | head -12
 }
-for w in $WORKLOADS; do
-    case $w in
+workload() {
+    case $1 in
     g2) bench g2 20 512 256 1 ;;
     c64) bench c64 256 1024 128 64 ;;
     c256) bench c256 512 1024 128 256 ;;
     g1) bench g1 1000 1024 128 0 ;;
     esac
-done
+}
+for w in $WORKLOADS; do workload "$w"; done
 LD_LIBRARY_PATH= curl -s "localhost:${ports[2]}/metrics" > "$OUT/metrics.txt"
 kill -TERM $server; wait $server; echo "server exit $?"
+
+if [ "$INPROC" = 1 ]; then
+    # The GPU is free again: each run loads the engine the server ran.
+    BACKEND=(--backend inprocess --model-repository "$REPO")
+    SUFFIX=.inproc
+    for w in $WORKLOADS; do
+        case $w in g2 | c64 | c256) workload "$w" ;; esac
+    done
+fi
 
 python3 bench/gpu_serving/report.py "$OUT" "bench/gpu_serving/run.sh $BUILD" \
     > "$OUT/gpu_serving.md"

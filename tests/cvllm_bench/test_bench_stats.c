@@ -228,8 +228,16 @@ static void test_args_errors(void **state)
     EXPECT_ERROR("argument --request-rate: invalid float value: 'abc'", "--request-rate", "abc");
     EXPECT_ERROR("argument --request-rate: must be positive or inf, got 0", "--request-rate", "0");
     EXPECT_ERROR("argument --backend: invalid choice: 'grpc' (choose from 'triton-grpc', "
-                 "'triton-http', 'openai')",
+                 "'triton-http', 'openai', 'inprocess')",
                  "--backend", "grpc");
+    EXPECT_ERROR("--backend inprocess needs --model-repository (the directory cvllm-server "
+                 "would serve --model from)",
+                 "--backend", "inprocess");
+    EXPECT_ERROR("--model-repository is for --backend inprocess only", "--tokenizer", "t",
+                 "--model-repository", "repo");
+    EXPECT_ERROR("--threads is for --backend inprocess only", "--tokenizer", "t", "--threads", "2");
+    EXPECT_ERROR("argument --threads: must be at least 0, got -1", "--threads", "-1");
+    EXPECT_ERROR("argument --threads: at most 4096, got 5000", "--threads", "5000");
     EXPECT_ERROR("unrecognized arguments: --bogus", "--bogus");
     EXPECT_ERROR("unrecognized arguments: stray", "--tokenizer", "t", "stray");
     EXPECT_ERROR("argument --model: expected one argument", "--model");
@@ -278,6 +286,26 @@ static void test_args_ok(void **state)
     assert_int_equal(a.dataset, BENCH_DATA_RANDOM);
     assert_int_equal(a.random_input_len, 1024);
     assert_true(a.burstiness == 1.0);
+    assert_null(a.model_repository);
+    assert_int_equal(a.threads, -1);
+}
+
+/* --backend inprocess needs no --tokenizer: the engine's is used. */
+static void test_args_inprocess(void **state)
+{
+    bench_args a;
+    cv_error err = {.msg = ""};
+    char **argv = ARGV("--backend", "inprocess", "--model-repository", "repo", "--model", "m",
+                       "--threads", "0");
+    assert_int_equal(bench_parse_args(ARGC("--backend", "inprocess", "--model-repository", "repo",
+                                           "--model", "m", "--threads", "0"),
+                                      argv, &a, &err),
+                     0);
+    assert_int_equal(a.backend, BENCH_INPROCESS);
+    assert_string_equal(a.model_repository, "repo");
+    assert_string_equal(a.model, "m");
+    assert_int_equal(a.threads, 0);
+    assert_null(a.tokenizer);
 }
 
 int main(void)
@@ -294,6 +322,7 @@ int main(void)
         cmocka_unit_test(test_parse_goodput),
         cmocka_unit_test(test_args_errors),
         cmocka_unit_test(test_args_ok),
+        cmocka_unit_test(test_args_inprocess),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -9,11 +9,12 @@ BUILD=${1:-build-cuda}
 SHARED=${CVLLM_SHARED:-../shared}
 cmake -S . -B "$BUILD" -DCMAKE_BUILD_TYPE=Release > /dev/null
 cmake --build "$BUILD" -j2 --target test_gpu_fixtures test_gpu_engine cvllm-bench-gpu-decode \
-    cvllm-dummy-model cvllm-server cvllm-bench
+    cvllm-dummy-model cvllm-server cvllm-bench test_gpu_server_stream
 mkdir -p "$BUILD/gpu-lib" "$BUILD/gpu-shared/models" "$BUILD/gpu-shared/tokenizers"
 # Every shared library the programs use that is not the C runtime or CUDA's
 # (the GPU machine's image has those): gRPC, libevent, jansson, ...
-for prog in "$BUILD/bin/cvllm-server" "$BUILD/bin/cvllm-bench" "$BUILD/tests/test_gpu_engine"; do
+for prog in "$BUILD/bin/cvllm-server" "$BUILD/bin/cvllm-bench" "$BUILD/tests/test_gpu_engine" \
+    "$BUILD/tests/test_gpu_server_stream"; do
     ldd "$prog" | awk '$3 ~ /^\// { print $3 }'
 done | sort -u | grep -vE '/(libc|libm|libdl|librt|libpthread|libgcc_s|libstdc\+\+|ld-linux[^/]*|libcublas[^/]*|libcuda)\.so' |
     while read -r lib; do cp -L "$lib" "$BUILD/gpu-lib/"; done

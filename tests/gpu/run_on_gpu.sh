@@ -7,7 +7,7 @@
 # travel). Make both with tests/gpu/make_bundle.sh.
 #
 # 1. test_gpu_fixtures (all HF fixtures, stories260K greedy), test_gpu_engine,
-#    test_gpu_attention;
+#    test_gpu_server_stream, test_gpu_attention;
 # 2. cvllm-dummy-model --shape L8B --dtype bf16 (timed);
 # 3. cvllm-bench-gpu-decode on it, then HF transformers on the same files;
 # 4. bench/gpu_decode/report.py -> $OUT/gpu_decode.md.
@@ -40,6 +40,14 @@ CVLLM_SHARED="$PWD/$BUILD/gpu-shared" CVLLM_SOURCE_DIR="$PWD" timeout 120 \
     "$BUILD/tests/test_gpu_engine" > "$OUT/test_gpu_engine.log" 2>&1
 echo "test_gpu_engine rc=$?"
 grep -E "^\[  (PASSED|FAILED|  FAILED|  ERROR) |ERROR" "$OUT/test_gpu_engine.log" | tail -8
+
+echo "== test_gpu_server_stream (cvllm-server's HTTP and gRPC streaming, a model on the GPU, vs the CPU engine)"
+CVLLM_SHARED="$PWD/$BUILD/gpu-shared" CVLLM_SOURCE_DIR="$PWD" CVLLM_BIN_DIR="$PWD/$BUILD/bin" \
+    timeout 240 "$BUILD/tests/test_gpu_server_stream" > "$OUT/test_gpu_server_stream.log" 2>&1
+stream_rc=$?
+echo "test_gpu_server_stream rc=$stream_rc"
+grep -E "^\[  (PASSED|FAILED|  FAILED|  ERROR) |ERROR|SKIP| got | want " \
+    "$OUT/test_gpu_server_stream.log" | tail -12
 
 echo "== test_gpu_attention (tensor-core kernels vs an fp64 reference, timed)"
 timeout 120 "$BUILD/tests/test_gpu_attention" --bench > "$OUT/test_gpu_attention.log" 2>&1
@@ -84,7 +92,8 @@ python3 bench/gpu_decode/report.py "$OUT/cvllm.json" "$OUT/hf.json" \
 
 echo
 echo "== summary"
-echo "test_gpu_fixtures rc=$test_rc (${test_s} ms)  dummy-model rc=$dm_rc (${dm_s} ms)" \
+echo "test_gpu_fixtures rc=$test_rc (${test_s} ms)  test_gpu_server_stream rc=$stream_rc" \
+     " dummy-model rc=$dm_rc (${dm_s} ms)" \
      " bench rc=$bench_rc  hf rc=$hf_rc"
 grep -E "^(###|\| (TTFT|TPOT|[0-9]+ \|))" "$OUT/bench.log"
 grep -E "^HF" "$OUT/hf.log"

@@ -9,7 +9,9 @@
  *    TPOT, ITL, end-to-end latency, goodput.
  *  - args: the command line, with argparse-like error messages.
  *  - runner: sends the requests to a Triton gRPC / Triton HTTP / OpenAI
- *    endpoint and records every response's arrival time.
+ *    endpoint, or to cv_engine in this process (the engine cvllm-server
+ *    would load for the model, to measure what the server adds), and
+ *    records every response's arrival time.
  *  - report: the printed table and the JSON result file. */
 #ifndef CV_BENCH_BENCH_H
 #define CV_BENCH_BENCH_H
@@ -141,7 +143,7 @@ int bench_parse_goodput(const char *arg, bench_slo *slo, cv_error *err);
 
 /* ---- command line -------------------------------------------------------- */
 
-typedef enum { BENCH_TRITON_GRPC, BENCH_TRITON_HTTP, BENCH_OPENAI } bench_backend;
+typedef enum { BENCH_TRITON_GRPC, BENCH_TRITON_HTTP, BENCH_OPENAI, BENCH_INPROCESS } bench_backend;
 typedef enum { BENCH_DATA_RANDOM, BENCH_DATA_SHAREGPT, BENCH_DATA_PROMPTS } bench_data_kind;
 
 typedef struct bench_args {
@@ -150,7 +152,10 @@ typedef struct bench_args {
     int port;        /* 0: the backend's default (8001 gRPC, 8000 HTTP) */
     const char *url; /* overrides host/port: "host:port" or "http://..." */
     const char *model;
-    const char *tokenizer;
+    const char *tokenizer;        /* inprocess: NULL = the engine's */
+    const char *model_repository; /* inprocess only: where --model is loaded from */
+    int threads; /* inprocess only: engine threads as the server's --threads (-1: not given,
+                    the server's default 0 = all cores) */
     bench_data_kind dataset;
     const char *dataset_path;
     int random_input_len, random_output_len;
@@ -185,12 +190,25 @@ typedef struct bench_run {
     size_t warmup_completed;
 } bench_run;
 
+/* --backend inprocess: model a->model of a->model_repository loaded as
+ * cvllm-server loads it (src/server/repository.c: config.pbtxt, the
+ * version policy, model.json's engine arguments, a->threads engine
+ * threads), so the two backends run the same engine. */
+struct cv_engine; /* include/cvllm/engine.h */
+typedef struct bench_engine bench_engine;
+bench_engine *bench_engine_open(const bench_args *a, cv_error *err);
+/* The loaded engine, owned by e and valid until bench_engine_close. */
+struct cv_engine *bench_engine_get(bench_engine *e);
+void bench_engine_close(bench_engine *e); /* aborts what is in flight, frees */
+
 /* Runs the warm-up requests (dataset items 0..num_warmups-1, excluded from
- * results), then the measured ones on the arrival schedule. Output tokens
+ * results), then the measured ones on the arrival schedule. engine: the
+ * target of --backend inprocess (NULL for the others). Output tokens
  * the server does not count are re-tokenized with tok (may be NULL, then
  * such a request counts 0). */
-int bench_run_requests(const bench_args *a, const bench_dataset *warmup, const bench_dataset *d,
-                       const cv_tokenizer *tok, bench_run *run, cv_error *err);
+int bench_run_requests(const bench_args *a, struct cv_engine *engine, const bench_dataset *warmup,
+                       const bench_dataset *d, const cv_tokenizer *tok, bench_run *run,
+                       cv_error *err);
 void bench_run_free(bench_run *run);
 
 void bench_print_report(const bench_args *a, const bench_metrics *m);

@@ -10,9 +10,9 @@
 
 void bench_usage(void *file)
 {
-    fputs("usage: cvllm-bench [--backend triton-grpc|triton-http|openai] [--host HOST] [--port "
-          "PORT]\n"
-          "                   [--base-url URL] [--model NAME] [--tokenizer DIR]\n"
+    fputs("usage: cvllm-bench [--backend triton-grpc|triton-http|openai|inprocess] [--host HOST]\n"
+          "                   [--port PORT] [--base-url URL] [--model NAME] [--tokenizer DIR]\n"
+          "                   [--model-repository DIR] [--threads N]\n"
           "                   [--dataset-name random|sharegpt|prompts] [--dataset-path PATH]\n"
           "                   [--random-input-len N] [--random-output-len N] [--random-range-ratio "
           "R]\n"
@@ -28,7 +28,12 @@ void bench_usage(void *file)
           "ms.\n"
           "--timeout bounds each HTTP request, and the whole stream for triton-grpc (all requests\n"
           "share one ModelStreamInfer stream). Warm-up requests (drawn after the measured ones)\n"
-          "are excluded from the results; their tokens are reported separately in the JSON.\n",
+          "are excluded from the results; their tokens are reported separately in the JSON.\n"
+          "--backend inprocess loads --model from --model-repository as cvllm-server does (its\n"
+          "config.pbtxt and model.json; --threads as the server's) and submits to that engine in\n"
+          "this process, timing each streamed output as it arrives: the same run without the\n"
+          "server, to measure what the server adds. --tokenizer defaults to the model's there;\n"
+          "--timeout does not apply.\n",
           (FILE *)file);
 }
 
@@ -57,6 +62,8 @@ enum {
     OPT_RESULT,
     OPT_TIMEOUT,
     OPT_NOPROG,
+    OPT_REPO,
+    OPT_THREADS,
 };
 
 static const struct option longs[] = {
@@ -86,6 +93,8 @@ static const struct option longs[] = {
     {"timeout", required_argument, NULL, OPT_TIMEOUT},
     {"disable-progress", no_argument, NULL, OPT_NOPROG},
     {"disable-tqdm", no_argument, NULL, OPT_NOPROG},
+    {"model-repository", required_argument, NULL, OPT_REPO},
+    {"threads", required_argument, NULL, OPT_THREADS},
     {NULL, 0, NULL, 0},
 };
 
@@ -135,13 +144,13 @@ static int parse_choice(int c, const char *s, const char *const *choices, int n,
 
 static int parse_one(int c, const char *v, bench_args *a, cv_error *err)
 {
-    static const char *const backends[] = {"triton-grpc", "triton-http", "openai"};
+    static const char *const backends[] = {"triton-grpc", "triton-http", "openai", "inprocess"};
     static const char *const datasets[] = {"random", "sharegpt", "prompts"};
     long l;
     int choice;
     switch (c) {
     case OPT_BACKEND:
-        if (parse_choice(c, v, backends, 3, &choice, err)) return -1;
+        if (parse_choice(c, v, backends, 4, &choice, err)) return -1;
         a->backend = (bench_backend)choice;
         return 0;
     case OPT_HOST:
@@ -216,6 +225,14 @@ static int parse_one(int c, const char *v, bench_args *a, cv_error *err)
     case OPT_NOPROG:
         a->progress = false;
         return 0;
+    case OPT_REPO:
+        a->model_repository = v;
+        return 0;
+    case OPT_THREADS:
+        if (parse_int(c, v, 0, &l, err)) return -1;
+        if (l > 4096) return cv_errorf(err, "argument --threads: at most 4096, got %s", v);
+        a->threads = (int)l;
+        return 0;
     }
     return cv_errorf(err, "internal: unhandled option %d", c);
 }
@@ -226,7 +243,14 @@ static int check(bench_args *a, cv_error *err)
     static const char *const names[] = {"random", "sharegpt", "prompts"};
     if (a->dataset != BENCH_DATA_RANDOM && !a->dataset_path)
         return cv_errorf(err, "--dataset-name %s needs --dataset-path", names[a->dataset]);
-    if (a->dataset != BENCH_DATA_PROMPTS && !a->tokenizer)
+    bool inproc = a->backend == BENCH_INPROCESS;
+    if (inproc && !a->model_repository)
+        return cv_errorf(err, "--backend inprocess needs --model-repository (the directory "
+                              "cvllm-server would serve --model from)");
+    if (!inproc && (a->model_repository || a->threads >= 0))
+        return cv_errorf(err, "--%s is for --backend inprocess only",
+                         a->model_repository ? "model-repository" : "threads");
+    if (a->dataset != BENCH_DATA_PROMPTS && !a->tokenizer && !inproc)
         return cv_errorf(err,
                          "--dataset-name %s needs --tokenizer (the model's tokenizer directory)",
                          names[a->dataset]);
@@ -250,6 +274,7 @@ int bench_parse_args(int argc, char **argv, bench_args *a, cv_error *err)
         .request_rate = INFINITY,
         .burstiness = 1.0,
         .progress = true,
+        .threads = -1,
         .slo = {.ttft_ms = -1, .tpot_ms = -1, .e2el_ms = -1},
     };
     optind = 0; /* 0 makes glibc's getopt forget any earlier parse */

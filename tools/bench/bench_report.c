@@ -12,7 +12,8 @@ static const char *backend_name(bench_backend b)
 {
     return b == BENCH_TRITON_GRPC   ? "triton-grpc"
            : b == BENCH_TRITON_HTTP ? "triton-http"
-                                    : "openai";
+           : b == BENCH_OPENAI      ? "openai"
+                                    : "inprocess";
 }
 
 static void section(const char *title, const char *abbrev, const bench_summary *s)

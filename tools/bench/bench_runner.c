@@ -5,7 +5,10 @@
  * gRPC requests share one ModelStreamInfer stream whose responses a
  * receiver thread matches to requests by id; each HTTP request (Triton
  * generate_stream or OpenAI completions) runs in its own thread, as each
- * holds one streaming connection. Completion frees the slot. */
+ * holds one streaming connection. In-process requests go to the engine
+ * with one output queue per phase, drained by a receiver thread (as the
+ * server's output thread drains its queue); each output is timed when the
+ * receiver pops it. Completion frees the slot. */
 #include <jansson.h>
 #include <math.h>
 #include <pthread.h>
@@ -18,6 +21,7 @@
 #include "base/clock.h"
 #include "bench.h"
 #include "client.h"
+#include "cvllm/engine.h"
 
 typedef struct phase {
     const bench_args *a;
@@ -34,6 +38,9 @@ typedef struct phase {
     cvc_stream *stream;  /* gRPC only */
     cv_error stream_err; /* how the gRPC stream failed, "" if it did not */
     char http_url[512];  /* HTTP only */
+    cv_engine *engine;   /* inprocess only */
+    cv_output_queue *q;  /* inprocess only: every request's outputs */
+    bool issuing_done;   /* inprocess: the scheduler issued all it will */
 } phase;
 
 static void progress(phase *p)
@@ -208,6 +215,58 @@ static int grpc_issue(phase *p, size_t i, cv_error *err)
     return rc;
 }
 
+/* ---- in process (cv_engine) -------------------------------------------- */
+
+/* The same sampling parameters as the gRPC request's, through the parser
+ * the server uses for them. */
+static int inproc_issue(phase *p, size_t i, cv_error *err)
+{
+    bench_record *r = &p->recs[i];
+    char *sp = sampling_json(p->a, r->expected_output_len);
+    if (!sp) return cv_errorf(err, "out of memory building request %s", r->id);
+    cv_sampling_params params;
+    cv_sampling_params_default(&params);
+    int rc = cv_sampling_params_from_json(&params, sp, strlen(sp), err) ||
+             cv_sampling_params_validate(&params, err);
+    free(sp);
+    if (rc == 0) {
+        const char *text = p->d->items[i].text;
+        cv_request_desc desc = {.prompt = text,
+                                .prompt_len = strlen(text),
+                                .params = &params,
+                                .stream = true,
+                                .sink = p->q,
+                                .user_data = r};
+        rc = cv_engine_add_request(p->engine, &desc, err) ? 0 : -1;
+    }
+    cv_sampling_params_free(&params);
+    return rc;
+}
+
+static void *inproc_receiver(void *arg)
+{
+    phase *p = arg;
+    for (;;) {
+        /* The timeout only bounds how late the end is noticed: an output
+         * wakes the wait at once. */
+        cv_request_output *out = cv_output_queue_wait(p->q, 20);
+        uint64_t t = cv_now_ns();
+        pthread_mutex_lock(&p->mu);
+        bench_record *r = out ? out->user_data : NULL;
+        if (r && !r->end_ns) {
+            if (out->error) set_error(r, out->error);
+            for (int s = 0; s < out->n_seqs; s++)
+                record_piece(r, out->seqs[s].text, out->seqs[s].text_len, out->seqs[s].n_tokens,
+                             out->n_prompt_tokens, t);
+            if (out->finished || out->error) finish_locked(p, r, t);
+        }
+        bool end = p->issuing_done && p->in_flight == 0;
+        pthread_mutex_unlock(&p->mu);
+        if (out) cv_request_output_free(out);
+        if (end) return NULL;
+    }
+}
+
 /* ---- HTTP (Triton generate_stream, OpenAI completions) ------------------- */
 
 typedef struct http_job {
@@ -322,6 +381,7 @@ static void sleep_until(uint64_t t_ns)
 static int issue(phase *p, size_t i, http_job *jobs, cv_error *err)
 {
     if (p->a->backend == BENCH_TRITON_GRPC) return grpc_issue(p, i, err);
+    if (p->a->backend == BENCH_INPROCESS) return inproc_issue(p, i, err);
     jobs[i] = (http_job){.p = p, .i = i};
     pthread_attr_t attr;
     pthread_attr_init(&attr);
@@ -379,6 +439,17 @@ static int run_phase(phase *p, double *duration_s, cv_error *err)
             return cv_errorf(err, "cannot start the gRPC receiver thread");
         }
         have_receiver = true;
+    } else if (a->backend == BENCH_INPROCESS) {
+        if (!(p->q = cv_output_queue_create())) {
+            free(jobs);
+            return cv_errorf(err, "out of memory for the engine's output queue");
+        }
+        if (pthread_create(&receiver, NULL, inproc_receiver, p)) {
+            cv_output_queue_destroy(p->q);
+            free(jobs);
+            return cv_errorf(err, "cannot start the output receiver thread");
+        }
+        have_receiver = true;
     }
     progress(p);
     uint64_t t0 = cv_now_ns();
@@ -404,7 +475,14 @@ static int run_phase(phase *p, double *duration_s, cv_error *err)
             pthread_mutex_unlock(&p->mu);
         }
     }
-    if (have_receiver) {
+    if (have_receiver && a->backend == BENCH_INPROCESS) {
+        pthread_mutex_lock(&p->mu);
+        p->issuing_done = true;
+        pthread_mutex_unlock(&p->mu);
+        pthread_join(receiver, NULL);
+        cv_output_queue_destroy(p->q);
+        p->q = NULL;
+    } else if (have_receiver) {
         cv_error cerr;
         if (cvc_stream_close_send(p->stream, &cerr) && rc == 0) {
             *err = cerr;
@@ -425,11 +503,12 @@ static int run_phase(phase *p, double *duration_s, cv_error *err)
     return rc;
 }
 
-static int phase_init(phase *p, const bench_args *a, const cv_tokenizer *tok,
+static int phase_init(phase *p, const bench_args *a, cv_engine *engine, const cv_tokenizer *tok,
                       const bench_dataset *d, const char *label, char prefix, cv_error *err)
 {
     memset(p, 0, sizeof *p);
     p->a = a;
+    p->engine = engine;
     p->tok = tok;
     p->d = d;
     p->n = d->n;
@@ -450,15 +529,18 @@ static void phase_destroy(phase *p)
     pthread_cond_destroy(&p->cv);
 }
 
-int bench_run_requests(const bench_args *a, const bench_dataset *warmup, const bench_dataset *d,
-                       const cv_tokenizer *tok, bench_run *run, cv_error *err)
+int bench_run_requests(const bench_args *a, cv_engine *engine, const bench_dataset *warmup,
+                       const bench_dataset *d, const cv_tokenizer *tok, bench_run *run,
+                       cv_error *err)
 {
     memset(run, 0, sizeof *run);
+    if ((a->backend == BENCH_INPROCESS) != (engine != NULL))
+        return cv_errorf(err, "internal: an engine is for --backend inprocess only");
     if (warmup && warmup->n) {
         phase w;
         double dur;
         double *at = calloc(warmup->n, sizeof *at);
-        int rc = at ? phase_init(&w, a, tok, warmup, "warmup", 'w', err)
+        int rc = at ? phase_init(&w, a, engine, tok, warmup, "warmup", 'w', err)
                     : cv_errorf(err, "out of memory for %zu warm-up requests", warmup->n);
         if (rc == 0) {
             w.arrival_s = at;
@@ -481,7 +563,7 @@ int bench_run_requests(const bench_args *a, const bench_dataset *warmup, const b
     double *at = calloc(d->n ? d->n : 1, sizeof *at);
     if (!at) return cv_errorf(err, "out of memory for %zu arrival times", d->n);
     if (bench_arrivals(a->request_rate, a->burstiness, a->seed, d->n, at, err) ||
-        phase_init(&p, a, tok, d, "benchmark", 'r', err)) {
+        phase_init(&p, a, engine, tok, d, "benchmark", 'r', err)) {
         free(at);
         return -1;
     }

@@ -1,10 +1,12 @@
 /* cvllm-bench: serving benchmark for Triton-compatible and OpenAI-compatible
- * servers, in the manner of `vllm bench serve` (see bench.h). */
+ * servers, in the manner of `vllm bench serve`, and for the same engine in
+ * process (see bench.h). */
 #include <stdio.h>
 #include <stdlib.h>
 
 #include "bench.h"
 #include "client.h"
+#include "cvllm/engine.h"
 
 static int load_dataset(const bench_args *a, const cv_tokenizer *tok, size_t n, uint64_t seed,
                         bench_dataset *d, cv_error *err)
@@ -43,15 +45,25 @@ int main(int argc, char **argv)
         fprintf(stderr, "cvllm-bench: error: %s\n", err.msg);
         return 2;
     }
-    cv_tokenizer *tok = NULL;
-    if (a.tokenizer && !(tok = tok_load(a.tokenizer, &err))) {
+    cv_tokenizer *own_tok = NULL;
+    if (a.tokenizer && !(own_tok = tok_load(a.tokenizer, &err))) {
         fprintf(stderr, "cvllm-bench: %s\n", err.msg);
         return 1;
     }
+    /* Loaded before the dataset, whose prompts may need its tokenizer. */
+    bench_engine *eng = NULL;
+    if (a.backend == BENCH_INPROCESS && !(eng = bench_engine_open(&a, &err))) {
+        fprintf(stderr, "cvllm-bench: %s\n", err.msg);
+        tok_free(own_tok);
+        return 1;
+    }
+    const cv_tokenizer *tok =
+        own_tok || !eng ? own_tok : cv_engine_tokenizer(bench_engine_get(eng));
     bench_dataset all = {0}, warm = {0};
     if (load_dataset(&a, tok, a.num_prompts + a.num_warmups, a.seed, &all, &err)) {
         fprintf(stderr, "cvllm-bench: %s\n", err.msg);
-        tok_free(tok);
+        bench_engine_close(eng);
+        tok_free(own_tok);
         return 1;
     }
     split_warmup(&all, a.num_prompts, &warm);
@@ -61,7 +73,7 @@ int main(int argc, char **argv)
         return 1;
     }
     bench_run run;
-    rc = bench_run_requests(&a, &warm, &all, tok, &run, &err);
+    rc = bench_run_requests(&a, eng ? bench_engine_get(eng) : NULL, &warm, &all, tok, &run, &err);
     all.n = all_n;
     bench_metrics m;
     if (rc) fprintf(stderr, "cvllm-bench: %s\n", err.msg);
@@ -84,7 +96,8 @@ int main(int argc, char **argv)
     }
     bench_run_free(&run);
     bench_dataset_free(&all);
-    tok_free(tok);
+    bench_engine_close(eng);
+    tok_free(own_tok);
     cvc_http_global_cleanup();
     return rc ? 1 : 0;
 }

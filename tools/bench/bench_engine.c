@@ -1,0 +1,43 @@
+/* --backend inprocess: the engine cvllm-server would run for a model,
+ * loaded through the server's own repository code (config.pbtxt, version
+ * policy, model.json -> cv_engine_args), so that a run against it differs
+ * from a run against the server only by the server. */
+#include <stdlib.h>
+
+#include "bench.h"
+#include "server/repository.h"
+
+struct bench_engine {
+    cv_repository *repo;
+    cv_model *model; /* a reference held until close */
+};
+
+bench_engine *bench_engine_open(const bench_args *a, cv_error *err)
+{
+    bench_engine *e = calloc(1, sizeof *e);
+    if (!e) {
+        cv_errorf(err, "out of memory");
+        return NULL;
+    }
+    const char *roots[] = {a->model_repository};
+    if (!(e->repo = cv_repository_create(roots, 1, a->threads < 0 ? 0 : a->threads, err)) ||
+        cv_repository_load(e->repo, a->model, err) ||
+        !(e->model = cv_repository_acquire(e->repo, a->model, NULL, err))) {
+        bench_engine_close(e);
+        return NULL;
+    }
+    return e;
+}
+
+struct cv_engine *bench_engine_get(bench_engine *e)
+{
+    return e->model->engine;
+}
+
+void bench_engine_close(bench_engine *e)
+{
+    if (!e) return;
+    if (e->model) cv_model_release(e->model);
+    cv_repository_destroy(e->repo);
+    free(e);
+}
