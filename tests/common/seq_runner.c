@@ -4,6 +4,7 @@
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -107,7 +108,7 @@ void runner_feed_mixed(runner *r, int vocab, float *const got[2])
 }
 
 int runner_greedy_agreement(const runner_ops *ops, void *bk, int block_size,
-                            const json_t *input_ids, const json_t *expected, int vocab)
+                            const json_t *input_ids, const json_t *expected, int vocab, float *gap)
 {
     enum { MAX_IDS = 512 };
     int32_t ids[MAX_IDS];
@@ -129,7 +130,15 @@ int runner_greedy_agreement(const runner_ops *ops, void *bk, int block_size,
         const int next = hf_argmax(last, vocab);
         const int want = (int)json_integer_value(json_array_get(expected, (size_t)agree));
         if (next != want) {
-            print_message("greedy token %d: got %d, HF %d\n", agree, next, want);
+            float scale = 0.0f;
+            for (int v = 0; v < vocab; v++)
+                scale = fabsf(last[v]) > scale ? fabsf(last[v]) : scale;
+            const float rel = want >= 0 && want < vocab && scale > 0.0f
+                                  ? (last[next] - last[want]) / scale
+                                  : INFINITY;
+            if (gap) *gap = rel;
+            print_message("greedy token %d: got %d, HF %d (HF's %.2e below, relative)\n", agree,
+                          next, want, rel);
             break;
         }
         ids[n_in + agree] = next;
@@ -146,6 +155,7 @@ void runner_check_greedy(const runner_ops *ops, void *bk, int block_size, const 
                          const json_t *expected, int vocab)
 {
     const int n_out = (int)json_array_size(expected);
-    const int agree = runner_greedy_agreement(ops, bk, block_size, input_ids, expected, vocab);
+    const int agree =
+        runner_greedy_agreement(ops, bk, block_size, input_ids, expected, vocab, NULL);
     if (agree != n_out) fail_msg("greedy: %d of %d tokens as HF's", agree, n_out);
 }

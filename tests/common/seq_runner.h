@@ -57,9 +57,12 @@ void runner_feed_mixed(runner *r, int vocab, float *const got[2]);
 
 /* Greedy decoding one token per step from input_ids on bk, as long as it
  * reproduces expected: returns how many leading tokens of expected it
- * reproduced (all of them, or the index of the first difference). */
+ * reproduced (all of them, or the index of the first difference). At a
+ * difference, *gap (when not NULL) is how far expected's token lies below
+ * the chosen one in bk's logits row, relative to the row's largest |logit|
+ * (a near-tie that another rounding order may break the other way). */
 int runner_greedy_agreement(const runner_ops *ops, void *bk, int block_size,
-                            const json_t *input_ids, const json_t *expected, int vocab);
+                            const json_t *input_ids, const json_t *expected, int vocab, float *gap);
 
 /* Greedy decoding one token per step from input_ids on bk; must reproduce
  * expected exactly (HF stops after EOS, which expected then ends with). */
