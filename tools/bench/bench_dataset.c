@@ -25,8 +25,21 @@ static int alloc_items(bench_dataset *d, size_t n, cv_error *err)
     return 0;
 }
 
-/* Token ids a random prompt may use: no special tokens and no byte-fallback
- * pieces (<0x..>), whose lone bytes would decode to U+FFFD. */
+/* Whether id decodes to text holding a NUL byte (a byte-level vocabulary's
+ * piece for 0x00): prompts travel as C strings, which it would cut short. */
+static int decodes_to_nul(const cv_tokenizer *tok, int32_t id, bool *nul, cv_error *err)
+{
+    char *t;
+    size_t len;
+    if (tok_decode(tok, &id, 1, false, &t, &len, err)) return -1;
+    *nul = memchr(t, '\0', len) != NULL;
+    free(t);
+    return 0;
+}
+
+/* Token ids a random prompt may use: no special tokens, no byte-fallback
+ * pieces (<0x..>), whose lone bytes would decode to U+FFFD, and none that
+ * decodes to a NUL byte. */
 static int usable_ids(const cv_tokenizer *tok, int32_t **ids, size_t *n, cv_error *err)
 {
     int vocab = tok_vocab_size(tok);
@@ -36,7 +49,12 @@ static int usable_ids(const cv_tokenizer *tok, int32_t **ids, size_t *n, cv_erro
     for (int32_t id = 0; id < vocab; id++) {
         const char *piece = tok_id_to_token(tok, id);
         if (!piece || tok_is_special(tok, id) || !strncmp(piece, "<0x", 3)) continue;
-        (*ids)[(*n)++] = id;
+        bool nul;
+        if (decodes_to_nul(tok, id, &nul, err)) {
+            free(*ids);
+            return -1;
+        }
+        if (!nul) (*ids)[(*n)++] = id;
     }
     if (*n == 0) {
         free(*ids);
