@@ -492,27 +492,16 @@ json_t *cv_tools_required_schema(const json_t *tools, cv_error *err)
 
 int cv_tools_required_extract(const char *text, size_t len, uint64_t *id_seq, json_t **calls)
 {
-    json_t *list = json_loadb(text, len, 0, NULL), *e;
+    /* the streamed reading on the whole text: the same calls either way */
+    cv_tool_stream st = {0};
+    json_t *delta = cv_tool_stream_feed_required(&st, text, len, id_seq), *c;
     size_t i;
-    *calls = NULL;
-    if (!json_is_array(list) || json_array_size(list) == 0) {
-        json_decref(list);
-        return 0;
-    }
-    json_t *out = json_array();
-    json_array_foreach(list, i, e)
-    {
-        json_t *call = out ? make_call(e, "parameters", NULL, id_seq) : NULL;
-        if (!call) { /* the schema makes every element a call: only memory fails */
-            json_decref(out);
-            json_decref(list);
-            return -1;
-        }
-        json_array_append_new(out, call);
-    }
-    json_decref(list);
-    *calls = out;
-    return 0;
+    bool oom = st.len < len;
+    cv_tool_stream_free(&st);
+    *calls = json_incref(json_object_get(delta, "tool_calls"));
+    json_decref(delta);
+    json_array_foreach(*calls, i, c) json_object_del(c, "index");
+    return oom ? -1 : 0;
 }
 
 json_t *cv_tools_named_call(const char *name, const char *text, size_t len, uint64_t *id_seq)

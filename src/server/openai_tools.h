@@ -24,7 +24,8 @@
  *             (cv_tools_required_schema); one call per element,
  *             arguments re-serialized as above; streamed one whole call
  *             per delta once its element closes (vLLM streams the
- *             argument text piecewise; the calls assembled are the same). */
+ *             argument text piecewise; the calls assembled are the same),
+ *             and whole the same calls: those whose element closed. */
 #ifndef CV_SERVER_OPENAI_TOOLS_H
 #define CV_SERVER_OPENAI_TOOLS_H
 
@@ -78,9 +79,9 @@ int cv_tool_stream_calls(const cv_tool_stream *st); /* tool calls emitted so far
  * A new object; NULL with err when two tools define one $defs name
  * differently. */
 json_t *cv_tools_required_schema(const json_t *tools, cv_error *err);
-/* Whole output of a "required" request -> *calls (a new array), or NULL
- * when the text is not such an array (cut short by max_tokens). Returns
- * -1 when out of memory. */
+/* Whole output of a "required" request -> *calls (a new array) of its
+ * elements that closed (all, unless max_tokens cut the list short), or
+ * NULL when none did. Returns -1 when out of memory. */
 int cv_tools_required_extract(const char *text, size_t len, uint64_t *id_seq, json_t **calls);
 /* A named tool_choice's one call: name with the output text as its
  * arguments. A new object, NULL when out of memory. */

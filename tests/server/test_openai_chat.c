@@ -5,7 +5,8 @@
  * seed / logprobs, vLLM's template options (add_generation_prompt,
  * continue_final_message with echo, chat_template, chat_template_kwargs),
  * /tokenize and /detokenize, tools rendered into the prompt and the tool
- * parser on the output path, cancellation, metrics, and vLLM's error
+ * parser on the output path, tool_choice "required" and named functions
+ * (the output held to the tools' schemas), cancellation, metrics, and vLLM's error
  * object for every refused request. The model is the shipped
  * samples/models/cvllm-kjv-4m (a lone clone runs this test) with a ChatML
  * template of the test's own (model.json chat_template), as the shipped
@@ -247,6 +248,110 @@ static int stream_chat(const char *body, char content[4][2048], char finish[4][1
 }
 
 #define USER_MSG "\"messages\": [{\"role\": \"user\", \"content\": \"Once upon a time\"}]"
+#define CITY_TOOLS                                                                                 \
+    "\"tools\": [{\"type\": \"function\", \"function\": {\"name\": \"get_weather\", "              \
+    "\"parameters\": {\"type\": \"object\", \"properties\": {\"city\": {\"type\": \"string\", "    \
+    "\"enum\": [\"Paris\", \"Rome\"]}}, \"required\": [\"city\"]}}}]"
+#define NAMED "{\"type\": \"function\", \"function\": {\"name\": \"get_weather\"}}"
+
+/* A call's arguments hold the schema's one property, a city of its enum. */
+static void check_city(const char *args)
+{
+    json_t *a = json_loads(args, 0, NULL);
+    assert_non_null(a);
+    assert_int_equal(json_object_size(a), 1);
+    const char *city = json_string_value(json_object_get(a, "city"));
+    assert_true(city && (!strcmp(city, "Paris") || !strcmp(city, "Rome")));
+    json_decref(a);
+}
+
+/* A streamed chat's tool calls of choice 0 assembled from their deltas
+ * (name and id on the first of each, argument text after); returns how
+ * many; *finish the finish reason. */
+static int stream_calls(const char *body, char names[4][64], char args[4][256], char *finish)
+{
+    char *events = NULL;
+    int n = 0;
+    assert_int_equal(th_sse(url("/v1/chat/completions"), body, 0, &events), 200);
+    memset(args, 0, 4 * 256);
+    for (const char *p = events; (p = strstr(p, "data: {"));) {
+        p += 6;
+        const char *end = strstr(p, "\n\n");
+        json_t *ev = json_loadb(p, (size_t)(end - p), 0, NULL), *tc;
+        const json_t *ch = choice(ev, 0);
+        size_t i;
+        json_array_foreach(json_object_get(json_object_get(ch, "delta"), "tool_calls"), i, tc)
+        {
+            json_int_t k = json_integer_value(json_object_get(tc, "index"));
+            assert_true(k >= 0 && k < 4);
+            const json_t *fn = json_object_get(tc, "function");
+            if (json_object_get(tc, "id")) {
+                assert_int_equal(k, n++);
+                snprintf(names[k], 64, "%s", json_string_value(json_object_get(fn, "name")));
+            }
+            strncat(args[k], json_string_value(json_object_get(fn, "arguments")),
+                    255 - strlen(args[k]));
+        }
+        if (json_is_string(json_object_get(ch, "finish_reason")))
+            snprintf(finish, 16, "%s", json_string_value(json_object_get(ch, "finish_reason")));
+        json_decref(ev);
+        p = end;
+    }
+    free(events);
+    return n;
+}
+
+/* tool_choice naming a function, or "required": the output is held to
+ * the schema, so even this tiny model calls the tool, whole and streamed
+ * alike (vLLM's shapes: content "", streamed finish "tool_calls"). The
+ * model repeats "required"'s list until max_tokens: the calls are those
+ * whose element closed. */
+static void test_chat_forced_tools(void **state)
+{
+    (void)state;
+    const char *body = "{\"model\": \"chat\", " USER_MSG ", " CITY_TOOLS ", \"tool_choice\": " NAMED
+                       ", \"max_tokens\": 40, \"temperature\": 0%s}";
+    char b[1024], names[4][64], args[4][256], finish[16];
+    snprintf(b, sizeof b, body, "");
+    json_t *j = post("/v1/chat/completions", b);
+    const json_t *m = json_object_get(choice(j, 0), "message");
+    assert_string_equal(json_string_value(json_object_get(m, "content")), "");
+    assert_string_equal(json_string_value(json_object_get(choice(j, 0), "finish_reason")), "stop");
+    assert_int_equal(json_array_size(json_object_get(m, "tool_calls")), 1);
+    const json_t *fn =
+        json_object_get(json_array_get(json_object_get(m, "tool_calls"), 0), "function");
+    assert_string_equal(json_string_value(json_object_get(fn, "name")), "get_weather");
+    const char *whole_args = json_string_value(json_object_get(fn, "arguments"));
+    check_city(whole_args);
+    assert_true(usage_of(j, "completion_tokens") < 40);
+    snprintf(b, sizeof b, body, ", \"stream\": true");
+    assert_int_equal(stream_calls(b, names, args, finish), 1);
+    assert_string_equal(names[0], "get_weather");
+    assert_string_equal(args[0], whole_args);
+    assert_string_equal(finish, "tool_calls");
+    json_decref(j);
+
+    body = "{\"model\": \"chat\", " USER_MSG ", " CITY_TOOLS ", \"tool_choice\": \"required\", "
+           "\"max_tokens\": 120, \"temperature\": 0%s}";
+    snprintf(b, sizeof b, body, "");
+    j = post("/v1/chat/completions", b);
+    m = json_object_get(choice(j, 0), "message");
+    assert_string_equal(json_string_value(json_object_get(choice(j, 0), "finish_reason")),
+                        "length");
+    size_t n = json_array_size(json_object_get(m, "tool_calls"));
+    assert_true(n >= 1 && n <= 4);
+    snprintf(b, sizeof b, body, ", \"stream\": true");
+    assert_int_equal(stream_calls(b, names, args, finish), (int)n);
+    for (size_t i = 0; i < n; i++) {
+        fn = json_object_get(json_array_get(json_object_get(m, "tool_calls"), i), "function");
+        assert_string_equal(json_string_value(json_object_get(fn, "name")), "get_weather");
+        assert_string_equal(names[i], "get_weather");
+        assert_string_equal(args[i], json_string_value(json_object_get(fn, "arguments")));
+        check_city(args[i]);
+    }
+    assert_string_equal(finish, "tool_calls");
+    json_decref(j);
+}
 
 /* Whole and streamed give the same text; greedy chat equals
  * /v1/completions on the ids /tokenize gives for the conversation; usage
@@ -626,11 +731,8 @@ static void test_chat_errors(void **state)
 {
     (void)state;
     const char *p = "/v1/chat/completions";
-    expect(p,
-           "{\"model\": \"chat\", " USER_MSG ", \"response_format\": {\"type\": \"json_object\"}}",
-           400,
-           bad("'response_format' of type 'json_object' is not supported: cvllm has no "
-               "structured output yet; leave it out or use {\"type\": \"text\"}"));
+    expect(p, "{\"model\": \"chat\", " USER_MSG ", \"response_format\": {\"type\": \"xml\"}}", 400,
+           bad("response_format type 'xml' is not supported (text, json_object, json_schema)"));
     expect(p, "{\"model\": \"chat\", " USER_MSG ", \"top_logprobs\": 2}", 400,
            bad("when using `top_logprobs`, `logprobs` must be set to true."));
     expect(p, "{\"model\": \"chat\", " USER_MSG ", \"logprobs\": true, \"top_logprobs\": -1}", 400,
@@ -653,9 +755,45 @@ static void test_chat_errors(void **state)
            400,
            bad("'messages'[0].content[0]: only {\"type\": \"text\", \"text\": ...} parts are "
                "supported (cvllm serves text models)"));
+    /* tool_choice as vLLM checks it */
     expect(p, "{\"model\": \"chat\", " USER_MSG ", \"tool_choice\": \"required\"}", 400,
-           bad("'tool_choice': only \"auto\" and \"none\" are supported (\"required\" and named "
-               "functions need guided decoding, which cvllm has not)"));
+           bad("When using `tool_choice`, `tools` must be set."));
+    expect(p, "{\"model\": \"chat\", " USER_MSG ", \"tool_choice\": " NAMED "}", 400,
+           bad("When using `tool_choice`, `tools` must be set."));
+    expect(p, "{\"model\": \"chat\", " USER_MSG ", " CITY_TOOLS ", \"tool_choice\": \"any\"}", 400,
+           bad("Invalid value for `tool_choice`: any! Only named tools, \"none\", \"auto\" or "
+               "\"required\" are supported."));
+    expect(p,
+           "{\"model\": \"chat\", " USER_MSG ", " CITY_TOOLS
+           ", \"tool_choice\": {\"type\": \"function\", \"function\": {\"name\": \"f\"}}}",
+           400,
+           bad("The tool specified in `tool_choice` does not match any of the specified "
+               "`tools`"));
+    expect(p,
+           "{\"model\": \"chat\", " USER_MSG ", " CITY_TOOLS
+           ", \"tool_choice\": {\"type\": \"function\"}}",
+           400,
+           bad("Invalid value for `function`: `None` in `tool_choice`! Correct usage: "
+               "`{\"type\": \"function\", \"function\": {\"name\": \"my_function\"}}`"));
+    expect(p,
+           "{\"model\": \"chat\", " USER_MSG ", " CITY_TOOLS
+           ", \"tool_choice\": {\"function\": {}}}",
+           400,
+           bad("Expected field `name` in `function` in `tool_choice`! Correct usage: "
+               "`{\"type\": \"function\", \"function\": {\"name\": \"my_function\"}}`"));
+    expect(p,
+           "{\"model\": \"chat\", " USER_MSG ", " CITY_TOOLS
+           ", \"tool_choice\": {\"function\": {\"name\": \"\"}}}",
+           400,
+           bad("Invalid `name` in `function`: `` in `tool_choice`! Correct usage: "
+               "`{\"type\": \"function\", \"function\": {\"name\": \"my_function\"}}`"));
+    expect(p,
+           "{\"model\": \"chat\", " USER_MSG ", " CITY_TOOLS ", \"tool_choice\": " NAMED
+           ", \"guided_regex\": \"a\"}",
+           400, bad("You can only either use guided decoding or tools, not both."));
+    /* "required" with no tools is "none" (OpenAI): no tool parser needed */
+    json_decref(post(p, "{\"model\": \"plain\", " USER_MSG ", \"chat_template\": \"x\", "
+                        "\"tools\": [], \"tool_choice\": \"required\", \"max_tokens\": 2}"));
     expect(p, "{\"model\": \"chat\", " USER_MSG ", \"tools\": [{\"type\": \"function\"}]}", 400,
            bad("'tools'[0]: expected {\"type\": \"function\", \"function\": {\"name\": ...}}"));
     expect(p, "{\"model\": \"chat\", " USER_MSG ", \"foo\": 1}", 400,
@@ -723,6 +861,7 @@ int main(void)
         cmocka_unit_test(test_chat_template_options),
         cmocka_unit_test(test_chat_template_sources),
         cmocka_unit_test(test_chat_cancel_and_metrics),
+        cmocka_unit_test(test_chat_forced_tools),
         cmocka_unit_test(test_chat_errors),
     };
     return cmocka_run_group_tests(tests, setup, teardown);

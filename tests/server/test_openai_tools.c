@@ -242,7 +242,11 @@ static void test_required_whole(void **state)
         assert_string_equal(json_string_value(json_object_get(fn, "arguments")), args[i]);
     }
     json_decref(calls);
-    /* Cut short by max_tokens: no calls. */
+    /* Cut short by max_tokens: the calls whose element closed, or none. */
+    assert_int_equal(cv_tools_required_extract(text, 70, &seq, &calls), 0);
+    assert_int_equal(json_array_size(calls), 1);
+    assert_null(json_object_get(json_array_get(calls, 0), "index"));
+    json_decref(calls);
     assert_int_equal(cv_tools_required_extract(text, 30, &seq, &calls), 0);
     assert_null(calls);
     assert_int_equal(cv_tools_required_extract("[]", 2, &seq, &calls), 0);
