@@ -5,8 +5,7 @@
  * seed / logprobs, vLLM's template options (add_generation_prompt,
  * continue_final_message with echo, chat_template, chat_template_kwargs),
  * /tokenize and /detokenize, tools rendered into the prompt and the tool
- * parser on the output path, tool_choice "required" and named functions
- * (the output held to the tools' schemas), cancellation, metrics, and vLLM's error
+ * parser on the output path, vLLM's tool_choice checks, cancellation, metrics, and vLLM's error
  * object for every refused request. The model is the shipped
  * samples/models/cvllm-kjv-4m (a lone clone runs this test) with a ChatML
  * template of the test's own (model.json chat_template), as the shipped
@@ -253,105 +252,6 @@ static int stream_chat(const char *body, char content[4][2048], char finish[4][1
     "\"parameters\": {\"type\": \"object\", \"properties\": {\"city\": {\"type\": \"string\", "    \
     "\"enum\": [\"Paris\", \"Rome\"]}}, \"required\": [\"city\"]}}}]"
 #define NAMED "{\"type\": \"function\", \"function\": {\"name\": \"get_weather\"}}"
-
-/* A call's arguments hold the schema's one property, a city of its enum. */
-static void check_city(const char *args)
-{
-    json_t *a = json_loads(args, 0, NULL);
-    assert_non_null(a);
-    assert_int_equal(json_object_size(a), 1);
-    const char *city = json_string_value(json_object_get(a, "city"));
-    assert_true(city && (!strcmp(city, "Paris") || !strcmp(city, "Rome")));
-    json_decref(a);
-}
-
-/* A streamed chat's tool calls of choice 0 assembled from their deltas
- * (name and id on the first of each, argument text after); returns how
- * many; *finish the finish reason. */
-static int stream_calls(const char *body, char names[4][64], char args[4][256], char *finish)
-{
-    char *events = NULL;
-    int n = 0;
-    assert_int_equal(th_sse(url("/v1/chat/completions"), body, 0, &events), 200);
-    memset(args, 0, 4 * 256);
-    for (const char *p = events; (p = strstr(p, "data: {"));) {
-        p += 6;
-        const char *end = strstr(p, "\n\n");
-        json_t *ev = json_loadb(p, (size_t)(end - p), 0, NULL), *tc;
-        const json_t *ch = choice(ev, 0);
-        size_t i;
-        json_array_foreach(json_object_get(json_object_get(ch, "delta"), "tool_calls"), i, tc)
-        {
-            json_int_t k = json_integer_value(json_object_get(tc, "index"));
-            assert_true(k >= 0 && k < 4);
-            const json_t *fn = json_object_get(tc, "function");
-            if (json_object_get(tc, "id")) {
-                assert_int_equal(k, n++);
-                snprintf(names[k], 64, "%s", json_string_value(json_object_get(fn, "name")));
-            }
-            strncat(args[k], json_string_value(json_object_get(fn, "arguments")),
-                    255 - strlen(args[k]));
-        }
-        if (json_is_string(json_object_get(ch, "finish_reason")))
-            snprintf(finish, 16, "%s", json_string_value(json_object_get(ch, "finish_reason")));
-        json_decref(ev);
-        p = end;
-    }
-    free(events);
-    return n;
-}
-
-/* tool_choice naming a function, or "required": the output is held to
- * the schema, so even this tiny model calls the tool, whole and streamed
- * alike (vLLM's shapes: content "", streamed finish "tool_calls"). The
- * model repeats "required"'s list until max_tokens: the calls are those
- * whose element closed. */
-static void test_chat_forced_tools(void **state)
-{
-    (void)state;
-    const char *body = "{\"model\": \"chat\", " USER_MSG ", " CITY_TOOLS ", \"tool_choice\": " NAMED
-                       ", \"max_tokens\": 40, \"temperature\": 0%s}";
-    char b[1024], names[4][64], args[4][256], finish[16];
-    snprintf(b, sizeof b, body, "");
-    json_t *j = post("/v1/chat/completions", b);
-    const json_t *m = json_object_get(choice(j, 0), "message");
-    assert_string_equal(json_string_value(json_object_get(m, "content")), "");
-    assert_string_equal(json_string_value(json_object_get(choice(j, 0), "finish_reason")), "stop");
-    assert_int_equal(json_array_size(json_object_get(m, "tool_calls")), 1);
-    const json_t *fn =
-        json_object_get(json_array_get(json_object_get(m, "tool_calls"), 0), "function");
-    assert_string_equal(json_string_value(json_object_get(fn, "name")), "get_weather");
-    const char *whole_args = json_string_value(json_object_get(fn, "arguments"));
-    check_city(whole_args);
-    assert_true(usage_of(j, "completion_tokens") < 40);
-    snprintf(b, sizeof b, body, ", \"stream\": true");
-    assert_int_equal(stream_calls(b, names, args, finish), 1);
-    assert_string_equal(names[0], "get_weather");
-    assert_string_equal(args[0], whole_args);
-    assert_string_equal(finish, "tool_calls");
-    json_decref(j);
-
-    body = "{\"model\": \"chat\", " USER_MSG ", " CITY_TOOLS ", \"tool_choice\": \"required\", "
-           "\"max_tokens\": 120, \"temperature\": 0%s}";
-    snprintf(b, sizeof b, body, "");
-    j = post("/v1/chat/completions", b);
-    m = json_object_get(choice(j, 0), "message");
-    assert_string_equal(json_string_value(json_object_get(choice(j, 0), "finish_reason")),
-                        "length");
-    size_t n = json_array_size(json_object_get(m, "tool_calls"));
-    assert_true(n >= 1 && n <= 4);
-    snprintf(b, sizeof b, body, ", \"stream\": true");
-    assert_int_equal(stream_calls(b, names, args, finish), (int)n);
-    for (size_t i = 0; i < n; i++) {
-        fn = json_object_get(json_array_get(json_object_get(m, "tool_calls"), i), "function");
-        assert_string_equal(json_string_value(json_object_get(fn, "name")), "get_weather");
-        assert_string_equal(names[i], "get_weather");
-        assert_string_equal(args[i], json_string_value(json_object_get(fn, "arguments")));
-        check_city(args[i]);
-    }
-    assert_string_equal(finish, "tool_calls");
-    json_decref(j);
-}
 
 /* Whole and streamed give the same text; greedy chat equals
  * /v1/completions on the ids /tokenize gives for the conversation; usage
@@ -861,7 +761,6 @@ int main(void)
         cmocka_unit_test(test_chat_template_options),
         cmocka_unit_test(test_chat_template_sources),
         cmocka_unit_test(test_chat_cancel_and_metrics),
-        cmocka_unit_test(test_chat_forced_tools),
         cmocka_unit_test(test_chat_errors),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
