@@ -98,6 +98,7 @@ static int stream_calls(const char *body, char names[4][64], char args[4][256], 
     for (const char *p = events; (p = strstr(p, "data: {"));) {
         p += 6;
         const char *end = strstr(p, "\n\n");
+        assert_non_null(end);
         json_t *ev = json_loadb(p, (size_t)(end - p), 0, NULL), *tc;
         const json_t *ch = choice(ev, 0);
         size_t i;
@@ -160,6 +161,7 @@ static void test_chat_forced_tools(void **state)
     m = json_object_get(choice(j, 0), "message");
     assert_string_equal(json_string_value(json_object_get(choice(j, 0), "finish_reason")),
                         "length");
+    assert_string_equal(json_string_value(json_object_get(m, "content")), "");
     size_t n = json_array_size(json_object_get(m, "tool_calls"));
     assert_true(n >= 1 && n <= 4);
     snprintf(b, sizeof b, body, ", \"stream\": true");
