@@ -28,6 +28,8 @@ static void chat_state_free(void *p)
     json_decref(st->tools);
     json_decref(st->documents);
     json_decref(st->kwargs);
+    json_decref(st->tool_choice_v);
+    free(st->tool_name);
     free(st->chat_template);
     free(st->echo);
     for (int i = 0; st->streams && i < st->n_streams; i++)
@@ -174,25 +176,12 @@ static int chat_field(cv_openai_request *r, cv_chat_state *st, const char *k, js
             (!strcmp(k, "max_completion_tokens") || !json_object_get(sampling, "max_tokens")))
             return json_object_set(sampling, "max_tokens", v) < 0 ? cv_errorf(err, "out of memory")
                                                                   : 1;
-    } else if (!strcmp(k, "response_format")) {
-        const char *type = json_string_value(json_object_get(v, "type"));
-        if (!json_is_null(v) && (!type || strcmp(type, "text")))
-            return cv_errorf(err,
-                             "'response_format' of type '%s' is not supported: cvllm has no "
-                             "structured output yet; leave it out or use {\"type\": \"text\"}",
-                             type ? type : "?");
     } else if (!strcmp(k, "tools")) {
         if (json_is_null(v)) return 1;
         if (check_tools(v, err) < 0) return -1;
         st->tools = json_incref(v);
     } else if (!strcmp(k, "tool_choice")) {
-        if (json_is_null(v)) return 1;
-        const char *c = json_string_value(v);
-        if (!c || (strcmp(c, "none") && strcmp(c, "auto")))
-            return cv_errorf(err, "'tool_choice': only \"auto\" and \"none\" are supported "
-                                  "(\"required\" and named functions need guided decoding, "
-                                  "which cvllm has not)");
-        st->tool_choice_none = !strcmp(c, "none");
+        if (!json_is_null(v)) st->tool_choice_v = json_incref(v); /* checked with tools */
     } else if (!strcmp(k, "chat_template")) {
         if (json_is_null(v)) return 1;
         if (!json_is_string(v)) return cv_errorf(err, "'chat_template': expected a string");
@@ -215,6 +204,119 @@ static int chat_field(cv_openai_request *r, cv_chat_state *st, const char *k, js
         return 0;
     }
     return 1;
+}
+
+/* A value as Python's str() shows it in vLLM's messages. malloc'd. */
+static char *py_str(const json_t *v)
+{
+    if (!v || json_is_null(v)) return strdup("None");
+    if (json_is_string(v)) return strdup(json_string_value(v));
+    if (json_is_boolean(v)) return strdup(json_is_true(v) ? "True" : "False");
+    return json_dumps(v, JSON_COMPACT | JSON_ENCODE_ANY);
+}
+
+#define TOOL_CHOICE_USAGE                                                                          \
+    "Correct usage: `{\"type\": \"function\", \"function\": {\"name\": \"my_function\"}}`"
+
+/* A tool_choice naming a function: its checks as vLLM's (the tools are
+ * there); *fn is the tool's function object. */
+static int named_choice(const json_t *choice, const json_t *tools, const json_t **fn, cv_error *err)
+{
+    const json_t *function = json_object_get(choice, "function");
+    const json_t *type = json_object_get(choice, "type");
+    char *shown = NULL;
+    int rc = 0;
+    if (!json_is_object(function)) {
+        shown = py_str(function);
+        rc = cv_errorf(err, "Invalid value for `function`: `%s` in `tool_choice`! %s",
+                       shown ? shown : "?", TOOL_CHOICE_USAGE);
+    } else if (!json_object_get(function, "name")) {
+        rc = cv_errorf(err, "Expected field `name` in `function` in `tool_choice`! %s",
+                       TOOL_CHOICE_USAGE);
+    } else if (!json_is_string(json_object_get(function, "name")) ||
+               json_string_length(json_object_get(function, "name")) == 0) {
+        shown = py_str(json_object_get(function, "name"));
+        rc = cv_errorf(err, "Invalid `name` in `function`: `%s` in `tool_choice`! %s",
+                       shown ? shown : "?", TOOL_CHOICE_USAGE);
+    } else if (type && !json_is_null(type) &&
+               (!json_is_string(type) || strcmp(json_string_value(type), "function"))) {
+        rc = cv_errorf(err, "'tool_choice'.type: expected \"function\"");
+    }
+    free(shown);
+    if (rc < 0) return -1;
+    const char *name = json_string_value(json_object_get(function, "name"));
+    size_t i;
+    const json_t *t;
+    json_array_foreach(tools, i, t)
+    {
+        const json_t *f = json_object_get(t, "function");
+        if (!strcmp(json_string_value(json_object_get(f, "name")), name)) {
+            *fn = f;
+            return 0;
+        }
+    }
+    return cv_errorf(err, "The tool specified in `tool_choice` does not match any of the "
+                          "specified `tools`");
+}
+
+/* tool_choice, checked as vLLM's ChatCompletionRequest does; "required"
+ * and a named function constrain the output with structured outputs (a
+ * json schema put in sampling), as vLLM's _get_guided_json_from_tool. */
+static int resolve_tool_choice(cv_chat_state *st, json_t *sampling, cv_error *err)
+{
+    static const char *const structured[] = {"structured_outputs", "guided_json",
+                                             "guided_regex",       "guided_choice",
+                                             "guided_grammar",     "guided_json_object"};
+    const json_t *v = st->tool_choice_v;
+    const char *s = json_string_value(v);
+    st->tool_choice = v && s && !strcmp(s, "none") ? CV_CHOICE_NONE : CV_CHOICE_AUTO;
+    if (!v || st->tool_choice == CV_CHOICE_NONE) return 0;
+    if (!st->tools) return cv_errorf(err, "When using `tool_choice`, `tools` must be set.");
+    if (s && !strcmp(s, "auto")) return 0;
+    if (!json_is_object(v) && !(s && !strcmp(s, "required"))) {
+        char *shown = py_str(v);
+        cv_errorf(err,
+                  "Invalid value for `tool_choice`: %s! Only named tools, \"none\", \"auto\" or "
+                  "\"required\" are supported.",
+                  shown ? shown : "?");
+        free(shown);
+        return -1;
+    }
+    json_t *schema = NULL;
+    if (s) {                                   /* required */
+        if (json_array_size(st->tools) == 0) { /* OpenAI: as "none", without tools */
+            st->tool_choice = CV_CHOICE_NONE;
+            json_decref(st->tools);
+            st->tools = NULL;
+            return 0;
+        }
+        st->tool_choice = CV_CHOICE_REQUIRED;
+        if (!(schema = cv_tools_required_schema(st->tools, err))) return -1;
+    } else {
+        const json_t *fn = NULL;
+        if (named_choice(v, st->tools, &fn, err) < 0) return -1;
+        st->tool_choice = CV_CHOICE_NAMED;
+        if (!(st->tool_name = strdup(json_string_value(json_object_get(fn, "name")))))
+            return cv_errorf(err, "out of memory");
+        /* vLLM constrains to the parameters schema; a tool without one
+         * gets {} as "required" gives it (vLLM would leave it free) */
+        json_t *params = json_object_get(fn, "parameters");
+        schema = json_is_object(params) && json_object_size(params) > 0
+                     ? json_incref(params)
+                     : json_pack("{s:s, s:{}}", "type", "object", "properties");
+    }
+    bool guided = false;
+    for (size_t i = 0; i < sizeof structured / sizeof *structured; i++)
+        guided = guided || json_object_get(sampling, structured[i]) != NULL; /* nulls left out */
+    const char *rf =
+        json_string_value(json_object_get(json_object_get(sampling, "response_format"), "type"));
+    if (guided || (rf && strcmp(rf, "text"))) {
+        json_decref(schema);
+        return cv_errorf(err, "You can only either use guided decoding or tools, not both.");
+    }
+    if (json_object_set_new(sampling, "structured_outputs", json_pack("{s:o}", "json", schema)) < 0)
+        return cv_errorf(err, "out of memory");
+    return 0;
 }
 
 static int parse_fields(cv_openai_request *r, cv_chat_state *st, json_t *root, cv_error *err)
@@ -243,6 +345,7 @@ static int parse_fields(cv_openai_request *r, cv_chat_state *st, json_t *root, c
         rc = cv_errorf(err,
                        "Cannot set both `continue_final_message` and `add_generation_prompt` to "
                        "True.");
+    if (rc == 0) rc = resolve_tool_choice(st, sampling, err);
     if (rc == 0 && st->logprobs &&
         json_object_set_new(sampling, "logprobs", json_integer(st->top_logprobs)) < 0)
         rc = cv_errorf(err, "out of memory");
@@ -455,7 +558,7 @@ char *cv_chat_render(const cv_chat_model *m, const cv_chat_render_args *a, cv_er
 int cv_chat_prepare(cv_openai_request *r, const cv_chat_model *m, cv_error *err)
 {
     cv_chat_state *st = r->chat_state;
-    if (st->tools && !st->tool_choice_none) {
+    if (st->tools && st->tool_choice == CV_CHOICE_AUTO) {
         st->parser = cv_tool_parser_named(m->tool_call_parser);
         if (st->parser == CV_TOOLS_NONE)
             return cv_errorf(err, "\"auto\" tool choice requires a tool_call_parser (hermes or "

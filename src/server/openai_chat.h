@@ -12,7 +12,16 @@
  * "default"). The template sees messages, tools, documents,
  * add_generation_prompt, the tokenizer's special tokens (bos_token,
  * eos_token, unk_token, pad_token) and chat_template_kwargs, as
- * transformers' apply_chat_template. */
+ * transformers' apply_chat_template.
+ *
+ * tool_choice as vLLM takes it: "auto" (the default with tools; the
+ * model's tool_call_parser reads calls out of the text), "none", and
+ * "required" or {"type": "function", "function": {"name"}}, which need no
+ * parser: the output is held by structured outputs to the named tool's
+ * parameters schema, or to an array of {"name", "parameters"} of the
+ * tools (openai_tools.h reads either back into tool_calls). Other
+ * structured-output fields beside those are refused. response_format
+ * and structured_outputs go to the engine as in /v1/completions. */
 #ifndef CV_SERVER_OPENAI_CHAT_H
 #define CV_SERVER_OPENAI_CHAT_H
 

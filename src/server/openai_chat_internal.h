@@ -11,13 +11,23 @@
 #include "server/openai_chat.h"
 #include "server/openai_tools.h"
 
+/* tool_choice: auto (also when absent), none, "required", a named function. */
+typedef enum {
+    CV_CHOICE_AUTO = 0,
+    CV_CHOICE_NONE,
+    CV_CHOICE_REQUIRED,
+    CV_CHOICE_NAMED
+} cv_tool_choice;
+
 typedef struct cv_chat_state {
     json_t *messages, *tools, *documents, *kwargs; /* owned; tools etc. NULL when absent */
     char *chat_template;                           /* the request's (owned) or NULL */
     bool add_generation_prompt;                    /* true */
     bool continue_final_message;
     bool add_special_tokens; /* false: the template writes them */
-    bool tool_choice_none;   /* tool_choice "none" */
+    json_t *tool_choice_v;   /* the request's tool_choice (owned; NULL when absent or null) */
+    cv_tool_choice tool_choice;
+    char *tool_name; /* CV_CHOICE_NAMED: the function (owned) */
     bool logprobs;
     int top_logprobs;
     cv_tool_parser parser;   /* the one parsing this request's output (NONE: plain text) */

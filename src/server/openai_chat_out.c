@@ -97,16 +97,24 @@ json_t *cv_chat_chunk(cv_openai_request *r, int p, const cv_request_output *out)
         if (s->index < 0 || s->index >= r->n_seqs) continue;
         cv_tool_stream *ts = &st->streams[s->index];
         bool final = s->finish_reason != CV_FINISH_NONE;
+        bool forced = st->tool_choice == CV_CHOICE_NAMED || st->tool_choice == CV_CHOICE_REQUIRED;
         json_t *delta =
-            cv_tool_stream_feed(ts, st->parser, s->text, s->text_len, final, &st->tool_seq);
+            st->tool_choice == CV_CHOICE_NAMED
+                ? cv_tool_stream_feed_named(ts, st->tool_name, s->text, s->text_len, &st->tool_seq)
+            : st->tool_choice == CV_CHOICE_REQUIRED
+                ? cv_tool_stream_feed_required(ts, s->text, s->text_len, &st->tool_seq)
+                : cv_tool_stream_feed(ts, st->parser, s->text, s->text_len, final, &st->tool_seq);
         json_t *lp = st->logprobs && s->logprobs
                          ? json_pack("{s:o}", "content", chat_logprobs(s, st->top_logprobs))
                          : NULL;
         if (!delta && (final || lp)) delta = json_pack("{s:s}", "content", "");
         if (!delta) continue;
-        json_array_append_new(
-            choices, stream_choice(s->index, delta, lp,
-                                   finish_json(s->finish_reason, cv_tool_stream_calls(ts) > 0)));
+        /* vLLM streamed: a forced call finishes as "tool_calls" whatever
+         * ended it; whole, it keeps the engine's reason */
+        bool calls = cv_tool_stream_calls(ts) > 0;
+        json_t *finish = forced && final && calls ? json_string("tool_calls")
+                                                  : finish_json(s->finish_reason, !forced && calls);
+        json_array_append_new(choices, stream_choice(s->index, delta, lp, finish));
     }
     if (json_array_size(choices) == 0) {
         json_decref(choices);
@@ -144,22 +152,49 @@ int cv_chat_accumulate(cv_openai_request *r, int p, const cv_request_output *out
     return 0;
 }
 
+/* The calls of a forced tool_choice's output (named, or "required"; see
+ * openai_tools.h); *content is the text when "required"'s output is not
+ * a whole list (cut short). NULL when out of memory. */
+static json_t *forced_calls(cv_chat_state *st, const char *text, size_t len, char **content)
+{
+    json_t *calls = NULL;
+    if (st->tool_choice == CV_CHOICE_NAMED) {
+        json_t *call = cv_tools_named_call(st->tool_name, text, len, &st->tool_seq);
+        return call ? json_pack("[o]", call) : NULL;
+    }
+    if (cv_tools_required_extract(text, len, &st->tool_seq, &calls) < 0) return NULL;
+    if (calls) return calls;
+    if (len > 0 && (*content = malloc(len + 1))) {
+        memcpy(*content, text, len);
+        (*content)[len] = '\0';
+    }
+    return len > 0 && !*content ? NULL : json_array();
+}
+
 /* One choice's message: vLLM's echo before the text, tool calls parsed
- * out of it. */
+ * out of it (content "" beside a forced call, as vLLM). *tool_calls: the
+ * finish reason becomes "tool_calls" (the parsed calls of "auto"). */
 static json_t *message_of(const cv_openai_request *r, int i, bool *tool_calls)
 {
     cv_chat_state *st = r->chat_state;
+    const char *text = r->text[i] ? r->text[i] : "";
     char *content = NULL;
     json_t *calls = NULL;
-    if (cv_tools_extract(st->parser, r->text[i] ? r->text[i] : "", r->text_len[i], &st->tool_seq,
-                         &content, &calls) < 0) {
-        free(content);
+    bool forced = st->tool_choice == CV_CHOICE_NAMED || st->tool_choice == CV_CHOICE_REQUIRED;
+    if (forced)
+        calls = forced_calls(st, text, r->text_len[i], &content);
+    else if (cv_tools_extract(st->parser, text, r->text_len[i], &st->tool_seq, &content, &calls) <
+             0) {
         json_decref(calls);
+        calls = NULL;
+    }
+    if (!calls) {
+        free(content);
         return NULL;
     }
-    *tool_calls = json_array_size(calls) > 0;
+    *tool_calls = !forced && json_array_size(calls) > 0;
     json_t *c = json_null();
-    if (content || st->echo) {
+    if (content || st->echo || forced) {
         size_t a = st->echo ? st->echo_len : 0, b = content ? strlen(content) : 0;
         char *joined = malloc(a + b + 1);
         if (joined) {
@@ -168,7 +203,7 @@ static json_t *message_of(const cv_openai_request *r, int i, bool *tool_calls)
             c = json_stringn(joined, a + b);
             free(joined);
         }
-    } else if (!*tool_calls) {
+    } else if (json_array_size(calls) == 0) {
         c = json_string(""); /* an empty answer is "" */
     }
     free(content);

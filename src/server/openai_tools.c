@@ -195,13 +195,21 @@ static void put_json(sbuf *b, const json_t *v)
 
 /* ---- whole output ------------------------------------------------------- */
 
+/* A new tool call id: "chatcmpl-tool-" + 32 hex digits from *id_seq. */
+static void next_id(char id[64], uint64_t *id_seq)
+{
+    uint64_t n = ++*id_seq;
+    snprintf(id, 64, "chatcmpl-tool-%016" PRIx64 "%016" PRIx64,
+             (uint64_t)(n * 0x9e3779b97f4a7c15ull), (uint64_t)(n ^ 0xc2b2ae3d27d4eb4full));
+}
+
 /* {"id","type":"function","function":{"name","arguments"}} of a parsed
  * call object; NULL when it lacks a string name or its arguments (under
- * args_key, or "parameters" for llama3_json). */
-static json_t *make_call(const json_t *obj, cv_tool_parser p, uint64_t *id_seq)
+ * key, else under fallback when not NULL). */
+static json_t *make_call(const json_t *obj, const char *key, const char *fallback, uint64_t *id_seq)
 {
-    json_t *name = json_object_get(obj, "name"), *args = json_object_get(obj, "arguments");
-    if (!args && p == CV_TOOLS_LLAMA3_JSON) args = json_object_get(obj, "parameters");
+    json_t *name = json_object_get(obj, "name"), *args = json_object_get(obj, key);
+    if (!args && fallback) args = json_object_get(obj, fallback);
     if (!json_is_object(obj) || !json_is_string(name) || !args) return NULL;
     sbuf b = {0};
     put_json(&b, args);
@@ -210,9 +218,7 @@ static json_t *make_call(const json_t *obj, cv_tool_parser p, uint64_t *id_seq)
         return NULL;
     }
     char id[64];
-    uint64_t n = ++*id_seq;
-    snprintf(id, sizeof id, "chatcmpl-tool-%016" PRIx64 "%016" PRIx64,
-             (uint64_t)(n * 0x9e3779b97f4a7c15ull), (uint64_t)(n ^ 0xc2b2ae3d27d4eb4full));
+    next_id(id, id_seq);
     json_t *call = json_pack("{s:s, s:s, s:{s:O, s:s}}", "id", id, "type", "function", "function",
                              "name", name, "arguments", b.p);
     free(b.p);
@@ -243,7 +249,7 @@ static json_t *hermes_calls(const char *text, size_t len, uint64_t *id_seq, size
         const char *close = memmem(body, (size_t)(end - body), HERMES_CLOSE, nc);
         const char *stop = close ? close : end;
         json_t *obj = json_loadb(body, (size_t)(stop - body), JSON_DECODE_ANY, NULL);
-        json_t *call = obj ? make_call(obj, CV_TOOLS_HERMES, id_seq) : NULL;
+        json_t *call = obj ? make_call(obj, "arguments", NULL, id_seq) : NULL;
         json_decref(obj);
         if (!call) {
             json_decref(calls);
@@ -269,7 +275,7 @@ static json_t *llama3_calls(const char *text, size_t len, uint64_t *id_seq)
     while (calls && at < len) {
         json_error_t e;
         json_t *obj = json_loadb(text + at, len - at, JSON_DISABLE_EOF_CHECK, &e);
-        json_t *call = obj ? make_call(obj, CV_TOOLS_LLAMA3_JSON, id_seq) : NULL;
+        json_t *call = obj ? make_call(obj, "arguments", "parameters", id_seq) : NULL;
         json_decref(obj);
         if (!call) {
             json_decref(calls);
@@ -398,19 +404,26 @@ static json_t *feed_llama3(cv_tool_stream *st, bool final, uint64_t *id_seq)
     return delta;
 }
 
-json_t *cv_tool_stream_feed(cv_tool_stream *st, cv_tool_parser p, const char *text, size_t len,
-                            bool final, uint64_t *id_seq)
+/* Appends a text delta to st->buf; -1 when out of memory. */
+static int stream_append(cv_tool_stream *st, const char *text, size_t len)
 {
     if (st->len + len + 1 > st->cap) {
         size_t cap = (st->len + len + 1) * 2;
         char *b = realloc(st->buf, cap);
-        if (!b) return NULL;
+        if (!b) return -1;
         st->buf = b;
         st->cap = cap;
     }
     memcpy(st->buf + st->len, text, len);
     st->len += len;
     st->buf[st->len] = '\0';
+    return 0;
+}
+
+json_t *cv_tool_stream_feed(cv_tool_stream *st, cv_tool_parser p, const char *text, size_t len,
+                            bool final, uint64_t *id_seq)
+{
+    if (stream_append(st, text, len) < 0) return NULL;
     if (p == CV_TOOLS_HERMES) return feed_hermes(st, final, id_seq);
     if (p == CV_TOOLS_LLAMA3_JSON) return feed_llama3(st, final, id_seq);
     json_t *delta = NULL;
@@ -428,4 +441,119 @@ void cv_tool_stream_free(cv_tool_stream *st)
 {
     free(st->buf);
     memset(st, 0, sizeof *st);
+}
+
+/* ---- forced tool calls (tool_choice "required" or named) ---------------- */
+
+json_t *cv_tools_required_schema(const json_t *tools, cv_error *err)
+{
+    json_t *branches = json_array(), *defs = json_object();
+    size_t i;
+    json_t *t;
+    json_array_foreach(tools, i, t)
+    {
+        json_t *fn = json_object_get(t, "function");
+        json_t *params = json_object_get(fn, "parameters"), *p;
+        /* vLLM: missing or empty parameters are generated as {} */
+        if (json_is_object(params) && json_object_size(params) > 0) {
+            p = json_copy(params);
+            const char *k;
+            json_t *v;
+            json_object_foreach(json_object_get(p, "$defs"), k, v)
+            {
+                json_t *have = json_object_get(defs, k);
+                if (have && !json_equal(have, v)) {
+                    cv_errorf(err,
+                              "Tool definition '%s' has multiple schemas, which is not supported.",
+                              k);
+                    json_decref(p);
+                    json_decref(branches);
+                    json_decref(defs);
+                    return NULL;
+                }
+                json_object_set(defs, k, v);
+            }
+            json_object_del(p, "$defs");
+        } else {
+            p = json_pack("{s:s, s:{}}", "type", "object", "properties");
+        }
+        json_array_append_new(branches,
+                              json_pack("{s:{s:{s:s, s:[O]}, s:o}, s:[s, s]}", "properties", "name",
+                                        "type", "string", "enum", json_object_get(fn, "name"),
+                                        "parameters", p, "required", "name", "parameters"));
+    }
+    json_t *schema = json_pack("{s:s, s:i, s:{s:s, s:o}}", "type", "array", "minItems", 1, "items",
+                               "type", "object", "anyOf", branches);
+    if (schema && json_object_size(defs) > 0) json_object_set(schema, "$defs", defs);
+    json_decref(defs);
+    if (!schema) cv_errorf(err, "out of memory");
+    return schema;
+}
+
+int cv_tools_required_extract(const char *text, size_t len, uint64_t *id_seq, json_t **calls)
+{
+    /* the streamed reading on the whole text: the same calls either way */
+    cv_tool_stream st = {0};
+    json_t *delta = cv_tool_stream_feed_required(&st, text, len, id_seq), *c;
+    size_t i;
+    bool oom = st.len < len;
+    cv_tool_stream_free(&st);
+    *calls = json_incref(json_object_get(delta, "tool_calls"));
+    json_decref(delta);
+    json_array_foreach(*calls, i, c) json_object_del(c, "index");
+    return oom ? -1 : 0;
+}
+
+json_t *cv_tools_named_call(const char *name, const char *text, size_t len, uint64_t *id_seq)
+{
+    char id[64];
+    next_id(id, id_seq);
+    return json_pack("{s:s, s:s, s:{s:s, s:s%}}", "id", id, "type", "function", "function", "name",
+                     name, "arguments", text, len);
+}
+
+json_t *cv_tool_stream_feed_named(cv_tool_stream *st, const char *name, const char *text,
+                                  size_t len, uint64_t *id_seq)
+{
+    if (st->n_calls > 0 && len == 0) return NULL;
+    /* vLLM: the first delta names the call, the next ones add argument text */
+    json_t *call = st->n_calls == 0 ? cv_tools_named_call(name, text, len, id_seq)
+                                    : json_pack("{s:{s:s%}}", "function", "arguments", text, len);
+    if (!call) return NULL;
+    st->n_calls = 1;
+    json_object_set_new(call, "index", json_integer(0));
+    return json_pack("{s:[o]}", "tool_calls", call);
+}
+
+json_t *cv_tool_stream_feed_required(cv_tool_stream *st, const char *text, size_t len,
+                                     uint64_t *id_seq)
+{
+    if (stream_append(st, text, len) < 0) return NULL;
+    json_t *delta = NULL;
+    /* The output is [{...}, ...]: an element is whole when the brace that
+     * opened it at depth 2 closes (braces inside strings do not count). */
+    for (; st->scan < st->len; st->scan++) {
+        char c = st->buf[st->scan];
+        if (st->in_string) {
+            if (st->escaped)
+                st->escaped = false;
+            else if (c == '\\')
+                st->escaped = true;
+            else if (c == '"')
+                st->in_string = false;
+        } else if (c == '"') {
+            st->in_string = true;
+        } else if (c == '{' || c == '[') {
+            if (++st->depth == 2) st->elem = st->scan;
+        } else if ((c == '}' || c == ']') && --st->depth == 1) {
+            json_t *obj = json_loadb(st->buf + st->elem, st->scan + 1 - st->elem, 0, NULL);
+            json_t *call = make_call(obj, "parameters", NULL, id_seq);
+            json_t *one = call ? json_pack("[o]", call) : NULL;
+            json_decref(obj);
+            if (one) delta_calls(&delta, st, one);
+            json_decref(one);
+        }
+    }
+    st->done = st->len;
+    return delta;
 }

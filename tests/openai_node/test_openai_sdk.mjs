@@ -1,8 +1,9 @@
 // cvllm-server as a new user meets it: the official `openai` npm client
 // (tests/openai_node/package.json, installed by scripts/install-deps)
 // against /v1/completions (whole, streamed, echo, a prompt list, an error
-// whose message the client reads) and /v1/chat/completions (streamed, and
-// a tool-call round trip checked through /tokenize). The server runs on
+// whose message the client reads) and /v1/chat/completions (streamed,
+// response_format, and a tool-call round trip: a named tool_choice, the
+// call and its result sent back, checked through /tokenize). The server runs on
 // free loopback ports over a temporary repository with the shipped
 // samples/models/cvllm-kjv-4m and a ChatML template of the test's own (the
 // model has none), so a lone clone runs it.
@@ -193,40 +194,101 @@ async function chat(client, base) {
   const final = await runner.finalChatCompletion();
   assert.equal(final.choices[0].message.content, text);
 
+  // response_format holds the output to a JSON schema.
+  const shaped = await client.chat.completions.create({
+    model: 'kjv', messages, max_tokens: 40, temperature: 0,
+    response_format: {
+      type: 'json_schema',
+      json_schema: { name: 'pick', schema: { type: 'string', enum: ['yes', 'no'] } },
+    },
+  });
+  assert.ok(['yes', 'no'].includes(JSON.parse(shaped.choices[0].message.content)));
   await assert.rejects(
-    client.chat.completions.create({
-      model: 'kjv', messages, response_format: { type: 'json_object' },
-    }),
-    (e) => e instanceof OpenAI.BadRequestError && /response_format/.test(e.message));
+    client.chat.completions.create({ model: 'kjv', messages, response_format: { type: 'xml' } }),
+    (e) => {
+      assert.ok(e instanceof OpenAI.BadRequestError);
+      assert.equal(e.message,
+                   "400 response_format type 'xml' is not supported (text, json_object, json_schema)");
+      return true;
+    });
 }
 
-// A tool-call round trip: the client offers a tool, the assistant's call
-// and the tool's result go back in the next turn; /tokenize shows all of
-// them in the prompt, and the completion runs with the hermes parser on.
+// A tool-call round trip: the client offers a tool and names it in
+// tool_choice, so the output is held to the tool's parameters schema (as
+// vLLM does with structured outputs) and even this tiny model calls it;
+// the streamed request gives the same call; the assistant's call and the
+// tool's result go back in the next turn, which completes with usage
+// exact against /tokenize's count of the rendered conversation.
 async function toolRoundTrip(client, base) {
   const tools = [{
     type: 'function',
     function: {
       name: 'get_weather', description: 'Weather of a city',
-      parameters: { type: 'object', properties: { city: { type: 'string' } }, required: ['city'] },
+      parameters: {
+        type: 'object', properties: { city: { type: 'string', enum: ['Paris', 'Rome'] } },
+        required: ['city'],
+      },
     },
   }];
+  const ask = [{ role: 'user', content: 'Weather in Paris?' }];
+  const request = {
+    model: 'kjv', messages: ask, tools, max_tokens: 40, temperature: 0,
+    tool_choice: { type: 'function', function: { name: 'get_weather' } },
+  };
+  const first = await client.chat.completions.create(request);
+  assert.equal(first.choices.length, 1);
+  const msg = first.choices[0].message;
+  assert.equal(msg.content, '');
+  assert.equal(msg.tool_calls.length, 1);
+  const call = msg.tool_calls[0];
+  assert.match(call.id, /^chatcmpl-tool-[0-9a-f]{32}$/);
+  assert.equal(call.type, 'function');
+  assert.equal(call.function.name, 'get_weather');
+  const args = JSON.parse(call.function.arguments);
+  assert.deepEqual(Object.keys(args), ['city']);
+  assert.ok(['Paris', 'Rome'].includes(args.city), call.function.arguments);
+  assert.equal(first.choices[0].finish_reason, 'stop'); // vLLM's, for a named call
+  const counted = await post(base, '/tokenize', { model: 'kjv', messages: ask, tools });
+  assert.equal(first.usage.prompt_tokens, counted.body.count);
+  assert.ok(first.usage.completion_tokens < 40);
+
+  // Streamed: the name on the first delta, then the argument text.
+  const stream = await client.chat.completions.create({ ...request, stream: true });
+  const deltas = [];
+  let finish = null;
+  for await (const chunk of stream) {
+    for (const c of chunk.choices) {
+      deltas.push(...(c.delta.tool_calls ?? []));
+      if (c.finish_reason) finish = c.finish_reason;
+    }
+  }
+  assert.ok(deltas.length > 1);
+  assert.ok(deltas.every((d) => d.index === 0));
+  assert.equal(deltas[0].function.name, 'get_weather');
+  assert.ok(deltas.slice(1).every((d) => d.id === undefined && d.function.name === undefined));
+  assert.equal(deltas.map((d) => d.function.arguments).join(''), call.function.arguments);
+  assert.equal(finish, 'tool_calls'); // vLLM's streamed reason
+  // The SDK's stream helper assembles the same call.
+  const final = await client.chat.completions.stream(request).finalChatCompletion();
+  const assembled = final.choices[0].message.tool_calls;
+  assert.equal(assembled.length, 1);
+  assert.equal(assembled[0].function.name, 'get_weather');
+  assert.equal(assembled[0].function.arguments, call.function.arguments);
+
+  // The second turn: the call and its result go back.
   const messages = [
-    { role: 'user', content: 'Weather in Paris?' },
-    {
-      role: 'assistant', content: null,
-      tool_calls: [{ id: 'call_1', type: 'function',
-                     function: { name: 'get_weather', arguments: '{"city": "Paris"}' } }],
-    },
-    { role: 'tool', tool_call_id: 'call_1', content: '{"temp_c": 21}' },
+    ...ask,
+    { role: 'assistant', content: msg.content, tool_calls: msg.tool_calls },
+    { role: 'tool', tool_call_id: call.id, content: '{"temp_c": 21}' },
   ];
   const reply = await client.chat.completions.create({
-    model: 'kjv', messages, tools, tool_choice: 'auto', max_tokens: 8, temperature: 0,
+    model: 'kjv', messages, tools, max_tokens: 8, temperature: 0,
   });
   assert.equal(reply.choices[0].finish_reason, 'length');
+  assert.equal(typeof reply.choices[0].message.content, 'string');
   assert.deepEqual(reply.choices[0].message.tool_calls, []);
   const want = '<|im_start|>user\nWeather in Paris?<|im_end|>\n<|im_start|>assistant\n' +
-    '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>' +
+    `<tool_call>\n{"name": "get_weather", "arguments": {"city": "${args.city}"}}\n</tool_call>` +
     '<|im_end|>\n<|im_start|>tool\n{"temp_c": 21}<|im_end|>\n<|im_start|>tools\n' +
     JSON.stringify(tools).replaceAll('":', '": ').replaceAll(',"', ', "') +
     '<|im_end|>\n<|im_start|>assistant\n';
@@ -235,7 +297,8 @@ async function toolRoundTrip(client, base) {
     model: 'kjv', prompt: want, add_special_tokens: false,
   });
   assert.deepEqual(rendered.body.tokens, expected.body.tokens);
-  assert.equal(reply.usage.prompt_tokens, rendered.body.count);
+  const n = rendered.body.count;
+  assert.deepEqual(reply.usage, { prompt_tokens: n, completion_tokens: 8, total_tokens: n + 8 });
 }
 
 const server = await startServer();

@@ -5,7 +5,7 @@
  * seed / logprobs, vLLM's template options (add_generation_prompt,
  * continue_final_message with echo, chat_template, chat_template_kwargs),
  * /tokenize and /detokenize, tools rendered into the prompt and the tool
- * parser on the output path, cancellation, metrics, and vLLM's error
+ * parser on the output path, vLLM's tool_choice checks, cancellation, metrics, and vLLM's error
  * object for every refused request. The model is the shipped
  * samples/models/cvllm-kjv-4m (a lone clone runs this test) with a ChatML
  * template of the test's own (model.json chat_template), as the shipped
@@ -247,6 +247,11 @@ static int stream_chat(const char *body, char content[4][2048], char finish[4][1
 }
 
 #define USER_MSG "\"messages\": [{\"role\": \"user\", \"content\": \"Once upon a time\"}]"
+#define CITY_TOOLS                                                                                 \
+    "\"tools\": [{\"type\": \"function\", \"function\": {\"name\": \"get_weather\", "              \
+    "\"parameters\": {\"type\": \"object\", \"properties\": {\"city\": {\"type\": \"string\", "    \
+    "\"enum\": [\"Paris\", \"Rome\"]}}, \"required\": [\"city\"]}}}]"
+#define NAMED "{\"type\": \"function\", \"function\": {\"name\": \"get_weather\"}}"
 
 /* Whole and streamed give the same text; greedy chat equals
  * /v1/completions on the ids /tokenize gives for the conversation; usage
@@ -626,11 +631,8 @@ static void test_chat_errors(void **state)
 {
     (void)state;
     const char *p = "/v1/chat/completions";
-    expect(p,
-           "{\"model\": \"chat\", " USER_MSG ", \"response_format\": {\"type\": \"json_object\"}}",
-           400,
-           bad("'response_format' of type 'json_object' is not supported: cvllm has no "
-               "structured output yet; leave it out or use {\"type\": \"text\"}"));
+    expect(p, "{\"model\": \"chat\", " USER_MSG ", \"response_format\": {\"type\": \"xml\"}}", 400,
+           bad("response_format type 'xml' is not supported (text, json_object, json_schema)"));
     expect(p, "{\"model\": \"chat\", " USER_MSG ", \"top_logprobs\": 2}", 400,
            bad("when using `top_logprobs`, `logprobs` must be set to true."));
     expect(p, "{\"model\": \"chat\", " USER_MSG ", \"logprobs\": true, \"top_logprobs\": -1}", 400,
@@ -653,9 +655,45 @@ static void test_chat_errors(void **state)
            400,
            bad("'messages'[0].content[0]: only {\"type\": \"text\", \"text\": ...} parts are "
                "supported (cvllm serves text models)"));
+    /* tool_choice as vLLM checks it */
     expect(p, "{\"model\": \"chat\", " USER_MSG ", \"tool_choice\": \"required\"}", 400,
-           bad("'tool_choice': only \"auto\" and \"none\" are supported (\"required\" and named "
-               "functions need guided decoding, which cvllm has not)"));
+           bad("When using `tool_choice`, `tools` must be set."));
+    expect(p, "{\"model\": \"chat\", " USER_MSG ", \"tool_choice\": " NAMED "}", 400,
+           bad("When using `tool_choice`, `tools` must be set."));
+    expect(p, "{\"model\": \"chat\", " USER_MSG ", " CITY_TOOLS ", \"tool_choice\": \"any\"}", 400,
+           bad("Invalid value for `tool_choice`: any! Only named tools, \"none\", \"auto\" or "
+               "\"required\" are supported."));
+    expect(p,
+           "{\"model\": \"chat\", " USER_MSG ", " CITY_TOOLS
+           ", \"tool_choice\": {\"type\": \"function\", \"function\": {\"name\": \"f\"}}}",
+           400,
+           bad("The tool specified in `tool_choice` does not match any of the specified "
+               "`tools`"));
+    expect(p,
+           "{\"model\": \"chat\", " USER_MSG ", " CITY_TOOLS
+           ", \"tool_choice\": {\"type\": \"function\"}}",
+           400,
+           bad("Invalid value for `function`: `None` in `tool_choice`! Correct usage: "
+               "`{\"type\": \"function\", \"function\": {\"name\": \"my_function\"}}`"));
+    expect(p,
+           "{\"model\": \"chat\", " USER_MSG ", " CITY_TOOLS
+           ", \"tool_choice\": {\"function\": {}}}",
+           400,
+           bad("Expected field `name` in `function` in `tool_choice`! Correct usage: "
+               "`{\"type\": \"function\", \"function\": {\"name\": \"my_function\"}}`"));
+    expect(p,
+           "{\"model\": \"chat\", " USER_MSG ", " CITY_TOOLS
+           ", \"tool_choice\": {\"function\": {\"name\": \"\"}}}",
+           400,
+           bad("Invalid `name` in `function`: `` in `tool_choice`! Correct usage: "
+               "`{\"type\": \"function\", \"function\": {\"name\": \"my_function\"}}`"));
+    expect(p,
+           "{\"model\": \"chat\", " USER_MSG ", " CITY_TOOLS ", \"tool_choice\": " NAMED
+           ", \"guided_regex\": \"a\"}",
+           400, bad("You can only either use guided decoding or tools, not both."));
+    /* "required" with no tools is "none" (OpenAI): no tool parser needed */
+    json_decref(post(p, "{\"model\": \"plain\", " USER_MSG ", \"chat_template\": \"x\", "
+                        "\"tools\": [], \"tool_choice\": \"required\", \"max_tokens\": 2}"));
     expect(p, "{\"model\": \"chat\", " USER_MSG ", \"tools\": [{\"type\": \"function\"}]}", 400,
            bad("'tools'[0]: expected {\"type\": \"function\", \"function\": {\"name\": ...}}"));
     expect(p, "{\"model\": \"chat\", " USER_MSG ", \"foo\": 1}", 400,

@@ -3,7 +3,11 @@
  * chat.completion with tool_calls and finish_reason "tool_calls", and
  * the streamed chunks (role first, content deltas, one tool_calls delta
  * per call, the finish chunk, usage), for the hermes and llama3_json
- * parsers. In process: openai_chat.c's parser and openai_chat_out.c. */
+ * parsers; and the forced calls of tool_choice "required" and a named
+ * function as vLLM answers them (content "", the engine's finish reason
+ * whole, "tool_calls" streamed) with the schema each puts in the
+ * sampling parameters. In process: openai_chat.c's parser and
+ * openai_chat_out.c. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -23,7 +27,7 @@
 
 static void start(cv_openai_request *r, cv_tool_parser p, const char *extra)
 {
-    char body[512];
+    char body[1024];
     cv_error err = {.msg = ""};
     snprintf(body, sizeof body, BODY, extra);
     assert_int_equal(cv_chat_parse(body, strlen(body), 1, r, &err), 0);
@@ -164,11 +168,124 @@ static void test_streamed_tool_calls(void **state)
     cv_openai_request_free(&r);
 }
 
+#define NAMED                                                                                      \
+    ", \"tool_choice\": {\"type\": \"function\", \"function\": {\"name\": \"get_weather\"}}"
+
+/* The only choice of a whole response, after one output of `text`. */
+static json_t *whole(const char *extra, const char *text, cv_finish_reason f, json_t **resp)
+{
+    cv_openai_request r;
+    cv_seq_output seq;
+    start(&r, CV_TOOLS_NONE, extra);
+    cv_request_output out = output(text, 7, f, &seq);
+    assert_int_equal(cv_chat_accumulate(&r, 0, &out), 0);
+    *resp = cv_chat_response(&r);
+    cv_openai_request_free(&r);
+    return json_array_get(json_object_get(*resp, "choices"), 0);
+}
+
+static void test_forced_whole(void **state)
+{
+    (void)state;
+    /* The constraint each choice puts on the output. */
+    cv_openai_request r;
+    start(&r, CV_TOOLS_NONE, NAMED);
+    assert_int_equal(r.sp.structured_kind, CV_STRUCTURED_JSON);
+    assert_string_equal(r.sp.structured_text, "{\"type\":\"object\",\"properties\":{}}");
+    cv_openai_request_free(&r);
+    start(&r, CV_TOOLS_NONE, ", \"tool_choice\": \"required\"");
+    assert_int_equal(r.sp.structured_kind, CV_STRUCTURED_JSON);
+    assert_string_equal(r.sp.structured_text,
+                        "{\"type\":\"array\",\"minItems\":1,\"items\":{\"type\":\"object\","
+                        "\"anyOf\":[{\"properties\":{\"name\":{\"type\":\"string\",\"enum\":["
+                        "\"get_weather\"]},\"parameters\":{\"type\":\"object\",\"properties\":{}}"
+                        "},\"required\":[\"name\",\"parameters\"]}]}}");
+    cv_openai_request_free(&r);
+
+    /* Named: one call whose arguments are the text; content "" and the
+     * engine's finish reason (vLLM). */
+    json_t *j;
+    json_t *c = whole(NAMED, "{\"city\":\"Rome\"}", CV_FINISH_STOP, &j),
+           *m = json_object_get(c, "message");
+    assert_string_equal(json_string_value(json_object_get(m, "content")), "");
+    assert_int_equal(json_array_size(json_object_get(m, "tool_calls")), 1);
+    check_call(json_array_get(json_object_get(m, "tool_calls"), 0), "{\"city\":\"Rome\"}");
+    assert_string_equal(json_string_value(json_object_get(c, "finish_reason")), "stop");
+    json_decref(j);
+    c = whole(NAMED, "{\"ci", CV_FINISH_LENGTH, &j);
+    check_call(json_array_get(json_object_get(json_object_get(c, "message"), "tool_calls"), 0),
+               "{\"ci");
+    assert_string_equal(json_string_value(json_object_get(c, "finish_reason")), "length");
+    json_decref(j);
+
+    /* Required: the list's calls, arguments re-serialized. */
+    c = whole(", \"tool_choice\": \"required\"",
+              "[{\"name\": \"get_weather\", \"parameters\": {\"city\":\"Rome\"}}, {\"name\": "
+              "\"get_weather\", \"parameters\": {}}]",
+              CV_FINISH_STOP, &j);
+    m = json_object_get(c, "message");
+    assert_string_equal(json_string_value(json_object_get(m, "content")), "");
+    assert_int_equal(json_array_size(json_object_get(m, "tool_calls")), 2);
+    check_call(json_array_get(json_object_get(m, "tool_calls"), 0), "{\"city\": \"Rome\"}");
+    check_call(json_array_get(json_object_get(m, "tool_calls"), 1), "{}");
+    assert_string_equal(json_string_value(json_object_get(c, "finish_reason")), "stop");
+    json_decref(j);
+    /* Cut short: no call; the text is the content. */
+    c = whole(", \"tool_choice\": \"required\"", "[{\"name\": \"get_w", CV_FINISH_LENGTH, &j);
+    m = json_object_get(c, "message");
+    assert_string_equal(json_string_value(json_object_get(m, "content")), "[{\"name\": \"get_w");
+    assert_int_equal(json_array_size(json_object_get(m, "tool_calls")), 0);
+    assert_string_equal(json_string_value(json_object_get(c, "finish_reason")), "length");
+    json_decref(j);
+}
+
+static void test_forced_stream(void **state)
+{
+    (void)state;
+    cv_openai_request r;
+    cv_seq_output seq;
+    start(&r, CV_TOOLS_NONE, NAMED ", \"stream\": true");
+    json_decref(cv_chat_start_chunks(&r));
+    cv_request_output out = output("{\"ci", 2, CV_FINISH_NONE, &seq);
+    json_t *ch = cv_chat_chunk(&r, 0, &out);
+    json_t *call = json_array_get(json_object_get(delta_of(ch), "tool_calls"), 0);
+    assert_int_equal(json_integer_value(json_object_get(call, "index")), 0);
+    check_call(call, "{\"ci");
+    assert_null(json_object_get(delta_of(ch), "content"));
+    assert_null(finish_of(ch));
+    json_decref(ch);
+    out = output("ty\":\"Rome\"}", 3, CV_FINISH_STOP, &seq);
+    ch = cv_chat_chunk(&r, 0, &out);
+    call = json_array_get(json_object_get(delta_of(ch), "tool_calls"), 0);
+    assert_null(json_object_get(call, "id"));
+    assert_string_equal(
+        json_string_value(json_object_get(json_object_get(call, "function"), "arguments")),
+        "ty\":\"Rome\"}");
+    assert_string_equal(finish_of(ch), "tool_calls"); /* vLLM's streamed reason */
+    json_decref(ch);
+    cv_openai_request_free(&r);
+
+    start(&r, CV_TOOLS_NONE, ", \"tool_choice\": \"required\", \"stream\": true");
+    json_decref(cv_chat_start_chunks(&r));
+    out = output("[{\"name\": \"get_weather\", ", 5, CV_FINISH_NONE, &seq);
+    assert_null(cv_chat_chunk(&r, 0, &out));
+    out = output("\"parameters\": {\"city\": \"Rome\"}}]", 6, CV_FINISH_LENGTH, &seq);
+    ch = cv_chat_chunk(&r, 0, &out);
+    call = json_array_get(json_object_get(delta_of(ch), "tool_calls"), 0);
+    assert_int_equal(json_integer_value(json_object_get(call, "index")), 0);
+    check_call(call, "{\"city\": \"Rome\"}");
+    assert_string_equal(finish_of(ch), "tool_calls");
+    json_decref(ch);
+    cv_openai_request_free(&r);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_whole_tool_calls),
         cmocka_unit_test(test_streamed_tool_calls),
+        cmocka_unit_test(test_forced_whole),
+        cmocka_unit_test(test_forced_stream),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -1,7 +1,9 @@
 /* The tool-call parsers of the chat API (src/server/openai_tools.c) on
  * exact model outputs: Hermes / Qwen2.5 <tool_call> blocks and Llama 3.1
  * JSON calls, whole and streamed in pieces, with arguments serialized as
- * vLLM's json.dumps(ensure_ascii=False) does. */
+ * vLLM's json.dumps(ensure_ascii=False) does; and the forced calls of
+ * tool_choice "required" (vLLM's schema, its output read back whole and
+ * streamed) and of a named function (streamed as vLLM's deltas). */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -182,13 +184,150 @@ static void test_llama3_stream(void **state)
     cv_tool_stream_free(&st);
 }
 
+#define WEATHER                                                                                    \
+    "{\"type\": \"function\", \"function\": {\"name\": \"get_weather\", \"parameters\": "          \
+    "{\"type\": \"object\", \"properties\": {\"city\": {\"$ref\": \"#/$defs/city\"}}, "            \
+    "\"$defs\": {\"city\": {\"enum\": [\"Paris\", \"Rome\"]}}}}}"
+
+/* vLLM's schema for "required": the array of {name, parameters}, a
+ * missing parameters schema as {}, every tool's $defs at the top. */
+static void test_required_schema(void **state)
+{
+    (void)state;
+    cv_error err = {.msg = ""};
+    json_t *tools = json_loads(
+        "[" WEATHER ", {\"type\": \"function\", \"function\": {\"name\": \"now\"}}]", 0, NULL);
+    json_t *schema = cv_tools_required_schema(tools, &err);
+    char *got = json_dumps(schema, JSON_COMPACT);
+    assert_string_equal(
+        got, "{\"type\":\"array\",\"minItems\":1,\"items\":{\"type\":\"object\",\"anyOf\":["
+             "{\"properties\":{\"name\":{\"type\":\"string\",\"enum\":[\"get_weather\"]},"
+             "\"parameters\":{\"type\":\"object\",\"properties\":{\"city\":{\"$ref\":\"#/$defs/"
+             "city\"}}}},\"required\":[\"name\",\"parameters\"]},{\"properties\":{\"name\":{"
+             "\"type\":\"string\",\"enum\":[\"now\"]},\"parameters\":{\"type\":\"object\","
+             "\"properties\":{}}},\"required\":[\"name\",\"parameters\"]}]},\"$defs\":{\"city\":"
+             "{\"enum\":[\"Paris\",\"Rome\"]}}}");
+    /* the request's tools keep their $defs */
+    assert_non_null(json_object_get(
+        json_object_get(json_object_get(json_array_get(tools, 0), "function"), "parameters"),
+        "$defs"));
+    free(got);
+    json_decref(schema);
+    json_decref(tools);
+
+    tools = json_loads("[" WEATHER ", {\"type\": \"function\", \"function\": {\"name\": \"g\", "
+                       "\"parameters\": {\"$defs\": {\"city\": {\"type\": \"string\"}}}}}]",
+                       0, NULL);
+    assert_null(cv_tools_required_schema(tools, &err));
+    assert_string_equal(err.msg,
+                        "Tool definition 'city' has multiple schemas, which is not supported.");
+    json_decref(tools);
+}
+
+static void test_required_whole(void **state)
+{
+    (void)state;
+    uint64_t seq = 0;
+    json_t *calls = NULL;
+    const char *text = "[{\"name\": \"get_weather\", \"parameters\": {\"city\":\"Paris\"}}, "
+                       "{\"name\":\"now\",\"parameters\":{}}]";
+    assert_int_equal(cv_tools_required_extract(text, strlen(text), &seq, &calls), 0);
+    assert_int_equal(json_array_size(calls), 2);
+    const char *names[] = {"get_weather", "now"}, *args[] = {"{\"city\": \"Paris\"}", "{}"};
+    for (size_t i = 0; i < 2; i++) {
+        json_t *c = json_array_get(calls, i), *fn = json_object_get(c, "function");
+        assert_int_equal(strlen(json_string_value(json_object_get(c, "id"))), 14 + 32);
+        assert_string_equal(json_string_value(json_object_get(c, "type")), "function");
+        assert_string_equal(json_string_value(json_object_get(fn, "name")), names[i]);
+        assert_string_equal(json_string_value(json_object_get(fn, "arguments")), args[i]);
+    }
+    json_decref(calls);
+    /* Cut short by max_tokens: the calls whose element closed, or none. */
+    assert_int_equal(cv_tools_required_extract(text, 70, &seq, &calls), 0);
+    assert_int_equal(json_array_size(calls), 1);
+    assert_null(json_object_get(json_array_get(calls, 0), "index"));
+    json_decref(calls);
+    assert_int_equal(cv_tools_required_extract(text, 30, &seq, &calls), 0);
+    assert_null(calls);
+    assert_int_equal(cv_tools_required_extract("[]", 2, &seq, &calls), 0);
+    assert_null(calls);
+
+    json_t *call = cv_tools_named_call("get_weather", "{\"city\":\"Rome\"}x", 15, &seq);
+    assert_string_equal(
+        json_string_value(json_object_get(json_object_get(call, "function"), "arguments")),
+        "{\"city\":\"Rome\"}");
+    assert_string_equal(
+        json_string_value(json_object_get(json_object_get(call, "function"), "name")),
+        "get_weather");
+    json_decref(call);
+}
+
+/* The one tool call of a delta: checks its index, and returns it. */
+static json_t *only_call(json_t *delta, int index)
+{
+    assert_non_null(delta);
+    assert_null(json_object_get(delta, "content"));
+    assert_int_equal(json_array_size(json_object_get(delta, "tool_calls")), 1);
+    json_t *c = json_array_get(json_object_get(delta, "tool_calls"), 0);
+    assert_int_equal(json_integer_value(json_object_get(c, "index")), index);
+    return c;
+}
+
+static void test_forced_stream(void **state)
+{
+    (void)state;
+    uint64_t seq = 0;
+    cv_tool_stream st = {0};
+    /* Named: the first delta names the call, then argument text alone. */
+    json_t *d = cv_tool_stream_feed_named(&st, "get_weather", "{\"ci", 4, &seq);
+    json_t *c = only_call(d, 0), *fn = json_object_get(c, "function");
+    assert_int_equal(strncmp(json_string_value(json_object_get(c, "id")), "chatcmpl-tool-", 14), 0);
+    assert_string_equal(json_string_value(json_object_get(c, "type")), "function");
+    assert_string_equal(json_string_value(json_object_get(fn, "name")), "get_weather");
+    assert_string_equal(json_string_value(json_object_get(fn, "arguments")), "{\"ci");
+    json_decref(d);
+    d = cv_tool_stream_feed_named(&st, "get_weather", "ty\": \"Rome\"}", 12, &seq);
+    c = only_call(d, 0);
+    fn = json_object_get(c, "function");
+    assert_null(json_object_get(c, "id"));
+    assert_null(json_object_get(fn, "name"));
+    assert_string_equal(json_string_value(json_object_get(fn, "arguments")), "ty\": \"Rome\"}");
+    json_decref(d);
+    assert_null(cv_tool_stream_feed_named(&st, "get_weather", "", 0, &seq));
+    assert_int_equal(cv_tool_stream_calls(&st), 1);
+    cv_tool_stream_free(&st);
+
+    /* Required: a call once its element closes; braces in strings and
+     * escaped quotes do not count. */
+    const char *pieces[] = {"[{\"name\": \"get_weather\", \"param",
+                            "eters\": {\"city\": \"}{\\\"\"}}, {\"na",
+                            "me\": \"now\", \"parameters\": {}}", "]"};
+    const char *args[] = {NULL, "{\"city\": \"}{\\\"\"}", "{}", NULL};
+    for (int i = 0; i < 4; i++) {
+        d = cv_tool_stream_feed_required(&st, pieces[i], strlen(pieces[i]), &seq);
+        if (!args[i]) {
+            assert_null(d);
+            continue;
+        }
+        c = only_call(d, i - 1);
+        fn = json_object_get(c, "function");
+        assert_string_equal(json_string_value(json_object_get(fn, "name")),
+                            i == 1 ? "get_weather" : "now");
+        assert_string_equal(json_string_value(json_object_get(fn, "arguments")), args[i]);
+        assert_int_equal(strlen(json_string_value(json_object_get(c, "id"))), 14 + 32);
+        json_decref(d);
+    }
+    assert_int_equal(cv_tool_stream_calls(&st), 2);
+    cv_tool_stream_free(&st);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_hermes_whole),
-        cmocka_unit_test(test_llama3_whole),
-        cmocka_unit_test(test_hermes_stream),
-        cmocka_unit_test(test_llama3_stream),
+        cmocka_unit_test(test_hermes_whole),    cmocka_unit_test(test_llama3_whole),
+        cmocka_unit_test(test_hermes_stream),   cmocka_unit_test(test_llama3_stream),
+        cmocka_unit_test(test_required_schema), cmocka_unit_test(test_required_whole),
+        cmocka_unit_test(test_forced_stream),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
