@@ -9,11 +9,12 @@
  *    copies after 2 warm-ups) and a cuBLAS 8192^3 bf16 GEMM on random data
  *    (fp32 accumulation, 10 after 3 warm-ups), both timed with CUDA events.
  * 2. Batch 1 (G2): a --prompt token prompt of seeded random ids as one
- *    prefill step (TTFT: host wall clock of the step, logits included; best
- *    of 3 on fresh KV), then --gen greedy decode steps (TPOT: mean and median
- *    step time). Floor = weight bytes / measured copy bandwidth, weight bytes
- *    as PERFORMANCE.md counts them (every tensor of the model). Then 16
- *    decode steps again with per-phase CUDA events (where the time goes).
+ *    prefill step (TTFT: host wall clock of the step; best of 3 on fresh
+ *    KV), then --gen greedy decode steps (TPOT: mean and median step time).
+ *    Every step takes the greedy choice made on the GPU, as the engine
+ *    asks for it. Floor = weight bytes / measured copy bandwidth, weight
+ *    bytes as PERFORMANCE.md counts them (every tensor of the model). Then
+ *    16 decode steps again with per-phase CUDA events (where the time goes).
  * 3. Batched: B sequences of --prompt tokens prefilled 8 per step (prefill
  *    tok/s), then --batch-gen steps of B decode tokens (aggregate tok/s).
  * KV cache: BF16 (vLLM's "auto" for a bf16 model), 16-token blocks. */
@@ -130,18 +131,18 @@ typedef struct bench {
     int32_t next[MAX_BATCH]; /* next token of each sequence */
     int len[MAX_BATCH];      /* tokens in the cache */
     float *logits;           /* (max tokens, vocab) */
+    /* Every sequence decodes greedily, reduced on the GPU as the engine
+     * asks for it: 12 bytes per row cross to the host, not the row. */
+    uint8_t want[MAX_BATCH];
+    int32_t greedy_token[MAX_BATCH], greedy_rank[MAX_BATCH];
+    float greedy_logprob[MAX_BATCH];
+    /* A batched decode step's floor: (weight bytes + the KV bytes its
+     * attention reads) / copy bandwidth. */
+    double weight_bytes, kv_bytes_per_token, copy_bytes_per_s;
     /* step arrays */
     int32_t *ids, *pos, *starts, *lens, *tables, *idx;
     int64_t *slots;
 } bench;
-
-static int argmax(const float *row, int n)
-{
-    int best = 0;
-    for (int i = 1; i < n; i++)
-        if (row[i] > row[best]) best = i;
-    return best;
-}
 
 /* One step: sequences [s0, s0 + ns) feed chunk tokens each (prompt tokens
  * while len < prompt_len, else their next token); logits of each sequence's
@@ -179,14 +180,18 @@ static double step(bench *b, int s0, int ns, int chunk)
         .logits_indices = b->idx,
     };
     cv_error err = {.msg = ""};
+    const cv_greedy_rows greedy = {.want = b->want,
+                                   .token = b->greedy_token,
+                                   .logprob = b->greedy_logprob,
+                                   .rank = b->greedy_rank};
     const uint64_t t0 = cv_now_ns();
-    if (cv_cuda_backend_forward(b->bk, &batch, b->logits, &err)) {
+    if (cv_cuda_backend_forward_greedy(b->bk, &batch, b->logits, &greedy, &err) < 0) {
         fprintf(stderr, "forward: %s\n", err.msg);
         exit(1);
     }
     const double s = cv_ns_to_s(cv_now_ns() - t0);
     for (int i = 0; i < ns; i++)
-        b->next[s0 + i] = argmax(b->logits + (size_t)i * b->vocab, b->vocab);
+        b->next[s0 + i] = b->greedy_token[i];
     return s;
 }
 
@@ -293,7 +298,9 @@ static json_t *run_one(bench *b, const run_config *cfg, int gen, int batch_gen, 
     }
     if (!cfg->batched) return run;
     json_t *arr = json_array();
-    printf("\n| batch | prefill tok/s | decode step ms | decode tok/s |\n|---|---|---|---|\n");
+    printf(
+        "\n| batch | prefill tok/s | decode step ms | decode tok/s | step / floor (weights + KV) "
+        "|\n|---|---|---|---|---|\n");
     for (int bi = 0; bi < n_batches; bi++) {
         const int B = batches[bi];
         double pre_s = 0.0;
@@ -308,8 +315,13 @@ static json_t *run_one(bench *b, const run_config *cfg, int gen, int batch_gen, 
         for (int i = 0; i < batch_gen; i++)
             dec_s += step(b, 0, B, 1);
         const double step_ms = dec_s / batch_gen * 1e3;
-        printf("| %d | %.0f | %.3f | %.0f |\n", B, (double)B * prompt_len / pre_s, step_ms,
-               B * 1e3 / step_ms);
+        /* Mean context over the measured steps: the prompt, the warm-up
+         * token, half the generated ones. */
+        const double ctx = prompt_len + 1 + batch_gen / 2.0;
+        const double floor_b_ms =
+            (b->weight_bytes + B * ctx * b->kv_bytes_per_token) / b->copy_bytes_per_s * 1e3;
+        printf("| %d | %.0f | %.3f | %.0f | %.2fx (%.3f ms) |\n", B, (double)B * prompt_len / pre_s,
+               step_ms, B * 1e3 / step_ms, step_ms / floor_b_ms, floor_b_ms);
         json_array_append_new(arr, json_pack("{s:i, s:f, s:f, s:f}", "n", B, "prefill_tok_s",
                                              (double)B * prompt_len / pre_s, "step_ms", step_ms,
                                              "decode_tok_s", B * 1e3 / step_ms));
@@ -431,6 +443,11 @@ int main(int argc, char **argv)
     b.lens = malloc(MAX_BATCH * sizeof(int32_t));
     b.idx = malloc(MAX_BATCH * sizeof(int32_t));
     b.tables = malloc((size_t)MAX_BATCH * b.max_blocks * sizeof(int32_t));
+    memset(b.want, 1, sizeof b.want);
+    const cv_model_config *mc = cv_model_get_config(model);
+    b.weight_bytes = (double)wbytes;
+    b.kv_bytes_per_token = 2.0 * mc->n_layers * mc->n_kv_heads * mc->head_dim * 2; /* BF16 K, V */
+    b.copy_bytes_per_s = copy * 1e9;
     if (!b.prompt || !b.logits || !b.ids || !b.pos || !b.slots || !b.starts || !b.lens || !b.idx ||
         !b.tables) {
         fprintf(stderr, "out of memory\n");
