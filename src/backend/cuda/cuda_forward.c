@@ -12,6 +12,7 @@
 
 #include "backend/cuda/attn/attn.h"
 #include "backend/cuda/cuda_internal.h"
+#include "backend/cuda/kernels/gemv.h"
 #include "base/log.h"
 
 static const char *const phase_names[CV_CUDA_N_PHASES] = {"embed",
@@ -210,6 +211,27 @@ static int upload_batch(cv_cuda_backend *b, const cv_batch *bt, step_arrays *d, 
     return 0;
 }
 
+/* Decode-size products (1..8 tokens, 16-bit weights) run as the GEMV of
+ * kernels/gemv.h, which streams W near the copy bandwidth; larger ones and
+ * f32 models as cuBLAS GEMMs. */
+static bool use_gemv(const cv_cuda_backend *b, const void *w, int in, const void *x, int n_tok)
+{
+    return cuda_gemv_supported(b->wdtype, n_tok, in, w, x, b->split_act ? (size_t)n_tok * in : 0);
+}
+
+/* RMSNorm of n_rows rows of the residual stream into a GEMM operand: the
+ * one-read kernel of kernels/gemv.h for decode-size steps. */
+static int norm(const cv_cuda_backend *b, const int32_t *rows, int n_rows, const float *w,
+                void *out, size_t lo_off)
+{
+    const cv_model_config *c = &b->cfg;
+    if (cuda_rmsnorm_rows_supported(n_rows, c->hidden_size, b->x))
+        return cuda_rmsnorm_rows(b->x, rows, n_rows, w, c->hidden_size, c->rms_norm_eps, b->wdtype,
+                                 out, c->hidden_size, lo_off, 1, b->stream);
+    return cuda_rmsnorm(b->x, rows, n_rows, w, c->hidden_size, c->rms_norm_eps, b->wdtype, out,
+                        c->hidden_size, lo_off, b->stream);
+}
+
 /* Y (n_tok, out) fp32 = X (n_tok, in) W^T + beta Y, W (out, in) row-major in
  * the weight dtype, X in the same dtype. cuBLAS is column-major: this is
  * Y^T = W^T(col-major (in, out))^T X^T. With split activations X has 2 n_tok
@@ -218,7 +240,21 @@ static int gemm(cv_cuda_backend *b, const void *w, int out, int in, const void *
                 float *y, float beta, cv_error *err)
 {
     const float alpha = 1.0f, zero = 0.0f;
-    if (b->split_act) {
+    if (use_gemv(b, w, in, x, n_tok)) {
+        const cuda_gemv_args ga = {
+            .dtype = b->wdtype,
+            .w = w,
+            .out = out,
+            .in = in,
+            .x = x,
+            .x_lo_off = b->split_act ? (size_t)n_tok * in : 0,
+            .n_tok = n_tok,
+            .epilogue = beta != 0.0f ? CUDA_GEMV_ACCUMULATE : CUDA_GEMV_STORE,
+            .y = y,
+            .pdl = 1,
+        };
+        KL(cuda_gemv(&ga, b->stream), "gemv kernel");
+    } else if (b->split_act) {
         const cudaDataType_t t = b->wdtype == CV_DTYPE_BF16 ? CUDA_R_16BF : CUDA_R_16F;
         CB(cublasGemmEx(b->blas, CUBLAS_OP_T, CUBLAS_OP_N, out, 2 * n_tok, in, &alpha, w, t, in, x,
                         t, in, &zero, b->y2, CUDA_R_32F, out, CUBLAS_COMPUTE_32F,
@@ -287,9 +323,7 @@ static int layer_forward(cv_cuda_backend *b, const cv_batch *bt, const step_arra
     const size_t layer_off = (size_t)l * 2 * c->n_kv_heads * b->block_size * c->head_dim;
     const size_t split = b->split_act ? 1 : 0; /* lo rows follow the nt hi rows */
 
-    KL(cuda_rmsnorm(b->x, NULL, nt, L->attn_norm, h, c->rms_norm_eps, b->wdtype, b->xn, h,
-                    split * nt * h, b->stream),
-       "attention rmsnorm");
+    KL(norm(b, NULL, nt, L->attn_norm, b->xn, split * nt * h), "attention rmsnorm");
     if (mark(b, CV_CUDA_PHASE_NORM, err) ||
         gemm(b, L->wqkv, b->qkv_dim, h, b->xn, nt, b->qkv, 0.0f, err) ||
         mark(b, CV_CUDA_PHASE_QKV_GEMM, err))
@@ -373,15 +407,34 @@ static int layer_forward(cv_cuda_backend *b, const cv_batch *bt, const step_arra
     if (mark(b, CV_CUDA_PHASE_ATTN, err) || gemm(b, L->wo, h, qd, b->attn, nt, b->x, 1.0f, err) ||
         mark(b, CV_CUDA_PHASE_O_GEMM, err))
         return -1;
-    KL(cuda_rmsnorm(b->x, NULL, nt, L->ffn_norm, h, c->rms_norm_eps, b->wdtype, b->xn, h,
-                    split * nt * h, b->stream),
-       "mlp rmsnorm");
-    if (mark(b, CV_CUDA_PHASE_NORM, err) ||
-        gemm(b, L->wgu, 2 * f, h, b->xn, nt, b->gu, 0.0f, err) ||
-        mark(b, CV_CUDA_PHASE_UPGATE_GEMM, err))
-        return -1;
-    KL(cuda_gated_act(c->hidden_act, b->gu, nt, f, b->wdtype, b->mlp, split * nt * f, b->stream),
-       "gated activation kernel");
+    KL(norm(b, NULL, nt, L->ffn_norm, b->xn, split * nt * h), "mlp rmsnorm");
+    if (mark(b, CV_CUDA_PHASE_NORM, err)) return -1;
+    if (use_gemv(b, L->wgu, h, b->xn, nt)) {
+        /* act(gate) * up in the GEMV's epilogue: no fp32 gate|up buffer. */
+        const cuda_gemv_args ga = {
+            .dtype = b->wdtype,
+            .w = L->wgu,
+            .out = 2 * f,
+            .in = h,
+            .x = b->xn,
+            .x_lo_off = split * nt * h,
+            .n_tok = nt,
+            .epilogue = CUDA_GEMV_GATED,
+            .act = c->hidden_act,
+            .act_out = b->mlp,
+            .act_lo_off = split * nt * f,
+            .pdl = 1,
+        };
+        KL(cuda_gemv(&ga, b->stream), "gated gemv kernel");
+        if (mark(b, CV_CUDA_PHASE_UPGATE_GEMM, err)) return -1;
+    } else {
+        if (gemm(b, L->wgu, 2 * f, h, b->xn, nt, b->gu, 0.0f, err) ||
+            mark(b, CV_CUDA_PHASE_UPGATE_GEMM, err))
+            return -1;
+        KL(cuda_gated_act(c->hidden_act, b->gu, nt, f, b->wdtype, b->mlp, split * nt * f,
+                          b->stream),
+           "gated activation kernel");
+    }
     if (mark(b, CV_CUDA_PHASE_ACT, err) || gemm(b, L->wdown, h, f, b->mlp, nt, b->x, 1.0f, err) ||
         mark(b, CV_CUDA_PHASE_DOWN_GEMM, err))
         return -1;
@@ -413,9 +466,7 @@ static int enqueue_step(cv_cuda_backend *b, const cv_batch *bt, const step_array
         if (layer_forward(b, bt, d, l, sa, err)) return cv_error_prefix(err, "layer %d", l);
     if (bt->n_logits == 0) return 0;
     const size_t lo_off = b->split_act ? (size_t)bt->n_logits * c->hidden_size : 0;
-    KL(cuda_rmsnorm(b->x, d->logits_rows, bt->n_logits, b->final_norm, c->hidden_size,
-                    c->rms_norm_eps, b->wdtype, b->xl, c->hidden_size, lo_off, b->stream),
-       "final rmsnorm");
+    KL(norm(b, d->logits_rows, bt->n_logits, b->final_norm, b->xl, lo_off), "final rmsnorm");
     if (gemm(b, b->lm_head, c->vocab_size, c->hidden_size, b->xl, bt->n_logits, b->logits, 0.0f,
              err))
         return -1;

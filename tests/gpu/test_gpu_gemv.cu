@@ -1,0 +1,945 @@
+/* Correctness and timing of the decode-size kernels (src/backend/cuda/
+ * kernels/gemv.h): cuda_gemv (y = x W^T for 1..8 tokens, 16-bit W, its
+ * store / accumulate / gated epilogues, split activations) and
+ * cuda_rmsnorm_rows.
+ *
+ *   test_gpu_gemv            correctness; exit 0 pass, 1 fail, 77 no GPU
+ *   test_gpu_gemv --bench    also timing: GB/s per L8B shape against a
+ *                            device-to-device copy and cuBLAS measured in
+ *                            the same run, and a 32-layer batch-1 decode
+ *                            chain (norms + GEMVs) against the weight-read
+ *                            floor, GEMV vs cuBLAS path
+ *   test_gpu_gemv SUBSTRING  only the cases whose names contain it
+ *
+ * Correctness: random W and x, exactly representable in the 16-bit type,
+ * against an fp64 host reference. The products w x are exact in fp32, so
+ * the only error is the fp32 accumulation: each output is held to
+ * |y - ref| <= 1e-4 * sum_k |w_k x_k| (a warp sums at most in / 4 steps of
+ * 16 products in one fp32 accumulator: worst case ~in/4 * 2^-24 relative to
+ * that sum, 2.1e-4 at in = 14336, typically sqrt of it; a wrong k or row
+ * mapping is off by O(1) of it). Gated outputs are rounded to the 16-bit
+ * type: half an ulp (2^-9 bf16, 2^-12 f16 relative) plus the propagated
+ * accumulation error; with split activations hi + lo is held to 2^-16
+ * instead. Outputs start as NaN and a guard band past them must stay
+ * untouched (every element written, nothing else). Shapes: in not a
+ * multiple of 32 (the last step partial), out not a multiple of 16 (the
+ * last tile partial), every n_tok 1..8, the L8B shapes, bf16 and f16, with
+ * and without programmatic dependent launch (PDL). A chain of
+ * norm -> gated GEMV -> accumulate GEMV launched with PDL, eagerly and as a
+ * CUDA graph, must match the plain stream-ordered launches byte for byte.
+ * Refusals: unsupported shapes and arguments return cudaErrorInvalidValue.
+ *
+ * Build check record (nvcc 13.0, -arch sm_90, -Xptxas -v): see the report
+ * of the commit that last changed kernels/gemv.cu. */
+#include <cublas_v2.h>
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <algorithm>
+#include <vector>
+
+#include "backend/cuda/cuda_internal.h"
+#include "backend/cuda/kernels/gemv.h"
+
+#define CK(call)                                                                                   \
+    do {                                                                                           \
+        cudaError_t e_ = (call);                                                                   \
+        if (e_ != cudaSuccess) {                                                                   \
+            fprintf(stderr, "%s:%d: %s: %s\n", __FILE__, __LINE__, #call, cudaGetErrorString(e_)); \
+            exit(1);                                                                               \
+        }                                                                                          \
+    } while (0)
+
+#define CKB(call)                                                                                  \
+    do {                                                                                           \
+        cublasStatus_t s_ = (call);                                                                \
+        if (s_ != CUBLAS_STATUS_SUCCESS) {                                                         \
+            fprintf(stderr, "%s:%d: %s: %s\n", __FILE__, __LINE__, #call,                          \
+                    cublasGetStatusString(s_));                                                    \
+            exit(1);                                                                               \
+        }                                                                                          \
+    } while (0)
+
+namespace
+{
+
+uint64_t rng_state = 0x243F6A8885A308D3ull;
+
+uint32_t rng_u32()
+{
+    rng_state ^= rng_state << 13;
+    rng_state ^= rng_state >> 7;
+    rng_state ^= rng_state << 17;
+    return (uint32_t)(rng_state >> 32);
+}
+
+/* Uniform in [-r, r]. */
+float rng_val(float r)
+{
+    return r * ((float)rng_u32() / 4294967296.0f * 2.0f - 1.0f);
+}
+
+/* The 16-bit value nearest v, as bits, and back. */
+uint16_t to16(cv_dtype t, float v)
+{
+    if (t == CV_DTYPE_BF16) {
+        const __nv_bfloat16_raw r = __float2bfloat16_rn(v);
+        return r.x;
+    }
+    const __half_raw r = __float2half_rn(v);
+    return r.x;
+}
+
+double from16(cv_dtype t, uint16_t b)
+{
+    if (t == CV_DTYPE_BF16) {
+        __nv_bfloat16_raw r;
+        r.x = b;
+        return (double)__bfloat162float(__nv_bfloat16(r));
+    }
+    __half_raw r;
+    r.x = b;
+    return (double)__half2float(__half(r));
+}
+
+const char *dtype_name(cv_dtype t)
+{
+    return t == CV_DTYPE_BF16 ? "bf16" : t == CV_DTYPE_F16 ? "f16" : "f32";
+}
+
+double act_ref(cv_activation act, double g)
+{
+    if (act == CV_ACT_SILU) return g / (1.0 + exp(-g));
+    return 0.5 * g * (1.0 + tanh(0.7978845608028654 * (g + 0.044715 * g * g * g)));
+}
+
+template <typename T> T *dev_upload(const std::vector<T> &v)
+{
+    T *d = nullptr;
+    CK(cudaMalloc((void **)&d, v.size() * sizeof(T) + 256));
+    CK(cudaMemcpy(d, v.data(), v.size() * sizeof(T), cudaMemcpyHostToDevice));
+    return d;
+}
+
+template <typename T> std::vector<T> dev_download(const T *d, size_t n)
+{
+    std::vector<T> v(n);
+    CK(cudaMemcpy(v.data(), d, n * sizeof(T), cudaMemcpyDeviceToHost));
+    return v;
+}
+
+struct gemv_case {
+    const char *name;
+    cv_dtype dtype;
+    int out, in, n_tok;
+    cuda_gemv_epilogue epi;
+    bool split;
+    cv_activation act;
+    int pdl;
+};
+
+constexpr int GUARD = 64; /* elements past every output that must stay as they were */
+const float GUARD_F = 1234.5f;
+const uint16_t GUARD_16 = 0x3c00;
+
+/* One cuda_gemv against the fp64 reference; returns the failure count (0 or 1). */
+int check_gemv(const gemv_case &c)
+{
+    const cv_dtype t = c.dtype;
+    const size_t wn = (size_t)c.out * c.in, xn = (size_t)c.n_tok * c.in;
+    std::vector<uint16_t> w(wn), x(xn * (c.split ? 2 : 1));
+    std::vector<double> wd(wn), xd(xn);
+    for (size_t i = 0; i < wn; i++) {
+        w[i] = to16(t, rng_val(1.0f));
+        wd[i] = from16(t, w[i]);
+    }
+    for (size_t i = 0; i < xn; i++) {
+        const float v = rng_val(2.0f);
+        x[i] = to16(t, v);
+        xd[i] = from16(t, x[i]);
+        if (c.split) {
+            x[xn + i] = to16(t, v - (float)xd[i]);
+            xd[i] += from16(t, x[xn + i]);
+        }
+    }
+    /* ref[t][r] = x_t . w_r and mag[t][r] = sum |w x|. */
+    std::vector<double> ref((size_t)c.n_tok * c.out), mag((size_t)c.n_tok * c.out);
+    for (int r = 0; r < c.out; r++) {
+        const double *wr = &wd[(size_t)r * c.in];
+        for (int tk = 0; tk < c.n_tok; tk++) {
+            const double *xr = &xd[(size_t)tk * c.in];
+            double s = 0.0, m = 0.0;
+            for (int k = 0; k < c.in; k++) {
+                s += wr[k] * xr[k];
+                m += fabs(wr[k] * xr[k]);
+            }
+            ref[(size_t)tk * c.out + r] = s;
+            mag[(size_t)tk * c.out + r] = m;
+        }
+    }
+    uint16_t *dw = dev_upload(w), *dx = dev_upload(x);
+    cuda_gemv_args a = {};
+    a.dtype = t;
+    a.w = dw;
+    a.out = c.out;
+    a.in = c.in;
+    a.x = dx;
+    a.x_lo_off = c.split ? xn : 0;
+    a.n_tok = c.n_tok;
+    a.epilogue = c.epi;
+    a.act = c.act;
+    a.pdl = c.pdl;
+    int bad = 0;
+    double worst = 0.0;
+    const double tol = 1e-4;
+    if (c.epi != CUDA_GEMV_GATED) {
+        const size_t yn = (size_t)c.n_tok * c.out;
+        std::vector<float> y0(yn + GUARD, GUARD_F);
+        for (size_t i = 0; i < yn; i++)
+            y0[i] = c.epi == CUDA_GEMV_ACCUMULATE ? rng_val(4.0f) : NAN;
+        float *dy = dev_upload(y0);
+        a.y = dy;
+        const int rc = cuda_gemv(&a, 0);
+        CK(cudaDeviceSynchronize());
+        const std::vector<float> y = dev_download(dy, yn + GUARD);
+        cudaFree(dy);
+        if (rc) {
+            printf("FAIL %s: cuda_gemv returned %s\n", c.name, cudaGetErrorString((cudaError_t)rc));
+            bad = 1;
+        }
+        for (size_t i = 0; i < yn && !bad; i++) {
+            const double want = ref[i] + (c.epi == CUDA_GEMV_ACCUMULATE ? (double)y0[i] : 0.0);
+            const double err = fabs((double)y[i] - want), lim = tol * (mag[i] + fabs(want) * 1e-3);
+            worst = std::max(worst, err / (mag[i] > 0 ? mag[i] : 1.0));
+            if (!(err <= lim)) {
+                printf("FAIL %s: y[tok %zu][row %zu] = %.9g, want %.9g (|err| %.3g > %.3g)\n",
+                       c.name, i / c.out, i % c.out, y[i], want, err, lim);
+                bad = 1;
+            }
+        }
+        for (int i = 0; i < GUARD && !bad; i++)
+            if (y[yn + i] != GUARD_F) {
+                printf("FAIL %s: wrote past the output (guard %d = %g)\n", c.name, i, y[yn + i]);
+                bad = 1;
+            }
+    } else {
+        const int f = c.out / 2;
+        const size_t on = (size_t)c.n_tok * f, total = on * (c.split ? 2 : 1);
+        std::vector<uint16_t> o0(total + GUARD, GUARD_16);
+        std::fill(o0.begin(), o0.begin() + total, (uint16_t)0xffff); /* NaN */
+        uint16_t *dout = dev_upload(o0);
+        a.act_out = dout;
+        a.act_lo_off = c.split ? on : 0;
+        const int rc = cuda_gemv(&a, 0);
+        CK(cudaDeviceSynchronize());
+        const std::vector<uint16_t> o = dev_download(dout, total + GUARD);
+        cudaFree(dout);
+        if (rc) {
+            printf("FAIL %s: cuda_gemv returned %s\n", c.name, cudaGetErrorString((cudaError_t)rc));
+            bad = 1;
+        }
+        const double half_ulp = c.split              ? ldexp(1.0, -16)
+                                : t == CV_DTYPE_BF16 ? ldexp(1.0, -9)
+                                                     : ldexp(1.0, -12);
+        for (size_t i = 0; i < on && !bad; i++) {
+            const size_t tk = i / f, j = i % f;
+            const size_t gi = tk * c.out + j, ui = tk * c.out + f + j;
+            const double g = ref[gi], u = ref[ui];
+            const double want = act_ref(c.act, g) * u;
+            double got = from16(t, o[i]);
+            if (c.split) got += from16(t, o[on + i]);
+            /* act' <= 1.13 for SiLU and tanh-GELU, |act(g)| <= |g| + 0.2. */
+            const double lim = half_ulp * fabs(want) * 1.01 + 1.2 * fabs(u) * tol * mag[gi] +
+                               (fabs(g) + 0.2) * tol * mag[ui] + 1e-30;
+            const double err = fabs(got - want);
+            worst = std::max(worst, err / (fabs(want) + 1e-30));
+            if (!(err <= lim)) {
+                printf("FAIL %s: out[tok %zu][%zu] = %.9g, want %.9g (|err| %.3g > %.3g)\n", c.name,
+                       tk, j, got, want, err, lim);
+                bad = 1;
+            }
+        }
+        for (int i = 0; i < GUARD && !bad; i++)
+            if (o[total + i] != GUARD_16) {
+                printf("FAIL %s: wrote past the output (guard %d)\n", c.name, i);
+                bad = 1;
+            }
+    }
+    cudaFree(dw);
+    cudaFree(dx);
+    if (!bad) printf("ok   %-44s worst %.2e\n", c.name, worst);
+    return bad;
+}
+
+struct norm_case {
+    const char *name;
+    cv_dtype out_dtype;
+    int n, n_rows, x_rows;
+    bool use_rows, split;
+};
+
+/* cuda_rmsnorm_rows against fp64: out = w x / sqrt(mean(x^2) + eps), rounded
+ * to the output type (fp32: 1e-5 relative, the accumulation of n squares). */
+int check_norm(const norm_case &c)
+{
+    const float eps = 1e-5f;
+    const int ld = c.n + 4; /* a row stride wider than the row */
+    std::vector<float> x((size_t)c.x_rows * c.n), w(c.n);
+    for (float &v : x)
+        v = rng_val(3.0f);
+    for (float &v : w)
+        v = rng_val(1.5f);
+    std::vector<int32_t> rows(c.n_rows);
+    for (int r = 0; r < c.n_rows; r++)
+        rows[r] = c.use_rows ? (c.x_rows - 1 - 2 * r + c.x_rows) % c.x_rows : r;
+    const size_t esz = c.out_dtype == CV_DTYPE_F32 ? 4 : 2;
+    const size_t on = (size_t)c.n_rows * ld, total = on * (c.split ? 2 : 1);
+    std::vector<uint8_t> o0((total + GUARD) * esz, 0xff);
+    float *dx = dev_upload(x), *dw = dev_upload(w);
+    int32_t *drows = dev_upload(rows);
+    uint8_t *dout = dev_upload(o0);
+    const int rc = cuda_rmsnorm_rows(dx, c.use_rows ? drows : nullptr, c.n_rows, dw, c.n, eps,
+                                     c.out_dtype, dout, ld, c.split ? on : 0, 1, 0);
+    CK(cudaDeviceSynchronize());
+    const std::vector<uint8_t> o = dev_download(dout, (total + GUARD) * esz);
+    cudaFree(dx);
+    cudaFree(dw);
+    cudaFree(drows);
+    cudaFree(dout);
+    if (rc) {
+        printf("FAIL %s: cuda_rmsnorm_rows returned %s\n", c.name,
+               cudaGetErrorString((cudaError_t)rc));
+        return 1;
+    }
+    const double rel = c.out_dtype == CV_DTYPE_F32    ? 1e-5
+                       : c.split                      ? ldexp(1.0, -16) + 1e-5
+                       : c.out_dtype == CV_DTYPE_BF16 ? ldexp(1.0, -9) + 1e-5
+                                                      : ldexp(1.0, -12) + 1e-5;
+    double worst = 0.0;
+    for (int r = 0; r < c.n_rows; r++) {
+        const float *xr = &x[(size_t)rows[r] * c.n];
+        double ss = 0.0;
+        for (int i = 0; i < c.n; i++)
+            ss += (double)xr[i] * xr[i];
+        const double inv = 1.0 / sqrt(ss / c.n + eps);
+        for (int i = 0; i < ld; i++) {
+            const size_t idx = (size_t)r * ld + i;
+            double got;
+            if (c.out_dtype == CV_DTYPE_F32) {
+                float v;
+                memcpy(&v, &o[idx * 4], 4);
+                got = v;
+            } else {
+                uint16_t b, lo;
+                memcpy(&b, &o[idx * 2], 2);
+                got = from16(c.out_dtype, b);
+                if (c.split) {
+                    memcpy(&lo, &o[(on + idx) * 2], 2);
+                    got += from16(c.out_dtype, lo);
+                }
+            }
+            if (i >= c.n) { /* the gap between rows: never written */
+                if (!isnan(got)) {
+                    printf("FAIL %s: wrote row %d's padding element %d\n", c.name, r, i);
+                    return 1;
+                }
+                continue;
+            }
+            const double want = w[i] * (xr[i] * inv), err = fabs(got - want);
+            worst = std::max(worst, err / (fabs(want) + 1e-30));
+            if (!(err <= rel * fabs(want) + 1e-30)) {
+                printf("FAIL %s: out[%d][%d] = %.9g, want %.9g\n", c.name, r, i, got, want);
+                return 1;
+            }
+        }
+    }
+    for (size_t i = total * esz; i < (total + GUARD) * esz; i++)
+        if (o[i] != 0xff) {
+            printf("FAIL %s: wrote past the output\n", c.name);
+            return 1;
+        }
+    printf("ok   %-44s worst %.2e\n", c.name, worst);
+    return 0;
+}
+
+/* Unsupported arguments are refused, never run. */
+int check_refusals()
+{
+    int bad = 0;
+    void *p = nullptr;
+    CK(cudaMalloc(&p, 4096));
+    const char *b = (const char *)p;
+    const struct {
+        const char *what;
+        cv_dtype t;
+        int n_tok, in;
+        const void *w, *x;
+        size_t lo;
+    } no[] = {
+        {"f32 weights", CV_DTYPE_F32, 1, 64, b, b, 0},
+        {"0 tokens", CV_DTYPE_BF16, 0, 64, b, b, 0},
+        {"9 tokens", CV_DTYPE_BF16, 9, 64, b, b, 0},
+        {"in 60 (not a multiple of 8)", CV_DTYPE_BF16, 1, 60, b, b, 0},
+        {"w misaligned", CV_DTYPE_BF16, 1, 64, b + 2, b, 0},
+        {"x misaligned", CV_DTYPE_F16, 1, 64, b, b + 8, 0},
+        {"lo offset 4", CV_DTYPE_BF16, 1, 64, b, b, 4},
+    };
+    for (const auto &n : no) {
+        if (cuda_gemv_supported(n.t, n.n_tok, n.in, n.w, n.x, n.lo)) {
+            printf("FAIL refusal: cuda_gemv_supported accepts %s\n", n.what);
+            bad++;
+        }
+        cuda_gemv_args a = {};
+        a.dtype = n.t;
+        a.w = n.w;
+        a.x = n.x;
+        a.out = 16;
+        a.in = n.in;
+        a.n_tok = n.n_tok;
+        a.x_lo_off = n.lo;
+        a.y = (float *)p;
+        if (cuda_gemv(&a, 0) != (int)cudaErrorInvalidValue) {
+            printf("FAIL refusal: cuda_gemv runs %s\n", n.what);
+            bad++;
+        }
+    }
+    cuda_gemv_args a = {};
+    a.dtype = CV_DTYPE_BF16;
+    a.w = a.x = p;
+    a.out = 16;
+    a.in = 64;
+    a.n_tok = 1;
+    if (cuda_gemv(&a, 0) != (int)cudaErrorInvalidValue) {
+        printf("FAIL refusal: cuda_gemv runs without y\n");
+        bad++;
+    }
+    a.epilogue = CUDA_GEMV_GATED;
+    a.act_out = p;
+    a.out = 15;
+    if (cuda_gemv(&a, 0) != (int)cudaErrorInvalidValue) {
+        printf("FAIL refusal: gated cuda_gemv runs with an odd out\n");
+        bad++;
+    }
+    a.out = 16;
+    a.act = CV_ACT_RELU;
+    if (cuda_gemv(&a, 0) != (int)cudaErrorInvalidValue) {
+        printf("FAIL refusal: gated cuda_gemv runs with ReLU\n");
+        bad++;
+    }
+    if (cuda_rmsnorm_rows_supported(9, 4096, (const float *)p) ||
+        cuda_rmsnorm_rows_supported(1, 4098, (const float *)p) ||
+        cuda_rmsnorm_rows_supported(1, 16388, (const float *)p) ||
+        cuda_rmsnorm_rows_supported(1, 4096, (const float *)(b + 4))) {
+        printf("FAIL refusal: cuda_rmsnorm_rows_supported accepts 9 rows, n 4098, n 16388 or a "
+               "misaligned x\n");
+        bad++;
+    }
+    CK(cudaDeviceSynchronize());
+    cudaFree(p);
+    if (!bad) printf("ok   refusals\n");
+    return bad;
+}
+
+/* A decoder-MLP-shaped chain, layers times: norm -> gated GEMV ->
+ * accumulating GEMV back into the residual. Launched stream-ordered
+ * without PDL (the reference), with PDL, and with PDL captured in a CUDA
+ * graph: the three residuals must be identical bytes. */
+int check_pdl_chain(cv_dtype t, int n_tok)
+{
+    const int h = 1024, f = 2048, layers = 12;
+    std::vector<uint16_t> wgu((size_t)layers * 2 * f * h), wd((size_t)layers * h * f);
+    for (uint16_t &v : wgu)
+        v = to16(t, rng_val(0.06f));
+    for (uint16_t &v : wd)
+        v = to16(t, rng_val(0.04f));
+    std::vector<float> x0((size_t)n_tok * h), nw(h);
+    for (float &v : x0)
+        v = rng_val(1.0f);
+    for (float &v : nw)
+        v = 1.0f + rng_val(0.2f);
+    uint16_t *dgu = dev_upload(wgu), *ddown = dev_upload(wd);
+    float *dnw = dev_upload(nw), *dx = dev_upload(x0);
+    void *xn = nullptr, *mlp = nullptr;
+    CK(cudaMalloc(&xn, (size_t)n_tok * h * 2));
+    CK(cudaMalloc(&mlp, (size_t)n_tok * f * 2));
+    cudaStream_t s;
+    CK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+    const auto enqueue = [&](int pdl) {
+        int rc = 0;
+        for (int l = 0; l < layers && !rc; l++) {
+            rc = cuda_rmsnorm_rows(dx, nullptr, n_tok, dnw, h, 1e-5f, t, xn, h, 0, pdl, s);
+            cuda_gemv_args g = {};
+            g.dtype = t;
+            g.w = dgu + (size_t)l * 2 * f * h;
+            g.out = 2 * f;
+            g.in = h;
+            g.x = xn;
+            g.n_tok = n_tok;
+            g.epilogue = CUDA_GEMV_GATED;
+            g.act = CV_ACT_SILU;
+            g.act_out = mlp;
+            g.pdl = pdl;
+            if (!rc) rc = cuda_gemv(&g, s);
+            cuda_gemv_args d = {};
+            d.dtype = t;
+            d.w = ddown + (size_t)l * h * f;
+            d.out = h;
+            d.in = f;
+            d.x = mlp;
+            d.n_tok = n_tok;
+            d.epilogue = CUDA_GEMV_ACCUMULATE;
+            d.y = dx;
+            d.pdl = pdl;
+            if (!rc) rc = cuda_gemv(&d, s);
+        }
+        return rc;
+    };
+    std::vector<std::vector<float>> res;
+    int rc = 0;
+    for (int mode = 0; mode < 3 && !rc; mode++) {
+        CK(cudaMemcpy(dx, x0.data(), x0.size() * 4, cudaMemcpyHostToDevice));
+        if (mode < 2) {
+            rc = enqueue(mode);
+        } else {
+            cudaGraph_t g = nullptr;
+            cudaGraphExec_t ge = nullptr;
+            CK(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal));
+            rc = enqueue(1);
+            CK(cudaStreamEndCapture(s, &g));
+            if (!rc) CK(cudaGraphInstantiate(&ge, g, 0));
+            if (!rc) CK(cudaGraphLaunch(ge, s));
+            CK(cudaStreamSynchronize(s));
+            if (ge) cudaGraphExecDestroy(ge);
+            cudaGraphDestroy(g);
+        }
+        CK(cudaStreamSynchronize(s));
+        res.push_back(dev_download(dx, x0.size()));
+    }
+    cudaFree(dgu);
+    cudaFree(ddown);
+    cudaFree(dnw);
+    cudaFree(dx);
+    cudaFree(xn);
+    cudaFree(mlp);
+    cudaStreamDestroy(s);
+    char name[64];
+    snprintf(name, sizeof name, "pdl chain %s n_tok %d", dtype_name(t), n_tok);
+    if (rc) {
+        printf("FAIL %s: launch returned %s\n", name, cudaGetErrorString((cudaError_t)rc));
+        return 1;
+    }
+    bool finite = true;
+    for (float v : res[0])
+        finite = finite && isfinite(v);
+    if (!finite || memcmp(res[0].data(), res[1].data(), res[0].size() * 4) != 0 ||
+        memcmp(res[0].data(), res[2].data(), res[0].size() * 4) != 0) {
+        printf("FAIL %s: PDL eager / graph residuals differ from the stream-ordered run (or are "
+               "not finite)\n",
+               name);
+        return 1;
+    }
+    printf("ok   %s\n", name);
+    return 0;
+}
+
+std::vector<gemv_case> gemv_cases()
+{
+    const cv_dtype BF = CV_DTYPE_BF16, F16 = CV_DTYPE_F16;
+    const cuda_gemv_epilogue ST = CUDA_GEMV_STORE, AC = CUDA_GEMV_ACCUMULATE, GA = CUDA_GEMV_GATED;
+    const cv_activation SI = CV_ACT_SILU, GE = CV_ACT_GELU_TANH;
+    std::vector<gemv_case> v = {
+        {"bf16 48x64 tok1", BF, 48, 64, 1, ST, false, SI, 0},
+        {"bf16 100x4104 tok3 (partial tile+step)", BF, 100, 4104, 3, ST, false, SI, 1},
+        {"f16 37x8 tok8 (in 8)", F16, 37, 8, 8, ST, false, SI, 0},
+        {"bf16 16x72 tok5", BF, 16, 72, 5, AC, false, SI, 1},
+        {"bf16 qkv 6144x4096 tok1", BF, 6144, 4096, 1, ST, false, SI, 1},
+        {"bf16 qkv 6144x4096 tok8", BF, 6144, 4096, 8, ST, false, SI, 1},
+        {"bf16 o 4096x4096 tok1 acc", BF, 4096, 4096, 1, AC, false, SI, 1},
+        {"bf16 down 4096x14336 tok2 acc", BF, 4096, 14336, 2, AC, false, SI, 1},
+        {"f16 down 4096x14336 tok7 acc", F16, 4096, 14336, 7, AC, false, SI, 0},
+        {"bf16 gate_up 2x14336x4096 tok1 silu", BF, 2 * 14336, 4096, 1, GA, false, SI, 1},
+        {"bf16 gate_up 2x14336x4096 tok8 silu", BF, 2 * 14336, 4096, 8, GA, false, SI, 1},
+        {"f16 gated 2x1000x520 tok4 gelu", F16, 2000, 520, 4, GA, false, GE, 1},
+        {"bf16 gated 2x24x64 tok6 silu split", BF, 48, 64, 6, GA, true, SI, 0},
+        {"bf16 split 300x4096 tok4", BF, 300, 4096, 4, ST, true, SI, 1},
+        {"f16 split 4096x1032 tok1 acc", F16, 4096, 1032, 1, AC, true, SI, 1},
+        {"bf16 lm_head 128256x4096 tok1", BF, 128256, 4096, 1, ST, false, SI, 1},
+    };
+    static char names[2 * 8][48];
+    for (int tk = 1; tk <= 8; tk++) {
+        char *n = names[tk - 1];
+        snprintf(n, 48, "bf16 1040x2056 tok%d", tk);
+        v.push_back({n, BF, 1040, 2056, tk, tk % 2 ? ST : AC, false, SI, tk % 3 != 0});
+        n = names[8 + tk - 1];
+        snprintf(n, 48, "f16 gated 2x520x1024 tok%d", tk);
+        v.push_back({n, F16, 1040, 1024, tk, GA, tk == 5, tk % 2 ? SI : GE, 1});
+    }
+    return v;
+}
+
+std::vector<norm_case> norm_cases()
+{
+    return {
+        {"norm bf16 n4096 1 row", CV_DTYPE_BF16, 4096, 1, 1, false, false},
+        {"norm bf16 n4096 8 rows via rows[]", CV_DTYPE_BF16, 4096, 8, 11, true, false},
+        {"norm f16 n5000 3 rows", CV_DTYPE_F16, 5000, 3, 3, false, false},
+        {"norm bf16 n8192 2 rows split", CV_DTYPE_BF16, 8192, 2, 2, false, true},
+        {"norm f32 n12288 4 rows", CV_DTYPE_F32, 12288, 4, 4, true, false},
+        {"norm bf16 n64 5 rows", CV_DTYPE_BF16, 64, 5, 5, false, false},
+        {"norm f16 n16384 1 row", CV_DTYPE_F16, 16384, 1, 1, false, false},
+    };
+}
+
+/* ---- timing ---------------------------------------------------------------- */
+
+/* Fills n 16-bit values with a hash of their index in [-0.05, 0.05]. */
+__global__ void fill16_kernel(uint16_t *p, size_t n, uint32_t seed, int bf16)
+{
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
+         i += (size_t)gridDim.x * blockDim.x) {
+        uint32_t h = (uint32_t)i * 2654435761u ^ seed;
+        h ^= h >> 15;
+        h *= 2246822519u;
+        h ^= h >> 13;
+        const float v = ((float)(h & 0xffffu) / 65536.0f - 0.5f) * 0.1f;
+        if (bf16) {
+            const __nv_bfloat16_raw b = __float2bfloat16_rn(v);
+            p[i] = b.x;
+        } else {
+            const __half_raw b = __float2half_rn(v);
+            p[i] = b.x;
+        }
+    }
+}
+
+void fill16(void *p, size_t n, uint32_t seed)
+{
+    fill16_kernel<<<1024, 256>>>((uint16_t *)p, n, seed, 1);
+    CK(cudaGetLastError());
+}
+
+double median(std::vector<float> v)
+{
+    std::sort(v.begin(), v.end());
+    return v[v.size() / 2];
+}
+
+/* Median ms of one launch(i) over reps (after 3 warm-ups), each timed by
+ * its own pair of events. */
+template <typename F> double time_each(cudaStream_t s, int reps, F launch)
+{
+    cudaEvent_t e0, e1;
+    CK(cudaEventCreate(&e0));
+    CK(cudaEventCreate(&e1));
+    std::vector<float> ms;
+    for (int r = -3; r < reps; r++) {
+        CK(cudaEventRecord(e0, s));
+        launch(r + 3);
+        CK(cudaEventRecord(e1, s));
+        CK(cudaEventSynchronize(e1));
+        float t = 0.0f;
+        CK(cudaEventElapsedTime(&t, e0, e1));
+        if (r >= 0) ms.push_back(t);
+    }
+    cudaEventDestroy(e0);
+    cudaEventDestroy(e1);
+    return median(ms);
+}
+
+/* ms per launch of reps launches back to back (the way a decode step runs
+ * them), median of 5 such runs. */
+template <typename F> double time_stream(cudaStream_t s, int reps, F launch)
+{
+    return time_each(s, 5,
+                     [&](int) {
+                         for (int r = 0; r < reps; r++)
+                             launch(r);
+                     }) /
+           reps;
+}
+
+double copy_gbs()
+{
+    const size_t n = (size_t)1 << 30;
+    void *a = nullptr, *b = nullptr;
+    CK(cudaMalloc(&a, n));
+    CK(cudaMalloc(&b, n));
+    const double ms =
+        time_each(0, 10, [&](int) { CK(cudaMemcpyAsync(b, a, n, cudaMemcpyDeviceToDevice, 0)); });
+    cudaFree(a);
+    cudaFree(b);
+    return 2.0 * n / (ms * 1e-3) / 1e9;
+}
+
+struct blas_ctx {
+    cublasHandle_t h;
+    void *ws;
+};
+
+blas_ctx blas_make(cudaStream_t s)
+{
+    blas_ctx b;
+    CKB(cublasCreate(&b.h));
+    CKB(cublasSetStream(b.h, s));
+    CK(cudaMalloc(&b.ws, (size_t)32 << 20));
+    CKB(cublasSetWorkspace(b.h, b.ws, (size_t)32 << 20));
+    return b;
+}
+
+/* The backend's cuBLAS call (cuda_forward.c gemm(), default numerics). */
+void blas_gemm(const blas_ctx &b, const void *w, int out, int in, const void *x, int n_tok,
+               float *y, float beta)
+{
+    const float alpha = 1.0f;
+    CKB(cublasGemmEx(b.h, CUBLAS_OP_T, CUBLAS_OP_N, out, n_tok, in, &alpha, w, CUDA_R_16BF, in, x,
+                     CUDA_R_16BF, in, &beta, y, CUDA_R_32F, out, CUBLAS_COMPUTE_32F,
+                     CUBLAS_GEMM_DEFAULT));
+}
+
+void bench_shapes(double copy, cudaStream_t s, const blas_ctx &blas)
+{
+    struct shape {
+        const char *name;
+        int out, in;
+        bool gated;
+    } shapes[] = {
+        {"qkv 6144x4096", 6144, 4096, false},         {"o 4096x4096", 4096, 4096, false},
+        {"gate_up 28672x4096", 28672, 4096, true},    {"down 4096x14336", 4096, 14336, false},
+        {"lm_head 128256x4096", 128256, 4096, false},
+    };
+    printf("\n%-22s %4s %22s %22s %22s\n", "shape (bf16)", "tok", "GEMV one launch",
+           "GEMV back-to-back", "cuBLAS back-to-back");
+    for (const shape &sh : shapes) {
+        const size_t bytes = (size_t)sh.out * sh.in * 2;
+        /* Copies rotated so that L2 (50-60 MB) never serves a repeat. */
+        const int copies = (int)std::max<size_t>(1, (size_t)(400e6 / bytes) + 1);
+        std::vector<void *> w(copies);
+        for (int i = 0; i < copies; i++) {
+            CK(cudaMalloc(&w[i], bytes));
+            fill16(w[i], bytes / 2, 17u + i);
+        }
+        void *x = nullptr, *act = nullptr;
+        float *y = nullptr;
+        CK(cudaMalloc(&x, (size_t)8 * sh.in * 2));
+        fill16(x, (size_t)8 * sh.in, 99u);
+        CK(cudaMalloc((void **)&y, (size_t)8 * sh.out * 4));
+        CK(cudaMalloc(&act, (size_t)8 * sh.out * 2));
+        for (int n_tok : {1, 2, 4, 8}) {
+            const auto gemv = [&](int i) {
+                cuda_gemv_args a = {};
+                a.dtype = CV_DTYPE_BF16;
+                a.w = w[i % copies];
+                a.out = sh.out;
+                a.in = sh.in;
+                a.x = x;
+                a.n_tok = n_tok;
+                a.epilogue = sh.gated ? CUDA_GEMV_GATED : CUDA_GEMV_STORE;
+                a.y = y;
+                a.act = CV_ACT_SILU;
+                a.act_out = act;
+                a.pdl = 1;
+                CK((cudaError_t)cuda_gemv(&a, s));
+            };
+            const auto cublas = [&](int i) {
+                blas_gemm(blas, w[i % copies], sh.out, sh.in, x, n_tok, y, 0.0f);
+            };
+            const double one = time_each(s, 30, gemv);
+            const double b2b = time_stream(s, 20, gemv), ref = time_stream(s, 20, cublas);
+            const auto gbs = [&](double ms) { return bytes / (ms * 1e-3) / 1e9; };
+            printf("%-22s %4d %7.1f us %4.0f GB/s %7.1f us %4.0f%% copy %7.1f us %4.0f%% copy\n",
+                   sh.name, n_tok, one * 1e3, gbs(one), b2b * 1e3, 100.0 * gbs(b2b) / copy,
+                   ref * 1e3, 100.0 * gbs(ref) / copy);
+        }
+        for (void *p : w)
+            cudaFree(p);
+        cudaFree(x);
+        cudaFree(y);
+        cudaFree(act);
+    }
+}
+
+/* 32 L8B-shaped layers' norms and products at n_tok tokens (attention and
+ * RoPE left out: not this file's kernels) plus the final norm and lm_head,
+ * captured as one CUDA graph: the GEMV path (PDL) against the path the
+ * backend took before (cuda_rmsnorm, cuBLAS, cuda_gated_act). */
+void bench_chain(double copy, cudaStream_t s, const blas_ctx &blas, int n_tok)
+{
+    const int L = 32, h = 4096, f = 14336, qkv = 6144, vocab = 128256;
+    const size_t per_layer = ((size_t)qkv * h + (size_t)h * h + (size_t)2 * f * h + (size_t)h * f);
+    const size_t total = per_layer * L + (size_t)vocab * h;
+    uint16_t *w = nullptr;
+    if (cudaMalloc((void **)&w, total * 2) != cudaSuccess) {
+        (void)cudaGetLastError();
+        printf("decode chain: %.1f GB of weights do not fit; skipped\n", total * 2e-9);
+        return;
+    }
+    fill16(w, total, 5u);
+    float *x = nullptr, *nw = nullptr, *qkv_out = nullptr, *gu = nullptr, *logits = nullptr;
+    void *xn = nullptr, *attn = nullptr, *mlp = nullptr;
+    CK(cudaMalloc((void **)&x, (size_t)n_tok * h * 4));
+    CK(cudaMalloc((void **)&nw, (size_t)h * 4));
+    CK(cudaMalloc((void **)&qkv_out, (size_t)n_tok * qkv * 4));
+    CK(cudaMalloc((void **)&gu, (size_t)n_tok * 2 * f * 4));
+    CK(cudaMalloc((void **)&logits, (size_t)n_tok * vocab * 4));
+    CK(cudaMalloc(&xn, (size_t)n_tok * h * 2));
+    CK(cudaMalloc(&attn, (size_t)n_tok * h * 2));
+    CK(cudaMalloc(&mlp, (size_t)n_tok * f * 2));
+    std::vector<float> ones((size_t)n_tok * h, 0.5f);
+    CK(cudaMemcpy(x, ones.data(), ones.size() * 4, cudaMemcpyHostToDevice));
+    CK(cudaMemcpy(nw, ones.data(), (size_t)h * 4, cudaMemcpyHostToDevice));
+    fill16(attn, (size_t)n_tok * h, 7u);
+    const auto product = [&](const uint16_t *wm, int out, int in, const void *xin, float *y,
+                             cuda_gemv_epilogue epi, bool gemv) {
+        if (!gemv) {
+            blas_gemm(blas, wm, out, in, xin, n_tok, y, epi == CUDA_GEMV_ACCUMULATE ? 1.0f : 0.0f);
+            return;
+        }
+        cuda_gemv_args a = {};
+        a.dtype = CV_DTYPE_BF16;
+        a.w = wm;
+        a.out = out;
+        a.in = in;
+        a.x = xin;
+        a.n_tok = n_tok;
+        a.epilogue = epi;
+        a.y = y;
+        a.act = CV_ACT_SILU;
+        a.act_out = mlp;
+        a.pdl = 1;
+        CK((cudaError_t)cuda_gemv(&a, s));
+    };
+    const auto norm = [&](bool gemv) {
+        CK((cudaError_t)(gemv ? cuda_rmsnorm_rows(x, nullptr, n_tok, nw, h, 1e-5f, CV_DTYPE_BF16,
+                                                  xn, h, 0, 1, s)
+                              : cuda_rmsnorm(x, nullptr, n_tok, nw, h, 1e-5f, CV_DTYPE_BF16, xn, h,
+                                             0, s)));
+    };
+    const auto step = [&](bool gemv) {
+        const uint16_t *p = w;
+        for (int l = 0; l < L; l++) {
+            norm(gemv);
+            product(p, qkv, h, xn, qkv_out, CUDA_GEMV_STORE, gemv);
+            p += (size_t)qkv * h;
+            product(p, h, h, attn, x, CUDA_GEMV_ACCUMULATE, gemv);
+            p += (size_t)h * h;
+            norm(gemv);
+            if (gemv) {
+                product(p, 2 * f, h, xn, nullptr, CUDA_GEMV_GATED, true);
+            } else {
+                product(p, 2 * f, h, xn, gu, CUDA_GEMV_STORE, false);
+                CK((cudaError_t)cuda_gated_act(CV_ACT_SILU, gu, n_tok, f, CV_DTYPE_BF16, mlp, 0,
+                                               s));
+            }
+            p += (size_t)2 * f * h;
+            product(p, h, f, mlp, x, CUDA_GEMV_ACCUMULATE, gemv);
+            p += (size_t)h * f;
+        }
+        norm(gemv);
+        product(p, vocab, h, xn, logits, CUDA_GEMV_STORE, gemv);
+    };
+    double ms[2];
+    for (int mode = 0; mode < 2; mode++) {
+        cudaGraph_t g = nullptr;
+        cudaGraphExec_t ge = nullptr;
+        CK(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal));
+        step(mode == 1);
+        CK(cudaStreamEndCapture(s, &g));
+        CK(cudaGraphInstantiate(&ge, g, 0));
+        ms[mode] = time_each(s, 20, [&](int) { CK(cudaGraphLaunch(ge, s)); });
+        cudaGraphExecDestroy(ge);
+        cudaGraphDestroy(g);
+    }
+    const double floor_ms = total * 2.0 / (copy * 1e9) * 1e3;
+    printf("decode chain n_tok %d (%.2f GB of weights, graph): floor %.3f ms; GEMV path %.3f ms "
+           "(%.2fx floor); cuBLAS path %.3f ms (%.2fx floor)\n",
+           n_tok, total * 2e-9, floor_ms, ms[1], ms[1] / floor_ms, ms[0], ms[0] / floor_ms);
+    cudaFree(w);
+    void *bufs[] = {x, nw, qkv_out, gu, logits, xn, attn, mlp};
+    for (void *p : bufs)
+        cudaFree(p);
+}
+
+void bench_norm(cudaStream_t s)
+{
+    float *x = nullptr, *w = nullptr;
+    void *out = nullptr;
+    CK(cudaMalloc((void **)&x, 8 * 4096 * 4));
+    CK(cudaMalloc((void **)&w, 4096 * 4));
+    CK(cudaMalloc(&out, 8 * 4096 * 2));
+    CK(cudaMemset(x, 0, 8 * 4096 * 4));
+    CK(cudaMemset(w, 0, 4096 * 4));
+    for (int rows : {1, 8}) {
+        const double old_ms = time_stream(s, 50, [&](int) {
+            CK((cudaError_t)cuda_rmsnorm(x, nullptr, rows, w, 4096, 1e-5f, CV_DTYPE_BF16, out, 4096,
+                                         0, s));
+        });
+        const double new_ms = time_stream(s, 50, [&](int) {
+            CK((cudaError_t)cuda_rmsnorm_rows(x, nullptr, rows, w, 4096, 1e-5f, CV_DTYPE_BF16, out,
+                                              4096, 0, 1, s));
+        });
+        printf("rmsnorm 4096, %d row(s), back-to-back: cuda_rmsnorm %.2f us, cuda_rmsnorm_rows "
+               "(PDL) %.2f us\n",
+               rows, old_ms * 1e3, new_ms * 1e3);
+    }
+    cudaFree(x);
+    cudaFree(w);
+    cudaFree(out);
+}
+
+void bench()
+{
+    const double copy = copy_gbs();
+    cudaDeviceProp prop;
+    CK(cudaGetDeviceProperties(&prop, 0));
+    printf("\n== timing on %s (%d SMs); copy bandwidth %.0f GB/s (read + write)\n", prop.name,
+           prop.multiProcessorCount, copy);
+    cudaStream_t s;
+    CK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+    const blas_ctx blas = blas_make(s);
+    bench_shapes(copy, s, blas);
+    bench_norm(s);
+    for (int n_tok : {1, 8})
+        bench_chain(copy, s, blas, n_tok);
+    cublasDestroy(blas.h);
+    cudaFree(blas.ws);
+    cudaStreamDestroy(s);
+}
+
+} /* namespace */
+
+/* test_gpu_gemv [--bench] [SUBSTRING]: SUBSTRING picks the correctness
+ * cases whose names contain it (e.g. for compute-sanitizer). */
+int main(int argc, char **argv)
+{
+    int n_dev = 0;
+    if (cudaGetDeviceCount(&n_dev) != cudaSuccess || n_dev == 0) {
+        printf("test_gpu_gemv: no CUDA device; skipped\n");
+        return 77;
+    }
+    bool timing = false;
+    const char *filter = nullptr;
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--bench") == 0)
+            timing = true;
+        else
+            filter = argv[i];
+    }
+    int fails = 0;
+    if (!filter || strstr("refusals", filter)) fails += check_refusals();
+    for (const gemv_case &c : gemv_cases())
+        if (!filter || strstr(c.name, filter)) fails += check_gemv(c);
+    for (const norm_case &c : norm_cases())
+        if (!filter || strstr(c.name, filter)) fails += check_norm(c);
+    for (cv_dtype t : {CV_DTYPE_BF16, CV_DTYPE_F16})
+        for (int n_tok : {1, 5, 8})
+            if (!filter || strstr("pdl chain", filter)) fails += check_pdl_chain(t, n_tok);
+    printf("%s: %d failing case(s)\n", fails ? "FAIL" : "PASS", fails);
+    if (timing) bench();
+    return fails ? 1 : 0;
+}
