@@ -38,7 +38,13 @@
  *   summed.
  * - Programmatic dependent launch (gemv.h): the first 4 steps of W are
  *   loaded before griddepcontrol.wait, so the stream of W starts while the
- *   previous kernel finishes.
+ *   previous kernel finishes. Both kernels let their dependents launch as
+ *   soon as they start (griddepcontrol.launch_dependents first): that is
+ *   always correct, since a dependent's wait is for this grid's completion
+ *   and memory flush, and a GEMV behind a norm behind a GEMV then starts
+ *   streaming its weights during the first GEMV's tail. The dependent's
+ *   CTAs only take the SM slots this grid leaves (it is issued once all of
+ *   this grid's CTAs have started), so nothing waits on them.
  * Numerics: products of 16-bit values are exact in fp32; the sums are fp32
  * (tensor-core accumulation, as cuBLAS's), in a different order than
  * cuBLAS's: results agree to fp32 rounding over in terms.
@@ -209,9 +215,9 @@ __global__ void __launch_bounds__(MAX_WARPS * 32, 2) gemv_kernel(const cuda_gemv
             db[u] = ok ? load_w(wb_row + k) : zero;
         }
     };
+    pdl_launch_dependents();
     fetch(wa, wb, s_begin);
     pdl_wait(); /* x (and y, when accumulating) come from earlier kernels */
-    pdl_launch_dependents();
 
     float c[4] = {0.0f, 0.0f, 0.0f, 0.0f};
     for (int s0 = s_begin; s0 < s_end; s0 += UNROLL) {
@@ -291,13 +297,13 @@ __global__ void __launch_bounds__(1024)
     const int n4 = n >> 2;
     const float4 zero = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
     float4 wv[V], xv[V];
+    pdl_launch_dependents();
 #pragma unroll
     for (int j = 0; j < V; j++) {
         const int i = threadIdx.x + j * blockDim.x;
         wv[j] = i < n4 ? ((const float4 *)w)[i] : zero;
     }
     pdl_wait(); /* x and rows come from earlier work on the stream */
-    pdl_launch_dependents();
     const int r = blockIdx.x;
     const float4 *xr = (const float4 *)(x + (size_t)(rows ? rows[r] : r) * n);
     float ss = 0.0f;
