@@ -153,42 +153,60 @@ constexpr int GUARD = 64; /* elements past every output that must stay as they w
 const float GUARD_F = 1234.5f;
 const uint16_t GUARD_16 = 0x3c00;
 
-/* One cuda_gemv against the fp64 reference; returns the failure count (0 or 1). */
-int check_gemv(const gemv_case &c)
+/* Random W (out, in) and x (n_tok, in; with split hi rows then lo rows)
+ * in dtype, and the fp64 products ref[t][r] = x_t . w_r (x_t = hi + lo)
+ * with mag[t][r] = sum_k |w_rk x_tk|. */
+struct product {
+    std::vector<uint16_t> w, x;
+    std::vector<double> ref, mag;
+};
+
+product make_product(cv_dtype t, int out, int in, int n_tok, bool split)
 {
-    const cv_dtype t = c.dtype;
-    const size_t wn = (size_t)c.out * c.in, xn = (size_t)c.n_tok * c.in;
-    std::vector<uint16_t> w(wn), x(xn * (c.split ? 2 : 1));
+    product p;
+    const size_t wn = (size_t)out * in, xn = (size_t)n_tok * in;
+    p.w.resize(wn);
+    p.x.resize(xn * (split ? 2 : 1));
     std::vector<double> xd(xn), val(65536); /* val: every 16-bit pattern's value */
     for (int b = 0; b < 65536; b++)
         val[b] = from16(t, (uint16_t)b);
     for (size_t i = 0; i < wn; i++)
-        w[i] = to16(t, rng_val(1.0f));
+        p.w[i] = to16(t, rng_val(1.0f));
     for (size_t i = 0; i < xn; i++) {
         const float v = rng_val(2.0f);
-        x[i] = to16(t, v);
-        xd[i] = from16(t, x[i]);
-        if (c.split) {
-            x[xn + i] = to16(t, v - (float)xd[i]);
-            xd[i] += from16(t, x[xn + i]);
+        p.x[i] = to16(t, v);
+        xd[i] = from16(t, p.x[i]);
+        if (split) {
+            p.x[xn + i] = to16(t, v - (float)xd[i]);
+            xd[i] += from16(t, p.x[xn + i]);
         }
     }
-    /* ref[t][r] = x_t . w_r and mag[t][r] = sum |w x|. */
-    std::vector<double> ref((size_t)c.n_tok * c.out), mag((size_t)c.n_tok * c.out);
-    for (int r = 0; r < c.out; r++) {
-        const uint16_t *wr = &w[(size_t)r * c.in];
-        for (int tk = 0; tk < c.n_tok; tk++) {
-            const double *xr = &xd[(size_t)tk * c.in];
+    p.ref.resize((size_t)n_tok * out);
+    p.mag.resize((size_t)n_tok * out);
+    for (int r = 0; r < out; r++) {
+        const uint16_t *wr = &p.w[(size_t)r * in];
+        for (int tk = 0; tk < n_tok; tk++) {
+            const double *xr = &xd[(size_t)tk * in];
             double s = 0.0, m = 0.0;
-            for (int k = 0; k < c.in; k++) {
+            for (int k = 0; k < in; k++) {
                 s += val[wr[k]] * xr[k];
                 m += fabs(val[wr[k]] * xr[k]);
             }
-            ref[(size_t)tk * c.out + r] = s;
-            mag[(size_t)tk * c.out + r] = m;
+            p.ref[(size_t)tk * out + r] = s;
+            p.mag[(size_t)tk * out + r] = m;
         }
     }
-    uint16_t *dw = dev_upload(w), *dx = dev_upload(x);
+    return p;
+}
+
+/* One cuda_gemv against the fp64 reference; returns the failure count (0 or 1). */
+int check_gemv(const gemv_case &c)
+{
+    const cv_dtype t = c.dtype;
+    const size_t xn = (size_t)c.n_tok * c.in;
+    const product pr = make_product(t, c.out, c.in, c.n_tok, c.split);
+    const std::vector<double> &ref = pr.ref, &mag = pr.mag;
+    uint16_t *dw = dev_upload(pr.w), *dx = dev_upload(pr.x);
     cuda_gemv_args a = {};
     a.dtype = t;
     a.w = dw;
@@ -280,6 +298,184 @@ int check_gemv(const gemv_case &c)
     cudaFree(dx);
     if (!bad) printf("ok   %-44s worst %.2e\n", c.name, worst);
     return bad;
+}
+
+struct rope_case {
+    const char *name;
+    cv_dtype dtype, kv_dtype;
+    int n_heads, n_kv_heads, head_dim, block_size, in, n_tok;
+    bool bias, split;
+    int pdl;
+};
+
+/* CUDA_GEMV_ROPE_KV against fp64: per token, biases added, q and k rotated
+ * by RoPE (the angle inv_freq[e] * pos rounded to fp32 as the kernel and HF
+ * compute it, its cos / sin in fp64), q into y's q columns, k and v into
+ * layer 1 of a 2-layer pool at distinct random slots. Bounds: the product's
+ * accumulation bound on both rotated inputs, 2e-6 of them for fp32's
+ * cosf / sinf and rotation, half an ulp of the pool dtype. The pool and y
+ * start as NaN: everything else must stay NaN. */
+int check_rope(const rope_case &c)
+{
+    const int hd = c.head_dim, half = hd / 2, nq = c.n_heads, nkv = c.n_kv_heads;
+    const int items = nq + 2 * nkv, out = items * hd, n_layers = 2, layer = 1, n_blocks = 6;
+    const product pr = make_product(c.dtype, out, c.in, c.n_tok, c.split);
+    std::vector<float> bias(out), inv_freq(half);
+    for (float &v : bias)
+        v = rng_val(0.5f);
+    for (int e = 0; e < half; e++)
+        inv_freq[e] = 1.0f / powf(10000.0f, (float)(2 * e) / (float)hd);
+    std::vector<int32_t> pos(c.n_tok);
+    std::vector<int64_t> slots(c.n_tok);
+    for (int tk = 0; tk < c.n_tok; tk++) {
+        pos[tk] = (int32_t)(rng_u32() % 4096);
+        bool fresh;
+        do { /* distinct slots */
+            slots[tk] = rng_u32() % (uint32_t)(n_blocks * c.block_size);
+            fresh = true;
+            for (int j = 0; j < tk; j++)
+                fresh = fresh && slots[j] != slots[tk];
+        } while (!fresh);
+    }
+    const size_t kv_esz = c.kv_dtype == CV_DTYPE_F32 ? 4 : 2;
+    const size_t block_elems = (size_t)n_layers * 2 * nkv * c.block_size * hd;
+    const size_t layer_off = (size_t)layer * 2 * nkv * c.block_size * hd;
+    const size_t pool_elems = block_elems * n_blocks;
+    std::vector<uint8_t> pool0(pool_elems * kv_esz, 0xff);
+    std::vector<float> y0((size_t)c.n_tok * out, NAN);
+    uint16_t *dw = dev_upload(pr.w), *dx = dev_upload(pr.x);
+    float *dbias = dev_upload(bias), *dfreq = dev_upload(inv_freq), *dy = dev_upload(y0);
+    int32_t *dpos = dev_upload(pos);
+    int64_t *dslots = dev_upload(slots);
+    uint8_t *dpool = dev_upload(pool0);
+    cuda_gemv_args a = {};
+    a.dtype = c.dtype;
+    a.w = dw;
+    a.out = out;
+    a.in = c.in;
+    a.x = dx;
+    a.x_lo_off = c.split ? (size_t)c.n_tok * c.in : 0;
+    a.n_tok = c.n_tok;
+    a.epilogue = CUDA_GEMV_ROPE_KV;
+    a.y = dy;
+    a.pdl = c.pdl;
+    cuda_gemv_rope &r = a.rope;
+    r.n_heads = nq;
+    r.n_kv_heads = nkv;
+    r.head_dim = hd;
+    r.block_size = c.block_size;
+    r.bq = c.bias ? dbias : nullptr;
+    r.bk = c.bias ? dbias + nq * hd : nullptr;
+    r.bv = c.bias ? dbias + (nq + nkv) * hd : nullptr;
+    r.inv_freq = dfreq;
+    r.positions = dpos;
+    r.slot_mapping = dslots;
+    r.kv = dpool;
+    r.kv_dtype = c.kv_dtype;
+    r.block_elems = block_elems;
+    r.layer_off = layer_off;
+    const int rc = cuda_gemv(&a, 0);
+    CK(cudaDeviceSynchronize());
+    const std::vector<float> y = dev_download(dy, y0.size());
+    const std::vector<uint8_t> pool = dev_download(dpool, pool0.size());
+    void *bufs[] = {dw, dx, dbias, dfreq, dy, dpos, dslots, dpool};
+    for (void *b : bufs)
+        cudaFree(b);
+    if (rc) {
+        printf("FAIL %s: cuda_gemv returned %s\n", c.name, cudaGetErrorString((cudaError_t)rc));
+        return 1;
+    }
+    const auto pool_at = [&](size_t i) {
+        if (c.kv_dtype == CV_DTYPE_F32) {
+            float v;
+            memcpy(&v, &pool[i * 4], 4);
+            return (double)v;
+        }
+        uint16_t b;
+        memcpy(&b, &pool[i * 2], 2);
+        return from16(c.kv_dtype, b);
+    };
+    const double kv_half_ulp = c.kv_dtype == CV_DTYPE_F32    ? 0.0
+                               : c.kv_dtype == CV_DTYPE_BF16 ? ldexp(1.0, -8)
+                                                             : ldexp(1.0, -11);
+    std::vector<char> pool_written(pool_elems, 0), y_written(y.size(), 0);
+    double worst = 0.0;
+    for (int tk = 0; tk < c.n_tok; tk++) {
+        for (int item = 0; item < items; item++) {
+            const bool is_q = item < nq, is_k = !is_q && item < nq + nkv;
+            const int idx = is_q ? item : is_k ? item - nq : item - nq - nkv;
+            for (int e = 0; e < half; e++) {
+                const size_t rl = (size_t)tk * out + item * hd + e, rh = rl + half;
+                double lo = pr.ref[rl], hi = pr.ref[rh];
+                if (c.bias) {
+                    lo += bias[item * hd + e];
+                    hi += bias[item * hd + e + half];
+                }
+                double w0 = lo, w1 = hi;
+                if (item < nq + nkv) {
+                    const float angle = inv_freq[e] * (float)pos[tk];
+                    const double cs = cos((double)angle), sn = sin((double)angle);
+                    w0 = lo * cs - hi * sn;
+                    w1 = hi * cs + lo * sn;
+                }
+                const double base_lim =
+                    1e-4 * (pr.mag[rl] + pr.mag[rh]) + 2e-6 * (fabs(lo) + fabs(hi)) + 1e-30;
+                double g0, g1, ulp;
+                if (is_q) {
+                    g0 = y[rl];
+                    g1 = y[rh];
+                    y_written[rl] = y_written[rh] = 1;
+                    ulp = 0.0;
+                } else {
+                    const size_t b = (size_t)(slots[tk] / c.block_size) * block_elems + layer_off +
+                                     (size_t)(slots[tk] % c.block_size) * hd +
+                                     (size_t)((is_k ? 0 : 1) * nkv + idx) * c.block_size * hd;
+                    g0 = pool_at(b + e);
+                    g1 = pool_at(b + e + half);
+                    pool_written[b + e] = pool_written[b + e + half] = 1;
+                    ulp = kv_half_ulp;
+                }
+                const double e0 = fabs(g0 - w0), e1 = fabs(g1 - w1);
+                worst = std::max(worst, std::max(e0, e1) / (fabs(lo) + fabs(hi) + 1e-30));
+                if (!(e0 <= base_lim + ulp * fabs(w0)) || !(e1 <= base_lim + ulp * fabs(w1))) {
+                    printf("FAIL %s: token %d head item %d element %d: (%.9g, %.9g), want "
+                           "(%.9g, %.9g)\n",
+                           c.name, tk, item, e, g0, g1, w0, w1);
+                    return 1;
+                }
+            }
+        }
+    }
+    for (size_t i = 0; i < y.size(); i++)
+        if (!y_written[i] && !isnan(y[i])) {
+            printf("FAIL %s: wrote y element %zu outside the q columns\n", c.name, i);
+            return 1;
+        }
+    for (size_t i = 0; i < pool_elems; i++)
+        if (!pool_written[i] && !isnan(pool_at(i))) {
+            printf("FAIL %s: wrote pool element %zu outside the tokens' k / v slots\n", c.name, i);
+            return 1;
+        }
+    printf("ok   %-44s worst %.2e\n", c.name, worst);
+    return 0;
+}
+
+std::vector<rope_case> rope_cases()
+{
+    const cv_dtype BF = CV_DTYPE_BF16, F16 = CV_DTYPE_F16, F32 = CV_DTYPE_F32;
+    return {
+        {"rope bf16 L8B 32/8 hd128 bs16 kv bf16 tok1", BF, BF, 32, 8, 128, 16, 4096, 1, false,
+         false, 1},
+        {"rope bf16 L8B 32/8 hd128 bs16 kv bf16 tok8", BF, BF, 32, 8, 128, 16, 4096, 8, false,
+         false, 1},
+        {"rope f16 4/2 hd64 bs12 kv f32 tok5 bias split", F16, F32, 4, 2, 64, 12, 520, 5, true,
+         true, 1},
+        {"rope bf16 8/8 hd16 bs8 kv f16 tok8 bias", BF, F16, 8, 8, 16, 8, 264, 8, true, false, 0},
+        {"rope bf16 6/2 hd32 bs16 kv bf16 tok3 split", BF, BF, 6, 2, 32, 16, 1024, 3, false, true,
+         1},
+        {"rope f16 2/1 hd256 bs16 kv f16 tok2 bias", F16, F16, 2, 1, 256, 16, 256, 2, true, false,
+         1},
+    };
 }
 
 struct norm_case {
@@ -432,6 +628,22 @@ int check_refusals()
         bad++;
     }
     a.out = 16;
+    a.epilogue = CUDA_GEMV_ROPE_KV;
+    a.y = (float *)p;
+    a.rope.n_heads = 1;
+    a.rope.n_kv_heads = 1;
+    a.rope.head_dim = 8;
+    a.rope.block_size = 16;
+    a.rope.inv_freq = (const float *)p;
+    a.rope.positions = (const int32_t *)p;
+    a.rope.slot_mapping = (const int64_t *)p;
+    a.rope.kv = p;
+    a.rope.kv_dtype = CV_DTYPE_BF16;
+    if (cuda_gemv(&a, 0) != (int)cudaErrorInvalidValue) {
+        printf("FAIL refusal: RoPE cuda_gemv runs with out 16 for 3 heads of 8\n");
+        bad++;
+    }
+    a.epilogue = CUDA_GEMV_GATED;
     a.act = CV_ACT_RELU;
     if (cuda_gemv(&a, 0) != (int)cudaErrorInvalidValue) {
         printf("FAIL refusal: gated cuda_gemv runs with ReLU\n");
@@ -939,6 +1151,8 @@ int main(int argc, char **argv)
     if (!filter || strstr("refusals", filter)) fails += check_refusals();
     for (const gemv_case &c : gemv_cases())
         if (!filter || strstr(c.name, filter)) fails += check_gemv(c);
+    for (const rope_case &c : rope_cases())
+        if (!filter || strstr(c.name, filter)) fails += check_rope(c);
     for (const norm_case &c : norm_cases())
         if (!filter || strstr(c.name, filter)) fails += check_norm(c);
     for (cv_dtype t : {CV_DTYPE_BF16, CV_DTYPE_F16})

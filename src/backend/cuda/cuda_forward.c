@@ -324,32 +324,67 @@ static int layer_forward(cv_cuda_backend *b, const cv_batch *bt, const step_arra
     const size_t split = b->split_act ? 1 : 0; /* lo rows follow the nt hi rows */
 
     KL(norm(b, NULL, nt, L->attn_norm, b->xn, split * nt * h), "attention rmsnorm");
-    if (mark(b, CV_CUDA_PHASE_NORM, err) ||
-        gemm(b, L->wqkv, b->qkv_dim, h, b->xn, nt, b->qkv, 0.0f, err) ||
-        mark(b, CV_CUDA_PHASE_QKV_GEMM, err))
-        return -1;
-    const cuda_qkv_args qa = {
-        .n_tokens = nt,
-        .n_heads = c->n_heads,
-        .n_kv_heads = c->n_kv_heads,
-        .head_dim = c->head_dim,
-        .block_size = b->block_size,
-        .qkv = b->qkv,
-        .bq = L->bq,
-        .bk = L->bk,
-        .bv = L->bv,
-        .q_norm = L->q_norm,
-        .k_norm = L->k_norm,
-        .eps = c->rms_norm_eps,
-        .inv_freq = b->inv_freq,
-        .positions = d->positions,
-        .slot_mapping = d->slots,
-        .kv = b->kv,
-        .kv_dtype = b->kv_dtype,
-        .block_elems = b->block_elems,
-        .layer_off = layer_off,
-    };
-    KL(cuda_qkv_post(&qa, b->stream), "rope/kv store kernel");
+    if (mark(b, CV_CUDA_PHASE_NORM, err)) return -1;
+    if (!L->q_norm && !L->k_norm && use_gemv(b, L->wqkv, h, b->xn, nt)) {
+        /* Biases, RoPE and the KV store in the GEMV's epilogue. */
+        const cuda_gemv_args ga = {
+            .dtype = b->wdtype,
+            .w = L->wqkv,
+            .out = b->qkv_dim,
+            .in = h,
+            .x = b->xn,
+            .x_lo_off = split * nt * h,
+            .n_tok = nt,
+            .epilogue = CUDA_GEMV_ROPE_KV,
+            .y = b->qkv,
+            .rope =
+                {
+                    .n_heads = c->n_heads,
+                    .n_kv_heads = c->n_kv_heads,
+                    .head_dim = c->head_dim,
+                    .block_size = b->block_size,
+                    .bq = L->bq,
+                    .bk = L->bk,
+                    .bv = L->bv,
+                    .inv_freq = b->inv_freq,
+                    .positions = d->positions,
+                    .slot_mapping = d->slots,
+                    .kv = b->kv,
+                    .kv_dtype = b->kv_dtype,
+                    .block_elems = b->block_elems,
+                    .layer_off = layer_off,
+                },
+            .pdl = 1,
+        };
+        KL(cuda_gemv(&ga, b->stream), "qkv gemv + rope/kv store kernel");
+        if (mark(b, CV_CUDA_PHASE_QKV_GEMM, err)) return -1;
+    } else {
+        if (gemm(b, L->wqkv, b->qkv_dim, h, b->xn, nt, b->qkv, 0.0f, err) ||
+            mark(b, CV_CUDA_PHASE_QKV_GEMM, err))
+            return -1;
+        const cuda_qkv_args qa = {
+            .n_tokens = nt,
+            .n_heads = c->n_heads,
+            .n_kv_heads = c->n_kv_heads,
+            .head_dim = c->head_dim,
+            .block_size = b->block_size,
+            .qkv = b->qkv,
+            .bq = L->bq,
+            .bk = L->bk,
+            .bv = L->bv,
+            .q_norm = L->q_norm,
+            .k_norm = L->k_norm,
+            .eps = c->rms_norm_eps,
+            .inv_freq = b->inv_freq,
+            .positions = d->positions,
+            .slot_mapping = d->slots,
+            .kv = b->kv,
+            .kv_dtype = b->kv_dtype,
+            .block_elems = b->block_elems,
+            .layer_off = layer_off,
+        };
+        KL(cuda_qkv_post(&qa, b->stream), "rope/kv store kernel");
+    }
     if (mark(b, CV_CUDA_PHASE_ROPE_KV, err)) return -1;
     if (sa->tensor_cores) {
         const cuda_attn_paged pa = {

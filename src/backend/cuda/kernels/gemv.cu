@@ -30,9 +30,12 @@
  * - The warps' partial 16x8 tiles are summed through shared memory in warp
  *   order (deterministic), and warp 0 applies the epilogue: store,
  *   accumulate (the residual add of o_proj and down_proj, the GEMM's
- *   beta = 1 before) or the gated activation (the CTA's 16 rows are then 8
+ *   beta = 1 before), the gated activation (the CTA's 16 rows are then 8
  *   gate rows and the 8 matching up rows, so act(gate) * up needs no second
- *   kernel and the fp32 gate|up buffer is never written).
+ *   kernel and the fp32 gate|up buffer is never written) or RoPE + KV store
+ *   for the q|k|v projection (the 16 rows are 8 pairs (e, e + head_dim / 2)
+ *   of heads, the pairs RoPE rotates together, so the rotation and the
+ *   KV-pool store need no second kernel either).
  * - Split activations (hi + lo rows) run two mmas per step into the same
  *   accumulator, as cuBLAS ran the 2 n_tok columns before the halves were
  *   summed.
@@ -175,9 +178,59 @@ __device__ __forceinline__ float gated(cv_activation act, float g, float u)
     return g * u;
 }
 
-/* CTA b: rows [16 b, 16 b + 16) of W (GATED: gate rows [8 b, 8 b + 8) and
- * the matching up rows), every token, its warps splitting K. */
-template <typename T, bool GATED, bool SPLIT>
+/* Stores v at kv[i] in the pool's dtype. */
+__device__ __forceinline__ void store_kv(void *kv, cv_dtype t, size_t i, float v)
+{
+    if (t == CV_DTYPE_BF16)
+        ((__nv_bfloat16 *)kv)[i] = __float2bfloat16_rn(v);
+    else if (t == CV_DTYPE_F16)
+        ((__half *)kv)[i] = __float2half_rn(v);
+    else
+        ((float *)kv)[i] = v;
+}
+
+/* The RoPE / KV epilogue of token t: lo, hi are its values of rows e and
+ * e + head_dim / 2 of head item; cuda_qkv_post's arithmetic, op for op. */
+__device__ __forceinline__ void rope_kv(const cuda_gemv_args &a, int t, int item, int e, float lo,
+                                        float hi)
+{
+    const cuda_gemv_rope &r = a.rope;
+    const int hd = r.head_dim, half = hd / 2, nq = r.n_heads, nkv = r.n_kv_heads;
+    const bool is_q = item < nq, is_k = !is_q && item < nq + nkv;
+    const int idx = is_q ? item : is_k ? item - nq : item - nq - nkv;
+    const float *bias = is_q ? r.bq : is_k ? r.bk : r.bv;
+    if (bias) {
+        lo += bias[idx * hd + e];
+        hi += bias[idx * hd + e + half];
+    }
+    float x0 = lo, x1 = hi;
+    if (item < nq + nkv) {
+        /* HF: freqs = inv_freq * position in fp32, then cos / sin. */
+        const float angle = r.inv_freq[e] * (float)r.positions[t];
+        const float c = cosf(angle), s = sinf(angle);
+        x0 = lo * c - hi * s;
+        x1 = hi * c + lo * s;
+    }
+    if (is_q) {
+        float *head = a.y + (size_t)t * a.out + (size_t)item * hd;
+        head[e] = x0;
+        head[e + half] = x1;
+        return;
+    }
+    const int64_t slot = r.slot_mapping[t];
+    const size_t base = (size_t)(slot / r.block_size) * r.block_elems + r.layer_off +
+                        (size_t)(slot % r.block_size) * hd +
+                        (size_t)((is_k ? 0 : 1) * nkv + idx) * r.block_size * hd;
+    store_kv(r.kv, r.kv_dtype, base + e, x0);
+    store_kv(r.kv, r.kv_dtype, base + e + half, x1);
+}
+
+enum { MODE_PLAIN, MODE_GATED, MODE_ROPE };
+
+/* CTA b: rows [16 b, 16 b + 16) of W (MODE_GATED: gate rows [8 b, 8 b + 8)
+ * and the matching up rows; MODE_ROPE: the RoPE pairs [8 b, 8 b + 8)),
+ * every token, its warps splitting K. */
+template <typename T, int MODE, bool SPLIT>
 __global__ void __launch_bounds__(MAX_WARPS * 32, 2) gemv_kernel(const cuda_gemv_args a)
 {
     __shared__ float4 part[MAX_WARPS][32];
@@ -187,9 +240,14 @@ __global__ void __launch_bounds__(MAX_WARPS * 32, 2) gemv_kernel(const cuda_gemv
     /* This lane's two W rows, clamped into the matrix (the tile past the
      * last row computes what is never stored). */
     int ra, rb;
-    if (GATED) {
+    if (MODE == MODE_GATED) {
         ra = min((int)blockIdx.x * 8 + g, half - 1);
         rb = half + ra;
+    } else if (MODE == MODE_ROPE) {
+        /* Pair p: rows e and e + head_dim / 2 of head p / (head_dim / 2). */
+        const int p = min((int)blockIdx.x * 8 + g, half - 1), hh = a.rope.head_dim / 2;
+        ra = p / hh * a.rope.head_dim + p % hh;
+        rb = ra + hh;
     } else {
         ra = min((int)blockIdx.x * TILE_ROWS + g, a.out - 1);
         rb = min((int)blockIdx.x * TILE_ROWS + g + 8, a.out - 1);
@@ -259,7 +317,12 @@ __global__ void __launch_bounds__(MAX_WARPS * 32, 2) gemv_kernel(const cuda_gemv
     /* Lane (g, q) holds C[g][2q], C[g][2q + 1], C[g + 8][2q], C[g + 8][2q + 1]:
      * rows g, g + 8 of the tile, tokens 2q, 2q + 1. */
     const int t0 = 2 * q, t1 = 2 * q + 1;
-    if (GATED) {
+    if (MODE == MODE_ROPE) {
+        const int p = blockIdx.x * 8 + g, hh = a.rope.head_dim / 2;
+        if (p >= half) return;
+        if (t0 < a.n_tok) rope_kv(a, t0, p / hh, p % hh, s.x, s.z);
+        if (t1 < a.n_tok) rope_kv(a, t1, p / hh, p % hh, s.y, s.w);
+    } else if (MODE == MODE_GATED) {
         const int j = blockIdx.x * 8 + g;
         if (j >= half) return;
         T *o = (T *)a.act_out;
@@ -355,14 +418,29 @@ int launch(void (*kernel)(K...), dim3 grid, dim3 block, int pdl, cudaStream_t st
 
 template <typename T> int gemv_typed(const cuda_gemv_args *a, cudaStream_t stream)
 {
-    const bool gated = a->epilogue == CUDA_GEMV_GATED, split = a->x_lo_off != 0;
-    const int groups = gated ? (a->out / 2 + 7) / 8 : (a->out + TILE_ROWS - 1) / TILE_ROWS;
+    const bool split = a->x_lo_off != 0;
+    const int mode = a->epilogue == CUDA_GEMV_GATED     ? MODE_GATED
+                     : a->epilogue == CUDA_GEMV_ROPE_KV ? MODE_ROPE
+                                                        : MODE_PLAIN;
+    /* Pair modes: 8 pairs (16 rows) per CTA. */
+    const int groups =
+        mode != MODE_PLAIN ? (a->out / 2 + 7) / 8 : (a->out + TILE_ROWS - 1) / TILE_ROWS;
     const dim3 grid(groups), block(32 * (groups < MANY_GROUPS ? MAX_WARPS : 4));
-    if (gated)
-        return split ? launch(gemv_kernel<T, true, true>, grid, block, a->pdl, stream, *a)
-                     : launch(gemv_kernel<T, true, false>, grid, block, a->pdl, stream, *a);
-    return split ? launch(gemv_kernel<T, false, true>, grid, block, a->pdl, stream, *a)
-                 : launch(gemv_kernel<T, false, false>, grid, block, a->pdl, stream, *a);
+    const int pdl = a->pdl;
+    switch (mode * 2 + split) {
+    case MODE_GATED * 2:
+        return launch(gemv_kernel<T, MODE_GATED, false>, grid, block, pdl, stream, *a);
+    case MODE_GATED * 2 + 1:
+        return launch(gemv_kernel<T, MODE_GATED, true>, grid, block, pdl, stream, *a);
+    case MODE_ROPE * 2:
+        return launch(gemv_kernel<T, MODE_ROPE, false>, grid, block, pdl, stream, *a);
+    case MODE_ROPE * 2 + 1:
+        return launch(gemv_kernel<T, MODE_ROPE, true>, grid, block, pdl, stream, *a);
+    case MODE_PLAIN * 2 + 1:
+        return launch(gemv_kernel<T, MODE_PLAIN, true>, grid, block, pdl, stream, *a);
+    default:
+        return launch(gemv_kernel<T, MODE_PLAIN, false>, grid, block, pdl, stream, *a);
+    }
 }
 
 template <typename OUT>
@@ -406,6 +484,15 @@ extern "C" int cuda_gemv(const cuda_gemv_args *a, cudaStream_t stream)
             return (int)cudaErrorInvalidValue;
     } else if (!a->y) {
         return (int)cudaErrorInvalidValue;
+    }
+    if (a->epilogue == CUDA_GEMV_ROPE_KV) {
+        const cuda_gemv_rope *r = &a->rope;
+        if (r->head_dim <= 0 || r->head_dim % 2 != 0 || r->n_heads <= 0 || r->n_kv_heads <= 0 ||
+            r->block_size <= 0 || a->out != (r->n_heads + 2 * r->n_kv_heads) * r->head_dim ||
+            !r->inv_freq || !r->positions || !r->slot_mapping || !r->kv ||
+            (r->kv_dtype != CV_DTYPE_F32 && r->kv_dtype != CV_DTYPE_F16 &&
+             r->kv_dtype != CV_DTYPE_BF16))
+            return (int)cudaErrorInvalidValue;
     }
     return a->dtype == CV_DTYPE_BF16 ? gemv_typed<__nv_bfloat16>(a, stream)
                                      : gemv_typed<__half>(a, stream);

@@ -35,7 +35,26 @@ typedef enum {
      * act_out (n_tok, f) = act(x W_gate^T) * (x W_up^T), rounded to dtype,
      * as cuda_gated_act would write it from an fp32 GEMM output. */
     CUDA_GEMV_GATED,
+    /* W is the fused (n_heads + 2 n_kv_heads) * head_dim x in q | k | v
+     * projection; per token, as cuda_qkv_post (cuda_internal.h) without
+     * q/k norms: biases added, RoPE on q and k, q written to y's q columns
+     * (the k and v columns of y are not written), k and v stored into the
+     * KV pool at the token's slot. */
+    CUDA_GEMV_ROPE_KV,
 } cuda_gemv_epilogue;
+
+/* What CUDA_GEMV_ROPE_KV needs of the step (the fields of cuda_qkv_args;
+ * KV pool layout in cuda_internal.h). */
+typedef struct cuda_gemv_rope {
+    int n_heads, n_kv_heads, head_dim, block_size;
+    const float *bq, *bk, *bv;   /* optional biases, NULL when absent */
+    const float *inv_freq;       /* (head_dim / 2) */
+    const int32_t *positions;    /* (n_tok) */
+    const int64_t *slot_mapping; /* (n_tok) */
+    void *kv;
+    cv_dtype kv_dtype;
+    size_t block_elems, layer_off;
+} cuda_gemv_rope;
 
 typedef struct cuda_gemv_args {
     cv_dtype dtype; /* of w and x: CV_DTYPE_BF16 or CV_DTYPE_F16 */
@@ -47,11 +66,12 @@ typedef struct cuda_gemv_args {
     size_t x_lo_off;
     int n_tok; /* 1 .. CUDA_GEMV_MAX_TOKENS */
     cuda_gemv_epilogue epilogue;
-    float *y;          /* STORE, ACCUMULATE: (n_tok, out) fp32 */
-    cv_activation act; /* GATED: CV_ACT_SILU or CV_ACT_GELU_TANH */
-    void *act_out;     /* GATED: (n_tok, out / 2) in dtype */
-    size_t act_lo_off; /* GATED, split activations: lo rows' offset, else 0 */
-    int pdl;           /* launch with programmatic dependent launch */
+    float *y;            /* STORE, ACCUMULATE, ROPE_KV: (n_tok, out) fp32 */
+    cv_activation act;   /* GATED: CV_ACT_SILU or CV_ACT_GELU_TANH */
+    void *act_out;       /* GATED: (n_tok, out / 2) in dtype */
+    size_t act_lo_off;   /* GATED, split activations: lo rows' offset, else 0 */
+    cuda_gemv_rope rope; /* ROPE_KV */
+    int pdl;             /* launch with programmatic dependent launch */
 } cuda_gemv_args;
 
 /* Whether cuda_gemv runs this product: a 16-bit dtype, 1..8 tokens, in a
