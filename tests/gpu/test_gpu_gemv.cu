@@ -1,7 +1,7 @@
 /* Correctness and timing of the decode-size kernels (src/backend/cuda/
  * kernels/gemv.h): cuda_gemv (y = x W^T for 1..8 tokens, 16-bit W, its
- * store / accumulate / gated epilogues, split activations) and
- * cuda_rmsnorm_rows.
+ * store / accumulate / gated / RoPE + KV-store epilogues, split
+ * activations) and cuda_rmsnorm_rows.
  *
  *   test_gpu_gemv            correctness; exit 0 pass, 1 fail, 77 no GPU
  *   test_gpu_gemv --bench    also timing: GB/s per L8B shape against a
@@ -981,10 +981,11 @@ void bench_shapes(double copy, cudaStream_t s, const blas_ctx &blas)
     }
 }
 
-/* 32 L8B-shaped layers' norms and products at n_tok tokens (attention and
- * RoPE left out: not this file's kernels) plus the final norm and lm_head,
- * captured as one CUDA graph: the GEMV path (PDL) against the path the
- * backend took before (cuda_rmsnorm, cuBLAS, cuda_gated_act). */
+/* 32 L8B-shaped layers' norms, products, RoPE / KV stores at n_tok tokens
+ * (attention left out: not this file's kernels; o_proj reads a fixed input)
+ * plus the final norm and lm_head, captured as one CUDA graph: the GEMV
+ * path (PDL, fused epilogues) against the path the backend took before
+ * (cuda_rmsnorm, cuBLAS, cuda_qkv_post, cuda_gated_act). */
 void bench_chain(double copy, cudaStream_t s, const blas_ctx &blas, int n_tok)
 {
     const int L = 32, h = 4096, f = 14336, qkv = 6144, vocab = 128256;
@@ -1011,6 +1012,48 @@ void bench_chain(double copy, cudaStream_t s, const blas_ctx &blas, int n_tok)
     CK(cudaMemcpy(x, ones.data(), ones.size() * 4, cudaMemcpyHostToDevice));
     CK(cudaMemcpy(nw, ones.data(), (size_t)h * 4, cudaMemcpyHostToDevice));
     fill16(attn, (size_t)n_tok * h, 7u);
+    /* RoPE / KV store: token t at position 100 + t in slot t of a 16-token
+     * block holding every layer (L8B: 32 q heads, 8 kv heads of 128). */
+    const int nq = 32, nkv = 8, hd = 128, bs = 16;
+    const size_t block_elems = (size_t)L * 2 * nkv * bs * hd;
+    void *kv = nullptr;
+    float *inv_freq = nullptr;
+    int32_t *pos = nullptr;
+    int64_t *slots = nullptr;
+    CK(cudaMalloc(&kv, block_elems * 2));
+    CK(cudaMalloc((void **)&inv_freq, hd / 2 * 4));
+    CK(cudaMalloc((void **)&pos, (size_t)n_tok * 4));
+    CK(cudaMalloc((void **)&slots, (size_t)n_tok * 8));
+    {
+        std::vector<float> fr(hd / 2);
+        for (int e = 0; e < hd / 2; e++)
+            fr[e] = 1.0f / powf(500000.0f, (float)(2 * e) / hd);
+        std::vector<int32_t> ps(n_tok);
+        std::vector<int64_t> sl(n_tok);
+        for (int t = 0; t < n_tok; t++) {
+            ps[t] = 100 + t;
+            sl[t] = t;
+        }
+        CK(cudaMemcpy(inv_freq, fr.data(), fr.size() * 4, cudaMemcpyHostToDevice));
+        CK(cudaMemcpy(pos, ps.data(), ps.size() * 4, cudaMemcpyHostToDevice));
+        CK(cudaMemcpy(slots, sl.data(), sl.size() * 8, cudaMemcpyHostToDevice));
+    }
+    const auto rope_of = [&](int l) {
+        cuda_gemv_rope r = {};
+        r.n_heads = nq;
+        r.n_kv_heads = nkv;
+        r.head_dim = hd;
+        r.block_size = bs;
+        r.inv_freq = inv_freq;
+        r.positions = pos;
+        r.slot_mapping = slots;
+        r.kv = kv;
+        r.kv_dtype = CV_DTYPE_BF16;
+        r.block_elems = block_elems;
+        r.layer_off = (size_t)l * 2 * nkv * bs * hd;
+        return r;
+    };
+    int layer_now = 0;
     const auto product = [&](const uint16_t *wm, int out, int in, const void *xin, float *y,
                              cuda_gemv_epilogue epi, bool gemv) {
         if (!gemv) {
@@ -1028,6 +1071,7 @@ void bench_chain(double copy, cudaStream_t s, const blas_ctx &blas, int n_tok)
         a.y = y;
         a.act = CV_ACT_SILU;
         a.act_out = mlp;
+        a.rope = rope_of(layer_now);
         a.pdl = 1;
         CK((cudaError_t)cuda_gemv(&a, s));
     };
@@ -1040,8 +1084,27 @@ void bench_chain(double copy, cudaStream_t s, const blas_ctx &blas, int n_tok)
     const auto step = [&](bool gemv) {
         const uint16_t *p = w;
         for (int l = 0; l < L; l++) {
+            layer_now = l;
             norm(gemv);
-            product(p, qkv, h, xn, qkv_out, CUDA_GEMV_STORE, gemv);
+            product(p, qkv, h, xn, qkv_out, CUDA_GEMV_ROPE_KV, gemv);
+            if (!gemv) {
+                const cuda_gemv_rope r = rope_of(l);
+                cuda_qkv_args qa = {};
+                qa.n_tokens = n_tok;
+                qa.n_heads = nq;
+                qa.n_kv_heads = nkv;
+                qa.head_dim = hd;
+                qa.block_size = bs;
+                qa.qkv = qkv_out;
+                qa.inv_freq = inv_freq;
+                qa.positions = pos;
+                qa.slot_mapping = slots;
+                qa.kv = kv;
+                qa.kv_dtype = CV_DTYPE_BF16;
+                qa.block_elems = block_elems;
+                qa.layer_off = r.layer_off;
+                CK((cudaError_t)cuda_qkv_post(&qa, s));
+            }
             p += (size_t)qkv * h;
             product(p, h, h, attn, x, CUDA_GEMV_ACCUMULATE, gemv);
             p += (size_t)h * h;
@@ -1077,7 +1140,7 @@ void bench_chain(double copy, cudaStream_t s, const blas_ctx &blas, int n_tok)
            "(%.2fx floor); cuBLAS path %.3f ms (%.2fx floor)\n",
            n_tok, total * 2e-9, floor_ms, ms[1], ms[1] / floor_ms, ms[0], ms[0] / floor_ms);
     cudaFree(w);
-    void *bufs[] = {x, nw, qkv_out, gu, logits, xn, attn, mlp};
+    void *bufs[] = {x, nw, qkv_out, gu, logits, xn, attn, mlp, kv, inv_freq, pos, slots};
     for (void *p : bufs)
         cudaFree(p);
 }
