@@ -4,7 +4,9 @@
  *   -> O GEMM (+= residual) -> RMSNorm -> gate|up GEMM -> act(gate) * up
  *   -> down GEMM (+= residual)
  * and the final norm + LM head for the requested rows only. The residual
- * adds are the GEMMs' beta = 1. */
+ * adds are the GEMMs' beta = 1. Steps of 1..8 tokens on 16-bit weights run
+ * the products as the GEMVs of kernels/gemv.h instead, with RoPE / KV store
+ * (models without q/k norms) and act(gate) * up in their epilogues. */
 #include <inttypes.h>
 #include <math.h>
 #include <stdlib.h>
