@@ -280,8 +280,10 @@ int check_gemv(const gemv_case &c)
             double got = from16(t, o[i]);
             if (c.split) got += from16(t, o[on + i]);
             /* act' <= 1.13 for SiLU and tanh-GELU, |act(g)| <= |g| + 0.2. */
+            /* f16 values below 2^-14 are subnormal: half their ulp, 2^-25, absolute. */
             const double lim = half_ulp * fabs(want) * 1.01 + 1.2 * fabs(u) * tol * mag[gi] +
-                               (fabs(g) + 0.2) * tol * mag[ui] + 1e-30;
+                               (fabs(g) + 0.2) * tol * mag[ui] +
+                               (t == CV_DTYPE_F16 ? ldexp(1.0, -25) : 1e-30);
             const double err = fabs(got - want);
             worst = std::max(worst, err / (fabs(want) + 1e-30));
             if (!(err <= lim)) {
@@ -420,8 +422,9 @@ int check_rope(const rope_case &c)
                     w0 = lo * cs - hi * sn;
                     w1 = hi * cs + lo * sn;
                 }
-                const double base_lim =
-                    1e-4 * (pr.mag[rl] + pr.mag[rh]) + 2e-6 * (fabs(lo) + fabs(hi)) + 1e-30;
+                const double base_lim = 1e-4 * (pr.mag[rl] + pr.mag[rh]) +
+                                        2e-6 * (fabs(lo) + fabs(hi)) +
+                                        (c.kv_dtype == CV_DTYPE_F16 ? ldexp(1.0, -25) : 1e-30);
                 double g0, g1, ulp;
                 if (is_q) {
                     g0 = y[rl];
@@ -556,7 +559,8 @@ int check_norm(const norm_case &c)
             }
             const double want = w[i] * (xr[i] * inv), err = fabs(got - want);
             worst = std::max(worst, err / (fabs(want) + 1e-30));
-            if (!(err <= rel * fabs(want) + 1e-30)) {
+            const double abs_floor = c.out_dtype == CV_DTYPE_F16 ? ldexp(1.0, -25) : 1e-30;
+            if (!(err <= rel * fabs(want) + abs_floor)) {
                 printf("FAIL %s: out[%d][%d] = %.9g, want %.9g\n", c.name, r, i, got, want);
                 return 1;
             }
