@@ -31,13 +31,13 @@
  * Refusals: unsupported shapes and arguments return cudaErrorInvalidValue.
  *
  * Build check record (nvcc 13.0, -arch sm_90, -Xptxas -v), registers per
- * thread of gemv_kernel<T, mode, split> (same for bf16 and f16): plain 121,
- * plain split 128, gated 121, gated split 127 (8 bytes spilled), RoPE 126,
- * RoPE split 128 (the RoPE ones: a 32-byte stack frame, cosf / sinf's slow
- * path for large angles); 4 KB shared memory, no other spills.
- * rmsnorm_rows_kernel: 22 / 31 / 50 registers (1 / 2 / 4 float4 per thread),
- * no spills. The PTX holds mma.sync.m16n8k16, ld.global.nc.L1::no_allocate.v4
- * and griddepcontrol. */
+ * thread of gemv_kernel<T, mode, split> (same for bf16 and f16): plain 115,
+ * gated 117, RoPE 117, each 128 with split activations; 4 KB shared memory;
+ * no spills; the RoPE ones have a 32-byte stack frame (cosf / sinf's slow
+ * path for large angles). rmsnorm_rows_kernel: 22 / 31 / 50 registers
+ * (1 / 2 / 4 float4 per thread), no spills. The PTX holds
+ * mma.sync.m16n8k16, ld.global.nc.L1::no_allocate.v4 (W only) and
+ * griddepcontrol. */
 #include <cublas_v2.h>
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>

@@ -25,6 +25,9 @@
  *   4 KB each per CTA and 2 CTAs per SM that is ~64 KB in flight per SM,
  *   above the ~25 KB a 4.8 TB/s card needs to cover the DRAM latency.
  *   W loads bypass L1 (ld.global.nc.L1::no_allocate) so x stays in it.
+ *   x is read with coherent loads, not ld.global.nc: under PDL the kernel
+ *   is alive while the previous one still writes x, and .nc is only
+ *   defined for data that no one writes during the kernel's lifetime.
  * - Small products (fewer than 1024 row groups: out <= 16K) use 8 warps
  *   per CTA so that ~256 CTAs still fill every SM; larger ones 4 warps.
  * - The warps' partial 16x8 tiles are summed through shared memory in warp
@@ -287,8 +290,8 @@ __global__ void __launch_bounds__(MAX_WARPS * 32, 2) gemv_kernel(const cuda_gemv
         for (int u = 0; u < UNROLL; u++) {
             const int k = (s0 + u) * STEP_K;
             const bool ok = s0 + u < s_end && has_tok && k + q * 8 < a.in;
-            xv[u] = ok ? __ldg((const uint4 *)(x_row + k)) : zero;
-            xl[u] = SPLIT && ok ? __ldg((const uint4 *)(x_row + a.x_lo_off + k)) : zero;
+            xv[u] = ok ? *(const uint4 *)(x_row + k) : zero;
+            xl[u] = SPLIT && ok ? *(const uint4 *)(x_row + a.x_lo_off + k) : zero;
         }
 #pragma unroll
         for (int u = 0; u < UNROLL; u++) {
