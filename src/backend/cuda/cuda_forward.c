@@ -223,8 +223,8 @@ static bool use_gemv(const cv_cuda_backend *b, const void *w, int in, const void
 
 /* RMSNorm of n_rows rows of the residual stream into a GEMM operand: the
  * one-read kernel of kernels/gemv.h for decode-size steps. */
-static int norm(const cv_cuda_backend *b, const int32_t *rows, int n_rows, const float *w,
-                void *out, size_t lo_off)
+static int rmsnorm_into(const cv_cuda_backend *b, const int32_t *rows, int n_rows, const float *w,
+                        void *out, size_t lo_off)
 {
     const cv_model_config *c = &b->cfg;
     if (cuda_rmsnorm_rows_supported(n_rows, c->hidden_size, b->x))
@@ -325,7 +325,7 @@ static int layer_forward(cv_cuda_backend *b, const cv_batch *bt, const step_arra
     const size_t layer_off = (size_t)l * 2 * c->n_kv_heads * b->block_size * c->head_dim;
     const size_t split = b->split_act ? 1 : 0; /* lo rows follow the nt hi rows */
 
-    KL(norm(b, NULL, nt, L->attn_norm, b->xn, split * nt * h), "attention rmsnorm");
+    KL(rmsnorm_into(b, NULL, nt, L->attn_norm, b->xn, split * nt * h), "attention rmsnorm");
     if (mark(b, CV_CUDA_PHASE_NORM, err)) return -1;
     if (!L->q_norm && !L->k_norm && use_gemv(b, L->wqkv, h, b->xn, nt)) {
         /* Biases, RoPE and the KV store in the GEMV's epilogue. */
@@ -444,7 +444,7 @@ static int layer_forward(cv_cuda_backend *b, const cv_batch *bt, const step_arra
     if (mark(b, CV_CUDA_PHASE_ATTN, err) || gemm(b, L->wo, h, qd, b->attn, nt, b->x, 1.0f, err) ||
         mark(b, CV_CUDA_PHASE_O_GEMM, err))
         return -1;
-    KL(norm(b, NULL, nt, L->ffn_norm, b->xn, split * nt * h), "mlp rmsnorm");
+    KL(rmsnorm_into(b, NULL, nt, L->ffn_norm, b->xn, split * nt * h), "mlp rmsnorm");
     if (mark(b, CV_CUDA_PHASE_NORM, err)) return -1;
     if (use_gemv(b, L->wgu, h, b->xn, nt)) {
         /* act(gate) * up in the GEMV's epilogue: no fp32 gate|up buffer. */
@@ -503,7 +503,8 @@ static int enqueue_step(cv_cuda_backend *b, const cv_batch *bt, const step_array
         if (layer_forward(b, bt, d, l, sa, err)) return cv_error_prefix(err, "layer %d", l);
     if (bt->n_logits == 0) return 0;
     const size_t lo_off = b->split_act ? (size_t)bt->n_logits * c->hidden_size : 0;
-    KL(norm(b, d->logits_rows, bt->n_logits, b->final_norm, b->xl, lo_off), "final rmsnorm");
+    KL(rmsnorm_into(b, d->logits_rows, bt->n_logits, b->final_norm, b->xl, lo_off),
+       "final rmsnorm");
     if (gemm(b, b->lm_head, c->vocab_size, c->hidden_size, b->xl, bt->n_logits, b->logits, 0.0f,
              err))
         return -1;
