@@ -1059,7 +1059,7 @@ void bench_chain(double copy, cudaStream_t s, const blas_ctx &blas, int n_tok)
         r.layer_off = (size_t)l * 2 * nkv * bs * hd;
         return r;
     };
-    int layer_now = 0;
+    int layer_now = 0, pdl = 1;
     const auto product = [&](const uint16_t *wm, int out, int in, const void *xin, float *y,
                              cuda_gemv_epilogue epi, bool gemv) {
         if (!gemv) {
@@ -1078,12 +1078,12 @@ void bench_chain(double copy, cudaStream_t s, const blas_ctx &blas, int n_tok)
         a.act = CV_ACT_SILU;
         a.act_out = mlp;
         a.rope = rope_of(layer_now);
-        a.pdl = 1;
+        a.pdl = pdl;
         CK((cudaError_t)cuda_gemv(&a, s));
     };
     const auto norm = [&](bool gemv) {
         CK((cudaError_t)(gemv ? cuda_rmsnorm_rows(x, nullptr, n_tok, nw, h, 1e-5f, CV_DTYPE_BF16,
-                                                  xn, h, 0, 1, s)
+                                                  xn, h, 0, pdl, s)
                               : cuda_rmsnorm(x, nullptr, n_tok, nw, h, 1e-5f, CV_DTYPE_BF16, xn, h,
                                              0, s)));
     };
@@ -1129,12 +1129,14 @@ void bench_chain(double copy, cudaStream_t s, const blas_ctx &blas, int n_tok)
         norm(gemv);
         product(p, vocab, h, xn, logits, CUDA_GEMV_STORE, gemv);
     };
-    double ms[2];
-    for (int mode = 0; mode < 2; mode++) {
+    /* 0: cuBLAS path; 1: GEMV path with PDL; 2: GEMV path without. */
+    double ms[3];
+    for (int mode = 0; mode < 3; mode++) {
         cudaGraph_t g = nullptr;
         cudaGraphExec_t ge = nullptr;
+        pdl = mode == 1;
         CK(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal));
-        step(mode == 1);
+        step(mode != 0);
         CK(cudaStreamEndCapture(s, &g));
         CK(cudaGraphInstantiate(&ge, g, 0));
         ms[mode] = time_each(s, 20, [&](int) { CK(cudaGraphLaunch(ge, s)); });
@@ -1143,8 +1145,8 @@ void bench_chain(double copy, cudaStream_t s, const blas_ctx &blas, int n_tok)
     }
     const double floor_ms = total * 2.0 / (copy * 1e9) * 1e3;
     printf("decode chain n_tok %d (%.2f GB of weights, graph): floor %.3f ms; GEMV path %.3f ms "
-           "(%.2fx floor); cuBLAS path %.3f ms (%.2fx floor)\n",
-           n_tok, total * 2e-9, floor_ms, ms[1], ms[1] / floor_ms, ms[0], ms[0] / floor_ms);
+           "(%.2fx floor; %.3f ms without PDL); cuBLAS path %.3f ms (%.2fx floor)\n",
+           n_tok, total * 2e-9, floor_ms, ms[1], ms[1] / floor_ms, ms[2], ms[0], ms[0] / floor_ms);
     cudaFree(w);
     void *bufs[] = {x, nw, qkv_out, gu, logits, xn, attn, mlp, kv, inv_freq, pos, slots};
     for (void *p : bufs)
