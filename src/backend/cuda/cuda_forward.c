@@ -327,7 +327,8 @@ static int layer_forward(cv_cuda_backend *b, const cv_batch *bt, const step_arra
 
     KL(rmsnorm_into(b, NULL, nt, L->attn_norm, b->xn, split * nt * h), "attention rmsnorm");
     if (mark(b, CV_CUDA_PHASE_NORM, err)) return -1;
-    if (!L->q_norm && !L->k_norm && use_gemv(b, L->wqkv, h, b->xn, nt)) {
+    if (c->pos_type == CV_POS_ROPE && !L->q_norm && !L->k_norm &&
+        use_gemv(b, L->wqkv, h, b->xn, nt)) {
         /* Biases, RoPE and the KV store in the GEMV's epilogue. */
         const cuda_gemv_args ga = {
             .dtype = b->wdtype,
