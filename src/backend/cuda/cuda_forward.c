@@ -7,7 +7,9 @@
  * adds are the GEMMs' beta = 1. OPT and GPT-2 (LayerNorm, learned
  * positions, biases, a plain MLP, post-norm, project_in / project_out) take
  * the same steps with the kernels of kernels/norm_act.cu where their
- * config asks for them. */
+ * config asks for them. Steps of 1..8 tokens on 16-bit weights run the
+ * products as the GEMVs of kernels/gemv.h instead, with RoPE / KV store
+ * (models without q/k norms) and act(gate) * up in their epilogues. */
 #include <inttypes.h>
 #include <math.h>
 #include <stdlib.h>
@@ -15,6 +17,7 @@
 
 #include "backend/cuda/attn/attn.h"
 #include "backend/cuda/cuda_internal.h"
+#include "backend/cuda/kernels/gemv.h"
 #include "base/log.h"
 
 static const char *const phase_names[CV_CUDA_N_PHASES] = {"embed",
@@ -221,6 +224,14 @@ static int upload_batch(cv_cuda_backend *b, const cv_batch *bt, step_arrays *d, 
     return 0;
 }
 
+/* Decode-size products (1..8 tokens, 16-bit weights) run as the GEMV of
+ * kernels/gemv.h, which streams W near the copy bandwidth; larger ones and
+ * f32 models as cuBLAS GEMMs. */
+static bool use_gemv(const cv_cuda_backend *b, const void *w, int in, const void *x, int n_tok)
+{
+    return cuda_gemv_supported(b->wdtype, n_tok, in, w, x, b->split_act ? (size_t)n_tok * in : 0);
+}
+
 /* Y (n_tok, out) fp32 = X (n_tok, in) W^T + beta Y, W (out, in) row-major in
  * the weight dtype, X in the same dtype. cuBLAS is column-major: this is
  * Y^T = W^T(col-major (in, out))^T X^T. With split activations X has 2 n_tok
@@ -229,7 +240,21 @@ static int gemm(cv_cuda_backend *b, const void *w, int out, int in, const void *
                 float *y, float beta, cv_error *err)
 {
     const float alpha = 1.0f, zero = 0.0f;
-    if (b->split_act) {
+    if (use_gemv(b, w, in, x, n_tok)) {
+        const cuda_gemv_args ga = {
+            .dtype = b->wdtype,
+            .w = w,
+            .out = out,
+            .in = in,
+            .x = x,
+            .x_lo_off = b->split_act ? (size_t)n_tok * in : 0,
+            .n_tok = n_tok,
+            .epilogue = beta != 0.0f ? CUDA_GEMV_ACCUMULATE : CUDA_GEMV_STORE,
+            .y = y,
+            .pdl = 1,
+        };
+        KL(cuda_gemv(&ga, b->stream), "gemv kernel");
+    } else if (b->split_act) {
         const cudaDataType_t t = b->wdtype == CV_DTYPE_BF16 ? CUDA_R_16BF : CUDA_R_16F;
         CB(cublasGemmEx(b->blas, CUBLAS_OP_T, CUBLAS_OP_N, out, 2 * n_tok, in, &alpha, w, t, in, x,
                         t, in, &zero, b->y2, CUDA_R_32F, out, CUBLAS_COMPUTE_32F,
@@ -295,7 +320,12 @@ static int norm_rows(cv_cuda_backend *b, const float *src, const int32_t *rows, 
                      size_t lo_off, const char *what, cv_error *err)
 {
     const cv_model_config *c = &b->cfg;
-    if (w && c->norm_type == CV_NORM_RMS)
+    if (w && c->norm_type == CV_NORM_RMS && cuda_rmsnorm_rows_supported(n_rows, n, src))
+        /* Decode-size steps: the one-read kernel of kernels/gemv.h. */
+        KL(cuda_rmsnorm_rows(src, rows, n_rows, w, n, c->rms_norm_eps, out_dtype, out, n, lo_off, 1,
+                             b->stream),
+           what);
+    else if (w && c->norm_type == CV_NORM_RMS)
         KL(cuda_rmsnorm(src, rows, n_rows, w, n, c->rms_norm_eps, out_dtype, out, n, lo_off,
                         b->stream),
            what);
@@ -323,32 +353,69 @@ static int layer_forward(cv_cuda_backend *b, const cv_batch *bt, const step_arra
 
     if (norm_rows(b, b->x, NULL, nt, post ? NULL : L->attn_norm, L->attn_norm_b, h, b->wdtype,
                   b->xn, split * nt * h, "attention norm", err) ||
-        mark(b, CV_CUDA_PHASE_NORM, err) ||
-        gemm(b, L->wqkv, b->qkv_dim, h, b->xn, nt, b->qkv, 0.0f, err) ||
-        mark(b, CV_CUDA_PHASE_QKV_GEMM, err))
+        mark(b, CV_CUDA_PHASE_NORM, err))
         return -1;
-    const cuda_qkv_args qa = {
-        .n_tokens = nt,
-        .n_heads = c->n_heads,
-        .n_kv_heads = c->n_kv_heads,
-        .head_dim = c->head_dim,
-        .block_size = b->block_size,
-        .qkv = b->qkv,
-        .bq = L->bq,
-        .bk = L->bk,
-        .bv = L->bv,
-        .q_norm = L->q_norm,
-        .k_norm = L->k_norm,
-        .eps = c->rms_norm_eps,
-        .inv_freq = b->inv_freq,
-        .positions = d->positions,
-        .slot_mapping = d->slots,
-        .kv = b->kv,
-        .kv_dtype = b->kv_dtype,
-        .block_elems = b->block_elems,
-        .layer_off = layer_off,
-    };
-    KL(cuda_qkv_post(&qa, b->stream), "rope/kv store kernel");
+    if (c->pos_type == CV_POS_ROPE && !L->q_norm && !L->k_norm &&
+        use_gemv(b, L->wqkv, h, b->xn, nt)) {
+        /* Biases, RoPE and the KV store in the GEMV's epilogue. */
+        const cuda_gemv_args ga = {
+            .dtype = b->wdtype,
+            .w = L->wqkv,
+            .out = b->qkv_dim,
+            .in = h,
+            .x = b->xn,
+            .x_lo_off = split * nt * h,
+            .n_tok = nt,
+            .epilogue = CUDA_GEMV_ROPE_KV,
+            .y = b->qkv,
+            .rope =
+                {
+                    .n_heads = c->n_heads,
+                    .n_kv_heads = c->n_kv_heads,
+                    .head_dim = c->head_dim,
+                    .block_size = b->block_size,
+                    .bq = L->bq,
+                    .bk = L->bk,
+                    .bv = L->bv,
+                    .inv_freq = b->inv_freq,
+                    .positions = d->positions,
+                    .slot_mapping = d->slots,
+                    .kv = b->kv,
+                    .kv_dtype = b->kv_dtype,
+                    .block_elems = b->block_elems,
+                    .layer_off = layer_off,
+                },
+            .pdl = 1,
+        };
+        KL(cuda_gemv(&ga, b->stream), "qkv gemv + rope/kv store kernel");
+        if (mark(b, CV_CUDA_PHASE_QKV_GEMM, err)) return -1;
+    } else {
+        if (gemm(b, L->wqkv, b->qkv_dim, h, b->xn, nt, b->qkv, 0.0f, err) ||
+            mark(b, CV_CUDA_PHASE_QKV_GEMM, err))
+            return -1;
+        const cuda_qkv_args qa = {
+            .n_tokens = nt,
+            .n_heads = c->n_heads,
+            .n_kv_heads = c->n_kv_heads,
+            .head_dim = c->head_dim,
+            .block_size = b->block_size,
+            .qkv = b->qkv,
+            .bq = L->bq,
+            .bk = L->bk,
+            .bv = L->bv,
+            .q_norm = L->q_norm,
+            .k_norm = L->k_norm,
+            .eps = c->rms_norm_eps,
+            .inv_freq = b->inv_freq,
+            .positions = d->positions,
+            .slot_mapping = d->slots,
+            .kv = b->kv,
+            .kv_dtype = b->kv_dtype,
+            .block_elems = b->block_elems,
+            .layer_off = layer_off,
+        };
+        KL(cuda_qkv_post(&qa, b->stream), "rope/kv store kernel");
+    }
     if (mark(b, CV_CUDA_PHASE_ROPE_KV, err)) return -1;
     if (sa->tensor_cores) {
         const cuda_attn_paged pa = {
@@ -421,6 +488,24 @@ static int layer_forward(cv_cuda_backend *b, const cv_batch *bt, const step_arra
         KL(cuda_bias_act(c->hidden_act, b->gu, L->b_up, nt, f, b->wdtype, b->mlp, split * nt * f,
                          b->stream),
            "mlp activation kernel");
+    } else if (use_gemv(b, L->wgu, h, b->xn, nt)) {
+        /* act(gate) * up in the GEMV's epilogue: no fp32 gate|up buffer. */
+        const cuda_gemv_args ga = {
+            .dtype = b->wdtype,
+            .w = L->wgu,
+            .out = 2 * f,
+            .in = h,
+            .x = b->xn,
+            .x_lo_off = split * nt * h,
+            .n_tok = nt,
+            .epilogue = CUDA_GEMV_GATED,
+            .act = c->hidden_act,
+            .act_out = b->mlp,
+            .act_lo_off = split * nt * f,
+            .pdl = 1,
+        };
+        KL(cuda_gemv(&ga, b->stream), "gated gemv kernel");
+        if (mark(b, CV_CUDA_PHASE_UPGATE_GEMM, err)) return -1;
     } else {
         if (gemm(b, L->wgu, 2 * f, h, b->xn, nt, b->gu, 0.0f, err) ||
             mark(b, CV_CUDA_PHASE_UPGATE_GEMM, err))
