@@ -194,18 +194,20 @@ struct cv_cuda_backend {
     bool split_act;       /* CV_CUDA_ACT_SPLIT on a 16-bit model */
     void *blas_workspace; /* fixed cuBLAS workspace (graph capture must not allocate) */
     cv_dtype embed_dtype;
-    void *embed;         /* (vocab, embed_dim) (cv_config_embed_dim) */
-    void *lm_head;       /* (vocab, embed_dim); == embed when tied and the same bytes */
-    float *final_norm;   /* (hidden); NULL without a final norm (no_final_norm) */
-    float *inv_freq;     /* (head_dim / 2) RoPE inverse frequencies, scaling applied;
-                          * zeros with learned positions (the rotation is then the
-                          * identity: cos 0 = 1, sin 0 = 0 exactly) */
-    float *final_norm_b; /* (hidden) LayerNorm bias, else NULL */
-    float *pos_embed;    /* (max_position + pos_offset, hidden) learned positions, else NULL */
-    void *project_in;    /* (hidden, proj_dim) when proj_dim, else NULL */
-    void *project_out;   /* (proj_dim, hidden) when proj_dim, else NULL */
-    cuda_layer *layers;  /* (n_layers) */
-    int qkv_dim;         /* (n_heads + 2 * n_kv_heads) * head_dim */
+    void *embed;        /* (vocab, embed_dim) (cv_config_embed_dim) */
+    void *lm_head;      /* (vocab, embed_dim); == embed when tied and the same bytes */
+    float *final_norm;  /* (hidden); NULL without a final norm (no_final_norm) */
+    float *inv_freq;    /* (head_dim / 2) RoPE inverse frequencies, scaling applied */
+    cuda_layer *layers; /* (n_layers) */
+    int qkv_dim;        /* (n_heads + 2 * n_kv_heads) * head_dim */
+
+    /* OPT / GPT-2 (NULL otherwise). With learned positions inv_freq holds
+     * zeros: qkv_post's rotation is then the identity (cos 0 = 1, sin 0 = 0
+     * exactly). */
+    float *final_norm_b; /* (hidden) LayerNorm bias */
+    float *pos_embed;    /* (max_position + pos_offset, hidden) learned positions */
+    void *project_in;    /* (hidden, proj_dim) when proj_dim */
+    void *project_out;   /* (proj_dim, hidden) when proj_dim */
 
     cv_dtype kv_dtype;
     void *kv; /* the pool, layout in cuda_internal.h */
