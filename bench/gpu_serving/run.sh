@@ -55,7 +55,11 @@ fi
 
 REPO=/tmp/cvllm-repo
 rm -rf "$REPO" && mkdir -p "$REPO/l8b/1"
-echo 'backend: "vllm"' > "$REPO/l8b/config.pbtxt"
+# REPORT_CUSTOM_METRICS: metrics.txt then shows the prefix cache's hits.
+cat > "$REPO/l8b/config.pbtxt" <<'PBTXT'
+backend: "vllm"
+parameters: { key: "REPORT_CUSTOM_METRICS" value: { string_value: "true" } }
+PBTXT
 cat > "$REPO/l8b/1/model.json" <<JSON
 {"model": "$MODEL", "max_model_len": 4096, "gpu_memory_utilization": 0.9,
  "max_num_seqs": 256, "max_num_batched_tokens": 8192}
@@ -85,24 +89,27 @@ grep -iE "engine|load|graph|kv|ready" "$OUT/server.log" | head -20
 # which loads its engine afresh, starts as warm as the server's.
 BACKEND=(--backend triton-grpc --port ${ports[1]})
 SUFFIX=
-bench() { # name n_prompts in out concurrency(0 = all at once)
+# Each workload draws its prompts with its own seed: with one seed, a
+# workload's first prompts would be the previous workload's, found in the
+# prefix cache, and its throughput would count prefill it never computed.
+bench() { # name n_prompts in out concurrency(0 = all at once) seed
     local conc=()
     [ "$5" -gt 0 ] && conc=(--max-concurrency "$5")
     echo "== $1$SUFFIX: $2 prompts, $3 in / $4 out, concurrency ${5/#0/all}"
     timeout 400 "$BIN/cvllm-bench" "${BACKEND[@]}" --model l8b \
         --tokenizer "$BUILD/gpu-shared/tokenizers/gpt2" --dataset-name random \
         --random-input-len "$3" --random-output-len "$4" --num-prompts "$2" "${conc[@]}" \
-        --num-warmups 2 --request-rate inf --ignore-eos --disable-progress \
+        --num-warmups 2 --request-rate inf --ignore-eos --disable-progress --seed "$6" \
         --result-file "$OUT/$1$SUFFIX.json" \
         > "$OUT/$1$SUFFIX.log" 2>&1
     echo "rc=$?"; grep -E "throughput|TTFT|TPOT|ITL|Duration|Successful" "$OUT/$1$SUFFIX.log" | head -12
 }
 workload() {
     case $1 in
-    g2) bench g2 20 512 256 1 ;;
-    c64) bench c64 256 1024 128 64 ;;
-    c256) bench c256 512 1024 128 256 ;;
-    g1) bench g1 1000 1024 128 0 ;;
+    g2) bench g2 20 512 256 1 1 ;;
+    c64) bench c64 256 1024 128 64 2 ;;
+    c256) bench c256 512 1024 128 256 3 ;;
+    g1) bench g1 1000 1024 128 0 4 ;;
     esac
 }
 for w in $WORKLOADS; do workload "$w"; done
