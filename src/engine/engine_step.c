@@ -62,7 +62,7 @@ static int reserve_batch(cv_engine *e, int n_tokens, int n_seqs, int max_blocks)
         int c = next_cap(e->cap_b_seqs, n_seqs + 1);
         if (resize(&e->b_query_start, c, sizeof(int32_t)) ||
             resize(&e->b_seq_lens, c, sizeof(int32_t)) || resize(&e->e_first_row, c, sizeof(int)) ||
-            resize(&e->e_n_rows, c, sizeof(int)))
+            resize(&e->b_lora_slots, c, sizeof(int32_t)) || resize(&e->e_n_rows, c, sizeof(int)))
             return -1;
         e->cap_b_seqs = c;
     }
@@ -126,6 +126,8 @@ static int build_batch(cv_engine *e, const sched_output *so, cv_batch *b)
         e->e_n_rows[i] = rows - e->e_first_row[i];
     }
     e->b_query_start[so->n_entries] = t;
+    bool lora = false;
+    if (engine_lora_assign(e, so, &lora) < 0) return -1;
     if (rows > e->cap_logits_rows) {
         float *l = realloc(e->logits, (size_t)rows * (size_t)e->vocab * sizeof(float));
         if (!l) return -1;
@@ -144,6 +146,7 @@ static int build_batch(cv_engine *e, const sched_output *so, cv_batch *b)
         .max_blocks_per_seq = max_blocks,
         .n_logits = rows,
         .logits_indices = e->b_logits_idx,
+        .lora_slots = lora ? e->b_lora_slots : NULL,
     };
     return 0;
 }
@@ -377,6 +380,12 @@ void engine_update_gauges(cv_engine *e)
 {
     pthread_mutex_lock(&e->stats_mu);
     cv_engine_stats *st = &e->stats;
+    if (e->lora) {
+        engine_lora_names(e, &e->sched.running, st->running_lora_adapters,
+                          sizeof st->running_lora_adapters);
+        engine_lora_names(e, &e->sched.waiting, st->waiting_lora_adapters,
+                          sizeof st->waiting_lora_adapters);
+    }
     st->n_running = e->sched.running.n;
     st->n_waiting = e->sched.waiting.n;
     st->n_swapped = 0;

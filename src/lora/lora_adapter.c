@@ -245,7 +245,8 @@ static int read_weights(const char *dir, const cv_model_config *cfg, cv_lora_ada
         const int64_t want0 = is_b ? a->out[target] : r, want1 = is_b ? r : a->in[target];
         if (t->n_dims != 2 || t->shape[0] != want0 || t->shape[1] != want1) {
             if (t->n_dims == 2)
-                cv_errorf(err, "%s: tensor '%s' has shape [%lld, %lld]; expected [%lld, %lld] (r %d)",
+                cv_errorf(err,
+                          "%s: tensor '%s' has shape [%lld, %lld]; expected [%lld, %lld] (r %d)",
                           path, name, (long long)t->shape[0], (long long)t->shape[1],
                           (long long)want0, (long long)want1, r);
             else

@@ -469,8 +469,8 @@ static void layer_forward(cv_backend *bk, const cv_batch *b, int layer, int ith,
     }
     team_barrier(bk);
     if (lora) lora_down(bk, layer_phase(layer, PH_LORA_O), layer, &t_o, 1, bk->attn, bk->ld_q, nt);
-    const mm_job wo = {&W->wo, bk->attn, bk->ld_q, bk->x, bk->ld_h, true, L->bo, 1 + CV_LORA_O, 0,
-                       layer};
+    const mm_job wo = {&W->wo, bk->attn, bk->ld_q,      bk->x, bk->ld_h,
+                       true,   L->bo,    1 + CV_LORA_O, 0,     layer};
     run_jobs(bk, layer_phase(layer, PH_WO), &wo, 1, nt);
     if (post)
         norm_tokens(bk, layer_phase(layer, PH_ATTN_NORM), nt, L->attn_norm, L->attn_norm_b, bk->x);
@@ -480,8 +480,8 @@ static void layer_forward(cv_backend *bk, const cv_batch *b, int layer, int ith,
     run_mlp_in(bk, layer_phase(layer, PH_MLP), layer, L, in, nt);
     if (lora)
         lora_down(bk, layer_phase(layer, PH_LORA_DOWN), layer, &t_down, 1, bk->gate, bk->ld_f, nt);
-    const mm_job down = {&W->w_down, bk->gate, bk->ld_f, bk->x, bk->ld_h, true, L->b_down,
-                         1 + CV_LORA_DOWN, 0, layer};
+    const mm_job down = {&W->w_down, bk->gate,  bk->ld_f,         bk->x, bk->ld_h,
+                         true,       L->b_down, 1 + CV_LORA_DOWN, 0,     layer};
     run_jobs(bk, layer_phase(layer, PH_DOWN), &down, 1, nt);
     if (post)
         norm_tokens(bk, layer_phase(layer, PH_FFN_NORM), nt, L->ffn_norm, L->ffn_norm_b, bk->x);
@@ -553,11 +553,13 @@ static void forward_thread(cv_backend *bk, const cv_batch *b, float *logits, int
     team_barrier(bk);
     const float *head_in = bk->xl;
     if (bk->project_out.data) {
-        const mm_job out = {&bk->project_out, bk->xl, bk->ld_h, bk->xp, bk->ld_h, false, NULL, 0, 0, 0};
+        const mm_job out = {
+            &bk->project_out, bk->xl, bk->ld_h, bk->xp, bk->ld_h, false, NULL, 0, 0, 0};
         run_jobs(bk, global + PH_PROJ_OUT, &out, 1, b->n_logits);
         head_in = bk->xp;
     }
-    const mm_job head = {&bk->lm_head, head_in, bk->ld_h, logits, c->vocab_size, false, NULL, 0, 0, 0};
+    const mm_job head = {&bk->lm_head, head_in, bk->ld_h, logits, c->vocab_size,
+                         false,        NULL,    0,        0,      0};
     run_jobs(bk, global + PH_LM_HEAD, &head, 1, b->n_logits);
 }
 
