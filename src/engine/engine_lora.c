@@ -56,7 +56,7 @@ int engine_lora_resolve(cv_engine *e, const char *name, int *id, cv_error *err)
         size_t len = 0;
         list[0] = '\0';
         for (int i = 1; i <= cv_lora_registry_count(e->lora) && len < sizeof list; i++) {
-            int w = snprintf(list + len, sizeof list - len, "%s%s", i > 1 ? ", " : "",
+            int w = snprintf(list + len, sizeof list - len, "%s'%s'", i > 1 ? ", " : "",
                              cv_lora_registry_name(e->lora, i));
             if (w > 0) len += (size_t)w;
         }

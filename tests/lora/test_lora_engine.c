@@ -175,7 +175,7 @@ static void test_refusals(void **state)
     e = make_engine(model, true, 1, 0);
     assert_string_equal(cv_engine_lora_name(e, 2), "mlp");
     assert_null(cv_engine_lora_name(e, 3));
-    expect_refusal(e, "sql", "LoRA sql is not supported, we currently support [qv, all, mlp]");
+    expect_refusal(e, "sql", "LoRA sql is not supported, we currently support ['qv', 'all', 'mlp']");
     snprintf(path, sizeof path, "%s/mlp", tmp);
     snprintf(want, sizeof want,
              "LoRA mlp: %s/adapter_config.json: use_dora: DoRA adapters are not supported", path);
