@@ -183,6 +183,44 @@ static void test_rank_and_targets(void **state)
     cv_model_free(m);
 }
 
+/* adapter_model.bin (torch.save zip, read through the model module's pickle
+ * reader): tests/fixtures/lora/llama_f32_qv_r4_bin is specs[0]'s adapter
+ * rewritten by make_bin_adapter.py; it loads to the same A and B. */
+static void test_bin_adapter(void **state)
+{
+    (void)state;
+    char model[4096], bin[4200], st[4200];
+    lf_model_path(model, sizeof model, "llama_f32");
+    const char *src = getenv("CVLLM_SOURCE_DIR");
+    snprintf(bin, sizeof bin, "%s/tests/fixtures/lora/llama_f32_qv_r4_bin",
+             src && *src ? src : ".");
+    snprintf(st, sizeof st, "%s/st", tmp);
+    lf_write_adapter(model, st, &specs[0], NULL);
+    cv_model *m = cv_model_load(model, &(cv_error){0});
+    assert_non_null(m);
+    const cv_model_config *cfg = cv_model_get_config(m);
+    cv_lora_adapter *a = NULL, *b = NULL;
+    cv_error err = {0};
+    if (cv_lora_adapter_load(bin, cfg, 16, &a, &err) < 0) fail_msg("%s", err.msg);
+    if (cv_lora_adapter_load(st, cfg, 16, &b, &err) < 0) fail_msg("%s", err.msg);
+    assert_int_equal(a->rank, 4);
+    assert_float_equal(a->scale, 2.0, 0);
+    int n_targeted = 0;
+    for (int i = 0; i < cfg->n_layers * CV_LORA_N_TARGETS; i++) {
+        const int k = i % CV_LORA_N_TARGETS;
+        assert_true(!a->w[i].a == !b->w[i].a);
+        if (!a->w[i].a) continue;
+        n_targeted++;
+        assert_memory_equal(a->w[i].a, b->w[i].a, (size_t)a->rank * a->in[k] * sizeof(float));
+        assert_memory_equal(a->w[i].b, b->w[i].b, (size_t)a->out[k] * a->rank * sizeof(float));
+    }
+    assert_int_equal(n_targeted, 2 * cfg->n_layers); /* q_proj and v_proj of every layer */
+    cv_lora_adapter_free(a);
+    cv_lora_adapter_free(b);
+    cv_model_free(m);
+    lf_rmtree(st);
+}
+
 /* ---- registry and slots -------------------------------------------------- */
 
 static void test_registry_lru_and_slots(void **state)
@@ -403,9 +441,9 @@ static void test_backend_qwen2(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_config_refusals),        cmocka_unit_test(test_rank_and_targets),
-        cmocka_unit_test(test_registry_lru_and_slots), cmocka_unit_test(test_backend_llama),
-        cmocka_unit_test(test_backend_qwen2),
+        cmocka_unit_test(test_config_refusals), cmocka_unit_test(test_rank_and_targets),
+        cmocka_unit_test(test_bin_adapter),     cmocka_unit_test(test_registry_lru_and_slots),
+        cmocka_unit_test(test_backend_llama),   cmocka_unit_test(test_backend_qwen2),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

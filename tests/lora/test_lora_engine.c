@@ -34,8 +34,8 @@ static const lora_spec specs[3] = {
 static const char *const names[3] = {"qv", "all", "mlp"};
 
 /* 19 tokens: with block_size 4 the prompt fills four cacheable blocks. */
-static const int32_t prompt[] = {1,  239, 179, 14, 112, 17, 149, 33,  90, 201,
-                                 7,  64,  5,   88, 120, 45, 9,   230, 71};
+static const int32_t prompt[] = {1, 239, 179, 14, 112, 17, 149, 33,  90, 201,
+                                 7, 64,  5,   88, 120, 45, 9,   230, 71};
 enum { N_PROMPT = sizeof prompt / sizeof prompt[0], N_OUT = 24 };
 
 static cv_engine *make_engine(const char *model, bool lora, int max_loras, int max_cpu_loras)
@@ -175,7 +175,8 @@ static void test_refusals(void **state)
     e = make_engine(model, true, 1, 0);
     assert_string_equal(cv_engine_lora_name(e, 2), "mlp");
     assert_null(cv_engine_lora_name(e, 3));
-    expect_refusal(e, "sql", "LoRA sql is not supported, we currently support ['qv', 'all', 'mlp']");
+    expect_refusal(e, "sql",
+                   "LoRA sql is not supported, we currently support ['qv', 'all', 'mlp']");
     snprintf(path, sizeof path, "%s/mlp", tmp);
     snprintf(want, sizeof want,
              "LoRA mlp: %s/adapter_config.json: use_dora: DoRA adapters are not supported", path);

@@ -141,8 +141,8 @@ static void test_generate(void **state)
     free(err);
     err = post("/v2/models/vllm_model/generate",
                "{\"text_input\": \"x\", \"parameters\": {\"lora_name\": \"sql\"}}", 500);
-    assert_string_equal(err,
-                        "{\"error\":\"LoRA sql is not supported, we currently support ['kjv_lora']\"}");
+    assert_string_equal(
+        err, "{\"error\":\"LoRA sql is not supported, we currently support ['kjv_lora']\"}");
     free(err);
 }
 
@@ -158,8 +158,8 @@ static char *run_client(const char *model, const char *lora)
     lf_write_text(prompts, "The capital of France is\n");
     snprintf(results, sizeof results, "%s/results_%s%s.txt", srv.dir, model, lora ? "_lora" : "");
     snprintf(out, sizeof out, "%s/client.out", srv.dir);
-    char *argv[16] = {exe,     "-u", url, "-m", (char *)model, "--input-prompts", prompts,
-                      "--results-file", results};
+    char *argv[16] = {
+        exe, "-u", url, "-m", (char *)model, "--input-prompts", prompts, "--results-file", results};
     int argc = 9;
     if (lora) {
         argv[argc++] = "-l";
