@@ -151,6 +151,20 @@ typedef struct mm_job {
     int layer;
 } mm_job;
 
+/* sum a[i] b[i] in eight interleaved partial sums added in a fixed order:
+ * the compiler vectorizes it, and the result depends only on a and b. */
+static float lora_dot(const float *a, const float *b, int n)
+{
+    float acc[8] = {0};
+    int i = 0;
+    for (; i + 8 <= n; i += 8)
+        for (int j = 0; j < 8; j++)
+            acc[j] += a[i + j] * b[i + j];
+    for (int j = 0; i < n; i++, j++)
+        acc[j] += a[i] * b[i];
+    return ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+}
+
 /* LoRA, first half: lora_u[t][k] = A_k x[t] for the targets of one product
  * phase, for every token with an adapter that targets them, one token per
  * item in a fixed order (so a token's result does not depend on the batch). */
@@ -167,13 +181,8 @@ static void lora_down(cv_backend *bk, int phase, int layer, const cv_lora_target
             const int in = a->in[targets[k]];
             const float *xt = x + (int64_t)t * ldx;
             float *u = bk->lora_u + (int64_t)t * ldu + k * R;
-            for (int r = 0; r < a->rank; r++) {
-                const float *ar = w->a + (int64_t)r * in;
-                float sum = 0.0f;
-                for (int i = 0; i < in; i++)
-                    sum += ar[i] * xt[i];
-                u[r] = sum;
-            }
+            for (int r = 0; r < a->rank; r++)
+                u[r] = lora_dot(w->a + (int64_t)r * in, xt, in);
         }
     }
     team_barrier(bk);
@@ -193,13 +202,8 @@ static void lora_up(const cv_backend *bk, int layer, int target, int k, float *y
         if (!w->b) continue;
         const float *u = bk->lora_u + (int64_t)t * ldu + k * R;
         float *yt = y + (int64_t)t * ldy;
-        for (int o = lo; o < hi; o++) {
-            const float *br = w->b + (int64_t)o * a->rank;
-            float sum = 0.0f;
-            for (int r = 0; r < a->rank; r++)
-                sum += br[r] * u[r];
-            yt[o] += a->scale * sum;
-        }
+        for (int o = lo; o < hi; o++)
+            yt[o] += a->scale * lora_dot(w->b + (int64_t)o * a->rank, u, a->rank);
     }
 }
 
