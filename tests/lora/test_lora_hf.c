@@ -4,7 +4,10 @@
  * the merged weights W + scale B A). Every position of every prompt within
  * 1e-4 (max |ours - HF| / max |HF|, fp32) for each adapter alone, and one
  * batch mixing the three adapters with base sequences gives each sequence
- * exactly its rows alone. A checkout without those fixtures skips. */
+ * exactly its rows alone. Through the engine, every adapter's greedy
+ * continuation, requested together with the others and the base model,
+ * is HF's (needs ../shared's stories260K tokenizer; the fixture models have
+ * none). A checkout without those fixtures skips. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -18,7 +21,10 @@
 #include <jansson.h>
 
 #include "../common/hf_fixture.h"
+#include "../common/shared_data.h"
+#include "../engine/engine_test_util.h"
 #include "backend/backend.h"
+#include "cvllm/engine.h"
 #include "lora/lora.h"
 #include "model/model.h"
 
@@ -66,6 +72,68 @@ static void prefill(cv_backend *bk, const seq_in *seqs, int n_seqs, float *out)
                         .lora_slots = lora};
     cv_error err = {0};
     if (cv_backend_forward(bk, &b, out, &err) < 0) fail_msg("%s", err.msg);
+}
+
+/* The greedy continuations of reference.json (base and every adapter),
+ * all requested at once from one engine serving the three adapters. */
+static void check_greedy(const char *root, const char *model_name, json_t *ref)
+{
+    if (!cv_test_have_shared("models/stories260K")) return;
+    char model[4096], stories[4096];
+    const char *src = getenv("CVLLM_SOURCE_DIR");
+    snprintf(model, sizeof model, "%s/tests/fixtures/models/%s", src && *src ? src : ".",
+             model_name);
+    shared_path(stories, sizeof stories, "models/stories260K");
+    json_t *adapters = json_object_get(ref, "adapters");
+    static char paths[3][4400];
+    const char *names[3], *path_ptrs[3];
+    json_t *greedy[4];
+    int k = 0;
+    const char *name;
+    json_t *a;
+    json_object_foreach(adapters, name, a)
+    {
+        names[k] = name;
+        snprintf(paths[k], sizeof paths[k], "%s/%s", root, name);
+        path_ptrs[k] = paths[k];
+        greedy[k++] = json_object_get(a, "greedy");
+    }
+    greedy[3] = json_object_get(json_object_get(ref, "base"), "greedy");
+    cv_engine_args args;
+    test_args(&args, model);
+    snprintf(args.tokenizer, sizeof args.tokenizer, "%s", stories);
+    args.enable_lora = true;
+    args.max_loras = 3;
+    args.n_lora_modules = 3;
+    args.lora_names = names;
+    args.lora_paths = path_ptrs;
+    cv_engine *e = test_engine(&args);
+    cv_output_queue *q = cv_output_queue_create();
+    req_result res[4];
+    memset(res, 0, sizeof res);
+    int32_t want[4][64];
+    int n_want[4];
+    for (int i = 0; i < 4; i++) {
+        int32_t ids[MAX_TOK];
+        int n = hf_ids_from_json(json_object_get(greedy[i], "input_ids"), ids, MAX_TOK);
+        n_want[i] = hf_ids_from_json(json_object_get(greedy[i], "output_ids"), want[i], 64);
+        cv_sampling_params p;
+        cv_sampling_params_default(&p);
+        p.temperature = 0;
+        p.max_tokens = n_want[i];
+        p.ignore_eos = true;
+        if (i < 3) snprintf(p.lora_name, sizeof p.lora_name, "%s", names[i]);
+        submit(e, q, &p, ids, n, NULL, false, i);
+    }
+    collect(q, res, 4);
+    for (int i = 0; i < 4; i++) {
+        assert_null(res[i].error);
+        assert_int_equal(res[i].seqs[0].n_ids, n_want[i]);
+        assert_memory_equal(res[i].seqs[0].ids, want[i], (size_t)n_want[i] * sizeof(int32_t));
+        result_free(&res[i]);
+    }
+    cv_output_queue_destroy(q);
+    cv_engine_shutdown(e, false);
 }
 
 static void check(const char *model_name)
@@ -144,6 +212,7 @@ static void check(const char *model_name)
         cv_lora_adapter_free(ad[i]);
     cv_backend_destroy(bk);
     hf_fixture_free(&f);
+    check_greedy(root, model_name, ref);
     json_decref(ref);
 }
 
@@ -165,5 +234,5 @@ int main(void)
         cmocka_unit_test(test_llama),
         cmocka_unit_test(test_qwen2),
     };
-    return cmocka_run_group_tests(tests, NULL, NULL);
+    return cv_test_exit(cmocka_run_group_tests(tests, NULL, NULL));
 }
