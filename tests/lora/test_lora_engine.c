@@ -18,6 +18,7 @@
 #include "../common/shared_data.h"
 #include "../engine/engine_test_util.h"
 #include "cvllm/engine.h"
+#include "engine/engine_state.h"
 #include "lora/lora.h"
 #include "lora_fixture.h"
 #ifdef CV_TEST_HAVE_CUDA
@@ -200,6 +201,42 @@ static void test_refusals(void **state)
     assert_string_equal(err.msg, "engine argument 'max_loras' must be in [1, 64], got 0");
 }
 
+/* The label values of vllm:lora_requests_info: the distinct adapters of a
+ * queue in queue order, comma-separated, base sequences left out, and a
+ * name that would overflow the buffer left out whole. */
+static void test_lora_names_label(void **state)
+{
+    (void)state;
+    char model[4096];
+    lf_model_path(model, sizeof model, "llama_f32");
+    cv_model *m = cv_model_load(model, &(cv_error){0});
+    assert_non_null(m);
+    const char *n[3] = {"alpha", "beta", "gamma"}, *p[3] = {"/a", "/b", "/c"};
+    cv_engine e;
+    memset(&e, 0, sizeof e);
+    e.lora = cv_lora_registry_create(cv_model_get_config(m), n, p, 3, 16, 1, &(cv_error){0});
+    assert_non_null(e.lora);
+    static const int ids[5] = {2, 0, 1, 2, 3};
+    cv_seq seqs[5];
+    cv_seq *items[5];
+    for (int i = 0; i < 5; i++) {
+        memset(&seqs[i], 0, sizeof seqs[i]);
+        seqs[i].lora_id = ids[i];
+        items[i] = &seqs[i];
+    }
+    seq_list list = {items, 5, 5};
+    char buf[64];
+    engine_lora_names(&e, &list, buf, sizeof buf);
+    assert_string_equal(buf, "beta,alpha,gamma");
+    engine_lora_names(&e, &list, buf, 12);
+    assert_string_equal(buf, "beta,alpha");
+    list.n = 0;
+    engine_lora_names(&e, &list, buf, sizeof buf);
+    assert_string_equal(buf, "");
+    cv_lora_registry_destroy(e.lora);
+    cv_model_free(m);
+}
+
 /* The CUDA backend has no LoRA slots yet: on a GPU an adapter request is
  * refused with that reason, and base requests still run. */
 static void test_gpu_refuses_adapters(void **state)
@@ -253,6 +290,7 @@ int main(void)
     shared_path(stories, sizeof stories, "models/stories260K");
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_refusals),
+        cmocka_unit_test(test_lora_names_label),
         cmocka_unit_test(test_llama),
         cmocka_unit_test(test_qwen2),
         cmocka_unit_test(test_gpu_refuses_adapters),
