@@ -87,6 +87,26 @@ static void test_config_refusals(void **state)
                       "%s/adapter_config.json: peft_type: only LORA adapters are supported");
     expect_load_error("\"bias\": \"all\"",
                       "%s/adapter_config.json: bias: only \"none\" is supported");
+    expect_load_error("\"r\": 0", "%s/adapter_config.json: r: expected a positive integer");
+    expect_load_error("\"lora_alpha\": \"8\"",
+                      "%s/adapter_config.json: lora_alpha: expected a number");
+    expect_load_error("\"use_rslora\": 1",
+                      "%s/adapter_config.json: use_rslora: expected true or false");
+    expect_load_error("\"fan_in_fan_out\": \"yes\"",
+                      "%s/adapter_config.json: fan_in_fan_out: expected true or false");
+    /* fan_in_fan_out true only describes GPT-2's Conv1D base weights; the
+     * adapter's A and B keep their shapes, so it loads. */
+    char model[4096], dir[4200];
+    lf_model_path(model, sizeof model, "llama_f32");
+    snprintf(dir, sizeof dir, "%s/fifo", tmp);
+    lf_write_adapter(model, dir, &specs[0], "\"fan_in_fan_out\": true");
+    cv_model *m = cv_model_load(model, &(cv_error){0});
+    cv_lora_adapter *a = NULL;
+    cv_error err = {0};
+    assert_int_equal(cv_lora_adapter_load(dir, cv_model_get_config(m), 16, &a, &err), 0);
+    cv_lora_adapter_free(a);
+    cv_model_free(m);
+    lf_rmtree(dir);
 }
 
 static void test_rank_and_targets(void **state)
