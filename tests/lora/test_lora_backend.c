@@ -199,6 +199,18 @@ static void test_rank_and_targets(void **state)
     assert_int_equal(cv_lora_adapter_load(dir, cfg, 16, &a, &err), -1);
     snprintf(want, sizeof want, "%s: no adapter_model.safetensors or adapter_model.bin", dir);
     assert_string_equal(err.msg, want);
+    /* GPT-2 (fused c_attn, no gate) has none of the projections. */
+    char gpt2[4096];
+    lf_model_path(gpt2, sizeof gpt2, "gpt2_f32");
+    cv_model *g = cv_model_load(gpt2, &(cv_error){0});
+    assert_non_null(g);
+    assert_int_equal(cv_lora_adapter_load(dir, cv_model_get_config(g), 16, &a, &err), -1);
+    snprintf(want, sizeof want,
+             "%s: LoRA adapters need a model with q/k/v/o and gate/up/down projections (Llama, "
+             "Mistral, Qwen2, Qwen3); GPT2LMHeadModel has none",
+             dir);
+    assert_string_equal(err.msg, want);
+    cv_model_free(g);
     lf_rmtree(dir);
     cv_model_free(m);
 }
