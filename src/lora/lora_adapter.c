@@ -209,6 +209,9 @@ static int weights_path(const char *dir, char *path, size_t size, cv_error *err)
     return cv_errorf(err, "%s: no adapter_model.safetensors or adapter_model.bin", dir);
 }
 
+/* Reads the weights file in two passes: the names first (which layers and
+ * projections the adapter has, both halves each), so that memory is taken
+ * only for those, then shapes and values. */
 static int read_weights(const char *dir, const cv_model_config *cfg, cv_lora_adapter *a,
                         cv_error *err)
 {
@@ -216,25 +219,43 @@ static int read_weights(const char *dir, const cv_model_config *cfg, cv_lora_ada
     if (weights_path(dir, path, sizeof path, err) < 0) return -1;
     cv_tensor_file *tf = cv_tensor_file_open(path, err);
     if (!tf) return -1;
-    const int N = CV_LORA_N_TARGETS, r = a->rank;
-    size_t total = 0; /* floats of all A and B */
-    for (int k = 0; k < N; k++)
-        total += (size_t)r * (size_t)(a->in[k] + a->out[k]) * (size_t)cfg->n_layers;
-    a->data = calloc(total, sizeof(float));
-    float **slot_a = calloc((size_t)N * cfg->n_layers * 2, sizeof(float *));
+    const int N = CV_LORA_N_TARGETS, r = a->rank, n_mods = cfg->n_layers * N;
+    uint8_t *has = calloc((size_t)n_mods, 1); /* bit 0: lora_A seen, bit 1: lora_B */
     int rc = -1;
-    if (!a->data || !slot_a) {
+    if (!has) {
         cv_errorf(err, "%s: out of memory", path);
         goto out;
     }
-    size_t off = 0;
-    for (int l = 0; l < cfg->n_layers; l++)
-        for (int k = 0; k < N; k++) {
-            slot_a[(l * N + k) * 2] = a->data + off;
-            off += (size_t)r * a->in[k];
-            slot_a[(l * N + k) * 2 + 1] = a->data + off;
-            off += (size_t)r * a->out[k];
+    for (size_t i = 0; i < cv_tensor_file_count(tf); i++) {
+        int layer = 0, target = 0;
+        bool is_b = false;
+        if (parse_name(path, cv_tensor_file_name(tf, i), cfg, &layer, &target, &is_b, err) < 0)
+            goto out;
+        has[layer * N + target] |= (uint8_t)(is_b ? 2 : 1);
+    }
+    size_t total = 0; /* floats of every A and B present */
+    for (int m = 0; m < n_mods; m++) {
+        const int l = m / N, k = m % N;
+        if (has[m] == 1 || has[m] == 2) {
+            cv_errorf(err, "%s: layer %d %s has lora_%s but no lora_%s", path, l, target_names[k],
+                      has[m] == 1 ? "A" : "B", has[m] == 1 ? "B" : "A");
+            goto out;
         }
+        if (has[m]) total += (size_t)r * (size_t)(a->in[k] + a->out[k]);
+    }
+    a->data = malloc((total ? total : 1) * sizeof(float));
+    if (!a->data) {
+        cv_errorf(err, "%s: out of memory for %zu floats", path, total);
+        goto out;
+    }
+    size_t off = 0;
+    for (int m = 0; m < n_mods; m++) {
+        if (!has[m]) continue;
+        a->w[m].a = a->data + off;
+        off += (size_t)r * a->in[m % N];
+        a->w[m].b = a->data + off;
+        off += (size_t)r * a->out[m % N];
+    }
     for (size_t i = 0; i < cv_tensor_file_count(tf); i++) {
         const char *name = cv_tensor_file_name(tf, i);
         int layer = 0, target = 0;
@@ -254,28 +275,14 @@ static int read_weights(const char *dir, const cv_model_config *cfg, cv_lora_ada
                           path, name, t->n_dims, (long long)want0, (long long)want1, r);
             goto out;
         }
-        float *dst = slot_a[(layer * N + target) * 2 + is_b];
+        const cv_lora_weights *w = &a->w[layer * N + target];
+        float *dst = (float *)(is_b ? w->b : w->a);
         for (int64_t j = 0; j < want0 * want1; j++)
             dst[j] = cv_dtype_load(t->data, (size_t)j, t->dtype);
-        cv_lora_weights *w = &a->w[layer * N + target];
-        if (is_b)
-            w->b = dst;
-        else
-            w->a = dst;
     }
-    /* A projection needs both halves. */
-    for (int l = 0; l < cfg->n_layers; l++)
-        for (int k = 0; k < N; k++) {
-            cv_lora_weights *w = &a->w[l * N + k];
-            if (!w->a != !w->b) {
-                cv_errorf(err, "%s: layer %d %s has lora_%s but no lora_%s", path, l,
-                          target_names[k], w->a ? "A" : "B", w->a ? "B" : "A");
-                goto out;
-            }
-        }
     rc = 0;
 out:
-    free(slot_a);
+    free(has);
     cv_tensor_file_close(tf);
     return rc;
 }
