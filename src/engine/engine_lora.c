@@ -21,6 +21,7 @@ int engine_lora_init(cv_engine *e, const cv_engine_args *a, cv_error *err)
         !(e->lora_step_ids = calloc((size_t)n, sizeof(int))) ||
         !(e->lora_slot_of = calloc((size_t)n, sizeof(int))) ||
         !(e->lora_load = calloc((size_t)n, sizeof(int))) ||
+        !(e->lora_holds = calloc((size_t)n, sizeof(int))) ||
         !(e->lora_slot_held = calloc((size_t)n, sizeof(int))))
         return cv_errorf(err, "out of memory for %d LoRA slots", n);
     /* A backend without LoRA (the GPU's, for now) still serves the base
@@ -41,6 +42,8 @@ void engine_lora_free(cv_engine *e)
     free(e->lora_step_ids);
     free(e->lora_slot_of);
     free(e->lora_load);
+    free(e->lora_holds);
+    free(e->lora_fail_reqs);
     free(e->lora_slot_held);
     cv_lora_registry_destroy(e->lora);
 }
@@ -78,6 +81,71 @@ const char *cv_engine_lora_name(const cv_engine *e, int i)
 {
     return i >= 0 && i < cv_lora_registry_count(e->lora) ? cv_lora_registry_name(e->lora, i + 1)
                                                          : NULL;
+}
+
+/* Fails every request of the step that uses adapter id (their entries
+ * leave the step) with msg. */
+static void fail_adapter_requests(cv_engine *e, sched_output *so, int id, const char *msg)
+{
+    int kept = 0, n_req = 0;
+    request **reqs = (request **)e->lora_fail_reqs;
+    for (int i = 0; i < so->n_entries; i++) {
+        const sched_entry *en = &so->entries[i];
+        if (en->seq->lora_id != id) {
+            so->entries[kept++] = *en;
+            continue;
+        }
+        so->n_tokens -= en->n_new;
+        request *req = en->seq->owner;
+        bool seen = false;
+        for (int j = 0; j < n_req && !seen; j++)
+            seen = reqs[j] == req;
+        if (!seen) reqs[n_req++] = req;
+    }
+    so->n_entries = kept;
+    for (int j = 0; j < n_req; j++) {
+        for (int k = 0; k < reqs[j]->n_seqs; k++)
+            engine_finish_seq(e, reqs[j], k, CV_FINISH_ABORT);
+        engine_count_finished(e, reqs[j]);
+        engine_emit_error(reqs[j], msg);
+        engine_retire(e, reqs[j]);
+    }
+}
+
+int engine_lora_hold(cv_engine *e, sched_output *so)
+{
+    e->n_lora_holds = 0;
+    if (!e->lora) return 0;
+    if (so->n_entries > e->cap_lora_fail) {
+        void *p = realloc(e->lora_fail_reqs, (size_t)so->n_entries * sizeof(request *));
+        if (!p) return -1;
+        e->lora_fail_reqs = p;
+        e->cap_lora_fail = so->n_entries;
+    }
+    for (int i = 0; i < so->n_entries; i++) {
+        const int id = so->entries[i].seq->lora_id;
+        bool held = false;
+        for (int j = 0; j < e->n_lora_holds && !held; j++)
+            held = e->lora_holds[j] == id;
+        if (!id || held) continue;
+        cv_error err = {0};
+        if (e->n_lora_holds < e->lora_slots.n && cv_lora_registry_acquire(e->lora, id, &err)) {
+            e->lora_holds[e->n_lora_holds++] = id;
+            continue;
+        }
+        if (!err.msg[0])
+            cv_errorf(&err, "more than max_loras %d adapters in one step", e->lora_slots.n);
+        fail_adapter_requests(e, so, id, err.msg);
+        i = -1; /* the entries moved: look again from the start */
+    }
+    return 0;
+}
+
+void engine_lora_release_step(cv_engine *e)
+{
+    for (int j = 0; j < e->n_lora_holds; j++)
+        cv_lora_registry_release(e->lora, e->lora_holds[j]);
+    e->n_lora_holds = 0;
 }
 
 /* Puts the adapters of this step's entries into backend slots (loading

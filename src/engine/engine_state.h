@@ -106,7 +106,11 @@ struct cv_engine {
     cv_lora_slots lora_slots; /* which adapter each backend slot holds (each holds a
                                  registry reference) */
     int *lora_step_ids, *lora_slot_of, *lora_load; /* (max_loras) scratch of a step */
-    int *lora_slot_held;         /* (max_loras) adapter whose registry reference slot k holds */
+    int *lora_slot_held; /* (max_loras) adapter whose registry reference slot k holds */
+    int *lora_holds;     /* (max_loras) adapters the step being built holds a reference on */
+    int n_lora_holds;
+    void **lora_fail_reqs; /* (cap_lora_fail) scratch: requests failed with their adapter */
+    int cap_lora_fail;
     int *e_first_row, *e_n_rows; /* (n_entries) logits rows of each scheduled entry */
     /* (rows) the rows whose greedy choice is all the step needs, and that
      * choice when the backend made it (greedy_filled). */
@@ -137,6 +141,15 @@ void engine_lora_free(cv_engine *e);
 /* A request's lora_name: *id 0 for "", else its adapter, read and checked;
  * vLLM's messages for LoRA off and for an unknown name. */
 int engine_lora_resolve(cv_engine *e, const char *name, int *id, cv_error *err);
+/* Before the batch is built: a host reference on every adapter of the
+ * step's entries, each read again from its directory if the LRU dropped
+ * it. An adapter that no longer reads (its files changed since its requests
+ * were accepted) fails the requests of this step that use it, with the
+ * reason, and their entries leave so; the rest of the step runs. -1 only
+ * when memory runs out. engine_lora_release_step drops the references once
+ * the slots hold theirs. */
+int engine_lora_hold(cv_engine *e, sched_output *so);
+void engine_lora_release_step(cv_engine *e);
 /* Puts the adapters of the step's entries into backend slots (loading the
  * ones not resident) and fills b_lora_slots; *any: an entry has one. The
  * scheduler admits at most max_loras distinct adapters, so they fit. */

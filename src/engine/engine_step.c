@@ -435,8 +435,15 @@ int engine_step(cv_engine *e)
     if (sched_schedule(&e->sched, &so) < 0) return -1;
     count_schedule(e, &so);
     if (so.n_entries == 0) return 0;
+    if (engine_lora_hold(e, &so) < 0) return -1;
+    if (so.n_entries == 0) {
+        engine_update_gauges(e);
+        return 0;
+    }
     cv_batch batch;
-    if (build_batch(e, &so, &batch) < 0) return -1;
+    const int built = build_batch(e, &so, &batch);
+    engine_lora_release_step(e);
+    if (built < 0) return -1;
     int64_t prompt_computed = 0;
     for (int i = 0; i < so.n_entries; i++) {
         const cv_seq *s = so.entries[i].seq;

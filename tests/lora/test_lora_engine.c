@@ -201,6 +201,75 @@ static void test_refusals(void **state)
     assert_string_equal(err.msg, "engine argument 'max_loras' must be in [1, 64], got 0");
 }
 
+/* An adapter whose files disappear after its request was accepted, and
+ * that the host LRU dropped meanwhile, fails that request when it is
+ * scheduled (the reason in its error); the other requests run and the
+ * engine stays healthy. R0 (adapter c) keeps the single slot (max_loras 1)
+ * busy, so R1 (a) and R2 (b) wait while R2's check evicts a from host
+ * memory (max_cpu_loras 1) and a's files go; R0 is then aborted. That order
+ * holds when R0 was still running at the abort, which the test checks. */
+static void test_adapter_gone(void **state)
+{
+    (void)state;
+    char kjv[4096], dirs[3][4200];
+    const char *src = getenv("CVLLM_SOURCE_DIR");
+    snprintf(kjv, sizeof kjv, "%s/samples/models/cvllm-kjv-4m", src && *src ? src : ".");
+    static const char *const n[3] = {"a", "b", "c"};
+    const char *p[3];
+    const lora_spec small = {.rank = 4, .alpha = 1, .targets = 1u << CV_LORA_Q | 1u << CV_LORA_V};
+    for (int i = 0; i < 3; i++) {
+        snprintf(dirs[i], sizeof dirs[i], "%s/gone_%s", tmp, n[i]);
+        lf_write_adapter(kjv, dirs[i], &small, NULL);
+        p[i] = dirs[i];
+    }
+    cv_engine_args a;
+    test_args(&a, kjv);
+    a.enable_lora = true;
+    a.max_loras = 1;
+    a.max_cpu_loras = 1;
+    a.n_lora_modules = 3;
+    a.lora_names = n;
+    a.lora_paths = p;
+    cv_engine *e = test_engine(&a);
+    cv_output_queue *q = cv_output_queue_create();
+    req_result res[3];
+    memset(res, 0, sizeof res);
+    static const int32_t ids[3] = {1, 5, 9};
+    cv_sampling_params sp;
+    params(&sp, "c");
+    sp.max_tokens = 400;
+    const uint64_t r0 = submit(e, q, &sp, ids, 3, NULL, true, 0);
+    while (res[0].n_outputs == 0)
+        collect_next(q, res);
+    params(&sp, "a");
+    sp.max_tokens = 8;
+    submit(e, q, &sp, ids, 3, NULL, false, 1);
+    params(&sp, "b");
+    sp.max_tokens = 8;
+    submit(e, q, &sp, ids, 3, NULL, false, 2);
+    lf_rmtree(dirs[0]);
+    cv_engine_abort(e, r0);
+    collect(q, res, 3);
+    if (res[0].seqs[0].finish != CV_FINISH_ABORT) {
+        printf("SKIP: request 0 finished before it was aborted (the machine outran the test)\n");
+        skip();
+    }
+    char want[9000];
+    snprintf(want, sizeof want,
+             "LoRA a: %s/adapter_config.json: unable to open %s/adapter_config.json: No such file "
+             "or directory",
+             dirs[0], dirs[0]);
+    assert_non_null(res[1].error);
+    assert_string_equal(res[1].error, want);
+    assert_null(res[2].error);
+    assert_int_equal(res[2].seqs[0].n_ids, 8);
+    assert_true(cv_engine_is_healthy(e));
+    for (int i = 0; i < 3; i++)
+        result_free(&res[i]);
+    cv_output_queue_destroy(q);
+    cv_engine_shutdown(e, false);
+}
+
 /* The label values of vllm:lora_requests_info: the distinct adapters of a
  * queue in queue order, comma-separated, base sequences left out, and a
  * name that would overflow the buffer left out whole. */
@@ -289,11 +358,9 @@ int main(void)
     cv_test_need_shared("models/stories260K");
     shared_path(stories, sizeof stories, "models/stories260K");
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_refusals),
-        cmocka_unit_test(test_lora_names_label),
-        cmocka_unit_test(test_llama),
-        cmocka_unit_test(test_qwen2),
-        cmocka_unit_test(test_gpu_refuses_adapters),
+        cmocka_unit_test(test_refusals),     cmocka_unit_test(test_lora_names_label),
+        cmocka_unit_test(test_adapter_gone), cmocka_unit_test(test_llama),
+        cmocka_unit_test(test_qwen2),        cmocka_unit_test(test_gpu_refuses_adapters),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
