@@ -106,8 +106,7 @@ static void find_adapter(cv_model *m, void *arg)
 
 /* r's model, or as vLLM, the model serving the adapter r names as its
  * model (the request then runs with that adapter and answers its name). */
-static cv_model *acquire_request_model(cv_http *h, struct evhttp_request *req,
-                                       cv_openai_request *r)
+static cv_model *acquire_request_model(cv_http *h, struct evhttp_request *req, cv_openai_request *r)
 {
     adapter_find f = {.name = r->model};
     cv_repository_foreach_ready(h->s->repo, find_adapter, &f);

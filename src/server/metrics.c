@@ -212,8 +212,8 @@ char *cv_metrics_render(cv_server *s)
                                 "\"%d\",running_lora_adapters=\"%s\",waiting_lora_adapters="
                                 "\"%s\"} %.9g\n",
                                 sn.v[i].name, sn.v[i].version, sn.v[i].st.max_lora,
-                                sn.v[i].st.running_lora_adapters,
-                                sn.v[i].st.waiting_lora_adapters, (double)time(NULL));
+                                sn.v[i].st.running_lora_adapters, sn.v[i].st.waiting_lora_adapters,
+                                (double)time(NULL));
     free(sn.v);
     size_t len = evbuffer_get_length(b);
     char *text = malloc(len + 1);

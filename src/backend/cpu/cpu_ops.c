@@ -34,8 +34,7 @@ static int cpu_lora_init(void *impl, int n_slots, int max_rank, cv_error *err)
     return cv_backend_lora_init(impl, n_slots, max_rank, err);
 }
 
-static int cpu_lora_load(void *impl, int slot, const struct cv_lora_adapter *adapter,
-                         cv_error *err)
+static int cpu_lora_load(void *impl, int slot, const struct cv_lora_adapter *adapter, cv_error *err)
 {
     return cv_backend_lora_load(impl, slot, adapter, err);
 }
