@@ -173,6 +173,29 @@ static char *run_client(const char *model, const char *lora)
     return test_read_file(results);
 }
 
+/* The seed's client over gRPC naming an adapter the model does not serve:
+ * the backend's message reaches it and it reports FAIL. */
+static void test_client_unknown_adapter(void **state)
+{
+    (void)state;
+    char exe[512], url[64], prompts[700], results[700], out[700];
+    const char *bin = getenv("CVLLM_BIN_DIR");
+    snprintf(exe, sizeof exe, "%s/cvllm-client", bin ? bin : "build/bin");
+    snprintf(url, sizeof url, "127.0.0.1:%d", srv.grpc_port);
+    snprintf(prompts, sizeof prompts, "%s/prompts.txt", srv.dir);
+    lf_write_text(prompts, "The capital of France is\n");
+    snprintf(results, sizeof results, "%s/results_unknown.txt", srv.dir);
+    snprintf(out, sizeof out, "%s/client_unknown.out", srv.dir);
+    char *argv[] = {exe,  "-u",     url, "--input-prompts", prompts, "--results-file", results,
+                    "-l", "nosuch", NULL};
+    assert_int_equal(test_run(argv, out), 0); /* as client.py: FAIL is printed, not an exit code */
+    char *log = test_read_file(out);
+    if (!strstr(log, "LoRA nosuch is not supported, we currently support ['kjv_lora']") ||
+        !strstr(log, "FAIL: vLLM example"))
+        fail_msg("cvllm-client: %s", log);
+    free(log);
+}
+
 static void test_client(void **state)
 {
     (void)state;
@@ -240,6 +263,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_client),
+        cmocka_unit_test(test_client_unknown_adapter),
         cmocka_unit_test(test_generate),
         cmocka_unit_test(test_openai_and_metrics),
     };
