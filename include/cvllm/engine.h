@@ -54,6 +54,18 @@ typedef struct cv_engine_args {
                                       vLLM's 16-bit ones; with kv_cache_dtype "float32" the
                                       logits stay within ~1e-5 of fp32 compute */
     bool enforce_eager;            /* vLLM's: no CUDA graphs */
+    /* LoRA (vLLM's enable_lora, max_loras, max_lora_rank, max_cpu_loras):
+     * adapter lora_names[i] is read from the PEFT directory lora_paths[i]
+     * on its first request. The arrays are read by cv_engine_create only
+     * (copied there). max_loras: distinct adapters in one step (the
+     * backend's slots); max_cpu_loras: adapters kept in host memory. */
+    bool enable_lora;
+    int max_loras;     /* 1 */
+    int max_lora_rank; /* 16 */
+    int max_cpu_loras; /* 0 = max_loras */
+    int n_lora_modules;
+    const char *const *lora_names; /* (n_lora_modules) */
+    const char *const *lora_paths; /* (n_lora_modules) */
 } cv_engine_args;
 
 void cv_engine_args_default(cv_engine_args *args);
@@ -101,7 +113,8 @@ typedef struct cv_sampling_params {
     bool skip_special_tokens;           /* true */
     bool spaces_between_special_tokens; /* true; accepted, but tok_decode has no such
                                            switch: special tokens join as HF's default */
-    char lora_name[256];                /* "" = none; accepted here, checked by the server */
+    char lora_name[256];                /* "" = none; else an adapter of the engine's
+                                           lora_names, checked by cv_engine_add_request */
     cv_structured_kind structured_kind; /* structured_outputs (or guided_*): NONE = free text */
     char *structured_text;              /* owned; see cv_structured_kind (NULL when NONE) */
 } cv_sampling_params;
@@ -243,6 +256,11 @@ typedef struct cv_engine_stats {
     cv_histogram request_prompt_tokens;
     cv_histogram request_generation_tokens;
     cv_histogram request_params_n;
+    /* vllm:lora_requests_info: the adapters of running and of waiting
+     * requests, comma-separated names ("" when none), and max_loras. */
+    char running_lora_adapters[1024];
+    char waiting_lora_adapters[1024];
+    int max_lora;
 } cv_engine_stats;
 
 void cv_engine_get_stats(cv_engine *engine, cv_engine_stats *stats);
@@ -256,6 +274,9 @@ bool cv_engine_is_healthy(cv_engine *engine);
 void cv_engine_wait_idle(cv_engine *engine);
 
 int cv_engine_vocab_size(const cv_engine *engine);
+/* The LoRA adapters the engine serves (lora_names of its args), for
+ * listings (OpenAI /v1/models); NULL past the last. */
+const char *cv_engine_lora_name(const cv_engine *engine, int i);
 int cv_engine_max_model_len(const cv_engine *engine);
 
 /* The engine's tokenizer (src/tokenizer/tokenizer.h), owned by the engine

@@ -36,7 +36,13 @@ typedef struct cv_batch {
     int n_logits; /* rows of logits wanted */
     const int32_t
         *logits_indices; /* (n_logits) flat token indices (0..n_tokens-1) to return logits for */
+    /* (n_seqs) the LoRA slot whose adapter applies to each sequence's
+     * tokens, -1 for none; NULL: no adapter in this step. Slots are filled
+     * beforehand with the lora_load operation. */
+    const int32_t *lora_slots;
 } cv_batch;
+
+struct cv_lora_adapter; /* lora/lora.h */
 
 /* Rows of a step whose only use is their greedy choice (temperature 0, no
  * penalty, no mask, no logprobs list): a backend that can reduce them
@@ -90,6 +96,12 @@ int cv_backend_forward(cv_backend *backend, const cv_batch *batch, float *logits
 
 void cv_backend_destroy(cv_backend *backend);
 
+/* The CPU backend's LoRA slots (the lora_init / lora_load operations
+ * below): adapters are applied from host memory in place. */
+int cv_backend_lora_init(cv_backend *backend, int n_slots, int max_rank, cv_error *err);
+int cv_backend_lora_load(cv_backend *backend, int slot, const struct cv_lora_adapter *adapter,
+                         cv_error *err);
+
 /* ---- The function table every backend fills ---------------------------------
  * What the engine's device layer (backend/device) calls, so that it drives
  * any backend the same way and names none of them past create (as SQLite's
@@ -110,6 +122,14 @@ typedef struct cv_backend_ops {
     int (*forward)(void *impl, const cv_batch *batch, float *logits, const cv_greedy_rows *greedy,
                    cv_error *err);
     void (*destroy)(void *impl);
+    /* LoRA (lora/lora.h); both NULL in a backend that does not apply
+     * adapters. lora_init reserves n_slots adapter slots (max_loras) of rank
+     * up to max_rank, once, before any lora_load. lora_load puts adapter
+     * into slot (NULL empties it) for the steps after; the adapter stays
+     * the caller's and must outlive the slot's use: a backend may read it in
+     * place (the CPU's) or copy it to its own memory (a GPU's slot pool). */
+    int (*lora_init)(void *impl, int n_slots, int max_rank, cv_error *err);
+    int (*lora_load)(void *impl, int slot, const struct cv_lora_adapter *adapter, cv_error *err);
 } cv_backend_ops;
 
 /* The CPU backend's table (backend/cpu/cpu_ops.c): it returns every row. */

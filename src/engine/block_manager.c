@@ -8,6 +8,7 @@ typedef struct bm_block {
     int ref;
     bool cached; /* registered in the hash table under hash */
     uint64_t hash;
+    int lora_id;    /* adapter whose K/V the block holds (0: none) */
     int prev, next; /* free-list links; -1 at the ends */
     bool in_free;
     int hnext; /* next block in the same hash bucket; -1 at the end */
@@ -41,6 +42,13 @@ static uint64_t block_hash(uint64_t parent, const int32_t *tokens, int n)
     for (int i = 0; i < n; i++)
         h = mix64(h ^ (uint32_t)tokens[i]) + 0x9e3779b97f4a7c15ULL;
     return h;
+}
+
+/* The hash chain of a sequence starts from its adapter: K/V computed with
+ * one adapter is never another's (nor the base model's) prefix. */
+static uint64_t root_hash(const cv_seq *seq)
+{
+    return seq->lora_id ? mix64(HASH_ROOT ^ (uint64_t)seq->lora_id) : HASH_ROOT;
 }
 
 static void free_list_remove(block_manager *bm, int b)
@@ -120,14 +128,15 @@ int bm_ref_count(const block_manager *bm, int b)
     return bm->blocks[b].ref;
 }
 
-static int cache_find(const block_manager *bm, uint64_t hash, const int32_t *tokens)
+static int cache_find(const block_manager *bm, uint64_t hash, const int32_t *tokens, int lora_id)
 {
     for (int b = bm->buckets[hash & (uint64_t)(bm->n_buckets - 1)]; b >= 0;
          b = bm->blocks[b].hnext) {
         /* Compare contents too, so a hash collision can never hand out
          * another prompt's K/V. */
-        if (bm->blocks[b].hash == hash && !memcmp(bm->contents + (size_t)b * bm->block_size, tokens,
-                                                  (size_t)bm->block_size * sizeof(int32_t)))
+        if (bm->blocks[b].hash == hash && bm->blocks[b].lora_id == lora_id &&
+            !memcmp(bm->contents + (size_t)b * bm->block_size, tokens,
+                    (size_t)bm->block_size * sizeof(int32_t)))
             return b;
     }
     return -1;
@@ -143,10 +152,12 @@ static void cache_remove(block_manager *bm, int b)
     bm->blocks[b].cached = false;
 }
 
-static void cache_insert(block_manager *bm, int b, uint64_t hash, const int32_t *tokens)
+static void cache_insert(block_manager *bm, int b, uint64_t hash, const int32_t *tokens,
+                         int lora_id)
 {
     bm_block *k = &bm->blocks[b];
     k->hash = hash;
+    k->lora_id = lora_id;
     k->cached = true;
     memcpy(bm->contents + (size_t)b * bm->block_size, tokens,
            (size_t)bm->block_size * sizeof(int32_t));
@@ -179,12 +190,12 @@ int bm_attach_cached_prefix(block_manager *bm, cv_seq *seq)
     if (!bm->caching || seq->skip_prefix_cache || seq->n_blocks > 0) return 0;
     int max_blocks = (seq->n_tokens - 1) / bm->block_size;
     if (table_reserve(seq, max_blocks) < 0) return 0;
-    uint64_t h = HASH_ROOT;
+    uint64_t h = root_hash(seq);
     int n = 0;
     for (; n < max_blocks; n++) {
         const int32_t *toks = seq->tokens + (size_t)n * bm->block_size;
         uint64_t hn = block_hash(h, toks, bm->block_size);
-        int b = cache_find(bm, hn, toks);
+        int b = cache_find(bm, hn, toks, seq->lora_id);
         if (b < 0) break;
         take_ref(bm, b);
         seq->block_table[n] = b;
@@ -228,12 +239,13 @@ void bm_cache_computed(block_manager *bm, cv_seq *seq)
     while ((seq->n_hashed_blocks + 1) * bm->block_size <= seq->n_computed) {
         int i = seq->n_hashed_blocks;
         const int32_t *toks = seq->tokens + (size_t)i * bm->block_size;
-        uint64_t h =
-            block_hash(seq->n_hashed_blocks ? seq->last_hash : HASH_ROOT, toks, bm->block_size);
+        uint64_t h = block_hash(seq->n_hashed_blocks ? seq->last_hash : root_hash(seq), toks,
+                                bm->block_size);
         int b = seq->block_table[i];
         /* A block computed twice (two identical prompts in flight) stays
          * registered once; the duplicate is freed as an ordinary block. */
-        if (!bm->blocks[b].cached && cache_find(bm, h, toks) < 0) cache_insert(bm, b, h, toks);
+        if (!bm->blocks[b].cached && cache_find(bm, h, toks, seq->lora_id) < 0)
+            cache_insert(bm, b, h, toks, seq->lora_id);
         seq->last_hash = h;
         seq->n_hashed_blocks++;
     }

@@ -2,8 +2,10 @@
  * reference counted, with automatic prefix caching as vLLM does it.
  *
  * A full block whose K/V has been computed is registered under the chained
- * hash of (hash of the block before it, its token ids); a new sequence
- * whose leading blocks hash the same reuses them instead of recomputing.
+ * hash of (hash of the block before it, its token ids), the chain rooted
+ * at the sequence's LoRA adapter (vLLM's extra keys: two adapters never
+ * share a block); a new sequence whose leading blocks hash the same, with
+ * the same adapter, reuses them instead of recomputing.
  * Blocks whose reference count drops to zero go to the tail of a free list;
  * allocation takes the head, so unreferenced cached blocks are evicted
  * least recently freed first and a freed block stays reusable until then.

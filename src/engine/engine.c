@@ -24,6 +24,8 @@ void cv_engine_args_default(cv_engine_args *args)
     args->block_size = 16;
     args->max_num_seqs = 256;
     args->enable_prefix_caching = true;
+    args->max_loras = 1;
+    args->max_lora_rank = 16;
 }
 
 /* ---- Request lifecycle (engine thread) -------------------------------- */
@@ -51,6 +53,7 @@ static void admit(cv_engine *e, request *req)
         return;
     }
     seq->owner = req;
+    seq->lora_id = req->lora_id;
     seq->skip_prefix_cache = req->params.prompt_logprobs >= 0;
     /* Prompt logprobs need a logits row per prompt token: chunks of at most
      * PROMPT_LOGPROBS_CHUNK keep that buffer small (a 152K vocab row is
@@ -194,6 +197,7 @@ static void engine_free(cv_engine *e)
         sampler_destroy(e->samplers[i]);
     free(e->samplers);
     free(e->jobs);
+    engine_lora_free(e);
     sched_fini(&e->sched);
     bm_destroy(e->bm);
     if (e->backend) cv_device_backend_destroy(e->backend);
@@ -206,6 +210,7 @@ static void engine_free(cv_engine *e)
     free(e->b_block_tables);
     free(e->b_logits_idx);
     free(e->b_slots);
+    free(e->b_lora_slots);
     free(e->g_want);
     free(e->g_token);
     free(e->g_rank);
@@ -264,6 +269,15 @@ static int check_args(const cv_engine_args *a, cv_error *err)
     if (a->max_model_len < 0)
         return cv_errorf(err, "engine argument 'max_model_len' must be positive, got %d",
                          a->max_model_len);
+    if (a->enable_lora && (a->max_loras < 1 || a->max_loras > 64))
+        return cv_errorf(err, "engine argument 'max_loras' must be in [1, 64], got %d",
+                         a->max_loras);
+    if (a->enable_lora && a->max_lora_rank < 1)
+        return cv_errorf(err, "engine argument 'max_lora_rank' must be at least 1, got %d",
+                         a->max_lora_rank);
+    if (a->enable_lora && a->max_cpu_loras && a->max_cpu_loras < a->max_loras)
+        return cv_errorf(err, "max_cpu_loras (%d) must be >= max_loras (%d)", a->max_cpu_loras,
+                         a->max_loras);
     if (a->max_queued_requests < 0)
         return cv_errorf(err, "engine argument 'max_queued_requests' must be positive, got %d",
                          a->max_queued_requests);
@@ -300,9 +314,8 @@ static cv_dtype dtype_from_arg(const char *name, cv_dtype stored)
     return CV_DTYPE_BF16; /* "bfloat16": check_args admits nothing else */
 }
 
-static int engine_init(cv_engine *e, cv_error *err)
+static int engine_init(cv_engine *e, const cv_engine_args *a, cv_error *err)
 {
-    const cv_engine_args *a = &e->args;
     const uint64_t t_load = cv_now_ns();
     e->model = cv_model_load(a->model, err);
     if (!e->model) return -1;
@@ -373,6 +386,7 @@ static int engine_init(cv_engine *e, cv_error *err)
         have |= e->eos_ids[i] == teos;
     if (teos >= 0 && !have) e->eos_ids[e->n_eos++] = teos;
     metrics_init(&e->stats, e->max_model_len);
+    if (engine_lora_init(e, a, err) < 0) return -1;
     e->stats.kv_blocks_total = e->n_blocks;
     e->stats.kv_blocks_free = e->n_blocks;
     return 0;
@@ -387,13 +401,16 @@ cv_engine *cv_engine_create(const cv_engine_args *args, cv_error *err)
         return NULL;
     }
     e->args = *args;
+    /* Read by engine_init only: the caller's arrays need not outlive it. */
+    e->args.lora_names = e->args.lora_paths = NULL;
+    e->args.n_lora_modules = 0;
     e->next_request_id = 1;
     e->next_seq_id = 1;
     pthread_mutex_init(&e->mu, NULL);
     pthread_mutex_init(&e->stats_mu, NULL);
     pthread_cond_init(&e->wake, NULL);
     pthread_cond_init(&e->idle, NULL);
-    if (engine_init(e, err) < 0) {
+    if (engine_init(e, args, err) < 0) {
         engine_free(e);
         return NULL;
     }
@@ -576,7 +593,8 @@ static request *make_request(cv_engine *e, const cv_request_desc *d, cv_error *e
         }
         r->prompt_lps_done = 1;
     }
-    if (p->structured_kind != CV_STRUCTURED_NONE && attach_constraint(e, r, err) < 0) {
+    if (engine_lora_resolve(e, p->lora_name, &r->lora_id, err) < 0 ||
+        (p->structured_kind != CV_STRUCTURED_NONE && attach_constraint(e, r, err) < 0)) {
         request_free(r);
         return NULL;
     }

@@ -10,6 +10,7 @@
 #include "backend/device/device.h"
 #include "block_manager.h"
 #include "cvllm/engine.h"
+#include "lora/lora.h"
 #include "model/model.h"
 #include "sampler.h"
 #include "scheduler.h"
@@ -58,6 +59,7 @@ typedef struct request {
     int prompt_lps_done;           /* prompt positions filled (1..n_prompt) */
     bool prompt_lps_sent;
     uint64_t t_arrival_ns, t_scheduled_ns, t_first_token_ns, t_last_token_ns;
+    int lora_id;          /* LoRA adapter of the engine's registry, 0 = none */
     bool touched;         /* has something to deliver after this step */
     struct request *next; /* inbox or active list */
 } request;
@@ -90,15 +92,25 @@ struct cv_engine {
     int n_active;        /* requests accepted and not finished (inbox included) */
     int max_active;      /* bound on n_active (max_queued_requests) */
     uint64_t next_request_id;
-    so_vocab *so_vocab; /* structured outputs: made with the first constrained request */
-    so_cache *so_cache; /* compiled constraints by text; owns every request's grammar */
+    so_vocab *so_vocab;     /* structured outputs: made with the first constrained request */
+    so_cache *so_cache;     /* compiled constraints by text; owns every request's grammar */
+    cv_lora_registry *lora; /* NULL unless enable_lora (locks itself: any thread) */
 
     /* Engine thread only. */
     request *active; /* admitted requests */
     uint64_t next_seq_id;
     int32_t *b_tokens, *b_positions, *b_query_start, *b_seq_lens, *b_block_tables, *b_logits_idx;
     int64_t *b_slots;
+    int32_t *b_lora_slots; /* (cap_b_seqs) each entry's LoRA slot, -1 none */
     int cap_b_tokens, cap_b_seqs, cap_b_tables;
+    cv_lora_slots lora_slots; /* which adapter each backend slot holds (each holds a
+                                 registry reference) */
+    int *lora_step_ids, *lora_slot_of, *lora_load; /* (max_loras) scratch of a step */
+    int *lora_slot_held; /* (max_loras) adapter whose registry reference slot k holds */
+    int *lora_holds;     /* (max_loras) adapters the step being built holds a reference on */
+    int n_lora_holds;
+    void **lora_fail_reqs; /* (cap_lora_fail) scratch: requests failed with their adapter */
+    int cap_lora_fail;
     int *e_first_row, *e_n_rows; /* (n_entries) logits rows of each scheduled entry */
     /* (rows) the rows whose greedy choice is all the step needs, and that
      * choice when the backend made it (greedy_filled). */
@@ -130,6 +142,29 @@ struct cv_engine {
 int engine_step(cv_engine *e);
 /* Copies running/waiting counts and KV usage into the stats. */
 void engine_update_gauges(cv_engine *e);
+
+/* engine_lora.c */
+/* The registry and slots of the enable_lora arguments (nothing when off). */
+int engine_lora_init(cv_engine *e, const cv_engine_args *a, cv_error *err);
+void engine_lora_free(cv_engine *e);
+/* A request's lora_name: *id 0 for "", else its adapter, read and checked;
+ * vLLM's messages for LoRA off and for an unknown name. */
+int engine_lora_resolve(cv_engine *e, const char *name, int *id, cv_error *err);
+/* Before the batch is built: a host reference on every adapter of the
+ * step's entries, each read again from its directory if the LRU dropped
+ * it. An adapter that no longer reads (its files changed since its requests
+ * were accepted) fails the requests of this step that use it, with the
+ * reason, and their entries leave so; the rest of the step runs. -1 only
+ * when memory runs out. engine_lora_release_step drops the references once
+ * the slots hold theirs. */
+int engine_lora_hold(cv_engine *e, sched_output *so);
+void engine_lora_release_step(cv_engine *e);
+/* Puts the adapters of the step's entries into backend slots (loading the
+ * ones not resident) and fills b_lora_slots; *any: an entry has one. The
+ * scheduler admits at most max_loras distinct adapters, so they fit. */
+int engine_lora_assign(cv_engine *e, const sched_output *so, bool *any);
+/* The distinct adapters of list's sequences, comma-separated, into buf. */
+void engine_lora_names(const cv_engine *e, const seq_list *list, char *buf, size_t size);
 
 /* engine_output.c */
 /* Sends what req has not delivered yet (streaming deltas, or everything

@@ -63,7 +63,7 @@ static int reserve_batch(cv_engine *e, int n_tokens, int n_seqs, int max_blocks)
         int c = next_cap(e->cap_b_seqs, n_seqs + 1);
         if (resize(&e->b_query_start, c, sizeof(int32_t)) ||
             resize(&e->b_seq_lens, c, sizeof(int32_t)) || resize(&e->e_first_row, c, sizeof(int)) ||
-            resize(&e->e_n_rows, c, sizeof(int)))
+            resize(&e->b_lora_slots, c, sizeof(int32_t)) || resize(&e->e_n_rows, c, sizeof(int)))
             return -1;
         e->cap_b_seqs = c;
     }
@@ -127,6 +127,8 @@ static int build_batch(cv_engine *e, const sched_output *so, cv_batch *b)
         e->e_n_rows[i] = rows - e->e_first_row[i];
     }
     e->b_query_start[so->n_entries] = t;
+    bool lora = false;
+    if (engine_lora_assign(e, so, &lora) < 0) return -1;
     if (rows > e->cap_logits_rows) {
         float *l = realloc(e->logits, (size_t)rows * (size_t)e->vocab * sizeof(float));
         if (!l) return -1;
@@ -145,6 +147,7 @@ static int build_batch(cv_engine *e, const sched_output *so, cv_batch *b)
         .max_blocks_per_seq = max_blocks,
         .n_logits = rows,
         .logits_indices = e->b_logits_idx,
+        .lora_slots = lora ? e->b_lora_slots : NULL,
     };
     return 0;
 }
@@ -378,6 +381,12 @@ void engine_update_gauges(cv_engine *e)
 {
     pthread_mutex_lock(&e->stats_mu);
     cv_engine_stats *st = &e->stats;
+    if (e->lora) {
+        engine_lora_names(e, &e->sched.running, st->running_lora_adapters,
+                          sizeof st->running_lora_adapters);
+        engine_lora_names(e, &e->sched.waiting, st->waiting_lora_adapters,
+                          sizeof st->waiting_lora_adapters);
+    }
     st->n_running = e->sched.running.n;
     st->n_waiting = e->sched.waiting.n;
     st->n_swapped = 0;
@@ -452,8 +461,15 @@ int engine_step(cv_engine *e)
     if (sched_schedule(&e->sched, &so) < 0) return -1;
     count_schedule(e, &so);
     if (so.n_entries == 0) return 0;
+    if (engine_lora_hold(e, &so) < 0) return -1;
+    if (so.n_entries == 0) {
+        engine_update_gauges(e);
+        return 0;
+    }
     cv_batch batch;
-    if (build_batch(e, &so, &batch) < 0) return -1;
+    const int built = build_batch(e, &so, &batch);
+    engine_lora_release_step(e);
+    if (built < 0) return -1;
     int64_t prompt_computed = 0;
     for (int i = 0; i < so.n_entries; i++) {
         const cv_seq *s = so.entries[i].seq;

@@ -117,6 +117,13 @@ static int chunk_size(const cv_seq *seq, int budget)
     return n;
 }
 
+static bool has_lora(const int *loras, int n, int id)
+{
+    for (int i = 0; i < n; i++)
+        if (loras[i] == id) return true;
+    return false;
+}
+
 int sched_schedule(scheduler *s, sched_output *out)
 {
     memset(out, 0, sizeof(*out));
@@ -150,17 +157,32 @@ int sched_schedule(scheduler *s, sched_output *out)
         i++;
     }
 
-    while (out->n_preempted == 0 && s->waiting.n > 0 && budget > 0 &&
-           s->running.n < s->max_num_seqs) {
-        cv_seq *seq = s->waiting.items[0];
+    /* The adapters running now; admissions may add up to max_loras. */
+    int loras[64], n_loras = 0;
+    const int max_loras = s->max_loras < 64 ? s->max_loras : 64;
+    for (int i = 0; i < s->running.n && n_loras < max_loras; i++) {
+        const int id = s->running.items[i]->lora_id;
+        if (id && !has_lora(loras, n_loras, id)) loras[n_loras++] = id;
+    }
+    for (int w = 0; out->n_preempted == 0 && w < s->waiting.n && budget > 0 &&
+                    s->running.n < s->max_num_seqs;) {
+        cv_seq *seq = s->waiting.items[w];
+        const int lora = seq->lora_id;
+        if (lora && !has_lora(loras, n_loras, lora)) {
+            if (n_loras >= max_loras) {
+                w++; /* its adapter must wait for a free slot */
+                continue;
+            }
+        }
         int hits = seq->n_blocks == 0 ? bm_attach_cached_prefix(s->bm, seq) : 0;
         int n_new = chunk_size(seq, budget);
         if (bm_allocate(s->bm, seq, seq->n_computed + n_new) < 0) {
             bm_free_seq(s->bm, seq); /* give back the prefix hits until it fits */
             break;
         }
-        list_remove_at(&s->waiting, 0);
+        list_remove_at(&s->waiting, w);
         sched_add_running(s, seq);
+        if (lora && !has_lora(loras, n_loras, lora)) loras[n_loras++] = lora;
         out->cache_queried_tokens += seq->n_tokens;
         out->cache_hit_tokens += hits;
         out->entries[out->n_entries++] = (sched_entry){seq, n_new};

@@ -6,7 +6,10 @@
  * (its blocks freed, to be recomputed later; it goes back to the front of
  * the waiting queue). Then, unless something was preempted, waiting
  * sequences are admitted first come first served while the budget, the
- * pool and max_num_seqs allow, after attaching their cached prefix. */
+ * pool and max_num_seqs allow, after attaching their cached prefix. With
+ * max_loras set, a waiting sequence whose LoRA adapter would make more than
+ * max_loras distinct adapters run is passed over for later ones, as vLLM's
+ * scheduler does. */
 #ifndef CV_ENGINE_SCHEDULER_H
 #define CV_ENGINE_SCHEDULER_H
 
@@ -38,6 +41,7 @@ typedef struct scheduler {
     block_manager *bm; /* borrowed */
     int max_num_seqs;
     int max_num_batched_tokens;
+    int max_loras; /* distinct adapters running at once; 0: LoRA off */
     seq_list waiting, running;
     sched_entry *entries; /* (running.cap) scratch for sched_output */
     int cap_entries;

@@ -51,5 +51,6 @@ cv_seq *seq_clone(const cv_seq *parent, uint64_t id)
     s->owner = parent->owner;
     s->skip_prefix_cache = parent->skip_prefix_cache;
     s->max_chunk = parent->max_chunk;
+    s->lora_id = parent->lora_id;
     return s;
 }

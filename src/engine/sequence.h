@@ -30,6 +30,8 @@ typedef struct cv_seq {
     bool skip_prefix_cache; /* prompt_logprobs: every prompt token must run */
     int max_chunk;          /* > 0: at most this many tokens per step (bounds the
                                logits rows a prompt_logprobs prefill needs) */
+    int lora_id;            /* LoRA adapter (1..), 0 = none: part of its prefix-cache
+                               keys, and of the scheduler's max_loras bound */
 } cv_seq;
 
 cv_seq *seq_create(uint64_t id, const int32_t *prompt, int n_prompt);

@@ -180,6 +180,18 @@ typedef int (*cv_safetensors_fill_fn)(void *ctx, size_t index, void *dst, size_t
 int cv_safetensors_write(const char *path, const cv_safetensors_entry *entries, size_t n_entries,
                          cv_safetensors_fill_fn fill, void *ctx, cv_error *err);
 
+/* A tensor file read on its own (a LoRA adapter's weights): safetensors, or
+ * a torch.save zip archive when PATH ends in ".bin". Tensors stay in the
+ * file's read-only mapping until close. */
+typedef struct cv_tensor_file cv_tensor_file;
+cv_tensor_file *cv_tensor_file_open(const char *path, cv_error *err);
+size_t cv_tensor_file_count(const cv_tensor_file *tf);
+const char *cv_tensor_file_name(const cv_tensor_file *tf, size_t i);
+/* Tensor i, or NULL with err naming the file, the tensor and why it cannot
+ * be used (dtype other than F32/F16/BF16, not contiguous ...). */
+const cv_tensor *cv_tensor_file_get(const cv_tensor_file *tf, size_t i, cv_error *err);
+void cv_tensor_file_close(cv_tensor_file *tf);
+
 /* Number of elements of T (the product of its shape). */
 int64_t cv_tensor_numel(const cv_tensor *t);
 

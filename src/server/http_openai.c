@@ -90,6 +90,31 @@ static cv_model *acquire_model(cv_http *h, struct evhttp_request *req, const cha
     return m;
 }
 
+/* A LoRA adapter of a ready model (multi_lora.json), found by name. */
+typedef struct adapter_find {
+    const char *name;
+    char parent[256]; /* the model serving it; "" when none does */
+} adapter_find;
+
+static void find_adapter(cv_model *m, void *arg)
+{
+    adapter_find *f = arg;
+    for (int i = 0; m->extra.enable_lora && i < m->extra.n_loras; i++)
+        if (!strcmp(m->extra.lora_names[i], f->name))
+            snprintf(f->parent, sizeof f->parent, "%s", m->name);
+}
+
+/* r's model, or as vLLM, the model serving the adapter r names as its
+ * model (the request then runs with that adapter and answers its name). */
+static cv_model *acquire_request_model(cv_http *h, struct evhttp_request *req, cv_openai_request *r)
+{
+    adapter_find f = {.name = r->model};
+    cv_repository_foreach_ready(h->s->repo, find_adapter, &f);
+    if (!f.parent[0]) return acquire_model(h, req, r->model);
+    if (!r->sp.lora_name[0]) snprintf(r->sp.lora_name, sizeof r->sp.lora_name, "%s", r->model);
+    return acquire_model(h, req, f.parent);
+}
+
 /* Queues every prompt of r (owned from here on) in m's engine (m's
  * reference too) and tracks the request; replies the error itself when
  * that fails. A refusal after some prompts were queued aborts those: the
@@ -188,7 +213,7 @@ static void do_completions(cv_http *h, struct evhttp_request *req)
         reply_openai_error(req, 400, err.msg);
         return;
     }
-    cv_model *m = acquire_model(h, req, r->model);
+    cv_model *m = acquire_request_model(h, req, r);
     if (!m) {
         cv_openai_request_free(r);
         free(r);
@@ -226,7 +251,7 @@ static void do_chat(cv_http *h, struct evhttp_request *req)
         reply_openai_error(req, 400, err.msg);
         return;
     }
-    if (!(m = acquire_model(h, req, r->model))) {
+    if (!(m = acquire_request_model(h, req, r))) {
         cv_openai_request_free(r);
         free(r);
         return;
@@ -293,7 +318,25 @@ static void add_model_name(cv_model *m, void *arg)
     json_array_append_new(names, json_string(m->name));
 }
 
-/* GET /v1/models: every ready model, once whatever its versions. */
+/* vLLM's listing of a LoRA adapter: the base model as its parent. */
+static void add_adapters(cv_model *m, void *arg)
+{
+    json_t *data = arg;
+    for (int i = 0; m->extra.enable_lora && i < m->extra.n_loras; i++) {
+        bool listed = false; /* a model ready in several versions lists its adapters once */
+        for (size_t j = 0; j < json_array_size(data) && !listed; j++)
+            listed = !strcmp(json_string_value(json_object_get(json_array_get(data, j), "id")),
+                             m->extra.lora_names[i]);
+        if (listed) continue;
+        json_array_append_new(data, json_pack("{s:s, s:s, s:I, s:s, s:s, s:s}", "id",
+                                              m->extra.lora_names[i], "object", "model", "created",
+                                              (json_int_t)time(NULL), "owned_by", "cvllm", "root",
+                                              m->extra.lora_paths[i], "parent", m->name));
+    }
+}
+
+/* GET /v1/models: every ready model, once whatever its versions, then
+ * the LoRA adapters they serve. */
 static void reply_models(cv_http *h, struct evhttp_request *req)
 {
     json_t *names = json_array();
@@ -305,6 +348,7 @@ static void reply_models(cv_http *h, struct evhttp_request *req)
     json_t *body = list ? cv_openai_model_list(list, (int)n, (int64_t)time(NULL)) : NULL;
     free(list);
     json_decref(names);
+    if (body) cv_repository_foreach_ready(h->s->repo, add_adapters, json_object_get(body, "data"));
     http_reply_json(req, 200, body);
 }
 

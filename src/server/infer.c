@@ -104,11 +104,7 @@ static int check_lora(const cv_model *m, const char *lora, cv_error *err)
     char list[1024] = "";
     size_t off = 0;
     for (int i = 0; i < m->extra.n_loras; i++) {
-        if (!strcmp(m->extra.lora_names[i], lora))
-            return cv_errorf(err,
-                             "LoRA %s: adapters are listed in multi_lora.json but cvllm's "
-                             "engine does not apply LoRA weights",
-                             lora);
+        if (!strcmp(m->extra.lora_names[i], lora)) return 0; /* the engine applies it */
         off += (size_t)snprintf(list + off, off < sizeof list ? sizeof list - off : 0, "%s'%s'",
                                 i ? ", " : "", m->extra.lora_names[i]);
         if (off >= sizeof list) off = sizeof list - 1;

@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <event2/buffer.h>
 #include <event2/http.h>
@@ -198,6 +199,21 @@ char *cv_metrics_render(cv_server *s)
                 histogram(b, hists[f].name, &sn.v[i],
                           (const cv_histogram *)((const char *)&sn.v[i].st + hists[f].off));
     }
+    /* vLLM's info gauge of the adapters in use: the labels carry the
+     * adapter names, the value is the time of the snapshot (seconds). */
+    bool any_lora = false;
+    for (int i = 0; i < sn.n; i++)
+        any_lora |= sn.v[i].custom && sn.v[i].st.max_lora > 0;
+    if (any_lora) family(b, "vllm:lora_requests_info", "gauge", "Running stats on lora requests.");
+    for (int i = 0; any_lora && i < sn.n; i++)
+        if (sn.v[i].custom && sn.v[i].st.max_lora > 0)
+            evbuffer_add_printf(b,
+                                "vllm:lora_requests_info{model=\"%s\",version=\"%s\",max_lora="
+                                "\"%d\",running_lora_adapters=\"%s\",waiting_lora_adapters="
+                                "\"%s\"} %.9g\n",
+                                sn.v[i].name, sn.v[i].version, sn.v[i].st.max_lora,
+                                sn.v[i].st.running_lora_adapters, sn.v[i].st.waiting_lora_adapters,
+                                (double)time(NULL));
     free(sn.v);
     size_t len = evbuffer_get_length(b);
     char *text = malloc(len + 1);

@@ -184,9 +184,6 @@ static const struct {
     {"cpu_offload_gb", T_NUM},
     {"max_seq_len_to_capture", T_INT},
     {"disable_custom_all_reduce", T_BOOL},
-    {"max_lora_rank", T_INT},
-    {"max_loras", T_INT},
-    {"max_cpu_loras", T_INT},
     {"tokenizer_mode", T_STR},
     {"max_logprobs", T_INT},
     {"distributed_executor_backend", T_ANY},
@@ -221,7 +218,11 @@ static int check_ignored(const jctx *c, const char *key, json_t *v, bool *known)
     return 0;
 }
 
-static int read_loras(const char *version_dir, cv_model_json_extra *extra, cv_error *err)
+/* multi_lora.json: adapter names and their PEFT directories (relative:
+ * to the working directory when there, else to the version directory).
+ * args' lora arrays point into extra, which cv_engine_create reads. */
+static int read_loras(const char *version_dir, cv_engine_args *args, cv_model_json_extra *extra,
+                      cv_error *err)
 {
     char path[4400];
     snprintf(path, sizeof path, "%s/multi_lora.json", version_dir);
@@ -244,9 +245,22 @@ static int read_loras(const char *version_dir, cv_model_json_extra *extra, cv_er
             return cv_errorf(err, "%s: key '%s': expected a path string (at most %d adapters)",
                              path, k, CV_MAX_LORAS);
         }
-        snprintf(extra->lora_names[extra->n_loras++], 128, "%s", k);
+        const char *p = json_string_value(v);
+        char *dst = extra->lora_paths[extra->n_loras];
+        struct stat st;
+        if (p[0] == '/' || stat(p, &st) == 0 || !version_dir)
+            snprintf(dst, sizeof extra->lora_paths[0], "%s", p);
+        else
+            snprintf(dst, sizeof extra->lora_paths[0], "%s/%s", version_dir, p);
+        snprintf(extra->lora_names[extra->n_loras], 128, "%s", k);
+        extra->lora_name_ptrs[extra->n_loras] = extra->lora_names[extra->n_loras];
+        extra->lora_path_ptrs[extra->n_loras] = dst;
+        extra->n_loras++;
     }
     json_decref(root);
+    args->n_lora_modules = extra->n_loras;
+    args->lora_names = extra->lora_name_ptrs;
+    args->lora_paths = extra->lora_path_ptrs;
     return 0;
 }
 
@@ -347,6 +361,13 @@ int cv_model_json_parse(const char *text, size_t len, const char *path, const ch
                 extra->pipeline_parallel_size = (int)n;
         } else if (!strcmp(key, "enable_lora")) {
             rc = get_bool(&c, key, v, &extra->enable_lora);
+            args->enable_lora = extra->enable_lora;
+        } else if (!strcmp(key, "max_loras")) {
+            if ((rc = get_int(&c, key, v, 1, 64, &n)) == 0) args->max_loras = (int)n;
+        } else if (!strcmp(key, "max_lora_rank")) {
+            if ((rc = get_int(&c, key, v, 1, 1024, &n)) == 0) args->max_lora_rank = (int)n;
+        } else if (!strcmp(key, "max_cpu_loras")) {
+            if ((rc = get_int(&c, key, v, 1, 1 << 20, &n)) == 0) args->max_cpu_loras = (int)n;
         } else if (!strcmp(key, "disable_log_stats")) {
             rc = get_bool(&c, key, v, &extra->disable_log_stats);
         } else if (!strcmp(key, "chat_template")) {
@@ -380,7 +401,7 @@ int cv_model_json_parse(const char *text, size_t len, const char *path, const ch
         rc = key_err(&c, "model", "missing (the HuggingFace model directory or hub id)");
     if (rc == 0) rc = resolve_models(&c, &mk, version_dir, args);
     json_decref(root);
-    if (rc == 0 && extra->enable_lora) rc = read_loras(version_dir, extra, err);
+    if (rc == 0 && extra->enable_lora) rc = read_loras(version_dir, args, extra, err);
     return rc;
 }
 

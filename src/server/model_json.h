@@ -21,6 +21,9 @@ typedef struct cv_model_json_extra {
     char tool_call_parser[32]; /* "" (none), "hermes" or "llama3_json" */
     int n_loras;               /* from multi_lora.json */
     char lora_names[CV_MAX_LORAS][128];
+    char lora_paths[CV_MAX_LORAS][4096];
+    const char *lora_name_ptrs[CV_MAX_LORAS]; /* what args->lora_names points to */
+    const char *lora_path_ptrs[CV_MAX_LORAS]; /* args->lora_paths */
 } cv_model_json_extra;
 
 /* Reads <version_dir>/model.json (and multi_lora.json when present) into

@@ -175,7 +175,11 @@ void test_server_start(test_server *s)
     snprintf(path, sizeof path, "%s/repo/vllm_model/1/model.json", s->dir);
     snprintf(text, sizeof text, "{\"model\": \"%s\", \"seed\": 0}\n", model_dir());
     write_file(path, text);
+    test_server_spawn(s);
+}
 
+void test_server_spawn(test_server *s)
+{
     /* A port found free can be taken by a concurrent test before the
      * server binds it: a start-up exit is retried on fresh ports. */
     for (int attempt = 0; attempt < 5; attempt++)

@@ -17,6 +17,9 @@ typedef struct test_server {
 /* Starts the server and waits (up to 120 s) until /v2/health/ready says 200.
  * Fails the running cmocka test on any problem. */
 void test_server_start(test_server *s);
+/* The same over the repository s->dir/repo that the caller made (s->dir
+ * set, the rest of s zero). */
+void test_server_spawn(test_server *s);
 /* SIGTERM, then asserts the server exits with status 0; removes dir. */
 void test_server_stop(test_server *s);
 

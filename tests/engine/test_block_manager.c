@@ -47,6 +47,30 @@ static void test_alloc_free(void **state)
     bm_destroy(bm);
 }
 
+/* Prefix-cache keys include the LoRA adapter: K/V computed with one adapter
+ * is never reused by another, nor by the base model, nor the other way. */
+static void test_prefix_per_adapter(void **state)
+{
+    (void)state;
+    block_manager *bm = bm_create(16, 16, true);
+    cv_seq *base = make_seq(40, 100), *a1 = make_seq(40, 100), *a2 = make_seq(40, 100);
+    a1->lora_id = 1;
+    a2->lora_id = 2;
+    compute_all(bm, base);
+    assert_int_equal(bm_attach_cached_prefix(bm, a1), 0);
+    compute_all(bm, a1);
+    assert_int_equal(bm_attach_cached_prefix(bm, a2), 0);
+    cv_seq *again = make_seq(40, 100), *again1 = make_seq(40, 100);
+    again1->lora_id = 1;
+    assert_int_equal(bm_attach_cached_prefix(bm, again), 32);
+    assert_int_equal(again->block_table[0], base->block_table[0]);
+    assert_int_equal(bm_attach_cached_prefix(bm, again1), 32);
+    assert_int_equal(again1->block_table[0], a1->block_table[0]);
+    assert_int_not_equal(a1->block_table[0], base->block_table[0]);
+    seq_free(base), seq_free(a1), seq_free(a2), seq_free(again), seq_free(again1);
+    bm_destroy(bm);
+}
+
 static void test_prefix_hits(void **state)
 {
     (void)state;
@@ -165,6 +189,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_alloc_free),
         cmocka_unit_test(test_prefix_hits),
+        cmocka_unit_test(test_prefix_per_adapter),
         cmocka_unit_test(test_lru_eviction),
         cmocka_unit_test(test_fork),
     };

@@ -74,6 +74,49 @@ static void test_chunked_prefill_and_decode_mix(void **state)
     bm_destroy(bm);
 }
 
+/* max_loras: a waiting sequence whose adapter would make more distinct
+ * adapters run than max_loras waits while later ones (base, or an adapter
+ * already running) are admitted, as vLLM's scheduler does. */
+static void test_max_loras(void **state)
+{
+    (void)state;
+    block_manager *bm = bm_create(64, 4, false);
+    scheduler s;
+    sched_init(&s, bm, 8, 100);
+    s.max_loras = 1;
+    cv_seq *a = make_seq(1, 3), *b = make_seq(2, 3), *c = make_seq(3, 3), *d = make_seq(4, 3);
+    a->lora_id = 1;
+    b->lora_id = 2;
+    c->lora_id = 1;
+    d->lora_id = 0;
+    sched_add(&s, a, false);
+    sched_add(&s, b, false);
+    sched_add(&s, c, false);
+    sched_add(&s, d, false);
+    sched_output o;
+    assert_int_equal(sched_schedule(&s, &o), 0);
+    assert_int_equal(o.n_entries, 3);
+    assert_int_equal(n_new_of(&o, a), 3);
+    assert_int_equal(n_new_of(&o, b), 0); /* adapter 2 waits */
+    assert_int_equal(n_new_of(&o, c), 3);
+    assert_int_equal(n_new_of(&o, d), 3);
+    finish_step(bm, &o);
+    /* Adapter 1 still runs: b keeps waiting; once a and c finish it runs. */
+    assert_int_equal(sched_schedule(&s, &o), 0);
+    assert_int_equal(n_new_of(&o, b), 0);
+    finish_step(bm, &o);
+    sched_remove(&s, a);
+    sched_remove(&s, c);
+    assert_int_equal(sched_schedule(&s, &o), 0);
+    assert_int_equal(n_new_of(&o, b), 3);
+    assert_int_equal(n_new_of(&o, d), 1);
+    sched_remove(&s, b);
+    sched_remove(&s, d);
+    sched_fini(&s);
+    seq_free(a), seq_free(b), seq_free(c), seq_free(d);
+    bm_destroy(bm);
+}
+
 static void test_max_chunk(void **state)
 {
     (void)state;
@@ -184,6 +227,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_chunked_prefill_and_decode_mix),
         cmocka_unit_test(test_max_chunk),
+        cmocka_unit_test(test_max_loras),
         cmocka_unit_test(test_max_num_seqs_fcfs),
         cmocka_unit_test(test_preemption_and_recompute),
     };

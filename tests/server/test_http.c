@@ -400,8 +400,8 @@ static void test_lora_names(void **state)
            "{\"text_input\": \"x\", \"sampling_parameters\": \"{\\\"lora_name\\\": "
            "\\\"sql\\\"}\"}",
            500,
-           "{\"error\":\"LoRA sql: adapters are listed in multi_lora.json but cvllm's engine "
-           "does not apply LoRA weights\"}");
+           "{\"error\":\"Error generating stream: LoRA sql: /adapters/sql/adapter_config.json: "
+           "unable to open /adapters/sql/adapter_config.json: No such file or directory\"}");
     expect("POST", "/v2/repository/models/lora/unload", "", 200, "");
 }
 

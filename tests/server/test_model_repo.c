@@ -255,6 +255,8 @@ static void test_model_json_strings(void **state)
     assert_int_equal(args.max_model_len, 256);
     assert_int_equal(args.seed, 11);
     assert_true(args.gpu_memory_utilization == 0.25);
+    assert_true(args.enable_lora);
+    assert_int_equal(args.max_lora_rank, 8);
     static const struct {
         const char *json, *msg;
     } bad[] = {
@@ -270,6 +272,10 @@ static void test_model_json_strings(void **state)
          "p/model.json: key 'swap_space': expected a number"},
         {"{\"model\": \"/\", \"gpu_memory_utilization\": \"nan\"}",
          "p/model.json: key 'gpu_memory_utilization': expected a number"},
+        {"{\"model\": \"/\", \"max_loras\": 0}",
+         "p/model.json: key 'max_loras': value 0 out of range [1, 64]"},
+        {"{\"model\": \"/\", \"max_cpu_loras\": \"two\"}",
+         "p/model.json: key 'max_cpu_loras': expected an integer"},
     };
     for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
         cv_error e = {.msg = ""};
@@ -278,6 +284,42 @@ static void test_model_json_strings(void **state)
                          -1);
         assert_string_equal(e.msg, bad[i].msg);
     }
+}
+
+/* multi_lora.json: names and adapter directories (relative ones that are
+ * not there from the working directory: under the version directory) reach
+ * the engine arguments. */
+static void test_model_json_loras(void **state)
+{
+    (void)state;
+    char dir[] = "/tmp/cv_lora_json_XXXXXX", path[600];
+    assert_non_null(mkdtemp(dir));
+    snprintf(path, sizeof path, "%s/multi_lora.json", dir);
+    FILE *f = fopen(path, "w");
+    assert_non_null(f);
+    fputs("{\"sql\": \"adapters/sql\", \"chat\": \"/abs/chat\"}", f);
+    fclose(f);
+    const char *text = "{\"model\": \"/\", \"enable_lora\": true, \"max_loras\": 2, "
+                       "\"max_cpu_loras\": 4}";
+    cv_engine_args args;
+    memset(&args, 0, sizeof args);
+    args.max_lora_rank = 16; /* cv_engine_args_default's, as the repository sets it */
+    cv_model_json_extra extra;
+    cv_error err = {.msg = ""};
+    assert_int_equal(
+        cv_model_json_parse(text, strlen(text), "p/model.json", dir, &args, &extra, &err), 0);
+    assert_int_equal(args.max_loras, 2);
+    assert_int_equal(args.max_cpu_loras, 4);
+    assert_int_equal(args.max_lora_rank, 16); /* unchanged: model.json does not set it */
+    assert_int_equal(args.n_lora_modules, 2);
+    assert_string_equal(args.lora_names[0], "sql");
+    assert_string_equal(args.lora_names[1], "chat");
+    char want[600];
+    snprintf(want, sizeof want, "%s/adapters/sql", dir);
+    assert_string_equal(args.lora_paths[0], want);
+    assert_string_equal(args.lora_paths[1], "/abs/chat");
+    unlink(path);
+    rmdir(dir);
 }
 
 static void test_model_json_missing(void **state)
@@ -360,6 +402,7 @@ int main(void)
         cmocka_unit_test(test_unserved_models),
         cmocka_unit_test(test_model_json),
         cmocka_unit_test(test_model_json_strings),
+        cmocka_unit_test(test_model_json_loras),
         cmocka_unit_test(test_model_json_missing),
         cmocka_unit_test(test_hf_cache_resolution),
     };

@@ -440,7 +440,9 @@ int cv_backend_forward(cv_backend *backend, const cv_batch *batch, float *logits
 {
     if (!batch || (batch->n_logits > 0 && !logits))
         return cv_errorf(err, "cv_backend_forward: batch or logits buffer is NULL");
-    if (check_batch(backend, batch, err) || reserve(backend, batch->n_tokens, batch->n_logits, err))
+    if (check_batch(backend, batch, err) ||
+        reserve(backend, batch->n_tokens, batch->n_logits, err) ||
+        cpu_lora_prepare(backend, batch, err))
         return -1;
     cpu_forward_run(backend, batch, logits);
     return 0;
@@ -477,5 +479,6 @@ void cv_backend_destroy(cv_backend *backend)
     free(backend->attn_scratch);
     free(backend->act);
     free(backend->tok_seq);
+    cpu_lora_free(backend);
     free(backend);
 }

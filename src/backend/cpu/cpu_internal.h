@@ -98,6 +98,15 @@ struct cv_backend {
     int ld_kv; /* k, v */
     int ld_f;  /* gate, up */
     int ld_r;  /* rope_cos, rope_sin */
+    /* LoRA (cpu_lora.c): the adapter of each slot, borrowed from the
+     * caller (lora_load), applied per token from host memory. */
+    const struct cv_lora_adapter **lora_slot; /* (n_lora_slots) NULL = empty */
+    int n_lora_slots;
+    int lora_rank;  /* max_rank: the stride of one target's A x in lora_u */
+    bool step_lora; /* this step has adapters: the forward runs the LoRA phases */
+    const struct cv_lora_adapter **tok_lora; /* (cap_lora_tokens) each token's adapter or NULL */
+    float *lora_u; /* (cap_lora_tokens, 3 * lora_rank) A x of up to three targets */
+    int cap_lora_tokens;
     cpu_barrier barrier;
     /* (cpu_forward_phases) next work item of each phase of a step */
     atomic_int *work_next;
@@ -141,6 +150,11 @@ void cpu_rope_apply(float *head, const float *cos_t, const float *sin_t, int hea
 
 /* Number of work phases (counters in work_next) of one step. */
 int cpu_forward_phases(const cv_model_config *cfg);
+
+/* Checks batch->lora_slots against the loaded slots, fills tok_lora and
+ * sizes lora_u; sets step_lora (cpu_lora.c). */
+int cpu_lora_prepare(cv_backend *bk, const cv_batch *batch, cv_error *err);
+void cpu_lora_free(cv_backend *bk);
 
 /* Runs the forward; called after the batch was validated. */
 void cpu_forward_run(cv_backend *bk, const cv_batch *batch, float *logits);

@@ -29,6 +29,16 @@ static void cpu_destroy(void *impl)
     cv_backend_destroy(impl);
 }
 
+static int cpu_lora_init(void *impl, int n_slots, int max_rank, cv_error *err)
+{
+    return cv_backend_lora_init(impl, n_slots, max_rank, err);
+}
+
+static int cpu_lora_load(void *impl, int slot, const struct cv_lora_adapter *adapter, cv_error *err)
+{
+    return cv_backend_lora_load(impl, slot, adapter, err);
+}
+
 const cv_backend_ops cv_cpu_backend_ops = {
     .kv_block_bytes = cpu_kv_block_bytes,
     .memory = NULL,
@@ -36,4 +46,6 @@ const cv_backend_ops cv_cpu_backend_ops = {
     .kv_copy = cpu_kv_copy,
     .forward = cpu_forward,
     .destroy = cpu_destroy,
+    .lora_init = cpu_lora_init,
+    .lora_load = cpu_lora_load,
 };

@@ -15,12 +15,27 @@
 #include <string.h>
 
 #include "backend/cpu/cpu_internal.h"
+#include "lora/lora.h"
 
 /* Work phases of one layer; each has a counter in work_next from which the
  * threads take items (row chunks, tokens, attention items) one by one, so a
  * thread that another process slows down leaves its share to the others
  * instead of stalling the next barrier. */
-enum { PH_ATTN_NORM, PH_QKV, PH_ROPE, PH_ATTN, PH_WO, PH_FFN_NORM, PH_MLP, PH_DOWN, PH_PER_LAYER };
+enum {
+    PH_ATTN_NORM,
+    PH_QKV,
+    PH_ROPE,
+    PH_ATTN,
+    PH_WO,
+    PH_FFN_NORM,
+    PH_MLP,
+    PH_DOWN,
+    PH_LORA_QKV, /* A x of each adapter token, before the product it adds to */
+    PH_LORA_O,
+    PH_LORA_MLP,
+    PH_LORA_DOWN,
+    PH_PER_LAYER
+};
 
 /* Phases after the layers, numbered from n_layers * PH_PER_LAYER. */
 enum { PH_EMBED, PH_PROJ_IN, PH_FINAL_NORM, PH_PROJ_OUT, PH_LM_HEAD, PH_GLOBAL };
@@ -131,7 +146,66 @@ typedef struct mm_job {
     int ldy;
     bool accumulate;
     const float *bias; /* (out) or NULL */
+    int lora;          /* 1 + the cv_lora_target added after the product; 0: none */
+    int lora_k;        /* which of lora_u's A x it reads */
+    int layer;
 } mm_job;
+
+/* sum a[i] b[i] in eight interleaved partial sums added in a fixed order:
+ * the compiler vectorizes it, and the result depends only on a and b. */
+static float lora_dot(const float *a, const float *b, int n)
+{
+    float acc[8] = {0};
+    int i = 0;
+    for (; i + 8 <= n; i += 8)
+        for (int j = 0; j < 8; j++)
+            acc[j] += a[i + j] * b[i + j];
+    for (int j = 0; i < n; i++, j++)
+        acc[j] += a[i] * b[i];
+    return ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+}
+
+/* LoRA, first half: lora_u[t][k] = A_k x[t] for the targets of one product
+ * phase, for every token with an adapter that targets them, one token per
+ * item in a fixed order (so a token's result does not depend on the batch). */
+static void lora_down(cv_backend *bk, int phase, int layer, const cv_lora_target *targets,
+                      int n_targets, const float *x, int ldx, int n_tok)
+{
+    const int R = bk->lora_rank, ldu = 3 * R;
+    for (int t = next_item(bk, phase); t < n_tok; t = next_item(bk, phase)) {
+        const cv_lora_adapter *a = bk->tok_lora[t];
+        if (!a) continue;
+        for (int k = 0; k < n_targets; k++) {
+            const cv_lora_weights *w = &a->w[layer * CV_LORA_N_TARGETS + targets[k]];
+            if (!w->a) continue;
+            const int in = a->in[targets[k]];
+            const float *xt = x + (int64_t)t * ldx;
+            float *u = bk->lora_u + (int64_t)t * ldu + k * R;
+            for (int r = 0; r < a->rank; r++)
+                u[r] = lora_dot(w->a + (int64_t)r * in, xt, in);
+        }
+    }
+    team_barrier(bk);
+}
+
+/* LoRA, second half, fused after a product's work item: y[t][lo, hi) +=
+ * scale B (A x) for the item's tokens [t0, t1) that have an adapter on
+ * target (A x from lora_u slot k). */
+static void lora_up(const cv_backend *bk, int layer, int target, int k, float *y, int ldy, int t0,
+                    int t1, int lo, int hi)
+{
+    const int R = bk->lora_rank, ldu = 3 * R;
+    for (int t = t0; t < t1; t++) {
+        const cv_lora_adapter *a = bk->tok_lora[t];
+        if (!a) continue;
+        const cv_lora_weights *w = &a->w[layer * CV_LORA_N_TARGETS + target];
+        if (!w->b) continue;
+        const float *u = bk->lora_u + (int64_t)t * ldu + k * R;
+        float *yt = y + (int64_t)t * ldy;
+        for (int o = lo; o < hi; o++)
+            yt[o] += a->scale * lora_dot(w->b + (int64_t)o * a->rank, u, a->rank);
+    }
+}
 
 /* Rows per work chunk: whole panels of the packed weights (cpu_kernels.h),
  * two for a lone token, whose kernel takes panels in pairs. */
@@ -192,6 +266,8 @@ static void run_jobs(cv_backend *bk, int phase, const mm_job *jobs, int n_jobs, 
             for (int t = it.t0; t < it.t1; t++)
                 for (int o = lo; o < hi; o++)
                     m->y[(int64_t)t * m->ldy + o] += m->bias[o];
+        if (m->lora && bk->step_lora)
+            lora_up(bk, m->layer, m->lora - 1, m->lora_k, m->y, m->ldy, it.t0, it.t1, lo, hi);
     }
     team_barrier(bk);
 }
@@ -199,7 +275,8 @@ static void run_jobs(cv_backend *bk, int phase, const mm_job *jobs, int n_jobs, 
 /* The MLP's first half into gate, item by item so that each thread applies
  * the activation to the rows it just computed: act(gate) * up, or for a
  * plain MLP act(up x + b_up). */
-static void run_mlp_in(cv_backend *bk, int phase, const cpu_layer *L, const float *xin, int n_tok)
+static void run_mlp_in(cv_backend *bk, int phase, int layer, const cpu_layer *L, const float *xin,
+                       int n_tok)
 {
     const cv_layer_weights *W = &L->w;
     const int rows = chunk_rows(n_tok), n = (int)W->w_up.shape[0];
@@ -227,6 +304,10 @@ static void run_mlp_in(cv_backend *bk, int phase, const cpu_layer *L, const floa
                          bk->ld_f, lo, hi, false);
         bk->kern->matmul(W->w_up.dtype, W->w_up.data, in, x, bk->ld_h, it.t1 - it.t0, up, bk->ld_f,
                          lo, hi, false);
+        if (bk->step_lora) {
+            lora_up(bk, layer, CV_LORA_GATE, 0, bk->gate, bk->ld_f, it.t0, it.t1, lo, hi);
+            lora_up(bk, layer, CV_LORA_UP, 1, bk->up, bk->ld_f, it.t0, it.t1, lo, hi);
+        }
         for (int t = 0; t < it.t1 - it.t0; t++)
             bk->kern->gated_act(bk->cfg.hidden_act, gate + (int64_t)t * bk->ld_f + lo,
                                 up + (int64_t)t * bk->ld_f + lo, hi - lo);
@@ -365,10 +446,15 @@ static void layer_forward(cv_backend *bk, const cv_batch *b, int layer, int ith,
 
     if (!post)
         norm_tokens(bk, layer_phase(layer, PH_ATTN_NORM), nt, L->attn_norm, L->attn_norm_b, bk->xn);
+    const bool lora = bk->step_lora;
+    static const cv_lora_target t_qkv[3] = {CV_LORA_Q, CV_LORA_K, CV_LORA_V};
+    static const cv_lora_target t_o = CV_LORA_O, t_mlp[2] = {CV_LORA_GATE, CV_LORA_UP};
+    static const cv_lora_target t_down = CV_LORA_DOWN;
+    if (lora) lora_down(bk, layer_phase(layer, PH_LORA_QKV), layer, t_qkv, 3, in, bk->ld_h, nt);
     const mm_job qkv[3] = {
-        {&W->wq, in, bk->ld_h, bk->q, bk->ld_q, false, L->bq},
-        {&W->wk, in, bk->ld_h, bk->k, bk->ld_kv, false, L->bk},
-        {&W->wv, in, bk->ld_h, bk->v, bk->ld_kv, false, L->bv},
+        {&W->wq, in, bk->ld_h, bk->q, bk->ld_q, false, L->bq, 1 + CV_LORA_Q, 0, layer},
+        {&W->wk, in, bk->ld_h, bk->k, bk->ld_kv, false, L->bk, 1 + CV_LORA_K, 1, layer},
+        {&W->wv, in, bk->ld_h, bk->v, bk->ld_kv, false, L->bv, 1 + CV_LORA_V, 2, layer},
     };
     run_jobs(bk, layer_phase(layer, PH_QKV), qkv, 3, nt);
     rope_and_store(bk, b, layer);
@@ -386,14 +472,20 @@ static void layer_forward(cv_backend *bk, const cv_batch *b, int layer, int ith,
         attend(bk, b, layer, item / items_per_tok, h0, h0 + per_item, scratch);
     }
     team_barrier(bk);
-    const mm_job wo = {&W->wo, bk->attn, bk->ld_q, bk->x, bk->ld_h, true, L->bo};
+    if (lora) lora_down(bk, layer_phase(layer, PH_LORA_O), layer, &t_o, 1, bk->attn, bk->ld_q, nt);
+    const mm_job wo = {&W->wo, bk->attn, bk->ld_q,      bk->x, bk->ld_h,
+                       true,   L->bo,    1 + CV_LORA_O, 0,     layer};
     run_jobs(bk, layer_phase(layer, PH_WO), &wo, 1, nt);
     if (post)
         norm_tokens(bk, layer_phase(layer, PH_ATTN_NORM), nt, L->attn_norm, L->attn_norm_b, bk->x);
     else
         norm_tokens(bk, layer_phase(layer, PH_FFN_NORM), nt, L->ffn_norm, L->ffn_norm_b, bk->xn);
-    run_mlp_in(bk, layer_phase(layer, PH_MLP), L, in, nt);
-    const mm_job down = {&W->w_down, bk->gate, bk->ld_f, bk->x, bk->ld_h, true, L->b_down};
+    if (lora) lora_down(bk, layer_phase(layer, PH_LORA_MLP), layer, t_mlp, 2, in, bk->ld_h, nt);
+    run_mlp_in(bk, layer_phase(layer, PH_MLP), layer, L, in, nt);
+    if (lora)
+        lora_down(bk, layer_phase(layer, PH_LORA_DOWN), layer, &t_down, 1, bk->gate, bk->ld_f, nt);
+    const mm_job down = {&W->w_down, bk->gate,  bk->ld_f,         bk->x, bk->ld_h,
+                         true,       L->b_down, 1 + CV_LORA_DOWN, 0,     layer};
     run_jobs(bk, layer_phase(layer, PH_DOWN), &down, 1, nt);
     if (post)
         norm_tokens(bk, layer_phase(layer, PH_FFN_NORM), nt, L->ffn_norm, L->ffn_norm_b, bk->x);
@@ -447,7 +539,7 @@ static void forward_thread(cv_backend *bk, const cv_batch *b, float *logits, int
     prologue(bk, b, global + PH_EMBED);
     team_barrier(bk);
     if (bk->project_in.data) {
-        const mm_job in = {&bk->project_in, bk->xn, bk->ld_h, bk->x, bk->ld_h, true, NULL};
+        const mm_job in = {&bk->project_in, bk->xn, bk->ld_h, bk->x, bk->ld_h, true, NULL, 0, 0, 0};
         run_jobs(bk, global + PH_PROJ_IN, &in, 1, b->n_tokens);
     }
     for (int l = 0; l < c->n_layers; l++)
@@ -465,11 +557,13 @@ static void forward_thread(cv_backend *bk, const cv_batch *b, float *logits, int
     team_barrier(bk);
     const float *head_in = bk->xl;
     if (bk->project_out.data) {
-        const mm_job out = {&bk->project_out, bk->xl, bk->ld_h, bk->xp, bk->ld_h, false, NULL};
+        const mm_job out = {
+            &bk->project_out, bk->xl, bk->ld_h, bk->xp, bk->ld_h, false, NULL, 0, 0, 0};
         run_jobs(bk, global + PH_PROJ_OUT, &out, 1, b->n_logits);
         head_in = bk->xp;
     }
-    const mm_job head = {&bk->lm_head, head_in, bk->ld_h, logits, c->vocab_size, false, NULL};
+    const mm_job head = {&bk->lm_head, head_in, bk->ld_h, logits, c->vocab_size,
+                         false,        NULL,    0,        0,      0};
     run_jobs(bk, global + PH_LM_HEAD, &head, 1, b->n_logits);
 }
 

@@ -152,6 +152,32 @@ int cv_device_backend_forward(cv_device_backend *b, const cv_batch *batch, float
     return b->ops->forward(b->impl, batch, logits, greedy, err);
 }
 
+bool cv_device_backend_has_lora(const cv_device_backend *b)
+{
+    return b->ops->lora_init && b->ops->lora_load;
+}
+
+static int no_lora(const cv_device_backend *b, cv_error *err)
+{
+    return cv_errorf(err,
+                     "LoRA adapters are not yet applied on the GPU (device %s); serve them with "
+                     "device \"cpu\"",
+                     b->name);
+}
+
+int cv_device_backend_lora_init(cv_device_backend *b, int n_slots, int max_rank, cv_error *err)
+{
+    if (!cv_device_backend_has_lora(b)) return no_lora(b, err);
+    return b->ops->lora_init(b->impl, n_slots, max_rank, err);
+}
+
+int cv_device_backend_lora_load(cv_device_backend *b, int slot,
+                                const struct cv_lora_adapter *adapter, cv_error *err)
+{
+    if (!cv_device_backend_has_lora(b)) return no_lora(b, err);
+    return b->ops->lora_load(b->impl, slot, adapter, err);
+}
+
 void cv_device_backend_destroy(cv_device_backend *b)
 {
     if (!b) return;

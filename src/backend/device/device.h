@@ -61,6 +61,13 @@ int cv_device_backend_kv_copy(cv_device_backend *b, const int32_t *src, const in
  * greedy was filled, 0 when every row is in logits, -1 on error. */
 int cv_device_backend_forward(cv_device_backend *b, const cv_batch *batch, float *logits,
                               const cv_greedy_rows *greedy, cv_error *err);
+/* LoRA slots (backend.h's lora_init / lora_load). A backend without
+ * them (the CUDA backend for now) answers an error saying LoRA is not yet
+ * applied on the GPU. */
+bool cv_device_backend_has_lora(const cv_device_backend *b);
+int cv_device_backend_lora_init(cv_device_backend *b, int n_slots, int max_rank, cv_error *err);
+int cv_device_backend_lora_load(cv_device_backend *b, int slot,
+                                const struct cv_lora_adapter *adapter, cv_error *err);
 void cv_device_backend_destroy(cv_device_backend *b);
 
 #endif
