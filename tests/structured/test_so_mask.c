@@ -1,0 +1,134 @@
+/* The token masks of src/structured against brute force: along random walks
+ * through several constraints, every state's mask must allow exactly the
+ * tokens whose bytes, fed one by one to the automaton, keep it alive (plus
+ * the end id where the state accepts). Runs on the shipped model's
+ * tokenizer (samples/models/cvllm-kjv-4m) and, when ../shared has it, on
+ * Qwen3's 151k-token vocabulary (byte-level BPE: tokens that are pieces of
+ * UTF-8 characters, long whitespace runs) and Llama 2's 32k. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "../common/shared_data.h"
+#include "structured/structured.h"
+#include "tokenizer/tokenizer.h"
+
+typedef struct constraint {
+    so_kind kind;
+    const char *text;
+} constraint;
+
+static const constraint constraints[] = {
+    {SO_REGEX, "[^\"]*"},
+    {SO_REGEX, "a(b|c)*d{2}[^x]\\."},
+    {SO_REGEX, "[a-z ]{0,20}\\d{2,4}"},
+    {SO_CHOICE, "[\"the waters\",\"the\",\"thee\",\"αβγ\"]"},
+    {SO_JSON_OBJECT, ""},
+    {SO_JSON, "{\"type\":\"object\",\"properties\":{\"name\":{\"type\":\"string\",\"maxLength\":"
+              "8},\"n\":{\"type\":\"integer\"},\"tags\":{\"type\":\"array\",\"items\":{\"enum\":["
+              "\"a b\",\"c\"]}}},\"required\":[\"name\",\"n\"]}"},
+};
+
+static uint64_t rng = 0x9E3779B97F4A7C15ULL;
+
+static uint64_t next_rand(void)
+{
+    rng ^= rng << 13;
+    rng ^= rng >> 7;
+    rng ^= rng << 17;
+    return rng;
+}
+
+/* Checks the mask of st token by token; returns how many tokens it allows
+ * (other than end) and puts one of them, picked at random, in *pick. */
+static int check_state(so_grammar *g, const so_vocab *v, int32_t eos, so_state st, int32_t *pick)
+{
+    const uint32_t *mask = so_mask(g, st);
+    assert_non_null(mask);
+    int n_allowed = 0;
+    for (int32_t t = 0; t < so_vocab_size(v); t++) {
+        int nb = 0;
+        const uint8_t *b = so_vocab_bytes(v, t, &nb);
+        bool want = b ? so_advance_bytes(g, st, (const char *)b, (size_t)nb) != SO_DEAD
+                      : t == eos && so_accepting(g, st);
+        bool got = mask[t >> 5] >> (t & 31) & 1u;
+        if (got != want)
+            fail_msg("state %d token %d: mask %d, bytes say %d", st, t, (int)got, (int)want);
+        if (want && b && next_rand() % (uint64_t)++n_allowed == 0) *pick = t;
+    }
+    assert_int_equal(so_done(g, st), n_allowed == 0);
+    return n_allowed;
+}
+
+static void walk_all(const char *tok_dir, int n_walks, int max_steps)
+{
+    cv_error err;
+    cv_tokenizer *tok = tok_load(tok_dir, &err);
+    if (!tok) fail_msg("tok_load %s: %s", tok_dir, err.msg);
+    int32_t eos = tok_eos_id(tok);
+    so_vocab *v = so_vocab_create(tok, &eos, 1, &err);
+    assert_non_null(v);
+    for (size_t i = 0; i < sizeof(constraints) / sizeof(constraints[0]); i++) {
+        so_cache *c = so_cache_create(v);
+        so_grammar *g = so_cache_get(c, constraints[i].kind, constraints[i].text, &err);
+        if (!g) fail_msg("%s: %s", constraints[i].text, err.msg);
+        for (int w = 0; w < n_walks; w++) {
+            so_state st = so_start(g);
+            for (int s = 0; s < max_steps; s++) {
+                int32_t pick = -1;
+                if (check_state(g, v, eos, st, &pick) == 0) break;
+                st = so_advance(g, st, pick);
+                assert_int_not_equal(st, SO_DEAD);
+            }
+        }
+        so_cache_free(c);
+    }
+    so_vocab_free(v);
+    tok_free(tok);
+}
+
+static void test_kjv_vocab(void **state)
+{
+    (void)state;
+    char dir[4096];
+    const char *src = getenv("CVLLM_SOURCE_DIR");
+    snprintf(dir, sizeof(dir), "%s/samples/models/cvllm-kjv-4m", src ? src : ".");
+    walk_all(dir, 3, 24);
+}
+
+static void test_qwen3_vocab(void **state)
+{
+    (void)state;
+    if (!cv_test_have_shared("tokenizers/qwen3")) return;
+    char dir[4096];
+    snprintf(dir, sizeof(dir), "%s/tokenizers/qwen3", cv_test_shared_root());
+    walk_all(dir, 1, 6);
+}
+
+/* Llama 2's byte tokens <0x41> have the bytes of "A" too: tokens with
+ * equal bytes share a trie node and must all be allowed. */
+static void test_llama2_vocab(void **state)
+{
+    (void)state;
+    if (!cv_test_have_shared("tokenizers/llama2")) return;
+    char dir[4096];
+    snprintf(dir, sizeof(dir), "%s/tokenizers/llama2", cv_test_shared_root());
+    walk_all(dir, 1, 8);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_kjv_vocab),
+        cmocka_unit_test(test_qwen3_vocab),
+        cmocka_unit_test(test_llama2_vocab),
+    };
+    int failed = cmocka_run_group_tests(tests, NULL, NULL);
+    return cv_test_exit(failed);
+}
