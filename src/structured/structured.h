@@ -23,8 +23,12 @@
  *   additionalProperties false, enum, const, items, minItems, maxItems,
  *   minLength, maxLength, anyOf, oneOf (generated as anyOf), $ref to
  *   #/$defs/NAME or #/definitions/NAME (not recursive: a schema nests at
- *   most 32 levels), plus the annotations title, description, default,
- *   examples and $schema. Any other keyword is refused naming it.
+ *   most 32 levels), pattern (a regex of the SO_REGEX subset that the whole
+ *   string value matches, as in xgrammar; bytes JSON must escape are
+ *   spelled as escapes), format date, time, date-time, uuid, ipv4, email,
+ *   hostname (other formats are annotations: any string; pattern and format
+ *   exclude minLength/maxLength), plus the annotations title, description,
+ *   default, examples and $schema. Any other keyword is refused naming it.
  * Generated JSON: properties in schema order, at most one space where JSON
  * allows whitespace, strings of UTF-8 characters with the escapes \" \\ \/
  * \b \f \n \r \t (no \u), integers of at most 16 digits, numbers with at

@@ -122,12 +122,124 @@ static void test_llama2_vocab(void **state)
     walk_all(dir, 1, 8);
 }
 
+/* ---- JSON-schema pattern and format, byte by byte -------------------- */
+
+static so_vocab *kjv_vocab(cv_tokenizer **tok)
+{
+    char dir[4096];
+    const char *src = getenv("CVLLM_SOURCE_DIR");
+    snprintf(dir, sizeof(dir), "%s/samples/models/cvllm-kjv-4m", src ? src : ".");
+    cv_error err;
+    *tok = tok_load(dir, &err);
+    if (!*tok) fail_msg("tok_load %s: %s", dir, err.msg);
+    int32_t eos = tok_eos_id(*tok);
+    so_vocab *v = so_vocab_create(*tok, &eos, 1, &err);
+    assert_non_null(v);
+    return v;
+}
+
+static bool matches(so_grammar *g, const char *s)
+{
+    so_state st = so_advance_bytes(g, so_start(g), s, strlen(s));
+    return st != SO_DEAD && so_accepting(g, st);
+}
+
+typedef struct text_case {
+    const char *schema;
+    const char *good[4], *bad[5];
+} text_case;
+
+static const text_case text_cases[] = {
+    {"{\"type\":\"string\",\"pattern\":\"^[a-z]+(-[a-z]+)*$\"}",
+     {"\"abc\"", "\"a-b-c\""},
+     {"\"\"", "\"a-\"", "\"A\"", "abc"}},
+    /* Bytes JSON must escape are spelled as escapes; the value still matches. */
+    {"{\"type\":\"string\",\"pattern\":\"a\\\"b\\\\\\\\c\\n[\\\\x00-\\\\x02]\"}",
+     {"\"a\\\"b\\\\c\\n\\u0001\""},
+     {"\"a\"b\\\\c\\n\\u0001\"", "\"a\\\"b\\\\c\n\\u0001\"", "\"a\\\"b\\\\c\\n\\u0003\""}},
+    {"{\"pattern\":\"\\\\d{3}\"}", {"\"123\""}, {"123", "\"12\""}},
+    {"{\"type\":\"string\",\"format\":\"date\"}",
+     {"\"2024-02-29\"", "\"1999-12-31\""},
+     {"\"2024-13-01\"", "\"2024-00-10\"", "\"2024-1-01\"", "\"2024-01-32\""}},
+    {"{\"type\":\"string\",\"format\":\"time\"}",
+     {"\"23:59:60Z\"", "\"08:30:00.125+05:30\""},
+     {"\"24:00:00Z\"", "\"08:30:00\"", "\"08:60:00Z\""}},
+    {"{\"type\":\"string\",\"format\":\"date-time\"}",
+     {"\"2026-12-05T15:30:52Z\"", "\"2026-12-05T15:30:52.5-01:00\""},
+     {"\"2026-12-05 15:30:52Z\"", "\"2026-12-05T15:30Z\""}},
+    {"{\"type\":\"string\",\"format\":\"uuid\"}",
+     {"\"123e4567-e89b-12d3-a456-426614174000\""},
+     {"\"123e4567e89b12d3a456426614174000\"", "\"123e4567-e89b-12d3-a456-42661417400g\""}},
+    {"{\"type\":\"string\",\"format\":\"ipv4\"}",
+     {"\"192.168.0.1\"", "\"255.255.255.255\"", "\"0.0.0.0\""},
+     {"\"256.1.1.1\"", "\"1.2.3\"", "\"01.2.3.4\"", "\"1.2.3.4.5\""}},
+    {"{\"type\":\"string\",\"format\":\"email\"}",
+     {"\"john.doe+x@example.co.uk\"", "\"a@b.io\""},
+     {"\"a@b\"", "\"@b.io\"", "\"a@-b.io\"", "\"a b@c.io\""}},
+    {"{\"type\":\"string\",\"format\":\"hostname\"}",
+     {"\"example.com\"", "\"localhost\""},
+     {"\"-x.com\"", "\"a..b\""}},
+    /* Formats without a generator are annotations: any string. */
+    {"{\"type\":\"string\",\"format\":\"uri\"}", {"\"any thing\""}, {"1"}},
+};
+
+static void test_pattern_format(void **state)
+{
+    (void)state;
+    cv_tokenizer *tok;
+    so_vocab *v = kjv_vocab(&tok);
+    so_cache *c = so_cache_create(v);
+    cv_error err;
+    for (size_t i = 0; i < sizeof(text_cases) / sizeof(text_cases[0]); i++) {
+        const text_case *tc = &text_cases[i];
+        so_grammar *g = so_cache_get(c, SO_JSON, tc->schema, &err);
+        if (!g) fail_msg("%s: %s", tc->schema, err.msg);
+        for (int k = 0; k < 4 && tc->good[k]; k++)
+            if (!matches(g, tc->good[k])) fail_msg("%s refuses %s", tc->schema, tc->good[k]);
+        for (int k = 0; k < 5 && tc->bad[k]; k++)
+            if (matches(g, tc->bad[k])) fail_msg("%s accepts %s", tc->schema, tc->bad[k]);
+    }
+    so_cache_free(c);
+    so_vocab_free(v);
+    tok_free(tok);
+}
+
+static void expect_compile_error(so_cache *c, so_kind kind, const char *text, const char *want)
+{
+    cv_error err = {.msg = ""};
+    assert_null(so_cache_get(c, kind, text, &err));
+    if (strcmp(err.msg, want)) fail_msg("%s: got '%s', want '%s'", text, err.msg, want);
+}
+
+static void test_pattern_errors(void **state)
+{
+    (void)state;
+    cv_tokenizer *tok;
+    so_vocab *v = kjv_vocab(&tok);
+    so_cache *c = so_cache_create(v);
+    expect_compile_error(c, SO_JSON, "{\"type\":\"string\",\"pattern\":\"(a\"}",
+                         "JSON schema 'pattern': invalid regex at position 2: missing )");
+    expect_compile_error(c, SO_JSON, "{\"type\":\"string\",\"pattern\":\"(?=a)\"}",
+                         "JSON schema 'pattern': invalid regex at position 1: "
+                         "only (?:...) groups are supported (no lookaround or flags)");
+    expect_compile_error(c, SO_JSON, "{\"type\":\"string\",\"pattern\":5}",
+                         "JSON schema 'pattern' must be a string");
+    expect_compile_error(c, SO_JSON, "{\"type\":\"string\",\"format\":[]}",
+                         "JSON schema 'format' must be a string");
+    expect_compile_error(c, SO_JSON, "{\"type\":\"string\",\"format\":\"date\",\"maxLength\":3}",
+                         "JSON schema 'minLength'/'maxLength' together with 'format' is not "
+                         "supported");
+    so_cache_free(c);
+    so_vocab_free(v);
+    tok_free(tok);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_kjv_vocab),
-        cmocka_unit_test(test_qwen3_vocab),
-        cmocka_unit_test(test_llama2_vocab),
+        cmocka_unit_test(test_kjv_vocab),      cmocka_unit_test(test_qwen3_vocab),
+        cmocka_unit_test(test_llama2_vocab),   cmocka_unit_test(test_pattern_format),
+        cmocka_unit_test(test_pattern_errors),
     };
     int failed = cmocka_run_group_tests(tests, NULL, NULL);
     return cv_test_exit(failed);

@@ -5,6 +5,8 @@
  * membership); greedy under a choice equals the constrained greedy path
  * computed here from the backend's unmasked logits; constrained and free
  * requests share batches; bad constraints give vLLM's messages. */
+#include <arpa/inet.h>
+#include <ctype.h>
 #include <math.h>
 #include <regex.h>
 #include <setjmp.h>
@@ -129,12 +131,83 @@ static bool has_type(const json_t *v, const char *t)
 
 static const json_t *schema_root;
 
+/* The whole string value v matches the POSIX ERE re (the test schemas'
+ * patterns are written in the common subset; ^ and $ may be given). */
+static bool posix_full_match(const char *re, const json_t *v)
+{
+    char anchored[512];
+    size_t n = strlen(re);
+    if (n && re[n - 1] == '$') n--;
+    if (*re == '^') re++, n--;
+    snprintf(anchored, sizeof(anchored), "^(%.*s)$", (int)n, re);
+    regex_t rx;
+    assert_int_equal(regcomp(&rx, anchored, REG_EXTENDED | REG_NOSUB), 0);
+    bool ok = regexec(&rx, json_string_value(v), 0, NULL, 0) == 0;
+    regfree(&rx);
+    return ok;
+}
+
+static bool is_date(const char *t)
+{
+    int y, m, d, n = 0;
+    return strlen(t) == 10 && sscanf(t, "%4d-%2d-%2d%n", &y, &m, &d, &n) == 3 && n == 10 &&
+           m >= 1 && m <= 12 && d >= 1 && d <= 31 && t[4] == '-' && t[7] == '-';
+}
+
+static bool is_time(const char *t)
+{
+    int h, m, sec, n = 0;
+    if (sscanf(t, "%2d:%2d:%2d%n", &h, &m, &sec, &n) != 3 || n != 8 || h > 23 || m > 59 || sec > 60)
+        return false;
+    t += 8;
+    if (*t == '.') {
+        int digits = 0;
+        while (t[1 + digits] >= '0' && t[1 + digits] <= '9')
+            digits++;
+        if (digits == 0) return false;
+        t += 1 + digits;
+    }
+    if (!strcmp(t, "Z")) return true;
+    return (*t == '+' || *t == '-') && sscanf(t + 1, "%2d:%2d%n", &h, &m, &n) == 2 && n == 5 &&
+           t[6] == '\0' && h <= 23 && m <= 59;
+}
+
+static bool format_valid(const char *format, const json_t *v)
+{
+    const char *t = json_string_value(v);
+    if (!strcmp(format, "date")) return is_date(t);
+    if (!strcmp(format, "time")) return is_time(t);
+    if (!strcmp(format, "date-time")) {
+        char date[11];
+        snprintf(date, sizeof(date), "%s", t);
+        return strlen(t) > 11 && t[10] == 'T' && is_date(date) && is_time(t + 11);
+    }
+    if (!strcmp(format, "uuid")) {
+        if (strlen(t) != 36) return false;
+        for (int i = 0; i < 36; i++)
+            if (i == 8 || i == 13 || i == 18 || i == 23 ? t[i] != '-'
+                                                        : !isxdigit((unsigned char)t[i]))
+                return false;
+        return true;
+    }
+    if (!strcmp(format, "ipv4")) {
+        /* inet_pton takes no leading zeros in glibc's strict dotted quad. */
+        struct in_addr addr;
+        return inet_pton(AF_INET, t, &addr) == 1;
+    }
+    fail_msg("the checker has no format '%s'", format);
+    return false;
+}
+
 static bool schema_valid(const json_t *v, const json_t *s)
 {
     const json_t *x;
     if ((x = json_object_get(s, "$ref"))) {
-        const char *name = json_string_value(x) + strlen("#/$defs/");
-        return schema_valid(v, json_object_get(json_object_get(schema_root, "$defs"), name));
+        const char *ref = json_string_value(x);
+        bool defs = !strncmp(ref, "#/$defs/", 8);
+        const char *name = ref + (defs ? 8 : strlen("#/definitions/"));
+        return schema_valid(
+            v, json_object_get(json_object_get(schema_root, defs ? "$defs" : "definitions"), name));
     }
     if ((x = json_object_get(s, "oneOf"))) {
         int n = 0;
@@ -165,6 +238,10 @@ static bool schema_valid(const json_t *v, const json_t *s)
         if (!ok) return false;
     }
     if (json_is_string(v)) {
+        if ((x = json_object_get(s, "pattern")) && !posix_full_match(json_string_value(x), v))
+            return false;
+        if ((x = json_object_get(s, "format")) && !format_valid(json_string_value(x), v))
+            return false;
         size_t len = utf8_chars(json_string_value(v));
         if ((x = json_object_get(s, "maxLength")) && len > (size_t)json_integer_value(x))
             return false;
@@ -241,6 +318,38 @@ static const char *const schemas[] = {
     "true}",
     "{\"type\":\"object\",\"properties\":{\"word\":{\"type\":\"string\",\"minLength\":2,"
     "\"maxLength\":10},\"héllo\":{\"const\":\"wörld ✓\"}},\"required\":[\"word\",\"héllo\"]}",
+    /* pattern and format (issue 14) */
+    "{\"type\":\"object\",\"properties\":{\"code\":{\"type\":\"string\",\"pattern\":\"^[A-Z]{2}-"
+    "[0-9]{3}$\"}},\"required\":[\"code\"]}",
+    "{\"type\":\"object\",\"properties\":{\"born\":{\"type\":\"string\",\"format\":\"date\"},"
+    "\"n\":{\"type\":\"integer\"}},\"required\":[\"born\",\"n\"]}",
+    "{\"type\":\"string\",\"format\":\"uuid\"}",
+    "{\"type\":\"array\",\"items\":{\"type\":\"string\",\"format\":\"ipv4\"},\"minItems\":1,"
+    "\"maxItems\":3}",
+    "{\"type\":\"string\",\"format\":\"date-time\"}",
+    "{\"type\":\"object\",\"properties\":{\"t\":{\"type\":\"string\",\"format\":\"time\"}},"
+    "\"required\":[\"t\"]}",
+    "{\"type\":\"string\",\"pattern\":\"say \\\"(hi|yo)\\\"!?\"}",
+    "{\"type\":\"string\",\"pattern\":\"(α|β|γ){1,3}ü\"}",
+    "{\"definitions\":{\"c\":{\"type\":\"string\",\"pattern\":\"#[0-9a-f]{6}\"}},\"type\":"
+    "\"object\",\"properties\":{\"fg\":{\"$ref\":\"#/definitions/c\"},\"bg\":{\"$ref\":"
+    "\"#/definitions/c\"}},\"required\":[\"fg\"]}",
+    "{\"oneOf\":[{\"type\":\"string\",\"format\":\"ipv4\"},{\"type\":\"integer\"}]}",
+    /* more shapes */
+    "{\"type\":\"object\",\"properties\":{\"a\":{\"type\":\"object\",\"properties\":{\"b\":{"
+    "\"type\":\"object\",\"properties\":{\"c\":{\"type\":\"integer\"}},\"required\":[\"c\"]}},"
+    "\"required\":[\"b\"]}},\"required\":[\"a\"]}",
+    "{\"enum\":[\"ä\",\"ö\",true,2.5,{\"k\":1},[1,2]]}",
+    "{\"type\":\"array\",\"items\":{\"enum\":[\"x\",\"y\",\"z\"]},\"minItems\":2,\"maxItems\":4}",
+    "{\"anyOf\":[{\"type\":\"object\",\"properties\":{\"cat\":{\"const\":\"meow\"}},\"required\":"
+    "[\"cat\"]},{\"type\":\"object\",\"properties\":{\"dog\":{\"type\":\"integer\"}},"
+    "\"required\":[\"dog\"]}]}",
+    "{\"type\":\"array\",\"items\":{\"type\":\"boolean\"},\"minItems\":3,\"maxItems\":3}",
+    "{\"type\":\"object\",\"properties\":{\"x\":{\"type\":\"null\"},\"y\":{\"type\":"
+    "\"boolean\"}},\"additionalProperties\":false}",
+    "{\"type\":[\"integer\",\"boolean\",\"null\"]}",
+    "{\"type\":\"object\",\"properties\":{\"ü\":{\"type\":\"string\",\"minLength\":1,"
+    "\"maxLength\":3}},\"required\":[\"ü\"]}",
 };
 
 static void test_json_schemas(void **state)
@@ -674,9 +783,13 @@ static void test_bad_constraints(void **state)
     expect_add_error(c, "{\"guided_regex\":\"(a)\\\\1\"}",
                      "structured_outputs 'regex': invalid regex at position 4: backreferences "
                      "are not supported");
-    expect_add_error(c,
-                     "{\"structured_outputs\":{\"json\":{\"type\":\"string\",\"pattern\":\"a\"}}}",
-                     "structured_outputs 'json': JSON schema keyword 'pattern' is not supported");
+    expect_add_error(
+        c, "{\"structured_outputs\":{\"json\":{\"type\":\"array\",\"uniqueItems\":true}}}",
+        "structured_outputs 'json': JSON schema keyword 'uniqueItems' is not supported");
+    expect_add_error(
+        c, "{\"structured_outputs\":{\"json\":{\"type\":\"string\",\"pattern\":\"(a\"}}}",
+        "structured_outputs 'json': JSON schema 'pattern': invalid regex at position 2: "
+        "missing )");
     expect_add_error(c, "{\"guided_json\":{\"$ref\":\"#/$defs/a\"}}",
                      "structured_outputs 'json': JSON schema '$ref' #/$defs/a is not supported "
                      "(only #/$defs/NAME and #/definitions/NAME that exist)");
