@@ -54,6 +54,9 @@ so_frag so_frag_char(so_nfa *a, const bool ascii[128], bool multibyte);
 int so_regex_compile(so_nfa *a, const char *re, size_t n, so_frag *out, cv_error *err);
 /* Compiles a JSON schema text; err names the keyword that is refused. */
 int so_json_schema_compile(so_nfa *a, const char *schema, so_frag *out, cv_error *err);
+/* Compiles a GBNF grammar (text, n bytes) into a; err names the line and
+ * what is wrong there, or the recursive rule. */
+int so_gbnf_compile(so_nfa *a, const char *text, size_t n, so_frag *out, cv_error *err);
 /* Any JSON value, containers nested at most depth deep. */
 so_frag so_json_any(so_nfa *a, int depth);
 

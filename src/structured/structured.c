@@ -15,8 +15,8 @@ enum { SO_MAX_DFA_STATES = 1 << 17 };
 
 const char *so_kind_name(so_kind kind)
 {
-    static const char *const names[] = {"choice", "regex", "json_object", "json"};
-    return kind <= SO_JSON ? names[kind] : "?";
+    static const char *const names[] = {"choice", "regex", "json_object", "json", "grammar"};
+    return kind <= SO_GRAMMAR ? names[kind] : "?";
 }
 
 /* ---- Vocabulary ------------------------------------------------------------ */
@@ -663,6 +663,9 @@ static so_grammar *compile(const so_vocab *v, so_kind kind, const char *text, cv
         break;
     case SO_JSON:
         rc = so_json_schema_compile(&g->nfa, text, &f, err);
+        break;
+    case SO_GRAMMAR:
+        rc = so_gbnf_compile(&g->nfa, text, strlen(text), &f, err);
         break;
     }
     if (rc < 0) {

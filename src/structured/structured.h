@@ -29,6 +29,12 @@
  *   hostname (other formats are annotations: any string; pattern and format
  *   exclude minLength/maxLength), plus the annotations title, description,
  *   default, examples and $schema. Any other keyword is refused naming it.
+ * - SO_GRAMMAR: text is a GBNF grammar (llama.cpp's and xgrammar's
+ *   dialect): rules "name ::= ...", root the start, | sequences ( ) * + ?
+ *   {m,n}, "literals", [classes] (ASCII ranges, non-ASCII single members),
+ *   '.', escapes \n \r \t \xHH \uHHHH \UHHHHHHHH, # comments. Only
+ *   grammars without recursion fit the finite automaton: a recursive rule is
+ *   refused naming it.
  * Generated JSON: properties in schema order, at most one space where JSON
  * allows whitespace, strings of UTF-8 characters with the escapes \" \\ \/
  * \b \f \n \r \t (no \u), integers of at most 16 digits, numbers with at
@@ -52,9 +58,10 @@
 
 enum { SO_MAX_FREE_DEPTH = 4 };
 
-typedef enum { SO_CHOICE = 0, SO_REGEX, SO_JSON_OBJECT, SO_JSON } so_kind;
+typedef enum { SO_CHOICE = 0, SO_REGEX, SO_JSON_OBJECT, SO_JSON, SO_GRAMMAR } so_kind;
 
-const char *so_kind_name(so_kind kind); /* "choice", "regex", "json_object", "json" */
+/* "choice", "regex", "json_object", "json", "grammar" */
+const char *so_kind_name(so_kind kind);
 
 /* The vocabulary as byte strings: a token's bytes are its decoded text
  * (tok_decode_token), or, where that is not whole UTF-8, the bytes its

@@ -234,12 +234,97 @@ static void test_pattern_errors(void **state)
     tok_free(tok);
 }
 
+/* ---- Grammars (GBNF without recursion) -------------------------------- */
+
+static const text_case grammar_cases[] = {
+    {"root ::= \"yes\" | \"no\"", {"yes", "no"}, {"", "yesno", "n"}},
+    /* Rules used twice, a group with a quantifier, comments, a multi-line body. */
+    {"# a date list\nroot ::= date (\", \" date)*\ndate ::= year \"-\" d2 \"-\" d2\n"
+     "year ::= [12] [0-9]{3}\nd2 ::= [0-9] [0-9]\n",
+     {"2024-01-31", "1999-12-01, 2000-02-29"},
+     {"2024-1-31", "3024-01-01", "2024-01-31,2024-01-31"}},
+    {"root ::= (\n  \"a\"\n  | \"b\"+\n) tail?\ntail ::= \"!\" | \"?\"",
+     {"a", "bbb?", "a!"},
+     {"ab", "!", "a!!"}},
+    /* Escapes, '.', classes with escapes and a non-ASCII member. */
+    {"root ::= \"\\\"\" [^\"\\\\\\n]* \"\\\"\" \" \" . [\\x41-\\x43\\u00e9] \"\\u00fc\\t\"",
+     {"\"ab c\" \nA\xc3\xbc\t", "\"\" x\xc3\xa9\xc3\xbc\t"},
+     {"\"a\"b\" xA\xc3\xbc\t", "\"\" xD\xc3\xbc\t", "\"\" \xc3\xbc\t"}},
+    {"root ::= x{2,3} y{2} z{1,}\nx ::= \"x\"\ny ::= \"y\"\nz ::= \"z\"",
+     {"xxyyz", "xxxyyzzz"},
+     {"xyyz", "xxxxyyz", "xxyyyz", "xxyy"}},
+    {"root ::= item (\",\" item)?\nitem ::= \"(\" [a-z_-]* \")\" | \"[]\"",
+     {"(a-b_c)", "(),[]"},
+     {"(A)", "[]]", "(a),"}},
+};
+
+static void test_grammar(void **state)
+{
+    (void)state;
+    cv_tokenizer *tok;
+    so_vocab *v = kjv_vocab(&tok);
+    so_cache *c = so_cache_create(v);
+    cv_error err;
+    for (size_t i = 0; i < sizeof(grammar_cases) / sizeof(grammar_cases[0]); i++) {
+        const text_case *tc = &grammar_cases[i];
+        so_grammar *g = so_cache_get(c, SO_GRAMMAR, tc->schema, &err);
+        if (!g) fail_msg("%s: %s", tc->schema, err.msg);
+        for (int k = 0; k < 4 && tc->good[k]; k++)
+            if (!matches(g, tc->good[k])) fail_msg("%s refuses %s", tc->schema, tc->good[k]);
+        for (int k = 0; k < 5 && tc->bad[k]; k++)
+            if (matches(g, tc->bad[k])) fail_msg("%s accepts %s", tc->schema, tc->bad[k]);
+    }
+    so_cache_free(c);
+    so_vocab_free(v);
+    tok_free(tok);
+}
+
+static void test_grammar_errors(void **state)
+{
+    (void)state;
+    cv_tokenizer *tok;
+    so_vocab *v = kjv_vocab(&tok);
+    so_cache *c = so_cache_create(v);
+    expect_compile_error(c, SO_GRAMMAR, "root ::= list\nlist ::= \"a\" | \"a\" list",
+                         "grammar line 2: rule 'list' is recursive; only grammars without "
+                         "recursion (regular languages) are supported");
+    expect_compile_error(c, SO_GRAMMAR, "root ::= \"(\" root \")\" | \"\"",
+                         "grammar line 1: rule 'root' is recursive; only grammars without "
+                         "recursion (regular languages) are supported");
+    expect_compile_error(c, SO_GRAMMAR, "root ::= a\n", "grammar line 1: rule 'a' is not defined");
+    expect_compile_error(c, SO_GRAMMAR, "start ::= \"a\"",
+                         "grammar has no rule 'root' (where generation starts)");
+    expect_compile_error(c, SO_GRAMMAR, "", "grammar line 1: no rules");
+    expect_compile_error(c, SO_GRAMMAR, "root = \"a\"",
+                         "grammar line 1: expected a rule 'name ::= ...'");
+    expect_compile_error(c, SO_GRAMMAR, "root ::= \"a\"\nroot ::= \"b\"",
+                         "grammar line 2: rule 'root' is defined twice");
+    expect_compile_error(c, SO_GRAMMAR, "root ::= \"abc\n",
+                         "grammar line 1: unterminated string literal");
+    expect_compile_error(c, SO_GRAMMAR, "root ::= [a-z", "grammar line 1: unterminated [");
+    expect_compile_error(c, SO_GRAMMAR, "root ::= (\"a\"", "grammar line 1: missing )");
+    expect_compile_error(c, SO_GRAMMAR, "root ::= \"a\")", "grammar line 1: unexpected ')'");
+    expect_compile_error(c, SO_GRAMMAR, "root ::= \"a\"**",
+                         "grammar line 1: a quantifier cannot follow a quantifier");
+    expect_compile_error(c, SO_GRAMMAR, "root ::= \"a\"{3,2}",
+                         "grammar line 1: bad repeat {m,n} (at most 1000, m <= n)");
+    expect_compile_error(c, SO_GRAMMAR, "root ::= [\u00e0-\u00fc]",
+                         "grammar line 1: a character range with non-ASCII ends is not supported");
+    expect_compile_error(c, SO_GRAMMAR, "root ::= \"\\q\"",
+                         "grammar line 1: unsupported escape \\q");
+    expect_compile_error(c, SO_GRAMMAR, "root ::= \"a\" ; \"b\"", "grammar line 1: unexpected ';'");
+    so_cache_free(c);
+    so_vocab_free(v);
+    tok_free(tok);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_kjv_vocab),      cmocka_unit_test(test_qwen3_vocab),
         cmocka_unit_test(test_llama2_vocab),   cmocka_unit_test(test_pattern_format),
-        cmocka_unit_test(test_pattern_errors),
+        cmocka_unit_test(test_pattern_errors), cmocka_unit_test(test_grammar),
+        cmocka_unit_test(test_grammar_errors),
     };
     int failed = cmocka_run_group_tests(tests, NULL, NULL);
     return cv_test_exit(failed);

@@ -412,6 +412,27 @@ static void test_regexes(void **state)
                     &regexes[i]);
 }
 
+/* ---- Grammars: ours (GBNF), and the same language in POSIX ERE -------- */
+
+static const regex_case grammars[] = {
+    {"root ::= \"Let there be \" thing\nthing ::= \"light\" | \"darkness\" | [a-z]{1,8}",
+     "Let there be (light|darkness|[a-z]{1,8})"},
+    {"root ::= verse (\"; \" verse){0,2}\nverse ::= [A-Z] [a-z]{0,6} \" \" num\n"
+     "num ::= [1-9] [0-9]?",
+     "[A-Z][a-z]{0,6} [1-9][0-9]?(; [A-Z][a-z]{0,6} [1-9][0-9]?){0,2}"},
+    {"# key = value lines\nroot ::= kv (\"\\n\" kv)?\nkv ::= key \"=\" val\nkey ::= [a-z]{1,5}\n"
+     "val ::= \"\\\"\" [^\"\\n]{0,6} \"\\\"\" | [0-9]{1,3}",
+     "[a-z]{1,5}=(\"[^\"\n]{0,6}\"|[0-9]{1,3})(\n[a-z]{1,5}=(\"[^\"\n]{0,6}\"|[0-9]{1,3}))?"},
+};
+
+static void test_grammars(void **state)
+{
+    ctx *c = *state;
+    for (size_t i = 0; i < sizeof(grammars) / sizeof(grammars[0]); i++)
+        sample_many(c, CV_STRUCTURED_GRAMMAR, grammars[i].ours, 4, 3, 700 + 10 * i, check_regex,
+                    &grammars[i]);
+}
+
 /* ---- Choices ------------------------------------------------------------ */
 
 static void check_choice(const char *out, const void *arg)
@@ -749,14 +770,24 @@ static void test_bad_constraints(void **state)
     expect_params_error("{\"structured_outputs\":{}}",
                         "You must use one kind of structured outputs constraint but none are "
                         "specified: ");
-    expect_params_error("{\"structured_outputs\":{\"grammar\":\"root ::= \\\"a\\\"\"}}",
-                        "structured_outputs 'grammar' is not supported yet");
+    expect_params_error(
+        "{\"structured_outputs\":{\"structural_tag\":\"x\"}}",
+        "structured_outputs 'structural_tag' is not supported yet (supported: json, "
+        "regex, choice, grammar, json_object)");
+    expect_params_error("{\"structured_outputs\":{\"grammar\":[]}}",
+                        "structured_outputs 'grammar' must be a string");
     expect_params_error("{\"guided_regex\":\"a\",\"guided_choice\":[\"a\"]}",
                         "You can only use one kind of guided decoding (`guided_json`, "
                         "`guided_regex` or `guided_choice`).");
     expect_params_error("{\"guided_choice\":\"a\"}",
                         "guided_choice must be a non-empty list of strings");
-    expect_params_error("{\"guided_grammar\":\"x\"}", "guided_grammar is not supported yet");
+    expect_add_error(
+        c, "{\"guided_grammar\":\"x\"}",
+        "structured_outputs 'grammar': grammar line 1: expected a rule 'name ::= ...'");
+    expect_add_error(c,
+                     "{\"structured_outputs\":{\"grammar\":\"root ::= a\\na ::= \\\"x\\\" a?\"}}",
+                     "structured_outputs 'grammar': grammar line 2: rule 'a' is recursive; only "
+                     "grammars without recursion (regular languages) are supported");
     expect_params_error("{\"structured_outputs\":{\"regex\":5}}",
                         "structured_outputs 'regex' must be a string");
     expect_params_error("{\"structured_outputs\":{\"regexp\":\"a\"}}",
@@ -815,8 +846,9 @@ int main(void)
         cmocka_unit_test(test_params),          cmocka_unit_test(test_automaton),
         cmocka_unit_test(test_bad_constraints), cmocka_unit_test(test_choices),
         cmocka_unit_test(test_greedy_choice),   cmocka_unit_test(test_regexes),
-        cmocka_unit_test(test_json_schemas),    cmocka_unit_test(test_json_object),
-        cmocka_unit_test(test_mixed_batch),     cmocka_unit_test(test_with_stops),
+        cmocka_unit_test(test_grammars),        cmocka_unit_test(test_json_schemas),
+        cmocka_unit_test(test_json_object),     cmocka_unit_test(test_mixed_batch),
+        cmocka_unit_test(test_with_stops),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
