@@ -90,8 +90,9 @@ struct cv_engine {
     int n_active;        /* requests accepted and not finished (inbox included) */
     int max_active;      /* bound on n_active (max_queued_requests) */
     uint64_t next_request_id;
-    so_vocab *so_vocab; /* structured outputs: made with the first constrained request */
-    so_cache *so_cache; /* compiled constraints by text; owns every request's grammar */
+    so_vocab *so_vocab;       /* structured outputs: made with the first constrained request */
+    so_cache *so_cache;       /* compiled constraints by text; owns every request's grammar */
+    so_prefetch *so_prefetch; /* masks computed during the forward; made on first need */
 
     /* Engine thread only. */
     request *active; /* admitted requests */

@@ -111,4 +111,17 @@ void so_grammar_stats(so_grammar *g, int *n_states, int *n_masks);
 /* Byte-level matching, for tests: the state after bytes s[0..n). */
 so_state so_advance_bytes(so_grammar *g, so_state s, const char *bytes, size_t n);
 
+/* Mask prefetch: a worker thread that computes masks ahead, e.g. those a
+ * decode step will sample with, while its forward pass runs. The grammars
+ * must outlive the batch (so_prefetch_wait, or so_prefetch_free, ends it). */
+typedef struct so_prefetch so_prefetch;
+
+so_prefetch *so_prefetch_create(void); /* NULL when out of memory or threads */
+void so_prefetch_free(so_prefetch *p); /* waits for the batch asked */
+/* Asks for so_mask(g[i], s[i]), i < n (the arrays are copied), after the
+ * previous batch; returns at once (-1: out of memory, nothing asked). */
+int so_prefetch_start(so_prefetch *p, so_grammar *const *g, const so_state *s, int n);
+/* Returns once the last batch asked is computed. */
+void so_prefetch_wait(so_prefetch *p);
+
 #endif

@@ -318,13 +318,56 @@ static void test_grammar_errors(void **state)
     tok_free(tok);
 }
 
+/* The prefetch thread computes exactly the masks asked, and the ones the
+ * caller then asks for are the same arrays (already made). */
+static void test_prefetch(void **state)
+{
+    (void)state;
+    cv_tokenizer *tok;
+    so_vocab *v = kjv_vocab(&tok);
+    so_cache *c = so_cache_create(v);
+    cv_error err;
+    so_grammar *g = so_cache_get(c, SO_REGEX, "(ab|cd)[0-9]{2}", &err);
+    so_grammar *h = so_cache_get(c, SO_JSON_OBJECT, "", &err);
+    assert_true(g && h);
+    so_prefetch *p = so_prefetch_create();
+    assert_non_null(p);
+    so_grammar *gs[] = {g, g, g, h};
+    so_state ss[] = {so_start(g), so_advance_bytes(g, so_start(g), "ab", 2),
+                     so_advance_bytes(g, so_start(g), "ab", 2), so_start(h)};
+    int n_states, n_masks;
+    so_grammar_stats(g, &n_states, &n_masks);
+    assert_int_equal(n_masks, 0);
+    assert_int_equal(so_prefetch_start(p, gs, ss, 4), 0);
+    so_prefetch_wait(p);
+    so_grammar_stats(g, &n_states, &n_masks);
+    assert_int_equal(n_masks, 2);
+    so_grammar_stats(h, &n_states, &n_masks);
+    assert_int_equal(n_masks, 1);
+    const uint32_t *m = so_mask(g, ss[1]);
+    so_grammar_stats(g, &n_states, &n_masks);
+    assert_int_equal(n_masks, 2);
+    int32_t eos = tok_eos_id(tok), pick = -1;
+    assert_true(check_state(g, v, eos, ss[1], &pick) > 0);
+    assert_ptr_equal(so_mask(g, ss[1]), m);
+    /* Freed with a batch under way: it is finished first. */
+    so_state s2 = so_advance_bytes(g, ss[1], "1", 1);
+    assert_int_equal(so_prefetch_start(p, gs, &s2, 1), 0);
+    so_prefetch_free(p);
+    so_grammar_stats(g, &n_states, &n_masks);
+    assert_int_equal(n_masks, 3);
+    so_cache_free(c);
+    so_vocab_free(v);
+    tok_free(tok);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_kjv_vocab),      cmocka_unit_test(test_qwen3_vocab),
         cmocka_unit_test(test_llama2_vocab),   cmocka_unit_test(test_pattern_format),
         cmocka_unit_test(test_pattern_errors), cmocka_unit_test(test_grammar),
-        cmocka_unit_test(test_grammar_errors),
+        cmocka_unit_test(test_grammar_errors), cmocka_unit_test(test_prefetch),
     };
     int failed = cmocka_run_group_tests(tests, NULL, NULL);
     return cv_test_exit(failed);
