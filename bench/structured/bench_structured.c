@@ -110,6 +110,49 @@ static void print_share(const char *what, const walk_stats *ws)
            what, ws->tokens, mean, ws->cold.max, 100.0 * 64.0 * mean / 15000.0);
 }
 
+/* A decode batch: 64 sequences advance together, each step asking every
+ * live sequence's mask (one thread, one after another, as draw_all or the
+ * prefetch thread does). grammars[k] is sequence k's; they may be one.
+ * Prints the mean and worst step's mask time against a 15 ms step. */
+static void batch_steps(const char *what, so_grammar **grammars, int vocab, int32_t eos,
+                        int32_t *allowed)
+{
+    enum { SEQS = 64, STEPS = 400 };
+    so_state st[SEQS];
+    bool live[SEQS];
+    for (int k = 0; k < SEQS; k++) {
+        st[k] = so_start(grammars[k]);
+        live[k] = true;
+    }
+    double sum = 0, worst = 0;
+    int steps = 0;
+    for (int step = 0; step < STEPS; step++) {
+        const uint32_t *m[SEQS];
+        int n_live = 0;
+        double a = now_us();
+        for (int k = 0; k < SEQS; k++)
+            if (live[k]) {
+                live[k] = !so_done(grammars[k], st[k]);
+                m[k] = so_mask(grammars[k], st[k]);
+                n_live += live[k];
+            }
+        double t = now_us() - a;
+        if (n_live == 0) break;
+        sum += t;
+        if (t > worst) worst = t;
+        steps++;
+        for (int k = 0; k < SEQS; k++) {
+            if (!live[k]) continue;
+            int n = 0;
+            for (int32_t id = 0; id < vocab; id++)
+                if (m[k][id >> 5] >> (id & 31) & 1u && id != eos) allowed[n++] = id;
+            st[k] = so_advance(grammars[k], st[k], allowed[next_rand() % (uint64_t)n]);
+        }
+    }
+    printf("%s: %d steps; masks per step mean %.2f ms (%.1f%% of 15 ms), worst %.2f ms\n", what,
+           steps, sum / steps / 1e3, 100.0 * sum / steps / 15000.0, worst / 1e3);
+}
+
 int main(int argc, char **argv)
 {
     char dir[4096];
@@ -162,6 +205,23 @@ int main(int argc, char **argv)
     printf("%d walks each\n", n_walks);
     print_share("fresh grammar per walk", &fresh);
     print_share("one grammar for all walks", &shared_ws);
+    /* 64 sequences with one new schema each (its own cache), then 64
+     * sharing one new grammar. */
+    so_cache *caches[64];
+    so_grammar *gs[64];
+    for (int k = 0; k < 64; k++) {
+        caches[k] = so_cache_create(v);
+        gs[k] = so_cache_get(caches[k], SO_JSON, SCHEMA, &err);
+    }
+    batch_steps("64-sequence batch, a new schema each", gs, vocab, eos, allowed);
+    so_cache *one = so_cache_create(v);
+    so_grammar *g1 = so_cache_get(one, SO_JSON, SCHEMA, &err);
+    for (int k = 0; k < 64; k++)
+        gs[k] = g1;
+    batch_steps("64-sequence batch, one new schema for all", gs, vocab, eos, allowed);
+    for (int k = 0; k < 64; k++)
+        so_cache_free(caches[k]);
+    so_cache_free(one);
     int n_states, n_masks;
     so_grammar_stats(g, &n_states, &n_masks);
     printf("shared grammar: DFA states made: %d, masks computed: %d (%.1f KiB each)\n", n_states,

@@ -428,7 +428,7 @@ static void prefetch_masks(cv_engine *e, const sched_output *so)
         n += req->grammar && s->n_computed + so->entries[i].n_new >= s->n_tokens;
     }
     if (n == 0) return;
-    if (!e->so_prefetch && !(e->so_prefetch = so_prefetch_create())) return;
+    if (!e->so_prefetch && !(e->so_prefetch = so_prefetch_create(e->n_samplers))) return;
     so_grammar **g = malloc((size_t)n * sizeof(*g));
     so_state *st = malloc((size_t)n * sizeof(*st));
     n = 0;

@@ -1,84 +1,110 @@
-/* Mask prefetch (see structured.h): one worker thread computes the masks a
+/* Mask prefetch (see structured.h): worker threads compute the masks a
  * decode step will ask for while the step's forward pass runs, so first
  * visits of automaton states cost the step nothing when the forward takes
- * longer (a GPU step). */
+ * longer (a GPU step). Masks of different grammars are computed in
+ * parallel; those of one grammar take turns on its lock. */
 #include <pthread.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "structured.h"
 
 struct so_prefetch {
-    pthread_t thread;
+    pthread_t *threads;
+    int n_threads;
     pthread_mutex_t mu;
-    pthread_cond_t cv;
+    pthread_cond_t work, done;
     so_grammar **g; /* (n) the asked masks, copied from the caller */
     so_state *s;
     int n, cap;
-    bool busy; /* a batch is asked and not yet done */
+    int next;       /* the first mask of the batch no worker has taken */
+    int checked_in; /* workers not yet through the batch */
+    uint64_t batch; /* counts batches asked */
+    bool busy;      /* a batch is asked and not yet done */
     bool quit;
 };
 
 static void *worker(void *arg)
 {
     so_prefetch *p = arg;
+    uint64_t seen = 0;
     pthread_mutex_lock(&p->mu);
     for (;;) {
-        while (!p->busy && !p->quit)
-            pthread_cond_wait(&p->cv, &p->mu);
+        while (p->batch == seen && !p->quit)
+            pthread_cond_wait(&p->work, &p->mu);
         if (p->quit) break;
-        int n = p->n;
-        pthread_mutex_unlock(&p->mu);
+        seen = p->batch;
         /* The arrays stay put while busy: start waits for the batch. A
          * mask that is out of memory stays uncomputed; the step's own ask
          * reports it. */
-        for (int i = 0; i < n; i++)
+        while (p->next < p->n) {
+            int i = p->next++;
+            pthread_mutex_unlock(&p->mu);
             (void)so_mask(p->g[i], p->s[i]);
-        pthread_mutex_lock(&p->mu);
-        p->busy = false;
-        pthread_cond_broadcast(&p->cv);
+            pthread_mutex_lock(&p->mu);
+        }
+        /* Every worker checks in, so none can still be in this batch
+         * when the next one is asked. */
+        if (--p->checked_in == 0) {
+            p->busy = false;
+            pthread_cond_broadcast(&p->done);
+        }
     }
     pthread_mutex_unlock(&p->mu);
     return NULL;
 }
 
-so_prefetch *so_prefetch_create(void)
+static void stop_workers(so_prefetch *p, int n)
+{
+    pthread_mutex_lock(&p->mu);
+    p->quit = true;
+    pthread_cond_broadcast(&p->work);
+    pthread_mutex_unlock(&p->mu);
+    for (int i = 0; i < n; i++)
+        pthread_join(p->threads[i], NULL);
+}
+
+so_prefetch *so_prefetch_create(int n_threads)
 {
     so_prefetch *p = calloc(1, sizeof(*p));
     if (!p) return NULL;
+    if (n_threads < 1) n_threads = 1;
+    p->threads = calloc((size_t)n_threads, sizeof(pthread_t));
     pthread_mutex_init(&p->mu, NULL);
-    pthread_cond_init(&p->cv, NULL);
-    if (pthread_create(&p->thread, NULL, worker, p) != 0) {
-        pthread_cond_destroy(&p->cv);
-        pthread_mutex_destroy(&p->mu);
-        free(p);
+    pthread_cond_init(&p->work, NULL);
+    pthread_cond_init(&p->done, NULL);
+    for (int i = 0; p->threads && i < n_threads; i++, p->n_threads++)
+        if (pthread_create(&p->threads[i], NULL, worker, p) != 0) break;
+    if (p->n_threads < n_threads) {
+        stop_workers(p, p->n_threads);
+        p->n_threads = 0;
+        so_prefetch_free(p);
         return NULL;
     }
     return p;
-}
-
-void so_prefetch_free(so_prefetch *p)
-{
-    if (!p) return;
-    so_prefetch_wait(p);
-    pthread_mutex_lock(&p->mu);
-    p->quit = true;
-    pthread_cond_broadcast(&p->cv);
-    pthread_mutex_unlock(&p->mu);
-    pthread_join(p->thread, NULL);
-    pthread_cond_destroy(&p->cv);
-    pthread_mutex_destroy(&p->mu);
-    free(p->g);
-    free(p->s);
-    free(p);
 }
 
 void so_prefetch_wait(so_prefetch *p)
 {
     pthread_mutex_lock(&p->mu);
     while (p->busy)
-        pthread_cond_wait(&p->cv, &p->mu);
+        pthread_cond_wait(&p->done, &p->mu);
     pthread_mutex_unlock(&p->mu);
+}
+
+void so_prefetch_free(so_prefetch *p)
+{
+    if (!p) return;
+    so_prefetch_wait(p);
+    stop_workers(p, p->n_threads);
+    pthread_cond_destroy(&p->work);
+    pthread_cond_destroy(&p->done);
+    pthread_mutex_destroy(&p->mu);
+    free(p->threads);
+    free(p->g);
+    free(p->s);
+    free(p);
 }
 
 int so_prefetch_start(so_prefetch *p, so_grammar *const *g, const so_state *s, int n)
@@ -97,8 +123,11 @@ int so_prefetch_start(so_prefetch *p, so_grammar *const *g, const so_state *s, i
     memcpy(p->s, s, (size_t)n * sizeof(*s));
     pthread_mutex_lock(&p->mu);
     p->n = n;
+    p->next = 0;
+    p->checked_in = p->n_threads;
     p->busy = true;
-    pthread_cond_broadcast(&p->cv);
+    p->batch++;
+    pthread_cond_broadcast(&p->work);
     pthread_mutex_unlock(&p->mu);
     return 0;
 }

@@ -111,12 +111,14 @@ void so_grammar_stats(so_grammar *g, int *n_states, int *n_masks);
 /* Byte-level matching, for tests: the state after bytes s[0..n). */
 so_state so_advance_bytes(so_grammar *g, so_state s, const char *bytes, size_t n);
 
-/* Mask prefetch: a worker thread that computes masks ahead, e.g. those a
- * decode step will sample with, while its forward pass runs. The grammars
- * must outlive the batch (so_prefetch_wait, or so_prefetch_free, ends it). */
+/* Mask prefetch: worker threads that compute masks ahead, e.g. those a
+ * decode step will sample with, while its forward pass runs (masks of
+ * different grammars in parallel). The grammars must outlive the batch
+ * (so_prefetch_wait, or so_prefetch_free, ends it). */
 typedef struct so_prefetch so_prefetch;
 
-so_prefetch *so_prefetch_create(void); /* NULL when out of memory or threads */
+/* n_threads workers (at least 1); NULL when out of memory or threads. */
+so_prefetch *so_prefetch_create(int n_threads);
 void so_prefetch_free(so_prefetch *p); /* waits for the batch asked */
 /* Asks for so_mask(g[i], s[i]), i < n (the arrays are copied), after the
  * previous batch; returns at once (-1: out of memory, nothing asked). */

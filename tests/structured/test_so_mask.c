@@ -330,7 +330,7 @@ static void test_prefetch(void **state)
     so_grammar *g = so_cache_get(c, SO_REGEX, "(ab|cd)[0-9]{2}", &err);
     so_grammar *h = so_cache_get(c, SO_JSON_OBJECT, "", &err);
     assert_true(g && h);
-    so_prefetch *p = so_prefetch_create();
+    so_prefetch *p = so_prefetch_create(3);
     assert_non_null(p);
     so_grammar *gs[] = {g, g, g, h};
     so_state ss[] = {so_start(g), so_advance_bytes(g, so_start(g), "ab", 2),
