@@ -302,7 +302,7 @@ typedef struct dstate {
     int32_t n_set;
     uint64_t hash;
     bool accept;
-    int8_t done;        /* -1 until the mask is computed */
+    int8_t done;        /* no token can follow; -1 until known */
     int32_t trans[256]; /* next state per byte, -1 = not computed yet */
     uint32_t *mask;     /* ((vocab + 31) / 32) words, NULL until asked */
 } dstate;
@@ -580,10 +580,38 @@ bool so_accepting(so_grammar *g, so_state s)
     return acc;
 }
 
+/* Whether some token's bytes keep state s alive: the walk of walk(), ended
+ * at the first such token. Most states allow a one-byte token, found among
+ * the first nodes, so the engine's check after every token costs little
+ * and leaves the full mask to the prefetch that overlaps the forward. */
+static bool any_token(so_grammar *g, int32_t s)
+{
+    const so_vocab *v = g->vocab;
+    const int32_t **at = g->walk_at;
+    at[0] = g->states[s]->trans;
+    g->walk_id[0] = s;
+    for (int32_t i = 1; i < v->n_nodes;) {
+        so_tnode node = v->t[i];
+        int32_t to = at[node.depth - 1][node.byte];
+        if (to < 0) to = step(g, g->walk_id[node.depth - 1], node.byte);
+        if (to == SO_DEAD) {
+            i = v->t_skip[i];
+            continue;
+        }
+        if (node.tok != v->n) return true;
+        at[node.depth] = g->states[to]->trans;
+        g->walk_id[node.depth] = to;
+        i++;
+    }
+    return false;
+}
+
 bool so_done(so_grammar *g, so_state s)
 {
     pthread_mutex_lock(&g->mu);
-    bool done = state_mask(g, s) == NULL || g->states[s]->done;
+    dstate *d = g->states[s];
+    if (d->done < 0) d->done = s == SO_DEAD || !any_token(g, s);
+    bool done = d->done;
     pthread_mutex_unlock(&g->mu);
     return done;
 }

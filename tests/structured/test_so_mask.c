@@ -49,6 +49,8 @@ static uint64_t next_rand(void)
  * (other than end) and puts one of them, picked at random, in *pick. */
 static int check_state(so_grammar *g, const so_vocab *v, int32_t eos, so_state st, int32_t *pick)
 {
+    /* Asked first, so_done works without the mask. */
+    bool done = so_done(g, st);
     const uint32_t *mask = so_mask(g, st);
     assert_non_null(mask);
     int n_allowed = 0;
@@ -62,6 +64,7 @@ static int check_state(so_grammar *g, const so_vocab *v, int32_t eos, so_state s
             fail_msg("state %d token %d: mask %d, bytes say %d", st, t, (int)got, (int)want);
         if (want && b && next_rand() % (uint64_t)++n_allowed == 0) *pick = t;
     }
+    assert_int_equal(done, n_allowed == 0);
     assert_int_equal(so_done(g, st), n_allowed == 0);
     return n_allowed;
 }
