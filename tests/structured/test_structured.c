@@ -1,10 +1,11 @@
-/* Structured outputs on the shipped model samples/models/cvllm-kjv-4m:
- * every output sampled at temperature 1 under a JSON schema, a regex or a
- * choice list is checked by an independent checker (jansson and a schema
- * check written here; POSIX regexec over the whole output; list
- * membership); greedy under a choice equals the constrained greedy path
- * computed here from the backend's unmasked logits; constrained and free
- * requests share batches; bad constraints give vLLM's messages. */
+/* Structured outputs on the shipped model samples/models/cvllm-kjv-4m (and
+ * on stories260K when ../shared has it): every output sampled at
+ * temperature 1, and the greedy one, under a JSON schema, a regex, a
+ * grammar or a choice list is checked by an independent checker (jansson
+ * and a schema check written here; POSIX regexec over the whole output;
+ * list membership); greedy under a choice equals the constrained greedy
+ * path computed here from the backend's unmasked logits; constrained and
+ * free requests share batches; bad constraints give vLLM's messages. */
 #include <arpa/inet.h>
 #include <ctype.h>
 #include <math.h>
@@ -21,6 +22,7 @@
 #include <jansson.h>
 
 #include "cvllm/engine.h"
+#include "../common/shared_data.h"
 #include "engine_test_util.h"
 #include "structured/structured.h"
 #include "tokenizer/tokenizer.h"
@@ -33,12 +35,13 @@ typedef struct ctx {
     cv_tokenizer *tok;
     int32_t *prompt;
     size_t n_prompt;
+    bool greedy; /* sample_many at temperature 0 instead of 1 */
 } ctx;
 
-static int setup(void **state)
+static ctx *open_ctx(const char *model_dir)
 {
     ctx *c = calloc(1, sizeof(*c));
-    source_path(c->model_dir, sizeof(c->model_dir), "samples/models/cvllm-kjv-4m");
+    snprintf(c->model_dir, sizeof(c->model_dir), "%s", model_dir);
     cv_engine_args a;
     test_args(&a, c->model_dir);
     a.n_threads = 2;
@@ -48,17 +51,28 @@ static int setup(void **state)
     if (!c->tok) fail_msg("tok_load: %s", err.msg);
     if (tok_encode(c->tok, PROMPT, strlen(PROMPT), true, &c->prompt, &c->n_prompt, &err) < 0)
         fail_msg("tok_encode: %s", err.msg);
-    *state = c;
+    return c;
+}
+
+static void close_ctx(ctx *c)
+{
+    cv_engine_shutdown(c->engine, false);
+    tok_free(c->tok);
+    free(c->prompt);
+    free(c);
+}
+
+static int setup(void **state)
+{
+    char dir[4096];
+    source_path(dir, sizeof(dir), "samples/models/cvllm-kjv-4m");
+    *state = open_ctx(dir);
     return 0;
 }
 
 static int teardown(void **state)
 {
-    ctx *c = *state;
-    cv_engine_shutdown(c->engine, false);
-    tok_free(c->tok);
-    free(c->prompt);
-    free(c);
+    close_ctx(*state);
     return 0;
 }
 
@@ -79,6 +93,7 @@ static void sample_many(ctx *c, cv_structured_kind kind, const char *text, int n
 {
     cv_sampling_params p;
     sampling(&p, kind, text);
+    if (c->greedy) p.temperature = 0.0f;
     p.n = n;
     p.has_seed = true;
     cv_output_queue *q = cv_output_queue_create();
@@ -358,6 +373,16 @@ static void test_json_schemas(void **state)
     for (size_t i = 0; i < sizeof(schemas) / sizeof(schemas[0]); i++)
         sample_many(c, CV_STRUCTURED_JSON, schemas[i], 4, 3, 1000 + 10 * i, check_schema,
                     schemas[i]);
+}
+
+/* Greedy outputs (one per schema) validate too. */
+static void test_greedy_schemas(void **state)
+{
+    ctx *c = *state;
+    c->greedy = true;
+    for (size_t i = 0; i < sizeof(schemas) / sizeof(schemas[0]); i++)
+        sample_many(c, CV_STRUCTURED_JSON, schemas[i], 1, 1, 0, check_schema, schemas[i]);
+    c->greedy = false;
 }
 
 static void check_any_json(const char *out, const void *arg)
@@ -840,6 +865,31 @@ static void test_bad_constraints(void **state)
                      "near end of file (line 1, column 8)");
 }
 
+/* The same schemas, regexes and grammars on stories260K (../shared): a
+ * 512-token vocabulary, so outputs are spelled in many small tokens. */
+static void test_stories260k(void **state)
+{
+    (void)state;
+    if (!cv_test_have_shared("models/stories260K")) return;
+    char dir[4096];
+    shared_path(dir, sizeof(dir), "models/stories260K");
+    ctx *c = open_ctx(dir);
+    for (int greedy = 0; greedy < 2; greedy++) {
+        c->greedy = greedy;
+        int n = greedy ? 1 : 2;
+        for (size_t i = 0; i < sizeof(schemas) / sizeof(schemas[0]); i++)
+            sample_many(c, CV_STRUCTURED_JSON, schemas[i], n, n, 2000 + 10 * i, check_schema,
+                        schemas[i]);
+        for (size_t i = 0; i < sizeof(regexes) / sizeof(regexes[0]); i++)
+            sample_many(c, CV_STRUCTURED_REGEX, regexes[i].ours, n, n, 2500 + 10 * i, check_regex,
+                        &regexes[i]);
+        for (size_t i = 0; i < sizeof(grammars) / sizeof(grammars[0]); i++)
+            sample_many(c, CV_STRUCTURED_GRAMMAR, grammars[i].ours, n, n, 2700 + 10 * i,
+                        check_regex, &grammars[i]);
+    }
+    close_ctx(c);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -848,7 +898,9 @@ int main(void)
         cmocka_unit_test(test_greedy_choice),   cmocka_unit_test(test_regexes),
         cmocka_unit_test(test_grammars),        cmocka_unit_test(test_json_schemas),
         cmocka_unit_test(test_json_object),     cmocka_unit_test(test_mixed_batch),
-        cmocka_unit_test(test_with_stops),
+        cmocka_unit_test(test_with_stops),      cmocka_unit_test(test_greedy_schemas),
+        cmocka_unit_test(test_stories260k),
     };
-    return cmocka_run_group_tests(tests, setup, teardown);
+    int failed = cmocka_run_group_tests(tests, setup, teardown);
+    return cv_test_exit(failed);
 }
