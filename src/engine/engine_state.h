@@ -52,8 +52,8 @@ typedef struct request {
     int32_t *mask_ids; /* (n_mask_ids) EOS and stop_token_ids: masked below min_tokens */
     int n_mask_ids;
     int holdback_chars;            /* stop-string hold-back of the stream */
-    so_grammar *grammar;           /* structured output constraint, NULL = none (borrowed
-                                      from the engine's so_cache) */
+    so_grammar *grammar;           /* structured output constraint, NULL = none (a reference
+                                      from the engine's so_cache; request_free releases it) */
     cv_token_logprobs *prompt_lps; /* (n_prompt) entry 0 empty; NULL unless asked */
     int prompt_lps_done;           /* prompt positions filled (1..n_prompt) */
     bool prompt_lps_sent;

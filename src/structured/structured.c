@@ -325,7 +325,7 @@ struct so_grammar {
     int32_t *walk_id;        /* (vocab max_depth + 1) the states of walk_at */
     int32_t start;
     pthread_mutex_t mu;
-    struct so_grammar *next; /* cache chain */
+    void *cache_entry; /* the cache's record of it (so_cache.c) */
 };
 
 static int cmp_i32(const void *a, const void *b)
@@ -618,7 +618,7 @@ bool so_done(so_grammar *g, so_state s)
 
 /* ---- Compilation and the cache --------------------------------------------- */
 
-static void grammar_free(so_grammar *g)
+void so_grammar_destroy(so_grammar *g)
 {
     if (!g) return;
     for (int32_t i = 0; i < g->n_states; i++) {
@@ -667,7 +667,7 @@ static int compile_choice(so_nfa *a, const char *text, so_frag *out, cv_error *e
     return 0;
 }
 
-static so_grammar *compile(const so_vocab *v, so_kind kind, const char *text, cv_error *err)
+so_grammar *so_grammar_compile(const so_vocab *v, so_kind kind, const char *text, cv_error *err)
 {
     so_grammar *g = calloc(1, sizeof(*g));
     if (!g) goto oom;
@@ -697,7 +697,7 @@ static so_grammar *compile(const so_vocab *v, so_kind kind, const char *text, cv
         break;
     }
     if (rc < 0) {
-        grammar_free(g);
+        so_grammar_destroy(g);
         return NULL;
     }
     g->accept_node = f.end;
@@ -722,50 +722,27 @@ static so_grammar *compile(const so_vocab *v, so_kind kind, const char *text, cv
     if (g->start <= 0) goto oom;
     return g;
 oom:
-    grammar_free(g);
+    so_grammar_destroy(g);
     cv_errorf(err, "out of memory compiling a structured-output constraint");
     return NULL;
 }
 
-struct so_cache {
-    const so_vocab *vocab;
-    pthread_mutex_t mu;
-    so_grammar *head;
-};
-
-so_cache *so_cache_create(const so_vocab *vocab)
+void **so_grammar_cache_entry(so_grammar *g)
 {
-    so_cache *c = calloc(1, sizeof(*c));
-    if (!c) return NULL;
-    c->vocab = vocab;
-    pthread_mutex_init(&c->mu, NULL);
-    return c;
+    return &g->cache_entry;
 }
 
-void so_cache_free(so_cache *c)
+size_t so_grammar_bytes(so_grammar *g)
 {
-    if (!c) return;
-    for (so_grammar *g = c->head, *next; g; g = next) {
-        next = g->next;
-        grammar_free(g);
-    }
-    pthread_mutex_destroy(&c->mu);
-    free(c);
-}
-
-so_grammar *so_cache_get(so_cache *c, so_kind kind, const char *text, cv_error *err)
-{
-    pthread_mutex_lock(&c->mu);
-    so_grammar *g = c->head;
-    while (g && (g->kind != kind || strcmp(g->text, text)))
-        g = g->next;
-    if (!g) {
-        g = compile(c->vocab, kind, text, err);
-        if (g) {
-            g->next = c->head;
-            c->head = g;
-        }
-    }
-    pthread_mutex_unlock(&c->mu);
-    return g;
+    pthread_mutex_lock(&g->mu);
+    size_t mask_bytes = ((size_t)g->vocab->n + 32) / 32 * sizeof(uint32_t);
+    size_t n = sizeof(*g) + (size_t)g->cap_states * sizeof(dstate *) +
+               (g->hmask + 1) * sizeof(int32_t) +
+               (size_t)g->nfa.cap_nodes * (sizeof(int32_t) * 4 + 1) +
+               (size_t)g->nfa.cap_edges * sizeof(so_edge);
+    for (int32_t i = 0; i < g->n_states; i++)
+        n += sizeof(dstate) + (size_t)g->states[i]->n_set * sizeof(int32_t) +
+             (g->states[i]->mask ? mask_bytes : 0);
+    pthread_mutex_unlock(&g->mu);
+    return n;
 }

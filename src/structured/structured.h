@@ -45,7 +45,9 @@
  *
  * Threads: a grammar may be used from any thread; its lazily built states
  * are guarded by its own mutex. Ownership: the cache owns every grammar it
- * returns (valid until so_cache_free); masks belong to their grammar. */
+ * returns; a grammar stays valid while its caller holds the reference
+ * so_cache_get gave (until so_grammar_release or so_cache_free); masks
+ * belong to their grammar. */
 #ifndef CV_STRUCTURED_STRUCTURED_H
 #define CV_STRUCTURED_STRUCTURED_H
 
@@ -81,14 +83,24 @@ const uint8_t *so_vocab_bytes(const so_vocab *v, int32_t id, int *n_bytes);
 typedef struct so_grammar so_grammar;
 
 /* Compiled grammars keyed by (kind, text); the cache borrows vocab, which
- * must outlive it. */
+ * must outlive it. Grammars nobody holds stay cached until together they
+ * outgrow the idle budget (default SO_CACHE_IDLE_MIB); the least recently
+ * released go first. */
 typedef struct so_cache so_cache;
 
+enum { SO_CACHE_IDLE_MIB = 512 };
+
 so_cache *so_cache_create(const so_vocab *vocab);
+/* Frees every grammar, held or not. */
 void so_cache_free(so_cache *c);
-/* The grammar for (kind, text), compiled on first use. NULL with err naming
+void so_cache_set_idle_budget(so_cache *c, size_t bytes);
+/* The grammar for (kind, text), compiled on first use, with a reference
+ * for the caller (so_grammar_release gives it back). NULL with err naming
  * the bad input (the schema keyword, the regex position, ...). */
 so_grammar *so_cache_get(so_cache *c, so_kind kind, const char *text, cv_error *err);
+/* Gives back a reference from so_cache_get (NULL: nothing); g may be freed
+ * then. */
+void so_grammar_release(so_grammar *g);
 
 /* A matcher state: the DFA state reached by the bytes so far. */
 typedef int32_t so_state;

@@ -16,6 +16,7 @@
 #include <cmocka.h>
 
 #include "../common/shared_data.h"
+#include "structured/so_internal.h"
 #include "structured/structured.h"
 #include "tokenizer/tokenizer.h"
 
@@ -364,6 +365,55 @@ static void test_prefetch(void **state)
     tok_free(tok);
 }
 
+/* ---- The cache: references and the idle budget ------------------------- */
+
+static int masks_made(so_grammar *g)
+{
+    int n_states, n_masks;
+    so_grammar_stats(g, &n_states, &n_masks);
+    return n_masks;
+}
+
+static void test_cache_budget(void **state)
+{
+    (void)state;
+    cv_tokenizer *tok;
+    so_vocab *v = kjv_vocab(&tok);
+    so_cache *c = so_cache_create(v);
+    cv_error err;
+    /* Held twice, released once: kept whatever the budget. */
+    so_grammar *a = so_cache_get(c, SO_REGEX, "a[0-9]{3}", &err);
+    assert_ptr_equal(so_cache_get(c, SO_REGEX, "a[0-9]{3}", &err), a);
+    (void)so_mask(a, so_start(a));
+    so_cache_set_idle_budget(c, 0);
+    so_grammar_release(a);
+    assert_int_equal(masks_made(a), 1);
+    /* Idle within the budget: the same grammar comes back, masks and all. */
+    so_cache_set_idle_budget(c, (size_t)1 << 30);
+    so_grammar_release(a);
+    assert_ptr_equal(so_cache_get(c, SO_REGEX, "a[0-9]{3}", &err), a);
+    assert_int_equal(masks_made(a), 1);
+    /* Two idle grammars and room for one: the one released first goes. */
+    so_grammar *b = so_cache_get(c, SO_REGEX, "b[0-9]{3}", &err);
+    (void)so_mask(b, so_start(b));
+    size_t bytes_a = so_grammar_bytes(a), bytes_b = so_grammar_bytes(b);
+    so_grammar_release(a);
+    so_grammar_release(b);
+    so_cache_set_idle_budget(c, bytes_a > bytes_b ? bytes_a : bytes_b);
+    assert_ptr_equal(so_cache_get(c, SO_REGEX, "b[0-9]{3}", &err), b);
+    assert_int_equal(masks_made(b), 1);
+    so_grammar_release(b);
+    /* a was freed: asking again compiles it afresh, with no masks yet. */
+    so_grammar *a2 = so_cache_get(c, SO_REGEX, "a[0-9]{3}", &err);
+    assert_non_null(a2);
+    assert_int_equal(masks_made(a2), 0);
+    so_grammar_release(a2);
+    so_grammar_release(NULL);
+    so_cache_free(c);
+    so_vocab_free(v);
+    tok_free(tok);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -371,6 +421,7 @@ int main(void)
         cmocka_unit_test(test_llama2_vocab),   cmocka_unit_test(test_pattern_format),
         cmocka_unit_test(test_pattern_errors), cmocka_unit_test(test_grammar),
         cmocka_unit_test(test_grammar_errors), cmocka_unit_test(test_prefetch),
+        cmocka_unit_test(test_cache_budget),
     };
     int failed = cmocka_run_group_tests(tests, NULL, NULL);
     return cv_test_exit(failed);
