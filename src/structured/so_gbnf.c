@@ -5,10 +5,12 @@
  * \t \\ \" \[ \] \- \^ \xHH \uHHHH \UHHHHHHHH, '.' for any character, and
  * # comments).
  *
- * The automaton of src/structured is finite, so only grammars without
- * recursion fit: every rule reference is expanded in place into one regex
- * of the SO_REGEX subset, which the regex front end compiles. A rule that
- * reaches itself is refused naming it. A rule body runs until the next
+ * The automaton of src/structured is finite, so only regular grammars fit:
+ * every rule reference is expanded in place into one regex of the SO_REGEX
+ * subset, which the regex front end compiles. A rule may refer to itself
+ * as the last item of some of its alternatives and the first of others
+ * (R ::= a R | R c | b is a* b c*); any other recursion is refused naming
+ * the rule. A rule body runs until the next
  * "name ::=", so alternatives and sequences may span lines. */
 #include <stdio.h>
 #include <stdlib.h>
@@ -331,6 +333,113 @@ static void char_class(gb *g, size_t *pos, size_t end)
 }
 
 static void alternatives(gb *g, size_t *pos, size_t end);
+static void sequence(gb *g, size_t *pos, size_t end);
+
+/* A top-level alternative of a rule body, by how it refers to its rule:
+ * not at all, once as its last item (right recursion), once as its first
+ * (left recursion), or otherwise. */
+typedef enum { ALT_PLAIN, ALT_RIGHT, ALT_LEFT, ALT_OTHER } alt_kind;
+
+typedef struct gb_alt {
+    size_t start, end; /* the alternative less the self reference */
+    alt_kind kind;
+} gb_alt;
+
+enum { GB_MAX_ALTS = 64 };
+
+static bool quantifier_at(const gb *g, size_t pos, size_t end)
+{
+    return pos < end && strchr("*+?{", g->s[pos]) != NULL;
+}
+
+/* Splits r's body into its top-level alternatives (at most GB_MAX_ALTS;
+ * more are ALT_OTHER) and classifies them; returns how many. */
+static int split_alts(gb *g, const gb_rule *r, gb_alt *alts)
+{
+    int n = 0, depth = 0, n_tok = 0, n_self = 0;
+    size_t pos = skip_ws(g, r->body, r->end), start = pos, first_end = pos, last = pos;
+    bool first_self = false, last_self = false, after_first_quant = false;
+    for (;;) {
+        pos = skip_ws(g, pos, r->end);
+        if (pos >= r->end || (depth == 0 && g->s[pos] == '|')) {
+            if (n == GB_MAX_ALTS) return n;
+            gb_alt *a = &alts[n++];
+            *a = (gb_alt){.start = start, .end = pos, .kind = ALT_OTHER};
+            if (n_self == 0) {
+                a->kind = ALT_PLAIN;
+            } else if (n_self == 1 && n_tok > 1 && last_self) {
+                a->kind = ALT_RIGHT;
+                a->end = last;
+            } else if (n_self == 1 && n_tok > 1 && first_self && !after_first_quant) {
+                a->kind = ALT_LEFT;
+                a->start = first_end;
+            }
+            if (pos >= r->end || g->failed) return n;
+            start = ++pos;
+            n_tok = n_self = 0;
+            first_self = last_self = false;
+            continue;
+        }
+        size_t e = skip_item(g, pos);
+        if (g->failed) return n;
+        char c = g->s[pos];
+        depth += c == '(' ? 1 : c == ')' ? -1 : 0;
+        bool self = name_char(c) && e - pos == r->name_len && !memcmp(g->s + pos, r->name, e - pos);
+        n_self += self;
+        if (n_tok == 0) {
+            first_self = self;
+            first_end = e;
+            after_first_quant = quantifier_at(g, skip_ws(g, e, r->end), r->end);
+        }
+        last_self = self;
+        last = pos;
+        n_tok++;
+        pos = e;
+    }
+}
+
+/* Emits the alternatives of kind k among alts as one group, then suffix;
+ * nothing when there are none. */
+static void emit_alts(gb *g, const gb_alt *alts, int n, alt_kind k, const char *suffix)
+{
+    bool first = true;
+    for (int i = 0; i < n && !g->failed; i++) {
+        if (alts[i].kind != k) continue;
+        emits(g, first ? "(?:" : "|");
+        first = false;
+        size_t pos = alts[i].start;
+        sequence(g, &pos, alts[i].end);
+        if (!g->failed && pos < alts[i].end) gb_fail(g, pos, "unexpected '%s'", ")");
+    }
+    if (!first) {
+        emits(g, ")");
+        emits(g, suffix);
+    }
+}
+
+/* A rule whose alternatives refer to it only as their last item (R ::= a
+ * R | b) or only as their first (R ::= R a | b), or both kinds, is
+ * regular: (rights)* (plains) (lefts)*. Returns false when r is not of
+ * that form (then expanding it finds the recursion). */
+static bool expand_linear(gb *g, gb_rule *r)
+{
+    gb_alt alts[GB_MAX_ALTS];
+    int n = split_alts(g, r, alts), n_plain = 0, n_rec = 0;
+    for (int i = 0; i < n; i++) {
+        if (alts[i].kind == ALT_OTHER) return false;
+        n_plain += alts[i].kind == ALT_PLAIN;
+        n_rec += alts[i].kind != ALT_PLAIN;
+    }
+    if (g->failed || n_rec == 0 || n_plain == 0) return false;
+    r->expanding = true;
+    emits(g, "(?:");
+    emit_alts(g, alts, n, ALT_RIGHT, "*");
+    emit_alts(g, alts, n, ALT_PLAIN, "");
+    emit_alts(g, alts, n, ALT_LEFT, "*");
+    emits(g, ")");
+    r->expanding = false;
+    return true;
+}
 
 static void expand_rule(gb *g, size_t at, const char *name, size_t name_len)
 {
@@ -341,11 +450,12 @@ static void expand_rule(gb *g, size_t at, const char *name, size_t name_len)
         if (r->name_len != name_len || memcmp(r->name, name, name_len)) continue;
         if (r->expanding) {
             gb_fail(g, at,
-                    "rule '%s' is recursive; only grammars without recursion (regular "
-                    "languages) are supported",
+                    "rule '%s' is recursive other than as the first or last item of its own "
+                    "alternatives; only regular grammars are supported",
                     nm);
             return;
         }
+        if (expand_linear(g, r)) return;
         r->expanding = true;
         size_t pos = r->body;
         emits(g, "(?:");

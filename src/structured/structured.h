@@ -33,8 +33,10 @@
  *   dialect): rules "name ::= ...", root the start, | sequences ( ) * + ?
  *   {m,n}, "literals", [classes] (ASCII ranges, non-ASCII single members),
  *   '.', escapes \n \r \t \xHH \uHHHH \UHHHHHHHH, # comments. Only
- *   grammars without recursion fit the finite automaton: a recursive rule is
- *   refused naming it.
+ *   regular grammars fit the finite automaton: a rule may refer to itself
+ *   only as the last item of some of its alternatives and the first of
+ *   others (R ::= a R | R c | b, a loop); other recursion is refused
+ *   naming the rule.
  * Generated JSON: properties in schema order, at most one space where JSON
  * allows whitespace, strings of UTF-8 characters with the escapes \" \\ \/
  * \b \f \n \r \t (no \u), integers of at most 16 digits, numbers with at

@@ -241,6 +241,12 @@ static void test_pattern_errors(void **state)
 /* ---- Grammars (GBNF without recursion) -------------------------------- */
 
 static const text_case grammar_cases[] = {
+    /* Right, left and mixed self-recursion are regular: loops. */
+    {"root ::= list\nlist ::= \"a\" | \"a\" \",\" list", {"a", "a,a,a"}, {"", "a,", ",a"}},
+    {"root ::= expr\nexpr ::= expr \"+\" num | num\nnum ::= [0-9]+",
+     {"1", "1+22+3"},
+     {"+1", "1+", "", "1++2"}},
+    {"root ::= r\nr ::= \"b\" r | r \"c\" | \"a\"", {"a", "bba", "acc", "bacc"}, {"ab", "ca", "b"}},
     {"root ::= \"yes\" | \"no\"", {"yes", "no"}, {"", "yesno", "n"}},
     /* Rules used twice, a group with a quantifier, comments, a multi-line body. */
     {"# a date list\nroot ::= date (\", \" date)*\ndate ::= year \"-\" d2 \"-\" d2\n"
@@ -289,12 +295,18 @@ static void test_grammar_errors(void **state)
     cv_tokenizer *tok;
     so_vocab *v = kjv_vocab(&tok);
     so_cache *c = so_cache_create(v);
-    expect_compile_error(c, SO_GRAMMAR, "root ::= list\nlist ::= \"a\" | \"a\" list",
-                         "grammar line 2: rule 'list' is recursive; only grammars without "
-                         "recursion (regular languages) are supported");
     expect_compile_error(c, SO_GRAMMAR, "root ::= \"(\" root \")\" | \"\"",
-                         "grammar line 1: rule 'root' is recursive; only grammars without "
-                         "recursion (regular languages) are supported");
+                         "grammar line 1: rule 'root' is recursive other than as the first or last "
+                         "item of its own alternatives; only regular grammars are supported");
+    expect_compile_error(c, SO_GRAMMAR, "root ::= list\nlist ::= \"a\" list",
+                         "grammar line 2: rule 'list' is recursive other than as the first or last "
+                         "item of its own alternatives; only regular grammars are supported");
+    expect_compile_error(c, SO_GRAMMAR, "root ::= a\na ::= \"x\" b | \"y\"\nb ::= a \"z\"",
+                         "grammar line 3: rule 'a' is recursive other than as the first or last "
+                         "item of its own alternatives; only regular grammars are supported");
+    expect_compile_error(c, SO_GRAMMAR, "root ::= x\nx ::= \"a\" x? | \"b\"",
+                         "grammar line 2: rule 'x' is recursive other than as the first or last "
+                         "item of its own alternatives; only regular grammars are supported");
     expect_compile_error(c, SO_GRAMMAR, "root ::= a\n", "grammar line 1: rule 'a' is not defined");
     expect_compile_error(c, SO_GRAMMAR, "start ::= \"a\"",
                          "grammar has no rule 'root' (where generation starts)");

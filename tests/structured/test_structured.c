@@ -273,6 +273,12 @@ static void test_regexes(void **state)
 /* ---- Grammars: ours (GBNF), and the same language in POSIX ERE -------- */
 
 static const regex_case grammars[] = {
+    /* vLLM's documentation example (structured outputs, grammar). */
+    {"\n    root ::= select_statement\n\n    select_statement ::= \"SELECT \" column \" from \" "
+     "table \" where \" condition\n\n    column ::= \"col_1 \" | \"col_2 \"\n\n    table ::= "
+     "\"table_1 \" | \"table_2 \"\n\n    condition ::= column \"= \" number\n\n    number ::= "
+     "\"1 \" | \"2 \"\n",
+     "SELECT (col_1 |col_2 ) from (table_1 |table_2 ) where (col_1 |col_2 )= (1 |2 )"},
     {"root ::= \"Let there be \" thing\nthing ::= \"light\" | \"darkness\" | [a-z]{1,8}",
      "Let there be (light|darkness|[a-z]{1,8})"},
     {"root ::= verse (\"; \" verse){0,2}\nverse ::= [A-Z] [a-z]{0,6} \" \" num\n"
@@ -644,8 +650,9 @@ static void test_bad_constraints(void **state)
         "structured_outputs 'grammar': grammar line 1: expected a rule 'name ::= ...'");
     expect_add_error(c,
                      "{\"structured_outputs\":{\"grammar\":\"root ::= a\\na ::= \\\"x\\\" a?\"}}",
-                     "structured_outputs 'grammar': grammar line 2: rule 'a' is recursive; only "
-                     "grammars without recursion (regular languages) are supported");
+                     "structured_outputs 'grammar': grammar line 2: rule 'a' is recursive other "
+                     "than as the first or last item of its own alternatives; only regular "
+                     "grammars are supported");
     expect_params_error("{\"structured_outputs\":{\"regex\":5}}",
                         "structured_outputs 'regex' must be a string");
     expect_params_error("{\"structured_outputs\":{\"regexp\":\"a\"}}",
