@@ -85,6 +85,7 @@ typedef enum {
     CV_STRUCTURED_REGEX,       /* text: the regex */
     CV_STRUCTURED_JSON_OBJECT, /* any JSON value; text "" */
     CV_STRUCTURED_JSON,        /* text: the JSON schema as JSON text */
+    CV_STRUCTURED_GRAMMAR,     /* text: a GBNF grammar (without recursion) */
 } cv_structured_kind;
 
 typedef struct cv_sampling_params {

@@ -219,6 +219,7 @@ static void engine_free(cv_engine *e)
     free(e->e_n_rows);
     free(e->logits);
     free(e->aborts);
+    so_prefetch_free(e->so_prefetch); /* before the grammars it may be using */
     so_cache_free(e->so_cache);
     so_vocab_free(e->so_vocab);
     pthread_mutex_destroy(&e->mu);

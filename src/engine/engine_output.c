@@ -36,6 +36,7 @@ void request_free(request *req)
         free_lps_entries(req->prompt_lps, req->n_prompt);
         free(req->prompt_lps);
     }
+    so_grammar_release(req->grammar);
     cv_sampling_params_free(&req->params);
     free(req->prompt);
     free(req->stop_ids);

@@ -53,8 +53,8 @@ typedef struct request {
     int32_t *mask_ids; /* (n_mask_ids) EOS and stop_token_ids: masked below min_tokens */
     int n_mask_ids;
     int holdback_chars;            /* stop-string hold-back of the stream */
-    so_grammar *grammar;           /* structured output constraint, NULL = none (borrowed
-                                      from the engine's so_cache) */
+    so_grammar *grammar;           /* structured output constraint, NULL = none (a reference
+                                      from the engine's so_cache; request_free releases it) */
     cv_token_logprobs *prompt_lps; /* (n_prompt) entry 0 empty; NULL unless asked */
     int prompt_lps_done;           /* prompt positions filled (1..n_prompt) */
     bool prompt_lps_sent;
@@ -92,9 +92,10 @@ struct cv_engine {
     int n_active;        /* requests accepted and not finished (inbox included) */
     int max_active;      /* bound on n_active (max_queued_requests) */
     uint64_t next_request_id;
-    so_vocab *so_vocab;     /* structured outputs: made with the first constrained request */
-    so_cache *so_cache;     /* compiled constraints by text; owns every request's grammar */
-    cv_lora_registry *lora; /* NULL unless enable_lora (locks itself: any thread) */
+    so_vocab *so_vocab;       /* structured outputs: made with the first constrained request */
+    so_cache *so_cache;       /* compiled constraints by text; owns every request's grammar */
+    so_prefetch *so_prefetch; /* masks computed during the forward; made on first need */
+    cv_lora_registry *lora;   /* NULL unless enable_lora (locks itself: any thread) */
 
     /* Engine thread only. */
     request *active; /* admitted requests */

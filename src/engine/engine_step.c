@@ -450,6 +450,35 @@ static void log_step(cv_engine *e, int n_tokens, uint64_t t_step, uint64_t t_fwd
     memset(&e->step_log, 0, sizeof e->step_log);
 }
 
+/* Starts computing, on the prefetch thread, the masks of the constrained
+ * sequences that sample after this step's forward, so that first visits
+ * of automaton states overlap the forward (issue 14). Best effort: when no
+ * thread or memory is had, draw_all computes them as before. */
+static void prefetch_masks(cv_engine *e, const sched_output *so)
+{
+    int n = 0;
+    for (int i = 0; i < so->n_entries; i++) {
+        const cv_seq *s = so->entries[i].seq;
+        const request *req = s->owner;
+        n += req->grammar && s->n_computed + so->entries[i].n_new >= s->n_tokens;
+    }
+    if (n == 0) return;
+    if (!e->so_prefetch && !(e->so_prefetch = so_prefetch_create(e->n_samplers))) return;
+    so_grammar **g = malloc((size_t)n * sizeof(*g));
+    so_state *st = malloc((size_t)n * sizeof(*st));
+    n = 0;
+    for (int i = 0; g && st && i < so->n_entries; i++) {
+        const cv_seq *s = so->entries[i].seq;
+        const request *req = s->owner;
+        if (!req->grammar || s->n_computed + so->entries[i].n_new < s->n_tokens) continue;
+        g[n] = req->grammar;
+        st[n++] = req->seqs[s->index].so;
+    }
+    if (g && st) (void)so_prefetch_start(e->so_prefetch, g, st, n);
+    free(g);
+    free(st);
+}
+
 int engine_step(cv_engine *e)
 {
     uint64_t t_step = cv_now_ns();
@@ -480,7 +509,9 @@ int engine_step(cv_engine *e)
     uint64_t t_fwd = cv_now_ns();
     const cv_greedy_rows greedy = {
         .want = e->g_want, .token = e->g_token, .logprob = e->g_logprob, .rank = e->g_rank};
+    prefetch_masks(e, &so);
     const int fwd = cv_device_backend_forward(e->backend, &batch, e->logits, &greedy, &e->step_err);
+    if (e->so_prefetch) so_prefetch_wait(e->so_prefetch);
     if (fwd < 0) return -1;
     e->greedy_filled = fwd == 1;
     uint64_t now = cv_now_ns();

@@ -74,7 +74,13 @@ static int set_kind(cv_sampling_params *p, const char *kind, const char *field, 
             return cv_errorf(err, "%s must be a boolean", field);
         return truthy(v) ? set_text(p, CV_STRUCTURED_JSON_OBJECT, "", err) : 0;
     }
-    return cv_errorf(err, "%s is not supported yet (supported: json, regex, choice, json_object)",
+    if (!strcmp(kind, "grammar")) {
+        if (!json_is_string(v)) return cv_errorf(err, "%s must be a string", field);
+        return set_text(p, CV_STRUCTURED_GRAMMAR, json_string_value(v), err);
+    }
+    return cv_errorf(err,
+                     "%s is not supported yet (supported: json, regex, choice, grammar, "
+                     "json_object)",
                      field);
 }
 

@@ -10,6 +10,7 @@
 #include <stdint.h>
 
 #include "base/error.h"
+#include "structured.h"
 
 /* Bounds a compiled constraint, so a hostile {1000}{1000} or a deep schema
  * fails with a message instead of exhausting memory. */
@@ -54,7 +55,18 @@ so_frag so_frag_char(so_nfa *a, const bool ascii[128], bool multibyte);
 int so_regex_compile(so_nfa *a, const char *re, size_t n, so_frag *out, cv_error *err);
 /* Compiles a JSON schema text; err names the keyword that is refused. */
 int so_json_schema_compile(so_nfa *a, const char *schema, so_frag *out, cv_error *err);
+/* Compiles a GBNF grammar (text, n bytes) into a; err names the line and
+ * what is wrong there, or the recursive rule. */
+int so_gbnf_compile(so_nfa *a, const char *text, size_t n, so_frag *out, cv_error *err);
 /* Any JSON value, containers nested at most depth deep. */
 so_frag so_json_any(so_nfa *a, int depth);
+
+/* Grammars for the cache (so_cache.c): compiled (NULL with err naming the
+ * bad input), destroyed, their memory in bytes now, and a slot where the
+ * cache keeps its record of each. */
+so_grammar *so_grammar_compile(const so_vocab *v, so_kind kind, const char *text, cv_error *err);
+void so_grammar_destroy(so_grammar *g);
+size_t so_grammar_bytes(so_grammar *g);
+void **so_grammar_cache_entry(so_grammar *g);
 
 #endif

@@ -299,14 +299,147 @@ static so_frag array_schema(sc *c, const json_t *s, int depth)
     return f;
 }
 
+/* The JSON spelling of byte b inside a string, when b may not stand for
+ * itself there ('"', '\\', controls); NULL when it may. */
+static const char *escape_of(uint8_t b, char buf[8])
+{
+    switch (b) {
+    case '"':
+        return "\\\"";
+    case '\\':
+        return "\\\\";
+    case '\b':
+        return "\\b";
+    case '\f':
+        return "\\f";
+    case '\n':
+        return "\\n";
+    case '\r':
+        return "\\r";
+    case '\t':
+        return "\\t";
+    default:
+        break;
+    }
+    if (b >= 0x20) return NULL;
+    snprintf(buf, 8, "\\u%04x", b);
+    return buf;
+}
+
+/* The regex fragment built from node first_node and edge first_edge on
+ * matches string values; JSON text must spell some bytes as escapes. Each
+ * byte edge is cut to the bytes that stand for themselves, and every other
+ * byte it held gets a side path that spells its escape. */
+static void escape_edges(so_nfa *a, int32_t first_node, int32_t first_edge)
+{
+    int32_t n_nodes = a->n_nodes, n_edges = a->n_edges;
+    for (int32_t x = first_node; x < n_nodes; x++)
+        for (int32_t e = a->first[x]; e >= first_edge; e = a->edges[e].next) {
+            if (e >= n_edges || a->edges[e].eps) continue; /* one added here, or epsilon */
+            so_edge ed = a->edges[e];
+            /* The bytes that stand for themselves: [0x20-0x21], [0x23-0x5B], [0x5D-0xFF]. */
+            static const uint8_t keep[3][2] = {{0x20, 0x21}, {0x23, 0x5B}, {0x5D, 0xFF}};
+            bool first = true;
+            for (int k = 0; k < 3; k++) {
+                int lo = ed.lo > keep[k][0] ? ed.lo : keep[k][0];
+                int hi = ed.hi < keep[k][1] ? ed.hi : keep[k][1];
+                if (lo > hi) continue;
+                if (first) {
+                    a->edges[e].lo = (uint8_t)lo;
+                    a->edges[e].hi = (uint8_t)hi;
+                    first = false;
+                } else {
+                    so_nfa_range(a, x, ed.to, (uint8_t)lo, (uint8_t)hi);
+                }
+            }
+            if (first) { /* nothing stands for itself: an empty range never matches */
+                a->edges[e].lo = 1;
+                a->edges[e].hi = 0;
+            }
+            for (int b = ed.lo; b <= ed.hi; b++) {
+                char buf[8];
+                const char *spelled = escape_of((uint8_t)b, buf);
+                if (!spelled) continue;
+                so_frag f = lit(a, spelled);
+                so_nfa_eps(a, x, f.start);
+                so_nfa_eps(a, f.end, ed.to);
+            }
+        }
+}
+
+/* A string whose value matches the regex re (the whole value: JSON
+ * schema's pattern is a search, but generation needs an end, as in
+ * xgrammar). what names the keyword in errors. */
+static so_frag pattern_string(sc *c, const char *re, const char *what)
+{
+    so_nfa *a = c->a;
+    int32_t n0 = a->n_nodes, e0 = a->n_edges;
+    so_frag body;
+    cv_error rerr;
+    if (so_regex_compile(a, re, strlen(re), &body, &rerr) < 0) {
+        char msg[sizeof(rerr.msg) + 64];
+        snprintf(msg, sizeof(msg), "JSON schema '%s': %s", what, rerr.msg);
+        sc_fail(c, "%s", msg);
+        return so_frag_empty(a);
+    }
+    escape_edges(a, n0, e0);
+    return cat3(a, lit(a, "\""), body, lit(a, "\""));
+}
+
+/* JSON schema formats as regexes of their values (RFC 3339 date, time and
+ * date-time; RFC 4122 uuid; dotted-quad ipv4; a common email and hostname
+ * subset). Other formats are annotations only: a plain string. */
+static const char *const formats[][2] = {
+    {"date", "\\d{4}-(0[1-9]|1[0-2])-(0[1-9]|[12]\\d|3[01])"},
+    {"time",
+     "([01]\\d|2[0-3]):[0-5]\\d:([0-5]\\d|60)(\\.\\d{1,9})?(Z|[+-]([01]\\d|2[0-3]):[0-5]\\d)"},
+    {"date-time", "\\d{4}-(0[1-9]|1[0-2])-(0[1-9]|[12]\\d|3[01])T([01]\\d|2[0-3]):[0-5]\\d:([0-5]"
+                  "\\d|60)(\\.\\d{1,9})?(Z|[+-]([01]\\d|2[0-3]):[0-5]\\d)"},
+    {"uuid", "[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"},
+    {"ipv4", "((25[0-5]|2[0-4]\\d|1\\d\\d|[1-9]?\\d)\\.){3}(25[0-5]|2[0-4]\\d|1\\d\\d|[1-9]?\\d)"},
+    {"email",
+     "[a-zA-Z0-9._%+-]+@[a-zA-Z0-9]([a-zA-Z0-9-]*[a-zA-Z0-9])?(\\.[a-zA-Z0-9]([a-zA-Z0-9-]*"
+     "[a-zA-Z0-9])?)*\\.[a-zA-Z]{2,}"},
+    {"hostname",
+     "[a-zA-Z0-9]([a-zA-Z0-9-]*[a-zA-Z0-9])?(\\.[a-zA-Z0-9]([a-zA-Z0-9-]*[a-zA-Z0-9])?)*"},
+};
+
+static so_frag string_schema(sc *c, const json_t *s)
+{
+    so_nfa *a = c->a;
+    int min = get_count(c, s, "minLength", 0), max = get_count(c, s, "maxLength", -1);
+    if (max >= 0 && max < min) sc_fail(c, "JSON schema '%s' is below minLength", "maxLength");
+    const json_t *pattern = json_object_get(s, "pattern"), *format = json_object_get(s, "format");
+    const char *re = NULL, *what = "pattern";
+    if (pattern) {
+        if (!json_is_string(pattern)) {
+            sc_fail(c, "JSON schema '%s' must be a string", "pattern");
+            return so_frag_empty(a);
+        }
+        re = json_string_value(pattern);
+    } else if (format) {
+        if (!json_is_string(format)) {
+            sc_fail(c, "JSON schema '%s' must be a string", "format");
+            return so_frag_empty(a);
+        }
+        what = "format";
+        for (size_t i = 0; i < sizeof(formats) / sizeof(formats[0]); i++)
+            if (!strcmp(json_string_value(format), formats[i][0])) re = formats[i][1];
+    }
+    if (!re) return jstring(a, min, max);
+    /* A regular language and a length bound intersect to a product
+     * automaton this compiler does not build. */
+    if (json_object_get(s, "minLength") || json_object_get(s, "maxLength")) {
+        sc_fail(c, "JSON schema 'minLength'/'maxLength' together with '%s' is not supported", what);
+        return so_frag_empty(a);
+    }
+    return pattern_string(c, re, what);
+}
+
 static so_frag type_frag(sc *c, const json_t *s, const char *type, int depth)
 {
     so_nfa *a = c->a;
-    if (!strcmp(type, "string")) {
-        int min = get_count(c, s, "minLength", 0), max = get_count(c, s, "maxLength", -1);
-        if (max >= 0 && max < min) sc_fail(c, "JSON schema '%s' is below minLength", "maxLength");
-        return jstring(a, min, max);
-    }
+    if (!strcmp(type, "string")) return string_schema(c, s);
     if (!strcmp(type, "integer")) return jinteger(a);
     if (!strcmp(type, "number")) return jnumber(a);
     if (!strcmp(type, "boolean")) return so_frag_alt(a, lit(a, "true"), lit(a, "false"));
@@ -346,7 +479,7 @@ static const char *const known_keywords[] = {
     "maxItems", "minLength",   "maxLength",   "anyOf",
     "title",    "description", "$schema",     "oneOf",
     "$ref",     "$defs",       "definitions", "default",
-    "examples",
+    "examples", "pattern",     "format",
 };
 
 static so_frag schema(sc *c, const json_t *s, int depth)
@@ -431,6 +564,8 @@ static so_frag schema(sc *c, const json_t *s, int depth)
         sc_fail(c, "JSON schema '%s' must be a string or a list of strings", "type");
         return so_frag_empty(a);
     }
+    /* Keywords only strings have imply a string, as in xgrammar. */
+    if (json_object_get(s, "pattern") || json_object_get(s, "format")) return string_schema(c, s);
     if (json_object_get(s, "properties")) return object_schema(c, s, depth);
     if (json_object_get(s, "items")) return array_schema(c, s, depth);
     return so_json_any(a, SO_MAX_FREE_DEPTH);

@@ -15,26 +15,42 @@ enum { SO_MAX_DFA_STATES = 1 << 17 };
 
 const char *so_kind_name(so_kind kind)
 {
-    static const char *const names[] = {"choice", "regex", "json_object", "json"};
-    return kind <= SO_JSON ? names[kind] : "?";
+    static const char *const names[] = {"choice", "regex", "json_object", "json", "grammar"};
+    return kind <= SO_GRAMMAR ? names[kind] : "?";
 }
 
 /* ---- Vocabulary ------------------------------------------------------------ */
 
+/* The trie while it is built: children chained by sibling. */
 typedef struct trie_node {
     int32_t child, sibling; /* first child, next sibling (-1 ends) */
     int32_t first_tok;      /* first token ending here (-1 none), chained by tok_next */
     uint8_t byte;           /* the edge into this node */
 } trie_node;
 
+/* A node of the walked trie, packed so a walk reads 8 bytes per node. */
+typedef struct so_tnode {
+    int32_t tok;    /* its first token, or the vocabulary size (a spare mask bit) when none */
+    uint16_t depth; /* its prefix length (root 0) */
+    uint8_t byte;   /* the edge into it */
+    uint8_t more;   /* 1 when more tokens than tok end here (equal bytes): see t_tok */
+} so_tnode;
+
+/* The trie as used: nodes in preorder, so a mask walk reads the arrays
+ * front to back and skips a dead subtree by one jump. Node 0 is the root
+ * (the empty prefix). */
 struct so_vocab {
     int n;
     uint8_t *bytes;   /* all tokens' bytes, back to back */
     int32_t *off;     /* (n + 1) token id's bytes are bytes[off[id] .. off[id+1]) */
-    uint8_t *is_end;  /* (n) 1 for the end ids */
-    trie_node *nodes; /* (n_nodes) node 0 is the root */
-    int32_t n_nodes, cap_nodes;
-    int32_t *tok_next; /* (n) */
+    int32_t *end_ids; /* (n_end) the end ids, distinct */
+    int n_end;
+    int32_t n_nodes;
+    so_tnode *t;     /* (n_nodes) */
+    int32_t *t_skip; /* (n_nodes) the first node after its subtree */
+    int32_t *t_tok;  /* (n_nodes + 1) its tokens are t_ids[t_tok[i] .. t_tok[i+1]) */
+    int32_t *t_ids;  /* token ids with bytes, grouped by node */
+    int max_depth;
 };
 
 /* GPT-2's bytes_to_unicode, inverted: code point -> byte, -1 if none. */
@@ -77,22 +93,82 @@ static int piece_bytes(const char *piece, uint8_t *out, int cap)
     return n;
 }
 
-static int32_t trie_child(so_vocab *v, int32_t node, uint8_t byte)
+typedef struct trie_build {
+    trie_node *nodes;
+    int32_t n_nodes, cap_nodes;
+    int32_t *tok_next; /* (vocab) */
+} trie_build;
+
+static int32_t trie_child(trie_build *b, int32_t node, uint8_t byte)
 {
-    for (int32_t c = v->nodes[node].child; c >= 0; c = v->nodes[c].sibling)
-        if (v->nodes[c].byte == byte) return c;
-    if (v->n_nodes == v->cap_nodes) {
-        int32_t cap = v->cap_nodes * 2;
-        trie_node *p = realloc(v->nodes, (size_t)cap * sizeof(trie_node));
+    for (int32_t c = b->nodes[node].child; c >= 0; c = b->nodes[c].sibling)
+        if (b->nodes[c].byte == byte) return c;
+    if (b->n_nodes == b->cap_nodes) {
+        int32_t cap = b->cap_nodes * 2;
+        trie_node *p = realloc(b->nodes, (size_t)cap * sizeof(trie_node));
         if (!p) return -1;
-        v->nodes = p;
-        v->cap_nodes = cap;
+        b->nodes = p;
+        b->cap_nodes = cap;
     }
-    int32_t c = v->n_nodes++;
-    v->nodes[c] =
-        (trie_node){.child = -1, .sibling = v->nodes[node].child, .first_tok = -1, .byte = byte};
-    v->nodes[node].child = c;
+    int32_t c = b->n_nodes++;
+    b->nodes[c] =
+        (trie_node){.child = -1, .sibling = b->nodes[node].child, .first_tok = -1, .byte = byte};
+    b->nodes[node].child = c;
     return c;
+}
+
+/* Lays the built trie out in preorder (an explicit stack: token byte
+ * strings can be long enough to make recursion deep). */
+static int trie_flatten(so_vocab *v, const trie_build *b)
+{
+    int32_t n = b->n_nodes;
+    v->n_nodes = n;
+    v->t = malloc((size_t)n * sizeof(so_tnode));
+    v->t_skip = malloc((size_t)n * sizeof(int32_t));
+    v->t_tok = malloc(((size_t)n + 1) * sizeof(int32_t));
+    v->t_ids = malloc(((size_t)v->n + 1) * sizeof(int32_t));
+    /* Built-trie node ids, and ~id once its children are pushed: each
+     * node is on the stack at most twice. */
+    int32_t *stack = malloc(2 * (size_t)n * sizeof(int32_t));
+    int32_t *pos = malloc((size_t)n * sizeof(int32_t)); /* its preorder index */
+    uint16_t *depth = malloc((size_t)n * sizeof(uint16_t));
+    if (!v->t || !v->t_skip || !v->t_tok || !v->t_ids || !stack || !pos || !depth) {
+        free(stack);
+        free(pos);
+        free(depth);
+        return -1;
+    }
+    int32_t top = 0, next = 0, n_ids = 0;
+    stack[top++] = 0;
+    depth[0] = 0;
+    v->max_depth = 0;
+    while (top > 0) {
+        int32_t x = stack[--top];
+        if (x < 0) { /* the subtree of ~x is done */
+            v->t_skip[pos[~x]] = next;
+            continue;
+        }
+        int32_t i = next++;
+        pos[x] = i;
+        if (depth[x] > v->max_depth) v->max_depth = depth[x];
+        v->t_tok[i] = n_ids;
+        for (int32_t id = b->nodes[x].first_tok; id >= 0; id = b->tok_next[id])
+            v->t_ids[n_ids++] = id;
+        v->t[i] = (so_tnode){.tok = n_ids > v->t_tok[i] ? v->t_ids[v->t_tok[i]] : v->n,
+                             .depth = depth[x],
+                             .byte = b->nodes[x].byte,
+                             .more = n_ids - v->t_tok[i] > 1};
+        stack[top++] = ~x;
+        for (int32_t c = b->nodes[x].child; c >= 0; c = b->nodes[c].sibling) {
+            depth[c] = (uint16_t)(depth[x] + 1);
+            stack[top++] = c;
+        }
+    }
+    v->t_tok[n] = n_ids;
+    free(stack);
+    free(pos);
+    free(depth);
+    return 0;
 }
 
 /* Does text hold U+FFFD (what decoding puts for a partial character)? */
@@ -139,41 +215,53 @@ so_vocab *so_vocab_create(const cv_tokenizer *tok, const int32_t *eos_ids, int n
 {
     so_vocab *v = calloc(1, sizeof(*v));
     int n = tok_vocab_size(tok);
+    trie_build b = {.cap_nodes = 1024};
     if (!v) goto oom;
     v->n = n;
     v->off = calloc((size_t)n + 1, sizeof(int32_t));
-    v->is_end = calloc((size_t)n, 1);
-    v->tok_next = malloc((size_t)n * sizeof(int32_t));
-    v->cap_nodes = 1024;
-    v->nodes = malloc((size_t)v->cap_nodes * sizeof(trie_node));
-    if (!v->off || !v->is_end || !v->tok_next || !v->nodes) goto oom;
-    v->nodes[0] = (trie_node){.child = -1, .sibling = -1, .first_tok = -1};
-    v->n_nodes = 1;
-    for (int i = 0; i < n_eos; i++)
-        if (eos_ids[i] >= 0 && eos_ids[i] < n) v->is_end[eos_ids[i]] = 1;
+    v->end_ids = malloc(((size_t)n_eos + 1) * sizeof(int32_t));
+    b.tok_next = malloc((size_t)n * sizeof(int32_t));
+    b.nodes = malloc((size_t)b.cap_nodes * sizeof(trie_node));
+    if (!v->off || !v->end_ids || !b.tok_next || !b.nodes) goto oom;
+    b.nodes[0] = (trie_node){.child = -1, .sibling = -1, .first_tok = -1};
+    b.n_nodes = 1;
+    for (int i = 0; i < n_eos; i++) {
+        bool seen = eos_ids[i] < 0 || eos_ids[i] >= n;
+        for (int j = 0; j < v->n_end && !seen; j++)
+            seen = v->end_ids[j] == eos_ids[i];
+        if (!seen) v->end_ids[v->n_end++] = eos_ids[i];
+    }
     size_t len = 0, cap = 4096;
     v->bytes = malloc(cap);
     if (!v->bytes) goto oom;
     for (int32_t id = 0; id < n; id++) {
         v->off[id] = (int32_t)len;
         if (token_bytes(tok, id, &v->bytes, &len, &cap, err) < 0) {
+            free(b.nodes);
+            free(b.tok_next);
             so_vocab_free(v);
             return NULL;
         }
     }
     v->off[n] = (int32_t)len;
-    for (int32_t id = 0; id < n; id++) {
-        v->tok_next[id] = -1;
+    /* Tokens are chained in reverse so each node lists its ids ascending. */
+    for (int32_t id = n - 1; id >= 0; id--) {
+        b.tok_next[id] = -1;
         int32_t node = 0;
         if (v->off[id + 1] == v->off[id]) continue; /* no bytes: never a continuation */
         for (int32_t i = v->off[id]; i < v->off[id + 1] && node >= 0; i++)
-            node = trie_child(v, node, v->bytes[i]);
+            node = trie_child(&b, node, v->bytes[i]);
         if (node < 0) goto oom;
-        v->tok_next[id] = v->nodes[node].first_tok;
-        v->nodes[node].first_tok = id;
+        b.tok_next[id] = b.nodes[node].first_tok;
+        b.nodes[node].first_tok = id;
     }
+    if (trie_flatten(v, &b) < 0) goto oom;
+    free(b.nodes);
+    free(b.tok_next);
     return v;
 oom:
+    free(b.nodes);
+    free(b.tok_next);
     so_vocab_free(v);
     cv_errorf(err, "out of memory building the structured-output vocabulary");
     return NULL;
@@ -184,9 +272,11 @@ void so_vocab_free(so_vocab *v)
     if (!v) return;
     free(v->bytes);
     free(v->off);
-    free(v->is_end);
-    free(v->nodes);
-    free(v->tok_next);
+    free(v->end_ids);
+    free(v->t);
+    free(v->t_skip);
+    free(v->t_tok);
+    free(v->t_ids);
     free(v);
 }
 
@@ -212,7 +302,7 @@ typedef struct dstate {
     int32_t n_set;
     uint64_t hash;
     bool accept;
-    int8_t done;        /* -1 until the mask is computed */
+    int8_t done;        /* no token can follow; -1 until known */
     int32_t trans[256]; /* next state per byte, -1 = not computed yet */
     uint32_t *mask;     /* ((vocab + 31) / 32) words, NULL until asked */
 } dstate;
@@ -230,10 +320,12 @@ struct so_grammar {
     uint32_t *mark;     /* (nfa nodes) generation marks for closure */
     uint8_t *important; /* (nfa nodes) has a byte edge, or is the accepting node */
     uint32_t gen;
-    int32_t *stack, *buf; /* (nfa nodes) scratch */
+    int32_t *stack, *buf;    /* (nfa nodes) scratch */
+    const int32_t **walk_at; /* (vocab max_depth + 1) scratch of walk */
+    int32_t *walk_id;        /* (vocab max_depth + 1) the states of walk_at */
     int32_t start;
     pthread_mutex_t mu;
-    struct so_grammar *next; /* cache chain */
+    void *cache_entry; /* the cache's record of it (so_cache.c) */
 };
 
 static int cmp_i32(const void *a, const void *b)
@@ -332,12 +424,11 @@ static int32_t intern_closure(so_grammar *g, int32_t n)
     return id;
 }
 
-/* One byte from state s (the dead state on failure: the constraint then
- * stops a sequence rather than letting it run free). */
-static int32_t step(so_grammar *g, int32_t s, uint8_t byte)
+/* The state after byte from state s, when the NFA targets of that byte are
+ * the same for every byte of [lo, hi] (the dead state on failure: the
+ * constraint then stops a sequence rather than letting it run free). */
+static int32_t range_target(so_grammar *g, const dstate *d, uint8_t byte)
 {
-    dstate *d = g->states[s];
-    if (d->trans[byte] >= 0) return d->trans[byte];
     const so_nfa *a = &g->nfa;
     /* Targets once each (marked), so at most n_nodes fit in buf. */
     if (++g->gen == 0) {
@@ -354,24 +445,69 @@ static int32_t step(so_grammar *g, int32_t s, uint8_t byte)
             }
         }
     int32_t next = n == 0 ? SO_DEAD : intern_closure(g, n);
-    if (next < 0) next = SO_DEAD;
-    g->states[s]->trans[byte] = next;
-    return next;
+    return next < 0 ? SO_DEAD : next;
 }
 
-/* Marks every token below trie node t whose bytes keep state s alive. */
-static void walk(so_grammar *g, int32_t t, int32_t s, uint32_t *mask, bool *any)
+/* One byte from state s. The first miss of a state fills all 256 of its
+ * transitions: bytes between two consecutive edge-range bounds of its NFA
+ * nodes lead to the same set, so each such run costs one closure (a byte
+ * class, [^"] say, is a handful of runs instead of ~200 closures). */
+static int32_t step(so_grammar *g, int32_t s, uint8_t byte)
+{
+    dstate *d = g->states[s];
+    if (d->trans[byte] >= 0) return d->trans[byte];
+    const so_nfa *a = &g->nfa;
+    bool cut[257] = {false};
+    cut[0] = cut[256] = true;
+    for (int32_t i = 0; i < d->n_set; i++)
+        for (int32_t e = a->first[d->set[i]]; e >= 0; e = a->edges[e].next)
+            if (!a->edges[e].eps) {
+                cut[a->edges[e].lo] = true;
+                cut[a->edges[e].hi + 1] = true;
+            }
+    for (int lo = 0; lo < 256;) {
+        int hi = lo + 1;
+        while (!cut[hi])
+            hi++;
+        /* intern_closure may grow g->states, never move a dstate. */
+        int32_t next = range_target(g, d, (uint8_t)lo);
+        for (int x = lo; x < hi; x++)
+            d->trans[x] = next;
+        lo = hi;
+    }
+    return d->trans[byte];
+}
+
+/* Marks every token whose bytes keep state s alive: one pass over the
+ * preorder trie, the state after each node's prefix kept per depth, a dead
+ * prefix skipping its whole subtree. */
+static void walk(so_grammar *g, int32_t s, uint32_t *mask)
 {
     const so_vocab *v = g->vocab;
-    for (int32_t c = v->nodes[t].child; c >= 0; c = v->nodes[c].sibling) {
-        int32_t s2 = step(g, s, v->nodes[c].byte);
-        if (s2 == SO_DEAD) continue;
-        for (int32_t id = v->nodes[c].first_tok; id >= 0; id = v->tok_next[id]) {
-            mask[id >> 5] |= 1u << (id & 31);
-            *any = true;
+    /* at[d]: the transitions of the state after the current prefix's first
+     * d bytes (a dstate never moves, so its table may be held across the
+     * states that step creates). */
+    const int32_t **at = g->walk_at;
+    at[0] = g->states[s]->trans;
+    g->walk_id[0] = s;
+    for (int32_t i = 1; i < v->n_nodes;) {
+        so_tnode node = v->t[i];
+        int32_t to = at[node.depth - 1][node.byte];
+        if (to < 0) to = step(g, g->walk_id[node.depth - 1], node.byte);
+        if (to == SO_DEAD) {
+            i = v->t_skip[i];
+            continue;
         }
-        walk(g, c, s2, mask, any);
+        at[node.depth] = g->states[to]->trans;
+        g->walk_id[node.depth] = to;
+        /* Unconditional: a node without tokens sets the spare bit. */
+        mask[node.tok >> 5] |= 1u << (node.tok & 31);
+        if (node.more)
+            for (int32_t k = v->t_tok[i] + 1; k < v->t_tok[i + 1]; k++)
+                mask[v->t_ids[k] >> 5] |= 1u << (v->t_ids[k] & 31);
+        i++;
     }
+    mask[v->n >> 5] &= ~(1u << (v->n & 31));
 }
 
 static const uint32_t *state_mask(so_grammar *g, so_state s)
@@ -379,14 +515,18 @@ static const uint32_t *state_mask(so_grammar *g, so_state s)
     dstate *d = g->states[s];
     if (d->mask) return d->mask;
     const so_vocab *v = g->vocab;
-    uint32_t *mask = calloc(((size_t)v->n + 31) / 32, sizeof(uint32_t));
+    /* One spare bit past the vocabulary (see so_tnode). */
+    size_t words = ((size_t)v->n + 32) / 32;
+    uint32_t *mask = calloc(words, sizeof(uint32_t));
     if (!mask) return NULL;
+    if (s != SO_DEAD) walk(g, s, mask);
     bool any = false;
-    if (s != SO_DEAD) walk(g, 0, s, mask, &any);
+    for (size_t w = 0; w < words && !any; w++)
+        any = mask[w] != 0;
     d = g->states[s];
     if (d->accept)
-        for (int32_t id = 0; id < v->n; id++)
-            if (v->is_end[id]) mask[id >> 5] |= 1u << (id & 31);
+        for (int i = 0; i < v->n_end; i++)
+            mask[v->end_ids[i] >> 5] |= 1u << (v->end_ids[i] & 31);
     d->done = !any;
     d->mask = mask;
     return mask;
@@ -440,17 +580,45 @@ bool so_accepting(so_grammar *g, so_state s)
     return acc;
 }
 
+/* Whether some token's bytes keep state s alive: the walk of walk(), ended
+ * at the first such token. Most states allow a one-byte token, found among
+ * the first nodes, so the engine's check after every token costs little
+ * and leaves the full mask to the prefetch that overlaps the forward. */
+static bool any_token(so_grammar *g, int32_t s)
+{
+    const so_vocab *v = g->vocab;
+    const int32_t **at = g->walk_at;
+    at[0] = g->states[s]->trans;
+    g->walk_id[0] = s;
+    for (int32_t i = 1; i < v->n_nodes;) {
+        so_tnode node = v->t[i];
+        int32_t to = at[node.depth - 1][node.byte];
+        if (to < 0) to = step(g, g->walk_id[node.depth - 1], node.byte);
+        if (to == SO_DEAD) {
+            i = v->t_skip[i];
+            continue;
+        }
+        if (node.tok != v->n) return true;
+        at[node.depth] = g->states[to]->trans;
+        g->walk_id[node.depth] = to;
+        i++;
+    }
+    return false;
+}
+
 bool so_done(so_grammar *g, so_state s)
 {
     pthread_mutex_lock(&g->mu);
-    bool done = state_mask(g, s) == NULL || g->states[s]->done;
+    dstate *d = g->states[s];
+    if (d->done < 0) d->done = s == SO_DEAD || !any_token(g, s);
+    bool done = d->done;
     pthread_mutex_unlock(&g->mu);
     return done;
 }
 
 /* ---- Compilation and the cache --------------------------------------------- */
 
-static void grammar_free(so_grammar *g)
+void so_grammar_destroy(so_grammar *g)
 {
     if (!g) return;
     for (int32_t i = 0; i < g->n_states; i++) {
@@ -464,6 +632,8 @@ static void grammar_free(so_grammar *g)
     free(g->important);
     free(g->stack);
     free(g->buf);
+    free(g->walk_at);
+    free(g->walk_id);
     free(g->text);
     so_nfa_free(&g->nfa);
     pthread_mutex_destroy(&g->mu);
@@ -497,7 +667,7 @@ static int compile_choice(so_nfa *a, const char *text, so_frag *out, cv_error *e
     return 0;
 }
 
-static so_grammar *compile(const so_vocab *v, so_kind kind, const char *text, cv_error *err)
+so_grammar *so_grammar_compile(const so_vocab *v, so_kind kind, const char *text, cv_error *err)
 {
     so_grammar *g = calloc(1, sizeof(*g));
     if (!g) goto oom;
@@ -522,9 +692,12 @@ static so_grammar *compile(const so_vocab *v, so_kind kind, const char *text, cv
     case SO_JSON:
         rc = so_json_schema_compile(&g->nfa, text, &f, err);
         break;
+    case SO_GRAMMAR:
+        rc = so_gbnf_compile(&g->nfa, text, strlen(text), &f, err);
+        break;
     }
     if (rc < 0) {
-        grammar_free(g);
+        so_grammar_destroy(g);
         return NULL;
     }
     g->accept_node = f.end;
@@ -533,7 +706,11 @@ static so_grammar *compile(const so_vocab *v, so_kind kind, const char *text, cv
     g->stack = malloc(nn * sizeof(int32_t));
     g->buf = malloc(nn * sizeof(int32_t));
     g->important = calloc(nn, 1);
-    if (!g->mark || !g->stack || !g->buf || !g->important || htab_grow(g) < 0) goto oom;
+    g->walk_at = malloc(((size_t)v->max_depth + 1) * sizeof(int32_t *));
+    g->walk_id = malloc(((size_t)v->max_depth + 1) * sizeof(int32_t));
+    if (!g->mark || !g->stack || !g->buf || !g->important || !g->walk_at || !g->walk_id ||
+        htab_grow(g) < 0)
+        goto oom;
     for (size_t x = 0; x < nn; x++)
         for (int32_t e = g->nfa.first[x]; e >= 0 && !g->important[x]; e = g->nfa.edges[e].next)
             g->important[x] = !g->nfa.edges[e].eps;
@@ -545,50 +722,27 @@ static so_grammar *compile(const so_vocab *v, so_kind kind, const char *text, cv
     if (g->start <= 0) goto oom;
     return g;
 oom:
-    grammar_free(g);
+    so_grammar_destroy(g);
     cv_errorf(err, "out of memory compiling a structured-output constraint");
     return NULL;
 }
 
-struct so_cache {
-    const so_vocab *vocab;
-    pthread_mutex_t mu;
-    so_grammar *head;
-};
-
-so_cache *so_cache_create(const so_vocab *vocab)
+void **so_grammar_cache_entry(so_grammar *g)
 {
-    so_cache *c = calloc(1, sizeof(*c));
-    if (!c) return NULL;
-    c->vocab = vocab;
-    pthread_mutex_init(&c->mu, NULL);
-    return c;
+    return &g->cache_entry;
 }
 
-void so_cache_free(so_cache *c)
+size_t so_grammar_bytes(so_grammar *g)
 {
-    if (!c) return;
-    for (so_grammar *g = c->head, *next; g; g = next) {
-        next = g->next;
-        grammar_free(g);
-    }
-    pthread_mutex_destroy(&c->mu);
-    free(c);
-}
-
-so_grammar *so_cache_get(so_cache *c, so_kind kind, const char *text, cv_error *err)
-{
-    pthread_mutex_lock(&c->mu);
-    so_grammar *g = c->head;
-    while (g && (g->kind != kind || strcmp(g->text, text)))
-        g = g->next;
-    if (!g) {
-        g = compile(c->vocab, kind, text, err);
-        if (g) {
-            g->next = c->head;
-            c->head = g;
-        }
-    }
-    pthread_mutex_unlock(&c->mu);
-    return g;
+    pthread_mutex_lock(&g->mu);
+    size_t mask_bytes = ((size_t)g->vocab->n + 32) / 32 * sizeof(uint32_t);
+    size_t n = sizeof(*g) + (size_t)g->cap_states * sizeof(dstate *) +
+               (g->hmask + 1) * sizeof(int32_t) +
+               (size_t)g->nfa.cap_nodes * (sizeof(int32_t) * 4 + 1) +
+               (size_t)g->nfa.cap_edges * sizeof(so_edge);
+    for (int32_t i = 0; i < g->n_states; i++)
+        n += sizeof(dstate) + (size_t)g->states[i]->n_set * sizeof(int32_t) +
+             (g->states[i]->mask ? mask_bytes : 0);
+    pthread_mutex_unlock(&g->mu);
+    return n;
 }

@@ -1,6 +1,6 @@
-/* libFuzzer target for src/structured: the regex and JSON-schema compilers
- * and the lazy DFA with its masks. Input: byte 0 picks the kind (choice,
- * regex, json_object, json), the text up to the first NUL is the
+/* libFuzzer target for src/structured: the regex, JSON-schema and grammar
+ * compilers and the lazy DFA with its masks. Input: byte 0 picks the kind
+ * (choice, regex, json_object, json, grammar), the text up to the first NUL is the
  * constraint, the rest is fed through the automaton byte by byte, asking
  * for the mask and done-ness at every state. The vocabulary is the shipped
  * model's (samples/models/cvllm-kjv-4m under CVLLM_SOURCE_DIR, default the
@@ -37,7 +37,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     if (size < 1) return 0;
     if (!vocab) vocab = load_vocab();
-    so_kind kind = (so_kind)(data[0] % 4);
+    so_kind kind = (so_kind)(data[0] % 5);
     const uint8_t *nul = memchr(data + 1, 0, size - 1);
     size_t text_len = nul ? (size_t)(nul - data - 1) : size - 1;
     char *text = malloc(text_len + 1);

@@ -1,10 +1,11 @@
-/* Structured outputs on the shipped model samples/models/cvllm-kjv-4m:
- * every output sampled at temperature 1 under a JSON schema, a regex or a
- * choice list is checked by an independent checker (jansson and a schema
- * check written here; POSIX regexec over the whole output; list
- * membership); greedy under a choice equals the constrained greedy path
- * computed here from the backend's unmasked logits; constrained and free
- * requests share batches; bad constraints give vLLM's messages. */
+/* Structured outputs on the shipped model samples/models/cvllm-kjv-4m (and
+ * on stories260K when ../shared has it): every output sampled at
+ * temperature 1, and the greedy one, under a JSON schema, a regex, a
+ * grammar or a choice list is checked by an independent checker (jansson
+ * and a schema check written here; POSIX regexec over the whole output;
+ * list membership); greedy under a choice equals the constrained greedy
+ * path computed here from the backend's unmasked logits; constrained and
+ * free requests share batches; bad constraints give vLLM's messages. */
 #include <math.h>
 #include <regex.h>
 #include <setjmp.h>
@@ -19,7 +20,9 @@
 #include <jansson.h>
 
 #include "cvllm/engine.h"
+#include "../common/shared_data.h"
 #include "engine_test_util.h"
+#include "schema_check.h"
 #include "structured/structured.h"
 #include "tokenizer/tokenizer.h"
 
@@ -31,12 +34,13 @@ typedef struct ctx {
     cv_tokenizer *tok;
     int32_t *prompt;
     size_t n_prompt;
+    bool greedy; /* sample_many at temperature 0 instead of 1 */
 } ctx;
 
-static int setup(void **state)
+static ctx *open_ctx(const char *model_dir)
 {
     ctx *c = calloc(1, sizeof(*c));
-    source_path(c->model_dir, sizeof(c->model_dir), "samples/models/cvllm-kjv-4m");
+    snprintf(c->model_dir, sizeof(c->model_dir), "%s", model_dir);
     cv_engine_args a;
     test_args(&a, c->model_dir);
     a.n_threads = 2;
@@ -46,17 +50,28 @@ static int setup(void **state)
     if (!c->tok) fail_msg("tok_load: %s", err.msg);
     if (tok_encode(c->tok, PROMPT, strlen(PROMPT), true, &c->prompt, &c->n_prompt, &err) < 0)
         fail_msg("tok_encode: %s", err.msg);
-    *state = c;
+    return c;
+}
+
+static void close_ctx(ctx *c)
+{
+    cv_engine_shutdown(c->engine, false);
+    tok_free(c->tok);
+    free(c->prompt);
+    free(c);
+}
+
+static int setup(void **state)
+{
+    char dir[4096];
+    source_path(dir, sizeof(dir), "samples/models/cvllm-kjv-4m");
+    *state = open_ctx(dir);
     return 0;
 }
 
 static int teardown(void **state)
 {
-    ctx *c = *state;
-    cv_engine_shutdown(c->engine, false);
-    tok_free(c->tok);
-    free(c->prompt);
-    free(c);
+    close_ctx(*state);
     return 0;
 }
 
@@ -77,6 +92,7 @@ static void sample_many(ctx *c, cv_structured_kind kind, const char *text, int n
 {
     cv_sampling_params p;
     sampling(&p, kind, text);
+    if (c->greedy) p.temperature = 0.0f;
     p.n = n;
     p.has_seed = true;
     cv_output_queue *q = cv_output_queue_create();
@@ -105,97 +121,7 @@ static void sample_many(ctx *c, cv_structured_kind kind, const char *text, int n
     cv_sampling_params_free(&p);
 }
 
-/* ---- An independent JSON-schema check (the subset the tests use) ----- */
-
-static size_t utf8_chars(const char *s)
-{
-    size_t n = 0;
-    for (; *s; s++)
-        n += ((unsigned char)*s & 0xC0) != 0x80;
-    return n;
-}
-
-static bool has_type(const json_t *v, const char *t)
-{
-    if (!strcmp(t, "string")) return json_is_string(v);
-    if (!strcmp(t, "integer")) return json_is_integer(v);
-    if (!strcmp(t, "number")) return json_is_number(v);
-    if (!strcmp(t, "boolean")) return json_is_boolean(v);
-    if (!strcmp(t, "null")) return json_is_null(v);
-    if (!strcmp(t, "object")) return json_is_object(v);
-    if (!strcmp(t, "array")) return json_is_array(v);
-    return false;
-}
-
-static const json_t *schema_root;
-
-static bool schema_valid(const json_t *v, const json_t *s)
-{
-    const json_t *x;
-    if ((x = json_object_get(s, "$ref"))) {
-        const char *name = json_string_value(x) + strlen("#/$defs/");
-        return schema_valid(v, json_object_get(json_object_get(schema_root, "$defs"), name));
-    }
-    if ((x = json_object_get(s, "oneOf"))) {
-        int n = 0;
-        size_t i;
-        const json_t *e;
-        json_array_foreach(x, i, e) n += schema_valid(v, e);
-        return n == 1;
-    }
-    if ((x = json_object_get(s, "const"))) return json_equal(v, x);
-    if ((x = json_object_get(s, "enum"))) {
-        size_t i;
-        const json_t *e;
-        json_array_foreach(x, i, e) if (json_equal(v, e)) return true;
-        return false;
-    }
-    if ((x = json_object_get(s, "anyOf"))) {
-        size_t i;
-        const json_t *e;
-        json_array_foreach(x, i, e) if (schema_valid(v, e)) return true;
-        return false;
-    }
-    if ((x = json_object_get(s, "type"))) {
-        bool ok = false;
-        if (json_is_string(x)) ok = has_type(v, json_string_value(x));
-        size_t i;
-        const json_t *e;
-        json_array_foreach(x, i, e) ok = ok || has_type(v, json_string_value(e));
-        if (!ok) return false;
-    }
-    if (json_is_string(v)) {
-        size_t len = utf8_chars(json_string_value(v));
-        if ((x = json_object_get(s, "maxLength")) && len > (size_t)json_integer_value(x))
-            return false;
-        if ((x = json_object_get(s, "minLength")) && len < (size_t)json_integer_value(x))
-            return false;
-    }
-    if (json_is_array(v)) {
-        size_t n = json_array_size(v);
-        if ((x = json_object_get(s, "maxItems")) && n > (size_t)json_integer_value(x)) return false;
-        if ((x = json_object_get(s, "minItems")) && n < (size_t)json_integer_value(x)) return false;
-        if ((x = json_object_get(s, "items")))
-            for (size_t i = 0; i < n; i++)
-                if (!schema_valid(json_array_get(v, i), x)) return false;
-    }
-    if (json_is_object(v)) {
-        const json_t *props = json_object_get(s, "properties");
-        const json_t *req = json_object_get(s, "required");
-        size_t i;
-        const json_t *e;
-        json_array_foreach(req, i, e) if (!json_object_get(v, json_string_value(e))) return false;
-        const char *key;
-        const json_t *val;
-        json_object_foreach((json_t *)v, key, val)
-        {
-            const json_t *ps = json_object_get(props, key);
-            if (props && !ps) return false; /* only listed properties are generated */
-            if (ps && !schema_valid(val, ps)) return false;
-        }
-    }
-    return true;
-}
+/* ---- JSON schemas, checked by schema_check.c ---------------------------- */
 
 static void check_schema(const char *out, const void *arg)
 {
@@ -205,8 +131,7 @@ static void check_schema(const char *out, const void *arg)
     if (!v) fail_msg("not JSON (%s) under %s: '%s'", jerr.text, schema_text, out);
     json_t *s = json_loads(schema_text, 0, &jerr);
     assert_non_null(s);
-    schema_root = s;
-    if (!schema_valid(v, s)) fail_msg("'%s' does not validate against %s", out, schema_text);
+    if (!schema_check(v, s)) fail_msg("'%s' does not validate against %s", out, schema_text);
     json_decref(v);
     json_decref(s);
 }
@@ -241,6 +166,38 @@ static const char *const schemas[] = {
     "true}",
     "{\"type\":\"object\",\"properties\":{\"word\":{\"type\":\"string\",\"minLength\":2,"
     "\"maxLength\":10},\"héllo\":{\"const\":\"wörld ✓\"}},\"required\":[\"word\",\"héllo\"]}",
+    /* pattern and format (issue 14) */
+    "{\"type\":\"object\",\"properties\":{\"code\":{\"type\":\"string\",\"pattern\":\"^[A-Z]{2}-"
+    "[0-9]{3}$\"}},\"required\":[\"code\"]}",
+    "{\"type\":\"object\",\"properties\":{\"born\":{\"type\":\"string\",\"format\":\"date\"},"
+    "\"n\":{\"type\":\"integer\"}},\"required\":[\"born\",\"n\"]}",
+    "{\"type\":\"string\",\"format\":\"uuid\"}",
+    "{\"type\":\"array\",\"items\":{\"type\":\"string\",\"format\":\"ipv4\"},\"minItems\":1,"
+    "\"maxItems\":3}",
+    "{\"type\":\"string\",\"format\":\"date-time\"}",
+    "{\"type\":\"object\",\"properties\":{\"t\":{\"type\":\"string\",\"format\":\"time\"}},"
+    "\"required\":[\"t\"]}",
+    "{\"type\":\"string\",\"pattern\":\"say \\\"(hi|yo)\\\"!?\"}",
+    "{\"type\":\"string\",\"pattern\":\"(α|β|γ){1,3}ü\"}",
+    "{\"definitions\":{\"c\":{\"type\":\"string\",\"pattern\":\"#[0-9a-f]{6}\"}},\"type\":"
+    "\"object\",\"properties\":{\"fg\":{\"$ref\":\"#/definitions/c\"},\"bg\":{\"$ref\":"
+    "\"#/definitions/c\"}},\"required\":[\"fg\"]}",
+    "{\"oneOf\":[{\"type\":\"string\",\"format\":\"ipv4\"},{\"type\":\"integer\"}]}",
+    /* more shapes */
+    "{\"type\":\"object\",\"properties\":{\"a\":{\"type\":\"object\",\"properties\":{\"b\":{"
+    "\"type\":\"object\",\"properties\":{\"c\":{\"type\":\"integer\"}},\"required\":[\"c\"]}},"
+    "\"required\":[\"b\"]}},\"required\":[\"a\"]}",
+    "{\"enum\":[\"ä\",\"ö\",true,2.5,{\"k\":1},[1,2]]}",
+    "{\"type\":\"array\",\"items\":{\"enum\":[\"x\",\"y\",\"z\"]},\"minItems\":2,\"maxItems\":4}",
+    "{\"anyOf\":[{\"type\":\"object\",\"properties\":{\"cat\":{\"const\":\"meow\"}},\"required\":"
+    "[\"cat\"]},{\"type\":\"object\",\"properties\":{\"dog\":{\"type\":\"integer\"}},"
+    "\"required\":[\"dog\"]}]}",
+    "{\"type\":\"array\",\"items\":{\"type\":\"boolean\"},\"minItems\":3,\"maxItems\":3}",
+    "{\"type\":\"object\",\"properties\":{\"x\":{\"type\":\"null\"},\"y\":{\"type\":"
+    "\"boolean\"}},\"additionalProperties\":false}",
+    "{\"type\":[\"integer\",\"boolean\",\"null\"]}",
+    "{\"type\":\"object\",\"properties\":{\"ü\":{\"type\":\"string\",\"minLength\":1,"
+    "\"maxLength\":3}},\"required\":[\"ü\"]}",
 };
 
 static void test_json_schemas(void **state)
@@ -249,6 +206,16 @@ static void test_json_schemas(void **state)
     for (size_t i = 0; i < sizeof(schemas) / sizeof(schemas[0]); i++)
         sample_many(c, CV_STRUCTURED_JSON, schemas[i], 4, 3, 1000 + 10 * i, check_schema,
                     schemas[i]);
+}
+
+/* Greedy outputs (one per schema) validate too. */
+static void test_greedy_schemas(void **state)
+{
+    ctx *c = *state;
+    c->greedy = true;
+    for (size_t i = 0; i < sizeof(schemas) / sizeof(schemas[0]); i++)
+        sample_many(c, CV_STRUCTURED_JSON, schemas[i], 1, 1, 0, check_schema, schemas[i]);
+    c->greedy = false;
 }
 
 static void check_any_json(const char *out, const void *arg)
@@ -301,6 +268,33 @@ static void test_regexes(void **state)
     for (size_t i = 0; i < sizeof(regexes) / sizeof(regexes[0]); i++)
         sample_many(c, CV_STRUCTURED_REGEX, regexes[i].ours, 4, 3, 500 + 10 * i, check_regex,
                     &regexes[i]);
+}
+
+/* ---- Grammars: ours (GBNF), and the same language in POSIX ERE -------- */
+
+static const regex_case grammars[] = {
+    /* vLLM's documentation example (structured outputs, grammar). */
+    {"\n    root ::= select_statement\n\n    select_statement ::= \"SELECT \" column \" from \" "
+     "table \" where \" condition\n\n    column ::= \"col_1 \" | \"col_2 \"\n\n    table ::= "
+     "\"table_1 \" | \"table_2 \"\n\n    condition ::= column \"= \" number\n\n    number ::= "
+     "\"1 \" | \"2 \"\n",
+     "SELECT (col_1 |col_2 ) from (table_1 |table_2 ) where (col_1 |col_2 )= (1 |2 )"},
+    {"root ::= \"Let there be \" thing\nthing ::= \"light\" | \"darkness\" | [a-z]{1,8}",
+     "Let there be (light|darkness|[a-z]{1,8})"},
+    {"root ::= verse (\"; \" verse){0,2}\nverse ::= [A-Z] [a-z]{0,6} \" \" num\n"
+     "num ::= [1-9] [0-9]?",
+     "[A-Z][a-z]{0,6} [1-9][0-9]?(; [A-Z][a-z]{0,6} [1-9][0-9]?){0,2}"},
+    {"# key = value lines\nroot ::= kv (\"\\n\" kv)?\nkv ::= key \"=\" val\nkey ::= [a-z]{1,5}\n"
+     "val ::= \"\\\"\" [^\"\\n]{0,6} \"\\\"\" | [0-9]{1,3}",
+     "[a-z]{1,5}=(\"[^\"\n]{0,6}\"|[0-9]{1,3})(\n[a-z]{1,5}=(\"[^\"\n]{0,6}\"|[0-9]{1,3}))?"},
+};
+
+static void test_grammars(void **state)
+{
+    ctx *c = *state;
+    for (size_t i = 0; i < sizeof(grammars) / sizeof(grammars[0]); i++)
+        sample_many(c, CV_STRUCTURED_GRAMMAR, grammars[i].ours, 4, 3, 700 + 10 * i, check_regex,
+                    &grammars[i]);
 }
 
 /* ---- Choices ------------------------------------------------------------ */
@@ -640,14 +634,25 @@ static void test_bad_constraints(void **state)
     expect_params_error("{\"structured_outputs\":{}}",
                         "You must use one kind of structured outputs constraint but none are "
                         "specified: ");
-    expect_params_error("{\"structured_outputs\":{\"grammar\":\"root ::= \\\"a\\\"\"}}",
-                        "structured_outputs 'grammar' is not supported yet");
+    expect_params_error(
+        "{\"structured_outputs\":{\"structural_tag\":\"x\"}}",
+        "structured_outputs 'structural_tag' is not supported yet (supported: json, "
+        "regex, choice, grammar, json_object)");
+    expect_params_error("{\"structured_outputs\":{\"grammar\":[]}}",
+                        "structured_outputs 'grammar' must be a string");
     expect_params_error("{\"guided_regex\":\"a\",\"guided_choice\":[\"a\"]}",
                         "You can only use one kind of guided decoding (`guided_json`, "
                         "`guided_regex` or `guided_choice`).");
     expect_params_error("{\"guided_choice\":\"a\"}",
                         "guided_choice must be a non-empty list of strings");
-    expect_params_error("{\"guided_grammar\":\"x\"}", "guided_grammar is not supported yet");
+    expect_add_error(
+        c, "{\"guided_grammar\":\"x\"}",
+        "structured_outputs 'grammar': grammar line 1: expected a rule 'name ::= ...'");
+    expect_add_error(c,
+                     "{\"structured_outputs\":{\"grammar\":\"root ::= a\\na ::= \\\"x\\\" a?\"}}",
+                     "structured_outputs 'grammar': grammar line 2: rule 'a' is recursive other "
+                     "than as the first or last item of its own alternatives; only regular "
+                     "grammars are supported");
     expect_params_error("{\"structured_outputs\":{\"regex\":5}}",
                         "structured_outputs 'regex' must be a string");
     expect_params_error("{\"structured_outputs\":{\"regexp\":\"a\"}}",
@@ -674,9 +679,13 @@ static void test_bad_constraints(void **state)
     expect_add_error(c, "{\"guided_regex\":\"(a)\\\\1\"}",
                      "structured_outputs 'regex': invalid regex at position 4: backreferences "
                      "are not supported");
-    expect_add_error(c,
-                     "{\"structured_outputs\":{\"json\":{\"type\":\"string\",\"pattern\":\"a\"}}}",
-                     "structured_outputs 'json': JSON schema keyword 'pattern' is not supported");
+    expect_add_error(
+        c, "{\"structured_outputs\":{\"json\":{\"type\":\"array\",\"uniqueItems\":true}}}",
+        "structured_outputs 'json': JSON schema keyword 'uniqueItems' is not supported");
+    expect_add_error(
+        c, "{\"structured_outputs\":{\"json\":{\"type\":\"string\",\"pattern\":\"(a\"}}}",
+        "structured_outputs 'json': JSON schema 'pattern': invalid regex at position 2: "
+        "missing )");
     expect_add_error(c, "{\"guided_json\":{\"$ref\":\"#/$defs/a\"}}",
                      "structured_outputs 'json': JSON schema '$ref' #/$defs/a is not supported "
                      "(only #/$defs/NAME and #/definitions/NAME that exist)");
@@ -696,14 +705,42 @@ static void test_bad_constraints(void **state)
                      "near end of file (line 1, column 8)");
 }
 
+/* The same schemas, regexes and grammars on stories260K (../shared): a
+ * 512-token vocabulary, so outputs are spelled in many small tokens. */
+static void test_stories260k(void **state)
+{
+    (void)state;
+    if (!cv_test_have_shared("models/stories260K")) return;
+    char dir[4096];
+    shared_path(dir, sizeof(dir), "models/stories260K");
+    ctx *c = open_ctx(dir);
+    for (int greedy = 0; greedy < 2; greedy++) {
+        c->greedy = greedy;
+        int n = greedy ? 1 : 2;
+        for (size_t i = 0; i < sizeof(schemas) / sizeof(schemas[0]); i++)
+            sample_many(c, CV_STRUCTURED_JSON, schemas[i], n, n, 2000 + 10 * i, check_schema,
+                        schemas[i]);
+        for (size_t i = 0; i < sizeof(regexes) / sizeof(regexes[0]); i++)
+            sample_many(c, CV_STRUCTURED_REGEX, regexes[i].ours, n, n, 2500 + 10 * i, check_regex,
+                        &regexes[i]);
+        for (size_t i = 0; i < sizeof(grammars) / sizeof(grammars[0]); i++)
+            sample_many(c, CV_STRUCTURED_GRAMMAR, grammars[i].ours, n, n, 2700 + 10 * i,
+                        check_regex, &grammars[i]);
+    }
+    close_ctx(c);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_params),          cmocka_unit_test(test_automaton),
         cmocka_unit_test(test_bad_constraints), cmocka_unit_test(test_choices),
         cmocka_unit_test(test_greedy_choice),   cmocka_unit_test(test_regexes),
-        cmocka_unit_test(test_json_schemas),    cmocka_unit_test(test_json_object),
-        cmocka_unit_test(test_mixed_batch),     cmocka_unit_test(test_with_stops),
+        cmocka_unit_test(test_grammars),        cmocka_unit_test(test_json_schemas),
+        cmocka_unit_test(test_json_object),     cmocka_unit_test(test_mixed_batch),
+        cmocka_unit_test(test_with_stops),      cmocka_unit_test(test_greedy_schemas),
+        cmocka_unit_test(test_stories260k),
     };
-    return cmocka_run_group_tests(tests, setup, teardown);
+    int failed = cmocka_run_group_tests(tests, setup, teardown);
+    return cv_test_exit(failed);
 }
