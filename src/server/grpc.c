@@ -659,7 +659,8 @@ static int grpc_start(cv_server *s, void **state, cv_error *err)
     g->creds = grpc_insecure_server_credentials_create();
     grpc_server_start(g->server);
     cv_error lerr = {.msg = ""};
-    g->listen = cv_listen_new(s->base, host, s->opts.grpc_port, "gRPC", on_grpc_accept, g, &lerr);
+    g->listen = cv_listen_new(s->base, host, s->opts.grpc_port, "gRPC", "grpc",
+                              s->opts.grpc_max_connections, on_grpc_accept, g, &lerr);
     if (!g->listen) {
         cv_log_verbose("%s", lerr.msg);
         cv_errorf_class(err, CV_ERR_UNAVAILABLE, "failed to start GRPC service: cannot bind %s",

@@ -39,6 +39,8 @@ static const char *reason_phrase(int status)
         return "Bad Request";
     case 404:
         return "Not Found";
+    case 431:
+        return "Request Header Fields Too Large";
     case 405:
         return "Method Not Allowed";
     case 501:
@@ -59,7 +61,7 @@ static int n_unsent;
 
 static void unsent_done(struct evhttp_connection *conn)
 {
-    evhttp_connection_set_closecb(conn, NULL, NULL);
+    http_conn_set_closecb(conn, NULL, NULL);
     n_unsent--;
 }
 
@@ -80,7 +82,7 @@ static void track_unsent(struct evhttp_request *req)
     if (!conn) return; /* detached: evhttp frees it without writing */
     n_unsent++;
     evhttp_request_set_on_complete_cb(req, on_sent, NULL);
-    evhttp_connection_set_closecb(conn, on_unsent_close, NULL);
+    http_conn_set_closecb(conn, on_unsent_close, NULL);
 }
 
 static void reply_text(struct evhttp_request *req, int status, const char *type, const char *body,
@@ -160,7 +162,7 @@ static void on_conn_close(struct evhttp_connection *conn, void *arg);
  * the request's final reply, whose own tracking takes the callback over. */
 void http_detach_conn(http_req *hr)
 {
-    if (hr->conn) evhttp_connection_set_closecb(hr->conn, NULL, NULL);
+    if (hr->conn) http_conn_set_closecb(hr->conn, NULL, NULL);
     hr->conn = NULL;
     if (hr->hangup) event_free(hr->hangup);
     hr->hangup = NULL;
@@ -215,7 +217,7 @@ static void on_conn_close(struct evhttp_connection *conn, void *arg)
     http_req *hr = arg;
     hr->gone = true;
     hr->conn = NULL;
-    evhttp_connection_set_closecb(conn, NULL, NULL);
+    http_conn_set_closecb(conn, NULL, NULL);
     if (hr->hangup) event_free(hr->hangup);
     hr->hangup = NULL;
     req_cancel(hr);
@@ -477,7 +479,7 @@ void http_track_request(cv_http *h, http_req *hr, struct evhttp_request *req)
         req_cancel(hr);
         return;
     }
-    evhttp_connection_set_closecb(hr->conn, on_conn_close, hr);
+    http_conn_set_closecb(hr->conn, on_conn_close, hr);
     if (hr->kind != KIND_STREAM) watch_hangup(h, hr);
     if (hr->kind == KIND_STREAM) {
         struct evkeyvalq *hd = evhttp_request_get_output_headers(req);
@@ -788,6 +790,7 @@ static bool content_length_consistent(struct evhttp_request *req)
 static void route(struct evhttp_request *req, void *arg)
 {
     cv_http *h = arg;
+    if (!http_conn_request_read(req)) return;
     enum evhttp_cmd_type cmd = evhttp_request_get_command(req);
     const struct evhttp_uri *uri = evhttp_request_get_evhttp_uri(req);
     const char *raw = uri ? evhttp_uri_get_path(uri) : NULL;
@@ -873,11 +876,13 @@ static int http_start(cv_server *s, void **state, cv_error *err)
      * headers, and the time a client may keep a connection waiting for
      * them (see cv_server_options). libevent 2.1 answers an overflow itself
      * and closes the connection: 413 for the body (from Content-Length,
-     * before reading it), 400 for the headers (it has no hook to say 431). */
+     * before reading it), 400 for the headers, which http_conn.c turns into
+     * a 431. */
     evhttp_set_max_body_size(h->http, s->opts.http_max_input_bytes);
     evhttp_set_max_headers_size(h->http, s->opts.http_max_header_bytes);
     evhttp_set_timeout(h->http, s->opts.http_idle_timeout_s);
     evhttp_set_gencb(h->http, route, h);
+    if (http_conn_start(h, err) < 0) goto fail;
     h->q_ev = event_new(s->base, cv_output_queue_fd(h->q), EV_READ | EV_PERSIST, on_outputs, h);
     if (!h->q_ev || event_add(h->q_ev, NULL) < 0) {
         cv_errorf_class(err, CV_ERR_INTERNAL, "HTTP: cannot watch the output queue");
@@ -935,6 +940,7 @@ static void http_destroy(void *state)
     cv_workpool_destroy(h->pool);
     if (h->q_ev) event_free(h->q_ev);
     if (h->http) evhttp_free(h->http);
+    http_conn_stop(h);
     if (h->q) cv_output_queue_destroy(h->q);
     free(h);
 }
