@@ -69,9 +69,15 @@ struct cv_http {
 };
 
 /* Replies and the SSE stream of a request. */
-void http_reply_json(struct evhttp_request *req, int status, json_t *body); /* steals body */
-void http_sse_send(http_req *hr, const char *data);                         /* "data: ...\n\n" */
-void http_sse_send_json(http_req *hr, json_t *j);                           /* steals j */
+void http_reply_json(struct evhttp_request *req, int status, json_t *body);     /* steals body */
+void http_reply_error(struct evhttp_request *req, int status, const char *msg); /* {"error":msg} */
+void http_reply_core_error(struct evhttp_request *req, const cv_error *err); /* status by class */
+void http_reply_empty(struct evhttp_request *req, int status);
+/* The body as a JSON object (NULL when empty and optional); false when it
+ * is not one, after replying 400 naming the parse error. */
+bool http_body_json(struct evhttp_request *req, json_t **out, bool optional);
+void http_sse_send(http_req *hr, const char *data); /* "data: ...\n\n" */
+void http_sse_send_json(http_req *hr, json_t *j);   /* steals j */
 
 /* Lifecycle: a submitted request is tracked (active list, close callback,
  * SSE headers); its final output gets the final reply, then request_done
@@ -82,6 +88,14 @@ void http_detach_conn(http_req *hr);
 void http_reply_final(http_req *hr, json_t *whole); /* steals whole */
 void http_request_done(http_req *hr, const cv_request_output *out, bool ok);
 void http_req_free_unsubmitted(http_req *hr);
+
+/* http_repo.c: metadata and statistics of a model ("" = all), and the
+ * /v2/repository routes (seg: the path's n segments). */
+void http_reply_metadata(cv_http *h, struct evhttp_request *req, const char *name,
+                         const char *version);
+void http_reply_stats(cv_http *h, struct evhttp_request *req, const char *name,
+                      const char *version);
+void http_route_repository(cv_http *h, struct evhttp_request *req, char **seg, int n);
 
 /* http_conn.c: each connection's count and request-head measurement (see
  * the file). http_conn_start installs evhttp's bufferevent maker;

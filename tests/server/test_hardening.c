@@ -557,13 +557,14 @@ static void test_engine_fault_isolated(void **state)
     char target[512];
     snprintf(target, sizeof target, "%s/samples/models/cvllm-kjv-4m", src);
     assert_int_equal(symlink(target, link), 0);
+    const char *pbtxt = "backend: \"vllm\"\n"
+                        "parameters: { key: \"ENABLE_VLLM_HEALTH_CHECK\" value: { string_value: "
+                        "\"true\" } }\n"
+                        "instance_group [ { count: 1 kind: KIND_MODEL } ]\n";
     snprintf(json, sizeof json, "{\"model\": \"%s\"}", link);
-    th_add_model(repo, "bad",
-                 "backend: \"vllm\"\n"
-                 "parameters: { key: \"ENABLE_VLLM_HEALTH_CHECK\" value: { string_value: "
-                 "\"true\" } }\n"
-                 "instance_group [ { count: 1 kind: KIND_MODEL } ]\n",
-                 json);
+    th_add_model(repo, "bad", pbtxt, json);
+    snprintf(json, sizeof json, "{\"model\": \"%s\"}", link); /* a second engine, same fault */
+    th_add_model(repo, "bad_oai", pbtxt, json);
     setenv("CVLLM_FAULT_FAIL_STEP", "faulty-kjv-4m:3", 1);
     test_server t;
     bool up = th_start(&t, repo, NULL);
@@ -587,6 +588,16 @@ static void test_engine_fault_isolated(void **state)
     st = th_http("POST", th_url(&t, "/v2/models/bad/generate"), body, &resp);
     assert_int_equal(st, 503);
     assert_non_null(strstr(resp, "Model is unavailable due to unhealthy vLLM engine"));
+    free(resp);
+    /* The OpenAI API answers a failed step as vLLM does: 500 */
+    st = th_http("POST", th_url(&t, "/v1/completions"),
+                 "{\"model\": \"bad_oai\", \"prompt\": \"In the\", \"max_tokens\": 8, "
+                 "\"ignore_eos\": true}",
+                 &resp);
+    assert_int_equal(st, 500);
+    assert_string_equal(resp, "{\"error\":{\"message\":\"engine step failed: injected fault: "
+                              "step 3 failed (CVLLM_FAULT_FAIL_STEP)\",\"type\":"
+                              "\"InternalServerError\",\"param\":null,\"code\":500}}");
     free(resp);
     th_expect("GET", th_url(&t, "/v2/models/kjv/ready"), NULL, 200, "");
     assert_int_equal(th_http("POST", th_url(&t, "/v2/models/kjv/generate"), body, &resp), 200);
