@@ -18,7 +18,8 @@ A request is "lost" when it gets no final answer, or not the expected one.
 At the end the load stops, the server drains, and its metrics must show no
 request running and no KV cache block in use.
 
-Writes OUT.md (table), OUT.dat and, with gnuplot installed, OUT_rss.png.
+Writes OUT.md (table), OUT.dat and, with gnuplot installed, OUT_rss.png;
+the server's log goes to a temporary file (its path is printed).
 Needs Debian's python3-grpcio and protoc (as tests/server/grpc_client_test.py).
 
 usage: bench/hardening/soak.py [--minutes N] [--server PATH] [--model DIR]
@@ -272,7 +273,8 @@ def main():
     with open(os.path.join(repo, "stories", "1", "model.json"), "w") as f:
         # a 32 MiB KV cache: every block is touched within the warm-up
         json.dump({"model": args.model, "kv_cache_memory_bytes": 32 << 20}, f)
-    log_path = args.out + "_server.log"
+    log_path = os.path.join(tempfile.gettempdir(), "cvllm_soak_server_%d.log" % os.getpid())
+    print("server log: %s" % log_path, flush=True)
     log = open(log_path, "w")
     proc = subprocess.Popen([args.server, "--model-repository=" + repo, "--http-port=%d" % HTTP,
                              "--grpc-port=%d" % GRPC, "--metrics-port=%d" % METRICS,
@@ -359,6 +361,7 @@ def report(rows, running, cache, rc, end_sample):
         subprocess.run(["gnuplot"], input=(
             "set terminal png size 900,400\nset output '%s_rss.png'\n"
             "set xlabel 'seconds'\nset ylabel 'RSS (MiB)'\nset y2label 'open descriptors'\n"
+            "set yrange [0:*]\nset y2range [0:*]\n"
             "set y2tics\nset ytics nomirror\nset key bottom right\n"
             "plot '%s.dat' using 1:($2/1024) with lines title 'RSS', "
             "'' using 1:3 axes x1y2 with lines title 'descriptors'\n" %
