@@ -15,7 +15,8 @@
  *   counts): a head over the limit marks the connection;
  * - a callback on its output buffer replaces evhttp's 400 page on a marked
  *   connection by a 431 with a JSON body. A marked head that evhttp still
- *   took (its count leaves out line ends) gets the 431 from http_route.
+ *   took (its count leaves out line ends) gets the 431 from
+ *   http_conn_request_read, which http.c's router calls first.
  * The close callback of a connection belongs to http_conn: http.c's
  * watchers go through http_conn_set_closecb, which finds the http_conn of
  * an evhttp_connection in a list of them all (evhttp keeps no user data;
@@ -42,10 +43,11 @@ struct http_conn {
     http_conn *prev, *next; /* conns, or cv_http.attaching before the attach */
     cv_http *h;
     struct bufferevent *bev;
-    struct evhttp_connection *evcon; /* NULL until attached */
-    evutil_socket_t fd;              /* its socket, and the socket's inode: */
-    ino_t ino;                       /* see prune_closed */
-    http_closecb closecb;            /* http.c's watcher of the connection */
+    struct evhttp_connection *evcon;          /* NULL until attached */
+    evutil_socket_t fd;                       /* its socket, and the socket's inode: */
+    ino_t ino;                                /* see prune_closed */
+    struct evbuffer_cb_entry *in_cb, *out_cb; /* on bev's buffers */
+    http_closecb closecb;                     /* http.c's watcher of the connection */
     void *closecb_arg;
     /* The head being read: stream offsets of the bytes evhttp reads. */
     uint64_t arrived;    /* bytes added to the input buffer */
@@ -229,6 +231,9 @@ static void on_close(struct evhttp_connection *evcon, void *arg)
 {
     http_conn *c = arg;
     if (c->closecb) c->closecb(evcon, c->closecb_arg);
+    /* evhttp frees the bufferevent next: nothing may call back into c */
+    evbuffer_remove_cb_entry(bufferevent_get_input(c->bev), c->in_cb);
+    evbuffer_remove_cb_entry(bufferevent_get_output(c->bev), c->out_cb);
     pthread_mutex_lock(&conns_mu);
     list_remove(&conns, c);
     pthread_mutex_unlock(&conns_mu);
@@ -321,9 +326,14 @@ static struct bufferevent *make_bev(struct event_base *base, void *arg)
     if (!c) return bev; /* evhttp serves it; it is neither counted nor measured */
     c->h = h;
     c->bev = bev;
+    c->in_cb = evbuffer_add_cb(bufferevent_get_input(bev), on_input, c);
+    c->out_cb = evbuffer_add_cb(bufferevent_get_output(bev), on_output, c);
+    if (!c->in_cb || !c->out_cb) {
+        if (c->in_cb) evbuffer_remove_cb_entry(bufferevent_get_input(bev), c->in_cb);
+        free(c);
+        return bev; /* served, neither counted nor measured */
+    }
     bufferevent_incref(bev);
-    evbuffer_add_cb(bufferevent_get_input(bev), on_input, c);
-    evbuffer_add_cb(bufferevent_get_output(bev), on_output, c);
     list_push(&h->attaching, c);
     event_active(h->attach_ev, EV_TIMEOUT, 0);
     return bev;
