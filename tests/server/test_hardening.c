@@ -450,6 +450,24 @@ static void test_connection_caps(void **state)
     free(log);
 }
 
+/* The caps' flags refuse what is not a count, naming the flag. */
+static void test_connection_cap_flags(void **state)
+{
+    (void)state;
+    const char *bin = getenv("CVLLM_BIN_DIR");
+    char cmd[700];
+    snprintf(cmd, sizeof cmd,
+             "'%s/cvllm-server' --model-repository=%s --http-max-connections=-1 2>&1; "
+             "'%s/cvllm-server' --model-repository=%s --grpc-max-connections=many 2>&1",
+             bin ? bin : "build/bin", srv.repo, bin ? bin : "build/bin", srv.repo);
+    char *out = th_run(cmd);
+    assert_string_equal(out, "cvllm-server: --http-max-connections: invalid value '-1' (expected "
+                             "0..16777216)\n"
+                             "cvllm-server: --grpc-max-connections: invalid value 'many' "
+                             "(expected 0..16777216)\n");
+    free(out);
+}
+
 /* Defect 1 (timeouts): a connection that sends part of a request line and
  * then nothing is closed after --http-idle-timeout-secs. */
 static void test_idle_connection_closed(void **state)
@@ -616,6 +634,7 @@ int main(void)
         cmocka_unit_test(test_long_prompt_does_not_stall_loop),
         cmocka_unit_test(test_header_and_body_limits),
         cmocka_unit_test(test_connection_caps),
+        cmocka_unit_test(test_connection_cap_flags),
         cmocka_unit_test(test_idle_connection_closed),
         cmocka_unit_test(test_fd_exhaustion_recovers),
         cmocka_unit_test(test_engine_fault_isolated),
