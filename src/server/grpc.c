@@ -1,9 +1,11 @@
 /* gRPC frontend on the gRPC C core: one completion-queue thread runs every
  * call; unary RPCs are answered inline (grpc_codec.c); ModelStreamInfer is
- * a bidirectional stream whose requests go to the engines with outputs on
- * one cv_output_queue, drained by an output thread that queues response
+ * a bidirectional stream whose requests are checked on that thread, then
+ * tokenized and submitted to the engines on a worker pool (a long prompt
+ * takes seconds that every other call would wait), with outputs on one
+ * cv_output_queue, drained by an output thread that queues response
  * messages on their stream. One mutex guards every stream and every
- * grpc_call_start_batch on a stream, so the two threads never race. */
+ * grpc_call_start_batch on a stream, so the threads never race. */
 #include <errno.h>
 
 #include <grpc/byte_buffer.h>
@@ -23,6 +25,7 @@
 
 #include "base/clock.h"
 #include "base/log.h"
+#include "base/workpool.h"
 #include "server/grpc_internal.h"
 #include "server/listen.h"
 
@@ -71,6 +74,12 @@ typedef struct stream_req {
     size_t n_wanted;
     uint64_t engine_id;
     uint64_t start_ns;
+    /* On the worker pool (see stream_submit): outputs that arrive before
+     * it is done wait here, in order. */
+    bool submitting;
+    cv_request_output **deferred;
+    int n_deferred;
+    bool lost; /* an output could not be kept */
 } stream_req;
 
 struct stream {
@@ -108,6 +117,8 @@ struct cv_grpc {
     atomic_bool stop_out;
     atomic_int n_loading; /* RepositoryModelLoad calls whose load has not ended */
     cv_listen *listen;    /* accepts for gRPC core, on the server's event loop */
+    cv_workpool *pool;    /* tokenizes and submits stream requests */
+    bool aborted;         /* grpc_abort_all ran: requests still submitting abort when done */
     grpc_server_credentials *creds;
 };
 
@@ -375,6 +386,7 @@ static void stream_error(stream *st, const Inference__ModelInferRequest *rq, con
 
 static void stream_req_free(stream_req *r)
 {
+    free(r->deferred);
     for (size_t i = 0; i < r->n_wanted; i++)
         free(r->wanted[i]);
     free(r->wanted);
@@ -382,6 +394,57 @@ static void stream_req_free(stream_req *r)
     cv_infer_request_free(&r->ir);
     if (r->model) cv_model_release(r->model);
     free(r);
+}
+
+static void stream_output(stream_req *r, const cv_request_output *out);
+
+static void stream_unlink(stream *st, stream_req *r)
+{
+    for (stream_req **p = &st->reqs; *p; p = &(*p)->next) {
+        if (*p == r) {
+            *p = r->next;
+            break;
+        }
+    }
+    st->n_reqs--;
+}
+
+/* A checked stream request is tokenized and submitted here, on the worker
+ * pool, without g->mu; then, under it, its error is answered or the
+ * outputs that came meanwhile are handled. */
+static void stream_submit(void *arg)
+{
+    stream_req *r = arg;
+    stream *st = r->st;
+    cv_grpc *g = st->g;
+    cv_error err = {.msg = ""};
+    int rc = cv_infer_prepare(&r->ir, r->model, &err);
+    uint64_t id = rc == 0 ? cv_infer_submit(&r->ir, r->model, g->q, r, &err) : 0;
+    pthread_mutex_lock(&g->mu);
+    r->submitting = false;
+    if (!id) {
+        cv_server_account(r->model, false, r->start_ns);
+        size_t len;
+        uint8_t *b = cv_grpc_pack_stream_response(
+            NULL, NULL, 0, r->model->name, r->model->version_str, r->id, true, err.msg, &len);
+        stream_queue(st, b, len);
+        stream_unlink(st, r);
+        stream_req_free(r);
+        stream_settle(st);
+    } else {
+        r->engine_id = id;
+        if (st->cancelled || g->aborted || r->lost) cv_engine_abort(r->model->engine, id);
+        /* stream_output frees r with the final output, the last one */
+        cv_request_output **d = r->deferred;
+        int n = r->n_deferred;
+        r->deferred = NULL;
+        for (int i = 0; i < n; i++) {
+            stream_output(r, d[i]);
+            cv_request_output_free(d[i]);
+        }
+        free(d);
+    }
+    pthread_mutex_unlock(&g->mu);
 }
 
 /* One ModelInferRequest arrived on the stream. */
@@ -420,16 +483,21 @@ static void stream_request(stream *st, const uint8_t *data, size_t len)
     }
     if (rc == 0) rc = cv_grpc_parse_infer(rq, r->model, &r->ir, &err);
     if (rc == 0) rc = cv_infer_check(&r->ir, r->model, &err);
-    if (rc == 0) rc = cv_infer_prepare(&r->ir, r->model, &err);
-    if (rc == 0 && !(r->engine_id = cv_infer_submit(&r->ir, r->model, g->q, r, &err))) rc = -1;
+    if (rc == 0) {
+        /* Tracked from now on: the stream stays until the pool is done. */
+        r->submitting = true;
+        r->next = st->reqs;
+        st->reqs = r;
+        st->n_reqs++;
+        if (cv_workpool_submit(g->pool, stream_submit, r) < 0) {
+            stream_unlink(st, r);
+            rc = cv_errorf_class(&err, CV_ERR_UNAVAILABLE, "Server is stopping");
+        }
+    }
     if (rc < 0) {
         if (r->model) cv_server_account(r->model, false, r->start_ns);
         stream_error(st, rq, err.msg);
         stream_req_free(r);
-    } else {
-        r->next = st->reqs;
-        st->reqs = r;
-        st->n_reqs++;
     }
     inference__model_infer_request__free_unpacked(rq, NULL);
 }
@@ -440,7 +508,7 @@ static void stream_cancel(stream *st)
     st->cancelled = true;
     for (stream_req *r = st->reqs; r; r = r->next) {
         cv_log_info("[vllm] Cancelling the request");
-        cv_engine_abort(r->model->engine, r->engine_id);
+        if (!r->submitting) cv_engine_abort(r->model->engine, r->engine_id);
     }
     for (int i = st->sending ? 1 : 0; i < st->nq; i++)
         grpc_byte_buffer_destroy(st->sendq[i]);
@@ -485,13 +553,7 @@ static void stream_output(stream_req *r, const cv_request_output *out)
     bool aborted = out->n_seqs > 0 && out->seqs[0].finish_reason == CV_FINISH_ABORT;
     atomic_fetch_sub(&r->model->counters.pending, 1);
     cv_server_account(r->model, ok && !aborted && !st->cancelled, r->start_ns);
-    for (stream_req **p = &st->reqs; *p; p = &(*p)->next) {
-        if (*p == r) {
-            *p = r->next;
-            break;
-        }
-    }
-    st->n_reqs--;
+    stream_unlink(st, r);
     stream_req_free(r);
     stream_settle(st);
 }
@@ -586,9 +648,21 @@ static void *out_main(void *arg)
         cv_request_output *out = cv_output_queue_wait(g->q, 100);
         if (!out) continue;
         pthread_mutex_lock(&g->mu);
-        stream_output(out->user_data, out);
+        stream_req *r = out->user_data;
+        if (r->submitting) {
+            cv_request_output **d = realloc(r->deferred, sizeof *d * (size_t)(r->n_deferred + 1));
+            if (d) {
+                r->deferred = d;
+                d[r->n_deferred++] = out;
+                out = NULL;
+            } else {
+                r->lost = true; /* out of memory: stream_submit aborts it */
+            }
+        } else {
+            stream_output(r, out);
+        }
         pthread_mutex_unlock(&g->mu);
-        cv_request_output_free(out);
+        if (out) cv_request_output_free(out);
     }
     return NULL;
 }
@@ -641,6 +715,7 @@ static int grpc_start(cv_server *s, void **state, cv_error *err)
     g->t_shutdown = (tag){TAG_SHUTDOWN, NULL};
     g->q = cv_output_queue_create();
     g->cq = grpc_completion_queue_create_for_next(NULL);
+    if (!(g->pool = cv_workpool_create(2, err))) goto fail;
     /* No SO_REUSEPORT: a second server on a taken port must fail to bind,
      * not share it. Messages up to 2 GiB as in tritonserver (long prompts
      * exceed gRPC's 4 MiB default). */
@@ -670,7 +745,8 @@ static int grpc_start(cv_server *s, void **state, cv_error *err)
     g->creds = grpc_insecure_server_credentials_create();
     grpc_server_start(g->server);
     cv_error lerr = {.msg = ""};
-    g->listen = cv_listen_new(s->base, host, s->opts.grpc_port, "gRPC", on_grpc_accept, g, &lerr);
+    g->listen = cv_listen_new(s->base, host, s->opts.grpc_port, "gRPC", "grpc",
+                              s->opts.grpc_max_connections, on_grpc_accept, g, &lerr);
     if (!g->listen) {
         cv_log_verbose("%s", lerr.msg);
         cv_errorf_class(err, CV_ERR_UNAVAILABLE, "failed to start GRPC service: cannot bind %s",
@@ -708,9 +784,10 @@ static void grpc_abort_all(void *state)
 {
     cv_grpc *g = state;
     pthread_mutex_lock(&g->mu);
+    g->aborted = true;
     for (stream *st = g->streams; st; st = st->next)
         for (stream_req *r = st->reqs; r; r = r->next)
-            cv_engine_abort(r->model->engine, r->engine_id);
+            if (!r->submitting) cv_engine_abort(r->model->engine, r->engine_id);
     pthread_mutex_unlock(&g->mu);
 }
 
@@ -753,6 +830,8 @@ static void grpc_destroy(void *state)
                 nanosleep(&ts, NULL);
             }
         }
+        cv_workpool_destroy(g->pool); /* its jobs use the calls */
+        g->pool = NULL;
         grpc_server_destroy(g->server);
     }
     if (g->out_started) {
@@ -769,6 +848,7 @@ static void grpc_destroy(void *state)
                 ;
         grpc_completion_queue_destroy(g->cq);
     }
+    cv_workpool_destroy(g->pool);
     if (g->q) cv_output_queue_destroy(g->q);
     if (g->creds) grpc_server_credentials_release(g->creds);
     pthread_mutex_destroy(&g->mu);

@@ -39,6 +39,8 @@ static const char *reason_phrase(int status)
         return "Bad Request";
     case 404:
         return "Not Found";
+    case 431:
+        return "Request Header Fields Too Large";
     case 405:
         return "Method Not Allowed";
     case 501:
@@ -59,7 +61,7 @@ static int n_unsent;
 
 static void unsent_done(struct evhttp_connection *conn)
 {
-    evhttp_connection_set_closecb(conn, NULL, NULL);
+    http_conn_set_closecb(conn, NULL, NULL);
     n_unsent--;
 }
 
@@ -80,7 +82,7 @@ static void track_unsent(struct evhttp_request *req)
     if (!conn) return; /* detached: evhttp frees it without writing */
     n_unsent++;
     evhttp_request_set_on_complete_cb(req, on_sent, NULL);
-    evhttp_connection_set_closecb(conn, on_unsent_close, NULL);
+    http_conn_set_closecb(conn, on_unsent_close, NULL);
 }
 
 static void reply_text(struct evhttp_request *req, int status, const char *type, const char *body,
@@ -107,15 +109,15 @@ void http_reply_json(struct evhttp_request *req, int status, json_t *body)
     free(text);
 }
 
-static void reply_error(struct evhttp_request *req, int status, const char *msg)
+void http_reply_error(struct evhttp_request *req, int status, const char *msg)
 {
     http_reply_json(req, status, json_pack("{s:s}", "error", msg));
 }
 
 /* An error of the server core, its status from its class. */
-static void reply_core_error(struct evhttp_request *req, const cv_error *err)
+void http_reply_core_error(struct evhttp_request *req, const cv_error *err)
 {
-    reply_error(req, cv_error_status(err->cls).http, err->msg);
+    http_reply_error(req, cv_error_status(err->cls).http, err->msg);
 }
 
 /* The backend's error response as the only response of a request: Triton
@@ -126,7 +128,7 @@ static void reply_backend_error(struct evhttp_request *req, req_kind kind, const
 {
     int status = cv_error_status(err->cls).http;
     if (kind != KIND_STREAM) {
-        reply_error(req, status, err->msg);
+        http_reply_error(req, status, err->msg);
         return;
     }
     json_t *e = json_pack("{s:s}", "error", err->msg);
@@ -136,7 +138,7 @@ static void reply_backend_error(struct evhttp_request *req, req_kind kind, const
     char *event = text ? malloc(len + 9) : NULL;
     if (!event) {
         free(text);
-        reply_error(req, 500, "out of memory");
+        http_reply_error(req, 500, "out of memory");
         return;
     }
     memcpy(event, "data: ", 6);
@@ -147,7 +149,7 @@ static void reply_backend_error(struct evhttp_request *req, req_kind kind, const
     free(text);
 }
 
-static void reply_empty(struct evhttp_request *req, int status)
+void http_reply_empty(struct evhttp_request *req, int status)
 {
     reply_text(req, status, NULL, NULL, 0);
 }
@@ -160,7 +162,7 @@ static void on_conn_close(struct evhttp_connection *conn, void *arg);
  * the request's final reply, whose own tracking takes the callback over. */
 void http_detach_conn(http_req *hr)
 {
-    if (hr->conn) evhttp_connection_set_closecb(hr->conn, NULL, NULL);
+    if (hr->conn) http_conn_set_closecb(hr->conn, NULL, NULL);
     hr->conn = NULL;
     if (hr->hangup) event_free(hr->hangup);
     hr->hangup = NULL;
@@ -215,7 +217,7 @@ static void on_conn_close(struct evhttp_connection *conn, void *arg)
     http_req *hr = arg;
     hr->gone = true;
     hr->conn = NULL;
-    evhttp_connection_set_closecb(conn, NULL, NULL);
+    http_conn_set_closecb(conn, NULL, NULL);
     if (hr->hangup) event_free(hr->hangup);
     hr->hangup = NULL;
     req_cancel(hr);
@@ -336,10 +338,10 @@ static void handle_output(http_req *hr, const cv_request_output *out)
             } else if (hr->n_responses > 1) {
                 json_decref(j);
                 http_detach_conn(hr);
-                reply_error(hr->req, 400,
-                            "generate expects model to produce exactly 1 response, "
-                            "use generate stream for model that generates various "
-                            "number of responses");
+                http_reply_error(hr->req, 400,
+                                 "generate expects model to produce exactly 1 response, "
+                                 "use generate stream for model that generates various "
+                                 "number of responses");
                 hr->req = NULL;
                 req_cancel(hr);
                 ok = false;
@@ -355,7 +357,7 @@ static void handle_output(http_req *hr, const cv_request_output *out)
             sse_error(hr, msg);
         } else {
             http_detach_conn(hr);
-            reply_error(hr->req, 400, msg);
+            http_reply_error(hr->req, 400, msg);
             hr->req = NULL;
         }
     }
@@ -393,7 +395,7 @@ static void on_outputs(evutil_socket_t fd, short what, void *arg)
 
 /* ---- endpoints ---------------------------------------------------------- */
 
-static bool body_json(struct evhttp_request *req, json_t **out, bool optional)
+bool http_body_json(struct evhttp_request *req, json_t **out, bool optional)
 {
     struct evbuffer *b = evhttp_request_get_input_buffer(req);
     size_t len = evbuffer_get_length(b);
@@ -412,52 +414,11 @@ static bool body_json(struct evhttp_request *req, json_t **out, bool optional)
             snprintf(msg, sizeof msg, "failed to parse the request JSON buffer: %s at %d", je.text,
                      je.position);
         json_decref(j);
-        reply_error(req, 400, msg);
+        http_reply_error(req, 400, msg);
         return false;
     }
     *out = j;
     return true;
-}
-
-/* One JSON value into input `name` of the model (a scalar to shape [1]). */
-static int set_input(cv_infer_request *ir, const cv_model *m, const char *name, json_t *v,
-                     cv_error *err)
-{
-    const cv_tensor_config *t = cv_model_config_input(&m->cfg, name);
-    if (t->data_type == CV_TYPE_BOOL) {
-        if (!json_is_boolean(v))
-            return cv_errorf(err, "unable to parse '%s': expected a boolean", name);
-        return cv_infer_set_bool(ir, m, name, json_is_true(v), err);
-    }
-    if (!json_is_string(v)) return cv_errorf(err, "unable to parse '%s': expected a string", name);
-    return cv_infer_set_bytes(ir, m, name, json_string_value(v), json_string_length(v), err);
-}
-
-static int collect_generate(cv_infer_request *ir, const cv_model *m, json_t *body, cv_error *err)
-{
-    const char *k;
-    json_t *v;
-    json_object_foreach(body, k, v)
-    {
-        if (!strcmp(k, "parameters")) {
-            if (!json_is_object(v))
-                return cv_errorf(err, "unable to parse 'parameters': expected an object");
-            const char *pk;
-            json_t *pv;
-            json_object_foreach(v, pk, pv)
-            {
-                int rc = cv_model_config_input(&m->cfg, pk)
-                             ? set_input(ir, m, pk, pv, err)
-                             : cv_infer_set_param(ir, pk, json_incref(pv), err);
-                if (rc < 0) return -1;
-            }
-        } else if (cv_model_config_input(&m->cfg, k)) {
-            if (set_input(ir, m, k, v, err) < 0) return -1;
-        } else if (cv_infer_set_param(ir, k, json_incref(v), err) < 0) {
-            return -1;
-        }
-    }
-    return 0;
 }
 
 /* A submitted request joins the active list, its connection watched for a
@@ -477,7 +438,7 @@ void http_track_request(cv_http *h, http_req *hr, struct evhttp_request *req)
         req_cancel(hr);
         return;
     }
-    evhttp_connection_set_closecb(hr->conn, on_conn_close, hr);
+    http_conn_set_closecb(hr->conn, on_conn_close, hr);
     if (hr->kind != KIND_STREAM) watch_hangup(h, hr);
     if (hr->kind == KIND_STREAM) {
         struct evkeyvalq *hd = evhttp_request_get_output_headers(req);
@@ -543,7 +504,7 @@ static void on_submitted(evutil_socket_t fd, short what, void *arg)
 static void do_generate(cv_http *h, struct evhttp_request *req, cv_model *m, req_kind kind)
 {
     json_t *body;
-    if (!body_json(req, &body, false)) {
+    if (!http_body_json(req, &body, false)) {
         cv_server_account(m, false, cv_now_ns());
         cv_model_release(m);
         return;
@@ -552,7 +513,7 @@ static void do_generate(cv_http *h, struct evhttp_request *req, cv_model *m, req
     if (!hr) {
         json_decref(body);
         cv_model_release(m);
-        reply_error(req, 500, "out of memory");
+        http_reply_error(req, 500, "out of memory");
         return;
     }
     hr->h = h;
@@ -561,7 +522,7 @@ static void do_generate(cv_http *h, struct evhttp_request *req, cv_model *m, req
     hr->start_ns = cv_now_ns();
     cv_infer_request_init(&hr->ir);
     cv_error err = {.msg = ""};
-    int rc = collect_generate(&hr->ir, m, body, &err);
+    int rc = cv_infer_set_json(&hr->ir, m, body, &err);
     json_decref(body);
     if (rc == 0) rc = cv_infer_check(&hr->ir, m, &err);
     if (rc == 0) rc = cv_server_admit(h->s, &err);
@@ -583,54 +544,12 @@ static void do_generate(cv_http *h, struct evhttp_request *req, cv_model *m, req
         }
     }
     if (rc < 0) {
-        reply_core_error(req, &err);
+        http_reply_core_error(req, &err);
         cv_server_account(m, false, hr->start_ns);
         http_req_free_unsubmitted(hr);
         return;
     }
     h->n_submitting++;
-}
-
-static json_t *tensor_meta_json(const cv_tensor_meta *t)
-{
-    json_t *shape = json_array();
-    for (int i = 0; i < t->n_dims; i++)
-        json_array_append_new(shape, json_integer(t->dims[i]));
-    return json_pack("{s:s, s:s, s:o}", "name", t->name, "datatype", t->datatype, "shape", shape);
-}
-
-static void reply_metadata(cv_http *h, struct evhttp_request *req, const char *name,
-                           const char *version)
-{
-    cv_model_metadata md;
-    cv_error err = {.msg = ""};
-    if (cv_server_model_metadata(h->s, name, version, &md, &err) < 0) {
-        reply_core_error(req, &err);
-        return;
-    }
-    json_t *in = json_array(), *out = json_array();
-    for (int i = 0; i < md.n_inputs; i++)
-        json_array_append_new(in, tensor_meta_json(&md.inputs[i]));
-    for (int i = 0; i < md.n_outputs; i++)
-        json_array_append_new(out, tensor_meta_json(&md.outputs[i]));
-    http_reply_json(req, 200,
-                    json_pack("{s:s, s:[s], s:s, s:o, s:o}", "name", md.name, "versions",
-                              md.version, "platform", md.platform, "inputs", in, "outputs", out));
-    cv_model_release(md.model);
-}
-
-static void reply_stats(cv_http *h, struct evhttp_request *req, const char *name,
-                        const char *version)
-{
-    cv_model_stats *st;
-    cv_error err = {.msg = ""};
-    int n = cv_server_model_stats(h->s, name, version, &st, &err);
-    if (n < 0) {
-        reply_core_error(req, &err);
-        return;
-    }
-    http_reply_json(req, 200, cv_model_stats_json(st, n));
-    free(st);
 }
 
 /* /v2/models/{m}[/versions/{v}][/action] */
@@ -646,27 +565,27 @@ static void route_model(cv_http *h, struct evhttp_request *req, enum evhttp_cmd_
     if (n == i + 1)
         action = seg[i];
     else if (n != i) {
-        reply_error(req, 404, "Not Found");
+        http_reply_error(req, 404, "Not Found");
         return;
     }
 
     if (!strcmp(action, "stats") && cmd == EVHTTP_REQ_GET) {
-        reply_stats(h, req, name, version);
+        http_reply_stats(h, req, name, version);
         return;
     }
     if (!strcmp(action, "ready")) {
-        reply_empty(req, cv_server_model_ready(h->s, name, version) ? 200 : 400);
+        http_reply_empty(req, cv_server_model_ready(h->s, name, version) ? 200 : 400);
         return;
     }
     bool post = cmd == EVHTTP_REQ_POST, get = cmd == EVHTTP_REQ_GET;
     if (!action[0] && get) {
-        reply_metadata(h, req, name, version);
+        http_reply_metadata(h, req, name, version);
         return;
     }
     cv_error err = {.msg = ""};
     cv_model *m = cv_server_acquire(h->s, name, version, &err);
     if (!m) {
-        reply_core_error(req, &err);
+        http_reply_core_error(req, &err);
         return;
     }
     if (!strcmp(action, "config") && get) {
@@ -674,7 +593,7 @@ static void route_model(cv_http *h, struct evhttp_request *req, enum evhttp_cmd_
     } else if (!strcmp(action, "infer") && post) {
         cv_errorf_class(&err, CV_ERR_UNSUPPORTED,
                         "HTTP end point doesn't support models with decoupled transaction policy");
-        reply_core_error(req, &err);
+        http_reply_core_error(req, &err);
     } else if (!strcmp(action, "generate") && post) {
         do_generate(h, req, m, KIND_GENERATE);
         return;
@@ -682,91 +601,9 @@ static void route_model(cv_http *h, struct evhttp_request *req, enum evhttp_cmd_
         do_generate(h, req, m, KIND_STREAM);
         return;
     } else {
-        reply_error(req, 404, "Not Found");
+        http_reply_error(req, 404, "Not Found");
     }
     cv_model_release(m);
-}
-
-/* A model load runs on a thread of the core (cv_server_load_async) so the
- * event loop keeps streaming other requests; the reply goes out from the
- * loop when the load is done. The request stays valid meanwhile: evhttp
- * detaches (does not free) an unanswered request whose client leaves, and
- * the reply frees it. */
-typedef struct load_job {
-    cv_http *h;
-    struct evhttp_request *req;
-    struct event *done;
-    int rc;
-    cv_error err;
-} load_job;
-
-static void on_load_done(evutil_socket_t fd, short what, void *arg)
-{
-    load_job *job = arg;
-    if (job->rc < 0)
-        reply_core_error(job->req, &job->err);
-    else
-        reply_empty(job->req, 200);
-    job->h->n_loading--;
-    if (job->done) event_free(job->done);
-    free(job);
-}
-
-/* The core's callback: on the load's thread, or inline on a refusal. */
-static void load_finished(void *arg, int rc, const cv_error *err)
-{
-    load_job *job = arg;
-    job->rc = rc;
-    job->err = *err;
-    event_active(job->done, EV_TIMEOUT, 0);
-}
-
-static void load_async(cv_http *h, struct evhttp_request *req, const char *name)
-{
-    load_job *job = calloc(1, sizeof *job);
-    if (job) {
-        job->h = h;
-        job->req = req;
-        job->done = event_new(h->s->base, -1, 0, on_load_done, job);
-    }
-    if (!job || !job->done) {
-        if (job && job->done) event_free(job->done);
-        free(job);
-        reply_error(req, 500, "cannot start the model load");
-        return;
-    }
-    h->n_loading++;
-    cv_server_load_async(h->s, name, load_finished, job);
-}
-
-static void route_repository(cv_http *h, struct evhttp_request *req, char **seg, int n)
-{
-    cv_server *s = h->s;
-    if (n == 3 && !strcmp(seg[2], "index")) {
-        json_t *body;
-        if (!body_json(req, &body, true)) return;
-        bool ready = json_is_true(json_object_get(body, "ready"));
-        json_decref(body);
-        {
-            http_reply_json(req, 200, cv_repository_index(s->repo, ready));
-            return;
-        }
-    }
-    if (n != 5 || strcmp(seg[2], "models") ||
-        (strcmp(seg[4], "load") && strcmp(seg[4], "unload"))) {
-        reply_error(req, 404, "Not Found");
-        return;
-    }
-    if (!strcmp(seg[4], "load")) {
-        load_async(h, req, seg[3]);
-        return;
-    }
-    cv_error err = {.msg = ""};
-    if (cv_server_unload(s, seg[3], &err) < 0) {
-        reply_core_error(req, &err);
-        return;
-    }
-    reply_empty(req, 200);
 }
 
 /* True when every Content-Length header carries the same value. evhttp
@@ -788,28 +625,29 @@ static bool content_length_consistent(struct evhttp_request *req)
 static void route(struct evhttp_request *req, void *arg)
 {
     cv_http *h = arg;
+    if (!http_conn_request_read(req)) return;
     enum evhttp_cmd_type cmd = evhttp_request_get_command(req);
     const struct evhttp_uri *uri = evhttp_request_get_evhttp_uri(req);
     const char *raw = uri ? evhttp_uri_get_path(uri) : NULL;
     size_t path_len = 0;
     char *path = raw ? evhttp_uridecode(raw, 0, &path_len) : NULL;
     if (!path) {
-        reply_error(req, 400, "malformed request URI");
+        http_reply_error(req, 400, "malformed request URI");
         return;
     }
     if (!content_length_consistent(req)) {
         free(path);
         evhttp_add_header(evhttp_request_get_output_headers(req), "Connection", "close");
-        reply_error(req, 400, "conflicting Content-Length headers");
+        http_reply_error(req, 400, "conflicting Content-Length headers");
         return;
     }
     /* Names taken from the path are echoed into JSON and log lines and read
      * as C strings: a %00 or invalid UTF-8 must not reach them. */
     size_t valid = cv_utf8_valid_prefix((const uint8_t *)path, path_len);
     if (valid < path_len) {
-        reply_error(req, 400,
-                    path[valid] ? "request path is not valid UTF-8 after percent-decoding"
-                                : "request path holds a NUL byte (%00)");
+        http_reply_error(req, 400,
+                         path[valid] ? "request path is not valid UTF-8 after percent-decoding"
+                                     : "request path holds a NUL byte (%00)");
         free(path);
         return;
     }
@@ -823,11 +661,11 @@ static void route(struct evhttp_request *req, void *arg)
         http_route_openai(h, req, cmd, seg, n);
     } else if (n == 1 && !strcmp(seg[0], "health") && cmd == EVHTTP_REQ_GET) {
         /* vLLM's OpenAI server: 200 while serving */
-        reply_empty(req, cv_server_live(h->s) ? 200 : 503);
+        http_reply_empty(req, cv_server_live(h->s) ? 200 : 503);
     } else if (n == 1 && !strcmp(seg[0], "version") && cmd == EVHTTP_REQ_GET) {
         http_reply_json(req, 200, json_pack("{s:s}", "version", cv_server_version));
     } else if (n == 0 || strcmp(seg[0], "v2")) {
-        reply_error(req, 404, "Not Found");
+        http_reply_error(req, 404, "Not Found");
     } else if (n == 1 && cmd == EVHTTP_REQ_GET) {
         json_t *ext = json_array();
         for (int i = 0; i < cv_server_n_extensions; i++)
@@ -838,16 +676,16 @@ static void route(struct evhttp_request *req, void *arg)
     } else if (n == 3 && !strcmp(seg[1], "health") && cmd == EVHTTP_REQ_GET &&
                (!strcmp(seg[2], "live") || !strcmp(seg[2], "ready"))) {
         bool ok = seg[2][0] == 'l' ? cv_server_live(h->s) : cv_server_ready(h->s);
-        reply_empty(req, ok ? 200 : 400);
+        http_reply_empty(req, ok ? 200 : 400);
     } else if (n == 3 && !strcmp(seg[1], "models") && !strcmp(seg[2], "stats") &&
                cmd == EVHTTP_REQ_GET) {
-        reply_stats(h, req, "", "");
+        http_reply_stats(h, req, "", "");
     } else if (n >= 3 && !strcmp(seg[1], "models")) {
         route_model(h, req, cmd, seg, n);
     } else if (n >= 3 && !strcmp(seg[1], "repository") && cmd == EVHTTP_REQ_POST) {
-        route_repository(h, req, seg, n);
+        http_route_repository(h, req, seg, n);
     } else {
-        reply_error(req, 404, "Not Found");
+        http_reply_error(req, 404, "Not Found");
     }
     free(path);
 }
@@ -873,11 +711,13 @@ static int http_start(cv_server *s, void **state, cv_error *err)
      * headers, and the time a client may keep a connection waiting for
      * them (see cv_server_options). libevent 2.1 answers an overflow itself
      * and closes the connection: 413 for the body (from Content-Length,
-     * before reading it), 400 for the headers (it has no hook to say 431). */
+     * before reading it), 400 for the headers, which http_conn.c turns into
+     * a 431. */
     evhttp_set_max_body_size(h->http, s->opts.http_max_input_bytes);
     evhttp_set_max_headers_size(h->http, s->opts.http_max_header_bytes);
     evhttp_set_timeout(h->http, s->opts.http_idle_timeout_s);
     evhttp_set_gencb(h->http, route, h);
+    if (http_conn_start(h, err) < 0) goto fail;
     h->q_ev = event_new(s->base, cv_output_queue_fd(h->q), EV_READ | EV_PERSIST, on_outputs, h);
     if (!h->q_ev || event_add(h->q_ev, NULL) < 0) {
         cv_errorf_class(err, CV_ERR_INTERNAL, "HTTP: cannot watch the output queue");
@@ -935,6 +775,7 @@ static void http_destroy(void *state)
     cv_workpool_destroy(h->pool);
     if (h->q_ev) event_free(h->q_ev);
     if (h->http) evhttp_free(h->http);
+    http_conn_stop(h);
     if (h->q) cv_output_queue_destroy(h->q);
     free(h);
 }

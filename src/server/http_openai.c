@@ -37,8 +37,10 @@ static void reply_early(http_req *hr, int code, const char *msg)
 
 /* The outputs of every prompt of a /v1 request: a chunk per output when
  * streaming (then the usage chunk if asked, then [DONE]), else one
- * response once every prompt's final output arrived; an engine error is
- * an OpenAI error object (streamed: one error event). */
+ * response once every prompt's final output arrived; an engine error (a
+ * failed step, out of memory: the server's fault, as vLLM's 500
+ * InternalServerError) is an OpenAI error object (streamed: one error
+ * event). */
 void http_openai_output(http_req *hr, const cv_request_output *out)
 {
     cv_openai_request *r = hr->oai;
@@ -46,9 +48,9 @@ void http_openai_output(http_req *hr, const cv_request_output *out)
     bool writable = hr->req && !hr->gone && p >= 0 && r->text;
     if (out->error) {
         if (writable && hr->kind == KIND_STREAM && !r->failed)
-            http_sse_send_json(hr, cv_openai_error(out->error, 400));
+            http_sse_send_json(hr, cv_openai_error(out->error, 500));
         else if (writable && hr->kind != KIND_STREAM)
-            reply_early(hr, 400, out->error);
+            reply_early(hr, 500, out->error);
         r->failed = true;
     } else if (writable && hr->kind == KIND_STREAM) {
         json_t *chunk = r->chat ? cv_chat_chunk(r, p, out) : cv_openai_chunk(r, p, out);

@@ -112,6 +112,49 @@ static int check_lora(const cv_model *m, const char *lora, cv_error *err)
     return cv_errorf(err, "LoRA %s is not supported, we currently support [%s]", lora, list);
 }
 
+/* ---- the JSON body of /generate ------------------------------------------ */
+
+/* One JSON value into input `name` of the model (a scalar to shape [1]). */
+static int set_input(cv_infer_request *ir, const cv_model *m, const char *name, json_t *v,
+                     cv_error *err)
+{
+    const cv_tensor_config *t = cv_model_config_input(&m->cfg, name);
+    if (t->data_type == CV_TYPE_BOOL) {
+        if (!json_is_boolean(v))
+            return cv_errorf(err, "unable to parse '%s': expected a boolean", name);
+        return cv_infer_set_bool(ir, m, name, json_is_true(v), err);
+    }
+    if (!json_is_string(v)) return cv_errorf(err, "unable to parse '%s': expected a string", name);
+    return cv_infer_set_bytes(ir, m, name, json_string_value(v), json_string_length(v), err);
+}
+
+int cv_infer_set_json(cv_infer_request *ir, const cv_model *m, json_t *body, cv_error *err)
+{
+    const char *k;
+    json_t *v;
+    json_object_foreach(body, k, v)
+    {
+        if (!strcmp(k, "parameters")) {
+            if (!json_is_object(v))
+                return cv_errorf(err, "unable to parse 'parameters': expected an object");
+            const char *pk;
+            json_t *pv;
+            json_object_foreach(v, pk, pv)
+            {
+                int rc = cv_model_config_input(&m->cfg, pk)
+                             ? set_input(ir, m, pk, pv, err)
+                             : cv_infer_set_param(ir, pk, json_incref(pv), err);
+                if (rc < 0) return -1;
+            }
+        } else if (cv_model_config_input(&m->cfg, k)) {
+            if (set_input(ir, m, k, v, err) < 0) return -1;
+        } else if (cv_infer_set_param(ir, k, json_incref(v), err) < 0) {
+            return -1;
+        }
+    }
+    return 0;
+}
+
 int cv_infer_check(const cv_infer_request *r, const cv_model *m, cv_error *err)
 {
     if (!r->has_prompt)
@@ -131,8 +174,6 @@ static int generate_error(cv_error *err)
     return cv_errorf_class(err, CV_ERR_INTERNAL, "Error generating stream: %s", msg);
 }
 
-static int build_params(cv_infer_request *r, const cv_model *m, cv_error *err);
-
 int cv_infer_prepare(cv_infer_request *r, const cv_model *m, cv_error *err)
 {
     if (!cv_model_healthy(m))
@@ -141,10 +182,10 @@ int cv_infer_prepare(cv_infer_request *r, const cv_model *m, cv_error *err)
         cv_errorf(err, "When streaming, `exclude_input_in_output` = False is not allowed.");
         return generate_error(err);
     }
-    return build_params(r, m, err);
+    return cv_infer_sampling(r, m, err);
 }
 
-static int build_params(cv_infer_request *r, const cv_model *m, cv_error *err)
+int cv_infer_sampling(cv_infer_request *r, const cv_model *m, cv_error *err)
 {
     json_t *obj;
     if (r->sampling_json) {

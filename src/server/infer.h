@@ -43,6 +43,12 @@ int cv_infer_set_bytes(cv_infer_request *r, const cv_model *m, const char *name,
 /* Adds request parameter `key` (a JSON scalar; the reference is stolen). */
 int cv_infer_set_param(cv_infer_request *r, const char *key, json_t *value, cv_error *err);
 
+/* The JSON object of a /generate(_stream) body (Triton's generate
+ * extension): keys naming model inputs set them (a scalar each), a
+ * "parameters" object's keys likewise, every other key is a request
+ * parameter. Errors name the key. body stays the caller's. */
+int cv_infer_set_json(cv_infer_request *r, const cv_model *m, json_t *body, cv_error *err);
+
 /* What Triton's core checks before a request reaches the backend: the
  * required input text_input is given. Errors are CV_ERR_INVALID. */
 int cv_infer_check(const cv_infer_request *r, const cv_model *m, cv_error *err);
@@ -58,6 +64,10 @@ int cv_infer_check(const cv_infer_request *r, const cv_model *m, cv_error *err);
  * engine CV_ERR_UNAVAILABLE. HTTP /generate_stream sends them as SSE
  * error events. */
 int cv_infer_prepare(cv_infer_request *r, const cv_model *m, cv_error *err);
+/* cv_infer_prepare's last part, with the same errors: r->sp from the
+ * sampling_parameters input or the request parameters, and lora_name
+ * checked against m. */
+int cv_infer_sampling(cv_infer_request *r, const cv_model *m, cv_error *err);
 
 /* Queues the prepared request in m's engine with outputs to sink and counts
  * it pending (the frontend decrements m->counters.pending at its final

@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -126,13 +127,62 @@ void cv_listen_guard_free(cv_listen_guard *g)
 
 /* ---- gRPC's listener ------------------------------------------------------ */
 
+/* A socket handed to fn, as (descriptor, inode): the descriptor is the
+ * same socket while its inode is, so no close notice is needed to count
+ * the open ones. */
+typedef struct {
+    int fd;
+    ino_t ino;
+} handed;
+
 struct cv_listen {
     struct evconnlistener *lev;
     cv_listen_guard *guard;
     cv_accept_fn fn;
     void *arg;
     const char *what;
+    const char *flag; /* "grpc": names the cap's flag in the log */
+    int max_conns;    /* 0: no cap */
+    handed *open;     /* sockets handed out, some perhaps closed since */
+    int n_open;
+    long refused; /* refusals not logged yet */
+    time_t last_log;
 };
+
+/* Drops the sockets that have been closed from l->open. */
+static void prune_closed(cv_listen *l)
+{
+    int n = 0;
+    for (int i = 0; i < l->n_open; i++) {
+        struct stat st;
+        if (fstat(l->open[i].fd, &st) == 0 && st.st_ino == l->open[i].ino)
+            l->open[n++] = l->open[i];
+    }
+    l->n_open = n;
+}
+
+/* True when fd may be handed out under the cap (it is then counted). */
+static bool admit(cv_listen *l, int fd)
+{
+    if (l->max_conns <= 0) return true;
+    if (l->n_open >= l->max_conns) prune_closed(l);
+    struct stat st;
+    if (l->n_open < l->max_conns && fstat(fd, &st) == 0) {
+        l->open[l->n_open++] = (handed){fd, st.st_ino};
+        return true;
+    }
+    time_t now = time(NULL);
+    l->refused++;
+    if (!l->last_log || now - l->last_log >= CV_LISTEN_LOG_PERIOD_S) {
+        cv_log_error("%s: the cap of %d open connections (--%s-max-connections) is reached: "
+                     "refused %ld new connection(s) in the last %ld s",
+                     l->what, l->max_conns, l->flag, l->refused,
+                     l->last_log ? (long)(now - l->last_log) : 0l);
+        l->last_log = now;
+        l->refused = 0;
+    }
+    return false;
+}
 
 static void on_accept(struct evconnlistener *lev, evutil_socket_t fd, struct sockaddr *sa,
                       int salen, void *arg)
@@ -153,17 +203,27 @@ static void on_accept(struct evconnlistener *lev, evutil_socket_t fd, struct soc
         on_accept_error(l->lev, NULL);
         return;
     }
+    if (!admit(l, fd)) {
+        close(fd);
+        return;
+    }
     l->fn(fd, l->arg);
 }
 
 cv_listen *cv_listen_new(struct event_base *base, const char *host, int port, const char *what,
-                         cv_accept_fn fn, void *arg, cv_error *err)
+                         const char *flag, int max_conns, cv_accept_fn fn, void *arg, cv_error *err)
 {
     cv_listen *l = calloc(1, sizeof *l);
+    if (l && max_conns > 0 && !(l->open = calloc((size_t)max_conns, sizeof *l->open))) {
+        free(l);
+        l = NULL;
+    }
     if (!l) {
         cv_errorf(err, "out of memory");
         return NULL;
     }
+    l->flag = flag;
+    l->max_conns = max_conns;
     l->fn = fn;
     l->arg = arg;
     l->what = what;
@@ -176,6 +236,7 @@ cv_listen *cv_listen_new(struct event_base *base, const char *host, int port, co
     int rc = getaddrinfo(host, service, &hints, &ai);
     if (rc != 0) {
         cv_errorf(err, "%s: cannot resolve '%s': %s", what, host, gai_strerror(rc));
+        free(l->open);
         free(l);
         return NULL;
     }
@@ -188,6 +249,7 @@ cv_listen *cv_listen_new(struct event_base *base, const char *host, int port, co
     freeaddrinfo(ai);
     if (!l->lev) {
         cv_errorf(err, "%s: cannot bind %s port %d: %s", what, host, port, strerror(errno));
+        free(l->open);
         free(l);
         return NULL;
     }
@@ -204,6 +266,7 @@ void cv_listen_free(cv_listen *l)
     if (!l) return;
     cv_listen_guard_free(l->guard);
     evconnlistener_free(l->lev);
+    free(l->open);
     free(l);
 }
 

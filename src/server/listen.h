@@ -30,11 +30,15 @@ cv_listen_guard *cv_listen_guard_new(struct event_base *base, struct evconnliste
 void cv_listen_guard_free(cv_listen_guard *g);
 
 /* Listens on host:port and hands each accepted socket to fn (which owns
- * it). The listener is freed with cv_listen_free. */
+ * it). With max_conns > 0, a socket accepted while max_conns handed-out
+ * sockets are still open is closed at once, with a log line naming
+ * --<flag>-max-connections at most every CV_LISTEN_LOG_PERIOD_S. The
+ * listener is freed with cv_listen_free. */
 typedef void (*cv_accept_fn)(int fd, void *arg);
 typedef struct cv_listen cv_listen;
 cv_listen *cv_listen_new(struct event_base *base, const char *host, int port, const char *what,
-                         cv_accept_fn fn, void *arg, cv_error *err);
+                         const char *flag, int max_conns, cv_accept_fn fn, void *arg,
+                         cv_error *err);
 void cv_listen_free(cv_listen *l);
 
 /* Raises the soft RLIMIT_NOFILE to the hard limit (as nginx's

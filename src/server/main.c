@@ -33,6 +33,8 @@ static void usage(FILE *f)
             "  --http-max-header-size=N  largest request header block in bytes (16384)\n"
             "  --http-idle-timeout-secs=N  close a connection silent this long while a request\n"
             "                            (or the next keep-alive one) is due (60)\n"
+            "  --http-max-connections=N, --grpc-max-connections=N  refuse connections beyond\n"
+            "                            N open ones (4096 each; 0 = no cap)\n"
             "  --http-address=A, --grpc-address=A, --metrics-address=A  bind addresses\n"
             "                            (0.0.0.0; metrics: the HTTP address)\n"
             "  --log-file=PATH           append the log to PATH instead of stderr\n"
@@ -214,6 +216,10 @@ int main(int argc, char **argv)
             rc = parse_int(flag, val, 1024, 1 << 30, &o.http_max_header_bytes);
         } else if (!strcmp(flag, "--http-idle-timeout-secs")) {
             rc = parse_int(flag, val, 1, 86400, &o.http_idle_timeout_s);
+        } else if (!strcmp(flag, "--http-max-connections")) {
+            rc = parse_int(flag, val, 0, 1 << 24, &o.http_max_connections);
+        } else if (!strcmp(flag, "--grpc-max-connections")) {
+            rc = parse_int(flag, val, 0, 1 << 24, &o.grpc_max_connections);
         } else if (!strcmp(flag, "--threads")) {
             rc = parse_int(flag, val, 0, 4096, &o.n_threads);
         } else if (!strcmp(flag, "--chat-template")) {

@@ -34,6 +34,8 @@ void cv_server_options_default(cv_server_options *o)
     o->http_max_input_bytes = 64l << 20;
     o->http_max_header_bytes = 16 << 10;
     o->http_idle_timeout_s = 60;
+    o->http_max_connections = 4096;
+    o->grpc_max_connections = 4096;
 }
 
 bool cv_server_ready(cv_server *s)

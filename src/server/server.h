@@ -50,6 +50,11 @@ typedef struct cv_server_options {
     long http_max_input_bytes; /* 64 MiB */
     int http_max_header_bytes; /* 16 KiB */
     int http_idle_timeout_s;   /* 60 */
+    /* Connection caps (cvllm's; tritonserver has none): a connection
+     * accepted while this many are open is refused at once, with a 503 on
+     * HTTP, closed on gRPC, and a log line at most every 10 s. 0: none. */
+    int http_max_connections; /* 4096 */
+    int grpc_max_connections; /* 4096 */
 } cv_server_options;
 
 void cv_server_options_default(cv_server_options *o);

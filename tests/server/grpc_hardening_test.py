@@ -5,6 +5,8 @@ hold a NUL are refused with INVALID_ARGUMENT (never echoed back, never
 truncated to another model's name), on unary calls and on the stream, and a
 uint64 max_tokens of 2^64-1 is refused rather than wrapped to -1."""
 import sys
+import threading
+import time
 import unittest
 
 import grpc
@@ -84,6 +86,42 @@ class Uint64ParamTest(unittest.TestCase):
         req.parameters["max_tokens"].uint64_param = 3
         got = list(SERVER.stream(iter([req])))
         self.assertEqual(got[0].error_message, "")
+
+
+class LongPromptTest(unittest.TestCase):
+    def test_long_prompt_does_not_stall_other_calls(self):
+        """A 40 MB prompt is tokenized on the worker pool, not on the
+        completion-queue thread: a unary call and another stream are
+        answered while it is still being tokenized."""
+        big = infer_request("kjv", "big", "In the b" * (5 << 20), stream=False,
+                            sampling={"max_tokens": 1})
+        big_got = []
+        written = threading.Event()
+
+        def requests():
+            yield big
+            written.set()  # gRPC asks for the next message: big is written out
+
+        t = threading.Thread(target=lambda: big_got.extend(SERVER.stream(requests(),
+                                                                         timeout=300)))
+        t.start()
+        self.assertTrue(written.wait(300))
+        time.sleep(0.5)  # the server has the message and is tokenizing it
+        live = SERVER.channel.unary_unary(
+            SERVICE + "ServerLive", request_serializer=lambda m: m.SerializeToString(),
+            response_deserializer=pb.ServerLiveResponse.FromString)
+        self.assertTrue(live(pb.ServerLiveRequest(), timeout=300).live)
+        small = infer_request("kjv", "small", "Once", stream=False, sampling={"max_tokens": 2})
+        got = list(SERVER.stream(iter([small]), timeout=300))
+        self.assertEqual(got[0].error_message, "")
+        self.assertEqual(got[0].infer_response.id, "small")
+        self.assertTrue(t.is_alive())  # still tokenizing
+        t.join()
+        self.assertEqual(len(big_got), 1)
+        self.assertEqual(big_got[0].infer_response.id, "big")
+        self.assertEqual(big_got[0].error_message,
+                         "Error generating stream: The decoder prompt (length 15728641) is "
+                         "longer than the maximum model length of 512.")
 
 
 def main():

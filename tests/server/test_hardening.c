@@ -274,11 +274,23 @@ static char *request_on(int port, const char *req)
 }
 
 /* Defect 2: a header block beyond --http-max-header-size (many small
- * headers or one big one) is refused and the connection closed, instead of
- * being held in memory (four clients once grew the server to 2.7 GB); a
- * body beyond --http-max-input-size answers 413 before it is read.
- * libevent 2.1 writes both replies itself (400 for headers: it has no hook
- * for a 431). */
+ * headers, one big one, or one line that never ends) is refused with 431
+ * and the connection closed, instead of being held in memory (four
+ * clients once grew the server to 2.7 GB); a body beyond
+ * --http-max-input-size answers 413 before it is read. */
+static const char head_431_body[] = "{\"error\":\"request header fields are larger than the "
+                                    "4096-byte limit (--http-max-header-size)\"}";
+
+static void expect_431(const char *resp)
+{
+    assert_true(strncmp(resp, "HTTP/1.1 431 Request Header Fields Too Large\r\n", 46) == 0);
+    assert_non_null(strstr(resp, "\r\nConnection: close\r\n"));
+    assert_non_null(strstr(resp, "\r\nContent-Type: application/json\r\n"));
+    const char *b = strstr(resp, "\r\n\r\n");
+    assert_non_null(b);
+    assert_string_equal(b + 4, head_431_body);
+}
+
 static void test_header_and_body_limits(void **state)
 {
     (void)state;
@@ -293,16 +305,49 @@ static void test_header_and_body_limits(void **state)
         n += (size_t)snprintf(req + n, cap - n, "X-H%d: v\r\n", i);
     snprintf(req + n, cap - n, "\r\n");
     char *resp = request_on(t.http_port, req);
-    assert_true(strncmp(resp, "HTTP/1.1 400 Bad Request\r\n", 26) == 0);
-    assert_non_null(strstr(resp, "\r\nConnection: close\r\n"));
+    expect_431(resp);
     free(resp);
     /* one long header */
     n = (size_t)snprintf(req, cap, "GET /v2/health/live HTTP/1.1\r\nX-Big: ");
     memset(req + n, 'a', 8000);
     snprintf(req + n + 8000, cap - n - 8000, "\r\n\r\n");
     resp = request_on(t.http_port, req);
-    assert_true(strncmp(resp, "HTTP/1.1 400 Bad Request\r\n", 26) == 0);
+    expect_431(resp);
     free(resp);
+    /* a request line that never ends */
+    n = (size_t)snprintf(req, cap, "GET /");
+    memset(req + n, 'a', 6000);
+    req[n + 6000] = '\0';
+    resp = request_on(t.http_port, req);
+    expect_431(resp);
+    free(resp);
+    /* 3628 bytes of lines, 4232 with their line ends: libevent (which
+     * leaves the ends out) takes it; the server still answers 431 */
+    n = (size_t)snprintf(req, cap, "GET /v2/health/live HTTP/1.1\r\n");
+    for (int i = 0; i < 300; i++)
+        n += (size_t)snprintf(req + n, cap - n, "X-Pad: 12345\r\n");
+    snprintf(req + n, cap - n, "\r\n");
+    resp = request_on(t.http_port, req);
+    expect_431(resp);
+    free(resp);
+    /* the second request of a kept-alive connection is measured from its
+     * own first byte: a small one passes, a big one gets the 431 */
+    int fd = connect_to(t.http_port);
+    const char *small = "GET /v2/health/live HTTP/1.1\r\nHost: x\r\n\r\n";
+    for (int i = 0; i < 3; i++) {
+        send_all(fd, small, strlen(small));
+        resp = recv_until_quiet(fd, 10000);
+        assert_true(strncmp(resp, "HTTP/1.1 200", 12) == 0);
+        free(resp);
+    }
+    n = (size_t)snprintf(req, cap, "GET /v2/health/live HTTP/1.1\r\nX-Big: ");
+    memset(req + n, 'b', 5000);
+    snprintf(req + n + 5000, cap - n - 5000, "\r\n\r\n");
+    send_all(fd, req, strlen(req));
+    resp = recv_until_quiet(fd, 10000);
+    expect_431(resp);
+    free(resp);
+    close(fd);
     /* a body over the cap, refused from its Content-Length alone */
     resp = request_on(t.http_port, "POST /v2/models/kjv/generate HTTP/1.1\r\nHost: x\r\n"
                                    "Content-Length: 5000\r\n\r\n{");
@@ -316,6 +361,111 @@ static void test_header_and_body_limits(void **state)
     free(resp);
     free(req);
     assert_int_equal(th_stop(&t), 0);
+}
+
+/* The connection caps: with --http-max-connections=3 a fourth HTTP
+ * connection gets a 503 and is closed, and with --grpc-max-connections=2 a
+ * third gRPC connection is closed; each is logged; a closed connection
+ * frees its place. */
+static const char h2_preface[] = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\4\0\0\0\0\0";
+
+/* A gRPC connection that gRPC core serves: its SETTINGS frame arrives. */
+static bool grpc_served(int fd)
+{
+    if (send(fd, h2_preface, sizeof h2_preface - 1, MSG_NOSIGNAL) != sizeof h2_preface - 1)
+        return false; /* closed by the server already */
+    char buf[64];
+    struct pollfd p = {.fd = fd, .events = POLLIN};
+    if (poll(&p, 1, 10000) <= 0) return false;
+    ssize_t n = recv(fd, buf, sizeof buf, 0);
+    return n >= 9 && buf[3] == 4; /* a frame of type SETTINGS */
+}
+
+static void test_connection_caps(void **state)
+{
+    (void)state;
+    test_server t;
+    const char *extra[] = {"--http-max-connections=3", "--grpc-max-connections=2", NULL};
+    start_own(&t, extra);
+    const char *live = "GET /v2/health/live HTTP/1.1\r\nHost: x\r\n\r\n";
+    int h[3];
+    for (int i = 0; i < 3; i++) {
+        h[i] = connect_to(t.http_port);
+        send_all(h[i], live, strlen(live));
+        char *resp = recv_until_quiet(h[i], 10000);
+        assert_true(strncmp(resp, "HTTP/1.1 200", 12) == 0);
+        free(resp);
+    }
+    int over = connect_to(t.http_port);
+    char *resp = recv_until_quiet(over, 10000);
+    assert_true(strncmp(resp, "HTTP/1.1 503 Service Unavailable\r\n", 34) == 0);
+    const char *b = strstr(resp, "\r\n\r\n");
+    assert_non_null(b);
+    assert_string_equal(b + 4, "{\"error\":\"too many connections: the server's "
+                               "--http-max-connections cap is reached\"}");
+    free(resp);
+    char c;
+    assert_int_equal(recv(over, &c, 1, 0), 0); /* closed */
+    close(over);
+    /* one leaves: a new one is served (once the server saw it leave) */
+    close(h[0]);
+    bool served = false;
+    for (int tries = 0; tries < 100 && !served; tries++) {
+        int fd = connect_to(t.http_port);
+        send_all(fd, live, strlen(live));
+        resp = recv_until_quiet(fd, 10000);
+        served = strncmp(resp, "HTTP/1.1 200", 12) == 0;
+        free(resp);
+        close(fd);
+        if (!served) usleep(50000);
+    }
+    assert_true(served);
+
+    int g[2];
+    for (int i = 0; i < 2; i++) {
+        g[i] = connect_to(t.grpc_port);
+        assert_true(grpc_served(g[i]));
+    }
+    int gover = connect_to(t.grpc_port);
+    assert_false(grpc_served(gover));
+    close(gover);
+    close(g[0]);
+    served = false;
+    for (int tries = 0; tries < 100 && !served; tries++) {
+        int fd = connect_to(t.grpc_port);
+        served = grpc_served(fd);
+        close(fd);
+        if (!served) usleep(50000);
+    }
+    assert_true(served);
+    for (int i = 1; i < 3; i++)
+        close(h[i]);
+    close(g[1]);
+    assert_int_equal(th_stop(&t), 0);
+    char *log = th_log(&t);
+    assert_non_null(strstr(log, "HTTP: the cap of 3 open connections (--http-max-connections) "
+                                "is reached: refused 1 new connection(s) in the last 0 s"));
+    assert_non_null(strstr(log, "gRPC: the cap of 2 open connections (--grpc-max-connections) "
+                                "is reached: refused 1 new connection(s) in the last 0 s"));
+    free(log);
+}
+
+/* The caps' flags refuse what is not a count, naming the flag. */
+static void test_connection_cap_flags(void **state)
+{
+    (void)state;
+    const char *bin = getenv("CVLLM_BIN_DIR");
+    char cmd[700];
+    snprintf(cmd, sizeof cmd,
+             "'%s/cvllm-server' --model-repository=%s --http-max-connections=-1 2>&1; "
+             "'%s/cvllm-server' --model-repository=%s --grpc-max-connections=many 2>&1",
+             bin ? bin : "build/bin", srv.repo, bin ? bin : "build/bin", srv.repo);
+    char *out = th_run(cmd);
+    assert_string_equal(out, "cvllm-server: --http-max-connections: invalid value '-1' (expected "
+                             "0..16777216)\n"
+                             "cvllm-server: --grpc-max-connections: invalid value 'many' "
+                             "(expected 0..16777216)\n");
+    free(out);
 }
 
 /* Defect 1 (timeouts): a connection that sends part of a request line and
@@ -425,13 +575,14 @@ static void test_engine_fault_isolated(void **state)
     char target[512];
     snprintf(target, sizeof target, "%s/samples/models/cvllm-kjv-4m", src);
     assert_int_equal(symlink(target, link), 0);
+    const char *pbtxt = "backend: \"vllm\"\n"
+                        "parameters: { key: \"ENABLE_VLLM_HEALTH_CHECK\" value: { string_value: "
+                        "\"true\" } }\n"
+                        "instance_group [ { count: 1 kind: KIND_MODEL } ]\n";
     snprintf(json, sizeof json, "{\"model\": \"%s\"}", link);
-    th_add_model(repo, "bad",
-                 "backend: \"vllm\"\n"
-                 "parameters: { key: \"ENABLE_VLLM_HEALTH_CHECK\" value: { string_value: "
-                 "\"true\" } }\n"
-                 "instance_group [ { count: 1 kind: KIND_MODEL } ]\n",
-                 json);
+    th_add_model(repo, "bad", pbtxt, json);
+    snprintf(json, sizeof json, "{\"model\": \"%s\"}", link); /* a second engine, same fault */
+    th_add_model(repo, "bad_oai", pbtxt, json);
     setenv("CVLLM_FAULT_FAIL_STEP", "faulty-kjv-4m:3", 1);
     test_server t;
     bool up = th_start(&t, repo, NULL);
@@ -456,6 +607,16 @@ static void test_engine_fault_isolated(void **state)
     assert_int_equal(st, 503);
     assert_non_null(strstr(resp, "Model is unavailable due to unhealthy vLLM engine"));
     free(resp);
+    /* The OpenAI API answers a failed step as vLLM does: 500 */
+    st = th_http("POST", th_url(&t, "/v1/completions"),
+                 "{\"model\": \"bad_oai\", \"prompt\": \"In the\", \"max_tokens\": 8, "
+                 "\"ignore_eos\": true}",
+                 &resp);
+    assert_int_equal(st, 500);
+    assert_string_equal(resp, "{\"error\":{\"message\":\"engine step failed: injected fault: "
+                              "step 3 failed (CVLLM_FAULT_FAIL_STEP)\",\"type\":"
+                              "\"InternalServerError\",\"param\":null,\"code\":500}}");
+    free(resp);
     th_expect("GET", th_url(&t, "/v2/models/kjv/ready"), NULL, 200, "");
     assert_int_equal(th_http("POST", th_url(&t, "/v2/models/kjv/generate"), body, &resp), 200);
     assert_non_null(strstr(resp, "\"text_output\":\"In the"));
@@ -472,6 +633,8 @@ int main(void)
         cmocka_unit_test(test_completions_cancelled_on_disconnect),
         cmocka_unit_test(test_long_prompt_does_not_stall_loop),
         cmocka_unit_test(test_header_and_body_limits),
+        cmocka_unit_test(test_connection_caps),
+        cmocka_unit_test(test_connection_cap_flags),
         cmocka_unit_test(test_idle_connection_closed),
         cmocka_unit_test(test_fd_exhaustion_recovers),
         cmocka_unit_test(test_engine_fault_isolated),
