@@ -11,81 +11,10 @@
 #include <math.h>
 
 #include "backend/cuda/cuda_internal.h"
+#include "backend/cuda/kernels/kernel_util.cuh"
 
 namespace
 {
-
-__device__ __forceinline__ float to_f(float x)
-{
-    return x;
-}
-__device__ __forceinline__ float to_f(__nv_bfloat16 x)
-{
-    return __bfloat162float(x);
-}
-__device__ __forceinline__ float to_f(__half x)
-{
-    return __half2float(x);
-}
-
-template <typename T> __device__ __forceinline__ T from_f(float x);
-template <> __device__ __forceinline__ float from_f<float>(float x)
-{
-    return x;
-}
-template <> __device__ __forceinline__ __nv_bfloat16 from_f<__nv_bfloat16>(float x)
-{
-    return __float2bfloat16_rn(x);
-}
-template <> __device__ __forceinline__ __half from_f<__half>(float x)
-{
-    return __float2half_rn(x);
-}
-
-/* Stores activation v as the GEMM operand type. With lo_off != 0 (split
- * activations, 16-bit types only) it also stores the rounding remainder
- * lo_off elements further: hi + lo carries v to about 2^-16 relative, so
- * one GEMM over both halves is as accurate as an fp32 operand. */
-template <typename T>
-__device__ __forceinline__ void store_act(T *out, size_t i, size_t lo_off, float v)
-{
-    const T hi = from_f<T>(v);
-    out[i] = hi;
-    if (lo_off) out[i + lo_off] = from_f<T>(v - to_f(hi));
-}
-
-__device__ __forceinline__ float warp_sum(float v)
-{
-    for (int o = 16; o > 0; o >>= 1)
-        v += __shfl_xor_sync(0xffffffffu, v, o);
-    return v;
-}
-
-__device__ __forceinline__ float warp_max(float v)
-{
-    for (int o = 16; o > 0; o >>= 1)
-        v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
-    return v;
-}
-
-/* Calls F with a value of the C++ type of DTYPE (for template dispatch). */
-template <typename F> int with_type(cv_dtype dtype, F f)
-{
-    switch (dtype) {
-    case CV_DTYPE_F32:
-        f(float());
-        break;
-    case CV_DTYPE_F16:
-        f(__half());
-        break;
-    case CV_DTYPE_BF16:
-        f(__nv_bfloat16());
-        break;
-    default:
-        return (int)cudaErrorInvalidValue;
-    }
-    return (int)cudaGetLastError();
-}
 
 /* ---- embedding ------------------------------------------------------------ */
 
@@ -371,15 +300,8 @@ __global__ void gated_act_kernel(cv_activation act, const float *gu, int n_tok, 
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < total;
          i += (size_t)gridDim.x * blockDim.x) {
         const size_t t = i / f, c = i % f;
-        float g = gu[t * 2 * f + c];
         const float u = gu[t * 2 * f + f + c];
-        if (act == CV_ACT_SILU) {
-            g = g / (1.0f + expf(-g));
-        } else {
-            const float k = 0.7978845608028654f; /* sqrt(2 / pi) */
-            g = 0.5f * g * (1.0f + tanhf(k * (g + 0.044715f * g * g * g)));
-        }
-        store_act(out, i, lo_off, g * u);
+        store_act(out, i, lo_off, activate(act, gu[t * 2 * f + c]) * u);
     }
 }
 

@@ -70,6 +70,7 @@
 #include <stdint.h>
 
 #include "backend/cuda/kernels/gemv.h"
+#include "backend/cuda/kernels/kernel_util.cuh"
 
 namespace
 {
@@ -135,54 +136,10 @@ __device__ __forceinline__ void mma_step(float c[4], uint4 wa, uint4 wb, uint4 x
     mma<T>(c, wa.z, wb.z, wa.w, wb.w, xv.z, xv.w);
 }
 
-template <typename T> __device__ __forceinline__ float to_f(T v);
-template <> __device__ __forceinline__ float to_f<__nv_bfloat16>(__nv_bfloat16 v)
-{
-    return __bfloat162float(v);
-}
-template <> __device__ __forceinline__ float to_f<__half>(__half v)
-{
-    return __half2float(v);
-}
-
-template <typename T> __device__ __forceinline__ T from_f(float v);
-template <> __device__ __forceinline__ __nv_bfloat16 from_f<__nv_bfloat16>(float v)
-{
-    return __float2bfloat16_rn(v);
-}
-template <> __device__ __forceinline__ __half from_f<__half>(float v)
-{
-    return __float2half_rn(v);
-}
-
-/* v rounded to T at out[i], and with lo_off its rounding remainder lo_off
- * elements further (split activations; cuda_kernels.cu's store_act). */
-template <typename T>
-__device__ __forceinline__ void store_act(T *out, size_t i, size_t lo_off, float v)
-{
-    const T hi = from_f<T>(v);
-    out[i] = hi;
-    if (lo_off) out[i + lo_off] = from_f<T>(v - to_f(hi));
-}
-
-/* fp32 outputs (the RMSNorm of an f32 model) have no split. */
-template <>
-__device__ __forceinline__ void store_act<float>(float *out, size_t i, size_t lo_off, float v)
-{
-    (void)lo_off;
-    out[i] = v;
-}
-
 /* As cuda_gated_act: act(g) * u, fp32. */
 __device__ __forceinline__ float gated(cv_activation act, float g, float u)
 {
-    if (act == CV_ACT_SILU) {
-        g = g / (1.0f + expf(-g));
-    } else {
-        const float k = 0.7978845608028654f; /* sqrt(2 / pi) */
-        g = 0.5f * g * (1.0f + tanhf(k * (g + 0.044715f * g * g * g)));
-    }
-    return g * u;
+    return activate(act, g) * u;
 }
 
 /* Stores v at kv[i] in the pool's dtype. */
@@ -347,13 +304,6 @@ __global__ void __launch_bounds__(MAX_WARPS * 32, 2) gemv_kernel(const cuda_gemv
             *p = acc ? *p + v[i] : v[i];
         }
     }
-}
-
-__device__ __forceinline__ float warp_sum(float v)
-{
-    for (int o = 16; o > 0; o >>= 1)
-        v += __shfl_xor_sync(0xffffffffu, v, o);
-    return v;
 }
 
 /* CTA r normalizes row rows[r] (or r); thread i holds float4s i,

@@ -13,100 +13,10 @@
 #include <math.h>
 
 #include "backend/cuda/cuda_internal.h"
+#include "backend/cuda/kernels/kernel_util.cuh"
 
 namespace
 {
-
-__device__ __forceinline__ float to_f(float x)
-{
-    return x;
-}
-__device__ __forceinline__ float to_f(__nv_bfloat16 x)
-{
-    return __bfloat162float(x);
-}
-__device__ __forceinline__ float to_f(__half x)
-{
-    return __half2float(x);
-}
-
-template <typename T> __device__ __forceinline__ T from_f(float x);
-template <> __device__ __forceinline__ float from_f<float>(float x)
-{
-    return x;
-}
-template <> __device__ __forceinline__ __nv_bfloat16 from_f<__nv_bfloat16>(float x)
-{
-    return __float2bfloat16_rn(x);
-}
-template <> __device__ __forceinline__ __half from_f<__half>(float x)
-{
-    return __float2half_rn(x);
-}
-
-/* A GEMM operand as cuda_kernels.cu stores it: with lo_off != 0 (split
- * activations) the rounding remainder goes lo_off elements further. */
-template <typename T>
-__device__ __forceinline__ void store_act(T *out, size_t i, size_t lo_off, float v)
-{
-    const T hi = from_f<T>(v);
-    out[i] = hi;
-    if (lo_off) out[i + lo_off] = from_f<T>(v - to_f(hi));
-}
-
-__device__ __forceinline__ float warp_sum(float v)
-{
-    for (int o = 16; o > 0; o >>= 1)
-        v += __shfl_xor_sync(0xffffffffu, v, o);
-    return v;
-}
-
-/* The sum of v over the block, returned to every thread. sh: 33 floats.
- * The last barrier lets the caller reuse sh for the next sum. */
-__device__ float block_sum(float v, float *sh)
-{
-    v = warp_sum(v);
-    if ((threadIdx.x & 31) == 0) sh[threadIdx.x >> 5] = v;
-    __syncthreads();
-    if (threadIdx.x < 32) {
-        float s = threadIdx.x < (blockDim.x >> 5) ? sh[threadIdx.x] : 0.0f;
-        s = warp_sum(s);
-        if (threadIdx.x == 0) sh[32] = s;
-    }
-    __syncthreads();
-    const float total = sh[32];
-    __syncthreads();
-    return total;
-}
-
-__device__ __forceinline__ float activate(cv_activation act, float v)
-{
-    if (act == CV_ACT_RELU) return v > 0.0f ? v : 0.0f;
-    if (act == CV_ACT_GELU_TANH) {
-        const float k = 0.7978845608028654f; /* sqrt(2 / pi) */
-        return 0.5f * v * (1.0f + tanhf(k * (v + 0.044715f * v * v * v)));
-    }
-    return v / (1.0f + expf(-v));
-}
-
-/* Calls F with a value of the C++ type of DTYPE (for template dispatch). */
-template <typename F> int with_type(cv_dtype dtype, F f)
-{
-    switch (dtype) {
-    case CV_DTYPE_F32:
-        f(float());
-        break;
-    case CV_DTYPE_F16:
-        f(__half());
-        break;
-    case CV_DTYPE_BF16:
-        f(__nv_bfloat16());
-        break;
-    default:
-        return (int)cudaErrorInvalidValue;
-    }
-    return (int)cudaGetLastError();
-}
 
 /* Grid-stride launches: enough 256-thread blocks for N elements, capped. */
 int blocks_for(size_t n)
