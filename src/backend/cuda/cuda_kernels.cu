@@ -33,23 +33,14 @@ template <typename OUT>
 __global__ void rmsnorm_kernel(const float *x, const int32_t *rows, const float *w, int n,
                                float eps, OUT *out, int ld_out, size_t lo_off)
 {
-    __shared__ float partial[32];
+    __shared__ float partial[33]; /* block_sum's */
     const int r = blockIdx.x;
     const float *xr = x + (size_t)(rows ? rows[r] : r) * n;
     float ss = 0.0f;
     for (int i = threadIdx.x; i < n; i += blockDim.x)
         ss += xr[i] * xr[i];
-    ss = warp_sum(ss);
-    if ((threadIdx.x & 31) == 0) partial[threadIdx.x >> 5] = ss;
-    __syncthreads();
-    if (threadIdx.x < 32) {
-        float v = threadIdx.x < (blockDim.x >> 5) ? partial[threadIdx.x] : 0.0f;
-        v = warp_sum(v);
-        if (threadIdx.x == 0) partial[0] = v;
-    }
-    __syncthreads();
     /* HF: x * torch.rsqrt(variance + eps), then weight * that. */
-    const float inv = 1.0f / sqrtf(partial[0] / (float)n + eps);
+    const float inv = 1.0f / sqrtf(block_sum(ss, partial) / (float)n + eps);
     for (int i = threadIdx.x; i < n; i += blockDim.x)
         store_act(out, (size_t)r * ld_out + i, lo_off, w[i] * (xr[i] * inv));
 }

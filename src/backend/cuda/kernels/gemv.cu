@@ -313,7 +313,7 @@ __global__ void __launch_bounds__(1024)
     rmsnorm_rows_kernel(const float *x, const int32_t *rows, const float *w, int n, float eps,
                         OUT *out, int ld_out, size_t lo_off)
 {
-    __shared__ float partial[32];
+    __shared__ float partial[33]; /* block_sum's */
     const int n4 = n >> 2;
     const float4 zero = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
     float4 wv[V], xv[V];
@@ -333,17 +333,8 @@ __global__ void __launch_bounds__(1024)
         xv[j] = i < n4 ? xr[i] : zero;
         ss += xv[j].x * xv[j].x + xv[j].y * xv[j].y + xv[j].z * xv[j].z + xv[j].w * xv[j].w;
     }
-    ss = warp_sum(ss);
-    if ((threadIdx.x & 31) == 0) partial[threadIdx.x >> 5] = ss;
-    __syncthreads();
-    if (threadIdx.x < 32) {
-        float v = threadIdx.x < (blockDim.x >> 5) ? partial[threadIdx.x] : 0.0f;
-        v = warp_sum(v);
-        if (threadIdx.x == 0) partial[0] = v;
-    }
-    __syncthreads();
     /* HF: x * torch.rsqrt(variance + eps), then weight * that. */
-    const float inv = 1.0f / sqrtf(partial[0] / (float)n + eps);
+    const float inv = 1.0f / sqrtf(block_sum(ss, partial) / (float)n + eps);
 #pragma unroll
     for (int j = 0; j < V; j++) {
         const int i = threadIdx.x + j * blockDim.x;
