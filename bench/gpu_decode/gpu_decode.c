@@ -17,6 +17,8 @@
  *    16 decode steps again with per-phase CUDA events (where the time goes).
  * 3. Batched: B sequences of --prompt tokens prefilled 8 per step (prefill
  *    tok/s), then --batch-gen steps of B decode tokens (aggregate tok/s).
+ *    With profiles, the largest batch also times mixed steps: B - 2
+ *    decodes and 2 whole prompts (a saturated server's step, G1).
  * KV cache: BF16 (vLLM's "auto" for a bf16 model), 16-token blocks. */
 #include <getopt.h>
 #include <stdio.h>
@@ -30,7 +32,9 @@
 #include "backend/cuda/cuda_backend.h"
 #include "base/clock.h"
 
-enum { BLOCK_SIZE = 16, MAX_BATCH = 256, PREFILL_SEQS_PER_STEP = 8 };
+/* MIXED_NEW_SEQS: prompts that join the largest batch in its mixed-step
+ * profile (G1 with 128-token outputs finishes ~2 sequences of 256 a step). */
+enum { BLOCK_SIZE = 16, MAX_BATCH = 256, PREFILL_SEQS_PER_STEP = 8, MIXED_NEW_SEQS = 2 };
 
 #define CHECK(call)                                                                                \
     do {                                                                                           \
@@ -144,15 +148,15 @@ typedef struct bench {
     int64_t *slots;
 } bench;
 
-/* One step: sequences [s0, s0 + ns) feed chunk tokens each (prompt tokens
- * while len < prompt_len, else their next token); logits of each sequence's
- * last token. Returns the step's wall time in seconds. */
-static double step(bench *b, int s0, int ns, int chunk)
+/* One step: sequence seqs[i] feeds chunks[i] tokens (prompt tokens while
+ * len < prompt_len, else its next token); logits of each sequence's last
+ * token. Returns the step's wall time in seconds. */
+static double step_seqs(bench *b, const int *seqs, const int *chunks, int ns)
 {
     int n = 0;
     b->starts[0] = 0;
     for (int i = 0; i < ns; i++) {
-        const int s = s0 + i;
+        const int s = seqs[i], chunk = chunks[i];
         for (int k = 0; k < chunk; k++, n++) {
             const int p = b->len[s] + k;
             b->ids[n] = p < b->prompt_len ? b->prompt[(size_t)s * b->prompt_len + p] : b->next[s];
@@ -191,8 +195,31 @@ static double step(bench *b, int s0, int ns, int chunk)
     }
     const double s = cv_ns_to_s(cv_now_ns() - t0);
     for (int i = 0; i < ns; i++)
-        b->next[s0 + i] = b->greedy_token[i];
+        b->next[seqs[i]] = b->greedy_token[i];
     return s;
+}
+
+/* Sequences [s0, s0 + ns) feed chunk tokens each. */
+static double step(bench *b, int s0, int ns, int chunk)
+{
+    int seqs[MAX_BATCH], chunks[MAX_BATCH];
+    for (int i = 0; i < ns; i++)
+        seqs[i] = s0 + i, chunks[i] = chunk;
+    return step_seqs(b, seqs, chunks, ns);
+}
+
+/* A mixed step as a saturated server runs it (G1's steady state): the
+ * first B - n_new sequences decode one token and the last n_new start over
+ * with their whole prompt, decodes first as vLLM's scheduler orders them. */
+static double step_mixed(bench *b, int B, int n_new)
+{
+    int seqs[MAX_BATCH], chunks[MAX_BATCH];
+    for (int i = 0; i < B; i++) {
+        seqs[i] = i;
+        chunks[i] = i < B - n_new ? 1 : b->prompt_len;
+        if (i >= B - n_new) b->len[i] = 0;
+    }
+    return step_seqs(b, seqs, chunks, B);
 }
 
 static int cmp_double(const void *a, const void *b)
@@ -332,6 +359,18 @@ static json_t *run_one(bench *b, const run_config *cfg, int gen, int batch_gen, 
             char key[64];
             snprintf(key, sizeof key, "profile_batch%d_decode", B);
             take_profile(b->bk, 8, run, key);
+            if (B > MIXED_NEW_SEQS) {
+                double mixed_s = 0.0;
+                for (int i = 0; i < 4; i++) {
+                    if (i == 1) cv_cuda_backend_profile(b->bk, 1);
+                    const double s = step_mixed(b, B, MIXED_NEW_SEQS);
+                    if (i > 0) mixed_s += s;
+                }
+                snprintf(key, sizeof key, "profile_batch%d_mixed", B);
+                printf("\nmixed step: %d decodes + %d prompts of %d: %.3f ms\n", B - MIXED_NEW_SEQS,
+                       MIXED_NEW_SEQS, prompt_len, mixed_s / 3 * 1e3);
+                take_profile(b->bk, 3, run, key);
+            }
         }
     }
     json_object_set_new(run, "batches", arr);

@@ -649,8 +649,10 @@ void bench()
                         std::vector<seq_shape> v) {
         return attn_case{name, hd, nh, nkv, 16, BF, F32, BF, mode, 0, false, v, 2.0f, tile_rows};
     };
-    std::vector<seq_shape> mixed = seqs(255, 1099, 1);
+    std::vector<seq_shape> mixed = seqs(255, 1099, 1), mixed_g1 = seqs(254, 1099, 1);
     mixed.push_back({0, 512});
+    mixed_g1.push_back({0, 1024});
+    mixed_g1.push_back({0, 1024});
     const std::vector<attn_case> cases = {
         mk("prefill 1 x 4096 hd128 32/8 t64", MODE_PREFILL, 128, 32, 8, 64, seqs(1, 0, 4096)),
         mk("prefill 1 x 4096 hd128 32/8 t128", MODE_PREFILL, 128, 32, 8, 128, seqs(1, 0, 4096)),
@@ -666,6 +668,7 @@ void bench()
         mk("decode 1 x 4096 hd128 32/8", MODE_DECODE, 128, 32, 8, 0, seqs(1, 4095, 1)),
         mk("decode 256 x 1100 hd64 32/32", MODE_DECODE, 64, 32, 32, 0, seqs(256, 1099, 1)),
         mk("mixed 255 x 1100 decode + 512 prompt", MODE_MIXED, 128, 32, 8, 0, mixed),
+        mk("mixed 254 x 1100 decode + 2 x 1024", MODE_MIXED, 128, 32, 8, 0, mixed_g1),
     };
     for (const attn_case &c : cases) {
         double pairs = 0.0, kv_tokens = 0.0; /* (query, key) products, keys read */

@@ -1,7 +1,8 @@
 /* Correctness and timing of the decode-size kernels (src/backend/cuda/
  * kernels/gemv.h): cuda_gemv (y = x W^T for 1..8 tokens, 16-bit W, its
  * store / accumulate / gated / RoPE + KV-store epilogues, split
- * activations) and cuda_rmsnorm_rows.
+ * activations) and cuda_rmsnorm_rows; and the prefill-size elementwise
+ * kernels beside them (cuda_internal.h): cuda_rmsnorm and cuda_gated_act.
  *
  *   test_gpu_gemv            correctness; exit 0 pass, 1 fail, 77 no GPU
  *   test_gpu_gemv --bench    also timing: GB/s per L8B shape against a
@@ -52,6 +53,7 @@
 #include <algorithm>
 #include <vector>
 
+#include "backend/cuda/cuda_internal.h"
 #include "backend/cuda/kernels/gemv.h"
 #include "gemv_check.h"
 
@@ -470,7 +472,37 @@ struct norm_case {
     cv_dtype out_dtype;
     int n, n_rows, x_rows;
     bool use_rows, split;
+    bool many; /* cuda_rmsnorm (any row count) instead of cuda_rmsnorm_rows */
 };
+
+/* Element idx of an activation output of type t read back from the device
+ * bytes o (with hi + lo when lo_off, the split rows' offset, is nonzero). */
+double out_value(const std::vector<uint8_t> &o, cv_dtype t, size_t idx, size_t lo_off)
+{
+    if (t == CV_DTYPE_F32) {
+        float v;
+        memcpy(&v, &o[idx * 4], 4);
+        return v;
+    }
+    uint16_t hi, lo;
+    memcpy(&hi, &o[idx * 2], 2);
+    double v = from16(t, hi);
+    if (lo_off) {
+        memcpy(&lo, &o[(lo_off + idx) * 2], 2);
+        v += from16(t, lo);
+    }
+    return v;
+}
+
+/* Relative tolerance of an fp32 result stored as t: half an ulp of t (hi +
+ * lo: 2^-16) plus 1e-5 for the fp32 arithmetic before it. */
+double out_rel(cv_dtype t, bool split)
+{
+    return t == CV_DTYPE_F32    ? 1e-5
+           : split              ? ldexp(1.0, -16) + 1e-5
+           : t == CV_DTYPE_BF16 ? ldexp(1.0, -8) + 1e-5
+                                : ldexp(1.0, -11) + 1e-5;
+}
 
 /* cuda_rmsnorm_rows against fp64: out = w x / sqrt(mean(x^2) + eps), rounded
  * to the output type (fp32: 1e-5 relative, the accumulation of n squares). */
@@ -492,8 +524,10 @@ int check_norm(const norm_case &c)
     float *dx = dev_upload(x), *dw = dev_upload(w);
     int32_t *drows = dev_upload(rows);
     uint8_t *dout = dev_upload(o0);
-    const int rc = cuda_rmsnorm_rows(dx, c.use_rows ? drows : nullptr, c.n_rows, dw, c.n, eps,
-                                     c.out_dtype, dout, ld, c.split ? on : 0, 1, 0);
+    const int rc = c.many ? cuda_rmsnorm(dx, c.use_rows ? drows : nullptr, c.n_rows, dw, c.n, eps,
+                                         c.out_dtype, dout, ld, c.split ? on : 0, 0)
+                          : cuda_rmsnorm_rows(dx, c.use_rows ? drows : nullptr, c.n_rows, dw, c.n,
+                                              eps, c.out_dtype, dout, ld, c.split ? on : 0, 1, 0);
     CK(cudaDeviceSynchronize());
     const std::vector<uint8_t> o = dev_download(dout, (total + GUARD) * esz);
     cudaFree(dx);
@@ -501,14 +535,11 @@ int check_norm(const norm_case &c)
     cudaFree(drows);
     cudaFree(dout);
     if (rc) {
-        printf("FAIL %s: cuda_rmsnorm_rows returned %s\n", c.name,
+        printf("FAIL %s: the norm kernel returned %s\n", c.name,
                cudaGetErrorString((cudaError_t)rc));
         return 1;
     }
-    const double rel = c.out_dtype == CV_DTYPE_F32    ? 1e-5
-                       : c.split                      ? ldexp(1.0, -16) + 1e-5
-                       : c.out_dtype == CV_DTYPE_BF16 ? ldexp(1.0, -8) + 1e-5
-                                                      : ldexp(1.0, -11) + 1e-5;
+    const double rel = out_rel(c.out_dtype, c.split);
     double worst = 0.0;
     for (int r = 0; r < c.n_rows; r++) {
         const float *xr = &x[(size_t)rows[r] * c.n];
@@ -517,21 +548,7 @@ int check_norm(const norm_case &c)
             ss += (double)xr[i] * xr[i];
         const double inv = 1.0 / sqrt(ss / c.n + eps);
         for (int i = 0; i < ld; i++) {
-            const size_t idx = (size_t)r * ld + i;
-            double got;
-            if (c.out_dtype == CV_DTYPE_F32) {
-                float v;
-                memcpy(&v, &o[idx * 4], 4);
-                got = v;
-            } else {
-                uint16_t b, lo;
-                memcpy(&b, &o[idx * 2], 2);
-                got = from16(c.out_dtype, b);
-                if (c.split) {
-                    memcpy(&lo, &o[(on + idx) * 2], 2);
-                    got += from16(c.out_dtype, lo);
-                }
-            }
+            const double got = out_value(o, c.out_dtype, (size_t)r * ld + i, c.split ? on : 0);
             if (i >= c.n) { /* the gap between rows: never written */
                 if (!isnan(got)) {
                     printf("FAIL %s: wrote row %d's padding element %d\n", c.name, r, i);
@@ -791,13 +808,104 @@ std::vector<gemv_case> gemv_cases()
 std::vector<norm_case> norm_cases()
 {
     return {
-        {"norm bf16 n4096 1 row", CV_DTYPE_BF16, 4096, 1, 1, false, false},
-        {"norm bf16 n4096 8 rows via rows[]", CV_DTYPE_BF16, 4096, 8, 11, true, false},
-        {"norm f16 n5000 3 rows", CV_DTYPE_F16, 5000, 3, 3, false, false},
-        {"norm bf16 n8192 2 rows split", CV_DTYPE_BF16, 8192, 2, 2, false, true},
-        {"norm f32 n12288 4 rows", CV_DTYPE_F32, 12288, 4, 4, true, false},
-        {"norm bf16 n64 5 rows", CV_DTYPE_BF16, 64, 5, 5, false, false},
-        {"norm f16 n16384 1 row", CV_DTYPE_F16, 16384, 1, 1, false, false},
+        {"norm bf16 n4096 1 row", CV_DTYPE_BF16, 4096, 1, 1, false, false, false},
+        {"norm bf16 n4096 8 rows via rows[]", CV_DTYPE_BF16, 4096, 8, 11, true, false, false},
+        {"norm f16 n5000 3 rows", CV_DTYPE_F16, 5000, 3, 3, false, false, false},
+        {"norm bf16 n8192 2 rows split", CV_DTYPE_BF16, 8192, 2, 2, false, true, false},
+        {"norm f32 n12288 4 rows", CV_DTYPE_F32, 12288, 4, 4, true, false, false},
+        {"norm bf16 n64 5 rows", CV_DTYPE_BF16, 64, 5, 5, false, false, false},
+        {"norm f16 n16384 1 row", CV_DTYPE_F16, 16384, 1, 1, false, false, false},
+        /* cuda_rmsnorm: float4 loads (n % 4 == 0) and the scalar form. */
+        {"wide norm bf16 n4096 300 rows", CV_DTYPE_BF16, 4096, 300, 300, false, false, true},
+        {"wide norm bf16 n4096 40 rows via rows[] split", CV_DTYPE_BF16, 4096, 40, 57, true, true,
+         true},
+        {"wide norm f32 n4098 9 rows", CV_DTYPE_F32, 4098, 9, 9, false, false, true},
+        {"wide norm f16 n100 17 rows", CV_DTYPE_F16, 100, 17, 17, false, false, true},
+    };
+}
+
+struct gated_case {
+    const char *name;
+    cv_dtype in_dtype, out_dtype;
+    int n_tok, f;
+    bool split;
+    cv_activation act;
+};
+
+/* cuda_gated_act against fp64 on the same (16-bit or fp32) inputs: out =
+ * act(g) u, rounded to the output type (half an ulp; fp32: 1e-5 relative,
+ * expf / tanhf's error), hi + lo to 2^-16 with split rows, plus GELU's
+ * cancellation (below). The vector form
+ * takes f % 8 == 0 without split rows, the scalar one the rest. */
+int check_gated(const gated_case &c)
+{
+    const size_t n_in = (size_t)c.n_tok * 2 * c.f, n_out = (size_t)c.n_tok * c.f;
+    const size_t isz = c.in_dtype == CV_DTYPE_F32 ? 4 : 2,
+                 osz = c.out_dtype == CV_DTYPE_F32 ? 4 : 2;
+    std::vector<double> in(n_in);
+    std::vector<uint8_t> in_bytes(n_in * isz);
+    for (size_t i = 0; i < n_in; i++) {
+        const float v = rng_val(6.0f);
+        if (isz == 4) {
+            memcpy(&in_bytes[i * 4], &v, 4);
+            in[i] = v;
+        } else {
+            const uint16_t h = to16(c.in_dtype, v);
+            memcpy(&in_bytes[i * 2], &h, 2);
+            in[i] = from16(c.in_dtype, h);
+        }
+    }
+    const size_t total = n_out * (c.split ? 2 : 1);
+    std::vector<uint8_t> o0((total + GUARD) * osz, 0xff);
+    uint8_t *din = dev_upload(in_bytes), *dout = dev_upload(o0);
+    const int rc = cuda_gated_act(c.act, c.in_dtype, din, c.n_tok, c.f, c.out_dtype, dout,
+                                  c.split ? n_out : 0, 0);
+    CK(cudaDeviceSynchronize());
+    const std::vector<uint8_t> o = dev_download(dout, (total + GUARD) * osz);
+    cudaFree(din);
+    cudaFree(dout);
+    if (rc) {
+        printf("FAIL %s: cuda_gated_act returned %s\n", c.name,
+               cudaGetErrorString((cudaError_t)rc));
+        return 1;
+    }
+    const double rel = out_rel(c.out_dtype, c.split);
+    double worst = 0.0;
+    for (int t = 0; t < c.n_tok; t++)
+        for (int j = 0; j < c.f; j++) {
+            const size_t idx = (size_t)t * c.f + j;
+            const double g = in[(size_t)t * 2 * c.f + j], u = in[(size_t)t * 2 * c.f + c.f + j];
+            const double want = act_ref(c.act, g) * u;
+            const double got = out_value(o, c.out_dtype, idx, c.split ? n_out : 0);
+            const double err = fabs(got - want);
+            worst = std::max(worst, err / (fabs(want) + 1e-30));
+            /* GELU's 1 + tanh(z) cancels for large negative g: fp32's
+             * ulp of 1 there is absolute, 2^-23 |g u| / 2 in the output. */
+            const double abs_floor =
+                (c.out_dtype == CV_DTYPE_F16 ? ldexp(1.0, -25) : 1e-30) + ldexp(fabs(g * u), -23);
+            if (!(err <= rel * fabs(want) + abs_floor)) {
+                printf("FAIL %s: out[%d][%d] = %.9g, want %.9g\n", c.name, t, j, got, want);
+                return 1;
+            }
+        }
+    for (size_t i = total * osz; i < (total + GUARD) * osz; i++)
+        if (o[i] != 0xff) {
+            printf("FAIL %s: wrote past the output\n", c.name);
+            return 1;
+        }
+    printf("ok   %-44s worst %.2e\n", c.name, worst);
+    return 0;
+}
+
+std::vector<gated_case> gated_cases()
+{
+    const cv_dtype BF = CV_DTYPE_BF16, F16 = CV_DTYPE_F16, F32 = CV_DTYPE_F32;
+    return {
+        {"gated bf16->bf16 silu 37x14336 (vector)", BF, BF, 37, 14336, false, CV_ACT_SILU},
+        {"gated f32->bf16 silu 9x4104 (vector)", F32, BF, 9, 4104, false, CV_ACT_SILU},
+        {"gated f16->f16 gelu 5x1000 (vector)", F16, F16, 5, 1000, false, CV_ACT_GELU_TANH},
+        {"gated bf16->f32 silu 3x2052 (scalar)", BF, F32, 3, 2052, false, CV_ACT_SILU},
+        {"gated f32->bf16 silu 4x1024 split (scalar)", F32, BF, 4, 1024, true, CV_ACT_SILU},
     };
 }
 
@@ -828,6 +936,8 @@ int main(int argc, char **argv)
         if (!filter || strstr(c.name, filter)) fails += check_rope(c);
     for (const norm_case &c : norm_cases())
         if (!filter || strstr(c.name, filter)) fails += check_norm(c);
+    for (const gated_case &c : gated_cases())
+        if (!filter || strstr(c.name, filter)) fails += check_gated(c);
     for (cv_dtype t : {CV_DTYPE_BF16, CV_DTYPE_F16})
         for (int n_tok : {1, 5, 8})
             if (!filter || strstr("pdl chain", filter)) fails += check_pdl_chain(t, n_tok);

@@ -319,6 +319,7 @@ void bench_chain(double copy, cudaStream_t s, const blas_ctx &blas, int n_tok)
                 qa.head_dim = hd;
                 qa.block_size = bs;
                 qa.qkv = qkv_out;
+                qa.qkv_dtype = CV_DTYPE_F32;
                 qa.inv_freq = inv_freq;
                 qa.positions = pos;
                 qa.slot_mapping = slots;
@@ -336,8 +337,8 @@ void bench_chain(double copy, cudaStream_t s, const blas_ctx &blas, int n_tok)
                 product(p, 2 * f, h, xn, nullptr, CUDA_GEMV_GATED, true);
             } else {
                 product(p, 2 * f, h, xn, gu, CUDA_GEMV_STORE, false);
-                CK((cudaError_t)cuda_gated_act(CV_ACT_SILU, gu, n_tok, f, CV_DTYPE_BF16, mlp, 0,
-                                               s));
+                CK((cudaError_t)cuda_gated_act(CV_ACT_SILU, CV_DTYPE_F32, gu, n_tok, f,
+                                               CV_DTYPE_BF16, mlp, 0, s));
             }
             p += (size_t)2 * f * h;
             product(p, h, f, mlp, x, CUDA_GEMV_ACCUMULATE, gemv);

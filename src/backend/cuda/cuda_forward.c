@@ -275,6 +275,21 @@ static int gemm(cv_cuda_backend *b, const void *w, int out, int in, const void *
     return 0;
 }
 
+/* Y (n_tok, out) in the weight dtype = X W^T, fp32 accumulation: vLLM's
+ * numerics (its GEMMs return the model's dtype), for products whose only
+ * reader widens them again, at half the bytes of an fp32 Y. 16-bit
+ * weights, no split activations, more tokens than the GEMV takes. */
+static int gemm16(cv_cuda_backend *b, const void *w, int out, int in, const void *x, int n_tok,
+                  void *y, cv_error *err)
+{
+    const float alpha = 1.0f, zero = 0.0f;
+    const cudaDataType_t t = b->wdtype == CV_DTYPE_BF16 ? CUDA_R_16BF : CUDA_R_16F;
+    CB(cublasGemmEx(b->blas, CUBLAS_OP_T, CUBLAS_OP_N, out, n_tok, in, &alpha, w, t, in, x, t, in,
+                    &zero, y, t, out, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
+       "cublasGemmEx");
+    return 0;
+}
+
 /* Records a profiling event closing a span of PHASE (no-op unless enabled). */
 static int mark(cv_cuda_backend *b, int phase, cv_error *err)
 {
@@ -350,6 +365,13 @@ static int layer_forward(cv_cuda_backend *b, const cv_batch *bt, const step_arra
     const size_t layer_off = (size_t)l * 2 * c->n_kv_heads * b->block_size * c->head_dim;
     const size_t split = b->split_act ? 1 : 0; /* lo rows follow the nt hi rows */
     const bool post = c->post_norm;
+    /* vLLM's numerics (16-bit weights, no split): GEMM results that only
+     * elementwise kernels read leave the GEMM in the weight dtype, half the
+     * bytes of fp32. q|k|v so only where the tensor-core attention reads q
+     * (the scalar fallback reads fp32) and cuBLAS, not the GEMV, runs it. */
+    const cv_dtype act16 = split || b->wdtype == CV_DTYPE_F32 ? CV_DTYPE_F32 : b->wdtype;
+    const cv_dtype qkv_dtype =
+        sa->tensor_cores && !use_gemv(b, L->wqkv, h, b->xn, nt) ? act16 : CV_DTYPE_F32;
 
     if (norm_rows(b, b->x, NULL, nt, post ? NULL : L->attn_norm, L->attn_norm_b, h, b->wdtype,
                   b->xn, split * nt * h, "attention norm", err) ||
@@ -390,7 +412,9 @@ static int layer_forward(cv_cuda_backend *b, const cv_batch *bt, const step_arra
         KL(cuda_gemv(&ga, b->stream), "qkv gemv + rope/kv store kernel");
         if (mark(b, CV_CUDA_PHASE_QKV_GEMM, err)) return -1;
     } else {
-        if (gemm(b, L->wqkv, b->qkv_dim, h, b->xn, nt, b->qkv, 0.0f, err) ||
+        if ((qkv_dtype == CV_DTYPE_F32
+                 ? gemm(b, L->wqkv, b->qkv_dim, h, b->xn, nt, b->qkv, 0.0f, err)
+                 : gemm16(b, L->wqkv, b->qkv_dim, h, b->xn, nt, b->qkv, err)) ||
             mark(b, CV_CUDA_PHASE_QKV_GEMM, err))
             return -1;
         const cuda_qkv_args qa = {
@@ -400,6 +424,7 @@ static int layer_forward(cv_cuda_backend *b, const cv_batch *bt, const step_arra
             .head_dim = c->head_dim,
             .block_size = b->block_size,
             .qkv = b->qkv,
+            .qkv_dtype = qkv_dtype,
             .bq = L->bq,
             .bk = L->bk,
             .bv = L->bv,
@@ -430,7 +455,7 @@ static int layer_forward(cv_cuda_backend *b, const cv_batch *bt, const step_arra
             .seq_lens = d->seq_lens,
             .block_tables = d->tables,
             .q = b->qkv,
-            .q_dtype = CV_DTYPE_F32,
+            .q_dtype = qkv_dtype,
             .ld_q = b->qkv_dim,
             .kv = b->kv,
             .kv_dtype = b->kv_dtype,
@@ -442,7 +467,8 @@ static int layer_forward(cv_cuda_backend *b, const cv_batch *bt, const step_arra
             .ld_out = qd,
             .out_lo_off = split * nt * qd,
         };
-        KL(cuda_attn_run(&pa, &sa->plan, b->partial, b->stream), "tensor-core attention");
+        KL(cuda_attn_run(&pa, &sa->plan, b->partial, b->stream),
+           "tensor-core attention");
     } else {
         const cuda_attn_args aa = {
             .n_tokens = nt,
@@ -507,10 +533,11 @@ static int layer_forward(cv_cuda_backend *b, const cv_batch *bt, const step_arra
         KL(cuda_gemv(&ga, b->stream), "gated gemv kernel");
         if (mark(b, CV_CUDA_PHASE_UPGATE_GEMM, err)) return -1;
     } else {
-        if (gemm(b, L->wgu, 2 * f, h, b->xn, nt, b->gu, 0.0f, err) ||
+        if ((act16 == CV_DTYPE_F32 ? gemm(b, L->wgu, 2 * f, h, b->xn, nt, b->gu, 0.0f, err)
+                                   : gemm16(b, L->wgu, 2 * f, h, b->xn, nt, b->gu, err)) ||
             mark(b, CV_CUDA_PHASE_UPGATE_GEMM, err))
             return -1;
-        KL(cuda_gated_act(c->hidden_act, b->gu, nt, f, b->wdtype, b->mlp, split * nt * f,
+        KL(cuda_gated_act(c->hidden_act, act16, b->gu, nt, f, b->wdtype, b->mlp, split * nt * f,
                           b->stream),
            "gated activation kernel");
     }

@@ -43,11 +43,13 @@ int cuda_rmsnorm(const float *x /* (*, n) */, const int32_t *rows, int n_rows, c
                  int n, float eps, cv_dtype out_dtype, void *out, int ld_out, size_t lo_off,
                  cudaStream_t stream);
 
-/* Per token: biases, per-head RMSNorm (Qwen3), RoPE on q and k (in place in
- * qkv), and k, v written into the KV pool at the token's slot. */
+/* Per token: biases, per-head RMSNorm (Qwen3), RoPE on q and k (q in place
+ * in qkv, rounded to its type), and k, v written into the KV pool at the
+ * token's slot. fp32 arithmetic whatever qkv's type. */
 typedef struct cuda_qkv_args {
     int n_tokens, n_heads, n_kv_heads, head_dim, block_size;
-    float *qkv;                   /* (n_tokens, (n_heads + 2 * n_kv_heads) * head_dim): q | k | v */
+    void *qkv; /* (n_tokens, (n_heads + 2 * n_kv_heads) * head_dim): q | k | v, in qkv_dtype */
+    cv_dtype qkv_dtype;           /* F32, or the 16-bit type of vLLM's numerics */
     const float *bq, *bk, *bv;    /* optional biases, NULL when absent */
     const float *q_norm, *k_norm; /* (head_dim) optional */
     float eps;
@@ -85,9 +87,11 @@ typedef struct cuda_attn_args {
 } cuda_attn_args;
 int cuda_attention(const cuda_attn_args *a, cudaStream_t stream);
 
-/* out (n_tok, f) in out_dtype = act(gu[:, :f]) * gu[:, f:] for gu (n_tok, 2f) fp32. */
-int cuda_gated_act(cv_activation act, const float *gu, int n_tok, int f, cv_dtype out_dtype,
-                   void *out, size_t lo_off, cudaStream_t stream);
+/* out (n_tok, f) in out_dtype = act(gu[:, :f]) * gu[:, f:] for gu (n_tok, 2f)
+ * in gu_dtype (fp32, or the 16-bit GEMM output of vLLM's numerics), fp32
+ * inside. */
+int cuda_gated_act(cv_activation act, cv_dtype gu_dtype, const void *gu, int n_tok, int f,
+                   cv_dtype out_dtype, void *out, size_t lo_off, cudaStream_t stream);
 
 /* Greedy choice of a row of logits (kernels/greedy.cu). */
 typedef struct cuda_greedy_out {

@@ -29,29 +29,55 @@ __global__ void embed_kernel(const T *embed, const int32_t *ids, int hidden, flo
 
 /* ---- RMSNorm -------------------------------------------------------------- */
 
-template <typename OUT>
+/* One block per row. VEC4: n % 4 == 0 and x, w 16-byte aligned, read as
+ * float4 (the scalar form runs at about half the copy bandwidth). */
+template <typename OUT, bool VEC4>
 __global__ void rmsnorm_kernel(const float *x, const int32_t *rows, const float *w, int n,
                                float eps, OUT *out, int ld_out, size_t lo_off)
 {
     __shared__ float partial[33]; /* block_sum's */
     const int r = blockIdx.x;
     const float *xr = x + (size_t)(rows ? rows[r] : r) * n;
+    OUT *o = out + (size_t)r * ld_out;
+    const float4 *x4 = (const float4 *)xr, *w4 = (const float4 *)w;
     float ss = 0.0f;
-    for (int i = threadIdx.x; i < n; i += blockDim.x)
-        ss += xr[i] * xr[i];
+    if (VEC4) {
+        for (int i = threadIdx.x; i < n / 4; i += blockDim.x) {
+            const float4 v = x4[i];
+            ss += v.x * v.x + v.y * v.y + v.z * v.z + v.w * v.w;
+        }
+    } else {
+        for (int i = threadIdx.x; i < n; i += blockDim.x)
+            ss += xr[i] * xr[i];
+    }
     /* HF: x * torch.rsqrt(variance + eps), then weight * that. */
     const float inv = 1.0f / sqrtf(block_sum(ss, partial) / (float)n + eps);
-    for (int i = threadIdx.x; i < n; i += blockDim.x)
-        store_act(out, (size_t)r * ld_out + i, lo_off, w[i] * (xr[i] * inv));
+    if (VEC4) {
+        for (int i = threadIdx.x; i < n / 4; i += blockDim.x) {
+            const float4 v = x4[i], g = w4[i];
+            store_act(o, 4 * i, lo_off, g.x * (v.x * inv));
+            store_act(o, 4 * i + 1, lo_off, g.y * (v.y * inv));
+            store_act(o, 4 * i + 2, lo_off, g.z * (v.z * inv));
+            store_act(o, 4 * i + 3, lo_off, g.w * (v.w * inv));
+        }
+    } else {
+        for (int i = threadIdx.x; i < n; i += blockDim.x)
+            store_act(o, i, lo_off, w[i] * (xr[i] * inv));
+    }
 }
 
 /* ---- q/k/v epilogue ------------------------------------------------------- */
 
-/* One warp per head of one token. A lane holds element pairs (e, e + half)
- * for e = lane + 32 i, the two halves RoPE rotates together. */
-template <typename KV> __global__ void qkv_post_kernel(cuda_qkv_args a)
+/* One block per token, one warp per head. A lane holds element pairs (e,
+ * e + half) for e = lane + 32 i, the two halves RoPE rotates together. The
+ * token's cos / sin depend on e alone: computed once into shared memory
+ * for all its heads (cosf / sinf per head and element were most of the
+ * kernel's time). QKV: the GEMM output's type (fp32, or 16-bit with
+ * vLLM's numerics; q is written back rounded to it). */
+template <typename QKV, typename KV> __global__ void qkv_post_kernel(cuda_qkv_args a)
 {
     enum { MAX_PAIRS = CUDA_MAX_HEAD_DIM / 2 / 32 };
+    __shared__ float cos_e[CUDA_MAX_HEAD_DIM / 2], sin_e[CUDA_MAX_HEAD_DIM / 2];
     const int t = blockIdx.x, lane = threadIdx.x & 31;
     const int hd = a.head_dim, half = hd / 2, nkv = a.n_kv_heads;
     const int n_items = a.n_heads + 2 * nkv;
@@ -60,8 +86,15 @@ template <typename KV> __global__ void qkv_post_kernel(cuda_qkv_args a)
     KV *kv = (KV *)a.kv;
     const size_t slot_base = (size_t)(slot / a.block_size) * a.block_elems + a.layer_off +
                              (size_t)(slot % a.block_size) * hd;
+    for (int e = threadIdx.x; e < half; e += blockDim.x) {
+        /* HF: freqs = inv_freq * position in fp32, then cos / sin. */
+        const float angle = a.inv_freq[e] * (float)pos;
+        cos_e[e] = cosf(angle);
+        sin_e[e] = sinf(angle);
+    }
+    __syncthreads();
     for (int item = threadIdx.x >> 5; item < n_items; item += blockDim.x >> 5) {
-        float *head = a.qkv + (size_t)t * n_items * hd + (size_t)item * hd;
+        QKV *head = (QKV *)a.qkv + (size_t)t * n_items * hd + (size_t)item * hd;
         const bool is_q = item < a.n_heads, is_k = !is_q && item < a.n_heads + nkv;
         const int idx = is_q ? item : is_k ? item - a.n_heads : item - a.n_heads - nkv;
         const float *bias = is_q ? a.bq : is_k ? a.bk : a.bv;
@@ -73,8 +106,8 @@ template <typename KV> __global__ void qkv_post_kernel(cuda_qkv_args a)
             const int e = lane + 32 * p;
             lo[p] = hi[p] = 0.0f;
             if (e < half) {
-                lo[p] = head[e];
-                hi[p] = head[e + half];
+                lo[p] = to_f(head[e]);
+                hi[p] = to_f(head[e + half]);
                 if (bias) {
                     lo[p] += bias[idx * hd + e];
                     hi[p] += bias[idx * hd + e + half];
@@ -99,15 +132,13 @@ template <typename KV> __global__ void qkv_post_kernel(cuda_qkv_args a)
             if (e >= half) continue;
             float x0 = lo[p], x1 = hi[p];
             if (item < a.n_heads + nkv) {
-                /* HF: freqs = inv_freq * position in fp32, then cos / sin. */
-                const float angle = a.inv_freq[e] * (float)pos;
-                const float c = cosf(angle), s = sinf(angle);
+                const float c = cos_e[e], s = sin_e[e];
                 x0 = lo[p] * c - hi[p] * s;
                 x1 = hi[p] * c + lo[p] * s;
             }
             if (is_q) {
-                head[e] = x0;
-                head[e + half] = x1;
+                head[e] = from_f<QKV>(x0);
+                head[e + half] = from_f<QKV>(x1);
             } else {
                 const int sel = is_k ? 0 : 1;
                 KV *dst = kv + slot_base + (size_t)(sel * nkv + idx) * a.block_size * hd;
@@ -283,17 +314,31 @@ template <typename OUT> __global__ void attn_combine_kernel(cuda_attn_args a)
 
 /* ---- gated MLP activation ------------------------------------------------- */
 
-template <typename OUT>
-__global__ void gated_act_kernel(cv_activation act, const float *gu, int n_tok, int f, OUT *out,
-                                 size_t lo_off)
+/* One token row per blockIdx.y, so no thread divides to find its row.
+ * The vector form (f % 8 == 0, no split rows) reads eight gate and eight up
+ * values with 16-byte loads; the scalar one takes any shape. */
+template <typename IN, typename OUT>
+__global__ void gated_act_vec8_kernel(cv_activation act, const IN *gu, int f, OUT *out)
 {
-    const size_t total = (size_t)n_tok * f;
-    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < total;
-         i += (size_t)gridDim.x * blockDim.x) {
-        const size_t t = i / f, c = i % f;
-        const float u = gu[t * 2 * f + f + c];
-        store_act(out, i, lo_off, activate(act, gu[t * 2 * f + c]) * u);
-    }
+    const int c = (blockIdx.x * blockDim.x + threadIdx.x) * 8;
+    if (c >= f) return;
+    const size_t t = blockIdx.y;
+    float g[8], u[8];
+    load8(gu + t * 2 * f + c, g);
+    load8(gu + t * 2 * f + f + c, u);
+#pragma unroll
+    for (int i = 0; i < 8; i++)
+        g[i] = activate(act, g[i]) * u[i];
+    store8(out + t * f + c, g);
+}
+
+template <typename IN, typename OUT>
+__global__ void gated_act_kernel(cv_activation act, const IN *gu, int f, OUT *out, size_t lo_off)
+{
+    const size_t t = blockIdx.y;
+    for (int c = blockIdx.x * blockDim.x + threadIdx.x; c < f; c += gridDim.x * blockDim.x)
+        store_act(out, t * f + c, lo_off,
+                  activate(act, to_f(gu[t * 2 * f + c])) * to_f(gu[t * 2 * f + f + c]));
 }
 
 /* y (+)= y2[:n] + y2[n:]: the two halves of a split-activation GEMM. */
@@ -326,16 +371,27 @@ extern "C" int cuda_rmsnorm(const float *x, const int32_t *rows, int n_rows, con
     if (n_rows <= 0) return 0;
     return with_type(out_dtype, [&](auto v) {
         using T = decltype(v);
-        rmsnorm_kernel<T><<<n_rows, 256, 0, stream>>>(x, rows, w, n, eps, (T *)out, ld_out, lo_off);
+        if (n % 4 == 0 && ((uintptr_t)x | (uintptr_t)w) % 16 == 0)
+            rmsnorm_kernel<T, true>
+                <<<n_rows, 256, 0, stream>>>(x, rows, w, n, eps, (T *)out, ld_out, lo_off);
+        else
+            rmsnorm_kernel<T, false>
+                <<<n_rows, 256, 0, stream>>>(x, rows, w, n, eps, (T *)out, ld_out, lo_off);
     });
 }
 
 extern "C" int cuda_qkv_post(const cuda_qkv_args *a, cudaStream_t stream)
 {
-    return with_type(a->kv_dtype, [&](auto v) {
-        using T = decltype(v);
-        qkv_post_kernel<T><<<a->n_tokens, 256, 0, stream>>>(*a);
+    if (a->n_tokens <= 0) return 0;
+    int rc_kv = 0;
+    const int rc = with_type(a->qkv_dtype, [&](auto q) {
+        using QKV = decltype(q);
+        rc_kv = with_type(a->kv_dtype, [&](auto v) {
+            using KV = decltype(v);
+            qkv_post_kernel<QKV, KV><<<a->n_tokens, 256, 0, stream>>>(*a);
+        });
     });
+    return rc_kv ? rc_kv : rc;
 }
 
 extern "C" int cuda_attention(const cuda_attn_args *a, cudaStream_t stream)
@@ -354,15 +410,32 @@ extern "C" int cuda_attention(const cuda_attn_args *a, cudaStream_t stream)
     return rc ? rc : rc_out;
 }
 
-extern "C" int cuda_gated_act(cv_activation act, const float *gu, int n_tok, int f,
-                              cv_dtype out_dtype, void *out, size_t lo_off, cudaStream_t stream)
+extern "C" int cuda_gated_act(cv_activation act, cv_dtype gu_dtype, const void *gu, int n_tok,
+                              int f, cv_dtype out_dtype, void *out, size_t lo_off,
+                              cudaStream_t stream)
 {
-    const size_t total = (size_t)n_tok * f;
-    const int blocks = (int)((total + 255) / 256 < 65536 ? (total + 255) / 256 : 65536);
-    return with_type(out_dtype, [&](auto v) {
-        using T = decltype(v);
-        gated_act_kernel<T><<<blocks, 256, 0, stream>>>(act, gu, n_tok, f, (T *)out, lo_off);
+    if (n_tok <= 0) return 0;
+    int rc_in = 0;
+    const int rc = with_type(out_dtype, [&](auto o) {
+        using OUT = decltype(o);
+        rc_in = with_type(gu_dtype, [&](auto i) {
+            using IN = decltype(i);
+            /* Rows in launches of at most 65535 (gridDim.y's limit). */
+            for (int t0 = 0; t0 < n_tok; t0 += 65535) {
+                const int rows = n_tok - t0 < 65535 ? n_tok - t0 : 65535;
+                const IN *g = (const IN *)gu + (size_t)t0 * 2 * f;
+                OUT *y = (OUT *)out + (size_t)t0 * f;
+                if (f % 8 == 0 && !lo_off) {
+                    const dim3 grid((f / 8 + 255) / 256, rows);
+                    gated_act_vec8_kernel<IN, OUT><<<grid, 256, 0, stream>>>(act, g, f, y);
+                } else {
+                    const dim3 grid((f + 255) / 256 < 64 ? (f + 255) / 256 : 64, rows);
+                    gated_act_kernel<IN, OUT><<<grid, 256, 0, stream>>>(act, g, f, y, lo_off);
+                }
+            }
+        });
     });
+    return rc_in ? rc_in : rc;
 }
 
 extern "C" int cuda_sum_halves(const float *y2, size_t n, float *y, int accumulate,

@@ -18,8 +18,8 @@
  * cuda_attention kernel), head_dim 16, 32, 64 or 128 (16 and 32 for the
  * small test models, so the fixture tests run these kernels too), any GQA group (the decode
  * kernel packs up to 16 query heads of a kv head into one m16 tile), any
- * block_size. Q may be F32 (today's qkv buffer) or the KV dtype; it is
- * rounded to the KV dtype for the products. Accumulation and the softmax are
+ * block_size. Q may be F32 or 16-bit (the qkv buffer holds either, see
+ * cuda_forward.c); it is rounded to the KV dtype for the products. Accumulation and the softmax are
  * fp32. Out is F32, F16 or BF16, with the split-activation lo rows when
  * out_lo_off != 0 (see store_act in cuda_kernels.cu).
  *
@@ -31,8 +31,8 @@
  *    head_dim, b->n_sms, 0); grow b->partial to plan.ws_floats floats (this
  *    replaces choose_splits and the n_splits sizing); a graph entry is keyed
  *    on the plan's fields instead of n_splits;
- *  - per layer: cuda_attn_run on a cuda_attn_paged with q = b->qkv (F32,
- *    ld_q = qkv_dim), the device query_start / seq_lens / tables, kv =
+ *  - per layer: cuda_attn_run on a cuda_attn_paged with q = b->qkv (its
+ *    dtype, ld_q = qkv_dim), the device query_start / seq_lens / tables, kv =
  *    b->kv, layer_off, out = b->attn (wdtype, ld_out = n_heads * head_dim,
  *    out_lo_off = the split rows' offset or 0), workspace b->partial.
  *

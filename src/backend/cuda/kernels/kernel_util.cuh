@@ -96,6 +96,41 @@ __device__ __forceinline__ float activate(cv_activation act, float v)
     return v / (1.0f + expf(-v));
 }
 
+/* Eight consecutive values widened to fp32, read with 16-byte loads (p
+ * 16-byte aligned): elementwise kernels stream near the copy bandwidth only
+ * with vector loads. */
+__device__ __forceinline__ void load8(const float *p, float v[8])
+{
+    const float4 a = ((const float4 *)p)[0], b = ((const float4 *)p)[1];
+    v[0] = a.x, v[1] = a.y, v[2] = a.z, v[3] = a.w;
+    v[4] = b.x, v[5] = b.y, v[6] = b.z, v[7] = b.w;
+}
+template <typename T16> __device__ __forceinline__ void load8(const T16 *p, float v[8])
+{
+    const uint4 u = *(const uint4 *)p;
+    const T16 *h = (const T16 *)&u;
+#pragma unroll
+    for (int i = 0; i < 8; i++)
+        v[i] = to_f(h[i]);
+}
+
+/* Eight values rounded to T and written with 16-byte stores (p aligned as
+ * for load8). */
+__device__ __forceinline__ void store8(float *p, const float v[8])
+{
+    ((float4 *)p)[0] = make_float4(v[0], v[1], v[2], v[3]);
+    ((float4 *)p)[1] = make_float4(v[4], v[5], v[6], v[7]);
+}
+template <typename T16> __device__ __forceinline__ void store8(T16 *p, const float v[8])
+{
+    uint4 u;
+    T16 *h = (T16 *)&u;
+#pragma unroll
+    for (int i = 0; i < 8; i++)
+        h[i] = from_f<T16>(v[i]);
+    *(uint4 *)p = u;
+}
+
 /* Calls F with a value of the C++ type of DTYPE (for template dispatch). */
 template <typename F> int with_type(cv_dtype dtype, F f)
 {
