@@ -9,7 +9,10 @@
  * the same steps with the kernels of kernels/norm_act.cu where their
  * config asks for them. Steps of 1..8 tokens on 16-bit weights run the
  * products as the GEMVs of kernels/gemv.h instead, with RoPE / KV store
- * (models without q/k norms) and act(gate) * up in their epilogues. */
+ * (models without q/k norms) and act(gate) * up in their epilogues. A step
+ * with LoRA adapters takes the unfused path (fp32 product outputs, no
+ * graph) and adds each adapter's delta after its product
+ * (lora/cuda_lora.h). */
 #include <inttypes.h>
 #include <math.h>
 #include <stdlib.h>
@@ -18,6 +21,7 @@
 #include "backend/cuda/attn/attn.h"
 #include "backend/cuda/cuda_internal.h"
 #include "backend/cuda/kernels/gemv.h"
+#include "backend/cuda/lora/cuda_lora.h"
 #include "base/log.h"
 
 static const char *const phase_names[CV_CUDA_N_PHASES] = {"embed",
@@ -355,7 +359,7 @@ static int layer_forward(cv_cuda_backend *b, const cv_batch *bt, const step_arra
                   b->xn, split * nt * h, "attention norm", err) ||
         mark(b, CV_CUDA_PHASE_NORM, err))
         return -1;
-    if (c->pos_type == CV_POS_ROPE && !L->q_norm && !L->k_norm &&
+    if (c->pos_type == CV_POS_ROPE && !L->q_norm && !L->k_norm && !b->lora_step &&
         use_gemv(b, L->wqkv, h, b->xn, nt)) {
         /* Biases, RoPE and the KV store in the GEMV's epilogue. */
         const cuda_gemv_args ga = {
@@ -391,6 +395,7 @@ static int layer_forward(cv_cuda_backend *b, const cv_batch *bt, const step_arra
         if (mark(b, CV_CUDA_PHASE_QKV_GEMM, err)) return -1;
     } else {
         if (gemm(b, L->wqkv, b->qkv_dim, h, b->xn, nt, b->qkv, 0.0f, err) ||
+            cuda_lora_apply(b, l, CUDA_LORA_QKV, b->xn, b->qkv, err) ||
             mark(b, CV_CUDA_PHASE_QKV_GEMM, err))
             return -1;
         const cuda_qkv_args qa = {
@@ -471,6 +476,7 @@ static int layer_forward(cv_cuda_backend *b, const cv_batch *bt, const step_arra
         KL(cuda_attention(&aa, b->stream), "attention kernel");
     }
     if (mark(b, CV_CUDA_PHASE_ATTN, err) || gemm(b, L->wo, h, qd, b->attn, nt, b->x, 1.0f, err) ||
+        cuda_lora_apply(b, l, CUDA_LORA_O, b->attn, b->x, err) ||
         mark(b, CV_CUDA_PHASE_O_GEMM, err))
         return -1;
     if (L->bo) KL(cuda_add_bias(b->x, L->bo, nt, h, b->stream), "output bias kernel");
@@ -488,7 +494,7 @@ static int layer_forward(cv_cuda_backend *b, const cv_batch *bt, const step_arra
         KL(cuda_bias_act(c->hidden_act, b->gu, L->b_up, nt, f, b->wdtype, b->mlp, split * nt * f,
                          b->stream),
            "mlp activation kernel");
-    } else if (use_gemv(b, L->wgu, h, b->xn, nt)) {
+    } else if (!b->lora_step && use_gemv(b, L->wgu, h, b->xn, nt)) {
         /* act(gate) * up in the GEMV's epilogue: no fp32 gate|up buffer. */
         const cuda_gemv_args ga = {
             .dtype = b->wdtype,
@@ -508,6 +514,7 @@ static int layer_forward(cv_cuda_backend *b, const cv_batch *bt, const step_arra
         if (mark(b, CV_CUDA_PHASE_UPGATE_GEMM, err)) return -1;
     } else {
         if (gemm(b, L->wgu, 2 * f, h, b->xn, nt, b->gu, 0.0f, err) ||
+            cuda_lora_apply(b, l, CUDA_LORA_GU, b->xn, b->gu, err) ||
             mark(b, CV_CUDA_PHASE_UPGATE_GEMM, err))
             return -1;
         KL(cuda_gated_act(c->hidden_act, b->gu, nt, f, b->wdtype, b->mlp, split * nt * f,
@@ -515,6 +522,7 @@ static int layer_forward(cv_cuda_backend *b, const cv_batch *bt, const step_arra
            "gated activation kernel");
     }
     if (mark(b, CV_CUDA_PHASE_ACT, err) || gemm(b, L->wdown, h, f, b->mlp, nt, b->x, 1.0f, err) ||
+        cuda_lora_apply(b, l, CUDA_LORA_DOWN, b->mlp, b->x, err) ||
         mark(b, CV_CUDA_PHASE_DOWN_GEMM, err))
         return -1;
     if (L->b_down) KL(cuda_add_bias(b->x, L->b_down, nt, h, b->stream), "mlp bias kernel");
@@ -739,7 +747,8 @@ static int pad_decode_step(cv_cuda_backend *b, const cv_batch *bt, cv_batch *pad
 /* Is bt a decode step a graph of the ladder can run? */
 static bool graph_step(const cv_cuda_backend *b, const cv_batch *bt)
 {
-    if (!b->use_graphs || b->graphs_broken || b->prof || bt->n_tokens > CUDA_GRAPH_MAX_TOKENS)
+    if (!b->use_graphs || b->graphs_broken || b->prof || b->lora_step ||
+        bt->n_tokens > CUDA_GRAPH_MAX_TOKENS)
         return false;
     if (bt->n_tokens != bt->n_seqs || bt->n_logits != bt->n_seqs) return false;
     for (int i = 0; i < bt->n_logits; i++)
@@ -751,7 +760,7 @@ int cuda_forward_run(cv_cuda_backend *b, const cv_batch *user_bt, float *logits,
                      const cv_greedy_rows *greedy, cv_error *err)
 {
     const cv_model_config *c = &b->cfg;
-    if (check_batch(b, user_bt, err)) return -1;
+    if (check_batch(b, user_bt, err) || cuda_lora_prepare(b, user_bt, err)) return -1;
     /* Steps a graph runs are padded to the ladder; the downloads below
      * still take the caller's rows only. */
     const bool graph = graph_step(b, user_bt);
