@@ -5,7 +5,8 @@
 #   1. test_gpu_lora: LoRA on the CUDA backend against HF's merged-weights
 #      logits (tests/fixtures/lora), the CPU backend (bf16), the engine with
 #      adapters in flight (3 slots and 1);
-#   2. compute-sanitizer memcheck and racecheck on its bf16 and llama cases;
+#   2. compute-sanitizer: memcheck on its bf16 and llama_f32 cases, racecheck
+#      on the bf16 one;
 #   3. cvllm-bench-lora-decode --device cuda on an L8B-shaped bf16 dummy
 #      model (made at $MODEL unless there): the decode step with 0, 1, 4 and
 #      16 rank-16 adapters among 64 sequences (issue 12: 16 <= 1.3x of 0).
@@ -35,14 +36,12 @@ grep -E "mixed batch" "$OUT/test_gpu_lora.log" | awk '{print $(NF-3), $0}' | sor
     cut -d' ' -f2-
 
 echo "== compute-sanitizer"
-for tool in memcheck racecheck; do
-    for t in test_bf16_exact test_llama; do
-        log="$OUT/sanitizer_${tool}_$t.log"
-        timeout 150 compute-sanitizer --tool $tool --error-exitcode 9 \
-            "$BUILD/tests/test_gpu_lora" "$t" > "$log" 2>&1
-        echo "compute-sanitizer $tool $t rc=$? $(grep -E "ERROR SUMMARY|RACECHECK SUMMARY" \
-            "$log" | tail -1)"
-    done
+for run in "memcheck test_bf16_exact" "memcheck test_llama" "racecheck test_bf16_exact"; do
+    set -- $run
+    log="$OUT/sanitizer_$1_$2.log"
+    timeout 150 compute-sanitizer --tool "$1" --error-exitcode 9 "$BUILD/tests/test_gpu_lora" "$2" \
+        > "$log" 2>&1
+    echo "compute-sanitizer $run rc=$? $(grep -E "ERROR SUMMARY|RACECHECK SUMMARY" "$log" | tail -1)"
 done
 
 echo "== cvllm-bench-lora-decode --device cuda (L8B bf16)"
