@@ -35,7 +35,8 @@ struct cuda_lora {
     void *stage_dev;         /* their device copy */
     int32_t *tok_dev;        /* (cap_tokens) in stage_dev */
     cuda_lora_seg *segs_dev; /* (cap_tokens) in stage_dev */
-    float *u;                /* device (cap_tokens, 3 R) */
+    int max_chunks;          /* input chunks of the widest product input */
+    float *u;                /* device (max_chunks, cap_tokens, 3 R): partial u */
 };
 
 static void lora_geometry(const cv_cuda_backend *b, cuda_lora_module m, lora_geom *g)
@@ -96,6 +97,10 @@ int cv_cuda_backend_lora_init(cv_cuda_backend *b, int n_slots, int max_rank, cv_
         off += ((size_t)max_rank * geom_out(&g) + 7) & ~(size_t)7;
     }
     lo->layer_elems = off;
+    const cv_model_config *c = &b->cfg;
+    int widest = c->hidden_size > c->intermediate_size ? c->hidden_size : c->intermediate_size;
+    widest = widest > c->n_heads * c->head_dim ? widest : c->n_heads * c->head_dim;
+    lo->max_chunks = (widest + CUDA_LORA_CHUNK - 1) / CUDA_LORA_CHUNK;
     lo->slot_elems = off * (size_t)b->cfg.n_layers;
     const size_t bytes = lo->slot_elems * (size_t)n_slots * lo->esize;
     cudaError_t e = cudaSetDevice(b->device);
@@ -204,7 +209,8 @@ static int grow(cv_cuda_backend *b, int n_tokens, cv_error *err)
     const size_t bytes = tok_bytes + (size_t)cap * sizeof(cuda_lora_seg);
     CU(cudaMallocHost(&lo->stage_host, bytes), "LoRA staging buffer");
     CU(cudaMalloc(&lo->stage_dev, bytes), "LoRA segment buffer");
-    CU(cudaMalloc((void **)&lo->u, (size_t)cap * 3 * lo->rank * sizeof(float)), "LoRA scratch");
+    CU(cudaMalloc((void **)&lo->u, (size_t)lo->max_chunks * cap * 3 * lo->rank * sizeof(float)),
+       "LoRA scratch");
     lo->tok_dev = lo->stage_dev;
     lo->segs_dev = (cuda_lora_seg *)((char *)lo->stage_dev + tok_bytes);
     lo->cap_tokens = cap;
@@ -277,6 +283,7 @@ int cuda_lora_apply(cv_cuda_backend *b, int l, cuda_lora_module m, const void *x
         .part_end = {g.part_end[0], g.part_end[1], g.part_end[2]},
         .u = lo->u,
         .ld_u = 3 * lo->rank,
+        .u_chunk_stride = (size_t)lo->cap_tokens * 3 * lo->rank,
         .y = y,
         .ld_y = geom_out(&g),
     };

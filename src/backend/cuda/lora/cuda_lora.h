@@ -24,7 +24,8 @@
  * sequence with that adapter) form segments of at most CUDA_LORA_SEG_TOKENS
  * tokens, uploaded once. After each base product the forward calls
  * cuda_lora_apply, which runs two kernels over the segments:
- *   shrink: u (token, KR) fp32 = x A^T      (KR = 3R, R, 2R or R rows)
+ *   shrink: u (token, KR) fp32 = x A^T      (KR = 3R, R, 2R or R rows;
+ *           partial sums over chunks of x's columns, summed by expand)
  *   expand: y (token, out) += u B            (the u part a column belongs to)
  * A step with an adapter uses the unfused forward (fp32 product outputs,
  * then the RoPE/KV-store and activation kernels; no CUDA graph) so that the
@@ -48,8 +49,9 @@ extern "C" {
 #endif
 
 /* Tokens of one segment: each kernel block reads its adapter's rows once
- * for this many tokens. */
-enum { CUDA_LORA_SEG_TOKENS = 8, CUDA_LORA_MAX_RANK = 512 };
+ * for this many tokens. The shrink cuts the input dimension into chunks of
+ * CUDA_LORA_CHUNK, each with its partial u. */
+enum { CUDA_LORA_SEG_TOKENS = 8, CUDA_LORA_MAX_RANK = 512, CUDA_LORA_CHUNK = 2048 };
 
 /* The products a delta is added to. */
 typedef enum {
@@ -76,16 +78,17 @@ typedef struct cuda_lora_launch {
     const void *x;             /* (tokens, in) the product's input */
     size_t x_lo_off;           /* split activations: the lo rows' offset, else 0 */
     int in;
-    const void *a;     /* slot 0's A (n_rows, in); slot s at a + s * slot_elems */
-    const void *bt;    /* slot 0's B^T (R, ld_y), scale folded in */
-    size_t slot_elems; /* elements between two slots' matrices */
-    int rank;          /* R */
-    int n_parts;       /* 1, 2 (gate | up) or 3 (q | k | v): n_rows = n_parts * R */
-    int part_end[3];   /* columns [part_end[p-1], part_end[p]) use u's part p */
-    float *u;          /* (tokens, ld_u) scratch */
-    int ld_u;          /* >= n_parts * R */
-    float *y;          /* (tokens, ld_y) the product's fp32 output */
-    int ld_y;          /* = part_end[n_parts - 1], the product's width */
+    const void *a;         /* slot 0's A (n_rows, in); slot s at a + s * slot_elems */
+    const void *bt;        /* slot 0's B^T (R, ld_y), scale folded in */
+    size_t slot_elems;     /* elements between two slots' matrices */
+    int rank;              /* R */
+    int n_parts;           /* 1, 2 (gate | up) or 3 (q | k | v): n_rows = n_parts * R */
+    int part_end[3];       /* columns [part_end[p-1], part_end[p]) use u's part p */
+    float *u;              /* (ceil(in / CUDA_LORA_CHUNK), tokens, ld_u) scratch: partials */
+    int ld_u;              /* >= n_parts * R */
+    size_t u_chunk_stride; /* elements between two chunks' partials (>= tokens * ld_u) */
+    float *y;              /* (tokens, ld_y) the product's fp32 output */
+    int ld_y;              /* = part_end[n_parts - 1], the product's width */
 } cuda_lora_launch;
 
 /* Enqueues shrink then expand on STREAM; returns a cudaError_t as int. */

@@ -13,29 +13,43 @@
  * base GEMM's traffic at rank 16, so no tiled tensor-core SGMV is worth its
  * complexity here.
  *
- * Shrink: block (segment, 4 rows of A); its 256 threads stride the input
- * dimension, each keeping 4 x 8 fp32 sums (row, token), reduced by warp
- * shuffles and then over the 8 warps in a fixed order. Expand: block
- * (segment, 256 output columns); a thread owns a column, reads its R values
- * of B^T (coalesced across the block: B is stored transposed) and the
- * segment's u from shared memory, and adds its 8 sums to y.
+ * Shrink: block (segment, 4 rows of A, 2048-wide chunk of the input); its
+ * 256 threads stride the chunk, each keeping 4 x 8 fp32 sums (row, token),
+ * reduced by warp shuffles and then over the 8 warps in a fixed order into
+ * the chunk's partial u. Cutting the input into chunks gives a decode step
+ * enough blocks to fill the GPU (16 segments x 4 rows of a 14336-wide down
+ * projection would be 64 blocks of 56 dependent loads per thread).
+ * Expand: block (segment, 256 output columns); the segment's u (its
+ * chunks' partials summed in chunk order) goes to shared memory; a thread
+ * owns a column, reads its R values of B^T (coalesced across the block: B
+ * is stored transposed) and adds its 8 sums to y.
  *
  * Batch invariance: a token's sums run in an order fixed by `in`, R and
- * the thread layout alone, whatever else is in its segment or the step,
- * so a sequence gets the same bits alone or in any batch. */
+ * the thread layout alone (the chunks are cut by `in` alone), whatever else
+ * is in its segment or the step, so a sequence gets the same bits alone or
+ * in any batch. */
 #include "backend/cuda/kernels/kernel_util.cuh"
 #include "backend/cuda/lora/cuda_lora.h"
 
-enum { SEG = CUDA_LORA_SEG_TOKENS, THREADS = 256, WARPS = THREADS / 32, ROWS = 4 };
+enum {
+    SEG = CUDA_LORA_SEG_TOKENS,
+    THREADS = 256,
+    WARPS = THREADS / 32,
+    ROWS = 4,
+    CHUNK = CUDA_LORA_CHUNK
+};
 
+/* Partial u of chunk blockIdx.z: u[z][tok][row0 + r] for the segment's
+ * tokens and 4 rows of A. */
 template <typename T>
 __global__ void __launch_bounds__(THREADS)
     lora_shrink(const cuda_lora_seg *segs, const int32_t *tok, const T *x, size_t x_lo_off, int in,
-                const T *a, size_t slot_elems, int n_rows, float *u, int ld_u)
+                const T *a, size_t slot_elems, int n_rows, float *u, int ld_u, size_t chunk_stride)
 {
     __shared__ float red[WARPS][ROWS][SEG];
     const cuda_lora_seg s = segs[blockIdx.x];
     const int row0 = blockIdx.y * ROWS, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int i0 = blockIdx.z * CHUNK, i1 = min(in, i0 + CHUNK);
     const T *ar = a + (size_t)s.slot * slot_elems + (size_t)row0 * in;
     const T *xr[SEG];
 #pragma unroll
@@ -47,7 +61,8 @@ __global__ void __launch_bounds__(THREADS)
 #pragma unroll
         for (int j = 0; j < SEG; j++)
             acc[r][j] = 0.0f;
-    for (int i = threadIdx.x; i < in; i += THREADS) {
+#pragma unroll 4
+    for (int i = i0 + threadIdx.x; i < i1; i += THREADS) {
         float w[ROWS];
 #pragma unroll
         for (int r = 0; r < ROWS; r++)
@@ -76,22 +91,29 @@ __global__ void __launch_bounds__(THREADS)
             float v = 0.0f;
             for (int w = 0; w < WARPS; w++)
                 v += red[w][r][j];
-            u[(size_t)tok[s.start + j] * ld_u + row0 + r] = v;
+            u[blockIdx.z * chunk_stride + (size_t)tok[s.start + j] * ld_u + row0 + r] = v;
         }
     }
 }
 
+/* y[tok][col] += sum_k B^T[k][col] u[tok][part(col) * rank + k] for the
+ * segment's tokens and 256 columns. */
 template <typename T>
 __global__ void __launch_bounds__(THREADS)
     lora_expand(const cuda_lora_seg *segs, const int32_t *tok, const float *u, int ld_u,
-                const T *bt, size_t slot_elems, int rank, int n_parts, int end0, int end1, float *y,
-                int ld_y)
+                int n_chunks, size_t chunk_stride, const T *bt, size_t slot_elems, int rank,
+                int n_parts, int end0, int end1, float *y, int ld_y)
 {
     extern __shared__ float us[]; /* (count, n_parts * rank) */
     const cuda_lora_seg s = segs[blockIdx.x];
     const int kr = n_parts * rank;
-    for (int e = threadIdx.x; e < s.count * kr; e += THREADS)
-        us[e] = u[(size_t)tok[s.start + e / kr] * ld_u + e % kr];
+    for (int e = threadIdx.x; e < s.count * kr; e += THREADS) {
+        const float *ue = u + (size_t)tok[s.start + e / kr] * ld_u + e % kr;
+        float v = 0.0f;
+        for (int c = 0; c < n_chunks; c++)
+            v += ue[c * chunk_stride];
+        us[e] = v;
+    }
     __syncthreads();
     const int col = blockIdx.y * THREADS + threadIdx.x;
     if (col >= ld_y) return;
@@ -120,18 +142,18 @@ __global__ void __launch_bounds__(THREADS)
 extern "C" int cuda_lora_gather(const cuda_lora_launch *p, cudaStream_t stream)
 {
     if (p->n_segs == 0) return 0;
-    const int n_rows = p->n_parts * p->rank;
-    const dim3 gs(p->n_segs, (n_rows + ROWS - 1) / ROWS),
-        ge(p->n_segs, (p->ld_y + THREADS - 1) / THREADS);
+    const int n_rows = p->n_parts * p->rank, n_chunks = (p->in + CHUNK - 1) / CHUNK;
+    const dim3 gs(p->n_segs, (n_rows + ROWS - 1) / ROWS, n_chunks);
+    const dim3 ge(p->n_segs, (p->ld_y + THREADS - 1) / THREADS);
     const size_t smem = (size_t)SEG * n_rows * sizeof(float);
     const int end0 = p->part_end[0], end1 = p->n_parts > 1 ? p->part_end[1] : p->ld_y;
     return with_type(p->dtype, [&](auto t) {
         using T = decltype(t);
         lora_shrink<T><<<gs, THREADS, 0, stream>>>(p->segs, p->tok, (const T *)p->x, p->x_lo_off,
                                                    p->in, (const T *)p->a, p->slot_elems, n_rows,
-                                                   p->u, p->ld_u);
-        lora_expand<T><<<ge, THREADS, smem, stream>>>(p->segs, p->tok, p->u, p->ld_u,
-                                                      (const T *)p->bt, p->slot_elems, p->rank,
-                                                      p->n_parts, end0, end1, p->y, p->ld_y);
+                                                   p->u, p->ld_u, p->u_chunk_stride);
+        lora_expand<T><<<ge, THREADS, smem, stream>>>(
+            p->segs, p->tok, p->u, p->ld_u, n_chunks, p->u_chunk_stride, (const T *)p->bt,
+            p->slot_elems, p->rank, p->n_parts, end0, end1, p->y, p->ld_y);
     });
 }
