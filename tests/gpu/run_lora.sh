@@ -2,11 +2,12 @@
 # Runs on the GPU machine (the device tool), from the repository root, with
 # the bundle of tests/gpu/make_bundle.sh BUILD carried (BUILD default
 # build-cuda: BUILD/bin, BUILD/tests, BUILD/gpu-lib, BUILD/gpu-shared):
-#   1. test_gpu_lora: LoRA on the CUDA backend against HF's merged-weights
-#      logits (tests/fixtures/lora), the CPU backend (bf16), the engine with
+#   1. test_gpu_lora: the gather kernels against an fp64 reference, LoRA on
+#      the CUDA backend against HF's merged-weights logits
+#      (tests/fixtures/lora) and the CPU backend (bf16), the engine with
 #      adapters in flight (3 slots and 1);
-#   2. compute-sanitizer: memcheck on its bf16 and llama_f32 cases, racecheck
-#      on the bf16 one;
+#   2. compute-sanitizer: memcheck on its kernel, bf16 and llama_f32 cases,
+#      racecheck on the kernel and bf16 ones;
 #   3. cvllm-bench-lora-decode --device cuda on an L8B-shaped bf16 dummy
 #      model (made at $MODEL unless there): the decode step with 0, 1, 4 and
 #      16 rank-16 adapters among 64 sequences (issue 12: 16 <= 1.3x of 0).
@@ -36,7 +37,8 @@ grep -E "mixed batch" "$OUT/test_gpu_lora.log" | awk '{print $(NF-3), $0}' | sor
     cut -d' ' -f2-
 
 echo "== compute-sanitizer"
-for run in "memcheck test_bf16_exact" "memcheck test_llama" "racecheck test_bf16_exact"; do
+for run in "memcheck test_gather" "memcheck test_bf16_exact" "memcheck test_llama" \
+    "racecheck test_gather" "racecheck test_bf16_exact"; do
     set -- $run
     log="$OUT/sanitizer_$1_$2.log"
     timeout 150 compute-sanitizer --tool "$1" --error-exitcode 9 "$BUILD/tests/test_gpu_lora" "$2" \

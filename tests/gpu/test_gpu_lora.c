@@ -1,4 +1,5 @@
-/* LoRA on the CUDA backend (backend/cuda/lora): the fixtures of
+/* LoRA on the CUDA backend (backend/cuda/lora): the gather kernels alone
+ * against an fp64 reference (check_gather), and the fixtures of
  * tests/fixtures/lora through tests/lora/lora_hf_check.h, the same checks
  * as the CPU's test_lora_hf:
  *  - each adapter alone, every position within 1e-4 of HF's fp32 logits on
@@ -11,13 +12,13 @@
  *    in any batch, but cuBLAS and the attention split count may pick other
  *    summation orders for another batch size, fp32 rounding ~1e-6;
  *  - through the engine on "cuda", base and three adapters in flight at
- *    once with 3 slots and with 1 slot (each step loads, evicts and
- *    reloads adapters: decode tokens of several adapters share steps),
- *    greedy continuations equal HF's.
+ *    once, greedy continuations equal HF's: with 3 slots (decode tokens of
+ *    several adapters share steps) and with 1 slot (adapters wait, evict
+ *    each other and reload).
  * The fixture's adapters on llama_bf16 against the CPU backend, prefill and
  * decode (check_bf16 says why its bounds); the backend's refusals, each
- * with its message. Without a CUDA device
- * the program exits 77 (ctest: skipped). */
+ * with its message. Without a CUDA device the program exits 77 (ctest:
+ * skipped). */
 #include <math.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -28,6 +29,7 @@
 #include <string.h>
 
 #include <cmocka.h>
+#include <cuda_runtime_api.h>
 
 #include "../common/hf_fixture.h"
 #include "../common/shared_data.h"
@@ -229,6 +231,188 @@ static void test_bf16_default(void **state)
     check_bf16(CV_CUDA_ACT_ROUND);
 }
 
+/* ---- the gather kernels alone ----------------------------------------------- */
+
+enum { G_TOK = 40, G_IN = 5000, G_RANK = 16, G_SLOTS = 3, G_OUT = 500 };
+
+/* Segments as cuda_lora_prepare cuts them: tokens grouped by slot (-1: no
+ * adapter, left out), at most CUDA_LORA_SEG_TOKENS each. Returns the count. */
+static int g_segments(const int *tok_slot, int n_tok, int32_t *tok, cuda_lora_seg *segs)
+{
+    int n = 0, n_segs = 0;
+    for (int k = 0; k < G_SLOTS; k++)
+        for (int t = 0; t < n_tok; t++) {
+            if (tok_slot[t] != k) continue;
+            if (!n_segs || segs[n_segs - 1].slot != k ||
+                segs[n_segs - 1].count == CUDA_LORA_SEG_TOKENS)
+                segs[n_segs++] = (cuda_lora_seg){.slot = k, .start = n, .count = 0};
+            tok[n++] = t;
+            segs[n_segs - 1].count++;
+        }
+    return n_segs;
+}
+
+static void *g_upload(const void *host, size_t bytes)
+{
+    void *dev = NULL;
+    assert_int_equal(cudaMalloc(&dev, bytes), cudaSuccess);
+    assert_int_equal(cudaMemcpy(dev, host, bytes, cudaMemcpyHostToDevice), cudaSuccess);
+    return dev;
+}
+
+/* cuda_lora_gather with launch p (host pointers in tok/segs/y replaced by
+ * device copies) on the tokens and segments given; y (n_tok, G_OUT) in
+ * place. */
+static void g_run(cuda_lora_launch p, const int32_t *tok, int n_tok_list, const cuda_lora_seg *segs,
+                  int n_segs, float *y)
+{
+    p.tok = g_upload(tok, (size_t)(n_tok_list ? n_tok_list : 1) * sizeof(int32_t));
+    p.segs = g_upload(segs, (size_t)(n_segs ? n_segs : 1) * sizeof(cuda_lora_seg));
+    p.n_segs = n_segs;
+    float *yd = g_upload(y, (size_t)G_TOK * G_OUT * sizeof(float));
+    p.y = yd;
+    assert_int_equal(cuda_lora_gather(&p, 0), 0);
+    assert_int_equal(cudaDeviceSynchronize(), cudaSuccess);
+    assert_int_equal(
+        cudaMemcpy(y, yd, (size_t)G_TOK * G_OUT * sizeof(float), cudaMemcpyDeviceToHost),
+        cudaSuccess);
+    cudaFree((void *)p.tok);
+    cudaFree((void *)p.segs);
+    cudaFree(yd);
+}
+
+/* Shrink and expand on their own against an fp64 reference, with an input
+ * wider than two chunks (5000 = 2048 + 2048 + 904), q|k|v-like parts of
+ * 300, 100, 100 columns, three slots and tokens without adapter
+ * interleaved: every output within 1e-4 of the largest delta (fp32 sums of
+ * 5000 products), untouched rows bitwise; then each token alone in its own
+ * segment gives the same bits as in the batch (batch invariance). */
+static void check_gather(cv_dtype dtype, bool split)
+{
+    const int n_rows = 3 * G_RANK, ld_u = 3 * G_RANK;
+    const size_t slot_elems = (size_t)n_rows * G_IN + (size_t)G_RANK * G_OUT;
+    const size_t es = cv_dtype_size(dtype), x_rows = split ? 2 * G_TOK : G_TOK;
+    void *pool = malloc(slot_elems * G_SLOTS * es), *x = malloc(x_rows * G_IN * es);
+    float *y0 = malloc(sizeof(float) * G_TOK * G_OUT), *y = malloc(sizeof(float) * G_TOK * G_OUT);
+    assert_true(pool && x && y0 && y);
+    uint64_t rng = 12345;
+    for (size_t i = 0; i < slot_elems * G_SLOTS; i++) {
+        rng = rng * 6364136223846793005ULL + 1442695040888963407ULL;
+        cv_dtype_store(pool, i, dtype, (float)((double)(rng >> 11) / 9007199254740992.0 - 0.5));
+    }
+    for (size_t i = 0; i < x_rows * G_IN; i++) {
+        rng = rng * 6364136223846793005ULL + 1442695040888963407ULL;
+        const double v = (double)(rng >> 11) / 9007199254740992.0 - 0.5;
+        cv_dtype_store(x, i, dtype, (float)(i >= (size_t)G_TOK * G_IN ? v / 256 : v));
+    }
+    for (int i = 0; i < G_TOK * G_OUT; i++)
+        y0[i] = (float)(i % 97) / 97.0f - 0.5f;
+    /* -1, 0, 1, 2 in turn, and slot 0 again on every ninth token. */
+    int tok_slot[G_TOK];
+    for (int t = 0; t < G_TOK; t++)
+        tok_slot[t] = t % 9 == 0 ? 0 : t % 4 - 1;
+    int32_t tok[G_TOK];
+    cuda_lora_seg segs[G_TOK];
+    const int n_segs = g_segments(tok_slot, G_TOK, tok, segs);
+    void *pool_d = g_upload(pool, slot_elems * G_SLOTS * es);
+    void *x_d = g_upload(x, x_rows * G_IN * es);
+    float *u_d = NULL;
+    const size_t chunk_stride = (size_t)G_TOK * ld_u;
+    assert_int_equal(cudaMalloc((void **)&u_d, 3 * chunk_stride * sizeof(float)), cudaSuccess);
+    const cuda_lora_launch p = {
+        .dtype = dtype,
+        .x = x_d,
+        .x_lo_off = split ? (size_t)G_TOK * G_IN : 0,
+        .in = G_IN,
+        .a = pool_d,
+        .bt = (const char *)pool_d + (size_t)n_rows * G_IN * es,
+        .slot_elems = slot_elems,
+        .rank = G_RANK,
+        .n_parts = 3,
+        .part_end = {300, 400, 500},
+        .u = u_d,
+        .ld_u = ld_u,
+        .u_chunk_stride = chunk_stride,
+        .ld_y = G_OUT,
+    };
+    memcpy(y, y0, sizeof(float) * G_TOK * G_OUT);
+    int n_list = 0;
+    for (int i = 0; i < n_segs; i++)
+        n_list += segs[i].count;
+    g_run(p, tok, n_list, segs, n_segs, y);
+    double *want = malloc(sizeof(double) * G_TOK * G_OUT), scale = 0.0, worst = 0.0;
+    assert_non_null(want);
+    for (int t = 0; t < G_TOK; t++) {
+        const int k = tok_slot[t];
+        if (k < 0) {
+            assert_memory_equal(y + (size_t)t * G_OUT, y0 + (size_t)t * G_OUT,
+                                G_OUT * sizeof(float));
+            continue;
+        }
+        double u[3 * G_RANK];
+        for (int r = 0; r < n_rows; r++) {
+            double acc = 0.0;
+            for (int i = 0; i < G_IN; i++) {
+                double xv = cv_dtype_load(x, (size_t)t * G_IN + i, dtype);
+                if (split) xv += cv_dtype_load(x, (size_t)(G_TOK + t) * G_IN + i, dtype);
+                acc += cv_dtype_load(pool, k * slot_elems + (size_t)r * G_IN + i, dtype) * xv;
+            }
+            u[r] = acc;
+        }
+        for (int c = 0; c < G_OUT; c++) {
+            const int part = c < 300 ? 0 : c < 400 ? 1 : 2;
+            double d = 0.0;
+            for (int r = 0; r < G_RANK; r++)
+                d += cv_dtype_load(pool,
+                                   k * slot_elems + (size_t)n_rows * G_IN + (size_t)r * G_OUT + c,
+                                   dtype) *
+                     u[part * G_RANK + r];
+            want[(size_t)t * G_OUT + c] = y0[(size_t)t * G_OUT + c] + d;
+            scale = fabs(d) > scale ? fabs(d) : scale;
+        }
+    }
+    for (int t = 0; t < G_TOK; t++)
+        for (int c = 0; tok_slot[t] >= 0 && c < G_OUT; c++) {
+            const size_t i = (size_t)t * G_OUT + c;
+            const double e = fabs(y[i] - want[i]);
+            worst = e > worst ? e : worst;
+            if (!(e <= 1e-4 * scale))
+                fail_msg("gather dtype %d split %d: token %d (slot %d) column %d: %.7g, want "
+                         "%.7g (tolerance 1e-4 of the largest delta %.3g)",
+                         (int)dtype, split, t, tok_slot[t], c, y[i], want[i], scale);
+        }
+    printf("gather dtype %d split %d: %d segments, max error %.3g of max delta %.3g\n", (int)dtype,
+           split, n_segs, worst, scale);
+    free(want);
+    /* Each adapter token alone: the same bits. */
+    float *alone = malloc(sizeof(float) * G_TOK * G_OUT);
+    assert_non_null(alone);
+    for (int t = 0; t < G_TOK; t++) {
+        if (tok_slot[t] < 0) continue;
+        memcpy(alone, y0, sizeof(float) * G_TOK * G_OUT);
+        const int32_t one[1] = {t};
+        const cuda_lora_seg seg[1] = {{.slot = tok_slot[t], .start = 0, .count = 1}};
+        g_run(p, one, 1, seg, 1, alone);
+        if (memcmp(alone + (size_t)t * G_OUT, y + (size_t)t * G_OUT, G_OUT * sizeof(float)))
+            fail_msg("gather dtype %d split %d: token %d alone differs from the batch", (int)dtype,
+                     split, t);
+    }
+    free(alone);
+    cudaFree(pool_d);
+    cudaFree(x_d);
+    cudaFree(u_d);
+    free(pool), free(x), free(y0), free(y);
+}
+
+static void test_gather(void **state)
+{
+    (void)state;
+    check_gather(CV_DTYPE_F32, false);
+    check_gather(CV_DTYPE_BF16, false);
+    check_gather(CV_DTYPE_BF16, true);
+    check_gather(CV_DTYPE_F16, false);
+}
+
 static void expect_error(int rc, const cv_error *err, const char *want)
 {
     assert_int_equal(rc, -1);
@@ -306,9 +490,10 @@ int main(int argc, char **argv)
         return 77;
     }
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_refusals),     cmocka_unit_test(test_bf16_exact),
-        cmocka_unit_test(test_bf16_default), cmocka_unit_test(test_llama),
-        cmocka_unit_test(test_qwen2),        cmocka_unit_test(test_llama_one_slot),
+        cmocka_unit_test(test_gather),         cmocka_unit_test(test_refusals),
+        cmocka_unit_test(test_bf16_exact),     cmocka_unit_test(test_bf16_default),
+        cmocka_unit_test(test_llama),          cmocka_unit_test(test_qwen2),
+        cmocka_unit_test(test_llama_one_slot),
     };
     return cv_test_exit(cmocka_run_group_tests(tests, NULL, NULL));
 }
