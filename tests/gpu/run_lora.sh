@@ -1,7 +1,9 @@
 #!/bin/bash
 # Runs on the GPU machine (the device tool), from the repository root, with
-# the bundle of tests/gpu/make_bundle.sh BUILD carried (BUILD default
-# build-cuda: BUILD/bin, BUILD/tests, BUILD/gpu-lib, BUILD/gpu-shared):
+# these parts of the bundle of tests/gpu/make_bundle.sh BUILD carried (BUILD
+# default build-cuda; about 52 MB): BUILD/tests/test_gpu_lora,
+# BUILD/bin/cvllm-bench-lora-decode, BUILD/bin/cvllm-dummy-model,
+# BUILD/gpu-lib, BUILD/gpu-shared (stories260K's tokenizer for the engine):
 #   1. test_gpu_lora: the gather kernels against an fp64 reference, LoRA on
 #      the CUDA backend against HF's merged-weights logits
 #      (tests/fixtures/lora) and the CPU backend (bf16), the engine with
