@@ -1,10 +1,18 @@
-/* cvllm-bench-lora-decode: what LoRA adapters cost a CPU decode step
- * (issue 12's bench): 64 sequences decoding together, with 0, 1, 4 and 16
- * distinct adapters spread over them round-robin, every adapter of rank
- * --rank on all seven projections (random weights, built in memory).
+/* cvllm-bench-lora-decode: what LoRA adapters cost a decode step on the
+ * CPU or the GPU (issue 12's bench): 64 sequences decoding together, with
+ * 0, 1, 4 and 16 distinct adapters spread over them round-robin, every
+ * adapter of rank --rank on all seven projections (random weights, built
+ * in memory: the adapter files' format is not what is timed).
  *
- *   cvllm-bench-lora-decode [--threads N] [--seqs N] [--rank R] [--steps N]
- *                           [--reps N] MODEL_DIR
+ *   cvllm-bench-lora-decode [--device cpu|cuda] [--threads N] [--seqs N]
+ *                           [--rank R] [--steps N] [--reps N] [--prompt N]
+ *                           MODEL_DIR
+ *
+ * The backend is driven through its function table (backend.h) as the
+ * engine drives it, greedy rows reduced where the backend can (the GPU
+ * then downloads no logits). On the GPU a step without adapters runs as
+ * the engine's would (CUDA graphs, GEMV epilogues); one with adapters
+ * takes the unfused path with the gather kernels (backend/cuda/lora).
  *
  * Each sequence first gets a --prompt token context (one prefill, no
  * adapter); then each configuration runs --steps decode steps (one token
@@ -19,18 +27,31 @@
 #include "backend/backend.h"
 #include "base/clock.h"
 #include "lora/lora.h"
+#ifdef CVLLM_HAVE_CUDA
+#include "backend/cuda/cuda_backend.h"
+#endif
 
 enum { BLOCK = 16, MAX_ADAPTERS = 16 };
 
 typedef struct opts {
     int n_threads, n_seqs, rank, steps, reps, prompt;
-    const char *model;
+    const char *model, *device;
 } opts;
 
 static int parse(int argc, char **argv, opts *o)
 {
-    *o = (opts){.n_threads = 0, .n_seqs = 64, .rank = 16, .steps = 16, .reps = 3, .prompt = 64};
+    *o = (opts){.n_threads = 0,
+                .n_seqs = 64,
+                .rank = 16,
+                .steps = 16,
+                .reps = 3,
+                .prompt = 64,
+                .device = "cpu"};
     for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--device") && i + 1 < argc) {
+            o->device = argv[++i];
+            continue;
+        }
         int *dst = !strcmp(argv[i], "--threads")  ? &o->n_threads
                    : !strcmp(argv[i], "--seqs")   ? &o->n_seqs
                    : !strcmp(argv[i], "--rank")   ? &o->rank
@@ -43,13 +64,18 @@ static int parse(int argc, char **argv, opts *o)
         } else if (argv[i][0] != '-' && !o->model) {
             o->model = argv[i];
         } else {
-            fprintf(stderr, "usage: cvllm-bench-lora-decode [--threads N] [--seqs N] [--rank R] "
-                            "[--steps N] [--reps N] [--prompt N] MODEL_DIR\n");
+            fprintf(stderr, "usage: cvllm-bench-lora-decode [--device cpu|cuda] [--threads N] "
+                            "[--seqs N] [--rank R] [--steps N] [--reps N] [--prompt N] "
+                            "MODEL_DIR\n");
             return -1;
         }
     }
     if (!o->model || o->n_seqs < 1 || o->rank < 1 || o->steps < 1 || o->reps < 1 || o->prompt < 1) {
         fprintf(stderr, "cvllm-bench-lora-decode: a MODEL_DIR and positive sizes are needed\n");
+        return -1;
+    }
+    if (strcmp(o->device, "cpu") && strcmp(o->device, "cuda")) {
+        fprintf(stderr, "cvllm-bench-lora-decode: --device %s: cpu or cuda\n", o->device);
         return -1;
     }
     return 0;
@@ -101,10 +127,21 @@ int main(int argc, char **argv)
     if (parse(argc, argv, &o) < 0) return 2;
     cv_error err = {0};
     cv_model *m = cv_model_load(o.model, &err);
-    cv_backend *bk = m ? cv_backend_cpu_create(m, o.n_threads, &err) : NULL;
+    const cv_backend_ops *ops = &cv_cpu_backend_ops;
+    void *bk = NULL;
+    if (m && !strcmp(o.device, "cpu")) {
+        bk = cv_backend_cpu_create(m, o.n_threads, &err);
+    } else if (m) {
+#ifdef CVLLM_HAVE_CUDA
+        ops = &cv_cuda_backend_ops;
+        bk = cv_cuda_backend_create(m, 0, &err);
+#else
+        cv_errorf(&err, "this build has no CUDA backend");
+#endif
+    }
     const int blocks_per_seq = (o.prompt + o.steps + BLOCK - 1) / BLOCK;
-    if (!bk || cv_backend_kv_alloc(bk, o.n_seqs * blocks_per_seq, BLOCK, &err) < 0 ||
-        cv_backend_lora_init(bk, MAX_ADAPTERS, o.rank, &err) < 0) {
+    if (!bk || ops->kv_alloc(bk, o.n_seqs * blocks_per_seq, BLOCK, &err) < 0 ||
+        ops->lora_init(bk, MAX_ADAPTERS, o.rank, &err) < 0) {
         fprintf(stderr, "cvllm-bench-lora-decode: %s\n", err.msg);
         return 1;
     }
@@ -112,7 +149,7 @@ int main(int argc, char **argv)
     cv_lora_adapter *ad[MAX_ADAPTERS];
     for (int i = 0; i < MAX_ADAPTERS; i++) {
         ad[i] = random_adapter(cfg, o.rank);
-        if (cv_backend_lora_load(bk, i, ad[i], &err) < 0) {
+        if (ops->lora_load(bk, i, ad[i], &err) < 0) {
             fprintf(stderr, "cvllm-bench-lora-decode: %s\n", err.msg);
             return 1;
         }
@@ -124,7 +161,12 @@ int main(int argc, char **argv)
     int32_t *tables = malloc((size_t)S * blocks_per_seq * sizeof *tables);
     int64_t *slots = malloc((size_t)T * sizeof *slots);
     float *logits = malloc((size_t)S * cfg->vocab_size * sizeof *logits);
-    if (!tok || !pos || !idx || !qs || !lens || !lora || !tables || !slots || !logits) {
+    uint8_t *want = malloc((size_t)S);
+    int32_t *g_tok = malloc((size_t)S * sizeof *g_tok),
+            *g_rank = malloc((size_t)S * sizeof *g_rank);
+    float *g_lp = malloc((size_t)S * sizeof *g_lp);
+    if (!tok || !pos || !idx || !qs || !lens || !lora || !tables || !slots || !logits || !want ||
+        !g_tok || !g_rank || !g_lp) {
         fprintf(stderr, "out of memory\n");
         return 1;
     }
@@ -145,14 +187,16 @@ int main(int argc, char **argv)
         }
     }
     qs[S] = T;
+    memset(want, 1, (size_t)S);
+    const cv_greedy_rows greedy = {want, g_tok, g_lp, g_rank};
     cv_batch b = {T, tok, pos, slots, S, qs, lens, tables, blocks_per_seq, S, idx, NULL};
-    if (cv_backend_forward(bk, &b, logits, &err) < 0) {
+    if (ops->forward(bk, &b, logits, &greedy, &err) < 0) {
         fprintf(stderr, "cvllm-bench-lora-decode: %s\n", err.msg);
         return 1;
     }
-    printf("model %s, %d sequences, %d-token context, adapters of rank %d on q/k/v/o/gate/up/"
-           "down, %d threads (0: all)\n\n",
-           o.model, S, o.prompt, o.rank, o.n_threads);
+    printf("model %s on %s, %d sequences, %d-token context, adapters of rank %d on "
+           "q/k/v/o/gate/up/down, %d threads (0: all)\n\n",
+           o.model, o.device, S, o.prompt, o.rank, o.n_threads);
     printf("| adapters | step ms | tok/s | vs none |\n|---:|---:|---:|---:|\n");
     static const int configs[] = {0, 1, 4, 16};
     double base_ms = 0;
@@ -178,7 +222,7 @@ int main(int argc, char **argv)
                               slots, S,      qs,
                               lens,  tables, blocks_per_seq,
                               S,     idx,    n_ad ? lora : NULL};
-                if (cv_backend_forward(bk, &d, logits, &err) < 0) {
+                if (ops->forward(bk, &d, logits, &greedy, &err) < 0) {
                     fprintf(stderr, "cvllm-bench-lora-decode: %s\n", err.msg);
                     return 1;
                 }
@@ -192,8 +236,8 @@ int main(int argc, char **argv)
     for (int i = 0; i < MAX_ADAPTERS; i++)
         cv_lora_adapter_free(ad[i]);
     free(tok), free(pos), free(idx), free(qs), free(lens), free(lora), free(tables), free(slots);
-    free(logits);
-    cv_backend_destroy(bk);
+    free(logits), free(want), free(g_tok), free(g_rank), free(g_lp);
+    ops->destroy(bk);
     cv_model_free(m);
     return 0;
 }

@@ -24,7 +24,7 @@ int engine_lora_init(cv_engine *e, const cv_engine_args *a, cv_error *err)
         !(e->lora_holds = calloc((size_t)n, sizeof(int))) ||
         !(e->lora_slot_held = calloc((size_t)n, sizeof(int))))
         return cv_errorf(err, "out of memory for %d LoRA slots", n);
-    /* A backend without LoRA (the GPU's, for now) still serves the base
+    /* A backend without LoRA operations still serves the base
      * model; requests naming an adapter are refused (engine_lora_resolve). */
     if (cv_device_backend_has_lora(e->backend) &&
         cv_device_backend_lora_init(e->backend, n, a->max_lora_rank, err) < 0)
@@ -66,9 +66,7 @@ int engine_lora_resolve(cv_engine *e, const char *name, int *id, cv_error *err)
         return cv_errorf(err, "LoRA %s is not supported, we currently support [%s]", name, list);
     }
     if (!cv_device_backend_has_lora(e->backend))
-        return cv_errorf(err,
-                         "LoRA %s: LoRA adapters are not yet applied on the GPU (device %s); "
-                         "serve them with device \"cpu\"",
+        return cv_errorf(err, "LoRA %s: the backend of device %s does not apply LoRA adapters",
                          name, cv_device_backend_name(e->backend));
     /* Read now (into the host LRU), so that an adapter cvllm cannot apply
      * fails its request with the reason instead of a later step. */

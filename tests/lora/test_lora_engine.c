@@ -22,9 +22,6 @@
 #include "engine/engine_state.h"
 #include "lora/lora.h"
 #include "lora_fixture.h"
-#ifdef CV_TEST_HAVE_CUDA
-#include "backend/cuda/cuda_backend.h"
-#endif
 
 static char tmp[4096], stories[4096];
 
@@ -309,39 +306,6 @@ static void test_lora_names_label(void **state)
     cv_model_free(m);
 }
 
-/* The CUDA backend has no LoRA slots yet: on a GPU an adapter request is
- * refused with that reason, and base requests still run. */
-static void test_gpu_refuses_adapters(void **state)
-{
-    (void)state;
-#ifdef CV_TEST_HAVE_CUDA
-    if (cv_cuda_device_count() == 0 || !cv_test_have_shared("models/stories260K")) skip();
-    char model[4096], path[4300];
-    lf_model_path(model, sizeof model, "llama_f32");
-    snprintf(path, sizeof path, "%s/qv", tmp);
-    lf_write_adapter(model, path, &specs[0], NULL);
-    cv_engine_args a;
-    test_args(&a, model);
-    snprintf(a.tokenizer, sizeof a.tokenizer, "%s", stories);
-    snprintf(a.device, sizeof a.device, "cuda");
-    a.kv_blocks = 64;
-    a.enable_lora = true;
-    const char *n[1] = {"qv"}, *p[1] = {path};
-    a.n_lora_modules = 1;
-    a.lora_names = n;
-    a.lora_paths = p;
-    cv_engine *e = test_engine(&a);
-    expect_refusal(e, "qv",
-                   "LoRA qv: LoRA adapters are not yet applied on the GPU (device cuda:0); serve "
-                   "them with device \"cpu\"");
-    int32_t out[N_OUT];
-    greedy(e, NULL, out);
-    cv_engine_shutdown(e, false);
-#else
-    skip(); /* a build without the CUDA backend */
-#endif
-}
-
 static int setup(void **state)
 {
     (void)state;
@@ -362,7 +326,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_refusals),     cmocka_unit_test(test_lora_names_label),
         cmocka_unit_test(test_adapter_gone), cmocka_unit_test(test_llama),
-        cmocka_unit_test(test_qwen2),        cmocka_unit_test(test_gpu_refuses_adapters),
+        cmocka_unit_test(test_qwen2),
     };
     return cv_test_exit(cmocka_run_group_tests(tests, setup, teardown));
 }

@@ -13,6 +13,7 @@
 
 #include "backend/cuda/cuda_backend.h"
 #include "backend/cuda/cuda_internal.h"
+#include "backend/cuda/lora/cuda_lora.h"
 
 int cv_cuda_device_count(void)
 {
@@ -379,6 +380,7 @@ void cv_cuda_backend_destroy(cv_cuda_backend *b)
     cudaFree(b->project_out);
     cudaFree(b->inv_freq);
     cuda_graphs_clear(b);
+    cuda_lora_free(b);
     cudaFree(b->kv);
     cudaFree(b->blas_workspace);
     cudaFree(b->act_mem);

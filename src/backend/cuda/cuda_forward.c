@@ -9,7 +9,10 @@
  * the same steps with the kernels of kernels/norm_act.cu where their
  * config asks for them. Steps of 1..8 tokens on 16-bit weights run the
  * products as the GEMVs of kernels/gemv.h instead, with RoPE / KV store
- * (models without q/k norms) and act(gate) * up in their epilogues. */
+ * (models without q/k norms) and act(gate) * up in their epilogues. A step
+ * with LoRA adapters takes the unfused path (fp32 product outputs, no
+ * graph) and adds each adapter's delta after its product
+ * (lora/cuda_lora.h). */
 #include <inttypes.h>
 #include <math.h>
 #include <stdlib.h>
@@ -18,6 +21,7 @@
 #include "backend/cuda/attn/attn.h"
 #include "backend/cuda/cuda_internal.h"
 #include "backend/cuda/kernels/gemv.h"
+#include "backend/cuda/lora/cuda_lora.h"
 #include "base/log.h"
 
 static const char *const phase_names[CV_CUDA_N_PHASES] = {"embed",
@@ -367,9 +371,11 @@ static int layer_forward(cv_cuda_backend *b, const cv_batch *bt, const step_arra
     const bool post = c->post_norm;
     /* vLLM's numerics (16-bit weights, no split): GEMM results that only
      * elementwise kernels read leave the GEMM in the weight dtype, half the
-     * bytes of fp32. q|k|v so only where the tensor-core attention reads q
-     * (the scalar fallback reads fp32) and cuBLAS, not the GEMV, runs it. */
-    const cv_dtype act16 = split || b->wdtype == CV_DTYPE_F32 ? CV_DTYPE_F32 : b->wdtype;
+     * bytes of fp32 (not in a LoRA step: its deltas add into fp32). q|k|v so only where the
+     * tensor-core attention reads q (the scalar fallback reads fp32) and cuBLAS, not the GEMV, runs
+     * it. */
+    const cv_dtype act16 =
+        split || b->wdtype == CV_DTYPE_F32 || b->lora_step ? CV_DTYPE_F32 : b->wdtype;
     const cv_dtype qkv_dtype =
         sa->tensor_cores && !use_gemv(b, L->wqkv, h, b->xn, nt) ? act16 : CV_DTYPE_F32;
 
@@ -377,7 +383,7 @@ static int layer_forward(cv_cuda_backend *b, const cv_batch *bt, const step_arra
                   b->xn, split * nt * h, "attention norm", err) ||
         mark(b, CV_CUDA_PHASE_NORM, err))
         return -1;
-    if (c->pos_type == CV_POS_ROPE && !L->q_norm && !L->k_norm &&
+    if (c->pos_type == CV_POS_ROPE && !L->q_norm && !L->k_norm && !b->lora_step &&
         use_gemv(b, L->wqkv, h, b->xn, nt)) {
         /* Biases, RoPE and the KV store in the GEMV's epilogue. */
         const cuda_gemv_args ga = {
@@ -415,6 +421,7 @@ static int layer_forward(cv_cuda_backend *b, const cv_batch *bt, const step_arra
         if ((qkv_dtype == CV_DTYPE_F32
                  ? gemm(b, L->wqkv, b->qkv_dim, h, b->xn, nt, b->qkv, 0.0f, err)
                  : gemm16(b, L->wqkv, b->qkv_dim, h, b->xn, nt, b->qkv, err)) ||
+            cuda_lora_apply(b, l, CUDA_LORA_QKV, b->xn, b->qkv, err) ||
             mark(b, CV_CUDA_PHASE_QKV_GEMM, err))
             return -1;
         const cuda_qkv_args qa = {
@@ -467,8 +474,7 @@ static int layer_forward(cv_cuda_backend *b, const cv_batch *bt, const step_arra
             .ld_out = qd,
             .out_lo_off = split * nt * qd,
         };
-        KL(cuda_attn_run(&pa, &sa->plan, b->partial, b->stream),
-           "tensor-core attention");
+        KL(cuda_attn_run(&pa, &sa->plan, b->partial, b->stream), "tensor-core attention");
     } else {
         const cuda_attn_args aa = {
             .n_tokens = nt,
@@ -497,6 +503,7 @@ static int layer_forward(cv_cuda_backend *b, const cv_batch *bt, const step_arra
         KL(cuda_attention(&aa, b->stream), "attention kernel");
     }
     if (mark(b, CV_CUDA_PHASE_ATTN, err) || gemm(b, L->wo, h, qd, b->attn, nt, b->x, 1.0f, err) ||
+        cuda_lora_apply(b, l, CUDA_LORA_O, b->attn, b->x, err) ||
         mark(b, CV_CUDA_PHASE_O_GEMM, err))
         return -1;
     if (L->bo) KL(cuda_add_bias(b->x, L->bo, nt, h, b->stream), "output bias kernel");
@@ -514,7 +521,7 @@ static int layer_forward(cv_cuda_backend *b, const cv_batch *bt, const step_arra
         KL(cuda_bias_act(c->hidden_act, b->gu, L->b_up, nt, f, b->wdtype, b->mlp, split * nt * f,
                          b->stream),
            "mlp activation kernel");
-    } else if (use_gemv(b, L->wgu, h, b->xn, nt)) {
+    } else if (!b->lora_step && use_gemv(b, L->wgu, h, b->xn, nt)) {
         /* act(gate) * up in the GEMV's epilogue: no fp32 gate|up buffer. */
         const cuda_gemv_args ga = {
             .dtype = b->wdtype,
@@ -535,6 +542,7 @@ static int layer_forward(cv_cuda_backend *b, const cv_batch *bt, const step_arra
     } else {
         if ((act16 == CV_DTYPE_F32 ? gemm(b, L->wgu, 2 * f, h, b->xn, nt, b->gu, 0.0f, err)
                                    : gemm16(b, L->wgu, 2 * f, h, b->xn, nt, b->gu, err)) ||
+            cuda_lora_apply(b, l, CUDA_LORA_GU, b->xn, b->gu, err) ||
             mark(b, CV_CUDA_PHASE_UPGATE_GEMM, err))
             return -1;
         KL(cuda_gated_act(c->hidden_act, act16, b->gu, nt, f, b->wdtype, b->mlp, split * nt * f,
@@ -542,6 +550,7 @@ static int layer_forward(cv_cuda_backend *b, const cv_batch *bt, const step_arra
            "gated activation kernel");
     }
     if (mark(b, CV_CUDA_PHASE_ACT, err) || gemm(b, L->wdown, h, f, b->mlp, nt, b->x, 1.0f, err) ||
+        cuda_lora_apply(b, l, CUDA_LORA_DOWN, b->mlp, b->x, err) ||
         mark(b, CV_CUDA_PHASE_DOWN_GEMM, err))
         return -1;
     if (L->b_down) KL(cuda_add_bias(b->x, L->b_down, nt, h, b->stream), "mlp bias kernel");
@@ -766,7 +775,8 @@ static int pad_decode_step(cv_cuda_backend *b, const cv_batch *bt, cv_batch *pad
 /* Is bt a decode step a graph of the ladder can run? */
 static bool graph_step(const cv_cuda_backend *b, const cv_batch *bt)
 {
-    if (!b->use_graphs || b->graphs_broken || b->prof || bt->n_tokens > CUDA_GRAPH_MAX_TOKENS)
+    if (!b->use_graphs || b->graphs_broken || b->prof || b->lora_step ||
+        bt->n_tokens > CUDA_GRAPH_MAX_TOKENS)
         return false;
     if (bt->n_tokens != bt->n_seqs || bt->n_logits != bt->n_seqs) return false;
     for (int i = 0; i < bt->n_logits; i++)
@@ -778,7 +788,7 @@ int cuda_forward_run(cv_cuda_backend *b, const cv_batch *user_bt, float *logits,
                      const cv_greedy_rows *greedy, cv_error *err)
 {
     const cv_model_config *c = &b->cfg;
-    if (check_batch(b, user_bt, err)) return -1;
+    if (check_batch(b, user_bt, err) || cuda_lora_prepare(b, user_bt, err)) return -1;
     /* Steps a graph runs are padded to the ladder; the downloads below
      * still take the caller's rows only. */
     const bool graph = graph_step(b, user_bt);

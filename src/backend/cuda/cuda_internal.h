@@ -258,6 +258,12 @@ struct cv_cuda_backend {
     cuda_graph_entry graphs[CUDA_GRAPH_SLOTS];
     int graph_next;
 
+    /* LoRA (lora/cuda_lora.h): the slot pool, NULL until lora_init. A step
+     * with an adapter (lora_step) runs the unfused path: fp32 product
+     * outputs the deltas are added to, no GEMV epilogues, no graph. */
+    struct cuda_lora *lora;
+    bool lora_step;
+
     /* Profiling (cv_cuda_backend_profile). */
     bool prof;
     int n_events, max_events;

@@ -1,6 +1,8 @@
 /* The CUDA backend behind the backend function table (backend.h). It
- * reduces greedy rows on the GPU (cv_cuda_backend_forward_greedy). */
+ * reduces greedy rows on the GPU (cv_cuda_backend_forward_greedy) and
+ * applies LoRA adapters from its slot pool (lora/cuda_lora.h). */
 #include "backend/cuda/cuda_backend.h"
+#include "backend/cuda/lora/cuda_lora.h"
 
 static size_t cuda_kv_block_bytes(const void *impl, int block_size)
 {
@@ -29,6 +31,17 @@ static int cuda_forward(void *impl, const cv_batch *batch, float *logits,
     return greedy != NULL;
 }
 
+static int cuda_lora_init(void *impl, int n_slots, int max_rank, cv_error *err)
+{
+    return cv_cuda_backend_lora_init(impl, n_slots, max_rank, err);
+}
+
+static int cuda_lora_load(void *impl, int slot, const struct cv_lora_adapter *adapter,
+                          cv_error *err)
+{
+    return cv_cuda_backend_lora_load(impl, slot, adapter, err);
+}
+
 static void cuda_destroy(void *impl)
 {
     cv_cuda_backend_destroy(impl);
@@ -41,4 +54,6 @@ const cv_backend_ops cv_cuda_backend_ops = {
     .kv_copy = cuda_kv_copy,
     .forward = cuda_forward,
     .destroy = cuda_destroy,
+    .lora_init = cuda_lora_init,
+    .lora_load = cuda_lora_load,
 };

@@ -159,10 +159,7 @@ bool cv_device_backend_has_lora(const cv_device_backend *b)
 
 static int no_lora(const cv_device_backend *b, cv_error *err)
 {
-    return cv_errorf(err,
-                     "LoRA adapters are not yet applied on the GPU (device %s); serve them with "
-                     "device \"cpu\"",
-                     b->name);
+    return cv_errorf(err, "the backend of device %s does not apply LoRA adapters", b->name);
 }
 
 int cv_device_backend_lora_init(cv_device_backend *b, int n_slots, int max_rank, cv_error *err)

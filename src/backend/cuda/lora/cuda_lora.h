@@ -1,0 +1,124 @@
+/* LoRA on the CUDA backend: a slot pool on the GPU holding max_loras
+ * adapters, and the per-step gather kernels that add each token's adapter
+ * delta, scale * B (A x), to the fp32 output of a base projection (the
+ * lora_init / lora_load operations and cv_batch.lora_slots of backend.h).
+ *
+ * Slot pool. lora_init reserves n_slots slots of rank R = max_rank; a slot
+ * holds, for every layer, the adapter's A and B of the four products the
+ * backend runs (cuda_backend.c fuses q|k|v into wqkv and gate|up into wgu):
+ *   A_qkv (3R, hidden)   rows q | k | v, R each
+ *   A_o   (R, n_heads * head_dim)
+ *   A_gu  (2R, hidden)   rows gate | up
+ *   A_down(R, intermediate)
+ *   B_qkv (R, qkv_dim)   transposed (column c of the product is row c of B):
+ *                        columns of q, then k, then v, as wqkv's rows
+ *   B_o   (R, hidden), B_gu (R, 2 * intermediate) gate | up, B_down (R, hidden)
+ * in the model's matrix dtype (fp32 for fp32 models), the scale
+ * (lora_alpha / r, or / sqrt(r) with rsLoRA) folded into B. A rank below R
+ * and targets the adapter lacks are zero rows: they add exactly 0.
+ * lora_load copies a host adapter (lora/lora.h) into a slot, NULL empties
+ * it; the host adapter is not kept.
+ *
+ * A step. cuda_lora_prepare groups the step's tokens by slot: tokens of
+ * one slot (a prefill sequence's range, or the decode tokens of every
+ * sequence with that adapter) form segments of at most CUDA_LORA_SEG_TOKENS
+ * tokens, uploaded once. After each base product the forward calls
+ * cuda_lora_apply, which runs two kernels over the segments:
+ *   shrink: u (token, KR) fp32 = x A^T      (KR = 3R, R, 2R or R rows;
+ *           partial sums over chunks of x's columns, summed by expand)
+ *   expand: y (token, out) += u B            (the u part a column belongs to)
+ * A step with an adapter uses the unfused forward (fp32 product outputs,
+ * then the RoPE/KV-store and activation kernels; no CUDA graph) so that the
+ * delta lands before anything reads the product; lora_step says so.
+ *
+ * Thread safety: as the backend (one host thread). Ownership: the pool is
+ * the backend's, freed by cuda_lora_free (called from destroy). */
+#ifndef CV_BACKEND_CUDA_LORA_CUDA_LORA_H
+#define CV_BACKEND_CUDA_LORA_CUDA_LORA_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cuda_runtime_api.h>
+
+#include "backend/cuda/cuda_backend.h"
+#include "model/model.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Tokens of one segment: each kernel block reads its adapter's rows once
+ * for this many tokens. The shrink cuts the input dimension into chunks of
+ * CUDA_LORA_CHUNK, each with its partial u. */
+enum { CUDA_LORA_SEG_TOKENS = 8, CUDA_LORA_MAX_RANK = 512, CUDA_LORA_CHUNK = 2048 };
+
+/* The products a delta is added to. */
+typedef enum {
+    CUDA_LORA_QKV = 0, /* wqkv: input the attention norm's output */
+    CUDA_LORA_O,       /* wo: input the attention output; y the residual */
+    CUDA_LORA_GU,      /* wgu: input the MLP norm's output */
+    CUDA_LORA_DOWN,    /* wdown: input act(gate) * up; y the residual */
+    CUDA_LORA_N_MODULES
+} cuda_lora_module;
+
+/* Up to CUDA_LORA_SEG_TOKENS tokens sharing one slot. */
+typedef struct cuda_lora_seg {
+    int32_t slot;  /* pool slot */
+    int32_t start; /* first entry in the token list */
+    int32_t count; /* 1..CUDA_LORA_SEG_TOKENS entries */
+} cuda_lora_seg;
+
+/* One module's delta over a step's segments (both kernels). */
+typedef struct cuda_lora_launch {
+    cv_dtype dtype; /* of x, A and B */
+    int n_segs;
+    const cuda_lora_seg *segs; /* (n_segs) device */
+    const int32_t *tok;        /* device: token (row of x, u, y) of each segment entry */
+    const void *x;             /* (tokens, in) the product's input */
+    size_t x_lo_off;           /* split activations: the lo rows' offset, else 0 */
+    int in;
+    const void *a;         /* slot 0's A (n_rows, in); slot s at a + s * slot_elems */
+    const void *bt;        /* slot 0's B^T (R, ld_y), scale folded in */
+    size_t slot_elems;     /* elements between two slots' matrices */
+    int rank;              /* R */
+    int n_parts;           /* 1, 2 (gate | up) or 3 (q | k | v): n_rows = n_parts * R */
+    int part_end[3];       /* columns [part_end[p-1], part_end[p]) use u's part p */
+    float *u;              /* (ceil(in / CUDA_LORA_CHUNK), tokens, ld_u) scratch: partials */
+    int ld_u;              /* >= n_parts * R */
+    size_t u_chunk_stride; /* elements between two chunks' partials (>= tokens * ld_u) */
+    float *y;              /* (tokens, ld_y) the product's fp32 output */
+    int ld_y;              /* = part_end[n_parts - 1], the product's width */
+} cuda_lora_launch;
+
+/* Enqueues shrink then expand on STREAM; returns a cudaError_t as int. */
+int cuda_lora_gather(const cuda_lora_launch *p, cudaStream_t stream);
+
+/* ---- The backend's side (cuda_lora.c) --------------------------------------- */
+
+/* The lora_init / lora_load operations (backend.h). lora_init refuses a
+ * model whose MLP is not gated (OPT, GPT-2: adapters target the Llama
+ * family's projections), n_slots < 1, or max_rank outside
+ * 1..CUDA_LORA_MAX_RANK; lora_load an adapter of higher rank or another
+ * layer count than the pool's. */
+int cv_cuda_backend_lora_init(cv_cuda_backend *b, int n_slots, int max_rank, cv_error *err);
+int cv_cuda_backend_lora_load(cv_cuda_backend *b, int slot, const struct cv_lora_adapter *adapter,
+                              cv_error *err);
+
+/* Checks batch->lora_slots (each -1 or a loaded slot) and, when any token
+ * has an adapter, uploads the step's segments and sets b->lora_step. */
+int cuda_lora_prepare(cv_cuda_backend *b, const cv_batch *batch, cv_error *err);
+
+/* Adds the step's deltas of module m of layer l: x is the product's input
+ * (wdtype, the step's layout: lo rows with split activations), y its fp32
+ * output. Does nothing in a step without an adapter. */
+int cuda_lora_apply(cv_cuda_backend *b, int l, cuda_lora_module m, const void *x, float *y,
+                    cv_error *err);
+
+void cuda_lora_free(cv_cuda_backend *b);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif
