@@ -641,8 +641,8 @@ static int run_graph(cv_cuda_backend *b, const cv_batch *bt, const step_arrays *
 }
 
 /* Enqueues the downloads of a finished step: the greedy choices when asked
- * for, and the logits rows the caller did not reduce to them, one copy per
- * run of consecutive rows. */
+ * for, and the logits rows the caller did not reduce to a greedy choice or a
+ * sampled token, one copy per run of consecutive rows. */
 static int download(cv_cuda_backend *b, const cv_batch *bt, float *logits,
                     const cv_greedy_rows *greedy, cv_error *err)
 {
@@ -786,6 +786,7 @@ int cuda_forward_run(cv_cuda_backend *b, const cv_batch *user_bt, float *logits,
         mark(b, CV_CUDA_PHASE_COPY, err))
         return -1;
     if (graph ? run_graph(b, bt, &d, &sa, err) : enqueue_step(b, bt, &d, &sa, err)) return -1;
+    if (greedy && cuda_sample_enqueue(b, user_bt->n_logits, greedy, err)) return -1;
     if (user_bt->n_logits > 0 &&
         (download(b, user_bt, logits, greedy, err) || mark(b, CV_CUDA_PHASE_COPY, err)))
         return -1;
@@ -797,6 +798,7 @@ int cuda_forward_run(cv_cuda_backend *b, const cv_batch *user_bt, float *logits,
         greedy->logprob[r] = b->greedy_host[r].logprob;
         greedy->rank[r] = b->greedy_host[r].rank;
     }
+    if (greedy) cuda_sample_collect(b, user_bt->n_logits, greedy);
     return b->prof ? profile_collect(b, err) : 0;
 }
 
