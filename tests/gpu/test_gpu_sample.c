@@ -532,7 +532,9 @@ static void test_seeds_reproducible(void **state)
     assert_int_equal(bad, 0);
 }
 
-int main(void)
+/* argv[1]: run only the tests whose name matches (cmocka's filter), as
+ * tests/gpu/run_sample.sh does under compute-sanitizer. */
+int main(int argc, char **argv)
 {
     int n_dev = 0;
     if (cudaGetDeviceCount(&n_dev) != cudaSuccess || n_dev == 0) {
@@ -547,5 +549,6 @@ int main(void)
         cmocka_unit_test(test_distribution),
         cmocka_unit_test(test_seeds_reproducible),
     };
+    if (argc > 1) cmocka_set_test_filter(argv[1]);
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

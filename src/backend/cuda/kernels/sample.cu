@@ -6,11 +6,11 @@
  * is (order-preserving bits of its logit) << 32 | (0xffffffff - id), so a
  * larger key comes first and keys are unique. A selection finds the first
  * element (largest key) at which a running total over the kept elements
- * crosses a target, by radix select: 8 bits of the key per pass over the row,
- * a 256-bin histogram of count and mass (e^(y - max)) of the elements whose
- * key matches the digits chosen so far, until one element is left. top_k
- * selects by count, top_p and the draw by mass. A pass reads the row once
- * (513 KB for a 128K vocabulary); a selection takes 2-5 passes.
+ * crosses a target, by radix select: 11 bits of the key per pass over the
+ * row, a 2048-bin histogram of count and mass (e^(y - max)) of the elements
+ * whose key matches the digits chosen so far, until one element is left.
+ * top_k selects by count, top_p and the draw by mass. A pass reads the row
+ * once (513 KB for a 128K vocabulary); a selection takes 2-4 passes.
  *
  * Edits (masked ids, penalties) are made in the logits row itself after
  * the raw logprobs are taken and undone before the chosen token's rank is
@@ -30,7 +30,10 @@ namespace
 {
 
 constexpr int THREADS = 512;
-constexpr int ITEMS = 4; /* consecutive ids per thread in the id-order scan */
+constexpr int ITEMS = 4;       /* consecutive ids per thread in the id-order scan */
+constexpr int RADIX_BITS = 11; /* key bits per selection pass */
+constexpr int BINS_PER_THREAD = (1 << RADIX_BITS) / THREADS;
+static_assert(BINS_PER_THREAD * THREADS == 1 << RADIX_BITS, "bins divide among the threads");
 constexpr uint32_t PROMPT_BIT = 1u << 30, MASK_BIT = 1u << 29, COUNT_MASK = MASK_BIT - 1;
 constexpr float SAMPLING_EPS = 1e-5f;    /* vLLM's _SAMPLING_EPS (engine_internal.h) */
 constexpr float MIN_TEMPERATURE = 1e-2f; /* engine_internal.h's CV_MIN_TEMPERATURE */
@@ -55,8 +58,8 @@ struct shared {
     double d;
     int i, i2;
     u64 u;
-    uint32_t hist_n[256];
-    float hist_m[256];
+    uint32_t hist_n[1 << RADIX_BITS];
+    float hist_m[1 << RADIX_BITS];
 };
 
 struct max_f {
@@ -211,19 +214,67 @@ __device__ totals kept_totals(shared &s, const view &v)
     return t;
 }
 
+/* The bin of a histogram pass where the running weight reaches target:
+ * bins are visited from the highest digit down (key order), each thread
+ * scanning BINS_PER_THREAD consecutive ones after a block scan of their
+ * sums. Sets *sel (-1: every bin empty), *count (its elements) and *above
+ * (the weight before it). When no bin reaches target (rounding), the last
+ * non-empty bin. */
+__device__ void pick_bin(shared &s, int n_bins, bool by_mass, double target, bool strict, int *sel,
+                         int *count, double *above)
+{
+    const int q0 = threadIdx.x * BINS_PER_THREAD; /* positions; bin = n_bins - 1 - position */
+    double w[BINS_PER_THREAD], mine = 0;
+    for (int j = 0; j < BINS_PER_THREAD; j++) {
+        const int b = n_bins - 1 - (q0 + j);
+        w[j] = b < 0 ? 0.0 : by_mass ? (double)s.hist_m[b] : (double)s.hist_n[b];
+        mine += w[j];
+    }
+    double before, total;
+    scan_d(s.tmp.s).ExclusiveSum(mine, before, total);
+    __syncthreads();
+    double pre[BINS_PER_THREAD], acc = *above + before;
+    int hit = INT_MAX, last = -1;
+    for (int j = 0; j < BINS_PER_THREAD; j++) {
+        const int b = n_bins - 1 - (q0 + j);
+        pre[j] = acc;
+        if (b < 0 || s.hist_n[b] == 0) continue;
+        acc += w[j];
+        last = q0 + j;
+        if (hit == INT_MAX && (strict ? acc > target : acc >= target)) hit = q0 + j;
+    }
+    const int first_hit = all_int(s, hit, min_i());
+    const int last_any = all_int(s, last, max_i());
+    const int q = first_hit != INT_MAX ? first_hit : last_any;
+    if (q >= q0 && q < q0 + BINS_PER_THREAD) {
+        const int b = n_bins - 1 - q;
+        s.i = b;
+        s.i2 = (int)s.hist_n[b];
+        s.d = pre[q - q0];
+    }
+    __syncthreads();
+    *sel = q < 0 ? -1 : s.i;
+    *count = q < 0 ? 0 : s.i2;
+    *above = q < 0 ? *above : s.d;
+    __syncthreads();
+}
+
 /* The key of the first kept element (in key order, largest first) at which
  * the running count (by_mass false) or mass reaches target: total >= target,
  * or total > target when strict. When no element reaches it (rounding), the
- * last kept element; 0 when none is kept. */
+ * last kept element; 0 when none is kept. Digits of RADIX_BITS: the first
+ * (sign, exponent, 2 mantissa bits) spreads typical logits over dozens of
+ * bins, so the shared-memory atomics of a warp seldom meet on one bin. */
 __device__ u64 select_key(shared &s, const view &v, bool by_mass, double target, bool strict)
 {
     u64 prefix = 0;
     double above = 0; /* weight of the kept elements before the prefix's */
     int shift = 64;
-    int count = 0;
     while (shift > 0) {
-        shift -= 8;
-        for (int b = threadIdx.x; b < 256; b += THREADS) {
+        const int bits = shift < RADIX_BITS ? shift : RADIX_BITS;
+        const int high = shift; /* the digits chosen so far are the key's bits >= high */
+        shift -= bits;
+        for (int b = threadIdx.x; b < (1 << RADIX_BITS); b += THREADS) {
             s.hist_n[b] = 0;
             s.hist_m[b] = 0.0f;
         }
@@ -232,41 +283,16 @@ __device__ u64 select_key(shared &s, const view &v, bool by_mass, double target,
             const float y = v.y(i);
             if (!v.kept(y, i)) continue;
             const u64 k = key_of(y, i);
-            if (shift < 56 && (k >> (shift + 8)) != prefix) continue;
-            const int d = (int)(k >> shift & 255);
+            if (high < 64 && (k >> high) != prefix) continue;
+            const int d = (int)(k >> shift & ((1u << bits) - 1));
             atomicAdd(&s.hist_n[d], 1u);
             if (by_mass) atomicAdd(&s.hist_m[d], expf(y - v.mx));
         }
         __syncthreads();
-        if (threadIdx.x == 0) {
-            int sel = -1, last = -1;
-            double w = 0;
-            for (int b = 255; b >= 0; b--) {
-                if (s.hist_n[b] == 0) continue;
-                w = by_mass ? (double)s.hist_m[b] : (double)s.hist_n[b];
-                last = b;
-                const double run = above + w;
-                if (strict ? run > target : run >= target) {
-                    sel = b;
-                    break;
-                }
-                above = run;
-            }
-            if (sel < 0 && last >= 0) { /* nothing reached: stay on the last element */
-                sel = last;
-                above -= w;
-            }
-            s.i = sel;
-            s.i2 = sel >= 0 ? (int)s.hist_n[sel] : 0;
-            s.d = above;
-        }
-        __syncthreads();
-        const int sel = s.i;
-        count = s.i2;
-        above = s.d;
-        __syncthreads();
+        int sel, count;
+        pick_bin(s, 1 << bits, by_mass, target, strict, &sel, &count, &above);
         if (sel < 0) return 0;
-        prefix = prefix << 8 | (u64)sel;
+        prefix = prefix << bits | (u64)sel;
         if (count == 1) break;
     }
     if (shift == 0) return prefix;
