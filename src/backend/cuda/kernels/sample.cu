@@ -40,6 +40,12 @@ constexpr float MIN_TEMPERATURE = 1e-2f; /* engine_internal.h's CV_MIN_TEMPERATU
 
 typedef unsigned long long u64;
 
+/* Histogram masses are summed as 64-bit fixed point (e^(y - max) <= 1
+ * times 2^40: 256K of them fit): integer sums are exact and independent of
+ * the order the atomics land in, so a selection is the same run to run,
+ * and finer than the 1/150K of the total a flat row's token weighs. */
+constexpr double MASS_ONE = 1099511627776.0; /* 2^40 */
+
 using reduce_f = cub::BlockReduce<float, THREADS>;
 using reduce_d = cub::BlockReduce<double, THREADS>;
 using reduce_i = cub::BlockReduce<int, THREADS>;
@@ -59,7 +65,7 @@ struct shared {
     int i, i2;
     u64 u;
     uint32_t hist_n[1 << RADIX_BITS];
-    float hist_m[1 << RADIX_BITS];
+    u64 hist_m[1 << RADIX_BITS]; /* fixed point, MASS_ONE = 1 */
 };
 
 struct max_f {
@@ -227,7 +233,7 @@ __device__ void pick_bin(shared &s, int n_bins, bool by_mass, double target, boo
     double w[BINS_PER_THREAD], mine = 0;
     for (int j = 0; j < BINS_PER_THREAD; j++) {
         const int b = n_bins - 1 - (q0 + j);
-        w[j] = b < 0 ? 0.0 : by_mass ? (double)s.hist_m[b] : (double)s.hist_n[b];
+        w[j] = b < 0 ? 0.0 : by_mass ? (double)s.hist_m[b] * (1.0 / MASS_ONE) : (double)s.hist_n[b];
         mine += w[j];
     }
     double before, total;
@@ -276,7 +282,7 @@ __device__ u64 select_key(shared &s, const view &v, bool by_mass, double target,
         shift -= bits;
         for (int b = threadIdx.x; b < (1 << RADIX_BITS); b += THREADS) {
             s.hist_n[b] = 0;
-            s.hist_m[b] = 0.0f;
+            s.hist_m[b] = 0;
         }
         __syncthreads();
         for (int i = threadIdx.x; i < v.vocab; i += THREADS) {
@@ -286,7 +292,8 @@ __device__ u64 select_key(shared &s, const view &v, bool by_mass, double target,
             if (high < 64 && (k >> high) != prefix) continue;
             const int d = (int)(k >> shift & ((1u << bits) - 1));
             atomicAdd(&s.hist_n[d], 1u);
-            if (by_mass) atomicAdd(&s.hist_m[d], expf(y - v.mx));
+            if (by_mass)
+                atomicAdd(&s.hist_m[d], __double2ull_rn((double)expf(y - v.mx) * MASS_ONE));
         }
         __syncthreads();
         int sel, count;
