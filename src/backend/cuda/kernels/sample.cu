@@ -32,6 +32,7 @@ namespace
 constexpr int THREADS = 512;
 constexpr int ITEMS = 4;       /* consecutive ids per thread in the id-order scan */
 constexpr int RADIX_BITS = 11; /* key bits per selection pass */
+constexpr int UNROLL = 8;      /* loads in flight per thread in a pass over a row */
 constexpr int BINS_PER_THREAD = (1 << RADIX_BITS) / THREADS;
 static_assert(BINS_PER_THREAD * THREADS == 1 << RADIX_BITS, "bins divide among the threads");
 constexpr uint32_t PROMPT_BIT = 1u << 30, MASK_BIT = 1u << 29, COUNT_MASK = MASK_BIT - 1;
@@ -174,6 +175,26 @@ __device__ int id_of(u64 key)
     return (int)(0xffffffffu - (uint32_t)key);
 }
 
+/* f(x[i], i) for every i of the row, this thread's share: UNROLL loads
+ * issued before any is used, so a block keeps enough reads in flight to
+ * stream the row (one load at a time per thread would not). */
+template <typename F> __device__ void each(const float *x, int vocab, F f)
+{
+    for (int base = threadIdx.x; base < vocab; base += THREADS * UNROLL) {
+        float v[UNROLL];
+#pragma unroll
+        for (int j = 0; j < UNROLL; j++) {
+            const int i = base + j * THREADS;
+            v[j] = i < vocab ? x[i] : 0.0f;
+        }
+#pragma unroll
+        for (int j = 0; j < UNROLL; j++) {
+            const int i = base + j * THREADS;
+            if (i < vocab) f(v[j], i);
+        }
+    }
+}
+
 /* The sampling view of a row: y_i = x_i / t and the candidates that min_p
  * leaves (finite, y >= floor) with key >= lo. */
 struct view {
@@ -181,9 +202,9 @@ struct view {
     int vocab;
     float t, mx, floor;
     u64 lo;
-    __device__ float y(int i) const
+    __device__ float y(float xi) const
     {
-        return __fdiv_rn(x[i], t);
+        return __fdiv_rn(xi, t);
     }
     __device__ bool cand(float v) const
     {
@@ -206,13 +227,13 @@ __device__ totals kept_totals(shared &s, const view &v)
 {
     int n = 0, last = -1;
     double mass = 0;
-    for (int i = threadIdx.x; i < v.vocab; i += THREADS) {
-        const float y = v.y(i);
-        if (!v.kept(y, i)) continue;
+    each(v.x, v.vocab, [&](float xi, int i) {
+        const float y = v.y(xi);
+        if (!v.kept(y, i)) return;
         n++;
         last = i;
         mass += expf(y - v.mx);
-    }
+    });
     totals t;
     t.n = all_int(s, n, sum_i());
     t.last = all_int(s, last, max_i());
@@ -285,16 +306,16 @@ __device__ u64 select_key(shared &s, const view &v, bool by_mass, double target,
             s.hist_m[b] = 0;
         }
         __syncthreads();
-        for (int i = threadIdx.x; i < v.vocab; i += THREADS) {
-            const float y = v.y(i);
-            if (!v.kept(y, i)) continue;
+        each(v.x, v.vocab, [&](float xi, int i) {
+            const float y = v.y(xi);
+            if (!v.kept(y, i)) return;
             const u64 k = key_of(y, i);
-            if (high < 64 && (k >> high) != prefix) continue;
+            if (high < 64 && (k >> high) != prefix) return;
             const int d = (int)(k >> shift & ((1u << bits) - 1));
             atomicAdd(&s.hist_n[d], 1u);
             if (by_mass)
                 atomicAdd(&s.hist_m[d], __double2ull_rn((double)expf(y - v.mx) * MASS_ONE));
-        }
+        });
         __syncthreads();
         int sel, count;
         pick_bin(s, 1 << bits, by_mass, target, strict, &sel, &count, &above);
@@ -305,12 +326,12 @@ __device__ u64 select_key(shared &s, const view &v, bool by_mass, double target,
     if (shift == 0) return prefix;
     /* One kept element has this prefix: find its key. */
     u64 found = 0;
-    for (int i = threadIdx.x; i < v.vocab; i += THREADS) {
-        const float y = v.y(i);
-        if (!v.kept(y, i)) continue;
+    each(v.x, v.vocab, [&](float xi, int i) {
+        const float y = v.y(xi);
+        if (!v.kept(y, i)) return;
         const u64 k = key_of(y, i);
         if ((k >> shift) == prefix) found = k;
-    }
+    });
     return all_max_u(s, found);
 }
 
@@ -324,7 +345,7 @@ __device__ int draw_id_order(shared &s, const view &v, double target, int last)
         double e[ITEMS], mine = 0;
         for (int j = 0; j < ITEMS; j++) {
             const int i = first + j;
-            float y = i < v.vocab ? v.y(i) : -INFINITY;
+            float y = i < v.vocab ? v.y(v.x[i]) : -INFINITY;
             e[j] = v.cand(y) ? (double)expf(y - v.mx) : -1.0;
             mine += e[j] > 0 ? e[j] : 0;
         }
@@ -365,20 +386,20 @@ __device__ int choose(shared &s, const cuda_sample_row &p, const float *x, int v
     if (p.temperature < SAMPLING_EPS) {
         /* First index of the maximum: the largest key. */
         u64 best = 0;
-        for (int i = threadIdx.x; i < vocab; i += THREADS) {
-            const u64 k = key_of(x[i], i);
+        each(x, vocab, [&](float xi, int i) {
+            const u64 k = key_of(xi, i);
             best = k > best ? k : best;
-        }
+        });
         return id_of(all_max_u(s, best));
     }
     view v = {
         x,         vocab,     p.temperature < MIN_TEMPERATURE ? MIN_TEMPERATURE : p.temperature,
         -INFINITY, -INFINITY, 0};
     float mx = -INFINITY;
-    for (int i = threadIdx.x; i < vocab; i += THREADS) {
-        const float y = v.y(i);
+    each(x, vocab, [&](float xi, int) {
+        const float y = v.y(xi);
         mx = y > mx ? y : mx;
-    }
+    });
     v.mx = all_max(s, mx);
     /* min_p: p_i < min_p * p_max  <=>  y_i - y_max < log(min_p). */
     if (p.min_p > 0.0f) v.floor = __fadd_rn(v.mx, logf(p.min_p));
@@ -413,12 +434,10 @@ __global__ void __launch_bounds__(THREADS)
 
     /* The raw distribution: log-sum-exp as the CPU (float terms, double sum). */
     float mx = -INFINITY;
-    for (int i = threadIdx.x; i < vocab; i += THREADS)
-        mx = x[i] > mx ? x[i] : mx;
+    each(x, vocab, [&](float xi, int) { mx = xi > mx ? xi : mx; });
     mx = all_max(s, mx);
     double sum = 0;
-    for (int i = threadIdx.x; i < vocab; i += THREADS)
-        sum += expf(x[i] - mx);
+    each(x, vocab, [&](float xi, int) { sum += expf(xi - mx); });
     const double lse = (double)mx + log(all_sum(s, sum));
 
     /* The top list: each pass takes the largest key below the previous. */
@@ -427,10 +446,10 @@ __global__ void __launch_bounds__(THREADS)
     u64 prev = ~0ull;
     for (int j = 0; j < n_top; j++) {
         u64 best = 0;
-        for (int i = threadIdx.x; i < vocab; i += THREADS) {
-            const u64 k = key_of(x[i], i);
+        each(x, vocab, [&](float xi, int i) {
+            const u64 k = key_of(xi, i);
             if (k < prev && k > best) best = k;
-        }
+        });
         prev = all_max_u(s, best);
         if (threadIdx.x == 0) {
             const int id = id_of(prev);
@@ -476,8 +495,7 @@ __global__ void __launch_bounds__(THREADS)
     }
     const float xt = x[token];
     int rank = 0;
-    for (int i = threadIdx.x; i < vocab; i += THREADS)
-        rank += x[i] >= xt;
+    each(x, vocab, [&](float xi, int) { rank += xi >= xt; });
     rank = all_int(s, rank, sum_i());
     if (threadIdx.x == 0) {
         out[blockIdx.x].token = token;
