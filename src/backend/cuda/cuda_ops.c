@@ -1,5 +1,6 @@
 /* The CUDA backend behind the backend function table (backend.h). It
- * reduces greedy rows on the GPU (cv_cuda_backend_forward_greedy). */
+ * reduces greedy rows and samples the others on the GPU
+ * (cv_cuda_backend_forward_greedy). */
 #include "backend/cuda/cuda_backend.h"
 
 static size_t cuda_kv_block_bytes(const void *impl, int block_size)
