@@ -137,6 +137,9 @@ static void gpu_sample(const float *logits, int n_rows, int vocab, const trow *r
         "cuda_sample launch");
     cuda_ok(cudaDeviceSynchronize(), "cuda_sample");
     cuda_ok(cudaMemcpy(out, d_out, (size_t)n * sizeof(*out), cudaMemcpyDeviceToHost), "out");
+    for (int i = 0; i < n; i++)
+        if (out[i].token < 0 || out[i].token >= vocab)
+            fail_msg("row %d: token %d is outside the vocabulary of %d", i, out[i].token, vocab);
     /* The rows are left as they were and the counts zero. */
     float *back = malloc(bytes);
     uint32_t *counts = malloc(count_bytes);
