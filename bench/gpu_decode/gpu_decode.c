@@ -4,6 +4,7 @@
  *
  *   cvllm-bench-gpu-decode --model DIR [--prompt 512] [--gen 256]
  *                          [--batches 16,64] [--batch-gen 64] [--json FILE]
+ *                          [--sample B]
  *
  * 1. Ceilings: a 2 GiB device-to-device copy (bytes read + written, 20
  *    copies after 2 warm-ups) and a cuBLAS 8192^3 bf16 GEMM on random data
@@ -19,8 +20,14 @@
  *    tok/s), then --batch-gen steps of B decode tokens (aggregate tok/s).
  *    With profiles, the largest batch also times mixed steps: B - 2
  *    decodes and 2 whole prompts (a saturated server's step, G1).
+ * 4. --sample B: B sequences decode --batch-gen steps sampling every row
+ *    (temperature 0.8, top_p 0.95, a seed per sequence) on the GPU
+ *    (kernels/sample.cu: the token and its logprob cross to the host), then
+ *    as before it (each row downloaded and sampled by the CPU sampler on
+ *    all OpenMP threads, as the engine's draw_all); bf16 activations, graphs.
  * KV cache: BF16 (vLLM's "auto" for a bf16 model), 16-token blocks. */
 #include <getopt.h>
+#include <omp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -31,10 +38,14 @@
 
 #include "backend/cuda/cuda_backend.h"
 #include "base/clock.h"
+#include "engine/sampler.h"
 
 /* MIXED_NEW_SEQS: prompts that join the largest batch in its mixed-step
  * profile (G1 with 128-token outputs finishes ~2 sequences of 256 a step). */
 enum { BLOCK_SIZE = 16, MAX_BATCH = 256, PREFILL_SEQS_PER_STEP = 8, MIXED_NEW_SEQS = 2 };
+
+/* How step() reduces the logits rows. */
+typedef enum { ROWS_GREEDY, ROWS_SAMPLE_GPU, ROWS_SAMPLE_HOST } rows_mode;
 
 #define CHECK(call)                                                                                \
     do {                                                                                           \
@@ -140,6 +151,13 @@ typedef struct bench {
     uint8_t want[MAX_BATCH];
     int32_t greedy_token[MAX_BATCH], greedy_rank[MAX_BATCH];
     float greedy_logprob[MAX_BATCH];
+    /* --sample: rows sampled on the GPU or downloaded and sampled here. */
+    rows_mode mode;
+    cv_sample_row sample[MAX_BATCH];
+    int32_t top_ids[MAX_BATCH * CV_SAMPLE_MAX_TOP];
+    float top_lps[MAX_BATCH * CV_SAMPLE_MAX_TOP];
+    cv_sampling_params params; /* the host sampler's */
+    sampler **samplers;        /* one per OpenMP thread */
     /* A batched decode step's floor: (weight bytes + the KV bytes its
      * attention reads) / copy bandwidth. */
     double weight_bytes, kv_bytes_per_token, copy_bytes_per_s;
@@ -183,15 +201,38 @@ static double step_seqs(bench *b, const int *seqs, const int *chunks, int ns)
         .n_logits = ns,
         .logits_indices = b->idx,
     };
+    for (int i = 0; i < ns; i++) {
+        b->want[i] = b->mode == ROWS_GREEDY       ? CV_ROW_GREEDY
+                     : b->mode == ROWS_SAMPLE_GPU ? CV_ROW_SAMPLE
+                                                  : CV_ROW_LOGITS;
+        b->sample[i] = (cv_sample_row){.temperature = b->params.temperature,
+                                       .top_p = b->params.top_p,
+                                       .repetition_penalty = 1.0f,
+                                       .seed = (uint64_t)seqs[i],
+                                       .draw = (uint64_t)b->len[seqs[i]]};
+    }
     cv_error err = {.msg = ""};
     const cv_greedy_rows greedy = {.want = b->want,
                                    .token = b->greedy_token,
                                    .logprob = b->greedy_logprob,
-                                   .rank = b->greedy_rank};
+                                   .rank = b->greedy_rank,
+                                   .sample = b->sample,
+                                   .top_ids = b->top_ids,
+                                   .top_logprobs = b->top_lps};
     const uint64_t t0 = cv_now_ns();
     if (cv_cuda_backend_forward_greedy(b->bk, &batch, b->logits, &greedy, &err) < 0) {
         fprintf(stderr, "forward: %s\n", err.msg);
         exit(1);
+    }
+    if (b->mode == ROWS_SAMPLE_HOST) {
+#pragma omp parallel for schedule(dynamic, 2)
+        for (int i = 0; i < ns; i++) {
+            const sample_request r = {.params = &b->params,
+                                      .logits = b->logits + (size_t)i * b->vocab,
+                                      .seed = b->sample[i].seed};
+            sample_logprobs lp;
+            b->greedy_token[i] = sampler_sample(b->samplers[omp_get_thread_num()], &r, 0, &lp);
+        }
     }
     const double s = cv_ns_to_s(cv_now_ns() - t0);
     for (int i = 0; i < ns; i++)
@@ -377,17 +418,56 @@ static json_t *run_one(bench *b, const run_config *cfg, int gen, int batch_gen, 
     return run;
 }
 
+/* --sample: B sequences' decode steps with every row sampled on the GPU,
+ * then downloaded and sampled on the host (fresh prefills before each). */
+static void run_sample(bench *b, int B, int batch_gen, json_t *root)
+{
+    cv_error err = {.msg = ""};
+    if (cv_cuda_backend_set_act_mode(b->bk, CV_CUDA_ACT_ROUND, &err)) {
+        fprintf(stderr, "%s\n", err.msg);
+        exit(1);
+    }
+    cv_cuda_backend_set_graphs(b->bk, 1);
+    static const rows_mode modes[] = {ROWS_SAMPLE_GPU, ROWS_SAMPLE_HOST};
+    static const char *const names[] = {"on the GPU", "downloaded, CPU sampler"};
+    double ms[2];
+    for (int m = 0; m < 2; m++) {
+        b->mode = ROWS_GREEDY;
+        for (int s0 = 0; s0 < B; s0 += PREFILL_SEQS_PER_STEP) {
+            const int ns = B - s0 < PREFILL_SEQS_PER_STEP ? B - s0 : PREFILL_SEQS_PER_STEP;
+            for (int i = 0; i < ns; i++)
+                b->len[s0 + i] = 0;
+            step(b, s0, ns, b->prompt_len);
+        }
+        b->mode = modes[m];
+        step(b, 0, B, 1); /* warm-up */
+        double sum = 0.0;
+        for (int i = 0; i < batch_gen; i++)
+            sum += step(b, 0, B, 1);
+        ms[m] = sum / batch_gen * 1e3;
+    }
+    b->mode = ROWS_GREEDY;
+    printf("\n| %d sequences, temperature %.1f top_p %.2f (bf16 activations, graphs) | decode step "
+           "ms |\n|---|---|\n",
+           B, b->params.temperature, b->params.top_p);
+    for (int m = 0; m < 2; m++)
+        printf("| sampled %s%s | %.3f |\n", names[m], m ? "" : " (kernels/sample.cu)", ms[m]);
+    printf("| GPU / CPU sampling | %.2fx (%d host threads) |\n", ms[0] / ms[1],
+           omp_get_max_threads());
+    json_object_set_new(root, "sample",
+                        json_pack("{s:i, s:f, s:f, s:i}", "n", B, "gpu_step_ms", ms[0],
+                                  "host_step_ms", ms[1], "host_threads", omp_get_max_threads()));
+}
+
 int main(int argc, char **argv)
 {
     const char *model_dir = NULL, *json_path = NULL, *batches_arg = "16,64";
-    int prompt_len = 512, gen = 256, batch_gen = 64;
-    static const struct option opts[] = {{"model", required_argument, 0, 'm'},
-                                         {"prompt", required_argument, 0, 'p'},
-                                         {"gen", required_argument, 0, 'g'},
-                                         {"batches", required_argument, 0, 'b'},
-                                         {"batch-gen", required_argument, 0, 'G'},
-                                         {"json", required_argument, 0, 'j'},
-                                         {0, 0, 0, 0}};
+    int prompt_len = 512, gen = 256, batch_gen = 64, sample_batch = 0;
+    static const struct option opts[] = {
+        {"model", required_argument, 0, 'm'},     {"prompt", required_argument, 0, 'p'},
+        {"gen", required_argument, 0, 'g'},       {"batches", required_argument, 0, 'b'},
+        {"batch-gen", required_argument, 0, 'G'}, {"json", required_argument, 0, 'j'},
+        {"sample", required_argument, 0, 's'},    {0, 0, 0, 0}};
     for (int o; (o = getopt_long(argc, argv, "", opts, NULL)) != -1;) {
         switch (o) {
         case 'm':
@@ -408,15 +488,19 @@ int main(int argc, char **argv)
         case 'j':
             json_path = optarg;
             break;
+        case 's':
+            sample_batch = atoi(optarg);
+            break;
         default:
             return 2;
         }
     }
-    if (!model_dir || prompt_len < 1 || gen < 1 || batch_gen < 1) {
+    if (!model_dir || prompt_len < 1 || gen < 1 || batch_gen < 1 || sample_batch < 0 ||
+        sample_batch > MAX_BATCH) {
         fprintf(stderr,
                 "usage: %s --model DIR [--prompt N] [--gen N] [--batches 16,64] "
-                "[--batch-gen N] [--json FILE]\n",
-                argv[0]);
+                "[--batch-gen N] [--json FILE] [--sample B (1..%d)]\n",
+                argv[0], MAX_BATCH);
         return 2;
     }
     int batches[8], n_batches = 0;
@@ -460,7 +544,7 @@ int main(int argc, char **argv)
     printf("model: %s, %.2f GB of weights; load %.1f s, upload %.1f s; decode floor %.3f ms\n",
            model_dir, wbytes / 1e9, load_s, upload_s, floor_ms);
 
-    int max_batch = 1;
+    int max_batch = sample_batch > 1 ? sample_batch : 1;
     for (int i = 0; i < n_batches; i++)
         max_batch = batches[i] > max_batch ? batches[i] : max_batch;
     /* Batch 1 runs gen + 16 profiled steps, the batches batch_gen + 9. */
@@ -482,13 +566,21 @@ int main(int argc, char **argv)
     b.lens = malloc(MAX_BATCH * sizeof(int32_t));
     b.idx = malloc(MAX_BATCH * sizeof(int32_t));
     b.tables = malloc((size_t)MAX_BATCH * b.max_blocks * sizeof(int32_t));
-    memset(b.want, 1, sizeof b.want);
+    cv_sampling_params_default(&b.params);
+    b.params.temperature = 0.8f;
+    b.params.top_p = 0.95f;
+    b.samplers = calloc((size_t)omp_get_max_threads(), sizeof *b.samplers);
+    for (int i = 0; b.samplers && i < omp_get_max_threads(); i++)
+        if (!(b.samplers[i] = sampler_create(b.vocab))) {
+            fprintf(stderr, "out of memory\n");
+            return 1;
+        }
     const cv_model_config *mc = cv_model_get_config(model);
     b.weight_bytes = (double)wbytes;
     b.kv_bytes_per_token = 2.0 * mc->n_layers * mc->n_kv_heads * mc->head_dim * 2; /* BF16 K, V */
     b.copy_bytes_per_s = copy * 1e9;
-    if (!b.prompt || !b.logits || !b.ids || !b.pos || !b.slots || !b.starts || !b.lens || !b.idx ||
-        !b.tables) {
+    if (!b.samplers || !b.prompt || !b.logits || !b.ids || !b.pos || !b.slots || !b.starts ||
+        !b.lens || !b.idx || !b.tables) {
         fprintf(stderr, "out of memory\n");
         return 1;
     }
@@ -515,6 +607,7 @@ int main(int argc, char **argv)
         json_array_append_new(
             runs, run_one(&b, &configs[i], gen, batch_gen, batches, n_batches, floor_ms));
     json_object_set_new(root, "runs", runs);
+    if (sample_batch > 0) run_sample(&b, sample_batch, batch_gen, root);
     if (json_path && json_dump_file(root, json_path, JSON_INDENT(1)) != 0) {
         fprintf(stderr, "cannot write %s\n", json_path);
         return 1;

@@ -18,7 +18,8 @@
  * adapter); then each configuration runs --steps decode steps (one token
  * per sequence per step, positions after the prompt), best mean step time
  * of --reps runs (the machine may be shared). Prints a markdown table:
- * adapters, step ms, tok/s, step time / no-adapter step time. */
+ * adapters, step ms, tok/s, step time / no-adapter step time; on the GPU
+ * the per-phase times of none and 16 adapters go to stderr. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -121,6 +122,34 @@ static cv_lora_adapter *random_adapter(const cv_model_config *cfg, int r)
     return a;
 }
 
+/* Per-phase CUDA events of the CUDA backend (eager while on). */
+static void set_profile(void *bk, int enable)
+{
+#ifdef CVLLM_HAVE_CUDA
+    cv_cuda_backend_profile(bk, enable);
+#else
+    (void)bk, (void)enable;
+#endif
+}
+
+/* Prints the phases of the steps profiled since set_profile, ms per step,
+ * and turns profiling off. */
+static void print_profile(void *bk, int n_adapters, int steps)
+{
+#ifdef CVLLM_HAVE_CUDA
+    double ms[CV_CUDA_N_PHASES];
+    const char *names[CV_CUDA_N_PHASES];
+    const int n = cv_cuda_backend_profile_read(bk, ms, names);
+    cv_cuda_backend_profile(bk, 0);
+    fprintf(stderr, "phases with %d adapters (eager, ms/step):", n_adapters);
+    for (int i = 0; i < n; i++)
+        fprintf(stderr, " %s %.3f", names[i], ms[i] / steps);
+    fprintf(stderr, "\n");
+#else
+    (void)bk, (void)n_adapters, (void)steps;
+#endif
+}
+
 int main(int argc, char **argv)
 {
     opts o;
@@ -187,8 +216,8 @@ int main(int argc, char **argv)
         }
     }
     qs[S] = T;
-    memset(want, 1, (size_t)S);
-    const cv_greedy_rows greedy = {want, g_tok, g_lp, g_rank};
+    memset(want, CV_ROW_GREEDY, (size_t)S);
+    const cv_greedy_rows greedy = {.want = want, .token = g_tok, .logprob = g_lp, .rank = g_rank};
     cv_batch b = {T, tok, pos, slots, S, qs, lens, tables, blocks_per_seq, S, idx, NULL};
     if (ops->forward(bk, &b, logits, &greedy, &err) < 0) {
         fprintf(stderr, "cvllm-bench-lora-decode: %s\n", err.msg);
@@ -205,7 +234,12 @@ int main(int argc, char **argv)
         for (int s = 0; s < S; s++)
             lora[s] = n_ad ? s % n_ad : -1;
         double best = INFINITY;
-        for (int rep = 0; rep < o.reps; rep++) {
+        /* On the GPU, none and 16 adapters get one more (untimed) run with
+         * per-phase CUDA events: where the adapters' time goes. */
+        const bool profile = ops != &cv_cpu_backend_ops && (n_ad == 0 || n_ad == 16);
+        for (int rep = 0; rep < o.reps + profile; rep++) {
+            const bool profiling = rep == o.reps;
+            if (profiling) set_profile(bk, 1);
             const uint64_t t0 = cv_now_ns();
             for (int step = 0; step < o.steps; step++) {
                 const int p = o.prompt + step;
@@ -226,6 +260,10 @@ int main(int argc, char **argv)
                     fprintf(stderr, "cvllm-bench-lora-decode: %s\n", err.msg);
                     return 1;
                 }
+            }
+            if (profiling) {
+                print_profile(bk, n_ad, o.steps);
+                continue;
             }
             const double ms = cv_ns_to_s(cv_now_ns() - t0) * 1e3 / o.steps;
             best = ms < best ? ms : best;

@@ -44,16 +44,50 @@ typedef struct cv_batch {
 
 struct cv_lora_adapter; /* lora/lora.h */
 
-/* Rows of a step whose only use is their greedy choice (temperature 0, no
- * penalty, no mask, no logprobs list): a backend that can reduce them
- * itself returns the choice instead of the row, so a GPU sends 12 bytes
- * per row instead of vocab_size floats. */
+/* What a backend that reduces rows itself returns for a logits row instead
+ * of the row (cv_greedy_rows.want). */
+enum {
+    CV_ROW_LOGITS = 0, /* the row itself */
+    CV_ROW_GREEDY = 1, /* its greedy choice: temperature 0, no penalty, mask or logprobs list */
+    CV_ROW_SAMPLE = 2, /* the token cv_sample_row asks for, with logprobs */
+};
+
+/* The longest logprobs list a sampled row returns (the engine's
+ * CV_MAX_LOGPROBS). */
+enum { CV_SAMPLE_MAX_TOP = 20 };
+
+/* A row the backend samples itself, with vLLM V1's semantics as the
+ * engine's CPU sampler defines them (src/engine/sampler.h): the raw row's
+ * logprobs; masked ids to -inf; repetition, frequency and presence
+ * penalties; greedy below temperature 1e-5, else temperature, min_p, top_k,
+ * top_p and a draw from the stream sampler_uniform(seed, draw). Pointers
+ * are borrowed for the forward call. */
+typedef struct cv_sample_row {
+    float temperature, top_p, min_p;
+    int32_t top_k; /* <= 0: off */
+    float repetition_penalty, frequency_penalty, presence_penalty;
+    uint64_t seed;         /* the sequence's random stream */
+    uint64_t draw;         /* its counter: the output position */
+    const int32_t *tokens; /* (n_tokens) prompt then output: what the penalties count */
+    int n_prompt, n_tokens;
+    const int32_t *masked; /* (n_masked) ids held at -inf (stop ids below min_tokens) */
+    int n_masked;
+    int n_top; /* logprobs list wanted, 0..CV_SAMPLE_MAX_TOP */
+} cv_sample_row;
+
+/* Rows of a step a backend may reduce itself: a GPU then sends 12 bytes
+ * (greedy) or the token and its logprobs (sampled) per row instead of
+ * vocab_size floats. A backend that reduces rows does both kinds. */
 typedef struct cv_greedy_rows {
-    const uint8_t *want; /* (n_logits) nonzero: return the row's greedy choice below and
-                            leave its logits row unwritten */
-    int32_t *token;      /* (n_logits) out: first index of the row's maximum */
-    float *logprob;      /* (n_logits) out: its log-softmax value */
+    const uint8_t *want; /* (n_logits) CV_ROW_*: GREEDY and SAMPLE rows are returned below and
+                            their logits rows left unwritten */
+    int32_t *token;      /* (n_logits) out: greedy: first index of the row's maximum */
+    float *logprob;      /* (n_logits) out: its log-softmax value (of the raw row) */
     int32_t *rank;       /* (n_logits) out: tokens at least as likely, itself included */
+    const cv_sample_row *sample; /* (n_logits) the SAMPLE rows' requests; NULL: none */
+    int32_t *top_ids;    /* (n_logits, CV_SAMPLE_MAX_TOP) out: SAMPLE rows' min(n_top, vocab)
+                            most likely raw ids, ties by lower id */
+    float *top_logprobs; /* (n_logits, CV_SAMPLE_MAX_TOP) out: their raw logprobs */
 } cv_greedy_rows;
 
 typedef struct cv_backend cv_backend;
@@ -116,9 +150,9 @@ typedef struct cv_backend_ops {
     int (*kv_alloc)(void *impl, int n_blocks, int block_size, cv_error *err);
     int (*kv_copy)(void *impl, const int32_t *src, const int32_t *dst, int n, cv_error *err);
     /* One step as cv_backend_forward. greedy: the rows the caller needs only
-     * the greedy choice of; a backend that reduces rows itself fills greedy
-     * and returns 1, one that does not (greedy_rows false) ignores it and
-     * returns 0; -1 on error. */
+     * the greedy choice or a sampled token of; a backend that reduces rows
+     * itself fills greedy and returns 1, one that does not ignores it and
+     * returns 0 (every row in logits); -1 on error. */
     int (*forward)(void *impl, const cv_batch *batch, float *logits, const cv_greedy_rows *greedy,
                    cv_error *err);
     void (*destroy)(void *impl);

@@ -215,6 +215,9 @@ static void engine_free(cv_engine *e)
     free(e->g_token);
     free(e->g_rank);
     free(e->g_logprob);
+    free(e->g_sample);
+    free(e->g_top_ids);
+    free(e->g_top_lps);
     free(e->e_first_row);
     free(e->e_n_rows);
     free(e->logits);

@@ -113,11 +113,16 @@ struct cv_engine {
     void **lora_fail_reqs; /* (cap_lora_fail) scratch: requests failed with their adapter */
     int cap_lora_fail;
     int *e_first_row, *e_n_rows; /* (n_entries) logits rows of each scheduled entry */
-    /* (rows) the rows whose greedy choice is all the step needs, and that
-     * choice when the backend made it (greedy_filled). */
+    /* (rows) the rows whose greedy choice or sampled token is all the step
+     * needs (CV_ROW_*), and that choice when the backend made it
+     * (greedy_filled); g_sample: the CV_ROW_SAMPLE rows' requests, g_top_*:
+     * (rows, CV_MAX_LOGPROBS) their logprobs lists. */
     uint8_t *g_want;
     int32_t *g_token, *g_rank;
     float *g_logprob;
+    cv_sample_row *g_sample;
+    int32_t *g_top_ids;
+    float *g_top_lps;
     bool greedy_filled;
     /* Where step time went since t0_ns (verbose log every 10 s): before the
      * forward (schedule, batch), inside it, after it (sample, detokenize,
@@ -126,7 +131,7 @@ struct cv_engine {
     struct {
         uint64_t t0_ns;
         int64_t steps, tokens;
-        double before_s, forward_s, after_s;
+        double before_s, forward_s, after_s, outputs_s; /* outputs_s: part of after_s */
     } step_log;
     struct sample_job *jobs; /* (n_jobs) sequences to sample this step */
     int n_jobs, cap_jobs;

@@ -55,7 +55,10 @@ static int reserve_batch(cv_engine *e, int n_tokens, int n_seqs, int max_blocks)
             resize(&e->b_slots, c, sizeof(int64_t)) ||
             resize(&e->b_logits_idx, c, sizeof(int32_t)) || resize(&e->g_want, c, 1) ||
             resize(&e->g_token, c, sizeof(int32_t)) || resize(&e->g_rank, c, sizeof(int32_t)) ||
-            resize(&e->g_logprob, c, sizeof(float)))
+            resize(&e->g_logprob, c, sizeof(float)) ||
+            resize(&e->g_sample, c, sizeof(cv_sample_row)) ||
+            resize(&e->g_top_ids, c, CV_MAX_LOGPROBS * sizeof(int32_t)) ||
+            resize(&e->g_top_lps, c, CV_MAX_LOGPROBS * sizeof(float)))
             return -1;
         e->cap_b_tokens = c;
     }
@@ -81,7 +84,7 @@ static bool wants_prompt_rows(const request *req, const cv_seq *s)
 
 /* Is the next token of s all its logits row is for, and greedy (the
  * sampler's plain_greedy with no logprobs list)? Then a GPU backend may
- * pick it and send no row. */
+ * pick it and send 12 bytes instead of the row. */
 static bool greedy_row(const request *req, const cv_seq *s)
 {
     const cv_sampling_params *p = &req->params;
@@ -89,6 +92,47 @@ static bool greedy_row(const request *req, const cv_seq *s)
     return !req->grammar && p->temperature < CV_SAMPLING_EPS && p->repetition_penalty == 1.0f &&
            p->frequency_penalty == 0.0f && p->presence_penalty == 0.0f && p->logprobs <= 0 &&
            (s->n_tokens - s->n_prompt >= p->min_tokens || req->n_mask_ids == 0);
+}
+
+_Static_assert((int)CV_MAX_LOGPROBS == (int)CV_SAMPLE_MAX_TOP,
+               "a device-sampled row returns the engine's longest logprobs list");
+
+/* How a backend may reduce the row of s's next token (CV_ROW_*): greedy as
+ * above; else sampled by the backend, unless a grammar's mask applies (it is
+ * built on the CPU) or the row is an n > 1 request's first, which every
+ * sequence samples with its own stream. */
+static uint8_t row_kind(const request *req, const cv_seq *s)
+{
+    if (greedy_row(req, s)) return CV_ROW_GREEDY;
+    if (req->grammar || (!req->forked && req->n_seqs > 1)) return CV_ROW_LOGITS;
+    return CV_ROW_SAMPLE;
+}
+
+/* The sampler's request (draw's sample_request) for a backend. */
+static cv_sample_row sample_row(const request *req, const cv_seq *s)
+{
+    const cv_sampling_params *p = &req->params;
+    const int n_out = s->n_tokens - s->n_prompt;
+    const bool masking = n_out < p->min_tokens && req->n_mask_ids > 0;
+    return (cv_sample_row){
+        .temperature = p->temperature,
+        .top_p = p->top_p,
+        .min_p = p->min_p,
+        .top_k = p->top_k,
+        .repetition_penalty = p->repetition_penalty,
+        .frequency_penalty = p->frequency_penalty,
+        .presence_penalty = p->presence_penalty,
+        .seed = req->seqs[s->index].rng_seed,
+        .draw = (uint64_t)n_out,
+        .tokens = s->tokens,
+        .n_prompt = s->n_prompt,
+        .n_tokens = s->n_tokens,
+        .masked = masking ? req->mask_ids : NULL,
+        .n_masked = masking ? req->n_mask_ids : 0,
+        .n_top = p->logprobs <= 0                ? 0
+                 : p->logprobs < CV_MAX_LOGPROBS ? p->logprobs
+                                                 : CV_MAX_LOGPROBS,
+    };
 }
 
 static int build_batch(cv_engine *e, const sched_output *so, cv_batch *b)
@@ -121,7 +165,8 @@ static int build_batch(cv_engine *e, const sched_output *so, cv_batch *b)
                 e->b_logits_idx[rows++] = e->b_query_start[i] + j;
             }
         } else if (s->n_computed + n_new == s->n_tokens) {
-            e->g_want[rows] = greedy_row(req, s);
+            e->g_want[rows] = row_kind(req, s);
+            if (e->g_want[rows] == CV_ROW_SAMPLE) e->g_sample[rows] = sample_row(req, s);
             e->b_logits_idx[rows++] = t - 1;
         }
         e->e_n_rows[i] = rows - e->e_first_row[i];
@@ -242,6 +287,14 @@ static void draw(const cv_engine *e, sampler *smp, sample_job *j)
         j->token = e->g_token[row];
         j->lp = (sample_logprobs){
             .token = j->token, .logprob = e->g_logprob[row], .rank = e->g_rank[row]};
+        if (e->g_want[row] == CV_ROW_SAMPLE) {
+            int n = e->g_sample[row].n_top < e->vocab ? e->g_sample[row].n_top : e->vocab;
+            memcpy(j->lp.top_ids, e->g_top_ids + (size_t)row * CV_MAX_LOGPROBS,
+                   (size_t)n * sizeof(int32_t));
+            memcpy(j->lp.top_logprobs, e->g_top_lps + (size_t)row * CV_MAX_LOGPROBS,
+                   (size_t)n * sizeof(float));
+            j->lp.n_top = n;
+        }
         return;
     }
     seq_state *ss = &j->req->seqs[j->k];
@@ -426,8 +479,11 @@ static bool fault_injected(cv_engine *e)
 #endif
 
 /* Adds a step's phases to e->step_log; every 10 s of steps, with verbose
- * logging on, says where the time went. */
-static void log_step(cv_engine *e, int n_tokens, uint64_t t_step, uint64_t t_fwd, uint64_t t_post)
+ * logging on, says where the time went (after the forward: taking the
+ * tokens, i.e. sampling, detokenizing and stop checks, until t_out, then
+ * handing the outputs to their requests). */
+static void log_step(cv_engine *e, int n_tokens, uint64_t t_step, uint64_t t_fwd, uint64_t t_post,
+                     uint64_t t_out)
 {
     uint64_t end = cv_now_ns();
     if (e->step_log.t0_ns == 0) e->step_log.t0_ns = t_step;
@@ -436,15 +492,16 @@ static void log_step(cv_engine *e, int n_tokens, uint64_t t_step, uint64_t t_fwd
     e->step_log.before_s += cv_ns_to_s(t_fwd - t_step);
     e->step_log.forward_s += cv_ns_to_s(t_post - t_fwd);
     e->step_log.after_s += cv_ns_to_s(end - t_post);
+    e->step_log.outputs_s += cv_ns_to_s(end - t_out);
     double span = cv_ns_to_s(end - e->step_log.t0_ns);
     if (span < 10.0) return;
     double n = (double)e->step_log.steps;
     cv_log_verbose(
         "engine: %lld steps in %.1f s (%.0f tokens/step): %.3f ms before the forward, "
-        "%.3f ms in it, %.3f ms after it per step; idle %.0f%%",
+        "%.3f ms in it, %.3f ms after it (%.3f of it handing out outputs) per step; idle %.0f%%",
         (long long)e->step_log.steps, span, (double)e->step_log.tokens / n,
         e->step_log.before_s / n * 1e3, e->step_log.forward_s / n * 1e3,
-        e->step_log.after_s / n * 1e3,
+        e->step_log.after_s / n * 1e3, e->step_log.outputs_s / n * 1e3,
         100.0 *
             (1.0 - (e->step_log.before_s + e->step_log.forward_s + e->step_log.after_s) / span));
     memset(&e->step_log, 0, sizeof e->step_log);
@@ -507,8 +564,13 @@ int engine_step(cv_engine *e)
         if (upto > s->n_computed) prompt_computed += upto - s->n_computed;
     }
     uint64_t t_fwd = cv_now_ns();
-    const cv_greedy_rows greedy = {
-        .want = e->g_want, .token = e->g_token, .logprob = e->g_logprob, .rank = e->g_rank};
+    const cv_greedy_rows greedy = {.want = e->g_want,
+                                   .token = e->g_token,
+                                   .logprob = e->g_logprob,
+                                   .rank = e->g_rank,
+                                   .sample = e->g_sample,
+                                   .top_ids = e->g_top_ids,
+                                   .top_logprobs = e->g_top_lps};
     prefetch_masks(e, &so);
     const int fwd = cv_device_backend_forward(e->backend, &batch, e->logits, &greedy, &e->step_err);
     if (e->so_prefetch) so_prefetch_wait(e->so_prefetch);
@@ -521,6 +583,7 @@ int engine_step(cv_engine *e)
     if (draw_all(e) < 0) return -1;
     for (int i = 0; i < e->n_jobs; i++)
         if (apply_job(e, &e->jobs[i], now) < 0) return -1;
+    const uint64_t t_out = cv_now_ns();
     pthread_mutex_lock(&e->stats_mu);
     e->stats.prompt_tokens_computed += (uint64_t)prompt_computed;
     e->stats.forward_s_total += cv_ns_to_s(now - t_fwd);
@@ -547,6 +610,7 @@ int engine_step(cv_engine *e)
         if (finished) engine_retire(e, req);
     }
     engine_update_gauges(e);
-    if (cv_log_get_level() >= CV_LOG_VERBOSE) log_step(e, batch.n_tokens, t_step, t_fwd, now);
+    if (cv_log_get_level() >= CV_LOG_VERBOSE)
+        log_step(e, batch.n_tokens, t_step, t_fwd, now, t_out);
     return 0;
 }

@@ -10,7 +10,7 @@ SHARED=${CVLLM_SHARED:-../shared}
 cmake -S . -B "$BUILD" -DCMAKE_BUILD_TYPE=Release > /dev/null
 cmake --build "$BUILD" -j2 --target test_gpu_fixtures test_gpu_engine cvllm-bench-gpu-decode \
     cvllm-dummy-model cvllm-server cvllm-bench test_gpu_server_stream test_gpu_attention test_gpu_gemv \
-    test_gpu_lora cvllm-bench-lora-decode
+    test_gpu_lora cvllm-bench-lora-decode test_gpu_sample
 mkdir -p "$BUILD/gpu-lib" "$BUILD/gpu-shared/models" "$BUILD/gpu-shared/tokenizers"
 # Every shared library the programs use that is not the C runtime or CUDA's
 # (the GPU machine's image has those): gRPC, libevent, jansson, ...

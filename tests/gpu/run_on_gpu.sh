@@ -7,7 +7,7 @@
 # travel). Make both with tests/gpu/make_bundle.sh.
 #
 # 1. test_gpu_fixtures (all HF fixtures, stories260K greedy), test_gpu_engine,
-#    test_gpu_server_stream, test_gpu_attention;
+#    test_gpu_server_stream, test_gpu_attention, test_gpu_sample;
 # 2. cvllm-dummy-model --shape L8B --dtype bf16 (timed);
 # 3. cvllm-bench-gpu-decode on it, then HF transformers on the same files;
 # 4. bench/gpu_decode/report.py -> $OUT/gpu_decode.md.
@@ -54,6 +54,13 @@ timeout 120 "$BUILD/tests/test_gpu_attention" --bench > "$OUT/test_gpu_attention
 echo "test_gpu_attention rc=$?"
 tail -20 "$OUT/test_gpu_attention.log"
 
+echo "== test_gpu_sample (the device sampler vs the CPU sampler)"
+timeout 200 "$BUILD/tests/test_gpu_sample" > "$OUT/test_gpu_sample.log" 2>&1
+sample_rc=$?
+echo "test_gpu_sample rc=$sample_rc"
+grep -E "^\[  (PASSED|FAILED|  FAILED|  ERROR) |ERROR|chi-square|equal to the CPU" \
+    "$OUT/test_gpu_sample.log" | tail -12
+
 echo "== compute-sanitizer (memcheck, racecheck) on qwen3_bf16, memcheck on opt_postnorm_f32"
 for tool in memcheck racecheck; do
     CVLLM_SHARED="$PWD/$BUILD/gpu-shared" CVLLM_SOURCE_DIR="$PWD" timeout 30 \
@@ -93,6 +100,7 @@ python3 bench/gpu_decode/report.py "$OUT/cvllm.json" "$OUT/hf.json" \
 echo
 echo "== summary"
 echo "test_gpu_fixtures rc=$test_rc (${test_s} ms)  test_gpu_server_stream rc=$stream_rc" \
+     " test_gpu_sample rc=$sample_rc" \
      " dummy-model rc=$dm_rc (${dm_s} ms)" \
      " bench rc=$bench_rc  hf rc=$hf_rc"
 grep -E "^(###|\| (TTFT|TPOT|[0-9]+ \|))" "$OUT/bench.log"

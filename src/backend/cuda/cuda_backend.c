@@ -388,6 +388,7 @@ void cv_cuda_backend_destroy(cv_cuda_backend *b)
     cudaFree(b->stage_dev);
     cudaFreeHost(b->stage_host);
     cudaFreeHost(b->greedy_host);
+    cuda_sample_free(b);
     for (int i = 0; i < b->max_events; i++)
         cudaEventDestroy(b->events[i]);
     free(b->events);

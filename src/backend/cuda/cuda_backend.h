@@ -98,8 +98,9 @@ int cv_cuda_backend_forward(cv_cuda_backend *b, const cv_batch *batch, float *lo
                             cv_error *err);
 
 /* The same, except that the rows greedy->want marks are reduced on the GPU
- * to their greedy choice (returned in greedy's arrays) and their logits
- * rows are not downloaded. greedy NULL: as cv_cuda_backend_forward. */
+ * to their greedy choice or sampled token (kernels/sample.h; returned in
+ * greedy's arrays) and their logits rows are not downloaded. greedy NULL: as
+ * cv_cuda_backend_forward. */
 int cv_cuda_backend_forward_greedy(cv_cuda_backend *b, const cv_batch *batch, float *logits,
                                    const cv_greedy_rows *greedy, cv_error *err);
 

@@ -421,7 +421,7 @@ static int layer_forward(cv_cuda_backend *b, const cv_batch *bt, const step_arra
         if ((qkv_dtype == CV_DTYPE_F32
                  ? gemm(b, L->wqkv, b->qkv_dim, h, b->xn, nt, b->qkv, 0.0f, err)
                  : gemm16(b, L->wqkv, b->qkv_dim, h, b->xn, nt, b->qkv, err)) ||
-            cuda_lora_apply(b, l, CUDA_LORA_QKV, b->xn, b->qkv, err) ||
+            cuda_lora_apply(b, l, CUDA_LORA_QKV, b->xn, nt, b->qkv, err) ||
             mark(b, CV_CUDA_PHASE_QKV_GEMM, err))
             return -1;
         const cuda_qkv_args qa = {
@@ -503,7 +503,7 @@ static int layer_forward(cv_cuda_backend *b, const cv_batch *bt, const step_arra
         KL(cuda_attention(&aa, b->stream), "attention kernel");
     }
     if (mark(b, CV_CUDA_PHASE_ATTN, err) || gemm(b, L->wo, h, qd, b->attn, nt, b->x, 1.0f, err) ||
-        cuda_lora_apply(b, l, CUDA_LORA_O, b->attn, b->x, err) ||
+        cuda_lora_apply(b, l, CUDA_LORA_O, b->attn, nt, b->x, err) ||
         mark(b, CV_CUDA_PHASE_O_GEMM, err))
         return -1;
     if (L->bo) KL(cuda_add_bias(b->x, L->bo, nt, h, b->stream), "output bias kernel");
@@ -542,7 +542,7 @@ static int layer_forward(cv_cuda_backend *b, const cv_batch *bt, const step_arra
     } else {
         if ((act16 == CV_DTYPE_F32 ? gemm(b, L->wgu, 2 * f, h, b->xn, nt, b->gu, 0.0f, err)
                                    : gemm16(b, L->wgu, 2 * f, h, b->xn, nt, b->gu, err)) ||
-            cuda_lora_apply(b, l, CUDA_LORA_GU, b->xn, b->gu, err) ||
+            cuda_lora_apply(b, l, CUDA_LORA_GU, b->xn, nt, b->gu, err) ||
             mark(b, CV_CUDA_PHASE_UPGATE_GEMM, err))
             return -1;
         KL(cuda_gated_act(c->hidden_act, act16, b->gu, nt, f, b->wdtype, b->mlp, split * nt * f,
@@ -550,7 +550,7 @@ static int layer_forward(cv_cuda_backend *b, const cv_batch *bt, const step_arra
            "gated activation kernel");
     }
     if (mark(b, CV_CUDA_PHASE_ACT, err) || gemm(b, L->wdown, h, f, b->mlp, nt, b->x, 1.0f, err) ||
-        cuda_lora_apply(b, l, CUDA_LORA_DOWN, b->mlp, b->x, err) ||
+        cuda_lora_apply(b, l, CUDA_LORA_DOWN, b->mlp, nt, b->x, err) ||
         mark(b, CV_CUDA_PHASE_DOWN_GEMM, err))
         return -1;
     if (L->b_down) KL(cuda_add_bias(b->x, L->b_down, nt, h, b->stream), "mlp bias kernel");
@@ -640,13 +640,16 @@ static int run_graph(cv_cuda_backend *b, const cv_batch *bt, const step_arrays *
         .stage_dev = b->stage_dev,
         .partial = b->partial,
         .kv = b->kv,
+        .lora = cuda_lora_graph_key_of(b),
     };
     for (int i = 0; i < CUDA_GRAPH_SLOTS; i++) {
         const cuda_graph_entry *g = &b->graphs[i];
         if (g->exec && g->n_tokens == key.n_tokens && g->n_seqs == key.n_seqs &&
             g->n_logits == key.n_logits && g->max_blocks == key.max_blocks &&
             same_attn(&g->attn, &key.attn) && g->act_mem == key.act_mem &&
-            g->stage_dev == key.stage_dev && g->partial == key.partial && g->kv == key.kv) {
+            g->stage_dev == key.stage_dev && g->partial == key.partial && g->kv == key.kv &&
+            g->lora.n_segs == key.lora.n_segs && g->lora.stage == key.lora.stage &&
+            g->lora.u == key.lora.u) {
             CU(cudaGraphLaunch(g->exec, b->stream), "cudaGraphLaunch");
             return 0;
         }
@@ -677,8 +680,8 @@ static int run_graph(cv_cuda_backend *b, const cv_batch *bt, const step_arrays *
 }
 
 /* Enqueues the downloads of a finished step: the greedy choices when asked
- * for, and the logits rows the caller did not reduce to them, one copy per
- * run of consecutive rows. */
+ * for, and the logits rows the caller did not reduce to a greedy choice or a
+ * sampled token, one copy per run of consecutive rows. */
 static int download(cv_cuda_backend *b, const cv_batch *bt, float *logits,
                     const cv_greedy_rows *greedy, cv_error *err)
 {
@@ -775,8 +778,7 @@ static int pad_decode_step(cv_cuda_backend *b, const cv_batch *bt, cv_batch *pad
 /* Is bt a decode step a graph of the ladder can run? */
 static bool graph_step(const cv_cuda_backend *b, const cv_batch *bt)
 {
-    if (!b->use_graphs || b->graphs_broken || b->prof || b->lora_step ||
-        bt->n_tokens > CUDA_GRAPH_MAX_TOKENS)
+    if (!b->use_graphs || b->graphs_broken || b->prof || bt->n_tokens > CUDA_GRAPH_MAX_TOKENS)
         return false;
     if (bt->n_tokens != bt->n_seqs || bt->n_logits != bt->n_seqs) return false;
     for (int i = 0; i < bt->n_logits; i++)
@@ -823,6 +825,7 @@ int cuda_forward_run(cv_cuda_backend *b, const cv_batch *user_bt, float *logits,
         mark(b, CV_CUDA_PHASE_COPY, err))
         return -1;
     if (graph ? run_graph(b, bt, &d, &sa, err) : enqueue_step(b, bt, &d, &sa, err)) return -1;
+    if (greedy && cuda_sample_enqueue(b, user_bt->n_logits, greedy, err)) return -1;
     if (user_bt->n_logits > 0 &&
         (download(b, user_bt, logits, greedy, err) || mark(b, CV_CUDA_PHASE_COPY, err)))
         return -1;
@@ -834,6 +837,7 @@ int cuda_forward_run(cv_cuda_backend *b, const cv_batch *user_bt, float *logits,
         greedy->logprob[r] = b->greedy_host[r].logprob;
         greedy->rank[r] = b->greedy_host[r].rank;
     }
+    if (greedy) cuda_sample_collect(b, user_bt->n_logits, greedy);
     return b->prof ? profile_collect(b, err) : 0;
 }
 

@@ -149,6 +149,7 @@ int cuda_gather_act(cv_dtype embed_dtype, const void *embed, const int32_t *ids,
 #include <cublas_v2.h>
 
 #include "backend/cuda/attn/attn.h"
+#include "backend/cuda/lora/cuda_lora.h"
 #include "base/error.h"
 
 /* How a step's attention runs: the tensor-core kernels (attn/) with their
@@ -180,7 +181,8 @@ typedef struct cuda_graph_entry {
     int n_tokens, n_seqs, n_logits, max_blocks;
     step_attn attn; /* the step's attention launches */
     const void *act_mem, *stage_dev, *partial, *kv;
-    cudaGraphExec_t exec; /* NULL: slot empty */
+    cuda_lora_graph_key lora; /* zero in a step without adapters */
+    cudaGraphExec_t exec;     /* NULL: slot empty */
 } cuda_graph_entry;
 
 /* Decode steps are padded to a ladder of batch sizes (1, 2, 4, then
@@ -246,6 +248,7 @@ struct cv_cuda_backend {
     float *xp;     /* (logits, proj_dim) project_out's result, when proj_dim */
     cuda_greedy_out *greedy_dev;  /* (logits) each row's greedy choice */
     cuda_greedy_out *greedy_host; /* (cap_logits) pinned: their download */
+    struct cuda_sampler *sampler; /* device sampling's buffers (cuda_sample.c); NULL until used */
     float *partial;               /* split-attention partials */
     /* Fewest keys per attention split (32; tests lower it to exercise the
      * split path on tiny contexts). */
@@ -260,7 +263,7 @@ struct cv_cuda_backend {
 
     /* LoRA (lora/cuda_lora.h): the slot pool, NULL until lora_init. A step
      * with an adapter (lora_step) runs the unfused path: fp32 product
-     * outputs the deltas are added to, no GEMV epilogues, no graph. */
+     * outputs the deltas are added to, no GEMV epilogues. */
     struct cuda_lora *lora;
     bool lora_step;
 
@@ -291,6 +294,17 @@ struct cv_cuda_backend {
 
 /* Drops every captured graph (buffers moved or the mode changed). */
 void cuda_graphs_clear(cv_cuda_backend *b);
+
+/* Device sampling of a step's CV_ROW_SAMPLE rows (cuda_sample.c, over
+ * kernels/sample.h). cuda_sample_enqueue queues on b->stream, after the
+ * step's kernels, one upload of the rows' parameters and edit ids, the
+ * sampler, and the download of its results; after the stream synchronized,
+ * cuda_sample_collect writes them into rows' arrays. cuda_sample_free
+ * releases the buffers (at destroy). */
+int cuda_sample_enqueue(cv_cuda_backend *b, int n_logits, const cv_greedy_rows *rows,
+                        cv_error *err);
+void cuda_sample_collect(cv_cuda_backend *b, int n_logits, const cv_greedy_rows *rows);
+void cuda_sample_free(cv_cuda_backend *b);
 
 /* Runs one batch (cuda_forward.c); greedy as cv_cuda_backend_forward. */
 int cuda_forward_run(cv_cuda_backend *b, const cv_batch *batch, float *logits,

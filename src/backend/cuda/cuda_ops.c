@@ -1,6 +1,7 @@
 /* The CUDA backend behind the backend function table (backend.h). It
- * reduces greedy rows on the GPU (cv_cuda_backend_forward_greedy) and
- * applies LoRA adapters from its slot pool (lora/cuda_lora.h). */
+ * reduces greedy rows and samples the others on the GPU
+ * (cv_cuda_backend_forward_greedy) and applies LoRA adapters from its slot
+ * pool (lora/cuda_lora.h). */
 #include "backend/cuda/cuda_backend.h"
 #include "backend/cuda/lora/cuda_lora.h"
 

@@ -55,8 +55,9 @@ int cv_device_backend_kv_alloc(cv_device_backend *b, int n_blocks, int block_siz
 int cv_device_backend_kv_copy(cv_device_backend *b, const int32_t *src, const int32_t *dst, int n,
                               cv_error *err);
 /* Runs one step. greedy (NULL: every row returned as logits) marks rows the
- * engine needs only the greedy choice of; a backend that reduces rows
- * itself (the GPU's) fills their choice and leaves their logits unwritten,
+ * engine needs only the greedy choice or a sampled token of (backend.h's
+ * CV_ROW_GREEDY / CV_ROW_SAMPLE); a backend that reduces rows itself (the
+ * GPU's) fills their choice and leaves their logits unwritten,
  * the others return every row and the engine reduces them. Returns 1 when
  * greedy was filled, 0 when every row is in logits, -1 on error. */
 int cv_device_backend_forward(cv_device_backend *b, const cv_batch *batch, float *logits,

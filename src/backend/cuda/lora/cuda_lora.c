@@ -21,7 +21,11 @@ typedef struct lora_geom {
 
 struct cuda_lora {
     int n_slots, rank; /* max_loras, R */
-    size_t esize;      /* bytes of an element (the model's matrix dtype) */
+    /* A and B's element type: the model's matrix dtype (vLLM keeps LoRA
+     * weights in it), fp32 when lora_init found the exact (split
+     * activation) mode on, so that mode stays as exact with adapters. */
+    cv_dtype dtype;
+    size_t esize;
     /* Element offsets of each module's A and B^T in a (slot, layer) block. */
     size_t off_a[CUDA_LORA_N_MODULES], off_b[CUDA_LORA_N_MODULES];
     size_t layer_elems, slot_elems;
@@ -29,7 +33,7 @@ struct cuda_lora {
     bool *loaded; /* (n_slots) */
 
     /* The step (cuda_lora_prepare). */
-    int n_tokens, n_segs;
+    int n_segs;
     int cap_tokens;          /* tokens the buffers below hold */
     void *stage_host;        /* pinned: token list then segments */
     void *stage_dev;         /* their device copy */
@@ -75,6 +79,12 @@ int cv_cuda_backend_lora_init(cv_cuda_backend *b, int n_slots, int max_rank, cv_
                          "%s: LoRA adapters target the Llama family's projections; this model's "
                          "MLP is not gated (OPT, GPT-2)",
                          fn);
+    const cv_model_config *mc = &b->cfg;
+    if (mc->hidden_size % 8 || mc->intermediate_size % 8 || (mc->n_heads * mc->head_dim) % 8)
+        return cv_errorf(err,
+                         "%s: the LoRA kernels read 8 inputs at a time; this model's widths "
+                         "(hidden %d, intermediate %d, attention %d) are not all multiples of 8",
+                         fn, mc->hidden_size, mc->intermediate_size, mc->n_heads * mc->head_dim);
     if (n_slots < 1 || max_rank < 1 || max_rank > CUDA_LORA_MAX_RANK)
         return cv_errorf(err, "%s: n_slots %d must be >= 1 and max_rank %d in 1..%d", fn, n_slots,
                          max_rank, CUDA_LORA_MAX_RANK);
@@ -85,7 +95,8 @@ int cv_cuda_backend_lora_init(cv_cuda_backend *b, int n_slots, int max_rank, cv_
     }
     lo->n_slots = n_slots;
     lo->rank = max_rank;
-    lo->esize = cv_dtype_size(b->wdtype);
+    lo->dtype = b->split_act ? CV_DTYPE_F32 : b->wdtype;
+    lo->esize = cv_dtype_size(lo->dtype);
     size_t off = 0;
     for (int m = 0; m < CUDA_LORA_N_MODULES; m++) {
         lora_geom g;
@@ -139,11 +150,11 @@ static int fill_layer(const cv_cuda_backend *b, const cv_lora_adapter *ad, int l
                                  l, (int)t, ad->out[t], ad->in[t], width, g.in);
             for (int r = 0; r < ad->rank; r++)
                 for (int i = 0; i < g.in; i++)
-                    cv_dtype_store(dst, lo->off_a[m] + ((size_t)p * R + r) * g.in + i, b->wdtype,
+                    cv_dtype_store(dst, lo->off_a[m] + ((size_t)p * R + r) * g.in + i, lo->dtype,
                                    w->a[(size_t)r * g.in + i]);
             for (int r = 0; r < ad->rank; r++)
                 for (int o = 0; o < width; o++)
-                    cv_dtype_store(dst, lo->off_b[m] + (size_t)r * out + c0 + o, b->wdtype,
+                    cv_dtype_store(dst, lo->off_b[m] + (size_t)r * out + c0 + o, lo->dtype,
                                    ad->scale * w->b[(size_t)o * ad->rank + r]);
         }
     }
@@ -248,17 +259,30 @@ int cuda_lora_prepare(cv_cuda_backend *b, const cv_batch *bt, cv_error *err)
                 segs[n_segs - 1].count++;
             }
         }
+    /* Empty segments (no token) up to a power of two: a graph captured for
+     * one adapter mix serves the mixes with as many segments, rounded. */
+    int padded = 1;
+    while (padded < n_segs)
+        padded *= 2;
+    for (; n_segs < padded; n_segs++)
+        segs[n_segs] = (cuda_lora_seg){.slot = 0, .start = 0, .count = 0};
     const size_t bytes = (size_t)lo->cap_tokens * sizeof(int32_t) + n_segs * sizeof(cuda_lora_seg);
     CU(cudaMemcpyAsync(lo->stage_dev, lo->stage_host, bytes, cudaMemcpyHostToDevice, b->stream),
        "LoRA segment upload");
-    lo->n_tokens = bt->n_tokens;
     lo->n_segs = n_segs;
     b->lora_step = true;
     return 0;
 }
 
-int cuda_lora_apply(cv_cuda_backend *b, int l, cuda_lora_module m, const void *x, float *y,
-                    cv_error *err)
+cuda_lora_graph_key cuda_lora_graph_key_of(const cv_cuda_backend *b)
+{
+    const struct cuda_lora *lo = b->lora;
+    if (!b->lora_step) return (cuda_lora_graph_key){0};
+    return (cuda_lora_graph_key){.n_segs = lo->n_segs, .stage = lo->stage_dev, .u = lo->u};
+}
+
+int cuda_lora_apply(cv_cuda_backend *b, int l, cuda_lora_module m, const void *x, int n_tokens,
+                    float *y, cv_error *err)
 {
     static const char *const names[CUDA_LORA_N_MODULES] = {
         "LoRA q|k|v kernels", "LoRA o kernels", "LoRA gate|up kernels", "LoRA down kernels"};
@@ -269,11 +293,12 @@ int cuda_lora_apply(cv_cuda_backend *b, int l, cuda_lora_module m, const void *x
     const size_t layer = (size_t)l * lo->layer_elems;
     const cuda_lora_launch p = {
         .dtype = b->wdtype,
+        .w_dtype = lo->dtype,
         .n_segs = lo->n_segs,
         .segs = lo->segs_dev,
         .tok = lo->tok_dev,
         .x = x,
-        .x_lo_off = b->split_act ? (size_t)lo->n_tokens * g.in : 0,
+        .x_lo_off = b->split_act ? (size_t)n_tokens * g.in : 0,
         .in = g.in,
         .a = (const char *)lo->pool + (layer + lo->off_a[m]) * lo->esize,
         .bt = (const char *)lo->pool + (layer + lo->off_b[m]) * lo->esize,

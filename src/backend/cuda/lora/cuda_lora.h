@@ -13,7 +13,8 @@
  *   B_qkv (R, qkv_dim)   transposed (column c of the product is row c of B):
  *                        columns of q, then k, then v, as wqkv's rows
  *   B_o   (R, hidden), B_gu (R, 2 * intermediate) gate | up, B_down (R, hidden)
- * in the model's matrix dtype (fp32 for fp32 models), the scale
+ * in the model's matrix dtype (fp32 for fp32 models, and when the exact
+ * split-activation mode is on at lora_init), the scale
  * (lora_alpha / r, or / sqrt(r) with rsLoRA) folded into B. A rank below R
  * and targets the adapter lacks are zero rows: they add exactly 0.
  * lora_load copies a host adapter (lora/lora.h) into a slot, NULL empties
@@ -28,8 +29,11 @@
  *           partial sums over chunks of x's columns, summed by expand)
  *   expand: y (token, out) += u B            (the u part a column belongs to)
  * A step with an adapter uses the unfused forward (fp32 product outputs,
- * then the RoPE/KV-store and activation kernels; no CUDA graph) so that the
- * delta lands before anything reads the product; lora_step says so.
+ * then the RoPE/KV-store and activation kernels) so that the delta lands
+ * before anything reads the product; lora_step says so. The segment list
+ * is padded with empty segments to a power of two and lives at fixed
+ * device addresses, so a decode step with adapters replays a CUDA graph
+ * keyed on cuda_lora_graph_key like any other.
  *
  * Thread safety: as the backend (one host thread). Ownership: the pool is
  * the backend's, freed by cuda_lora_free (called from destroy). */
@@ -71,7 +75,8 @@ typedef struct cuda_lora_seg {
 
 /* One module's delta over a step's segments (both kernels). */
 typedef struct cuda_lora_launch {
-    cv_dtype dtype; /* of x, A and B */
+    cv_dtype dtype;   /* of x */
+    cv_dtype w_dtype; /* of A and B */
     int n_segs;
     const cuda_lora_seg *segs; /* (n_segs) device */
     const int32_t *tok;        /* device: token (row of x, u, y) of each segment entry */
@@ -110,10 +115,19 @@ int cv_cuda_backend_lora_load(cv_cuda_backend *b, int slot, const struct cv_lora
 int cuda_lora_prepare(cv_cuda_backend *b, const cv_batch *batch, cv_error *err);
 
 /* Adds the step's deltas of module m of layer l: x is the product's input
- * (wdtype, the step's layout: lo rows with split activations), y its fp32
- * output. Does nothing in a step without an adapter. */
-int cuda_lora_apply(cv_cuda_backend *b, int l, cuda_lora_module m, const void *x, float *y,
-                    cv_error *err);
+ * (wdtype, n_tokens rows, then as many lo rows with split activations), y
+ * its fp32 output. Does nothing in a step without an adapter. */
+int cuda_lora_apply(cv_cuda_backend *b, int l, cuda_lora_module m, const void *x, int n_tokens,
+                    float *y, cv_error *err);
+
+/* What a CUDA graph of this step depends on besides the batch's shape: the
+ * (padded) segment count, 0 in a step without adapters, and the device
+ * buffers the kernels read. */
+typedef struct cuda_lora_graph_key {
+    int n_segs;
+    const void *stage, *u;
+} cuda_lora_graph_key;
+cuda_lora_graph_key cuda_lora_graph_key_of(const cv_cuda_backend *b);
 
 void cuda_lora_free(cv_cuda_backend *b);
 

@@ -13,16 +13,19 @@
  * base GEMM's traffic at rank 16, so no tiled tensor-core SGMV is worth its
  * complexity here.
  *
- * Shrink: block (segment, 4 rows of A, 2048-wide chunk of the input); its
- * 256 threads stride the chunk, each keeping 4 x 8 fp32 sums (row, token),
- * reduced by warp shuffles and then over the 8 warps in a fixed order into
- * the chunk's partial u. Cutting the input into chunks gives a decode step
- * enough blocks to fill the GPU (16 segments x 4 rows of a 14336-wide down
- * projection would be 64 blocks of 56 dependent loads per thread).
+ * Shrink: block (segment, 4 rows of A, 2048-wide chunk of the input); a
+ * thread takes 8 consecutive inputs of the chunk (one 16-byte load per row
+ * of A and per token: every load of the block is in flight at once; the
+ * first version strode the chunk one element at a time and its dependent
+ * load rounds made each launch ~27 us on an H100 whatever its grid), keeps
+ * 4 x 8 fp32 sums (row, token), reduced by warp shuffles and then over the
+ * 8 warps in a fixed order into the chunk's partial u (input widths are
+ * multiples of 8: cuda_lora_init refuses others). Cutting the input into chunks
+ * gives a decode step enough blocks to fill the GPU.
  * Expand: block (segment, 256 output columns); the segment's u (its
  * chunks' partials summed in chunk order) goes to shared memory; a thread
- * owns a column, reads its R values of B^T (coalesced across the block: B
- * is stored transposed) and adds its 8 sums to y.
+ * owns a column, reads its R values of B^T 16 at a time (coalesced across
+ * the block: B is stored transposed) and adds its 8 sums to y.
  *
  * Batch invariance: a token's sums run in an order fixed by `in`, R and
  * the thread layout alone (the chunks are cut by `in` alone), whatever else
@@ -41,16 +44,16 @@ enum {
 
 /* Partial u of chunk blockIdx.z: u[z][tok][row0 + r] for the segment's
  * tokens and 4 rows of A. */
-template <typename T>
+template <typename T, typename W>
 __global__ void __launch_bounds__(THREADS)
     lora_shrink(const cuda_lora_seg *segs, const int32_t *tok, const T *x, size_t x_lo_off, int in,
-                const T *a, size_t slot_elems, int n_rows, float *u, int ld_u, size_t chunk_stride)
+                const W *a, size_t slot_elems, int n_rows, float *u, int ld_u, size_t chunk_stride)
 {
     __shared__ float red[WARPS][ROWS][SEG];
     const cuda_lora_seg s = segs[blockIdx.x];
     const int row0 = blockIdx.y * ROWS, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int i0 = blockIdx.z * CHUNK, i1 = min(in, i0 + CHUNK);
-    const T *ar = a + (size_t)s.slot * slot_elems + (size_t)row0 * in;
+    const W *ar = a + (size_t)s.slot * slot_elems + (size_t)row0 * in;
     const T *xr[SEG];
 #pragma unroll
     for (int j = 0; j < SEG; j++)
@@ -61,20 +64,37 @@ __global__ void __launch_bounds__(THREADS)
 #pragma unroll
         for (int j = 0; j < SEG; j++)
             acc[r][j] = 0.0f;
-#pragma unroll 4
-    for (int i = i0 + threadIdx.x; i < i1; i += THREADS) {
-        float w[ROWS];
+    /* in % 8 == 0 (cuda_lora_init checks): 16-byte aligned rows. */
+    for (int i = i0 + 8 * threadIdx.x; i < i1; i += 8 * THREADS) {
+        float w[ROWS][8];
 #pragma unroll
-        for (int r = 0; r < ROWS; r++)
-            w[r] = row0 + r < n_rows ? to_f(ar[(size_t)r * in + i]) : 0.0f;
+        for (int r = 0; r < ROWS; r++) {
+            if (row0 + r < n_rows) {
+                load8(ar + (size_t)r * in + i, w[r]);
+            } else {
+#pragma unroll
+                for (int e = 0; e < 8; e++)
+                    w[r][e] = 0.0f;
+            }
+        }
 #pragma unroll
         for (int j = 0; j < SEG; j++) {
-            if (j >= s.count) break;
-            float v = to_f(xr[j][i]);
-            if (x_lo_off) v += to_f(xr[j][i + x_lo_off]);
+            if (j < s.count) {
+                float v[8];
+                load8(xr[j] + i, v);
+                if (x_lo_off) {
+                    float lo[8];
+                    load8(xr[j] + i + x_lo_off, lo);
 #pragma unroll
-            for (int r = 0; r < ROWS; r++)
-                acc[r][j] = fmaf(w[r], v, acc[r][j]);
+                    for (int e = 0; e < 8; e++)
+                        v[e] += lo[e];
+                }
+#pragma unroll
+                for (int r = 0; r < ROWS; r++)
+#pragma unroll
+                    for (int e = 0; e < 8; e++)
+                        acc[r][j] = fmaf(w[r][e], v[e], acc[r][j]);
+            }
         }
     }
 #pragma unroll
@@ -98,10 +118,10 @@ __global__ void __launch_bounds__(THREADS)
 
 /* y[tok][col] += sum_k B^T[k][col] u[tok][part(col) * rank + k] for the
  * segment's tokens and 256 columns. */
-template <typename T>
+template <typename W>
 __global__ void __launch_bounds__(THREADS)
     lora_expand(const cuda_lora_seg *segs, const int32_t *tok, const float *u, int ld_u,
-                int n_chunks, size_t chunk_stride, const T *bt, size_t slot_elems, int rank,
+                int n_chunks, size_t chunk_stride, const W *bt, size_t slot_elems, int rank,
                 int n_parts, int end0, int end1, float *y, int ld_y)
 {
     extern __shared__ float us[]; /* (count, n_parts * rank) */
@@ -110,6 +130,7 @@ __global__ void __launch_bounds__(THREADS)
     for (int e = threadIdx.x; e < s.count * kr; e += THREADS) {
         const float *ue = u + (size_t)tok[s.start + e / kr] * ld_u + e % kr;
         float v = 0.0f;
+#pragma unroll 8
         for (int c = 0; c < n_chunks; c++)
             v += ue[c * chunk_stride];
         us[e] = v;
@@ -118,18 +139,23 @@ __global__ void __launch_bounds__(THREADS)
     const int col = blockIdx.y * THREADS + threadIdx.x;
     if (col >= ld_y) return;
     const int part = col < end0 ? 0 : col < end1 ? 1 : 2;
-    const T *bc = bt + (size_t)s.slot * slot_elems + col;
+    const W *bc = bt + (size_t)s.slot * slot_elems + col;
     const float *up = us + part * rank;
     float acc[SEG];
 #pragma unroll
     for (int j = 0; j < SEG; j++)
         acc[j] = 0.0f;
-    for (int k = 0; k < rank; k++) {
-        const float w = to_f(bc[(size_t)k * ld_y]);
+    for (int k0 = 0; k0 < rank; k0 += 16) {
+        float w[16]; /* 16 loads in flight, then their sums in k order */
 #pragma unroll
-        for (int j = 0; j < SEG; j++) {
-            if (j >= s.count) break;
-            acc[j] = fmaf(w, up[j * kr + k], acc[j]);
+        for (int kk = 0; kk < 16; kk++)
+            w[kk] = k0 + kk < rank ? to_f(bc[(size_t)(k0 + kk) * ld_y]) : 0.0f;
+#pragma unroll
+        for (int kk = 0; kk < 16; kk++) {
+            if (k0 + kk >= rank) break;
+#pragma unroll
+            for (int j = 0; j < SEG; j++)
+                if (j < s.count) acc[j] = fmaf(w[kk], up[j * kr + k0 + kk], acc[j]);
         }
     }
 #pragma unroll
@@ -147,13 +173,18 @@ extern "C" int cuda_lora_gather(const cuda_lora_launch *p, cudaStream_t stream)
     const dim3 ge(p->n_segs, (p->ld_y + THREADS - 1) / THREADS);
     const size_t smem = (size_t)SEG * n_rows * sizeof(float);
     const int end0 = p->part_end[0], end1 = p->n_parts > 1 ? p->part_end[1] : p->ld_y;
-    return with_type(p->dtype, [&](auto t) {
-        using T = decltype(t);
-        lora_shrink<T><<<gs, THREADS, 0, stream>>>(p->segs, p->tok, (const T *)p->x, p->x_lo_off,
-                                                   p->in, (const T *)p->a, p->slot_elems, n_rows,
-                                                   p->u, p->ld_u, p->u_chunk_stride);
-        lora_expand<T><<<ge, THREADS, smem, stream>>>(
-            p->segs, p->tok, p->u, p->ld_u, n_chunks, p->u_chunk_stride, (const T *)p->bt,
+    int rc_x = 0;
+    const int rc = with_type(p->w_dtype, [&](auto w) {
+        using W = decltype(w);
+        rc_x = with_type(p->dtype, [&](auto t) {
+            using T = decltype(t);
+            lora_shrink<T, W><<<gs, THREADS, 0, stream>>>(
+                p->segs, p->tok, (const T *)p->x, p->x_lo_off, p->in, (const W *)p->a,
+                p->slot_elems, n_rows, p->u, p->ld_u, p->u_chunk_stride);
+        });
+        lora_expand<W><<<ge, THREADS, smem, stream>>>(
+            p->segs, p->tok, p->u, p->ld_u, n_chunks, p->u_chunk_stride, (const W *)p->bt,
             p->slot_elems, p->rank, p->n_parts, end0, end1, p->y, p->ld_y);
     });
+    return rc_x ? rc_x : rc;
 }
