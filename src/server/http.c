@@ -281,6 +281,24 @@ void http_sse_send_json(http_req *hr, json_t *j)
     free(text);
 }
 
+/* Starts a stream's SSE reply with status (once). Triton (http_server.cc,
+ * GenerateRequestClass::InferResponseComplete) takes a stream's status
+ * from its first response, so /generate_stream starts with its first
+ * output: a first response that is an engine error is a 500; an error
+ * after it can only be an event. The hang-up watch ends here: from now on
+ * evhttp itself notices a client that leaves. */
+static void sse_start(http_req *hr, int status)
+{
+    if (hr->sse_started) return;
+    hr->sse_started = true;
+    if (hr->hangup) event_free(hr->hangup);
+    hr->hangup = NULL;
+    struct evkeyvalq *hd = evhttp_request_get_output_headers(hr->req);
+    evhttp_add_header(hd, "Content-Type", "text/event-stream; charset=utf-8");
+    evhttp_add_header(hd, "Cache-Control", "no-cache");
+    evhttp_send_reply_start(hr->req, status, reason_phrase(status));
+}
+
 /* The reply of a request that ended: the stream's end, or the held
  * /generate response; nothing when the client left (evhttp frees it). */
 void http_reply_final(http_req *hr, json_t *whole)
@@ -288,6 +306,7 @@ void http_reply_final(http_req *hr, json_t *whole)
     if (hr->req && hr->gone) {
         evhttp_send_reply_end(hr->req); /* frees the detached request */
     } else if (hr->req) {
+        if (hr->kind == KIND_STREAM) sse_start(hr, 200);
         http_detach_conn(hr);
         if (hr->kind == KIND_STREAM) {
             track_unsent(hr->req);
@@ -316,6 +335,9 @@ static void handle_output(http_req *hr, const cv_request_output *out)
         http_openai_output(hr, out);
         return;
     }
+    /* Every error after submission is the server's (a failed engine step,
+     * out of memory): Triton's INTERNAL, 500. Invalid input was refused
+     * before (reply_backend_error, with its class). */
     bool ok = !out->error;
     char msg[CV_ERROR_MSG_BYTES] = "";
     if (hr->req && hr->gone) {
@@ -331,6 +353,7 @@ static void handle_output(http_req *hr, const cv_request_output *out)
             cv_infer_response_free(&resp);
             hr->n_responses++;
             if (hr->kind == KIND_STREAM) {
+                sse_start(hr, 200);
                 char *text = j ? json_dumps(j, JSON_COMPACT) : NULL;
                 if (text) http_sse_send(hr, text);
                 free(text);
@@ -354,10 +377,11 @@ static void handle_output(http_req *hr, const cv_request_output *out)
     }
     if (hr->req && !hr->gone && !ok && msg[0]) {
         if (hr->kind == KIND_STREAM) {
+            sse_start(hr, 500);
             sse_error(hr, msg);
         } else {
             http_detach_conn(hr);
-            http_reply_error(hr->req, 400, msg);
+            http_reply_error(hr->req, 500, msg);
             hr->req = NULL;
         }
     }
@@ -422,7 +446,9 @@ bool http_body_json(struct evhttp_request *req, json_t **out, bool optional)
 }
 
 /* A submitted request joins the active list, its connection watched for a
- * client that leaves; a stream's SSE reply starts now. */
+ * client that leaves; an OpenAI stream's SSE reply starts now (vLLM's
+ * status is 200 whatever follows), /generate_stream's with its first
+ * output (sse_start). */
 void http_track_request(cv_http *h, http_req *hr, struct evhttp_request *req)
 {
     hr->req = req;
@@ -439,13 +465,10 @@ void http_track_request(cv_http *h, http_req *hr, struct evhttp_request *req)
         return;
     }
     http_conn_set_closecb(hr->conn, on_conn_close, hr);
-    if (hr->kind != KIND_STREAM) watch_hangup(h, hr);
-    if (hr->kind == KIND_STREAM) {
-        struct evkeyvalq *hd = evhttp_request_get_output_headers(req);
-        evhttp_add_header(hd, "Content-Type", "text/event-stream; charset=utf-8");
-        evhttp_add_header(hd, "Cache-Control", "no-cache");
-        evhttp_send_reply_start(req, 200, "OK");
-    }
+    if (hr->kind == KIND_STREAM && hr->oai)
+        sse_start(hr, 200);
+    else
+        watch_hangup(h, hr);
 }
 
 /* The engine request of a checked /generate(_stream) request is built on

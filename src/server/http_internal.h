@@ -26,7 +26,7 @@ typedef struct http_req {
     cv_http *h;
     struct evhttp_request *req; /* NULL once replied or the client left */
     struct evhttp_connection *conn;
-    struct event *hangup; /* non-streaming: watches the socket for the client leaving */
+    struct event *hangup; /* until a reply starts: watches the socket for the client leaving */
     req_kind kind;
     cv_model *model;
     cv_infer_request ir;
@@ -41,7 +41,8 @@ typedef struct http_req {
     bool submitting;
     cv_request_output **deferred;
     int n_deferred;
-    bool gone; /* the client closed the connection */
+    bool gone;        /* the client closed the connection */
+    bool sse_started; /* a stream's status line and headers are sent */
 } http_req;
 
 typedef struct http_conn http_conn;

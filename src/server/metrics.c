@@ -107,7 +107,16 @@ static void histogram(struct evbuffer *b, const char *name, const model_snap *x,
                         x->version, (unsigned long long)h->count);
 }
 
-typedef enum { V_PROMPT, V_GEN, V_RUNNING, V_WAITING, V_KV, V_PREEMPT } vllm_scalar;
+typedef enum {
+    V_PROMPT,
+    V_GEN,
+    V_RUNNING,
+    V_WAITING,
+    V_KV,
+    V_PREEMPT,
+    V_PC_QUERIES,
+    V_PC_HITS
+} vllm_scalar;
 
 static double scalar(const model_snap *x, vllm_scalar k)
 {
@@ -122,6 +131,10 @@ static double scalar(const model_snap *x, vllm_scalar k)
         return x->st.n_waiting;
     case V_KV:
         return x->st.kv_usage;
+    case V_PC_QUERIES:
+        return (double)x->st.prefix_cache_queries;
+    case V_PC_HITS:
+        return (double)x->st.prefix_cache_hits;
     default:
         return (double)x->st.preemptions_total;
     }
@@ -164,6 +177,12 @@ char *cv_metrics_render(cv_server *s)
         {"vllm:gpu_cache_usage_perc", "gauge",
          "KV-cache usage. 1 means 100 percent usage (cvllm: the CPU KV block pool).", V_KV},
         {"vllm:num_preemptions_total", "counter", "Cumulative number of preemptions.", V_PREEMPT},
+        /* vLLM V1's vllm:prefix_cache_queries / _hits counters, in
+         * tokens; prometheus_client shows a counter with _total. */
+        {"vllm:prefix_cache_queries_total", "counter",
+         "Prefix cache queries, in terms of number of queried tokens.", V_PC_QUERIES},
+        {"vllm:prefix_cache_hits_total", "counter",
+         "Prefix cache hits, in terms of number of cached tokens.", V_PC_HITS},
     };
     static const struct {
         const char *name, *help;

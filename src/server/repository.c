@@ -3,12 +3,14 @@
 
 #include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <inttypes.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "base/log.h"
 
@@ -39,6 +41,25 @@ static const char *const state_names[] = {"", "LOADING", "READY", "UNAVAILABLE"}
 const char *cv_model_state_name(cv_model_state s)
 {
     return (unsigned)s <= CV_MODEL_UNAVAILABLE ? state_names[s] : "";
+}
+
+/* opendir(3) by open(2) and fdopendir(3). glibc's opendir creates its
+ * descriptor with a system call that ThreadSanitizer does not intercept,
+ * so TSan kept what it knew of an earlier descriptor of that number (a
+ * gRPC socket's epoll_ctl on another thread) and took the closedir of a
+ * model directory for a race with it. Through open, TSan sees the
+ * descriptor created. */
+static DIR *open_dir(const char *path)
+{
+    int fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0) return NULL;
+    DIR *d = fdopendir(fd);
+    if (!d) {
+        int e = errno;
+        close(fd);
+        errno = e;
+    }
+    return d;
 }
 
 static bool is_dir(const char *p)
@@ -146,7 +167,7 @@ static uint64_t model_stamp(const char *dir)
     char p[8400];
     snprintf(p, sizeof p, "%s/config.pbtxt", dir);
     uint64_t newest = mtime_of(p);
-    DIR *d = opendir(dir);
+    DIR *d = open_dir(dir);
     if (!d) return newest;
     struct dirent *de;
     while ((de = readdir(d))) {
@@ -166,7 +187,7 @@ static uint64_t model_stamp(const char *dir)
 static int pick_version(const char *dir, const cv_model_config *cfg, int64_t *version,
                         cv_error *err)
 {
-    DIR *d = opendir(dir);
+    DIR *d = open_dir(dir);
     if (!d) return cv_errorf(err, "%s: cannot list: %s", dir, strerror(errno));
     int64_t best = -1;
     struct dirent *de;
@@ -316,7 +337,7 @@ static char **list_models(cv_repository *r, int *n_out)
     char **names = NULL;
     int n = 0;
     for (int i = 0; i < r->n_roots; i++) {
-        DIR *d = opendir(r->roots[i]);
+        DIR *d = open_dir(r->roots[i]);
         if (!d) continue;
         struct dirent *de;
         while ((de = readdir(d))) {

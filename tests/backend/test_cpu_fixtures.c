@@ -148,14 +148,41 @@ static void test_stories260K_greedy(void **state)
     hf_fixture_free(&f);
 }
 
+/* opt_seed (facebook/opt-125m's layout at a tiny size: f16
+ * pytorch_model.bin with "decoder.*" names, GPT-2's vocabulary): HF's greedy
+ * ids, computed in fp32 from the f16 weights, for its two prompts. */
+static void test_opt_seed_greedy(void **state)
+{
+    (void)state;
+    hf_fixture f;
+    hf_fixture_load(&f, "opt_seed");
+    assert_string_equal(f.cfg->architecture, "OPTForCausalLM");
+    const json_t *cases = json_object_get(f.ref, "greedy");
+    assert_int_equal(json_array_size(cases), 2);
+    cv_error err = {.msg = ""};
+    cv_backend *bk = cv_backend_cpu_create(f.model, 2, &err);
+    assert_non_null(bk);
+    for (size_t i = 0; i < json_array_size(cases); i++) {
+        const json_t *c = json_array_get(cases, i);
+        runner_check_greedy(&runner_cpu_ops, bk, BLOCK_SIZE, json_object_get(c, "input_ids"),
+                            json_object_get(c, "output_ids"), f.cfg->vocab_size);
+    }
+    cv_backend_destroy(bk);
+    hf_fixture_free(&f);
+}
+
+/* The torch.save checkpoints (opt-125m's and gpt2's key names), against
+ * the references of their safetensors twins. */
+#define BIN_FIXTURES(X) X("opt_bin_f32") X("gpt2_bin_sharded")
+
 /* One cmocka test per fixture, named after it. */
 #define FIXTURE(n) {.name = n, .test_func = test_fixture, .initial_state = (void *)n},
 
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        HF_FIXTURES(FIXTURE)
-            cmocka_unit_test(test_stories260K_greedy),
+        HF_FIXTURES(FIXTURE) BIN_FIXTURES(FIXTURE) cmocka_unit_test(test_opt_seed_greedy),
+        cmocka_unit_test(test_stories260K_greedy),
     };
     return cv_test_exit(cmocka_run_group_tests(tests, NULL, NULL));
 }

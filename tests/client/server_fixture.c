@@ -101,9 +101,12 @@ int test_run(char *const argv[], const char *out_path)
     return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
 }
 
-/* Starts cvllm-server on fresh free ports over s->dir/repo and waits until
- * it is ready; false when it exited during start-up. */
-static bool spawn_and_wait(test_server *s)
+enum { MAX_EXTRA_ARGS = 16 };
+
+/* Starts cvllm-server on fresh free ports over s->dir/repo with the extra
+ * flags and waits up to wait_s until it is ready; false when it exited
+ * during start-up. */
+static bool spawn_and_wait(test_server *s, const char *const *extra, int wait_s)
 {
     int ports[3];
     cv_error err = {.msg = ""};
@@ -119,6 +122,12 @@ static bool spawn_and_wait(test_server *s)
     snprintf(gp, sizeof gp, "--grpc-port=%d", s->grpc_port);
     snprintf(mp, sizeof mp, "--metrics-port=%d", s->metrics_port);
     snprintf(log_path, sizeof log_path, "%s/server.log", s->dir);
+    const char *argv[6 + MAX_EXTRA_ARGS] = {server, repo, hp, gp, mp};
+    int argc = 5;
+    for (int i = 0; extra && extra[i]; i++) {
+        if (i == MAX_EXTRA_ARGS) fail_msg("more than %d extra server flags", MAX_EXTRA_ARGS);
+        argv[argc++] = extra[i];
+    }
     s->pid = fork();
     assert_true(s->pid >= 0);
     if (s->pid == 0) {
@@ -127,12 +136,12 @@ static bool spawn_and_wait(test_server *s)
             dup2(fd, 1);
             dup2(fd, 2);
         }
-        execl(server, server, repo, hp, gp, mp, (char *)NULL);
+        execv(server, (char *const *)argv);
         _exit(127);
     }
     char url[128];
     snprintf(url, sizeof url, "http://127.0.0.1:%d/v2/health/ready", s->http_port);
-    for (int i = 0; i < 1200; i++) {
+    for (int i = 0; i < wait_s * 10; i++) {
         int status;
         if (waitpid(s->pid, &status, WNOHANG) == s->pid) {
             char *log = test_read_file(log_path);
@@ -151,7 +160,7 @@ static bool spawn_and_wait(test_server *s)
         nanosleep(&ts, NULL);
     }
     kill(s->pid, SIGKILL);
-    fail_msg("cvllm-server not ready after 120 s");
+    fail_msg("cvllm-server not ready after %d s", wait_s);
     return false;
 }
 
@@ -180,10 +189,15 @@ void test_server_start(test_server *s)
 
 void test_server_spawn(test_server *s)
 {
+    test_server_spawn_args(s, NULL, 120);
+}
+
+void test_server_spawn_args(test_server *s, const char *const *extra, int wait_s)
+{
     /* A port found free can be taken by a concurrent test before the
      * server binds it: a start-up exit is retried on fresh ports. */
     for (int attempt = 0; attempt < 5; attempt++)
-        if (spawn_and_wait(s)) return;
+        if (spawn_and_wait(s, extra, wait_s)) return;
     fail_msg("cvllm-server did not start in 5 attempts");
 }
 

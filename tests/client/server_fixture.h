@@ -20,6 +20,10 @@ void test_server_start(test_server *s);
 /* The same over the repository s->dir/repo that the caller made (s->dir
  * set, the rest of s zero). */
 void test_server_spawn(test_server *s);
+/* test_server_spawn with extra command-line flags after the repository and
+ * ports (NULL-terminated; NULL for none), waiting up to wait_s seconds for
+ * readiness. */
+void test_server_spawn_args(test_server *s, const char *const *extra, int wait_s);
 /* SIGTERM, then asserts the server exits with status 0; removes dir. */
 void test_server_stop(test_server *s);
 

@@ -15,19 +15,15 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <cmocka.h>
-#include <fcntl.h>
 #include <jansson.h>
-#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <sys/wait.h>
-#include <time.h>
 #include <unistd.h>
 
+#include "../client/server_fixture.h"
 #include "../common/shared_data.h"
-#include "base/net.h"
 #include "client.h"
 #include "cvllm/engine.h"
 #include "server/model_json.h"
@@ -56,14 +52,8 @@ static stream_case cases[N_CASES] = {
 
 static const char *const model_names[] = {"s260_gpu", "s260_cpu"};
 
-typedef struct server {
-    char dir[64]; /* temporary: repository and log */
-    const char *gpu_device;
-    int http_port, grpc_port, metrics_port;
-    pid_t pid;
-} server;
-
-static server srv;
+static test_server srv;
+static const char *gpu_device; /* model.json "device" of s260_gpu */
 
 static void write_file(const char *path, const char *text)
 {
@@ -71,21 +61,6 @@ static void write_file(const char *path, const char *text)
     assert_non_null(f);
     fputs(text, f);
     assert_int_equal(fclose(f), 0);
-}
-
-static char *read_file(const char *path)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f) fail_msg("cannot read %s", path);
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *buf = malloc((size_t)n + 1);
-    assert_non_null(buf);
-    assert_int_equal(fread(buf, 1, (size_t)n, f), (size_t)n);
-    buf[n] = '\0';
-    fclose(f);
-    return buf;
 }
 
 static void sampling_json(const stream_case *c, char *out, size_t cap)
@@ -156,86 +131,32 @@ static void compute_references(const char *repo)
     cv_engine_shutdown(e, false);
 }
 
-static bool spawn_and_wait(server *s)
-{
-    int ports[3];
-    cv_error err = {.msg = ""};
-    if (cv_free_loopback_ports(ports, 3, &err)) fail_msg("%s", err.msg);
-    s->http_port = ports[0];
-    s->grpc_port = ports[1];
-    s->metrics_port = ports[2];
-    const char *bin = getenv("CVLLM_BIN_DIR");
-    char exe[512], repo[128], hp[32], gp[32], mp[32], th[32], log[128];
-    snprintf(exe, sizeof exe, "%s/cvllm-server", bin ? bin : "build/bin");
-    if (access(exe, X_OK)) fail_msg("%s is not built", exe);
-    snprintf(repo, sizeof repo, "--model-repository=%s/repo", s->dir);
-    snprintf(hp, sizeof hp, "--http-port=%d", s->http_port);
-    snprintf(gp, sizeof gp, "--grpc-port=%d", s->grpc_port);
-    snprintf(mp, sizeof mp, "--metrics-port=%d", s->metrics_port);
-    snprintf(th, sizeof th, "--threads=%d", SERVER_THREADS);
-    snprintf(log, sizeof log, "%s/server.log", s->dir);
-    s->pid = fork();
-    assert_true(s->pid >= 0);
-    if (s->pid == 0) {
-        int fd = open(log, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-        if (fd >= 0) {
-            dup2(fd, 1);
-            dup2(fd, 2);
-        }
-        execl(exe, exe, repo, hp, gp, mp, th, (char *)NULL);
-        _exit(127);
-    }
-    char url[128];
-    snprintf(url, sizeof url, "http://127.0.0.1:%d/v2/health/ready", s->http_port);
-    for (int i = 0; i < 1800; i++) {
-        int status;
-        if (waitpid(s->pid, &status, WNOHANG) == s->pid) {
-            char *text = read_file(log);
-            print_error("cvllm-server exited during start-up; its log:\n%s", text);
-            free(text);
-            s->pid = 0;
-            return false;
-        }
-        cvc_http_result res;
-        if (cvc_http_get(url, 1000, &res, &err) == 0) {
-            long st = res.status;
-            cvc_http_result_free(&res);
-            if (st == 200) return true;
-        }
-        struct timespec ts = {0, 100 * 1000 * 1000};
-        nanosleep(&ts, NULL);
-    }
-    kill(s->pid, SIGKILL);
-    fail_msg("cvllm-server not ready after 180 s");
-    return false;
-}
-
 static int setup(void **state)
 {
     (void)state;
     cv_error err = {.msg = ""};
     if (cvc_http_global_init(&err)) return -1;
+    memset(&srv, 0, sizeof srv);
     snprintf(srv.dir, sizeof srv.dir, "/tmp/cvllm-gpu-stream-XXXXXX");
     assert_non_null(mkdtemp(srv.dir));
-    char repo[128], model[4096];
+    char repo[300], model[4096];
     snprintf(repo, sizeof repo, "%s/repo", srv.dir);
     assert_int_equal(mkdir(repo, 0755), 0);
     assert_non_null(realpath(cv_test_shared_root(), model));
     strncat(model, "/models/stories260K", sizeof model - strlen(model) - 1);
-    add_model(repo, "s260_gpu", srv.gpu_device, model);
+    add_model(repo, "s260_gpu", gpu_device, model);
     add_model(repo, "s260_cpu", "cpu", model);
     compute_references(repo);
-    /* A port found free can be taken before the server binds it: a
-     * start-up exit is retried on fresh ports. */
-    for (int attempt = 0; attempt < 5; attempt++)
-        if (spawn_and_wait(&srv)) break;
-    if (srv.pid <= 0) fail_msg("cvllm-server did not start in 5 attempts");
+    char threads[32];
+    snprintf(threads, sizeof threads, "--threads=%d", SERVER_THREADS);
+    const char *extra[] = {threads, NULL};
+    test_server_spawn_args(&srv, extra, 180);
     /* The GPU model really runs on the GPU (the engine logs its backend). */
-    char log[128], want[64];
+    char log[300], want[64];
     snprintf(log, sizeof log, "%s/server.log", srv.dir);
     snprintf(want, sizeof want, "backend %s created",
-             strcmp(srv.gpu_device, "cuda") ? "cpu" : "cuda:0");
-    char *text = read_file(log);
+             strcmp(gpu_device, "cuda") ? "cpu" : "cuda:0");
+    char *text = test_read_file(log);
     if (!strstr(text, want)) fail_msg("server log lacks '%s':\n%s", want, text);
     free(text);
     return 0;
@@ -244,16 +165,7 @@ static int setup(void **state)
 static int teardown(void **state)
 {
     (void)state;
-    if (srv.pid > 0) {
-        assert_int_equal(kill(srv.pid, SIGTERM), 0);
-        int status;
-        assert_int_equal(waitpid(srv.pid, &status, 0), srv.pid);
-        assert_true(WIFEXITED(status));
-        assert_int_equal(WEXITSTATUS(status), 0);
-    }
-    char cmd[128];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", srv.dir);
-    assert_int_equal(system(cmd), 0);
+    test_server_stop(&srv);
     for (int i = 0; i < N_CASES; i++)
         free(cases[i].want);
     cvc_http_global_cleanup();
@@ -421,13 +333,13 @@ static int cuda_devices(void)
 int main(void)
 {
     const char *dev = getenv("CVLLM_GPU_TEST_DEVICE");
-    srv.gpu_device = dev && dev[0] ? dev : "cuda";
-    if (strcmp(srv.gpu_device, "cuda") && strcmp(srv.gpu_device, "cpu")) {
-        printf("CVLLM_GPU_TEST_DEVICE must be cuda or cpu, not '%s'\n", srv.gpu_device);
+    gpu_device = dev && dev[0] ? dev : "cuda";
+    if (strcmp(gpu_device, "cuda") && strcmp(gpu_device, "cpu")) {
+        printf("CVLLM_GPU_TEST_DEVICE must be cuda or cpu, not '%s'\n", gpu_device);
         return 2;
     }
     cv_test_need_shared("models/stories260K");
-    if (!strcmp(srv.gpu_device, "cuda") && cuda_devices() == 0) {
+    if (!strcmp(gpu_device, "cuda") && cuda_devices() == 0) {
         printf("SKIP: no CUDA device visible (or a build without CUDA); "
                "CVLLM_GPU_TEST_DEVICE=cpu runs this test with both models on the CPU\n");
         return CV_TEST_SKIP;

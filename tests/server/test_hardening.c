@@ -560,7 +560,8 @@ static void test_fd_exhaustion_recovers(void **state)
 }
 
 /* Fault injection (test builds): an engine step of model "bad" fails. Its
- * in-flight request ends with the backend's message, the model (with
+ * in-flight request ends with the backend's message and status 500 (a
+ * stream's error event; its status 500 only while none was sent), the model (with
  * ENABLE_VLLM_HEALTH_CHECK) turns unhealthy and refuses requests, and model
  * "kjv" beside it keeps serving. */
 static void test_engine_fault_isolated(void **state)
@@ -583,6 +584,10 @@ static void test_engine_fault_isolated(void **state)
     th_add_model(repo, "bad", pbtxt, json);
     snprintf(json, sizeof json, "{\"model\": \"%s\"}", link); /* a second engine, same fault */
     th_add_model(repo, "bad_oai", pbtxt, json);
+    th_add_model(repo, "bad_late", pbtxt, json); /* fails after its first two tokens */
+    /* 4-token chunks: step 3 fails a longer prompt's prefill, before its first output */
+    snprintf(json, sizeof json, "{\"model\": \"%s\", \"max_num_batched_tokens\": 4}", link);
+    th_add_model(repo, "bad_early", pbtxt, json);
     setenv("CVLLM_FAULT_FAIL_STEP", "faulty-kjv-4m:3", 1);
     test_server t;
     bool up = th_start(&t, repo, NULL);
@@ -598,9 +603,37 @@ static void test_engine_fault_isolated(void **state)
         th_stop(&t);
         skip();
     }
-    assert_int_equal(st, 400);
+    /* The engine's failure, not the request's: Triton's INTERNAL, 500 */
+    assert_int_equal(st, 500);
     assert_string_equal(resp, "{\"error\":\"engine step failed: injected fault: step 3 failed "
                               "(CVLLM_FAULT_FAIL_STEP)\"}");
+    free(resp);
+    /* A stream takes its status from its first response (as Triton's): an
+     * engine error before any token is a 500 with the error event ... */
+    const char *fault_event = "data: {\"error\":\"engine step failed: injected fault: step 3 "
+                              "failed (CVLLM_FAULT_FAIL_STEP)\"}\n\n";
+    st = th_sse(th_url(&t, "/v2/models/bad_early/generate_stream"),
+                "{\"text_input\": \"In the beginning God created the heaven and the earth\", "
+                "\"parameters\": {\"max_tokens\": 8}}",
+                0, &resp);
+    assert_int_equal(st, 500);
+    assert_string_equal(th_last_content_type(), "text/event-stream; charset=utf-8");
+    assert_string_equal(resp, fault_event);
+    free(resp);
+    /* ... one after its first tokens is an error event after them (the
+     * status, 200, is sent) */
+    st = th_sse(th_url(&t, "/v2/models/bad_late/generate_stream"),
+                "{\"text_input\": \"In the\", \"stream\": true, \"parameters\": "
+                "{\"max_tokens\": 8, \"ignore_eos\": true}}",
+                0, &resp);
+    assert_int_equal(st, 200);
+    const char *token_event = "data: {\"model_name\":\"bad_late\",\"model_version\":\"1\","
+                              "\"text_output\":\"";
+    assert_int_equal(strncmp(resp, token_event, strlen(token_event)), 0);
+    const char *second = strstr(resp + 1, "data: ");
+    assert_non_null(second);
+    assert_int_equal(strncmp(second, token_event, strlen(token_event)), 0);
+    assert_string_equal(strstr(second + 1, "data: "), fault_event);
     free(resp);
     th_expect("GET", th_url(&t, "/v2/models/bad/ready"), NULL, 400, "");
     st = th_http("POST", th_url(&t, "/v2/models/bad/generate"), body, &resp);
