@@ -358,6 +358,9 @@ static int engine_init(cv_engine *e, const cv_engine_args *a, cv_error *err)
     const uint64_t t_backend = cv_now_ns();
     e->backend = cv_device_backend_create(e->model, &dev, err);
     if (!e->backend) return -1;
+    /* LoRA slots before the KV pool: on a GPU the slot pool comes out of
+     * the memory the pool is sized from, not after it. */
+    if (engine_lora_init(e, a, err) < 0) return -1;
     const uint64_t t_kv = cv_now_ns();
     if (size_kv_pool(e, err) < 0) return -1;
     /* Where start-up time goes (a 16 GB model on a GPU must be ready in
@@ -390,7 +393,7 @@ static int engine_init(cv_engine *e, const cv_engine_args *a, cv_error *err)
         have |= e->eos_ids[i] == teos;
     if (teos >= 0 && !have) e->eos_ids[e->n_eos++] = teos;
     metrics_init(&e->stats, e->max_model_len);
-    if (engine_lora_init(e, a, err) < 0) return -1;
+    e->sched.max_loras = e->stats.max_lora = e->lora ? a->max_loras : 0;
     e->stats.kv_blocks_total = e->n_blocks;
     e->stats.kv_blocks_free = e->n_blocks;
     return 0;

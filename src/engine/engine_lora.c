@@ -10,7 +10,6 @@
 
 int engine_lora_init(cv_engine *e, const cv_engine_args *a, cv_error *err)
 {
-    e->sched.max_loras = 0;
     if (!a->enable_lora) return 0;
     e->lora = cv_lora_registry_create(cv_model_get_config(e->model), a->lora_names, a->lora_paths,
                                       a->n_lora_modules, a->max_lora_rank,
@@ -29,8 +28,6 @@ int engine_lora_init(cv_engine *e, const cv_engine_args *a, cv_error *err)
     if (cv_device_backend_has_lora(e->backend) &&
         cv_device_backend_lora_init(e->backend, n, a->max_lora_rank, err) < 0)
         return -1;
-    e->sched.max_loras = n;
-    e->stats.max_lora = n;
     return 0;
 }
 

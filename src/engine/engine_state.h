@@ -150,7 +150,8 @@ int engine_step(cv_engine *e);
 void engine_update_gauges(cv_engine *e);
 
 /* engine_lora.c */
-/* The registry and slots of the enable_lora arguments (nothing when off). */
+/* The registry and slots of the enable_lora arguments (nothing when off), the
+ * backend's slot pool included: called before the KV pool is sized. */
 int engine_lora_init(cv_engine *e, const cv_engine_args *a, cv_error *err);
 void engine_lora_free(cv_engine *e);
 /* A request's lora_name: *id 0 for "", else its adapter, read and checked;
