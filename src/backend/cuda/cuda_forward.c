@@ -10,9 +10,9 @@
  * config asks for them. Steps of 1..8 tokens on 16-bit weights run the
  * products as the GEMVs of kernels/gemv.h instead, with RoPE / KV store
  * (models without q/k norms) and act(gate) * up in their epilogues. A step
- * with LoRA adapters takes the unfused path (fp32 product outputs, no
- * graph) and adds each adapter's delta after its product
- * (lora/cuda_lora.h). */
+ * with LoRA adapters takes the unfused path (fp32 product outputs) and
+ * adds each adapter's delta after its product (lora/cuda_lora.h). Decode
+ * steps replay CUDA graphs (cuda_graph.c). */
 #include <inttypes.h>
 #include <math.h>
 #include <stdlib.h>
@@ -22,7 +22,6 @@
 #include "backend/cuda/cuda_internal.h"
 #include "backend/cuda/kernels/gemv.h"
 #include "backend/cuda/lora/cuda_lora.h"
-#include "base/log.h"
 
 static const char *const phase_names[CV_CUDA_N_PHASES] = {"embed",
                                                           "rmsnorm",
@@ -167,12 +166,6 @@ int cv_cuda_backend_reserve(cv_cuda_backend *b, int n_tokens, int n_logits, cv_e
     CU(cudaSetDevice(b->device), "cudaSetDevice");
     return reserve(b, n_tokens, n_logits, err);
 }
-
-/* Device views of the batch arrays after the upload. */
-typedef struct step_arrays {
-    const int32_t *ids, *positions, *tok_seq, *query_start, *seq_lens, *tables, *logits_rows;
-    const int64_t *slots;
-} step_arrays;
 
 /* Packs the batch (and each token's sequence index) into the pinned staging
  * buffer and enqueues one upload. */
@@ -321,15 +314,6 @@ static int choose_splits(const cv_cuda_backend *b, const cv_batch *bt)
         splits *= 2;
     const int by_work = (want + work - 1) / work;
     return splits < by_work ? splits : by_work;
-}
-
-static bool same_attn(const step_attn *a, const step_attn *b)
-{
-    if (a->tensor_cores != b->tensor_cores) return false;
-    if (!a->tensor_cores) return a->n_splits == b->n_splits;
-    const cuda_attn_plan *p = &a->plan, *q = &b->plan;
-    return p->has_prefill == q->has_prefill && p->has_decode == q->has_decode &&
-           p->tile_rows == q->tile_rows && p->partition == q->partition && p->n_parts == q->n_parts;
 }
 
 /* out (n_rows, n) = the model's norm (RMSNorm, or LayerNorm with bias) of
@@ -572,10 +556,8 @@ static int profile_collect(cv_cuda_backend *b, cv_error *err)
     return 0;
 }
 
-/* Everything of a step between the batch upload and the logits download:
- * what a graph captures. */
-static int enqueue_step(cv_cuda_backend *b, const cv_batch *bt, const step_arrays *d,
-                        const step_attn *sa, cv_error *err)
+int cuda_enqueue_step(cv_cuda_backend *b, const cv_batch *bt, const step_arrays *d,
+                      const step_attn *sa, cv_error *err)
 {
     const cv_model_config *c = &b->cfg;
     const int nt = bt->n_tokens, h = c->hidden_size, e = cv_config_embed_dim(c);
@@ -616,69 +598,6 @@ static int enqueue_step(cv_cuda_backend *b, const cv_batch *bt, const step_array
     return mark(b, CV_CUDA_PHASE_HEAD, err);
 }
 
-void cuda_graphs_clear(cv_cuda_backend *b)
-{
-    for (int i = 0; i < CUDA_GRAPH_SLOTS; i++) {
-        if (b->graphs[i].exec) cudaGraphExecDestroy(b->graphs[i].exec);
-        b->graphs[i].exec = NULL;
-    }
-}
-
-/* The step as a graph: replays the one captured for this shape and these
- * buffers, else captures it. A capture that fails (a driver without
- * support, say) turns graphs off and the step runs eagerly. */
-static int run_graph(cv_cuda_backend *b, const cv_batch *bt, const step_arrays *d,
-                     const step_attn *sa, cv_error *err)
-{
-    const cuda_graph_entry key = {
-        .n_tokens = bt->n_tokens,
-        .n_seqs = bt->n_seqs,
-        .n_logits = bt->n_logits,
-        .max_blocks = bt->max_blocks_per_seq,
-        .attn = *sa,
-        .act_mem = b->act_mem,
-        .stage_dev = b->stage_dev,
-        .partial = b->partial,
-        .kv = b->kv,
-        .lora = cuda_lora_graph_key_of(b),
-    };
-    for (int i = 0; i < CUDA_GRAPH_SLOTS; i++) {
-        const cuda_graph_entry *g = &b->graphs[i];
-        if (g->exec && g->n_tokens == key.n_tokens && g->n_seqs == key.n_seqs &&
-            g->n_logits == key.n_logits && g->max_blocks == key.max_blocks &&
-            same_attn(&g->attn, &key.attn) && g->act_mem == key.act_mem &&
-            g->stage_dev == key.stage_dev && g->partial == key.partial && g->kv == key.kv &&
-            g->lora.n_segs == key.lora.n_segs && g->lora.stage == key.lora.stage &&
-            g->lora.u == key.lora.u) {
-            CU(cudaGraphLaunch(g->exec, b->stream), "cudaGraphLaunch");
-            return 0;
-        }
-    }
-    CU(cudaStreamBeginCapture(b->stream, cudaStreamCaptureModeThreadLocal),
-       "cudaStreamBeginCapture");
-    const int rc = enqueue_step(b, bt, d, sa, err);
-    cudaGraph_t graph = NULL;
-    cudaError_t e = cudaStreamEndCapture(b->stream, &graph);
-    cudaGraphExec_t exec = NULL;
-    if (rc == 0 && e == cudaSuccess) e = cudaGraphInstantiate(&exec, graph, 0);
-    if (graph) cudaGraphDestroy(graph);
-    if (rc || e != cudaSuccess) {
-        cv_log_warn("cuda backend: capturing a step as a CUDA graph failed (%s); running "
-                    "steps eagerly from now on",
-                    rc ? err->msg : cudaGetErrorString(e));
-        (void)cudaGetLastError();
-        b->graphs_broken = true;
-        return enqueue_step(b, bt, d, sa, err);
-    }
-    cuda_graph_entry *slot = &b->graphs[b->graph_next];
-    b->graph_next = (b->graph_next + 1) % CUDA_GRAPH_SLOTS;
-    if (slot->exec) cudaGraphExecDestroy(slot->exec);
-    *slot = key;
-    slot->exec = exec;
-    CU(cudaGraphLaunch(exec, b->stream), "cudaGraphLaunch");
-    return 0;
-}
-
 /* Enqueues the downloads of a finished step: the greedy choices when asked
  * for, and the logits rows the caller did not reduce to a greedy choice or a
  * sampled token, one copy per run of consecutive rows. */
@@ -708,84 +627,6 @@ static int download(cv_cuda_backend *b, const cv_batch *bt, float *logits,
     return 0;
 }
 
-/* The graph ladder's batch size for n sequences (vLLM captures the same:
- * 1, 2, 4, then every multiple of 8). */
-static int ladder_size(int n)
-{
-    return n <= 4 ? (n <= 1 ? 1 : n <= 2 ? 2 : 4) : (n + 7) / 8 * 8;
-}
-
-/* A decode step (one token and one logits row per sequence) padded to its
- * ladder size with one-token sequences on the scratch block, its block
- * tables widened to a power of two: *pad is the step a graph replays. The
- * real sequences keep their places, so rows 0..n_logits-1 are theirs. */
-static int pad_decode_step(cv_cuda_backend *b, const cv_batch *bt, cv_batch *pad, cv_error *err)
-{
-    const int n = ladder_size(bt->n_seqs);
-    int width = 1;
-    while (width < bt->max_blocks_per_seq)
-        width *= 2;
-    if (!b->pad_ids) {
-        const size_t cap = CUDA_GRAPH_MAX_TOKENS;
-        b->pad_ids = malloc(cap * sizeof(int32_t));
-        b->pad_positions = malloc(cap * sizeof(int32_t));
-        b->pad_query_start = malloc((cap + 1) * sizeof(int32_t));
-        b->pad_seq_lens = malloc(cap * sizeof(int32_t));
-        b->pad_rows = malloc(cap * sizeof(int32_t));
-        b->pad_slots = malloc(cap * sizeof(int64_t));
-        if (!b->pad_ids || !b->pad_positions || !b->pad_query_start || !b->pad_seq_lens ||
-            !b->pad_rows || !b->pad_slots)
-            return cv_errorf(err, "cv_cuda_backend_forward: out of memory padding a step");
-    }
-    if ((size_t)n * width > b->pad_table_cap) {
-        int32_t *t = realloc(b->pad_tables, (size_t)n * width * sizeof(int32_t));
-        if (!t) return cv_errorf(err, "cv_cuda_backend_forward: out of memory padding a step");
-        b->pad_tables = t;
-        b->pad_table_cap = (size_t)n * width;
-    }
-    const int scratch = b->n_blocks;
-    for (int s = 0; s < n; s++) {
-        const bool real = s < bt->n_seqs;
-        b->pad_ids[s] = real ? bt->token_ids[s] : 0;
-        b->pad_positions[s] = real ? bt->positions[s] : 0;
-        b->pad_slots[s] = real ? bt->slot_mapping[s] : (int64_t)scratch * b->block_size;
-        b->pad_query_start[s] = s;
-        b->pad_seq_lens[s] = real ? bt->seq_lens[s] : 1;
-        b->pad_rows[s] = s;
-        int32_t *row = b->pad_tables + (size_t)s * width;
-        const int used = real ? bt->max_blocks_per_seq : 0;
-        if (real) memcpy(row, bt->block_tables + (size_t)s * used, (size_t)used * sizeof(int32_t));
-        for (int j = used; j < width; j++)
-            row[j] = scratch;
-    }
-    b->pad_query_start[n] = n;
-    *pad = (cv_batch){
-        .n_tokens = n,
-        .token_ids = b->pad_ids,
-        .positions = b->pad_positions,
-        .slot_mapping = b->pad_slots,
-        .n_seqs = n,
-        .query_start = b->pad_query_start,
-        .seq_lens = b->pad_seq_lens,
-        .block_tables = b->pad_tables,
-        .max_blocks_per_seq = width,
-        .n_logits = n,
-        .logits_indices = b->pad_rows,
-    };
-    return 0;
-}
-
-/* Is bt a decode step a graph of the ladder can run? */
-static bool graph_step(const cv_cuda_backend *b, const cv_batch *bt)
-{
-    if (!b->use_graphs || b->graphs_broken || b->prof || bt->n_tokens > CUDA_GRAPH_MAX_TOKENS)
-        return false;
-    if (bt->n_tokens != bt->n_seqs || bt->n_logits != bt->n_seqs) return false;
-    for (int i = 0; i < bt->n_logits; i++)
-        if (bt->logits_indices[i] != i) return false;
-    return true;
-}
-
 int cuda_forward_run(cv_cuda_backend *b, const cv_batch *user_bt, float *logits,
                      const cv_greedy_rows *greedy, cv_error *err)
 {
@@ -793,9 +634,9 @@ int cuda_forward_run(cv_cuda_backend *b, const cv_batch *user_bt, float *logits,
     if (check_batch(b, user_bt, err) || cuda_lora_prepare(b, user_bt, err)) return -1;
     /* Steps a graph runs are padded to the ladder; the downloads below
      * still take the caller's rows only. */
-    const bool graph = graph_step(b, user_bt);
+    const bool graph = cuda_graph_step(b, user_bt);
     cv_batch padded = {0};
-    if (graph && pad_decode_step(b, user_bt, &padded, err)) return -1;
+    if (graph && cuda_graph_pad_step(b, user_bt, &padded, err)) return -1;
     const cv_batch *bt = graph ? &padded : user_bt;
     if (reserve(b, bt->n_tokens, bt->n_logits, err)) return -1;
     step_attn sa = {.tensor_cores = b->kv_dtype != CV_DTYPE_F32 &&
@@ -824,7 +665,8 @@ int cuda_forward_run(cv_cuda_backend *b, const cv_batch *user_bt, float *logits,
     if (mark(b, CV_CUDA_PHASE_COPY, err) || upload_batch(b, bt, &d, err) ||
         mark(b, CV_CUDA_PHASE_COPY, err))
         return -1;
-    if (graph ? run_graph(b, bt, &d, &sa, err) : enqueue_step(b, bt, &d, &sa, err)) return -1;
+    if (graph ? cuda_graph_run(b, bt, &d, &sa, err) : cuda_enqueue_step(b, bt, &d, &sa, err))
+        return -1;
     if (greedy && cuda_sample_enqueue(b, user_bt->n_logits, greedy, err)) return -1;
     if (user_bt->n_logits > 0 &&
         (download(b, user_bt, logits, greedy, err) || mark(b, CV_CUDA_PHASE_COPY, err)))

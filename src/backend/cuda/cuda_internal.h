@@ -292,8 +292,37 @@ struct cv_cuda_backend {
 /* Kernel launchers return a cudaError_t as int. */
 #define KL(call, what) CU((cudaError_t)(call), what)
 
+/* Device views of the batch arrays after the upload. */
+typedef struct step_arrays {
+    const int32_t *ids, *positions, *tok_seq, *query_start, *seq_lens, *tables, *logits_rows;
+    const int64_t *slots;
+} step_arrays;
+
+/* Enqueues everything of a step between the batch upload and the logits
+ * download (cuda_forward.c): what a graph captures. */
+int cuda_enqueue_step(cv_cuda_backend *b, const cv_batch *bt, const step_arrays *d,
+                      const step_attn *sa, cv_error *err);
+
+/* ---- CUDA graphs of decode steps (cuda_graph.c) ---- */
+
 /* Drops every captured graph (buffers moved or the mode changed). */
 void cuda_graphs_clear(cv_cuda_backend *b);
+
+/* Is bt a decode step (one token and one logits row per sequence, rows in
+ * order) that a graph of the ladder can run, graphs being on? */
+bool cuda_graph_step(const cv_cuda_backend *b, const cv_batch *bt);
+
+/* bt padded to its ladder size with one-token sequences on the scratch
+ * block, its block tables widened to a power of two: *pad is the step a
+ * graph replays (arrays owned by b, valid until the next call). The real
+ * sequences keep their places, so rows 0..n_logits-1 are theirs. */
+int cuda_graph_pad_step(cv_cuda_backend *b, const cv_batch *bt, cv_batch *pad, cv_error *err);
+
+/* Runs a padded step as a graph: replays the one captured for its shape,
+ * plan and buffers, else captures it; a capture that fails turns graphs
+ * off and the step runs eagerly. */
+int cuda_graph_run(cv_cuda_backend *b, const cv_batch *bt, const step_arrays *d,
+                   const step_attn *sa, cv_error *err);
 
 /* Device sampling of a step's CV_ROW_SAMPLE rows (cuda_sample.c, over
  * kernels/sample.h). cuda_sample_enqueue queues on b->stream, after the
