@@ -126,6 +126,22 @@ static void test_fixture(void **state)
     hf_fixture_free(&f);
 }
 
+/* The fixture's reference greedy continuations (n_cases entries of
+ * input_ids / output_ids), each through a fresh CPU backend's runner. */
+static void check_greedy_cases(const hf_fixture *f, const json_t *cases, size_t n_cases)
+{
+    assert_int_equal(json_array_size(cases), n_cases);
+    cv_error err = {.msg = ""};
+    cv_backend *bk = cv_backend_cpu_create(f->model, 2, &err);
+    assert_non_null(bk);
+    for (size_t i = 0; i < n_cases; i++) {
+        const json_t *c = json_array_get(cases, i);
+        runner_check_greedy(&runner_cpu_ops, bk, BLOCK_SIZE, json_object_get(c, "input_ids"),
+                            json_object_get(c, "output_ids"), f->cfg->vocab_size);
+    }
+    cv_backend_destroy(bk);
+}
+
 /* stories260K from ../shared: HF's greedy ids for BOS alone (256 tokens, the
  * llama2.c sample) and two prompts (64 tokens each). */
 static void test_stories260K_greedy(void **state)
@@ -134,17 +150,7 @@ static void test_stories260K_greedy(void **state)
     if (!cv_test_have_shared("models/stories260K")) skip();
     hf_fixture f;
     hf_fixture_load_stories(&f);
-    const json_t *cases = json_object_get(f.ref, "cases");
-    assert_int_equal(json_array_size(cases), 3);
-    cv_error err = {.msg = ""};
-    cv_backend *bk = cv_backend_cpu_create(f.model, 2, &err);
-    assert_non_null(bk);
-    for (size_t i = 0; i < json_array_size(cases); i++) {
-        const json_t *c = json_array_get(cases, i);
-        runner_check_greedy(&runner_cpu_ops, bk, BLOCK_SIZE, json_object_get(c, "input_ids"),
-                            json_object_get(c, "output_ids"), f.cfg->vocab_size);
-    }
-    cv_backend_destroy(bk);
+    check_greedy_cases(&f, json_object_get(f.ref, "cases"), 3);
     hf_fixture_free(&f);
 }
 
@@ -157,17 +163,7 @@ static void test_opt_seed_greedy(void **state)
     hf_fixture f;
     hf_fixture_load(&f, "opt_seed");
     assert_string_equal(f.cfg->architecture, "OPTForCausalLM");
-    const json_t *cases = json_object_get(f.ref, "greedy");
-    assert_int_equal(json_array_size(cases), 2);
-    cv_error err = {.msg = ""};
-    cv_backend *bk = cv_backend_cpu_create(f.model, 2, &err);
-    assert_non_null(bk);
-    for (size_t i = 0; i < json_array_size(cases); i++) {
-        const json_t *c = json_array_get(cases, i);
-        runner_check_greedy(&runner_cpu_ops, bk, BLOCK_SIZE, json_object_get(c, "input_ids"),
-                            json_object_get(c, "output_ids"), f.cfg->vocab_size);
-    }
-    cv_backend_destroy(bk);
+    check_greedy_cases(&f, json_object_get(f.ref, "greedy"), 2);
     hf_fixture_free(&f);
 }
 
