@@ -280,10 +280,23 @@ static int push_job(cv_engine *e, request *req, int k, const float *row)
     return 0;
 }
 
+/* The logits row a job samples from. */
+static int job_row(const cv_engine *e, const sample_job *j)
+{
+    return (int)((j->row - e->logits) / e->vocab);
+}
+
+/* Did the backend already choose this job's token (greedy or sampled on
+ * the device)? Then drawing it is a copy. */
+static bool device_chosen(const cv_engine *e, const sample_job *j)
+{
+    return e->greedy_filled && e->g_want[job_row(e, j)] != CV_ROW_LOGITS;
+}
+
 static void draw(const cv_engine *e, sampler *smp, sample_job *j)
 {
-    const int row = (int)((j->row - e->logits) / e->vocab);
-    if (e->greedy_filled && e->g_want[row]) {
+    const int row = job_row(e, j);
+    if (device_chosen(e, j)) {
         j->token = e->g_token[row];
         j->lp = (sample_logprobs){
             .token = j->token, .logprob = e->g_logprob[row], .rank = e->g_rank[row]};
@@ -318,14 +331,19 @@ static void draw(const cv_engine *e, sampler *smp, sample_job *j)
  * 64 sequences and a 32K vocab it is several percent of a step. */
 static int draw_all(cv_engine *e)
 {
-    int n = e->n_jobs;
+    int n = e->n_jobs, n_host = 0;
     /* Masks first, on this thread: a grammar builds its states lazily. */
     for (int i = 0; i < n; i++) {
         sample_job *j = &e->jobs[i];
         if (j->req->grammar && !(j->mask = so_mask(j->req->grammar, j->req->seqs[j->k].so)))
             return -1;
+        n_host += !device_chosen(e, j);
     }
-#pragma omp parallel for num_threads(e->n_samplers) schedule(dynamic, 2) if (n >= 8)
+    /* Only rows sampled here are worth the threads: a step whose tokens the
+     * GPU chose copies them on this thread, without a parallel region that
+     * would wake every sampler thread and wait for the last one to be
+     * scheduled (milliseconds on a host busy with clients). */
+#pragma omp parallel for num_threads(e->n_samplers) schedule(dynamic, 2) if (n_host >= 8)
     for (int i = 0; i < n; i++)
         draw(e, e->samplers[omp_get_thread_num()], &e->jobs[i]);
     return 0;
