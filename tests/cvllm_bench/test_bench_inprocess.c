@@ -18,6 +18,7 @@
 #include <sys/stat.h>
 
 #include "../common/shared_data.h"
+#include "bench_result.h"
 #include "client.h"
 #include "server_fixture.h"
 
@@ -27,28 +28,6 @@ static const char *bin_path(void)
     const char *bin = getenv("CVLLM_BIN_DIR");
     snprintf(exe, sizeof exe, "%s/cvllm-bench", bin ? bin : "build/bin");
     return exe;
-}
-
-static double num(json_t *o, const char *key)
-{
-    json_t *v = json_object_get(o, key);
-    if (!json_is_number(v)) fail_msg("result JSON: '%s' is not a number", key);
-    return json_number_value(v);
-}
-
-/* mean, median, p90 and p99 of a metric: present, positive, ordered. */
-static void check_metric(json_t *o, const char *metric)
-{
-    char k[64];
-    double v[4];
-    const char *stats[] = {"mean", "median", "p90", "p99"};
-    for (int i = 0; i < 4; i++) {
-        snprintf(k, sizeof k, "%s_%s_ms", stats[i], metric);
-        v[i] = num(o, k);
-        if (!(v[i] > 0)) fail_msg("%s = %g is not positive", k, v[i]);
-    }
-    if (!(v[1] <= v[2] && v[2] <= v[3]))
-        fail_msg("%s: median %g, p90 %g, p99 %g not ordered", metric, v[1], v[2], v[3]);
 }
 
 /* Runs cvllm-bench with the common workload flags after `extra` (NULL
@@ -101,37 +80,40 @@ static int run_bench(const char *dir, const char *tag, char *const *extra, char 
 static void check_result(json_t *o, const char *backend)
 {
     assert_string_equal(json_string_value(json_object_get(o, "backend")), backend);
-    assert_int_equal((int)num(o, "completed"), 6);
-    assert_int_equal((int)num(o, "failed"), 0);
+    assert_int_equal((int)bench_num(o, "completed"), 6);
+    assert_int_equal((int)bench_num(o, "failed"), 0);
     json_t *reqs = json_object_get(o, "requests");
     assert_int_equal(json_array_size(reqs), 6);
     int64_t in = 0, out = 0;
     for (size_t i = 0; i < 6; i++) {
         json_t *r = json_array_get(reqs, i);
         assert_true(json_is_true(json_object_get(r, "success")));
-        int64_t pl = (int64_t)num(r, "prompt_len"), it = (int64_t)num(r, "input_tokens");
-        int64_t ot = (int64_t)num(r, "output_tokens"), eo = (int64_t)num(r, "expected_output_len");
+        int64_t pl = (int64_t)bench_num(r, "prompt_len"),
+                it = (int64_t)bench_num(r, "input_tokens");
+        int64_t ot = (int64_t)bench_num(r, "output_tokens"),
+                eo = (int64_t)bench_num(r, "expected_output_len");
         assert_int_equal(it, pl); /* the engine counts exactly the drawn length */
         assert_in_range(pl, 8, 24);
         assert_int_equal(ot, eo); /* ignore_eos: exactly max_tokens */
         assert_in_range(eo, 12, 36);
-        assert_true(num(r, "ttft_ms") > 0 && num(r, "e2el_ms") >= num(r, "ttft_ms"));
-        assert_true(num(r, "tpot_ms") > 0);
+        assert_true(bench_num(r, "ttft_ms") > 0 &&
+                    bench_num(r, "e2el_ms") >= bench_num(r, "ttft_ms"));
+        assert_true(bench_num(r, "tpot_ms") > 0);
         assert_in_range(json_array_size(json_object_get(r, "itl_ms")), 1, (size_t)(ot - 1));
         assert_true(strlen(json_string_value(json_object_get(r, "generated_text"))) > 0);
         in += it;
         out += ot;
     }
-    assert_int_equal((int64_t)num(o, "total_input_tokens"), in);
-    assert_int_equal((int64_t)num(o, "total_output_tokens"), out);
-    assert_int_equal((int64_t)num(o, "warmup_output_tokens") > 0, 1);
-    assert_true(num(o, "duration") > 0);
-    assert_true(num(o, "request_throughput") > 0 && num(o, "output_throughput") > 0);
-    assert_true(num(o, "total_token_throughput") > num(o, "output_throughput"));
-    check_metric(o, "ttft");
-    check_metric(o, "tpot");
-    check_metric(o, "itl");
-    check_metric(o, "e2el");
+    assert_int_equal((int64_t)bench_num(o, "total_input_tokens"), in);
+    assert_int_equal((int64_t)bench_num(o, "total_output_tokens"), out);
+    assert_int_equal((int64_t)bench_num(o, "warmup_output_tokens") > 0, 1);
+    assert_true(bench_num(o, "duration") > 0);
+    assert_true(bench_num(o, "request_throughput") > 0 && bench_num(o, "output_throughput") > 0);
+    assert_true(bench_num(o, "total_token_throughput") > bench_num(o, "output_throughput"));
+    bench_check_metric(o, "ttft");
+    bench_check_metric(o, "tpot");
+    bench_check_metric(o, "itl");
+    bench_check_metric(o, "e2el");
 }
 
 static void write_file(const char *path, const char *text)
@@ -213,12 +195,15 @@ static void test_inprocess_matches_server(void **state)
     json_t *gr = json_object_get(g, "requests"), *ir = json_object_get(in, "requests");
     for (size_t i = 0; i < 6; i++) {
         json_t *a = json_array_get(gr, i), *b = json_array_get(ir, i);
-        assert_int_equal((int64_t)num(a, "input_tokens"), (int64_t)num(b, "input_tokens"));
-        assert_int_equal((int64_t)num(a, "output_tokens"), (int64_t)num(b, "output_tokens"));
+        assert_int_equal((int64_t)bench_num(a, "input_tokens"),
+                         (int64_t)bench_num(b, "input_tokens"));
+        assert_int_equal((int64_t)bench_num(a, "output_tokens"),
+                         (int64_t)bench_num(b, "output_tokens"));
         assert_string_equal(json_string_value(json_object_get(a, "generated_text")),
                             json_string_value(json_object_get(b, "generated_text")));
     }
-    assert_int_equal((int64_t)num(g, "total_input_tokens"), (int64_t)num(in, "total_input_tokens"));
+    assert_int_equal((int64_t)bench_num(g, "total_input_tokens"),
+                     (int64_t)bench_num(in, "total_input_tokens"));
     free(out_g);
     free(out_i);
     json_decref(g);

@@ -15,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "bench_result.h"
 #include "client.h"
 #include "server_fixture.h"
 
@@ -33,27 +34,6 @@ static int teardown(void **state)
     test_server_stop(*state);
     cvc_http_global_cleanup();
     return 0;
-}
-
-static double num(json_t *o, const char *key)
-{
-    json_t *v = json_object_get(o, key);
-    if (!json_is_number(v)) fail_msg("result JSON: '%s' is not a number", key);
-    return json_number_value(v);
-}
-
-static void check_ordered(json_t *o, const char *metric)
-{
-    char k[64];
-    double v[4];
-    const char *stats[] = {"mean", "median", "p90", "p99"};
-    for (int i = 0; i < 4; i++) {
-        snprintf(k, sizeof k, "%s_%s_ms", stats[i], metric);
-        v[i] = num(o, k);
-        if (!(v[i] > 0)) fail_msg("%s = %g is not positive", k, v[i]);
-    }
-    if (!(v[1] <= v[2] && v[2] <= v[3]))
-        fail_msg("%s: median %g, p90 %g, p99 %g not ordered", metric, v[1], v[2], v[3]);
 }
 
 /* Runs cvllm-bench; returns the parsed result file. */
@@ -113,37 +93,40 @@ static json_t *run_bench(test_server *s, const char *backend, int port, const ch
 /* Checks one run's JSON; returns its token totals including warm-up. */
 static void check_run(json_t *o, size_t n, int64_t *in_total, int64_t *out_total)
 {
-    assert_int_equal((size_t)num(o, "completed"), n);
-    assert_int_equal((size_t)num(o, "failed"), 0);
-    assert_int_equal((size_t)num(o, "good_requests"), n);
+    assert_int_equal((size_t)bench_num(o, "completed"), n);
+    assert_int_equal((size_t)bench_num(o, "failed"), 0);
+    assert_int_equal((size_t)bench_num(o, "good_requests"), n);
     json_t *reqs = json_object_get(o, "requests");
     assert_int_equal(json_array_size(reqs), n);
     int64_t in = 0, out = 0;
     for (size_t i = 0; i < n; i++) {
         json_t *r = json_array_get(reqs, i);
         assert_true(json_is_true(json_object_get(r, "success")));
-        int64_t pl = (int64_t)num(r, "prompt_len"), it = (int64_t)num(r, "input_tokens");
-        int64_t ot = (int64_t)num(r, "output_tokens"), eo = (int64_t)num(r, "expected_output_len");
+        int64_t pl = (int64_t)bench_num(r, "prompt_len"),
+                it = (int64_t)bench_num(r, "input_tokens");
+        int64_t ot = (int64_t)bench_num(r, "output_tokens"),
+                eo = (int64_t)bench_num(r, "expected_output_len");
         assert_int_equal(it, pl); /* the server counts exactly the drawn length */
         assert_in_range(pl, 8, 24);
         assert_int_equal(ot, eo); /* ignore_eos: exactly max_tokens */
-        assert_true(num(r, "ttft_ms") > 0 && num(r, "e2el_ms") >= num(r, "ttft_ms"));
+        assert_true(bench_num(r, "ttft_ms") > 0 &&
+                    bench_num(r, "e2el_ms") >= bench_num(r, "ttft_ms"));
         /* One ITL per pair of token-carrying responses. */
         assert_in_range(json_array_size(json_object_get(r, "itl_ms")), 0, (size_t)(ot - 1));
         in += it;
         out += ot;
     }
-    assert_int_equal((int64_t)num(o, "total_input_tokens"), in);
-    assert_int_equal((int64_t)num(o, "total_output_tokens"), out);
-    assert_true(num(o, "duration") > 0);
-    assert_true(num(o, "request_throughput") > 0);
-    assert_true(num(o, "output_throughput") > 0);
-    check_ordered(o, "ttft");
-    check_ordered(o, "tpot");
-    check_ordered(o, "itl");
-    check_ordered(o, "e2el");
-    *in_total = in + (int64_t)num(o, "warmup_input_tokens");
-    *out_total = out + (int64_t)num(o, "warmup_output_tokens");
+    assert_int_equal((int64_t)bench_num(o, "total_input_tokens"), in);
+    assert_int_equal((int64_t)bench_num(o, "total_output_tokens"), out);
+    assert_true(bench_num(o, "duration") > 0);
+    assert_true(bench_num(o, "request_throughput") > 0);
+    assert_true(bench_num(o, "output_throughput") > 0);
+    bench_check_metric(o, "ttft");
+    bench_check_metric(o, "tpot");
+    bench_check_metric(o, "itl");
+    bench_check_metric(o, "e2el");
+    *in_total = in + (int64_t)bench_num(o, "warmup_input_tokens");
+    *out_total = out + (int64_t)bench_num(o, "warmup_output_tokens");
 }
 
 static void test_bench_matches_server_metrics(void **state)
@@ -152,7 +135,7 @@ static void test_bench_matches_server_metrics(void **state)
     json_t *g = run_bench(s, "triton-grpc", s->grpc_port, "50", "2");
     int64_t in1, out1;
     check_run(g, 50, &in1, &out1);
-    assert_true(num(g, "warmup_input_tokens") > 0);
+    assert_true(bench_num(g, "warmup_input_tokens") > 0);
     char *m = test_http_get(s->metrics_port, "/metrics");
     assert_int_equal((int64_t)test_metric(m, "vllm:prompt_tokens_total"), in1);
     assert_int_equal((int64_t)test_metric(m, "vllm:generation_tokens_total"), out1);
