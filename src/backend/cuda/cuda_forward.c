@@ -272,13 +272,14 @@ static int gemm(cv_cuda_backend *b, const void *w, int out, int in, const void *
     return 0;
 }
 
-/* Y (n_tok, out) in the weight dtype = X W^T, fp32 accumulation: vLLM's
- * numerics (its GEMMs return the model's dtype), for products whose only
- * reader widens them again, at half the bytes of an fp32 Y. 16-bit
- * weights, no split activations, more tokens than the GEMV takes. */
-static int gemm16(cv_cuda_backend *b, const void *w, int out, int in, const void *x, int n_tok,
-                  void *y, cv_error *err)
+/* Y (n_tok, out) = X W^T into a Y of y_dtype: fp32 as gemm with beta 0, or
+ * the weight dtype (fp32 accumulation): vLLM's numerics (its GEMMs return
+ * the model's dtype), for products whose only reader widens them again, at
+ * half the bytes of an fp32 Y (16-bit weights, no split activations). */
+static int gemm_to(cv_cuda_backend *b, const void *w, int out, int in, const void *x, int n_tok,
+                   void *y, cv_dtype y_dtype, cv_error *err)
 {
+    if (y_dtype == CV_DTYPE_F32) return gemm(b, w, out, in, x, n_tok, y, 0.0f, err);
     const float alpha = 1.0f, zero = 0.0f;
     const cudaDataType_t t = b->wdtype == CV_DTYPE_BF16 ? CUDA_R_16BF : CUDA_R_16F;
     CB(cublasGemmEx(b->blas, CUBLAS_OP_T, CUBLAS_OP_N, out, n_tok, in, &alpha, w, t, in, x, t, in,
@@ -402,9 +403,7 @@ static int layer_forward(cv_cuda_backend *b, const cv_batch *bt, const step_arra
         KL(cuda_gemv(&ga, b->stream), "qkv gemv + rope/kv store kernel");
         if (mark(b, CV_CUDA_PHASE_QKV_GEMM, err)) return -1;
     } else {
-        if ((qkv_dtype == CV_DTYPE_F32
-                 ? gemm(b, L->wqkv, b->qkv_dim, h, b->xn, nt, b->qkv, 0.0f, err)
-                 : gemm16(b, L->wqkv, b->qkv_dim, h, b->xn, nt, b->qkv, err)) ||
+        if (gemm_to(b, L->wqkv, b->qkv_dim, h, b->xn, nt, b->qkv, qkv_dtype, err) ||
             cuda_lora_apply(b, l, CUDA_LORA_QKV, b->xn, nt, b->qkv, err) ||
             mark(b, CV_CUDA_PHASE_QKV_GEMM, err))
             return -1;
@@ -524,8 +523,7 @@ static int layer_forward(cv_cuda_backend *b, const cv_batch *bt, const step_arra
         KL(cuda_gemv(&ga, b->stream), "gated gemv kernel");
         if (mark(b, CV_CUDA_PHASE_UPGATE_GEMM, err)) return -1;
     } else {
-        if ((act16 == CV_DTYPE_F32 ? gemm(b, L->wgu, 2 * f, h, b->xn, nt, b->gu, 0.0f, err)
-                                   : gemm16(b, L->wgu, 2 * f, h, b->xn, nt, b->gu, err)) ||
+        if (gemm_to(b, L->wgu, 2 * f, h, b->xn, nt, b->gu, act16, err) ||
             cuda_lora_apply(b, l, CUDA_LORA_GU, b->xn, nt, b->gu, err) ||
             mark(b, CV_CUDA_PHASE_UPGATE_GEMM, err))
             return -1;
