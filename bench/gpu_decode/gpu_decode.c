@@ -38,7 +38,7 @@
 
 #include "backend/cuda/cuda_backend.h"
 #include "base/clock.h"
-#include "engine/sampler.h"
+#include "runner/sampler.h"
 
 /* MIXED_NEW_SEQS: prompts that join the largest batch in its mixed-step
  * profile (G1 with 128-token outputs finishes ~2 sequences of 256 a step). */

@@ -54,6 +54,8 @@ typedef struct cv_engine_args {
                                       vLLM's 16-bit ones; with kv_cache_dtype "float32" the
                                       logits stay within ~1e-5 of fp32 compute */
     bool enforce_eager;            /* vLLM's: no CUDA graphs */
+    bool async_scheduling;         /* vLLM's: schedule step N+1 while step N runs (a worker
+                                      thread runs the steps; not with enable_lora) */
     /* LoRA (vLLM's enable_lora, max_loras, max_lora_rank, max_cpu_loras):
      * adapter lora_names[i] is read from the PEFT directory lora_paths[i]
      * on its first request. The arrays are read by cv_engine_create only
@@ -248,6 +250,8 @@ typedef struct cv_engine_stats {
     int kv_blocks_total, kv_blocks_free;
     double kv_usage;        /* 0..1 */
     uint64_t steps_total;   /* engine steps that ran the model */
+    uint64_t steps_ahead;   /* of which scheduled and submitted while the one before ran
+                               (async_scheduling) */
     double forward_s_total; /* time inside the backend's forward */
     double step_s_total;    /* steps up to delivery: schedule, batch, forward, sample, detokenize */
     cv_histogram time_to_first_token_s;

@@ -236,7 +236,10 @@ int bm_allocate(block_manager *bm, cv_seq *seq, int n_total)
 void bm_cache_computed(block_manager *bm, cv_seq *seq)
 {
     if (!bm->caching) return;
-    while ((seq->n_hashed_blocks + 1) * bm->block_size <= seq->n_computed) {
+    /* A placeholder (async_scheduling) is computed before its id is known:
+     * only blocks of known tokens can be keyed. */
+    const int known = seq->n_computed < seq->n_tokens ? seq->n_computed : seq->n_tokens;
+    while ((seq->n_hashed_blocks + 1) * bm->block_size <= known) {
         int i = seq->n_hashed_blocks;
         const int32_t *toks = seq->tokens + (size_t)i * bm->block_size;
         uint64_t h = block_hash(seq->n_hashed_blocks ? seq->last_hash : root_hash(seq), toks,

@@ -2,7 +2,6 @@
  * inbox (any thread), the engine thread admits them, runs steps while
  * anything is active and sleeps otherwise. */
 #include <limits.h>
-#include <omp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -159,6 +158,8 @@ static void *engine_main(void *arg)
             admit(e, in);
             in = next;
         }
+        /* Aborting frees requests: none may be in a step still running. */
+        bool failed = (n_aborts > 0 || (shutdown && !drain)) && engine_finish_in_flight(e) < 0;
         for (int i = 0; i < n_aborts; i++) {
             for (request *r = e->active; r; r = r->next) {
                 if (r->id == aborts[i]) {
@@ -172,7 +173,7 @@ static void *engine_main(void *arg)
             while (e->active)
                 abort_request(e, e->active);
         if (e->active) {
-            if (engine_step(e) < 0) {
+            if (failed || engine_step(e) < 0) {
                 char msg[CV_ERROR_MSG_BYTES + 32];
                 snprintf(msg, sizeof(msg), "engine step failed: %s",
                          e->step_err.msg[0] ? e->step_err.msg : "out of memory");
@@ -180,6 +181,7 @@ static void *engine_main(void *arg)
                 pthread_mutex_lock(&e->mu);
                 e->unhealthy = true;
                 pthread_mutex_unlock(&e->mu);
+                (void)engine_finish_in_flight(e); /* it fails too, or its outputs go out */
                 fail_all(e, msg);
             }
         } else if (shutdown) {
@@ -193,34 +195,15 @@ static void *engine_main(void *arg)
 
 static void engine_free(cv_engine *e)
 {
-    for (int i = 0; i < e->n_samplers; i++)
-        sampler_destroy(e->samplers[i]);
-    free(e->samplers);
     free(e->jobs);
+    free(e->draws);
+    engine_steps_free(e);
     engine_lora_free(e);
     sched_fini(&e->sched);
     bm_destroy(e->bm);
-    if (e->backend) cv_device_backend_destroy(e->backend);
+    cv_runner_destroy(e->runner);
     if (e->tok) tok_free(e->tok);
     if (e->model) cv_model_free(e->model);
-    free(e->b_tokens);
-    free(e->b_positions);
-    free(e->b_query_start);
-    free(e->b_seq_lens);
-    free(e->b_block_tables);
-    free(e->b_logits_idx);
-    free(e->b_slots);
-    free(e->b_lora_slots);
-    free(e->g_want);
-    free(e->g_token);
-    free(e->g_rank);
-    free(e->g_logprob);
-    free(e->g_sample);
-    free(e->g_top_ids);
-    free(e->g_top_lps);
-    free(e->e_first_row);
-    free(e->e_n_rows);
-    free(e->logits);
     free(e->aborts);
     so_prefetch_free(e->so_prefetch); /* before the grammars it may be using */
     so_cache_free(e->so_cache);
@@ -290,9 +273,9 @@ static int check_args(const cv_engine_args *a, cv_error *err)
 
 static int size_kv_pool(cv_engine *e, cv_error *err)
 {
-    size_t block_bytes = cv_device_backend_kv_block_bytes(e->backend, e->block_size);
+    size_t block_bytes = cv_runner_kv_block_bytes(e->runner, e->block_size);
     size_t budget = e->args.kv_cache_bytes;
-    if (!budget && cv_device_backend_kv_budget(e->backend, &budget, err) < 0) return -1;
+    if (!budget && cv_runner_kv_budget(e->runner, &budget, err) < 0) return -1;
     /* A tiny model on a large GPU could count more blocks than an int. */
     const size_t fit =
         budget / block_bytes < (size_t)INT_MAX / 2 ? budget / block_bytes : (size_t)INT_MAX / 2;
@@ -305,7 +288,7 @@ static int size_kv_pool(cv_engine *e, cv_error *err)
                          "kv_cache_bytes or decreasing max_model_len when initializing the "
                          "engine.",
                          e->max_model_len, capacity);
-    return cv_device_backend_kv_alloc(e->backend, e->n_blocks, e->block_size, err);
+    return cv_runner_kv_alloc(e->runner, e->n_blocks, e->block_size, err);
 }
 
 /* The weight dtype the dtype engine argument asks for ("auto" and "": the
@@ -343,21 +326,31 @@ static int engine_init(cv_engine *e, const cv_engine_args *a, cv_error *err)
     e->max_active = a->max_queued_requests
                         ? a->max_queued_requests
                         : (16 * a->max_num_seqs > 4096 ? 16 * a->max_num_seqs : 4096);
-    const cv_device_options dev = {
-        .device = a->device,
-        .matrix_dtype = dtype_from_arg(a->dtype, cfg->dtype),
-        .n_threads = a->n_threads,
-        .cpu_kv_bytes = (size_t)1 << 30,
-        .gpu_memory_share = a->gpu_memory_utilization,
-        .max_step_tokens = max_batched,
-        .max_step_logits = a->max_num_seqs < max_batched ? a->max_num_seqs : max_batched,
-        .kv_dtype = kv_dtype_from_arg(a->kv_cache_dtype),
-        .fp32_activations = a->fp32_activations,
-        .enforce_eager = a->enforce_eager,
-    };
+    /* Adapters load into slots between steps: a step may not run ahead of
+     * them. */
+    if (a->async_scheduling && a->enable_lora) {
+        cv_log_info("engine: async_scheduling is off with enable_lora");
+        e->args.async_scheduling = false;
+    }
+    e->building = &e->steps[0];
+    const cv_runner_options ro = {
+        .n_samplers = a->n_threads,
+        .overlap = e->args.async_scheduling,
+        .device = {
+            .device = a->device,
+            .matrix_dtype = dtype_from_arg(a->dtype, cfg->dtype),
+            .n_threads = a->n_threads,
+            .cpu_kv_bytes = (size_t)1 << 30,
+            .gpu_memory_share = a->gpu_memory_utilization,
+            .max_step_tokens = max_batched,
+            .max_step_logits = a->max_num_seqs < max_batched ? a->max_num_seqs : max_batched,
+            .kv_dtype = kv_dtype_from_arg(a->kv_cache_dtype),
+            .fp32_activations = a->fp32_activations,
+            .enforce_eager = a->enforce_eager,
+        }};
     const uint64_t t_backend = cv_now_ns();
-    e->backend = cv_device_backend_create(e->model, &dev, err);
-    if (!e->backend) return -1;
+    e->runner = cv_runner_create(e->model, &ro, err);
+    if (!e->runner) return -1;
     /* LoRA slots before the KV pool: on a GPU the slot pool comes out of
      * the memory the pool is sized from, not after it. */
     if (engine_lora_init(e, a, err) < 0) return -1;
@@ -369,21 +362,13 @@ static int engine_init(cv_engine *e, const cv_engine_args *a, cv_error *err)
     cv_log_info("engine: %s: model mapped in %.2f s, tokenizer %.2f s, backend %s created in "
                 "%.2f s, KV pool of %d blocks x %d tokens (%.2f GiB) in %.2f s",
                 a->model, cv_ns_to_s(t_tok - t_load), cv_ns_to_s(t_backend - t_tok),
-                cv_device_backend_name(e->backend), cv_ns_to_s(t_kv - t_backend), e->n_blocks,
+                cv_runner_device_name(e->runner), cv_ns_to_s(t_kv - t_backend), e->n_blocks,
                 e->block_size,
-                (double)e->n_blocks *
-                    (double)cv_device_backend_kv_block_bytes(e->backend, e->block_size) /
+                (double)e->n_blocks * (double)cv_runner_kv_block_bytes(e->runner, e->block_size) /
                     (double)(1u << 30),
                 cv_ns_to_s(t_done - t_kv));
     e->bm = bm_create(e->n_blocks, e->block_size, a->enable_prefix_caching);
-    /* One sampler per backend thread: sampling runs on the same cores,
-     * between forwards, one sequence per thread at a time. */
-    int n_samplers = a->n_threads > 0 ? a->n_threads : omp_get_max_threads();
-    e->samplers = calloc((size_t)n_samplers, sizeof(sampler *));
-    for (int i = 0; e->samplers && i < n_samplers; i++, e->n_samplers++)
-        if (!(e->samplers[i] = sampler_create(e->vocab))) break;
-    if (!e->bm || e->n_samplers < n_samplers ||
-        sched_init(&e->sched, e->bm, a->max_num_seqs, max_batched) < 0)
+    if (!e->bm || sched_init(&e->sched, e->bm, a->max_num_seqs, max_batched) < 0)
         return cv_errorf(err, "out of memory creating the engine (%d KV blocks)", e->n_blocks);
     for (int i = 0; i < cfg->n_eos_token_ids; i++)
         e->eos_ids[e->n_eos++] = cfg->eos_token_ids[i];
@@ -428,8 +413,7 @@ cv_engine *cv_engine_create(const cv_engine_args *args, cv_error *err)
     }
     e->thread_started = true;
     cv_log_verbose("engine: %s on %s, %d KV blocks of %d tokens, max_model_len %d", args->model,
-                   cv_device_backend_name(e->backend), e->n_blocks, e->block_size,
-                   e->max_model_len);
+                   cv_runner_device_name(e->runner), e->n_blocks, e->block_size, e->max_model_len);
     return e;
 }
 

@@ -8,10 +8,7 @@
 
 #include "cvllm/engine.h"
 
-/* vLLM's _SAMPLING_EPS: temperatures below it mean greedy. */
-#define CV_SAMPLING_EPS 1e-5f
-/* vLLM's _MAX_TEMP: positive temperatures are raised to at least this. */
-#define CV_MIN_TEMPERATURE 1e-2f
+#include "runner/sampler.h" /* CV_SAMPLING_EPS */
 
 /* Appends out to q and wakes its waiters; q owns out afterwards. Returns -1
  * (out not taken) only when memory runs out. */

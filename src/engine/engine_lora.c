@@ -25,8 +25,8 @@ int engine_lora_init(cv_engine *e, const cv_engine_args *a, cv_error *err)
         return cv_errorf(err, "out of memory for %d LoRA slots", n);
     /* A backend without LoRA operations still serves the base
      * model; requests naming an adapter are refused (engine_lora_resolve). */
-    if (cv_device_backend_has_lora(e->backend) &&
-        cv_device_backend_lora_init(e->backend, n, a->max_lora_rank, err) < 0)
+    if (cv_runner_has_lora(e->runner) &&
+        cv_runner_lora_init(e->runner, n, a->max_lora_rank, err) < 0)
         return -1;
     return 0;
 }
@@ -62,9 +62,9 @@ int engine_lora_resolve(cv_engine *e, const char *name, int *id, cv_error *err)
         }
         return cv_errorf(err, "LoRA %s is not supported, we currently support [%s]", name, list);
     }
-    if (!cv_device_backend_has_lora(e->backend))
+    if (!cv_runner_has_lora(e->runner))
         return cv_errorf(err, "LoRA %s: the backend of device %s does not apply LoRA adapters",
-                         name, cv_device_backend_name(e->backend));
+                         name, cv_runner_device_name(e->runner));
     /* Read now (into the host LRU), so that an adapter cvllm cannot apply
      * fails its request with the reason instead of a later step. */
     if (!cv_lora_registry_acquire(e->lora, *id, err)) return -1;
@@ -144,10 +144,10 @@ void engine_lora_release_step(cv_engine *e)
 }
 
 /* Puts the adapters of this step's entries into backend slots (loading
- * those not resident from the registry's host LRU) and fills b_lora_slots.
+ * those not resident from the registry's host LRU) and fills slots.
  * Returns whether any entry has an adapter. The scheduler admits at most
  * max_loras distinct adapters, so they always fit. */
-int engine_lora_assign(cv_engine *e, const sched_output *so, bool *any)
+int engine_lora_assign(cv_engine *e, const sched_output *so, int32_t *slots, bool *any)
 {
     *any = false;
     if (!e->lora) return 0;
@@ -178,7 +178,7 @@ int engine_lora_assign(cv_engine *e, const sched_output *so, bool *any)
             e->lora_slots.id[k] = 0;
             return -1;
         }
-        if (cv_device_backend_lora_load(e->backend, k, a, &e->step_err) < 0) {
+        if (cv_runner_lora_load(e->runner, k, a, &e->step_err) < 0) {
             cv_lora_registry_release(e->lora, e->lora_load[k]);
             e->lora_slots.id[k] = 0;
             return -1;
@@ -188,9 +188,9 @@ int engine_lora_assign(cv_engine *e, const sched_output *so, bool *any)
     }
     for (int i = 0; i < so->n_entries; i++) {
         const int id = so->entries[i].seq->lora_id;
-        e->b_lora_slots[i] = -1;
+        slots[i] = -1;
         for (int j = 0; j < n; j++)
-            if (e->lora_step_ids[j] == id) e->b_lora_slots[i] = e->lora_slot_of[j];
+            if (e->lora_step_ids[j] == id) slots[i] = e->lora_slot_of[j];
     }
     return 0;
 }

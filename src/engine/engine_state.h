@@ -7,12 +7,11 @@
 #include <stdbool.h>
 #include <stdint.h>
 
-#include "backend/device/device.h"
 #include "block_manager.h"
 #include "cvllm/engine.h"
 #include "lora/lora.h"
 #include "model/model.h"
-#include "sampler.h"
+#include "runner/runner.h"
 #include "scheduler.h"
 #include "sequence.h"
 #include "structured/structured.h"
@@ -61,18 +60,55 @@ typedef struct request {
     uint64_t t_arrival_ns, t_scheduled_ns, t_first_token_ns, t_last_token_ns;
     int lora_id;          /* LoRA adapter of the engine's registry, 0 = none */
     bool touched;         /* has something to deliver after this step */
+    int n_in_steps;       /* entries of its sequences in submitted, unprocessed steps */
+    bool retire_deferred; /* finished while n_in_steps > 0: retire when it drops to 0 */
     struct request *next; /* inbox or active list */
 } request;
+
+/* A scheduled sequence's part in a step, as it was when submitted. */
+typedef struct step_entry {
+    cv_seq *seq;
+    int start, n_new;      /* tokens [start, start + n_new) */
+    int first_row, n_rows; /* its logits rows */
+    uint32_t epoch;        /* seq->epoch then: a preemption since voids the entry */
+    bool prompt_rows;      /* a row per token, for prompt logprobs */
+    bool samples;          /* the chunk ends the sequence's known tokens: its last row
+                              samples the next */
+} step_entry;
+
+/* One step's arrays, from building the batch to handing out its tokens.
+ * The engine has two, so that it builds step N+1 in one while step N runs
+ * from the other (async_scheduling). */
+typedef struct step_buf {
+    cv_step step;
+    step_entry *entries; /* (n_entries) */
+    int n_entries;
+    int32_t *tokens, *positions, *query_start, *seq_lens, *block_tables, *logits_idx;
+    int64_t *slots;
+    int32_t *lora_slots;          /* (n_entries) each entry's LoRA slot, -1 none */
+    int32_t **fill_at, *fill_row; /* (2 n_entries) placeholders (runner.h) */
+    int32_t *hist; /* (cap_hist) penalized SAMPLE rows' token lists, the pending token last */
+    int cap_hist;
+    /* (rows) what the step needs of each logits row (CV_ROW_*), the SAMPLE
+     * rows' requests, and the tokens chosen (top_*: CV_MAX_LOGPROBS a row). */
+    uint8_t *want;
+    cv_sample_row *sample;
+    int32_t *token, *rank, *top_ids;
+    float *logprob, *top_lps;
+    float *logits; /* (cap_logits_rows, vocab) */
+    int cap_tokens, cap_seqs, cap_tables, cap_logits_rows;
+    int64_t prompt_computed;                     /* prompt tokens the step computes (metrics) */
+    uint64_t t_start_ns, t_submit_ns, t_wait_ns; /* its engine step began; it was submitted;
+                                                    the engine began waiting for it */
+} step_buf;
 
 struct cv_engine {
     cv_engine_args args;
     cv_model *model;
     cv_tokenizer *tok;
-    cv_device_backend *backend;
+    cv_runner *runner;
     block_manager *bm;
     scheduler sched;
-    sampler **samplers; /* (n_samplers) one per sampling thread */
-    int n_samplers;
     int vocab, max_model_len, block_size, n_blocks;
     int32_t eos_ids[CV_MAX_EOS_IDS + 1];
     int n_eos;
@@ -100,10 +136,10 @@ struct cv_engine {
     /* Engine thread only. */
     request *active; /* admitted requests */
     uint64_t next_seq_id;
-    int32_t *b_tokens, *b_positions, *b_query_start, *b_seq_lens, *b_block_tables, *b_logits_idx;
-    int64_t *b_slots;
-    int32_t *b_lora_slots; /* (cap_b_seqs) each entry's LoRA slot, -1 none */
-    int cap_b_tokens, cap_b_seqs, cap_b_tables;
+    step_buf steps[2];
+    step_buf *building;       /* the one the next step is built in */
+    step_buf *in_flight;      /* submitted, its outputs not handed out yet; NULL: none */
+    bool in_flight_blocks;    /* a token of in_flight must be taken before the next step */
     cv_lora_slots lora_slots; /* which adapter each backend slot holds (each holds a
                                  registry reference) */
     int *lora_step_ids, *lora_slot_of, *lora_load; /* (max_loras) scratch of a step */
@@ -112,40 +148,35 @@ struct cv_engine {
     int n_lora_holds;
     void **lora_fail_reqs; /* (cap_lora_fail) scratch: requests failed with their adapter */
     int cap_lora_fail;
-    int *e_first_row, *e_n_rows; /* (n_entries) logits rows of each scheduled entry */
-    /* (rows) the rows whose greedy choice or sampled token is all the step
-     * needs (CV_ROW_*), and that choice when the backend made it
-     * (greedy_filled); g_sample: the CV_ROW_SAMPLE rows' requests, g_top_*:
-     * (rows, CV_MAX_LOGPROBS) their logprobs lists. */
-    uint8_t *g_want;
-    int32_t *g_token, *g_rank;
-    float *g_logprob;
-    cv_sample_row *g_sample;
-    int32_t *g_top_ids;
-    float *g_top_lps;
-    bool greedy_filled;
-    /* Where step time went since t0_ns (verbose log every 10 s): before the
-     * forward (schedule, batch), inside it, after it (sample, detokenize,
-     * deliver). While the engine runs steps one after the other, the GPU
-     * idles for the before and after parts. */
+    /* Where step time went since t0_ns (verbose log every 10 s, log_step). */
     struct {
         uint64_t t0_ns;
         int64_t steps, tokens;
-        double before_s, forward_s, after_s, outputs_s; /* outputs_s: part of after_s */
+        double before_s, wait_s, after_s, outputs_s; /* engine thread; outputs_s: in after_s */
+        double forward_s;                            /* the device's */
     } step_log;
     struct sample_job *jobs; /* (n_jobs) sequences to sample this step */
     int n_jobs, cap_jobs;
-    float *logits; /* (cap_logits_rows, vocab) */
-    int cap_logits_rows;
+    cv_runner_draw *draws; /* (n_jobs) the jobs the engine samples on the host */
+    int cap_draws;
 
     pthread_mutex_t stats_mu;
     cv_engine_stats stats;
 };
 
-/* engine_step.c: one schedule + forward + sample + emit. Returns -1 when
- * the backend, the tokenizer or memory failed, with e->step_err set (empty
- * for out of memory); the caller then fails every request in flight. */
+/* engine_step.c: one schedule + forward + sample + emit. With
+ * async_scheduling the forward runs while the step before it hands out its
+ * outputs, and the step's own outputs go out in the next call (or
+ * engine_finish_in_flight). Returns -1 when the backend, the tokenizer or
+ * memory failed, with e->step_err set (empty for out of memory); the
+ * caller then fails every request in flight. */
 int engine_step(cv_engine *e);
+/* Waits for the step in flight, if any, and hands out its outputs: before
+ * anything that frees requests or sequences outside a step (aborts,
+ * shutdown, failing everything). */
+int engine_finish_in_flight(cv_engine *e);
+/* Frees the arrays of both step buffers. */
+void engine_steps_free(cv_engine *e);
 /* Copies running/waiting counts and KV usage into the stats. */
 void engine_update_gauges(cv_engine *e);
 
@@ -167,9 +198,10 @@ int engine_lora_resolve(cv_engine *e, const char *name, int *id, cv_error *err);
 int engine_lora_hold(cv_engine *e, sched_output *so);
 void engine_lora_release_step(cv_engine *e);
 /* Puts the adapters of the step's entries into backend slots (loading the
- * ones not resident) and fills b_lora_slots; *any: an entry has one. The
- * scheduler admits at most max_loras distinct adapters, so they fit. */
-int engine_lora_assign(cv_engine *e, const sched_output *so, bool *any);
+ * ones not resident) and fills slots (n_entries) with each entry's, -1 for
+ * none; *any: an entry has one. The scheduler admits at most max_loras
+ * distinct adapters, so they fit. */
+int engine_lora_assign(cv_engine *e, const sched_output *so, int32_t *slots, bool *any);
 /* The distinct adapters of list's sequences, comma-separated, into buf. */
 void engine_lora_names(const cv_engine *e, const seq_list *list, char *buf, size_t size);
 

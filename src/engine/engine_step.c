@@ -43,35 +43,63 @@ static int next_cap(int cap, int need)
     return c;
 }
 
-/* Grows the batch arrays to n_tokens tokens and n_seqs sequences. After a
- * failed realloc some arrays may be larger than recorded; the next call
- * grows them again, which is harmless. */
-static int reserve_batch(cv_engine *e, int n_tokens, int n_seqs, int max_blocks)
+/* Grows a step buffer's arrays to n_tokens tokens and n_seqs sequences.
+ * After a failed realloc some arrays may be larger than recorded; the next
+ * call grows them again, which is harmless. */
+static int reserve_step(step_buf *sb, int n_tokens, int n_seqs, int max_blocks)
 {
-    if (n_tokens > e->cap_b_tokens) {
-        int c = next_cap(e->cap_b_tokens, n_tokens);
-        if (resize(&e->b_tokens, c, sizeof(int32_t)) ||
-            resize(&e->b_positions, c, sizeof(int32_t)) ||
-            resize(&e->b_slots, c, sizeof(int64_t)) ||
-            resize(&e->b_logits_idx, c, sizeof(int32_t)) || resize(&e->g_want, c, 1) ||
-            resize(&e->g_token, c, sizeof(int32_t)) || resize(&e->g_rank, c, sizeof(int32_t)) ||
-            resize(&e->g_logprob, c, sizeof(float)) ||
-            resize(&e->g_sample, c, sizeof(cv_sample_row)) ||
-            resize(&e->g_top_ids, c, CV_MAX_LOGPROBS * sizeof(int32_t)) ||
-            resize(&e->g_top_lps, c, CV_MAX_LOGPROBS * sizeof(float)))
+    if (n_tokens > sb->cap_tokens) {
+        int c = next_cap(sb->cap_tokens, n_tokens);
+        if (resize(&sb->tokens, c, sizeof(int32_t)) || resize(&sb->positions, c, sizeof(int32_t)) ||
+            resize(&sb->slots, c, sizeof(int64_t)) || resize(&sb->logits_idx, c, sizeof(int32_t)) ||
+            resize(&sb->want, c, 1) || resize(&sb->token, c, sizeof(int32_t)) ||
+            resize(&sb->rank, c, sizeof(int32_t)) || resize(&sb->logprob, c, sizeof(float)) ||
+            resize(&sb->sample, c, sizeof(cv_sample_row)) ||
+            resize(&sb->top_ids, c, CV_MAX_LOGPROBS * sizeof(int32_t)) ||
+            resize(&sb->top_lps, c, CV_MAX_LOGPROBS * sizeof(float)))
             return -1;
-        e->cap_b_tokens = c;
+        sb->cap_tokens = c;
     }
-    if (n_seqs + 1 > e->cap_b_seqs) {
-        int c = next_cap(e->cap_b_seqs, n_seqs + 1);
-        if (resize(&e->b_query_start, c, sizeof(int32_t)) ||
-            resize(&e->b_seq_lens, c, sizeof(int32_t)) || resize(&e->e_first_row, c, sizeof(int)) ||
-            resize(&e->b_lora_slots, c, sizeof(int32_t)) || resize(&e->e_n_rows, c, sizeof(int)))
+    if (n_seqs + 1 > sb->cap_seqs) {
+        int c = next_cap(sb->cap_seqs, n_seqs + 1);
+        if (resize(&sb->query_start, c, sizeof(int32_t)) ||
+            resize(&sb->seq_lens, c, sizeof(int32_t)) ||
+            resize(&sb->entries, c, sizeof(step_entry)) ||
+            resize(&sb->lora_slots, c, sizeof(int32_t)) ||
+            resize(&sb->fill_at, 2 * c, sizeof(int32_t *)) ||
+            resize(&sb->fill_row, 2 * c, sizeof(int32_t)))
             return -1;
-        e->cap_b_seqs = c;
+        sb->cap_seqs = c;
     }
-    return grow((void **)&e->b_block_tables, &e->cap_b_tables, n_seqs * max_blocks,
-                sizeof(int32_t));
+    return grow((void **)&sb->block_tables, &sb->cap_tables, n_seqs * max_blocks, sizeof(int32_t));
+}
+
+void engine_steps_free(cv_engine *e)
+{
+    for (int i = 0; i < 2; i++) {
+        step_buf *sb = &e->steps[i];
+        free(sb->entries);
+        free(sb->tokens);
+        free(sb->positions);
+        free(sb->query_start);
+        free(sb->seq_lens);
+        free(sb->block_tables);
+        free(sb->logits_idx);
+        free(sb->slots);
+        free(sb->lora_slots);
+        free(sb->fill_at);
+        free(sb->fill_row);
+        free(sb->hist);
+        free(sb->want);
+        free(sb->sample);
+        free(sb->token);
+        free(sb->rank);
+        free(sb->top_ids);
+        free(sb->logprob);
+        free(sb->top_lps);
+        free(sb->logits);
+    }
+    memset(e->steps, 0, sizeof e->steps);
 }
 
 /* Does this step's chunk of seq need one logits row per token (prompt
@@ -82,6 +110,18 @@ static bool wants_prompt_rows(const request *req, const cv_seq *s)
            s->n_computed < req->n_prompt;
 }
 
+/* Output tokens of s, the one a step in flight samples included. */
+static int n_output(const cv_seq *s)
+{
+    return s->n_tokens + s->n_pending - s->n_prompt;
+}
+
+static bool penalized(const cv_sampling_params *p)
+{
+    return p->repetition_penalty != 1.0f || p->frequency_penalty != 0.0f ||
+           p->presence_penalty != 0.0f;
+}
+
 /* Is the next token of s all its logits row is for, and greedy (the
  * sampler's plain_greedy with no logprobs list)? Then a GPU backend may
  * pick it and send 12 bytes instead of the row. */
@@ -89,18 +129,18 @@ static bool greedy_row(const request *req, const cv_seq *s)
 {
     const cv_sampling_params *p = &req->params;
     /* A constrained row needs its mask applied on the CPU first. */
-    return !req->grammar && p->temperature < CV_SAMPLING_EPS && p->repetition_penalty == 1.0f &&
-           p->frequency_penalty == 0.0f && p->presence_penalty == 0.0f && p->logprobs <= 0 &&
-           (s->n_tokens - s->n_prompt >= p->min_tokens || req->n_mask_ids == 0);
+    return !req->grammar && p->temperature < CV_SAMPLING_EPS && !penalized(p) && p->logprobs <= 0 &&
+           (n_output(s) >= p->min_tokens || req->n_mask_ids == 0);
 }
 
 _Static_assert((int)CV_MAX_LOGPROBS == (int)CV_SAMPLE_MAX_TOP,
                "a device-sampled row returns the engine's longest logprobs list");
 
-/* How a backend may reduce the row of s's next token (CV_ROW_*): greedy as
- * above; else sampled by the backend, unless a grammar's mask applies (it is
- * built on the CPU) or the row is an n > 1 request's first, which every
- * sequence samples with its own stream. */
+/* What the runner returns for the row of s's next token (CV_ROW_*): its
+ * greedy choice as above; else a token sampled by the backend or the
+ * runner, unless a grammar's mask applies (it is built here) or the row is
+ * an n > 1 request's first, which every sequence samples with its own
+ * stream. */
 static uint8_t row_kind(const request *req, const cv_seq *s)
 {
     if (greedy_row(req, s)) return CV_ROW_GREEDY;
@@ -108,11 +148,11 @@ static uint8_t row_kind(const request *req, const cv_seq *s)
     return CV_ROW_SAMPLE;
 }
 
-/* The sampler's request (draw's sample_request) for a backend. */
+/* The sampler's request (draw's sample_request) for the runner. */
 static cv_sample_row sample_row(const request *req, const cv_seq *s)
 {
     const cv_sampling_params *p = &req->params;
-    const int n_out = s->n_tokens - s->n_prompt;
+    const int n_out = n_output(s);
     const bool masking = n_out < p->min_tokens && req->n_mask_ids > 0;
     return (cv_sample_row){
         .temperature = p->temperature,
@@ -135,64 +175,165 @@ static cv_sample_row sample_row(const request *req, const cv_seq *s)
     };
 }
 
-static int build_batch(cv_engine *e, const sched_output *so, cv_batch *b)
+/* After a step samples s's next token: may the step after it decode that
+ * token before it is known (async_scheduling)? Only where the runner
+ * chooses it: a LOGITS row's token (a grammar's, prompt logprobs', an
+ * n > 1 request's first) is sampled here after the step, and the sequence
+ * sits the next step out. Nor when it is the last for sure (max_tokens or
+ * max_model_len, counting the token this step samples). */
+static bool may_run_ahead(const cv_engine *e, const request *req, const cv_seq *s, uint8_t kind)
+{
+    return e->args.async_scheduling && kind != CV_ROW_LOGITS && n_output(s) + 1 < req->max_tokens &&
+           s->n_tokens + s->n_pending + 1 < e->max_model_len;
+}
+
+/* A placeholder: *at gets the token the step in flight chose for s. */
+static void add_fill(step_buf *sb, int *n_fill, int32_t *at, const cv_seq *s)
+{
+    *at = 0;
+    sb->fill_at[*n_fill] = at;
+    sb->fill_row[(*n_fill)++] = s->pending_row;
+}
+
+/* A penalized SAMPLE row's token list, copied into the step (the runner
+ * reads it while the engine appends to the sequence's), its pending token
+ * a placeholder. */
+static void copy_history(step_buf *sb, int *hist_used, int *n_fill, cv_seq *s, cv_sample_row *row)
+{
+    int32_t *h = sb->hist + *hist_used;
+    memcpy(h, s->tokens, (size_t)s->n_tokens * sizeof(int32_t));
+    if (s->n_pending) add_fill(sb, n_fill, h + s->n_tokens, s);
+    row->tokens = h;
+    row->n_tokens = s->n_tokens + s->n_pending;
+    *hist_used += row->n_tokens;
+}
+
+/* Lays out one scheduled sequence's tokens and rows in the step, and
+ * advances it as submitted: n_computed now counts the chunk, and the token
+ * the step samples is pending until the step's outputs are handed out. */
+static void build_entry(cv_engine *e, step_buf *sb, int i, const sched_entry *se, int max_blocks,
+                        int *t, int *rows, int *n_fill, int *hist_used, bool *blocking)
+{
+    cv_seq *s = se->seq;
+    request *req = s->owner;
+    const int bs = e->block_size, n_new = se->n_new, start = s->n_computed;
+    sb->query_start[i] = *t;
+    for (int j = 0; j < n_new; j++, (*t)++) {
+        const int p = start + j;
+        if (p < s->n_tokens)
+            sb->tokens[*t] = s->tokens[p];
+        else
+            add_fill(sb, n_fill, &sb->tokens[*t], s); /* the step in flight samples it */
+        sb->positions[*t] = p;
+        sb->slots[*t] = (int64_t)s->block_table[p / bs] * bs + p % bs;
+    }
+    sb->seq_lens[i] = start + n_new;
+    int32_t *table = sb->block_tables + (size_t)i * max_blocks;
+    memcpy(table, s->block_table, (size_t)s->n_blocks * sizeof(int32_t));
+    for (int j = s->n_blocks; j < max_blocks; j++)
+        table[j] = 0; /* never read: seq_lens bounds the context */
+    step_entry *en = &sb->entries[i];
+    *en = (step_entry){.seq = s,
+                       .start = start,
+                       .n_new = n_new,
+                       .first_row = *rows,
+                       .epoch = s->epoch,
+                       .prompt_rows = wants_prompt_rows(req, s)};
+    if (en->prompt_rows) {
+        for (int j = 0; j < n_new; j++) {
+            sb->want[*rows] = CV_ROW_LOGITS;
+            sb->logits_idx[(*rows)++] = sb->query_start[i] + j;
+        }
+    }
+    en->samples = start + n_new == s->n_tokens + s->n_pending;
+    if (en->samples && !en->prompt_rows) {
+        const uint8_t kind = row_kind(req, s);
+        sb->want[*rows] = kind;
+        if (kind == CV_ROW_SAMPLE) {
+            sb->sample[*rows] = sample_row(req, s);
+            if (penalized(&req->params)) copy_history(sb, hist_used, n_fill, s, &sb->sample[*rows]);
+        }
+        sb->logits_idx[(*rows)++] = *t - 1;
+    }
+    en->n_rows = *rows - en->first_row;
+    s->n_computed = start + n_new;
+    bm_cache_computed(e->bm, s);
+    req->n_in_steps++;
+    if (en->samples) {
+        const uint8_t kind = en->prompt_rows ? CV_ROW_LOGITS : sb->want[*rows - 1];
+        s->run_ahead = may_run_ahead(e, req, s, kind);
+        /* Forking copies KV blocks, which needs the runner idle. */
+        *blocking |= !req->forked && req->n_seqs > 1;
+        s->pending_row = *rows - 1;
+        s->n_pending++;
+    }
+}
+
+/* Builds the step of so in sb. *blocking: the step's outputs must be
+ * handed out before the following step is scheduled. */
+static int build_step(cv_engine *e, const sched_output *so, step_buf *sb, bool *blocking)
 {
     int max_blocks = 1;
     for (int i = 0; i < so->n_entries; i++)
         if (so->entries[i].seq->n_blocks > max_blocks) max_blocks = so->entries[i].seq->n_blocks;
-    if (reserve_batch(e, so->n_tokens, so->n_entries, max_blocks) < 0) return -1;
-    int bs = e->block_size, t = 0, rows = 0;
+    if (reserve_step(sb, so->n_tokens, so->n_entries, max_blocks) < 0) return -1;
+    /* Room for every penalized sequence's token list, so that pointers
+     * into it stay valid. */
+    int hist_need = 0;
     for (int i = 0; i < so->n_entries; i++) {
         const cv_seq *s = so->entries[i].seq;
-        int n_new = so->entries[i].n_new;
-        const request *req = s->owner;
-        e->b_query_start[i] = t;
-        for (int j = 0; j < n_new; j++, t++) {
-            int p = s->n_computed + j;
-            e->b_tokens[t] = s->tokens[p];
-            e->b_positions[t] = p;
-            e->b_slots[t] = (int64_t)s->block_table[p / bs] * bs + p % bs;
-        }
-        e->b_seq_lens[i] = s->n_computed + n_new;
-        int32_t *row = e->b_block_tables + (size_t)i * max_blocks;
-        memcpy(row, s->block_table, (size_t)s->n_blocks * sizeof(int32_t));
-        for (int j = s->n_blocks; j < max_blocks; j++)
-            row[j] = 0; /* never read: seq_lens bounds the context */
-        e->e_first_row[i] = rows;
-        if (wants_prompt_rows(req, s)) {
-            for (int j = 0; j < n_new; j++) {
-                e->g_want[rows] = 0;
-                e->b_logits_idx[rows++] = e->b_query_start[i] + j;
-            }
-        } else if (s->n_computed + n_new == s->n_tokens) {
-            e->g_want[rows] = row_kind(req, s);
-            if (e->g_want[rows] == CV_ROW_SAMPLE) e->g_sample[rows] = sample_row(req, s);
-            e->b_logits_idx[rows++] = t - 1;
-        }
-        e->e_n_rows[i] = rows - e->e_first_row[i];
+        if (penalized(&((const request *)s->owner)->params))
+            hist_need += s->n_tokens + s->n_pending;
     }
-    e->b_query_start[so->n_entries] = t;
+    if (grow((void **)&sb->hist, &sb->cap_hist, hist_need, sizeof(int32_t)) < 0) return -1;
     bool lora = false;
-    if (engine_lora_assign(e, so, &lora) < 0) return -1;
-    if (rows > e->cap_logits_rows) {
-        float *l = realloc(e->logits, (size_t)rows * (size_t)e->vocab * sizeof(float));
-        if (!l) return -1;
-        e->logits = l;
-        e->cap_logits_rows = rows;
+    if (engine_lora_assign(e, so, sb->lora_slots, &lora) < 0) return -1;
+    int t = 0, rows = 0, n_fill = 0, hist_used = 0;
+    sb->prompt_computed = 0;
+    *blocking = false;
+    for (int i = 0; i < so->n_entries; i++) {
+        const cv_seq *s = so->entries[i].seq;
+        const int end = s->n_computed + so->entries[i].n_new;
+        const int upto = end < s->n_prompt ? end : s->n_prompt;
+        if (upto > s->n_computed) sb->prompt_computed += upto - s->n_computed;
+        build_entry(e, sb, i, &so->entries[i], max_blocks, &t, &rows, &n_fill, &hist_used,
+                    blocking);
     }
-    *b = (cv_batch){
-        .n_tokens = t,
-        .token_ids = e->b_tokens,
-        .positions = e->b_positions,
-        .slot_mapping = e->b_slots,
-        .n_seqs = so->n_entries,
-        .query_start = e->b_query_start,
-        .seq_lens = e->b_seq_lens,
-        .block_tables = e->b_block_tables,
-        .max_blocks_per_seq = max_blocks,
-        .n_logits = rows,
-        .logits_indices = e->b_logits_idx,
-        .lora_slots = lora ? e->b_lora_slots : NULL,
+    sb->query_start[so->n_entries] = t;
+    sb->n_entries = so->n_entries;
+    if (rows > sb->cap_logits_rows) {
+        float *l = realloc(sb->logits, (size_t)rows * (size_t)e->vocab * sizeof(float));
+        if (!l) return -1;
+        sb->logits = l;
+        sb->cap_logits_rows = rows;
+    }
+    sb->step = (cv_step){
+        .batch =
+            {
+                .n_tokens = t,
+                .token_ids = sb->tokens,
+                .positions = sb->positions,
+                .slot_mapping = sb->slots,
+                .n_seqs = so->n_entries,
+                .query_start = sb->query_start,
+                .seq_lens = sb->seq_lens,
+                .block_tables = sb->block_tables,
+                .max_blocks_per_seq = max_blocks,
+                .n_logits = rows,
+                .logits_indices = sb->logits_idx,
+                .lora_slots = lora ? sb->lora_slots : NULL,
+            },
+        .want = sb->want,
+        .sample = sb->sample,
+        .n_fill = n_fill,
+        .fill_at = sb->fill_at,
+        .fill_row = sb->fill_row,
+        .logits = sb->logits,
+        .token = sb->token,
+        .logprob = sb->logprob,
+        .rank = sb->rank,
+        .top_ids = sb->top_ids,
+        .top_logprobs = sb->top_lps,
     };
     return 0;
 }
@@ -263,89 +404,83 @@ static int check_stop(cv_engine *e, request *req, int k)
 }
 
 /* A sequence to sample after the forward: which one, from which logits row,
- * and (filled by the parallel pass) what came out. */
+ * and what came out. */
 typedef struct sample_job {
     request *req;
     int k;                /* sequence index in req */
-    const float *row;     /* (vocab) logits */
+    int row;              /* logits row of the step */
     const uint32_t *mask; /* structured output: the allowed tokens, NULL = all */
     int32_t token;
     sample_logprobs lp;
 } sample_job;
 
-static int push_job(cv_engine *e, request *req, int k, const float *row)
+static int push_job(cv_engine *e, request *req, int k, int row)
 {
     if (grow((void **)&e->jobs, &e->cap_jobs, e->n_jobs + 1, sizeof(sample_job)) < 0) return -1;
     e->jobs[e->n_jobs++] = (sample_job){.req = req, .k = k, .row = row};
     return 0;
 }
 
-/* The logits row a job samples from. */
-static int job_row(const cv_engine *e, const sample_job *j)
+/* The runner's choice for a GREEDY or SAMPLE row. */
+static void take_choice(const cv_engine *e, const step_buf *sb, sample_job *j)
 {
-    return (int)((j->row - e->logits) / e->vocab);
+    const int row = j->row;
+    j->token = sb->token[row];
+    j->lp =
+        (sample_logprobs){.token = j->token, .logprob = sb->logprob[row], .rank = sb->rank[row]};
+    if (sb->want[row] != CV_ROW_SAMPLE) return;
+    const int n = sb->sample[row].n_top < e->vocab ? sb->sample[row].n_top : e->vocab;
+    memcpy(j->lp.top_ids, sb->top_ids + (size_t)row * CV_MAX_LOGPROBS, (size_t)n * sizeof(int32_t));
+    memcpy(j->lp.top_logprobs, sb->top_lps + (size_t)row * CV_MAX_LOGPROBS,
+           (size_t)n * sizeof(float));
+    j->lp.n_top = n;
 }
 
-/* Did the backend already choose this job's token (greedy or sampled on
- * the device)? Then drawing it is a copy. */
-static bool device_chosen(const cv_engine *e, const sample_job *j)
+/* Every job's token: copied where the runner chose it, else sampled here
+ * from its row through the runner's host samplers (grammar masks first, on
+ * this thread: a grammar builds its states lazily). */
+static int draw_all(cv_engine *e, const step_buf *sb)
 {
-    return e->greedy_filled && e->g_want[job_row(e, j)] != CV_ROW_LOGITS;
-}
-
-static void draw(const cv_engine *e, sampler *smp, sample_job *j)
-{
-    const int row = job_row(e, j);
-    if (device_chosen(e, j)) {
-        j->token = e->g_token[row];
-        j->lp = (sample_logprobs){
-            .token = j->token, .logprob = e->g_logprob[row], .rank = e->g_rank[row]};
-        if (e->g_want[row] == CV_ROW_SAMPLE) {
-            int n = e->g_sample[row].n_top < e->vocab ? e->g_sample[row].n_top : e->vocab;
-            memcpy(j->lp.top_ids, e->g_top_ids + (size_t)row * CV_MAX_LOGPROBS,
-                   (size_t)n * sizeof(int32_t));
-            memcpy(j->lp.top_logprobs, e->g_top_lps + (size_t)row * CV_MAX_LOGPROBS,
-                   (size_t)n * sizeof(float));
-            j->lp.n_top = n;
-        }
-        return;
-    }
-    seq_state *ss = &j->req->seqs[j->k];
-    const cv_sampling_params *p = &j->req->params;
-    sample_request sr = {
-        .params = p,
-        .logits = j->row,
-        .tokens = ss->seq->tokens,
-        .n_prompt = ss->seq->n_prompt,
-        .n_tokens = ss->seq->n_tokens,
-        .seed = ss->rng_seed,
-        .stop_ids = j->req->mask_ids,
-        .n_stop_ids = j->req->n_mask_ids,
-        .allowed = j->mask,
-    };
-    j->token = sampler_sample(smp, &sr, p->logprobs > 0 ? p->logprobs : 0, &j->lp);
-}
-
-/* Sampling is independent per sequence (own RNG stream, read-only inputs),
- * so it runs on the backend's threads while they would otherwise wait: at
- * 64 sequences and a 32K vocab it is several percent of a step. */
-static int draw_all(cv_engine *e)
-{
-    int n = e->n_jobs, n_host = 0;
-    /* Masks first, on this thread: a grammar builds its states lazily. */
-    for (int i = 0; i < n; i++) {
+    int n_host = 0;
+    for (int i = 0; i < e->n_jobs; i++) {
         sample_job *j = &e->jobs[i];
         if (j->req->grammar && !(j->mask = so_mask(j->req->grammar, j->req->seqs[j->k].so)))
             return -1;
-        n_host += !device_chosen(e, j);
+        n_host += sb->want[j->row] == CV_ROW_LOGITS;
     }
-    /* Only rows sampled here are worth the threads: a step whose tokens the
-     * GPU chose copies them on this thread, without a parallel region that
-     * would wake every sampler thread and wait for the last one to be
-     * scheduled (milliseconds on a host busy with clients). */
-#pragma omp parallel for num_threads(e->n_samplers) schedule(dynamic, 2) if (n_host >= 8)
-    for (int i = 0; i < n; i++)
-        draw(e, e->samplers[omp_get_thread_num()], &e->jobs[i]);
+    if (n_host > e->cap_draws &&
+        grow((void **)&e->draws, &e->cap_draws, n_host, sizeof(cv_runner_draw)) < 0)
+        return -1;
+    n_host = 0;
+    for (int i = 0; i < e->n_jobs; i++) {
+        sample_job *j = &e->jobs[i];
+        if (sb->want[j->row] != CV_ROW_LOGITS) {
+            take_choice(e, sb, j);
+            continue;
+        }
+        const seq_state *ss = &j->req->seqs[j->k];
+        const cv_sampling_params *p = &j->req->params;
+        e->draws[n_host++] = (cv_runner_draw){
+            .req = {.params = p,
+                    .logits = sb->logits + (size_t)j->row * e->vocab,
+                    .tokens = ss->seq->tokens,
+                    .n_prompt = ss->seq->n_prompt,
+                    .n_tokens = ss->seq->n_tokens,
+                    .seed = ss->rng_seed,
+                    .stop_ids = j->req->mask_ids,
+                    .n_stop_ids = j->req->n_mask_ids,
+                    .allowed = j->mask},
+            .n_top = p->logprobs > 0 ? p->logprobs : 0,
+        };
+    }
+    cv_runner_sample(e->runner, e->draws, n_host);
+    n_host = 0;
+    for (int i = 0; i < e->n_jobs; i++) {
+        sample_job *j = &e->jobs[i];
+        if (sb->want[j->row] != CV_ROW_LOGITS) continue;
+        j->token = e->draws[n_host].token;
+        j->lp = e->draws[n_host++].lp;
+    }
     return 0;
 }
 
@@ -355,6 +490,7 @@ static int apply_job(cv_engine *e, const sample_job *j, uint64_t now)
     request *req = j->req;
     seq_state *ss = &req->seqs[j->k];
     if (seq_append_token(ss->seq, j->token) < 0) return -1;
+    if (ss->seq->n_pending > 0) ss->seq->n_pending--;
     if (req->grammar) ss->so = so_advance(req->grammar, ss->so, j->token);
     ss->cum_logprob += j->lp.logprob;
     if (req->params.logprobs >= 0) {
@@ -376,7 +512,9 @@ static int apply_job(cv_engine *e, const sample_job *j, uint64_t now)
  * token from the same logits. A child that finds no free block, or no
  * running slot under max_num_seqs, is queued to recompute its prompt
  * instead (its prefix is then found in the cache); the scheduler admits it
- * when a slot frees, so n > 1 never runs more than max_num_seqs sequences. */
+ * when a slot frees, so n > 1 never runs more than max_num_seqs sequences.
+ * The parent's row is a LOGITS row, so no step is in flight here (the
+ * runner refuses the copy otherwise). */
 static int fork_children(cv_engine *e, request *req)
 {
     cv_seq *parent = req->seqs[0].seq;
@@ -392,8 +530,8 @@ static int fork_children(cv_engine *e, request *req)
             r = bm_fork(e->bm, parent, child, &src, &dst);
         else
             child->n_computed = 0;
-        if (r == 1 && cv_device_backend_kv_copy(e->backend, &src, &dst, 1, &e->step_err) < 0)
-            return -1;
+        child->n_pending = r >= 0 ? parent->n_pending : 0; /* its first token comes now */
+        if (r == 1 && cv_runner_kv_copy(e->runner, &src, &dst, 1, &e->step_err) < 0) return -1;
         if ((r >= 0 ? sched_add_running(&e->sched, child) : sched_add(&e->sched, child, true)) < 0)
             return -1;
     }
@@ -407,35 +545,37 @@ static void fill_prompt_logprobs(cv_engine *e, request *req, int start, int n_ne
         int p = start + j; /* logits at p predict prompt token p + 1 */
         if (p + 1 >= req->n_prompt || p + 1 < req->prompt_lps_done) continue;
         sample_logprobs lp;
-        sampler_logprobs(e->samplers[0], rows + (size_t)j * e->vocab, req->prompt[p + 1],
-                         req->params.prompt_logprobs, &lp);
+        cv_runner_logprobs(e->runner, rows + (size_t)j * e->vocab, req->prompt[p + 1],
+                           req->params.prompt_logprobs, &lp);
         if (engine_make_logprobs(e, &lp, &req->prompt_lps[p + 1]) < 0)
             return; /* the entry stays empty; nothing else depends on it */
         req->prompt_lps_done = p + 2;
     }
 }
 
-/* Marks a scheduled chunk computed; queues the sequences whose next token
- * is due (forking an n > 1 request's children first). */
-static int process_entry(cv_engine *e, const sched_entry *en, int first_row, int n_rows,
-                         uint64_t now)
+/* Whether an entry still stands: its sequence neither finished (a stop in
+ * the step before) nor was preempted since the step was built. */
+static bool entry_live(const step_entry *en)
+{
+    return en->seq->status == SEQ_RUNNING && en->seq->epoch == en->epoch;
+}
+
+/* Takes a computed chunk's prompt logprobs and queues the sequences whose
+ * next token is due (forking an n > 1 request's children first). */
+static int process_entry(cv_engine *e, const step_buf *sb, const step_entry *en, uint64_t now)
 {
     cv_seq *s = en->seq;
     request *req = s->owner;
-    int start = s->n_computed;
-    bool prompt_rows = wants_prompt_rows(req, s);
-    s->n_computed += en->n_new;
-    bm_cache_computed(e->bm, s);
-    const float *rows = e->logits + (size_t)first_row * e->vocab;
-    if (prompt_rows) fill_prompt_logprobs(e, req, start, en->n_new, rows);
+    const float *rows = sb->logits + (size_t)en->first_row * e->vocab;
+    if (en->prompt_rows) fill_prompt_logprobs(e, req, en->start, en->n_new, rows);
     if (req->t_scheduled_ns == 0) {
         req->t_scheduled_ns = now;
         pthread_mutex_lock(&e->stats_mu);
         hist_observe(&e->stats.queue_time_s, cv_ns_to_s(now - req->t_arrival_ns));
         pthread_mutex_unlock(&e->stats_mu);
     }
-    if (s->n_computed < s->n_tokens || n_rows == 0) return 0;
-    const float *last = rows + (size_t)(n_rows - 1) * e->vocab;
+    if (!en->samples || en->n_rows == 0) return 0;
+    const int last = en->first_row + en->n_rows - 1;
     req->touched = true;
     if (req->forked) return push_job(e, req, s->index, last);
     if (fork_children(e, req) < 0) return -1;
@@ -497,55 +637,54 @@ static bool fault_injected(cv_engine *e)
 #endif
 
 /* Adds a step's phases to e->step_log; every 10 s of steps, with verbose
- * logging on, says where the time went (after the forward: taking the
- * tokens, i.e. sampling, detokenizing and stop checks, until t_out, then
- * handing the outputs to their requests). */
-static void log_step(cv_engine *e, int n_tokens, uint64_t t_step, uint64_t t_fwd, uint64_t t_post,
-                     uint64_t t_out)
+ * logging on, says where the time went: on the engine thread, building
+ * the step (schedule, batch, submit), waiting for the runner, and taking
+ * its tokens (sampling the host's rows, detokenizing, stop checks) then
+ * handing the outputs to their requests; on the device, the step itself.
+ * The device's share of the wall time is what async_scheduling raises. */
+static void log_step(cv_engine *e, const step_buf *sb, uint64_t t_waited, uint64_t t_out)
 {
-    uint64_t end = cv_now_ns();
-    if (e->step_log.t0_ns == 0) e->step_log.t0_ns = t_step;
+    const uint64_t end = cv_now_ns();
+    if (e->step_log.t0_ns == 0) e->step_log.t0_ns = sb->t_start_ns;
     e->step_log.steps++;
-    e->step_log.tokens += n_tokens;
-    e->step_log.before_s += cv_ns_to_s(t_fwd - t_step);
-    e->step_log.forward_s += cv_ns_to_s(t_post - t_fwd);
-    e->step_log.after_s += cv_ns_to_s(end - t_post);
+    e->step_log.tokens += sb->step.batch.n_tokens;
+    e->step_log.before_s += cv_ns_to_s(sb->t_submit_ns - sb->t_start_ns);
+    e->step_log.forward_s += sb->step.forward_s;
+    e->step_log.wait_s += cv_ns_to_s(t_waited - sb->t_wait_ns);
+    e->step_log.after_s += cv_ns_to_s(end - t_waited);
     e->step_log.outputs_s += cv_ns_to_s(end - t_out);
-    double span = cv_ns_to_s(end - e->step_log.t0_ns);
+    const double span = cv_ns_to_s(end - e->step_log.t0_ns);
     if (span < 10.0) return;
-    double n = (double)e->step_log.steps;
-    cv_log_verbose(
-        "engine: %lld steps in %.1f s (%.0f tokens/step): %.3f ms before the forward, "
-        "%.3f ms in it, %.3f ms after it (%.3f of it handing out outputs) per step; idle %.0f%%",
-        (long long)e->step_log.steps, span, (double)e->step_log.tokens / n,
-        e->step_log.before_s / n * 1e3, e->step_log.forward_s / n * 1e3,
-        e->step_log.after_s / n * 1e3, e->step_log.outputs_s / n * 1e3,
-        100.0 *
-            (1.0 - (e->step_log.before_s + e->step_log.forward_s + e->step_log.after_s) / span));
+    const double n = (double)e->step_log.steps;
+    cv_log_verbose("engine: %lld steps in %.1f s (%.0f tokens/step): per step %.3f ms building "
+                   "it, %.3f ms waiting for it, %.3f ms taking its tokens (%.3f of it handing "
+                   "out outputs); %.3f ms on the device, busy %.0f%% of the time",
+                   (long long)e->step_log.steps, span, (double)e->step_log.tokens / n,
+                   e->step_log.before_s / n * 1e3, e->step_log.wait_s / n * 1e3,
+                   e->step_log.after_s / n * 1e3, e->step_log.outputs_s / n * 1e3,
+                   e->step_log.forward_s / n * 1e3, 100.0 * e->step_log.forward_s / span);
     memset(&e->step_log, 0, sizeof e->step_log);
 }
 
 /* Starts computing, on the prefetch thread, the masks of the constrained
- * sequences that sample after this step's forward, so that first visits
- * of automaton states overlap the forward (issue 14). Best effort: when no
- * thread or memory is had, draw_all computes them as before. */
-static void prefetch_masks(cv_engine *e, const sched_output *so)
+ * sequences that sample after sb's forward, so that first visits of
+ * automaton states overlap the forward (issue 14). Best effort: when no
+ * thread or memory is had, draw_all computes them as before. Called with no
+ * other step's masks being computed or used. */
+static void prefetch_masks(cv_engine *e, const step_buf *sb)
 {
     int n = 0;
-    for (int i = 0; i < so->n_entries; i++) {
-        const cv_seq *s = so->entries[i].seq;
-        const request *req = s->owner;
-        n += req->grammar && s->n_computed + so->entries[i].n_new >= s->n_tokens;
-    }
+    for (int i = 0; i < sb->n_entries; i++)
+        n += sb->entries[i].samples && ((const request *)sb->entries[i].seq->owner)->grammar;
     if (n == 0) return;
-    if (!e->so_prefetch && !(e->so_prefetch = so_prefetch_create(e->n_samplers))) return;
+    if (!e->so_prefetch && !(e->so_prefetch = so_prefetch_create(2))) return;
     so_grammar **g = malloc((size_t)n * sizeof(*g));
     so_state *st = malloc((size_t)n * sizeof(*st));
     n = 0;
-    for (int i = 0; g && st && i < so->n_entries; i++) {
-        const cv_seq *s = so->entries[i].seq;
+    for (int i = 0; g && st && i < sb->n_entries; i++) {
+        const cv_seq *s = sb->entries[i].seq;
         const request *req = s->owner;
-        if (!req->grammar || s->n_computed + so->entries[i].n_new < s->n_tokens) continue;
+        if (!req->grammar || !sb->entries[i].samples) continue;
         g[n] = req->grammar;
         st[n++] = req->seqs[s->index].so;
     }
@@ -554,62 +693,43 @@ static void prefetch_masks(cv_engine *e, const sched_output *so)
     free(st);
 }
 
-int engine_step(cv_engine *e)
+/* Drops the step's hold on its requests, retiring those that finished
+ * while it ran. */
+static void release_entries(cv_engine *e, const step_buf *sb)
 {
-    uint64_t t_step = cv_now_ns();
-    e->step_err.msg[0] = '\0';
-#ifdef CVLLM_FAULT_INJECTION
-    if (fault_injected(e)) return -1;
-#endif
-    sched_output so;
-    if (sched_schedule(&e->sched, &so) < 0) return -1;
-    count_schedule(e, &so);
-    if (so.n_entries == 0) return 0;
-    if (engine_lora_hold(e, &so) < 0) return -1;
-    if (so.n_entries == 0) {
-        engine_update_gauges(e);
-        return 0;
+    for (int i = 0; i < sb->n_entries; i++) {
+        request *req = sb->entries[i].seq->owner;
+        if (--req->n_in_steps == 0 && req->retire_deferred) engine_retire(e, req);
     }
-    cv_batch batch;
-    const int built = build_batch(e, &so, &batch);
-    engine_lora_release_step(e);
-    if (built < 0) return -1;
-    int64_t prompt_computed = 0;
-    for (int i = 0; i < so.n_entries; i++) {
-        const cv_seq *s = so.entries[i].seq;
-        int end = s->n_computed + so.entries[i].n_new;
-        int upto = end < s->n_prompt ? end : s->n_prompt;
-        if (upto > s->n_computed) prompt_computed += upto - s->n_computed;
-    }
-    uint64_t t_fwd = cv_now_ns();
-    const cv_greedy_rows greedy = {.want = e->g_want,
-                                   .token = e->g_token,
-                                   .logprob = e->g_logprob,
-                                   .rank = e->g_rank,
-                                   .sample = e->g_sample,
-                                   .top_ids = e->g_top_ids,
-                                   .top_logprobs = e->g_top_lps};
-    prefetch_masks(e, &so);
-    const int fwd = cv_device_backend_forward(e->backend, &batch, e->logits, &greedy, &e->step_err);
+}
+
+/* Waits for sb's step and hands out its outputs: tokens appended, stops
+ * checked, deltas delivered, finished requests retired. */
+static int process_step(cv_engine *e, step_buf *sb)
+{
+    sb->t_wait_ns = cv_now_ns();
+    const int rc = cv_runner_wait(e->runner, &sb->step, &e->step_err);
     if (e->so_prefetch) so_prefetch_wait(e->so_prefetch);
-    if (fwd < 0) return -1;
-    e->greedy_filled = fwd == 1;
-    uint64_t now = cv_now_ns();
+    if (rc < 0) return -1;
+    const uint64_t now = cv_now_ns();
     e->n_jobs = 0;
-    for (int i = 0; i < so.n_entries; i++)
-        if (process_entry(e, &so.entries[i], e->e_first_row[i], e->e_n_rows[i], now) < 0) return -1;
-    if (draw_all(e) < 0) return -1;
+    for (int i = 0; i < sb->n_entries; i++)
+        if (entry_live(&sb->entries[i]) && process_entry(e, sb, &sb->entries[i], now) < 0)
+            return -1;
+    if (draw_all(e, sb) < 0) return -1;
     for (int i = 0; i < e->n_jobs; i++)
         if (apply_job(e, &e->jobs[i], now) < 0) return -1;
     const uint64_t t_out = cv_now_ns();
     pthread_mutex_lock(&e->stats_mu);
-    e->stats.prompt_tokens_computed += (uint64_t)prompt_computed;
-    e->stats.forward_s_total += cv_ns_to_s(now - t_fwd);
+    e->stats.prompt_tokens_computed += (uint64_t)sb->prompt_computed;
+    e->stats.forward_s_total += sb->step.forward_s;
     e->stats.steps_total++;
     /* Counted before outputs go out, so a caller woken by the last output
      * of a step already sees that step's time. */
-    e->stats.step_s_total += cv_ns_to_s(cv_now_ns() - t_step);
+    e->stats.step_s_total += cv_ns_to_s(cv_now_ns() - sb->t_start_ns);
     pthread_mutex_unlock(&e->stats_mu);
+    /* The gauges too: the sequences that finished left the running list. */
+    engine_update_gauges(e);
     for (request *req = e->active, *next; req; req = next) {
         next = req->next;
         if (!req->touched) continue;
@@ -625,10 +745,59 @@ int engine_step(cv_engine *e)
          * scrapes the metrics right after its response sees it. */
         if (finished) engine_count_finished(e, req);
         engine_emit(e, req, finished);
-        if (finished) engine_retire(e, req);
+        /* Retired once no step holds it (release_entries): the step after
+         * this one may still compute for its sequences. */
+        if (finished) req->retire_deferred = true;
     }
-    engine_update_gauges(e);
-    if (cv_log_get_level() >= CV_LOG_VERBOSE)
-        log_step(e, batch.n_tokens, t_step, t_fwd, now, t_out);
+    release_entries(e, sb);
+    if (cv_log_get_level() >= CV_LOG_VERBOSE) log_step(e, sb, now, t_out);
     return 0;
+}
+
+int engine_finish_in_flight(cv_engine *e)
+{
+    step_buf *sb = e->in_flight;
+    if (!sb) return 0;
+    e->in_flight = NULL;
+    return process_step(e, sb);
+}
+
+int engine_step(cv_engine *e)
+{
+    const uint64_t t_step = cv_now_ns();
+    e->step_err.msg[0] = '\0';
+#ifdef CVLLM_FAULT_INJECTION
+    if (fault_injected(e)) return -1;
+#endif
+    /* An n > 1 request's first token forks its sequences, copying KV
+     * blocks: that step is handed out before the next is scheduled. */
+    if (e->in_flight && e->in_flight_blocks && engine_finish_in_flight(e) < 0) return -1;
+    sched_output so;
+    if (sched_schedule(&e->sched, &so) < 0) return -1;
+    count_schedule(e, &so);
+    if (so.n_entries > 0 && engine_lora_hold(e, &so) < 0) return -1;
+    if (so.n_entries == 0) {
+        engine_update_gauges(e);
+        return engine_finish_in_flight(e);
+    }
+    step_buf *sb = e->building;
+    sb->t_start_ns = t_step;
+    bool blocking;
+    const int built = build_step(e, &so, sb, &blocking);
+    engine_lora_release_step(e);
+    if (built < 0 || cv_runner_submit(e->runner, &sb->step, &e->step_err) < 0) return -1;
+    sb->t_submit_ns = cv_now_ns();
+    step_buf *prev = e->in_flight;
+    if (prev) {
+        pthread_mutex_lock(&e->stats_mu);
+        e->stats.steps_ahead++;
+        pthread_mutex_unlock(&e->stats_mu);
+    }
+    e->in_flight = sb;
+    e->in_flight_blocks = blocking;
+    e->building = sb == &e->steps[0] ? &e->steps[1] : &e->steps[0];
+    /* Step N's outputs go out while step N+1 runs; then N+1's masks. */
+    if (prev && process_step(e, prev) < 0) return -1;
+    prefetch_masks(e, sb);
+    return e->args.async_scheduling ? 0 : engine_finish_in_flight(e);
 }

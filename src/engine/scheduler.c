@@ -93,6 +93,10 @@ static cv_seq *preempt_last(scheduler *s)
     cv_seq *victim = s->running.items[s->running.n - 1];
     s->running.n--;
     bm_free_seq(s->bm, victim);
+    /* A token a step in flight samples for it is dropped: the recompute
+     * samples it again (the same one, for a seeded request). */
+    victim->n_pending = 0;
+    victim->epoch++;
     sched_add(s, victim, true);
     return victim;
 }
@@ -107,11 +111,13 @@ static int reserve_list(seq_list *l, int n)
     return 0;
 }
 
-/* Tokens seq runs this step: what it has left, within the budget and its
+/* Tokens seq runs this step: what it has left (its pending token
+ * included, when the step may run ahead of it), within the budget and its
  * own chunk limit. */
 static int chunk_size(const cv_seq *seq, int budget)
 {
-    int n = seq->n_tokens - seq->n_computed;
+    if (seq->n_pending && !seq->run_ahead) return 0;
+    int n = seq->n_tokens + seq->n_pending - seq->n_computed;
     if (n > budget) n = budget;
     if (seq->max_chunk > 0 && n > seq->max_chunk) n = seq->max_chunk;
     return n;

@@ -5,7 +5,7 @@
  * tokens [n_computed, n_tokens) whatever its history (first prefill, a
  * chunk of it, a decode step, or recompute after preemption), as vLLM V1
  * does: when the step computes up to n_tokens, the last row of logits
- * samples the next token. */
+ * samples the next token. n_computed advances when a step is submitted. */
 #ifndef CV_ENGINE_SEQUENCE_H
 #define CV_ENGINE_SEQUENCE_H
 
@@ -32,6 +32,15 @@ typedef struct cv_seq {
                                logits rows a prompt_logprobs prefill needs) */
     int lora_id;            /* LoRA adapter (1..), 0 = none: part of its prefix-cache
                                keys, and of the scheduler's max_loras bound */
+    /* async_scheduling: a token the step in flight samples for the sequence
+     * and that is not appended yet (n_pending 0 or 1), from that step's
+     * logits row pending_row. run_ahead: the next step may decode it before
+     * it is known (the runner fills it in); else the sequence sits out
+     * until the token is appended. */
+    int n_pending;
+    int pending_row;
+    bool run_ahead;
+    uint32_t epoch; /* counts preemptions: a step's entry made before one is void */
 } cv_seq;
 
 cv_seq *seq_create(uint64_t id, const int32_t *prompt, int n_prompt);

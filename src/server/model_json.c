@@ -348,6 +348,8 @@ int cv_model_json_parse(const char *text, size_t len, const char *path, const ch
             rc = get_bool(&c, key, v, &args->fp32_activations);
         } else if (!strcmp(key, "enforce_eager")) {
             rc = get_bool(&c, key, v, &args->enforce_eager);
+        } else if (!strcmp(key, "async_scheduling")) {
+            rc = get_bool(&c, key, v, &args->async_scheduling);
         } else if (!strcmp(key, "enable_prefix_caching")) {
             rc = get_bool(&c, key, v, &args->enable_prefix_caching);
         } else if (!strcmp(key, "seed")) {

@@ -32,6 +32,9 @@ void test_args(cv_engine_args *a, const char *model_dir)
     snprintf(a->device, sizeof(a->device), "cpu");
     a->n_threads = 1;
     a->kv_blocks = 256;
+    /* The *_async variants of the engine tests (tests/engine/CMakeLists.txt). */
+    const char *async = getenv("CVLLM_TEST_ASYNC_SCHEDULING");
+    a->async_scheduling = async && !strcmp(async, "1");
 }
 
 cv_engine *test_engine(const cv_engine_args *a)

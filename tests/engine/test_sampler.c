@@ -9,7 +9,7 @@
 
 #include <cmocka.h>
 
-#include "engine/sampler.h"
+#include "runner/sampler.h"
 
 enum { V = 8 };
 

@@ -41,6 +41,12 @@ CVLLM_SHARED="$PWD/$BUILD/gpu-shared" CVLLM_SOURCE_DIR="$PWD" timeout 120 \
 echo "test_gpu_engine rc=$?"
 grep -E "^\[  (PASSED|FAILED|  FAILED|  ERROR) |ERROR" "$OUT/test_gpu_engine.log" | tail -8
 
+echo "== test_gpu_engine with async_scheduling (steps on the runner's worker thread)"
+CVLLM_SHARED="$PWD/$BUILD/gpu-shared" CVLLM_SOURCE_DIR="$PWD" CVLLM_TEST_ASYNC_SCHEDULING=1 \
+    timeout 120 "$BUILD/tests/test_gpu_engine" > "$OUT/test_gpu_engine_async.log" 2>&1
+echo "test_gpu_engine (async) rc=$?"
+grep -E "^\[  (PASSED|FAILED|  FAILED|  ERROR) |ERROR" "$OUT/test_gpu_engine_async.log" | tail -8
+
 echo "== test_gpu_server_stream (cvllm-server's HTTP and gRPC streaming, a model on the GPU, vs the CPU engine)"
 CVLLM_SHARED="$PWD/$BUILD/gpu-shared" CVLLM_SOURCE_DIR="$PWD" CVLLM_BIN_DIR="$PWD/$BUILD/bin" \
     timeout 240 "$BUILD/tests/test_gpu_server_stream" > "$OUT/test_gpu_server_stream.log" 2>&1

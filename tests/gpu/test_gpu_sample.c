@@ -21,7 +21,7 @@
 #include <cuda_runtime_api.h>
 
 #include "backend/cuda/kernels/sample.h"
-#include "engine/sampler.h"
+#include "runner/sampler.h"
 
 /* A request on one logits row, as the engine would make it. */
 typedef struct trow {

@@ -37,7 +37,7 @@ constexpr int BINS_PER_THREAD = (1 << RADIX_BITS) / THREADS;
 static_assert(BINS_PER_THREAD * THREADS == 1 << RADIX_BITS, "bins divide among the threads");
 constexpr uint32_t PROMPT_BIT = 1u << 30, MASK_BIT = 1u << 29, COUNT_MASK = MASK_BIT - 1;
 constexpr float SAMPLING_EPS = 1e-5f;    /* vLLM's _SAMPLING_EPS (engine_internal.h) */
-constexpr float MIN_TEMPERATURE = 1e-2f; /* engine_internal.h's CV_MIN_TEMPERATURE */
+constexpr float MIN_TEMPERATURE = 1e-2f; /* runner/sampler.h's CV_MIN_TEMPERATURE */
 
 typedef unsigned long long u64;
 

@@ -9,12 +9,17 @@
  * Randomness is a counter-based stream: the draw for output token i of a
  * sequence is a hash of (sequence seed, i), so a seeded request gives the
  * same tokens whatever else runs in the batch and after preemption. */
-#ifndef CV_ENGINE_SAMPLER_H
-#define CV_ENGINE_SAMPLER_H
+#ifndef CV_RUNNER_SAMPLER_H
+#define CV_RUNNER_SAMPLER_H
 
 #include <stdint.h>
 
 #include "cvllm/engine.h"
+
+/* vLLM's _SAMPLING_EPS: temperatures below it mean greedy. */
+#define CV_SAMPLING_EPS 1e-5f
+/* vLLM's _MAX_TEMP: positive temperatures are raised to at least this. */
+#define CV_MIN_TEMPERATURE 1e-2f
 
 typedef struct sampler sampler;
 

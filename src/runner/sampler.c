@@ -3,8 +3,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "engine_internal.h"
-#include "sampler.h"
+#include "runner/sampler.h"
 
 typedef struct cand {
     float logit;
