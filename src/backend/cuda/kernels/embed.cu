@@ -15,15 +15,6 @@
 namespace
 {
 
-template <typename T>
-__global__ void embed_kernel(const T *embed, const int32_t *ids, int hidden, float *x)
-{
-    const int t = blockIdx.x;
-    const T *row = embed + (size_t)ids[t] * hidden;
-    for (int i = threadIdx.x; i < hidden; i += blockDim.x)
-        x[(size_t)t * hidden + i] = to_f(row[i]);
-}
-
 template <typename IN, typename OUT>
 __global__ void gather_act_kernel(const IN *embed, const int32_t *ids, int width, OUT *out,
                                   size_t lo_off)
@@ -47,13 +38,13 @@ __global__ void add_positions_kernel(float *x, const float *pos_embed, const int
 
 /* ---- launchers ------------------------------------------------------------ */
 
+/* The token embeddings into the residual stream: the gather of a GEMM
+ * operand with an fp32 output and no split rows, where store_act writes
+ * the widened value as it is. */
 extern "C" int cuda_embed(cv_dtype dtype, const void *embed, const int32_t *ids, int n_tok,
                           int hidden, float *x, cudaStream_t stream)
 {
-    return with_type(dtype, [&](auto v) {
-        using T = decltype(v);
-        embed_kernel<T><<<n_tok, 256, 0, stream>>>((const T *)embed, ids, hidden, x);
-    });
+    return cuda_gather_act(dtype, embed, ids, n_tok, hidden, CV_DTYPE_F32, x, 0, stream);
 }
 
 extern "C" int cuda_gather_act(cv_dtype embed_dtype, const void *embed, const int32_t *ids,
