@@ -8,9 +8,9 @@
  *
  * Everything accumulates in fp32; 16-bit K/V are widened on load and the
  * output rounded to nearest even on store. Math follows HF transformers'
- * eager attention (softmax(q k^T * scale) v, fp32) so that f32 models match
- * it within 1e-4; the online softmax and the split merge change only the
- * order of the fp32 sums. */
+ * eager attention, softmax(q k^T * scale) v, so that f32 models match it
+ * within 1e-4: scaling q before the products, the online softmax and the
+ * split merge only change where fp32 rounds. */
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
