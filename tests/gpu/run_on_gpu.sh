@@ -74,7 +74,7 @@ for tool in memcheck racecheck; do
         "qwen3_bf16" >> "$OUT/test_gpu.log" 2>&1
     echo "compute-sanitizer $tool rc=$?"
 done
-# The OPT / GPT-2 kernels (kernels/norm_act.cu): post-norm, project_in/out.
+# The OPT / GPT-2 kernels (kernels/norm_act.cu, kernels/embed.cu): post-norm, project_in/out.
 CVLLM_SHARED="$PWD/$BUILD/gpu-shared" CVLLM_SOURCE_DIR="$PWD" timeout 30 \
     compute-sanitizer --tool memcheck --error-exitcode 9 "$BUILD/tests/test_gpu_fixtures" \
     "opt_postnorm_f32" >> "$OUT/test_gpu.log" 2>&1

@@ -51,7 +51,6 @@
 #include <vector>
 
 #include "backend/cuda/attn/attn.h"
-#include "backend/cuda/cuda_internal.h"
 
 #define CK(call)                                                                                   \
     do {                                                                                           \

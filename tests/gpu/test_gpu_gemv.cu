@@ -2,7 +2,7 @@
  * kernels/gemv.h): cuda_gemv (y = x W^T for 1..8 tokens, 16-bit W, its
  * store / accumulate / gated / RoPE + KV-store epilogues, split
  * activations) and cuda_rmsnorm_rows; and the prefill-size elementwise
- * kernels beside them (cuda_internal.h): cuda_rmsnorm and cuda_gated_act.
+ * kernels beside them (kernels/norm_act.h): cuda_rmsnorm and cuda_gated_act.
  *
  *   test_gpu_gemv            correctness; exit 0 pass, 1 fail, 77 no GPU
  *   test_gpu_gemv --bench    also timing: GB/s per L8B shape against a
@@ -53,8 +53,8 @@
 #include <algorithm>
 #include <vector>
 
-#include "backend/cuda/cuda_internal.h"
 #include "backend/cuda/kernels/gemv.h"
+#include "backend/cuda/kernels/norm_act.h"
 #include "gemv_check.h"
 
 namespace

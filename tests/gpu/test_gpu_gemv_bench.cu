@@ -21,8 +21,9 @@
 #include <algorithm>
 #include <vector>
 
-#include "backend/cuda/cuda_internal.h"
 #include "backend/cuda/kernels/gemv.h"
+#include "backend/cuda/kernels/norm_act.h"
+#include "backend/cuda/kernels/rope_kv.h"
 #include "gemv_check.h"
 
 #define CKB(call)                                                                                  \

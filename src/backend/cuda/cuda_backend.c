@@ -1,5 +1,5 @@
 /* CUDA backend: weight upload, the device KV pool, batch validation and the
- * step itself (cuBLAS GEMMs between the kernels of cuda_kernels.cu).
+ * step itself (cuBLAS GEMMs between the kernels of kernels/ and attn/).
  *
  * One step: the batch arrays are packed into one pinned staging buffer and
  * copied up with a single transfer; everything after runs asynchronously on

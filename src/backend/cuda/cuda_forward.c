@@ -20,7 +20,11 @@
 
 #include "backend/cuda/attn/attn.h"
 #include "backend/cuda/cuda_internal.h"
+#include "backend/cuda/kernels/embed.h"
 #include "backend/cuda/kernels/gemv.h"
+#include "backend/cuda/kernels/greedy.h"
+#include "backend/cuda/kernels/norm_act.h"
+#include "backend/cuda/kernels/rope_kv.h"
 #include "backend/cuda/lora/cuda_lora.h"
 
 static const char *const phase_names[CV_CUDA_N_PHASES] = {"embed",

@@ -1,156 +1,30 @@
-/* Internals of the CUDA backend: the kernel launchers (cuda_kernels.cu,
- * callable from C) and the KV layout they share with cuda_backend.c.
+/* Internals of the CUDA backend: the backend object that cuda_backend.c,
+ * cuda_forward.c, cuda_graph.c, cuda_sample.c and lora/ share, and the KV
+ * layout they agree on with the kernels. The kernels' launchers are
+ * declared by their families' headers: kernels/{embed,norm_act,rope_kv,
+ * gemv,greedy,sample}.h and attn/attn.h.
  *
  * KV pool layout (as the CPU backend's): block b, layer l, k (0) or v (1),
  * kv head g, token j of the block starts at element
  *   b * block_elems + ((l * 2 + kv) * n_kv_heads + g) * block_size * head_dim
  *   + j * head_dim,
- * so one kv head's keys of a block are contiguous rows of head_dim.
- *
- * Every launcher enqueues on STREAM and returns the cudaError_t of the launch
- * (cudaGetLastError) as an int, 0 on success. */
+ * so one kv head's keys of a block are contiguous rows of head_dim. */
 #ifndef CV_BACKEND_CUDA_INTERNAL_H
 #define CV_BACKEND_CUDA_INTERNAL_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
+#include <cublas_v2.h>
 #include <cuda_runtime_api.h>
 
-#include "backend/cuda/cuda_backend.h"
-#include "model/model.h"
-
-#ifdef __cplusplus
-extern "C" {
-#endif
-
-/* Limits of the attention kernel, checked at create. */
-enum { CUDA_MAX_GROUP = 8, CUDA_MAX_HEAD_DIM = 256 };
-
-/* x (n_tok, hidden) fp32 = embed[ids[t]] widened. */
-int cuda_embed(cv_dtype dtype, const void *embed /* (vocab, hidden) */, const int32_t *ids,
-               int n_tok, int hidden, float *x, cudaStream_t stream);
-
-/* Activations that feed a GEMM are written in the weight dtype. With a
- * nonzero lo_off (split activations, 16-bit dtypes) each value v is written
- * as hi = round(v) at its place and lo = round(v - hi) lo_off elements
- * further, i.e. as a second block of rows below the first. */
-
-/* out row r (dtype out_dtype, row stride ld_out elements) = RMSNorm of x row
- * rows[r] (or r when rows is NULL) with weight w: w * (x * rsqrt(mean(x^2) +
- * eps)), fp32 inside. */
-int cuda_rmsnorm(const float *x /* (*, n) */, const int32_t *rows, int n_rows, const float *w,
-                 int n, float eps, cv_dtype out_dtype, void *out, int ld_out, size_t lo_off,
-                 cudaStream_t stream);
-
-/* Per token: biases, per-head RMSNorm (Qwen3), RoPE on q and k (q in place
- * in qkv, rounded to its type), and k, v written into the KV pool at the
- * token's slot. fp32 arithmetic whatever qkv's type. */
-typedef struct cuda_qkv_args {
-    int n_tokens, n_heads, n_kv_heads, head_dim, block_size;
-    void *qkv; /* (n_tokens, (n_heads + 2 * n_kv_heads) * head_dim): q | k | v, in qkv_dtype */
-    cv_dtype qkv_dtype;           /* F32, or the 16-bit type of vLLM's numerics */
-    const float *bq, *bk, *bv;    /* optional biases, NULL when absent */
-    const float *q_norm, *k_norm; /* (head_dim) optional */
-    float eps;
-    const float *inv_freq;       /* (head_dim / 2) */
-    const int32_t *positions;    /* (n_tokens) */
-    const int64_t *slot_mapping; /* (n_tokens) */
-    void *kv;                    /* the pool */
-    cv_dtype kv_dtype;
-    size_t block_elems; /* elements per block (all layers) */
-    size_t layer_off;   /* element offset of this layer's K in a block */
-} cuda_qkv_args;
-int cuda_qkv_post(const cuda_qkv_args *a, cudaStream_t stream);
-
-/* Paged causal attention of every token over its sequence's cached context
- * (GQA, online softmax). With n_splits > 1 each token's context is cut into
- * n_splits ranges computed by separate blocks into partial (unnormalized
- * output, max, sum) and merged by a second kernel (flash-decoding). */
-typedef struct cuda_attn_args {
-    int n_tokens, n_heads, n_kv_heads, head_dim, block_size, max_blocks_per_seq;
-    const int32_t *tok_seq;      /* (n_tokens) sequence of each token */
-    const int32_t *query_start;  /* (n_seqs + 1) */
-    const int32_t *seq_lens;     /* (n_seqs) */
-    const int32_t *block_tables; /* (n_seqs, max_blocks_per_seq) */
-    const float *qkv;            /* q at column 0, row stride ld_qkv */
-    int ld_qkv;
-    const void *kv;
-    cv_dtype kv_dtype;
-    size_t block_elems, layer_off;
-    float scale; /* 1 / sqrt(head_dim) */
-    void *out;   /* (n_tokens, n_heads * head_dim) in out_dtype */
-    cv_dtype out_dtype;
-    size_t out_lo_off; /* split activations: offset of the lo rows, else 0 */
-    int n_splits;
-    float *partial; /* (n_tokens, n_heads, n_splits, head_dim + 2) when n_splits > 1 */
-} cuda_attn_args;
-int cuda_attention(const cuda_attn_args *a, cudaStream_t stream);
-
-/* out (n_tok, f) in out_dtype = act(gu[:, :f]) * gu[:, f:] for gu (n_tok, 2f)
- * in gu_dtype (fp32, or the 16-bit GEMM output of vLLM's numerics), fp32
- * inside. */
-int cuda_gated_act(cv_activation act, cv_dtype gu_dtype, const void *gu, int n_tok, int f,
-                   cv_dtype out_dtype, void *out, size_t lo_off, cudaStream_t stream);
-
-/* Greedy choice of a row of logits (kernels/greedy.cu). */
-typedef struct cuda_greedy_out {
-    int32_t token; /* first index of the row's maximum */
-    float logprob; /* its log-softmax value */
-    int32_t rank;  /* tokens at least as likely, itself included */
-} cuda_greedy_out;
-
-/* out[r] = the greedy choice of row r of logits (n_rows, vocab). */
-int cuda_greedy(const float *logits, int n_rows, int vocab, cuda_greedy_out *out,
-                cudaStream_t stream);
-
-/* y (n) = y2[:n] + y2[n:] (+ y when accumulate): the result of a GEMM over
- * split activations. */
-int cuda_sum_halves(const float *y2 /* (2 n) */, size_t n, float *y, int accumulate,
-                    cudaStream_t stream);
-
-/* ---- OPT / GPT-2 structure (kernels/norm_act.cu) ---- */
-
-/* out row r (out_dtype, row stride ld_out; fp32 out may be x itself, in
- * place) = LayerNorm of x row rows[r] (or r when rows is NULL):
- * (x - mean) / sqrt(var + eps) * w + bias (bias NULL: 0). With w NULL the
- * row as it is (the input of a post-norm sublayer, a model without final
- * norm). lo_off as above. */
-int cuda_layernorm(const float *x /* (*, n) */, const int32_t *rows, int n_rows, const float *w,
-                   const float *bias, int n, float eps, cv_dtype out_dtype, void *out, int ld_out,
-                   size_t lo_off, cudaStream_t stream);
-
-/* y (n_rows, n) += bias (n) on every row. */
-int cuda_add_bias(float *y, const float *bias, int n_rows, int n, cudaStream_t stream);
-
-/* out (n_rows, n) in out_dtype = act(in + bias) (bias NULL: 0): the
- * non-gated MLP's first half. */
-int cuda_bias_act(cv_activation act, const float *in, const float *bias, int n_rows, int n,
-                  cv_dtype out_dtype, void *out, size_t lo_off, cudaStream_t stream);
-
-/* x (n_tok, hidden) += pos_embed[positions[t] + offset] (learned positions;
- * pos_embed fp32). */
-int cuda_add_positions(float *x, const float *pos_embed, const int32_t *positions, int offset,
-                       int n_tok, int hidden, cudaStream_t stream);
-
-/* out (n_tok, width) in out_dtype = embed[ids[t]] (embed_dtype): embedding
- * rows as a GEMM operand (OPT's project_in). */
-int cuda_gather_act(cv_dtype embed_dtype, const void *embed, const int32_t *ids, int n_tok,
-                    int width, cv_dtype out_dtype, void *out, size_t lo_off, cudaStream_t stream);
-
-#ifdef __cplusplus
-}
-#endif
-
-/* ---- the backend object (cuda_backend.c, cuda_forward.c; C only) ---------- */
-#ifndef __CUDACC__
-#include <stdbool.h>
-
-#include <cublas_v2.h>
-
 #include "backend/cuda/attn/attn.h"
+#include "backend/cuda/cuda_backend.h"
+#include "backend/cuda/kernels/greedy.h"
 #include "backend/cuda/lora/cuda_lora.h"
 #include "base/error.h"
+#include "model/model.h"
 
 /* How a step's attention runs: the tensor-core kernels (attn/) with their
  * plan for 16-bit KV pools they support, else the fp32 kernel with its
@@ -338,6 +212,5 @@ void cuda_sample_free(cv_cuda_backend *b);
 /* Runs one batch (cuda_forward.c); greedy as cv_cuda_backend_forward. */
 int cuda_forward_run(cv_cuda_backend *b, const cv_batch *batch, float *logits,
                      const cv_greedy_rows *greedy, cv_error *err);
-#endif
 
 #endif

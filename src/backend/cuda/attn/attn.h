@@ -1,13 +1,15 @@
-/* Tensor-core attention over the paged KV cache (issue 10): a
+/* Attention over the paged KV cache. On tensor cores (issue 10): a
  * FlashAttention-2-style kernel for prefill and chunked prefill
  * (flash_prefill.cu) and a FlashDecoding kernel for one new token per
- * sequence (paged_decode.cu). Both read the pool in the layout of
- * cuda_internal.h unchanged: block b, layer l, k (0) or v (1), kv head g,
+ * sequence (paged_decode.cu); on CUDA cores, the scalar kernel of the fp32
+ * pool and of the shapes the others do not take (paged_scalar.cu,
+ * cuda_attention at the end of this header). All read the pool in the
+ * layout of cuda_internal.h: block b, layer l, k (0) or v (1), kv head g,
  * token j at element
  *   b * block_elems + layer_off(l) + ((kv * n_kv_heads + g) * block_size + j) * head_dim
  * i.e. per layer [block][k|v][kv_head][token][head_dim]: one kv head's rows of
  * a block are contiguous, which is what 16-byte cp.async loads want, so the
- * KV write (qkv_post_kernel) stays as it is.
+ * KV write (qkv_post_kernel, kernels/rope_kv.cu) stays as it is.
  *
  * Why hand-written mma.sync and not CUTLASS/CuTe or flashinfer: neither is a
  * Debian package and the project copies no third-party source; m16n8k16
@@ -21,7 +23,7 @@
  * block_size. Q may be F32 or 16-bit (the qkv buffer holds either, see
  * cuda_forward.c); it is rounded to the KV dtype for the products. Accumulation and the softmax are
  * fp32. Out is F32, F16 or BF16, with the split-activation lo rows when
- * out_lo_off != 0 (see store_act in cuda_kernels.cu).
+ * out_lo_off != 0 (see store_act in kernels/kernel_util.cuh).
  *
  * Use from cuda_forward.c, for an F16 or BF16 pool when
  * cuda_attn_supported holds (the F32 pool keeps cuda_attention):
@@ -145,6 +147,36 @@ void cuda_attn_plan_make(cuda_attn_plan *plan, const int32_t *query_start, const
  * for the single-token ones. workspace holds plan->ws_floats floats. */
 int cuda_attn_run(const cuda_attn_paged *a, const cuda_attn_plan *plan, float *workspace,
                   cudaStream_t stream);
+
+/* ---- the scalar kernel (paged_scalar.cu) ---- */
+
+/* Limits of the scalar attention kernel (and of cuda_qkv_post's head_dim,
+ * kernels/rope_kv.h), checked at create. */
+enum { CUDA_MAX_GROUP = 8, CUDA_MAX_HEAD_DIM = 256 };
+
+/* Paged causal attention of every token over its sequence's cached context
+ * (GQA, online softmax). With n_splits > 1 each token's context is cut into
+ * n_splits ranges computed by separate blocks into partial (unnormalized
+ * output, max, sum) and merged by a second kernel (flash-decoding). */
+typedef struct cuda_attn_args {
+    int n_tokens, n_heads, n_kv_heads, head_dim, block_size, max_blocks_per_seq;
+    const int32_t *tok_seq;      /* (n_tokens) sequence of each token */
+    const int32_t *query_start;  /* (n_seqs + 1) */
+    const int32_t *seq_lens;     /* (n_seqs) */
+    const int32_t *block_tables; /* (n_seqs, max_blocks_per_seq) */
+    const float *qkv;            /* q at column 0, row stride ld_qkv */
+    int ld_qkv;
+    const void *kv;
+    cv_dtype kv_dtype;
+    size_t block_elems, layer_off;
+    float scale; /* 1 / sqrt(head_dim) */
+    void *out;   /* (n_tokens, n_heads * head_dim) in out_dtype */
+    cv_dtype out_dtype;
+    size_t out_lo_off; /* split activations: offset of the lo rows, else 0 */
+    int n_splits;
+    float *partial; /* (n_tokens, n_heads, n_splits, head_dim + 2) when n_splits > 1 */
+} cuda_attn_args;
+int cuda_attention(const cuda_attn_args *a, cudaStream_t stream);
 
 #ifdef __cplusplus
 }

@@ -57,8 +57,8 @@
  *
  * The RMSNorm (rmsnorm_rows_kernel): one CTA of up to 1024 threads per row,
  * each thread holds its 4..16 values of x in registers from one to four
- * 16-byte loads (the block-per-row kernel of cuda_kernels.cu reads x twice
- * with scalar loads), one block reduction; the norm weight is loaded before
+ * 16-byte loads (the block-per-row kernel of norm_act.cu reads x twice),
+ * one block reduction; the norm weight is loaded before
  * the PDL wait. No residual add is fused into it: the backend's residual
  * adds are already the epilogues of o_proj's and down_proj's products
  * (CUDA_GEMV_ACCUMULATE here, beta = 1 with cuBLAS), so the norm is the

@@ -36,7 +36,7 @@ typedef enum {
      * as cuda_gated_act would write it from an fp32 GEMM output. */
     CUDA_GEMV_GATED,
     /* W is the fused (n_heads + 2 n_kv_heads) * head_dim x in q | k | v
-     * projection; per token, as cuda_qkv_post (cuda_internal.h) without
+     * projection; per token, as cuda_qkv_post (kernels/rope_kv.h) without
      * q/k norms: biases added, RoPE on q and k, q written to y's q columns
      * (the k and v columns of y are not written), k and v stored into the
      * KV pool at the token's slot. */
@@ -61,7 +61,7 @@ typedef struct cuda_gemv_args {
     const void *w;  /* (out, in) row-major, 16-byte aligned */
     int out, in;
     const void *x; /* (n_tok, in) row-major, 16-byte aligned */
-    /* Split activations (cuda_internal.h): x holds hi rows and, x_lo_off
+    /* Split activations (kernels/norm_act.h): x holds hi rows and, x_lo_off
      * elements further, lo rows; the product is taken with hi + lo. 0: none. */
     size_t x_lo_off;
     int n_tok; /* 1 .. CUDA_GEMV_MAX_TOKENS */
@@ -83,7 +83,7 @@ int cuda_gemv_supported(cv_dtype dtype, int n_tok, int in, const void *w, const 
  * cuda_gemv_supported says no or the epilogue's arguments are missing. */
 int cuda_gemv(const cuda_gemv_args *a, cudaStream_t stream);
 
-/* As cuda_rmsnorm (cuda_internal.h) for at most CUDA_GEMV_MAX_TOKENS rows:
+/* As cuda_rmsnorm (kernels/norm_act.h) for at most CUDA_GEMV_MAX_TOKENS rows:
  * out row r = w * (x row * rsqrt(mean(x row^2) + eps)), fp32 inside, the
  * row held in registers (one read of x). Supported when n is a multiple of
  * 4 up to 16384 and x is 16-byte aligned. */

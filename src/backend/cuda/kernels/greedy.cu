@@ -7,7 +7,7 @@
  * 131 MB per decode step over PCIe. */
 #include <math.h>
 
-#include "backend/cuda/cuda_internal.h"
+#include "backend/cuda/kernels/greedy.h"
 
 namespace
 {
