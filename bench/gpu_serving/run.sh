@@ -17,7 +17,8 @@
 #      baseline;
 #   7. report.py -> gpu_serving.md.
 # WORKLOADS (default "g2 g1 c64 c256") picks a subset; HF=0 skips step 4;
-# INPROC=0 skips step 6.
+# INPROC=0 skips step 6; ASYNC=1 turns the engine's async_scheduling on
+# (model.json), so that step N+1 is scheduled while step N runs.
 set -u
 BUILD=${1:-build-cuda}
 OUT=${OUT:-/tmp/cvllm-gpu-out}
@@ -25,6 +26,7 @@ MODEL=${MODEL:-/tmp/l8b}
 WORKLOADS=${WORKLOADS:-g2 g1 c64 c256}
 HF=${HF:-1}
 INPROC=${INPROC:-1}
+ASYNC=${ASYNC:-0}
 mkdir -p "$OUT"
 cublas=/usr/local/cuda/lib64/libcublas.so.13
 [ -e "$cublas" ] || cublas=$(find / -xdev -name libcublas.so.13 2>/dev/null | head -1)
@@ -60,9 +62,11 @@ cat > "$REPO/l8b/config.pbtxt" <<'PBTXT'
 backend: "vllm"
 parameters: { key: "REPORT_CUSTOM_METRICS" value: { string_value: "true" } }
 PBTXT
+async=false
+[ "$ASYNC" = 1 ] && async=true
 cat > "$REPO/l8b/1/model.json" <<JSON
 {"model": "$MODEL", "max_model_len": 4096, "gpu_memory_utilization": 0.9,
- "max_num_seqs": 256, "max_num_batched_tokens": 8192}
+ "max_num_seqs": 256, "max_num_batched_tokens": 8192, "async_scheduling": $async}
 JSON
 ports=(18000 18001 18002)
 echo "== cvllm-server"
@@ -125,6 +129,6 @@ if [ "$INPROC" = 1 ]; then
     done
 fi
 
-python3 bench/gpu_serving/report.py "$OUT" "bench/gpu_serving/run.sh $BUILD" \
+python3 bench/gpu_serving/report.py "$OUT" "ASYNC=$ASYNC bench/gpu_serving/run.sh $BUILD" \
     > "$OUT/gpu_serving.md"
 cat "$OUT/gpu_serving.md"
