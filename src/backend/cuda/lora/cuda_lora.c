@@ -282,7 +282,7 @@ cuda_lora_graph_key cuda_lora_graph_key_of(const cv_cuda_backend *b)
 }
 
 int cuda_lora_apply(cv_cuda_backend *b, int l, cuda_lora_module m, const void *x, int n_tokens,
-                    float *y, cv_error *err)
+                    void *y, cv_dtype y_dtype, cv_error *err)
 {
     static const char *const names[CUDA_LORA_N_MODULES] = {
         "LoRA q|k|v kernels", "LoRA o kernels", "LoRA gate|up kernels", "LoRA down kernels"};
@@ -310,6 +310,7 @@ int cuda_lora_apply(cv_cuda_backend *b, int l, cuda_lora_module m, const void *x
         .ld_u = 3 * lo->rank,
         .u_chunk_stride = (size_t)lo->cap_tokens * 3 * lo->rank,
         .y = y,
+        .y_dtype = y_dtype,
         .ld_y = geom_out(&g),
     };
     KL(cuda_lora_gather(&p, b->stream), names[m]);

@@ -1,6 +1,6 @@
 /* LoRA on the CUDA backend: a slot pool on the GPU holding max_loras
  * adapters, and the per-step gather kernels that add each token's adapter
- * delta, scale * B (A x), to the fp32 output of a base projection (the
+ * delta, scale * B (A x), to the output of a base projection (the
  * lora_init / lora_load operations and cv_batch.lora_slots of backend.h).
  *
  * Slot pool. lora_init reserves n_slots slots of rank R = max_rank; a slot
@@ -28,9 +28,19 @@
  *   shrink: u (token, KR) fp32 = x A^T      (KR = 3R, R, 2R or R rows;
  *           partial sums over chunks of x's columns, summed by expand)
  *   expand: y (token, out) += u B            (the u part a column belongs to)
- * A step with an adapter uses the unfused forward (fp32 product outputs,
- * then the RoPE/KV-store and activation kernels) so that the delta lands
- * before anything reads the product; lora_step says so. The segment list
+ * A step with an adapter (lora_step) runs the base products as a step
+ * without one: into the same dtype (the weight's 16-bit dtype for q|k|v
+ * and gate|up where cuBLAS runs them on a 16-bit model, fp32 for the
+ * residual adds of o and down, fp32 models and the exact split mode) with
+ * the same kernels (cuBLAS GEMM or GEMV). The expand adds the delta into
+ * that output in place: a 16-bit y is widened, summed in fp32 and rounded
+ * once to nearest even, as vLLM's Punica expand (add_inputs) adds into its
+ * 16-bit base output, so the deltas cost one more rounding (2^-8 relative
+ * in bf16) and nothing else. Only where a step of GEMV size fuses an
+ * epilogue that consumes the product (q|k|v's RoPE / KV store, gate|up's
+ * act(gate) * up) does a LoRA step split it off: the GEMV stores fp32, the
+ * expand adds, then cuda_qkv_post / cuda_gated_act run, so the delta lands
+ * before anything reads the product. The segment list
  * is padded with empty segments to a power of two and lives at fixed
  * device addresses, so a decode step with adapters replays a CUDA graph
  * keyed on cuda_lora_graph_key like any other.
@@ -92,7 +102,8 @@ typedef struct cuda_lora_launch {
     float *u;              /* (ceil(in / CUDA_LORA_CHUNK), tokens, ld_u) scratch: partials */
     int ld_u;              /* >= n_parts * R */
     size_t u_chunk_stride; /* elements between two chunks' partials (>= tokens * ld_u) */
-    float *y;              /* (tokens, ld_y) the product's fp32 output */
+    void *y;               /* (tokens, ld_y) the product's output, in place */
+    cv_dtype y_dtype;      /* fp32, or a 16-bit dtype: the sum rounded once */
     int ld_y;              /* = part_end[n_parts - 1], the product's width */
 } cuda_lora_launch;
 
@@ -116,9 +127,10 @@ int cuda_lora_prepare(cv_cuda_backend *b, const cv_batch *batch, cv_error *err);
 
 /* Adds the step's deltas of module m of layer l: x is the product's input
  * (wdtype, n_tokens rows, then as many lo rows with split activations), y
- * its fp32 output. Does nothing in a step without an adapter. */
+ * its output in y_dtype (fp32, or wdtype where the forward keeps the
+ * product in 16 bits). Does nothing in a step without an adapter. */
 int cuda_lora_apply(cv_cuda_backend *b, int l, cuda_lora_module m, const void *x, int n_tokens,
-                    float *y, cv_error *err);
+                    void *y, cv_dtype y_dtype, cv_error *err);
 
 /* What a CUDA graph of this step depends on besides the batch's shape: the
  * (padded) segment count, 0 in a step without adapters, and the device

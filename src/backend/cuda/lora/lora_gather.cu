@@ -25,7 +25,9 @@
  * Expand: block (segment, 256 output columns); the segment's u (its
  * chunks' partials summed in chunk order) goes to shared memory; a thread
  * owns a column, reads its R values of B^T 16 at a time (coalesced across
- * the block: B is stored transposed) and adds its 8 sums to y.
+ * the block: B is stored transposed) and adds its 8 sums to y: fp32 y in
+ * fp32, a 16-bit y (the product as the forward without adapters leaves it)
+ * widened, summed in fp32 and rounded once.
  *
  * Batch invariance: a token's sums run in an order fixed by `in`, R and
  * the thread layout alone (the chunks are cut by `in` alone), whatever else
@@ -117,12 +119,14 @@ __global__ void __launch_bounds__(THREADS)
 }
 
 /* y[tok][col] += sum_k B^T[k][col] u[tok][part(col) * rank + k] for the
- * segment's tokens and 256 columns. */
-template <typename W>
+ * segment's tokens and 256 columns. A 16-bit Y is read, the delta added in
+ * fp32 and the sum rounded once to nearest even (Punica's expand with
+ * add_inputs into vLLM's 16-bit product). */
+template <typename W, typename Y>
 __global__ void __launch_bounds__(THREADS)
     lora_expand(const cuda_lora_seg *segs, const int32_t *tok, const float *u, int ld_u,
                 int n_chunks, size_t chunk_stride, const W *bt, size_t slot_elems, int rank,
-                int n_parts, int end0, int end1, float *y, int ld_y)
+                int n_parts, int end0, int end1, Y *y, int ld_y)
 {
     extern __shared__ float us[]; /* (count, n_parts * rank) */
     const cuda_lora_seg s = segs[blockIdx.x];
@@ -161,7 +165,8 @@ __global__ void __launch_bounds__(THREADS)
 #pragma unroll
     for (int j = 0; j < SEG; j++) {
         if (j >= s.count) break;
-        y[(size_t)tok[s.start + j] * ld_y + col] += acc[j];
+        Y *yp = y + (size_t)tok[s.start + j] * ld_y + col;
+        *yp = from_f<Y>(to_f(*yp) + acc[j]);
     }
 }
 
@@ -173,7 +178,7 @@ extern "C" int cuda_lora_gather(const cuda_lora_launch *p, cudaStream_t stream)
     const dim3 ge(p->n_segs, (p->ld_y + THREADS - 1) / THREADS);
     const size_t smem = (size_t)SEG * n_rows * sizeof(float);
     const int end0 = p->part_end[0], end1 = p->n_parts > 1 ? p->part_end[1] : p->ld_y;
-    int rc_x = 0;
+    int rc_x = 0, rc_y = 0;
     const int rc = with_type(p->w_dtype, [&](auto w) {
         using W = decltype(w);
         rc_x = with_type(p->dtype, [&](auto t) {
@@ -182,9 +187,12 @@ extern "C" int cuda_lora_gather(const cuda_lora_launch *p, cudaStream_t stream)
                 p->segs, p->tok, (const T *)p->x, p->x_lo_off, p->in, (const W *)p->a,
                 p->slot_elems, n_rows, p->u, p->ld_u, p->u_chunk_stride);
         });
-        lora_expand<W><<<ge, THREADS, smem, stream>>>(
-            p->segs, p->tok, p->u, p->ld_u, n_chunks, p->u_chunk_stride, (const W *)p->bt,
-            p->slot_elems, p->rank, p->n_parts, end0, end1, p->y, p->ld_y);
+        rc_y = with_type(p->y_dtype, [&](auto yv) {
+            using Y = decltype(yv);
+            lora_expand<W, Y><<<ge, THREADS, smem, stream>>>(
+                p->segs, p->tok, p->u, p->ld_u, n_chunks, p->u_chunk_stride, (const W *)p->bt,
+                p->slot_elems, p->rank, p->n_parts, end0, end1, (Y *)p->y, p->ld_y);
+        });
     });
-    return rc_x ? rc_x : rc;
+    return rc_x ? rc_x : rc_y ? rc_y : rc;
 }
