@@ -265,7 +265,7 @@ static void *g_upload(const void *host, size_t bytes)
     return dev;
 }
 
-/* cuda_lora_gather with launch p (host pointers in tok/segs/y replaced by
+/* cuda_lora_shrink then cuda_lora_expand with launch p (host pointers in tok/segs/y replaced by
  * device copies) on the tokens and segments given; y (n_tok, G_OUT) of
  * p.y_dtype in place. */
 static void g_run(cuda_lora_launch p, const int32_t *tok, int n_tok_list, const cuda_lora_seg *segs,
@@ -277,7 +277,8 @@ static void g_run(cuda_lora_launch p, const int32_t *tok, int n_tok_list, const 
     p.n_segs = n_segs;
     void *yd = g_upload(y, y_bytes);
     p.y = yd;
-    assert_int_equal(cuda_lora_gather(&p, 0), 0);
+    assert_int_equal(cuda_lora_shrink(&p, 0), 0);
+    assert_int_equal(cuda_lora_expand(&p, 0), 0);
     assert_int_equal(cudaDeviceSynchronize(), cudaSuccess);
     assert_int_equal(cudaMemcpy(y, yd, y_bytes, cudaMemcpyDeviceToHost), cudaSuccess);
     cudaFree((void *)p.tok);
@@ -487,6 +488,18 @@ static void test_refusals(void **state)
     expect_error(cv_cuda_backend_forward(b, &bt, logits, &err), &err,
                  "cv_cuda_backend_forward: lora_slots[0] = 1 is not a loaded slot");
     free(logits);
+    cv_cuda_backend_destroy(b);
+    /* A delta applied without its shrink begun (the forward's contract
+     * with cuda_lora.h): refused, not an expand of a stale u. */
+    b = cv_cuda_backend_create(f.model, 0, &err);
+    const int32_t slot0[1] = {0};
+    cv_batch bt0 = bt;
+    bt0.lora_slots = slot0;
+    if (!b || cv_cuda_backend_lora_init(b, 1, 8, &err) ||
+        cv_cuda_backend_lora_load(b, 0, ad, &err) || cuda_lora_prepare(b, &bt0, &err))
+        fail_msg("%s", err.msg);
+    expect_error(cuda_lora_apply(b, 0, CUDA_LORA_O, NULL, CV_DTYPE_F32, &err), &err,
+                 "cuda_lora_apply: layer 0's o delta was not begun");
     cv_lora_adapter_free(ad);
     cv_cuda_backend_destroy(b);
     hf_fixture_free(&f);

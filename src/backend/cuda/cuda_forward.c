@@ -411,8 +411,9 @@ static int layer_forward(cv_cuda_backend *b, const cv_batch *bt, const step_arra
         KL(cuda_gemv(&ga, b->stream), "qkv gemv + rope/kv store kernel");
         if (mark(b, CV_CUDA_PHASE_QKV_GEMM, err)) return -1;
     } else {
-        if (gemm_to(b, L->wqkv, b->qkv_dim, h, b->xn, nt, b->qkv, qkv_dtype, err) ||
-            cuda_lora_apply(b, l, CUDA_LORA_QKV, b->xn, nt, b->qkv, qkv_dtype, err) ||
+        if (cuda_lora_begin(b, l, CUDA_LORA_QKV, b->xn, nt, err) ||
+            gemm_to(b, L->wqkv, b->qkv_dim, h, b->xn, nt, b->qkv, qkv_dtype, err) ||
+            cuda_lora_apply(b, l, CUDA_LORA_QKV, b->qkv, qkv_dtype, err) ||
             mark(b, CV_CUDA_PHASE_QKV_GEMM, err))
             return -1;
         const cuda_qkv_args qa = {
@@ -493,8 +494,9 @@ static int layer_forward(cv_cuda_backend *b, const cv_batch *bt, const step_arra
         };
         KL(cuda_attention(&aa, b->stream), "attention kernel");
     }
-    if (mark(b, CV_CUDA_PHASE_ATTN, err) || gemm(b, L->wo, h, qd, b->attn, nt, b->x, 1.0f, err) ||
-        cuda_lora_apply(b, l, CUDA_LORA_O, b->attn, nt, b->x, CV_DTYPE_F32, err) ||
+    if (mark(b, CV_CUDA_PHASE_ATTN, err) || cuda_lora_begin(b, l, CUDA_LORA_O, b->attn, nt, err) ||
+        gemm(b, L->wo, h, qd, b->attn, nt, b->x, 1.0f, err) ||
+        cuda_lora_apply(b, l, CUDA_LORA_O, b->x, CV_DTYPE_F32, err) ||
         mark(b, CV_CUDA_PHASE_O_GEMM, err))
         return -1;
     if (L->bo) KL(cuda_add_bias(b->x, L->bo, nt, h, b->stream), "output bias kernel");
@@ -536,16 +538,18 @@ static int layer_forward(cv_cuda_backend *b, const cv_batch *bt, const step_arra
          * stores fp32 gate|up (what that epilogue reads), the expand adds
          * to it, and cuda_gated_act follows. */
         const cv_dtype gu_dtype = gu_gemv ? CV_DTYPE_F32 : act16;
-        if (gemm_to(b, L->wgu, 2 * f, h, b->xn, nt, b->gu, gu_dtype, err) ||
-            cuda_lora_apply(b, l, CUDA_LORA_GU, b->xn, nt, b->gu, gu_dtype, err) ||
+        if (cuda_lora_begin(b, l, CUDA_LORA_GU, b->xn, nt, err) ||
+            gemm_to(b, L->wgu, 2 * f, h, b->xn, nt, b->gu, gu_dtype, err) ||
+            cuda_lora_apply(b, l, CUDA_LORA_GU, b->gu, gu_dtype, err) ||
             mark(b, CV_CUDA_PHASE_UPGATE_GEMM, err))
             return -1;
         KL(cuda_gated_act(c->hidden_act, gu_dtype, b->gu, nt, f, b->wdtype, b->mlp, split * nt * f,
                           b->stream),
            "gated activation kernel");
     }
-    if (mark(b, CV_CUDA_PHASE_ACT, err) || gemm(b, L->wdown, h, f, b->mlp, nt, b->x, 1.0f, err) ||
-        cuda_lora_apply(b, l, CUDA_LORA_DOWN, b->mlp, nt, b->x, CV_DTYPE_F32, err) ||
+    if (mark(b, CV_CUDA_PHASE_ACT, err) || cuda_lora_begin(b, l, CUDA_LORA_DOWN, b->mlp, nt, err) ||
+        gemm(b, L->wdown, h, f, b->mlp, nt, b->x, 1.0f, err) ||
+        cuda_lora_apply(b, l, CUDA_LORA_DOWN, b->x, CV_DTYPE_F32, err) ||
         mark(b, CV_CUDA_PHASE_DOWN_GEMM, err))
         return -1;
     if (L->b_down) KL(cuda_add_bias(b->x, L->b_down, nt, h, b->stream), "mlp bias kernel");

@@ -170,29 +170,40 @@ __global__ void __launch_bounds__(THREADS)
     }
 }
 
-extern "C" int cuda_lora_gather(const cuda_lora_launch *p, cudaStream_t stream)
+extern "C" int cuda_lora_shrink(const cuda_lora_launch *p, cudaStream_t stream)
 {
     if (p->n_segs == 0) return 0;
     const int n_rows = p->n_parts * p->rank, n_chunks = (p->in + CHUNK - 1) / CHUNK;
-    const dim3 gs(p->n_segs, (n_rows + ROWS - 1) / ROWS, n_chunks);
-    const dim3 ge(p->n_segs, (p->ld_y + THREADS - 1) / THREADS);
-    const size_t smem = (size_t)SEG * n_rows * sizeof(float);
-    const int end0 = p->part_end[0], end1 = p->n_parts > 1 ? p->part_end[1] : p->ld_y;
-    int rc_x = 0, rc_y = 0;
+    const dim3 grid(p->n_segs, (n_rows + ROWS - 1) / ROWS, n_chunks);
+    int rc_x = 0;
     const int rc = with_type(p->w_dtype, [&](auto w) {
         using W = decltype(w);
         rc_x = with_type(p->dtype, [&](auto t) {
             using T = decltype(t);
-            lora_shrink<T, W><<<gs, THREADS, 0, stream>>>(
+            lora_shrink<T, W><<<grid, THREADS, 0, stream>>>(
                 p->segs, p->tok, (const T *)p->x, p->x_lo_off, p->in, (const W *)p->a,
                 p->slot_elems, n_rows, p->u, p->ld_u, p->u_chunk_stride);
         });
+    });
+    return rc_x ? rc_x : rc;
+}
+
+extern "C" int cuda_lora_expand(const cuda_lora_launch *p, cudaStream_t stream)
+{
+    if (p->n_segs == 0) return 0;
+    const int n_rows = p->n_parts * p->rank, n_chunks = (p->in + CHUNK - 1) / CHUNK;
+    const dim3 grid(p->n_segs, (p->ld_y + THREADS - 1) / THREADS);
+    const size_t smem = (size_t)SEG * n_rows * sizeof(float);
+    const int end0 = p->part_end[0], end1 = p->n_parts > 1 ? p->part_end[1] : p->ld_y;
+    int rc_y = 0;
+    const int rc = with_type(p->w_dtype, [&](auto w) {
+        using W = decltype(w);
         rc_y = with_type(p->y_dtype, [&](auto yv) {
             using Y = decltype(yv);
-            lora_expand<W, Y><<<ge, THREADS, smem, stream>>>(
+            lora_expand<W, Y><<<grid, THREADS, smem, stream>>>(
                 p->segs, p->tok, p->u, p->ld_u, n_chunks, p->u_chunk_stride, (const W *)p->bt,
                 p->slot_elems, p->rank, p->n_parts, end0, end1, (Y *)p->y, p->ld_y);
         });
     });
-    return rc_x ? rc_x : rc_y ? rc_y : rc;
+    return rc_y ? rc_y : rc;
 }
