@@ -53,6 +53,7 @@ __global__ void __launch_bounds__(THREADS)
 {
     __shared__ float red[WARPS][ROWS][SEG];
     const cuda_lora_seg s = segs[blockIdx.x];
+    if (s.count == 0) return; /* padding (cuda_lora_prepare): the whole block */
     const int row0 = blockIdx.y * ROWS, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int i0 = blockIdx.z * CHUNK, i1 = min(in, i0 + CHUNK);
     const W *ar = a + (size_t)s.slot * slot_elems + (size_t)row0 * in;
@@ -130,7 +131,26 @@ __global__ void __launch_bounds__(THREADS)
 {
     extern __shared__ float us[]; /* (count, n_parts * rank) */
     const cuda_lora_seg s = segs[blockIdx.x];
+    if (s.count == 0) return; /* padding (cuda_lora_prepare): the whole block */
     const int kr = n_parts * rank;
+    const int col = blockIdx.y * THREADS + threadIdx.x;
+    const bool live = col < ld_y;
+    const W *bc = bt + (size_t)s.slot * slot_elems + col;
+    /* The column's first 16 values of B^T and its y values are loaded
+     * before u's sums and the barrier, not after: they do not depend on u,
+     * and the three rounds of loads (u, B, y) would otherwise each wait
+     * for the one before. */
+    float w[16];
+#pragma unroll
+    for (int kk = 0; kk < 16; kk++)
+        w[kk] = live && kk < rank ? to_f(bc[(size_t)kk * ld_y]) : 0.0f;
+    Y *yp[SEG];
+    float yv[SEG];
+#pragma unroll
+    for (int j = 0; j < SEG; j++) {
+        yp[j] = y + (size_t)tok[s.start + (j < s.count ? j : 0)] * ld_y + col;
+        yv[j] = live && j < s.count ? to_f(*yp[j]) : 0.0f;
+    }
     for (int e = threadIdx.x; e < s.count * kr; e += THREADS) {
         const float *ue = u + (size_t)tok[s.start + e / kr] * ld_u + e % kr;
         float v = 0.0f;
@@ -140,20 +160,19 @@ __global__ void __launch_bounds__(THREADS)
         us[e] = v;
     }
     __syncthreads();
-    const int col = blockIdx.y * THREADS + threadIdx.x;
-    if (col >= ld_y) return;
+    if (!live) return;
     const int part = col < end0 ? 0 : col < end1 ? 1 : 2;
-    const W *bc = bt + (size_t)s.slot * slot_elems + col;
     const float *up = us + part * rank;
     float acc[SEG];
 #pragma unroll
     for (int j = 0; j < SEG; j++)
         acc[j] = 0.0f;
     for (int k0 = 0; k0 < rank; k0 += 16) {
-        float w[16]; /* 16 loads in flight, then their sums in k order */
+        if (k0) { /* 16 loads in flight, then their sums in k order */
 #pragma unroll
-        for (int kk = 0; kk < 16; kk++)
-            w[kk] = k0 + kk < rank ? to_f(bc[(size_t)(k0 + kk) * ld_y]) : 0.0f;
+            for (int kk = 0; kk < 16; kk++)
+                w[kk] = k0 + kk < rank ? to_f(bc[(size_t)(k0 + kk) * ld_y]) : 0.0f;
+        }
 #pragma unroll
         for (int kk = 0; kk < 16; kk++) {
             if (k0 + kk >= rank) break;
@@ -165,8 +184,7 @@ __global__ void __launch_bounds__(THREADS)
 #pragma unroll
     for (int j = 0; j < SEG; j++) {
         if (j >= s.count) break;
-        Y *yp = y + (size_t)tok[s.start + j] * ld_y + col;
-        *yp = from_f<Y>(to_f(*yp) + acc[j]);
+        *yp[j] = from_f<Y>(yv[j] + acc[j]);
     }
 }
 
