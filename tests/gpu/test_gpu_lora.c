@@ -241,7 +241,8 @@ static void test_bf16_default(void **state)
 enum { G_TOK = 40, G_IN = 5000, G_RANK = 16, G_SLOTS = 3, G_OUT = 500 };
 
 /* Segments as cuda_lora_prepare cuts them: tokens grouped by slot (-1: no
- * adapter, left out), at most CUDA_LORA_SEG_TOKENS each. Returns the count. */
+ * adapter, left out), at most CUDA_LORA_SEG_TOKENS each, then empty ones up
+ * to a power of two (segs holds 2 n_tok). Returns the count. */
 static int g_segments(const int *tok_slot, int n_tok, int32_t *tok, cuda_lora_seg *segs)
 {
     int n = 0, n_segs = 0;
@@ -254,6 +255,11 @@ static int g_segments(const int *tok_slot, int n_tok, int32_t *tok, cuda_lora_se
             tok[n++] = t;
             segs[n_segs - 1].count++;
         }
+    int padded = 1;
+    while (padded < n_segs)
+        padded *= 2;
+    for (; n_segs < padded; n_segs++)
+        segs[n_segs] = (cuda_lora_seg){.slot = 0, .start = 0, .count = 0};
     return n_segs;
 }
 
@@ -265,9 +271,9 @@ static void *g_upload(const void *host, size_t bytes)
     return dev;
 }
 
-/* cuda_lora_shrink then cuda_lora_expand with launch p (host pointers in tok/segs/y replaced by
- * device copies) on the tokens and segments given; y (n_tok, G_OUT) of
- * p.y_dtype in place. */
+/* cuda_lora_shrink then cuda_lora_expand with launch p (host pointers in
+ * tok/segs/y replaced by device copies) on the tokens and segments given;
+ * y (n_tok, G_OUT) of p.y_dtype in place. */
 static void g_run(cuda_lora_launch p, const int32_t *tok, int n_tok_list, const cuda_lora_seg *segs,
                   int n_segs, void *y)
 {
@@ -289,7 +295,8 @@ static void g_run(cuda_lora_launch p, const int32_t *tok, int n_tok_list, const 
 /* Shrink and expand on their own against an fp64 reference, with an input
  * wider than two chunks (5000 = 2048 + 2048 + 904), q|k|v-like parts of
  * 300, 100, 100 columns (weights in wdt, x in dtype, y in ydt), three
- * slots and tokens without adapter interleaved: every output within 1e-4
+ * slots, tokens without adapter interleaved and the empty segments that
+ * pad the list to a power of two: every output within 1e-4
  * of the largest delta (fp32 sums of 5000 products) of y + delta, plus,
  * for a 16-bit y, the one rounding of that sum to ydt (unit roundoff 2^-8
  * of the sum in bf16, 2^-11 in fp16: the expand rounds once, to nearest);
@@ -322,7 +329,7 @@ static void check_gather(cv_dtype dtype, cv_dtype wdt, cv_dtype ydt, bool split)
     for (int t = 0; t < G_TOK; t++)
         tok_slot[t] = t % 9 == 0 ? 0 : t % 4 - 1;
     int32_t tok[G_TOK];
-    cuda_lora_seg segs[G_TOK];
+    cuda_lora_seg segs[2 * G_TOK];
     const int n_segs = g_segments(tok_slot, G_TOK, tok, segs);
     void *pool_d = g_upload(pool, slot_elems * G_SLOTS * ws);
     void *x_d = g_upload(x, x_rows * G_IN * es);
