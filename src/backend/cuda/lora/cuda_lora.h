@@ -29,18 +29,20 @@
  *           partial sums over chunks of x's columns, summed by expand)
  *   expand: y (token, out) += u B            (the u part a column belongs to)
  * A step with an adapter (lora_step) runs the base products as a step
- * without one: into the same dtype (the weight's 16-bit dtype for q|k|v
- * and gate|up where cuBLAS runs them on a 16-bit model; fp32 for the
- * residual adds of o and down, for fp32 models and in the exact split
- * mode) with the same kernels (cuBLAS GEMM or GEMV). The expand adds the
- * delta into that output in place: a 16-bit y is widened, summed in fp32
- * and rounded once to nearest even, as vLLM's Punica expand (add_inputs)
- * adds into its 16-bit base output; the delta costs one more rounding
- * (2^-8 relative in bf16). Only where a step of GEMV size fuses an
- * epilogue that consumes the product (q|k|v's RoPE / KV store, gate|up's
- * act(gate) * up) does a LoRA step split it off: the GEMV stores fp32, the
- * expand adds, then cuda_qkv_post / cuda_gated_act run, so the delta lands
- * before anything reads the product.
+ * without one: into the same dtype (on a 16-bit model the weight's dtype
+ * for gate|up, and for q|k|v where the tensor-core attention reads it,
+ * wherever cuBLAS runs them; fp32 for the residual adds of o and down, for
+ * GEMV outputs, for fp32 models and in the exact split mode) with the same
+ * kernels (cuBLAS GEMM or GEMV). The expand adds the delta into that output
+ * in place: a 16-bit y is widened, summed in fp32 and rounded once to
+ * nearest even, as vLLM's Punica expand (add_inputs) adds into its 16-bit
+ * base output; the delta costs one more rounding (2^-8 relative in bf16).
+ * (u stays fp32, where vLLM's expand rounds it to the weight dtype for its
+ * tensor-core dot.) Only where a step of GEMV size fuses an epilogue that
+ * consumes the product (q|k|v's RoPE / KV store, gate|up's act(gate) * up)
+ * does a LoRA step split it off: the GEMV stores fp32, the expand adds,
+ * then cuda_qkv_post / cuda_gated_act run, so the delta lands before
+ * anything reads the product.
  * The shrink needs only the product's input, so it runs beside the
  * product: cuda_lora_begin forks it onto a second stream (a parallel
  * branch of a captured graph), cuda_lora_apply joins it back before the
