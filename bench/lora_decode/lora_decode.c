@@ -10,9 +10,9 @@
  *
  * The backend is driven through its function table (backend.h) as the
  * engine drives it, greedy rows reduced where the backend can (the GPU
- * then downloads no logits). On the GPU a step without adapters runs as
- * the engine's would (CUDA graphs, GEMV epilogues); one with adapters
- * takes the unfused path with the gather kernels (backend/cuda/lora).
+ * then downloads no logits). On the GPU every step runs as the engine's
+ * would (CUDA graphs; GEMV epilogues without adapters); one with adapters
+ * adds the gather kernels around each product (backend/cuda/lora).
  *
  * Each sequence first gets a --prompt token context (one prefill, no
  * adapter); then each configuration runs --steps decode steps (one token

@@ -8,7 +8,8 @@
 #      the CUDA backend against HF's merged-weights logits
 #      (tests/fixtures/lora) and the CPU backend (bf16), the engine with
 #      adapters in flight (3 slots and 1);
-#   2. compute-sanitizer: memcheck on its kernel, bf16 and llama_f32 cases,
+#   2. compute-sanitizer: memcheck on its kernel, bf16 (both modes: the
+#      default one adds deltas into bf16 products) and llama_f32 cases,
 #      racecheck on the kernel and bf16 ones;
 #   3. cvllm-bench-lora-decode --device cuda on an L8B-shaped bf16 dummy
 #      model (made at $MODEL unless there): the decode step with 0, 1, 4 and
@@ -39,7 +40,8 @@ grep -E "mixed batch" "$OUT/test_gpu_lora.log" | awk '{print $(NF-3), $0}' | sor
     cut -d' ' -f2-
 
 echo "== compute-sanitizer"
-for run in "memcheck test_gather" "memcheck test_bf16_exact" "memcheck test_llama" \
+for run in "memcheck test_gather" "memcheck test_bf16_exact" "memcheck test_bf16_default" \
+    "memcheck test_llama" \
     "racecheck test_gather" "racecheck test_bf16_exact"; do
     set -- $run
     log="$OUT/sanitizer_$1_$2.log"

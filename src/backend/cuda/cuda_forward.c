@@ -10,8 +10,10 @@
  * config asks for them. Steps of 1..8 tokens on 16-bit weights run the
  * products as the GEMVs of kernels/gemv.h instead, with RoPE / KV store
  * (models without q/k norms) and act(gate) * up in their epilogues. A step
- * with LoRA adapters takes the unfused path (fp32 product outputs) and
- * adds each adapter's delta after its product (lora/cuda_lora.h). Decode
+ * with LoRA adapters runs the same products into the same dtypes and adds
+ * each adapter's delta right after its product (lora/cuda_lora.h); only the
+ * two GEMV epilogues above, which consume the product before a delta could
+ * land, are split into the GEMV's fp32 store and their own kernels. Decode
  * steps replay CUDA graphs (cuda_graph.c). */
 #include <inttypes.h>
 #include <math.h>
@@ -360,18 +362,24 @@ static int layer_forward(cv_cuda_backend *b, const cv_batch *bt, const step_arra
     const bool post = c->post_norm;
     /* vLLM's numerics (16-bit weights, no split): GEMM results that only
      * elementwise kernels read leave the GEMM in the weight dtype, half the
-     * bytes of fp32 (not in a LoRA step: its deltas add into fp32). q|k|v so only where the
-     * tensor-core attention reads q (the scalar fallback reads fp32) and cuBLAS, not the GEMV, runs
-     * it. */
-    const cv_dtype act16 =
-        split || b->wdtype == CV_DTYPE_F32 || b->lora_step ? CV_DTYPE_F32 : b->wdtype;
+     * bytes of fp32. q|k|v so only where the tensor-core attention reads q
+     * (the scalar fallback reads fp32) and cuBLAS, not the GEMV, runs it.
+     * A LoRA step keeps these dtypes: its expand adds the delta into the
+     * 16-bit product in place (one more rounding, as vLLM's Punica expand
+     * with add_inputs does), so the base products run as without adapters. */
+    const cv_dtype act16 = split || b->wdtype == CV_DTYPE_F32 ? CV_DTYPE_F32 : b->wdtype;
     const cv_dtype qkv_dtype =
         sa->tensor_cores && !use_gemv(b, L->wqkv, h, b->xn, nt) ? act16 : CV_DTYPE_F32;
+    const bool gu_gemv = !c->plain_mlp && use_gemv(b, L->wgu, h, b->xn, nt);
 
     if (norm_rows(b, b->x, NULL, nt, post ? NULL : L->attn_norm, L->attn_norm_b, h, b->wdtype,
                   b->xn, split * nt * h, "attention norm", err) ||
         mark(b, CV_CUDA_PHASE_NORM, err))
         return -1;
+    /* Not in a LoRA step: the epilogue rotates q and k and stores k and v
+     * from the GEMV's accumulators, before a delta could be added; such a
+     * step runs the same GEMV with a plain fp32 store, the expand, then
+     * cuda_qkv_post (one more launch, the same weight stream). */
     if (c->pos_type == CV_POS_ROPE && !L->q_norm && !L->k_norm && !b->lora_step &&
         use_gemv(b, L->wqkv, h, b->xn, nt)) {
         /* Biases, RoPE and the KV store in the GEMV's epilogue. */
@@ -407,8 +415,9 @@ static int layer_forward(cv_cuda_backend *b, const cv_batch *bt, const step_arra
         KL(cuda_gemv(&ga, b->stream), "qkv gemv + rope/kv store kernel");
         if (mark(b, CV_CUDA_PHASE_QKV_GEMM, err)) return -1;
     } else {
-        if (gemm_to(b, L->wqkv, b->qkv_dim, h, b->xn, nt, b->qkv, qkv_dtype, err) ||
-            cuda_lora_apply(b, l, CUDA_LORA_QKV, b->xn, nt, b->qkv, err) ||
+        if (cuda_lora_begin(b, l, CUDA_LORA_QKV, b->xn, nt, err) ||
+            gemm_to(b, L->wqkv, b->qkv_dim, h, b->xn, nt, b->qkv, qkv_dtype, err) ||
+            cuda_lora_apply(b, l, CUDA_LORA_QKV, b->qkv, qkv_dtype, err) ||
             mark(b, CV_CUDA_PHASE_QKV_GEMM, err))
             return -1;
         const cuda_qkv_args qa = {
@@ -489,8 +498,9 @@ static int layer_forward(cv_cuda_backend *b, const cv_batch *bt, const step_arra
         };
         KL(cuda_attention(&aa, b->stream), "attention kernel");
     }
-    if (mark(b, CV_CUDA_PHASE_ATTN, err) || gemm(b, L->wo, h, qd, b->attn, nt, b->x, 1.0f, err) ||
-        cuda_lora_apply(b, l, CUDA_LORA_O, b->attn, nt, b->x, err) ||
+    if (mark(b, CV_CUDA_PHASE_ATTN, err) || cuda_lora_begin(b, l, CUDA_LORA_O, b->attn, nt, err) ||
+        gemm(b, L->wo, h, qd, b->attn, nt, b->x, 1.0f, err) ||
+        cuda_lora_apply(b, l, CUDA_LORA_O, b->x, CV_DTYPE_F32, err) ||
         mark(b, CV_CUDA_PHASE_O_GEMM, err))
         return -1;
     if (L->bo) KL(cuda_add_bias(b->x, L->bo, nt, h, b->stream), "output bias kernel");
@@ -508,7 +518,7 @@ static int layer_forward(cv_cuda_backend *b, const cv_batch *bt, const step_arra
         KL(cuda_bias_act(c->hidden_act, b->gu, L->b_up, nt, f, b->wdtype, b->mlp, split * nt * f,
                          b->stream),
            "mlp activation kernel");
-    } else if (!b->lora_step && use_gemv(b, L->wgu, h, b->xn, nt)) {
+    } else if (!b->lora_step && gu_gemv) {
         /* act(gate) * up in the GEMV's epilogue: no fp32 gate|up buffer. */
         const cuda_gemv_args ga = {
             .dtype = b->wdtype,
@@ -527,16 +537,23 @@ static int layer_forward(cv_cuda_backend *b, const cv_batch *bt, const step_arra
         KL(cuda_gemv(&ga, b->stream), "gated gemv kernel");
         if (mark(b, CV_CUDA_PHASE_UPGATE_GEMM, err)) return -1;
     } else {
-        if (gemm_to(b, L->wgu, 2 * f, h, b->xn, nt, b->gu, act16, err) ||
-            cuda_lora_apply(b, l, CUDA_LORA_GU, b->xn, nt, b->gu, err) ||
+        /* A LoRA step of GEMV size: the epilogue above would apply the
+         * activation before a delta could be added, so the same GEMV
+         * stores fp32 gate|up (what that epilogue reads), the expand adds
+         * to it, and cuda_gated_act follows. */
+        const cv_dtype gu_dtype = gu_gemv ? CV_DTYPE_F32 : act16;
+        if (cuda_lora_begin(b, l, CUDA_LORA_GU, b->xn, nt, err) ||
+            gemm_to(b, L->wgu, 2 * f, h, b->xn, nt, b->gu, gu_dtype, err) ||
+            cuda_lora_apply(b, l, CUDA_LORA_GU, b->gu, gu_dtype, err) ||
             mark(b, CV_CUDA_PHASE_UPGATE_GEMM, err))
             return -1;
-        KL(cuda_gated_act(c->hidden_act, act16, b->gu, nt, f, b->wdtype, b->mlp, split * nt * f,
+        KL(cuda_gated_act(c->hidden_act, gu_dtype, b->gu, nt, f, b->wdtype, b->mlp, split * nt * f,
                           b->stream),
            "gated activation kernel");
     }
-    if (mark(b, CV_CUDA_PHASE_ACT, err) || gemm(b, L->wdown, h, f, b->mlp, nt, b->x, 1.0f, err) ||
-        cuda_lora_apply(b, l, CUDA_LORA_DOWN, b->mlp, nt, b->x, err) ||
+    if (mark(b, CV_CUDA_PHASE_ACT, err) || cuda_lora_begin(b, l, CUDA_LORA_DOWN, b->mlp, nt, err) ||
+        gemm(b, L->wdown, h, f, b->mlp, nt, b->x, 1.0f, err) ||
+        cuda_lora_apply(b, l, CUDA_LORA_DOWN, b->x, CV_DTYPE_F32, err) ||
         mark(b, CV_CUDA_PHASE_DOWN_GEMM, err))
         return -1;
     if (L->b_down) KL(cuda_add_bias(b->x, L->b_down, nt, h, b->stream), "mlp bias kernel");

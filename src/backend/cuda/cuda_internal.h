@@ -136,8 +136,10 @@ struct cv_cuda_backend {
     int graph_next;
 
     /* LoRA (lora/cuda_lora.h): the slot pool, NULL until lora_init. A step
-     * with an adapter (lora_step) runs the unfused path: fp32 product
-     * outputs the deltas are added to, no GEMV epilogues. */
+     * with an adapter (lora_step) runs the products as without one and
+     * adds the deltas into their outputs (16-bit or fp32); only the GEMV
+     * epilogues that consume a product (RoPE / KV store, act(gate) * up)
+     * are split off into their own kernels. */
     struct cuda_lora *lora;
     bool lora_step;
 

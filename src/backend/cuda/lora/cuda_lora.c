@@ -1,6 +1,7 @@
 /* The CUDA backend's LoRA slot pool and per-step bookkeeping (cuda_lora.h):
  * layout of a slot, lora_init / lora_load, the step's segments, and the
- * launch of the gather kernels (lora_gather.cu) after each base product. */
+ * launches of the gather kernels (lora_gather.cu) around each base
+ * product. */
 #include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
@@ -41,6 +42,12 @@ struct cuda_lora {
     cuda_lora_seg *segs_dev; /* (cap_tokens) in stage_dev */
     int max_chunks;          /* input chunks of the widest product input */
     float *u;                /* device (max_chunks, cap_tokens, 3 R): partial u */
+
+    /* The shrink's own stream (cuda_lora_begin): forked from and joined
+     * back into the backend's stream by the two events. */
+    cudaStream_t side;
+    cudaEvent_t fork, join;
+    int begun; /* 1 + l * CUDA_LORA_N_MODULES + m of the shrink in flight, 0: none */
 };
 
 static void lora_geometry(const cv_cuda_backend *b, cuda_lora_module m, lora_geom *g)
@@ -123,6 +130,14 @@ int cv_cuda_backend_lora_init(cv_cuda_backend *b, int n_slots, int max_rank, cv_
                          max_rank, cudaGetErrorString(e));
     }
     b->lora = lo;
+    e = cudaStreamCreateWithFlags(&lo->side, cudaStreamNonBlocking);
+    if (e == cudaSuccess) e = cudaEventCreateWithFlags(&lo->fork, cudaEventDisableTiming);
+    if (e == cudaSuccess) e = cudaEventCreateWithFlags(&lo->join, cudaEventDisableTiming);
+    if (e != cudaSuccess) {
+        cuda_lora_free(b);
+        return cv_errorf(err, "%s: the LoRA shrink's stream and events: %s", fn,
+                         cudaGetErrorString(e));
+    }
     return 0;
 }
 
@@ -281,17 +296,16 @@ cuda_lora_graph_key cuda_lora_graph_key_of(const cv_cuda_backend *b)
     return (cuda_lora_graph_key){.n_segs = lo->n_segs, .stage = lo->stage_dev, .u = lo->u};
 }
 
-int cuda_lora_apply(cv_cuda_backend *b, int l, cuda_lora_module m, const void *x, int n_tokens,
-                    float *y, cv_error *err)
+/* Module m of layer l's launch over the step's segments; x and y NULL
+ * where the kernel does not read them. */
+static cuda_lora_launch lora_launch(const cv_cuda_backend *b, int l, cuda_lora_module m,
+                                    const void *x, int n_tokens, void *y, cv_dtype y_dtype)
 {
-    static const char *const names[CUDA_LORA_N_MODULES] = {
-        "LoRA q|k|v kernels", "LoRA o kernels", "LoRA gate|up kernels", "LoRA down kernels"};
-    if (!b->lora_step) return 0;
     const struct cuda_lora *lo = b->lora;
     lora_geom g;
     lora_geometry(b, m, &g);
     const size_t layer = (size_t)l * lo->layer_elems;
-    const cuda_lora_launch p = {
+    return (cuda_lora_launch){
         .dtype = b->wdtype,
         .w_dtype = lo->dtype,
         .n_segs = lo->n_segs,
@@ -310,9 +324,39 @@ int cuda_lora_apply(cv_cuda_backend *b, int l, cuda_lora_module m, const void *x
         .ld_u = 3 * lo->rank,
         .u_chunk_stride = (size_t)lo->cap_tokens * 3 * lo->rank,
         .y = y,
+        .y_dtype = y_dtype,
         .ld_y = geom_out(&g),
     };
-    KL(cuda_lora_gather(&p, b->stream), names[m]);
+}
+
+static const char *const module_names[CUDA_LORA_N_MODULES] = {"q|k|v", "o", "gate|up", "down"};
+
+int cuda_lora_begin(cv_cuda_backend *b, int l, cuda_lora_module m, const void *x, int n_tokens,
+                    cv_error *err)
+{
+    if (!b->lora_step) return 0;
+    struct cuda_lora *lo = b->lora;
+    const cuda_lora_launch p = lora_launch(b, l, m, x, n_tokens, NULL, CV_DTYPE_F32);
+    CU(cudaEventRecord(lo->fork, b->stream), "LoRA shrink fork");
+    CU(cudaStreamWaitEvent(lo->side, lo->fork, 0), "LoRA shrink fork");
+    KL(cuda_lora_shrink(&p, lo->side), "LoRA shrink kernel");
+    CU(cudaEventRecord(lo->join, lo->side), "LoRA shrink join");
+    lo->begun = 1 + l * CUDA_LORA_N_MODULES + (int)m;
+    return 0;
+}
+
+int cuda_lora_apply(cv_cuda_backend *b, int l, cuda_lora_module m, void *y, cv_dtype y_dtype,
+                    cv_error *err)
+{
+    if (!b->lora_step) return 0;
+    struct cuda_lora *lo = b->lora;
+    if (lo->begun != 1 + l * CUDA_LORA_N_MODULES + (int)m)
+        return cv_errorf(err, "cuda_lora_apply: layer %d's %s delta was not begun", l,
+                         module_names[m]);
+    lo->begun = 0;
+    const cuda_lora_launch p = lora_launch(b, l, m, NULL, 0, y, y_dtype);
+    CU(cudaStreamWaitEvent(b->stream, lo->join, 0), "LoRA shrink join");
+    KL(cuda_lora_expand(&p, b->stream), "LoRA expand kernel");
     return 0;
 }
 
@@ -324,6 +368,9 @@ void cuda_lora_free(cv_cuda_backend *b)
     cudaFreeHost(lo->stage_host);
     cudaFree(lo->stage_dev);
     cudaFree(lo->u);
+    if (lo->side) cudaStreamDestroy(lo->side);
+    if (lo->fork) cudaEventDestroy(lo->fork);
+    if (lo->join) cudaEventDestroy(lo->join);
     free(lo->loaded);
     free(lo);
     b->lora = NULL;

@@ -25,7 +25,9 @@
  * Expand: block (segment, 256 output columns); the segment's u (its
  * chunks' partials summed in chunk order) goes to shared memory; a thread
  * owns a column, reads its R values of B^T 16 at a time (coalesced across
- * the block: B is stored transposed) and adds its 8 sums to y.
+ * the block: B is stored transposed) and adds its 8 sums to y: fp32 y in
+ * fp32, a 16-bit y (the product as the forward without adapters leaves it)
+ * widened, summed in fp32 and rounded once.
  *
  * Batch invariance: a token's sums run in an order fixed by `in`, R and
  * the thread layout alone (the chunks are cut by `in` alone), whatever else
@@ -51,6 +53,7 @@ __global__ void __launch_bounds__(THREADS)
 {
     __shared__ float red[WARPS][ROWS][SEG];
     const cuda_lora_seg s = segs[blockIdx.x];
+    if (s.count == 0) return; /* padding (cuda_lora_prepare): the whole block */
     const int row0 = blockIdx.y * ROWS, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int i0 = blockIdx.z * CHUNK, i1 = min(in, i0 + CHUNK);
     const W *ar = a + (size_t)s.slot * slot_elems + (size_t)row0 * in;
@@ -117,16 +120,37 @@ __global__ void __launch_bounds__(THREADS)
 }
 
 /* y[tok][col] += sum_k B^T[k][col] u[tok][part(col) * rank + k] for the
- * segment's tokens and 256 columns. */
-template <typename W>
+ * segment's tokens and 256 columns. A 16-bit Y is read, the delta added in
+ * fp32 and the sum rounded once to nearest even (Punica's expand with
+ * add_inputs into vLLM's 16-bit product). */
+template <typename W, typename Y>
 __global__ void __launch_bounds__(THREADS)
     lora_expand(const cuda_lora_seg *segs, const int32_t *tok, const float *u, int ld_u,
                 int n_chunks, size_t chunk_stride, const W *bt, size_t slot_elems, int rank,
-                int n_parts, int end0, int end1, float *y, int ld_y)
+                int n_parts, int end0, int end1, Y *y, int ld_y)
 {
     extern __shared__ float us[]; /* (count, n_parts * rank) */
     const cuda_lora_seg s = segs[blockIdx.x];
+    if (s.count == 0) return; /* padding (cuda_lora_prepare): the whole block */
     const int kr = n_parts * rank;
+    const int col = blockIdx.y * THREADS + threadIdx.x;
+    const bool live = col < ld_y;
+    const W *bc = bt + (size_t)s.slot * slot_elems + col;
+    /* The column's first 16 values of B^T and its y values are loaded
+     * before u's sums and the barrier, not after: they do not depend on u,
+     * and the three rounds of loads (u, B, y) would otherwise each wait
+     * for the one before. */
+    float w[16];
+#pragma unroll
+    for (int kk = 0; kk < 16; kk++)
+        w[kk] = live && kk < rank ? to_f(bc[(size_t)kk * ld_y]) : 0.0f;
+    Y *yp[SEG];
+    float yv[SEG];
+#pragma unroll
+    for (int j = 0; j < SEG; j++) {
+        yp[j] = y + (size_t)tok[s.start + (j < s.count ? j : 0)] * ld_y + col;
+        yv[j] = live && j < s.count ? to_f(*yp[j]) : 0.0f;
+    }
     for (int e = threadIdx.x; e < s.count * kr; e += THREADS) {
         const float *ue = u + (size_t)tok[s.start + e / kr] * ld_u + e % kr;
         float v = 0.0f;
@@ -136,20 +160,19 @@ __global__ void __launch_bounds__(THREADS)
         us[e] = v;
     }
     __syncthreads();
-    const int col = blockIdx.y * THREADS + threadIdx.x;
-    if (col >= ld_y) return;
+    if (!live) return;
     const int part = col < end0 ? 0 : col < end1 ? 1 : 2;
-    const W *bc = bt + (size_t)s.slot * slot_elems + col;
     const float *up = us + part * rank;
     float acc[SEG];
 #pragma unroll
     for (int j = 0; j < SEG; j++)
         acc[j] = 0.0f;
     for (int k0 = 0; k0 < rank; k0 += 16) {
-        float w[16]; /* 16 loads in flight, then their sums in k order */
+        if (k0) { /* 16 loads in flight, then their sums in k order */
 #pragma unroll
-        for (int kk = 0; kk < 16; kk++)
-            w[kk] = k0 + kk < rank ? to_f(bc[(size_t)(k0 + kk) * ld_y]) : 0.0f;
+            for (int kk = 0; kk < 16; kk++)
+                w[kk] = k0 + kk < rank ? to_f(bc[(size_t)(k0 + kk) * ld_y]) : 0.0f;
+        }
 #pragma unroll
         for (int kk = 0; kk < 16; kk++) {
             if (k0 + kk >= rank) break;
@@ -161,30 +184,44 @@ __global__ void __launch_bounds__(THREADS)
 #pragma unroll
     for (int j = 0; j < SEG; j++) {
         if (j >= s.count) break;
-        y[(size_t)tok[s.start + j] * ld_y + col] += acc[j];
+        *yp[j] = from_f<Y>(yv[j] + acc[j]);
     }
 }
 
-extern "C" int cuda_lora_gather(const cuda_lora_launch *p, cudaStream_t stream)
+extern "C" int cuda_lora_shrink(const cuda_lora_launch *p, cudaStream_t stream)
 {
     if (p->n_segs == 0) return 0;
     const int n_rows = p->n_parts * p->rank, n_chunks = (p->in + CHUNK - 1) / CHUNK;
-    const dim3 gs(p->n_segs, (n_rows + ROWS - 1) / ROWS, n_chunks);
-    const dim3 ge(p->n_segs, (p->ld_y + THREADS - 1) / THREADS);
-    const size_t smem = (size_t)SEG * n_rows * sizeof(float);
-    const int end0 = p->part_end[0], end1 = p->n_parts > 1 ? p->part_end[1] : p->ld_y;
+    const dim3 grid(p->n_segs, (n_rows + ROWS - 1) / ROWS, n_chunks);
     int rc_x = 0;
     const int rc = with_type(p->w_dtype, [&](auto w) {
         using W = decltype(w);
         rc_x = with_type(p->dtype, [&](auto t) {
             using T = decltype(t);
-            lora_shrink<T, W><<<gs, THREADS, 0, stream>>>(
+            lora_shrink<T, W><<<grid, THREADS, 0, stream>>>(
                 p->segs, p->tok, (const T *)p->x, p->x_lo_off, p->in, (const W *)p->a,
                 p->slot_elems, n_rows, p->u, p->ld_u, p->u_chunk_stride);
         });
-        lora_expand<W><<<ge, THREADS, smem, stream>>>(
-            p->segs, p->tok, p->u, p->ld_u, n_chunks, p->u_chunk_stride, (const W *)p->bt,
-            p->slot_elems, p->rank, p->n_parts, end0, end1, p->y, p->ld_y);
     });
     return rc_x ? rc_x : rc;
+}
+
+extern "C" int cuda_lora_expand(const cuda_lora_launch *p, cudaStream_t stream)
+{
+    if (p->n_segs == 0) return 0;
+    const int n_rows = p->n_parts * p->rank, n_chunks = (p->in + CHUNK - 1) / CHUNK;
+    const dim3 grid(p->n_segs, (p->ld_y + THREADS - 1) / THREADS);
+    const size_t smem = (size_t)SEG * n_rows * sizeof(float);
+    const int end0 = p->part_end[0], end1 = p->n_parts > 1 ? p->part_end[1] : p->ld_y;
+    int rc_y = 0;
+    const int rc = with_type(p->w_dtype, [&](auto w) {
+        using W = decltype(w);
+        rc_y = with_type(p->y_dtype, [&](auto yv) {
+            using Y = decltype(yv);
+            lora_expand<W, Y><<<grid, THREADS, smem, stream>>>(
+                p->segs, p->tok, p->u, p->ld_u, n_chunks, p->u_chunk_stride, (const W *)p->bt,
+                p->slot_elems, p->rank, p->n_parts, end0, end1, (Y *)p->y, p->ld_y);
+        });
+    });
+    return rc_y ? rc_y : rc;
 }
