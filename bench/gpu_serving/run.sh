@@ -17,8 +17,8 @@
 #      baseline;
 #   7. report.py -> gpu_serving.md.
 # WORKLOADS (default "g2 g1 c64 c256") picks a subset; HF=0 skips step 4;
-# INPROC=0 skips step 6; ASYNC=1 turns the engine's async_scheduling on
-# (model.json), so that step N+1 is scheduled while step N runs.
+# INPROC=0 skips step 6; ASYNC=0 turns the engine's async_scheduling off
+# (model.json; on by default: step N+1 is scheduled while step N runs).
 set -u
 BUILD=${1:-build-cuda}
 OUT=${OUT:-/tmp/cvllm-gpu-out}
@@ -26,7 +26,7 @@ MODEL=${MODEL:-/tmp/l8b}
 WORKLOADS=${WORKLOADS:-g2 g1 c64 c256}
 HF=${HF:-1}
 INPROC=${INPROC:-1}
-ASYNC=${ASYNC:-0}
+ASYNC=${ASYNC:-1}
 mkdir -p "$OUT"
 cublas=/usr/local/cuda/lib64/libcublas.so.13
 [ -e "$cublas" ] || cublas=$(find / -xdev -name libcublas.so.13 2>/dev/null | head -1)

@@ -25,6 +25,7 @@ void cv_engine_args_default(cv_engine_args *args)
     args->enable_prefix_caching = true;
     args->max_loras = 1;
     args->max_lora_rank = 16;
+    args->async_scheduling = true; /* vLLM's default since it became stable */
 }
 
 /* ---- Request lifecycle (engine thread) -------------------------------- */
@@ -326,10 +327,11 @@ static int engine_init(cv_engine *e, const cv_engine_args *a, cv_error *err)
     e->max_active = a->max_queued_requests
                         ? a->max_queued_requests
                         : (16 * a->max_num_seqs > 4096 ? 16 * a->max_num_seqs : 4096);
-    /* Adapters load into slots between steps: a step may not run ahead of
-     * them. */
+    /* Adapters load into the backend's slots while the step is built, which
+     * the step before must not be running through (runner.h). */
     if (a->async_scheduling && a->enable_lora) {
-        cv_log_info("engine: async_scheduling is off with enable_lora");
+        cv_log_info("engine: async_scheduling is off with enable_lora (adapters load into "
+                    "slots between steps)");
         e->args.async_scheduling = false;
     }
     e->building = &e->steps[0];
