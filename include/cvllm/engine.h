@@ -252,8 +252,11 @@ typedef struct cv_engine_stats {
     uint64_t steps_total;   /* engine steps that ran the model */
     uint64_t steps_ahead;   /* of which scheduled and submitted while the one before ran
                                (async_scheduling) */
-    double forward_s_total; /* time inside the backend's forward */
-    double step_s_total;    /* steps up to delivery: schedule, batch, forward, sample, detokenize */
+    double forward_s_total; /* steps on the device: the backend's forward and the runner's
+                               sampling after it */
+    double step_s_total;    /* the engine thread's work on steps: scheduling, the batch, taking
+                               the tokens, detokenizing (with async_scheduling it overlaps
+                               forward_s_total, else it adds to it) */
     cv_histogram time_to_first_token_s;
     cv_histogram time_per_output_token_s;
     cv_histogram e2e_request_latency_s;

@@ -726,7 +726,8 @@ static int process_step(cv_engine *e, step_buf *sb)
     e->stats.steps_total++;
     /* Counted before outputs go out, so a caller woken by the last output
      * of a step already sees that step's time. */
-    e->stats.step_s_total += cv_ns_to_s(cv_now_ns() - sb->t_start_ns);
+    e->stats.step_s_total +=
+        cv_ns_to_s(sb->t_submit_ns - sb->t_start_ns) + cv_ns_to_s(cv_now_ns() - now);
     pthread_mutex_unlock(&e->stats_mu);
     /* The gauges too: the sequences that finished left the running list. */
     engine_update_gauges(e);
