@@ -20,8 +20,9 @@ struct cv_runner {
     cv_device_backend *dev;
     int vocab;
     bool overlap;
-    /* The worker's samplers reduce rows after a forward while the engine
-     * thread may sample its own rows with host's: each set is one thread's. */
+    /* work reduces rows after a forward (on the worker) while the engine
+     * thread samples its LOGITS rows with host: no set is used by two
+     * threads at once. */
     sampler_set work, host;
 
     /* Steps in a ring of two, counted since create: step i is slot[i % 2];
