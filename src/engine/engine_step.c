@@ -175,16 +175,11 @@ static cv_sample_row sample_row(const request *req, const cv_seq *s)
     };
 }
 
-/* After a step samples s's next token: may the step after it decode that
- * token before it is known (async_scheduling)? Only where the runner
- * chooses it: a LOGITS row's token (a grammar's, prompt logprobs', an
- * n > 1 request's first) is sampled here after the step, and the sequence
- * sits the next step out. Nor when it is the last for sure (max_tokens or
- * max_model_len, counting the token this step samples). */
-static bool may_run_ahead(const cv_engine *e, const request *req, const cv_seq *s, uint8_t kind)
+/* Is the token a step samples for s certainly its last (max_tokens or
+ * max_model_len, counting that token)? */
+static bool last_token(const cv_engine *e, const request *req, const cv_seq *s)
 {
-    return e->args.async_scheduling && kind != CV_ROW_LOGITS && n_output(s) + 1 < req->max_tokens &&
-           s->n_tokens + s->n_pending + 1 < e->max_model_len;
+    return n_output(s) + 1 >= req->max_tokens || s->n_tokens + s->n_pending + 1 >= e->max_model_len;
 }
 
 /* A placeholder: *at gets the token the step in flight chose for s. */
@@ -260,10 +255,18 @@ static void build_entry(cv_engine *e, step_buf *sb, int i, const sched_entry *se
     bm_cache_computed(e->bm, s);
     req->n_in_steps++;
     if (en->samples) {
+        /* May the next step decode the token this one samples before it is
+         * known (async_scheduling)? Only where the runner chooses it and it
+         * is not the last: a LOGITS row's token is sampled here after the
+         * step, and its sequence sits the next step out (a prompt logprobs
+         * chunk's end, once). A grammar's every token is such a token: rather
+         * than run constrained requests at half their rate, the step is
+         * handed out before the next is scheduled; so is an n > 1 request's
+         * first, whose fork copies KV blocks (the runner must be idle). */
         const uint8_t kind = en->prompt_rows ? CV_ROW_LOGITS : sb->want[*rows - 1];
-        s->run_ahead = may_run_ahead(e, req, s, kind);
-        /* Forking copies KV blocks, which needs the runner idle. */
-        *blocking |= !req->forked && req->n_seqs > 1;
+        const bool last = last_token(e, req, s);
+        s->run_ahead = e->args.async_scheduling && kind != CV_ROW_LOGITS && !last;
+        *blocking |= (req->grammar && !last) || (!req->forked && req->n_seqs > 1);
         s->pending_row = *rows - 1;
         s->n_pending++;
     }
@@ -770,8 +773,8 @@ int engine_step(cv_engine *e)
 #ifdef CVLLM_FAULT_INJECTION
     if (fault_injected(e)) return -1;
 #endif
-    /* An n > 1 request's first token forks its sequences, copying KV
-     * blocks: that step is handed out before the next is scheduled. */
+    /* The step in flight samples tokens the next needs first (a grammar's,
+     * an n > 1 request's first): it is handed out before scheduling. */
     if (e->in_flight && e->in_flight_blocks && engine_finish_in_flight(e) < 0) return -1;
     sched_output so;
     if (sched_schedule(&e->sched, &so) < 0) return -1;

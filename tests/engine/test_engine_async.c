@@ -1,6 +1,7 @@
 /* async_scheduling against the engine without it: the same mixed workload
  * (greedy and seeded sampling, penalties, n > 1, stop strings, min_tokens,
- * logprobs, prompt logprobs) on a pool small enough to preempt and a budget
+ * logprobs, prompt logprobs, a structured-output choice) on a pool small
+ * enough to preempt and a budget
  * small enough to chunk, through an engine that runs each step before
  * scheduling the next and one that schedules step N+1 while step N runs.
  * Sampling draws from counter-based streams and the CPU backend computes a
@@ -25,7 +26,7 @@ static int make_request(int i, cv_sampling_params *p, int32_t *prompt)
 {
     cv_sampling_params_default(p);
     p->max_tokens = 4 + (i * 7) % 24;
-    switch (i % 6) {
+    switch (i % 7) {
     case 0: /* greedy, logprobs: runs ahead */
         p->temperature = 0.0f;
         p->logprobs = 2;
@@ -54,9 +55,16 @@ static int make_request(int i, cv_sampling_params *p, int32_t *prompt)
         p->n_stop = 2;
         p->min_tokens = 2;
         break;
-    default: /* unseeded sampling (the engine's seed and the request id), prompt logprobs */
+    case 5: /* unseeded sampling (the engine's seed and the request id), prompt logprobs */
         p->temperature = 1.0f;
         p->prompt_logprobs = 1;
+        break;
+    default: /* a grammar: each token's mask needs the one before */
+        p->temperature = 0.7f;
+        p->has_seed = true;
+        p->seed = 99 + (uint64_t)i;
+        p->structured_kind = CV_STRUCTURED_CHOICE;
+        p->structured_text = strdup("[\"light\", \"darkness\", \"the earth was\"]");
         break;
     }
     int n = 3 + (i * 13) % 37;
@@ -86,6 +94,7 @@ static void run_workload(bool async, req_result *res, cv_engine_stats *st)
         int32_t prompt[40];
         const int n = make_request(i, &p, prompt);
         submit(e, q, &p, prompt, n, NULL, i % 2, i);
+        free(p.structured_text); /* the engine keeps its copy; stop is static */
     }
     collect(q, res, N_REQ);
     cv_engine_wait_idle(e);
