@@ -55,7 +55,7 @@ typedef struct cv_engine_args {
                                       logits stay within ~1e-5 of fp32 compute */
     bool enforce_eager;            /* vLLM's: no CUDA graphs */
     bool async_scheduling;         /* vLLM's: schedule step N+1 while step N runs (a worker
-                                      thread runs the steps; true; off with enable_lora) */
+                                      thread runs the steps; default true) */
     /* LoRA (vLLM's enable_lora, max_loras, max_lora_rank, max_cpu_loras):
      * adapter lora_names[i] is read from the PEFT directory lora_paths[i]
      * on its first request. The arrays are read by cv_engine_create only

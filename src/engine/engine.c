@@ -198,6 +198,8 @@ static void engine_free(cv_engine *e)
 {
     free(e->jobs);
     free(e->draws);
+    for (int i = 0; e->lora && i < 2; i++)
+        engine_lora_drop_after(e, &e->steps[i]);
     engine_steps_free(e);
     engine_lora_free(e);
     sched_fini(&e->sched);
@@ -327,13 +329,6 @@ static int engine_init(cv_engine *e, const cv_engine_args *a, cv_error *err)
     e->max_active = a->max_queued_requests
                         ? a->max_queued_requests
                         : (16 * a->max_num_seqs > 4096 ? 16 * a->max_num_seqs : 4096);
-    /* Adapters load into the backend's slots while the step is built, which
-     * the step before must not be running through (runner.h). */
-    if (a->async_scheduling && a->enable_lora) {
-        cv_log_info("engine: async_scheduling is off with enable_lora (adapters load into "
-                    "slots between steps)");
-        e->args.async_scheduling = false;
-    }
     e->building = &e->steps[0];
     const cv_runner_options ro = {
         .n_samplers = a->n_threads,

@@ -143,6 +143,35 @@ void engine_lora_release_step(cv_engine *e)
     e->n_lora_holds = 0;
 }
 
+/* The host reference a slot held on adapter id, given up: now, or, while
+ * a step runs (async_scheduling), once it is handed out: the load into the
+ * slot waits for that step in the runner, and the CPU backend reads the
+ * adapter in place until then. */
+static int drop_reference(cv_engine *e, int id)
+{
+    step_buf *sb = e->in_flight;
+    if (!sb) {
+        cv_lora_registry_release(e->lora, id);
+        return 0;
+    }
+    if (sb->n_lora_drop == sb->cap_lora_drop) {
+        const int cap = sb->cap_lora_drop ? 2 * sb->cap_lora_drop : 8;
+        int *d = realloc(sb->lora_drop, (size_t)cap * sizeof(int));
+        if (!d) return cv_errorf(&e->step_err, "out of memory releasing a LoRA adapter");
+        sb->lora_drop = d;
+        sb->cap_lora_drop = cap;
+    }
+    sb->lora_drop[sb->n_lora_drop++] = id;
+    return 0;
+}
+
+void engine_lora_drop_after(cv_engine *e, step_buf *sb)
+{
+    for (int i = 0; i < sb->n_lora_drop; i++)
+        cv_lora_registry_release(e->lora, sb->lora_drop[i]);
+    sb->n_lora_drop = 0;
+}
+
 /* Puts the adapters of this step's entries into backend slots (loading
  * those not resident from the registry's host LRU) and fills slots.
  * Returns whether any entry has an adapter. The scheduler admits at most
@@ -183,7 +212,7 @@ int engine_lora_assign(cv_engine *e, const sched_output *so, int32_t *slots, boo
             e->lora_slots.id[k] = 0;
             return -1;
         }
-        if (e->lora_slot_held[k]) cv_lora_registry_release(e->lora, e->lora_slot_held[k]);
+        if (e->lora_slot_held[k] && drop_reference(e, e->lora_slot_held[k]) < 0) return -1;
         e->lora_slot_held[k] = e->lora_load[k];
     }
     for (int i = 0; i < so->n_entries; i++) {

@@ -97,6 +97,10 @@ typedef struct step_buf {
     float *logprob, *top_lps;
     float *logits; /* (cap_logits_rows, vocab) */
     int cap_tokens, cap_seqs, cap_tables, cap_logits_rows;
+    int *lora_drop; /* (n_lora_drop) adapters whose slot was reloaded while this step ran:
+                       their host references go once it is handed out (a backend may
+                       read an adapter in place) */
+    int n_lora_drop, cap_lora_drop;
     int64_t prompt_computed;                     /* prompt tokens the step computes (metrics) */
     uint64_t t_start_ns, t_submit_ns, t_wait_ns; /* its engine step began; it was submitted;
                                                     the engine began waiting for it */
@@ -204,6 +208,9 @@ void engine_lora_release_step(cv_engine *e);
 int engine_lora_assign(cv_engine *e, const sched_output *so, int32_t *slots, bool *any);
 /* The distinct adapters of list's sequences, comma-separated, into buf. */
 void engine_lora_names(const cv_engine *e, const seq_list *list, char *buf, size_t size);
+/* Drops the host references of adapters whose slots were reloaded while sb
+ * ran (step_buf.lora_drop). */
+void engine_lora_drop_after(cv_engine *e, step_buf *sb);
 
 /* engine_output.c */
 /* Sends what req has not delivered yet (streaming deltas, or everything

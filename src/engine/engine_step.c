@@ -98,6 +98,7 @@ void engine_steps_free(cv_engine *e)
         free(sb->logprob);
         free(sb->top_lps);
         free(sb->logits);
+        free(sb->lora_drop);
     }
     memset(e->steps, 0, sizeof e->steps);
 }
@@ -754,6 +755,7 @@ static int process_step(cv_engine *e, step_buf *sb)
         if (finished) req->retire_deferred = true;
     }
     release_entries(e, sb);
+    engine_lora_drop_after(e, sb);
     if (cv_log_get_level() >= CV_LOG_VERBOSE) log_step(e, sb, now, t_out);
     return 0;
 }

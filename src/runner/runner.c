@@ -38,6 +38,16 @@ struct cv_runner {
     pthread_mutex_t mu;
     pthread_cond_t changed; /* a step was queued or finished, or shutdown */
     bool shutdown;
+    /* LoRA loads asked for while a step was outstanding: each runs on the
+     * thread that runs steps, before step `before` (the first submitted
+     * after it was asked), so that the steps before it still see the slot's
+     * old adapter. Guarded by mu. */
+    struct pending_load {
+        int slot;
+        const struct cv_lora_adapter *adapter;
+        int64_t before;
+    } * loads;
+    int n_loads, cap_loads;
 
     /* Worker only (or the engine thread without overlap). */
     bool failed; /* a step failed: later ones fail with failure */
@@ -198,13 +208,46 @@ static int remember_choices(cv_runner *r, const cv_step *st, cv_error *err)
     return 0;
 }
 
-static int run_step(cv_runner *r, cv_step *st, cv_error *err)
+/* Runs the LoRA loads due before step `index`, outside the lock (a GPU
+ * slot load copies megabytes). */
+static int run_loads(cv_runner *r, int64_t index, cv_error *err)
+{
+    pthread_mutex_lock(&r->mu);
+    int n_due = 0;
+    for (int i = 0; i < r->n_loads; i++)
+        n_due += r->loads[i].before <= index;
+    struct pending_load *due = n_due ? malloc((size_t)n_due * sizeof(*due)) : NULL;
+    if (due) {
+        int kept = 0, k = 0;
+        for (int i = 0; i < r->n_loads; i++) {
+            if (r->loads[i].before <= index)
+                due[k++] = r->loads[i];
+            else
+                r->loads[kept++] = r->loads[i];
+        }
+        r->n_loads = kept;
+    }
+    pthread_mutex_unlock(&r->mu);
+    if (n_due && !due) return cv_errorf(err, "runner: out of memory running queued LoRA loads");
+    int rc = 0;
+    for (int i = 0; rc == 0 && i < n_due; i++)
+        rc = cv_device_backend_lora_load(r->dev, due[i].slot, due[i].adapter, err);
+    free(due);
+    return rc;
+}
+
+static int run_step(cv_runner *r, cv_step *st, int64_t index, cv_error *err)
 {
     if (r->failed) {
         *err = r->failure;
         return -1;
     }
     const uint64_t t0 = cv_now_ns();
+    if (run_loads(r, index, err) < 0) {
+        r->failed = true;
+        r->failure = *err;
+        return -1;
+    }
     const cv_greedy_rows rows = {.want = st->want,
                                  .token = st->token,
                                  .logprob = st->logprob,
@@ -234,11 +277,12 @@ static void *worker_main(void *arg)
         while (!r->shutdown && r->started == r->submitted)
             pthread_cond_wait(&r->changed, &r->mu);
         if (r->started == r->submitted) break; /* shut down with nothing queued */
-        const int k = (int)(r->started++ % 2);
+        const int64_t index = r->started++;
+        const int k = (int)(index % 2);
         cv_step *st = r->slot[k].step;
         pthread_mutex_unlock(&r->mu);
         cv_error err = {0};
-        const int rc = run_step(r, st, &err);
+        const int rc = run_step(r, st, index, &err);
         pthread_mutex_lock(&r->mu);
         r->slot[k].rc = rc;
         r->slot[k].err = err;
@@ -273,8 +317,9 @@ int cv_runner_wait(cv_runner *r, cv_step *step, cv_error *err)
     }
     if (!r->overlap) {
         /* No worker: the step runs here, now. */
+        const int64_t index = r->waited;
         pthread_mutex_unlock(&r->mu);
-        const int rc = run_step(r, step, err);
+        const int rc = run_step(r, step, index, err);
         pthread_mutex_lock(&r->mu);
         r->started++;
         r->finished++;
@@ -357,6 +402,7 @@ void cv_runner_destroy(cv_runner *r)
     cv_device_backend_destroy(r->dev);
     free(r->last_token);
     free(r->last_want);
+    free(r->loads);
     pthread_cond_destroy(&r->changed);
     pthread_mutex_destroy(&r->mu);
     free(r);
@@ -403,6 +449,28 @@ int cv_runner_lora_init(cv_runner *r, int n_slots, int max_rank, cv_error *err)
 int cv_runner_lora_load(cv_runner *r, int slot, const struct cv_lora_adapter *adapter,
                         cv_error *err)
 {
-    if (idle_or_error(r, "loading a LoRA adapter", err) < 0) return -1;
-    return cv_device_backend_lora_load(r->dev, slot, adapter, err);
+    if (!cv_device_backend_has_lora(r->dev))
+        return cv_device_backend_lora_load(r->dev, slot, adapter, err); /* its error */
+    pthread_mutex_lock(&r->mu);
+    if (r->submitted == r->waited && r->n_loads == 0) {
+        /* Nothing outstanding: the backend is this thread's now. */
+        pthread_mutex_unlock(&r->mu);
+        return cv_device_backend_lora_load(r->dev, slot, adapter, err);
+    }
+    int rc = 0;
+    if (r->n_loads == r->cap_loads) {
+        const int cap = r->cap_loads ? 2 * r->cap_loads : 8;
+        struct pending_load *l = realloc(r->loads, (size_t)cap * sizeof(*l));
+        if (l) {
+            r->loads = l;
+            r->cap_loads = cap;
+        } else {
+            rc = cv_errorf(err, "runner: out of memory queueing a LoRA load");
+        }
+    }
+    if (rc == 0)
+        r->loads[r->n_loads++] =
+            (struct pending_load){.slot = slot, .adapter = adapter, .before = r->submitted};
+    pthread_mutex_unlock(&r->mu);
+    return rc;
 }

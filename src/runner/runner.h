@@ -25,11 +25,12 @@
  * rows) can't feed a placeholder. Without overlap, cv_runner_wait runs the
  * step on the caller's thread.
  *
- * Thread safety: one thread (the engine's) calls the runner. The device
- * operations (kv_*, lora_*) run only while no step is outstanding and fail
- * otherwise. Ownership: the runner owns the device backend; it borrows the
- * model, which must outlive it, and each submitted step's arrays until
- * cv_runner_wait returns that step. */
+ * Thread safety: one thread (the engine's) calls the runner. The KV
+ * operations run only while no step is outstanding and fail otherwise; a
+ * LoRA load asked for while steps are outstanding is queued and runs before
+ * the next step submitted, after those. Ownership: the runner owns the
+ * device backend; it borrows the model, which must outlive it, and each
+ * submitted step's arrays until cv_runner_wait returns that step. */
 #ifndef CV_RUNNER_RUNNER_H
 #define CV_RUNNER_RUNNER_H
 
@@ -59,8 +60,11 @@ void cv_runner_destroy(cv_runner *r);
 /* "cpu" or "cuda:0". */
 const char *cv_runner_device_name(const cv_runner *r);
 
-/* The device backend's KV and LoRA operations (device.h), each refused
- * with an error while a step is outstanding. */
+/* The device backend's KV and LoRA operations (device.h). kv_alloc,
+ * kv_copy and lora_init are refused while a step is outstanding;
+ * lora_load then is queued: it runs before the next step submitted, so the
+ * steps outstanding still see the slot's old adapter, which must stay
+ * readable until they are waited for (a backend may read it in place). */
 int cv_runner_kv_budget(cv_runner *r, size_t *bytes, cv_error *err);
 size_t cv_runner_kv_block_bytes(const cv_runner *r, int block_size);
 int cv_runner_kv_alloc(cv_runner *r, int n_blocks, int block_size, cv_error *err);

@@ -4,9 +4,9 @@
  * before, must choose the tokens the same steps choose with the inputs
  * written in; with the worker thread, the step after is submitted before
  * the one before is waited for. Misuse is refused with a message naming
- * it: a third outstanding step, waiting out of order, KV and LoRA
- * operations while a step is outstanding, a placeholder fed by a row the
- * runner did not choose (and every step after a failed one). */
+ * it: a third outstanding step, waiting out of order, KV operations and
+ * reserving LoRA slots while a step is outstanding, a placeholder fed by a
+ * row the runner did not choose (and every step after a failed one). */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -183,8 +183,8 @@ static void test_refusals(void **state)
     const int32_t src = 0, dst = 1;
     assert_int_equal(cv_runner_kv_copy(r, &src, &dst, 1, &err), -1);
     assert_string_equal(err.msg, "runner: copying KV blocks while a step is outstanding");
-    assert_int_equal(cv_runner_lora_load(r, 0, NULL, &err), -1);
-    assert_string_equal(err.msg, "runner: loading a LoRA adapter while a step is outstanding");
+    assert_int_equal(cv_runner_lora_init(r, 1, 8, &err), -1);
+    assert_string_equal(err.msg, "runner: reserving LoRA slots while a step is outstanding");
     assert_int_equal(cv_runner_wait(r, &a.step, &err), 0);
     assert_int_equal(cv_runner_wait(r, &b.step, &err), -1);
     assert_string_equal(err.msg, "runner: placeholder 0 of the step waits for row 0 of the "
