@@ -202,9 +202,10 @@ static int remember_choices(cv_runner *r, const cv_step *st, cv_error *err)
         if (!t || !w) return cv_errorf(err, "runner: out of memory keeping a step's tokens");
         r->cap_last = n;
     }
+    r->last_n = n;
+    if (n == 0) return 0; /* a prefill chunk with nothing to sample; no arrays yet */
     memcpy(r->last_token, st->token, (size_t)n * sizeof(int32_t));
     memcpy(r->last_want, st->want, (size_t)n);
-    r->last_n = n;
     return 0;
 }
 

@@ -204,11 +204,37 @@ static void test_refusals(void **state)
     cv_model_free(model);
 }
 
+/* A first step with no logits row (a prompt's first chunk) runs, and
+ * leaves nothing for a placeholder of the next. */
+static void test_step_without_rows(void **state)
+{
+    (void)state;
+    cv_model *model;
+    cv_runner *r = open_runner(&model, true);
+    const int vocab = cv_model_get_config(model)->vocab_size;
+    one_step a = {0}, b = {0};
+    cv_error err = {0};
+    make_step(&a, vocab, prompt, 0, 2, false, CV_ROW_GREEDY);
+    a.step.batch.n_logits = 0;
+    make_step(&b, vocab, &(int32_t){0}, 2, 1, true, CV_ROW_GREEDY);
+    assert_int_equal(cv_runner_submit(r, &a.step, &err), 0);
+    assert_int_equal(cv_runner_submit(r, &b.step, &err), 0);
+    assert_int_equal(cv_runner_wait(r, &a.step, &err), 0);
+    assert_int_equal(cv_runner_wait(r, &b.step, &err), -1);
+    assert_string_equal(err.msg, "runner: placeholder 0 of the step waits for row 0 of the "
+                                 "previous step, which chose no token there");
+    free(a.logits);
+    free(b.logits);
+    cv_runner_destroy(r);
+    cv_model_free(model);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_placeholders_match_written_inputs),
         cmocka_unit_test(test_refusals),
+        cmocka_unit_test(test_step_without_rows),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
