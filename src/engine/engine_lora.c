@@ -103,7 +103,13 @@ static void fail_adapter_requests(cv_engine *e, sched_output *so, int id, const 
             engine_finish_seq(e, reqs[j], k, CV_FINISH_ABORT);
         engine_count_finished(e, reqs[j]);
         engine_emit_error(reqs[j], msg);
-        engine_retire(e, reqs[j]);
+        reqs[j]->touched = false; /* its last output is out */
+        /* The step in flight may still compute for it (async_scheduling):
+         * then it is retired once that step is handed out. */
+        if (reqs[j]->n_in_steps > 0)
+            reqs[j]->retire_deferred = true;
+        else
+            engine_retire(e, reqs[j]);
     }
 }
 
