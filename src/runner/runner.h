@@ -15,15 +15,15 @@
  *
  * Overlap (vLLM's async_scheduling). With overlap on, a worker thread runs
  * the steps: cv_runner_submit returns at once, so the engine schedules step
- * N+1 and hands out step N's outputs while the device computes, and the
- * device never waits for the host between steps. Step N+1 may then be
- * submitted before step N's tokens are known: its decode inputs for those
- * sequences, and the last entry of a penalized row's token list, are
- * placeholders (cv_step.fill_*) that the worker sets to the token step N
- * chose for the named row just before it runs step N+1, as vLLM V1's GPU
- * runner fills them on the device. Rows the engine samples itself (LOGITS
- * rows) can't feed a placeholder. Without overlap, cv_runner_wait runs the
- * step on the caller's thread.
+ * N+1 and hands out step N's outputs while the device computes: between
+ * steps the device waits only for the worker to launch the next. Step N+1
+ * may then be submitted before step N's tokens are known: its decode
+ * inputs for those sequences, and the last entry of a penalized row's token
+ * list, are placeholders (cv_step.fill_*) that the worker sets to the token
+ * step N chose for the named row just before it runs step N+1, as vLLM V1's
+ * GPU runner fills them on the device. Rows the engine samples itself
+ * (LOGITS rows) can't feed a placeholder. Without overlap, cv_runner_wait
+ * runs the step on the caller's thread.
  *
  * Thread safety: one thread (the engine's) calls the runner. The KV
  * operations run only while no step is outstanding and fail otherwise; a
