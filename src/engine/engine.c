@@ -196,6 +196,9 @@ static void *engine_main(void *arg)
 
 static void engine_free(cv_engine *e)
 {
+    /* The runner first: its worker reads the step arrays and the adapters
+     * of queued LoRA loads until it stops. */
+    cv_runner_destroy(e->runner);
     free(e->jobs);
     free(e->draws);
     for (int i = 0; e->lora && i < 2; i++)
@@ -204,7 +207,6 @@ static void engine_free(cv_engine *e)
     engine_lora_free(e);
     sched_fini(&e->sched);
     bm_destroy(e->bm);
-    cv_runner_destroy(e->runner);
     if (e->tok) tok_free(e->tok);
     if (e->model) cv_model_free(e->model);
     free(e->aborts);
