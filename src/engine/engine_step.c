@@ -1,5 +1,6 @@
-/* One engine step: schedule, flatten into a cv_batch, run the backend,
- * sample, detokenize, check stops, deliver outputs. */
+/* One engine step: schedule, flatten into a step for the runner, submit it,
+ * then take the tokens of the step before it (async_scheduling) or of
+ * itself, detokenize, check stops, deliver outputs. */
 #include <math.h>
 #include <omp.h>
 #include <stdio.h>
