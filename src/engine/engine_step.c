@@ -2,10 +2,10 @@
  * then take the tokens of the step before it (async_scheduling) or of
  * itself, detokenize, check stops, deliver outputs. */
 #include <math.h>
-#include <omp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "base/clock.h"
 #include "base/log.h"
@@ -682,7 +682,11 @@ static void prefetch_masks(cv_engine *e, const step_buf *sb)
     for (int i = 0; i < sb->n_entries; i++)
         n += sb->entries[i].samples && ((const request *)sb->entries[i].seq->owner)->grammar;
     if (n == 0) return;
-    if (!e->so_prefetch && !(e->so_prefetch = so_prefetch_create(2))) return;
+    /* As many mask workers as the engine has threads (every core by
+     * default): masks of different grammars run in parallel. */
+    const long cores = sysconf(_SC_NPROCESSORS_ONLN);
+    const int n_workers = e->args.n_threads > 0 ? e->args.n_threads : cores > 0 ? (int)cores : 1;
+    if (!e->so_prefetch && !(e->so_prefetch = so_prefetch_create(n_workers))) return;
     so_grammar **g = malloc((size_t)n * sizeof(*g));
     so_state *st = malloc((size_t)n * sizeof(*st));
     n = 0;
