@@ -52,6 +52,11 @@ struct cv_runner {
     /* Worker only (or the engine thread without overlap). */
     bool failed; /* a step failed: later ones fail with failure */
     cv_error failure;
+    /* (cap_rows) reduce_rows' scratch: the host draws, their params, their rows */
+    cv_runner_draw *row_draws;
+    cv_sampling_params *row_params;
+    int *row_of;
+    int cap_rows;
     int32_t *last_token; /* (last_n) the previous step's choices, for its successor's fills */
     uint8_t *last_want;  /* (last_n) their CV_ROW_* */
     int last_n, cap_last;
@@ -141,20 +146,23 @@ static int reduce_rows(cv_runner *r, cv_step *st, cv_error *err)
     for (int i = 0; i < rows; i++)
         n += st->want[i] != CV_ROW_LOGITS;
     if (n == 0) return 0;
-    cv_runner_draw *draws = malloc((size_t)n * sizeof(*draws));
-    cv_sampling_params *params = malloc((size_t)n * sizeof(*params));
-    int *row_of = malloc((size_t)n * sizeof(int));
-    if (!draws || !params || !row_of) {
-        free(draws);
-        free(params);
-        free(row_of);
-        return cv_errorf(err, "runner: out of memory sampling %d rows", n);
+    if (n > r->cap_rows) {
+        cv_runner_draw *d = realloc(r->row_draws, (size_t)n * sizeof(*d));
+        if (d) r->row_draws = d;
+        cv_sampling_params *p = realloc(r->row_params, (size_t)n * sizeof(*p));
+        if (p) r->row_params = p;
+        int *o = realloc(r->row_of, (size_t)n * sizeof(int));
+        if (o) r->row_of = o;
+        if (!d || !p || !o) return cv_errorf(err, "runner: out of memory sampling %d rows", n);
+        r->cap_rows = n;
     }
+    cv_runner_draw *draws = r->row_draws;
+    int *row_of = r->row_of;
     n = 0;
     for (int i = 0; i < rows; i++) {
         if (st->want[i] == CV_ROW_LOGITS) continue;
         row_request(&st->sample[i], st->want[i] == CV_ROW_SAMPLE, st->logits + (size_t)i * r->vocab,
-                    &params[n], &draws[n]);
+                    &r->row_params[n], &draws[n]);
         row_of[n++] = i;
     }
     sample_on(&r->work, draws, n);
@@ -169,9 +177,6 @@ static int reduce_rows(cv_runner *r, cv_step *st, cv_error *err)
         memcpy(st->top_logprobs + (size_t)i * CV_SAMPLE_MAX_TOP, lp->top_logprobs,
                (size_t)lp->n_top * sizeof(float));
     }
-    free(draws);
-    free(params);
-    free(row_of);
     return 0;
 }
 
@@ -401,6 +406,9 @@ void cv_runner_destroy(cv_runner *r)
     sampler_set_free(&r->work);
     sampler_set_free(&r->host);
     cv_device_backend_destroy(r->dev);
+    free(r->row_draws);
+    free(r->row_params);
+    free(r->row_of);
     free(r->last_token);
     free(r->last_want);
     free(r->loads);
