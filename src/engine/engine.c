@@ -343,6 +343,7 @@ static int engine_init(cv_engine *e, const cv_engine_args *a, cv_error *err)
             .gpu_memory_share = a->gpu_memory_utilization,
             .max_step_tokens = max_batched,
             .max_step_logits = a->max_num_seqs < max_batched ? a->max_num_seqs : max_batched,
+            .max_model_len = e->max_model_len,
             .kv_dtype = kv_dtype_from_arg(a->kv_cache_dtype),
             .fp32_activations = a->fp32_activations,
             .enforce_eager = a->enforce_eager,

@@ -160,7 +160,7 @@ struct problem {
     std::vector<uint16_t> pool; /* host copy (F16/BF16 bits), correctness runs only */
     std::vector<float> poolf;   /* the same widened, for the reference */
     std::vector<unsigned char> q;
-    int32_t *d_qs = nullptr, *d_lens = nullptr, *d_tables = nullptr;
+    int32_t *d_qs = nullptr, *d_lens = nullptr, *d_tables = nullptr, *d_work = nullptr;
     void *d_pool = nullptr, *d_q = nullptr, *d_out = nullptr;
     float *d_ws = nullptr;
     cuda_attn_plan plan;
@@ -282,6 +282,7 @@ void problem_free(problem &p)
     cudaFree(p.d_qs);
     cudaFree(p.d_lens);
     cudaFree(p.d_tables);
+    cudaFree(p.d_work);
     cudaFree(p.d_pool);
     cudaFree(p.d_q);
     cudaFree(p.d_out);
@@ -289,30 +290,34 @@ void problem_free(problem &p)
 }
 
 /* Plans the step as the backend would (cuda_attn_plan_make, the case's
- * partition and tile height when it forces them) and allocates the decode
- * workspace for both the plan and a decode of every sequence. */
+ * partition and tile height when it forces them), uploads its decode work
+ * array and allocates the workspace for it and for a graph's plan (which
+ * always merges). */
 void problem_plan(const attn_case &c, problem &p)
 {
     int dev = 0, n_sms = 0;
     CK(cudaGetDevice(&dev));
     CK(cudaDeviceGetAttribute(&n_sms, cudaDevAttrMultiProcessorCount, dev));
     cuda_attn_plan_make(&p.plan, p.query_start.data(), p.seq_lens.data(), p.n_seqs, c.n_heads,
-                        c.n_kv_heads, c.head_dim, n_sms, c.partition);
+                        c.n_kv_heads, c.head_dim, n_sms, c.partition, 0);
     if (c.tile_rows) p.plan.tile_rows = c.tile_rows;
-    const size_t ws =
-        std::max(p.plan.ws_floats,
-                 cuda_attn_decode_workspace_floats(&p.args, p.max_seq_len, p.plan.partition));
-    if (ws) CK(cudaMalloc(&p.d_ws, ws * sizeof(float)));
+    std::vector<int32_t> work(cuda_attn_work_ints(p.n_seqs, p.plan.n_items));
+    cuda_attn_work_fill(&p.plan, p.query_start.data(), p.seq_lens.data(), p.n_seqs, p.max_blocks,
+                        work.data());
+    CK(cudaMalloc(&p.d_work, work.size() * 4));
+    CK(cudaMemcpy(p.d_work, work.data(), work.size() * 4, cudaMemcpyHostToDevice));
+    p.args.decode_work = p.d_work;
+    const size_t ws = (size_t)std::max(p.plan.n_items, 1) * c.n_heads * (c.head_dim + 2);
+    CK(cudaMalloc(&p.d_ws, ws * sizeof(float)));
 }
 
 /* Launches the kernels the mode calls for: the prefill kernel on every
- * sequence, the decode kernel on every sequence, or the plan. */
-int problem_run(const attn_case &c, problem &p, cudaStream_t st)
+ * sequence, the decode kernel on every one-token sequence, or the plan. */
+int problem_run(const attn_case &c, problem &p, const cuda_attn_plan &plan, cudaStream_t st)
 {
-    if (c.mode == MODE_PREFILL) return cuda_attn_prefill(&p.args, 0, p.plan.tile_rows, st);
-    if (c.mode == MODE_DECODE)
-        return cuda_attn_decode(&p.args, p.max_seq_len, p.plan.partition, p.d_ws, st);
-    return cuda_attn_run(&p.args, &p.plan, p.d_ws, st);
+    if (c.mode == MODE_PREFILL) return cuda_attn_prefill(&p.args, 0, plan.tile_rows, st);
+    if (c.mode == MODE_DECODE) return cuda_attn_decode(&p.args, &plan, p.d_ws, st);
+    return cuda_attn_run(&p.args, &plan, p.d_ws, st);
 }
 
 /* fp64 reference of token t (chunk index i of sequence s), head h. */
@@ -353,15 +358,20 @@ void reference(const attn_case &c, const problem &p, int s, int i, int h, double
 
 /* The same launches captured in a CUDA graph (as cuda_forward.c does) and
  * replayed into a re-poisoned output give the same bytes as the eager run
- * (the kernels are deterministic: no atomics). */
+ * (the kernels are deterministic: no atomics). The graph's plan is a fixed
+ * grid's, as the backend's graphs, narrowed to 3 CTAs per kv head so that
+ * each walks several items of the work list. */
 bool graph_replay_matches(const attn_case &c, problem &p, const std::vector<unsigned char> &eager)
 {
+    cuda_attn_plan fixed = p.plan;
+    fixed.grid_x = std::min(fixed.grid_x, 3);
+    fixed.reduce = 1;
     cudaStream_t st;
     CK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
     CK(cudaMemsetAsync(p.d_out, 0xFF, eager.size(), st)); /* ordered before the replay on st */
     cudaGraph_t graph = nullptr;
     CK(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal));
-    const int rc = problem_run(c, p, st);
+    const int rc = problem_run(c, p, fixed, st);
     CK(cudaStreamEndCapture(st, &graph));
     if (rc != 0) {
         printf("     launch inside a graph capture: %s\n", cudaGetErrorString((cudaError_t)rc));
@@ -388,7 +398,7 @@ int check_case(const attn_case &c)
     problem_make(c, 2, true, p);
     problem_plan(c, p);
     CK(cudaMemset(p.d_out, 0xFF, p.out_elems * dtype_bytes(c.out))); /* NaN in every dtype */
-    const int rc = problem_run(c, p, 0);
+    const int rc = problem_run(c, p, p.plan, 0);
     if (rc != 0) {
         printf("FAIL %-34s launch: %s\n", c.name, cudaGetErrorString((cudaError_t)rc));
         problem_free(p);
@@ -508,12 +518,28 @@ int check_refusals()
     bad += cuda_attn_prefill(&a, 0, 64, 0) != (int)cudaErrorInvalidValue;
     a.head_dim = 128;
     bad += cuda_attn_prefill(&a, 0, 96, 0) != (int)cudaErrorInvalidValue;
+    const int32_t work[CUDA_ATTN_WORK_HEAD + 3] = {64, 1, 1, 0, 1, 0};
+    int32_t *d_work = nullptr;
+    CK(cudaMalloc(&d_work, sizeof work));
+    CK(cudaMemcpy(d_work, work, sizeof work, cudaMemcpyHostToDevice));
+    cuda_attn_plan plan;
+    memset(&plan, 0, sizeof plan);
+    plan.has_decode = plan.n_items = plan.grid_x = 1;
+    plan.max_seq_len = 100;
+    plan.partition = 64;
+    bad += cuda_attn_decode(&a, &plan, nullptr, 0) != (int)cudaErrorInvalidValue; /* no work */
+    a.decode_work = d_work;
     a.kv_dtype = CV_DTYPE_F32;
-    bad += cuda_attn_decode(&a, 100, 64, nullptr, 0) != (int)cudaErrorInvalidValue;
+    bad += cuda_attn_decode(&a, &plan, nullptr, 0) != (int)cudaErrorInvalidValue;
     a.kv_dtype = CV_DTYPE_BF16;
-    bad += cuda_attn_decode(&a, 100, 96, nullptr, 0) != (int)cudaErrorInvalidValue;
-    bad += cuda_attn_decode(&a, 1000, 64, nullptr, 0) != (int)cudaErrorInvalidValue;
-    printf("%s refusals of head_dim 96, tile_rows 96, F32 KV, partition 96, missing workspace\n",
+    plan.partition = 96;
+    bad += cuda_attn_decode(&a, &plan, nullptr, 0) != (int)cudaErrorInvalidValue;
+    plan.partition = 64;
+    plan.reduce = 1;
+    bad += cuda_attn_decode(&a, &plan, nullptr, 0) != (int)cudaErrorInvalidValue;
+    cudaFree(d_work);
+    printf("%s refusals of head_dim 96, tile_rows 96, no work array, F32 KV, partition 96, "
+           "missing workspace\n",
            bad ? "FAIL" : "ok  ");
     return bad ? 1 : 0;
 }
@@ -682,10 +708,18 @@ void bench()
         problem p;
         problem_make(c, n_layers, false, p);
         problem_plan(c, p);
-        const float ms = time_launches(p.n_layers, 30, [&](int layer) {
-            p.args.layer_off = (size_t)layer * 2 * c.n_kv_heads * c.block_size * c.head_dim;
-            return problem_run(c, p, 0);
-        });
+        const auto time_plan = [&](const cuda_attn_plan &plan) {
+            return time_launches(p.n_layers, 30, [&](int layer) {
+                p.args.layer_off = (size_t)layer * 2 * c.n_kv_heads * c.block_size * c.head_dim;
+                return problem_run(c, p, plan, 0);
+            });
+        };
+        const float ms = time_plan(p.plan);
+        /* The plan of the same step in a graph (the backend's fixed grid). */
+        cuda_attn_plan fixed;
+        cuda_attn_plan_make(&fixed, p.query_start.data(), p.seq_lens.data(), p.n_seqs, c.n_heads,
+                            c.n_kv_heads, c.head_dim, prop.multiProcessorCount, c.partition, 1);
+        const float graph_ms = c.mode == MODE_DECODE ? time_plan(fixed) : 0.0f;
         /* The scalar kernel is slow on long prefills: fewer repeats. */
         const float old_ms = time_scalar(c, p, c.mode == MODE_PREFILL ? 5 : 30);
         const double flops = 4.0 * pairs * c.head_dim * c.n_heads;
@@ -695,9 +729,12 @@ void bench()
                    flops / (ms * 1e-3) / 1e12, p.plan.tile_rows, old_ms, old_ms / ms);
         else
             printf("%-38s %8.3f ms %6.0f GB/s = %.0f%% of copy (partition %d)  scalar %8.3f ms "
-                   "(%.1fx)\n",
+                   "(%.1fx)%s",
                    c.name, ms, bytes / (ms * 1e-3) / 1e9, 100.0 * bytes / (ms * 1e-3) / 1e9 / copy,
-                   p.plan.partition, old_ms, old_ms / ms);
+                   p.plan.partition, old_ms, old_ms / ms, graph_ms > 0.0f ? "" : "\n");
+        if (graph_ms > 0.0f)
+            printf("  graph grid (%d CTAs / kv head) %8.3f ms (%.2fx eager)\n", fixed.grid_x,
+                   graph_ms, graph_ms / ms);
         problem_free(p);
     }
 }

@@ -3,7 +3,8 @@
  * in one batch, with every KV block free at the end; seeded sampling
  * beside greedy requests; OPT (pre- and post-norm) and GPT-2 fixtures
  * greedy on device "cuda", "auto" and "cpu", all equal to HF's ids; rows
- * sampled on the device equal the CPU engine's with the same seeds. Exits 77
+ * sampled on the device equal the CPU engine's with the same seeds; the
+ * graphs captured at start give eager steps' tokens. Exits 77
  * (ctest: skipped) where no CUDA device is visible. */
 #include <math.h>
 #include <setjmp.h>
@@ -259,6 +260,59 @@ static void expect_fixture_greedy(const char *name, const char *device)
     cv_engine_shutdown(e, false);
 }
 
+/* The decode graphs captured at start (a bf16 fixture: 16-bit KV, the
+ * tensor-core attention, whose graphs serve any context) give the tokens
+ * of eager steps: three sequences (padded to the graph of 4) grow from a
+ * few tokens to the fixture's 128 (past 64 keys), so the same
+ * graph replays while each sequence goes from one decode item to two. */
+static void test_graphs_from_start(void **state)
+{
+    (void)state;
+    enum { N = 3 };
+    char dir[4096];
+    source_path(dir, sizeof dir, "tests/fixtures/models/llama_bf16");
+    static const int n_in[N] = {5, 9, 20};
+    int32_t in[20];
+    for (int i = 0; i < 20; i++)
+        in[i] = (int32_t)(7 + 13 * i) % 256;
+    req_result r[2][N];
+    memset(r, 0, sizeof r);
+    for (int eager = 0; eager < 2; eager++) {
+        cv_engine_args a;
+        test_args(&a, dir);
+        snprintf(a.tokenizer, sizeof a.tokenizer, "%s", stories);
+        snprintf(a.device, sizeof a.device, "cuda");
+        a.kv_blocks = 0;
+        a.gpu_memory_utilization = 0.5;
+        a.enforce_eager = eager;
+        cv_engine *e = test_engine(&a);
+        cv_output_queue *q = cv_output_queue_create();
+        for (int i = 0; i < N; i++) {
+            cv_sampling_params p;
+            cv_sampling_params_default(&p);
+            p.temperature = 0;
+            p.max_tokens = 128 - n_in[i];
+            p.ignore_eos = true;
+            submit(e, q, &p, in, n_in[i], NULL, true, i);
+        }
+        collect(q, r[eager], N);
+        cv_output_queue_destroy(q);
+        cv_engine_shutdown(e, false);
+    }
+    for (int i = 0; i < N; i++) {
+        assert_null(r[0][i].error);
+        assert_null(r[1][i].error);
+        assert_int_equal(r[0][i].seqs[0].n_ids, 128 - n_in[i]);
+        assert_int_equal(r[1][i].seqs[0].n_ids, 128 - n_in[i]);
+        for (int t = 0; t < 128 - n_in[i]; t++)
+            if (r[0][i].seqs[0].ids[t] != r[1][i].seqs[0].ids[t])
+                fail_msg("sequence %d token %d: %d with graphs, %d eager", i, t,
+                         r[0][i].seqs[0].ids[t], r[1][i].seqs[0].ids[t]);
+        result_free(&r[0][i]);
+        result_free(&r[1][i]);
+    }
+}
+
 /* OPT and GPT-2 run on the GPU (device "cuda" and "auto") with the CPU
  * backend's greedy ids, which are HF's. */
 static void test_opt_gpt2_greedy(void **state)
@@ -316,6 +370,7 @@ int main(void)
         cmocka_unit_test(test_opt_gpt2_greedy),
         cmocka_unit_test(test_auto_picks_gpu),
         cmocka_unit_test(test_device_sampling_matches_cpu),
+        cmocka_unit_test(test_graphs_from_start),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

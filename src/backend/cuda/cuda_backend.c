@@ -294,6 +294,12 @@ void cv_cuda_backend_set_graphs(cv_cuda_backend *b, int enable)
     b->use_graphs = enable != 0;
 }
 
+void cv_cuda_backend_set_graph_limits(cv_cuda_backend *b, int max_seqs, int max_len)
+{
+    b->graph_max_seqs = max_seqs > 0 ? max_seqs : 0;
+    b->graph_max_len = max_len > 0 ? max_len : 0;
+}
+
 size_t cv_cuda_backend_kv_block_bytes(const cv_cuda_backend *b, int block_size)
 {
     const cv_model_config *c = &b->cfg;
@@ -330,7 +336,8 @@ int cv_cuda_backend_kv_alloc(cv_cuda_backend *b, int n_blocks, int block_size, c
     b->n_blocks = n_blocks;
     b->block_size = block_size;
     b->block_elems = block_bytes / cv_dtype_size(b->kv_dtype);
-    return 0;
+    cuda_graphs_clear(b); /* they wrote into the old pool */
+    return cuda_graphs_capture_ladder(b, err);
 }
 
 int cv_cuda_backend_kv_copy(cv_cuda_backend *b, const int32_t *src, const int32_t *dst, int n,

@@ -72,6 +72,14 @@ int cv_cuda_backend_set_act_mode(cv_cuda_backend *b, cv_cuda_act_mode mode, cv_e
  * step as separate launches (benchmarks compare the two). */
 void cv_cuda_backend_set_graphs(cv_cuda_backend *b, int enable);
 
+/* With graphs on, cv_cuda_backend_kv_alloc then captures the decode graphs
+ * of every batch size up to min(max_seqs, 256) (vLLM's capture at start;
+ * with the tensor-core attention they serve any context up to max_len),
+ * after sizing the per-step buffers for steps of up to max_seqs sequences
+ * and max_len tokens of context, so that serving never recaptures them.
+ * Not called: graphs are captured on first use. */
+void cv_cuda_backend_set_graph_limits(cv_cuda_backend *b, int max_seqs, int max_len);
+
 /* Allocates now the activations of a step of n_tokens tokens with n_logits
  * rows of logits (a forward grows them on demand otherwise), so that the
  * memory left afterwards can go to the KV pool. */

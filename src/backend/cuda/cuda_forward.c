@@ -49,6 +49,10 @@ static int check_batch(const cv_cuda_backend *b, const cv_batch *bt, cv_error *e
     if (bt->n_tokens <= 0 || bt->n_seqs <= 0 || bt->n_seqs > bt->n_tokens)
         return cv_errorf(err, "%s: n_tokens %d and n_seqs %d must satisfy 0 < n_seqs <= n_tokens",
                          fn, bt->n_tokens, bt->n_seqs);
+    /* The decode work list packs a sequence and a partition in 16 bits each
+     * (attn.h). */
+    if (bt->n_seqs > 0xffff)
+        return cv_errorf(err, "%s: n_seqs %d is over 65535", fn, bt->n_seqs);
     if (bt->max_blocks_per_seq <= 0 || bt->n_logits < 0)
         return cv_errorf(err, "%s: max_blocks_per_seq %d must be > 0 and n_logits %d >= 0", fn,
                          bt->max_blocks_per_seq, bt->n_logits);
@@ -64,9 +68,12 @@ static int check_batch(const cv_cuda_backend *b, const cv_batch *bt, cv_error *e
                              "increasing)",
                              fn, s, qlen);
         const int len = bt->seq_lens[s];
-        if (len < qlen || len > bt->max_blocks_per_seq * b->block_size)
-            return cv_errorf(err, "%s: seq_lens[%d] = %d must be in %d..%d", fn, s, len, qlen,
-                             bt->max_blocks_per_seq * b->block_size);
+        const int64_t most = (int64_t)bt->max_blocks_per_seq * b->block_size < CUDA_MAX_CONTEXT
+                                 ? (int64_t)bt->max_blocks_per_seq * b->block_size
+                                 : CUDA_MAX_CONTEXT;
+        if (len < qlen || len > most)
+            return cv_errorf(err, "%s: seq_lens[%d] = %d must be in %d..%lld", fn, s, len, qlen,
+                             (long long)most);
         const int32_t *table = bt->block_tables + (int64_t)s * bt->max_blocks_per_seq;
         for (int j = 0; j < (len + b->block_size - 1) / b->block_size; j++)
             if (table[j] < 0 || table[j] >= b->n_blocks)
@@ -173,57 +180,94 @@ int cv_cuda_backend_reserve(cv_cuda_backend *b, int n_tokens, int n_logits, cv_e
     return reserve(b, n_tokens, n_logits, err);
 }
 
-/* Packs the batch (and each token's sequence index) into the pinned staging
- * buffer and enqueues one upload. */
-static int upload_batch(cv_cuda_backend *b, const cv_batch *bt, step_arrays *d, cv_error *err)
+/* The staging layout of a step: the batch arrays, then the decode work
+ * array (room for b->work_items_cap items), then the block tables. Every
+ * address but the tables' end depends only on the token, sequence and
+ * logits counts, so a graph captured for a batch size replays steps of any
+ * table width. off[] and the total in bytes. */
+enum { STAGE_SLOTS, STAGE_IDS, STAGE_POS, STAGE_TOK_SEQ, STAGE_QS, STAGE_LENS, STAGE_ROWS,
+       STAGE_WORK, STAGE_TABLES, STAGE_N };
+static size_t stage_layout(const cv_cuda_backend *b, int n_tokens, int n_seqs, int n_logits,
+                           int width, size_t off[STAGE_N])
 {
-    const size_t n = (size_t)bt->n_tokens, ns = (size_t)bt->n_seqs;
-    const size_t bytes[8] = {n * 8,
-                             n * 4,
-                             n * 4,
-                             n * 4,
-                             (ns + 1) * 4,
-                             ns * 4,
-                             ns * (size_t)bt->max_blocks_per_seq * 4,
-                             (size_t)bt->n_logits * 4};
-    size_t off[8], total = 0;
-    for (int i = 0; i < 8; i++) {
+    const size_t n = (size_t)n_tokens, ns = (size_t)n_seqs;
+    const size_t bytes[STAGE_N] = {
+        [STAGE_SLOTS] = n * 8,
+        [STAGE_IDS] = n * 4,
+        [STAGE_POS] = n * 4,
+        [STAGE_TOK_SEQ] = n * 4,
+        [STAGE_QS] = (ns + 1) * 4,
+        [STAGE_LENS] = ns * 4,
+        [STAGE_ROWS] = (size_t)n_logits * 4,
+        [STAGE_WORK] = cuda_attn_work_ints(n_seqs, b->work_items_cap) * 4,
+        [STAGE_TABLES] = ns * (size_t)width * 4,
+    };
+    size_t total = 0;
+    for (int i = 0; i < STAGE_N; i++) {
         off[i] = total;
         total += (bytes[i] + 7) & ~(size_t)7; /* keeps the int64 slots aligned */
     }
-    if (total > b->stage_cap_bytes) {
-        size_t cap = total * 2;
-        cuda_graphs_clear(b); /* they read the old buffer */
-        cudaFreeHost(b->stage_host);
-        cudaFree(b->stage_dev);
-        b->stage_host = b->stage_dev = NULL;
-        b->stage_cap_bytes = 0;
-        CU(cudaMallocHost(&b->stage_host, cap), "pinned staging buffer");
-        CU(cudaMalloc(&b->stage_dev, cap), "device batch buffer");
-        b->stage_cap_bytes = cap;
-    }
+    return total;
+}
+
+int cuda_stage_reserve(cv_cuda_backend *b, size_t bytes, cv_error *err)
+{
+    if (bytes <= b->stage_cap_bytes) return 0;
+    cuda_graphs_clear(b); /* they read the old buffer */
+    cudaFreeHost(b->stage_host);
+    cudaFree(b->stage_dev);
+    b->stage_host = b->stage_dev = NULL;
+    b->stage_cap_bytes = 0;
+    CU(cudaMallocHost(&b->stage_host, bytes), "pinned staging buffer");
+    CU(cudaMalloc(&b->stage_dev, bytes), "device batch buffer");
+    b->stage_cap_bytes = bytes;
+    return 0;
+}
+
+size_t cuda_stage_bytes(const cv_cuda_backend *b, int n_tokens, int n_seqs, int n_logits,
+                        int width)
+{
+    size_t off[STAGE_N];
+    return stage_layout(b, n_tokens, n_seqs, n_logits, width, off);
+}
+
+/* Packs the batch (each token's sequence index and the decode work list
+ * with it) into the pinned staging buffer and enqueues one upload. */
+static int upload_batch(cv_cuda_backend *b, const cv_batch *bt, const step_attn *sa,
+                        step_arrays *d, cv_error *err)
+{
+    size_t off[STAGE_N];
+    const size_t total =
+        stage_layout(b, bt->n_tokens, bt->n_seqs, bt->n_logits, bt->max_blocks_per_seq, off);
+    if (total > b->stage_cap_bytes && cuda_stage_reserve(b, total * 2, err)) return -1;
     char *h = b->stage_host;
-    memcpy(h + off[0], bt->slot_mapping, bytes[0]);
-    memcpy(h + off[1], bt->token_ids, bytes[1]);
-    memcpy(h + off[2], bt->positions, bytes[2]);
-    int32_t *tok_seq = (int32_t *)(h + off[3]);
+    memcpy(h + off[STAGE_SLOTS], bt->slot_mapping, (size_t)bt->n_tokens * 8);
+    memcpy(h + off[STAGE_IDS], bt->token_ids, (size_t)bt->n_tokens * 4);
+    memcpy(h + off[STAGE_POS], bt->positions, (size_t)bt->n_tokens * 4);
+    int32_t *tok_seq = (int32_t *)(h + off[STAGE_TOK_SEQ]);
     for (int s = 0; s < bt->n_seqs; s++)
         for (int t = bt->query_start[s]; t < bt->query_start[s + 1]; t++)
             tok_seq[t] = s;
-    memcpy(h + off[4], bt->query_start, bytes[4]);
-    memcpy(h + off[5], bt->seq_lens, bytes[5]);
-    memcpy(h + off[6], bt->block_tables, bytes[6]);
-    if (bt->n_logits > 0) memcpy(h + off[7], bt->logits_indices, bytes[7]);
+    memcpy(h + off[STAGE_QS], bt->query_start, ((size_t)bt->n_seqs + 1) * 4);
+    memcpy(h + off[STAGE_LENS], bt->seq_lens, (size_t)bt->n_seqs * 4);
+    if (bt->n_logits > 0)
+        memcpy(h + off[STAGE_ROWS], bt->logits_indices, (size_t)bt->n_logits * 4);
+    if (sa->tensor_cores && sa->plan.has_decode)
+        cuda_attn_work_fill(&sa->plan, bt->query_start, bt->seq_lens, bt->n_seqs,
+                            bt->max_blocks_per_seq, (int32_t *)(h + off[STAGE_WORK]));
+    memcpy(h + off[STAGE_TABLES], bt->block_tables,
+           (size_t)bt->n_seqs * bt->max_blocks_per_seq * 4);
     CU(cudaMemcpyAsync(b->stage_dev, h, total, cudaMemcpyHostToDevice, b->stream), "batch upload");
     char *dv = b->stage_dev;
-    d->slots = (const int64_t *)(dv + off[0]);
-    d->ids = (const int32_t *)(dv + off[1]);
-    d->positions = (const int32_t *)(dv + off[2]);
-    d->tok_seq = (const int32_t *)(dv + off[3]);
-    d->query_start = (const int32_t *)(dv + off[4]);
-    d->seq_lens = (const int32_t *)(dv + off[5]);
-    d->tables = (const int32_t *)(dv + off[6]);
-    d->logits_rows = (const int32_t *)(dv + off[7]);
+    d->slots = (const int64_t *)(dv + off[STAGE_SLOTS]);
+    d->ids = (const int32_t *)(dv + off[STAGE_IDS]);
+    d->positions = (const int32_t *)(dv + off[STAGE_POS]);
+    d->tok_seq = (const int32_t *)(dv + off[STAGE_TOK_SEQ]);
+    d->query_start = (const int32_t *)(dv + off[STAGE_QS]);
+    d->seq_lens = (const int32_t *)(dv + off[STAGE_LENS]);
+    d->logits_rows = (const int32_t *)(dv + off[STAGE_ROWS]);
+    d->work = (const int32_t *)(dv + off[STAGE_WORK]);
+    d->tables = (const int32_t *)(dv + off[STAGE_TABLES]);
     return 0;
 }
 
@@ -457,6 +501,7 @@ static int layer_forward(cv_cuda_backend *b, const cv_batch *bt, const step_arra
             .query_start = d->query_start,
             .seq_lens = d->seq_lens,
             .block_tables = d->tables,
+            .decode_work = d->work,
             .q = b->qkv,
             .q_dtype = qkv_dtype,
             .ld_q = b->qkv_dim,
@@ -646,46 +691,64 @@ static int download(cv_cuda_backend *b, const cv_batch *bt, float *logits,
     return 0;
 }
 
+int cuda_partial_reserve(cv_cuda_backend *b, size_t floats, cv_error *err)
+{
+    if (floats <= b->partial_cap_floats) return 0;
+    cuda_graphs_clear(b); /* they read the old buffer */
+    cudaFree(b->partial);
+    b->partial = NULL;
+    b->partial_cap_floats = 0;
+    CU(cudaMalloc((void **)&b->partial, floats * sizeof(float)), "attention partials");
+    b->partial_cap_floats = floats;
+    return 0;
+}
+
+int cuda_forward_enqueue(cv_cuda_backend *b, const cv_batch *bt, bool graph, cv_error *err)
+{
+    const cv_model_config *c = &b->cfg;
+    if (reserve(b, bt->n_tokens, bt->n_logits, err)) return -1;
+    step_attn sa = {.tensor_cores = cuda_tensor_core_attention(b)};
+    size_t need = 0;
+    if (sa.tensor_cores) {
+        cuda_attn_plan_make(&sa.plan, bt->query_start, bt->seq_lens, bt->n_seqs, c->n_heads,
+                            c->n_kv_heads, c->head_dim, b->n_sms, 0, graph);
+        need = sa.plan.ws_floats;
+        if (sa.plan.n_items > b->work_items_cap) {
+            cuda_graphs_clear(b); /* the staging layout moves */
+            b->work_items_cap = 2 * sa.plan.n_items;
+        }
+    } else {
+        sa.n_splits = choose_splits(b, bt);
+        if (sa.n_splits > 1)
+            need = (size_t)bt->n_tokens * c->n_heads * sa.n_splits * (c->head_dim + 2);
+    }
+    if (cuda_partial_reserve(b, need, err)) return -1;
+    step_arrays d = {0};
+    b->n_events = 0;
+    if (mark(b, CV_CUDA_PHASE_COPY, err) || upload_batch(b, bt, &sa, &d, err) ||
+        mark(b, CV_CUDA_PHASE_COPY, err))
+        return -1;
+    return graph ? cuda_graph_run(b, bt, &d, &sa, err) : cuda_enqueue_step(b, bt, &d, &sa, err);
+}
+
+bool cuda_tensor_core_attention(const cv_cuda_backend *b)
+{
+    const cv_model_config *c = &b->cfg;
+    return b->kv_dtype != CV_DTYPE_F32 &&
+           cuda_attn_supported(c->n_heads, c->n_kv_heads, c->head_dim, b->kv_dtype, CV_DTYPE_F32,
+                               b->wdtype);
+}
+
 int cuda_forward_run(cv_cuda_backend *b, const cv_batch *user_bt, float *logits,
                      const cv_greedy_rows *greedy, cv_error *err)
 {
-    const cv_model_config *c = &b->cfg;
     if (check_batch(b, user_bt, err) || cuda_lora_prepare(b, user_bt, err)) return -1;
     /* Steps a graph runs are padded to the ladder; the downloads below
      * still take the caller's rows only. */
     const bool graph = cuda_graph_step(b, user_bt);
     cv_batch padded = {0};
     if (graph && cuda_graph_pad_step(b, user_bt, &padded, err)) return -1;
-    const cv_batch *bt = graph ? &padded : user_bt;
-    if (reserve(b, bt->n_tokens, bt->n_logits, err)) return -1;
-    step_attn sa = {.tensor_cores = b->kv_dtype != CV_DTYPE_F32 &&
-                                    cuda_attn_supported(c->n_heads, c->n_kv_heads, c->head_dim,
-                                                        b->kv_dtype, CV_DTYPE_F32, b->wdtype)};
-    size_t need = 0;
-    if (sa.tensor_cores) {
-        cuda_attn_plan_make(&sa.plan, bt->query_start, bt->seq_lens, bt->n_seqs, c->n_heads,
-                            c->n_kv_heads, c->head_dim, b->n_sms, 0);
-        need = sa.plan.ws_floats;
-    } else {
-        sa.n_splits = choose_splits(b, bt);
-        if (sa.n_splits > 1)
-            need = (size_t)bt->n_tokens * c->n_heads * sa.n_splits * (c->head_dim + 2);
-    }
-    if (need > b->partial_cap_floats) {
-        cuda_graphs_clear(b);
-        cudaFree(b->partial);
-        b->partial = NULL;
-        b->partial_cap_floats = 0;
-        CU(cudaMalloc((void **)&b->partial, need * sizeof(float)), "attention partials");
-        b->partial_cap_floats = need;
-    }
-    step_arrays d = {0};
-    b->n_events = 0;
-    if (mark(b, CV_CUDA_PHASE_COPY, err) || upload_batch(b, bt, &d, err) ||
-        mark(b, CV_CUDA_PHASE_COPY, err))
-        return -1;
-    if (graph ? cuda_graph_run(b, bt, &d, &sa, err) : cuda_enqueue_step(b, bt, &d, &sa, err))
-        return -1;
+    if (cuda_forward_enqueue(b, graph ? &padded : user_bt, graph, err)) return -1;
     if (greedy && cuda_sample_enqueue(b, user_bt->n_logits, greedy, err)) return -1;
     if (user_bt->n_logits > 0 &&
         (download(b, user_bt, logits, greedy, err) || mark(b, CV_CUDA_PHASE_COPY, err)))

@@ -1,21 +1,25 @@
 /* CUDA graphs of decode steps (contract in cuda_internal.h): the ladder of
  * batch sizes a step is padded to, the graph table keyed on everything a
- * capture bakes in (shape, attention plan, buffer addresses, LoRA
- * segments), capture on first use and replay after. */
+ * capture bakes in (shape, attention grids, buffer addresses, LoRA
+ * segments), the ladder captured at start, other keys on first use, replay
+ * after. */
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "backend/cuda/cuda_internal.h"
 #include "base/log.h"
 
-/* Do two steps launch the same attention kernels with the same grids? */
+/* Do two steps launch the same attention kernels with the same grids?
+ * The decode partition and items are data (the work array), not grid. */
 static bool same_attn(const step_attn *a, const step_attn *b)
 {
     if (a->tensor_cores != b->tensor_cores) return false;
     if (!a->tensor_cores) return a->n_splits == b->n_splits;
     const cuda_attn_plan *p = &a->plan, *q = &b->plan;
     return p->has_prefill == q->has_prefill && p->has_decode == q->has_decode &&
-           p->tile_rows == q->tile_rows && p->partition == q->partition && p->n_parts == q->n_parts;
+           (!p->has_prefill || p->tile_rows == q->tile_rows) &&
+           (!p->has_decode || (p->grid_x == q->grid_x && p->reduce == q->reduce));
 }
 
 void cuda_graphs_clear(cv_cuda_backend *b)
@@ -34,7 +38,9 @@ int cuda_graph_run(cv_cuda_backend *b, const cv_batch *bt, const step_arrays *d,
         .n_tokens = bt->n_tokens,
         .n_seqs = bt->n_seqs,
         .n_logits = bt->n_logits,
-        .max_blocks = bt->max_blocks_per_seq,
+        /* The scalar kernel takes the table width as a launch argument; the
+         * tensor-core decode reads it from the work array. */
+        .max_blocks = sa->tensor_cores ? 0 : bt->max_blocks_per_seq,
         .attn = *sa,
         .act_mem = b->act_mem,
         .stage_dev = b->stage_dev,
@@ -90,8 +96,11 @@ int cuda_graph_pad_step(cv_cuda_backend *b, const cv_batch *bt, cv_batch *pad, c
 {
     const int n = ladder_size(bt->n_seqs);
     int width = 1;
-    while (width < bt->max_blocks_per_seq)
-        width *= 2;
+    if (cuda_tensor_core_attention(b))
+        width = bt->max_blocks_per_seq;
+    else
+        while (width < bt->max_blocks_per_seq)
+            width *= 2;
     if (!b->pad_ids) {
         const size_t cap = CUDA_GRAPH_MAX_TOKENS;
         b->pad_ids = malloc(cap * sizeof(int32_t));
@@ -150,4 +159,102 @@ bool cuda_graph_step(const cv_cuda_backend *b, const cv_batch *bt)
     for (int i = 0; i < bt->n_logits; i++)
         if (bt->logits_indices[i] != i) return false;
     return true;
+}
+
+/* Decode work items a step of up to max_seqs sequences over the pool can
+ * have: with 2048-key partitions one per sequence and one more per 2048
+ * tokens of the pool; the plan halves the partition only while the items
+ * are under its occupancy target (4 CTAs per SM over the kv heads), which
+ * at most doubles them. */
+static int work_items_bound(const cv_cuda_backend *b, int max_seqs)
+{
+    const long pool_tokens = (long)b->n_blocks * b->block_size;
+    const long target = (4L * b->n_sms + b->cfg.n_kv_heads - 1) / b->cfg.n_kv_heads;
+    const long bound = max_seqs + (pool_tokens + CUDA_ATTN_MAX_PARTITION - 1) /
+                                      CUDA_ATTN_MAX_PARTITION + 2 * target;
+    return bound < 0x7fffffff ? (int)bound : 0x7fffffff;
+}
+
+static double seconds_since(const struct timespec *t0)
+{
+    struct timespec t1;
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    return (double)(t1.tv_sec - t0->tv_sec) + 1e-9 * (double)(t1.tv_nsec - t0->tv_nsec);
+}
+
+int cuda_graphs_capture_ladder(cv_cuda_backend *b, cv_error *err)
+{
+    const int max_seqs = b->graph_max_seqs;
+    if (!b->use_graphs || b->graphs_broken || max_seqs <= 0 || !b->kv ||
+        !cuda_tensor_core_attention(b))
+        return 0;
+    struct timespec t0;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    const cv_model_config *c = &b->cfg;
+    /* Buffers a graph reads are sized now for every later step, eager ones
+     * included (they share them): a step that grew one would drop the
+     * graphs. */
+    const int top = ladder_size(max_seqs < CUDA_GRAPH_MAX_TOKENS ? max_seqs : CUDA_GRAPH_MAX_TOKENS);
+    const int seqs = max_seqs > top ? max_seqs : top;
+    const int width = (b->graph_max_len + b->block_size - 1) / b->block_size;
+    const int items = work_items_bound(b, seqs);
+    if (items > b->work_items_cap) b->work_items_cap = items;
+    const int tokens = b->cap_tokens > top ? b->cap_tokens : top;
+    const int logits = b->cap_logits > top ? b->cap_logits : top;
+    if (cuda_stage_reserve(b, cuda_stage_bytes(b, tokens, seqs, logits, width > 1 ? width : 1),
+                           err) ||
+        cuda_partial_reserve(b, (size_t)items * c->n_heads * (c->head_dim + 2), err))
+        return cv_error_prefix(err, "capturing the decode graphs");
+
+    /* Each size's step: one-token sequences on the scratch block. */
+    const int scratch = b->n_blocks;
+    int32_t *ints = malloc(((size_t)top * 6 + 1) * sizeof(int32_t));
+    int64_t *slots = malloc((size_t)top * sizeof(int64_t));
+    if (!ints || !slots) {
+        free(ints);
+        free(slots);
+        return cv_errorf(err, "capturing the decode graphs: out of memory");
+    }
+    int32_t *ids = ints, *positions = ids + top, *lens = positions + top, *tables = lens + top,
+            *rows = tables + top, *query_start = rows + top;
+    for (int s = 0; s <= top; s++) {
+        query_start[s] = s;
+        if (s == top) break;
+        ids[s] = positions[s] = 0;
+        lens[s] = 1;
+        tables[s] = scratch;
+        rows[s] = s;
+        slots[s] = (int64_t)scratch * b->block_size;
+    }
+    int n_graphs = 0, rc = 0;
+    for (int n = 1; n <= top && !rc && !b->graphs_broken; n = ladder_size(n + 1)) {
+        const cv_batch step = {
+            .n_tokens = n,
+            .token_ids = ids,
+            .positions = positions,
+            .slot_mapping = slots,
+            .n_seqs = n,
+            .query_start = query_start,
+            .seq_lens = lens,
+            .block_tables = tables,
+            .max_blocks_per_seq = 1,
+            .n_logits = n,
+            .logits_indices = rows,
+        };
+        cv_batch padded;
+        rc = cuda_graph_pad_step(b, &step, &padded, err) ||
+             cuda_forward_enqueue(b, &padded, true, err);
+        /* The next size's upload rewrites the pinned staging buffer. */
+        if (!rc && cudaStreamSynchronize(b->stream) != cudaSuccess)
+            rc = cv_errorf(err, "cuda backend: running the captured step of batch %d: %s", n,
+                           cudaGetErrorString(cudaGetLastError()));
+        n_graphs += !rc && !b->graphs_broken;
+    }
+    free(ints);
+    free(slots);
+    if (rc) return cv_error_prefix(err, "capturing the decode graphs");
+    cv_log_info("cuda backend: %d decode graphs captured (batch sizes 1..%d, any context up to "
+                "%d tokens) in %.2f s",
+                n_graphs, top, b->graph_max_len, seconds_since(&t0));
+    return 0;
 }

@@ -28,7 +28,8 @@
 
 /* How a step's attention runs: the tensor-core kernels (attn/) with their
  * plan for 16-bit KV pools they support, else the fp32 kernel with its
- * split count. All of it is part of a captured graph's key. */
+ * split count. What of it decides the launches' grids is part of a
+ * captured graph's key. */
 typedef struct step_attn {
     bool tensor_cores;
     cuda_attn_plan plan; /* tensor_cores */
@@ -60,9 +61,16 @@ typedef struct cuda_graph_entry {
 } cuda_graph_entry;
 
 /* Decode steps are padded to a ladder of batch sizes (1, 2, 4, then
- * multiples of 8 up to CUDA_GRAPH_MAX_TOKENS) and their block tables to a
- * power-of-two width, so that a few dozen graphs serve every step. */
+ * multiples of 8 up to CUDA_GRAPH_MAX_TOKENS). With the tensor-core
+ * attention a graph serves every context length (its decode work list is
+ * data, attn.h), so the ladder's 35 graphs are captured once at start;
+ * the fp32 pool's scalar kernel bakes the split count and the table width
+ * (padded to a power of two) into its graphs, captured on first use. */
 enum { CUDA_GRAPH_SLOTS = 64, CUDA_GRAPH_MAX_TOKENS = 256 };
+
+/* Longest context a step may have: the decode work list packs a
+ * partition index (of >= 64 keys) in 16 bits. */
+enum { CUDA_MAX_CONTEXT = 1 << 22 };
 
 struct cv_cuda_backend {
     cv_model_config cfg;
@@ -101,9 +109,12 @@ struct cv_cuda_backend {
     int64_t *pad_slots;
     size_t pad_table_cap;
 
-    /* Per-step batch arrays: pinned host staging and its device copy. */
+    /* Per-step batch arrays: pinned host staging and its device copy, laid
+     * out by stage_layout (cuda_forward.c) with room for work_items_cap
+     * decode work items. */
     void *stage_host, *stage_dev;
     size_t stage_cap_bytes;
+    int work_items_cap;
 
     /* Activations for cap_tokens tokens and cap_logits rows (one allocation). */
     int cap_tokens, cap_logits;
@@ -129,8 +140,11 @@ struct cv_cuda_backend {
     int min_split_keys;
     size_t partial_cap_floats;
 
-    /* CUDA graphs of small steps, replaced round-robin. */
+    /* CUDA graphs of small steps, replaced round-robin. graph_max_seqs and
+     * graph_max_len (cv_cuda_backend_set_graph_limits): the ladder that
+     * kv_alloc captures, 0: none at start. */
     bool use_graphs;
+    int graph_max_seqs, graph_max_len;
     bool graphs_broken; /* a capture failed once: run eagerly from then on */
     cuda_graph_entry graphs[CUDA_GRAPH_SLOTS];
     int graph_next;
@@ -171,8 +185,27 @@ struct cv_cuda_backend {
 /* Device views of the batch arrays after the upload. */
 typedef struct step_arrays {
     const int32_t *ids, *positions, *tok_seq, *query_start, *seq_lens, *tables, *logits_rows;
+    const int32_t *work; /* the decode work array (attn.h) */
     const int64_t *slots;
 } step_arrays;
+
+/* Does the step's attention run on the tensor-core kernels (attn/), a
+ * 16-bit pool of a shape they take? Else the scalar kernel. */
+bool cuda_tensor_core_attention(const cv_cuda_backend *b);
+
+/* Plans, uploads and enqueues a step (bt already padded when graph):
+ * replays or captures its graph, or enqueues it eagerly. The logits and
+ * greedy choices are then on the device. */
+int cuda_forward_enqueue(cv_cuda_backend *b, const cv_batch *bt, bool graph, cv_error *err);
+
+/* Grow the staging buffers to bytes / the attention workspace to floats
+ * (no-ops when large enough; growing drops the captured graphs). */
+int cuda_stage_reserve(cv_cuda_backend *b, size_t bytes, cv_error *err);
+int cuda_partial_reserve(cv_cuda_backend *b, size_t floats, cv_error *err);
+
+/* Staging bytes of a step of these counts and table width. */
+size_t cuda_stage_bytes(const cv_cuda_backend *b, int n_tokens, int n_seqs, int n_logits,
+                        int width);
 
 /* Enqueues everything of a step between the batch upload and the logits
  * download (cuda_forward.c): what a graph captures. */
@@ -189,8 +222,8 @@ void cuda_graphs_clear(cv_cuda_backend *b);
 bool cuda_graph_step(const cv_cuda_backend *b, const cv_batch *bt);
 
 /* bt padded to its ladder size with one-token sequences on the scratch
- * block, its block tables widened to a power of two: *pad is the step a
- * graph replays (arrays owned by b, valid until the next call). The real
+ * block (its block tables widened to a power of two for the scalar
+ * attention): *pad is the step a graph replays (arrays owned by b, valid until the next call). The real
  * sequences keep their places, so rows 0..n_logits-1 are theirs. */
 int cuda_graph_pad_step(cv_cuda_backend *b, const cv_batch *bt, cv_batch *pad, cv_error *err);
 
@@ -199,6 +232,11 @@ int cuda_graph_pad_step(cv_cuda_backend *b, const cv_batch *bt, cv_batch *pad, c
  * off and the step runs eagerly. */
 int cuda_graph_run(cv_cuda_backend *b, const cv_batch *bt, const step_arrays *d,
                    const step_attn *sa, cv_error *err);
+
+/* Captures the ladder's graphs up to b->graph_max_seqs sequences (kv_alloc
+ * calls it): the staging buffers and the attention workspace sized first
+ * for the largest step and context, so that no later step moves them. */
+int cuda_graphs_capture_ladder(cv_cuda_backend *b, cv_error *err);
 
 /* Device sampling of a step's CV_ROW_SAMPLE rows (cuda_sample.c, over
  * kernels/sample.h). cuda_sample_enqueue queues on b->stream, after the

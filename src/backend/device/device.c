@@ -41,6 +41,7 @@ static int create_cuda(cv_device_backend *b, const cv_model *model, cv_error *er
     b->impl = cuda;
     snprintf(b->name, sizeof b->name, "cuda:0");
     cv_cuda_backend_set_graphs(cuda, !b->opts.enforce_eager);
+    cv_cuda_backend_set_graph_limits(cuda, b->opts.max_step_logits, b->opts.max_model_len);
     if ((b->opts.kv_dtype >= 0 && cv_cuda_backend_set_kv_dtype(cuda, b->opts.kv_dtype, err)) ||
         cv_cuda_backend_set_act_mode(
             cuda, b->opts.fp32_activations ? CV_CUDA_ACT_SPLIT : CV_CUDA_ACT_ROUND, err))

@@ -32,6 +32,7 @@ typedef struct cv_device_options {
                                 gpu_memory_utilization) */
     int max_step_tokens;     /* CUDA: tokens and logits rows of the largest step, */
     int max_step_logits;     /*   whose activations are reserved before the KV pool */
+    int max_model_len;       /* CUDA: longest context (the graphs captured at start serve it) */
     int kv_dtype;            /* a cv_dtype, or -1: the backend's default */
     bool fp32_activations;   /* CUDA, 16-bit models: fp32-exact GEMM inputs (split) */
     bool enforce_eager;      /* CUDA: no CUDA graphs */

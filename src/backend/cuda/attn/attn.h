@@ -30,19 +30,20 @@
  *  - at create, after cudaSetDevice: cuda_attn_prepare();
  *  - per step, on the host batch: cuda_attn_plan_make(&plan,
  *    bt->query_start, bt->seq_lens, bt->n_seqs, n_heads, n_kv_heads,
- *    head_dim, b->n_sms, 0); grow b->partial to plan.ws_floats floats (this
- *    replaces choose_splits and the n_splits sizing); a graph entry is keyed
- *    on the plan's fields instead of n_splits;
+ *    head_dim, b->n_sms, 0, graph); cuda_attn_work_fill into the step's
+ *    upload; grow b->partial to plan.ws_floats floats; a graph entry is
+ *    keyed on the plan's grid fields (decode: grid_x and reduce only);
  *  - per layer: cuda_attn_run on a cuda_attn_paged with q = b->qkv (its
- *    dtype, ld_q = qkv_dim), the device query_start / seq_lens / tables, kv =
- *    b->kv, layer_off, out = b->attn (wdtype, ld_out = n_heads * head_dim,
- *    out_lo_off = the split rows' offset or 0), workspace b->partial.
+ *    dtype, ld_q = qkv_dim), the device query_start / seq_lens / tables /
+ *    work, kv = b->kv, layer_off, out = b->attn (wdtype, ld_out = n_heads *
+ *    head_dim, out_lo_off = the split rows' offset or 0), workspace
+ *    b->partial.
  *
  * Every launcher enqueues on STREAM and returns a cudaError_t as int, 0 on
  * success, cudaErrorInvalidValue for a shape or dtype it does not support
  * (check cuda_attn_supported first). All pointers are device memory the
- * caller owns. Grids depend only on the host ints of the arguments, so the
- * launches can be captured in CUDA graphs keyed on them. */
+ * caller owns. Grids depend only on the host ints of the arguments and the
+ * plan, so the launches can be captured in CUDA graphs keyed on them. */
 #ifndef CV_BACKEND_CUDA_ATTN_H
 #define CV_BACKEND_CUDA_ATTN_H
 
@@ -68,6 +69,7 @@ typedef struct cuda_attn_paged {
     const int32_t *query_start;  /* (n_seqs + 1) device */
     const int32_t *seq_lens;     /* (n_seqs) device */
     const int32_t *block_tables; /* (n_seqs, max_blocks_per_seq) device */
+    const int32_t *decode_work;  /* the decode work array (below), device; decode only */
     const void *q;               /* token t, head h at q + t * ld_q + h * head_dim */
     cv_dtype q_dtype;            /* F32, F16 or BF16 */
     int ld_q;                    /* elements, a multiple of 8 */
@@ -102,45 +104,67 @@ int cuda_attn_supported(int n_heads, int n_kv_heads, int head_dim, cv_dtype kv_d
 int cuda_attn_prefill(const cuda_attn_paged *a, int skip_single, int tile_rows,
                       cudaStream_t stream);
 
-/* Keys per decode partition for this batch: 2048 when the grid is large
- * enough, halved (down to 64) until there are ~4 CTAs per SM. */
-int cuda_attn_decode_partition(int n_seqs, int n_kv_heads, int max_seq_len, int n_sms);
+/* ---- decode: FlashDecoding over a work list ----
+ *
+ * A decode step's work is a list of items, (sequence, partition of
+ * `partition` keys), built on the host by cuda_attn_work_fill and read by
+ * the kernels from device memory (cuda_attn_paged.decode_work), as vLLM's
+ * attention metadata: the grid depends only on the batch size, so a CUDA
+ * graph captured for a batch size replays any step of that size whatever
+ * its contexts (graphs are captured at start, not per context length).
+ * The work array, int32:
+ *   [0] partition (a multiple of 64, at most 2048)  [1] n_items
+ *   [2] block-table row stride (entries)
+ *   [3 .. 3 + n_seqs]  item_start: sequence s owns items
+ *                      item_start[s] .. item_start[s + 1] - 1
+ *   [4 + n_seqs ..]    items, s << 16 | partition index, in order. */
+enum { CUDA_ATTN_WORK_HEAD = 3 };
 
-/* Floats of workspace cuda_attn_decode needs (0 when one partition covers
- * max_seq_len and partials are not used). */
-size_t cuda_attn_decode_workspace_floats(const cuda_attn_paged *a, int max_seq_len, int partition);
-
-/* Decode: for every sequence with exactly one query token (others are
- * skipped), that token attends keys 0 .. seq_lens[s] - 1. One CTA per
- * (partition of PARTITION keys, kv head, sequence) reads the kv head's keys
- * once for all its query heads; with more than one partition a second
- * kernel merges the partial (max, sum, output) from WORKSPACE. max_seq_len
- * bounds seq_lens[] (host value); partition is a multiple of 64, at most
- * 2048. */
-int cuda_attn_decode(const cuda_attn_paged *a, int max_seq_len, int partition, float *workspace,
-                     cudaStream_t stream);
+/* Longest decode partition: one CTA then streams up to 2048 keys (32
+ * tiles), so its prologue (table window, first tiles in flight) and its
+ * merge are a few percent of its time. */
+enum { CUDA_ATTN_MAX_PARTITION = 2048 };
 
 /* What one step's attention launches, from the host copies of the batch
- * arrays (attn_plan.c). Everything the grids depend on is here, so a CUDA
- * graph captured for a step can be replayed for any step with an equal
- * plan (partition is a power of two and n_parts changes only every
- * partition tokens of growth). */
+ * arrays (attn_plan.c). */
 typedef struct cuda_attn_plan {
-    int has_prefill;  /* some sequence has more than one query token */
-    int has_decode;   /* some sequence has exactly one */
-    int tile_rows;    /* prefill rows per CTA, 64 or 128 (callers may override) */
-    int max_seq_len;  /* longest context among the decode sequences */
-    int partition;    /* decode keys per CTA */
-    int n_parts;      /* ceil(max_seq_len / partition) */
-    size_t ws_floats; /* decode workspace, 0 when n_parts == 1 */
+    int has_prefill; /* some sequence has more than one query token */
+    int has_decode;  /* some sequence has exactly one */
+    int tile_rows;   /* prefill rows per CTA, 64 or 128 (callers may override) */
+    int max_seq_len; /* longest context among the decode sequences */
+    int partition;   /* decode keys per item */
+    int n_items;     /* decode items */
+    int grid_x;      /* decode CTAs per kv head; CTA x takes items x, x + grid_x, ... */
+    int reduce;      /* the merge kernel runs: a sequence has several items, or fixed_grid */
+    size_t ws_floats; /* decode workspace: n_items * n_heads * (head_dim + 2) when reduce */
 } cuda_attn_plan;
 
 /* Fills plan for a batch of n_seqs sequences (query_start (n_seqs + 1),
- * seq_lens (n_seqs), host memory). partition 0 lets
- * cuda_attn_decode_partition choose for a GPU of n_sms SMs. */
+ * seq_lens (n_seqs), host memory). The partition starts at 2048 keys and
+ * is halved (down to 64) until the items give ~4 CTAs per SM of a GPU of
+ * n_sms SMs; partition > 0 forces it. fixed_grid != 0 (a step a CUDA graph
+ * runs): grid_x and reduce depend on nothing but n_sms and n_kv_heads. */
 void cuda_attn_plan_make(cuda_attn_plan *plan, const int32_t *query_start, const int32_t *seq_lens,
                          int n_seqs, int n_heads, int n_kv_heads, int head_dim, int n_sms,
-                         int partition);
+                         int partition, int fixed_grid);
+
+/* Ints of the work array of n_seqs sequences and n_items items. */
+size_t cuda_attn_work_ints(int n_seqs, int n_items);
+
+/* Writes the plan's work array (cuda_attn_work_ints(n_seqs, plan->n_items)
+ * ints) for block tables of table_stride entries a row. */
+void cuda_attn_work_fill(const cuda_attn_plan *plan, const int32_t *query_start,
+                         const int32_t *seq_lens, int n_seqs, int table_stride, int32_t *work);
+
+/* Decode: for every sequence with exactly one query token, that token
+ * attends keys 0 .. seq_lens[s] - 1. grid_x x n_kv_heads CTAs walk the
+ * items of a->decode_work; an item reads its kv head's keys once for all
+ * the group's query heads. A sequence of one item gets its output
+ * directly; with several, each writes (output, max, sum) to WORKSPACE
+ * (plan->ws_floats floats) and a second kernel merges them (when
+ * plan->reduce). */
+int cuda_attn_decode(const cuda_attn_paged *a, const cuda_attn_plan *plan, float *workspace,
+                     cudaStream_t stream);
 
 /* Enqueues the plan: the prefill kernel for the multi-token sequences
  * (skipping the single-token ones when there are any), the decode kernel

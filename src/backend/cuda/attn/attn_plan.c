@@ -1,12 +1,33 @@
 /* Host side of a step's attention (contract in attn.h): which kernels run,
- * with which tile height and decode partition, decided once per step from
- * the host copies of query_start and seq_lens, so that a layer's
- * attention is one cuda_attn_run call and a graph key is the plan. */
+ * with which tile height, and the decode work list (partition size and
+ * items), decided once per step from the host copies of query_start and
+ * seq_lens, so that a layer's attention is one cuda_attn_run call and a
+ * graph key is the plan's grid. */
 #include "backend/cuda/attn/attn.h"
+
+/* The shortest partition is one tile of the decode kernel. */
+enum { MIN_PARTITION = 64 };
+
+static int decode_items(const int32_t *query_start, const int32_t *seq_lens, int n_seqs,
+                        int partition)
+{
+    int n = 0;
+    for (int s = 0; s < n_seqs; s++)
+        if (query_start[s + 1] - query_start[s] == 1) n += (seq_lens[s] + partition - 1) / partition;
+    return n;
+}
+
+/* Items per kv head that occupy the GPU: four CTAs per SM across the kv
+ * heads (a CTA of 4 warps with ~100 KB of shared memory at head_dim 128:
+ * two resident per SM, two queued), what the partition is halved for. */
+static int decode_grid(int n_kv_heads, int n_sms)
+{
+    return (4 * n_sms + n_kv_heads - 1) / n_kv_heads;
+}
 
 void cuda_attn_plan_make(cuda_attn_plan *plan, const int32_t *query_start, const int32_t *seq_lens,
                          int n_seqs, int n_heads, int n_kv_heads, int head_dim, int n_sms,
-                         int partition)
+                         int partition, int fixed_grid)
 {
     int n_decode = 0, n_prefill = 0, prefill_tokens = 0, max_len = 1;
     for (int s = 0; s < n_seqs; s++) {
@@ -29,13 +50,46 @@ void cuda_attn_plan_make(cuda_attn_plan *plan, const int32_t *query_start, const
         (long)(prefill_tokens / 128) * n_heads >= 2L * n_sms)
         plan->tile_rows = 128;
     plan->max_seq_len = max_len;
-    plan->partition = partition > 0 ? partition
-                                    : cuda_attn_decode_partition(n_decode > 0 ? n_decode : 1,
-                                                                 n_kv_heads, max_len, n_sms);
-    plan->n_parts = (max_len + plan->partition - 1) / plan->partition;
-    plan->ws_floats = plan->n_parts > 1 ? (size_t)n_seqs * (size_t)n_heads * (size_t)plan->n_parts *
-                                              (size_t)(head_dim + 2)
-                                        : 0;
+    const int want = decode_grid(n_kv_heads, n_sms);
+    int p = partition > 0 ? partition : CUDA_ATTN_MAX_PARTITION;
+    int items = decode_items(query_start, seq_lens, n_seqs, p);
+    while (partition <= 0 && p > MIN_PARTITION && items < want) {
+        p /= 2;
+        items = decode_items(query_start, seq_lens, n_seqs, p);
+    }
+    plan->partition = p;
+    plan->n_items = items;
+    plan->reduce = fixed_grid || items > n_decode;
+    /* Eager: a CTA per item, the hardware balances them. A graph's grid
+     * cannot follow the items: the CTAs the partition is sized for, each
+     * taking every grid_x-th item (a CTA with none exits at once). */
+    plan->grid_x = fixed_grid ? want : (items > 0 ? items : 1);
+    plan->ws_floats = plan->reduce && items > 0
+                          ? (size_t)items * (size_t)n_heads * (size_t)(head_dim + 2)
+                          : 0;
+}
+
+size_t cuda_attn_work_ints(int n_seqs, int n_items)
+{
+    return (size_t)CUDA_ATTN_WORK_HEAD + (size_t)n_seqs + 1 + (size_t)n_items;
+}
+
+void cuda_attn_work_fill(const cuda_attn_plan *plan, const int32_t *query_start,
+                         const int32_t *seq_lens, int n_seqs, int table_stride, int32_t *work)
+{
+    work[0] = plan->partition;
+    work[1] = plan->n_items;
+    work[2] = table_stride;
+    int32_t *item_start = work + CUDA_ATTN_WORK_HEAD, *items = item_start + n_seqs + 1;
+    int n = 0;
+    for (int s = 0; s < n_seqs; s++) {
+        item_start[s] = n;
+        if (query_start[s + 1] - query_start[s] != 1) continue;
+        const int parts = (seq_lens[s] + plan->partition - 1) / plan->partition;
+        for (int part = 0; part < parts; part++)
+            items[n++] = (int32_t)((uint32_t)s << 16 | (uint32_t)part);
+    }
+    item_start[n_seqs] = n;
 }
 
 int cuda_attn_run(const cuda_attn_paged *a, const cuda_attn_plan *plan, float *workspace,
@@ -45,7 +99,6 @@ int cuda_attn_run(const cuda_attn_paged *a, const cuda_attn_plan *plan, float *w
         const int rc = cuda_attn_prefill(a, plan->has_decode, plan->tile_rows, stream);
         if (rc) return rc;
     }
-    if (plan->has_decode)
-        return cuda_attn_decode(a, plan->max_seq_len, plan->partition, workspace, stream);
+    if (plan->has_decode) return cuda_attn_decode(a, plan, workspace, stream);
     return 0;
 }

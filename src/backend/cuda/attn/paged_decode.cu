@@ -1,7 +1,7 @@
 /* FlashDecoding over the paged KV cache (contract in attn.h): one new token
- * per sequence. A CTA of 4 warps takes (partition of keys, kv head,
- * sequence) and reads that kv head's K/V once for all G query heads of the
- * group: the G query rows, padded with zeros to 16, are one m16 A tile, so
+ * per sequence. A CTA of 4 warps takes work items (a partition of one
+ * sequence's keys, attn.h) for one kv head, and reads that kv head's K/V
+ * once for all G query heads of the group: the G query rows, padded with zeros to 16, are one m16 A tile, so
  * S = Q K^T and O += P V are the same mma.sync m16n8k16 as the prefill
  * kernel (G = 4 leaves 12 of 16 rows idle, but the tensor cores then need
  * under a tenth of their rate to keep up with HBM, which CUDA-core FMAs on
@@ -11,8 +11,8 @@
  * zero-filled) go through a 3-stage ring, so two tiles are in flight while
  * one is consumed; each warp takes 16 keys of a tile with its own running
  * max, sum and output, and the 4 warps are merged through shared memory at
- * the end. With one partition the CTA writes the normalized output; with
- * several it writes (output, max, sum) per query head to the workspace and
+ * the end. A sequence of one item gets the normalized output; with several,
+ * each item writes (output, max, sum) per query head to the workspace and
  * decode_reduce_kernel merges them: out = sum_p 2^(m_p - M) o_p /
  * sum_p 2^(m_p - M) l_p. Build checks: see tests/gpu/test_gpu_attention.cu. */
 #include "backend/cuda/attn/attn_common.cuh"
@@ -24,10 +24,7 @@ namespace
 
 constexpr int DC_BN = 64, DC_WARPS = 4, DC_THREADS = DC_WARPS * 32, DC_STAGES = 3;
 constexpr int DC_ROWS = 16; /* query heads of a group, padded */
-/* Longest partition: one CTA then streams up to 2048 keys (32 tiles), so
- * its prologue (batch arrays, table window, first tiles in flight) and its
- * merge are a few percent of its time. */
-constexpr int DC_MAX_PARTITION = 2048;
+constexpr int DC_MAX_PARTITION = CUDA_ATTN_MAX_PARTITION;
 
 /* Entries of the block-table window a partition of `partition` keys spans
  * (it may start and end inside a block), rounded up to 16 bytes. */
@@ -53,24 +50,22 @@ template <int HD> size_t decode_launch_smem(int partition, int block_size)
            (size_t)decode_table_entries(partition, block_size) * sizeof(int32_t);
 }
 
+/* One item: keys [k_begin, k_end) of sequence s for kv head g. direct: the
+ * sequence's only item, its output normalized into a.out; else (output,
+ * max, sum) per query head into WS_ITEM (n_heads x (HD + 2) floats). The
+ * caller synchronizes the CTA between items (shared memory is reused). */
 template <typename T, int HD, bool POW2>
-__global__ void __launch_bounds__(DC_THREADS)
-    decode_kernel(cuda_attn_paged a, int partition, int n_parts, float *ws)
+__device__ __forceinline__ void decode_item(const cuda_attn_paged &a, int s, int g, int k_begin,
+                                            int k_end, int table_stride, bool direct,
+                                            float *ws_item, unsigned char *smem_raw)
 {
     constexpr int LD = HD + PAD, CH = HD / 8, NK16 = HD / 16, NO8 = HD / 8;
     constexpr int STAGE = 2 * DC_BN * LD; /* K tile then V tile */
-    extern __shared__ __align__(16) unsigned char smem_raw[];
     T *qs = reinterpret_cast<T *>(smem_raw);
     T *stages = qs + DC_ROWS * LD;
 
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
-    const int part = blockIdx.x, g = blockIdx.y, s = blockIdx.z;
     const int q0 = a.query_start[s];
-    if (a.query_start[s + 1] - q0 != 1) return;
-    const int seq_len = a.seq_lens[s];
-    const int k_begin = part * partition;
-    if (k_begin >= seq_len) return;
-    const int k_end = min(seq_len, k_begin + partition);
     const int n_tiles = (k_end - k_begin + DC_BN - 1) / DC_BN;
     const int G = a.n_heads / a.n_kv_heads;
     /* The partition's window of the block table, copied once: a tile's
@@ -79,7 +74,7 @@ __global__ void __launch_bounds__(DC_THREADS)
     int32_t *table = reinterpret_cast<int32_t *>(smem_raw + decode_smem_bytes<HD>());
     const int blk0 = k_begin / a.block_size;
     {
-        const int32_t *row = a.block_tables + (size_t)s * a.max_blocks_per_seq;
+        const int32_t *row = a.block_tables + (size_t)s * table_stride;
         const int n_blk = (k_end - 1) / a.block_size - blk0 + 1;
         for (int i = tid; i < n_blk; i += DC_THREADS)
             table[i] = row[blk0 + i];
@@ -211,11 +206,11 @@ __global__ void __launch_bounds__(DC_THREADS)
             v1 += src[col + 1] * f;
         }
         const int head = g * G + row;
-        if (n_parts == 1) {
+        if (direct) {
             store2(a.out, (size_t)q0 * a.ld_out + (size_t)head * HD + col, a.out_dtype,
                    a.out_lo_off, v0 / L, v1 / L);
         } else {
-            float *p = ws + (((size_t)s * a.n_heads + head) * n_parts + part) * (HD + 2);
+            float *p = ws_item + (size_t)head * (HD + 2);
             p[col] = v0;
             p[col + 1] = v1;
             if (col == 0) {
@@ -226,29 +221,53 @@ __global__ void __launch_bounds__(DC_THREADS)
     }
 }
 
-/* Merges the partitions of (query head, sequence); only the partitions that
- * hold keys (ceil(seq_len / partition)) were written. */
-template <int HD>
-__global__ void decode_reduce_kernel(cuda_attn_paged a, int partition, int n_parts, const float *ws)
+/* CTA (x, g) takes items x, x + gridDim.x, ... of the work list for kv
+ * head g. */
+template <typename T, int HD, bool POW2>
+__global__ void __launch_bounds__(DC_THREADS) decode_kernel(cuda_attn_paged a, float *ws)
+{
+    extern __shared__ __align__(16) unsigned char smem_raw[];
+    const int32_t *work = a.decode_work;
+    const int partition = work[0], n_items = work[1], table_stride = work[2];
+    const int32_t *item_start = work + CUDA_ATTN_WORK_HEAD;
+    const int32_t *items = item_start + a.n_seqs + 1;
+    const int g = blockIdx.y;
+    for (int i = blockIdx.x; i < n_items; i += gridDim.x) {
+        const int s = (int)((uint32_t)items[i] >> 16), part = items[i] & 0xffff;
+        const int k_begin = part * partition;
+        const int k_end = min(a.seq_lens[s], k_begin + partition);
+        const bool direct = item_start[s + 1] - item_start[s] == 1;
+        if (i != (int)blockIdx.x) __syncthreads(); /* the last item's merge read the smem */
+        decode_item<T, HD, POW2>(a, s, g, k_begin, k_end, table_stride, direct,
+                                 direct ? nullptr : ws + (size_t)i * a.n_heads * (HD + 2),
+                                 smem_raw);
+    }
+}
+
+/* Merges the items of (query head, sequence) when there are several (a
+ * sequence of one item was written directly). */
+template <int HD> __global__ void decode_reduce_kernel(cuda_attn_paged a, const float *ws)
 {
     const int head = blockIdx.x, s = blockIdx.y;
+    const int32_t *item_start = a.decode_work + CUDA_ATTN_WORK_HEAD;
+    const int first = item_start[s], np = item_start[s + 1] - first;
+    if (np <= 1) return;
     const int q0 = a.query_start[s];
-    if (a.query_start[s + 1] - q0 != 1) return;
-    const int np = (a.seq_lens[s] + partition - 1) / partition;
-    const float *p = ws + ((size_t)s * a.n_heads + head) * n_parts * (HD + 2);
+    const float *p = ws + ((size_t)first * a.n_heads + head) * (HD + 2);
+    const size_t stride = (size_t)a.n_heads * (HD + 2); /* item to item */
     float M = -INFINITY;
     for (int i = 0; i < np; i++)
-        M = fmaxf(M, p[i * (HD + 2) + HD]);
+        M = fmaxf(M, p[i * stride + HD]);
     float L = 0.0f;
     for (int i = 0; i < np; i++)
-        L += p[i * (HD + 2) + HD + 1] * exp2f(p[i * (HD + 2) + HD] - M);
+        L += p[i * stride + HD + 1] * exp2f(p[i * stride + HD] - M);
     const float inv = 1.0f / L;
     for (int col = 2 * threadIdx.x; col < HD; col += 2 * blockDim.x) {
         float v0 = 0.0f, v1 = 0.0f;
         for (int i = 0; i < np; i++) {
-            const float f = exp2f(p[i * (HD + 2) + HD] - M);
-            v0 += p[i * (HD + 2) + col] * f;
-            v1 += p[i * (HD + 2) + col + 1] * f;
+            const float f = exp2f(p[i * stride + HD] - M);
+            v0 += p[i * stride + col] * f;
+            v1 += p[i * stride + col + 1] * f;
         }
         store2(a.out, (size_t)q0 * a.ld_out + (size_t)head * HD + col, a.out_dtype, a.out_lo_off,
                v0 * inv, v1 * inv);
@@ -265,36 +284,38 @@ template <typename T, int HD> int decode_allow()
     return rc ? rc : allow_smem(decode_kernel<T, HD, false>, smem, any_set);
 }
 
+/* The table window is sized for the longest partition: the partition is
+ * in device memory, and may change from one replay of a graph to the next. */
 template <typename T, int HD>
-int launch_decode(const cuda_attn_paged *a, int n_parts, int partition, float *ws,
+int launch_decode(const cuda_attn_paged *a, const cuda_attn_plan *plan, float *ws,
                   cudaStream_t stream)
 {
     const int rc = decode_allow<T, HD>();
     if (rc) return rc;
-    const dim3 grid(n_parts, a->n_kv_heads, a->n_seqs);
-    const size_t smem = decode_launch_smem<HD>(partition, a->block_size);
+    const dim3 grid(plan->grid_x, a->n_kv_heads);
+    const size_t smem = decode_launch_smem<HD>(DC_MAX_PARTITION, a->block_size);
     if ((a->block_size & (a->block_size - 1)) == 0)
-        decode_kernel<T, HD, true><<<grid, DC_THREADS, smem, stream>>>(*a, partition, n_parts, ws);
+        decode_kernel<T, HD, true><<<grid, DC_THREADS, smem, stream>>>(*a, ws);
     else
-        decode_kernel<T, HD, false><<<grid, DC_THREADS, smem, stream>>>(*a, partition, n_parts, ws);
-    if (n_parts > 1)
-        decode_reduce_kernel<HD>
-            <<<dim3(a->n_heads, a->n_seqs), HD / 2, 0, stream>>>(*a, partition, n_parts, ws);
+        decode_kernel<T, HD, false><<<grid, DC_THREADS, smem, stream>>>(*a, ws);
+    if (plan->reduce)
+        decode_reduce_kernel<HD><<<dim3(a->n_heads, a->n_seqs), HD / 2, 0, stream>>>(*a, ws);
     return (int)cudaGetLastError();
 }
 
 template <typename T>
-int decode_for(const cuda_attn_paged *a, int n_parts, int partition, float *ws, cudaStream_t stream)
+int decode_for(const cuda_attn_paged *a, const cuda_attn_plan *plan, float *ws,
+               cudaStream_t stream)
 {
     switch (a->head_dim) {
     case 16:
-        return launch_decode<T, 16>(a, n_parts, partition, ws, stream);
+        return launch_decode<T, 16>(a, plan, ws, stream);
     case 32:
-        return launch_decode<T, 32>(a, n_parts, partition, ws, stream);
+        return launch_decode<T, 32>(a, plan, ws, stream);
     case 64:
-        return launch_decode<T, 64>(a, n_parts, partition, ws, stream);
+        return launch_decode<T, 64>(a, plan, ws, stream);
     default:
-        return launch_decode<T, 128>(a, n_parts, partition, ws, stream);
+        return launch_decode<T, 128>(a, plan, ws, stream);
     }
 }
 
@@ -317,35 +338,19 @@ extern "C" int cuda_attn_prepare(void)
     return rc ? rc : decode_prepare_type<__nv_bfloat16>();
 }
 
-extern "C" int cuda_attn_decode_partition(int n_seqs, int n_kv_heads, int max_seq_len, int n_sms)
-{
-    int p = cv_attn::DC_MAX_PARTITION;
-    while (p > 64 && (long)n_seqs * n_kv_heads * ((max_seq_len + p - 1) / p) < 4L * (long)n_sms)
-        p /= 2;
-    return p;
-}
-
-extern "C" size_t cuda_attn_decode_workspace_floats(const cuda_attn_paged *a, int max_seq_len,
-                                                    int partition)
-{
-    const size_t n_parts = (size_t)((max_seq_len + partition - 1) / partition);
-    if (n_parts <= 1) return 0;
-    return (size_t)a->n_seqs * a->n_heads * n_parts * (size_t)(a->head_dim + 2);
-}
-
-extern "C" int cuda_attn_decode(const cuda_attn_paged *a, int max_seq_len, int partition,
+extern "C" int cuda_attn_decode(const cuda_attn_paged *a, const cuda_attn_plan *plan,
                                 float *workspace, cudaStream_t stream)
 {
     using namespace cv_attn;
+    /* Items pack the sequence and the partition index in 16 bits each. */
     if (!cuda_attn_supported(a->n_heads, a->n_kv_heads, a->head_dim, a->kv_dtype, a->q_dtype,
                              a->out_dtype) ||
         a->ld_q % 8 != 0 || a->ld_out % 2 != 0 || a->out_lo_off % 2 != 0 || a->n_seqs <= 0 ||
-        a->block_size <= 0 || max_seq_len <= 0 || partition <= 0 || partition % DC_BN != 0 ||
-        partition > DC_MAX_PARTITION || a->n_heads / a->n_kv_heads > DC_ROWS)
+        a->n_seqs > 0xffff || a->block_size <= 0 || !a->decode_work || plan->grid_x <= 0 ||
+        plan->partition < DC_BN || plan->partition % DC_BN != 0 ||
+        plan->partition > DC_MAX_PARTITION || plan->max_seq_len / plan->partition >= 0xffff ||
+        a->n_heads / a->n_kv_heads > DC_ROWS || (plan->reduce && !workspace))
         return (int)cudaErrorInvalidValue;
-    const int n_parts = (max_seq_len + partition - 1) / partition;
-    if (n_parts > 1 && !workspace) return (int)cudaErrorInvalidValue;
-    return a->kv_dtype == CV_DTYPE_F16
-               ? decode_for<__half>(a, n_parts, partition, workspace, stream)
-               : decode_for<__nv_bfloat16>(a, n_parts, partition, workspace, stream);
+    return a->kv_dtype == CV_DTYPE_F16 ? decode_for<__half>(a, plan, workspace, stream)
+                                       : decode_for<__nv_bfloat16>(a, plan, workspace, stream);
 }
