@@ -15,8 +15,9 @@ enum { N_SMS = 132 };
 
 /* 256 decodes at 1.1k context: 256 items of 2048 keys already give every
  * SM 4 CTAs (with 8 kv heads), so one item per sequence: no workspace, no
- * reduce. A graph's grid is the 66 CTAs per kv head the target asks for,
- * and it always merges (through the workspace). */
+ * reduce. A graph's grid is a CTA per sequence (more than the 66 per kv
+ * head the target asks for), and it always merges (through the
+ * workspace). */
 static void test_decode_batch(void **state)
 {
     (void)state;
@@ -38,9 +39,31 @@ static void test_decode_batch(void **state)
     cuda_attn_plan_make(&p, qs, lens, 256, 32, 8, 128, N_SMS, 0, 1);
     assert_int_equal(p.partition, 2048);
     assert_int_equal(p.n_items, 256);
-    assert_int_equal(p.grid_x, 66);
+    assert_int_equal(p.grid_x, 256);
     assert_int_equal(p.reduce, 1);
     assert_int_equal(p.ws_floats, (size_t)256 * 32 * 130);
+}
+
+/* 64 decodes at 288 keys: eager halves the partition to 256 (128 items,
+ * a CTA each); a graph's 66 CTAs per kv head take one item each, so its
+ * partition stops at 512 (64 items) rather than give CTAs two. */
+static void test_decode_graph_partition(void **state)
+{
+    (void)state;
+    int32_t qs[65], lens[64];
+    for (int s = 0; s <= 64; s++)
+        qs[s] = s;
+    for (int s = 0; s < 64; s++)
+        lens[s] = 288;
+    cuda_attn_plan p;
+    cuda_attn_plan_make(&p, qs, lens, 64, 32, 8, 128, N_SMS, 0, 0);
+    assert_int_equal(p.partition, 256);
+    assert_int_equal(p.n_items, 128);
+    assert_int_equal(p.grid_x, 128);
+    cuda_attn_plan_make(&p, qs, lens, 64, 32, 8, 128, N_SMS, 0, 1);
+    assert_int_equal(p.partition, 512);
+    assert_int_equal(p.n_items, 64);
+    assert_int_equal(p.grid_x, 66);
 }
 
 /* One sequence at 4k context: partitions are halved to 64 keys (64 items x
@@ -151,7 +174,8 @@ static void test_mixed_step(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_decode_batch),   cmocka_unit_test(test_decode_partition),
+        cmocka_unit_test(test_decode_batch),   cmocka_unit_test(test_decode_graph_partition),
+        cmocka_unit_test(test_decode_partition),
         cmocka_unit_test(test_decode_one_partition), cmocka_unit_test(test_work_fill),
         cmocka_unit_test(test_prefill_tiles),  cmocka_unit_test(test_mixed_step),
     };

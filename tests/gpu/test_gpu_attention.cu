@@ -289,10 +289,24 @@ void problem_free(problem &p)
     cudaFree(p.d_ws);
 }
 
+/* Uploads the work array of PLAN (the problem's, or a graph's plan of the
+ * same batch) and sizes the workspace for it, merging or not. */
+void problem_work(const attn_case &c, problem &p, const cuda_attn_plan &plan)
+{
+    std::vector<int32_t> work(cuda_attn_work_ints(p.n_seqs, plan.n_items));
+    cuda_attn_work_fill(&plan, p.query_start.data(), p.seq_lens.data(), p.n_seqs, p.max_blocks,
+                        work.data());
+    cudaFree(p.d_work);
+    cudaFree(p.d_ws);
+    CK(cudaMalloc(&p.d_work, work.size() * 4));
+    CK(cudaMemcpy(p.d_work, work.data(), work.size() * 4, cudaMemcpyHostToDevice));
+    p.args.decode_work = p.d_work;
+    const size_t ws = (size_t)std::max(plan.n_items, 1) * c.n_heads * (c.head_dim + 2);
+    CK(cudaMalloc(&p.d_ws, ws * sizeof(float)));
+}
+
 /* Plans the step as the backend would (cuda_attn_plan_make, the case's
- * partition and tile height when it forces them), uploads its decode work
- * array and allocates the workspace for it and for a graph's plan (which
- * always merges). */
+ * partition and tile height when it forces them) and uploads its work. */
 void problem_plan(const attn_case &c, problem &p)
 {
     int dev = 0, n_sms = 0;
@@ -301,14 +315,7 @@ void problem_plan(const attn_case &c, problem &p)
     cuda_attn_plan_make(&p.plan, p.query_start.data(), p.seq_lens.data(), p.n_seqs, c.n_heads,
                         c.n_kv_heads, c.head_dim, n_sms, c.partition, 0);
     if (c.tile_rows) p.plan.tile_rows = c.tile_rows;
-    std::vector<int32_t> work(cuda_attn_work_ints(p.n_seqs, p.plan.n_items));
-    cuda_attn_work_fill(&p.plan, p.query_start.data(), p.seq_lens.data(), p.n_seqs, p.max_blocks,
-                        work.data());
-    CK(cudaMalloc(&p.d_work, work.size() * 4));
-    CK(cudaMemcpy(p.d_work, work.data(), work.size() * 4, cudaMemcpyHostToDevice));
-    p.args.decode_work = p.d_work;
-    const size_t ws = (size_t)std::max(p.plan.n_items, 1) * c.n_heads * (c.head_dim + 2);
-    CK(cudaMalloc(&p.d_ws, ws * sizeof(float)));
+    problem_work(c, p, p.plan);
 }
 
 /* Launches the kernels the mode calls for: the prefill kernel on every
@@ -719,7 +726,11 @@ void bench()
         cuda_attn_plan fixed;
         cuda_attn_plan_make(&fixed, p.query_start.data(), p.seq_lens.data(), p.n_seqs, c.n_heads,
                             c.n_kv_heads, c.head_dim, prop.multiProcessorCount, c.partition, 1);
-        const float graph_ms = c.mode == MODE_DECODE ? time_plan(fixed) : 0.0f;
+        float graph_ms = 0.0f;
+        if (c.mode == MODE_DECODE) {
+            problem_work(c, p, fixed);
+            graph_ms = time_plan(fixed);
+        }
         /* The scalar kernel is slow on long prefills: fewer repeats. */
         const float old_ms = time_scalar(c, p, c.mode == MODE_PREFILL ? 5 : 30);
         const double flops = 4.0 * pairs * c.head_dim * c.n_heads;
@@ -733,8 +744,8 @@ void bench()
                    c.name, ms, bytes / (ms * 1e-3) / 1e9, 100.0 * bytes / (ms * 1e-3) / 1e9 / copy,
                    p.plan.partition, old_ms, old_ms / ms, graph_ms > 0.0f ? "" : "\n");
         if (graph_ms > 0.0f)
-            printf("  graph grid (%d CTAs / kv head) %8.3f ms (%.2fx eager)\n", fixed.grid_x,
-                   graph_ms, graph_ms / ms);
+            printf("  graph plan (%d CTAs / kv head, partition %d) %8.3f ms (%.2fx eager)\n",
+                   fixed.grid_x, fixed.partition, graph_ms, graph_ms / ms);
         problem_free(p);
     }
 }

@@ -200,6 +200,10 @@ bench_engine *bench_engine_open(const bench_args *a, cv_error *err);
 /* The loaded engine, owned by e and valid until bench_engine_close. */
 struct cv_engine *bench_engine_get(bench_engine *e);
 void bench_engine_close(bench_engine *e); /* aborts what is in flight, frees */
+/* The engine's side of the run on stdout, after the report: steps, how many
+ * were scheduled ahead (async_scheduling), tokens and device time per step
+ * (what tells a batching change from a kernel change). */
+void bench_engine_report(bench_engine *e);
 
 /* Runs the warm-up requests (dataset items 0..num_warmups-1, excluded from
  * results), then the measured ones on the arrival schedule. engine: the

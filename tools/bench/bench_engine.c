@@ -2,6 +2,7 @@
  * loaded through the server's own repository code (config.pbtxt, version
  * policy, model.json -> cv_engine_args), so that a run against it differs
  * from a run against the server only by the server. */
+#include <stdio.h>
 #include <stdlib.h>
 
 #include "bench.h"
@@ -32,6 +33,18 @@ bench_engine *bench_engine_open(const bench_args *a, cv_error *err)
 struct cv_engine *bench_engine_get(bench_engine *e)
 {
     return e->model->engine;
+}
+
+void bench_engine_report(bench_engine *e)
+{
+    cv_engine_stats st;
+    cv_engine_get_stats(e->model->engine, &st);
+    const double steps = st.steps_total ? (double)st.steps_total : 1.0;
+    printf("Engine steps (warm-ups included):  %llu, %llu scheduled ahead\n",
+           (unsigned long long)st.steps_total, (unsigned long long)st.steps_ahead);
+    printf("Tokens per step:                   %.1f\n",
+           (double)(st.prompt_tokens_computed + st.generation_tokens_total) / steps);
+    printf("Device ms per step:                %.3f\n", 1e3 * st.forward_s_total / steps);
 }
 
 void bench_engine_close(bench_engine *e)

@@ -83,6 +83,7 @@ int main(int argc, char **argv)
         rc = -1;
     } else {
         bench_print_report(&a, &m);
+        if (eng) bench_engine_report(eng);
         for (size_t i = 0; i < run.n && m.failed; i++)
             if (run.recs[i].error) {
                 fprintf(stderr, "cvllm-bench: first failed request %s: %s\n", run.recs[i].id,

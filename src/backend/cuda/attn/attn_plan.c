@@ -53,17 +53,31 @@ void cuda_attn_plan_make(cuda_attn_plan *plan, const int32_t *query_start, const
     const int want = decode_grid(n_kv_heads, n_sms);
     int p = partition > 0 ? partition : CUDA_ATTN_MAX_PARTITION;
     int items = decode_items(query_start, seq_lens, n_seqs, p);
-    while (partition <= 0 && p > MIN_PARTITION && items < want) {
-        p /= 2;
-        items = decode_items(query_start, seq_lens, n_seqs, p);
+    if (fixed_grid) {
+        /* A graph's grid cannot follow the items: it is the CTAs the
+         * occupancy target asks for, or one per sequence when there are
+         * more, and the partition the smallest that still gives every CTA
+         * at most one item (a CTA past the items exits at once; with
+         * contexts past 2048 keys a CTA takes every grid_x-th item). */
+        plan->grid_x = n_decode > want ? n_decode : want;
+        while (partition <= 0 && p > MIN_PARTITION) {
+            const int finer = decode_items(query_start, seq_lens, n_seqs, p / 2);
+            if (finer > plan->grid_x) break;
+            p /= 2;
+            items = finer;
+        }
+    } else {
+        /* Eager: halved until the items reach the target, a CTA per item
+         * (the hardware balances them). */
+        while (partition <= 0 && p > MIN_PARTITION && items < want) {
+            p /= 2;
+            items = decode_items(query_start, seq_lens, n_seqs, p);
+        }
+        plan->grid_x = items > 0 ? items : 1;
     }
     plan->partition = p;
     plan->n_items = items;
     plan->reduce = fixed_grid || items > n_decode;
-    /* Eager: a CTA per item, the hardware balances them. A graph's grid
-     * cannot follow the items: the CTAs the partition is sized for, each
-     * taking every grid_x-th item (a CTA with none exits at once). */
-    plan->grid_x = fixed_grid ? want : (items > 0 ? items : 1);
     plan->ws_floats = plan->reduce && items > 0
                           ? (size_t)items * (size_t)n_heads * (size_t)(head_dim + 2)
                           : 0;
