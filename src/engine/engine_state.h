@@ -156,6 +156,9 @@ struct cv_engine {
     struct {
         uint64_t t0_ns;
         int64_t steps, tokens;
+        /* What the steps held: one-token rows (decodes), longer chunks
+         * (prefill) and their tokens, steps with any chunk. */
+        int64_t decode_rows, chunks, chunk_tokens, mixed_steps;
         double before_s, wait_s, after_s, outputs_s; /* engine thread; outputs_s: in after_s */
         double forward_s;                            /* the device's */
     } step_log;

@@ -652,7 +652,20 @@ static void log_step(cv_engine *e, const step_buf *sb, uint64_t t_waited, uint64
     const uint64_t end = cv_now_ns();
     if (e->step_log.t0_ns == 0) e->step_log.t0_ns = sb->t_start_ns;
     e->step_log.steps++;
-    e->step_log.tokens += sb->step.batch.n_tokens;
+    const cv_batch *bt = &sb->step.batch;
+    e->step_log.tokens += bt->n_tokens;
+    int64_t chunks = 0;
+    for (int s = 0; s < bt->n_seqs; s++) {
+        const int len = bt->query_start[s + 1] - bt->query_start[s];
+        if (len == 1) {
+            e->step_log.decode_rows++;
+        } else {
+            chunks++;
+            e->step_log.chunk_tokens += len;
+        }
+    }
+    e->step_log.chunks += chunks;
+    e->step_log.mixed_steps += chunks > 0;
     e->step_log.before_s += cv_ns_to_s(sb->t_submit_ns - sb->t_start_ns);
     e->step_log.forward_s += sb->step.forward_s;
     e->step_log.wait_s += cv_ns_to_s(t_waited - sb->t_wait_ns);
@@ -661,10 +674,15 @@ static void log_step(cv_engine *e, const step_buf *sb, uint64_t t_waited, uint64
     const double span = cv_ns_to_s(end - e->step_log.t0_ns);
     if (span < 10.0) return;
     const double n = (double)e->step_log.steps;
-    cv_log_verbose("engine: %lld steps in %.1f s (%.0f tokens/step): per step %.3f ms building "
-                   "it, %.3f ms waiting for it, %.3f ms taking its tokens (%.3f of it handing "
-                   "out outputs); %.3f ms on the device, busy %.0f%% of the time",
+    /* The composition tells a batching change from a speed change. */
+    cv_log_verbose("engine: %lld steps in %.1f s (%.0f tokens/step: %.1f decode rows, %.2f "
+                   "prefill chunks of %.0f tokens, %.0f%% of steps with a chunk): per step %.3f "
+                   "ms building it, %.3f ms waiting for it, %.3f ms taking its tokens (%.3f of it "
+                   "handing out outputs); %.3f ms on the device, busy %.0f%% of the time",
                    (long long)e->step_log.steps, span, (double)e->step_log.tokens / n,
+                   (double)e->step_log.decode_rows / n, (double)e->step_log.chunks / n,
+                   e->step_log.chunks ? (double)e->step_log.chunk_tokens / e->step_log.chunks : 0.0,
+                   100.0 * (double)e->step_log.mixed_steps / n,
                    e->step_log.before_s / n * 1e3, e->step_log.wait_s / n * 1e3,
                    e->step_log.after_s / n * 1e3, e->step_log.outputs_s / n * 1e3,
                    e->step_log.forward_s / n * 1e3, 100.0 * e->step_log.forward_s / span);
