@@ -5,9 +5,9 @@
  * after. */
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "backend/cuda/cuda_internal.h"
+#include "base/clock.h"
 #include "base/log.h"
 
 /* Do two steps launch the same attention kernels with the same grids?
@@ -175,21 +175,13 @@ static int work_items_bound(const cv_cuda_backend *b, int max_seqs)
     return bound < 0x7fffffff ? (int)bound : 0x7fffffff;
 }
 
-static double seconds_since(const struct timespec *t0)
-{
-    struct timespec t1;
-    clock_gettime(CLOCK_MONOTONIC, &t1);
-    return (double)(t1.tv_sec - t0->tv_sec) + 1e-9 * (double)(t1.tv_nsec - t0->tv_nsec);
-}
-
 int cuda_graphs_capture_ladder(cv_cuda_backend *b, cv_error *err)
 {
     const int max_seqs = b->graph_max_seqs;
     if (!b->use_graphs || b->graphs_broken || max_seqs <= 0 || !b->kv ||
         !cuda_tensor_core_attention(b))
         return 0;
-    struct timespec t0;
-    clock_gettime(CLOCK_MONOTONIC, &t0);
+    const uint64_t t0 = cv_now_ns();
     const cv_model_config *c = &b->cfg;
     /* Buffers a graph reads are sized now for every later step, eager ones
      * included (they share them): a step that grew one would drop the
@@ -217,15 +209,15 @@ int cuda_graphs_capture_ladder(cv_cuda_backend *b, cv_error *err)
     }
     int32_t *ids = ints, *positions = ids + top, *lens = positions + top, *tables = lens + top,
             *rows = tables + top, *query_start = rows + top;
-    for (int s = 0; s <= top; s++) {
+    for (int s = 0; s < top; s++) {
         query_start[s] = s;
-        if (s == top) break;
         ids[s] = positions[s] = 0;
         lens[s] = 1;
         tables[s] = scratch;
         rows[s] = s;
         slots[s] = (int64_t)scratch * b->block_size;
     }
+    query_start[top] = top;
     int n_graphs = 0, rc = 0;
     for (int n = 1; n <= top && !rc && !b->graphs_broken; n = ladder_size(n + 1)) {
         const cv_batch step = {
@@ -255,6 +247,6 @@ int cuda_graphs_capture_ladder(cv_cuda_backend *b, cv_error *err)
     if (rc) return cv_error_prefix(err, "capturing the decode graphs");
     cv_log_info("cuda backend: %d decode graphs captured (batch sizes 1..%d, any context up to "
                 "%d tokens) in %.2f s",
-                n_graphs, top, b->graph_max_len, seconds_since(&t0));
+                n_graphs, top, b->graph_max_len, cv_ns_to_s(cv_now_ns() - t0));
     return 0;
 }
