@@ -18,7 +18,10 @@
 #   7. report.py -> gpu_serving.md.
 # WORKLOADS (default "g2 g1 c64 c256") picks a subset; HF=0 skips step 4;
 # INPROC=0 skips step 6; ASYNC=0 turns the engine's async_scheduling off
-# (model.json; on by default: step N+1 is scheduled while step N runs).
+# (model.json; on by default: step N+1 is scheduled while step N runs);
+# FRESH=1 restarts the server before each workload (server.NAME.log), as
+# every in-process run starts a fresh engine, instead of one server that
+# has served the workloads before.
 set -u
 BUILD=${1:-build-cuda}
 OUT=${OUT:-/tmp/cvllm-gpu-out}
@@ -27,6 +30,7 @@ WORKLOADS=${WORKLOADS:-g2 g1 c64 c256}
 HF=${HF:-1}
 INPROC=${INPROC:-1}
 ASYNC=${ASYNC:-1}
+FRESH=${FRESH:-0}
 mkdir -p "$OUT"
 cublas=/usr/local/cuda/lib64/libcublas.so.13
 [ -e "$cublas" ] || cublas=$(find / -xdev -name libcublas.so.13 2>/dev/null | head -1)
@@ -69,23 +73,29 @@ cat > "$REPO/l8b/1/model.json" <<JSON
  "max_num_seqs": 256, "max_num_batched_tokens": 8192, "async_scheduling": $async}
 JSON
 ports=(18000 18001 18002)
+# start_server LOG: cvllm-server on the repository, waited for until ready
+# (ready_ms: how long that took).
+start_server() {
+    local t0
+    t0=$(now_ms)
+    "$BIN/cvllm-server" --model-repository="$REPO" --http-port=${ports[0]} \
+        --grpc-port=${ports[1]} --metrics-port=${ports[2]} --log-verbose=1 > "$1" 2>&1 &
+    server=$!
+    ready_ms=
+    for _ in $(seq 1 1800); do
+        if LD_LIBRARY_PATH= curl -sf "localhost:${ports[0]}/v2/models/l8b/ready" > /dev/null; then
+            ready_ms=$(( $(now_ms) - t0 )); break
+        fi
+        kill -0 $server 2> /dev/null || break
+        sleep 0.1
+    done
+    [ -n "$ready_ms" ] || { tail -20 "$1"; exit 1; }
+}
 echo "== cvllm-server"
-t0=$(now_ms)
-"$BIN/cvllm-server" --model-repository="$REPO" --http-port=${ports[0]} \
-    --grpc-port=${ports[1]} --metrics-port=${ports[2]} --log-verbose=1 > "$OUT/server.log" 2>&1 &
-server=$!
-ready_ms=
-for _ in $(seq 1 1800); do
-    if LD_LIBRARY_PATH= curl -sf "localhost:${ports[0]}/v2/models/l8b/ready" > /dev/null; then
-        ready_ms=$(( $(now_ms) - t0 )); break
-    fi
-    kill -0 $server 2> /dev/null || break
-    sleep 0.1
-done
-echo "ready after ${ready_ms:-never} ms"
-echo "{\"ready_ms\": ${ready_ms:-null}}" > "$OUT/ready.json"
+start_server "$OUT/server.log"
+echo "ready after $ready_ms ms"
+echo "{\"ready_ms\": $ready_ms}" > "$OUT/ready.json"
 grep -iE "engine|load|graph|kv|ready" "$OUT/server.log" | head -20
-[ -n "$ready_ms" ] || { tail -20 "$OUT/server.log"; exit 1; }
 
 # BACKEND picks the target: the server over gRPC, or the same repository's
 # engine in cvllm-bench's process (results NAME.inproc.json). Two warm-up
@@ -116,7 +126,15 @@ workload() {
     g1) bench g1 1000 1024 128 0 4 ;;
     esac
 }
-for w in $WORKLOADS; do workload "$w"; done
+first=1
+for w in $WORKLOADS; do
+    if [ "$FRESH" = 1 ] && [ $first = 0 ]; then
+        kill -TERM $server; wait $server
+        start_server "$OUT/server.$w.log"
+    fi
+    first=0
+    workload "$w"
+done
 LD_LIBRARY_PATH= curl -s "localhost:${ports[2]}/metrics" > "$OUT/metrics.txt"
 kill -TERM $server; wait $server; echo "server exit $?"
 
@@ -129,6 +147,6 @@ if [ "$INPROC" = 1 ]; then
     done
 fi
 
-python3 bench/gpu_serving/report.py "$OUT" "ASYNC=$ASYNC bench/gpu_serving/run.sh $BUILD" \
+python3 bench/gpu_serving/report.py "$OUT" "ASYNC=$ASYNC FRESH=$FRESH bench/gpu_serving/run.sh $BUILD" \
     > "$OUT/gpu_serving.md"
 cat "$OUT/gpu_serving.md"
