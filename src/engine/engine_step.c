@@ -682,10 +682,10 @@ static void log_step(cv_engine *e, const step_buf *sb, uint64_t t_waited, uint64
                    (long long)e->step_log.steps, span, (double)e->step_log.tokens / n,
                    (double)e->step_log.decode_rows / n, (double)e->step_log.chunks / n,
                    e->step_log.chunks ? (double)e->step_log.chunk_tokens / e->step_log.chunks : 0.0,
-                   100.0 * (double)e->step_log.mixed_steps / n,
-                   e->step_log.before_s / n * 1e3, e->step_log.wait_s / n * 1e3,
-                   e->step_log.after_s / n * 1e3, e->step_log.outputs_s / n * 1e3,
-                   e->step_log.forward_s / n * 1e3, 100.0 * e->step_log.forward_s / span);
+                   100.0 * (double)e->step_log.mixed_steps / n, e->step_log.before_s / n * 1e3,
+                   e->step_log.wait_s / n * 1e3, e->step_log.after_s / n * 1e3,
+                   e->step_log.outputs_s / n * 1e3, e->step_log.forward_s / n * 1e3,
+                   100.0 * e->step_log.forward_s / span);
     memset(&e->step_log, 0, sizeof e->step_log);
 }
 
@@ -700,11 +700,15 @@ static void prefetch_masks(cv_engine *e, const step_buf *sb)
     for (int i = 0; i < sb->n_entries; i++)
         n += sb->entries[i].samples && ((const request *)sb->entries[i].seq->owner)->grammar;
     if (n == 0) return;
-    /* As many mask workers as the engine has threads (every core by
-     * default): masks of different grammars run in parallel. */
-    const long cores = sysconf(_SC_NPROCESSORS_ONLN);
-    const int n_workers = e->args.n_threads > 0 ? e->args.n_threads : cores > 0 ? (int)cores : 1;
-    if (!e->so_prefetch && !(e->so_prefetch = so_prefetch_create(n_workers))) return;
+    if (!e->so_prefetch) {
+        /* As many mask workers as the engine has threads (every core by
+         * default): masks of different grammars run in parallel. */
+        const long cores = sysconf(_SC_NPROCESSORS_ONLN);
+        const int n_workers = e->args.n_threads > 0 ? e->args.n_threads
+                              : cores > 0           ? (int)cores
+                                                    : 1;
+        if (!(e->so_prefetch = so_prefetch_create(n_workers))) return;
+    }
     so_grammar **g = malloc((size_t)n * sizeof(*g));
     so_state *st = malloc((size_t)n * sizeof(*st));
     n = 0;

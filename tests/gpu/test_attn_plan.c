@@ -13,6 +13,16 @@
 
 enum { N_SMS = 132 };
 
+/* n one-token sequences (a decode step): query_start 0..n, every context
+ * len (lens may then be edited). */
+static void decodes(int32_t *qs, int32_t *lens, int n, int len)
+{
+    for (int s = 0; s <= n; s++)
+        qs[s] = s;
+    for (int s = 0; s < n; s++)
+        lens[s] = len;
+}
+
 /* 256 decodes at 1.1k context: 256 items of 2048 keys already give every
  * SM 4 CTAs (with 8 kv heads), so one item per sequence: no workspace, no
  * reduce. A graph's grid is a CTA per sequence (more than the 66 per kv
@@ -22,8 +32,7 @@ static void test_decode_batch(void **state)
 {
     (void)state;
     int32_t qs[257], lens[256];
-    for (int s = 0; s <= 256; s++)
-        qs[s] = s;
+    decodes(qs, lens, 256, 0);
     for (int s = 0; s < 256; s++)
         lens[s] = 1000 + s % 101;
     cuda_attn_plan p;
@@ -40,6 +49,8 @@ static void test_decode_batch(void **state)
     assert_int_equal(p.partition, 2048);
     assert_int_equal(p.n_items, 256);
     assert_int_equal(p.grid_x, 256);
+    /* 256 sequences, 256 * 1100 tokens: 256 + 138 + 2 x 66. */
+    assert_int_equal(cuda_attn_max_items(256, 256L * 1100, 8, N_SMS), 526);
     assert_int_equal(p.reduce, 1);
     assert_int_equal(p.ws_floats, (size_t)256 * 32 * 130);
 }
@@ -51,10 +62,7 @@ static void test_decode_graph_partition(void **state)
 {
     (void)state;
     int32_t qs[65], lens[64];
-    for (int s = 0; s <= 64; s++)
-        qs[s] = s;
-    for (int s = 0; s < 64; s++)
-        lens[s] = 288;
+    decodes(qs, lens, 64, 288);
     cuda_attn_plan p;
     cuda_attn_plan_make(&p, qs, lens, 64, 32, 8, 128, N_SMS, 0, 0);
     assert_int_equal(p.partition, 256);
@@ -81,10 +89,7 @@ static void test_decode_partition(void **state)
     assert_int_equal(p.ws_floats, (size_t)64 * 32 * 130);
 
     int32_t qs16[17], lens16[16];
-    for (int s = 0; s <= 16; s++)
-        qs16[s] = s;
-    for (int s = 0; s < 16; s++)
-        lens16[s] = 4096;
+    decodes(qs16, lens16, 16, 4096);
     cuda_attn_plan_make(&p, qs16, lens16, 16, 32, 8, 128, N_SMS, 0, 0);
     assert_int_equal(p.partition, 512);
     assert_int_equal(p.n_items, 128);
@@ -151,10 +156,7 @@ static void test_mixed_step(void **state)
 {
     (void)state;
     int32_t qs[258], lens[257];
-    for (int s = 0; s <= 255; s++)
-        qs[s] = s;
-    for (int s = 0; s < 255; s++)
-        lens[s] = 1100;
+    decodes(qs, lens, 255, 1100);
     qs[256] = 255 + 4096;
     lens[255] = 4096;
     qs[257] = qs[256] + 1;
@@ -174,10 +176,10 @@ static void test_mixed_step(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_decode_batch),   cmocka_unit_test(test_decode_graph_partition),
-        cmocka_unit_test(test_decode_partition),
-        cmocka_unit_test(test_decode_one_partition), cmocka_unit_test(test_work_fill),
-        cmocka_unit_test(test_prefill_tiles),  cmocka_unit_test(test_mixed_step),
+        cmocka_unit_test(test_decode_batch),     cmocka_unit_test(test_decode_graph_partition),
+        cmocka_unit_test(test_decode_partition), cmocka_unit_test(test_decode_one_partition),
+        cmocka_unit_test(test_work_fill),        cmocka_unit_test(test_prefill_tiles),
+        cmocka_unit_test(test_mixed_step),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -51,8 +51,7 @@ static int check_batch(const cv_cuda_backend *b, const cv_batch *bt, cv_error *e
                          fn, bt->n_tokens, bt->n_seqs);
     /* The decode work list packs a sequence and a partition in 16 bits each
      * (attn.h). */
-    if (bt->n_seqs > 0xffff)
-        return cv_errorf(err, "%s: n_seqs %d is over 65535", fn, bt->n_seqs);
+    if (bt->n_seqs > 0xffff) return cv_errorf(err, "%s: n_seqs %d is over 65535", fn, bt->n_seqs);
     if (bt->max_blocks_per_seq <= 0 || bt->n_logits < 0)
         return cv_errorf(err, "%s: max_blocks_per_seq %d must be > 0 and n_logits %d >= 0", fn,
                          bt->max_blocks_per_seq, bt->n_logits);
@@ -185,8 +184,18 @@ int cv_cuda_backend_reserve(cv_cuda_backend *b, int n_tokens, int n_logits, cv_e
  * address but the tables' end depends only on the token, sequence and
  * logits counts, so a graph captured for a batch size replays steps of any
  * table width. off[] and the total in bytes. */
-enum { STAGE_SLOTS, STAGE_IDS, STAGE_POS, STAGE_TOK_SEQ, STAGE_QS, STAGE_LENS, STAGE_ROWS,
-       STAGE_WORK, STAGE_TABLES, STAGE_N };
+enum {
+    STAGE_SLOTS,
+    STAGE_IDS,
+    STAGE_POS,
+    STAGE_TOK_SEQ,
+    STAGE_QS,
+    STAGE_LENS,
+    STAGE_ROWS,
+    STAGE_WORK,
+    STAGE_TABLES,
+    STAGE_N
+};
 static size_t stage_layout(const cv_cuda_backend *b, int n_tokens, int n_seqs, int n_logits,
                            int width, size_t off[STAGE_N])
 {
@@ -224,8 +233,7 @@ int cuda_stage_reserve(cv_cuda_backend *b, size_t bytes, cv_error *err)
     return 0;
 }
 
-size_t cuda_stage_bytes(const cv_cuda_backend *b, int n_tokens, int n_seqs, int n_logits,
-                        int width)
+size_t cuda_stage_bytes(const cv_cuda_backend *b, int n_tokens, int n_seqs, int n_logits, int width)
 {
     size_t off[STAGE_N];
     return stage_layout(b, n_tokens, n_seqs, n_logits, width, off);
@@ -233,8 +241,8 @@ size_t cuda_stage_bytes(const cv_cuda_backend *b, int n_tokens, int n_seqs, int 
 
 /* Packs the batch (each token's sequence index and the decode work list
  * with it) into the pinned staging buffer and enqueues one upload. */
-static int upload_batch(cv_cuda_backend *b, const cv_batch *bt, const step_attn *sa,
-                        step_arrays *d, cv_error *err)
+static int upload_batch(cv_cuda_backend *b, const cv_batch *bt, const step_attn *sa, step_arrays *d,
+                        cv_error *err)
 {
     size_t off[STAGE_N];
     const size_t total =
@@ -250,8 +258,7 @@ static int upload_batch(cv_cuda_backend *b, const cv_batch *bt, const step_attn 
             tok_seq[t] = s;
     memcpy(h + off[STAGE_QS], bt->query_start, ((size_t)bt->n_seqs + 1) * 4);
     memcpy(h + off[STAGE_LENS], bt->seq_lens, (size_t)bt->n_seqs * 4);
-    if (bt->n_logits > 0)
-        memcpy(h + off[STAGE_ROWS], bt->logits_indices, (size_t)bt->n_logits * 4);
+    if (bt->n_logits > 0) memcpy(h + off[STAGE_ROWS], bt->logits_indices, (size_t)bt->n_logits * 4);
     if (sa->tensor_cores && sa->plan.has_decode)
         cuda_attn_work_fill(&sa->plan, bt->query_start, bt->seq_lens, bt->n_seqs,
                             bt->max_blocks_per_seq, (int32_t *)(h + off[STAGE_WORK]));

@@ -161,20 +161,6 @@ bool cuda_graph_step(const cv_cuda_backend *b, const cv_batch *bt)
     return true;
 }
 
-/* Decode work items a step of up to max_seqs sequences over the pool can
- * have: with 2048-key partitions one per sequence and one more per 2048
- * tokens of the pool; the plan halves the partition only while the items
- * are under its occupancy target (4 CTAs per SM over the kv heads), which
- * at most doubles them. */
-static int work_items_bound(const cv_cuda_backend *b, int max_seqs)
-{
-    const long pool_tokens = (long)b->n_blocks * b->block_size;
-    const long target = (4L * b->n_sms + b->cfg.n_kv_heads - 1) / b->cfg.n_kv_heads;
-    const long bound = max_seqs + (pool_tokens + CUDA_ATTN_MAX_PARTITION - 1) /
-                                      CUDA_ATTN_MAX_PARTITION + 2 * target;
-    return bound < 0x7fffffff ? (int)bound : 0x7fffffff;
-}
-
 int cuda_graphs_capture_ladder(cv_cuda_backend *b, cv_error *err)
 {
     const int max_seqs = b->graph_max_seqs;
@@ -186,10 +172,12 @@ int cuda_graphs_capture_ladder(cv_cuda_backend *b, cv_error *err)
     /* Buffers a graph reads are sized now for every later step, eager ones
      * included (they share them): a step that grew one would drop the
      * graphs. */
-    const int top = ladder_size(max_seqs < CUDA_GRAPH_MAX_TOKENS ? max_seqs : CUDA_GRAPH_MAX_TOKENS);
+    const int top =
+        ladder_size(max_seqs < CUDA_GRAPH_MAX_TOKENS ? max_seqs : CUDA_GRAPH_MAX_TOKENS);
     const int seqs = max_seqs > top ? max_seqs : top;
     const int width = (b->graph_max_len + b->block_size - 1) / b->block_size;
-    const int items = work_items_bound(b, seqs);
+    const int items =
+        cuda_attn_max_items(seqs, (long)b->n_blocks * b->block_size, c->n_kv_heads, b->n_sms);
     if (items > b->work_items_cap) b->work_items_cap = items;
     const int tokens = b->cap_tokens > top ? b->cap_tokens : top;
     const int logits = b->cap_logits > top ? b->cap_logits : top;

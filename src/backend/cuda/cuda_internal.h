@@ -223,8 +223,9 @@ bool cuda_graph_step(const cv_cuda_backend *b, const cv_batch *bt);
 
 /* bt padded to its ladder size with one-token sequences on the scratch
  * block (its block tables widened to a power of two for the scalar
- * attention): *pad is the step a graph replays (arrays owned by b, valid until the next call). The real
- * sequences keep their places, so rows 0..n_logits-1 are theirs. */
+ * attention): *pad is the step a graph replays (arrays owned by b, valid
+ * until the next call). The real sequences keep their places, so rows
+ * 0..n_logits-1 are theirs. */
 int cuda_graph_pad_step(cv_cuda_backend *b, const cv_batch *bt, cv_batch *pad, cv_error *err);
 
 /* Runs a padded step as a graph: replays the one captured for its shape,

@@ -128,14 +128,14 @@ enum { CUDA_ATTN_MAX_PARTITION = 2048 };
 /* What one step's attention launches, from the host copies of the batch
  * arrays (attn_plan.c). */
 typedef struct cuda_attn_plan {
-    int has_prefill; /* some sequence has more than one query token */
-    int has_decode;  /* some sequence has exactly one */
-    int tile_rows;   /* prefill rows per CTA, 64 or 128 (callers may override) */
-    int max_seq_len; /* longest context among the decode sequences */
-    int partition;   /* decode keys per item */
-    int n_items;     /* decode items */
-    int grid_x;      /* decode CTAs per kv head; CTA x takes items x, x + grid_x, ... */
-    int reduce;      /* the merge kernel runs: a sequence has several items, or fixed_grid */
+    int has_prefill;  /* some sequence has more than one query token */
+    int has_decode;   /* some sequence has exactly one */
+    int tile_rows;    /* prefill rows per CTA, 64 or 128 (callers may override) */
+    int max_seq_len;  /* longest context among the decode sequences */
+    int partition;    /* decode keys per item */
+    int n_items;      /* decode items */
+    int grid_x;       /* decode CTAs per kv head; CTA x takes items x, x + grid_x, ... */
+    int reduce;       /* the merge kernel runs: a sequence has several items, or fixed_grid */
     size_t ws_floats; /* decode workspace: n_items * n_heads * (head_dim + 2) when reduce */
 } cuda_attn_plan;
 
@@ -147,6 +147,11 @@ typedef struct cuda_attn_plan {
 void cuda_attn_plan_make(cuda_attn_plan *plan, const int32_t *query_start, const int32_t *seq_lens,
                          int n_seqs, int n_heads, int n_kv_heads, int head_dim, int n_sms,
                          int partition, int fixed_grid);
+
+/* Most decode items cuda_attn_plan_make gives a step of up to max_seqs
+ * sequences whose contexts sum to at most total_tokens, eager or for a
+ * graph (what a buffer sized once for every step must hold). */
+int cuda_attn_max_items(int max_seqs, long total_tokens, int n_kv_heads, int n_sms);
 
 /* Ints of the work array of n_seqs sequences and n_items items. */
 size_t cuda_attn_work_ints(int n_seqs, int n_items);

@@ -13,7 +13,8 @@ static int decode_items(const int32_t *query_start, const int32_t *seq_lens, int
 {
     int n = 0;
     for (int s = 0; s < n_seqs; s++)
-        if (query_start[s + 1] - query_start[s] == 1) n += (seq_lens[s] + partition - 1) / partition;
+        if (query_start[s + 1] - query_start[s] == 1)
+            n += (seq_lens[s] + partition - 1) / partition;
     return n;
 }
 
@@ -78,9 +79,20 @@ void cuda_attn_plan_make(cuda_attn_plan *plan, const int32_t *query_start, const
     plan->partition = p;
     plan->n_items = items;
     plan->reduce = fixed_grid || items > n_decode;
-    plan->ws_floats = plan->reduce && items > 0
-                          ? (size_t)items * (size_t)n_heads * (size_t)(head_dim + 2)
-                          : 0;
+    plan->ws_floats =
+        plan->reduce && items > 0 ? (size_t)items * (size_t)n_heads * (size_t)(head_dim + 2) : 0;
+}
+
+/* With 2048-key partitions a step has one item per sequence and one more
+ * per 2048 tokens; eager plans halve the partition only while the items are
+ * under the target, which at most doubles them; a graph's plan stops at
+ * max(target, sequences). */
+int cuda_attn_max_items(int max_seqs, long total_tokens, int n_kv_heads, int n_sms)
+{
+    const long bound = max_seqs +
+                       (total_tokens + CUDA_ATTN_MAX_PARTITION - 1) / CUDA_ATTN_MAX_PARTITION +
+                       2L * decode_grid(n_kv_heads, n_sms);
+    return bound < 0x7fffffff ? (int)bound : 0x7fffffff;
 }
 
 size_t cuda_attn_work_ints(int n_seqs, int n_items)

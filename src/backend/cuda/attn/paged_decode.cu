@@ -1,11 +1,10 @@
 /* FlashDecoding over the paged KV cache (contract in attn.h): one new token
  * per sequence. A CTA of 4 warps takes work items (a partition of one
  * sequence's keys, attn.h) for one kv head, and reads that kv head's K/V
- * once for all G query heads of the group: the G query rows, padded with zeros to 16, are one m16 A tile, so
- * S = Q K^T and O += P V are the same mma.sync m16n8k16 as the prefill
- * kernel (G = 4 leaves 12 of 16 rows idle, but the tensor cores then need
- * under a tenth of their rate to keep up with HBM, which CUDA-core FMAs on
- * bf16 would not at G = 8).
+ * once for all G query heads of the group: the G query rows, padded with zeros to 16, are one m16 A
+ * tile, so S = Q K^T and O += P V are the same mma.sync m16n8k16 as the prefill kernel (G = 4
+ * leaves 12 of 16 rows idle, but the tensor cores then need under a tenth of their rate to keep up
+ * with HBM, which CUDA-core FMAs on bf16 would not at G = 8).
  *
  * Streaming: tiles of 64 keys (K and V, 16-byte cp.async, keys past the end
  * zero-filled) go through a 3-stage ring, so two tiles are in flight while
@@ -304,8 +303,7 @@ int launch_decode(const cuda_attn_paged *a, const cuda_attn_plan *plan, float *w
 }
 
 template <typename T>
-int decode_for(const cuda_attn_paged *a, const cuda_attn_plan *plan, float *ws,
-               cudaStream_t stream)
+int decode_for(const cuda_attn_paged *a, const cuda_attn_plan *plan, float *ws, cudaStream_t stream)
 {
     switch (a->head_dim) {
     case 16:
