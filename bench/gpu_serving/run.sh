@@ -12,7 +12,7 @@
 #   5. cvllm-bench over gRPC: G2 (concurrency 1, 512/256), G1 (1000 prompts
 #      at once, 1024/128), concurrency 64 and 256 (1024/128);
 #   6. with the server stopped, cvllm-bench --backend inprocess on the same
-#      repository for g2, c64 and c256 (the same engine in the benchmark's
+#      repository for every workload (the same engine in the benchmark's
 #      process; one engine holds the GPU at a time): the server-overhead
 #      baseline;
 #   7. report.py -> gpu_serving.md.
@@ -142,9 +142,7 @@ if [ "$INPROC" = 1 ]; then
     # The GPU is free again: each run loads the engine the server ran.
     BACKEND=(--backend inprocess --model-repository "$REPO")
     SUFFIX=.inproc
-    for w in $WORKLOADS; do
-        case $w in g2 | c64 | c256) workload "$w" ;; esac
-    done
+    for w in $WORKLOADS; do workload "$w"; done
 fi
 
 python3 bench/gpu_serving/report.py "$OUT" "ASYNC=$ASYNC FRESH=$FRESH bench/gpu_serving/run.sh $BUILD" \

@@ -254,6 +254,9 @@ typedef struct cv_engine_stats {
                                (async_scheduling) */
     double forward_s_total; /* steps on the device: the backend's forward and the runner's
                                sampling after it */
+    double device_s_total;  /* of it, the device's own span where the backend times it (a
+                               GPU's events; 0 on the CPU): the rest is the host preparing,
+                               launching and collecting steps while the device waits */
     double step_s_total;    /* the engine thread's work on steps: scheduling, the batch, taking
                                the tokens, detokenizing (with async_scheduling it overlaps
                                forward_s_total, else it adds to it) */

@@ -155,6 +155,11 @@ typedef struct cv_backend_ops {
      * returns 0 (every row in logits); -1 on error. */
     int (*forward)(void *impl, const cv_batch *batch, float *logits, const cv_greedy_rows *greedy,
                    cv_error *err);
+    /* Seconds the device itself spent on the last forward, from its first
+     * command to its last (a GPU's events): what the host added around it
+     * is the caller's wall time less this. NULL where the forward's wall
+     * time is all the device's (the CPU's). */
+    double (*last_step_device_s)(const void *impl);
     void (*destroy)(void *impl);
     /* LoRA (lora/lora.h); both NULL in a backend that does not apply
      * adapters. lora_init reserves n_slots adapter slots (max_loras) of rank

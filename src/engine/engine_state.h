@@ -160,7 +160,8 @@ struct cv_engine {
          * (prefill) and their tokens, steps with any chunk. */
         int64_t decode_rows, chunks, chunk_tokens, mixed_steps;
         double before_s, wait_s, after_s, outputs_s; /* engine thread; outputs_s: in after_s */
-        double forward_s;                            /* the device's */
+        double forward_s; /* the runner's forwards, host work around the device's included */
+        double device_s;  /* of it, the device's own span (0 where not timed apart) */
     } step_log;
     struct sample_job *jobs; /* (n_jobs) sequences to sample this step */
     int n_jobs, cap_jobs;

@@ -645,8 +645,11 @@ static bool fault_injected(cv_engine *e)
  * logging on, says where the time went: on the engine thread, building
  * the step (schedule, batch, submit), waiting for the runner, and taking
  * its tokens (sampling the host's rows, detokenizing, stop checks) then
- * handing the outputs to their requests; on the device, the step itself.
- * The device's share of the wall time is what async_scheduling raises. */
+ * handing the outputs to their requests; on the runner, the step itself,
+ * and of that, where the backend times it, the device's own span (the rest
+ * is the host preparing, launching and collecting the step while the device
+ * waits). The device's share of the wall time is what async_scheduling
+ * raises. */
 static void log_step(cv_engine *e, const step_buf *sb, uint64_t t_waited, uint64_t t_out)
 {
     const uint64_t end = cv_now_ns();
@@ -668,24 +671,28 @@ static void log_step(cv_engine *e, const step_buf *sb, uint64_t t_waited, uint64
     e->step_log.mixed_steps += chunks > 0;
     e->step_log.before_s += cv_ns_to_s(sb->t_submit_ns - sb->t_start_ns);
     e->step_log.forward_s += sb->step.forward_s;
+    e->step_log.device_s += sb->step.device_s;
     e->step_log.wait_s += cv_ns_to_s(t_waited - sb->t_wait_ns);
     e->step_log.after_s += cv_ns_to_s(end - t_waited);
     e->step_log.outputs_s += cv_ns_to_s(end - t_out);
     const double span = cv_ns_to_s(end - e->step_log.t0_ns);
     if (span < 10.0) return;
     const double n = (double)e->step_log.steps;
+    /* Where the backend does not time the device apart, all of a forward is. */
+    const double device_s = e->step_log.device_s > 0 ? e->step_log.device_s : e->step_log.forward_s;
     /* The composition tells a batching change from a speed change. */
     cv_log_verbose("engine: %lld steps in %.1f s (%.0f tokens/step: %.1f decode rows, %.2f "
                    "prefill chunks of %.0f tokens, %.0f%% of steps with a chunk): per step %.3f "
                    "ms building it, %.3f ms waiting for it, %.3f ms taking its tokens (%.3f of it "
-                   "handing out outputs); %.3f ms on the device, busy %.0f%% of the time",
+                   "handing out outputs); %.3f ms running it (%.3f ms of it the device's own), "
+                   "the device busy %.0f%% of the time",
                    (long long)e->step_log.steps, span, (double)e->step_log.tokens / n,
                    (double)e->step_log.decode_rows / n, (double)e->step_log.chunks / n,
                    e->step_log.chunks ? (double)e->step_log.chunk_tokens / e->step_log.chunks : 0.0,
                    100.0 * (double)e->step_log.mixed_steps / n, e->step_log.before_s / n * 1e3,
                    e->step_log.wait_s / n * 1e3, e->step_log.after_s / n * 1e3,
                    e->step_log.outputs_s / n * 1e3, e->step_log.forward_s / n * 1e3,
-                   100.0 * e->step_log.forward_s / span);
+                   device_s / n * 1e3, 100.0 * device_s / span);
     memset(&e->step_log, 0, sizeof e->step_log);
 }
 
@@ -754,6 +761,7 @@ static int process_step(cv_engine *e, step_buf *sb)
     pthread_mutex_lock(&e->stats_mu);
     e->stats.prompt_tokens_computed += (uint64_t)sb->prompt_computed;
     e->stats.forward_s_total += sb->step.forward_s;
+    e->stats.device_s_total += sb->step.device_s;
     e->stats.steps_total++;
     /* Counted before outputs go out, so a caller woken by the last output
      * of a step already sees that step's time. */

@@ -266,6 +266,7 @@ static int run_step(cv_runner *r, cv_step *st, int64_t index, cv_error *err)
     if (rc == 0) rc = reduce_rows(r, st, err);
     if (rc >= 0) rc = remember_choices(r, st, err);
     st->forward_s = cv_ns_to_s(cv_now_ns() - t0);
+    st->device_s = cv_device_backend_last_step_device_s(r->dev);
     if (rc < 0) {
         r->failed = true;
         r->failure = *err;

@@ -95,6 +95,7 @@ typedef struct cv_step {
     int32_t *top_ids;    /* (n_logits, CV_SAMPLE_MAX_TOP) out: SAMPLE rows' logprobs list */
     float *top_logprobs; /* (n_logits, CV_SAMPLE_MAX_TOP) out */
     double forward_s;    /* out: seconds the step took on the device, sampling included */
+    double device_s;     /* out: of forward_s, the device's own span (0: not timed apart) */
 } cv_step;
 
 /* Queues step to run after the steps before it; at most two outstanding

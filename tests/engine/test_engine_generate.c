@@ -149,6 +149,9 @@ static void test_stories_fixture(void **state)
         assert_int_equal(st.steps_ahead, st.generation_tokens_total - 7);
     else
         assert_int_equal(st.steps_ahead, 0);
+    /* The CPU's forward is all device time: no span timed apart. */
+    assert_true(st.forward_s_total > 0.0);
+    assert_true(st.device_s_total == 0.0);
     assert_true(cv_engine_is_healthy(e));
     cv_engine_shutdown(e, false);
 }

@@ -74,6 +74,10 @@ static void test_greedy_batched(void **state)
     cv_engine_get_stats(e, &st);
     assert_int_equal(st.kv_blocks_free, st.kv_blocks_total);
     assert_true(st.kv_blocks_total > 0);
+    /* The GPU's own span of the steps (CUDA events) is timed apart from
+     * the runner's wall time around it, and fits inside it. */
+    assert_true(st.device_s_total > 0.0);
+    assert_true(st.device_s_total <= st.forward_s_total);
     assert_true(cv_engine_is_healthy(e));
     cv_output_queue_destroy(q);
     cv_engine_shutdown(e, false);

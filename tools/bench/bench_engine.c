@@ -45,6 +45,8 @@ void bench_engine_report(bench_engine *e)
     printf("Tokens per step:                   %.1f\n",
            (double)(st.prompt_tokens_computed + st.generation_tokens_total) / steps);
     printf("Device ms per step:                %.3f\n", 1e3 * st.forward_s_total / steps);
+    if (st.device_s_total > 0) /* the GPU's own span, without the host's work around it */
+        printf("GPU span ms per step:              %.3f\n", 1e3 * st.device_s_total / steps);
 }
 
 void bench_engine_close(bench_engine *e)

@@ -192,6 +192,8 @@ static int create_on_device(cv_cuda_backend *b, const cv_model_weights *w, cv_er
      * capture might launch them. */
     KL(cuda_attn_prepare(), "preparing the attention kernels");
     CU(cudaStreamCreateWithFlags(&b->stream, cudaStreamNonBlocking), "cudaStreamCreate");
+    CU(cudaEventCreate(&b->span_ev[0]), "cudaEventCreate");
+    CU(cudaEventCreate(&b->span_ev[1]), "cudaEventCreate");
     CB(cublasCreate(&b->blas), "cublasCreate");
     CB(cublasSetStream(b->blas, b->stream), "cublasSetStream");
     /* No TF32: f32 models must match HF's fp32 logits within 1e-4. */
@@ -396,6 +398,8 @@ void cv_cuda_backend_destroy(cv_cuda_backend *b)
     cudaFreeHost(b->stage_host);
     cudaFreeHost(b->greedy_host);
     cuda_sample_free(b);
+    for (int i = 0; i < 2; i++)
+        if (b->span_ev[i]) cudaEventDestroy(b->span_ev[i]);
     for (int i = 0; i < b->max_events; i++)
         cudaEventDestroy(b->events[i]);
     free(b->events);

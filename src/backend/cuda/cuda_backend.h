@@ -111,6 +111,10 @@ int cv_cuda_backend_forward(cv_cuda_backend *b, const cv_batch *batch, float *lo
  * cv_cuda_backend_forward. */
 int cv_cuda_backend_forward_greedy(cv_cuda_backend *b, const cv_batch *batch, float *logits,
                                    const cv_greedy_rows *greedy, cv_error *err);
+/* Seconds between the last forward's first command (its upload) and its
+ * last (its downloads) on the GPU, by CUDA events: the GPU's share of the
+ * forward's wall time. 0 before the first forward. */
+double cv_cuda_backend_last_step_device_s(const cv_cuda_backend *b);
 
 void cv_cuda_backend_destroy(cv_cuda_backend *b);
 

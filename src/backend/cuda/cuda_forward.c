@@ -755,13 +755,18 @@ int cuda_forward_run(cv_cuda_backend *b, const cv_batch *user_bt, float *logits,
     const bool graph = cuda_graph_step(b, user_bt);
     cv_batch padded = {0};
     if (graph && cuda_graph_pad_step(b, user_bt, &padded, err)) return -1;
+    CU(cudaEventRecord(b->span_ev[0], b->stream), "cudaEventRecord");
     if (cuda_forward_enqueue(b, graph ? &padded : user_bt, graph, err)) return -1;
     if (greedy && cuda_sample_enqueue(b, user_bt->n_logits, greedy, err)) return -1;
     if (user_bt->n_logits > 0 &&
         (download(b, user_bt, logits, greedy, err) || mark(b, CV_CUDA_PHASE_COPY, err)))
         return -1;
+    CU(cudaEventRecord(b->span_ev[1], b->stream), "cudaEventRecord");
     CU(cudaStreamSynchronize(b->stream), "forward step");
     CU(cudaGetLastError(), "forward step");
+    float span_ms = 0.0f;
+    CU(cudaEventElapsedTime(&span_ms, b->span_ev[0], b->span_ev[1]), "cudaEventElapsedTime");
+    b->last_span_s = span_ms * 1e-3;
     for (int r = 0; greedy && r < user_bt->n_logits; r++) {
         if (!greedy->want[r]) continue;
         greedy->token[r] = b->greedy_host[r].token;
@@ -779,6 +784,11 @@ int cv_cuda_backend_forward_greedy(cv_cuda_backend *b, const cv_batch *batch, fl
         return cv_errorf(err, "cv_cuda_backend_forward: backend, batch or logits buffer is NULL");
     CU(cudaSetDevice(b->device), "cudaSetDevice");
     return cuda_forward_run(b, batch, logits, greedy, err);
+}
+
+double cv_cuda_backend_last_step_device_s(const cv_cuda_backend *b)
+{
+    return b->last_span_s;
 }
 
 int cv_cuda_backend_forward(cv_cuda_backend *b, const cv_batch *batch, float *logits, cv_error *err)

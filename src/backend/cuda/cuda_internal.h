@@ -157,6 +157,11 @@ struct cv_cuda_backend {
     struct cuda_lora *lora;
     bool lora_step;
 
+    /* A forward's span on the GPU (cv_cuda_backend_last_step_device_s):
+     * events recorded before its upload and after its downloads. */
+    cudaEvent_t span_ev[2];
+    double last_span_s;
+
     /* Profiling (cv_cuda_backend_profile). */
     bool prof;
     int n_events, max_events;

@@ -32,6 +32,11 @@ static int cuda_forward(void *impl, const cv_batch *batch, float *logits,
     return greedy != NULL;
 }
 
+static double cuda_last_step_device_s(const void *impl)
+{
+    return cv_cuda_backend_last_step_device_s(impl);
+}
+
 static int cuda_lora_init(void *impl, int n_slots, int max_rank, cv_error *err)
 {
     return cv_cuda_backend_lora_init(impl, n_slots, max_rank, err);
@@ -54,6 +59,7 @@ const cv_backend_ops cv_cuda_backend_ops = {
     .kv_alloc = cuda_kv_alloc,
     .kv_copy = cuda_kv_copy,
     .forward = cuda_forward,
+    .last_step_device_s = cuda_last_step_device_s,
     .destroy = cuda_destroy,
     .lora_init = cuda_lora_init,
     .lora_load = cuda_lora_load,

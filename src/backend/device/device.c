@@ -147,6 +147,11 @@ int cv_device_backend_kv_copy(cv_device_backend *b, const int32_t *src, const in
     return b->ops->kv_copy(b->impl, src, dst, n, err);
 }
 
+double cv_device_backend_last_step_device_s(const cv_device_backend *b)
+{
+    return b->ops->last_step_device_s ? b->ops->last_step_device_s(b->impl) : 0.0;
+}
+
 int cv_device_backend_forward(cv_device_backend *b, const cv_batch *batch, float *logits,
                               const cv_greedy_rows *greedy, cv_error *err)
 {

@@ -63,6 +63,10 @@ int cv_device_backend_kv_copy(cv_device_backend *b, const int32_t *src, const in
  * greedy was filled, 0 when every row is in logits, -1 on error. */
 int cv_device_backend_forward(cv_device_backend *b, const cv_batch *batch, float *logits,
                               const cv_greedy_rows *greedy, cv_error *err);
+/* Seconds the device spent on the last forward by its own clock (first
+ * command to last), or 0 where the backend does not time it apart from the
+ * caller's wall time (the CPU's). */
+double cv_device_backend_last_step_device_s(const cv_device_backend *b);
 /* LoRA slots (backend.h's lora_init / lora_load). A backend without
  * them (the CUDA backend for now) answers an error saying LoRA is not yet
  * applied on the GPU. */
