@@ -160,6 +160,14 @@ static void test_inprocess_stories260k(void **state)
     assert_non_null(strstr(out, "Successful requests:                    6 "));
     check_result(o, "inprocess");
     assert_true(json_is_null(json_object_get(o, "tokenizer")));
+    /* The engine's measured phase: 6 requests of 12-36 tokens, two at a
+     * time, take at least 36 steps; the CPU's forward has no GPU span. */
+    assert_non_null(strstr(out, "Engine steps (measured phase):"));
+    assert_true(bench_num(o, "engine_steps") >= 36);
+    assert_true(bench_num(o, "engine_tokens_per_step") >= 1.0);
+    assert_true(bench_num(o, "engine_wall_ms_per_step") > 0);
+    assert_true(bench_num(o, "engine_forward_ms_per_step") > 0);
+    assert_null(json_object_get(o, "engine_gpu_span_ms_per_step"));
     free(out);
     json_decref(o);
     rm_rf(dir);
@@ -192,6 +200,8 @@ static void test_inprocess_matches_server(void **state)
     if (rc) fail_msg("cvllm-bench inprocess exited %d:\n%s", rc, out_i);
     check_result(g, "triton-grpc");
     check_result(in, "inprocess");
+    assert_null(json_object_get(g, "engine_steps")); /* the server's engine is not ours */
+    assert_true(bench_num(in, "engine_steps") > 0);
     json_t *gr = json_object_get(g, "requests"), *ir = json_object_get(in, "requests");
     for (size_t i = 0; i < 6; i++) {
         json_t *a = json_array_get(gr, i), *b = json_array_get(ir, i);

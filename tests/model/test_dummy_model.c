@@ -197,6 +197,40 @@ static void test_seed_and_dtypes(void **state)
     cv_model_free(bf);
 }
 
+/* The OPT-125M shape (the seed's facebook/opt-125m geometry) is written as
+ * an OPTConfig that loads back as OPT: LayerNorm weights 1 and biases 0,
+ * learned positions with OPT's offset of 2, ReLU MLP with biases. */
+static void test_opt125m(void **state)
+{
+    const char *dir = *state;
+    char msg[1024];
+    assert_int_equal(
+        run_tool(dir, msg, sizeof msg, "--shape O125M --dtype bf16 --seed 1 --out %s/o", dir), 0);
+    cv_model *m = load_sub(dir, "o");
+    const cv_model_config *c = cv_model_get_config(m);
+    assert_string_equal(c->architecture, "OPTForCausalLM");
+    assert_int_equal(c->hidden_size, 768);
+    assert_int_equal(c->intermediate_size, 3072);
+    assert_int_equal(c->n_layers, 12);
+    assert_int_equal(c->n_kv_heads, 12);
+    assert_int_equal(c->vocab_size, 50272);
+    assert_int_equal(c->norm_type, CV_NORM_LAYER);
+    assert_int_equal(c->pos_type, CV_POS_LEARNED);
+    assert_int_equal(c->pos_offset, 2);
+    assert_int_equal(c->hidden_act, CV_ACT_RELU);
+    assert_true(c->plain_mlp && c->linear_bias && c->tie_word_embeddings && !c->post_norm);
+    const cv_model_weights *w = cv_model_get_weights(m);
+    assert_int_equal(w->pos_embed.shape[0], 2048 + 2);
+    for (int i = 0; i < 768; i++) {
+        assert_true(cv_dtype_load(w->layers[11].attn_norm.data, (size_t)i, CV_DTYPE_BF16) == 1.0f);
+        assert_true(cv_dtype_load(w->layers[11].attn_norm_b.data, (size_t)i, CV_DTYPE_BF16) ==
+                    0.0f);
+        assert_true(cv_dtype_load(w->final_norm_b.data, (size_t)i, CV_DTYPE_BF16) == 0.0f);
+    }
+    assert_non_null(w->layers[0].b_up.data);
+    cv_model_free(m);
+}
+
 static void test_errors(void **state)
 {
     if (!cv_test_have_shared("tokenizers/llama2")) skip();
@@ -204,7 +238,7 @@ static void test_errors(void **state)
     char msg[1024], want[2048];
     assert_int_equal(run_tool(dir, msg, sizeof msg, "--shape L9B --dtype f32 --out %s/a", dir), 2);
     snprintf(want, sizeof want,
-             "%s/cvllm-dummy-model: --shape 'L9B': expected L125M, L8B, Q0.5B or tiny\n",
+             "%s/cvllm-dummy-model: --shape 'L9B': expected L125M, L8B, Q0.5B, O125M or tiny\n",
              bin_dir());
     assert_string_equal(msg, want);
     assert_int_equal(run_tool(dir, msg, sizeof msg, "--shape tiny --dtype f8 --out %s/a", dir), 2);
@@ -229,6 +263,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_tiny_f32, fx_setup_tmpdir, fx_teardown_tmpdir),
         cmocka_unit_test_setup_teardown(test_seed_and_dtypes, fx_setup_tmpdir, fx_teardown_tmpdir),
+        cmocka_unit_test_setup_teardown(test_opt125m, fx_setup_tmpdir, fx_teardown_tmpdir),
         cmocka_unit_test_setup_teardown(test_errors, fx_setup_tmpdir, fx_teardown_tmpdir),
     };
     return cv_test_exit(cmocka_run_group_tests(tests, NULL, NULL));

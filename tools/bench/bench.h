@@ -182,12 +182,22 @@ void bench_usage(void *file);
 
 /* ---- runner and report --------------------------------------------------- */
 
+/* --backend inprocess: what the engine did in the measured phase alone
+ * (its counters at the end less those when the warm-ups had finished). */
+typedef struct bench_engine_phase {
+    uint64_t steps, steps_ahead, tokens;
+    double forward_s; /* the runner's forwards (cv_engine_stats.forward_s_total) */
+    double device_s;  /* of it, the GPU's own span (0 on the CPU) */
+} bench_engine_phase;
+
 typedef struct bench_run {
     bench_record *recs; /* one per measured request */
     size_t n;
     double duration_s; /* first send to last completion */
     int64_t warmup_input_tokens, warmup_output_tokens;
     size_t warmup_completed;
+    bool has_engine; /* --backend inprocess: engine below is set */
+    bench_engine_phase engine;
 } bench_run;
 
 /* --backend inprocess: model a->model of a->model_repository loaded as
@@ -200,10 +210,14 @@ bench_engine *bench_engine_open(const bench_args *a, cv_error *err);
 /* The loaded engine, owned by e and valid until bench_engine_close. */
 struct cv_engine *bench_engine_get(bench_engine *e);
 void bench_engine_close(bench_engine *e); /* aborts what is in flight, frees */
-/* The engine's side of the run on stdout, after the report: steps, how many
- * were scheduled ahead (async_scheduling), tokens and device time per step
- * (what tells a batching change from a kernel change). */
-void bench_engine_report(bench_engine *e);
+/* The engine's counters now, for a phase's start and end (bench_runner.c). */
+void bench_engine_counters(struct cv_engine *engine, bench_engine_phase *c);
+/* The engine's side of the measured phase on stdout, after the report:
+ * steps, how many were scheduled ahead (async_scheduling), tokens, wall and
+ * device time per step, and of a step's wall time what the GPU spent on it
+ * (what tells a batching change from a kernel change, and either from the
+ * host's time between steps). */
+void bench_engine_report(const bench_run *run);
 
 /* Runs the warm-up requests (dataset items 0..num_warmups-1, excluded from
  * results), then the measured ones on the arrival schedule. engine: the

@@ -35,18 +35,28 @@ struct cv_engine *bench_engine_get(bench_engine *e)
     return e->model->engine;
 }
 
-void bench_engine_report(bench_engine *e)
+void bench_engine_counters(cv_engine *engine, bench_engine_phase *c)
 {
     cv_engine_stats st;
-    cv_engine_get_stats(e->model->engine, &st);
-    const double steps = st.steps_total ? (double)st.steps_total : 1.0;
-    printf("Engine steps (warm-ups included):  %llu, %llu scheduled ahead\n",
-           (unsigned long long)st.steps_total, (unsigned long long)st.steps_ahead);
-    printf("Tokens per step:                   %.1f\n",
-           (double)(st.prompt_tokens_computed + st.generation_tokens_total) / steps);
-    printf("Device ms per step:                %.3f\n", 1e3 * st.forward_s_total / steps);
-    if (st.device_s_total > 0) /* the GPU's own span, without the host's work around it */
-        printf("GPU span ms per step:              %.3f\n", 1e3 * st.device_s_total / steps);
+    cv_engine_get_stats(engine, &st);
+    *c = (bench_engine_phase){.steps = st.steps_total,
+                              .steps_ahead = st.steps_ahead,
+                              .tokens = st.prompt_tokens_computed + st.generation_tokens_total,
+                              .forward_s = st.forward_s_total,
+                              .device_s = st.device_s_total};
+}
+
+void bench_engine_report(const bench_run *run)
+{
+    const bench_engine_phase *p = &run->engine;
+    const double steps = p->steps ? (double)p->steps : 1.0;
+    printf("Engine steps (measured phase):     %llu, %llu scheduled ahead\n",
+           (unsigned long long)p->steps, (unsigned long long)p->steps_ahead);
+    printf("Tokens per step:                   %.1f\n", (double)p->tokens / steps);
+    printf("Wall ms per step:                  %.3f\n", 1e3 * run->duration_s / steps);
+    printf("Device ms per step:                %.3f\n", 1e3 * p->forward_s / steps);
+    if (p->device_s > 0) /* the GPU's own span, without the host's work around it */
+        printf("GPU span ms per step:              %.3f\n", 1e3 * p->device_s / steps);
 }
 
 void bench_engine_close(bench_engine *e)

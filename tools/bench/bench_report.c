@@ -74,6 +74,25 @@ static int put_summary(json_t *o, const char *name, const bench_summary *s)
     return 0;
 }
 
+/* --backend inprocess: the engine's measured phase (bench_engine_report's
+ * figures), "engine_gpu_span_ms_per_step" only where the backend times it. */
+static int put_engine(json_t *o, const bench_run *run)
+{
+    const bench_engine_phase *p = &run->engine;
+    const double steps = p->steps ? (double)p->steps : 1.0;
+    int bad = json_object_set_new(o, "engine_steps", json_integer((json_int_t)p->steps));
+    bad |= json_object_set_new(o, "engine_steps_ahead", json_integer((json_int_t)p->steps_ahead));
+    bad |= json_object_set_new(o, "engine_tokens_per_step", json_real((double)p->tokens / steps));
+    bad |=
+        json_object_set_new(o, "engine_wall_ms_per_step", json_real(1e3 * run->duration_s / steps));
+    bad |=
+        json_object_set_new(o, "engine_forward_ms_per_step", json_real(1e3 * p->forward_s / steps));
+    if (p->device_s > 0)
+        bad |= json_object_set_new(o, "engine_gpu_span_ms_per_step",
+                                   json_real(1e3 * p->device_s / steps));
+    return bad;
+}
+
 static json_t *record_json(const bench_record *r, uint64_t t0)
 {
     json_t *itl = json_array();
@@ -125,6 +144,7 @@ int bench_write_json(const char *path, const bench_args *a, const bench_run *run
     }
     bad |= put_summary(o, "ttft", &m->ttft_ms) | put_summary(o, "tpot", &m->tpot_ms) |
            put_summary(o, "itl", &m->itl_ms) | put_summary(o, "e2el", &m->e2el_ms);
+    if (run->has_engine) bad |= put_engine(o, run);
     uint64_t t0 = UINT64_MAX;
     for (size_t i = 0; i < run->n; i++)
         if (run->recs[i].start_ns && run->recs[i].start_ns < t0) t0 = run->recs[i].start_ns;

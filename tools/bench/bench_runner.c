@@ -568,7 +568,21 @@ int bench_run_requests(const bench_args *a, cv_engine *engine, const bench_datas
         return -1;
     }
     p.arrival_s = at;
+    bench_engine_phase before;
+    if (engine) bench_engine_counters(engine, &before);
     int rc = run_phase(&p, &run->duration_s, err);
+    if (engine) {
+        /* The counters of a step are added before its outputs go out: the
+         * last completion has seen its step counted. */
+        bench_engine_phase *c = &run->engine;
+        bench_engine_counters(engine, c);
+        c->steps -= before.steps;
+        c->steps_ahead -= before.steps_ahead;
+        c->tokens -= before.tokens;
+        c->forward_s -= before.forward_s;
+        c->device_s -= before.device_s;
+        run->has_engine = true;
+    }
     run->recs = p.recs;
     run->n = p.n;
     phase_destroy(&p);

@@ -83,7 +83,7 @@ int main(int argc, char **argv)
         rc = -1;
     } else {
         bench_print_report(&a, &m);
-        if (eng) bench_engine_report(eng);
+        if (run.has_engine) bench_engine_report(&run);
         for (size_t i = 0; i < run.n && m.failed; i++)
             if (run.recs[i].error) {
                 fprintf(stderr, "cvllm-bench: first failed request %s: %s\n", run.recs[i].id,

@@ -3,10 +3,11 @@
  * deterministic random weights for the benchmark shapes of
  * docs/PERFORMANCE.md, so benchmarks need no downloaded checkpoint.
  *
- *   cvllm-dummy-model --shape L125M|L8B|Q0.5B|tiny --dtype f32|f16|bf16
+ *   cvllm-dummy-model --shape L125M|L8B|Q0.5B|O125M|tiny --dtype f32|f16|bf16
  *                     [--seed S] [--tokenizer DIR] --out DIR
  *
- * Weights are normal(0, 0.02) (HF's initializer_range), RMSNorm weights 1.0.
+ * Weights are normal(0, 0.02) (HF's initializer_range), norm weights 1.0,
+ * LayerNorm biases 0.
  * Each value is a hash of (seed, tensor index, element index), so the bytes
  * depend only on the seed, shape and dtype, and threads fill in parallel. */
 #include <errno.h>
@@ -40,6 +41,9 @@ static const dm_shape dm_shapes[] = {
     /* Qwen2.5-0.5B (q/k/v biases come from the architecture). */
     {"Q0.5B", "Qwen2ForCausalLM", 896, 4864, 24, 14, 2, 151936, 32768, 1000000.0f, 1e-6f, true,
      151643, 151643},
+    /* OPT-125M (facebook/opt-125m, the seed's sample): LayerNorm, learned
+     * positions, ReLU MLP with biases; rope_theta unused. */
+    {"O125M", "OPTForCausalLM", 768, 3072, 12, 12, 12, 50272, 2048, 0.0f, 1e-5f, true, 2, 2},
     /* A few hundred KB; vocab 512 matches stories260K's tokenizer. */
     {"tiny", "LlamaForCausalLM", 64, 192, 2, 4, 2, 512, 512, 10000.0f, 1e-5f, true, 1, 2},
 };
@@ -75,12 +79,10 @@ typedef struct dm_fill_ctx {
     uint64_t seed;
 } dm_fill_ctx;
 
-/* RMSNorm weights (input_layernorm, post_attention_layernorm, model.norm,
- * q_norm, k_norm) are the ones whose HF names end in "norm.weight". */
-static bool is_norm(const char *name)
+static bool ends_with(const char *name, const char *suffix)
 {
-    size_t n = strlen(name), k = strlen("norm.weight");
-    return n >= k && strcmp(name + n - k, "norm.weight") == 0;
+    size_t n = strlen(name), k = strlen(suffix);
+    return n >= k && strcmp(name + n - k, suffix) == 0;
 }
 
 static int dm_fill(void *vctx, size_t index, void *dst, size_t offset_elems, size_t n_elems,
@@ -88,7 +90,11 @@ static int dm_fill(void *vctx, size_t index, void *dst, size_t offset_elems, siz
 {
     dm_fill_ctx *ctx = vctx;
     cv_dtype dtype = ctx->entries[index].tensor.dtype;
-    bool norm = is_norm(ctx->entries[index].name);
+    /* Norm weights (input_layernorm, model.norm, q_norm, OPT's
+     * self_attn_layer_norm...) are the ones whose HF names end in
+     * "norm.weight"; a LayerNorm's bias ends in "norm.bias". */
+    const char *name = ctx->entries[index].name;
+    const bool norm = ends_with(name, "norm.weight"), norm_bias = ends_with(name, "norm.bias");
     uint64_t key = mix64(ctx->seed ^ mix64(index + 1));
     /* Pairs of absolute element indices [2p, 2p + 1] overlapping the chunk;
      * parallel because L8B is 8 billion draws, dynamic because the cores
@@ -97,7 +103,9 @@ static int dm_fill(void *vctx, size_t index, void *dst, size_t offset_elems, siz
 #pragma omp parallel for schedule(dynamic, 4096)
     for (uint64_t p = first; p < end; p++) {
         float x[2] = {1.0f, 1.0f};
-        if (!norm) {
+        if (norm_bias) {
+            x[0] = x[1] = 0.0f;
+        } else if (!norm) {
             dm_normal_pair(key, p, x);
             x[0] *= 0.02f;
             x[1] *= 0.02f;
@@ -213,6 +221,15 @@ static void dm_config(const dm_shape *s, cv_dtype dtype, cv_model_config *c)
     c->eos_token_ids[0] = s->eos;
     c->dtype = dtype;
     c->hidden_act = CV_ACT_SILU;
+    if (strcmp(s->architecture, "OPTForCausalLM") == 0) {
+        /* What config_legacy.c reads an OPTConfig as (pre-norm, biases). */
+        c->norm_type = CV_NORM_LAYER;
+        c->pos_type = CV_POS_LEARNED;
+        c->pos_offset = 2;
+        c->plain_mlp = true;
+        c->linear_bias = true;
+        c->hidden_act = CV_ACT_RELU;
+    }
 }
 
 static int dm_write(const dm_shape *s, cv_dtype dtype, uint64_t seed, const char *tok_dir,
@@ -236,7 +253,7 @@ static int dm_write(const dm_shape *s, cv_dtype dtype, uint64_t seed, const char
 static int usage(const char *argv0)
 {
     fprintf(stderr,
-            "usage: %s --shape L125M|L8B|Q0.5B|tiny --dtype f32|f16|bf16 [--seed S] "
+            "usage: %s --shape L125M|L8B|Q0.5B|O125M|tiny --dtype f32|f16|bf16 [--seed S] "
             "[--tokenizer DIR] --out DIR\n",
             argv0);
     return 2;
@@ -299,7 +316,7 @@ int main(int argc, char **argv)
         return 2;
     }
     if (!shape) {
-        fprintf(stderr, "%s: --shape '%s': expected L125M, L8B, Q0.5B or tiny\n", argv[0],
+        fprintf(stderr, "%s: --shape '%s': expected L125M, L8B, Q0.5B, O125M or tiny\n", argv[0],
                 shape_name);
         return 2;
     }
