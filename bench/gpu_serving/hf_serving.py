@@ -15,7 +15,8 @@ import time
 
 import torch
 import transformers
-from transformers import AutoModelForCausalLM
+
+from hf_common import load_model, timed_generate
 
 
 def main():
@@ -24,22 +25,12 @@ def main():
     ap.add_argument("--json")
     args = ap.parse_args()
     t0 = time.perf_counter()
-    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.bfloat16,
-                                                 device_map="cuda").eval()
+    model = load_model(args.model)
     load_s = time.perf_counter() - t0
-    vocab = model.config.vocab_size
     gen = torch.Generator().manual_seed(0)
 
     def run(batch, n_in, n_out):
-        ids = torch.randint(0, vocab, (batch, n_in), generator=gen).cuda()
-        torch.cuda.synchronize()
-        t = time.perf_counter()
-        with torch.no_grad():
-            out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n_out,
-                                 min_new_tokens=n_out, do_sample=False, pad_token_id=0)
-        torch.cuda.synchronize()
-        assert out.shape == (batch, n_in + n_out)
-        return time.perf_counter() - t
+        return timed_generate(model, gen, batch, n_in, n_out)
 
     run(1, 16, 4)
     ttft = min(run(1, 512, 1) for _ in range(3))

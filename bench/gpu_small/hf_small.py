@@ -12,11 +12,14 @@ uniform 100-1024 in and out: output tokens per second). Host wall clock
 around a synchronized GPU, after a warm-up."""
 import argparse
 import json
-import time
+import os
+import sys
 
 import torch
 import transformers
-from transformers import AutoModelForCausalLM
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "gpu_serving"))
+from hf_common import load_model, timed_generate  # noqa: E402
 
 
 def main():
@@ -24,21 +27,11 @@ def main():
     ap.add_argument("--model", required=True)
     ap.add_argument("--json")
     args = ap.parse_args()
-    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.bfloat16,
-                                                 device_map="cuda").eval()
-    vocab = model.config.vocab_size
+    model = load_model(args.model)
     gen = torch.Generator().manual_seed(0)
 
     def run(batch, n_in, n_out):
-        ids = torch.randint(3, vocab, (batch, n_in), generator=gen).cuda()
-        torch.cuda.synchronize()
-        t = time.perf_counter()
-        with torch.no_grad():
-            out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n_out,
-                                 min_new_tokens=n_out, do_sample=False, pad_token_id=0)
-        torch.cuda.synchronize()
-        assert out.shape == (batch, n_in + n_out)
-        return time.perf_counter() - t
+        return timed_generate(model, gen, batch, n_in, n_out)
 
     run(8, 32, 8)
     batch8_s = min(run(8, 32, 128) for _ in range(3))
