@@ -16,7 +16,9 @@
 #      process; one engine holds the GPU at a time): the server-overhead
 #      baseline;
 #   7. report.py -> gpu_serving.md.
-# WORKLOADS (default "g2 g1 c64 c256") picks a subset; HF=0 skips step 4;
+# WORKLOADS (default "g2 g1 c64 c256", issue 10's) picks the workloads; the
+# rest of PERFORMANCE.md's G3 are c16 (gRPC, concurrency 16) and h1, h16,
+# h64, h256 (HTTP SSE at concurrency 1 (G2's shape), 16, 64, 256); HF=0 skips step 4;
 # INPROC=0 skips step 6; ASYNC=0 turns the engine's async_scheduling off
 # (model.json; on by default: step N+1 is scheduled while step N runs);
 # FRESH=1 restarts the server before each workload (server.NAME.log), as
@@ -118,12 +120,22 @@ bench() { # name n_prompts in out concurrency(0 = all at once) seed
         > "$OUT/$1$SUFFIX.log" 2>&1
     echo "rc=$?"; grep -E "throughput|TTFT|TPOT|ITL|Duration|Successful" "$OUT/$1$SUFFIX.log" | head -12
 }
+# The h* workloads reach the server through Triton's HTTP generate_stream
+# (SSE) instead of gRPC; in process they run as the others.
 workload() {
+    local BACKEND=("${BACKEND[@]}")
+    case $1 in h*) [ -n "$SUFFIX" ] || BACKEND=(--backend triton-http --port ${ports[0]}) ;; esac
     case $1 in
     g2) bench g2 20 512 256 1 1 ;;
     c64) bench c64 256 1024 128 64 2 ;;
     c256) bench c256 512 1024 128 256 3 ;;
     g1) bench g1 1000 1024 128 0 4 ;;
+    c16) bench c16 128 1024 128 16 5 ;;
+    h1) bench h1 20 512 256 1 6 ;;
+    h16) bench h16 128 1024 128 16 7 ;;
+    h64) bench h64 256 1024 128 64 8 ;;
+    h256) bench h256 512 1024 128 256 9 ;;
+    *) echo "unknown workload $1" >&2; exit 2 ;;
     esac
 }
 first=1
