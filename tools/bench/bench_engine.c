@@ -54,7 +54,7 @@ void bench_engine_report(const bench_run *run)
            (unsigned long long)p->steps, (unsigned long long)p->steps_ahead);
     printf("Tokens per step:                   %.1f\n", (double)p->tokens / steps);
     printf("Wall ms per step:                  %.3f\n", 1e3 * run->duration_s / steps);
-    printf("Device ms per step:                %.3f\n", 1e3 * p->forward_s / steps);
+    printf("Forward ms per step:               %.3f\n", 1e3 * p->forward_s / steps);
     if (p->device_s > 0) /* the GPU's own span, without the host's work around it */
         printf("GPU span ms per step:              %.3f\n", 1e3 * p->device_s / steps);
 }
