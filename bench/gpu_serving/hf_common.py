@@ -1,6 +1,7 @@
 """What hf_serving.py and ../gpu_small/hf_small.py share: the model loaded
 as both run it (bf16 on the GPU, transformers' default attention, sdpa) and
-one timed greedy `generate`."""
+one timed greedy `generate`, and how a result is reported."""
+import json
 import time
 
 import torch
@@ -25,3 +26,12 @@ def timed_generate(model, gen, batch, n_in, n_out):
     torch.cuda.synchronize()
     assert out.shape == (batch, n_in + n_out)
     return time.perf_counter() - t
+
+
+def report(res, path):
+    """Prints res on the line the run scripts grep ("HF {...}") and writes
+    it to path when given."""
+    print("HF", json.dumps(res))
+    if path:
+        with open(path, "w") as f:
+            json.dump(res, f, indent=1)

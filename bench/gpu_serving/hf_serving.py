@@ -10,13 +10,12 @@ Two shapes: G2 (batch 1, 512 in / 256 out: TTFT and TPOT) and a batch of
 nearest static-batch counterpart of the serving runs). Host wall clock
 around a synchronized GPU, after a warm-up."""
 import argparse
-import json
 import time
 
 import torch
 import transformers
 
-from hf_common import load_model, timed_generate
+from hf_common import load_model, report, timed_generate
 
 
 def main():
@@ -42,10 +41,7 @@ def main():
            "batch64_s": round(batch_s, 2),
            "batch64_total_tok_s": round(64 * (1024 + 128) / batch_s, 1),
            "batch64_output_tok_s": round(64 * 128 / batch_s, 1)}
-    print("HF", json.dumps(res))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(res, f, indent=1)
+    report(res, args.json)
 
 
 if __name__ == "__main__":

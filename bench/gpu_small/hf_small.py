@@ -11,7 +11,6 @@ ms per step), and 256 prompts of 562 in / 562 out (the mean of G4's
 uniform 100-1024 in and out: output tokens per second). Host wall clock
 around a synchronized GPU, after a warm-up."""
 import argparse
-import json
 import os
 import sys
 
@@ -19,7 +18,7 @@ import torch
 import transformers
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "gpu_serving"))
-from hf_common import load_model, timed_generate  # noqa: E402
+from hf_common import load_model, report, timed_generate  # noqa: E402
 
 
 def main():
@@ -41,10 +40,7 @@ def main():
            "batch8_s": round(batch8_s, 4), "batch8_step_ms": round(batch8_s / 128 * 1e3, 3),
            "batch256_s": round(batch256_s, 2),
            "batch256_output_tok_s": round(256 * 562 / batch256_s, 1)}
-    print("HF", json.dumps(res))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(res, f, indent=1)
+    report(res, args.json)
 
 
 if __name__ == "__main__":
