@@ -38,7 +38,7 @@ cublas=/usr/local/cuda/lib64/libcublas.so.13
 [ -e "$cublas" ] || cublas=$(find / -xdev -name libcublas.so.13 2>/dev/null | head -1)
 export LD_LIBRARY_PATH="$PWD/$BUILD/gpu-lib:$(dirname "$cublas"):${LD_LIBRARY_PATH:-}"
 BIN=$BUILD/bin
-now_ms() { echo $(( $(date +%s%N) / 1000000 )); }
+source bench/gpu_serving/server.sh
 
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/card.txt"
 echo "== ceilings"
@@ -75,26 +75,8 @@ cat > "$REPO/l8b/1/model.json" <<JSON
  "max_num_seqs": 256, "max_num_batched_tokens": 8192, "async_scheduling": $async}
 JSON
 ports=(18000 18001 18002)
-# start_server LOG: cvllm-server on the repository, waited for until ready
-# (ready_ms: how long that took).
-start_server() {
-    local t0
-    t0=$(now_ms)
-    "$BIN/cvllm-server" --model-repository="$REPO" --http-port=${ports[0]} \
-        --grpc-port=${ports[1]} --metrics-port=${ports[2]} --log-verbose=1 > "$1" 2>&1 &
-    server=$!
-    ready_ms=
-    for _ in $(seq 1 1800); do
-        if LD_LIBRARY_PATH= curl -sf "localhost:${ports[0]}/v2/models/l8b/ready" > /dev/null; then
-            ready_ms=$(( $(now_ms) - t0 )); break
-        fi
-        kill -0 $server 2> /dev/null || break
-        sleep 0.1
-    done
-    [ -n "$ready_ms" ] || { tail -20 "$1"; exit 1; }
-}
 echo "== cvllm-server"
-start_server "$OUT/server.log"
+start_server "$OUT/server.log" l8b
 echo "ready after $ready_ms ms"
 echo "{\"ready_ms\": $ready_ms}" > "$OUT/ready.json"
 grep -iE "engine|load|graph|kv|ready" "$OUT/server.log" | head -20
@@ -142,7 +124,7 @@ first=1
 for w in $WORKLOADS; do
     if [ "$FRESH" = 1 ] && [ $first = 0 ]; then
         kill -TERM $server; wait $server
-        start_server "$OUT/server.$w.log"
+        start_server "$OUT/server.$w.log" l8b
     fi
     first=0
     workload "$w"

@@ -28,7 +28,7 @@ export LD_LIBRARY_PATH="$PWD/$BUILD/gpu-lib:$(dirname "$cublas"):${LD_LIBRARY_PA
 BIN=$BUILD/bin
 TOK=$BUILD/gpu-shared/tokenizers/gpt2
 ports=(18100 18101 18102)
-now_ms() { echo $(( $(date +%s%N) / 1000000 )); }
+source bench/gpu_serving/server.sh
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/card.txt"
 
 # bench NAME SHAPE ARGS...: one cvllm-bench run, result NAME.json.
@@ -67,20 +67,7 @@ for shape in $SHAPES; do
 {"model": "$model", "max_model_len": 2048, "gpu_memory_utilization": 0.9,
  "max_num_seqs": 256, "max_num_batched_tokens": 8192}
 JSON
-    t0=$(now_ms)
-    "$BIN/cvllm-server" --model-repository="$REPO" --http-port=${ports[0]} \
-        --grpc-port=${ports[1]} --metrics-port=${ports[2]} --log-verbose=1 \
-        > "$OUT/server.$shape.log" 2>&1 &
-    server=$!
-    ready_ms=
-    for _ in $(seq 1 600); do
-        if LD_LIBRARY_PATH= curl -sf "localhost:${ports[0]}/v2/models/$shape/ready" > /dev/null; then
-            ready_ms=$(( $(now_ms) - t0 )); break
-        fi
-        kill -0 $server 2> /dev/null || break
-        sleep 0.1
-    done
-    [ -n "$ready_ms" ] || { tail -20 "$OUT/server.$shape.log"; exit 1; }
+    start_server "$OUT/server.$shape.log" "$shape"
     echo "{\"ready_ms\": $ready_ms}" > "$OUT/ready.$shape.json"
     echo "ready after $ready_ms ms"
     BACKEND=(--backend triton-grpc --port ${ports[1]})
